@@ -76,13 +76,12 @@ type IdentityRule struct {
 	Rule  RuleID
 }
 
-// CIDRRule allows (Allow=true) or carves out (Allow=false, from ipBlock
-// except) traffic to or from addresses in Prefix on Proto/Ports. The longest
-// matching prefix among the rules with a matching proto/port decides, so an
-// except entry beats its enclosing cidr entry of the same rule.
+// CIDRRule allows traffic to or from addresses inside Prefix but outside
+// every Except prefix (ipBlock.except) on Proto/Ports. Rules are additive: a
+// packet passes when any rule allows it; Except only carves out its own rule.
 type CIDRRule struct {
 	Prefix netip.Prefix
-	Allow  bool
+	Except []netip.Prefix
 	Proto  uint8
 	Ports  PortRange
 	Rule   RuleID
@@ -100,8 +99,8 @@ type DirectionRules struct {
 
 // EndpointRules is the compiled policy of one local endpoint. A packet in a
 // direction is allowed when the direction is not enforced, or an identity
-// rule matches (peer identity, proto, port), or the longest matching CIDR rule
-// for (peer IP, proto, port) allows it.
+// rule matches (peer identity, proto, port), or a CIDR rule matches (peer IP,
+// proto, port).
 type EndpointRules struct {
 	// Identity of the endpoint itself.
 	Identity uint32
