@@ -51,6 +51,8 @@ lint: ## gofmt, go vet, staticcheck, buf lint
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 	$(GO) tool buf lint
+	@# API compatibility: on a branch, the protos must not break what main serves.
+	@if git rev-parse -q --verify main >/dev/null; then $(GO) tool buf breaking --against '.git#branch=main'; fi
 
 clean:
 	rm -rf $(BIN)

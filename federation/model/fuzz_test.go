@@ -1,0 +1,39 @@
+package model
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// FuzzValidatePolicy feeds arbitrary wire bytes decoded as a policy batch to
+// the validator: it must never panic, and whatever it accepts must convert
+// to a gRPC status cleanly when rejected.
+func FuzzValidatePolicy(f *testing.F) {
+	for _, r := range []*fedmeshv1.ApplyPoliciesRequest{goodPolicies(), federated()} {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req := &fedmeshv1.ApplyPoliciesRequest{}
+		if proto.Unmarshal(data, req) != nil {
+			return
+		}
+		err := ValidateApplyPolicies(req)
+		if err != nil {
+			ve := FieldErrors(err)
+			if len(ve) == 0 {
+				t.Fatalf("rejection without field errors: %v", err)
+			}
+			_ = (&ValidationError{Errs: ve}).GRPCStatus()
+		}
+		for _, p := range req.GetPolicies() {
+			_ = ValidatePolicy(p)
+		}
+	})
+}
