@@ -163,7 +163,9 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"BGP ASN reserved", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.LocalAsn = 4294967295 }), "cluster.bgp.localAsn", field.ErrorTypeInvalid, "between 1 and 4294967294"},
 		{"BGP AS_TRANS", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Asn = 23456 }), "cluster.bgp.peers[0].asn", field.ErrorTypeInvalid, "AS_TRANS"},
 		{"BGP peer not an IP", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Address = "tor-1" }), "cluster.bgp.peers[0].address", field.ErrorTypeInvalid, "IPv4 or IPv6"},
-		{"BGP duplicate peer", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers = append(c.Bgp.Peers, proto.Clone(c.Bgp.Peers[0]).(*fedmeshv1.BGPPeer)) }), "cluster.bgp.peers[1].address", field.ErrorTypeDuplicate, ""},
+		{"BGP duplicate peer", cluster(func(c *fedmeshv1.Cluster) {
+			c.Bgp.Peers = append(c.Bgp.Peers, proto.Clone(c.Bgp.Peers[0]).(*fedmeshv1.BGPPeer))
+		}), "cluster.bgp.peers[1].address", field.ErrorTypeDuplicate, ""},
 		{"BGP hold time 2", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].HoldTimeSeconds = 2 }), "cluster.bgp.peers[0].holdTimeSeconds", field.ErrorTypeInvalid, "RFC 4271"},
 		{"BGP keepalive >= hold", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].KeepaliveSeconds = 9 }), "cluster.bgp.peers[0].keepaliveSeconds", field.ErrorTypeInvalid, "less than the hold time"},
 		{"BGP port 65536", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Port = 65536 }), "cluster.bgp.peers[0].port", field.ErrorTypeInvalid, "between 1 and 65535"},
@@ -251,11 +253,17 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"policy endPort without port", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Port = nil }), "policies[0].spec.ingress[0].ports[0].port", field.ErrorTypeRequired, "numeric port"},
 		{"policy unknown protocol", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Protocol = 99 }), "policies[0].spec.ingress[0].ports[0].protocol", field.ErrorTypeNotSupported, ""},
 		{"policy ICMP port", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Protocol = fedmeshv1.Protocol_PROTOCOL_ICMP }), "policies[0].spec.ingress[0].ports[0].protocol", field.ErrorTypeNotSupported, ""},
-		{"policy bad selector operator", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Operator = "Like" }),
+		{"policy bad selector operator", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
+			ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Operator = "Like"
+		}),
 			"policies[0].spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].operator", field.ErrorTypeInvalid, "not a valid selector operator"},
-		{"policy In without values", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Values = nil }),
+		{"policy In without values", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
+			ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Values = nil
+		}),
 			"policies[0].spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values", field.ErrorTypeRequired, ""},
-		{"policy Exists with values", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Operator = "Exists" }),
+		{"policy Exists with values", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
+			ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Operator = "Exists"
+		}),
 			"policies[0].spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values", field.ErrorTypeForbidden, ""},
 		{"policy duplicate selector value", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
 			ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Values = []string{"a", "a"}
@@ -267,7 +275,9 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 			"policies[0].spec.ingress[0].from[1]", field.ErrorTypeForbidden, "both ipBlock and a selector"},
 		{"policy ipBlock bad CIDR", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 1).IpBlock.Cidr = "192.0.2.0/33" }),
 			"policies[0].spec.ingress[0].from[1].ipBlock.cidr", field.ErrorTypeInvalid, "must be a CIDR"},
-		{"policy except outside cidr", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 1).IpBlock.Except = []string{"198.51.100.0/25"} }),
+		{"policy except outside cidr", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
+			ingressPeer(r, 1).IpBlock.Except = []string{"198.51.100.0/25"}
+		}),
 			"policies[0].spec.ingress[0].from[1].ipBlock.except[0]", field.ErrorTypeInvalid, "strict subset"},
 		{"policy except equals cidr", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 1).IpBlock.Except = []string{"192.0.2.0/24"} }),
 			"policies[0].spec.ingress[0].from[1].ipBlock.except[0]", field.ErrorTypeInvalid, "strict subset"},
@@ -283,7 +293,9 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		}), "policies[1]", field.ErrorTypeDuplicate, "shop/web-allow"},
 		{"kubernetes policy selecting clusters", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { r.Policies[0].ClusterSelector = &fedmeshv1.LabelSelector{} }),
 			"policies[0].clusterSelector", field.ErrorTypeForbidden, "only a federated policy"},
-		{"kubernetes peer selecting clusters", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPeer(r, 0).ClusterSelector = &fedmeshv1.LabelSelector{} }),
+		{"kubernetes peer selecting clusters", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
+			ingressPeer(r, 0).ClusterSelector = &fedmeshv1.LabelSelector{}
+		}),
 			"policies[0].spec.ingress[0].from[0].clusterSelector", field.ErrorTypeForbidden, "own cluster"},
 		{"federated policy with cluster", fedPolicies(func(r *fedmeshv1.ApplyPoliciesRequest) { r.Policies[0].Cluster = "east"; r.Cluster = "east" }),
 			"policies[0].cluster", field.ErrorTypeForbidden, "belongs to the federation"},
