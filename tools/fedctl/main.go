@@ -2,25 +2,23 @@
 package main
 
 import (
-	"fmt"
+	"context"
+	"errors"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/spf13/cobra"
-
-	"github.com/fedmesh/fedmesh/federation/buildinfo"
+	"github.com/fedmesh/fedmesh/tools/fedctl/cli"
 )
 
 func main() {
-	cmd := &cobra.Command{
-		Use:          "fedctl",
-		Short:        "Command-line client of the fedmesh control plane",
-		Version:      buildinfo.Version(),
-		SilenceUsage: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("fedctl has no behaviour yet; see its issue")
-		},
-	}
-	if err := cmd.Execute(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := cli.NewRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	switch {
+	case errors.Is(err, cli.ErrDenied):
+		os.Exit(2) // `fedctl reach` answered "denied"
+	case err != nil:
 		os.Exit(1)
 	}
 }

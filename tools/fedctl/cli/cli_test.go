@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func TestParsePeer(t *testing.T) {
+	cases := []struct {
+		in      string
+		addr    string
+		asn     uint32
+		pw      string
+		wantErr string
+	}{
+		{in: "198.18.1.1:65001", addr: "198.18.1.1", asn: 65001},
+		{in: "198.18.1.1:65001:s3cret", addr: "198.18.1.1", asn: 65001, pw: "s3cret"},
+		{in: "[fd00::1]:65001", addr: "fd00::1", asn: 65001},
+		{in: "[fd00::1]:65001:pw:with:colons", addr: "fd00::1", asn: 65001, pw: "pw:with:colons"},
+		{in: "198.18.1.1", wantErr: "want ADDRESS:ASN"},
+		{in: "198.18.1.1:x", wantErr: "not a number"},
+		{in: "[fd00::1]65001", wantErr: "want [IPV6]:ASN"},
+	}
+	for _, tc := range cases {
+		p, err := parsePeer(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parsePeer(%q) error = %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || p.Address != tc.addr || p.Asn != tc.asn || p.Password != tc.pw {
+			t.Errorf("parsePeer(%q) = %v, %v", tc.in, p, err)
+		}
+	}
+}
+
+func TestParseTargetAndPolicyKey(t *testing.T) {
+	if tg, err := parseTarget("fd00:1::5"); err != nil || tg.GetIp() != "fd00:1::5" {
+		t.Errorf("ip target = %v, %v", tg, err)
+	}
+	if tg, err := parseTarget("east/shop/web-0"); err != nil || tg.GetEndpoint().GetName() != "web-0" || tg.GetEndpoint().GetCluster() != "east" {
+		t.Errorf("endpoint target = %v, %v", tg, err)
+	}
+	for _, bad := range []string{"east/web-0", "east//web-0", "10.0.0.300"} {
+		if _, err := parseTarget(bad); err == nil {
+			t.Errorf("parseTarget(%q) accepted", bad)
+		}
+	}
+	for in, want := range map[string]*fedmeshv1.PolicyKey{
+		"east/shop/allow":      {Cluster: "east", Namespace: "shop", Name: "allow"},
+		"federated/allow":      {Name: "allow"},
+		"federated/shop/allow": {Namespace: "shop", Name: "allow"},
+	} {
+		k, err := parsePolicyKey(in)
+		if err != nil || k.Cluster != want.Cluster || k.Namespace != want.Namespace || k.Name != want.Name {
+			t.Errorf("parsePolicyKey(%q) = %v, %v", in, k, err)
+		}
+	}
+	if _, err := parsePolicyKey("east/allow"); err == nil {
+		t.Error("parsePolicyKey accepted a cluster policy without namespace")
+	}
+}
+
+func TestReadManifestsGroupsByOwner(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(path, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec: {podSelector: {}}
+---
+apiVersion: fedmesh.io/v1
+kind: FederatedNetworkPolicy
+metadata: {name: dns}
+spec:
+  podSelector: {}
+  egress: [{to: [{clusterSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]}]
+  policyTypes: [Egress]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	byOwner, err := readManifests(path, "east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(byOwner["east"]) != 1 || len(byOwner[""]) != 1 {
+		t.Fatalf("owners = %v", byOwner)
+	}
+	for owner, pols := range byOwner {
+		if err := model.ValidateApplyPolicies(&fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols}); err != nil {
+			t.Errorf("owner %q: %v", owner, err)
+		}
+	}
+	if _, err := readManifests(path, ""); err == nil || !strings.Contains(err.Error(), "give --cluster") {
+		t.Errorf("NetworkPolicy without --cluster: err = %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n"), 0o600)
+	if _, err := readManifests(bad, "east"); err == nil || !strings.Contains(err.Error(), "unsupported v1/Pod") {
+		t.Errorf("Pod manifest: err = %v", err)
+	}
+}
+
+func TestDescribeShowsFieldViolations(t *testing.T) {
+	err := model.ValidateCluster(&fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.1/8"}})
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatal(st)
+	}
+	got := describe(st.Err())
+	if !strings.Contains(got, "InvalidArgument") || !strings.Contains(got, "\n  cluster.podCIDRs[0]: ") {
+		t.Fatalf("describe = %q", got)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"--help"}, {"policy", "apply", "--help"}, {"reach", "--help"}} {
+		var out, errOut bytes.Buffer
+		root := NewRoot(&out, &errOut)
+		root.SetArgs(args)
+		if err := root.Execute(); err != nil {
+			t.Errorf("%v: %v (%s)", args, err, errOut.String())
+		}
+		if out.Len() == 0 {
+			t.Errorf("%v printed nothing", args)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func nodeCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "node", Short: "List and inspect nodes"}
+	var cluster string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List nodes with their underlay address, pod CIDRs and enforced revision",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.nodes.ListNodes(ctx, &fedmeshv1.ListNodesRequest{Cluster: cluster})
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"CLUSTER", "NODE", "UNDERLAY", "POD CIDRS", "WIREGUARD KEY", "ENFORCED"}}
+				var objs []proto.Message
+				for _, n := range resp.GetNodes() {
+					key := n.GetWireguardPublicKey()
+					if len(key) > 10 {
+						key = key[:10] + "…"
+					}
+					t.add(n.GetCluster(), n.GetName(), n.GetUnderlayIp(), orNone(n.GetPodCidrs()), key,
+						strconv.FormatUint(n.GetStatus().GetEnforcedRevision(), 10))
+					objs = append(objs, n)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
+	list.Flags().StringVar(&cluster, "cluster", "", "only this cluster's nodes")
+	c.AddCommand(list)
+	return c
+}
+
+func endpointCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "endpoint", Aliases: []string{"endpoints", "ep"}, Short: "List federation endpoints (pods) and their identities"}
+	var cluster, namespace, node string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List endpoints",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.eps.ListEndpoints(ctx, &fedmeshv1.ListEndpointsRequest{Cluster: cluster, Namespace: namespace, Node: node})
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"CLUSTER", "NAMESPACE", "NAME", "IPS", "IDENTITY", "NODE", "LABELS"}}
+				var objs []proto.Message
+				for _, e := range resp.GetEndpoints() {
+					t.add(e.GetCluster(), e.GetNamespace(), e.GetName(), orNone(e.GetIps()),
+						strconv.FormatUint(uint64(e.GetIdentity()), 10), e.GetNode(), labelString(e.GetLabels()))
+					objs = append(objs, e)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
+	list.Flags().StringVar(&cluster, "cluster", "", "only this cluster's endpoints")
+	list.Flags().StringVarP(&namespace, "namespace", "n", "", "only this namespace")
+	list.Flags().StringVar(&node, "node", "", "only this node's endpoints (needs --cluster)")
+	c.AddCommand(list)
+	return c
+}
+
+func serviceCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "service", Aliases: []string{"services", "svc"}, Short: "Multi-cluster services: exports and the aggregated imports"}
+	var cluster string
+	exports := &cobra.Command{
+		Use:   "exports",
+		Short: "List service exports with their conditions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.services.ListServiceExports(ctx, &fedmeshv1.ListServiceExportsRequest{Cluster: cluster})
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"CLUSTER", "NAMESPACE", "NAME", "TYPE", "PORTS", "BACKENDS", "CONDITIONS"}}
+				var objs []proto.Message
+				for _, x := range resp.GetExports() {
+					t.add(x.GetCluster(), x.GetNamespace(), x.GetName(), svcType(x.GetType()), portsString(x.GetPorts()),
+						strconv.Itoa(len(x.GetBackends())), conditionsString(x.GetConditions()))
+					objs = append(objs, x)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
+	imports := &cobra.Command{
+		Use:     "imports",
+		Aliases: []string{"list"},
+		Short:   "List aggregated service imports (as --cluster would see them)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.services.ListServiceImports(ctx, &fedmeshv1.ListServiceImportsRequest{Cluster: cluster})
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"NAMESPACE", "NAME", "TYPE", "PORTS", "CLUSTERS", "CONDITIONS"}}
+				var objs []proto.Message
+				for _, im := range resp.GetImports() {
+					var cl []string
+					for _, b := range im.GetClusters() {
+						cl = append(cl, fmt.Sprintf("%s(%d)", b.GetCluster(), len(b.GetAddresses())))
+					}
+					t.add(im.GetNamespace(), im.GetName(), svcType(im.GetType()), portsString(im.GetPorts()), orNone(cl), conditionsString(im.GetConditions()))
+					objs = append(objs, im)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
+	c.PersistentFlags().StringVar(&cluster, "cluster", "", "exports of / imports visible to this cluster (default all)")
+	c.AddCommand(exports, imports)
+	return c
+}
+
+func svcType(t fedmeshv1.ServiceType) string {
+	switch t {
+	case fedmeshv1.ServiceType_SERVICE_TYPE_HEADLESS:
+		return "Headless"
+	case fedmeshv1.ServiceType_SERVICE_TYPE_CLUSTER_SET_IP:
+		return "ClusterSetIP"
+	}
+	return "-"
+}
+
+func protoName(p fedmeshv1.Protocol) string {
+	if p == fedmeshv1.Protocol_PROTOCOL_UNSPECIFIED {
+		return "TCP"
+	}
+	return strings.TrimPrefix(p.String(), "PROTOCOL_")
+}
+
+func portsString(ports []*fedmeshv1.ServicePort) string {
+	var parts []string
+	for _, p := range ports {
+		s := fmt.Sprintf("%d/%s", p.GetPort(), protoName(p.GetProtocol()))
+		if p.GetName() != "" {
+			s = p.GetName() + ":" + s
+		}
+		parts = append(parts, s)
+	}
+	return orNone(parts)
+}
+
+func conditionsString(cs []*fedmeshv1.ServiceCondition) string {
+	var parts []string
+	for _, c := range cs {
+		s := c.GetType() + "=" + c.GetStatus()
+		if c.GetReason() != "" {
+			s += "(" + c.GetReason() + ")"
+		}
+		parts = append(parts, s)
+	}
+	return orNone(parts)
+}

@@ -1,0 +1,306 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func policyCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "policy", Aliases: []string{"policies"}, Short: "Apply, list and delete network policies (per cluster or federated)"}
+	c.AddCommand(policyApplyCmd(g), policyListCmd(g), policyGetCmd(g), policyDeleteCmd(g))
+	return c
+}
+
+// waitFlags are the flags of a write that can wait until it is enforced.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+func (w *waitFlags) register(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&w.wait, "wait", false, "wait until every node enforces the change")
+	cmd.Flags().DurationVar(&w.timeout, "wait-timeout", 60*time.Second, "how long --wait waits")
+}
+
+// waitEnforced blocks until every node of clusters (all when empty)
+// enforces revision, and fails naming the nodes still behind.
+func (g *globals) waitEnforced(ctx context.Context, c *conn, w waitFlags, revision uint64, clusters []string) error {
+	if !w.wait {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.timeout+5*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := c.nodes.WaitEnforced(ctx, &fedmeshv1.WaitEnforcedRequest{Revision: revision, Clusters: clusters, Timeout: durationpb.New(w.timeout)})
+	if err != nil {
+		return fmt.Errorf("wait for revision %d: %w", revision, err)
+	}
+	if !resp.GetEnforced() {
+		var lag []string
+		for _, n := range resp.GetLagging() {
+			lag = append(lag, fmt.Sprintf("%s/%s at %d", n.GetCluster(), n.GetName(), n.GetEnforcedRevision()))
+		}
+		return fmt.Errorf("revision %d not enforced everywhere after %s; behind: %s", revision, w.timeout, strings.Join(lag, ", "))
+	}
+	fmt.Fprintf(g.out, "revision %d enforced on every node (%s)\n", revision, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// readManifests reads NetworkPolicy and FederatedNetworkPolicy documents
+// from a multi-document YAML or JSON stream; '-' is stdin.
+func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error) {
+	var r io.Reader
+	if path == "-" {
+		r = os.Stdin
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+		defer f.Close()
+		r = f
+	}
+	byOwner := map[string][]*fedmeshv1.Policy{}
+	yr := utilyaml.NewYAMLReader(bufio.NewReader(r))
+	for doc := 1; ; doc++ {
+		raw, err := yr.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 {
+			continue
+		}
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(raw, &tm); err != nil {
+			return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+		}
+		switch {
+		case tm.Kind == "NetworkPolicy" && tm.APIVersion == "networking.k8s.io/v1":
+			if cluster == "" {
+				return nil, fmt.Errorf("%s document %d: a NetworkPolicy belongs to one cluster: give --cluster (or use kind FederatedNetworkPolicy)", path, doc)
+			}
+			var np networkingv1.NetworkPolicy
+			if err := yaml.UnmarshalStrict(raw, &np); err != nil {
+				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			}
+			if np.Namespace == "" {
+				np.Namespace = "default"
+			}
+			byOwner[cluster] = append(byOwner[cluster], model.PolicyFromK8s(cluster, &np))
+		case tm.Kind == "FederatedNetworkPolicy" && tm.APIVersion == "fedmesh.io/v1":
+			var fp model.FederatedNetworkPolicy
+			if err := yaml.UnmarshalStrict(raw, &fp); err != nil {
+				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			}
+			byOwner[""] = append(byOwner[""], model.PolicyFromFederated(&fp))
+		default:
+			return nil, fmt.Errorf("%s document %d: unsupported %s/%s: want networking.k8s.io/v1 NetworkPolicy or fedmesh.io/v1 FederatedNetworkPolicy", path, doc, tm.APIVersion, tm.Kind)
+		}
+	}
+	if len(byOwner) == 0 {
+		return nil, fmt.Errorf("%s has no policy", path)
+	}
+	return byOwner, nil
+}
+
+func policyApplyCmd(g *globals) *cobra.Command {
+	var file, cluster string
+	var w waitFlags
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Create or replace policies from NetworkPolicy / FederatedNetworkPolicy manifests",
+		Long: `Create or replace policies. A networking.k8s.io/v1 NetworkPolicy is stored as a
+policy of the cluster given by --cluster and stays local to it; a fedmesh.io/v1
+FederatedNetworkPolicy is stored once and enforced in every cluster its
+clusterSelector matches. Each owner's policies are applied as one atomic batch.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("give the manifests with -f FILE (or -f - for stdin)")
+			}
+			byOwner, err := readManifests(file, cluster)
+			if err != nil {
+				return err
+			}
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				var last uint64
+				for owner, pols := range byOwner {
+					resp, err := c.policies.ApplyPolicies(ctx, &fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols})
+					if err != nil {
+						return err
+					}
+					for _, p := range pols {
+						fmt.Fprintf(g.out, "policy %s applied at revision %d\n", policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), resp.GetRevision())
+					}
+					last = max(last, resp.GetRevision())
+				}
+				return g.waitEnforced(ctx, c, w, last, nil)
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "manifest file (multi-document YAML or JSON; - for stdin)")
+	cmd.Flags().StringVar(&cluster, "cluster", "", "owner cluster of NetworkPolicy documents")
+	w.register(cmd)
+	return cmd
+}
+
+func policyName(cluster, namespace, name string) string {
+	owner := cluster
+	if owner == "" {
+		owner = "federated"
+	}
+	if namespace == "" {
+		return owner + "/" + name
+	}
+	return owner + "/" + namespace + "/" + name
+}
+
+// parsePolicyKey reads CLUSTER/NAMESPACE/NAME, federated/NAMESPACE/NAME or
+// federated/NAME.
+func parsePolicyKey(s string) (*fedmeshv1.PolicyKey, error) {
+	parts := strings.Split(s, "/")
+	k := &fedmeshv1.PolicyKey{}
+	switch {
+	case len(parts) == 3:
+		k.Cluster, k.Namespace, k.Name = parts[0], parts[1], parts[2]
+	case len(parts) == 2 && parts[0] == "federated":
+		k.Name = parts[1]
+	default:
+		return nil, fmt.Errorf("policy %q: want CLUSTER/NAMESPACE/NAME, federated/NAMESPACE/NAME or federated/NAME", s)
+	}
+	if k.Cluster == "federated" {
+		k.Cluster = ""
+	}
+	return k, nil
+}
+
+func policyListCmd(g *globals) *cobra.Command {
+	var cluster, namespace string
+	var federatedOnly bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List policies",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &fedmeshv1.ListPoliciesRequest{Cluster: cluster, Namespace: namespace}
+			if federatedOnly {
+				req.Kind = fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED
+			}
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.policies.ListPolicies(ctx, req)
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"POLICY", "KIND", "CLUSTERS", "TYPES", "INGRESS", "EGRESS", "REVISION"}}
+				var objs []proto.Message
+				for _, p := range resp.GetPolicies() {
+					kind, scope := "kubernetes", p.GetCluster()
+					if p.GetKind() == fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED {
+						kind, scope = "federated", selectorString(p.GetClusterSelector())
+					}
+					var types []string
+					for _, t := range p.GetSpec().GetPolicyTypes() {
+						types = append(types, strings.ToLower(strings.TrimPrefix(t.String(), "POLICY_TYPE_")))
+					}
+					t.add(policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), kind, scope, orNone(types),
+						strconv.Itoa(len(p.GetSpec().GetIngress())), strconv.Itoa(len(p.GetSpec().GetEgress())),
+						strconv.FormatUint(p.GetMeta().GetRevision(), 10))
+					objs = append(objs, p)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&cluster, "cluster", "", "only this cluster's policies")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only this namespace")
+	cmd.Flags().BoolVar(&federatedOnly, "federated", false, "only federated policies")
+	return cmd
+}
+
+func selectorString(s *fedmeshv1.LabelSelector) string {
+	if s == nil {
+		return "<all>"
+	}
+	parts := []string{}
+	if len(s.GetMatchLabels()) > 0 {
+		parts = append(parts, labelString(s.GetMatchLabels()))
+	}
+	for _, r := range s.GetMatchExpressions() {
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", r.GetKey(), r.GetOperator(), strings.Join(r.GetValues(), ",")))
+	}
+	if len(parts) == 0 {
+		return "<all>"
+	}
+	return strings.Join(parts, ",")
+}
+
+func policyGetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME",
+		Short: "Show one policy (YAML by default)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := parsePolicyKey(args[0])
+			if err != nil {
+				return err
+			}
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.policies.GetPolicy(ctx, &fedmeshv1.GetPolicyRequest{Key: k})
+				if err != nil {
+					return err
+				}
+				if g.output == "table" {
+					g.output = "yaml"
+				}
+				return g.print(nil, resp.GetPolicy())
+			})
+		},
+	}
+}
+
+func policyDeleteCmd(g *globals) *cobra.Command {
+	var w waitFlags
+	cmd := &cobra.Command{
+		Use:   "delete CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME",
+		Short: "Delete one policy",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := parsePolicyKey(args[0])
+			if err != nil {
+				return err
+			}
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := c.policies.DeletePolicy(ctx, &fedmeshv1.DeletePolicyRequest{Key: k})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "policy %s deleted at revision %d\n", args[0], resp.GetRevision())
+				return g.waitEnforced(ctx, c, w, resp.GetRevision(), nil)
+			})
+		},
+	}
+	w.register(cmd)
+	return cmd
+}
