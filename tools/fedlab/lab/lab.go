@@ -1,0 +1,204 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Lab is a running (or half-built) lab.
+type Lab struct {
+	Topo  *Topology
+	Dir   string
+	State *State
+	Log   *slog.Logger
+}
+
+// ErrNotRoot says the lab needs root: it creates namespaces and links.
+var ErrNotRoot = errors.New("fedlab needs root: it creates network namespaces, veths and BPF programs; run it with sudo")
+
+// Up builds the lab and starts its routers. On any error it tears down what
+// it built, so a failed Up leaves nothing behind.
+func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
+	if os.Geteuid() != 0 {
+		return nil, ErrNotRoot
+	}
+	topo, err := Plan(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := LoadState(cfg.Name); err == nil || nsExists(topo.Core) {
+		return nil, fmt.Errorf("lab %q already exists: run `fedlab down --name %s` first", cfg.Name, cfg.Name)
+	}
+	dir := StateDir(cfg.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create lab dir: %w", err)
+	}
+	l = &Lab{Topo: topo, Dir: dir, State: &State{Config: cfg}, Log: log}
+	defer func() {
+		if err != nil {
+			if derr := Down(context.WithoutCancel(ctx), cfg.Name, log); derr != nil {
+				log.Error("tear down failed lab", "err", derr)
+			}
+			l = nil
+		}
+	}()
+	if err := l.State.save(dir); err != nil {
+		return l, err
+	}
+	log.Info("building namespaces and links", "namespaces", len(topo.Namespaces()))
+	if err := Build(ctx, topo); err != nil {
+		return l, err
+	}
+	for _, c := range topo.Clusters {
+		log.Info("starting ToR", "cluster", c.Name, "router", c.ToRKind, "ns", c.ToR.NS)
+		if err := l.startToR(ctx, c); err != nil {
+			return l, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) record(p Proc) error {
+	l.State.Procs = append(l.State.Procs, p)
+	return l.State.save(l.Dir)
+}
+
+func (l *Lab) startToR(ctx context.Context, c Cluster) error {
+	dir := filepath.Join(l.Dir, c.ToR.NS)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	switch c.ToRKind {
+	case "bird":
+		conf := filepath.Join(dir, "bird.conf")
+		if err := os.WriteFile(conf, []byte(BIRDConfig(c, filepath.Join(dir, "bird.log"))), 0o644); err != nil {
+			return err
+		}
+		sock := filepath.Join(dir, "bird.ctl")
+		p, err := start(l.Dir, c.ToR.NS, c.ToR.NS+"-bird", []string{"/usr/sbin/bird", "-f", "-c", conf, "-s", sock, "-P", filepath.Join(dir, "bird.pid")})
+		if err != nil {
+			return err
+		}
+		if err := l.record(p); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return waitFor(wctx, "BIRD in "+c.ToR.NS, func() error { return run(wctx, "birdc", "-s", sock, "show", "status") })
+	case "frr":
+		// FRR drops privileges to frr:frr and needs its dirs owned by it.
+		if err := run(ctx, "chown", "frr:frr", dir); err != nil {
+			return err
+		}
+		conf := filepath.Join(dir, "frr.conf")
+		if err := os.WriteFile(conf, []byte(FRRConfig(c, filepath.Join(dir, "frr.log"))), 0o644); err != nil {
+			return err
+		}
+		if err := run(ctx, "chown", "frr:frr", conf); err != nil {
+			return err
+		}
+		common := []string{"-u", "frr", "-g", "frr", "-f", conf, "-z", filepath.Join(dir, "zserv.api"), "--vty_socket", dir}
+		z, err := start(l.Dir, c.ToR.NS, c.ToR.NS+"-zebra", append([]string{"/usr/lib/frr/zebra", "-i", filepath.Join(dir, "zebra.pid")}, common...))
+		if err != nil {
+			return err
+		}
+		if err := l.record(z); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := waitFor(wctx, "zebra in "+c.ToR.NS, func() error { _, err := os.Stat(filepath.Join(dir, "zserv.api")); return err }); err != nil {
+			return err
+		}
+		b, err := start(l.Dir, c.ToR.NS, c.ToR.NS+"-bgpd", append([]string{"/usr/lib/frr/bgpd", "-i", filepath.Join(dir, "bgpd.pid")}, common...))
+		if err != nil {
+			return err
+		}
+		if err := l.record(b); err != nil {
+			return err
+		}
+		return waitFor(wctx, "bgpd in "+c.ToR.NS, func() error {
+			return run(wctx, "vtysh", "--vty_socket", dir, "-c", "show bgp summary")
+		})
+	}
+	return fmt.Errorf("unknown ToR kind %q", c.ToRKind)
+}
+
+// ToRRoutes returns the ToR's kernel routes (its FIB), which hold the pod
+// CIDRs its nodes advertise.
+func ToRRoutes(ctx context.Context, c Cluster) (string, error) {
+	out, err := exec.CommandContext(ctx, "ip", "-n", c.ToR.NS, "route", "show").CombinedOutput()
+	return string(out), err
+}
+
+// Down stops every process the lab started and removes its namespaces,
+// links and state. It is idempotent and works from the lab name alone, also
+// when the state file is gone (the namespaces are found from the plan).
+func Down(ctx context.Context, name string, log *slog.Logger) error {
+	var errs []error
+	st, err := LoadState(name)
+	switch {
+	case err == nil:
+		for i := len(st.Procs) - 1; i >= 0; i-- {
+			if err := st.Procs[i].stop(5 * time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		errs = append(errs, err)
+	}
+	cfg := Config{Name: name, Clusters: 8, Nodes: 32, Pods: 32}
+	if st != nil {
+		cfg = st.Config
+	}
+	if topo, err := Plan(cfg); err == nil {
+		if err := Teardown(ctx, topo); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(filepath.Join("/sys/fs/bpf/fedmesh", name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove BPF pins: %w", err))
+	}
+	if err := os.RemoveAll(StateDir(name)); err != nil {
+		errs = append(errs, err)
+	}
+	if log != nil {
+		log.Info("lab down", "name", name)
+	}
+	return errors.Join(errs...)
+}
+
+// Leftovers lists namespaces whose name starts with the lab's prefix, for
+// tests asserting that nothing is left behind.
+func Leftovers(name string) []string {
+	entries, _ := os.ReadDir("/var/run/netns")
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), name+"-") {
+			out = append(out, e.Name())
+		}
+	}
+	if _, err := os.Stat(StateDir(name)); err == nil {
+		out = append(out, StateDir(name))
+	}
+	return out
+}
+
+// Exec runs argv inside a pod's network namespace.
+func (t *Topology) Exec(ctx context.Context, pod string, argv []string) *exec.Cmd {
+	_, _, p, ok := t.Pod(pod)
+	ns := pod
+	if ok {
+		ns = p.NS
+	}
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + ns, "--"}, argv...)...)
+}

@@ -1,0 +1,139 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Proc is a daemon the lab started, recorded so `fedlab down` (even from
+// another process, after a crash) stops exactly what the lab started.
+type Proc struct {
+	Name string   `json:"name"`
+	NS   string   `json:"ns"`
+	PID  int      `json:"pid"`
+	Argv []string `json:"argv"`
+	Log  string   `json:"log"`
+}
+
+// State is what `fedlab up` leaves in its state dir.
+type State struct {
+	Config Config `json:"config"`
+	Procs  []Proc `json:"procs"`
+}
+
+// StateDir is where a lab keeps configs, logs and its state file.
+func StateDir(name string) string { return filepath.Join("/run/fedlab", name) }
+
+func (s *State) save(dir string) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, "state.json"))
+}
+
+// LoadState reads a lab's state; a missing lab is os.ErrNotExist.
+func LoadState(name string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(StateDir(name), "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("parse lab state: %w", err)
+	}
+	return &s, nil
+}
+
+// start runs argv inside network namespace ns, detached (own session) so it
+// outlives fedlab, with its output in dir/<name>.log. nsenter rather than
+// `ip netns exec`: the latter remounts /sys and would hide bpffs pins from
+// the agent.
+func start(dir, ns, name string, argv []string, env ...string) (Proc, error) {
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return Proc{}, fmt.Errorf("open log of %s: %w", name, err)
+	}
+	defer logf.Close()
+	full := append([]string{"--net=/var/run/netns/" + ns, "--"}, argv...)
+	cmd := exec.Command("nsenter", full...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return Proc{}, fmt.Errorf("start %s in %s: %w", name, ns, err)
+	}
+	// Reap it if it dies while fedlab still runs; afterwards init does.
+	go func() { _ = cmd.Wait() }()
+	return Proc{Name: name, NS: ns, PID: cmd.Process.Pid, Argv: argv, Log: logPath}, nil
+}
+
+// alive reports whether p still runs as the program the lab started (a
+// recycled PID running something else is not ours to stop).
+func (p Proc) alive() bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	// nsenter execs the daemon, so the process is the daemon itself.
+	return len(args) > 0 && len(p.Argv) > 0 && filepath.Base(args[0]) == filepath.Base(p.Argv[0])
+}
+
+// stop sends SIGTERM, then SIGKILL after grace, to the process group the
+// lab started, and only if it is still the program it started.
+func (p Proc) stop(grace time.Duration) error {
+	if !p.alive() {
+		return nil
+	}
+	_ = syscall.Kill(-p.PID, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if !p.alive() || zombie(p.PID) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := syscall.Kill(-p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill %s (pid %d): %w", p.Name, p.PID, err)
+	}
+	return nil
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// waitFor polls check until it succeeds or ctx ends.
+func waitFor(ctx context.Context, what string, check func() error) error {
+	var last error
+	for {
+		if last = check(); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w (last: %v)", what, ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

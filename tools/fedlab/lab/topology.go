@@ -1,0 +1,168 @@
+// Package lab owns fedlab's multi-site federation on one machine: the plan
+// of network namespaces, links and addresses (pure, tested without root),
+// and the code that builds it with iproute2, starts the real daemons inside
+// it and removes all of it again.
+//
+// Shape (underlay in 198.18.0.0/15, nothing in the root namespace):
+//
+//	core ns (bridge 198.18.0.0/24) ── mgmt ns 198.18.0.10 (control-plane replicas)
+//	   │                         └─ tor-<c> ns 198.18.0.<c> (BIRD for cluster 1, FRR for 2)
+//	tor-<c> ns (bridge 198.18.<c>.0/24, .1) ── node ns 198.18.<c>.<10+n> (agent, GoBGP, WireGuard)
+//	node ns ── veth ── pod ns 10.<c>.<n>.<10+p>/32, as a routed CNI (Calico-style) sets it up
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Config sizes the lab.
+type Config struct {
+	// Name prefixes every namespace and link so several labs (or tests) can
+	// coexist; at most 6 characters.
+	Name     string
+	Clusters int
+	Nodes    int // per cluster
+	Pods     int // per node
+}
+
+// Topology is the whole lab as data.
+type Topology struct {
+	Name     string
+	Core     string // namespace holding the core bridge
+	Mgmt     Host
+	Clusters []Cluster
+}
+
+// Host is a namespace with one underlay address.
+type Host struct {
+	NS      string
+	Addr    netip.Prefix // underlay address and its subnet
+	Gateway netip.Addr   // default route (invalid: none)
+}
+
+// Cluster is one member cluster: its ToR and nodes.
+type Cluster struct {
+	Name     string
+	Index    int // 1-based
+	ASN      uint32
+	ToRASN   uint32
+	ToRKind  string // "bird" or "frr"
+	ToR      Host   // core-side address
+	RackAddr netip.Prefix
+	PodCIDR  netip.Prefix
+	Nodes    []Node
+}
+
+// Node is a node namespace with its pods.
+type Node struct {
+	Name    string
+	Host    Host
+	PodCIDR netip.Prefix
+	WGPort  uint16
+	Pods    []Pod
+}
+
+// Pod is a pod namespace behind a veth into its node.
+type Pod struct {
+	Name      string
+	Namespace string // Kubernetes namespace
+	NS        string // network namespace
+	IP        netip.Addr
+	HostVeth  string // node side
+	PodVeth   string // pod side (renamed eth0 inside)
+	Labels    map[string]string
+}
+
+// Plan computes the lab's topology. It is deterministic: the same Config
+// gives the same names and addresses, so `fedlab down` can find everything
+// from the Config alone after a crash.
+func Plan(cfg Config) (*Topology, error) {
+	switch {
+	case cfg.Name == "" || len(cfg.Name) > 6:
+		return nil, fmt.Errorf("lab name %q: want 1 to 6 characters", cfg.Name)
+	case cfg.Clusters < 1 || cfg.Clusters > 8:
+		return nil, fmt.Errorf("clusters = %d: want 1 to 8", cfg.Clusters)
+	case cfg.Nodes < 1 || cfg.Nodes > 32:
+		return nil, fmt.Errorf("nodes = %d: want 1 to 32 per cluster", cfg.Nodes)
+	case cfg.Pods < 0 || cfg.Pods > 32:
+		return nil, fmt.Errorf("pods = %d: want 0 to 32 per node", cfg.Pods)
+	}
+	n := cfg.Name
+	t := &Topology{
+		Name: n,
+		Core: n + "-core",
+		Mgmt: Host{NS: n + "-mgmt", Addr: netip.MustParsePrefix("198.18.0.10/24")},
+	}
+	for c := 1; c <= cfg.Clusters; c++ {
+		cl := Cluster{
+			Name:     fmt.Sprintf("cluster-%c", 'a'+c-1),
+			Index:    c,
+			ASN:      uint32(64600 + c),
+			ToRASN:   uint32(65000 + c),
+			ToRKind:  map[bool]string{true: "bird", false: "frr"}[c%2 == 1],
+			ToR:      Host{NS: fmt.Sprintf("%s-tor%d", n, c), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(c)}), 24)},
+			RackAddr: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(c), 1}), 24),
+			PodCIDR:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), 0, 0}), 16),
+		}
+		for i := 1; i <= cfg.Nodes; i++ {
+			nd := Node{
+				Name: fmt.Sprintf("%s-node%d", cl.Name, i),
+				Host: Host{
+					NS:      fmt.Sprintf("%s-c%dn%d", n, c, i),
+					Addr:    netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(c), byte(10 + i)}), 24),
+					Gateway: cl.RackAddr.Addr(),
+				},
+				PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), byte(i), 0}), 24),
+				WGPort:  51871,
+			}
+			for p := 1; p <= cfg.Pods; p++ {
+				app := []string{"web", "api", "db"}[(p-1)%3]
+				nd.Pods = append(nd.Pods, Pod{
+					Name:      fmt.Sprintf("%s-%c%d-%d", app, 'a'+c-1, i, p),
+					Namespace: "demo",
+					NS:        fmt.Sprintf("%s-c%dn%dp%d", n, c, i, p),
+					IP:        netip.AddrFrom4([4]byte{10, byte(c), byte(i), byte(10 + p)}),
+					HostVeth:  fmt.Sprintf("%sc%dn%dp%d", n, c, i, p),
+					PodVeth:   fmt.Sprintf("%sc%dn%dp%dx", n, c, i, p),
+					Labels:    map[string]string{"app": app},
+				})
+			}
+			cl.Nodes = append(cl.Nodes, nd)
+		}
+		t.Clusters = append(t.Clusters, cl)
+	}
+	return t, nil
+}
+
+// Namespaces lists every network namespace of the lab, in creation order.
+func (t *Topology) Namespaces() []string {
+	out := []string{t.Core, t.Mgmt.NS}
+	for _, c := range t.Clusters {
+		out = append(out, c.ToR.NS)
+		for _, n := range c.Nodes {
+			out = append(out, n.Host.NS)
+			for _, p := range n.Pods {
+				out = append(out, p.NS)
+			}
+		}
+	}
+	return out
+}
+
+// Pod finds a pod by "cluster/namespace/name" or by its name alone.
+func (t *Topology) Pod(ref string) (*Cluster, *Node, *Pod, bool) {
+	for ci := range t.Clusters {
+		c := &t.Clusters[ci]
+		for ni := range c.Nodes {
+			n := &c.Nodes[ni]
+			for pi := range n.Pods {
+				p := &n.Pods[pi]
+				if ref == p.Name || ref == c.Name+"/"+p.Namespace+"/"+p.Name {
+					return c, n, p, true
+				}
+			}
+		}
+	}
+	return nil, nil, nil, false
+}
