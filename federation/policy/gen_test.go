@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -237,5 +236,3 @@ func (w *world) policy(i int) *NetworkPolicy {
 	}
 	return np
 }
-
-func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
