@@ -539,7 +539,8 @@ type NetworkPolicyPeer struct {
 	// NamespaceSelector selects namespaces by their labels; with pod_selector
 	// absent, every pod of those namespaces.
 	NamespaceSelector *LabelSelector `protobuf:"bytes,2,opt,name=namespace_selector,json=namespaceSelector,proto3" json:"namespace_selector,omitempty"`
-	// IpBlock selects addresses outside the federation's endpoints.
+	// IpBlock selects addresses by CIDR, pod addresses included (as the
+	// upstream network-policy e2e tests expect).
 	IpBlock *IPBlock `protobuf:"bytes,3,opt,name=ip_block,json=ipBlock,proto3" json:"ip_block,omitempty"`
 	// ClusterSelector (FEDERATED only) selects the clusters the peer pods run
 	// in; absent means the same cluster as the selected pod, empty means every
