@@ -9,7 +9,7 @@ BIN      := $(CURDIR)/bin
 CACHE    := $(CURDIR)/.cache
 # Debian packages the tests and the lab run for real (BIRD/FRR peers, clang
 # for bpf2go, wireguard-tools, iproute2 for namespaces).
-APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2 iperf3 tcpdump
+APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping iperf3 tcpdump util-linux
 BINARIES := controlplane/cmd/fedmesh-controlplane nodeagent/cmd/fedmesh-agent \
             federation/cmd/fedmesh-syncer tools/fedctl tools/fedlab
 TEST_TIMEOUT ?= 25m

@@ -37,7 +37,8 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %q already exists: run `fedlab down --name %s` first", cfg.Name, cfg.Name)
 	}
 	dir := StateDir(cfg.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// 0755: FRR drops to the frr user and must traverse it to its own dir.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create lab dir: %w", err)
 	}
 	l = &Lab{Topo: topo, Dir: dir, State: &State{Config: cfg}, Log: log}

@@ -1,0 +1,97 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// requireLab skips on a laptop without root or the routers, and fails
+// instead under CI, where the lab must run.
+func requireLab(t *testing.T) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, bin := range []string{"ip", "nsenter", "/usr/sbin/bird", "/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "ping"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("lab test needs %s (make deps installs the tools; run as root)", strings.Join(missing, ", "))
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+func TestLabBuildsRoutesAndTearsDownCompletely(t *testing.T) {
+	requireLab(t)
+	name := fmt.Sprintf("t%d", os.Getpid()%10000)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	t.Cleanup(func() {
+		if err := Down(context.Background(), name, log); err != nil {
+			t.Errorf("down: %v", err)
+		}
+		if left := Leftovers(name); len(left) > 0 {
+			t.Errorf("left behind after down: %v", left)
+		}
+	})
+	l, err := Up(ctx, Config{Name: name, Clusters: 2, Nodes: 2, Pods: 2}, log)
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	ping := func(pod, dst string) error {
+		out, err := l.Topo.Exec(ctx, pod, []string{"ping", "-c1", "-W2", dst}).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ping %s from %s: %v: %s", dst, pod, err, out)
+		}
+		return nil
+	}
+	a := l.Topo.Clusters[0]
+	// Same node: through the node's /32 routes and proxy ARP.
+	if err := ping(a.Nodes[0].Pods[0].Name, a.Nodes[0].Pods[1].IP.String()); err != nil {
+		t.Error(err)
+	}
+	// Pod to its node's underlay address (the ToR learns pod routes only
+	// once the node's BGP speaker runs).
+	if err := ping(a.Nodes[0].Pods[0].Name, a.Nodes[0].Host.Addr.Addr().String()); err != nil {
+		t.Error(err)
+	}
+	// Both router kinds run and answer on their control sockets.
+	for _, p := range l.State.Procs {
+		if !p.alive() {
+			t.Errorf("%s (pid %d) is not running; log %s", p.Name, p.PID, p.Log)
+		}
+	}
+	if len(l.State.Procs) != 3 {
+		t.Errorf("procs = %d, want BIRD + zebra + bgpd", len(l.State.Procs))
+	}
+	// Up twice is refused while the first lab exists.
+	if _, err := Up(ctx, Config{Name: name, Clusters: 1, Nodes: 1}, log); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second up: %v", err)
+	}
+	// Down is idempotent.
+	if err := Down(ctx, name, log); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(ctx, name, log); err != nil {
+		t.Fatalf("second down: %v", err)
+	}
+	for _, p := range l.State.Procs {
+		if p.alive() {
+			t.Errorf("%s still runs after down", p.Name)
+		}
+	}
+}
