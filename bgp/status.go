@@ -89,9 +89,26 @@ func peerStatusFromAPI(p *api.Peer, now time.Time, lastErr string) PeerStatus {
 			st.Uptime = max(now.Sub(up.AsTime()).Truncate(time.Second), 0)
 		}
 	}
+	// With graceful restart negotiated GoBGP counts the End-of-RIB marker
+	// of each family as an advertised path; it is not a prefix.
+	eor := uint64(0)
+	if p.GetGracefulRestart().GetEnabled() && remoteHasGracefulRestart(p) {
+		eor = 1
+	}
 	for _, af := range p.GetAfiSafis() {
-		st.PrefixesSent += uint32(af.GetState().GetAdvertised())
+		if adv := af.GetState().GetAdvertised(); adv >= eor {
+			st.PrefixesSent += uint32(adv - eor)
+		}
 		st.PrefixesReceived += uint32(af.GetState().GetReceived())
 	}
 	return st
+}
+
+func remoteHasGracefulRestart(p *api.Peer) bool {
+	for _, c := range p.GetState().GetRemoteCap() {
+		if c.MessageIs(&api.GracefulRestartCapability{}) {
+			return true
+		}
+	}
+	return false
 }
