@@ -107,8 +107,14 @@ func TestPlanFoldedOverAppliedReachesDesired(t *testing.T) {
 				n := normalize(cur)
 				cur = &n
 			}
-			for _, a := range Diff(cur, to) {
-				cur = advance(cur, a, to)
+			steps := Diff(cur, to)
+			// One action at a time (the error path) and all at once agree.
+			whole := advance(cur, steps, to)
+			for k := range steps {
+				cur = advance(cur, steps[k:k+1], to)
+			}
+			if (whole == nil) != (cur == nil) || (whole != nil && !reflect.DeepEqual(normalize(whole), normalize(cur))) {
+				t.Errorf("state %d -> %d: stepwise and whole-plan advance disagree", i, j)
 			}
 			if cur != nil && to != nil {
 				cur.GracefulRestart = to.GracefulRestart

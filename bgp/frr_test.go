@@ -23,7 +23,6 @@ func frrToR() string {
 		"!\nbgp community-list standard UNHEALTHY permit 65000:666\n!\nroute-map FROM-NODE permit 10\n match community UNHEALTHY\n set local-preference 50\n!\nroute-map FROM-NODE permit 20\n!\n"
 }
 
-
 func frrRoute(f *frr, family, prefix string) string {
 	out, _ := f.vtysh(fmt.Sprintf("show bgp %s unicast %s", family, prefix))
 	return out

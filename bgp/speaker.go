@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -169,21 +170,24 @@ func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
 
 // reconcile runs on the Run goroutine.
 func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
+	start := time.Now()
 	want := Effective(s.desired, s.healthy)
 	plan := Diff(s.applied, &want)
 	for i, a := range plan {
 		if err := s.execute(ctx, a, &want); err != nil {
+			s.applied = advance(s.applied, plan[:i], &want)
 			return plan[:i], err
 		}
-		s.applied = advance(s.applied, a, &want)
-		s.log.Debug("bgp action applied", "action", a.String())
+	}
+	if len(plan) > 0 {
+		s.applied = advance(s.applied, plan, &want)
 	}
 	if s.applied != nil {
 		s.applied.GracefulRestart = want.GracefulRestart
 		s.restarting = false
 	}
 	if len(plan) > 0 {
-		s.log.Info("bgp reconciled", "actions", len(plan), "healthy", s.healthy)
+		s.log.Info("bgp reconciled", "actions", len(plan), "healthy", s.healthy, "took", time.Since(start))
 	}
 	return plan, nil
 }
@@ -237,30 +241,54 @@ func (s *Speaker) execute(ctx context.Context, a Action, want *Desired) error {
 	return nil
 }
 
-// advance returns the applied state after action a succeeded. Pure; a
-// plan from Diff(applied, want) folded over applied yields want.
-func advance(applied *Desired, a Action, want *Desired) *Desired {
-	switch a.Kind {
-	case ActionStop:
-		return nil
-	case ActionStart:
-		return &Desired{
-			LocalASN: a.Global.ASN, RouterID: a.Global.RouterID, ListenPort: a.Global.ListenPort,
-			ListenAddresses: slices.Clone(a.Global.ListenAddresses), GracefulRestart: want.GracefulRestart,
+// advance returns the applied state after the actions (a prefix of a
+// plan) succeeded, in one pass so a 10,000-prefix plan stays linear. Pure;
+// a whole plan from Diff(applied, want) folded over applied yields want.
+func advance(applied *Desired, actions []Action, want *Desired) *Desired {
+	cur := applied
+	peers := map[netip.Addr]Peer{}
+	paths := map[netip.Prefix]Prefix{}
+	load := func() {
+		clear(peers)
+		clear(paths)
+		if cur == nil {
+			return
+		}
+		for _, p := range cur.Peers {
+			peers[p.Address] = p
+		}
+		for _, p := range cur.Prefixes {
+			paths[p.CIDR] = p
 		}
 	}
-	n := *applied
-	switch a.Kind {
-	case ActionAddPeer, ActionUpdatePeer:
-		n.Peers = slices.DeleteFunc(slices.Clone(n.Peers), func(p Peer) bool { return p.Address == a.Peer.Address })
-		n.Peers = append(n.Peers, a.Peer)
-	case ActionDeletePeer:
-		n.Peers = slices.DeleteFunc(slices.Clone(n.Peers), func(p Peer) bool { return p.Address == a.Peer.Address })
-	case ActionAddPath:
-		n.Prefixes = slices.DeleteFunc(slices.Clone(n.Prefixes), func(p Prefix) bool { return p.CIDR == a.Prefix.CIDR })
-		n.Prefixes = append(n.Prefixes, a.Prefix)
-	case ActionDeletePath:
-		n.Prefixes = slices.DeleteFunc(slices.Clone(n.Prefixes), func(p Prefix) bool { return p.CIDR == a.Prefix.CIDR })
+	load()
+	for _, a := range actions {
+		switch a.Kind {
+		case ActionStop:
+			cur = nil
+			load()
+		case ActionStart:
+			cur = &Desired{
+				LocalASN: a.Global.ASN, RouterID: a.Global.RouterID, ListenPort: a.Global.ListenPort,
+				ListenAddresses: slices.Clone(a.Global.ListenAddresses), GracefulRestart: want.GracefulRestart,
+			}
+			load()
+		case ActionAddPeer, ActionUpdatePeer:
+			peers[a.Peer.Address] = a.Peer
+		case ActionDeletePeer:
+			delete(peers, a.Peer.Address)
+		case ActionAddPath:
+			paths[a.Prefix.CIDR] = a.Prefix
+		case ActionDeletePath:
+			delete(paths, a.Prefix.CIDR)
+		}
 	}
+	if cur == nil {
+		return nil
+	}
+	n := *cur
+	n.Peers = slices.Collect(maps.Values(peers))
+	n.Prefixes = slices.Collect(maps.Values(paths))
+	n = normalize(&n)
 	return &n
 }
