@@ -1,0 +1,147 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const benchPrefixes = 10000
+
+func benchPrefixList() []Prefix {
+	out := make([]Prefix, benchPrefixes)
+	for i := range out {
+		out[i] = Prefix{CIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}
+	}
+	return out
+}
+
+var countRE = regexp.MustCompile(`(\d+) of (\d+) routes`)
+
+// birdCount is how many routes BIRD holds from protocol proto.
+func birdCount(b *bird, proto string) (int, error) {
+	out, err := b.cli("show", "route", "protocol", proto, "count")
+	if err != nil {
+		return 0, fmt.Errorf("%v: %s", err, out)
+	}
+	m := countRE.FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("unexpected birdc output %q", out)
+	}
+	return strconv.Atoi(m[1])
+}
+
+func waitCount(b testing.TB, br *bird, proto string, want int) {
+	b.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n, err := birdCount(br, proto)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("BIRD holds %d routes from %s, want %d", n, proto, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rssMB is the resident memory of a process we started.
+func rssMB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkAdvertise10kPrefixesVsBIRD times how long BIRD (the ToR) takes to
+// hold 10,000 prefixes advertised by the fedmesh speaker, and in the same
+// run the same 10,000 advertised by a second BIRD. x-bird is the ratio
+// (target <= 2).
+func BenchmarkAdvertise10kPrefixesVsBIRD(b *testing.B) {
+	l := newLab(b) // host namespace plays the second BIRD
+	var static strings.Builder
+	for _, p := range benchPrefixList() {
+		fmt.Fprintf(&static, "  route %s blackhole;\n", p.CIDR)
+	}
+	tor := startBird(b, l.tor, fmt.Sprintf(`router id 198.18.0.1;
+protocol device {}
+protocol bgp node { local %s as %d; neighbor %s as %d; ipv4 { import all; export none; }; }
+protocol bgp peerb { local 198.18.0.5 as %d; neighbor %s as 65020; ipv4 { import all; export none; }; }
+`, torV4, torASN, nodeV4, nodeASN, torASN, hostV4))
+	second := startBird(b, l.host, fmt.Sprintf(`router id %s;
+protocol device {}
+protocol static bulk { disabled; ipv4;
+%s}
+protocol bgp tor { local %s as 65020; neighbor 198.18.0.5 as %d; ipv4 { import none; export where proto = "bulk"; }; }
+`, hostV4, static.String(), hostV4, torASN))
+
+	d := Desired{
+		LocalASN: nodeASN,
+		RouterID: netip.MustParseAddr(nodeV4),
+		Peers:    []Peer{{Address: netip.MustParseAddr(torV4), ASN: torASN}},
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+	}
+	sp := startSpeaker(b, l.node, d)
+	eventually(b, 30*time.Second, "speaker session", established(sp, b, torV4))
+	eventually(b, 30*time.Second, "second BIRD session", func() string {
+		out, _ := tor.cli("show", "protocols", "peerb")
+		if !strings.Contains(out, "Established") {
+			return out
+		}
+		return ""
+	})
+	full := d
+	full.Prefixes = benchPrefixList()
+
+	var speakerTotal, birdTotal time.Duration
+	var speakerRSS float64
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if r := sp.call(b, "apply", full); r.Error != "" {
+			b.Fatal(r.Error)
+		}
+		waitCount(b, tor, "node", benchPrefixes)
+		speakerTotal += time.Since(start)
+		speakerRSS = max(speakerRSS, rssMB(sp.cmd.Process.Pid))
+
+		start = time.Now()
+		if out, err := second.cli("enable", "bulk"); err != nil {
+			b.Fatalf("enable bulk: %v %s", err, out)
+		}
+		waitCount(b, tor, "peerb", benchPrefixes)
+		birdTotal += time.Since(start)
+
+		b.StopTimer()
+		if r := sp.call(b, "apply", d); r.Error != "" {
+			b.Fatal(r.Error)
+		}
+		_, _ = second.cli("disable", "bulk")
+		waitCount(b, tor, "node", 0)
+		waitCount(b, tor, "peerb", 0)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(float64(speakerTotal.Milliseconds())/n, "speaker-ms")
+	b.ReportMetric(float64(birdTotal.Milliseconds())/n, "bird-ms")
+	b.ReportMetric(float64(speakerTotal)/float64(birdTotal), "x-bird")
+	b.ReportMetric(speakerRSS, "speaker-rss-MB")
+	b.ReportMetric(rssMB(second.cmd.Process.Pid), "bird-rss-MB")
+}

@@ -1,0 +1,300 @@
+package bgp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Default values the speaker uses when a Desired leaves a field zero.
+const (
+	DefaultPort          = 179
+	DefaultHoldTime      = 90 * time.Second
+	DefaultConnectRetry  = 5 * time.Second
+	DefaultDeferralTime  = 30 * time.Second
+	maxRestartTime       = 4095 * time.Second // 12 bits in the capability (RFC 4724 §3)
+	maxMD5KeyLen         = 80                 // TCP_MD5SIG_MAXKEYLEN
+	minHoldTime          = 3 * time.Second    // RFC 4271 §4.2: zero or at least three seconds
+	asTrans              = 23456              // RFC 6793; never a real ASN
+	maxASN               = 4294967294         // 4294967295 is reserved (RFC 7300)
+	defaultIdleHoldAfter = 5 * time.Second    // GoBGP's 30 s default keeps a flapped ToR down too long
+)
+
+// Desired is everything the speaker should be doing: one value, compared
+// whole against what was applied. The zero Desired means "no speaker": the
+// reconciler stops GoBGP and holds no session.
+type Desired struct {
+	// LocalASN is the node's ASN (1..4294967294, not 23456).
+	LocalASN uint32 `json:"localASN"`
+	// RouterID is the BGP identifier, an IPv4 address (usually the node's
+	// underlay IPv4 address, also on IPv6-only nodes where it is just an ID).
+	RouterID netip.Addr `json:"routerID"`
+	// ListenPort is the TCP port the speaker accepts sessions on (0 = 179).
+	ListenPort uint16 `json:"listenPort,omitempty"`
+	// ListenAddresses restricts the listening sockets (empty = 0.0.0.0 and ::).
+	ListenAddresses []netip.Addr `json:"listenAddresses,omitempty"`
+	// GracefulRestart, when RestartTime is non-zero, makes the speaker a
+	// restarting speaker (RFC 4724) with every peer.
+	GracefulRestart GracefulRestart `json:"gracefulRestart"`
+	// Peers are the routers to hold sessions with; addresses are unique.
+	Peers []Peer `json:"peers,omitempty"`
+	// PodCIDRs are the node's pod ranges: every advertised prefix must lie
+	// inside one of them, so a bad config cannot hijack someone else's range.
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+	// Prefixes are advertised to every peer of the prefix's address family.
+	// All of them are health-coupled (see the package doc).
+	Prefixes []Prefix `json:"prefixes,omitempty"`
+	// UnhealthyCommunity, when set, is attached to every prefix while the
+	// node is unhealthy instead of withdrawing the prefixes.
+	UnhealthyCommunity *Community `json:"unhealthyCommunity,omitempty"`
+}
+
+// Enabled reports whether d asks for a running speaker.
+func (d *Desired) Enabled() bool { return d != nil && d.LocalASN != 0 }
+
+// GracefulRestart configures RFC 4724 as the restarting speaker.
+type GracefulRestart struct {
+	// RestartTime is advertised to peers: how long they keep our routes
+	// after the session drops (0 = graceful restart off; at most 4095 s).
+	RestartTime time.Duration `json:"restartTime,omitempty"`
+	// DeferralTime bounds how long a restarted speaker waits for the
+	// peers' End-of-RIB before it sends its own routes (0 = 30 s).
+	DeferralTime time.Duration `json:"deferralTime,omitempty"`
+}
+
+// Enabled reports whether graceful restart is on.
+func (g GracefulRestart) Enabled() bool { return g.RestartTime > 0 }
+
+// Peer is one BGP neighbor. Families follow the peer's address: an IPv4
+// peer carries IPv4 unicast, an IPv6 peer carries IPv6 unicast (MP-BGP), so
+// next hops are always of the session's own family.
+type Peer struct {
+	// Address of the peer; its family picks the session's AFI.
+	Address netip.Addr `json:"address"`
+	// ASN of the peer; equal to the local ASN means iBGP.
+	ASN uint32 `json:"asn"`
+	// Port is the peer's TCP port (0 = 179).
+	Port uint16 `json:"port,omitempty"`
+	// Password turns on TCP-MD5 (RFC 2385); at most 80 bytes.
+	Password string `json:"password,omitempty"`
+	// HoldTime proposed in OPEN (0 = 90 s; else at least 3 s).
+	HoldTime time.Duration `json:"holdTime,omitempty"`
+	// Keepalive interval (0 = HoldTime/3); must be below HoldTime.
+	Keepalive time.Duration `json:"keepalive,omitempty"`
+}
+
+// Prefix is one route the node originates.
+type Prefix struct {
+	// CIDR is the advertised prefix, in canonical (masked) form.
+	CIDR netip.Prefix `json:"cidr"`
+	// Communities attached (RFC 1997).
+	Communities []Community `json:"communities,omitempty"`
+	// LargeCommunities attached (RFC 8092).
+	LargeCommunities []LargeCommunity `json:"largeCommunities,omitempty"`
+}
+
+// Community is a standard community, high 16 bits the ASN.
+type Community uint32
+
+// ParseCommunity parses "ASN:VALUE" with both halves in 0..65535.
+func ParseCommunity(s string) (Community, error) {
+	a, b, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, fmt.Errorf("parse community %q: want ASN:VALUE", s)
+	}
+	hi, err1 := strconv.ParseUint(a, 10, 16)
+	lo, err2 := strconv.ParseUint(b, 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse community %q: both halves must be 0..65535", s)
+	}
+	return Community(hi<<16 | lo), nil
+}
+
+func (c Community) String() string { return fmt.Sprintf("%d:%d", uint32(c)>>16, uint32(c)&0xffff) }
+
+// MarshalText encodes as "ASN:VALUE".
+func (c Community) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText decodes "ASN:VALUE".
+func (c *Community) UnmarshalText(b []byte) error {
+	v, err := ParseCommunity(string(b))
+	*c = v
+	return err
+}
+
+// LargeCommunity is GLOBAL:LOCAL1:LOCAL2 (RFC 8092).
+type LargeCommunity struct {
+	Global, Local1, Local2 uint32
+}
+
+// ParseLargeCommunity parses "GLOBAL:LOCAL1:LOCAL2", each 32 bits.
+func ParseLargeCommunity(s string) (LargeCommunity, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return LargeCommunity{}, fmt.Errorf("parse large community %q: want GLOBAL:LOCAL1:LOCAL2", s)
+	}
+	var v [3]uint32
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return LargeCommunity{}, fmt.Errorf("parse large community %q: each part must be 0..4294967295", s)
+		}
+		v[i] = uint32(n)
+	}
+	return LargeCommunity{v[0], v[1], v[2]}, nil
+}
+
+func (l LargeCommunity) String() string { return fmt.Sprintf("%d:%d:%d", l.Global, l.Local1, l.Local2) }
+
+// MarshalText encodes as "GLOBAL:LOCAL1:LOCAL2".
+func (l LargeCommunity) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText decodes "GLOBAL:LOCAL1:LOCAL2".
+func (l *LargeCommunity) UnmarshalText(b []byte) error {
+	v, err := ParseLargeCommunity(string(b))
+	*l = v
+	return err
+}
+
+// FieldError says which field of a Desired is wrong and why. Validate joins
+// one per problem; find them with errors.As.
+type FieldError struct {
+	Field  string // path of the field, e.g. "peers[1].address"
+	Value  string
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("invalid %s %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// ErrInvalid is matched (errors.Is) by every error Validate returns.
+var ErrInvalid = errors.New("invalid BGP desired state")
+
+// Is makes every FieldError match ErrInvalid.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+// Validate checks d and returns every problem found, each a *FieldError
+// naming the field. The zero Desired (speaker off) is valid.
+func (d *Desired) Validate() error {
+	if d.LocalASN == 0 && d.isEmptyOtherwise() {
+		return nil
+	}
+	var errs []error
+	bad := func(field string, value any, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Value: fmt.Sprint(value), Reason: fmt.Sprintf(format, args...)})
+	}
+	if r := asnProblem(d.LocalASN); r != "" {
+		bad("localASN", d.LocalASN, "%s", r)
+	}
+	switch {
+	case !d.RouterID.IsValid():
+		bad("routerID", "", "an IPv4 address is required")
+	case !d.RouterID.Is4():
+		bad("routerID", d.RouterID, "must be an IPv4 address (the 32-bit BGP identifier)")
+	case d.RouterID.IsUnspecified() || d.RouterID.IsMulticast() || d.RouterID == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		bad("routerID", d.RouterID, "must be a unicast address")
+	}
+	for i, a := range d.ListenAddresses {
+		if !a.IsValid() || a.Zone() != "" {
+			bad(fmt.Sprintf("listenAddresses[%d]", i), a, "must be an IP address without zone")
+		}
+	}
+	if rt := d.GracefulRestart.RestartTime; rt < 0 || rt > maxRestartTime || rt%time.Second != 0 {
+		bad("gracefulRestart.restartTime", rt, "must be whole seconds in 0..4095s")
+	}
+	if dt := d.GracefulRestart.DeferralTime; dt < 0 || dt > time.Hour || dt%time.Second != 0 {
+		bad("gracefulRestart.deferralTime", dt, "must be whole seconds in 0..1h")
+	}
+
+	seenPeer := map[netip.Addr]int{}
+	for i, p := range d.Peers {
+		f := func(name string) string { return fmt.Sprintf("peers[%d].%s", i, name) }
+		switch {
+		case !p.Address.IsValid():
+			bad(f("address"), "", "an IPv4 or IPv6 address is required")
+		case p.Address.Zone() != "":
+			bad(f("address"), p.Address, "link-local peers with a zone are not supported; use a global address")
+		case p.Address.IsUnspecified() || p.Address.IsMulticast() || p.Address.Is4In6():
+			bad(f("address"), p.Address, "must be a unicast IPv4 or IPv6 address")
+		default:
+			if j, dup := seenPeer[p.Address]; dup {
+				bad(f("address"), p.Address, "duplicate of peers[%d]", j)
+			}
+			seenPeer[p.Address] = i
+		}
+		if r := asnProblem(p.ASN); r != "" {
+			bad(f("asn"), p.ASN, "%s", r)
+		}
+		if len(p.Password) > maxMD5KeyLen {
+			bad(f("password"), "<redacted>", "TCP-MD5 keys are at most %d bytes", maxMD5KeyLen)
+		}
+		if h := p.HoldTime; h != 0 && (h < minHoldTime || h > 65535*time.Second || h%time.Second != 0) {
+			bad(f("holdTime"), h, "must be 0 (default 90s) or whole seconds in 3..65535s")
+		}
+		hold := p.HoldTime
+		if hold == 0 {
+			hold = DefaultHoldTime
+		}
+		if k := p.Keepalive; k < 0 || k%time.Second != 0 || (k != 0 && k >= hold) {
+			bad(f("keepalive"), k, "must be whole seconds below the hold time (%s)", hold)
+		}
+	}
+
+	for i, c := range d.PodCIDRs {
+		if !c.IsValid() || c != c.Masked() {
+			bad(fmt.Sprintf("podCIDRs[%d]", i), c, "must be a canonical prefix (host bits zero)")
+		}
+	}
+	seenPrefix := map[netip.Prefix]int{}
+	for i, p := range d.Prefixes {
+		field := fmt.Sprintf("prefixes[%d].cidr", i)
+		switch {
+		case !p.CIDR.IsValid():
+			bad(field, "", "a prefix is required")
+		case p.CIDR != p.CIDR.Masked():
+			bad(field, p.CIDR, "host bits must be zero (did you mean %s?)", p.CIDR.Masked())
+		case p.CIDR.Addr().Is4In6() || p.CIDR.Addr().Zone() != "":
+			bad(field, p.CIDR, "must be a plain IPv4 or IPv6 prefix")
+		case !insideAny(p.CIDR, d.PodCIDRs):
+			bad(field, p.CIDR, "not inside the node's pod CIDRs %v", d.PodCIDRs)
+		default:
+			if j, dup := seenPrefix[p.CIDR]; dup {
+				bad(field, p.CIDR, "duplicate of prefixes[%d]", j)
+			}
+			seenPrefix[p.CIDR] = i
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Desired) isEmptyOtherwise() bool {
+	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0
+}
+
+func asnProblem(asn uint32) string {
+	switch {
+	case asn == 0:
+		return "must be 1..4294967294"
+	case asn == asTrans:
+		return "23456 is AS_TRANS (RFC 6793), not a real ASN"
+	case asn > maxASN:
+		return "4294967295 is reserved"
+	}
+	return ""
+}
+
+func insideAny(p netip.Prefix, cidrs []netip.Prefix) bool {
+	for _, c := range cidrs {
+		if c.IsValid() && c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,210 @@
+package bgp
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// ActionKind is one kind of change to the embedded GoBGP server.
+type ActionKind uint8
+
+// The actions Diff emits, in the order it emits them within one plan.
+const (
+	// ActionStop stops GoBGP: every session gets a CEASE and is deleted.
+	ActionStop ActionKind = iota + 1
+	// ActionStart starts GoBGP with Action.Global; GoBGP cannot change its
+	// ASN, router ID or listeners live, so a change there is Stop+Start.
+	ActionStart
+	// ActionDeletePath withdraws Action.Prefix.
+	ActionDeletePath
+	// ActionDeletePeer removes Action.Peer (its session gets a CEASE).
+	ActionDeletePeer
+	// ActionAddPath advertises Action.Prefix, replacing the attributes of
+	// an already advertised prefix (an implicit withdraw at the peer).
+	ActionAddPath
+	// ActionUpdatePeer changes a peer in place; GoBGP resets the session
+	// only when the change needs a new OPEN (ASN, password, port, GR).
+	ActionUpdatePeer
+	// ActionAddPeer adds Action.Peer.
+	ActionAddPeer
+)
+
+var actionNames = map[ActionKind]string{
+	ActionStop: "stop", ActionStart: "start", ActionDeletePath: "delete-path",
+	ActionDeletePeer: "delete-peer", ActionAddPath: "add-path",
+	ActionUpdatePeer: "update-peer", ActionAddPeer: "add-peer",
+}
+
+func (k ActionKind) String() string {
+	if n, ok := actionNames[k]; ok {
+		return n
+	}
+	return fmt.Sprintf("action(%d)", uint8(k))
+}
+
+// Global is the part of Desired GoBGP fixes at start.
+type Global struct {
+	ASN             uint32
+	RouterID        netip.Addr
+	ListenPort      uint16
+	ListenAddresses []netip.Addr
+}
+
+func (g Global) equal(o Global) bool {
+	return g.ASN == o.ASN && g.RouterID == o.RouterID && g.ListenPort == o.ListenPort &&
+		slices.Equal(g.ListenAddresses, o.ListenAddresses)
+}
+
+// Action is one step of a plan. Only the field its Kind names is set.
+type Action struct {
+	Kind   ActionKind
+	Global Global // ActionStart
+	Peer   Peer   // peer actions
+	Prefix Prefix // path actions
+}
+
+// String is a stable one-line form for logs and test tables.
+func (a Action) String() string {
+	switch a.Kind {
+	case ActionStart:
+		return fmt.Sprintf("start asn=%d router-id=%s port=%d", a.Global.ASN, a.Global.RouterID, a.Global.ListenPort)
+	case ActionStop:
+		return "stop"
+	case ActionAddPeer, ActionUpdatePeer, ActionDeletePeer:
+		return fmt.Sprintf("%s %s asn=%d", a.Kind, a.Peer.Address, a.Peer.ASN)
+	case ActionAddPath, ActionDeletePath:
+		s := fmt.Sprintf("%s %s", a.Kind, a.Prefix.CIDR)
+		if len(a.Prefix.Communities) > 0 {
+			s += " communities=" + joinStrings(a.Prefix.Communities)
+		}
+		if len(a.Prefix.LargeCommunities) > 0 {
+			s += " large=" + joinStrings(a.Prefix.LargeCommunities)
+		}
+		return s
+	}
+	return a.Kind.String()
+}
+
+func joinStrings[T fmt.Stringer](v []T) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func globalOf(d *Desired) Global {
+	return Global{ASN: d.LocalASN, RouterID: d.RouterID, ListenPort: d.ListenPort, ListenAddresses: d.ListenAddresses}
+}
+
+// Diff returns the minimal plan that turns the applied state into want.
+// Both are effective states (health already applied, see Effective); nil or
+// a disabled Desired means "no speaker". Equal inputs give an empty plan.
+// Diff is pure: no I/O, no clock, deterministic order.
+func Diff(applied, want *Desired) []Action {
+	if !want.Enabled() {
+		if applied.Enabled() {
+			return []Action{{Kind: ActionStop}}
+		}
+		return nil
+	}
+	w := normalize(want)
+	var plan []Action
+	if !applied.Enabled() || !globalOf(applied).equal(globalOf(&w)) {
+		if applied.Enabled() {
+			plan = append(plan, Action{Kind: ActionStop})
+		}
+		plan = append(plan, Action{Kind: ActionStart, Global: globalOf(&w)})
+		// Paths before peers: the first UPDATE after OPEN then carries all
+		// of them, and a restarting speaker's End-of-RIB follows them.
+		for _, p := range w.Prefixes {
+			plan = append(plan, Action{Kind: ActionAddPath, Prefix: p})
+		}
+		for _, p := range w.Peers {
+			plan = append(plan, Action{Kind: ActionAddPeer, Peer: p})
+		}
+		return plan
+	}
+	a := normalize(applied)
+
+	oldPaths := make(map[netip.Prefix]Prefix, len(a.Prefixes))
+	for _, p := range a.Prefixes {
+		oldPaths[p.CIDR] = p
+	}
+	newPaths := make(map[netip.Prefix]bool, len(w.Prefixes))
+	for _, p := range w.Prefixes {
+		newPaths[p.CIDR] = true
+	}
+	for _, p := range a.Prefixes {
+		if !newPaths[p.CIDR] {
+			plan = append(plan, Action{Kind: ActionDeletePath, Prefix: p})
+		}
+	}
+
+	oldPeers := make(map[netip.Addr]Peer, len(a.Peers))
+	for _, p := range a.Peers {
+		oldPeers[p.Address] = p
+	}
+	newPeers := make(map[netip.Addr]bool, len(w.Peers))
+	for _, p := range w.Peers {
+		newPeers[p.Address] = true
+	}
+	for _, p := range a.Peers {
+		if !newPeers[p.Address] {
+			plan = append(plan, Action{Kind: ActionDeletePeer, Peer: p})
+		}
+	}
+
+	for _, p := range w.Prefixes {
+		if old, ok := oldPaths[p.CIDR]; !ok || !prefixEqual(old, p) {
+			plan = append(plan, Action{Kind: ActionAddPath, Prefix: p})
+		}
+	}
+	grChanged := a.GracefulRestart != w.GracefulRestart
+	var adds []Action
+	for _, p := range w.Peers {
+		old, ok := oldPeers[p.Address]
+		switch {
+		case !ok:
+			adds = append(adds, Action{Kind: ActionAddPeer, Peer: p})
+		case old != p || grChanged:
+			plan = append(plan, Action{Kind: ActionUpdatePeer, Peer: p})
+		}
+	}
+	return append(plan, adds...)
+}
+
+func prefixEqual(a, b Prefix) bool {
+	return a.CIDR == b.CIDR && slices.Equal(a.Communities, b.Communities) &&
+		slices.Equal(a.LargeCommunities, b.LargeCommunities)
+}
+
+// normalize returns a copy with peers, prefixes and communities sorted and
+// communities deduplicated, so order in the input never causes a change.
+func normalize(d *Desired) Desired {
+	n := *d
+	n.Peers = slices.Clone(d.Peers)
+	slices.SortFunc(n.Peers, func(a, b Peer) int { return a.Address.Compare(b.Address) })
+	n.ListenAddresses = slices.Clone(d.ListenAddresses)
+	slices.SortFunc(n.ListenAddresses, netip.Addr.Compare)
+	n.ListenAddresses = slices.Compact(n.ListenAddresses)
+	n.Prefixes = make([]Prefix, len(d.Prefixes))
+	for i, p := range d.Prefixes {
+		p.Communities = slices.Compact(slices.Sorted(slices.Values(p.Communities)))
+		p.LargeCommunities = slices.Clone(p.LargeCommunities)
+		slices.SortFunc(p.LargeCommunities, func(a, b LargeCommunity) int {
+			return cmp.Or(cmp.Compare(a.Global, b.Global), cmp.Compare(a.Local1, b.Local1), cmp.Compare(a.Local2, b.Local2))
+		})
+		p.LargeCommunities = slices.Compact(p.LargeCommunities)
+		n.Prefixes[i] = p
+	}
+	slices.SortFunc(n.Prefixes, func(a, b Prefix) int { return comparePrefix(a.CIDR, b.CIDR) })
+	return n
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}

@@ -1,0 +1,52 @@
+// Package bgp owns the node's BGP speaker: an embedded GoBGP v3 server
+// (github.com/osrg/gobgp/v3/pkg/server, no gobgpd process) that advertises
+// the node's pod CIDRs to its top-of-rack routers so pod IPs are routable
+// inside a site with no overlay.
+//
+// # Shape
+//
+// Desired (built by FromCluster from the Cluster's BGPSettings, the node's
+// router ID and pod CIDRs) goes in; Effective applies the node's health to
+// it; Diff compares it with what GoBGP holds and returns a minimal plan of
+// Actions (start/stop, add/update/delete peer, add/delete path). Desired,
+// Effective and Diff are pure. Speaker is the thin loop that carries a plan
+// out against GoBGP's API and reports per-peer Status, convertible to
+// fedmeshv1.BGPPeerStatus with PeerStatus.ToProto.
+//
+// Sessions: IPv4 and IPv6 unicast over MP-BGP, the family of each session
+// following the peer's address (an IPv6 pod CIDR goes to IPv6 peers); eBGP
+// when the peer ASN differs, iBGP (the node a route-reflector client of its
+// ToR) when it is equal; optional TCP-MD5 per peer; hold and keepalive
+// timers per peer.
+//
+// # Graceful restart (RFC 4724)
+//
+// With a non-zero restart time the speaker advertises the Graceful Restart
+// capability with the forwarding-state bit for each family: the node keeps
+// forwarding while the agent is down, because the kernel and eBPF state
+// outlive it. A newly started Speaker sets the Restart State bit on its
+// first sessions and defers its UPDATEs until the peers' End-of-RIB (or the
+// deferral time), then sends its routes and End-of-RIB, so the ToR swaps
+// stale routes for fresh ones without a gap. A process that dies or exits
+// (crash, SIGKILL, upgrade) keeps its routes in the ToR's FIB for the
+// restart time; cancelling Speaker.Run instead is a deliberate stop that
+// sends CEASE and withdraws at once.
+//
+// # Health-coupled advertisement (the contract)
+//
+// The agent calls Speaker.SetHealthy(false) when its dataplane is not
+// enforcing a recent revision, and SetHealthy(true) once it is again. While
+// unhealthy, with Desired.UnhealthyCommunity unset every prefix is
+// withdrawn; with it set ("65000:666" in BGPSettings.unhealthy_community)
+// every prefix stays advertised with that community added, and the ToR is
+// expected to map the community to a lower preference (e.g. BIRD:
+// `if (65000,666) ~ bgp_community then bgp_local_pref = 50;`, FRR: a
+// route-map matching a community-list that sets local-preference), so
+// traffic prefers healthy nodes but is not blackholed if every node of a
+// prefix is unhealthy. Sessions stay up in both modes, so recovery is one
+// UPDATE. The speaker starts healthy (WithInitialHealth changes that):
+// after an agent restart the pinned dataplane still enforces, and starting
+// unhealthy would withdraw the very routes graceful restart kept; an agent
+// that cannot vouch for its dataplane at start calls SetHealthy(false)
+// before its first Apply. Setting the same health twice changes nothing.
+package bgp

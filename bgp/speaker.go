@@ -1,0 +1,294 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+// ErrStopped is returned by calls made after Run returned.
+var ErrStopped = errors.New("bgp speaker stopped")
+
+// Speaker owns one embedded GoBGP server and reconciles it to the desired
+// state. All mutations run on the goroutine inside Run, one at a time;
+// Apply, SetHealthy and Status hand it an operation and wait for its result,
+// so they are safe from any goroutine and block until Run picks them up.
+type Speaker struct {
+	log  *slog.Logger
+	now  func() time.Time
+	errs *peerErrors
+	ops  chan func()
+	done chan struct{}
+
+	// Owned by the Run goroutine.
+	srv        *server.BgpServer
+	desired    Desired
+	healthy    bool
+	applied    *Desired // effective state GoBGP holds; nil = not started
+	restarting bool     // the next peers added carry the Restart State bit
+}
+
+// Option configures a Speaker.
+type Option func(*Speaker)
+
+// WithLogger sets the logger (default slog.Default()); GoBGP's own log
+// lines go to it prefixed "gobgp: ".
+func WithLogger(l *slog.Logger) Option { return func(s *Speaker) { s.log = l } }
+
+// WithClock sets the clock used for session uptimes (default time.Now).
+func WithClock(now func() time.Time) Option { return func(s *Speaker) { s.now = now } }
+
+// WithInitialHealth sets the health the speaker assumes before the first
+// SetHealthy (default healthy; see the package doc for why).
+func WithInitialHealth(healthy bool) Option { return func(s *Speaker) { s.healthy = healthy } }
+
+// New returns a Speaker; nothing runs until Run.
+func New(opts ...Option) *Speaker {
+	s := &Speaker{
+		log:     slog.Default(),
+		now:     time.Now,
+		errs:    newPeerErrors(),
+		ops:     make(chan func()),
+		done:    make(chan struct{}),
+		healthy: true,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Run starts the embedded GoBGP server and serves operations until ctx is
+// done. Cancelling ctx is a deliberate stop: every session gets a CEASE
+// and the peers withdraw our routes at once. To keep the routes at the
+// peers across an agent restart (graceful restart), let the process exit
+// or die without cancelling: the kernel closes the TCP sessions and the
+// peers hold our routes as stale for the restart time.
+// GoBGP's internal goroutines outlive Run; run one Speaker per process.
+func (s *Speaker) Run(ctx context.Context) error {
+	defer close(s.done)
+	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{log: s.log, errs: s.errs}))
+	go s.srv.Serve()
+	s.restarting = true
+	for {
+		select {
+		case <-ctx.Done():
+			if s.applied != nil {
+				stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := s.srv.StopBgp(stopCtx, &api.StopBgpRequest{})
+				cancel()
+				if err != nil {
+					return fmt.Errorf("stop bgp: %w", err)
+				}
+			}
+			return nil
+		case op := <-s.ops:
+			op()
+		}
+	}
+}
+
+func (s *Speaker) do(ctx context.Context, f func() error) error {
+	res := make(chan error, 1)
+	select {
+	case s.ops <- func() { res <- f() }:
+	case <-s.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Apply validates d and reconciles GoBGP to it (with the current health
+// applied, see Effective). Invalid input returns an error wrapping one
+// *FieldError per problem and changes nothing. It returns the actions it
+// carried out; an unchanged d carries out none. After an error from GoBGP
+// the actions done so far stay applied and the next Apply retries the rest.
+func (s *Speaker) Apply(ctx context.Context, d Desired) ([]Action, error) {
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("validate bgp desired state: %w", err)
+	}
+	var done []Action
+	err := s.do(ctx, func() error {
+		s.desired = d
+		var err error
+		done, err = s.reconcile(ctx)
+		return err
+	})
+	return done, err
+}
+
+// SetHealthy sets the node's health (true when the dataplane enforces a
+// recent revision) and reconciles the advertisement accordingly. Calling
+// it with an unchanged value carries out no action.
+func (s *Speaker) SetHealthy(ctx context.Context, healthy bool) ([]Action, error) {
+	var done []Action
+	err := s.do(ctx, func() error {
+		s.healthy = healthy
+		var err error
+		done, err = s.reconcile(ctx)
+		return err
+	})
+	return done, err
+}
+
+// Status returns one entry per configured peer, sorted by address; nil
+// while the speaker is off.
+func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
+	var out []PeerStatus
+	err := s.do(ctx, func() error {
+		if s.applied == nil {
+			return nil
+		}
+		now := s.now()
+		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+			addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+			out = append(out, peerStatusFromAPI(p, now, s.errs.get(addr)))
+		})
+		if err != nil {
+			return fmt.Errorf("list bgp peers: %w", err)
+		}
+		slices.SortFunc(out, func(a, b PeerStatus) int { return a.Address.Compare(b.Address) })
+		return nil
+	})
+	return out, err
+}
+
+// reconcile runs on the Run goroutine.
+func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
+	start := time.Now()
+	want := Effective(s.desired, s.healthy)
+	plan := Diff(s.applied, &want)
+	for i, a := range plan {
+		if err := s.execute(ctx, a, &want); err != nil {
+			s.applied = advance(s.applied, plan[:i], &want)
+			return plan[:i], err
+		}
+	}
+	if len(plan) > 0 {
+		s.applied = advance(s.applied, plan, &want)
+	}
+	if s.applied != nil {
+		s.applied.GracefulRestart = want.GracefulRestart
+		s.restarting = false
+	}
+	if len(plan) > 0 {
+		s.log.Info("bgp reconciled", "actions", len(plan), "healthy", s.healthy, "took", time.Since(start))
+	}
+	return plan, nil
+}
+
+// execute carries out one action against GoBGP.
+func (s *Speaker) execute(ctx context.Context, a Action, want *Desired) error {
+	switch a.Kind {
+	case ActionStop:
+		if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
+			return fmt.Errorf("stop bgp: %w", err)
+		}
+	case ActionStart:
+		if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: apiGlobal(a.Global)}); err != nil {
+			return fmt.Errorf("start bgp (asn %d, router id %s, port %d): %w; is another BGP daemon holding the port?",
+				a.Global.ASN, a.Global.RouterID, apiGlobal(a.Global).ListenPort, err)
+		}
+	case ActionAddPeer:
+		p := apiPeer(a.Peer, want.GracefulRestart, s.restarting)
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: p}); err != nil {
+			return fmt.Errorf("add bgp peer %s: %w", a.Peer.Address, err)
+		}
+	case ActionUpdatePeer:
+		p := apiPeer(a.Peer, want.GracefulRestart, false)
+		if _, err := s.srv.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: p}); err != nil {
+			return fmt.Errorf("update bgp peer %s: %w", a.Peer.Address, err)
+		}
+	case ActionDeletePeer:
+		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: a.Peer.Address.String()}); err != nil {
+			return fmt.Errorf("delete bgp peer %s: %w", a.Peer.Address, err)
+		}
+		s.errs.forget(a.Peer.Address)
+	case ActionAddPath:
+		path, err := apiPath(a.Prefix)
+		if err != nil {
+			return err
+		}
+		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+			return fmt.Errorf("advertise %s: %w", a.Prefix.CIDR, err)
+		}
+	case ActionDeletePath:
+		path, err := apiPath(a.Prefix)
+		if err != nil {
+			return err
+		}
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: path.Family, Path: path}); err != nil {
+			return fmt.Errorf("withdraw %s: %w", a.Prefix.CIDR, err)
+		}
+	default:
+		return fmt.Errorf("execute bgp action %s: unknown kind", a.Kind)
+	}
+	return nil
+}
+
+// advance returns the applied state after the actions (a prefix of a
+// plan) succeeded, in one pass so a 10,000-prefix plan stays linear. Pure;
+// a whole plan from Diff(applied, want) folded over applied yields want.
+func advance(applied *Desired, actions []Action, want *Desired) *Desired {
+	cur := applied
+	peers := map[netip.Addr]Peer{}
+	paths := map[netip.Prefix]Prefix{}
+	load := func() {
+		clear(peers)
+		clear(paths)
+		if cur == nil {
+			return
+		}
+		for _, p := range cur.Peers {
+			peers[p.Address] = p
+		}
+		for _, p := range cur.Prefixes {
+			paths[p.CIDR] = p
+		}
+	}
+	load()
+	for _, a := range actions {
+		switch a.Kind {
+		case ActionStop:
+			cur = nil
+			load()
+		case ActionStart:
+			cur = &Desired{
+				LocalASN: a.Global.ASN, RouterID: a.Global.RouterID, ListenPort: a.Global.ListenPort,
+				ListenAddresses: slices.Clone(a.Global.ListenAddresses), GracefulRestart: want.GracefulRestart,
+			}
+			load()
+		case ActionAddPeer, ActionUpdatePeer:
+			peers[a.Peer.Address] = a.Peer
+		case ActionDeletePeer:
+			delete(peers, a.Peer.Address)
+		case ActionAddPath:
+			paths[a.Prefix.CIDR] = a.Prefix
+		case ActionDeletePath:
+			delete(paths, a.Prefix.CIDR)
+		}
+	}
+	if cur == nil {
+		return nil
+	}
+	n := *cur
+	n.Peers = slices.Collect(maps.Values(peers))
+	n.Prefixes = slices.Collect(maps.Values(paths))
+	n = normalize(&n)
+	return &n
+}

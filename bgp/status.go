@@ -1,0 +1,114 @@
+package bgp
+
+import (
+	"net/netip"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// SessionState is the RFC 4271 state of a session.
+type SessionState uint8
+
+// Session states, numbered like fedmeshv1.BGPSessionState.
+const (
+	StateUnknown SessionState = iota
+	StateIdle
+	StateConnect
+	StateActive
+	StateOpenSent
+	StateOpenConfirm
+	StateEstablished
+)
+
+var stateNames = [...]string{"Unknown", "Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established"}
+
+func (s SessionState) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "Unknown"
+}
+
+// PeerStatus is what the speaker knows about one session.
+type PeerStatus struct {
+	Address          netip.Addr
+	ASN              uint32
+	State            SessionState
+	Uptime           time.Duration // zero unless Established
+	PrefixesSent     uint32
+	PrefixesReceived uint32
+	// LastError is the last reason the session went down or failed to come
+	// up (a NOTIFICATION, a dial error, a hold-timer expiry); it survives a
+	// later recovery so an operator can see why a session flapped.
+	LastError string
+}
+
+// ToProto converts to the API's per-peer status.
+func (s PeerStatus) ToProto() *fedmeshv1.BGPPeerStatus {
+	out := &fedmeshv1.BGPPeerStatus{
+		Address:          s.Address.String(),
+		Asn:              s.ASN,
+		State:            fedmeshv1.BGPSessionState(s.State),
+		PrefixesSent:     s.PrefixesSent,
+		PrefixesReceived: s.PrefixesReceived,
+		LastError:        s.LastError,
+	}
+	if s.State == StateEstablished {
+		out.Uptime = durationpb.New(s.Uptime)
+	}
+	return out
+}
+
+// StatusToProto converts a Status result for the node's status report.
+func StatusToProto(st []PeerStatus) []*fedmeshv1.BGPPeerStatus {
+	out := make([]*fedmeshv1.BGPPeerStatus, len(st))
+	for i, s := range st {
+		out[i] = s.ToProto()
+	}
+	return out
+}
+
+// peerStatusFromAPI converts GoBGP's view of a peer; now and lastErr are
+// inputs so the conversion stays pure.
+func peerStatusFromAPI(p *api.Peer, now time.Time, lastErr string) PeerStatus {
+	addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+	st := PeerStatus{
+		Address:   addr,
+		ASN:       p.GetConf().GetPeerAsn(),
+		LastError: lastErr,
+	}
+	if s := p.GetState().GetSessionState(); s >= api.PeerState_IDLE && s <= api.PeerState_ESTABLISHED {
+		st.State = SessionState(s)
+	}
+	if st.State == StateEstablished {
+		if up := p.GetTimers().GetState().GetUptime(); up != nil && up.GetSeconds() > 0 {
+			st.Uptime = max(now.Sub(up.AsTime()).Truncate(time.Second), 0)
+		}
+	}
+	// With graceful restart negotiated GoBGP counts the End-of-RIB marker
+	// of each family as an advertised path; it is not a prefix.
+	eor := uint64(0)
+	if p.GetGracefulRestart().GetEnabled() && remoteHasGracefulRestart(p) {
+		eor = 1
+	}
+	for _, af := range p.GetAfiSafis() {
+		if adv := af.GetState().GetAdvertised(); adv >= eor {
+			st.PrefixesSent += uint32(adv - eor)
+		}
+		st.PrefixesReceived += uint32(af.GetState().GetReceived())
+	}
+	return st
+}
+
+func remoteHasGracefulRestart(p *api.Peer) bool {
+	for _, c := range p.GetState().GetRemoteCap() {
+		if c.MessageIs(&api.GracefulRestartCapability{}) {
+			return true
+		}
+	}
+	return false
+}
