@@ -1,26 +1,114 @@
-// Command fedlab runs a whole fedmesh federation on one machine inside network namespaces.
+// Command fedlab runs a whole fedmesh federation on one machine inside
+// network namespaces: the demo and the end-to-end harness.
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
+	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 )
 
 func main() {
-	cmd := &cobra.Command{
-		Use:          "fedlab",
-		Short:        "A local multi-site fedmesh lab in network namespaces",
-		Version:      buildinfo.Version(),
-		SilenceUsage: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("fedlab has no behaviour yet; see its issue")
-		},
-	}
-	if err := cmd.Execute(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
+}
+
+func root() *cobra.Command {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var name string
+	cmd := &cobra.Command{
+		Use:           "fedlab",
+		Short:         "A local multi-site fedmesh lab in network namespaces",
+		Version:       buildinfo.Version(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	cmd.PersistentFlags().StringVar(&name, "name", "fl", "lab name: prefix of every namespace and link (1-6 characters)")
+
+	var cfg lab.Config
+	up := &cobra.Command{
+		Use:   "up",
+		Short: "Build the lab: namespaces, ToR routers (BIRD, FRR), nodes and pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Name = name
+			start := time.Now()
+			l, err := lab.Up(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("lab %q up in %s: %d clusters, %d namespaces; state in %s\n", name, time.Since(start).Round(time.Millisecond), len(l.Topo.Clusters), len(l.Topo.Namespaces()), l.Dir)
+			fmt.Printf("next: fedlab status --name %s; fedlab exec --name %s POD -- CMD; fedlab down --name %s\n", name, name, name)
+			return nil
+		},
+	}
+	up.Flags().IntVar(&cfg.Clusters, "clusters", 2, "member clusters")
+	up.Flags().IntVar(&cfg.Nodes, "nodes", 2, "nodes per cluster")
+	up.Flags().IntVar(&cfg.Pods, "pods", 3, "pods per node")
+
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Stop everything the lab started and remove every namespace, link, BPF pin and file (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return lab.ErrNotRoot
+			}
+			return lab.Down(cmd.Context(), name, log)
+		},
+	}
+
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show what runs: processes, ToR routes, pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return fmt.Errorf("lab %q is not up: %w", name, err)
+			}
+			topo, err := lab.Plan(st.Config)
+			if err != nil {
+				return err
+			}
+			return lab.PrintStatus(cmd.Context(), os.Stdout, topo, st)
+		},
+	}
+
+	exec := &cobra.Command{
+		Use:   "exec POD -- CMD [ARGS...]",
+		Short: "Run a command inside a pod's network namespace (POD is its name or cluster/namespace/name)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return fmt.Errorf("lab %q is not up: %w", name, err)
+			}
+			topo, err := lab.Plan(st.Config)
+			if err != nil {
+				return err
+			}
+			if _, _, _, ok := topo.Pod(args[0]); !ok {
+				return fmt.Errorf("no pod %q in lab %q (see fedlab status)", args[0], name)
+			}
+			c := topo.Exec(cmd.Context(), args[0], args[1:])
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return c.Run()
+		},
+	}
+	cmd.AddCommand(up, down, status, exec)
+	return cmd
 }
