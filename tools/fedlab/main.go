@@ -109,6 +109,33 @@ func root() *cobra.Command {
 			return c.Run()
 		},
 	}
-	cmd.AddCommand(up, down, status, exec)
+	var port int
+	var proto string
+	var timeout time.Duration
+	serve := &cobra.Command{
+		Use:    "probe-serve",
+		Short:  "Answer TCP and UDP probes on --port (runs inside a pod namespace)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE:   func(cmd *cobra.Command, _ []string) error { return lab.Serve(cmd.Context(), port) },
+	}
+	serve.Flags().IntVar(&port, "port", 8080, "port to answer on")
+	probe := &cobra.Command{
+		Use:    "probe ADDR:PORT",
+		Short:  "One TCP or UDP exchange; exit 0 when answered, 3 when not",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := lab.Probe(cmd.Context(), proto, args[0], timeout); err != nil {
+				fmt.Println("blocked:", err)
+				os.Exit(3)
+			}
+			fmt.Println("ok")
+			return nil
+		},
+	}
+	probe.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	probe.Flags().DurationVar(&timeout, "timeout", time.Second, "how long to wait for the answer")
+	cmd.AddCommand(up, down, status, exec, serve, probe)
 	return cmd
 }

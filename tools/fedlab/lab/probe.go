@@ -1,0 +1,84 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Probes are the lab's traffic: a tiny TCP/UDP echo server that runs inside a
+// pod namespace (fedlab re-executes itself there) and a client that reports
+// whether one exchange got through. Nothing outside the lab is contacted.
+
+// Serve answers every TCP connection and UDP datagram on port with "ok"
+// until ctx ends.
+func Serve(ctx context.Context, port int) error {
+	addr := net.JoinHostPort("", strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen tcp %s: %w", addr, err)
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen udp %s: %w", addr, err)
+	}
+	go func() { <-ctx.Done(); ln.Close(); pc.Close() }()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("ok:"), buf[:n]...), from)
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = c.Write([]byte("ok\n"))
+		}()
+	}
+}
+
+// ErrBlocked is a probe that got no answer: dropped by policy or unroutable.
+var ErrBlocked = errors.New("no answer")
+
+// Probe makes one TCP connection (reading the greeting) or one UDP
+// exchange to addr within timeout.
+func Probe(ctx context.Context, proto, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, proto, addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %v", proto, addr, ErrBlocked, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if proto == "udp" {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return fmt.Errorf("udp %s: %w: %v", addr, ErrBlocked, err)
+		}
+	}
+	buf := make([]byte, 16)
+	if _, err := io.ReadAtLeast(c, buf, 2); err != nil {
+		return fmt.Errorf("%s %s: %w: %v", proto, addr, ErrBlocked, err)
+	}
+	return nil
+}
