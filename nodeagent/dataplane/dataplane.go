@@ -117,18 +117,18 @@ func (v Verdict) String() string {
 type Reason uint8
 
 const (
-	ReasonAllowPolicy     Reason = 0  // a rule allowed a new flow
-	ReasonAllowConntrack  Reason = 1  // established flow or reply
-	ReasonAllowRelated    Reason = 2  // ICMP error of a known flow
-	ReasonAllowOpen       Reason = 3  // direction not enforced
-	ReasonAllowControl    Reason = 4  // ARP, neighbour discovery, MLD
-	ReasonAllowFragment   Reason = 5  // later fragment of an allowed packet
-	ReasonDenyPolicy      Reason = 6  // no rule allows it
-	ReasonDenyMalformed   Reason = 7  // truncated or invalid headers
-	ReasonDenyFragment    Reason = 8  // later fragment without an allowed first
-	ReasonDenyL3          Reason = 9  // non-IP frame in an enforced direction
-	ReasonDenyNoEndpoint  Reason = 10 // interface unknown to the loaded revision
-	numReasons                   = 11
+	ReasonAllowPolicy    Reason = 0  // a rule allowed a new flow
+	ReasonAllowConntrack Reason = 1  // established flow or reply
+	ReasonAllowRelated   Reason = 2  // ICMP error of a known flow
+	ReasonAllowOpen      Reason = 3  // direction not enforced
+	ReasonAllowControl   Reason = 4  // ARP, neighbour discovery, MLD
+	ReasonAllowFragment  Reason = 5  // later fragment of an allowed packet
+	ReasonDenyPolicy     Reason = 6  // no rule allows it
+	ReasonDenyMalformed  Reason = 7  // truncated or invalid headers
+	ReasonDenyFragment   Reason = 8  // later fragment without an allowed first
+	ReasonDenyL3         Reason = 9  // non-IP frame in an enforced direction
+	ReasonDenyNoEndpoint Reason = 10 // interface unknown to the loaded revision
+	numReasons                  = 11
 )
 
 var reasonNames = [numReasons]string{"allow-policy", "allow-conntrack", "allow-related", "allow-open",

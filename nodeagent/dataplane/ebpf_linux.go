@@ -86,14 +86,14 @@ type EBPF struct {
 	spec *ebpf.CollectionSpec
 	coll *ebpf.Collection
 
-	mu       sync.Mutex // serialises Apply/Attach/Detach/Counters/Close
-	outer    [numTabs]*ebpf.Map
-	inner    [2][numTabs]*ebpf.Map // handles of inner maps this process wrote
-	shadow   [2]*Tables            // contents of each slot; nil = unknown
-	active   uint32
-	lastFlip time.Time
-	rev      *Revision
-	attached map[string]*attachment
+	mu        sync.Mutex // serialises Apply/Attach/Detach/Counters/Close
+	outer     [numTabs]*ebpf.Map
+	inner     [2][numTabs]*ebpf.Map // handles of inner maps this process wrote
+	shadow    [2]*Tables            // contents of each slot; nil = unknown
+	active    uint32
+	lastFlip  time.Time
+	rev       *Revision
+	attached  map[string]*attachment
 	unclaimed map[string]bool // pinned link files found at start
 
 	ifmu   sync.RWMutex
