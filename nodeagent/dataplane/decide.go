@@ -94,13 +94,6 @@ type decision struct {
 	eventWorthy bool
 }
 
-func (d decision) ret() int32 {
-	if d.reason.Verdict() == Deny {
-		return retDrop
-	}
-	return retNext
-}
-
 type frame []byte
 
 // load mirrors bpf_skb_load_bytes: nil when the bytes are not all there.
