@@ -431,7 +431,11 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	if dir == uint8(0) { // ingress: the peer is the source
 		peerIP = p.t.src
 	}
-	d.peerID, _ = tb.ipcache.lookup(peerIP[:], 128)
+	if id, ok := tb.t.IPHosts[peerIP]; ok {
+		d.peerID = id
+	} else {
+		d.peerID, _ = tb.ipcache.lookup(peerIP[:], 128)
+	}
 	if !enforced {
 		return allow(ReasonAllowOpen)
 	}

@@ -47,6 +47,7 @@ const graceAfterFlip = 5 * time.Millisecond
 
 const (
 	tabIPCache = iota
+	tabIPHosts
 	tabPolicy
 	tabCIDR
 	tabEndpoints
@@ -54,7 +55,7 @@ const (
 	numTabs
 )
 
-var outerNames = [numTabs]string{"fm_ipcache", "fm_policy", "fm_cidr", "fm_endpoints", "fm_rule_counters"}
+var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints", "fm_rule_counters"}
 
 type stateVal struct {
 	Active   uint32
@@ -279,6 +280,9 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	in := e.inner[slot]
 	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
+	}
+	if err := syncMap(ctx, in[tabIPHosts], old.IPHosts, t.IPHosts); err != nil {
+		return fmt.Errorf("write ipcache hosts: %w", err)
 	}
 	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
 		return fmt.Errorf("write policy: %w", err)

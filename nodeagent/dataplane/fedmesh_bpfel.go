@@ -24,6 +24,7 @@ const (
 	fedmeshMapFmEvents           = "fm_events"
 	fedmeshMapFmFrag             = "fm_frag"
 	fedmeshMapFmIpcache          = "fm_ipcache"
+	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
 	fedmeshMapFmPolicy           = "fm_policy"
 	fedmeshMapFmRuleCounters     = "fm_rule_counters"
 	fedmeshMapFmState            = "fm_state"
@@ -95,6 +96,7 @@ type fedmeshMapSpecs struct {
 	FmEvents       *ebpf.MapSpec `ebpf:"fm_events"`
 	FmFrag         *ebpf.MapSpec `ebpf:"fm_frag"`
 	FmIpcache      *ebpf.MapSpec `ebpf:"fm_ipcache"`
+	FmIpcacheHost  *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
 	FmPolicy       *ebpf.MapSpec `ebpf:"fm_policy"`
 	FmRuleCounters *ebpf.MapSpec `ebpf:"fm_rule_counters"`
 	FmState        *ebpf.MapSpec `ebpf:"fm_state"`
@@ -140,6 +142,7 @@ type fedmeshMaps struct {
 	FmEvents       *ebpf.Map `ebpf:"fm_events"`
 	FmFrag         *ebpf.Map `ebpf:"fm_frag"`
 	FmIpcache      *ebpf.Map `ebpf:"fm_ipcache"`
+	FmIpcacheHost  *ebpf.Map `ebpf:"fm_ipcache_host"`
 	FmPolicy       *ebpf.Map `ebpf:"fm_policy"`
 	FmRuleCounters *ebpf.Map `ebpf:"fm_rule_counters"`
 	FmState        *ebpf.Map `ebpf:"fm_state"`
@@ -155,6 +158,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmEvents,
 		m.FmFrag,
 		m.FmIpcache,
+		m.FmIpcacheHost,
 		m.FmPolicy,
 		m.FmRuleCounters,
 		m.FmState,

@@ -60,9 +60,10 @@ type endpointVal struct {
 // deterministic value that both implementations load as it is.
 type Tables struct {
 	Revision  uint64
-	IPCache   map[ipcacheKey]uint32
-	Policy    map[policyKey]uint32 // -> RuleID
-	CIDR      map[cidrKey]uint32   // -> CIDR class (0: no rule holds)
+	IPCache   map[ipcacheKey]uint32 // prefixes shorter than a host
+	IPHosts   map[[16]byte]uint32   // /32 and /128 entries
+	Policy    map[policyKey]uint32  // -> RuleID
+	CIDR      map[cidrKey]uint32    // -> CIDR class (0: no rule holds)
 	Endpoints map[uint32]endpointVal
 }
 
@@ -83,7 +84,8 @@ func prefixKey(p netip.Prefix) ([16]byte, uint32) {
 // host-side ifindex). It is pure.
 func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 	t := &Tables{
-		IPCache:   make(map[ipcacheKey]uint32, len(rev.IPCache)),
+		IPCache:   map[ipcacheKey]uint32{},
+		IPHosts:   make(map[[16]byte]uint32, len(rev.IPCache)),
 		Policy:    map[policyKey]uint32{},
 		CIDR:      map[cidrKey]uint32{},
 		Endpoints: make(map[uint32]endpointVal, len(attached)),
@@ -94,11 +96,19 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 			return nil, fmt.Errorf("render ipcache: invalid prefix for identity %d", e.Identity)
 		}
 		ip, bits := prefixKey(e.Prefix)
-		k := ipcacheKey{Prefixlen: bits, IP: ip}
-		if old, ok := t.IPCache[k]; ok && old != e.Identity {
+		var old uint32
+		var dup bool
+		if bits == 128 {
+			old, dup = t.IPHosts[ip]
+			t.IPHosts[ip] = e.Identity
+		} else {
+			k := ipcacheKey{Prefixlen: bits, IP: ip}
+			old, dup = t.IPCache[k]
+			t.IPCache[k] = e.Identity
+		}
+		if dup && old != e.Identity {
 			return nil, fmt.Errorf("render ipcache: prefix %s has identities %d and %d", e.Prefix, old, e.Identity)
 		}
-		t.IPCache[k] = e.Identity
 	}
 	ids := make([]string, 0, len(attached))
 	for id := range attached {

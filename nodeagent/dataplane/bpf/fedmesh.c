@@ -85,6 +85,10 @@ struct ipcache_key {
 	__u8 ip[16];
 };
 
+struct host_key {
+	__u8 ip[16];
+};
+
 struct ipcache_val {
 	__u32 identity;
 };
@@ -204,6 +208,7 @@ struct btf_anchor {
 	struct cidr_val f;
 	struct endpoint_val g;
 	struct counter h;
+	struct host_key i;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -215,6 +220,15 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__uint(max_entries, 1 << 20); \
 	__uint(map_flags, BPF_F_NO_PREALLOC); \
 	__type(key, struct ipcache_key); \
+	__type(value, struct ipcache_val);
+
+// Host entries (/32, /128) live in a hash: they are most of the ipcache and
+// always the longest match, so a hash hit is what the trie would return.
+#define IPCACHE_HOST_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct host_key); \
 	__type(value, struct ipcache_val);
 
 #define POLICY_INNER_DEF \
@@ -250,6 +264,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { IPCACHE_INNER_DEF });
 } fm_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { IPCACHE_HOST_INNER_DEF });
+} fm_ipcache_host SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -788,7 +810,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	peer_ip = dir == DIR_INGRESS ? p.t.src : p.t.dst;
-	ipc = bpf_map_lookup_elem(&fm_ipcache, &slot);
+	ipc = bpf_map_lookup_elem(&fm_ipcache_host, &slot);
+	if (ipc) {
+		struct ipcache_val *iv = bpf_map_lookup_elem(ipc, peer_ip);
+		if (iv)
+			peer_id = iv->identity;
+	}
+	ipc = peer_id ? 0 : bpf_map_lookup_elem(&fm_ipcache, &slot);
 	if (ipc) {
 		struct ipcache_key ik = {.prefixlen = 128};
 		struct ipcache_val *iv;
