@@ -1,0 +1,903 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// fedmesh policy enforcement on the host-side veth of each local endpoint.
+//
+// fm_from_pod runs on tcx ingress of the host veth (traffic leaving the pod:
+// the endpoint's egress policy); fm_to_pod runs on tcx egress (traffic
+// entering the pod: its ingress policy). The Go twin of this file is
+// nodeagent/dataplane/decide.go: every rule below is mirrored there and the
+// differential test holds the two to the same verdicts. Change both together.
+//
+// Documented choices (see also the package doc):
+//   - Malformed IP packets (truncated L3/L4 header, IHL < 5, total length
+//     beyond the frame, too many IPv6 extension headers) are dropped in every
+//     direction, enforced or not. Headers are read with bpf_skb_load_bytes,
+//     so no read can leave the packet.
+//   - ARP and IPv6 neighbour discovery / MLD always pass. Other non-IP frames
+//     pass only when the direction is not enforced.
+//   - IPv4/IPv6 fragments: the first fragment is judged like any packet and,
+//     when allowed, records (endpoint, direction, addresses, id, proto) in an
+//     LRU fragment map; non-first fragments pass only when that record exists
+//     (or the direction is open) and are otherwise dropped with a counter.
+//     Fragments arriving before their first fragment are therefore dropped.
+//   - Conntrack: a packet of a flow already allowed at this endpoint (same
+//     direction) or a reply to one (opposite direction) passes without a
+//     policy lookup, so established flows survive a policy change until they
+//     go idle or close (Calico/Cilium behaviour). ICMP errors pass when the
+//     packet they quote belongs to such a flow.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define TCX_NEXT -1
+#define TCX_DROP 2
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+#define KIND_IDENTITY 0
+#define KIND_CIDR 1
+
+#define PROTO_ICMP 1
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ICMPV6 58
+#define PROTO_SCTP 132
+
+// Reasons: keep in sync with reason.go.
+enum {
+	REASON_ALLOW_POLICY = 0,
+	REASON_ALLOW_CT = 1,
+	REASON_ALLOW_RELATED = 2,
+	REASON_ALLOW_OPEN = 3,
+	REASON_ALLOW_CONTROL = 4,
+	REASON_ALLOW_FRAG = 5,
+	REASON_DENY_POLICY = 6,
+	REASON_DENY_MALFORMED = 7,
+	REASON_DENY_FRAG = 8,
+	REASON_DENY_L3 = 9,
+	REASON_DENY_NO_ENDPOINT = 10,
+};
+
+#define CT_CLOSING 1
+
+#define POLICY_FIXED_BITS 96
+#define POLICY_ALL_BITS 112
+#define CIDR_FIXED_BITS 64
+
+#define MAX_RULES 65536
+#define SLOTS 2
+
+// Tunables set by the loader (CollectionSpec.Variables).
+volatile const __u64 ct_timeout_tcp_ns = 6ULL * 3600 * 1000000000ULL;
+volatile const __u64 ct_timeout_other_ns = 60ULL * 1000000000ULL;
+volatile const __u64 ct_timeout_closing_ns = 10ULL * 1000000000ULL;
+volatile const __u64 events_per_sec = 1000;
+volatile const __u64 events_burst = 100;
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 ip[16];
+};
+
+struct host_key {
+	__u8 ip[16];
+};
+
+struct ipcache_val {
+	__u32 identity;
+};
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ifindex;
+	__u8 dir;
+	__u8 kind;
+	__u8 proto;
+	__u8 pad;
+	__u32 peer;
+	__u16 port; // network byte order so that prefixes cover ranges
+	__u16 pad2;
+};
+
+struct policy_val {
+	__u32 rule;
+};
+
+struct cidr_key {
+	__u32 prefixlen;
+	__u32 ifindex;
+	__u8 dir;
+	__u8 pad[3];
+	__u8 ip[16];
+};
+
+struct cidr_val {
+	__u32 class_id;
+};
+
+struct endpoint_val {
+	__u32 identity;
+	__u8 enforced[2]; // indexed by DIR_*
+	__u8 pad[2];
+};
+
+struct ct_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 proto;
+	__u16 sport;
+	__u16 dport;
+	__u16 pad;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+struct ct_val {
+	__u64 last_seen;
+	__u32 rule;
+	__u32 flags;
+};
+
+struct frag_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 proto;
+	__u16 pad;
+	__u32 id;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+struct frag_val {
+	__u64 created;
+};
+
+struct ep_counter_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 reason;
+	__u16 pad;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct event {
+	__u64 ts;
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 ifindex;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 verdict; // 0 allow, 1 deny
+	__u8 reason;
+};
+
+struct bucket {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+struct state {
+	__u32 active; // index of the slot every table is read from
+	__u32 pad;
+	__u64 revision;
+};
+
+// clang 14 emits the types that inner-map definitions point to as forward
+// declarations; this read-only anchor makes it emit them in full.
+struct btf_anchor {
+	struct ipcache_key a;
+	struct ipcache_val b;
+	struct policy_key c;
+	struct policy_val d;
+	struct cidr_key e;
+	struct cidr_val f;
+	struct endpoint_val g;
+	struct counter h;
+	struct host_key i;
+};
+volatile const struct btf_anchor fm_btf_anchor;
+
+// Per-revision tables (types only: the Go side creates the inner maps). Each outer map has SLOTS inner maps; the Go side fills
+// the inactive slot, then flips state.active, so a packet reads one whole
+// revision (it loads `active` once).
+#define IPCACHE_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct ipcache_key); \
+	__type(value, struct ipcache_val);
+
+// Host entries (/32, /128) live in a hash: they are most of the ipcache and
+// always the longest match, so a hash hit is what the trie would return.
+#define IPCACHE_HOST_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct host_key); \
+	__type(value, struct ipcache_val);
+
+#define POLICY_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct policy_key); \
+	__type(value, struct policy_val);
+
+#define CIDR_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE); \
+	__uint(max_entries, 1 << 18); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct cidr_key); \
+	__type(value, struct cidr_val);
+
+#define ENDPOINTS_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 4096); \
+	__type(key, __u32); \
+	__type(value, struct endpoint_val);
+
+#define RULE_COUNTERS_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
+	__uint(max_entries, MAX_RULES); \
+	__type(key, __u32); \
+	__type(value, struct counter);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { IPCACHE_INNER_DEF });
+} fm_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { IPCACHE_HOST_INNER_DEF });
+} fm_ipcache_host SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_INNER_DEF });
+} fm_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { CIDR_INNER_DEF });
+} fm_cidr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { ENDPOINTS_INNER_DEF });
+} fm_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { RULE_COUNTERS_INNER_DEF });
+} fm_rule_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ep_counter_key);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_ep_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_event_bucket SEC(".maps");
+
+// A parsed packet. Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d).
+struct tuple {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+};
+
+struct pkt {
+	struct tuple t;
+	__u8 has_ports;  // t.dport is a real port (TCP/UDP/SCTP)
+	__u8 frag;       // 0 none, 1 first fragment, 2 later fragment
+	__u8 tcp_flags;
+	__u8 related;    // ICMP error quoting `inner`
+	__u32 frag_id;
+	struct tuple inner;
+};
+
+enum { PARSE_OK = 0, PARSE_CONTROL = 1, PARSE_MALFORMED = 2, PARSE_NOT_IP = 3 };
+
+static __always_inline void v4_mapped(__u8 *dst, __u32 addr)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &addr, 4);
+}
+
+static __always_inline int is_icmp4_error(__u8 type)
+{
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+static __always_inline int is_icmp6_error(__u8 type)
+{
+	return type >= 1 && type <= 4;
+}
+
+// l4_ports fills sport/dport of a tuple from the L4 header at off; need is
+// how many bytes the header must have. Returns -1 when truncated.
+static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end, struct tuple *t,
+				    __u8 *has_ports, __u8 *tcp_flags, __u8 *icmp_type)
+{
+	__u8 hdr[14];
+
+	switch (t->proto) {
+	case PROTO_TCP:
+		if (off + 20 > end || bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+			return -1;
+		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
+		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
+		*tcp_flags = hdr[13];
+		*has_ports = 1;
+		return 0;
+	case PROTO_UDP:
+	case PROTO_SCTP:
+		if (off + (t->proto == PROTO_UDP ? 8 : 12) > end || bpf_skb_load_bytes(skb, off, hdr, 4) < 0)
+			return -1;
+		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
+		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
+		*has_ports = 1;
+		return 0;
+	case PROTO_ICMP:
+	case PROTO_ICMPV6:
+		if (off + 8 > end || bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+			return -1;
+		*icmp_type = hdr[0];
+		// Echo request carries its id as the source "port", the reply as
+		// the destination one, so a reply is the reverse tuple.
+		if ((t->proto == PROTO_ICMP && hdr[0] == 8) || (t->proto == PROTO_ICMPV6 && hdr[0] == 128))
+			t->sport = ((__u16)hdr[4] << 8) | hdr[5];
+		else if ((t->proto == PROTO_ICMP && hdr[0] == 0) || (t->proto == PROTO_ICMPV6 && hdr[0] == 129))
+			t->dport = ((__u16)hdr[4] << 8) | hdr[5];
+		return 0;
+	}
+	return 0;
+}
+
+// parse_inner reads the packet an ICMP error quotes. It fails softly: an
+// unreadable quote just means the error is judged by policy like any packet.
+static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 end, int v6, struct tuple *in)
+{
+	__u8 has_ports = 0, flags = 0, type = 0;
+	__u32 l4;
+
+	if (!v6) {
+		struct iphdr ip;
+		if (off + sizeof(ip) > end || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return -1;
+		if (ip.version != 4 || ip.ihl < 5)
+			return -1;
+		v4_mapped(in->src, ip.saddr);
+		v4_mapped(in->dst, ip.daddr);
+		in->proto = ip.protocol;
+		l4 = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (off + sizeof(ip6) > end || bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		if (ip6.version != 6)
+			return -1;
+		__builtin_memcpy(in->src, &ip6.saddr, 16);
+		__builtin_memcpy(in->dst, &ip6.daddr, 16);
+		in->proto = ip6.nexthdr;
+		l4 = off + sizeof(ip6);
+	}
+	// The quote holds at least 8 bytes of L4: enough for the ports.
+	switch (in->proto) {
+	case PROTO_TCP:
+	case PROTO_UDP:
+	case PROTO_SCTP: {
+		__u8 p[4];
+		if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, p, 4) < 0)
+			return -1;
+		in->sport = ((__u16)p[0] << 8) | p[1];
+		in->dport = ((__u16)p[2] << 8) | p[3];
+		return 0;
+	}
+	case PROTO_ICMP:
+	case PROTO_ICMPV6: {
+		if (l4 + 8 > end)
+			return -1;
+		return l4_ports(skb, l4, end, in, &has_ports, &flags, &type);
+	}
+	}
+	return -1;
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u16 proto;
+	__u32 off = ETH_HLEN, end, l4;
+	__u8 icmp_type = 0;
+	int v6 = 0;
+
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+		return PARSE_MALFORMED;
+	proto = bpf_ntohs(proto);
+	if (proto == ETH_P_ARP)
+		return PARSE_CONTROL;
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+		__u32 hlen;
+		__u16 tot, fo;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return PARSE_MALFORMED;
+		if (ip.version != 4 || ip.ihl < 5)
+			return PARSE_MALFORMED;
+		hlen = ip.ihl * 4;
+		tot = bpf_ntohs(ip.tot_len);
+		if (tot < hlen || off + tot > skb->len)
+			return PARSE_MALFORMED;
+		end = off + tot;
+		v4_mapped(p->t.src, ip.saddr);
+		v4_mapped(p->t.dst, ip.daddr);
+		p->t.proto = ip.protocol;
+		fo = bpf_ntohs(ip.frag_off);
+		p->frag_id = bpf_ntohs(ip.id);
+		if (fo & 0x1fff) {
+			p->frag = 2;
+			return PARSE_OK;
+		}
+		if (fo & 0x2000)
+			p->frag = 1;
+		l4 = off + hlen;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+		__u8 nh;
+		int i;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return PARSE_MALFORMED;
+		if (ip6.version != 6)
+			return PARSE_MALFORMED;
+		end = off + sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+		if (end > skb->len)
+			return PARSE_MALFORMED;
+		__builtin_memcpy(p->t.src, &ip6.saddr, 16);
+		__builtin_memcpy(p->t.dst, &ip6.daddr, 16);
+		v6 = 1;
+		nh = ip6.nexthdr;
+		l4 = off + sizeof(ip6);
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			__u8 eh[8];
+			if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44)
+				break;
+			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, eh, 8) < 0)
+				return PARSE_MALFORMED;
+			if (nh == 44) {
+				__u16 fo = ((__u16)eh[2] << 8) | eh[3];
+				p->frag_id = ((__u32)eh[4] << 24) | ((__u32)eh[5] << 16) | ((__u32)eh[6] << 8) | eh[7];
+				nh = eh[0];
+				l4 += 8;
+				if (fo & 0xfff8) {
+					p->t.proto = nh;
+					p->frag = 2;
+					return PARSE_OK;
+				}
+				if (fo & 1)
+					p->frag = 1;
+				continue;
+			}
+			if (nh == 51)
+				l4 += ((__u32)eh[1] + 2) * 4;
+			else
+				l4 += ((__u32)eh[1] + 1) * 8;
+			nh = eh[0];
+		}
+		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
+			return PARSE_MALFORMED;
+		p->t.proto = nh;
+	} else {
+		return PARSE_NOT_IP;
+	}
+
+	if (l4_ports(skb, l4, end, &p->t, &p->has_ports, &p->tcp_flags, &icmp_type) < 0)
+		return PARSE_MALFORMED;
+	if (v6 && p->t.proto == PROTO_ICMPV6) {
+		// Router/neighbour solicitation and advertisement, redirect, MLD.
+		if ((icmp_type >= 133 && icmp_type <= 137) || (icmp_type >= 130 && icmp_type <= 132) ||
+		    icmp_type == 143)
+			return PARSE_CONTROL;
+		if (is_icmp6_error(icmp_type) && parse_inner(skb, l4 + 8, end, 1, &p->inner) == 0)
+			p->related = 1;
+	}
+	if (!v6 && p->t.proto == PROTO_ICMP && is_icmp4_error(icmp_type) &&
+	    parse_inner(skb, l4 + 8, end, 0, &p->inner) == 0)
+		p->related = 1;
+	return PARSE_OK;
+}
+
+static __always_inline void count_ep(struct __sk_buff *skb, __u32 ifindex, __u8 dir, __u8 reason)
+{
+	struct ep_counter_key k = {.ifindex = ifindex, .dir = dir, .reason = reason};
+	struct counter *c = bpf_map_lookup_elem(&fm_ep_counters, &k);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+		return;
+	}
+	struct counter init = {.packets = 1, .bytes = skb->len};
+	bpf_map_update_elem(&fm_ep_counters, &k, &init, BPF_NOEXIST);
+}
+
+static __always_inline void count_rule(void *counters, struct __sk_buff *skb, __u32 rule)
+{
+	struct counter *c;
+
+	if (!counters || rule == 0)
+		return;
+	c = bpf_map_lookup_elem(counters, &rule);
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+}
+
+static __always_inline int take_token(void)
+{
+	__u32 zero = 0;
+	struct bucket *b = bpf_map_lookup_elem(&fm_event_bucket, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!b)
+		return 0;
+	if (events_per_sec) {
+		__u64 refill = (now - b->last_ns) * events_per_sec / 1000000000ULL;
+		if (refill > 0) {
+			b->tokens += refill;
+			if (b->tokens > events_burst)
+				b->tokens = events_burst;
+			b->last_ns = now;
+		}
+	}
+	if (b->tokens == 0)
+		return 0;
+	b->tokens--;
+	return 1;
+}
+
+static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
+				 __u32 rule, __u8 deny, __u8 reason)
+{
+	struct event e = {};
+
+	if (!take_token())
+		return;
+	e.ts = bpf_ktime_get_ns();
+	__builtin_memcpy(e.src, p->t.src, 16);
+	__builtin_memcpy(e.dst, p->t.dst, 16);
+	e.ifindex = ifindex;
+	e.src_identity = dir == DIR_INGRESS ? peer_id : ep_id;
+	e.dst_identity = dir == DIR_INGRESS ? ep_id : peer_id;
+	e.rule = rule;
+	e.sport = p->t.sport;
+	e.dport = p->t.dport;
+	e.proto = p->t.proto;
+	e.dir = dir;
+	e.verdict = deny;
+	e.reason = reason;
+	bpf_ringbuf_output(&fm_events, &e, sizeof(e), 0);
+}
+
+static __always_inline void ct_fill(struct ct_key *k, __u32 ifindex, __u8 dir, struct tuple *t, int reverse)
+{
+	k->ifindex = ifindex;
+	k->dir = dir;
+	k->proto = t->proto;
+	if (reverse) {
+		k->sport = t->dport;
+		k->dport = t->sport;
+		__builtin_memcpy(k->src, t->dst, 16);
+		__builtin_memcpy(k->dst, t->src, 16);
+	} else {
+		k->sport = t->sport;
+		k->dport = t->dport;
+		__builtin_memcpy(k->src, t->src, 16);
+		__builtin_memcpy(k->dst, t->dst, 16);
+	}
+}
+
+static __always_inline __u64 ct_timeout(__u8 proto, __u32 flags)
+{
+	if (flags & CT_CLOSING)
+		return ct_timeout_closing_ns;
+	return proto == PROTO_TCP ? ct_timeout_tcp_ns : ct_timeout_other_ns;
+}
+
+// ct_live returns the entry for k when it exists and has not gone idle.
+static __always_inline struct ct_val *ct_live(struct ct_key *k, __u64 now)
+{
+	struct ct_val *v = bpf_map_lookup_elem(&fm_ct, k);
+
+	if (!v)
+		return 0;
+	if (now - v->last_seen > ct_timeout(k->proto, v->flags))
+		return 0;
+	return v;
+}
+
+static __always_inline void ct_touch(struct ct_val *v, struct pkt *p, __u64 now)
+{
+	v->last_seen = now;
+	if (p->t.proto == PROTO_TCP && (p->tcp_flags & 0x05)) // FIN or RST
+		v->flags |= CT_CLOSING;
+}
+
+static __always_inline __u32 policy_lookup(void *pol, __u32 ifindex, __u8 dir, __u8 kind, __u32 peer,
+					   struct pkt *p, __u8 proto)
+{
+	struct policy_key k = {};
+	struct policy_val *v;
+
+	k.prefixlen = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
+	k.ifindex = ifindex;
+	k.dir = dir;
+	k.kind = kind;
+	k.proto = proto;
+	k.peer = peer;
+	k.port = bpf_htons(p->t.dport);
+	v = bpf_map_lookup_elem(pol, &k);
+	return v ? v->rule : 0;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 zero = 0, ifindex = skb->ifindex, slot, rule = 0, peer_id = 0;
+	struct pkt p = {};
+	struct state *st;
+	struct endpoint_val *ep;
+	void *eps, *ipc, *pol, *cidr, *rc;
+	__u8 *peer_ip;
+	__u64 now;
+	int r;
+
+	st = bpf_map_lookup_elem(&fm_state, &zero);
+	if (!st)
+		return TCX_DROP;
+	slot = st->active;
+	eps = bpf_map_lookup_elem(&fm_endpoints, &slot);
+	if (!eps)
+		return TCX_DROP;
+	ep = bpf_map_lookup_elem(eps, &ifindex);
+	if (!ep) {
+		count_ep(skb, ifindex, dir, REASON_DENY_NO_ENDPOINT);
+		return TCX_DROP;
+	}
+	__u8 enforced = dir == DIR_INGRESS ? ep->enforced[0] : ep->enforced[1];
+	__u32 ep_id = ep->identity;
+
+	r = parse(skb, &p);
+	if (r == PARSE_CONTROL) {
+		count_ep(skb, ifindex, dir, REASON_ALLOW_CONTROL);
+		return TCX_NEXT;
+	}
+	if (r == PARSE_NOT_IP) {
+		if (enforced) {
+			count_ep(skb, ifindex, dir, REASON_DENY_L3);
+			return TCX_DROP;
+		}
+		count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
+		return TCX_NEXT;
+	}
+	if (r == PARSE_MALFORMED) {
+		count_ep(skb, ifindex, dir, REASON_DENY_MALFORMED);
+		emit(&p, ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
+		return TCX_DROP;
+	}
+
+	struct frag_key fk = {.ifindex = ifindex, .dir = dir, .proto = p.t.proto, .id = p.frag_id};
+	__builtin_memcpy(fk.src, p.t.src, 16);
+	__builtin_memcpy(fk.dst, p.t.dst, 16);
+	if (p.frag == 2) {
+		if (!enforced) {
+			count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
+			return TCX_NEXT;
+		}
+		if (bpf_map_lookup_elem(&fm_frag, &fk)) {
+			count_ep(skb, ifindex, dir, REASON_ALLOW_FRAG);
+			return TCX_NEXT;
+		}
+		count_ep(skb, ifindex, dir, REASON_DENY_FRAG);
+		return TCX_DROP;
+	}
+
+	now = bpf_ktime_get_ns();
+	struct ct_key ck = {};
+	struct ct_val *cv;
+	__u8 reason;
+
+	ct_fill(&ck, ifindex, dir, &p.t, 0);
+	cv = ct_live(&ck, now);
+	if (!cv) {
+		ct_fill(&ck, ifindex, dir ^ 1, &p.t, 1);
+		cv = ct_live(&ck, now);
+	}
+	if (cv) {
+		ct_touch(cv, &p, now);
+		reason = REASON_ALLOW_CT;
+		goto allow_no_ct;
+	}
+	if (p.related) {
+		ct_fill(&ck, ifindex, dir ^ 1, &p.inner, 0);
+		cv = ct_live(&ck, now);
+		if (!cv) {
+			ct_fill(&ck, ifindex, dir, &p.inner, 1);
+			cv = ct_live(&ck, now);
+		}
+		if (cv) {
+			reason = REASON_ALLOW_RELATED;
+			goto allow_no_ct;
+		}
+	}
+
+	peer_ip = dir == DIR_INGRESS ? p.t.src : p.t.dst;
+	ipc = bpf_map_lookup_elem(&fm_ipcache_host, &slot);
+	if (ipc) {
+		struct ipcache_val *iv = bpf_map_lookup_elem(ipc, peer_ip);
+		if (iv)
+			peer_id = iv->identity;
+	}
+	ipc = peer_id ? 0 : bpf_map_lookup_elem(&fm_ipcache, &slot);
+	if (ipc) {
+		struct ipcache_key ik = {.prefixlen = 128};
+		struct ipcache_val *iv;
+		__builtin_memcpy(ik.ip, peer_ip, 16);
+		iv = bpf_map_lookup_elem(ipc, &ik);
+		if (iv)
+			peer_id = iv->identity;
+	}
+	if (!enforced) {
+		reason = REASON_ALLOW_OPEN;
+		goto allow;
+	}
+
+	pol = bpf_map_lookup_elem(&fm_policy, &slot);
+	if (!pol)
+		goto deny;
+	if (peer_id) {
+		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, p.t.proto);
+		if (!rule)
+			rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, 0);
+	}
+	if (!rule)
+		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, p.t.proto);
+	if (!rule)
+		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, 0);
+	if (!rule) {
+		cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
+		if (cidr) {
+			struct cidr_key cki = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
+			struct cidr_val *cval;
+			__builtin_memcpy(cki.ip, peer_ip, 16);
+			cval = bpf_map_lookup_elem(cidr, &cki);
+			if (cval && cval->class_id) {
+				rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, p.t.proto);
+				if (!rule)
+					rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, 0);
+			}
+		}
+	}
+	if (!rule)
+		goto deny;
+	reason = REASON_ALLOW_POLICY;
+	rc = bpf_map_lookup_elem(&fm_rule_counters, &slot);
+	count_rule(rc, skb, rule);
+	emit(&p, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
+
+allow:
+	// A new flow: remember it so later packets and replies skip policy.
+	{
+		struct ct_val nv = {.last_seen = now, .rule = rule};
+		if (p.t.proto == PROTO_TCP && (p.tcp_flags & 0x05))
+			nv.flags = CT_CLOSING;
+		ct_fill(&ck, ifindex, dir, &p.t, 0);
+		bpf_map_update_elem(&fm_ct, &ck, &nv, BPF_ANY);
+	}
+allow_no_ct:
+	if (p.frag == 1) {
+		struct frag_val fv = {.created = now};
+		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
+	}
+	count_ep(skb, ifindex, dir, reason);
+	return TCX_NEXT;
+
+deny:
+	count_ep(skb, ifindex, dir, REASON_DENY_POLICY);
+	emit(&p, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
+	return TCX_DROP;
+}
+
+// Traffic leaving the pod: tcx ingress of the host-side veth.
+SEC("tcx/ingress")
+int fm_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+// Traffic entering the pod: tcx egress of the host-side veth.
+SEC("tcx/egress")
+int fm_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,471 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// This file is the Go twin of bpf/fedmesh.c's handle(): the same parse, the
+// same lookups in the same order, the same conntrack and fragment state.
+// Keep the two in step; TestDifferentialKernelVsMemory compares them.
+
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+	protoSCTP   = 132
+
+	ethHdrLen = 14
+	ctClosing = 1
+
+	// Program return codes (tcx).
+	retNext = -1
+	retDrop = 2
+)
+
+// Timeouts are the conntrack idle timeouts.
+type Timeouts struct {
+	TCP, Other, Closing time.Duration
+}
+
+// DefaultTimeouts are the conntrack idle timeouts unless configured.
+var DefaultTimeouts = Timeouts{TCP: 6 * time.Hour, Other: 60 * time.Second, Closing: 10 * time.Second}
+
+type ctKey struct {
+	Ifindex  uint32
+	Dir      uint8
+	Proto    uint8
+	Sport    uint16
+	Dport    uint16
+	Pad      uint16
+	Src, Dst [16]byte
+}
+
+type ctVal struct {
+	LastSeen uint64
+	Rule     uint32
+	Flags    uint32
+}
+
+type fragKey struct {
+	Ifindex  uint32
+	Dir      uint8
+	Proto    uint8
+	Pad      uint16
+	ID       uint32
+	Src, Dst [16]byte
+}
+
+type tuple struct {
+	src, dst     [16]byte
+	sport, dport uint16
+	proto        uint8
+}
+
+type pkt struct {
+	t        tuple
+	hasPorts bool
+	frag     uint8
+	tcpFlags uint8
+	related  bool
+	fragID   uint32
+	inner    tuple
+}
+
+// flowState is the in-memory conntrack and fragment tables.
+type flowState struct {
+	timeouts Timeouts
+	ct       map[ctKey]*ctVal
+	frag     map[fragKey]uint64
+}
+
+func newFlowState(t Timeouts) *flowState {
+	return &flowState{timeouts: t, ct: map[ctKey]*ctVal{}, frag: map[fragKey]uint64{}}
+}
+
+type decision struct {
+	reason      Reason
+	rule        uint32
+	epID        uint32
+	peerID      uint32
+	p           pkt
+	dir         uint8
+	eventWorthy bool
+}
+
+type frame []byte
+
+// load mirrors bpf_skb_load_bytes: nil when the bytes are not all there.
+func (f frame) load(off, n uint32) []byte {
+	if uint64(off)+uint64(n) > uint64(len(f)) {
+		return nil
+	}
+	return f[off : off+n]
+}
+
+func v4mapped(b []byte) (out [16]byte) {
+	out[10], out[11] = 0xff, 0xff
+	copy(out[12:], b)
+	return out
+}
+
+func isICMP4Error(t uint8) bool { return t == 3 || t == 4 || t == 5 || t == 11 || t == 12 }
+func isICMP6Error(t uint8) bool { return t >= 1 && t <= 4 }
+
+const (
+	parseOK = iota
+	parseControl
+	parseMalformed
+	parseNotIP
+)
+
+func (f frame) l4Ports(off, end uint32, t *tuple, hasPorts *bool, tcpFlags, icmpType *uint8) bool {
+	switch t.proto {
+	case protoTCP:
+		h := f.load(off, 14)
+		if off+20 > end || h == nil {
+			return false
+		}
+		t.sport, t.dport = be16(h[0:]), be16(h[2:])
+		*tcpFlags = h[13]
+		*hasPorts = true
+	case protoUDP, protoSCTP:
+		need := uint32(12)
+		if t.proto == protoUDP {
+			need = 8
+		}
+		h := f.load(off, 4)
+		if off+need > end || h == nil {
+			return false
+		}
+		t.sport, t.dport = be16(h[0:]), be16(h[2:])
+		*hasPorts = true
+	case protoICMP, protoICMPv6:
+		h := f.load(off, 8)
+		if off+8 > end || h == nil {
+			return false
+		}
+		*icmpType = h[0]
+		if (t.proto == protoICMP && h[0] == 8) || (t.proto == protoICMPv6 && h[0] == 128) {
+			t.sport = be16(h[4:])
+		} else if (t.proto == protoICMP && h[0] == 0) || (t.proto == protoICMPv6 && h[0] == 129) {
+			t.dport = be16(h[4:])
+		}
+	}
+	return true
+}
+
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+
+func (f frame) parseInner(off, end uint32, v6 bool, in *tuple) bool {
+	var l4 uint32
+	if !v6 {
+		h := f.load(off, 20)
+		if off+20 > end || h == nil {
+			return false
+		}
+		if h[0]>>4 != 4 || h[0]&0xf < 5 {
+			return false
+		}
+		in.src, in.dst = v4mapped(h[12:16]), v4mapped(h[16:20])
+		in.proto = h[9]
+		l4 = off + uint32(h[0]&0xf)*4
+	} else {
+		h := f.load(off, 40)
+		if off+40 > end || h == nil {
+			return false
+		}
+		if h[0]>>4 != 6 {
+			return false
+		}
+		copy(in.src[:], h[8:24])
+		copy(in.dst[:], h[24:40])
+		in.proto = h[6]
+		l4 = off + 40
+	}
+	switch in.proto {
+	case protoTCP, protoUDP, protoSCTP:
+		p := f.load(l4, 4)
+		if l4+8 > end || p == nil {
+			return false
+		}
+		in.sport, in.dport = be16(p[0:]), be16(p[2:])
+		return true
+	case protoICMP, protoICMPv6:
+		if l4+8 > end {
+			return false
+		}
+		var hp bool
+		var fl, ty uint8
+		return f.l4Ports(l4, end, in, &hp, &fl, &ty)
+	}
+	return false
+}
+
+func isExt6(nh uint8) bool { return nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44 }
+
+func (f frame) parse(p *pkt) int {
+	var end, l4 uint32
+	var icmpType uint8
+	v6 := false
+	off := uint32(ethHdrLen)
+	e := f.load(12, 2)
+	if e == nil {
+		return parseMalformed
+	}
+	switch be16(e) {
+	case 0x0806:
+		return parseControl
+	case 0x0800:
+		h := f.load(off, 20)
+		if h == nil || h[0]>>4 != 4 || h[0]&0xf < 5 {
+			return parseMalformed
+		}
+		hlen := uint32(h[0]&0xf) * 4
+		tot := uint32(be16(h[2:]))
+		if tot < hlen || off+tot > uint32(len(f)) {
+			return parseMalformed
+		}
+		end = off + tot
+		p.t.src, p.t.dst = v4mapped(h[12:16]), v4mapped(h[16:20])
+		p.t.proto = h[9]
+		fo := be16(h[6:])
+		p.fragID = uint32(be16(h[4:]))
+		if fo&0x1fff != 0 {
+			p.frag = 2
+			return parseOK
+		}
+		if fo&0x2000 != 0 {
+			p.frag = 1
+		}
+		l4 = off + hlen
+	case 0x86dd:
+		h := f.load(off, 40)
+		if h == nil || h[0]>>4 != 6 {
+			return parseMalformed
+		}
+		end = off + 40 + uint32(be16(h[4:]))
+		if end > uint32(len(f)) {
+			return parseMalformed
+		}
+		copy(p.t.src[:], h[8:24])
+		copy(p.t.dst[:], h[24:40])
+		v6 = true
+		nh := h[6]
+		l4 = off + 40
+		for i := 0; i < 4; i++ {
+			if !isExt6(nh) {
+				break
+			}
+			eh := f.load(l4, 8)
+			if l4+8 > end || eh == nil {
+				return parseMalformed
+			}
+			if nh == 44 {
+				fo := be16(eh[2:])
+				p.fragID = binary.BigEndian.Uint32(eh[4:])
+				nh = eh[0]
+				l4 += 8
+				if fo&0xfff8 != 0 {
+					p.t.proto = nh
+					p.frag = 2
+					return parseOK
+				}
+				if fo&1 != 0 {
+					p.frag = 1
+				}
+				continue
+			}
+			if nh == 51 {
+				l4 += (uint32(eh[1]) + 2) * 4
+			} else {
+				l4 += (uint32(eh[1]) + 1) * 8
+			}
+			nh = eh[0]
+		}
+		if isExt6(nh) {
+			return parseMalformed
+		}
+		p.t.proto = nh
+	default:
+		return parseNotIP
+	}
+	if !f.l4Ports(l4, end, &p.t, &p.hasPorts, &p.tcpFlags, &icmpType) {
+		return parseMalformed
+	}
+	if v6 && p.t.proto == protoICMPv6 {
+		if (icmpType >= 133 && icmpType <= 137) || (icmpType >= 130 && icmpType <= 132) || icmpType == 143 {
+			return parseControl
+		}
+		if isICMP6Error(icmpType) && f.parseInner(l4+8, end, true, &p.inner) {
+			p.related = true
+		}
+	}
+	if !v6 && p.t.proto == protoICMP && isICMP4Error(icmpType) && f.parseInner(l4+8, end, false, &p.inner) {
+		p.related = true
+	}
+	return parseOK
+}
+
+func ctFill(ifindex uint32, dir uint8, t *tuple, reverse bool) ctKey {
+	k := ctKey{Ifindex: ifindex, Dir: dir, Proto: t.proto}
+	if reverse {
+		k.Sport, k.Dport, k.Src, k.Dst = t.dport, t.sport, t.dst, t.src
+	} else {
+		k.Sport, k.Dport, k.Src, k.Dst = t.sport, t.dport, t.src, t.dst
+	}
+	return k
+}
+
+func (fs *flowState) timeout(proto uint8, flags uint32) uint64 {
+	switch {
+	case flags&ctClosing != 0:
+		return uint64(fs.timeouts.Closing)
+	case proto == protoTCP:
+		return uint64(fs.timeouts.TCP)
+	}
+	return uint64(fs.timeouts.Other)
+}
+
+func (fs *flowState) live(k ctKey, now uint64) *ctVal {
+	v := fs.ct[k]
+	if v == nil || now-v.LastSeen > fs.timeout(k.Proto, v.Flags) {
+		return nil
+	}
+	return v
+}
+
+func (tb *memTables) policyLookup(ifindex uint32, dir, kind uint8, peer uint32, p *pkt, proto uint8) uint32 {
+	k := policyKey{Prefixlen: policyFixedBits, Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer,
+		Port: [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}}
+	if p.hasPorts {
+		k.Prefixlen = policyAllBits
+	}
+	v, _ := tb.policy.lookup(k.data(), k.Prefixlen)
+	return v
+}
+
+// decide judges one frame seen on the host veth ifindex in direction dir at
+// monotonic time now, updating fs like the kernel updates its maps.
+func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, now uint64) decision {
+	d := decision{dir: dir}
+	if tb == nil {
+		d.reason = ReasonDenyNoEndpoint
+		return d
+	}
+	ep, ok := tb.t.Endpoints[ifindex]
+	if !ok {
+		d.reason = ReasonDenyNoEndpoint
+		return d
+	}
+	enforced := ep.Enforced[dir] != 0
+	d.epID = ep.Identity
+	p := &d.p
+
+	switch f.parse(p) {
+	case parseControl:
+		d.reason = ReasonAllowControl
+		return d
+	case parseNotIP:
+		d.reason = ReasonAllowOpen
+		if enforced {
+			d.reason = ReasonDenyL3
+		}
+		return d
+	case parseMalformed:
+		d.reason, d.eventWorthy = ReasonDenyMalformed, true
+		return d
+	}
+	fk := fragKey{Ifindex: ifindex, Dir: dir, Proto: p.t.proto, ID: p.fragID, Src: p.t.src, Dst: p.t.dst}
+	if p.frag == 2 {
+		switch _, ok := fs.frag[fk]; {
+		case !enforced:
+			d.reason = ReasonAllowOpen
+		case ok:
+			d.reason = ReasonAllowFragment
+		default:
+			d.reason = ReasonDenyFragment
+		}
+		return d
+	}
+
+	allowNoCT := func(r Reason) decision {
+		if p.frag == 1 {
+			fs.frag[fk] = now
+		}
+		d.reason = r
+		return d
+	}
+	allow := func(r Reason) decision {
+		nv := &ctVal{LastSeen: now, Rule: d.rule}
+		if p.t.proto == protoTCP && p.tcpFlags&0x05 != 0 {
+			nv.Flags = ctClosing
+		}
+		fs.ct[ctFill(ifindex, dir, &p.t, false)] = nv
+		return allowNoCT(r)
+	}
+
+	cv := fs.live(ctFill(ifindex, dir, &p.t, false), now)
+	if cv == nil {
+		cv = fs.live(ctFill(ifindex, dir^1, &p.t, true), now)
+	}
+	if cv != nil {
+		cv.LastSeen = now
+		if p.t.proto == protoTCP && p.tcpFlags&0x05 != 0 {
+			cv.Flags |= ctClosing
+		}
+		return allowNoCT(ReasonAllowConntrack)
+	}
+	if p.related {
+		cv = fs.live(ctFill(ifindex, dir^1, &p.inner, false), now)
+		if cv == nil {
+			cv = fs.live(ctFill(ifindex, dir, &p.inner, true), now)
+		}
+		if cv != nil {
+			return allowNoCT(ReasonAllowRelated)
+		}
+	}
+
+	peerIP := p.t.dst
+	if dir == uint8(0) { // ingress: the peer is the source
+		peerIP = p.t.src
+	}
+	if id, ok := tb.t.IPHosts[peerIP]; ok {
+		d.peerID = id
+	} else {
+		d.peerID, _ = tb.ipcache.lookup(peerIP[:], 128)
+	}
+	if !enforced {
+		return allow(ReasonAllowOpen)
+	}
+	rule := uint32(0)
+	if d.peerID != 0 {
+		rule = tb.policyLookup(ifindex, dir, kindIdentity, d.peerID, p, p.t.proto)
+		if rule == 0 {
+			rule = tb.policyLookup(ifindex, dir, kindIdentity, d.peerID, p, 0)
+		}
+	}
+	if rule == 0 {
+		rule = tb.policyLookup(ifindex, dir, kindIdentity, 0, p, p.t.proto)
+	}
+	if rule == 0 {
+		rule = tb.policyLookup(ifindex, dir, kindIdentity, 0, p, 0)
+	}
+	if rule == 0 {
+		ck := cidrKey{Prefixlen: cidrFixedBits + 128, Ifindex: ifindex, Dir: dir, IP: peerIP}
+		if class, ok := tb.cidr.lookup(ck.data(), ck.Prefixlen); ok && class != 0 {
+			rule = tb.policyLookup(ifindex, dir, kindCIDR, class, p, p.t.proto)
+			if rule == 0 {
+				rule = tb.policyLookup(ifindex, dir, kindCIDR, class, p, 0)
+			}
+		}
+	}
+	d.eventWorthy = true
+	if rule == 0 {
+		d.reason = ReasonDenyPolicy
+		return d
+	}
+	d.rule = rule
+	return allow(ReasonAllowPolicy)
+}

@@ -1,0 +1,647 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+)
+
+// DefaultPinDir is where the eBPF dataplane pins its maps and links.
+const DefaultPinDir = "/sys/fs/bpf/fedmesh"
+
+// Config configures the eBPF dataplane.
+type Config struct {
+	// PinDir holds the pinned maps and links/ (default DefaultPinDir). It must
+	// be on a bpffs; /sys/fs/bpf is mounted if nothing is mounted there.
+	PinDir string
+	// NetNS is the network namespace (a /proc/<pid>/ns/net or /run/netns
+	// path) whose interfaces Attach names; empty means the caller's.
+	NetNS string
+	// Timeouts of conntrack entries (default DefaultTimeouts).
+	Timeouts Timeouts
+	// EventsPerSecond and EventsBurst rate-limit verdict events per CPU
+	// (defaults 1000 and 100).
+	EventsPerSecond, EventsBurst uint64
+	Logger                       *slog.Logger
+}
+
+// graceAfterFlip is how long a slot stays untouched after it stopped being
+// active: programs run under RCU for microseconds, so a packet that read the
+// old index has long finished when the slot is rewritten.
+const graceAfterFlip = 5 * time.Millisecond
+
+const (
+	tabIPCache = iota
+	tabIPHosts
+	tabPolicy
+	tabCIDR
+	tabEndpoints
+	tabRuleCounters
+	numTabs
+)
+
+var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints", "fm_rule_counters"}
+
+type stateVal struct {
+	Active   uint32
+	Pad      uint32
+	Revision uint64
+}
+
+type counterVal struct {
+	Packets, Bytes uint64
+}
+
+type epCounterKey struct {
+	Ifindex uint32
+	Dir     uint8
+	Reason  uint8
+	Pad     uint16
+}
+
+type attachment struct {
+	ep      Endpoint
+	ifindex uint32
+	links   [2]link.Link // by policy.Direction: ingress = tcx egress
+}
+
+// EBPF is the kernel dataplane. Create it with New.
+type EBPF struct {
+	cfg  Config
+	log  *slog.Logger
+	spec *ebpf.CollectionSpec
+	coll *ebpf.Collection
+
+	mu        sync.Mutex // serialises Apply/Attach/Detach/Counters/Close
+	outer     [numTabs]*ebpf.Map
+	inner     [2][numTabs]*ebpf.Map // handles of inner maps this process wrote
+	shadow    [2]*Tables            // contents of each slot; nil = unknown
+	active    uint32
+	lastFlip  time.Time
+	rev       *Revision
+	attached  map[string]*attachment
+	unclaimed map[string]bool // pinned link files found at start
+
+	ifmu   sync.RWMutex
+	byIdx  map[uint32]string // ifindex -> endpoint ID, for events
+	events chan Event
+	reader *ringbuf.Reader
+	done   chan struct{}
+	closed bool
+}
+
+var _ Dataplane = (*EBPF)(nil)
+
+// New loads (or re-adopts) the pinned programs and maps. A pinned revision
+// keeps being enforced until the first Apply; pinned links are re-pointed at
+// the new programs when their endpoints are attached again, and links no
+// endpoint claims are removed at the first Apply.
+func New(ctx context.Context, cfg Config) (*EBPF, error) {
+	if cfg.PinDir == "" {
+		cfg.PinDir = DefaultPinDir
+	}
+	if cfg.Timeouts == (Timeouts{}) {
+		cfg.Timeouts = DefaultTimeouts
+	}
+	if cfg.EventsPerSecond == 0 {
+		cfg.EventsPerSecond = 1000
+	}
+	if cfg.EventsBurst == 0 {
+		cfg.EventsBurst = 100
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := Probe(filepath.Dir(cfg.PinDir)); err != nil {
+		return nil, err
+	}
+	e := &EBPF{cfg: cfg, log: cfg.Logger, attached: map[string]*attachment{}, unclaimed: map[string]bool{},
+		byIdx: map[uint32]string{}, events: make(chan Event, 1024), done: make(chan struct{})}
+	if err := e.load(); err != nil {
+		return nil, err
+	}
+	if err := probeTCX(e.coll.Programs["fm_from_pod"]); err != nil {
+		e.coll.Close()
+		return nil, err
+	}
+	r, err := ringbuf.NewReader(e.coll.Maps["fm_events"])
+	if err != nil {
+		e.coll.Close()
+		return nil, fmt.Errorf("open event ring buffer: %w", err)
+	}
+	e.reader = r
+	go e.readEvents()
+	return e, nil
+}
+
+func (e *EBPF) load() error {
+	spec, err := loadFedmesh()
+	if err != nil {
+		return fmt.Errorf("load embedded BPF object: %w", err)
+	}
+	vars := map[string]uint64{
+		"ct_timeout_tcp_ns":     uint64(e.cfg.Timeouts.TCP),
+		"ct_timeout_other_ns":   uint64(e.cfg.Timeouts.Other),
+		"ct_timeout_closing_ns": uint64(e.cfg.Timeouts.Closing),
+		"events_per_sec":        e.cfg.EventsPerSecond,
+		"events_burst":          e.cfg.EventsBurst,
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(e.cfg.PinDir, "links"), 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", e.cfg.PinDir, err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: e.cfg.PinDir},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("load fedmesh programs: maps pinned in %s come from an incompatible fedmesh version; "+
+			"uninstall (remove %s) and start again: %w", e.cfg.PinDir, e.cfg.PinDir, err)
+	}
+	if err != nil {
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
+	e.spec, e.coll = spec, coll
+	for i, n := range outerNames {
+		e.outer[i] = coll.Maps[n]
+	}
+	var st stateVal
+	if err := coll.Maps["fm_state"].Lookup(uint32(0), &st); err != nil {
+		coll.Close()
+		return fmt.Errorf("read pinned state: %w", err)
+	}
+	e.active = st.Active & 1
+	e.lastFlip = time.Now()
+	entries, err := os.ReadDir(filepath.Join(e.cfg.PinDir, "links"))
+	if err != nil {
+		coll.Close()
+		return fmt.Errorf("list pinned links: %w", err)
+	}
+	for _, de := range entries {
+		e.unclaimed[de.Name()] = true
+	}
+	if st.Revision != 0 || len(entries) > 0 {
+		e.log.Info("re-adopted pinned dataplane", "revision", st.Revision, "links", len(entries), "pin_dir", e.cfg.PinDir)
+	}
+	return nil
+}
+
+// Apply implements Dataplane.
+func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("apply revision: dataplane closed")
+	}
+	t, err := Render(rev, e.ifindexes())
+	if err != nil {
+		return fmt.Errorf("apply revision %d: %w", rev.Number, err)
+	}
+	if err := e.writeAndFlip(ctx, t); err != nil {
+		return fmt.Errorf("apply revision %d: %w", rev.Number, err)
+	}
+	first := e.rev == nil
+	e.rev = rev
+	if first {
+		e.pruneUnclaimed()
+	}
+	return nil
+}
+
+func (e *EBPF) ifindexes() map[string]uint32 {
+	m := make(map[string]uint32, len(e.attached))
+	for id, a := range e.attached {
+		m[id] = a.ifindex
+	}
+	return m
+}
+
+// writeAndFlip fills the inactive slot with t and makes it active.
+func (e *EBPF) writeAndFlip(ctx context.Context, t *Tables) error {
+	slot := e.active ^ 1
+	if wait := graceAfterFlip - time.Since(e.lastFlip); wait > 0 {
+		time.Sleep(wait)
+	}
+	old := e.shadow[slot]
+	e.shadow[slot] = nil // unknown until fully written
+	if err := e.fillSlot(ctx, slot, old, t); err != nil {
+		return err
+	}
+	st := stateVal{Active: slot, Revision: t.Revision}
+	if err := e.coll.Maps["fm_state"].Put(uint32(0), st); err != nil {
+		return fmt.Errorf("flip to slot %d: %w", slot, err)
+	}
+	e.shadow[slot], e.active, e.lastFlip = t, slot, time.Now()
+	return nil
+}
+
+func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error {
+	if old == nil || e.inner[slot][0] == nil {
+		// Fresh inner maps: what is in the slot now is unknown (written by a
+		// previous process) or this is the first write.
+		for i := range numTabs {
+			m, err := ebpf.NewMap(e.spec.Maps[outerNames[i]].InnerMap)
+			if err != nil {
+				return fmt.Errorf("create %s inner map: %w", outerNames[i], err)
+			}
+			if e.inner[slot][i] != nil {
+				e.inner[slot][i].Close()
+			}
+			e.inner[slot][i] = m
+		}
+		old = &Tables{}
+	} else {
+		// Rule counters start at zero for every revision.
+		m, err := ebpf.NewMap(e.spec.Maps[outerNames[tabRuleCounters]].InnerMap)
+		if err != nil {
+			return fmt.Errorf("create rule counter map: %w", err)
+		}
+		e.inner[slot][tabRuleCounters].Close()
+		e.inner[slot][tabRuleCounters] = m
+	}
+	in := e.inner[slot]
+	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
+		return fmt.Errorf("write ipcache: %w", err)
+	}
+	if err := syncMap(ctx, in[tabIPHosts], old.IPHosts, t.IPHosts); err != nil {
+		return fmt.Errorf("write ipcache hosts: %w", err)
+	}
+	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
+		return fmt.Errorf("write policy: %w", err)
+	}
+	if err := syncMap(ctx, in[tabCIDR], old.CIDR, t.CIDR); err != nil {
+		return fmt.Errorf("write CIDR rules: %w", err)
+	}
+	if err := syncMap(ctx, in[tabEndpoints], old.Endpoints, t.Endpoints); err != nil {
+		return fmt.Errorf("write endpoints: %w", err)
+	}
+	for i := range numTabs {
+		if err := e.outer[i].Put(slot, in[i]); err != nil {
+			return fmt.Errorf("install %s slot %d: %w", outerNames[i], slot, err)
+		}
+	}
+	return nil
+}
+
+// syncMap makes m hold want, given that it holds have.
+func syncMap[K comparable, V comparable](ctx context.Context, m *ebpf.Map, have, want map[K]V) error {
+	n := 0
+	for k := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		if n++; n%4096 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	for k, v := range want {
+		if hv, ok := have[k]; ok && hv == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+		if n++; n%4096 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (e *EBPF) linkPin(iface string, dir policy.Direction) string {
+	// bpffs refuses names with dots; interface names never hold ':'.
+	return filepath.Join(e.cfg.PinDir, "links", strings.ReplaceAll(iface, ".", ":")+"_"+dir.String())
+}
+
+// Attach implements Dataplane.
+func (e *EBPF) Attach(ctx context.Context, ep Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("attach endpoint: dataplane closed")
+	}
+	if a, ok := e.attached[ep.ID]; ok {
+		if a.ep.Interface == ep.Interface {
+			return nil
+		}
+		if err := e.detachLocked(ctx, ep.ID); err != nil {
+			return err
+		}
+	}
+	var ifindex uint32
+	err := inNetNS(e.cfg.NetNS, func() error {
+		ifi, err := net.InterfaceByName(ep.Interface)
+		if err != nil {
+			return err
+		}
+		ifindex = uint32(ifi.Index)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach endpoint %s: find interface %s: %w", ep.ID, ep.Interface, err)
+	}
+	a := &attachment{ep: ep, ifindex: ifindex}
+	e.attached[ep.ID] = a
+	if e.rev != nil {
+		// Its rules must be in the maps before its first packet is judged.
+		t, err := Render(e.rev, e.ifindexes())
+		if err == nil {
+			err = e.writeAndFlip(ctx, t)
+		}
+		if err != nil {
+			delete(e.attached, ep.ID)
+			return fmt.Errorf("attach endpoint %s: %w", ep.ID, err)
+		}
+	}
+	progs := [2]*ebpf.Program{policy.Ingress: e.coll.Programs["fm_to_pod"], policy.Egress: e.coll.Programs["fm_from_pod"]}
+	types := [2]ebpf.AttachType{policy.Ingress: ebpf.AttachTCXEgress, policy.Egress: ebpf.AttachTCXIngress}
+	for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+		l, err := e.attachLink(ep.Interface, ifindex, dir, progs[dir], types[dir])
+		if err != nil {
+			for _, l := range a.links {
+				if l != nil {
+					l.Unpin()
+					l.Close()
+				}
+			}
+			delete(e.attached, ep.ID)
+			return fmt.Errorf("attach endpoint %s to %s: %w", ep.ID, ep.Interface, err)
+		}
+		a.links[dir] = l
+	}
+	e.ifmu.Lock()
+	e.byIdx[ifindex] = ep.ID
+	e.ifmu.Unlock()
+	return nil
+}
+
+// attachLink re-points a pinned link at prog when one exists for this
+// interface (no gap on restart) or creates and pins a new one.
+func (e *EBPF) attachLink(iface string, ifindex uint32, dir policy.Direction, prog *ebpf.Program, typ ebpf.AttachType) (link.Link, error) {
+	pin := e.linkPin(iface, dir)
+	delete(e.unclaimed, filepath.Base(pin))
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && info.TCX().Ifindex == ifindex {
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return nil, fmt.Errorf("update pinned link %s: %w", pin, err)
+			}
+			return l, nil
+		}
+		// The interface was recreated: the old link is dead.
+		l.Unpin()
+		l.Close()
+	}
+	var l link.Link
+	err := inNetNS(e.cfg.NetNS, func() error {
+		var err error
+		l, err = link.AttachTCX(link.TCXOptions{Interface: int(ifindex), Program: prog, Attach: typ})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach tcx %s: %w", typ, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return l, nil
+}
+
+// pruneUnclaimed removes pinned links of a previous process that no
+// endpoint re-attached: their pods are gone.
+func (e *EBPF) pruneUnclaimed() {
+	for name := range e.unclaimed {
+		p := filepath.Join(e.cfg.PinDir, "links", name)
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			e.log.Warn("remove stale link pin", "path", p, "err", err)
+		}
+	}
+	e.unclaimed = map[string]bool{}
+}
+
+// Detach implements Dataplane.
+func (e *EBPF) Detach(ctx context.Context, id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.detachLocked(ctx, id)
+}
+
+func (e *EBPF) detachLocked(ctx context.Context, id string) error {
+	a, ok := e.attached[id]
+	if !ok {
+		return nil
+	}
+	for _, l := range a.links {
+		if l == nil {
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			return fmt.Errorf("detach endpoint %s: unpin link: %w", id, err)
+		}
+		l.Close()
+	}
+	delete(e.attached, id)
+	e.ifmu.Lock()
+	delete(e.byIdx, a.ifindex)
+	e.ifmu.Unlock()
+	if e.rev != nil {
+		t, err := Render(e.rev, e.ifindexes())
+		if err == nil {
+			err = e.writeAndFlip(ctx, t)
+		}
+		if err != nil {
+			return fmt.Errorf("detach endpoint %s: %w", id, err)
+		}
+	}
+	var k epCounterKey
+	var v []counterVal
+	var stale []epCounterKey
+	it := e.coll.Maps["fm_ep_counters"].Iterate()
+	for it.Next(&k, &v) {
+		if k.Ifindex == a.ifindex {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		e.coll.Maps["fm_ep_counters"].Delete(k)
+	}
+	return nil
+}
+
+// Counters implements Dataplane.
+func (e *EBPF) Counters(ctx context.Context) (Counters, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := Counters{Rules: map[policy.RuleID]Counter{}, Endpoints: map[string]map[EndpointCounterKey]Counter{}}
+	if t := e.shadow[e.active]; t != nil {
+		c.Revision = t.Revision
+		rules := map[uint32]bool{}
+		for _, r := range t.Policy {
+			rules[r] = true
+		}
+		m := e.inner[e.active][tabRuleCounters]
+		for r := range rules {
+			if r >= maxRules {
+				continue
+			}
+			var per []counterVal
+			if err := m.Lookup(r, &per); err != nil {
+				return Counters{}, fmt.Errorf("read rule %d counters: %w", r, err)
+			}
+			if s := sum(per); s.Packets > 0 {
+				c.Rules[policy.RuleID(r)] = s
+			}
+		}
+	}
+	ids := map[uint32]string{}
+	for id, a := range e.attached {
+		ids[a.ifindex] = id
+	}
+	var k epCounterKey
+	var per []counterVal
+	it := e.coll.Maps["fm_ep_counters"].Iterate()
+	for it.Next(&k, &per) {
+		id, ok := ids[k.Ifindex]
+		if !ok {
+			continue
+		}
+		if c.Endpoints[id] == nil {
+			c.Endpoints[id] = map[EndpointCounterKey]Counter{}
+		}
+		c.Endpoints[id][EndpointCounterKey{Direction: policy.Direction(k.Dir), Reason: Reason(k.Reason)}] = sum(per)
+	}
+	if err := it.Err(); err != nil {
+		return Counters{}, fmt.Errorf("read endpoint counters: %w", err)
+	}
+	return c, nil
+}
+
+func sum(per []counterVal) Counter {
+	var s Counter
+	for _, v := range per {
+		s.Packets += v.Packets
+		s.Bytes += v.Bytes
+	}
+	return s
+}
+
+// Events implements Dataplane.
+func (e *EBPF) Events() <-chan Event { return e.events }
+
+// eventSize is sizeof(struct event) in bpf/fedmesh.c.
+const eventSize = 64
+
+func (e *EBPF) readEvents() {
+	defer close(e.done)
+	defer close(e.events)
+	for {
+		rec, err := e.reader.Read()
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				e.log.Warn("read verdict events", "err", err)
+			}
+			return
+		}
+		b := rec.RawSample
+		if len(b) < eventSize {
+			continue
+		}
+		le := binary.LittleEndian
+		ev := Event{
+			MonotonicTimestamp: le.Uint64(b[0:]),
+			Src:                netip.AddrFrom16([16]byte(b[8:24])).Unmap(),
+			Dst:                netip.AddrFrom16([16]byte(b[24:40])).Unmap(),
+			SrcIdentity:        le.Uint32(b[44:]),
+			DstIdentity:        le.Uint32(b[48:]),
+			Rule:               policy.RuleID(le.Uint32(b[52:])),
+			SrcPort:            le.Uint16(b[56:]),
+			DstPort:            le.Uint16(b[58:]),
+			Proto:              b[60],
+			Direction:          policy.Direction(b[61]),
+			Verdict:            Verdict(b[62]),
+			Reason:             Reason(b[63]),
+		}
+		e.ifmu.RLock()
+		ev.EndpointID = e.byIdx[le.Uint32(b[40:])]
+		e.ifmu.RUnlock()
+		select {
+		case e.events <- ev:
+		default: // the consumer lags; flow logs are best effort
+		}
+	}
+}
+
+// Close implements Dataplane: handles are released, pins (and so
+// enforcement) stay.
+func (e *EBPF) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	e.reader.Close()
+	<-e.done
+	for _, a := range e.attached {
+		for _, l := range a.links {
+			if l != nil {
+				l.Close()
+			}
+		}
+	}
+	for s := range e.inner {
+		for _, m := range e.inner[s] {
+			if m != nil {
+				m.Close()
+			}
+		}
+	}
+	e.coll.Close()
+	return nil
+}
+
+// Uninstall detaches every endpoint and removes all pinned state. The
+// dataplane is closed afterwards.
+func (e *EBPF) Uninstall(ctx context.Context) error {
+	pinDir := e.cfg.PinDir
+	if err := e.Close(); err != nil {
+		return err
+	}
+	return Uninstall(ctx, pinDir)
+}
+
+// Uninstall removes a pinned fedmesh dataplane under pinDir: unpinning the
+// links detaches the programs, unpinning the maps frees them. It needs no
+// running dataplane (use it to clear an incompatible version).
+func Uninstall(ctx context.Context, pinDir string) error {
+	if !strings.HasPrefix(filepath.Clean(pinDir), "/sys/fs/bpf/") {
+		return fmt.Errorf("uninstall %s: refusing a pin directory outside /sys/fs/bpf", pinDir)
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		return fmt.Errorf("uninstall: remove %s: %w", pinDir, err)
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// requireKernel fails (CI=true) or skips when the kernel dataplane cannot
+// run here.
+func requireKernel(t testing.TB) {
+	t.Helper()
+	if err := Probe("/sys/fs/bpf"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("kernel dataplane required in CI: %v", err)
+		}
+		if errors.Is(err, ErrNotSupported) {
+			t.Skipf("kernel dataplane not available: %v", err)
+		}
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("iproute2 required in CI")
+		}
+		t.Skip("iproute2 missing")
+	}
+}
+
+func randName(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func run(t testing.TB, args ...string) {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newNetNS creates a named netns removed at cleanup and returns its path.
+func newNetNS(t testing.TB) (name, path string) {
+	t.Helper()
+	name = randName("fmdp")
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run(t, "ip", "-n", name, "link", "set", "lo", "up")
+	return name, "/run/netns/" + name
+}
+
+// newEBPF starts a kernel dataplane pinned in a test-private directory and
+// uninstalls it at cleanup.
+func newEBPF(t testing.TB, netns string) (*EBPF, Config) {
+	t.Helper()
+	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: netns}
+	dp, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dp.Close()
+		if err := Uninstall(context.Background(), cfg.PinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	return dp, cfg
+}
+
+// skbCtx is the head of struct __sk_buff up to ifindex, for BPF_PROG_TEST_RUN.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
+}
+
+// runProg runs the program for dir on frame as if seen on ifindex; it must
+// be called inside the netns owning ifindex.
+func (e *EBPF) runProg(dir uint8, ifindex uint32, frame []byte) (int32, error) {
+	prog := e.coll.Programs["fm_to_pod"]
+	if dir == 1 {
+		prog = e.coll.Programs["fm_from_pod"]
+	}
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: skbCtx{Ifindex: ifindex}})
+	return int32(ret), err
+}
+
+func ifindexIn(netns, iface string) (uint32, error) {
+	var idx uint32
+	err := inNetNS(netns, func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", iface, err)
+		}
+		idx = uint32(ifi.Index)
+		return nil
+	})
+	return idx, err
+}

@@ -1,0 +1,312 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+)
+
+// Map keys and values, laid out exactly as in bpf/fedmesh.c (no implicit
+// padding, little-endian host fields, network-order ports and addresses).
+
+const (
+	kindIdentity = 0
+	kindCIDR     = 1
+
+	policyFixedBits = 96
+	policyAllBits   = 112
+	cidrFixedBits   = 64
+
+	// maxRules is the size of the per-revision rule counter array; rules
+	// with larger IDs are enforced but not counted.
+	maxRules = 65536
+)
+
+type ipcacheKey struct {
+	Prefixlen uint32
+	IP        [16]byte
+}
+
+type policyKey struct {
+	Prefixlen uint32
+	Ifindex   uint32
+	Dir       uint8
+	Kind      uint8
+	Proto     uint8
+	Pad       uint8
+	Peer      uint32
+	Port      [2]byte // big endian
+	Pad2      uint16
+}
+
+type cidrKey struct {
+	Prefixlen uint32
+	Ifindex   uint32
+	Dir       uint8
+	Pad       [3]uint8
+	IP        [16]byte
+}
+
+type endpointVal struct {
+	Identity uint32
+	Enforced [2]uint8 // by policy.Direction
+	Pad      [2]uint8
+}
+
+// Tables is what one revision puts into the per-revision maps: a plain,
+// deterministic value that both implementations load as it is.
+type Tables struct {
+	Revision  uint64
+	IPCache   map[ipcacheKey]uint32 // prefixes shorter than a host
+	IPHosts   map[[16]byte]uint32   // /32 and /128 entries
+	Policy    map[policyKey]uint32  // -> RuleID
+	CIDR      map[cidrKey]uint32    // -> CIDR class (0: no rule holds)
+	Endpoints map[uint32]endpointVal
+}
+
+func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }
+
+// prefixKey gives the address bytes and the prefix length of p in the
+// IPv4-mapped IPv6 space the programs use.
+func prefixKey(p netip.Prefix) ([16]byte, uint32) {
+	p = p.Masked()
+	bits := uint32(p.Bits())
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return mapped(p.Addr()), bits
+}
+
+// Render computes the tables for rev with the attached endpoints (ID ->
+// host-side ifindex). It is pure.
+func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
+	t := &Tables{
+		IPCache:   map[ipcacheKey]uint32{},
+		IPHosts:   make(map[[16]byte]uint32, len(rev.IPCache)),
+		Policy:    map[policyKey]uint32{},
+		CIDR:      map[cidrKey]uint32{},
+		Endpoints: make(map[uint32]endpointVal, len(attached)),
+		Revision:  rev.Number,
+	}
+	for _, e := range rev.IPCache {
+		if !e.Prefix.IsValid() {
+			return nil, fmt.Errorf("render ipcache: invalid prefix for identity %d", e.Identity)
+		}
+		ip, bits := prefixKey(e.Prefix)
+		var old uint32
+		var dup bool
+		if bits == 128 {
+			old, dup = t.IPHosts[ip]
+			t.IPHosts[ip] = e.Identity
+		} else {
+			k := ipcacheKey{Prefixlen: bits, IP: ip}
+			old, dup = t.IPCache[k]
+			t.IPCache[k] = e.Identity
+		}
+		if dup && old != e.Identity {
+			return nil, fmt.Errorf("render ipcache: prefix %s has identities %d and %d", e.Prefix, old, e.Identity)
+		}
+	}
+	ids := make([]string, 0, len(attached))
+	for id := range attached {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ifindex := attached[id]
+		rules := rev.Rules[id]
+		t.Endpoints[ifindex] = endpointVal{Identity: rules.Identity,
+			Enforced: [2]uint8{b2u(rules.Ingress.Enforced), b2u(rules.Egress.Enforced)}}
+		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			dr := rules.Ingress
+			if dir == policy.Egress {
+				dr = rules.Egress
+			}
+			if !dr.Enforced {
+				continue
+			}
+			for _, r := range dr.Identities {
+				if err := t.addPolicy(ifindex, dir, kindIdentity, r.Peer, r.Proto, r.Ports, r.Rule); err != nil {
+					return nil, fmt.Errorf("render endpoint %s: %w", id, err)
+				}
+			}
+			if err := t.addCIDRs(ifindex, dir, dr.CIDRs); err != nil {
+				return nil, fmt.Errorf("render endpoint %s: %w", id, err)
+			}
+		}
+	}
+	return t, nil
+}
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (t *Tables) addPolicy(ifindex uint32, dir policy.Direction, kind uint8, peer uint32, proto uint8,
+	ports policy.PortRange, rule policy.RuleID) error {
+	if ports.First > ports.Last {
+		return fmt.Errorf("rule %d: port range %d-%d is empty", rule, ports.First, ports.Last)
+	}
+	for _, pp := range portPrefixes(ports) {
+		k := policyKey{Prefixlen: policyFixedBits + uint32(pp.bits), Ifindex: ifindex, Dir: uint8(dir),
+			Kind: kind, Proto: proto, Peer: peer, Port: [2]byte{byte(pp.value >> 8), byte(pp.value)}}
+		// Several rules may cover the same key: the lowest rule ID names it,
+		// so counters and events are deterministic.
+		if old, ok := t.Policy[k]; !ok || uint32(rule) < old {
+			t.Policy[k] = uint32(rule)
+		}
+	}
+	return nil
+}
+
+type portPrefix struct {
+	value uint16
+	bits  uint8 // leading bits of value that matter
+}
+
+// portPrefixes covers [First, Last] with the fewest aligned prefixes.
+func portPrefixes(r policy.PortRange) []portPrefix {
+	var out []portPrefix
+	lo, hi := uint32(r.First), uint32(r.Last)
+	for lo <= hi {
+		size := uint32(1)
+		bits := uint8(16)
+		// Grow the block while it stays aligned at lo and inside the range.
+		for bits > 0 && lo&(size*2-1) == 0 && lo+size*2-1 <= hi {
+			size *= 2
+			bits--
+		}
+		out = append(out, portPrefix{value: uint16(lo), bits: bits})
+		lo += size
+	}
+	return out
+}
+
+// v4MappedSpace is where IPv4 addresses live in the programs' address space.
+var v4MappedSpace = netip.MustParsePrefix("::ffff:0:0/96")
+
+type mprefix struct {
+	ip   [16]byte
+	bits uint32
+}
+
+func toM(p netip.Prefix) mprefix {
+	ip, bits := prefixKey(p)
+	return mprefix{ip, bits}
+}
+
+// contains reports whether a contains b (a is no longer than b and agrees
+// on a's bits).
+func (a mprefix) contains(b mprefix) bool {
+	if a.bits > b.bits {
+		return false
+	}
+	return maskedEqual(a.ip[:], b.ip[:], int(a.bits))
+}
+
+func maskedEqual(a, b []byte, bits int) bool {
+	for i := 0; bits > 0; i++ {
+		if bits >= 8 {
+			if a[i] != b[i] {
+				return false
+			}
+			bits -= 8
+			continue
+		}
+		m := byte(0xff << (8 - bits))
+		return a[i]&m == b[i]&m
+	}
+	return true
+}
+
+type cidrRule struct {
+	prefix  mprefix
+	excepts []mprefix
+	r       policy.CIDRRule
+}
+
+func (t *Tables) addCIDRs(ifindex uint32, dir policy.Direction, rules []policy.CIDRRule) error {
+	if len(rules) == 0 {
+		return nil
+	}
+	v4space := toM(v4MappedSpace)
+	var crs []cidrRule
+	points := map[mprefix]bool{}
+	for _, r := range rules {
+		if !r.Prefix.IsValid() {
+			return fmt.Errorf("rule %d: invalid CIDR", r.Rule)
+		}
+		cr := cidrRule{prefix: toM(r.Prefix), r: r}
+		for _, e := range r.Except {
+			if !e.IsValid() || e.Addr().Is4() != r.Prefix.Addr().Is4() {
+				continue // an except of the other family carves nothing
+			}
+			cr.excepts = append(cr.excepts, toM(e))
+		}
+		// ::/0 and friends must not reach IPv4 peers through the mapping.
+		if r.Prefix.Addr().Is6() && cr.prefix.contains(v4space) {
+			cr.excepts = append(cr.excepts, v4space)
+		}
+		crs = append(crs, cr)
+		points[cr.prefix] = true
+		for _, e := range cr.excepts {
+			points[e] = true
+		}
+	}
+	// Each distinct prefix P gets the set of rules holding for addresses whose
+	// longest match is P: rules whose prefix contains P and none of whose
+	// excepts does. Equal sets share a class.
+	sorted := make([]mprefix, 0, len(points))
+	for p := range points {
+		sorted = append(sorted, p)
+	}
+	slices.SortFunc(sorted, func(a, b mprefix) int {
+		if c := slices.Compare(a.ip[:], b.ip[:]); c != 0 {
+			return c
+		}
+		return int(a.bits) - int(b.bits)
+	})
+	classes := map[string]uint32{}
+	for _, p := range sorted {
+		var set []int
+		for i, cr := range crs {
+			if !cr.prefix.contains(p) {
+				continue
+			}
+			excluded := false
+			for _, e := range cr.excepts {
+				if e.contains(p) {
+					excluded = true
+					break
+				}
+			}
+			if !excluded {
+				set = append(set, i)
+			}
+		}
+		class := uint32(0)
+		if len(set) > 0 {
+			sig := fmt.Sprint(set)
+			c, ok := classes[sig]
+			if !ok {
+				c = uint32(len(classes) + 1)
+				classes[sig] = c
+				for _, i := range set {
+					r := crs[i].r
+					if err := t.addPolicy(ifindex, dir, kindCIDR, c, r.Proto, r.Ports, r.Rule); err != nil {
+						return err
+					}
+				}
+			}
+			class = c
+		}
+		t.CIDR[cidrKey{Prefixlen: cidrFixedBits + p.bits, Ifindex: ifindex, Dir: uint8(dir), IP: p.ip}] = class
+	}
+	return nil
+}
