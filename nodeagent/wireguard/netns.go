@@ -1,0 +1,79 @@
+package wireguard
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// inNetNS runs fn on a fresh OS thread switched into ns, so the caller's
+// thread never changes namespace. Sockets and file descriptors fn opens stay
+// bound to ns after it returns. If the thread cannot switch back it stays
+// locked, and Go discards it when the goroutine exits.
+func inNetNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("read current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
+			return // thread stays locked and dies with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// nsBind opens wireguard-go's UDP sockets inside the device's namespace,
+// whichever goroutine (TUN event reader, UAPI handler) asks for them. See the
+// package doc.
+type nsBind struct {
+	conn.Bind
+	ns netns.NsHandle
+}
+
+func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
+	nsErr := inNetNS(b.ns, func() error {
+		fns, actual, err = b.Bind.Open(port)
+		return nil
+	})
+	if nsErr != nil {
+		return nil, 0, nsErr
+	}
+	return fns, actual, err
+}
+
+// nsTUN answers MTU() from inside the namespace: NativeTun looks its device
+// up by name on a fresh socket, which would otherwise search the namespace of
+// whatever thread wireguard-go's event reader runs on.
+type nsTUN struct {
+	tun.Device
+	ns netns.NsHandle
+}
+
+func (t *nsTUN) MTU() (mtu int, err error) {
+	if nsErr := inNetNS(t.ns, func() error {
+		mtu, err = t.Device.MTU()
+		return nil
+	}); nsErr != nil {
+		return 0, nsErr
+	}
+	return mtu, err
+}
