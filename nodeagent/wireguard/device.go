@@ -89,7 +89,7 @@ type Options struct {
 type Device struct {
 	name   string
 	log    *slog.Logger
-	ns     netns.NsHandle
+	ns     *nsRef
 	nl     *netlink.Handle
 	wg     *wgctrl.Client
 	kernel bool
@@ -113,7 +113,7 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 	if opts.Name == "" || len(opts.Name) > unix.IFNAMSIZ-1 {
 		return nil, fmt.Errorf("open wireguard device: name %q must be 1 to 15 bytes; use DeviceName", opts.Name)
 	}
-	d := &Device{name: opts.Name, log: opts.Logger, ns: -1}
+	d := &Device{name: opts.Name, log: opts.Logger, ns: &nsRef{h: -1}}
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -123,10 +123,10 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 			d.release()
 		}
 	}()
-	if d.ns, err = openNetNS(opts.NetNS); err != nil {
+	if d.ns.h, err = openNetNS(opts.NetNS); err != nil {
 		return nil, err
 	}
-	if d.nl, err = netlink.NewHandleAt(d.ns); err != nil {
+	if d.nl, err = netlink.NewHandleAt(d.ns.h); err != nil {
 		return nil, fmt.Errorf("open netlink in namespace %q: %w", opts.NetNS, err)
 	}
 	mtu := opts.MTU
@@ -163,7 +163,7 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 		}
 	}
 
-	if err := inNetNS(d.ns, func() (err error) {
+	if err := d.ns.do(func() (err error) {
 		d.wg, err = wgctrl.New()
 		return err
 	}); err != nil {
@@ -232,7 +232,7 @@ func (d *Device) startUserspace(name string, mtu int) error {
 		return fmt.Errorf("open UAPI socket %s: %w", sockPath(name), err)
 	}
 	var tdev tun.Device
-	err = inNetNS(d.ns, func() (err error) {
+	err = d.ns.do(func() (err error) {
 		tdev, err = tun.CreateTUN(name, mtu)
 		return err
 	})
@@ -541,10 +541,7 @@ func (d *Device) release() {
 		d.nl.Close()
 		d.nl = nil
 	}
-	if d.ns.IsOpen() {
-		d.ns.Close()
-		d.ns = -1
-	}
+	d.ns.close()
 }
 
 func (d *Device) usable(ctx context.Context) error {

@@ -3,7 +3,10 @@ package wireguard
 import (
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -41,16 +44,43 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 	return <-errc
 }
 
+// nsRef is the device's namespace handle shared with the wireguard-go
+// wrappers below, whose goroutines may still call in while the device is
+// being torn down: once closed, they fail cleanly instead of using a closed
+// (or reused) file descriptor.
+type nsRef struct {
+	mu sync.RWMutex
+	h  netns.NsHandle
+}
+
+func (r *nsRef) do(fn func() error) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if !r.h.IsOpen() {
+		return fmt.Errorf("enter network namespace: %w", net.ErrClosed)
+	}
+	return inNetNS(r.h, fn)
+}
+
+func (r *nsRef) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.h.IsOpen() {
+		r.h.Close()
+	}
+	r.h = -1
+}
+
 // nsBind opens wireguard-go's UDP sockets inside the device's namespace,
 // whichever goroutine (TUN event reader, UAPI handler) asks for them. See the
 // package doc.
 type nsBind struct {
 	conn.Bind
-	ns netns.NsHandle
+	ns *nsRef
 }
 
 func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
-	nsErr := inNetNS(b.ns, func() error {
+	nsErr := b.ns.do(func() error {
 		fns, actual, err = b.Bind.Open(port)
 		return nil
 	})
@@ -62,18 +92,23 @@ func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err e
 
 // nsTUN answers MTU() from inside the namespace: NativeTun looks its device
 // up by name on a fresh socket, which would otherwise search the namespace of
-// whatever thread wireguard-go's event reader runs on.
+// whatever thread wireguard-go's event reader runs on. After teardown it
+// answers with the last MTU it saw.
 type nsTUN struct {
 	tun.Device
-	ns netns.NsHandle
+	ns      *nsRef
+	lastMTU atomic.Int64
 }
 
 func (t *nsTUN) MTU() (mtu int, err error) {
-	if nsErr := inNetNS(t.ns, func() error {
+	if nsErr := t.ns.do(func() error {
 		mtu, err = t.Device.MTU()
 		return nil
 	}); nsErr != nil {
-		return 0, nsErr
+		return int(t.lastMTU.Load()), nil
+	}
+	if err == nil {
+		t.lastMTU.Store(int64(mtu))
 	}
 	return mtu, err
 }
