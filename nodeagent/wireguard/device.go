@@ -54,10 +54,10 @@ func (m Mode) String() string {
 // operator or another daemon added.
 const RouteProtocol netlink.RouteProtocol = 98
 
-// kickInterval is the keepalive briefly given to an added peer: turning a
-// peer's persistent keepalive on makes both wireguard-go and the kernel send
-// one keepalive at once, which starts the handshake before any traffic
-// needs it.
+// kickInterval is the keepalive briefly given to a kicked peer (see
+// Plan.Kick): turning a peer's persistent keepalive on makes both
+// wireguard-go and the kernel send one keepalive at once, which starts the
+// handshake before any traffic needs it.
 const kickInterval = 25 * time.Second
 
 var (
@@ -360,9 +360,8 @@ func (d *Device) Sync(ctx context.Context, want Config) (Plan, error) {
 }
 
 // Apply carries out a plan: MTU, then peers and key in one wgctrl
-// transaction, then routes. An empty plan makes no call at all. Every added
-// peer is kicked so its handshake starts now rather than with the first
-// packet.
+// transaction, then routes. An empty plan makes no call at all. Peers in
+// p.Kick handshake now rather than on their first packet.
 func (d *Device) Apply(ctx context.Context, p Plan) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -392,7 +391,7 @@ func (d *Device) apply(ctx context.Context, p Plan) error {
 		// Turn the kick's keepalive back off where the peer wants none.
 		var unkick wgtypes.Config
 		for _, np := range p.AddPeers {
-			if np.PersistentKeepalive == 0 {
+			if np.PersistentKeepalive == 0 && p.kicked(np.PublicKey) {
 				zero := time.Duration(0)
 				unkick.Peers = append(unkick.Peers, wgtypes.PeerConfig{PublicKey: np.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &zero})
 			}

@@ -54,7 +54,7 @@
 // handshake that peers accept once they have replaced the node's old public
 // key with the new one. On the peers' side [Reconcile] turns a changed key into
 // "remove old peer, add new peer" in one wgctrl transaction, routes untouched,
-// and [Device.Apply] kicks every added peer (a keepalive that forces an
-// immediate handshake), so a flow is interrupted for one handshake after the
-// peer learns the new key.
+// and kicks the new peer (a keepalive that forces an immediate handshake; see
+// Plan.Kick), so a flow is interrupted for one handshake after the peer
+// learns the new key, even a flow in which only the rotated node sends.
 package wireguard

@@ -136,7 +136,9 @@ func (l *lab) addPod(n *labNode, p labPod, hostIf string) {
 	l.ip("-n", p.ns, "addr", "add", p.ip.String()+"/32", "dev", "eth0")
 	l.ip("-n", p.ns, "link", "set", "eth0", "up")
 	l.ip("-n", p.ns, "route", "add", "default", "dev", "eth0", "scope", "link")
-	l.ip("netns", "exec", n.ns, "sysctl", "-qw", "net.ipv4.conf."+hostIf+".proxy_arp=1")
+	// Proxy ARP answers after a random delay of up to proxy_delay (0.8 s by
+	// default); Calico sets it to 0 as well.
+	l.ip("netns", "exec", n.ns, "sysctl", "-qw", "net.ipv4.conf."+hostIf+".proxy_arp=1", "net.ipv4.neigh."+hostIf+".proxy_delay=0")
 	l.ip("-n", n.ns, "link", "set", hostIf, "up")
 	l.ip("-n", n.ns, "route", "add", p.ip.String()+"/32", "dev", hostIf)
 }

@@ -36,6 +36,15 @@ type Plan struct {
 	// UpdatePeers are peers whose endpoint, AllowedIPs or keepalive differ;
 	// each is applied in full (AllowedIPs replaced).
 	UpdatePeers []Peer
+	// Kick lists added peers to handshake with at once rather than on the
+	// first packet: those taking over AllowedIPs from a removed peer, i.e. a
+	// remote node that rotated its key. That node already has this device as
+	// a peer, so the handshake succeeds, and its own sends, stalled since it
+	// changed key, resume after one handshake instead of its 5 s retry.
+	// Brand-new peers are not kicked: both ends add each other at about the
+	// same time, and two crossing initiations void each other until the
+	// retry, which is worse than WireGuard's handshake on first packet.
+	Kick []wgtypes.Key
 	// AddRoutes and DelRoutes are destinations to route through the device
 	// or to stop routing through it (sorted).
 	AddRoutes, DelRoutes []netip.Prefix
@@ -47,6 +56,9 @@ func (p Plan) Empty() bool {
 		len(p.RemovePeers) == 0 && len(p.AddPeers) == 0 && len(p.UpdatePeers) == 0 &&
 		len(p.AddRoutes) == 0 && len(p.DelRoutes) == 0
 }
+
+// kicked reports whether the plan kicks peer k.
+func (p Plan) kicked(k wgtypes.Key) bool { return slices.Contains(p.Kick, k) }
 
 // Reconcile compares the desired config with the device's actual state and
 // returns the minimal plan. A peer whose public key changed (a rotation on
@@ -85,17 +97,36 @@ func Reconcile(want Config, have Actual) Plan {
 			p.UpdatePeers = append(p.UpdatePeers, wp)
 		}
 	}
+	var removedIPs []netip.Prefix
 	for _, hp := range have.Peers {
 		if !wanted[hp.PublicKey] {
 			p.RemovePeers = append(p.RemovePeers, hp.PublicKey)
+			removedIPs = append(removedIPs, hp.AllowedIPs...)
+		}
+	}
+	for _, np := range p.AddPeers {
+		if overlapsAny(np.AllowedIPs, removedIPs) {
+			p.Kick = append(p.Kick, np.PublicKey)
 		}
 	}
 	sortPeers(p.AddPeers)
 	sortPeers(p.UpdatePeers)
 	slices.SortFunc(p.RemovePeers, func(a, b wgtypes.Key) int { return slices.Compare(a[:], b[:]) })
+	slices.SortFunc(p.Kick, func(a, b wgtypes.Key) int { return slices.Compare(a[:], b[:]) })
 
 	p.AddRoutes, p.DelRoutes = diffPrefixes(routes, have.Routes)
 	return p
+}
+
+func overlapsAny(a, b []netip.Prefix) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x.Overlaps(y) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // normalizePeer puts a peer's AllowedIPs in canonical form (masked, sorted,
@@ -150,8 +181,9 @@ func canonicalPrefixes(ps []netip.Prefix) []netip.Prefix {
 
 // wgConfig is the wgctrl transaction for the peer and key parts of the plan.
 // Removals come first so that an AllowedIP moving between peers ends on the
-// new owner. kick asks for an immediate handshake with every added peer (see
-// [Device.Apply]); ok is false when the plan has nothing for wgctrl.
+// new owner. Peers in p.Kick get keepalive kick (when they want none), which
+// makes the device send a keepalive, and so a handshake, at once; ok is false
+// when the plan has nothing for wgctrl.
 func (p Plan) wgConfig(kick time.Duration) (cfg wgtypes.Config, ok bool) {
 	cfg.PrivateKey = p.PrivateKey
 	cfg.ListenPort = p.ListenPort
@@ -160,7 +192,7 @@ func (p Plan) wgConfig(kick time.Duration) (cfg wgtypes.Config, ok bool) {
 	}
 	for _, np := range p.AddPeers {
 		pc := peerConfig(np)
-		if kick > 0 && np.PersistentKeepalive == 0 {
+		if kick > 0 && np.PersistentKeepalive == 0 && p.kicked(np.PublicKey) {
 			pc.PersistentKeepaliveInterval = &kick
 		}
 		cfg.Peers = append(cfg.Peers, pc)

@@ -73,7 +73,7 @@ func TestReconcile(t *testing.T) {
 			name: "remote key rotation replaces the peer and keeps the routes",
 			want: want(peerA, with(peerB, func(p *Peer) { p.PublicKey = b2 })),
 			have: base,
-			plan: Plan{RemovePeers: []wgtypes.Key{b}, AddPeers: []Peer{with(peerB, func(p *Peer) { p.PublicKey = b2 })}},
+			plan: Plan{RemovePeers: []wgtypes.Key{b}, AddPeers: []Peer{with(peerB, func(p *Peer) { p.PublicKey = b2 })}, Kick: []wgtypes.Key{b2}},
 		},
 		{
 			name: "local key rotation changes only the key",
@@ -141,14 +141,18 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
-func TestWgConfigRemovesBeforeAddingAndKicksNewPeers(t *testing.T) {
-	a, b := testKey(2).PublicKey(), testKey(3).PublicKey()
+func TestWgConfigRemovesBeforeAddingAndKicksOnlyReplacements(t *testing.T) {
+	a, b, c := testKey(2).PublicKey(), testKey(3).PublicKey(), testKey(4).PublicKey()
 	p := Plan{
 		RemovePeers: []wgtypes.Key{a},
-		AddPeers:    []Peer{{PublicKey: b, Endpoint: ap("198.18.1.2:51871"), AllowedIPs: pfxs("10.2.1.0/24")}},
+		AddPeers: []Peer{
+			{PublicKey: b, Endpoint: ap("198.18.1.2:51871"), AllowedIPs: pfxs("10.2.1.0/24")},
+			{PublicKey: c, Endpoint: ap("198.18.1.3:51871"), AllowedIPs: pfxs("10.2.3.0/24")},
+		},
+		Kick: []wgtypes.Key{b},
 	}
 	cfg, ok := p.wgConfig(kickInterval)
-	if !ok || len(cfg.Peers) != 2 {
+	if !ok || len(cfg.Peers) != 3 {
 		t.Fatalf("wgConfig = %+v, %v", cfg, ok)
 	}
 	if !cfg.Peers[0].Remove || cfg.Peers[0].PublicKey != a {
@@ -157,6 +161,9 @@ func TestWgConfigRemovesBeforeAddingAndKicksNewPeers(t *testing.T) {
 	add := cfg.Peers[1]
 	if add.Remove || add.UpdateOnly || !add.ReplaceAllowedIPs || add.PersistentKeepaliveInterval == nil || *add.PersistentKeepaliveInterval != kickInterval {
 		t.Errorf("add op = %+v, want a new peer with replaced AllowedIPs and a kick keepalive", add)
+	}
+	if ka := cfg.Peers[2].PersistentKeepaliveInterval; ka == nil || *ka != 0 {
+		t.Errorf("brand-new peer got keepalive %v, want 0: only replacements are kicked", ka)
 	}
 	if _, ok := (Plan{AddRoutes: pfxs("10.0.0.0/8")}).wgConfig(kickInterval); ok {
 		t.Error("a routes-only plan produced a wgctrl transaction")
@@ -213,7 +220,7 @@ func planEqual(a, b Plan) bool {
 	peersEq := func(x, y []Peer) bool { return slices.EqualFunc(x, y, Peer.equalState) }
 	return keyEq(a.PrivateKey, b.PrivateKey) && intEq(a.ListenPort, b.ListenPort) && a.MTU == b.MTU &&
 		slices.Equal(a.RemovePeers, b.RemovePeers) && peersEq(a.AddPeers, b.AddPeers) && peersEq(a.UpdatePeers, b.UpdatePeers) &&
-		slices.Equal(a.AddRoutes, b.AddRoutes) && slices.Equal(a.DelRoutes, b.DelRoutes)
+		slices.Equal(a.AddRoutes, b.AddRoutes) && slices.Equal(a.DelRoutes, b.DelRoutes) && slices.Equal(a.Kick, b.Kick)
 }
 
 func fmtPlan(p Plan) string {
@@ -235,6 +242,9 @@ func fmtPlan(p Plan) string {
 	}
 	for _, x := range p.UpdatePeers {
 		s += " ~peer=" + x.PublicKey.String()[:8] + x.Endpoint.String()
+	}
+	for _, k := range p.Kick {
+		s += " kick=" + k.String()[:8]
 	}
 	for _, r := range p.AddRoutes {
 		s += " +route=" + r.String()
