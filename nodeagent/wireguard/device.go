@@ -118,10 +118,17 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 		d.log = slog.Default()
 	}
 	d.log = d.log.With("device", opts.Name)
+	createdKernel := false
 	defer func() {
-		if err != nil {
-			d.release()
+		if err == nil {
+			return
 		}
+		if createdKernel { // don't leave a half-configured link behind
+			if link, lerr := d.nl.LinkByName(opts.Name); lerr == nil {
+				d.nl.LinkDel(link)
+			}
+		}
+		d.release()
 	}()
 	if d.ns.h, err = openNetNS(opts.NetNS); err != nil {
 		return nil, err
@@ -152,6 +159,7 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 			if err != nil {
 				return nil, err
 			}
+			createdKernel = d.kernel
 			if !d.kernel && opts.Mode == ModeKernel {
 				return nil, fmt.Errorf("open wireguard device %s: %w", opts.Name, ErrKernelUnsupported)
 			}
