@@ -1,0 +1,611 @@
+// Package syncer owns what one member cluster and the federation exchange:
+// client-go informers on the cluster's API publish its pods (endpoints),
+// NetworkPolicies (the cluster's policies) and exported services to the
+// control plane, in debounced batches with a full resync (with a generation)
+// at start and after every failed write; and imported services are written
+// back into the cluster as MCS API ServiceImports and EndpointSlices.
+//
+// The mapping from Kubernetes objects to API objects (mapping.go) and the
+// batch planning (plan.go) are pure; Syncer is the loop around them.
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Config is what a Syncer needs. Cluster, REST and ControlPlane are
+// required.
+type Config struct {
+	// Cluster is this cluster's name in the federation.
+	Cluster string
+	// REST reaches the member cluster's API.
+	REST *rest.Config
+	// ControlPlane is the federation.
+	ControlPlane ControlPlane
+	// Logger; slog.Default() when nil.
+	Logger *slog.Logger
+	// Registerer for the syncer's metrics; none registered when nil.
+	Registerer prometheus.Registerer
+	// Debounce is how long the syncer waits for more changes before it
+	// sends a batch (default 50ms); MaxDelay bounds the wait under steady
+	// churn (default 500ms).
+	Debounce, MaxDelay time.Duration
+	// BatchSize is the most objects per write (default and at most
+	// model.MaxBatch).
+	BatchSize int
+	// Now is the clock (time.Now when nil); resync generations come from it
+	// so they grow across restarts of the syncer.
+	Now func() time.Time
+	// ClusterSpec, when set, is used instead of asking the control plane
+	// for the cluster's registration (export scope, pod CIDRs).
+	ClusterSpec *fedmeshv1.Cluster
+}
+
+// Syncer publishes one cluster to the federation. Create with New, run with
+// Run.
+type Syncer struct {
+	cfg     Config
+	kube    kubernetes.Interface
+	mcs     mcsclient.Interface
+	log     *slog.Logger
+	metrics *metrics
+	rec     record.EventRecorder
+	bcast   record.EventBroadcaster
+
+	factory    informers.SharedInformerFactory
+	mcsFactory mcsinformers.SharedInformerFactory
+	pods       corelisters.PodLister
+	nss        corelisters.NamespaceLister
+	svcs       corelisters.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+	netpols    networkinglisters.NetworkPolicyLister
+	exports    mcslisters.ServiceExportLister
+	synced     []cache.InformerSynced
+
+	mu      sync.Mutex
+	pending map[Key]struct{}
+	kick    chan struct{}
+
+	// Owned by the publisher loop.
+	spec      *fedmeshv1.Cluster
+	published Published
+	lastSkip  map[Key]string
+	lastGen   uint64
+
+	statusMu   sync.Mutex
+	lastCommit time.Time
+	commits    chan uint64 // optional observer of committed revisions (tests, benchmarks)
+}
+
+// Kubernetes label on an EndpointSlice naming its Service.
+const serviceNameLabel = discoveryv1.LabelServiceName
+
+// New builds a Syncer and its informers; nothing runs until Run.
+func New(cfg Config) (*Syncer, error) {
+	if cfg.REST == nil || cfg.ControlPlane == nil {
+		return nil, errors.New("new syncer: REST and ControlPlane are required")
+	}
+	if errs := model.ClusterName(nil, cfg.Cluster); len(errs) > 0 {
+		return nil, fmt.Errorf("new syncer: cluster name: %w", errs.ToAggregate())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = 50 * time.Millisecond
+	}
+	if cfg.MaxDelay < cfg.Debounce {
+		cfg.MaxDelay = max(10*cfg.Debounce, 500*time.Millisecond)
+	}
+	if cfg.BatchSize <= 0 || cfg.BatchSize > model.MaxBatch {
+		cfg.BatchSize = model.MaxBatch
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kube, err := kubernetes.NewForConfig(cfg.REST)
+	if err != nil {
+		return nil, fmt.Errorf("new syncer: kubernetes client: %w", err)
+	}
+	mcs, err := mcsclient.NewForConfig(cfg.REST)
+	if err != nil {
+		return nil, fmt.Errorf("new syncer: MCS client: %w", err)
+	}
+	s := &Syncer{
+		cfg:       cfg,
+		kube:      kube,
+		mcs:       mcs,
+		log:       cfg.Logger.With("cluster", cfg.Cluster),
+		metrics:   newMetrics(cfg.Registerer),
+		pending:   map[Key]struct{}{},
+		kick:      make(chan struct{}, 1),
+		published: Published{},
+		lastSkip:  map[Key]string{},
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("new syncer: %w", err)
+	}
+	if err := mcsv1beta1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("new syncer: %w", err)
+	}
+	s.bcast = record.NewBroadcaster()
+	s.rec = s.bcast.NewRecorder(scheme, corev1.EventSource{Component: "fedmesh-syncer"})
+
+	s.factory = informers.NewSharedInformerFactory(s.kube, 0)
+	s.mcsFactory = mcsinformers.NewSharedInformerFactory(s.mcs, 0)
+	podInf := s.factory.Core().V1().Pods()
+	nsInf := s.factory.Core().V1().Namespaces()
+	svcInf := s.factory.Core().V1().Services()
+	sliceInf := s.factory.Discovery().V1().EndpointSlices()
+	npInf := s.factory.Networking().V1().NetworkPolicies()
+	seInf := s.mcsFactory.Multicluster().V1beta1().ServiceExports()
+	s.pods, s.nss, s.svcs, s.slices, s.netpols, s.exports = podInf.Lister(), nsInf.Lister(), svcInf.Lister(), sliceInf.Lister(), npInf.Lister(), seInf.Lister()
+
+	add := func(inf cache.SharedIndexInformer, keys func(obj any) []Key) error {
+		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { s.enqueue(keys(o)...) },
+			UpdateFunc: func(_, o any) { s.enqueue(keys(o)...) },
+			DeleteFunc: func(o any) {
+				if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+					o = t.Obj
+				}
+				s.enqueue(keys(o)...)
+			},
+		})
+		s.synced = append(s.synced, inf.HasSynced)
+		return err
+	}
+	errs := []error{
+		add(podInf.Informer(), func(o any) []Key { return objKey(KindEndpoint, o) }),
+		add(npInf.Informer(), func(o any) []Key { return objKey(KindPolicy, o) }),
+		add(svcInf.Informer(), func(o any) []Key { return objKey(KindExport, o) }),
+		add(seInf.Informer(), func(o any) []Key { return objKey(KindExport, o) }),
+		add(sliceInf.Informer(), func(o any) []Key {
+			es, ok := o.(*discoveryv1.EndpointSlice)
+			if !ok || es.Labels[serviceNameLabel] == "" {
+				return nil
+			}
+			return []Key{{Kind: KindExport, Namespace: es.Namespace, Name: es.Labels[serviceNameLabel]}}
+		}),
+		// A namespace's labels are part of each of its pods' endpoints.
+		add(nsInf.Informer(), func(o any) []Key {
+			ns, ok := o.(*corev1.Namespace)
+			if !ok {
+				return nil
+			}
+			pods, _ := s.pods.Pods(ns.Name).List(labels.Everything())
+			keys := make([]Key, 0, len(pods))
+			for _, p := range pods {
+				keys = append(keys, Key{Kind: KindEndpoint, Namespace: p.Namespace, Name: p.Name})
+			}
+			return keys
+		}),
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("new syncer: add event handlers: %w", err)
+	}
+	return s, nil
+}
+
+func objKey(kind Kind, o any) []Key {
+	m, err := cache.MetaNamespaceKeyFunc(o)
+	if err != nil {
+		return nil
+	}
+	ns, name, _ := cache.SplitMetaNamespaceKey(m)
+	return []Key{{Kind: kind, Namespace: ns, Name: name}}
+}
+
+// enqueue is called from informer goroutines.
+func (s *Syncer) enqueue(keys ...Key) {
+	if len(keys) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, k := range keys {
+		s.pending[k] = struct{}{}
+	}
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Syncer) takePending() map[Key]struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pending
+	s.pending = map[Key]struct{}{}
+	return p
+}
+
+// Run starts the informers, waits for their caches, does a full resync and
+// then publishes changes until ctx ends. It also writes imported services
+// back into the cluster. It returns only when ctx ends, or when the
+// informers cannot sync.
+func (s *Syncer) Run(ctx context.Context) error {
+	if err := EnsureCRDs(ctx, s.cfg.REST); err != nil {
+		return err
+	}
+	s.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.kube.CoreV1().Events("")})
+	defer s.bcast.Shutdown()
+	s.factory.Start(ctx.Done())
+	s.mcsFactory.Start(ctx.Done())
+	defer s.factory.Shutdown()
+	defer s.mcsFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return fmt.Errorf("run syncer: informer caches did not sync: %w", context.Cause(ctx))
+	}
+	s.log.Info("informers synced; starting full resync")
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.runImports(ctx)
+	}()
+	defer wg.Wait()
+
+	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
+	needResync := true
+	for {
+		if needResync {
+			if err := s.resync(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d := backoff.next()
+				s.log.Warn("full resync failed; retrying", "err", err, "in", d)
+				s.metrics.sendErrors.Inc()
+				if !sleepCtx(ctx, d) {
+					return nil
+				}
+				continue
+			}
+			backoff.reset()
+			needResync = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.kick:
+		}
+		s.debounce(ctx)
+		if err := s.flush(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// After a failed write we cannot know what committed; a full
+			// resync with a new generation makes the control plane exact.
+			s.log.Warn("publish failed; full resync follows", "err", err)
+			s.metrics.sendErrors.Inc()
+			needResync = true
+			if !sleepCtx(ctx, backoff.next()) {
+				return nil
+			}
+		}
+	}
+}
+
+// debounce waits until no change arrived for Debounce, or MaxDelay passed.
+func (s *Syncer) debounce(ctx context.Context) {
+	deadline := time.NewTimer(s.cfg.MaxDelay)
+	defer deadline.Stop()
+	quiet := time.NewTimer(s.cfg.Debounce)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-quiet.C:
+			return
+		case <-s.kick:
+			quiet.Reset(s.cfg.Debounce)
+		}
+	}
+}
+
+// loadSpec fetches this cluster's registration (export scope, pod CIDRs).
+func (s *Syncer) loadSpec(ctx context.Context) error {
+	if s.cfg.ClusterSpec != nil {
+		s.spec = s.cfg.ClusterSpec
+		return nil
+	}
+	c, err := s.cfg.ControlPlane.GetCluster(ctx, s.cfg.Cluster)
+	if err != nil {
+		return fmt.Errorf("get cluster %q from the control plane (register it with `fedctl cluster register`): %w", s.cfg.Cluster, err)
+	}
+	s.spec = c
+	return nil
+}
+
+// desired computes the value the control plane should hold for k from the
+// informer caches: nil when the object is gone, out of the export scope,
+// or skipped (then reported).
+func (s *Syncer) desired(ctx context.Context, k Key) proto.Message {
+	if !model.InScope(s.spec.GetExports(), k.Namespace) {
+		return nil
+	}
+	var (
+		v   proto.Message
+		err error
+		obj runtime.Object
+	)
+	switch k.Kind {
+	case KindEndpoint:
+		pod, gerr := s.pods.Pods(k.Namespace).Get(k.Name)
+		if gerr != nil {
+			return nil
+		}
+		obj = pod
+		ns, _ := s.nss.Get(k.Namespace)
+		var ep *fedmeshv1.Endpoint
+		ep, err = EndpointFromPod(s.cfg.Cluster, pod, ns, s.spec)
+		if ep != nil {
+			v = ep
+		}
+	case KindPolicy:
+		np, gerr := s.netpols.NetworkPolicies(k.Namespace).Get(k.Name)
+		if gerr != nil {
+			return nil
+		}
+		obj = np
+		v, err = policyFromK8s(s.cfg.Cluster, np)
+	case KindExport:
+		se, gerr := s.exports.ServiceExports(k.Namespace).Get(k.Name)
+		if gerr != nil {
+			return nil
+		}
+		obj = se
+		svc, _ := s.svcs.Services(k.Namespace).Get(k.Name)
+		sl, _ := s.slices.EndpointSlices(k.Namespace).List(labels.SelectorFromSet(labels.Set{serviceNameLabel: k.Name}))
+		var x *fedmeshv1.ServiceExport
+		x, err = ExportFromService(s.cfg.Cluster, se, svc, sl)
+		if x != nil {
+			v = x
+		}
+		s.setExportValid(ctx, se, err)
+	}
+	if err != nil {
+		s.reportSkip(k, obj, err)
+		return nil
+	}
+	delete(s.lastSkip, k)
+	return v
+}
+
+func policyFromK8s(cluster string, np *networkingv1.NetworkPolicy) (*fedmeshv1.Policy, error) {
+	p := model.PolicyFromK8s(cluster, np)
+	if err := model.ValidatePolicy(p); err != nil {
+		return nil, skip("Invalid", "the federation rejects NetworkPolicy %s/%s: %v", np.Namespace, np.Name, err)
+	}
+	return p, nil
+}
+
+// reportSkip records a skipped object once per reason: a metric and a
+// Kubernetes Event on the object, so `kubectl describe` shows why.
+func (s *Syncer) reportSkip(k Key, obj runtime.Object, err error) {
+	se, ok := IsSkip(err)
+	if !ok {
+		se = &SkipError{Reason: "Error", Message: err.Error()}
+	}
+	if s.lastSkip[k] == se.Reason {
+		return
+	}
+	s.lastSkip[k] = se.Reason
+	s.metrics.skipped.WithLabelValues(k.Kind.String(), se.Reason).Inc()
+	s.log.Info("not published", "kind", k.Kind, "namespace", k.Namespace, "name", k.Name, "reason", se.Reason, "detail", se.Message)
+	if obj != nil {
+		s.rec.Event(obj, corev1.EventTypeWarning, "FedmeshSkipped"+se.Reason, se.Message)
+	}
+}
+
+// allKeys lists every object the informers hold that the syncer publishes.
+func (s *Syncer) allKeys() []Key {
+	var keys []Key
+	pods, _ := s.pods.List(labels.Everything())
+	for _, p := range pods {
+		keys = append(keys, Key{KindEndpoint, p.Namespace, p.Name})
+	}
+	nps, _ := s.netpols.List(labels.Everything())
+	for _, p := range nps {
+		keys = append(keys, Key{KindPolicy, p.Namespace, p.Name})
+	}
+	ses, _ := s.exports.List(labels.Everything())
+	for _, x := range ses {
+		keys = append(keys, Key{KindExport, x.Namespace, x.Name})
+	}
+	return keys
+}
+
+// nextGeneration is a resync generation above every earlier one, also
+// across restarts of the syncer: the clock in nanoseconds.
+func (s *Syncer) nextGeneration() uint64 {
+	g := uint64(s.cfg.Now().UnixNano())
+	if g <= s.lastGen {
+		g = s.lastGen + 1
+	}
+	s.lastGen = g
+	return g
+}
+
+func (s *Syncer) resync(ctx context.Context) error {
+	if err := s.loadSpec(ctx); err != nil {
+		return err
+	}
+	s.takePending() // everything is recomputed below
+	desired := Published{}
+	for _, k := range s.allKeys() {
+		if v := s.desired(ctx, k); v != nil {
+			desired[k] = v
+		}
+	}
+	gen := s.nextGeneration()
+	b := PlanResync(s.cfg.Cluster, desired, gen, s.cfg.BatchSize)
+	start := time.Now()
+	if err := s.send(ctx, b); err != nil {
+		return fmt.Errorf("full resync generation %d: %w", gen, err)
+	}
+	s.published = desired
+	s.metrics.resyncs.Inc()
+	s.setReady(ctx)
+	s.log.Info("full resync done", "generation", gen, "objects", len(desired), "took", time.Since(start))
+	return nil
+}
+
+func (s *Syncer) flush(ctx context.Context) error {
+	pend := s.takePending()
+	if len(pend) == 0 {
+		return nil
+	}
+	desired := make(map[Key]proto.Message, len(pend))
+	for k := range pend {
+		desired[k] = s.desired(ctx, k)
+	}
+	b, next := PlanIncremental(s.cfg.Cluster, s.published, desired, s.cfg.BatchSize)
+	if b.Empty() {
+		return nil
+	}
+	if err := s.send(ctx, b); err != nil {
+		return err
+	}
+	s.published = next
+	s.setReady(ctx)
+	return nil
+}
+
+// send writes batches in order; the first error stops it.
+func (s *Syncer) send(ctx context.Context, b Batches) error {
+	cp := s.cfg.ControlPlane
+	var rev uint64
+	note := func(kind, op string, r uint64, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", op, kind, err)
+		}
+		s.metrics.batches.WithLabelValues(kind, op).Inc()
+		rev = max(rev, r)
+		return nil
+	}
+	for _, r := range b.Endpoints {
+		rv, err := cp.UpsertEndpoints(ctx, r)
+		if err := note("endpoints", "upsert", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, r := range b.Policies {
+		rv, err := cp.ApplyPolicies(ctx, r)
+		if err := note("policies", "apply", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, r := range b.Exports {
+		rv, err := cp.ExportServices(ctx, r)
+		if err := note("exports", "export", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, r := range b.EndpointDelete {
+		rv, err := cp.DeleteEndpoints(ctx, r)
+		if err := note("endpoints", "delete", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, k := range b.PolicyDelete {
+		rv, err := cp.DeletePolicy(ctx, k)
+		if err != nil && isNotFound(err) {
+			err = nil
+		}
+		if err := note("policies", "delete", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, r := range b.Unexports {
+		rv, err := cp.UnexportService(ctx, r)
+		if err != nil && isNotFound(err) {
+			err = nil
+		}
+		if err := note("exports", "unexport", rv, err); err != nil {
+			return err
+		}
+	}
+	s.statusMu.Lock()
+	s.lastCommit = time.Now()
+	c := s.commits
+	s.statusMu.Unlock()
+	if c != nil && rev > 0 {
+		select {
+		case c <- rev:
+		default:
+		}
+	}
+	return nil
+}
+
+type backoff struct {
+	base, limit, cur time.Duration
+}
+
+func newBackoff(base, limit time.Duration) *backoff { return &backoff{base: base, limit: limit} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.base
+	} else {
+		b.cur = min(2*b.cur, b.limit)
+	}
+	// Jitter so the syncers of many clusters do not retry in step.
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func isNotFound(err error) bool {
+	return apierrors.IsNotFound(err) || grpcCode(err) == "NotFound"
+}
