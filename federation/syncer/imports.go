@@ -426,4 +426,3 @@ func (s *Syncer) reconcileImports(ctx context.Context, w *ImportWriter, st *Impo
 		}
 	}
 }
-
