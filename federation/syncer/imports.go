@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -351,6 +352,7 @@ func (s *Syncer) runImports(ctx context.Context) {
 	w := &ImportWriter{Kube: s.kube, MCS: s.mcs}
 	st := NewImportState()
 	var rev uint64
+	var exportScope *fedmeshv1.NamespaceScope
 	bo := newBackoff(200*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		stream, err := s.cfg.ControlPlane.Watch(ctx, &fedmeshv1.WatchRequest{
@@ -400,6 +402,15 @@ func (s *Syncer) runImports(ctx context.Context) {
 				continue
 			}
 			rev = resp.GetRevision()
+			if !proto.Equal(st.Self.GetExports(), exportScope) {
+				exportScope = st.Self.GetExports()
+				if st.Self != nil && s.cfg.ClusterSpec == nil {
+					select {
+					case s.respec <- struct{}{}:
+					default:
+					}
+				}
+			}
 			s.reconcileImports(ctx, w, st)
 		}
 	}

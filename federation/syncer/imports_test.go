@@ -189,10 +189,14 @@ func TestConflictIsReportedOnTheServiceExport(t *testing.T) {
 	if _, err := h.mcs.MulticlusterV1beta1().ServiceExports("shop").Create(ctx, se, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	s.mcsFactory.Start(ctx.Done())
-	s.factory.Start(ctx.Done())
-	defer s.factory.Shutdown()
-	defer s.mcsFactory.Shutdown()
+	infCtx, stopInformers := context.WithCancel(ctx)
+	s.mcsFactory.Start(infCtx.Done())
+	s.factory.Start(infCtx.Done())
+	defer func() {
+		stopInformers() // Shutdown waits for the informers, which stop on this
+		s.factory.Shutdown()
+		s.mcsFactory.Shutdown()
+	}()
 	s.factory.WaitForCacheSync(ctx.Done())
 	s.mcsFactory.WaitForCacheSync(ctx.Done())
 

@@ -498,3 +498,36 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, lvs ...st
 	t.Fatalf("metric %s%v not found", name, lvs)
 	return 0
 }
+
+func TestExportScopeKeepsExcludedNamespacesOut(t *testing.T) {
+	h := newHarness(t)
+	h.cp.spec.Exports = &fedmeshv1.NamespaceScope{ExcludeNames: []string{"private"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, ns := range []string{"private", "public"} {
+		if err := h.kube.CreateNamespace(ctx, ns, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.pod(ctx, "private", "a", map[string]string{"app": "a"}, nil, "10.1.0.1")
+	h.pod(ctx, "public", "b", map[string]string{"app": "b"}, nil, "10.1.0.2")
+	h.startSyncer()
+	eventually(t, "resync of the exported namespace only", func() error {
+		if _, eps := h.cp.lastResync(); len(eps) != 1 || eps["public/b"] == nil {
+			return fmt.Errorf("resync has %v, want only public/b", keysOf(eps))
+		}
+		return nil
+	})
+	// A later change in the excluded namespace is not sent either.
+	h.pod(ctx, "private", "c", map[string]string{"app": "c"}, nil, "10.1.0.3")
+	h.pod(ctx, "public", "d", map[string]string{"app": "d"}, nil, "10.1.0.4")
+	eventually(t, "public/d sent", func() error {
+		if e, _ := h.cp.lastEndpoint("public", "d"); e == nil {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if e, _ := h.cp.lastEndpoint("private", "c"); e != nil {
+		t.Fatalf("endpoint of an excluded namespace sent: %v", e)
+	}
+}

@@ -97,6 +97,10 @@ type Syncer struct {
 	mu      sync.Mutex
 	pending map[Key]struct{}
 	kick    chan struct{}
+	// respec tells the publisher loop that this cluster's registration
+	// changed (the import watcher sees it); the loop answers with a full
+	// resync, since the export scope may have changed.
+	respec chan struct{}
 
 	// Owned by the publisher loop.
 	spec      *fedmeshv1.Cluster
@@ -151,6 +155,7 @@ func New(cfg Config) (*Syncer, error) {
 		metrics:   newMetrics(cfg.Registerer),
 		pending:   map[Key]struct{}{},
 		kick:      make(chan struct{}, 1),
+		respec:    make(chan struct{}, 1),
 		published: Published{},
 		lastSkip:  map[Key]string{},
 	}
@@ -302,6 +307,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.respec:
+			needResync = true
+			continue
 		case <-s.kick:
 		}
 		s.debounce(ctx)
