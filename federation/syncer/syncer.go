@@ -163,7 +163,7 @@ func New(cfg Config) (*Syncer, error) {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("new syncer: %w", err)
 	}
-	if err := mcsv1beta1.AddToScheme(scheme); err != nil {
+	if err := mcsv1beta1.Install(scheme); err != nil {
 		return nil, fmt.Errorf("new syncer: %w", err)
 	}
 	s.bcast = record.NewBroadcaster()
