@@ -3,6 +3,7 @@ package syncer
 import (
 	"errors"
 	"fmt"
+	"github.com/fedmesh/fedmesh/federation/identity"
 	"net/netip"
 	"slices"
 	"strings"
@@ -37,26 +38,12 @@ func skip(reason, format string, args ...any) *SkipError {
 //
 // TODO(dedupe): federation/identity owns the canonical filter; switch to it
 // once it lands.
-var churnLabels = map[string]bool{
-	"pod-template-hash":                  true,
-	"controller-revision-hash":           true,
-	"pod-template-generation":            true,
-	"statefulset.kubernetes.io/pod-name": true,
-	"batch.kubernetes.io/controller-uid": true,
-	"controller-uid":                     true,
-	"batch.kubernetes.io/job-name":       false, // stable for a job: keep
-}
-
-// IdentityLabels returns the labels of a pod that count for its identity.
+// IdentityLabels returns the labels of a pod that count for its identity:
+// federation/identity's default filter drops churn labels
+// (pod-template-hash and the like) and any fedmesh.io/ key a pod could use
+// to claim another identity.
 func IdentityLabels(in map[string]string) map[string]string {
-	out := make(map[string]string, len(in))
-	for k, v := range in {
-		if churnLabels[k] {
-			continue
-		}
-		out[k] = v
-	}
-	return out
+	return identity.For("", "", in, nil).Pod()
 }
 
 // EndpointFromPod maps a pod to the endpoint the federation stores. ns is the
