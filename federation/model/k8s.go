@@ -166,4 +166,3 @@ func peerFromK8s(p networkingv1.NetworkPolicyPeer) *fedmeshv1.NetworkPolicyPeer 
 	}
 	return peer
 }
-
