@@ -18,7 +18,7 @@ func NewPolicyCompiler(cluster, node string) *PolicyCompiler {
 }
 
 func (c *PolicyCompiler) UpsertCluster(cl *fedmeshv1.Cluster) { c.e.UpsertCluster(cl) }
-func (c *PolicyCompiler) DeleteCluster(name string)          { c.e.DeleteCluster(name) }
+func (c *PolicyCompiler) DeleteCluster(name string)           { c.e.DeleteCluster(name) }
 func (c *PolicyCompiler) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 	c.e.UpsertEndpoint(ep)
 }

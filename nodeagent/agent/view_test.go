@@ -107,7 +107,7 @@ func TestViewFollowsTheStream(t *testing.T) {
 			},
 		},
 		{
-			name: "events before any snapshot are a gap",
+			name:  "events before any snapshot are a gap",
 			steps: []step{{msg: events(3, putEv(3, a1)), err: ErrNoSnapshot}},
 		},
 		{
