@@ -94,6 +94,10 @@ func (c *Client) Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (WatchS
 	var errs []error
 	for range c.conns {
 		i := c.pick()
+		// The caller paces retries with its own jittered backoff; gRPC's
+		// reconnect backoff (up to 2 min) must not add to it, or a replica
+		// that came back would be used long after it did.
+		c.conns[i].ResetConnectBackoff()
 		s, err := fedmeshv1.NewWatchServiceClient(c.conns[i]).Watch(ctx, req)
 		if err == nil {
 			return &failoverStream{s: s, c: c, i: i, ctx: ctx}, nil
@@ -131,6 +135,7 @@ func (c *Client) unary(ctx context.Context, call func(context.Context, *grpc.Cli
 	var errs []error
 	for range c.conns {
 		i := c.pick()
+		c.conns[i].ResetConnectBackoff()
 		actx, cancel := context.WithTimeout(ctx, c.CallTimeout)
 		err := call(actx, c.conns[i])
 		cancel()

@@ -175,8 +175,21 @@ func (r *replica) Watch(req *fedmeshv1.WatchRequest, s grpc.ServerStreamingServe
 		}
 		rev, changed := h.rev, h.changed
 		h.mu.Unlock()
+		// One message per revision, as a busy store sends them, so the
+		// agent, not the hub, has to coalesce.
+		for len(evs) > 0 {
+			n := 1
+			for n < len(evs) && evs[n].GetRevision() == evs[0].GetRevision() {
+				n++
+			}
+			if err := s.Send(&fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS,
+				Revision: evs[0].GetRevision(), Events: evs[:n]}); err != nil {
+				return err
+			}
+			from, evs = evs[0].GetRevision(), evs[n:]
+		}
 		if rev > from {
-			if err := s.Send(&fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS, Revision: rev, Events: evs}); err != nil {
+			if err := s.Send(&fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS, Revision: rev}); err != nil {
 				return err
 			}
 			from = rev
