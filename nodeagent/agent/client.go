@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,6 +38,14 @@ func NewClient(addrs []string, opts ...grpc.DialOption) (*Client, error) {
 		return nil, errors.New("new control-plane client: no replica addresses; pass --controlplane host:port[,host:port...]")
 	}
 	c := &Client{addrs: addrs, CallTimeout: 5 * time.Second}
+	// The agent paces retries with its own jittered backoff; gRPC's
+	// reconnect backoff (up to 2 min by default) must stay short under it,
+	// or a replica that came back would be used long after it did.
+	// (ClientConn.ResetConnectBackoff would do, but races in grpc v1.85.)
+	opts = append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+		MinConnectTimeout: 2 * time.Second,
+	})}, opts...)
 	for _, a := range addrs {
 		cc, err := grpc.NewClient(a, opts...)
 		if err != nil {
@@ -94,10 +103,6 @@ func (c *Client) Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (WatchS
 	var errs []error
 	for range c.conns {
 		i := c.pick()
-		// The caller paces retries with its own jittered backoff; gRPC's
-		// reconnect backoff (up to 2 min) must not add to it, or a replica
-		// that came back would be used long after it did.
-		c.conns[i].ResetConnectBackoff()
 		s, err := fedmeshv1.NewWatchServiceClient(c.conns[i]).Watch(ctx, req)
 		if err == nil {
 			return &failoverStream{s: s, c: c, i: i, ctx: ctx}, nil
@@ -135,7 +140,6 @@ func (c *Client) unary(ctx context.Context, call func(context.Context, *grpc.Cli
 	var errs []error
 	for range c.conns {
 		i := c.pick()
-		c.conns[i].ResetConnectBackoff()
 		actx, cancel := context.WithTimeout(ctx, c.CallTimeout)
 		err := call(actx, c.conns[i])
 		cancel()
