@@ -2,25 +2,231 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/fedmesh/fedmesh/bgp"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
+	"github.com/fedmesh/fedmesh/nodeagent/agent"
+	"github.com/fedmesh/fedmesh/nodeagent/agent/adapters"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
 )
 
+// options are the command-line flags.
+type options struct {
+	cluster, node  string
+	controlplane   string
+	underlayIP     string
+	podCIDRs       []string
+	stateDir       string
+	metricsAddr    string
+	insecureDev    bool
+	dataplane      string
+	bpfPinDir      string
+	netns          string
+	readyLag       time.Duration
+	wireguard      bool
+	wireguardPort  uint32
+	bgp            bool
+	statusInterval time.Duration
+}
+
+// parsed is what validate derives from the flags.
+type parsed struct {
+	replicas   []string
+	underlayIP netip.Addr
+	podCIDRs   []string
+}
+
+// validate checks the flags before anything is opened, with messages that
+// say what to pass.
+func (o *options) validate() (parsed, error) {
+	var p parsed
+	var errs []error
+	if o.cluster == "" {
+		errs = append(errs, errors.New("--cluster is required"))
+	}
+	if o.node == "" {
+		errs = append(errs, errors.New("--node is required"))
+	}
+	for _, a := range strings.Split(o.controlplane, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("--controlplane %q: want host:port[,host:port...]: %w", a, err))
+			continue
+		}
+		p.replicas = append(p.replicas, a)
+	}
+	if len(p.replicas) == 0 {
+		errs = append(errs, errors.New("--controlplane is required: the replicas' host:port, comma separated"))
+	}
+	if o.underlayIP != "" {
+		a, err := netip.ParseAddr(o.underlayIP)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--underlay-ip %q: %w", o.underlayIP, err))
+		}
+		p.underlayIP = a
+	} else if o.wireguard || o.bgp {
+		errs = append(errs, errors.New("--underlay-ip is required with WireGuard or BGP on (--wireguard=false --bgp=false to run without)"))
+	}
+	for _, c := range o.podCIDRs {
+		pre, err := netip.ParsePrefix(c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--pod-cidr %q: %w", c, err))
+			continue
+		}
+		p.podCIDRs = append(p.podCIDRs, pre.Masked().String())
+	}
+	switch o.dataplane {
+	case "ebpf", "memory":
+	default:
+		errs = append(errs, fmt.Errorf("--dataplane %q: want ebpf or memory", o.dataplane))
+	}
+	if !o.insecureDev {
+		errs = append(errs, errors.New("mTLS to the control plane is not implemented yet; pass --insecure-dev on a development setup"))
+	}
+	if o.stateDir == "" {
+		errs = append(errs, errors.New("--state-dir is required (the WireGuard key lives there)"))
+	}
+	return p, errors.Join(errs...)
+}
+
 func main() {
+	o := &options{}
 	cmd := &cobra.Command{
 		Use:          "fedmesh-agent",
 		Short:        "The fedmesh node agent (eBPF policy, WireGuard, BGP)",
 		Version:      buildinfo.Version(),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("fedmesh-agent has no behaviour yet; see its issue")
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return run(ctx, o)
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&o.cluster, "cluster", "", "name of this node's cluster")
+	f.StringVar(&o.node, "node", "", "name of this node (the Kubernetes node name)")
+	f.StringVar(&o.controlplane, "controlplane", "", "control-plane replicas, host:port comma separated; the agent fails over between them")
+	f.StringVar(&o.underlayIP, "underlay-ip", "", "the node's underlay address (WireGuard endpoint, BGP router ID)")
+	f.StringSliceVar(&o.podCIDRs, "pod-cidr", nil, "the node's pod CIDR (repeat or comma separate, one per family)")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh", "directory for the node's state (WireGuard key, mode 0600)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address serving /metrics, /healthz and /readyz (empty: off)")
+	f.BoolVar(&o.insecureDev, "insecure-dev", false, "talk to the control plane without TLS (development only)")
+	f.StringVar(&o.dataplane, "dataplane", "ebpf", "dataplane: ebpf (tcx on pod veths) or memory (simulation)")
+	f.StringVar(&o.bpfPinDir, "bpf-pin-dir", dataplane.DefaultPinDir, "bpffs directory for the eBPF dataplane's pinned state")
+	f.StringVar(&o.netns, "netns", "", "network namespace of the node (path); empty: the agent's own")
+	f.DurationVar(&o.readyLag, "ready-lag", 30*time.Second, "not ready when the enforced revision is older than this behind the newest seen")
+	f.BoolVar(&o.wireguard, "wireguard", true, "run the WireGuard device to other clusters")
+	f.Uint32Var(&o.wireguardPort, "wireguard-port", 0, "WireGuard listen port to register (0: the cluster's default)")
+	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
+	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
 	}
+}
+
+func run(ctx context.Context, o *options) error {
+	p, err := o.validate()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "fedmesh-agent")
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
+	}
+
+	client, err := agent.NewClient(p.replicas, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	deps := agent.Deps{ControlPlane: client, Logger: log, Registry: prometheus.NewRegistry()}
+	deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	switch o.dataplane {
+	case "memory":
+		deps.Dataplane = adapters.Dataplane{DP: dataplane.NewMemory()}
+	case "ebpf":
+		// Adopts pinned state from a previous run: enforcement continues
+		// until the first revision after the snapshot replaces it.
+		dp, err := dataplane.New(ctx, dataplane.Config{PinDir: o.bpfPinDir, NetNS: o.netns, Logger: log})
+		if err != nil {
+			return fmt.Errorf("open eBPF dataplane: %w", err)
+		}
+		defer dp.Close() // keeps the pins: enforcement outlives the process
+		deps.Dataplane = adapters.Dataplane{DP: dp}
+		res, err := agent.NewNetlinkResolver(o.netns)
+		if err != nil {
+			return err
+		}
+		defer res.Close()
+		deps.Interfaces = res
+	}
+
+	if o.wireguard {
+		key, err := wireguard.LoadOrCreateKey(filepath.Join(o.stateDir, "wireguard.key"))
+		if err != nil {
+			return fmt.Errorf("load WireGuard key: %w", err)
+		}
+		dev, err := wireguard.Open(ctx, wireguard.Options{Name: wireguard.DeviceName(o.cluster, o.node), NetNS: o.netns, Logger: log})
+		if err != nil {
+			return fmt.Errorf("open WireGuard device: %w", err)
+		}
+		defer dev.Close()
+		deps.WireGuard = &adapters.WireGuard{Dev: dev, Key: key, Port: o.wireguardPort, Log: log}
+	}
+
+	if o.bgp {
+		sp := bgp.New(bgp.WithLogger(log))
+		bctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			if err := sp.Run(bctx); err != nil {
+				log.Error("BGP speaker stopped", "err", err)
+			}
+		}()
+		deps.BGP = &adapters.BGP{Speaker: sp, Log: log}
+	}
+
+	a, err := agent.New(agent.Config{
+		Cluster: o.cluster, Node: o.node, UnderlayIP: p.underlayIP, PodCIDRs: p.podCIDRs,
+		DataplaneName: o.dataplane, ReadyLag: o.readyLag, StatusInterval: o.statusInterval,
+	}, deps)
+	if err != nil {
+		return err
+	}
+	if o.metricsAddr != "" {
+		lis, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(lis)
+		defer srv.Close()
+		log.Info("serving metrics and probes", "addr", lis.Addr().String())
+	}
+	log.Info("starting", "cluster", o.cluster, "node", o.node, "controlplane", p.replicas, "dataplane", o.dataplane)
+	return a.Run(ctx)
 }

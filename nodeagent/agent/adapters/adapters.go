@@ -1,0 +1,124 @@
+// Package adapters connects the agent's ports (nodeagent/agent) to the
+// packages that implement them: nodeagent/dataplane, nodeagent/wireguard
+// and bgp. Each adapter only converts types; behaviour stays in the
+// packages on either side, so a change in one of them is absorbed here.
+package adapters
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/fedmesh/fedmesh/bgp"
+	"github.com/fedmesh/fedmesh/nodeagent/agent"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Dataplane is the agent's Dataplane port over a dataplane.Dataplane (the
+// eBPF one or dataplane.Memory).
+type Dataplane struct {
+	DP dataplane.Dataplane
+}
+
+var _ agent.Dataplane = Dataplane{}
+
+// Apply converts the revision and applies it whole.
+func (d Dataplane) Apply(ctx context.Context, rev *agent.Revision) error {
+	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: make([]dataplane.IPCacheEntry, len(rev.IPCache))}
+	for i, e := range rev.IPCache {
+		r.IPCache[i] = dataplane.IPCacheEntry{Prefix: e.Prefix, Identity: e.Identity}
+	}
+	return d.DP.Apply(ctx, r)
+}
+
+// Attach guards the endpoint's host-side interface.
+func (d Dataplane) Attach(ctx context.Context, id, iface string) error {
+	return d.DP.Attach(ctx, dataplane.Endpoint{ID: id, Interface: iface})
+}
+
+// Detach stops guarding the endpoint.
+func (d Dataplane) Detach(ctx context.Context, id string) error { return d.DP.Detach(ctx, id) }
+
+// WireGuard is the agent's WireGuard port over a wireguard.Device and the
+// node's key pair.
+type WireGuard struct {
+	Dev *wireguard.Device
+	Key wgtypes.Key
+	// Port is the listen port the node registers (0 = the cluster default).
+	Port uint32
+	Log  *slog.Logger
+}
+
+var _ agent.WireGuard = (*WireGuard)(nil)
+
+// Sync computes the desired device config and reconciles the device.
+func (w *WireGuard) Sync(ctx context.Context, cfg agent.WireGuardConfig) error {
+	want, skipped := wireguard.Desired(w.Key, cfg.Local, cfg.Clusters, cfg.Peers)
+	for _, s := range skipped {
+		w.Log.Warn("node is not a WireGuard peer", "peer_cluster", s.Cluster, "peer_node", s.Node, "reason", s.Reason)
+	}
+	if _, err := w.Dev.Sync(ctx, want); err != nil {
+		return fmt.Errorf("sync wireguard device %s: %w", w.Dev.Name(), err)
+	}
+	return nil
+}
+
+// PublicKey is the key the node publishes.
+func (w *WireGuard) PublicKey() string { return w.Key.PublicKey().String() }
+
+// ListenPort is the port the node registers.
+func (w *WireGuard) ListenPort() uint32 { return w.Port }
+
+// Status reports the device's peers.
+func (w *WireGuard) Status(ctx context.Context) ([]*fedmeshv1.WireGuardPeerStatus, error) {
+	st, err := w.Dev.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return wireguard.StatusProto(st), nil
+}
+
+// BGP is the agent's BGP port over a running bgp.Speaker.
+type BGP struct {
+	Speaker *bgp.Speaker
+	Log     *slog.Logger
+}
+
+var _ agent.BGP = (*BGP)(nil)
+
+// Apply builds the desired speaker state from the cluster's settings and
+// the node's pod CIDRs and reconciles the speaker.
+func (b *BGP) Apply(ctx context.Context, cfg agent.BGPConfig) error {
+	routerID := cfg.RouterID
+	if !routerID.Is4() {
+		routerID = netip.IPv4Unspecified()
+	}
+	d, err := bgp.FromCluster(cfg.Settings, routerID, cfg.PodCIDRs)
+	if err != nil {
+		return fmt.Errorf("build BGP config from the cluster's settings: %w", err)
+	}
+	if _, err := b.Speaker.Apply(ctx, d); err != nil {
+		return fmt.Errorf("apply BGP config: %w", err)
+	}
+	return nil
+}
+
+// SetHealthy couples the advertisement to the node's readiness.
+func (b *BGP) SetHealthy(ctx context.Context, healthy bool) error {
+	_, err := b.Speaker.SetHealthy(ctx, healthy)
+	return err
+}
+
+// Status reports the speaker's sessions.
+func (b *BGP) Status(ctx context.Context) ([]*fedmeshv1.BGPPeerStatus, error) {
+	st, err := b.Speaker.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return bgp.StatusToProto(st), nil
+}

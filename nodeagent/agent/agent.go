@@ -1,0 +1,574 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Config says which node the agent runs for and how it paces itself.
+type Config struct {
+	// Cluster and Node name this node.
+	Cluster, Node string
+	// UnderlayIP is the node's underlay address (WireGuard endpoint, BGP
+	// router ID).
+	UnderlayIP netip.Addr
+	// PodCIDRs are the node's pod ranges, registered on the Node.
+	PodCIDRs []string
+	// DataplaneName is reported in the node status ("ebpf", "memory").
+	DataplaneName string
+	// ReadyLag is how far behind the newest seen revision the enforced one
+	// may be before the node is not ready (default 30s).
+	ReadyLag time.Duration
+	// Tick paces interface discovery, retries after failures and the
+	// readiness check (default 1s).
+	Tick time.Duration
+	// StatusInterval is the status heartbeat (default 10s); status is also
+	// sent at once after every newly enforced revision.
+	StatusInterval time.Duration
+	// BackoffBase and BackoffMax bound the jittered exponential backoff of
+	// reconnects and retried reports (defaults 200ms and 10s).
+	BackoffBase, BackoffMax time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.ReadyLag == 0 {
+		c.ReadyLag = 30 * time.Second
+	}
+	if c.Tick == 0 {
+		c.Tick = time.Second
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = 200 * time.Millisecond
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = 10 * time.Second
+	}
+}
+
+// Deps are the agent's ports and ambient dependencies. ControlPlane and
+// Dataplane are required; the rest may be nil (no compiler means
+// PolicyCompiler; no resolver, WireGuard or BGP means that part is off).
+type Deps struct {
+	ControlPlane ControlPlane
+	Dataplane    Dataplane
+	Compiler     Compiler
+	Interfaces   InterfaceResolver
+	WireGuard    WireGuard
+	BGP          BGP
+	Logger       *slog.Logger
+	// Registry receives the agent's metrics (default: a new registry).
+	Registry *prometheus.Registry
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Seed seeds backoff jitter (default: random).
+	Seed uint64
+}
+
+// watchItem is what the watch goroutine hands the sync goroutine: a
+// message, or the news that a new stream started.
+type watchItem struct {
+	resp      *fedmeshv1.WatchResponse
+	newStream bool
+}
+
+// Agent is one node's sync loop. Create it with New and start it with Run.
+type Agent struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	m    *metrics
+	self *fedmeshv1.Node
+
+	msgs   chan watchItem
+	resync chan uint64
+
+	// Owned by the sync goroutine.
+	view        *View
+	rules       map[Key]policy.EndpointRules
+	local       map[Key]*fedmeshv1.Endpoint
+	attached    map[Key]string
+	ipcache     []IPCacheEntry
+	knownBad    map[BadInput]struct{}
+	dpDirty     bool // rules or ipcache changed since the last Apply
+	ipDirty     bool // endpoints or clusters changed: rebuild the ipcache
+	wgDirty     bool
+	bgpDirty    bool
+	discarding  bool // the current stream failed; skip until the next one
+	lastHealthy *bool
+
+	// Shared with the report goroutine and HTTP handlers.
+	mu         sync.Mutex
+	health     Readiness
+	lastLoop   time.Time
+	reportKick chan struct{}
+	nLocal     atomic.Int64
+}
+
+// New returns an agent; it does nothing until Run.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	cfg.defaults()
+	if cfg.Cluster == "" || cfg.Node == "" {
+		return nil, errors.New("new agent: cluster and node names are required")
+	}
+	if deps.ControlPlane == nil || deps.Dataplane == nil {
+		return nil, errors.New("new agent: a control-plane client and a dataplane are required")
+	}
+	if deps.Compiler == nil {
+		deps.Compiler = NewPolicyCompiler(cfg.Cluster, cfg.Node)
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Seed == 0 {
+		deps.Seed = rand.Uint64()
+	}
+	a := &Agent{
+		cfg:  cfg,
+		deps: deps,
+		log:  deps.Logger.With("cluster", cfg.Cluster, "node", cfg.Node),
+		m:    newMetrics(deps.Registry),
+		self: &fedmeshv1.Node{Cluster: cfg.Cluster, Name: cfg.Node, PodCidrs: cfg.PodCIDRs},
+		// Room for a burst; the sync goroutine drains all of it at once.
+		msgs:       make(chan watchItem, 1024),
+		resync:     make(chan uint64, 1),
+		view:       NewView(),
+		rules:      map[Key]policy.EndpointRules{},
+		local:      map[Key]*fedmeshv1.Endpoint{},
+		attached:   map[Key]string{},
+		knownBad:   map[BadInput]struct{}{},
+		health:     Readiness{Lag: cfg.ReadyLag},
+		reportKick: make(chan struct{}, 1),
+	}
+	if cfg.UnderlayIP.IsValid() {
+		a.self.UnderlayIp = cfg.UnderlayIP.String()
+	}
+	return a, nil
+}
+
+// Registry returns the registry holding the agent's metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.deps.Registry }
+
+// Run runs the sync loop until ctx ends. It returns nil on cancellation.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { a.watchLoop(ctx) })
+	wg.Go(func() { a.reportLoop(ctx) })
+	defer wg.Wait()
+
+	tick := time.NewTicker(a.cfg.Tick)
+	defer tick.Stop()
+	a.markLoop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case it := <-a.msgs:
+			batch := []watchItem{it}
+		drain:
+			for len(batch) < cap(a.msgs)*4 {
+				select {
+				case it := <-a.msgs:
+					batch = append(batch, it)
+				default:
+					break drain
+				}
+			}
+			a.handleBatch(ctx, batch)
+		case <-tick.C:
+			a.onTick(ctx)
+		}
+		a.markLoop()
+	}
+}
+
+func (a *Agent) markLoop() {
+	a.mu.Lock()
+	a.lastLoop = a.deps.Now()
+	a.mu.Unlock()
+}
+
+// handleBatch applies every waiting message to the view and the compiler,
+// then enforces once: the coalescing step.
+func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
+	advanced := 0
+	for _, it := range batch {
+		if it.newStream {
+			a.view.ResetStream()
+			a.discarding = false
+			continue
+		}
+		if a.discarding {
+			continue
+		}
+		changes, bad, err := a.view.Apply(it.resp)
+		a.reportBad(bad)
+		if err != nil {
+			a.log.Warn("restarting watch: stream cannot be followed", "from_revision", a.view.Revision(), "err", err)
+			a.m.resyncs.Inc()
+			a.discarding = true
+			select {
+			case <-a.resync: // replace an older request
+			default:
+			}
+			a.resync <- a.view.Revision()
+			continue
+		}
+		a.m.messages.Inc()
+		a.feed(changes)
+		if !(it.resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT && it.resp.GetMore()) {
+			advanced++
+		}
+	}
+	if advanced > 1 {
+		a.m.coalesced.Add(float64(advanced - 1))
+	}
+	a.enforce(ctx)
+}
+
+// feed passes view changes to the compiler and marks what they touch.
+func (a *Agent) feed(changes []Change) {
+	c := a.deps.Compiler
+	for _, ch := range changes {
+		switch ch.Kind {
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+			if ch.Delete {
+				c.DeleteCluster(ch.Key.Name)
+			} else {
+				c.UpsertCluster(ch.Cluster)
+			}
+			a.ipDirty, a.wgDirty = true, true
+			if ch.Key.Name == a.cfg.Cluster {
+				a.bgpDirty = true
+			}
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+			a.wgDirty = true
+			if ch.Key.Cluster == a.cfg.Cluster && ch.Key.Name == a.cfg.Node {
+				a.bgpDirty = true
+			}
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+			if ch.Delete {
+				c.DeleteEndpoint(ch.Key)
+				delete(a.local, ch.Key)
+			} else {
+				c.UpsertEndpoint(ch.Endpoint)
+				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
+					a.local[ch.Key] = ch.Endpoint
+				} else {
+					delete(a.local, ch.Key)
+				}
+			}
+			a.ipDirty = true
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
+			if ch.Delete {
+				c.DeletePolicy(ch.Key)
+			} else if err := c.UpsertPolicy(ch.Policy); err != nil {
+				a.reportBad([]BadInput{{Reason: ReasonPolicyCompile, Object: "policy/" + ch.Key.String(),
+					Detail: err.Error() + "; the previous version, if any, stays in force"}})
+			}
+		}
+	}
+}
+
+// enforce brings the dataplane, WireGuard and BGP to the view's revision.
+func (a *Agent) enforce(ctx context.Context) {
+	if !a.view.Synced() {
+		return // never apply a partial state: the old one stays in force
+	}
+	start := a.deps.Now()
+	updated, removed := a.deps.Compiler.Recompute()
+	if len(updated) > 0 || len(removed) > 0 {
+		a.dpDirty = true
+		maps.Copy(a.rules, updated)
+		for _, k := range removed {
+			delete(a.rules, k)
+		}
+	}
+	if a.ipDirty {
+		entries, bad := BuildIPCache(a.view.Clusters, a.view.Endpoints)
+		a.reportRecurringBad(bad)
+		a.ipcache, a.ipDirty, a.dpDirty = entries, false, true
+		a.m.ipcacheEntries.Set(float64(len(entries)))
+	}
+	a.m.localEndpoints.Set(float64(len(a.local)))
+	a.nLocal.Store(int64(len(a.local)))
+
+	rev := a.view.Revision()
+	enforced, has := a.enforcedRevision()
+	if a.dpDirty || !has {
+		r := &Revision{Number: rev, IPCache: a.ipcache, Rules: make(map[string]policy.EndpointRules, len(a.rules))}
+		for k, v := range a.rules {
+			r.Rules[k.String()] = v
+		}
+		if err := a.deps.Dataplane.Apply(ctx, r); err != nil {
+			a.m.applies.WithLabelValues("error").Inc()
+			a.m.portErrors.WithLabelValues("dataplane").Inc()
+			a.log.Error("apply revision to the dataplane; the previous revision stays in force, retrying",
+				"revision", rev, "enforced", enforced, "err", err)
+			a.updateHealth(ctx)
+			return
+		}
+		a.dpDirty = false
+		a.m.applies.WithLabelValues("ok").Inc()
+		a.m.applySeconds.Observe(a.deps.Now().Sub(start).Seconds())
+	}
+	// With nothing for the dataplane in the revisions since the last Apply,
+	// the dataplane already enforces rev.
+	if !has || rev != enforced {
+		a.mu.Lock()
+		a.health.Enforced(rev)
+		a.mu.Unlock()
+		a.m.enforcedRevision.Set(float64(rev))
+		a.kickReport()
+	}
+	a.reconcileInterfaces(ctx)
+	a.syncWireGuard(ctx)
+	a.syncBGP(ctx)
+	a.updateHealth(ctx)
+}
+
+func (a *Agent) enforcedRevision() (uint64, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.health.EnforcedRevision()
+}
+
+func (a *Agent) syncWireGuard(ctx context.Context) {
+	if a.deps.WireGuard == nil || !a.wgDirty {
+		return
+	}
+	if err := a.deps.WireGuard.Sync(ctx, WireGuardPeers(a.view, a.self)); err != nil {
+		a.m.portErrors.WithLabelValues("wireguard").Inc()
+		a.log.Error("sync WireGuard peers; retrying", "revision", a.view.Revision(), "err", err)
+		return
+	}
+	a.wgDirty = false
+}
+
+func (a *Agent) syncBGP(ctx context.Context) {
+	if a.deps.BGP == nil || !a.bgpDirty {
+		return
+	}
+	if err := a.deps.BGP.Apply(ctx, BGPFor(a.view, a.self, a.cfg.UnderlayIP)); err != nil {
+		a.m.portErrors.WithLabelValues("bgp").Inc()
+		a.log.Error("apply BGP config; retrying", "revision", a.view.Revision(), "err", err)
+		return
+	}
+	a.bgpDirty = false
+}
+
+// updateHealth recomputes readiness and tells BGP when it changed.
+func (a *Agent) updateHealth(ctx context.Context) {
+	a.mu.Lock()
+	ready, reason := a.health.Ready(a.deps.Now())
+	a.m.seenRevision.Set(float64(a.health.Newest()))
+	a.mu.Unlock()
+	a.m.ready.Set(boolGauge(ready))
+	if a.lastHealthy != nil && *a.lastHealthy == ready {
+		return
+	}
+	if a.lastHealthy != nil {
+		a.log.Info("readiness changed", "ready", ready, "reason", reason)
+		a.kickReport()
+	}
+	if a.deps.BGP != nil {
+		if err := a.deps.BGP.SetHealthy(ctx, ready); err != nil {
+			a.m.portErrors.WithLabelValues("bgp").Inc()
+			a.log.Error("set BGP health; retrying", "ready", ready, "err", err)
+			return
+		}
+	}
+	a.lastHealthy = &ready
+}
+
+// onTick retries what failed and follows interfaces and time.
+func (a *Agent) onTick(ctx context.Context) {
+	if a.view.Synced() {
+		_, has := a.enforcedRevision()
+		if a.dpDirty || !has {
+			a.enforce(ctx)
+		} else {
+			a.reconcileInterfaces(ctx)
+			a.syncWireGuard(ctx)
+			a.syncBGP(ctx)
+		}
+	}
+	a.updateHealth(ctx)
+}
+
+// reconcileInterfaces attaches local endpoints whose per-endpoint route
+// appeared, moves those whose interface changed and detaches those that
+// are gone (from the view or from the kernel).
+func (a *Agent) reconcileInterfaces(ctx context.Context) {
+	if a.deps.Interfaces == nil {
+		return
+	}
+	if _, has := a.enforcedRevision(); !has {
+		return // attach only once a revision the endpoints' rules are in is loaded
+	}
+	dp := a.deps.Dataplane
+	for k, ep := range a.local {
+		ip, ok := endpointAddr(ep)
+		if !ok {
+			continue
+		}
+		iface, found, err := a.deps.Interfaces.Lookup(ctx, ip)
+		if err != nil {
+			a.m.portErrors.WithLabelValues("interfaces").Inc()
+			a.log.Warn("look up endpoint interface", "endpoint", k.String(), "ip", ip, "err", err)
+			continue
+		}
+		cur, att := a.attached[k]
+		if att && found && cur == iface {
+			continue
+		}
+		if att {
+			if err := dp.Detach(ctx, k.String()); err != nil {
+				a.m.portErrors.WithLabelValues("dataplane").Inc()
+				a.log.Error("detach endpoint", "endpoint", k.String(), "interface", cur, "err", err)
+				continue
+			}
+			delete(a.attached, k)
+			a.log.Info("detached endpoint", "endpoint", k.String(), "interface", cur)
+		}
+		if !found {
+			continue
+		}
+		if err := dp.Attach(ctx, k.String(), iface); err != nil {
+			a.m.portErrors.WithLabelValues("dataplane").Inc()
+			a.log.Error("attach endpoint", "endpoint", k.String(), "interface", iface, "err", err)
+			continue
+		}
+		a.attached[k] = iface
+		a.log.Info("attached endpoint", "endpoint", k.String(), "interface", iface)
+	}
+	for k, iface := range a.attached {
+		if _, ok := a.local[k]; ok {
+			continue
+		}
+		if err := dp.Detach(ctx, k.String()); err != nil {
+			a.m.portErrors.WithLabelValues("dataplane").Inc()
+			a.log.Error("detach endpoint", "endpoint", k.String(), "interface", iface, "err", err)
+			continue
+		}
+		delete(a.attached, k)
+		a.log.Info("detached endpoint", "endpoint", k.String(), "interface", iface)
+	}
+	a.m.attached.Set(float64(len(a.attached)))
+}
+
+// endpointAddr is the address whose route names the endpoint's interface:
+// its first valid one (IPv4 and IPv6 lead to the same veth).
+func endpointAddr(ep *fedmeshv1.Endpoint) (netip.Addr, bool) {
+	for _, s := range ep.GetIps() {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// reportBad logs and counts one-off bad input (from a single message).
+func (a *Agent) reportBad(bad []BadInput) {
+	for _, b := range bad {
+		a.m.badInput.WithLabelValues(b.Reason).Inc()
+		a.log.Warn("skipped bad input from the watch stream", "reason", b.Reason, "object", b.Object, "detail", b.Detail)
+	}
+}
+
+// reportRecurringBad handles bad input found by recomputation (the
+// ipcache): only problems not seen in the previous computation are logged
+// and counted, so one bad endpoint is one log line, not one per revision.
+func (a *Agent) reportRecurringBad(bad []BadInput) {
+	next := make(map[BadInput]struct{}, len(bad))
+	var fresh []BadInput
+	for _, b := range bad {
+		next[b] = struct{}{}
+		if _, ok := a.knownBad[b]; !ok {
+			fresh = append(fresh, b)
+		}
+	}
+	a.knownBad = next
+	a.reportBad(fresh)
+}
+
+func (a *Agent) kickReport() {
+	select {
+	case a.reportKick <- struct{}{}:
+	default:
+	}
+}
+
+// Ready reports the agent's readiness now, with a reason when not ready.
+func (a *Agent) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.health.Ready(a.deps.Now())
+}
+
+// Enforced returns the revision the dataplane enforces and whether any.
+func (a *Agent) Enforced() (uint64, bool) { return a.enforcedRevision() }
+
+// Alive reports whether the sync goroutine made progress recently.
+func (a *Agent) Alive() (bool, string) {
+	a.mu.Lock()
+	last := a.lastLoop
+	a.mu.Unlock()
+	limit := max(5*a.cfg.Tick, 10*time.Second)
+	if since := a.deps.Now().Sub(last); last.IsZero() || since > limit {
+		return false, fmt.Sprintf("sync loop stalled for %s", since.Round(time.Millisecond))
+	}
+	return true, ""
+}
+
+// status builds the node status the report goroutine sends.
+func (a *Agent) status(ctx context.Context) *fedmeshv1.NodeStatus {
+	a.mu.Lock()
+	now := a.deps.Now()
+	enforced, _ := a.health.EnforcedRevision()
+	ready, reason := a.health.Ready(now)
+	a.mu.Unlock()
+	st := &fedmeshv1.NodeStatus{
+		EnforcedRevision: enforced,
+		ReportTime:       timestamppb.New(now),
+		Ready:            ready,
+		Dataplane:        a.cfg.DataplaneName,
+		Message:          reason,
+	}
+	st.LocalEndpoints = uint32(a.nLocal.Load())
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if a.deps.BGP != nil {
+		if ps, err := a.deps.BGP.Status(sctx); err == nil {
+			st.BgpPeers = ps
+		}
+	}
+	if a.deps.WireGuard != nil {
+		if ps, err := a.deps.WireGuard.Status(sctx); err == nil {
+			st.WireguardPeers = ps
+		}
+	}
+	return st
+}

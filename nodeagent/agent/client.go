@@ -1,0 +1,180 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Client is the ControlPlane port over the generated gRPC clients, with
+// one connection per control-plane replica. Every replica serves watches
+// and forwards writes to the leader, so any of them will do: a call or a
+// stream that fails with a transport error moves the client on to the next
+// replica for the calls after it. Safe for concurrent use.
+type Client struct {
+	addrs []string
+	conns []*grpc.ClientConn
+	// CallTimeout bounds each unary attempt (default 5s).
+	CallTimeout time.Duration
+
+	mu  sync.Mutex
+	cur int
+}
+
+// NewClient prepares connections to the replicas at addrs (host:port);
+// connecting is lazy, so an unreachable replica is not an error here. opts
+// carry the transport credentials (mTLS, or insecure for development).
+func NewClient(addrs []string, opts ...grpc.DialOption) (*Client, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("new control-plane client: no replica addresses; pass --controlplane host:port[,host:port...]")
+	}
+	c := &Client{addrs: addrs, CallTimeout: 5 * time.Second}
+	// The agent paces retries with its own jittered backoff; gRPC's
+	// reconnect backoff (up to 2 min by default) must stay short under it,
+	// or a replica that came back would be used long after it did.
+	// (ClientConn.ResetConnectBackoff would do, but races in grpc v1.85.)
+	opts = append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+		MinConnectTimeout: 2 * time.Second,
+	})}, opts...)
+	for _, a := range addrs {
+		cc, err := grpc.NewClient(a, opts...)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("new control-plane client for %s: %w", a, err)
+		}
+		c.conns = append(c.conns, cc)
+	}
+	return c, nil
+}
+
+// Close closes every connection.
+func (c *Client) Close() error {
+	var errs []error
+	for _, cc := range c.conns {
+		errs = append(errs, cc.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Current returns the address the next call goes to.
+func (c *Client) Current() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[c.cur]
+}
+
+func (c *Client) pick() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur
+}
+
+// failed moves on from replica i, unless another caller already did.
+func (c *Client) failed(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == i {
+		c.cur = (i + 1) % len(c.conns)
+	}
+}
+
+// retryable reports whether err says "this replica, not this request":
+// worth the next replica.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted, codes.Unknown, codes.Canceled:
+		return true
+	}
+	return false
+}
+
+// Watch opens a watch on the current replica, trying each replica once.
+func (c *Client) Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (WatchStream, error) {
+	var errs []error
+	for range c.conns {
+		i := c.pick()
+		s, err := fedmeshv1.NewWatchServiceClient(c.conns[i]).Watch(ctx, req)
+		if err == nil {
+			return &failoverStream{s: s, c: c, i: i, ctx: ctx}, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		errs = append(errs, fmt.Errorf("watch %s: %w", c.addrs[i], err))
+		c.failed(i)
+	}
+	return nil, errors.Join(errs...)
+}
+
+type failoverStream struct {
+	s   grpc.ServerStreamingClient[fedmeshv1.WatchResponse]
+	c   *Client
+	i   int
+	ctx context.Context
+}
+
+func (f *failoverStream) Recv() (*fedmeshv1.WatchResponse, error) {
+	m, err := f.s.Recv()
+	if err != nil {
+		if f.ctx.Err() == nil {
+			f.c.failed(f.i)
+		}
+		return nil, fmt.Errorf("watch %s: %w", f.c.addrs[f.i], err)
+	}
+	return m, nil
+}
+
+// unary runs call against replicas until one answers or says the request
+// itself is wrong.
+func (c *Client) unary(ctx context.Context, call func(context.Context, *grpc.ClientConn) error) error {
+	var errs []error
+	for range c.conns {
+		i := c.pick()
+		actx, cancel := context.WithTimeout(ctx, c.CallTimeout)
+		err := call(actx, c.conns[i])
+		cancel()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], err))
+		if ctx.Err() != nil || !retryable(err) {
+			break
+		}
+		c.failed(i)
+	}
+	return errors.Join(errs...)
+}
+
+// RegisterNode adds or updates this node.
+func (c *Client) RegisterNode(ctx context.Context, n *fedmeshv1.Node) error {
+	err := c.unary(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := fedmeshv1.NewNodeServiceClient(cc).RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: n})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("register node %s/%s: %w", n.GetCluster(), n.GetName(), err)
+	}
+	return nil
+}
+
+// ReportNodeStatus records what this node enforces.
+func (c *Client) ReportNodeStatus(ctx context.Context, cluster, node string, st *fedmeshv1.NodeStatus) error {
+	err := c.unary(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := fedmeshv1.NewNodeServiceClient(cc).ReportNodeStatus(ctx, &fedmeshv1.ReportNodeStatusRequest{Cluster: cluster, Name: node, Status: st})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("report status of node %s/%s: %w", cluster, node, err)
+	}
+	return nil
+}

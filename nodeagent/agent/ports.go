@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Key names a namespaced object of one cluster (an endpoint, a Kubernetes
+// policy) or, with Cluster "", a federated policy.
+type Key struct {
+	Cluster, Namespace, Name string
+}
+
+// String is the endpoint ID the dataplane uses: "cluster/namespace/name".
+func (k Key) String() string { return k.Cluster + "/" + k.Namespace + "/" + k.Name }
+
+// Compiler turns the federation's clusters, endpoints and policies into the
+// compiled rules of this node's local endpoints (federation/policy's Engine
+// behind PolicyCompiler). The IP->identity map is not its business: the
+// agent builds it (BuildIPCache), where the bad-input checks live.
+//
+// Contract: only the sync goroutine calls it, one call at a time; no method
+// may block or do I/O. Mutations only record what changed; Recompute
+// compiles and returns the local endpoints whose rules changed since its
+// last call. Values it returns are never modified afterwards.
+type Compiler interface {
+	UpsertCluster(c *fedmeshv1.Cluster)
+	DeleteCluster(name string)
+	UpsertEndpoint(ep *fedmeshv1.Endpoint)
+	DeleteEndpoint(k Key)
+	// UpsertPolicy returns an error for a policy it cannot compile; the
+	// previous version of that policy, if any, stays in force.
+	UpsertPolicy(p *fedmeshv1.Policy) error
+	DeletePolicy(k Key)
+	Recompute() (updated map[Key]policy.EndpointRules, removed []Key)
+}
+
+// IPCacheEntry maps an address prefix of any cluster to its identity.
+type IPCacheEntry struct {
+	Prefix   netip.Prefix
+	Identity uint32
+}
+
+// Revision is everything the dataplane enforces at one control-plane
+// revision. The agent builds a new value for every Apply and never mutates
+// one it handed over, so implementations may keep it.
+type Revision struct {
+	Number uint64
+	// IPCache covers every cluster's endpoints, sorted by prefix.
+	IPCache []IPCacheEntry
+	// Rules of every local endpoint, by Key.String().
+	Rules map[string]policy.EndpointRules
+}
+
+// Dataplane enforces the compiled policy of the node's local endpoints
+// (nodeagent/dataplane's eBPF or in-memory implementation).
+//
+// Contract: only the sync goroutine calls it, one call at a time. Calls may
+// block on kernel I/O for a fraction of a second; they must not call back
+// into the agent. Apply is all or nothing: on error the previous revision
+// stays in force and the agent retries later. Attach of an already attached
+// ID with the same interface is a no-op (a restarted agent re-attaches
+// everything); Detach of an unknown ID is a no-op.
+type Dataplane interface {
+	Apply(ctx context.Context, rev *Revision) error
+	Attach(ctx context.Context, id, iface string) error
+	Detach(ctx context.Context, id string) error
+}
+
+// InterfaceResolver finds the host-side interface of a local endpoint from
+// the kernel's route to its IP (NetlinkResolver).
+//
+// Contract: only the sync goroutine calls it. It does one netlink round
+// trip; found is false (with a nil error) when no per-endpoint route exists
+// yet, which is normal while the CNI sets the pod up.
+type InterfaceResolver interface {
+	Lookup(ctx context.Context, ip netip.Addr) (iface string, found bool, err error)
+}
+
+// WireGuardConfig is what the WireGuard port needs to compute the device's
+// peers: the local node, every cluster (for their WireGuard settings) and
+// the nodes of the other clusters, which are the peers.
+type WireGuardConfig struct {
+	Local    *fedmeshv1.Node
+	Clusters []*fedmeshv1.Cluster
+	Peers    []*fedmeshv1.Node
+}
+
+// WireGuard reconciles the node's WireGuard device (nodeagent/wireguard).
+//
+// Contract: Sync is called only by the sync goroutine, when the clusters or
+// nodes changed and on the retry tick after a failure; it may block on
+// netlink/UAPI I/O. PublicKey and Status may be called from the report
+// goroutine at any time and must be safe for that.
+type WireGuard interface {
+	Sync(ctx context.Context, cfg WireGuardConfig) error
+	PublicKey() string
+	ListenPort() uint32
+	Status(ctx context.Context) ([]*fedmeshv1.WireGuardPeerStatus, error)
+}
+
+// BGPConfig is what the BGP port needs: the cluster's settings, the router
+// ID and the node's pod CIDRs, which are advertised.
+type BGPConfig struct {
+	Settings *fedmeshv1.BGPSettings
+	RouterID netip.Addr
+	PodCIDRs []string
+}
+
+// BGP reconciles the node's BGP speaker (bgp.Speaker).
+//
+// Contract: Apply and SetHealthy are called only by the sync goroutine;
+// SetHealthy whenever readiness may have changed (it must be cheap when the
+// health did not change). Status may be called from the report goroutine.
+// Calls may block briefly on the speaker's own loop.
+type BGP interface {
+	Apply(ctx context.Context, cfg BGPConfig) error
+	SetHealthy(ctx context.Context, healthy bool) error
+	Status(ctx context.Context) ([]*fedmeshv1.BGPPeerStatus, error)
+}
+
+// WatchStream is one open watch.
+type WatchStream interface {
+	// Recv blocks for the next message; an error ends the stream.
+	Recv() (*fedmeshv1.WatchResponse, error)
+}
+
+// ControlPlane is the agent's client of the control plane (Client, over
+// the generated gRPC clients, failing over between replicas).
+//
+// Contract: Watch is called only by the watch goroutine; RegisterNode and
+// ReportNodeStatus only by the report goroutine; implementations must allow
+// the two goroutines at once. A failed call or stream makes the next call
+// try another replica. Calls honour ctx.
+type ControlPlane interface {
+	Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (WatchStream, error)
+	RegisterNode(ctx context.Context, n *fedmeshv1.Node) error
+	ReportNodeStatus(ctx context.Context, cluster, node string, st *fedmeshv1.NodeStatus) error
+}

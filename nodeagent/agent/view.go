@@ -1,0 +1,357 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Errors View.Apply returns for a stream that cannot be followed; the agent
+// restarts the watch from the view's revision on any of them.
+var (
+	// ErrStale is a message older than the revision the view is at.
+	ErrStale = errors.New("watch message older than the applied revision")
+	// ErrNoSnapshot is an events message before the first snapshot: the view
+	// has no base to apply it to.
+	ErrNoSnapshot = errors.New("watch events before the first snapshot")
+	// ErrBrokenSnapshot is a snapshot interrupted by another message type or
+	// whose chunks disagree on the revision.
+	ErrBrokenSnapshot = errors.New("watch snapshot chunks out of sequence")
+)
+
+// Kinds the agent watches.
+var watchedKinds = []fedmeshv1.ResourceKind{
+	fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_NODE,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY,
+}
+
+// ObjectKey names any object the view holds.
+type ObjectKey struct {
+	Kind fedmeshv1.ResourceKind
+	Key
+}
+
+// Change is one object put or deleted in the view. Object is nil for a
+// delete.
+type Change struct {
+	Kind   fedmeshv1.ResourceKind
+	Key    Key
+	Delete bool
+	// Exactly one is set on a put, matching Kind.
+	Cluster  *fedmeshv1.Cluster
+	Node     *fedmeshv1.Node
+	Endpoint *fedmeshv1.Endpoint
+	Policy   *fedmeshv1.Policy
+}
+
+// BadInput is an object or message the agent skipped.
+type BadInput struct {
+	// Reason is a short metric label ("unknown_kind", "ip_outside_cluster").
+	Reason string
+	// Object names what was skipped, for the log.
+	Object string
+	Detail string
+}
+
+// Bad-input reasons (metric label values).
+const (
+	ReasonUnknownKind     = "unknown_kind"
+	ReasonUnknownEvent    = "unknown_event_type"
+	ReasonUnknownMessage  = "unknown_message_type"
+	ReasonMissingKey      = "missing_key"
+	ReasonBadIP           = "bad_ip"
+	ReasonIPOutside       = "ip_outside_cluster_cidrs"
+	ReasonDuplicateIP     = "duplicate_ip"
+	ReasonNoIdentity      = "no_identity"
+	ReasonPolicyCompile   = "policy_compile"
+	ReasonBadClusterCIDR  = "bad_cluster_cidr"
+	ReasonWireGuardConfig = "wireguard_config"
+	ReasonBGPConfig       = "bgp_config"
+)
+
+// View is the agent's copy of the objects it watches, at one revision.
+// It is pure (no I/O, no clock) and owned by the sync goroutine.
+type View struct {
+	rev    uint64
+	synced bool // a complete snapshot has been applied
+
+	Clusters  map[string]*fedmeshv1.Cluster
+	Nodes     map[Key]*fedmeshv1.Node // Key{Cluster, "", Name}
+	Endpoints map[Key]*fedmeshv1.Endpoint
+	Policies  map[Key]*fedmeshv1.Policy
+
+	staging    map[ObjectKey]*fedmeshv1.Event // snapshot chunks so far
+	stagingRev uint64
+	inSnapshot bool
+}
+
+// NewView returns an empty view at revision 0.
+func NewView() *View {
+	return &View{
+		Clusters:  map[string]*fedmeshv1.Cluster{},
+		Nodes:     map[Key]*fedmeshv1.Node{},
+		Endpoints: map[Key]*fedmeshv1.Endpoint{},
+		Policies:  map[Key]*fedmeshv1.Policy{},
+	}
+}
+
+// Revision is the revision of the last applied message.
+func (v *View) Revision() uint64 { return v.rev }
+
+// Synced reports whether a complete snapshot has been applied, i.e. the
+// view is a faithful copy at Revision.
+func (v *View) Synced() bool { return v.synced }
+
+// ResetStream drops a half-received snapshot; the watch goroutine calls it
+// (through the sync goroutine) whenever it opens a new stream.
+func (v *View) ResetStream() {
+	v.staging, v.inSnapshot, v.stagingRev = nil, false, 0
+}
+
+// Apply applies one watch message. It returns the object changes (a
+// completed snapshot becomes the diff against the previous state, so the
+// compiler sees only what changed) and the objects it skipped. An error
+// means the stream cannot be followed; the view is unchanged by the
+// failing message and the caller must restart the watch from Revision.
+func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
+	switch resp.GetType() {
+	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
+		return v.applySnapshotChunk(resp)
+	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS:
+		if v.inSnapshot {
+			return nil, nil, fmt.Errorf("events at revision %d inside a snapshot: %w", resp.GetRevision(), ErrBrokenSnapshot)
+		}
+		if !v.synced {
+			return nil, nil, ErrNoSnapshot
+		}
+		if resp.GetRevision() < v.rev {
+			return nil, nil, fmt.Errorf("events up to revision %d, view at %d: %w", resp.GetRevision(), v.rev, ErrStale)
+		}
+		var changes []Change
+		var bad []BadInput
+		for _, ev := range resp.GetEvents() {
+			if ev.GetRevision() != 0 && ev.GetRevision() <= v.rev {
+				continue // already applied (a replica resent it after a reconnect)
+			}
+			ch, b, ok := decodeEvent(ev)
+			if !ok {
+				bad = append(bad, b)
+				continue
+			}
+			v.put(ch)
+			changes = append(changes, ch)
+		}
+		v.rev = resp.GetRevision()
+		return changes, bad, nil
+	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS:
+		if v.inSnapshot {
+			return nil, nil, fmt.Errorf("progress inside a snapshot: %w", ErrBrokenSnapshot)
+		}
+		if resp.GetRevision() < v.rev {
+			return nil, nil, fmt.Errorf("progress at revision %d, view at %d: %w", resp.GetRevision(), v.rev, ErrStale)
+		}
+		if v.synced {
+			v.rev = resp.GetRevision()
+		}
+		return nil, nil, nil
+	default:
+		return nil, []BadInput{{Reason: ReasonUnknownMessage, Object: "watch message",
+			Detail: fmt.Sprintf("type %v at revision %d", resp.GetType(), resp.GetRevision())}}, nil
+	}
+}
+
+func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
+	if !v.inSnapshot {
+		v.inSnapshot, v.stagingRev = true, resp.GetRevision()
+		v.staging = map[ObjectKey]*fedmeshv1.Event{}
+	} else if resp.GetRevision() != v.stagingRev {
+		v.ResetStream()
+		return nil, nil, fmt.Errorf("snapshot chunk at revision %d after chunks at %d: %w", resp.GetRevision(), v.stagingRev, ErrBrokenSnapshot)
+	}
+	var bad []BadInput
+	for _, ev := range resp.GetEvents() {
+		ch, b, ok := decodeEvent(ev)
+		if !ok {
+			bad = append(bad, b)
+			continue
+		}
+		if ch.Delete {
+			delete(v.staging, ObjectKey{ch.Kind, ch.Key})
+			continue
+		}
+		v.staging[ObjectKey{ch.Kind, ch.Key}] = ev
+	}
+	if resp.GetMore() {
+		return nil, bad, nil
+	}
+	snap := v.staging
+	rev := v.stagingRev
+	v.ResetStream()
+	if v.synced && rev < v.rev {
+		// A replica that is behind the one we followed: applying its
+		// snapshot would move the node back in time.
+		return nil, bad, fmt.Errorf("snapshot at revision %d, view at %d: %w", rev, v.rev, ErrStale)
+	}
+	changes := v.replace(snap)
+	v.rev, v.synced = rev, true
+	return changes, bad, nil
+}
+
+// replace swaps in the snapshot's objects and returns the diff.
+func (v *View) replace(snap map[ObjectKey]*fedmeshv1.Event) []Change {
+	var changes []Change
+	// Deletes first, so a compiler sees an IP leave before another claims it.
+	del := func(kind fedmeshv1.ResourceKind, k Key) {
+		if _, ok := snap[ObjectKey{kind, k}]; !ok {
+			ch := Change{Kind: kind, Key: k, Delete: true}
+			v.put(ch)
+			changes = append(changes, ch)
+		}
+	}
+	for k := range v.Endpoints {
+		del(fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT, k)
+	}
+	for k := range v.Policies {
+		del(fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY, k)
+	}
+	for k := range v.Nodes {
+		del(fedmeshv1.ResourceKind_RESOURCE_KIND_NODE, k)
+	}
+	for name := range v.Clusters {
+		del(fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, Key{Name: name})
+	}
+	for _, ev := range snap {
+		ch, _, _ := decodeEvent(ev)
+		if v.same(ch) {
+			continue
+		}
+		v.put(ch)
+		changes = append(changes, ch)
+	}
+	sortChanges(changes)
+	return changes
+}
+
+// same reports whether a put carries what the view already holds.
+func (v *View) same(ch Change) bool {
+	var old, cur proto.Message
+	var oldMeta, curMeta *fedmeshv1.ObjectMeta
+	switch ch.Kind {
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+		o := v.Clusters[ch.Key.Name]
+		if o == nil {
+			return false
+		}
+		old, cur, oldMeta, curMeta = o, ch.Cluster, o.GetMeta(), ch.Cluster.GetMeta()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+		o := v.Nodes[ch.Key]
+		if o == nil {
+			return false
+		}
+		old, cur, oldMeta, curMeta = o, ch.Node, o.GetMeta(), ch.Node.GetMeta()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		o := v.Endpoints[ch.Key]
+		if o == nil {
+			return false
+		}
+		old, cur, oldMeta, curMeta = o, ch.Endpoint, o.GetMeta(), ch.Endpoint.GetMeta()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
+		o := v.Policies[ch.Key]
+		if o == nil {
+			return false
+		}
+		old, cur, oldMeta, curMeta = o, ch.Policy, o.GetMeta(), ch.Policy.GetMeta()
+	}
+	// The control plane stamps every change with a new revision, so equal
+	// non-zero revisions mean equal objects; compare in full otherwise.
+	// Node status reports bump a node's revision too, which is harmless:
+	// it only means one more WireGuard sync.
+	if r := oldMeta.GetRevision(); r != 0 && r == curMeta.GetRevision() {
+		return true
+	}
+	return proto.Equal(old, cur)
+}
+
+func (v *View) put(ch Change) {
+	switch ch.Kind {
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+		if ch.Delete {
+			delete(v.Clusters, ch.Key.Name)
+		} else {
+			v.Clusters[ch.Key.Name] = ch.Cluster
+		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+		if ch.Delete {
+			delete(v.Nodes, ch.Key)
+		} else {
+			v.Nodes[ch.Key] = ch.Node
+		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		if ch.Delete {
+			delete(v.Endpoints, ch.Key)
+		} else {
+			v.Endpoints[ch.Key] = ch.Endpoint
+		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
+		if ch.Delete {
+			delete(v.Policies, ch.Key)
+		} else {
+			v.Policies[ch.Key] = ch.Policy
+		}
+	}
+}
+
+// decodeEvent turns an event into a Change; ok is false for an event the
+// agent cannot use (an object kind it does not know, from a newer server,
+// or one it did not ask for), described by bad.
+func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
+	switch ev.GetType() {
+	case fedmeshv1.EventType_EVENT_TYPE_PUT:
+	case fedmeshv1.EventType_EVENT_TYPE_DELETE:
+		ch.Delete = true
+	default:
+		return ch, BadInput{Reason: ReasonUnknownEvent, Object: "event",
+			Detail: fmt.Sprintf("type %v at revision %d", ev.GetType(), ev.GetRevision())}, false
+	}
+	put := !ch.Delete
+	switch o := ev.GetObject().(type) {
+	case *fedmeshv1.Event_Cluster:
+		ch.Kind, ch.Key = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, Key{Name: o.Cluster.GetName()}
+		if put {
+			ch.Cluster = o.Cluster
+		}
+	case *fedmeshv1.Event_Node:
+		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_NODE
+		ch.Key = Key{Cluster: o.Node.GetCluster(), Name: o.Node.GetName()}
+		if put {
+			ch.Node = o.Node
+		}
+	case *fedmeshv1.Event_Endpoint:
+		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT
+		ch.Key = Key{Cluster: o.Endpoint.GetCluster(), Namespace: o.Endpoint.GetNamespace(), Name: o.Endpoint.GetName()}
+		if put {
+			ch.Endpoint = o.Endpoint
+		}
+	case *fedmeshv1.Event_Policy:
+		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY
+		ch.Key = Key{Cluster: o.Policy.GetCluster(), Namespace: o.Policy.GetNamespace(), Name: o.Policy.GetName()}
+		if put {
+			ch.Policy = o.Policy
+		}
+	default:
+		// Service exports/imports are not asked for; a nil or unknown oneof
+		// is a kind this agent does not know.
+		return ch, BadInput{Reason: ReasonUnknownKind, Object: "event",
+			Detail: fmt.Sprintf("object %T at revision %d", ev.GetObject(), ev.GetRevision())}, false
+	}
+	if ch.Key.Name == "" {
+		return ch, BadInput{Reason: ReasonMissingKey, Object: ch.Kind.String(),
+			Detail: fmt.Sprintf("no name at revision %d", ev.GetRevision())}, false
+	}
+	return ch, BadInput{}, true
+}

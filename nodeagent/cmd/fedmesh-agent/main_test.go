@@ -1,0 +1,47 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestFlagValidationSaysWhatToPass(t *testing.T) {
+	good := func() options {
+		return options{cluster: "a", node: "n1", controlplane: "127.0.0.1:7000, 127.0.0.1:7001", underlayIP: "198.18.0.1",
+			podCIDRs: []string{"10.0.1.7/24"}, dataplane: "memory", insecureDev: true, stateDir: "/tmp/x", wireguard: true, bgp: true}
+	}
+	tests := []struct {
+		name   string
+		edit   func(*options)
+		errHas string
+	}{
+		{name: "valid", edit: func(*options) {}},
+		{name: "no cluster", edit: func(o *options) { o.cluster = "" }, errHas: "--cluster is required"},
+		{name: "replica without port", edit: func(o *options) { o.controlplane = "cp1" }, errHas: "want host:port"},
+		{name: "no replicas", edit: func(o *options) { o.controlplane = " , " }, errHas: "--controlplane is required"},
+		{name: "bad pod CIDR", edit: func(o *options) { o.podCIDRs = []string{"10.0.0.0/99"} }, errHas: "--pod-cidr"},
+		{name: "unknown dataplane", edit: func(o *options) { o.dataplane = "xdp" }, errHas: "want ebpf or memory"},
+		{name: "no TLS yet", edit: func(o *options) { o.insecureDev = false }, errHas: "--insecure-dev"},
+		{name: "underlay needed for WireGuard", edit: func(o *options) { o.underlayIP = "" }, errHas: "--underlay-ip is required"},
+		{name: "underlay optional without WireGuard and BGP", edit: func(o *options) { o.underlayIP, o.wireguard, o.bgp = "", false, false }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := good()
+			tt.edit(&o)
+			p, err := o.validate()
+			if tt.errHas == "" {
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				if len(p.replicas) != 2 || (o.podCIDRs != nil && p.podCIDRs[0] != "10.0.1.0/24") {
+					t.Errorf("parsed = %+v", p)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+				t.Errorf("err = %v, want one containing %q", err, tt.errHas)
+			}
+		})
+	}
+}
