@@ -1,0 +1,271 @@
+package auth
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Authorize decides whether principal p may call fullMethod with req. It is
+// a pure function of its arguments. It returns nil or a
+// codes.PermissionDenied status saying who was refused what and why.
+// For a streaming RPC req is each message the client sends (nil before the
+// first); every streaming rule decides without it.
+//
+// The rules:
+//   - admin may call every RPC in the table;
+//   - every principal may read (get, list, watch, reach, members, health);
+//     node agents need the whole federation's view (identities of all
+//     clusters, WireGuard peers of other sites), so reads are not scoped;
+//   - a syncer writes only its own cluster's endpoints, service exports and
+//     KUBERNETES policies: never federated policies, clusters or nodes;
+//   - a node agent registers and reports only its own node;
+//   - a replica (a fellow control-plane replica) may call the replica RPCs;
+//     what it forwards is authorized as the original caller (see
+//     OnBehalfOfKey), never as the replica;
+//   - an RPC missing from the table is denied to everyone.
+func Authorize(p Principal, fullMethod string, req any) error {
+	r, ok := rules[fullMethod]
+	if !ok {
+		return deny(p, fullMethod, "the RPC is not in the authorization table (unknown RPCs are denied)")
+	}
+	return r(p, fullMethod, req)
+}
+
+// Methods lists every RPC the table knows, for completeness tests.
+func Methods() []string {
+	out := make([]string, 0, len(rules))
+	for m := range rules {
+		out = append(out, m)
+	}
+	return out
+}
+
+type rule func(p Principal, method string, req any) error
+
+func deny(p Principal, method, why string) error {
+	return status.Errorf(codes.PermissionDenied, "%s %s may not call %s: %s", p.Kind, p, method, why)
+}
+
+// Method names of the replica service; spelled out so the table does not
+// depend on when that service's generated code lands.
+const (
+	methodListMembers      = "/fedmesh.v1.ControlPlaneService/ListMembers"
+	methodAddMember        = "/fedmesh.v1.ControlPlaneService/AddMember"
+	methodRemoveMember     = "/fedmesh.v1.ControlPlaneService/RemoveMember"
+	methodGetReplicaStatus = "/fedmesh.v1.ControlPlaneService/GetReplicaStatus"
+	methodReadIndex        = "/fedmesh.v1.ControlPlaneService/ReadIndex"
+
+	methodReflectionV1      = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+	methodReflectionV1Alpha = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+)
+
+var rules = map[string]rule{
+	// Clusters are the federation's membership: admin only.
+	fedmeshv1.ClusterService_RegisterCluster_FullMethodName: adminOnly,
+	fedmeshv1.ClusterService_DeleteCluster_FullMethodName:   adminOnly,
+	fedmeshv1.ClusterService_GetCluster_FullMethodName:      federationRead,
+	fedmeshv1.ClusterService_ListClusters_FullMethodName:    federationRead,
+
+	fedmeshv1.NodeService_RegisterNode_FullMethodName: ownNode(func(req any) (string, string, bool) {
+		r, ok := req.(*fedmeshv1.RegisterNodeRequest)
+		return r.GetNode().GetCluster(), r.GetNode().GetName(), ok
+	}),
+	fedmeshv1.NodeService_ReportNodeStatus_FullMethodName: ownNode(func(req any) (string, string, bool) {
+		r, ok := req.(*fedmeshv1.ReportNodeStatusRequest)
+		return r.GetCluster(), r.GetName(), ok
+	}),
+	fedmeshv1.NodeService_DeleteNode_FullMethodName:   adminOnly,
+	fedmeshv1.NodeService_GetNode_FullMethodName:      federationRead,
+	fedmeshv1.NodeService_ListNodes_FullMethodName:    federationRead,
+	fedmeshv1.NodeService_WaitEnforced_FullMethodName: federationRead,
+
+	fedmeshv1.EndpointService_UpsertEndpoints_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.UpsertEndpointsRequest)
+		out := []string{r.GetCluster()}
+		for _, e := range r.GetEndpoints() {
+			if e.GetCluster() != "" { // the server fills it from the request
+				out = append(out, e.GetCluster())
+			}
+		}
+		return out, ok
+	}),
+	fedmeshv1.EndpointService_DeleteEndpoints_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.DeleteEndpointsRequest)
+		return []string{r.GetCluster()}, ok
+	}),
+	fedmeshv1.EndpointService_ListEndpoints_FullMethodName: federationRead,
+
+	fedmeshv1.MultiClusterService_ExportServices_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.ExportServicesRequest)
+		out := []string{r.GetCluster()}
+		for _, e := range r.GetExports() {
+			if e.GetCluster() != "" {
+				out = append(out, e.GetCluster())
+			}
+		}
+		return out, ok
+	}),
+	fedmeshv1.MultiClusterService_UnexportService_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.UnexportServiceRequest)
+		return []string{r.GetCluster()}, ok
+	}),
+	fedmeshv1.MultiClusterService_ListServiceExports_FullMethodName: federationRead,
+	fedmeshv1.MultiClusterService_ListServiceImports_FullMethodName: federationRead,
+
+	fedmeshv1.PolicyService_ApplyPolicies_FullMethodName: applyPolicies,
+	// Federated policies are stored under the empty cluster, so requiring
+	// the syncer's own (non-empty) cluster in the key keeps it off them.
+	fedmeshv1.PolicyService_DeletePolicy_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.DeletePolicyRequest)
+		return []string{r.GetKey().GetCluster()}, ok
+	}),
+	fedmeshv1.PolicyService_GetPolicy_FullMethodName:    federationRead,
+	fedmeshv1.PolicyService_ListPolicies_FullMethodName: federationRead,
+
+	fedmeshv1.ReachService_Reach_FullMethodName: federationRead,
+	fedmeshv1.WatchService_Watch_FullMethodName: federationRead,
+
+	methodListMembers:      anyRead,
+	methodGetReplicaStatus: anyRead,
+	methodReadIndex:        anyRead,
+	methodAddMember:        adminOnly,
+	methodRemoveMember:     adminOnly,
+
+	fedmeshv1.AuthService_CreateJoinToken_FullMethodName: adminOnly,
+	// Join is authenticated by its token, not by a certificate; the
+	// interceptor lets it through without a principal and the handler
+	// checks the token.
+	fedmeshv1.AuthService_Join_FullMethodName:             tokenAuthenticated,
+	fedmeshv1.AuthService_RenewCertificate_FullMethodName: renew,
+
+	healthpb.Health_Check_FullMethodName: anyRead,
+	healthpb.Health_Watch_FullMethodName: anyRead,
+	// Reflection shows the whole API surface; operators only.
+	methodReflectionV1:      adminOnly,
+	methodReflectionV1Alpha: adminOnly,
+}
+
+// publicMethods may be called without a client certificate; their
+// handler authenticates the caller by other means.
+var publicMethods = map[string]bool{fedmeshv1.AuthService_Join_FullMethodName: true}
+
+// tokenAuthenticated admits anyone: the handler checks the join token.
+func tokenAuthenticated(Principal, string, any) error { return nil }
+
+func adminOnly(p Principal, m string, _ any) error {
+	if p.Kind == KindAdmin {
+		return nil
+	}
+	return deny(p, m, "only an admin may")
+}
+
+// federationRead admits every federation principal (not replicas: what a
+// replica reads on a caller's behalf is authorized as that caller).
+func federationRead(p Principal, m string, _ any) error {
+	switch p.Kind {
+	case KindAdmin, KindSyncer, KindNode:
+		return nil
+	}
+	return deny(p, m, "replicas read federation objects only on a caller's behalf")
+}
+
+// anyRead admits every principal, replicas included.
+func anyRead(p Principal, m string, _ any) error {
+	switch p.Kind {
+	case KindAdmin, KindSyncer, KindNode, KindReplica:
+		return nil
+	}
+	return deny(p, m, "unknown principal kind")
+}
+
+func renew(p Principal, m string, _ any) error {
+	switch p.Kind {
+	case KindAdmin, KindSyncer, KindNode:
+		return nil
+	}
+	return deny(p, m, "replica certificates are issued by the operator ('fedctl ca issue-replica')")
+}
+
+// ownCluster admits admins, and a syncer when every cluster the request
+// targets is its own.
+func ownCluster(targets func(req any) ([]string, bool)) rule {
+	return func(p Principal, m string, req any) error {
+		switch p.Kind {
+		case KindAdmin:
+			return nil
+		case KindSyncer:
+		default:
+			return deny(p, m, "only an admin or the cluster's own syncer may write its objects")
+		}
+		ts, ok := targets(req)
+		if !ok {
+			return deny(p, m, fmt.Sprintf("request of type %T is not the RPC's", req))
+		}
+		for _, c := range ts {
+			if c != p.Cluster {
+				return deny(p, m, fmt.Sprintf("target cluster %q is not the syncer's own cluster %q", c, p.Cluster))
+			}
+		}
+		return nil
+	}
+}
+
+// ownNode admits admins and the node agent of exactly the target node.
+func ownNode(target func(req any) (cluster, node string, ok bool)) rule {
+	return func(p Principal, m string, req any) error {
+		switch p.Kind {
+		case KindAdmin:
+			return nil
+		case KindNode:
+		default:
+			return deny(p, m, "only an admin or the node's own agent may write a node")
+		}
+		c, n, ok := target(req)
+		if !ok {
+			return deny(p, m, fmt.Sprintf("request of type %T is not the RPC's", req))
+		}
+		if c != p.Cluster || n != p.Node {
+			return deny(p, m, fmt.Sprintf("target node %q of cluster %q is not the agent's own node %q of cluster %q", n, c, p.Node, p.Cluster))
+		}
+		return nil
+	}
+}
+
+func applyPolicies(p Principal, m string, req any) error {
+	switch p.Kind {
+	case KindAdmin:
+		return nil
+	case KindSyncer:
+	default:
+		return deny(p, m, "only an admin or the cluster's own syncer may write policies")
+	}
+	r, ok := req.(*fedmeshv1.ApplyPoliciesRequest)
+	if !ok {
+		return deny(p, m, fmt.Sprintf("request of type %T is not the RPC's", req))
+	}
+	if r.GetCluster() != p.Cluster {
+		return deny(p, m, fmt.Sprintf("target cluster %q is not the syncer's own cluster %q", r.GetCluster(), p.Cluster))
+	}
+	var bad []string
+	for i, pol := range r.GetPolicies() {
+		switch {
+		case pol.GetKind() != fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES:
+			bad = append(bad, fmt.Sprintf("policies[%d] is %s, a syncer writes only POLICY_KIND_KUBERNETES", i, pol.GetKind()))
+		case pol.GetCluster() != "" && pol.GetCluster() != p.Cluster:
+			bad = append(bad, fmt.Sprintf("policies[%d] belongs to cluster %q, not the syncer's own %q", i, pol.GetCluster(), p.Cluster))
+		}
+		if len(bad) == 3 {
+			break
+		}
+	}
+	if len(bad) > 0 {
+		return deny(p, m, strings.Join(bad, "; "))
+	}
+	return nil
+}
