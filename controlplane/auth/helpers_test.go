@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -80,8 +81,9 @@ type recorder struct {
 	fedmeshv1.UnimplementedWatchServiceServer
 	fedmeshv1.UnimplementedAuthServiceServer
 
-	mu    sync.Mutex
-	calls []string // "method by principal"
+	mu      sync.Mutex
+	calls   []string // "method by principal"
+	serials []string // client certificate serials, in call order
 }
 
 func (r *recorder) record(ctx context.Context, m string) {
@@ -89,6 +91,21 @@ func (r *recorder) record(ctx context.Context, m string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, m+" by "+p.String())
+	if pr, ok := peer.FromContext(ctx); ok {
+		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+			r.serials = append(r.serials, ti.State.PeerCertificates[0].SerialNumber.String())
+		}
+	}
+}
+
+// lastSerial is the serial of the client certificate of the last call.
+func (r *recorder) lastSerial() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.serials) == 0 {
+		return ""
+	}
+	return r.serials[len(r.serials)-1]
 }
 
 func (r *recorder) Calls() []string {
@@ -112,9 +129,21 @@ func (r *recorder) ReportNodeStatus(ctx context.Context, _ *fedmeshv1.ReportNode
 	return &fedmeshv1.ReportNodeStatusResponse{Revision: 1}, nil
 }
 
+// Watch sends a progress message every 10ms until the client goes away.
 func (r *recorder) Watch(_ *fedmeshv1.WatchRequest, s grpc.ServerStreamingServer[fedmeshv1.WatchResponse]) error {
 	r.record(s.Context(), "Watch")
-	return s.Send(&fedmeshv1.WatchResponse{Revision: 1})
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for rev := uint64(1); ; rev++ {
+		if err := s.Send(&fedmeshv1.WatchResponse{Revision: rev}); err != nil {
+			return err
+		}
+		select {
+		case <-s.Context().Done():
+			return nil
+		case <-tick.C:
+		}
+	}
 }
 
 func (r *recorder) Join(ctx context.Context, _ *fedmeshv1.JoinRequest) (*fedmeshv1.JoinResponse, error) {
@@ -126,6 +155,12 @@ func (r *recorder) Join(ctx context.Context, _ *fedmeshv1.JoinRequest) (*fedmesh
 // of a recorder, on loopback.
 func serveRecorder(t *testing.T, k *testPKI, allowJoin bool, opts ...GuardOption) (string, *recorder) {
 	t.Helper()
+	return serveWith(t, k, allowJoin, nil, opts...)
+}
+
+// serveWith is serveRecorder with a real AuthService when as is not nil.
+func serveWith(t *testing.T, k *testPKI, allowJoin bool, as *AuthService, opts ...GuardOption) (string, *recorder) {
+	t.Helper()
 	rec := &recorder{}
 	srvCert := k.cert(Replica("cp1"))
 	g := NewGuard(opts...)
@@ -134,7 +169,11 @@ func serveRecorder(t *testing.T, k *testPKI, allowJoin bool, opts ...GuardOption
 	fedmeshv1.RegisterPolicyServiceServer(s, rec)
 	fedmeshv1.RegisterNodeServiceServer(s, rec)
 	fedmeshv1.RegisterWatchServiceServer(s, rec)
-	fedmeshv1.RegisterAuthServiceServer(s, rec)
+	if as != nil {
+		fedmeshv1.RegisterAuthServiceServer(s, as)
+	} else {
+		fedmeshv1.RegisterAuthServiceServer(s, rec)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
