@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -33,6 +32,7 @@ type globals struct {
 	insecure bool
 	timeout  time.Duration
 	output   string
+	creds    credFlags
 	out      io.Writer
 	errOut   io.Writer
 }
@@ -58,7 +58,9 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.BoolVar(&g.insecure, "insecure-dev", true, "talk to the control plane without TLS (development only)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "deadline of each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	addCredentialFlags(pf, &g.creds)
 	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g))
+	root.AddCommand(caCmd(g), tokenCmd(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		fmt.Fprintf(errOut, "error: %v\nsee '%s --help'\n", err, c.CommandPath())
 		return err
@@ -131,14 +133,15 @@ func (g *globals) dial() (*conn, error) {
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("no control-plane address: set --server or FEDMESH_SERVER")
 	}
-	if !g.insecure {
-		return nil, fmt.Errorf("TLS client credentials are not available yet: use --insecure-dev against a development control plane")
+	creds, err := g.transportCredentials()
+	if err != nil {
+		return nil, err
 	}
 	r := manual.NewBuilderWithScheme("fedctl")
 	r.InitialState(resolver.State{Addresses: addrs})
 	cc, err := grpc.NewClient(r.Scheme()+":///control-plane",
 		grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		creds,
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to control plane %s: %w", g.servers, err)
