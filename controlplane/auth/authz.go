@@ -25,8 +25,9 @@ import (
 //   - a syncer writes only its own cluster's endpoints, service exports and
 //     KUBERNETES policies: never federated policies, clusters or nodes;
 //   - a node agent registers and reports only its own node;
-//   - a replica (a fellow control-plane replica) may call the replica RPCs;
-//     what it forwards is authorized as the original caller (see
+//   - a replica (a fellow control-plane replica) may call the replica RPCs,
+//     Propose (a forwarded, already authorized write) only by replicas;
+//     other calls it forwards are authorized as the original caller (see
 //     OnBehalfOfKey), never as the replica;
 //   - an RPC missing from the table is denied to everyone.
 func Authorize(p Principal, fullMethod string, req any) error {
@@ -60,6 +61,7 @@ const (
 	methodRemoveMember     = "/fedmesh.v1.ControlPlaneService/RemoveMember"
 	methodGetReplicaStatus = "/fedmesh.v1.ControlPlaneService/GetReplicaStatus"
 	methodReadIndex        = "/fedmesh.v1.ControlPlaneService/ReadIndex"
+	methodPropose          = "/fedmesh.v1.ControlPlaneService/Propose"
 
 	methodReflectionV1      = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	methodReflectionV1Alpha = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -136,6 +138,11 @@ var rules = map[string]rule{
 	methodReadIndex:        anyRead,
 	methodAddMember:        adminOnly,
 	methodRemoveMember:     adminOnly,
+	// Propose carries an encoded store command a follower forwards to the
+	// leader after it authorized the original call; only replicas send it,
+	// and it is decided on the replica's own identity (peerMethods).
+	// Admins too are refused: a raw command skips the edge validation.
+	methodPropose: replicaOnly,
 
 	fedmeshv1.AuthService_CreateJoinToken_FullMethodName: adminOnly,
 	// Join is authenticated by its token, not by a certificate; the
@@ -154,6 +161,17 @@ var rules = map[string]rule{
 // publicMethods may be called without a client certificate; their
 // handler authenticates the caller by other means.
 var publicMethods = map[string]bool{fedmeshv1.AuthService_Join_FullMethodName: true}
+
+// peerMethods are authorized as the connected peer even when it forwards
+// on someone's behalf: the caller was authorized by the forwarding replica.
+var peerMethods = map[string]bool{methodPropose: true}
+
+func replicaOnly(p Principal, m string, _ any) error {
+	if p.Kind == KindReplica {
+		return nil
+	}
+	return deny(p, m, "only control-plane replicas may")
+}
 
 // tokenAuthenticated admits anyone: the handler checks the join token.
 func tokenAuthenticated(Principal, string, any) error { return nil }

@@ -108,6 +108,7 @@ var matrix = map[string]matrixRow{
 	methodReadIndex:        {func(string) any { return nil }, anyone},
 	methodAddMember:        {func(string) any { return nil }, onlyAdmin},
 	methodRemoveMember:     {func(string) any { return nil }, onlyAdmin},
+	methodPropose:          {func(string) any { return nil }, []string{"replica"}},
 
 	fedmeshv1.AuthService_CreateJoinToken_FullMethodName: {func(c string) any {
 		return &fedmeshv1.CreateJoinTokenRequest{Cluster: c}

@@ -199,7 +199,7 @@ func (g *Guard) authenticate(ctx context.Context, method string) (Principal, err
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	obo := md.Get(OnBehalfOfKey)
-	if len(obo) == 0 {
+	if len(obo) == 0 || (peerMethods[method] && p.Kind == KindReplica) {
 		return p, nil
 	}
 	if p.Kind != KindReplica {
