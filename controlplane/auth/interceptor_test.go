@@ -88,6 +88,13 @@ func TestGuardRejectsBadCredentials(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := fedmeshv1.NewEndpointServiceClient(dial(t, tt.addr, k.pool(), tt.cert))
 			_, err := c.UpsertEndpoints(ctx, endpointOf("a"))
+			if tt.code == codes.Unavailable && status.Code(err) == codes.Unavailable && !strings.Contains(err.Error(), tt.substr) {
+				// TLS 1.3: the server checks the client certificate after
+				// the client's handshake finished, so the client may see
+				// its write fail before it reads the server's alert.
+				t.Logf("rejected at the TLS layer, alert not read: %v", err)
+				return
+			}
 			wantCode(t, err, tt.code, tt.substr)
 		})
 	}
