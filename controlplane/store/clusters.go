@@ -1,0 +1,97 @@
+package store
+
+import (
+	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequest) (*Result, error) {
+	c := req.GetCluster()
+	if err := model.ValidateCluster(c); err != nil {
+		return nil, err
+	}
+	others := make([]*fedmeshv1.Cluster, 0, len(s.clusters))
+	for _, name := range sortedKeys(s.clusters) {
+		others = append(others, s.clusters[name].spec)
+	}
+	if err := model.ValidateClusterOverlap(c, others); err != nil {
+		return nil, err
+	}
+	old := s.clusters[c.GetName()]
+	c.Status = nil
+	var ce clusterEntry
+	if old != nil {
+		ce = *old
+		c.Meta = tx.meta(old.spec.GetMeta())
+	} else {
+		c.Meta = tx.meta(nil)
+	}
+	ce.spec = c
+	s.clusters[c.GetName()] = &ce
+	tx.putCluster(c)
+	if old != nil && !proto.Equal(old.spec.GetExports(), c.GetExports()) {
+		// The export scope decides which exports feed imports.
+		for _, k := range sortedNsNames(s.exports[c.GetName()]) {
+			s.recomputeImport(tx, k, nil)
+		}
+	}
+	return &Result{Cluster: s.clusterView(&ce)}, nil
+}
+
+func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest) (*Result, error) {
+	name := req.GetName()
+	if errs := model.ClusterName(field.NewPath("name"), name); len(errs) > 0 {
+		return nil, model.AsError(errs)
+	}
+	ce, ok := s.clusters[name]
+	if !ok {
+		return nil, &NotFoundError{Kind: "cluster", Key: name}
+	}
+	for _, n := range sortedKeys(s.nodes[name]) {
+		tx.delNode(s.nodes[name][n])
+	}
+	delete(s.nodes, name)
+	for _, k := range sortedNsNames(s.endpoints[name]) {
+		s.deleteEndpoint(tx, epRef{cluster: name, key: k})
+	}
+	delete(s.endpoints, name)
+	exported := sortedNsNames(s.exports[name])
+	for _, k := range exported {
+		tx.delExport(s.exports[name][k].x)
+	}
+	delete(s.exports, name)
+	for _, k := range exported {
+		s.recomputeImport(tx, k, nil)
+	}
+	for _, k := range sortedNsNames(s.policies[name]) {
+		tx.delPolicy(s.policies[name][k].p)
+	}
+	delete(s.policies, name)
+	for _, k := range []genKind{genEndpoints, genExports, genPolicies} {
+		delete(s.gens, genKey{owner: name, kind: k})
+	}
+	delete(s.clusters, name)
+	tx.delCluster(ce.spec)
+	return &Result{}, nil
+}
+
+// clusterView is the stored spec with its computed status.
+func (s *State) clusterView(ce *clusterEntry) *fedmeshv1.Cluster {
+	c := proto.CloneOf(ce.spec)
+	c.Status = &fedmeshv1.ClusterStatus{
+		Nodes:            uint32(len(s.nodes[c.GetName()])),
+		Endpoints:        uint32(len(s.endpoints[c.GetName()])),
+		ResyncGeneration: ce.resyncGen,
+	}
+	if ce.lastSync != 0 {
+		c.Status.LastSyncTime = unixNanoToTimestamp(ce.lastSync)
+	}
+	return c
+}
+
+func clusterNotFound(p *field.Path, name string) error {
+	return model.AsError(field.ErrorList{field.NotFound(p, name)})
+}

@@ -1,0 +1,191 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// CommandType is the first byte of every Raft log entry the FSM applies.
+// Values are persisted in logs and snapshots: never renumber them.
+type CommandType uint8
+
+// Command types.
+const (
+	CmdRegisterCluster  CommandType = 1
+	CmdDeleteCluster    CommandType = 2
+	CmdRegisterNode     CommandType = 3
+	CmdDeleteNode       CommandType = 4
+	CmdReportNodeStatus CommandType = 5
+	CmdUpsertEndpoints  CommandType = 6
+	CmdDeleteEndpoints  CommandType = 7
+	CmdExportServices   CommandType = 8
+	CmdUnexportService  CommandType = 9
+	CmdApplyPolicies    CommandType = 10
+	CmdDeletePolicy     CommandType = 11
+	// CmdSetMember and CmdRemoveMember record replicas' gRPC addresses (for
+	// leader forwarding); they do not move the revision.
+	CmdSetMember    CommandType = 12
+	CmdRemoveMember CommandType = 13
+)
+
+// Command is one decoded log entry. Time is the leader's wall clock when it
+// proposed the command (Unix nanoseconds): the only clock the FSM sees.
+type Command struct {
+	Type    CommandType
+	Time    int64
+	Payload proto.Message
+}
+
+// ErrUnknownCommand is returned by DecodeCommand for a type this binary does
+// not know (a log written by a newer version).
+var ErrUnknownCommand = errors.New("unknown command type")
+
+// Encode serialises a command: type byte, varint time, protobuf payload.
+func (c Command) Encode() ([]byte, error) {
+	if _, ok := handlers[c.Type]; !ok {
+		return nil, fmt.Errorf("encode command %d: %w", c.Type, ErrUnknownCommand)
+	}
+	b := make([]byte, 1, 16+proto.Size(c.Payload))
+	b[0] = byte(c.Type)
+	b = binary.AppendVarint(b, c.Time)
+	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, c.Payload)
+}
+
+// DecodeCommand parses an entry written by Encode.
+func DecodeCommand(b []byte) (Command, error) {
+	if len(b) == 0 {
+		return Command{}, errors.New("decode command: empty entry")
+	}
+	h, ok := handlers[CommandType(b[0])]
+	if !ok {
+		return Command{}, fmt.Errorf("decode command %d: %w", b[0], ErrUnknownCommand)
+	}
+	t, n := binary.Varint(b[1:])
+	if n <= 0 {
+		return Command{}, errors.New("decode command: bad time varint")
+	}
+	msg := h.newPayload()
+	if err := proto.Unmarshal(b[1+n:], msg); err != nil {
+		return Command{}, fmt.Errorf("decode command %d payload: %w", b[0], err)
+	}
+	return Command{Type: CommandType(b[0]), Time: t, Payload: msg}, nil
+}
+
+// handler applies one command type to the state. It must validate everything
+// before it mutates anything: a command it rejects leaves the state exactly
+// as it was.
+type handler struct {
+	newPayload func() proto.Message
+	apply      func(s *State, tx *txn, payload proto.Message) (*Result, error)
+	// internal commands change replica metadata, not the federation: they
+	// do not move the revision nor produce events.
+	internal bool
+}
+
+var handlers = map[CommandType]handler{}
+
+func register[P proto.Message](t CommandType, internal bool, apply func(s *State, tx *txn, p P) (*Result, error)) {
+	if _, dup := handlers[t]; dup {
+		panic(fmt.Sprintf("store: command type %d registered twice", t))
+	}
+	var zero P
+	handlers[t] = handler{
+		newPayload: func() proto.Message { return zero.ProtoReflect().New().Interface() },
+		apply:      func(s *State, tx *txn, p proto.Message) (*Result, error) { return apply(s, tx, p.(P)) },
+		internal:   internal,
+	}
+}
+
+func init() {
+	register(CmdRegisterCluster, false, (*State).applyRegisterCluster)
+	register(CmdDeleteCluster, false, (*State).applyDeleteCluster)
+	register(CmdRegisterNode, false, (*State).applyRegisterNode)
+	register(CmdDeleteNode, false, (*State).applyDeleteNode)
+	register(CmdReportNodeStatus, false, (*State).applyReportNodeStatus)
+	register(CmdUpsertEndpoints, false, (*State).applyUpsertEndpoints)
+	register(CmdDeleteEndpoints, false, (*State).applyDeleteEndpoints)
+	register(CmdExportServices, false, (*State).applyExportServices)
+	register(CmdUnexportService, false, (*State).applyUnexportService)
+	register(CmdApplyPolicies, false, (*State).applyApplyPolicies)
+	register(CmdDeletePolicy, false, (*State).applyDeletePolicy)
+	register(CmdSetMember, true, (*State).applySetMember)
+	register(CmdRemoveMember, true, (*State).applyRemoveMember)
+}
+
+// Result is what applying a command returns to the proposer.
+type Result struct {
+	// Revision the command committed at (the current one for internal
+	// commands).
+	Revision uint64
+	// Deleted counts objects a final resync batch removed.
+	Deleted uint32
+	// Cluster, Node and Policies are the objects as stored, for responses.
+	Cluster  *fedmeshv1.Cluster
+	Node     *fedmeshv1.Node
+	Policies []*fedmeshv1.Policy
+	// Err is why the command was rejected; the state did not change.
+	Err error
+}
+
+// txn collects the events of the command being applied.
+type txn struct {
+	rev    uint64
+	time   int64
+	events []*fedmeshv1.Event
+}
+
+func (tx *txn) meta(old *fedmeshv1.ObjectMeta) *fedmeshv1.ObjectMeta {
+	created := tx.rev
+	if old != nil && old.GetCreateRevision() != 0 {
+		created = old.GetCreateRevision()
+	}
+	return &fedmeshv1.ObjectMeta{Revision: tx.rev, CreateRevision: created}
+}
+
+func (tx *txn) emit(t fedmeshv1.EventType, set func(e *fedmeshv1.Event)) {
+	e := &fedmeshv1.Event{Type: t, Revision: tx.rev}
+	set(e)
+	tx.events = append(tx.events, e)
+}
+
+func (tx *txn) putCluster(c *fedmeshv1.Cluster) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Cluster{Cluster: c} })
+}
+func (tx *txn) delCluster(c *fedmeshv1.Cluster) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Cluster{Cluster: c} })
+}
+func (tx *txn) putNode(n *fedmeshv1.Node) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Node{Node: n} })
+}
+func (tx *txn) delNode(n *fedmeshv1.Node) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Node{Node: n} })
+}
+func (tx *txn) putEndpoint(x *fedmeshv1.Endpoint) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Endpoint{Endpoint: x} })
+}
+func (tx *txn) delEndpoint(x *fedmeshv1.Endpoint) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Endpoint{Endpoint: x} })
+}
+func (tx *txn) putExport(x *fedmeshv1.ServiceExport) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_ServiceExport{ServiceExport: x} })
+}
+func (tx *txn) delExport(x *fedmeshv1.ServiceExport) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_ServiceExport{ServiceExport: x} })
+}
+func (tx *txn) putImport(x *fedmeshv1.ServiceImport) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_ServiceImport{ServiceImport: x} })
+}
+func (tx *txn) delImport(x *fedmeshv1.ServiceImport) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_ServiceImport{ServiceImport: x} })
+}
+func (tx *txn) putPolicy(x *fedmeshv1.Policy) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_PUT, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Policy{Policy: x} })
+}
+func (tx *txn) delPolicy(x *fedmeshv1.Policy) {
+	tx.emit(fedmeshv1.EventType_EVENT_TYPE_DELETE, func(e *fedmeshv1.Event) { e.Object = &fedmeshv1.Event_Policy{Policy: x} })
+}

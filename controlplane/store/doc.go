@@ -1,0 +1,11 @@
+// Package store owns the control plane's replicated state: the Raft FSM that
+// decodes committed log entries into changes of clusters, nodes, endpoints,
+// service exports (and the imports derived from them) and policies; the
+// numeric security identities; the global revision; the bounded event log
+// watchers read from; and versioned snapshots.
+//
+// Everything here is pure: no network, no clock, no randomness. The time a
+// command carries is stamped by the leader before it enters the log, so every
+// replica that applies the same log computes the same state, the same
+// revisions and the same identities.
+package store

@@ -1,0 +1,173 @@
+package store
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// checkGeneration rejects a resync generation below the owner's current one
+// and returns the generation to stamp written objects with: the batch's, or
+// for an incremental write the current one, so a resync in progress does not
+// delete what was written during it.
+func (s *State) checkGeneration(gk genKey, r *fedmeshv1.ResyncMarker) (uint64, error) {
+	cur := s.gens[gk]
+	g := r.GetGeneration()
+	if g == 0 {
+		return cur, nil
+	}
+	if g < cur {
+		return 0, model.AsError(field.ErrorList{field.Invalid(field.NewPath("resync", "generation"), g,
+			fmt.Sprintf("must not decrease: the owner is at generation %d; start a new resync with a higher one", cur))})
+	}
+	return g, nil
+}
+
+func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest) (*Result, error) {
+	cluster := req.GetCluster()
+	ce := s.clusters[cluster]
+	if ce == nil {
+		if err := model.ValidateUpsertEndpoints(req, nil); err != nil {
+			return nil, err
+		}
+		return nil, clusterNotFound(field.NewPath("cluster"), cluster)
+	}
+	if err := model.ValidateUpsertEndpoints(req, ce.spec); err != nil {
+		return nil, err
+	}
+	gk := genKey{owner: cluster, kind: genEndpoints}
+	stamp, err := s.checkGeneration(gk, req.GetResync())
+	if err != nil {
+		return nil, err
+	}
+	g := req.GetResync().GetGeneration()
+	eps := s.endpoints[cluster]
+	inBatch := make(map[nsName]bool, len(req.GetEndpoints()))
+	for _, e := range req.GetEndpoints() {
+		inBatch[nsName{e.GetNamespace(), e.GetName()}] = true
+	}
+	// An address may belong to one endpoint only. An owner rewritten by this
+	// batch gives it up; an owner left over from an older resync generation
+	// is a dead pod whose address Kubernetes reused, and is evicted now
+	// rather than by the final batch.
+	var errs field.ErrorList
+	evict := map[epRef]bool{}
+	for i, e := range req.GetEndpoints() {
+		key := nsName{e.GetNamespace(), e.GetName()}
+		for j, ip := range e.GetIps() {
+			a, _ := netip.ParseAddr(ip)
+			owner, ok := s.ipOwner[a]
+			if !ok || (owner.cluster == cluster && (owner.key == key || inBatch[owner.key])) {
+				continue
+			}
+			if g > 0 && owner.cluster == cluster && eps[owner.key].gen < g {
+				evict[owner] = true
+				continue
+			}
+			errs = append(errs, field.Invalid(field.NewPath("endpoints").Index(i).Child("ips").Index(j), ip,
+				fmt.Sprintf("already used by endpoint %s/%s of cluster %q", owner.key.ns, owner.key.name, owner.cluster)))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, model.AsError(errs)
+	}
+
+	// Validated: from here on nothing fails.
+	refs := make([]epRef, 0, len(evict))
+	for r := range evict {
+		refs = append(refs, r)
+	}
+	slices.SortFunc(refs, func(a, b epRef) int { return cmpNsName(a.key, b.key) })
+	for _, r := range refs {
+		s.deleteEndpoint(tx, r)
+	}
+	eps = inner(s.endpoints, cluster)
+	for _, e := range req.GetEndpoints() {
+		key := nsName{e.GetNamespace(), e.GetName()}
+		e.Cluster = cluster
+		id := s.ids.Acquire(KeyOf(e))
+		old := eps[key]
+		if old != nil {
+			s.ids.Release(old.ep.GetIdentity())
+			s.dropAddrs(epRef{cluster, key}, old.ep)
+		}
+		e.Identity = id
+		e.Meta = tx.meta(old.epMeta())
+		eps[key] = &epEntry{ep: e, gen: stamp}
+		for _, ip := range e.GetIps() {
+			a, _ := netip.ParseAddr(ip)
+			s.ipOwner[a] = epRef{cluster, key}
+		}
+		tx.putEndpoint(e)
+	}
+	var deleted uint32
+	if g > s.gens[gk] {
+		s.gens[gk] = g
+	}
+	if req.GetResync().GetFinal() {
+		for _, k := range sortedNsNames(eps) {
+			if eps[k].gen < g {
+				s.deleteEndpoint(tx, epRef{cluster, k})
+				deleted++
+			}
+		}
+		ce.resyncGen = g
+	}
+	if len(eps) == 0 {
+		delete(s.endpoints, cluster)
+	}
+	ce.lastSync = tx.time
+	return &Result{Deleted: deleted}, nil
+}
+
+func (e *epEntry) epMeta() *fedmeshv1.ObjectMeta {
+	if e == nil {
+		return nil
+	}
+	return e.ep.GetMeta()
+}
+
+// dropAddrs forgets the addresses ep owned.
+func (s *State) dropAddrs(r epRef, ep *fedmeshv1.Endpoint) {
+	for _, ip := range ep.GetIps() {
+		a, _ := netip.ParseAddr(ip)
+		if s.ipOwner[a] == r {
+			delete(s.ipOwner, a)
+		}
+	}
+}
+
+// deleteEndpoint removes one endpoint, its addresses and its identity
+// reference. The caller removes an emptied per-cluster map if it wants to.
+func (s *State) deleteEndpoint(tx *txn, r epRef) {
+	e := s.endpoints[r.cluster][r.key]
+	if e == nil {
+		return
+	}
+	s.ids.Release(e.ep.GetIdentity())
+	s.dropAddrs(r, e.ep)
+	delete(s.endpoints[r.cluster], r.key)
+	tx.delEndpoint(e.ep)
+}
+
+func (s *State) applyDeleteEndpoints(tx *txn, req *fedmeshv1.DeleteEndpointsRequest) (*Result, error) {
+	if err := model.ValidateDeleteEndpoints(req); err != nil {
+		return nil, err
+	}
+	cluster := req.GetCluster()
+	for _, k := range req.GetKeys() {
+		s.deleteEndpoint(tx, epRef{cluster, nsName{k.GetNamespace(), k.GetName()}})
+	}
+	if len(s.endpoints[cluster]) == 0 {
+		delete(s.endpoints, cluster)
+	}
+	if ce := s.clusters[cluster]; ce != nil {
+		ce.lastSync = tx.time
+	}
+	return &Result{}, nil
+}

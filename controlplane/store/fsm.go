@@ -1,0 +1,147 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// FSM adapts State to raft.FSM. raft calls Apply, ApplyBatch, Snapshot and
+// Restore from its one FSM goroutine; readers (gRPC handlers, watchers) call
+// View and Changed from any goroutine. Objects a reader obtains stay valid
+// and unchanged after View returns.
+type FSM struct {
+	mu      sync.RWMutex
+	st      *State
+	applied uint64 // last raft log index applied
+	changed chan struct{}
+	logSize int
+	// ignoreUnknown skips log entries of unknown command types instead of
+	// panicking: only for a rolling upgrade, where a newer leader may write
+	// commands this binary does not know yet.
+	ignoreUnknown bool
+}
+
+// FSMOption configures an FSM.
+type FSMOption func(*FSM)
+
+// WithEventLogSize bounds the event log (events kept for watchers).
+func WithEventLogSize(n int) FSMOption { return func(f *FSM) { f.logSize = n } }
+
+// WithIgnoreUnknownCommands makes the FSM skip unknown command types (see
+// FSM.ignoreUnknown). Off by default: state must never silently diverge.
+func WithIgnoreUnknownCommands() FSMOption { return func(f *FSM) { f.ignoreUnknown = true } }
+
+// NewFSM returns an FSM over an empty state.
+func NewFSM(opts ...FSMOption) *FSM {
+	f := &FSM{logSize: DefaultEventLogSize, changed: make(chan struct{})}
+	for _, o := range opts {
+		o(f)
+	}
+	f.st = NewState(f.logSize)
+	return f
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// Apply applies one committed entry and returns its *Result.
+func (f *FSM) Apply(l *raft.Log) any {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies committed entries under one lock acquisition and wakes
+// readers once.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	f.mu.Lock()
+	for i, l := range logs {
+		if l.Index > f.applied {
+			f.applied = l.Index
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := DecodeCommand(l.Data)
+		if err != nil {
+			if f.ignoreUnknown && errors.Is(err, ErrUnknownCommand) {
+				out[i] = &Result{Revision: f.st.rev, Err: err}
+				continue
+			}
+			f.mu.Unlock()
+			panic(fmt.Sprintf("store: raft log entry %d does not decode: %v", l.Index, err))
+		}
+		out[i] = f.st.Apply(c)
+	}
+	ch := f.changed
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	close(ch)
+	return out
+}
+
+// View runs fn with the state under the read lock. fn must not block or
+// modify the state.
+func (f *FSM) View(fn func(s *State)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(f.st)
+}
+
+// Changed returns a channel closed at the next apply or restore.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// Revision is the state's revision.
+func (f *FSM) Revision() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.rev
+}
+
+// AppliedIndex is the last raft index the FSM has seen.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// Snapshot freezes the state; the slow part runs in Persist.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return fsmSnapshot{f.st.Freeze()}, nil
+}
+
+// Restore replaces the whole state with a snapshot.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := ReadSnapshot(rc, f.logSize)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.st = st
+	ch := f.changed
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	close(ch)
+	return nil
+}
+
+type fsmSnapshot struct{ fr Frozen }
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.fr.WriteTo(sink); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot at revision %d: %w", s.fr.Revision(), err)
+	}
+	return sink.Close()
+}
+
+func (fsmSnapshot) Release() {}

@@ -1,0 +1,258 @@
+package store
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Condition types and reasons the control plane sets on exports and imports
+// (KEP-1645 names).
+const (
+	CondValid    = "Valid"
+	CondConflict = "Conflict"
+
+	ReasonExported             = "Exported"
+	ReasonNamespaceNotExported = "NamespaceNotExported"
+	ReasonNoConflicts          = "NoConflicts"
+	ReasonTypeConflict         = "TypeConflict"
+	ReasonPortConflict         = "PortConflict"
+)
+
+func (s *State) applyExportServices(tx *txn, req *fedmeshv1.ExportServicesRequest) (*Result, error) {
+	if err := model.ValidateExportServices(req); err != nil {
+		return nil, err
+	}
+	cluster := req.GetCluster()
+	ce := s.clusters[cluster]
+	if ce == nil {
+		return nil, clusterNotFound(field.NewPath("cluster"), cluster)
+	}
+	gk := genKey{owner: cluster, kind: genExports}
+	stamp, err := s.checkGeneration(gk, req.GetResync())
+	if err != nil {
+		return nil, err
+	}
+	g := req.GetResync().GetGeneration()
+	xs := inner(s.exports, cluster)
+	touched := map[nsName]bool{}
+	for _, x := range req.GetExports() {
+		key := nsName{x.GetNamespace(), x.GetName()}
+		x.Cluster = cluster
+		x.Conditions = nil
+		var oldMeta *fedmeshv1.ObjectMeta
+		if old := xs[key]; old != nil {
+			oldMeta = old.x.GetMeta()
+		}
+		x.Meta = tx.meta(oldMeta)
+		xs[key] = &exportEntry{x: x, gen: stamp}
+		touched[key] = true
+	}
+	if g > s.gens[gk] {
+		s.gens[gk] = g
+	}
+	var deleted uint32
+	var gone []nsName
+	if req.GetResync().GetFinal() {
+		for _, k := range sortedNsNames(xs) {
+			if xs[k].gen < g {
+				tx.delExport(xs[k].x)
+				delete(xs, k)
+				gone = append(gone, k)
+				deleted++
+			}
+		}
+	}
+	if len(xs) == 0 {
+		delete(s.exports, cluster)
+	}
+	ce.lastSync = tx.time
+	keys := append(sortedNsNames(touched), gone...)
+	slices.SortFunc(keys, cmpNsName)
+	for _, k := range keys {
+		s.recomputeImport(tx, k, map[string]bool{cluster: touched[k]})
+	}
+	return &Result{Deleted: deleted}, nil
+}
+
+func (s *State) applyUnexportService(tx *txn, req *fedmeshv1.UnexportServiceRequest) (*Result, error) {
+	errs := model.ClusterName(field.NewPath("cluster"), req.GetCluster())
+	errs = append(errs, model.Namespace(field.NewPath("namespace"), req.GetNamespace())...)
+	if req.GetName() == "" {
+		errs = append(errs, field.Required(field.NewPath("name"), ""))
+	}
+	if len(errs) > 0 {
+		return nil, model.AsError(errs)
+	}
+	key := nsName{req.GetNamespace(), req.GetName()}
+	old := s.exports[req.GetCluster()][key]
+	if old == nil {
+		return nil, &NotFoundError{Kind: "service export", Key: req.GetCluster() + "/" + key.String()}
+	}
+	delete(s.exports[req.GetCluster()], key)
+	if len(s.exports[req.GetCluster()]) == 0 {
+		delete(s.exports, req.GetCluster())
+	}
+	tx.delExport(old.x)
+	s.recomputeImport(tx, key, nil)
+	return &Result{}, nil
+}
+
+// recomputeImport re-derives the import of key from the exports and
+// publishes what changed: the import, and every export whose conditions
+// changed or that this command wrote (fresh[cluster]).
+func (s *State) recomputeImport(tx *txn, key nsName, fresh map[string]bool) {
+	var exps []*fedmeshv1.ServiceExport
+	for _, c := range sortedKeys(s.exports) {
+		if e := s.exports[c][key]; e != nil {
+			exps = append(exps, e.x)
+		}
+	}
+	exported := func(cluster string) bool {
+		ce := s.clusters[cluster]
+		return ce != nil && model.InScope(ce.spec.GetExports(), key.ns)
+	}
+	imp, conds := DeriveImport(key.ns, key.name, exps, exported)
+
+	for _, x := range exps {
+		c := x.GetCluster()
+		if fresh[c] {
+			x.Conditions = conds[c]
+			tx.putExport(x)
+			continue
+		}
+		if conditionsEqual(x.GetConditions(), conds[c]) {
+			continue
+		}
+		nx := proto.CloneOf(x)
+		nx.Conditions = conds[c]
+		nx.Meta = tx.meta(x.GetMeta())
+		s.exports[c][key] = &exportEntry{x: nx, gen: s.exports[c][key].gen}
+		tx.putExport(nx)
+	}
+
+	old := s.imports[key]
+	switch {
+	case imp == nil && old != nil:
+		delete(s.imports, key)
+		tx.delImport(old)
+	case imp != nil:
+		if old != nil {
+			imp.Meta = old.GetMeta()
+			if proto.Equal(old, imp) {
+				return
+			}
+		}
+		imp.Meta = tx.meta(old.GetMeta())
+		s.imports[key] = imp
+		tx.putImport(imp)
+	}
+}
+
+func conditionsEqual(a, b []*fedmeshv1.ServiceCondition) bool {
+	return slices.EqualFunc(a, b, func(x, y *fedmeshv1.ServiceCondition) bool { return proto.Equal(x, y) })
+}
+
+func serviceType(t fedmeshv1.ServiceType) fedmeshv1.ServiceType {
+	if t == fedmeshv1.ServiceType_SERVICE_TYPE_UNSPECIFIED {
+		return fedmeshv1.ServiceType_SERVICE_TYPE_CLUSTER_SET_IP
+	}
+	return t
+}
+
+func cond(t string, ok bool, reason, msg string) *fedmeshv1.ServiceCondition {
+	st := "False"
+	if ok {
+		st = "True"
+	}
+	return &fedmeshv1.ServiceCondition{Type: t, Status: st, Reason: reason, Message: msg}
+}
+
+// DeriveImport aggregates the exports of one namespace/name under the MCS
+// (KEP-1645) conflict rules and returns the import (nil when no export
+// counts) and the conditions of every export, by cluster.
+//
+//   - An export whose namespace its cluster does not export is not Valid and
+//     does not count.
+//   - The oldest export (lowest create revision, then cluster name) decides
+//     the type; an export of another type is in TypeConflict and contributes
+//     neither ports nor backends.
+//   - Ports are the union by name; a port whose name an older export already
+//     defines differently (number or protocol) is in PortConflict and the
+//     older definition stays.
+func DeriveImport(ns, name string, exps []*fedmeshv1.ServiceExport, exported func(cluster string) bool) (*fedmeshv1.ServiceImport, map[string][]*fedmeshv1.ServiceCondition) {
+	exps = slices.Clone(exps)
+	slices.SortFunc(exps, func(a, b *fedmeshv1.ServiceExport) int {
+		if c := cmp.Compare(a.GetMeta().GetCreateRevision(), b.GetMeta().GetCreateRevision()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.GetCluster(), b.GetCluster())
+	})
+	conds := map[string][]*fedmeshv1.ServiceCondition{}
+	var imp *fedmeshv1.ServiceImport
+	ports := map[string]*fedmeshv1.ServicePort{}
+	var typeConflicts, portConflicts []string
+	for _, x := range exps {
+		c := x.GetCluster()
+		if !exported(c) {
+			conds[c] = []*fedmeshv1.ServiceCondition{
+				cond(CondValid, false, ReasonNamespaceNotExported, fmt.Sprintf("cluster %q does not export namespace %q", c, ns)),
+			}
+			continue
+		}
+		valid := cond(CondValid, true, ReasonExported, "")
+		if imp == nil {
+			imp = &fedmeshv1.ServiceImport{Namespace: ns, Name: name, Type: serviceType(x.GetType())}
+		}
+		if serviceType(x.GetType()) != imp.GetType() {
+			typeConflicts = append(typeConflicts, c)
+			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, true, ReasonTypeConflict,
+				fmt.Sprintf("type %s differs from %s of the oldest export", serviceType(x.GetType()), imp.GetType()))}
+			continue
+		}
+		var clash []string
+		for _, p := range x.GetPorts() {
+			have, ok := ports[p.GetName()]
+			if !ok {
+				ports[p.GetName()] = p
+				continue
+			}
+			if have.GetPort() != p.GetPort() || have.GetProtocol() != p.GetProtocol() {
+				clash = append(clash, p.GetName())
+			}
+		}
+		if len(clash) > 0 {
+			portConflicts = append(portConflicts, c)
+			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, true, ReasonPortConflict,
+				fmt.Sprintf("ports %s differ from older exports; theirs are kept", strings.Join(clash, ",")))}
+		} else {
+			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, false, ReasonNoConflicts, "")}
+		}
+		imp.Clusters = append(imp.Clusters, &fedmeshv1.ClusterBackends{Cluster: c, Addresses: x.GetBackends()})
+	}
+	if imp == nil {
+		return nil, conds
+	}
+	for _, n := range sortedKeys(ports) {
+		imp.Ports = append(imp.Ports, ports[n])
+	}
+	slices.SortFunc(imp.Clusters, func(a, b *fedmeshv1.ClusterBackends) int { return cmp.Compare(a.GetCluster(), b.GetCluster()) })
+	switch {
+	case len(typeConflicts) > 0:
+		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, true, ReasonTypeConflict,
+			"exports of clusters "+strings.Join(typeConflicts, ",")+" have another type and are ignored")}
+	case len(portConflicts) > 0:
+		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, true, ReasonPortConflict,
+			"exports of clusters "+strings.Join(portConflicts, ",")+" define ports differently; the oldest definition is used")}
+	default:
+		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, false, ReasonNoConflicts, "")}
+	}
+	return imp, conds
+}

@@ -1,0 +1,170 @@
+package store
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// NotFoundError is a command or read naming an object that does not exist.
+type NotFoundError struct {
+	Kind string
+	Key  string
+}
+
+func (e *NotFoundError) Error() string { return fmt.Sprintf("%s %q not found", e.Kind, e.Key) }
+
+// GRPCStatus maps the error to NotFound.
+func (e *NotFoundError) GRPCStatus() *status.Status { return status.New(codes.NotFound, e.Error()) }
+
+// nsName keys objects inside one owner.
+type nsName struct{ ns, name string }
+
+func (k nsName) String() string { return k.ns + "/" + k.name }
+
+func cmpNsName(a, b nsName) int {
+	if c := cmp.Compare(a.ns, b.ns); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.name, b.name)
+}
+
+// resource kinds a resync generation is tracked for.
+type genKind uint8
+
+const (
+	genEndpoints genKind = iota + 1
+	genExports
+	genPolicies
+)
+
+type genKey struct {
+	owner string // cluster; "" for federated policies
+	kind  genKind
+}
+
+type clusterEntry struct {
+	spec      *fedmeshv1.Cluster // status nil: computed on read
+	resyncGen uint64             // last completed endpoint resync
+	lastSync  int64              // command time of the last syncer write
+}
+
+type epEntry struct {
+	ep  *fedmeshv1.Endpoint
+	gen uint64
+}
+
+type exportEntry struct {
+	x   *fedmeshv1.ServiceExport
+	gen uint64
+}
+
+type policyEntry struct {
+	p   *fedmeshv1.Policy
+	gen uint64
+}
+
+// State is the federation as of one revision. Stored protos are never
+// mutated once stored (a change stores a new object), so readers may hold
+// them after releasing the FSM's lock. Not safe for concurrent use.
+type State struct {
+	rev       uint64
+	clusters  map[string]*clusterEntry
+	nodes     map[string]map[string]*fedmeshv1.Node // cluster -> name
+	endpoints map[string]map[nsName]*epEntry        // cluster -> ns/name
+	ipOwner   map[netip.Addr]epRef
+	exports   map[string]map[nsName]*exportEntry // cluster -> ns/name
+	imports   map[nsName]*fedmeshv1.ServiceImport
+	policies  map[string]map[nsName]*policyEntry // owner cluster ("" federated) -> ns/name
+	gens      map[genKey]uint64
+	ids       *Identities
+	members   map[string]*fedmeshv1.Member
+	log       *EventLog
+}
+
+type epRef struct {
+	cluster string
+	key     nsName
+}
+
+// NewState returns an empty state whose event log holds about logSize events.
+func NewState(logSize int) *State {
+	return &State{
+		clusters:  map[string]*clusterEntry{},
+		nodes:     map[string]map[string]*fedmeshv1.Node{},
+		endpoints: map[string]map[nsName]*epEntry{},
+		ipOwner:   map[netip.Addr]epRef{},
+		exports:   map[string]map[nsName]*exportEntry{},
+		imports:   map[nsName]*fedmeshv1.ServiceImport{},
+		policies:  map[string]map[nsName]*policyEntry{},
+		gens:      map[genKey]uint64{},
+		ids:       NewIdentities(),
+		members:   map[string]*fedmeshv1.Member{},
+		log:       NewEventLog(logSize, 0),
+	}
+}
+
+// Revision is the revision of the last applied change.
+func (s *State) Revision() uint64 { return s.rev }
+
+// Log is the event log watchers read.
+func (s *State) Log() *EventLog { return s.log }
+
+// Identities is the identity allocator (read-only for callers).
+func (s *State) Identities() *Identities { return s.ids }
+
+// Apply applies one command. A rejected command (Result.Err set) changes
+// nothing, not even the revision.
+func (s *State) Apply(c Command) *Result {
+	h, ok := handlers[c.Type]
+	if !ok {
+		return &Result{Revision: s.rev, Err: fmt.Errorf("apply command %d: %w", c.Type, ErrUnknownCommand)}
+	}
+	tx := &txn{rev: s.rev + 1, time: c.Time}
+	if h.internal {
+		tx.rev = s.rev
+	}
+	res, err := h.apply(s, tx, c.Payload)
+	if err != nil {
+		return &Result{Revision: s.rev, Err: err}
+	}
+	if !h.internal {
+		s.rev = tx.rev
+		s.log.Append(Batch{Revision: tx.rev, Events: tx.events})
+	}
+	res.Revision = s.rev
+	return res
+}
+
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
+	ks := make([]K, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func sortedNsNames[V any](m map[nsName]V) []nsName {
+	ks := make([]nsName, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, cmpNsName)
+	return ks
+}
+
+func inner[K comparable, V any](m map[string]map[K]V, owner string) map[K]V {
+	in, ok := m[owner]
+	if !ok {
+		in = map[K]V{}
+		m[owner] = in
+	}
+	return in
+}
