@@ -2,25 +2,116 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/fedmesh/fedmesh/controlplane/server"
+	"github.com/fedmesh/fedmesh/controlplane/store"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
 )
 
 func main() {
+	var (
+		cfg            server.Config
+		peers          string
+		insecureDev    bool
+		faultInjection bool
+		logLevel       string
+	)
 	cmd := &cobra.Command{
 		Use:          "fedmesh-controlplane",
 		Short:        "One replica of the fedmesh control plane (Raft store, gRPC API, watch fan-out)",
 		Version:      buildinfo.Version(),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return fmt.Errorf("fedmesh-controlplane has no behaviour yet; see its issue")
+			if !insecureDev {
+				return errors.New("mTLS is not implemented yet; run with --insecure-dev=true (plaintext gRPC, no authentication) on a trusted network")
+			}
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("parse --log-level: %w", err)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			var err error
+			if cfg.BootstrapPeers, err = parsePeers(peers); err != nil {
+				return err
+			}
+			cfg.FaultInjection = faultInjection
+			return run(cmd.Context(), cfg)
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeID, "node-id", "", "this replica's Raft server ID (unique, stable across restarts)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log (raft.db) and snapshots")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "host:port of the Raft transport; other replicas dial it")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:9000", "host:port of the fedmesh gRPC API")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics (empty: off)")
+	f.StringVar(&peers, "bootstrap-peers", "", "initial replicas as id=raft_addr[/grpc_addr],...; used only when the data dir is empty. Give every initial replica the same list")
+	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")
+	f.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "Raft log entries between snapshots")
+	f.BoolVar(&insecureDev, "insecure-dev", true, "serve plaintext gRPC without authentication (mTLS comes later)")
+	f.BoolVar(&faultInjection, "fault-injection", false, "tests only: SIGUSR1 cuts this replica off from its Raft peers, SIGUSR2 heals it")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = f.MarkHidden("fault-injection")
+	_ = cmd.MarkFlagRequired("node-id")
+	_ = cmd.MarkFlagRequired("data-dir")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
+	}
+}
+
+func parsePeers(s string) ([]server.Peer, error) {
+	var out []server.Peer
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		id, addrs, ok := strings.Cut(p, "=")
+		if !ok || id == "" || addrs == "" {
+			return nil, fmt.Errorf("parse --bootstrap-peers entry %q: want id=raft_addr[/grpc_addr]", p)
+		}
+		raftAddr, grpcAddr, _ := strings.Cut(addrs, "/")
+		out = append(out, server.Peer{ID: id, RaftAddr: raftAddr, GRPCAddr: grpcAddr})
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, cfg server.Config) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	r, err := server.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer r.Stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case s := <-sigs:
+			switch s {
+			case syscall.SIGUSR1, syscall.SIGUSR2:
+				if err := r.SetIsolated(s == syscall.SIGUSR1); err != nil {
+					cfg.Logger.Warn("fault injection signal ignored", "err", err)
+				} else {
+					cfg.Logger.Warn("fault injection", "isolated", s == syscall.SIGUSR1)
+				}
+			default:
+				cfg.Logger.Info("shutting down", "signal", s.String())
+				return nil
+			}
+		}
 	}
 }

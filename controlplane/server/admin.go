@@ -1,0 +1,145 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// adminService manages the Raft membership and serves read indexes.
+type adminService struct {
+	fedmeshv1.UnimplementedControlPlaneServiceServer
+	c *Core
+}
+
+func (a *adminService) members() ([]*fedmeshv1.Member, error) {
+	f := a.c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read raft configuration: %v", err)
+	}
+	published := a.c.snapshotMembers()
+	_, leader := a.c.raft.LeaderWithID()
+	var out []*fedmeshv1.Member
+	for _, s := range f.Configuration().Servers {
+		out = append(out, &fedmeshv1.Member{
+			Id: string(s.ID), RaftAddress: string(s.Address), GrpcAddress: published[string(s.ID)].GetGrpcAddress(),
+			Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader,
+		})
+	}
+	slices.SortFunc(out, func(x, y *fedmeshv1.Member) int { return strings.Compare(x.GetId(), y.GetId()) })
+	return out, nil
+}
+
+func (a *adminService) ListMembers(ctx context.Context, _ *fedmeshv1.ListMembersRequest) (*fedmeshv1.ListMembersResponse, error) {
+	ms, err := a.members()
+	return &fedmeshv1.ListMembersResponse{Members: ms}, err
+}
+
+// onLeader runs fn on the leader, forwarding the call there otherwise.
+func onLeader[Resp any](ctx context.Context, c *Core, fn func() (Resp, error), forward func(ctx context.Context, cc *grpc.ClientConn) (Resp, error)) (Resp, error) {
+	var zero Resp
+	cc, err := c.leaderConn(ctx)
+	if err != nil {
+		return zero, err
+	}
+	if cc != nil {
+		if forwardedBy(ctx) != "" {
+			return zero, status.Error(codes.Unavailable, "leader changed while forwarding; retry")
+		}
+		return forward(c.forwardContext(ctx), cc)
+	}
+	return fn()
+}
+
+func raftStatus(op string, err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		return status.Errorf(codes.Unavailable, "%s: %v; retry", op, err)
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s: %v", op, err)
+}
+
+func (a *adminService) AddMember(ctx context.Context, req *fedmeshv1.AddMemberRequest) (*fedmeshv1.AddMemberResponse, error) {
+	var errs field.ErrorList
+	if req.GetId() == "" {
+		errs = append(errs, field.Required(field.NewPath("id"), ""))
+	}
+	if req.GetRaftAddress() == "" {
+		errs = append(errs, field.Required(field.NewPath("raftAddress"), ""))
+	}
+	if err := model.AsError(errs); err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, a.c, func() (*fedmeshv1.AddMemberResponse, error) {
+		var f raft.IndexFuture
+		if req.GetNonvoter() {
+			f = a.c.raft.AddNonvoter(raft.ServerID(req.GetId()), raft.ServerAddress(req.GetRaftAddress()), 0, a.c.timeout)
+		} else {
+			f = a.c.raft.AddVoter(raft.ServerID(req.GetId()), raft.ServerAddress(req.GetRaftAddress()), 0, a.c.timeout)
+		}
+		if err := f.Error(); err != nil {
+			return nil, raftStatus("add member "+req.GetId(), err)
+		}
+		if req.GetGrpcAddress() != "" {
+			m := &fedmeshv1.Member{Id: req.GetId(), RaftAddress: req.GetRaftAddress(), GrpcAddress: req.GetGrpcAddress(), Voter: !req.GetNonvoter()}
+			if _, err := a.c.applyLocal(store.CmdSetMember, m); err != nil {
+				return nil, raftStatus("publish member "+req.GetId(), err)
+			}
+		}
+		ms, err := a.members()
+		return &fedmeshv1.AddMemberResponse{Members: ms}, err
+	}, func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.AddMemberResponse, error) {
+		return fedmeshv1.NewControlPlaneServiceClient(cc).AddMember(ctx, req)
+	})
+}
+
+func (a *adminService) RemoveMember(ctx context.Context, req *fedmeshv1.RemoveMemberRequest) (*fedmeshv1.RemoveMemberResponse, error) {
+	if req.GetId() == "" {
+		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("id"), "")})
+	}
+	return onLeader(ctx, a.c, func() (*fedmeshv1.RemoveMemberResponse, error) {
+		if err := a.c.raft.RemoveServer(raft.ServerID(req.GetId()), 0, a.c.timeout).Error(); err != nil {
+			return nil, raftStatus("remove member "+req.GetId(), err)
+		}
+		if req.GetId() != a.c.self {
+			if _, err := a.c.applyLocal(store.CmdRemoveMember, &fedmeshv1.Member{Id: req.GetId()}); err != nil {
+				return nil, raftStatus("unpublish member "+req.GetId(), err)
+			}
+		}
+		ms, err := a.members()
+		return &fedmeshv1.RemoveMemberResponse{Members: ms}, err
+	}, func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.RemoveMemberResponse, error) {
+		return fedmeshv1.NewControlPlaneServiceClient(cc).RemoveMember(ctx, req)
+	})
+}
+
+func (a *adminService) GetReplicaStatus(context.Context, *fedmeshv1.GetReplicaStatusRequest) (*fedmeshv1.GetReplicaStatusResponse, error) {
+	_, leader := a.c.raft.LeaderWithID()
+	resp := &fedmeshv1.GetReplicaStatusResponse{Id: a.c.self, RaftState: a.c.raft.State().String(), LeaderId: string(leader)}
+	a.c.view(func(st *store.State) {
+		resp.Revision, resp.OldestRevision = st.Revision(), st.Log().Compacted()
+	})
+	resp.AppliedIndex = a.c.fsm.AppliedIndex()
+	return resp, nil
+}
+
+func (a *adminService) ReadIndex(context.Context, *fedmeshv1.ReadIndexRequest) (*fedmeshv1.ReadIndexResponse, error) {
+	if a.c.raft.State() != raft.Leader {
+		return nil, status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", a.c.self)
+	}
+	rev, err := a.c.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	return &fedmeshv1.ReadIndexResponse{Revision: rev}, nil
+}

@@ -1,0 +1,310 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Metadata keys of the fedmesh gRPC API.
+const (
+	// ConsistencyKey selects the consistency of a read: "local" (default:
+	// this replica's state, possibly stale) or "linearizable" (includes
+	// every write acknowledged before the read started).
+	ConsistencyKey = "fedmesh-consistency"
+	// ConsistencyLinearizable is the value asking for a linearizable read.
+	ConsistencyLinearizable = "linearizable"
+	// ConsistencyLocal is the value asking for a local read.
+	ConsistencyLocal = "local"
+	// forwardedKey marks a call a replica forwarded to the leader, so it is
+	// forwarded at most once.
+	forwardedKey = "fedmesh-forwarded-by"
+)
+
+// Core is what every gRPC handler delegates to: proposing writes (locally
+// on the leader, forwarded elsewhere), consistent reads and waiting for
+// revisions. Safe for concurrent use.
+type Core struct {
+	r       *Replica
+	log     *slog.Logger
+	fsm     *store.FSM
+	raft    *raft.Raft
+	self    string
+	timeout time.Duration
+	// leaderReady is set once this replica, as leader, has applied every
+	// entry of earlier terms and published its address.
+	leaderReady atomic.Bool
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newCore(r *Replica) *Core {
+	return &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (c *Core) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cc := range c.conns {
+		cc.Close()
+	}
+	c.conns = map[string]*grpc.ClientConn{}
+}
+
+// leadership reacts to Raft leadership changes: a new leader first applies
+// a barrier (so reads it serves include every earlier term's entries), then
+// publishes its own gRPC address and those of the bootstrap peers, which
+// followers need to forward writes.
+func (c *Core) leadership(ctx context.Context, notify <-chan bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leader := <-notify:
+			c.leaderReady.Store(false)
+			if !leader {
+				continue
+			}
+			if err := c.raft.Barrier(c.timeout).Error(); err != nil {
+				c.log.Warn("barrier after election", "err", err)
+				continue
+			}
+			members := c.snapshotMembers()
+			publish := []*fedmeshv1.Member{{Id: c.self, RaftAddress: c.r.cfg.RaftAddr, GrpcAddress: c.r.GRPCAddr(), Voter: true}}
+			for _, p := range c.r.cfg.BootstrapPeers {
+				if p.ID != c.self && p.GRPCAddr != "" && members[p.ID] == nil {
+					publish = append(publish, &fedmeshv1.Member{Id: p.ID, RaftAddress: p.RaftAddr, GrpcAddress: p.GRPCAddr, Voter: true})
+				}
+			}
+			for _, m := range publish {
+				if old := members[m.GetId()]; old != nil && old.GetGrpcAddress() == m.GetGrpcAddress() && old.GetRaftAddress() == m.GetRaftAddress() {
+					continue
+				}
+				if _, err := c.applyLocal(store.CmdSetMember, m); err != nil {
+					c.log.Warn("publish member address", "member", m.GetId(), "err", err)
+				}
+			}
+			c.leaderReady.Store(c.raft.State() == raft.Leader)
+			c.log.Info("leading", "revision", c.fsm.Revision())
+		}
+	}
+}
+
+func (c *Core) snapshotMembers() map[string]*fedmeshv1.Member {
+	var m map[string]*fedmeshv1.Member
+	c.fsm.View(func(s *store.State) { m = s.Members() })
+	return m
+}
+
+// applyLocal proposes a command on this replica, which must be the leader.
+func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Result, error) {
+	data, err := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: payload}.Encode()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode command: %v", err)
+	}
+	start := time.Now()
+	f := c.raft.Apply(data, c.timeout)
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	c.r.metrics.commitLatency.Observe(time.Since(start).Seconds())
+	res, ok := f.Response().(*store.Result)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "apply command %d: no result", t)
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res, nil
+}
+
+// errNoLeader is returned when no leader emerged within the call's time.
+var errNoLeader = status.Error(codes.Unavailable, "no control-plane leader elected (is a majority of replicas up?); retry")
+
+// leaderConn returns a connection to the leader, or nil when this replica
+// leads. It waits for an election (and the leader's published address) up
+// to the context's deadline.
+func (c *Core) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	wait := time.NewTicker(20 * time.Millisecond)
+	defer wait.Stop()
+	deadline := time.Now().Add(c.timeout)
+	for {
+		_, id := c.raft.LeaderWithID()
+		switch {
+		case string(id) == c.self && c.raft.State() == raft.Leader:
+			return nil, nil
+		case id != "":
+			if m := c.snapshotMembers()[string(id)]; m.GetGrpcAddress() != "" {
+				return c.conn(m.GetGrpcAddress())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errNoLeader
+		case <-wait.C:
+			if time.Now().After(deadline) {
+				return nil, errNoLeader
+			}
+		}
+	}
+}
+
+func (c *Core) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "connect to leader %s: %v", addr, err)
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+func forwardedBy(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(forwardedKey); len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+// forwardContext carries the caller's metadata to the leader, marked.
+func (c *Core) forwardContext(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	md = md.Copy()
+	md.Set(forwardedKey, c.self)
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+// propose validates nothing (the handler did): it applies req on the leader,
+// forwarding it there when this replica follows, and maps Raft errors to
+// gRPC statuses a client can retry on.
+func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message,
+	forward func(ctx context.Context, cc *grpc.ClientConn) (Resp, error), build func(*store.Result) Resp) (Resp, error) {
+	var zero Resp
+	for {
+		cc, err := c.leaderConn(ctx)
+		if err != nil {
+			return zero, err
+		}
+		if cc != nil {
+			if by := forwardedBy(ctx); by != "" {
+				return zero, status.Errorf(codes.Unavailable, "replica %s is not the leader any more (forwarded by %s); retry", c.self, by)
+			}
+			return forward(c.forwardContext(ctx), cc)
+		}
+		res, err := c.applyLocal(t, req)
+		switch {
+		case err == nil:
+			return build(res), nil
+		case errors.Is(err, raft.ErrNotLeader):
+			// The entry never entered the log: safe to route again.
+			continue
+		case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress),
+			errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
+			return zero, status.Errorf(codes.Unavailable, "write outcome unknown: %v; read back or retry", err)
+		default:
+			return zero, err
+		}
+	}
+}
+
+// consistency reads the requested read consistency from the metadata.
+func consistency(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(ConsistencyKey)
+	if len(v) == 0 || v[0] == "" || v[0] == ConsistencyLocal {
+		return ConsistencyLocal, nil
+	}
+	if v[0] == ConsistencyLinearizable {
+		return ConsistencyLinearizable, nil
+	}
+	return "", status.Errorf(codes.InvalidArgument, "metadata %s: %q is neither %q nor %q", ConsistencyKey, v[0], ConsistencyLocal, ConsistencyLinearizable)
+}
+
+// beforeRead makes the local state fresh enough for the requested
+// consistency. A linearizable read waits until this replica has applied the
+// leader's read index: the revision the leader has once every write
+// acknowledged before now is applied.
+func (c *Core) beforeRead(ctx context.Context) error {
+	mode, err := consistency(ctx)
+	if err != nil || mode == ConsistencyLocal {
+		return err
+	}
+	for {
+		cc, err := c.leaderConn(ctx)
+		if err != nil {
+			return err
+		}
+		if cc == nil {
+			_, err := c.readIndex()
+			if errors.Is(err, raft.ErrNotLeader) {
+				continue
+			}
+			return err
+		}
+		resp, err := fedmeshv1.NewControlPlaneServiceClient(cc).ReadIndex(c.forwardContext(ctx), &fedmeshv1.ReadIndexRequest{})
+		if err != nil {
+			return err
+		}
+		return c.waitRevision(ctx, resp.GetRevision())
+	}
+}
+
+// readIndex, on the leader, confirms leadership with a quorum (a barrier
+// through the log) and returns the revision that then includes every
+// acknowledged write.
+func (c *Core) readIndex() (uint64, error) {
+	if !c.leaderReady.Load() {
+		return 0, status.Error(codes.Unavailable, "leader not ready yet (just elected); retry")
+	}
+	if err := c.raft.Barrier(c.timeout).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return 0, status.Errorf(codes.Unavailable, "read index: %v; retry", err)
+		}
+		return 0, status.Errorf(codes.Unavailable, "read index: %v", err)
+	}
+	return c.fsm.Revision(), nil
+}
+
+// waitRevision blocks until the local store reaches rev.
+func (c *Core) waitRevision(ctx context.Context, rev uint64) error {
+	for {
+		ch := c.fsm.Changed()
+		if c.fsm.Revision() >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+func (c *Core) view(fn func(s *store.State)) { c.fsm.View(fn) }
+
+func notFound(kind, key string) error {
+	return status.Error(codes.NotFound, fmt.Sprintf("%s %q not found", kind, key))
+}

@@ -1,0 +1,289 @@
+// Package server owns the control plane's serving side: the Raft node around
+// the store's FSM (raft-boltdb log on disk, file snapshots, TCP transport),
+// the gRPC services of the fedmesh API with validation at the edge, leader
+// forwarding of writes, read consistency, watch fan-out, membership,
+// health, reflection and Prometheus metrics.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Peer is a replica of the initial configuration.
+type Peer struct {
+	ID       string
+	RaftAddr string
+	GRPCAddr string // optional; learned when the peer leads otherwise
+}
+
+// Config configures one replica.
+type Config struct {
+	NodeID   string
+	DataDir  string
+	RaftAddr string // host:port; port 0 picks one
+	GRPCAddr string // host:port; port 0 picks one
+	// MetricsAddr serves /metrics when set.
+	MetricsAddr string
+	// BootstrapPeers, when set and the data dir holds no Raft state, form
+	// the initial configuration. Every initial replica gets the same list.
+	BootstrapPeers []Peer
+	// EventLogSize bounds the events kept for watchers.
+	EventLogSize int
+	// SnapshotThreshold is how many log entries trigger a Raft snapshot.
+	SnapshotThreshold uint64
+	// FaultInjection enables SetIsolated (tests only).
+	FaultInjection bool
+	// RaftTimeout scales Raft's heartbeat and election timeouts (default
+	// 500ms, tuned for a LAN).
+	RaftTimeout time.Duration
+	// ApplyTimeout bounds how long a write waits to enter the log.
+	ApplyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Replica is one running control-plane replica.
+type Replica struct {
+	cfg      Config
+	log      *slog.Logger
+	fsm      *store.FSM
+	raft     *raft.Raft
+	bolt     *raftboltdb.BoltStore
+	trans    raft.Transport
+	fault    *faultTransport
+	grpc     *grpc.Server
+	grpcLis  net.Listener
+	metrics  *metrics
+	httpSrv  *http.Server
+	httpLis  net.Listener
+	core     *Core
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// Start opens the data dir, starts Raft and serves gRPC (and metrics).
+func Start(cfg Config) (*Replica, error) {
+	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" || cfg.GRPCAddr == "" {
+		return nil, errors.New("start replica: node ID, data dir, raft address and gRPC address are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.EventLogSize == 0 {
+		cfg.EventLogSize = store.DefaultEventLogSize
+	}
+	if cfg.RaftTimeout == 0 {
+		cfg.RaftTimeout = 500 * time.Millisecond
+	}
+	if cfg.ApplyTimeout == 0 {
+		cfg.ApplyTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
+	}
+	r := &Replica{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID)}
+	ok := false
+	defer func() {
+		if !ok {
+			r.Stop()
+		}
+	}()
+
+	var err error
+	if r.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err)
+	}
+	if r.bolt, err = raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db")); err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+	}
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft." + cfg.NodeID, Level: hclog.Warn, Output: os.Stderr})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store in %s: %w", cfg.DataDir, err)
+	}
+	addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve raft address %s: %w", cfg.RaftAddr, err)
+	}
+	nt, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 8, 10*time.Second, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("listen for raft on %s: %w", cfg.RaftAddr, err)
+	}
+	r.trans = nt
+	if cfg.FaultInjection {
+		r.fault = newFaultTransport(nt)
+		r.trans = r.fault
+	}
+
+	r.fsm = store.NewFSM(store.WithEventLogSize(cfg.EventLogSize))
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = cfg.RaftTimeout
+	rc.ElectionTimeout = cfg.RaftTimeout
+	rc.LeaderLeaseTimeout = cfg.RaftTimeout / 2
+	rc.CommitTimeout = 5 * time.Millisecond
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 512
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+		rc.TrailingLogs = cfg.SnapshotThreshold
+	}
+	notify := make(chan bool, 16)
+	rc.NotifyCh = notify
+	if r.raft, err = raft.NewRaft(rc, r.fsm, r.bolt, r.bolt, snaps, r.trans); err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if len(cfg.BootstrapPeers) > 0 {
+		has, err := raft.HasExistingState(r.bolt, r.bolt, snaps)
+		if err != nil {
+			return nil, fmt.Errorf("inspect raft state in %s: %w", cfg.DataDir, err)
+		}
+		if !has {
+			var conf raft.Configuration
+			for _, p := range cfg.BootstrapPeers {
+				conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+			}
+			if err := r.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				return nil, fmt.Errorf("bootstrap raft: %w", err)
+			}
+		}
+	}
+
+	r.metrics = newMetrics(r)
+	r.core = newCore(r)
+	r.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	registerServices(r.grpc, r.core)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(r.grpc, hs)
+	reflection.Register(r.grpc)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		if err := r.grpc.Serve(r.grpcLis); err != nil {
+			r.log.Error("grpc server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.core.leadership(ctx, notify)
+	}()
+	if cfg.MetricsAddr != "" {
+		if r.httpLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("listen for metrics on %s: %w", cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{}))
+		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := r.httpSrv.Serve(r.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				r.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	ok = true
+	r.log.Info("replica started", "raft", cfg.RaftAddr, "grpc", r.GRPCAddr(), "dataDir", cfg.DataDir)
+	return r, nil
+}
+
+// GRPCAddr is the address gRPC listens on.
+func (r *Replica) GRPCAddr() string { return r.grpcLis.Addr().String() }
+
+// MetricsAddr is the address /metrics listens on, or "".
+func (r *Replica) MetricsAddr() string {
+	if r.httpLis == nil {
+		return ""
+	}
+	return r.httpLis.Addr().String()
+}
+
+// FSM is the replica's store.
+func (r *Replica) FSM() *store.FSM { return r.fsm }
+
+// Raft is the replica's Raft node.
+func (r *Replica) Raft() *raft.Raft { return r.raft }
+
+// SetIsolated cuts the replica off from its Raft peers (or heals it).
+func (r *Replica) SetIsolated(on bool) error {
+	if r.fault == nil {
+		return errors.New("fault injection is not enabled on this replica")
+	}
+	r.fault.isolated.Store(on)
+	return nil
+}
+
+// Stop shuts the replica down; safe to call more than once.
+func (r *Replica) Stop() {
+	r.stopOnce.Do(func() {
+		if r.cancel != nil {
+			r.cancel()
+		}
+		if r.grpc != nil {
+			stopped := make(chan struct{})
+			go func() { r.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(2 * time.Second):
+				r.grpc.Stop()
+			}
+		} else if r.grpcLis != nil {
+			r.grpcLis.Close()
+		}
+		if r.httpSrv != nil {
+			r.httpSrv.Close()
+		}
+		if r.core != nil {
+			r.core.close()
+		}
+		if r.raft != nil {
+			if err := r.raft.Shutdown().Error(); err != nil {
+				r.log.Warn("raft shutdown", "err", err)
+			}
+		}
+		if c, ok := r.trans.(raft.WithClose); ok {
+			c.Close()
+		}
+		if r.bolt != nil {
+			r.bolt.Close()
+		}
+		r.wg.Wait()
+	})
+}
+
+func registerServices(s *grpc.Server, c *Core) {
+	fedmeshv1.RegisterClusterServiceServer(s, &clusterService{c: c})
+	fedmeshv1.RegisterNodeServiceServer(s, &nodeService{c: c})
+	fedmeshv1.RegisterEndpointServiceServer(s, &endpointService{c: c})
+	fedmeshv1.RegisterMultiClusterServiceServer(s, &mcsService{c: c})
+	fedmeshv1.RegisterPolicyServiceServer(s, &policyService{c: c})
+	fedmeshv1.RegisterWatchServiceServer(s, &watchService{c: c})
+	fedmeshv1.RegisterReachServiceServer(s, &reachService{})
+	fedmeshv1.RegisterControlPlaneServiceServer(s, &adminService{c: c})
+}

@@ -1,0 +1,174 @@
+package server
+
+import (
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// watchChunk bounds the events of one WatchResponse.
+const watchChunk = 1000
+
+// watchService streams the local store. A watcher holds no queue of its
+// own: it reads the shared event log after the revision it last sent, so a
+// slow watcher costs no memory; when the log has moved past it, it gets a
+// snapshot instead.
+type watchService struct {
+	fedmeshv1.UnimplementedWatchServiceServer
+	c *Core
+}
+
+type watchFilter struct {
+	kinds     map[fedmeshv1.ResourceKind]bool
+	clusters  map[string]bool
+	importing string
+}
+
+func newWatchFilter(req *fedmeshv1.WatchRequest) (*watchFilter, error) {
+	f := &watchFilter{importing: req.GetFilter().GetImportingCluster()}
+	for _, k := range req.GetKinds() {
+		if k == fedmeshv1.ResourceKind_RESOURCE_KIND_UNSPECIFIED || fedmeshv1.ResourceKind_name[int32(k)] == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "kinds: %v is not a resource kind", k)
+		}
+		if f.kinds == nil {
+			f.kinds = map[fedmeshv1.ResourceKind]bool{}
+		}
+		f.kinds[k] = true
+	}
+	for _, c := range req.GetFilter().GetClusters() {
+		if f.clusters == nil {
+			f.clusters = map[string]bool{}
+		}
+		f.clusters[c] = true
+	}
+	return f, nil
+}
+
+// pass decides, against the current state, whether e reaches the watcher.
+func (f *watchFilter) pass(st *store.State, e *fedmeshv1.Event) bool {
+	var kind fedmeshv1.ResourceKind
+	var owner, ns string
+	scoped := false // whether the object is subject to export/import scope
+	switch o := e.GetObject().(type) {
+	case *fedmeshv1.Event_Cluster:
+		kind = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER
+	case *fedmeshv1.Event_Node:
+		kind, owner = fedmeshv1.ResourceKind_RESOURCE_KIND_NODE, o.Node.GetCluster()
+	case *fedmeshv1.Event_Endpoint:
+		kind, owner, ns, scoped = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT, o.Endpoint.GetCluster(), o.Endpoint.GetNamespace(), true
+	case *fedmeshv1.Event_ServiceExport:
+		kind, owner, ns, scoped = fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_EXPORT, o.ServiceExport.GetCluster(), o.ServiceExport.GetNamespace(), true
+	case *fedmeshv1.Event_ServiceImport:
+		kind, ns = fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, o.ServiceImport.GetNamespace()
+	case *fedmeshv1.Event_Policy:
+		kind, owner, ns, scoped = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY, o.Policy.GetCluster(), o.Policy.GetNamespace(), o.Policy.GetCluster() != ""
+	}
+	if f.kinds != nil && !f.kinds[kind] {
+		return false
+	}
+	if f.clusters != nil && owner != "" && !f.clusters[owner] {
+		return false
+	}
+	if f.importing == "" {
+		return true
+	}
+	imports := st.ClusterSpec(f.importing).GetImports()
+	if kind == fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT {
+		return model.InScope(imports, ns)
+	}
+	if !scoped || owner == f.importing {
+		return true
+	}
+	return model.InScope(st.ClusterSpec(owner).GetExports(), ns) && model.InScope(imports, ns)
+}
+
+func (w *watchService) Watch(req *fedmeshv1.WatchRequest, stream fedmeshv1.WatchService_WatchServer) error {
+	f, err := newWatchFilter(req)
+	if err != nil {
+		return err
+	}
+	m := w.c.r.metrics
+	m.watchers.Inc()
+	defer m.watchers.Dec()
+	ctx := stream.Context()
+	rev := req.GetFromRevision()
+	needSnapshot := rev == 0
+	for {
+		if needSnapshot {
+			if rev, err = w.sendSnapshot(stream, f); err != nil {
+				return err
+			}
+			needSnapshot = false
+		}
+		changed := w.c.fsm.Changed()
+		var out []*fedmeshv1.Event
+		last := rev
+		compacted := false
+		w.c.view(func(st *store.State) {
+			batches, ok := st.Log().Since(rev, watchChunk)
+			if !ok {
+				compacted = true
+				return
+			}
+			for _, b := range batches {
+				for _, e := range b.Events {
+					if f.pass(st, e) {
+						out = append(out, e)
+					}
+				}
+				last = b.Revision
+			}
+		})
+		if compacted {
+			m.watchResets.Inc()
+			needSnapshot = true
+			continue
+		}
+		if last > rev {
+			resp := &fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS, Revision: last, Events: out}
+			if len(out) == 0 {
+				resp.Type = fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			rev = last
+			continue
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// sendSnapshot sends every matching object in chunks and returns the
+// snapshot's revision.
+func (w *watchService) sendSnapshot(stream fedmeshv1.WatchService_WatchServer, f *watchFilter) (uint64, error) {
+	var objs []*fedmeshv1.Event
+	var rev uint64
+	w.c.view(func(st *store.State) {
+		rev = st.Revision()
+		st.ForEachObject(func(e *fedmeshv1.Event) bool {
+			if f.pass(st, e) {
+				objs = append(objs, e)
+			}
+			return true
+		})
+	})
+	for {
+		n := min(len(objs), watchChunk)
+		resp := &fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT, Revision: rev, Events: objs[:n], More: n < len(objs)}
+		if err := stream.Send(resp); err != nil {
+			return 0, err
+		}
+		objs = objs[n:]
+		if len(objs) == 0 {
+			return rev, nil
+		}
+	}
+}
