@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,6 +61,7 @@ func main() {
 	f.BoolVar(&insecureDev, "insecure-dev", true, "serve plaintext gRPC without authentication (mTLS comes later)")
 	f.BoolVar(&faultInjection, "fault-injection", false, "tests only: SIGUSR1 cuts this replica off from its Raft peers, SIGUSR2 heals it")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", 500*time.Millisecond, "Raft heartbeat and election timeout")
 	_ = f.MarkHidden("fault-injection")
 	_ = cmd.MarkFlagRequired("node-id")
 	_ = cmd.MarkFlagRequired("data-dir")
