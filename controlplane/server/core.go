@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -180,6 +181,24 @@ func (c *Core) conn(addr string) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
+// ready reports whether cc is connected, waiting briefly for it to connect.
+// Forwarding only over a ready connection keeps a write whose leader just
+// died from failing with an ambiguous outcome: while the connection is down
+// nothing is sent and the write is routed again once a new leader is known.
+func (c *Core) ready(ctx context.Context, cc *grpc.ClientConn) bool {
+	st := cc.GetState()
+	if st == connectivity.Ready {
+		return true
+	}
+	cc.Connect()
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	for st != connectivity.Ready && cc.WaitForStateChange(wctx, st) {
+		st = cc.GetState()
+	}
+	return st == connectivity.Ready
+}
+
 func forwardedBy(ctx context.Context) string {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(forwardedKey); len(v) > 0 {
@@ -203,7 +222,11 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message,
 	forward func(ctx context.Context, cc *grpc.ClientConn) (Resp, error), build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
+	deadline := time.Now().Add(c.timeout)
 	for {
+		if time.Now().After(deadline) {
+			return zero, errNoLeader
+		}
 		cc, err := c.leaderConn(ctx)
 		if err != nil {
 			return zero, err
@@ -211,6 +234,10 @@ func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req pr
 		if cc != nil {
 			if by := forwardedBy(ctx); by != "" {
 				return zero, status.Errorf(codes.Unavailable, "replica %s is not the leader any more (forwarded by %s); retry", c.self, by)
+			}
+			if !c.ready(ctx, cc) {
+				// Nothing was sent: route again (the leader may be gone).
+				continue
 			}
 			return forward(c.forwardContext(ctx), cc)
 		}
@@ -252,7 +279,11 @@ func (c *Core) beforeRead(ctx context.Context) error {
 	if err != nil || mode == ConsistencyLocal {
 		return err
 	}
+	deadline := time.Now().Add(c.timeout)
 	for {
+		if time.Now().After(deadline) {
+			return errNoLeader
+		}
 		cc, err := c.leaderConn(ctx)
 		if err != nil {
 			return err
@@ -263,6 +294,9 @@ func (c *Core) beforeRead(ctx context.Context) error {
 				continue
 			}
 			return err
+		}
+		if !c.ready(ctx, cc) {
+			continue
 		}
 		resp, err := fedmeshv1.NewControlPlaneServiceClient(cc).ReadIndex(c.forwardContext(ctx), &fedmeshv1.ReadIndexRequest{})
 		if err != nil {
