@@ -56,6 +56,7 @@ func freePort(t testing.TB) string {
 // replica is one fedmesh-controlplane process.
 type replica struct {
 	id, raftAddr, grpcAddr, dataDir, logPath string
+	joiner                                   bool // started without bootstrap peers, added at runtime
 	cmd                                      *exec.Cmd
 	done                                     chan struct{}
 	conn                                     *grpc.ClientConn
@@ -99,6 +100,17 @@ func startGroup(t testing.TB, n int, extra ...string) *group {
 	return g
 }
 
+// join starts a new replica with an empty data dir and no bootstrap peers;
+// it waits to be added with AddMember.
+func (g *group) join(id string) *replica {
+	g.t.Helper()
+	r := &replica{id: id, raftAddr: freePort(g.t), grpcAddr: freePort(g.t), dataDir: g.t.TempDir(), joiner: true}
+	r.logPath = filepath.Join(r.dataDir, "..", r.id+".log")
+	g.reps = append(g.reps, r)
+	g.start(r)
+	return r
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -113,7 +125,10 @@ func (g *group) start(r *replica) {
 		g.t.Fatal(err)
 	}
 	args := append([]string{"--node-id", r.id, "--data-dir", r.dataDir, "--raft-addr", r.raftAddr, "--grpc-addr", r.grpcAddr,
-		"--bootstrap-peers", g.peers, "--raft-timeout", "300ms", "--log-level", "warn"}, g.extra...)
+		"--raft-timeout", "300ms", "--log-level", "warn"}, g.extra...)
+	if !r.joiner {
+		args = append(args, "--bootstrap-peers", g.peers)
+	}
 	r.cmd = exec.Command(binary, args...)
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
 	if err := r.cmd.Start(); err != nil {
