@@ -133,6 +133,22 @@ func (a *adminService) GetReplicaStatus(context.Context, *fedmeshv1.GetReplicaSt
 	return resp, nil
 }
 
+func (a *adminService) Propose(_ context.Context, req *fedmeshv1.ProposeRequest) (*fedmeshv1.ProposeResponse, error) {
+	if a.c.raft.State() != raft.Leader {
+		return nil, status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", a.c.self)
+	}
+	// An entry that does not decode would stop every replica's FSM: check
+	// before it enters the log.
+	if _, err := store.DecodeCommand(req.GetCommand()); err != nil {
+		return nil, model.AsError(field.ErrorList{field.Invalid(field.NewPath("command"), "", err.Error())})
+	}
+	res, err := a.c.applyData(req.GetCommand())
+	if err != nil {
+		return nil, raftError(err)
+	}
+	return &fedmeshv1.ProposeResponse{Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}, nil
+}
+
 func (a *adminService) ReadIndex(context.Context, *fedmeshv1.ReadIndexRequest) (*fedmeshv1.ReadIndexResponse, error) {
 	if a.c.raft.State() != raft.Leader {
 		return nil, status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", a.c.self)

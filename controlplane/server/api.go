@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -27,9 +26,6 @@ func (s *clusterService) RegisterCluster(ctx context.Context, req *fedmeshv1.Reg
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdRegisterCluster, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.RegisterClusterResponse, error) {
-			return fedmeshv1.NewClusterServiceClient(cc).RegisterCluster(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.RegisterClusterResponse {
 			return &fedmeshv1.RegisterClusterResponse{Cluster: r.Cluster, Revision: r.Revision}
 		})
@@ -40,9 +36,6 @@ func (s *clusterService) DeleteCluster(ctx context.Context, req *fedmeshv1.Delet
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdDeleteCluster, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.DeleteClusterResponse, error) {
-			return fedmeshv1.NewClusterServiceClient(cc).DeleteCluster(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.DeleteClusterResponse {
 			return &fedmeshv1.DeleteClusterResponse{Revision: r.Revision}
 		})
@@ -86,9 +79,6 @@ func (s *nodeService) RegisterNode(ctx context.Context, req *fedmeshv1.RegisterN
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdRegisterNode, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.RegisterNodeResponse, error) {
-			return fedmeshv1.NewNodeServiceClient(cc).RegisterNode(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.RegisterNodeResponse {
 			return &fedmeshv1.RegisterNodeResponse{Node: r.Node, Revision: r.Revision}
 		})
@@ -107,9 +97,6 @@ func (s *nodeService) DeleteNode(ctx context.Context, req *fedmeshv1.DeleteNodeR
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdDeleteNode, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.DeleteNodeResponse, error) {
-			return fedmeshv1.NewNodeServiceClient(cc).DeleteNode(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.DeleteNodeResponse {
 			return &fedmeshv1.DeleteNodeResponse{Revision: r.Revision}
 		})
@@ -123,9 +110,6 @@ func (s *nodeService) ReportNodeStatus(ctx context.Context, req *fedmeshv1.Repor
 		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
 	}
 	return propose(ctx, s.c, store.CmdReportNodeStatus, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.ReportNodeStatusResponse, error) {
-			return fedmeshv1.NewNodeServiceClient(cc).ReportNodeStatus(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.ReportNodeStatusResponse {
 			return &fedmeshv1.ReportNodeStatusResponse{Revision: r.Revision}
 		})
@@ -214,9 +198,6 @@ func (s *endpointService) UpsertEndpoints(ctx context.Context, req *fedmeshv1.Up
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdUpsertEndpoints, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.UpsertEndpointsResponse, error) {
-			return fedmeshv1.NewEndpointServiceClient(cc).UpsertEndpoints(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.UpsertEndpointsResponse {
 			return &fedmeshv1.UpsertEndpointsResponse{Revision: r.Revision, Deleted: r.Deleted}
 		})
@@ -227,9 +208,6 @@ func (s *endpointService) DeleteEndpoints(ctx context.Context, req *fedmeshv1.De
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdDeleteEndpoints, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.DeleteEndpointsResponse, error) {
-			return fedmeshv1.NewEndpointServiceClient(cc).DeleteEndpoints(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.DeleteEndpointsResponse {
 			return &fedmeshv1.DeleteEndpointsResponse{Revision: r.Revision}
 		})
@@ -259,9 +237,6 @@ func (s *mcsService) ExportServices(ctx context.Context, req *fedmeshv1.ExportSe
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdExportServices, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.ExportServicesResponse, error) {
-			return fedmeshv1.NewMultiClusterServiceClient(cc).ExportServices(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.ExportServicesResponse {
 			return &fedmeshv1.ExportServicesResponse{Revision: r.Revision}
 		})
@@ -277,9 +252,6 @@ func (s *mcsService) UnexportService(ctx context.Context, req *fedmeshv1.Unexpor
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdUnexportService, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.UnexportServiceResponse, error) {
-			return fedmeshv1.NewMultiClusterServiceClient(cc).UnexportService(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.UnexportServiceResponse {
 			return &fedmeshv1.UnexportServiceResponse{Revision: r.Revision}
 		})
@@ -320,9 +292,6 @@ func (s *policyService) ApplyPolicies(ctx context.Context, req *fedmeshv1.ApplyP
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdApplyPolicies, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.ApplyPoliciesResponse, error) {
-			return fedmeshv1.NewPolicyServiceClient(cc).ApplyPolicies(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.ApplyPoliciesResponse {
 			return &fedmeshv1.ApplyPoliciesResponse{Revision: r.Revision, Policies: r.Policies}
 		})
@@ -333,9 +302,6 @@ func (s *policyService) DeletePolicy(ctx context.Context, req *fedmeshv1.DeleteP
 		return nil, err
 	}
 	return propose(ctx, s.c, store.CmdDeletePolicy, req,
-		func(ctx context.Context, cc *grpc.ClientConn) (*fedmeshv1.DeletePolicyResponse, error) {
-			return fedmeshv1.NewPolicyServiceClient(cc).DeletePolicy(ctx, req)
-		},
 		func(r *store.Result) *fedmeshv1.DeletePolicyResponse {
 			return &fedmeshv1.DeletePolicyResponse{Revision: r.Revision}
 		})

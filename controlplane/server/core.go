@@ -119,6 +119,13 @@ func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Re
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode command: %v", err)
 	}
+	return c.applyData(data)
+}
+
+// applyData appends an encoded command to the log (this replica must lead)
+// and returns the FSM's result. A rejected command returns the store's
+// error; Raft errors are returned as they are.
+func (c *Core) applyData(data []byte) (*store.Result, error) {
 	start := time.Now()
 	f := c.raft.Apply(data, c.timeout)
 	if err := f.Error(); err != nil {
@@ -127,12 +134,24 @@ func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Re
 	c.r.metrics.commitLatency.Observe(time.Since(start).Seconds())
 	res, ok := f.Response().(*store.Result)
 	if !ok {
-		return nil, status.Errorf(codes.Internal, "apply command %d: no result", t)
+		return nil, status.Error(codes.Internal, "apply command: no result")
 	}
 	if res.Err != nil {
 		return nil, res.Err
 	}
 	return res, nil
+}
+
+// raftError maps an error of a Raft apply to a status a client can act on.
+func raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return status.Errorf(codes.Unavailable, "not the leader: %v; retry", err)
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress),
+		errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
+		return status.Errorf(codes.Unavailable, "write outcome unknown: %v; read back or retry", err)
+	}
+	return err
 }
 
 // errNoLeader is returned when no leader emerged within the call's time.
@@ -216,44 +235,54 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
-// propose validates nothing (the handler did): it applies req on the leader,
-// forwarding it there when this replica follows, and maps Raft errors to
-// gRPC statuses a client can retry on.
-func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message,
-	forward func(ctx context.Context, cc *grpc.ClientConn) (Resp, error), build func(*store.Result) Resp) (Resp, error) {
+// propose applies req (validated by the handler) on the leader: locally
+// when this replica leads, else through the leader's Propose RPC, encoded
+// here so the leader neither decodes nor validates it again.
+func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message, build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
+	data, err := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: req}.Encode()
+	if err != nil {
+		return zero, status.Errorf(codes.Internal, "encode command: %v", err)
+	}
+	res, err := c.proposeEncoded(ctx, data)
+	if err != nil {
+		return zero, err
+	}
+	return build(res), nil
+}
+
+func (c *Core) proposeEncoded(ctx context.Context, data []byte) (*store.Result, error) {
 	deadline := time.Now().Add(c.timeout)
 	for {
 		if time.Now().After(deadline) {
-			return zero, errNoLeader
+			return nil, errNoLeader
 		}
 		cc, err := c.leaderConn(ctx)
 		if err != nil {
-			return zero, err
+			return nil, err
 		}
 		if cc != nil {
 			if by := forwardedBy(ctx); by != "" {
-				return zero, status.Errorf(codes.Unavailable, "replica %s is not the leader any more (forwarded by %s); retry", c.self, by)
+				return nil, status.Errorf(codes.Unavailable, "replica %s is not the leader any more (forwarded by %s); retry", c.self, by)
 			}
 			if !c.ready(ctx, cc) {
 				// Nothing was sent: route again (the leader may be gone).
 				continue
 			}
-			return forward(c.forwardContext(ctx), cc)
+			resp, err := fedmeshv1.NewControlPlaneServiceClient(cc).Propose(c.forwardContext(ctx), &fedmeshv1.ProposeRequest{Command: data})
+			if err != nil {
+				return nil, err
+			}
+			return &store.Result{Revision: resp.GetRevision(), Deleted: resp.GetDeleted(), Cluster: resp.GetCluster(), Node: resp.GetNode(), Policies: resp.GetPolicies()}, nil
 		}
-		res, err := c.applyLocal(t, req)
-		switch {
-		case err == nil:
-			return build(res), nil
-		case errors.Is(err, raft.ErrNotLeader):
-			// The entry never entered the log: safe to route again.
-			continue
-		case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress),
-			errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown):
-			return zero, status.Errorf(codes.Unavailable, "write outcome unknown: %v; read back or retry", err)
-		default:
-			return zero, err
+		res, err := c.applyData(data)
+		if errors.Is(err, raft.ErrNotLeader) {
+			continue // the entry never entered the log: safe to route again
 		}
+		if err != nil {
+			return nil, raftError(err)
+		}
+		return res, nil
 	}
 }
 

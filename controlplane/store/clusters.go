@@ -30,6 +30,7 @@ func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequ
 		c.Meta = tx.meta(nil)
 	}
 	ce.spec = c
+	ce.pods = nil // parsed again from the new spec
 	s.clusters[c.GetName()] = &ce
 	tx.putCluster(c)
 	if old != nil && !proto.Equal(old.spec.GetExports(), c.GetExports()) {

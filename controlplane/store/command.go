@@ -33,8 +33,8 @@ const (
 	CmdRemoveMember CommandType = 13
 )
 
-// Command is one decoded log entry. Time is the leader's wall clock when it
-// proposed the command (Unix nanoseconds): the only clock the FSM sees.
+// Command is one decoded log entry. Time is the proposing replica's wall
+// clock (Unix nanoseconds): the only clock the FSM sees.
 type Command struct {
 	Type    CommandType
 	Time    int64

@@ -5,7 +5,8 @@
 // watchers read from; and versioned snapshots.
 //
 // Everything here is pure: no network, no clock, no randomness. The time a
-// command carries is stamped by the leader before it enters the log, so every
+// command carries is stamped by the replica that proposes it, before it
+// enters the log, so every
 // replica that applies the same log computes the same state, the same
 // revisions and the same identities.
 package store

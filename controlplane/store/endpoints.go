@@ -29,15 +29,16 @@ func (s *State) checkGeneration(gk genKey, r *fedmeshv1.ResyncMarker) (uint64, e
 }
 
 func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest) (*Result, error) {
+	// The edge ran model.ValidateUpsertEndpoints (field syntax, duplicates
+	// in the batch). Here, on every replica, only what depends on the state
+	// is checked: it is the hot path, and syntax rules that change between
+	// versions must not make replicas of different versions disagree.
 	cluster := req.GetCluster()
 	ce := s.clusters[cluster]
 	if ce == nil {
-		if err := model.ValidateUpsertEndpoints(req, nil); err != nil {
-			return nil, err
-		}
 		return nil, clusterNotFound(field.NewPath("cluster"), cluster)
 	}
-	if err := model.ValidateUpsertEndpoints(req, ce.spec); err != nil {
+	if err := ce.checkAddrs(req); err != nil {
 		return nil, err
 	}
 	gk := genKey{owner: cluster, kind: genEndpoints}
@@ -90,7 +91,9 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 	for _, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
 		e.Cluster = cluster
-		id := s.ids.Acquire(KeyOf(e))
+		id, labels := s.ids.acquire(KeyOf(e), e.GetLabels())
+		// Endpoints of one identity have equal labels: they share one map.
+		e.Labels = labels
 		old := eps[key]
 		if old != nil {
 			s.ids.Release(old.ep.GetIdentity())
@@ -123,6 +126,25 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 	}
 	ce.lastSync = tx.time
 	return &Result{Deleted: deleted}, nil
+}
+
+// checkAddrs rejects addresses that do not parse or lie outside the
+// cluster's pod CIDRs.
+func (ce *clusterEntry) checkAddrs(req *fedmeshv1.UpsertEndpointsRequest) error {
+	var errs field.ErrorList
+	for i, e := range req.GetEndpoints() {
+		for j, ip := range e.GetIps() {
+			a, err := netip.ParseAddr(ip)
+			p := field.NewPath("endpoints").Index(i).Child("ips").Index(j)
+			switch {
+			case err != nil:
+				errs = append(errs, field.Invalid(p, ip, "not an IP address"))
+			case !slices.ContainsFunc(ce.podCIDRs(), func(c netip.Prefix) bool { return c.Contains(a) }):
+				errs = append(errs, field.Invalid(p, ip, fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", ce.spec.GetName(), ce.spec.GetPodCidrs())))
+			}
+		}
+	}
+	return model.AsError(errs)
 }
 
 func (e *epEntry) epMeta() *fedmeshv1.ObjectMeta {

@@ -57,9 +57,10 @@ func CanonicalLabels(m map[string]string) string {
 }
 
 type identity struct {
-	id   uint32
-	key  IdentityKey
-	refs int
+	id     uint32
+	key    IdentityKey
+	refs   int
+	labels map[string]string // the labels of the first endpoint, shared
 }
 
 // Identities allocates numeric identities in one 32-bit space for the whole
@@ -82,9 +83,16 @@ func NewIdentities() *Identities {
 // Acquire returns the identity of k, allocating one on first use, and takes
 // a reference on it.
 func (a *Identities) Acquire(k IdentityKey) uint32 {
+	n, _ := a.acquire(k, nil)
+	return n
+}
+
+// acquire is Acquire that also returns the identity's label map (labels,
+// for a new identity), for endpoints to share.
+func (a *Identities) acquire(k IdentityKey, labels map[string]string) (uint32, map[string]string) {
 	if id, ok := a.byKey[k]; ok {
 		id.refs++
-		return id.id
+		return id.id, id.labels
 	}
 	n := a.next
 	for {
@@ -97,10 +105,10 @@ func (a *Identities) Acquire(k IdentityKey) uint32 {
 		n++
 	}
 	a.next = n + 1
-	id := &identity{id: n, key: k, refs: 1}
+	id := &identity{id: n, key: k, refs: 1, labels: labels}
 	a.byKey[k] = id
 	a.byID[n] = id
-	return n
+	return n, labels
 }
 
 // Release drops one reference; the identity is freed with the last one.
@@ -128,13 +136,15 @@ func (a *Identities) Lookup(n uint32) (IdentityKey, bool) {
 // Len is the number of identities in use.
 func (a *Identities) Len() int { return len(a.byID) }
 
-// restore re-takes a reference on a known number (snapshot restore).
-func (a *Identities) restore(n uint32, k IdentityKey) {
+// restore re-takes a reference on a known number (snapshot restore) and
+// returns the shared label map.
+func (a *Identities) restore(n uint32, k IdentityKey, labels map[string]string) map[string]string {
 	if id, ok := a.byID[n]; ok {
 		id.refs++
-		return
+		return id.labels
 	}
-	id := &identity{id: n, key: k, refs: 1}
+	id := &identity{id: n, key: k, refs: 1, labels: labels}
 	a.byKey[k] = id
 	a.byID[n] = id
+	return labels
 }

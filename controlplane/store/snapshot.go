@@ -290,7 +290,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 					s.ipOwner[a] = epRef{e.GetCluster(), key}
 				}
 			}
-			s.ids.restore(e.GetIdentity(), KeyOf(e))
+			e.Labels = s.ids.restore(e.GetIdentity(), KeyOf(e), e.GetLabels())
 		case recExport:
 			x := &fedmeshv1.ServiceExport{}
 			gen, err := unmarshalWithGen(b, x)

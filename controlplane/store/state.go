@@ -51,8 +51,21 @@ type genKey struct {
 
 type clusterEntry struct {
 	spec      *fedmeshv1.Cluster // status nil: computed on read
+	pods      []netip.Prefix     // parsed spec.PodCidrs, filled on first use
 	resyncGen uint64             // last completed endpoint resync
 	lastSync  int64              // command time of the last syncer write
+}
+
+func (ce *clusterEntry) podCIDRs() []netip.Prefix {
+	if ce.pods == nil {
+		ce.pods = []netip.Prefix{}
+		for _, c := range ce.spec.GetPodCidrs() {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				ce.pods = append(ce.pods, p)
+			}
+		}
+	}
+	return ce.pods
 }
 
 type epEntry struct {

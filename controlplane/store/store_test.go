@@ -326,6 +326,7 @@ func TestBadCommandsChangeNothingNotEvenTheRevision(t *testing.T) {
 		{"status of a missing node", Command{Type: CmdReportNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "ghost", Status: &fedmeshv1.NodeStatus{}}}, codes.NotFound, ""},
 		{"endpoints of a missing cluster", upsert("nope", 0, false, ep("x", "p", "10.1.0.1", nil)), codes.InvalidArgument, "cluster"},
 		{"endpoint IP outside the cluster", upsert("a", 0, false, ep("x", "ok", "10.1.1.50", nil), ep("x", "p", "10.2.0.1", nil)), codes.InvalidArgument, "endpoints[1].ips[0]"},
+		{"endpoint IP that does not parse", upsert("a", 0, false, ep("x", "p", "10.1.1.999", nil)), codes.InvalidArgument, "endpoints[0].ips[0]"},
 		{"endpoint IP owned by another endpoint", upsert("a", 0, false, ep("x", "other", "10.1.1.1", nil)), codes.InvalidArgument, "endpoints[0].ips[0]"},
 		{"resync generation going backwards", upsert("a", 3, false, ep("x", "p", "10.1.1.1", nil)), codes.InvalidArgument, "resync.generation"},
 		{"export of a missing cluster", exportCmd("nope", svc("x", "s", 80)), codes.InvalidArgument, "cluster"},
@@ -517,5 +518,25 @@ func TestCommandRoundTrip(t *testing.T) {
 	d, err := DecodeCommand(b)
 	if err != nil || d.Type != c.Type || d.Time != c.Time || !proto.Equal(d.Payload, c.Payload) {
 		t.Fatalf("round trip: %v %+v", err, d)
+	}
+}
+
+func TestEndpointsCheckedAgainstTheClustersCurrentPodCIDRs(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false, ep("x", "p", "10.1.0.1", nil)))
+	apply(t, s, cluster("a", "10.3.0.0/16"))
+	if r := applyEncoded(t, s, upsert("a", 0, false, ep("x", "q", "10.1.0.2", nil))); r.Err == nil {
+		t.Fatal("address inside the cluster's old pod CIDR accepted after the CIDR changed")
+	}
+	apply(t, s, upsert("a", 0, false, ep("x", "q", "10.3.0.2", nil)))
+}
+
+func TestEndpointsOfOneIdentityShareTheirLabels(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false,
+		ep("x", "p", "10.1.0.1", map[string]string{"app": "x"}), ep("x", "q", "10.1.0.2", map[string]string{"app": "x"})))
+	p, q := s.Endpoint("a", "x", "p"), s.Endpoint("a", "x", "q")
+	if fmt.Sprintf("%p", p.GetLabels()) != fmt.Sprintf("%p", q.GetLabels()) || p.GetLabels()["app"] != "x" {
+		t.Fatal("labels of one identity not shared")
 	}
 }

@@ -610,12 +610,141 @@ func (x *ReadIndexResponse) GetRevision() uint64 {
 	return 0
 }
 
+// ProposeRequest carries one encoded store command.
+type ProposeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Command is the command as controlplane/store encodes it.
+	Command       []byte `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeRequest) Reset() {
+	*x = ProposeRequest{}
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeRequest) ProtoMessage() {}
+
+func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
+func (*ProposeRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ProposeRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+// ProposeResponse is the result of an applied command. A rejected command
+// comes back as the error status the store gave it.
+type ProposeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Revision the command committed at.
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Deleted counts objects a final resync batch removed.
+	Deleted uint32 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// Cluster as stored, for RegisterCluster.
+	Cluster *Cluster `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Node as stored, for RegisterNode.
+	Node *Node `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	// Policies as stored, for ApplyPolicies.
+	Policies      []*Policy `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeResponse) Reset() {
+	*x = ProposeResponse{}
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeResponse) ProtoMessage() {}
+
+func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
+func (*ProposeResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ProposeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ProposeResponse) GetDeleted() uint32 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+func (x *ProposeResponse) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+func (x *ProposeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *ProposeResponse) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
 var File_fedmesh_v1_controlplane_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"\x1dfedmesh/v1/controlplane.proto\x12\n" +
-	"fedmesh.v1\"\x8c\x01\n" +
+	"fedmesh.v1\x1a\x18fedmesh/v1/cluster.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\"\x8c\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
@@ -647,13 +776,22 @@ const file_fedmesh_v1_controlplane_proto_rawDesc = "" +
 	"\x0foldest_revision\x18\x06 \x01(\x04R\x0eoldestRevision\"\x12\n" +
 	"\x10ReadIndexRequest\"/\n" +
 	"\x11ReadIndexResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision2\xab\x03\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"*\n" +
+	"\x0eProposeRequest\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"\xcc\x01\n" +
+	"\x0fProposeResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\rR\adeleted\x12-\n" +
+	"\acluster\x18\x03 \x01(\v2\x13.fedmesh.v1.ClusterR\acluster\x12$\n" +
+	"\x04node\x18\x04 \x01(\v2\x10.fedmesh.v1.NodeR\x04node\x12.\n" +
+	"\bpolicies\x18\x05 \x03(\v2\x12.fedmesh.v1.PolicyR\bpolicies2\xef\x03\n" +
 	"\x13ControlPlaneService\x12N\n" +
 	"\vListMembers\x12\x1e.fedmesh.v1.ListMembersRequest\x1a\x1f.fedmesh.v1.ListMembersResponse\x12H\n" +
 	"\tAddMember\x12\x1c.fedmesh.v1.AddMemberRequest\x1a\x1d.fedmesh.v1.AddMemberResponse\x12Q\n" +
 	"\fRemoveMember\x12\x1f.fedmesh.v1.RemoveMemberRequest\x1a .fedmesh.v1.RemoveMemberResponse\x12]\n" +
 	"\x10GetReplicaStatus\x12#.fedmesh.v1.GetReplicaStatusRequest\x1a$.fedmesh.v1.GetReplicaStatusResponse\x12H\n" +
-	"\tReadIndex\x12\x1c.fedmesh.v1.ReadIndexRequest\x1a\x1d.fedmesh.v1.ReadIndexResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\tReadIndex\x12\x1c.fedmesh.v1.ReadIndexRequest\x1a\x1d.fedmesh.v1.ReadIndexResponse\x12B\n" +
+	"\aPropose\x12\x1a.fedmesh.v1.ProposeRequest\x1a\x1b.fedmesh.v1.ProposeResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_controlplane_proto_rawDescOnce sync.Once
@@ -667,7 +805,7 @@ func file_fedmesh_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_controlplane_proto_rawDescData
 }
 
-var file_fedmesh_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_fedmesh_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_fedmesh_v1_controlplane_proto_goTypes = []any{
 	(*Member)(nil),                   // 0: fedmesh.v1.Member
 	(*ListMembersRequest)(nil),       // 1: fedmesh.v1.ListMembersRequest
@@ -680,26 +818,36 @@ var file_fedmesh_v1_controlplane_proto_goTypes = []any{
 	(*GetReplicaStatusResponse)(nil), // 8: fedmesh.v1.GetReplicaStatusResponse
 	(*ReadIndexRequest)(nil),         // 9: fedmesh.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),        // 10: fedmesh.v1.ReadIndexResponse
+	(*ProposeRequest)(nil),           // 11: fedmesh.v1.ProposeRequest
+	(*ProposeResponse)(nil),          // 12: fedmesh.v1.ProposeResponse
+	(*Cluster)(nil),                  // 13: fedmesh.v1.Cluster
+	(*Node)(nil),                     // 14: fedmesh.v1.Node
+	(*Policy)(nil),                   // 15: fedmesh.v1.Policy
 }
 var file_fedmesh_v1_controlplane_proto_depIdxs = []int32{
 	0,  // 0: fedmesh.v1.ListMembersResponse.members:type_name -> fedmesh.v1.Member
 	0,  // 1: fedmesh.v1.AddMemberResponse.members:type_name -> fedmesh.v1.Member
 	0,  // 2: fedmesh.v1.RemoveMemberResponse.members:type_name -> fedmesh.v1.Member
-	1,  // 3: fedmesh.v1.ControlPlaneService.ListMembers:input_type -> fedmesh.v1.ListMembersRequest
-	3,  // 4: fedmesh.v1.ControlPlaneService.AddMember:input_type -> fedmesh.v1.AddMemberRequest
-	5,  // 5: fedmesh.v1.ControlPlaneService.RemoveMember:input_type -> fedmesh.v1.RemoveMemberRequest
-	7,  // 6: fedmesh.v1.ControlPlaneService.GetReplicaStatus:input_type -> fedmesh.v1.GetReplicaStatusRequest
-	9,  // 7: fedmesh.v1.ControlPlaneService.ReadIndex:input_type -> fedmesh.v1.ReadIndexRequest
-	2,  // 8: fedmesh.v1.ControlPlaneService.ListMembers:output_type -> fedmesh.v1.ListMembersResponse
-	4,  // 9: fedmesh.v1.ControlPlaneService.AddMember:output_type -> fedmesh.v1.AddMemberResponse
-	6,  // 10: fedmesh.v1.ControlPlaneService.RemoveMember:output_type -> fedmesh.v1.RemoveMemberResponse
-	8,  // 11: fedmesh.v1.ControlPlaneService.GetReplicaStatus:output_type -> fedmesh.v1.GetReplicaStatusResponse
-	10, // 12: fedmesh.v1.ControlPlaneService.ReadIndex:output_type -> fedmesh.v1.ReadIndexResponse
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	13, // 3: fedmesh.v1.ProposeResponse.cluster:type_name -> fedmesh.v1.Cluster
+	14, // 4: fedmesh.v1.ProposeResponse.node:type_name -> fedmesh.v1.Node
+	15, // 5: fedmesh.v1.ProposeResponse.policies:type_name -> fedmesh.v1.Policy
+	1,  // 6: fedmesh.v1.ControlPlaneService.ListMembers:input_type -> fedmesh.v1.ListMembersRequest
+	3,  // 7: fedmesh.v1.ControlPlaneService.AddMember:input_type -> fedmesh.v1.AddMemberRequest
+	5,  // 8: fedmesh.v1.ControlPlaneService.RemoveMember:input_type -> fedmesh.v1.RemoveMemberRequest
+	7,  // 9: fedmesh.v1.ControlPlaneService.GetReplicaStatus:input_type -> fedmesh.v1.GetReplicaStatusRequest
+	9,  // 10: fedmesh.v1.ControlPlaneService.ReadIndex:input_type -> fedmesh.v1.ReadIndexRequest
+	11, // 11: fedmesh.v1.ControlPlaneService.Propose:input_type -> fedmesh.v1.ProposeRequest
+	2,  // 12: fedmesh.v1.ControlPlaneService.ListMembers:output_type -> fedmesh.v1.ListMembersResponse
+	4,  // 13: fedmesh.v1.ControlPlaneService.AddMember:output_type -> fedmesh.v1.AddMemberResponse
+	6,  // 14: fedmesh.v1.ControlPlaneService.RemoveMember:output_type -> fedmesh.v1.RemoveMemberResponse
+	8,  // 15: fedmesh.v1.ControlPlaneService.GetReplicaStatus:output_type -> fedmesh.v1.GetReplicaStatusResponse
+	10, // 16: fedmesh.v1.ControlPlaneService.ReadIndex:output_type -> fedmesh.v1.ReadIndexResponse
+	12, // 17: fedmesh.v1.ControlPlaneService.Propose:output_type -> fedmesh.v1.ProposeResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_controlplane_proto_init() }
@@ -707,13 +855,16 @@ func file_fedmesh_v1_controlplane_proto_init() {
 	if File_fedmesh_v1_controlplane_proto != nil {
 		return
 	}
+	file_fedmesh_v1_cluster_proto_init()
+	file_fedmesh_v1_node_proto_init()
+	file_fedmesh_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_controlplane_proto_rawDesc), len(file_fedmesh_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	ControlPlaneService_RemoveMember_FullMethodName     = "/fedmesh.v1.ControlPlaneService/RemoveMember"
 	ControlPlaneService_GetReplicaStatus_FullMethodName = "/fedmesh.v1.ControlPlaneService/GetReplicaStatus"
 	ControlPlaneService_ReadIndex_FullMethodName        = "/fedmesh.v1.ControlPlaneService/ReadIndex"
+	ControlPlaneService_Propose_FullMethodName          = "/fedmesh.v1.ControlPlaneService/Propose"
 )
 
 // ControlPlaneServiceClient is the client API for ControlPlaneService service.
@@ -49,6 +50,12 @@ type ControlPlaneServiceClient interface {
 	// before the call; a follower waits until it has applied that revision to
 	// serve a linearizable read. Served by the leader only.
 	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
+	// Propose appends an encoded store command to the Raft log and returns its
+	// result. Internal: a follower forwards a write it has validated this way,
+	// so the leader neither decodes the request into its typed form twice nor
+	// validates it again. Served by the leader only; clients use the typed
+	// services.
+	Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error)
 }
 
 type controlPlaneServiceClient struct {
@@ -109,6 +116,16 @@ func (c *controlPlaneServiceClient) ReadIndex(ctx context.Context, in *ReadIndex
 	return out, nil
 }
 
+func (c *controlPlaneServiceClient) Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProposeResponse)
+	err := c.cc.Invoke(ctx, ControlPlaneService_Propose_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlPlaneServiceServer is the server API for ControlPlaneService service.
 // All implementations must embed UnimplementedControlPlaneServiceServer
 // for forward compatibility.
@@ -132,6 +149,12 @@ type ControlPlaneServiceServer interface {
 	// before the call; a follower waits until it has applied that revision to
 	// serve a linearizable read. Served by the leader only.
 	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
+	// Propose appends an encoded store command to the Raft log and returns its
+	// result. Internal: a follower forwards a write it has validated this way,
+	// so the leader neither decodes the request into its typed form twice nor
+	// validates it again. Served by the leader only; clients use the typed
+	// services.
+	Propose(context.Context, *ProposeRequest) (*ProposeResponse, error)
 	mustEmbedUnimplementedControlPlaneServiceServer()
 }
 
@@ -156,6 +179,9 @@ func (UnimplementedControlPlaneServiceServer) GetReplicaStatus(context.Context, 
 }
 func (UnimplementedControlPlaneServiceServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
+}
+func (UnimplementedControlPlaneServiceServer) Propose(context.Context, *ProposeRequest) (*ProposeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Propose not implemented")
 }
 func (UnimplementedControlPlaneServiceServer) mustEmbedUnimplementedControlPlaneServiceServer() {}
 func (UnimplementedControlPlaneServiceServer) testEmbeddedByValue()                             {}
@@ -268,6 +294,24 @@ func _ControlPlaneService_ReadIndex_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlPlaneService_Propose_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlPlaneServiceServer).Propose(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlPlaneService_Propose_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlPlaneServiceServer).Propose(ctx, req.(*ProposeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlPlaneService_ServiceDesc is the grpc.ServiceDesc for ControlPlaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +338,10 @@ var ControlPlaneService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReadIndex",
 			Handler:    _ControlPlaneService_ReadIndex_Handler,
+		},
+		{
+			MethodName: "Propose",
+			Handler:    _ControlPlaneService_Propose_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,102 @@
+package store
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func benchEndpoint(k int) *fedmeshv1.Endpoint {
+	labels := map[string]string{"app": fmt.Sprintf("app%d", k%50)}
+	for i := range 12 {
+		labels[fmt.Sprintf("example.com/pad%02d", i)] = strings.Repeat("x", 55)
+	}
+	return &fedmeshv1.Endpoint{Namespace: "bench", Name: fmt.Sprintf("p%d", k),
+		Ips: []string{fmt.Sprintf("10.%d.%d.%d", k>>16&255, k>>8&255, k&255)}, Labels: labels, Node: "n1"}
+}
+
+func benchState(b *testing.B) *State {
+	s := NewState(DefaultEventLogSize)
+	if r := s.Apply(Command{Type: CmdRegisterCluster, Payload: &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.0/8"}}}}); r.Err != nil {
+		b.Fatal(r.Err)
+	}
+	return s
+}
+
+// BenchmarkApplyEndpointBatch is the FSM's cost of one committed batch of
+// 100 1 KiB endpoints (decode + apply), paid on every replica.
+func BenchmarkApplyEndpointBatch(b *testing.B) {
+	s := benchState(b)
+	var entries [][]byte
+	for i := range 100 {
+		req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+		for j := range 100 {
+			req.Endpoints = append(req.Endpoints, benchEndpoint(i*100+j))
+		}
+		e, err := Command{Type: CmdUpsertEndpoints, Payload: req}.Encode()
+		if err != nil {
+			b.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := DecodeCommand(entries[i%len(entries)])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r := s.Apply(c); r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+}
+
+// BenchmarkEdgeValidateEndpointBatch is the edge validation of the same
+// batch (once, on the replica that receives the request).
+func BenchmarkEdgeValidateEndpointBatch(b *testing.B) {
+	req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+	for j := range 100 {
+		req.Endpoints = append(req.Endpoints, benchEndpoint(j))
+	}
+	for i := 0; i < b.N; i++ {
+		if err := model.ValidateUpsertEndpoints(req, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMemoryPer100kEndpoints reports the heap the FSM holds for 100k
+// 1 KiB endpoints (objects, indexes, identities and their events in the
+// event log at its default size).
+func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s := benchState(b)
+		for k := 0; k < 100_000; k += 1000 {
+			req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+			for j := range 1000 {
+				req.Endpoints = append(req.Endpoints, benchEndpoint(k+j))
+			}
+			if r := s.Apply(Command{Type: CmdUpsertEndpoints, Payload: req}); r.Err != nil {
+				b.Fatal(r.Err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if s.EndpointCount() != 100_000 {
+			b.Fatalf("%d endpoints", s.EndpointCount())
+		}
+		mib := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
+		b.ReportMetric(mib, "MiB/100k-endpoints")
+		runtime.KeepAlive(s)
+		if i == 0 {
+			fmt.Printf("FSM memory for 100k endpoints (1 KiB each, event log %d): %.0f MiB (target < 200 MiB)\n", DefaultEventLogSize, mib)
+		}
+	}
+}
