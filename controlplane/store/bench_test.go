@@ -10,8 +10,11 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-func benchEndpoint(k int) *fedmeshv1.Endpoint {
-	labels := map[string]string{"app": fmt.Sprintf("app%d", k%50)}
+func benchEndpoint(k int) *fedmeshv1.Endpoint { return benchEndpointSets(k, 50) }
+
+// benchEndpointSets is endpoint k, about 1 KiB, with one of `sets` label sets.
+func benchEndpointSets(k, sets int) *fedmeshv1.Endpoint {
+	labels := map[string]string{"app": fmt.Sprintf("app%d", k%sets)}
 	for i := range 12 {
 		labels[fmt.Sprintf("example.com/pad%02d", i)] = strings.Repeat("x", 55)
 	}
@@ -71,32 +74,37 @@ func BenchmarkEdgeValidateEndpointBatch(b *testing.B) {
 
 // BenchmarkMemoryPer100kEndpoints reports the heap the FSM holds for 100k
 // 1 KiB endpoints (objects, indexes, identities and their events in the
-// event log at its default size).
+// event log at its default size), with labels shared by pods of a workload
+// (1,000 label sets) and, as the worst case, a distinct label set per pod.
 func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
-	for i := 0; i < b.N; i++ {
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		s := benchState(b)
-		for k := 0; k < 100_000; k += 1000 {
-			req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
-			for j := range 1000 {
-				req.Endpoints = append(req.Endpoints, benchEndpoint(k+j))
+	for _, sets := range []int{1000, 100_000} {
+		b.Run(fmt.Sprintf("labelsets=%d", sets), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				s := benchState(b)
+				for k := 0; k < 100_000; k += 1000 {
+					req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+					for j := range 1000 {
+						req.Endpoints = append(req.Endpoints, benchEndpointSets(k+j, sets))
+					}
+					if r := s.Apply(Command{Type: CmdUpsertEndpoints, Payload: req}); r.Err != nil {
+						b.Fatal(r.Err)
+					}
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if s.EndpointCount() != 100_000 {
+					b.Fatalf("%d endpoints", s.EndpointCount())
+				}
+				mib := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
+				b.ReportMetric(mib, "MiB/100k-endpoints")
+				runtime.KeepAlive(s)
+				if i == 0 {
+					fmt.Printf("FSM memory for 100k endpoints (1 KiB each, %d label sets, event log %d): %.0f MiB (target < 200 MiB)\n", sets, DefaultEventLogSize, mib)
+				}
 			}
-			if r := s.Apply(Command{Type: CmdUpsertEndpoints, Payload: req}); r.Err != nil {
-				b.Fatal(r.Err)
-			}
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		if s.EndpointCount() != 100_000 {
-			b.Fatalf("%d endpoints", s.EndpointCount())
-		}
-		mib := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
-		b.ReportMetric(mib, "MiB/100k-endpoints")
-		runtime.KeepAlive(s)
-		if i == 0 {
-			fmt.Printf("FSM memory for 100k endpoints (1 KiB each, event log %d): %.0f MiB (target < 200 MiB)\n", DefaultEventLogSize, mib)
-		}
+		})
 	}
 }

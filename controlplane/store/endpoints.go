@@ -91,7 +91,12 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 	for _, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
 		e.Cluster = cluster
-		id, labels := s.ids.acquire(KeyOf(e), e.GetLabels())
+		k := KeyOf(e)
+		labels, known := s.ids.labelsOf(k)
+		if !known {
+			labels = s.internLabels(e.GetLabels())
+		}
+		id, labels := s.ids.acquire(k, labels)
 		// Endpoints of one identity have equal labels: they share one map.
 		e.Labels = labels
 		old := eps[key]

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/sha256"
 	"sort"
 	"strings"
 
@@ -22,17 +23,19 @@ const (
 	FirstAllocatedIdentity uint32 = 256
 )
 
-// IdentityKey is what an identity stands for: a cluster, a namespace and a
-// canonical encoding of the security labels.
+// IdentityKey is what an identity stands for: a cluster, a namespace and
+// the SHA-256 of the canonical encoding of the security labels (a digest
+// rather than the encoding keeps a label-heavy federation's identities
+// small; a collision is as likely as guessing a 128-bit key).
 type IdentityKey struct {
 	Cluster   string
 	Namespace string
-	Labels    string
+	Labels    [sha256.Size]byte
 }
 
 // KeyOf returns the identity key of an endpoint.
 func KeyOf(e *fedmeshv1.Endpoint) IdentityKey {
-	return IdentityKey{Cluster: e.GetCluster(), Namespace: e.GetNamespace(), Labels: CanonicalLabels(e.GetLabels())}
+	return IdentityKey{Cluster: e.GetCluster(), Namespace: e.GetNamespace(), Labels: sha256.Sum256([]byte(CanonicalLabels(e.GetLabels())))}
 }
 
 // CanonicalLabels encodes a label set so that equal sets encode equally:
@@ -131,6 +134,15 @@ func (a *Identities) Lookup(n uint32) (IdentityKey, bool) {
 		return IdentityKey{}, false
 	}
 	return id.key, true
+}
+
+// labelsOf returns the shared label map of a known identity key.
+func (a *Identities) labelsOf(k IdentityKey) (map[string]string, bool) {
+	id, ok := a.byKey[k]
+	if !ok {
+		return nil, false
+	}
+	return id.labels, true
 }
 
 // Len is the number of identities in use.

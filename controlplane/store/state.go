@@ -99,6 +99,9 @@ type State struct {
 	ids       *Identities
 	members   map[string]*fedmeshv1.Member
 	log       *EventLog
+	// intern deduplicates label strings of new identities. Only memory
+	// depends on it, so it may be dropped at any time (see internString).
+	intern map[string]string
 }
 
 type epRef struct {
@@ -120,7 +123,34 @@ func NewState(logSize int) *State {
 		ids:       NewIdentities(),
 		members:   map[string]*fedmeshv1.Member{},
 		log:       NewEventLog(logSize, 0),
+		intern:    map[string]string{},
 	}
+}
+
+// internString returns the stored copy of v. The table is dropped when it
+// outgrows the live identities, so label values of departed pods do not
+// pile up.
+func (s *State) internString(v string) string {
+	if x, ok := s.intern[v]; ok {
+		return x
+	}
+	if len(s.intern) >= max(1<<16, 32*s.ids.Len()) {
+		s.intern = map[string]string{}
+	}
+	s.intern[v] = v
+	return v
+}
+
+// internLabels copies a label map with interned keys and values.
+func (s *State) internLabels(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[s.internString(k)] = s.internString(v)
+	}
+	return out
 }
 
 // Revision is the revision of the last applied change.

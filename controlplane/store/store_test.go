@@ -133,8 +133,8 @@ func TestIdentityIsReleasedWithItsLastEndpointAndNotReusedAtOnce(t *testing.T) {
 func TestIdentityAllocatorWrapsPastTheTopAndSkipsReserved(t *testing.T) {
 	a := NewIdentities()
 	a.next = ^uint32(0)
-	top := a.Acquire(IdentityKey{Labels: "top"})
-	wrapped := a.Acquire(IdentityKey{Labels: "wrapped"})
+	top := a.Acquire(IdentityKey{Namespace: "top"})
+	wrapped := a.Acquire(IdentityKey{Namespace: "wrapped"})
 	if top != ^uint32(0) || wrapped != FirstAllocatedIdentity {
 		t.Fatalf("got %d then %d, want %d then %d", top, wrapped, ^uint32(0), FirstAllocatedIdentity)
 	}
