@@ -52,6 +52,8 @@ type Config struct {
 	EventLogSize int
 	// SnapshotThreshold is how many log entries trigger a Raft snapshot.
 	SnapshotThreshold uint64
+	// SnapshotInterval is how often Raft checks the threshold.
+	SnapshotInterval time.Duration
 	// FaultInjection enables SetIsolated (tests only).
 	FaultInjection bool
 	// RaftTimeout scales Raft's heartbeat and election timeouts (default
@@ -149,6 +151,9 @@ func Start(cfg Config) (*Replica, error) {
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 		rc.TrailingLogs = cfg.SnapshotThreshold
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
 	}
 	notify := make(chan bool, 16)
 	rc.NotifyCh = notify

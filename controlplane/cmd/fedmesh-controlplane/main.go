@@ -58,6 +58,7 @@ func main() {
 	f.StringVar(&peers, "bootstrap-peers", "", "initial replicas as id=raft_addr[/grpc_addr],...; used only when the data dir is empty. Give every initial replica the same list")
 	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")
 	f.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "Raft log entries between snapshots")
+	f.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 2*time.Minute, "how often to check --snapshot-threshold")
 	f.BoolVar(&insecureDev, "insecure-dev", true, "serve plaintext gRPC without authentication (mTLS comes later)")
 	f.BoolVar(&faultInjection, "fault-injection", false, "tests only: SIGUSR1 cuts this replica off from its Raft peers, SIGUSR2 heals it")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -260,3 +260,61 @@ func TestLeaderKilledDuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 		prev = e.GetRevision()
 	}
 }
+
+func TestReplicaRestartsFromItsSnapshotAndCatchesUp(t *testing.T) {
+	g := startGroup(t, 3, "--snapshot-threshold", "50", "--snapshot-interval", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lead := g.leader(10 * time.Second)
+	if _, err := fedmeshv1.NewClusterServiceClient(lead.conn).RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.1.0.0/16"}}}); err != nil {
+		t.Fatal(err)
+	}
+	write := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := fedmeshv1.NewEndpointServiceClient(lead.conn).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{endpointN(i)}}); err != nil {
+				t.Fatalf("write %d: %v", i, err)
+			}
+		}
+	}
+	write(0, 300)
+	f := g.followers(lead)[0]
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		snaps, _ := filepath.Glob(filepath.Join(f.dataDir, "snapshots", "*", "state.bin"))
+		if len(snaps) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("follower took no snapshot")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.kill(f)
+	write(300, 500) // the leader compacts its log past what f has
+	time.Sleep(500 * time.Millisecond)
+	g.start(f)
+	rev := g.waitSameRevision(30 * time.Second)
+	want, err := fedmeshv1.NewEndpointServiceClient(lead.conn).ListEndpoints(ctx, &fedmeshv1.ListEndpointsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fedmeshv1.NewEndpointServiceClient(f.conn).ListEndpoints(ctx, &fedmeshv1.ListEndpointsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetEndpoints()) != 500 || !proto.Equal(got, want) || got.GetRevision() != rev {
+		t.Fatalf("restarted replica: %d endpoints at %d, leader %d at %d", len(got.GetEndpoints()), got.GetRevision(), len(want.GetEndpoints()), want.GetRevision())
+	}
+	// A watcher from before the snapshot gets a snapshot, not a gap.
+	w, err := fedmeshv1.NewWatchServiceClient(f.conn).Watch(ctx, &fedmeshv1.WatchRequest{FromRevision: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetType() != fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT {
+		t.Fatalf("resume from a compacted revision: %v", first.GetType())
+	}
+}
