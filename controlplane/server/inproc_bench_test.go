@@ -14,9 +14,9 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// BenchmarkInProcessBatch100 runs three replicas in this process, so a CPU
+// BenchmarkInProcessWrites runs three replicas in this process, so a CPU
 // profile (-cpuprofile) shows where a committed batch's time goes.
-func BenchmarkInProcessBatch100(b *testing.B) {
+func BenchmarkInProcessWrites(b *testing.B) {
 	var peers []Peer
 	for i := range 3 {
 		peers = append(peers, Peer{ID: fmt.Sprintf("r%d", i), RaftAddr: freeAddr(b), GRPCAddr: freeAddr(b)})
@@ -49,6 +49,13 @@ func BenchmarkInProcessBatch100(b *testing.B) {
 		}
 		return &fedmeshv1.Endpoint{Namespace: "bench", Name: fmt.Sprintf("p%d", k), Ips: []string{fmt.Sprintf("10.%d.%d.%d", k>>16&255, k>>8&255, k&255)}, Labels: labels, Node: "n1"}
 	}
+	for _, batch := range []int{1, 100} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { inProcessWrites(b, clients, batch, ep) })
+	}
+}
+
+func inProcessWrites(b *testing.B, clients []*client, batch int, ep func(int) *fedmeshv1.Endpoint) {
+	ctx := context.Background()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	b.ResetTimer()
@@ -62,8 +69,8 @@ func BenchmarkInProcessBatch100(b *testing.B) {
 					return
 				}
 				req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
-				for j := range 100 {
-					req.Endpoints = append(req.Endpoints, ep((i*100+j)%100000))
+				for j := range batch {
+					req.Endpoints = append(req.Endpoints, ep((i*batch+j)%100000))
 				}
 				if _, err := clients[w%3].endpoint.UpsertEndpoints(ctx, req); err != nil {
 					b.Error(err)
