@@ -396,3 +396,57 @@ func TestHealthReflectionAndMetricsAreServed(t *testing.T) {
 		}
 	}
 }
+
+func TestSlowWatcherGetsASnapshotInsteadOfAnUnboundedQueue(t *testing.T) {
+	_, c := startSingle(t, 4)
+	ctx := ctxT(t)
+	registerCluster(t, ctx, c, "east", "10.1.0.0/16")
+	w, err := c.watch.Watch(ctx, &fedmeshv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvWatch(t, w) // initial snapshot; then the watcher stops reading
+	pad := strings.Repeat("x", 60)
+	var last uint64
+	const n = 400 // ~1 KiB events: more than the stream's flow-control window
+	for i := range n {
+		labels := map[string]string{}
+		for j := range 14 {
+			labels[fmt.Sprintf("example.com/k%02d", j)] = pad
+		}
+		resp, err := c.endpoint.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{
+			{Namespace: "a", Name: fmt.Sprintf("p%d", i), Ips: []string{fmt.Sprintf("10.1.%d.%d", i/200, i%200+1)}, Labels: labels, Node: "n"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.GetRevision()
+	}
+	// The watcher catches up; it must have been reset with a snapshot, and
+	// what it ends with is the whole state.
+	state := map[string]bool{}
+	snapshots := 0
+	inSnapshot := false
+	for rev := uint64(0); rev < last; {
+		r := recvWatch(t, w)
+		switch r.GetType() {
+		case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
+			if !inSnapshot {
+				state = map[string]bool{}
+				snapshots++
+			}
+			inSnapshot = r.GetMore()
+		}
+		for _, e := range r.GetEvents() {
+			if ep := e.GetEndpoint(); ep != nil {
+				state[ep.GetName()] = e.GetType() == fedmeshv1.EventType_EVENT_TYPE_PUT
+			}
+		}
+		rev = r.GetRevision()
+	}
+	if snapshots == 0 {
+		t.Error("a watcher that fell behind the event log was not sent a snapshot")
+	}
+	if len(state) != n {
+		t.Fatalf("watcher ends with %d endpoints, want %d", len(state), n)
+	}
+}
