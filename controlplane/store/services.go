@@ -1,29 +1,28 @@
 package store
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
-	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/fedmesh/fedmesh/federation/model"
+	"github.com/fedmesh/fedmesh/federation/services"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // Condition types and reasons the control plane sets on exports and imports
 // (KEP-1645 names).
 const (
-	CondValid    = "Valid"
-	CondConflict = "Conflict"
+	CondValid    = services.CondValid
+	CondConflict = services.CondConflict
 
 	ReasonExported             = "Exported"
 	ReasonNamespaceNotExported = "NamespaceNotExported"
-	ReasonNoConflicts          = "NoConflicts"
-	ReasonTypeConflict         = "TypeConflict"
-	ReasonPortConflict         = "PortConflict"
+	ReasonNoConflicts          = services.ReasonNoConflicts
+	ReasonTypeConflict         = services.ReasonTypeConflict
+	ReasonPortConflict         = services.ReasonPortConflict
 )
 
 func (s *State) applyExportServices(tx *txn, req *fedmeshv1.ExportServicesRequest) (*Result, error) {
@@ -160,13 +159,6 @@ func conditionsEqual(a, b []*fedmeshv1.ServiceCondition) bool {
 	return slices.EqualFunc(a, b, func(x, y *fedmeshv1.ServiceCondition) bool { return proto.Equal(x, y) })
 }
 
-func serviceType(t fedmeshv1.ServiceType) fedmeshv1.ServiceType {
-	if t == fedmeshv1.ServiceType_SERVICE_TYPE_UNSPECIFIED {
-		return fedmeshv1.ServiceType_SERVICE_TYPE_CLUSTER_SET_IP
-	}
-	return t
-}
-
 func cond(t string, ok bool, reason, msg string) *fedmeshv1.ServiceCondition {
 	st := "False"
 	if ok {
@@ -175,30 +167,15 @@ func cond(t string, ok bool, reason, msg string) *fedmeshv1.ServiceCondition {
 	return &fedmeshv1.ServiceCondition{Type: t, Status: st, Reason: reason, Message: msg}
 }
 
-// DeriveImport aggregates the exports of one namespace/name under the MCS
-// (KEP-1645) conflict rules and returns the import (nil when no export
-// counts) and the conditions of every export, by cluster.
-//
-//   - An export whose namespace its cluster does not export is not Valid and
-//     does not count.
-//   - The oldest export (lowest create revision, then cluster name) decides
-//     the type; an export of another type is in TypeConflict and contributes
-//     neither ports nor backends.
-//   - Ports are the union by name; a port whose name an older export already
-//     defines differently (number or protocol) is in PortConflict and the
-//     older definition stays.
+// DeriveImport aggregates the exports of one namespace/name and returns the
+// import (nil when no export counts) and the conditions of every export, by
+// cluster. An export whose namespace its cluster does not export is not
+// Valid and does not count; the others are aggregated under the MCS
+// (KEP-1645) conflict rules of federation/services, so the FSM and a syncer
+// agree on them.
 func DeriveImport(ns, name string, exps []*fedmeshv1.ServiceExport, exported func(cluster string) bool) (*fedmeshv1.ServiceImport, map[string][]*fedmeshv1.ServiceCondition) {
-	exps = slices.Clone(exps)
-	slices.SortFunc(exps, func(a, b *fedmeshv1.ServiceExport) int {
-		if c := cmp.Compare(a.GetMeta().GetCreateRevision(), b.GetMeta().GetCreateRevision()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.GetCluster(), b.GetCluster())
-	})
 	conds := map[string][]*fedmeshv1.ServiceCondition{}
-	var imp *fedmeshv1.ServiceImport
-	ports := map[string]*fedmeshv1.ServicePort{}
-	var typeConflicts, portConflicts []string
+	var eligible []*fedmeshv1.ServiceExport
 	for _, x := range exps {
 		c := x.GetCluster()
 		if !exported(c) {
@@ -207,52 +184,12 @@ func DeriveImport(ns, name string, exps []*fedmeshv1.ServiceExport, exported fun
 			}
 			continue
 		}
-		valid := cond(CondValid, true, ReasonExported, "")
-		if imp == nil {
-			imp = &fedmeshv1.ServiceImport{Namespace: ns, Name: name, Type: serviceType(x.GetType())}
-		}
-		if serviceType(x.GetType()) != imp.GetType() {
-			typeConflicts = append(typeConflicts, c)
-			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, true, ReasonTypeConflict,
-				fmt.Sprintf("type %s differs from %s of the oldest export", serviceType(x.GetType()), imp.GetType()))}
-			continue
-		}
-		var clash []string
-		for _, p := range x.GetPorts() {
-			have, ok := ports[p.GetName()]
-			if !ok {
-				ports[p.GetName()] = p
-				continue
-			}
-			if have.GetPort() != p.GetPort() || have.GetProtocol() != p.GetProtocol() {
-				clash = append(clash, p.GetName())
-			}
-		}
-		if len(clash) > 0 {
-			portConflicts = append(portConflicts, c)
-			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, true, ReasonPortConflict,
-				fmt.Sprintf("ports %s differ from older exports; theirs are kept", strings.Join(clash, ",")))}
-		} else {
-			conds[c] = []*fedmeshv1.ServiceCondition{valid, cond(CondConflict, false, ReasonNoConflicts, "")}
-		}
-		imp.Clusters = append(imp.Clusters, &fedmeshv1.ClusterBackends{Cluster: c, Addresses: x.GetBackends()})
+		eligible = append(eligible, x)
 	}
-	if imp == nil {
-		return nil, conds
+	agg := services.Aggregate(eligible)
+	for _, x := range eligible {
+		c := x.GetCluster()
+		conds[c] = []*fedmeshv1.ServiceCondition{cond(CondValid, true, ReasonExported, ""), agg.Conflicts[c]}
 	}
-	for _, n := range sortedKeys(ports) {
-		imp.Ports = append(imp.Ports, ports[n])
-	}
-	slices.SortFunc(imp.Clusters, func(a, b *fedmeshv1.ClusterBackends) int { return cmp.Compare(a.GetCluster(), b.GetCluster()) })
-	switch {
-	case len(typeConflicts) > 0:
-		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, true, ReasonTypeConflict,
-			"exports of clusters "+strings.Join(typeConflicts, ",")+" have another type and are ignored")}
-	case len(portConflicts) > 0:
-		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, true, ReasonPortConflict,
-			"exports of clusters "+strings.Join(portConflicts, ",")+" define ports differently; the oldest definition is used")}
-	default:
-		imp.Conditions = []*fedmeshv1.ServiceCondition{cond(CondConflict, false, ReasonNoConflicts, "")}
-	}
-	return imp, conds
+	return agg.Import, conds
 }
