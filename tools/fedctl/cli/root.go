@@ -25,7 +25,7 @@ import (
 
 // DefaultServer is where fedctl looks for the control plane when neither
 // --server nor FEDMESH_SERVER says otherwise.
-const DefaultServer = "127.0.0.1:7400"
+const DefaultServer = "127.0.0.1:9000"
 
 type globals struct {
 	servers  string
