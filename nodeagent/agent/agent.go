@@ -111,6 +111,7 @@ type Agent struct {
 	wgDirty     bool
 	bgpDirty    bool
 	discarding  bool // the current stream failed; skip until the next one
+	specChanged bool // a change other than a node status report since the last report
 	lastHealthy *bool
 
 	// Shared with the report goroutine and HTTP handlers.
@@ -252,6 +253,9 @@ func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 func (a *Agent) feed(changes []Change) {
 	c := a.deps.Compiler
 	for _, ch := range changes {
+		if !ch.StatusOnly {
+			a.specChanged = true
+		}
 		switch ch.Kind {
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
 			if ch.Delete {
@@ -264,6 +268,10 @@ func (a *Agent) feed(changes []Change) {
 				a.bgpDirty = true
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+			if ch.StatusOnly {
+				continue
+			}
+			a.specChanged = true
 			a.wgDirty = true
 			if ch.Key.Cluster == a.cfg.Cluster && ch.Key.Name == a.cfg.Node {
 				a.bgpDirty = true
@@ -341,7 +349,14 @@ func (a *Agent) enforce(ctx context.Context) {
 		a.health.Enforced(rev)
 		a.mu.Unlock()
 		a.m.enforcedRevision.Set(float64(rev))
-		a.kickReport()
+		// Report at once when something to enforce changed, so a write's
+		// --wait returns promptly; revisions that only carry node status
+		// reports go out with the next heartbeat, or every report would
+		// cause another one.
+		if a.specChanged || !has {
+			a.kickReport()
+		}
+		a.specChanged = false
 	}
 	a.reconcileInterfaces(ctx)
 	a.syncWireGuard(ctx)

@@ -47,6 +47,10 @@ type Change struct {
 	Node     *fedmeshv1.Node
 	Endpoint *fedmeshv1.Endpoint
 	Policy   *fedmeshv1.Policy
+	// StatusOnly marks a node put that changes nothing but the node's
+	// reported status: nothing to enforce, and no reason to report at once
+	// (reporting it would write another status, and so on forever).
+	StatusOnly bool
 }
 
 // BadInput is an object or message the agent skipped.
@@ -143,6 +147,7 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 				bad = append(bad, b)
 				continue
 			}
+			ch.StatusOnly = v.statusOnly(ch)
 			v.put(ch)
 			changes = append(changes, ch)
 		}
@@ -275,6 +280,21 @@ func (v *View) same(ch Change) bool {
 		return true
 	}
 	return proto.Equal(old, cur)
+}
+
+// statusOnly reports whether ch is a node put that differs from the view's
+// copy in status and revisions only.
+func (v *View) statusOnly(ch Change) bool {
+	if ch.Kind != fedmeshv1.ResourceKind_RESOURCE_KIND_NODE || ch.Delete {
+		return false
+	}
+	old := v.Nodes[ch.Key]
+	if old == nil {
+		return false
+	}
+	a, b := proto.CloneOf(old), proto.CloneOf(ch.Node)
+	a.Status, a.Meta, b.Status, b.Meta = nil, nil, nil, nil
+	return proto.Equal(a, b)
 }
 
 func (v *View) put(ch Change) {

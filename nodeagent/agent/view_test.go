@@ -188,3 +188,32 @@ func TestViewFollowsTheStream(t *testing.T) {
 		})
 	}
 }
+
+func TestNodeStatusReportsAreStatusOnlyChanges(t *testing.T) {
+	node := func(rev, enforced uint64, key string) *fedmeshv1.Node {
+		return &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "198.18.1.11", WireguardPublicKey: key,
+			Status: &fedmeshv1.NodeStatus{EnforcedRevision: enforced}, Meta: &fedmeshv1.ObjectMeta{Revision: rev}}
+	}
+	v := NewView()
+	if _, _, err := v.Apply(snap(1, false, putEv(1, node(1, 0, "k1")))); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		node *fedmeshv1.Node
+		want bool
+	}{
+		{"status report", node(2, 1, "k1"), true},
+		{"another status report", node(3, 2, "k1"), true},
+		{"key rotation", node(4, 2, "k2"), false},
+	}
+	for i, tc := range cases {
+		changes, _, err := v.Apply(events(uint64(i+2), putEv(uint64(i+2), tc.node)))
+		if err != nil || len(changes) != 1 {
+			t.Fatalf("%s: changes %v, err %v", tc.name, changes, err)
+		}
+		if changes[0].StatusOnly != tc.want {
+			t.Errorf("%s: StatusOnly = %v, want %v", tc.name, changes[0].StatusOnly, tc.want)
+		}
+	}
+}

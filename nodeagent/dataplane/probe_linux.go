@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/cilium/ebpf"
@@ -70,11 +71,22 @@ func hasCaps() bool {
 	return has(capSysAdmin) || (has(capBPF) && has(capNetAdmin))
 }
 
-// ensureBPFFS mounts bpffs at root unless one is mounted there.
+// ensureBPFFS makes root a directory on a bpffs: inside the bpffs that
+// covers its nearest existing ancestor (creating the missing directories), or
+// a new bpffs mounted at root when none covers it. Mounting at a path that is
+// already inside a bpffs would hide that bpffs' pins from everyone else.
 func ensureBPFFS(root string) error {
 	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
-		return nil
+	for dir := filepath.Clean(root); ; dir = filepath.Dir(dir) {
+		if err := unix.Statfs(dir, &st); err == nil {
+			if st.Type == unix.BPF_FS_MAGIC {
+				return os.MkdirAll(root, 0o700)
+			}
+			break
+		}
+		if dir == "/" {
+			break
+		}
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", root, err)

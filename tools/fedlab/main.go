@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -24,6 +25,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
+}
+
+// defaultBinDir is the directory of the fedlab binary itself: make build
+// puts every fedmesh binary next to it.
+func defaultBinDir() string {
+	self, err := os.Executable()
+	if err != nil {
+		return "bin"
+	}
+	return filepath.Dir(self)
 }
 
 func root() *cobra.Command {
@@ -58,6 +69,8 @@ func root() *cobra.Command {
 	up.Flags().IntVar(&cfg.Clusters, "clusters", 2, "member clusters")
 	up.Flags().IntVar(&cfg.Nodes, "nodes", 2, "nodes per cluster")
 	up.Flags().IntVar(&cfg.Pods, "pods", 3, "pods per node")
+	up.Flags().StringVar(&cfg.BinDir, "bin-dir", defaultBinDir(), "directory with fedmesh-controlplane, fedmesh-agent, fedmesh-syncer and fedctl (make build)")
+	up.Flags().BoolVar(&cfg.NoKube, "no-kube", false, "publish endpoints through the API instead of a kube-apiserver and syncer per cluster")
 
 	down := &cobra.Command{
 		Use:   "down",
@@ -136,6 +149,22 @@ func root() *cobra.Command {
 	}
 	probe.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
 	probe.Flags().DurationVar(&timeout, "timeout", time.Second, "how long to wait for the answer")
-	cmd.AddCommand(up, down, status, exec, serve, probe)
+	var kubeCluster, kubeDir string
+	kube := &cobra.Command{
+		Use:    "kube-cluster",
+		Short:  "Supervise one cluster's etcd, kube-apiserver and syncer (runs inside the lab)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return err
+			}
+			return lab.RunKubeCluster(cmd.Context(), st, kubeCluster, kubeDir, log)
+		},
+	}
+	kube.Flags().StringVar(&kubeCluster, "cluster", "", "cluster to run")
+	kube.Flags().StringVar(&kubeDir, "dir", "", "directory for its files")
+	cmd.AddCommand(up, down, status, exec, serve, probe, kube)
 	return cmd
 }

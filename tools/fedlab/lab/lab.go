@@ -63,6 +63,37 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 			return l, err
 		}
 	}
+	if cfg.BinDir == "" {
+		return l, nil // network only: the lab's own tests
+	}
+	log.Info("starting control plane", "replicas", replicas, "ns", topo.Mgmt.NS, "addrs", topo.ControlPlaneAddrs())
+	if err := l.startControlPlane(ctx); err != nil {
+		return l, err
+	}
+	log.Info("registering clusters with fedctl cluster register")
+	if err := l.registerClusters(ctx); err != nil {
+		return l, err
+	}
+	if cfg.NoKube {
+		log.Info("publishing endpoints through the API (no kube-apiserver)")
+		if err := l.publishEndpoints(ctx); err != nil {
+			return l, err
+		}
+	} else {
+		log.Info("starting a kube-apiserver and fedmesh-syncer per cluster")
+		if err := l.startKube(ctx); err != nil {
+			return l, err
+		}
+	}
+	log.Info("starting agents", "nodes", len(topo.Clusters)*cfg.Nodes)
+	if err := l.startAgents(ctx); err != nil {
+		return l, err
+	}
+	rev, err := l.WaitEnforced(ctx, 90*time.Second)
+	if err != nil {
+		return l, err
+	}
+	log.Info("every node enforces the federation", "revision", rev)
 	return l, nil
 }
 

@@ -24,6 +24,10 @@ type Config struct {
 	Clusters int
 	Nodes    int // per cluster
 	Pods     int // per node
+	// BinDir holds the fedmesh binaries (make build puts them in ./bin).
+	BinDir string
+	// NoKube publishes endpoints without a kube-apiserver per cluster.
+	NoKube bool
 }
 
 // Topology is the whole lab as data.
