@@ -54,8 +54,10 @@ test: ## unit, integration and end-to-end tests
 bench: ## benchmarks; ratios are against a peer measured in the same run
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
-demo: build ## the whole federation running locally (needs root)
-	@echo "make demo: not yet — the lab lands with its issue (tools/fedlab)."
+demo: build ## the whole federation running locally in network namespaces (needs root)
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces, veths and BPF programs. Run: sudo make demo"; exit 1; fi
+	@if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpffs /sys/fs/bpf; fi
+	$(BIN)/fedlab demo --bin-dir $(BIN)
 
 lint: ## gofmt, go vet, staticcheck, buf lint
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi

@@ -165,6 +165,71 @@ func root() *cobra.Command {
 	}
 	kube.Flags().StringVar(&kubeCluster, "cluster", "", "cluster to run")
 	kube.Flags().StringVar(&kubeDir, "dir", "", "directory for its files")
-	cmd.AddCommand(up, down, status, exec, serve, probe, kube)
+	var exportCluster, exportService string
+	kubeExport := &cobra.Command{
+		Use: "kube-export", Hidden: true, Args: cobra.NoArgs,
+		Short: "Create a Service, its EndpointSlice and a ServiceExport in a cluster (runs inside the lab)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return err
+			}
+			if err := lab.ExportService(cmd.Context(), st, exportCluster, exportService); err != nil {
+				return err
+			}
+			fmt.Printf("created Service, EndpointSlice and ServiceExport demo/%s in %s\n", exportService, exportCluster)
+			return nil
+		},
+	}
+	kubeExport.Flags().StringVar(&exportCluster, "cluster", "", "cluster")
+	kubeExport.Flags().StringVar(&exportService, "service", "api", "app label of the service's pods")
+	kubeImports := &cobra.Command{
+		Use: "kube-imports", Hidden: true, Args: cobra.NoArgs,
+		Short: "List the ServiceImports the syncer wrote into a cluster (runs inside the lab)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return err
+			}
+			return lab.PrintImports(cmd.Context(), os.Stdout, st, exportCluster)
+		},
+	}
+	kubeImports.Flags().StringVar(&exportCluster, "cluster", "", "cluster")
+
+	demo := &cobra.Command{
+		Use:   "demo",
+		Short: "Bring a fresh lab up and play the narrated tour (make demo)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return lab.ErrNotRoot
+			}
+			cfg.Name = name
+			if _, err := lab.LoadState(name); err == nil {
+				fmt.Printf("==> removing the previous lab %q\n", name)
+				if err := lab.Down(cmd.Context(), name, log); err != nil {
+					return err
+				}
+			}
+			fmt.Printf("==> building lab %q: %d clusters x %d nodes x %d pods, real BIRD/FRR ToRs, 3 control-plane replicas, a kube-apiserver per cluster\n", name, cfg.Clusters, cfg.Nodes, cfg.Pods)
+			start := time.Now()
+			l, err := lab.Up(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("    lab up in %s\n", time.Since(start).Round(100*time.Millisecond))
+			d := &lab.Demo{Lab: l, Out: os.Stdout}
+			if err := d.Run(cmd.Context()); err != nil {
+				return fmt.Errorf("demo: %w (the lab is still up: fedlab status --name %s; fedlab down --name %s)", err, name, name)
+			}
+			return nil
+		},
+	}
+	demo.Flags().IntVar(&cfg.Clusters, "clusters", 2, "member clusters")
+	demo.Flags().IntVar(&cfg.Nodes, "nodes", 2, "nodes per cluster")
+	demo.Flags().IntVar(&cfg.Pods, "pods", 2, "pods per node")
+	demo.Flags().StringVar(&cfg.BinDir, "bin-dir", defaultBinDir(), "directory with the fedmesh binaries (make build)")
+	demo.Flags().BoolVar(&cfg.NoKube, "no-kube", false, "publish endpoints through the API instead of a kube-apiserver and syncer per cluster")
+	cmd.AddCommand(up, down, status, exec, serve, probe, kube, kubeExport, kubeImports, demo)
 	return cmd
 }

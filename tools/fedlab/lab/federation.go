@@ -178,6 +178,50 @@ func (l *Lab) WaitEnforced(ctx context.Context, timeout time.Duration) (uint64, 
 	if err != nil {
 		return 0, err
 	}
+	// Every pod published (by the syncers) and every BGP session up, so the
+	// lab is whole when Up returns.
+	pods := 0
+	for _, c := range l.Topo.Clusters {
+		for _, n := range c.Nodes {
+			pods += len(n.Pods)
+		}
+	}
+	eps := fedmeshv1.NewEndpointServiceClient(cc)
+	err = waitFor(wctx, "every pod to be published", func() error {
+		resp, err := eps.ListEndpoints(wctx, &fedmeshv1.ListEndpointsRequest{})
+		if err != nil {
+			return err
+		}
+		if len(resp.GetEndpoints()) < pods {
+			return fmt.Errorf("%d of %d endpoints published", len(resp.GetEndpoints()), pods)
+		}
+		rev = resp.GetRevision()
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	err = waitFor(wctx, "every BGP session to its ToR", func() error {
+		resp, err := nodes.ListNodes(wctx, &fedmeshv1.ListNodesRequest{})
+		if err != nil {
+			return err
+		}
+		for _, n := range resp.GetNodes() {
+			peers := n.GetStatus().GetBgpPeers()
+			if len(peers) == 0 {
+				return fmt.Errorf("node %s/%s reports no BGP session", n.GetCluster(), n.GetName())
+			}
+			for _, p := range peers {
+				if p.GetState() != fedmeshv1.BGPSessionState_BGP_SESSION_STATE_ESTABLISHED {
+					return fmt.Errorf("node %s/%s: session to %s is %s", n.GetCluster(), n.GetName(), p.GetAddress(), p.GetState())
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
 	resp, err := nodes.WaitEnforced(wctx, &fedmeshv1.WaitEnforcedRequest{Revision: rev, Timeout: durationpb.New(timeout)})
 	if err != nil {
 		return 0, fmt.Errorf("wait for revision %d: %w", rev, err)

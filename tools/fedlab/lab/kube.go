@@ -26,10 +26,7 @@ import (
 // `fedlab kube-cluster` re-executed there, which owns the cluster's etcd,
 // kube-apiserver and syncer and stops them when it is stopped.
 func (l *Lab) startKube(ctx context.Context) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find fedlab binary: %w", err)
-	}
+	self := l.bin("fedlab")
 	for _, c := range l.Topo.Clusters {
 		dir := filepath.Join(l.Dir, "kube-"+c.Name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {

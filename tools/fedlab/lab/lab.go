@@ -66,6 +66,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if cfg.BinDir == "" {
 		return l, nil // network only: the lab's own tests
 	}
+	if err := l.startApps(); err != nil {
+		return l, err
+	}
 	log.Info("starting control plane", "replicas", replicas, "ns", topo.Mgmt.NS, "addrs", topo.ControlPlaneAddrs())
 	if err := l.startControlPlane(ctx); err != nil {
 		return l, err
@@ -95,6 +98,29 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	}
 	log.Info("every node enforces the federation", "revision", rev)
 	return l, nil
+}
+
+// AppPort is where every lab pod's app (fedlab probe-serve) answers TCP and
+// UDP; it is the pods' named port "http".
+const AppPort = 8080
+
+// startApps runs the probe server in every pod, as the pod's application.
+func (l *Lab) startApps() error {
+	self := l.bin("fedlab")
+	for _, c := range l.Topo.Clusters {
+		for _, n := range c.Nodes {
+			for _, p := range n.Pods {
+				proc, err := start(l.Dir, p.NS, "app-"+p.Name, []string{self, "probe-serve", "--port", fmt.Sprint(AppPort)})
+				if err != nil {
+					return err
+				}
+				if err := l.record(proc); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (l *Lab) record(p Proc) error {

@@ -1,0 +1,225 @@
+package lab
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Demo is the narrated tour `make demo` runs on a lab that is up: traffic
+// across sites, a federated policy applied with --wait, the verdict
+// explained, the policy removed, a service exported in one cluster and
+// imported in the other. It fails on the first step that does not behave.
+type Demo struct {
+	Lab *Lab
+	Out io.Writer
+	// PolicyFile is the federated policy the tour applies.
+	PolicyFile string
+	step       int
+}
+
+func (d *Demo) say(format string, args ...any) {
+	d.step++
+	fmt.Fprintf(d.Out, "\n==> %d. %s\n", d.step, fmt.Sprintf(format, args...))
+}
+
+func (d *Demo) fedctl(ctx context.Context, args ...string) (string, error) {
+	fmt.Fprintf(d.Out, "$ fedctl %s\n", strings.Join(args, " "))
+	out, err := d.Lab.fedctl(ctx, args...)
+	fmt.Fprint(d.Out, indent(out))
+	return out, err
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return ""
+	}
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ") + "\n"
+}
+
+// probe runs one TCP exchange from a pod to addr; want says whether it
+// should get through. Allowed probes are retried briefly: the first packet
+// to a new WireGuard peer waits for the handshake.
+func (d *Demo) probe(ctx context.Context, from, to string, addr string, want bool) error {
+	tries := 1
+	if want {
+		tries = 3
+	}
+	var err error
+	for i := 0; i < tries; i++ {
+		out, e := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+d.podNS(from), "--",
+			d.Lab.bin("fedlab"), "probe", "--timeout", "2s", addr).CombinedOutput()
+		err = e
+		if (e == nil) == want {
+			break
+		}
+		_ = out
+	}
+	got := "refused (dropped)"
+	if err == nil {
+		got = "connected"
+	}
+	fmt.Fprintf(d.Out, "    %s -> %s (%s) tcp/%d: %s\n", from, to, addr, AppPort, got)
+	if (err == nil) != want {
+		return fmt.Errorf("%s -> %s: got %s, want %s", from, to, got, map[bool]string{true: "connected", false: "refused"}[want])
+	}
+	return nil
+}
+
+func (d *Demo) podNS(name string) string {
+	_, _, p, _ := d.Lab.Topo.Pod(name)
+	return p.NS
+}
+
+// DemoPolicy is the federated policy the tour applies.
+//
+//go:embed demo-policy.yaml
+var DemoPolicy []byte
+
+// Run plays the tour.
+func (d *Demo) Run(ctx context.Context) error {
+	t := d.Lab.Topo
+	if d.PolicyFile == "" {
+		d.PolicyFile = filepath.Join(d.Lab.Dir, "demo-policy.yaml")
+		if err := os.WriteFile(d.PolicyFile, DemoPolicy, 0o644); err != nil {
+			return err
+		}
+	}
+	if len(t.Clusters) < 2 || len(t.Clusters[1].Nodes[0].Pods) < 2 {
+		return errors.New("the demo needs 2 clusters and 2 pods per node")
+	}
+	a, b := t.Clusters[0], t.Clusters[1]
+	web := a.Nodes[0].Pods[0]               // web pod in cluster-a
+	api := b.Nodes[0].Pods[1]               // api pod in cluster-b
+	webB := b.Nodes[len(b.Nodes)-1].Pods[0] // web pod in cluster-b
+	apiAddr := fmt.Sprintf("%s:%d", api.IP, AppPort)
+
+	d.say("The federation: %d clusters registered in a 3-replica Raft control plane", len(t.Clusters))
+	if _, err := d.fedctl(ctx, "cluster", "list"); err != nil {
+		return err
+	}
+	d.say("Every node runs an agent: eBPF enforcement, a BGP session to its ToR, WireGuard to the other site")
+	if _, err := d.fedctl(ctx, "cluster", "status"); err != nil {
+		return err
+	}
+	for _, c := range t.Clusters {
+		routes, _ := ToRRoutes(ctx, c)
+		fmt.Fprintf(d.Out, "    %s ToR (%s) learned over BGP:\n", c.Name, map[string]string{"bird": "BIRD 2", "frr": "FRR"}[c.ToRKind])
+		for _, l := range strings.Split(routes, "\n") {
+			if strings.Contains(l, "proto bird") || strings.Contains(l, "proto bgp") {
+				fmt.Fprintf(d.Out, "      %s\n", strings.TrimSpace(l))
+			}
+		}
+	}
+	d.say("Endpoints published by each cluster's fedmesh-syncer from its kube-apiserver, with federation-wide identities")
+	if _, err := d.fedctl(ctx, "endpoint", "list"); err != nil {
+		return err
+	}
+
+	d.say("A pod in %s reaches a pod in %s over TCP (routed by the ToR within a site, encrypted by WireGuard between sites)", a.Name, b.Name)
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
+		return err
+	}
+	if err := d.probe(ctx, webB.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
+		return err
+	}
+
+	d.say("Apply ONE federated policy, stored once and enforced in every prod cluster, and --wait until every node enforces it")
+	fmt.Fprint(d.Out, indent(readFile(d.PolicyFile)))
+	if _, err := d.fedctl(ctx, "policy", "apply", "-f", d.PolicyFile, "--wait"); err != nil {
+		return err
+	}
+	d.say("The cross-cluster connection is now refused; the local web pod still connects")
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr, false); err != nil {
+		return err
+	}
+	if err := d.probe(ctx, webB.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
+		return err
+	}
+	d.say("fedctl reach explains the verdict with the same compiler the agents load into eBPF")
+	src, dst := a.Name+"/demo/"+web.Name, b.Name+"/demo/"+api.Name
+	if _, err := d.fedctl(ctx, "reach", src, dst, "--port", fmt.Sprint(AppPort)); err != nil && !strings.Contains(err.Error(), "exit status 2") {
+		fmt.Fprintf(d.Out, "    (reach: %v)\n", err)
+	}
+	if _, err := d.fedctl(ctx, "reach", b.Name+"/demo/"+webB.Name, dst, "--port", fmt.Sprint(AppPort)); err != nil {
+		fmt.Fprintf(d.Out, "    (reach: %v)\n", err)
+	}
+
+	d.say("Remove the policy (--wait) and traffic flows again")
+	if _, err := d.fedctl(ctx, "policy", "delete", "federated/demo/api-local-web-only", "--wait"); err != nil {
+		return err
+	}
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
+		return err
+	}
+
+	if !d.Lab.State.Config.NoKube {
+		d.say("Multi-cluster services: export service %q from %s (MCS API ServiceExport)", "api", b.Name)
+		if err := d.kubeOp(ctx, "kube-export", "--cluster", b.Name, "--service", "api"); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var out string
+		err := waitFor(wctx, "the import in "+a.Name, func() error {
+			var err error
+			out, err = d.Lab.fedctl(wctx, "service", "imports", "--cluster", a.Name)
+			if err == nil && !strings.Contains(out, b.Name) {
+				err = errors.New("not imported yet")
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.Out, "$ fedctl service imports --cluster %s\n%s", a.Name, indent(out))
+		d.say("%s's syncer wrote the ServiceImport and EndpointSlices into %s's API, as KEP-1645 specifies", a.Name, a.Name)
+		err = waitFor(wctx, "the ServiceImport in "+a.Name, func() error {
+			return d.kubeOp(wctx, "kube-imports", "--cluster", a.Name)
+		})
+		if err != nil {
+			return err
+		}
+	}
+
+	fmt.Fprintf(d.Out, `
+Done. The lab keeps running. Try:
+  sudo ./bin/fedlab status --name %[1]s
+  sudo ./bin/fedlab exec --name %[1]s %[2]s -- ./bin/fedlab probe %[3]s
+  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s policy list
+  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s watch
+When you are done:
+  sudo ./bin/fedlab down --name %[1]s
+`, t.Name, web.Name, apiAddr, t.Mgmt.NS, strings.Join(t.ControlPlaneAddrs(), ","))
+	return nil
+}
+
+// kubeOp runs a fedlab kube command inside the management namespace (where
+// the kube-apiservers listen) and prints its output.
+func (d *Demo) kubeOp(ctx context.Context, args ...string) error {
+	argv := append([]string{"--net=/var/run/netns/" + d.Lab.Topo.Mgmt.NS, "--", d.Lab.bin("fedlab"), "--name", d.Lab.Topo.Name}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+	if err == nil {
+		fmt.Fprint(d.Out, indent(string(out)))
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func readFile(p string) string {
+	b, err := os.ReadFile(filepath.Clean(p))
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
