@@ -222,6 +222,23 @@ func (l *Lab) WaitEnforced(ctx context.Context, timeout time.Duration) (uint64, 
 	if err != nil {
 		return 0, err
 	}
+	err = waitFor(wctx, "every pod CIDR in its ToR's FIB", func() error {
+		for _, c := range l.Topo.Clusters {
+			routes, err := ToRRoutes(wctx, c)
+			if err != nil {
+				return err
+			}
+			for _, n := range c.Nodes {
+				if !strings.Contains(routes, n.PodCIDR.String()+" ") {
+					return fmt.Errorf("%s has no route to %s yet", c.ToR.NS, n.PodCIDR)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
 	resp, err := nodes.WaitEnforced(wctx, &fedmeshv1.WaitEnforcedRequest{Revision: rev, Timeout: durationpb.New(timeout)})
 	if err != nil {
 		return 0, fmt.Errorf("wait for revision %d: %w", rev, err)
