@@ -45,6 +45,7 @@ type options struct {
 	readyLag       time.Duration
 	wireguard      bool
 	wireguardPort  uint32
+	wireguardDev   string
 	bgp            bool
 	statusInterval time.Duration
 }
@@ -139,6 +140,7 @@ func main() {
 	f.DurationVar(&o.readyLag, "ready-lag", 30*time.Second, "not ready when the enforced revision is older than this behind the newest seen")
 	f.BoolVar(&o.wireguard, "wireguard", true, "run the WireGuard device to other clusters")
 	f.Uint32Var(&o.wireguardPort, "wireguard-port", 0, "WireGuard listen port to register (0: the cluster's default)")
+	f.StringVar(&o.wireguardDev, "wireguard-device", "", "name of the WireGuard link, unique on the machine (default: derived from cluster and node)")
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
@@ -190,7 +192,7 @@ func run(ctx context.Context, o *options) error {
 		if err != nil {
 			return fmt.Errorf("load WireGuard key: %w", err)
 		}
-		dev, err := wireguard.Open(ctx, wireguard.Options{Name: wireguard.DeviceName(o.cluster, o.node), NetNS: o.netns, Logger: log})
+		dev, err := wireguard.Open(ctx, wireguard.Options{Name: o.deviceName(), NetNS: o.netns, Logger: log})
 		if err != nil {
 			return fmt.Errorf("open WireGuard device: %w", err)
 		}
@@ -229,4 +231,14 @@ func run(ctx context.Context, o *options) error {
 	}
 	log.Info("starting", "cluster", o.cluster, "node", o.node, "controlplane", p.replicas, "dataplane", o.dataplane)
 	return a.Run(ctx)
+}
+
+// deviceName is the WireGuard link's name. The embedded device's UAPI socket
+// path is shared by every network namespace, so two agents on one machine
+// (a lab) need distinct names even for equal cluster and node names.
+func (o *options) deviceName() string {
+	if o.wireguardDev != "" {
+		return o.wireguardDev
+	}
+	return wireguard.DeviceName(o.cluster, o.node)
 }

@@ -32,7 +32,7 @@ func (d *Demo) say(format string, args ...any) {
 
 func (d *Demo) fedctl(ctx context.Context, args ...string) (string, error) {
 	fmt.Fprintf(d.Out, "$ fedctl %s\n", strings.Join(args, " "))
-	out, err := d.Lab.fedctl(ctx, args...)
+	out, err := d.Lab.Fedctl(ctx, args...)
 	fmt.Fprint(d.Out, indent(out))
 	return out, err
 }
@@ -171,7 +171,7 @@ func (d *Demo) Run(ctx context.Context) error {
 		var out string
 		err := waitFor(wctx, "the import in "+a.Name, func() error {
 			var err error
-			out, err = d.Lab.fedctl(wctx, "service", "imports", "--cluster", a.Name)
+			out, err = d.Lab.Fedctl(wctx, "service", "imports", "--cluster", a.Name)
 			if err == nil && !strings.Contains(out, b.Name) {
 				err = errors.New("not imported yet")
 			}

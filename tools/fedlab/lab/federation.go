@@ -65,9 +65,9 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	return nil
 }
 
-// fedctl runs the real CLI inside the management namespace, as a user of
+// Fedctl runs the real CLI inside the management namespace, as a user of
 // the lab would, and returns its output.
-func (l *Lab) fedctl(ctx context.Context, args ...string) (string, error) {
+func (l *Lab) Fedctl(ctx context.Context, args ...string) (string, error) {
 	argv := append([]string{"--net=/var/run/netns/" + l.Topo.Mgmt.NS, "--", l.bin("fedctl"),
 		"--server", strings.Join(l.Topo.ControlPlaneAddrs(), ",")}, args...)
 	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
@@ -90,7 +90,7 @@ func (l *Lab) registerClusters(ctx context.Context) error {
 			"--wireguard",
 		}
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := waitFor(wctx, "control plane to register "+c.Name, func() error { _, err := l.fedctl(wctx, args...); return err })
+		err := waitFor(wctx, "control plane to register "+c.Name, func() error { _, err := l.Fedctl(wctx, args...); return err })
 		cancel()
 		if err != nil {
 			return err
@@ -119,6 +119,8 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				"--bpf-pin-dir", l.pinDir(n),
 				"--metrics-addr", fmt.Sprintf("%s:9464", n.Host.Addr.Addr()),
 				"--wireguard-port", fmt.Sprint(n.WGPort),
+				// Unique per lab: the UAPI socket path is machine-wide.
+				"--wireguard-device", "wg" + n.Host.NS,
 				"--status-interval", "2s",
 				"--insecure-dev",
 			})

@@ -44,6 +44,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	l = &Lab{Topo: topo, Dir: dir, State: &State{Config: cfg}, Log: log}
 	defer func() {
 		if err != nil {
+			if kept := keepLogs(dir, cfg.Name); kept != "" {
+				err = fmt.Errorf("%w (logs kept in %s)", err, kept)
+			}
 			if derr := Down(context.WithoutCancel(ctx), cfg.Name, log); derr != nil {
 				log.Error("tear down failed lab", "err", derr)
 			}
@@ -259,4 +262,23 @@ func (t *Topology) Exec(ctx context.Context, pod string, argv []string) *exec.Cm
 		ns = p.NS
 	}
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + ns, "--"}, argv...)...)
+}
+
+// keepLogs copies the lab's logs out of its state dir before a failed Up
+// removes it, so the user can read why.
+func keepLogs(dir, name string) string {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	if len(logs) == 0 {
+		return ""
+	}
+	out, err := os.MkdirTemp("", "fedlab-"+name+"-logs-")
+	if err != nil {
+		return ""
+	}
+	for _, f := range logs {
+		if b, err := os.ReadFile(f); err == nil {
+			_ = os.WriteFile(filepath.Join(out, filepath.Base(f)), b, 0o600)
+		}
+	}
+	return out
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -79,6 +81,20 @@ func Probe(ctx context.Context, proto, addr string, timeout time.Duration) error
 	buf := make([]byte, 16)
 	if _, err := io.ReadAtLeast(c, buf, 2); err != nil {
 		return fmt.Errorf("%s %s: %w: %v", proto, addr, ErrBlocked, err)
+	}
+	return nil
+}
+
+// ProbeFrom runs one probe (fedlab probe) from inside a pod of the lab.
+func (l *Lab) ProbeFrom(ctx context.Context, pod, proto, addr string, timeout time.Duration) error {
+	_, _, p, ok := l.Topo.Pod(pod)
+	if !ok {
+		return fmt.Errorf("no pod %s", pod)
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+p.NS, "--",
+		l.bin("fedlab"), "probe", "--proto", proto, "--timeout", timeout.String(), addr).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s -> %s/%s: %w: %s", pod, addr, proto, ErrBlocked, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

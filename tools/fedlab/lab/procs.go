@@ -137,3 +137,57 @@ func waitFor(ctx context.Context, what string, check func() error) error {
 		}
 	}
 }
+
+// Proc returns the lab process with this name.
+func (l *Lab) Proc(name string) (Proc, bool) {
+	for _, p := range l.State.Procs {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Proc{}, false
+}
+
+// Signal sends sig to a lab process (by the PID the lab recorded).
+func (l *Lab) Signal(name string, sig syscall.Signal) error {
+	p, ok := l.Proc(name)
+	if !ok || !p.alive() {
+		return fmt.Errorf("lab process %s is not running", name)
+	}
+	return syscall.Kill(p.PID, sig)
+}
+
+// Restart starts a stopped (or killed) lab process again with the same
+// command line, in the same namespace.
+func (l *Lab) Restart(name string) error {
+	for i, p := range l.State.Procs {
+		if p.Name != name {
+			continue
+		}
+		if p.alive() && !zombie(p.PID) {
+			return fmt.Errorf("lab process %s still runs (pid %d)", name, p.PID)
+		}
+		np, err := start(l.Dir, p.NS, p.Name, p.Argv)
+		if err != nil {
+			return err
+		}
+		l.State.Procs[i] = np
+		return l.State.save(l.Dir)
+	}
+	return fmt.Errorf("no lab process %s", name)
+}
+
+// Stop stops one lab process (SIGTERM, then SIGKILL).
+func (l *Lab) Stop(name string) error {
+	p, ok := l.Proc(name)
+	if !ok {
+		return fmt.Errorf("no lab process %s", name)
+	}
+	return p.stop(5 * time.Second)
+}
+
+// Alive reports whether a lab process runs.
+func (l *Lab) Alive(name string) bool {
+	p, ok := l.Proc(name)
+	return ok && p.alive() && !zombie(p.PID)
+}
