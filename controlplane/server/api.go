@@ -333,13 +333,3 @@ func (s *policyService) ListPolicies(ctx context.Context, req *fedmeshv1.ListPol
 	})
 	return resp, nil
 }
-
-// reachService waits for the policy compiler (federation/policy); until it
-// is wired in, Reach says so rather than guessing a verdict.
-type reachService struct {
-	fedmeshv1.UnimplementedReachServiceServer
-}
-
-func (reachService) Reach(context.Context, *fedmeshv1.ReachRequest) (*fedmeshv1.ReachResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Reach is not available yet: the control plane does not embed the policy compiler (federation/policy) in this build")
-}

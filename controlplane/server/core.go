@@ -50,13 +50,16 @@ type Core struct {
 	// leaderReady is set once this replica, as leader, has applied every
 	// entry of earlier terms and published its address.
 	leaderReady atomic.Bool
+	// reach answers ReachService with the policy compiler.
+	reach *reachEngine
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
 func newCore(r *Replica) *Core {
-	return &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{}}
+	return &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
+		reach: newReachEngine(r.fsm, r.log)}
 }
 
 func (c *Core) close() {

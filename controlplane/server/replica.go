@@ -187,7 +187,11 @@ func Start(cfg Config) (*Replica, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.wg.Add(2)
+	r.wg.Add(3)
+	go func() {
+		defer r.wg.Done()
+		r.core.reach.run(ctx)
+	}()
 	go func() {
 		defer r.wg.Done()
 		if err := r.grpc.Serve(r.grpcLis); err != nil {
@@ -289,6 +293,6 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterMultiClusterServiceServer(s, &mcsService{c: c})
 	fedmeshv1.RegisterPolicyServiceServer(s, &policyService{c: c})
 	fedmeshv1.RegisterWatchServiceServer(s, &watchService{c: c})
-	fedmeshv1.RegisterReachServiceServer(s, &reachService{})
+	fedmeshv1.RegisterReachServiceServer(s, &reachService{c: c})
 	fedmeshv1.RegisterControlPlaneServiceServer(s, &adminService{c: c})
 }
