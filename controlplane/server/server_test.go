@@ -147,7 +147,7 @@ func TestSingleReplicaServesWritesAndReads(t *testing.T) {
 	if _, err := c.cluster.ListClusters(metadata.AppendToOutgoingContext(ctx, ConsistencyKey, "eventual"), &fedmeshv1.ListClustersRequest{}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("unknown consistency: %v", err)
 	}
-	if _, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{}); status.Code(err) != codes.Unimplemented {
+	if _, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("reach: %v", err)
 	}
 	del, err := c.cluster.DeleteCluster(ctx, &fedmeshv1.DeleteClusterRequest{Name: "east"})
