@@ -240,6 +240,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 	s := NewState(logSize)
 	var h snapHeader
 	sawHeader := false
+	ids := newIdentityRestorer()
 	for {
 		kind, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -290,7 +291,9 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 					s.ipOwner[a] = epRef{e.GetCluster(), key}
 				}
 			}
-			e.Labels = s.ids.restore(e.GetIdentity(), KeyOf(e), e.GetLabels())
+			if e.Labels, err = ids.add(e); err != nil {
+				return nil, fmt.Errorf("read snapshot: %w", err)
+			}
 		case recExport:
 			x := &fedmeshv1.ServiceExport{}
 			gen, err := unmarshalWithGen(b, x)
@@ -319,7 +322,9 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			s.members[m.GetId()] = m
 		case recEnd:
 			s.rev = h.Revision
-			s.ids.next = max(h.NextIdentity, FirstAllocatedIdentity)
+			if s.ids, err = ids.finish(h.NextIdentity); err != nil {
+				return nil, fmt.Errorf("read snapshot: %w", err)
+			}
 			for _, g := range h.Gens {
 				s.gens[genKey{owner: g.Owner, kind: genKind(g.Kind)}] = g.Gen
 			}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -131,12 +133,35 @@ func TestIdentityIsReleasedWithItsLastEndpointAndNotReusedAtOnce(t *testing.T) {
 }
 
 func TestIdentityAllocatorWrapsPastTheTopAndSkipsReserved(t *testing.T) {
-	a := NewIdentities()
-	a.next = ^uint32(0)
-	top := a.Acquire(IdentityKey{Namespace: "top"})
-	wrapped := a.Acquire(IdentityKey{Namespace: "wrapped"})
+	s := NewState(100)
+	s.ids.next = ^uint32(0)
+	if err := s.ids.a.Restore(identity.State{Next: ^uint32(0)}); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false, ep("x", "top", "10.1.0.1", map[string]string{"app": "top"})))
+	apply(t, s, upsert("a", 0, false, ep("x", "wrapped", "10.1.0.2", map[string]string{"app": "wrapped"})))
+	top, wrapped := s.Endpoint("a", "x", "top").GetIdentity(), s.Endpoint("a", "x", "wrapped").GetIdentity()
 	if top != ^uint32(0) || wrapped != FirstAllocatedIdentity {
 		t.Fatalf("got %d then %d, want %d then %d", top, wrapped, ^uint32(0), FirstAllocatedIdentity)
+	}
+	if s.ids.next != FirstAllocatedIdentity+1 {
+		t.Fatalf("cursor %d after wrapping, want %d", s.ids.next, FirstAllocatedIdentity+1)
+	}
+}
+
+func TestReservedLabelsDoNotSplitOrSpoofIdentities(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"), cluster("b", "10.2.0.0/16"),
+		upsert("a", 0, false,
+			ep("x", "plain", "10.1.0.1", map[string]string{"app": "x"}),
+			ep("x", "spoof", "10.1.0.2", map[string]string{"app": "x", identity.LabelCluster: "b"})),
+		upsert("b", 0, false, ep("x", "real", "10.2.0.1", map[string]string{"app": "x"})))
+	plain, spoof, real := s.Endpoint("a", "x", "plain"), s.Endpoint("a", "x", "spoof"), s.Endpoint("b", "x", "real")
+	if plain.GetIdentity() != spoof.GetIdentity() || spoof.GetIdentity() == real.GetIdentity() {
+		t.Fatalf("identities plain=%d spoof=%d real=%d: a reserved label must neither split nor claim one", plain.GetIdentity(), spoof.GetIdentity(), real.GetIdentity())
+	}
+	if _, ok := spoof.GetLabels()[identity.LabelCluster]; ok {
+		t.Errorf("stored labels keep the reserved key: %v", spoof.GetLabels())
 	}
 }
 
@@ -538,5 +563,21 @@ func TestEndpointsOfOneIdentityShareTheirLabels(t *testing.T) {
 	p, q := s.Endpoint("a", "x", "p"), s.Endpoint("a", "x", "q")
 	if fmt.Sprintf("%p", p.GetLabels()) != fmt.Sprintf("%p", q.GetLabels()) || p.GetLabels()["app"] != "x" {
 		t.Fatal("labels of one identity not shared")
+	}
+}
+
+// testdata/snapshot-v1.bin was written by the version-1 binary from
+// richState; every later binary must read it.
+func TestSnapshotOfVersion1IsRead(t *testing.T) {
+	b, err := os.ReadFile("testdata/snapshot-v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadSnapshot(bytes.NewReader(b), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1, d2 := dump(richState(t)), dump(r); d1 != d2 {
+		t.Fatalf("version-1 snapshot restores a different state:\n%s\n---\n%s", d1, d2)
 	}
 }
