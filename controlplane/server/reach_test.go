@@ -64,7 +64,9 @@ func TestReachExplainsVerdictsAcrossClustersWithTheCompiler(t *testing.T) {
 	}
 	pgIdentity := eps.GetEndpoints()[1].GetIdentity() // sorted: cache-0, pg-0
 	polKey := "/db/allow-web"
-	key := func(k *fedmeshv1.PolicyKey) string { return k.GetCluster() + "/" + k.GetNamespace() + "/" + k.GetName() }
+	key := func(k *fedmeshv1.PolicyKey) string {
+		return k.GetCluster() + "/" + k.GetNamespace() + "/" + k.GetName()
+	}
 
 	tests := []struct {
 		name            string
