@@ -109,7 +109,7 @@ func (s *nodeService) ReportNodeStatus(ctx context.Context, req *fedmeshv1.Repor
 	if req.GetStatus() == nil {
 		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
 	}
-	return propose(ctx, s.c, store.CmdReportNodeStatus, req,
+	return propose(ctx, s.c, store.CmdRecordNodeStatus, req,
 		func(r *store.Result) *fedmeshv1.ReportNodeStatusResponse {
 			return &fedmeshv1.ReportNodeStatusResponse{Revision: r.Revision}
 		})

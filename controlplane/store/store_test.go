@@ -581,3 +581,20 @@ func TestSnapshotOfVersion1IsRead(t *testing.T) {
 		t.Fatalf("version-1 snapshot restores a different state:\n%s\n---\n%s", d1, d2)
 	}
 }
+
+func TestRecordNodeStatusChangesTheNodeButNotTheRevision(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"),
+		Command{Type: CmdRegisterNode, Payload: &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "198.18.0.1"}}})
+	before, logLen := s.rev, s.log.Len()
+	res := apply(t, s, Command{Type: CmdRecordNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1", Status: &fedmeshv1.NodeStatus{EnforcedRevision: before}}})
+	if res.Err != nil || s.rev != before || s.log.Len() != logLen || res.Revision != before {
+		t.Fatalf("record moved revision %d -> %d (log %d -> %d): %v", before, s.rev, logLen, s.log.Len(), res.Err)
+	}
+	if n := s.Node("a", "n1"); n.GetStatus().GetEnforcedRevision() != before || n.GetMeta().GetRevision() != before {
+		t.Fatalf("node after record: %v", n)
+	}
+	if res := applyEncoded(t, s, Command{Type: CmdRecordNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "ghost", Status: &fedmeshv1.NodeStatus{}}}); res.Err == nil {
+		t.Fatal("status of an unknown node recorded")
+	}
+}
