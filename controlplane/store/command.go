@@ -38,6 +38,9 @@ const (
 	// WaitEnforced would chase a revision that moves with each report.
 	// CmdReportNodeStatus stays only to replay older logs.
 	CmdRecordNodeStatus CommandType = 14
+	// CmdConsumeJoinToken marks a join token used (single use across
+	// replicas); internal: no revision, no event.
+	CmdConsumeJoinToken CommandType = 15
 )
 
 // Command is one decoded log entry. Time is the proposing replica's wall
@@ -123,6 +126,7 @@ func init() {
 	register(CmdSetMember, true, (*State).applySetMember)
 	register(CmdRemoveMember, true, (*State).applyRemoveMember)
 	register(CmdRecordNodeStatus, true, (*State).applyRecordNodeStatus)
+	register(CmdConsumeJoinToken, true, (*State).applyConsumeJoinToken)
 }
 
 // Result is what applying a command returns to the proposer.

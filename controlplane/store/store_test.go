@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -67,6 +68,9 @@ func applyEncoded(t *testing.T, s *State, c Command) *Result {
 func dump(s *State) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rev=%d next=%d ids=%d\n", s.rev, s.ids.next, s.ids.Len())
+	for _, id := range sortedTokenIDs(s.usedTokens) {
+		fmt.Fprintf(&b, "token %x expires %d\n", id, s.usedTokens[id])
+	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		fmt.Fprintf(&b, "gen %s/%d=%d\n", gk.owner, gk.kind, s.gens[gk])
 	}
@@ -596,5 +600,32 @@ func TestRecordNodeStatusChangesTheNodeButNotTheRevision(t *testing.T) {
 	}
 	if res := applyEncoded(t, s, Command{Type: CmdRecordNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "ghost", Status: &fedmeshv1.NodeStatus{}}}); res.Err == nil {
 		t.Fatal("status of an unknown node recorded")
+	}
+}
+
+func TestJoinTokenIsConsumedOnceAndExpiredOnesAreForgotten(t *testing.T) {
+	s := NewState(100)
+	consume := func(id byte, expires, now int64) *Result {
+		return applyEncoded(t, s, Command{Type: CmdConsumeJoinToken, Time: now, Payload: ConsumeJoinTokenPayload([16]byte{id}, expires)})
+	}
+	if r := consume(1, 100, 10); r.Err != nil || s.rev != 0 {
+		t.Fatalf("first consume: %v (revision %d)", r.Err, s.rev)
+	}
+	if r := consume(1, 100, 20); !errors.Is(r.Err, ErrTokenUsed) {
+		t.Fatalf("second consume: %v, want ErrTokenUsed", r.Err)
+	}
+	if r := consume(2, 500, 200); r.Err != nil || s.UsedTokens() != 1 {
+		t.Fatalf("token 1 (expired at 100) kept at time 200: %d remembered, %v", s.UsedTokens(), r.Err)
+	}
+	var buf bytes.Buffer
+	if _, err := s.Freeze().WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadSnapshot(&buf, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := applyEncoded(t, r, Command{Type: CmdConsumeJoinToken, Time: 300, Payload: ConsumeJoinTokenPayload([16]byte{2}, 500)}); !errors.Is(res.Err, ErrTokenUsed) {
+		t.Fatalf("token used before the snapshot accepted after restore: %v", res.Err)
 	}
 }
