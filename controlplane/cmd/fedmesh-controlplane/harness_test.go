@@ -57,7 +57,7 @@ func freePort(t testing.TB) string {
 // replica is one fedmesh-controlplane process.
 type replica struct {
 	id, raftAddr, grpcAddr, dataDir, logPath string
-	joiner                                   bool // started without bootstrap peers, added at runtime
+	joiner                                   bool   // started without bootstrap peers, added at runtime
 	tlsDir                                   string // credentials, when the group runs mTLS
 	cmd                                      *exec.Cmd
 	done                                     chan struct{}
