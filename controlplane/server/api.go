@@ -109,7 +109,7 @@ func (s *nodeService) ReportNodeStatus(ctx context.Context, req *fedmeshv1.Repor
 	if req.GetStatus() == nil {
 		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
 	}
-	return propose(ctx, s.c, store.CmdReportNodeStatus, req,
+	return propose(ctx, s.c, store.CmdRecordNodeStatus, req,
 		func(r *store.Result) *fedmeshv1.ReportNodeStatusResponse {
 			return &fedmeshv1.ReportNodeStatusResponse{Revision: r.Revision}
 		})
@@ -332,14 +332,4 @@ func (s *policyService) ListPolicies(ctx context.Context, req *fedmeshv1.ListPol
 		resp.Policies, resp.Revision = st.Policies(req.GetKind(), req.GetCluster(), req.GetNamespace()), st.Revision()
 	})
 	return resp, nil
-}
-
-// reachService waits for the policy compiler (federation/policy); until it
-// is wired in, Reach says so rather than guessing a verdict.
-type reachService struct {
-	fedmeshv1.UnimplementedReachServiceServer
-}
-
-func (reachService) Reach(context.Context, *fedmeshv1.ReachRequest) (*fedmeshv1.ReachResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Reach is not available yet: the control plane does not embed the policy compiler (federation/policy) in this build")
 }

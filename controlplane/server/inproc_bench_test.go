@@ -23,7 +23,7 @@ func BenchmarkInProcessWrites(b *testing.B) {
 	}
 	var reps []*Replica
 	for _, p := range peers {
-		r, err := Start(Config{NodeID: p.ID, DataDir: b.TempDir(), RaftAddr: p.RaftAddr, GRPCAddr: p.GRPCAddr, BootstrapPeers: peers,
+		r, err := Start(Config{Insecure: true, NodeID: p.ID, DataDir: b.TempDir(), RaftAddr: p.RaftAddr, GRPCAddr: p.GRPCAddr, BootstrapPeers: peers,
 			RaftTimeout: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)

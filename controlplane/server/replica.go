@@ -22,10 +22,12 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -62,6 +64,12 @@ type Config struct {
 	// ApplyTimeout bounds how long a write waits to enter the log.
 	ApplyTimeout time.Duration
 	Logger       *slog.Logger
+	// TLS serves the API over mutual TLS 1.3 with authorization, and runs
+	// Raft and leader forwarding over mutual TLS between replicas.
+	TLS *TLSConfig
+	// Insecure serves plaintext without authentication (development
+	// only). Start refuses a Config with neither TLS nor Insecure.
+	Insecure bool
 }
 
 // Replica is one running control-plane replica.
@@ -79,6 +87,7 @@ type Replica struct {
 	httpSrv  *http.Server
 	httpLis  net.Listener
 	core     *Core
+	sec      *security
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	stopOnce sync.Once
@@ -88,6 +97,9 @@ type Replica struct {
 func Start(cfg Config) (*Replica, error) {
 	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" || cfg.GRPCAddr == "" {
 		return nil, errors.New("start replica: node ID, data dir, raft address and gRPC address are required")
+	}
+	if (cfg.TLS == nil) == !cfg.Insecure {
+		return nil, errors.New("start replica: give TLS credentials (CA, replica certificate and key), or Insecure for a development setup, not both")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -113,6 +125,11 @@ func Start(cfg Config) (*Replica, error) {
 	}()
 
 	var err error
+	if cfg.TLS != nil {
+		if r.sec, err = loadSecurity(cfg.TLS); err != nil {
+			return nil, fmt.Errorf("start replica: %w", err)
+		}
+	}
 	if r.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err)
 	}
@@ -128,8 +145,19 @@ func Start(cfg Config) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve raft address %s: %w", cfg.RaftAddr, err)
 	}
-	nt, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 8, 10*time.Second, hlog)
-	if err != nil {
+	var nt *raft.NetworkTransport
+	if r.sec != nil {
+		var advertise net.Addr = addr
+		if addr.Port == 0 {
+			advertise = nil
+		}
+		srv, cli := auth.ReplicaTLS(r.sec.pool, r.sec.cert)
+		layer, err := auth.NewTLSStreamLayer(cfg.RaftAddr, advertise, srv, cli)
+		if err != nil {
+			return nil, err
+		}
+		nt = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: layer, MaxPool: 8, Timeout: 10 * time.Second, Logger: hlog})
+	} else if nt, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 8, 10*time.Second, hlog); err != nil {
 		return nil, fmt.Errorf("listen for raft on %s: %w", cfg.RaftAddr, err)
 	}
 	r.trans = nt
@@ -178,8 +206,18 @@ func Start(cfg Config) (*Replica, error) {
 
 	r.metrics = newMetrics(r)
 	r.core = newCore(r)
-	r.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	if r.sec != nil {
+		guard := auth.NewGuard(auth.WithLogger(r.log))
+		opts := append(guard.ServerOptions(), grpc.MaxSendMsgSize(64<<20),
+			grpc.Creds(credentials.NewTLS(auth.ServerTLS(r.sec.pool, r.sec.cert, r.sec.allowJoin))))
+		r.grpc = grpc.NewServer(opts...)
+	} else {
+		r.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	}
 	registerServices(r.grpc, r.core)
+	if r.sec != nil && r.sec.ca != nil {
+		fedmeshv1.RegisterAuthServiceServer(r.grpc, auth.NewAuthService(r.sec.ca, raftLedger{r.core}))
+	}
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(r.grpc, hs)
@@ -187,7 +225,11 @@ func Start(cfg Config) (*Replica, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.wg.Add(2)
+	r.wg.Add(3)
+	go func() {
+		defer r.wg.Done()
+		r.core.reach.run(ctx)
+	}()
 	go func() {
 		defer r.wg.Done()
 		if err := r.grpc.Serve(r.grpcLis); err != nil {
@@ -289,6 +331,6 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterMultiClusterServiceServer(s, &mcsService{c: c})
 	fedmeshv1.RegisterPolicyServiceServer(s, &policyService{c: c})
 	fedmeshv1.RegisterWatchServiceServer(s, &watchService{c: c})
-	fedmeshv1.RegisterReachServiceServer(s, &reachService{})
+	fedmeshv1.RegisterReachServiceServer(s, &reachService{c: c})
 	fedmeshv1.RegisterControlPlaneServiceServer(s, &adminService{c: c})
 }

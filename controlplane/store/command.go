@@ -31,6 +31,16 @@ const (
 	// leader forwarding); they do not move the revision.
 	CmdSetMember    CommandType = 12
 	CmdRemoveMember CommandType = 13
+	// CmdRecordNodeStatus records a node's status without moving the
+	// revision or producing an event. Agents report after every revision
+	// they enforce; if a report made a revision (as CmdReportNodeStatus
+	// does) every agent would enforce it and report again, forever, and
+	// WaitEnforced would chase a revision that moves with each report.
+	// CmdReportNodeStatus stays only to replay older logs.
+	CmdRecordNodeStatus CommandType = 14
+	// CmdConsumeJoinToken marks a join token used (single use across
+	// replicas); internal: no revision, no event.
+	CmdConsumeJoinToken CommandType = 15
 )
 
 // Command is one decoded log entry. Time is the proposing replica's wall
@@ -115,6 +125,8 @@ func init() {
 	register(CmdDeletePolicy, false, (*State).applyDeletePolicy)
 	register(CmdSetMember, true, (*State).applySetMember)
 	register(CmdRemoveMember, true, (*State).applyRemoveMember)
+	register(CmdRecordNodeStatus, true, (*State).applyRecordNodeStatus)
+	register(CmdConsumeJoinToken, true, (*State).applyConsumeJoinToken)
 }
 
 // Result is what applying a command returns to the proposer.

@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -74,6 +75,25 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 				fmt.Sprintf("already used by endpoint %s/%s of cluster %q", owner.key.ns, owner.key.name, owner.cluster)))
 		}
 	}
+	// Identity label sets, and whether the space has room for the new ones
+	// (counted only when it could matter: encoding sets is not free).
+	sets := make([]identity.Labels, len(req.GetEndpoints()))
+	for i, e := range req.GetEndpoints() {
+		e.Cluster = cluster
+		sets[i] = LabelsOf(e)
+	}
+	fresh := map[string]bool{}
+	if s.ids.free() < uint64(len(sets)) {
+		for _, ls := range sets {
+			if !s.ids.known(ls) {
+				fresh[ls.String()] = true
+			}
+		}
+	}
+	if uint64(len(fresh)) > s.ids.free() {
+		errs = append(errs, field.Forbidden(field.NewPath("endpoints"),
+			fmt.Sprintf("the identity space is exhausted (%d free, %d new label sets): delete endpoints or reduce label variety", s.ids.free(), len(fresh))))
+	}
 	if len(errs) > 0 {
 		return nil, model.AsError(errs)
 	}
@@ -88,15 +108,17 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 		s.deleteEndpoint(tx, r)
 	}
 	eps = inner(s.endpoints, cluster)
-	for _, e := range req.GetEndpoints() {
+	for i, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
-		e.Cluster = cluster
-		k := KeyOf(e)
-		labels, known := s.ids.labelsOf(k)
-		if !known {
-			labels = s.internLabels(e.GetLabels())
+		ls := sets[i]
+		id, labels, err := s.ids.acquire(ls, func() (map[string]string, identity.Labels) {
+			m := s.internLabels(ls.Pod())
+			return m, identity.For(s.internString(cluster), s.internString(e.GetNamespace()), m, identityFilter)
+		})
+		if err != nil {
+			// Checked above: the state would now be half-applied.
+			panic(fmt.Sprintf("store: acquire identity after the free-space check: %v", err))
 		}
-		id, labels := s.ids.acquire(k, labels)
 		// Endpoints of one identity have equal labels: they share one map.
 		e.Labels = labels
 		old := eps[key]

@@ -1,162 +1,148 @@
 package store
 
 import (
-	"crypto/sha256"
-	"sort"
-	"strings"
+	"fmt"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// Reserved identities. Numbers below FirstAllocatedIdentity are never
-// allocated to endpoints, so dataplanes can give them fixed meanings.
+// Reserved identities: those of federation/identity, so the control plane
+// and the dataplanes agree. Numbers below FirstAllocatedIdentity are never
+// allocated to endpoints.
 const (
 	// IdentityUnknown is no identity (an address the federation does not know).
 	IdentityUnknown uint32 = 0
 	// IdentityHost is the local node.
-	IdentityHost uint32 = 1
+	IdentityHost = identity.Host
 	// IdentityWorld is any address outside the federation.
-	IdentityWorld uint32 = 2
+	IdentityWorld = identity.World
 	// IdentityRemoteNode is another node of the federation.
-	IdentityRemoteNode uint32 = 6
+	IdentityRemoteNode = identity.RemoteNode
 	// FirstAllocatedIdentity is the first number given to an endpoint label set.
-	FirstAllocatedIdentity uint32 = 256
+	FirstAllocatedIdentity = identity.MinAllocated
 )
 
-// IdentityKey is what an identity stands for: a cluster, a namespace and
-// the SHA-256 of the canonical encoding of the security labels (a digest
-// rather than the encoding keeps a label-heavy federation's identities
-// small; a collision is as likely as guessing a 128-bit key).
-type IdentityKey struct {
-	Cluster   string
-	Namespace string
-	Labels    [sha256.Size]byte
-}
+// identityFilter keeps every label: the syncer already dropped churn
+// labels, and replicas must not depend on a filter that may change between
+// versions.
+var identityFilter = identity.NewFilter()
 
-// KeyOf returns the identity key of an endpoint.
-func KeyOf(e *fedmeshv1.Endpoint) IdentityKey {
-	return IdentityKey{Cluster: e.GetCluster(), Namespace: e.GetNamespace(), Labels: sha256.Sum256([]byte(CanonicalLabels(e.GetLabels())))}
-}
-
-// CanonicalLabels encodes a label set so that equal sets encode equally:
-// sorted by key, key and value separated by NUL and pairs by NUL NUL, bytes
-// that no Kubernetes label contains, so two different sets never collide.
-func CanonicalLabels(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteString("\x00\x00")
-		}
-		b.WriteString(k)
-		b.WriteByte(0)
-		b.WriteString(m[k])
-	}
-	return b.String()
-}
-
-type identity struct {
-	id     uint32
-	key    IdentityKey
-	refs   int
-	labels map[string]string // the labels of the first endpoint, shared
+// LabelsOf returns the identity label set of an endpoint: its labels
+// without reserved fedmesh.io/ keys, plus its cluster and namespace
+// (identity.For), so a pod cannot claim another cluster's identity.
+func LabelsOf(e *fedmeshv1.Endpoint) identity.Labels {
+	return identity.For(e.GetCluster(), e.GetNamespace(), e.GetLabels(), identityFilter)
 }
 
 // Identities allocates numeric identities in one 32-bit space for the whole
-// federation. Numbers are handed out in call order from a cursor that only
-// moves forward (wrapping past the top to FirstAllocatedIdentity), so a
-// released number is not reused until the space wraps, and replicas that make
-// the same calls in the same order agree on every number. Not safe for
-// concurrent use: the FSM owns it.
+// federation with federation/identity.Allocator (deterministic: numbers in
+// log order from a cursor that only moves forward and wraps; reference
+// counted), and keeps one label map per identity for its endpoints to
+// share. Not safe for concurrent use: the FSM owns it.
 type Identities struct {
-	byKey map[IdentityKey]*identity
-	byID  map[uint32]*identity
-	next  uint32
+	a *identity.Allocator
+	// next mirrors the allocator's cursor so Freeze need not copy every
+	// entry (the allocator exposes it only through Snapshot).
+	next uint32
+	// labels is the stored label map of each identity's endpoints.
+	labels map[uint32]map[string]string
 }
 
 // NewIdentities returns an empty allocator.
 func NewIdentities() *Identities {
-	return &Identities{byKey: map[IdentityKey]*identity{}, byID: map[uint32]*identity{}, next: FirstAllocatedIdentity}
+	return &Identities{a: identity.NewAllocator(), next: FirstAllocatedIdentity, labels: map[uint32]map[string]string{}}
 }
 
-// Acquire returns the identity of k, allocating one on first use, and takes
-// a reference on it.
-func (a *Identities) Acquire(k IdentityKey) uint32 {
-	n, _ := a.acquire(k, nil)
-	return n
+// free is how many numbers are left to allocate.
+func (a *Identities) free() uint64 {
+	return uint64(identity.MaxAllocated-identity.MinAllocated) + 1 - uint64(a.a.Len())
 }
 
-// acquire is Acquire that also returns the identity's label map (labels,
-// for a new identity), for endpoints to share.
-func (a *Identities) acquire(k IdentityKey, labels map[string]string) (uint32, map[string]string) {
-	if id, ok := a.byKey[k]; ok {
-		id.refs++
-		return id.id, id.labels
+// acquire returns the identity of ls, allocating one on first use, and
+// takes a reference on it. labels is the map to store for a new identity;
+// the returned map is the identity's (shared by its endpoints). The caller
+// has checked that a number is free.
+//
+// For a new identity, fresh returns the label map to store and the label
+// set rebuilt over it, so the allocator's copy shares the map's (interned)
+// strings instead of pinning the request's.
+func (a *Identities) acquire(ls identity.Labels, fresh func() (map[string]string, identity.Labels)) (uint32, map[string]string, error) {
+	if id, ok := a.a.LookupLabels(ls); ok {
+		_, _, err := a.a.Acquire(ls)
+		return id, a.labels[id], err
 	}
-	n := a.next
-	for {
-		if n < FirstAllocatedIdentity {
-			n = FirstAllocatedIdentity
-		}
-		if _, used := a.byID[n]; !used {
-			break
-		}
-		n++
+	labels, ls := fresh()
+	id, created, err := a.a.Acquire(ls)
+	if err != nil {
+		return 0, nil, err
 	}
-	a.next = n + 1
-	id := &identity{id: n, key: k, refs: 1, labels: labels}
-	a.byKey[k] = id
-	a.byID[n] = id
-	return n, labels
+	if created {
+		a.labels[id] = labels
+		a.next = id + 1
+		if id == identity.MaxAllocated {
+			a.next = identity.MinAllocated
+		}
+	}
+	return id, a.labels[id], nil
 }
 
 // Release drops one reference; the identity is freed with the last one.
 func (a *Identities) Release(n uint32) {
-	id, ok := a.byID[n]
-	if !ok {
-		return
-	}
-	id.refs--
-	if id.refs <= 0 {
-		delete(a.byID, n)
-		delete(a.byKey, id.key)
+	if a.a.Release(n) {
+		delete(a.labels, n)
 	}
 }
 
-// Lookup returns the key an identity stands for.
-func (a *Identities) Lookup(n uint32) (IdentityKey, bool) {
-	id, ok := a.byID[n]
-	if !ok {
-		return IdentityKey{}, false
-	}
-	return id.key, true
-}
+// Lookup returns the label set an identity stands for.
+func (a *Identities) Lookup(n uint32) (identity.Labels, bool) { return a.a.Lookup(n) }
 
-// labelsOf returns the shared label map of a known identity key.
-func (a *Identities) labelsOf(k IdentityKey) (map[string]string, bool) {
-	id, ok := a.byKey[k]
-	if !ok {
-		return nil, false
-	}
-	return id.labels, true
+// known reports whether ls has an identity.
+func (a *Identities) known(ls identity.Labels) bool {
+	_, ok := a.a.LookupLabels(ls)
+	return ok
 }
 
 // Len is the number of identities in use.
-func (a *Identities) Len() int { return len(a.byID) }
+func (a *Identities) Len() int { return a.a.Len() }
 
-// restore re-takes a reference on a known number (snapshot restore) and
-// returns the shared label map.
-func (a *Identities) restore(n uint32, k IdentityKey, labels map[string]string) map[string]string {
-	if id, ok := a.byID[n]; ok {
-		id.refs++
-		return id.labels
+// identityRestorer rebuilds the allocator from a snapshot's endpoints.
+type identityRestorer struct {
+	entries map[uint32]*identity.Entry
+	keys    map[uint32]string
+	labels  map[uint32]map[string]string
+}
+
+func newIdentityRestorer() *identityRestorer {
+	return &identityRestorer{entries: map[uint32]*identity.Entry{}, keys: map[uint32]string{}, labels: map[uint32]map[string]string{}}
+}
+
+// add counts e's reference and returns the label map to share.
+func (r *identityRestorer) add(e *fedmeshv1.Endpoint) (map[string]string, error) {
+	id := e.GetIdentity()
+	ls := LabelsOf(e)
+	if en := r.entries[id]; en != nil {
+		if r.keys[id] != ls.String() {
+			return nil, fmt.Errorf("endpoint %s/%s/%s has identity %d of another label set", e.GetCluster(), e.GetNamespace(), e.GetName(), id)
+		}
+		en.Refs++
+		return r.labels[id], nil
 	}
-	id := &identity{id: n, key: k, refs: 1, labels: labels}
-	a.byKey[k] = id
-	a.byID[n] = id
-	return labels
+	r.entries[id] = &identity.Entry{ID: id, Labels: ls, Refs: 1}
+	r.keys[id] = ls.String()
+	r.labels[id] = e.GetLabels()
+	return e.GetLabels(), nil
+}
+
+// finish builds the allocator with its cursor at next.
+func (r *identityRestorer) finish(next uint32) (*Identities, error) {
+	st := identity.State{Next: max(next, FirstAllocatedIdentity), Entries: make([]identity.Entry, 0, len(r.entries))}
+	for _, id := range sortedKeys(r.entries) {
+		st.Entries = append(st.Entries, *r.entries[id])
+	}
+	ids := &Identities{a: identity.NewAllocator(), next: st.Next, labels: r.labels}
+	if err := ids.a.Restore(st); err != nil {
+		return nil, fmt.Errorf("restore identities (endpoints with reserved fedmesh.io/ labels under distinct identities? restore with the previous binary, remove those labels, then upgrade): %w", err)
+	}
+	return ids, nil
 }

@@ -70,3 +70,22 @@ func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRe
 	tx.putNode(n)
 	return &Result{Node: n}, nil
 }
+
+// applyRecordNodeStatus is CmdRecordNodeStatus: the node's status changes,
+// its revisions stay (tx is internal: no revision, no event).
+func (s *State) applyRecordNodeStatus(_ *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
+	if err := s.nodeKey(req.GetCluster(), req.GetName()); err != nil {
+		return nil, err
+	}
+	if req.GetStatus() == nil {
+		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
+	}
+	old := s.nodes[req.GetCluster()][req.GetName()]
+	if old == nil {
+		return nil, &NotFoundError{Kind: "node", Key: req.GetCluster() + "/" + req.GetName()}
+	}
+	n := proto.CloneOf(old)
+	n.Status = req.GetStatus()
+	s.nodes[req.GetCluster()][req.GetName()] = n
+	return &Result{Node: n}, nil
+}

@@ -2,12 +2,14 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -17,7 +19,9 @@ import (
 // SnapshotVersion is the snapshot format this binary writes. It reads every
 // version up to this one; a field added later gets its zero value when an
 // older snapshot is read.
-const SnapshotVersion = 1
+//
+// Version 2 adds the used join tokens (header field usedTokens).
+const SnapshotVersion = 2
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -45,6 +49,12 @@ type snapHeader struct {
 	NextIdentity uint32          `json:"nextIdentity"`
 	Gens         []snapGen       `json:"gens,omitempty"`
 	Clusters     []snapClusterMD `json:"clusters,omitempty"`
+	UsedTokens   []snapToken     `json:"usedTokens,omitempty"` // version 2
+}
+
+type snapToken struct {
+	ID      []byte `json:"id"`
+	Expires int64  `json:"expires"`
 }
 
 type snapGen struct {
@@ -67,16 +77,20 @@ type Frozen struct{ s *State }
 // enough for raft.FSM.Snapshot, which must not block applies for long.
 func (s *State) Freeze() Frozen {
 	c := &State{
-		rev:       s.rev,
-		clusters:  make(map[string]*clusterEntry, len(s.clusters)),
-		nodes:     make(map[string]map[string]*fedmeshv1.Node, len(s.nodes)),
-		endpoints: make(map[string]map[nsName]*epEntry, len(s.endpoints)),
-		exports:   make(map[string]map[nsName]*exportEntry, len(s.exports)),
-		imports:   make(map[nsName]*fedmeshv1.ServiceImport, len(s.imports)),
-		policies:  make(map[string]map[nsName]*policyEntry, len(s.policies)),
-		gens:      make(map[genKey]uint64, len(s.gens)),
-		members:   s.Members(),
-		ids:       &Identities{next: s.ids.next},
+		rev:        s.rev,
+		clusters:   make(map[string]*clusterEntry, len(s.clusters)),
+		nodes:      make(map[string]map[string]*fedmeshv1.Node, len(s.nodes)),
+		endpoints:  make(map[string]map[nsName]*epEntry, len(s.endpoints)),
+		exports:    make(map[string]map[nsName]*exportEntry, len(s.exports)),
+		imports:    make(map[nsName]*fedmeshv1.ServiceImport, len(s.imports)),
+		policies:   make(map[string]map[nsName]*policyEntry, len(s.policies)),
+		gens:       make(map[genKey]uint64, len(s.gens)),
+		members:    s.Members(),
+		ids:        &Identities{next: s.ids.next},
+		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
+	}
+	for k, v := range s.usedTokens {
+		c.usedTokens[k] = v
 	}
 	for k, v := range s.clusters {
 		ce := *v
@@ -121,6 +135,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	h := snapHeader{Version: SnapshotVersion, Revision: s.rev, NextIdentity: s.ids.next}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
+	}
+	for _, id := range sortedTokenIDs(s.usedTokens) {
+		h.UsedTokens = append(h.UsedTokens, snapToken{ID: id[:], Expires: s.usedTokens[id]})
 	}
 	for _, n := range sortedKeys(s.clusters) {
 		ce := s.clusters[n]
@@ -240,6 +257,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 	s := NewState(logSize)
 	var h snapHeader
 	sawHeader := false
+	ids := newIdentityRestorer()
 	for {
 		kind, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -290,7 +308,9 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 					s.ipOwner[a] = epRef{e.GetCluster(), key}
 				}
 			}
-			e.Labels = s.ids.restore(e.GetIdentity(), KeyOf(e), e.GetLabels())
+			if e.Labels, err = ids.add(e); err != nil {
+				return nil, fmt.Errorf("read snapshot: %w", err)
+			}
 		case recExport:
 			x := &fedmeshv1.ServiceExport{}
 			gen, err := unmarshalWithGen(b, x)
@@ -319,7 +339,17 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			s.members[m.GetId()] = m
 		case recEnd:
 			s.rev = h.Revision
-			s.ids.next = max(h.NextIdentity, FirstAllocatedIdentity)
+			if s.ids, err = ids.finish(h.NextIdentity); err != nil {
+				return nil, fmt.Errorf("read snapshot: %w", err)
+			}
+			for _, tk := range h.UsedTokens {
+				var id [16]byte
+				if len(tk.ID) != len(id) {
+					return nil, fmt.Errorf("read snapshot: used join token id of %d bytes, want 16", len(tk.ID))
+				}
+				copy(id[:], tk.ID)
+				s.usedTokens[id] = tk.Expires
+			}
 			for _, g := range h.Gens {
 				s.gens[genKey{owner: g.Owner, kind: genKind(g.Kind)}] = g.Gen
 			}
@@ -342,4 +372,13 @@ func unmarshalWithGen(b []byte, m proto.Message) (uint64, error) {
 		return 0, errors.New("bad generation")
 	}
 	return gen, proto.Unmarshal(b[n:], m)
+}
+
+func sortedTokenIDs(m map[[16]byte]int64) [][16]byte {
+	ks := make([][16]byte, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b [16]byte) int { return bytes.Compare(a[:], b[:]) })
+	return ks
 }

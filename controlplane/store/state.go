@@ -98,7 +98,10 @@ type State struct {
 	gens      map[genKey]uint64
 	ids       *Identities
 	members   map[string]*fedmeshv1.Member
-	log       *EventLog
+	// usedTokens are consumed join tokens by id, with their expiry (Unix
+	// nanoseconds).
+	usedTokens map[[16]byte]int64
+	log        *EventLog
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -112,18 +115,19 @@ type epRef struct {
 // NewState returns an empty state whose event log holds about logSize events.
 func NewState(logSize int) *State {
 	return &State{
-		clusters:  map[string]*clusterEntry{},
-		nodes:     map[string]map[string]*fedmeshv1.Node{},
-		endpoints: map[string]map[nsName]*epEntry{},
-		ipOwner:   map[netip.Addr]epRef{},
-		exports:   map[string]map[nsName]*exportEntry{},
-		imports:   map[nsName]*fedmeshv1.ServiceImport{},
-		policies:  map[string]map[nsName]*policyEntry{},
-		gens:      map[genKey]uint64{},
-		ids:       NewIdentities(),
-		members:   map[string]*fedmeshv1.Member{},
-		log:       NewEventLog(logSize, 0),
-		intern:    map[string]string{},
+		clusters:   map[string]*clusterEntry{},
+		nodes:      map[string]map[string]*fedmeshv1.Node{},
+		endpoints:  map[string]map[nsName]*epEntry{},
+		ipOwner:    map[netip.Addr]epRef{},
+		exports:    map[string]map[nsName]*exportEntry{},
+		imports:    map[nsName]*fedmeshv1.ServiceImport{},
+		policies:   map[string]map[nsName]*policyEntry{},
+		gens:       map[genKey]uint64{},
+		ids:        NewIdentities(),
+		members:    map[string]*fedmeshv1.Member{},
+		usedTokens: map[[16]byte]int64{},
+		log:        NewEventLog(logSize, 0),
+		intern:     map[string]string{},
 	}
 }
 

@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -65,6 +68,9 @@ func applyEncoded(t *testing.T, s *State, c Command) *Result {
 func dump(s *State) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rev=%d next=%d ids=%d\n", s.rev, s.ids.next, s.ids.Len())
+	for _, id := range sortedTokenIDs(s.usedTokens) {
+		fmt.Fprintf(&b, "token %x expires %d\n", id, s.usedTokens[id])
+	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		fmt.Fprintf(&b, "gen %s/%d=%d\n", gk.owner, gk.kind, s.gens[gk])
 	}
@@ -131,12 +137,35 @@ func TestIdentityIsReleasedWithItsLastEndpointAndNotReusedAtOnce(t *testing.T) {
 }
 
 func TestIdentityAllocatorWrapsPastTheTopAndSkipsReserved(t *testing.T) {
-	a := NewIdentities()
-	a.next = ^uint32(0)
-	top := a.Acquire(IdentityKey{Namespace: "top"})
-	wrapped := a.Acquire(IdentityKey{Namespace: "wrapped"})
+	s := NewState(100)
+	s.ids.next = ^uint32(0)
+	if err := s.ids.a.Restore(identity.State{Next: ^uint32(0)}); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false, ep("x", "top", "10.1.0.1", map[string]string{"app": "top"})))
+	apply(t, s, upsert("a", 0, false, ep("x", "wrapped", "10.1.0.2", map[string]string{"app": "wrapped"})))
+	top, wrapped := s.Endpoint("a", "x", "top").GetIdentity(), s.Endpoint("a", "x", "wrapped").GetIdentity()
 	if top != ^uint32(0) || wrapped != FirstAllocatedIdentity {
 		t.Fatalf("got %d then %d, want %d then %d", top, wrapped, ^uint32(0), FirstAllocatedIdentity)
+	}
+	if s.ids.next != FirstAllocatedIdentity+1 {
+		t.Fatalf("cursor %d after wrapping, want %d", s.ids.next, FirstAllocatedIdentity+1)
+	}
+}
+
+func TestReservedLabelsDoNotSplitOrSpoofIdentities(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"), cluster("b", "10.2.0.0/16"),
+		upsert("a", 0, false,
+			ep("x", "plain", "10.1.0.1", map[string]string{"app": "x"}),
+			ep("x", "spoof", "10.1.0.2", map[string]string{"app": "x", identity.LabelCluster: "b"})),
+		upsert("b", 0, false, ep("x", "real", "10.2.0.1", map[string]string{"app": "x"})))
+	plain, spoof, real := s.Endpoint("a", "x", "plain"), s.Endpoint("a", "x", "spoof"), s.Endpoint("b", "x", "real")
+	if plain.GetIdentity() != spoof.GetIdentity() || spoof.GetIdentity() == real.GetIdentity() {
+		t.Fatalf("identities plain=%d spoof=%d real=%d: a reserved label must neither split nor claim one", plain.GetIdentity(), spoof.GetIdentity(), real.GetIdentity())
+	}
+	if _, ok := spoof.GetLabels()[identity.LabelCluster]; ok {
+		t.Errorf("stored labels keep the reserved key: %v", spoof.GetLabels())
 	}
 }
 
@@ -538,5 +567,65 @@ func TestEndpointsOfOneIdentityShareTheirLabels(t *testing.T) {
 	p, q := s.Endpoint("a", "x", "p"), s.Endpoint("a", "x", "q")
 	if fmt.Sprintf("%p", p.GetLabels()) != fmt.Sprintf("%p", q.GetLabels()) || p.GetLabels()["app"] != "x" {
 		t.Fatal("labels of one identity not shared")
+	}
+}
+
+// testdata/snapshot-v1.bin was written by the version-1 binary from
+// richState; every later binary must read it.
+func TestSnapshotOfVersion1IsRead(t *testing.T) {
+	b, err := os.ReadFile("testdata/snapshot-v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadSnapshot(bytes.NewReader(b), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1, d2 := dump(richState(t)), dump(r); d1 != d2 {
+		t.Fatalf("version-1 snapshot restores a different state:\n%s\n---\n%s", d1, d2)
+	}
+}
+
+func TestRecordNodeStatusChangesTheNodeButNotTheRevision(t *testing.T) {
+	s := NewState(100)
+	apply(t, s, cluster("a", "10.1.0.0/16"),
+		Command{Type: CmdRegisterNode, Payload: &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "198.18.0.1"}}})
+	before, logLen := s.rev, s.log.Len()
+	res := apply(t, s, Command{Type: CmdRecordNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1", Status: &fedmeshv1.NodeStatus{EnforcedRevision: before}}})
+	if res.Err != nil || s.rev != before || s.log.Len() != logLen || res.Revision != before {
+		t.Fatalf("record moved revision %d -> %d (log %d -> %d): %v", before, s.rev, logLen, s.log.Len(), res.Err)
+	}
+	if n := s.Node("a", "n1"); n.GetStatus().GetEnforcedRevision() != before || n.GetMeta().GetRevision() != before {
+		t.Fatalf("node after record: %v", n)
+	}
+	if res := applyEncoded(t, s, Command{Type: CmdRecordNodeStatus, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "ghost", Status: &fedmeshv1.NodeStatus{}}}); res.Err == nil {
+		t.Fatal("status of an unknown node recorded")
+	}
+}
+
+func TestJoinTokenIsConsumedOnceAndExpiredOnesAreForgotten(t *testing.T) {
+	s := NewState(100)
+	consume := func(id byte, expires, now int64) *Result {
+		return applyEncoded(t, s, Command{Type: CmdConsumeJoinToken, Time: now, Payload: ConsumeJoinTokenPayload([16]byte{id}, expires)})
+	}
+	if r := consume(1, 100, 10); r.Err != nil || s.rev != 0 {
+		t.Fatalf("first consume: %v (revision %d)", r.Err, s.rev)
+	}
+	if r := consume(1, 100, 20); !errors.Is(r.Err, ErrTokenUsed) {
+		t.Fatalf("second consume: %v, want ErrTokenUsed", r.Err)
+	}
+	if r := consume(2, 500, 200); r.Err != nil || s.UsedTokens() != 1 {
+		t.Fatalf("token 1 (expired at 100) kept at time 200: %d remembered, %v", s.UsedTokens(), r.Err)
+	}
+	var buf bytes.Buffer
+	if _, err := s.Freeze().WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadSnapshot(&buf, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := applyEncoded(t, r, Command{Type: CmdConsumeJoinToken, Time: 300, Payload: ConsumeJoinTokenPayload([16]byte{2}, 500)}); !errors.Is(res.Err, ErrTokenUsed) {
+		t.Fatalf("token used before the snapshot accepted after restore: %v", res.Err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -56,7 +57,8 @@ func freePort(t testing.TB) string {
 // replica is one fedmesh-controlplane process.
 type replica struct {
 	id, raftAddr, grpcAddr, dataDir, logPath string
-	joiner                                   bool // started without bootstrap peers, added at runtime
+	joiner                                   bool   // started without bootstrap peers, added at runtime
+	tlsDir                                   string // credentials, when the group runs mTLS
 	cmd                                      *exec.Cmd
 	done                                     chan struct{}
 	conn                                     *grpc.ClientConn
@@ -68,15 +70,25 @@ type group struct {
 	reps  []*replica
 	peers string
 	extra []string
+	// pki, when set, runs the group over mTLS with credentials it issues.
+	pki *pki
 }
 
 func startGroup(t testing.TB, n int, extra ...string) *group {
 	t.Helper()
-	g := &group{t: t, extra: extra}
+	return startGroupWith(t, n, nil, extra...)
+}
+
+func startGroupWith(t testing.TB, n int, p *pki, extra ...string) *group {
+	t.Helper()
+	g := &group{t: t, extra: extra, pki: p}
 	var peers []string
 	for i := range n {
 		r := &replica{id: fmt.Sprintf("r%d", i+1), raftAddr: freePort(t), grpcAddr: freePort(t), dataDir: t.TempDir()}
 		r.logPath = filepath.Join(r.dataDir, "..", r.id+".log")
+		if p != nil {
+			r.tlsDir = p.replicaDir(t, r.id)
+		}
 		g.reps = append(g.reps, r)
 		peers = append(peers, fmt.Sprintf("%s=%s/%s", r.id, r.raftAddr, r.grpcAddr))
 	}
@@ -106,6 +118,9 @@ func (g *group) join(id string) *replica {
 	g.t.Helper()
 	r := &replica{id: id, raftAddr: freePort(g.t), grpcAddr: freePort(g.t), dataDir: g.t.TempDir(), joiner: true}
 	r.logPath = filepath.Join(r.dataDir, "..", r.id+".log")
+	if g.pki != nil && r.tlsDir == "" {
+		r.tlsDir = g.pki.replicaDir(g.t, r.id)
+	}
 	g.reps = append(g.reps, r)
 	g.start(r)
 	return r
@@ -126,6 +141,11 @@ func (g *group) start(r *replica) {
 	}
 	args := append([]string{"--node-id", r.id, "--data-dir", r.dataDir, "--raft-addr", r.raftAddr, "--grpc-addr", r.grpcAddr,
 		"--raft-timeout", "300ms", "--log-level", "warn"}, g.extra...)
+	if g.pki == nil {
+		args = append(args, "--insecure-dev")
+	} else {
+		args = append(args, "--tls-dir", r.tlsDir)
+	}
 	if !r.joiner {
 		args = append(args, "--bootstrap-peers", g.peers)
 	}
@@ -137,7 +157,11 @@ func (g *group) start(r *replica) {
 	r.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); logf.Close(); close(done) }(r.cmd, r.done)
 	if r.conn == nil {
-		cc, err := grpc.NewClient(r.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+		if g.pki != nil {
+			creds = g.pki.creds(g.t, auth.Admin())
+		}
+		cc, err := grpc.NewClient(r.grpcAddr, creds)
 		if err != nil {
 			g.t.Fatal(err)
 		}

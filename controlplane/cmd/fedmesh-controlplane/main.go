@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +27,8 @@ func main() {
 		insecureDev    bool
 		faultInjection bool
 		logLevel       string
+		tlsDir         string
+		tlsCfg         server.TLSConfig
 	)
 	cmd := &cobra.Command{
 		Use:          "fedmesh-controlplane",
@@ -33,15 +36,16 @@ func main() {
 		Version:      buildinfo.Version(),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !insecureDev {
-				return errors.New("mTLS is not implemented yet; run with --insecure-dev=true (plaintext gRPC, no authentication) on a trusted network")
+			tls, err := tlsConfig(insecureDev, tlsDir, tlsCfg)
+			if err != nil {
+				return err
 			}
+			cfg.TLS, cfg.Insecure = tls, insecureDev
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("parse --log-level: %w", err)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-			var err error
 			if cfg.BootstrapPeers, err = parsePeers(peers); err != nil {
 				return err
 			}
@@ -59,7 +63,11 @@ func main() {
 	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")
 	f.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "Raft log entries between snapshots")
 	f.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 2*time.Minute, "how often to check --snapshot-threshold")
-	f.BoolVar(&insecureDev, "insecure-dev", true, "serve plaintext gRPC without authentication (mTLS comes later)")
+	f.BoolVar(&insecureDev, "insecure-dev", false, "serve plaintext gRPC and Raft without authentication (development only; excludes the TLS flags)")
+	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt (+ ca.key to sign join/renew requests), replica.crt and replica.key")
+	f.StringVar(&tlsCfg.CAFile, "ca-file", "", "CA certificate (default <tls-dir>/ca.crt); a ca.key (mode 0600) next to it enables join tokens")
+	f.StringVar(&tlsCfg.CertFile, "cert-file", "", "this replica's certificate, from 'fedctl ca issue-replica' (default <tls-dir>/replica.crt)")
+	f.StringVar(&tlsCfg.KeyFile, "key-file", "", "this replica's key (default <tls-dir>/replica.key)")
 	f.BoolVar(&faultInjection, "fault-injection", false, "tests only: SIGUSR1 cuts this replica off from its Raft peers, SIGUSR2 heals it")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", 500*time.Millisecond, "Raft heartbeat and election timeout")
@@ -69,6 +77,30 @@ func main() {
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
 	}
+}
+
+// tlsConfig resolves the TLS flags: --insecure-dev alone, or credentials
+// from --tls-dir and/or the file flags.
+func tlsConfig(insecureDev bool, dir string, c server.TLSConfig) (*server.TLSConfig, error) {
+	given := dir != "" || c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	if insecureDev {
+		if given {
+			return nil, errors.New("--insecure-dev excludes --tls-dir, --ca-file, --cert-file and --key-file")
+		}
+		return nil, nil
+	}
+	def := func(v *string, name string) {
+		if *v == "" && dir != "" {
+			*v = filepath.Join(dir, name)
+		}
+	}
+	def(&c.CAFile, "ca.crt")
+	def(&c.CertFile, "replica.crt")
+	def(&c.KeyFile, "replica.key")
+	if c.CAFile == "" || c.CertFile == "" || c.KeyFile == "" {
+		return nil, errors.New("no TLS credentials: give --tls-dir (or --ca-file, --cert-file and --key-file; see 'fedctl ca'), or --insecure-dev on a development setup")
+	}
+	return &c, nil
 }
 
 func parsePeers(s string) ([]server.Peer, error) {

@@ -1,0 +1,344 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	"github.com/fedmesh/fedmesh/federation/model"
+	"github.com/fedmesh/fedmesh/federation/policy"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// reachEngine owns a policy.Engine, the compiler the node agents run, and
+// keeps it at the store's state by applying the store's committed events
+// (clusters, endpoints, policies) as they arrive: incremental, no rebuild
+// per request. Only its run goroutine touches the engine; handlers ask
+// through explain, which answers at a revision at least the one they name.
+type reachEngine struct {
+	fsm  *store.FSM
+	log  *slog.Logger
+	reqs chan *explainReq
+}
+
+type explainReq struct {
+	flow   policy.Flow
+	minRev uint64
+	reply  chan explainResp
+}
+
+type explainResp struct {
+	x   policy.Explanation
+	rev uint64
+	err error
+}
+
+func newReachEngine(fsm *store.FSM, log *slog.Logger) *reachEngine {
+	return &reachEngine{fsm: fsm, log: log, reqs: make(chan *explainReq)}
+}
+
+// explain asks the engine goroutine to explain f once it has applied
+// revision minRev. It blocks until the answer, ctx's end or shutdown.
+func (r *reachEngine) explain(ctx context.Context, f policy.Flow, minRev uint64) (policy.Explanation, uint64, error) {
+	req := &explainReq{flow: f, minRev: minRev, reply: make(chan explainResp, 1)}
+	select {
+	case r.reqs <- req:
+	case <-ctx.Done():
+		return policy.Explanation{}, 0, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case resp := <-req.reply:
+		return resp.x, resp.rev, resp.err
+	case <-ctx.Done():
+		return policy.Explanation{}, 0, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// engineEventChunk bounds the events applied per read of the event log,
+// so requests are served between chunks while catching up.
+const engineEventChunk = 10_000
+
+// run is the engine's owner loop: it applies committed events, answers
+// requests whose revision it has reached and parks the others until it
+// does. It returns when ctx ends.
+func (r *reachEngine) run(ctx context.Context) {
+	var (
+		eng     *policy.Engine
+		rev     uint64
+		pending []*explainReq
+	)
+	for {
+		changed := r.fsm.Changed()
+		if eng == nil {
+			eng, rev = r.rebuild()
+		}
+		caughtUp, ok := r.catchUp(eng, &rev)
+		if !ok {
+			eng = nil // compacted past us: rebuild from the state
+			continue
+		}
+		kept := pending[:0]
+		for _, req := range pending {
+			if rev >= req.minRev {
+				req.reply <- answer(eng, req.flow, rev)
+			} else {
+				kept = append(kept, req)
+			}
+		}
+		clear(pending[len(kept):])
+		pending = kept
+		if !caughtUp {
+			// More events are waiting; still take requests in between.
+			select {
+			case req := <-r.reqs:
+				pending = append(pending, req)
+			case <-ctx.Done():
+				return
+			default:
+			}
+			continue
+		}
+		select {
+		case <-changed:
+		case req := <-r.reqs:
+			pending = append(pending, req)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func answer(eng *policy.Engine, f policy.Flow, rev uint64) explainResp {
+	x, err := eng.Explain(f)
+	return explainResp{x: x, rev: rev, err: err}
+}
+
+// rebuild makes a new engine from the whole state (at start, and when the
+// event log no longer holds the events after the engine's revision).
+func (r *reachEngine) rebuild() (*policy.Engine, uint64) {
+	var objs []*fedmeshv1.Event
+	var rev uint64
+	r.fsm.View(func(st *store.State) {
+		rev = st.Revision()
+		st.ForEachObject(func(e *fedmeshv1.Event) bool {
+			switch e.GetObject().(type) {
+			case *fedmeshv1.Event_Cluster, *fedmeshv1.Event_Endpoint, *fedmeshv1.Event_Policy:
+				objs = append(objs, e)
+			}
+			return true
+		})
+	})
+	// Nothing is compiled: Reach only explains, from the policies directly.
+	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
+	for _, e := range objs {
+		r.apply(eng, e)
+	}
+	eng.Recompute()
+	return eng, rev
+}
+
+// catchUp applies one chunk of events after *rev. It reports whether the
+// engine is now at the store's revision, and false for ok when the log was
+// compacted past *rev.
+func (r *reachEngine) catchUp(eng *policy.Engine, rev *uint64) (caughtUp, ok bool) {
+	var batches []store.Batch
+	var cur uint64
+	r.fsm.View(func(st *store.State) {
+		cur = st.Revision()
+		batches, ok = st.Log().Since(*rev, engineEventChunk)
+	})
+	if !ok {
+		return false, false
+	}
+	for _, b := range batches {
+		for _, e := range b.Events {
+			r.apply(eng, e)
+		}
+		*rev = b.Revision
+	}
+	if len(batches) > 0 {
+		eng.Recompute() // drops the dirty set; nothing is local
+	}
+	return *rev >= cur, true
+}
+
+func (r *reachEngine) apply(eng *policy.Engine, e *fedmeshv1.Event) {
+	del := e.GetType() == fedmeshv1.EventType_EVENT_TYPE_DELETE
+	switch o := e.GetObject().(type) {
+	case *fedmeshv1.Event_Cluster:
+		if del {
+			eng.DeleteCluster(o.Cluster.GetName())
+		} else {
+			eng.UpsertCluster(o.Cluster)
+		}
+	case *fedmeshv1.Event_Endpoint:
+		if del {
+			x := o.Endpoint
+			eng.DeleteEndpoint(policy.EndpointKey{Cluster: x.GetCluster(), Namespace: x.GetNamespace(), Name: x.GetName()})
+		} else {
+			eng.UpsertEndpoint(o.Endpoint)
+		}
+	case *fedmeshv1.Event_Policy:
+		p := o.Policy
+		if del {
+			eng.DeletePolicy(policy.PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()})
+			return
+		}
+		if err := eng.UpsertPolicy(p); err != nil {
+			// The edge validated it, so this is a compiler gap: the agents
+			// cannot enforce it either. Forget any older version.
+			r.log.Warn("policy not explainable", "policy", p.GetCluster()+"/"+p.GetNamespace()+"/"+p.GetName(), "err", err)
+			eng.DeletePolicy(policy.PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()})
+		}
+	}
+}
+
+// reachService explains verdicts with the engine.
+type reachService struct {
+	fedmeshv1.UnimplementedReachServiceServer
+	c *Core
+}
+
+func (s *reachService) Reach(ctx context.Context, req *fedmeshv1.ReachRequest) (*fedmeshv1.ReachResponse, error) {
+	flow, err := reachFlow(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.c.beforeRead(ctx); err != nil {
+		return nil, err
+	}
+	x, rev, err := s.c.reach.explain(ctx, flow, s.c.fsm.Revision())
+	switch {
+	case errors.Is(err, policy.ErrUnknownEndpoint):
+		return nil, status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, policy.ErrBadTarget):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case err != nil:
+		return nil, err
+	}
+	return reachResponse(x, rev), nil
+}
+
+// reachFlow validates a request and converts it to the compiler's flow.
+func reachFlow(req *fedmeshv1.ReachRequest) (policy.Flow, error) {
+	var errs field.ErrorList
+	src, srcErrs := reachTarget(field.NewPath("source"), req.GetSource())
+	dst, dstErrs := reachTarget(field.NewPath("destination"), req.GetDestination())
+	errs = append(append(errs, srcErrs...), dstErrs...)
+	p := req.GetProtocol()
+	if _, known := fedmeshv1.Protocol_name[int32(p)]; !known {
+		errs = append(errs, field.NotSupported(field.NewPath("protocol"), p.String(), []string{"TCP", "UDP", "SCTP", "ICMP"}))
+	}
+	isICMP := p == fedmeshv1.Protocol_PROTOCOL_ICMP
+	if req.GetPort() > 65535 {
+		errs = append(errs, field.Invalid(field.NewPath("port"), req.GetPort(), "must be a port number 0-65535 (ignored for ICMP)"))
+	}
+	if err := model.AsError(errs); err != nil {
+		return policy.Flow{}, err
+	}
+	proto := policy.ProtoFromAPI(p)
+	if isICMP && (src.IP.Is6() || dst.IP.Is6()) {
+		proto = policy.ProtoICMPv6
+	}
+	port := uint16(req.GetPort())
+	if isICMP {
+		port = 0
+	}
+	return policy.Flow{Src: src, Dst: dst, Proto: proto, Port: port}, nil
+}
+
+func reachTarget(p *field.Path, t *fedmeshv1.ReachTarget) (policy.Target, field.ErrorList) {
+	switch x := t.GetTarget().(type) {
+	case *fedmeshv1.ReachTarget_Endpoint:
+		ep := x.Endpoint
+		ep2 := p.Child("endpoint")
+		errs := model.ClusterName(ep2.Child("cluster"), ep.GetCluster())
+		errs = append(errs, model.Namespace(ep2.Child("namespace"), ep.GetNamespace())...)
+		if ep.GetName() == "" {
+			errs = append(errs, field.Required(ep2.Child("name"), ""))
+		}
+		k := policy.EndpointKey{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
+		return policy.Target{Endpoint: &k}, errs
+	case *fedmeshv1.ReachTarget_Ip:
+		a, err := netip.ParseAddr(x.Ip)
+		if err != nil || a.Zone() != "" {
+			return policy.Target{}, field.ErrorList{field.Invalid(p.Child("ip"), x.Ip, "not an IP address")}
+		}
+		return policy.Target{IP: a.Unmap()}, nil
+	default:
+		return policy.Target{}, field.ErrorList{field.Required(p, "an endpoint or an ip")}
+	}
+}
+
+func reachResponse(x policy.Explanation, rev uint64) *fedmeshv1.ReachResponse {
+	return &fedmeshv1.ReachResponse{
+		Verdict:     verdict(x.Allowed),
+		Egress:      directionVerdict(x.Egress),
+		Ingress:     directionVerdict(x.Ingress),
+		Source:      resolvedTarget(x.Src),
+		Destination: resolvedTarget(x.Dst),
+		Revision:    rev,
+	}
+}
+
+func verdict(allowed bool) fedmeshv1.Verdict {
+	if allowed {
+		return fedmeshv1.Verdict_VERDICT_ALLOW
+	}
+	return fedmeshv1.Verdict_VERDICT_DENY
+}
+
+var reasons = map[policy.Reason]fedmeshv1.VerdictReason{
+	policy.ReasonNotSelected:  fedmeshv1.VerdictReason_VERDICT_REASON_NOT_SELECTED,
+	policy.ReasonRuleAllows:   fedmeshv1.VerdictReason_VERDICT_REASON_RULE_ALLOWS,
+	policy.ReasonNoRuleAllows: fedmeshv1.VerdictReason_VERDICT_REASON_NO_RULE_ALLOWS,
+	policy.ReasonNotEnforced:  fedmeshv1.VerdictReason_VERDICT_REASON_NOT_ENFORCED,
+}
+
+func policyType(d policy.Direction) fedmeshv1.PolicyType {
+	if d == policy.Egress {
+		return fedmeshv1.PolicyType_POLICY_TYPE_EGRESS
+	}
+	return fedmeshv1.PolicyType_POLICY_TYPE_INGRESS
+}
+
+func policyKey(k policy.PolicyKey) *fedmeshv1.PolicyKey {
+	return &fedmeshv1.PolicyKey{Cluster: k.Cluster, Namespace: k.Namespace, Name: k.Name}
+}
+
+func directionVerdict(d policy.DirectionVerdict) *fedmeshv1.DirectionVerdict {
+	out := &fedmeshv1.DirectionVerdict{Verdict: verdict(d.Allowed), Reason: reasons[d.Reason], Explanation: d.String()}
+	if d.Reason == policy.ReasonRuleAllows {
+		kind := fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES
+		if d.Rule.Federated {
+			kind = fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED
+		}
+		out.Rule = &fedmeshv1.RuleRef{
+			Policy:    policyKey(policy.PolicyKey{Cluster: d.Rule.Cluster, Namespace: d.Rule.Namespace, Name: d.Rule.Name}),
+			Kind:      kind,
+			Direction: policyType(d.Rule.Direction),
+			Index:     uint32(d.Rule.Index),
+		}
+	}
+	for _, k := range d.Selecting {
+		out.SelectingPolicies = append(out.SelectingPolicies, policyKey(k))
+	}
+	return out
+}
+
+func resolvedTarget(r policy.Resolved) *fedmeshv1.ResolvedTarget {
+	out := &fedmeshv1.ResolvedTarget{Identity: r.Identity}
+	if r.Endpoint != nil {
+		out.Endpoint = &fedmeshv1.EndpointRef{Cluster: r.Endpoint.Cluster, Namespace: r.Endpoint.Namespace, Name: r.Endpoint.Name}
+	}
+	if r.IP.IsValid() {
+		out.Ip = r.IP.String()
+	}
+	return out
+}

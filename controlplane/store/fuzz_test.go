@@ -1,0 +1,161 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/prototext"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// fuzzCommands turns bytes into a command sequence over a small universe
+// (three clusters, a few namespaces, names, addresses and label sets), so
+// random input hits the interesting collisions: shared identities, reused
+// addresses, resync generations, deletes of what exists.
+func fuzzCommands(data []byte) []Command {
+	next := func() byte {
+		if len(data) == 0 {
+			return 0
+		}
+		b := data[0]
+		data = data[1:]
+		return b
+	}
+	clusters := []string{"a", "b", "c"}
+	cidrs := []string{"10.1.0.0/16", "10.2.0.0/16", "10.1.128.0/17"} // c overlaps a
+	nss := []string{"x", "y"}
+	names := []string{"p", "q", "r", "s"}
+	labelSets := []map[string]string{nil, {"app": "web"}, {"app": "db"}, {"app": "web", "tier": "1"}, {"app": "web", "fedmesh.io/cluster": "b"}}
+	ep := func() *fedmeshv1.Endpoint {
+		c := next()
+		return &fedmeshv1.Endpoint{Namespace: nss[c%2], Name: names[(c>>1)%4],
+			Ips:    []string{fmt.Sprintf("10.%d.0.%d", 1+next()%2, next()%4)},
+			Labels: labelSets[int(c>>3)%len(labelSets)], Node: "n1"}
+	}
+	var out []Command
+	for t := int64(1); len(data) > 0 && len(out) < 64; t++ {
+		op := next()
+		cl := clusters[int(next())%3]
+		cmd := Command{Time: t * 1000}
+		switch op % 12 {
+		case 0:
+			cmd.Type, cmd.Payload = CmdRegisterCluster, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: cl, PodCidrs: []string{cidrs[int(next())%3]},
+				Imports: &fedmeshv1.NamespaceScope{Names: nss[:next()%2]}}}
+		case 1:
+			cmd.Type, cmd.Payload = CmdDeleteCluster, &fedmeshv1.DeleteClusterRequest{Name: cl}
+		case 2, 3:
+			req := &fedmeshv1.UpsertEndpointsRequest{Cluster: cl}
+			for range 1 + next()%3 {
+				req.Endpoints = append(req.Endpoints, ep())
+			}
+			if g := next(); g%3 == 0 {
+				req.Resync = &fedmeshv1.ResyncMarker{Generation: uint64(g % 5), Final: g%2 == 0}
+			}
+			cmd.Type, cmd.Payload = CmdUpsertEndpoints, req
+		case 4:
+			e := ep()
+			cmd.Type, cmd.Payload = CmdDeleteEndpoints, &fedmeshv1.DeleteEndpointsRequest{Cluster: cl, Keys: []*fedmeshv1.EndpointKey{{Namespace: e.GetNamespace(), Name: e.GetName()}}}
+		case 5:
+			cmd.Type, cmd.Payload = CmdRegisterNode, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: cl, Name: "n1", UnderlayIp: "198.18.0.1"}}
+		case 6:
+			cmd.Type, cmd.Payload = CmdRecordNodeStatus, &fedmeshv1.ReportNodeStatusRequest{Cluster: cl, Name: "n1", Status: &fedmeshv1.NodeStatus{EnforcedRevision: uint64(next())}}
+		case 7:
+			cmd.Type, cmd.Payload = CmdExportServices, &fedmeshv1.ExportServicesRequest{Cluster: cl, Exports: []*fedmeshv1.ServiceExport{svc(nss[next()%2], "s", 80+uint32(next()%2))}}
+		case 8:
+			cmd.Type, cmd.Payload = CmdUnexportService, &fedmeshv1.UnexportServiceRequest{Cluster: cl, Namespace: nss[next()%2], Name: "s"}
+		case 9:
+			owner := cl
+			if next()%2 == 0 {
+				owner = ""
+			}
+			cmd.Type, cmd.Payload = CmdApplyPolicies, &fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: []*fedmeshv1.Policy{policy(owner, nss[next()%2], "p")}}
+		case 10:
+			cmd.Type, cmd.Payload = CmdDeletePolicy, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Cluster: cl, Namespace: nss[next()%2], Name: "p"}}
+		case 11:
+			cmd.Type, cmd.Payload = CmdConsumeJoinToken, ConsumeJoinTokenPayload([16]byte{next() % 4}, t*1000+int64(next())*100)
+		}
+		out = append(out, cmd)
+	}
+	return out
+}
+
+// checkInvariants returns what the state violates.
+func checkInvariants(s *State) error {
+	uses := map[uint32]uint64{}
+	for c, eps := range s.endpoints {
+		if s.clusters[c] == nil {
+			return fmt.Errorf("endpoints of unregistered cluster %q", c)
+		}
+		for k, e := range eps {
+			id := e.ep.GetIdentity()
+			uses[id]++
+			ls, ok := s.ids.Lookup(id)
+			if !ok {
+				return fmt.Errorf("endpoint %s/%s has unallocated identity %d", c, k, id)
+			}
+			if ls.String() != LabelsOf(e.ep).String() {
+				return fmt.Errorf("endpoint %s/%s: identity %d is %s, endpoint labels are %s", c, k, id, ls, LabelsOf(e.ep))
+			}
+		}
+	}
+	st := s.ids.a.Snapshot()
+	if len(st.Entries) != len(uses) {
+		return fmt.Errorf("%d identities allocated, %d in use", len(st.Entries), len(uses))
+	}
+	for _, en := range st.Entries {
+		if en.Refs != uses[en.ID] {
+			return fmt.Errorf("identity %d has %d references, %d endpoints use it", en.ID, en.Refs, uses[en.ID])
+		}
+	}
+	for a, r := range s.ipOwner {
+		e := s.endpoints[r.cluster][r.key]
+		if e == nil {
+			return fmt.Errorf("address %s owned by missing endpoint %s/%s", a, r.cluster, r.key)
+		}
+	}
+	return nil
+}
+
+func FuzzFSMCommandSequence(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 2, 0, 9, 1, 1, 0, 11, 0, 1, 5})
+	f.Add([]byte{0, 0, 0, 0, 1, 1, 2, 1, 8, 0, 0, 3, 1, 24, 0, 2, 1, 0, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := NewState(8)
+		for i, c := range fuzzCommands(data) {
+			b, err := c.Encode()
+			if err != nil {
+				t.Fatalf("command %d: encode: %v", i, err)
+			}
+			d, err := DecodeCommand(b)
+			if err != nil {
+				t.Fatalf("command %d: decode: %v", i, err)
+			}
+			before := s.Revision()
+			res := s.Apply(d)
+			switch {
+			case res.Err != nil || handlers[c.Type].internal:
+				if s.Revision() != before {
+					t.Fatalf("command %d (%d, err %v) moved the revision %d -> %d", i, c.Type, res.Err, before, s.Revision())
+				}
+			case s.Revision() != before+1 || res.Revision != s.Revision():
+				t.Fatalf("accepted command %d (%d) took revision %d -> %d (result %d)", i, c.Type, before, s.Revision(), res.Revision)
+			}
+			if err := checkInvariants(s); err != nil {
+				t.Fatalf("after command %d (%d %v): %v", i, c.Type, prototext.Format(c.Payload), err)
+			}
+		}
+		var buf bytes.Buffer
+		if _, err := s.Freeze().WriteTo(&buf); err != nil {
+			t.Fatal(err)
+		}
+		r, err := ReadSnapshot(&buf, 8)
+		if err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+		if d1, d2 := dump(s), dump(r); d1 != d2 {
+			t.Fatalf("restored state differs:\n%s\n---\n%s", d1, d2)
+		}
+	})
+}
