@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math"
@@ -72,9 +73,16 @@ type entry struct {
 type Allocator struct {
 	min, max uint32
 	next     uint32
-	byKey    map[string]*entry
-	byID     map[uint32]*entry
+	// byKey is keyed by the SHA-256 of the canonical label string, not the
+	// string itself: label sets can be kilobytes, and holding each twice
+	// (key and entry) doubled the FSM's memory for unique label sets.
+	byKey map[labelKey]*entry
+	byID  map[uint32]*entry
 }
+
+type labelKey [sha256.Size]byte
+
+func keyOf(ls Labels) labelKey { return sha256.Sum256([]byte(ls.String())) }
 
 // NewAllocator returns an allocator over [MinAllocated, MaxAllocated].
 func NewAllocator() *Allocator { return NewAllocatorRange(MinAllocated, MaxAllocated) }
@@ -85,20 +93,20 @@ func NewAllocatorRange(lo, hi uint32) *Allocator {
 	if lo == 0 {
 		lo = 1
 	}
-	return &Allocator{min: lo, max: hi, next: lo, byKey: map[string]*entry{}, byID: map[uint32]*entry{}}
+	return &Allocator{min: lo, max: hi, next: lo, byKey: map[labelKey]*entry{}, byID: map[uint32]*entry{}}
 }
 
 // Acquire returns the identity of ls and takes a reference on it; created
 // is true when the number is new.
 func (a *Allocator) Acquire(ls Labels) (id uint32, created bool, err error) {
-	key := ls.String()
+	key := keyOf(ls)
 	if e, ok := a.byKey[key]; ok {
 		e.refs++
 		return e.id, false, nil
 	}
 	id, err = a.free()
 	if err != nil {
-		return 0, false, fmt.Errorf("allocate identity for %q: %w", key, err)
+		return 0, false, fmt.Errorf("allocate identity for %q: %w", ls.String(), err)
 	}
 	e := &entry{id: id, labels: append(Labels(nil), ls...), refs: 1}
 	a.byKey[key] = e
@@ -144,7 +152,7 @@ func (a *Allocator) Release(id uint32) (freed bool) {
 		return false
 	}
 	delete(a.byID, id)
-	delete(a.byKey, e.labels.String())
+	delete(a.byKey, keyOf(e.labels))
 	return true
 }
 
@@ -158,7 +166,7 @@ func (a *Allocator) Lookup(id uint32) (Labels, bool) {
 
 // LookupLabels returns the identity of ls without taking a reference.
 func (a *Allocator) LookupLabels(ls Labels) (uint32, bool) {
-	if e, ok := a.byKey[ls.String()]; ok {
+	if e, ok := a.byKey[keyOf(ls)]; ok {
 		return e.id, true
 	}
 	return 0, false
@@ -187,7 +195,7 @@ func (a *Allocator) Snapshot() State {
 // allocator unchanged, when s has a number outside the range, a duplicate
 // number or label set, or an entry with no references.
 func (a *Allocator) Restore(s State) error {
-	byKey := make(map[string]*entry, len(s.Entries))
+	byKey := make(map[labelKey]*entry, len(s.Entries))
 	byID := make(map[uint32]*entry, len(s.Entries))
 	for _, e := range s.Entries {
 		if e.ID < a.min || e.ID > a.max {
@@ -196,12 +204,12 @@ func (a *Allocator) Restore(s State) error {
 		if e.Refs == 0 {
 			return fmt.Errorf("restore identity %d: no references", e.ID)
 		}
-		key := e.Labels.String()
+		key := keyOf(e.Labels)
 		if _, dup := byID[e.ID]; dup {
 			return fmt.Errorf("restore identity %d: duplicate number", e.ID)
 		}
 		if _, dup := byKey[key]; dup {
-			return fmt.Errorf("restore identity %d: duplicate labels %q", e.ID, key)
+			return fmt.Errorf("restore identity %d: duplicate labels %q", e.ID, e.Labels.String())
 		}
 		en := &entry{id: e.ID, labels: append(Labels(nil), e.Labels...), refs: e.Refs}
 		byKey[key], byID[e.ID] = en, en
