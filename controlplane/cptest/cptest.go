@@ -19,10 +19,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,6 +93,9 @@ type Options struct {
 	Args []string
 	// LeaderTimeout bounds the wait for the first leader (default 30s).
 	LeaderTimeout time.Duration
+	// Metrics serves /metrics on a loopback port of every replica (see
+	// Replica.Metric).
+	Metrics bool
 }
 
 // Replica is one fedmesh-controlplane process. Its addresses and data dir
@@ -100,6 +106,8 @@ type Replica struct {
 	GRPCAddr string
 	DataDir  string
 	LogPath  string
+	// MetricsAddr serves /metrics when Options.Metrics is set.
+	MetricsAddr string
 
 	conn *grpc.ClientConn
 	mu   sync.Mutex
@@ -174,6 +182,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		id := fmt.Sprintf("r%d", i+1)
 		r := &Replica{ID: id, RaftAddr: freeAddr(t), GRPCAddr: freeAddr(t),
 			DataDir: filepath.Join(dir, id), LogPath: filepath.Join(dir, id+".log")}
+		if opts.Metrics {
+			r.MetricsAddr = freeAddr(t)
+		}
 		cc, err := grpc.NewClient(r.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatalf("cptest: client for %s: %v", id, err)
@@ -242,6 +253,9 @@ func (c *Cluster) start(r *Replica) error {
 		// Always explicit: the default is about to become false.
 		"--insecure-dev",
 		"--log-level", "warn",
+	}
+	if r.MetricsAddr != "" {
+		args = append(args, "--metrics-addr", r.MetricsAddr)
 	}
 	if c.opts.EventLogSize > 0 {
 		args = append(args, "--event-log-size", fmt.Sprint(c.opts.EventLogSize))
@@ -438,4 +452,37 @@ func (c *Cluster) Any() (*Replica, error) {
 		}
 	}
 	return nil, ErrNoReplica
+}
+
+// Metric reads one unlabelled counter or gauge from the replica's /metrics
+// (Options.Metrics must be set).
+func (r *Replica) Metric(ctx context.Context, name string) (float64, error) {
+	if r.MetricsAddr == "" {
+		return 0, fmt.Errorf("read metric %s of replica %s: start the cluster with Options.Metrics", name, r.ID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("read metric %s of replica %s: %w", name, r.ID, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("read metric %s of replica %s: %w", name, r.ID, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		v, ok := strings.CutPrefix(line, name+" ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse metric %s of replica %s: %w", name, r.ID, err)
+		}
+		return f, nil
+	}
+	return 0, fmt.Errorf("replica %s has no metric %s", r.ID, name)
 }

@@ -28,7 +28,7 @@ func register(ctx context.Context, t *testing.T, r *cptest.Replica, name, cidr s
 func TestClusterElectsReplicatesAndSurvivesALeaderKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := cptest.Start(t, cptest.Options{})
+	c := cptest.Start(t, cptest.Options{Metrics: true})
 	if n := len(c.Addrs()); n != 3 {
 		t.Fatalf("%d replicas, want 3", n)
 	}
@@ -36,6 +36,9 @@ func TestClusterElectsReplicatesAndSurvivesALeaderKill(t *testing.T) {
 	rev := register(ctx, t, c.Followers(lead)[0], "east", "10.1.0.0/16")
 	if err := c.WaitRevision(rev, 10*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	if v, err := lead.Metric(ctx, "fedmesh_controlplane_revision"); err != nil || v < float64(rev) {
+		t.Fatalf("leader's revision metric = %v (%v), want >= %d", v, err, rev)
 	}
 
 	pid := lead.PID()
