@@ -2,7 +2,6 @@ package syncer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -11,9 +10,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/fedmesh/fedmesh/federation/services"
+	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -107,7 +109,14 @@ func TestDesiredImportsScopeAndNamespaceSameness(t *testing.T) {
 }
 
 func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
-	h := newHarness(t)
+	// The writer alone against a real kube-apiserver; the import path from
+	// the control plane is TestThirdClusterImportsOneServiceFromTwoExporters.
+	kube := kubetest.Start(t, kubetest.Options{})
+	h := struct {
+		kube *kubetest.Server
+		cs   kubernetes.Interface
+		mcs  mcsclient.Interface
+	}{kube, kube.Clientset(), mcsclient.NewForConfigOrDie(kube.Config)}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := EnsureCRDs(ctx, h.kube.Config); err != nil {
@@ -138,7 +147,7 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	if len(si.Status.Clusters) != 2 || apimeta.FindStatusCondition(si.Status.Conditions, "Ready") == nil {
 		t.Errorf("ServiceImport status %+v", si.Status)
 	}
-	if err := slicesAre(ctx, h, map[string][]string{"cart-east-v4": {"10.1.0.1"}, "cart-west-v4": {"10.2.0.1", "10.2.0.2"}}); err != nil {
+	if err := slicesAre(ctx, h.cs, map[string][]string{"cart-east-v4": {"10.1.0.1"}, "cart-west-v4": {"10.2.0.1", "10.2.0.2"}}); err != nil {
 		t.Fatal(err)
 	}
 	// Applying the same state again changes nothing.
@@ -152,7 +161,7 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	// West stops exporting: its slice goes, the import stays.
 	st = importState(svcExport("east", "shop", 80, 8080, "10.1.0.1"))
 	apply(st)
-	if err := slicesAre(ctx, h, map[string][]string{"cart-east-v4": {"10.1.0.1"}}); err != nil {
+	if err := slicesAre(ctx, h.cs, map[string][]string{"cart-east-v4": {"10.1.0.1"}}); err != nil {
 		t.Fatal(err)
 	}
 	// Nobody exports: everything the syncer wrote goes; nothing else does.
@@ -170,59 +179,8 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	}
 }
 
-func TestConflictIsReportedOnTheServiceExport(t *testing.T) {
-	h := newHarness(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := h.kube.CreateNamespace(ctx, "shop", nil); err != nil {
-		t.Fatal(err)
-	}
-	h.cp.spec.Name = "west"
-	s, err := New(Config{Cluster: "west", REST: h.kube.Config, ControlPlane: h.cp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := EnsureCRDs(ctx, h.kube.Config); err != nil {
-		t.Fatal(err)
-	}
-	se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}}
-	if _, err := h.mcs.MulticlusterV1beta1().ServiceExports("shop").Create(ctx, se, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	infCtx, stopInformers := context.WithCancel(ctx)
-	s.mcsFactory.Start(infCtx.Done())
-	s.factory.Start(infCtx.Done())
-	defer func() {
-		stopInformers() // Shutdown waits for the informers, which stop on this
-		s.factory.Shutdown()
-		s.mcsFactory.Shutdown()
-	}()
-	s.factory.WaitForCacheSync(ctx.Done())
-	s.mcsFactory.WaitForCacheSync(ctx.Done())
-
-	// East exported first on port 80; west exports the same name on 8080.
-	st := importState(svcExport("east", "shop", 80, 80, "10.1.0.1"), svcExport("west", "shop", 8080, 8080, "10.2.0.1"))
-	st.Exports[exportKey{"west", "shop", "cart"}].Meta.CreateRevision = 99
-	st.Imports = map[services.Key]*fedmeshv1.ServiceImport{}
-	for _, a := range services.AggregateAll([]*fedmeshv1.ServiceExport{st.Exports[exportKey{"east", "shop", "cart"}], st.Exports[exportKey{"west", "shop", "cart"}]}) {
-		st.Imports[services.Key{Namespace: "shop", Name: "cart"}] = a.Import
-	}
-	s.reconcileImports(ctx, &ImportWriter{Kube: h.cs, MCS: h.mcs}, st)
-	eventually(t, "Conflict=True PortConflict", func() error {
-		err := exportCondition(ctx, h.mcs, "shop", "cart", services.CondConflict, metav1.ConditionTrue, services.ReasonPortConflict)
-		if err != nil {
-			return err
-		}
-		got, _ := h.mcs.MulticlusterV1beta1().ServiceExports("shop").Get(ctx, "cart", metav1.GetOptions{})
-		if msg := apimeta.FindStatusCondition(got.Status.Conditions, services.CondConflict).Message; msg == "" {
-			return errors.New("no message")
-		}
-		return nil
-	})
-}
-
-func slicesAre(ctx context.Context, h *harness, want map[string][]string) error {
-	l, err := h.cs.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName + "=cart"})
+func slicesAre(ctx context.Context, cs kubernetes.Interface, want map[string][]string) error {
+	l, err := cs.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName + "=cart"})
 	if err != nil {
 		return err
 	}
