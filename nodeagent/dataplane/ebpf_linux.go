@@ -52,10 +52,13 @@ const (
 	tabCIDR
 	tabEndpoints
 	tabRuleCounters
+	tabPolicyFixed
+	tabPolicyPort
 	numTabs
 )
 
-var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints", "fm_rule_counters"}
+var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints",
+	"fm_rule_counters", "fm_policy_fixed", "fm_policy_port"}
 
 type stateVal struct {
 	Active   uint32
@@ -286,6 +289,12 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	}
 	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
 		return fmt.Errorf("write policy: %w", err)
+	}
+	if err := syncMap(ctx, in[tabPolicyFixed], old.PolicyFixed, t.PolicyFixed); err != nil {
+		return fmt.Errorf("write policy index: %w", err)
+	}
+	if err := syncMap(ctx, in[tabPolicyPort], old.PolicyPort, t.PolicyPort); err != nil {
+		return fmt.Errorf("write policy ports: %w", err)
 	}
 	if err := syncMap(ctx, in[tabCIDR], old.CIDR, t.CIDR); err != nil {
 		return fmt.Errorf("write CIDR rules: %w", err)

@@ -26,6 +26,8 @@ const (
 	fedmeshMapFmIpcache          = "fm_ipcache"
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
 	fedmeshMapFmPolicy           = "fm_policy"
+	fedmeshMapFmPolicyFixed      = "fm_policy_fixed"
+	fedmeshMapFmPolicyPort       = "fm_policy_port"
 	fedmeshMapFmRuleCounters     = "fm_rule_counters"
 	fedmeshMapFmState            = "fm_state"
 	fedmeshProgFmFromPod         = "fm_from_pod"
@@ -98,6 +100,8 @@ type fedmeshMapSpecs struct {
 	FmIpcache      *ebpf.MapSpec `ebpf:"fm_ipcache"`
 	FmIpcacheHost  *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
 	FmPolicy       *ebpf.MapSpec `ebpf:"fm_policy"`
+	FmPolicyFixed  *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
+	FmPolicyPort   *ebpf.MapSpec `ebpf:"fm_policy_port"`
 	FmRuleCounters *ebpf.MapSpec `ebpf:"fm_rule_counters"`
 	FmState        *ebpf.MapSpec `ebpf:"fm_state"`
 }
@@ -144,6 +148,8 @@ type fedmeshMaps struct {
 	FmIpcache      *ebpf.Map `ebpf:"fm_ipcache"`
 	FmIpcacheHost  *ebpf.Map `ebpf:"fm_ipcache_host"`
 	FmPolicy       *ebpf.Map `ebpf:"fm_policy"`
+	FmPolicyFixed  *ebpf.Map `ebpf:"fm_policy_fixed"`
+	FmPolicyPort   *ebpf.Map `ebpf:"fm_policy_port"`
 	FmRuleCounters *ebpf.Map `ebpf:"fm_rule_counters"`
 	FmState        *ebpf.Map `ebpf:"fm_state"`
 }
@@ -160,6 +166,8 @@ func (m *fedmeshMaps) Close() error {
 		m.FmIpcache,
 		m.FmIpcacheHost,
 		m.FmPolicy,
+		m.FmPolicyFixed,
+		m.FmPolicyPort,
 		m.FmRuleCounters,
 		m.FmState,
 	)

@@ -53,7 +53,48 @@ type cidrKey struct {
 type endpointVal struct {
 	Identity uint32
 	Enforced [2]uint8 // by policy.Direction
-	Pad      [2]uint8
+	Lookups  [2]uint8 // epl* by policy.Direction
+}
+
+// endpointVal.Lookups: which policy lookups can match for an endpoint and
+// direction (bpf/fedmesh.c EPL_*). The program skips the others.
+const (
+	eplPeerProto = 0x01 // identity rules for a peer, one protocol
+	eplPeerAny   = 0x02 // identity rules for a peer, any protocol
+	eplAllProto  = 0x04 // rules for any identity, one protocol
+	eplAllAny    = 0x08 // rules for any identity, any protocol
+	eplCIDRProto = 0x10 // CIDR rules, one protocol
+	eplCIDRAny   = 0x20 // CIDR rules, any protocol
+	eplValid     = 0x80 // PolicyFixed and PolicyPort are filled
+)
+
+// policyFixedKey is a policyKey without its prefix length and port: one
+// (endpoint, direction, kind, protocol, peer).
+type policyFixedKey struct {
+	Ifindex uint32
+	Dir     uint8
+	Kind    uint8
+	Proto   uint8
+	Pad     uint8
+	Peer    uint32
+}
+
+// policyFixedVal says which port entries a policyFixedKey has.
+type policyFixedVal struct {
+	AllRule uint32 // rule of the all-ports entry, 0 if none
+	Flags   uint32 // pf*
+}
+
+const (
+	pfExact  = 0x1 // single-port entries, in PolicyPort
+	pfRanges = 0x2 // range entries shorter than a port and longer than all ports
+)
+
+// policyPortKey is a single-port policy entry (a /112 policyKey).
+type policyPortKey struct {
+	policyFixedKey
+	Port [2]byte // big endian
+	Pad2 uint16
 }
 
 // Tables is what one revision puts into the per-revision maps: a plain,
@@ -63,6 +104,10 @@ type Tables struct {
 	IPCache   map[ipcacheKey]uint32 // prefixes shorter than a host
 	IPHosts   map[[16]byte]uint32   // /32 and /128 entries
 	Policy    map[policyKey]uint32  // -> RuleID
+	// PolicyFixed and PolicyPort index Policy so that most lookups are
+	// hash hits or misses instead of trie walks; Policy keeps every entry.
+	PolicyFixed map[policyFixedKey]policyFixedVal
+	PolicyPort  map[policyPortKey]uint32 // -> RuleID
 	CIDR      map[cidrKey]uint32    // -> CIDR class (0: no rule holds)
 	Endpoints map[uint32]endpointVal
 }
@@ -138,7 +183,58 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 			}
 		}
 	}
+	t.indexPolicy()
 	return t, nil
+}
+
+// indexPolicy derives PolicyFixed, PolicyPort and the endpoints' Lookups
+// from Policy.
+func (t *Tables) indexPolicy() {
+	t.PolicyFixed = map[policyFixedKey]policyFixedVal{}
+	t.PolicyPort = map[policyPortKey]uint32{}
+	lookups := map[uint32]*[2]uint8{}
+	for idx, ep := range t.Endpoints {
+		ep.Lookups = [2]uint8{eplValid, eplValid}
+		t.Endpoints[idx] = ep
+		lookups[idx] = &ep.Lookups
+	}
+	for k, rule := range t.Policy {
+		fk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto, Peer: k.Peer}
+		fv := t.PolicyFixed[fk]
+		switch k.Prefixlen {
+		case policyAllBits:
+			t.PolicyPort[policyPortKey{policyFixedKey: fk, Port: k.Port}] = rule
+			fv.Flags |= pfExact
+		case policyFixedBits:
+			fv.AllRule = rule
+		default:
+			fv.Flags |= pfRanges
+		}
+		t.PolicyFixed[fk] = fv
+		var bit uint8
+		switch {
+		case k.Kind == kindCIDR && k.Proto != 0:
+			bit = eplCIDRProto
+		case k.Kind == kindCIDR:
+			bit = eplCIDRAny
+		case k.Peer != 0 && k.Proto != 0:
+			bit = eplPeerProto
+		case k.Peer != 0:
+			bit = eplPeerAny
+		case k.Proto != 0:
+			bit = eplAllProto
+		default:
+			bit = eplAllAny
+		}
+		if l := lookups[k.Ifindex]; l != nil {
+			l[k.Dir&1] |= bit
+		}
+	}
+	for idx, l := range lookups {
+		ep := t.Endpoints[idx]
+		ep.Lookups = *l
+		t.Endpoints[idx] = ep
+	}
 }
 
 func b2u(b bool) uint8 {

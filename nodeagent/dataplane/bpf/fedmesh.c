@@ -124,7 +124,52 @@ struct cidr_val {
 struct endpoint_val {
 	__u32 identity;
 	__u8 enforced[2]; // indexed by DIR_*
-	__u8 pad[2];
+	__u8 lookups[2];  // EPL_* by DIR_*: which policy lookups can match
+};
+
+// endpoint_val.lookups: the policy lookups that can match anything for this
+// endpoint and direction, so the others are skipped. A table written by an
+// older agent has 0 here (no EPL_VALID): every lookup then runs, in the trie.
+#define EPL_PEER_PROTO 0x01 // identity rules for a peer, one protocol
+#define EPL_PEER_ANY 0x02   // identity rules for a peer, any protocol
+#define EPL_ALL_PROTO 0x04  // rules for any identity, one protocol
+#define EPL_ALL_ANY 0x08    // rules for any identity, any protocol
+#define EPL_CIDR_PROTO 0x10 // CIDR rules, one protocol
+#define EPL_CIDR_ANY 0x20   // CIDR rules, any protocol
+#define EPL_VALID 0x80      // the fast tables of this revision are filled
+
+// The fast path in front of the policy trie. policy_fixed holds, for each
+// (endpoint, direction, kind, protocol, peer) with any policy entry, the
+// rule of its all-ports entry and whether it has single-port entries (in
+// policy_port, a hash) or range entries (only in the trie). The trie still
+// holds every entry: it answers range lookups and serves older programs.
+#define PF_EXACT 0x1
+#define PF_RANGES 0x2
+
+struct policy_port_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 kind;
+	__u8 proto;
+	__u8 pad;
+	__u32 peer;
+	__u16 port; // network byte order, as in policy_key
+	__u16 pad2;
+};
+
+// policy_fixed's key is the first 12 bytes of a policy_port_key.
+struct policy_fixed_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 kind;
+	__u8 proto;
+	__u8 pad;
+	__u32 peer;
+};
+
+struct policy_fixed_val {
+	__u32 all_rule; // rule of the all-ports entry, 0 if none
+	__u32 flags;    // PF_*
 };
 
 struct ct_key {
@@ -209,6 +254,9 @@ struct btf_anchor {
 	struct endpoint_val g;
 	struct counter h;
 	struct host_key i;
+	struct policy_port_key j;
+	struct policy_fixed_key k;
+	struct policy_fixed_val l;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -236,6 +284,20 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__uint(max_entries, 1 << 20); \
 	__uint(map_flags, BPF_F_NO_PREALLOC); \
 	__type(key, struct policy_key); \
+	__type(value, struct policy_val);
+
+#define POLICY_FIXED_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct policy_fixed_key); \
+	__type(value, struct policy_fixed_val);
+
+#define POLICY_PORT_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct policy_port_key); \
 	__type(value, struct policy_val);
 
 #define CIDR_INNER_DEF \
@@ -280,6 +342,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { POLICY_INNER_DEF });
 } fm_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_FIXED_INNER_DEF });
+} fm_policy_fixed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_PORT_INNER_DEF });
+} fm_policy_port SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -612,11 +690,10 @@ static __always_inline void count_rule(void *counters, struct __sk_buff *skb, __
 	}
 }
 
-static __always_inline int take_token(void)
+static __always_inline int take_token(__u64 now)
 {
 	__u32 zero = 0;
 	struct bucket *b = bpf_map_lookup_elem(&fm_event_bucket, &zero);
-	__u64 now = bpf_ktime_get_ns();
 
 	if (!b)
 		return 0;
@@ -635,14 +712,15 @@ static __always_inline int take_token(void)
 	return 1;
 }
 
-static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
+// emit sends an event stamped now (the time the packet was judged).
+static __always_inline void emit(struct pkt *p, __u64 now, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
 				 __u32 rule, __u8 deny, __u8 reason)
 {
 	struct event e = {};
 
-	if (!take_token())
+	if (!take_token(now))
 		return;
-	e.ts = bpf_ktime_get_ns();
+	e.ts = now;
 	__builtin_memcpy(e.src, p->t.src, 16);
 	__builtin_memcpy(e.dst, p->t.dst, 16);
 	e.ifindex = ifindex;
@@ -656,6 +734,17 @@ static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 e
 	e.verdict = deny;
 	e.reason = reason;
 	bpf_ringbuf_output(&fm_events, &e, sizeof(e), 0);
+}
+
+static __always_inline void frag_fill(struct frag_key *k, __u32 ifindex, __u8 dir, struct pkt *p)
+{
+	k->ifindex = ifindex;
+	k->dir = dir;
+	k->proto = p->t.proto;
+	k->pad = 0;
+	k->id = p->frag_id;
+	__builtin_memcpy(k->src, p->t.src, 16);
+	__builtin_memcpy(k->dst, p->t.dst, 16);
 }
 
 static __always_inline void ct_fill(struct ct_key *k, __u32 ifindex, __u8 dir, struct tuple *t, int reverse)
@@ -702,21 +791,64 @@ static __always_inline void ct_touch(struct ct_val *v, struct pkt *p, __u64 now)
 		v->flags |= CT_CLOSING;
 }
 
-static __always_inline __u32 policy_lookup(void *pol, __u32 ifindex, __u8 dir, __u8 kind, __u32 peer,
-					   struct pkt *p, __u8 proto)
+// The tables one packet's policy lookups read, all from one slot.
+struct policy_tabs {
+	void *trie;  // fm_policy: every entry
+	void *fixed; // fm_policy_fixed, or 0 for tables of an older agent
+	void *port;  // fm_policy_port
+	__u32 ifindex;
+	__u8 dir;
+};
+
+static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+						__u8 proto)
 {
 	struct policy_key k = {};
 	struct policy_val *v;
 
 	k.prefixlen = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
-	k.ifindex = ifindex;
-	k.dir = dir;
+	k.ifindex = pt->ifindex;
+	k.dir = pt->dir;
 	k.kind = kind;
 	k.proto = proto;
 	k.peer = peer;
 	k.port = bpf_htons(p->t.dport);
-	v = bpf_map_lookup_elem(pol, &k);
+	v = bpf_map_lookup_elem(pt->trie, &k);
 	return v ? v->rule : 0;
+}
+
+// policy_lookup returns what the longest-prefix match in the policy trie
+// returns, mostly without touching the trie: a single-port entry is the
+// longest match when it exists (hash hit); without range entries, the
+// all-ports entry is the only other candidate.
+static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+					   __u8 proto)
+{
+	struct policy_port_key k = {};
+	struct policy_fixed_val *fv;
+	struct policy_val *v;
+
+	if (!pt->fixed)
+		return policy_trie_lookup(pt, kind, peer, p, proto);
+	k.ifindex = pt->ifindex;
+	k.dir = pt->dir;
+	k.kind = kind;
+	k.proto = proto;
+	k.peer = peer;
+	k.port = bpf_htons(p->t.dport);
+	fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
+	if (!fv)
+		return 0;
+	if (!p->has_ports)
+		return fv->all_rule; // a 96-bit trie key matches only all-ports entries
+	if (fv->flags & PF_EXACT) {
+		v = bpf_map_lookup_elem(pt->port, &k);
+		if (v)
+			return v->rule;
+	}
+	if (fv->flags & PF_RANGES)
+		return policy_trie_lookup(pt, kind, peer, p, proto);
+	return fv->all_rule;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -725,7 +857,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct pkt p = {};
 	struct state *st;
 	struct endpoint_val *ep;
-	void *eps, *ipc, *pol, *cidr, *rc;
+	void *eps, *ipc, *cidr, *rc;
 	__u8 *peer_ip;
 	__u64 now;
 	int r;
@@ -743,6 +875,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_DROP;
 	}
 	__u8 enforced = dir == DIR_INGRESS ? ep->enforced[0] : ep->enforced[1];
+	__u8 lookups = dir == DIR_INGRESS ? ep->lookups[0] : ep->lookups[1];
 	__u32 ep_id = ep->identity;
 
 	r = parse(skb, &p);
@@ -760,18 +893,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (r == PARSE_MALFORMED) {
 		count_ep(skb, ifindex, dir, REASON_DENY_MALFORMED);
-		emit(&p, ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
+		emit(&p, bpf_ktime_get_ns(), ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
 		return TCX_DROP;
 	}
 
-	struct frag_key fk = {.ifindex = ifindex, .dir = dir, .proto = p.t.proto, .id = p.frag_id};
-	__builtin_memcpy(fk.src, p.t.src, 16);
-	__builtin_memcpy(fk.dst, p.t.dst, 16);
+	// The fragment key is built only for fragments: most packets are not.
+	struct frag_key fk;
 	if (p.frag == 2) {
 		if (!enforced) {
 			count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
+		frag_fill(&fk, ifindex, dir, &p);
 		if (bpf_map_lookup_elem(&fm_frag, &fk)) {
 			count_ep(skb, ifindex, dir, REASON_ALLOW_FRAG);
 			return TCX_NEXT;
@@ -830,19 +963,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		goto allow;
 	}
 
-	pol = bpf_map_lookup_elem(&fm_policy, &slot);
-	if (!pol)
+	struct policy_tabs pt = {.ifindex = ifindex, .dir = dir};
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	if (!pt.trie)
 		goto deny;
-	if (peer_id) {
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, p.t.proto);
-		if (!rule)
-			rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, 0);
+	if (lookups & EPL_VALID) {
+		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+		if (!pt.fixed || !pt.port)
+			goto deny;
+	} else {
+		lookups = 0xff;
 	}
-	if (!rule)
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, p.t.proto);
-	if (!rule)
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, 0);
-	if (!rule) {
+	if (peer_id && (lookups & EPL_PEER_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, p.t.proto);
+	if (!rule && peer_id && (lookups & EPL_PEER_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, 0);
+	if (!rule && (lookups & EPL_ALL_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, p.t.proto);
+	if (!rule && (lookups & EPL_ALL_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, 0);
+	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
 		cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
 		if (cidr) {
 			struct cidr_key cki = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
@@ -850,9 +991,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			__builtin_memcpy(cki.ip, peer_ip, 16);
 			cval = bpf_map_lookup_elem(cidr, &cki);
 			if (cval && cval->class_id) {
-				rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, p.t.proto);
-				if (!rule)
-					rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, 0);
+				if (lookups & EPL_CIDR_PROTO)
+					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, p.t.proto);
+				if (!rule && (lookups & EPL_CIDR_ANY))
+					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, 0);
 			}
 		}
 	}
@@ -861,7 +1003,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	reason = REASON_ALLOW_POLICY;
 	rc = bpf_map_lookup_elem(&fm_rule_counters, &slot);
 	count_rule(rc, skb, rule);
-	emit(&p, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
+	emit(&p, now, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
 
 allow:
 	// A new flow: remember it so later packets and replies skip policy.
@@ -875,6 +1017,7 @@ allow:
 allow_no_ct:
 	if (p.frag == 1) {
 		struct frag_val fv = {.created = now};
+		frag_fill(&fk, ifindex, dir, &p);
 		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
 	}
 	count_ep(skb, ifindex, dir, reason);
@@ -882,7 +1025,7 @@ allow_no_ct:
 
 deny:
 	count_ep(skb, ifindex, dir, REASON_DENY_POLICY);
-	emit(&p, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
+	emit(&p, now, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
 	return TCX_DROP;
 }
 
