@@ -11,8 +11,9 @@
 // Documented choices (see also the package doc):
 //   - Malformed IP packets (truncated L3/L4 header, IHL < 5, total length
 //     beyond the frame, too many IPv6 extension headers) are dropped in every
-//     direction, enforced or not. Headers are read with bpf_skb_load_bytes,
-//     so no read can leave the packet.
+//     direction, enforced or not. Headers are read with load(): directly
+//     from the packet's linear part or else bpf_skb_load_bytes, bounds
+//     checked either way, so no read can leave the packet.
 //   - ARP and IPv6 neighbour discovery / MLD always pass. Other non-IP frames
 //     pass only when the direction is not enforced.
 //   - IPv4/IPv6 fragments: the first fragment is judged like any packet and,
@@ -468,6 +469,24 @@ static __always_inline int is_icmp6_error(__u8 type)
 	return type >= 1 && type <= 4;
 }
 
+// load copies n (a constant) bytes at offset off of the packet into dst:
+// straight from the packet when they lie in its linear part (no helper call:
+// the common case), else with bpf_skb_load_bytes. Both read the same bytes;
+// the verifier proves neither reads outside the packet. 0 or < 0 like
+// bpf_skb_load_bytes.
+#define load(skb, off, dst, n)                                              \
+	({                                                                  \
+		void *__data = (void *)(long)(skb)->data;                   \
+		void *__end = (void *)(long)(skb)->data_end;                \
+		__u32 __off = (off);                                        \
+		int __ret = 0;                                              \
+		if (__off <= 0xffff && __data + __off + (n) <= __end)       \
+			__builtin_memcpy((dst), __data + __off, (n));       \
+		else                                                        \
+			__ret = bpf_skb_load_bytes((skb), __off, (dst), (n)); \
+		__ret;                                                      \
+	})
+
 // l4_ports fills sport/dport of a tuple from the L4 header at off; need is
 // how many bytes the header must have. Returns -1 when truncated.
 static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end, struct tuple *t,
@@ -477,7 +496,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 
 	switch (t->proto) {
 	case PROTO_TCP:
-		if (off + 20 > end || bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+		if (off + 20 > end || load(skb, off, hdr, 14) < 0)
 			return -1;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -486,7 +505,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 		return 0;
 	case PROTO_UDP:
 	case PROTO_SCTP:
-		if (off + (t->proto == PROTO_UDP ? 8 : 12) > end || bpf_skb_load_bytes(skb, off, hdr, 4) < 0)
+		if (off + (t->proto == PROTO_UDP ? 8 : 12) > end || load(skb, off, hdr, 4) < 0)
 			return -1;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -494,7 +513,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 		return 0;
 	case PROTO_ICMP:
 	case PROTO_ICMPV6:
-		if (off + 8 > end || bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+		if (off + 8 > end || load(skb, off, hdr, 8) < 0)
 			return -1;
 		*icmp_type = hdr[0];
 		// Echo request carries its id as the source "port", the reply as
@@ -517,7 +536,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 
 	if (!v6) {
 		struct iphdr ip;
-		if (off + sizeof(ip) > end || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		if (off + sizeof(ip) > end || load(skb, off, &ip, sizeof(ip)) < 0)
 			return -1;
 		if (ip.version != 4 || ip.ihl < 5)
 			return -1;
@@ -527,7 +546,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 		l4 = off + ip.ihl * 4;
 	} else {
 		struct ipv6hdr ip6;
-		if (off + sizeof(ip6) > end || bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (off + sizeof(ip6) > end || load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return -1;
 		if (ip6.version != 6)
 			return -1;
@@ -542,7 +561,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 	case PROTO_UDP:
 	case PROTO_SCTP: {
 		__u8 p[4];
-		if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, p, 4) < 0)
+		if (l4 + 8 > end || load(skb, l4, p, 4) < 0)
 			return -1;
 		in->sport = ((__u16)p[0] << 8) | p[1];
 		in->dport = ((__u16)p[2] << 8) | p[3];
@@ -565,7 +584,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	__u8 icmp_type = 0;
 	int v6 = 0;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+	if (load(skb, 12, &proto, 2) < 0)
 		return PARSE_MALFORMED;
 	proto = bpf_ntohs(proto);
 	if (proto == ETH_P_ARP)
@@ -575,7 +594,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u32 hlen;
 		__u16 tot, fo;
 
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		if (load(skb, off, &ip, sizeof(ip)) < 0)
 			return PARSE_MALFORMED;
 		if (ip.version != 4 || ip.ihl < 5)
 			return PARSE_MALFORMED;
@@ -601,7 +620,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u8 nh;
 		int i;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return PARSE_MALFORMED;
 		if (ip6.version != 6)
 			return PARSE_MALFORMED;
@@ -618,7 +637,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			__u8 eh[8];
 			if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44)
 				break;
-			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, eh, 8) < 0)
+			if (l4 + 8 > end || load(skb, l4, eh, 8) < 0)
 				return PARSE_MALFORMED;
 			if (nh == 44) {
 				__u16 fo = ((__u16)eh[2] << 8) | eh[3];
