@@ -709,10 +709,13 @@ static __always_inline void count_rule(void *counters, struct __sk_buff *skb, __
 	}
 }
 
-static __always_inline int take_token(__u64 now)
+// take_token runs on the coarse clock (the last tick, no clock-source
+// read): rate limiting needs no better and denied packets then read no clock.
+static __always_inline int take_token(void)
 {
 	__u32 zero = 0;
 	struct bucket *b = bpf_map_lookup_elem(&fm_event_bucket, &zero);
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (!b)
 		return 0;
@@ -731,15 +734,14 @@ static __always_inline int take_token(__u64 now)
 	return 1;
 }
 
-// emit sends an event stamped now (the time the packet was judged).
-static __always_inline void emit(struct pkt *p, __u64 now, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
+static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
 				 __u32 rule, __u8 deny, __u8 reason)
 {
 	struct event e = {};
 
-	if (!take_token(now))
+	if (!take_token())
 		return;
-	e.ts = now;
+	e.ts = bpf_ktime_get_ns();
 	__builtin_memcpy(e.src, p->t.src, 16);
 	__builtin_memcpy(e.dst, p->t.dst, 16);
 	e.ifindex = ifindex;
@@ -791,14 +793,23 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u32 flags)
 	return proto == PROTO_TCP ? ct_timeout_tcp_ns : ct_timeout_other_ns;
 }
 
+// clock returns the packet's time, reading the clock source on first use
+// only: a denied packet that hits no conntrack entry never needs it.
+static __always_inline __u64 clock(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_ns();
+	return *now;
+}
+
 // ct_live returns the entry for k when it exists and has not gone idle.
-static __always_inline struct ct_val *ct_live(struct ct_key *k, __u64 now)
+static __always_inline struct ct_val *ct_live(struct ct_key *k, __u64 *now)
 {
 	struct ct_val *v = bpf_map_lookup_elem(&fm_ct, k);
 
 	if (!v)
 		return 0;
-	if (now - v->last_seen > ct_timeout(k->proto, v->flags))
+	if (clock(now) - v->last_seen > ct_timeout(k->proto, v->flags))
 		return 0;
 	return v;
 }
@@ -878,7 +889,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_val *ep;
 	void *eps, *ipc, *cidr, *rc;
 	__u8 *peer_ip;
-	__u64 now;
+	__u64 now = 0;
 	int r;
 
 	st = bpf_map_lookup_elem(&fm_state, &zero);
@@ -912,7 +923,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (r == PARSE_MALFORMED) {
 		count_ep(skb, ifindex, dir, REASON_DENY_MALFORMED);
-		emit(&p, bpf_ktime_get_ns(), ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
+		emit(&p, ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
 		return TCX_DROP;
 	}
 
@@ -932,16 +943,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_DROP;
 	}
 
-	now = bpf_ktime_get_ns();
 	struct ct_key ck = {};
 	struct ct_val *cv;
 	__u8 reason;
 
 	ct_fill(&ck, ifindex, dir, &p.t, 0);
-	cv = ct_live(&ck, now);
+	cv = ct_live(&ck, &now);
 	if (!cv) {
 		ct_fill(&ck, ifindex, dir ^ 1, &p.t, 1);
-		cv = ct_live(&ck, now);
+		cv = ct_live(&ck, &now);
 	}
 	if (cv) {
 		ct_touch(cv, &p, now);
@@ -950,10 +960,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (p.related) {
 		ct_fill(&ck, ifindex, dir ^ 1, &p.inner, 0);
-		cv = ct_live(&ck, now);
+		cv = ct_live(&ck, &now);
 		if (!cv) {
 			ct_fill(&ck, ifindex, dir, &p.inner, 1);
-			cv = ct_live(&ck, now);
+			cv = ct_live(&ck, &now);
 		}
 		if (cv) {
 			reason = REASON_ALLOW_RELATED;
@@ -1022,12 +1032,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	reason = REASON_ALLOW_POLICY;
 	rc = bpf_map_lookup_elem(&fm_rule_counters, &slot);
 	count_rule(rc, skb, rule);
-	emit(&p, now, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
+	emit(&p, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
 
 allow:
 	// A new flow: remember it so later packets and replies skip policy.
 	{
-		struct ct_val nv = {.last_seen = now, .rule = rule};
+		struct ct_val nv = {.last_seen = clock(&now), .rule = rule};
 		if (p.t.proto == PROTO_TCP && (p.tcp_flags & 0x05))
 			nv.flags = CT_CLOSING;
 		ct_fill(&ck, ifindex, dir, &p.t, 0);
@@ -1035,7 +1045,7 @@ allow:
 	}
 allow_no_ct:
 	if (p.frag == 1) {
-		struct frag_val fv = {.created = now};
+		struct frag_val fv = {.created = clock(&now)};
 		frag_fill(&fk, ifindex, dir, &p);
 		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
 	}
@@ -1044,7 +1054,7 @@ allow_no_ct:
 
 deny:
 	count_ep(skb, ifindex, dir, REASON_DENY_POLICY);
-	emit(&p, now, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
+	emit(&p, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
 	return TCX_DROP;
 }
 
