@@ -360,9 +360,16 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 	case !p.hasPorts:
 		return fv.AllRule
 	}
+	port := [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}
 	if fv.Flags&pfExact != 0 {
-		if r, ok := tb.t.PolicyPort[policyPortKey{policyFixedKey: fk, Port: [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}}]; ok {
+		if r, ok := tb.t.PolicyPort[policyPortKey{policyFixedKey: fk, Port: port}]; ok {
 			return r
+		}
+	} else {
+		for i := range pfInline {
+			if i < int(fv.NPorts) && fv.Ports[i] == port {
+				return fv.Rules[i]
+			}
 		}
 	}
 	if fv.Flags&pfRanges != 0 {

@@ -82,12 +82,19 @@ type policyFixedKey struct {
 // policyFixedVal says which port entries a policyFixedKey has.
 type policyFixedVal struct {
 	AllRule uint32 // rule of the all-ports entry, 0 if none
-	Flags   uint32 // pf*
+	Flags   uint8  // pf*
+	NPorts  uint8  // Ports[:NPorts] are single-port entries (unless pfExact)
+	Ports   [pfInline][2]byte
+	Pad     uint16
+	Rules   [pfInline]uint32
 }
 
 const (
 	pfExact  = 0x1 // single-port entries, in PolicyPort
 	pfRanges = 0x2 // range entries shorter than a port and longer than all ports
+	// pfInline single-port entries or fewer live in the policyFixedVal: one
+	// hash lookup answers most packets.
+	pfInline = 4
 )
 
 // policyPortKey is a single-port policy entry (a /112 policyKey).
@@ -95,6 +102,11 @@ type policyPortKey struct {
 	policyFixedKey
 	Port [2]byte // big endian
 	Pad2 uint16
+}
+
+func (k policyPortKey) policyKey() policyKey {
+	return policyKey{Prefixlen: policyAllBits, Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto,
+		Peer: k.Peer, Port: k.Port}
 }
 
 // Tables is what one revision puts into the per-revision maps: a plain,
@@ -192,6 +204,7 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 func (t *Tables) indexPolicy() {
 	t.PolicyFixed = map[policyFixedKey]policyFixedVal{}
 	t.PolicyPort = map[policyPortKey]uint32{}
+	exact := map[policyFixedKey][]policyPortKey{}
 	lookups := map[uint32]*[2]uint8{}
 	for idx, ep := range t.Endpoints {
 		ep.Lookups = [2]uint8{eplValid, eplValid}
@@ -203,8 +216,7 @@ func (t *Tables) indexPolicy() {
 		fv := t.PolicyFixed[fk]
 		switch k.Prefixlen {
 		case policyAllBits:
-			t.PolicyPort[policyPortKey{policyFixedKey: fk, Port: k.Port}] = rule
-			fv.Flags |= pfExact
+			exact[fk] = append(exact[fk], policyPortKey{policyFixedKey: fk, Port: k.Port})
 		case policyFixedBits:
 			fv.AllRule = rule
 		default:
@@ -229,6 +241,23 @@ func (t *Tables) indexPolicy() {
 		if l := lookups[k.Ifindex]; l != nil {
 			l[k.Dir&1] |= bit
 		}
+	}
+	for fk, ports := range exact {
+		fv := t.PolicyFixed[fk]
+		if len(ports) > pfInline {
+			fv.Flags |= pfExact
+			for _, pk := range ports {
+				t.PolicyPort[pk] = t.Policy[pk.policyKey()]
+			}
+		} else {
+			// Sorted so that equal revisions render equal values.
+			slices.SortFunc(ports, func(a, b policyPortKey) int { return slices.Compare(a.Port[:], b.Port[:]) })
+			fv.NPorts = uint8(len(ports))
+			for i, pk := range ports {
+				fv.Ports[i], fv.Rules[i] = pk.Port, t.Policy[pk.policyKey()]
+			}
+		}
+		t.PolicyFixed[fk] = fv
 	}
 	for idx, l := range lookups {
 		ep := t.Endpoints[idx]

@@ -141,11 +141,13 @@ struct endpoint_val {
 
 // The fast path in front of the policy trie. policy_fixed holds, for each
 // (endpoint, direction, kind, protocol, peer) with any policy entry, the
-// rule of its all-ports entry and whether it has single-port entries (in
-// policy_port, a hash) or range entries (only in the trie). The trie still
-// holds every entry: it answers range lookups and serves older programs.
-#define PF_EXACT 0x1
-#define PF_RANGES 0x2
+// rule of its all-ports entry, its single-port entries (inline when there
+// are at most PF_INLINE, else in policy_port, a hash) and whether it has
+// range entries (only in the trie). The trie still holds every entry: it
+// answers range lookups and serves older programs.
+#define PF_EXACT 0x1  // single-port entries are in policy_port
+#define PF_RANGES 0x2 // range entries are in the trie
+#define PF_INLINE 4
 
 struct policy_port_key {
 	__u32 ifindex;
@@ -170,7 +172,11 @@ struct policy_fixed_key {
 
 struct policy_fixed_val {
 	__u32 all_rule; // rule of the all-ports entry, 0 if none
-	__u32 flags;    // PF_*
+	__u8 flags;     // PF_*
+	__u8 nports;    // ports[:nports] are single-port entries
+	__u16 ports[PF_INLINE]; // network byte order
+	__u16 pad;
+	__u32 rules[PF_INLINE];
 };
 
 struct ct_key {
@@ -875,6 +881,12 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 		v = bpf_map_lookup_elem(pt->port, &k);
 		if (v)
 			return v->rule;
+	} else {
+		int i;
+#pragma unroll
+		for (i = 0; i < PF_INLINE; i++)
+			if (i < fv->nports && fv->ports[i] == k.port)
+				return fv->rules[i];
 	}
 	if (fv->flags & PF_RANGES)
 		return policy_trie_lookup(pt, kind, peer, p, proto);
