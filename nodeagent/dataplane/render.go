@@ -112,16 +112,16 @@ func (k policyPortKey) policyKey() policyKey {
 // Tables is what one revision puts into the per-revision maps: a plain,
 // deterministic value that both implementations load as it is.
 type Tables struct {
-	Revision  uint64
-	IPCache   map[ipcacheKey]uint32 // prefixes shorter than a host
-	IPHosts   map[[16]byte]uint32   // /32 and /128 entries
-	Policy    map[policyKey]uint32  // -> RuleID
+	Revision uint64
+	IPCache  map[ipcacheKey]uint32 // prefixes shorter than a host
+	IPHosts  map[[16]byte]uint32   // /32 and /128 entries
+	Policy   map[policyKey]uint32  // -> RuleID
 	// PolicyFixed and PolicyPort index Policy so that most lookups are
 	// hash hits or misses instead of trie walks; Policy keeps every entry.
 	PolicyFixed map[policyFixedKey]policyFixedVal
 	PolicyPort  map[policyPortKey]uint32 // -> RuleID
-	CIDR      map[cidrKey]uint32    // -> CIDR class (0: no rule holds)
-	Endpoints map[uint32]endpointVal
+	CIDR        map[cidrKey]uint32       // -> CIDR class (0: no rule holds)
+	Endpoints   map[uint32]endpointVal
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }
