@@ -58,7 +58,7 @@ const (
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints",
-	"fm_rule_counters", "fm_policy_fixed", "fm_policy_port"}
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port"}
 
 type stateVal struct {
 	Active   uint32
@@ -281,6 +281,9 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		e.inner[slot][tabRuleCounters] = m
 	}
 	in := e.inner[slot]
+	if err := fillRuleCounters(in[tabRuleCounters], t.countedRules()); err != nil {
+		return fmt.Errorf("write rule counters: %w", err)
+	}
 	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
 	}
@@ -306,6 +309,23 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		if err := e.outer[i].Put(slot, in[i]); err != nil {
 			return fmt.Errorf("install %s slot %d: %w", outerNames[i], slot, err)
 		}
+	}
+	return nil
+}
+
+// fillRuleCounters puts a zero counter for every rule into m: the program
+// only increments existing entries.
+func fillRuleCounters(m *ebpf.Map, rules []uint32) error {
+	if len(rules) == 0 {
+		return nil
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	zeros := make([]counterVal, len(rules)*ncpu)
+	if _, err := m.BatchUpdate(rules, zeros, nil); err != nil {
+		return err
 	}
 	return nil
 }
@@ -507,15 +527,8 @@ func (e *EBPF) Counters(ctx context.Context) (Counters, error) {
 	c := Counters{Rules: map[policy.RuleID]Counter{}, Endpoints: map[string]map[EndpointCounterKey]Counter{}}
 	if t := e.shadow[e.active]; t != nil {
 		c.Revision = t.Revision
-		rules := map[uint32]bool{}
-		for _, r := range t.Policy {
-			rules[r] = true
-		}
 		m := e.inner[e.active][tabRuleCounters]
-		for r := range rules {
-			if r >= maxRules {
-				continue
-			}
+		for _, r := range t.countedRules() {
 			var per []counterVal
 			if err := m.Lookup(r, &per); err != nil {
 				return Counters{}, fmt.Errorf("read rule %d counters: %w", r, err)

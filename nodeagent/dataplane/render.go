@@ -20,9 +20,10 @@ const (
 	policyAllBits   = 112
 	cidrFixedBits   = 64
 
-	// maxRules is the size of the per-revision rule counter array; rules
-	// with larger IDs are enforced but not counted.
-	maxRules = 65536
+	// maxCountedRules is the size of the per-revision rule counter map:
+	// past that many distinct rules in one revision, the rules with the
+	// highest IDs are enforced but not counted.
+	maxCountedRules = 65536
 )
 
 type ipcacheKey struct {
@@ -264,6 +265,23 @@ func (t *Tables) indexPolicy() {
 		ep.Lookups = *l
 		t.Endpoints[idx] = ep
 	}
+}
+
+// countedRules are the rule IDs the kernel counts for t, ascending.
+func (t *Tables) countedRules() []uint32 {
+	seen := map[uint32]bool{}
+	var ids []uint32
+	for _, r := range t.Policy {
+		if r != 0 && !seen[r] {
+			seen[r] = true
+			ids = append(ids, r)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) > maxCountedRules {
+		ids = ids[:maxCountedRules]
+	}
+	return ids
 }
 
 func b2u(b bool) uint8 {

@@ -71,7 +71,7 @@ enum {
 #define POLICY_ALL_BITS 112
 #define CIDR_FIXED_BITS 64
 
-#define MAX_RULES 65536
+#define MAX_COUNTED_RULES 65536 // distinct rules per revision, any IDs
 #define SLOTS 2
 
 // Tunables set by the loader (CollectionSpec.Variables).
@@ -320,9 +320,12 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__type(key, __u32); \
 	__type(value, struct endpoint_val);
 
+// Keyed by rule ID and filled by the Go side with every rule of the
+// revision (the program only increments), so rule IDs need not be small.
 #define RULE_COUNTERS_INNER_DEF \
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
-	__uint(max_entries, MAX_RULES); \
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH); \
+	__uint(max_entries, MAX_COUNTED_RULES); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
 	__type(key, __u32); \
 	__type(value, struct counter);
 
@@ -388,7 +391,7 @@ struct {
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { RULE_COUNTERS_INNER_DEF });
-} fm_rule_counters SEC(".maps");
+} fm_rule_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -1042,7 +1045,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!rule)
 		goto deny;
 	reason = REASON_ALLOW_POLICY;
-	rc = bpf_map_lookup_elem(&fm_rule_counters, &slot);
+	rc = bpf_map_lookup_elem(&fm_rule_stats, &slot);
 	count_rule(rc, skb, rule);
 	emit(&p, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
 
