@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -271,17 +272,9 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			e.inner[slot][i] = m
 		}
 		old = &Tables{}
-	} else {
-		// Rule counters start at zero for every revision.
-		m, err := ebpf.NewMap(e.spec.Maps[outerNames[tabRuleCounters]].InnerMap)
-		if err != nil {
-			return fmt.Errorf("create rule counter map: %w", err)
-		}
-		e.inner[slot][tabRuleCounters].Close()
-		e.inner[slot][tabRuleCounters] = m
 	}
 	in := e.inner[slot]
-	if err := fillRuleCounters(in[tabRuleCounters], t.countedRules()); err != nil {
+	if err := resetRuleCounters(in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
 		return fmt.Errorf("write rule counters: %w", err)
 	}
 	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
@@ -313,9 +306,24 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	return nil
 }
 
-// fillRuleCounters puts a zero counter for every rule into m: the program
-// only increments existing entries.
-func fillRuleCounters(m *ebpf.Map, rules []uint32) error {
+// resetRuleCounters makes m, which holds a counter for each of have, hold
+// a zero counter for each of want: rule counters start at zero for every
+// revision, and the program only increments existing entries. Entries are
+// zeroed in place rather than the map recreated: allocating per-CPU
+// entries is slow.
+func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
+	var gone []uint32
+	for _, r := range have {
+		if _, ok := slices.BinarySearch(want, r); !ok {
+			gone = append(gone, r)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := m.BatchDelete(gone, nil); err != nil {
+			return err
+		}
+	}
+	rules := want
 	if len(rules) == 0 {
 		return nil
 	}
