@@ -18,8 +18,16 @@
 //     IdentityAny rules and CIDR rules match.
 //   - Port ranges become prefixes of the destination port in an LPM trie (at
 //     most 30 entries per range), so a packet costs a fixed number of
-//     lookups whatever the ranges. ICMP and other portless protocols match
-//     only rules with the full port range.
+//     lookups whatever the ranges; the most specific port prefix wins. ICMP
+//     and other portless protocols match only rules with the full port
+//     range. The trie's answers mostly come from a hash index in front of
+//     it (per endpoint, direction, peer and protocol: the all-ports rule,
+//     single ports inline or in a second hash, whether ranges exist) and a
+//     per-endpoint summary of which lookups can match at all; the trie is
+//     walked only for ports covered by a range. Tables without the summary
+//     (written by an older agent) are read with every lookup in the trie.
+//   - Rule counters count new flows per rule ID (any ID; up to 65536
+//     distinct rules per revision in the kernel).
 //   - ipBlock rules: every distinct prefix and except of one endpoint and
 //     direction becomes an LPM entry whose value names the set of rules that
 //     hold for addresses whose longest match it is (a "CIDR class"); the

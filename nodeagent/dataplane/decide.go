@@ -336,7 +336,7 @@ func (fs *flowState) live(k ctKey, now uint64) *ctVal {
 	return v
 }
 
-func (tb *memTables) policyLookup(ifindex uint32, dir, kind uint8, peer uint32, p *pkt, proto uint8) uint32 {
+func (tb *memTables) policyTrieLookup(ifindex uint32, dir, kind uint8, peer uint32, p *pkt, proto uint8) uint32 {
 	k := policyKey{Prefixlen: policyFixedBits, Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer,
 		Port: [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}}
 	if p.hasPorts {
@@ -344,6 +344,38 @@ func (tb *memTables) policyLookup(ifindex uint32, dir, kind uint8, peer uint32, 
 	}
 	v, _ := tb.policy.lookup(k.data(), k.Prefixlen)
 	return v
+}
+
+// policyLookup mirrors the program's policy_lookup: the trie's answer, from
+// PolicyFixed and PolicyPort when fast (the endpoint's Lookups are valid).
+func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, peer uint32, p *pkt, proto uint8) uint32 {
+	if !fast {
+		return tb.policyTrieLookup(ifindex, dir, kind, peer, p, proto)
+	}
+	fk := policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer}
+	fv, ok := tb.t.PolicyFixed[fk]
+	switch {
+	case !ok:
+		return 0
+	case !p.hasPorts:
+		return fv.AllRule
+	}
+	port := [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}
+	if fv.Flags&pfExact != 0 {
+		if r, ok := tb.t.PolicyPort[policyPortKey{policyFixedKey: fk, Port: port}]; ok {
+			return r
+		}
+	} else {
+		for i := range pfInline {
+			if i < int(fv.NPorts) && fv.Ports[i] == port {
+				return fv.Rules[i]
+			}
+		}
+	}
+	if fv.Flags&pfRanges != 0 {
+		return tb.policyTrieLookup(ifindex, dir, kind, peer, p, proto)
+	}
+	return fv.AllRule
 }
 
 // decide judges one frame seen on the host veth ifindex in direction dir at
@@ -440,24 +472,31 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		return allow(ReasonAllowOpen)
 	}
 	rule := uint32(0)
-	if d.peerID != 0 {
-		rule = tb.policyLookup(ifindex, dir, kindIdentity, d.peerID, p, p.t.proto)
-		if rule == 0 {
-			rule = tb.policyLookup(ifindex, dir, kindIdentity, d.peerID, p, 0)
-		}
+	lookups := ep.Lookups[dir&1]
+	fast := lookups&eplValid != 0
+	if !fast {
+		lookups = 0xff
 	}
-	if rule == 0 {
-		rule = tb.policyLookup(ifindex, dir, kindIdentity, 0, p, p.t.proto)
+	if d.peerID != 0 && lookups&eplPeerProto != 0 {
+		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, d.peerID, p, p.t.proto)
 	}
-	if rule == 0 {
-		rule = tb.policyLookup(ifindex, dir, kindIdentity, 0, p, 0)
+	if rule == 0 && d.peerID != 0 && lookups&eplPeerAny != 0 {
+		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, d.peerID, p, 0)
 	}
-	if rule == 0 {
+	if rule == 0 && lookups&eplAllProto != 0 {
+		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, 0, p, p.t.proto)
+	}
+	if rule == 0 && lookups&eplAllAny != 0 {
+		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, 0, p, 0)
+	}
+	if rule == 0 && lookups&(eplCIDRProto|eplCIDRAny) != 0 {
 		ck := cidrKey{Prefixlen: cidrFixedBits + 128, Ifindex: ifindex, Dir: dir, IP: peerIP}
 		if class, ok := tb.cidr.lookup(ck.data(), ck.Prefixlen); ok && class != 0 {
-			rule = tb.policyLookup(ifindex, dir, kindCIDR, class, p, p.t.proto)
-			if rule == 0 {
-				rule = tb.policyLookup(ifindex, dir, kindCIDR, class, p, 0)
+			if lookups&eplCIDRProto != 0 {
+				rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, p.t.proto)
+			}
+			if rule == 0 && lookups&eplCIDRAny != 0 {
+				rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, 0)
 			}
 		}
 	}

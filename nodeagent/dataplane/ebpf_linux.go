@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -52,10 +53,13 @@ const (
 	tabCIDR
 	tabEndpoints
 	tabRuleCounters
+	tabPolicyFixed
+	tabPolicyPort
 	numTabs
 )
 
-var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints", "fm_rule_counters"}
+var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints",
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port"}
 
 type stateVal struct {
 	Active   uint32
@@ -268,16 +272,11 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			e.inner[slot][i] = m
 		}
 		old = &Tables{}
-	} else {
-		// Rule counters start at zero for every revision.
-		m, err := ebpf.NewMap(e.spec.Maps[outerNames[tabRuleCounters]].InnerMap)
-		if err != nil {
-			return fmt.Errorf("create rule counter map: %w", err)
-		}
-		e.inner[slot][tabRuleCounters].Close()
-		e.inner[slot][tabRuleCounters] = m
 	}
 	in := e.inner[slot]
+	if err := resetRuleCounters(in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
+		return fmt.Errorf("write rule counters: %w", err)
+	}
 	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
 	}
@@ -286,6 +285,12 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	}
 	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
 		return fmt.Errorf("write policy: %w", err)
+	}
+	if err := syncMap(ctx, in[tabPolicyFixed], old.PolicyFixed, t.PolicyFixed); err != nil {
+		return fmt.Errorf("write policy index: %w", err)
+	}
+	if err := syncMap(ctx, in[tabPolicyPort], old.PolicyPort, t.PolicyPort); err != nil {
+		return fmt.Errorf("write policy ports: %w", err)
 	}
 	if err := syncMap(ctx, in[tabCIDR], old.CIDR, t.CIDR); err != nil {
 		return fmt.Errorf("write CIDR rules: %w", err)
@@ -297,6 +302,38 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		if err := e.outer[i].Put(slot, in[i]); err != nil {
 			return fmt.Errorf("install %s slot %d: %w", outerNames[i], slot, err)
 		}
+	}
+	return nil
+}
+
+// resetRuleCounters makes m, which holds a counter for each of have, hold
+// a zero counter for each of want: rule counters start at zero for every
+// revision, and the program only increments existing entries. Entries are
+// zeroed in place rather than the map recreated: allocating per-CPU
+// entries is slow.
+func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
+	var gone []uint32
+	for _, r := range have {
+		if _, ok := slices.BinarySearch(want, r); !ok {
+			gone = append(gone, r)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := m.BatchDelete(gone, nil); err != nil {
+			return err
+		}
+	}
+	rules := want
+	if len(rules) == 0 {
+		return nil
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	zeros := make([]counterVal, len(rules)*ncpu)
+	if _, err := m.BatchUpdate(rules, zeros, nil); err != nil {
+		return err
 	}
 	return nil
 }
@@ -498,15 +535,8 @@ func (e *EBPF) Counters(ctx context.Context) (Counters, error) {
 	c := Counters{Rules: map[policy.RuleID]Counter{}, Endpoints: map[string]map[EndpointCounterKey]Counter{}}
 	if t := e.shadow[e.active]; t != nil {
 		c.Revision = t.Revision
-		rules := map[uint32]bool{}
-		for _, r := range t.Policy {
-			rules[r] = true
-		}
 		m := e.inner[e.active][tabRuleCounters]
-		for r := range rules {
-			if r >= maxRules {
-				continue
-			}
+		for _, r := range t.countedRules() {
 			var per []counterVal
 			if err := m.Lookup(r, &per); err != nil {
 				return Counters{}, fmt.Errorf("read rule %d counters: %w", r, err)

@@ -26,7 +26,9 @@ const (
 	fedmeshMapFmIpcache          = "fm_ipcache"
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
 	fedmeshMapFmPolicy           = "fm_policy"
-	fedmeshMapFmRuleCounters     = "fm_rule_counters"
+	fedmeshMapFmPolicyFixed      = "fm_policy_fixed"
+	fedmeshMapFmPolicyPort       = "fm_policy_port"
+	fedmeshMapFmRuleStats        = "fm_rule_stats"
 	fedmeshMapFmState            = "fm_state"
 	fedmeshProgFmFromPod         = "fm_from_pod"
 	fedmeshProgFmToPod           = "fm_to_pod"
@@ -88,18 +90,20 @@ type fedmeshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshMapSpecs struct {
-	FmCidr         *ebpf.MapSpec `ebpf:"fm_cidr"`
-	FmCt           *ebpf.MapSpec `ebpf:"fm_ct"`
-	FmEndpoints    *ebpf.MapSpec `ebpf:"fm_endpoints"`
-	FmEpCounters   *ebpf.MapSpec `ebpf:"fm_ep_counters"`
-	FmEventBucket  *ebpf.MapSpec `ebpf:"fm_event_bucket"`
-	FmEvents       *ebpf.MapSpec `ebpf:"fm_events"`
-	FmFrag         *ebpf.MapSpec `ebpf:"fm_frag"`
-	FmIpcache      *ebpf.MapSpec `ebpf:"fm_ipcache"`
-	FmIpcacheHost  *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
-	FmPolicy       *ebpf.MapSpec `ebpf:"fm_policy"`
-	FmRuleCounters *ebpf.MapSpec `ebpf:"fm_rule_counters"`
-	FmState        *ebpf.MapSpec `ebpf:"fm_state"`
+	FmCidr        *ebpf.MapSpec `ebpf:"fm_cidr"`
+	FmCt          *ebpf.MapSpec `ebpf:"fm_ct"`
+	FmEndpoints   *ebpf.MapSpec `ebpf:"fm_endpoints"`
+	FmEpCounters  *ebpf.MapSpec `ebpf:"fm_ep_counters"`
+	FmEventBucket *ebpf.MapSpec `ebpf:"fm_event_bucket"`
+	FmEvents      *ebpf.MapSpec `ebpf:"fm_events"`
+	FmFrag        *ebpf.MapSpec `ebpf:"fm_frag"`
+	FmIpcache     *ebpf.MapSpec `ebpf:"fm_ipcache"`
+	FmIpcacheHost *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
+	FmPolicy      *ebpf.MapSpec `ebpf:"fm_policy"`
+	FmPolicyFixed *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
+	FmPolicyPort  *ebpf.MapSpec `ebpf:"fm_policy_port"`
+	FmRuleStats   *ebpf.MapSpec `ebpf:"fm_rule_stats"`
+	FmState       *ebpf.MapSpec `ebpf:"fm_state"`
 }
 
 // fedmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,18 +138,20 @@ func (o *fedmeshObjects) Close() error {
 //
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshMaps struct {
-	FmCidr         *ebpf.Map `ebpf:"fm_cidr"`
-	FmCt           *ebpf.Map `ebpf:"fm_ct"`
-	FmEndpoints    *ebpf.Map `ebpf:"fm_endpoints"`
-	FmEpCounters   *ebpf.Map `ebpf:"fm_ep_counters"`
-	FmEventBucket  *ebpf.Map `ebpf:"fm_event_bucket"`
-	FmEvents       *ebpf.Map `ebpf:"fm_events"`
-	FmFrag         *ebpf.Map `ebpf:"fm_frag"`
-	FmIpcache      *ebpf.Map `ebpf:"fm_ipcache"`
-	FmIpcacheHost  *ebpf.Map `ebpf:"fm_ipcache_host"`
-	FmPolicy       *ebpf.Map `ebpf:"fm_policy"`
-	FmRuleCounters *ebpf.Map `ebpf:"fm_rule_counters"`
-	FmState        *ebpf.Map `ebpf:"fm_state"`
+	FmCidr        *ebpf.Map `ebpf:"fm_cidr"`
+	FmCt          *ebpf.Map `ebpf:"fm_ct"`
+	FmEndpoints   *ebpf.Map `ebpf:"fm_endpoints"`
+	FmEpCounters  *ebpf.Map `ebpf:"fm_ep_counters"`
+	FmEventBucket *ebpf.Map `ebpf:"fm_event_bucket"`
+	FmEvents      *ebpf.Map `ebpf:"fm_events"`
+	FmFrag        *ebpf.Map `ebpf:"fm_frag"`
+	FmIpcache     *ebpf.Map `ebpf:"fm_ipcache"`
+	FmIpcacheHost *ebpf.Map `ebpf:"fm_ipcache_host"`
+	FmPolicy      *ebpf.Map `ebpf:"fm_policy"`
+	FmPolicyFixed *ebpf.Map `ebpf:"fm_policy_fixed"`
+	FmPolicyPort  *ebpf.Map `ebpf:"fm_policy_port"`
+	FmRuleStats   *ebpf.Map `ebpf:"fm_rule_stats"`
+	FmState       *ebpf.Map `ebpf:"fm_state"`
 }
 
 func (m *fedmeshMaps) Close() error {
@@ -160,7 +166,9 @@ func (m *fedmeshMaps) Close() error {
 		m.FmIpcache,
 		m.FmIpcacheHost,
 		m.FmPolicy,
-		m.FmRuleCounters,
+		m.FmPolicyFixed,
+		m.FmPolicyPort,
+		m.FmRuleStats,
 		m.FmState,
 	)
 }

@@ -20,9 +20,10 @@ const (
 	policyAllBits   = 112
 	cidrFixedBits   = 64
 
-	// maxRules is the size of the per-revision rule counter array; rules
-	// with larger IDs are enforced but not counted.
-	maxRules = 65536
+	// maxCountedRules is the size of the per-revision rule counter map:
+	// past that many distinct rules in one revision, the rules with the
+	// highest IDs are enforced but not counted.
+	maxCountedRules = 65536
 )
 
 type ipcacheKey struct {
@@ -53,18 +54,75 @@ type cidrKey struct {
 type endpointVal struct {
 	Identity uint32
 	Enforced [2]uint8 // by policy.Direction
-	Pad      [2]uint8
+	Lookups  [2]uint8 // epl* by policy.Direction
+}
+
+// endpointVal.Lookups: which policy lookups can match for an endpoint and
+// direction (bpf/fedmesh.c EPL_*). The program skips the others.
+const (
+	eplPeerProto = 0x01 // identity rules for a peer, one protocol
+	eplPeerAny   = 0x02 // identity rules for a peer, any protocol
+	eplAllProto  = 0x04 // rules for any identity, one protocol
+	eplAllAny    = 0x08 // rules for any identity, any protocol
+	eplCIDRProto = 0x10 // CIDR rules, one protocol
+	eplCIDRAny   = 0x20 // CIDR rules, any protocol
+	eplValid     = 0x80 // PolicyFixed and PolicyPort are filled
+)
+
+// policyFixedKey is a policyKey without its prefix length and port: one
+// (endpoint, direction, kind, protocol, peer).
+type policyFixedKey struct {
+	Ifindex uint32
+	Dir     uint8
+	Kind    uint8
+	Proto   uint8
+	Pad     uint8
+	Peer    uint32
+}
+
+// policyFixedVal says which port entries a policyFixedKey has.
+type policyFixedVal struct {
+	AllRule uint32 // rule of the all-ports entry, 0 if none
+	Flags   uint8  // pf*
+	NPorts  uint8  // Ports[:NPorts] are single-port entries (unless pfExact)
+	Ports   [pfInline][2]byte
+	Pad     uint16
+	Rules   [pfInline]uint32
+}
+
+const (
+	pfExact  = 0x1 // single-port entries, in PolicyPort
+	pfRanges = 0x2 // range entries shorter than a port and longer than all ports
+	// pfInline single-port entries or fewer live in the policyFixedVal: one
+	// hash lookup answers most packets.
+	pfInline = 4
+)
+
+// policyPortKey is a single-port policy entry (a /112 policyKey).
+type policyPortKey struct {
+	policyFixedKey
+	Port [2]byte // big endian
+	Pad2 uint16
+}
+
+func (k policyPortKey) policyKey() policyKey {
+	return policyKey{Prefixlen: policyAllBits, Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto,
+		Peer: k.Peer, Port: k.Port}
 }
 
 // Tables is what one revision puts into the per-revision maps: a plain,
 // deterministic value that both implementations load as it is.
 type Tables struct {
-	Revision  uint64
-	IPCache   map[ipcacheKey]uint32 // prefixes shorter than a host
-	IPHosts   map[[16]byte]uint32   // /32 and /128 entries
-	Policy    map[policyKey]uint32  // -> RuleID
-	CIDR      map[cidrKey]uint32    // -> CIDR class (0: no rule holds)
-	Endpoints map[uint32]endpointVal
+	Revision uint64
+	IPCache  map[ipcacheKey]uint32 // prefixes shorter than a host
+	IPHosts  map[[16]byte]uint32   // /32 and /128 entries
+	Policy   map[policyKey]uint32  // -> RuleID
+	// PolicyFixed and PolicyPort index Policy so that most lookups are
+	// hash hits or misses instead of trie walks; Policy keeps every entry.
+	PolicyFixed map[policyFixedKey]policyFixedVal
+	PolicyPort  map[policyPortKey]uint32 // -> RuleID
+	CIDR        map[cidrKey]uint32       // -> CIDR class (0: no rule holds)
+	Endpoints   map[uint32]endpointVal
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }
@@ -138,7 +196,92 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 			}
 		}
 	}
+	t.indexPolicy()
 	return t, nil
+}
+
+// indexPolicy derives PolicyFixed, PolicyPort and the endpoints' Lookups
+// from Policy.
+func (t *Tables) indexPolicy() {
+	t.PolicyFixed = map[policyFixedKey]policyFixedVal{}
+	t.PolicyPort = map[policyPortKey]uint32{}
+	exact := map[policyFixedKey][]policyPortKey{}
+	lookups := map[uint32]*[2]uint8{}
+	for idx, ep := range t.Endpoints {
+		ep.Lookups = [2]uint8{eplValid, eplValid}
+		t.Endpoints[idx] = ep
+		lookups[idx] = &ep.Lookups
+	}
+	for k, rule := range t.Policy {
+		fk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto, Peer: k.Peer}
+		fv := t.PolicyFixed[fk]
+		switch k.Prefixlen {
+		case policyAllBits:
+			exact[fk] = append(exact[fk], policyPortKey{policyFixedKey: fk, Port: k.Port})
+		case policyFixedBits:
+			fv.AllRule = rule
+		default:
+			fv.Flags |= pfRanges
+		}
+		t.PolicyFixed[fk] = fv
+		var bit uint8
+		switch {
+		case k.Kind == kindCIDR && k.Proto != 0:
+			bit = eplCIDRProto
+		case k.Kind == kindCIDR:
+			bit = eplCIDRAny
+		case k.Peer != 0 && k.Proto != 0:
+			bit = eplPeerProto
+		case k.Peer != 0:
+			bit = eplPeerAny
+		case k.Proto != 0:
+			bit = eplAllProto
+		default:
+			bit = eplAllAny
+		}
+		if l := lookups[k.Ifindex]; l != nil {
+			l[k.Dir&1] |= bit
+		}
+	}
+	for fk, ports := range exact {
+		fv := t.PolicyFixed[fk]
+		if len(ports) > pfInline {
+			fv.Flags |= pfExact
+			for _, pk := range ports {
+				t.PolicyPort[pk] = t.Policy[pk.policyKey()]
+			}
+		} else {
+			// Sorted so that equal revisions render equal values.
+			slices.SortFunc(ports, func(a, b policyPortKey) int { return slices.Compare(a.Port[:], b.Port[:]) })
+			fv.NPorts = uint8(len(ports))
+			for i, pk := range ports {
+				fv.Ports[i], fv.Rules[i] = pk.Port, t.Policy[pk.policyKey()]
+			}
+		}
+		t.PolicyFixed[fk] = fv
+	}
+	for idx, l := range lookups {
+		ep := t.Endpoints[idx]
+		ep.Lookups = *l
+		t.Endpoints[idx] = ep
+	}
+}
+
+// countedRules are the rule IDs the kernel counts for t, ascending.
+func (t *Tables) countedRules() []uint32 {
+	seen := map[uint32]bool{}
+	var ids []uint32
+	for _, r := range t.Policy {
+		if r != 0 && !seen[r] {
+			seen[r] = true
+			ids = append(ids, r)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) > maxCountedRules {
+		ids = ids[:maxCountedRules]
+	}
+	return ids
 }
 
 func b2u(b bool) uint8 {

@@ -11,8 +11,9 @@
 // Documented choices (see also the package doc):
 //   - Malformed IP packets (truncated L3/L4 header, IHL < 5, total length
 //     beyond the frame, too many IPv6 extension headers) are dropped in every
-//     direction, enforced or not. Headers are read with bpf_skb_load_bytes,
-//     so no read can leave the packet.
+//     direction, enforced or not. Headers are read with load(): directly
+//     from the packet's linear part or else bpf_skb_load_bytes, bounds
+//     checked either way, so no read can leave the packet.
 //   - ARP and IPv6 neighbour discovery / MLD always pass. Other non-IP frames
 //     pass only when the direction is not enforced.
 //   - IPv4/IPv6 fragments: the first fragment is judged like any packet and,
@@ -70,7 +71,7 @@ enum {
 #define POLICY_ALL_BITS 112
 #define CIDR_FIXED_BITS 64
 
-#define MAX_RULES 65536
+#define MAX_COUNTED_RULES 65536 // distinct rules per revision, any IDs
 #define SLOTS 2
 
 // Tunables set by the loader (CollectionSpec.Variables).
@@ -124,7 +125,58 @@ struct cidr_val {
 struct endpoint_val {
 	__u32 identity;
 	__u8 enforced[2]; // indexed by DIR_*
-	__u8 pad[2];
+	__u8 lookups[2];  // EPL_* by DIR_*: which policy lookups can match
+};
+
+// endpoint_val.lookups: the policy lookups that can match anything for this
+// endpoint and direction, so the others are skipped. A table written by an
+// older agent has 0 here (no EPL_VALID): every lookup then runs, in the trie.
+#define EPL_PEER_PROTO 0x01 // identity rules for a peer, one protocol
+#define EPL_PEER_ANY 0x02   // identity rules for a peer, any protocol
+#define EPL_ALL_PROTO 0x04  // rules for any identity, one protocol
+#define EPL_ALL_ANY 0x08    // rules for any identity, any protocol
+#define EPL_CIDR_PROTO 0x10 // CIDR rules, one protocol
+#define EPL_CIDR_ANY 0x20   // CIDR rules, any protocol
+#define EPL_VALID 0x80      // the fast tables of this revision are filled
+
+// The fast path in front of the policy trie. policy_fixed holds, for each
+// (endpoint, direction, kind, protocol, peer) with any policy entry, the
+// rule of its all-ports entry, its single-port entries (inline when there
+// are at most PF_INLINE, else in policy_port, a hash) and whether it has
+// range entries (only in the trie). The trie still holds every entry: it
+// answers range lookups and serves older programs.
+#define PF_EXACT 0x1  // single-port entries are in policy_port
+#define PF_RANGES 0x2 // range entries are in the trie
+#define PF_INLINE 4
+
+struct policy_port_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 kind;
+	__u8 proto;
+	__u8 pad;
+	__u32 peer;
+	__u16 port; // network byte order, as in policy_key
+	__u16 pad2;
+};
+
+// policy_fixed's key is the first 12 bytes of a policy_port_key.
+struct policy_fixed_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 kind;
+	__u8 proto;
+	__u8 pad;
+	__u32 peer;
+};
+
+struct policy_fixed_val {
+	__u32 all_rule; // rule of the all-ports entry, 0 if none
+	__u8 flags;     // PF_*
+	__u8 nports;    // ports[:nports] are single-port entries
+	__u16 ports[PF_INLINE]; // network byte order
+	__u16 pad;
+	__u32 rules[PF_INLINE];
 };
 
 struct ct_key {
@@ -209,6 +261,9 @@ struct btf_anchor {
 	struct endpoint_val g;
 	struct counter h;
 	struct host_key i;
+	struct policy_port_key j;
+	struct policy_fixed_key k;
+	struct policy_fixed_val l;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -238,6 +293,20 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__type(key, struct policy_key); \
 	__type(value, struct policy_val);
 
+#define POLICY_FIXED_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct policy_fixed_key); \
+	__type(value, struct policy_fixed_val);
+
+#define POLICY_PORT_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_HASH); \
+	__uint(max_entries, 1 << 20); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
+	__type(key, struct policy_port_key); \
+	__type(value, struct policy_val);
+
 #define CIDR_INNER_DEF \
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE); \
 	__uint(max_entries, 1 << 18); \
@@ -251,9 +320,12 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__type(key, __u32); \
 	__type(value, struct endpoint_val);
 
+// Keyed by rule ID and filled by the Go side with every rule of the
+// revision (the program only increments), so rule IDs need not be small.
 #define RULE_COUNTERS_INNER_DEF \
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
-	__uint(max_entries, MAX_RULES); \
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH); \
+	__uint(max_entries, MAX_COUNTED_RULES); \
+	__uint(map_flags, BPF_F_NO_PREALLOC); \
 	__type(key, __u32); \
 	__type(value, struct counter);
 
@@ -286,6 +358,22 @@ struct {
 	__uint(max_entries, SLOTS);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_FIXED_INNER_DEF });
+} fm_policy_fixed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_PORT_INNER_DEF });
+} fm_policy_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { CIDR_INNER_DEF });
 } fm_cidr SEC(".maps");
 
@@ -303,7 +391,7 @@ struct {
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { RULE_COUNTERS_INNER_DEF });
-} fm_rule_counters SEC(".maps");
+} fm_rule_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -390,6 +478,24 @@ static __always_inline int is_icmp6_error(__u8 type)
 	return type >= 1 && type <= 4;
 }
 
+// load copies n (a constant) bytes at offset off of the packet into dst:
+// straight from the packet when they lie in its linear part (no helper call:
+// the common case), else with bpf_skb_load_bytes. Both read the same bytes;
+// the verifier proves neither reads outside the packet. 0 or < 0 like
+// bpf_skb_load_bytes.
+#define load(skb, off, dst, n)                                              \
+	({                                                                  \
+		void *__data = (void *)(long)(skb)->data;                   \
+		void *__end = (void *)(long)(skb)->data_end;                \
+		__u32 __off = (off);                                        \
+		int __ret = 0;                                              \
+		if (__off <= 0xffff && __data + __off + (n) <= __end)       \
+			__builtin_memcpy((dst), __data + __off, (n));       \
+		else                                                        \
+			__ret = bpf_skb_load_bytes((skb), __off, (dst), (n)); \
+		__ret;                                                      \
+	})
+
 // l4_ports fills sport/dport of a tuple from the L4 header at off; need is
 // how many bytes the header must have. Returns -1 when truncated.
 static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end, struct tuple *t,
@@ -399,7 +505,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 
 	switch (t->proto) {
 	case PROTO_TCP:
-		if (off + 20 > end || bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+		if (off + 20 > end || load(skb, off, hdr, 14) < 0)
 			return -1;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -408,7 +514,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 		return 0;
 	case PROTO_UDP:
 	case PROTO_SCTP:
-		if (off + (t->proto == PROTO_UDP ? 8 : 12) > end || bpf_skb_load_bytes(skb, off, hdr, 4) < 0)
+		if (off + (t->proto == PROTO_UDP ? 8 : 12) > end || load(skb, off, hdr, 4) < 0)
 			return -1;
 		t->sport = ((__u16)hdr[0] << 8) | hdr[1];
 		t->dport = ((__u16)hdr[2] << 8) | hdr[3];
@@ -416,7 +522,7 @@ static __always_inline int l4_ports(struct __sk_buff *skb, __u32 off, __u32 end,
 		return 0;
 	case PROTO_ICMP:
 	case PROTO_ICMPV6:
-		if (off + 8 > end || bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+		if (off + 8 > end || load(skb, off, hdr, 8) < 0)
 			return -1;
 		*icmp_type = hdr[0];
 		// Echo request carries its id as the source "port", the reply as
@@ -439,7 +545,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 
 	if (!v6) {
 		struct iphdr ip;
-		if (off + sizeof(ip) > end || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		if (off + sizeof(ip) > end || load(skb, off, &ip, sizeof(ip)) < 0)
 			return -1;
 		if (ip.version != 4 || ip.ihl < 5)
 			return -1;
@@ -449,7 +555,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 		l4 = off + ip.ihl * 4;
 	} else {
 		struct ipv6hdr ip6;
-		if (off + sizeof(ip6) > end || bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (off + sizeof(ip6) > end || load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return -1;
 		if (ip6.version != 6)
 			return -1;
@@ -464,7 +570,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, __u32 e
 	case PROTO_UDP:
 	case PROTO_SCTP: {
 		__u8 p[4];
-		if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, p, 4) < 0)
+		if (l4 + 8 > end || load(skb, l4, p, 4) < 0)
 			return -1;
 		in->sport = ((__u16)p[0] << 8) | p[1];
 		in->dport = ((__u16)p[2] << 8) | p[3];
@@ -487,7 +593,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	__u8 icmp_type = 0;
 	int v6 = 0;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+	if (load(skb, 12, &proto, 2) < 0)
 		return PARSE_MALFORMED;
 	proto = bpf_ntohs(proto);
 	if (proto == ETH_P_ARP)
@@ -497,7 +603,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u32 hlen;
 		__u16 tot, fo;
 
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		if (load(skb, off, &ip, sizeof(ip)) < 0)
 			return PARSE_MALFORMED;
 		if (ip.version != 4 || ip.ihl < 5)
 			return PARSE_MALFORMED;
@@ -523,7 +629,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u8 nh;
 		int i;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return PARSE_MALFORMED;
 		if (ip6.version != 6)
 			return PARSE_MALFORMED;
@@ -540,7 +646,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			__u8 eh[8];
 			if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44)
 				break;
-			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, eh, 8) < 0)
+			if (l4 + 8 > end || load(skb, l4, eh, 8) < 0)
 				return PARSE_MALFORMED;
 			if (nh == 44) {
 				__u16 fo = ((__u16)eh[2] << 8) | eh[3];
@@ -612,11 +718,13 @@ static __always_inline void count_rule(void *counters, struct __sk_buff *skb, __
 	}
 }
 
+// take_token runs on the coarse clock (the last tick, no clock-source
+// read): rate limiting needs no better and denied packets then read no clock.
 static __always_inline int take_token(void)
 {
 	__u32 zero = 0;
 	struct bucket *b = bpf_map_lookup_elem(&fm_event_bucket, &zero);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (!b)
 		return 0;
@@ -658,6 +766,17 @@ static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 e
 	bpf_ringbuf_output(&fm_events, &e, sizeof(e), 0);
 }
 
+static __always_inline void frag_fill(struct frag_key *k, __u32 ifindex, __u8 dir, struct pkt *p)
+{
+	k->ifindex = ifindex;
+	k->dir = dir;
+	k->proto = p->t.proto;
+	k->pad = 0;
+	k->id = p->frag_id;
+	__builtin_memcpy(k->src, p->t.src, 16);
+	__builtin_memcpy(k->dst, p->t.dst, 16);
+}
+
 static __always_inline void ct_fill(struct ct_key *k, __u32 ifindex, __u8 dir, struct tuple *t, int reverse)
 {
 	k->ifindex = ifindex;
@@ -683,14 +802,23 @@ static __always_inline __u64 ct_timeout(__u8 proto, __u32 flags)
 	return proto == PROTO_TCP ? ct_timeout_tcp_ns : ct_timeout_other_ns;
 }
 
+// clock returns the packet's time, reading the clock source on first use
+// only: a denied packet that hits no conntrack entry never needs it.
+static __always_inline __u64 clock(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_ns();
+	return *now;
+}
+
 // ct_live returns the entry for k when it exists and has not gone idle.
-static __always_inline struct ct_val *ct_live(struct ct_key *k, __u64 now)
+static __always_inline struct ct_val *ct_live(struct ct_key *k, __u64 *now)
 {
 	struct ct_val *v = bpf_map_lookup_elem(&fm_ct, k);
 
 	if (!v)
 		return 0;
-	if (now - v->last_seen > ct_timeout(k->proto, v->flags))
+	if (clock(now) - v->last_seen > ct_timeout(k->proto, v->flags))
 		return 0;
 	return v;
 }
@@ -702,21 +830,70 @@ static __always_inline void ct_touch(struct ct_val *v, struct pkt *p, __u64 now)
 		v->flags |= CT_CLOSING;
 }
 
-static __always_inline __u32 policy_lookup(void *pol, __u32 ifindex, __u8 dir, __u8 kind, __u32 peer,
-					   struct pkt *p, __u8 proto)
+// The tables one packet's policy lookups read, all from one slot.
+struct policy_tabs {
+	void *trie;  // fm_policy: every entry
+	void *fixed; // fm_policy_fixed, or 0 for tables of an older agent
+	void *port;  // fm_policy_port
+	__u32 ifindex;
+	__u8 dir;
+};
+
+static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+						__u8 proto)
 {
 	struct policy_key k = {};
 	struct policy_val *v;
 
 	k.prefixlen = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
-	k.ifindex = ifindex;
-	k.dir = dir;
+	k.ifindex = pt->ifindex;
+	k.dir = pt->dir;
 	k.kind = kind;
 	k.proto = proto;
 	k.peer = peer;
 	k.port = bpf_htons(p->t.dport);
-	v = bpf_map_lookup_elem(pol, &k);
+	v = bpf_map_lookup_elem(pt->trie, &k);
 	return v ? v->rule : 0;
+}
+
+// policy_lookup returns what the longest-prefix match in the policy trie
+// returns, mostly without touching the trie: a single-port entry is the
+// longest match when it exists (hash hit); without range entries, the
+// all-ports entry is the only other candidate.
+static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+					   __u8 proto)
+{
+	struct policy_port_key k = {};
+	struct policy_fixed_val *fv;
+	struct policy_val *v;
+
+	if (!pt->fixed)
+		return policy_trie_lookup(pt, kind, peer, p, proto);
+	k.ifindex = pt->ifindex;
+	k.dir = pt->dir;
+	k.kind = kind;
+	k.proto = proto;
+	k.peer = peer;
+	k.port = bpf_htons(p->t.dport);
+	fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
+	if (!fv)
+		return 0;
+	if (!p->has_ports)
+		return fv->all_rule; // a 96-bit trie key matches only all-ports entries
+	if (fv->flags & PF_EXACT) {
+		v = bpf_map_lookup_elem(pt->port, &k);
+		if (v)
+			return v->rule;
+	} else {
+		int i;
+#pragma unroll
+		for (i = 0; i < PF_INLINE; i++)
+			if (i < fv->nports && fv->ports[i] == k.port)
+				return fv->rules[i];
+	}
+	if (fv->flags & PF_RANGES)
+		return policy_trie_lookup(pt, kind, peer, p, proto);
+	return fv->all_rule;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -725,9 +902,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct pkt p = {};
 	struct state *st;
 	struct endpoint_val *ep;
-	void *eps, *ipc, *pol, *cidr, *rc;
+	void *eps, *ipc, *cidr, *rc;
 	__u8 *peer_ip;
-	__u64 now;
+	__u64 now = 0;
 	int r;
 
 	st = bpf_map_lookup_elem(&fm_state, &zero);
@@ -743,6 +920,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_DROP;
 	}
 	__u8 enforced = dir == DIR_INGRESS ? ep->enforced[0] : ep->enforced[1];
+	__u8 lookups = dir == DIR_INGRESS ? ep->lookups[0] : ep->lookups[1];
 	__u32 ep_id = ep->identity;
 
 	r = parse(skb, &p);
@@ -764,14 +942,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_DROP;
 	}
 
-	struct frag_key fk = {.ifindex = ifindex, .dir = dir, .proto = p.t.proto, .id = p.frag_id};
-	__builtin_memcpy(fk.src, p.t.src, 16);
-	__builtin_memcpy(fk.dst, p.t.dst, 16);
+	// The fragment key is built only for fragments: most packets are not.
+	struct frag_key fk;
 	if (p.frag == 2) {
 		if (!enforced) {
 			count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
+		frag_fill(&fk, ifindex, dir, &p);
 		if (bpf_map_lookup_elem(&fm_frag, &fk)) {
 			count_ep(skb, ifindex, dir, REASON_ALLOW_FRAG);
 			return TCX_NEXT;
@@ -780,16 +958,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_DROP;
 	}
 
-	now = bpf_ktime_get_ns();
 	struct ct_key ck = {};
 	struct ct_val *cv;
 	__u8 reason;
 
 	ct_fill(&ck, ifindex, dir, &p.t, 0);
-	cv = ct_live(&ck, now);
+	cv = ct_live(&ck, &now);
 	if (!cv) {
 		ct_fill(&ck, ifindex, dir ^ 1, &p.t, 1);
-		cv = ct_live(&ck, now);
+		cv = ct_live(&ck, &now);
 	}
 	if (cv) {
 		ct_touch(cv, &p, now);
@@ -798,10 +975,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (p.related) {
 		ct_fill(&ck, ifindex, dir ^ 1, &p.inner, 0);
-		cv = ct_live(&ck, now);
+		cv = ct_live(&ck, &now);
 		if (!cv) {
 			ct_fill(&ck, ifindex, dir, &p.inner, 1);
-			cv = ct_live(&ck, now);
+			cv = ct_live(&ck, &now);
 		}
 		if (cv) {
 			reason = REASON_ALLOW_RELATED;
@@ -830,19 +1007,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		goto allow;
 	}
 
-	pol = bpf_map_lookup_elem(&fm_policy, &slot);
-	if (!pol)
+	struct policy_tabs pt = {.ifindex = ifindex, .dir = dir};
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	if (!pt.trie)
 		goto deny;
-	if (peer_id) {
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, p.t.proto);
-		if (!rule)
-			rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, peer_id, &p, 0);
+	if (lookups & EPL_VALID) {
+		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+		if (!pt.fixed || !pt.port)
+			goto deny;
+	} else {
+		lookups = 0xff;
 	}
-	if (!rule)
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, p.t.proto);
-	if (!rule)
-		rule = policy_lookup(pol, ifindex, dir, KIND_IDENTITY, 0, &p, 0);
-	if (!rule) {
+	if (peer_id && (lookups & EPL_PEER_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, p.t.proto);
+	if (!rule && peer_id && (lookups & EPL_PEER_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, 0);
+	if (!rule && (lookups & EPL_ALL_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, p.t.proto);
+	if (!rule && (lookups & EPL_ALL_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, 0);
+	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
 		cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
 		if (cidr) {
 			struct cidr_key cki = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
@@ -850,23 +1035,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			__builtin_memcpy(cki.ip, peer_ip, 16);
 			cval = bpf_map_lookup_elem(cidr, &cki);
 			if (cval && cval->class_id) {
-				rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, p.t.proto);
-				if (!rule)
-					rule = policy_lookup(pol, ifindex, dir, KIND_CIDR, cval->class_id, &p, 0);
+				if (lookups & EPL_CIDR_PROTO)
+					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, p.t.proto);
+				if (!rule && (lookups & EPL_CIDR_ANY))
+					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, 0);
 			}
 		}
 	}
 	if (!rule)
 		goto deny;
 	reason = REASON_ALLOW_POLICY;
-	rc = bpf_map_lookup_elem(&fm_rule_counters, &slot);
+	rc = bpf_map_lookup_elem(&fm_rule_stats, &slot);
 	count_rule(rc, skb, rule);
 	emit(&p, ifindex, dir, ep_id, peer_id, rule, 0, REASON_ALLOW_POLICY);
 
 allow:
 	// A new flow: remember it so later packets and replies skip policy.
 	{
-		struct ct_val nv = {.last_seen = now, .rule = rule};
+		struct ct_val nv = {.last_seen = clock(&now), .rule = rule};
 		if (p.t.proto == PROTO_TCP && (p.tcp_flags & 0x05))
 			nv.flags = CT_CLOSING;
 		ct_fill(&ck, ifindex, dir, &p.t, 0);
@@ -874,7 +1060,8 @@ allow:
 	}
 allow_no_ct:
 	if (p.frag == 1) {
-		struct frag_val fv = {.created = now};
+		struct frag_val fv = {.created = clock(&now)};
+		frag_fill(&fk, ifindex, dir, &p);
 		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
 	}
 	count_ep(skb, ifindex, dir, reason);
