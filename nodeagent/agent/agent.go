@@ -238,6 +238,12 @@ func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 			continue
 		}
 		a.m.messages.Inc()
+		if it.resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS {
+			// A write this node filters out: report the new revision at
+			// once so a --wait on it returns. No loop: node status reports
+			// create no revision.
+			a.specChanged = true
+		}
 		a.feed(changes)
 		if !(it.resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT && it.resp.GetMore()) {
 			advanced++

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -432,12 +431,6 @@ func TestFilteredWritesReachTheAgentAsProgress(t *testing.T) {
 	})
 
 	t.Run("the agent and WaitEnforced", func(t *testing.T) {
-		if os.Getenv("FEDMESH_KNOWN_BUGS") != "1" {
-			t.Skip("known agent bug (report of branch realcp): the agent enforces the PROGRESS revision but, since " +
-				"e1714c7, reports a revision with no spec change only with the next heartbeat (StatusInterval, 10s by " +
-				"default), so WaitEnforced on a write it filters out waits for it; run with FEDMESH_KNOWN_BUGS=1, " +
-				"drop this skip once a PROGRESS message kicks a report")
-		}
 		// A heartbeat far beyond the wait: the report must come from the
 		// progress itself.
 		h := startAgent(t, f.cp.Addrs(), func(c *agent.Config) { c.StatusInterval = time.Minute })

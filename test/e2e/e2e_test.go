@@ -77,6 +77,17 @@ func upLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	return l
 }
 
+// routeVia reports whether `ip route` output has prefix via next hop
+// (FRR's routes carry an "nhid N" between the two).
+func routeVia(routes, prefix, via string) bool {
+	for _, line := range strings.Split(routes, "\n") {
+		if strings.HasPrefix(line, prefix+" ") && strings.Contains(line, " via "+via+" ") {
+			return true
+		}
+	}
+	return false
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
@@ -128,7 +139,7 @@ func TestFederationEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, n := range c.Nodes {
-				if !strings.Contains(routes, n.PodCIDR.String()+" via "+n.Host.Addr.Addr().String()) {
+				if !routeVia(routes, n.PodCIDR.String(), n.Host.Addr.Addr().String()) {
 					t.Errorf("%s (%s) has no route %s via %s:\n%s", c.ToR.NS, c.ToRKind, n.PodCIDR, n.Host.Addr.Addr(), routes)
 				}
 			}
