@@ -219,6 +219,11 @@ func TestFederationEndToEnd(t *testing.T) {
 	})
 
 	t.Run("agent SIGKILLed and restarted: no wrong verdict", func(t *testing.T) {
+		policy := fmt.Sprintf("%s/policy.yaml", l.Dir)
+		if _, err := l.Fedctl(ctx, "policy", "apply", "-f", policy, "--wait"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = l.Fedctl(ctx, "policy", "delete", "federated/demo/api-local-web-only", "--wait") })
 		agent := "agent-" + b.Nodes[0].Name // the node of apiB
 		stop := make(chan struct{})
 		wrong := make(chan string, 100)

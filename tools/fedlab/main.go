@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -148,6 +149,23 @@ func root() *cobra.Command {
 		},
 	}
 	probe.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	batch := &cobra.Command{
+		Use:    "probe-batch",
+		Short:  "Probe a JSON list of {proto, addr} from stdin concurrently; print one outcome per line",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var targets []lab.Target
+			if err := json.NewDecoder(os.Stdin).Decode(&targets); err != nil {
+				return fmt.Errorf("read targets: %w", err)
+			}
+			for _, o := range lab.ProbeBatch(cmd.Context(), targets, timeout) {
+				fmt.Println(o)
+			}
+			return nil
+		},
+	}
+	batch.Flags().DurationVar(&timeout, "timeout", 500*time.Millisecond, "how long each probe waits")
 	probe.Flags().DurationVar(&timeout, "timeout", time.Second, "how long to wait for the answer")
 	var kubeCluster, kubeDir string
 	kube := &cobra.Command{
@@ -230,6 +248,23 @@ func root() *cobra.Command {
 	demo.Flags().IntVar(&cfg.Pods, "pods", 2, "pods per node")
 	demo.Flags().StringVar(&cfg.BinDir, "bin-dir", defaultBinDir(), "directory with the fedmesh binaries (make build)")
 	demo.Flags().BoolVar(&cfg.NoKube, "no-kube", false, "publish endpoints through the API instead of a kube-apiserver and syncer per cluster")
-	cmd.AddCommand(up, down, status, exec, serve, probe, kube, kubeExport, kubeImports, demo)
+	restart := &cobra.Command{
+		Use:   "restart PROCESS",
+		Short: "Restart a lab process (as named by fedlab status), e.g. after killing it to test recovery",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			if l.Alive(args[0]) {
+				if err := l.Stop(args[0]); err != nil {
+					return err
+				}
+			}
+			return l.Restart(args[0])
+		},
+	}
+	cmd.AddCommand(up, down, status, exec, serve, probe, batch, restart, kube, kubeExport, kubeImports, demo)
 	return cmd
 }

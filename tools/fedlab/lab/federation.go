@@ -139,10 +139,10 @@ func (l *Lab) pinDir(n Node) string {
 	return filepath.Join("/sys/fs/bpf/fedmesh", l.Topo.Name, n.Host.NS)
 }
 
-// dial connects to the control plane from fedlab's own process. fedlab runs
+// Dial connects to the control plane from fedlab's own process. fedlab runs
 // in the root namespace, which has no route into the lab, so the
 // connection is made from a socket opened inside the management namespace.
-func (l *Lab) dial() (*grpc.ClientConn, error) {
+func (l *Lab) Dial() (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///"+l.Topo.ControlPlaneAddrs()[0],
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (netConn, error) {
@@ -152,7 +152,7 @@ func (l *Lab) dial() (*grpc.ClientConn, error) {
 
 // WaitEnforced waits until every node enforces the newest revision.
 func (l *Lab) WaitEnforced(ctx context.Context, timeout time.Duration) (uint64, error) {
-	cc, err := l.dial()
+	cc, err := l.Dial()
 	if err != nil {
 		return 0, err
 	}
@@ -255,7 +255,7 @@ func (l *Lab) WaitEnforced(ctx context.Context, timeout time.Duration) (uint64, 
 // cluster with a final resync marker: what a syncer does, without a
 // kube-apiserver (fedlab up --no-kube).
 func (l *Lab) publishEndpoints(ctx context.Context) error {
-	cc, err := l.dial()
+	cc, err := l.Dial()
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -97,4 +99,85 @@ func (l *Lab) ProbeFrom(ctx context.Context, pod, proto, addr string, timeout ti
 		return fmt.Errorf("%s -> %s/%s: %w: %s", pod, addr, proto, ErrBlocked, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// Outcome of one probe in a batch.
+type Outcome string
+
+// A probe is reachable when the destination answered at all: the app
+// ("open") or the kernel refusing the port ("refused"); dropped probes time
+// out.
+const (
+	Open    Outcome = "open"
+	Refused Outcome = "refused"
+	Timeout Outcome = "timeout"
+)
+
+// Reachable reports whether the outcome means the packets got through.
+func (o Outcome) Reachable() bool { return o == Open || o == Refused }
+
+// Target is one probe of a batch.
+type Target struct {
+	Proto string `json:"proto"`
+	Addr  string `json:"addr"`
+}
+
+// ProbeBatch runs every target concurrently (from the current namespace)
+// and returns their outcomes in order.
+func ProbeBatch(ctx context.Context, targets []Target, timeout time.Duration) []Outcome {
+	out := make([]Outcome, len(targets))
+	sem := make(chan struct{}, 64)
+	done := make(chan struct{})
+	var n int
+	for i, t := range targets {
+		sem <- struct{}{}
+		n++
+		go func() {
+			defer func() { <-sem; done <- struct{}{} }()
+			out[i] = probeOnce(ctx, t, timeout)
+		}()
+	}
+	for ; n > 0; n-- {
+		<-done
+	}
+	return out
+}
+
+func probeOnce(ctx context.Context, t Target, timeout time.Duration) Outcome {
+	err := Probe(ctx, t.Proto, t.Addr, timeout)
+	switch {
+	case err == nil:
+		return Open
+	case strings.Contains(err.Error(), "connection refused"):
+		return Refused
+	}
+	return Timeout
+}
+
+// ProbeBatchFrom runs ProbeBatch inside a pod of the lab.
+func (l *Lab) ProbeBatchFrom(ctx context.Context, pod string, targets []Target, timeout time.Duration) ([]Outcome, error) {
+	_, _, p, ok := l.Topo.Pod(pod)
+	if !ok {
+		return nil, fmt.Errorf("no pod %s", pod)
+	}
+	in, err := json.Marshal(targets)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+p.NS, "--",
+		l.bin("fedlab"), "probe-batch", "--timeout", timeout.String())
+	cmd.Stdin = bytes.NewReader(in)
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("probe batch from %s: %w", pod, err)
+	}
+	lines := strings.Fields(string(out))
+	if len(lines) != len(targets) {
+		return nil, fmt.Errorf("probe batch from %s: %d outcomes for %d targets", pod, len(lines), len(targets))
+	}
+	res := make([]Outcome, len(lines))
+	for i, l := range lines {
+		res[i] = Outcome(l)
+	}
+	return res, nil
 }

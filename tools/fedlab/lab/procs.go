@@ -191,3 +191,16 @@ func (l *Lab) Alive(name string) bool {
 	p, ok := l.Proc(name)
 	return ok && p.alive() && !zombie(p.PID)
 }
+
+// Load returns the running lab with this name, from its state.
+func Load(name string) (*Lab, error) {
+	st, err := LoadState(name)
+	if err != nil {
+		return nil, fmt.Errorf("lab %q is not up: %w", name, err)
+	}
+	topo, err := Plan(st.Config)
+	if err != nil {
+		return nil, err
+	}
+	return &Lab{Topo: topo, Dir: StateDir(name), State: st}, nil
+}
