@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/prototext"
 
 	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -136,7 +137,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 7))
-	total, mismatches := 0, 0
+	total, mismatches, denied := 0, 0, 0
 	var prev []*fedmeshv1.Policy
 	for round := 0; total < 1000; round++ {
 		for _, p := range prev {
@@ -159,6 +160,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 		// relevance by using fresh source ports (every probe dials anew).
 		var mu sync.Mutex
 		var wg sync.WaitGroup
+		sem := make(chan struct{}, 2) // two sources at a time
 		for _, src := range pods {
 			var targets []lab.Target
 			type q struct {
@@ -176,10 +178,34 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 				}
 			}
 			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
 				outcomes, err := l.ProbeBatchFrom(ctx, src.p.Name, targets, 700*time.Millisecond)
 				if err != nil {
 					t.Error(err)
 					return
+				}
+				// A probe that timed out is tried once more, alone and with
+				// a longer timeout: on this loaded 2-core machine a first
+				// contact (ARP, a WireGuard handshake in userspace) can take
+				// longer than the batch allows. A real drop stays a drop.
+				var again []lab.Target
+				var idx []int
+				for i, o := range outcomes {
+					if o == lab.Timeout {
+						again = append(again, targets[i])
+						idx = append(idx, i)
+					}
+				}
+				if len(again) > 0 {
+					second, err := l.ProbeBatchFrom(ctx, src.p.Name, again, 2*time.Second)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for j, o := range second {
+						outcomes[idx[j]] = o
+					}
 				}
 				for i, o := range outcomes {
 					s := probeSpecs[qs[i].spec]
@@ -200,6 +226,9 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 					want := v.GetVerdict() == fedmeshv1.Verdict_VERDICT_ALLOW
 					mu.Lock()
 					total++
+					if !want {
+						denied++
+					}
 					if o.Reachable() != want {
 						mismatches++
 						if mismatches <= 10 {
@@ -216,13 +245,16 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 		if t.Failed() && mismatches > 0 {
 			var names []string
 			for _, p := range set {
-				names = append(names, p.String())
+				names = append(names, prototext.Format(p))
 			}
 			t.Logf("round %d policies:\n%s", round, strings.Join(names, "\n"))
 			break
 		}
 	}
-	t.Logf("%d probes, %d mismatches between the kernel and Reach", total, mismatches)
+	t.Logf("%d probes (%d denied by policy), %d mismatches between the kernel and Reach", total, denied, mismatches)
+	if denied == 0 || denied == total {
+		t.Errorf("the random policies denied %d of %d probes: the comparison proves nothing", denied, total)
+	}
 	if total < 1000 && !t.Failed() {
 		t.Fatalf("only %d probes", total)
 	}
