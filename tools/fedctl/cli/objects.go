@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/labels"
 	"google.golang.org/protobuf/proto"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -47,12 +48,16 @@ func nodeCmd(g *globals) *cobra.Command {
 
 func endpointCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "endpoint", Aliases: []string{"endpoints", "ep"}, Short: "List federation endpoints (pods) and their identities"}
-	var cluster, namespace, node string
+	var cluster, namespace, node, selector string
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List endpoints",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			sel, err := labels.Parse(selector)
+			if err != nil {
+				return fmt.Errorf("selector %q: %w", selector, err)
+			}
 			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
 				resp, err := c.eps.ListEndpoints(ctx, &fedmeshv1.ListEndpointsRequest{Cluster: cluster, Namespace: namespace, Node: node})
 				if err != nil {
@@ -61,6 +66,9 @@ func endpointCmd(g *globals) *cobra.Command {
 				t := &table{header: []string{"CLUSTER", "NAMESPACE", "NAME", "IPS", "IDENTITY", "NODE", "LABELS"}}
 				var objs []proto.Message
 				for _, e := range resp.GetEndpoints() {
+					if !sel.Matches(labels.Set(e.GetLabels())) {
+						continue
+					}
 					t.add(e.GetCluster(), e.GetNamespace(), e.GetName(), orNone(e.GetIps()),
 						strconv.FormatUint(uint64(e.GetIdentity()), 10), e.GetNode(), labelString(e.GetLabels()))
 					objs = append(objs, e)
@@ -72,6 +80,7 @@ func endpointCmd(g *globals) *cobra.Command {
 	list.Flags().StringVar(&cluster, "cluster", "", "only this cluster's endpoints")
 	list.Flags().StringVarP(&namespace, "namespace", "n", "", "only this namespace")
 	list.Flags().StringVar(&node, "node", "", "only this node's endpoints (needs --cluster)")
+	list.Flags().StringVarP(&selector, "selector", "l", "", "only endpoints whose labels match this selector (app=web,tier!=db)")
 	c.AddCommand(list)
 	return c
 }

@@ -50,7 +50,9 @@ func (g *globals) waitEnforced(ctx context.Context, c *conn, w waitFlags, revisi
 	ctx, cancel := context.WithTimeout(ctx, w.timeout+5*time.Second)
 	defer cancel()
 	start := time.Now()
+	stop := g.progress(ctx, c, revision, clusters)
 	resp, err := c.nodes.WaitEnforced(ctx, &fedmeshv1.WaitEnforcedRequest{Revision: revision, Clusters: clusters, Timeout: durationpb.New(w.timeout)})
+	stop()
 	if err != nil {
 		return fmt.Errorf("wait for revision %d: %w", revision, err)
 	}
@@ -303,4 +305,47 @@ func policyDeleteCmd(g *globals) *cobra.Command {
 	}
 	w.register(cmd)
 	return cmd
+}
+
+// progress prints "enforced on N/M nodes" on stderr whenever the count
+// changes while a --wait runs, so a user sees it converge (or which part
+// hangs); the returned func stops it.
+func (g *globals) progress(ctx context.Context, c *conn, revision uint64, clusters []string) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		want := map[string]bool{}
+		for _, cl := range clusters {
+			want[cl] = true
+		}
+		last := ""
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			resp, err := c.nodes.ListNodes(ctx, &fedmeshv1.ListNodesRequest{})
+			if err == nil {
+				n, ok := 0, 0
+				for _, node := range resp.GetNodes() {
+					if len(want) > 0 && !want[node.GetCluster()] {
+						continue
+					}
+					n++
+					if node.GetStatus().GetEnforcedRevision() >= revision {
+						ok++
+					}
+				}
+				if line := fmt.Sprintf("enforced on %d/%d nodes", ok, n); line != last {
+					fmt.Fprintf(g.errOut, "  %s\n", line)
+					last = line
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
