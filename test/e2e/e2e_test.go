@@ -46,6 +46,15 @@ func requireLab(t *testing.T) {
 func upLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	requireLab(t)
+	return upLabB(t, cfg)
+}
+
+// upLabB is upLab for benchmarks (which skip rather than fail without root).
+func upLabB(t testing.TB, cfg lab.Config) *lab.Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
 	cfg.Name = fmt.Sprintf("e%d", os.Getpid()%10000)
 	cfg.BinDir = binDir
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
