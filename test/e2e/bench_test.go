@@ -9,8 +9,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 )
 
 // BenchmarkConvergence creates 200 endpoints in cluster-a through the API,

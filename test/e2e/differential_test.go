@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/prototext"
 
-	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 )
 
 // probeSpec is one (protocol, port) a probe uses: the app's port (open), a
