@@ -27,6 +27,7 @@ import (
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/agent/adapters"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
 )
 
@@ -167,9 +168,12 @@ func run(ctx context.Context, o *options) error {
 	deps := agent.Deps{ControlPlane: client, Logger: log, Registry: prometheus.NewRegistry()}
 	deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	var dpEvents <-chan dataplane.Event
 	switch o.dataplane {
 	case "memory":
-		deps.Dataplane = adapters.Dataplane{DP: dataplane.NewMemory()}
+		mem := dataplane.NewMemory()
+		deps.Dataplane = adapters.Dataplane{DP: mem}
+		dpEvents = mem.Events()
 	case "ebpf":
 		// Adopts pinned state from a previous run: enforcement continues
 		// until the first revision after the snapshot replaces it.
@@ -179,6 +183,7 @@ func run(ctx context.Context, o *options) error {
 		}
 		defer dp.Close() // keeps the pins: enforcement outlives the process
 		deps.Dataplane = adapters.Dataplane{DP: dp}
+		dpEvents = dp.Events()
 		res, err := agent.NewNetlinkResolver(o.netns)
 		if err != nil {
 			return err
@@ -224,7 +229,14 @@ func run(ctx context.Context, o *options) error {
 		if err != nil {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
 		}
-		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		// The flow log: verdict events of this node's endpoints, which
+		// `fedctl flows` follows at /flows.
+		flowLog := flows.New(o.cluster, o.node, 4096)
+		go flowLog.Run(ctx, dpEvents)
+		mux := http.NewServeMux()
+		mux.Handle("GET /flows", flowLog)
+		mux.Handle("/", a.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(lis)
 		defer srv.Close()
 		log.Info("serving metrics and probes", "addr", lis.Addr().String())

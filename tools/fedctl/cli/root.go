@@ -59,7 +59,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "deadline of each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addCredentialFlags(pf, &g.creds)
-	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g), controlPlaneCmd(g))
+	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g), controlPlaneCmd(g), flowsCmd(g))
 	root.AddCommand(caCmd(g), tokenCmd(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		fmt.Fprintf(errOut, "error: %v\nsee '%s --help'\n", err, c.CommandPath())
