@@ -87,18 +87,14 @@ func root() *cobra.Command {
 
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show what runs: processes, ToR routes, pods",
+		Short: "Show what runs: processes, nodes (enforced revision, BGP, WireGuard), ToR routes, pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := lab.LoadState(name)
-			if err != nil {
-				return fmt.Errorf("lab %q is not up: %w", name, err)
-			}
-			topo, err := lab.Plan(st.Config)
+			l, err := lab.Load(name)
 			if err != nil {
 				return err
 			}
-			return lab.PrintStatus(cmd.Context(), os.Stdout, topo, st)
+			return l.PrintStatus(cmd.Context(), os.Stdout)
 		},
 	}
 

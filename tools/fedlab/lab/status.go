@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// PrintStatus writes what runs in the lab: processes, each ToR's learned
-// pod routes, and the pods with their addresses.
-func PrintStatus(ctx context.Context, w io.Writer, t *Topology, st *State) error {
+// PrintStatus writes what runs in the lab: processes, every node's enforced
+// revision, BGP sessions and WireGuard handshakes (as its agent reports
+// them), each ToR's learned pod routes, and the pods with their addresses.
+func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) error {
+	t, st := l.Topo, l.State
 	fmt.Fprintf(w, "lab %s: %d clusters\n\nprocesses:\n", t.Name, len(t.Clusters))
 	for _, p := range st.Procs {
 		state := "running"
@@ -18,6 +23,7 @@ func PrintStatus(ctx context.Context, w io.Writer, t *Topology, st *State) error
 		}
 		fmt.Fprintf(w, "  %-28s pid %-7d %s\n", p.Name, p.PID, state)
 	}
+	l.printNodes(ctx, w)
 	for _, c := range t.Clusters {
 		routes, err := ToRRoutes(ctx, c)
 		if err != nil {
@@ -42,4 +48,37 @@ func PrintStatus(ctx context.Context, w io.Writer, t *Topology, st *State) error
 		}
 	}
 	return nil
+}
+
+func (l *Lab) printNodes(ctx context.Context, w io.Writer) {
+	fmt.Fprintf(w, "\nnodes (as their agents report to the control plane):\n")
+	cc, err := l.Dial()
+	if err != nil {
+		fmt.Fprintf(w, "  control plane unreachable: %v\n", err)
+		return
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := fedmeshv1.NewNodeServiceClient(cc).ListNodes(ctx, &fedmeshv1.ListNodesRequest{})
+	if err != nil {
+		fmt.Fprintf(w, "  control plane unreachable: %v\n", err)
+		return
+	}
+	fmt.Fprintf(w, "  store revision %d\n", resp.GetRevision())
+	for _, n := range resp.GetNodes() {
+		st := n.GetStatus()
+		var bgp []string
+		for _, p := range st.GetBgpPeers() {
+			bgp = append(bgp, fmt.Sprintf("%s %s", p.GetAddress(), strings.ToLower(strings.TrimPrefix(p.GetState().String(), "BGP_SESSION_STATE_"))))
+		}
+		hs := 0
+		for _, p := range st.GetWireguardPeers() {
+			if p.GetLastHandshakeTime() != nil {
+				hs++
+			}
+		}
+		fmt.Fprintf(w, "  %-28s enforced %-6d ready %-5t bgp [%s] wireguard %d/%d handshaken\n",
+			n.GetCluster()+"/"+n.GetName(), st.GetEnforcedRevision(), st.GetReady(), strings.Join(bgp, ", "), hs, len(st.GetWireguardPeers()))
+	}
 }
