@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -170,44 +171,14 @@ func at(s [][]*metav1.LabelSelector, i int) []*metav1.LabelSelector {
 	return nil
 }
 
+// The selector conversions are federation/model's, shared with the syncer
+// and fedctl, so every binary reads selectors the same way.
 func selectorFromProto(s *fedmeshv1.LabelSelector) *metav1.LabelSelector {
-	if s == nil {
-		return nil
-	}
-	out := &metav1.LabelSelector{}
-	if len(s.GetMatchLabels()) > 0 {
-		out.MatchLabels = make(map[string]string, len(s.GetMatchLabels()))
-		for k, v := range s.GetMatchLabels() {
-			out.MatchLabels[k] = v
-		}
-	}
-	for _, e := range s.GetMatchExpressions() {
-		out.MatchExpressions = append(out.MatchExpressions, metav1.LabelSelectorRequirement{
-			Key:      e.GetKey(),
-			Operator: metav1.LabelSelectorOperator(e.GetOperator()),
-			Values:   append([]string(nil), e.GetValues()...),
-		})
-	}
-	return out
+	return model.SelectorToK8s(s)
 }
 
 func selectorToProto(s *metav1.LabelSelector) *fedmeshv1.LabelSelector {
-	if s == nil {
-		return nil
-	}
-	out := &fedmeshv1.LabelSelector{}
-	if len(s.MatchLabels) > 0 {
-		out.MatchLabels = make(map[string]string, len(s.MatchLabels))
-		for k, v := range s.MatchLabels {
-			out.MatchLabels[k] = v
-		}
-	}
-	for _, e := range s.MatchExpressions {
-		out.MatchExpressions = append(out.MatchExpressions, &fedmeshv1.LabelSelectorRequirement{
-			Key: e.Key, Operator: string(e.Operator), Values: append([]string(nil), e.Values...),
-		})
-	}
-	return out
+	return model.SelectorFromK8s(s)
 }
 
 func protocolFromProto(p fedmeshv1.Protocol) (*corev1.Protocol, error) {
