@@ -3,10 +3,14 @@ package syncer
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/base32"
 	"errors"
 	"fmt"
+	stdmaps "maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -33,7 +37,52 @@ const (
 	ManagedByLabel = discoveryv1.LabelManagedBy
 	// ManagedByValue is the syncer's value of ManagedByLabel.
 	ManagedByValue = "fedmesh-syncer.fedmesh.io"
+	// DerivedServiceAnnotation names, on a ClusterSetIP ServiceImport, the
+	// derived Service that holds its VIP; the key is the one the mcs-api
+	// reference controller and other MCS implementations use.
+	DerivedServiceAnnotation = "multicluster.kubernetes.io/derived-service"
 )
+
+// DerivedServiceName is the name of the derived Service of the import
+// namespace/name: "derived-" and 10 characters of a hash of the name, as the
+// mcs-api reference controller names it, so the name fits any Service name
+// limit and tools that know that scheme find the Service.
+func DerivedServiceName(namespace, name string) string {
+	sum := sha256.Sum256([]byte(namespace + "/" + name))
+	return "derived-" + strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))[:10]
+}
+
+// DerivedService is the Service that gives a ClusterSetIP import its VIP
+// (KEP-1645): type ClusterIP, no selector (the syncer writes its
+// EndpointSlices), the import's ports; the apiserver allocates its
+// ClusterIPs. It returns nil for a headless import, and for one without
+// ports, which a Service cannot express. The owner reference to the
+// ServiceImport is added by the writer, which knows its UID. Pure.
+func DerivedService(si *mcsv1beta1.ServiceImport) *corev1.Service {
+	if si.Spec.Type != mcsv1beta1.ClusterSetIP || len(si.Spec.Ports) == 0 {
+		return nil
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: si.Namespace,
+			Name:      DerivedServiceName(si.Namespace, si.Name),
+			Labels: map[string]string{
+				ManagedByLabel:              ManagedByValue,
+				mcsv1beta1.LabelServiceName: si.Name,
+			},
+		},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeClusterIP,
+			// Both families where the cluster has both: backends of either
+			// family are then reachable through a VIP of their own family.
+			IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicyPreferDualStack),
+		},
+	}
+	for _, p := range si.Spec.Ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, AppProtocol: p.AppProtocol, Port: p.Port})
+	}
+	return svc
+}
 
 type exportKey struct {
 	cluster   string
@@ -90,7 +139,11 @@ func (st *ImportState) Apply(self string, ev *fedmeshv1.Event) {
 // DesiredImports returns the MCS objects cluster self should hold (KEP-1645):
 // per import in its import scope, a ServiceImport, and per source cluster
 // and address family an EndpointSlice labelled with the service name and the
-// source cluster. Namespaces the cluster lacks get nothing ("namespace
+// source cluster. A ClusterSetIP import's ServiceImport names its derived
+// Service (DerivedService; the writer creates it and copies its ClusterIPs
+// into spec.ips) and its slices also carry kubernetes.io/service-name of
+// that Service, so kube-proxy programs the VIP to the remote backends;
+// headless imports have neither. Namespaces the cluster lacks get nothing ("namespace
 // sameness": an import lands only where the namespace exists). Pure.
 func DesiredImports(self string, st *ImportState, nsExists func(string) bool) ([]*mcsv1beta1.ServiceImport, []*discoveryv1.EndpointSlice) {
 	keys := make([]services.Key, 0, len(st.Imports))
@@ -111,6 +164,7 @@ func DesiredImports(self string, st *ImportState, nsExists func(string) bool) ([
 			ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name, Labels: map[string]string{ManagedByLabel: ManagedByValue}},
 			Spec:       mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ClusterSetIP, Ports: []mcsv1beta1.ServicePort{}},
 		}
+		derived := ""
 		if imp.GetType() == fedmeshv1.ServiceType_SERVICE_TYPE_HEADLESS {
 			si.Spec.Type = mcsv1beta1.Headless
 		}
@@ -121,9 +175,13 @@ func DesiredImports(self string, st *ImportState, nsExists func(string) bool) ([
 			}
 			si.Spec.Ports = append(si.Spec.Ports, sp)
 		}
+		if svc := DerivedService(si); svc != nil {
+			derived = svc.Name
+			si.Annotations = map[string]string{DerivedServiceAnnotation: derived}
+		}
 		for _, c := range imp.GetClusters() {
 			si.Status.Clusters = append(si.Status.Clusters, mcsv1beta1.ClusterStatus{Cluster: c.GetCluster()})
-			ess = append(ess, importSlices(k, imp, c, st.Exports[exportKey{c.GetCluster(), k.Namespace, k.Name}])...)
+			ess = append(ess, importSlices(k, imp, c, st.Exports[exportKey{c.GetCluster(), k.Namespace, k.Name}], derived)...)
 		}
 		sis = append(sis, si)
 	}
@@ -133,8 +191,8 @@ func DesiredImports(self string, st *ImportState, nsExists func(string) bool) ([
 // importSlices builds the EndpointSlices of one source cluster's backends.
 // Ports are the source cluster's target ports when its export is known
 // (clusters may map a service port to different container ports), else the
-// import's.
-func importSlices(k services.Key, imp *fedmeshv1.ServiceImport, c *fedmeshv1.ClusterBackends, x *fedmeshv1.ServiceExport) []*discoveryv1.EndpointSlice {
+// import's. derived, when set, is the derived Service the slices back.
+func importSlices(k services.Key, imp *fedmeshv1.ServiceImport, c *fedmeshv1.ClusterBackends, x *fedmeshv1.ServiceExport, derived string) []*discoveryv1.EndpointSlice {
 	target := map[string]uint32{}
 	for _, p := range x.GetPorts() {
 		target[p.GetName()] = p.GetTargetPort()
@@ -176,15 +234,19 @@ func importSlices(k services.Key, imp *fedmeshv1.ServiceImport, c *fedmeshv1.Clu
 		if fam == discoveryv1.AddressTypeIPv6 {
 			suffix = "v6"
 		}
+		labels := map[string]string{
+			mcsv1beta1.LabelServiceName:   k.Name,
+			mcsv1beta1.LabelSourceCluster: c.GetCluster(),
+			ManagedByLabel:                ManagedByValue,
+		}
+		if derived != "" {
+			labels[discoveryv1.LabelServiceName] = derived
+		}
 		out = append(out, &discoveryv1.EndpointSlice{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace: k.Namespace,
 				Name:      fmt.Sprintf("%s-%s-%s", k.Name, c.GetCluster(), suffix),
-				Labels: map[string]string{
-					mcsv1beta1.LabelServiceName:   k.Name,
-					mcsv1beta1.LabelSourceCluster: c.GetCluster(),
-					ManagedByLabel:                ManagedByValue,
-				},
+				Labels:    labels,
 			},
 			AddressType: fam,
 			Endpoints:   eps,
@@ -238,16 +300,22 @@ type ImportWriter struct {
 	MCS  mcsclient.Interface
 }
 
-// Apply makes the cluster's syncer-owned ServiceImports and EndpointSlices
-// equal to the desired ones: creates, updates, and deletes what is no
-// longer wanted. It carries on past a failed object and returns every
-// error joined.
+// Apply makes the cluster's syncer-owned ServiceImports, derived Services
+// and EndpointSlices equal to the desired ones: creates, updates, and
+// deletes what is no longer wanted. A ClusterSetIP import gets its derived
+// Service (owned by the ServiceImport, so the garbage collector removes it
+// with the import too) and the Service's ClusterIPs as spec.ips. It carries
+// on past a failed object and returns every error joined.
 func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImport, ess []*discoveryv1.EndpointSlice) error {
 	sel := metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedByValue}
 	var errs []error
 	haveSI, err := w.MCS.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll).List(ctx, sel)
 	if err != nil {
 		return fmt.Errorf("list ServiceImports: %w", err)
+	}
+	haveSvc, err := w.Kube.CoreV1().Services(metav1.NamespaceAll).List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("list derived Services: %w", err)
 	}
 	haveES, err := w.Kube.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, sel)
 	if err != nil {
@@ -259,16 +327,36 @@ func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImpor
 		x := &haveSI.Items[i]
 		cur[x.Namespace+"/"+x.Name] = x
 	}
+	wantSvc := map[string]bool{}
+	curSvc := map[string]*corev1.Service{}
+	for i := range haveSvc.Items {
+		x := &haveSvc.Items[i]
+		curSvc[x.Namespace+"/"+x.Name] = x
+	}
 	for _, si := range sis {
 		key := si.Namespace + "/" + si.Name
 		wantSI[key] = true
-		errs = append(errs, w.applyImport(ctx, cur[key], si))
+		if svc := DerivedService(si); svc != nil {
+			wantSvc[svc.Namespace+"/"+svc.Name] = true
+		}
+		errs = append(errs, w.applyImport(ctx, cur[key], si, curSvc))
 	}
 	for key, x := range cur {
 		if !wantSI[key] {
 			err := w.MCS.MulticlusterV1beta1().ServiceImports(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
 			if err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete ServiceImport %s: %w", key, err))
+			}
+		}
+	}
+	// The owner reference would have the garbage collector remove these
+	// too, but only where kube-controller-manager runs and only later:
+	// delete them now so no VIP outlives its import.
+	for key, x := range curSvc {
+		if !wantSvc[key] {
+			err := w.Kube.CoreV1().Services(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete derived Service %s: %w", key, err))
 			}
 		}
 	}
@@ -313,21 +401,47 @@ func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImpor
 	return errors.Join(errs...)
 }
 
-func (w *ImportWriter) applyImport(ctx context.Context, have, want *mcsv1beta1.ServiceImport) error {
+// applyImport writes one ServiceImport and, for a ClusterSetIP import, its
+// derived Service, then puts the Service's ClusterIPs into spec.ips. The
+// ServiceImport is created first: the Service's owner reference needs its
+// UID.
+func (w *ImportWriter) applyImport(ctx context.Context, have, want *mcsv1beta1.ServiceImport, curSvc map[string]*corev1.Service) error {
 	c := w.MCS.MulticlusterV1beta1().ServiceImports(want.Namespace)
 	key := want.Namespace + "/" + want.Name
+	want = want.DeepCopy()
 	var err error
 	if have == nil {
 		have, err = c.Create(ctx, want, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create ServiceImport %s: %w", key, err)
 		}
-	} else if !equality.Semantic.DeepEqual(have.Spec, want.Spec) || !equality.Semantic.DeepEqual(have.Labels, want.Labels) {
-		up := have.DeepCopy()
-		up.Spec, up.Labels = want.Spec, want.Labels
-		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("update ServiceImport %s: %w", key, err)
+	}
+	var svcErr error
+	if svc := DerivedService(want); svc != nil {
+		want.Spec.IPs, svcErr = w.applyDerived(ctx, have, svc, curSvc[svc.Namespace+"/"+svc.Name])
+		if svcErr != nil {
+			// Keep the VIP the import had: the Service is still there.
+			want.Spec.IPs = have.Spec.IPs
 		}
+	}
+	ann := stdmaps.Clone(have.Annotations)
+	if v, ok := want.Annotations[DerivedServiceAnnotation]; ok {
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		ann[DerivedServiceAnnotation] = v
+	} else {
+		delete(ann, DerivedServiceAnnotation)
+	}
+	if !equality.Semantic.DeepEqual(have.Spec, want.Spec) || !equality.Semantic.DeepEqual(have.Labels, want.Labels) || !stdmaps.Equal(have.Annotations, ann) {
+		up := have.DeepCopy()
+		up.Spec, up.Labels, up.Annotations = want.Spec, want.Labels, ann
+		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
+			return errors.Join(svcErr, fmt.Errorf("update ServiceImport %s: %w", key, err))
+		}
+	}
+	if svcErr != nil {
+		return svcErr
 	}
 	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue, Reason: string(mcsv1beta1.ServiceImportReasonReady), Message: "backends written as EndpointSlices"}
 	if equality.Semantic.DeepEqual(have.Status.Clusters, want.Status.Clusters) && conditionIs(have.Status.Conditions, ready) {
@@ -342,6 +456,53 @@ func (w *ImportWriter) applyImport(ctx context.Context, have, want *mcsv1beta1.S
 		return fmt.Errorf("update ServiceImport %s status: %w", key, err)
 	}
 	return nil
+}
+
+// applyDerived creates or updates the derived Service want, owned by si,
+// and returns its ClusterIPs. have is the syncer's Service of that name,
+// if any; a Service of that name the syncer does not manage is left alone.
+func (w *ImportWriter) applyDerived(ctx context.Context, si *mcsv1beta1.ServiceImport, want, have *corev1.Service) ([]string, error) {
+	c := w.Kube.CoreV1().Services(want.Namespace)
+	key := want.Namespace + "/" + want.Name
+	want.OwnerReferences = []metav1.OwnerReference{{
+		APIVersion: mcsv1beta1.GroupVersion.String(),
+		Kind:       mcsv1beta1.ServiceImportKindName,
+		Name:       si.Name,
+		UID:        si.UID,
+		Controller: ptr.To(true),
+	}}
+	var err error
+	switch {
+	case have == nil:
+		have, err = c.Create(ctx, want, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: a Service of that name exists that the syncer does not manage (no label %s=%s); delete it so the import gets its VIP", key, si.Name, ManagedByLabel, ManagedByValue)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: %w", key, si.Name, err)
+		}
+	case !servicePortsEqual(have.Spec.Ports, want.Spec.Ports) || !equality.Semantic.DeepEqual(have.Labels, want.Labels) || !equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences):
+		up := have.DeepCopy()
+		up.Spec.Ports, up.Labels, up.OwnerReferences = want.Spec.Ports, want.Labels, want.OwnerReferences
+		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
+			return nil, fmt.Errorf("update derived Service %s of ServiceImport %s: %w", key, si.Name, err)
+		}
+	}
+	if len(have.Spec.ClusterIPs) > 0 {
+		return have.Spec.ClusterIPs, nil
+	}
+	if have.Spec.ClusterIP != "" && have.Spec.ClusterIP != corev1.ClusterIPNone {
+		return []string{have.Spec.ClusterIP}, nil
+	}
+	return nil, nil
+}
+
+// servicePortsEqual compares the fields of ports the syncer sets; the
+// apiserver defaults targetPort, which a selectorless Service ignores.
+func servicePortsEqual(a, b []corev1.ServicePort) bool {
+	return slices.EqualFunc(a, b, func(x, y corev1.ServicePort) bool {
+		return x.Name == y.Name && x.Protocol == y.Protocol && x.Port == y.Port && ptr.Equal(x.AppProtocol, y.AppProtocol)
+	})
 }
 
 // runImports watches the federation's services and writes this cluster's

@@ -3,14 +3,19 @@ package syncer
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
@@ -90,13 +95,17 @@ func TestDesiredImportsScopeAndNamespaceSameness(t *testing.T) {
 	if len(sis) != 1 || sis[0].Namespace != "shop" {
 		t.Fatalf("imports %v: want only shop/cart (secret is out of scope, absent has no namespace)", sis)
 	}
+	if got := sis[0].Annotations[DerivedServiceAnnotation]; got != DerivedServiceName("shop", "cart") {
+		t.Errorf("derived-service annotation %q", got)
+	}
 	var names []string
 	port := map[string]int32{}
 	for _, es := range ess {
 		names = append(names, es.Name)
 		port[es.Name] = *es.Ports[0].Port
-		if es.Labels[mcsv1beta1.LabelServiceName] != "cart" || es.Labels[ManagedByLabel] != ManagedByValue {
-			t.Errorf("slice %s labels %v", es.Name, es.Labels)
+		if es.Labels[mcsv1beta1.LabelServiceName] != "cart" || es.Labels[ManagedByLabel] != ManagedByValue ||
+			es.Labels[discoveryv1.LabelServiceName] != DerivedServiceName("shop", "cart") {
+			t.Errorf("slice %s labels %v: want the MCS service name and the derived Service's name", es.Name, es.Labels)
 		}
 	}
 	slices.Sort(names)
@@ -105,6 +114,48 @@ func TestDesiredImportsScopeAndNamespaceSameness(t *testing.T) {
 	}
 	if port["cart-east-v4"] != 8080 || port["cart-west-v4"] != 9090 {
 		t.Errorf("each source cluster's slice carries its own target port: %v", port)
+	}
+}
+
+func TestDerivedServiceNameIsShortStableAndPerNamespace(t *testing.T) {
+	a, b := DerivedServiceName("shop", "cart"), DerivedServiceName("shop", "cart")
+	other := DerivedServiceName("shop2", "cart")
+	if a != b || a == other || len(a) != len("derived-")+10 || !strings.HasPrefix(a, "derived-") || strings.ToLower(a) != a {
+		t.Errorf("names %q %q %q: want derived-<10 lowercase chars>, stable, distinct per namespace", a, b, other)
+	}
+}
+
+func TestDerivedServiceOnlyForClusterSetIPImportsWithPorts(t *testing.T) {
+	port := []mcsv1beta1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, AppProtocol: ptr.To("h2c")}}
+	for _, tc := range []struct {
+		name  string
+		typ   mcsv1beta1.ServiceImportType
+		ports []mcsv1beta1.ServicePort
+		want  bool
+	}{
+		{"ClusterSetIP gets a VIP", mcsv1beta1.ClusterSetIP, port, true},
+		{"headless gets none", mcsv1beta1.Headless, port, false},
+		{"no ports: a Service cannot express it", mcsv1beta1.ClusterSetIP, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			si := &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}, Spec: mcsv1beta1.ServiceImportSpec{Type: tc.typ, Ports: tc.ports}}
+			svc := DerivedService(si)
+			if (svc != nil) != tc.want {
+				t.Fatalf("derived Service %v, want one: %v", svc, tc.want)
+			}
+			if svc == nil {
+				return
+			}
+			if svc.Name != DerivedServiceName("shop", "cart") || svc.Namespace != "shop" || svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Selector != nil {
+				t.Errorf("derived Service %+v: want a selectorless ClusterIP Service", svc)
+			}
+			if svc.Labels[ManagedByLabel] != ManagedByValue || svc.Labels[mcsv1beta1.LabelServiceName] != "cart" {
+				t.Errorf("labels %v", svc.Labels)
+			}
+			if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 80 || svc.Spec.Ports[0].Name != "http" || *svc.Spec.Ports[0].AppProtocol != "h2c" {
+				t.Errorf("ports %+v", svc.Spec.Ports)
+			}
+		})
 	}
 }
 
@@ -150,12 +201,40 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	if err := slicesAre(ctx, h.cs, map[string][]string{"cart-east-v4": {"10.1.0.1"}, "cart-west-v4": {"10.2.0.1", "10.2.0.2"}}); err != nil {
 		t.Fatal(err)
 	}
+	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart"); err != nil {
+		t.Fatal(err)
+	}
 	// Applying the same state again changes nothing.
+	si, _ = h.mcs.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "cart", metav1.GetOptions{})
+	svc, _ := h.cs.CoreV1().Services("shop").Get(ctx, DerivedServiceName("shop", "cart"), metav1.GetOptions{})
 	before, _ := h.cs.DiscoveryV1().EndpointSlices("shop").Get(ctx, "cart-west-v4", metav1.GetOptions{})
 	apply(st)
 	after, _ := h.cs.DiscoveryV1().EndpointSlices("shop").Get(ctx, "cart-west-v4", metav1.GetOptions{})
 	if before.ResourceVersion != after.ResourceVersion {
 		t.Error("an unchanged slice was rewritten")
+	}
+	si2, _ := h.mcs.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "cart", metav1.GetOptions{})
+	svc2, _ := h.cs.CoreV1().Services("shop").Get(ctx, DerivedServiceName("shop", "cart"), metav1.GetOptions{})
+	if si2.ResourceVersion != si.ResourceVersion || svc2.ResourceVersion != svc.ResourceVersion {
+		t.Errorf("an unchanged ServiceImport or derived Service was rewritten (rv %s -> %s, %s -> %s)", si.ResourceVersion, si2.ResourceVersion, svc.ResourceVersion, svc2.ResourceVersion)
+	}
+
+	// The exporters turn the service headless: the VIP and the derived
+	// Service go, the slices stay without kubernetes.io/service-name.
+	headless := func(xs ...*fedmeshv1.ServiceExport) []*fedmeshv1.ServiceExport {
+		for _, x := range xs {
+			x.Type = fedmeshv1.ServiceType_SERVICE_TYPE_HEADLESS
+		}
+		return xs
+	}
+	apply(importState(headless(svcExport("east", "shop", 80, 8080, "10.1.0.1"), svcExport("west", "shop", 80, 8080, "10.2.0.1", "10.2.0.2"))...))
+	if err := isHeadless(ctx, h.cs, h.mcs, "shop", "cart"); err != nil {
+		t.Fatal(err)
+	}
+	// And back: a new VIP.
+	apply(st)
+	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart"); err != nil {
+		t.Fatal(err)
 	}
 
 	// West stops exporting: its slice goes, the import stays.
@@ -177,6 +256,63 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	if len(all.Items) != 1 || all.Items[0].Name != "not-ours" {
 		t.Errorf("slices left: %d", len(all.Items))
 	}
+	if _, err := h.cs.CoreV1().Services("shop").Get(ctx, DerivedServiceName("shop", "cart"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("derived Service left behind: %v", err)
+	}
+}
+
+// hasVIP checks the ClusterSetIP import ns/name: its derived Service exists,
+// selectorless ClusterIP with an allocated IP and owned by the import; the
+// import's spec.ips is that IP; its slices name the Service.
+func hasVIP(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, ns, name string) error {
+	si, err := mcs.MulticlusterV1beta1().ServiceImports(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	dn := DerivedServiceName(ns, name)
+	svc, err := cs.CoreV1().Services(ns).Get(ctx, dn, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("derived Service: %w", err)
+	}
+	if svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Selector != nil || len(svc.Spec.ClusterIPs) == 0 || net.ParseIP(svc.Spec.ClusterIPs[0]) == nil {
+		return fmt.Errorf("derived Service spec %+v: want a selectorless ClusterIP Service with an IP", svc.Spec)
+	}
+	if len(svc.OwnerReferences) != 1 || svc.OwnerReferences[0].UID != si.UID || svc.OwnerReferences[0].Kind != "ServiceImport" {
+		return fmt.Errorf("derived Service owners %+v, want the ServiceImport (uid %s)", svc.OwnerReferences, si.UID)
+	}
+	if !slices.Equal(si.Spec.IPs, svc.Spec.ClusterIPs) || si.Annotations[DerivedServiceAnnotation] != dn {
+		return fmt.Errorf("ServiceImport ips %v annotations %v, want the derived Service's %v and name %s", si.Spec.IPs, si.Annotations, svc.Spec.ClusterIPs, dn)
+	}
+	l, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + dn + "," + mcsv1beta1.LabelServiceName + "=" + name})
+	if err != nil || len(l.Items) == 0 {
+		return fmt.Errorf("slices with both service-name labels: %d (%v)", len(l.Items), err)
+	}
+	return nil
+}
+
+// isHeadless checks the headless import ns/name: no VIP, no derived
+// Service, slices only with the MCS label.
+func isHeadless(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, ns, name string) error {
+	si, err := mcs.MulticlusterV1beta1().ServiceImports(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if si.Spec.Type != mcsv1beta1.Headless || len(si.Spec.IPs) != 0 || si.Annotations[DerivedServiceAnnotation] != "" {
+		return fmt.Errorf("ServiceImport type %s ips %v annotations %v: want headless without VIP", si.Spec.Type, si.Spec.IPs, si.Annotations)
+	}
+	if _, err := cs.CoreV1().Services(ns).Get(ctx, DerivedServiceName(ns, name), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		return fmt.Errorf("derived Service of a headless import: %v", err)
+	}
+	l, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName + "=" + name})
+	if err != nil || len(l.Items) == 0 {
+		return fmt.Errorf("slices: %d (%v)", len(l.Items), err)
+	}
+	for _, es := range l.Items {
+		if v, ok := es.Labels[discoveryv1.LabelServiceName]; ok {
+			return fmt.Errorf("slice %s of a headless import names Service %q", es.Name, v)
+		}
+	}
+	return nil
 }
 
 func slicesAre(ctx context.Context, cs kubernetes.Interface, want map[string][]string) error {
