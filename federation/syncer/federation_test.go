@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -341,6 +342,15 @@ func TestThirdClusterImportsOneServiceFromTwoExporters(t *testing.T) {
 			t.Errorf("slice %s ports %v (%v), want target port %d", name, es.Ports, err, want)
 		}
 	}
+	// The ClusterSetIP import has a VIP kube-proxy programs: a derived
+	// Service with an allocated ClusterIP, that IP in spec.ips, and slices
+	// naming the Service.
+	eventually(t, "the third cluster's import has a VIP", func() error { return hasVIP(ctx, third.cs, third.mcs, "shop", "cart") })
+
+	t.Run("headless export: the import has no VIP", func(t *testing.T) {
+		east.exportServiceWith(ctx, "shop", "db", 5432, 5432, func(s *corev1.Service) { s.Spec.ClusterIP = corev1.ClusterIPNone }, "10.1.0.9")
+		eventually(t, "headless import in the third cluster", func() error { return isHeadless(ctx, third.cs, third.mcs, "shop", "db") })
+	})
 
 	t.Run("mismatched ports: Conflict on the exports, the oldest export's ports win", func(t *testing.T) {
 		svc, err := west.cs.CoreV1().Services("shop").Get(ctx, "cart", metav1.GetOptions{})
@@ -374,6 +384,23 @@ func TestThirdClusterImportsOneServiceFromTwoExporters(t *testing.T) {
 				return fmt.Errorf("ports %v", si.Spec.Ports)
 			}
 			return nil
+		})
+	})
+
+	t.Run("last export removed: import, derived Service and slices go", func(t *testing.T) {
+		for _, m := range []*member{east, west} {
+			if err := m.mcs.MulticlusterV1beta1().ServiceExports("shop").Delete(ctx, "cart", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "nothing of shop/cart left in the third cluster", func() error {
+			if _, err := third.mcs.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "cart", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("ServiceImport: %v", err)
+			}
+			if _, err := third.cs.CoreV1().Services("shop").Get(ctx, DerivedServiceName("shop", "cart"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("derived Service: %v", err)
+			}
+			return slicesAre(ctx, third.cs, map[string][]string{})
 		})
 	})
 }

@@ -259,9 +259,18 @@ func (m *member) eventFor(ctx context.Context, ns, name, reason string) error {
 // write (no controller-manager runs) and a ServiceExport.
 func (m *member) exportService(ctx context.Context, ns, name string, port, target int32, backends ...string) {
 	m.t.Helper()
+	m.exportServiceWith(ctx, ns, name, port, target, nil, backends...)
+}
+
+// exportServiceWith is exportService with the Service changed by mut first.
+func (m *member) exportServiceWith(ctx context.Context, ns, name string, port, target int32, mut func(*corev1.Service), backends ...string) {
+	m.t.Helper()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{
 		Ports: []corev1.ServicePort{{Name: "http", Port: port, TargetPort: intstr.FromInt32(target)}},
 	}}
+	if mut != nil {
+		mut(svc)
+	}
 	if _, err := m.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		m.t.Fatal(err)
 	}
