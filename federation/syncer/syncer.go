@@ -3,7 +3,8 @@
 // NetworkPolicies (the cluster's policies) and exported services to the
 // control plane, in debounced batches with a full resync (with a generation)
 // at start and after every failed write; and imported services are written
-// back into the cluster as MCS API ServiceImports and EndpointSlices.
+// back into the cluster as MCS API ServiceImports and EndpointSlices, plus,
+// for a ClusterSetIP import, a derived Service that holds its VIP.
 //
 // The mapping from Kubernetes objects to API objects (mapping.go) and the
 // batch planning (plan.go) are pure; Syncer is the loop around them.
