@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -33,7 +34,10 @@ type globals struct {
 	timeout  time.Duration
 	output   string
 	creds    credFlags
-	out      io.Writer
+	// principal is whom the loaded client certificate names; set by dial,
+	// Kind 0 when there is none (plaintext, or --ca alone for a join).
+	principal auth.Principal
+	out       io.Writer
 	errOut   io.Writer
 }
 
@@ -55,7 +59,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.servers, "server", server, "control-plane replicas, comma-separated host:port (env FEDMESH_SERVER); any replica serves reads and forwards writes")
-	pf.BoolVar(&g.insecure, "insecure-dev", true, "talk to the control plane without TLS (development only)")
+	pf.BoolVar(&g.insecure, "insecure-dev", false, "talk to the control plane without TLS (development only; excludes --ca, --cert and --key)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "deadline of each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addCredentialFlags(pf, &g.creds)
