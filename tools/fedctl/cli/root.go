@@ -38,7 +38,7 @@ type globals struct {
 	// Kind 0 when there is none (plaintext, or --ca alone for a join).
 	principal auth.Principal
 	out       io.Writer
-	errOut   io.Writer
+	errOut    io.Writer
 }
 
 // NewRoot builds the fedctl command tree writing to out and errOut.
