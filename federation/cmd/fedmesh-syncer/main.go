@@ -173,7 +173,13 @@ func replicaAddrs(servers string) ([]string, error) {
 func dial(servers []string, creds grpc.DialOption) (*grpc.ClientConn, error) {
 	var addrs []resolver.Address
 	for _, s := range servers {
-		addrs = append(addrs, resolver.Address{Addr: s})
+		// TLS verifies each replica by its own host, not by the
+		// resolver's "control-plane" authority.
+		host, _, err := net.SplitHostPort(s)
+		if err != nil {
+			return nil, fmt.Errorf("--controlplane %q: want host:port: %w", s, err)
+		}
+		addrs = append(addrs, resolver.Address{Addr: s, ServerName: host})
 	}
 	r := manual.NewBuilderWithScheme("fedmesh-syncer")
 	r.InitialState(resolver.State{Addresses: addrs})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -131,7 +132,9 @@ func (g *globals) dial() (*conn, error) {
 	var addrs []resolver.Address
 	for _, s := range strings.Split(g.servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			addrs = append(addrs, resolver.Address{Addr: s})
+			// TLS verifies each replica by its own host, not by the
+			// resolver's "control-plane" authority.
+			addrs = append(addrs, resolver.Address{Addr: s, ServerName: hostOf(s)})
 		}
 	}
 	if len(addrs) == 0 {
@@ -172,4 +175,12 @@ func (g *globals) run(ctx context.Context, f func(ctx context.Context, c *conn) 
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	return f(ctx, c)
+}
+
+// hostOf is the host part of host:port (the whole string if it has no port).
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
