@@ -178,3 +178,15 @@ func (c *Client) ReportNodeStatus(ctx context.Context, cluster, node string, st 
 	}
 	return nil
 }
+
+// RenewCertificate asks any replica to certify a new key for this node's
+// principal (authclient.Renewer), failing over like every unary call.
+func (c *Client) RenewCertificate(ctx context.Context, req *fedmeshv1.RenewCertificateRequest, opts ...grpc.CallOption) (*fedmeshv1.RenewCertificateResponse, error) {
+	var resp *fedmeshv1.RenewCertificateResponse
+	err := c.unary(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = fedmeshv1.NewAuthServiceClient(cc).RenewCertificate(ctx, req, opts...)
+		return err
+	})
+	return resp, err
+}

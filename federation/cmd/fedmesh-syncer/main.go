@@ -19,21 +19,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/auth/authclient"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
 	"github.com/fedmesh/fedmesh/federation/syncer"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 type options struct {
 	kubeconfig   string
 	cluster      string
 	controlPlane string
-	insecureDev  bool
+	creds        authclient.Flags
+	stateDir     string
 	metricsAddr  string
 	debounce     time.Duration
 	maxDelay     time.Duration
@@ -57,7 +60,8 @@ func main() {
 	f.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the member cluster (empty: in-cluster config)")
 	f.StringVar(&o.cluster, "cluster", "", "this cluster's name in the federation (as registered with fedctl cluster register)")
 	f.StringVar(&o.controlPlane, "controlplane", os.Getenv("FEDMESH_SERVER"), "comma-separated control-plane replica addresses (host:port)")
-	f.BoolVar(&o.insecureDev, "insecure-dev", false, "talk to the control plane without TLS (development only)")
+	o.creds.AddFlags(f)
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh-syncer", "directory for the certificate a --join-token obtains (mode 0600)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address of the Prometheus /metrics endpoint (empty: off)")
 	f.DurationVar(&o.debounce, "debounce", 50*time.Millisecond, "wait this long for more changes before sending a batch")
 	f.DurationVar(&o.maxDelay, "max-delay", 500*time.Millisecond, "send a batch at least this often under steady churn")
@@ -79,11 +83,32 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	conn, err := dial(o.controlPlane, o.insecureDev)
+	addrs, err := replicaAddrs(o.controlPlane)
+	if err != nil {
+		return err
+	}
+	if err := authclient.Check(o.creds, authclient.Config{StateDir: o.stateDir, Name: "syncer"}); err != nil {
+		return err
+	}
+	if o.creds.JoinToken != "" {
+		if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+			return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
+		}
+	}
+	creds, err := authclient.Load(ctx, o.creds, authclient.Config{
+		StateDir: o.stateDir, Name: "syncer", Want: auth.Syncer(o.cluster), Replicas: addrs, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	conn, err := dial(addrs, creds.DialOption())
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	// Renewal swaps the key pair under the open connection: the watch
+	// stream is not reopened.
+	go creds.Rotate(ctx, fedmeshv1.NewAuthServiceClient(conn), authclient.RotateOptions{Logger: log})
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -131,28 +156,36 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return c, nil
 }
 
-// dial connects to every listed replica; gRPC picks one and fails over.
-func dial(servers string, insecureDev bool) (*grpc.ClientConn, error) {
-	var addrs []resolver.Address
+func replicaAddrs(servers string) ([]string, error) {
+	var out []string
 	for _, s := range strings.Split(servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			addrs = append(addrs, resolver.Address{Addr: s})
+			out = append(out, s)
 		}
 	}
-	if len(addrs) == 0 {
+	if len(out) == 0 {
 		return nil, errors.New("no control-plane address: set --controlplane or FEDMESH_SERVER")
 	}
-	if !insecureDev {
-		return nil, errors.New("TLS client credentials are not available yet: use --insecure-dev against a development control plane")
+	return out, nil
+}
+
+// dial connects to every listed replica; gRPC picks one and fails over.
+func dial(servers []string, creds grpc.DialOption) (*grpc.ClientConn, error) {
+	var addrs []resolver.Address
+	for _, s := range servers {
+		// TLS verifies each replica by its own host, not by the
+		// resolver's "control-plane" authority.
+		host, _, err := net.SplitHostPort(s)
+		if err != nil {
+			return nil, fmt.Errorf("--controlplane %q: want host:port: %w", s, err)
+		}
+		addrs = append(addrs, resolver.Address{Addr: s, ServerName: host})
 	}
 	r := manual.NewBuilderWithScheme("fedmesh-syncer")
 	r.InitialState(resolver.State{Addresses: addrs})
-	cc, err := grpc.NewClient(r.Scheme()+":///control-plane",
-		grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-	)
+	cc, err := grpc.NewClient(r.Scheme()+":///control-plane", grpc.WithResolvers(r), creds)
 	if err != nil {
-		return nil, fmt.Errorf("connect to control plane %s: %w", servers, err)
+		return nil, fmt.Errorf("connect to control plane %s: %w", strings.Join(servers, ","), err)
 	}
 	return cc, nil
 }

@@ -19,10 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/fedmesh/fedmesh/bgp"
+	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/auth/authclient"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/agent/adapters"
@@ -39,7 +39,7 @@ type options struct {
 	podCIDRs       []string
 	stateDir       string
 	metricsAddr    string
-	insecureDev    bool
+	creds          authclient.Flags
 	dataplane      string
 	bpfPinDir      string
 	netns          string
@@ -104,11 +104,11 @@ func (o *options) validate() (parsed, error) {
 	default:
 		errs = append(errs, fmt.Errorf("--dataplane %q: want ebpf or memory", o.dataplane))
 	}
-	if !o.insecureDev {
-		errs = append(errs, errors.New("mTLS to the control plane is not implemented yet; pass --insecure-dev on a development setup"))
-	}
 	if o.stateDir == "" {
-		errs = append(errs, errors.New("--state-dir is required (the WireGuard key lives there)"))
+		errs = append(errs, errors.New("--state-dir is required (the WireGuard key and a joined certificate live there)"))
+	}
+	if err := authclient.Check(o.creds, authclient.Config{StateDir: o.stateDir, Name: "agent"}); err != nil {
+		errs = append(errs, err)
 	}
 	return p, errors.Join(errs...)
 }
@@ -134,7 +134,7 @@ func main() {
 	f.StringSliceVar(&o.podCIDRs, "pod-cidr", nil, "the node's pod CIDR (repeat or comma separate, one per family)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh", "directory for the node's state (WireGuard key, mode 0600)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address serving /metrics, /healthz and /readyz (empty: off)")
-	f.BoolVar(&o.insecureDev, "insecure-dev", false, "talk to the control plane without TLS (development only)")
+	o.creds.AddFlags(f)
 	f.StringVar(&o.dataplane, "dataplane", "ebpf", "dataplane: ebpf (tcx on pod veths) or memory (simulation)")
 	f.StringVar(&o.bpfPinDir, "bpf-pin-dir", dataplane.DefaultPinDir, "bpffs directory for the eBPF dataplane's pinned state")
 	f.StringVar(&o.netns, "netns", "", "network namespace of the node (path); empty: the agent's own")
@@ -159,11 +159,21 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
 	}
 
-	client, err := agent.NewClient(p.replicas, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := authclient.Load(ctx, o.creds, authclient.Config{
+		StateDir: o.stateDir, Name: "agent", Want: auth.Node(o.cluster, o.node),
+		Replicas: p.replicas, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	client, err := agent.NewClient(p.replicas, creds.DialOption())
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	// Renewal swaps the key pair under the open connections: the watch
+	// stream is not reopened.
+	go creds.Rotate(ctx, client, authclient.RotateOptions{Logger: log})
 
 	deps := agent.Deps{ControlPlane: client, Logger: log, Registry: prometheus.NewRegistry()}
 	deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -3,12 +3,14 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/fedmesh/fedmesh/controlplane/auth/authclient"
 )
 
 func TestFlagValidationSaysWhatToPass(t *testing.T) {
 	good := func() options {
 		return options{cluster: "a", node: "n1", controlplane: "127.0.0.1:7000, 127.0.0.1:7001", underlayIP: "198.18.0.1",
-			podCIDRs: []string{"10.0.1.7/24"}, dataplane: "memory", insecureDev: true, stateDir: "/tmp/x", wireguard: true, bgp: true}
+			podCIDRs: []string{"10.0.1.7/24"}, dataplane: "memory", creds: authclient.Flags{InsecureDev: true}, stateDir: "/tmp/x", wireguard: true, bgp: true}
 	}
 	tests := []struct {
 		name   string
@@ -21,7 +23,12 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "no replicas", edit: func(o *options) { o.controlplane = " , " }, errHas: "--controlplane is required"},
 		{name: "bad pod CIDR", edit: func(o *options) { o.podCIDRs = []string{"10.0.0.0/99"} }, errHas: "--pod-cidr"},
 		{name: "unknown dataplane", edit: func(o *options) { o.dataplane = "xdp" }, errHas: "want ebpf or memory"},
-		{name: "no TLS yet", edit: func(o *options) { o.insecureDev = false }, errHas: "--insecure-dev"},
+		{name: "no credentials", edit: func(o *options) { o.creds.InsecureDev = false }, errHas: "give --ca-file with --cert-file and --key-file (or --tls-dir), or --join-token"},
+		{name: "insecure with TLS flags", edit: func(o *options) { o.creds.CAFile = "/ca.crt" }, errHas: "--insecure-dev excludes"},
+		{name: "join token", edit: func(o *options) { o.creds = authclient.Flags{CAFile: "/ca.crt", JoinToken: "fmjt1.x.y"} }},
+		{name: "join token without CA", edit: func(o *options) { o.creds = authclient.Flags{JoinToken: "fmjt1.x.y"} }, errHas: "give --ca-file"},
+		{name: "cert without key", edit: func(o *options) { o.creds = authclient.Flags{CAFile: "/ca.crt", CertFile: "/c.crt"} }, errHas: "--cert-file and --key-file together"},
+		{name: "tls dir", edit: func(o *options) { o.creds = authclient.Flags{TLSDir: "/etc/fedmesh"} }},
 		{name: "underlay needed for WireGuard", edit: func(o *options) { o.underlayIP = "" }, errHas: "--underlay-ip is required"},
 		{name: "underlay optional without WireGuard and BGP", edit: func(o *options) { o.underlayIP, o.wireguard, o.bgp = "", false, false }},
 	}

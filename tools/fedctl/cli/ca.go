@@ -6,6 +6,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -36,14 +37,21 @@ func addCredentialFlags(pf *pflag.FlagSet, c *credFlags) {
 	pf.StringVar(&c.keyFile, "key", envOr("FEDMESH_KEY", ""), "client key (env FEDMESH_KEY)")
 }
 
+// ErrNoCredentials says which flags a command that dials needs.
+var ErrNoCredentials = errors.New("no credentials for the control plane: give --ca, --cert and --key (env FEDMESH_CA, FEDMESH_CERT, FEDMESH_KEY; an admin certificate comes from 'fedctl ca issue-admin'), or --insecure-dev against a development control plane")
+
 // transportCredentials is mTLS when --ca is given, plaintext only when
-// --insecure-dev is on and no CA is given.
+// --insecure-dev is given explicitly; neither is an error naming the flags.
 func (g *globals) transportCredentials() (grpc.DialOption, error) {
-	if g.creds.caFile == "" {
-		if !g.insecure {
-			return nil, fmt.Errorf("no CA given: set --ca (and --cert/--key), or --insecure-dev against a development control plane")
+	tlsGiven := g.creds.caFile != "" || g.creds.certFile != "" || g.creds.keyFile != ""
+	if g.insecure {
+		if tlsGiven {
+			return nil, errors.New("--insecure-dev excludes --ca, --cert and --key (and FEDMESH_CA, FEDMESH_CERT, FEDMESH_KEY)")
 		}
 		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	if g.creds.caFile == "" {
+		return nil, ErrNoCredentials
 	}
 	roots, err := auth.CAPool(g.creds.caFile)
 	if err != nil {
@@ -51,11 +59,35 @@ func (g *globals) transportCredentials() (grpc.DialOption, error) {
 	}
 	var cert *auth.Certificate
 	if g.creds.certFile != "" || g.creds.keyFile != "" {
+		if g.creds.certFile == "" || g.creds.keyFile == "" {
+			return nil, errors.New("give --cert and --key together")
+		}
 		if cert, err = auth.LoadCertificate(g.creds.certFile, g.creds.keyFile); err != nil {
 			return nil, err
 		}
+		if g.principal, err = cert.Principal(); err != nil {
+			return nil, fmt.Errorf("client certificate %s: %w", g.creds.certFile, err)
+		}
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(auth.ClientTLS(roots, cert))), nil
+}
+
+// isAdmin reports whether the connection is mTLS with an admin
+// certificate: only then may fedctl create join tokens.
+func (g *globals) isAdmin() bool { return g.principal == auth.Admin() }
+
+// createJoinToken asks for a token for the syncer of cluster (node empty)
+// or one node's agent.
+func createJoinToken(ctx context.Context, c *conn, cluster, node string, ttl time.Duration) (*fedmeshv1.CreateJoinTokenResponse, error) {
+	resp, err := fedmeshv1.NewAuthServiceClient(c.cc).CreateJoinToken(ctx, &fedmeshv1.CreateJoinTokenRequest{Cluster: cluster, Node: node, Ttl: durationpb.New(ttl)})
+	if err != nil {
+		who := auth.Syncer(cluster)
+		if node != "" {
+			who = auth.Node(cluster, node)
+		}
+		return nil, fmt.Errorf("create join token for %s: %w", who, err)
+	}
+	return resp, nil
 }
 
 func caCmd(g *globals) *cobra.Command {

@@ -135,3 +135,33 @@ func TestHelpAndVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
+	for _, k := range []string{"FEDMESH_CA", "FEDMESH_CERT", "FEDMESH_KEY"} {
+		t.Setenv(k, "")
+	}
+	tests := []struct {
+		name   string
+		args   []string
+		errHas string
+	}{
+		{"no flags", []string{"cluster", "list"}, "give --ca, --cert and --key"},
+		{"no flags names the dev escape", []string{"policy", "list"}, "or --insecure-dev against a development control plane"},
+		{"insecure with a CA", []string{"--insecure-dev", "--ca", "/nonexistent/ca.crt", "cluster", "list"}, "--insecure-dev excludes --ca"},
+		{"cert without key", []string{"--ca", "testdata/none.crt", "--cert", "a.crt", "cluster", "list"}, "read CA certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			root := NewRoot(&out, &errOut)
+			root.SetArgs(append(tt.args, "--timeout", "1s"))
+			err := root.Execute()
+			if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+				t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
+			}
+			if !strings.Contains(errOut.String(), tt.errHas) {
+				t.Errorf("stderr = %q, want the message printed", errOut.String())
+			}
+		})
+	}
+}

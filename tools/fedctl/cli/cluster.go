@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -32,6 +33,7 @@ func clusterRegisterCmd(g *globals) *cobra.Command {
 		unhealthyCommunity       string
 		wg                       bool
 		wgPort                   uint32
+		tokenTTL                 time.Duration
 		exportNS, exportExclude  []string
 		importNS, importExclude  []string
 	)
@@ -115,12 +117,24 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 					return g.print(nil, resp.GetCluster())
 				}
 				fmt.Fprintf(g.out, "cluster %s registered at revision %d\n", resp.GetCluster().GetName(), resp.GetRevision())
+				if !g.isAdmin() {
+					return nil
+				}
+				// The syncer's credential: a token it exchanges once for
+				// its own certificate, so no key ever travels.
+				tok, err := createJoinToken(ctx, c, resp.GetCluster().GetName(), "", tokenTTL)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "join token for %s (single use, expires %s):\n%s\n", tok.GetPrincipal(), tok.GetExpireTime().AsTime().UTC().Format(time.RFC3339), tok.GetToken())
+				fmt.Fprintf(g.out, "start the syncer with: fedmesh-syncer --cluster %s --ca-file %s --join-token <token>\n", resp.GetCluster().GetName(), g.creds.caFile)
 				return nil
 			})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "cluster spec as YAML or JSON")
+	f.DurationVar(&tokenTTL, "token-ttl", auth.DefaultTokenTTL, "lifetime of the syncer's join token printed after registering (over mTLS as admin)")
 	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "pod CIDR (repeat for dual-stack or more ranges)")
 	f.StringSliceVar(&svcCIDRs, "service-cidr", nil, "service CIDR (one per family)")
 	f.StringSliceVar(&lbls, "label", nil, "cluster label key=value, matched by federated policies' cluster selectors")

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -42,7 +44,30 @@ func nodeCmd(g *globals) *cobra.Command {
 		},
 	}
 	list.Flags().StringVar(&cluster, "cluster", "", "only this cluster's nodes")
-	c.AddCommand(list)
+	var ttl time.Duration
+	token := &cobra.Command{
+		Use:   "token CLUSTER NODE",
+		Short: "Create a single-use join token for one node's agent (needs an admin certificate)",
+		Example: `  fedctl --ca ca.crt --cert admin.crt --key admin.key node token east node-1
+  fedmesh-agent --cluster east --node node-1 --ca-file ca.crt --join-token <token> ...`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				if !g.isAdmin() {
+					return fmt.Errorf("node token needs mTLS as admin: give --ca, --cert and --key of an admin certificate ('fedctl ca issue-admin')")
+				}
+				tok, err := createJoinToken(ctx, c, args[0], args[1], ttl)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.errOut, "join token for %s, single use, expires %s\n", tok.GetPrincipal(), tok.GetExpireTime().AsTime().UTC().Format(time.RFC3339))
+				fmt.Fprintln(g.out, tok.GetToken())
+				return nil
+			})
+		},
+	}
+	token.Flags().DurationVar(&ttl, "ttl", auth.DefaultTokenTTL, "how long the token may be used")
+	c.AddCommand(list, token)
 	return c
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -33,8 +35,11 @@ type globals struct {
 	timeout  time.Duration
 	output   string
 	creds    credFlags
-	out      io.Writer
-	errOut   io.Writer
+	// principal is whom the loaded client certificate names; set by dial,
+	// Kind 0 when there is none (plaintext, or --ca alone for a join).
+	principal auth.Principal
+	out       io.Writer
+	errOut    io.Writer
 }
 
 // NewRoot builds the fedctl command tree writing to out and errOut.
@@ -55,7 +60,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.servers, "server", server, "control-plane replicas, comma-separated host:port (env FEDMESH_SERVER); any replica serves reads and forwards writes")
-	pf.BoolVar(&g.insecure, "insecure-dev", true, "talk to the control plane without TLS (development only)")
+	pf.BoolVar(&g.insecure, "insecure-dev", false, "talk to the control plane without TLS (development only; excludes --ca, --cert and --key)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "deadline of each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addCredentialFlags(pf, &g.creds)
@@ -127,7 +132,9 @@ func (g *globals) dial() (*conn, error) {
 	var addrs []resolver.Address
 	for _, s := range strings.Split(g.servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			addrs = append(addrs, resolver.Address{Addr: s})
+			// TLS verifies each replica by its own host, not by the
+			// resolver's "control-plane" authority.
+			addrs = append(addrs, resolver.Address{Addr: s, ServerName: hostOf(s)})
 		}
 	}
 	if len(addrs) == 0 {
@@ -168,4 +175,12 @@ func (g *globals) run(ctx context.Context, f func(ctx context.Context, c *conn) 
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	return f(ctx, c)
+}
+
+// hostOf is the host part of host:port (the whole string if it has no port).
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }

@@ -200,11 +200,12 @@ func (d *Demo) Run(ctx context.Context) error {
 Done. The lab keeps running. Try:
   sudo ./bin/fedlab status --name %[1]s
   sudo ./bin/fedlab exec --name %[1]s %[2]s -- ./bin/fedlab probe %[3]s
-  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s policy list
-  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s watch
+  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s %[6]s policy list
+  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s %[6]s watch
+  (everything is mTLS: the CA and the admin certificate are in %[7]s)
 When you are done:
   sudo ./bin/fedlab down --name %[1]s
-`, t.Name, web.Name, apiAddr, t.Mgmt.NS, strings.Join(t.ControlPlaneAddrs(), ","))
+`, t.Name, web.Name, apiAddr, t.Mgmt.NS, strings.Join(t.ControlPlaneAddrs(), ","), strings.Join(d.Lab.fedctlCreds(), " "), pkiDir(d.Lab.Dir))
 	return nil
 }
 

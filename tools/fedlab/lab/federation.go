@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -36,6 +35,9 @@ func (l *Lab) bin(name string) string { return filepath.Join(l.State.Config.BinD
 // own data dir, bootstrapped together.
 func (l *Lab) startControlPlane(ctx context.Context) error {
 	t := l.Topo
+	if err := l.initPKI(); err != nil {
+		return err
+	}
 	var peers []string
 	for i := 1; i <= replicas; i++ {
 		peers = append(peers, fmt.Sprintf("cp%d=%s/%s", i, t.raftAddr(i), t.ControlPlaneAddrs()[i-1]))
@@ -53,7 +55,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 			"--grpc-addr", t.ControlPlaneAddrs()[i-1],
 			"--metrics-addr", fmt.Sprintf("%s:%d", t.Mgmt.Addr.Addr(), 9100+i),
 			"--bootstrap-peers", strings.Join(peers, ","),
-			"--insecure-dev",
+			"--tls-dir", l.replicaTLSDir(i),
 		})
 		if err != nil {
 			return err
@@ -69,7 +71,8 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 // the lab would, and returns its output.
 func (l *Lab) Fedctl(ctx context.Context, args ...string) (string, error) {
 	argv := append([]string{"--net=/var/run/netns/" + l.Topo.Mgmt.NS, "--", l.bin("fedctl"),
-		"--server", strings.Join(l.Topo.ControlPlaneAddrs(), ",")}, args...)
+		"--server", strings.Join(l.Topo.ControlPlaneAddrs(), ",")}, l.fedctlCreds()...)
+	argv = append(argv, args...)
 	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("fedctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
@@ -90,13 +93,36 @@ func (l *Lab) registerClusters(ctx context.Context) error {
 			"--wireguard",
 		}
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := waitFor(wctx, "control plane to register "+c.Name, func() error { _, err := l.Fedctl(wctx, args...); return err })
+		var out string
+		err := waitFor(wctx, "control plane to register "+c.Name, func() error {
+			var err error
+			out, err = l.Fedctl(wctx, args...)
+			return err
+		})
 		cancel()
 		if err != nil {
 			return err
 		}
+		// Registering as admin prints the syncer's join token.
+		tok, err := tokenFromRegister(out)
+		if err != nil {
+			return fmt.Errorf("fedctl cluster register %s: %w", c.Name, err)
+		}
+		if err := os.WriteFile(syncerTokenFile(l.Dir, c.Name), []byte(tok), 0o600); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// tokenFromRegister picks the join token out of `fedctl cluster register`.
+func tokenFromRegister(out string) (string, error) {
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "fmjt1.") {
+			return f, nil
+		}
+	}
+	return "", fmt.Errorf("no join token in its output (is the connection mTLS as admin?): %s", out)
 }
 
 // startAgents runs fedmesh-agent in every node namespace with the eBPF
@@ -106,6 +132,10 @@ func (l *Lab) startAgents(ctx context.Context) error {
 		for _, n := range c.Nodes {
 			stateDir := filepath.Join(l.Dir, n.Host.NS)
 			if err := os.MkdirAll(stateDir, 0o700); err != nil {
+				return err
+			}
+			tok, err := l.joinToken(ctx, c.Name, n.Name)
+			if err != nil {
 				return err
 			}
 			p, err := start(l.Dir, n.Host.NS, "agent-"+n.Name, []string{
@@ -122,7 +152,10 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				// Unique per lab: the UAPI socket path is machine-wide.
 				"--wireguard-device", "wg" + n.Host.NS,
 				"--status-interval", "2s",
-				"--insecure-dev",
+				// Exchanged once for the node's certificate, kept in
+				// the state dir: a restart uses the stored one.
+				"--ca-file", caFile(l.Dir),
+				"--join-token", tok,
 			})
 			if err != nil {
 				return err
@@ -143,8 +176,11 @@ func (l *Lab) pinDir(n Node) string {
 // in the root namespace, which has no route into the lab, so the
 // connection is made from a socket opened inside the management namespace.
 func (l *Lab) Dial() (*grpc.ClientConn, error) {
-	return grpc.NewClient("passthrough:///"+l.Topo.ControlPlaneAddrs()[0],
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds, err := l.adminDialOption()
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient("passthrough:///"+l.Topo.ControlPlaneAddrs()[0], creds,
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (netConn, error) {
 			return dialInNS(ctx, l.Topo.Mgmt.NS, "tcp", addr)
 		}))

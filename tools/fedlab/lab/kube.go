@@ -89,12 +89,21 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	if err != nil {
 		return err
 	}
+	labDir := StateDir(topo.Name)
+	tok, err := os.ReadFile(syncerTokenFile(labDir, cluster))
+	if err != nil {
+		return fmt.Errorf("read the syncer's join token: %w", err)
+	}
 	syncer := exec.Command(filepath.Join(st.Config.BinDir, "fedmesh-syncer"),
 		"--cluster", cluster,
 		"--kubeconfig", kubeconfig,
 		"--controlplane", strings.Join(topo.ControlPlaneAddrs(), ","),
 		"--metrics-addr", "127.0.0.1:0",
-		"--insecure-dev")
+		// Exchanged once for the syncer's certificate, kept in its state
+		// dir: a restart of the supervisor uses the stored one.
+		"--ca-file", caFile(labDir),
+		"--join-token", strings.TrimSpace(string(tok)),
+		"--state-dir", filepath.Join(dir, "syncer"))
 	syncer.Stdout, syncer.Stderr = os.Stderr, os.Stderr
 	syncer.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := syncer.Start(); err != nil {
