@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -214,11 +216,20 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 						proto = fedmeshv1.Protocol_PROTOCOL_UDP
 					}
 					rctx := metadata.AppendToOutgoingContext(ctx, "fedmesh-consistency", "linearizable")
-					v, err := reach.Reach(rctx, &fedmeshv1.ReachRequest{
+					req := &fedmeshv1.ReachRequest{
 						Source:      &fedmeshv1.ReachTarget{Target: &fedmeshv1.ReachTarget_Endpoint{Endpoint: &fedmeshv1.EndpointRef{Cluster: src.cluster, Namespace: "demo", Name: src.p.Name}}},
 						Destination: &fedmeshv1.ReachTarget{Target: &fedmeshv1.ReachTarget_Endpoint{Endpoint: &fedmeshv1.EndpointRef{Cluster: qs[i].dst.cluster, Namespace: "demo", Name: qs[i].dst.p.Name}}},
 						Protocol:    proto, Port: s.port,
-					})
+					}
+					// A linearizable read during a leader change answers
+					// Unavailable ("not the leader; retry"): retry it.
+					var v *fedmeshv1.ReachResponse
+					for attempt := 0; attempt < 5; attempt++ {
+						if v, err = reach.Reach(rctx, req); status.Code(err) != codes.Unavailable {
+							break
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
 					if err != nil {
 						t.Errorf("reach: %v", err)
 						return
