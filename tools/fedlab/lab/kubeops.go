@@ -105,7 +105,7 @@ func PrintImports(ctx context.Context, w io.Writer, st *State, cluster string) e
 		return fmt.Errorf("no ServiceImport in %s yet", cluster)
 	}
 	for _, im := range imps.Items {
-		fmt.Fprintf(w, "ServiceImport %s/%s in %s: type %s, ports", im.Namespace, im.Name, cluster, im.Spec.Type)
+		fmt.Fprintf(w, "ServiceImport %s/%s in %s: type %s, clusterset IP %v, ports", im.Namespace, im.Name, cluster, im.Spec.Type, im.Spec.IPs)
 		for _, p := range im.Spec.Ports {
 			fmt.Fprintf(w, " %s:%d/%s", p.Name, p.Port, p.Protocol)
 		}
