@@ -14,7 +14,9 @@ BINARIES := controlplane/cmd/fedmesh-controlplane nodeagent/cmd/fedmesh-agent \
             federation/cmd/fedmesh-syncer tools/fedctl tools/fedlab
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps generate build test bench demo lint clean
+FUZZTIME ?= 10s
+
+.PHONY: all deps generate build test fuzz bench demo lint clean
 
 all: build
 
@@ -50,6 +52,15 @@ build: ## build every binary into ./bin
 
 test: ## unit, integration and end-to-end tests
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+fuzz: ## every fuzz target for FUZZTIME each (CI runs it); corpora live in testdata/fuzz
+	@for f in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+	  pkg=./$$(dirname $$f); \
+	  for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    out=$$($(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || { echo "$$out"; echo "fuzz target $$t in $$pkg failed: the failing input is in its testdata/fuzz"; exit 1; }; \
+	  done; \
+	done
 
 bench: ## benchmarks; ratios are against a peer measured in the same run
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...

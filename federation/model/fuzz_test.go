@@ -37,3 +37,32 @@ func FuzzValidatePolicy(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidateClusterAndEndpoints does the same for the cluster and the
+// endpoint-batch validators: decoded from arbitrary bytes, never a panic,
+// and a rejection always names at least one field.
+func FuzzValidateClusterAndEndpoints(f *testing.F) {
+	for _, m := range []proto.Message{goodCluster(), goodEndpoints().Endpoints[0]} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &fedmeshv1.Cluster{}
+		if proto.Unmarshal(data, c) == nil {
+			if err := ValidateCluster(c); err != nil && len(FieldErrors(err)) == 0 {
+				t.Fatalf("cluster rejection without field errors: %v", err)
+			}
+			_ = ValidateClusterOverlap(c, []*fedmeshv1.Cluster{goodCluster()})
+		}
+		e := &fedmeshv1.Endpoint{}
+		if proto.Unmarshal(data, e) == nil {
+			req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{e}}
+			if err := ValidateUpsertEndpoints(req, goodCluster()); err != nil && len(FieldErrors(err)) == 0 {
+				t.Fatalf("endpoint rejection without field errors: %v", err)
+			}
+		}
+	})
+}

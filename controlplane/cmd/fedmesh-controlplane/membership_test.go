@@ -31,14 +31,27 @@ func TestMembersAreAddedAndRemovedAtRuntime(t *testing.T) {
 	}
 	follower := g.followers(lead)[0]
 	admin := fedmeshv1.NewControlPlaneServiceClient(follower.conn)
-	list, err := admin.ListMembers(ctx, &fedmeshv1.ListMembersRequest{})
-	if err != nil || len(list.GetMembers()) != 3 {
-		t.Fatalf("list: %v %v", list, err)
-	}
-	for _, m := range list.GetMembers() {
-		if m.GetGrpcAddress() == "" || !m.GetVoter() {
-			t.Errorf("member %v lacks its published address or vote", m)
+	// Replicas publish their gRPC address through the log once they run,
+	// so a follower may list a member before its address committed: poll.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		list, err := admin.ListMembers(ctx, &fedmeshv1.ListMembersRequest{})
+		if err != nil || len(list.GetMembers()) != 3 {
+			t.Fatalf("list: %v %v", list, err)
 		}
+		var missing []string
+		for _, m := range list.GetMembers() {
+			if m.GetGrpcAddress() == "" || !m.GetVoter() {
+				missing = append(missing, m.String())
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members lack their published address or vote: %v", missing)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	// A fourth replica joins through a follower (forwarded to the leader)

@@ -24,6 +24,7 @@ func clusterCmd(g *globals) *cobra.Command {
 }
 
 func clusterRegisterCmd(g *globals) *cobra.Command {
+	var w waitFlags
 	var (
 		file                     string
 		podCIDRs, svcCIDRs, lbls []string
@@ -117,6 +118,9 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 					return g.print(nil, resp.GetCluster())
 				}
 				fmt.Fprintf(g.out, "cluster %s registered at revision %d\n", resp.GetCluster().GetName(), resp.GetRevision())
+				if err := g.waitEnforced(ctx, c, w, resp.GetRevision(), nil); err != nil {
+					return err
+				}
 				if !g.isAdmin() {
 					return nil
 				}
@@ -132,6 +136,7 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 			})
 		},
 	}
+	w.register(cmd)
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "cluster spec as YAML or JSON")
 	f.DurationVar(&tokenTTL, "token-ttl", auth.DefaultTokenTTL, "lifetime of the syncer's join token printed after registering (over mTLS as admin)")
@@ -241,7 +246,8 @@ func clusterGetCmd(g *globals) *cobra.Command {
 }
 
 func clusterDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var w waitFlags
+	cmd := &cobra.Command{
 		Use:   "delete NAME",
 		Short: "Remove a cluster and everything it owned (nodes, endpoints, exports, its policies)",
 		Args:  cobra.ExactArgs(1),
@@ -252,10 +258,13 @@ func clusterDeleteCmd(g *globals) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(g.out, "cluster %s deleted at revision %d\n", args[0], resp.GetRevision())
-				return nil
+				// The deleted cluster's nodes are gone: wait on the others.
+				return g.waitEnforced(ctx, c, w, resp.GetRevision(), nil)
 			})
 		},
 	}
+	w.register(cmd)
+	return cmd
 }
 
 func clusterStatusCmd(g *globals) *cobra.Command {
