@@ -17,9 +17,9 @@ import (
 )
 
 // reachEngine owns a policy.Engine, the compiler the node agents run, and
-// keeps it at the store's state by applying the store's committed events
-// (clusters, endpoints, policies) as they arrive: incremental, no rebuild
-// per request. Only its run goroutine touches the engine; handlers ask
+// brings it to the store's state by applying the store's committed events
+// (clusters, endpoints, policies) when a request needs it: incremental, no
+// rebuild per request. Only its run goroutine touches the engine; handlers ask
 // through explain, which answers at a revision at least the one they name.
 type reachEngine struct {
 	fsm  *store.FSM
@@ -64,9 +64,12 @@ func (r *reachEngine) explain(ctx context.Context, f policy.Flow, minRev uint64)
 // so requests are served between chunks while catching up.
 const engineEventChunk = 10_000
 
-// run is the engine's owner loop: it applies committed events, answers
-// requests whose revision it has reached and parks the others until it
-// does. It returns when ctx ends.
+// run is the engine's owner loop. It works only on demand: while no
+// request waits it does nothing, so a stream of writes costs the replicas no
+// policy-compiler work (on a small machine that work competes with Raft for
+// the CPU). A request makes it catch up from the event log (or rebuild from
+// the state when the log was compacted past it), answer, and park requests
+// whose revision it has not reached until it does. It returns when ctx ends.
 func (r *reachEngine) run(ctx context.Context) {
 	var (
 		eng     *policy.Engine
@@ -74,6 +77,14 @@ func (r *reachEngine) run(ctx context.Context) {
 		pending []*explainReq
 	)
 	for {
+		if len(pending) == 0 {
+			select {
+			case req := <-r.reqs:
+				pending = append(pending, req)
+			case <-ctx.Done():
+				return
+			}
+		}
 		changed := r.fsm.Changed()
 		if eng == nil {
 			eng, rev = r.rebuild()
@@ -93,8 +104,9 @@ func (r *reachEngine) run(ctx context.Context) {
 		}
 		clear(pending[len(kept):])
 		pending = kept
-		if !caughtUp {
-			// More events are waiting; still take requests in between.
+		if !caughtUp || len(pending) == 0 {
+			// More events are waiting (still take requests in between),
+			// or nothing waits: go back to idling.
 			select {
 			case req := <-r.reqs:
 				pending = append(pending, req)

@@ -75,18 +75,16 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 				fmt.Sprintf("already used by endpoint %s/%s of cluster %q", owner.key.ns, owner.key.name, owner.cluster)))
 		}
 	}
-	// Identity label sets, and whether the space has room for the new ones
-	// (counted only when it could matter: encoding sets is not free).
-	sets := make([]identity.Labels, len(req.GetEndpoints()))
-	for i, e := range req.GetEndpoints() {
+	// Whether the identity space has room for the new label sets (counted
+	// only when it could matter: encoding sets is not free).
+	for _, e := range req.GetEndpoints() {
 		e.Cluster = cluster
-		sets[i] = LabelsOf(e)
 	}
 	fresh := map[string]bool{}
-	if s.ids.free() < uint64(len(sets)) {
-		for _, ls := range sets {
-			if !s.ids.known(ls) {
-				fresh[ls.String()] = true
+	if s.ids.free() < uint64(len(req.GetEndpoints())) {
+		for _, e := range req.GetEndpoints() {
+			if _, ok := s.ids.lookup(e); !ok {
+				fresh[LabelsOf(e).String()] = true
 			}
 		}
 	}
@@ -108,10 +106,9 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 		s.deleteEndpoint(tx, r)
 	}
 	eps = inner(s.endpoints, cluster)
-	for i, e := range req.GetEndpoints() {
+	for _, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
-		ls := sets[i]
-		id, labels, err := s.ids.acquire(ls, func() (map[string]string, identity.Labels) {
+		id, labels, err := s.ids.acquire(e, func(ls identity.Labels) (map[string]string, identity.Labels) {
 			m := s.internLabels(ls.Pod())
 			return m, identity.For(s.internString(cluster), s.internString(e.GetNamespace()), m, identityFilter)
 		})

@@ -105,9 +105,12 @@ func checkInvariants(s *State) error {
 		return fmt.Errorf("%d identities allocated, %d in use", len(st.Entries), len(uses))
 	}
 	for _, en := range st.Entries {
-		if en.Refs != uses[en.ID] {
-			return fmt.Errorf("identity %d has %d references, %d endpoints use it", en.ID, en.Refs, uses[en.ID])
+		if en.Refs != 1 || s.ids.refs[en.ID] != uses[en.ID] {
+			return fmt.Errorf("identity %d has %d references (allocator: %d), %d endpoints use it", en.ID, s.ids.refs[en.ID], en.Refs, uses[en.ID])
 		}
+	}
+	if len(s.ids.refs) != len(uses) {
+		return fmt.Errorf("%d identities counted, %d in use", len(s.ids.refs), len(uses))
 	}
 	for a, r := range s.ipOwner {
 		e := s.endpoints[r.cluster][r.key]

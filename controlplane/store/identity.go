@@ -2,6 +2,8 @@ package store
 
 import (
 	"fmt"
+	"hash/maphash"
+	"strings"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -40,6 +42,15 @@ func LabelsOf(e *fedmeshv1.Endpoint) identity.Labels {
 // log order from a cursor that only moves forward and wraps; reference
 // counted), and keeps one label map per identity for its endpoints to
 // share. Not safe for concurrent use: the FSM owns it.
+//
+// The allocator keys label sets by a canonical string and its SHA-256, which
+// costs more than the rest of an endpoint upsert. Nearly every upserted
+// endpoint carries a label set that already has an identity, so Identities
+// answers that case from an in-memory fingerprint index (verified against
+// the stored labels, so a collision only costs a lookup) and counts endpoint
+// references itself: the allocator holds one reference per identity and is
+// asked only to create and free numbers. The index is a cache — never
+// persisted, rebuilt on demand — so it cannot make replicas disagree.
 type Identities struct {
 	a *identity.Allocator
 	// next mirrors the allocator's cursor so Freeze need not copy every
@@ -47,11 +58,117 @@ type Identities struct {
 	next uint32
 	// labels is the stored label map of each identity's endpoints.
 	labels map[uint32]map[string]string
+	// refs counts the endpoints holding each identity.
+	refs map[uint32]uint64
+	// byFP indexes identities by fingerprint (see fingerprint); fps is the
+	// reverse, to unindex a freed identity.
+	seed maphash.Seed
+	byFP map[uint64][]uint32
+	fps  map[uint32]uint64
 }
 
 // NewIdentities returns an empty allocator.
 func NewIdentities() *Identities {
-	return &Identities{a: identity.NewAllocator(), next: FirstAllocatedIdentity, labels: map[uint32]map[string]string{}}
+	return newIdentities(identity.NewAllocator(), FirstAllocatedIdentity, map[uint32]map[string]string{}, map[uint32]uint64{})
+}
+
+func newIdentities(a *identity.Allocator, next uint32, labels map[uint32]map[string]string, refs map[uint32]uint64) *Identities {
+	return &Identities{a: a, next: next, labels: labels, refs: refs, seed: maphash.MakeSeed(),
+		byFP: map[uint64][]uint32{}, fps: map[uint32]uint64{}}
+}
+
+// identityLabel reports whether a pod label key counts for identity (see
+// LabelsOf).
+func identityLabel(k string) bool {
+	return !strings.HasPrefix(k, identity.ReservedPrefix) && identityFilter.Keep(k)
+}
+
+// fingerprint hashes an identity label set given as its cluster, namespace
+// and pod labels (keys that do not count are skipped), independently of the
+// map's order.
+func (a *Identities) fingerprint(cluster, namespace string, pod map[string]string) uint64 {
+	pair := func(k, v string) uint64 {
+		h := maphash.String(a.seed, k)
+		return (h ^ maphash.String(a.seed, v)*0x9e3779b97f4a7c15) * 0xbf58476d1ce4e5b9
+	}
+	fp := pair(identity.LabelCluster, cluster) + pair(identity.LabelNamespace, namespace)
+	for k, v := range pod {
+		if identityLabel(k) {
+			fp += pair(k, v)
+		}
+	}
+	return fp
+}
+
+// match reports whether identity id stands for e's label set.
+func (a *Identities) match(id uint32, e *fedmeshv1.Endpoint) bool {
+	ls, ok := a.a.Lookup(id)
+	if !ok {
+		return false
+	}
+	if c, _ := ls.Get(identity.LabelCluster); c != e.GetCluster() {
+		return false
+	}
+	if ns, _ := ls.Get(identity.LabelNamespace); ns != e.GetNamespace() {
+		return false
+	}
+	stored := a.labels[id]
+	n := 0
+	for k, v := range e.GetLabels() {
+		if !identityLabel(k) {
+			continue
+		}
+		if sv, ok := stored[k]; !ok || sv != v {
+			return false
+		}
+		n++
+	}
+	return n == len(stored)
+}
+
+// index records id under fp.
+func (a *Identities) index(id uint32, fp uint64) {
+	if _, ok := a.fps[id]; ok {
+		return
+	}
+	a.fps[id] = fp
+	a.byFP[fp] = append(a.byFP[fp], id)
+}
+
+func (a *Identities) unindex(id uint32) {
+	fp, ok := a.fps[id]
+	if !ok {
+		return
+	}
+	delete(a.fps, id)
+	ids := a.byFP[fp]
+	for i, x := range ids {
+		if x == id {
+			ids = append(ids[:i], ids[i+1:]...)
+			break
+		}
+	}
+	if len(ids) == 0 {
+		delete(a.byFP, fp)
+	} else {
+		a.byFP[fp] = ids
+	}
+}
+
+// lookup returns the identity of e's label set (e.Cluster set), if it has
+// one: from the fingerprint index, else from the allocator (and indexes it).
+func (a *Identities) lookup(e *fedmeshv1.Endpoint) (uint32, bool) {
+	fp := a.fingerprint(e.GetCluster(), e.GetNamespace(), e.GetLabels())
+	for _, id := range a.byFP[fp] {
+		if a.match(id, e) {
+			return id, true
+		}
+	}
+	id, ok := a.a.LookupLabels(LabelsOf(e))
+	if ok {
+		a.index(id, fp)
+	}
+	return id, ok
 }
 
 // free is how many numbers are left to allocate.
@@ -59,49 +176,57 @@ func (a *Identities) free() uint64 {
 	return uint64(identity.MaxAllocated-identity.MinAllocated) + 1 - uint64(a.a.Len())
 }
 
-// acquire returns the identity of ls, allocating one on first use, and
-// takes a reference on it. labels is the map to store for a new identity;
-// the returned map is the identity's (shared by its endpoints). The caller
-// has checked that a number is free.
+// acquire returns the identity of e's label set (e.Cluster set),
+// allocating one on first use, and takes a reference on it. The returned
+// map is the identity's label map (shared by its endpoints). The caller has
+// checked that a number is free.
 //
-// For a new identity, fresh returns the label map to store and the label
-// set rebuilt over it, so the allocator's copy shares the map's (interned)
-// strings instead of pinning the request's.
-func (a *Identities) acquire(ls identity.Labels, fresh func() (map[string]string, identity.Labels)) (uint32, map[string]string, error) {
-	if id, ok := a.a.LookupLabels(ls); ok {
-		_, _, err := a.a.Acquire(ls)
-		return id, a.labels[id], err
+// For a new identity, fresh gets the label set and returns the label map to
+// store and the label set rebuilt over it, so the allocator's copy shares
+// the map's (interned) strings instead of pinning the request's.
+func (a *Identities) acquire(e *fedmeshv1.Endpoint, fresh func(identity.Labels) (map[string]string, identity.Labels)) (uint32, map[string]string, error) {
+	if id, ok := a.lookup(e); ok {
+		a.refs[id]++
+		return id, a.labels[id], nil
 	}
-	labels, ls := fresh()
+	labels, ls := fresh(LabelsOf(e))
 	id, created, err := a.a.Acquire(ls)
 	if err != nil {
 		return 0, nil, err
 	}
-	if created {
-		a.labels[id] = labels
-		a.next = id + 1
-		if id == identity.MaxAllocated {
-			a.next = identity.MinAllocated
-		}
+	if !created {
+		// lookup just missed it: cannot happen while the allocator and
+		// the index agree.
+		panic(fmt.Sprintf("store: identity %d of %q exists but was not found", id, ls.String()))
 	}
-	return id, a.labels[id], nil
+	a.labels[id] = labels
+	a.refs[id] = 1
+	a.index(id, a.fingerprint(e.GetCluster(), e.GetNamespace(), labels))
+	a.next = id + 1
+	if id == identity.MaxAllocated {
+		a.next = identity.MinAllocated
+	}
+	return id, labels, nil
 }
 
 // Release drops one reference; the identity is freed with the last one.
 func (a *Identities) Release(n uint32) {
-	if a.a.Release(n) {
-		delete(a.labels, n)
+	r, ok := a.refs[n]
+	if !ok {
+		return
 	}
+	if r > 1 {
+		a.refs[n] = r - 1
+		return
+	}
+	delete(a.refs, n)
+	a.a.Release(n)
+	a.unindex(n)
+	delete(a.labels, n)
 }
 
 // Lookup returns the label set an identity stands for.
 func (a *Identities) Lookup(n uint32) (identity.Labels, bool) { return a.a.Lookup(n) }
-
-// known reports whether ls has an identity.
-func (a *Identities) known(ls identity.Labels) bool {
-	_, ok := a.a.LookupLabels(ls)
-	return ok
-}
 
 // Len is the number of identities in use.
 func (a *Identities) Len() int { return a.a.Len() }
@@ -140,7 +265,14 @@ func (r *identityRestorer) finish(next uint32) (*Identities, error) {
 	for _, id := range sortedKeys(r.entries) {
 		st.Entries = append(st.Entries, *r.entries[id])
 	}
-	ids := &Identities{a: identity.NewAllocator(), next: st.Next, labels: r.labels}
+	// The allocator holds one reference per identity; Identities counts
+	// the endpoints.
+	refs := make(map[uint32]uint64, len(st.Entries))
+	for i := range st.Entries {
+		refs[st.Entries[i].ID] = st.Entries[i].Refs
+		st.Entries[i].Refs = 1
+	}
+	ids := newIdentities(identity.NewAllocator(), st.Next, r.labels, refs)
 	if err := ids.a.Restore(st); err != nil {
 		return nil, fmt.Errorf("restore identities (endpoints with reserved fedmesh.io/ labels under distinct identities? restore with the previous binary, remove those labels, then upgrade): %w", err)
 	}

@@ -40,13 +40,32 @@ func repoRoot(b *testing.B) string {
 	}
 }
 
-// startEtcd runs a 3-member etcd on loopback and returns its client
-// addresses. The binary is the one `make deps` caches.
-func startEtcd(b *testing.B) []string {
-	bin := filepath.Join(repoRoot(b), ".cache", "bin", "etcd")
-	if _, err := os.Stat(bin); err != nil {
-		b.Fatalf("etcd binary not found at %s: run `make deps` to build it (the write benchmark compares against a 3-member etcd)", bin)
+// etcdBinary finds the etcd that `make deps` caches: $FEDMESH_ETCD when
+// set, else .cache/bin/etcd in this checkout, else in the main worktree of
+// this repository (a `git worktree` has no .cache of its own).
+func etcdBinary(b *testing.B) string {
+	if bin := os.Getenv("FEDMESH_ETCD"); bin != "" {
+		return bin
 	}
+	root := repoRoot(b)
+	candidates := []string{filepath.Join(root, ".cache", "bin", "etcd")}
+	if out, err := exec.Command("git", "-C", root, "rev-parse", "--path-format=absolute", "--git-common-dir").Output(); err == nil {
+		main := filepath.Dir(strings.TrimSpace(string(out)))
+		candidates = append(candidates, filepath.Join(main, ".cache", "bin", "etcd"))
+	}
+	for _, c := range candidates {
+		if _, err := os.Stat(c); err == nil {
+			return c
+		}
+	}
+	b.Fatalf("etcd binary not found in %v: run `make deps` to build it, or set FEDMESH_ETCD (the write benchmark compares against a 3-member etcd)", candidates)
+	return ""
+}
+
+// startEtcd runs a 3-member etcd on loopback and returns its client
+// addresses.
+func startEtcd(b *testing.B) []string {
+	bin := etcdBinary(b)
 	type member struct{ name, peer, client string }
 	var ms []member
 	var initial []string
