@@ -242,18 +242,22 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 // here so the leader neither decodes nor validates it again.
 func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message, build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
-	data, err := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: req}.Encode()
+	cmd := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: req}
+	data, err := cmd.Encode()
 	if err != nil {
 		return zero, status.Errorf(codes.Internal, "encode command: %v", err)
 	}
-	res, err := c.proposeEncoded(ctx, data)
+	res, err := c.proposeEncoded(ctx, data, &cmd)
 	if err != nil {
 		return zero, err
 	}
 	return build(res), nil
 }
 
-func (c *Core) proposeEncoded(ctx context.Context, data []byte) (*store.Result, error) {
+// proposeEncoded applies data on the leader. cmd, when given, is data
+// decoded (and owned by the call from now on): applied on this replica as
+// the leader, it spares the FSM decoding what the handler just encoded.
+func (c *Core) proposeEncoded(ctx context.Context, data []byte, cmd *store.Command) (*store.Result, error) {
 	deadline := time.Now().Add(c.timeout)
 	for {
 		if time.Now().After(deadline) {
@@ -277,7 +281,14 @@ func (c *Core) proposeEncoded(ctx context.Context, data []byte) (*store.Result, 
 			}
 			return &store.Result{Revision: resp.GetRevision(), Deleted: resp.GetDeleted(), Cluster: resp.GetCluster(), Node: resp.GetNode(), Policies: resp.GetPolicies()}, nil
 		}
-		res, err := c.applyData(data)
+		var res *store.Result
+		if cmd != nil {
+			release := c.fsm.Prepare(data, *cmd)
+			res, err = c.applyData(data)
+			release()
+		} else {
+			res, err = c.applyData(data)
+		}
 		if errors.Is(err, raft.ErrNotLeader) {
 			continue // the entry never entered the log: safe to route again
 		}

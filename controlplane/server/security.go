@@ -80,7 +80,7 @@ func (l raftLedger) Consume(ctx context.Context, id [16]byte, expires time.Time)
 	if err != nil {
 		return status.Errorf(codes.Internal, "encode command: %v", err)
 	}
-	_, err = l.c.proposeEncoded(ctx, data)
+	_, err = l.c.proposeEncoded(ctx, data, nil)
 	if errors.Is(err, store.ErrTokenUsed) || status.Code(err) == codes.AlreadyExists {
 		return auth.ErrTokenUsed
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 )
@@ -23,6 +24,13 @@ type FSM struct {
 	// panicking: only for a rolling upgrade, where a newer leader may write
 	// commands this binary does not know yet.
 	ignoreUnknown bool
+
+	// prepared holds commands this replica proposed as the leader, keyed by
+	// the first byte of their encoded entry: Raft hands the leader's FSM the
+	// very slice it was given, so the leader applies the proposer's decoded
+	// command instead of decoding it again (see Prepare).
+	prepMu   sync.Mutex
+	prepared map[*byte]Command
 }
 
 // FSMOption configures an FSM.
@@ -52,6 +60,48 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
+// Prepare registers c as the decoded form of data, which the caller is
+// about to pass to raft.Apply on this replica, and returns the function to
+// call once Apply returned. c must be exactly what DecodeCommand(data)
+// yields (data is c.Encode()), and its payload becomes the FSM's: the caller
+// must not touch it again. Followers, and a replay from the log, decode the
+// bytes; both paths apply the same command.
+func (f *FSM) Prepare(data []byte, c Command) (release func()) {
+	if len(data) == 0 {
+		return func() {}
+	}
+	k := unsafe.SliceData(data)
+	f.prepMu.Lock()
+	if f.prepared == nil {
+		f.prepared = map[*byte]Command{}
+	}
+	f.prepared[k] = c
+	f.prepMu.Unlock()
+	return func() {
+		f.prepMu.Lock()
+		delete(f.prepared, k)
+		f.prepMu.Unlock()
+	}
+}
+
+// decode returns the prepared command of data (taking it, so it is applied
+// at most once) or decodes data.
+func (f *FSM) decode(data []byte) (Command, error) {
+	if len(data) > 0 {
+		k := unsafe.SliceData(data)
+		f.prepMu.Lock()
+		c, ok := f.prepared[k]
+		if ok {
+			delete(f.prepared, k)
+		}
+		f.prepMu.Unlock()
+		if ok {
+			return c, nil
+		}
+	}
+	return DecodeCommand(data)
+}
+
 // ApplyBatch applies committed entries under one lock acquisition and wakes
 // readers once.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
@@ -64,7 +114,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		c, err := DecodeCommand(l.Data)
+		c, err := f.decode(l.Data)
 		if err != nil {
 			if f.ignoreUnknown && errors.Is(err, ErrUnknownCommand) {
 				out[i] = &Result{Revision: f.st.rev, Err: err}
