@@ -63,7 +63,10 @@ func (c Command) Encode() ([]byte, error) {
 	b := make([]byte, 1, 16+proto.Size(c.Payload))
 	b[0] = byte(c.Type)
 	b = binary.AppendVarint(b, c.Time)
-	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, c.Payload)
+	// Not Deterministic: replicas apply the leader's bytes, never
+	// re-encode and compare them, and sorting every label map's keys is a
+	// good part of encoding an endpoint batch.
+	return proto.MarshalOptions{}.MarshalAppend(b, c.Payload)
 }
 
 // DecodeCommand parses an entry written by Encode.
@@ -78,6 +81,11 @@ func DecodeCommand(b []byte) (Command, error) {
 	t, n := binary.Varint(b[1:])
 	if n <= 0 {
 		return Command{}, errors.New("decode command: bad time varint")
+	}
+	if CommandType(b[0]) == CmdUpsertEndpoints {
+		if req, ok := fastUnmarshalUpsertEndpoints(b[1+n:]); ok {
+			return Command{Type: CmdUpsertEndpoints, Time: t, Payload: req}, nil
+		}
 	}
 	msg := h.newPayload()
 	if err := proto.Unmarshal(b[1+n:], msg); err != nil {

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// checkFastDecode asserts the fast decoder agrees with proto.Unmarshal: when
+// it accepts b, proto.Unmarshal accepts it and yields an equal message.
+func checkFastDecode(t *testing.T, b []byte) (accepted bool) {
+	t.Helper()
+	got, ok := fastUnmarshalUpsertEndpoints(b)
+	if !ok {
+		return false
+	}
+	want := &fedmeshv1.UpsertEndpointsRequest{}
+	if err := proto.Unmarshal(b, want); err != nil {
+		t.Fatalf("fast decoder accepted bytes proto.Unmarshal rejects (%v): %x", err, b)
+	}
+	if !proto.Equal(want, got) {
+		t.Fatalf("fast decoder disagrees with proto.Unmarshal:\nproto: %s\nfast:  %s", prototext.Format(want), prototext.Format(got))
+	}
+	return true
+}
+
+func TestFastEndpointDecodingMatchesProtobuf(t *testing.T) {
+	full := &fedmeshv1.Endpoint{Cluster: "east", Namespace: "ns", Name: "p", Ips: []string{"10.0.0.1", "fd00::1"},
+		Labels: map[string]string{"app": "web", "": "empty-key", "k": ""}, NamespaceLabels: map[string]string{"team": "a"},
+		NamedPorts: []*fedmeshv1.NamedPort{{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: fedmeshv1.Protocol_PROTOCOL_UDP}},
+		Node:       "n1", Identity: 70000, Meta: &fedmeshv1.ObjectMeta{Revision: 3, CreateRevision: 2}}
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	unknown := protowire.AppendTag(enc(&fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}), 99, protowire.VarintType)
+	unknown = protowire.AppendVarint(unknown, 1)
+	tests := []struct {
+		name   string
+		b      []byte
+		accept bool
+	}{
+		{"empty request", nil, true},
+		{"full endpoint with resync", enc(&fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{full, {Name: "q"}},
+			Resync: &fedmeshv1.ResyncMarker{Generation: 4, Final: true}}), true},
+		{"a repeated message field merges", append(enc(&fedmeshv1.UpsertEndpointsRequest{Resync: &fedmeshv1.ResyncMarker{Generation: 4}}),
+			enc(&fedmeshv1.UpsertEndpointsRequest{Cluster: "x", Resync: &fedmeshv1.ResyncMarker{Final: true}})...), true},
+		{"an unknown field falls back", unknown, false},
+		{"truncated input falls back", enc(&fedmeshv1.UpsertEndpointsRequest{Endpoints: []*fedmeshv1.Endpoint{full}})[:20], false},
+	}
+	bad := protowire.AppendTag(nil, 1, protowire.BytesType)
+	bad = protowire.AppendBytes(bad, []byte{0xff, 0xfe})
+	tests = append(tests, struct {
+		name   string
+		b      []byte
+		accept bool
+	}{"invalid UTF-8 in a string falls back", bad, false})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := checkFastDecode(t, tt.b); got != tt.accept {
+				t.Fatalf("fast decoder accepted = %v, want %v", got, tt.accept)
+			}
+		})
+	}
+}
+
+func FuzzFastEndpointDecodingMatchesProtobuf(f *testing.F) {
+	for _, c := range fuzzCommands([]byte("seed corpus for endpoint batches \x01\x02\x03\x04\x05\x06\x07\x08")) {
+		if c.Type == CmdUpsertEndpoints {
+			b, err := proto.Marshal(c.Payload)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { checkFastDecode(t, b) })
+}
