@@ -217,11 +217,11 @@ func Start(cfg Config) (*Replica, error) {
 	r.core = newCore(r)
 	if r.sec != nil {
 		guard := auth.NewGuard(auth.WithLogger(r.log))
-		opts := append(guard.ServerOptions(), grpc.MaxSendMsgSize(64<<20),
+		opts := append(guard.ServerOptions(), grpc.MaxSendMsgSize(64<<20), grpc.ForceServerCodecV2(newCodec()),
 			grpc.Creds(credentials.NewTLS(auth.ServerTLS(r.sec.pool, r.sec.cert, r.sec.allowJoin))))
 		r.grpc = grpc.NewServer(opts...)
 	} else {
-		r.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+		r.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20), grpc.ForceServerCodecV2(newCodec()))
 	}
 	registerServices(r.grpc, r.core)
 	if r.sec != nil && r.sec.ca != nil {

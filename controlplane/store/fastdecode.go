@@ -221,3 +221,16 @@ func countField(b []byte, num protowire.Number) int {
 	}
 	return n
 }
+
+// UnmarshalUpsertEndpoints is proto.Unmarshal(b, req) for the API's most
+// frequent write, faster (see fastUnmarshalUpsertEndpoints); the gRPC server
+// decodes requests with it.
+func UnmarshalUpsertEndpoints(b []byte, req *fedmeshv1.UpsertEndpointsRequest) error {
+	fast, ok := fastUnmarshalUpsertEndpoints(b)
+	if !ok {
+		return proto.Unmarshal(b, req)
+	}
+	proto.Reset(req)
+	req.Cluster, req.Endpoints, req.Resync = fast.GetCluster(), fast.GetEndpoints(), fast.GetResync()
+	return nil
+}
