@@ -185,7 +185,11 @@ func Start(cfg Config) (*Replica, error) {
 	rc.Logger = hlog
 	rc.HeartbeatTimeout = cfg.RaftTimeout
 	rc.ElectionTimeout = cfg.RaftTimeout
-	rc.LeaderLeaseTimeout = cfg.RaftTimeout / 2
+	// A leader steps down when it has not heard from a quorum for this
+	// long. Reads never rely on the lease (they go through a barrier), so
+	// it only decides how soon a cut-off leader gives up; half the heartbeat
+	// timeout made a busy leader on a loaded machine step down mid-stream.
+	rc.LeaderLeaseTimeout = cfg.RaftTimeout
 	rc.CommitTimeout = 5 * time.Millisecond
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 512

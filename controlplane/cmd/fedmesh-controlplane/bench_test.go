@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,7 +65,7 @@ func etcdBinary(b *testing.B) string {
 
 // startEtcd runs a 3-member etcd on loopback and returns its client
 // addresses.
-func startEtcd(b *testing.B) []string {
+func startEtcd(b *testing.B) (clients []string, pids []int) {
 	bin := etcdBinary(b)
 	type member struct{ name, peer, client string }
 	var ms []member
@@ -74,7 +75,6 @@ func startEtcd(b *testing.B) []string {
 		ms = append(ms, m)
 		initial = append(initial, fmt.Sprintf("%s=http://%s", m.name, m.peer))
 	}
-	var clients []string
 	for _, m := range ms {
 		dir := b.TempDir()
 		cmd := exec.Command(bin, "--name", m.name, "--data-dir", filepath.Join(dir, "data"),
@@ -94,6 +94,7 @@ func startEtcd(b *testing.B) []string {
 		go func() { cmd.Wait(); logf.Close(); close(done) }()
 		b.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); <-done })
 		clients = append(clients, m.client)
+		pids = append(pids, cmd.Process.Pid)
 	}
 	cc := dialB(b, clients[0])
 	kv := etcdserverpb.NewKVClient(cc)
@@ -103,7 +104,7 @@ func startEtcd(b *testing.B) []string {
 		_, err := kv.Put(ctx, &etcdserverpb.PutRequest{Key: []byte("ready"), Value: []byte("1")})
 		cancel()
 		if err == nil {
-			return clients
+			return clients, pids
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("etcd not ready: %v", err)
@@ -135,17 +136,44 @@ const benchKeySpace = 100_000
 
 type writeResult struct {
 	perSec, p50, p99 float64
+	// cpuMs is the CPU time the servers (all three) spent per write.
+	cpuMs float64
+}
+
+// cpuTime is the CPU time (user + system) the processes used so far.
+func cpuTime(b *testing.B, pids []int) time.Duration {
+	var ticks int64
+	for _, pid := range pids {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Fatalf("read CPU time of process %d: %v", pid, err)
+		}
+		// Fields after the command name, which is in parentheses: state is
+		// field 3, utime 14 and stime 15.
+		f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+		for _, x := range f[11:13] {
+			n, err := strconv.ParseInt(x, 10, 64)
+			if err != nil {
+				b.Fatalf("parse /proc/%d/stat: %v", pid, err)
+			}
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 // writeSample is the latencies of a run of writes and its wall time.
 type writeSample struct {
-	lat     []time.Duration
-	elapsed time.Duration
+	lat          []time.Duration
+	elapsed, cpu time.Duration
+	retries      int
 }
 
 func (s *writeSample) add(o writeSample) {
 	s.lat = append(s.lat, o.lat...)
 	s.elapsed += o.elapsed
+	s.cpu += o.cpu
+	s.retries += o.retries
 }
 
 func (s writeSample) result() writeResult {
@@ -153,16 +181,19 @@ func (s writeSample) result() writeResult {
 	slices.Sort(lat)
 	n := len(lat)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	return writeResult{perSec: float64(n) / s.elapsed.Seconds(), p50: ms(lat[n/2]), p99: ms(lat[min(n-1, n*99/100)])}
+	return writeResult{perSec: float64(n) / s.elapsed.Seconds(), p50: ms(lat[n/2]), p99: ms(lat[min(n-1, n*99/100)]), cpuMs: ms(s.cpu) / float64(n)}
 }
 
 // runWrites performs writes first..first+n-1 from `workers` goroutines and
-// returns their latencies and the wall time.
-func runWrites(b *testing.B, first, n, workers int, write func(worker, i int) error) writeSample {
+// returns their latencies, the wall time and the CPU time of the server
+// processes pids.
+func runWrites(b *testing.B, pids []int, first, n, workers int, write func(worker, i int) error) writeSample {
 	lat := make([]time.Duration, n)
+	cpu0 := cpuTime(b, pids)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
+	var retries atomic.Int64
 	start := time.Now()
 	for w := range workers {
 		wg.Add(1)
@@ -174,7 +205,17 @@ func runWrites(b *testing.B, first, n, workers int, write func(worker, i int) er
 					return
 				}
 				t0 := time.Now()
-				if err := write(w, first+i); err != nil {
+				// An endpoint upsert is idempotent: a write that failed
+				// with a retryable status (a leader change under load) is
+				// retried, as a client would, and its latency includes
+				// the retries.
+				err := write(w, first+i)
+				for try := 0; err != nil && retryable(err) && try < 20; try++ {
+					retries.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					err = write(w, first+i)
+				}
+				if err != nil {
 					failed.Store(err)
 					return
 				}
@@ -187,7 +228,7 @@ func runWrites(b *testing.B, first, n, workers int, write func(worker, i int) er
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatalf("write: %v", err)
 	}
-	return writeSample{lat: lat, elapsed: elapsed}
+	return writeSample{lat: lat, elapsed: elapsed, cpu: cpuTime(b, pids) - cpu0, retries: int(retries.Load())}
 }
 
 // writeRounds is how many alternating rounds each system gets: on a
@@ -200,8 +241,12 @@ const writeRounds = 6
 // 3-replica fedmesh control plane and on a 3-member etcd in the same run,
 // alternating between the two in rounds, and prints the ratios.
 func BenchmarkWritesVsEtcd(b *testing.B) {
-	etcd := startEtcd(b)
+	etcd, etcdPids := startEtcd(b)
 	g := startGroup(b, 3)
+	var fmPids []int
+	for _, r := range g.reps {
+		fmPids = append(fmPids, r.cmd.Process.Pid)
+	}
 	ctx := context.Background()
 	if _, err := fedmeshv1.NewClusterServiceClient(g.leader(10*time.Second).conn).RegisterCluster(ctx,
 		&fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.0/8"}}}); err != nil {
@@ -246,8 +291,8 @@ func BenchmarkWritesVsEtcd(b *testing.B) {
 			var fs, es writeSample
 			per := max(1, b.N/writeRounds)
 			for r := range writeRounds {
-				fs.add(runWrites(b, r*per, per, workers, writeFedmesh))
-				es.add(runWrites(b, r*per, per, workers, writeEtcd))
+				fs.add(runWrites(b, fmPids, r*per, per, workers, writeFedmesh))
+				es.add(runWrites(b, etcdPids, r*per, per, workers, writeEtcd))
 			}
 			fres, eres := fs.result(), es.result()
 			b.ReportMetric(fres.perSec, "fedmesh-writes/s")
@@ -258,9 +303,17 @@ func BenchmarkWritesVsEtcd(b *testing.B) {
 			b.ReportMetric(eres.p99, "etcd-p99-ms")
 			b.ReportMetric(fres.perSec/eres.perSec, "throughput-ratio")
 			b.ReportMetric(fres.p99/eres.p99, "p99-ratio")
+			b.ReportMetric(fres.cpuMs, "fedmesh-cpu-ms/write")
+			b.ReportMetric(eres.cpuMs, "etcd-cpu-ms/write")
+			b.ReportMetric(float64(fs.retries), "fedmesh-retries")
+			b.ReportMetric(float64(es.retries), "etcd-retries")
 			if b.N > 1 {
-				fmt.Printf("writes batch=%d: fedmesh %.0f/s p50 %.2fms p99 %.2fms | etcd %.0f/s p50 %.2fms p99 %.2fms | throughput ratio %.2fx, p99 ratio %.2fx\n",
-					batch, fres.perSec, fres.p50, fres.p99, eres.perSec, eres.p50, eres.p99, fres.perSec/eres.perSec, fres.p99/eres.p99)
+				if fs.retries+es.retries > 0 {
+					fmt.Printf("writes batch=%d: retried after a retryable error: fedmesh %d, etcd %d\n", batch, fs.retries, es.retries)
+				}
+				fmt.Printf("writes batch=%d: fedmesh %.0f/s p50 %.2fms p99 %.2fms cpu %.2fms/write | etcd %.0f/s p50 %.2fms p99 %.2fms cpu %.2fms/write | throughput ratio %.2fx, p99 ratio %.2fx, cpu ratio %.2fx\n",
+					batch, fres.perSec, fres.p50, fres.p99, fres.cpuMs, eres.perSec, eres.p50, eres.p99, eres.cpuMs,
+					fres.perSec/eres.perSec, fres.p99/eres.p99, fres.cpuMs/eres.cpuMs)
 			}
 		})
 	}
