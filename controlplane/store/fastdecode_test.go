@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"testing"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -82,4 +84,52 @@ func FuzzFastEndpointDecodingMatchesProtobuf(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) { checkFastDecode(t, b) })
+}
+
+func TestTheProposingLeaderAppliesItsOwnCommandAndOthersDecodeTheBytes(t *testing.T) {
+	encode := func(c Command) []byte {
+		b, err := c.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tests := []struct {
+		name     string
+		prepared bool // the entry's data is the slice that was prepared
+		wantSame bool // the stored endpoint is the proposer's object
+	}{
+		{name: "leader: the prepared slice", prepared: true, wantSame: true},
+		{name: "follower: a copy of the bytes", prepared: false, wantSame: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFSM()
+			f.ApplyBatch([]*raft.Log{{Index: 1, Type: raft.LogCommand, Data: encode(cluster("east", "10.0.0.0/16"))}})
+			mine := ep("ns", "p", "10.0.0.1", map[string]string{"app": "web"})
+			c := upsert("east", 0, false, mine)
+			data := encode(c)
+			release := f.Prepare(data, c)
+			entry := data
+			if !tt.prepared {
+				entry = bytes.Clone(data)
+			}
+			res := f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogCommand, Data: entry}})
+			release()
+			if r := res[0].(*Result); r.Err != nil || r.Revision != 2 {
+				t.Fatalf("apply: %+v", r)
+			}
+			var got []*fedmeshv1.Endpoint
+			f.View(func(s *State) { got = s.Endpoints("east", "", "") })
+			if len(got) != 1 || got[0].GetName() != "p" || got[0].GetIdentity() == 0 {
+				t.Fatalf("stored endpoints %v", got)
+			}
+			if same := got[0] == mine; same != tt.wantSame {
+				t.Fatalf("stored endpoint is the proposer's object: %v, want %v", same, tt.wantSame)
+			}
+			if n := len(f.prepared); n != 0 {
+				t.Fatalf("%d prepared commands left after release", n)
+			}
+		})
+	}
 }
