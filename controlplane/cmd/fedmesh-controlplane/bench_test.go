@@ -310,6 +310,11 @@ func BenchmarkWritesVsEtcd(b *testing.B) {
 			if b.N > 1 {
 				if fs.retries+es.retries > 0 {
 					fmt.Printf("writes batch=%d: retried after a retryable error: fedmesh %d, etcd %d\n", batch, fs.retries, es.retries)
+					for _, r := range g.reps {
+						if raw, err := os.ReadFile(r.logPath); err == nil {
+							b.Logf("--- %s log (tail) ---\n%s", r.id, tail(string(raw), 1500))
+						}
+					}
 				}
 				fmt.Printf("writes batch=%d: fedmesh %.0f/s p50 %.2fms p99 %.2fms cpu %.2fms/write | etcd %.0f/s p50 %.2fms p99 %.2fms cpu %.2fms/write | throughput ratio %.2fx, p99 ratio %.2fx, cpu ratio %.2fx\n",
 					batch, fres.perSec, fres.p50, fres.p99, fres.cpuMs, eres.perSec, eres.p50, eres.p99, eres.cpuMs,
