@@ -60,6 +60,14 @@ func (c Command) Encode() ([]byte, error) {
 	if _, ok := handlers[c.Type]; !ok {
 		return nil, fmt.Errorf("encode command %d: %w", c.Type, ErrUnknownCommand)
 	}
+	if req, ok := c.Payload.(*fedmeshv1.UpsertEndpointsRequest); ok {
+		b := make([]byte, 1, 16+1100*len(req.GetEndpoints()))
+		b[0] = byte(c.Type)
+		b = binary.AppendVarint(b, c.Time)
+		if b, ok := appendUpsertEndpoints(b, req); ok {
+			return b, nil
+		}
+	}
 	b := make([]byte, 1, 16+proto.Size(c.Payload))
 	b[0] = byte(c.Type)
 	b = binary.AppendVarint(b, c.Time)
