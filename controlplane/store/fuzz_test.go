@@ -112,6 +112,20 @@ func checkInvariants(s *State) error {
 	if len(s.ids.refs) != len(uses) {
 		return fmt.Errorf("%d identities counted, %d in use", len(s.ids.refs), len(uses))
 	}
+	indexed := map[uint32]bool{}
+	for fp, id := range s.ids.byFP {
+		for _, x := range append([]uint32{id}, s.ids.moreFP[fp]...) {
+			if uses[x] == 0 || indexed[x] {
+				return fmt.Errorf("fingerprint index holds identity %d (in use by %d endpoints, indexed twice: %v)", x, uses[x], indexed[x])
+			}
+			indexed[x] = true
+		}
+	}
+	for fp := range s.ids.moreFP {
+		if _, ok := s.ids.byFP[fp]; !ok {
+			return fmt.Errorf("fingerprint %x has overflow identities but no first one", fp)
+		}
+	}
 	for a, r := range s.ipOwner {
 		e := s.endpoints[r.cluster][r.key]
 		if e == nil {

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"strings"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
@@ -60,11 +61,12 @@ type Identities struct {
 	labels map[uint32]map[string]string
 	// refs counts the endpoints holding each identity.
 	refs map[uint32]uint64
-	// byFP indexes identities by fingerprint (see fingerprint); fps is the
-	// reverse, to unindex a freed identity.
-	seed maphash.Seed
-	byFP map[uint64][]uint32
-	fps  map[uint32]uint64
+	// byFP indexes identities by fingerprint (see fingerprint); moreFP
+	// holds further identities of a fingerprint already taken (collisions,
+	// rare), so the common case costs one small map entry per identity.
+	seed   maphash.Seed
+	byFP   map[uint64]uint32
+	moreFP map[uint64][]uint32
 }
 
 // NewIdentities returns an empty allocator.
@@ -74,7 +76,7 @@ func NewIdentities() *Identities {
 
 func newIdentities(a *identity.Allocator, next uint32, labels map[uint32]map[string]string, refs map[uint32]uint64) *Identities {
 	return &Identities{a: a, next: next, labels: labels, refs: refs, seed: maphash.MakeSeed(),
-		byFP: map[uint64][]uint32{}, fps: map[uint32]uint64{}}
+		byFP: map[uint64]uint32{}, moreFP: map[uint64][]uint32{}}
 }
 
 // identityLabel reports whether a pod label key counts for identity (see
@@ -126,32 +128,40 @@ func (a *Identities) match(id uint32, e *fedmeshv1.Endpoint) bool {
 	return n == len(stored)
 }
 
-// index records id under fp.
+// index records id under fp; id is not indexed yet (lookup indexes only
+// what the index missed, and a label set has one fingerprint).
 func (a *Identities) index(id uint32, fp uint64) {
-	if _, ok := a.fps[id]; ok {
+	if _, taken := a.byFP[fp]; !taken {
+		a.byFP[fp] = id
 		return
 	}
-	a.fps[id] = fp
-	a.byFP[fp] = append(a.byFP[fp], id)
+	a.moreFP[fp] = append(a.moreFP[fp], id)
 }
 
+// unindex forgets id, if indexed. Call it before the allocator releases id
+// (its cluster and namespace come from there).
 func (a *Identities) unindex(id uint32) {
-	fp, ok := a.fps[id]
+	ls, ok := a.a.Lookup(id)
 	if !ok {
 		return
 	}
-	delete(a.fps, id)
-	ids := a.byFP[fp]
-	for i, x := range ids {
-		if x == id {
-			ids = append(ids[:i], ids[i+1:]...)
-			break
+	c, _ := ls.Get(identity.LabelCluster)
+	ns, _ := ls.Get(identity.LabelNamespace)
+	fp := a.fingerprint(c, ns, a.labels[id])
+	more := a.moreFP[fp]
+	if first, ok := a.byFP[fp]; ok && first == id {
+		if len(more) == 0 {
+			delete(a.byFP, fp)
+			return
 		}
+		a.byFP[fp], more = more[0], more[1:]
+	} else if i := slices.Index(more, id); i >= 0 {
+		more = slices.Delete(more, i, i+1)
 	}
-	if len(ids) == 0 {
-		delete(a.byFP, fp)
+	if len(more) == 0 {
+		delete(a.moreFP, fp)
 	} else {
-		a.byFP[fp] = ids
+		a.moreFP[fp] = more
 	}
 }
 
@@ -159,7 +169,10 @@ func (a *Identities) unindex(id uint32) {
 // one: from the fingerprint index, else from the allocator (and indexes it).
 func (a *Identities) lookup(e *fedmeshv1.Endpoint) (uint32, bool) {
 	fp := a.fingerprint(e.GetCluster(), e.GetNamespace(), e.GetLabels())
-	for _, id := range a.byFP[fp] {
+	if id, ok := a.byFP[fp]; ok && a.match(id, e) {
+		return id, true
+	}
+	for _, id := range a.moreFP[fp] {
 		if a.match(id, e) {
 			return id, true
 		}
@@ -220,8 +233,8 @@ func (a *Identities) Release(n uint32) {
 		return
 	}
 	delete(a.refs, n)
-	a.a.Release(n)
 	a.unindex(n)
+	a.a.Release(n)
 	delete(a.labels, n)
 }
 
