@@ -110,6 +110,10 @@ type Options struct {
 	// KeepLogs keeps the temporary directory (with etcd.log and
 	// apiserver.log) after Stop, for debugging.
 	KeepLogs bool
+	// Dir, when set, holds etcd's data and the apiserver's files instead of
+	// a new temporary directory (the lab puts it in its state dir, so
+	// `fedlab down` removes it even after a crash).
+	Dir string
 }
 
 // Start runs etcd and kube-apiserver for the test and stops them in
@@ -140,9 +144,14 @@ func StartServer(ctx context.Context, bins Binaries, opts Options) (_ *Server, e
 	if opts.ServiceCIDR == "" {
 		opts.ServiceCIDR = "10.96.0.0/16"
 	}
-	dir, err := os.MkdirTemp("", "fedmesh-kubetest-")
+	dir := opts.Dir
+	if dir != "" {
+		err = os.MkdirAll(dir, 0o700)
+	} else {
+		dir, err = os.MkdirTemp("", "fedmesh-kubetest-")
+	}
 	if err != nil {
-		return nil, fmt.Errorf("create temp dir: %w", err)
+		return nil, fmt.Errorf("create dir for etcd and kube-apiserver: %w", err)
 	}
 	s := &Server{Dir: dir}
 	defer func() {

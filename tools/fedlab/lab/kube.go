@@ -76,7 +76,7 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	kube, err := kubetest.StartServer(sctx, bins, kubetest.Options{})
+	kube, err := kubetest.StartServer(sctx, bins, kubetest.Options{Dir: filepath.Join(dir, "k8s")})
 	if err != nil {
 		return err
 	}
