@@ -351,6 +351,7 @@ type speakerProc struct {
 
 type childReply struct {
 	Actions int          `json:"actions"`
+	TookNS  int64        `json:"took_ns,omitempty"` // time spent inside Apply/SetHealthy
 	Error   string       `json:"error,omitempty"`
 	Status  []PeerStatus `json:"status,omitempty"`
 }
@@ -437,7 +438,9 @@ func speakerChild(in io.Reader, out io.Writer) int {
 		case "apply":
 			var d Desired
 			if err = json.Unmarshal([]byte(arg), &d); err == nil {
+				start := time.Now()
 				acts, err = s.Apply(ctx, d)
+				r.TookNS = int64(time.Since(start))
 			}
 		case "healthy":
 			var h bool
