@@ -21,6 +21,19 @@ func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequ
 		return nil, err
 	}
 	old := s.clusters[c.GetName()]
+	if old != nil {
+		var nodes []*fedmeshv1.Node
+		for _, n := range sortedKeys(s.nodes[c.GetName()]) {
+			nodes = append(nodes, s.nodes[c.GetName()][n])
+		}
+		var eps []*fedmeshv1.Endpoint
+		for _, k := range sortedNsNames(s.endpoints[c.GetName()]) {
+			eps = append(eps, s.endpoints[c.GetName()][k].ep)
+		}
+		if err := model.ValidateClusterKeepsMembers(c, nodes, eps); err != nil {
+			return nil, err
+		}
+	}
 	c.Status = nil
 	var ce clusterEntry
 	if old != nil {

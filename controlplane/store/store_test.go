@@ -349,6 +349,7 @@ func TestBadCommandsChangeNothingNotEvenTheRevision(t *testing.T) {
 	}{
 		{"cluster with bad name", Command{Type: CmdRegisterCluster, Payload: &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "Bad_Name", PodCidrs: []string{"10.9.0.0/16"}}}}, codes.InvalidArgument, "cluster.name"},
 		{"cluster overlapping another's pod CIDR", cluster("c", "10.1.128.0/17"), codes.InvalidArgument, "cluster.podCIDRs[0]"},
+		{"cluster re-registered without its endpoints' range", cluster("a", "10.5.0.0/16"), codes.InvalidArgument, "cluster.podCIDRs"},
 		{"delete of a missing cluster", Command{Type: CmdDeleteCluster, Payload: &fedmeshv1.DeleteClusterRequest{Name: "nope"}}, codes.NotFound, ""},
 		{"node of a missing cluster", node(&fedmeshv1.Node{Cluster: "nope", Name: "n", UnderlayIp: "198.18.0.1"}), codes.InvalidArgument, "node.cluster"},
 		{"node pod CIDR outside the cluster", node(&fedmeshv1.Node{Cluster: "a", Name: "n", UnderlayIp: "198.18.0.1", PodCidrs: []string{"10.9.0.0/24"}}), codes.InvalidArgument, "node.podCIDRs[0]"},
@@ -553,6 +554,12 @@ func TestCommandRoundTrip(t *testing.T) {
 func TestEndpointsCheckedAgainstTheClustersCurrentPodCIDRs(t *testing.T) {
 	s := NewState(100)
 	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false, ep("x", "p", "10.1.0.1", nil)))
+	// The range may not move away from an endpoint it holds...
+	if r := applyEncoded(t, s, cluster("a", "10.3.0.0/16")); r.Err == nil {
+		t.Fatal("pod CIDR change that leaves an endpoint outside accepted")
+	}
+	// ...but may once the endpoint is gone.
+	apply(t, s, Command{Type: CmdDeleteEndpoints, Payload: &fedmeshv1.DeleteEndpointsRequest{Cluster: "a", Keys: []*fedmeshv1.EndpointKey{{Namespace: "x", Name: "p"}}}})
 	apply(t, s, cluster("a", "10.3.0.0/16"))
 	if r := applyEncoded(t, s, upsert("a", 0, false, ep("x", "q", "10.1.0.2", nil))); r.Err == nil {
 		t.Fatal("address inside the cluster's old pod CIDR accepted after the CIDR changed")

@@ -197,3 +197,34 @@ func InScope(s *fedmeshv1.NamespaceScope, ns string) bool {
 	}
 	return false
 }
+
+// ValidateClusterKeepsMembers rejects a cluster update whose pod CIDRs no
+// longer hold one of the cluster's nodes' pod CIDRs or endpoints' IPs:
+// accepting it would leave stored objects the federation can no longer
+// place (their IPs outside every cluster, or reserved by a cluster that no
+// longer claims them). Nodes and endpoints are checked in the order given,
+// and only the first offender of each kind is named.
+func ValidateClusterKeepsMembers(c *fedmeshv1.Cluster, nodes []*fedmeshv1.Node, endpoints []*fedmeshv1.Endpoint) error {
+	p := field.NewPath("cluster", "podCIDRs")
+	var errs field.ErrorList
+	for _, n := range nodes {
+		for _, v := range n.GetPodCidrs() {
+			if pfx, err := netip.ParsePrefix(v); err == nil && !insideAny(pfx, c.GetPodCidrs()) {
+				errs = append(errs, field.Invalid(p, c.GetPodCidrs(), fmt.Sprintf("must still contain node %s's pod CIDR %s; delete or re-register the node first", n.GetName(), v)))
+				break
+			}
+		}
+		if len(errs) > 0 {
+			break
+		}
+	}
+	for _, e := range endpoints {
+		for _, v := range e.GetIps() {
+			if a, err := netip.ParseAddr(v); err == nil && !addrInsideAny(a, c.GetPodCidrs()) {
+				errs = append(errs, field.Invalid(p, c.GetPodCidrs(), fmt.Sprintf("must still contain endpoint %s/%s's IP %s; its syncer must remove it first", e.GetNamespace(), e.GetName(), v)))
+				return AsError(errs)
+			}
+		}
+	}
+	return AsError(errs)
+}
