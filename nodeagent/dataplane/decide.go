@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"encoding/binary"
 	"time"
 )
@@ -32,21 +33,35 @@ type Timeouts struct {
 // DefaultTimeouts are the conntrack idle timeouts unless configured.
 var DefaultTimeouts = Timeouts{TCP: 6 * time.Hour, Other: 60 * time.Second, Closing: 10 * time.Second}
 
+// ctKey is a conntrack key of either family: the program's ct4_key (in
+// fm_ct4) or ct6_key (fm_ct6), ends in canonical order (see ctFill).
 type ctKey struct {
-	Ifindex  uint32
-	Dir      uint8
-	Proto    uint8
-	Sport    uint16
-	Dport    uint16
-	Pad      uint16
-	Src, Dst [16]byte
+	Ifindex      uint32
+	V6           bool // which table
+	Proto        uint8
+	PortA, PortB uint16
+	A, B         [16]byte
 }
 
-type ctVal struct {
+// ctFlow is one class of a conntrack entry (struct ct_flow); LastSeen 0
+// means no flow.
+type ctFlow struct {
 	LastSeen uint64
 	Rule     uint32
 	Flags    uint32
 }
+
+// ctVal is a conntrack entry: one flow per class, direction ^ orientation.
+type ctVal struct {
+	Flow [2]ctFlow
+}
+
+// Orientations of a tuple relative to its canonical key.
+const (
+	ctOrientA   = 0 // the source is end a
+	ctOrientB   = 1 // the source is end b
+	ctOrientTie = 2 // both ends are equal
+)
 
 type fragKey struct {
 	Ifindex  uint32
@@ -65,6 +80,7 @@ type tuple struct {
 
 type pkt struct {
 	t        tuple
+	v6       bool
 	hasPorts bool
 	frag     uint8
 	tcpFlags uint8
@@ -252,6 +268,7 @@ func (f frame) parse(p *pkt) int {
 		copy(p.t.src[:], h[8:24])
 		copy(p.t.dst[:], h[24:40])
 		v6 = true
+		p.v6 = true
 		nh := h[6]
 		l4 = off + 40
 		for i := 0; i < 4; i++ {
@@ -308,15 +325,29 @@ func (f frame) parse(p *pkt) int {
 	return parseOK
 }
 
-func ctFill(ifindex uint32, dir uint8, t *tuple, reverse bool) ctKey {
-	k := ctKey{Ifindex: ifindex, Dir: dir, Proto: t.proto}
-	if reverse {
-		k.Sport, k.Dport, k.Src, k.Dst = t.dport, t.sport, t.dst, t.src
-	} else {
-		k.Sport, k.Dport, k.Src, k.Dst = t.sport, t.dport, t.src, t.dst
+// ctFill builds the canonical conntrack key of t: end a is the (address,
+// port) that sorts first, addresses as big-endian numbers, then ports. It
+// returns the tuple's orientation, so a packet and its reply share the key.
+func ctFill(ifindex uint32, v6 bool, t *tuple) (ctKey, int) {
+	k := ctKey{Ifindex: ifindex, V6: v6, Proto: t.proto}
+	o := ctOrientTie
+	switch c := bytes.Compare(t.src[:], t.dst[:]); {
+	case c < 0, c == 0 && t.sport < t.dport:
+		o = ctOrientA
+	case c > 0, c == 0 && t.sport > t.dport:
+		o = ctOrientB
 	}
-	return k
+	if o == ctOrientB {
+		k.A, k.PortA, k.B, k.PortB = t.dst, t.dport, t.src, t.sport
+	} else {
+		k.A, k.PortA, k.B, k.PortB = t.src, t.sport, t.dst, t.dport
+	}
+	return k, o
 }
+
+// ctClass is the class of a packet of orientation o seen in direction dir:
+// a flow and its replies share one; a tie counts as orientation a.
+func ctClass(dir uint8, o int) uint8 { return (dir ^ uint8(o)) & 1 }
 
 func (fs *flowState) timeout(proto uint8, flags uint32) uint64 {
 	switch {
@@ -328,12 +359,29 @@ func (fs *flowState) timeout(proto uint8, flags uint32) uint64 {
 	return uint64(fs.timeouts.Other)
 }
 
-func (fs *flowState) live(k ctKey, now uint64) *ctVal {
-	v := fs.ct[k]
-	if v == nil || now-v.LastSeen > fs.timeout(k.Proto, v.Flags) {
+// flowLive mirrors ct_flow_live: a LastSeen after now was written since
+// the clock was read, so the flow is live.
+func (fs *flowState) flowLive(f *ctFlow, proto uint8, now uint64) bool {
+	if f.LastSeen == 0 {
+		return false
+	}
+	return now < f.LastSeen || now-f.LastSeen <= fs.timeout(proto, f.Flags)
+}
+
+// match mirrors ct_match: the live flow of v that a packet of orientation o
+// in direction dir belongs to, itself or as a reply; a tie matches either.
+func (fs *flowState) match(v *ctVal, dir uint8, o int, proto uint8, now uint64) *ctFlow {
+	if v == nil {
 		return nil
 	}
-	return v
+	c := ctClass(dir, o)
+	if fs.flowLive(&v.Flow[c], proto, now) {
+		return &v.Flow[c]
+	}
+	if o == ctOrientTie && fs.flowLive(&v.Flow[c^1], proto, now) {
+		return &v.Flow[c^1]
+	}
+	return nil
 }
 
 func (tb *memTables) policyTrieLookup(ifindex uint32, dir, kind uint8, peer uint32, p *pkt, proto uint8) uint32 {
@@ -382,6 +430,9 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 // monotonic time now, updating fs like the kernel updates its maps.
 func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, now uint64) decision {
 	d := decision{dir: dir}
+	if now == 0 {
+		now = 1 // the kernel's clock is never 0, and LastSeen 0 means no flow
+	}
 	if tb == nil {
 		d.reason = ReasonDenyNoEndpoint
 		return d
@@ -429,32 +480,32 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		d.reason = r
 		return d
 	}
+	ck, orient := ctFill(ifindex, p.v6, &p.t)
+	cv := fs.ct[ck]
 	allow := func(r Reason) decision {
-		nv := &ctVal{LastSeen: now, Rule: d.rule}
+		nf := ctFlow{LastSeen: now, Rule: d.rule}
 		if p.t.proto == protoTCP && p.tcpFlags&0x05 != 0 {
-			nv.Flags = ctClosing
+			nf.Flags = ctClosing
 		}
-		fs.ct[ctFill(ifindex, dir, &p.t, false)] = nv
+		if cv == nil {
+			cv = &ctVal{}
+			fs.ct[ck] = cv
+		}
+		cv.Flow[ctClass(dir, orient)] = nf // the other class survives
 		return allowNoCT(r)
 	}
 
-	cv := fs.live(ctFill(ifindex, dir, &p.t, false), now)
-	if cv == nil {
-		cv = fs.live(ctFill(ifindex, dir^1, &p.t, true), now)
-	}
-	if cv != nil {
-		cv.LastSeen = now
+	if cf := fs.match(cv, dir, orient, p.t.proto, now); cf != nil {
+		cf.LastSeen = now
 		if p.t.proto == protoTCP && p.tcpFlags&0x05 != 0 {
-			cv.Flags |= ctClosing
+			cf.Flags |= ctClosing
 		}
 		return allowNoCT(ReasonAllowConntrack)
 	}
 	if p.related {
-		cv = fs.live(ctFill(ifindex, dir^1, &p.inner, false), now)
-		if cv == nil {
-			cv = fs.live(ctFill(ifindex, dir, &p.inner, true), now)
-		}
-		if cv != nil {
+		// The quote travelled the other way.
+		ik, io := ctFill(ifindex, p.v6, &p.inner)
+		if fs.match(fs.ct[ik], dir^1, io, p.inner.proto, now) != nil {
 			return allowNoCT(ReasonAllowRelated)
 		}
 	}

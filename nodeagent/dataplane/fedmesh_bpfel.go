@@ -17,7 +17,8 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fedmeshMapFmCidr             = "fm_cidr"
-	fedmeshMapFmCt               = "fm_ct"
+	fedmeshMapFmCt4              = "fm_ct4"
+	fedmeshMapFmCt6              = "fm_ct6"
 	fedmeshMapFmEndpoints        = "fm_endpoints"
 	fedmeshMapFmEpCounters       = "fm_ep_counters"
 	fedmeshMapFmEventBucket      = "fm_event_bucket"
@@ -91,7 +92,8 @@ type fedmeshProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshMapSpecs struct {
 	FmCidr        *ebpf.MapSpec `ebpf:"fm_cidr"`
-	FmCt          *ebpf.MapSpec `ebpf:"fm_ct"`
+	FmCt4         *ebpf.MapSpec `ebpf:"fm_ct4"`
+	FmCt6         *ebpf.MapSpec `ebpf:"fm_ct6"`
 	FmEndpoints   *ebpf.MapSpec `ebpf:"fm_endpoints"`
 	FmEpCounters  *ebpf.MapSpec `ebpf:"fm_ep_counters"`
 	FmEventBucket *ebpf.MapSpec `ebpf:"fm_event_bucket"`
@@ -139,7 +141,8 @@ func (o *fedmeshObjects) Close() error {
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshMaps struct {
 	FmCidr        *ebpf.Map `ebpf:"fm_cidr"`
-	FmCt          *ebpf.Map `ebpf:"fm_ct"`
+	FmCt4         *ebpf.Map `ebpf:"fm_ct4"`
+	FmCt6         *ebpf.Map `ebpf:"fm_ct6"`
 	FmEndpoints   *ebpf.Map `ebpf:"fm_endpoints"`
 	FmEpCounters  *ebpf.Map `ebpf:"fm_ep_counters"`
 	FmEventBucket *ebpf.Map `ebpf:"fm_event_bucket"`
@@ -157,7 +160,8 @@ type fedmeshMaps struct {
 func (m *fedmeshMaps) Close() error {
 	return _FedmeshClose(
 		m.FmCidr,
-		m.FmCt,
+		m.FmCt4,
+		m.FmCt6,
 		m.FmEndpoints,
 		m.FmEpCounters,
 		m.FmEventBucket,
