@@ -173,6 +173,9 @@ func (e *EBPF) load() error {
 	if err := os.MkdirAll(filepath.Join(e.cfg.PinDir, "links"), 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", e.cfg.PinDir, err)
 	}
+	if err := replaceIncompatiblePins(spec, e.cfg.PinDir, e.log); err != nil {
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: e.cfg.PinDir},
 	})
@@ -181,6 +184,10 @@ func (e *EBPF) load() error {
 			"uninstall (remove %s) and start again: %w", e.cfg.PinDir, e.cfg.PinDir, err)
 	}
 	if err != nil {
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
+	if err := migrateLegacyCT(e.cfg.PinDir, coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
+		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
 	e.spec, e.coll = spec, coll

@@ -1,0 +1,102 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+)
+
+// TestUpgradeReplacesIncompatiblePinsAndKeepsFlows starts the dataplane on
+// a pin directory an older version left: a conntrack table of the legacy
+// layout holding established flows (IPv4 and IPv6) and an fm_ct4 of another
+// layout. The start succeeds, the incompatible map is replaced, the legacy
+// pin is gone and the replies of the legacy flows still pass an egress that
+// allows nothing.
+func TestUpgradeReplacesIncompatiblePinsAndKeepsFlows(t *testing.T) {
+	requireKernel(t)
+	_, nsPath := newNetNS(t)
+	ctx := context.Background()
+	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: nsPath}
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Uninstall(context.Background(), cfg.PinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	pin := func(spec *ebpf.MapSpec) *ebpf.Map {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		if err := m.Pin(filepath.Join(cfg.PinDir, spec.Name)); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	legacy := pin(&ebpf.MapSpec{Name: legacyCT, Type: ebpf.LRUHash, KeySize: 44, ValueSize: 16, MaxEntries: 1 << 18})
+	pin(&ebpf.MapSpec{Name: "fm_ct4", Type: ebpf.LRUHash, KeySize: 20, ValueSize: 16, MaxEntries: 1024})
+
+	me, peer := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.1.10")
+	me6, peer6 := netip.MustParseAddr("fd00:18::1"), netip.MustParseAddr("fd00:18:1::10")
+	// Flows the pod opened (egress, ifindex 1: lo of the test netns).
+	for _, f := range [][2]netip.Addr{{me, peer}, {me6, peer6}} {
+		k := legacyCTKey{Ifindex: 1, Dir: uint8(policy.Egress), Proto: protoTCP, Sport: 40000, Dport: 443,
+			Src: mapped(f[0]), Dst: mapped(f[1])}
+		if err := legacy.Put(k, legacyCTVal{LastSeen: monotonicNow(), Rule: 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	dp, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start on an older version's pins: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if _, err := os.Stat(filepath.Join(cfg.PinDir, legacyCT)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("legacy conntrack pin: stat err %v, want it removed", err)
+	}
+	ct4, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinDir, "fm_ct4"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct4.Close()
+	if want := dp.spec.Maps["fm_ct4"]; ct4.ValueSize() != want.ValueSize || ct4.MaxEntries() != want.MaxEntries {
+		t.Errorf("pinned fm_ct4 has value size %d, %d entries; want the new layout (%d, %d)",
+			ct4.ValueSize(), ct4.MaxEntries(), want.ValueSize, want.MaxEntries)
+	}
+
+	if err := dp.Attach(ctx, Endpoint{ID: "me", Interface: "lo"}); err != nil {
+		t.Fatal(err)
+	}
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"me": {Identity: 9,
+		Ingress: policy.DirectionRules{Enforced: true}, Egress: policy.DirectionRules{Enforced: true}}}}
+	if err := dp.Apply(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	err = inNetNS(nsPath, func() error {
+		for _, f := range [][2]netip.Addr{{peer, me}, {peer6, me6}} {
+			reply := pktSpec{src: f[0], dst: f[1], proto: protoTCP, sport: 443, dport: 40000, tcpFlags: 0x12}
+			if got, err := dp.runProg(uint8(policy.Ingress), 1, reply.frame()); err != nil || got != retNext {
+				t.Errorf("reply %s -> %s of a legacy flow: program returned %d, %v; want allow", f[0], f[1], got, err)
+			}
+			other := pktSpec{src: f[0], dst: f[1], proto: protoTCP, sport: 443, dport: 40001, tcpFlags: 0x12}
+			if got, err := dp.runProg(uint8(policy.Ingress), 1, other.frame()); err != nil || got != retDrop {
+				t.Errorf("packet %s -> %s of no flow: program returned %d, %v; want drop", f[0], f[1], got, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
