@@ -51,3 +51,83 @@ func TestKernelCountsRulesWhateverTheirIDs(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointCountersSurviveRestartAndStartAtZeroForANewEndpoint: an
+// endpoint's counters outlive an agent restart (its counter index is
+// re-adopted from the pinned revision), and an endpoint attached after
+// another was detached starts at zero although it may reuse its index.
+func TestEndpointCountersSurviveRestartAndStartAtZeroForANewEndpoint(t *testing.T) {
+	requireKernel(t)
+	ns, nsPath := newNetNS(t)
+	run(t, "ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "pd0")
+	ctx := context.Background()
+	dp1, cfg := newEBPF(t, nsPath)
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{}}
+	if err := dp1.Attach(ctx, Endpoint{ID: "a", Interface: "lo"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp1.Apply(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	peer, me := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("198.18.0.1")
+	sport := uint16(1000)
+	send := func(dp *EBPF, ifindex uint32) {
+		t.Helper()
+		sport++
+		f := pktSpec{src: peer, dst: me, proto: protoUDP, sport: sport, dport: 53}.frame()
+		err := inNetNS(nsPath, func() error {
+			_, err := dp.runProg(uint8(policy.Ingress), ifindex, f)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := EndpointCounterKey{Direction: policy.Ingress, Reason: ReasonAllowOpen}
+	count := func(dp *EBPF, id string) uint64 {
+		t.Helper()
+		c, err := dp.Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Endpoints[id][open].Packets
+	}
+	send(dp1, 1)
+	send(dp1, 1)
+	if err := dp1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	dp2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	if err := dp2.Attach(ctx, Endpoint{ID: "a", Interface: "lo"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(dp2, "a"); got != 2 {
+		t.Errorf("after the restart: %d packets counted, want 2", got)
+	}
+	if err := dp2.Apply(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	send(dp2, 1)
+	if got := count(dp2, "a"); got != 3 {
+		t.Errorf("after the restart and a packet: %d packets counted, want 3", got)
+	}
+	if err := dp2.Detach(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp2.Attach(ctx, Endpoint{ID: "b", Interface: "d0"}); err != nil {
+		t.Fatal(err)
+	}
+	d0, err := ifindexIn(nsPath, "d0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(dp2, d0)
+	if got := count(dp2, "b"); got != 1 {
+		t.Errorf("new endpoint: %d packets counted, want 1", got)
+	}
+}

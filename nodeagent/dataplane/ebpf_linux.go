@@ -58,7 +58,7 @@ const (
 	numTabs
 )
 
-var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints",
+var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
 	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port"}
 
 type stateVal struct {
@@ -77,6 +77,14 @@ type epCounterKey struct {
 	Reason  uint8
 	Pad     uint16
 }
+
+// epStats is struct ep_stats: an endpoint's counters in fm_ep_stats.
+type epStats struct {
+	C [2][numReasons]counterVal // by policy.Direction, Reason
+}
+
+// epStatsEntries is EP_STATS_ENTRIES: index 0 means "no index".
+const epStatsEntries = 1 + 4096
 
 type attachment struct {
 	ep      Endpoint
@@ -100,6 +108,12 @@ type EBPF struct {
 	rev       *Revision
 	attached  map[string]*attachment
 	unclaimed map[string]bool // pinned link files found at start
+	// stats gives attached endpoints (and, until the first Apply, those
+	// the pinned revision holds) their fm_ep_stats index, by ifindex.
+	stats map[uint32]uint32
+	// legacyEps is the endpoints table programs of an older version read
+	// (see adoptLegacyEndpoints); written too until the first Apply.
+	legacyEps *ebpf.Map
 
 	ifmu   sync.RWMutex
 	byIdx  map[uint32]string // ifindex -> endpoint ID, for events
@@ -135,6 +149,7 @@ func New(ctx context.Context, cfg Config) (*EBPF, error) {
 		return nil, err
 	}
 	e := &EBPF{cfg: cfg, log: cfg.Logger, attached: map[string]*attachment{}, unclaimed: map[string]bool{},
+		stats: map[uint32]uint32{},
 		byIdx: map[uint32]string{}, events: make(chan Event, 1024), done: make(chan struct{})}
 	if err := e.load(); err != nil {
 		return nil, err
@@ -201,6 +216,16 @@ func (e *EBPF) load() error {
 	}
 	e.active = st.Active & 1
 	e.lastFlip = time.Now()
+	e.legacyEps, err = adoptLegacyEndpoints(e.cfg.PinDir, e.outer[tabEndpoints], spec.Maps[outerNames[tabEndpoints]].InnerMap, e.log)
+	if err != nil {
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
+	if err := e.recoverStats(); err != nil {
+		e.closeLegacy(false)
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
 	entries, err := os.ReadDir(filepath.Join(e.cfg.PinDir, "links"))
 	if err != nil {
 		coll.Close()
@@ -222,7 +247,7 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 	if e.closed {
 		return errors.New("apply revision: dataplane closed")
 	}
-	t, err := Render(rev, e.ifindexes())
+	t, err := e.render(rev)
 	if err != nil {
 		return fmt.Errorf("apply revision %d: %w", rev.Number, err)
 	}
@@ -233,6 +258,72 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 	e.rev = rev
 	if first {
 		e.pruneUnclaimed()
+	}
+	return nil
+}
+
+// render is Render with the endpoints' counter indexes filled in.
+func (e *EBPF) render(rev *Revision) (*Tables, error) {
+	t, err := Render(rev, e.ifindexes())
+	if err != nil {
+		return nil, err
+	}
+	for ifindex, v := range t.Endpoints {
+		v.Stats = e.stats[ifindex]
+		t.Endpoints[ifindex] = v
+	}
+	return t, nil
+}
+
+// statsIndex returns ifindex's fm_ep_stats index, giving it the lowest
+// free one (zeroed) if it has none. With every index taken it returns 0:
+// the endpoint is then counted in fm_ep_counters, more slowly.
+func (e *EBPF) statsIndex(ifindex uint32) (uint32, error) {
+	if i, ok := e.stats[ifindex]; ok {
+		return i, nil
+	}
+	used := make(map[uint32]bool, len(e.stats))
+	for _, i := range e.stats {
+		used[i] = true
+	}
+	for i := uint32(1); i < epStatsEntries; i++ {
+		if used[i] {
+			continue
+		}
+		ncpu, err := ebpf.PossibleCPU()
+		if err != nil {
+			return 0, err
+		}
+		if err := e.coll.Maps["fm_ep_stats"].Put(i, make([]epStats, ncpu)); err != nil {
+			return 0, fmt.Errorf("zero endpoint counters %d: %w", i, err)
+		}
+		e.stats[ifindex] = i
+		return i, nil
+	}
+	return 0, nil
+}
+
+// recoverStats takes over the counter indexes the pinned revision gives
+// its endpoints, so their counters survive a restart.
+func (e *EBPF) recoverStats() error {
+	var inner *ebpf.Map
+	if err := e.outer[tabEndpoints].Lookup(e.active, &inner); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("read pinned endpoints: %w", err)
+	}
+	defer inner.Close()
+	var k uint32
+	var v endpointVal
+	it := inner.Iterate()
+	for it.Next(&k, &v) {
+		if v.Stats != 0 && v.Stats < epStatsEntries {
+			e.stats[k] = v.Stats
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pinned endpoints: %w", err)
 	}
 	return nil
 }
@@ -254,6 +345,9 @@ func (e *EBPF) writeAndFlip(ctx context.Context, t *Tables) error {
 	old := e.shadow[slot]
 	e.shadow[slot] = nil // unknown until fully written
 	if err := e.fillSlot(ctx, slot, old, t); err != nil {
+		return err
+	}
+	if err := e.fillLegacy(slot, t); err != nil {
 		return err
 	}
 	st := stateVal{Active: slot, Revision: t.Revision}
@@ -405,16 +499,26 @@ func (e *EBPF) Attach(ctx context.Context, ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("attach endpoint %s: find interface %s: %w", ep.ID, ep.Interface, err)
 	}
+	_, had := e.stats[ifindex]
+	if _, err := e.statsIndex(ifindex); err != nil {
+		return fmt.Errorf("attach endpoint %s: %w", ep.ID, err)
+	}
 	a := &attachment{ep: ep, ifindex: ifindex}
 	e.attached[ep.ID] = a
+	undo := func() {
+		delete(e.attached, ep.ID)
+		if !had {
+			delete(e.stats, ifindex)
+		}
+	}
 	if e.rev != nil {
 		// Its rules must be in the maps before its first packet is judged.
-		t, err := Render(e.rev, e.ifindexes())
+		t, err := e.render(e.rev)
 		if err == nil {
 			err = e.writeAndFlip(ctx, t)
 		}
 		if err != nil {
-			delete(e.attached, ep.ID)
+			undo()
 			return fmt.Errorf("attach endpoint %s: %w", ep.ID, err)
 		}
 	}
@@ -429,7 +533,7 @@ func (e *EBPF) Attach(ctx context.Context, ep Endpoint) error {
 					l.Close()
 				}
 			}
-			delete(e.attached, ep.ID)
+			undo()
 			return fmt.Errorf("attach endpoint %s to %s: %w", ep.ID, ep.Interface, err)
 		}
 		a.links[dir] = l
@@ -484,6 +588,18 @@ func (e *EBPF) pruneUnclaimed() {
 		}
 	}
 	e.unclaimed = map[string]bool{}
+	// Endpoints of the pinned revision that no one re-attached free their
+	// counter indexes, and no program of an older version is left.
+	attached := map[uint32]bool{}
+	for _, a := range e.attached {
+		attached[a.ifindex] = true
+	}
+	for ifindex := range e.stats {
+		if !attached[ifindex] {
+			delete(e.stats, ifindex)
+		}
+	}
+	e.closeLegacy(true)
 }
 
 // Detach implements Dataplane.
@@ -512,7 +628,7 @@ func (e *EBPF) detachLocked(ctx context.Context, id string) error {
 	delete(e.byIdx, a.ifindex)
 	e.ifmu.Unlock()
 	if e.rev != nil {
-		t, err := Render(e.rev, e.ifindexes())
+		t, err := e.render(e.rev)
 		if err == nil {
 			err = e.writeAndFlip(ctx, t)
 		}
@@ -520,6 +636,7 @@ func (e *EBPF) detachLocked(ctx context.Context, id string) error {
 			return fmt.Errorf("detach endpoint %s: %w", id, err)
 		}
 	}
+	delete(e.stats, a.ifindex) // zeroed when given out again
 	var k epCounterKey
 	var v []counterVal
 	var stale []epCounterKey
@@ -572,6 +689,34 @@ func (e *EBPF) Counters(ctx context.Context) (Counters, error) {
 	}
 	if err := it.Err(); err != nil {
 		return Counters{}, fmt.Errorf("read endpoint counters: %w", err)
+	}
+	var st []epStats
+	for id, a := range e.attached {
+		i := e.stats[a.ifindex]
+		if i == 0 {
+			continue
+		}
+		if err := e.coll.Maps["fm_ep_stats"].Lookup(i, &st); err != nil {
+			return Counters{}, fmt.Errorf("read endpoint %s counters: %w", id, err)
+		}
+		for dir := range 2 {
+			for r := range numReasons {
+				var s Counter
+				for _, cpu := range st {
+					s.Packets += cpu.C[dir][r].Packets
+					s.Bytes += cpu.C[dir][r].Bytes
+				}
+				if s.Packets == 0 {
+					continue // as if there were no entry, like fm_ep_counters
+				}
+				if c.Endpoints[id] == nil {
+					c.Endpoints[id] = map[EndpointCounterKey]Counter{}
+				}
+				k := EndpointCounterKey{Direction: policy.Direction(dir), Reason: Reason(r)}
+				old := c.Endpoints[id][k]
+				c.Endpoints[id][k] = Counter{Packets: old.Packets + s.Packets, Bytes: old.Bytes + s.Bytes}
+			}
+		}
 	}
 	return c, nil
 }
@@ -640,6 +785,7 @@ func (e *EBPF) Close() error {
 		return nil
 	}
 	e.closed = true
+	e.closeLegacy(false)
 	e.reader.Close()
 	<-e.done
 	for _, a := range e.attached {

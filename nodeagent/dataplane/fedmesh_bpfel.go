@@ -19,8 +19,9 @@ const (
 	fedmeshMapFmCidr             = "fm_cidr"
 	fedmeshMapFmCt4              = "fm_ct4"
 	fedmeshMapFmCt6              = "fm_ct6"
-	fedmeshMapFmEndpoints        = "fm_endpoints"
+	fedmeshMapFmEndpointsV2      = "fm_endpoints_v2"
 	fedmeshMapFmEpCounters       = "fm_ep_counters"
+	fedmeshMapFmEpStats          = "fm_ep_stats"
 	fedmeshMapFmEventBucket      = "fm_event_bucket"
 	fedmeshMapFmEvents           = "fm_events"
 	fedmeshMapFmFrag             = "fm_frag"
@@ -94,8 +95,9 @@ type fedmeshMapSpecs struct {
 	FmCidr        *ebpf.MapSpec `ebpf:"fm_cidr"`
 	FmCt4         *ebpf.MapSpec `ebpf:"fm_ct4"`
 	FmCt6         *ebpf.MapSpec `ebpf:"fm_ct6"`
-	FmEndpoints   *ebpf.MapSpec `ebpf:"fm_endpoints"`
+	FmEndpointsV2 *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
 	FmEpCounters  *ebpf.MapSpec `ebpf:"fm_ep_counters"`
+	FmEpStats     *ebpf.MapSpec `ebpf:"fm_ep_stats"`
 	FmEventBucket *ebpf.MapSpec `ebpf:"fm_event_bucket"`
 	FmEvents      *ebpf.MapSpec `ebpf:"fm_events"`
 	FmFrag        *ebpf.MapSpec `ebpf:"fm_frag"`
@@ -143,8 +145,9 @@ type fedmeshMaps struct {
 	FmCidr        *ebpf.Map `ebpf:"fm_cidr"`
 	FmCt4         *ebpf.Map `ebpf:"fm_ct4"`
 	FmCt6         *ebpf.Map `ebpf:"fm_ct6"`
-	FmEndpoints   *ebpf.Map `ebpf:"fm_endpoints"`
+	FmEndpointsV2 *ebpf.Map `ebpf:"fm_endpoints_v2"`
 	FmEpCounters  *ebpf.Map `ebpf:"fm_ep_counters"`
+	FmEpStats     *ebpf.Map `ebpf:"fm_ep_stats"`
 	FmEventBucket *ebpf.Map `ebpf:"fm_event_bucket"`
 	FmEvents      *ebpf.Map `ebpf:"fm_events"`
 	FmFrag        *ebpf.Map `ebpf:"fm_frag"`
@@ -162,8 +165,9 @@ func (m *fedmeshMaps) Close() error {
 		m.FmCidr,
 		m.FmCt4,
 		m.FmCt6,
-		m.FmEndpoints,
+		m.FmEndpointsV2,
 		m.FmEpCounters,
+		m.FmEpStats,
 		m.FmEventBucket,
 		m.FmEvents,
 		m.FmFrag,

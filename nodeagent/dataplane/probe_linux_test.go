@@ -31,3 +31,27 @@ func TestEnsureBPFFSCreatesDirsInsideTheExistingMount(t *testing.T) {
 		t.Fatalf("%s is a new mount (dev %d), want a directory of /sys/fs/bpf (dev %d)", root, child.Dev, parent.Dev)
 	}
 }
+
+// TestProgramsStayWellInsideTheVerifierBudget: the verifier gives up at 1M
+// processed instructions and fedmesh.c is near-branch-free only where it
+// must be (keeping conntrack state live across the policy lookups once
+// multiplied the states past the limit). Fail early, with room left for
+// another kernel's verifier, instead of at load on some node.
+func TestProgramsStayWellInsideTheVerifierBudget(t *testing.T) {
+	requireKernel(t)
+	dp, _ := newEBPF(t, "")
+	for _, n := range []string{"fm_from_pod", "fm_to_pod"} {
+		info, err := dp.coll.Programs[n].Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		vi, ok := info.VerifiedInstructions()
+		if !ok {
+			t.Skip("kernel does not report verified instructions")
+		}
+		t.Logf("%s: %d instructions verified", n, vi)
+		if vi > 600_000 {
+			t.Errorf("%s: the verifier processed %d instructions, want <= 600000 (limit 1M)", n, vi)
+		}
+	}
+}

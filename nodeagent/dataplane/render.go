@@ -55,6 +55,9 @@ type endpointVal struct {
 	Identity uint32
 	Enforced [2]uint8 // by policy.Direction
 	Lookups  [2]uint8 // epl* by policy.Direction
+	// Stats is the endpoint's counter index in the kernel (fm_ep_stats),
+	// given by the eBPF dataplane after Render; 0 (no index) elsewhere.
+	Stats uint32
 }
 
 // endpointVal.Lookups: which policy lookups can match for an endpoint and

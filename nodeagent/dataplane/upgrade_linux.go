@@ -128,7 +128,7 @@ func migrateLegacyCT(dir string, ct4, ct6 *ebpf.Map, log *slog.Logger) error {
 			// Both a flow and its reply may have an entry (one gone idle):
 			// the latest is the one that counts.
 			if f := &cv.Flow[ctClass(k.Dir, o)]; v.LastSeen > f.LastSeen {
-				*f = ctFlow{LastSeen: v.LastSeen, Rule: v.Rule, Flags: v.Flags}
+				*f = ctFlow(v)
 			}
 		}
 		if err := it.Err(); err != nil {
@@ -151,4 +151,139 @@ func migrateLegacyCT(dir string, ct4, ct6 *ebpf.Map, log *slog.Logger) error {
 	}
 	log.Info("migrated the conntrack table of an older fedmesh version", "flows", len(flows), "map", path)
 	return nil
+}
+
+// legacyEndpoints is the endpoints outer map of versions before counter
+// indexes (fm_endpoints_v2): values without endpointVal.Stats.
+const legacyEndpoints = "fm_endpoints"
+
+type legacyEndpointVal struct {
+	Identity uint32
+	Enforced [2]uint8
+	Lookups  [2]uint8
+}
+
+// legacyEndpointsInner is the inner map layout the legacy outer map takes.
+var legacyEndpointsInner = ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 4096}
+
+// adoptLegacyEndpoints prepares an upgrade from a version that pinned the
+// legacy endpoints table in dir. The new programs read out: each of its
+// slots that is empty gets the legacy slot's endpoints (without counter
+// indexes: they count in fm_ep_counters as before), so the pinned revision
+// stays enforced when Attach re-points links before the first Apply. The
+// returned legacy map is what programs of the old version, still attached
+// until their endpoint is attached again, read: Apply keeps it in step
+// (fillLegacy) until the first Apply has pruned the links no one claimed,
+// then its pin goes (closeLegacy). Nil when there is no legacy table.
+func adoptLegacyEndpoints(dir string, out *ebpf.Map, inner *ebpf.MapSpec, log *slog.Logger) (*ebpf.Map, error) {
+	path := filepath.Join(dir, legacyEndpoints)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open legacy endpoints %s: %w", path, err)
+	}
+	n := 0
+	for slot := uint32(0); slot < 2; slot++ {
+		var have *ebpf.Map
+		err := out.Lookup(slot, &have)
+		if err == nil {
+			have.Close() // adopted by an agent that stopped before applying
+			continue
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			old.Close()
+			return nil, fmt.Errorf("read endpoints slot %d: %w", slot, err)
+		}
+		c, err := copyLegacyEndpoints(old, slot, inner)
+		if err != nil {
+			old.Close()
+			return nil, err
+		}
+		if c == nil {
+			continue
+		}
+		err = out.Put(slot, c)
+		c.Close()
+		if err != nil {
+			old.Close()
+			return nil, fmt.Errorf("install adopted endpoints slot %d: %w", slot, err)
+		}
+		n++
+	}
+	log.Info("adopted the endpoints table of an older fedmesh version", "slots", n, "map", path)
+	return old, nil
+}
+
+// copyLegacyEndpoints returns a new inner map (layout inner) holding the
+// endpoints of the legacy table's slot, or nil when the slot is empty.
+func copyLegacyEndpoints(old *ebpf.Map, slot uint32, inner *ebpf.MapSpec) (*ebpf.Map, error) {
+	var oin *ebpf.Map
+	if err := old.Lookup(slot, &oin); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read legacy endpoints slot %d: %w", slot, err)
+	}
+	defer oin.Close()
+	m, err := ebpf.NewMap(inner)
+	if err != nil {
+		return nil, fmt.Errorf("create endpoints map: %w", err)
+	}
+	var k uint32
+	var v legacyEndpointVal
+	it := oin.Iterate()
+	for it.Next(&k, &v) {
+		if err := m.Put(k, endpointVal{Identity: v.Identity, Enforced: v.Enforced, Lookups: v.Lookups}); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("copy legacy endpoint %d: %w", k, err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("read legacy endpoints slot %d: %w", slot, err)
+	}
+	return m, nil
+}
+
+// fillLegacy writes t's endpoints into the legacy table's slot, for the
+// programs of an older version still attached.
+func (e *EBPF) fillLegacy(slot uint32, t *Tables) error {
+	if e.legacyEps == nil {
+		return nil
+	}
+	m, err := ebpf.NewMap(&legacyEndpointsInner)
+	if err != nil {
+		return fmt.Errorf("create legacy endpoints map: %w", err)
+	}
+	defer m.Close()
+	for k, v := range t.Endpoints {
+		if err := m.Put(k, legacyEndpointVal{Identity: v.Identity, Enforced: v.Enforced, Lookups: v.Lookups}); err != nil {
+			return fmt.Errorf("write legacy endpoint %d: %w", k, err)
+		}
+	}
+	if err := e.legacyEps.Put(slot, m); err != nil {
+		return fmt.Errorf("install legacy endpoints slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+// closeLegacy drops this process's handle on the legacy endpoints table;
+// with remove, its pin too (no program of the old version is left).
+func (e *EBPF) closeLegacy(remove bool) {
+	if e.legacyEps == nil {
+		return
+	}
+	e.legacyEps.Close()
+	e.legacyEps = nil
+	if !remove {
+		return
+	}
+	path := filepath.Join(e.cfg.PinDir, legacyEndpoints)
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		e.log.Warn("remove the legacy endpoints table", "path", path, "err", err)
+		return
+	}
+	e.log.Info("removed the endpoints table of an older fedmesh version", "path", path)
 }

@@ -100,3 +100,118 @@ func TestUpgradeReplacesIncompatiblePinsAndKeepsFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUpgradeAdoptsLegacyEndpointsTable starts the dataplane on pins of a
+// version whose endpoints table had no counter indexes: the pinned
+// revision stays enforced by the new programs when Attach comes before the
+// first Apply, packets are counted meanwhile, the first Apply writes the
+// legacy table too (for old programs still attached) and then removes it.
+func TestUpgradeAdoptsLegacyEndpointsTable(t *testing.T) {
+	requireKernel(t)
+	_, nsPath := newNetNS(t)
+	ctx := context.Background()
+	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: nsPath}
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Uninstall(context.Background(), cfg.PinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	inner := legacyEndpointsInner
+	outer, err := ebpf.NewMap(&ebpf.MapSpec{Name: legacyEndpoints, Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
+		MaxEntries: 2, InnerMap: &inner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outer.Close()
+	slot0, err := ebpf.NewMap(&inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slot0.Close()
+	// lo (ifindex 1): ingress open, egress enforced (and no policy tables).
+	if err := slot0.Put(uint32(1), legacyEndpointVal{Identity: 9, Enforced: [2]uint8{0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := outer.Put(uint32(0), slot0); err != nil {
+		t.Fatal(err)
+	}
+	legacyPin := filepath.Join(cfg.PinDir, legacyEndpoints)
+	if err := outer.Pin(legacyPin); err != nil {
+		t.Fatal(err)
+	}
+
+	dp, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start on an older version's pins: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if err := dp.Attach(ctx, Endpoint{ID: "me", Interface: "lo"}); err != nil {
+		t.Fatal(err)
+	}
+	peer, me := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("198.18.0.1")
+	sport := uint16(5000)
+	send := func(dir policy.Direction, want int32) {
+		t.Helper()
+		sport++ // a new flow each time
+		err := inNetNS(nsPath, func() error {
+			f := pktSpec{src: peer, dst: me, proto: protoUDP, sport: sport, dport: 53}.frame()
+			if dir == policy.Egress {
+				f = pktSpec{src: me, dst: peer, proto: protoUDP, sport: sport, dport: 53}.frame()
+			}
+			got, err := dp.runProg(uint8(dir), 1, f)
+			if err != nil {
+				return err
+			}
+			if got != want {
+				t.Errorf("%s packet: program returned %d, want %d", dir, got, want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(policy.Ingress, retNext) // the pinned revision: open
+	send(policy.Egress, retDrop)  // enforced, nothing allowed
+	c, err := dp.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Endpoints["me"][EndpointCounterKey{policy.Ingress, ReasonAllowOpen}].Packets; got != 1 {
+		t.Errorf("before the first Apply: counted %d open ingress packets, want 1", got)
+	}
+
+	// The first Apply flips to slot 1: the legacy table must hold the new
+	// revision there before the flip, and is gone after.
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"me": {Identity: 9,
+		Egress: policy.DirectionRules{Enforced: true}, Ingress: policy.DirectionRules{Enforced: true}}}}
+	if err := dp.Apply(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	var slot1 *ebpf.Map
+	if err := outer.Lookup(uint32(1), &slot1); err != nil {
+		t.Fatalf("legacy endpoints slot 1 after Apply: %v", err)
+	}
+	defer slot1.Close()
+	var v legacyEndpointVal
+	if err := slot1.Lookup(uint32(1), &v); err != nil || v.Enforced != [2]uint8{1, 1} {
+		t.Errorf("legacy endpoints slot 1 holds %+v, %v; want the applied revision (both directions enforced)", v, err)
+	}
+	if _, err := os.Stat(legacyPin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("legacy endpoints pin after the first Apply: stat err %v, want it removed", err)
+	}
+	send(policy.Ingress, retDrop) // the applied revision: enforced
+	c, err = dp.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Endpoints["me"][EndpointCounterKey{policy.Ingress, ReasonAllowOpen}].Packets; got != 1 {
+		t.Errorf("after the first Apply: counted %d open ingress packets, want 1 (kept)", got)
+	}
+	if got := c.Endpoints["me"][EndpointCounterKey{policy.Ingress, ReasonDenyPolicy}].Packets; got != 1 {
+		t.Errorf("after the first Apply: counted %d denied ingress packets, want 1", got)
+	}
+}

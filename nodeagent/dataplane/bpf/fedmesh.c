@@ -64,6 +64,7 @@ enum {
 	REASON_DENY_FRAG = 8,
 	REASON_DENY_L3 = 9,
 	REASON_DENY_NO_ENDPOINT = 10,
+	NREASONS = 11,
 };
 
 #define CT_CLOSING 1
@@ -127,6 +128,7 @@ struct endpoint_val {
 	__u32 identity;
 	__u8 enforced[2]; // indexed by DIR_*
 	__u8 lookups[2];  // EPL_* by DIR_*: which policy lookups can match
+	__u32 stats;      // the endpoint's fm_ep_stats index; 0: count in fm_ep_counters
 };
 
 // endpoint_val.lookups: the policy lookups that can match anything for this
@@ -260,6 +262,18 @@ struct counter {
 	__u64 bytes;
 };
 
+// Per-endpoint counters live in a per-CPU array at an index the Go side
+// gives each attached endpoint (endpoint_val.stats), so counting a packet
+// is an array access the verifier inlines instead of a hash lookup.
+// fm_ep_counters, keyed by interface, counts what has no index: packets of
+// an interface the revision does not know, and endpoints of tables written
+// before an index was given (or when every index is taken).
+#define EP_STATS_ENTRIES (1 + 4096) // index 0 is "none"; 4096 endpoints
+
+struct ep_stats {
+	struct counter c[2][NREASONS]; // by DIR_*, REASON_*
+};
+
 struct event {
 	__u64 ts;
 	__u8 src[16];
@@ -298,6 +312,7 @@ struct btf_anchor {
 	struct cidr_val f;
 	struct endpoint_val g;
 	struct counter h;
+	struct ep_stats m;
 	struct host_key i;
 	struct policy_port_key j;
 	struct policy_fixed_key k;
@@ -421,7 +436,7 @@ struct {
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { ENDPOINTS_INNER_DEF });
-} fm_endpoints SEC(".maps");
+} fm_endpoints_v2 SEC(".maps"); // fm_endpoints had no stats index
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -471,6 +486,14 @@ struct {
 	__type(value, struct counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fm_ep_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EP_STATS_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct ep_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_ep_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -740,11 +763,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_OK;
 }
 
-static __always_inline void count_ep(struct __sk_buff *skb, __u32 ifindex, __u8 dir, __u8 reason)
+static __always_inline void count_ep(struct __sk_buff *skb, __u32 stats, __u32 ifindex, __u8 dir, __u8 reason)
 {
-	struct ep_counter_key k = {.ifindex = ifindex, .dir = dir, .reason = reason};
-	struct counter *c = bpf_map_lookup_elem(&fm_ep_counters, &k);
+	struct counter *c;
 
+	if (stats) {
+		struct ep_stats *s = bpf_map_lookup_elem(&fm_ep_stats, &stats);
+		if (s && reason < NREASONS) {
+			c = &s->c[dir & 1][reason];
+			c->packets++;
+			c->bytes += skb->len;
+		}
+		return;
+	}
+	struct ep_counter_key k = {.ifindex = ifindex, .dir = dir, .reason = reason};
+	c = bpf_map_lookup_elem(&fm_ep_counters, &k);
 	if (c) {
 		c->packets++;
 		c->bytes += skb->len;
@@ -1049,33 +1082,34 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!st)
 		return TCX_DROP;
 	slot = st->active;
-	eps = bpf_map_lookup_elem(&fm_endpoints, &slot);
+	eps = bpf_map_lookup_elem(&fm_endpoints_v2, &slot);
 	if (!eps)
 		return TCX_DROP;
 	ep = bpf_map_lookup_elem(eps, &ifindex);
 	if (!ep) {
-		count_ep(skb, ifindex, dir, REASON_DENY_NO_ENDPOINT);
+		count_ep(skb, 0, ifindex, dir, REASON_DENY_NO_ENDPOINT);
 		return TCX_DROP;
 	}
 	__u8 enforced = dir == DIR_INGRESS ? ep->enforced[0] : ep->enforced[1];
 	__u8 lookups = dir == DIR_INGRESS ? ep->lookups[0] : ep->lookups[1];
 	__u32 ep_id = ep->identity;
+	__u32 stats = ep->stats;
 
 	r = parse(skb, &p);
 	if (r == PARSE_CONTROL) {
-		count_ep(skb, ifindex, dir, REASON_ALLOW_CONTROL);
+		count_ep(skb, stats, ifindex, dir, REASON_ALLOW_CONTROL);
 		return TCX_NEXT;
 	}
 	if (r == PARSE_NOT_IP) {
 		if (enforced) {
-			count_ep(skb, ifindex, dir, REASON_DENY_L3);
+			count_ep(skb, stats, ifindex, dir, REASON_DENY_L3);
 			return TCX_DROP;
 		}
-		count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
+		count_ep(skb, stats, ifindex, dir, REASON_ALLOW_OPEN);
 		return TCX_NEXT;
 	}
 	if (r == PARSE_MALFORMED) {
-		count_ep(skb, ifindex, dir, REASON_DENY_MALFORMED);
+		count_ep(skb, stats, ifindex, dir, REASON_DENY_MALFORMED);
 		emit(&p, ifindex, dir, ep_id, 0, 0, 1, REASON_DENY_MALFORMED);
 		return TCX_DROP;
 	}
@@ -1084,15 +1118,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct frag_key fk;
 	if (p.frag == 2) {
 		if (!enforced) {
-			count_ep(skb, ifindex, dir, REASON_ALLOW_OPEN);
+			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
 		frag_fill(&fk, ifindex, dir, &p);
 		if (bpf_map_lookup_elem(&fm_frag, &fk)) {
-			count_ep(skb, ifindex, dir, REASON_ALLOW_FRAG);
+			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_FRAG);
 			return TCX_NEXT;
 		}
-		count_ep(skb, ifindex, dir, REASON_DENY_FRAG);
+		count_ep(skb, stats, ifindex, dir, REASON_DENY_FRAG);
 		return TCX_DROP;
 	}
 
@@ -1223,11 +1257,11 @@ allow_no_ct:
 		frag_fill(&fk, ifindex, dir, &p);
 		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
 	}
-	count_ep(skb, ifindex, dir, reason);
+	count_ep(skb, stats, ifindex, dir, reason);
 	return TCX_NEXT;
 
 deny:
-	count_ep(skb, ifindex, dir, REASON_DENY_POLICY);
+	count_ep(skb, stats, ifindex, dir, REASON_DENY_POLICY);
 	emit(&p, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
 	return TCX_DROP;
 }
