@@ -36,8 +36,22 @@
 //   - Conntrack: a flow allowed at an endpoint in a direction is recorded
 //     (LRU); its later packets and its replies pass without policy, so
 //     established flows survive a policy change until idle (TCP 6h, other
-//     60s, after FIN/RST 10s). ICMP errors pass when the packet they quote
-//     belongs to a recorded flow.
+//     60s, after FIN/RST 10s; measured on the coarse clock, to a tick). ICMP
+//     errors pass when the packet they quote belongs to a recorded flow. A
+//     packet in the flow's direction with its ends swapped is not a reply.
+//     In the kernel one entry per endpoint and pair of ends (ordered, so a
+//     packet and its reply build the same key) holds a flow per class
+//     (direction xor orientation): one hash lookup per packet, IPv4 in its
+//     own table with a 20-byte key.
+//   - Endpoint counters: in the kernel a per-CPU array at an index the
+//     eBPF dataplane gives each attached endpoint (kept across restarts),
+//     so counting costs no hash lookup; what has no index (an interface the
+//     revision does not know) is counted by interface in a hash.
+//   - Upgrades: per-revision tables keep their layout across versions (the
+//     old programs read them until their links are re-pointed). Soft state
+//     (conntrack, fragments, counters, events) pinned with another layout is
+//     replaced, logged; the conntrack and endpoints tables of the version
+//     before fm_ct4/fm_ct6 and fm_endpoints_v2 are migrated.
 //   - Fragments: non-first fragments pass only after their allowed first
 //     fragment (or when the direction is open); otherwise they are dropped
 //     and counted (ReasonDenyFragment).
