@@ -174,7 +174,7 @@ func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
 func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
 	start := time.Now()
 	want := Effective(s.desired, s.healthy)
-	plan := Diff(s.applied, &want)
+	plan, w := diff(s.applied, &want)
 	for i := 0; i < len(plan); {
 		run := nextRun(plan[i:])
 		ok, err := s.execute(ctx, run, &want)
@@ -185,11 +185,10 @@ func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
 		}
 		i += len(run)
 	}
-	if len(plan) > 0 {
-		s.applied = advance(s.applied, plan, &want)
-	}
-	if s.applied != nil {
-		s.applied.GracefulRestart = want.GracefulRestart
+	// The whole plan took effect: GoBGP holds the normalized want (what
+	// advance would fold the plan into, without the 10,000-entry fold).
+	s.applied = w
+	if w != nil {
 		s.restarting = false
 	}
 	if len(plan) > 0 {
