@@ -107,8 +107,8 @@ func cpuTime(pid int) time.Duration {
 // update and best-path selection, a best-path watcher event built even
 // with no watcher, per-peer export processing and one channel send per
 // path), its send loop packing and serializing the UPDATEs, and the
-// garbage collection of its ~5 allocations a path: ~80 ms of CPU against
-// BIRD's ~5 ms, which keeps x-bird near 5-8 on an idle machine.
+// garbage collection of its per-path allocations: ~80 ms of CPU against
+// BIRD's ~5 ms, which kept x-bird at 5-8 in our runs.
 func BenchmarkAdvertise10kPrefixesVsBIRD(b *testing.B) {
 	l := newLab(b) // host namespace plays the second BIRD
 	var static strings.Builder
