@@ -106,6 +106,21 @@ func TestBIRDLearnsPodCIDRsOverIPv4AndIPv6(t *testing.T) {
 	if r := sp.call(t, "apply", nodeDesired("")); r.Error != "" || r.Actions != 0 {
 		t.Errorf("re-applying the same state: %+v, want 0 actions", r)
 	}
+
+	// Communities and large communities reach the router.
+	d := nodeDesired("")
+	d.Prefixes[0].Communities = []Community{65000<<16 | 100}
+	d.Prefixes[0].LargeCommunities = []LargeCommunity{{Global: nodeASN, Local1: 1, Local2: 2}}
+	if r := sp.call(t, "apply", d); r.Error != "" || r.Actions != 1 {
+		t.Fatalf("attach communities: %+v, want one add-path", r)
+	}
+	eventually(t, 10*time.Second, "BIRD sees the communities", func() string {
+		out, err := b.cli("show", "route", "all", podCIDR4)
+		if err != nil || !strings.Contains(out, "(65000,100)") || !strings.Contains(out, fmt.Sprintf("(%d, 1, 2)", nodeASN)) {
+			return fmt.Sprintf("%v: %s", err, out)
+		}
+		return ""
+	})
 }
 
 func TestBIRDWithdrawsOnUnhealthyAndOnRemoval(t *testing.T) {

@@ -249,21 +249,22 @@ func (d *Desired) Validate() error {
 			bad(fmt.Sprintf("podCIDRs[%d]", i), c, "must be a canonical prefix (host bits zero)")
 		}
 	}
-	seenPrefix := map[netip.Prefix]int{}
+	seenPrefix := make(map[netip.Prefix]int, len(d.Prefixes))
 	for i, p := range d.Prefixes {
-		field := fmt.Sprintf("prefixes[%d].cidr", i)
+		// The field name is built only on error: 10,000 Sprintfs per Apply add up.
+		field := func() string { return fmt.Sprintf("prefixes[%d].cidr", i) }
 		switch {
 		case !p.CIDR.IsValid():
-			bad(field, "", "a prefix is required")
+			bad(field(), "", "a prefix is required")
 		case p.CIDR != p.CIDR.Masked():
-			bad(field, p.CIDR, "host bits must be zero (did you mean %s?)", p.CIDR.Masked())
+			bad(field(), p.CIDR, "host bits must be zero (did you mean %s?)", p.CIDR.Masked())
 		case p.CIDR.Addr().Is4In6() || p.CIDR.Addr().Zone() != "":
-			bad(field, p.CIDR, "must be a plain IPv4 or IPv6 prefix")
+			bad(field(), p.CIDR, "must be a plain IPv4 or IPv6 prefix")
 		case !insideAny(p.CIDR, d.PodCIDRs):
-			bad(field, p.CIDR, "not inside the node's pod CIDRs %v", d.PodCIDRs)
+			bad(field(), p.CIDR, "not inside the node's pod CIDRs %v", d.PodCIDRs)
 		default:
 			if j, dup := seenPrefix[p.CIDR]; dup {
-				bad(field, p.CIDR, "duplicate of prefixes[%d]", j)
+				bad(field(), p.CIDR, "duplicate of prefixes[%d]", j)
 			}
 			seenPrefix[p.CIDR] = i
 		}

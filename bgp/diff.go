@@ -105,15 +105,23 @@ func globalOf(d *Desired) Global {
 // a disabled Desired means "no speaker". Equal inputs give an empty plan.
 // Diff is pure: no I/O, no clock, deterministic order.
 func Diff(applied, want *Desired) []Action {
+	plan, _ := diff(applied, want)
+	return plan
+}
+
+// diff is Diff that also returns the normalized want (nil when want is
+// off): the state GoBGP holds once the whole plan is carried out, so the
+// Speaker records it without folding 10,000 actions over the old state.
+func diff(applied, want *Desired) ([]Action, *Desired) {
 	if !want.Enabled() {
 		if applied.Enabled() {
-			return []Action{{Kind: ActionStop}}
+			return []Action{{Kind: ActionStop}}, nil
 		}
-		return nil
+		return nil, nil
 	}
 	w := normalize(want)
-	var plan []Action
 	if !applied.Enabled() || !globalOf(applied).equal(globalOf(&w)) {
+		plan := make([]Action, 0, 2+len(w.Prefixes)+len(w.Peers))
 		if applied.Enabled() {
 			plan = append(plan, Action{Kind: ActionStop})
 		}
@@ -126,22 +134,29 @@ func Diff(applied, want *Desired) []Action {
 		for _, p := range w.Peers {
 			plan = append(plan, Action{Kind: ActionAddPeer, Peer: p})
 		}
-		return plan
+		return plan, &w
 	}
 	a := normalize(applied)
 
-	oldPaths := make(map[netip.Prefix]Prefix, len(a.Prefixes))
-	for _, p := range a.Prefixes {
-		oldPaths[p.CIDR] = p
-	}
-	newPaths := make(map[netip.Prefix]bool, len(w.Prefixes))
-	for _, p := range w.Prefixes {
-		newPaths[p.CIDR] = true
-	}
-	for _, p := range a.Prefixes {
-		if !newPaths[p.CIDR] {
-			plan = append(plan, Action{Kind: ActionDeletePath, Prefix: p})
+	// Both prefix lists are sorted (normalize), so one merge walk finds the
+	// withdrawals and another the advertisements, with no maps: this is the
+	// part of a reconcile that scales with the 10,000 prefixes.
+	nDelete, nAdd := 0, 0
+	mergePrefixes(a.Prefixes, w.Prefixes, func(old, cur *Prefix) {
+		switch {
+		case cur == nil:
+			nDelete++
+		case old == nil || !prefixEqual(*old, *cur):
+			nAdd++
 		}
+	})
+	plan := make([]Action, 0, nDelete+nAdd+len(a.Peers)+len(w.Peers))
+	if nDelete > 0 {
+		mergePrefixes(a.Prefixes, w.Prefixes, func(old, cur *Prefix) {
+			if cur == nil {
+				plan = append(plan, Action{Kind: ActionDeletePath, Prefix: *old})
+			}
+		})
 	}
 
 	oldPeers := make(map[netip.Addr]Peer, len(a.Peers))
@@ -158,10 +173,12 @@ func Diff(applied, want *Desired) []Action {
 		}
 	}
 
-	for _, p := range w.Prefixes {
-		if old, ok := oldPaths[p.CIDR]; !ok || !prefixEqual(old, p) {
-			plan = append(plan, Action{Kind: ActionAddPath, Prefix: p})
-		}
+	if nAdd > 0 {
+		mergePrefixes(a.Prefixes, w.Prefixes, func(old, cur *Prefix) {
+			if cur != nil && (old == nil || !prefixEqual(*old, *cur)) {
+				plan = append(plan, Action{Kind: ActionAddPath, Prefix: *cur})
+			}
+		})
 	}
 	grChanged := a.GracefulRestart != w.GracefulRestart
 	var adds []Action
@@ -174,7 +191,37 @@ func Diff(applied, want *Desired) []Action {
 			plan = append(plan, Action{Kind: ActionUpdatePeer, Peer: p})
 		}
 	}
-	return append(plan, adds...)
+	return append(plan, adds...), &w
+}
+
+// mergePrefixes walks two prefix lists sorted by comparePrefix in step and
+// calls f once per CIDR: (old, nil) only in old, (nil, cur) only in cur,
+// (old, cur) in both.
+func mergePrefixes(old, cur []Prefix, f func(old, cur *Prefix)) {
+	i, j := 0, 0
+	for i < len(old) || j < len(cur) {
+		c := 0
+		switch {
+		case i == len(old):
+			c = 1
+		case j == len(cur):
+			c = -1
+		default:
+			c = comparePrefix(old[i].CIDR, cur[j].CIDR)
+		}
+		switch {
+		case c < 0:
+			f(&old[i], nil)
+			i++
+		case c > 0:
+			f(nil, &cur[j])
+			j++
+		default:
+			f(&old[i], &cur[j])
+			i++
+			j++
+		}
+	}
 }
 
 func prefixEqual(a, b Prefix) bool {
@@ -193,12 +240,16 @@ func normalize(d *Desired) Desired {
 	n.ListenAddresses = slices.Compact(n.ListenAddresses)
 	n.Prefixes = make([]Prefix, len(d.Prefixes))
 	for i, p := range d.Prefixes {
-		p.Communities = slices.Compact(slices.Sorted(slices.Values(p.Communities)))
-		p.LargeCommunities = slices.Clone(p.LargeCommunities)
-		slices.SortFunc(p.LargeCommunities, func(a, b LargeCommunity) int {
-			return cmp.Or(cmp.Compare(a.Global, b.Global), cmp.Compare(a.Local1, b.Local1), cmp.Compare(a.Local2, b.Local2))
-		})
-		p.LargeCommunities = slices.Compact(p.LargeCommunities)
+		if len(p.Communities) > 0 {
+			p.Communities = slices.Compact(slices.Sorted(slices.Values(p.Communities)))
+		}
+		if len(p.LargeCommunities) > 0 {
+			p.LargeCommunities = slices.Clone(p.LargeCommunities)
+			slices.SortFunc(p.LargeCommunities, func(a, b LargeCommunity) int {
+				return cmp.Or(cmp.Compare(a.Global, b.Global), cmp.Compare(a.Local1, b.Local1), cmp.Compare(a.Local2, b.Local2))
+			})
+			p.LargeCommunities = slices.Compact(p.LargeCommunities)
+		}
 		n.Prefixes[i] = p
 	}
 	slices.SortFunc(n.Prefixes, func(a, b Prefix) int { return comparePrefix(a.CIDR, b.CIDR) })

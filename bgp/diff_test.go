@@ -64,6 +64,23 @@ func TestDiffPlans(t *testing.T) {
 			d.Prefixes[0].Communities = []Community{65000<<16 | 666}
 		}), []string{"add-path 10.244.1.0/24 communities=65000:666"}},
 		{"removed prefix is withdrawn", &base, with(func(d *Desired) { d.Prefixes = d.Prefixes[1:] }), []string{"delete-path 10.244.1.0/24"}},
+		{"interleaved prefix changes: each withdrawn, changed or new prefix once, in order", with(func(d *Desired) {
+			d.Prefixes = append(d.Prefixes[1:],
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.0/26")},
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.64/26")},
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.128/26")})
+		}), with(func(d *Desired) {
+			d.Prefixes = append(d.Prefixes[1:],
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.128/26"), Communities: []Community{65000<<16 | 1}},
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.192/26")},
+				Prefix{CIDR: netip.MustParsePrefix("10.244.1.0/26")},
+				Prefix{CIDR: netip.MustParsePrefix("10.0.0.0/26")})
+		}), []string{
+			"delete-path 10.244.1.64/26",
+			"add-path 10.0.0.0/26",
+			"add-path 10.244.1.128/26 communities=65000:1",
+			"add-path 10.244.1.192/26",
+		}},
 		{"peer and prefix swap: withdraw before add", &base, with(func(d *Desired) {
 			d.Prefixes[0].CIDR = netip.MustParsePrefix("10.244.1.0/25")
 			d.Peers[0].Address = netip.MustParseAddr("198.18.0.5")

@@ -1,5 +1,5 @@
-// Package bgp owns the node's BGP speaker: an embedded GoBGP v3 server
-// (github.com/osrg/gobgp/v3/pkg/server, no gobgpd process) that advertises
+// Package bgp owns the node's BGP speaker: an embedded GoBGP v4 server
+// (github.com/osrg/gobgp/v4/pkg/server, no gobgpd process) that advertises
 // the node's pod CIDRs to its top-of-rack routers so pod IPs are routable
 // inside a site with no overlay.
 //
@@ -11,7 +11,10 @@
 // Actions (start/stop, add/update/delete peer, add/delete path). Desired,
 // Effective and Diff are pure. Speaker is the thin loop that carries a plan
 // out against GoBGP's API and reports per-peer Status, convertible to
-// fedmeshv1.BGPPeerStatus with PeerStatus.ToProto.
+// fedmeshv1.BGPPeerStatus with PeerStatus.ToProto. Consecutive path actions
+// of one kind go to GoBGP as one AddPath or DeletePath call with native
+// paths (no protobuf), and GoBGP packs the queued paths into few UPDATEs,
+// so advertising a node's 10,000 prefixes is one management operation.
 //
 // Sessions: IPv4 and IPv6 unicast over MP-BGP, the family of each session
 // following the peer's address (an IPv6 pod CIDR goes to IPv6 peers); eBGP

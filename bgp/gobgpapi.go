@@ -5,12 +5,13 @@ import (
 	"net/netip"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
-// This file converts the package's types to GoBGP API messages. Pure.
+// This file converts the package's types to GoBGP's API types: protobuf
+// messages for global and peer configuration, native paths for routes. Pure.
 
 var (
 	familyV4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
@@ -86,39 +87,44 @@ func apiPeer(p Peer, gr GracefulRestart, restarting bool) *api.Peer {
 	return out
 }
 
-// apiPath builds the locally originated route. The next hop is left
-// unspecified so GoBGP fills in the session's local address, per peer.
-func apiPath(p Prefix) (*api.Path, error) {
-	nlri, err := anypb.New(&api.IPAddressPrefix{Prefix: p.CIDR.Addr().String(), PrefixLen: uint32(p.CIDR.Bits())})
+// apiPath builds the locally originated route as GoBGP's native path (no
+// protobuf on the way in). The next hop is left unspecified so GoBGP fills
+// in the session's local address, per peer. age is the path's timestamp.
+func apiPath(p Prefix, age int64) (*apiutil.Path, error) {
+	nlri, err := bgp.NewIPAddrPrefix(p.CIDR)
 	if err != nil {
 		return nil, fmt.Errorf("encode prefix %s: %w", p.CIDR, err)
 	}
-	attrs := []proto.Message{&api.OriginAttribute{Origin: 0}} // IGP
-	family := familyOf(p.CIDR.Addr())
+	attrs := make([]bgp.PathAttributeInterface, 0, 4)
+	attrs = append(attrs, bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP))
+	family := bgp.RF_IPv4_UC
 	if p.CIDR.Addr().Is4() {
-		attrs = append(attrs, &api.NextHopAttribute{NextHop: "0.0.0.0"})
+		nh, err := bgp.NewPathAttributeNextHop(netip.IPv4Unspecified())
+		if err != nil {
+			return nil, fmt.Errorf("encode next hop of %s: %w", p.CIDR, err)
+		}
+		attrs = append(attrs, nh)
 	} else {
-		attrs = append(attrs, &api.MpReachNLRIAttribute{Family: family, NextHops: []string{"::"}, Nlris: []*anypb.Any{nlri}})
+		family = bgp.RF_IPv6_UC
+		mp, err := bgp.NewPathAttributeMpReachNLRI(family, []bgp.PathNLRI{{NLRI: nlri}}, netip.IPv6Unspecified())
+		if err != nil {
+			return nil, fmt.Errorf("encode next hop of %s: %w", p.CIDR, err)
+		}
+		attrs = append(attrs, mp)
 	}
 	if len(p.Communities) > 0 {
 		c := make([]uint32, len(p.Communities))
 		for i, v := range p.Communities {
 			c[i] = uint32(v)
 		}
-		attrs = append(attrs, &api.CommunitiesAttribute{Communities: c})
+		attrs = append(attrs, bgp.NewPathAttributeCommunities(c))
 	}
 	if len(p.LargeCommunities) > 0 {
-		l := make([]*api.LargeCommunity, len(p.LargeCommunities))
+		l := make([]*bgp.LargeCommunity, len(p.LargeCommunities))
 		for i, v := range p.LargeCommunities {
-			l[i] = &api.LargeCommunity{GlobalAdmin: v.Global, LocalData1: v.Local1, LocalData2: v.Local2}
+			l[i] = bgp.NewLargeCommunity(v.Global, v.Local1, v.Local2)
 		}
-		attrs = append(attrs, &api.LargeCommunitiesAttribute{Communities: l})
+		attrs = append(attrs, bgp.NewPathAttributeLargeCommunities(l))
 	}
-	pattrs := make([]*anypb.Any, len(attrs))
-	for i, a := range attrs {
-		if pattrs[i], err = anypb.New(a); err != nil {
-			return nil, fmt.Errorf("encode attributes of %s: %w", p.CIDR, err)
-		}
-	}
-	return &api.Path{Family: family, Nlri: nlri, Pattrs: pattrs}, nil
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs, Age: age}, nil
 }

@@ -5,12 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"slices"
 	"strings"
 	"sync"
-
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
 
 // peerErrors remembers the last error per peer. GoBGP reports a session's
@@ -42,93 +38,103 @@ func (e *peerErrors) forget(a netip.Addr) {
 	e.mu.Unlock()
 }
 
-// logAdapter implements GoBGP's logger on top of slog and taps the peer
-// errors out of it.
-type logAdapter struct {
-	log  *slog.Logger
-	errs *peerErrors
+// logHandler is the slog.Handler GoBGP logs through: it prefixes GoBGP's
+// lines with "gobgp: ", lower-cases their keys (GoBGP writes "Key",
+// "Topic"), hands them to the speaker's handler, and taps the peer errors
+// out of them. GoBGP gives each peer a logger made with
+// With("Topic", "Peer", "Key", <address>), so the peer's address arrives
+// through WithAttrs, not with each record.
+type logHandler struct {
+	inner slog.Handler
+	errs  *peerErrors
+	key   string // the "Key" attribute bound by WithAttrs; a peer address for peer loggers
+	group bool   // WithGroup was called: keys below are not GoBGP's top-level ones
 }
 
-var _ gobgplog.Logger = (*logAdapter)(nil)
+func newLogHandler(inner slog.Handler, errs *peerErrors) *logHandler {
+	return &logHandler{inner: inner, errs: errs}
+}
+
+// Enabled is true at every level: "failed to connect", a peer error worth
+// keeping, is a Debug line; Handle drops what the inner handler does not want.
+func (h *logHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	n := *h
+	for _, a := range attrs {
+		if !h.group && a.Key == "Key" {
+			n.key = a.Value.String()
+		}
+	}
+	n.inner = h.inner.WithAttrs(lowerKeys(attrs))
+	return &n
+}
+
+func (h *logHandler) WithGroup(name string) slog.Handler {
+	n := *h
+	n.group = true
+	n.inner = h.inner.WithGroup(name)
+	return &n
+}
+
+func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if errorMessage(r.Level, r.Message) {
+		key := h.key
+		if !h.group {
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "Key" {
+					key = a.Value.String()
+				}
+				return true
+			})
+		}
+		if a, err := netip.ParseAddr(key); err == nil {
+			h.errs.set(a, describe(r))
+		}
+	}
+	if !h.inner.Enabled(ctx, r.Level) {
+		return nil
+	}
+	out := slog.NewRecord(r.Time, r.Level, "gobgp: "+r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(slog.Attr{Key: strings.ToLower(a.Key), Value: a.Value})
+		return true
+	})
+	return h.inner.Handle(ctx, out)
+}
+
+func lowerKeys(attrs []slog.Attr) []slog.Attr {
+	out := make([]slog.Attr, len(attrs))
+	for i, a := range attrs {
+		out[i] = slog.Attr{Key: strings.ToLower(a.Key), Value: a.Value}
+	}
+	return out
+}
 
 // errorMessage reports whether a GoBGP log line describes a session
 // failure worth showing as the peer's last error.
-func errorMessage(level gobgplog.LogLevel, msg string) bool {
+func errorMessage(level slog.Level, msg string) bool {
 	switch msg {
-	case "Peer Down", "failed to connect":
+	case "Peer Down", "failed to connect", "sent notification", "received notification":
 		return true
 	case "Closed an accepted connection": // a collision or a connect while Idle: not a failure
 		return false
 	}
-	return level <= gobgplog.WarnLevel
+	return level >= slog.LevelWarn
 }
 
-func (l *logAdapter) emit(level gobgplog.LogLevel, slevel slog.Level, msg string, fields gobgplog.Fields) {
-	if key, ok := fields["Key"].(string); ok && errorMessage(level, msg) {
-		if a, err := netip.ParseAddr(key); err == nil {
-			l.errs.set(a, describe(msg, fields))
-		}
-	}
-	if !l.log.Enabled(context.Background(), slevel) {
-		return
-	}
-	attrs := make([]any, 0, 2*len(fields))
-	for _, k := range sortedKeys(fields) {
-		attrs = append(attrs, slog.Any(strings.ToLower(k), fields[k]))
-	}
-	l.log.Log(context.Background(), slevel, "gobgp: "+msg, attrs...)
-}
-
-// describe renders "msg (k=v, ...)" without the routing fields.
-func describe(msg string, fields gobgplog.Fields) string {
+// describe renders "msg (k=v, ...)" without the routing fields, in the
+// order GoBGP wrote them.
+func describe(r slog.Record) string {
 	var parts []string
-	for _, k := range sortedKeys(fields) {
-		if k == "Topic" || k == "Key" || k == gobgplog.FieldFacility {
-			continue
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key != "Topic" && a.Key != "Key" {
+			parts = append(parts, fmt.Sprintf("%s=%v", strings.ToLower(a.Key), a.Value))
 		}
-		parts = append(parts, fmt.Sprintf("%s=%v", strings.ToLower(k), fields[k]))
-	}
+		return true
+	})
 	if len(parts) == 0 {
-		return msg
+		return r.Message
 	}
-	return msg + " (" + strings.Join(parts, ", ") + ")"
+	return r.Message + " (" + strings.Join(parts, ", ") + ")"
 }
-
-func sortedKeys(f gobgplog.Fields) []string {
-	keys := make([]string, 0, len(f))
-	for k := range f {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
-func (l *logAdapter) Panic(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.PanicLevel, slog.LevelError, msg, f)
-	panic("gobgp: " + msg)
-}
-
-func (l *logAdapter) Fatal(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.FatalLevel, slog.LevelError, msg, f)
-	os.Exit(1) // GoBGP's contract for Fatal; it only calls it for its gRPC listener, which we do not start
-}
-
-func (l *logAdapter) Error(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.ErrorLevel, slog.LevelError, msg, f)
-}
-func (l *logAdapter) Warn(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.WarnLevel, slog.LevelWarn, msg, f)
-}
-func (l *logAdapter) Info(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.InfoLevel, slog.LevelInfo, msg, f)
-}
-func (l *logAdapter) Debug(msg string, f gobgplog.Fields) {
-	l.emit(gobgplog.DebugLevel, slog.LevelDebug, msg, f)
-}
-
-// SetLevel is ignored: the slog handler decides what is printed.
-func (l *logAdapter) SetLevel(gobgplog.LogLevel) {}
-
-// GetLevel tells GoBGP how chatty to be; Debug keeps "failed to connect"
-// flowing into the peer errors even when slog prints only Info.
-func (l *logAdapter) GetLevel() gobgplog.LogLevel { return gobgplog.DebugLevel }

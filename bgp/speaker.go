@@ -10,8 +10,9 @@ import (
 	"slices"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // ErrStopped is returned by calls made after Run returned.
@@ -75,7 +76,7 @@ func New(opts ...Option) *Speaker {
 // GoBGP's internal goroutines outlive Run; run one Speaker per process.
 func (s *Speaker) Run(ctx context.Context) error {
 	defer close(s.done)
-	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{log: s.log, errs: s.errs}))
+	s.srv = server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.errs)), nil))
 	go s.srv.Serve()
 	s.restarting = true
 	for {
@@ -117,7 +118,8 @@ func (s *Speaker) do(ctx context.Context, f func() error) error {
 // applied, see Effective). Invalid input returns an error wrapping one
 // *FieldError per problem and changes nothing. It returns the actions it
 // carried out; an unchanged d carries out none. After an error from GoBGP
-// the actions done so far stay applied and the next Apply retries the rest.
+// the actions that took effect stay applied (and are returned) and the
+// next Apply retries the rest.
 func (s *Speaker) Apply(ctx context.Context, d Desired) ([]Action, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("validate bgp desired state: %w", err)
@@ -172,18 +174,21 @@ func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
 func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
 	start := time.Now()
 	want := Effective(s.desired, s.healthy)
-	plan := Diff(s.applied, &want)
-	for i, a := range plan {
-		if err := s.execute(ctx, a, &want); err != nil {
-			s.applied = advance(s.applied, plan[:i], &want)
-			return plan[:i], err
+	plan, w := diff(s.applied, &want)
+	for i := 0; i < len(plan); {
+		run := nextRun(plan[i:])
+		ok, err := s.execute(ctx, run, &want)
+		if err != nil {
+			done := append(plan[:i:i], ok...)
+			s.applied = advance(s.applied, done, &want)
+			return done, err
 		}
+		i += len(run)
 	}
-	if len(plan) > 0 {
-		s.applied = advance(s.applied, plan, &want)
-	}
-	if s.applied != nil {
-		s.applied.GracefulRestart = want.GracefulRestart
+	// The whole plan took effect: GoBGP holds the normalized want (what
+	// advance would fold the plan into, without the 10,000-entry fold).
+	s.applied = w
+	if w != nil {
 		s.restarting = false
 	}
 	if len(plan) > 0 {
@@ -192,8 +197,39 @@ func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
 	return plan, nil
 }
 
-// execute carries out one action against GoBGP.
-func (s *Speaker) execute(ctx context.Context, a Action, want *Desired) error {
+// nextRun returns the leading actions of a plan that one GoBGP call
+// carries out: all consecutive path actions of one kind (Diff groups them),
+// or else the single first action. Batching paths is what makes a
+// 10,000-prefix plan one management operation instead of 10,000.
+func nextRun(plan []Action) []Action {
+	n := 1
+	if k := plan[0].Kind; k == ActionAddPath || k == ActionDeletePath {
+		for n < len(plan) && plan[n].Kind == k {
+			n++
+		}
+	}
+	return plan[:n]
+}
+
+// execute carries out one run of actions (see nextRun) against GoBGP and
+// returns the ones now in effect: all of them, or on error the ones that
+// still succeeded (see pathBatch), never one that did not.
+func (s *Speaker) execute(ctx context.Context, run []Action, want *Desired) ([]Action, error) {
+	a := run[0]
+	switch a.Kind {
+	case ActionAddPath:
+		return pathBatch(run, s.addPaths)
+	case ActionDeletePath:
+		return pathBatch(run, s.deletePaths)
+	}
+	if err := s.executeOne(ctx, a, want); err != nil {
+		return nil, err
+	}
+	return run[:1], nil
+}
+
+// executeOne carries out one action that is not a path action.
+func (s *Speaker) executeOne(ctx context.Context, a Action, want *Desired) error {
 	switch a.Kind {
 	case ActionStop:
 		if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
@@ -219,30 +255,94 @@ func (s *Speaker) execute(ctx context.Context, a Action, want *Desired) error {
 			return fmt.Errorf("delete bgp peer %s: %w", a.Peer.Address, err)
 		}
 		s.errs.forget(a.Peer.Address)
-	case ActionAddPath:
-		path, err := apiPath(a.Prefix)
-		if err != nil {
-			return err
-		}
-		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
-			return fmt.Errorf("advertise %s: %w", a.Prefix.CIDR, err)
-		}
-	case ActionDeletePath:
-		path, err := apiPath(a.Prefix)
-		if err != nil {
-			return err
-		}
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: path.Family, Path: path}); err != nil {
-			return fmt.Errorf("withdraw %s: %w", a.Prefix.CIDR, err)
-		}
 	default:
 		return fmt.Errorf("execute bgp action %s: unknown kind", a.Kind)
 	}
 	return nil
 }
 
-// advance returns the applied state after the actions (a prefix of a
-// plan) succeeded, in one pass so a 10,000-prefix plan stays linear. Pure;
+// addPaths advertises every prefix of the batch in one AddPath call: one
+// management operation in GoBGP, whose send loop then packs the queued
+// paths into few UPDATEs.
+func (s *Speaker) addPaths(batch []Action) error {
+	paths, err := apiPaths(batch)
+	if err != nil {
+		return err
+	}
+	if _, err := s.srv.AddPath(apiutil.AddPathRequest{Paths: paths}); err != nil {
+		return fmt.Errorf("advertise %s: %w", batchName(batch), err)
+	}
+	return nil
+}
+
+// deletePaths withdraws every prefix of the batch in one DeletePath call.
+func (s *Speaker) deletePaths(batch []Action) error {
+	paths, err := apiPaths(batch)
+	if err != nil {
+		return err
+	}
+	if err := s.srv.DeletePath(apiutil.DeletePathRequest{Paths: paths}); err != nil {
+		return fmt.Errorf("withdraw %s: %w", batchName(batch), err)
+	}
+	return nil
+}
+
+func apiPaths(batch []Action) ([]*apiutil.Path, error) {
+	age := time.Now().Unix()
+	paths := make([]*apiutil.Path, len(batch))
+	for i, a := range batch {
+		p, err := apiPath(a.Prefix, age)
+		if err != nil {
+			return nil, err
+		}
+		paths[i] = p
+	}
+	return paths, nil
+}
+
+// batchName names a batch in an error: the prefix itself when alone.
+func batchName(batch []Action) string {
+	if len(batch) == 1 {
+		return batch[0].Prefix.CIDR.String()
+	}
+	return fmt.Sprintf("%d prefixes (%s..%s)", len(batch), batch[0].Prefix.CIDR, batch[len(batch)-1].Prefix.CIDR)
+}
+
+// pathBatch carries out a run of path actions of one kind with call, in
+// one call when that succeeds, and returns the actions in effect. GoBGP
+// v4.8.0 gives no per-path result on failure: AddPath adds every path it
+// can and then returns only the last error (its per-path responses are
+// dropped), DeletePath rejects the whole batch at the first bad path. A
+// path's failure there is deterministic (a malformed path, or the server
+// not running, which fails every path), and adding or withdrawing a path
+// again is idempotent, so after a failed batch each path is tried alone:
+// the ones that succeed are exactly the ones GoBGP holds (or has
+// withdrawn). The error is the first single failure; nil when every path
+// succeeded alone, since GoBGP then holds the whole run.
+func pathBatch(run []Action, call func([]Action) error) ([]Action, error) {
+	err := call(run)
+	if err == nil {
+		return run, nil
+	}
+	if len(run) == 1 {
+		return nil, err
+	}
+	var done []Action
+	var first error
+	for i := range run {
+		if err := call(run[i : i+1]); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		done = append(done, run[i])
+	}
+	return done, first
+}
+
+// advance returns the applied state after the actions (a subsequence of a
+// plan, in plan order) succeeded, in one pass so a 10,000-prefix plan stays linear. Pure;
 // a whole plan from Diff(applied, want) folded over applied yields want.
 func advance(applied *Desired, actions []Action, want *Desired) *Desired {
 	cur := applied

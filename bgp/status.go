@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -81,7 +81,7 @@ func peerStatusFromAPI(p *api.Peer, now time.Time, lastErr string) PeerStatus {
 		ASN:       p.GetConf().GetPeerAsn(),
 		LastError: lastErr,
 	}
-	if s := p.GetState().GetSessionState(); s >= api.PeerState_IDLE && s <= api.PeerState_ESTABLISHED {
+	if s := p.GetState().GetSessionState(); s >= api.PeerState_SESSION_STATE_IDLE && s <= api.PeerState_SESSION_STATE_ESTABLISHED {
 		st.State = SessionState(s)
 	}
 	if st.State == StateEstablished {
@@ -89,26 +89,11 @@ func peerStatusFromAPI(p *api.Peer, now time.Time, lastErr string) PeerStatus {
 			st.Uptime = max(now.Sub(up.AsTime()).Truncate(time.Second), 0)
 		}
 	}
-	// With graceful restart negotiated GoBGP counts the End-of-RIB marker
-	// of each family as an advertised path; it is not a prefix.
-	eor := uint64(0)
-	if p.GetGracefulRestart().GetEnabled() && remoteHasGracefulRestart(p) {
-		eor = 1
-	}
+	// GoBGP v4 counts only paths as advertised, not the End-of-RIB marker
+	// (ListPeer asks for the best paths without it).
 	for _, af := range p.GetAfiSafis() {
-		if adv := af.GetState().GetAdvertised(); adv >= eor {
-			st.PrefixesSent += uint32(adv - eor)
-		}
+		st.PrefixesSent += uint32(af.GetState().GetAdvertised())
 		st.PrefixesReceived += uint32(af.GetState().GetReceived())
 	}
 	return st
-}
-
-func remoteHasGracefulRestart(p *api.Peer) bool {
-	for _, c := range p.GetState().GetRemoteCap() {
-		if c.MessageIs(&api.GracefulRestartCapability{}) {
-			return true
-		}
-	}
-	return false
 }

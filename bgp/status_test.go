@@ -5,8 +5,7 @@ import (
 	"testing"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"google.golang.org/protobuf/types/known/anypb"
+	api "github.com/osrg/gobgp/v4/api"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -16,7 +15,7 @@ func TestPeerStatusFromGoBGPAndToProto(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	p := &api.Peer{
 		Conf:   &api.PeerConf{NeighborAddress: "198.18.0.1", PeerAsn: 65000},
-		State:  &api.PeerState{SessionState: api.PeerState_ESTABLISHED},
+		State:  &api.PeerState{SessionState: api.PeerState_SESSION_STATE_ESTABLISHED},
 		Timers: &api.Timers{State: &api.TimersState{Uptime: timestamppb.New(now.Add(-90 * time.Second))}},
 		AfiSafis: []*api.AfiSafi{
 			{State: &api.AfiSafiState{Advertised: 1, Received: 3}},
@@ -33,26 +32,6 @@ func TestPeerStatusFromGoBGPAndToProto(t *testing.T) {
 	if pb.GetState() != fedmeshv1.BGPSessionState_BGP_SESSION_STATE_ESTABLISHED || pb.GetUptime().AsDuration() != 90*time.Second ||
 		pb.GetPrefixesSent() != 2 || pb.GetPrefixesReceived() != 3 || pb.GetAddress() != "198.18.0.1" || pb.GetAsn() != 65000 || pb.GetLastError() == "" {
 		t.Fatalf("proto = %v", pb)
-	}
-}
-
-func TestPrefixesSentDoesNotCountEndOfRIB(t *testing.T) {
-	grCap, err := anypb.New(&api.GracefulRestartCapability{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &api.Peer{
-		Conf:            &api.PeerConf{NeighborAddress: "fd18::1"},
-		GracefulRestart: &api.GracefulRestart{Enabled: true},
-		State:           &api.PeerState{SessionState: api.PeerState_ESTABLISHED, RemoteCap: []*anypb.Any{grCap}},
-		AfiSafis:        []*api.AfiSafi{{State: &api.AfiSafiState{Advertised: 2}}},
-	}
-	if got := peerStatusFromAPI(p, time.Now(), "").PrefixesSent; got != 1 {
-		t.Errorf("PrefixesSent = %d, want 1 (GoBGP counts the End-of-RIB marker)", got)
-	}
-	p.State.RemoteCap = nil // GR not negotiated: no marker
-	if got := peerStatusFromAPI(p, time.Now(), "").PrefixesSent; got != 2 {
-		t.Errorf("PrefixesSent without GR = %d, want 2", got)
 	}
 }
 
