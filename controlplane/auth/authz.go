@@ -62,6 +62,7 @@ const (
 	methodGetReplicaStatus = "/fedmesh.v1.ControlPlaneService/GetReplicaStatus"
 	methodReadIndex        = "/fedmesh.v1.ControlPlaneService/ReadIndex"
 	methodPropose          = "/fedmesh.v1.ControlPlaneService/Propose"
+	methodProposeStream    = "/fedmesh.v1.ControlPlaneService/ProposeStream"
 
 	methodReflectionV1      = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	methodReflectionV1Alpha = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -142,7 +143,8 @@ var rules = map[string]rule{
 	// leader after it authorized the original call; only replicas send it,
 	// and it is decided on the replica's own identity (peerMethods).
 	// Admins too are refused: a raw command skips the edge validation.
-	methodPropose: replicaOnly,
+	methodPropose:       replicaOnly,
+	methodProposeStream: replicaOnly,
 
 	fedmeshv1.AuthService_CreateJoinToken_FullMethodName: adminOnly,
 	// Join is authenticated by its token, not by a certificate; the
@@ -164,7 +166,7 @@ var publicMethods = map[string]bool{fedmeshv1.AuthService_Join_FullMethodName: t
 
 // peerMethods are authorized as the connected peer even when it forwards
 // on someone's behalf: the caller was authorized by the forwarding replica.
-var peerMethods = map[string]bool{methodPropose: true}
+var peerMethods = map[string]bool{methodPropose: true, methodProposeStream: true}
 
 func replicaOnly(p Principal, m string, _ any) error {
 	if p.Kind == KindReplica {

@@ -109,6 +109,7 @@ var matrix = map[string]matrixRow{
 	methodAddMember:        {func(string) any { return nil }, onlyAdmin},
 	methodRemoveMember:     {func(string) any { return nil }, onlyAdmin},
 	methodPropose:          {func(string) any { return nil }, []string{"replica"}},
+	methodProposeStream:    {func(string) any { return nil }, []string{"replica"}},
 
 	fedmeshv1.AuthService_CreateJoinToken_FullMethodName: {func(c string) any {
 		return &fedmeshv1.CreateJoinTokenRequest{Cluster: c}

@@ -3,13 +3,16 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/fedmesh/fedmesh/controlplane/store"
@@ -147,6 +150,78 @@ func (a *adminService) Propose(_ context.Context, req *fedmeshv1.ProposeRequest)
 		return nil, raftError(err)
 	}
 	return &fedmeshv1.ProposeResponse{Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}, nil
+}
+
+// ProposeStream serves a follower's forwarded writes: each message's
+// commands are queued together (so they join one Raft append) and answered
+// once applied, while later messages are already being read.
+func (a *adminService) ProposeStream(stream grpc.BidiStreamingServer[fedmeshv1.ProposeStreamRequest, fedmeshv1.ProposeStreamResponse]) error {
+	var sendMu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait() // a stream must not be used after its handler returns
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		results := a.proposeAll(req.GetCommands())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := &fedmeshv1.ProposeStreamResponse{Id: req.GetId(), Results: make([]*fedmeshv1.ProposeResult, len(results))}
+			for i, wait := range results {
+				resp.Results[i] = wait()
+			}
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			// A failed send ends the stream; the follower then reports the
+			// outcome of what it waited for as unknown.
+			_ = stream.Send(resp)
+		}()
+	}
+}
+
+// proposeAll queues every command before waiting for any and returns, per
+// command, the function that waits for its result.
+func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResult {
+	out := make([]func() *fedmeshv1.ProposeResult, len(cmds))
+	leader := a.c.raft.State() == raft.Leader
+	for i, data := range cmds {
+		if !leader {
+			fail := proposeFailure(status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", a.c.self))
+			out[i] = func() *fedmeshv1.ProposeResult { return fail }
+			continue
+		}
+		// An entry that does not decode would stop every replica's FSM.
+		if _, err := store.DecodeCommand(data); err != nil {
+			fail := proposeFailure(model.AsError(field.ErrorList{field.Invalid(field.NewPath("commands").Index(i), "", err.Error())}))
+			out[i] = func() *fedmeshv1.ProposeResult { return fail }
+			continue
+		}
+		pr := a.c.props.enqueue(data)
+		out[i] = func() *fedmeshv1.ProposeResult {
+			res, err := pr.wait()
+			if err != nil {
+				return proposeFailure(raftError(err))
+			}
+			return &fedmeshv1.ProposeResult{Response: &fedmeshv1.ProposeResponse{
+				Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}}
+		}
+	}
+	return out
+}
+
+// proposeFailure is the result of a command that failed with err, its
+// status details kept so the client sees what a local write would return.
+func proposeFailure(err error) *fedmeshv1.ProposeResult {
+	b, merr := proto.Marshal(status.Convert(err).Proto())
+	if merr != nil {
+		b, _ = proto.Marshal(status.New(codes.Internal, err.Error()).Proto())
+	}
+	return &fedmeshv1.ProposeResult{Status: b}
 }
 
 func (a *adminService) ReadIndex(context.Context, *fedmeshv1.ReadIndexRequest) (*fedmeshv1.ReadIndexResponse, error) {

@@ -52,13 +52,17 @@ type Core struct {
 	// reach answers ReachService with the policy compiler.
 	reach *reachEngine
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	mu         sync.Mutex
+	conns      map[string]*grpc.ClientConn
+	forwarders map[*grpc.ClientConn]*forwarder
+	props      proposer
 }
 
 func newCore(r *Replica) *Core {
-	return &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
-		reach: newReachEngine(r.fsm, r.log)}
+	c := &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
+		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log)}
+	c.props.c = c
+	return c
 }
 
 func (c *Core) close() {
@@ -67,7 +71,11 @@ func (c *Core) close() {
 	for _, cc := range c.conns {
 		cc.Close()
 	}
+	for _, f := range c.forwarders {
+		f.close()
+	}
 	c.conns = map[string]*grpc.ClientConn{}
+	c.forwarders = map[*grpc.ClientConn]*forwarder{}
 }
 
 // leadership reacts to Raft leadership changes: a new leader first applies
@@ -128,8 +136,12 @@ func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Re
 // and returns the FSM's result. A rejected command returns the store's
 // error; Raft errors are returned as they are.
 func (c *Core) applyData(data []byte) (*store.Result, error) {
-	start := time.Now()
-	f := c.raft.Apply(data, c.timeout)
+	return c.props.enqueue(data).wait()
+}
+
+// result waits for an apply proposed at start and returns the FSM's result
+// like applyData.
+func (c *Core) result(f raft.ApplyFuture, start time.Time) (*store.Result, error) {
 	if err := f.Error(); err != nil {
 		return nil, err
 	}
@@ -275,11 +287,7 @@ func (c *Core) proposeEncoded(ctx context.Context, data []byte, cmd *store.Comma
 				// Nothing was sent: route again (the leader may be gone).
 				continue
 			}
-			resp, err := fedmeshv1.NewControlPlaneServiceClient(cc).Propose(c.forwardContext(ctx), &fedmeshv1.ProposeRequest{Command: data})
-			if err != nil {
-				return nil, err
-			}
-			return &store.Result{Revision: resp.GetRevision(), Deleted: resp.GetDeleted(), Cluster: resp.GetCluster(), Node: resp.GetNode(), Policies: resp.GetPolicies()}, nil
+			return c.forwarderFor(cc).forward(ctx, data)
 		}
 		var res *store.Result
 		if cmd != nil {

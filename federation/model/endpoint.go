@@ -19,9 +19,10 @@ func ValidateUpsertEndpoints(req *fedmeshv1.UpsertEndpointsRequest, cluster *fed
 	errs = append(errs, tooMany(p, len(req.GetEndpoints()), MaxBatch)...)
 	keys := map[string]int{}
 	ips := map[netip.Addr]int{}
+	lc := newLabelChecker()
 	for i, e := range req.GetEndpoints() {
 		ep := p.Index(i)
-		errs = append(errs, validateEndpoint(ep, e, req.GetCluster(), cluster)...)
+		errs = append(errs, validateEndpoint(ep, e, req.GetCluster(), cluster, lc)...)
 		k := e.GetNamespace() + "/" + e.GetName()
 		if j, dup := keys[k]; dup {
 			errs = append(errs, field.Duplicate(ep, fmt.Sprintf("%s (also %s)", k, p.Index(j))))
@@ -51,10 +52,12 @@ func validateResync(p *field.Path, r *fedmeshv1.ResyncMarker) field.ErrorList {
 
 // ValidateEndpoint checks one endpoint on its own (path "endpoint").
 func ValidateEndpoint(e *fedmeshv1.Endpoint, cluster *fedmeshv1.Cluster) error {
-	return AsError(validateEndpoint(field.NewPath("endpoint"), e, e.GetCluster(), cluster))
+	return AsError(validateEndpoint(field.NewPath("endpoint"), e, e.GetCluster(), cluster, nil))
 }
 
-func validateEndpoint(p *field.Path, e *fedmeshv1.Endpoint, batchCluster string, cluster *fedmeshv1.Cluster) field.ErrorList {
+// validateEndpoint checks e; lc (nil: none) carries label checks across a
+// batch.
+func validateEndpoint(p *field.Path, e *fedmeshv1.Endpoint, batchCluster string, cluster *fedmeshv1.Cluster, lc *labelChecker) field.ErrorList {
 	if e == nil {
 		return field.ErrorList{field.Required(p, "")}
 	}
@@ -84,8 +87,8 @@ func validateEndpoint(p *field.Path, e *fedmeshv1.Endpoint, batchCluster string,
 			errs = append(errs, field.Invalid(ipsPath.Index(i), s, fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", cluster.GetName(), cluster.GetPodCidrs())))
 		}
 	}
-	errs = append(errs, labels(p.Child("labels"), e.GetLabels())...)
-	errs = append(errs, labels(p.Child("namespaceLabels"), e.GetNamespaceLabels())...)
+	errs = append(errs, lc.check(p.Child("labels"), e.GetLabels())...)
+	errs = append(errs, lc.check(p.Child("namespaceLabels"), e.GetNamespaceLabels())...)
 	np := p.Child("namedPorts")
 	errs = append(errs, tooMany(np, len(e.GetNamedPorts()), MaxNamedPorts)...)
 	names := map[string]int{}

@@ -78,6 +78,47 @@ func labels(p *field.Path, m map[string]string) field.ErrorList {
 	return metav1validation.ValidateLabels(m, p)
 }
 
+// labelChecker validates label maps like labels, remembering the keys and
+// values it found valid so a batch checks each distinct one once: the pods
+// of a batch share most of their labels (app, pod-template-hash, team...),
+// and the checks are regular expressions. Invalid ones are never
+// remembered, so each occurrence is reported at its own path. Its memory
+// lives as long as one request's validation.
+type labelChecker struct {
+	keys, values map[string]struct{}
+}
+
+func newLabelChecker() *labelChecker {
+	return &labelChecker{keys: map[string]struct{}{}, values: map[string]struct{}{}}
+}
+
+// check returns what labels(p, m) returns.
+func (lc *labelChecker) check(p *field.Path, m map[string]string) field.ErrorList {
+	if lc == nil {
+		return labels(p, m)
+	}
+	var errs field.ErrorList
+	for k, v := range m {
+		if _, ok := lc.keys[k]; !ok {
+			if e := metav1validation.ValidateLabelName(k, p); len(e) > 0 {
+				errs = append(errs, e...)
+			} else {
+				lc.keys[k] = struct{}{}
+			}
+		}
+		if _, ok := lc.values[v]; !ok {
+			msgs := validation.IsValidLabelValue(v)
+			for _, msg := range msgs {
+				errs = append(errs, field.Invalid(p, v, msg))
+			}
+			if len(msgs) == 0 {
+				lc.values[v] = struct{}{}
+			}
+		}
+	}
+	return errs
+}
+
 // prefix parses a canonical CIDR. A CIDR with host bits set is rejected, as
 // Kubernetes does, since "10.0.0.1/8" almost always hides a typo.
 func prefix(p *field.Path, v string) (netip.Prefix, field.ErrorList) {

@@ -1,6 +1,9 @@
 package model
 
 import (
+	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -357,5 +360,45 @@ func TestInScope(t *testing.T) {
 	}
 	if !InScope(nil, "anything") {
 		t.Error("nil scope must admit every namespace")
+	}
+}
+
+// A batch checks each distinct label key and value once; the errors must
+// still be exactly those of checking every endpoint on its own, each
+// invalid occurrence at its own path.
+func TestBatchLabelChecksReportWhatPerEndpointChecksReport(t *testing.T) {
+	shared := map[string]string{"app": "web", "example.com/team": "a-team"}
+	bad := map[string]string{"-bad-key": "v", "ok": "bad value!", "app": "web"}
+	var eps []*fedmeshv1.Endpoint
+	for i := range 6 {
+		l := shared
+		if i%2 == 1 {
+			l = bad
+		}
+		eps = append(eps, &fedmeshv1.Endpoint{Namespace: "ns", Name: fmt.Sprintf("p%d", i), Ips: []string{fmt.Sprintf("10.0.0.%d", i+1)},
+			Labels: l, NamespaceLabels: bad, Node: "n1"})
+	}
+	req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: eps}
+	var want []string
+	for i, e := range eps {
+		for _, err := range validateEndpoint(field.NewPath("endpoints").Index(i), e, "east", nil, nil) {
+			want = append(want, err.Error())
+		}
+	}
+	var got []string
+	if err := ValidateUpsertEndpoints(req, nil); err != nil {
+		var ve *ValidationError
+		if !errors.As(err, &ve) {
+			t.Fatalf("error %T %v, want a *ValidationError", err, err)
+		}
+		for _, e := range ve.Errs {
+			got = append(got, e.Error())
+		}
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	// Every endpoint has bad namespace labels, every other one bad labels.
+	if len(want) < 6*2+3*2 || !slices.Equal(got, want) {
+		t.Fatalf("batch errors (%d):\n%s\nper-endpoint errors (%d):\n%s", len(got), strings.Join(got, "\n"), len(want), strings.Join(want, "\n"))
 	}
 }

@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedmesh/fedmesh/controlplane/server"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
-	"google.golang.org/grpc/metadata"
 )
 
 func endpointN(i int) *fedmeshv1.Endpoint {
@@ -316,5 +320,73 @@ func TestReplicaRestartsFromItsSnapshotAndCatchesUp(t *testing.T) {
 	}
 	if first.GetType() != fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT {
 		t.Fatalf("resume from a compacted revision: %v", first.GetType())
+	}
+}
+
+// Followers forward concurrent writes over one stream, several to a
+// message: each write must still get its own result, a write the store
+// rejects must not affect the others, and the rejection must arrive with
+// its details (the field it names) as on the leader.
+func TestConcurrentForwardedWritesEachGetTheirOwnResult(t *testing.T) {
+	g := startGroup(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead := g.leader(10 * time.Second)
+	if _, err := fedmeshv1.NewClusterServiceClient(lead.conn).RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{
+		Cluster: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.1.0.0/16"}}}); err != nil {
+		t.Fatal(err)
+	}
+	f := g.followers(lead)[0]
+	eps := fedmeshv1.NewEndpointServiceClient(f.conn)
+	const writes = 96
+	revs := make([]uint64, writes)
+	errs := make([]error, writes)
+	var wg sync.WaitGroup
+	for i := range writes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cluster := "east"
+			if i%4 == 3 {
+				cluster = "ghost" // not registered: the store rejects it
+			}
+			resp, err := eps.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: cluster, Endpoints: []*fedmeshv1.Endpoint{endpointN(i)}})
+			revs[i], errs[i] = resp.GetRevision(), err
+		}()
+	}
+	wg.Wait()
+	seen := map[uint64]int{}
+	for i := range writes {
+		if i%4 != 3 {
+			if errs[i] != nil {
+				t.Fatalf("write %d via follower %s: %v", i, f.id, errs[i])
+			}
+			if j, dup := seen[revs[i]]; dup {
+				t.Fatalf("writes %d and %d both report revision %d", j, i, revs[i])
+			}
+			seen[revs[i]] = i
+			continue
+		}
+		st := status.Convert(errs[i])
+		if errs[i] == nil || st.Code() == codes.Unavailable || !strings.Contains(st.Message(), "ghost") {
+			t.Fatalf("write %d to an unregistered cluster: %v, want the store's rejection naming it", i, errs[i])
+		}
+		var field string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+				field = br.GetFieldViolations()[0].GetField()
+			}
+		}
+		if field != "cluster" {
+			t.Fatalf("write %d: rejection details %v name field %q, want \"cluster\"", i, st.Details(), field)
+		}
+	}
+	lin := metadata.AppendToOutgoingContext(ctx, server.ConsistencyKey, server.ConsistencyLinearizable)
+	list, err := eps.ListEndpoints(lin, &fedmeshv1.ListEndpointsRequest{Cluster: "east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetEndpoints()) != len(seen) {
+		t.Fatalf("%d endpoints stored after %d acknowledged writes", len(list.GetEndpoints()), len(seen))
 	}
 }

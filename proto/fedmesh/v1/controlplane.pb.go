@@ -656,6 +656,175 @@ func (x *ProposeRequest) GetCommand() []byte {
 	return nil
 }
 
+// ProposeStreamRequest carries encoded store commands, each proposed as its
+// own log entry.
+type ProposeStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id names the message in its response; unique on the stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Commands as controlplane/store encodes them.
+	Commands      [][]byte `protobuf:"bytes,2,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeStreamRequest) Reset() {
+	*x = ProposeStreamRequest{}
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeStreamRequest) ProtoMessage() {}
+
+func (x *ProposeStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeStreamRequest.ProtoReflect.Descriptor instead.
+func (*ProposeStreamRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ProposeStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ProposeStreamRequest) GetCommands() [][]byte {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+// ProposeStreamResponse has one result per command of the request it
+// answers, in request order.
+type ProposeStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the request answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Results of the commands.
+	Results       []*ProposeResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeStreamResponse) Reset() {
+	*x = ProposeStreamResponse{}
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeStreamResponse) ProtoMessage() {}
+
+func (x *ProposeStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeStreamResponse.ProtoReflect.Descriptor instead.
+func (*ProposeStreamResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ProposeStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ProposeStreamResponse) GetResults() []*ProposeResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ProposeResult is the outcome of one command of a batch.
+type ProposeResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Response of the command when it applied.
+	Response *ProposeResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	// Status is the command's error, a serialized google.rpc.Status (details
+	// included), when the command was rejected or its outcome is unknown;
+	// empty when it applied.
+	Status        []byte `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeResult) Reset() {
+	*x = ProposeResult{}
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeResult) ProtoMessage() {}
+
+func (x *ProposeResult) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeResult.ProtoReflect.Descriptor instead.
+func (*ProposeResult) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ProposeResult) GetResponse() *ProposeResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *ProposeResult) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 // ProposeResponse is the result of an applied command. A rejected command
 // comes back as the error status the store gave it.
 type ProposeResponse struct {
@@ -676,7 +845,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +857,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_controlplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +870,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{12}
+	return file_fedmesh_v1_controlplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProposeResponse) GetRevision() uint64 {
@@ -778,20 +947,30 @@ const file_fedmesh_v1_controlplane_proto_rawDesc = "" +
 	"\x11ReadIndexResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"*\n" +
 	"\x0eProposeRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"\xcc\x01\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"B\n" +
+	"\x14ProposeStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
+	"\bcommands\x18\x02 \x03(\fR\bcommands\"\\\n" +
+	"\x15ProposeStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x123\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.fedmesh.v1.ProposeResultR\aresults\"`\n" +
+	"\rProposeResult\x127\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1b.fedmesh.v1.ProposeResponseR\bresponse\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\fR\x06status\"\xcc\x01\n" +
 	"\x0fProposeResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\rR\adeleted\x12-\n" +
 	"\acluster\x18\x03 \x01(\v2\x13.fedmesh.v1.ClusterR\acluster\x12$\n" +
 	"\x04node\x18\x04 \x01(\v2\x10.fedmesh.v1.NodeR\x04node\x12.\n" +
-	"\bpolicies\x18\x05 \x03(\v2\x12.fedmesh.v1.PolicyR\bpolicies2\xef\x03\n" +
+	"\bpolicies\x18\x05 \x03(\v2\x12.fedmesh.v1.PolicyR\bpolicies2\xc9\x04\n" +
 	"\x13ControlPlaneService\x12N\n" +
 	"\vListMembers\x12\x1e.fedmesh.v1.ListMembersRequest\x1a\x1f.fedmesh.v1.ListMembersResponse\x12H\n" +
 	"\tAddMember\x12\x1c.fedmesh.v1.AddMemberRequest\x1a\x1d.fedmesh.v1.AddMemberResponse\x12Q\n" +
 	"\fRemoveMember\x12\x1f.fedmesh.v1.RemoveMemberRequest\x1a .fedmesh.v1.RemoveMemberResponse\x12]\n" +
 	"\x10GetReplicaStatus\x12#.fedmesh.v1.GetReplicaStatusRequest\x1a$.fedmesh.v1.GetReplicaStatusResponse\x12H\n" +
 	"\tReadIndex\x12\x1c.fedmesh.v1.ReadIndexRequest\x1a\x1d.fedmesh.v1.ReadIndexResponse\x12B\n" +
-	"\aPropose\x12\x1a.fedmesh.v1.ProposeRequest\x1a\x1b.fedmesh.v1.ProposeResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\aPropose\x12\x1a.fedmesh.v1.ProposeRequest\x1a\x1b.fedmesh.v1.ProposeResponse\x12X\n" +
+	"\rProposeStream\x12 .fedmesh.v1.ProposeStreamRequest\x1a!.fedmesh.v1.ProposeStreamResponse(\x010\x01B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_controlplane_proto_rawDescOnce sync.Once
@@ -805,7 +984,7 @@ func file_fedmesh_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_controlplane_proto_rawDescData
 }
 
-var file_fedmesh_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_fedmesh_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_fedmesh_v1_controlplane_proto_goTypes = []any{
 	(*Member)(nil),                   // 0: fedmesh.v1.Member
 	(*ListMembersRequest)(nil),       // 1: fedmesh.v1.ListMembersRequest
@@ -819,35 +998,42 @@ var file_fedmesh_v1_controlplane_proto_goTypes = []any{
 	(*ReadIndexRequest)(nil),         // 9: fedmesh.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),        // 10: fedmesh.v1.ReadIndexResponse
 	(*ProposeRequest)(nil),           // 11: fedmesh.v1.ProposeRequest
-	(*ProposeResponse)(nil),          // 12: fedmesh.v1.ProposeResponse
-	(*Cluster)(nil),                  // 13: fedmesh.v1.Cluster
-	(*Node)(nil),                     // 14: fedmesh.v1.Node
-	(*Policy)(nil),                   // 15: fedmesh.v1.Policy
+	(*ProposeStreamRequest)(nil),     // 12: fedmesh.v1.ProposeStreamRequest
+	(*ProposeStreamResponse)(nil),    // 13: fedmesh.v1.ProposeStreamResponse
+	(*ProposeResult)(nil),            // 14: fedmesh.v1.ProposeResult
+	(*ProposeResponse)(nil),          // 15: fedmesh.v1.ProposeResponse
+	(*Cluster)(nil),                  // 16: fedmesh.v1.Cluster
+	(*Node)(nil),                     // 17: fedmesh.v1.Node
+	(*Policy)(nil),                   // 18: fedmesh.v1.Policy
 }
 var file_fedmesh_v1_controlplane_proto_depIdxs = []int32{
 	0,  // 0: fedmesh.v1.ListMembersResponse.members:type_name -> fedmesh.v1.Member
 	0,  // 1: fedmesh.v1.AddMemberResponse.members:type_name -> fedmesh.v1.Member
 	0,  // 2: fedmesh.v1.RemoveMemberResponse.members:type_name -> fedmesh.v1.Member
-	13, // 3: fedmesh.v1.ProposeResponse.cluster:type_name -> fedmesh.v1.Cluster
-	14, // 4: fedmesh.v1.ProposeResponse.node:type_name -> fedmesh.v1.Node
-	15, // 5: fedmesh.v1.ProposeResponse.policies:type_name -> fedmesh.v1.Policy
-	1,  // 6: fedmesh.v1.ControlPlaneService.ListMembers:input_type -> fedmesh.v1.ListMembersRequest
-	3,  // 7: fedmesh.v1.ControlPlaneService.AddMember:input_type -> fedmesh.v1.AddMemberRequest
-	5,  // 8: fedmesh.v1.ControlPlaneService.RemoveMember:input_type -> fedmesh.v1.RemoveMemberRequest
-	7,  // 9: fedmesh.v1.ControlPlaneService.GetReplicaStatus:input_type -> fedmesh.v1.GetReplicaStatusRequest
-	9,  // 10: fedmesh.v1.ControlPlaneService.ReadIndex:input_type -> fedmesh.v1.ReadIndexRequest
-	11, // 11: fedmesh.v1.ControlPlaneService.Propose:input_type -> fedmesh.v1.ProposeRequest
-	2,  // 12: fedmesh.v1.ControlPlaneService.ListMembers:output_type -> fedmesh.v1.ListMembersResponse
-	4,  // 13: fedmesh.v1.ControlPlaneService.AddMember:output_type -> fedmesh.v1.AddMemberResponse
-	6,  // 14: fedmesh.v1.ControlPlaneService.RemoveMember:output_type -> fedmesh.v1.RemoveMemberResponse
-	8,  // 15: fedmesh.v1.ControlPlaneService.GetReplicaStatus:output_type -> fedmesh.v1.GetReplicaStatusResponse
-	10, // 16: fedmesh.v1.ControlPlaneService.ReadIndex:output_type -> fedmesh.v1.ReadIndexResponse
-	12, // 17: fedmesh.v1.ControlPlaneService.Propose:output_type -> fedmesh.v1.ProposeResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 3: fedmesh.v1.ProposeStreamResponse.results:type_name -> fedmesh.v1.ProposeResult
+	15, // 4: fedmesh.v1.ProposeResult.response:type_name -> fedmesh.v1.ProposeResponse
+	16, // 5: fedmesh.v1.ProposeResponse.cluster:type_name -> fedmesh.v1.Cluster
+	17, // 6: fedmesh.v1.ProposeResponse.node:type_name -> fedmesh.v1.Node
+	18, // 7: fedmesh.v1.ProposeResponse.policies:type_name -> fedmesh.v1.Policy
+	1,  // 8: fedmesh.v1.ControlPlaneService.ListMembers:input_type -> fedmesh.v1.ListMembersRequest
+	3,  // 9: fedmesh.v1.ControlPlaneService.AddMember:input_type -> fedmesh.v1.AddMemberRequest
+	5,  // 10: fedmesh.v1.ControlPlaneService.RemoveMember:input_type -> fedmesh.v1.RemoveMemberRequest
+	7,  // 11: fedmesh.v1.ControlPlaneService.GetReplicaStatus:input_type -> fedmesh.v1.GetReplicaStatusRequest
+	9,  // 12: fedmesh.v1.ControlPlaneService.ReadIndex:input_type -> fedmesh.v1.ReadIndexRequest
+	11, // 13: fedmesh.v1.ControlPlaneService.Propose:input_type -> fedmesh.v1.ProposeRequest
+	12, // 14: fedmesh.v1.ControlPlaneService.ProposeStream:input_type -> fedmesh.v1.ProposeStreamRequest
+	2,  // 15: fedmesh.v1.ControlPlaneService.ListMembers:output_type -> fedmesh.v1.ListMembersResponse
+	4,  // 16: fedmesh.v1.ControlPlaneService.AddMember:output_type -> fedmesh.v1.AddMemberResponse
+	6,  // 17: fedmesh.v1.ControlPlaneService.RemoveMember:output_type -> fedmesh.v1.RemoveMemberResponse
+	8,  // 18: fedmesh.v1.ControlPlaneService.GetReplicaStatus:output_type -> fedmesh.v1.GetReplicaStatusResponse
+	10, // 19: fedmesh.v1.ControlPlaneService.ReadIndex:output_type -> fedmesh.v1.ReadIndexResponse
+	15, // 20: fedmesh.v1.ControlPlaneService.Propose:output_type -> fedmesh.v1.ProposeResponse
+	13, // 21: fedmesh.v1.ControlPlaneService.ProposeStream:output_type -> fedmesh.v1.ProposeStreamResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_controlplane_proto_init() }
@@ -864,7 +1050,7 @@ func file_fedmesh_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_controlplane_proto_rawDesc), len(file_fedmesh_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	ControlPlaneService_GetReplicaStatus_FullMethodName = "/fedmesh.v1.ControlPlaneService/GetReplicaStatus"
 	ControlPlaneService_ReadIndex_FullMethodName        = "/fedmesh.v1.ControlPlaneService/ReadIndex"
 	ControlPlaneService_Propose_FullMethodName          = "/fedmesh.v1.ControlPlaneService/Propose"
+	ControlPlaneService_ProposeStream_FullMethodName    = "/fedmesh.v1.ControlPlaneService/ProposeStream"
 )
 
 // ControlPlaneServiceClient is the client API for ControlPlaneService service.
@@ -56,6 +57,14 @@ type ControlPlaneServiceClient interface {
 	// validates it again. Served by the leader only; clients use the typed
 	// services.
 	Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error)
+	// ProposeStream is Propose over one long-lived stream per follower: a
+	// follower sends the writes it forwards as they come (those queued while
+	// it sends leave together in one message) and the leader answers each
+	// message once its commands are applied, in any order. A forwarded write
+	// then costs a stream message, not a call. Each command is its own log
+	// entry with its own result; one command's rejection does not affect the
+	// others. Served by the leader only.
+	ProposeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProposeStreamRequest, ProposeStreamResponse], error)
 }
 
 type controlPlaneServiceClient struct {
@@ -126,6 +135,19 @@ func (c *controlPlaneServiceClient) Propose(ctx context.Context, in *ProposeRequ
 	return out, nil
 }
 
+func (c *controlPlaneServiceClient) ProposeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProposeStreamRequest, ProposeStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControlPlaneService_ServiceDesc.Streams[0], ControlPlaneService_ProposeStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ProposeStreamRequest, ProposeStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlPlaneService_ProposeStreamClient = grpc.BidiStreamingClient[ProposeStreamRequest, ProposeStreamResponse]
+
 // ControlPlaneServiceServer is the server API for ControlPlaneService service.
 // All implementations must embed UnimplementedControlPlaneServiceServer
 // for forward compatibility.
@@ -155,6 +177,14 @@ type ControlPlaneServiceServer interface {
 	// validates it again. Served by the leader only; clients use the typed
 	// services.
 	Propose(context.Context, *ProposeRequest) (*ProposeResponse, error)
+	// ProposeStream is Propose over one long-lived stream per follower: a
+	// follower sends the writes it forwards as they come (those queued while
+	// it sends leave together in one message) and the leader answers each
+	// message once its commands are applied, in any order. A forwarded write
+	// then costs a stream message, not a call. Each command is its own log
+	// entry with its own result; one command's rejection does not affect the
+	// others. Served by the leader only.
+	ProposeStream(grpc.BidiStreamingServer[ProposeStreamRequest, ProposeStreamResponse]) error
 	mustEmbedUnimplementedControlPlaneServiceServer()
 }
 
@@ -182,6 +212,9 @@ func (UnimplementedControlPlaneServiceServer) ReadIndex(context.Context, *ReadIn
 }
 func (UnimplementedControlPlaneServiceServer) Propose(context.Context, *ProposeRequest) (*ProposeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Propose not implemented")
+}
+func (UnimplementedControlPlaneServiceServer) ProposeStream(grpc.BidiStreamingServer[ProposeStreamRequest, ProposeStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method ProposeStream not implemented")
 }
 func (UnimplementedControlPlaneServiceServer) mustEmbedUnimplementedControlPlaneServiceServer() {}
 func (UnimplementedControlPlaneServiceServer) testEmbeddedByValue()                             {}
@@ -312,6 +345,13 @@ func _ControlPlaneService_Propose_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlPlaneService_ProposeStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ControlPlaneServiceServer).ProposeStream(&grpc.GenericServerStream[ProposeStreamRequest, ProposeStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlPlaneService_ProposeStreamServer = grpc.BidiStreamingServer[ProposeStreamRequest, ProposeStreamResponse]
+
 // ControlPlaneService_ServiceDesc is the grpc.ServiceDesc for ControlPlaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -344,6 +384,13 @@ var ControlPlaneService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ControlPlaneService_Propose_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ProposeStream",
+			Handler:       _ControlPlaneService_ProposeStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "fedmesh/v1/controlplane.proto",
 }
