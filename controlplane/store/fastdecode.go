@@ -22,8 +22,9 @@ func fastUnmarshalUpsertEndpoints(b []byte) (*fedmeshv1.UpsertEndpointsRequest, 
 	req := &fedmeshv1.UpsertEndpointsRequest{}
 	merge := proto.UnmarshalOptions{Merge: true}
 	// Label keys and values repeat across a batch's endpoints: one copy of
-	// each serves them all.
-	in := interner{}
+	// each serves them all. A single endpoint shares with nothing, so the
+	// interner starts with the second.
+	var in interner
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -46,6 +47,9 @@ func fastUnmarshalUpsertEndpoints(b []byte) (*fedmeshv1.UpsertEndpointsRequest, 
 			}
 			req.Cluster = s
 		case 2:
+			if in == nil && len(req.Endpoints) > 0 {
+				in = make(interner, 2*(len(req.Endpoints[0].GetLabels())+len(req.Endpoints[0].GetNamespaceLabels())))
+			}
 			e, ok := fastUnmarshalEndpoint(v, in)
 			if !ok {
 				return nil, false
@@ -188,12 +192,14 @@ func str(b []byte) (string, bool) {
 // interner hands out one string per distinct byte content.
 type interner map[string]string
 
+// str returns b as a string, the interned copy when there is one; a nil
+// interner interns nothing.
 func (in interner) str(b []byte) (string, bool) {
 	if s, ok := in[string(b)]; ok { // no allocation for the lookup
 		return s, true
 	}
 	s, ok := str(b)
-	if ok {
+	if ok && in != nil {
 		in[s] = s
 	}
 	return s, ok
