@@ -250,7 +250,7 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 }
 
 // propose applies req (validated by the handler) on the leader: locally
-// when this replica leads, else through the leader's Propose RPC, encoded
+// when this replica leads, else through the leader's ProposeStream, encoded
 // here so the leader neither decodes nor validates it again.
 func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message, build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
