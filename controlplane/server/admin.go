@@ -191,7 +191,7 @@ func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResu
 	leader := a.c.raft.State() == raft.Leader
 	for i, data := range cmds {
 		if !leader {
-			fail := proposeFailure(status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", a.c.self))
+			fail := proposeFailure(notLeaderStatus(a.c.self))
 			out[i] = func() *fedmeshv1.ProposeResult { return fail }
 			continue
 		}
@@ -204,6 +204,9 @@ func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResu
 		pr := a.c.props.enqueue(data)
 		out[i] = func() *fedmeshv1.ProposeResult {
 			res, err := pr.wait()
+			if errors.Is(err, raft.ErrNotLeader) {
+				return proposeFailure(notLeaderStatus(a.c.self))
+			}
 			if err != nil {
 				return proposeFailure(raftError(err))
 			}

@@ -287,7 +287,18 @@ func (c *Core) proposeEncoded(ctx context.Context, data []byte, cmd *store.Comma
 				// Nothing was sent: route again (the leader may be gone).
 				continue
 			}
-			return c.forwarderFor(cc).forward(ctx, data)
+			res, err := c.forwarderFor(cc).forward(ctx, data)
+			if errors.Is(err, errForwardNotLeader) {
+				// Nothing entered the log: route again once this replica
+				// learns of the new leader (bounded by the deadline).
+				select {
+				case <-ctx.Done():
+					return nil, status.FromContextError(ctx.Err()).Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+				continue
+			}
+			return res, err
 		}
 		var res *store.Result
 		if cmd != nil {

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -15,6 +17,26 @@ import (
 	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
+
+// notLeaderReason marks a forwarded write the replica it reached refused
+// for not leading: nothing of it entered the log, so the follower routes it
+// again instead of failing it.
+const notLeaderReason = "NOT_LEADER"
+
+// errForwardNotLeader is a forwarded write refused by a replica that no
+// longer leads.
+var errForwardNotLeader = errors.New("forwarded to a replica that does not lead")
+
+// notLeaderStatus is the refusal of a write by replica self, which does not
+// lead (the write did not enter the log).
+func notLeaderStatus(self string) error {
+	st, err := status.New(codes.Unavailable, fmt.Sprintf("replica %s is not the leader; retry", self)).
+		WithDetails(&errdetails.ErrorInfo{Reason: notLeaderReason, Domain: "fedmesh.io"})
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "replica %s is not the leader; retry", self)
+	}
+	return st.Err()
+}
 
 // maxForwardMessage bounds the commands one stream message carries (a
 // single larger command still goes alone): well under the receive limits.
@@ -217,7 +239,13 @@ func forwardResult(r *fedmeshv1.ProposeResult) (*store.Result, error) {
 		if st.GetCode() == int32(codes.OK) {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("leader returned an OK status without a result: %s", st.GetMessage()))
 		}
-		return nil, status.ErrorProto(&st)
+		err := status.ErrorProto(&st)
+		for _, d := range status.Convert(err).Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == notLeaderReason {
+				return nil, fmt.Errorf("%w: %w", errForwardNotLeader, err)
+			}
+		}
+		return nil, err
 	}
 	resp := r.GetResponse()
 	return &store.Result{Revision: resp.GetRevision(), Deleted: resp.GetDeleted(), Cluster: resp.GetCluster(), Node: resp.GetNode(), Policies: resp.GetPolicies()}, nil
