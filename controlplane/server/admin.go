@@ -149,7 +149,7 @@ func (a *adminService) Propose(_ context.Context, req *fedmeshv1.ProposeRequest)
 	if err != nil {
 		return nil, raftError(err)
 	}
-	return &fedmeshv1.ProposeResponse{Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}, nil
+	return proposeResponse(res), nil
 }
 
 // ProposeStream serves a follower's forwarded writes: each message's
@@ -210,11 +210,16 @@ func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResu
 			if err != nil {
 				return proposeFailure(raftError(err))
 			}
-			return &fedmeshv1.ProposeResult{Response: &fedmeshv1.ProposeResponse{
-				Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}}
+			return &fedmeshv1.ProposeResult{Response: proposeResponse(res)}
 		}
 	}
 	return out
+}
+
+// proposeResponse is the wire form of an applied command's result;
+// forwardResult reads it back.
+func proposeResponse(res *store.Result) *fedmeshv1.ProposeResponse {
+	return &fedmeshv1.ProposeResponse{Revision: res.Revision, Deleted: res.Deleted, Cluster: res.Cluster, Node: res.Node, Policies: res.Policies}
 }
 
 // proposeFailure is the result of a command that failed with err, its
