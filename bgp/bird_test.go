@@ -202,6 +202,24 @@ func TestGracefulRestartKeepsRouteInToRDuringSpeakerRestart(t *testing.T) {
 	}
 }
 
+// A deliberate stop (the agent's SIGTERM, a node leaving) must not leave the
+// ToR forwarding to a node that is gone for the restart time: the speaker
+// sends CEASE, which ends graceful restart, and the ToR withdraws at once.
+func TestDeliberateStopWithdrawsAtOnceDespiteGracefulRestart(t *testing.T) {
+	l := newLab(t)
+	b := startBird(t, l.tor, birdToR(""))
+	sp := startSpeaker(t, l.node, nodeDesired(""))
+	eventually(t, 30*time.Second, "ToR FIB holds the pod CIDR", fibHas(t, l.tor, podCIDR4, true))
+
+	if r := sp.call(t, "stop", nil); r.Error != "" {
+		t.Fatalf("stop: %s", r.Error)
+	}
+	// Well inside the 60 s restart time the ToR would keep a stale route for.
+	eventually(t, 5*time.Second, "withdrawn from BIRD", birdHas(t, b, podCIDR4, false))
+	eventually(t, 5*time.Second, "withdrawn from the ToR FIB", fibHas(t, l.tor, podCIDR4, false))
+	eventually(t, 5*time.Second, "IPv6 withdrawn", birdHas(t, b, podCIDR6, false))
+}
+
 func TestMD5SessionComesUpOnlyWithTheRightPassword(t *testing.T) {
 	l := newLab(t)
 	b := startBird(t, l.tor, birdToR("tor-secret"))

@@ -425,7 +425,8 @@ func speakerChild(in io.Reader, out io.Writer) int {
 	s := New(WithLogger(log))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
 	enc := json.NewEncoder(out)
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
@@ -449,6 +450,9 @@ func speakerChild(in io.Reader, out io.Writer) int {
 			}
 		case "status":
 			r.Status, err = s.Status(ctx)
+		case "stop": // a deliberate stop, as an agent on SIGTERM
+			cancel()
+			err = <-ran
 		default:
 			err = errors.New("unknown command " + cmd)
 		}

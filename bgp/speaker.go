@@ -69,10 +69,12 @@ func New(opts ...Option) *Speaker {
 
 // Run starts the embedded GoBGP server and serves operations until ctx is
 // done. Cancelling ctx is a deliberate stop: every session gets a CEASE
-// and the peers withdraw our routes at once. To keep the routes at the
-// peers across an agent restart (graceful restart), let the process exit
-// or die without cancelling: the kernel closes the TCP sessions and the
-// peers hold our routes as stale for the restart time.
+// and the peers withdraw our routes at once, provided the process lives
+// until Run returns: exiting earlier can close the sockets before the
+// CEASE is written, which the peers take for a restart. To keep the
+// routes at the peers across an agent restart (graceful restart), let the
+// process exit or die without cancelling: the kernel closes the TCP
+// sessions and the peers hold our routes as stale for the restart time.
 // GoBGP's internal goroutines outlive Run; run one Speaker per process.
 func (s *Speaker) Run(ctx context.Context) error {
 	defer close(s.done)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,6 +71,16 @@ func upLabB(t testing.TB, cfg lab.Config) *lab.Lab {
 			for _, p := range l.State.Procs {
 				if b, err := os.ReadFile(p.Log); err == nil && strings.HasPrefix(p.Name, "agent") {
 					t.Logf("--- %s log (tail):\n%s", p.Name, tail(string(b), 20))
+				}
+			}
+			// The ToRs' own logs and views say what they made of the sessions.
+			for _, c := range l.Topo.Clusters {
+				out, err := l.ToRBGP(context.Background(), c)
+				t.Logf("--- %s BGP (err %v):\n%s", c.ToR.NS, err, out)
+				for _, f := range []string{"bird.log", "frr.log"} {
+					if b, err := os.ReadFile(filepath.Join(l.Dir, c.ToR.NS, f)); err == nil {
+						t.Logf("--- %s %s (tail):\n%s", c.ToR.NS, f, tail(string(b), 30))
+					}
 				}
 			}
 		}

@@ -218,11 +218,20 @@ func run(ctx context.Context, o *options) error {
 	if o.bgp {
 		sp := bgp.New(bgp.WithLogger(log))
 		bctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
+		stopped := make(chan struct{})
 		go func() {
+			defer close(stopped)
 			if err := sp.Run(bctx); err != nil {
 				log.Error("BGP speaker stopped", "err", err)
 			}
+		}()
+		// A deliberate exit withdraws the pod CIDR (CEASE to every ToR)
+		// before the process ends; returning first would race the exit
+		// against the NOTIFICATION, and a ToR that sees only the TCP session
+		// die keeps the route for the graceful-restart time.
+		defer func() {
+			cancel()
+			<-stopped
 		}()
 		deps.BGP = &adapters.BGP{Speaker: sp, Log: log}
 	}

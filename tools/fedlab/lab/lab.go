@@ -199,6 +199,32 @@ func ToRRoutes(ctx context.Context, c Cluster) (string, error) {
 	return string(out), err
 }
 
+// ToRBGP returns what the ToR's router itself reports about its BGP
+// sessions and the routes they carry (BIRD: birdc; FRR: vtysh), for
+// diagnosing a route the FIB holds or lacks.
+func (l *Lab) ToRBGP(ctx context.Context, c Cluster) (string, error) {
+	dir := filepath.Join(l.Dir, c.ToR.NS)
+	var cmds [][]string
+	switch c.ToRKind {
+	case "bird":
+		sock := filepath.Join(dir, "bird.ctl")
+		cmds = [][]string{{"birdc", "-s", sock, "show", "protocols", "all"}, {"birdc", "-s", sock, "show", "route", "all"}}
+	case "frr":
+		cmds = [][]string{{"vtysh", "--vty_socket", dir, "-c", "show bgp neighbors"}, {"vtysh", "--vty_socket", dir, "-c", "show ip bgp"}}
+	default:
+		return "", fmt.Errorf("unknown ToR kind %q", c.ToRKind)
+	}
+	var b strings.Builder
+	for _, cmd := range cmds {
+		out, err := exec.CommandContext(ctx, cmd[0], cmd[1:]...).CombinedOutput()
+		fmt.Fprintf(&b, "$ %s\n%s\n", strings.Join(cmd, " "), out)
+		if err != nil {
+			return b.String(), fmt.Errorf("%s: %w", strings.Join(cmd, " "), err)
+		}
+	}
+	return b.String(), nil
+}
+
 // Down stops every process the lab started and removes its namespaces,
 // links and state. It is idempotent and works from the lab name alone, also
 // when the state file is gone (the namespaces are found from the plan).

@@ -32,6 +32,7 @@ template bgp node {
   hold time 9;
   keepalive time 3;
   graceful restart on;
+  debug { states, events };
   ipv4 { import filter pods_only; export none; };
 }
 `, c.Name, c.ToR.Addr.Addr(), logPath, c.PodCIDR, c.PodCIDR.Bits(), c.RackAddr.Addr(), c.ToRASN)
