@@ -142,10 +142,14 @@ func (a *adminService) Propose(_ context.Context, req *fedmeshv1.ProposeRequest)
 	}
 	// An entry that does not decode would stop every replica's FSM: check
 	// before it enters the log.
-	if _, err := store.DecodeCommand(req.GetCommand()); err != nil {
+	cmd, err := store.DecodeCommand(req.GetCommand())
+	if err != nil {
 		return nil, model.AsError(field.ErrorList{field.Invalid(field.NewPath("command"), "", err.Error())})
 	}
+	// The FSM applies the command decoded here instead of decoding it again.
+	release := a.c.fsm.Prepare(req.GetCommand(), cmd)
 	res, err := a.c.applyData(req.GetCommand())
+	release()
 	if err != nil {
 		return nil, raftError(err)
 	}
@@ -196,14 +200,19 @@ func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResu
 			continue
 		}
 		// An entry that does not decode would stop every replica's FSM.
-		if _, err := store.DecodeCommand(data); err != nil {
+		cmd, err := store.DecodeCommand(data)
+		if err != nil {
 			fail := proposeFailure(model.AsError(field.ErrorList{field.Invalid(field.NewPath("commands").Index(i), "", err.Error())}))
 			out[i] = func() *fedmeshv1.ProposeResult { return fail }
 			continue
 		}
+		// The FSM applies the command decoded here instead of decoding it
+		// again.
+		release := a.c.fsm.Prepare(data, cmd)
 		pr := a.c.props.enqueue(data)
 		out[i] = func() *fedmeshv1.ProposeResult {
 			res, err := pr.wait()
+			release()
 			if errors.Is(err, raft.ErrNotLeader) {
 				return proposeFailure(notLeaderStatus(a.c.self))
 			}

@@ -4,7 +4,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/controlplane/store"
 )
@@ -15,7 +16,16 @@ import (
 // while maxBatchesInFlight appends are uncommitted and then enter the log
 // together: under load an append carries every write that arrived during
 // the previous commit instead of whichever few raced the leader loop.
-// Unloaded, a write is proposed at once.
+// Unloaded, a write is proposed at once. A group of writes is one log
+// entry (store.CmdBatch), not one entry each: per-entry costs — encoding
+// in the log store and on the wire, a bbolt key, Raft's bookkeeping — are
+// paid once per group, and each write still gets its own revision and
+// result.
+//
+// Upgrading: a replica older than CmdBatch stops (by design, it never
+// skips an entry it cannot apply) at the first batch entry, and resumes
+// from its log once it runs this version. Upgrade every replica before
+// writes resume at load, as with any new command type.
 const (
 	maxBatchesInFlight = 2
 	maxProposalBatch   = 512 // raft.Config.MaxAppendEntries
@@ -72,18 +82,63 @@ func (p *proposer) run() {
 			p.mu.Unlock()
 			return
 		}
-		n := min(len(p.pending), maxProposalBatch)
+		n, size := 0, 0
+		for n < len(p.pending) && n < maxProposalBatch && (n == 0 || size+len(p.pending[n].data) <= maxBatchEntryBytes) {
+			size += len(p.pending[n].data)
+			n++
+		}
 		batch := p.pending[:n:n]
 		p.pending = append([]*proposal(nil), p.pending[n:]...)
 		p.mu.Unlock()
-
-		futures := make([]raft.ApplyFuture, len(batch))
-		for i, pr := range batch {
-			futures[i] = p.c.raft.Apply(pr.data, p.c.timeout)
-		}
-		for i, pr := range batch {
-			pr.res, pr.err = p.c.result(futures[i], pr.start)
+		if len(batch) == 1 {
+			pr := batch[0]
+			pr.res, pr.err = p.c.result(p.c.raft.Apply(pr.data, p.c.timeout), pr.start)
 			close(pr.done)
+			continue
 		}
+		p.proposeBatch(batch)
+	}
+}
+
+// maxBatchEntryBytes bounds a CmdBatch entry: one entry is held whole in
+// memory by every replica's log cache and sent in one AppendEntries, so a
+// burst of large writes is split over several entries.
+const maxBatchEntryBytes = 4 << 20
+
+// proposeBatch proposes writes as one CmdBatch entry and hands each its own
+// result.
+func (p *proposer) proposeBatch(batch []*proposal) {
+	cmds := make([][]byte, len(batch))
+	for i, pr := range batch {
+		cmds[i] = pr.data
+	}
+	entry, parts := store.EncodeBatch(cmds)
+	// A write decoded by this replica's handler stays decoded: the FSM
+	// finds it under its part of the entry.
+	releases := make([]func(), len(batch))
+	for i, pr := range batch {
+		releases[i] = p.c.fsm.Repoint(pr.data, parts[i])
+	}
+	f := p.c.raft.Apply(entry, p.c.timeout)
+	err := f.Error()
+	var results store.BatchResult
+	if err == nil {
+		var ok bool
+		if results, ok = f.Response().(store.BatchResult); !ok || len(results) != len(batch) {
+			err = status.Error(codes.Internal, "apply command batch: no result per command")
+		}
+	}
+	for i, pr := range batch {
+		releases[i]()
+		switch {
+		case err != nil:
+			pr.err = err
+		case results[i].Err != nil:
+			pr.err = results[i].Err
+		default:
+			pr.res = results[i]
+			p.c.r.metrics.commitLatency.Observe(time.Since(pr.start).Seconds())
+		}
+		close(pr.done)
 	}
 }

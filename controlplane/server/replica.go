@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -48,6 +49,10 @@ type Config struct {
 	GRPCAddr string // host:port; port 0 picks one
 	// MetricsAddr serves /metrics when set.
 	MetricsAddr string
+	// EnablePprof adds Go's /debug/pprof/ handlers to the metrics listener,
+	// for profiling a live replica (off by default: a profile reveals
+	// internals and costs CPU while it runs).
+	EnablePprof bool
 	// BootstrapPeers, when set and the data dir holds no Raft state, form
 	// the initial configuration. Every initial replica gets the same list.
 	BootstrapPeers []Peer
@@ -271,6 +276,13 @@ func Start(cfg Config) (*Replica, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{}))
+		if cfg.EnablePprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		r.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		r.wg.Add(1)
 		go func() {

@@ -82,6 +82,9 @@ func DecodeCommand(b []byte) (Command, error) {
 	if len(b) == 0 {
 		return Command{}, errors.New("decode command: empty entry")
 	}
+	if CommandType(b[0]) == CmdBatch {
+		return Command{}, fmt.Errorf("decode command: %w", errBatchNotCommand)
+	}
 	h, ok := handlers[CommandType(b[0])]
 	if !ok {
 		return Command{}, fmt.Errorf("decode command %d: %w", b[0], ErrUnknownCommand)

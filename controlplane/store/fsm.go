@@ -84,6 +84,31 @@ func (f *FSM) Prepare(data []byte, c Command) (release func()) {
 	}
 }
 
+// Repoint moves the command prepared for from to to, a copy of the same
+// bytes (the command's part of a CmdBatch entry), and returns the function
+// that forgets it if it was never applied.
+func (f *FSM) Repoint(from, to []byte) (release func()) {
+	if len(from) == 0 || len(to) == 0 {
+		return func() {}
+	}
+	kf, kt := unsafe.SliceData(from), unsafe.SliceData(to)
+	f.prepMu.Lock()
+	c, ok := f.prepared[kf]
+	if ok {
+		delete(f.prepared, kf)
+		f.prepared[kt] = c
+	}
+	f.prepMu.Unlock()
+	if !ok {
+		return func() {}
+	}
+	return func() {
+		f.prepMu.Lock()
+		delete(f.prepared, kt)
+		f.prepMu.Unlock()
+	}
+}
+
 // decode returns the prepared command of data (taking it, so it is applied
 // at most once) or decodes data.
 func (f *FSM) decode(data []byte) (Command, error) {
@@ -114,22 +139,42 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		c, err := f.decode(l.Data)
-		if err != nil {
-			if f.ignoreUnknown && errors.Is(err, ErrUnknownCommand) {
-				out[i] = &Result{Revision: f.st.rev, Err: err}
-				continue
+		if len(l.Data) > 0 && CommandType(l.Data[0]) == CmdBatch {
+			parts, err := SplitBatch(l.Data)
+			if err != nil {
+				f.mu.Unlock()
+				panic(fmt.Sprintf("store: raft log entry %d does not decode: %v", l.Index, err))
 			}
-			f.mu.Unlock()
-			panic(fmt.Sprintf("store: raft log entry %d does not decode: %v", l.Index, err))
+			res := make(BatchResult, len(parts))
+			for j, part := range parts {
+				res[j] = f.applyOne(l.Index, part)
+			}
+			out[i] = res
+			continue
 		}
-		out[i] = f.st.Apply(c)
+		out[i] = f.applyOne(l.Index, l.Data)
 	}
 	ch := f.changed
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
 	close(ch)
 	return out
+}
+
+// applyOne decodes and applies one command of entry index; f.mu is held.
+// An entry that does not decode stops the FSM (unless it is of a type a
+// newer binary wrote and unknown commands are ignored): applying the rest
+// of the log without it would diverge from the other replicas.
+func (f *FSM) applyOne(index uint64, data []byte) *Result {
+	c, err := f.decode(data)
+	if err != nil {
+		if f.ignoreUnknown && errors.Is(err, ErrUnknownCommand) {
+			return &Result{Revision: f.st.rev, Err: err}
+		}
+		f.mu.Unlock()
+		panic(fmt.Sprintf("store: raft log entry %d does not decode: %v", index, err))
+	}
+	return f.st.Apply(c)
 }
 
 // View runs fn with the state under the read lock. fn must not block or

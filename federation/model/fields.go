@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -79,17 +80,42 @@ func labels(p *field.Path, m map[string]string) field.ErrorList {
 }
 
 // labelChecker validates label maps like labels, remembering the keys and
-// values it found valid so a batch checks each distinct one once: the pods
-// of a batch share most of their labels (app, pod-template-hash, team...),
-// and the checks are regular expressions. Invalid ones are never
-// remembered, so each occurrence is reported at its own path. Its memory
-// lives as long as one request's validation.
+// values it found valid so each distinct one is checked once: pods share
+// most of their labels (app, team, version...) across a batch and across
+// requests, and the checks are regular expressions. Validity is a
+// function of the string alone, so one process-wide cache serves every
+// request. Invalid ones are never remembered, so each occurrence is
+// reported at its own path. The cache is bounded: once it holds
+// maxKnownLabels strings it starts over, so churning label values (hashes,
+// build IDs) cost at most that much memory.
 type labelChecker struct {
+	mu           sync.RWMutex
 	keys, values map[string]struct{}
 }
 
-func newLabelChecker() *labelChecker {
-	return &labelChecker{keys: map[string]struct{}{}, values: map[string]struct{}{}}
+const maxKnownLabels = 1 << 15
+
+// knownLabels is the process's label checker.
+var knownLabels = &labelChecker{keys: map[string]struct{}{}, values: map[string]struct{}{}}
+
+func newLabelChecker() *labelChecker { return knownLabels }
+
+func (lc *labelChecker) known(k, v string) (key, value bool) {
+	lc.mu.RLock()
+	defer lc.mu.RUnlock()
+	_, key = lc.keys[k]
+	_, value = lc.values[v]
+	return key, value
+}
+
+func (lc *labelChecker) remember(m map[string]struct{}, s string) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if len(lc.keys)+len(lc.values) >= maxKnownLabels {
+		clear(lc.keys)
+		clear(lc.values)
+	}
+	m[s] = struct{}{}
 }
 
 // check returns what labels(p, m) returns.
@@ -99,20 +125,21 @@ func (lc *labelChecker) check(p *field.Path, m map[string]string) field.ErrorLis
 	}
 	var errs field.ErrorList
 	for k, v := range m {
-		if _, ok := lc.keys[k]; !ok {
+		keyOK, valueOK := lc.known(k, v)
+		if !keyOK {
 			if e := metav1validation.ValidateLabelName(k, p); len(e) > 0 {
 				errs = append(errs, e...)
 			} else {
-				lc.keys[k] = struct{}{}
+				lc.remember(lc.keys, k)
 			}
 		}
-		if _, ok := lc.values[v]; !ok {
+		if !valueOK {
 			msgs := validation.IsValidLabelValue(v)
 			for _, msg := range msgs {
 				errs = append(errs, field.Invalid(p, v, msg))
 			}
 			if len(msgs) == 0 {
-				lc.values[v] = struct{}{}
+				lc.remember(lc.values, v)
 			}
 		}
 	}

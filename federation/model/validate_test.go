@@ -402,3 +402,23 @@ func TestBatchLabelChecksReportWhatPerEndpointChecksReport(t *testing.T) {
 		t.Fatalf("batch errors (%d):\n%s\nper-endpoint errors (%d):\n%s", len(got), strings.Join(got, "\n"), len(want), strings.Join(want, "\n"))
 	}
 }
+
+func TestLabelCheckerStaysBoundedAndKeepsReportingInvalidLabels(t *testing.T) {
+	lc := &labelChecker{keys: map[string]struct{}{}, values: map[string]struct{}{}}
+	p := field.NewPath("labels")
+	for i := range maxKnownLabels + 100 {
+		if errs := lc.check(p, map[string]string{"app": fmt.Sprintf("v%d", i)}); len(errs) != 0 {
+			t.Fatalf("valid label reported: %v", errs)
+		}
+		if n := len(lc.keys) + len(lc.values); n > maxKnownLabels {
+			t.Fatalf("cache holds %d strings, bound %d", n, maxKnownLabels)
+		}
+	}
+	// A bad key or value is never remembered: every request reports it.
+	for range 3 {
+		errs := lc.check(p, map[string]string{"-bad": "ok", "ok": "bad value!"})
+		if len(errs) != 2 {
+			t.Fatalf("errors %v, want the bad key and the bad value", errs)
+		}
+	}
+}

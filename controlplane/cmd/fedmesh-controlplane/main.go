@@ -50,6 +50,9 @@ func main() {
 				return err
 			}
 			cfg.FaultInjection = faultInjection
+			if cfg.EnablePprof && cfg.MetricsAddr == "" {
+				return fmt.Errorf("--enable-pprof serves on --metrics-addr; set --metrics-addr too")
+			}
 			return run(cmd.Context(), cfg)
 		},
 	}
@@ -59,6 +62,7 @@ func main() {
 	f.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "host:port of the Raft transport; other replicas dial it")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:9000", "host:port of the fedmesh gRPC API")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics (empty: off)")
+	f.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "also serve Go's /debug/pprof/ on --metrics-addr, to profile a live replica")
 	f.StringVar(&peers, "bootstrap-peers", "", "initial replicas as id=raft_addr[/grpc_addr],...; used only when the data dir is empty. Give every initial replica the same list")
 	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")
 	f.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "Raft log entries between snapshots")
