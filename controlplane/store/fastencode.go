@@ -25,7 +25,9 @@ func appendUpsertEndpoints(b []byte, req *fedmeshv1.UpsertEndpointsRequest) ([]b
 		return b, false
 	}
 	b = appendString(b, 1, req.GetCluster())
-	var eb []byte
+	// One scratch buffer for every endpoint (grown from nothing it would be
+	// reallocated a dozen times per endpoint).
+	eb := make([]byte, 0, 2048)
 	for _, e := range req.GetEndpoints() {
 		var ok bool
 		if eb, ok = appendEndpoint(eb[:0], e); !ok {
