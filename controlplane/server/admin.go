@@ -37,7 +37,7 @@ func (a *adminService) members() ([]*fedmeshv1.Member, error) {
 	for _, s := range f.Configuration().Servers {
 		out = append(out, &fedmeshv1.Member{
 			Id: string(s.ID), RaftAddress: string(s.Address), GrpcAddress: published[string(s.ID)].GetGrpcAddress(),
-			Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader,
+			Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader, LogFormat: published[string(s.ID)].GetLogFormat(),
 		})
 	}
 	slices.SortFunc(out, func(x, y *fedmeshv1.Member) int { return strings.Compare(x.GetId(), y.GetId()) })

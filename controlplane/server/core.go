@@ -49,6 +49,9 @@ type Core struct {
 	// leaderReady is set once this replica, as leader, has applied every
 	// entry of earlier terms and published its address.
 	leaderReady atomic.Bool
+	// groupWrites is set while this replica leads and every replica has
+	// published a log format that applies grouped entries (logformat.go).
+	groupWrites atomic.Bool
 	// reach answers ReachService with the policy compiler.
 	reach *reachEngine
 
@@ -97,14 +100,14 @@ func (c *Core) leadership(ctx context.Context, notify <-chan bool) {
 				continue
 			}
 			members := c.snapshotMembers()
-			publish := []*fedmeshv1.Member{{Id: c.self, RaftAddress: c.r.cfg.RaftAddr, GrpcAddress: c.r.GRPCAddr(), Voter: true}}
+			publish := []*fedmeshv1.Member{{Id: c.self, RaftAddress: c.r.cfg.RaftAddr, GrpcAddress: c.r.GRPCAddr(), Voter: true, LogFormat: store.LogFormat}}
 			for _, p := range c.r.cfg.BootstrapPeers {
 				if p.ID != c.self && p.GRPCAddr != "" && members[p.ID] == nil {
 					publish = append(publish, &fedmeshv1.Member{Id: p.ID, RaftAddress: p.RaftAddr, GrpcAddress: p.GRPCAddr, Voter: true})
 				}
 			}
 			for _, m := range publish {
-				if old := members[m.GetId()]; old != nil && old.GetGrpcAddress() == m.GetGrpcAddress() && old.GetRaftAddress() == m.GetRaftAddress() {
+				if old := members[m.GetId()]; old != nil && old.GetGrpcAddress() == m.GetGrpcAddress() && old.GetRaftAddress() == m.GetRaftAddress() && old.GetLogFormat() >= m.GetLogFormat() {
 					continue
 				}
 				if _, err := c.applyLocal(store.CmdSetMember, m); err != nil {

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -22,10 +23,8 @@ import (
 // paid once per group, and each write still gets its own revision and
 // result.
 //
-// Upgrading: a replica older than CmdBatch stops (by design, it never
-// skips an entry it cannot apply) at the first batch entry, and resumes
-// from its log once it runs this version. Upgrade every replica before
-// writes resume at load, as with any new command type.
+// Grouped entries are written only once every replica applies them
+// (logformat.go), so a rolling upgrade from an older version works.
 const (
 	maxBatchesInFlight = 2
 	maxProposalBatch   = 512 // raft.Config.MaxAppendEntries
@@ -90,13 +89,21 @@ func (p *proposer) run() {
 		batch := p.pending[:n:n]
 		p.pending = append([]*proposal(nil), p.pending[n:]...)
 		p.mu.Unlock()
-		if len(batch) == 1 {
-			pr := batch[0]
-			pr.res, pr.err = p.c.result(p.c.raft.Apply(pr.data, p.c.timeout), pr.start)
-			close(pr.done)
+		if len(batch) > 1 && p.c.groupWrites.Load() {
+			p.proposeBatch(batch)
 			continue
 		}
-		p.proposeBatch(batch)
+		// One entry per write: a single write, or replicas that do not all
+		// apply grouped entries yet (logformat.go). raft batches the
+		// entries into one append all the same.
+		futures := make([]raft.ApplyFuture, len(batch))
+		for i, pr := range batch {
+			futures[i] = p.c.raft.Apply(pr.data, p.c.timeout)
+		}
+		for i, pr := range batch {
+			pr.res, pr.err = p.c.result(futures[i], pr.start)
+			close(pr.done)
+		}
 	}
 }
 

@@ -255,7 +255,11 @@ func Start(cfg Config) (*Replica, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.wg.Add(3)
+	r.wg.Add(4)
+	go func() {
+		defer r.wg.Done()
+		r.core.logFormats(ctx)
+	}()
 	go func() {
 		defer r.wg.Done()
 		r.core.reach.run(ctx)

@@ -18,6 +18,11 @@ import (
 // command's bytes as Command.Encode wrote them.
 const CmdBatch CommandType = 16
 
+// LogFormat is the newest log entry format this binary applies: 1 is
+// CmdBatch. Replicas publish it in their member record; the leader writes
+// CmdBatch entries only once every replica has published at least 1.
+const LogFormat = 1
+
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per
 // command, in order.
 type BatchResult []*Result

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -31,8 +32,10 @@ func TestMembersAreAddedAndRemovedAtRuntime(t *testing.T) {
 	}
 	follower := g.followers(lead)[0]
 	admin := fedmeshv1.NewControlPlaneServiceClient(follower.conn)
-	// Replicas publish their gRPC address through the log once they run,
-	// so a follower may list a member before its address committed: poll.
+	// Replicas publish their gRPC address and log format through the log
+	// once they run, so a follower may list a member before they
+	// committed: poll. The leader groups writes into one entry only once
+	// every replica published the format that applies them.
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		list, err := admin.ListMembers(ctx, &fedmeshv1.ListMembersRequest{})
@@ -41,7 +44,7 @@ func TestMembersAreAddedAndRemovedAtRuntime(t *testing.T) {
 		}
 		var missing []string
 		for _, m := range list.GetMembers() {
-			if m.GetGrpcAddress() == "" || !m.GetVoter() {
+			if m.GetGrpcAddress() == "" || !m.GetVoter() || m.GetLogFormat() != store.LogFormat {
 				missing = append(missing, m.String())
 			}
 		}
@@ -49,7 +52,7 @@ func TestMembersAreAddedAndRemovedAtRuntime(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("members lack their published address or vote: %v", missing)
+			t.Fatalf("members lack their published address, vote or log format: %v", missing)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -34,7 +34,14 @@ type Member struct {
 	// Voter is false for a non-voting replica.
 	Voter bool `protobuf:"varint,4,opt,name=voter,proto3" json:"voter,omitempty"`
 	// Leader is true for the current Raft leader.
-	Leader        bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	Leader bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// LogFormat is the newest Raft log entry format the replica's binary
+	// applies, as it published it: 0 for one command per entry only, 1 when
+	// it also applies entries that group several commands. The leader groups
+	// writes only once every replica in the Raft configuration has published
+	// 1, so a rolling upgrade never hands an older replica an entry it cannot
+	// apply.
+	LogFormat     uint32 `protobuf:"varint,6,opt,name=log_format,json=logFormat,proto3" json:"log_format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +109,13 @@ func (x *Member) GetLeader() bool {
 		return x.Leader
 	}
 	return false
+}
+
+func (x *Member) GetLogFormat() uint32 {
+	if x != nil {
+		return x.LogFormat
+	}
+	return 0
 }
 
 // ListMembersRequest is empty.
@@ -913,13 +927,15 @@ var File_fedmesh_v1_controlplane_proto protoreflect.FileDescriptor
 const file_fedmesh_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"\x1dfedmesh/v1/controlplane.proto\x12\n" +
-	"fedmesh.v1\x1a\x18fedmesh/v1/cluster.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\"\x8c\x01\n" +
+	"fedmesh.v1\x1a\x18fedmesh/v1/cluster.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\"\xab\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
 	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddress\x12\x14\n" +
 	"\x05voter\x18\x04 \x01(\bR\x05voter\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x14\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12\x1d\n" +
+	"\n" +
+	"log_format\x18\x06 \x01(\rR\tlogFormat\"\x14\n" +
 	"\x12ListMembersRequest\"C\n" +
 	"\x13ListMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.fedmesh.v1.MemberR\amembers\"\x84\x01\n" +

@@ -61,8 +61,8 @@ type ControlPlaneServiceClient interface {
 	// follower sends the writes it forwards as they come (those queued while
 	// it sends leave together in one message) and the leader answers each
 	// message once its commands are applied, in any order. A forwarded write
-	// then costs a stream message, not a call. Each command is its own log
-	// entry with its own result; one command's rejection does not affect the
+	// then costs a stream message, not a call. Each command gets its own
+	// revision and result; one command's rejection does not affect the
 	// others. Served by the leader only.
 	ProposeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProposeStreamRequest, ProposeStreamResponse], error)
 }
@@ -181,8 +181,8 @@ type ControlPlaneServiceServer interface {
 	// follower sends the writes it forwards as they come (those queued while
 	// it sends leave together in one message) and the leader answers each
 	// message once its commands are applied, in any order. A forwarded write
-	// then costs a stream message, not a call. Each command is its own log
-	// entry with its own result; one command's rejection does not affect the
+	// then costs a stream message, not a call. Each command gets its own
+	// revision and result; one command's rejection does not affect the
 	// others. Served by the leader only.
 	ProposeStream(grpc.BidiStreamingServer[ProposeStreamRequest, ProposeStreamResponse]) error
 	mustEmbedUnimplementedControlPlaneServiceServer()
