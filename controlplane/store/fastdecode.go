@@ -1,6 +1,7 @@
 package store
 
 import (
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -21,10 +22,6 @@ import (
 func fastUnmarshalUpsertEndpoints(b []byte) (*fedmeshv1.UpsertEndpointsRequest, bool) {
 	req := &fedmeshv1.UpsertEndpointsRequest{}
 	merge := proto.UnmarshalOptions{Merge: true}
-	// Label keys and values repeat across a batch's endpoints: one copy of
-	// each serves them all. A single endpoint shares with nothing, so the
-	// interner starts with the second.
-	var in interner
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -47,10 +44,7 @@ func fastUnmarshalUpsertEndpoints(b []byte) (*fedmeshv1.UpsertEndpointsRequest, 
 			}
 			req.Cluster = s
 		case 2:
-			if in == nil && len(req.Endpoints) > 0 {
-				in = make(interner, 2*(len(req.Endpoints[0].GetLabels())+len(req.Endpoints[0].GetNamespaceLabels())))
-			}
-			e, ok := fastUnmarshalEndpoint(v, in)
+			e, ok := fastUnmarshalEndpoint(v, shared)
 			if !ok {
 				return nil, false
 			}
@@ -69,7 +63,11 @@ func fastUnmarshalUpsertEndpoints(b []byte) (*fedmeshv1.UpsertEndpointsRequest, 
 	return req, true
 }
 
-func fastUnmarshalEndpoint(b []byte, in interner) (*fedmeshv1.Endpoint, bool) {
+func fastUnmarshalEndpoint(b []byte, in *interner) (*fedmeshv1.Endpoint, bool) {
+	if in != nil {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+	}
 	e := &fedmeshv1.Endpoint{}
 	labels := countField(b, 5)
 	merge := proto.UnmarshalOptions{Merge: true}
@@ -102,7 +100,11 @@ func fastUnmarshalEndpoint(b []byte, in interner) (*fedmeshv1.Endpoint, bool) {
 		var s string
 		var ok bool
 		switch num {
-		case 1, 2, 3, 4, 8:
+		case 1, 2, 8: // cluster, namespace, node: shared by many endpoints
+			if s, ok = in.str(v); !ok {
+				return nil, false
+			}
+		case 3, 4:
 			if s, ok = str(v); !ok {
 				return nil, false
 			}
@@ -154,7 +156,7 @@ func fastUnmarshalEndpoint(b []byte, in interner) (*fedmeshv1.Endpoint, bool) {
 
 // mapEntry adds one map<string, string> entry (key 1, value 2; a missing
 // one is empty) to m.
-func mapEntry(b []byte, m map[string]string, in interner) bool {
+func mapEntry(b []byte, m map[string]string, in *interner) bool {
 	var k, v string
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -189,20 +191,41 @@ func str(b []byte) (string, bool) {
 	return string(b), true
 }
 
-// interner hands out one string per distinct byte content.
-type interner map[string]string
+// interner hands out one string per distinct byte content, so the
+// endpoints the store holds share their label keys and values (and
+// cluster, namespace and node names) instead of each holding a copy: pods
+// of a workload carry the same labels, and writers that send one endpoint
+// at a time would otherwise store every label once per pod. It is bounded:
+// at maxInterned strings it starts over, so churning values (hashes, pod
+// names) cost at most that much; what endpoints already hold stays theirs.
+type interner struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxInterned = 1 << 14
+
+// shared is the process's interner.
+var shared = &interner{m: map[string]string{}}
 
 // str returns b as a string, the interned copy when there is one; a nil
-// interner interns nothing.
-func (in interner) str(b []byte) (string, bool) {
-	if s, ok := in[string(b)]; ok { // no allocation for the lookup
+// interner interns nothing. The caller holds in.mu.
+func (in *interner) str(b []byte) (string, bool) {
+	if in == nil {
+		return str(b)
+	}
+	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
 		return s, true
 	}
 	s, ok := str(b)
-	if ok && in != nil {
-		in[s] = s
+	if !ok {
+		return "", false
 	}
-	return s, ok
+	if len(in.m) >= maxInterned {
+		clear(in.m)
+	}
+	in.m[s] = s
+	return s, true
 }
 
 // countField counts the occurrences of field num (length-delimited) in a

@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/prototext"
@@ -131,5 +133,55 @@ func TestTheProposingLeaderAppliesItsOwnCommandAndOthersDecodeTheBytes(t *testin
 				t.Fatalf("%d prepared commands left after release", n)
 			}
 		})
+	}
+}
+
+// Endpoints decoded from separate requests share their label strings and
+// names, so a store fed one endpoint at a time does not hold a copy of every
+// label per pod.
+func TestDecodedEndpointsShareLabelStringsAcrossRequests(t *testing.T) {
+	decode := func(name string) *fedmeshv1.Endpoint {
+		req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{{
+			Cluster: "east", Namespace: "shop", Name: name, Ips: []string{"10.0.0.1"}, Node: "n1",
+			Labels: map[string]string{"app.kubernetes.io/name": "checkout-frontend"},
+		}}}
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := fastUnmarshalUpsertEndpoints(b)
+		if !ok {
+			t.Fatal("fast decoding refused a plain request")
+		}
+		return got.GetEndpoints()[0]
+	}
+	a, b := decode("p1"), decode("p2")
+	same := func(x, y string) bool { return unsafe.StringData(x) == unsafe.StringData(y) }
+	if !same(a.GetLabels()["app.kubernetes.io/name"], b.GetLabels()["app.kubernetes.io/name"]) ||
+		!same(a.GetNamespace(), b.GetNamespace()) || !same(a.GetNode(), b.GetNode()) {
+		t.Fatal("two requests' endpoints hold separate copies of the same label value, namespace or node")
+	}
+	for k := range a.GetLabels() {
+		for k2 := range b.GetLabels() {
+			if !same(k, k2) {
+				t.Fatal("label keys not shared")
+			}
+		}
+	}
+}
+
+func TestInternerStaysBounded(t *testing.T) {
+	in := &interner{m: map[string]string{}}
+	for i := range maxInterned + 10 {
+		s, ok := in.str(fmt.Appendf(nil, "value-%d", i))
+		if !ok || s != fmt.Sprintf("value-%d", i) {
+			t.Fatalf("str %d = %q %v", i, s, ok)
+		}
+		if len(in.m) > maxInterned {
+			t.Fatalf("interner holds %d strings, bound %d", len(in.m), maxInterned)
+		}
+	}
+	if _, ok := in.str([]byte{0xff}); ok {
+		t.Fatal("invalid UTF-8 accepted")
 	}
 }
