@@ -178,12 +178,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	dir := t.TempDir()
 	c := &Cluster{t: t, bin: bin, opts: opts}
 	var peers []string
+	addrs := FreeAddrs(t, 3*opts.Replicas)
 	for i := range opts.Replicas {
 		id := fmt.Sprintf("r%d", i+1)
-		r := &Replica{ID: id, RaftAddr: freeAddr(t), GRPCAddr: freeAddr(t),
+		r := &Replica{ID: id, RaftAddr: addrs[3*i], GRPCAddr: addrs[3*i+1],
 			DataDir: filepath.Join(dir, id), LogPath: filepath.Join(dir, id+".log")}
 		if opts.Metrics {
-			r.MetricsAddr = freeAddr(t)
+			r.MetricsAddr = addrs[3*i+2]
 		}
 		cc, err := grpc.NewClient(r.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -218,14 +219,22 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-func freeAddr(t testing.TB) string {
+// FreeAddrs returns n distinct free loopback addresses. Every listener
+// stays open until all n are picked: picked one at a time and closed at
+// once, the kernel may hand the same port out twice, and two replicas of
+// one group then share an address.
+func FreeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("cptest: pick a free port: %v", err)
+	out := make([]string, n)
+	for i := range out {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("cptest: pick a free port: %v", err)
+		}
+		defer l.Close()
+		out[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return out
 }
 
 func tail(s string, n int) string {

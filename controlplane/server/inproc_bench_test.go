@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -18,8 +19,9 @@ import (
 // profile (-cpuprofile) shows where a committed batch's time goes.
 func BenchmarkInProcessWrites(b *testing.B) {
 	var peers []Peer
+	addrs := cptest.FreeAddrs(b, 6)
 	for i := range 3 {
-		peers = append(peers, Peer{ID: fmt.Sprintf("r%d", i), RaftAddr: freeAddr(b), GRPCAddr: freeAddr(b)})
+		peers = append(peers, Peer{ID: fmt.Sprintf("r%d", i), RaftAddr: addrs[2*i], GRPCAddr: addrs[2*i+1]})
 	}
 	var reps []*Replica
 	for _, p := range peers {

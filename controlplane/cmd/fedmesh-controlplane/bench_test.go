@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -70,8 +71,9 @@ func startEtcd(b *testing.B) (clients []string, pids []int) {
 	type member struct{ name, peer, client string }
 	var ms []member
 	var initial []string
+	addrs := cptest.FreeAddrs(b, 6)
 	for i := range 3 {
-		m := member{name: fmt.Sprintf("e%d", i), peer: freePort(b), client: freePort(b)}
+		m := member{name: fmt.Sprintf("e%d", i), peer: addrs[2*i], client: addrs[2*i+1]}
 		ms = append(ms, m)
 		initial = append(initial, fmt.Sprintf("%s=http://%s", m.name, m.peer))
 	}

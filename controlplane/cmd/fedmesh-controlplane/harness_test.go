@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -42,16 +42,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // replica is one fedmesh-controlplane process.
@@ -83,8 +73,9 @@ func startGroupWith(t testing.TB, n int, p *pki, extra ...string) *group {
 	t.Helper()
 	g := &group{t: t, extra: extra, pki: p}
 	var peers []string
+	addrs := cptest.FreeAddrs(t, 2*n)
 	for i := range n {
-		r := &replica{id: fmt.Sprintf("r%d", i+1), raftAddr: freePort(t), grpcAddr: freePort(t), dataDir: t.TempDir()}
+		r := &replica{id: fmt.Sprintf("r%d", i+1), raftAddr: addrs[2*i], grpcAddr: addrs[2*i+1], dataDir: t.TempDir()}
 		r.logPath = filepath.Join(r.dataDir, "..", r.id+".log")
 		if p != nil {
 			r.tlsDir = p.replicaDir(t, r.id)
@@ -116,7 +107,8 @@ func startGroupWith(t testing.TB, n int, p *pki, extra ...string) *group {
 // it waits to be added with AddMember.
 func (g *group) join(id string) *replica {
 	g.t.Helper()
-	r := &replica{id: id, raftAddr: freePort(g.t), grpcAddr: freePort(g.t), dataDir: g.t.TempDir(), joiner: true}
+	addrs := cptest.FreeAddrs(g.t, 2)
+	r := &replica{id: id, raftAddr: addrs[0], grpcAddr: addrs[1], dataDir: g.t.TempDir(), joiner: true}
 	r.logPath = filepath.Join(r.dataDir, "..", r.id+".log")
 	if g.pki != nil && r.tlsDir == "" {
 		r.tlsDir = g.pki.replicaDir(g.t, r.id)

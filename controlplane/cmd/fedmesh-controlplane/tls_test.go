@@ -17,6 +17,7 @@ import (
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -212,7 +213,8 @@ func TestReplicaWithAForeignCertificateCannotJoinRaft(t *testing.T) {
 	// The intruder trusts its own CA; the test talks to it with that CA.
 	g.pki, intruder.joiner = foreign, true
 	g.reps = append(g.reps, intruder)
-	intruder.raftAddr, intruder.grpcAddr, intruder.dataDir = freePort(t), freePort(t), t.TempDir()
+	addrs := cptest.FreeAddrs(t, 2)
+	intruder.raftAddr, intruder.grpcAddr, intruder.dataDir = addrs[0], addrs[1], t.TempDir()
 	intruder.logPath = filepath.Join(intruder.dataDir, "..", "r9.log")
 	g.start(intruder)
 	g.pki = p

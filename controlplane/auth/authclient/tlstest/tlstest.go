@@ -63,7 +63,8 @@ func Start(t testing.TB) *ControlPlane {
 	if err := ca.WriteCredentials(filepath.Join(tlsDir, "replica.crt"), filepath.Join(tlsDir, "replica.key"), certPEM, keyPEM); err != nil {
 		t.Fatal(err)
 	}
-	raftAddr, grpcAddr := freeAddr(t), freeAddr(t)
+	addrs := cptest.FreeAddrs(t, 2)
+	raftAddr, grpcAddr := addrs[0], addrs[1]
 	logPath := filepath.Join(dataDir, "replica.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -143,14 +144,4 @@ func (cp *ControlPlane) Token(t testing.TB, cluster, node string, ttl time.Durat
 		t.Fatalf("tlstest: create join token: %v", err)
 	}
 	return resp.GetToken()
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("tlstest: pick a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
