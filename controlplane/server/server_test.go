@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -21,18 +20,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 type client struct {
 	cc       *grpc.ClientConn
@@ -64,7 +54,7 @@ func dial(t testing.TB, addr string) *client {
 // until it leads.
 func startSingle(t testing.TB, logSize int) (*Replica, *client) {
 	t.Helper()
-	raftAddr := freeAddr(t)
+	raftAddr := cptest.FreeAddrs(t, 1)[0]
 	r, err := Start(Config{
 		NodeID: "solo", DataDir: t.TempDir(), RaftAddr: raftAddr, GRPCAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
 		BootstrapPeers: []Peer{{ID: "solo", RaftAddr: raftAddr}}, EventLogSize: logSize,
