@@ -3,6 +3,8 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -207,9 +209,24 @@ func TestGracefulRestartKeepsRouteInToRDuringSpeakerRestart(t *testing.T) {
 // sends CEASE, which ends graceful restart, and the ToR withdraws at once.
 func TestDeliberateStopWithdrawsAtOnceDespiteGracefulRestart(t *testing.T) {
 	l := newLab(t)
-	b := startBird(t, l.tor, birdToR(""))
+	// BIRD traces the routes it imports and removes, so the test can see
+	// how our routes left: by an UPDATE, or only with the session.
+	conf := "log stderr all;\n" + strings.ReplaceAll(birdToR(""), "graceful restart on;", "graceful restart on;\n  debug { states, events, routes, packets };")
+	b := startBird(t, l.tor, conf)
 	sp := startSpeaker(t, l.node, nodeDesired(""))
 	eventually(t, 30*time.Second, "ToR FIB holds the pod CIDR", fibHas(t, l.tor, podCIDR4, true))
+	// Stop a synced speaker, as an agent is stopped in practice: once both
+	// sessions delivered their End-of-RIB no UPDATE is left queued that
+	// could pass for the withdrawal.
+	eventually(t, 10*time.Second, "End-of-RIB on both sessions", func() string {
+		lg := birdLog(t, b)
+		for _, proto := range []string{"node4", "node6"} {
+			if !strings.Contains(lg, proto+": Got END-OF-RIB") {
+				return lg
+			}
+		}
+		return ""
+	})
 
 	if r := sp.call(t, "stop", nil); r.Error != "" {
 		t.Fatalf("stop: %s", r.Error)
@@ -218,6 +235,34 @@ func TestDeliberateStopWithdrawsAtOnceDespiteGracefulRestart(t *testing.T) {
 	eventually(t, 5*time.Second, "withdrawn from BIRD", birdHas(t, b, podCIDR4, false))
 	eventually(t, 5*time.Second, "withdrawn from the ToR FIB", fibHas(t, l.tor, podCIDR4, false))
 	eventually(t, 5*time.Second, "IPv6 withdrawn", birdHas(t, b, podCIDR6, false))
+
+	// Withdrawn by an UPDATE before the session ended, so a CEASE that never
+	// arrives (the ToR then sees a restart) cannot leave a stale route.
+	eventually(t, 5*time.Second, "sessions ended in BIRD's log", func() string {
+		lg := birdLog(t, b)
+		if strings.Count(lg, "Received: Peer de-configured") < 2 {
+			return lg
+		}
+		return ""
+	})
+	lg := birdLog(t, b)
+	for _, c := range []struct{ proto, channel, prefix string }{{"node4", "ipv4", podCIDR4}, {"node6", "ipv6", podCIDR6}} {
+		removed := strings.Index(lg, c.proto+"."+c.channel+" > removed [sole] "+c.prefix)
+		ended := strings.Index(lg, c.proto+": Received: Peer de-configured")
+		if removed < 0 || ended < 0 || removed > ended {
+			t.Errorf("%s: BIRD must remove %s on an UPDATE before the CEASE (removed at %d, CEASE at %d in the log):\n%s", c.proto, c.prefix, removed, ended, lg)
+		}
+	}
+}
+
+// birdLog is what BIRD has logged so far.
+func birdLog(t testing.TB, b *bird) string {
+	t.Helper()
+	lg, err := os.ReadFile(filepath.Join(filepath.Dir(b.sock), "bird.log"))
+	if err != nil {
+		t.Fatalf("read BIRD's log: %v", err)
+	}
+	return string(lg)
 }
 
 func TestMD5SessionComesUpOnlyWithTheRightPassword(t *testing.T) {

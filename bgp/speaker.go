@@ -86,6 +86,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			if s.applied != nil {
 				stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				s.withdrawBeforeStop(stopCtx)
 				err := s.srv.StopBgp(stopCtx, &api.StopBgpRequest{})
 				cancel()
 				if err != nil {
@@ -174,8 +175,94 @@ func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
 
 // reconcile runs on the Run goroutine.
 func (s *Speaker) reconcile(ctx context.Context) ([]Action, error) {
+	return s.reconcileTo(ctx, Effective(s.desired, s.healthy))
+}
+
+// withdrawFlushTimeout bounds how long a deliberate stop waits for its
+// withdrawals to be written before it ends the sessions anyway.
+const withdrawFlushTimeout = 2 * time.Second
+
+// withdrawBeforeStop withdraws every advertised prefix and waits until each
+// established session that carried some has written an UPDATE since, so
+// the peers drop our routes even when the CEASE that follows is lost. It
+// can be: GoBGP has been seen (rarely, under load) closing a session whose
+// NOTIFICATION never reached the peer, and a ToR that sees only the TCP
+// session end keeps our routes as stale for the whole graceful-restart
+// time. The withdrawal is what a deliberate stop means; the CEASE then
+// only ends the session. Runs on the Run goroutine.
+func (s *Speaker) withdrawBeforeStop(ctx context.Context) {
+	if len(s.applied.Prefixes) == 0 {
+		return
+	}
+	before, err := s.sentUpdates(ctx)
+	if err != nil {
+		s.log.Warn("bgp stop: cannot read the sessions' counters; ending them without waiting for the withdrawal", "err", err)
+		before = nil
+	}
+	// Only sessions that carry a path get a withdrawal to wait for.
+	maps.DeleteFunc(before, func(_ string, c sessionCounters) bool { return c.advertised == 0 })
+	want := *s.applied
+	want.Prefixes = nil
+	if _, err := s.reconcileTo(ctx, want); err != nil {
+		s.log.Warn("bgp stop: withdrawing the prefixes failed; the CEASE alone ends the sessions", "err", err)
+		return
+	}
 	start := time.Now()
-	want := Effective(s.desired, s.healthy)
+	deadline := start.Add(withdrawFlushTimeout)
+	waited := len(before)
+	defer func() { s.log.Info("bgp stop: prefixes withdrawn", "sessions", waited, "took", time.Since(start)) }()
+	for len(before) > 0 {
+		now, err := s.sentUpdates(ctx)
+		if err != nil {
+			s.log.Warn("bgp stop: cannot read the sessions' counters", "err", err)
+			return
+		}
+		for addr, c := range before {
+			// Written, or the session is gone.
+			if n, ok := now[addr]; !ok || n.updates != c.updates {
+				delete(before, addr)
+			}
+		}
+		if len(before) == 0 {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.log.Warn("bgp stop: withdrawal not written to every peer in time; ending the sessions", "peers", slices.Collect(maps.Keys(before)))
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// sessionCounters is what a stop reads of one established session.
+type sessionCounters struct {
+	updates    uint64 // UPDATEs written to the socket (counted after the write)
+	advertised uint64 // paths in its Adj-RIB-Out
+}
+
+// sentUpdates returns the counters of every established session, by
+// neighbor address.
+func (s *Speaker) sentUpdates(ctx context.Context) (map[string]sessionCounters, error) {
+	out := map[string]sessionCounters{}
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+		if p.GetState().GetSessionState() != api.PeerState_SESSION_STATE_ESTABLISHED {
+			return
+		}
+		c := sessionCounters{updates: p.GetState().GetMessages().GetSent().GetUpdate()}
+		for _, af := range p.GetAfiSafis() {
+			c.advertised += af.GetState().GetAdvertised()
+		}
+		out[p.GetConf().GetNeighborAddress()] = c
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// reconcileTo carries GoBGP from s.applied to want (an effective state).
+func (s *Speaker) reconcileTo(ctx context.Context, want Desired) ([]Action, error) {
+	start := time.Now()
 	plan, w := diff(s.applied, &want)
 	for i := 0; i < len(plan); {
 		run := nextRun(plan[i:])
