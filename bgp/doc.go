@@ -33,7 +33,7 @@
 // stale routes for fresh ones without a gap. A process that dies or exits
 // (crash, SIGKILL, upgrade) keeps its routes in the ToR's FIB for the
 // restart time; cancelling Speaker.Run instead is a deliberate stop that
-// sends CEASE and withdraws at once.
+// withdraws every prefix by UPDATE, then sends CEASE.
 //
 // # Health-coupled advertisement (the contract)
 //

@@ -68,10 +68,10 @@ func New(opts ...Option) *Speaker {
 }
 
 // Run starts the embedded GoBGP server and serves operations until ctx is
-// done. Cancelling ctx is a deliberate stop: every session gets a CEASE
-// and the peers withdraw our routes at once, provided the process lives
-// until Run returns: exiting earlier can close the sockets before the
-// CEASE is written, which the peers take for a restart. To keep the
+// done. Cancelling ctx is a deliberate stop: our prefixes are withdrawn
+// by UPDATE, then every session gets a CEASE, so the peers drop our routes
+// at once, provided the process lives until Run returns: exiting earlier
+// can close the sockets first, which the peers take for a restart. To keep the
 // routes at the peers across an agent restart (graceful restart), let the
 // process exit or die without cancelling: the kernel closes the TCP
 // sessions and the peers hold our routes as stale for the restart time.
@@ -189,7 +189,10 @@ const withdrawFlushTimeout = 2 * time.Second
 // NOTIFICATION never reached the peer, and a ToR that sees only the TCP
 // session end keeps our routes as stale for the whole graceful-restart
 // time. The withdrawal is what a deliberate stop means; the CEASE then
-// only ends the session. Runs on the Run goroutine.
+// only ends the session. The wait is for any UPDATE written after the
+// withdrawal was queued: one that was already queued (an End-of-RIB right
+// after the session came up) can end it early, which only narrows the
+// window back to the CEASE's. Runs on the Run goroutine.
 func (s *Speaker) withdrawBeforeStop(ctx context.Context) {
 	if len(s.applied.Prefixes) == 0 {
 		return
