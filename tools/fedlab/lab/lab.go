@@ -255,6 +255,9 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 	if err := os.RemoveAll(filepath.Join("/sys/fs/bpf/fedmesh", name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove BPF pins: %w", err))
 	}
+	// The shared pin root too once no lab or agent has pins under it
+	// (Remove refuses a directory that is not empty).
+	_ = os.Remove("/sys/fs/bpf/fedmesh")
 	if err := os.RemoveAll(StateDir(name)); err != nil {
 		errs = append(errs, err)
 	}
