@@ -197,7 +197,7 @@ func (s *Speaker) withdrawBeforeStop(ctx context.Context) {
 	if len(s.applied.Prefixes) == 0 {
 		return
 	}
-	before, err := s.sentUpdates(ctx)
+	before, err := s.establishedCounters(ctx)
 	if err != nil {
 		s.log.Warn("bgp stop: cannot read the sessions' counters; ending them without waiting for the withdrawal", "err", err)
 		before = nil
@@ -215,7 +215,7 @@ func (s *Speaker) withdrawBeforeStop(ctx context.Context) {
 	waited := len(before)
 	defer func() { s.log.Info("bgp stop: prefixes withdrawn", "sessions", waited, "took", time.Since(start)) }()
 	for len(before) > 0 {
-		now, err := s.sentUpdates(ctx)
+		now, err := s.establishedCounters(ctx)
 		if err != nil {
 			s.log.Warn("bgp stop: cannot read the sessions' counters", "err", err)
 			return
@@ -243,9 +243,9 @@ type sessionCounters struct {
 	advertised uint64 // paths in its Adj-RIB-Out
 }
 
-// sentUpdates returns the counters of every established session, by
-// neighbor address.
-func (s *Speaker) sentUpdates(ctx context.Context) (map[string]sessionCounters, error) {
+// establishedCounters returns the counters of every established session,
+// by neighbor address.
+func (s *Speaker) establishedCounters(ctx context.Context) (map[string]sessionCounters, error) {
 	out := map[string]sessionCounters{}
 	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		if p.GetState().GetSessionState() != api.PeerState_SESSION_STATE_ESTABLISHED {

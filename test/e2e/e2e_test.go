@@ -18,7 +18,7 @@ import (
 )
 
 // requireLab skips on a laptop and fails under CI, where the lab must run.
-func requireLab(t *testing.T) {
+func requireLab(t testing.TB) {
 	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {
@@ -46,20 +46,13 @@ func requireLab(t *testing.T) {
 // that nothing is left behind.
 func upLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
-	requireLab(t)
 	return upLabB(t, cfg)
 }
 
-// upLabB is upLab for benchmarks: without root they skip on a laptop and
-// fail when CI=true, like the tests.
+// upLabB is upLab for benchmarks too.
 func upLabB(t testing.TB, cfg lab.Config) *lab.Lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the lab needs root (network namespaces); CI=true so this must run")
-		}
-		t.Skip("the lab needs root (network namespaces); run as root")
-	}
+	requireLab(t)
 	cfg.Name = fmt.Sprintf("e%d", os.Getpid()%10000)
 	cfg.BinDir = binDir
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -168,8 +168,12 @@ func (l *Lab) startAgents(ctx context.Context) error {
 	return nil
 }
 
+// bpfPinRoot is the agent's default BPF pin root
+// (nodeagent/dataplane.DefaultPinDir); each lab pins under its own name.
+const bpfPinRoot = "/sys/fs/bpf/fedmesh"
+
 func (l *Lab) pinDir(n Node) string {
-	return filepath.Join("/sys/fs/bpf/fedmesh", l.Topo.Name, n.Host.NS)
+	return filepath.Join(bpfPinRoot, l.Topo.Name, n.Host.NS)
 }
 
 // Dial connects to the control plane from fedlab's own process. fedlab runs

@@ -252,12 +252,12 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 	} else {
 		errs = append(errs, err)
 	}
-	if err := os.RemoveAll(filepath.Join("/sys/fs/bpf/fedmesh", name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.RemoveAll(filepath.Join(bpfPinRoot, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove BPF pins: %w", err))
 	}
 	// The shared pin root too once no lab or agent has pins under it
 	// (Remove refuses a directory that is not empty).
-	_ = os.Remove("/sys/fs/bpf/fedmesh")
+	_ = os.Remove(bpfPinRoot)
 	if err := os.RemoveAll(StateDir(name)); err != nil {
 		errs = append(errs, err)
 	}
