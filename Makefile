@@ -1,4 +1,5 @@
-# fedmesh build. `make deps` once on a fresh machine, then `make test` / `make demo`.
+# fedmesh build. On a fresh machine `sudo make demo` and `make test` each run
+# `make deps` first, so they install what they need on first use.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
@@ -13,13 +14,18 @@ APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2
 BINARIES := controlplane/cmd/fedmesh-controlplane nodeagent/cmd/fedmesh-agent \
             federation/cmd/fedmesh-syncer tools/fedctl tools/fedlab
 TEST_TIMEOUT ?= 25m
+# Development tools (buf, protoc-gen-*, staticcheck, bpf2go, cyclonedx-gomod)
+# are pinned in their own module so their requirements never reach the
+# binaries' build list (issue 25).
+DEVTOOLS_MOD := $(CURDIR)/tools/devtools/go.mod
+DEVTOOL  := $(GO) tool -modfile=$(DEVTOOLS_MOD)
 
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a target with a
 # bare "context deadline exceeded" when a duration expires mid-exec on a loaded
 # machine (golang/go#75804, fixed in Go 1.27). A count has no deadline to race.
 FUZZTIME ?= 20000x
 
-.PHONY: all deps generate build test fuzz bench demo lint clean
+.PHONY: all deps generate build test fuzz bench demo lint clean sbom
 
 all: build
 
@@ -31,7 +37,7 @@ deps: $(CACHE)/bin/etcd $(CACHE)/bin/kube-apiserver ## install what the project 
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	$(GO) mod download
-	$(GO) build -o /dev/null tool   # compile the pinned go tools once (buf, protoc-gen-*, staticcheck, bpf2go)
+	$(GO) -C tools/devtools build -o /dev/null tool   # compile the pinned dev tools once
 	@if [ "$$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpffs /sys/fs/bpf; fi
 
 # Real etcd and kube-apiserver for the syncer's tests and the store's peer
@@ -46,15 +52,16 @@ $(CACHE)/bin/kube-apiserver: tools/kubebin/go.mod tools/kubebin/go.sum
 	cd tools/kubebin && $(GO) build -o $@ k8s.io/kubernetes/cmd/kube-apiserver
 
 generate: ## regenerate protobuf and bpf2go output with the pinned tools
-	$(GO) tool buf generate
+	$(DEVTOOL) buf generate
 	$(GO) generate ./...
 
 build: ## build every binary into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./,$(BINARIES))
 
-test: ## unit, integration and end-to-end tests
+test: deps ## unit, integration and end-to-end tests (installs what is missing first)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) -C tools/devtools test -count=1 ./...
 
 fuzz: ## every fuzz target for FUZZTIME each (CI runs it); corpora live in testdata/fuzz
 	@for f in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
@@ -68,7 +75,7 @@ fuzz: ## every fuzz target for FUZZTIME each (CI runs it); corpora live in testd
 bench: ## benchmarks; ratios are against a peer measured in the same run
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
-demo: build ## the whole federation running locally in network namespaces (needs root)
+demo: deps build ## the whole federation running locally in network namespaces (needs root)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces, veths and BPF programs. Run: sudo make demo"; exit 1; fi
 	@if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpffs /sys/fs/bpf; fi
 	$(BIN)/fedlab demo --bin-dir $(BIN)
@@ -76,10 +83,19 @@ demo: build ## the whole federation running locally in network namespaces (needs
 lint: ## gofmt, go vet, staticcheck, buf lint
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) tool staticcheck ./...
-	$(GO) tool buf lint
+	$(GO) -C tools/devtools vet ./...
+	$(DEVTOOL) staticcheck ./...
+	$(DEVTOOL) buf lint
 	@# API compatibility: on a branch, the protos must not break what main serves.
-	@if git rev-parse -q --verify main >/dev/null; then $(GO) tool buf breaking --against '.git#branch=main'; fi
+	@if git rev-parse -q --verify main >/dev/null; then $(DEVTOOL) buf breaking --against '.git#branch=main'; fi
+	@# Released versions in the binaries, and no dev tool in the product's module graph.
+	$(GO) -C tools/devtools run ./modcheck -root $(CURDIR) -allow $(CURDIR)/tools/devtools/pseudo-allowlist.txt -tools $(DEVTOOLS_MOD)
+
+sbom: build ## a CycloneDX SBOM per binary, from the build info Go embeds (bin/<name>.cdx.json)
+	@for b in $(notdir $(BINARIES)); do \
+	  $(DEVTOOL) cyclonedx-gomod bin -json -version $(VERSION) -output $(BIN)/$$b.cdx.json $(BIN)/$$b; \
+	  echo "wrote $(BIN)/$$b.cdx.json"; \
+	done
 
 clean: ## remove build output (keeps the .cache of etcd/kube-apiserver; rm -rf .cache to rebuild them)
 	rm -rf $(BIN)
