@@ -48,6 +48,7 @@ func root() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	cmd.SetVersionTemplate(buildinfo.VersionTemplate())
 	cmd.PersistentFlags().StringVar(&name, "name", "fl", "lab name: prefix of every namespace and link (1-6 characters)")
 
 	var cfg lab.Config

@@ -61,6 +61,7 @@ func main() {
 			return run(cmd.Context(), cfg)
 		},
 	}
+	cmd.SetVersionTemplate(buildinfo.VersionTemplate())
 	f := cmd.Flags()
 	f.StringVar(&cfg.NodeID, "node-id", "", "this replica's Raft server ID (unique, stable across restarts)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log (raft.db) and snapshots")

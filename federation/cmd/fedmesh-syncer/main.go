@@ -56,6 +56,7 @@ func main() {
 			return run(ctx, o)
 		},
 	}
+	cmd.SetVersionTemplate(buildinfo.VersionTemplate())
 	f := cmd.Flags()
 	f.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the member cluster (empty: in-cluster config)")
 	f.StringVar(&o.cluster, "cluster", "", "this cluster's name in the federation (as registered with fedctl cluster register)")

@@ -126,6 +126,7 @@ func main() {
 			return run(ctx, o)
 		},
 	}
+	cmd.SetVersionTemplate(buildinfo.VersionTemplate())
 	f := cmd.Flags()
 	f.StringVar(&o.cluster, "cluster", "", "name of this node's cluster")
 	f.StringVar(&o.node, "node", "", "name of this node (the Kubernetes node name)")

@@ -52,6 +52,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate(buildinfo.VersionTemplate())
 	root.SetOut(out)
 	root.SetErr(errOut)
 	server := os.Getenv("FEDMESH_SERVER")
@@ -65,7 +66,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addCredentialFlags(pf, &g.creds)
 	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g), controlPlaneCmd(g), flowsCmd(g))
-	root.AddCommand(caCmd(g), tokenCmd(g))
+	root.AddCommand(caCmd(g), tokenCmd(g), versionCmd(g))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		fmt.Fprintf(errOut, "error: %v\nsee '%s --help'\n", err, c.CommandPath())
 		return err
