@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,23 +122,19 @@ func TestDescribeShowsFieldViolations(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"--version"}, {"--help"}, {"policy", "apply", "--help"}, {"reach", "--help"}} {
-		var out, errOut bytes.Buffer
-		root := NewRoot(&out, &errOut)
-		root.SetArgs(args)
-		if err := root.Execute(); err != nil {
-			t.Errorf("%v: %v (%s)", args, err, errOut.String())
+	env := newTestEnv(t)
+	for _, args := range [][]string{{"--version"}, {"--help"}, {"policy", "apply", "--help"}, {"reach", "--help"}, {"config", "--help"}} {
+		out, errOut, code := env.run(args...)
+		if code != 0 {
+			t.Errorf("%v: exit %d (%s)", args, code, errOut)
 		}
-		if out.Len() == 0 {
+		if out == "" {
 			t.Errorf("%v printed nothing", args)
 		}
 	}
 }
 
 func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
-	for _, k := range []string{"FEDMESH_CA", "FEDMESH_CERT", "FEDMESH_KEY"} {
-		t.Setenv(k, "")
-	}
 	tests := []struct {
 		name   string
 		args   []string
@@ -147,20 +142,16 @@ func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
 	}{
 		{"no flags", []string{"cluster", "list"}, "give --ca, --cert and --key"},
 		{"no flags names the dev escape", []string{"policy", "list"}, "or --insecure-dev against a development control plane"},
+		{"no flags names contexts", []string{"policy", "list"}, "or use a context ('fedctl config set-context')"},
 		{"insecure with a CA", []string{"--insecure-dev", "--ca", "/nonexistent/ca.crt", "cluster", "list"}, "--insecure-dev excludes --ca"},
-		{"cert without key", []string{"--ca", "testdata/none.crt", "--cert", "a.crt", "cluster", "list"}, "read CA certificate"},
+		{"cert without key", []string{"--ca", "testdata/none.crt", "--cert", "a.crt", "cluster", "list"}, "give --cert and --key together"},
+		{"unreadable CA names where it came from", []string{"--ca", "testdata/none.crt", "cluster", "list"}, "CA from --ca: read CA certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			root := NewRoot(&out, &errOut)
-			root.SetArgs(append(tt.args, "--timeout", "1s"))
-			err := root.Execute()
-			if err == nil || !strings.Contains(err.Error(), tt.errHas) {
-				t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
-			}
-			if !strings.Contains(errOut.String(), tt.errHas) {
-				t.Errorf("stderr = %q, want the message printed", errOut.String())
+			_, errOut, code := newTestEnv(t).run(append(tt.args, "--timeout", "1s")...)
+			if code != 1 || !strings.Contains(errOut, tt.errHas) {
+				t.Fatalf("exit %d, stderr %q; want 1 and a message containing %q", code, errOut, tt.errHas)
 			}
 		})
 	}
