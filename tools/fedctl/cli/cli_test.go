@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/federation/model"
+	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -154,5 +155,87 @@ func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 1 and a message containing %q", code, errOut, tt.errHas)
 			}
 		})
+	}
+}
+
+func TestProtocolsAreNamedNotNumbered(t *testing.T) {
+	manifest := func(kind, protocol string) string {
+		api := "networking.k8s.io/v1"
+		if kind == "FederatedNetworkPolicy" {
+			api = "fedmesh.io/v1"
+		}
+		return "apiVersion: " + api + "\nkind: " + kind + "\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n" +
+			"  egress: [{ports: [{port: 53}]}, {ports: [{port: 53}, {protocol: " + protocol + "}]}]\n  policyTypes: [Egress]\n"
+	}
+	cases := []struct {
+		name, kind, protocol string
+		wantErr              string // from reading the manifest ("" when it reads)
+		wantServer           string // from the API edge's validation
+	}{
+		{name: "ICMP reaches the server and comes back by name", kind: "NetworkPolicy", protocol: "ICMP",
+			wantServer: `policies[0].spec.egress[1].ports[1].protocol: Unsupported value: "ICMP"`},
+		{name: "ICMP in a federated policy", kind: "FederatedNetworkPolicy", protocol: "ICMP",
+			wantServer: `Unsupported value: "ICMP"`},
+		{name: "a name the API lacks is refused by name", kind: "FederatedNetworkPolicy", protocol: "GRE",
+			wantErr: `document 1: spec.egress[1].ports[1].protocol: unknown protocol "GRE"`},
+		{name: "names are case-sensitive as in Kubernetes", kind: "NetworkPolicy", protocol: "icmp",
+			wantErr: `unknown protocol "icmp": want TCP, UDP or SCTP (names are upper case)`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "p.yaml")
+			if err := os.WriteFile(path, []byte(manifest(tc.kind, tc.protocol)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			byOwner, err := readManifests(path, "east")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("readManifests error = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for owner, pols := range byOwner {
+				err := model.ValidateApplyPolicies(&fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols})
+				msg := describe(status.Convert(err).Err())
+				if !strings.Contains(msg, tc.wantServer) || strings.Contains(msg, "-1") {
+					t.Errorf("server says %q, want %q and no protocol number", msg, tc.wantServer)
+				}
+			}
+		})
+	}
+}
+
+func TestReachAndFlowsNameProtocolsAndDropICMPPorts(t *testing.T) {
+	resp := &fedmeshv1.ReachResponse{Verdict: fedmeshv1.Verdict_VERDICT_DENY, Revision: 7}
+	for _, tc := range []struct {
+		protocol string
+		port     uint32
+		want     string
+	}{
+		{"icmp", 0, "a -> b icmp: DENIED (revision 7)\n"},
+		{"ICMP", 80, "a -> b icmp: DENIED (revision 7)\n"},
+		{"tcp", 5432, "a -> b tcp/5432: DENIED (revision 7)\n"},
+	} {
+		var b strings.Builder
+		printReach(&b, "a", "b", tc.protocol, tc.port, resp)
+		if first, _, _ := strings.Cut(b.String(), "\n"); first+"\n" != tc.want {
+			t.Errorf("reach %s/%d prints %q, want %q", tc.protocol, tc.port, first, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		f    flows.Flow
+		want string
+	}{
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 1, SrcPort: 8, DstPort: 0}, "10.0.0.1 -> 10.0.0.2 icmp"},
+		{flows.Flow{Src: "fd00::1", Dst: "fd00::2", Proto: 58}, "fd00::1 -> fd00::2 icmp"},
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 6, SrcPort: 40000, DstPort: 443}, "10.0.0.1:40000 -> 10.0.0.2:443 tcp"},
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 47}, "10.0.0.1:0 -> 10.0.0.2:0 proto 47"},
+	} {
+		if got := flowTuple(tc.f); got != tc.want {
+			t.Errorf("flowTuple(%+v) = %q, want %q", tc.f, got, tc.want)
+		}
 	}
 }
