@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,15 +112,33 @@ spec:
 	}
 }
 
-func TestDescribeShowsFieldViolations(t *testing.T) {
-	err := model.ValidateCluster(&fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.1/8"}})
-	st := status.Convert(err)
-	if st.Code() != codes.InvalidArgument {
-		t.Fatal(st)
+func TestDescribeShowsEachFieldViolationOnce(t *testing.T) {
+	one := model.ValidateCluster(&fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.1/8"}})
+	two := model.ValidateCluster(&fedmeshv1.Cluster{Name: "East", PodCidrs: []string{"10.0.0.1/8"}})
+	v1, v2 := model.FieldErrors(two)[0].Error(), model.FieldErrors(two)[1].Error()
+	if !strings.HasPrefix(v1, "cluster.name: ") || !strings.HasPrefix(v2, "cluster.podCIDRs[0]: ") {
+		t.Fatalf("validation changed: %v", two)
 	}
-	got := describe(st.Err())
-	if !strings.Contains(got, "InvalidArgument") || !strings.Contains(got, "\n  cluster.podCIDRs[0]: ") {
-		t.Fatalf("describe = %q", got)
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{name: "one violation, inline", err: status.Convert(one).Err(), want: "InvalidArgument: " + v2},
+		{name: "two violations, one per line", err: status.Convert(two).Err(), want: "InvalidArgument\n  " + v1 + "\n  " + v2},
+		{name: "context the client added is kept, the code said once", err: fmt.Errorf("wait for revision 3: %w", status.Convert(one).Err()),
+			want: "InvalidArgument: wait for revision 3: " + v2},
+		{name: "no violations", err: status.Error(codes.NotFound, `policy "x" not found`), want: `NotFound: policy "x" not found`},
+		{name: "wrapped, no violations", err: fmt.Errorf("create join token: %w", status.Error(codes.PermissionDenied, "admins only")),
+			want: "PermissionDenied: create join token: admins only"},
+		{name: "not gRPC", err: errors.New("plain"), want: "plain"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := describe(tc.err); got != tc.want {
+				t.Errorf("describe =\n%s\nwant\n%s", got, tc.want)
+			}
+		})
 	}
 }
 

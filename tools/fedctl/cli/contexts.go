@@ -63,7 +63,12 @@ func getContextsCmd(g *globals) *cobra.Command {
 				_, err = fmt.Fprintln(g.out, string(b))
 				return err
 			case "yaml":
-				return yaml.NewEncoder(g.out).Encode(f)
+				enc := yaml.NewEncoder(g.out)
+				enc.SetIndent(2)
+				if err := enc.Encode(f); err != nil {
+					return err
+				}
+				return enc.Close()
 			}
 			t := &table{header: []string{"CURRENT", "NAME", "SERVERS", "TRANSPORT", "CERT"}}
 			for _, c := range f.Contexts {

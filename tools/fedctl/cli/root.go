@@ -140,20 +140,47 @@ func allCommands(c *cobra.Command) []*cobra.Command {
 	return out
 }
 
-// describe renders a gRPC error with its field violations, one per line.
+// describe renders a gRPC error with its field violations, one per line,
+// each once: the server's message already holds them (model's
+// ValidationError), so only what it says besides them is kept.
 func describe(err error) string {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err.Error()
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %s", st.Code(), st.Message())
+	var violations []string
 	for _, d := range st.Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				fmt.Fprintf(&b, "\n  %s: %s", v.GetField(), v.GetDescription())
+				violations = append(violations, v.GetField()+": "+v.GetDescription())
 			}
 		}
+	}
+	// A client-side wrap ("wait for revision 3: %w") puts grpc's own
+	// rendering of the status inside the message; the code is said once.
+	msg := strings.Replace(st.Message(), "rpc error: code = "+st.Code().String()+" desc = ", "", 1)
+	rest := msg
+	for _, v := range violations {
+		if !strings.Contains(rest, v) {
+			rest = msg // the message is something else: keep it whole
+			break
+		}
+		rest = strings.Replace(rest, v, "", 1)
+	}
+	if rest != msg {
+		rest = strings.Trim(rest, " :,[]") // what joined the violations
+	}
+	head := st.Code().String()
+	if rest != "" {
+		head += ": " + rest
+	}
+	if len(violations) == 1 {
+		return head + ": " + violations[0]
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	for _, v := range violations {
+		b.WriteString("\n  " + v)
 	}
 	return b.String()
 }
