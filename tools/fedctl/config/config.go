@@ -226,6 +226,9 @@ func Update(path string, change func(*File) error) error {
 	}
 	var body bytes.Buffer
 	body.WriteString(header)
+	if len(f.Contexts) == 0 && f.CurrentContext == "" {
+		return writeAtomic(path, body.Bytes()) // not "{}"
+	}
 	enc := yaml.NewEncoder(&body)
 	enc.SetIndent(2)
 	if err := enc.Encode(f); err != nil {
