@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -77,6 +78,20 @@ func TestErrorsArePrintedOnceWithHelpForCommandLineMistakes(t *testing.T) {
 				t.Errorf("stderr = %q; want pointer to help %q: %v", errOut, help, tc.wantHelp != "")
 			}
 		})
+	}
+}
+
+func TestNewRootPrintsRunErrorsOnce(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	for _, k := range []string{"FEDMESH_CONTEXT", "FEDMESH_SERVER", "FEDMESH_CA", "FEDMESH_CERT", "FEDMESH_KEY"} {
+		t.Setenv(k, "")
+	}
+	var out, errOut bytes.Buffer
+	root := NewRoot(&out, &errOut)
+	root.SetArgs([]string{"cluster", "list"})
+	err := root.Execute()
+	if !errors.Is(err, ErrNoCredentials) || strings.Count(errOut.String(), "error:") != 1 || !strings.Contains(errOut.String(), ErrNoCredentials.Error()) {
+		t.Fatalf("err %v, stderr %q; want ErrNoCredentials printed once", err, errOut.String())
 	}
 }
 

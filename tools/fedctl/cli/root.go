@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -67,6 +68,30 @@ func Execute(ctx context.Context, args []string, out, errOut io.Writer, getenv f
 		fmt.Fprintf(errOut, "error: %v\nsee '%s --help'\n", err, cmd.CommandPath())
 	}
 	return 1
+}
+
+// NewRoot builds the command tree for a caller that runs it itself
+// (root.Execute, as in-process tests do), with the environment of the
+// process: an error a command's run returns is printed on errOut, once;
+// a command-line error is only returned. fedctl's main uses Execute, which
+// prints both.
+func NewRoot(out, errOut io.Writer) *cobra.Command {
+	root := newRoot(out, errOut, os.Getenv)
+	for _, c := range allCommands(root) {
+		if c.RunE == nil {
+			continue
+		}
+		run := c.RunE
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			err := run(cmd, args)
+			var re *runError
+			if errors.As(err, &re) && !errors.Is(err, ErrDenied) {
+				fmt.Fprintln(errOut, "error:", describe(re.err))
+			}
+			return err
+		}
+	}
+	return root
 }
 
 // runError marks an error a command's run returned, as opposed to one cobra
