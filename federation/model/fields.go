@@ -237,7 +237,8 @@ func l4Protocol(p *field.Path, v fedmeshv1.Protocol) field.ErrorList {
 		fedmeshv1.Protocol_PROTOCOL_UDP, fedmeshv1.Protocol_PROTOCOL_SCTP:
 		return nil
 	case fedmeshv1.Protocol_PROTOCOL_ICMP:
-		return field.ErrorList{field.NotSupported(p, v.String(), []string{"TCP", "UDP", "SCTP"})}
+		// Named as a Kubernetes manifest spells it, not PROTOCOL_ICMP.
+		return field.ErrorList{field.NotSupported(p, "ICMP", []string{"TCP", "UDP", "SCTP"})}
 	}
 	return field.ErrorList{field.NotSupported(p, int32(v), []string{"TCP", "UDP", "SCTP"})}
 }

@@ -112,8 +112,9 @@ func policyTypesFromK8s(in []networkingv1.PolicyType) []fedmeshv1.PolicyType {
 	return out
 }
 
-// ProtocolFromK8s maps a Kubernetes protocol ("" is TCP); unknown names map
-// to a value validation rejects.
+// ProtocolFromK8s maps a Kubernetes protocol ("" is TCP). ICMP, which
+// Kubernetes ports cannot name, maps to the API's ICMP so validation rejects
+// it by name; other unknown names map to a value validation rejects.
 func ProtocolFromK8s(p corev1.Protocol) fedmeshv1.Protocol {
 	switch p {
 	case "", corev1.ProtocolTCP:
@@ -122,6 +123,8 @@ func ProtocolFromK8s(p corev1.Protocol) fedmeshv1.Protocol {
 		return fedmeshv1.Protocol_PROTOCOL_UDP
 	case corev1.ProtocolSCTP:
 		return fedmeshv1.Protocol_PROTOCOL_SCTP
+	case "ICMP":
+		return fedmeshv1.Protocol_PROTOCOL_ICMP
 	}
 	return fedmeshv1.Protocol(-1)
 }

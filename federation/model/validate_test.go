@@ -255,7 +255,7 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		}), "policies[0].spec.ingress[0].ports[0].endPort", field.ErrorTypeForbidden, "named port"},
 		{"policy endPort without port", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Port = nil }), "policies[0].spec.ingress[0].ports[0].port", field.ErrorTypeRequired, "numeric port"},
 		{"policy unknown protocol", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Protocol = 99 }), "policies[0].spec.ingress[0].ports[0].protocol", field.ErrorTypeNotSupported, ""},
-		{"policy ICMP port", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Protocol = fedmeshv1.Protocol_PROTOCOL_ICMP }), "policies[0].spec.ingress[0].ports[0].protocol", field.ErrorTypeNotSupported, ""},
+		{"policy ICMP port", policies(func(r *fedmeshv1.ApplyPoliciesRequest) { ingressPort(r).Protocol = fedmeshv1.Protocol_PROTOCOL_ICMP }), "policies[0].spec.ingress[0].ports[0].protocol", field.ErrorTypeNotSupported, `Unsupported value: "ICMP"`},
 		{"policy bad selector operator", policies(func(r *fedmeshv1.ApplyPoliciesRequest) {
 			ingressPeer(r, 0).NamespaceSelector.MatchExpressions[0].Operator = "Like"
 		}),

@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,12 +12,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := cli.NewRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
-	switch {
-	case errors.Is(err, cli.ErrDenied):
-		os.Exit(2) // `fedctl reach` answered "denied"
-	case err != nil:
-		os.Exit(1)
-	}
+	code := cli.Execute(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
 }

@@ -5,28 +5,47 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fedmesh/fedmesh/federation/buildinfo"
+	"github.com/fedmesh/fedmesh/tools/fedctl/config"
 	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := root().ExecuteContext(ctx); err != nil {
+	err := root().ExecuteContext(ctx)
+	stop()
+	var exit exitStatus
+	switch {
+	case errors.As(err, &exit):
+		os.Exit(int(exit)) // the command run by exec said why
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
+
+// exitStatus is the exit status of a command fedlab ran for the user, to
+// exit with unchanged.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// fedctlConfig is the fedctl config file the lab's context goes into: the
+// one fedctl run by the same user (root, under sudo) reads.
+func fedctlConfig() (string, error) { return config.Path(os.Getenv) }
 
 // defaultBinDir is the directory of the fedlab binary itself: make build
 // puts every fedmesh binary next to it.
@@ -49,7 +68,7 @@ func root() *cobra.Command {
 		SilenceErrors: true,
 	}
 	cmd.SetVersionTemplate(buildinfo.VersionTemplate())
-	cmd.PersistentFlags().StringVar(&name, "name", "fl", "lab name: prefix of every namespace and link (1-6 characters)")
+	cmd.PersistentFlags().StringVar(&name, "name", lab.DefaultName, "lab name: prefix of every namespace and link (1-6 characters)")
 
 	var cfg lab.Config
 	up := &cobra.Command{
@@ -64,6 +83,10 @@ func root() *cobra.Command {
 				return err
 			}
 			fmt.Printf("lab %q up in %s: %d clusters, %d namespaces; state in %s\n", name, time.Since(start).Round(time.Millisecond), len(l.Topo.Clusters), len(l.Topo.Namespaces()), l.Dir)
+			if cfg.BinDir != "" {
+				writeContext(l, log)
+				fmt.Printf("fedctl: %s cluster list   (context %s, in the lab's management namespace)\n", lab.FedctlCommand("fedlab", name), lab.ContextName(name))
+			}
 			fmt.Printf("next: fedlab status --name %s; fedlab exec --name %s POD -- CMD; fedlab down --name %s\n", name, name, name)
 			return nil
 		},
@@ -82,7 +105,11 @@ func root() *cobra.Command {
 			if os.Geteuid() != 0 {
 				return lab.ErrNotRoot
 			}
-			return lab.Down(cmd.Context(), name, log)
+			err := lab.Down(cmd.Context(), name, log)
+			if path, perr := fedctlConfig(); perr == nil {
+				err = errors.Join(err, lab.RemoveFedctlContext(path, name))
+			}
+			return err
 		},
 	}
 
@@ -99,7 +126,7 @@ func root() *cobra.Command {
 		},
 	}
 
-	exec := &cobra.Command{
+	execCmd := &cobra.Command{
 		Use:   "exec POD -- CMD [ARGS...]",
 		Short: "Run a command inside a pod's network namespace (POD is its name or cluster/namespace/name)",
 		Args:  cobra.MinimumNArgs(2),
@@ -117,7 +144,42 @@ func root() *cobra.Command {
 			}
 			c := topo.Exec(cmd.Context(), args[0], args[1:])
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-			return c.Run()
+			var exitErr *exec.ExitError
+			if err := c.Run(); errors.As(err, &exitErr) && exitErr.Exited() {
+				return exitStatus(exitErr.ExitCode())
+			} else if err != nil {
+				return err
+			}
+			return nil
+		},
+	}
+	fedctl := &cobra.Command{
+		Use:   "fedctl ARGS...",
+		Short: "Run fedctl with the lab's context inside its management namespace (exit status is fedctl's)",
+		Long: `Run fedctl ARGS with the lab's context (fedlab-NAME, which 'fedlab up' writes
+into fedctl's config file) inside the lab's management namespace, the only
+place the lab's control plane is reachable from: the lab adds no route to the
+root namespace. Every argument goes to fedctl unchanged, except a leading
+--name NAME that picks the lab. Needs root (it enters a network namespace).`,
+		Example: `  sudo fedlab fedctl policy list
+  sudo fedlab fedctl reach cluster-a/demo/web-0 cluster-b/demo/api-1 --port 8080
+  sudo fedlab --name lab2 fedctl watch`,
+		// Flags are fedctl's: cobra would reject them as fedlab's.
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			labName, args := labNameArg(name, args)
+			if len(args) == 0 {
+				return errors.New("give fedctl's arguments, e.g. fedlab fedctl policy list")
+			}
+			l, err := lab.Load(labName)
+			if err != nil {
+				return err
+			}
+			path, err := fedctlConfig()
+			if err != nil {
+				return err
+			}
+			return l.ExecFedctl(path, args)
 		},
 	}
 	var port int
@@ -233,6 +295,7 @@ func root() *cobra.Command {
 				return err
 			}
 			fmt.Printf("    lab up in %s\n", time.Since(start).Round(100*time.Millisecond))
+			writeContext(l, log)
 			d := &lab.Demo{Lab: l, Out: os.Stdout}
 			if err := d.Run(cmd.Context()); err != nil {
 				return fmt.Errorf("demo: %w (the lab is still up: fedlab status --name %s; fedlab down --name %s)", err, name, name)
@@ -262,6 +325,36 @@ func root() *cobra.Command {
 			return l.Restart(args[0])
 		},
 	}
-	cmd.AddCommand(up, down, status, exec, serve, probe, batch, restart, kube, kubeExport, kubeImports, demo)
+	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, restart, kube, kubeExport, kubeImports, demo)
 	return cmd
+}
+
+// writeContext adds the lab's context to fedctl's config file; a lab
+// without it still works (fedlab fedctl writes it when missing), so a
+// failure is logged, not returned.
+func writeContext(l *lab.Lab, log *slog.Logger) {
+	path, err := fedctlConfig()
+	if err == nil {
+		err = l.WriteFedctlContext(path)
+	}
+	if err != nil {
+		log.Warn("no fedctl context for the lab", "err", err)
+	}
+}
+
+// labNameArg takes a leading --name NAME (or --name=NAME) off fedctl's
+// arguments: with flag parsing off, cobra passes fedlab's own --name along
+// whether it came before or right after "fedctl".
+func labNameArg(name string, args []string) (string, []string) {
+	for len(args) > 0 {
+		switch {
+		case args[0] == "--name" && len(args) > 1:
+			name, args = args[1], args[2:]
+		case strings.HasPrefix(args[0], "--name="):
+			name, args = strings.TrimPrefix(args[0], "--name="), args[1:]
+		default:
+			return name, args
+		}
+	}
+	return name, args
 }

@@ -6,10 +6,8 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+	"github.com/fedmesh/fedmesh/tools/fedctl/config"
 )
 
 // credFlags are the client credentials: the CA that verifies replicas and
@@ -32,41 +31,35 @@ type credFlags struct {
 }
 
 func addCredentialFlags(pf *pflag.FlagSet, c *credFlags) {
-	pf.StringVar(&c.caFile, "ca", envOr("FEDMESH_CA", ""), "CA certificate verifying the control plane (env FEDMESH_CA); setting it turns TLS on")
-	pf.StringVar(&c.certFile, "cert", envOr("FEDMESH_CERT", ""), "client certificate (env FEDMESH_CERT)")
-	pf.StringVar(&c.keyFile, "key", envOr("FEDMESH_KEY", ""), "client key (env FEDMESH_KEY)")
+	pf.StringVar(&c.caFile, "ca", "", "CA certificate verifying the control plane (env FEDMESH_CA; default the context's); setting it turns TLS on")
+	pf.StringVar(&c.certFile, "cert", "", "client certificate (env FEDMESH_CERT; default the context's)")
+	pf.StringVar(&c.keyFile, "key", "", "client key (env FEDMESH_KEY; default the context's)")
 }
 
-// ErrNoCredentials says which flags a command that dials needs.
-var ErrNoCredentials = errors.New("no credentials for the control plane: give --ca, --cert and --key (env FEDMESH_CA, FEDMESH_CERT, FEDMESH_KEY; an admin certificate comes from 'fedctl ca issue-admin'), or --insecure-dev against a development control plane")
+// ErrNoCredentials says which flags, variables or context a command that
+// dials needs.
+var ErrNoCredentials = config.ErrNoCredentials
 
-// transportCredentials is mTLS when --ca is given, plaintext only when
-// --insecure-dev is given explicitly; neither is an error naming the flags.
-func (g *globals) transportCredentials() (grpc.DialOption, error) {
-	tlsGiven := g.creds.caFile != "" || g.creds.certFile != "" || g.creds.keyFile != ""
-	if g.insecure {
-		if tlsGiven {
-			return nil, errors.New("--insecure-dev excludes --ca, --cert and --key (and FEDMESH_CA, FEDMESH_CERT, FEDMESH_KEY)")
-		}
+// transportCredentials is mTLS when s has a CA, plaintext only when s says
+// insecure-dev explicitly; neither is an error naming the flags.
+func (g *globals) transportCredentials(s config.Settings) (grpc.DialOption, error) {
+	if s.InsecureDev {
 		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
 	}
-	if g.creds.caFile == "" {
+	if s.CA == "" {
 		return nil, ErrNoCredentials
 	}
-	roots, err := auth.CAPool(g.creds.caFile)
+	roots, err := auth.CAPool(s.CA)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("CA from %s: %w", s.CAFrom, err)
 	}
 	var cert *auth.Certificate
-	if g.creds.certFile != "" || g.creds.keyFile != "" {
-		if g.creds.certFile == "" || g.creds.keyFile == "" {
-			return nil, errors.New("give --cert and --key together")
-		}
-		if cert, err = auth.LoadCertificate(g.creds.certFile, g.creds.keyFile); err != nil {
-			return nil, err
+	if s.Cert != "" {
+		if cert, err = auth.LoadCertificate(s.Cert, s.Key); err != nil {
+			return nil, fmt.Errorf("client certificate from %s: %w", s.CertFrom, err)
 		}
 		if g.principal, err = cert.Principal(); err != nil {
-			return nil, fmt.Errorf("client certificate %s: %w", g.creds.certFile, err)
+			return nil, fmt.Errorf("client certificate %s: %w", s.Cert, err)
 		}
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(auth.ClientTLS(roots, cert))), nil
@@ -215,10 +208,17 @@ func tokenCmd(g *globals) *cobra.Command {
 		Short: "Exchange a join token for a certificate (needs --ca, no client certificate)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if g.creds.caFile == "" {
-				return fmt.Errorf("join needs --ca to verify the control plane before sending the token")
+			s, err := g.settings()
+			if err != nil {
+				return err
 			}
-			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+			if s.InsecureDev || s.CA == "" {
+				return fmt.Errorf("join needs a CA (--ca, FEDMESH_CA or the context's) to verify the control plane before sending the token")
+			}
+			// The token is the credential: a client certificate from the
+			// context would only say who asks for someone else's.
+			s.Cert, s.Key = "", ""
+			return g.runWith(cmd.Context(), s, func(ctx context.Context, c *conn) error {
 				certPEM, keyPEM, err := auth.JoinWithToken(ctx, fedmeshv1.NewAuthServiceClient(c.cc), token)
 				if err != nil {
 					return err
@@ -238,11 +238,4 @@ func tokenCmd(g *globals) *cobra.Command {
 	_ = join.MarkFlagRequired("token")
 	c.AddCommand(create, join)
 	return c
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,15 +11,14 @@ import (
 
 func TestCAInitAndIssueWriteUsableCredentials(t *testing.T) {
 	dir := t.TempDir()
+	env := newTestEnv(t)
 	run := func(args ...string) string {
 		t.Helper()
-		var out, errOut bytes.Buffer
-		root := NewRoot(&out, &errOut)
-		root.SetArgs(args)
-		if err := root.Execute(); err != nil {
-			t.Fatalf("fedctl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
+		out, errOut, code := env.run(args...)
+		if code != 0 {
+			t.Fatalf("fedctl %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
 		}
-		return out.String()
+		return out
 	}
 	caDir := filepath.Join(dir, "ca")
 	run("ca", "init", "--ca-dir", caDir)
@@ -44,10 +42,7 @@ func TestCAInitAndIssueWriteUsableCredentials(t *testing.T) {
 			t.Errorf("%s certificate names %v (%v), want %v", base, p, err, want)
 		}
 	}
-	var out, errOut bytes.Buffer
-	root := NewRoot(&out, &errOut)
-	root.SetArgs([]string{"ca", "init", "--ca-dir", caDir})
-	if err := root.Execute(); err == nil {
+	if _, _, code := env.run("ca", "init", "--ca-dir", caDir); code == 0 {
 		t.Fatal("a second ca init overwrote the CA")
 	}
 }

@@ -1,7 +1,8 @@
 package cli
 
 import (
-	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/federation/model"
+	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -110,36 +112,50 @@ spec:
 	}
 }
 
-func TestDescribeShowsFieldViolations(t *testing.T) {
-	err := model.ValidateCluster(&fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.1/8"}})
-	st := status.Convert(err)
-	if st.Code() != codes.InvalidArgument {
-		t.Fatal(st)
+func TestDescribeShowsEachFieldViolationOnce(t *testing.T) {
+	one := model.ValidateCluster(&fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.1/8"}})
+	two := model.ValidateCluster(&fedmeshv1.Cluster{Name: "East", PodCidrs: []string{"10.0.0.1/8"}})
+	v1, v2 := model.FieldErrors(two)[0].Error(), model.FieldErrors(two)[1].Error()
+	if !strings.HasPrefix(v1, "cluster.name: ") || !strings.HasPrefix(v2, "cluster.podCIDRs[0]: ") {
+		t.Fatalf("validation changed: %v", two)
 	}
-	got := describe(st.Err())
-	if !strings.Contains(got, "InvalidArgument") || !strings.Contains(got, "\n  cluster.podCIDRs[0]: ") {
-		t.Fatalf("describe = %q", got)
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{name: "one violation, inline", err: status.Convert(one).Err(), want: "InvalidArgument: " + v2},
+		{name: "two violations, one per line", err: status.Convert(two).Err(), want: "InvalidArgument\n  " + v1 + "\n  " + v2},
+		{name: "context the client added is kept, the code said once", err: fmt.Errorf("wait for revision 3: %w", status.Convert(one).Err()),
+			want: "InvalidArgument: wait for revision 3: " + v2},
+		{name: "no violations", err: status.Error(codes.NotFound, `policy "x" not found`), want: `NotFound: policy "x" not found`},
+		{name: "wrapped, no violations", err: fmt.Errorf("create join token: %w", status.Error(codes.PermissionDenied, "admins only")),
+			want: "PermissionDenied: create join token: admins only"},
+		{name: "not gRPC", err: errors.New("plain"), want: "plain"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := describe(tc.err); got != tc.want {
+				t.Errorf("describe =\n%s\nwant\n%s", got, tc.want)
+			}
+		})
 	}
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"--version"}, {"--help"}, {"policy", "apply", "--help"}, {"reach", "--help"}} {
-		var out, errOut bytes.Buffer
-		root := NewRoot(&out, &errOut)
-		root.SetArgs(args)
-		if err := root.Execute(); err != nil {
-			t.Errorf("%v: %v (%s)", args, err, errOut.String())
+	env := newTestEnv(t)
+	for _, args := range [][]string{{"--version"}, {"--help"}, {"policy", "apply", "--help"}, {"reach", "--help"}, {"config", "--help"}} {
+		out, errOut, code := env.run(args...)
+		if code != 0 {
+			t.Errorf("%v: exit %d (%s)", args, code, errOut)
 		}
-		if out.Len() == 0 {
+		if out == "" {
 			t.Errorf("%v printed nothing", args)
 		}
 	}
 }
 
 func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
-	for _, k := range []string{"FEDMESH_CA", "FEDMESH_CERT", "FEDMESH_KEY"} {
-		t.Setenv(k, "")
-	}
 	tests := []struct {
 		name   string
 		args   []string
@@ -147,21 +163,99 @@ func TestCommandsThatDialNeedCredentialsOrExplicitInsecureDev(t *testing.T) {
 	}{
 		{"no flags", []string{"cluster", "list"}, "give --ca, --cert and --key"},
 		{"no flags names the dev escape", []string{"policy", "list"}, "or --insecure-dev against a development control plane"},
+		{"no flags names contexts", []string{"policy", "list"}, "or use a context ('fedctl config set-context')"},
 		{"insecure with a CA", []string{"--insecure-dev", "--ca", "/nonexistent/ca.crt", "cluster", "list"}, "--insecure-dev excludes --ca"},
-		{"cert without key", []string{"--ca", "testdata/none.crt", "--cert", "a.crt", "cluster", "list"}, "read CA certificate"},
+		{"cert without key", []string{"--ca", "testdata/none.crt", "--cert", "a.crt", "cluster", "list"}, "give --cert and --key together"},
+		{"unreadable CA names where it came from", []string{"--ca", "testdata/none.crt", "cluster", "list"}, "CA from --ca: read CA certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			root := NewRoot(&out, &errOut)
-			root.SetArgs(append(tt.args, "--timeout", "1s"))
-			err := root.Execute()
-			if err == nil || !strings.Contains(err.Error(), tt.errHas) {
-				t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
-			}
-			if !strings.Contains(errOut.String(), tt.errHas) {
-				t.Errorf("stderr = %q, want the message printed", errOut.String())
+			_, errOut, code := newTestEnv(t).run(append(tt.args, "--timeout", "1s")...)
+			if code != 1 || !strings.Contains(errOut, tt.errHas) {
+				t.Fatalf("exit %d, stderr %q; want 1 and a message containing %q", code, errOut, tt.errHas)
 			}
 		})
+	}
+}
+
+func TestProtocolsAreNamedNotNumbered(t *testing.T) {
+	manifest := func(kind, protocol string) string {
+		api := "networking.k8s.io/v1"
+		if kind == "FederatedNetworkPolicy" {
+			api = "fedmesh.io/v1"
+		}
+		return "apiVersion: " + api + "\nkind: " + kind + "\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n" +
+			"  egress: [{ports: [{port: 53}]}, {ports: [{port: 53}, {protocol: " + protocol + "}]}]\n  policyTypes: [Egress]\n"
+	}
+	cases := []struct {
+		name, kind, protocol string
+		wantErr              string // from reading the manifest ("" when it reads)
+		wantServer           string // from the API edge's validation
+	}{
+		{name: "ICMP reaches the server and comes back by name", kind: "NetworkPolicy", protocol: "ICMP",
+			wantServer: `policies[0].spec.egress[1].ports[1].protocol: Unsupported value: "ICMP"`},
+		{name: "ICMP in a federated policy", kind: "FederatedNetworkPolicy", protocol: "ICMP",
+			wantServer: `Unsupported value: "ICMP"`},
+		{name: "a name the API lacks is refused by name", kind: "FederatedNetworkPolicy", protocol: "GRE",
+			wantErr: `document 1: spec.egress[1].ports[1].protocol: unknown protocol "GRE"`},
+		{name: "names are case-sensitive as in Kubernetes", kind: "NetworkPolicy", protocol: "icmp",
+			wantErr: `unknown protocol "icmp": want TCP, UDP or SCTP (names are upper case)`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "p.yaml")
+			if err := os.WriteFile(path, []byte(manifest(tc.kind, tc.protocol)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			byOwner, err := readManifests(path, "east")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("readManifests error = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for owner, pols := range byOwner {
+				err := model.ValidateApplyPolicies(&fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols})
+				msg := describe(status.Convert(err).Err())
+				if !strings.Contains(msg, tc.wantServer) || strings.Contains(msg, "-1") {
+					t.Errorf("server says %q, want %q and no protocol number", msg, tc.wantServer)
+				}
+			}
+		})
+	}
+}
+
+func TestReachAndFlowsNameProtocolsAndDropICMPPorts(t *testing.T) {
+	resp := &fedmeshv1.ReachResponse{Verdict: fedmeshv1.Verdict_VERDICT_DENY, Revision: 7}
+	for _, tc := range []struct {
+		protocol string
+		port     uint32
+		want     string
+	}{
+		{"icmp", 0, "a -> b icmp: DENIED (revision 7)\n"},
+		{"ICMP", 80, "a -> b icmp: DENIED (revision 7)\n"},
+		{"tcp", 5432, "a -> b tcp/5432: DENIED (revision 7)\n"},
+	} {
+		var b strings.Builder
+		printReach(&b, "a", "b", tc.protocol, tc.port, resp)
+		if first, _, _ := strings.Cut(b.String(), "\n"); first+"\n" != tc.want {
+			t.Errorf("reach %s/%d prints %q, want %q", tc.protocol, tc.port, first, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		f    flows.Flow
+		want string
+	}{
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 1, SrcPort: 8, DstPort: 0}, "10.0.0.1 -> 10.0.0.2 icmp"},
+		{flows.Flow{Src: "fd00::1", Dst: "fd00::2", Proto: 58}, "fd00::1 -> fd00::2 icmp"},
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 6, SrcPort: 40000, DstPort: 443}, "10.0.0.1:40000 -> 10.0.0.2:443 tcp"},
+		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 47}, "10.0.0.1:0 -> 10.0.0.2:0 proto 47"},
+	} {
+		if got := flowTuple(tc.f); got != tc.want {
+			t.Errorf("flowTuple(%+v) = %q, want %q", tc.f, got, tc.want)
+		}
 	}
 }

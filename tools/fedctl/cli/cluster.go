@@ -109,7 +109,11 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 			if len(importNS)+len(importExclude) > 0 {
 				cl.Imports = &fedmeshv1.NamespaceScope{Names: importNS, ExcludeNames: importExclude}
 			}
-			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+			settings, err := g.settings()
+			if err != nil {
+				return err
+			}
+			return g.runWith(cmd.Context(), settings, func(ctx context.Context, c *conn) error {
 				resp, err := c.clusters.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: cl})
 				if err != nil {
 					return err
@@ -131,7 +135,7 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 					return err
 				}
 				fmt.Fprintf(g.out, "join token for %s (single use, expires %s):\n%s\n", tok.GetPrincipal(), tok.GetExpireTime().AsTime().UTC().Format(time.RFC3339), tok.GetToken())
-				fmt.Fprintf(g.out, "start the syncer with: fedmesh-syncer --cluster %s --ca-file %s --join-token <token>\n", resp.GetCluster().GetName(), g.creds.caFile)
+				fmt.Fprintf(g.out, "start the syncer with: fedmesh-syncer --cluster %s --ca-file %s --join-token <token>\n", resp.GetCluster().GetName(), settings.CA)
 				return nil
 			})
 		},

@@ -61,7 +61,7 @@ func flowsCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(g.out, "TIME          NODE                        DIR      SOURCE -> DESTINATION                        VERDICT  REASON")
 			for f := range out {
 				fmt.Fprintf(g.out, "%-13s %-27s %-8s %-44s %-8s %s\n", f.Time.Local().Format("15:04:05.000"), f.Cluster+"/"+f.Node, f.Direction,
-					fmt.Sprintf("%s:%d -> %s:%d %s", f.Src, f.SrcPort, f.Dst, f.DstPort, protoWord(f.Proto)), f.Verdict, flowReason(f))
+					flowTuple(f), f.Verdict, flowReason(f))
 			}
 			return nil
 		},
@@ -104,6 +104,16 @@ func readFlows(ctx context.Context, url string, out chan<- flows.Flow) error {
 	return sc.Err()
 }
 
+// flowTuple is "SRC:PORT -> DST:PORT proto", without ports for ICMP,
+// which has none.
+func flowTuple(f flows.Flow) string {
+	if p := protoWord(f.Proto); p == "icmp" {
+		return fmt.Sprintf("%s -> %s %s", f.Src, f.Dst, p)
+	}
+	return fmt.Sprintf("%s:%d -> %s:%d %s", f.Src, f.SrcPort, f.Dst, f.DstPort, protoWord(f.Proto))
+}
+
+// protoWord names an IP protocol number as fedctl's flags spell it.
 func protoWord(p uint8) string {
 	switch p {
 	case 6:
@@ -115,7 +125,7 @@ func protoWord(p uint8) string {
 	case 1, 58:
 		return "icmp"
 	}
-	return strconv.Itoa(int(p))
+	return "proto " + strconv.Itoa(int(p))
 }
 
 func flowReason(f flows.Flow) string {

@@ -110,10 +110,30 @@ func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error)
 			if np.Namespace == "" {
 				np.Namespace = "default"
 			}
+			var ports portLists
+			for i, r := range np.Spec.Ingress {
+				ports.add("ingress", i, r.Ports)
+			}
+			for i, r := range np.Spec.Egress {
+				ports.add("egress", i, r.Ports)
+			}
+			if err := ports.check(); err != nil {
+				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			}
 			byOwner[cluster] = append(byOwner[cluster], model.PolicyFromK8s(cluster, &np))
 		case tm.Kind == "FederatedNetworkPolicy" && tm.APIVersion == "fedmesh.io/v1":
 			var fp model.FederatedNetworkPolicy
 			if err := yaml.UnmarshalStrict(raw, &fp); err != nil {
+				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			}
+			var ports portLists
+			for i, r := range fp.Spec.Ingress {
+				ports.add("ingress", i, r.Ports)
+			}
+			for i, r := range fp.Spec.Egress {
+				ports.add("egress", i, r.Ports)
+			}
+			if err := ports.check(); err != nil {
 				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 			}
 			byOwner[""] = append(byOwner[""], model.PolicyFromFederated(&fp))
@@ -125,6 +145,35 @@ func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error)
 		return nil, fmt.Errorf("%s has no policy", path)
 	}
 	return byOwner, nil
+}
+
+// portLists are a manifest's rule ports, each with where it is.
+type portLists []rulePorts
+
+type rulePorts struct {
+	where string // spec.ingress[0].ports
+	ports []networkingv1.NetworkPolicyPort
+}
+
+func (l *portLists) add(dir string, rule int, ports []networkingv1.NetworkPolicyPort) {
+	*l = append(*l, rulePorts{fmt.Sprintf("spec.%s[%d].ports", dir, rule), ports})
+}
+
+// check refuses a protocol name the API has no value for, naming it: the
+// conversion would turn it into a number the server could only echo back.
+// Names the API has (ICMP too) go to the server, which decides.
+func (l portLists) check() error {
+	for _, pl := range l {
+		for i, p := range pl.ports {
+			if p.Protocol == nil {
+				continue
+			}
+			if _, known := fedmeshv1.Protocol_name[int32(model.ProtocolFromK8s(*p.Protocol))]; !known {
+				return fmt.Errorf("%s[%d].protocol: unknown protocol %q: want TCP, UDP or SCTP (names are upper case)", pl.where, i, *p.Protocol)
+			}
+		}
+	}
+	return nil
 }
 
 func policyApplyCmd(g *globals) *cobra.Command {

@@ -86,7 +86,11 @@ func verdictWord(v fedmeshv1.Verdict) string {
 }
 
 func printReach(w io.Writer, src, dst, protocol string, port uint32, r *fedmeshv1.ReachResponse) {
-	fmt.Fprintf(w, "%s -> %s %s/%d: %s (revision %d)\n", src, dst, strings.ToLower(protocol), port, verdictWord(r.GetVerdict()), r.GetRevision())
+	flow := fmt.Sprintf("%s/%d", strings.ToLower(protocol), port)
+	if strings.EqualFold(protocol, "icmp") {
+		flow = "icmp" // ICMP has no port; the server ignores --port for it
+	}
+	fmt.Fprintf(w, "%s -> %s %s: %s (revision %d)\n", src, dst, flow, verdictWord(r.GetVerdict()), r.GetRevision())
 	side := func(name string, d *fedmeshv1.DirectionVerdict, t *fedmeshv1.ResolvedTarget) {
 		fmt.Fprintf(w, "  %-8s %s", name, verdictWord(d.GetVerdict()))
 		if rule := d.GetRule(); rule != nil {

@@ -30,11 +30,23 @@ func (d *Demo) say(format string, args ...any) {
 	fmt.Fprintf(d.Out, "\n==> %d. %s\n", d.step, fmt.Sprintf(format, args...))
 }
 
+// fedctl shows a fedctl command and its output (errors included), so a
+// failure it returns says only that: the output is not repeated.
 func (d *Demo) fedctl(ctx context.Context, args ...string) (string, error) {
 	fmt.Fprintf(d.Out, "$ fedctl %s\n", strings.Join(args, " "))
 	out, err := d.Lab.Fedctl(ctx, args...)
 	fmt.Fprint(d.Out, indent(out))
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return out, fmt.Errorf("fedctl %s: %w (its output is above)", args[0], exitErr)
+	}
 	return out, err
+}
+
+// denied says whether err is `fedctl reach` answering denied (exit 2).
+func denied(err error) bool {
+	var exitErr *exec.ExitError
+	return errors.As(err, &exitErr) && exitErr.ExitCode() == 2
 }
 
 func indent(s string) string {
@@ -152,7 +164,7 @@ func (d *Demo) Run(ctx context.Context) error {
 	}
 	d.say("fedctl reach explains the verdict with the same compiler the agents load into eBPF")
 	src, dst := a.Name+"/demo/"+web.Name, b.Name+"/demo/"+api.Name
-	if _, err := d.fedctl(ctx, "reach", src, dst, "--port", fmt.Sprint(AppPort)); err != nil && !strings.Contains(err.Error(), "exit status 2") {
+	if _, err := d.fedctl(ctx, "reach", src, dst, "--port", fmt.Sprint(AppPort)); err != nil && !denied(err) {
 		fmt.Fprintf(d.Out, "    (reach: %v)\n", err)
 	}
 	if _, err := d.fedctl(ctx, "reach", b.Name+"/demo/"+webB.Name, dst, "--port", fmt.Sprint(AppPort)); err != nil {
@@ -198,14 +210,16 @@ func (d *Demo) Run(ctx context.Context) error {
 
 	fmt.Fprintf(d.Out, `
 Done. The lab keeps running. Try:
+  %[4]s policy list
+  %[4]s watch
   sudo ./bin/fedlab status --name %[1]s
   sudo ./bin/fedlab exec --name %[1]s %[2]s -- ./bin/fedlab probe %[3]s
-  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s %[6]s policy list
-  sudo nsenter --net=/var/run/netns/%[4]s -- ./bin/fedctl --server %[5]s %[6]s watch
-  (everything is mTLS: the CA and the admin certificate are in %[7]s)
+(fedlab fedctl runs fedctl with context %[5]s inside the lab's management
+namespace, the only place its control plane is reachable from; everything is
+mTLS, with the lab's CA and admin certificate in %[6]s.)
 When you are done:
   sudo ./bin/fedlab down --name %[1]s
-`, t.Name, web.Name, apiAddr, t.Mgmt.NS, strings.Join(t.ControlPlaneAddrs(), ","), strings.Join(d.Lab.fedctlCreds(), " "), pkiDir(d.Lab.Dir))
+`, t.Name, web.Name, apiAddr, FedctlCommand("./bin/fedlab", t.Name), ContextName(t.Name), pkiDir(d.Lab.Dir))
 	return nil
 }
 

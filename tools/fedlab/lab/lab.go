@@ -261,6 +261,7 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 	if err := os.RemoveAll(StateDir(name)); err != nil {
 		errs = append(errs, err)
 	}
+	_ = os.Remove(filepath.Dir(StateDir(name))) // /run/fedlab, once no lab is left
 	if log != nil {
 		log.Info("lab down", "name", name)
 	}
