@@ -13,8 +13,9 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// Handlers validate what needs no state (the FSM re-checks everything that
-// does, against the state it applies to), then delegate to Core.
+// Write handlers are adapters: propose runs the command's stateless check
+// (validate.go) before anything is encoded; the FSM checks what depends on
+// the state it applies to.
 
 type clusterService struct {
 	fedmeshv1.UnimplementedClusterServiceServer
@@ -22,9 +23,6 @@ type clusterService struct {
 }
 
 func (s *clusterService) RegisterCluster(ctx context.Context, req *fedmeshv1.RegisterClusterRequest) (*fedmeshv1.RegisterClusterResponse, error) {
-	if err := model.ValidateCluster(req.GetCluster()); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdRegisterCluster, req,
 		func(r *store.Result) *fedmeshv1.RegisterClusterResponse {
 			return &fedmeshv1.RegisterClusterResponse{Cluster: r.Cluster, Revision: r.Revision}
@@ -32,9 +30,6 @@ func (s *clusterService) RegisterCluster(ctx context.Context, req *fedmeshv1.Reg
 }
 
 func (s *clusterService) DeleteCluster(ctx context.Context, req *fedmeshv1.DeleteClusterRequest) (*fedmeshv1.DeleteClusterResponse, error) {
-	if err := model.AsError(model.ClusterName(field.NewPath("name"), req.GetName())); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdDeleteCluster, req,
 		func(r *store.Result) *fedmeshv1.DeleteClusterResponse {
 			return &fedmeshv1.DeleteClusterResponse{Revision: r.Revision}
@@ -75,27 +70,13 @@ type nodeService struct {
 }
 
 func (s *nodeService) RegisterNode(ctx context.Context, req *fedmeshv1.RegisterNodeRequest) (*fedmeshv1.RegisterNodeResponse, error) {
-	if err := model.ValidateNode(req.GetNode(), nil); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdRegisterNode, req,
 		func(r *store.Result) *fedmeshv1.RegisterNodeResponse {
 			return &fedmeshv1.RegisterNodeResponse{Node: r.Node, Revision: r.Revision}
 		})
 }
 
-func nodeKeyErr(cluster, name string) error {
-	errs := model.ClusterName(field.NewPath("cluster"), cluster)
-	if name == "" {
-		errs = append(errs, field.Required(field.NewPath("name"), ""))
-	}
-	return model.AsError(errs)
-}
-
 func (s *nodeService) DeleteNode(ctx context.Context, req *fedmeshv1.DeleteNodeRequest) (*fedmeshv1.DeleteNodeResponse, error) {
-	if err := nodeKeyErr(req.GetCluster(), req.GetName()); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdDeleteNode, req,
 		func(r *store.Result) *fedmeshv1.DeleteNodeResponse {
 			return &fedmeshv1.DeleteNodeResponse{Revision: r.Revision}
@@ -103,12 +84,6 @@ func (s *nodeService) DeleteNode(ctx context.Context, req *fedmeshv1.DeleteNodeR
 }
 
 func (s *nodeService) ReportNodeStatus(ctx context.Context, req *fedmeshv1.ReportNodeStatusRequest) (*fedmeshv1.ReportNodeStatusResponse, error) {
-	if err := nodeKeyErr(req.GetCluster(), req.GetName()); err != nil {
-		return nil, err
-	}
-	if req.GetStatus() == nil {
-		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
-	}
 	return propose(ctx, s.c, store.CmdRecordNodeStatus, req,
 		func(r *store.Result) *fedmeshv1.ReportNodeStatusResponse {
 			return &fedmeshv1.ReportNodeStatusResponse{Revision: r.Revision}
@@ -194,9 +169,6 @@ type endpointService struct {
 }
 
 func (s *endpointService) UpsertEndpoints(ctx context.Context, req *fedmeshv1.UpsertEndpointsRequest) (*fedmeshv1.UpsertEndpointsResponse, error) {
-	if err := model.ValidateUpsertEndpoints(req, nil); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdUpsertEndpoints, req,
 		func(r *store.Result) *fedmeshv1.UpsertEndpointsResponse {
 			return &fedmeshv1.UpsertEndpointsResponse{Revision: r.Revision, Deleted: r.Deleted}
@@ -204,9 +176,6 @@ func (s *endpointService) UpsertEndpoints(ctx context.Context, req *fedmeshv1.Up
 }
 
 func (s *endpointService) DeleteEndpoints(ctx context.Context, req *fedmeshv1.DeleteEndpointsRequest) (*fedmeshv1.DeleteEndpointsResponse, error) {
-	if err := model.ValidateDeleteEndpoints(req); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdDeleteEndpoints, req,
 		func(r *store.Result) *fedmeshv1.DeleteEndpointsResponse {
 			return &fedmeshv1.DeleteEndpointsResponse{Revision: r.Revision}
@@ -233,9 +202,6 @@ type mcsService struct {
 }
 
 func (s *mcsService) ExportServices(ctx context.Context, req *fedmeshv1.ExportServicesRequest) (*fedmeshv1.ExportServicesResponse, error) {
-	if err := model.ValidateExportServices(req); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdExportServices, req,
 		func(r *store.Result) *fedmeshv1.ExportServicesResponse {
 			return &fedmeshv1.ExportServicesResponse{Revision: r.Revision}
@@ -243,14 +209,6 @@ func (s *mcsService) ExportServices(ctx context.Context, req *fedmeshv1.ExportSe
 }
 
 func (s *mcsService) UnexportService(ctx context.Context, req *fedmeshv1.UnexportServiceRequest) (*fedmeshv1.UnexportServiceResponse, error) {
-	errs := model.ClusterName(field.NewPath("cluster"), req.GetCluster())
-	errs = append(errs, model.Namespace(field.NewPath("namespace"), req.GetNamespace())...)
-	if req.GetName() == "" {
-		errs = append(errs, field.Required(field.NewPath("name"), ""))
-	}
-	if err := model.AsError(errs); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdUnexportService, req,
 		func(r *store.Result) *fedmeshv1.UnexportServiceResponse {
 			return &fedmeshv1.UnexportServiceResponse{Revision: r.Revision}
@@ -288,9 +246,6 @@ type policyService struct {
 }
 
 func (s *policyService) ApplyPolicies(ctx context.Context, req *fedmeshv1.ApplyPoliciesRequest) (*fedmeshv1.ApplyPoliciesResponse, error) {
-	if err := model.ValidateApplyPolicies(req); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdApplyPolicies, req,
 		func(r *store.Result) *fedmeshv1.ApplyPoliciesResponse {
 			return &fedmeshv1.ApplyPoliciesResponse{Revision: r.Revision, Policies: r.Policies}
@@ -298,9 +253,6 @@ func (s *policyService) ApplyPolicies(ctx context.Context, req *fedmeshv1.ApplyP
 }
 
 func (s *policyService) DeletePolicy(ctx context.Context, req *fedmeshv1.DeletePolicyRequest) (*fedmeshv1.DeletePolicyResponse, error) {
-	if err := model.ValidatePolicyKey(field.NewPath("key"), req.GetKey()); err != nil {
-		return nil, err
-	}
 	return propose(ctx, s.c, store.CmdDeletePolicy, req,
 		func(r *store.Result) *fedmeshv1.DeletePolicyResponse {
 			return &fedmeshv1.DeletePolicyResponse{Revision: r.Revision}

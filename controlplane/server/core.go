@@ -126,11 +126,26 @@ func (c *Core) snapshotMembers() map[string]*fedmeshv1.Member {
 	return m
 }
 
+// command is the one way a replica turns a payload into a log entry: it
+// runs the command type's stateless check (validate.go) and encodes it. The
+// returned command is what the entry decodes to.
+func (c *Core) command(t store.CommandType, payload proto.Message) (store.Command, []byte, error) {
+	if err := validateCommand(t, payload); err != nil {
+		return store.Command{}, nil, err
+	}
+	cmd := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: payload}
+	data, err := cmd.Encode()
+	if err != nil {
+		return store.Command{}, nil, status.Errorf(codes.Internal, "encode command: %v", err)
+	}
+	return cmd, data, nil
+}
+
 // applyLocal proposes a command on this replica, which must be the leader.
 func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Result, error) {
-	data, err := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: payload}.Encode()
+	_, data, err := c.command(t, payload)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encode command: %v", err)
+		return nil, err
 	}
 	return c.applyData(data)
 }
@@ -252,15 +267,15 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
-// propose applies req (validated by the handler) on the leader: locally
-// when this replica leads, else through the leader's ProposeStream, encoded
-// here so the leader neither decodes nor validates it again.
+// propose validates req (the edge's one stateless check, validate.go) and
+// applies it on the leader: locally when this replica leads, else through
+// the leader's ProposeStream, encoded here so the leader does not validate
+// it again.
 func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message, build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
-	cmd := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: req}
-	data, err := cmd.Encode()
+	cmd, data, err := c.command(t, req)
 	if err != nil {
-		return zero, status.Errorf(codes.Internal, "encode command: %v", err)
+		return zero, err
 	}
 	res, err := c.proposeEncoded(ctx, data, &cmd)
 	if err != nil {

@@ -59,7 +59,7 @@ func (c *Core) logFormats(ctx context.Context) {
 			c.groupWrites.Store(false)
 		}
 		if m := selfRecord(c.self, c.r.cfg.RaftAddr, c.r.GRPCAddr(), servers, members); m != nil {
-			data, err := store.Command{Type: store.CmdSetMember, Time: time.Now().UnixNano(), Payload: m}.Encode()
+			_, data, err := c.command(store.CmdSetMember, m)
 			if err != nil {
 				continue
 			}

@@ -75,10 +75,9 @@ type raftLedger struct{ c *Core }
 var _ auth.TokenLedger = raftLedger{}
 
 func (l raftLedger) Consume(ctx context.Context, id [16]byte, expires time.Time) error {
-	data, err := store.Command{Type: store.CmdConsumeJoinToken, Time: time.Now().UnixNano(),
-		Payload: store.ConsumeJoinTokenPayload(id, expires.UnixNano())}.Encode()
+	_, data, err := l.c.command(store.CmdConsumeJoinToken, store.ConsumeJoinTokenPayload(id, expires.UnixNano()))
 	if err != nil {
-		return status.Errorf(codes.Internal, "encode command: %v", err)
+		return err
 	}
 	_, err = l.c.proposeEncoded(ctx, data, nil)
 	if errors.Is(err, store.ErrTokenUsed) || status.Code(err) == codes.AlreadyExists {

@@ -10,9 +10,6 @@ import (
 
 func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequest) (*Result, error) {
 	c := req.GetCluster()
-	if err := model.ValidateCluster(c); err != nil {
-		return nil, err
-	}
 	others := make([]*fedmeshv1.Cluster, 0, len(s.clusters))
 	for _, name := range sortedKeys(s.clusters) {
 		others = append(others, s.clusters[name].spec)
@@ -57,9 +54,6 @@ func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequ
 
 func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest) (*Result, error) {
 	name := req.GetName()
-	if errs := model.ClusterName(field.NewPath("name"), name); len(errs) > 0 {
-		return nil, model.AsError(errs)
-	}
 	ce, ok := s.clusters[name]
 	if !ok {
 		return nil, &NotFoundError{Kind: "cluster", Key: name}

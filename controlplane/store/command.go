@@ -105,10 +105,16 @@ func DecodeCommand(b []byte) (Command, error) {
 	return Command{Type: CommandType(b[0]), Time: t, Payload: msg}, nil
 }
 
-// handler applies one command type to the state. It must validate everything
-// before it mutates anything: a command it rejects leaves the state exactly
-// as it was.
+// handler applies one command type to the state. It checks only invariants
+// that depend on the state (existence, overlaps, address ownership,
+// generations, identity space) and checks them all before it mutates
+// anything: a command it rejects leaves the state exactly as it was. The
+// syntax of a payload was checked once, at the edge (controlplane/server),
+// before the command entered the log, and is never checked again here: a
+// rule that changed between versions would make replicas of different
+// versions apply the same entry differently.
 type handler struct {
+	name       string
 	newPayload func() proto.Message
 	apply      func(s *State, tx *txn, payload proto.Message) (*Result, error)
 	// internal commands change replica metadata, not the federation: they
@@ -118,12 +124,29 @@ type handler struct {
 
 var handlers = map[CommandType]handler{}
 
-func register[P proto.Message](t CommandType, internal bool, apply func(s *State, tx *txn, p P) (*Result, error)) {
+// String is the command's name (its API method's, for API writes).
+func (t CommandType) String() string {
+	if t == CmdBatch {
+		return "Batch"
+	}
+	if h, ok := handlers[t]; ok {
+		return h.name
+	}
+	return fmt.Sprintf("CommandType(%d)", uint8(t))
+}
+
+// CommandTypes lists the command types this binary applies (CmdBatch, an
+// envelope of commands, is not one), in ascending order: the edge keeps
+// one stateless check per type.
+func CommandTypes() []CommandType { return sortedKeys(handlers) }
+
+func register[P proto.Message](t CommandType, name string, internal bool, apply func(s *State, tx *txn, p P) (*Result, error)) {
 	if _, dup := handlers[t]; dup {
 		panic(fmt.Sprintf("store: command type %d registered twice", t))
 	}
 	var zero P
 	handlers[t] = handler{
+		name:       name,
 		newPayload: func() proto.Message { return zero.ProtoReflect().New().Interface() },
 		apply:      func(s *State, tx *txn, p proto.Message) (*Result, error) { return apply(s, tx, p.(P)) },
 		internal:   internal,
@@ -131,21 +154,21 @@ func register[P proto.Message](t CommandType, internal bool, apply func(s *State
 }
 
 func init() {
-	register(CmdRegisterCluster, false, (*State).applyRegisterCluster)
-	register(CmdDeleteCluster, false, (*State).applyDeleteCluster)
-	register(CmdRegisterNode, false, (*State).applyRegisterNode)
-	register(CmdDeleteNode, false, (*State).applyDeleteNode)
-	register(CmdReportNodeStatus, false, (*State).applyReportNodeStatus)
-	register(CmdUpsertEndpoints, false, (*State).applyUpsertEndpoints)
-	register(CmdDeleteEndpoints, false, (*State).applyDeleteEndpoints)
-	register(CmdExportServices, false, (*State).applyExportServices)
-	register(CmdUnexportService, false, (*State).applyUnexportService)
-	register(CmdApplyPolicies, false, (*State).applyApplyPolicies)
-	register(CmdDeletePolicy, false, (*State).applyDeletePolicy)
-	register(CmdSetMember, true, (*State).applySetMember)
-	register(CmdRemoveMember, true, (*State).applyRemoveMember)
-	register(CmdRecordNodeStatus, true, (*State).applyRecordNodeStatus)
-	register(CmdConsumeJoinToken, true, (*State).applyConsumeJoinToken)
+	register(CmdRegisterCluster, "RegisterCluster", false, (*State).applyRegisterCluster)
+	register(CmdDeleteCluster, "DeleteCluster", false, (*State).applyDeleteCluster)
+	register(CmdRegisterNode, "RegisterNode", false, (*State).applyRegisterNode)
+	register(CmdDeleteNode, "DeleteNode", false, (*State).applyDeleteNode)
+	register(CmdReportNodeStatus, "ReportNodeStatus", false, (*State).applyReportNodeStatus)
+	register(CmdUpsertEndpoints, "UpsertEndpoints", false, (*State).applyUpsertEndpoints)
+	register(CmdDeleteEndpoints, "DeleteEndpoints", false, (*State).applyDeleteEndpoints)
+	register(CmdExportServices, "ExportServices", false, (*State).applyExportServices)
+	register(CmdUnexportService, "UnexportService", false, (*State).applyUnexportService)
+	register(CmdApplyPolicies, "ApplyPolicies", false, (*State).applyApplyPolicies)
+	register(CmdDeletePolicy, "DeletePolicy", false, (*State).applyDeletePolicy)
+	register(CmdSetMember, "SetMember", true, (*State).applySetMember)
+	register(CmdRemoveMember, "RemoveMember", true, (*State).applyRemoveMember)
+	register(CmdRecordNodeStatus, "RecordNodeStatus", true, (*State).applyRecordNodeStatus)
+	register(CmdConsumeJoinToken, "ConsumeJoinToken", true, (*State).applyConsumeJoinToken)
 }
 
 // Result is what applying a command returns to the proposer.

@@ -1,6 +1,10 @@
 package store
 
 import (
+	"fmt"
+	"net/netip"
+	"slices"
+
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -12,12 +16,9 @@ func (s *State) applyRegisterNode(tx *txn, req *fedmeshv1.RegisterNodeRequest) (
 	n := req.GetNode()
 	ce := s.clusters[n.GetCluster()]
 	if ce == nil {
-		if err := model.ValidateNode(n, nil); err != nil {
-			return nil, err
-		}
 		return nil, clusterNotFound(field.NewPath("node", "cluster"), n.GetCluster())
 	}
-	if err := model.ValidateNode(n, ce.spec); err != nil {
+	if err := ce.checkNodeCIDRs(n); err != nil {
 		return nil, err
 	}
 	old := s.nodes[n.GetCluster()][n.GetName()]
@@ -28,18 +29,25 @@ func (s *State) applyRegisterNode(tx *txn, req *fedmeshv1.RegisterNodeRequest) (
 	return &Result{Node: n}, nil
 }
 
-func (s *State) nodeKey(cluster, name string) error {
-	errs := model.ClusterName(field.NewPath("cluster"), cluster)
-	if name == "" {
-		errs = append(errs, field.Required(field.NewPath("name"), ""))
+// checkNodeCIDRs rejects a node whose pod CIDRs do not lie inside the
+// cluster's current ones (the edge checked their syntax; one that does not
+// parse lies inside none).
+func (ce *clusterEntry) checkNodeCIDRs(n *fedmeshv1.Node) error {
+	var errs field.ErrorList
+	for i, v := range n.GetPodCidrs() {
+		pfx, _ := netip.ParsePrefix(v)
+		inside := slices.ContainsFunc(ce.podCIDRs(), func(c netip.Prefix) bool {
+			return pfx.IsValid() && c.Bits() <= pfx.Bits() && c.Contains(pfx.Addr())
+		})
+		if !inside {
+			errs = append(errs, field.Invalid(field.NewPath("node", "podCIDRs").Index(i), v,
+				fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", ce.spec.GetName(), ce.spec.GetPodCidrs())))
+		}
 	}
 	return model.AsError(errs)
 }
 
 func (s *State) applyDeleteNode(tx *txn, req *fedmeshv1.DeleteNodeRequest) (*Result, error) {
-	if err := s.nodeKey(req.GetCluster(), req.GetName()); err != nil {
-		return nil, err
-	}
 	old := s.nodes[req.GetCluster()][req.GetName()]
 	if old == nil {
 		return nil, &NotFoundError{Kind: "node", Key: req.GetCluster() + "/" + req.GetName()}
@@ -53,12 +61,6 @@ func (s *State) applyDeleteNode(tx *txn, req *fedmeshv1.DeleteNodeRequest) (*Res
 }
 
 func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
-	if err := s.nodeKey(req.GetCluster(), req.GetName()); err != nil {
-		return nil, err
-	}
-	if req.GetStatus() == nil {
-		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
-	}
 	old := s.nodes[req.GetCluster()][req.GetName()]
 	if old == nil {
 		return nil, &NotFoundError{Kind: "node", Key: req.GetCluster() + "/" + req.GetName()}
@@ -74,12 +76,6 @@ func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRe
 // applyRecordNodeStatus is CmdRecordNodeStatus: the node's status changes,
 // its revisions stay (tx is internal: no revision, no event).
 func (s *State) applyRecordNodeStatus(_ *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
-	if err := s.nodeKey(req.GetCluster(), req.GetName()); err != nil {
-		return nil, err
-	}
-	if req.GetStatus() == nil {
-		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("status"), "")})
-	}
 	old := s.nodes[req.GetCluster()][req.GetName()]
 	if old == nil {
 		return nil, &NotFoundError{Kind: "node", Key: req.GetCluster() + "/" + req.GetName()}

@@ -3,14 +3,10 @@ package store
 import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 func (s *State) applyApplyPolicies(tx *txn, req *fedmeshv1.ApplyPoliciesRequest) (*Result, error) {
-	if err := model.ValidateApplyPolicies(req); err != nil {
-		return nil, err
-	}
 	owner := req.GetCluster()
 	var ce *clusterEntry
 	if owner != "" {
@@ -59,9 +55,6 @@ func (s *State) applyApplyPolicies(tx *txn, req *fedmeshv1.ApplyPoliciesRequest)
 }
 
 func (s *State) applyDeletePolicy(tx *txn, req *fedmeshv1.DeletePolicyRequest) (*Result, error) {
-	if err := model.ValidatePolicyKey(field.NewPath("key"), req.GetKey()); err != nil {
-		return nil, err
-	}
 	k := req.GetKey()
 	key := nsName{k.GetNamespace(), k.GetName()}
 	old := s.policies[k.GetCluster()][key]
@@ -77,9 +70,6 @@ func (s *State) applyDeletePolicy(tx *txn, req *fedmeshv1.DeletePolicyRequest) (
 }
 
 func (s *State) applySetMember(_ *txn, m *fedmeshv1.Member) (*Result, error) {
-	if m.GetId() == "" {
-		return nil, model.AsError(field.ErrorList{field.Required(field.NewPath("id"), "")})
-	}
 	m.Leader = false // derived from Raft on read
 	s.members[m.GetId()] = m
 	return &Result{}, nil

@@ -26,9 +26,6 @@ const (
 )
 
 func (s *State) applyExportServices(tx *txn, req *fedmeshv1.ExportServicesRequest) (*Result, error) {
-	if err := model.ValidateExportServices(req); err != nil {
-		return nil, err
-	}
 	cluster := req.GetCluster()
 	ce := s.clusters[cluster]
 	if ce == nil {
@@ -82,14 +79,6 @@ func (s *State) applyExportServices(tx *txn, req *fedmeshv1.ExportServicesReques
 }
 
 func (s *State) applyUnexportService(tx *txn, req *fedmeshv1.UnexportServiceRequest) (*Result, error) {
-	errs := model.ClusterName(field.NewPath("cluster"), req.GetCluster())
-	errs = append(errs, model.Namespace(field.NewPath("namespace"), req.GetNamespace())...)
-	if req.GetName() == "" {
-		errs = append(errs, field.Required(field.NewPath("name"), ""))
-	}
-	if len(errs) > 0 {
-		return nil, model.AsError(errs)
-	}
 	key := nsName{req.GetNamespace(), req.GetName()}
 	old := s.exports[req.GetCluster()][key]
 	if old == nil {

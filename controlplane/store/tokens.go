@@ -11,9 +11,9 @@ import (
 	"github.com/fedmesh/fedmesh/federation/model"
 )
 
-// tokenRecordSize is the payload of CmdConsumeJoinToken: the token's
-// 16-byte id, then its expiry in Unix nanoseconds (big endian).
-const tokenRecordSize = 16 + 8
+// JoinTokenRecordSize is the size of CmdConsumeJoinToken's payload: the
+// token's 16-byte id, then its expiry in Unix nanoseconds (big endian).
+const JoinTokenRecordSize = 16 + 8
 
 // ErrTokenUsed is a join token consumed before (on any replica).
 var ErrTokenUsed error = tokenUsedError{}
@@ -30,7 +30,7 @@ func (tokenUsedError) GRPCStatus() *status.Status {
 
 // ConsumeJoinTokenPayload encodes the payload of CmdConsumeJoinToken.
 func ConsumeJoinTokenPayload(id [16]byte, expiresUnixNano int64) *wrapperspb.BytesValue {
-	b := make([]byte, tokenRecordSize)
+	b := make([]byte, JoinTokenRecordSize)
 	copy(b, id[:])
 	binary.BigEndian.PutUint64(b[16:], uint64(expiresUnixNano))
 	return wrapperspb.Bytes(b)
@@ -43,7 +43,7 @@ func ConsumeJoinTokenPayload(id [16]byte, expiresUnixNano int64) *wrapperspb.Byt
 // verifies anyway.
 func (s *State) applyConsumeJoinToken(tx *txn, p *wrapperspb.BytesValue) (*Result, error) {
 	b := p.GetValue()
-	if len(b) != tokenRecordSize {
+	if len(b) != JoinTokenRecordSize {
 		return nil, model.AsError(field.ErrorList{field.Invalid(field.NewPath("token"), len(b), "want a 16-byte id and an 8-byte expiry")})
 	}
 	var id [16]byte

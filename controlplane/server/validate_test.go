@@ -1,0 +1,63 @@
+package server
+
+import (
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// The FSM does not check syntax, so nothing may enter the log without the
+// edge's check: every command type the store applies has one, and it
+// refuses a bad payload and passes a good one.
+func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
+	pol := func(kind fedmeshv1.PolicyKind) *fedmeshv1.ApplyPoliciesRequest {
+		return &fedmeshv1.ApplyPoliciesRequest{Policies: []*fedmeshv1.Policy{{Kind: kind, Name: "p", Spec: &fedmeshv1.NetworkPolicySpec{PodSelector: &fedmeshv1.LabelSelector{}}}}}
+	}
+	status1 := &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1", Status: &fedmeshv1.NodeStatus{}}
+	tests := map[store.CommandType]struct{ good, bad proto.Message }{
+		store.CmdRegisterCluster: {&fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}},
+			&fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "Bad_Name", PodCidrs: []string{"10.1.0.0/16"}}}},
+		store.CmdDeleteCluster: {&fedmeshv1.DeleteClusterRequest{Name: "a"}, &fedmeshv1.DeleteClusterRequest{Name: "A!"}},
+		store.CmdRegisterNode: {&fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "198.18.0.1"}},
+			&fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "nope"}}},
+		store.CmdDeleteNode:       {&fedmeshv1.DeleteNodeRequest{Cluster: "a", Name: "n1"}, &fedmeshv1.DeleteNodeRequest{Cluster: "a"}},
+		store.CmdReportNodeStatus: {status1, &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1"}},
+		store.CmdRecordNodeStatus: {status1, &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1"}},
+		store.CmdUpsertEndpoints: {&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.1"}, Node: "n1"}}},
+			&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.999"}, Node: "n1"}}}},
+		store.CmdDeleteEndpoints: {&fedmeshv1.DeleteEndpointsRequest{Cluster: "a", Keys: []*fedmeshv1.EndpointKey{{Namespace: "x", Name: "p"}}},
+			&fedmeshv1.DeleteEndpointsRequest{Cluster: "a", Keys: []*fedmeshv1.EndpointKey{{Name: "p"}}}},
+		store.CmdExportServices: {&fedmeshv1.ExportServicesRequest{Cluster: "a", Exports: []*fedmeshv1.ServiceExport{{Namespace: "x", Name: "s", Ports: []*fedmeshv1.ServicePort{{Port: 80}}}}},
+			&fedmeshv1.ExportServicesRequest{Cluster: "a", Exports: []*fedmeshv1.ServiceExport{{Namespace: "x", Name: "s", Ports: []*fedmeshv1.ServicePort{{Port: 0}}}}}},
+		store.CmdUnexportService: {&fedmeshv1.UnexportServiceRequest{Cluster: "a", Namespace: "x", Name: "s"}, &fedmeshv1.UnexportServiceRequest{Cluster: "a", Namespace: "x"}},
+		store.CmdApplyPolicies:   {pol(fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED), pol(fedmeshv1.PolicyKind_POLICY_KIND_UNSPECIFIED)},
+		store.CmdDeletePolicy: {&fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Name: "p"}},
+			&fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Cluster: "a", Name: "p"}}},
+		store.CmdSetMember:        {&fedmeshv1.Member{Id: "r1"}, &fedmeshv1.Member{}},
+		store.CmdRemoveMember:     {&fedmeshv1.Member{Id: "r1"}, &fedmeshv1.Member{}},
+		store.CmdConsumeJoinToken: {store.ConsumeJoinTokenPayload([16]byte{1}, 5), wrapperspb.Bytes([]byte{1, 2, 3})},
+	}
+	for _, ct := range store.CommandTypes() {
+		t.Run(ct.String(), func(t *testing.T) {
+			tt, ok := tests[ct]
+			if !ok {
+				t.Fatalf("no test case for command type %d", ct)
+			}
+			if err := validateCommand(ct, tt.good); err != nil {
+				t.Errorf("valid payload refused: %v", err)
+			}
+			if err := validateCommand(ct, tt.bad); status.Code(err) != codes.InvalidArgument {
+				t.Errorf("invalid payload: %v, want InvalidArgument", err)
+			}
+		})
+	}
+	if err := validateCommand(store.CommandType(250), &fedmeshv1.Member{Id: "r1"}); status.Code(err) != codes.Internal {
+		t.Errorf("command type without a check: %v, want Internal", err)
+	}
+}
