@@ -147,9 +147,9 @@ func (a *adminService) Propose(_ context.Context, req *fedmeshv1.ProposeRequest)
 		return nil, model.AsError(field.ErrorList{field.Invalid(field.NewPath("command"), "", err.Error())})
 	}
 	// The FSM applies the command decoded here instead of decoding it again.
-	release := a.c.fsm.Prepare(req.GetCommand(), cmd)
+	a.c.fsm.Predecoded().Put(req.GetCommand(), cmd)
 	res, err := a.c.applyData(req.GetCommand())
-	release()
+	a.c.fsm.Predecoded().Forget(req.GetCommand())
 	if err != nil {
 		return nil, raftError(err)
 	}
@@ -208,11 +208,11 @@ func (a *adminService) proposeAll(cmds [][]byte) []func() *fedmeshv1.ProposeResu
 		}
 		// The FSM applies the command decoded here instead of decoding it
 		// again.
-		release := a.c.fsm.Prepare(data, cmd)
+		a.c.fsm.Predecoded().Put(data, cmd)
 		pr := a.c.props.enqueue(data)
 		out[i] = func() *fedmeshv1.ProposeResult {
 			res, err := pr.wait()
-			release()
+			a.c.fsm.Predecoded().Forget(data)
 			if errors.Is(err, raft.ErrNotLeader) {
 				return proposeFailure(notLeaderStatus(a.c.self))
 			}

@@ -318,14 +318,11 @@ func (c *Core) proposeEncoded(ctx context.Context, data []byte, cmd *store.Comma
 			}
 			return res, err
 		}
-		var res *store.Result
 		if cmd != nil {
-			release := c.fsm.Prepare(data, *cmd)
-			res, err = c.applyData(data)
-			release()
-		} else {
-			res, err = c.applyData(data)
+			c.fsm.Predecoded().Put(data, *cmd)
 		}
+		res, err := c.applyData(data)
+		c.fsm.Predecoded().Forget(data)
 		if errors.Is(err, raft.ErrNotLeader) {
 			continue // the entry never entered the log: safe to route again
 		}

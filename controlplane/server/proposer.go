@@ -122,9 +122,9 @@ func (p *proposer) proposeBatch(batch []*proposal) {
 	entry, parts := store.EncodeBatch(cmds)
 	// A write decoded by this replica's handler stays decoded: the FSM
 	// finds it under its part of the entry.
-	releases := make([]func(), len(batch))
+	pre := p.c.fsm.Predecoded()
 	for i, pr := range batch {
-		releases[i] = p.c.fsm.Repoint(pr.data, parts[i])
+		pre.Move(pr.data, parts[i])
 	}
 	f := p.c.raft.Apply(entry, p.c.timeout)
 	err := f.Error()
@@ -136,7 +136,7 @@ func (p *proposer) proposeBatch(batch []*proposal) {
 		}
 	}
 	for i, pr := range batch {
-		releases[i]()
+		pre.Forget(parts[i])
 		switch {
 		case err != nil:
 			pr.err = err

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -59,5 +60,23 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 	}
 	if err := validateCommand(store.CommandType(250), &fedmeshv1.Member{Id: "r1"}); status.Code(err) != codes.Internal {
 		t.Errorf("command type without a check: %v, want Internal", err)
+	}
+}
+
+// Every write, applied or refused by the FSM, hands its predecoded payload
+// to the FSM or forgets it: nothing stays registered.
+func TestWritesLeaveNoPredecodedPayloadBehind(t *testing.T) {
+	r, c := startSingle(t, 1000)
+	ctx := ctxT(t)
+	registerCluster(t, ctx, c, "east", "10.1.0.0/16")
+	for i, ip := range []string{"10.1.0.1", "10.9.0.1", "10.1.0.2"} { // the second is outside the pod CIDR
+		_, err := c.endpoint.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{
+			{Namespace: "web", Name: fmt.Sprintf("p%d", i), Ips: []string{ip}, Node: "n1"}}})
+		if (err == nil) != (i != 1) {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if n := r.FSM().Predecoded().Len(); n != 0 {
+		t.Fatalf("%d predecoded payloads left after the writes", n)
 	}
 }

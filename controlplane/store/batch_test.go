@@ -89,10 +89,9 @@ func TestBatchEntryAppliesThePreparedCommands(t *testing.T) {
 	// A prepared command that differs from its bytes (which the contract
 	// forbids) shows which of the two the FSM applied.
 	prepared := cluster("prepared-b", "10.2.0.0/16")
-	release := f.Prepare(cmds[1], prepared)
-	defer release()
+	f.Predecoded().Put(cmds[1], prepared)
 	entry, parts := EncodeBatch(cmds)
-	defer f.Repoint(cmds[1], parts[1])()
+	f.Predecoded().Move(cmds[1], parts[1])
 	res := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: entry}).(BatchResult)
 	if res[0].Err != nil || res[1].Err != nil {
 		t.Fatalf("results: %v, %v", res[0].Err, res[1].Err)
@@ -102,10 +101,8 @@ func TestBatchEntryAppliesThePreparedCommands(t *testing.T) {
 			t.Fatal("the second command was decoded from the entry instead of taken as prepared")
 		}
 	})
-	f.prepMu.Lock()
-	defer f.prepMu.Unlock()
-	if len(f.prepared) != 0 {
-		t.Fatalf("%d prepared commands left after the apply", len(f.prepared))
+	if n := f.Predecoded().Len(); n != 0 {
+		t.Fatalf("%d predecoded commands left after the apply", n)
 	}
 }
 

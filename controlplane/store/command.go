@@ -79,30 +79,56 @@ func (c Command) Encode() ([]byte, error) {
 
 // DecodeCommand parses an entry written by Encode.
 func DecodeCommand(b []byte) (Command, error) {
+	c, off, err := decodeHeader(b)
+	if err != nil {
+		return Command{}, err
+	}
+	if c.Payload, err = decodePayload(c.Type, b[off:]); err != nil {
+		return Command{}, err
+	}
+	return c, nil
+}
+
+// decodeHeader parses everything of a command but its payload, which
+// starts at b[off:].
+func decodeHeader(b []byte) (c Command, off int, err error) {
 	if len(b) == 0 {
-		return Command{}, errors.New("decode command: empty entry")
+		return Command{}, 0, errors.New("decode command: empty entry")
 	}
-	if CommandType(b[0]) == CmdBatch {
-		return Command{}, fmt.Errorf("decode command: %w", errBatchNotCommand)
+	c.Type = CommandType(b[0])
+	if c.Type == CmdBatch {
+		return Command{}, 0, fmt.Errorf("decode command: %w", errBatchNotCommand)
 	}
-	h, ok := handlers[CommandType(b[0])]
-	if !ok {
-		return Command{}, fmt.Errorf("decode command %d: %w", b[0], ErrUnknownCommand)
+	if _, ok := handlers[c.Type]; !ok {
+		return Command{}, 0, fmt.Errorf("decode command %d: %w", b[0], ErrUnknownCommand)
 	}
 	t, n := binary.Varint(b[1:])
 	if n <= 0 {
-		return Command{}, errors.New("decode command: bad time varint")
+		return Command{}, 0, errors.New("decode command: bad time varint")
 	}
-	if CommandType(b[0]) == CmdUpsertEndpoints {
-		if req, ok := fastUnmarshalUpsertEndpoints(b[1+n:]); ok {
-			return Command{Type: CmdUpsertEndpoints, Time: t, Payload: req}, nil
+	c.Time = t
+	return c, 1 + n, nil
+}
+
+// payloadOffset reports the type of a single command and where its payload
+// starts; false for anything DecodeCommand would refuse by its header.
+func payloadOffset(b []byte) (off int, typ CommandType, ok bool) {
+	c, off, err := decodeHeader(b)
+	return off, c.Type, err == nil
+}
+
+// decodePayload decodes the payload of a command of type t.
+func decodePayload(t CommandType, b []byte) (proto.Message, error) {
+	if t == CmdUpsertEndpoints {
+		if req, ok := fastUnmarshalUpsertEndpoints(b); ok {
+			return req, nil
 		}
 	}
-	msg := h.newPayload()
-	if err := proto.Unmarshal(b[1+n:], msg); err != nil {
-		return Command{}, fmt.Errorf("decode command %d payload: %w", b[0], err)
+	msg := handlers[t].newPayload()
+	if err := proto.Unmarshal(b, msg); err != nil {
+		return nil, fmt.Errorf("decode command %d payload: %w", t, err)
 	}
-	return Command{Type: CommandType(b[0]), Time: t, Payload: msg}, nil
+	return msg, nil
 }
 
 // handler applies one command type to the state. It checks only invariants

@@ -111,13 +111,13 @@ func TestTheProposingLeaderAppliesItsOwnCommandAndOthersDecodeTheBytes(t *testin
 			mine := ep("ns", "p", "10.0.0.1", map[string]string{"app": "web"})
 			c := upsert("east", 0, false, mine)
 			data := encode(c)
-			release := f.Prepare(data, c)
+			f.Predecoded().Put(data, c)
 			entry := data
 			if !tt.prepared {
 				entry = bytes.Clone(data)
 			}
 			res := f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogCommand, Data: entry}})
-			release()
+			f.Predecoded().Forget(data)
 			if r := res[0].(*Result); r.Err != nil || r.Revision != 2 {
 				t.Fatalf("apply: %+v", r)
 			}
@@ -129,7 +129,7 @@ func TestTheProposingLeaderAppliesItsOwnCommandAndOthersDecodeTheBytes(t *testin
 			if same := got[0] == mine; same != tt.wantSame {
 				t.Fatalf("stored endpoint is the proposer's object: %v, want %v", same, tt.wantSame)
 			}
-			if n := len(f.prepared); n != 0 {
+			if n := f.Predecoded().Len(); n != 0 {
 				t.Fatalf("%d prepared commands left after release", n)
 			}
 		})

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"unsafe"
 
 	"github.com/hashicorp/raft"
 )
@@ -25,12 +24,9 @@ type FSM struct {
 	// commands this binary does not know yet.
 	ignoreUnknown bool
 
-	// prepared holds commands this replica proposed as the leader, keyed by
-	// the first byte of their encoded entry: Raft hands the leader's FSM the
-	// very slice it was given, so the leader applies the proposer's decoded
-	// command instead of decoding it again (see Prepare).
-	prepMu   sync.Mutex
-	prepared map[*byte]Command
+	// pre holds the payloads this replica decoded before proposing them
+	// as the leader (see Predecoded).
+	pre *Predecoded
 }
 
 // FSMOption configures an FSM.
@@ -45,7 +41,7 @@ func WithIgnoreUnknownCommands() FSMOption { return func(f *FSM) { f.ignoreUnkno
 
 // NewFSM returns an FSM over an empty state.
 func NewFSM(opts ...FSMOption) *FSM {
-	f := &FSM{logSize: DefaultEventLogSize, changed: make(chan struct{})}
+	f := &FSM{logSize: DefaultEventLogSize, changed: make(chan struct{}), pre: newPredecoded()}
 	for _, o := range opts {
 		o(f)
 	}
@@ -60,71 +56,26 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// Prepare registers c as the decoded form of data, which the caller is
-// about to pass to raft.Apply on this replica, and returns the function to
-// call once Apply returned. c must be exactly what DecodeCommand(data)
-// yields (data is c.Encode()), and its payload becomes the FSM's: the caller
-// must not touch it again. Followers, and a replay from the log, decode the
-// bytes; both paths apply the same command.
-func (f *FSM) Prepare(data []byte, c Command) (release func()) {
-	if len(data) == 0 {
-		return func() {}
-	}
-	k := unsafe.SliceData(data)
-	f.prepMu.Lock()
-	if f.prepared == nil {
-		f.prepared = map[*byte]Command{}
-	}
-	f.prepared[k] = c
-	f.prepMu.Unlock()
-	return func() {
-		f.prepMu.Lock()
-		delete(f.prepared, k)
-		f.prepMu.Unlock()
-	}
-}
+// Predecoded is the FSM's cache of payloads the leader decoded before
+// proposing them; see its contract.
+func (f *FSM) Predecoded() *Predecoded { return f.pre }
 
-// Repoint moves the command prepared for from to to, a copy of the same
-// bytes (the command's part of a CmdBatch entry), and returns the function
-// that forgets it if it was never applied.
-func (f *FSM) Repoint(from, to []byte) (release func()) {
-	if len(from) == 0 || len(to) == 0 {
-		return func() {}
-	}
-	kf, kt := unsafe.SliceData(from), unsafe.SliceData(to)
-	f.prepMu.Lock()
-	c, ok := f.prepared[kf]
-	if ok {
-		delete(f.prepared, kf)
-		f.prepared[kt] = c
-	}
-	f.prepMu.Unlock()
-	if !ok {
-		return func() {}
-	}
-	return func() {
-		f.prepMu.Lock()
-		delete(f.prepared, kt)
-		f.prepMu.Unlock()
-	}
-}
-
-// decode returns the prepared command of data (taking it, so it is applied
-// at most once) or decodes data.
+// decode returns the command of data: its header from the bytes, its
+// payload from the pre-decode cache when this replica registered it, else
+// decoded.
 func (f *FSM) decode(data []byte) (Command, error) {
-	if len(data) > 0 {
-		k := unsafe.SliceData(data)
-		f.prepMu.Lock()
-		c, ok := f.prepared[k]
-		if ok {
-			delete(f.prepared, k)
-		}
-		f.prepMu.Unlock()
-		if ok {
-			return c, nil
-		}
+	c, off, err := decodeHeader(data)
+	if err != nil {
+		return Command{}, err
 	}
-	return DecodeCommand(data)
+	if p, ok := f.pre.take(data, c.Type, off); ok {
+		c.Payload = p
+		return c, nil
+	}
+	if c.Payload, err = decodePayload(c.Type, data[off:]); err != nil {
+		return Command{}, err
+	}
+	return c, nil
 }
 
 // ApplyBatch applies committed entries under one lock acquisition and wakes
