@@ -24,6 +24,10 @@ import (
 //     clusters, WireGuard peers of other sites), so reads are not scoped;
 //   - a syncer writes only its own cluster's endpoints, service exports and
 //     KUBERNETES policies: never federated policies, clusters or nodes;
+//     an admin may call the same RPCs, but a cluster's KUBERNETES policies
+//     have one writer, its syncer: CheckOwner, which the Guard runs after
+//     Authorize, refuses the admin's write with FailedPrecondition naming
+//     the owner (a refusal of where, not of who);
 //   - a node agent registers and reports only its own node;
 //   - a replica (a fellow control-plane replica) may call the replica RPCs,
 //     Propose (a forwarded, already authorized write) only by replicas;

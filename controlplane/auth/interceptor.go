@@ -143,7 +143,8 @@ func (g *Guard) admit(ctx context.Context, method string) (Principal, error) {
 	return p, nil
 }
 
-// check enforces the message size of p's kind, then authorizes.
+// check enforces the message size of p's kind, then authorizes, then
+// refuses writes of objects another principal owns (CheckOwner).
 func (g *Guard) check(p Principal, method string, req any) error {
 	if m, ok := req.(proto.Message); ok {
 		if lim, set := g.limits.MaxMessage[p.Kind]; set && lim > 0 {
@@ -152,7 +153,17 @@ func (g *Guard) check(p Principal, method string, req any) error {
 			}
 		}
 	}
-	return g.authorize(p, method, req)
+	if err := g.authorize(p, method, req); err != nil {
+		return err
+	}
+	if p.Kind == KindUnknown {
+		return nil
+	}
+	if err := CheckOwner(p, method, req); err != nil {
+		g.log.Info("write of an object another principal owns refused", "principal", p.String(), "method", method, "err", status.Convert(err).Message())
+		return err
+	}
+	return nil
 }
 
 func (g *Guard) authorize(p Principal, method string, req any) error {

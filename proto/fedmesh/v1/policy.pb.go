@@ -29,7 +29,8 @@ const (
 	PolicyKind_POLICY_KIND_UNSPECIFIED PolicyKind = 0
 	// POLICY_KIND_KUBERNETES is a networking.k8s.io/v1 NetworkPolicy of one
 	// cluster: it selects pods of that cluster only, and its peers are pods of
-	// that cluster only, exactly as in Kubernetes.
+	// that cluster only, exactly as in Kubernetes. Its one writer is that
+	// cluster's syncer, which copies it from the cluster's API.
 	PolicyKind_POLICY_KIND_KUBERNETES PolicyKind = 1
 	// POLICY_KIND_FEDERATED is stored once for the federation and selects pods
 	// in every cluster its cluster_selector matches; its peers may select

@@ -32,13 +32,30 @@ const (
 // PolicyService stores network policy: Kubernetes NetworkPolicies synced from
 // member clusters, which stay local to their cluster, and federated policies,
 // stored once and enforced in every cluster their cluster selector matches.
+//
+// Every policy has one writer. A cluster's NetworkPolicies (kind KUBERNETES)
+// are copies of objects in that cluster's Kubernetes API, kept in step by
+// the cluster's syncer, whose full resyncs delete what the cluster does not
+// have: a copy written by anyone else would be enforced, then deleted. So
+// writes (ApplyPolicies with a cluster, DeletePolicy of a cluster's key) are
+// accepted only from that cluster's syncer; any other principal allowed to
+// call the RPC (an admin) gets FAILED_PRECONDITION naming the owner, e.g.
+// "NetworkPolicy default/x belongs to cluster cluster-a; apply it in
+// cluster-a's API", with an ErrorInfo of reason OWNED_BY_CLUSTER and
+// metadata "cluster". Federated policies are the control plane's own:
+// admins write them. A control plane run without authentication
+// (--insecure-dev) knows no principals and enforces no owner.
 type PolicyServiceClient interface {
 	// ApplyPolicies creates or replaces a batch of policies atomically. All
 	// policies of a batch share one owner: a cluster (its NetworkPolicies) or
 	// the federation (cluster empty, federated policies). With a resync marker,
 	// the final batch deletes the owner's policies the resync did not carry.
+	// A batch with a cluster is accepted only from that cluster's syncer (see
+	// the service comment); others get FAILED_PRECONDITION.
 	ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error)
-	// DeletePolicy deletes one policy.
+	// DeletePolicy deletes one policy. A cluster's NetworkPolicy is deleted
+	// only by that cluster's syncer; others get FAILED_PRECONDITION naming
+	// the cluster, whose API is where to delete it.
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	// GetPolicy returns one policy.
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
@@ -101,13 +118,30 @@ func (c *policyServiceClient) ListPolicies(ctx context.Context, in *ListPolicies
 // PolicyService stores network policy: Kubernetes NetworkPolicies synced from
 // member clusters, which stay local to their cluster, and federated policies,
 // stored once and enforced in every cluster their cluster selector matches.
+//
+// Every policy has one writer. A cluster's NetworkPolicies (kind KUBERNETES)
+// are copies of objects in that cluster's Kubernetes API, kept in step by
+// the cluster's syncer, whose full resyncs delete what the cluster does not
+// have: a copy written by anyone else would be enforced, then deleted. So
+// writes (ApplyPolicies with a cluster, DeletePolicy of a cluster's key) are
+// accepted only from that cluster's syncer; any other principal allowed to
+// call the RPC (an admin) gets FAILED_PRECONDITION naming the owner, e.g.
+// "NetworkPolicy default/x belongs to cluster cluster-a; apply it in
+// cluster-a's API", with an ErrorInfo of reason OWNED_BY_CLUSTER and
+// metadata "cluster". Federated policies are the control plane's own:
+// admins write them. A control plane run without authentication
+// (--insecure-dev) knows no principals and enforces no owner.
 type PolicyServiceServer interface {
 	// ApplyPolicies creates or replaces a batch of policies atomically. All
 	// policies of a batch share one owner: a cluster (its NetworkPolicies) or
 	// the federation (cluster empty, federated policies). With a resync marker,
 	// the final batch deletes the owner's policies the resync did not carry.
+	// A batch with a cluster is accepted only from that cluster's syncer (see
+	// the service comment); others get FAILED_PRECONDITION.
 	ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error)
-	// DeletePolicy deletes one policy.
+	// DeletePolicy deletes one policy. A cluster's NetworkPolicy is deleted
+	// only by that cluster's syncer; others get FAILED_PRECONDITION naming
+	// the cluster, whose API is where to delete it.
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	// GetPolicy returns one policy.
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)

@@ -182,10 +182,13 @@ func policyApplyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Create or replace policies from NetworkPolicy / FederatedNetworkPolicy manifests",
-		Long: `Create or replace policies. A networking.k8s.io/v1 NetworkPolicy is stored as a
-policy of the cluster given by --cluster and stays local to it; a fedmesh.io/v1
-FederatedNetworkPolicy is stored once and enforced in every cluster its
-clusterSelector matches. Each owner's policies are applied as one atomic batch.`,
+		Long: `Create or replace policies. A networking.k8s.io/v1 NetworkPolicy is a policy of
+the cluster given by --cluster and stays local to it; its one writer is that
+cluster's syncer, which copies it from the cluster's Kubernetes API, so the
+control plane refuses it from anyone else (apply it in the cluster's API). A
+fedmesh.io/v1 FederatedNetworkPolicy is stored once and enforced in every
+cluster its clusterSelector matches. Each owner's policies are applied as one
+atomic batch.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
