@@ -138,6 +138,9 @@ var rules = map[string]rule{
 	fedmeshv1.ReachService_Reach_FullMethodName: federationRead,
 	fedmeshv1.WatchService_Watch_FullMethodName: federationRead,
 
+	// Who changed what is for operators.
+	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: adminOnly,
+
 	methodListMembers:      anyRead,
 	methodGetReplicaStatus: anyRead,
 	methodReadIndex:        anyRead,

@@ -98,7 +98,8 @@ var matrix = map[string]matrixRow{
 	}, reads},
 	fedmeshv1.PolicyService_ListPolicies_FullMethodName: {func(c string) any { return &fedmeshv1.ListPoliciesRequest{Cluster: c} }, reads},
 
-	fedmeshv1.ReachService_Reach_FullMethodName: {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
+	fedmeshv1.ReachService_Reach_FullMethodName:            {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
+	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: {func(string) any { return &fedmeshv1.ListAuditRecordsRequest{} }, onlyAdmin},
 	fedmeshv1.WatchService_Watch_FullMethodName: {func(c string) any {
 		return &fedmeshv1.WatchRequest{Filter: &fedmeshv1.WatchFilter{Clusters: []string{c}}}
 	}, reads},

@@ -95,7 +95,7 @@ func (a *adminService) AddMember(ctx context.Context, req *fedmeshv1.AddMemberRe
 		}
 		if req.GetGrpcAddress() != "" {
 			m := &fedmeshv1.Member{Id: req.GetId(), RaftAddress: req.GetRaftAddress(), GrpcAddress: req.GetGrpcAddress(), Voter: !req.GetNonvoter()}
-			if _, err := a.c.applyLocal(store.CmdSetMember, m); err != nil {
+			if _, err := a.c.applyLocal(ctx, store.CmdSetMember, m); err != nil {
 				return nil, raftStatus("publish member "+req.GetId(), err)
 			}
 		}
@@ -115,7 +115,7 @@ func (a *adminService) RemoveMember(ctx context.Context, req *fedmeshv1.RemoveMe
 			return nil, raftStatus("remove member "+req.GetId(), err)
 		}
 		if req.GetId() != a.c.self {
-			if _, err := a.c.applyLocal(store.CmdRemoveMember, &fedmeshv1.Member{Id: req.GetId()}); err != nil {
+			if _, err := a.c.applyLocal(ctx, store.CmdRemoveMember, &fedmeshv1.Member{Id: req.GetId()}); err != nil {
 				return nil, raftStatus("unpublish member "+req.GetId(), err)
 			}
 		}

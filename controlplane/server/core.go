@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -52,6 +53,9 @@ type Core struct {
 	// groupWrites is set while this replica leads and every replica has
 	// published a log format that applies grouped entries (logformat.go).
 	groupWrites atomic.Bool
+	// logFormat is the oldest log format the replicas of the configuration
+	// apply, as this replica last saw their records (clusterLogFormat).
+	logFormat atomic.Uint32
 	// reach answers ReachService with the policy compiler.
 	reach *reachEngine
 
@@ -110,7 +114,7 @@ func (c *Core) leadership(ctx context.Context, notify <-chan bool) {
 				if old := members[m.GetId()]; old != nil && old.GetGrpcAddress() == m.GetGrpcAddress() && old.GetRaftAddress() == m.GetRaftAddress() && old.GetLogFormat() >= m.GetLogFormat() {
 					continue
 				}
-				if _, err := c.applyLocal(store.CmdSetMember, m); err != nil {
+				if _, err := c.applyLocal(c.asSelf(ctx), store.CmdSetMember, m); err != nil {
 					c.log.Warn("publish member address", "member", m.GetId(), "err", err)
 				}
 			}
@@ -127,13 +131,23 @@ func (c *Core) snapshotMembers() map[string]*fedmeshv1.Member {
 }
 
 // command is the one way a replica turns a payload into a log entry: it
-// runs the command type's stateless check (validate.go) and encodes it. The
-// returned command is what the entry decodes to.
-func (c *Core) command(t store.CommandType, payload proto.Message) (store.Command, []byte, error) {
+// runs the command type's stateless check (validate.go) and encodes it,
+// with the audit header once every replica applies it: the principal of
+// the call ctx belongs to (the caller this replica authenticated, whether
+// it proposes or forwards the write), and a time the leader replaces with
+// its own before proposing (proposer.go). The returned command is what the
+// entry decodes to.
+func (c *Core) command(ctx context.Context, t store.CommandType, payload proto.Message) (store.Command, []byte, error) {
 	if err := validateCommand(t, payload); err != nil {
 		return store.Command{}, nil, err
 	}
 	cmd := store.Command{Type: t, Time: time.Now().UnixNano(), Payload: payload}
+	if c.auditEntries() {
+		cmd.Audited = true
+		if p, ok := auth.PrincipalFrom(ctx); ok {
+			cmd.Principal = p.String()
+		}
+	}
 	data, err := cmd.Encode()
 	if err != nil {
 		return store.Command{}, nil, status.Errorf(codes.Internal, "encode command: %v", err)
@@ -141,9 +155,18 @@ func (c *Core) command(t store.CommandType, payload proto.Message) (store.Comman
 	return cmd, data, nil
 }
 
+// asSelf is ctx carrying this replica's own principal, for what the
+// replica proposes on its own (member records); unchanged without TLS.
+func (c *Core) asSelf(ctx context.Context) context.Context {
+	if c.r.sec == nil {
+		return ctx
+	}
+	return auth.WithPrincipal(ctx, auth.Replica(c.self))
+}
+
 // applyLocal proposes a command on this replica, which must be the leader.
-func (c *Core) applyLocal(t store.CommandType, payload proto.Message) (*store.Result, error) {
-	_, data, err := c.command(t, payload)
+func (c *Core) applyLocal(ctx context.Context, t store.CommandType, payload proto.Message) (*store.Result, error) {
+	_, data, err := c.command(ctx, t, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +296,7 @@ func (c *Core) forwardContext(ctx context.Context) context.Context {
 // it again.
 func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req proto.Message, build func(*store.Result) Resp) (Resp, error) {
 	var zero Resp
-	cmd, data, err := c.command(t, req)
+	cmd, data, err := c.command(ctx, t, req)
 	if err != nil {
 		return zero, err
 	}

@@ -12,40 +12,74 @@ import (
 )
 
 // Rolling upgrades and the log format. Grouping writes into one entry
-// (store.CmdBatch) is a log format older binaries cannot apply: a replica
-// stops at an entry it cannot apply rather than skip it. So every replica
-// publishes the newest format it applies in its member record, and the
-// leader groups writes only while every replica of the Raft configuration
-// has published store.LogFormat; until then each write is its own entry,
-// as older leaders wrote them.
+// (store.CmdBatch, format 1) and the audit header on commands (format 2)
+// are log formats older binaries cannot apply: a replica stops at an entry
+// it cannot apply rather than skip it. So every replica publishes the
+// newest format it applies in its member record; the leader groups writes
+// only while every replica of the Raft configuration has published 1, and
+// a replica encodes the audit header only while every one has published
+// 2. Until then writes are encoded as older binaries wrote them.
 
 const logFormatInterval = 500 * time.Millisecond
+
+// clusterLogFormat is the oldest log format the servers of the
+// configuration apply: what each published (0 for none, or when one has
+// not published yet), except replica self, which runs this binary. Pure,
+// for tests.
+func clusterLogFormat(servers []raft.Server, members map[string]*fedmeshv1.Member, self string) uint32 {
+	if len(servers) == 0 {
+		return 0
+	}
+	oldest := uint32(store.LogFormat)
+	for _, s := range servers {
+		if string(s.ID) != self {
+			oldest = min(oldest, members[string(s.ID)].GetLogFormat())
+		}
+	}
+	return oldest
+}
 
 // canGroup reports whether every server of the configuration has published
 // a log format that applies grouped entries. Pure, for tests.
 func canGroup(servers []raft.Server, members map[string]*fedmeshv1.Member) bool {
-	if len(servers) == 0 {
-		return false
+	return clusterLogFormat(servers, members, "") >= store.LogFormatBatch
+}
+
+// refreshLogFormat recomputes Core.logFormat from the configuration and
+// the published member records, and returns it.
+func (c *Core) refreshLogFormat() uint32 {
+	// GetConfiguration answers from the latest configuration without
+	// waiting for Raft's loop.
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return c.logFormat.Load()
 	}
-	for _, s := range servers {
-		if members[string(s.ID)].GetLogFormat() < store.LogFormat {
-			return false
-		}
-	}
-	return true
+	v := clusterLogFormat(f.Configuration().Servers, c.snapshotMembers(), c.self)
+	c.logFormat.Store(v)
+	return v
+}
+
+// auditEntries reports whether commands may carry the audit header: every
+// replica applies it. Until they do (a rolling upgrade, or the first
+// moments of a new group, before every replica has published its format)
+// it looks again on every write; logFormats notices a downgrade.
+func (c *Core) auditEntries() bool {
+	return c.logFormat.Load() >= store.LogFormatAudit || c.refreshLogFormat() >= store.LogFormatAudit
 }
 
 // logFormats publishes this replica's log format until its member record
-// carries it and, while this replica leads, keeps Core.groupWrites up to
-// date. It returns when ctx is done.
+// carries it and keeps Core.logFormat and, while this replica leads,
+// Core.groupWrites up to date. It returns when ctx is done.
 func (c *Core) logFormats(ctx context.Context) {
 	t := time.NewTicker(logFormatInterval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 		f := c.raft.GetConfiguration()
 		if err := f.Error(); err != nil {
@@ -53,18 +87,19 @@ func (c *Core) logFormats(ctx context.Context) {
 		}
 		servers := f.Configuration().Servers
 		members := c.snapshotMembers()
+		c.logFormat.Store(clusterLogFormat(servers, members, c.self))
 		if c.raft.State() == raft.Leader {
 			c.groupWrites.Store(canGroup(servers, members))
 		} else {
 			c.groupWrites.Store(false)
 		}
 		if m := selfRecord(c.self, c.r.cfg.RaftAddr, c.r.GRPCAddr(), servers, members); m != nil {
-			_, data, err := c.command(store.CmdSetMember, m)
-			if err != nil {
-				continue
-			}
 			pctx, cancel := context.WithTimeout(ctx, c.timeout)
-			if _, err := c.proposeEncoded(pctx, data, nil); err != nil {
+			_, data, err := c.command(c.asSelf(pctx), store.CmdSetMember, m)
+			if err == nil {
+				_, err = c.proposeEncoded(pctx, data, nil)
+			}
+			if err != nil {
 				c.log.Debug("publish log format", "err", err)
 			}
 			cancel()

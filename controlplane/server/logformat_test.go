@@ -60,3 +60,32 @@ func TestReplicaPublishesItsLogFormatKeepingItsAddresses(t *testing.T) {
 		t.Fatalf("not in the configuration: %v", m)
 	}
 }
+
+// A replica still at format 1 (grouped entries, no audit header) keeps
+// grouping on and the audit header off: it could not apply a command that
+// carries one.
+func TestAuditHeaderIsWrittenOnlyOnceEveryReplicaAppliesIt(t *testing.T) {
+	at := func(id string, f uint32) *fedmeshv1.Member { return &fedmeshv1.Member{Id: id, LogFormat: f} }
+	for _, tc := range []struct {
+		name      string
+		members   map[string]*fedmeshv1.Member
+		wantAudit bool
+		wantGroup bool
+	}{
+		{"every replica at format 2", map[string]*fedmeshv1.Member{"a": at("a", 2), "b": at("b", 2), "c": at("c", 2)}, true, true},
+		{"one replica at format 1", map[string]*fedmeshv1.Member{"a": at("a", 2), "b": at("b", 1), "c": at("c", 2)}, false, true},
+		{"one replica at format 0", map[string]*fedmeshv1.Member{"a": at("a", 2), "b": at("b", 0), "c": at("c", 2)}, false, false},
+		{"a newer replica counts as this binary's newest", map[string]*fedmeshv1.Member{"a": at("a", 2), "b": at("b", 9), "c": at("c", 2)}, true, true},
+	} {
+		if f := clusterLogFormat(servers("a"), nil, "a"); f != store.LogFormat {
+			t.Errorf("a replica alone, its record not published yet: format %d, want this binary's %d", f, store.LogFormat)
+		}
+		f := clusterLogFormat(servers("a", "b", "c"), tc.members, "")
+		if audit := f >= store.LogFormatAudit; audit != tc.wantAudit {
+			t.Errorf("%s: format %d, audit header %v, want %v", tc.name, f, audit, tc.wantAudit)
+		}
+		if group := canGroup(servers("a", "b", "c"), tc.members); group != tc.wantGroup {
+			t.Errorf("%s: grouping %v, want %v", tc.name, group, tc.wantGroup)
+		}
+	}
+}

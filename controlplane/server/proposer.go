@@ -49,6 +49,8 @@ type proposal struct {
 }
 
 // enqueue queues data for the log; wait for its result with proposal.wait.
+// data becomes the proposer's: the time of a command with the audit header
+// is rewritten in place (store.StampTime) as it enters the log.
 func (p *proposer) enqueue(data []byte) *proposal {
 	pr := &proposal{data: data, start: time.Now(), done: make(chan struct{})}
 	p.mu.Lock()
@@ -89,6 +91,13 @@ func (p *proposer) run() {
 		batch := p.pending[:n:n]
 		p.pending = append([]*proposal(nil), p.pending[n:]...)
 		p.mu.Unlock()
+		// The leader's clock, read as the writes enter the log, is their
+		// time on every replica (a command with the audit header carries
+		// it; one without keeps the time its edge encoded).
+		now := time.Now().UnixNano()
+		for _, pr := range batch {
+			store.StampTime(pr.data, now)
+		}
 		if len(batch) > 1 && p.c.groupWrites.Load() {
 			p.proposeBatch(batch)
 			continue

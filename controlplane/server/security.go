@@ -75,7 +75,7 @@ type raftLedger struct{ c *Core }
 var _ auth.TokenLedger = raftLedger{}
 
 func (l raftLedger) Consume(ctx context.Context, id [16]byte, expires time.Time) error {
-	_, data, err := l.c.command(store.CmdConsumeJoinToken, store.ConsumeJoinTokenPayload(id, expires.UnixNano()))
+	_, data, err := l.c.command(ctx, store.CmdConsumeJoinToken, store.ConsumeJoinTokenPayload(id, expires.UnixNano()))
 	if err != nil {
 		return err
 	}

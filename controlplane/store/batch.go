@@ -18,10 +18,21 @@ import (
 // command's bytes as Command.Encode wrote them.
 const CmdBatch CommandType = 16
 
-// LogFormat is the newest log entry format this binary applies: 1 is
-// CmdBatch. Replicas publish it in their member record; the leader writes
-// CmdBatch entries only once every replica has published at least 1.
-const LogFormat = 1
+// Log entry formats. Replicas publish the newest they apply (LogFormat) in
+// their member record; an entry of a format is written only once every
+// replica of the configuration has published at least that format, so an
+// older replica never meets an entry it cannot apply.
+const (
+	// LogFormatBatch adds CmdBatch entries, which the leader's proposer
+	// writes.
+	LogFormatBatch = 1
+	// LogFormatAudit adds the audit header to commands (their principal,
+	// and a time the leader stamps), which the replica encoding a write
+	// adds.
+	LogFormatAudit = 2
+	// LogFormat is the newest format this binary applies.
+	LogFormat = LogFormatAudit
+)
 
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per
 // command, in order.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -43,38 +44,89 @@ const (
 	CmdConsumeJoinToken CommandType = 15
 )
 
-// Command is one decoded log entry. Time is the proposing replica's wall
-// clock (Unix nanoseconds): the only clock the FSM sees.
+// Command is one decoded log entry.
 type Command struct {
-	Type    CommandType
-	Time    int64
-	Payload proto.Message
+	Type CommandType
+	// Time is a wall clock reading (Unix nanoseconds): the only clock the
+	// FSM sees. With the audit header, the leader's when it proposed the
+	// command (StampTime); without, the proposing replica's.
+	Time int64
+	// Audited says the command carries the audit header (log format 2):
+	// Principal is who made it, and objects it changes record both. Entries
+	// written before every replica applied format 2 have no header.
+	Audited bool
+	// Principal is the SPIFFE ID of the client that made the write (the
+	// forwarding replica's record of it for a forwarded write), or the
+	// replica's own for what a replica proposes itself; empty when unknown
+	// (no authentication). Only with Audited.
+	Principal string
+	Payload   proto.Message
 }
+
+// Command encodings. A command without the audit header is
+//
+//	type byte, varint time, protobuf payload
+//
+// and with it (log format 2)
+//
+//	type byte | auditFlag, time as 8 bytes little endian, uvarint length
+//	and bytes of the principal, protobuf payload.
+//
+// The audit header's time has a fixed width so the leader can stamp its own
+// clock into an encoded command just before proposing it (StampTime),
+// without copying the payload.
+const auditFlag = 0x80
+
+// maxPrincipal bounds the principal an entry carries.
+const maxPrincipal = 1024
 
 // ErrUnknownCommand is returned by DecodeCommand for a type this binary does
 // not know (a log written by a newer version).
 var ErrUnknownCommand = errors.New("unknown command type")
 
-// Encode serialises a command: type byte, varint time, protobuf payload.
+// Encode serialises a command (see auditFlag for the layout).
 func (c Command) Encode() ([]byte, error) {
 	if _, ok := handlers[c.Type]; !ok {
 		return nil, fmt.Errorf("encode command %d: %w", c.Type, ErrUnknownCommand)
 	}
+	if len(c.Principal) > maxPrincipal || (c.Principal != "" && !c.Audited) {
+		return nil, fmt.Errorf("encode command %d: principal of %d bytes (at most %d, and only with the audit header)", c.Type, len(c.Principal), maxPrincipal)
+	}
 	if req, ok := c.Payload.(*fedmeshv1.UpsertEndpointsRequest); ok {
-		b := make([]byte, 1, 16+1100*len(req.GetEndpoints()))
-		b[0] = byte(c.Type)
-		b = binary.AppendVarint(b, c.Time)
+		b := c.appendHeader(make([]byte, 0, 32+len(c.Principal)+1100*len(req.GetEndpoints())))
 		if b, ok := appendUpsertEndpoints(b, req); ok {
 			return b, nil
 		}
 	}
-	b := make([]byte, 1, 16+proto.Size(c.Payload))
-	b[0] = byte(c.Type)
-	b = binary.AppendVarint(b, c.Time)
+	b := c.appendHeader(make([]byte, 0, 32+len(c.Principal)+proto.Size(c.Payload)))
 	// Not Deterministic: replicas apply the leader's bytes, never
 	// re-encode and compare them, and sorting every label map's keys is a
 	// good part of encoding an endpoint batch.
 	return proto.MarshalOptions{}.MarshalAppend(b, c.Payload)
+}
+
+func (c Command) appendHeader(b []byte) []byte {
+	if !c.Audited {
+		b = append(b, byte(c.Type))
+		return binary.AppendVarint(b, c.Time)
+	}
+	b = append(b, byte(c.Type)|auditFlag)
+	b = binary.LittleEndian.AppendUint64(b, uint64(c.Time))
+	b = binary.AppendUvarint(b, uint64(len(c.Principal)))
+	return append(b, c.Principal...)
+}
+
+// StampTime sets the time of an encoded command with the audit header to t,
+// in place, and reports whether it did: the leader stamps its clock on
+// every write just before proposing it, so a write's time is the leader's
+// whichever replica received it. A command without the header (or not a
+// single command) keeps the time it was encoded with.
+func StampTime(data []byte, t int64) bool {
+	if len(data) < 9 || data[0]&auditFlag == 0 || CommandType(data[0]&^auditFlag) == CmdBatch {
+		return false
+	}
+	binary.LittleEndian.PutUint64(data[1:9], uint64(t))
+	return true
 }
 
 // DecodeCommand parses an entry written by Encode.
@@ -95,19 +147,37 @@ func decodeHeader(b []byte) (c Command, off int, err error) {
 	if len(b) == 0 {
 		return Command{}, 0, errors.New("decode command: empty entry")
 	}
-	c.Type = CommandType(b[0])
+	c.Type = CommandType(b[0] &^ auditFlag)
+	c.Audited = b[0]&auditFlag != 0
 	if c.Type == CmdBatch {
 		return Command{}, 0, fmt.Errorf("decode command: %w", errBatchNotCommand)
 	}
 	if _, ok := handlers[c.Type]; !ok {
 		return Command{}, 0, fmt.Errorf("decode command %d: %w", b[0], ErrUnknownCommand)
 	}
-	t, n := binary.Varint(b[1:])
-	if n <= 0 {
-		return Command{}, 0, errors.New("decode command: bad time varint")
+	if !c.Audited {
+		t, n := binary.Varint(b[1:])
+		if n <= 0 {
+			return Command{}, 0, errors.New("decode command: bad time varint")
+		}
+		c.Time = t
+		return c, 1 + n, nil
 	}
-	c.Time = t
-	return c, 1 + n, nil
+	if len(b) < 9 {
+		return Command{}, 0, errors.New("decode command: truncated audit header")
+	}
+	c.Time = int64(binary.LittleEndian.Uint64(b[1:9]))
+	l, n := binary.Uvarint(b[9:])
+	if n <= 0 || l > maxPrincipal || l > uint64(len(b)-9-n) {
+		return Command{}, 0, errors.New("decode command: bad principal in the audit header")
+	}
+	off = 9 + n + int(l)
+	p := b[9+n : off]
+	if !utf8.Valid(p) {
+		return Command{}, 0, errors.New("decode command: principal is not UTF-8")
+	}
+	c.Principal = string(p)
+	return c, off, nil
 }
 
 // payloadOffset reports the type of a single command and where its payload
@@ -146,6 +216,9 @@ type handler struct {
 	// internal commands change replica metadata, not the federation: they
 	// do not move the revision nor produce events.
 	internal bool
+	// describe names the cluster and objects a command writes, for its
+	// audit record (audit.go).
+	describe func(proto.Message) (cluster string, objects []string)
 }
 
 var handlers = map[CommandType]handler{}
@@ -195,6 +268,7 @@ func init() {
 	register(CmdRemoveMember, "RemoveMember", true, (*State).applyRemoveMember)
 	register(CmdRecordNodeStatus, "RecordNodeStatus", true, (*State).applyRecordNodeStatus)
 	register(CmdConsumeJoinToken, "ConsumeJoinToken", true, (*State).applyConsumeJoinToken)
+	registerDescriptions()
 }
 
 // Result is what applying a command returns to the proposer.
@@ -217,14 +291,24 @@ type txn struct {
 	rev    uint64
 	time   int64
 	events []*fedmeshv1.Event
+	// audited: the command carries its principal; objects it changes
+	// record the principal and the time.
+	audited   bool
+	principal string
 }
 
+// meta is the metadata of an object this command writes, old its previous
+// metadata (nil for a new object).
 func (tx *txn) meta(old *fedmeshv1.ObjectMeta) *fedmeshv1.ObjectMeta {
 	created := tx.rev
 	if old != nil && old.GetCreateRevision() != 0 {
 		created = old.GetCreateRevision()
 	}
-	return &fedmeshv1.ObjectMeta{Revision: tx.rev, CreateRevision: created}
+	m := &fedmeshv1.ObjectMeta{Revision: tx.rev, CreateRevision: created}
+	if tx.audited {
+		m.UpdatedBy, m.UpdateTime = tx.principal, unixNanoToTimestamp(tx.time)
+	}
+	return m
 }
 
 func (tx *txn) emit(t fedmeshv1.EventType, set func(e *fedmeshv1.Event)) {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -209,11 +210,47 @@ type goldenEntry struct {
 	log  raft.Log
 }
 
-// encodeGolden encodes the scenario as today's binary writes it.
-func encodeGolden(t *testing.T, steps []goldenStep) []goldenEntry {
+// goldenPrincipal is who makes command c in the scenario: the admin
+// registers clusters and writes federated policy, syncers write their
+// cluster's objects, agents their node, replicas their member records.
+func goldenPrincipal(c Command) string {
+	syncer := func(cluster string) string { return "spiffe://fedmesh/cluster/" + cluster + "/syncer" }
+	switch p := c.Payload.(type) {
+	case *fedmeshv1.UpsertEndpointsRequest:
+		return syncer(p.GetCluster())
+	case *fedmeshv1.DeleteEndpointsRequest:
+		return syncer(p.GetCluster())
+	case *fedmeshv1.ExportServicesRequest:
+		return syncer(p.GetCluster())
+	case *fedmeshv1.UnexportServiceRequest:
+		return syncer(p.GetCluster())
+	case *fedmeshv1.ApplyPoliciesRequest:
+		if p.GetCluster() != "" {
+			return syncer(p.GetCluster())
+		}
+	case *fedmeshv1.ReportNodeStatusRequest:
+		return "spiffe://fedmesh/cluster/" + p.GetCluster() + "/node/" + p.GetName()
+	case *fedmeshv1.RegisterNodeRequest:
+		return "spiffe://fedmesh/cluster/" + p.GetNode().GetCluster() + "/node/" + p.GetNode().GetName()
+	case *fedmeshv1.Member:
+		return "spiffe://fedmesh/controlplane/r1"
+	case *wrapperspb.BytesValue:
+		return "" // a join: the caller has no certificate yet
+	}
+	return "spiffe://fedmesh/admin"
+}
+
+// encodeGolden encodes the scenario as a binary writing log format
+// writes it.
+func encodeGolden(t *testing.T, steps []goldenStep, format int) []goldenEntry {
 	t.Helper()
 	var out []goldenEntry
 	for i, st := range steps {
+		if format >= LogFormatAudit {
+			for j := range st.cmds {
+				st.cmds[j].Audited, st.cmds[j].Principal = true, goldenPrincipal(st.cmds[j])
+			}
+		}
 		e := goldenEntry{note: st.note, log: raft.Log{Index: uint64(i + 1), Type: raft.LogCommand}}
 		switch {
 		case st.noop:
@@ -355,8 +392,8 @@ func goldenTranscript(t *testing.T, entries []goldenEntry) string {
 
 func goldenResult(data []byte, r *Result) string {
 	name := "?"
-	if len(data) > 0 {
-		name = CommandType(data[0]).String()
+	if _, typ, ok := payloadOffset(data); ok {
+		name = typ.String()
 	}
 	if r.Err == nil {
 		s := fmt.Sprintf("%s: revision %d", name, r.Revision)
@@ -401,6 +438,14 @@ func goldenState(t *testing.T, s *State, withLog bool) string {
 	for _, id := range sortedKeys(ids) {
 		ls, ok := s.Identities().Lookup(id)
 		fmt.Fprintf(&b, "  %d %v %s\n", id, ok, ls.String())
+	}
+	// Entries without the audit header (log format 1) record nothing, so
+	// the section appears only when there is something to show.
+	if recs := s.Audit().Records(nil); len(recs) > 0 {
+		fmt.Fprintf(&b, "\naudit log (%d records):\n", len(recs))
+		for _, r := range recs {
+			b.WriteString("  " + protoLine(t, r) + "\n")
+		}
 	}
 	b.WriteString("\nmembers:\n")
 	for _, id := range sortedKeys(s.members) {
@@ -496,7 +541,7 @@ func TestGoldenLogAppliesToTheSameStateOnEveryVersion(t *testing.T) {
 			if err := os.MkdirAll(goldenDir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			if err := writeEntries(entriesPath(LogFormat), LogFormat, encodeGolden(t, goldenScenario())); err != nil {
+			if err := writeEntries(entriesPath(LogFormat), LogFormat, encodeGolden(t, goldenScenario(), LogFormat)); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -16,12 +16,16 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// SnapshotVersion is the snapshot format this binary writes. It reads every
-// version up to this one; a field added later gets its zero value when an
-// older snapshot is read.
+// SnapshotVersion is the newest snapshot format this binary writes. It
+// reads every version up to this one; a field added later gets its zero
+// value when an older snapshot is read.
 //
-// Version 2 adds the used join tokens (header field usedTokens).
-const SnapshotVersion = 2
+// Version 2 adds the used join tokens (header field usedTokens). Version 3
+// adds the audit log (recAudit records). A snapshot is written in the
+// oldest version that holds its state: the audit log fills only once every
+// replica applies log format 2, so until then an older replica can still
+// restore a newer one's snapshot during a rolling upgrade.
+const SnapshotVersion = 3
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -41,6 +45,7 @@ const (
 	recPolicy
 	recMember
 	recEnd
+	recAudit // version 3
 )
 
 type snapHeader struct {
@@ -86,6 +91,7 @@ func (s *State) Freeze() Frozen {
 		policies:   make(map[string]map[nsName]*policyEntry, len(s.policies)),
 		gens:       make(map[genKey]uint64, len(s.gens)),
 		members:    s.Members(),
+		audit:      s.audit.clone(),
 		ids:        &Identities{next: s.ids.next},
 		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
 	}
@@ -132,7 +138,11 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	if _, err := io.WriteString(cw, snapshotMagic); err != nil {
 		return cw.n, err
 	}
-	h := snapHeader{Version: SnapshotVersion, Revision: s.rev, NextIdentity: s.ids.next}
+	h := snapHeader{Version: 2, Revision: s.rev, NextIdentity: s.ids.next}
+	audit := s.audit.Records(nil)
+	if len(audit) > 0 {
+		h.Version = 3
+	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
 	}
@@ -180,6 +190,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	}
 	for _, id := range sortedKeys(s.members) {
 		rw.msg(recMember, 0, false, s.members[id])
+	}
+	for _, rec := range audit {
+		rw.msg(recAudit, 0, false, rec)
 	}
 	rw.raw(recEnd, nil)
 	if rw.err != nil {
@@ -337,6 +350,12 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 				return nil, fmt.Errorf("read snapshot member: %w", err)
 			}
 			s.members[m.GetId()] = m
+		case recAudit:
+			rec := &fedmeshv1.AuditRecord{}
+			if err := proto.Unmarshal(b, rec); err != nil {
+				return nil, fmt.Errorf("read snapshot audit record: %w", err)
+			}
+			s.audit.add(rec)
 		case recEnd:
 			s.rev = h.Revision
 			if s.ids, err = ids.finish(h.NextIdentity); err != nil {

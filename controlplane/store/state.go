@@ -102,6 +102,7 @@ type State struct {
 	// nanoseconds).
 	usedTokens map[[16]byte]int64
 	log        *EventLog
+	audit      *AuditLog
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -127,6 +128,7 @@ func NewState(logSize int) *State {
 		members:    map[string]*fedmeshv1.Member{},
 		usedTokens: map[[16]byte]int64{},
 		log:        NewEventLog(logSize, 0),
+		audit:      &AuditLog{},
 		intern:     map[string]string{},
 	}
 }
@@ -173,7 +175,7 @@ func (s *State) Apply(c Command) *Result {
 	if !ok {
 		return &Result{Revision: s.rev, Err: fmt.Errorf("apply command %d: %w", c.Type, ErrUnknownCommand)}
 	}
-	tx := &txn{rev: s.rev + 1, time: c.Time}
+	tx := &txn{rev: s.rev + 1, time: c.Time, audited: c.Audited, principal: c.Principal}
 	if h.internal {
 		tx.rev = s.rev
 	}
@@ -184,6 +186,9 @@ func (s *State) Apply(c Command) *Result {
 	if !h.internal {
 		s.rev = tx.rev
 		s.log.Append(Batch{Revision: tx.rev, Events: tx.events})
+		if c.Audited {
+			s.recordAudit(c, tx, res)
+		}
 	}
 	res.Revision = s.rev
 	return res

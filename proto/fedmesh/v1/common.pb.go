@@ -9,6 +9,7 @@ package fedmeshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -93,8 +94,21 @@ type ObjectMeta struct {
 	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Revision at which this object was created. Server-assigned.
 	CreateRevision uint64 `protobuf:"varint,2,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// UpdatedBy is the principal whose write last changed this object: the
+	// SPIFFE ID of its client certificate (for a write a follower forwarded,
+	// the follower's record of its caller, never the follower). A write's
+	// side effects (an import re-derived from exports, the conditions of
+	// other clusters' exports) name the write's principal. Empty when the
+	// write was committed before every replica recorded principals (log
+	// format 2), or by a control plane without authentication
+	// (--insecure-dev). Server-assigned.
+	UpdatedBy string `protobuf:"bytes,3,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	// UpdateTime is when that write was committed: the leader's clock when it
+	// proposed the write, carried in the log so every replica shows the same.
+	// Absent when the write predates log format 2. Server-assigned.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ObjectMeta) Reset() {
@@ -139,6 +153,20 @@ func (x *ObjectMeta) GetCreateRevision() uint64 {
 		return x.CreateRevision
 	}
 	return 0
+}
+
+func (x *ObjectMeta) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+func (x *ObjectMeta) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
 }
 
 // ResyncMarker lets a syncer replace everything it owns of one kind in one
@@ -329,11 +357,15 @@ var File_fedmesh_v1_common_proto protoreflect.FileDescriptor
 const file_fedmesh_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"\x17fedmesh/v1/common.proto\x12\n" +
-	"fedmesh.v1\"Q\n" +
+	"fedmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n" +
 	"\n" +
 	"ObjectMeta\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12'\n" +
-	"\x0fcreate_revision\x18\x02 \x01(\x04R\x0ecreateRevision\"D\n" +
+	"\x0fcreate_revision\x18\x02 \x01(\x04R\x0ecreateRevision\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\x03 \x01(\tR\tupdatedBy\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"D\n" +
 	"\fResyncMarker\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -377,15 +409,17 @@ var file_fedmesh_v1_common_proto_goTypes = []any{
 	(*LabelSelectorRequirement)(nil), // 3: fedmesh.v1.LabelSelectorRequirement
 	(*LabelSelector)(nil),            // 4: fedmesh.v1.LabelSelector
 	nil,                              // 5: fedmesh.v1.LabelSelector.MatchLabelsEntry
+	(*timestamppb.Timestamp)(nil),    // 6: google.protobuf.Timestamp
 }
 var file_fedmesh_v1_common_proto_depIdxs = []int32{
-	5, // 0: fedmesh.v1.LabelSelector.match_labels:type_name -> fedmesh.v1.LabelSelector.MatchLabelsEntry
-	3, // 1: fedmesh.v1.LabelSelector.match_expressions:type_name -> fedmesh.v1.LabelSelectorRequirement
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 0: fedmesh.v1.ObjectMeta.update_time:type_name -> google.protobuf.Timestamp
+	5, // 1: fedmesh.v1.LabelSelector.match_labels:type_name -> fedmesh.v1.LabelSelector.MatchLabelsEntry
+	3, // 2: fedmesh.v1.LabelSelector.match_expressions:type_name -> fedmesh.v1.LabelSelectorRequirement
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_common_proto_init() }

@@ -37,10 +37,12 @@ type Member struct {
 	Leader bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
 	// LogFormat is the newest Raft log entry format the replica's binary
 	// applies, as it published it: 0 for one command per entry only, 1 when
-	// it also applies entries that group several commands. The leader groups
-	// writes only once every replica in the Raft configuration has published
-	// 1, so a rolling upgrade never hands an older replica an entry it cannot
-	// apply.
+	// it also applies entries that group several commands, 2 when commands
+	// also carry their principal and commit time (the audit header). The
+	// leader groups writes only once every replica in the Raft configuration
+	// has published 1, and replicas write the audit header only once every
+	// replica has published 2, so a rolling upgrade never hands an older
+	// replica an entry it cannot apply.
 	LogFormat     uint32 `protobuf:"varint,6,opt,name=log_format,json=logFormat,proto3" json:"log_format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
