@@ -133,19 +133,24 @@ func (s *State) Audit() *AuditLog { return s.audit }
 // recordAudit appends the record of command c, applied at tx.rev with
 // result res.
 func (s *State) recordAudit(c Command, tx *txn, res *Result) {
-	rec := &fedmeshv1.AuditRecord{Revision: tx.rev, Time: unixNanoToTimestamp(tx.time), Principal: c.Principal,
+	rec := &fedmeshv1.AuditRecord{Revision: tx.rev, Time: tx.updateTime(), Principal: c.Principal,
 		Operation: c.Type.String(), Deleted: res.Deleted}
 	if describe := handlers[c.Type].describe; describe != nil {
-		var objs []string
-		rec.Cluster, objs = describe(c.Payload)
-		rec.ObjectCount = uint32(len(objs))
-		rec.Objects = objs[:min(len(objs), auditMaxObjects)]
+		var n int
+		rec.Cluster, n = describe(c.Payload, func(obj string) {
+			if len(rec.Objects) < auditMaxObjects {
+				rec.Objects = append(rec.Objects, obj)
+			}
+		})
+		rec.ObjectCount = uint32(n)
 	}
 	s.audit.add(rec)
 }
 
 // Object names of the commands, for audit records: the target cluster and
-// namespace/name (name alone for cluster-wide objects).
+// namespace/name (name alone for cluster-wide objects), each passed to
+// name; the count of objects is returned (a batch may name thousands: the
+// record keeps the first few).
 
 func nsNameOf(ns, name string) string {
 	if ns == "" {
@@ -156,59 +161,66 @@ func nsNameOf(ns, name string) string {
 
 // registerDescriptions runs after every command type is registered.
 func registerDescriptions() {
-	describe(CmdRegisterCluster, func(r *fedmeshv1.RegisterClusterRequest) (string, []string) {
-		return r.GetCluster().GetName(), []string{r.GetCluster().GetName()}
+	describe(CmdRegisterCluster, func(r *fedmeshv1.RegisterClusterRequest, name func(string)) (string, int) {
+		name(r.GetCluster().GetName())
+		return r.GetCluster().GetName(), 1
 	})
-	describe(CmdDeleteCluster, func(r *fedmeshv1.DeleteClusterRequest) (string, []string) { return r.GetName(), []string{r.GetName()} })
-	describe(CmdRegisterNode, func(r *fedmeshv1.RegisterNodeRequest) (string, []string) {
-		return r.GetNode().GetCluster(), []string{r.GetNode().GetName()}
+	describe(CmdDeleteCluster, func(r *fedmeshv1.DeleteClusterRequest, name func(string)) (string, int) {
+		name(r.GetName())
+		return r.GetName(), 1
 	})
-	describe(CmdDeleteNode, func(r *fedmeshv1.DeleteNodeRequest) (string, []string) { return r.GetCluster(), []string{r.GetName()} })
-	describe(CmdReportNodeStatus, func(r *fedmeshv1.ReportNodeStatusRequest) (string, []string) {
-		return r.GetCluster(), []string{r.GetName()}
+	describe(CmdRegisterNode, func(r *fedmeshv1.RegisterNodeRequest, name func(string)) (string, int) {
+		name(r.GetNode().GetName())
+		return r.GetNode().GetCluster(), 1
 	})
-	describe(CmdUpsertEndpoints, func(r *fedmeshv1.UpsertEndpointsRequest) (string, []string) {
-		var out []string
-		for _, e := range r.GetEndpoints() {
-			out = append(out, nsNameOf(e.GetNamespace(), e.GetName()))
+	describe(CmdDeleteNode, func(r *fedmeshv1.DeleteNodeRequest, name func(string)) (string, int) {
+		name(r.GetName())
+		return r.GetCluster(), 1
+	})
+	describe(CmdReportNodeStatus, func(r *fedmeshv1.ReportNodeStatusRequest, name func(string)) (string, int) {
+		name(r.GetName())
+		return r.GetCluster(), 1
+	})
+	describe(CmdUpsertEndpoints, func(r *fedmeshv1.UpsertEndpointsRequest, name func(string)) (string, int) {
+		for _, e := range r.GetEndpoints()[:min(len(r.GetEndpoints()), auditMaxObjects)] {
+			name(nsNameOf(e.GetNamespace(), e.GetName()))
 		}
-		return r.GetCluster(), out
+		return r.GetCluster(), len(r.GetEndpoints())
 	})
-	describe(CmdDeleteEndpoints, func(r *fedmeshv1.DeleteEndpointsRequest) (string, []string) {
-		var out []string
-		for _, k := range r.GetKeys() {
-			out = append(out, nsNameOf(k.GetNamespace(), k.GetName()))
+	describe(CmdDeleteEndpoints, func(r *fedmeshv1.DeleteEndpointsRequest, name func(string)) (string, int) {
+		for _, k := range r.GetKeys()[:min(len(r.GetKeys()), auditMaxObjects)] {
+			name(nsNameOf(k.GetNamespace(), k.GetName()))
 		}
-		return r.GetCluster(), out
+		return r.GetCluster(), len(r.GetKeys())
 	})
-	describe(CmdExportServices, func(r *fedmeshv1.ExportServicesRequest) (string, []string) {
-		var out []string
-		for _, x := range r.GetExports() {
-			out = append(out, nsNameOf(x.GetNamespace(), x.GetName()))
+	describe(CmdExportServices, func(r *fedmeshv1.ExportServicesRequest, name func(string)) (string, int) {
+		for _, x := range r.GetExports()[:min(len(r.GetExports()), auditMaxObjects)] {
+			name(nsNameOf(x.GetNamespace(), x.GetName()))
 		}
-		return r.GetCluster(), out
+		return r.GetCluster(), len(r.GetExports())
 	})
-	describe(CmdUnexportService, func(r *fedmeshv1.UnexportServiceRequest) (string, []string) {
-		return r.GetCluster(), []string{nsNameOf(r.GetNamespace(), r.GetName())}
+	describe(CmdUnexportService, func(r *fedmeshv1.UnexportServiceRequest, name func(string)) (string, int) {
+		name(nsNameOf(r.GetNamespace(), r.GetName()))
+		return r.GetCluster(), 1
 	})
-	describe(CmdApplyPolicies, func(r *fedmeshv1.ApplyPoliciesRequest) (string, []string) {
-		var out []string
-		for _, p := range r.GetPolicies() {
-			out = append(out, nsNameOf(p.GetNamespace(), p.GetName()))
+	describe(CmdApplyPolicies, func(r *fedmeshv1.ApplyPoliciesRequest, name func(string)) (string, int) {
+		for _, p := range r.GetPolicies()[:min(len(r.GetPolicies()), auditMaxObjects)] {
+			name(nsNameOf(p.GetNamespace(), p.GetName()))
 		}
-		return r.GetCluster(), out
+		return r.GetCluster(), len(r.GetPolicies())
 	})
-	describe(CmdDeletePolicy, func(r *fedmeshv1.DeletePolicyRequest) (string, []string) {
-		return r.GetKey().GetCluster(), []string{nsNameOf(r.GetKey().GetNamespace(), r.GetKey().GetName())}
+	describe(CmdDeletePolicy, func(r *fedmeshv1.DeletePolicyRequest, name func(string)) (string, int) {
+		name(nsNameOf(r.GetKey().GetNamespace(), r.GetKey().GetName()))
+		return r.GetKey().GetCluster(), 1
 	})
 }
 
 // describe registers how audit records name the objects of command type t.
-func describe[P proto.Message](t CommandType, fn func(P) (cluster string, objects []string)) {
+func describe[P proto.Message](t CommandType, fn func(p P, name func(string)) (cluster string, count int)) {
 	h, ok := handlers[t]
 	if !ok || h.describe != nil {
 		panic("store: audit description of an unregistered command type, or a second one")
 	}
-	h.describe = func(p proto.Message) (string, []string) { return fn(p.(P)) }
+	h.describe = func(p proto.Message, name func(string)) (string, int) { return fn(p.(P), name) }
 	handlers[t] = h
 }

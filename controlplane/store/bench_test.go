@@ -33,30 +33,40 @@ func benchState(b *testing.B) *State {
 }
 
 // BenchmarkApplyEndpointBatch is the FSM's cost of one committed batch of
-// 100 1 KiB endpoints (decode + apply), paid on every replica.
+// 100 1 KiB endpoints (decode + apply), paid on every replica: as log
+// format 1 wrote it, and with the audit header of format 2 (principal and
+// time recorded on every endpoint, and an audit record).
 func BenchmarkApplyEndpointBatch(b *testing.B) {
-	s := benchState(b)
-	var entries [][]byte
-	for i := range 100 {
-		req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
-		for j := range 100 {
-			req.Endpoints = append(req.Endpoints, benchEndpoint(i*100+j))
+	for _, audited := range []bool{false, true} {
+		name := "format1"
+		if audited {
+			name = "format2-audited"
 		}
-		e, err := Command{Type: CmdUpsertEndpoints, Payload: req}.Encode()
-		if err != nil {
-			b.Fatal(err)
-		}
-		entries = append(entries, e)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		c, err := DecodeCommand(entries[i%len(entries)])
-		if err != nil {
-			b.Fatal(err)
-		}
-		if r := s.Apply(c); r.Err != nil {
-			b.Fatal(r.Err)
-		}
+		b.Run(name, func(b *testing.B) {
+			s := benchState(b)
+			var entries [][]byte
+			for i := range 100 {
+				req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+				for j := range 100 {
+					req.Endpoints = append(req.Endpoints, benchEndpoint(i*100+j))
+				}
+				c := Command{Type: CmdUpsertEndpoints, Payload: req}
+				if audited {
+					c.Audited, c.Principal = true, "spiffe://fedmesh/cluster/east/syncer"
+				}
+				entries = append(entries, mustEncode(b, c))
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c, err := DecodeCommand(entries[i%len(entries)])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r := s.Apply(c); r.Err != nil {
+					b.Fatal(r.Err)
+				}
+			}
+		})
 	}
 }
 

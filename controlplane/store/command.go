@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -216,9 +217,9 @@ type handler struct {
 	// internal commands change replica metadata, not the federation: they
 	// do not move the revision nor produce events.
 	internal bool
-	// describe names the cluster and objects a command writes, for its
-	// audit record (audit.go).
-	describe func(proto.Message) (cluster string, objects []string)
+	// describe names the cluster and (some of) the objects a command
+	// writes, for its audit record (audit.go).
+	describe func(p proto.Message, name func(string)) (cluster string, count int)
 }
 
 var handlers = map[CommandType]handler{}
@@ -295,6 +296,16 @@ type txn struct {
 	// record the principal and the time.
 	audited   bool
 	principal string
+	// ts is time as a Timestamp, made once and shared by every object the
+	// command writes (stored objects are never mutated).
+	ts *timestamppb.Timestamp
+}
+
+func (tx *txn) updateTime() *timestamppb.Timestamp {
+	if tx.ts == nil {
+		tx.ts = unixNanoToTimestamp(tx.time)
+	}
+	return tx.ts
 }
 
 // meta is the metadata of an object this command writes, old its previous
@@ -306,7 +317,7 @@ func (tx *txn) meta(old *fedmeshv1.ObjectMeta) *fedmeshv1.ObjectMeta {
 	}
 	m := &fedmeshv1.ObjectMeta{Revision: tx.rev, CreateRevision: created}
 	if tx.audited {
-		m.UpdatedBy, m.UpdateTime = tx.principal, unixNanoToTimestamp(tx.time)
+		m.UpdatedBy, m.UpdateTime = tx.principal, tx.updateTime()
 	}
 	return m
 }
