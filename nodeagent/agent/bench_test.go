@@ -177,10 +177,11 @@ func (noControlPlane) ReportNodeStatus(context.Context, string, string, *fedmesh
 type memDataplane struct{ dp *dataplane.Memory }
 
 func (d memDataplane) Apply(ctx context.Context, rev *Revision) error {
-	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: make([]dataplane.IPCacheEntry, len(rev.IPCache))}
-	for i, e := range rev.IPCache {
-		r.IPCache[i] = dataplane.IPCacheEntry{Prefix: e.Prefix, Identity: e.Identity}
+	b := dataplane.NewIPCacheBuilder(dataplane.IPCache{})
+	for _, e := range rev.IPCache {
+		b.Set(e.Prefix, e.Identity)
 	}
+	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: b.IPCache()}
 	return d.dp.Apply(ctx, r)
 }
 func (d memDataplane) Attach(ctx context.Context, id, iface string) error {

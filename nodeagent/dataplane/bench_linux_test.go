@@ -17,6 +17,7 @@ import (
 func bigRevision(n uint64, shift int) *Revision {
 	rev := &Revision{Number: n, Rules: map[string]policy.EndpointRules{}}
 	base := netip.MustParseAddr("198.18.0.0").As4()
+	b := NewIPCacheBuilder(IPCache{})
 	for i := range 100_000 {
 		a := base
 		a[1] += byte(i >> 16)
@@ -25,8 +26,9 @@ func bigRevision(n uint64, shift int) *Revision {
 		if i < 10_000 {
 			id += uint32(shift)
 		}
-		rev.IPCache = append(rev.IPCache, IPCacheEntry{netip.PrefixFrom(netip.AddrFrom4(a), 32), id})
+		b.Set(netip.PrefixFrom(netip.AddrFrom4(a), 32), id)
 	}
+	rev.IPCache = b.IPCache()
 	dr := policy.DirectionRules{Enforced: true}
 	for i := range 10_000 {
 		dr.Identities = append(dr.Identities, policy.IdentityRule{Peer: uint32(1000 + i), Proto: protoTCP,
@@ -130,8 +132,12 @@ func BenchmarkApplyOneIPCacheChange(b *testing.B) {
 	if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "lo"}); err != nil {
 		b.Fatal(err)
 	}
-	revs := [2]*Revision{bigRevision(1, 0), bigRevision(2, 0)}
-	revs[1].IPCache[7].Identity++
+	first := bigRevision(1, 0)
+	b1 := NewIPCacheBuilder(first.IPCache)
+	p := netip.MustParsePrefix("198.18.0.7/32")
+	id, _ := b1.Get(p)
+	b1.Set(p, id+1)
+	revs := [2]*Revision{first, {Number: 2, IPCache: b1.IPCache(), Rules: first.Rules}}
 	for _, r := range revs {
 		if err := dp.Apply(ctx, r); err != nil {
 			b.Fatal(err)

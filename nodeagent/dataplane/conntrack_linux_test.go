@@ -34,8 +34,8 @@ func TestConntrackMatchesFlowsRepliesAndErrorsOnly(t *testing.T) {
 	mem := NewMemory(WithIfindexResolver(func(iface string) (uint32, error) { return ifindexIn(nsPath, iface) }))
 	peer, me := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("198.18.0.1")
 	peer6, me6 := netip.MustParseAddr("fd00:18:1::10"), netip.MustParseAddr("fd00:18::1")
-	rev := &Revision{Number: 1, IPCache: []IPCacheEntry{
-		{netip.MustParsePrefix("198.18.1.0/24"), 50}, {netip.MustParsePrefix("fd00:18:1::/64"), 50}},
+	rev := &Revision{Number: 1, IPCache: ipcacheOf(
+		ipEntry{netip.MustParsePrefix("198.18.1.0/24"), 50}, ipEntry{netip.MustParsePrefix("fd00:18:1::/64"), 50}),
 		Rules: map[string]policy.EndpointRules{"me": {Identity: 9,
 			Ingress: policy.DirectionRules{Enforced: true, Identities: []policy.IdentityRule{
 				{Peer: 50, Proto: protoTCP, Ports: policy.PortRange{First: 80, Last: 80}, Rule: 1},

@@ -24,7 +24,7 @@ func TestKernelCountsRulesWhateverTheirIDs(t *testing.T) {
 		dr.Identities = append(dr.Identities, policy.IdentityRule{Peer: 7, Proto: protoTCP,
 			Ports: policy.PortRange{First: port, Last: port}, Rule: id})
 	}
-	rev := &Revision{Number: 1, IPCache: []IPCacheEntry{{netip.PrefixFrom(peer, 32), 7}},
+	rev := &Revision{Number: 1, IPCache: ipcacheOf(ipEntry{netip.PrefixFrom(peer, 32), 7}),
 		Rules: map[string]policy.EndpointRules{"ep": {Identity: 1, Ingress: dr}}}
 	if err := dp.Apply(ctx, rev); err != nil {
 		t.Fatal(err)

@@ -82,17 +82,17 @@ type Endpoint struct {
 	Interface string
 }
 
-// IPCacheEntry maps an address prefix of any cluster to its identity.
-type IPCacheEntry struct {
-	Prefix   netip.Prefix
-	Identity uint32
-}
-
 // Revision is everything the dataplane enforces at one control-plane
-// revision. It is applied whole or not at all.
+// revision: the contract between the agent, which builds one per revision,
+// and both implementations. It is applied whole or not at all. The caller
+// never changes a Revision (nor its Rules map) it handed over, so
+// implementations keep it.
 type Revision struct {
-	Number  uint64
-	IPCache []IPCacheEntry
+	Number uint64
+	// IPCache maps the addresses of every cluster to their identities.
+	// Successive revisions share all but what changed, and an Apply writes
+	// only the entries that differ from what the kernel holds.
+	IPCache IPCache
 	// Rules per local endpoint, by Endpoint.ID. An attached endpoint missing
 	// here is open in both directions (Kubernetes default) with identity 0.
 	Rules map[string]policy.EndpointRules

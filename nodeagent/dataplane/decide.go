@@ -514,11 +514,7 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	if dir == uint8(0) { // ingress: the peer is the source
 		peerIP = p.t.src
 	}
-	if id, ok := tb.t.IPHosts[peerIP]; ok {
-		d.peerID = id
-	} else {
-		d.peerID, _ = tb.ipcache.lookup(peerIP[:], 128)
-	}
+	d.peerID, _ = tb.t.IPCache.lookup(peerIP) // the host hash, then the trie
 	if !enforced {
 		return allow(ReasonAllowOpen)
 	}

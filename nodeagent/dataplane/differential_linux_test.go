@@ -57,14 +57,16 @@ var protoPool = []uint8{policy.ProtoAny, protoTCP, protoUDP, protoSCTP, protoICM
 func (g *gen) revision(n uint64, ids []string) *Revision {
 	rev := &Revision{Number: n, Rules: map[string]policy.EndpointRules{}}
 	seen := map[netip.Prefix]bool{}
+	ipc := NewIPCacheBuilder(IPCache{})
 	for range 30 {
 		p := g.prefix(g.r.IntN(2) == 0)
 		if seen[p] {
 			continue
 		}
 		seen[p] = true
-		rev.IPCache = append(rev.IPCache, IPCacheEntry{Prefix: p, Identity: uint32(1 + g.r.IntN(6))})
+		ipc.Set(p, uint32(1+g.r.IntN(6)))
 	}
+	rev.IPCache = ipc.IPCache()
 	rule := policy.RuleID(1)
 	dirRules := func() policy.DirectionRules {
 		if g.r.IntN(10) < 3 {

@@ -378,11 +378,8 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := resetRuleCounters(in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
 		return fmt.Errorf("write rule counters: %w", err)
 	}
-	if err := syncMap(ctx, in[tabIPCache], old.IPCache, t.IPCache); err != nil {
+	if err := syncIPCache(ctx, in[tabIPHosts], in[tabIPCache], old.IPCache, t.IPCache); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
-	}
-	if err := syncMap(ctx, in[tabIPHosts], old.IPHosts, t.IPHosts); err != nil {
-		return fmt.Errorf("write ipcache hosts: %w", err)
 	}
 	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
 		return fmt.Errorf("write policy: %w", err)
@@ -437,6 +434,44 @@ func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
 		return err
 	}
 	return nil
+}
+
+// syncIPCache makes hosts (fm_ipcache_host) and nets (fm_ipcache) hold
+// want, given that they hold have: it writes the entries that differ
+// (IPCache versions share the rest, so finding them costs the changes, not
+// the size), deletes first so a full map makes room before it grows.
+func syncIPCache(ctx context.Context, hosts, nets *ebpf.Map, have, want IPCache) error {
+	var err error
+	n := 0
+	write := func(deletes bool) diffFunc {
+		return func(k ipKey, _ uint32, _ bool, id uint32, inNew bool) bool {
+			if inNew == deletes {
+				return true
+			}
+			switch {
+			case k.bits == 128 && deletes:
+				err = hosts.Delete(k.ip)
+			case k.bits == 128:
+				err = hosts.Put(k.ip, id)
+			case deletes:
+				err = nets.Delete(ipcacheKey{Prefixlen: uint32(k.bits), IP: k.ip})
+			default:
+				err = nets.Put(ipcacheKey{Prefixlen: uint32(k.bits), IP: k.ip}, id)
+			}
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				err = nil
+			}
+			if n++; err == nil && n%4096 == 0 {
+				err = ctx.Err()
+			}
+			return err == nil
+		}
+	}
+	if !diffIPCache(have, want, write(true)) {
+		return err
+	}
+	diffIPCache(have, want, write(false))
+	return err
 }
 
 // syncMap makes m hold want, given that it holds have.

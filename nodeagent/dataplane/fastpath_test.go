@@ -93,8 +93,8 @@ func TestDecideSkipsOnlyLookupsThatCannotMatch(t *testing.T) {
 		netip.MustParseAddr("198.19.0.9"), netip.MustParseAddr("10.1.2.3")}
 	for range 100 {
 		rev := fastPathRevision(r)
-		rev.IPCache = []IPCacheEntry{{netip.MustParsePrefix("198.18.0.1/32"), 1},
-			{netip.MustParsePrefix("198.18.0.0/16"), 2}, {netip.MustParsePrefix("198.19.0.0/16"), 3}}
+		rev.IPCache = ipcacheOf(ipEntry{netip.MustParsePrefix("198.18.0.1/32"), 1},
+			ipEntry{netip.MustParsePrefix("198.18.0.0/16"), 2}, ipEntry{netip.MustParsePrefix("198.19.0.0/16"), 3})
 		tabs, err := Render(rev, map[string]uint32{"a": 7, "b": 8})
 		if err != nil {
 			t.Fatal(err)

@@ -217,6 +217,21 @@ func TestIPCacheStoresIPv4AsMappedAndReturnsIPv4(t *testing.T) {
 	}
 }
 
+// ipEntry is one ipcache entry of a test revision.
+type ipEntry struct {
+	p  netip.Prefix
+	id uint32
+}
+
+// ipcacheOf is an IPCache holding es.
+func ipcacheOf(es ...ipEntry) IPCache {
+	b := NewIPCacheBuilder(IPCache{})
+	for _, e := range es {
+		b.Set(e.p, e.id)
+	}
+	return b.IPCache()
+}
+
 // bigIPCache holds n IPv4 hosts.
 func bigIPCache(n int) IPCache {
 	b := NewIPCacheBuilder(IPCache{})

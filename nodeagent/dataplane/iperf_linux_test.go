@@ -87,13 +87,15 @@ func iperfClient(from, to pod) (float64, error) {
 // direction, one of which lets the other pod's iperf3 flow through.
 func throughputRevision(guarded []pod) *Revision {
 	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{}}
+	ipc := NewIPCacheBuilder(IPCache{})
 	for i := range 100_000 {
 		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		rev.IPCache = append(rev.IPCache, IPCacheEntry{netip.PrefixFrom(a, 32), uint32(1000 + i%20_000)})
+		ipc.Set(netip.PrefixFrom(a, 32), uint32(1000+i%20_000))
 	}
 	for _, p := range guarded {
-		rev.IPCache = append(rev.IPCache, IPCacheEntry{netip.PrefixFrom(p.v4, 32), p.identity})
+		ipc.Set(netip.PrefixFrom(p.v4, 32), p.identity)
 	}
+	rev.IPCache = ipc.IPCache()
 	rules := func(peer uint32) policy.DirectionRules {
 		dr := policy.DirectionRules{Enforced: true}
 		for i := range 10_000 - 1 {

@@ -65,17 +65,14 @@ func (k cidrKey) data() []byte {
 	return b
 }
 
-// memTables is Tables indexed for lookups.
+// memTables is Tables indexed for lookups (the ipcache answers its own).
 type memTables struct {
-	t                     *Tables
-	ipcache, policy, cidr *lpm
+	t            *Tables
+	policy, cidr *lpm
 }
 
 func indexTables(t *Tables) *memTables {
-	m := &memTables{t: t, ipcache: newLPM(), policy: newLPM(), cidr: newLPM()}
-	for k, v := range t.IPCache {
-		m.ipcache.insert(k.IP[:], k.Prefixlen, v)
-	}
+	m := &memTables{t: t, policy: newLPM(), cidr: newLPM()}
 	for k, v := range t.Policy {
 		m.policy.insert(k.data(), k.Prefixlen, v)
 	}

@@ -19,7 +19,7 @@ func kernelAndMemory(t *testing.T, rules policy.EndpointRules) func(t *testing.T
 	kern, _ := newEBPF(t, nsPath)
 	mem := NewMemory(WithIfindexResolver(func(iface string) (uint32, error) { return ifindexIn(nsPath, iface) }))
 	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"ep": rules},
-		IPCache: []IPCacheEntry{{netip.MustParsePrefix("198.18.0.0/24"), 7}, {netip.MustParsePrefix("fd00:18::/64"), 7}}}
+		IPCache: ipcacheOf(ipEntry{netip.MustParsePrefix("198.18.0.0/24"), 7}, ipEntry{netip.MustParsePrefix("fd00:18::/64"), 7})}
 	ctx := context.Background()
 	for _, dp := range []Dataplane{kern, mem} {
 		if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "d0"}); err != nil {

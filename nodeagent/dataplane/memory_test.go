@@ -96,8 +96,8 @@ func TestMemoryDecisions(t *testing.T) {
 			if err := m.Attach(ctx, Endpoint{ID: "me", Interface: "veth0"}); err != nil {
 				t.Fatal(err)
 			}
-			rev := &Revision{Number: 1, IPCache: []IPCacheEntry{
-				{netip.MustParsePrefix("198.18.1.0/24"), 50}, {netip.MustParsePrefix("fd00:18:1::/64"), 50}},
+			rev := &Revision{Number: 1, IPCache: ipcacheOf(
+				ipEntry{netip.MustParsePrefix("198.18.1.0/24"), 50}, ipEntry{netip.MustParsePrefix("fd00:18:1::/64"), 50}),
 				Rules: map[string]policy.EndpointRules{"me": {Identity: 9, Ingress: tt.ingress}}}
 			if err := m.Apply(ctx, rev); err != nil {
 				t.Fatal(err)

@@ -117,9 +117,10 @@ func (k policyPortKey) policyKey() policyKey {
 // deterministic value that both implementations load as it is.
 type Tables struct {
 	Revision uint64
-	IPCache  map[ipcacheKey]uint32 // prefixes shorter than a host
-	IPHosts  map[[16]byte]uint32   // /32 and /128 entries
-	Policy   map[policyKey]uint32  // -> RuleID
+	// IPCache is the revision's, shared: its host entries fill
+	// fm_ipcache_host, shorter prefixes fm_ipcache.
+	IPCache IPCache
+	Policy  map[policyKey]uint32 // -> RuleID
 	// PolicyFixed and PolicyPort index Policy so that most lookups are
 	// hash hits or misses instead of trie walks; Policy keeps every entry.
 	PolicyFixed map[policyFixedKey]policyFixedVal
@@ -142,34 +143,15 @@ func prefixKey(p netip.Prefix) ([16]byte, uint32) {
 }
 
 // Render computes the tables for rev with the attached endpoints (ID ->
-// host-side ifindex). It is pure.
+// host-side ifindex). It is pure, and its work is proportional to the
+// rules of the attached endpoints: the ipcache is shared, not copied.
 func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 	t := &Tables{
-		IPCache:   map[ipcacheKey]uint32{},
-		IPHosts:   make(map[[16]byte]uint32, len(rev.IPCache)),
+		IPCache:   rev.IPCache,
 		Policy:    map[policyKey]uint32{},
 		CIDR:      map[cidrKey]uint32{},
 		Endpoints: make(map[uint32]endpointVal, len(attached)),
 		Revision:  rev.Number,
-	}
-	for _, e := range rev.IPCache {
-		if !e.Prefix.IsValid() {
-			return nil, fmt.Errorf("render ipcache: invalid prefix for identity %d", e.Identity)
-		}
-		ip, bits := prefixKey(e.Prefix)
-		var old uint32
-		var dup bool
-		if bits == 128 {
-			old, dup = t.IPHosts[ip]
-			t.IPHosts[ip] = e.Identity
-		} else {
-			k := ipcacheKey{Prefixlen: bits, IP: ip}
-			old, dup = t.IPCache[k]
-			t.IPCache[k] = e.Identity
-		}
-		if dup && old != e.Identity {
-			return nil, fmt.Errorf("render ipcache: prefix %s has identities %d and %d", e.Prefix, old, e.Identity)
-		}
 	}
 	ids := make([]string, 0, len(attached))
 	for id := range attached {

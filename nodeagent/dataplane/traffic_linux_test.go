@@ -51,13 +51,13 @@ func newPodNet(t testing.TB, n int) *podNet {
 	return pn
 }
 
-func (pn *podNet) ipcache() []IPCacheEntry {
-	var out []IPCacheEntry
+func (pn *podNet) ipcache() IPCache {
+	b := NewIPCacheBuilder(IPCache{})
 	for _, p := range pn.pods {
-		out = append(out, IPCacheEntry{netip.PrefixFrom(p.v4, 32), p.identity},
-			IPCacheEntry{netip.PrefixFrom(p.v6, 128), p.identity})
+		b.Set(netip.PrefixFrom(p.v4, 32), p.identity)
+		b.Set(netip.PrefixFrom(p.v6, 128), p.identity)
 	}
-	return out
+	return b.IPCache()
 }
 
 func (pn *podNet) attach(t testing.TB, dp Dataplane) {

@@ -29,10 +29,11 @@ var _ agent.Dataplane = Dataplane{}
 
 // Apply converts the revision and applies it whole.
 func (d Dataplane) Apply(ctx context.Context, rev *agent.Revision) error {
-	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: make([]dataplane.IPCacheEntry, len(rev.IPCache))}
-	for i, e := range rev.IPCache {
-		r.IPCache[i] = dataplane.IPCacheEntry{Prefix: e.Prefix, Identity: e.Identity}
+	b := dataplane.NewIPCacheBuilder(dataplane.IPCache{})
+	for _, e := range rev.IPCache {
+		b.Set(e.Prefix, e.Identity)
 	}
+	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: b.IPCache()}
 	return d.DP.Apply(ctx, r)
 }
 
