@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -100,14 +101,16 @@ type Agent struct {
 	resync chan uint64
 
 	// Owned by the sync goroutine.
-	view        *View
-	rules       map[Key]policy.EndpointRules
+	view    *View
+	ipcache *IPCacheIndex
+	// rules are the local endpoints' compiled rules by endpoint ID. A map
+	// handed to the dataplane (rulesHanded) is never edited again: the
+	// next change edits a copy.
+	rules       map[string]policy.EndpointRules
+	rulesHanded bool
 	local       map[Key]*fedmeshv1.Endpoint
 	attached    map[Key]string
-	ipcache     []IPCacheEntry
-	knownBad    map[BadInput]struct{}
 	dpDirty     bool // rules or ipcache changed since the last Apply
-	ipDirty     bool // endpoints or clusters changed: rebuild the ipcache
 	wgDirty     bool
 	bgpDirty    bool
 	discarding  bool // the current stream failed; skip until the next one
@@ -156,10 +159,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		msgs:       make(chan watchItem, 1024),
 		resync:     make(chan uint64, 1),
 		view:       NewView(),
-		rules:      map[Key]policy.EndpointRules{},
+		ipcache:    NewIPCacheIndex(),
+		rules:      map[string]policy.EndpointRules{},
 		local:      map[Key]*fedmeshv1.Endpoint{},
 		attached:   map[Key]string{},
-		knownBad:   map[BadInput]struct{}{},
 		health:     Readiness{Lag: cfg.ReadyLag},
 		reportKick: make(chan struct{}, 1),
 	}
@@ -266,10 +269,12 @@ func (a *Agent) feed(changes []Change) {
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
 			if ch.Delete {
 				c.DeleteCluster(ch.Key.Name)
+				a.reportBad(a.ipcache.DeleteCluster(ch.Key.Name))
 			} else {
 				c.UpsertCluster(ch.Cluster)
+				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
-			a.ipDirty, a.wgDirty = true, true
+			a.wgDirty = true
 			if ch.Key.Name == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
@@ -285,16 +290,17 @@ func (a *Agent) feed(changes []Change) {
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 			if ch.Delete {
 				c.DeleteEndpoint(ch.Key)
+				a.reportBad(a.ipcache.DeleteEndpoint(ch.Key))
 				delete(a.local, ch.Key)
 			} else {
 				c.UpsertEndpoint(ch.Endpoint)
+				a.reportBad(a.ipcache.UpsertEndpoint(ch.Endpoint))
 				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
 					a.local[ch.Key] = ch.Endpoint
 				} else {
 					delete(a.local, ch.Key)
 				}
 			}
-			a.ipDirty = true
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 			if ch.Delete {
 				c.DeletePolicy(ch.Key)
@@ -315,16 +321,20 @@ func (a *Agent) enforce(ctx context.Context) {
 	updated, removed := a.deps.Compiler.Recompute()
 	if len(updated) > 0 || len(removed) > 0 {
 		a.dpDirty = true
-		maps.Copy(a.rules, updated)
+		if a.rulesHanded {
+			a.rules, a.rulesHanded = maps.Clone(a.rules), false
+		}
+		for k, r := range updated {
+			a.rules[k.String()] = r
+		}
 		for _, k := range removed {
-			delete(a.rules, k)
+			delete(a.rules, k.String())
 		}
 	}
-	if a.ipDirty {
-		entries, bad := BuildIPCache(a.view.Clusters, a.view.Endpoints)
-		a.reportRecurringBad(bad)
-		a.ipcache, a.ipDirty, a.dpDirty = entries, false, true
-		a.m.ipcacheEntries.Set(float64(len(entries)))
+	ipcache, changed := a.ipcache.IPCache()
+	if changed {
+		a.dpDirty = true
+		a.m.ipcacheEntries.Set(float64(ipcache.Len()))
 	}
 	a.m.localEndpoints.Set(float64(len(a.local)))
 	a.nLocal.Store(int64(len(a.local)))
@@ -332,10 +342,10 @@ func (a *Agent) enforce(ctx context.Context) {
 	rev := a.view.Revision()
 	enforced, has := a.enforcedRevision()
 	if a.dpDirty || !has {
-		r := &Revision{Number: rev, IPCache: a.ipcache, Rules: make(map[string]policy.EndpointRules, len(a.rules))}
-		for k, v := range a.rules {
-			r.Rules[k.String()] = v
-		}
+		// Nothing here is proportional to the ipcache: the revision shares
+		// the index's immutable version and the rules map.
+		r := &dataplane.Revision{Number: rev, IPCache: ipcache, Rules: a.rules}
+		a.rulesHanded = true
 		if err := a.deps.Dataplane.Apply(ctx, r); err != nil {
 			a.m.applies.WithLabelValues("error").Inc()
 			a.m.portErrors.WithLabelValues("dataplane").Inc()
@@ -477,7 +487,7 @@ func (a *Agent) reconcileInterfaces(ctx context.Context) {
 		if !found {
 			continue
 		}
-		if err := dp.Attach(ctx, k.String(), iface); err != nil {
+		if err := dp.Attach(ctx, dataplane.Endpoint{ID: k.String(), Interface: iface}); err != nil {
 			a.m.portErrors.WithLabelValues("dataplane").Inc()
 			a.log.Error("attach endpoint", "endpoint", k.String(), "interface", iface, "err", err)
 			continue
@@ -511,28 +521,13 @@ func endpointAddr(ep *fedmeshv1.Endpoint) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// reportBad logs and counts one-off bad input (from a single message).
+// reportBad logs and counts bad input: skipped watch messages and objects,
+// and the problems the ipcache index finds (each once, when it appears).
 func (a *Agent) reportBad(bad []BadInput) {
 	for _, b := range bad {
 		a.m.badInput.WithLabelValues(b.Reason).Inc()
 		a.log.Warn("skipped bad input from the watch stream", "reason", b.Reason, "object", b.Object, "detail", b.Detail)
 	}
-}
-
-// reportRecurringBad handles bad input found by recomputation (the
-// ipcache): only problems not seen in the previous computation are logged
-// and counted, so one bad endpoint is one log line, not one per revision.
-func (a *Agent) reportRecurringBad(bad []BadInput) {
-	next := make(map[BadInput]struct{}, len(bad))
-	var fresh []BadInput
-	for _, b := range bad {
-		next[b] = struct{}{}
-		if _, ok := a.knownBad[b]; !ok {
-			fresh = append(fresh, b)
-		}
-	}
-	a.knownBad = next
-	a.reportBad(fresh)
 }
 
 func (a *Agent) kickReport() {

@@ -21,7 +21,6 @@ import (
 	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
-	"github.com/fedmesh/fedmesh/nodeagent/agent/adapters"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -71,22 +70,20 @@ var (
 
 // recorder wraps the in-memory dataplane and records what the agent asks.
 type recorder struct {
-	adapters.Dataplane
-	mem *dataplane.Memory
+	*dataplane.Memory
 
 	mu      sync.Mutex
 	applied []uint64
-	last    *agent.Revision
+	last    *dataplane.Revision
 	fail    error
 	gate    chan struct{} // when set, Apply waits for it
 }
 
 func newRecorder() *recorder {
-	m := dataplane.NewMemory()
-	return &recorder{Dataplane: adapters.Dataplane{DP: m}, mem: m}
+	return &recorder{Memory: dataplane.NewMemory()}
 }
 
-func (r *recorder) Apply(ctx context.Context, rev *agent.Revision) error {
+func (r *recorder) Apply(ctx context.Context, rev *dataplane.Revision) error {
 	r.mu.Lock()
 	gate, fail := r.gate, r.fail
 	r.mu.Unlock()
@@ -96,7 +93,7 @@ func (r *recorder) Apply(ctx context.Context, rev *agent.Revision) error {
 	if fail != nil {
 		return fail
 	}
-	if err := r.Dataplane.Apply(ctx, rev); err != nil {
+	if err := r.Memory.Apply(ctx, rev); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -112,7 +109,7 @@ func (r *recorder) revisions() []uint64 {
 	return append([]uint64(nil), r.applied...)
 }
 
-func (r *recorder) lastRev() *agent.Revision {
+func (r *recorder) lastRev() *dataplane.Revision {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.last
@@ -122,7 +119,7 @@ func (r *recorder) lastRev() *agent.Revision {
 // dataplane.
 func (r *recorder) verdict(t *testing.T, id string, src, dst string, port uint16) dataplane.Verdict {
 	t.Helper()
-	v, _, _, err := r.mem.Process(id, policy.Ingress, tcpSYN(netip.MustParseAddr(src), netip.MustParseAddr(dst), 40000, port))
+	v, _, _, err := r.Process(id, policy.Ingress, tcpSYN(netip.MustParseAddr(src), netip.MustParseAddr(dst), 40000, port))
 	if err != nil {
 		t.Fatalf("process: %v", err)
 	}
@@ -311,8 +308,8 @@ func TestAgentEnforcesCompiledPolicyAndReportsTheRevision(t *testing.T) {
 	if len(last.Rules) != 1 {
 		t.Errorf("rules for %d endpoints, want only the local one: %v", len(last.Rules), last.Rules)
 	}
-	if len(last.IPCache) != 4 {
-		t.Errorf("ipcache = %v, want the four endpoints of the federation", last.IPCache)
+	if n := last.IPCache.Len(); n != 4 {
+		t.Errorf("ipcache has %d entries, want the four endpoints of the federation", n)
 	}
 	eventually(t, "the server attached", attached(t, h, 1))
 	for _, c := range []struct {
@@ -447,9 +444,9 @@ func TestFilteredWritesReachTheAgentAsProgress(t *testing.T) {
 			t.Fatalf("WaitEnforced(%d) for a write the agent filters out = %v (the agent enforces %d); "+
 				"a revision with nothing to enforce is reported only with the next heartbeat", rev, resp, got)
 		}
-		for _, e := range h.dp.lastRev().IPCache {
-			if e.Prefix.Addr().String() == "10.1.0.31" || e.Prefix.Addr().String() == "10.1.0.30" {
-				t.Errorf("an endpoint of a namespace b does not export reached the agent: %v", e)
+		for p := range h.dp.lastRev().IPCache.All() {
+			if p.Addr().String() == "10.1.0.31" || p.Addr().String() == "10.1.0.30" {
+				t.Errorf("an endpoint of a namespace b does not export reached the agent: %v", p)
 			}
 		}
 	})
@@ -600,13 +597,11 @@ func TestAgentTakesASnapshotWhenItsRevisionWasCompacted(t *testing.T) {
 	if len(peers) != 1 || peers[0] != ids["other"] {
 		t.Errorf("server peers after the snapshot = %v, want only other (%d) on 443", peers, ids["other"])
 	}
-	for _, e := range last.IPCache {
-		if e.Prefix.Addr().String() == "10.0.0.20" {
-			t.Errorf("the deleted client is still in the ipcache after the snapshot: %v", e)
-		}
+	if id, ok := last.IPCache.Get(netip.MustParsePrefix("10.0.0.20/32")); ok {
+		t.Errorf("the deleted client is still in the ipcache after the snapshot (identity %d)", id)
 	}
-	if len(last.IPCache) != 3 {
-		t.Errorf("ipcache after the snapshot = %v, want server, other and remote", last.IPCache)
+	if n := last.IPCache.Len(); n != 3 {
+		t.Errorf("ipcache after the snapshot has %d entries, want server, other and remote", n)
 	}
 }
 
@@ -647,7 +642,7 @@ func TestAgentFailsOverWhenTheLeaderIsKilled(t *testing.T) {
 // Bad input is refused by the control plane and never reaches the agent,
 // and the revisions after it are enforced as usual. (The agent's own
 // skipping of stream input it cannot place is covered by the pure tests of
-// BuildIPCache and the view.)
+// IPCacheIndex and the view.)
 func TestAgentSkipsBadInputAndKeepsGoing(t *testing.T) {
 	f := startFed(t, cptest.Options{})
 	ids := f.seed()
@@ -678,10 +673,8 @@ func TestAgentSkipsBadInputAndKeepsGoing(t *testing.T) {
 		t.Errorf("bad input %s = %v, want 0: nothing outside a cluster reached the agent", agent.ReasonIPOutside, got)
 	}
 	last := h.dp.lastRev()
-	for _, e := range last.IPCache {
-		if e.Prefix.Addr().String() == "10.0.0.20" && e.Identity != ids["client"] {
-			t.Errorf("the client's address maps to %d, want its own identity %d", e.Identity, ids["client"])
-		}
+	if id, _ := last.IPCache.Get(netip.MustParsePrefix("10.0.0.20/32")); id != ids["client"] {
+		t.Errorf("the client's address maps to %d, want its own identity %d", id, ids["client"])
 	}
 	if v := h.dp.verdict(t, "a/web/server", "10.0.0.20", "10.0.0.10", 8080); v != dataplane.Allow {
 		t.Errorf("client -> server:8080 = %v, want allow", v)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"testing"
 
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
@@ -40,13 +41,24 @@ func simulation(n, p int) *fedmeshv1.WatchResponse {
 
 // step is what the sync goroutine does for one message, minus the
 // dataplane: view, compiler, ipcache.
-func step(v *View, c Compiler, msg *fedmeshv1.WatchResponse) int {
-	changes, _, _ := v.Apply(msg)
-	a := &Agent{deps: Deps{Compiler: c}, local: map[Key]*fedmeshv1.Endpoint{}, cfg: Config{Cluster: "c0", Node: "n0"}}
+func step(a *Agent, msg *fedmeshv1.WatchResponse) int {
+	changes, _, _ := a.view.Apply(msg)
 	a.feed(changes)
-	up, _ := c.Recompute()
-	entries, _ := BuildIPCache(v.Clusters, v.Endpoints)
-	return len(up) + len(entries)
+	up, _ := a.deps.Compiler.Recompute()
+	ipcache, _ := a.ipcache.IPCache()
+	return len(up) + ipcache.Len()
+}
+
+// newTestAgent is an agent of node c0/n0 on the in-memory dataplane, not
+// connected to anything: tests feed its sync goroutine's steps directly.
+func newTestAgent(tb testing.TB) *Agent {
+	tb.Helper()
+	a, err := New(Config{Cluster: "c0", Node: "n0", DataplaneName: "memory"},
+		Deps{ControlPlane: noControlPlane{}, Dataplane: dataplane.NewMemory(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a
 }
 
 // BenchmarkSnapshot100kEndpoints5kPolicies: one agent takes a full snapshot.
@@ -54,22 +66,22 @@ func BenchmarkSnapshot100kEndpoints5kPolicies(b *testing.B) {
 	msg := simulation(100_000, 5_000)
 	b.ReportAllocs()
 	for b.Loop() {
-		step(NewView(), NewPolicyCompiler("c0", "n0"), msg)
+		step(newTestAgent(b), msg)
 	}
 }
 
 // BenchmarkIncrementalRevision: one endpoint changes labels after the
 // snapshot; compare with the snapshot benchmark of the same run.
 func BenchmarkIncrementalRevision(b *testing.B) {
-	v, c := NewView(), NewPolicyCompiler("c0", "n0")
-	step(v, c, simulation(100_000, 5_000))
+	a := newTestAgent(b)
+	step(a, simulation(100_000, 5_000))
 	rev := uint64(3)
 	b.ReportAllocs()
 	for b.Loop() {
 		rev++
 		e := ep("c1", "ns1", "pod1", "n1", 1001, rev, "10.1.0.1")
 		e.Labels = map[string]string{"app": fmt.Sprintf("app%d", rev%200)}
-		step(v, c, events(rev, putEv(rev, e)))
+		step(a, events(rev, putEv(rev, e)))
 	}
 }
 
@@ -114,20 +126,35 @@ func churnIP(c, j int) string {
 }
 
 // churnAgent is an agent that enforced churnFederation(n) on the in-memory
-// dataplane.
+// dataplane, with its 20 local endpoints attached (so every Apply renders
+// their rules).
 func churnAgent(tb testing.TB, n int) *Agent {
 	tb.Helper()
-	a, err := New(Config{Cluster: "c0", Node: "n0", DataplaneName: "memory"},
-		Deps{ControlPlane: noControlPlane{}, Dataplane: memDataplane{dataplane.NewMemory()},
-			Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		tb.Fatal(err)
+	a := newTestAgent(tb)
+	snap := churnFederation(n)
+	veths := vethTable{}
+	for _, ev := range snap.GetEvents() {
+		if e := ev.GetEndpoint(); e.GetNode() == "n0" {
+			veths[netip.MustParseAddr(e.GetIps()[0])] = "veth-" + e.GetName()
+		}
 	}
-	a.handleBatch(context.Background(), []watchItem{{resp: churnFederation(n)}})
+	a.deps.Interfaces = veths
+	a.handleBatch(context.Background(), []watchItem{{resp: snap}})
 	if _, ok := a.Enforced(); !ok {
 		tb.Fatal("the federation was not enforced")
 	}
+	if len(a.attached) != len(veths) || len(veths) != 20 {
+		tb.Fatalf("%d local endpoints attached, want %d (20)", len(a.attached), len(veths))
+	}
 	return a
+}
+
+// vethTable is an InterfaceResolver over a fixed table.
+type vethTable map[netip.Addr]string
+
+func (v vethTable) Lookup(_ context.Context, ip netip.Addr) (string, bool, error) {
+	iface, ok := v[ip]
+	return iface, ok, nil
 }
 
 // churnStep is one incremental revision, as the sync goroutine handles it:
@@ -171,20 +198,3 @@ func (noControlPlane) RegisterNode(context.Context, *fedmeshv1.Node) error { ret
 func (noControlPlane) ReportNodeStatus(context.Context, string, string, *fedmeshv1.NodeStatus) error {
 	return nil
 }
-
-// memDataplane is adapters.Dataplane (which this package cannot import)
-// over the in-memory dataplane.
-type memDataplane struct{ dp *dataplane.Memory }
-
-func (d memDataplane) Apply(ctx context.Context, rev *Revision) error {
-	b := dataplane.NewIPCacheBuilder(dataplane.IPCache{})
-	for _, e := range rev.IPCache {
-		b.Set(e.Prefix, e.Identity)
-	}
-	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: b.IPCache()}
-	return d.dp.Apply(ctx, r)
-}
-func (d memDataplane) Attach(ctx context.Context, id, iface string) error {
-	return d.dp.Attach(ctx, dataplane.Endpoint{ID: id, Interface: iface})
-}
-func (d memDataplane) Detach(ctx context.Context, id string) error { return d.dp.Detach(ctx, id) }

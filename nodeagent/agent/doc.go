@@ -9,16 +9,20 @@
 // # Shape
 //
 // View (view.go) is pure: watch messages in, object changes out, with
-// snapshot staging, duplicate and stale-message detection. The node-state
-// functions (state.go) are pure. Agent (agent.go) is the thin loop: one
-// goroutine (the sync goroutine) owns the view, the compiler and every call
-// into the dataplane, WireGuard and BGP ports; a watch goroutine only moves
-// messages from the network to the sync goroutine; a report goroutine only
-// sends status. The packages it drives are reached through small interfaces
-// defined here (ports.go), each documenting its caller and goroutine, so the
-// agent does not change when they do; adapters to the real packages live
-// with the binary (nodeagent/cmd/fedmesh-agent) except the policy compiler
-// adapter (compiler.go), whose package is the contract itself.
+// snapshot staging, duplicate and stale-message detection. IPCacheIndex
+// (ipcache.go) and the node-state functions (state.go) are pure. Agent
+// (agent.go) is the thin loop: one goroutine (the sync goroutine) owns the
+// view, the compiler, the ipcache index and every call into the dataplane,
+// WireGuard and BGP ports; a watch goroutine only moves messages from the
+// network to the sync goroutine; a report goroutine only sends status. The
+// packages it drives are reached through small interfaces defined here
+// (ports.go), each documenting its caller and goroutine. Where a package's
+// own types are the contract, the port uses them and the package implements
+// it as it is: nodeagent/dataplane (dataplane.Revision, whose IPCache
+// versions the index hands out without copying) and federation/policy
+// (compiler.go). The
+// adapters for WireGuard and BGP, which compute those packages' desired
+// state, live in ./adapters.
 //
 // # Behaviour
 //
@@ -26,6 +30,11 @@
 //     feeds all of them to the view and the compiler, then programs the
 //     dataplane once, at the newest revision. Under churn it applies the
 //     newest revision, never each intermediate one.
+//   - Incremental: a revision costs what it changed. The ipcache index
+//     updates the entries of the endpoints that changed, and the revision
+//     shares everything else with the previous one; nothing on the way to
+//     the dataplane copies or walks the ipcache
+//     (TestIncrementalApplyCostDoesNotGrowWithTheIPCache).
 //   - Disconnected: the last applied revision stays in force (the agent
 //     never applies an empty or partial state); the watch reconnects with
 //     jittered exponential backoff to the next replica and resumes from the

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -20,7 +21,7 @@ func (k Key) String() string { return k.Cluster + "/" + k.Namespace + "/" + k.Na
 // Compiler turns the federation's clusters, endpoints and policies into the
 // compiled rules of this node's local endpoints (federation/policy's Engine
 // behind PolicyCompiler). The IP->identity map is not its business: the
-// agent builds it (BuildIPCache), where the bad-input checks live.
+// agent keeps it (IPCacheIndex), where the bad-input checks live.
 //
 // Contract: only the sync goroutine calls it, one call at a time; no method
 // may block or do I/O. Mutations only record what changed; Recompute
@@ -38,35 +39,23 @@ type Compiler interface {
 	Recompute() (updated map[Key]policy.EndpointRules, removed []Key)
 }
 
-// IPCacheEntry maps an address prefix of any cluster to its identity.
-type IPCacheEntry struct {
-	Prefix   netip.Prefix
-	Identity uint32
-}
-
-// Revision is everything the dataplane enforces at one control-plane
-// revision. The agent builds a new value for every Apply and never mutates
-// one it handed over, so implementations may keep it.
-type Revision struct {
-	Number uint64
-	// IPCache covers every cluster's endpoints, sorted by prefix.
-	IPCache []IPCacheEntry
-	// Rules of every local endpoint, by Key.String().
-	Rules map[string]policy.EndpointRules
-}
-
-// Dataplane enforces the compiled policy of the node's local endpoints
-// (nodeagent/dataplane's eBPF or in-memory implementation).
+// Dataplane enforces the compiled policy of the node's local endpoints.
+// nodeagent/dataplane's eBPF and in-memory implementations satisfy it as
+// they are: the revision is the dataplane's own contract type, so nothing
+// converts or copies it on the way.
 //
 // Contract: only the sync goroutine calls it, one call at a time. Calls may
 // block on kernel I/O for a fraction of a second; they must not call back
 // into the agent. Apply is all or nothing: on error the previous revision
-// stays in force and the agent retries later. Attach of an already attached
-// ID with the same interface is a no-op (a restarted agent re-attaches
-// everything); Detach of an unknown ID is a no-op.
+// stays in force and the agent retries later. The agent never changes a
+// revision it handed over (its IPCache is immutable; its Rules map is
+// replaced, not edited, when rules change), so implementations may keep
+// it. Attach of an already attached ID with the same interface is a no-op
+// (a restarted agent re-attaches everything); Detach of an unknown ID is a
+// no-op.
 type Dataplane interface {
-	Apply(ctx context.Context, rev *Revision) error
-	Attach(ctx context.Context, id, iface string) error
+	Apply(ctx context.Context, rev *dataplane.Revision) error
+	Attach(ctx context.Context, ep dataplane.Endpoint) error
 	Detach(ctx context.Context, id string) error
 }
 

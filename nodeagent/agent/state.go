@@ -2,7 +2,6 @@ package agent
 
 import (
 	"cmp"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -47,103 +46,6 @@ func sortChanges(cs []Change) {
 		}
 		return cmp.Or(cmp.Compare(ka, kb), compareKeys(a.Key, b.Key))
 	})
-}
-
-// clusterCIDRs parses every cluster's pod CIDRs; a CIDR that does not parse
-// is reported and left out.
-func clusterCIDRs(clusters map[string]*fedmeshv1.Cluster) (map[string][]netip.Prefix, []BadInput) {
-	out := make(map[string][]netip.Prefix, len(clusters))
-	var bad []BadInput
-	for name, c := range clusters {
-		for _, s := range c.GetPodCidrs() {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				bad = append(bad, BadInput{Reason: ReasonBadClusterCIDR, Object: "cluster/" + name, Detail: fmt.Sprintf("pod CIDR %q: %v", s, err)})
-				continue
-			}
-			out[name] = append(out[name], p.Masked())
-		}
-	}
-	return out, bad
-}
-
-func inAny(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// BuildIPCache maps every endpoint address of every cluster to the
-// endpoint's identity, as host prefixes sorted by address. It skips, and
-// reports, what would let one cluster speak for another's addresses:
-//   - an address that does not parse, or an endpoint with no identity;
-//   - an address outside its own cluster's pod CIDRs (that includes every
-//     address of an endpoint whose cluster the view does not have);
-//   - an address two clusters claim (their pod CIDRs overlap, which the
-//     control plane rejects, so only bad input gets here): neither wins, the
-//     address stays out of the map (identity 0, "world").
-//
-// Two endpoints of one cluster with one address (a pod replaced before the
-// old one's delete arrived) are not an error: the one changed last wins.
-// Pure.
-func BuildIPCache(clusters map[string]*fedmeshv1.Cluster, endpoints map[Key]*fedmeshv1.Endpoint) ([]IPCacheEntry, []BadInput) {
-	cidrs, bad := clusterCIDRs(clusters)
-	type claim struct {
-		key      Key
-		identity uint32
-		rev      uint64
-		conflict bool
-	}
-	claims := make(map[netip.Addr]*claim, len(endpoints))
-	for k, ep := range endpoints {
-		if ep.GetIdentity() == 0 {
-			bad = append(bad, BadInput{Reason: ReasonNoIdentity, Object: "endpoint/" + k.String(), Detail: "identity 0 (not assigned)"})
-			continue
-		}
-		for _, s := range ep.GetIps() {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				bad = append(bad, BadInput{Reason: ReasonBadIP, Object: "endpoint/" + k.String(), Detail: fmt.Sprintf("address %q: %v", s, err)})
-				continue
-			}
-			a = a.Unmap()
-			if !inAny(a, cidrs[k.Cluster]) {
-				bad = append(bad, BadInput{Reason: ReasonIPOutside, Object: "endpoint/" + k.String(),
-					Detail: fmt.Sprintf("address %s is outside cluster %q's pod CIDRs %v", a, k.Cluster, cidrs[k.Cluster])})
-				continue
-			}
-			c := claims[a]
-			switch {
-			case c == nil:
-				claims[a] = &claim{key: k, identity: ep.GetIdentity(), rev: ep.GetMeta().GetRevision()}
-			case c.key.Cluster != k.Cluster:
-				c.conflict = true
-				first, second := c.key, k
-				if compareKeys(first, second) > 0 {
-					first, second = second, first
-				}
-				bad = append(bad, BadInput{Reason: ReasonDuplicateIP, Object: "endpoint/" + second.String(),
-					Detail: fmt.Sprintf("address %s is also claimed by endpoint %s of another cluster; left out of the ipcache", a, first)})
-			case ep.GetMeta().GetRevision() > c.rev || (ep.GetMeta().GetRevision() == c.rev && compareKeys(k, c.key) > 0):
-				c.key, c.identity, c.rev = k, ep.GetIdentity(), ep.GetMeta().GetRevision()
-			}
-		}
-	}
-	out := make([]IPCacheEntry, 0, len(claims))
-	for a, c := range claims {
-		if c.conflict {
-			continue
-		}
-		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: c.identity})
-	}
-	slices.SortFunc(out, func(x, y IPCacheEntry) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) })
-	slices.SortFunc(bad, func(x, y BadInput) int {
-		return cmp.Or(strings.Compare(x.Reason, y.Reason), strings.Compare(x.Object, y.Object), strings.Compare(x.Detail, y.Detail))
-	})
-	return out, bad
 }
 
 // IsLocal reports whether an endpoint runs on this node.

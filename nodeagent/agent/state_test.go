@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -10,79 +9,6 @@ import (
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
-
-func TestBuildIPCacheSkipsWhatACLusterCannotClaim(t *testing.T) {
-	tests := []struct {
-		name      string
-		clusters  []*fedmeshv1.Cluster
-		endpoints []*fedmeshv1.Endpoint
-		want      []string // "prefix=identity"
-		bad       []string
-	}{
-		{
-			name:      "every cluster's endpoints, v4 and v6",
-			clusters:  []*fedmeshv1.Cluster{cluster("a", "10.0.0.0/16", "fd00:a::/64"), cluster("b", "10.1.0.0/16")},
-			endpoints: []*fedmeshv1.Endpoint{ep("a", "ns", "x", "n1", 100, 1, "10.0.0.1", "fd00:a::1"), ep("b", "ns", "y", "m1", 200, 1, "10.1.0.1")},
-			want:      []string{"10.0.0.1/32=100", "10.1.0.1/32=200", "fd00:a::1/128=100"},
-		},
-		{
-			name:      "address outside its own cluster's CIDRs, even inside another's",
-			clusters:  []*fedmeshv1.Cluster{cluster("a", "10.0.0.0/16"), cluster("b", "10.1.0.0/16")},
-			endpoints: []*fedmeshv1.Endpoint{ep("a", "ns", "x", "n1", 100, 1, "10.1.0.9", "10.0.0.1"), ep("c", "ns", "z", "n1", 300, 1, "10.0.0.7")},
-			want:      []string{"10.0.0.1/32=100"},
-			bad:       []string{ReasonIPOutside, ReasonIPOutside},
-		},
-		{
-			name:     "one address in two clusters (overlapping CIDRs): neither",
-			clusters: []*fedmeshv1.Cluster{cluster("a", "10.0.0.0/16"), cluster("b", "10.0.0.0/8")},
-			endpoints: []*fedmeshv1.Endpoint{ep("a", "ns", "x", "n1", 100, 1, "10.0.0.1"), ep("b", "ns", "y", "m1", 200, 1, "10.0.0.1"),
-				ep("b", "ns", "w", "m1", 201, 1, "10.9.0.1")},
-			want: []string{"10.9.0.1/32=201"},
-			bad:  []string{ReasonDuplicateIP},
-		},
-		{
-			name:      "one address twice in one cluster: the newest wins",
-			clusters:  []*fedmeshv1.Cluster{cluster("a", "10.0.0.0/16")},
-			endpoints: []*fedmeshv1.Endpoint{ep("a", "ns", "old", "n1", 100, 4, "10.0.0.1"), ep("a", "ns", "new", "n1", 101, 9, "10.0.0.1")},
-			want:      []string{"10.0.0.1/32=101"},
-		},
-		{
-			name:      "no identity, unparsable address, unparsable cluster CIDR",
-			clusters:  []*fedmeshv1.Cluster{cluster("a", "10.0.0.0/16", "nope")},
-			endpoints: []*fedmeshv1.Endpoint{ep("a", "ns", "x", "n1", 0, 1, "10.0.0.1"), ep("a", "ns", "y", "n1", 5, 1, "10.0.0.300", "10.0.0.2")},
-			want:      []string{"10.0.0.2/32=5"},
-			bad:       []string{ReasonBadClusterCIDR, ReasonBadIP, ReasonNoIdentity},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cs := map[string]*fedmeshv1.Cluster{}
-			for _, c := range tt.clusters {
-				cs[c.Name] = c
-			}
-			es := map[Key]*fedmeshv1.Endpoint{}
-			for _, e := range tt.endpoints {
-				es[Key{e.Cluster, e.Namespace, e.Name}] = e
-			}
-			got, bad := BuildIPCache(cs, es)
-			var gs []string
-			for _, e := range got {
-				gs = append(gs, fmt.Sprintf("%s=%d", e.Prefix, e.Identity))
-			}
-			if !slices.Equal(gs, tt.want) {
-				t.Errorf("ipcache = %q, want %q", gs, tt.want)
-			}
-			var reasons []string
-			for _, b := range bad {
-				reasons = append(reasons, b.Reason)
-			}
-			slices.Sort(reasons)
-			if !slices.Equal(reasons, tt.bad) {
-				t.Errorf("bad = %q, want %q (%v)", reasons, tt.bad, bad)
-			}
-		})
-	}
-}
 
 func TestWireGuardPeersAreNodesOfOtherClusters(t *testing.T) {
 	v := NewView()

@@ -1,7 +1,9 @@
 // Package adapters connects the agent's ports (nodeagent/agent) to the
-// packages that implement them: nodeagent/dataplane, nodeagent/wireguard
-// and bgp. Each adapter only converts types; behaviour stays in the
-// packages on either side, so a change in one of them is absorbed here.
+// packages that implement them with a shape of their own: nodeagent/wireguard
+// and bgp, whose desired state the adapters compute from the agent's input.
+// Behaviour stays in the packages on either side. The dataplane needs no
+// adapter: its implementations take the agent's revisions as they are
+// (dataplane.Revision is the one contract type).
 package adapters
 
 import (
@@ -14,36 +16,9 @@ import (
 
 	"github.com/fedmesh/fedmesh/bgp"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
-	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
-
-// Dataplane is the agent's Dataplane port over a dataplane.Dataplane (the
-// eBPF one or dataplane.Memory).
-type Dataplane struct {
-	DP dataplane.Dataplane
-}
-
-var _ agent.Dataplane = Dataplane{}
-
-// Apply converts the revision and applies it whole.
-func (d Dataplane) Apply(ctx context.Context, rev *agent.Revision) error {
-	b := dataplane.NewIPCacheBuilder(dataplane.IPCache{})
-	for _, e := range rev.IPCache {
-		b.Set(e.Prefix, e.Identity)
-	}
-	r := &dataplane.Revision{Number: rev.Number, Rules: rev.Rules, IPCache: b.IPCache()}
-	return d.DP.Apply(ctx, r)
-}
-
-// Attach guards the endpoint's host-side interface.
-func (d Dataplane) Attach(ctx context.Context, id, iface string) error {
-	return d.DP.Attach(ctx, dataplane.Endpoint{ID: id, Interface: iface})
-}
-
-// Detach stops guarding the endpoint.
-func (d Dataplane) Detach(ctx context.Context, id string) error { return d.DP.Detach(ctx, id) }
 
 // WireGuard is the agent's WireGuard port over a wireguard.Device and the
 // node's key pair.

@@ -183,7 +183,7 @@ func run(ctx context.Context, o *options) error {
 	switch o.dataplane {
 	case "memory":
 		mem := dataplane.NewMemory()
-		deps.Dataplane = adapters.Dataplane{DP: mem}
+		deps.Dataplane = mem
 		dpEvents = mem.Events()
 	case "ebpf":
 		// Adopts pinned state from a previous run: enforcement continues
@@ -193,7 +193,7 @@ func run(ctx context.Context, o *options) error {
 			return fmt.Errorf("open eBPF dataplane: %w", err)
 		}
 		defer dp.Close() // keeps the pins: enforcement outlives the process
-		deps.Dataplane = adapters.Dataplane{DP: dp}
+		deps.Dataplane = dp
 		dpEvents = dp.Events()
 		res, err := agent.NewNetlinkResolver(o.netns)
 		if err != nil {
