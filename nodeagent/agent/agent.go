@@ -108,8 +108,8 @@ type Agent struct {
 	// next change edits a copy.
 	rules       map[string]policy.EndpointRules
 	rulesHanded bool
-	local       map[Key]*fedmeshv1.Endpoint
-	attached    map[Key]string
+	local       map[policy.EndpointKey]*fedmeshv1.Endpoint
+	attached    map[policy.EndpointKey]string
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
 	bgpDirty    bool
@@ -161,8 +161,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		view:       NewView(),
 		ipcache:    NewIPCacheIndex(),
 		rules:      map[string]policy.EndpointRules{},
-		local:      map[Key]*fedmeshv1.Endpoint{},
-		attached:   map[Key]string{},
+		local:      map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		attached:   map[policy.EndpointKey]string{},
 		health:     Readiness{Lag: cfg.ReadyLag},
 		reportKick: make(chan struct{}, 1),
 	}
@@ -268,14 +268,14 @@ func (a *Agent) feed(changes []Change) {
 		switch ch.Kind {
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
 			if ch.Delete {
-				c.DeleteCluster(ch.Key.Name)
-				a.reportBad(a.ipcache.DeleteCluster(ch.Key.Name))
+				c.DeleteCluster(ch.ClusterName)
+				a.reportBad(a.ipcache.DeleteCluster(ch.ClusterName))
 			} else {
 				c.UpsertCluster(ch.Cluster)
 				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
 			a.wgDirty = true
-			if ch.Key.Name == a.cfg.Cluster {
+			if ch.ClusterName == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
@@ -284,28 +284,28 @@ func (a *Agent) feed(changes []Change) {
 			}
 			a.specChanged = true
 			a.wgDirty = true
-			if ch.Key.Cluster == a.cfg.Cluster && ch.Key.Name == a.cfg.Node {
+			if ch.NodeKey == (NodeKey{Cluster: a.cfg.Cluster, Name: a.cfg.Node}) {
 				a.bgpDirty = true
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 			if ch.Delete {
-				c.DeleteEndpoint(ch.Key)
-				a.reportBad(a.ipcache.DeleteEndpoint(ch.Key))
-				delete(a.local, ch.Key)
+				c.DeleteEndpoint(ch.EndpointKey)
+				a.reportBad(a.ipcache.DeleteEndpoint(ch.EndpointKey))
+				delete(a.local, ch.EndpointKey)
 			} else {
 				c.UpsertEndpoint(ch.Endpoint)
 				a.reportBad(a.ipcache.UpsertEndpoint(ch.Endpoint))
 				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
-					a.local[ch.Key] = ch.Endpoint
+					a.local[ch.EndpointKey] = ch.Endpoint
 				} else {
-					delete(a.local, ch.Key)
+					delete(a.local, ch.EndpointKey)
 				}
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 			if ch.Delete {
-				c.DeletePolicy(ch.Key)
+				c.DeletePolicy(ch.PolicyKey)
 			} else if err := c.UpsertPolicy(ch.Policy); err != nil {
-				a.reportBad([]BadInput{{Reason: ReasonPolicyCompile, Object: "policy/" + ch.Key.String(),
+				a.reportBad([]BadInput{{Reason: ReasonPolicyCompile, Object: ch.Object(),
 					Detail: err.Error() + "; the previous version, if any, stays in force"}})
 			}
 		}

@@ -22,26 +22,18 @@ func (c *PolicyCompiler) DeleteCluster(name string)           { c.e.DeleteCluste
 func (c *PolicyCompiler) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 	c.e.UpsertEndpoint(ep)
 }
-func (c *PolicyCompiler) DeleteEndpoint(k Key) {
-	c.e.DeleteEndpoint(policy.EndpointKey{Cluster: k.Cluster, Namespace: k.Namespace, Name: k.Name})
-}
+func (c *PolicyCompiler) DeleteEndpoint(k policy.EndpointKey)    { c.e.DeleteEndpoint(k) }
 func (c *PolicyCompiler) UpsertPolicy(p *fedmeshv1.Policy) error { return c.e.UpsertPolicy(p) }
-func (c *PolicyCompiler) DeletePolicy(k Key) {
-	c.e.DeletePolicy(policy.PolicyKey{Cluster: k.Cluster, Namespace: k.Namespace, Name: k.Name})
-}
+func (c *PolicyCompiler) DeletePolicy(k policy.PolicyKey)        { c.e.DeletePolicy(k) }
 
 // Recompute returns the rules of the local endpoints that changed.
-func (c *PolicyCompiler) Recompute() (map[Key]policy.EndpointRules, []Key) {
+func (c *PolicyCompiler) Recompute() (map[policy.EndpointKey]policy.EndpointRules, []policy.EndpointKey) {
 	ch := c.e.Recompute()
-	updated := make(map[Key]policy.EndpointRules, len(ch.Updated))
+	updated := make(map[policy.EndpointKey]policy.EndpointRules, len(ch.Updated))
 	for _, k := range ch.Updated {
 		if r, ok := c.e.Rules(k); ok {
-			updated[Key(k)] = r.Rules
+			updated[k] = r.Rules
 		}
 	}
-	removed := make([]Key, len(ch.Removed))
-	for i, k := range ch.Removed {
-		removed[i] = Key(k)
-	}
-	return updated, removed
+	return updated, ch.Removed
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -36,8 +37,8 @@ type IPCacheIndex struct {
 	cidrs   map[string][]netip.Prefix // pod CIDRs by cluster
 	cidrBad map[string][]BadInput
 	// eps holds every endpoint by cluster, as last judged.
-	eps    map[string]map[Key]*fedmeshv1.Endpoint
-	epBad  map[Key][]BadInput
+	eps    map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint
+	epBad  map[policy.EndpointKey][]BadInput
 	claims map[netip.Addr][]*fedmeshv1.Endpoint
 	// conflicts are the addresses two clusters claim.
 	conflicts map[netip.Addr]BadInput
@@ -48,7 +49,7 @@ type IPCacheIndex struct {
 func NewIPCacheIndex() *IPCacheIndex {
 	return &IPCacheIndex{
 		cidrs: map[string][]netip.Prefix{}, cidrBad: map[string][]BadInput{},
-		eps: map[string]map[Key]*fedmeshv1.Endpoint{}, epBad: map[Key][]BadInput{},
+		eps: map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint{}, epBad: map[policy.EndpointKey][]BadInput{},
 		claims: map[netip.Addr][]*fedmeshv1.Endpoint{}, conflicts: map[netip.Addr]BadInput{},
 		ipcache: dataplane.NewIPCacheBuilder(dataplane.IPCache{}),
 	}
@@ -110,7 +111,7 @@ func (x *IPCacheIndex) rejudge(cluster string) []BadInput {
 // UpsertEndpoint claims the endpoint's addresses (and releases those its
 // previous version claimed).
 func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
-	k := Key{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
+	k := endpointKey(ep)
 	touched := x.release(k)
 	var bad []BadInput
 	if ep.GetIdentity() == 0 {
@@ -136,7 +137,7 @@ func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 	}
 	byKey := x.eps[k.Cluster]
 	if byKey == nil {
-		byKey = map[Key]*fedmeshv1.Endpoint{}
+		byKey = map[policy.EndpointKey]*fedmeshv1.Endpoint{}
 		x.eps[k.Cluster] = byKey
 	}
 	byKey[k] = ep
@@ -146,7 +147,7 @@ func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 }
 
 // DeleteEndpoint releases the endpoint's addresses.
-func (x *IPCacheIndex) DeleteEndpoint(k Key) []BadInput {
+func (x *IPCacheIndex) DeleteEndpoint(k policy.EndpointKey) []BadInput {
 	touched := x.release(k)
 	if byKey := x.eps[k.Cluster]; byKey != nil {
 		delete(byKey, k)
@@ -160,7 +161,7 @@ func (x *IPCacheIndex) DeleteEndpoint(k Key) []BadInput {
 
 // release withdraws the claims of the endpoint's version in the index and
 // returns the addresses it claimed.
-func (x *IPCacheIndex) release(k Key) []netip.Addr {
+func (x *IPCacheIndex) release(k policy.EndpointKey) []netip.Addr {
 	old := x.eps[k.Cluster][k]
 	if old == nil {
 		return nil
@@ -245,12 +246,12 @@ func (x *IPCacheIndex) Bad() []BadInput {
 	return out
 }
 
-func endpointKey(ep *fedmeshv1.Endpoint) Key {
-	return Key{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
+func endpointKey(ep *fedmeshv1.Endpoint) policy.EndpointKey {
+	return policy.EndpointKey{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
 }
 
 func compareEndpoints(a, b *fedmeshv1.Endpoint) int {
-	return compareKeys(endpointKey(a), endpointKey(b))
+	return compareEndpointKeys(endpointKey(a), endpointKey(b))
 }
 
 // freshBad is what of bad was not in old.

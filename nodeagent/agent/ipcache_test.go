@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -115,7 +116,9 @@ func TestIPCacheIndexReportsAProblemOnceWhileItLasts(t *testing.T) {
 		{"fixed", func() []BadInput { return x.UpsertEndpoint(ep("a", "ns", "x", "n1", 100, 3, "10.0.0.1")) }, nil},
 		{"another cluster claims its address", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 200, 4, "10.0.0.1")) }, []string{ReasonDuplicateIP}},
 		{"an unrelated change of the claimant", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 201, 5, "10.0.0.1")) }, nil},
-		{"the claimant leaves", func() []BadInput { return x.DeleteEndpoint(Key{"b", "ns", "y"}) }, nil},
+		{"the claimant leaves", func() []BadInput {
+			return x.DeleteEndpoint(policy.EndpointKey{Cluster: "b", Namespace: "ns", Name: "y"})
+		}, nil},
 		{"and comes back", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 200, 6, "10.0.0.1")) }, []string{ReasonDuplicateIP}},
 		{"its cluster shrinks away from the address", func() []BadInput { return x.UpsertCluster(cluster("b", "10.9.0.0/16")) }, []string{ReasonIPOutside}},
 		{"its cluster's labels change, CIDRs do not", func() []BadInput {
@@ -137,9 +140,9 @@ func TestIPCacheIndexReportsAProblemOnceWhileItLasts(t *testing.T) {
 
 // rebuild is the ipcache computed from scratch with the rules
 // IPCacheIndex documents: the oracle the incremental index must match.
-func rebuild(clusters map[string]*fedmeshv1.Cluster, endpoints map[Key]*fedmeshv1.Endpoint) []string {
+func rebuild(clusters map[string]*fedmeshv1.Cluster, endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint) []string {
 	type claim struct {
-		key      Key
+		key      policy.EndpointKey
 		identity uint32
 		rev      uint64
 		conflict bool
@@ -167,7 +170,7 @@ func rebuild(clusters map[string]*fedmeshv1.Cluster, endpoints map[Key]*fedmeshv
 				claims[a] = &claim{key: k, identity: e.GetIdentity(), rev: e.GetMeta().GetRevision()}
 			case c.key.Cluster != k.Cluster:
 				c.conflict = true
-			case e.GetMeta().GetRevision() > c.rev || (e.GetMeta().GetRevision() == c.rev && compareKeys(k, c.key) > 0):
+			case e.GetMeta().GetRevision() > c.rev || (e.GetMeta().GetRevision() == c.rev && compareEndpointKeys(k, c.key) > 0):
 				c.key, c.identity, c.rev = k, e.GetIdentity(), e.GetMeta().GetRevision()
 			}
 		}
@@ -194,7 +197,7 @@ func TestIPCacheIndexMatchesAFullRebuild(t *testing.T) {
 			names := []string{"a", "b", "c"}
 			x := NewIPCacheIndex()
 			clusters := map[string]*fedmeshv1.Cluster{}
-			endpoints := map[Key]*fedmeshv1.Endpoint{}
+			endpoints := map[policy.EndpointKey]*fedmeshv1.Endpoint{}
 			addr := func() string {
 				if r.IntN(5) == 0 {
 					return fmt.Sprintf("fd00::%x", r.IntN(8))
@@ -217,11 +220,11 @@ func TestIPCacheIndexMatchesAFullRebuild(t *testing.T) {
 					delete(clusters, name)
 					x.DeleteCluster(name)
 				case n < 6:
-					k := Key{names[r.IntN(len(names))], "ns", fmt.Sprintf("p%d", r.IntN(12))}
+					k := policy.EndpointKey{Cluster: names[r.IntN(len(names))], Namespace: "ns", Name: fmt.Sprintf("p%d", r.IntN(12))}
 					delete(endpoints, k)
 					x.DeleteEndpoint(k)
 				default:
-					k := Key{names[r.IntN(len(names))], "ns", fmt.Sprintf("p%d", r.IntN(12))}
+					k := policy.EndpointKey{Cluster: names[r.IntN(len(names))], Namespace: "ns", Name: fmt.Sprintf("p%d", r.IntN(12))}
 					ips := []string{addr()}
 					if r.IntN(4) == 0 {
 						ips = append(ips, addr())
@@ -239,7 +242,7 @@ func TestIPCacheIndexMatchesAFullRebuild(t *testing.T) {
 			for _, name := range slices.Sorted(maps.Keys(clusters)) {
 				fresh.UpsertCluster(clusters[name])
 			}
-			for _, k := range slices.SortedFunc(maps.Keys(endpoints), compareKeys) {
+			for _, k := range slices.SortedFunc(maps.Keys(endpoints), compareEndpointKeys) {
 				fresh.UpsertEndpoint(endpoints[k])
 			}
 			if got, want := x.Bad(), fresh.Bad(); !slices.Equal(got, want) {

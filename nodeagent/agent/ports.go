@@ -9,19 +9,14 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// Key names a namespaced object of one cluster (an endpoint, a Kubernetes
-// policy) or, with Cluster "", a federated policy.
-type Key struct {
-	Cluster, Namespace, Name string
-}
-
-// String is the endpoint ID the dataplane uses: "cluster/namespace/name".
-func (k Key) String() string { return k.Cluster + "/" + k.Namespace + "/" + k.Name }
-
 // Compiler turns the federation's clusters, endpoints and policies into the
 // compiled rules of this node's local endpoints (federation/policy's Engine
 // behind PolicyCompiler). The IP->identity map is not its business: the
 // agent keeps it (IPCacheIndex), where the bad-input checks live.
+//
+// Endpoints and policies are named by the policy package's keys; an
+// endpoint's key in string form ("cluster/namespace/name") is its
+// dataplane.Endpoint ID.
 //
 // Contract: only the sync goroutine calls it, one call at a time; no method
 // may block or do I/O. Mutations only record what changed; Recompute
@@ -31,12 +26,12 @@ type Compiler interface {
 	UpsertCluster(c *fedmeshv1.Cluster)
 	DeleteCluster(name string)
 	UpsertEndpoint(ep *fedmeshv1.Endpoint)
-	DeleteEndpoint(k Key)
+	DeleteEndpoint(k policy.EndpointKey)
 	// UpsertPolicy returns an error for a policy it cannot compile; the
 	// previous version of that policy, if any, stays in force.
 	UpsertPolicy(p *fedmeshv1.Policy) error
-	DeletePolicy(k Key)
-	Recompute() (updated map[Key]policy.EndpointRules, removed []Key)
+	DeletePolicy(k policy.PolicyKey)
+	Recompute() (updated map[policy.EndpointKey]policy.EndpointRules, removed []policy.EndpointKey)
 }
 
 // Dataplane enforces the compiled policy of the node's local endpoints.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -25,7 +26,11 @@ func kindOrder(k fedmeshv1.ResourceKind) int {
 	}
 }
 
-func compareKeys(a, b Key) int {
+func compareKeys(a, b objectKey) int {
+	return cmp.Or(strings.Compare(a.cluster, b.cluster), strings.Compare(a.namespace, b.namespace), strings.Compare(a.name, b.name))
+}
+
+func compareEndpointKeys(a, b policy.EndpointKey) int {
 	return cmp.Or(strings.Compare(a.Cluster, b.Cluster), strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
@@ -44,7 +49,7 @@ func sortChanges(cs []Change) {
 		if a.Delete {
 			ka, kb = -ka, -kb
 		}
-		return cmp.Or(cmp.Compare(ka, kb), compareKeys(a.Key, b.Key))
+		return cmp.Or(cmp.Compare(ka, kb), compareKeys(a.key(), b.key()))
 	})
 }
 
@@ -58,7 +63,7 @@ func IsLocal(ep *fedmeshv1.Endpoint, cluster, node string) bool {
 // of every other cluster sorted by cluster and name. Pure.
 func WireGuardPeers(v *View, self *fedmeshv1.Node) WireGuardConfig {
 	local := self
-	if n := v.Nodes[Key{Cluster: self.GetCluster(), Name: self.GetName()}]; n != nil {
+	if n := v.Nodes[NodeKey{Cluster: self.GetCluster(), Name: self.GetName()}]; n != nil {
 		local = n
 	}
 	cfg := WireGuardConfig{Local: local}
@@ -83,7 +88,7 @@ func WireGuardPeers(v *View, self *fedmeshv1.Node) WireGuardConfig {
 // settings are nil, which the port treats as "speaker off". Pure.
 func BGPFor(v *View, self *fedmeshv1.Node, routerID netip.Addr) BGPConfig {
 	cidrs := self.GetPodCidrs()
-	if n := v.Nodes[Key{Cluster: self.GetCluster(), Name: self.GetName()}]; n != nil && len(n.GetPodCidrs()) > 0 {
+	if n := v.Nodes[NodeKey{Cluster: self.GetCluster(), Name: self.GetName()}]; n != nil && len(n.GetPodCidrs()) > 0 {
 		cidrs = n.GetPodCidrs()
 	}
 	return BGPConfig{

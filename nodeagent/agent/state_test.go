@@ -15,7 +15,7 @@ func TestWireGuardPeersAreNodesOfOtherClusters(t *testing.T) {
 	v.Clusters["a"], v.Clusters["b"], v.Clusters["c"] = cluster("a"), cluster("b"), cluster("c")
 	for _, n := range []*fedmeshv1.Node{{Cluster: "a", Name: "n1", WireguardPublicKey: "stored"}, {Cluster: "a", Name: "n2"},
 		{Cluster: "c", Name: "z"}, {Cluster: "b", Name: "m1"}} {
-		v.Nodes[Key{Cluster: n.Cluster, Name: n.Name}] = n
+		v.Nodes[NodeKey{Cluster: n.Cluster, Name: n.Name}] = n
 	}
 	cfg := WireGuardPeers(v, &fedmeshv1.Node{Cluster: "a", Name: "n1"})
 	if cfg.Local.GetWireguardPublicKey() != "stored" {
@@ -42,7 +42,7 @@ func TestBGPForUsesClusterSettingsAndNodeCIDRs(t *testing.T) {
 	c := cluster("a", "10.0.0.0/16")
 	c.Bgp = &fedmeshv1.BGPSettings{Enabled: true, LocalAsn: 65001}
 	v.Clusters["a"] = c
-	v.Nodes[Key{Cluster: "a", Name: "n1"}] = &fedmeshv1.Node{Cluster: "a", Name: "n1", PodCidrs: []string{"10.0.2.0/24"}}
+	v.Nodes[NodeKey{Cluster: "a", Name: "n1"}] = &fedmeshv1.Node{Cluster: "a", Name: "n1", PodCidrs: []string{"10.0.2.0/24"}}
 	got := BGPFor(v, self, netipMust("198.18.0.1"))
 	if got.Settings.GetLocalAsn() != 65001 || !slices.Equal(got.PodCIDRs, []string{"10.0.2.0/24"}) || got.RouterID.String() != "198.18.0.1" {
 		t.Errorf("BGPFor = %+v", got)

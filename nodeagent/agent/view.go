@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -30,18 +31,23 @@ var watchedKinds = []fedmeshv1.ResourceKind{
 	fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY,
 }
 
-// ObjectKey names any object the view holds.
-type ObjectKey struct {
-	Kind fedmeshv1.ResourceKind
-	Key
+// NodeKey names a node of a cluster.
+type NodeKey struct {
+	Cluster, Name string
 }
 
-// Change is one object put or deleted in the view. Object is nil for a
-// delete.
+// Change is one object put or deleted in the view: its kind, its key
+// (the field matching Kind is set, on puts and deletes) and, on a put, the
+// object. Endpoints and policies are named by the compiler's own keys.
 type Change struct {
 	Kind   fedmeshv1.ResourceKind
-	Key    Key
 	Delete bool
+
+	ClusterName string
+	NodeKey     NodeKey
+	EndpointKey policy.EndpointKey
+	PolicyKey   policy.PolicyKey
+
 	// Exactly one is set on a put, matching Kind.
 	Cluster  *fedmeshv1.Cluster
 	Node     *fedmeshv1.Node
@@ -51,6 +57,39 @@ type Change struct {
 	// reported status: nothing to enforce, and no reason to report at once
 	// (reporting it would write another status, and so on forever).
 	StatusOnly bool
+}
+
+// objectKey names any object the view holds, whatever its kind.
+type objectKey struct {
+	kind                     fedmeshv1.ResourceKind
+	cluster, namespace, name string
+}
+
+func (c Change) key() objectKey {
+	switch c.Kind {
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+		return objectKey{kind: c.Kind, name: c.ClusterName}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+		return objectKey{kind: c.Kind, cluster: c.NodeKey.Cluster, name: c.NodeKey.Name}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		return objectKey{c.Kind, c.EndpointKey.Cluster, c.EndpointKey.Namespace, c.EndpointKey.Name}
+	default:
+		return objectKey{c.Kind, c.PolicyKey.Cluster, c.PolicyKey.Namespace, c.PolicyKey.Name}
+	}
+}
+
+// Object names the changed object for logs: "endpoint/a/ns/x".
+func (c Change) Object() string {
+	switch c.Kind {
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+		return "cluster/" + c.ClusterName
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
+		return "node/" + c.NodeKey.Cluster + "/" + c.NodeKey.Name
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		return "endpoint/" + c.EndpointKey.String()
+	default:
+		return "policy/" + c.PolicyKey.String()
+	}
 }
 
 // BadInput is an object or message the agent skipped.
@@ -85,11 +124,11 @@ type View struct {
 	synced bool // a complete snapshot has been applied
 
 	Clusters  map[string]*fedmeshv1.Cluster
-	Nodes     map[Key]*fedmeshv1.Node // Key{Cluster, "", Name}
-	Endpoints map[Key]*fedmeshv1.Endpoint
-	Policies  map[Key]*fedmeshv1.Policy
+	Nodes     map[NodeKey]*fedmeshv1.Node
+	Endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint
+	Policies  map[policy.PolicyKey]*fedmeshv1.Policy
 
-	staging    map[ObjectKey]*fedmeshv1.Event // snapshot chunks so far
+	staging    map[objectKey]*fedmeshv1.Event // snapshot chunks so far
 	stagingRev uint64
 	inSnapshot bool
 }
@@ -98,9 +137,9 @@ type View struct {
 func NewView() *View {
 	return &View{
 		Clusters:  map[string]*fedmeshv1.Cluster{},
-		Nodes:     map[Key]*fedmeshv1.Node{},
-		Endpoints: map[Key]*fedmeshv1.Endpoint{},
-		Policies:  map[Key]*fedmeshv1.Policy{},
+		Nodes:     map[NodeKey]*fedmeshv1.Node{},
+		Endpoints: map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		Policies:  map[policy.PolicyKey]*fedmeshv1.Policy{},
 	}
 }
 
@@ -173,7 +212,7 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
 	if !v.inSnapshot {
 		v.inSnapshot, v.stagingRev = true, resp.GetRevision()
-		v.staging = map[ObjectKey]*fedmeshv1.Event{}
+		v.staging = map[objectKey]*fedmeshv1.Event{}
 	} else if resp.GetRevision() != v.stagingRev {
 		v.ResetStream()
 		return nil, nil, fmt.Errorf("snapshot chunk at revision %d after chunks at %d: %w", resp.GetRevision(), v.stagingRev, ErrBrokenSnapshot)
@@ -186,10 +225,10 @@ func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []Ba
 			continue
 		}
 		if ch.Delete {
-			delete(v.staging, ObjectKey{ch.Kind, ch.Key})
+			delete(v.staging, ch.key())
 			continue
 		}
-		v.staging[ObjectKey{ch.Kind, ch.Key}] = ev
+		v.staging[ch.key()] = ev
 	}
 	if resp.GetMore() {
 		return nil, bad, nil
@@ -208,27 +247,27 @@ func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []Ba
 }
 
 // replace swaps in the snapshot's objects and returns the diff.
-func (v *View) replace(snap map[ObjectKey]*fedmeshv1.Event) []Change {
+func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 	var changes []Change
 	// Deletes first, so a compiler sees an IP leave before another claims it.
-	del := func(kind fedmeshv1.ResourceKind, k Key) {
-		if _, ok := snap[ObjectKey{kind, k}]; !ok {
-			ch := Change{Kind: kind, Key: k, Delete: true}
+	del := func(ch Change) {
+		if _, ok := snap[ch.key()]; !ok {
+			ch.Delete = true
 			v.put(ch)
 			changes = append(changes, ch)
 		}
 	}
 	for k := range v.Endpoints {
-		del(fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT, k)
+		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT, EndpointKey: k})
 	}
 	for k := range v.Policies {
-		del(fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY, k)
+		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY, PolicyKey: k})
 	}
 	for k := range v.Nodes {
-		del(fedmeshv1.ResourceKind_RESOURCE_KIND_NODE, k)
+		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_NODE, NodeKey: k})
 	}
 	for name := range v.Clusters {
-		del(fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, Key{Name: name})
+		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, ClusterName: name})
 	}
 	for _, ev := range snap {
 		ch, _, _ := decodeEvent(ev)
@@ -248,25 +287,25 @@ func (v *View) same(ch Change) bool {
 	var oldMeta, curMeta *fedmeshv1.ObjectMeta
 	switch ch.Kind {
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
-		o := v.Clusters[ch.Key.Name]
+		o := v.Clusters[ch.ClusterName]
 		if o == nil {
 			return false
 		}
 		old, cur, oldMeta, curMeta = o, ch.Cluster, o.GetMeta(), ch.Cluster.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
-		o := v.Nodes[ch.Key]
+		o := v.Nodes[ch.NodeKey]
 		if o == nil {
 			return false
 		}
 		old, cur, oldMeta, curMeta = o, ch.Node, o.GetMeta(), ch.Node.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
-		o := v.Endpoints[ch.Key]
+		o := v.Endpoints[ch.EndpointKey]
 		if o == nil {
 			return false
 		}
 		old, cur, oldMeta, curMeta = o, ch.Endpoint, o.GetMeta(), ch.Endpoint.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
-		o := v.Policies[ch.Key]
+		o := v.Policies[ch.PolicyKey]
 		if o == nil {
 			return false
 		}
@@ -288,7 +327,7 @@ func (v *View) statusOnly(ch Change) bool {
 	if ch.Kind != fedmeshv1.ResourceKind_RESOURCE_KIND_NODE || ch.Delete {
 		return false
 	}
-	old := v.Nodes[ch.Key]
+	old := v.Nodes[ch.NodeKey]
 	if old == nil {
 		return false
 	}
@@ -301,27 +340,27 @@ func (v *View) put(ch Change) {
 	switch ch.Kind {
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
 		if ch.Delete {
-			delete(v.Clusters, ch.Key.Name)
+			delete(v.Clusters, ch.ClusterName)
 		} else {
-			v.Clusters[ch.Key.Name] = ch.Cluster
+			v.Clusters[ch.ClusterName] = ch.Cluster
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
 		if ch.Delete {
-			delete(v.Nodes, ch.Key)
+			delete(v.Nodes, ch.NodeKey)
 		} else {
-			v.Nodes[ch.Key] = ch.Node
+			v.Nodes[ch.NodeKey] = ch.Node
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 		if ch.Delete {
-			delete(v.Endpoints, ch.Key)
+			delete(v.Endpoints, ch.EndpointKey)
 		} else {
-			v.Endpoints[ch.Key] = ch.Endpoint
+			v.Endpoints[ch.EndpointKey] = ch.Endpoint
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 		if ch.Delete {
-			delete(v.Policies, ch.Key)
+			delete(v.Policies, ch.PolicyKey)
 		} else {
-			v.Policies[ch.Key] = ch.Policy
+			v.Policies[ch.PolicyKey] = ch.Policy
 		}
 	}
 }
@@ -341,25 +380,25 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 	put := !ch.Delete
 	switch o := ev.GetObject().(type) {
 	case *fedmeshv1.Event_Cluster:
-		ch.Kind, ch.Key = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, Key{Name: o.Cluster.GetName()}
+		ch.Kind, ch.ClusterName = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, o.Cluster.GetName()
 		if put {
 			ch.Cluster = o.Cluster
 		}
 	case *fedmeshv1.Event_Node:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_NODE
-		ch.Key = Key{Cluster: o.Node.GetCluster(), Name: o.Node.GetName()}
+		ch.NodeKey = NodeKey{Cluster: o.Node.GetCluster(), Name: o.Node.GetName()}
 		if put {
 			ch.Node = o.Node
 		}
 	case *fedmeshv1.Event_Endpoint:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT
-		ch.Key = Key{Cluster: o.Endpoint.GetCluster(), Namespace: o.Endpoint.GetNamespace(), Name: o.Endpoint.GetName()}
+		ch.EndpointKey = endpointKey(o.Endpoint)
 		if put {
 			ch.Endpoint = o.Endpoint
 		}
 	case *fedmeshv1.Event_Policy:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY
-		ch.Key = Key{Cluster: o.Policy.GetCluster(), Namespace: o.Policy.GetNamespace(), Name: o.Policy.GetName()}
+		ch.PolicyKey = policy.PolicyKey{Cluster: o.Policy.GetCluster(), Namespace: o.Policy.GetNamespace(), Name: o.Policy.GetName()}
 		if put {
 			ch.Policy = o.Policy
 		}
@@ -369,7 +408,7 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 		return ch, BadInput{Reason: ReasonUnknownKind, Object: "event",
 			Detail: fmt.Sprintf("object %T at revision %d", ev.GetObject(), ev.GetRevision())}, false
 	}
-	if ch.Key.Name == "" {
+	if ch.key().name == "" {
 		return ch, BadInput{Reason: ReasonMissingKey, Object: ch.Kind.String(),
 			Detail: fmt.Sprintf("no name at revision %d", ev.GetRevision())}, false
 	}

@@ -60,7 +60,7 @@ func progress(rev uint64) *fedmeshv1.WatchResponse {
 	return &fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS, Revision: rev}
 }
 
-// changeStrings renders changes as "put endpoint a/ns/x" for comparison.
+// changeStrings renders changes as "put endpoint/a/ns/x" for comparison.
 func changeStrings(cs []Change) []string {
 	var out []string
 	for _, c := range cs {
@@ -68,7 +68,7 @@ func changeStrings(cs []Change) []string {
 		if c.Delete {
 			op = "del"
 		}
-		out = append(out, fmt.Sprintf("%s %s %s", op, c.Kind.String()[len("RESOURCE_KIND_"):], c.Key))
+		out = append(out, op+" "+c.Object())
 	}
 	return out
 }
@@ -94,15 +94,15 @@ func TestViewFollowsTheStream(t *testing.T) {
 			steps: []step{
 				{msg: snap(5, true, putEv(1, cluster("a", "10.0.0.0/16"))), rev: 0},
 				{msg: snap(5, false, putEv(2, a1)), rev: 5, synced: true,
-					changes: []string{"put CLUSTER //a", "put ENDPOINT a/ns/x"}},
+					changes: []string{"put cluster/a", "put endpoint/a/ns/x"}},
 			},
 		},
 		{
 			name: "events after a snapshot, duplicates skipped",
 			steps: []step{
-				{msg: snap(5, false, putEv(1, cluster("a", "10.0.0.0/16"))), rev: 5, synced: true, changes: []string{"put CLUSTER //a"}},
-				{msg: events(7, putEv(4, a1), putEv(7, a2)), rev: 7, changes: []string{"put ENDPOINT a/ns/y"}},
-				{msg: events(8, putEv(7, a2), delEv(8, a1)), rev: 8, changes: []string{"del ENDPOINT a/ns/x"}},
+				{msg: snap(5, false, putEv(1, cluster("a", "10.0.0.0/16"))), rev: 5, synced: true, changes: []string{"put cluster/a"}},
+				{msg: events(7, putEv(4, a1), putEv(7, a2)), rev: 7, changes: []string{"put endpoint/a/ns/y"}},
+				{msg: events(8, putEv(7, a2), delEv(8, a1)), rev: 8, changes: []string{"del endpoint/a/ns/x"}},
 				{msg: progress(12), rev: 12},
 			},
 		},
@@ -131,17 +131,17 @@ func TestViewFollowsTheStream(t *testing.T) {
 			steps: []step{
 				{msg: snap(5, true, putEv(1, cluster("a", "10.0.0.0/16"))), rev: 0},
 				{msg: events(6), err: ErrBrokenSnapshot},
-				{reset: true, msg: snap(6, false, putEv(2, a1)), rev: 6, synced: true, changes: []string{"put ENDPOINT a/ns/x"}},
+				{reset: true, msg: snap(6, false, putEv(2, a1)), rev: 6, synced: true, changes: []string{"put endpoint/a/ns/x"}},
 			},
 		},
 		{
 			name: "a later snapshot (compacted) becomes a diff",
 			steps: []step{
 				{msg: snap(5, false, putEv(1, cluster("a", "10.0.0.0/16")), putEv(2, a1), putEv(3, a2)), rev: 5, synced: true,
-					changes: []string{"put CLUSTER //a", "put ENDPOINT a/ns/x", "put ENDPOINT a/ns/y"}},
+					changes: []string{"put cluster/a", "put endpoint/a/ns/x", "put endpoint/a/ns/y"}},
 				{reset: true, msg: snap(20, false, putEv(1, cluster("a", "10.0.0.0/16")), putEv(2, a1),
 					putEv(15, ep("a", "ns", "z", "n2", 102, 15, "10.0.0.3"))), rev: 20, synced: true,
-					changes: []string{"del ENDPOINT a/ns/y", "put ENDPOINT a/ns/z"}},
+					changes: []string{"del endpoint/a/ns/y", "put endpoint/a/ns/z"}},
 			},
 		},
 		{
@@ -150,10 +150,10 @@ func TestViewFollowsTheStream(t *testing.T) {
 				{msg: snap(5, false), rev: 5, synced: true},
 				{msg: events(6, putEv(6, nil), putEv(6, &fedmeshv1.ServiceExport{}),
 					&fedmeshv1.Event{Type: 9, Revision: 6, Object: &fedmeshv1.Event_Endpoint{Endpoint: a1}}, putEv(6, a1)),
-					rev: 6, changes: []string{"put ENDPOINT a/ns/x"},
+					rev: 6, changes: []string{"put endpoint/a/ns/x"},
 					bad: []string{ReasonUnknownKind, ReasonUnknownKind, ReasonUnknownEvent}},
 				{msg: &fedmeshv1.WatchResponse{Type: 42, Revision: 7}, rev: 6, bad: []string{ReasonUnknownMessage}},
-				{msg: events(8, delEv(8, a1)), rev: 8, changes: []string{"del ENDPOINT a/ns/x"}},
+				{msg: events(8, delEv(8, a1)), rev: 8, changes: []string{"del endpoint/a/ns/x"}},
 			},
 		},
 	}
