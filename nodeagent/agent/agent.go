@@ -65,7 +65,8 @@ func (c *Config) defaults() {
 
 // Deps are the agent's ports and ambient dependencies. ControlPlane and
 // Dataplane are required; the rest may be nil (no compiler means
-// PolicyCompiler; no resolver, WireGuard or BGP means that part is off).
+// federation/policy's Engine for this node; no resolver, WireGuard or BGP
+// means that part is off).
 type Deps struct {
 	ControlPlane ControlPlane
 	Dataplane    Dataplane
@@ -135,7 +136,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, errors.New("new agent: a control-plane client and a dataplane are required")
 	}
 	if deps.Compiler == nil {
-		deps.Compiler = NewPolicyCompiler(cfg.Cluster, cfg.Node)
+		deps.Compiler = policy.NewEngine(policy.WithNode(cfg.Cluster, cfg.Node))
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.Default()
@@ -318,16 +319,17 @@ func (a *Agent) enforce(ctx context.Context) {
 		return // never apply a partial state: the old one stays in force
 	}
 	start := a.deps.Now()
-	updated, removed := a.deps.Compiler.Recompute()
-	if len(updated) > 0 || len(removed) > 0 {
+	if ch := a.deps.Compiler.Recompute(); !ch.Empty() {
 		a.dpDirty = true
 		if a.rulesHanded {
 			a.rules, a.rulesHanded = maps.Clone(a.rules), false
 		}
-		for k, r := range updated {
-			a.rules[k.String()] = r
+		for _, k := range ch.Updated {
+			if c, ok := a.deps.Compiler.Rules(k); ok {
+				a.rules[k.String()] = c.Rules
+			}
 		}
-		for _, k := range removed {
+		for _, k := range ch.Removed {
 			delete(a.rules, k.String())
 		}
 	}

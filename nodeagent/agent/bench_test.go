@@ -44,9 +44,9 @@ func simulation(n, p int) *fedmeshv1.WatchResponse {
 func step(a *Agent, msg *fedmeshv1.WatchResponse) int {
 	changes, _, _ := a.view.Apply(msg)
 	a.feed(changes)
-	up, _ := a.deps.Compiler.Recompute()
+	ch := a.deps.Compiler.Recompute()
 	ipcache, _ := a.ipcache.IPCache()
-	return len(up) + ipcache.Len()
+	return len(ch.Updated) + ipcache.Len()
 }
 
 // newTestAgent is an agent of node c0/n0 on the in-memory dataplane, not

@@ -19,10 +19,10 @@
 // (ports.go), each documenting its caller and goroutine. Where a package's
 // own types are the contract, the port uses them and the package implements
 // it as it is: nodeagent/dataplane (dataplane.Revision, whose IPCache
-// versions the index hands out without copying) and federation/policy
-// (compiler.go; its EndpointKey and PolicyKey name endpoints and policies
-// in the view and the agent, an EndpointKey's string form is the
-// dataplane's endpoint ID). The
+// versions the index hands out without copying) and federation/policy (its
+// Engine is the Compiler; its EndpointKey and PolicyKey name endpoints and
+// policies in the view and the agent, and an EndpointKey's string form is
+// the dataplane's endpoint ID). The
 // adapters for WireGuard and BGP, which compute those packages' desired
 // state, live in ./adapters.
 //

@@ -10,9 +10,11 @@ import (
 )
 
 // Compiler turns the federation's clusters, endpoints and policies into the
-// compiled rules of this node's local endpoints (federation/policy's Engine
-// behind PolicyCompiler). The IP->identity map is not its business: the
-// agent keeps it (IPCacheIndex), where the bad-input checks live.
+// compiled rules of this node's local endpoints: federation/policy's
+// incremental Engine, which implements it as it is — the same compiler the
+// control plane's Reach runs, so what `fedctl reach` explains is what this
+// node enforces. The IP->identity map is not its business: the agent keeps
+// it (IPCacheIndex), where the bad-input checks live.
 //
 // Endpoints and policies are named by the policy package's keys; an
 // endpoint's key in string form ("cluster/namespace/name") is its
@@ -21,7 +23,8 @@ import (
 // Contract: only the sync goroutine calls it, one call at a time; no method
 // may block or do I/O. Mutations only record what changed; Recompute
 // compiles and returns the local endpoints whose rules changed since its
-// last call. Values it returns are never modified afterwards.
+// last call, and Rules their rules as of then. Values it returns are never
+// modified afterwards.
 type Compiler interface {
 	UpsertCluster(c *fedmeshv1.Cluster)
 	DeleteCluster(name string)
@@ -31,8 +34,11 @@ type Compiler interface {
 	// previous version of that policy, if any, stays in force.
 	UpsertPolicy(p *fedmeshv1.Policy) error
 	DeletePolicy(k policy.PolicyKey)
-	Recompute() (updated map[policy.EndpointKey]policy.EndpointRules, removed []policy.EndpointKey)
+	Recompute() policy.Changes
+	Rules(k policy.EndpointKey) (*policy.Compiled, bool)
 }
+
+var _ Compiler = (*policy.Engine)(nil)
 
 // Dataplane enforces the compiled policy of the node's local endpoints.
 // nodeagent/dataplane's eBPF and in-memory implementations satisfy it as
