@@ -37,12 +37,18 @@ type IPCacheIndex struct {
 	cidrs   map[string][]netip.Prefix // pod CIDRs by cluster
 	cidrBad map[string][]BadInput
 	// eps holds every endpoint by cluster, as last judged.
-	eps    map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint
-	epBad  map[policy.EndpointKey][]BadInput
-	claims map[netip.Addr][]*fedmeshv1.Endpoint
+	eps   map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint
+	epBad map[policy.EndpointKey][]BadInput
+	// The endpoints claiming an address: the first in claims, any others
+	// (a pod replaced, or bad input) in moreClaims.
+	claims     map[netip.Addr]*fedmeshv1.Endpoint
+	moreClaims map[netip.Addr][]*fedmeshv1.Endpoint
 	// conflicts are the addresses two clusters claim.
 	conflicts map[netip.Addr]BadInput
 	ipcache   *dataplane.IPCacheBuilder
+
+	touched   []netip.Addr          // scratch: addresses a change touched
+	claimants []*fedmeshv1.Endpoint // scratch: the claims on one address
 }
 
 // NewIPCacheIndex returns an empty index.
@@ -50,8 +56,9 @@ func NewIPCacheIndex() *IPCacheIndex {
 	return &IPCacheIndex{
 		cidrs: map[string][]netip.Prefix{}, cidrBad: map[string][]BadInput{},
 		eps: map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint{}, epBad: map[policy.EndpointKey][]BadInput{},
-		claims: map[netip.Addr][]*fedmeshv1.Endpoint{}, conflicts: map[netip.Addr]BadInput{},
-		ipcache: dataplane.NewIPCacheBuilder(dataplane.IPCache{}),
+		claims: map[netip.Addr]*fedmeshv1.Endpoint{}, moreClaims: map[netip.Addr][]*fedmeshv1.Endpoint{},
+		conflicts: map[netip.Addr]BadInput{},
+		ipcache:   dataplane.NewIPCacheBuilder(dataplane.IPCache{}),
 	}
 }
 
@@ -112,7 +119,7 @@ func (x *IPCacheIndex) rejudge(cluster string) []BadInput {
 // previous version claimed).
 func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 	k := endpointKey(ep)
-	touched := x.release(k)
+	x.release(k)
 	var bad []BadInput
 	if ep.GetIdentity() == 0 {
 		bad = append(bad, BadInput{Reason: ReasonNoIdentity, Object: "endpoint/" + k.String(), Detail: "identity 0 (not assigned)"})
@@ -129,10 +136,7 @@ func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 					Detail: fmt.Sprintf("address %s is outside cluster %q's pod CIDRs %v", a, k.Cluster, cidrs)})
 				continue
 			}
-			if !slices.Contains(x.claims[a], ep) {
-				x.claims[a] = append(x.claims[a], ep)
-				touched = append(touched, a)
-			}
+			x.claim(a, ep)
 		}
 	}
 	byKey := x.eps[k.Cluster]
@@ -143,12 +147,12 @@ func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 	byKey[k] = ep
 	fresh := freshBad(bad, x.epBad[k])
 	setBad(x.epBad, k, bad)
-	return append(fresh, x.settle(touched)...)
+	return append(fresh, x.settle()...)
 }
 
 // DeleteEndpoint releases the endpoint's addresses.
 func (x *IPCacheIndex) DeleteEndpoint(k policy.EndpointKey) []BadInput {
-	touched := x.release(k)
+	x.release(k)
 	if byKey := x.eps[k.Cluster]; byKey != nil {
 		delete(byKey, k)
 		if len(byKey) == 0 {
@@ -156,44 +160,73 @@ func (x *IPCacheIndex) DeleteEndpoint(k policy.EndpointKey) []BadInput {
 		}
 	}
 	delete(x.epBad, k)
-	return x.settle(touched)
+	return x.settle()
+}
+
+// claim adds ep's claim on a (once) and marks a touched.
+func (x *IPCacheIndex) claim(a netip.Addr, ep *fedmeshv1.Endpoint) {
+	switch first := x.claims[a]; {
+	case first == nil:
+		x.claims[a] = ep
+	case first == ep || slices.Contains(x.moreClaims[a], ep):
+		return
+	default:
+		x.moreClaims[a] = append(x.moreClaims[a], ep)
+	}
+	x.touched = append(x.touched, a)
 }
 
 // release withdraws the claims of the endpoint's version in the index and
-// returns the addresses it claimed.
-func (x *IPCacheIndex) release(k policy.EndpointKey) []netip.Addr {
+// marks their addresses touched.
+func (x *IPCacheIndex) release(k policy.EndpointKey) {
 	old := x.eps[k.Cluster][k]
 	if old == nil {
-		return nil
+		return
 	}
-	var touched []netip.Addr
 	for _, s := range old.GetIps() {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			continue
 		}
 		a = a.Unmap()
-		cl := x.claims[a]
-		if i := slices.Index(cl, old); i >= 0 {
-			x.claims[a] = slices.Delete(cl, i, i+1)
-			touched = append(touched, a)
+		more := x.moreClaims[a]
+		switch {
+		case x.claims[a] == old && len(more) > 0:
+			x.claims[a] = more[0]
+			x.setMore(a, slices.Delete(more, 0, 1))
+		case x.claims[a] == old:
+			delete(x.claims, a)
+		case slices.Contains(more, old):
+			x.setMore(a, slices.DeleteFunc(more, func(e *fedmeshv1.Endpoint) bool { return e == old }))
+		default:
+			continue
 		}
+		x.touched = append(x.touched, a)
 	}
-	return touched
 }
 
-// settle decides the ipcache entry of each address from its claims.
-func (x *IPCacheIndex) settle(addrs []netip.Addr) []BadInput {
+func (x *IPCacheIndex) setMore(a netip.Addr, more []*fedmeshv1.Endpoint) {
+	if len(more) == 0 {
+		delete(x.moreClaims, a)
+		return
+	}
+	x.moreClaims[a] = more
+}
+
+// settle decides the ipcache entry of each touched address from its
+// claims.
+func (x *IPCacheIndex) settle() []BadInput {
 	var fresh []BadInput
-	for _, a := range addrs {
+	for _, a := range x.touched {
 		p := netip.PrefixFrom(a, a.BitLen())
-		cl := x.claims[a]
-		if len(cl) == 0 {
-			delete(x.claims, a)
+		first := x.claims[a]
+		if first == nil {
 			delete(x.conflicts, a)
 			x.ipcache.Delete(p)
 			continue
 		}
+		cl := append(append(x.claimants[:0], first), x.moreClaims[a]...)
+		x.claimants = cl
 		// The lowest key, and the lowest of another cluster: a conflict.
 		lo, other := cl[0], (*fedmeshv1.Endpoint)(nil)
 		for _, e := range cl[1:] {
@@ -225,6 +258,8 @@ func (x *IPCacheIndex) settle(addrs []netip.Addr) []BadInput {
 		}
 		x.ipcache.Set(p, win.GetIdentity())
 	}
+	x.touched = x.touched[:0]
+	clear(x.claimants) // holds no endpoint past the change
 	return fresh
 }
 

@@ -248,7 +248,7 @@ func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []Ba
 
 // replace swaps in the snapshot's objects and returns the diff.
 func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
-	var changes []Change
+	changes := make([]Change, 0, len(snap))
 	// Deletes first, so a compiler sees an IP leave before another claims it.
 	del := func(ch Change) {
 		if _, ok := snap[ch.key()]; !ok {
