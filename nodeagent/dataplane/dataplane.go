@@ -10,6 +10,14 @@
 // decides with decide.go, a line-by-line twin of bpf/fedmesh.c. The
 // differential test holds the two to identical verdicts.
 //
+// The ipcache is the part that grows with the federation (every endpoint
+// of every cluster), so it is never copied: a Revision carries an IPCache,
+// an immutable value whose successive versions share all but what changed;
+// Tables holds the same value; the eBPF dataplane writes a slot by diffing
+// the version the slot holds against the new one, which costs the changes,
+// not the size. Everything else in Tables is rendered per Apply from the
+// attached endpoints' rules.
+//
 // Semantics (both implementations):
 //   - A direction that is not enforced passes every IP packet; an enforced
 //     one passes what an identity rule or a CIDR rule allows.
