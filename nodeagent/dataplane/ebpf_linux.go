@@ -99,10 +99,14 @@ type EBPF struct {
 	spec *ebpf.CollectionSpec
 	coll *ebpf.Collection
 
-	mu        sync.Mutex // serialises Apply/Attach/Detach/Counters/Close
-	outer     [numTabs]*ebpf.Map
-	inner     [2][numTabs]*ebpf.Map // handles of inner maps this process wrote
-	shadow    [2]*Tables            // contents of each slot; nil = unknown
+	mu     sync.Mutex // serialises Apply/Attach/Detach/Counters/Close
+	outer  [numTabs]*ebpf.Map
+	inner  [2][numTabs]*ebpf.Map // handles of inner maps this process wrote
+	shadow [2]*Tables            // contents of each slot; nil = unknown
+	// installed says the outer maps' entries of a slot point at inner[slot]
+	// already: an update of a map-in-map entry waits for an RCU grace
+	// period (about 10ms each), so it is done only for new inner maps.
+	installed [2]bool
 	active    uint32
 	lastFlip  time.Time
 	rev       *Revision
@@ -372,6 +376,7 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			}
 			e.inner[slot][i] = m
 		}
+		e.installed[slot] = false
 		old = &Tables{}
 	}
 	in := e.inner[slot]
@@ -396,11 +401,15 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := syncMap(ctx, in[tabEndpoints], old.Endpoints, t.Endpoints); err != nil {
 		return fmt.Errorf("write endpoints: %w", err)
 	}
+	if e.installed[slot] {
+		return nil
+	}
 	for i := range numTabs {
 		if err := e.outer[i].Put(slot, in[i]); err != nil {
 			return fmt.Errorf("install %s slot %d: %w", outerNames[i], slot, err)
 		}
 	}
+	e.installed[slot] = true
 	return nil
 }
 
