@@ -82,10 +82,10 @@ func compareKeys(a, b ipKey) int {
 	return int(a.bits) - int(b.bits)
 }
 
-// Trie shape: level L indexes its 32 slots with hash bits [5L, 5L+5); the
-// last level with bits (hashBits ≥ maxShift) is 12 (bits 60-63). Keys whose
-// hashes agree in all 64 bits share a collision node: slots sorted by key,
-// no bitmap.
+// Trie shape: level L (shift 5L) indexes its 32 slots with hash bits
+// [5L, 5L+5); the last such level is 12 (shift 60, 4 bits left). Keys whose
+// 64 hash bits all agree meet below it (shift > maxShift) in a collision
+// node: slots sorted by key, no bitmap.
 const (
 	levelBits = 5
 	maxShift  = 60
