@@ -1,7 +1,10 @@
 // Package cptest runs real fedmesh-controlplane replicas for the tests of
 // other packages: separate processes on loopback, each with its own data
 // dir and ports, a real Raft group and the real gRPC API. No stand-in, no
-// in-process shortcut: a killed replica is a SIGKILLed process.
+// in-process shortcut: a killed replica is a SIGKILLed process. Tests whose
+// subject is not process death use controlplane/inproc instead: the same
+// replicas inside the test process, with a partitionable Raft network and
+// fault injection on the clients' calls.
 //
 // The binary is built once per test binary (go build of
 // ./controlplane/cmd/fedmesh-controlplane into a temporary directory, from
@@ -469,18 +472,28 @@ func (r *Replica) Metric(ctx context.Context, name string) (float64, error) {
 	if r.MetricsAddr == "" {
 		return 0, fmt.Errorf("read metric %s of replica %s: start the cluster with Options.Metrics", name, r.ID)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.MetricsAddr+"/metrics", nil)
+	v, err := ReadMetric(ctx, r.MetricsAddr, name)
+	if err != nil {
+		return 0, fmt.Errorf("replica %s: %w", r.ID, err)
+	}
+	return v, nil
+}
+
+// ReadMetric reads one unlabelled counter or gauge from the Prometheus
+// text served on http://addr/metrics.
+func ReadMetric(ctx context.Context, addr, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
 		return 0, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("read metric %s of replica %s: %w", name, r.ID, err)
+		return 0, fmt.Errorf("read metric %s: %w", name, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, fmt.Errorf("read metric %s of replica %s: %w", name, r.ID, err)
+		return 0, fmt.Errorf("read metric %s: %w", name, err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		v, ok := strings.CutPrefix(line, name+" ")
@@ -489,9 +502,9 @@ func (r *Replica) Metric(ctx context.Context, name string) (float64, error) {
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		if err != nil {
-			return 0, fmt.Errorf("parse metric %s of replica %s: %w", name, r.ID, err)
+			return 0, fmt.Errorf("parse metric %s: %w", name, err)
 		}
 		return f, nil
 	}
-	return 0, fmt.Errorf("replica %s has no metric %s", r.ID, name)
+	return 0, fmt.Errorf("no metric %s at %s", name, addr)
 }

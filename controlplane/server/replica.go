@@ -64,6 +64,11 @@ type Config struct {
 	SnapshotInterval time.Duration
 	// FaultInjection enables SetIsolated (tests only).
 	FaultInjection bool
+	// WrapRaftTransport, when set, wraps the replica's Raft transport
+	// (tests only: controlplane/inproc partitions, drops and delays Raft
+	// messages with it). The wrapper must implement raft.WithClose and
+	// raft.WithPreVote when the transport it wraps does.
+	WrapRaftTransport func(raft.Transport) raft.Transport
 	// RaftTimeout scales Raft's heartbeat and election timeouts (default
 	// 500ms, tuned for a LAN).
 	RaftTimeout time.Duration
@@ -182,6 +187,9 @@ func Start(cfg Config) (*Replica, error) {
 	if cfg.FaultInjection {
 		r.fault = newFaultTransport(nt)
 		r.trans = r.fault
+	}
+	if cfg.WrapRaftTransport != nil {
+		r.trans = cfg.WrapRaftTransport(r.trans)
 	}
 
 	r.fsm = store.NewFSM(store.WithEventLogSize(cfg.EventLogSize))
