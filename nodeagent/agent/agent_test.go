@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/controlplane/cptest"
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
@@ -207,17 +208,20 @@ type harness struct {
 	bgp    *bgpRec
 	client *agent.Client
 	logs   *logRecorder
+	// faults fail, delay or break the agent's calls to the control plane.
+	faults *inproc.Faults
 }
 
 func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harness {
 	t.Helper()
-	cl, err := agent.NewClient(addrs, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	faults := inproc.NewFaults()
+	cl, err := agent.NewClient(addrs, append(faults.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cl.Close() })
 	cl.CallTimeout = time.Second
-	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}}
+	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}, faults: faults}
 	cfg := agent.Config{
 		Cluster: myClust, Node: self, UnderlayIP: netip.MustParseAddr("198.18.0.1"), PodCIDRs: []string{"10.0.0.0/24"},
 		DataplaneName: "memory", Tick: 20 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
@@ -277,10 +281,11 @@ func connected(t *testing.T, h *harness, on bool) func() bool {
 	}
 }
 
-// ---- scenarios, each on three real control-plane replicas ----
+// ---- scenarios, each on three real control-plane replicas (in this
+// process unless a replica process must die) ----
 
 func TestAgentEnforcesCompiledPolicyAndReportsTheRevision(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	ids := f.seed()
 	h := startAgent(t, f.cp.Addrs(), nil)
 	h.routes.set("10.0.0.10", "cali-server")
@@ -347,7 +352,7 @@ func TestAgentEnforcesCompiledPolicyAndReportsTheRevision(t *testing.T) {
 // the agent as a Node event. The agent must not answer its own report with
 // another one.
 func TestStatusReportsDoNotFeedBackIntoWrites(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	f.seed()
 	h := startAgent(t, f.cp.Addrs(), func(c *agent.Config) { c.StatusInterval = time.Second })
 	f.waitRegistered()
@@ -359,14 +364,14 @@ func TestStatusReportsDoNotFeedBackIntoWrites(t *testing.T) {
 		return testutil.ToFloat64(mustCounterVec(t, h.a, "fedmesh_agent_status_reports_total", "ok"))
 	}
 	before := reports()
-	st0, err := cptest.Status(context.Background(), f.cp.Replicas[0])
+	st0, err := f.cp.Replicas[0].Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	// An observation window, not a wait for a condition: nothing should
 	// happen in it but the 1s heartbeat.
 	time.Sleep(3 * time.Second)
-	st1, err := cptest.Status(context.Background(), f.cp.Replicas[0])
+	st1, err := f.cp.Replicas[0].Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +386,7 @@ func TestStatusReportsDoNotFeedBackIntoWrites(t *testing.T) {
 // plane sends a PROGRESS message, the agent enforces (and reports) that
 // revision, and WaitEnforced on the write returns.
 func TestFilteredWritesReachTheAgentAsProgress(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	f.registerCluster(clusterObj("a", "10.0.0.0/16"))
 	b := clusterObj("b", "10.1.0.0/16")
 	b.Exports = &fedmeshv1.NamespaceScope{Names: []string{"public"}}
@@ -396,7 +401,7 @@ func TestFilteredWritesReachTheAgentAsProgress(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		lead := f.cp.Leader()
-		st, err := cptest.Status(ctx, lead)
+		st, err := lead.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -461,7 +466,7 @@ var agentKinds = []fedmeshv1.ResourceKind{
 }
 
 func TestAgentCoalescesABurstIntoTheNewestRevision(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	f.seed()
 	h := startAgent(t, f.cp.Addrs(), nil)
 	base := f.applyPolicy(allowFrom("p", "client", 999))
@@ -503,7 +508,7 @@ func TestAgentCoalescesABurstIntoTheNewestRevision(t *testing.T) {
 }
 
 func TestAgentKeepsEnforcingWhileTheControlPlaneIsDownAndResumes(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	f.seed()
 	h := startAgent(t, f.cp.Addrs(), nil)
 	h.routes.set("10.0.0.10", "cali-server")
@@ -512,7 +517,7 @@ func TestAgentKeepsEnforcingWhileTheControlPlaneIsDownAndResumes(t *testing.T) {
 	eventually(t, "the policy enforced", enforcedAt(h, rev))
 	eventually(t, "the server attached", attached(t, h, 1))
 
-	f.cp.KillAll()
+	f.cp.StopAll()
 	eventually(t, "the watch lost", connected(t, h, false))
 	down, _ := h.a.Enforced()
 	before := len(h.dp.revisions())
@@ -564,14 +569,14 @@ const (
 func TestAgentTakesASnapshotWhenItsRevisionWasCompacted(t *testing.T) {
 	// An event log of 8 events: a replica that was down while more
 	// happened can only answer with a snapshot.
-	f := startFed(t, cptest.Options{EventLogSize: 8, Metrics: true})
+	f := startFed(t, inproc.Options{EventLogSize: 8})
 	ids := f.seed()
 	follower := f.cp.Followers(f.cp.Leader())[0]
 	h := startAgent(t, []string{follower.GRPCAddr}, nil)
 	rev := f.applyPolicy(allowFrom("allow-client", "client", 80))
 	eventually(t, "the policy enforced", enforcedAt(h, rev))
 
-	f.cp.Kill(follower)
+	f.cp.Stop(follower)
 	eventually(t, "the watch lost", connected(t, h, false))
 	f.deletePolicy(allowFrom("allow-client", "client", 80))
 	f.applyPolicy(allowFrom("allow-other", "other", 443))
@@ -606,12 +611,12 @@ func TestAgentTakesASnapshotWhenItsRevisionWasCompacted(t *testing.T) {
 }
 
 func TestAgentFailsOverWhenTheLeaderIsKilled(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFedProcesses(t, cptest.Options{})
 	f.seed()
-	lead := f.cp.Leader()
+	lead := f.procs.Leader()
 	// The leader first: the agent watches it and reports through it.
 	addrs := []string{lead.GRPCAddr}
-	for _, r := range f.cp.Followers(lead) {
+	for _, r := range f.procs.Followers(lead) {
 		addrs = append(addrs, r.GRPCAddr)
 	}
 	h := startAgent(t, addrs, nil)
@@ -623,8 +628,8 @@ func TestAgentFailsOverWhenTheLeaderIsKilled(t *testing.T) {
 		t.Fatalf("agent on %s, want the leader %s", cur, lead.GRPCAddr)
 	}
 
-	f.cp.Kill(lead)
-	next := f.cp.Leader()
+	f.procs.Kill(lead)
+	next := f.procs.Leader()
 	rev = f.applyPolicy(allowFrom("allow-client", "client", 81))
 	eventually(t, "enforced through another replica", enforcedAt(h, rev))
 	eventually(t, "the server attached", attached(t, h, 1))
@@ -644,7 +649,7 @@ func TestAgentFailsOverWhenTheLeaderIsKilled(t *testing.T) {
 // skipping of stream input it cannot place is covered by the pure tests of
 // IPCacheIndex and the view.)
 func TestAgentSkipsBadInputAndKeepsGoing(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	ids := f.seed()
 	h := startAgent(t, f.cp.Addrs(), nil)
 	h.routes.set("10.0.0.10", "cali-server")
@@ -682,7 +687,7 @@ func TestAgentSkipsBadInputAndKeepsGoing(t *testing.T) {
 }
 
 func TestAgentBecomesUnreadyWhenTheDataplaneFailsAndTellsBGP(t *testing.T) {
-	f := startFed(t, cptest.Options{})
+	f := startFed(t, inproc.Options{})
 	f.seed()
 	h := startAgent(t, f.cp.Addrs(), func(c *agent.Config) { c.ReadyLag = 200 * time.Millisecond })
 	f.waitRegistered()

@@ -15,23 +15,53 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fedmesh/fedmesh/controlplane/cptest"
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // The agent's scenarios run against the real control plane: three
-// fedmesh-controlplane processes on loopback (controlplane/cptest).
+// replicas inside the test process (controlplane/inproc), or, for the
+// scenarios about a replica process dying, three fedmesh-controlplane
+// processes on loopback (controlplane/cptest, whose binary Main removes).
 func TestMain(m *testing.M) { os.Exit(cptest.Main(m)) }
 
 // fed is a real control plane the test writes the federation into, the way
 // fedctl and the syncers do.
 type fed struct {
-	t  *testing.T
-	cp *cptest.Cluster
+	t *testing.T
+	// cp is the in-process control plane (nil when procs runs instead).
+	cp *inproc.Cluster
+	// procs are replica processes, for the tests of process death.
+	procs *cptest.Cluster
+	// any returns a connection to the agreed leader, or to any live replica
+	// while there is none.
+	any func() (*grpc.ClientConn, error)
 }
 
-func startFed(t *testing.T, opts cptest.Options) *fed {
+func startFed(t *testing.T, opts inproc.Options) *fed {
 	t.Helper()
-	return &fed{t: t, cp: cptest.Start(t, opts)}
+	cp := inproc.Start(t, opts)
+	return &fed{t: t, cp: cp, any: func() (*grpc.ClientConn, error) {
+		r, err := cp.Any()
+		if err != nil {
+			return nil, err
+		}
+		return r.Conn(), nil
+	}}
+}
+
+// startFedProcesses runs the replicas as processes, which a test can
+// SIGKILL.
+func startFedProcesses(t *testing.T, opts cptest.Options) *fed {
+	t.Helper()
+	procs := cptest.Start(t, opts)
+	return &fed{t: t, procs: procs, any: func() (*grpc.ClientConn, error) {
+		r, err := procs.Any()
+		if err != nil {
+			return nil, err
+		}
+		return r.Conn(), nil
+	}}
 }
 
 // call runs one request against the agreed leader (any live replica while
@@ -49,12 +79,12 @@ func (f *fed) callTimeout(what string, timeout time.Duration, fn func(ctx contex
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var err error
-		r, aerr := f.cp.Any()
+		cc, aerr := f.any()
 		if aerr != nil {
 			err = aerr
 		} else {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			err = fn(ctx, r.Conn())
+			err = fn(ctx, cc)
 			cancel()
 			switch status.Code(err) {
 			case codes.OK:
