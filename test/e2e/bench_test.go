@@ -18,7 +18,7 @@ import (
 // of cluster-b" (the agents' reported revisions, as --wait sees it). The
 // baseline in the same run is a read round trip to the control plane.
 func BenchmarkConvergence(b *testing.B) {
-	l := upLabB(b, lab.Config{Clusters: 2, Nodes: 2, Pods: 1, NoKube: true})
+	l := useLab(b, lab.Config{Clusters: 2, Nodes: 2, Pods: 1, NoKube: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cc, err := l.Dial()

@@ -112,14 +112,14 @@ func randomPolicies(r *rand.Rand, round int) []*fedmeshv1.Policy {
 // computed by the same compiler the agents load: random federated policy
 // sets, cross-cluster included, ≥ 1,000 probes.
 func TestDifferentialEnforcementMatchesReach(t *testing.T) {
-	l := upLab(t, lab.Config{Clusters: 2, Nodes: 2, Pods: 2})
+	l := useLab(t, lab.Config{Clusters: 2, Nodes: 2, Pods: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cc, err := l.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
+	t.Cleanup(func() { cc.Close() })
 	policies := fedmeshv1.NewPolicyServiceClient(cc)
 	nodes := fedmeshv1.NewNodeServiceClient(cc)
 	reach := fedmeshv1.NewReachServiceClient(cc)
@@ -141,6 +141,24 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 7))
 	total, mismatches, denied := 0, 0, 0
 	var prev []*fedmeshv1.Policy
+	// The lab is shared: the last round's policies go, enforced everywhere,
+	// before the next scenario.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var rev uint64
+		for _, p := range prev {
+			resp, err := policies.DeletePolicy(ctx, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Namespace: p.Namespace, Name: p.Name}})
+			if err != nil {
+				t.Errorf("delete policy %s/%s: %v", p.Namespace, p.Name, err)
+				return
+			}
+			rev = resp.GetRevision()
+		}
+		if w, err := nodes.WaitEnforced(ctx, &fedmeshv1.WaitEnforcedRequest{Revision: rev}); err != nil || !w.GetEnforced() {
+			t.Errorf("deleting the last round's policies not enforced: %v %v", w, err)
+		}
+	})
 	for round := 0; total < 1000; round++ {
 		for _, p := range prev {
 			if _, err := policies.DeletePolicy(ctx, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Namespace: p.Namespace, Name: p.Name}}); err != nil {

@@ -4,95 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
 	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
 )
-
-// requireLab skips on a laptop and fails under CI, where the lab must run.
-func requireLab(t testing.TB) {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, bin := range []string{"ip", "nsenter", "/usr/sbin/bird", "/usr/lib/frr/bgpd"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing = append(missing, bin)
-		}
-	}
-	if _, err := kubetest.FindBinaries(); err != nil {
-		missing = append(missing, "kube-apiserver/etcd (make deps)")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "end-to-end tests need " + strings.Join(missing, ", ")
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// upLab brings up a lab for one test and tears it down after, asserting
-// that nothing is left behind.
-func upLab(t *testing.T, cfg lab.Config) *lab.Lab {
-	t.Helper()
-	return upLabB(t, cfg)
-}
-
-// upLabB is upLab for benchmarks too.
-func upLabB(t testing.TB, cfg lab.Config) *lab.Lab {
-	t.Helper()
-	requireLab(t)
-	cfg.Name = fmt.Sprintf("e%d", os.Getpid()%10000)
-	cfg.BinDir = binDir
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	_ = lab.Down(ctx, cfg.Name, log) // a crashed earlier run
-	l, err := lab.Up(ctx, cfg, log)
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, p := range l.State.Procs {
-				if b, err := os.ReadFile(p.Log); err == nil && strings.HasPrefix(p.Name, "agent") {
-					t.Logf("--- %s log (tail):\n%s", p.Name, tail(string(b), 20))
-				}
-			}
-			// The ToRs' own logs and views say what they made of the sessions.
-			for _, c := range l.Topo.Clusters {
-				out, err := l.ToRBGP(context.Background(), c)
-				t.Logf("--- %s BGP (err %v):\n%s", c.ToR.NS, err, out)
-				for _, f := range []string{"bird.log", "frr.log"} {
-					if b, err := os.ReadFile(filepath.Join(l.Dir, c.ToR.NS, f)); err == nil {
-						t.Logf("--- %s %s (tail):\n%s", c.ToR.NS, f, tail(string(b), 30))
-					}
-				}
-			}
-		}
-		if err := lab.Down(context.Background(), cfg.Name, log); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-		if left := lab.Leftovers(cfg.Name); len(left) > 0 {
-			t.Errorf("left behind after down: %v", left)
-		}
-		if _, err := os.Stat("/sys/fs/bpf/fedmesh/" + cfg.Name); err == nil {
-			t.Errorf("BPF pins left behind in /sys/fs/bpf/fedmesh/%s", cfg.Name)
-		}
-	})
-	return l
-}
 
 // routeVia reports whether `ip route` output has prefix via next hop
 // (FRR's routes carry an "nhid N" between the two).
@@ -142,7 +61,7 @@ func allowed(ctx context.Context, l *lab.Lab, from lab.Pod, to lab.Pod, proto st
 }
 
 func TestFederationEndToEnd(t *testing.T) {
-	l := upLab(t, lab.Config{Clusters: 2, Nodes: 2, Pods: 2})
+	l := useLab(t, lab.Config{Clusters: 2, Nodes: 2, Pods: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	a, b := l.Topo.Clusters[0], l.Topo.Clusters[1]
@@ -283,6 +202,23 @@ func TestFederationEndToEnd(t *testing.T) {
 		if err := l.Stop("agent-" + n.Name); err != nil {
 			t.Fatal(err)
 		}
+		// The lab is shared: the node comes back for the next scenario.
+		t.Cleanup(func() {
+			if err := l.Restart("agent-" + n.Name); err != nil {
+				t.Errorf("restart agent-%s: %v", n.Name, err)
+				return
+			}
+			eventually(t, "route back", 30*time.Second, func() error {
+				routes, err := lab.ToRRoutes(ctx, a)
+				if err != nil {
+					return err
+				}
+				if !routeVia(routes, n.PodCIDR.String(), n.Host.Addr.Addr().String()) {
+					return fmt.Errorf("%s has no route %s yet", a.ToR.NS, n.PodCIDR)
+				}
+				return nil
+			})
+		})
 		eventually(t, "route withdrawn", 15*time.Second, func() error {
 			routes, err := lab.ToRRoutes(ctx, a)
 			if err != nil {
