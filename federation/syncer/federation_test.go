@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/services"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -221,9 +222,9 @@ func TestRestartedSyncerLeavesNoGhostInTheStore(t *testing.T) {
 	}
 }
 
-// The syncer talks to one replica; it is killed, so writes fail; the pod
-// created meanwhile reaches the store through a full resync once the
-// replica is back.
+// A write that fails — refused, or committed with its answer lost — is
+// followed by a full resync: the pod created meanwhile reaches the store
+// and the cluster's resync generation moves on.
 func TestFailedWriteIsFollowedByFullResync(t *testing.T) {
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", nil)
@@ -234,33 +235,48 @@ func TestFailedWriteIsFollowedByFullResync(t *testing.T) {
 	}
 	east.pod(ctx, "web", "a", map[string]string{"app": "a"}, nil, "10.1.0.1")
 	east.startSyncer()
-	env.endpointsAre("east", "web/a")
-	c, err := env.cluster("east")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gen1 := c.GetStatus().GetResyncGeneration()
+	want := []string{"web/a"}
+	env.endpointsAre("east", want...)
 
-	env.cp.Kill(east.rep)
-	east.pod(ctx, "web", "b", map[string]string{"app": "b"}, nil, "10.1.0.2")
-	eventually(t, "a failed write", func() error {
-		if v := counterValue(t, east.reg, "fedmesh_syncer_send_errors_total"); v < 1 {
-			return fmt.Errorf("send errors %v", v)
-		}
-		return nil
-	})
-	env.cp.Restart(east.rep)
-	env.endpointsAre("east", "web/a", "web/b")
-	eventually(t, "a new resync generation", func() error {
-		c, err := env.cluster("east")
-		if err != nil {
-			return err
-		}
-		if g := c.GetStatus().GetResyncGeneration(); g <= gen1 {
-			return fmt.Errorf("generation %d, first was %d", g, gen1)
-		}
-		return nil
-	})
+	upsert := fedmeshv1.EndpointService_UpsertEndpoints_FullMethodName
+	for i, c := range []struct {
+		name string
+		rule inproc.Rule
+	}{
+		{"every write refused until the control plane answers again", inproc.Rule{Method: upsert, Code: codes.Unavailable}},
+		{"a write committed, its answer lost", inproc.Rule{Method: upsert, Code: codes.DeadlineExceeded, LoseAnswer: true, Times: 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, err := env.cluster("east")
+			if err != nil {
+				t.Fatal(err)
+			}
+			gen := cl.GetStatus().GetResyncGeneration()
+			errs := counterValue(t, east.reg, "fedmesh_syncer_send_errors_total")
+			heal := east.faults.Inject(c.rule)
+			pod := fmt.Sprintf("p%d", i)
+			east.pod(ctx, "web", pod, map[string]string{"app": pod}, nil, fmt.Sprintf("10.1.0.%d", 10+i))
+			eventually(t, "a failed write", func() error {
+				if v := counterValue(t, east.reg, "fedmesh_syncer_send_errors_total"); v <= errs {
+					return fmt.Errorf("send errors %v", v)
+				}
+				return nil
+			})
+			heal()
+			want = append(want, "web/"+pod)
+			env.endpointsAre("east", want...)
+			eventually(t, "a new resync generation", func() error {
+				cl, err := env.cluster("east")
+				if err != nil {
+					return err
+				}
+				if g := cl.GetStatus().GetResyncGeneration(); g <= gen {
+					return fmt.Errorf("generation %d, was %d before the failure", g, gen)
+				}
+				return nil
+			})
+		})
+	}
 }
 
 func TestExportScopeKeepsExcludedNamespacesOut(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/fedmesh/fedmesh/controlplane/cptest"
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -89,20 +90,21 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, lvs ...st
 }
 
 // The syncer's tests run against real components only: a real etcd and
-// kube-apiserver per member cluster (kubetest) and three real
-// fedmesh-controlplane replicas (cptest).
+// kube-apiserver per member cluster (kubetest) and three real control-plane
+// replicas in the test process (controlplane/inproc). The benchmarks run the
+// replicas as processes (cptest), whose binary Main removes.
 func TestMain(m *testing.M) { os.Exit(cptest.Main(m)) }
 
 // fedEnv is the federation: the control-plane replicas and a client the
 // tests read the store with.
 type fedEnv struct {
 	t  *testing.T
-	cp *cptest.Cluster
+	cp *inproc.Cluster
 }
 
 func startFed(t *testing.T) *fedEnv {
 	t.Helper()
-	return &fedEnv{t: t, cp: cptest.Start(t, cptest.Options{Metrics: true})}
+	return &fedEnv{t: t, cp: inproc.Start(t, inproc.Options{})}
 }
 
 // conn is a connection to the agreed leader (reads there see every
@@ -168,8 +170,10 @@ type member struct {
 	kube *kubetest.Server
 	cs   kubernetes.Interface
 	mcs  mcsclient.Interface
-	rep  *cptest.Replica
+	rep  *inproc.Replica
 	reg  *prometheus.Registry
+	// faults fail, delay or break the syncer's calls to the control plane.
+	faults *inproc.Faults
 }
 
 // join starts a kube-apiserver for cluster name and registers the cluster.
@@ -186,14 +190,15 @@ func (e *fedEnv) join(name, podCIDR string, tweak func(*fedmeshv1.Cluster)) *mem
 	if fs := e.cp.Followers(lead); len(fs) > 0 {
 		rep = fs[0]
 	}
-	return &member{t: e.t, name: name, env: e, kube: kube, cs: kube.Clientset(), mcs: mcsclient.NewForConfigOrDie(kube.Config), rep: rep}
+	return &member{t: e.t, name: name, env: e, kube: kube, cs: kube.Clientset(), mcs: mcsclient.NewForConfigOrDie(kube.Config), rep: rep,
+		faults: inproc.NewFaults()}
 }
 
 // startSyncer runs the member's syncer until the returned stop is called
 // (or the test ends).
 func (m *member) startSyncer() (stop func()) {
 	m.t.Helper()
-	cc, err := grpc.NewClient(m.rep.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(m.rep.GRPCAddr, append(m.faults.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		m.t.Fatal(err)
 	}
