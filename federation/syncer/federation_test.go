@@ -26,6 +26,7 @@ import (
 // reach the real replicated control plane through the syncer.
 
 func TestSyncerPublishesPodsWithIdentitiesAndFollowsChanges(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -183,6 +184,7 @@ func TestSyncerPublishesPodsWithIdentitiesAndFollowsChanges(t *testing.T) {
 }
 
 func TestRestartedSyncerLeavesNoGhostInTheStore(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -226,6 +228,7 @@ func TestRestartedSyncerLeavesNoGhostInTheStore(t *testing.T) {
 // followed by a full resync: the pod created meanwhile reaches the store
 // and the cluster's resync generation moves on.
 func TestFailedWriteIsFollowedByFullResync(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -280,6 +283,7 @@ func TestFailedWriteIsFollowedByFullResync(t *testing.T) {
 }
 
 func TestExportScopeKeepsExcludedNamespacesOut(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", func(c *fedmeshv1.Cluster) {
 		c.Exports = &fedmeshv1.NamespaceScope{ExcludeNames: []string{"private"}}
@@ -305,6 +309,7 @@ func TestExportScopeKeepsExcludedNamespacesOut(t *testing.T) {
 // ServiceImport with both clusters' backends. When one exporter's ports
 // stop matching, its ServiceExport says Conflict.
 func TestThirdClusterImportsOneServiceFromTwoExporters(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	env := startFed(t)
 	east := env.join("east", "10.1.0.0/16", nil)
 	west := env.join("west", "10.2.0.0/16", nil)

@@ -160,6 +160,7 @@ func TestDerivedServiceOnlyForClusterSetIPImportsWithPorts(t *testing.T) {
 }
 
 func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
+	t.Parallel() // most of its time is a kube-apiserver starting
 	// The writer alone against a real kube-apiserver; the import path from
 	// the control plane is TestThirdClusterImportsOneServiceFromTwoExporters.
 	kube := kubetest.Start(t, kubetest.Options{})
