@@ -208,7 +208,7 @@ func TestFederationEndToEnd(t *testing.T) {
 				t.Errorf("restart agent-%s: %v", n.Name, err)
 				return
 			}
-			eventually(t, "route back", 30*time.Second, func() error {
+			eventually(t, "route back", time.Minute, func() error {
 				routes, err := lab.ToRRoutes(ctx, a)
 				if err != nil {
 					return err
