@@ -59,8 +59,8 @@ type Options struct {
 	SnapshotThreshold uint64
 	// LeaderTimeout bounds the waits for a leader (default 30s).
 	LeaderTimeout time.Duration
-	// Seed drives the Network's random message loss; 0 picks one, which
-	// Start logs so a failing run can be repeated.
+	// Seed drives the Network's random message loss; 0 picks one. A failed
+	// test logs it.
 	Seed uint64
 	// LogLevel of the replicas' logs (default warn).
 	LogLevel slog.Leveler

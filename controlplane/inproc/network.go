@@ -17,7 +17,7 @@ var ErrPartitioned = errors.New("raft message lost by the test network")
 
 // Network sits between the replicas' Raft transports (the real TCP
 // transports on loopback) and decides, per directed link, whether a
-// message arrives, is lost or waits. The zero state is a healthy network.
+// message arrives, is lost or waits. A new Network is healthy.
 //
 // A message from A to B is a Raft RPC A sends to B or A's answer to an RPC
 // of B's. Faults are decided when the sender hands a message over: messages
@@ -46,8 +46,9 @@ type linkFault struct {
 
 func (f linkFault) healthy() bool { return !f.cut && f.drop == 0 && f.delay == 0 }
 
-// NewNetwork returns a healthy network whose random message loss (Drop)
-// draws from seed, so a failing run can be repeated.
+// NewNetwork returns a healthy network. Its random message loss (Drop)
+// draws from seed; which messages meet the draws still depends on timing,
+// so a seed narrows a failure down rather than replaying it.
 func NewNetwork(seed uint64) *Network {
 	return &Network{rng: rand.New(rand.NewPCG(seed, 0x5eed)), links: map[link]linkFault{}, lost: map[link]int{}}
 }

@@ -585,7 +585,15 @@ func TestAgentTakesASnapshotWhenItsRevisionWasCompacted(t *testing.T) {
 		f.applyPolicy(allowFrom(fmt.Sprintf("filler-%d", i), "nobody", 1))
 	}
 	rev = f.deletePolicy(allowFrom("filler-0", "nobody", 1))
+	// The agent gets back only once the restarted replica has caught up,
+	// when its event log no longer holds the agent's revision (reconnected
+	// earlier, mid-replay, it could still resume from events).
+	heal := h.faults.Inject(inproc.Rule{Method: fedmeshv1.WatchService_Watch_FullMethodName, Code: codes.Unavailable})
 	f.cp.Restart(follower)
+	if err := f.cp.WaitRevision(rev, 20*time.Second, follower); err != nil {
+		t.Fatal(err)
+	}
+	heal()
 	eventually(t, "the compacted revision enforced", enforcedAt(h, rev))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
