@@ -63,11 +63,18 @@ type Core struct {
 	conns      map[string]*grpc.ClientConn
 	forwarders map[*grpc.ClientConn]*forwarder
 	props      proposer
+
+	// raftDown is closed once Raft has shut down (raftStopped). With
+	// BatchApplyCh, Raft never answers a future still queued in its apply
+	// channel at shutdown (hashicorp/raft#498), so every wait on a future
+	// also gives up here instead of blocking Stop forever.
+	raftDown     chan struct{}
+	raftDownOnce sync.Once
 }
 
 func newCore(r *Replica) *Core {
 	c := &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
-		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log)}
+		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log), raftDown: make(chan struct{})}
 	c.props.c = c
 	return c
 }
@@ -85,6 +92,30 @@ func (c *Core) close() {
 	c.forwarders = map[*grpc.ClientConn]*forwarder{}
 }
 
+// raftStopped is called by Replica.Stop once raft.Shutdown has returned:
+// the futures Raft answered have been answered, and any wait still pending
+// is on one Raft will never answer.
+func (c *Core) raftStopped() { c.raftDownOnce.Do(func() { close(c.raftDown) }) }
+
+// await is f.Error() that returns raft.ErrRaftShutdown instead of blocking
+// forever when Raft shut down without answering f (see raftDown).
+func (c *Core) await(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-c.raftDown:
+		// Raft may still have answered f just before; prefer its answer.
+		select {
+		case err := <-done:
+			return err
+		default:
+			return raft.ErrRaftShutdown
+		}
+	}
+}
+
 // leadership reacts to Raft leadership changes: a new leader first applies
 // a barrier (so reads it serves include every earlier term's entries), then
 // publishes its own gRPC address and those of the bootstrap peers, which
@@ -99,7 +130,7 @@ func (c *Core) leadership(ctx context.Context, notify <-chan bool) {
 			if !leader {
 				continue
 			}
-			if err := c.raft.Barrier(c.timeout).Error(); err != nil {
+			if err := c.await(c.raft.Barrier(c.timeout)); err != nil {
 				c.log.Warn("barrier after election", "err", err)
 				continue
 			}
@@ -183,7 +214,7 @@ func (c *Core) applyData(data []byte) (*store.Result, error) {
 // result waits for an apply proposed at start and returns the FSM's result
 // like applyData.
 func (c *Core) result(f raft.ApplyFuture, start time.Time) (*store.Result, error) {
-	if err := f.Error(); err != nil {
+	if err := c.await(f); err != nil {
 		return nil, err
 	}
 	c.r.metrics.commitLatency.Observe(time.Since(start).Seconds())
@@ -412,7 +443,7 @@ func (c *Core) readIndex() (uint64, error) {
 	if !c.leaderReady.Load() {
 		return 0, status.Error(codes.Unavailable, "leader not ready yet (just elected); retry")
 	}
-	if err := c.raft.Barrier(c.timeout).Error(); err != nil {
+	if err := c.await(c.raft.Barrier(c.timeout)); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return 0, status.Errorf(codes.Unavailable, "read index: %v; retry", err)
 		}

@@ -136,7 +136,7 @@ func (p *proposer) proposeBatch(batch []*proposal) {
 		pre.Move(pr.data, parts[i])
 	}
 	f := p.c.raft.Apply(entry, p.c.timeout)
-	err := f.Error()
+	err := p.c.await(f)
 	var results store.BatchResult
 	if err == nil {
 		var ok bool

@@ -363,6 +363,9 @@ func (r *Replica) Stop() {
 				r.log.Warn("raft shutdown", "err", err)
 			}
 		}
+		if r.core != nil {
+			r.core.raftStopped()
+		}
 		if c, ok := r.trans.(raft.WithClose); ok {
 			c.Close()
 		}
