@@ -1,29 +1,25 @@
 package syncer
 
+// The pure half of imports: from the watched view of the federation's
+// services, the MCS objects this cluster should hold, and the writes that
+// get it there from what it has. The I/O half is importwriter.go.
+
 import (
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	stdmaps "maps"
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
-	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/fedmesh/fedmesh/federation/model"
 	"github.com/fedmesh/fedmesh/federation/services"
@@ -293,137 +289,175 @@ func protocolToK8s(p fedmeshv1.Protocol) corev1.Protocol {
 	return corev1.ProtocolTCP
 }
 
-// ImportWriter applies desired MCS objects to a cluster. It is used by one
-// goroutine (the import watcher); every method blocks on API calls.
-type ImportWriter struct {
-	Kube kubernetes.Interface
-	MCS  mcsclient.Interface
+// ClusterImports is what the syncer owns in the cluster now: the objects
+// carrying its managed-by label.
+type ClusterImports struct {
+	Imports  []*mcsv1beta1.ServiceImport
+	Services []*corev1.Service // derived Services
+	Slices   []*discoveryv1.EndpointSlice
 }
 
-// Apply makes the cluster's syncer-owned ServiceImports, derived Services
-// and EndpointSlices equal to the desired ones: creates, updates, and
-// deletes what is no longer wanted. A ClusterSetIP import gets its derived
-// Service (owned by the ServiceImport, so the garbage collector removes it
-// with the import too) and the Service's ClusterIPs as spec.ips. It carries
-// on past a failed object and returns every error joined.
-func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImport, ess []*discoveryv1.EndpointSlice) error {
-	sel := metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedByValue}
-	var errs []error
-	haveSI, err := w.MCS.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll).List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("list ServiceImports: %w", err)
+// ImportWrites are the writes that bring the cluster from what it has to
+// the desired imports, as a plan: imports first (an import's derived Service
+// needs the import's UID, and the import's spec.ips the Service's
+// ClusterIPs, so each ImportWrite is one short sequence), then deletes,
+// then slices.
+type ImportWrites struct {
+	Imports        []ImportWrite
+	DeleteImports  []*mcsv1beta1.ServiceImport
+	DeleteServices []*corev1.Service
+	Slices         []SliceWrite
+	DeleteSlices   []*discoveryv1.EndpointSlice
+}
+
+// Empty reports whether the cluster already holds the desired imports.
+func (w *ImportWrites) Empty() bool {
+	return len(w.Imports)+len(w.DeleteImports)+len(w.DeleteServices)+len(w.Slices)+len(w.DeleteSlices) == 0
+}
+
+// ImportWrite brings one ServiceImport and its derived Service up to date.
+type ImportWrite struct {
+	// Have is the cluster's ServiceImport; nil: create Want.
+	Have, Want *mcsv1beta1.ServiceImport
+	// Derived is the derived Service Want needs (nil: none, headless or
+	// no ports); HaveDerived the syncer's Service of that name, if any.
+	Derived, HaveDerived *corev1.Service
+}
+
+// SliceOp is how one EndpointSlice is written.
+type SliceOp uint8
+
+// Slice writes.
+const (
+	SliceCreate SliceOp = iota + 1
+	// SliceReplace deletes and creates: addressType is immutable.
+	SliceReplace
+	SliceUpdate
+)
+
+// SliceWrite is one EndpointSlice write; Have is nil for a create.
+type SliceWrite struct {
+	Op         SliceOp
+	Have, Want *discoveryv1.EndpointSlice
+}
+
+// PlanImportWrites compares what the syncer owns in the cluster with the
+// desired ServiceImports and EndpointSlices (DesiredImports) and returns
+// the writes; an import, Service or slice that already matches gets none.
+// Pure.
+func PlanImportWrites(have ClusterImports, sis []*mcsv1beta1.ServiceImport, ess []*discoveryv1.EndpointSlice) ImportWrites {
+	var w ImportWrites
+	curSI := map[string]*mcsv1beta1.ServiceImport{}
+	for _, x := range have.Imports {
+		curSI[x.Namespace+"/"+x.Name] = x
 	}
-	haveSvc, err := w.Kube.CoreV1().Services(metav1.NamespaceAll).List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("list derived Services: %w", err)
-	}
-	haveES, err := w.Kube.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("list EndpointSlices: %w", err)
-	}
-	wantSI := map[string]bool{}
-	cur := map[string]*mcsv1beta1.ServiceImport{}
-	for i := range haveSI.Items {
-		x := &haveSI.Items[i]
-		cur[x.Namespace+"/"+x.Name] = x
-	}
-	wantSvc := map[string]bool{}
 	curSvc := map[string]*corev1.Service{}
-	for i := range haveSvc.Items {
-		x := &haveSvc.Items[i]
+	for _, x := range have.Services {
 		curSvc[x.Namespace+"/"+x.Name] = x
 	}
+	wantSI, wantSvc := map[string]bool{}, map[string]bool{}
 	for _, si := range sis {
 		key := si.Namespace + "/" + si.Name
 		wantSI[key] = true
-		if svc := DerivedService(si); svc != nil {
-			wantSvc[svc.Namespace+"/"+svc.Name] = true
+		iw := ImportWrite{Have: curSI[key], Want: si, Derived: DerivedService(si)}
+		if iw.Derived != nil {
+			wantSvc[iw.Derived.Namespace+"/"+iw.Derived.Name] = true
+			iw.HaveDerived = curSvc[iw.Derived.Namespace+"/"+iw.Derived.Name]
 		}
-		errs = append(errs, w.applyImport(ctx, cur[key], si, curSvc))
+		if !importCurrent(iw) {
+			w.Imports = append(w.Imports, iw)
+		}
 	}
-	for key, x := range cur {
-		if !wantSI[key] {
-			err := w.MCS.MulticlusterV1beta1().ServiceImports(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
-			if err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete ServiceImport %s: %w", key, err))
-			}
+	for _, x := range have.Imports {
+		if !wantSI[x.Namespace+"/"+x.Name] {
+			w.DeleteImports = append(w.DeleteImports, x)
 		}
 	}
 	// The owner reference would have the garbage collector remove these
 	// too, but only where kube-controller-manager runs and only later:
 	// delete them now so no VIP outlives its import.
-	for key, x := range curSvc {
-		if !wantSvc[key] {
-			err := w.Kube.CoreV1().Services(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
-			if err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete derived Service %s: %w", key, err))
-			}
+	for _, x := range have.Services {
+		if !wantSvc[x.Namespace+"/"+x.Name] {
+			w.DeleteServices = append(w.DeleteServices, x)
 		}
 	}
-	wantES := map[string]bool{}
 	curES := map[string]*discoveryv1.EndpointSlice{}
-	for i := range haveES.Items {
-		x := &haveES.Items[i]
+	for _, x := range have.Slices {
 		curES[x.Namespace+"/"+x.Name] = x
 	}
+	wantES := map[string]bool{}
 	for _, es := range ess {
 		key := es.Namespace + "/" + es.Name
 		wantES[key] = true
-		have := curES[key]
+		h := curES[key]
 		switch {
-		case have == nil:
-			_, err = w.Kube.DiscoveryV1().EndpointSlices(es.Namespace).Create(ctx, es, metav1.CreateOptions{})
-		case have.AddressType != es.AddressType:
-			// addressType is immutable: replace the slice.
-			err = w.Kube.DiscoveryV1().EndpointSlices(es.Namespace).Delete(ctx, es.Name, metav1.DeleteOptions{})
-			if err == nil {
-				_, err = w.Kube.DiscoveryV1().EndpointSlices(es.Namespace).Create(ctx, es, metav1.CreateOptions{})
-			}
-		case !equality.Semantic.DeepEqual(have.Endpoints, es.Endpoints) || !equality.Semantic.DeepEqual(have.Ports, es.Ports) || !equality.Semantic.DeepEqual(have.Labels, es.Labels):
-			up := have.DeepCopy()
-			up.Endpoints, up.Ports, up.Labels = es.Endpoints, es.Ports, es.Labels
-			_, err = w.Kube.DiscoveryV1().EndpointSlices(es.Namespace).Update(ctx, up, metav1.UpdateOptions{})
-		default:
-			err = nil
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("write EndpointSlice %s: %w", key, err))
+		case h == nil:
+			w.Slices = append(w.Slices, SliceWrite{Op: SliceCreate, Want: es})
+		case h.AddressType != es.AddressType:
+			w.Slices = append(w.Slices, SliceWrite{Op: SliceReplace, Have: h, Want: es})
+		case !equality.Semantic.DeepEqual(h.Endpoints, es.Endpoints) || !equality.Semantic.DeepEqual(h.Ports, es.Ports) || !equality.Semantic.DeepEqual(h.Labels, es.Labels):
+			w.Slices = append(w.Slices, SliceWrite{Op: SliceUpdate, Have: h, Want: es})
 		}
 	}
-	for key, x := range curES {
-		if !wantES[key] {
-			err := w.Kube.DiscoveryV1().EndpointSlices(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
-			if err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete EndpointSlice %s: %w", key, err))
-			}
+	for _, x := range have.Slices {
+		if !wantES[x.Namespace+"/"+x.Name] {
+			w.DeleteSlices = append(w.DeleteSlices, x)
 		}
 	}
-	return errors.Join(errs...)
+	return w
 }
 
-// applyImport writes one ServiceImport and, for a ClusterSetIP import, its
-// derived Service, then puts the Service's ClusterIPs into spec.ips. The
-// ServiceImport is created first: the Service's owner reference needs its
-// UID.
-func (w *ImportWriter) applyImport(ctx context.Context, have, want *mcsv1beta1.ServiceImport, curSvc map[string]*corev1.Service) error {
-	c := w.MCS.MulticlusterV1beta1().ServiceImports(want.Namespace)
-	key := want.Namespace + "/" + want.Name
-	want = want.DeepCopy()
-	var err error
-	if have == nil {
-		have, err = c.Create(ctx, want, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("create ServiceImport %s: %w", key, err)
-		}
+// importCurrent reports whether the cluster already holds w.Want: the
+// import, its derived Service (owned by the import), spec.ips equal to the
+// Service's ClusterIPs, and the status.
+func importCurrent(w ImportWrite) bool {
+	if w.Have == nil {
+		return false
 	}
-	var svcErr error
-	if svc := DerivedService(want); svc != nil {
-		want.Spec.IPs, svcErr = w.applyDerived(ctx, have, svc, curSvc[svc.Namespace+"/"+svc.Name])
-		if svcErr != nil {
-			// Keep the VIP the import had: the Service is still there.
-			want.Spec.IPs = have.Spec.IPs
+	want := w.Want
+	if w.Derived != nil {
+		if w.HaveDerived == nil || !derivedCurrent(w.HaveDerived, withOwner(w.Derived, w.Have)) {
+			return false
 		}
+		want = want.DeepCopy()
+		want.Spec.IPs = clusterIPs(w.HaveDerived)
 	}
+	return importSpecCurrent(w.Have, want) && importStatusCurrent(w.Have, want)
+}
+
+// withOwner returns the derived Service svc owned by the ServiceImport si
+// (whose UID the cluster assigned).
+func withOwner(svc *corev1.Service, si *mcsv1beta1.ServiceImport) *corev1.Service {
+	svc = svc.DeepCopy()
+	svc.OwnerReferences = []metav1.OwnerReference{{
+		APIVersion: mcsv1beta1.GroupVersion.String(),
+		Kind:       mcsv1beta1.ServiceImportKindName,
+		Name:       si.Name,
+		UID:        si.UID,
+		Controller: ptr.To(true),
+	}}
+	return svc
+}
+
+// derivedCurrent compares the fields of a derived Service the syncer sets.
+func derivedCurrent(have, want *corev1.Service) bool {
+	return servicePortsEqual(have.Spec.Ports, want.Spec.Ports) && equality.Semantic.DeepEqual(have.Labels, want.Labels) && equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences)
+}
+
+// clusterIPs are a Service's allocated VIPs.
+func clusterIPs(svc *corev1.Service) []string {
+	if len(svc.Spec.ClusterIPs) > 0 {
+		return svc.Spec.ClusterIPs
+	}
+	if svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		return []string{svc.Spec.ClusterIP}
+	}
+	return nil
+}
+
+// importAnnotations are have's annotations with the syncer's
+// derived-service annotation set as want has it; others are kept.
+func importAnnotations(have, want *mcsv1beta1.ServiceImport) map[string]string {
 	ann := stdmaps.Clone(have.Annotations)
 	if v, ok := want.Annotations[DerivedServiceAnnotation]; ok {
 		if ann == nil {
@@ -433,68 +467,22 @@ func (w *ImportWriter) applyImport(ctx context.Context, have, want *mcsv1beta1.S
 	} else {
 		delete(ann, DerivedServiceAnnotation)
 	}
-	if !equality.Semantic.DeepEqual(have.Spec, want.Spec) || !equality.Semantic.DeepEqual(have.Labels, want.Labels) || !stdmaps.Equal(have.Annotations, ann) {
-		up := have.DeepCopy()
-		up.Spec, up.Labels, up.Annotations = want.Spec, want.Labels, ann
-		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
-			return errors.Join(svcErr, fmt.Errorf("update ServiceImport %s: %w", key, err))
-		}
-	}
-	if svcErr != nil {
-		return svcErr
-	}
-	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue, Reason: string(mcsv1beta1.ServiceImportReasonReady), Message: "backends written as EndpointSlices"}
-	if equality.Semantic.DeepEqual(have.Status.Clusters, want.Status.Clusters) && conditionIs(have.Status.Conditions, ready) {
-		return nil
-	}
-	up := have.DeepCopy()
-	up.Status.Clusters = want.Status.Clusters
-	up.Status.EndpointSliceObjects = mcsv1beta1.EndpointSliceObjectsPresent
-	ready.ObservedGeneration = up.Generation
-	apimeta.SetStatusCondition(&up.Status.Conditions, ready)
-	if _, err := c.UpdateStatus(ctx, up, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("update ServiceImport %s status: %w", key, err)
-	}
-	return nil
+	return ann
 }
 
-// applyDerived creates or updates the derived Service want, owned by si,
-// and returns its ClusterIPs. have is the syncer's Service of that name,
-// if any; a Service of that name the syncer does not manage is left alone.
-func (w *ImportWriter) applyDerived(ctx context.Context, si *mcsv1beta1.ServiceImport, want, have *corev1.Service) ([]string, error) {
-	c := w.Kube.CoreV1().Services(want.Namespace)
-	key := want.Namespace + "/" + want.Name
-	want.OwnerReferences = []metav1.OwnerReference{{
-		APIVersion: mcsv1beta1.GroupVersion.String(),
-		Kind:       mcsv1beta1.ServiceImportKindName,
-		Name:       si.Name,
-		UID:        si.UID,
-		Controller: ptr.To(true),
-	}}
-	var err error
-	switch {
-	case have == nil:
-		have, err = c.Create(ctx, want, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: a Service of that name exists that the syncer does not manage (no label %s=%s); delete it so the import gets its VIP", key, si.Name, ManagedByLabel, ManagedByValue)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: %w", key, si.Name, err)
-		}
-	case !servicePortsEqual(have.Spec.Ports, want.Spec.Ports) || !equality.Semantic.DeepEqual(have.Labels, want.Labels) || !equality.Semantic.DeepEqual(have.OwnerReferences, want.OwnerReferences):
-		up := have.DeepCopy()
-		up.Spec.Ports, up.Labels, up.OwnerReferences = want.Spec.Ports, want.Labels, want.OwnerReferences
-		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
-			return nil, fmt.Errorf("update derived Service %s of ServiceImport %s: %w", key, si.Name, err)
-		}
-	}
-	if len(have.Spec.ClusterIPs) > 0 {
-		return have.Spec.ClusterIPs, nil
-	}
-	if have.Spec.ClusterIP != "" && have.Spec.ClusterIP != corev1.ClusterIPNone {
-		return []string{have.Spec.ClusterIP}, nil
-	}
-	return nil, nil
+// importSpecCurrent compares what the syncer sets outside the status.
+func importSpecCurrent(have, want *mcsv1beta1.ServiceImport) bool {
+	return equality.Semantic.DeepEqual(have.Spec, want.Spec) && equality.Semantic.DeepEqual(have.Labels, want.Labels) && stdmaps.Equal(have.Annotations, importAnnotations(have, want))
+}
+
+// importReady is the Ready condition of an import whose slices are written.
+func importReady() metav1.Condition {
+	return metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue, Reason: string(mcsv1beta1.ServiceImportReasonReady), Message: "backends written as EndpointSlices"}
+}
+
+// importStatusCurrent compares the status the syncer sets.
+func importStatusCurrent(have, want *mcsv1beta1.ServiceImport) bool {
+	return equality.Semantic.DeepEqual(have.Status.Clusters, want.Status.Clusters) && conditionIs(have.Status.Conditions, importReady())
 }
 
 // servicePortsEqual compares the fields of ports the syncer sets; the
@@ -503,98 +491,4 @@ func servicePortsEqual(a, b []corev1.ServicePort) bool {
 	return slices.EqualFunc(a, b, func(x, y corev1.ServicePort) bool {
 		return x.Name == y.Name && x.Protocol == y.Protocol && x.Port == y.Port && ptr.Equal(x.AppProtocol, y.AppProtocol)
 	})
-}
-
-// runImports watches the federation's services and writes this cluster's
-// imports, until ctx ends. It reconnects with backoff, resuming from the
-// last revision it applied (the control plane sends a snapshot when that
-// revision is gone).
-func (s *Syncer) runImports(ctx context.Context) {
-	w := &ImportWriter{Kube: s.kube, MCS: s.mcs}
-	st := NewImportState()
-	var rev uint64
-	var exportScope *fedmeshv1.NamespaceScope
-	bo := newBackoff(200*time.Millisecond, 10*time.Second)
-	for ctx.Err() == nil {
-		stream, err := s.cfg.ControlPlane.Watch(ctx, &fedmeshv1.WatchRequest{
-			FromRevision: rev,
-			Kinds: []fedmeshv1.ResourceKind{
-				fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER,
-				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_EXPORT,
-				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT,
-			},
-		})
-		if err != nil {
-			d := bo.next()
-			s.log.Warn("watch services; retrying", "err", err, "in", d)
-			sleepCtx(ctx, d)
-			continue
-		}
-		var snap *ImportState
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				if ctx.Err() == nil {
-					d := bo.next()
-					s.log.Warn("services watch ended; reconnecting", "err", err, "in", d)
-					sleepCtx(ctx, d)
-				}
-				break
-			}
-			bo.reset()
-			switch resp.GetType() {
-			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
-				if snap == nil {
-					snap = NewImportState()
-				}
-				for _, ev := range resp.GetEvents() {
-					snap.Apply(s.cfg.Cluster, ev)
-				}
-				if resp.GetMore() {
-					continue
-				}
-				st, snap = snap, nil
-			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS:
-				for _, ev := range resp.GetEvents() {
-					st.Apply(s.cfg.Cluster, ev)
-				}
-			default:
-				rev = resp.GetRevision()
-				continue
-			}
-			rev = resp.GetRevision()
-			if !proto.Equal(st.Self.GetExports(), exportScope) {
-				exportScope = st.Self.GetExports()
-				if st.Self != nil && s.cfg.ClusterSpec == nil {
-					select {
-					case s.respec <- struct{}{}:
-					default:
-					}
-				}
-			}
-			s.reconcileImports(ctx, w, st)
-		}
-	}
-}
-
-func (s *Syncer) reconcileImports(ctx context.Context, w *ImportWriter, st *ImportState) {
-	nsExists := func(ns string) bool { _, err := s.nss.Get(ns); return err == nil }
-	sis, ess := DesiredImports(s.cfg.Cluster, st, nsExists)
-	if err := w.Apply(ctx, sis, ess); err != nil {
-		s.log.Warn("write imported services", "err", err)
-	}
-	s.metrics.imports.Set(float64(len(sis)))
-	for k, c := range ExportConflicts(s.cfg.Cluster, st) {
-		se, err := s.exports.ServiceExports(k.Namespace).Get(k.Name)
-		if err != nil {
-			continue
-		}
-		mc := metav1.Condition{Type: services.CondConflict, Status: metav1.ConditionStatus(c.GetStatus()), Reason: c.GetReason(), Message: c.GetMessage()}
-		if mc.Reason == "" {
-			mc.Reason = services.ReasonNoConflicts
-		}
-		if !conditionIs(se.Status.Conditions, mc) {
-			s.writeExportConditions(ctx, se, mc)
-		}
-	}
 }

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"fmt"
+	stdmaps "maps"
 	"net"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -336,4 +338,91 @@ func slicesAre(ctx context.Context, cs kubernetes.Interface, want map[string][]s
 		}
 	}
 	return nil
+}
+
+// applied returns what the cluster holds once the desired imports of st are
+// written: the ServiceImports with a UID, spec.ips and a Ready status, the
+// derived Services with a VIP and their owner, and the slices.
+func applied(st *ImportState) ClusterImports {
+	sis, ess := DesiredImports("third", st, func(string) bool { return true })
+	var have ClusterImports
+	for i, si := range sis {
+		si = si.DeepCopy()
+		si.UID = types.UID(fmt.Sprintf("uid-%d", i))
+		si.Status.Conditions = []metav1.Condition{importReady()}
+		if svc := DerivedService(si); svc != nil {
+			svc = withOwner(svc, si)
+			svc.Spec.ClusterIPs = []string{fmt.Sprintf("10.96.0.%d", i+1)}
+			si.Spec.IPs = svc.Spec.ClusterIPs
+			have.Services = append(have.Services, svc)
+		}
+		have.Imports = append(have.Imports, si)
+	}
+	for _, es := range ess {
+		have.Slices = append(have.Slices, es.DeepCopy())
+	}
+	return have
+}
+
+func TestPlanImportWritesTouchesOnlyWhatDiffers(t *testing.T) {
+	two := func() *ImportState {
+		return importState(svcExport("east", "shop", 80, 8080, "10.1.0.1"), svcExport("west", "shop", 80, 8080, "10.2.0.1"))
+	}
+	tests := []struct {
+		name string
+		have func() ClusterImports
+		want *ImportState
+		// counts of each kind of write
+		imports, delImports, delServices, delSlices int
+		slices                                      map[string]SliceOp
+	}{
+		{name: "an empty cluster gets the import and every slice", have: func() ClusterImports { return ClusterImports{} }, want: two(),
+			imports: 1, slices: map[string]SliceOp{"cart-east-v4": SliceCreate, "cart-west-v4": SliceCreate}},
+		{name: "a cluster that holds the desired state gets no write", have: func() ClusterImports { return applied(two()) }, want: two()},
+		{name: "a changed backend updates its slice only", have: func() ClusterImports { return applied(two()) },
+			want:   importState(svcExport("east", "shop", 80, 8080, "10.1.0.1"), svcExport("west", "shop", 80, 8080, "10.2.0.9")),
+			slices: map[string]SliceOp{"cart-west-v4": SliceUpdate}},
+		{name: "a slice of another address family is replaced", have: func() ClusterImports {
+			h := applied(two())
+			h.Slices[0].AddressType = discoveryv1.AddressTypeIPv6
+			return h
+		}, want: two(), slices: map[string]SliceOp{"cart-east-v4": SliceReplace}},
+		{name: "a VIP missing from spec.ips rewrites the import", have: func() ClusterImports {
+			h := applied(two())
+			h.Imports[0].Spec.IPs = nil
+			return h
+		}, want: two(), imports: 1},
+		{name: "a derived Service without its owner rewrites the import", have: func() ClusterImports {
+			h := applied(two())
+			h.Services[0].OwnerReferences = nil
+			return h
+		}, want: two(), imports: 1},
+		{name: "a lost Ready condition rewrites the import", have: func() ClusterImports {
+			h := applied(two())
+			h.Imports[0].Status.Conditions = nil
+			return h
+		}, want: two(), imports: 1},
+		{name: "an import no longer wanted goes with its Service and slices", have: func() ClusterImports { return applied(two()) }, want: NewImportState(),
+			delImports: 1, delServices: 1, delSlices: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sis, ess := DesiredImports("third", tc.want, func(string) bool { return true })
+			p := PlanImportWrites(tc.have(), sis, ess)
+			if len(p.Imports) != tc.imports || len(p.DeleteImports) != tc.delImports || len(p.DeleteServices) != tc.delServices || len(p.DeleteSlices) != tc.delSlices {
+				t.Errorf("imports %d, deleted imports %d, services %d, slices %d; want %d, %d, %d, %d",
+					len(p.Imports), len(p.DeleteImports), len(p.DeleteServices), len(p.DeleteSlices), tc.imports, tc.delImports, tc.delServices, tc.delSlices)
+			}
+			got := map[string]SliceOp{}
+			for _, sw := range p.Slices {
+				got[sw.Want.Name] = sw.Op
+			}
+			if !stdmaps.Equal(got, tc.slices) {
+				t.Errorf("slice writes %v, want %v", got, tc.slices)
+			}
+			if p.Empty() != (tc.imports+tc.delImports+tc.delServices+tc.delSlices+len(tc.slices) == 0) {
+				t.Errorf("Empty() = %v", p.Empty())
+			}
+		})
+	}
 }

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -82,8 +81,9 @@ type Syncer struct {
 	mcs     mcsclient.Interface
 	log     *slog.Logger
 	metrics *metrics
-	rec     record.EventRecorder
 	bcast   record.EventBroadcaster
+	// reporter is the only writer of ServiceExport status and Events.
+	reporter *reporter
 
 	factory    informers.SharedInformerFactory
 	mcsFactory mcsinformers.SharedInformerFactory
@@ -168,7 +168,7 @@ func New(cfg Config) (*Syncer, error) {
 		return nil, fmt.Errorf("new syncer: %w", err)
 	}
 	s.bcast = record.NewBroadcaster()
-	s.rec = s.bcast.NewRecorder(scheme, corev1.EventSource{Component: "fedmesh-syncer"})
+	rec := s.bcast.NewRecorder(scheme, corev1.EventSource{Component: "fedmesh-syncer"})
 
 	s.factory = informers.NewSharedInformerFactory(s.kube, 0)
 	s.mcsFactory = mcsinformers.NewSharedInformerFactory(s.mcs, 0)
@@ -179,6 +179,7 @@ func New(cfg Config) (*Syncer, error) {
 	npInf := s.factory.Networking().V1().NetworkPolicies()
 	seInf := s.mcsFactory.Multicluster().V1beta1().ServiceExports()
 	s.pods, s.nss, s.svcs, s.slices, s.netpols, s.exports = podInf.Lister(), nsInf.Lister(), svcInf.Lister(), sliceInf.Lister(), npInf.Lister(), seInf.Lister()
+	s.reporter = newReporter(s.mcs, s.exports, rec, s.log)
 
 	add := func(inf cache.SharedIndexInformer, keys func(obj any) []Key) error {
 		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -279,11 +280,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 	s.log.Info("informers synced; starting full resync")
 
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.runImports(ctx)
-	}()
+	wg.Go(func() { s.runImports(ctx) })
+	wg.Go(func() { s.reporter.run(ctx) })
 	defer wg.Wait()
 
 	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
@@ -364,84 +362,76 @@ func (s *Syncer) loadSpec(ctx context.Context) error {
 	return nil
 }
 
-// desired computes the value the control plane should hold for k from the
-// informer caches: nil when the object is gone, out of the export scope,
-// or skipped (then reported).
-func (s *Syncer) desired(ctx context.Context, k Key) proto.Message {
-	if !model.InScope(s.spec.GetExports(), k.Namespace) {
-		return nil
-	}
-	var (
-		v   proto.Message
-		err error
-		obj runtime.Object
-	)
+// inputs looks up, in the informer caches, the objects the decision about
+// k reads.
+func (s *Syncer) inputs(k Key) Inputs {
+	var in Inputs
 	switch k.Kind {
 	case KindEndpoint:
-		pod, gerr := s.pods.Pods(k.Namespace).Get(k.Name)
-		if gerr != nil {
-			return nil
-		}
-		obj = pod
-		ns, _ := s.nss.Get(k.Namespace)
-		var ep *fedmeshv1.Endpoint
-		ep, err = EndpointFromPod(s.cfg.Cluster, pod, ns, s.spec)
-		if ep != nil {
-			v = ep
-		}
+		in.Pod, _ = s.pods.Pods(k.Namespace).Get(k.Name)
+		in.Namespace, _ = s.nss.Get(k.Namespace)
 	case KindPolicy:
-		np, gerr := s.netpols.NetworkPolicies(k.Namespace).Get(k.Name)
-		if gerr != nil {
-			return nil
-		}
-		obj = np
-		v, err = policyFromK8s(s.cfg.Cluster, np)
+		in.Policy, _ = s.netpols.NetworkPolicies(k.Namespace).Get(k.Name)
 	case KindExport:
-		se, gerr := s.exports.ServiceExports(k.Namespace).Get(k.Name)
-		if gerr != nil {
-			return nil
+		in.Export, _ = s.exports.ServiceExports(k.Namespace).Get(k.Name)
+		if in.Export != nil {
+			in.Service, _ = s.svcs.Services(k.Namespace).Get(k.Name)
+			in.Slices, _ = s.slices.EndpointSlices(k.Namespace).List(labels.SelectorFromSet(labels.Set{serviceNameLabel: k.Name}))
 		}
-		obj = se
-		svc, _ := s.svcs.Services(k.Namespace).Get(k.Name)
-		sl, _ := s.slices.EndpointSlices(k.Namespace).List(labels.SelectorFromSet(labels.Set{serviceNameLabel: k.Name}))
-		var x *fedmeshv1.ServiceExport
-		x, err = ExportFromService(s.cfg.Cluster, se, svc, sl)
-		if x != nil {
-			v = x
-		}
-		s.setExportValid(ctx, se, err)
 	}
-	if err != nil {
-		s.reportSkip(k, obj, err)
-		return nil
-	}
-	delete(s.lastSkip, k)
-	return v
+	return in
 }
 
-func policyFromK8s(cluster string, np *networkingv1.NetworkPolicy) (*fedmeshv1.Policy, error) {
-	p := model.PolicyFromK8s(cluster, np)
-	if err := model.ValidatePolicy(p); err != nil {
-		return nil, skip("Invalid", "the federation rejects NetworkPolicy %s/%s: %v", np.Namespace, np.Name, err)
+// decide decides about every key (Decide, from the informer caches) and
+// acts on what is not a write to the control plane: skips are counted,
+// logged and, once per reason, posted as Events; export conditions are
+// posted to the reporter. It returns the desired value of each key.
+// Called by the publisher loop only.
+func (s *Syncer) decide(keys []Key) (map[Key]proto.Message, []Decision) {
+	desired := make(map[Key]proto.Message, len(keys))
+	ds := make([]Decision, 0, len(keys))
+	for _, k := range keys {
+		d := Decide(s.cfg.Cluster, s.spec, k, s.inputs(k))
+		desired[k] = d.Value
+		ds = append(ds, d)
+		s.noteSkip(d)
+		if k.Kind == KindExport {
+			ref := exportRef{k.Namespace, k.Name}
+			if d.ExportConditions != nil {
+				s.reporter.setConditions(ref, d.ExportConditions...)
+			} else {
+				s.reporter.forget(ref)
+			}
+		}
 	}
-	return p, nil
+	return desired, ds
 }
 
-// reportSkip records a skipped object once per reason: a metric and a
-// Kubernetes Event on the object, so `kubectl describe` shows why.
-func (s *Syncer) reportSkip(k Key, obj runtime.Object, err error) {
-	se, ok := IsSkip(err)
-	if !ok {
-		se = &SkipError{Reason: "Error", Message: err.Error()}
-	}
-	if s.lastSkip[k] == se.Reason {
+// noteSkip reports a skipped object once per reason: a metric, a log line
+// and a Kubernetes Event on the object, so `kubectl describe` shows why.
+func (s *Syncer) noteSkip(d Decision) {
+	if d.Skip == nil {
+		delete(s.lastSkip, d.Key)
 		return
 	}
-	s.lastSkip[k] = se.Reason
-	s.metrics.skipped.WithLabelValues(k.Kind.String(), se.Reason).Inc()
-	s.log.Info("not published", "kind", k.Kind, "namespace", k.Namespace, "name", k.Name, "reason", se.Reason, "detail", se.Message)
-	if obj != nil {
-		s.rec.Event(obj, corev1.EventTypeWarning, "FedmeshSkipped"+se.Reason, se.Message)
+	if s.lastSkip[d.Key] == d.Skip.Reason {
+		return
+	}
+	s.lastSkip[d.Key] = d.Skip.Reason
+	s.metrics.skipped.WithLabelValues(d.Key.Kind.String(), d.Skip.Reason).Inc()
+	s.log.Info("not published", "kind", d.Key.Kind, "namespace", d.Key.Namespace, "name", d.Key.Name, "reason", d.Skip.Reason, "detail", d.Skip.Message)
+	if d.Object != nil {
+		s.reporter.event(d.Object, d.Skip.Reason, d.Skip.Message)
+	}
+}
+
+// committed marks the exports among ds that the control plane now holds
+// Ready.
+func (s *Syncer) committed(ds []Decision) {
+	for _, d := range ds {
+		if d.Key.Kind == KindExport && d.Value != nil {
+			s.reporter.setConditions(exportRef{d.Key.Namespace, d.Key.Name}, readyCondition())
+		}
 	}
 }
 
@@ -479,9 +469,10 @@ func (s *Syncer) resync(ctx context.Context) error {
 		return err
 	}
 	s.takePending() // everything is recomputed below
+	all, ds := s.decide(s.allKeys())
 	desired := Published{}
-	for _, k := range s.allKeys() {
-		if v := s.desired(ctx, k); v != nil {
+	for k, v := range all {
+		if v != nil {
 			desired[k] = v
 		}
 	}
@@ -493,7 +484,7 @@ func (s *Syncer) resync(ctx context.Context) error {
 	}
 	s.published = desired
 	s.metrics.resyncs.Inc()
-	s.setReady(ctx)
+	s.committed(ds)
 	s.log.Info("full resync done", "generation", gen, "objects", len(desired), "took", time.Since(start))
 	return nil
 }
@@ -503,19 +494,19 @@ func (s *Syncer) flush(ctx context.Context) error {
 	if len(pend) == 0 {
 		return nil
 	}
-	desired := make(map[Key]proto.Message, len(pend))
+	keys := make([]Key, 0, len(pend))
 	for k := range pend {
-		desired[k] = s.desired(ctx, k)
+		keys = append(keys, k)
 	}
+	desired, ds := s.decide(keys)
 	b, next := PlanIncremental(s.cfg.Cluster, s.published, desired, s.cfg.BatchSize)
-	if b.Empty() {
-		return nil
-	}
-	if err := s.send(ctx, b); err != nil {
-		return err
+	if !b.Empty() {
+		if err := s.send(ctx, b); err != nil {
+			return err
+		}
 	}
 	s.published = next
-	s.setReady(ctx)
+	s.committed(ds)
 	return nil
 }
 

@@ -1,0 +1,280 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// The I/O half of imports: ImportWriter carries out the plan the pure half
+// (imports.go) computes, and the import watcher is the loop around both.
+
+// ImportWriter applies desired MCS objects to a cluster. It is used by one
+// goroutine (the import watcher); every method blocks on API calls.
+type ImportWriter struct {
+	Kube kubernetes.Interface
+	MCS  mcsclient.Interface
+}
+
+// Apply makes the cluster's syncer-owned ServiceImports, derived Services
+// and EndpointSlices equal to the desired ones (PlanImportWrites): creates,
+// updates, and deletes what is no longer wanted. A ClusterSetIP import gets
+// its derived Service (owned by the ServiceImport, so the garbage collector
+// removes it with the import too) and the Service's ClusterIPs as spec.ips.
+// It carries on past a failed object and returns every error joined.
+func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImport, ess []*discoveryv1.EndpointSlice) error {
+	have, err := w.list(ctx)
+	if err != nil {
+		return err
+	}
+	return w.Write(ctx, PlanImportWrites(have, sis, ess))
+}
+
+// list reads what the syncer owns in the cluster.
+func (w *ImportWriter) list(ctx context.Context) (ClusterImports, error) {
+	sel := metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedByValue}
+	var have ClusterImports
+	sis, err := w.MCS.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll).List(ctx, sel)
+	if err != nil {
+		return have, fmt.Errorf("list ServiceImports: %w", err)
+	}
+	svcs, err := w.Kube.CoreV1().Services(metav1.NamespaceAll).List(ctx, sel)
+	if err != nil {
+		return have, fmt.Errorf("list derived Services: %w", err)
+	}
+	ess, err := w.Kube.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, sel)
+	if err != nil {
+		return have, fmt.Errorf("list EndpointSlices: %w", err)
+	}
+	for i := range sis.Items {
+		have.Imports = append(have.Imports, &sis.Items[i])
+	}
+	for i := range svcs.Items {
+		have.Services = append(have.Services, &svcs.Items[i])
+	}
+	for i := range ess.Items {
+		have.Slices = append(have.Slices, &ess.Items[i])
+	}
+	return have, nil
+}
+
+// Write carries out a plan in its order.
+func (w *ImportWriter) Write(ctx context.Context, p ImportWrites) error {
+	var errs []error
+	for _, iw := range p.Imports {
+		errs = append(errs, w.applyImport(ctx, iw))
+	}
+	for _, x := range p.DeleteImports {
+		err := w.MCS.MulticlusterV1beta1().ServiceImports(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete ServiceImport %s/%s: %w", x.Namespace, x.Name, err))
+		}
+	}
+	for _, x := range p.DeleteServices {
+		err := w.Kube.CoreV1().Services(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete derived Service %s/%s: %w", x.Namespace, x.Name, err))
+		}
+	}
+	for _, sw := range p.Slices {
+		es := sw.Want
+		c := w.Kube.DiscoveryV1().EndpointSlices(es.Namespace)
+		var err error
+		switch sw.Op {
+		case SliceCreate:
+			_, err = c.Create(ctx, es, metav1.CreateOptions{})
+		case SliceReplace:
+			if err = c.Delete(ctx, es.Name, metav1.DeleteOptions{}); err == nil || apierrors.IsNotFound(err) {
+				_, err = c.Create(ctx, es, metav1.CreateOptions{})
+			}
+		case SliceUpdate:
+			up := sw.Have.DeepCopy()
+			up.Endpoints, up.Ports, up.Labels = es.Endpoints, es.Ports, es.Labels
+			_, err = c.Update(ctx, up, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("write EndpointSlice %s/%s: %w", es.Namespace, es.Name, err))
+		}
+	}
+	for _, x := range p.DeleteSlices {
+		err := w.Kube.DiscoveryV1().EndpointSlices(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete EndpointSlice %s/%s: %w", x.Namespace, x.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// applyImport writes one ServiceImport and, for a ClusterSetIP import, its
+// derived Service, then puts the Service's ClusterIPs into spec.ips. The
+// ServiceImport is created first: the Service's owner reference needs its
+// UID. Each step is skipped when the cluster already has its result.
+func (w *ImportWriter) applyImport(ctx context.Context, iw ImportWrite) error {
+	c := w.MCS.MulticlusterV1beta1().ServiceImports(iw.Want.Namespace)
+	key := iw.Want.Namespace + "/" + iw.Want.Name
+	want := iw.Want.DeepCopy()
+	have := iw.Have
+	var err error
+	if have == nil {
+		have, err = c.Create(ctx, want, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("create ServiceImport %s: %w", key, err)
+		}
+	}
+	var svcErr error
+	if iw.Derived != nil {
+		want.Spec.IPs, svcErr = w.applyDerived(ctx, have, withOwner(iw.Derived, have), iw.HaveDerived)
+		if svcErr != nil {
+			// Keep the VIP the import had: the Service is still there.
+			want.Spec.IPs = have.Spec.IPs
+		}
+	}
+	if !importSpecCurrent(have, want) {
+		up := have.DeepCopy()
+		up.Spec, up.Labels, up.Annotations = want.Spec, want.Labels, importAnnotations(have, want)
+		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
+			return errors.Join(svcErr, fmt.Errorf("update ServiceImport %s: %w", key, err))
+		}
+	}
+	if svcErr != nil {
+		return svcErr
+	}
+	if importStatusCurrent(have, want) {
+		return nil
+	}
+	up := have.DeepCopy()
+	up.Status.Clusters = want.Status.Clusters
+	up.Status.EndpointSliceObjects = mcsv1beta1.EndpointSliceObjectsPresent
+	ready := importReady()
+	ready.ObservedGeneration = up.Generation
+	apimeta.SetStatusCondition(&up.Status.Conditions, ready)
+	if _, err := c.UpdateStatus(ctx, up, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update ServiceImport %s status: %w", key, err)
+	}
+	return nil
+}
+
+// applyDerived creates or updates the derived Service want (owned by si)
+// and returns its ClusterIPs. have is the syncer's Service of that name,
+// if any; a Service of that name the syncer does not manage is left alone.
+func (w *ImportWriter) applyDerived(ctx context.Context, si *mcsv1beta1.ServiceImport, want, have *corev1.Service) ([]string, error) {
+	c := w.Kube.CoreV1().Services(want.Namespace)
+	key := want.Namespace + "/" + want.Name
+	var err error
+	switch {
+	case have == nil:
+		have, err = c.Create(ctx, want, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: a Service of that name exists that the syncer does not manage (no label %s=%s); delete it so the import gets its VIP", key, si.Name, ManagedByLabel, ManagedByValue)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create derived Service %s of ServiceImport %s: %w", key, si.Name, err)
+		}
+	case !derivedCurrent(have, want):
+		up := have.DeepCopy()
+		up.Spec.Ports, up.Labels, up.OwnerReferences = want.Spec.Ports, want.Labels, want.OwnerReferences
+		if have, err = c.Update(ctx, up, metav1.UpdateOptions{}); err != nil {
+			return nil, fmt.Errorf("update derived Service %s of ServiceImport %s: %w", key, si.Name, err)
+		}
+	}
+	return clusterIPs(have), nil
+}
+
+// runImports watches the federation's services and writes this cluster's
+// imports, until ctx ends. It reconnects with backoff, resuming from the
+// last revision it applied (the control plane sends a snapshot when that
+// revision is gone).
+func (s *Syncer) runImports(ctx context.Context) {
+	w := &ImportWriter{Kube: s.kube, MCS: s.mcs}
+	st := NewImportState()
+	var rev uint64
+	var exportScope *fedmeshv1.NamespaceScope
+	bo := newBackoff(200*time.Millisecond, 10*time.Second)
+	for ctx.Err() == nil {
+		stream, err := s.cfg.ControlPlane.Watch(ctx, &fedmeshv1.WatchRequest{
+			FromRevision: rev,
+			Kinds: []fedmeshv1.ResourceKind{
+				fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER,
+				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_EXPORT,
+				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT,
+			},
+		})
+		if err != nil {
+			d := bo.next()
+			s.log.Warn("watch services; retrying", "err", err, "in", d)
+			sleepCtx(ctx, d)
+			continue
+		}
+		var snap *ImportState
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				if ctx.Err() == nil {
+					d := bo.next()
+					s.log.Warn("services watch ended; reconnecting", "err", err, "in", d)
+					sleepCtx(ctx, d)
+				}
+				break
+			}
+			bo.reset()
+			switch resp.GetType() {
+			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
+				if snap == nil {
+					snap = NewImportState()
+				}
+				for _, ev := range resp.GetEvents() {
+					snap.Apply(s.cfg.Cluster, ev)
+				}
+				if resp.GetMore() {
+					continue
+				}
+				st, snap = snap, nil
+			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS:
+				for _, ev := range resp.GetEvents() {
+					st.Apply(s.cfg.Cluster, ev)
+				}
+			default:
+				rev = resp.GetRevision()
+				continue
+			}
+			rev = resp.GetRevision()
+			if !proto.Equal(st.Self.GetExports(), exportScope) {
+				exportScope = st.Self.GetExports()
+				if st.Self != nil && s.cfg.ClusterSpec == nil {
+					select {
+					case s.respec <- struct{}{}:
+					default:
+					}
+				}
+			}
+			s.reconcileImports(ctx, w, st)
+		}
+	}
+}
+
+func (s *Syncer) reconcileImports(ctx context.Context, w *ImportWriter, st *ImportState) {
+	nsExists := func(ns string) bool { _, err := s.nss.Get(ns); return err == nil }
+	sis, ess := DesiredImports(s.cfg.Cluster, st, nsExists)
+	if err := w.Apply(ctx, sis, ess); err != nil {
+		s.log.Warn("write imported services", "err", err)
+	}
+	s.metrics.imports.Set(float64(len(sis)))
+	conflicts := map[exportRef]metav1.Condition{}
+	for k, c := range ExportConflicts(s.cfg.Cluster, st) {
+		conflicts[exportRef{k.Namespace, k.Name}] = conflictCondition(c)
+	}
+	s.reporter.setConflicts(conflicts)
+}
