@@ -198,17 +198,28 @@ func (e *fedEnv) join(name, podCIDR string, tweak func(*fedmeshv1.Cluster)) *mem
 // (or the test ends).
 func (m *member) startSyncer() (stop func()) {
 	m.t.Helper()
+	_, stop = m.startSyncerWith(nil)
+	return stop
+}
+
+// startSyncerWith is startSyncer with the configuration changed by mut
+// first (which may wrap the ControlPlane); it also returns the syncer.
+func (m *member) startSyncerWith(mut func(*Config)) (s *Syncer, stop func()) {
+	m.t.Helper()
 	cc, err := grpc.NewClient(m.rep.GRPCAddr, append(m.faults.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		m.t.Fatal(err)
 	}
 	m.reg = prometheus.NewRegistry()
-	s, err := New(Config{
+	cfg := Config{
 		Cluster: m.name, REST: m.kube.Config, ControlPlane: NewControlPlane(cc),
 		Logger:     slog.New(slog.NewTextHandler(m.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("member", m.name),
 		Registerer: m.reg,
-		Debounce:   20 * time.Millisecond,
-	})
+	}
+	if mut != nil {
+		mut(&cfg)
+	}
+	s, err = New(cfg)
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -226,7 +237,7 @@ func (m *member) startSyncer() (stop func()) {
 		})
 	}
 	m.t.Cleanup(stop)
-	return stop
+	return s, stop
 }
 
 func (m *member) pod(ctx context.Context, ns, name string, lbls map[string]string, mut func(*corev1.Pod), ips ...string) {

@@ -63,15 +63,28 @@ func (b *Batches) Empty() bool {
 // publisher loop.
 type Published map[Key]proto.Message
 
+// Changes are what the batches of a plan change in Published once they
+// commit: the new value of each key, nil for a delete.
+type Changes map[Key]proto.Message
+
+// Apply records committed changes.
+func (p Published) Apply(c Changes) {
+	for k, v := range c {
+		if v == nil {
+			delete(p, k)
+		} else {
+			p[k] = v
+		}
+	}
+}
+
 // PlanIncremental compares the desired value of each changed key (nil: the
 // object is gone or skipped) with what was published and returns the
-// batches that bring the control plane to the desired state, plus the
-// published state once they commit. Unchanged objects are not resent.
-func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Message, batchSize int) (Batches, Published) {
-	next := make(Published, len(pub)+len(desired))
-	for k, v := range pub {
-		next[k] = v
-	}
+// batches that bring the control plane to the desired state, plus what
+// they change in pub once they commit. Unchanged objects are not resent.
+// Its cost is proportional to the changed keys, not to pub.
+func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Message, batchSize int) (Batches, Changes) {
+	next := Changes{}
 	keys := make([]Key, 0, len(desired))
 	for k := range desired {
 		keys = append(keys, k)
@@ -89,7 +102,7 @@ func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Messag
 		case want == nil && !had:
 			continue
 		case want == nil:
-			delete(next, k)
+			next[k] = nil
 			switch k.Kind {
 			case KindEndpoint:
 				epDel = append(epDel, &fedmeshv1.EndpointKey{Namespace: k.Namespace, Name: k.Name})

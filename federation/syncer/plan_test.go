@@ -32,7 +32,7 @@ func TestPlanIncremental(t *testing.T) {
 		{KindPolicy, "ns", "allow"}:       &fedmeshv1.Policy{Name: "allow"},
 		{KindExport, "ns", "new-service"}: &fedmeshv1.ServiceExport{Name: "new-service"},
 	}
-	b, next := PlanIncremental("east", pub, desired, 0)
+	b, changes := PlanIncremental("east", pub, desired, 0)
 	if len(b.Endpoints) != 1 || len(b.Endpoints[0].Endpoints) != 2 {
 		t.Fatalf("endpoint upserts %v, want one batch of changed+new", b.Endpoints)
 	}
@@ -51,6 +51,14 @@ func TestPlanIncremental(t *testing.T) {
 	if len(b.Unexports) != 1 || len(b.Exports) != 1 {
 		t.Fatalf("exports %v / unexports %v", b.Exports, b.Unexports)
 	}
+	if len(changes) != 7 {
+		t.Errorf("changes %v: want changed, new, allow and new-service set and gone, deny and cart deleted; nothing for same and never", changes)
+	}
+	next := Published{}
+	for k, v := range pub {
+		next[k] = v
+	}
+	next.Apply(changes)
 	want := []Key{{KindEndpoint, "ns", "same"}, {KindEndpoint, "ns", "changed"}, {KindEndpoint, "ns", "new"}, {KindPolicy, "ns", "allow"}, {KindExport, "ns", "new-service"}}
 	if len(next) != len(want) {
 		t.Fatalf("published after: %d objects, want %d", len(next), len(want))

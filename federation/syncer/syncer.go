@@ -1,13 +1,34 @@
 // Package syncer owns what one member cluster and the federation exchange:
 // client-go informers on the cluster's API publish its pods (endpoints),
 // NetworkPolicies (the cluster's policies) and exported services to the
-// control plane, in debounced batches with a full resync (with a generation)
-// at start and after every failed write; and imported services are written
-// back into the cluster as MCS API ServiceImports and EndpointSlices, plus,
-// for a ClusterSetIP import, a derived Service that holds its VIP.
+// control plane, with a full resync (with a generation) at start and after
+// every failed write; and imported services are written back into the
+// cluster as MCS API ServiceImports and EndpointSlices, plus, for a
+// ClusterSetIP import, a derived Service that holds its VIP.
 //
-// The mapping from Kubernetes objects to API objects (mapping.go) and the
-// batch planning (plan.go) are pure; Syncer is the loop around them.
+// # Shape
+//
+// Deciding is pure: the mapping from Kubernetes objects to API objects
+// (mapping.go), the decision about each changed object — its desired value,
+// why it is skipped, its ServiceExport conditions (decide.go) — the batch
+// planning (plan.go) and, on the import side, the desired MCS objects and
+// the writes that get the cluster there (imports.go). Syncer is the loop
+// around them, with three goroutines: the publisher loop owns what was
+// published and the only write stream to the control plane; the import
+// watcher follows the control plane's watch and writes imports
+// (importwriter.go); the reporter (status.go) is the only writer of
+// ServiceExport status and Events, which the other two post to it as
+// values.
+//
+// # Batching
+//
+// Writes are batched adaptively, with at most one write in flight: a change
+// goes out at once when no write is in flight, and the changes that arrive
+// while one is share the next write. Under churn the writes follow each
+// other back to back, each carrying what arrived during the one before, so
+// a change waits at most about two write round trips and the batch size
+// grows with the load instead of with a timer. Config.MaxDelay (the
+// --max-delay flag) may hold changes longer to make writes fewer and larger.
 package syncer
 
 import (
@@ -58,10 +79,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer for the syncer's metrics; none registered when nil.
 	Registerer prometheus.Registerer
-	// Debounce is how long the syncer waits for more changes before it
-	// sends a batch (default 50ms); MaxDelay bounds the wait under steady
-	// churn (default 500ms).
-	Debounce, MaxDelay time.Duration
+	// MaxDelay is how long the syncer may hold a change to batch it with
+	// later ones: a write starts once the oldest unsent change is MaxDelay
+	// old and no write is in flight. Zero, the default, writes at once;
+	// changes that arrive during a write always share the next one. Under
+	// steady churn a positive MaxDelay spaces writes at least MaxDelay
+	// apart, trading up to MaxDelay of latency for fewer, larger writes.
+	MaxDelay time.Duration
 	// BatchSize is the most objects per write (default and at most
 	// model.MaxBatch).
 	BatchSize int
@@ -97,7 +121,9 @@ type Syncer struct {
 
 	mu      sync.Mutex
 	pending map[Key]struct{}
-	kick    chan struct{}
+	// pendingSince is when the oldest change in pending arrived.
+	pendingSince time.Time
+	kick         chan struct{}
 	// respec tells the publisher loop that this cluster's registration
 	// changed (the import watcher sees it); the loop answers with a full
 	// resync, since the export scope may have changed.
@@ -128,11 +154,8 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Debounce <= 0 {
-		cfg.Debounce = 50 * time.Millisecond
-	}
-	if cfg.MaxDelay < cfg.Debounce {
-		cfg.MaxDelay = max(10*cfg.Debounce, 500*time.Millisecond)
+	if cfg.MaxDelay < 0 {
+		return nil, fmt.Errorf("new syncer: max delay %s is negative; use 0 to write at once", cfg.MaxDelay)
 	}
 	if cfg.BatchSize <= 0 || cfg.BatchSize > model.MaxBatch {
 		cfg.BatchSize = model.MaxBatch
@@ -242,6 +265,9 @@ func (s *Syncer) enqueue(keys ...Key) {
 		return
 	}
 	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.pendingSince = time.Now()
+	}
 	for _, k := range keys {
 		s.pending[k] = struct{}{}
 	}
@@ -311,7 +337,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 			continue
 		case <-s.kick:
 		}
-		s.debounce(ctx)
+		if !s.hold(ctx) {
+			return nil
+		}
+		// The write is synchronous: this loop is the one write in flight,
+		// and what arrives meanwhile waits in pending for the next.
 		if err := s.flush(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -328,24 +358,19 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 }
 
-// debounce waits until no change arrived for Debounce, or MaxDelay passed.
-func (s *Syncer) debounce(ctx context.Context) {
-	deadline := time.NewTimer(s.cfg.MaxDelay)
-	defer deadline.Stop()
-	quiet := time.NewTimer(s.cfg.Debounce)
-	defer quiet.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-deadline.C:
-			return
-		case <-quiet.C:
-			return
-		case <-s.kick:
-			quiet.Reset(s.cfg.Debounce)
-		}
+// hold waits until the oldest pending change is MaxDelay old; false when
+// ctx ended.
+func (s *Syncer) hold(ctx context.Context) bool {
+	if s.cfg.MaxDelay <= 0 {
+		return true
 	}
+	s.mu.Lock()
+	wait := time.Until(s.pendingSince.Add(s.cfg.MaxDelay))
+	s.mu.Unlock()
+	if wait <= 0 {
+		return true
+	}
+	return sleepCtx(ctx, wait)
 }
 
 // loadSpec fetches this cluster's registration (export scope, pod CIDRs).
@@ -505,7 +530,7 @@ func (s *Syncer) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	s.published = next
+	s.published.Apply(next)
 	s.committed(ds)
 	return nil
 }

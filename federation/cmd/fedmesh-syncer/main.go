@@ -64,8 +64,9 @@ func main() {
 	o.creds.AddFlags(f)
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh-syncer", "directory for the certificate a --join-token obtains (mode 0600)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address of the Prometheus /metrics endpoint (empty: off)")
-	f.DurationVar(&o.debounce, "debounce", 50*time.Millisecond, "wait this long for more changes before sending a batch")
-	f.DurationVar(&o.maxDelay, "max-delay", 500*time.Millisecond, "send a batch at least this often under steady churn")
+	f.DurationVar(&o.maxDelay, "max-delay", 0, "hold a change up to this long to batch it with later ones (0: write at once; changes that arrive during a write always share the next one)")
+	f.DurationVar(&o.debounce, "debounce", 0, "ignored: batching is adaptive")
+	_ = f.MarkDeprecated("debounce", "batching is adaptive; use --max-delay to hold changes for larger batches")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("cluster")
 	if err := cmd.Execute(); err != nil {
@@ -119,7 +120,6 @@ func run(ctx context.Context, o options) error {
 		ControlPlane: syncer.NewControlPlane(conn),
 		Logger:       log,
 		Registerer:   reg,
-		Debounce:     o.debounce,
 		MaxDelay:     o.maxDelay,
 	})
 	if err != nil {
