@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +16,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -193,75 +194,93 @@ func (w *ImportWriter) applyDerived(ctx context.Context, si *mcsv1beta1.ServiceI
 	return clusterIPs(have), nil
 }
 
-// runImports watches the federation's services and writes this cluster's
-// imports, until ctx ends. It reconnects with backoff, resuming from the
-// last revision it applied (the control plane sends a snapshot when that
-// revision is gone).
+// Kinds the import watcher follows.
+var importKinds = []fedmeshv1.ResourceKind{
+	fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_EXPORT,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT,
+}
+
+// runImports is the import watcher: it follows the federation's services
+// (watchclient: resume from its revision, snapshots, stale and broken
+// stream detection, reconnects) and writes this cluster's imports, until
+// ctx ends. It drains every message waiting before it writes, so under
+// churn it writes the newest state once, not every intermediate one.
 func (s *Syncer) runImports(ctx context.Context) {
+	watch := watchclient.New(watchclient.Config{
+		Open: func(ctx context.Context, from uint64) (watchclient.Stream, error) {
+			return s.cfg.ControlPlane.Watch(ctx, &fedmeshv1.WatchRequest{FromRevision: from, Kinds: importKinds})
+		},
+		BackoffBase: retryBase, BackoffMax: retryMax,
+		Logger: s.log.With("watch", "services"),
+	})
+	var wg sync.WaitGroup
+	wg.Go(func() { watch.Run(ctx) })
+	defer wg.Wait()
+
 	w := &ImportWriter{Kube: s.kube, MCS: s.mcs}
 	st := NewImportState()
-	var rev uint64
+	var follow watchclient.Follower
 	var exportScope *fedmeshv1.NamespaceScope
-	bo := newBackoff(200*time.Millisecond, 10*time.Second)
-	for ctx.Err() == nil {
-		stream, err := s.cfg.ControlPlane.Watch(ctx, &fedmeshv1.WatchRequest{
-			FromRevision: rev,
-			Kinds: []fedmeshv1.ResourceKind{
-				fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER,
-				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_EXPORT,
-				fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT,
-			},
-		})
-		if err != nil {
-			d := bo.next()
-			s.log.Warn("watch services; retrying", "err", err, "in", d)
-			sleepCtx(ctx, d)
-			continue
+	discarding := false // the stream failed; skip until the next one
+	for {
+		var batch []watchclient.Item
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-watch.Items():
+			batch = append(batch, it)
 		}
-		var snap *ImportState
+	drain:
 		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				if ctx.Err() == nil {
-					d := bo.next()
-					s.log.Warn("services watch ended; reconnecting", "err", err, "in", d)
-					sleepCtx(ctx, d)
-				}
-				break
-			}
-			bo.reset()
-			switch resp.GetType() {
-			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
-				if snap == nil {
-					snap = NewImportState()
-				}
-				for _, ev := range resp.GetEvents() {
-					snap.Apply(s.cfg.Cluster, ev)
-				}
-				if resp.GetMore() {
-					continue
-				}
-				st, snap = snap, nil
-			case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS:
-				for _, ev := range resp.GetEvents() {
-					st.Apply(s.cfg.Cluster, ev)
-				}
+			select {
+			case it := <-watch.Items():
+				batch = append(batch, it)
 			default:
-				rev = resp.GetRevision()
+				break drain
+			}
+		}
+		changed := false
+		for _, it := range batch {
+			if it.NewStream {
+				follow.ResetStream()
+				discarding = false
 				continue
 			}
-			rev = resp.GetRevision()
-			if !proto.Equal(st.Self.GetExports(), exportScope) {
-				exportScope = st.Self.GetExports()
-				if st.Self != nil && s.cfg.ClusterSpec == nil {
-					select {
-					case s.respec <- struct{}{}:
-					default:
-					}
+			if discarding {
+				continue
+			}
+			u, err := follow.Apply(it.Resp)
+			if err != nil {
+				s.log.Warn("restarting the services watch: stream cannot be followed", "from_revision", follow.Revision(), "err", err)
+				discarding = true
+				watch.Resync(follow.Revision())
+				continue
+			}
+			switch u.Kind {
+			case watchclient.UpdateSnapshot:
+				st = NewImportState()
+				fallthrough
+			case watchclient.UpdateEvents:
+				for _, ev := range u.Events {
+					st.Apply(s.cfg.Cluster, ev)
+				}
+				changed = true
+			}
+		}
+		if !changed || !follow.Synced() {
+			continue
+		}
+		if !proto.Equal(st.Self.GetExports(), exportScope) {
+			exportScope = st.Self.GetExports()
+			if st.Self != nil && s.cfg.ClusterSpec == nil {
+				select {
+				case s.respec <- struct{}{}:
+				default:
 				}
 			}
-			s.reconcileImports(ctx, w, st)
 		}
+		s.reconcileImports(ctx, w, st)
 	}
 }
 

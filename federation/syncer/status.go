@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/util/retry"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 )
 
 // exportRef names one ServiceExport of the cluster.
@@ -138,23 +140,23 @@ func (r *reporter) event(obj runtime.Object, reason, message string) {
 // run writes what was posted until ctx ends. A failed write is retried
 // with backoff; a newer post for the same export replaces what it writes.
 func (r *reporter) run(ctx context.Context) {
-	bo := newBackoff(200*time.Millisecond, 10*time.Second)
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
+	backoff := watchclient.NewRetry(retryBase, retryMax, 0)
+	again := time.NewTimer(time.Hour)
+	again.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.kick:
-		case <-retry.C:
+		case <-again.C:
 		}
 		r.take()
 		if failed := r.writeDirty(ctx); failed > 0 && ctx.Err() == nil {
-			d := bo.next()
+			d := backoff.Next()
 			r.log.Warn("update ServiceExport status failed; retrying", "exports", failed, "in", d)
-			retry.Reset(d)
+			again.Reset(d)
 		} else {
-			bo.reset()
+			backoff.Reset()
 		}
 	}
 }

@@ -36,7 +36,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -62,6 +61,7 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -310,7 +310,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	wg.Go(func() { s.reporter.run(ctx) })
 	defer wg.Wait()
 
-	backoff := newBackoff(200*time.Millisecond, 10*time.Second)
+	retry := watchclient.NewRetry(retryBase, retryMax, 0)
 	needResync := true
 	for {
 		if needResync {
@@ -318,15 +318,15 @@ func (s *Syncer) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return nil
 				}
-				d := backoff.next()
+				d := retry.Next()
 				s.log.Warn("full resync failed; retrying", "err", err, "in", d)
 				s.metrics.sendErrors.Inc()
-				if !sleepCtx(ctx, d) {
+				if !watchclient.Sleep(ctx, d) {
 					return nil
 				}
 				continue
 			}
-			backoff.reset()
+			retry.Reset()
 			needResync = false
 		}
 		select {
@@ -351,7 +351,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.log.Warn("publish failed; full resync follows", "err", err)
 			s.metrics.sendErrors.Inc()
 			needResync = true
-			if !sleepCtx(ctx, backoff.next()) {
+			if !watchclient.Sleep(ctx, retry.Next()) {
 				return nil
 			}
 		}
@@ -370,7 +370,7 @@ func (s *Syncer) hold(ctx context.Context) bool {
 	if wait <= 0 {
 		return true
 	}
-	return sleepCtx(ctx, wait)
+	return watchclient.Sleep(ctx, wait)
 }
 
 // loadSpec fetches this cluster's registration (export scope, pod CIDRs).
@@ -602,34 +602,11 @@ func (s *Syncer) send(ctx context.Context, b Batches) error {
 	return nil
 }
 
-type backoff struct {
-	base, limit, cur time.Duration
-}
-
-func newBackoff(base, limit time.Duration) *backoff { return &backoff{base: base, limit: limit} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.base
-	} else {
-		b.cur = min(2*b.cur, b.limit)
-	}
-	// Jitter so the syncers of many clusters do not retry in step.
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+// Bounds of the syncer's retries (writes, status, watch reconnects).
+const (
+	retryBase = 200 * time.Millisecond
+	retryMax  = 10 * time.Second
+)
 
 func isNotFound(err error) bool {
 	return apierrors.IsNotFound(err) || grpcCode(err) == "NotFound"

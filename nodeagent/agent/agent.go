@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -85,10 +86,7 @@ type Deps struct {
 
 // watchItem is what the watch goroutine hands the sync goroutine: a
 // message, or the news that a new stream started.
-type watchItem struct {
-	resp      *fedmeshv1.WatchResponse
-	newStream bool
-}
+type watchItem = watchclient.Item
 
 // Agent is one node's sync loop. Create it with New and start it with Run.
 type Agent struct {
@@ -98,8 +96,8 @@ type Agent struct {
 	m    *metrics
 	self *fedmeshv1.Node
 
-	msgs   chan watchItem
-	resync chan uint64
+	watch *watchclient.Watcher
+	msgs  <-chan watchItem
 
 	// Owned by the sync goroutine.
 	view    *View
@@ -156,9 +154,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		log:  deps.Logger.With("cluster", cfg.Cluster, "node", cfg.Node),
 		m:    newMetrics(deps.Registry),
 		self: &fedmeshv1.Node{Cluster: cfg.Cluster, Name: cfg.Node, PodCidrs: cfg.PodCIDRs},
-		// Room for a burst; the sync goroutine drains all of it at once.
-		msgs:       make(chan watchItem, 1024),
-		resync:     make(chan uint64, 1),
+		// watch and msgs are set below: the watcher reports to the agent.
 		view:       NewView(),
 		ipcache:    NewIPCacheIndex(),
 		rules:      map[string]policy.EndpointRules{},
@@ -170,6 +166,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if cfg.UnderlayIP.IsValid() {
 		a.self.UnderlayIp = cfg.UnderlayIP.String()
 	}
+	// Room for a burst (watchclient's default buffer); the sync goroutine
+	// drains all of it at once.
+	a.watch = a.newWatcher()
+	a.msgs = a.watch.Items()
 	return a, nil
 }
 
@@ -220,7 +220,7 @@ func (a *Agent) markLoop() {
 func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 	advanced := 0
 	for _, it := range batch {
-		if it.newStream {
+		if it.NewStream {
 			a.view.ResetStream()
 			a.discarding = false
 			continue
@@ -228,28 +228,24 @@ func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 		if a.discarding {
 			continue
 		}
-		changes, bad, err := a.view.Apply(it.resp)
+		changes, bad, err := a.view.Apply(it.Resp)
 		a.reportBad(bad)
 		if err != nil {
 			a.log.Warn("restarting watch: stream cannot be followed", "from_revision", a.view.Revision(), "err", err)
 			a.m.resyncs.Inc()
 			a.discarding = true
-			select {
-			case <-a.resync: // replace an older request
-			default:
-			}
-			a.resync <- a.view.Revision()
+			a.watch.Resync(a.view.Revision())
 			continue
 		}
 		a.m.messages.Inc()
-		if it.resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS {
+		if it.Resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS {
 			// A write this node filters out: report the new revision at
 			// once so a --wait on it returns. No loop: node status reports
 			// create no revision.
 			a.specChanged = true
 		}
 		a.feed(changes)
-		if !(it.resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT && it.resp.GetMore()) {
+		if !(it.Resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT && it.Resp.GetMore()) {
 			advanced++
 		}
 	}

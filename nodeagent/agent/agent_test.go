@@ -563,7 +563,7 @@ func TestAgentKeepsEnforcingWhileTheControlPlaneIsDownAndResumes(t *testing.T) {
 // Log messages of the agent's watch goroutine the tests follow.
 const (
 	msgWatching    = "watching the control plane"
-	msgUnreachable = "control plane unreachable; enforcing the last revision, retrying"
+	msgUnreachable = "control plane unreachable; retrying"
 )
 
 func TestAgentTakesASnapshotWhenItsRevisionWasCompacted(t *testing.T) {

@@ -139,7 +139,7 @@ func churnAgent(tb testing.TB, n int) *Agent {
 		}
 	}
 	a.deps.Interfaces = veths
-	a.handleBatch(context.Background(), []watchItem{{resp: snap}})
+	a.handleBatch(context.Background(), []watchItem{{Resp: snap}})
 	if _, ok := a.Enforced(); !ok {
 		tb.Fatal("the federation was not enforced")
 	}
@@ -162,7 +162,7 @@ func (v vethTable) Lookup(_ context.Context, ip netip.Addr) (string, bool, error
 // the ipcache loses one entry and gains one, and the revision is applied.
 func churnStep(a *Agent, rev uint64) {
 	e := ep("c1", "ns1", "churn", "n7", 1000+200+20, rev, churnIP(1, 60_000+int(rev%2)))
-	a.handleBatch(context.Background(), []watchItem{{resp: events(rev, putEv(rev, e))}})
+	a.handleBatch(context.Background(), []watchItem{{Resp: events(rev, putEv(rev, e))}})
 }
 
 // BenchmarkApplyIncrementalRevision measures what one incremental revision

@@ -1,11 +1,11 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -14,13 +14,12 @@ import (
 // restarts the watch from the view's revision on any of them.
 var (
 	// ErrStale is a message older than the revision the view is at.
-	ErrStale = errors.New("watch message older than the applied revision")
-	// ErrNoSnapshot is an events message before the first snapshot: the view
-	// has no base to apply it to.
-	ErrNoSnapshot = errors.New("watch events before the first snapshot")
+	ErrStale = watchclient.ErrStale
+	// ErrNoSnapshot is an events message before the first snapshot.
+	ErrNoSnapshot = watchclient.ErrNoSnapshot
 	// ErrBrokenSnapshot is a snapshot interrupted by another message type or
 	// whose chunks disagree on the revision.
-	ErrBrokenSnapshot = errors.New("watch snapshot chunks out of sequence")
+	ErrBrokenSnapshot = watchclient.ErrBrokenSnapshot
 )
 
 // Kinds the agent watches.
@@ -120,17 +119,14 @@ const (
 // View is the agent's copy of the objects it watches, at one revision.
 // It is pure (no I/O, no clock) and owned by the sync goroutine.
 type View struct {
-	rev    uint64
-	synced bool // a complete snapshot has been applied
+	// follow is the view's position in the stream (revision, snapshot
+	// chunks so far) and checks the stream's order.
+	follow watchclient.Follower
 
 	Clusters  map[string]*fedmeshv1.Cluster
 	Nodes     map[NodeKey]*fedmeshv1.Node
 	Endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint
 	Policies  map[policy.PolicyKey]*fedmeshv1.Policy
-
-	staging    map[objectKey]*fedmeshv1.Event // snapshot chunks so far
-	stagingRev uint64
-	inSnapshot bool
 }
 
 // NewView returns an empty view at revision 0.
@@ -144,17 +140,15 @@ func NewView() *View {
 }
 
 // Revision is the revision of the last applied message.
-func (v *View) Revision() uint64 { return v.rev }
+func (v *View) Revision() uint64 { return v.follow.Revision() }
 
 // Synced reports whether a complete snapshot has been applied, i.e. the
 // view is a faithful copy at Revision.
-func (v *View) Synced() bool { return v.synced }
+func (v *View) Synced() bool { return v.follow.Synced() }
 
 // ResetStream drops a half-received snapshot; the watch goroutine calls it
 // (through the sync goroutine) whenever it opens a new stream.
-func (v *View) ResetStream() {
-	v.staging, v.inSnapshot, v.stagingRev = nil, false, 0
-}
+func (v *View) ResetStream() { v.follow.ResetStream() }
 
 // Apply applies one watch message. It returns the object changes (a
 // completed snapshot becomes the diff against the previous state, so the
@@ -162,25 +156,17 @@ func (v *View) ResetStream() {
 // means the stream cannot be followed; the view is unchanged by the
 // failing message and the caller must restart the watch from Revision.
 func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
-	switch resp.GetType() {
-	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT:
-		return v.applySnapshotChunk(resp)
-	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS:
-		if v.inSnapshot {
-			return nil, nil, fmt.Errorf("events at revision %d inside a snapshot: %w", resp.GetRevision(), ErrBrokenSnapshot)
-		}
-		if !v.synced {
-			return nil, nil, ErrNoSnapshot
-		}
-		if resp.GetRevision() < v.rev {
-			return nil, nil, fmt.Errorf("events up to revision %d, view at %d: %w", resp.GetRevision(), v.rev, ErrStale)
-		}
+	u, err := v.follow.Apply(resp)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch u.Kind {
+	case watchclient.UpdateSnapshot:
+		return v.applySnapshot(u.Events)
+	case watchclient.UpdateEvents:
 		var changes []Change
 		var bad []BadInput
-		for _, ev := range resp.GetEvents() {
-			if ev.GetRevision() != 0 && ev.GetRevision() <= v.rev {
-				continue // already applied (a replica resent it after a reconnect)
-			}
+		for _, ev := range u.Events {
 			ch, b, ok := decodeEvent(ev)
 			if !ok {
 				bad = append(bad, b)
@@ -190,60 +176,32 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 			v.put(ch)
 			changes = append(changes, ch)
 		}
-		v.rev = resp.GetRevision()
 		return changes, bad, nil
-	case fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS:
-		if v.inSnapshot {
-			return nil, nil, fmt.Errorf("progress inside a snapshot: %w", ErrBrokenSnapshot)
-		}
-		if resp.GetRevision() < v.rev {
-			return nil, nil, fmt.Errorf("progress at revision %d, view at %d: %w", resp.GetRevision(), v.rev, ErrStale)
-		}
-		if v.synced {
-			v.rev = resp.GetRevision()
-		}
-		return nil, nil, nil
-	default:
+	case watchclient.UpdateUnknown:
 		return nil, []BadInput{{Reason: ReasonUnknownMessage, Object: "watch message",
 			Detail: fmt.Sprintf("type %v at revision %d", resp.GetType(), resp.GetRevision())}}, nil
 	}
+	return nil, nil, nil
 }
 
-func (v *View) applySnapshotChunk(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
-	if !v.inSnapshot {
-		v.inSnapshot, v.stagingRev = true, resp.GetRevision()
-		v.staging = map[objectKey]*fedmeshv1.Event{}
-	} else if resp.GetRevision() != v.stagingRev {
-		v.ResetStream()
-		return nil, nil, fmt.Errorf("snapshot chunk at revision %d after chunks at %d: %w", resp.GetRevision(), v.stagingRev, ErrBrokenSnapshot)
-	}
+// applySnapshot replaces the view with a complete snapshot's objects (in
+// stream order: a later event for an object wins) and returns the diff.
+func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, error) {
+	snap := make(map[objectKey]*fedmeshv1.Event, len(evs))
 	var bad []BadInput
-	for _, ev := range resp.GetEvents() {
+	for _, ev := range evs {
 		ch, b, ok := decodeEvent(ev)
 		if !ok {
 			bad = append(bad, b)
 			continue
 		}
 		if ch.Delete {
-			delete(v.staging, ch.key())
+			delete(snap, ch.key())
 			continue
 		}
-		v.staging[ch.key()] = ev
+		snap[ch.key()] = ev
 	}
-	if resp.GetMore() {
-		return nil, bad, nil
-	}
-	snap := v.staging
-	rev := v.stagingRev
-	v.ResetStream()
-	if v.synced && rev < v.rev {
-		// A replica that is behind the one we followed: applying its
-		// snapshot would move the node back in time.
-		return nil, bad, fmt.Errorf("snapshot at revision %d, view at %d: %w", rev, v.rev, ErrStale)
-	}
-	changes := v.replace(snap)
-	v.rev, v.synced = rev, true
-	return changes, bad, nil
+	return v.replace(snap), bad, nil
 }
 
 // replace swaps in the snapshot's objects and returns the diff.
