@@ -12,12 +12,13 @@ import (
 // production implementation is NewControlPlane over a gRPC connection; the
 // syncer never talks to the control plane another way.
 //
-// Contract: the publisher loop calls the write methods from one goroutine,
-// one call at a time; the import watcher calls GetCluster and Watch from
-// another. Every method may block until its write commits (a Raft round
-// trip) and must return when ctx ends. A write that returns an error may or
-// may not have committed: the syncer answers any write error with a full
-// resync, which is idempotent.
+// Contract: the publisher loop calls GetCluster and the write methods from
+// one goroutine, one call at a time (so a syncer has at most one write in
+// flight, and its writes commit in the order it sends them); the import
+// watcher's watch goroutine calls Watch. Every method may block until its
+// write commits (a Raft round trip) and must return when ctx ends. A write
+// that returns an error may or may not have committed: the syncer answers
+// any write error with a full resync, which is idempotent.
 type ControlPlane interface {
 	GetCluster(ctx context.Context, name string) (*fedmeshv1.Cluster, error)
 	UpsertEndpoints(ctx context.Context, req *fedmeshv1.UpsertEndpointsRequest) (uint64, error)
