@@ -246,7 +246,7 @@ func BenchmarkChurnApiserverToCommit(b *testing.B) {
 		}
 	}()
 
-	for _, maxDelay := range []time.Duration{0, 250 * time.Millisecond} {
+	for _, maxDelay := range []time.Duration{0, 50 * time.Millisecond, 250 * time.Millisecond} {
 		b.Run(fmt.Sprintf("max-delay=%s", maxDelay), func(b *testing.B) {
 			reg := prometheus.NewRegistry()
 			tcp := &timedControlPlane{ControlPlane: NewControlPlane(cc)}
