@@ -1,14 +1,13 @@
 package syncer
 
 import (
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/fedmesh/fedmesh/federation/model"
 	"github.com/fedmesh/fedmesh/federation/services"
