@@ -181,12 +181,14 @@ func registerDescriptions() {
 		name(r.GetName())
 		return r.GetCluster(), 1
 	})
-	describe(CmdUpsertEndpoints, func(r *fedmeshv1.UpsertEndpointsRequest, name func(string)) (string, int) {
+	upsertEndpoints := func(r *fedmeshv1.UpsertEndpointsRequest, name func(string)) (string, int) {
 		for _, e := range r.GetEndpoints()[:min(len(r.GetEndpoints()), auditMaxObjects)] {
 			name(nsNameOf(e.GetNamespace(), e.GetName()))
 		}
 		return r.GetCluster(), len(r.GetEndpoints())
-	})
+	}
+	describe(CmdUpsertEndpoints, upsertEndpoints)
+	describe(CmdUpsertEndpointsFull, upsertEndpoints)
 	describe(CmdDeleteEndpoints, func(r *fedmeshv1.DeleteEndpointsRequest, name func(string)) (string, int) {
 		for _, k := range r.GetKeys()[:min(len(r.GetKeys()), auditMaxObjects)] {
 			name(nsNameOf(k.GetNamespace(), k.GetName()))

@@ -30,8 +30,12 @@ const (
 	// and a time the leader stamps), which the replica encoding a write
 	// adds.
 	LogFormatAudit = 2
+	// LogFormatFullLabels adds CmdUpsertEndpointsFull: endpoints keep every
+	// pod label and their identities follow federation/identity's rule.
+	// The replica encoding an endpoint write picks that type.
+	LogFormatFullLabels = 3
 	// LogFormat is the newest format this binary applies.
-	LogFormat = LogFormatAudit
+	LogFormat = LogFormatFullLabels
 )
 
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per

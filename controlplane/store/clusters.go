@@ -76,6 +76,7 @@ func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest)
 	}
 	for _, k := range sortedNsNames(s.policies[name]) {
 		tx.delPolicy(s.policies[name][k].p)
+		s.ids.policyStored(s.policies[name][k].p, nil)
 	}
 	delete(s.policies, name)
 	for _, k := range []genKind{genEndpoints, genExports, genPolicies} {
@@ -83,6 +84,7 @@ func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest)
 	}
 	delete(s.clusters, name)
 	tx.delCluster(ce.spec)
+	s.rekeyIdentities(tx)
 	return &Result{}, nil
 }
 

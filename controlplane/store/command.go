@@ -43,6 +43,15 @@ const (
 	// CmdConsumeJoinToken marks a join token used (single use across
 	// replicas); internal: no revision, no event.
 	CmdConsumeJoinToken CommandType = 15
+	// CmdUpsertEndpointsFull (log format 3) is CmdUpsertEndpoints whose
+	// endpoints keep every label of their pod: their identity counts the
+	// labels federation/identity's rule counts (the default filter's, and
+	// what stored policies select on). CmdUpsertEndpoints stays for the
+	// entries older binaries wrote, and is what a replica writes until
+	// every replica applies format 3: its endpoints are stored without
+	// fedmesh.io/ labels and count every other label for identity, as
+	// those binaries did (see Identities).
+	CmdUpsertEndpointsFull CommandType = 17
 )
 
 // Command is one decoded log entry.
@@ -190,7 +199,7 @@ func payloadOffset(b []byte) (off int, typ CommandType, ok bool) {
 
 // decodePayload decodes the payload of a command of type t.
 func decodePayload(t CommandType, b []byte) (proto.Message, error) {
-	if t == CmdUpsertEndpoints {
+	if t == CmdUpsertEndpoints || t == CmdUpsertEndpointsFull {
 		if req, ok := fastUnmarshalUpsertEndpoints(b); ok {
 			return req, nil
 		}
@@ -260,6 +269,7 @@ func init() {
 	register(CmdDeleteNode, "DeleteNode", false, (*State).applyDeleteNode)
 	register(CmdReportNodeStatus, "ReportNodeStatus", false, (*State).applyReportNodeStatus)
 	register(CmdUpsertEndpoints, "UpsertEndpoints", false, (*State).applyUpsertEndpoints)
+	register(CmdUpsertEndpointsFull, "UpsertEndpoints", false, (*State).applyUpsertEndpointsFull)
 	register(CmdDeleteEndpoints, "DeleteEndpoints", false, (*State).applyDeleteEndpoints)
 	register(CmdExportServices, "ExportServices", false, (*State).applyExportServices)
 	register(CmdUnexportService, "UnexportService", false, (*State).applyUnexportService)

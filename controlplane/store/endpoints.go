@@ -7,7 +7,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -29,7 +28,22 @@ func (s *State) checkGeneration(gk genKey, r *fedmeshv1.ResyncMarker) (uint64, e
 	return g, nil
 }
 
+// applyUpsertEndpoints applies an entry of the format before 3: its
+// endpoints are stored as the binaries that wrote it stored them (see
+// Identities).
 func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest) (*Result, error) {
+	for _, e := range req.GetEndpoints() {
+		e.Labels = withoutReserved(e.GetLabels())
+	}
+	return s.upsertEndpoints(tx, req, true)
+}
+
+// applyUpsertEndpointsFull stores endpoints with every label of their pod.
+func (s *State) applyUpsertEndpointsFull(tx *txn, req *fedmeshv1.UpsertEndpointsRequest) (*Result, error) {
+	return s.upsertEndpoints(tx, req, false)
+}
+
+func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, legacy bool) (*Result, error) {
 	// The edge ran model.ValidateUpsertEndpoints (field syntax, duplicates
 	// in the batch). Here, on every replica, only what depends on the state
 	// is checked: it is the hot path, and syntax rules that change between
@@ -83,8 +97,8 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 	fresh := map[string]bool{}
 	if s.ids.free() < uint64(len(req.GetEndpoints())) {
 		for _, e := range req.GetEndpoints() {
-			if _, ok := s.ids.lookup(e); !ok {
-				fresh[LabelsOf(e).String()] = true
+			if !s.ids.known(e, legacy) {
+				fresh[s.ids.key(e, legacy).String()] = true
 			}
 		}
 	}
@@ -108,16 +122,15 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 	eps = inner(s.endpoints, cluster)
 	for _, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
-		id, labels, err := s.ids.acquire(e, func(ls identity.Labels) (map[string]string, identity.Labels) {
-			m := s.internLabels(ls.Pod())
-			return m, identity.For(s.internString(cluster), s.internString(e.GetNamespace()), m, identityFilter)
-		})
+		// Every label is stored; the identity counts those that matter
+		// (Identities). Endpoints with equal labels share one map.
+		sl := s.ids.shared.share(e.GetLabels(), s.internString)
+		e.Labels = sl.m
+		id, err := s.ids.acquire(cluster, e.GetNamespace(), sl, legacy)
 		if err != nil {
 			// Checked above: the state would now be half-applied.
 			panic(fmt.Sprintf("store: acquire identity after the free-space check: %v", err))
 		}
-		// Endpoints of one identity have equal labels: they share one map.
-		e.Labels = labels
 		old := eps[key]
 		if old != nil {
 			s.ids.Release(old.ep.GetIdentity())
@@ -125,7 +138,7 @@ func (s *State) applyUpsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequ
 		}
 		e.Identity = id
 		e.Meta = tx.meta(old.epMeta())
-		eps[key] = &epEntry{ep: e, gen: stamp}
+		eps[key] = &epEntry{ep: e, gen: stamp, legacy: legacy}
 		for _, ip := range e.GetIps() {
 			a, _ := netip.ParseAddr(ip)
 			s.ipOwner[a] = epRef{cluster, key}

@@ -3,10 +3,13 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/prototext"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
+	netpolicy "github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -27,7 +30,18 @@ func fuzzCommands(data []byte) []Command {
 	cidrs := []string{"10.1.0.0/16", "10.2.0.0/16", "10.1.128.0/17"} // c overlaps a
 	nss := []string{"x", "y"}
 	names := []string{"p", "q", "r", "s"}
-	labelSets := []map[string]string{nil, {"app": "web"}, {"app": "db"}, {"app": "web", "tier": "1"}, {"app": "web", "fedmesh.io/cluster": "b"}}
+	labelSets := []map[string]string{nil, {"app": "web"}, {"app": "db"}, {"app": "web", "tier": "1"}, {"app": "web", "fedmesh.io/cluster": "b"},
+		{"app": "web", "pod-template-hash": "1"}, {"app": "web", "pod-template-hash": "2"}, {"app": "db", "pod-template-hash": "1", "fedmesh.io/cluster": "a"}}
+	// Policies selecting on filtered keys make them count for identity
+	// (splits), and their deletes merge identities back.
+	polKeys := []string{"", "pod-template-hash", "fedmesh.io/cluster"}
+	pol := func(owner string) *fedmeshv1.Policy {
+		p := policy(owner, nss[next()%2], names[next()%2])
+		if k := polKeys[int(next())%len(polKeys)]; k != "" {
+			p.Spec.PodSelector = &fedmeshv1.LabelSelector{MatchExpressions: []*fedmeshv1.LabelSelectorRequirement{{Key: k, Operator: "Exists"}}}
+		}
+		return p
+	}
 	ep := func() *fedmeshv1.Endpoint {
 		c := next()
 		return &fedmeshv1.Endpoint{Namespace: nss[c%2], Name: names[(c>>1)%4],
@@ -53,7 +67,12 @@ func fuzzCommands(data []byte) []Command {
 			if g := next(); g%3 == 0 {
 				req.Resync = &fedmeshv1.ResyncMarker{Generation: uint64(g % 5), Final: g%2 == 0}
 			}
+			// Entries of both formats: legacy and full endpoints mix
+			// during and after a rolling upgrade.
 			cmd.Type, cmd.Payload = CmdUpsertEndpoints, req
+			if op%12 == 3 {
+				cmd.Type = CmdUpsertEndpointsFull
+			}
 		case 4:
 			e := ep()
 			cmd.Type, cmd.Payload = CmdDeleteEndpoints, &fedmeshv1.DeleteEndpointsRequest{Cluster: cl, Keys: []*fedmeshv1.EndpointKey{{Namespace: e.GetNamespace(), Name: e.GetName()}}}
@@ -70,9 +89,13 @@ func fuzzCommands(data []byte) []Command {
 			if next()%2 == 0 {
 				owner = ""
 			}
-			cmd.Type, cmd.Payload = CmdApplyPolicies, &fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: []*fedmeshv1.Policy{policy(owner, nss[next()%2], "p")}}
+			req := &fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: []*fedmeshv1.Policy{pol(owner)}}
+			if g := next(); g%3 == 0 {
+				req.Resync = &fedmeshv1.ResyncMarker{Generation: uint64(g % 5), Final: g%2 == 0}
+			}
+			cmd.Type, cmd.Payload = CmdApplyPolicies, req
 		case 10:
-			cmd.Type, cmd.Payload = CmdDeletePolicy, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Cluster: cl, Namespace: nss[next()%2], Name: "p"}}
+			cmd.Type, cmd.Payload = CmdDeletePolicy, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Cluster: cl, Namespace: nss[next()%2], Name: names[next()%2]}}
 		case 11:
 			cmd.Type, cmd.Payload = CmdConsumeJoinToken, ConsumeJoinTokenPayload([16]byte{next() % 4}, t*1000+int64(next())*100)
 		}
@@ -91,12 +114,12 @@ func checkInvariants(s *State) error {
 		for k, e := range eps {
 			id := e.ep.GetIdentity()
 			uses[id]++
-			ls, ok := s.ids.Lookup(id)
+			key, ok := s.ids.Lookup(id)
 			if !ok {
 				return fmt.Errorf("endpoint %s/%s has unallocated identity %d", c, k, id)
 			}
-			if ls.String() != LabelsOf(e.ep).String() {
-				return fmt.Errorf("endpoint %s/%s: identity %d is %s, endpoint labels are %s", c, k, id, ls, LabelsOf(e.ep))
+			if want := s.ids.keyOf(e); !key.Equal(want) {
+				return fmt.Errorf("endpoint %s/%s: identity %d is %s, the endpoint's Key is %s", c, k, id, key, want)
 			}
 		}
 	}
@@ -104,27 +127,28 @@ func checkInvariants(s *State) error {
 	if len(st.Entries) != len(uses) {
 		return fmt.Errorf("%d identities allocated, %d in use", len(st.Entries), len(uses))
 	}
+	byKey := map[string]uint32{}
 	for _, en := range st.Entries {
-		if en.Refs != 1 || s.ids.refs[en.ID] != uses[en.ID] {
-			return fmt.Errorf("identity %d has %d references (allocator: %d), %d endpoints use it", en.ID, s.ids.refs[en.ID], en.Refs, uses[en.ID])
+		if en.Refs != uses[en.ID] {
+			return fmt.Errorf("identity %d has %d references, %d endpoints use it", en.ID, en.Refs, uses[en.ID])
+		}
+		if other, dup := byKey[en.Key.String()]; dup {
+			return fmt.Errorf("identities %d and %d both stand for %s", other, en.ID, en.Key)
+		}
+		byKey[en.Key.String()] = en.ID
+	}
+	// What counts is exactly what the stored policies select on.
+	rel := identity.NewRelevance(nil)
+	for _, ps := range s.policies {
+		for _, p := range ps {
+			rel.Select(netpolicy.PodLabelKeys(p.p))
 		}
 	}
-	if len(s.ids.refs) != len(uses) {
-		return fmt.Errorf("%d identities counted, %d in use", len(s.ids.refs), len(uses))
+	if want, got := rel.Selected(), s.ids.Relevant(); !slices.Equal(want, got) {
+		return fmt.Errorf("relevant keys %q, the stored policies select on %q", got, want)
 	}
-	indexed := map[uint32]bool{}
-	for fp, id := range s.ids.byFP {
-		for _, x := range append([]uint32{id}, s.ids.moreFP[fp]...) {
-			if uses[x] == 0 || indexed[x] {
-				return fmt.Errorf("fingerprint index holds identity %d (in use by %d endpoints, indexed twice: %v)", x, uses[x], indexed[x])
-			}
-			indexed[x] = true
-		}
-	}
-	for fp := range s.ids.moreFP {
-		if _, ok := s.ids.byFP[fp]; !ok {
-			return fmt.Errorf("fingerprint %x has overflow identities but no first one", fp)
-		}
+	if len(s.ids.changed) != 0 {
+		return fmt.Errorf("keys %v changed relevance and were never settled", s.ids.changed)
 	}
 	for a, r := range s.ipOwner {
 		e := s.endpoints[r.cluster][r.key]

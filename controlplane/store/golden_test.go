@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -193,6 +194,28 @@ func goldenScenario() []goldenStep {
 		nodeStatus(CmdRecordNodeStatus, 30),
 		token(2, goldenBase+int64(len(steps)+100)*int64(time.Second)),
 	)
+	// Log format 3: endpoints keep every label; identities count the
+	// default filter's keys and what policies select on. A log written
+	// across the upgrade also holds endpoint entries of the older format.
+	legacyEps := func(cluster string, es ...*fedmeshv1.Endpoint) Command {
+		c := eps(cluster, 0, false, es...)
+		c.Type = CmdUpsertEndpoints
+		return c
+	}
+	sts := func(name, ip string) *fedmeshv1.Endpoint {
+		return &fedmeshv1.Endpoint{Namespace: "db", Name: name, Ips: []string{ip}, Node: "m1", Labels: map[string]string{
+			"app": "db", "statefulset.kubernetes.io/pod-name": name, "controller-revision-hash": "r1", "fedmesh.io/role": "replica"}}
+	}
+	add("endpoint of b written before the upgrade (older format): fedmesh.io/ labels dropped, every other label counts",
+		legacyEps("b", &fedmeshv1.Endpoint{Namespace: "db", Name: "old", Ips: []string{"10.2.3.1"}, Node: "m1",
+			Labels: map[string]string{"app": "db", "pod-template-hash": "x1", "fedmesh.io/role": "primary"}}))
+	add("StatefulSet pods of b with every label: one identity while no policy selects on pod-name",
+		eps("b", 0, false, sts("db-0", "10.2.3.10"), sts("db-1", "10.2.3.11"), sts("db-2", "10.2.3.12")))
+	add("a policy selecting pod-name: b/db's identity splits in its revision", applyPolicies("", nil,
+		&fedmeshv1.Policy{Kind: fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED, Namespace: "db", Name: "primary-only",
+			Spec: &fedmeshv1.NetworkPolicySpec{PodSelector: &fedmeshv1.LabelSelector{MatchLabels: map[string]string{"statefulset.kubernetes.io/pod-name": "db-0"}},
+				PolicyTypes: []fedmeshv1.PolicyType{fedmeshv1.PolicyType_POLICY_TYPE_INGRESS}}}))
+	add("its delete: the identities merge back", delPolicy("", "db", "primary-only"))
 	add("cluster a narrows its export scope: imports recomputed", reg(&fedmeshv1.Cluster{
 		Name: "a", Labels: map[string]string{"site": "a"}, PodCidrs: []string{"10.1.0.0/16"}, Exports: &fedmeshv1.NamespaceScope{Names: []string{"db"}}}))
 	add("cluster a drops the range its endpoints use: rejected", reg(&fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.3.0.0/16"}}))
@@ -249,6 +272,14 @@ func encodeGolden(t *testing.T, steps []goldenStep, format int) []goldenEntry {
 		if format >= LogFormatAudit {
 			for j := range st.cmds {
 				st.cmds[j].Audited, st.cmds[j].Principal = true, goldenPrincipal(st.cmds[j])
+			}
+		}
+		if format < LogFormatFullLabels {
+			// Before format 3 the edge wrote every endpoint batch so.
+			for j := range st.cmds {
+				if st.cmds[j].Type == CmdUpsertEndpointsFull {
+					st.cmds[j].Type = CmdUpsertEndpoints
+				}
 			}
 		}
 		e := goldenEntry{note: st.note, log: raft.Log{Index: uint64(i + 1), Type: raft.LogCommand}}
@@ -436,8 +467,8 @@ func goldenState(t *testing.T, s *State, withLog bool) string {
 	})
 	fmt.Fprintf(&b, "\nidentities (%d allocated):\n", s.Identities().Len())
 	for _, id := range sortedKeys(ids) {
-		ls, ok := s.Identities().Lookup(id)
-		fmt.Fprintf(&b, "  %d %v %s\n", id, ok, ls.String())
+		k, ok := s.Identities().Lookup(id)
+		fmt.Fprintf(&b, "  %d %v %s\n", id, ok, goldenIdentity(k))
 	}
 	// Entries without the audit header (log format 1) record nothing, so
 	// the section appears only when there is something to show.
@@ -610,4 +641,15 @@ func TestGoldenEntriesCoverEveryCommandType(t *testing.T) {
 			t.Errorf("no golden entry of %s", ct)
 		}
 	}
+}
+
+// goldenIdentity renders what an identity stands for as the golden files
+// have had it since format 1: its counted labels with its cluster and
+// namespace as fedmesh.io/ labels (identity.Key keeps those two in fields
+// of their own since, which changes no number). No golden pod carries a
+// fedmesh.io/ label a policy selects on, so the rendering is unambiguous.
+func goldenIdentity(k identity.Key) string {
+	m := k.Labels.Map()
+	m["fedmesh.io/cluster"], m["fedmesh.io/namespace"] = k.Cluster, k.Namespace
+	return identity.New(m).String()
 }

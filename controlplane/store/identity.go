@@ -1,12 +1,15 @@
 package store
 
 import (
+	"cmp"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"slices"
 	"strings"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
+	netpolicy "github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -26,268 +29,379 @@ const (
 	FirstAllocatedIdentity = identity.MinAllocated
 )
 
-// identityFilter keeps every label: the syncer already dropped churn
-// labels, and replicas must not depend on a filter that may change between
-// versions.
-var identityFilter = identity.NewFilter()
-
-// LabelsOf returns the identity label set of an endpoint: its labels
-// without reserved fedmesh.io/ keys, plus its cluster and namespace
-// (identity.For), so a pod cannot claim another cluster's identity.
-func LabelsOf(e *fedmeshv1.Endpoint) identity.Labels {
-	return identity.For(e.GetCluster(), e.GetNamespace(), e.GetLabels(), identityFilter)
-}
-
-// Identities allocates numeric identities in one 32-bit space for the whole
-// federation with federation/identity.Allocator (deterministic: numbers in
-// log order from a cursor that only moves forward and wraps; reference
-// counted), and keeps one label map per identity for its endpoints to
-// share. Not safe for concurrent use: the FSM owns it.
+// Identities is the FSM's side of federation/identity. Endpoints are stored
+// with every label of their pod; what their identity stands for is derived
+// here, in log order:
 //
-// The allocator keys label sets by a canonical string and its SHA-256, which
-// costs more than the rest of an endpoint upsert. Nearly every upserted
-// endpoint carries a label set that already has an identity, so Identities
-// answers that case from an in-memory fingerprint index (verified against
-// the stored labels, so a collision only costs a lookup) and counts endpoint
-// references itself: the allocator holds one reference per identity and is
-// asked only to create and free numbers. The index is a cache — never
-// persisted, rebuilt on demand — so it cannot make replicas disagree.
+//   - the allocator gives each identity.Key a number and counts the
+//     endpoints holding it (the one reference count);
+//   - the relevance says which label keys count: the default filter's, plus
+//     each filtered key some stored policy selects on (PodLabelKeys of
+//     federation/policy). It is derived from the stored policies, so
+//     snapshots need not carry it;
+//   - when a command changes which keys count, rekey moves the endpoints
+//     carrying them to the identities of their new Keys in the same
+//     revision (identity.Allocator.Rekey; the package doc of
+//     federation/identity says which number each Key keeps).
+//
+// Legacy endpoints. Binaries before log format 3 stored an endpoint without
+// its fedmesh.io/ labels and counted every other label it was given for
+// identity (their syncers dropped the churn labels first). Entries of that
+// format (CmdUpsertEndpoints) are applied the same way, so replicas of two
+// versions agree during a rolling upgrade and an old log replays to the
+// same state: their endpoints are legacy (epEntry.legacy, kept by
+// snapshots), their Key holds every stored label and does not depend on
+// the relevance. A replica writes that format until every replica applies
+// format 3; a legacy endpoint becomes a full one when its syncer writes it
+// again.
+//
+// Not safe for concurrent use: the FSM owns it.
 type Identities struct {
-	a *identity.Allocator
-	// next mirrors the allocator's cursor so Freeze need not copy every
-	// entry (the allocator exposes it only through Snapshot).
-	next uint32
-	// labels is the stored label map of each identity's endpoints.
-	labels map[uint32]map[string]string
-	// refs counts the endpoints holding each identity.
-	refs map[uint32]uint64
-	// byFP indexes identities by fingerprint (see fingerprint); moreFP
-	// holds further identities of a fingerprint already taken (collisions,
-	// rare), so the common case costs one small map entry per identity.
-	seed   maphash.Seed
-	byFP   map[uint64]uint32
-	moreFP map[uint64][]uint32
+	a   *identity.Allocator
+	rel *identity.Relevance
+	// changed are the filtered keys that started or stopped counting in
+	// the command being applied; rekeyIdentities settles them.
+	changed map[string]bool
+	// epoch counts changes of which keys count, so cached label subsets
+	// derived under an older relevance are recomputed.
+	epoch uint64
+	// shared lets endpoints with equal labels share one map (a cache: only
+	// memory and speed depend on it).
+	shared labelMaps
 }
 
-// NewIdentities returns an empty allocator.
+// NewIdentities returns an empty allocator under the default filter.
 func NewIdentities() *Identities {
-	return newIdentities(identity.NewAllocator(), FirstAllocatedIdentity, map[uint32]map[string]string{}, map[uint32]uint64{})
+	return &Identities{a: identity.NewAllocator(), rel: identity.NewRelevance(nil), shared: newLabelMaps()}
 }
 
-func newIdentities(a *identity.Allocator, next uint32, labels map[uint32]map[string]string, refs map[uint32]uint64) *Identities {
-	return &Identities{a: a, next: next, labels: labels, refs: refs, seed: maphash.MakeSeed(),
-		byFP: map[uint64]uint32{}, moreFP: map[uint64][]uint32{}}
+// key is the identity Key of e (e.Cluster set), a legacy endpoint or not.
+func (a *Identities) key(e *fedmeshv1.Endpoint, legacy bool) identity.Key {
+	if legacy {
+		return identity.Key{Cluster: e.GetCluster(), Namespace: e.GetNamespace(), Labels: identity.New(e.GetLabels())}
+	}
+	return a.rel.Key(e.GetCluster(), e.GetNamespace(), e.GetLabels())
 }
 
-// identityLabel reports whether a pod label key counts for identity (see
-// LabelsOf).
-func identityLabel(k string) bool {
-	return !strings.HasPrefix(k, identity.ReservedPrefix) && identityFilter.Keep(k)
+// keyOf is the identity Key of a stored endpoint.
+func (a *Identities) keyOf(e *epEntry) identity.Key { return a.key(e.ep, e.legacy) }
+
+// known reports whether e's Key has an identity.
+func (a *Identities) known(e *fedmeshv1.Endpoint, legacy bool) bool {
+	_, ok := a.a.LookupKey(a.key(e, legacy))
+	return ok
 }
 
-// fingerprint hashes an identity label set given as its cluster, namespace
-// and pod labels (keys that do not count are skipped), independently of the
-// map's order.
-func (a *Identities) fingerprint(cluster, namespace string, pod map[string]string) uint64 {
-	pair := func(k, v string) uint64 {
-		h := maphash.String(a.seed, k)
-		return (h ^ maphash.String(a.seed, v)*0x9e3779b97f4a7c15) * 0xbf58476d1ce4e5b9
-	}
-	fp := pair(identity.LabelCluster, cluster) + pair(identity.LabelNamespace, namespace)
-	for k, v := range pod {
-		if identityLabel(k) {
-			fp += pair(k, v)
-		}
-	}
-	return fp
-}
-
-// match reports whether identity id stands for e's label set.
-func (a *Identities) match(id uint32, e *fedmeshv1.Endpoint) bool {
-	ls, ok := a.a.Lookup(id)
-	if !ok {
-		return false
-	}
-	if c, _ := ls.Get(identity.LabelCluster); c != e.GetCluster() {
-		return false
-	}
-	if ns, _ := ls.Get(identity.LabelNamespace); ns != e.GetNamespace() {
-		return false
-	}
-	stored := a.labels[id]
+// withoutReserved returns labels without fedmesh.io/ keys: what binaries
+// before log format 3 stored (labels itself when it has none).
+func withoutReserved(labels map[string]string) map[string]string {
 	n := 0
-	for k, v := range e.GetLabels() {
-		if !identityLabel(k) {
-			continue
-		}
-		if sv, ok := stored[k]; !ok || sv != v {
-			return false
-		}
-		n++
-	}
-	return n == len(stored)
-}
-
-// index records id under fp; id is not indexed yet (lookup indexes only
-// what the index missed, and a label set has one fingerprint).
-func (a *Identities) index(id uint32, fp uint64) {
-	if _, taken := a.byFP[fp]; !taken {
-		a.byFP[fp] = id
-		return
-	}
-	a.moreFP[fp] = append(a.moreFP[fp], id)
-}
-
-// unindex forgets id, if indexed. Call it before the allocator releases id
-// (its cluster and namespace come from there).
-func (a *Identities) unindex(id uint32) {
-	ls, ok := a.a.Lookup(id)
-	if !ok {
-		return
-	}
-	c, _ := ls.Get(identity.LabelCluster)
-	ns, _ := ls.Get(identity.LabelNamespace)
-	fp := a.fingerprint(c, ns, a.labels[id])
-	more := a.moreFP[fp]
-	if first, ok := a.byFP[fp]; ok && first == id {
-		if len(more) == 0 {
-			delete(a.byFP, fp)
-			return
-		}
-		a.byFP[fp], more = more[0], more[1:]
-	} else if i := slices.Index(more, id); i >= 0 {
-		more = slices.Delete(more, i, i+1)
-	}
-	if len(more) == 0 {
-		delete(a.moreFP, fp)
-	} else {
-		a.moreFP[fp] = more
-	}
-}
-
-// lookup returns the identity of e's label set (e.Cluster set), if it has
-// one: from the fingerprint index, else from the allocator (and indexes it).
-func (a *Identities) lookup(e *fedmeshv1.Endpoint) (uint32, bool) {
-	fp := a.fingerprint(e.GetCluster(), e.GetNamespace(), e.GetLabels())
-	if id, ok := a.byFP[fp]; ok && a.match(id, e) {
-		return id, true
-	}
-	for _, id := range a.moreFP[fp] {
-		if a.match(id, e) {
-			return id, true
+	for k := range labels {
+		if strings.HasPrefix(k, identity.ReservedPrefix) {
+			n++
 		}
 	}
-	id, ok := a.a.LookupLabels(LabelsOf(e))
-	if ok {
-		a.index(id, fp)
+	if n == 0 {
+		return labels
 	}
-	return id, ok
+	out := make(map[string]string, len(labels)-n)
+	for k, v := range labels {
+		if !strings.HasPrefix(k, identity.ReservedPrefix) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // free is how many numbers are left to allocate.
-func (a *Identities) free() uint64 {
-	return uint64(identity.MaxAllocated-identity.MinAllocated) + 1 - uint64(a.a.Len())
-}
+func (a *Identities) free() uint64 { return a.a.Free() }
 
-// acquire returns the identity of e's label set (e.Cluster set),
-// allocating one on first use, and takes a reference on it. The returned
-// map is the identity's label map (shared by its endpoints). The caller has
-// checked that a number is free.
+// acquire returns the identity of the labels sl of an endpoint of cluster
+// and namespace, allocating one on first use, and takes a reference on it.
+// The caller has checked that a number is free.
 //
-// For a new identity, fresh gets the label set and returns the label map to
-// store and the label set rebuilt over it, so the allocator's copy shares
-// the map's (interned) strings instead of pinning the request's.
-func (a *Identities) acquire(e *fedmeshv1.Endpoint, fresh func(identity.Labels) (map[string]string, identity.Labels)) (uint32, map[string]string, error) {
-	if id, ok := a.lookup(e); ok {
-		a.refs[id]++
-		return id, a.labels[id], nil
+// Nearly every upserted endpoint carries labels that other endpoints
+// already have: the labels that count, and the identity they last had, are
+// remembered with the shared map, so the common case neither filters nor
+// hashes the labels.
+func (a *Identities) acquire(cluster, namespace string, sl *sharedLabels, legacy bool) (uint32, error) {
+	var counted identity.Labels
+	if legacy {
+		if sl.all == nil {
+			sl.all = identity.New(sl.m)
+		}
+		counted = sl.all
+	} else {
+		if sl.epoch != a.epoch || sl.counted == nil {
+			sl.counted = a.rel.Key("", "", sl.m).Labels
+			sl.epoch = a.epoch
+		}
+		counted = sl.counted
 	}
-	labels, ls := fresh(LabelsOf(e))
-	id, created, err := a.a.Acquire(ls)
-	if err != nil {
-		return 0, nil, err
-	}
-	if !created {
-		// lookup just missed it: cannot happen while the allocator and
-		// the index agree.
-		panic(fmt.Sprintf("store: identity %d of %q exists but was not found", id, ls.String()))
-	}
-	a.labels[id] = labels
-	a.refs[id] = 1
-	a.index(id, a.fingerprint(e.GetCluster(), e.GetNamespace(), labels))
-	a.next = id + 1
-	if id == identity.MaxAllocated {
-		a.next = identity.MinAllocated
-	}
-	return id, labels, nil
+	k := identity.Key{Cluster: cluster, Namespace: namespace, Labels: counted}
+	id, _, err := a.a.AcquireHinted(k, sl.hint)
+	sl.hint = id
+	return id, err
 }
 
 // Release drops one reference; the identity is freed with the last one.
-func (a *Identities) Release(n uint32) {
-	r, ok := a.refs[n]
-	if !ok {
-		return
-	}
-	if r > 1 {
-		a.refs[n] = r - 1
-		return
-	}
-	delete(a.refs, n)
-	a.unindex(n)
-	a.a.Release(n)
-	delete(a.labels, n)
-}
+func (a *Identities) Release(n uint32) { a.a.Release(n) }
 
-// Lookup returns the label set an identity stands for.
-func (a *Identities) Lookup(n uint32) (identity.Labels, bool) { return a.a.Lookup(n) }
+// Lookup returns the Key an identity stands for.
+func (a *Identities) Lookup(n uint32) (identity.Key, bool) { return a.a.Lookup(n) }
 
 // Len is the number of identities in use.
 func (a *Identities) Len() int { return a.a.Len() }
 
-// identityRestorer rebuilds the allocator from a snapshot's endpoints.
-type identityRestorer struct {
-	entries map[uint32]*identity.Entry
-	keys    map[uint32]string
-	labels  map[uint32]map[string]string
+// Relevant returns, sorted, the filtered label keys that count for
+// identity because a stored policy selects on them.
+func (a *Identities) Relevant() []string { return a.rel.Selected() }
+
+// frozen is a copy holding only the cursor, which is all a snapshot
+// records of the allocator (identities are rebuilt from the endpoints).
+func (a *Identities) frozen() *Identities {
+	c := identity.NewAllocator()
+	if err := c.Restore(identity.State{Next: a.a.Next()}); err != nil {
+		panic(fmt.Sprintf("store: freeze identity cursor: %v", err))
+	}
+	return &Identities{a: c}
 }
 
-func newIdentityRestorer() *identityRestorer {
-	return &identityRestorer{entries: map[uint32]*identity.Entry{}, keys: map[uint32]string{}, labels: map[uint32]map[string]string{}}
-}
-
-// add counts e's reference and returns the label map to share.
-func (r *identityRestorer) add(e *fedmeshv1.Endpoint) (map[string]string, error) {
-	id := e.GetIdentity()
-	ls := LabelsOf(e)
-	if en := r.entries[id]; en != nil {
-		if r.keys[id] != ls.String() {
-			return nil, fmt.Errorf("endpoint %s/%s/%s has identity %d of another label set", e.GetCluster(), e.GetNamespace(), e.GetName(), id)
+// policyStored records that old (nil: none) was replaced by p (nil:
+// deleted): the keys their selectors read start or stop counting.
+func (a *Identities) policyStored(old, p *fedmeshv1.Policy) {
+	for _, k := range a.rel.Select(netpolicy.PodLabelKeys(p)) {
+		a.markChanged(k)
+	}
+	if old != nil {
+		for _, k := range a.rel.Unselect(netpolicy.PodLabelKeys(old)) {
+			a.markChanged(k)
 		}
-		en.Refs++
-		return r.labels[id], nil
 	}
-	r.entries[id] = &identity.Entry{ID: id, Labels: ls, Refs: 1}
-	r.keys[id] = ls.String()
-	r.labels[id] = e.GetLabels()
-	return e.GetLabels(), nil
 }
 
-// finish builds the allocator with its cursor at next.
-func (r *identityRestorer) finish(next uint32) (*Identities, error) {
-	st := identity.State{Next: max(next, FirstAllocatedIdentity), Entries: make([]identity.Entry, 0, len(r.entries))}
-	for _, id := range sortedKeys(r.entries) {
-		st.Entries = append(st.Entries, *r.entries[id])
+func (a *Identities) markChanged(k string) {
+	if a.changed == nil {
+		a.changed = map[string]bool{}
 	}
-	// The allocator holds one reference per identity; Identities counts
-	// the endpoints.
-	refs := make(map[uint32]uint64, len(st.Entries))
-	for i := range st.Entries {
-		refs[st.Entries[i].ID] = st.Entries[i].Refs
-		st.Entries[i].Refs = 1
+	a.epoch++
+	a.changed[k] = !a.changed[k]
+	if !a.changed[k] {
+		// Started and stopped within one command: nothing to do.
+		delete(a.changed, k)
 	}
-	ids := newIdentities(identity.NewAllocator(), st.Next, r.labels, refs)
-	if err := ids.a.Restore(st); err != nil {
-		return nil, fmt.Errorf("restore identities (endpoints with reserved fedmesh.io/ labels under distinct identities? restore with the previous binary, remove those labels, then upgrade): %w", err)
+}
+
+// rekeyIdentities moves the endpoints whose Key changed with the keys that
+// started or stopped counting in this command to their new identities, and
+// emits each changed endpoint. Every policy write calls it last, so the
+// split or merge lands in the revision of the policy that caused it.
+func (s *State) rekeyIdentities(tx *txn) {
+	changed := s.ids.changed
+	s.ids.changed = nil
+	if len(changed) == 0 {
+		return
 	}
-	return ids, nil
+	// Only full endpoints' Keys depend on the relevance.
+	carries := func(e *epEntry) bool {
+		if e.legacy {
+			return false
+		}
+		labels := e.ep.GetLabels()
+		for k := range changed {
+			if _, ok := labels[k]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	// Every endpoint of an identity moves together (Rekey needs each
+	// identity's holders whole, legacy ones too), so collect the
+	// identities first.
+	affected := map[uint32]bool{}
+	for _, eps := range s.endpoints {
+		for _, e := range eps {
+			if carries(e) {
+				affected[e.ep.GetIdentity()] = true
+			}
+		}
+	}
+	if len(affected) == 0 {
+		return
+	}
+	var refs []epRef
+	for c, eps := range s.endpoints {
+		for k, e := range eps {
+			if affected[e.ep.GetIdentity()] {
+				refs = append(refs, epRef{c, k})
+			}
+		}
+	}
+	slices.SortFunc(refs, cmpEpRef)
+	holders := make([]identity.Holder, len(refs))
+	for i, r := range refs {
+		e := s.endpoints[r.cluster][r.key]
+		holders[i] = identity.Holder{ID: e.ep.GetIdentity(), Key: s.ids.keyOf(e)}
+	}
+	ids, err := s.ids.a.Rekey(holders)
+	if err != nil {
+		// Rekey fails only on a partial holder list (a bug) or when more
+		// Keys than numbers exist, and there is at most one Key per
+		// endpoint: the state would diverge from the log.
+		panic(fmt.Sprintf("store: rekey identities for label keys %v: %v", sortedKeys(changed), err))
+	}
+	for i, r := range refs {
+		old := s.endpoints[r.cluster][r.key]
+		if ids[i] == old.ep.GetIdentity() {
+			continue
+		}
+		// A new object: stored ones are immutable (readers and frozen
+		// snapshots hold them).
+		e := withIdentity(old.ep, ids[i], tx.meta(old.ep.GetMeta()))
+		s.endpoints[r.cluster][r.key] = &epEntry{ep: e, gen: old.gen, legacy: old.legacy}
+		tx.putEndpoint(e)
+	}
+}
+
+func cmpEpRef(a, b epRef) int {
+	if c := cmp.Compare(a.cluster, b.cluster); c != 0 {
+		return c
+	}
+	return cmpNsName(a.key, b.key)
+}
+
+// withIdentity returns e with another identity and meta, sharing every
+// other field with e (stored endpoints are never mutated).
+// TestWithIdentityCopiesEveryField fails when Endpoint gains a field this
+// does not copy.
+func withIdentity(e *fedmeshv1.Endpoint, id uint32, meta *fedmeshv1.ObjectMeta) *fedmeshv1.Endpoint {
+	return &fedmeshv1.Endpoint{
+		Cluster:         e.GetCluster(),
+		Namespace:       e.GetNamespace(),
+		Name:            e.GetName(),
+		Ips:             e.GetIps(),
+		Labels:          e.GetLabels(),
+		NamespaceLabels: e.GetNamespaceLabels(),
+		NamedPorts:      e.GetNamedPorts(),
+		Node:            e.GetNode(),
+		Identity:        id,
+		Meta:            meta,
+	}
+}
+
+// labelMaps lets endpoints with equal labels share one map: the pods of a
+// workload (of one rollout) carry equal labels, and a map per endpoint
+// would be a good part of the FSM's memory. Maps are found by a
+// fingerprint and compared, so a collision only costs sharing. Never
+// persisted and dropped whole when it outgrows its bound, so it cannot make
+// replicas disagree.
+type labelMaps struct {
+	seed maphash.Seed
+	m    map[uint64]*sharedLabels
+}
+
+// sharedLabels is one shared label map with what Identities.acquire
+// remembers about it.
+type sharedLabels struct {
+	m map[string]string
+	// counted are the labels that count for identity, as of epoch (nil:
+	// not derived yet); all are all of them, for legacy endpoints.
+	counted, all identity.Labels
+	epoch        uint64
+	// hint is the identity these labels last got (in some cluster and
+	// namespace); the allocator checks it.
+	hint uint32
+}
+
+// maxSharedLabelMaps bounds labelMaps: distinct label sets (one per
+// StatefulSet pod, say) beyond it are not shared until the next reset.
+const maxSharedLabelMaps = 1 << 17
+
+func newLabelMaps() labelMaps {
+	return labelMaps{seed: maphash.MakeSeed(), m: map[uint64]*sharedLabels{}}
+}
+
+// share returns the stored entry of a map equal to m, or stores copy(m)
+// (its strings through intern) and returns that.
+func (c *labelMaps) share(m map[string]string, intern func(string) string) *sharedLabels {
+	var fp uint64
+	for k, v := range m {
+		h := maphash.String(c.seed, k)
+		fp += (h ^ maphash.String(c.seed, v)*0x9e3779b97f4a7c15) * 0xbf58476d1ce4e5b9
+	}
+	if x, ok := c.m[fp]; ok && maps.Equal(x.m, m) {
+		return x
+	}
+	if len(c.m) >= maxSharedLabelMaps {
+		c.m = map[uint64]*sharedLabels{}
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[intern(k)] = intern(v)
+	}
+	sl := &sharedLabels{m: out}
+	c.m[fp] = sl
+	return sl
+}
+
+// identityRestorer rebuilds the identities from a snapshot: the numbers
+// its endpoints carry, checked against their Keys under the relevance of
+// the snapshot's policies (read after the endpoints).
+type identityRestorer struct {
+	eps []*epEntry
+}
+
+func newIdentityRestorer() *identityRestorer { return &identityRestorer{} }
+
+// add records e (its labels are shared later, in finish).
+func (r *identityRestorer) add(e *epEntry) { r.eps = append(r.eps, e) }
+
+// finish builds s's identities with the cursor at next, once every
+// endpoint and policy of the snapshot is in s. A snapshot this binary
+// wrote keeps every number; one whose numbers disagree with the Keys (an
+// older binary counted other labels) is regrouped deterministically
+// (identity.Allocator.Rebuild), each changed endpoint restored with its
+// new number.
+func (r *identityRestorer) finish(s *State, next uint32) error {
+	ids := NewIdentities()
+	for _, owner := range sortedKeys(s.policies) {
+		for _, k := range sortedNsNames(s.policies[owner]) {
+			ids.rel.Select(netpolicy.PodLabelKeys(s.policies[owner][k].p))
+		}
+	}
+	holders := make([]identity.Holder, len(r.eps))
+	for i, e := range r.eps {
+		e.ep.Labels = ids.shared.share(e.ep.GetLabels(), s.internString).m
+		holders[i] = identity.Holder{ID: e.ep.GetIdentity(), Key: ids.keyOf(e)}
+	}
+	got, err := ids.a.Rebuild(max(next, FirstAllocatedIdentity), holders)
+	if err != nil {
+		return fmt.Errorf("restore identities: %w", err)
+	}
+	for i, e := range r.eps {
+		e.ep.Identity = got[i]
+	}
+	s.ids = ids
+	return nil
+}
+
+// policy is the stored policy, nil for no entry.
+func (e *policyEntry) policy() *fedmeshv1.Policy {
+	if e == nil {
+		return nil
+	}
+	return e.p
+}
+
+// fullEndpoints reports whether some endpoint is not legacy (the snapshot
+// then needs version 4).
+func (s *State) fullEndpoints() bool {
+	for _, eps := range s.endpoints {
+		for _, e := range eps {
+			if !e.legacy {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -29,6 +29,7 @@ func (s *State) applyApplyPolicies(tx *txn, req *fedmeshv1.ApplyPoliciesRequest)
 			oldMeta = old.p.GetMeta()
 		}
 		p.Meta = tx.meta(oldMeta)
+		s.ids.policyStored(ps[key].policy(), p)
 		ps[key] = &policyEntry{p: p, gen: stamp}
 		tx.putPolicy(p)
 		res.Policies = append(res.Policies, p)
@@ -39,6 +40,7 @@ func (s *State) applyApplyPolicies(tx *txn, req *fedmeshv1.ApplyPoliciesRequest)
 	if req.GetResync().GetFinal() {
 		for _, k := range sortedNsNames(ps) {
 			if ps[k].gen < g {
+				s.ids.policyStored(ps[k].p, nil)
 				tx.delPolicy(ps[k].p)
 				delete(ps, k)
 				res.Deleted++
@@ -51,6 +53,7 @@ func (s *State) applyApplyPolicies(tx *txn, req *fedmeshv1.ApplyPoliciesRequest)
 	if ce != nil {
 		ce.lastSync = tx.time
 	}
+	s.rekeyIdentities(tx)
 	return res, nil
 }
 
@@ -66,6 +69,8 @@ func (s *State) applyDeletePolicy(tx *txn, req *fedmeshv1.DeletePolicyRequest) (
 		delete(s.policies, k.GetCluster())
 	}
 	tx.delPolicy(old.p)
+	s.ids.policyStored(old.p, nil)
+	s.rekeyIdentities(tx)
 	return &Result{}, nil
 }
 

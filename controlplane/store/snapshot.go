@@ -24,8 +24,12 @@ import (
 // adds the audit log (recAudit records). A snapshot is written in the
 // oldest version that holds its state: the audit log fills only once every
 // replica applies log format 2, so until then an older replica can still
-// restore a newer one's snapshot during a rolling upgrade.
-const SnapshotVersion = 3
+// restore a newer one's snapshot during a rolling upgrade. Version 4 adds
+// endpoints that keep every pod label (recEndpointFull); recEndpoint
+// records are legacy endpoints (see Identities), so a snapshot holding
+// only those stays readable by older binaries, and full endpoints exist
+// only once every replica applies log format 3.
+const SnapshotVersion = 4
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -45,7 +49,8 @@ const (
 	recPolicy
 	recMember
 	recEnd
-	recAudit // version 3
+	recAudit        // version 3
+	recEndpointFull // version 4: an endpoint with every pod label (not legacy)
 )
 
 type snapHeader struct {
@@ -92,7 +97,7 @@ func (s *State) Freeze() Frozen {
 		gens:       make(map[genKey]uint64, len(s.gens)),
 		members:    s.Members(),
 		audit:      s.audit.clone(),
-		ids:        &Identities{next: s.ids.next},
+		ids:        s.ids.frozen(),
 		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
 	}
 	for k, v := range s.usedTokens {
@@ -138,10 +143,13 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	if _, err := io.WriteString(cw, snapshotMagic); err != nil {
 		return cw.n, err
 	}
-	h := snapHeader{Version: 2, Revision: s.rev, NextIdentity: s.ids.next}
+	h := snapHeader{Version: 2, Revision: s.rev, NextIdentity: s.ids.a.Next()}
 	audit := s.audit.Records(nil)
 	if len(audit) > 0 {
 		h.Version = 3
+	}
+	if s.fullEndpoints() {
+		h.Version = 4
 	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
@@ -170,7 +178,11 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	for _, c := range sortedKeys(s.endpoints) {
 		for _, k := range sortedNsNames(s.endpoints[c]) {
 			e := s.endpoints[c][k]
-			rw.msg(recEndpoint, e.gen, true, e.ep)
+			kind := recEndpoint
+			if !e.legacy {
+				kind = recEndpointFull
+			}
+			rw.msg(kind, e.gen, true, e.ep)
 		}
 	}
 	for _, c := range sortedKeys(s.exports) {
@@ -308,22 +320,21 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 				return nil, fmt.Errorf("read snapshot node: %w", err)
 			}
 			inner(s.nodes, n.GetCluster())[n.GetName()] = n
-		case recEndpoint:
+		case recEndpoint, recEndpointFull:
 			e := &fedmeshv1.Endpoint{}
 			gen, err := unmarshalWithGen(b, e)
 			if err != nil {
 				return nil, fmt.Errorf("read snapshot endpoint: %w", err)
 			}
 			key := nsName{e.GetNamespace(), e.GetName()}
-			inner(s.endpoints, e.GetCluster())[key] = &epEntry{ep: e, gen: gen}
+			en := &epEntry{ep: e, gen: gen, legacy: recKind(kind) == recEndpoint}
+			inner(s.endpoints, e.GetCluster())[key] = en
 			for _, ip := range e.GetIps() {
 				if a, err := netip.ParseAddr(ip); err == nil {
 					s.ipOwner[a] = epRef{e.GetCluster(), key}
 				}
 			}
-			if e.Labels, err = ids.add(e); err != nil {
-				return nil, fmt.Errorf("read snapshot: %w", err)
-			}
+			ids.add(en)
 		case recExport:
 			x := &fedmeshv1.ServiceExport{}
 			gen, err := unmarshalWithGen(b, x)
@@ -358,7 +369,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			s.audit.add(rec)
 		case recEnd:
 			s.rev = h.Revision
-			if s.ids, err = ids.finish(h.NextIdentity); err != nil {
+			if err := ids.finish(s, h.NextIdentity); err != nil {
 				return nil, fmt.Errorf("read snapshot: %w", err)
 			}
 			for _, tk := range h.UsedTokens {

@@ -71,6 +71,8 @@ func (ce *clusterEntry) podCIDRs() []netip.Prefix {
 type epEntry struct {
 	ep  *fedmeshv1.Endpoint
 	gen uint64
+	// legacy: written by CmdUpsertEndpoints (see Identities).
+	legacy bool
 }
 
 type exportEntry struct {
@@ -145,18 +147,6 @@ func (s *State) internString(v string) string {
 	}
 	s.intern[v] = v
 	return v
-}
-
-// internLabels copies a label map with interned keys and values.
-func (s *State) internLabels(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[s.internString(k)] = s.internString(v)
-	}
-	return out
 }
 
 // Revision is the revision of the last applied change.

@@ -34,7 +34,14 @@ func upsert(cluster string, gen uint64, final bool, eps ...*fedmeshv1.Endpoint) 
 	if gen > 0 {
 		req.Resync = &fedmeshv1.ResyncMarker{Generation: gen, Final: final}
 	}
-	return Command{Type: CmdUpsertEndpoints, Payload: req}
+	return Command{Type: CmdUpsertEndpointsFull, Payload: req}
+}
+
+// legacy makes an endpoint upsert one of the format before 3, as a replica
+// writes it while some replica is older (see Identities).
+func legacy(c Command) Command {
+	c.Type = CmdUpsertEndpoints
+	return c
 }
 
 // apply applies commands through the encoded form, as raft does, failing on
@@ -67,7 +74,7 @@ func applyEncoded(t *testing.T, s *State, c Command) *Result {
 // dump renders everything observable of a state, deterministically.
 func dump(s *State) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "rev=%d next=%d ids=%d\n", s.rev, s.ids.next, s.ids.Len())
+	fmt.Fprintf(&b, "rev=%d next=%d ids=%d\n", s.rev, s.ids.a.Next(), s.ids.Len())
 	for _, id := range sortedTokenIDs(s.usedTokens) {
 		fmt.Fprintf(&b, "token %x expires %d\n", id, s.usedTokens[id])
 	}
@@ -138,7 +145,6 @@ func TestIdentityIsReleasedWithItsLastEndpointAndNotReusedAtOnce(t *testing.T) {
 
 func TestIdentityAllocatorWrapsPastTheTopAndSkipsReserved(t *testing.T) {
 	s := NewState(100)
-	s.ids.next = ^uint32(0)
 	if err := s.ids.a.Restore(identity.State{Next: ^uint32(0)}); err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +154,8 @@ func TestIdentityAllocatorWrapsPastTheTopAndSkipsReserved(t *testing.T) {
 	if top != ^uint32(0) || wrapped != FirstAllocatedIdentity {
 		t.Fatalf("got %d then %d, want %d then %d", top, wrapped, ^uint32(0), FirstAllocatedIdentity)
 	}
-	if s.ids.next != FirstAllocatedIdentity+1 {
-		t.Fatalf("cursor %d after wrapping, want %d", s.ids.next, FirstAllocatedIdentity+1)
+	if s.ids.a.Next() != FirstAllocatedIdentity+1 {
+		t.Fatalf("cursor %d after wrapping, want %d", s.ids.a.Next(), FirstAllocatedIdentity+1)
 	}
 }
 
@@ -158,15 +164,30 @@ func TestReservedLabelsDoNotSplitOrSpoofIdentities(t *testing.T) {
 	apply(t, s, cluster("a", "10.1.0.0/16"), cluster("b", "10.2.0.0/16"),
 		upsert("a", 0, false,
 			ep("x", "plain", "10.1.0.1", map[string]string{"app": "x"}),
-			ep("x", "spoof", "10.1.0.2", map[string]string{"app": "x", identity.LabelCluster: "b"})),
+			ep("x", "spoof", "10.1.0.2", map[string]string{"app": "x", "fedmesh.io/cluster": "b"})),
 		upsert("b", 0, false, ep("x", "real", "10.2.0.1", map[string]string{"app": "x"})))
 	plain, spoof, real := s.Endpoint("a", "x", "plain"), s.Endpoint("a", "x", "spoof"), s.Endpoint("b", "x", "real")
 	if plain.GetIdentity() != spoof.GetIdentity() || spoof.GetIdentity() == real.GetIdentity() {
 		t.Fatalf("identities plain=%d spoof=%d real=%d: a reserved label must neither split nor claim one", plain.GetIdentity(), spoof.GetIdentity(), real.GetIdentity())
 	}
-	if _, ok := spoof.GetLabels()[identity.LabelCluster]; ok {
-		t.Errorf("stored labels keep the reserved key: %v", spoof.GetLabels())
+	if spoof.GetLabels()["fedmesh.io/cluster"] != "b" {
+		t.Errorf("stored labels lost the pod's own label: %v", spoof.GetLabels())
 	}
+	// Once a policy selects on it, the label counts: the pod gets an
+	// identity of its own, still of cluster a.
+	apply(t, s, Command{Type: CmdApplyPolicies, Payload: &fedmeshv1.ApplyPoliciesRequest{Policies: []*fedmeshv1.Policy{selecting("", "x", "by-reserved", "fedmesh.io/cluster")}}})
+	spoof = s.Endpoint("a", "x", "spoof")
+	key, _ := s.ids.Lookup(spoof.GetIdentity())
+	if spoof.GetIdentity() == plain.GetIdentity() || spoof.GetIdentity() == real.GetIdentity() || key.Cluster != "a" || key.Namespace != "x" {
+		t.Fatalf("spoof has identity %d = %v (plain %d, real %d): want its own, in cluster a", spoof.GetIdentity(), key, plain.GetIdentity(), real.GetIdentity())
+	}
+}
+
+// selecting is a policy whose pod selector requires key to exist.
+func selecting(cluster, ns, name, key string) *fedmeshv1.Policy {
+	p := policy(cluster, ns, name)
+	p.Spec.PodSelector = &fedmeshv1.LabelSelector{MatchExpressions: []*fedmeshv1.LabelSelectorRequirement{{Key: key, Operator: "Exists"}}}
+	return p
 }
 
 func TestResyncDeletesGhostEndpointsInTheFinalBatchRevision(t *testing.T) {
@@ -268,8 +289,9 @@ func richState(t *testing.T) *State {
 	apply(t, s, cluster("a", "10.1.0.0/16"), cluster("b", "10.2.0.0/16"),
 		Command{Type: CmdRegisterNode, Payload: &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: "n1", UnderlayIp: "198.18.0.1", PodCidrs: []string{"10.1.1.0/24"}}}},
 		Command{Type: CmdReportNodeStatus, Time: 1700000000000000000, Payload: &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1", Status: &fedmeshv1.NodeStatus{EnforcedRevision: 3, Ready: true}}},
-		upsert("a", 4, true, ep("x", "p", "10.1.1.1", map[string]string{"app": "x"}), ep("x", "q", "10.1.1.2", map[string]string{"app": "q"})),
-		upsert("b", 0, false, ep("x", "p", "10.2.1.1", map[string]string{"app": "x"})),
+		// Written by a version-1 binary: endpoints of the older format.
+		legacy(upsert("a", 4, true, ep("x", "p", "10.1.1.1", map[string]string{"app": "x"}), ep("x", "q", "10.1.1.2", map[string]string{"app": "q"}))),
+		legacy(upsert("b", 0, false, ep("x", "p", "10.2.1.1", map[string]string{"app": "x"}))),
 		exportCmd("a", svc("x", "s", 80)),
 		exportCmd("b", svc("x", "s", 81)),
 		Command{Type: CmdApplyPolicies, Payload: &fedmeshv1.ApplyPoliciesRequest{Cluster: "a", Resync: &fedmeshv1.ResyncMarker{Generation: 7}, Policies: []*fedmeshv1.Policy{policy("a", "x", "deny")}}},
@@ -565,13 +587,17 @@ func TestEndpointsCheckedAgainstTheClustersCurrentPodCIDRs(t *testing.T) {
 	apply(t, s, upsert("a", 0, false, ep("x", "q", "10.3.0.2", nil)))
 }
 
-func TestEndpointsOfOneIdentityShareTheirLabels(t *testing.T) {
+func TestEndpointsWithEqualLabelsShareTheirLabelMap(t *testing.T) {
 	s := NewState(100)
 	apply(t, s, cluster("a", "10.1.0.0/16"), upsert("a", 0, false,
-		ep("x", "p", "10.1.0.1", map[string]string{"app": "x"}), ep("x", "q", "10.1.0.2", map[string]string{"app": "x"})))
-	p, q := s.Endpoint("a", "x", "p"), s.Endpoint("a", "x", "q")
+		ep("x", "p", "10.1.0.1", map[string]string{"app": "x", "pod-template-hash": "1"}), ep("x", "q", "10.1.0.2", map[string]string{"app": "x", "pod-template-hash": "1"}),
+		ep("x", "r", "10.1.0.3", map[string]string{"app": "x", "pod-template-hash": "2"})))
+	p, q, r := s.Endpoint("a", "x", "p"), s.Endpoint("a", "x", "q"), s.Endpoint("a", "x", "r")
 	if fmt.Sprintf("%p", p.GetLabels()) != fmt.Sprintf("%p", q.GetLabels()) || p.GetLabels()["app"] != "x" {
-		t.Fatal("labels of one identity not shared")
+		t.Fatal("equal labels not shared")
+	}
+	if r.GetLabels()["pod-template-hash"] != "2" || r.GetIdentity() != p.GetIdentity() {
+		t.Fatalf("r: labels %v identity %d (p %d): full labels kept, identity shared", r.GetLabels(), r.GetIdentity(), p.GetIdentity())
 	}
 }
 

@@ -1,11 +1,12 @@
 package identity
 
 import (
-	"crypto/sha256"
+	"cmp"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
-	"sort"
+	"slices"
 )
 
 // Reserved numeric identities. 0 is never an identity: the policy compiler
@@ -49,40 +50,41 @@ var ErrExhausted = errors.New("identity space exhausted")
 
 // Entry is one allocated identity.
 type Entry struct {
-	ID     uint32
-	Labels Labels
+	ID  uint32
+	Key Key
 	// Refs is how many holders (endpoints) use the identity.
 	Refs uint64
 }
 
 type entry struct {
-	id     uint32
-	labels Labels
-	refs   uint64
+	key  Key
+	hash uint64
+	refs uint64
 }
 
-// Allocator maps label sets to numeric identities. It is deterministic: the
-// same sequence of Acquire/Release calls yields the same numbers, so every
-// Raft replica that applies the same log assigns the same identities. New
-// numbers are handed out in increasing order (never reusing a just-released
-// number, which could make stale dataplane entries grant a new workload the
-// old one's access); after the top of the range it wraps and takes the
-// lowest free number.
+// Allocator maps Keys to numeric identities and counts, per identity, the
+// holders (endpoints) that use it: the one reference count of the control
+// plane. It is deterministic: the same sequence of calls yields the same
+// numbers, so every Raft replica that applies the same log assigns the same
+// identities. New numbers are handed out in increasing order (never reusing
+// a just-released number, which could make stale dataplane entries grant a
+// new workload the old one's access); after the top of the range it wraps
+// and takes the lowest free number.
+//
+// Keys are indexed by a seeded 64-bit hash and compared on a hit, so a
+// collision costs a comparison, never a wrong answer; the seed differs per
+// process and changes only the index's layout, never a number.
 //
 // Not safe for concurrent use: its owner (the FSM) serialises calls.
 type Allocator struct {
-	min, max uint32
-	next     uint32
-	// byKey is keyed by the SHA-256 of the canonical label string, not the
-	// string itself: label sets can be kilobytes, and holding each twice
-	// (key and entry) doubled the FSM's memory for unique label sets.
-	byKey map[labelKey]*entry
-	byID  map[uint32]*entry
+	min, max, next uint32
+	seed           maphash.Seed
+	byID           map[uint32]*entry
+	// byHash holds the first identity of each hash; more the others
+	// (collisions, rare), so the common case is one small map entry.
+	byHash map[uint64]uint32
+	more   map[uint64][]uint32
 }
-
-type labelKey [sha256.Size]byte
-
-func keyOf(ls Labels) labelKey { return sha256.Sum256([]byte(ls.String())) }
 
 // NewAllocator returns an allocator over [MinAllocated, MaxAllocated].
 func NewAllocator() *Allocator { return NewAllocatorRange(MinAllocated, MaxAllocated) }
@@ -93,35 +95,110 @@ func NewAllocatorRange(lo, hi uint32) *Allocator {
 	if lo == 0 {
 		lo = 1
 	}
-	return &Allocator{min: lo, max: hi, next: lo, byKey: map[labelKey]*entry{}, byID: map[uint32]*entry{}}
+	return &Allocator{min: lo, max: hi, next: lo, seed: maphash.MakeSeed(),
+		byID: map[uint32]*entry{}, byHash: map[uint64]uint32{}, more: map[uint64][]uint32{}}
 }
 
-// Acquire returns the identity of ls and takes a reference on it; created
-// is true when the number is new.
-func (a *Allocator) Acquire(ls Labels) (id uint32, created bool, err error) {
-	key := keyOf(ls)
-	if e, ok := a.byKey[key]; ok {
-		e.refs++
-		return e.id, false, nil
+func (a *Allocator) hash(k Key) uint64 {
+	var h maphash.Hash
+	h.SetSeed(a.seed)
+	h.WriteString(k.Cluster)
+	h.WriteByte(0)
+	h.WriteString(k.Namespace)
+	h.WriteByte(0)
+	for _, l := range k.Labels {
+		h.WriteString(l.Key)
+		h.WriteByte(0)
+		h.WriteString(l.Value)
+		h.WriteByte(0)
 	}
-	id, err = a.free()
+	return h.Sum64()
+}
+
+func (a *Allocator) find(k Key, h uint64) (uint32, bool) {
+	if id, ok := a.byHash[h]; ok && a.byID[id].key.Equal(k) {
+		return id, true
+	}
+	for _, id := range a.more[h] {
+		if a.byID[id].key.Equal(k) {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+func (a *Allocator) index(id uint32, h uint64) {
+	if _, taken := a.byHash[h]; !taken {
+		a.byHash[h] = id
+		return
+	}
+	a.more[h] = append(a.more[h], id)
+}
+
+func (a *Allocator) unindex(id uint32, h uint64) {
+	more := a.more[h]
+	if first, ok := a.byHash[h]; ok && first == id {
+		if len(more) == 0 {
+			delete(a.byHash, h)
+			return
+		}
+		a.byHash[h], more = more[0], more[1:]
+	} else if i := slices.Index(more, id); i >= 0 {
+		more = slices.Delete(more, i, i+1)
+	}
+	if len(more) == 0 {
+		delete(a.more, h)
+	} else {
+		a.more[h] = more
+	}
+}
+
+// Acquire returns the identity of k and takes a reference on it; created
+// is true when the number is new. k's label slice is kept: the caller must
+// not modify it afterwards.
+func (a *Allocator) Acquire(k Key) (id uint32, created bool, err error) {
+	h := a.hash(k)
+	if id, ok := a.find(k, h); ok {
+		a.byID[id].refs++
+		return id, false, nil
+	}
+	id, err = a.allocate(k, h, 1)
 	if err != nil {
-		return 0, false, fmt.Errorf("allocate identity for %q: %w", ls.String(), err)
+		return 0, false, fmt.Errorf("allocate identity for %s: %w", k, err)
 	}
-	e := &entry{id: id, labels: append(Labels(nil), ls...), refs: 1}
-	a.byKey[key] = e
-	a.byID[id] = e
+	return id, true, nil
+}
+
+// AcquireHinted is Acquire for a caller that remembers which identity k
+// had: when hint still stands for k, it skips hashing k. Any hint is safe;
+// a wrong one only costs the hash.
+func (a *Allocator) AcquireHinted(k Key, hint uint32) (id uint32, created bool, err error) {
+	if e, ok := a.byID[hint]; ok && e.key.Equal(k) {
+		e.refs++
+		return hint, false, nil
+	}
+	return a.Acquire(k)
+}
+
+// allocate gives k (hash h) a new number with refs references.
+func (a *Allocator) allocate(k Key, h uint64, refs uint64) (uint32, error) {
+	id, err := a.free()
+	if err != nil {
+		return 0, err
+	}
+	a.byID[id] = &entry{key: k, hash: h, refs: refs}
+	a.index(id, h)
 	if id == a.max {
 		a.next = a.min
 	} else {
 		a.next = id + 1
 	}
-	return id, true, nil
+	return id, nil
 }
 
 // free finds the next free number at or after a.next, wrapping once.
 func (a *Allocator) free() (uint32, error) {
-	if uint64(len(a.byID)) > uint64(a.max-a.min) {
+	if a.Free() == 0 {
 		return 0, ErrExhausted
 	}
 	id := a.next
@@ -152,30 +229,39 @@ func (a *Allocator) Release(id uint32) (freed bool) {
 		return false
 	}
 	delete(a.byID, id)
-	delete(a.byKey, keyOf(e.labels))
+	a.unindex(id, e.hash)
 	return true
 }
 
-// Lookup returns the labels of id.
-func (a *Allocator) Lookup(id uint32) (Labels, bool) {
+// Lookup returns the Key of id.
+func (a *Allocator) Lookup(id uint32) (Key, bool) {
 	if e, ok := a.byID[id]; ok {
-		return e.labels, true
+		return e.key, true
 	}
-	return nil, false
+	return Key{}, false
 }
 
-// LookupLabels returns the identity of ls without taking a reference.
-func (a *Allocator) LookupLabels(ls Labels) (uint32, bool) {
-	if e, ok := a.byKey[keyOf(ls)]; ok {
-		return e.id, true
+// LookupKey returns the identity of k without taking a reference.
+func (a *Allocator) LookupKey(k Key) (uint32, bool) { return a.find(k, a.hash(k)) }
+
+// Refs is the number of references on id (0 when it is not allocated).
+func (a *Allocator) Refs(id uint32) uint64 {
+	if e, ok := a.byID[id]; ok {
+		return e.refs
 	}
-	return 0, false
+	return 0
 }
 
 // Len is the number of allocated identities.
 func (a *Allocator) Len() int { return len(a.byID) }
 
-// State is the allocator's full state, for FSM snapshots.
+// Free is how many numbers are left to allocate.
+func (a *Allocator) Free() uint64 { return uint64(a.max-a.min) + 1 - uint64(len(a.byID)) }
+
+// Next is the cursor: where the search for the next new number starts.
+func (a *Allocator) Next() uint32 { return a.next }
+
+// State is the allocator's full state, for snapshots and tests.
 type State struct {
 	Next    uint32
 	Entries []Entry // sorted by ID
@@ -184,19 +270,19 @@ type State struct {
 // Snapshot returns the allocator's state.
 func (a *Allocator) Snapshot() State {
 	s := State{Next: a.next, Entries: make([]Entry, 0, len(a.byID))}
-	for _, e := range a.byID {
-		s.Entries = append(s.Entries, Entry{ID: e.id, Labels: append(Labels(nil), e.labels...), Refs: e.refs})
+	for id, e := range a.byID {
+		s.Entries = append(s.Entries, Entry{ID: id, Key: e.key, Refs: e.refs})
 	}
-	sort.Slice(s.Entries, func(i, j int) bool { return s.Entries[i].ID < s.Entries[j].ID })
+	slices.SortFunc(s.Entries, func(x, y Entry) int { return cmp.Compare(x.ID, y.ID) })
 	return s
 }
 
 // Restore replaces the allocator's state with s. It fails, leaving the
 // allocator unchanged, when s has a number outside the range, a duplicate
-// number or label set, or an entry with no references.
+// number or Key, or an entry with no references.
 func (a *Allocator) Restore(s State) error {
-	byKey := make(map[labelKey]*entry, len(s.Entries))
-	byID := make(map[uint32]*entry, len(s.Entries))
+	b := NewAllocatorRange(a.min, a.max)
+	b.seed, b.next = a.seed, s.Next
 	for _, e := range s.Entries {
 		if e.ID < a.min || e.ID > a.max {
 			return fmt.Errorf("restore identity %d: outside [%d, %d]", e.ID, a.min, a.max)
@@ -204,16 +290,16 @@ func (a *Allocator) Restore(s State) error {
 		if e.Refs == 0 {
 			return fmt.Errorf("restore identity %d: no references", e.ID)
 		}
-		key := keyOf(e.Labels)
-		if _, dup := byID[e.ID]; dup {
+		if _, dup := b.byID[e.ID]; dup {
 			return fmt.Errorf("restore identity %d: duplicate number", e.ID)
 		}
-		if _, dup := byKey[key]; dup {
-			return fmt.Errorf("restore identity %d: duplicate labels %q", e.ID, e.Labels.String())
+		h := b.hash(e.Key)
+		if other, dup := b.find(e.Key, h); dup {
+			return fmt.Errorf("restore identity %d: %s is already identity %d", e.ID, e.Key, other)
 		}
-		en := &entry{id: e.ID, labels: append(Labels(nil), e.Labels...), refs: e.Refs}
-		byKey[key], byID[e.ID] = en, en
+		b.byID[e.ID] = &entry{key: e.Key, hash: h, refs: e.Refs}
+		b.index(e.ID, h)
 	}
-	a.byKey, a.byID, a.next = byKey, byID, s.Next
+	*a = *b
 	return nil
 }

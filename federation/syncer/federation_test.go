@@ -52,8 +52,8 @@ func TestSyncerPublishesPodsWithIdentitiesAndFollowsChanges(t *testing.T) {
 		t.Errorf("identities cart=%d cart-2=%d db=%d: want one identity (>= 256) for equal labels, another for db",
 			cart.GetIdentity(), cart2.GetIdentity(), db.GetIdentity())
 	}
-	if got := cart.GetLabels(); len(got) != 1 || got["app"] != "cart" {
-		t.Errorf("labels %v: pod-template-hash must be filtered", got)
+	if got := cart.GetLabels(); len(got) != 2 || got["app"] != "cart" || got["pod-template-hash"] != "abc" {
+		t.Errorf("labels %v: every pod label must reach the store (the identity ignores pod-template-hash)", got)
 	}
 	if cart.GetNamespaceLabels()["team"] != "a" || cart.GetNode() != "node-1" || len(cart.GetNamedPorts()) != 1 || !slices.Equal(cart.GetIps(), []string{"10.1.0.5"}) {
 		t.Errorf("endpoint in the store %v", cart)

@@ -11,7 +11,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
-	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -31,19 +30,6 @@ func (e *SkipError) Error() string { return e.Reason + ": " + e.Message }
 
 func skip(reason, format string, args ...any) *SkipError {
 	return &SkipError{Reason: reason, Message: fmt.Sprintf(format, args...)}
-}
-
-// churnLabels change on every rollout without changing what a pod is; a
-// security identity built from them would churn with every deploy.
-//
-// TODO(dedupe): federation/identity owns the canonical filter; switch to it
-// once it lands.
-// IdentityLabels returns the labels of a pod that count for its identity:
-// federation/identity's default filter drops churn labels
-// (pod-template-hash and the like) and any fedmesh.io/ key a pod could use
-// to claim another identity.
-func IdentityLabels(in map[string]string) map[string]string {
-	return identity.For("", "", in, nil).Pod()
 }
 
 // EndpointFromPod maps a pod to the endpoint the federation stores. ns is the
@@ -75,8 +61,12 @@ func EndpointFromPod(cluster string, pod *corev1.Pod, ns *corev1.Namespace, spec
 		Namespace: pod.Namespace,
 		Name:      pod.Name,
 		Ips:       ips,
-		Labels:    IdentityLabels(pod.Labels),
-		Node:      pod.Spec.NodeName,
+		// Every label, as Kubernetes selectors see them: the control plane
+		// derives the identity from them (federation/identity), so a policy
+		// on pod-template-hash or statefulset.kubernetes.io/pod-name selects
+		// what it says.
+		Labels: maps(pod.Labels),
+		Node:   pod.Spec.NodeName,
 	}
 	if ns != nil {
 		ep.NamespaceLabels = maps(ns.Labels)

@@ -41,13 +41,13 @@ func TestEndpointFromPod(t *testing.T) {
 		want       *fedmeshv1.Endpoint
 	}{
 		{
-			name: "running pod maps with churn labels dropped and named ports kept",
+			name: "running pod maps with every label (churn labels too) and named ports kept",
 			pod:  testPod(nil),
 			ns:   ns,
 			want: &fedmeshv1.Endpoint{
 				Cluster: "east", Namespace: "shop", Name: "cart-7d9f", Node: "node-1",
 				Ips:             []string{"10.1.0.5", "fd00:1::5"},
-				Labels:          map[string]string{"app": "cart"},
+				Labels:          map[string]string{"app": "cart", "pod-template-hash": "7d9f"},
 				NamespaceLabels: map[string]string{"team": "a", corev1.LabelMetadataName: "shop"},
 				NamedPorts: []*fedmeshv1.NamedPort{
 					{Name: "dns", Port: 53, Protocol: fedmeshv1.Protocol_PROTOCOL_UDP},
@@ -62,6 +62,20 @@ func TestEndpointFromPod(t *testing.T) {
 				Cluster: "east", Namespace: "shop", Name: "cart-7d9f", Node: "node-1",
 				Ips: []string{"10.1.0.5", "fd00:1::5"}, Labels: map[string]string{},
 				NamespaceLabels: map[string]string{corev1.LabelMetadataName: "shop"},
+			},
+		},
+		{
+			name: "StatefulSet and reserved-prefix labels are published as they are",
+			pod: testPod(func(p *corev1.Pod) {
+				p.Spec.Containers = nil
+				p.Labels = map[string]string{"app": "db", "statefulset.kubernetes.io/pod-name": "db-0", "apps.kubernetes.io/pod-index": "0", "fedmesh.io/cluster": "west"}
+			}),
+			ns: ns,
+			want: &fedmeshv1.Endpoint{
+				Cluster: "east", Namespace: "shop", Name: "cart-7d9f", Node: "node-1",
+				Ips:             []string{"10.1.0.5", "fd00:1::5"},
+				Labels:          map[string]string{"app": "db", "statefulset.kubernetes.io/pod-name": "db-0", "apps.kubernetes.io/pod-index": "0", "fedmesh.io/cluster": "west"},
+				NamespaceLabels: map[string]string{"team": "a", corev1.LabelMetadataName: "shop"},
 			},
 		},
 		{name: "pod without IP is skipped", pod: testPod(func(p *corev1.Pod) { p.Status.PodIPs = nil }), wantReason: "NoPodIP"},
