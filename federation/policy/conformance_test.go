@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +23,10 @@ type confWorld struct {
 	e     *Engine
 	alloc *identity.Allocator
 	eps   map[EndpointKey]*fedmeshv1.Endpoint
+	// rel and polKeys assign identities as the control plane does: a
+	// filtered label key counts while some policy selects on it.
+	rel     *identity.Relevance
+	polKeys map[PolicyKey][]string
 }
 
 var (
@@ -48,7 +53,8 @@ func upstreamNamedPorts() []*fedmeshv1.NamedPort {
 }
 
 func newConfWorld(t *testing.T) *confWorld {
-	w := &confWorld{e: NewEngine(), alloc: identity.NewAllocator(), eps: map[EndpointKey]*fedmeshv1.Endpoint{}}
+	w := &confWorld{e: NewEngine(), alloc: identity.NewAllocator(), eps: map[EndpointKey]*fedmeshv1.Endpoint{},
+		rel: identity.NewRelevance(nil), polKeys: map[PolicyKey][]string{}}
 	for ci, c := range confClusters {
 		w.e.UpsertCluster(c)
 		for ni, ns := range confNamespaces {
@@ -72,13 +78,56 @@ func (w *confWorld) put(t *testing.T, ep *fedmeshv1.Endpoint) {
 	if ep.Identity != 0 {
 		w.alloc.Release(ep.Identity)
 	}
-	id, _, err := w.alloc.Acquire(identity.For(ep.Cluster, ep.Namespace, ep.Labels, nil))
+	id, _, err := w.alloc.Acquire(identity.For(ep.Cluster, ep.Namespace, ep.Labels, w.rel))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ep.Identity = id
 	w.eps[EndpointKey{ep.Cluster, ep.Namespace, ep.Name}] = ep
 	w.e.UpsertEndpoint(ep)
+}
+
+// policy upserts (np set) or deletes a policy, counting the label keys it
+// selects on for identity and splitting or merging identities as the
+// control plane's FSM does.
+func (w *confWorld) policy(t *testing.T, key PolicyKey, np *NetworkPolicy) {
+	t.Helper()
+	var keys []string
+	if np != nil {
+		p, err := ToProto(np)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = PodLabelKeys(p)
+		w.e.UpsertNetworkPolicy(np)
+	} else {
+		w.e.DeletePolicy(key)
+	}
+	changed := append(w.rel.Select(keys), w.rel.Unselect(w.polKeys[key])...)
+	w.polKeys[key] = keys
+	if len(changed) == 0 {
+		return
+	}
+	var ks []EndpointKey
+	for k := range w.eps {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, compareEndpointKeys)
+	hs := make([]identity.Holder, len(ks))
+	for i, k := range ks {
+		ep := w.eps[k]
+		hs[i] = identity.Holder{ID: ep.Identity, Key: identity.For(ep.Cluster, ep.Namespace, ep.Labels, w.rel)}
+	}
+	ids, err := w.alloc.Rekey(hs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range ks {
+		if ep := w.eps[k]; ep.Identity != ids[i] {
+			ep.Identity = ids[i]
+			w.e.UpsertEndpoint(ep)
+		}
+	}
 }
 
 func parseKV(s string) (string, string) {
@@ -124,15 +173,18 @@ func TestConformanceTable(t *testing.T) {
 				if err := protojson.Unmarshal(js, &p); err != nil {
 					t.Fatalf("line %d: %v", lineNo, err)
 				}
-				if err := w.e.UpsertPolicy(&p); err != nil {
+				np, err := FromProto(&p)
+				if err != nil {
 					t.Fatalf("line %d: %v", lineNo, err)
 				}
+				w.policy(t, np.Key(), np)
 			} else {
 				var np networkingv1.NetworkPolicy
 				if err := yaml.UnmarshalStrict(doc, &np); err != nil {
 					t.Fatalf("line %d: %v", lineNo, err)
 				}
-				w.e.UpsertNetworkPolicy(&NetworkPolicy{Cluster: docCluster, Policy: np})
+				kp := &NetworkPolicy{Cluster: docCluster, Policy: np}
+				w.policy(t, kp.Key(), kp)
 			}
 			continue
 		}
@@ -162,7 +214,7 @@ func TestConformanceTable(t *testing.T) {
 			if k.Cluster == "federated" {
 				k.Cluster = ""
 			}
-			w.e.DeletePolicy(k)
+			w.policy(t, k, nil)
 		case "endpoint":
 			parts := strings.Split(fields[1], "/")
 			ci := int(parts[0][1] - '1')

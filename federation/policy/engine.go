@@ -23,11 +23,15 @@ import (
 //
 // Mutations (Upsert*/Delete*) only update the indexes and record which
 // endpoints may have changed; Recompute compiles those that are local and
-// returns the ones whose rules actually changed. Endpoints are assumed to
-// be validated by the API edge; in particular an endpoint's identity
-// determines its cluster, namespace and labels, and every endpoint of a
-// namespace carries the same namespace labels (otherwise identity-level
-// rules may allow a pod that Explain, looking at the pod, would not).
+// returns the ones whose rules actually changed. Selectors match an
+// endpoint's full label set (every pod label, as Kubernetes does).
+// Endpoints are assumed to be validated by the API edge and their
+// identities assigned by the control plane, which makes every two endpoints
+// of one identity alike for every selector of every stored policy: same
+// cluster, same namespace, equal values for every label key a policy
+// selects on (federation/identity, PodLabelKeys). Every endpoint of a
+// namespace carries the same namespace labels. Otherwise identity-level
+// rules may allow a pod that Explain, looking at the pod, would not.
 type Engine struct {
 	local func(*fedmeshv1.Endpoint) bool
 
