@@ -133,11 +133,16 @@ func (e *Engine) emitRule(em *emitter, ep *endpoint, r *rule) {
 // get a host CIDR rule, so a pod is never allowed on another pod's number.
 func (e *Engine) emitNamedEgress(em *emitter, ep *endpoint, r *rule, s portSpec) {
 	matched := map[uint32][]*group{}
+	match := func(g *group) {
+		for id := range g.ids {
+			if id != 0 {
+				matched[id] = append(matched[id], g)
+			}
+		}
+	}
 	if r.anyPeer {
 		for _, g := range e.groups {
-			if g.identity != 0 {
-				matched[g.identity] = append(matched[g.identity], g)
-			}
+			match(g)
 		}
 	}
 	for _, p := range r.peers {
@@ -145,7 +150,7 @@ func (e *Engine) emitNamedEgress(em *emitter, ep *endpoint, r *rule, s portSpec)
 			if p.mode == peerSameCluster && g.cluster != ep.key.Cluster {
 				continue
 			}
-			matched[g.identity] = append(matched[g.identity], g)
+			match(g)
 		}
 	}
 	for id, gs := range matched {
@@ -155,6 +160,9 @@ func (e *Engine) emitNamedEgress(em *emitter, ep *endpoint, r *rule, s portSpec)
 		}
 		for _, g := range gs {
 			for d := range g.eps {
+				if d.identity != id {
+					continue
+				}
 				if n, ok := d.resolve(s.name, s.proto); ok {
 					for _, a := range d.ips {
 						em.host(a, s.proto, n)
@@ -188,6 +196,9 @@ func (e *Engine) identityPort(id uint32, s portSpec) (uint16, bool) {
 	first := true
 	for g := range e.groupsByIdentity[id] {
 		for d := range g.eps {
+			if d.identity != id {
+				continue
+			}
 			n, ok := d.resolve(s.name, s.proto)
 			if !ok || (!first && n != port) {
 				return 0, false

@@ -60,7 +60,12 @@ type Engine struct {
 	peersGlobal      map[*peer]struct{}               // the rest
 
 	dirty map[EndpointKey]struct{}
-	cache map[EndpointKey]*Compiled
+	// dirtyPeers are peers whose identities changed since the last
+	// Recompute: their users are marked once, there, however many of the
+	// peer's groups changed (a policy that splits identities changes
+	// thousands of groups, each matched by the same few peers).
+	dirtyPeers map[peerMark]struct{}
+	cache      map[EndpointKey]*Compiled
 }
 
 // Option configures an Engine.
@@ -100,6 +105,7 @@ func NewEngine(opts ...Option) *Engine {
 		peersFedByNS:      map[string]map[*peer]struct{}{},
 		peersGlobal:       map[*peer]struct{}{},
 		dirty:             map[EndpointKey]struct{}{},
+		dirtyPeers:        map[peerMark]struct{}{},
 		cache:             map[EndpointKey]*Compiled{},
 	}
 	for _, o := range opts {
@@ -206,14 +212,20 @@ func (e *Engine) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 		return
 	}
 	e.dirty[n.key] = struct{}{}
-	if old != nil && old.groupKey() == n.groupKey() {
-		// Same selectors: only ports, addresses or locality changed.
+	if old != nil && old.group.key == n.groupKey() {
+		// Same selectors: only ports, addresses, locality or the identity
+		// changed. No selector is evaluated again.
 		g := old.group
 		e.markNamedUsers(g)
 		e.unindexIPs(old)
 		delete(g.eps, old)
 		g.eps[n] = struct{}{}
+		g.locals += locals(n) - locals(old)
 		n.group = g
+		if old.identity != n.identity {
+			e.addID(g, n.identity)
+			e.delID(g, old.identity)
+		}
 		e.endpoints[n.key] = n
 		e.indexIPs(n)
 		e.markGlobal()
@@ -257,20 +269,88 @@ func (e *Engine) addEndpoint(ep *endpoint) {
 	if g == nil {
 		g = &group{
 			key: key, cluster: ep.key.Cluster, ns: ep.key.Namespace, labels: ep.labels, nsLabels: ep.nsLabels,
-			identity: ep.identity, eps: map[*endpoint]struct{}{},
+			ids: map[uint32]int{}, eps: map[*endpoint]struct{}{},
 			selectedBy: map[*policyState]struct{}{}, peerOf: map[*peer]struct{}{},
 		}
 		e.groups[key] = g
 		addTo(e.groupsByCluster, g.cluster, g)
 		addTo(e.groupsByClusterNS, clusterNS{g.cluster, g.ns}, g)
 		addTo(e.groupsByNS, g.ns, g)
-		addTo(e.groupsByIdentity, g.identity, g)
 		e.attachGroup(g)
 	}
 	g.eps[ep] = struct{}{}
+	g.locals += locals(ep)
 	ep.group = g
+	e.addID(g, ep.identity)
 	e.markNamedUsers(g)
 	e.markGlobal()
+}
+
+func locals(ep *endpoint) int {
+	if ep.local {
+		return 1
+	}
+	return 0
+}
+
+// addID counts one more endpoint of identity id in g; a new identity of
+// the group joins the identity sets of the peers matching it.
+func (e *Engine) addID(g *group, id uint32) {
+	g.ids[id]++
+	if g.ids[id] > 1 {
+		return
+	}
+	addTo(e.groupsByIdentity, id, g)
+	if id == 0 {
+		return
+	}
+	for p := range g.peerOf {
+		e.peerAddID(p, g.cluster, id)
+	}
+}
+
+// delID counts one endpoint of identity id less in g.
+func (e *Engine) delID(g *group, id uint32) {
+	g.ids[id]--
+	if g.ids[id] > 0 {
+		return
+	}
+	delete(g.ids, id)
+	delFrom(e.groupsByIdentity, id, g)
+	if id == 0 {
+		return
+	}
+	for p := range g.peerOf {
+		e.peerDelID(p, g.cluster, id)
+	}
+}
+
+// peerAddID counts one more matched group with identity id of cluster in
+// p; when the identity is new to the peer, the endpoints its policy selects
+// must recompile.
+func (e *Engine) peerAddID(p *peer, cluster string, id uint32) {
+	ids := p.ids[cluster]
+	if ids == nil {
+		ids = map[uint32]int{}
+		p.ids[cluster] = ids
+	}
+	ids[id]++
+	if ids[id] == 1 {
+		e.markPeerUsers(p, cluster)
+	}
+}
+
+func (e *Engine) peerDelID(p *peer, cluster string, id uint32) {
+	ids := p.ids[cluster]
+	ids[id]--
+	if ids[id] > 0 {
+		return
+	}
+	delete(ids, id)
+	if len(ids) == 0 {
+		delete(p.ids, cluster)
+	}
+	e.markPeerUsers(p, cluster)
 }
 
 func (e *Engine) removeEndpoint(ep *endpoint) {
@@ -279,6 +359,8 @@ func (e *Engine) removeEndpoint(ep *endpoint) {
 	g := ep.group
 	ep.group = nil
 	delete(g.eps, ep)
+	g.locals -= locals(ep)
+	e.delID(g, ep.identity)
 	e.markNamedUsers(g)
 	e.markGlobal()
 	if len(g.eps) == 0 {
@@ -287,7 +369,6 @@ func (e *Engine) removeEndpoint(ep *endpoint) {
 		delFrom(e.groupsByCluster, g.cluster, g)
 		delFrom(e.groupsByClusterNS, clusterNS{g.cluster, g.ns}, g)
 		delFrom(e.groupsByNS, g.ns, g)
-		delFrom(e.groupsByIdentity, g.identity, g)
 	}
 }
 
@@ -351,17 +432,17 @@ func (e *Engine) unlink(ps *policyState, g *group) {
 }
 
 // join records that peer p matches g. When g brings a new identity into
-// the peer's set, the endpoints the peer's policy selects must recompile.
+// the peer's set, the endpoints the peer's policy selects must recompile;
+// for a named-port rule, whenever its groups change.
 func (e *Engine) join(p *peer, g *group) {
 	p.groups[g] = struct{}{}
 	g.peerOf[p] = struct{}{}
-	ids := p.ids[g.cluster]
-	if ids == nil {
-		ids = map[uint32]int{}
-		p.ids[g.cluster] = ids
+	for id := range g.ids {
+		if id != 0 {
+			e.peerAddID(p, g.cluster, id)
+		}
 	}
-	ids[g.identity]++
-	if ids[g.identity] == 1 || p.rule.named {
+	if p.rule.named {
 		e.markPeerUsers(p, g.cluster)
 	}
 }
@@ -369,23 +450,44 @@ func (e *Engine) join(p *peer, g *group) {
 func (e *Engine) leave(p *peer, g *group) {
 	delete(p.groups, g)
 	delete(g.peerOf, p)
-	ids := p.ids[g.cluster]
-	ids[g.identity]--
-	if ids[g.identity] <= 0 {
-		delete(ids, g.identity)
-		if len(ids) == 0 {
-			delete(p.ids, g.cluster)
+	for id := range g.ids {
+		if id != 0 {
+			e.peerDelID(p, g.cluster, id)
 		}
-		e.markPeerUsers(p, g.cluster)
-	} else if p.rule.named {
+	}
+	if p.rule.named {
 		e.markPeerUsers(p, g.cluster)
 	}
 }
 
-// markPeerUsers marks the endpoints whose rules include p's identities of
-// cluster: for a same-cluster peer only the selected endpoints of that
-// cluster, otherwise all of the policy's selected endpoints.
+// peerMark is a peer whose users must recompile: for a same-cluster peer,
+// those in cluster; otherwise all (cluster "").
+type peerMark struct {
+	p       *peer
+	cluster string
+}
+
+// markPeerUsers records that the endpoints whose rules include p's
+// identities of cluster must recompile; Recompute marks them.
 func (e *Engine) markPeerUsers(p *peer, cluster string) {
+	if p.mode != peerSameCluster {
+		cluster = ""
+	}
+	e.dirtyPeers[peerMark{p, cluster}] = struct{}{}
+}
+
+// flushPeers marks the users of the peers markPeerUsers recorded: for a
+// same-cluster peer only the selected endpoints of that cluster, otherwise
+// all of the policy's selected endpoints. A peer of a policy removed since
+// only marks endpoints that no longer need it, which costs a compile.
+func (e *Engine) flushPeers() {
+	for m := range e.dirtyPeers {
+		e.markPeerUsersNow(m.p, m.cluster)
+	}
+	clear(e.dirtyPeers)
+}
+
+func (e *Engine) markPeerUsersNow(p *peer, cluster string) {
 	ps := p.rule.pol
 	if !ps.applies[p.rule.dir] {
 		return
@@ -407,9 +509,17 @@ func (e *Engine) markPolicyUsers(ps *policyState) {
 	}
 }
 
+// markGroup marks g's local endpoints for recompiling: only they have
+// compiled rules (an endpoint that stops being local is marked by its
+// upsert).
 func (e *Engine) markGroup(g *group) {
+	if g.locals == 0 {
+		return
+	}
 	for ep := range g.eps {
-		e.dirty[ep.key] = struct{}{}
+		if ep.local {
+			e.dirty[ep.key] = struct{}{}
+		}
 	}
 }
 
@@ -589,6 +699,7 @@ func (e *Engine) indexPeer(p *peer, add bool) {
 // Recompute compiles the local endpoints that mutations since the last call
 // may have changed and returns those whose rules did change.
 func (e *Engine) Recompute() Changes {
+	e.flushPeers()
 	keys := make([]EndpointKey, 0, len(e.dirty))
 	for k := range e.dirty {
 		keys = append(keys, k)
@@ -636,6 +747,7 @@ func (e *Engine) Compile(key EndpointKey) (*Compiled, bool) {
 // the baseline the incremental path is measured against.
 func (e *Engine) CompileAll() int {
 	clear(e.dirty)
+	clear(e.dirtyPeers)
 	clear(e.cache)
 	n := 0
 	for k, ep := range e.endpoints {

@@ -207,7 +207,7 @@ func (e *Engine) explainDirection(local *endpoint, dir Direction, peerEp *endpoi
 // named ports resolve against the destination pod.
 func (e *Engine) ruleAllows(r *rule, local, peerEp *endpoint, peerIP netip.Addr, proto uint8, port uint16) bool {
 	peerMatch := func(p *peer) bool {
-		if peerEp == nil || !p.matches(peerEp.group, e.clusterLabels(peerEp.key.Cluster)) {
+		if peerEp == nil || peerEp.identity == 0 || !p.matches(peerEp.group, e.clusterLabels(peerEp.key.Cluster)) {
 			return false
 		}
 		return p.mode != peerSameCluster || peerEp.key.Cluster == local.key.Cluster

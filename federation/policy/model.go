@@ -120,21 +120,7 @@ func setString(s labels.Set) string { return identity.New(s).String() }
 // groupKey is everything selectors look at: endpoints with equal keys are
 // selected by exactly the same policies and peers.
 func (e *endpoint) groupKey() string {
-	return e.key.Cluster + "\x00" + e.key.Namespace + "\x00" + setString(e.labels) + "\x00" + setString(e.nsLabels) + "\x00" + itoa(e.identity)
-}
-
-func itoa(v uint32) string {
-	var b [10]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return string(b[i:])
+	return e.key.Cluster + "\x00" + e.key.Namespace + "\x00" + setString(e.labels) + "\x00" + setString(e.nsLabels)
 }
 
 // resolve returns the port number the endpoint gives name for proto.

@@ -30,7 +30,8 @@ type peer struct {
 	// groups the peer matches, ignoring peerSameCluster (applied per local
 	// endpoint by reading ids of its cluster).
 	groups map[*group]struct{}
-	// ids[cluster][identity] counts matched groups with that identity.
+	// ids[cluster][identity] counts the matched groups holding endpoints
+	// of that identity (never 0).
 	ids map[string]map[uint32]int
 }
 
@@ -145,13 +146,11 @@ func (ps *policyState) selects(g *group, cl labels.Set) bool {
 	return ps.podSel.Matches(g.labels)
 }
 
-// matches reports whether the peer matches pods of group g (cluster labels
-// cl), leaving out the peerSameCluster condition. Endpoints without an
-// identity are matched by no peer: the dataplane could not tell them apart.
+// matches reports whether the peer's selectors match pods of group g
+// (cluster labels cl), leaving out the peerSameCluster condition. Endpoints
+// without an identity are matched by no peer (the dataplane could not tell
+// them apart): the peer's identities leave out 0, and Explain checks.
 func (p *peer) matches(g *group, cl labels.Set) bool {
-	if g.identity == 0 {
-		return false
-	}
 	pol := p.rule.pol
 	switch p.mode {
 	case peerOwnCluster:
@@ -173,17 +172,23 @@ func (p *peer) matches(g *group, cl labels.Set) bool {
 	return p.podSel == nil || p.podSel.Matches(g.labels)
 }
 
-// group is the set of endpoints with equal cluster, namespace, labels,
-// namespace labels and identity: every selector treats them alike, so
-// selectors are evaluated once per group, not per endpoint.
+// group is the set of endpoints with equal cluster, namespace, labels and
+// namespace labels: every selector treats them alike, so selectors are
+// evaluated once per group, not per endpoint. Identities are not part of
+// it: an endpoint whose identity changes (a policy made a filtered label
+// key count, and its identity split) stays in its group, and only the
+// identity sets of the peers matching the group change.
 type group struct {
-	key        string
-	cluster    string
-	ns         string
-	labels     labels.Set
-	nsLabels   labels.Set
-	identity   uint32
-	eps        map[*endpoint]struct{}
+	key      string
+	cluster  string
+	ns       string
+	labels   labels.Set
+	nsLabels labels.Set
+	// ids counts the group's endpoints per identity.
+	ids map[uint32]int
+	eps map[*endpoint]struct{}
+	// locals counts the local endpoints of eps (those compiled).
+	locals     int
 	selectedBy map[*policyState]struct{}
 	peerOf     map[*peer]struct{}
 }
