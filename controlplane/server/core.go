@@ -169,6 +169,9 @@ func (c *Core) snapshotMembers() map[string]*fedmeshv1.Member {
 // its own before proposing (proposer.go). The returned command is what the
 // entry decodes to.
 func (c *Core) command(ctx context.Context, t store.CommandType, payload proto.Message) (store.Command, []byte, error) {
+	if t == store.CmdUpsertEndpoints {
+		t = upsertEndpointsType(c.fullLabelEntries())
+	}
 	if err := validateCommand(t, payload); err != nil {
 		return store.Command{}, nil, err
 	}

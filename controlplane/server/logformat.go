@@ -16,9 +16,11 @@ import (
 // are log formats older binaries cannot apply: a replica stops at an entry
 // it cannot apply rather than skip it. So every replica publishes the
 // newest format it applies in its member record; the leader groups writes
-// only while every replica of the Raft configuration has published 1, and
-// a replica encodes the audit header only while every one has published
-// 2. Until then writes are encoded as older binaries wrote them.
+// only while every replica of the Raft configuration has published 1, a
+// replica encodes the audit header only while every one has published 2,
+// and endpoint batches as store.CmdUpsertEndpointsFull (every pod label
+// kept; identities by federation/identity's rule) only while every one has
+// published 3. Until then writes are encoded as older binaries wrote them.
 
 const logFormatInterval = 500 * time.Millisecond
 
@@ -65,6 +67,23 @@ func (c *Core) refreshLogFormat() uint32 {
 // it looks again on every write; logFormats notices a downgrade.
 func (c *Core) auditEntries() bool {
 	return c.logFormat.Load() >= store.LogFormatAudit || c.refreshLogFormat() >= store.LogFormatAudit
+}
+
+// fullLabelEntries reports whether endpoint batches may be written as
+// store.CmdUpsertEndpointsFull: every replica applies log format 3. Until
+// then they are written as CmdUpsertEndpoints, which every replica applies
+// as binaries before format 3 did (store.Identities: legacy endpoints).
+func (c *Core) fullLabelEntries() bool {
+	return c.logFormat.Load() >= store.LogFormatFullLabels || c.refreshLogFormat() >= store.LogFormatFullLabels
+}
+
+// upsertEndpointsType is the command an endpoint batch is encoded as when
+// every replica applies format 3 (full) or not. Pure, for tests.
+func upsertEndpointsType(full bool) store.CommandType {
+	if full {
+		return store.CmdUpsertEndpointsFull
+	}
+	return store.CmdUpsertEndpoints
 }
 
 // logFormats publishes this replica's log format until its member record

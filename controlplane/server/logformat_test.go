@@ -89,3 +89,24 @@ func TestAuditHeaderIsWrittenOnlyOnceEveryReplicaAppliesIt(t *testing.T) {
 		}
 	}
 }
+
+// Endpoint batches keep every pod label (format 3) only once every replica
+// applies format 3: an older replica would store the labels, count the
+// churn ones for identity and assign other numbers than the rest.
+func TestEndpointBatchesKeepEveryLabelOnlyOnceEveryReplicaAppliesFormat3(t *testing.T) {
+	at := func(id string, f uint32) *fedmeshv1.Member { return &fedmeshv1.Member{Id: id, LogFormat: f} }
+	for _, tc := range []struct {
+		name    string
+		members map[string]*fedmeshv1.Member
+		want    store.CommandType
+	}{
+		{"every replica at format 3", map[string]*fedmeshv1.Member{"a": at("a", 3), "b": at("b", 3), "c": at("c", 3)}, store.CmdUpsertEndpointsFull},
+		{"one replica at format 2", map[string]*fedmeshv1.Member{"a": at("a", 3), "b": at("b", 2), "c": at("c", 3)}, store.CmdUpsertEndpoints},
+		{"one replica not published yet", map[string]*fedmeshv1.Member{"a": at("a", 3), "b": at("b", 3)}, store.CmdUpsertEndpoints},
+	} {
+		f := clusterLogFormat(servers("a", "b", "c"), tc.members, "")
+		if got := upsertEndpointsType(f >= store.LogFormatFullLabels); got != tc.want {
+			t.Errorf("%s: format %d, endpoint batches as command %d, want %d", tc.name, f, got, tc.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -92,6 +93,32 @@ func registerCluster(t testing.TB, ctx context.Context, c *client, name, cidr st
 		t.Fatalf("register cluster %s: %v", name, err)
 	}
 	return resp.GetRevision()
+}
+
+// TestEndpointsKeepEveryPodLabel: a replica whose group applies format 3
+// stores every label a syncer sends (churn and fedmesh.io/ ones too), and
+// pods differing only in labels no policy selects on share an identity.
+func TestEndpointsKeepEveryPodLabel(t *testing.T) {
+	_, c := startSingle(t, 1000)
+	ctx := ctxT(t)
+	registerCluster(t, ctx, c, "east", "10.1.0.0/16")
+	labels := func(hash string) map[string]string {
+		return map[string]string{"app": "web", "pod-template-hash": hash, "fedmesh.io/role": "primary"}
+	}
+	if _, err := c.endpoint.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{
+		{Namespace: "web", Name: "p1", Ips: []string{"10.1.1.5"}, Labels: labels("h1"), Node: "n1"},
+		{Namespace: "web", Name: "p2", Ips: []string{"10.1.1.6"}, Labels: labels("h2"), Node: "n1"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	eps, err := c.endpoint.ListEndpoints(linearizable(ctx), &fedmeshv1.ListEndpointsRequest{Cluster: "east"})
+	if err != nil || len(eps.GetEndpoints()) != 2 {
+		t.Fatalf("list endpoints: %v %v", eps, err)
+	}
+	p1, p2 := eps.GetEndpoints()[0], eps.GetEndpoints()[1]
+	if !maps.Equal(p1.GetLabels(), labels("h1")) || p1.GetIdentity() != p2.GetIdentity() {
+		t.Fatalf("stored %v with identity %d (p2 %d): want every label, one identity", p1.GetLabels(), p1.GetIdentity(), p2.GetIdentity())
+	}
 }
 
 func TestSingleReplicaServesWritesAndReads(t *testing.T) {

@@ -50,6 +50,7 @@ func init() {
 	validator(store.CmdReportNodeStatus, validateNodeStatus)
 	validator(store.CmdRecordNodeStatus, validateNodeStatus)
 	validator(store.CmdUpsertEndpoints, func(r *fedmeshv1.UpsertEndpointsRequest) error { return model.ValidateUpsertEndpoints(r, nil) })
+	validator(store.CmdUpsertEndpointsFull, func(r *fedmeshv1.UpsertEndpointsRequest) error { return model.ValidateUpsertEndpoints(r, nil) })
 	validator(store.CmdDeleteEndpoints, model.ValidateDeleteEndpoints)
 	validator(store.CmdExportServices, model.ValidateExportServices)
 	validator(store.CmdUnexportService, func(r *fedmeshv1.UnexportServiceRequest) error {

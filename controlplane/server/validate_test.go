@@ -32,6 +32,8 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 		store.CmdRecordNodeStatus: {status1, &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1"}},
 		store.CmdUpsertEndpoints: {&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.1"}, Node: "n1"}}},
 			&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.999"}, Node: "n1"}}}},
+		store.CmdUpsertEndpointsFull: {&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.1"}, Node: "n1"}}},
+			&fedmeshv1.UpsertEndpointsRequest{Cluster: "a", Endpoints: []*fedmeshv1.Endpoint{{Namespace: "x", Name: "p", Ips: []string{"10.1.0.999"}, Node: "n1"}}}},
 		store.CmdDeleteEndpoints: {&fedmeshv1.DeleteEndpointsRequest{Cluster: "a", Keys: []*fedmeshv1.EndpointKey{{Namespace: "x", Name: "p"}}},
 			&fedmeshv1.DeleteEndpointsRequest{Cluster: "a", Keys: []*fedmeshv1.EndpointKey{{Name: "p"}}}},
 		store.CmdExportServices: {&fedmeshv1.ExportServicesRequest{Cluster: "a", Exports: []*fedmeshv1.ServiceExport{{Namespace: "x", Name: "s", Ports: []*fedmeshv1.ServicePort{{Port: 80}}}}},
