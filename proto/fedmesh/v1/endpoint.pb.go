@@ -21,8 +21,8 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Endpoint is one pod of a member cluster, with the identity its security
-// labels map to.
+// Endpoint is one pod of a member cluster, with the identity the control
+// plane assigned it.
 type Endpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Cluster the pod runs in.
@@ -34,8 +34,9 @@ type Endpoint struct {
 	// Ips are the pod's addresses (at most one IPv4 and one IPv6), inside the
 	// cluster's pod CIDRs.
 	Ips []string `protobuf:"bytes,4,rep,name=ips,proto3" json:"ips,omitempty"`
-	// Labels are the pod's labels that count for identity (the syncer already
-	// filtered churn labels such as pod-template-hash).
+	// Labels are every label of the pod, as Kubernetes selectors see them
+	// (pod-template-hash, statefulset.kubernetes.io/pod-name and fedmesh.io/
+	// keys included): policy selectors match all of them.
 	Labels map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// NamespaceLabels are the labels of the pod's namespace, which namespace
 	// selectors match.
@@ -45,8 +46,12 @@ type Endpoint struct {
 	NamedPorts []*NamedPort `protobuf:"bytes,7,rep,name=named_ports,json=namedPorts,proto3" json:"named_ports,omitempty"`
 	// Node is the name of the node the pod runs on.
 	Node string `protobuf:"bytes,8,opt,name=node,proto3" json:"node,omitempty"`
-	// Identity is the numeric security identity of (cluster, namespace,
-	// labels), assigned by the control plane; ignored on writes.
+	// Identity is the numeric security identity of (cluster, namespace, the
+	// labels that count), assigned by the control plane; ignored on writes.
+	// A label counts unless it is controller bookkeeping (pod-template-hash
+	// and the like) or under fedmesh.io/, and those count too while a stored
+	// policy selects on their key (see federation/identity), so pods some
+	// policy tells apart never share an identity.
 	Identity uint32 `protobuf:"varint,9,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Meta carries the server-assigned revisions.
 	Meta          *ObjectMeta `protobuf:"bytes,10,opt,name=meta,proto3" json:"meta,omitempty"`
