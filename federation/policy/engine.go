@@ -212,7 +212,10 @@ func (e *Engine) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 		return
 	}
 	e.dirty[n.key] = struct{}{}
-	if old != nil && old.group.key == n.groupKey() {
+	if old != nil && labels.Equals(old.labels, n.labels) && labels.Equals(old.nsLabels, n.nsLabels) {
+		// The group's key, without building it: cluster and namespace
+		// are the endpoint key's. Share the old label sets.
+		n.labels, n.nsLabels = old.labels, old.nsLabels
 		// Same selectors: only ports, addresses, locality or the identity
 		// changed. No selector is evaluated again.
 		g := old.group
