@@ -1,6 +1,3 @@
-// Package policy owns fedmesh's network-policy semantics: Kubernetes
-// NetworkPolicy plus federated policy, compiled per local endpoint into the
-// form the dataplane loads, and explained for Reach.
 package policy
 
 import "net/netip"

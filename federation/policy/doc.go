@@ -1,0 +1,79 @@
+// Package policy owns fedmesh's network-policy semantics: Kubernetes
+// NetworkPolicy plus federated policy, and the ClusterNetworkPolicy tiers
+// (sigs.k8s.io/network-policy-api apis/v1alpha2) around them, compiled per
+// local endpoint into the form the dataplane loads, and explained for Reach.
+//
+// # Order of decision
+//
+// Each direction is decided on its own side: egress at the source endpoint,
+// ingress at the destination endpoint; a flow passes only when both allow.
+// A side that is not a federation endpoint (an outside address) enforces
+// nothing. For one side the layers are, in order:
+//
+//  1. Admin tier (ClusterNetworkPolicy with tier Admin): policies in
+//     evaluation order (below); the first policy that applies to the local
+//     pod and has a rule of this direction matching the flow decides, by
+//     its first matching rule (rules in the order written). Accept and Deny
+//     are final. Pass skips every later Admin rule and goes to 2.
+//  2. NetworkPolicy (Kubernetes semantics, federated NetworkPolicy
+//     included): if any NetworkPolicy selects the pod for this direction,
+//     it decides (allow if some rule allows, else deny).
+//  3. Baseline tier: as the Admin tier. Accept and Deny are final; Pass
+//     skips the rest of the Baseline tier, to 4.
+//  4. Default: allow.
+//
+// Explain (Tiers.Explain) names for each direction the layer that decided,
+// the deciding tier, policy, priority, rule name and index and action, and
+// every Pass rule that handed the decision on.
+//
+// # Readings of the upstream spec
+//
+// The upstream API reference (apis/v1alpha2 field docs, site-src/
+// api-overview.md) and conformance tests (conformance/tests/*admin* and
+// *baseline*) leave these points open or implicit; fedmesh reads them so:
+//
+//   - Equal priorities. The spec lets an implementation apply any of the
+//     matching policies. fedmesh orders a tier by ascending priority, then
+//     federated policies before synced ones (a federated policy is written
+//     by the federation's administrators, who outrank one cluster's), then
+//     by cluster name, then by policy name. Deterministic, so Reach, the
+//     agents and every replica agree.
+//   - A policy with no rules of a direction does not affect that direction
+//     ("CNPs with no ingress rules do not affect ingress traffic"); a
+//     policy whose rules of a direction all miss the flow falls through to
+//     the next policy of the tier, not to a decision.
+//   - Pass in the Baseline tier. The CRD allows it; "passes evaluation to
+//     the next tier", and after Baseline comes only the default, so a
+//     Baseline Pass allows (and Explain shows the Pass).
+//   - Accept in the Admin tier on egress is final for egress only; the
+//     destination's ingress is still decided at the destination ("any
+//     ingress rules at the destination do apply").
+//   - A peer with none of its fields set (a CRD newer than this code) fails
+//     closed as the peer type's doc says: in an Accept rule it matches
+//     nothing; a Deny or Pass rule with such a peer becomes "Deny all":
+//     it matches every flow its protocols match, and a Pass rule denies.
+//   - Protocols unset match every protocol, ICMP included. A protocol entry
+//     (tcp/udp/sctp) with no destinationPort matches every port of that
+//     protocol. ICMP and ICMPv6 match no protocol entry (they have no
+//     ports).
+//   - destinationNamedPort resolves against the destination pod: the local
+//     pod on ingress, the peer pod on egress. It matches the flow's
+//     protocol and port if the destination pod declares that name for that
+//     protocol. To an address outside the federation it matches nothing.
+//   - Networks peers match the peer's address whatever it is, pod addresses
+//     included (the field doc says cluster-internal traffic is checked
+//     too). An IPv4-mapped IPv6 address is compared unmapped.
+//   - Nodes peers and domainNames peers (experimental channel) match
+//     nothing yet: fedmesh knows neither node addresses nor resolved
+//     names. Both only weaken a policy's reach: domainNames is allowed in
+//     Accept rules only, and the API edge rejects nodes peers until they
+//     are supported.
+//   - A synced ClusterNetworkPolicy applies to the pods of the cluster it
+//     was synced from, with peers in that cluster (as a synced
+//     NetworkPolicy). A federated one applies to the pods of every cluster
+//     its clusterSelector matches; each namespaces/pods peer may carry a
+//     clusterSelector (nil: the subject pod's own cluster; empty: every
+//     cluster), as the federated NetworkPolicy's peers do.
+//   - Hairpin traffic (a pod to itself) is subject to both directions like
+//     any other flow, as api-overview.md says.
+package policy
