@@ -181,33 +181,11 @@ func (r *reachEngine) catchUp(eng *policy.Engine, rev *uint64) (caughtUp, ok boo
 }
 
 func (r *reachEngine) apply(eng *policy.Engine, e *fedmeshv1.Event) {
-	del := e.GetType() == fedmeshv1.EventType_EVENT_TYPE_DELETE
-	switch o := e.GetObject().(type) {
-	case *fedmeshv1.Event_Cluster:
-		if del {
-			eng.DeleteCluster(o.Cluster.GetName())
-		} else {
-			eng.UpsertCluster(o.Cluster)
-		}
-	case *fedmeshv1.Event_Endpoint:
-		if del {
-			x := o.Endpoint
-			eng.DeleteEndpoint(policy.EndpointKey{Cluster: x.GetCluster(), Namespace: x.GetNamespace(), Name: x.GetName()})
-		} else {
-			eng.UpsertEndpoint(o.Endpoint)
-		}
-	case *fedmeshv1.Event_Policy:
-		p := o.Policy
-		if del {
-			eng.DeletePolicy(policy.PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()})
-			return
-		}
-		if err := eng.UpsertPolicy(p); err != nil {
-			// The edge validated it, so this is a compiler gap: the agents
-			// cannot enforce it either. Forget any older version.
-			r.log.Warn("policy not explainable", "policy", p.GetCluster()+"/"+p.GetNamespace()+"/"+p.GetName(), "err", err)
-			eng.DeletePolicy(policy.PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()})
-		}
+	// The agents feed their engines through the same policy.Apply, so a
+	// policy update neither can compile leaves the previous version in
+	// force in both: Reach explains what the dataplane enforces.
+	if err := policy.ApplyEvent(eng, e); err != nil {
+		r.log.Warn("policy update not compiled; the previous version stays in force", "err", err)
 	}
 }
 

@@ -262,13 +262,16 @@ func (a *Agent) feed(changes []Change) {
 		if !ch.StatusOnly {
 			a.specChanged = true
 		}
+		if err := policy.Apply(c, ch.policyUpdate()); err != nil {
+			// policy.Apply's failure rule: the previous version stays in
+			// force, here and in Reach.
+			a.reportBad([]BadInput{{Reason: ReasonPolicyCompile, Object: ch.Object(), Detail: err.Error()}})
+		}
 		switch ch.Kind {
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
 			if ch.Delete {
-				c.DeleteCluster(ch.ClusterName)
 				a.reportBad(a.ipcache.DeleteCluster(ch.ClusterName))
 			} else {
-				c.UpsertCluster(ch.Cluster)
 				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
 			a.wgDirty = true
@@ -286,24 +289,15 @@ func (a *Agent) feed(changes []Change) {
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 			if ch.Delete {
-				c.DeleteEndpoint(ch.EndpointKey)
 				a.reportBad(a.ipcache.DeleteEndpoint(ch.EndpointKey))
 				delete(a.local, ch.EndpointKey)
 			} else {
-				c.UpsertEndpoint(ch.Endpoint)
 				a.reportBad(a.ipcache.UpsertEndpoint(ch.Endpoint))
 				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
 					a.local[ch.EndpointKey] = ch.Endpoint
 				} else {
 					delete(a.local, ch.EndpointKey)
 				}
-			}
-		case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
-			if ch.Delete {
-				c.DeletePolicy(ch.PolicyKey)
-			} else if err := c.UpsertPolicy(ch.Policy); err != nil {
-				a.reportBad([]BadInput{{Reason: ReasonPolicyCompile, Object: ch.Object(),
-					Detail: err.Error() + "; the previous version, if any, stays in force"}})
 			}
 		}
 	}

@@ -58,6 +58,13 @@ type Change struct {
 	StatusOnly bool
 }
 
+// policyUpdate is the change in the compiler's form; policy.Apply ignores
+// the kinds the compiler does not take (nodes).
+func (c Change) policyUpdate() policy.Update {
+	return policy.Update{Kind: c.Kind, Delete: c.Delete, ClusterName: c.ClusterName, EndpointKey: c.EndpointKey,
+		PolicyKey: c.PolicyKey, Cluster: c.Cluster, Endpoint: c.Endpoint, Policy: c.Policy}
+}
+
 // objectKey names any object the view holds, whatever its kind.
 type objectKey struct {
 	kind                     fedmeshv1.ResourceKind

@@ -1,0 +1,138 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Update is one change of the engine's inputs: a put or delete of a
+// cluster, an endpoint or a policy. It is the single event→engine form:
+// the node agent (from its view's changes) and the control plane's Reach
+// (from the watch events) both hand their changes to Apply as Updates, so
+// the two cannot drift apart.
+type Update struct {
+	Kind   fedmeshv1.ResourceKind
+	Delete bool
+
+	// The key of the object, matching Kind; a delete carries only this.
+	ClusterName string
+	EndpointKey EndpointKey
+	PolicyKey   PolicyKey
+
+	// On a put, exactly one is set, matching Kind.
+	Cluster  *fedmeshv1.Cluster
+	Endpoint *fedmeshv1.Endpoint
+	Policy   *fedmeshv1.Policy
+}
+
+// Updater is what Apply feeds: *Engine, and any wrapper of it with the same
+// contract (nodeagent/agent's Compiler). The caller serialises calls.
+type Updater interface {
+	UpsertCluster(c *fedmeshv1.Cluster)
+	DeleteCluster(name string)
+	UpsertEndpoint(ep *fedmeshv1.Endpoint)
+	DeleteEndpoint(k EndpointKey)
+	UpsertPolicy(p *fedmeshv1.Policy) error
+	DeletePolicy(k PolicyKey)
+}
+
+var _ Updater = (*Engine)(nil)
+
+// ErrPolicyRejected marks a policy update the compiler cannot compile.
+var ErrPolicyRejected = errors.New("policy update rejected")
+
+// RejectedPolicyError is the error Apply returns for a policy put it could
+// not compile. errors.Is(err, ErrPolicyRejected) holds.
+type RejectedPolicyError struct {
+	Key PolicyKey
+	Err error
+}
+
+func (e *RejectedPolicyError) Error() string {
+	return fmt.Sprintf("compile policy %s: %v; the previous version, if any, stays in force", e.Key, e.Err)
+}
+
+func (e *RejectedPolicyError) Unwrap() []error { return []error{ErrPolicyRejected, e.Err} }
+
+// Apply hands one update to the engine.
+//
+// Failure rule: a policy put the compiler cannot compile changes nothing —
+// the previous version of that policy, if any, stays in force (and so does
+// its absence) — and Apply returns a *RejectedPolicyError for the caller to
+// report. The agent keeps enforcing what it enforced, and Reach explains
+// exactly that; dropping the old version instead would open what the
+// dataplane still closes (or the reverse). The API edge rejects what the
+// compiler cannot take, so this only happens across versions.
+func Apply(u Updater, up Update) error {
+	switch up.Kind {
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
+		if up.Delete {
+			u.DeleteCluster(up.ClusterName)
+		} else {
+			u.UpsertCluster(up.Cluster)
+		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		if up.Delete {
+			u.DeleteEndpoint(up.EndpointKey)
+		} else {
+			u.UpsertEndpoint(up.Endpoint)
+		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
+		if up.Delete {
+			u.DeletePolicy(up.PolicyKey)
+		} else if err := u.UpsertPolicy(up.Policy); err != nil {
+			return &RejectedPolicyError{Key: up.PolicyKey, Err: err}
+		}
+	}
+	return nil
+}
+
+// UpdateFromEvent decodes a watch event into an Update. It returns false
+// for an event that carries nothing the engine takes (a node, a service,
+// an unknown type or object).
+func UpdateFromEvent(ev *fedmeshv1.Event) (Update, bool) {
+	var up Update
+	switch ev.GetType() {
+	case fedmeshv1.EventType_EVENT_TYPE_PUT:
+	case fedmeshv1.EventType_EVENT_TYPE_DELETE:
+		up.Delete = true
+	default:
+		return Update{}, false
+	}
+	switch o := ev.GetObject().(type) {
+	case *fedmeshv1.Event_Cluster:
+		up.Kind, up.ClusterName = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, o.Cluster.GetName()
+		if !up.Delete {
+			up.Cluster = o.Cluster
+		}
+	case *fedmeshv1.Event_Endpoint:
+		x := o.Endpoint
+		up.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT
+		up.EndpointKey = EndpointKey{Cluster: x.GetCluster(), Namespace: x.GetNamespace(), Name: x.GetName()}
+		if !up.Delete {
+			up.Endpoint = x
+		}
+	case *fedmeshv1.Event_Policy:
+		p := o.Policy
+		up.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY
+		up.PolicyKey = PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()}
+		if !up.Delete {
+			up.Policy = p
+		}
+	default:
+		return Update{}, false
+	}
+	return up, true
+}
+
+// ApplyEvent is UpdateFromEvent then Apply; an event the engine does not
+// take is ignored.
+func ApplyEvent(u Updater, ev *fedmeshv1.Event) error {
+	up, ok := UpdateFromEvent(ev)
+	if !ok {
+		return nil
+	}
+	return Apply(u, up)
+}
