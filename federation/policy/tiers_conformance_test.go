@@ -193,8 +193,8 @@ func TestTiersConformanceTable(t *testing.T) {
 	if inDoc {
 		t.Fatalf("unterminated heredoc at end of file")
 	}
-	if rows < 60 {
-		t.Fatalf("tiers table has %d rows, want at least 60", rows)
+	if rows < 100 {
+		t.Fatalf("tiers table has %d rows, want at least 100", rows)
 	}
 	t.Logf("%d tier rows passed", rows)
 }
