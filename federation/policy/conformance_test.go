@@ -52,7 +52,7 @@ func upstreamNamedPorts() []*fedmeshv1.NamedPort {
 	return out
 }
 
-func newConfWorld(t *testing.T) *confWorld {
+func newConfWorld(t testing.TB) *confWorld {
 	w := &confWorld{e: NewEngine(), alloc: identity.NewAllocator(), eps: map[EndpointKey]*fedmeshv1.Endpoint{},
 		rel: identity.NewRelevance(nil), polKeys: map[PolicyKey][]string{}}
 	for ci, c := range confClusters {
@@ -73,7 +73,7 @@ func newConfWorld(t *testing.T) *confWorld {
 }
 
 // put (re)assigns the endpoint's identity from its labels and upserts it.
-func (w *confWorld) put(t *testing.T, ep *fedmeshv1.Endpoint) {
+func (w *confWorld) put(t testing.TB, ep *fedmeshv1.Endpoint) {
 	t.Helper()
 	if ep.Identity != 0 {
 		w.alloc.Release(ep.Identity)
