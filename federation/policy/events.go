@@ -64,7 +64,10 @@ func (e *RejectedPolicyError) Unwrap() []error { return []error{ErrPolicyRejecte
 // report. The agent keeps enforcing what it enforced, and Reach explains
 // exactly that; dropping the old version instead would open what the
 // dataplane still closes (or the reverse). The API edge rejects what the
-// compiler cannot take, so this only happens across versions.
+// compiler cannot take, so this only happens across versions. "Previous"
+// is what this engine was fed: an engine built afresh from a snapshot (an
+// agent's first sync, Reach's rebuild) has none, so a rejected policy is
+// absent from it, alike in the agent and in Reach.
 func Apply(u Updater, up Update) error {
 	switch up.Kind {
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER:
