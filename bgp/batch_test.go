@@ -143,7 +143,7 @@ func TestAPIPathBuildsAttributesGoBGPCanSerialize(t *testing.T) {
 			p := Prefix{
 				CIDR:             netip.MustParsePrefix(tt.cidr),
 				Communities:      []Community{65000<<16 | 100},
-				LargeCommunities: []LargeCommunity{{65010, 1, 2}},
+				LargeCommunities: []LargeCommunity{{Global: 65010, Local1: 1, Local2: 2}},
 			}
 			path, err := apiPath(p, 1)
 			if err != nil {

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/fedmesh/fedmesh/bgp/peering"
 )
 
 // Default values the speaker uses when a Desired leaves a field zero.
@@ -15,12 +15,10 @@ const (
 	DefaultHoldTime      = 90 * time.Second
 	DefaultConnectRetry  = 5 * time.Second
 	DefaultDeferralTime  = 30 * time.Second
-	maxRestartTime       = 4095 * time.Second // 12 bits in the capability (RFC 4724 §3)
-	maxMD5KeyLen         = 80                 // TCP_MD5SIG_MAXKEYLEN
-	minHoldTime          = 3 * time.Second    // RFC 4271 §4.2: zero or at least three seconds
-	asTrans              = 23456              // RFC 6793; never a real ASN
-	maxASN               = 4294967294         // 4294967295 is reserved (RFC 7300)
-	defaultIdleHoldAfter = 5 * time.Second    // GoBGP's 30 s default keeps a flapped ToR down too long
+	maxRestartTime       = peering.MaxRestartTime
+	maxMD5KeyLen         = 80              // TCP_MD5SIG_MAXKEYLEN
+	minHoldTime          = 3 * time.Second // RFC 4271 §4.2: zero or at least three seconds
+	defaultIdleHoldAfter = 5 * time.Second // GoBGP's 30 s default keeps a flapped ToR down too long
 )
 
 // Desired is everything the speaker should be doing: one value, compared
@@ -96,68 +94,18 @@ type Prefix struct {
 	LargeCommunities []LargeCommunity `json:"largeCommunities,omitempty"`
 }
 
-// Community is a standard community, high 16 bits the ASN.
-type Community uint32
+// Community is a standard community (RFC 1997), high 16 bits the ASN.
+// The API objects' parser owns the type (bgp/peering).
+type Community = peering.Community
 
 // ParseCommunity parses "ASN:VALUE" with both halves in 0..65535.
-func ParseCommunity(s string) (Community, error) {
-	a, b, ok := strings.Cut(s, ":")
-	if !ok {
-		return 0, fmt.Errorf("parse community %q: want ASN:VALUE", s)
-	}
-	hi, err1 := strconv.ParseUint(a, 10, 16)
-	lo, err2 := strconv.ParseUint(b, 10, 16)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse community %q: both halves must be 0..65535", s)
-	}
-	return Community(hi<<16 | lo), nil
-}
-
-func (c Community) String() string { return fmt.Sprintf("%d:%d", uint32(c)>>16, uint32(c)&0xffff) }
-
-// MarshalText encodes as "ASN:VALUE".
-func (c Community) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
-
-// UnmarshalText decodes "ASN:VALUE".
-func (c *Community) UnmarshalText(b []byte) error {
-	v, err := ParseCommunity(string(b))
-	*c = v
-	return err
-}
+func ParseCommunity(s string) (Community, error) { return peering.ParseCommunity(s) }
 
 // LargeCommunity is GLOBAL:LOCAL1:LOCAL2 (RFC 8092).
-type LargeCommunity struct {
-	Global, Local1, Local2 uint32
-}
+type LargeCommunity = peering.LargeCommunity
 
 // ParseLargeCommunity parses "GLOBAL:LOCAL1:LOCAL2", each 32 bits.
-func ParseLargeCommunity(s string) (LargeCommunity, error) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 {
-		return LargeCommunity{}, fmt.Errorf("parse large community %q: want GLOBAL:LOCAL1:LOCAL2", s)
-	}
-	var v [3]uint32
-	for i, p := range parts {
-		n, err := strconv.ParseUint(p, 10, 32)
-		if err != nil {
-			return LargeCommunity{}, fmt.Errorf("parse large community %q: each part must be 0..4294967295", s)
-		}
-		v[i] = uint32(n)
-	}
-	return LargeCommunity{v[0], v[1], v[2]}, nil
-}
-
-func (l LargeCommunity) String() string { return fmt.Sprintf("%d:%d:%d", l.Global, l.Local1, l.Local2) }
-
-// MarshalText encodes as "GLOBAL:LOCAL1:LOCAL2".
-func (l LargeCommunity) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
-
-// UnmarshalText decodes "GLOBAL:LOCAL1:LOCAL2".
-func (l *LargeCommunity) UnmarshalText(b []byte) error {
-	v, err := ParseLargeCommunity(string(b))
-	*l = v
-	return err
-}
+func ParseLargeCommunity(s string) (LargeCommunity, error) { return peering.ParseLargeCommunity(s) }
 
 // FieldError says which field of a Desired is wrong and why. Validate joins
 // one per problem; find them with errors.As.
@@ -279,17 +227,7 @@ func (d *Desired) isEmptyOtherwise() bool {
 	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0
 }
 
-func asnProblem(asn uint32) string {
-	switch {
-	case asn == 0:
-		return "must be 1..4294967294"
-	case asn == asTrans:
-		return "23456 is AS_TRANS (RFC 6793), not a real ASN"
-	case asn > maxASN:
-		return "4294967295 is reserved"
-	}
-	return ""
-}
+func asnProblem(asn uint32) string { return peering.ASNProblem(asn) }
 
 func insideAny(p netip.Prefix, cidrs []netip.Prefix) bool {
 	for _, c := range cidrs {

@@ -107,7 +107,7 @@ func TestParseCommunities(t *testing.T) {
 		}
 	}
 	l, err := ParseLargeCommunity("4200000000:1:2")
-	if err != nil || l != (LargeCommunity{4200000000, 1, 2}) || l.String() != "4200000000:1:2" {
+	if err != nil || l != (LargeCommunity{Global: 4200000000, Local1: 1, Local2: 2}) || l.String() != "4200000000:1:2" {
 		t.Errorf("ParseLargeCommunity = %v, %v", l, err)
 	}
 	if _, err := ParseLargeCommunity("1:2"); err == nil {

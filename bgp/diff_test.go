@@ -111,7 +111,7 @@ func TestPlanFoldedOverAppliedReachesDesired(t *testing.T) {
 		func(d *Desired) { d.Peers = d.Peers[:1]; d.Prefixes = nil },
 		func(d *Desired) { d.RouterID = netip.MustParseAddr("198.18.0.9") },
 		func(d *Desired) { d.Peers[1].Password = "x"; d.GracefulRestart = GracefulRestart{} },
-		func(d *Desired) { d.Prefixes[0].LargeCommunities = []LargeCommunity{{1, 2, 3}} },
+		func(d *Desired) { d.Prefixes[0].LargeCommunities = []LargeCommunity{{Global: 1, Local1: 2, Local2: 3}} },
 	} {
 		d := validDesired()
 		f(&d)

@@ -29,6 +29,8 @@ import (
 //     Authorize, refuses the admin's write with FailedPrecondition naming
 //     the owner (a refusal of where, not of who);
 //   - a node agent registers and reports only its own node;
+//   - BGP peers and filters are written by admins and read by admins and
+//     node agents only (the server shows a node the peers that select it);
 //   - a replica (a fellow control-plane replica) may call the replica RPCs,
 //     Propose (a forwarded, already authorized write) only by replicas;
 //     other calls it forwards are authorized as the original caller (see
@@ -141,6 +143,18 @@ var rules = map[string]rule{
 	// Who changed what is for operators.
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: adminOnly,
 
+	// BGP: admins write; node agents read, the server narrowing what a
+	// node sees to the peers that select it (controlplane/server/bgp.go).
+	fedmeshv1.BGPService_ApplyBGPPeer_FullMethodName:    adminOnly,
+	fedmeshv1.BGPService_DeleteBGPPeer_FullMethodName:   adminOnly,
+	fedmeshv1.BGPService_ApplyBGPFilter_FullMethodName:  adminOnly,
+	fedmeshv1.BGPService_DeleteBGPFilter_FullMethodName: adminOnly,
+	fedmeshv1.BGPService_GetBGPPeer_FullMethodName:      bgpRead,
+	fedmeshv1.BGPService_ListBGPPeers_FullMethodName:    bgpRead,
+	fedmeshv1.BGPService_GetBGPFilter_FullMethodName:    bgpRead,
+	fedmeshv1.BGPService_ListBGPFilters_FullMethodName:  bgpRead,
+	fedmeshv1.BGPService_GetBGPStatus_FullMethodName:    adminOnly,
+
 	methodListMembers:      anyRead,
 	methodGetReplicaStatus: anyRead,
 	methodReadIndex:        anyRead,
@@ -200,6 +214,16 @@ func federationRead(p Principal, m string, _ any) error {
 		return nil
 	}
 	return deny(p, m, "replicas read federation objects only on a caller's behalf")
+}
+
+// bgpRead admits admins and node agents (which see only the peers that
+// select their node); syncers have no use for BGP peers.
+func bgpRead(p Principal, m string, _ any) error {
+	switch p.Kind {
+	case KindAdmin, KindNode:
+		return nil
+	}
+	return deny(p, m, "only an admin or a node agent reads BGP peers and filters")
 }
 
 // anyRead admits every principal, replicas included.

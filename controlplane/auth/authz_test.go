@@ -33,6 +33,8 @@ var (
 	reads     = []string{"admin", "syncer/a", "syncer/b", "node/a/n1", "node/a/n2", "node/b/n1", "node/b/n2"}
 	anyone    = append(slices.Clone(reads), "replica")
 	everyone  = append(slices.Clone(anyone), "nobody")
+	// bgpReaders: what a node reads is narrowed by the server.
+	bgpReaders = []string{"admin", "node/a/n1", "node/a/n2", "node/b/n1", "node/b/n2"}
 )
 
 // swap exchanges clusters a and b in a principal label.
@@ -100,6 +102,16 @@ var matrix = map[string]matrixRow{
 
 	fedmeshv1.ReachService_Reach_FullMethodName:            {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: {func(string) any { return &fedmeshv1.ListAuditRecordsRequest{} }, onlyAdmin},
+
+	fedmeshv1.BGPService_ApplyBGPPeer_FullMethodName:    {func(string) any { return &fedmeshv1.ApplyBGPPeerRequest{} }, onlyAdmin},
+	fedmeshv1.BGPService_DeleteBGPPeer_FullMethodName:   {func(string) any { return &fedmeshv1.DeleteBGPPeerRequest{} }, onlyAdmin},
+	fedmeshv1.BGPService_ApplyBGPFilter_FullMethodName:  {func(string) any { return &fedmeshv1.ApplyBGPFilterRequest{} }, onlyAdmin},
+	fedmeshv1.BGPService_DeleteBGPFilter_FullMethodName: {func(string) any { return &fedmeshv1.DeleteBGPFilterRequest{} }, onlyAdmin},
+	fedmeshv1.BGPService_GetBGPPeer_FullMethodName:      {func(string) any { return &fedmeshv1.GetBGPPeerRequest{} }, bgpReaders},
+	fedmeshv1.BGPService_ListBGPPeers_FullMethodName:    {func(string) any { return &fedmeshv1.ListBGPPeersRequest{} }, bgpReaders},
+	fedmeshv1.BGPService_GetBGPFilter_FullMethodName:    {func(string) any { return &fedmeshv1.GetBGPFilterRequest{} }, bgpReaders},
+	fedmeshv1.BGPService_ListBGPFilters_FullMethodName:  {func(string) any { return &fedmeshv1.ListBGPFiltersRequest{} }, bgpReaders},
+	fedmeshv1.BGPService_GetBGPStatus_FullMethodName:    {func(string) any { return &fedmeshv1.GetBGPStatusRequest{} }, onlyAdmin},
 	fedmeshv1.WatchService_Watch_FullMethodName: {func(c string) any {
 		return &fedmeshv1.WatchRequest{Filter: &fedmeshv1.WatchFilter{Clusters: []string{c}}}
 	}, reads},

@@ -386,4 +386,5 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterReachServiceServer(s, &reachService{c: c})
 	fedmeshv1.RegisterControlPlaneServiceServer(s, &adminService{c: c})
 	fedmeshv1.RegisterAuditServiceServer(s, &auditService{c: c})
+	fedmeshv1.RegisterBGPServiceServer(s, &bgpService{c: c})
 }

@@ -45,6 +45,12 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 		store.CmdSetMember:        {&fedmeshv1.Member{Id: "r1"}, &fedmeshv1.Member{}},
 		store.CmdRemoveMember:     {&fedmeshv1.Member{Id: "r1"}, &fedmeshv1.Member{}},
 		store.CmdConsumeJoinToken: {store.ConsumeJoinTokenPayload([16]byte{1}, 5), wrapperspb.Bytes([]byte{1, 2, 3})},
+		store.CmdApplyBGPPeer: {&fedmeshv1.ApplyBGPPeerRequest{Peer: &fedmeshv1.BGPPeerConfig{Name: "tor", Address: "198.18.1.1", Asn: 65000}},
+			&fedmeshv1.ApplyBGPPeerRequest{Peer: &fedmeshv1.BGPPeerConfig{Name: "tor", Address: "198.18.1.1", Asn: 23456}}},
+		store.CmdDeleteBGPPeer: {&fedmeshv1.DeleteBGPPeerRequest{Name: "tor"}, &fedmeshv1.DeleteBGPPeerRequest{}},
+		store.CmdApplyBGPFilter: {&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f"}},
+			&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f", ExportV4: []*fedmeshv1.BGPFilterRule{{Cidr: "10.0.0.0/8"}}}}},
+		store.CmdDeleteBGPFilter: {&fedmeshv1.DeleteBGPFilterRequest{Name: "f"}, &fedmeshv1.DeleteBGPFilterRequest{Name: "F F"}},
 	}
 	for _, ct := range store.CommandTypes() {
 		t.Run(ct.String(), func(t *testing.T) {

@@ -25,6 +25,7 @@ type watchFilter struct {
 	kinds     map[fedmeshv1.ResourceKind]bool
 	clusters  map[string]bool
 	importing string
+	bgp       bgpViewer // what the caller may read of BGP objects (bgp.go)
 }
 
 func newWatchFilter(req *fedmeshv1.WatchRequest) (*watchFilter, error) {
@@ -65,6 +66,10 @@ func (f *watchFilter) pass(st *store.State, e *fedmeshv1.Event) bool {
 		kind, ns = fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, o.ServiceImport.GetNamespace()
 	case *fedmeshv1.Event_Policy:
 		kind, owner, ns, scoped = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY, o.Policy.GetCluster(), o.Policy.GetNamespace(), o.Policy.GetCluster() != ""
+	case *fedmeshv1.Event_BgpPeer:
+		kind = fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER
+	case *fedmeshv1.Event_BgpFilter:
+		kind = fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER
 	}
 	if f.kinds != nil && !f.kinds[kind] {
 		return false
@@ -90,6 +95,7 @@ func (w *watchService) Watch(req *fedmeshv1.WatchRequest, stream fedmeshv1.Watch
 	if err != nil {
 		return err
 	}
+	f.bgp = bgpViewerOf(stream.Context())
 	m := w.c.r.metrics
 	m.watchers.Inc()
 	defer m.watchers.Dec()
@@ -115,9 +121,7 @@ func (w *watchService) Watch(req *fedmeshv1.WatchRequest, stream fedmeshv1.Watch
 			}
 			for _, b := range batches {
 				for _, e := range b.Events {
-					if f.pass(st, e) {
-						out = append(out, e)
-					}
+					out = f.emit(st, out, e, false)
 				}
 				last = b.Revision
 			}
@@ -154,9 +158,7 @@ func (w *watchService) sendSnapshot(stream fedmeshv1.WatchService_WatchServer, f
 	w.c.view(func(st *store.State) {
 		rev = st.Revision()
 		st.ForEachObject(func(e *fedmeshv1.Event) bool {
-			if f.pass(st, e) {
-				objs = append(objs, e)
-			}
+			objs = f.emit(st, objs, e, true)
 			return true
 		})
 	})

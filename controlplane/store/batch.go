@@ -34,8 +34,11 @@ const (
 	// pod label and their identities follow federation/identity's rule.
 	// The replica encoding an endpoint write picks that type.
 	LogFormatFullLabels = 3
+	// LogFormatBGP adds the BGP peer and filter commands (CmdApplyBGPPeer
+	// and the rest, bgppeers.go), which the edge refuses until then.
+	LogFormatBGP = 4
 	// LogFormat is the newest format this binary applies.
-	LogFormat = LogFormatFullLabels
+	LogFormat = LogFormatBGP
 )
 
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per

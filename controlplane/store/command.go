@@ -279,6 +279,7 @@ func init() {
 	register(CmdRemoveMember, "RemoveMember", true, (*State).applyRemoveMember)
 	register(CmdRecordNodeStatus, "RecordNodeStatus", true, (*State).applyRecordNodeStatus)
 	register(CmdConsumeJoinToken, "ConsumeJoinToken", true, (*State).applyConsumeJoinToken)
+	registerBGP()
 	registerDescriptions()
 }
 
@@ -293,6 +294,9 @@ type Result struct {
 	Cluster  *fedmeshv1.Cluster
 	Node     *fedmeshv1.Node
 	Policies []*fedmeshv1.Policy
+	// BGPPeer (with its status) and BGPFilter as stored.
+	BGPPeer   *fedmeshv1.BGPPeerConfig
+	BGPFilter *fedmeshv1.BGPFilter
 	// Err is why the command was rejected; the state did not change.
 	Err error
 }

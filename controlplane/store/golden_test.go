@@ -224,6 +224,45 @@ func goldenScenario() []goldenStep {
 	add("grouped entry: delete d, delete a missing cluster",
 		Command{Type: CmdDeleteCluster, Payload: &fedmeshv1.DeleteClusterRequest{Name: "d"}},
 		Command{Type: CmdDeleteCluster, Payload: &fedmeshv1.DeleteClusterRequest{Name: "nope"}})
+
+	// BGP peers and filters (log format 4).
+	bgpFilter := func(f *fedmeshv1.BGPFilter) Command {
+		return Command{Type: CmdApplyBGPFilter, Payload: &fedmeshv1.ApplyBGPFilterRequest{Filter: f}}
+	}
+	bgpPeer := func(p *fedmeshv1.BGPPeerConfig) Command {
+		return Command{Type: CmdApplyBGPPeer, Payload: &fedmeshv1.ApplyBGPPeerRequest{Peer: p}}
+	}
+	localPref := uint32(150)
+	add("register node a/n5 labelled rack=r1", node(&fedmeshv1.Node{Cluster: "a", Name: "n5", UnderlayIp: "198.18.0.5", PodCidrs: []string{"10.1.5.0/24"},
+		Labels: map[string]string{"rack": "r1", "bgp.fedmesh.io/asn": "65105"}}))
+	add("BGP filter pods-only (every rule shape)", bgpFilter(&fedmeshv1.BGPFilter{Name: "pods-only",
+		ExportV4: []*fedmeshv1.BGPFilterRule{
+			{Cidr: "10.1.0.0/16", MatchOperator: fedmeshv1.BGPFilterMatchOperator_BGP_FILTER_MATCH_OPERATOR_IN, PrefixLength: &fedmeshv1.BGPPrefixLengthRange{Min: 24, Max: 26}, Action: fedmeshv1.BGPFilterAction_BGP_FILTER_ACTION_ACCEPT},
+			{Action: fedmeshv1.BGPFilterAction_BGP_FILTER_ACTION_REJECT},
+		},
+		ImportV4: []*fedmeshv1.BGPFilterRule{{Cidr: "0.0.0.0/0", MatchOperator: fedmeshv1.BGPFilterMatchOperator_BGP_FILTER_MATCH_OPERATOR_EQUAL, Action: fedmeshv1.BGPFilterAction_BGP_FILTER_ACTION_REJECT}},
+		ExportV6: []*fedmeshv1.BGPFilterRule{{Cidr: "fd00::/8", MatchOperator: fedmeshv1.BGPFilterMatchOperator_BGP_FILTER_MATCH_OPERATOR_NOT_IN, Action: fedmeshv1.BGPFilterAction_BGP_FILTER_ACTION_REJECT}},
+	}))
+	add("BGP filter no-default", bgpFilter(&fedmeshv1.BGPFilter{Name: "no-default",
+		ImportV6: []*fedmeshv1.BGPFilterRule{{Cidr: "::/0", MatchOperator: fedmeshv1.BGPFilterMatchOperator_BGP_FILTER_MATCH_OPERATOR_EQUAL, Action: fedmeshv1.BGPFilterAction_BGP_FILTER_ACTION_REJECT}}}))
+	add("BGP peer tor-r1 (every field) selects a/n5", bgpPeer(&fedmeshv1.BGPPeerConfig{Name: "tor-r1", Address: "198.18.1.1", Asn: 65000, Port: 179,
+		ClusterSelector: &fedmeshv1.LabelSelector{MatchLabels: map[string]string{"site": "a"}},
+		NodeSelector:    &fedmeshv1.LabelSelector{MatchExpressions: []*fedmeshv1.LabelSelectorRequirement{{Key: "rack", Operator: "In", Values: []string{"r1"}}}},
+		LocalAsn:        65100, LocalAsnLabel: "bgp.fedmesh.io/asn", HoldTimeSeconds: 9, KeepaliveSeconds: 3,
+		GracefulRestart: &fedmeshv1.BGPGracefulRestart{RestartTimeSeconds: 60}, EbgpMultihopTtl: 2,
+		Password:       &fedmeshv1.BGPPasswordRef{Source: &fedmeshv1.BGPPasswordRef_File{File: "/etc/fedmesh/bgp/tor-r1"}},
+		Filters:        []string{"pods-only", "no-default"},
+		Attributes:     &fedmeshv1.BGPRouteAttributes{Communities: []string{"65000:100"}, LargeCommunities: []string{"65000:1:2"}, LocalPreference: &localPref},
+		Advertisements: []*fedmeshv1.BGPAdvertisement{{Class: fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_POD_CIDR, Attributes: &fedmeshv1.BGPRouteAttributes{Communities: []string{"65000:200"}}}},
+	}))
+	add("BGP peer tor-r2 selects rack r2: no node (not an error)", bgpPeer(&fedmeshv1.BGPPeerConfig{Name: "tor-r2", Address: "198.18.2.1", Asn: 65000,
+		NodeSelector: &fedmeshv1.LabelSelector{MatchLabels: map[string]string{"rack": "r2"}}, Filters: []string{"no-default"}}))
+	add("BGP peer naming a missing filter: rejected", bgpPeer(&fedmeshv1.BGPPeerConfig{Name: "tor-r3", Address: "198.18.3.1", Asn: 65000, Filters: []string{"no-default", "nope"}}))
+	add("delete a BGP filter a peer uses: rejected", Command{Type: CmdDeleteBGPFilter, Payload: &fedmeshv1.DeleteBGPFilterRequest{Name: "pods-only"}})
+	add("grouped entry: delete peer tor-r1, then its filter, then a missing peer",
+		Command{Type: CmdDeleteBGPPeer, Payload: &fedmeshv1.DeleteBGPPeerRequest{Name: "tor-r1"}},
+		Command{Type: CmdDeleteBGPFilter, Payload: &fedmeshv1.DeleteBGPFilterRequest{Name: "pods-only"}},
+		Command{Type: CmdDeleteBGPPeer, Payload: &fedmeshv1.DeleteBGPPeerRequest{Name: "tor-r1"}})
 	return steps
 }
 

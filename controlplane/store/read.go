@@ -225,4 +225,5 @@ func (s *State) ForEachObject(fn func(*fedmeshv1.Event) bool) {
 			return
 		}
 	}
+	s.forEachBGP(put)
 }

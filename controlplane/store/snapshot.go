@@ -29,7 +29,9 @@ import (
 // records are legacy endpoints (see Identities), so a snapshot holding
 // only those stays readable by older binaries, and full endpoints exist
 // only once every replica applies log format 3.
-const SnapshotVersion = 4
+// Version 5 adds the BGP peers and filters (recBGPPeer, recBGPFilter),
+// likewise written only once there are some (log format 4).
+const SnapshotVersion = 5
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -51,6 +53,8 @@ const (
 	recEnd
 	recAudit        // version 3
 	recEndpointFull // version 4: an endpoint with every pod label (not legacy)
+	recBGPPeer      // version 5
+	recBGPFilter    // version 5
 )
 
 type snapHeader struct {
@@ -99,6 +103,7 @@ func (s *State) Freeze() Frozen {
 		audit:      s.audit.clone(),
 		ids:        s.ids.frozen(),
 		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
+		bgp:        s.bgp.clone(),
 	}
 	for k, v := range s.usedTokens {
 		c.usedTokens[k] = v
@@ -150,6 +155,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	}
 	if s.fullEndpoints() {
 		h.Version = 4
+	}
+	if !s.bgp.empty() {
+		h.Version = 5
 	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
@@ -206,6 +214,7 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	for _, rec := range audit {
 		rw.msg(recAudit, 0, false, rec)
 	}
+	s.bgp.write(&rw)
 	rw.raw(recEnd, nil)
 	if rw.err != nil {
 		return cw.n, fmt.Errorf("write snapshot: %w", rw.err)
@@ -391,6 +400,12 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			s.log = NewEventLog(logSize, s.rev)
 			return s, nil
 		default:
+			if ok, err := s.bgp.read(recKind(kind), b); ok {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
 			return nil, fmt.Errorf("read snapshot: unknown record kind %d in version %d", kind, h.Version)
 		}
 	}

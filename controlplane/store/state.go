@@ -105,6 +105,7 @@ type State struct {
 	usedTokens map[[16]byte]int64
 	log        *EventLog
 	audit      *AuditLog
+	bgp        bgpState
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -131,6 +132,7 @@ func NewState(logSize int) *State {
 		usedTokens: map[[16]byte]int64{},
 		log:        NewEventLog(logSize, 0),
 		audit:      &AuditLog{},
+		bgp:        newBGPState(),
 		intern:     map[string]string{},
 	}
 }

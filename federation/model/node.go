@@ -38,6 +38,7 @@ func ValidateNode(n *fedmeshv1.Node, cluster *fedmeshv1.Cluster) error {
 		}
 	}
 	errs = append(errs, port(p.Child("wireguardListenPort"), n.GetWireguardListenPort(), true)...)
+	errs = append(errs, labels(p.Child("labels"), n.GetLabels())...)
 	return AsError(errs)
 }
 

@@ -190,6 +190,7 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		// Node.
 		{"node without cluster", node(func(n *fedmeshv1.Node) { n.Cluster = "" }), "node.cluster", field.ErrorTypeRequired, ""},
 		{"node name with underscore", node(func(n *fedmeshv1.Node) { n.Name = "node_1" }), "node.name", field.ErrorTypeInvalid, "RFC 1123"},
+		{"node label value with a space", node(func(n *fedmeshv1.Node) { n.Labels = map[string]string{"rack": "r 1"} }), "node.labels", field.ErrorTypeInvalid, "a valid label must"},
 		{"node underlay loopback", node(func(n *fedmeshv1.Node) { n.UnderlayIp = "127.0.0.1" }), "node.underlayIp", field.ErrorTypeInvalid, "non-loopback"},
 		{"node underlay v4-mapped", node(func(n *fedmeshv1.Node) { n.UnderlayIp = "::ffff:198.18.1.10" }), "node.underlayIp", field.ErrorTypeInvalid, "plain IPv4"},
 		{"node pod CIDR outside cluster", node(func(n *fedmeshv1.Node) { n.PodCidrs[0] = "10.9.1.0/24" }), "node.podCIDRs[0]", field.ErrorTypeInvalid, "not inside any pod CIDR"},

@@ -114,7 +114,11 @@ type Node struct {
 	// Status is the last report of the node's agent; ignored on RegisterNode.
 	Status *NodeStatus `protobuf:"bytes,7,opt,name=status,proto3" json:"status,omitempty"`
 	// Meta carries the server-assigned revisions.
-	Meta          *ObjectMeta `protobuf:"bytes,8,opt,name=meta,proto3" json:"meta,omitempty"`
+	Meta *ObjectMeta `protobuf:"bytes,8,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Labels are the node's labels (Kubernetes syntax), set by its agent
+	// (fedmesh-agent --node-label, like kubelet's --node-labels). BGP peers
+	// select nodes by them ("rack=r1").
+	Labels        map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -205,6 +209,13 @@ func (x *Node) GetMeta() *ObjectMeta {
 	return nil
 }
 
+func (x *Node) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 // NodeStatus is what a node agent last reported.
 type NodeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -223,7 +234,11 @@ type NodeStatus struct {
 	// LocalEndpoints is how many endpoints the node enforces policy for.
 	LocalEndpoints uint32 `protobuf:"varint,7,opt,name=local_endpoints,json=localEndpoints,proto3" json:"local_endpoints,omitempty"`
 	// Message explains a not-ready state.
-	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	// BgpProblems are what the agent could not resolve of the BGP peers that
+	// select the node (conflicting addresses, a bad ASN label, an unreadable
+	// password file); the sessions concerned are left out.
+	BgpProblems   []string `protobuf:"bytes,9,rep,name=bgp_problems,json=bgpProblems,proto3" json:"bgp_problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -314,6 +329,13 @@ func (x *NodeStatus) GetMessage() string {
 	return ""
 }
 
+func (x *NodeStatus) GetBgpProblems() []string {
+	if x != nil {
+		return x.BgpProblems
+	}
+	return nil
+}
+
 // BGPPeerStatus is one BGP session of a node.
 type BGPPeerStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -330,7 +352,12 @@ type BGPPeerStatus struct {
 	// PrefixesReceived is how many prefixes the peer advertised.
 	PrefixesReceived uint32 `protobuf:"varint,6,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
 	// LastError is the last notification or connection error.
-	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Name is the BGPPeerConfig the session comes from; empty for a peer of
+	// the cluster's BGPSettings.
+	Name string `protobuf:"bytes,8,opt,name=name,proto3" json:"name,omitempty"`
+	// LocalAsn is the ASN the node uses on the session.
+	LocalAsn      uint32 `protobuf:"varint,9,opt,name=local_asn,json=localAsn,proto3" json:"local_asn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -412,6 +439,20 @@ func (x *BGPPeerStatus) GetLastError() string {
 		return x.LastError
 	}
 	return ""
+}
+
+func (x *BGPPeerStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BGPPeerStatus) GetLocalAsn() uint32 {
+	if x != nil {
+		return x.LocalAsn
+	}
+	return 0
 }
 
 // WireGuardPeerStatus is one WireGuard peer of a node.
@@ -1207,7 +1248,7 @@ var File_fedmesh_v1_node_proto protoreflect.FileDescriptor
 const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"\x15fedmesh/v1/node.proto\x12\n" +
-	"fedmesh.v1\x1a\x17fedmesh/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x02\n" +
+	"fedmesh.v1\x1a\x17fedmesh/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x03\n" +
 	"\x04Node\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -1217,7 +1258,11 @@ const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\x14wireguard_public_key\x18\x05 \x01(\tR\x12wireguardPublicKey\x122\n" +
 	"\x15wireguard_listen_port\x18\x06 \x01(\rR\x13wireguardListenPort\x12.\n" +
 	"\x06status\x18\a \x01(\v2\x16.fedmesh.v1.NodeStatusR\x06status\x12*\n" +
-	"\x04meta\x18\b \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\"\xef\x02\n" +
+	"\x04meta\x18\b \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\x124\n" +
+	"\x06labels\x18\t \x03(\v2\x1c.fedmesh.v1.Node.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x03\n" +
 	"\n" +
 	"NodeStatus\x12+\n" +
 	"\x11enforced_revision\x18\x01 \x01(\x04R\x10enforcedRevision\x12;\n" +
@@ -1228,7 +1273,8 @@ const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\tbgp_peers\x18\x05 \x03(\v2\x19.fedmesh.v1.BGPPeerStatusR\bbgpPeers\x12H\n" +
 	"\x0fwireguard_peers\x18\x06 \x03(\v2\x1f.fedmesh.v1.WireGuardPeerStatusR\x0ewireguardPeers\x12'\n" +
 	"\x0flocal_endpoints\x18\a \x01(\rR\x0elocalEndpoints\x12\x18\n" +
-	"\amessage\x18\b \x01(\tR\amessage\"\x92\x02\n" +
+	"\amessage\x18\b \x01(\tR\amessage\x12!\n" +
+	"\fbgp_problems\x18\t \x03(\tR\vbgpProblems\"\xc3\x02\n" +
 	"\rBGPPeerStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x10\n" +
 	"\x03asn\x18\x02 \x01(\rR\x03asn\x121\n" +
@@ -1237,7 +1283,9 @@ const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\rprefixes_sent\x18\x05 \x01(\rR\fprefixesSent\x12+\n" +
 	"\x11prefixes_received\x18\x06 \x01(\rR\x10prefixesReceived\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\a \x01(\tR\tlastError\"\xd2\x01\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12\x12\n" +
+	"\x04name\x18\b \x01(\tR\x04name\x12\x1b\n" +
+	"\tlocal_asn\x18\t \x01(\rR\blocalAsn\"\xd2\x01\n" +
 	"\x13WireGuardPeerStatus\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\tR\tpublicKey\x12\x1a\n" +
@@ -1313,7 +1361,7 @@ func file_fedmesh_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_fedmesh_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fedmesh_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_fedmesh_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fedmesh_v1_node_proto_goTypes = []any{
 	(BGPSessionState)(0),             // 0: fedmesh.v1.BGPSessionState
 	(*Node)(nil),                     // 1: fedmesh.v1.Node
@@ -1333,43 +1381,45 @@ var file_fedmesh_v1_node_proto_goTypes = []any{
 	(*WaitEnforcedRequest)(nil),      // 15: fedmesh.v1.WaitEnforcedRequest
 	(*WaitEnforcedResponse)(nil),     // 16: fedmesh.v1.WaitEnforcedResponse
 	(*NodeRevision)(nil),             // 17: fedmesh.v1.NodeRevision
-	(*ObjectMeta)(nil),               // 18: fedmesh.v1.ObjectMeta
-	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 20: google.protobuf.Duration
+	nil,                              // 18: fedmesh.v1.Node.LabelsEntry
+	(*ObjectMeta)(nil),               // 19: fedmesh.v1.ObjectMeta
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
 }
 var file_fedmesh_v1_node_proto_depIdxs = []int32{
 	2,  // 0: fedmesh.v1.Node.status:type_name -> fedmesh.v1.NodeStatus
-	18, // 1: fedmesh.v1.Node.meta:type_name -> fedmesh.v1.ObjectMeta
-	19, // 2: fedmesh.v1.NodeStatus.report_time:type_name -> google.protobuf.Timestamp
-	3,  // 3: fedmesh.v1.NodeStatus.bgp_peers:type_name -> fedmesh.v1.BGPPeerStatus
-	4,  // 4: fedmesh.v1.NodeStatus.wireguard_peers:type_name -> fedmesh.v1.WireGuardPeerStatus
-	0,  // 5: fedmesh.v1.BGPPeerStatus.state:type_name -> fedmesh.v1.BGPSessionState
-	20, // 6: fedmesh.v1.BGPPeerStatus.uptime:type_name -> google.protobuf.Duration
-	19, // 7: fedmesh.v1.WireGuardPeerStatus.last_handshake_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: fedmesh.v1.RegisterNodeRequest.node:type_name -> fedmesh.v1.Node
-	1,  // 9: fedmesh.v1.RegisterNodeResponse.node:type_name -> fedmesh.v1.Node
-	1,  // 10: fedmesh.v1.GetNodeResponse.node:type_name -> fedmesh.v1.Node
-	1,  // 11: fedmesh.v1.ListNodesResponse.nodes:type_name -> fedmesh.v1.Node
-	2,  // 12: fedmesh.v1.ReportNodeStatusRequest.status:type_name -> fedmesh.v1.NodeStatus
-	20, // 13: fedmesh.v1.WaitEnforcedRequest.timeout:type_name -> google.protobuf.Duration
-	17, // 14: fedmesh.v1.WaitEnforcedResponse.lagging:type_name -> fedmesh.v1.NodeRevision
-	5,  // 15: fedmesh.v1.NodeService.RegisterNode:input_type -> fedmesh.v1.RegisterNodeRequest
-	7,  // 16: fedmesh.v1.NodeService.GetNode:input_type -> fedmesh.v1.GetNodeRequest
-	9,  // 17: fedmesh.v1.NodeService.ListNodes:input_type -> fedmesh.v1.ListNodesRequest
-	11, // 18: fedmesh.v1.NodeService.DeleteNode:input_type -> fedmesh.v1.DeleteNodeRequest
-	13, // 19: fedmesh.v1.NodeService.ReportNodeStatus:input_type -> fedmesh.v1.ReportNodeStatusRequest
-	15, // 20: fedmesh.v1.NodeService.WaitEnforced:input_type -> fedmesh.v1.WaitEnforcedRequest
-	6,  // 21: fedmesh.v1.NodeService.RegisterNode:output_type -> fedmesh.v1.RegisterNodeResponse
-	8,  // 22: fedmesh.v1.NodeService.GetNode:output_type -> fedmesh.v1.GetNodeResponse
-	10, // 23: fedmesh.v1.NodeService.ListNodes:output_type -> fedmesh.v1.ListNodesResponse
-	12, // 24: fedmesh.v1.NodeService.DeleteNode:output_type -> fedmesh.v1.DeleteNodeResponse
-	14, // 25: fedmesh.v1.NodeService.ReportNodeStatus:output_type -> fedmesh.v1.ReportNodeStatusResponse
-	16, // 26: fedmesh.v1.NodeService.WaitEnforced:output_type -> fedmesh.v1.WaitEnforcedResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	19, // 1: fedmesh.v1.Node.meta:type_name -> fedmesh.v1.ObjectMeta
+	18, // 2: fedmesh.v1.Node.labels:type_name -> fedmesh.v1.Node.LabelsEntry
+	20, // 3: fedmesh.v1.NodeStatus.report_time:type_name -> google.protobuf.Timestamp
+	3,  // 4: fedmesh.v1.NodeStatus.bgp_peers:type_name -> fedmesh.v1.BGPPeerStatus
+	4,  // 5: fedmesh.v1.NodeStatus.wireguard_peers:type_name -> fedmesh.v1.WireGuardPeerStatus
+	0,  // 6: fedmesh.v1.BGPPeerStatus.state:type_name -> fedmesh.v1.BGPSessionState
+	21, // 7: fedmesh.v1.BGPPeerStatus.uptime:type_name -> google.protobuf.Duration
+	20, // 8: fedmesh.v1.WireGuardPeerStatus.last_handshake_time:type_name -> google.protobuf.Timestamp
+	1,  // 9: fedmesh.v1.RegisterNodeRequest.node:type_name -> fedmesh.v1.Node
+	1,  // 10: fedmesh.v1.RegisterNodeResponse.node:type_name -> fedmesh.v1.Node
+	1,  // 11: fedmesh.v1.GetNodeResponse.node:type_name -> fedmesh.v1.Node
+	1,  // 12: fedmesh.v1.ListNodesResponse.nodes:type_name -> fedmesh.v1.Node
+	2,  // 13: fedmesh.v1.ReportNodeStatusRequest.status:type_name -> fedmesh.v1.NodeStatus
+	21, // 14: fedmesh.v1.WaitEnforcedRequest.timeout:type_name -> google.protobuf.Duration
+	17, // 15: fedmesh.v1.WaitEnforcedResponse.lagging:type_name -> fedmesh.v1.NodeRevision
+	5,  // 16: fedmesh.v1.NodeService.RegisterNode:input_type -> fedmesh.v1.RegisterNodeRequest
+	7,  // 17: fedmesh.v1.NodeService.GetNode:input_type -> fedmesh.v1.GetNodeRequest
+	9,  // 18: fedmesh.v1.NodeService.ListNodes:input_type -> fedmesh.v1.ListNodesRequest
+	11, // 19: fedmesh.v1.NodeService.DeleteNode:input_type -> fedmesh.v1.DeleteNodeRequest
+	13, // 20: fedmesh.v1.NodeService.ReportNodeStatus:input_type -> fedmesh.v1.ReportNodeStatusRequest
+	15, // 21: fedmesh.v1.NodeService.WaitEnforced:input_type -> fedmesh.v1.WaitEnforcedRequest
+	6,  // 22: fedmesh.v1.NodeService.RegisterNode:output_type -> fedmesh.v1.RegisterNodeResponse
+	8,  // 23: fedmesh.v1.NodeService.GetNode:output_type -> fedmesh.v1.GetNodeResponse
+	10, // 24: fedmesh.v1.NodeService.ListNodes:output_type -> fedmesh.v1.ListNodesResponse
+	12, // 25: fedmesh.v1.NodeService.DeleteNode:output_type -> fedmesh.v1.DeleteNodeResponse
+	14, // 26: fedmesh.v1.NodeService.ReportNodeStatus:output_type -> fedmesh.v1.ReportNodeStatusResponse
+	16, // 27: fedmesh.v1.NodeService.WaitEnforced:output_type -> fedmesh.v1.WaitEnforcedResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_node_proto_init() }
@@ -1384,7 +1434,7 @@ func file_fedmesh_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_node_proto_rawDesc), len(file_fedmesh_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

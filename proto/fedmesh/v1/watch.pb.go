@@ -39,6 +39,12 @@ const (
 	ResourceKind_RESOURCE_KIND_SERVICE_IMPORT ResourceKind = 5
 	// RESOURCE_KIND_POLICY is Policy.
 	ResourceKind_RESOURCE_KIND_POLICY ResourceKind = 6
+	// RESOURCE_KIND_BGP_PEER is BGPPeerConfig. A node agent receives only the
+	// peers that select its node: a peer that does not (or no longer does)
+	// reaches it as a DELETE.
+	ResourceKind_RESOURCE_KIND_BGP_PEER ResourceKind = 7
+	// RESOURCE_KIND_BGP_FILTER is BGPFilter.
+	ResourceKind_RESOURCE_KIND_BGP_FILTER ResourceKind = 8
 )
 
 // Enum value maps for ResourceKind.
@@ -51,6 +57,8 @@ var (
 		4: "RESOURCE_KIND_SERVICE_EXPORT",
 		5: "RESOURCE_KIND_SERVICE_IMPORT",
 		6: "RESOURCE_KIND_POLICY",
+		7: "RESOURCE_KIND_BGP_PEER",
+		8: "RESOURCE_KIND_BGP_FILTER",
 	}
 	ResourceKind_value = map[string]int32{
 		"RESOURCE_KIND_UNSPECIFIED":    0,
@@ -60,6 +68,8 @@ var (
 		"RESOURCE_KIND_SERVICE_EXPORT": 4,
 		"RESOURCE_KIND_SERVICE_IMPORT": 5,
 		"RESOURCE_KIND_POLICY":         6,
+		"RESOURCE_KIND_BGP_PEER":       7,
+		"RESOURCE_KIND_BGP_FILTER":     8,
 	}
 )
 
@@ -416,6 +426,8 @@ type Event struct {
 	//	*Event_ServiceExport
 	//	*Event_ServiceImport
 	//	*Event_Policy
+	//	*Event_BgpPeer
+	//	*Event_BgpFilter
 	Object        isEvent_Object `protobuf_oneof:"object"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -526,6 +538,24 @@ func (x *Event) GetPolicy() *Policy {
 	return nil
 }
 
+func (x *Event) GetBgpPeer() *BGPPeerConfig {
+	if x != nil {
+		if x, ok := x.Object.(*Event_BgpPeer); ok {
+			return x.BgpPeer
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetBgpFilter() *BGPFilter {
+	if x != nil {
+		if x, ok := x.Object.(*Event_BgpFilter); ok {
+			return x.BgpFilter
+		}
+	}
+	return nil
+}
+
 type isEvent_Object interface {
 	isEvent_Object()
 }
@@ -560,6 +590,16 @@ type Event_Policy struct {
 	Policy *Policy `protobuf:"bytes,8,opt,name=policy,proto3,oneof"`
 }
 
+type Event_BgpPeer struct {
+	// BgpPeer that changed.
+	BgpPeer *BGPPeerConfig `protobuf:"bytes,9,opt,name=bgp_peer,json=bgpPeer,proto3,oneof"`
+}
+
+type Event_BgpFilter struct {
+	// BgpFilter that changed.
+	BgpFilter *BGPFilter `protobuf:"bytes,10,opt,name=bgp_filter,json=bgpFilter,proto3,oneof"`
+}
+
 func (*Event_Cluster) isEvent_Object() {}
 
 func (*Event_Node) isEvent_Object() {}
@@ -572,12 +612,16 @@ func (*Event_ServiceImport) isEvent_Object() {}
 
 func (*Event_Policy) isEvent_Object() {}
 
+func (*Event_BgpPeer) isEvent_Object() {}
+
+func (*Event_BgpFilter) isEvent_Object() {}
+
 var File_fedmesh_v1_watch_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\n" +
 	"\x16fedmesh/v1/watch.proto\x12\n" +
-	"fedmesh.v1\x1a\x18fedmesh/v1/cluster.proto\x1a\x19fedmesh/v1/endpoint.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\x1a\x18fedmesh/v1/service.proto\"\x94\x01\n" +
+	"fedmesh.v1\x1a\x14fedmesh/v1/bgp.proto\x1a\x18fedmesh/v1/cluster.proto\x1a\x19fedmesh/v1/endpoint.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\x1a\x18fedmesh/v1/service.proto\"\x94\x01\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\x12.\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x18.fedmesh.v1.ResourceKindR\x05kinds\x12/\n" +
@@ -589,7 +633,7 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x1d.fedmesh.v1.WatchResponseTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12)\n" +
 	"\x06events\x18\x03 \x03(\v2\x11.fedmesh.v1.EventR\x06events\x12\x12\n" +
-	"\x04more\x18\x04 \x01(\bR\x04more\"\x9b\x03\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\"\x8b\x04\n" +
 	"\x05Event\x12)\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x15.fedmesh.v1.EventTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12/\n" +
@@ -598,8 +642,12 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\bendpoint\x18\x05 \x01(\v2\x14.fedmesh.v1.EndpointH\x00R\bendpoint\x12B\n" +
 	"\x0eservice_export\x18\x06 \x01(\v2\x19.fedmesh.v1.ServiceExportH\x00R\rserviceExport\x12B\n" +
 	"\x0eservice_import\x18\a \x01(\v2\x19.fedmesh.v1.ServiceImportH\x00R\rserviceImport\x12,\n" +
-	"\x06policy\x18\b \x01(\v2\x12.fedmesh.v1.PolicyH\x00R\x06policyB\b\n" +
-	"\x06object*\xda\x01\n" +
+	"\x06policy\x18\b \x01(\v2\x12.fedmesh.v1.PolicyH\x00R\x06policy\x126\n" +
+	"\bbgp_peer\x18\t \x01(\v2\x19.fedmesh.v1.BGPPeerConfigH\x00R\abgpPeer\x126\n" +
+	"\n" +
+	"bgp_filter\x18\n" +
+	" \x01(\v2\x15.fedmesh.v1.BGPFilterH\x00R\tbgpFilterB\b\n" +
+	"\x06object*\x94\x02\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RESOURCE_KIND_CLUSTER\x10\x01\x12\x16\n" +
@@ -607,7 +655,9 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\x16RESOURCE_KIND_ENDPOINT\x10\x03\x12 \n" +
 	"\x1cRESOURCE_KIND_SERVICE_EXPORT\x10\x04\x12 \n" +
 	"\x1cRESOURCE_KIND_SERVICE_IMPORT\x10\x05\x12\x18\n" +
-	"\x14RESOURCE_KIND_POLICY\x10\x06*\x9c\x01\n" +
+	"\x14RESOURCE_KIND_POLICY\x10\x06\x12\x1a\n" +
+	"\x16RESOURCE_KIND_BGP_PEER\x10\a\x12\x1c\n" +
+	"\x18RESOURCE_KIND_BGP_FILTER\x10\b*\x9c\x01\n" +
 	"\x11WatchResponseType\x12#\n" +
 	"\x1fWATCH_RESPONSE_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cWATCH_RESPONSE_TYPE_SNAPSHOT\x10\x01\x12\x1e\n" +
@@ -648,6 +698,8 @@ var file_fedmesh_v1_watch_proto_goTypes = []any{
 	(*ServiceExport)(nil),  // 10: fedmesh.v1.ServiceExport
 	(*ServiceImport)(nil),  // 11: fedmesh.v1.ServiceImport
 	(*Policy)(nil),         // 12: fedmesh.v1.Policy
+	(*BGPPeerConfig)(nil),  // 13: fedmesh.v1.BGPPeerConfig
+	(*BGPFilter)(nil),      // 14: fedmesh.v1.BGPFilter
 }
 var file_fedmesh_v1_watch_proto_depIdxs = []int32{
 	0,  // 0: fedmesh.v1.WatchRequest.kinds:type_name -> fedmesh.v1.ResourceKind
@@ -661,13 +713,15 @@ var file_fedmesh_v1_watch_proto_depIdxs = []int32{
 	10, // 8: fedmesh.v1.Event.service_export:type_name -> fedmesh.v1.ServiceExport
 	11, // 9: fedmesh.v1.Event.service_import:type_name -> fedmesh.v1.ServiceImport
 	12, // 10: fedmesh.v1.Event.policy:type_name -> fedmesh.v1.Policy
-	3,  // 11: fedmesh.v1.WatchService.Watch:input_type -> fedmesh.v1.WatchRequest
-	5,  // 12: fedmesh.v1.WatchService.Watch:output_type -> fedmesh.v1.WatchResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 11: fedmesh.v1.Event.bgp_peer:type_name -> fedmesh.v1.BGPPeerConfig
+	14, // 12: fedmesh.v1.Event.bgp_filter:type_name -> fedmesh.v1.BGPFilter
+	3,  // 13: fedmesh.v1.WatchService.Watch:input_type -> fedmesh.v1.WatchRequest
+	5,  // 14: fedmesh.v1.WatchService.Watch:output_type -> fedmesh.v1.WatchResponse
+	14, // [14:15] is the sub-list for method output_type
+	13, // [13:14] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_watch_proto_init() }
@@ -675,6 +729,7 @@ func file_fedmesh_v1_watch_proto_init() {
 	if File_fedmesh_v1_watch_proto != nil {
 		return
 	}
+	file_fedmesh_v1_bgp_proto_init()
 	file_fedmesh_v1_cluster_proto_init()
 	file_fedmesh_v1_endpoint_proto_init()
 	file_fedmesh_v1_node_proto_init()
@@ -687,6 +742,8 @@ func file_fedmesh_v1_watch_proto_init() {
 		(*Event_ServiceExport)(nil),
 		(*Event_ServiceImport)(nil),
 		(*Event_Policy)(nil),
+		(*Event_BgpPeer)(nil),
+		(*Event_BgpFilter)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -142,6 +142,7 @@ func newRoot(out, errOut io.Writer, getenv func(string) string) *cobra.Command {
 	root.AddCommand(caCmd(g), tokenCmd(g), versionCmd(g))
 	root.AddCommand(configCmd(g))
 	root.AddCommand(auditCmd(g))
+	root.AddCommand(bgpCmd(g))
 	// Errors are printed once, by Execute; marking those a command's run
 	// returned tells them from command-line errors.
 	for _, c := range allCommands(root) {
