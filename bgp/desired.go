@@ -48,6 +48,41 @@ type Desired struct {
 	// UnhealthyCommunity, when set, is attached to every prefix while the
 	// node is unhealthy instead of withdrawing the prefixes.
 	UnhealthyCommunity *Community `json:"unhealthyCommunity,omitempty"`
+	// Policy is the routing policy beyond the speaker's defaults (see
+	// Policy); changing it resets no session.
+	Policy Policy `json:"policy"`
+}
+
+// Policy is what the speaker's routing policy adds to its defaults. The
+// defaults: the speaker advertises only the routes it originates (never
+// one it learned: a node is no transit between its ToRs) and accepts
+// every route (it installs none in the node's FIB: GoBGP runs without a
+// FIB manager).
+type Policy struct {
+	// Peers are the per-peer policies, one per peer address at most.
+	Peers []PeerPolicy `json:"peers,omitempty"`
+}
+
+// PeerPolicy is the routing policy of the session with one peer.
+type PeerPolicy struct {
+	// Address of the peer (one of Desired.Peers).
+	Address netip.Addr `json:"address"`
+	// Export rules decide what is advertised to the peer: the first rule
+	// that matches a route decides, a route no rule matches is sent
+	// (Calico BGPFilter semantics).
+	Export []peering.Rule `json:"export,omitempty"`
+	// Import rules decide what is accepted from the peer, likewise.
+	Import []peering.Rule `json:"import,omitempty"`
+	// Attributes are added to every route sent to the peer (local
+	// preference only on iBGP, where the attribute exists).
+	Attributes peering.Attributes `json:"attributes"`
+	// Advertise lists the prefix classes sent to the peer, each with the
+	// attributes added to its routes; nil sends every class with none.
+	Advertise []peering.Advertisement `json:"advertise,omitempty"`
+}
+
+func (p PeerPolicy) empty() bool {
+	return len(p.Export) == 0 && len(p.Import) == 0 && p.Attributes.Empty() && p.Advertise == nil
 }
 
 // Enabled reports whether d asks for a running speaker.
@@ -82,6 +117,48 @@ type Peer struct {
 	HoldTime time.Duration `json:"holdTime,omitempty"`
 	// Keepalive interval (0 = HoldTime/3); must be below HoldTime.
 	Keepalive time.Duration `json:"keepalive,omitempty"`
+	// Name is the BGPPeerConfig the session comes from, for status; empty
+	// for a peer of the cluster's BGPSettings.
+	Name string `json:"name,omitempty"`
+	// LocalASN is the ASN the node uses on this session (0 = the
+	// speaker's, Desired.LocalASN).
+	LocalASN uint32 `json:"localASN,omitempty"`
+	// MultihopTTL lets an eBGP peer be that many hops away (0 = directly
+	// connected).
+	MultihopTTL uint8 `json:"multihopTTL,omitempty"`
+	// RouteReflectorClient makes the (iBGP) peer a route-reflector client
+	// of the node.
+	RouteReflectorClient bool `json:"routeReflectorClient,omitempty"`
+	// GracefulRestart, when set, replaces Desired.GracefulRestart on this
+	// session (a zero RestartTime turns it off here).
+	GracefulRestart *GracefulRestart `json:"gracefulRestart,omitempty"`
+}
+
+// localASN is the ASN the node uses on the session given the speaker's.
+func (p Peer) localASN(global uint32) uint32 {
+	if p.LocalASN != 0 {
+		return p.LocalASN
+	}
+	return global
+}
+
+// gracefulRestart is the session's graceful-restart configuration given
+// the speaker's.
+func (p Peer) gracefulRestart(global GracefulRestart) GracefulRestart {
+	if p.GracefulRestart != nil {
+		return *p.GracefulRestart
+	}
+	return global
+}
+
+// sameSession reports whether a and b configure the session alike (the
+// name, only shown in status, aside).
+func (p Peer) sameSession(o Peer) bool {
+	a, b := p, o
+	a.Name, b.Name = "", ""
+	ga, gb := a.GracefulRestart, b.GracefulRestart
+	a.GracefulRestart, b.GracefulRestart = nil, nil
+	return a == b && (ga == nil) == (gb == nil) && (ga == nil || *ga == *gb)
 }
 
 // Prefix is one route the node originates.
@@ -190,6 +267,32 @@ func (d *Desired) Validate() error {
 		if k := p.Keepalive; k < 0 || k%time.Second != 0 || (k != 0 && k >= hold) {
 			bad(f("keepalive"), k, "must be whole seconds below the hold time (%s)", hold)
 		}
+		if p.LocalASN != 0 {
+			if r := asnProblem(p.LocalASN); r != "" {
+				bad(f("localASN"), p.LocalASN, "%s", r)
+			}
+		}
+		ibgp := p.ASN == p.localASN(d.LocalASN)
+		if p.MultihopTTL > 0 && ibgp {
+			bad(f("multihopTTL"), p.MultihopTTL, "eBGP multihop on an iBGP session")
+		}
+		if p.RouteReflectorClient && !ibgp {
+			bad(f("routeReflectorClient"), true, "a route-reflector client is an iBGP peer (ASN %d, local ASN %d)", p.ASN, p.localASN(d.LocalASN))
+		}
+		if gr := p.GracefulRestart; gr != nil && (gr.RestartTime < 0 || gr.RestartTime > maxRestartTime || gr.RestartTime%time.Second != 0) {
+			bad(f("gracefulRestart.restartTime"), gr.RestartTime, "must be whole seconds in 0..4095s")
+		}
+	}
+	seenPolicy := map[netip.Addr]int{}
+	for i, pp := range d.Policy.Peers {
+		field := fmt.Sprintf("policy.peers[%d].address", i)
+		if _, ok := seenPeer[pp.Address]; !ok {
+			bad(field, pp.Address, "not the address of a peer")
+		}
+		if j, dup := seenPolicy[pp.Address]; dup {
+			bad(field, pp.Address, "duplicate of policy.peers[%d]", j)
+		}
+		seenPolicy[pp.Address] = i
 	}
 
 	for i, c := range d.PodCIDRs {
@@ -224,7 +327,7 @@ func (d *Desired) Validate() error {
 }
 
 func (d *Desired) isEmptyOtherwise() bool {
-	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0
+	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0 && len(d.Policy.Peers) == 0
 }
 
 func asnProblem(asn uint32) string { return peering.ASNProblem(asn) }

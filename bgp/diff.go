@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/fedmesh/fedmesh/bgp/peering"
 )
 
 // ActionKind is one kind of change to the embedded GoBGP server.
@@ -18,6 +20,11 @@ const (
 	// ActionStart starts GoBGP with Action.Global; GoBGP cannot change its
 	// ASN, router ID or listeners live, so a change there is Stop+Start.
 	ActionStart
+	// ActionSetPolicy replaces the routing policy with Action.Policy (and
+	// the speaker's defaults); routes already exchanged are re-evaluated
+	// without a session reset. It follows every start, so the policy is in
+	// place before any route is sent.
+	ActionSetPolicy
 	// ActionDeletePath withdraws Action.Prefix.
 	ActionDeletePath
 	// ActionDeletePeer removes Action.Peer (its session gets a CEASE).
@@ -33,7 +40,7 @@ const (
 )
 
 var actionNames = map[ActionKind]string{
-	ActionStop: "stop", ActionStart: "start", ActionDeletePath: "delete-path",
+	ActionStop: "stop", ActionStart: "start", ActionSetPolicy: "set-policy", ActionDeletePath: "delete-path",
 	ActionDeletePeer: "delete-peer", ActionAddPath: "add-path",
 	ActionUpdatePeer: "update-peer", ActionAddPeer: "add-peer",
 }
@@ -64,6 +71,7 @@ type Action struct {
 	Global Global // ActionStart
 	Peer   Peer   // peer actions
 	Prefix Prefix // path actions
+	Policy Policy // ActionSetPolicy
 }
 
 // String is a stable one-line form for logs and test tables.
@@ -73,6 +81,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("start asn=%d router-id=%s port=%d", a.Global.ASN, a.Global.RouterID, a.Global.ListenPort)
 	case ActionStop:
 		return "stop"
+	case ActionSetPolicy:
+		return fmt.Sprintf("set-policy peers=%d", len(a.Policy.Peers))
 	case ActionAddPeer, ActionUpdatePeer, ActionDeletePeer:
 		return fmt.Sprintf("%s %s asn=%d", a.Kind, a.Peer.Address, a.Peer.ASN)
 	case ActionAddPath, ActionDeletePath:
@@ -125,7 +135,7 @@ func diff(applied, want *Desired) ([]Action, *Desired) {
 		if applied.Enabled() {
 			plan = append(plan, Action{Kind: ActionStop})
 		}
-		plan = append(plan, Action{Kind: ActionStart, Global: globalOf(&w)})
+		plan = append(plan, Action{Kind: ActionStart, Global: globalOf(&w)}, Action{Kind: ActionSetPolicy, Policy: w.Policy})
 		// Paths before peers: the first UPDATE after OPEN then carries all
 		// of them, and a restarting speaker's End-of-RIB follows them.
 		for _, p := range w.Prefixes {
@@ -150,7 +160,12 @@ func diff(applied, want *Desired) ([]Action, *Desired) {
 			nAdd++
 		}
 	})
-	plan := make([]Action, 0, nDelete+nAdd+len(a.Peers)+len(w.Peers))
+	plan := make([]Action, 0, 1+nDelete+nAdd+len(a.Peers)+len(w.Peers))
+	if !policyEqual(a.Policy, w.Policy) {
+		// Before the paths and peers change, so a route the new policy
+		// rejects is never sent to a new peer nor as a new path.
+		plan = append(plan, Action{Kind: ActionSetPolicy, Policy: w.Policy})
+	}
 	if nDelete > 0 {
 		mergePrefixes(a.Prefixes, w.Prefixes, func(old, cur *Prefix) {
 			if cur == nil {
@@ -187,7 +202,7 @@ func diff(applied, want *Desired) ([]Action, *Desired) {
 		switch {
 		case !ok:
 			adds = append(adds, Action{Kind: ActionAddPeer, Peer: p})
-		case old != p || grChanged:
+		case !old.sameSession(p) || (grChanged && p.GracefulRestart == nil):
 			plan = append(plan, Action{Kind: ActionUpdatePeer, Peer: p})
 		}
 	}
@@ -245,15 +260,65 @@ func normalize(d *Desired) Desired {
 		}
 		if len(p.LargeCommunities) > 0 {
 			p.LargeCommunities = slices.Clone(p.LargeCommunities)
-			slices.SortFunc(p.LargeCommunities, func(a, b LargeCommunity) int {
-				return cmp.Or(cmp.Compare(a.Global, b.Global), cmp.Compare(a.Local1, b.Local1), cmp.Compare(a.Local2, b.Local2))
-			})
+			slices.SortFunc(p.LargeCommunities, LargeCommunity.Compare)
 			p.LargeCommunities = slices.Compact(p.LargeCommunities)
 		}
 		n.Prefixes[i] = p
 	}
 	slices.SortFunc(n.Prefixes, func(a, b Prefix) int { return comparePrefix(a.CIDR, b.CIDR) })
+	n.Policy = normalizePolicy(d.Policy)
 	return n
+}
+
+// normalizePolicy sorts peers by address, drops the ones that say nothing
+// and sorts and deduplicates communities; rule order is meaning and stays.
+func normalizePolicy(p Policy) Policy {
+	var out Policy
+	for _, pp := range p.Peers {
+		if pp.empty() {
+			continue
+		}
+		pp.Attributes = normalizeAttributes(pp.Attributes)
+		if pp.Advertise != nil {
+			adv := make([]peering.Advertisement, len(pp.Advertise))
+			for i, a := range pp.Advertise {
+				adv[i] = peering.Advertisement{Class: a.Class, Attributes: normalizeAttributes(a.Attributes)}
+			}
+			slices.SortFunc(adv, func(a, b peering.Advertisement) int { return cmp.Compare(a.Class, b.Class) })
+			pp.Advertise = adv
+		}
+		out.Peers = append(out.Peers, pp)
+	}
+	slices.SortFunc(out.Peers, func(a, b PeerPolicy) int { return a.Address.Compare(b.Address) })
+	return out
+}
+
+func normalizeAttributes(a peering.Attributes) peering.Attributes {
+	if len(a.Communities) > 0 {
+		a.Communities = slices.Compact(slices.Sorted(slices.Values(a.Communities)))
+	}
+	if len(a.LargeCommunities) > 0 {
+		a.LargeCommunities = slices.Clone(a.LargeCommunities)
+		slices.SortFunc(a.LargeCommunities, LargeCommunity.Compare)
+		a.LargeCommunities = slices.Compact(a.LargeCommunities)
+	}
+	return a
+}
+
+// policyEqual compares two normalized policies.
+func policyEqual(a, b Policy) bool {
+	return slices.EqualFunc(a.Peers, b.Peers, func(x, y PeerPolicy) bool {
+		return x.Address == y.Address && slices.Equal(x.Export, y.Export) && slices.Equal(x.Import, y.Import) &&
+			attributesEqual(x.Attributes, y.Attributes) && (x.Advertise == nil) == (y.Advertise == nil) &&
+			slices.EqualFunc(x.Advertise, y.Advertise, func(p, q peering.Advertisement) bool {
+				return p.Class == q.Class && attributesEqual(p.Attributes, q.Attributes)
+			})
+	})
+}
+
+func attributesEqual(a, b peering.Attributes) bool {
+	return slices.Equal(a.Communities, b.Communities) && slices.Equal(a.LargeCommunities, b.LargeCommunities) &&
+		a.HasLocalPref == b.HasLocalPref && a.LocalPref == b.LocalPref
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/fedmesh/fedmesh/bgp/peering"
 )
 
 func plan(actions []Action) []string {
@@ -32,6 +34,7 @@ func TestDiffPlans(t *testing.T) {
 		{"off stays off", nil, &Desired{}, nil},
 		{"start adds paths then peers", nil, &base, []string{
 			"start asn=65010 router-id=198.18.0.2 port=0",
+			"set-policy peers=0",
 			"add-path 10.244.1.0/24",
 			"add-path fd00:244:1::/64 communities=65000:100",
 			"add-peer 198.18.0.1 asn=65000",
@@ -46,6 +49,7 @@ func TestDiffPlans(t *testing.T) {
 		{"router ID change restarts", &base, with(func(d *Desired) { d.RouterID = netip.MustParseAddr("198.18.0.9") }), []string{
 			"stop",
 			"start asn=65010 router-id=198.18.0.9 port=0",
+			"set-policy peers=0",
 			"add-path 10.244.1.0/24",
 			"add-path fd00:244:1::/64 communities=65000:100",
 			"add-peer 198.18.0.1 asn=65000",
@@ -81,6 +85,31 @@ func TestDiffPlans(t *testing.T) {
 			"add-path 10.244.1.128/26 communities=65000:1",
 			"add-path 10.244.1.192/26",
 		}},
+		{"a filter change sets the policy and resets no session", &base, with(func(d *Desired) {
+			d.Policy.Peers = []PeerPolicy{{Address: d.Peers[0].Address, Export: []peering.Rule{{Family: peering.IPv4, Action: peering.Reject}}}}
+		}), []string{"set-policy peers=1"}},
+		{"an empty peer policy is no policy", &base, with(func(d *Desired) {
+			d.Policy.Peers = []PeerPolicy{{Address: d.Peers[0].Address, Attributes: peering.Attributes{Communities: []Community{}}}}
+		}), nil},
+		{"policy order and community order are no change", with(func(d *Desired) {
+			d.Policy.Peers = []PeerPolicy{
+				{Address: d.Peers[0].Address, Attributes: peering.Attributes{Communities: []Community{2, 1}}},
+				{Address: d.Peers[1].Address, Import: []peering.Rule{{Family: peering.IPv6, Action: peering.Reject}}},
+			}
+		}), with(func(d *Desired) {
+			d.Policy.Peers = []PeerPolicy{
+				{Address: d.Peers[1].Address, Import: []peering.Rule{{Family: peering.IPv6, Action: peering.Reject}}},
+				{Address: d.Peers[0].Address, Attributes: peering.Attributes{Communities: []Community{1, 2, 1}}},
+			}
+		}), nil},
+		{"a peer's name is not a session change", &base, with(func(d *Desired) { d.Peers[0].Name = "tor-r1" }), nil},
+		{"a session local ASN change updates the peer", &base, with(func(d *Desired) { d.Peers[0].LocalASN = 65101 }), []string{"update-peer 198.18.0.1 asn=65000"}},
+		{"a session's own graceful restart is kept over the global change", with(func(d *Desired) {
+			d.Peers[0].GracefulRestart = &GracefulRestart{RestartTime: 60 * time.Second}
+		}), with(func(d *Desired) {
+			d.Peers[0].GracefulRestart = &GracefulRestart{RestartTime: 60 * time.Second}
+			d.GracefulRestart.RestartTime = 30 * time.Second
+		}), []string{"update-peer fd18::1 asn=65010"}},
 		{"peer and prefix swap: withdraw before add", &base, with(func(d *Desired) {
 			d.Prefixes[0].CIDR = netip.MustParsePrefix("10.244.1.0/25")
 			d.Peers[0].Address = netip.MustParseAddr("198.18.0.5")

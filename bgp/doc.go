@@ -5,11 +5,32 @@
 //
 // # Shape
 //
-// Desired (built by FromCluster from the Cluster's BGPSettings, the node's
-// router ID and pod CIDRs) goes in; Effective applies the node's health to
-// it; Diff compares it with what GoBGP holds and returns a minimal plan of
-// Actions (start/stop, add/update/delete peer, add/delete path). Desired,
-// Effective and Diff are pure. Speaker is the thin loop that carries a plan
+// Desired goes in: Resolve builds it from the node's cluster (its
+// BGPSettings, as FromCluster always did), the node's labels, router ID
+// and pod CIDRs, and the BGP peer objects that select the node with the
+// filters they name (bgp/peering owns those objects' rules); SetPasswords
+// fills in TCP-MD5 passwords from the files the peers reference, through a
+// reader the caller passes. Effective applies the node's health to it;
+// Diff compares it with what GoBGP holds and returns a minimal plan of
+// Actions (start/stop, set the routing policy, add/update/delete peer,
+// add/delete path). Resolve, Effective and Diff are pure.
+//
+// A node that no peer object selects resolves to exactly what FromCluster
+// gives, so upgrading an agent resets no session; a peer object with a
+// cluster-level peer's address replaces it, and with equal settings that
+// too changes no session.
+//
+// # Routing policy
+//
+// The speaker advertises only the routes it originates (never one it
+// learned: a node is no transit between its ToRs) and installs none in the
+// node's FIB. Per peer, Desired.Policy adds BGPFilter rules (Calico
+// semantics: the first matching rule of the route's family decides, no
+// match accepts) on export and import, communities, large communities and
+// local preference on what it sends, and which prefix classes it sends.
+// The speaker compiles it into GoBGP policies on the global RIB, one
+// statement per rule with a neighbor condition; a policy change re-runs
+// the policy over what was exchanged (soft reset), never a session reset. Speaker is the thin loop that carries a plan
 // out against GoBGP's API and reports per-peer Status, convertible to
 // fedmeshv1.BGPPeerStatus with PeerStatus.ToProto. Consecutive path actions
 // of one kind go to GoBGP as one AddPath or DeletePath call with native
@@ -18,9 +39,12 @@
 //
 // Sessions: IPv4 and IPv6 unicast over MP-BGP, the family of each session
 // following the peer's address (an IPv6 pod CIDR goes to IPv6 peers); eBGP
-// when the peer ASN differs, iBGP (the node a route-reflector client of its
-// ToR) when it is equal; optional TCP-MD5 per peer; hold and keepalive
-// timers per peer.
+// when the peer ASN differs from the session's local ASN (the speaker's,
+// or the session's own), iBGP (the node a route-reflector client of its
+// ToR, or the ToR one of the node) when it is equal; optional TCP-MD5,
+// eBGP multihop, hold and keepalive timers and graceful restart per peer.
+// Changing a password resets the session (TCP-MD5 keys cannot change under
+// a live connection): change it at the ToR and in the file together.
 //
 // # Graceful restart (RFC 4724)
 //

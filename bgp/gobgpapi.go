@@ -3,11 +3,14 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+
+	"github.com/fedmesh/fedmesh/bgp/peering"
 )
 
 // This file converts the package's types to GoBGP's API types: protobuf
@@ -42,7 +45,8 @@ func seconds(d time.Duration) uint64 { return uint64(d / time.Second) }
 // apiPeer builds the GoBGP neighbor. restarting sets the Restart State bit
 // (RFC 4724 §4.1): the speaker just (re)started and peers may hold our
 // routes as stale, so GoBGP defers its UPDATEs until the peers' End-of-RIB.
-func apiPeer(p Peer, gr GracefulRestart, restarting bool) *api.Peer {
+func apiPeer(p Peer, global GracefulRestart, routerID netip.Addr, restarting bool) *api.Peer {
+	gr := p.gracefulRestart(global)
 	hold := p.HoldTime
 	if hold == 0 {
 		hold = DefaultHoldTime
@@ -60,6 +64,7 @@ func apiPeer(p Peer, gr GracefulRestart, restarting bool) *api.Peer {
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
 			PeerAsn:         p.ASN,
+			LocalAsn:        p.LocalASN, // 0: GoBGP uses the global ASN
 			AuthPassword:    p.Password,
 		},
 		Transport: &api.Transport{RemotePort: port},
@@ -70,6 +75,14 @@ func apiPeer(p Peer, gr GracefulRestart, restarting bool) *api.Peer {
 			IdleHoldTimeAfterReset: seconds(defaultIdleHoldAfter),
 		}},
 		AfiSafis: []*api.AfiSafi{af},
+	}
+	if p.MultihopTTL > 0 {
+		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
+	}
+	if p.RouteReflectorClient {
+		// The node's router ID is its cluster ID: a node reflects for its
+		// own clients only.
+		out.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: routerID.String()}
 	}
 	if gr.Enabled() {
 		deferral := gr.DeferralTime
@@ -127,4 +140,158 @@ func apiPath(p Prefix, age int64) (*apiutil.Path, error) {
 		attrs = append(attrs, bgp.NewPathAttributeLargeCommunities(l))
 	}
 	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs, Age: age}, nil
+}
+
+// Names of the speaker's routing policy in GoBGP. The speaker owns every
+// policy and defined set in its GoBGP server; the two policies are assigned
+// to the global RIB, where GoBGP applies them per peer (a statement's
+// neighbor set matches the peer a route is sent to, or came from).
+const (
+	exportPolicyName = "fedmesh-export"
+	importPolicyName = "fedmesh-import"
+	podClassSet      = "fedmesh-class-pod-cidr"
+)
+
+// apiPolicies compiles the routing policy of d (its Policy, its pod CIDRs
+// as the pod-CIDR prefix class) into GoBGP's. Export, in order: reject a
+// route the speaker did not originate; then per peer, reject the classes
+// it is not sent, add the peer's attributes and its classes' (no decision,
+// so evaluation goes on), and its filter rules, each final; no decision
+// accepts. Import: per peer its filter rules; no decision accepts. Pure.
+func apiPolicies(d *Desired) *api.SetPoliciesRequest {
+	c := policyCompiler{}
+	// A GoBGP prefix set holds one family: a class has a set per family.
+	classSets := map[peering.PrefixClass][]string{}
+	for _, fam := range []struct {
+		name string
+		is4  bool
+	}{{"v4", true}, {"v6", false}} {
+		set := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: podClassSet + "-" + fam.name}
+		for _, p := range d.PodCIDRs {
+			if p.Addr().Is4() == fam.is4 {
+				set.Prefixes = append(set.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Bits())})
+			}
+		}
+		if len(set.Prefixes) > 0 {
+			c.sets = append(c.sets, set)
+			classSets[peering.ClassPodCIDR] = append(classSets[peering.ClassPodCIDR], set.Name)
+		}
+	}
+	export := &api.Policy{Name: exportPolicyName}
+	imp := &api.Policy{Name: importPolicyName}
+	for _, t := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
+		export.Statements = append(export.Statements, c.statement(&api.Conditions{RouteType: t}, &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}))
+	}
+	for i, pp := range d.Policy.Peers {
+		nb := fmt.Sprintf("fedmesh-peer-%d", i)
+		c.sets = append(c.sets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nb, List: []string{netip.PrefixFrom(pp.Address, pp.Address.BitLen()).String()}})
+		peer := func(prefixSet string) *api.Conditions {
+			cond := &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: nb}}
+			if prefixSet != "" {
+				cond.PrefixSet = &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: prefixSet}
+			}
+			return cond
+		}
+		if pp.Advertise != nil {
+			for _, class := range []peering.PrefixClass{peering.ClassPodCIDR} {
+				if slices.ContainsFunc(pp.Advertise, func(a peering.Advertisement) bool { return a.Class == class }) {
+					continue
+				}
+				for _, set := range classSets[class] {
+					export.Statements = append(export.Statements, c.statement(peer(set), &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}))
+				}
+			}
+		}
+		if !pp.Attributes.Empty() {
+			export.Statements = append(export.Statements, c.statement(peer(""), apiAttributes(pp.Attributes)))
+		}
+		for _, a := range pp.Advertise {
+			if a.Attributes.Empty() {
+				continue
+			}
+			for _, set := range classSets[a.Class] {
+				export.Statements = append(export.Statements, c.statement(peer(set), apiAttributes(a.Attributes)))
+			}
+		}
+		for _, r := range pp.Export {
+			export.Statements = append(export.Statements, c.rule(peer(""), r))
+		}
+		for _, r := range pp.Import {
+			imp.Statements = append(imp.Statements, c.rule(peer(""), r))
+		}
+	}
+	return &api.SetPoliciesRequest{DefinedSets: c.sets, Policies: []*api.Policy{export, imp}}
+}
+
+// policyAssignments assign the speaker's policies to the global RIB.
+func policyAssignments() []*api.PolicyAssignment {
+	return []*api.PolicyAssignment{
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_EXPORT, Policies: []*api.Policy{{Name: exportPolicyName}}, DefaultAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT, Policies: []*api.Policy{{Name: importPolicyName}}, DefaultAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+	}
+}
+
+// policyCompiler names statements and defined sets uniquely.
+type policyCompiler struct {
+	sets []*api.DefinedSet
+	n    int
+}
+
+func (c *policyCompiler) statement(cond *api.Conditions, act *api.Actions) *api.Statement {
+	c.n++
+	return &api.Statement{Name: fmt.Sprintf("fedmesh-s%d", c.n), Conditions: cond, Actions: act}
+}
+
+// rule compiles one filter rule: the peer, the rule's family, and for a
+// rule with a CIDR a one-prefix set (inverted for NotIn); the action is
+// final.
+func (c *policyCompiler) rule(cond *api.Conditions, r peering.Rule) *api.Statement {
+	fam := familyV4
+	if r.Family == peering.IPv6 {
+		fam = familyV6
+	}
+	// The family condition keeps an inverted (NotIn) set from matching the
+	// other family's routes.
+	cond.AfiSafiIn = []*api.Family{fam}
+	if r.Op != peering.MatchAny {
+		lo, hi := r.MinLen, r.MaxLen
+		if r.Op == peering.MatchEqual {
+			lo, hi = uint8(r.CIDR.Bits()), uint8(r.CIDR.Bits())
+		}
+		name := fmt.Sprintf("fedmesh-prefix-%d", len(c.sets))
+		c.sets = append(c.sets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: name,
+			Prefixes: []*api.Prefix{{IpPrefix: r.CIDR.String(), MaskLengthMin: uint32(lo), MaskLengthMax: uint32(hi)}}})
+		typ := api.MatchSet_TYPE_ANY
+		if r.Op == peering.MatchNotIn {
+			typ = api.MatchSet_TYPE_INVERT
+		}
+		cond.PrefixSet = &api.MatchSet{Type: typ, Name: name}
+	}
+	act := api.RouteAction_ROUTE_ACTION_ACCEPT
+	if r.Action == peering.Reject {
+		act = api.RouteAction_ROUTE_ACTION_REJECT
+	}
+	return c.statement(cond, &api.Actions{RouteAction: act})
+}
+
+// apiAttributes adds a's communities and sets its local preference,
+// leaving the decision to later statements.
+func apiAttributes(a peering.Attributes) *api.Actions {
+	act := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_UNSPECIFIED}
+	if len(a.Communities) > 0 {
+		act.Community = &api.CommunityAction{Type: api.CommunityAction_TYPE_ADD}
+		for _, c := range a.Communities {
+			act.Community.Communities = append(act.Community.Communities, c.String())
+		}
+	}
+	if len(a.LargeCommunities) > 0 {
+		act.LargeCommunity = &api.CommunityAction{Type: api.CommunityAction_TYPE_ADD}
+		for _, c := range a.LargeCommunities {
+			act.LargeCommunity.Communities = append(act.LargeCommunity.Communities, c.String())
+		}
+	}
+	if a.HasLocalPref {
+		act.LocalPref = &api.LocalPrefAction{Value: a.LocalPref}
+	}
+	return act
 }

@@ -160,9 +160,15 @@ func (s *Speaker) Status(ctx context.Context) ([]PeerStatus, error) {
 			return nil
 		}
 		now := s.now()
+		configured := make(map[netip.Addr]Peer, len(s.applied.Peers))
+		for _, p := range s.applied.Peers {
+			configured[p.Address] = p
+		}
 		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 			addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-			out = append(out, peerStatusFromAPI(p, now, s.errs.get(addr)))
+			st := peerStatusFromAPI(p, now, s.errs.get(addr))
+			st.Name, st.LocalASN = configured[addr].Name, configured[addr].localASN(s.applied.LocalASN)
+			out = append(out, st)
 		})
 		if err != nil {
 			return fmt.Errorf("list bgp peers: %w", err)
@@ -332,13 +338,17 @@ func (s *Speaker) executeOne(ctx context.Context, a Action, want *Desired) error
 			return fmt.Errorf("start bgp (asn %d, router id %s, port %d): %w; is another BGP daemon holding the port?",
 				a.Global.ASN, a.Global.RouterID, apiGlobal(a.Global).ListenPort, err)
 		}
+	case ActionSetPolicy:
+		if err := s.setPolicy(ctx, want); err != nil {
+			return err
+		}
 	case ActionAddPeer:
-		p := apiPeer(a.Peer, want.GracefulRestart, s.restarting)
+		p := apiPeer(a.Peer, want.GracefulRestart, want.RouterID, s.restarting)
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: p}); err != nil {
 			return fmt.Errorf("add bgp peer %s: %w", a.Peer.Address, err)
 		}
 	case ActionUpdatePeer:
-		p := apiPeer(a.Peer, want.GracefulRestart, false)
+		p := apiPeer(a.Peer, want.GracefulRestart, want.RouterID, false)
 		if _, err := s.srv.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: p}); err != nil {
 			return fmt.Errorf("update bgp peer %s: %w", a.Peer.Address, err)
 		}
@@ -349,6 +359,26 @@ func (s *Speaker) executeOne(ctx context.Context, a Action, want *Desired) error
 		s.errs.forget(a.Peer.Address)
 	default:
 		return fmt.Errorf("execute bgp action %s: unknown kind", a.Kind)
+	}
+	return nil
+}
+
+// setPolicy replaces GoBGP's routing policy with want's and re-evaluates
+// what the sessions already exchanged (a soft reset: no session drops).
+func (s *Speaker) setPolicy(ctx context.Context, want *Desired) error {
+	if err := s.srv.SetPolicies(ctx, apiPolicies(want)); err != nil {
+		return fmt.Errorf("set bgp routing policy: %w", err)
+	}
+	for _, a := range policyAssignments() {
+		if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: a}); err != nil {
+			return fmt.Errorf("assign bgp routing policy %s: %w", a.GetPolicies()[0].GetName(), err)
+		}
+	}
+	if s.applied == nil || len(s.applied.Peers) == 0 {
+		return nil // no session yet: the policy applies from the first route
+	}
+	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_DIRECTION_BOTH}); err != nil {
+		return fmt.Errorf("re-evaluate routes under the new bgp policy: %w", err)
 	}
 	return nil
 }
@@ -438,6 +468,10 @@ func pathBatch(run []Action, call func([]Action) error) ([]Action, error) {
 // a whole plan from Diff(applied, want) folded over applied yields want.
 func advance(applied *Desired, actions []Action, want *Desired) *Desired {
 	cur := applied
+	var policy Policy
+	if cur != nil {
+		policy = cur.Policy
+	}
 	peers := map[netip.Addr]Peer{}
 	paths := map[netip.Prefix]Prefix{}
 	load := func() {
@@ -464,11 +498,14 @@ func advance(applied *Desired, actions []Action, want *Desired) *Desired {
 				LocalASN: a.Global.ASN, RouterID: a.Global.RouterID, ListenPort: a.Global.ListenPort,
 				ListenAddresses: slices.Clone(a.Global.ListenAddresses), GracefulRestart: want.GracefulRestart,
 			}
+			policy = Policy{} // a started GoBGP has none
 			load()
 		case ActionAddPeer, ActionUpdatePeer:
 			peers[a.Peer.Address] = a.Peer
 		case ActionDeletePeer:
 			delete(peers, a.Peer.Address)
+		case ActionSetPolicy:
+			policy = a.Policy
 		case ActionAddPath:
 			paths[a.Prefix.CIDR] = a.Prefix
 		case ActionDeletePath:
@@ -479,6 +516,7 @@ func advance(applied *Desired, actions []Action, want *Desired) *Desired {
 		return nil
 	}
 	n := *cur
+	n.Policy = policy
 	n.Peers = slices.Collect(maps.Values(peers))
 	n.Prefixes = slices.Collect(maps.Values(paths))
 	n = normalize(&n)

@@ -41,8 +41,8 @@ func TestSpeakerAppliesOnceAndRejectsBadInputWithoutChanges(t *testing.T) {
 		Prefixes:        []Prefix{{CIDR: netip.MustParsePrefix("10.244.1.0/24")}},
 	}
 	acts, err := s.Apply(ctx, d)
-	if err != nil || len(acts) != 3 {
-		t.Fatalf("first Apply = %q, %v; want start, add-path, add-peer", plan(acts), err)
+	if err != nil || len(acts) != 4 {
+		t.Fatalf("first Apply = %q, %v; want start, set-policy, add-path, add-peer", plan(acts), err)
 	}
 	if acts, err := s.Apply(ctx, d); err != nil || len(acts) != 0 {
 		t.Fatalf("same Apply again = %q, %v; want nothing", plan(acts), err)

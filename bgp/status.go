@@ -35,8 +35,12 @@ func (s SessionState) String() string {
 
 // PeerStatus is what the speaker knows about one session.
 type PeerStatus struct {
-	Address          netip.Addr
-	ASN              uint32
+	Address netip.Addr
+	ASN     uint32
+	// Name is the BGPPeerConfig of the session ("" for a cluster-level
+	// peer) and LocalASN the node's ASN on it.
+	Name             string
+	LocalASN         uint32
 	State            SessionState
 	Uptime           time.Duration // zero unless Established
 	PrefixesSent     uint32
@@ -52,6 +56,8 @@ func (s PeerStatus) ToProto() *fedmeshv1.BGPPeerStatus {
 	out := &fedmeshv1.BGPPeerStatus{
 		Address:          s.Address.String(),
 		Asn:              s.ASN,
+		Name:             s.Name,
+		LocalAsn:         s.LocalASN,
 		State:            fedmeshv1.BGPSessionState(s.State),
 		PrefixesSent:     s.PrefixesSent,
 		PrefixesReceived: s.PrefixesReceived,
