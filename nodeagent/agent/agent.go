@@ -30,6 +30,9 @@ type Config struct {
 	UnderlayIP netip.Addr
 	// PodCIDRs are the node's pod ranges, registered on the Node.
 	PodCIDRs []string
+	// Labels are the node's labels, registered on the Node (BGP peers
+	// select nodes by them).
+	Labels map[string]string
 	// DataplaneName is reported in the node status ("ebpf", "memory").
 	DataplaneName string
 	// ReadyLag is how far behind the newest seen revision the enforced one
@@ -278,6 +281,8 @@ func (a *Agent) feed(changes []Change) {
 			if ch.ClusterName == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
+			a.bgpDirty = true
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
 			if ch.StatusOnly {
 				continue
@@ -572,6 +577,7 @@ func (a *Agent) status(ctx context.Context) *fedmeshv1.NodeStatus {
 		if ps, err := a.deps.BGP.Status(sctx); err == nil {
 			st.BgpPeers = ps
 		}
+		st.BgpProblems = a.deps.BGP.Problems()
 	}
 	if a.deps.WireGuard != nil {
 		if ps, err := a.deps.WireGuard.Status(sctx); err == nil {

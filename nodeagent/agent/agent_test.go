@@ -192,6 +192,8 @@ func (b *bgpRec) SetHealthy(_ context.Context, h bool) error {
 
 func (b *bgpRec) Status(context.Context) ([]*fedmeshv1.BGPPeerStatus, error) { return nil, nil }
 
+func (b *bgpRec) Problems() []string { return nil }
+
 func (b *bgpRec) lastHealth() (bool, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

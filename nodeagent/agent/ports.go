@@ -93,23 +93,32 @@ type WireGuard interface {
 }
 
 // BGPConfig is what the BGP port needs: the cluster's settings, the router
-// ID and the node's pod CIDRs, which are advertised.
+// ID and the node's pod CIDRs, which are advertised; and to resolve the BGP
+// peer objects (bgp.Resolve), the node's cluster and Node (their labels)
+// and the peers and filters the control plane showed the node.
 type BGPConfig struct {
 	Settings *fedmeshv1.BGPSettings
 	RouterID netip.Addr
 	PodCIDRs []string
+	Cluster  *fedmeshv1.Cluster
+	Node     *fedmeshv1.Node
+	Peers    []*fedmeshv1.BGPPeerConfig
+	Filters  []*fedmeshv1.BGPFilter
 }
 
 // BGP reconciles the node's BGP speaker (bgp.Speaker).
 //
 // Contract: Apply and SetHealthy are called only by the sync goroutine;
 // SetHealthy whenever readiness may have changed (it must be cheap when the
-// health did not change). Status may be called from the report goroutine.
-// Calls may block briefly on the speaker's own loop.
+// health did not change). Status and Problems may be called from the
+// report goroutine; Problems (what the last Apply could not resolve of
+// the peers, reported in NodeStatus.bgp_problems) must not block. Calls
+// may block briefly on the speaker's own loop.
 type BGP interface {
 	Apply(ctx context.Context, cfg BGPConfig) error
 	SetHealthy(ctx context.Context, healthy bool) error
 	Status(ctx context.Context) ([]*fedmeshv1.BGPPeerStatus, error)
+	Problems() []string
 }
 
 // WatchStream is one open watch.

@@ -84,16 +84,26 @@ func WireGuardPeers(v *View, self *fedmeshv1.Node) WireGuardConfig {
 
 // BGPFor builds the BGP port's input from this cluster's BGP settings and
 // this node's pod CIDRs (the stored node's once the view has it, else the
-// ones the agent was started with). Without the cluster in the view the
-// settings are nil, which the port treats as "speaker off". Pure.
+// ones the agent was started with), with the BGP peers and filters the
+// view holds and the node and cluster they are resolved against. Without
+// the cluster in the view the settings are nil, which the port treats as
+// "speaker off" unless a peer object selects the node. Pure.
 func BGPFor(v *View, self *fedmeshv1.Node, routerID netip.Addr) BGPConfig {
 	cidrs := self.GetPodCidrs()
 	if n := v.Nodes[NodeKey{Cluster: self.GetCluster(), Name: self.GetName()}]; n != nil && len(n.GetPodCidrs()) > 0 {
 		cidrs = n.GetPodCidrs()
 	}
+	node := v.Nodes[NodeKey{Cluster: self.GetCluster(), Name: self.GetName()}]
+	if node == nil {
+		node = self
+	}
 	return BGPConfig{
 		Settings: v.Clusters[self.GetCluster()].GetBgp(),
 		RouterID: routerID,
 		PodCIDRs: slices.Clone(cidrs),
+		Cluster:  v.Clusters[self.GetCluster()],
+		Node:     node,
+		Peers:    v.BGPPeerList(),
+		Filters:  v.BGPFilterList(),
 	}
 }

@@ -28,6 +28,8 @@ var watchedKinds = []fedmeshv1.ResourceKind{
 	fedmeshv1.ResourceKind_RESOURCE_KIND_NODE,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER,
 }
 
 // NodeKey names a node of a cluster.
@@ -52,6 +54,10 @@ type Change struct {
 	Node     *fedmeshv1.Node
 	Endpoint *fedmeshv1.Endpoint
 	Policy   *fedmeshv1.Policy
+	// BGPName keys a BGP peer or filter (bgpview.go).
+	BGPName   string
+	BGPPeer   *fedmeshv1.BGPPeerConfig
+	BGPFilter *fedmeshv1.BGPFilter
 	// StatusOnly marks a node put that changes nothing but the node's
 	// reported status: nothing to enforce, and no reason to report at once
 	// (reporting it would write another status, and so on forever).
@@ -79,6 +85,8 @@ func (c Change) key() objectKey {
 		return objectKey{kind: c.Kind, cluster: c.NodeKey.Cluster, name: c.NodeKey.Name}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 		return objectKey{c.Kind, c.EndpointKey.Cluster, c.EndpointKey.Namespace, c.EndpointKey.Name}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
+		return objectKey{kind: c.Kind, name: c.BGPName}
 	default:
 		return objectKey{c.Kind, c.PolicyKey.Cluster, c.PolicyKey.Namespace, c.PolicyKey.Name}
 	}
@@ -93,6 +101,8 @@ func (c Change) Object() string {
 		return "node/" + c.NodeKey.Cluster + "/" + c.NodeKey.Name
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
 		return "endpoint/" + c.EndpointKey.String()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
+		return bgpObject(c)
 	default:
 		return "policy/" + c.PolicyKey.String()
 	}
@@ -134,15 +144,20 @@ type View struct {
 	Nodes     map[NodeKey]*fedmeshv1.Node
 	Endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint
 	Policies  map[policy.PolicyKey]*fedmeshv1.Policy
+	// BGP peers (only those selecting this node) and filters, by name.
+	BGPPeers   map[string]*fedmeshv1.BGPPeerConfig
+	BGPFilters map[string]*fedmeshv1.BGPFilter
 }
 
 // NewView returns an empty view at revision 0.
 func NewView() *View {
 	return &View{
-		Clusters:  map[string]*fedmeshv1.Cluster{},
-		Nodes:     map[NodeKey]*fedmeshv1.Node{},
-		Endpoints: map[policy.EndpointKey]*fedmeshv1.Endpoint{},
-		Policies:  map[policy.PolicyKey]*fedmeshv1.Policy{},
+		Clusters:   map[string]*fedmeshv1.Cluster{},
+		Nodes:      map[NodeKey]*fedmeshv1.Node{},
+		Endpoints:  map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		Policies:   map[policy.PolicyKey]*fedmeshv1.Policy{},
+		BGPPeers:   map[string]*fedmeshv1.BGPPeerConfig{},
+		BGPFilters: map[string]*fedmeshv1.BGPFilter{},
 	}
 }
 
@@ -234,6 +249,7 @@ func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 	for name := range v.Clusters {
 		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, ClusterName: name})
 	}
+	v.eachBGP(del)
 	for _, ev := range snap {
 		ch, _, _ := decodeEvent(ev)
 		if v.same(ch) {
@@ -275,6 +291,8 @@ func (v *View) same(ch Change) bool {
 			return false
 		}
 		old, cur, oldMeta, curMeta = o, ch.Policy, o.GetMeta(), ch.Policy.GetMeta()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
+		return v.sameBGP(ch)
 	}
 	// The control plane stamps every change with a new revision, so equal
 	// non-zero revisions mean equal objects; compare in full otherwise.
@@ -327,6 +345,8 @@ func (v *View) put(ch Change) {
 		} else {
 			v.Policies[ch.PolicyKey] = ch.Policy
 		}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
+		v.putBGP(ch)
 	}
 }
 
@@ -368,6 +388,9 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 			ch.Policy = o.Policy
 		}
 	default:
+		if decodeBGPEvent(ev, &ch) {
+			break
+		}
 		// Service exports/imports are not asked for; a nil or unknown oneof
 		// is a kind this agent does not know.
 		return ch, BadInput{Reason: ReasonUnknownKind, Object: "event",

@@ -99,6 +99,7 @@ func (a *Agent) nodeSpec() *fedmeshv1.Node {
 		Name:       a.cfg.Node,
 		UnderlayIp: a.self.GetUnderlayIp(),
 		PodCidrs:   a.cfg.PodCIDRs,
+		Labels:     a.cfg.Labels,
 	}
 	if a.deps.WireGuard != nil {
 		n.WireguardPublicKey = a.deps.WireGuard.PublicKey()

@@ -10,11 +10,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/fedmesh/fedmesh/bgp"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -57,44 +55,4 @@ func (w *WireGuard) Status(ctx context.Context) ([]*fedmeshv1.WireGuardPeerStatu
 		return nil, err
 	}
 	return wireguard.StatusProto(st), nil
-}
-
-// BGP is the agent's BGP port over a running bgp.Speaker.
-type BGP struct {
-	Speaker *bgp.Speaker
-	Log     *slog.Logger
-}
-
-var _ agent.BGP = (*BGP)(nil)
-
-// Apply builds the desired speaker state from the cluster's settings and
-// the node's pod CIDRs and reconciles the speaker.
-func (b *BGP) Apply(ctx context.Context, cfg agent.BGPConfig) error {
-	routerID := cfg.RouterID
-	if !routerID.Is4() {
-		routerID = netip.IPv4Unspecified()
-	}
-	d, err := bgp.FromCluster(cfg.Settings, routerID, cfg.PodCIDRs)
-	if err != nil {
-		return fmt.Errorf("build BGP config from the cluster's settings: %w", err)
-	}
-	if _, err := b.Speaker.Apply(ctx, d); err != nil {
-		return fmt.Errorf("apply BGP config: %w", err)
-	}
-	return nil
-}
-
-// SetHealthy couples the advertisement to the node's readiness.
-func (b *BGP) SetHealthy(ctx context.Context, healthy bool) error {
-	_, err := b.Speaker.SetHealthy(ctx, healthy)
-	return err
-}
-
-// Status reports the speaker's sessions.
-func (b *BGP) Status(ctx context.Context) ([]*fedmeshv1.BGPPeerStatus, error) {
-	st, err := b.Speaker.Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return bgp.StatusToProto(st), nil
 }

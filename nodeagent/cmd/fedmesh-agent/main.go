@@ -48,6 +48,7 @@ type options struct {
 	wireguardPort  uint32
 	wireguardDev   string
 	bgp            bool
+	nodeLabels     map[string]string
 	statusInterval time.Duration
 }
 
@@ -144,6 +145,7 @@ func main() {
 	f.Uint32Var(&o.wireguardPort, "wireguard-port", 0, "WireGuard listen port to register (0: the cluster's default)")
 	f.StringVar(&o.wireguardDev, "wireguard-device", "", "name of the WireGuard link, unique on the machine (default: derived from cluster and node)")
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
+	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
@@ -238,7 +240,7 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	a, err := agent.New(agent.Config{
-		Cluster: o.cluster, Node: o.node, UnderlayIP: p.underlayIP, PodCIDRs: p.podCIDRs,
+		Cluster: o.cluster, Node: o.node, UnderlayIP: p.underlayIP, PodCIDRs: p.podCIDRs, Labels: o.nodeLabels,
 		DataplaneName: o.dataplane, ReadyLag: o.readyLag, StatusInterval: o.statusInterval,
 	}, deps)
 	if err != nil {
