@@ -78,8 +78,7 @@ func New(opts ...Option) *Speaker {
 // GoBGP's internal goroutines outlive Run; run one Speaker per process.
 func (s *Speaker) Run(ctx context.Context) error {
 	defer close(s.done)
-	s.srv = server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.errs)), nil))
-	go s.srv.Serve()
+	s.serve()
 	s.restarting = true
 	for {
 		select {
@@ -98,6 +97,15 @@ func (s *Speaker) Run(ctx context.Context) error {
 			op()
 		}
 	}
+}
+
+// serve starts a new GoBGP server. GoBGP v4's StopBgp ends a server for
+// good (its loop returns and refuses every later call), so a stop that is
+// followed by a start (a disable, or an ASN or router ID change) needs a
+// fresh one.
+func (s *Speaker) serve() {
+	s.srv = server.NewBgpServer(server.LoggerOption(slog.New(newLogHandler(s.log.Handler(), s.errs)), nil))
+	go s.srv.Serve()
 }
 
 func (s *Speaker) do(ctx context.Context, f func() error) error {
@@ -333,6 +341,7 @@ func (s *Speaker) executeOne(ctx context.Context, a Action, want *Desired) error
 		if err := s.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 			return fmt.Errorf("stop bgp: %w", err)
 		}
+		s.serve()
 	case ActionStart:
 		if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: apiGlobal(a.Global)}); err != nil {
 			return fmt.Errorf("start bgp (asn %d, router id %s, port %d): %w; is another BGP daemon holding the port?",

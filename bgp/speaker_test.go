@@ -80,3 +80,34 @@ func TestSpeakerAppliesOnceAndRejectsBadInputWithoutChanges(t *testing.T) {
 		t.Fatalf("Apply after Run returned = %v, want ErrStopped", err)
 	}
 }
+
+// GoBGP v4 ends a server for good at StopBgp: a disable followed by an
+// enable, or a router ID change (stop, then start), gets a fresh one.
+func TestSpeakerStartsAgainAfterAStop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	s := New()
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(runCtx) }()
+	defer func() { stop(); <-runErr }()
+
+	d := Desired{
+		LocalASN: 65010, RouterID: netip.MustParseAddr("198.18.0.2"),
+		ListenPort: freeLoopbackPort(t), ListenAddresses: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Peers:    []Peer{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 65000, Port: freeLoopbackPort(t)}},
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
+		Prefixes: []Prefix{{CIDR: netip.MustParsePrefix("10.244.1.0/24")}},
+	}
+	moved := d
+	moved.RouterID = netip.MustParseAddr("198.18.0.3")
+	for i, want := range []Desired{d, {}, d, moved} {
+		if _, err := s.Apply(ctx, want); err != nil {
+			t.Fatalf("apply %d (enabled %v): %v", i, want.Enabled(), err)
+		}
+		st, err := s.Status(ctx)
+		if err != nil || len(st) != len(want.Peers) {
+			t.Fatalf("status after apply %d: %+v %v, want %d peers", i, st, err, len(want.Peers))
+		}
+	}
+}
