@@ -1,9 +1,10 @@
 // Package store owns the control plane's replicated state: the Raft FSM that
 // decodes committed log entries into changes of clusters, nodes, endpoints,
-// service exports (and the imports derived from them) and policies; the
-// numeric security identities; the global revision; the bounded event log
-// watchers read from; versioned snapshots; and the leader's cache of
-// payloads it decoded before proposing them (Predecoded).
+// service exports (and the imports derived from them), policies, and BGP
+// peers and filters (bgppeers.go); the numeric security identities; the
+// global revision; the bounded event log watchers read from; versioned
+// snapshots; and the leader's cache of payloads it decoded before
+// proposing them (Predecoded).
 //
 // Everything here is pure: no network, no clock, no randomness in what is
 // applied. The time a command carries is stamped by the replica that
