@@ -86,9 +86,9 @@ func linearizable(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, ConsistencyKey, ConsistencyLinearizable)
 }
 
-func registerCluster(t testing.TB, ctx context.Context, c *client, name, cidr string) uint64 {
+func registerCluster(t testing.TB, ctx context.Context, c *client, name string, cidrs ...string) uint64 {
 	t.Helper()
-	resp, err := c.cluster.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: name, PodCidrs: []string{cidr}}})
+	resp, err := c.cluster.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: name, PodCidrs: cidrs}})
 	if err != nil {
 		t.Fatalf("register cluster %s: %v", name, err)
 	}
@@ -181,7 +181,7 @@ func TestInvalidRequestsAreRejectedNamingTheFieldWithoutMovingTheRevision(t *tes
 	_, c := startSingle(t, 1000)
 	ctx := ctxT(t)
 	registerCluster(t, ctx, c, "east", "10.1.0.0/16")
-	registerCluster(t, ctx, c, "west", "10.2.0.0/16")
+	registerCluster(t, ctx, c, "west", "10.2.0.0/16", "fd00:2::/48")
 	if _, err := c.endpoint.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "east", Endpoints: []*fedmeshv1.Endpoint{
 		{Namespace: "web", Name: "taken", Ips: []string{"10.1.1.5"}, Node: "n1"}}}); err != nil {
 		t.Fatal(err)
@@ -199,6 +199,18 @@ func TestInvalidRequestsAreRejectedNamingTheFieldWithoutMovingTheRevision(t *tes
 			_, err := c.cluster.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "north", PodCidrs: []string{"10.2.5.0/24"}}})
 			return err
 		}, "cluster.podCIDRs[0]"},
+		{"two pod CIDRs of one family", func() error {
+			_, err := c.cluster.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "north", PodCidrs: []string{"10.9.0.0/16", "10.10.0.0/16"}}})
+			return err
+		}, "cluster.podCIDRs[1]"},
+		{"v6 pod CIDR overlapping another cluster's (store state)", func() error {
+			_, err := c.cluster.RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "north", PodCidrs: []string{"10.9.0.0/16", "fd00:2:0:1::/64"}}})
+			return err
+		}, "cluster.podCIDRs[1]"},
+		{"node v6 prefix outside the cluster's v6 CIDR (store state)", func() error {
+			_, err := c.node.RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "west", Name: "n", UnderlayIp: "198.18.0.9", PodCidrs: []string{"10.2.1.0/24", "fd00:9::/64"}}})
+			return err
+		}, "node.podCIDRs[1]"},
 		{"node underlay IP", func() error {
 			_, err := c.node.RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "east", Name: "n", UnderlayIp: "nope"}})
 			return err

@@ -175,7 +175,7 @@ func (ce *clusterEntry) checkAddrs(req *fedmeshv1.UpsertEndpointsRequest) error 
 			a, _ := netip.ParseAddr(ip)
 			if !slices.ContainsFunc(ce.podCIDRs(), func(c netip.Prefix) bool { return c.Contains(a) }) {
 				p := field.NewPath("endpoints").Index(i).Child("ips").Index(j)
-				errs = append(errs, field.Invalid(p, ip, fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", ce.spec.GetName(), ce.spec.GetPodCidrs())))
+				errs = append(errs, field.Invalid(p, ip, ce.outside(a)))
 			}
 		}
 	}

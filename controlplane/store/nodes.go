@@ -40,11 +40,19 @@ func (ce *clusterEntry) checkNodeCIDRs(n *fedmeshv1.Node) error {
 			return pfx.IsValid() && c.Bits() <= pfx.Bits() && c.Contains(pfx.Addr())
 		})
 		if !inside {
-			errs = append(errs, field.Invalid(field.NewPath("node", "podCIDRs").Index(i), v,
-				fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", ce.spec.GetName(), ce.spec.GetPodCidrs())))
+			errs = append(errs, field.Invalid(field.NewPath("node", "podCIDRs").Index(i), v, ce.outside(pfx.Addr())))
 		}
 	}
 	return model.AsError(errs)
+}
+
+// outside says why a (node or pod) address of the cluster is refused,
+// naming the cluster's pod CIDR of that address's family.
+func (ce *clusterEntry) outside(a netip.Addr) string {
+	if !a.IsValid() {
+		return fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", ce.spec.GetName(), ce.spec.GetPodCidrs())
+	}
+	return model.OutsidePodCIDRs(ce.spec, a)
 }
 
 func (s *State) applyDeleteNode(tx *txn, req *fedmeshv1.DeleteNodeRequest) (*Result, error) {

@@ -25,8 +25,11 @@ func ValidateCluster(c *fedmeshv1.Cluster) error {
 	if len(c.GetPodCidrs()) == 0 {
 		errs = append(errs, field.Required(podPath, "a cluster needs at least one pod CIDR"))
 	}
-	errs = append(errs, tooMany(podPath, len(c.GetPodCidrs()), MaxClusterCIDRs)...)
-	pods, e := cidrList(podPath, c.GetPodCidrs(), 0)
+	// One per family, as Kubernetes' --cluster-cidr: a second IPv4 range is
+	// almost always a dual-stack registration with the IPv6 one mistyped,
+	// and one range per family is what lets a node's prefix be checked
+	// against "the cluster's CIDR of that family".
+	pods, e := cidrList(podPath, c.GetPodCidrs(), MaxCIDRsPerFam)
 	errs = append(errs, e...)
 
 	svcPath := p.Child("serviceCIDRs")

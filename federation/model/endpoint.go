@@ -84,7 +84,7 @@ func validateEndpoint(p *field.Path, e *fedmeshv1.Endpoint, batchCluster string,
 		}
 		fams[family(a)] = i
 		if cluster != nil && !addrInsideAny(a, cluster.GetPodCidrs()) {
-			errs = append(errs, field.Invalid(ipsPath.Index(i), s, fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", cluster.GetName(), cluster.GetPodCidrs())))
+			errs = append(errs, field.Invalid(ipsPath.Index(i), s, OutsidePodCIDRs(cluster, a)))
 		}
 	}
 	errs = append(errs, lc.check(p.Child("labels"), e.GetLabels())...)

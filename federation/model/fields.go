@@ -16,8 +16,7 @@ import (
 // Limits that keep one request from growing the store without bound.
 const (
 	MaxBatch         = 5000 // objects in one batched write
-	MaxCIDRsPerFam   = 1    // pod or service CIDRs per address family on a node
-	MaxClusterCIDRs  = 16   // pod CIDRs of one cluster
+	MaxCIDRsPerFam   = 1    // pod or service CIDRs per address family of a cluster or node
 	MaxNamedPorts    = 64
 	MaxRulesPerDir   = 256
 	MaxPeersPerRule  = 256

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -27,7 +28,7 @@ func ValidateNode(n *fedmeshv1.Node, cluster *fedmeshv1.Cluster) error {
 	if cluster != nil {
 		for i, pfx := range pods {
 			if !insideAny(pfx, cluster.GetPodCidrs()) {
-				errs = append(errs, field.Invalid(podPath.Index(i), pfx.String(), fmt.Sprintf("is not inside any pod CIDR of cluster %q %v", cluster.GetName(), cluster.GetPodCidrs())))
+				errs = append(errs, field.Invalid(podPath.Index(i), pfx.String(), OutsidePodCIDRs(cluster, pfx.Addr())))
 			}
 		}
 	}
@@ -40,6 +41,24 @@ func ValidateNode(n *fedmeshv1.Node, cluster *fedmeshv1.Cluster) error {
 	errs = append(errs, port(p.Child("wireguardListenPort"), n.GetWireguardListenPort(), true)...)
 	errs = append(errs, labels(p.Child("labels"), n.GetLabels())...)
 	return AsError(errs)
+}
+
+// OutsidePodCIDRs says why an address (or a prefix starting at it) of a
+// node or pod is refused: the cluster has no pod CIDR of its family, or
+// none of that family holds it. A dual-stack cluster has one pod CIDR per
+// family, so naming the family's CIDR tells the user which one to widen.
+func OutsidePodCIDRs(cluster *fedmeshv1.Cluster, a netip.Addr) string {
+	fam := family(a)
+	var same []string
+	for _, c := range cluster.GetPodCidrs() {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() == a.Is4() {
+			same = append(same, c)
+		}
+	}
+	if len(same) == 0 {
+		return fmt.Sprintf("is %s, but cluster %q has no %s pod CIDR (it has %v); register the cluster with one first", fam, cluster.GetName(), fam, cluster.GetPodCidrs())
+	}
+	return fmt.Sprintf("is not inside the %s pod CIDR %s of cluster %q", fam, strings.Join(same, ", "), cluster.GetName())
 }
 
 // insideAny reports whether pfx lies entirely inside one of cidrs.

@@ -159,6 +159,8 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"no pod CIDR", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs = nil }), "cluster.podCIDRs", field.ErrorTypeRequired, ""},
 		{"pod CIDR not a CIDR", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs[1] = "fd00:1::" }), "cluster.podCIDRs[1]", field.ErrorTypeInvalid, "must be a CIDR"},
 		{"pod CIDR host bits", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs[0] = "10.1.0.1/16" }), "cluster.podCIDRs[0]", field.ErrorTypeInvalid, "did you mean 10.1.0.0/16"},
+		{"two v4 pod CIDRs where dual-stack meant one", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs = []string{"10.1.0.0/16", "10.2.0.0/16"} }), "cluster.podCIDRs[1]", field.ErrorTypeInvalid, "at most 1 IPv4"},
+		{"two v6 pod CIDRs", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs = append(c.PodCidrs, "fd00:2::/48") }), "cluster.podCIDRs[2]", field.ErrorTypeInvalid, "at most 1 IPv6"},
 		{"pod CIDRs overlap each other", cluster(func(c *fedmeshv1.Cluster) { c.PodCidrs = []string{"10.0.0.0/8", "10.1.0.0/16"} }), "cluster.podCIDRs[1]", field.ErrorTypeInvalid, "overlaps 10.0.0.0/8"},
 		{"two v4 service CIDRs", cluster(func(c *fedmeshv1.Cluster) { c.ServiceCidrs = []string{"10.96.0.0/16", "10.97.0.0/16"} }), "cluster.serviceCIDRs[1]", field.ErrorTypeInvalid, "at most 1 IPv4"},
 		{"service CIDR inside pod CIDR", cluster(func(c *fedmeshv1.Cluster) { c.ServiceCidrs = []string{"10.1.200.0/24"} }), "cluster.serviceCIDRs[0]", field.ErrorTypeInvalid, "overlaps pod CIDR"},
@@ -193,7 +195,14 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"node label value with a space", node(func(n *fedmeshv1.Node) { n.Labels = map[string]string{"rack": "r 1"} }), "node.labels", field.ErrorTypeInvalid, "a valid label must"},
 		{"node underlay loopback", node(func(n *fedmeshv1.Node) { n.UnderlayIp = "127.0.0.1" }), "node.underlayIp", field.ErrorTypeInvalid, "non-loopback"},
 		{"node underlay v4-mapped", node(func(n *fedmeshv1.Node) { n.UnderlayIp = "::ffff:198.18.1.10" }), "node.underlayIp", field.ErrorTypeInvalid, "plain IPv4"},
-		{"node pod CIDR outside cluster", node(func(n *fedmeshv1.Node) { n.PodCidrs[0] = "10.9.1.0/24" }), "node.podCIDRs[0]", field.ErrorTypeInvalid, "not inside any pod CIDR"},
+		{"node pod CIDR outside cluster", node(func(n *fedmeshv1.Node) { n.PodCidrs[0] = "10.9.1.0/24" }), "node.podCIDRs[0]", field.ErrorTypeInvalid, `not inside the IPv4 pod CIDR 10.1.0.0/16 of cluster "east"`},
+		{"node v6 pod CIDR outside the cluster's v6", node(func(n *fedmeshv1.Node) { n.PodCidrs[1] = "fd00:9:0:1::/64" }), "node.podCIDRs[1]", field.ErrorTypeInvalid, "not inside the IPv6 pod CIDR fd00:1::/48"},
+		{"node v6 pod CIDR wider than the cluster's v6", node(func(n *fedmeshv1.Node) { n.PodCidrs[1] = "fd00::/16" }), "node.podCIDRs[1]", field.ErrorTypeInvalid, "not inside the IPv6 pod CIDR fd00:1::/48"},
+		{"node v6 pod CIDR in an IPv4-only cluster", func() error {
+			c := goodCluster()
+			c.PodCidrs = c.PodCidrs[:1]
+			return ValidateNode(goodNode(), c)
+		}, "node.podCIDRs[1]", field.ErrorTypeInvalid, "has no IPv6 pod CIDR"},
 		{"node two v6 pod CIDRs", node(func(n *fedmeshv1.Node) { n.PodCidrs = append(n.PodCidrs, "fd00:1:0:2::/64") }), "node.podCIDRs[2]", field.ErrorTypeInvalid, "at most 1 IPv6"},
 		{"node bad WireGuard key", node(func(n *fedmeshv1.Node) { n.WireguardPublicKey = "c2hvcnQ=" }), "node.wireguardPublicKey", field.ErrorTypeInvalid, "32 bytes"},
 
@@ -204,7 +213,9 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"endpoint without IPs", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips = nil }), "endpoints[0].ips", field.ErrorTypeRequired, ""},
 		{"endpoint bad IP", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[1] = "fd00:1::zz" }), "endpoints[0].ips[1]", field.ErrorTypeInvalid, "IPv4 or IPv6"},
 		{"endpoint two v4 IPs", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[1] = "10.1.1.6" }), "endpoints[0].ips[1]", field.ErrorTypeInvalid, "at most one IPv4"},
-		{"endpoint IP outside cluster", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[0] = "10.2.0.5" }), "endpoints[0].ips[0]", field.ErrorTypeInvalid, "not inside any pod CIDR"},
+		{"endpoint IP outside cluster", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[0] = "10.2.0.5" }), "endpoints[0].ips[0]", field.ErrorTypeInvalid, "not inside the IPv4 pod CIDR 10.1.0.0/16"},
+		{"endpoint v6 IP outside the cluster's v6", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[1] = "fd00:2::5" }), "endpoints[0].ips[1]", field.ErrorTypeInvalid, "not inside the IPv6 pod CIDR fd00:1::/48"},
+		{"endpoint two v6 IPs", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) { r.Endpoints[0].Ips[0] = "fd00:1::6" }), "endpoints[0].ips[1]", field.ErrorTypeInvalid, "at most one IPv6"},
 		{"endpoint duplicate key", endpoints(func(r *fedmeshv1.UpsertEndpointsRequest) {
 			e := proto.Clone(r.Endpoints[0]).(*fedmeshv1.Endpoint)
 			e.Ips = []string{"10.1.1.7"}

@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -37,7 +38,9 @@ func TestEndpointFromPod(t *testing.T) {
 		name       string
 		pod        *corev1.Pod
 		ns         *corev1.Namespace
+		spec       *fedmeshv1.Cluster // nil: testSpec
 		wantReason string
+		wantMsg    string // substring of the skip message, "" to skip
 		want       *fedmeshv1.Endpoint
 	}{
 		{
@@ -83,16 +86,46 @@ func TestEndpointFromPod(t *testing.T) {
 		{name: "finished pod is skipped", pod: testPod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }), wantReason: "Terminated"},
 		{name: "unscheduled pod is skipped", pod: testPod(func(p *corev1.Pod) { p.Spec.NodeName = "" }), wantReason: "NoNode"},
 		{name: "IP outside the cluster's pod CIDRs is skipped", pod: testPod(func(p *corev1.Pod) { p.Status.PodIPs = []corev1.PodIP{{IP: "192.168.0.1"}} }), wantReason: "Invalid"},
+		{name: "v6 address outside the cluster's v6 pod CIDR is skipped like a v4 one", pod: testPod(func(p *corev1.Pod) {
+			p.Status.PodIPs = []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00:2::5"}}
+		}), wantReason: "Invalid", wantMsg: "ips[1]: Invalid value: \"fd00:2::5\": is not inside the IPv6 pod CIDR fd00:1::/64"},
+		{name: "v6 address of a cluster registered IPv4-only is skipped", pod: testPod(func(p *corev1.Pod) {
+			p.Status.PodIPs = []corev1.PodIP{{IP: "fd00:1::5"}}
+		}), spec: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.1.0.0/16"}}, wantReason: "Invalid", wantMsg: "has no IPv6 pod CIDR"},
+		{name: "two v4 addresses are skipped", pod: testPod(func(p *corev1.Pod) {
+			p.Status.PodIPs = []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "10.1.0.6"}}
+		}), wantReason: "Invalid", wantMsg: "at most one IPv4"},
+		{
+			name: "v6-only pod maps with its one address",
+			pod: testPod(func(p *corev1.Pod) {
+				p.Spec.Containers = nil
+				p.Status.PodIPs = []corev1.PodIP{{IP: "fd00:1::7"}}
+			}),
+			ns: ns,
+			want: &fedmeshv1.Endpoint{
+				Cluster: "east", Namespace: "shop", Name: "cart-7d9f", Node: "node-1",
+				Ips:             []string{"fd00:1::7"},
+				Labels:          map[string]string{"app": "cart", "pod-template-hash": "7d9f"},
+				NamespaceLabels: map[string]string{"team": "a", corev1.LabelMetadataName: "shop"},
+			},
+		},
 		{name: "label value the federation rejects is skipped", pod: testPod(func(p *corev1.Pod) { p.Labels["bad key!"] = "x" }), wantReason: "Invalid"},
 		{name: "too long port name is skipped", pod: testPod(func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].Name = "much-too-long-port-name" }), wantReason: "Invalid"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := EndpointFromPod("east", tc.pod, tc.ns, testSpec)
+			spec := testSpec
+			if tc.spec != nil {
+				spec = tc.spec
+			}
+			got, err := EndpointFromPod("east", tc.pod, tc.ns, spec)
 			if tc.wantReason != "" {
 				s, ok := IsSkip(err)
 				if !ok || s.Reason != tc.wantReason {
 					t.Fatalf("got %v, %v; want skip %s", got, err, tc.wantReason)
+				}
+				if !strings.Contains(s.Message, tc.wantMsg) {
+					t.Fatalf("skip message %q does not say %q", s.Message, tc.wantMsg)
 				}
 				return
 			}

@@ -144,7 +144,7 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "cluster spec as YAML or JSON")
 	f.DurationVar(&tokenTTL, "token-ttl", auth.DefaultTokenTTL, "lifetime of the syncer's join token printed after registering (over mTLS as admin)")
-	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "pod CIDR (repeat for dual-stack or more ranges)")
+	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "pod CIDR, one per family (repeat for dual-stack: an IPv4 and an IPv6 one)")
 	f.StringSliceVar(&svcCIDRs, "service-cidr", nil, "service CIDR (one per family)")
 	f.StringSliceVar(&lbls, "label", nil, "cluster label key=value, matched by federated policies' cluster selectors")
 	f.Uint32Var(&bgpASN, "bgp-asn", 0, "ASN of the cluster's node speakers (enables BGP)")
