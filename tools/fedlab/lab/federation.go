@@ -86,9 +86,13 @@ func (l *Lab) registerClusters(ctx context.Context) error {
 	for _, c := range l.Topo.Clusters {
 		args := []string{"cluster", "register", c.Name,
 			"--pod-cidr", c.PodCIDR.String(),
+			"--pod-cidr", c.PodCIDR6.String(),
 			"--label", "env=prod", "--label", "site=" + c.Name,
 			"--bgp-asn", fmt.Sprint(c.ASN),
+			// One session per family: the IPv6 pod prefix goes on the
+			// IPv6 one, with the node's rack address as next hop.
 			"--bgp-peer", fmt.Sprintf("%s:%d", c.RackAddr.Addr(), c.ToRASN),
+			"--bgp-peer", fmt.Sprintf("[%s]:%d", c.RackAddr6.Addr(), c.ToRASN),
 			"--graceful-restart", "60",
 			"--wireguard",
 		}
@@ -145,6 +149,7 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				"--controlplane", strings.Join(l.Topo.ControlPlaneAddrs(), ","),
 				"--underlay-ip", n.Host.Addr.Addr().String(),
 				"--pod-cidr", n.PodCIDR.String(),
+				"--pod-cidr", n.PodCIDR6.String(),
 				"--state-dir", stateDir,
 				"--bpf-pin-dir", l.pinDir(n),
 				"--metrics-addr", fmt.Sprintf("%s:9464", n.Host.Addr.Addr()),
@@ -264,15 +269,17 @@ func (l *Lab) WaitEnforced(ctx context.Context, timeout time.Duration) (uint64, 
 	if err != nil {
 		return 0, err
 	}
-	err = waitFor(wctx, "every pod CIDR in its ToR's FIB", func() error {
+	err = waitFor(wctx, "every pod CIDR (both families) in its ToR's FIB", func() error {
 		for _, c := range l.Topo.Clusters {
 			routes, err := ToRRoutes(wctx, c)
 			if err != nil {
 				return err
 			}
 			for _, n := range c.Nodes {
-				if !strings.Contains(routes, n.PodCIDR.String()+" ") {
-					return fmt.Errorf("%s has no route to %s yet", c.ToR.NS, n.PodCIDR)
+				for _, cidr := range n.PodCIDRs() {
+					if !strings.Contains(routes, cidr.String()+" ") {
+						return fmt.Errorf("%s has no route to %s yet", c.ToR.NS, cidr)
+					}
 				}
 			}
 		}
@@ -306,7 +313,7 @@ func (l *Lab) publishEndpoints(ctx context.Context) error {
 		for _, n := range c.Nodes {
 			for _, p := range n.Pods {
 				req.Endpoints = append(req.Endpoints, &fedmeshv1.Endpoint{
-					Cluster: c.Name, Namespace: p.Namespace, Name: p.Name, Ips: []string{p.IP.String()},
+					Cluster: c.Name, Namespace: p.Namespace, Name: p.Name, Ips: []string{p.IP.String(), p.IP6.String()},
 					Labels: p.Labels, NamespaceLabels: map[string]string{"team": "demo", "kubernetes.io/metadata.name": p.Namespace},
 					NamedPorts: []*fedmeshv1.NamedPort{{Name: "http", Port: 8080, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP}},
 					Node:       n.Name,

@@ -143,7 +143,7 @@ func createPods(ctx context.Context, kube *kubetest.Server, c *Cluster) error {
 						Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}}},
 				},
 			}
-			if _, err := kube.CreatePod(ctx, pod, p.IP.String()); err != nil {
+			if _, err := kube.CreatePod(ctx, pod, p.IP.String(), p.IP6.String()); err != nil {
 				return err
 			}
 		}

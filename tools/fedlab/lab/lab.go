@@ -192,11 +192,18 @@ func (l *Lab) startToR(ctx context.Context, c Cluster) error {
 	return fmt.Errorf("unknown ToR kind %q", c.ToRKind)
 }
 
-// ToRRoutes returns the ToR's kernel routes (its FIB), which hold the pod
-// CIDRs its nodes advertise.
+// ToRRoutes returns the ToR's kernel routes (its FIB) of both families,
+// IPv4 then IPv6, which hold the pod CIDRs its nodes advertise.
 func ToRRoutes(ctx context.Context, c Cluster) (string, error) {
-	out, err := exec.CommandContext(ctx, "ip", "-n", c.ToR.NS, "route", "show").CombinedOutput()
-	return string(out), err
+	var b strings.Builder
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := exec.CommandContext(ctx, "ip", "-n", c.ToR.NS, fam, "route", "show").CombinedOutput()
+		b.Write(out)
+		if err != nil {
+			return b.String(), fmt.Errorf("ip -n %s %s route show: %w", c.ToR.NS, fam, err)
+		}
+	}
+	return b.String(), nil
 }
 
 // ToRBGP returns what the ToR's router itself reports about its BGP
@@ -210,7 +217,7 @@ func (l *Lab) ToRBGP(ctx context.Context, c Cluster) (string, error) {
 		sock := filepath.Join(dir, "bird.ctl")
 		cmds = [][]string{{"birdc", "-s", sock, "show", "protocols", "all"}, {"birdc", "-s", sock, "show", "route", "all"}}
 	case "frr":
-		cmds = [][]string{{"vtysh", "--vty_socket", dir, "-c", "show bgp neighbors"}, {"vtysh", "--vty_socket", dir, "-c", "show ip bgp"}}
+		cmds = [][]string{{"vtysh", "--vty_socket", dir, "-c", "show bgp neighbors"}, {"vtysh", "--vty_socket", dir, "-c", "show ip bgp"}, {"vtysh", "--vty_socket", dir, "-c", "show bgp ipv6 unicast"}}
 	default:
 		return "", fmt.Errorf("unknown ToR kind %q", c.ToRKind)
 	}

@@ -60,14 +60,24 @@ func TestLabBuildsRoutesAndTearsDownCompletely(t *testing.T) {
 		return nil
 	}
 	a := l.Topo.Clusters[0]
-	// Same node: through the node's /32 routes and proxy ARP.
-	if err := ping(a.Nodes[0].Pods[0].Name, a.Nodes[0].Pods[1].IP.String()); err != nil {
-		t.Error(err)
+	src, peer, node := a.Nodes[0].Pods[0], a.Nodes[0].Pods[1], a.Nodes[0]
+	for _, tc := range []struct{ what, dst string }{
+		// Same node: through the node's /32 routes and proxy ARP.
+		{"same-node pod over IPv4", peer.IP.String()},
+		// ...and its /128 routes and the fe80::1 gateway.
+		{"same-node pod over IPv6", peer.IP6.String()},
+		// Pod to its node's underlay and rack addresses (the ToR learns pod
+		// routes only once the node's BGP speaker runs).
+		{"node underlay over IPv4", node.Host.Addr.Addr().String()},
+		{"node rack address over IPv6", node.Host.Addr6.Addr().String()},
+	} {
+		if err := ping(src.Name, tc.dst); err != nil {
+			t.Errorf("%s: %v", tc.what, err)
+		}
 	}
-	// Pod to its node's underlay address (the ToR learns pod routes only
-	// once the node's BGP speaker runs).
-	if err := ping(a.Nodes[0].Pods[0].Name, a.Nodes[0].Host.Addr.Addr().String()); err != nil {
-		t.Error(err)
+	// The ToR reaches its nodes over the dual-stack rack.
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", a.ToR.NS, "ping", "-c1", "-W2", node.Host.Addr6.Addr().String()).CombinedOutput(); err != nil {
+		t.Errorf("ToR to node over IPv6: %v: %s", err, out)
 	}
 	// Both router kinds run and answer on their control sockets.
 	for _, p := range l.State.Procs {

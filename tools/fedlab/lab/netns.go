@@ -66,6 +66,9 @@ func Build(ctx context.Context, t *Topology) error {
 			[]string{"-n", tor, "link", "set", "core", "up"},
 			[]string{"-n", tor, "link", "add", "rack", "type", "bridge"},
 			[]string{"-n", tor, "addr", "add", c.RackAddr.String(), "dev", "rack"},
+			// nodad: the lab's addresses are unique by plan, and a
+			// tentative address would delay the first BGP session.
+			[]string{"-n", tor, "addr", "add", c.RackAddr6.String(), "dev", "rack", "nodad"},
 			[]string{"-n", tor, "link", "set", "rack", "up"},
 			// mgmt reaches every rack through its ToR.
 			[]string{"-n", t.Mgmt.NS, "route", "add", rackNet(c).String(), "via", c.ToR.Addr.Addr().String()},
@@ -84,6 +87,8 @@ func Build(ctx context.Context, t *Topology) error {
 				[]string{"-n", n.Host.NS, "addr", "add", n.Host.Addr.String(), "dev", "eth0"},
 				[]string{"-n", n.Host.NS, "link", "set", "eth0", "up"},
 				[]string{"-n", n.Host.NS, "route", "add", "default", "via", n.Host.Gateway.String()},
+				[]string{"-n", n.Host.NS, "addr", "add", n.Host.Addr6.String(), "dev", "eth0", "nodad"},
+				[]string{"-n", n.Host.NS, "-6", "route", "add", "default", "via", n.Host.Gateway6.String()},
 			)
 			for _, p := range n.Pods {
 				steps = append(steps,
@@ -93,9 +98,15 @@ func Build(ctx context.Context, t *Topology) error {
 					[]string{"-n", p.NS, "link", "set", "eth0", "up"},
 					[]string{"-n", p.NS, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"},
 					[]string{"-n", p.NS, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"},
+					[]string{"-n", p.NS, "addr", "add", p.IP6.String() + "/128", "dev", "eth0", "nodad"},
+					// The node's side answers fe80::1, the pod's IPv6
+					// gateway, as Calico's CNI does for IPv6.
+					[]string{"-n", n.Host.NS, "addr", "add", "fe80::1/64", "dev", p.HostVeth, "nodad"},
 					[]string{"-n", n.Host.NS, "link", "set", p.HostVeth, "up"},
-					// A /32 per pod to its veth, as Calico's CNI does.
+					[]string{"-n", p.NS, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"},
+					// A /32 and a /128 per pod to its veth, as Calico's CNI does.
 					[]string{"-n", n.Host.NS, "route", "add", p.IP.String() + "/32", "dev", p.HostVeth},
+					[]string{"-n", n.Host.NS, "-6", "route", "add", p.IP6.String() + "/128", "dev", p.HostVeth},
 				)
 			}
 		}
@@ -106,11 +117,13 @@ func Build(ctx context.Context, t *Topology) error {
 		}
 	}
 	for _, c := range t.Clusters {
-		if err := sysctl(ctx, c.ToR.NS, "net.ipv4.ip_forward", "1"); err != nil {
-			return err
+		for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+			if err := sysctl(ctx, c.ToR.NS, kv[0], kv[1]); err != nil {
+				return err
+			}
 		}
 		for _, n := range c.Nodes {
-			for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv4.conf.all.rp_filter", "0"}, {"net.ipv4.conf.default.rp_filter", "0"}} {
+			for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}, {"net.ipv4.conf.all.rp_filter", "0"}, {"net.ipv4.conf.default.rp_filter", "0"}} {
 				if err := sysctl(ctx, n.Host.NS, kv[0], kv[1]); err != nil {
 					return err
 				}

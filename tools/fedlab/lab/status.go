@@ -41,9 +41,9 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) error {
 			fmt.Fprintln(w, "  (none yet)")
 		}
 		for _, nd := range c.Nodes {
-			fmt.Fprintf(w, "  node %s underlay %s pods %s\n", nd.Name, nd.Host.Addr.Addr(), nd.PodCIDR)
+			fmt.Fprintf(w, "  node %s underlay %s rack %s pods %s %s\n", nd.Name, nd.Host.Addr.Addr(), nd.Host.Addr6.Addr(), nd.PodCIDR, nd.PodCIDR6)
 			for _, p := range nd.Pods {
-				fmt.Fprintf(w, "    pod %s/%s/%s %s\n", c.Name, p.Namespace, p.Name, p.IP)
+				fmt.Fprintf(w, "    pod %s/%s/%s %s %s\n", c.Name, p.Namespace, p.Name, p.IP, p.IP6)
 			}
 		}
 	}

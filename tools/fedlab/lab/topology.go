@@ -9,6 +9,14 @@
 //	   │                         └─ tor-<c> ns 198.18.0.<c> (BIRD for cluster 1, FRR for 2)
 //	tor-<c> ns (bridge 198.18.<c>.0/24, .1) ── node ns 198.18.<c>.<10+n> (agent, GoBGP, WireGuard)
 //	node ns ── veth ── pod ns 10.<c>.<n>.<10+p>/32, as a routed CNI (Calico-style) sets it up
+//
+// Dual-stack: every cluster also has the ULA pod CIDR fd00:10:<c>::/48,
+// every node fd00:10:<c>:<n>::/64 and every pod fd00:10:<c>:<n>::<10+p>/128.
+// Each rack is dual-stack (fd00:198:18:<c>::/64) because GoBGP carries an
+// IPv6 pod prefix on an IPv6 session, whose next hop the ToR installs;
+// the core underlay (control plane, WireGuard endpoints) stays IPv4: the
+// WireGuard tunnels carry IPv6 pod traffic inside IPv4 UDP, so no IPv6
+// between sites is needed, as between sites joined over an IPv4 WAN.
 package lab
 
 import (
@@ -43,6 +51,10 @@ type Host struct {
 	NS      string
 	Addr    netip.Prefix // underlay address and its subnet
 	Gateway netip.Addr   // default route (invalid: none)
+	// Addr6 and Gateway6 are the IPv6 rack address and default route of a
+	// node (invalid elsewhere).
+	Addr6    netip.Prefix
+	Gateway6 netip.Addr
 }
 
 // Cluster is one member cluster: its ToR and nodes.
@@ -55,17 +67,29 @@ type Cluster struct {
 	ToR      Host   // core-side address
 	RackAddr netip.Prefix
 	PodCIDR  netip.Prefix
-	Nodes    []Node
+	// RackAddr6 is the ToR's IPv6 rack address, its BGP address for the
+	// nodes' IPv6 sessions; PodCIDR6 the cluster's IPv6 pod CIDR.
+	RackAddr6 netip.Prefix
+	PodCIDR6  netip.Prefix
+	Nodes     []Node
 }
+
+// PodCIDRs are the cluster's pod CIDRs, IPv4 first.
+func (c Cluster) PodCIDRs() []netip.Prefix { return []netip.Prefix{c.PodCIDR, c.PodCIDR6} }
 
 // Node is a node namespace with its pods.
 type Node struct {
 	Name    string
 	Host    Host
 	PodCIDR netip.Prefix
-	WGPort  uint16
-	Pods    []Pod
+	// PodCIDR6 is the node's IPv6 pod prefix, inside its cluster's PodCIDR6.
+	PodCIDR6 netip.Prefix
+	WGPort   uint16
+	Pods     []Pod
 }
+
+// PodCIDRs are the node's pod prefixes, IPv4 first.
+func (n Node) PodCIDRs() []netip.Prefix { return []netip.Prefix{n.PodCIDR, n.PodCIDR6} }
 
 // Pod is a pod namespace behind a veth into its node.
 type Pod struct {
@@ -73,9 +97,37 @@ type Pod struct {
 	Namespace string // Kubernetes namespace
 	NS        string // network namespace
 	IP        netip.Addr
-	HostVeth  string // node side
-	PodVeth   string // pod side (renamed eth0 inside)
+	IP6       netip.Addr // the pod's IPv6 address
+	HostVeth  string     // node side
+	PodVeth   string     // pod side (renamed eth0 inside)
 	Labels    map[string]string
+}
+
+// IPs are the pod's addresses, IPv4 first, as Kubernetes lists podIPs.
+func (p Pod) IPs() []netip.Addr { return []netip.Addr{p.IP, p.IP6} }
+
+// Addr returns the pod's address of one family (4 or 6).
+func (p Pod) Addr(family int) netip.Addr {
+	if family == 6 {
+		return p.IP6
+	}
+	return p.IP
+}
+
+// v6 builds an IPv6 address from 16-bit groups, the rest zero.
+func v6(groups ...uint16) netip.Addr {
+	var b [16]byte
+	for i, g := range groups {
+		b[2*i], b[2*i+1] = byte(g>>8), byte(g)
+	}
+	return netip.AddrFrom16(b)
+}
+
+// v6Last is v6(groups...) with its last group set to last.
+func v6Last(last uint16, groups ...uint16) netip.Addr {
+	b := v6(groups...).As16()
+	b[14], b[15] = byte(last>>8), byte(last)
+	return netip.AddrFrom16(b)
 }
 
 // Plan computes the lab's topology. It is deterministic: the same Config
@@ -108,17 +160,23 @@ func Plan(cfg Config) (*Topology, error) {
 			ToR:      Host{NS: fmt.Sprintf("%s-tor%d", n, c), Addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(c)}), 24)},
 			RackAddr: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(c), 1}), 24),
 			PodCIDR:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), 0, 0}), 16),
+			// 0x198 and 0x18 echo the IPv4 underlay's 198.18.
+			RackAddr6: netip.PrefixFrom(v6Last(1, 0xfd00, 0x198, 0x18, uint16(c)), 64),
+			PodCIDR6:  netip.PrefixFrom(v6(0xfd00, 0x10, uint16(c)), 48),
 		}
 		for i := 1; i <= cfg.Nodes; i++ {
 			nd := Node{
 				Name: fmt.Sprintf("%s-node%d", cl.Name, i),
 				Host: Host{
-					NS:      fmt.Sprintf("%s-c%dn%d", n, c, i),
-					Addr:    netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(c), byte(10 + i)}), 24),
-					Gateway: cl.RackAddr.Addr(),
+					NS:       fmt.Sprintf("%s-c%dn%d", n, c, i),
+					Addr:     netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(c), byte(10 + i)}), 24),
+					Gateway:  cl.RackAddr.Addr(),
+					Addr6:    netip.PrefixFrom(v6Last(uint16(10+i), 0xfd00, 0x198, 0x18, uint16(c)), 64),
+					Gateway6: cl.RackAddr6.Addr(),
 				},
-				PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), byte(i), 0}), 24),
-				WGPort:  51871,
+				PodCIDR:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), byte(i), 0}), 24),
+				PodCIDR6: netip.PrefixFrom(v6(0xfd00, 0x10, uint16(c), uint16(i)), 64),
+				WGPort:   51871,
 			}
 			for p := 1; p <= cfg.Pods; p++ {
 				app := []string{"web", "api", "db"}[(p-1)%3]
@@ -127,6 +185,7 @@ func Plan(cfg Config) (*Topology, error) {
 					Namespace: "demo",
 					NS:        fmt.Sprintf("%s-c%dn%dp%d", n, c, i, p),
 					IP:        netip.AddrFrom4([4]byte{10, byte(c), byte(i), byte(10 + p)}),
+					IP6:       v6Last(uint16(10+p), 0xfd00, 0x10, uint16(c), uint16(i)),
 					HostVeth:  fmt.Sprintf("%sc%dn%dp%d", n, c, i, p),
 					PodVeth:   fmt.Sprintf("%sc%dn%dp%dx", n, c, i, p),
 					Labels:    map[string]string{"app": app},

@@ -26,6 +26,7 @@ func TestPlanIsDeterministicAndDisjoint(t *testing.T) {
 		seenNS[ns] = true
 	}
 	underlay := netip.MustParsePrefix("198.18.0.0/15")
+	ula := netip.MustParsePrefix("fd00::/8")
 	ips := map[netip.Addr]string{}
 	names := map[string]bool{}
 	for _, c := range a.Clusters {
@@ -36,17 +37,28 @@ func TestPlanIsDeterministicAndDisjoint(t *testing.T) {
 			if !underlay.Contains(n.Host.Addr.Addr()) {
 				t.Errorf("node %s underlay %s outside 198.18.0.0/15", n.Name, n.Host.Addr)
 			}
-			if !c.PodCIDR.Contains(n.PodCIDR.Addr()) {
-				t.Errorf("node %s pod CIDR %s outside cluster %s", n.Name, n.PodCIDR, c.PodCIDR)
+			if !c.RackAddr6.Contains(n.Host.Addr6.Addr()) || n.Host.Gateway6 != c.RackAddr6.Addr() || n.Host.Addr6.Addr() == n.Host.Gateway6 {
+				t.Errorf("node %s rack v6 %s (gateway %s) not beside ToR %s", n.Name, n.Host.Addr6, n.Host.Gateway6, c.RackAddr6)
+			}
+			for fam, cidr := range c.PodCIDRs() {
+				ncidr := n.PodCIDRs()[fam]
+				if !cidr.IsValid() || !cidr.Contains(ncidr.Addr()) || ncidr.Bits() <= cidr.Bits() {
+					t.Errorf("node %s pod CIDR %s outside cluster %s", n.Name, ncidr, cidr)
+				}
+			}
+			if !ula.Contains(c.PodCIDR6.Addr()) || !c.PodCIDR6.Addr().Is6() || !c.PodCIDR.Addr().Is4() {
+				t.Errorf("cluster %s pod CIDRs %v: want IPv4 then ULA IPv6", c.Name, c.PodCIDRs())
 			}
 			for _, p := range n.Pods {
-				if !n.PodCIDR.Contains(p.IP) {
-					t.Errorf("pod %s IP %s outside node CIDR", p.Name, p.IP)
+				for fam, ip := range p.IPs() {
+					if !n.PodCIDRs()[fam].Contains(ip) || ip == n.PodCIDRs()[fam].Addr() {
+						t.Errorf("pod %s IP %s outside node CIDR %s", p.Name, ip, n.PodCIDRs()[fam])
+					}
+					if prev, dup := ips[ip]; dup {
+						t.Errorf("pod IP %s used by %s and %s", ip, prev, p.Name)
+					}
+					ips[ip] = p.Name
 				}
-				if prev, dup := ips[p.IP]; dup {
-					t.Errorf("pod IP %s used by %s and %s", p.IP, prev, p.Name)
-				}
-				ips[p.IP] = p.Name
 				if names[p.Name] {
 					t.Errorf("pod name %s twice", p.Name)
 				}
@@ -60,7 +72,7 @@ func TestPlanIsDeterministicAndDisjoint(t *testing.T) {
 	if a.Clusters[0].ToRKind != "bird" || a.Clusters[1].ToRKind != "frr" {
 		t.Errorf("ToR kinds = %s, %s; want bird then frr", a.Clusters[0].ToRKind, a.Clusters[1].ToRKind)
 	}
-	if _, _, p, ok := a.Pod("cluster-b/demo/web-b1-1"); !ok || p.IP != netip.MustParseAddr("10.2.1.11") {
+	if _, _, p, ok := a.Pod("cluster-b/demo/web-b1-1"); !ok || p.IP != netip.MustParseAddr("10.2.1.11") || p.IP6 != netip.MustParseAddr("fd00:10:2:1::b") {
 		t.Errorf("Pod lookup = %v %v", p, ok)
 	}
 }
