@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 
@@ -196,12 +197,25 @@ type reachService struct {
 }
 
 func (s *reachService) Reach(ctx context.Context, req *fedmeshv1.ReachRequest) (*fedmeshv1.ReachResponse, error) {
-	flow, err := reachFlow(req)
+	flow, family, err := reachFlow(req)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.c.beforeRead(ctx); err != nil {
 		return nil, err
+	}
+	if family != 0 {
+		// The engine checks that the address is the endpoint's, so a pod
+		// readdressed between this read and its answer is refused, never
+		// explained with another pod's address.
+		s.c.view(func(st *store.State) {
+			if err = targetOfFamily(field.NewPath("source"), &flow.Src, family, st.Endpoint); err == nil {
+				err = targetOfFamily(field.NewPath("destination"), &flow.Dst, family, st.Endpoint)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	x, rev, err := s.c.reach.explain(ctx, flow, s.c.fsm.Revision())
 	switch {
@@ -215,12 +229,35 @@ func (s *reachService) Reach(ctx context.Context, req *fedmeshv1.ReachRequest) (
 	return reachResponse(x, rev), nil
 }
 
-// reachFlow validates a request and converts it to the compiler's flow.
-func reachFlow(req *fedmeshv1.ReachRequest) (policy.Flow, error) {
+// reachFlow validates a request and converts it to the compiler's flow,
+// with the family (4, 6, or 0 for each endpoint's first address) its
+// endpoint targets resolve to: the request's, else that of an ip target.
+func reachFlow(req *fedmeshv1.ReachRequest) (policy.Flow, uint32, error) {
 	var errs field.ErrorList
 	src, srcErrs := reachTarget(field.NewPath("source"), req.GetSource())
 	dst, dstErrs := reachTarget(field.NewPath("destination"), req.GetDestination())
 	errs = append(append(errs, srcErrs...), dstErrs...)
+	family := req.GetFamily()
+	switch family {
+	case 0:
+		for _, t := range []policy.Target{src, dst} {
+			if t.IP.IsValid() {
+				family = ipFamily(t.IP)
+				break
+			}
+		}
+	case 4, 6:
+		for _, side := range []struct {
+			name string
+			t    policy.Target
+		}{{"source", src}, {"destination", dst}} {
+			if side.t.IP.IsValid() && ipFamily(side.t.IP) != family {
+				errs = append(errs, field.Invalid(field.NewPath(side.name, "ip"), side.t.IP.String(), fmt.Sprintf("is IPv%d, but family is %d", ipFamily(side.t.IP), family)))
+			}
+		}
+	default:
+		errs = append(errs, field.NotSupported(field.NewPath("family"), family, []string{"0", "4", "6"}))
+	}
 	p := req.GetProtocol()
 	if _, known := fedmeshv1.Protocol_name[int32(p)]; !known {
 		errs = append(errs, field.NotSupported(field.NewPath("protocol"), p.String(), []string{"TCP", "UDP", "SCTP", "ICMP"}))
@@ -230,17 +267,45 @@ func reachFlow(req *fedmeshv1.ReachRequest) (policy.Flow, error) {
 		errs = append(errs, field.Invalid(field.NewPath("port"), req.GetPort(), "must be a port number 0-65535 (ignored for ICMP)"))
 	}
 	if err := model.AsError(errs); err != nil {
-		return policy.Flow{}, err
+		return policy.Flow{}, 0, err
 	}
 	proto := policy.ProtoFromAPI(p)
-	if isICMP && (src.IP.Is6() || dst.IP.Is6()) {
+	if isICMP && (src.IP.Is6() || dst.IP.Is6() || family == 6) {
 		proto = policy.ProtoICMPv6
 	}
 	port := uint16(req.GetPort())
 	if isICMP {
 		port = 0
 	}
-	return policy.Flow{Src: src, Dst: dst, Proto: proto, Port: port}, nil
+	return policy.Flow{Src: src, Dst: dst, Proto: proto, Port: port}, family, nil
+}
+
+func ipFamily(a netip.Addr) uint32 {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+// targetOfFamily gives an endpoint target its address of family, looked up
+// with endpoint (a store read); an ip target is left as it is.
+func targetOfFamily(p *field.Path, t *policy.Target, family uint32, endpoint func(cluster, namespace, name string) *fedmeshv1.Endpoint) error {
+	if t.Endpoint == nil || t.IP.IsValid() {
+		return nil
+	}
+	k := *t.Endpoint
+	ep := endpoint(k.Cluster, k.Namespace, k.Name)
+	if ep == nil {
+		return status.Errorf(codes.NotFound, "%v %s", policy.ErrUnknownEndpoint, k)
+	}
+	for _, s := range ep.GetIps() {
+		if a, err := netip.ParseAddr(s); err == nil && ipFamily(a) == family {
+			t.IP = a
+			return nil
+		}
+	}
+	return model.AsError(field.ErrorList{field.Invalid(p.Child("endpoint"), k.String(),
+		fmt.Sprintf("has no IPv%d address (it has %v); ask for the family it has", family, ep.GetIps()))})
 }
 
 func reachTarget(p *field.Path, t *fedmeshv1.ReachTarget) (policy.Target, field.ErrorList) {

@@ -299,7 +299,11 @@ type ReachRequest struct {
 	// Protocol of the flow (TCP when unspecified).
 	Protocol Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=fedmesh.v1.Protocol" json:"protocol,omitempty"`
 	// Port is the destination port (ignored for ICMP).
-	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	Port uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// Family (4 or 6) is the address family an endpoint target resolves to
+	// on a dual-stack pod. 0 takes the family of an ip target when there is
+	// one, else each endpoint's first address (IPv4 on a dual-stack pod).
+	Family        uint32 `protobuf:"varint,5,opt,name=family,proto3" json:"family,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +362,13 @@ func (x *ReachRequest) GetProtocol() Protocol {
 func (x *ReachRequest) GetPort() uint32 {
 	if x != nil {
 		return x.Port
+	}
+	return 0
+}
+
+func (x *ReachRequest) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
 	}
 	return 0
 }
@@ -686,12 +697,13 @@ const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\vReachTarget\x125\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x17.fedmesh.v1.EndpointRefH\x00R\bendpoint\x12\x10\n" +
 	"\x02ip\x18\x02 \x01(\tH\x00R\x02ipB\b\n" +
-	"\x06target\"\xc0\x01\n" +
+	"\x06target\"\xd8\x01\n" +
 	"\fReachRequest\x12/\n" +
 	"\x06source\x18\x01 \x01(\v2\x17.fedmesh.v1.ReachTargetR\x06source\x129\n" +
 	"\vdestination\x18\x02 \x01(\v2\x17.fedmesh.v1.ReachTargetR\vdestination\x120\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2\x14.fedmesh.v1.ProtocolR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x04 \x01(\rR\x04port\"\xb0\x01\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x16\n" +
+	"\x06family\x18\x05 \x01(\rR\x06family\"\xb0\x01\n" +
 	"\aRuleRef\x12-\n" +
 	"\x06policy\x18\x01 \x01(\v2\x15.fedmesh.v1.PolicyKeyR\x06policy\x12*\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x16.fedmesh.v1.PolicyKindR\x04kind\x124\n" +

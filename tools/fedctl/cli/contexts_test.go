@@ -57,6 +57,7 @@ func TestErrorsArePrintedOnceWithHelpForCommandLineMistakes(t *testing.T) {
 		{name: "required flag", args: []string{"ca", "init"}, want: `required flag(s) "ca-dir" not set`, wantHelp: "fedctl ca init"},
 		{name: "unknown context", args: []string{"--context", "nope", "cluster", "list"}, want: `unknown context "nope"`},
 		{name: "client-side parse error", args: []string{"reach", "a", "b"}, want: `"a": want CLUSTER/NAMESPACE/POD or an IP address`},
+		{name: "address family neither 4 nor 6", args: []string{"reach", "a/b/c", "d/e/f", "--family", "5"}, want: "--family 5: want 4 or 6"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

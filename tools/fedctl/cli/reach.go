@@ -16,15 +16,19 @@ import (
 
 func reachCmd(g *globals) *cobra.Command {
 	var protocol string
-	var port uint32
+	var port, family uint32
 	cmd := &cobra.Command{
 		Use:   "reach SOURCE DESTINATION",
 		Short: "Explain whether SOURCE may reach DESTINATION, and which rule of which policy decides",
 		Long: `Explain a verdict across clusters with the same compiler the node agents load
-into the dataplane. SOURCE and DESTINATION are CLUSTER/NAMESPACE/POD or any IP.
-Exit status 0 means allowed, 2 denied.`,
+into the dataplane. SOURCE and DESTINATION are CLUSTER/NAMESPACE/POD or any IP
+(IPv4 or IPv6). A dual-stack pod named by CLUSTER/NAMESPACE/POD stands for its
+address of --family, else of the family of the other side's IP, else its first
+(IPv4) address. Exit status 0 means allowed, 2 denied.`,
 		Example: `  fedctl reach east/shop/web-0 west/db/postgres-0 --port 5432
-  fedctl reach 192.0.2.7 east/shop/web-0 --port 443`,
+  fedctl reach east/shop/web-0 west/db/postgres-0 --port 5432 --family 6
+  fedctl reach 192.0.2.7 east/shop/web-0 --port 443
+  fedctl reach fd00:10:1:1::b west/db/postgres-0 --port 5432`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := parseTarget(args[0])
@@ -40,8 +44,11 @@ Exit status 0 means allowed, 2 denied.`,
 			if !ok {
 				return fmt.Errorf("protocol %q: want tcp, udp, sctp or icmp", protocol)
 			}
+			if family != 0 && family != 4 && family != 6 {
+				return fmt.Errorf("--family %d: want 4 or 6", family)
+			}
 			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
-				resp, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{Source: src, Destination: dst, Protocol: proto, Port: port})
+				resp, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{Source: src, Destination: dst, Protocol: proto, Port: port, Family: family})
 				if err != nil {
 					return err
 				}
@@ -58,6 +65,7 @@ Exit status 0 means allowed, 2 denied.`,
 	}
 	cmd.Flags().StringVar(&protocol, "protocol", "tcp", "tcp, udp, sctp or icmp")
 	cmd.Flags().Uint32Var(&port, "port", 0, "destination port")
+	cmd.Flags().Uint32Var(&family, "family", 0, "4 or 6: the address of a dual-stack pod to explain (default: the family of an IP argument, else IPv4)")
 	return cmd
 }
 
