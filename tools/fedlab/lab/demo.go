@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,6 +114,7 @@ func (d *Demo) Run(ctx context.Context) error {
 	api := b.Nodes[0].Pods[1]               // api pod in cluster-b
 	webB := b.Nodes[len(b.Nodes)-1].Pods[0] // web pod in cluster-b
 	apiAddr := fmt.Sprintf("%s:%d", api.IP, AppPort)
+	apiAddr6 := netip.AddrPortFrom(api.IP6, AppPort).String()
 
 	d.say("The federation: %d clusters registered in a 3-replica Raft control plane", len(t.Clusters))
 	if _, err := d.fedctl(ctx, "cluster", "list"); err != nil {
@@ -143,6 +145,10 @@ func (d *Demo) Run(ctx context.Context) error {
 	if err := d.probe(ctx, webB.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
 		return err
 	}
+	d.say("The same pods are dual-stack: over IPv6 (ULA pod addresses, learned by both ToRs, carried between sites inside the IPv4 WireGuard tunnel)")
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr6, true); err != nil {
+		return err
+	}
 
 	d.say("Apply ONE federated policy, stored once and enforced in every prod cluster, and --wait until every node enforces it")
 	fmt.Fprint(d.Out, indent(readFile(d.PolicyFile)))
@@ -151,6 +157,9 @@ func (d *Demo) Run(ctx context.Context) error {
 	}
 	d.say("The cross-cluster connection is now refused; the local web pod still connects")
 	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr, false); err != nil {
+		return err
+	}
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr6, false); err != nil {
 		return err
 	}
 	if err := d.probe(ctx, webB.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
@@ -170,12 +179,18 @@ func (d *Demo) Run(ctx context.Context) error {
 	if _, err := d.fedctl(ctx, "reach", b.Name+"/demo/"+webB.Name, dst, "--port", fmt.Sprint(AppPort)); err != nil {
 		fmt.Fprintf(d.Out, "    (reach: %v)\n", err)
 	}
+	if _, err := d.fedctl(ctx, "reach", src, dst, "--port", fmt.Sprint(AppPort), "--family", "6"); err != nil && !denied(err) {
+		fmt.Fprintf(d.Out, "    (reach: %v)\n", err)
+	}
 
 	d.say("Remove the policy (--wait) and traffic flows again")
 	if _, err := d.fedctl(ctx, "policy", "delete", "federated/demo/api-local-web-only", "--wait"); err != nil {
 		return err
 	}
 	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
+		return err
+	}
+	if err := d.probe(ctx, web.Name, b.Name+"/"+api.Name, apiAddr6, true); err != nil {
 		return err
 	}
 
