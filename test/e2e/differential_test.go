@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -53,8 +54,14 @@ func randomPolicies(r *rand.Rand, round int) []*fedmeshv1.Policy {
 	peers := func() []*fedmeshv1.NetworkPolicyPeer {
 		var out []*fedmeshv1.NetworkPolicyPeer
 		for i := r.IntN(3); i > 0; i-- {
-			if r.IntN(5) == 0 {
+			switch r.IntN(10) {
+			case 0, 1:
 				out = append(out, &fedmeshv1.NetworkPolicyPeer{IpBlock: &fedmeshv1.IPBlock{Cidr: "10.0.0.0/8", Except: []string{"10.1.1.0/24"}}})
+				continue
+			case 2, 3:
+				// The IPv6 twin: a block of one family never matches the
+				// other, so the same pods are allowed over one family only.
+				out = append(out, &fedmeshv1.NetworkPolicyPeer{IpBlock: &fedmeshv1.IPBlock{Cidr: "fd00::/8", Except: []string{"fd00:10:1:1::/64"}}})
 				continue
 			}
 			out = append(out, &fedmeshv1.NetworkPolicyPeer{PodSelector: sel(), ClusterSelector: clusterSel()})
@@ -140,6 +147,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 7))
 	total, mismatches, denied := 0, 0, 0
+	total6, denied6 := 0, 0 // of them over IPv6
 	var prev []*fedmeshv1.Policy
 	// The lab is shared: the last round's policies go, enforced everywhere,
 	// before the next scenario.
@@ -184,8 +192,9 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 		for _, src := range pods {
 			var targets []lab.Target
 			type q struct {
-				dst  pod
-				spec int
+				dst    pod
+				spec   int
+				family uint32
 			}
 			var qs []q
 			for _, dst := range pods {
@@ -193,8 +202,13 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 					continue
 				}
 				for si, s := range probeSpecs {
-					targets = append(targets, lab.Target{Proto: s.proto, Addr: fmt.Sprintf("%s:%d", dst.p.IP, s.port)})
-					qs = append(qs, q{dst, si})
+					// Every probe over both families: Reach is asked for the
+					// pods' addresses of the probe's family.
+					for _, fam := range []uint32{4, 6} {
+						ap := netip.AddrPortFrom(dst.p.Addr(int(fam)), uint16(s.port))
+						targets = append(targets, lab.Target{Proto: s.proto, Addr: ap.String()})
+						qs = append(qs, q{dst, si, fam})
+					}
 				}
 			}
 			wg.Go(func() {
@@ -237,7 +251,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 					req := &fedmeshv1.ReachRequest{
 						Source:      &fedmeshv1.ReachTarget{Target: &fedmeshv1.ReachTarget_Endpoint{Endpoint: &fedmeshv1.EndpointRef{Cluster: src.cluster, Namespace: "demo", Name: src.p.Name}}},
 						Destination: &fedmeshv1.ReachTarget{Target: &fedmeshv1.ReachTarget_Endpoint{Endpoint: &fedmeshv1.EndpointRef{Cluster: qs[i].dst.cluster, Namespace: "demo", Name: qs[i].dst.p.Name}}},
-						Protocol:    proto, Port: s.port,
+						Protocol:    proto, Port: s.port, Family: qs[i].family,
 					}
 					// A linearizable read during a leader change answers
 					// Unavailable ("not the leader; retry"): retry it.
@@ -255,14 +269,20 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 					want := v.GetVerdict() == fedmeshv1.Verdict_VERDICT_ALLOW
 					mu.Lock()
 					total++
+					if qs[i].family == 6 {
+						total6++
+					}
 					if !want {
 						denied++
+						if qs[i].family == 6 {
+							denied6++
+						}
 					}
 					if o.Reachable() != want {
 						mismatches++
 						if mismatches <= 10 {
-							t.Errorf("round %d: %s/%s -> %s/%s %s/%d: kernel %s, reach %s (egress %s, ingress %s)", round,
-								src.cluster, src.p.Name, qs[i].dst.cluster, qs[i].dst.p.Name, s.proto, s.port, o, v.GetVerdict(),
+							t.Errorf("round %d: %s/%s -> %s/%s %s/%d IPv%d: kernel %s, reach %s (egress %s, ingress %s)", round,
+								src.cluster, src.p.Name, qs[i].dst.cluster, qs[i].dst.p.Name, s.proto, s.port, qs[i].family, o, v.GetVerdict(),
 								v.GetEgress().GetExplanation(), v.GetIngress().GetExplanation())
 						}
 					}
@@ -280,9 +300,12 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%d probes (%d denied by policy), %d mismatches between the kernel and Reach", total, denied, mismatches)
+	t.Logf("%d probes (%d denied by policy; %d over IPv6, %d of them denied), %d mismatches between the kernel and Reach", total, denied, total6, denied6, mismatches)
 	if denied == 0 || denied == total {
 		t.Errorf("the random policies denied %d of %d probes: the comparison proves nothing", denied, total)
+	}
+	if denied6 == 0 || denied6 == total6 {
+		t.Errorf("the random policies denied %d of %d IPv6 probes: the comparison proves nothing for IPv6", denied6, total6)
 	}
 	if total < 1000 && !t.Failed() {
 		t.Fatalf("only %d probes", total)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -46,18 +47,33 @@ func eventually(t *testing.T, what string, d time.Duration, f func() error) {
 	t.Fatalf("%s: not within %s: %v", what, d, err)
 }
 
-func addr(p lab.Pod) string { return fmt.Sprintf("%s:%d", p.IP, lab.AppPort) }
+// families are the pods' address families: every scenario runs over both.
+var families = []int{4, 6}
 
-// allowed probes until it connects (the first packet to a new WireGuard
-// peer waits for a handshake).
-func allowed(ctx context.Context, l *lab.Lab, from lab.Pod, to lab.Pod, proto string) error {
+// addrOf is the pod's app address of one family (4 or 6).
+func addrOf(p lab.Pod, family int) string {
+	return netip.AddrPortFrom(p.Addr(family), lab.AppPort).String()
+}
+
+// allowedOver probes over one family until it connects (the first packet
+// to a new WireGuard peer waits for a handshake).
+func allowedOver(ctx context.Context, l *lab.Lab, from lab.Pod, to lab.Pod, proto string, family int) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if err = l.ProbeFrom(ctx, from.Name, proto, addr(to), 2*time.Second); err == nil {
+		if err = l.ProbeFrom(ctx, from.Name, proto, addrOf(to, family), 2*time.Second); err == nil {
 			return nil
 		}
 	}
-	return err
+	return fmt.Errorf("IPv%d: %w", family, err)
+}
+
+// nodeRoutes are a node's pod prefixes with the rack address the ToR
+// reaches each through, one per family.
+func nodeRoutes(n lab.Node) [][2]string {
+	return [][2]string{
+		{n.PodCIDR.String(), n.Host.Addr.Addr().String()},
+		{n.PodCIDR6.String(), n.Host.Addr6.Addr().String()},
+	}
 }
 
 func TestFederationEndToEnd(t *testing.T) {
@@ -68,25 +84,29 @@ func TestFederationEndToEnd(t *testing.T) {
 	webA, apiA := a.Nodes[0].Pods[0], a.Nodes[1].Pods[1]
 	webB, apiB := b.Nodes[1].Pods[0], b.Nodes[0].Pods[1]
 
-	t.Run("ToRs hold every node's pod CIDR", func(t *testing.T) {
+	t.Run("ToRs hold every node's pod CIDRs of both families", func(t *testing.T) {
 		for _, c := range l.Topo.Clusters {
 			routes, err := lab.ToRRoutes(ctx, c)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, n := range c.Nodes {
-				if !routeVia(routes, n.PodCIDR.String(), n.Host.Addr.Addr().String()) {
-					t.Errorf("%s (%s) has no route %s via %s:\n%s", c.ToR.NS, c.ToRKind, n.PodCIDR, n.Host.Addr.Addr(), routes)
+				for _, r := range nodeRoutes(n) {
+					if !routeVia(routes, r[0], r[1]) {
+						t.Errorf("%s (%s) has no route %s via %s:\n%s", c.ToR.NS, c.ToRKind, r[0], r[1], routes)
+					}
 				}
 			}
 		}
 	})
 
-	t.Run("pods reach each other across clusters over TCP and UDP, both ways", func(t *testing.T) {
+	t.Run("pods reach each other across clusters over TCP and UDP, both ways, over IPv4 and IPv6", func(t *testing.T) {
 		for _, pair := range [][2]lab.Pod{{webA, apiB}, {webB, apiA}, {webA, apiA}} {
 			for _, proto := range []string{"tcp", "udp"} {
-				if err := allowed(ctx, l, pair[0], pair[1], proto); err != nil {
-					t.Error(err)
+				for _, fam := range families {
+					if err := allowedOver(ctx, l, pair[0], pair[1], proto, fam); err != nil {
+						t.Error(err)
+					}
 				}
 			}
 		}
@@ -100,22 +120,26 @@ func TestFederationEndToEnd(t *testing.T) {
 		if out, err := l.Fedctl(ctx, "policy", "apply", "-f", policy, "--wait", "--wait-timeout", "20s"); err != nil || !strings.Contains(out, "enforced on every node") {
 			t.Fatalf("apply --wait: %v\n%s", err, out)
 		}
-		// No retry: --wait returned, so the drop must already be in force.
-		if err := l.ProbeFrom(ctx, webA.Name, "tcp", addr(apiB), time.Second); !errors.Is(err, lab.ErrBlocked) {
-			t.Errorf("cross-cluster web -> api after the policy: err = %v, want blocked", err)
-		}
-		if err := allowed(ctx, l, webB, apiB, "tcp"); err != nil {
-			t.Errorf("same-cluster web -> api must stay allowed: %v", err)
-		}
-		// The policy's port is "http" (8080): UDP is not in it.
-		if err := l.ProbeFrom(ctx, webB.Name, "udp", addr(apiB), time.Second); !errors.Is(err, lab.ErrBlocked) {
-			t.Errorf("udp to the api pod must be dropped: %v", err)
+		for _, fam := range families {
+			// No retry: --wait returned, so the drop must already be in force.
+			if err := l.ProbeFrom(ctx, webA.Name, "tcp", addrOf(apiB, fam), time.Second); !errors.Is(err, lab.ErrBlocked) {
+				t.Errorf("cross-cluster web -> api over IPv%d after the policy: err = %v, want blocked", fam, err)
+			}
+			if err := allowedOver(ctx, l, webB, apiB, "tcp", fam); err != nil {
+				t.Errorf("same-cluster web -> api must stay allowed: %v", err)
+			}
+			// The policy's port is "http" (8080): UDP is not in it.
+			if err := l.ProbeFrom(ctx, webB.Name, "udp", addrOf(apiB, fam), time.Second); !errors.Is(err, lab.ErrBlocked) {
+				t.Errorf("udp to the api pod over IPv%d must be dropped: %v", fam, err)
+			}
 		}
 		if out, err := l.Fedctl(ctx, "policy", "delete", "federated/demo/api-local-web-only", "--wait"); err != nil {
 			t.Fatalf("delete --wait: %v\n%s", err, out)
 		}
-		if err := l.ProbeFrom(ctx, webA.Name, "tcp", addr(apiB), 2*time.Second); err != nil {
-			t.Errorf("after delete --wait: %v", err)
+		for _, fam := range families {
+			if err := l.ProbeFrom(ctx, webA.Name, "tcp", addrOf(apiB, fam), 2*time.Second); err != nil {
+				t.Errorf("after delete --wait, over IPv%d: %v", fam, err)
+			}
 		}
 	})
 
@@ -138,11 +162,13 @@ func TestFederationEndToEnd(t *testing.T) {
 				}
 				return nil
 			})
-			if err := l.ProbeFrom(ctx, webA.Name, "tcp", addr(apiB), time.Second); !errors.Is(err, lab.ErrBlocked) {
-				t.Errorf("with %s down, denied flow: err = %v", name, err)
-			}
-			if err := allowed(ctx, l, webB, apiB, "tcp"); err != nil {
-				t.Errorf("with %s down, allowed flow: %v", name, err)
+			for _, fam := range families {
+				if err := l.ProbeFrom(ctx, webA.Name, "tcp", addrOf(apiB, fam), time.Second); !errors.Is(err, lab.ErrBlocked) {
+					t.Errorf("with %s down, denied flow over IPv%d: err = %v", name, fam, err)
+				}
+				if err := allowedOver(ctx, l, webB, apiB, "tcp", fam); err != nil {
+					t.Errorf("with %s down, allowed flow: %v", name, err)
+				}
 			}
 			if err := l.Restart(name); err != nil {
 				t.Fatal(err)
@@ -166,14 +192,17 @@ func TestFederationEndToEnd(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			for {
+			// Alternate the families: the restarted agent must keep both
+			// denied.
+			for i := 0; ; i++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if err := l.ProbeFrom(ctx, webA.Name, "tcp", addr(apiB), 500*time.Millisecond); err == nil {
-					wrong <- "cross-cluster flow passed while denied"
+				fam := families[i%len(families)]
+				if err := l.ProbeFrom(ctx, webA.Name, "tcp", addrOf(apiB, fam), 500*time.Millisecond); err == nil {
+					wrong <- fmt.Sprintf("cross-cluster flow over IPv%d passed while denied", fam)
 				}
 			}
 		}()
@@ -192,12 +221,14 @@ func TestFederationEndToEnd(t *testing.T) {
 		for w := range wrong {
 			t.Error(w)
 		}
-		if err := allowed(ctx, l, webB, apiB, "tcp"); err != nil {
-			t.Errorf("allowed flow after the agent restart: %v", err)
+		for _, fam := range families {
+			if err := allowedOver(ctx, l, webB, apiB, "tcp", fam); err != nil {
+				t.Errorf("allowed flow after the agent restart: %v", err)
+			}
 		}
 	})
 
-	t.Run("node removed: its pod CIDR is withdrawn at the ToR", func(t *testing.T) {
+	t.Run("node removed: its pod CIDRs of both families are withdrawn at the ToR", func(t *testing.T) {
 		n := a.Nodes[1]
 		if err := l.Stop("agent-" + n.Name); err != nil {
 			t.Fatal(err)
@@ -213,8 +244,10 @@ func TestFederationEndToEnd(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if !routeVia(routes, n.PodCIDR.String(), n.Host.Addr.Addr().String()) {
-					return fmt.Errorf("%s has no route %s yet", a.ToR.NS, n.PodCIDR)
+				for _, r := range nodeRoutes(n) {
+					if !routeVia(routes, r[0], r[1]) {
+						return fmt.Errorf("%s has no route %s yet", a.ToR.NS, r[0])
+					}
 				}
 				return nil
 			})
@@ -224,8 +257,10 @@ func TestFederationEndToEnd(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if strings.Contains(routes, n.PodCIDR.String()+" ") {
-				return fmt.Errorf("%s still routes %s", a.ToR.NS, n.PodCIDR)
+			for _, cidr := range n.PodCIDRs() {
+				if strings.Contains(routes, cidr.String()+" ") {
+					return fmt.Errorf("%s still routes %s", a.ToR.NS, cidr)
+				}
 			}
 			return nil
 		})
