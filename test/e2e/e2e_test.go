@@ -251,6 +251,22 @@ func TestFederationEndToEnd(t *testing.T) {
 				}
 				return nil
 			})
+			// The ToR's route is not the whole path back: the restarted
+			// agent must also have re-programmed its WireGuard peers and
+			// routes to the other site, in both families, before the next
+			// scenario probes from this node (no policy is left by now).
+			eventually(t, "cross-site traffic from the restarted node", time.Minute, func() error {
+				for _, from := range n.Pods {
+					for _, to := range b.Nodes {
+						for _, fam := range families {
+							if err := l.ProbeFrom(ctx, from.Name, "tcp", addrOf(to.Pods[0], fam), 2*time.Second); err != nil {
+								return fmt.Errorf("%s -> %s over IPv%d: %w", from.Name, to.Pods[0].Name, fam, err)
+							}
+						}
+					}
+				}
+				return nil
+			})
 		})
 		eventually(t, "route withdrawn", 15*time.Second, func() error {
 			routes, err := lab.ToRRoutes(ctx, a)
