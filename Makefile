@@ -51,6 +51,13 @@ $(CACHE)/bin/kube-apiserver: tools/kubebin/go.mod tools/kubebin/go.sum
 	@echo "building kube-apiserver v1.37.2 once (about 4-7 minutes on 2 cores)"
 	cd tools/kubebin && $(GO) build -o $@ k8s.io/kubernetes/cmd/kube-apiserver
 
+# OCI images of every component (issue 20), built by go-containerregistry
+# from static binaries: no Docker daemon, no registry. Reproducible: the
+# same sources and VERSION give the same digests.
+.PHONY: images
+images: ## image tarballs of every component in .cache/images (digests printed; load with ctr/docker, push with crane)
+	$(GO) -C tools/devtools run ./images -root $(CURDIR) -out $(CACHE)/images -version $(VERSION)
+
 generate: ## regenerate protobuf and bpf2go output with the pinned tools
 	$(DEVTOOL) buf generate
 	$(GO) generate ./...
