@@ -37,6 +37,7 @@ type options struct {
 	controlplane   string
 	underlayIP     string
 	podCIDRs       []string
+	podCIDRNode    bool
 	stateDir       string
 	metricsAddr    string
 	creds          authclient.Flags
@@ -100,6 +101,9 @@ func (o *options) validate() (parsed, error) {
 		}
 		p.podCIDRs = append(p.podCIDRs, pre.Masked().String())
 	}
+	if o.podCIDRNode && len(o.podCIDRs) > 0 {
+		errs = append(errs, errors.New("--pod-cidr-from-node excludes --pod-cidr"))
+	}
 	switch o.dataplane {
 	case "ebpf", "memory":
 	default:
@@ -134,6 +138,7 @@ func main() {
 	f.StringVar(&o.controlplane, "controlplane", "", "control-plane replicas, host:port comma separated; the agent fails over between them")
 	f.StringVar(&o.underlayIP, "underlay-ip", "", "the node's underlay address (WireGuard endpoint, BGP router ID)")
 	f.StringSliceVar(&o.podCIDRs, "pod-cidr", nil, "the node's pod CIDR (repeat or comma separate, one per family)")
+	f.BoolVar(&o.podCIDRNode, "pod-cidr-from-node", false, "read the pod CIDRs from this node's Node object (spec.podCIDRs) with the pod's service account, waiting until they are set (a DaemonSet pod)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh", "directory for the node's state (WireGuard key, mode 0600)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address serving /metrics, /healthz and /readyz (empty: off)")
 	o.creds.AddFlags(f)
@@ -160,6 +165,16 @@ func run(ctx context.Context, o *options) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "fedmesh-agent")
 	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
+	}
+	if o.podCIDRNode {
+		api, err := inClusterNodeAPI()
+		if err != nil {
+			return err
+		}
+		if p.podCIDRs, err = api.waitPodCIDRs(ctx, o.node, 2*time.Second, log); err != nil {
+			return err
+		}
+		log.Info("pod CIDRs from the Node object", "node", o.node, "cidrs", p.podCIDRs)
 	}
 
 	creds, err := authclient.Load(ctx, o.creds, authclient.Config{
