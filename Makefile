@@ -64,17 +64,29 @@ images: ## image tarballs of every component in .cache/images (digests printed; 
 # containerd, runc and CNI plugins. Kept out of `make deps`: the build adds
 # minutes that only the kubelet lab needs.
 KUBELET_LAB_BINS := $(CACHE)/bin/kubelet $(CACHE)/bin/kube-controller-manager $(CACHE)/bin/kube-scheduler
+HELM_BIN         := $(CACHE)/bin/helm
 KUBELET_LAB_APT  := containerd runc containernetworking-plugins
 KUBE_LDFLAGS     := -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
 
 .PHONY: kubelet-lab-deps
-kubelet-lab-deps: deps $(KUBELET_LAB_BINS) ## what fedlab up --kubelet and its e2e need (binaries cached in .cache/bin)
+kubelet-lab-deps: deps $(KUBELET_LAB_BINS) $(HELM_BIN) ## what fedlab up --kubelet and its e2e need (binaries cached in .cache/bin)
 	@missing=""; for p in $(KUBELET_LAB_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# Helm v4 as pinned in tools/helmbin, for the lab (which runs it as a program).
+$(HELM_BIN): tools/helmbin/go.mod tools/helmbin/go.sum
+	@mkdir -p $(@D)
+	cd tools/helmbin && $(GO) build -o $@ helm.sh/helm/v4/cmd/helm
+
+.PHONY: kubelet-lab
+kubelet-lab: kubelet-lab-deps images build ## the lab on real kubelets, fedmesh installed with its Helm chart (needs root)
+	@if [ "$$(id -u)" != 0 ]; then echo "make kubelet-lab needs root: it creates network namespaces, cgroups and runs kubelets. Run: sudo make kubelet-lab"; exit 1; fi
+	@if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpffs /sys/fs/bpf; fi
+	$(BIN)/fedlab up --kubelet --name kl --nodes 1 --bin-dir $(BIN)
 
 $(KUBELET_LAB_BINS) &: tools/kubebin/go.mod tools/kubebin/go.sum
 	@mkdir -p $(CACHE)/bin

@@ -36,6 +36,10 @@ type Config struct {
 	BinDir string
 	// NoKube publishes endpoints without a kube-apiserver per cluster.
 	NoKube bool
+	// Kubelet makes every cluster a real Kubernetes cluster: kubelets and
+	// containerd on the nodes, fedmesh installed with its Helm chart, the
+	// demo workloads as Deployments (kubelet.go). Pods is then unused.
+	Kubelet bool `json:",omitempty"`
 }
 
 // Topology is the whole lab as data.
