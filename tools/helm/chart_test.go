@@ -228,7 +228,7 @@ func TestAgentRunsWithBoundedPrivilegeAndMeansEnforcingWhenReady(t *testing.T) {
 		t.Fatalf("agent security context %+v: want privileged: false", sc)
 	}
 	caps := slices.Sorted(slices.Values(sc.Capabilities.Add))
-	if want := []corev1.Capability{"BPF", "NET_ADMIN", "NET_BIND_SERVICE", "PERFMON"}; !slices.Equal(caps, want) {
+	if want := []corev1.Capability{"BPF", "NET_ADMIN", "NET_BIND_SERVICE", "PERFMON", "SYS_ADMIN"}; !slices.Equal(caps, want) {
 		t.Errorf("agent capabilities %v, want %v", caps, want)
 	}
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {

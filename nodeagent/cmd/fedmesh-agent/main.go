@@ -51,6 +51,7 @@ type options struct {
 	bgp            bool
 	nodeLabels     map[string]string
 	statusInterval time.Duration
+	uninstall      bool
 }
 
 // parsed is what validate derives from the flags.
@@ -128,6 +129,15 @@ func main() {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.uninstall {
+				// The chart's pre-delete hook on every node: enforcement
+				// ends with the release, not with a restart.
+				if err := dataplane.Uninstall(ctx, o.bpfPinDir); err != nil {
+					return err
+				}
+				fmt.Printf("removed the pinned dataplane under %s\n", o.bpfPinDir)
+				return nil
+			}
 			return run(ctx, o)
 		},
 	}
@@ -151,6 +161,7 @@ func main() {
 	f.StringVar(&o.wireguardDev, "wireguard-device", "", "name of the WireGuard link, unique on the machine (default: derived from cluster and node)")
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)

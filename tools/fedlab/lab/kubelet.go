@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 	"github.com/fedmesh/fedmesh/tools/helm"
 )
 
@@ -111,7 +112,7 @@ func findKubeBins() (kubeBins, error) {
 		controllerManager: filepath.Join(dir, "kube-controller-manager"), scheduler: filepath.Join(dir, "kube-scheduler"),
 		kubelet: filepath.Join(dir, "kubelet"), helm: filepath.Join(dir, "helm"), imagesDir: filepath.Join(filepath.Dir(dir), "images")}
 	var missing []string
-	for _, p := range []string{kb.controllerManager, kb.scheduler, kb.kubelet, kb.helm, filepath.Join(kb.imagesDir, "images.json"),
+	for _, p := range []string{kb.controllerManager, kb.scheduler, kb.kubelet, kb.helm,
 		"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/bin/ctr", "/usr/lib/cni/ptp", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p)
@@ -121,6 +122,13 @@ func findKubeBins() (kubeBins, error) {
 		return kb, fmt.Errorf("%w; missing: %s", ErrKubeletLabDeps, strings.Join(missing, ", "))
 	}
 	return kb, nil
+}
+
+// CheckKubeletLab says what the kubelet lab lacks on this machine, if
+// anything (make kubelet-lab-deps installs it).
+func CheckKubeletLab() error {
+	_, err := findKubeBins()
+	return err
 }
 
 // labImage is one entry of images.json (tools/devtools/images).
@@ -175,6 +183,9 @@ func (l *Lab) startKubeletClusters(ctx context.Context) error {
 	bins, err := findKubeBins()
 	if err != nil {
 		return err
+	}
+	if d := l.State.Config.ImagesDir; d != "" {
+		bins.imagesDir = d
 	}
 	images, err := readImages(bins.imagesDir)
 	if err != nil {
@@ -235,7 +246,50 @@ func (l *Lab) startKubeletClusters(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// Up then waits until every node enforces the newest revision; make
+	// that one hold the demo pods, so the lab is whole when Up returns.
+	return l.waitDemoPublished(ctx)
+}
+
+// waitDemoPublished waits until every demo pod runs, is ready and is an
+// endpoint of the federation (its syncer published it).
+func (l *Lab) waitDemoPublished(ctx context.Context) error {
+	want := map[string]bool{}
+	for _, c := range l.Topo.Clusters {
+		for _, app := range DemoApps {
+			pods, err := l.WaitKubePods(ctx, c, "demo", "app="+app, len(c.Nodes), 120*time.Second)
+			if err != nil {
+				return err
+			}
+			for _, p := range pods {
+				want[c.Name+"/demo/"+p.Name] = true
+			}
+		}
+	}
+	cc, err := l.Dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	eps := fedmeshv1.NewEndpointServiceClient(cc)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	return waitFor(wctx, "every demo pod to be published", func() error {
+		resp, err := eps.ListEndpoints(wctx, &fedmeshv1.ListEndpointsRequest{})
+		if err != nil {
+			return err
+		}
+		have := map[string]bool{}
+		for _, e := range resp.GetEndpoints() {
+			have[e.GetCluster()+"/"+e.GetNamespace()+"/"+e.GetName()] = true
+		}
+		for k := range want {
+			if !have[k] {
+				return fmt.Errorf("%s not published yet", k)
+			}
+		}
+		return nil
+	})
 }
 
 // writeClusterPKI makes cluster c's CA and the apiserver's serving
@@ -720,6 +774,14 @@ func (l *Lab) HelmInstall(ctx context.Context, c Cluster, verb, tag string) (str
 		}
 		values["syncer"] = map[string]any{"joinToken": strings.TrimSpace(string(tok))}
 		values["agent"].(map[string]any)["joinTokens"] = tokens
+	} else {
+		// The agents keep their certificates on the node; the syncer's new
+		// pod (its state is an emptyDir here) joins again with a new token.
+		tok, err := l.joinToken(ctx, c.Name, "")
+		if err != nil {
+			return "", err
+		}
+		values["syncer"] = map[string]any{"joinToken": tok}
 	}
 	vb, err := json.Marshal(values)
 	if err != nil {
@@ -740,14 +802,14 @@ func (l *Lab) HelmInstall(ctx context.Context, c Cluster, verb, tag string) (str
 	}
 	out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("helm %s fedmesh into %s: %w: %s\n%s", verb, c.Name, err, strings.TrimSpace(string(out)), l.podReport(ctx, c, FedmeshNamespace))
+		return string(out), fmt.Errorf("helm %s fedmesh into %s: %w: %s\n%s", verb, c.Name, err, strings.TrimSpace(string(out)), l.PodReport(ctx, c, FedmeshNamespace))
 	}
 	return string(out), nil
 }
 
-// podReport says, for a failed rollout, what each pod of ns is waiting on,
+// PodReport says, for a failed rollout, what each pod of ns is waiting on,
 // with the tail of its containers' logs.
-func (l *Lab) podReport(ctx context.Context, c Cluster, ns string) string {
+func (l *Lab) PodReport(ctx context.Context, c Cluster, ns string) string {
 	cs, err := l.KubeClient(c)
 	if err != nil {
 		return err.Error()

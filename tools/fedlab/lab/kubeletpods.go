@@ -157,3 +157,69 @@ func (l *Lab) ProbeFromPod(ctx context.Context, from KubePod, proto, addr string
 	}
 	return nil
 }
+
+// ImportImages imports every image of dir (images.json, as make images
+// writes it) into every node's containerd, e.g. a rebuilt agent to upgrade
+// to.
+func (l *Lab) ImportImages(ctx context.Context, dir string) error {
+	images, err := readImages(dir)
+	if err != nil {
+		return err
+	}
+	for _, c := range l.Topo.Clusters {
+		for _, n := range c.Nodes {
+			runDir, _ := l.nodeDirs(n)
+			for _, im := range images {
+				if err := run(ctx, "ctr", "-a", filepath.Join(runDir, "containerd.sock"), "-n", "k8s.io", "images", "import", im.File); err != nil {
+					return fmt.Errorf("import %s into %s: %w", im.Name, n.Name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// HelmUninstall runs `helm uninstall --wait` of the fedmesh release in
+// cluster c.
+func (l *Lab) HelmUninstall(ctx context.Context, c Cluster) (string, error) {
+	bins, err := findKubeBins()
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+l.Topo.Mgmt.NS, "--", bins.helm, "uninstall", "fedmesh",
+		"--kubeconfig", filepath.Join(kubeDir(l.Dir, c), "admin.kubeconfig"), "--namespace", FedmeshNamespace, "--wait", "--timeout", "2m").CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm uninstall fedmesh from %s: %w: %s", c.Name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// PodPIDs are the processes of a running pod (all its containers, the
+// sandbox's pause included), from its cgroups.
+func (l *Lab) PodPIDs(p KubePod) []int {
+	var out []int
+	for _, c := range l.Topo.Clusters {
+		for _, n := range c.Nodes {
+			if n.Name != p.Node {
+				continue
+			}
+			base := filepath.Join("/sys/fs/cgroup/pids", "fedlab-"+n.Host.NS, "kubepods")
+			for _, pat := range []string{filepath.Join(base, "pod"+p.UID, "*", "cgroup.procs"), filepath.Join(base, "*", "pod"+p.UID, "*", "cgroup.procs")} {
+				files, _ := filepath.Glob(pat)
+				for _, f := range files {
+					b, _ := os.ReadFile(f)
+					for _, s := range strings.Fields(string(b)) {
+						if pid, err := strconv.Atoi(s); err == nil {
+							out = append(out, pid)
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// PinDir is where the agent pod of node n pins its dataplane (the chart's
+// agent.bpfPinRoot as the lab sets it, then the node name).
+func (l *Lab) PinDir(n Node) string { return filepath.Join(bpfPinRoot, l.Topo.Name, n.Name) }

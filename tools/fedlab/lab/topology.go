@@ -40,6 +40,9 @@ type Config struct {
 	// containerd on the nodes, fedmesh installed with its Helm chart, the
 	// demo workloads as Deployments (kubelet.go). Pods is then unused.
 	Kubelet bool `json:",omitempty"`
+	// ImagesDir holds the images (make images) the kubelet lab runs;
+	// empty: .cache/images beside the Kubernetes binaries.
+	ImagesDir string `json:",omitempty"`
 }
 
 // Topology is the whole lab as data.
