@@ -221,6 +221,9 @@ func TestKubeletLabEndToEnd(t *testing.T) {
 		t.Fatalf("lab up --kubelet: %v", err)
 	}
 	t.Logf("kubelet lab up in %s (two clusters, helm install, every node enforcing)", time.Since(start).Round(100*time.Millisecond))
+	if d, err := lab.KubeletInstallTime(cfg.Name); err == nil {
+		t.Logf("helm install (both clusters, --wait) to every node enforcing the demo pods: %s", d.Round(100*time.Millisecond))
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, c := range l.Topo.Clusters {

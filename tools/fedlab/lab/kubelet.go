@@ -62,6 +62,19 @@ type kubeletState struct {
 	Netns []string `json:"netns"`
 	// ImageTag is the tag of the fedmesh images the lab runs.
 	ImageTag string `json:"imageTag"`
+	// InstallToEnforcing is the time from the first `helm install` to
+	// every node enforcing the revision holding every demo pod.
+	InstallToEnforcing time.Duration `json:"installToEnforcing"`
+}
+
+// KubeletInstallTime is how long the kubelet lab called name took from
+// `helm install` to every node enforcing (measured by Up).
+func KubeletInstallTime(name string) (time.Duration, error) {
+	ks, err := loadKubeletState(name)
+	if err != nil {
+		return 0, err
+	}
+	return ks.InstallToEnforcing, nil
 }
 
 // kubeletSysctls are the host-wide sysctls a kubelet sets at start
@@ -237,6 +250,7 @@ func (l *Lab) startKubeletClusters(ctx context.Context) error {
 			return err
 		}
 	}
+	installStart := time.Now()
 	for _, c := range l.Topo.Clusters {
 		l.Log.Info("installing fedmesh with its Helm chart", "cluster", c.Name)
 		if _, err := l.HelmInstall(ctx, c, "install", tag); err != nil {
@@ -246,9 +260,18 @@ func (l *Lab) startKubeletClusters(ctx context.Context) error {
 			return err
 		}
 	}
-	// Up then waits until every node enforces the newest revision; make
-	// that one hold the demo pods, so the lab is whole when Up returns.
-	return l.waitDemoPublished(ctx)
+	// Every node enforcing the newest revision, which holds the demo pods:
+	// the lab is whole when Up returns.
+	if err := l.waitDemoPublished(ctx); err != nil {
+		return err
+	}
+	rev, err := l.WaitEnforced(ctx, 120*time.Second)
+	if err != nil {
+		return err
+	}
+	ks.InstallToEnforcing = time.Since(installStart)
+	l.Log.Info("helm install to every node enforcing", "took", ks.InstallToEnforcing.Round(time.Millisecond), "revision", rev)
+	return ks.save(l.Topo.Name)
 }
 
 // waitDemoPublished waits until every demo pod runs, is ready and is an
