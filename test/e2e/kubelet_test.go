@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -212,6 +213,7 @@ func TestKubeletLabEndToEnd(t *testing.T) {
 	cfg.BinDir = binDir
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	sysctls := lab.KubeletSysctls()
+	cniBefore, _ := filepath.Glob("/run/netns/cni-*")
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	_ = lab.Down(ctx, cfg.Name, log)
@@ -235,6 +237,12 @@ func TestKubeletLabEndToEnd(t *testing.T) {
 		}
 		if left := append(lab.Leftovers(cfg.Name), lab.KubeletLeftovers(cfg.Name, sysctls)...); len(left) > 0 {
 			t.Errorf("left behind after down: %v", left)
+		}
+		cniAfter, _ := filepath.Glob("/run/netns/cni-*")
+		for _, f := range cniAfter {
+			if !slices.Contains(cniBefore, f) {
+				t.Errorf("pod network namespace %s left behind after down", f)
+			}
 		}
 	})
 	a, b := l.Topo.Clusters[0], l.Topo.Clusters[1]

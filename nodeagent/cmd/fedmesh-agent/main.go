@@ -173,6 +173,13 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	facts, err := readHostFacts(o.bpfPinDir)
+	if err != nil {
+		return err
+	}
+	if err := preflight(o, facts); err != nil {
+		return fmt.Errorf("this host lacks what the agent needs:\n%w", err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "fedmesh-agent")
 	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)

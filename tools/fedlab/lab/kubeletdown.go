@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -33,7 +34,17 @@ func kubeletDown(name string) error {
 		return err
 	}
 	var errs []error
-	// The pods' network namespaces, by the inode their processes hold.
+	// The pods' CNI results: under the lab's network, and containerd's
+	// loopback result per sandbox of the lab's nodes.
+	results, _ := filepath.Glob("/var/lib/cni/results/" + cniNetwork(name) + "-*")
+	sandboxes, _ := filepath.Glob(filepath.Join(ks.VarDir, "*", "containerd", "io.containerd.grpc.v1.cri", "sandboxes", "*"))
+	for _, sb := range sandboxes {
+		m, _ := filepath.Glob("/var/lib/cni/results/*-" + filepath.Base(sb) + "-*")
+		results = append(results, m...)
+	}
+	// The pods' network namespaces: those the lab's processes hold (by
+	// inode), and those its CNI results name (a sandbox whose processes
+	// are gone, e.g. a finished Job's, still has its file).
 	held := map[uint64]bool{}
 	for _, root := range ks.CgroupRoots {
 		for _, pid := range cgroupPIDs(root) {
@@ -43,10 +54,21 @@ func kubeletDown(name string) error {
 			}
 		}
 	}
+	named := map[string]bool{}
+	for _, f := range results {
+		if b, err := os.ReadFile(f); err == nil {
+			var r struct {
+				NetNS string `json:"netns"`
+			}
+			if json.Unmarshal(b, &r) == nil && (strings.HasPrefix(r.NetNS, "/var/run/netns/cni-") || strings.HasPrefix(r.NetNS, "/run/netns/cni-")) {
+				named["/run/netns/"+filepath.Base(r.NetNS)] = true
+			}
+		}
+	}
 	if cni, _ := filepath.Glob("/run/netns/cni-*"); len(cni) > 0 {
 		for _, f := range cni {
 			var st syscall.Stat_t
-			if syscall.Stat(f, &st) == nil && held[st.Ino] {
+			if (syscall.Stat(f, &st) == nil && held[st.Ino]) || named[f] {
 				ks.Netns = append(ks.Netns, f)
 			}
 		}
@@ -87,14 +109,7 @@ func kubeletDown(name string) error {
 			}
 		}
 	}
-	res, _ := filepath.Glob("/var/lib/cni/results/" + cniNetwork(name) + "-*")
-	// containerd's loopback network caches a result per sandbox too.
-	sandboxes, _ := filepath.Glob(filepath.Join(ks.VarDir, "*", "containerd", "io.containerd.grpc.v1.cri", "sandboxes", "*"))
-	for _, sb := range sandboxes {
-		m, _ := filepath.Glob("/var/lib/cni/results/*-" + filepath.Base(sb) + "-*")
-		res = append(res, m...)
-	}
-	for _, f := range res {
+	for _, f := range results {
 		_ = os.Remove(f)
 	}
 	if ks.CreatedKubeletDir {
