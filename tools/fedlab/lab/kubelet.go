@@ -633,8 +633,9 @@ oom_score = 0
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return err
 	}
-	// ptp: a veth per pod, the pod's /32 routed to it on the node, as the
-	// agent's resolver expects; host-local hands out the node's pod CIDR.
+	// ptp: a veth per pod, the pod's /32 and /128 routed to it on the
+	// node, as the agent's resolver expects; host-local hands out the
+	// node's pod prefixes of both families.
 	cni := fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": %q,
@@ -643,13 +644,13 @@ oom_score = 0
     "mtu": 1400,
     "ipam": {
       "type": "host-local",
-      "ranges": [[{"subnet": %q}]],
-      "routes": [{"dst": "0.0.0.0/0"}],
+      "ranges": [[{"subnet": %q}], [{"subnet": %q}]],
+      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
       "dataDir": %q
     }
   }]
 }
-`, cniNetwork(l.Topo.Name), n.PodCIDR.String(), filepath.Join(runDir, "ipam"))
+`, cniNetwork(l.Topo.Name), n.PodCIDR.String(), n.PodCIDR6.String(), filepath.Join(runDir, "ipam"))
 	if err := os.WriteFile(filepath.Join(runDir, "cni", "10-fedlab.conflist"), []byte(cni), 0o644); err != nil {
 		return err
 	}
@@ -727,7 +728,7 @@ func (l *Lab) waitNodesReady(ctx context.Context, c Cluster) error {
 		if err != nil {
 			return fmt.Errorf("%w (see %s)", err, filepath.Join(l.Dir, "kubelet-"+n.Name+".log"))
 		}
-		patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, n.PodCIDR, n.PodCIDR)
+		patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q,%q]}}`, n.PodCIDR, n.PodCIDR, n.PodCIDR6)
 		if _, err := cs.CoreV1().Nodes().Patch(wctx, n.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			return fmt.Errorf("set pod CIDR of node %s: %w", n.Name, err)
 		}
