@@ -51,6 +51,48 @@ $(CACHE)/bin/kube-apiserver: tools/kubebin/go.mod tools/kubebin/go.sum
 	@echo "building kube-apiserver v1.37.2 once (about 4-7 minutes on 2 cores)"
 	cd tools/kubebin && $(GO) build -o $@ k8s.io/kubernetes/cmd/kube-apiserver
 
+# OCI images of every component (issue 20), built by go-containerregistry
+# from static binaries: no Docker daemon, no registry. Reproducible: the
+# same sources and VERSION give the same digests.
+.PHONY: images
+images: ## image tarballs of every component in .cache/images (digests printed; load with ctr/docker, push with crane)
+	$(GO) -C tools/devtools run ./images -root $(CURDIR) -out $(CACHE)/images -version $(VERSION)
+
+# The kubelet lab (fedlab up --kubelet, issue 20): real nodes need kubelet,
+# kube-controller-manager and kube-scheduler (built from the same pinned
+# Kubernetes as kube-apiserver, once, into .cache/bin) and Debian's
+# containerd, runc and CNI plugins. Kept out of `make deps`: the build adds
+# minutes that only the kubelet lab needs.
+KUBELET_LAB_BINS := $(CACHE)/bin/kubelet $(CACHE)/bin/kube-controller-manager $(CACHE)/bin/kube-scheduler
+HELM_BIN         := $(CACHE)/bin/helm
+KUBELET_LAB_APT  := containerd runc containernetworking-plugins
+KUBE_LDFLAGS     := -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
+
+.PHONY: kubelet-lab-deps
+kubelet-lab-deps: deps $(KUBELET_LAB_BINS) $(HELM_BIN) ## what fedlab up --kubelet and its e2e need (binaries cached in .cache/bin)
+	@missing=""; for p in $(KUBELET_LAB_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Helm v4 as pinned in tools/helmbin, for the lab (which runs it as a program).
+$(HELM_BIN): tools/helmbin/go.mod tools/helmbin/go.sum
+	@mkdir -p $(@D)
+	cd tools/helmbin && $(GO) build -o $@ helm.sh/helm/v4/cmd/helm
+
+.PHONY: kubelet-lab
+kubelet-lab: kubelet-lab-deps images build ## the lab on real kubelets, fedmesh installed with its Helm chart (needs root)
+	@if [ "$$(id -u)" != 0 ]; then echo "make kubelet-lab needs root: it creates network namespaces, cgroups and runs kubelets. Run: sudo make kubelet-lab"; exit 1; fi
+	@if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpffs /sys/fs/bpf; fi
+	$(BIN)/fedlab up --kubelet --name kl --nodes 1 --bin-dir $(BIN)
+
+$(KUBELET_LAB_BINS) &: tools/kubebin/go.mod tools/kubebin/go.sum
+	@mkdir -p $(CACHE)/bin
+	@echo "building kubelet, kube-controller-manager and kube-scheduler v1.37.2 once (several minutes on 2 cores)"
+	cd tools/kubebin && time $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(CACHE)/bin/ k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+
 generate: ## regenerate protobuf and bpf2go output with the pinned tools
 	$(DEVTOOL) buf generate
 	$(GO) generate ./...

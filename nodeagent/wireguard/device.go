@@ -133,7 +133,13 @@ func Open(ctx context.Context, opts Options) (_ *Device, err error) {
 	if d.ns.h, err = openNetNS(opts.NetNS); err != nil {
 		return nil, err
 	}
-	if d.nl, err = netlink.NewHandleAt(d.ns.h); err != nil {
+	d.ns.own = opts.NetNS == ""
+	if d.ns.own {
+		d.nl, err = netlink.NewHandle()
+	} else {
+		d.nl, err = netlink.NewHandleAt(d.ns.h)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("open netlink in namespace %q: %w", opts.NetNS, err)
 	}
 	mtu := opts.MTU

@@ -51,6 +51,10 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 type nsRef struct {
 	mu sync.RWMutex
 	h  netns.NsHandle
+	// own: the device lives in the process's own namespace, so fn runs
+	// where it is; entering a namespace (even one's own) needs
+	// CAP_SYS_ADMIN, which an agent pod does not get.
+	own bool
 }
 
 func (r *nsRef) do(fn func() error) error {
@@ -58,6 +62,9 @@ func (r *nsRef) do(fn func() error) error {
 	defer r.mu.RUnlock()
 	if !r.h.IsOpen() {
 		return fmt.Errorf("enter network namespace: %w", net.ErrClosed)
+	}
+	if r.own {
+		return fn()
 	}
 	return inNetNS(r.h, fn)
 }

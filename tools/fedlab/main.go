@@ -96,6 +96,7 @@ func root() *cobra.Command {
 	up.Flags().IntVar(&cfg.Pods, "pods", 3, "pods per node")
 	up.Flags().StringVar(&cfg.BinDir, "bin-dir", defaultBinDir(), "directory with fedmesh-controlplane, fedmesh-agent, fedmesh-syncer and fedctl (make build)")
 	up.Flags().BoolVar(&cfg.NoKube, "no-kube", false, "publish endpoints through the API instead of a kube-apiserver and syncer per cluster")
+	up.Flags().BoolVar(&cfg.Kubelet, "kubelet", false, "real Kubernetes clusters: kubelet and containerd on every node, fedmesh installed with its Helm chart, demo Deployments (make kubelet-lab)")
 
 	down := &cobra.Command{
 		Use:   "down",

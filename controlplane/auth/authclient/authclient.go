@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -57,6 +58,10 @@ type Flags struct {
 	CertFile    string
 	KeyFile     string
 	JoinToken   string
+	// JoinTokenFile holds the token instead (a mounted Secret): read when
+	// a join is needed, so a missing file is no error while a stored
+	// certificate is usable.
+	JoinTokenFile string
 }
 
 // AddFlags registers the credential flags on fs.
@@ -67,6 +72,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.CertFile, "cert-file", "", "client certificate (default <tls-dir>/client.crt, or the one a join stored in the state dir)")
 	fs.StringVar(&f.KeyFile, "key-file", "", "client key (default <tls-dir>/client.key, or the one a join stored in the state dir)")
 	fs.StringVar(&f.JoinToken, "join-token", "", "single-use token from 'fedctl cluster register' or 'fedctl node token', exchanged once for a certificate kept in the state dir (needs --ca-file)")
+	fs.StringVar(&f.JoinTokenFile, "join-token-file", "", "file holding the join token (a mounted Secret), read only when no usable certificate is stored; excludes --join-token")
 }
 
 // Config says where a joined certificate lives and whom it must name.
@@ -114,26 +120,31 @@ type resolved struct {
 	certFile, keyFile string
 	explicitCert      bool
 	token             string
+	tokenFile         string
 }
 
 // resolve checks the flags' combination; pure.
 func resolve(f Flags, cfg Config) (resolved, error) {
-	tlsGiven := f.TLSDir != "" || f.CAFile != "" || f.CertFile != "" || f.KeyFile != "" || f.JoinToken != ""
+	tlsGiven := f.TLSDir != "" || f.CAFile != "" || f.CertFile != "" || f.KeyFile != "" || f.JoinToken != "" || f.JoinTokenFile != ""
 	if f.InsecureDev {
 		if tlsGiven {
-			return resolved{}, errors.New("--insecure-dev excludes --tls-dir, --ca-file, --cert-file, --key-file and --join-token")
+			return resolved{}, errors.New("--insecure-dev excludes --tls-dir, --ca-file, --cert-file, --key-file, --join-token and --join-token-file")
 		}
 		return resolved{insecure: true}, nil
 	}
 	if !tlsGiven {
 		return resolved{}, ErrNoCredentials
 	}
-	r := resolved{caFile: f.CAFile, certFile: f.CertFile, keyFile: f.KeyFile, token: f.JoinToken}
+	if f.JoinToken != "" && f.JoinTokenFile != "" {
+		return resolved{}, errors.New("give --join-token or --join-token-file, not both")
+	}
+	r := resolved{caFile: f.CAFile, certFile: f.CertFile, keyFile: f.KeyFile, token: f.JoinToken, tokenFile: f.JoinTokenFile}
+	hasToken := r.token != "" || r.tokenFile != ""
 	if f.TLSDir != "" {
 		if r.caFile == "" {
 			r.caFile = filepath.Join(f.TLSDir, TLSDirCA)
 		}
-		if r.certFile == "" && r.keyFile == "" && f.JoinToken == "" {
+		if r.certFile == "" && r.keyFile == "" && !hasToken {
 			r.certFile, r.keyFile = filepath.Join(f.TLSDir, TLSDirCert), filepath.Join(f.TLSDir, TLSDirKey)
 		}
 	}
@@ -147,10 +158,13 @@ func resolve(f Flags, cfg Config) (resolved, error) {
 		if r.token != "" {
 			return resolved{}, errors.New("--join-token excludes --cert-file/--key-file: a joined certificate is kept in the state dir")
 		}
+		if r.tokenFile != "" {
+			return resolved{}, errors.New("--join-token-file excludes --cert-file/--key-file: a joined certificate is kept in the state dir")
+		}
 		r.explicitCert = true
 		return r, nil
 	}
-	if r.token == "" {
+	if !hasToken {
 		return resolved{}, ErrNoCredentials
 	}
 	if cfg.StateDir == "" {
@@ -186,18 +200,27 @@ func Load(ctx context.Context, f Flags, cfg Config) (*Credentials, error) {
 	switch {
 	case err == nil:
 		if verr := usable(cert, roots, cfg.Now()); verr != nil {
-			if r.explicitCert || r.token == "" {
+			if r.explicitCert || (r.token == "" && r.tokenFile == "") {
 				return nil, fmt.Errorf("certificate %s: %w", r.certFile, verr)
 			}
 			cfg.Logger.Warn("stored certificate is unusable; joining with the token", "cert", r.certFile, "err", verr)
 			cert = nil
-		} else if r.token != "" {
+		} else if r.token != "" || r.tokenFile != "" {
 			cfg.Logger.Info("using the certificate stored by an earlier join; the join token is not needed", "cert", r.certFile)
 		}
 	case r.explicitCert || !errors.Is(err, os.ErrNotExist):
 		return nil, err
 	}
 	if cert == nil {
+		if r.token == "" {
+			b, err := os.ReadFile(r.tokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("read join token: %w (no certificate is stored in %s yet: put a token from 'fedctl node token' or 'fedctl cluster register' there)", err, filepath.Dir(r.certFile))
+			}
+			if r.token = strings.TrimSpace(string(b)); r.token == "" {
+				return nil, fmt.Errorf("read join token: %s is empty", r.tokenFile)
+			}
+		}
 		certPEM, keyPEM, err := join(ctx, roots, cfg, r.token)
 		if err != nil {
 			return nil, err

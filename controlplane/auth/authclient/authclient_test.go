@@ -93,6 +93,36 @@ func TestJoinTokenIsExchangedOnceAndTheStoredCertificateServesRestarts(t *testin
 	}
 }
 
+// TestJoinTokenFileIsReadOnlyWhenAJoinIsNeeded: a token mounted from a
+// Secret (the Helm chart's agents and syncer) joins once; afterwards the
+// stored certificate serves restarts, with the file gone or not.
+func TestJoinTokenFileIsReadOnlyWhenAJoinIsNeeded(t *testing.T) {
+	cp := tlstest.Start(t)
+	registerCluster(t, cp, "east", "10.1.0.0/16")
+	ctx := context.Background()
+	state := t.TempDir()
+	tokenFile := filepath.Join(t.TempDir(), "n1")
+	cfg := authclient.Config{StateDir: state, Name: "agent", Want: auth.Node("east", "n1"), Replicas: []string{cp.Addr}}
+	flags := authclient.Flags{CAFile: cp.CAFile, JoinTokenFile: tokenFile}
+	if _, err := authclient.Load(ctx, flags, cfg); err == nil || !strings.Contains(err.Error(), "read join token") {
+		t.Fatalf("no token file and no stored certificate: err = %v, want one saying it read no join token", err)
+	}
+	if err := os.WriteFile(tokenFile, []byte(cp.Token(t, "east", "n1", time.Minute)+"\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	c, err := authclient.Load(ctx, flags, cfg)
+	if err != nil || !c.Joined {
+		t.Fatalf("join with the token file: joined %v, err %v", c != nil && c.Joined, err)
+	}
+	if err := os.Remove(tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	again, err := authclient.Load(ctx, flags, cfg)
+	if err != nil || again.Joined {
+		t.Fatalf("restart without the token file: joined %v, err %v; want the stored certificate", again != nil && again.Joined, err)
+	}
+}
+
 func TestJoinIsRefused(t *testing.T) {
 	cp := tlstest.Start(t)
 	ctx := context.Background()
@@ -200,6 +230,8 @@ func TestLoadSaysWhichFlagsToGive(t *testing.T) {
 		{"token without CA", authclient.Flags{JoinToken: "t"}, "give --ca-file"},
 		{"token and cert", authclient.Flags{CAFile: "ca", JoinToken: "t", CertFile: "c", KeyFile: "k"}, "--join-token excludes --cert-file"},
 		{"insecure and TLS", authclient.Flags{InsecureDev: true, TLSDir: "d"}, "--insecure-dev excludes"},
+		{"token and token file", authclient.Flags{CAFile: "ca", JoinToken: "t", JoinTokenFile: "f"}, "not both"},
+		{"token file and cert", authclient.Flags{CAFile: "ca", JoinTokenFile: "f", CertFile: "c", KeyFile: "k"}, "--join-token-file excludes --cert-file"},
 		{"missing CA file", authclient.Flags{CAFile: "/nonexistent/ca.crt", CertFile: "c", KeyFile: "k"}, "read CA certificate"},
 	}
 	for _, tt := range tests {

@@ -37,6 +37,7 @@ type options struct {
 	controlplane   string
 	underlayIP     string
 	podCIDRs       []string
+	podCIDRNode    bool
 	stateDir       string
 	metricsAddr    string
 	creds          authclient.Flags
@@ -50,6 +51,7 @@ type options struct {
 	bgp            bool
 	nodeLabels     map[string]string
 	statusInterval time.Duration
+	uninstall      bool
 }
 
 // parsed is what validate derives from the flags.
@@ -100,6 +102,9 @@ func (o *options) validate() (parsed, error) {
 		}
 		p.podCIDRs = append(p.podCIDRs, pre.Masked().String())
 	}
+	if o.podCIDRNode && len(o.podCIDRs) > 0 {
+		errs = append(errs, errors.New("--pod-cidr-from-node excludes --pod-cidr"))
+	}
 	switch o.dataplane {
 	case "ebpf", "memory":
 	default:
@@ -124,6 +129,15 @@ func main() {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.uninstall {
+				// The chart's pre-delete hook on every node: enforcement
+				// ends with the release, not with a restart.
+				if err := dataplane.Uninstall(ctx, o.bpfPinDir); err != nil {
+					return err
+				}
+				fmt.Printf("removed the pinned dataplane under %s\n", o.bpfPinDir)
+				return nil
+			}
 			return run(ctx, o)
 		},
 	}
@@ -134,6 +148,7 @@ func main() {
 	f.StringVar(&o.controlplane, "controlplane", "", "control-plane replicas, host:port comma separated; the agent fails over between them")
 	f.StringVar(&o.underlayIP, "underlay-ip", "", "the node's underlay address (WireGuard endpoint, BGP router ID)")
 	f.StringSliceVar(&o.podCIDRs, "pod-cidr", nil, "the node's pod CIDR (repeat or comma separate, one per family)")
+	f.BoolVar(&o.podCIDRNode, "pod-cidr-from-node", false, "read the pod CIDRs from this node's Node object (spec.podCIDRs) with the pod's service account, waiting until they are set (a DaemonSet pod)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/fedmesh", "directory for the node's state (WireGuard key, mode 0600)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "address serving /metrics, /healthz and /readyz (empty: off)")
 	o.creds.AddFlags(f)
@@ -146,6 +161,7 @@ func main() {
 	f.StringVar(&o.wireguardDev, "wireguard-device", "", "name of the WireGuard link, unique on the machine (default: derived from cluster and node)")
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
@@ -157,9 +173,26 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	facts, err := readHostFacts(o.bpfPinDir)
+	if err != nil {
+		return err
+	}
+	if err := preflight(o, facts); err != nil {
+		return fmt.Errorf("this host lacks what the agent needs:\n%w", err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "fedmesh-agent")
 	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
+	}
+	if o.podCIDRNode {
+		api, err := inClusterNodeAPI()
+		if err != nil {
+			return err
+		}
+		if p.podCIDRs, err = api.waitPodCIDRs(ctx, o.node, 2*time.Second, log); err != nil {
+			return err
+		}
+		log.Info("pod CIDRs from the Node object", "node", o.node, "cidrs", p.podCIDRs)
 	}
 
 	creds, err := authclient.Load(ctx, o.creds, authclient.Config{

@@ -21,6 +21,8 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "no cluster", edit: func(o *options) { o.cluster = "" }, errHas: "--cluster is required"},
 		{name: "replica without port", edit: func(o *options) { o.controlplane = "cp1" }, errHas: "want host:port"},
 		{name: "no replicas", edit: func(o *options) { o.controlplane = " , " }, errHas: "--controlplane is required"},
+		{name: "pod CIDR from the node and from a flag", edit: func(o *options) { o.podCIDRNode = true }, errHas: "--pod-cidr-from-node excludes --pod-cidr"},
+		{name: "pod CIDR from the node", edit: func(o *options) { o.podCIDRNode, o.podCIDRs = true, nil }},
 		{name: "bad pod CIDR", edit: func(o *options) { o.podCIDRs = []string{"10.0.0.0/99"} }, errHas: "--pod-cidr"},
 		{name: "unknown dataplane", edit: func(o *options) { o.dataplane = "xdp" }, errHas: "want ebpf or memory"},
 		{name: "no credentials", edit: func(o *options) { o.creds.InsecureDev = false }, errHas: "give --ca-file with --cert-file and --key-file (or --tls-dir), or --join-token"},

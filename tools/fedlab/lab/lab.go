@@ -29,6 +29,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if os.Geteuid() != 0 {
 		return nil, ErrNotRoot
 	}
+	if cfg.Kubelet {
+		cfg.Pods = 0 // the kubelets' pods, not the lab's namespaces
+	}
 	topo, err := Plan(cfg)
 	if err != nil {
 		return nil, err
@@ -80,7 +83,12 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if err := l.registerClusters(ctx); err != nil {
 		return l, err
 	}
-	if cfg.NoKube {
+	if cfg.Kubelet {
+		log.Info("starting a Kubernetes cluster per cluster: kubelets, containerd, fedmesh from its Helm chart")
+		if err := l.startKubeletClusters(ctx); err != nil {
+			return l, err
+		}
+	} else if cfg.NoKube {
 		log.Info("publishing endpoints through the API (no kube-apiserver)")
 		if err := l.publishEndpoints(ctx); err != nil {
 			return l, err
@@ -91,9 +99,11 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 			return l, err
 		}
 	}
-	log.Info("starting agents", "nodes", len(topo.Clusters)*cfg.Nodes)
-	if err := l.startAgents(ctx); err != nil {
-		return l, err
+	if !cfg.Kubelet {
+		log.Info("starting agents", "nodes", len(topo.Clusters)*cfg.Nodes)
+		if err := l.startAgents(ctx); err != nil {
+			return l, err
+		}
 	}
 	rev, err := l.WaitEnforced(ctx, 90*time.Second)
 	if err != nil {
@@ -246,6 +256,11 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 			}
 		}
 	case !errors.Is(err, os.ErrNotExist):
+		errs = append(errs, err)
+	}
+	// The kubelet lab's containers, mounts, cgroups and sysctls go before
+	// the namespaces they live in.
+	if err := kubeletDown(name); err != nil {
 		errs = append(errs, err)
 	}
 	cfg := Config{Name: name, Clusters: 8, Nodes: 32, Pods: 32}

@@ -36,6 +36,13 @@ type Config struct {
 	BinDir string
 	// NoKube publishes endpoints without a kube-apiserver per cluster.
 	NoKube bool
+	// Kubelet makes every cluster a real Kubernetes cluster: kubelets and
+	// containerd on the nodes, fedmesh installed with its Helm chart, the
+	// demo workloads as Deployments (kubelet.go). Pods is then unused.
+	Kubelet bool `json:",omitempty"`
+	// ImagesDir holds the images (make images) the kubelet lab runs;
+	// empty: .cache/images beside the Kubernetes binaries.
+	ImagesDir string `json:",omitempty"`
 }
 
 // Topology is the whole lab as data.

@@ -1,0 +1,380 @@
+package helm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/mcs-api/config/crd"
+
+	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
+)
+
+const (
+	chartDir   = "fedmesh"
+	testValues = "testdata/values.yaml"
+	namespace  = "fedmesh-system"
+)
+
+// helm runs the pinned Helm v4 with args from this package's directory.
+func helm(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	root, rerr := filepath.Abs("../..")
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	cmd := exec.Command("go", append([]string{"tool", "-modfile=" + filepath.Join(root, "tools", "helmbin", "go.mod"), "helm"}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// render runs helm template with the test values plus extra flags.
+func render(t *testing.T, extra ...string) (string, error) {
+	t.Helper()
+	args := append([]string{"template", "fedmesh", chartDir, "--namespace", namespace, "--kube-version", "1.37.2", "-f", testValues}, extra...)
+	out, stderr, err := helm(t, args...)
+	if err != nil {
+		return "", fmt.Errorf("helm template: %w: %s", err, stderr)
+	}
+	return out, nil
+}
+
+// objects decodes a multi-document YAML stream.
+func objects(t *testing.T, manifest string) []*unstructured.Unstructured {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	var out []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out
+			}
+			t.Fatalf("decode rendered manifest: %v", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		out = append(out, &unstructured.Unstructured{Object: m})
+	}
+}
+
+func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string, into any) {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, into); err != nil {
+				t.Fatalf("convert %s %s: %v", kind, name, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no %s %s rendered", kind, name)
+}
+
+func TestLintIsClean(t *testing.T) {
+	out, stderr, err := helm(t, "lint", "--strict", chartDir, "-f", testValues, "--kube-version", "1.37.2")
+	if err != nil {
+		t.Fatalf("helm lint --strict: %v\n%s%s", err, out, stderr)
+	}
+	for _, bad := range []string{"[WARNING]", "[ERROR]"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("helm lint reports %s:\n%s", bad, out)
+		}
+	}
+}
+
+func TestTemplateRefusesMissingOrBadRequiredValues(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  []string
+		want string
+	}{
+		{"no cluster name", []string{"--set", "clusterName="}, "value clusterName is required"},
+		{"cluster name not a DNS label", []string{"--set", "clusterName=Cluster_A"}, `value clusterName "Cluster_A"`},
+		{"no control-plane address", []string{"--set", "controlPlane.addresses=null"}, "value controlPlane.addresses is required"},
+		{"address without port", []string{"--set", "controlPlane.addresses={198.18.0.10}"}, `value controlPlane.addresses: "198.18.0.10" is not host:port`},
+		{"no CA", []string{"--set", "controlPlane.caCert="}, "value controlPlane.caCert is required"},
+		{"CA not PEM", []string{"--set", "controlPlane.caCert=ca.crt"}, "value controlPlane.caCert: not a PEM certificate"},
+		{"no syncer token", []string{"--set", "syncer.joinToken="}, "value syncer.joinToken is required"},
+		{"no agent tokens", []string{"--set", "agent.joinTokens=null"}, "value agent.joinTokens is required"},
+		{"no registry", []string{"--set", "image.registry="}, "value image.registry is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(t, tc.set...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("helm template %v: err = %v, want a failure saying %q", tc.set, err, tc.want)
+			}
+		})
+	}
+	t.Run("existing Secrets and ConfigMap replace the inline values", func(t *testing.T) {
+		out, err := render(t, "--set", "controlPlane.caCert=", "--set", "controlPlane.caConfigMap=fed-ca",
+			"--set", "syncer.joinToken=", "--set", "syncer.joinTokenSecret=syncer-tok",
+			"--set", "agent.joinTokens=null", "--set", "agent.joinTokenSecret=agent-tok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := objects(t, out)
+		for _, o := range objs {
+			if o.GetKind() == "Secret" || o.GetKind() == "ConfigMap" {
+				t.Errorf("rendered %s %s although an existing one is named", o.GetKind(), o.GetName())
+			}
+		}
+		var ds appsv1.DaemonSet
+		find(t, objs, "DaemonSet", "fedmesh-agent", &ds)
+		if got := volume(ds.Spec.Template.Spec, "join").Secret.SecretName; got != "agent-tok" {
+			t.Errorf("agent join tokens from Secret %q, want agent-tok", got)
+		}
+		if got := volume(ds.Spec.Template.Spec, "ca").ConfigMap.Name; got != "fed-ca" {
+			t.Errorf("agent CA from ConfigMap %q, want fed-ca", got)
+		}
+	})
+}
+
+func volume(spec corev1.PodSpec, name string) corev1.Volume {
+	for _, v := range spec.Volumes {
+		if v.Name == name {
+			return v
+		}
+	}
+	return corev1.Volume{}
+}
+
+// TestSyncerRBACIsExactlyWhatItUses pins the syncer's ClusterRole to the
+// calls the syncer makes (federation/syncer): a verb added here must be one
+// the syncer needs, and one the syncer starts using must be added.
+func TestSyncerRBACIsExactlyWhatItUses(t *testing.T) {
+	out, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	find(t, objects(t, out), "ClusterRole", "fedmesh-syncer", &role)
+	got := map[string][]string{}
+	for _, r := range role.Rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				k := g + "/" + res
+				got[k] = append(got[k], r.Verbs...)
+			}
+		}
+	}
+	want := map[string][]string{
+		"/pods":                                       {"list", "watch"},
+		"/namespaces":                                 {"list", "watch"},
+		"networking.k8s.io/networkpolicies":           {"list", "watch"},
+		"multicluster.x-k8s.io/serviceexports":        {"get", "list", "watch"},
+		"multicluster.x-k8s.io/serviceexports/status": {"update"},
+		"multicluster.x-k8s.io/serviceimports":        {"list", "create", "update", "delete"},
+		"multicluster.x-k8s.io/serviceimports/status": {"update"},
+		"/services":                                   {"list", "watch", "create", "update", "delete"},
+		"discovery.k8s.io/endpointslices":             {"list", "watch", "create", "update", "delete"},
+		"/events":                                     {"create", "patch"},
+	}
+	for k, v := range want {
+		g := slices.Sorted(slices.Values(got[k]))
+		w := slices.Sorted(slices.Values(v))
+		if !slices.Equal(g, w) {
+			t.Errorf("syncer may %v on %s, want exactly %v", g, k, w)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("syncer has access to %s (%v), which it does not use", k, got[k])
+		}
+	}
+}
+
+func TestAgentRunsWithBoundedPrivilegeAndMeansEnforcingWhenReady(t *testing.T) {
+	out, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, out)
+	var ds appsv1.DaemonSet
+	find(t, objs, "DaemonSet", "fedmesh-agent", &ds)
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork {
+		t.Error("agent not on the host network: it must guard the node's pod veths and run the node's BGP and WireGuard")
+	}
+	c := spec.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged {
+		t.Fatalf("agent security context %+v: want privileged: false", sc)
+	}
+	caps := slices.Sorted(slices.Values(sc.Capabilities.Add))
+	if want := []corev1.Capability{"BPF", "NET_ADMIN", "NET_BIND_SERVICE", "PERFMON", "SYS_ADMIN"}; !slices.Equal(caps, want) {
+		t.Errorf("agent capabilities %v, want %v", caps, want)
+	}
+	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("agent drops %v, want ALL", sc.Capabilities.Drop)
+	}
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" {
+		t.Errorf("agent readiness probe %+v: want GET /readyz (ready = enforcing)", p)
+	}
+	if v := volume(spec, "bpffs"); v.HostPath == nil || v.HostPath.Path != "/sys/fs/bpf" {
+		t.Errorf("bpffs volume %+v: want hostPath /sys/fs/bpf", v)
+	}
+	args := strings.Join(c.Args, " ")
+	for _, want := range []string{"--cluster=cluster-a", "--node=$(NODE_NAME)", "--bpf-pin-dir=/sys/fs/bpf/fedmesh/$(NODE_NAME)",
+		"--join-token-file=/etc/fedmesh/join/$(NODE_NAME)", "--controlplane=198.18.0.10:9001,198.18.0.10:9002,198.18.0.10:9003"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("agent args %q lack %s", args, want)
+		}
+	}
+	if want := "fedmesh.local/fedmesh-agent:v0.0.0-test"; c.Image != want {
+		t.Errorf("agent image %s, want %s", c.Image, want)
+	}
+	tolerated := false
+	for _, tol := range spec.Tolerations {
+		tolerated = tolerated || (tol.Operator == corev1.TolerationOpExists && tol.Key == "")
+	}
+	if !tolerated {
+		t.Errorf("agent tolerations %+v: want every taint tolerated (policy is enforced wherever pods run)", spec.Tolerations)
+	}
+
+	var dep appsv1.Deployment
+	find(t, objs, "Deployment", "fedmesh-syncer", &dep)
+	psc := dep.Spec.Template.Spec.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Errorf("syncer pod security context %+v: want runAsNonRoot", psc)
+	}
+	for _, o := range objs {
+		if ns := o.GetNamespace(); ns != "" && ns != namespace {
+			t.Errorf("%s %s rendered into namespace %s, want the release's %s", o.GetKind(), o.GetName(), ns, namespace)
+		}
+	}
+}
+
+// TestChartCRDsAreTheSyncersCRDs: the chart installs the same MCS CRDs the
+// syncer would install itself (sigs.k8s.io/mcs-api at the version in
+// go.mod), byte for byte.
+func TestChartCRDsAreTheSyncersCRDs(t *testing.T) {
+	for file, want := range map[string][]byte{
+		"multicluster.x-k8s.io_serviceexports.yaml": crd.ServiceExportCRD,
+		"multicluster.x-k8s.io_serviceimports.yaml": crd.ServiceImportCRD,
+	} {
+		got, err := os.ReadFile(filepath.Join(chartDir, "crds", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from sigs.k8s.io/mcs-api's; copy it from the module at the version go.mod requires", file)
+		}
+	}
+}
+
+// TestEveryRenderedObjectPassesServerSideDryRun sends every object the
+// chart renders (CRDs included) to a real kube-apiserver as a server-side
+// apply with dryRun=All: schema, defaults, validation and admission, as a
+// real install would meet them. The CRDs are then created for real, so the
+// objects that depend on them are checked against them.
+func TestEveryRenderedObjectPassesServerSideDryRun(t *testing.T) {
+	out, err := render(t, "--include-crds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, out)
+	kube := kubetest.Start(t, kubetest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := kube.CreateNamespace(ctx, namespace, nil); err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(kube.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(kube.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
+	apply := func(o *unstructured.Unstructured, dryRun bool) error {
+		gvk := o.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			return fmt.Errorf("map %s: %w", gvk, err)
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			ri = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+		}
+		opts := metav1.ApplyOptions{FieldManager: "fedmesh-chart-test", Force: true}
+		if dryRun {
+			opts.DryRun = []string{metav1.DryRunAll}
+		}
+		_, err = ri.Apply(ctx, o.GetName(), o, opts)
+		return err
+	}
+	kinds := map[string]int{}
+	var crds []*unstructured.Unstructured
+	for _, o := range objs {
+		kinds[o.GetKind()]++
+		if o.GetKind() == "CustomResourceDefinition" {
+			crds = append(crds, o)
+		}
+	}
+	for _, want := range []string{"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "DaemonSet", "Secret", "ConfigMap"} {
+		if kinds[want] == 0 {
+			t.Errorf("chart rendered no %s (rendered %v)", want, kinds)
+		}
+	}
+	for _, o := range crds {
+		if err := apply(o, true); err != nil {
+			t.Errorf("dry-run %s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+		if err := apply(o, false); err != nil {
+			t.Fatalf("create %s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+	// The CRDs' resources must be served before objects can use them.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mapper.Reset()
+		if _, err := mapper.RESTMapping(schema.GroupKind{Group: "multicluster.x-k8s.io", Kind: "ServiceImport"}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the MCS CRDs are not served 30s after their creation")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, o := range objs {
+		if o.GetKind() == "CustomResourceDefinition" {
+			continue
+		}
+		if err := apply(o, true); err != nil {
+			t.Errorf("dry-run %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	// Dry-run created nothing.
+	if _, err := kube.Clientset().AppsV1().DaemonSets(namespace).Get(ctx, "fedmesh-agent", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("after dry-run, DaemonSet fedmesh-agent: err = %v, want NotFound", err)
+	}
+}
