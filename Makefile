@@ -61,8 +61,9 @@ images: ## image tarballs of every component in .cache/images (digests printed; 
 # The kubelet lab (fedlab up --kubelet, issue 20): real nodes need kubelet,
 # kube-controller-manager and kube-scheduler (built from the same pinned
 # Kubernetes as kube-apiserver, once, into .cache/bin) and Debian's
-# containerd, runc and CNI plugins. Kept out of `make deps`: the build adds
-# minutes that only the kubelet lab needs.
+# containerd, runc and CNI plugins. Kept out of `make deps` (so `make demo`
+# does not wait for them); `make test` runs it, since the kubelet e2e is part
+# of the suite.
 KUBELET_LAB_BINS := $(CACHE)/bin/kubelet $(CACHE)/bin/kube-controller-manager $(CACHE)/bin/kube-scheduler
 HELM_BIN         := $(CACHE)/bin/helm
 KUBELET_LAB_APT  := containerd runc containernetworking-plugins
@@ -101,7 +102,7 @@ build: ## build every binary into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./,$(BINARIES))
 
-test: deps ## unit, integration and end-to-end tests (installs what is missing first)
+test: deps kubelet-lab-deps ## unit, integration and end-to-end tests, the kubelet lab included (installs what is missing first)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) -C tools/devtools test -count=1 ./...
 
