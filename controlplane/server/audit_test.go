@@ -85,16 +85,27 @@ func (g *tlsGroup) conn(t *testing.T, r *Replica, p auth.Principal) *grpc.Client
 	return cc
 }
 
-// leader waits until one replica leads and every replica has published a
-// log format with the audit header, and returns the leader.
+// leader waits until one replica leads and every replica has seen every
+// replica publish a log format with the audit header (the replica a client
+// calls is the one that encodes the header, so a follower that has not yet
+// applied the others' member records would still write without it), and
+// returns the leader.
 func (g *tlsGroup) leader(t *testing.T) *Replica {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
+		var lead *Replica
+		all := true
 		for _, r := range g.reps {
-			if r.Raft().State() == raft.Leader && r.core.leaderReady.Load() && r.core.refreshLogFormat() >= store.LogFormatAudit {
-				return r
+			if r.Raft().State() == raft.Leader && r.core.leaderReady.Load() {
+				lead = r
 			}
+			if r.core.refreshLogFormat() < store.LogFormatAudit {
+				all = false
+			}
+		}
+		if lead != nil && all {
+			return lead
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
