@@ -60,6 +60,12 @@ type kubeletState struct {
 	// Netns are the /run/netns/cni-* files of the lab's pods, recorded
 	// while their processes run.
 	Netns []string `json:"netns"`
+	// NetnsBefore are the /run/netns/cni-* files that existed before the
+	// lab started its kubelets, and StartedAt when it did: a pod netns
+	// made later that no process holds any more (a sandbox torn down or
+	// half set up while the lab went down) is the lab's too.
+	NetnsBefore []string  `json:"netnsBefore,omitempty"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
 	// ImageTag is the tag of the fedmesh images the lab runs.
 	ImageTag string `json:"imageTag"`
 	// InstallToEnforcing is the time from the first `helm install` to
@@ -205,7 +211,8 @@ func (l *Lab) startKubeletClusters(ctx context.Context) error {
 		return err
 	}
 	tag := images["fedmesh-agent"].Ref[strings.LastIndex(images["fedmesh-agent"].Ref, ":")+1:]
-	ks := &kubeletState{Sysctls: map[string]string{}, VarDir: kubeletVarDir(l.Topo.Name), ImageTag: tag}
+	ks := &kubeletState{Sysctls: map[string]string{}, VarDir: kubeletVarDir(l.Topo.Name), ImageTag: tag, StartedAt: time.Now()}
+	ks.NetnsBefore, _ = filepath.Glob("/run/netns/cni-*")
 	for _, k := range kubeletSysctls {
 		if b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(k, ".", "/")); err == nil {
 			ks.Sysctls[k] = strings.TrimSpace(string(b))

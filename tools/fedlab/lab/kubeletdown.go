@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,10 +67,25 @@ func kubeletDown(name string) error {
 		}
 	}
 	if cni, _ := filepath.Glob("/run/netns/cni-*"); len(cni) > 0 {
+		var anyHeld map[uint64]bool // every process's netns, read once if needed
 		for _, f := range cni {
 			var st syscall.Stat_t
-			if (syscall.Stat(f, &st) == nil && held[st.Ino]) || named[f] {
+			if syscall.Stat(f, &st) != nil {
+				continue
+			}
+			switch {
+			case held[st.Ino] || named[f]:
 				ks.Netns = append(ks.Netns, f)
+			case !ks.StartedAt.IsZero() && !slices.Contains(ks.NetnsBefore, f) && !fileChangedBefore(f, ks.StartedAt):
+				// Made while the lab ran and held by no process anywhere:
+				// a sandbox the lab's containerd tore down or never
+				// finished (no CNI result), so nothing else owns it.
+				if anyHeld == nil {
+					anyHeld = processNetns()
+				}
+				if !anyHeld[st.Ino] {
+					ks.Netns = append(ks.Netns, f)
+				}
 			}
 		}
 		_ = ks.save(name)
@@ -281,6 +297,27 @@ func KubeletSysctls() map[string]string {
 	for _, k := range kubeletSysctls {
 		if b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(k, ".", "/")); err == nil {
 			out[k] = strings.TrimSpace(string(b))
+		}
+	}
+	return out
+}
+
+// fileChangedBefore reports whether f's status last changed before t (a
+// netns bind mount's file keeps the time it was created).
+func fileChangedBefore(f string, t time.Time) bool {
+	fi, err := os.Lstat(f)
+	return err == nil && fi.ModTime().Before(t)
+}
+
+// processNetns is the set of network namespaces (by inode) any process on
+// the host is in.
+func processNetns() map[uint64]bool {
+	out := map[uint64]bool{}
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	for _, p := range procs {
+		var st syscall.Stat_t
+		if syscall.Stat(p, &st) == nil {
+			out[st.Ino] = true
 		}
 	}
 	return out
