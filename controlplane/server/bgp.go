@@ -37,11 +37,7 @@ type bgpService struct {
 // applies their commands (log format 4): an older replica would stop at
 // the entry.
 func (c *Core) bgpWritable() error {
-	f := c.logFormat.Load()
-	if f < store.LogFormatBGP {
-		f = c.refreshLogFormat()
-	}
-	return bgpWritesAt(f)
+	return bgpWritesAt(c.appliesFormat(store.LogFormatBGP))
 }
 
 // bgpWritesAt decides for the oldest log format of the configuration.

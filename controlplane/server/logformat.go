@@ -61,12 +61,24 @@ func (c *Core) refreshLogFormat() uint32 {
 	return v
 }
 
+// appliesFormat returns the oldest log format the replicas apply, as this
+// replica last saw it, looking again (refreshLogFormat) only while that is
+// older than want: every write of a format-gated kind asks, and once the
+// group is upgraded the answer is one atomic load. logFormats notices a
+// downgrade.
+func (c *Core) appliesFormat(want uint32) uint32 {
+	if f := c.logFormat.Load(); f >= want {
+		return f
+	}
+	return c.refreshLogFormat()
+}
+
 // auditEntries reports whether commands may carry the audit header: every
 // replica applies it. Until they do (a rolling upgrade, or the first
 // moments of a new group, before every replica has published its format)
-// it looks again on every write; logFormats notices a downgrade.
+// commands go without it.
 func (c *Core) auditEntries() bool {
-	return c.logFormat.Load() >= store.LogFormatAudit || c.refreshLogFormat() >= store.LogFormatAudit
+	return c.appliesFormat(store.LogFormatAudit) >= store.LogFormatAudit
 }
 
 // fullLabelEntries reports whether endpoint batches may be written as
@@ -74,7 +86,7 @@ func (c *Core) auditEntries() bool {
 // then they are written as CmdUpsertEndpoints, which every replica applies
 // as binaries before format 3 did (store.Identities: legacy endpoints).
 func (c *Core) fullLabelEntries() bool {
-	return c.logFormat.Load() >= store.LogFormatFullLabels || c.refreshLogFormat() >= store.LogFormatFullLabels
+	return c.appliesFormat(store.LogFormatFullLabels) >= store.LogFormatFullLabels
 }
 
 // upsertEndpointsType is the command an endpoint batch is encoded as when
