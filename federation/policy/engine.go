@@ -59,6 +59,11 @@ type Engine struct {
 	peersFedByNS     map[string]map[*peer]struct{}    // federated namespaced, no namespaceSelector
 	peersGlobal      map[*peer]struct{}               // the rest
 
+	// tiers holds the ClusterNetworkPolicies (Admin and Baseline tiers)
+	// around the NetworkPolicy layer; the engine owns it so one Updater
+	// carries every policy kind to one compiler.
+	tiers *Tiers
+
 	dirty map[EndpointKey]struct{}
 	// dirtyPeers are peers whose identities changed since the last
 	// Recompute: their users are marked once, there, however many of the
@@ -104,6 +109,7 @@ func NewEngine(opts ...Option) *Engine {
 		peersByCluster:    map[string]map[*peer]struct{}{},
 		peersFedByNS:      map[string]map[*peer]struct{}{},
 		peersGlobal:       map[*peer]struct{}{},
+		tiers:             NewTiers(),
 		dirty:             map[EndpointKey]struct{}{},
 		dirtyPeers:        map[peerMark]struct{}{},
 		cache:             map[EndpointKey]*Compiled{},
@@ -566,6 +572,40 @@ func (e *Engine) UpsertNetworkPolicy(np *NetworkPolicy) {
 		e.removePolicy(old)
 	}
 	e.addPolicy(newPolicyState(np))
+}
+
+// UpsertClusterPolicy creates or replaces a ClusterNetworkPolicy (either
+// tier, synced or federated). It fails, changing nothing, when the policy
+// cannot be evaluated as written.
+func (e *Engine) UpsertClusterPolicy(p *ClusterPolicy) error {
+	if err := e.tiers.Upsert(p); err != nil {
+		return fmt.Errorf("upsert cluster network policy: %w", err)
+	}
+	e.markAllLocal()
+	return nil
+}
+
+// DeleteClusterPolicy deletes a ClusterNetworkPolicy; deleting an unknown
+// one is a no-op.
+func (e *Engine) DeleteClusterPolicy(key ClusterPolicyKey) {
+	if !e.tiers.Has(key) {
+		return
+	}
+	e.tiers.Delete(key)
+	e.markAllLocal()
+}
+
+// Tiers returns the ClusterNetworkPolicies the engine holds, for Explain.
+func (e *Engine) Tiers() *Tiers { return e.tiers }
+
+// markAllLocal marks every compiled endpoint for recompilation: a
+// ClusterNetworkPolicy may select any of them.
+func (e *Engine) markAllLocal() {
+	for k, ep := range e.endpoints {
+		if ep.local {
+			e.dirty[k] = struct{}{}
+		}
+	}
 }
 
 // DeletePolicy deletes a policy; deleting an unknown one is a no-op.

@@ -20,12 +20,21 @@ type Update struct {
 	ClusterName string
 	EndpointKey EndpointKey
 	PolicyKey   PolicyKey
+	// ClusterPolicyKey names a ClusterNetworkPolicy (synced or federated).
+	ClusterPolicyKey ClusterPolicyKey
 
 	// On a put, exactly one is set, matching Kind.
 	Cluster  *fedmeshv1.Cluster
 	Endpoint *fedmeshv1.Endpoint
 	Policy   *fedmeshv1.Policy
+	// ClusterPolicy is set on a put of a ClusterNetworkPolicy; Kind is
+	// then KindClusterPolicy.
+	ClusterPolicy *ClusterPolicy
 }
+
+// KindClusterPolicy is the Update kind of a ClusterNetworkPolicy until the
+// API carries a resource kind of its own.
+const KindClusterPolicy fedmeshv1.ResourceKind = -1
 
 // Updater is what Apply feeds: *Engine, and any wrapper of it with the same
 // contract (nodeagent/agent's Compiler). The caller serialises calls.
@@ -36,6 +45,8 @@ type Updater interface {
 	DeleteEndpoint(k EndpointKey)
 	UpsertPolicy(p *fedmeshv1.Policy) error
 	DeletePolicy(k PolicyKey)
+	UpsertClusterPolicy(p *ClusterPolicy) error
+	DeleteClusterPolicy(k ClusterPolicyKey)
 }
 
 var _ Updater = (*Engine)(nil)
@@ -46,12 +57,19 @@ var ErrPolicyRejected = errors.New("policy update rejected")
 // RejectedPolicyError is the error Apply returns for a policy put it could
 // not compile. errors.Is(err, ErrPolicyRejected) holds.
 type RejectedPolicyError struct {
-	Key PolicyKey
-	Err error
+	// Key names a rejected NetworkPolicy or federated policy; ClusterKey a
+	// rejected ClusterNetworkPolicy (then Key is zero).
+	Key        PolicyKey
+	ClusterKey ClusterPolicyKey
+	Err        error
 }
 
 func (e *RejectedPolicyError) Error() string {
-	return fmt.Sprintf("compile policy %s: %v; the previous version, if any, stays in force", e.Key, e.Err)
+	name := e.Key.String()
+	if e.ClusterKey != (ClusterPolicyKey{}) {
+		name = "cluster network policy " + e.ClusterKey.String()
+	}
+	return fmt.Sprintf("compile policy %s: %v; the previous version, if any, stays in force", name, e.Err)
 }
 
 func (e *RejectedPolicyError) Unwrap() []error { return []error{ErrPolicyRejected, e.Err} }
@@ -87,6 +105,12 @@ func Apply(u Updater, up Update) error {
 			u.DeletePolicy(up.PolicyKey)
 		} else if err := u.UpsertPolicy(up.Policy); err != nil {
 			return &RejectedPolicyError{Key: up.PolicyKey, Err: err}
+		}
+	case KindClusterPolicy:
+		if up.Delete {
+			u.DeleteClusterPolicy(up.ClusterPolicyKey)
+		} else if err := u.UpsertClusterPolicy(up.ClusterPolicy); err != nil {
+			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: err}
 		}
 	}
 	return nil

@@ -205,6 +205,9 @@ func (t *Tiers) Delete(key ClusterPolicyKey) {
 	t.ordered = nil
 }
 
+// Has reports whether a policy with key is held.
+func (t *Tiers) Has(key ClusterPolicyKey) bool { _, ok := t.policies[key]; return ok }
+
 // Len is the number of policies held.
 func (t *Tiers) Len() int { return len(t.policies) }
 

@@ -26,14 +26,9 @@ import (
 // last call, and Rules their rules as of then. Values it returns are never
 // modified afterwards.
 type Compiler interface {
-	UpsertCluster(c *fedmeshv1.Cluster)
-	DeleteCluster(name string)
-	UpsertEndpoint(ep *fedmeshv1.Endpoint)
-	DeleteEndpoint(k policy.EndpointKey)
-	// UpsertPolicy returns an error for a policy it cannot compile; the
-	// previous version of that policy, if any, stays in force.
-	UpsertPolicy(p *fedmeshv1.Policy) error
-	DeletePolicy(k policy.PolicyKey)
+	// The Updater's puts return an error for a policy it cannot compile;
+	// the previous version of that policy, if any, stays in force.
+	policy.Updater
 	Recompute() policy.Changes
 	Rules(k policy.EndpointKey) (*policy.Compiled, bool)
 }
