@@ -242,7 +242,8 @@ func TestAgentRunsWithBoundedPrivilegeAndMeansEnforcingWhenReady(t *testing.T) {
 	}
 	args := strings.Join(c.Args, " ")
 	for _, want := range []string{"--cluster=cluster-a", "--node=$(NODE_NAME)", "--bpf-pin-dir=/sys/fs/bpf/fedmesh/$(NODE_NAME)",
-		"--join-token-file=/etc/fedmesh/join/$(NODE_NAME)", "--controlplane=198.18.0.10:9001,198.18.0.10:9002,198.18.0.10:9003"} {
+		"--join-token-file=/etc/fedmesh/join/$(NODE_NAME)", "--controlplane=198.18.0.10:9001,198.18.0.10:9002,198.18.0.10:9003",
+		"--node-labels-from-node"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent args %q lack %s", args, want)
 		}

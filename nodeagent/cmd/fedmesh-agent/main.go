@@ -38,6 +38,7 @@ type options struct {
 	underlayIP     string
 	podCIDRs       []string
 	podCIDRNode    bool
+	labelsNode     bool
 	stateDir       string
 	metricsAddr    string
 	creds          authclient.Flags
@@ -160,6 +161,7 @@ func main() {
 	f.Uint32Var(&o.wireguardPort, "wireguard-port", 0, "WireGuard listen port to register (0: the cluster's default)")
 	f.StringVar(&o.wireguardDev, "wireguard-device", "", "name of the WireGuard link, unique on the machine (default: derived from cluster and node)")
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
+	f.BoolVar(&o.labelsNode, "node-labels-from-node", false, "take the node's labels from its Node object (metadata.labels) with the pod's service account, read at start; --node-label entries override them (a DaemonSet pod)")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
@@ -184,15 +186,25 @@ func run(ctx context.Context, o *options) error {
 	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir %s: %w", o.stateDir, err)
 	}
-	if o.podCIDRNode {
+	if o.podCIDRNode || o.labelsNode {
 		api, err := inClusterNodeAPI()
 		if err != nil {
 			return err
 		}
-		if p.podCIDRs, err = api.waitPodCIDRs(ctx, o.node, 2*time.Second, log); err != nil {
-			return err
+		if o.podCIDRNode {
+			if p.podCIDRs, err = api.waitPodCIDRs(ctx, o.node, 2*time.Second, log); err != nil {
+				return err
+			}
+			log.Info("pod CIDRs from the Node object", "node", o.node, "cidrs", p.podCIDRs)
 		}
-		log.Info("pod CIDRs from the Node object", "node", o.node, "cidrs", p.podCIDRs)
+		if o.labelsNode {
+			fromNode, err := api.nodeLabels(ctx, o.node)
+			if err != nil {
+				return fmt.Errorf("read the labels of node %s: %w", o.node, err)
+			}
+			o.nodeLabels = mergeLabels(fromNode, o.nodeLabels)
+			log.Info("node labels from the Node object", "node", o.node, "labels", len(fromNode))
+		}
 	}
 
 	creds, err := authclient.Load(ctx, o.creds, authclient.Config{

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -45,19 +46,19 @@ type nodeAPI struct {
 func inClusterNodeAPI() (*nodeAPI, error) {
 	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
 	if host == "" || port == "" {
-		return nil, errors.New("--pod-cidr-from-node needs the Kubernetes API of a pod (KUBERNETES_SERVICE_HOST/PORT are unset): run the agent as a pod, or give --pod-cidr")
+		return nil, errors.New("--pod-cidr-from-node and --node-labels-from-node need the Kubernetes API of a pod (KUBERNETES_SERVICE_HOST/PORT are unset): run the agent as a pod, or give --pod-cidr and --node-label")
 	}
 	token, err := os.ReadFile(saTokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("read the service account token for --pod-cidr-from-node: %w (automountServiceAccountToken must be on)", err)
+		return nil, fmt.Errorf("read the service account token for reading the Node: %w (automountServiceAccountToken must be on)", err)
 	}
 	pem, err := os.ReadFile(saCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("read the cluster CA for --pod-cidr-from-node: %w", err)
+		return nil, fmt.Errorf("read the cluster CA for reading the Node: %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("read the cluster CA for --pod-cidr-from-node: no certificate in %s", saCAFile)
+		return nil, fmt.Errorf("read the cluster CA for reading the Node: no certificate in %s", saCAFile)
 	}
 	return &nodeAPI{
 		base:   "https://" + net.JoinHostPort(host, port),
@@ -66,31 +67,55 @@ func inClusterNodeAPI() (*nodeAPI, error) {
 	}, nil
 }
 
-// podCIDRs returns spec.podCIDRs of the Node called node (spec.podCIDR on
-// an API server that sets only that), masked.
-func (a *nodeAPI) podCIDRs(ctx context.Context, node string) ([]string, error) {
+// nodeLabels returns metadata.labels of the Node called node: with
+// --node-labels-from-node, the labels BGP peers select nodes by (rack,
+// topology.kubernetes.io/zone) are the ones the cluster already keeps on
+// its Node objects, as Calico's BGPPeer nodeSelector reads them.
+func (a *nodeAPI) nodeLabels(ctx context.Context, node string) (map[string]string, error) {
+	var n struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	if err := a.getNode(ctx, node, &n); err != nil {
+		return nil, err
+	}
+	return n.Metadata.Labels, nil
+}
+
+// getNode decodes the Node called node into v.
+func (a *nodeAPI) getNode(ctx context.Context, node string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/api/v1/nodes/"+url.PathEscape(node), nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Accept", "application/json")
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("get Node %s: %w", node, err)
+		return fmt.Errorf("get Node %s: %w", node, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("get Node %s: %s (the agent's service account needs get on nodes)", node, resp.Status)
+		return fmt.Errorf("get Node %s: %s (the agent's service account needs get on nodes)", node, resp.Status)
 	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decode Node %s: %w", node, err)
+	}
+	return nil
+}
+
+// podCIDRs returns spec.podCIDRs of the Node called node (spec.podCIDR on
+// an API server that sets only that), masked.
+func (a *nodeAPI) podCIDRs(ctx context.Context, node string) ([]string, error) {
 	var n struct {
 		Spec struct {
 			PodCIDR  string   `json:"podCIDR"`
 			PodCIDRs []string `json:"podCIDRs"`
 		} `json:"spec"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&n); err != nil {
-		return nil, fmt.Errorf("decode Node %s: %w", node, err)
+	if err := a.getNode(ctx, node, &n); err != nil {
+		return nil, err
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
@@ -125,4 +150,12 @@ func (a *nodeAPI) waitPodCIDRs(ctx context.Context, node string, every time.Dura
 		case <-time.After(every):
 		}
 	}
+}
+
+// mergeLabels is the Node's labels with the --node-label entries over them.
+func mergeLabels(fromNode, flags map[string]string) map[string]string {
+	out := make(map[string]string, len(fromNode)+len(flags))
+	maps.Copy(out, fromNode)
+	maps.Copy(out, flags)
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -70,4 +71,44 @@ func TestPodCIDRsFromTheNodeObject(t *testing.T) {
 			t.Fatalf("waitPodCIDRs = %v, %v", got, err)
 		}
 	})
+}
+
+func TestNodeLabelsFromTheNodeObjectUnderFlags(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/nodes/rack":
+			_, _ = w.Write([]byte(`{"metadata":{"labels":{"rack":"r1","zone":"z1"}}}`))
+		case "/api/v1/nodes/bare":
+			_, _ = w.Write([]byte(`{"metadata":{}}`))
+		default:
+			http.Error(w, "forbidden", http.StatusForbidden)
+		}
+	}))
+	defer srv.Close()
+	api := &nodeAPI{base: srv.URL, token: "t", client: srv.Client()}
+	for _, tc := range []struct {
+		node   string
+		flags  map[string]string
+		want   map[string]string
+		errHas string
+	}{
+		{node: "rack", want: map[string]string{"rack": "r1", "zone": "z1"}},
+		{node: "rack", flags: map[string]string{"rack": "r2"}, want: map[string]string{"rack": "r2", "zone": "z1"}},
+		{node: "bare", flags: map[string]string{"rack": "r3"}, want: map[string]string{"rack": "r3"}},
+		{node: "secret", errHas: "403 Forbidden (the agent's service account needs get on nodes)"},
+	} {
+		got, err := api.nodeLabels(context.Background(), tc.node)
+		if tc.errHas != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errHas) {
+				t.Fatalf("nodeLabels(%s) err = %v, want %q", tc.node, err, tc.errHas)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("nodeLabels(%s): %v", tc.node, err)
+		}
+		if merged := mergeLabels(got, tc.flags); !maps.Equal(merged, tc.want) {
+			t.Fatalf("node %s with flags %v: labels %v, want %v", tc.node, tc.flags, merged, tc.want)
+		}
+	}
 }
