@@ -74,6 +74,10 @@
 //     its clusterSelector matches; each namespaces/pods peer may carry a
 //     clusterSelector (nil: the subject pod's own cluster; empty: every
 //     cluster), as the federated NetworkPolicy's peers do.
+//   - Every cluster carries ClusterNameLabel (fedmesh.io/cluster-name) with
+//     its own name, over whatever it was registered with, as every
+//     namespace carries kubernetes.io/metadata.name: a cluster selector can
+//     name one cluster (federation/recommend writes peers so).
 //   - Hairpin traffic (a pod to itself) is subject to both directions like
 //     any other flow, as api-overview.md says.
 package policy

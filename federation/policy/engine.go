@@ -169,12 +169,18 @@ func delFrom[K comparable, V comparable](m map[K]map[V]struct{}, k K, v V) {
 
 // ---- clusters ----
 
+// ClusterNameLabel is a label every cluster carries with its own name, as
+// Kubernetes gives every namespace kubernetes.io/metadata.name: a cluster
+// selector can name one cluster whatever labels it was registered with.
+const ClusterNameLabel = "fedmesh.io/cluster-name"
+
 // UpsertCluster records a cluster's labels, which federated policies'
-// cluster selectors match.
+// cluster selectors match, plus ClusterNameLabel.
 func (e *Engine) UpsertCluster(c *fedmeshv1.Cluster) {
 	name := c.GetName()
 	old, had := e.clusters[name]
 	next := copySet(c.GetLabels())
+	next[ClusterNameLabel] = name
 	if had && labels.Equals(old, next) {
 		return
 	}
