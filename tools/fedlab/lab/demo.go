@@ -68,8 +68,11 @@ func (d *Demo) probe(ctx context.Context, from, to string, addr string, want boo
 	}
 	var err error
 	for i := 0; i < tries; i++ {
-		out, e := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+d.podNS(from), "--",
-			d.Lab.bin("fedlab"), "probe", "--timeout", "2s", addr).CombinedOutput()
+		cmd, e := d.Lab.Topo.PodCommand(ctx, from, d.Lab.bin("fedlab"), "probe", "--timeout", "2s", addr)
+		if e != nil {
+			return e
+		}
+		out, e := cmd.CombinedOutput()
 		err = e
 		if (e == nil) == want {
 			break
@@ -85,11 +88,6 @@ func (d *Demo) probe(ctx context.Context, from, to string, addr string, want boo
 		return fmt.Errorf("%s -> %s: got %s, want %s", from, to, got, map[bool]string{true: "connected", false: "refused"}[want])
 	}
 	return nil
-}
-
-func (d *Demo) podNS(name string) string {
-	_, _, p, _ := d.Lab.Topo.Pod(name)
-	return p.NS
 }
 
 // DemoPolicy is the federated policy the tour applies.

@@ -63,6 +63,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if err := Build(ctx, topo); err != nil {
 		return l, err
 	}
+	if err := makeCgroups(topo); err != nil {
+		return l, err
+	}
 	for _, c := range topo.Clusters {
 		log.Info("starting ToR", "cluster", c.Name, "router", c.ToRKind, "ns", c.ToR.NS)
 		if err := l.startToR(ctx, c); err != nil {
@@ -123,7 +126,7 @@ func (l *Lab) startApps() error {
 	for _, c := range l.Topo.Clusters {
 		for _, n := range c.Nodes {
 			for _, p := range n.Pods {
-				proc, err := start(l.Dir, p.NS, "app-"+p.Name, []string{self, "probe-serve", "--port", fmt.Sprint(AppPort)})
+				proc, err := startIn(l.Dir, p.NS, l.Topo.NodeCgroup(n), "app-"+p.Name, []string{self, "probe-serve", "--port", fmt.Sprint(AppPort)})
 				if err != nil {
 					return err
 				}
@@ -258,6 +261,11 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 	case !errors.Is(err, os.ErrNotExist):
 		errs = append(errs, err)
 	}
+	// What is left in the pods' cgroups (processes run in pods after Up)
+	// goes with them.
+	if err := removeCgroups(ctx, name); err != nil {
+		errs = append(errs, err)
+	}
 	// The kubelet lab's containers, mounts, cgroups and sysctls go before
 	// the namespaces they live in.
 	if err := kubeletDown(name); err != nil {
@@ -303,17 +311,16 @@ func Leftovers(name string) []string {
 	if _, err := os.Stat(StateDir(name)); err == nil {
 		out = append(out, StateDir(name))
 	}
-	return out
+	return append(out, cgroupLeftovers(name)...)
 }
 
-// Exec runs argv inside a pod's network namespace.
+// Exec runs argv inside a pod (its network namespace and its node's
+// cgroup), or inside any other namespace of the lab named by pod.
 func (t *Topology) Exec(ctx context.Context, pod string, argv []string) *exec.Cmd {
-	_, _, p, ok := t.Pod(pod)
-	ns := pod
-	if ok {
-		ns = p.NS
+	if cmd, err := t.PodCommand(ctx, pod, argv...); err == nil {
+		return cmd
 	}
-	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + ns, "--"}, argv...)...)
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + pod, "--"}, argv...)...)
 }
 
 // keepLogs copies the lab's logs out of its state dir before a failed Up

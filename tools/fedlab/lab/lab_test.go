@@ -75,6 +75,30 @@ func TestLabBuildsRoutesAndTearsDownCompletely(t *testing.T) {
 			t.Errorf("%s: %v", tc.what, err)
 		}
 	}
+	// A pod's processes run in its node's cgroup (where the node's agent
+	// attaches the service translation), and a process left running in a
+	// pod is the lab's to remove: Down kills it with the cgroup.
+	leftover := l.Topo.Exec(ctx, src.Name, []string{"sleep", "300"})
+	leftover.Cancel = nil // outlives ctx only until Down
+	if err := leftover.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = leftover.Wait() }()
+	waitCg := func() (string, error) {
+		var cg string
+		err := waitFor(ctx, "the sleeper to exec", func() error {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", leftover.Process.Pid))
+			if err != nil || strings.TrimSpace(string(b)) != "sleep" {
+				return fmt.Errorf("comm %q: %v", b, err)
+			}
+			cg, err = cgroupOf(leftover.Process.Pid)
+			return err
+		})
+		return cg, err
+	}
+	if cg, err := waitCg(); err != nil || cg != l.Topo.NodeCgroup(node) {
+		t.Errorf("a pod's process runs in cgroup %q (%v), want its node's %s", cg, err, l.Topo.NodeCgroup(node))
+	}
 	// The ToR reaches its nodes over the dual-stack rack.
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", a.ToR.NS, "ping", "-c1", "-W2", node.Host.Addr6.Addr().String()).CombinedOutput(); err != nil {
 		t.Errorf("ToR to node over IPv6: %v: %s", err, out)
@@ -103,5 +127,13 @@ func TestLabBuildsRoutesAndTearsDownCompletely(t *testing.T) {
 		if p.alive() {
 			t.Errorf("%s still runs after down", p.Name)
 		}
+	}
+	if err := waitFor(ctx, "the pod's leftover process to die", func() error {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/comm", leftover.Process.Pid)); err == nil && !zombie(leftover.Process.Pid) {
+			return fmt.Errorf("pid %d still runs", leftover.Process.Pid)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }

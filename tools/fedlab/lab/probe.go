@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -89,12 +88,11 @@ func Probe(ctx context.Context, proto, addr string, timeout time.Duration) error
 
 // ProbeFrom runs one probe (fedlab probe) from inside a pod of the lab.
 func (l *Lab) ProbeFrom(ctx context.Context, pod, proto, addr string, timeout time.Duration) error {
-	_, _, p, ok := l.Topo.Pod(pod)
-	if !ok {
-		return fmt.Errorf("no pod %s", pod)
+	cmd, err := l.Topo.PodCommand(ctx, pod, l.bin("fedlab"), "probe", "--proto", proto, "--timeout", timeout.String(), addr)
+	if err != nil {
+		return err
 	}
-	out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+p.NS, "--",
-		l.bin("fedlab"), "probe", "--proto", proto, "--timeout", timeout.String(), addr).CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s -> %s/%s: %w: %s", pod, addr, proto, ErrBlocked, strings.TrimSpace(string(out)))
 	}
@@ -156,16 +154,14 @@ func probeOnce(ctx context.Context, t Target, timeout time.Duration) Outcome {
 
 // ProbeBatchFrom runs ProbeBatch inside a pod of the lab.
 func (l *Lab) ProbeBatchFrom(ctx context.Context, pod string, targets []Target, timeout time.Duration) ([]Outcome, error) {
-	_, _, p, ok := l.Topo.Pod(pod)
-	if !ok {
-		return nil, fmt.Errorf("no pod %s", pod)
-	}
 	in, err := json.Marshal(targets)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+p.NS, "--",
-		l.bin("fedlab"), "probe-batch", "--timeout", timeout.String())
+	cmd, err := l.Topo.PodCommand(ctx, pod, l.bin("fedlab"), "probe-batch", "--timeout", timeout.String())
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdin = bytes.NewReader(in)
 	out, err := cmd.Output()
 	if err != nil {

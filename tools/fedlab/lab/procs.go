@@ -16,11 +16,14 @@ import (
 // Proc is a daemon the lab started, recorded so `fedlab down` (even from
 // another process, after a crash) stops exactly what the lab started.
 type Proc struct {
-	Name string   `json:"name"`
-	NS   string   `json:"ns"`
-	PID  int      `json:"pid"`
-	Argv []string `json:"argv"`
-	Log  string   `json:"log"`
+	Name string `json:"name"`
+	NS   string `json:"ns"`
+	// Cgroup is the cgroup v2 directory the process runs in ("" where
+	// fedlab runs): a pod's processes run in their node's.
+	Cgroup string   `json:"cgroup,omitempty"`
+	PID    int      `json:"pid"`
+	Argv   []string `json:"argv"`
+	Log    string   `json:"log"`
 }
 
 // State is what `fedlab up` leaves in its state dir.
@@ -58,18 +61,22 @@ func LoadState(name string) (*State, error) {
 }
 
 // start runs argv inside network namespace ns, detached (own session) so it
-// outlives fedlab, with its output in dir/<name>.log. nsenter rather than
-// `ip netns exec`: the latter remounts /sys and would hide bpffs pins from
-// the agent.
+// outlives fedlab, with its output in dir/<name>.log.
 func start(dir, ns, name string, argv []string, env ...string) (Proc, error) {
+	return startIn(dir, ns, "", name, argv, env...)
+}
+
+// startIn is start with the process inside cgroup (a cgroup v2 directory;
+// "" leaves it where fedlab is), from its first instruction.
+func startIn(dir, ns, cgroup, name string, argv []string, env ...string) (Proc, error) {
+	full := enter(ns, cgroup, argv)
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return Proc{}, fmt.Errorf("open log of %s: %w", name, err)
 	}
 	defer logf.Close()
-	full := append([]string{"--net=/var/run/netns/" + ns, "--"}, argv...)
-	cmd := exec.Command("nsenter", full...)
+	cmd := exec.Command(full[0], full[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -78,7 +85,7 @@ func start(dir, ns, name string, argv []string, env ...string) (Proc, error) {
 	}
 	// Reap it if it dies while fedlab still runs; afterwards init does.
 	go func() { _ = cmd.Wait() }()
-	return Proc{Name: name, NS: ns, PID: cmd.Process.Pid, Argv: argv, Log: logPath}, nil
+	return Proc{Name: name, NS: ns, Cgroup: cgroup, PID: cmd.Process.Pid, Argv: argv, Log: logPath}, nil
 }
 
 // alive reports whether p still runs as the program the lab started (a
@@ -167,7 +174,7 @@ func (l *Lab) Restart(name string) error {
 		if p.alive() && !zombie(p.PID) {
 			return fmt.Errorf("lab process %s still runs (pid %d)", name, p.PID)
 		}
-		np, err := start(l.Dir, p.NS, p.Name, p.Argv)
+		np, err := startIn(l.Dir, p.NS, p.Cgroup, p.Name, p.Argv)
 		if err != nil {
 			return err
 		}
