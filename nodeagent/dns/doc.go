@@ -1,0 +1,67 @@
+// Package dns owns the node agent's DNS component: a node-local resolver
+// that answers the federation's `clusterset.local` names (MCS API,
+// KEP-1645) from the agent's own view of imported services and forwards
+// every other name to the cluster's DNS.
+//
+// # Names
+//
+// For a ServiceImport svc in namespace ns (zone clusterset.local by
+// default):
+//
+//	<svc>.<ns>.svc.clusterset.local                     A/AAAA: the ClusterSetIPs;
+//	                                                    headless: every ready backend's address
+//	<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local A/AAAA: one backend of a headless service
+//	_<port>._<proto>.<svc>.<ns>.svc.clusterset.local    SRV: one record per named port (ClusterSetIP)
+//	                                                    or per backend (headless)
+//
+// A headless backend without a hostname is named by its address with dashes
+// ("10-1-2-3"), as Kubernetes DNS does, so every SRV target resolves. An
+// unknown name inside the zone is NXDOMAIN, a known name without records of
+// the asked type is NODATA; both carry the zone's SOA in the authority
+// section, whose minimum is the negative TTL. Names that can own children
+// (the apex, svc, a namespace, a cluster label, _proto) answer NODATA, never
+// NXDOMAIN, because a resolver may cut off everything below an NXDOMAIN
+// (RFC 8020) and this package cannot list namespaces. Answers carry a short
+// TTL (Config.TTL) so that a withdrawn backend leaves caches quickly.
+//
+// # Shape
+//
+// Deciding is pure: Zone.Answer turns a question and a View into a
+// response, with no I/O and no clock. The View is the seam with the agent:
+// the agent's sync goroutine builds an immutable snapshot per revision
+// (NewServices does that from plain ServiceRecords) and hands it over with
+// Server.SetView; every query reads the snapshot in force when it arrived.
+//
+// Server is the thin loop around it: it owns its UDP and TCP sockets and
+// hands every request as raw bytes to one pipeline (Server.Handle):
+//
+//	decode and validate -> zone or upstream -> hooks -> size for the transport -> record
+//
+// The pipeline is written for the transparent proxy and DNS policy that
+// come later (policy by name, DNS logs): every query is a Query value that
+// carries the client's address and transport; Hooks run between "answer
+// known" and "answer released to the client" and may rewrite or hold the
+// answer (a dataplane that must learn an address before the pod sees it);
+// every query ends in one Record (client, name, type, rcode, answers with
+// their TTLs, latency, upstream) handed to a Recorder.
+//
+// # Bad input
+//
+// A datagram or TCP message without a full DNS header, or with QR set (a
+// response sent to a resolver), is dropped: any answer could be used for
+// reflection. Everything else that does not decode, carries other than one
+// question, more than one OPT record, or is larger than MaxQuerySize is
+// answered FORMERR; another opcode NOTIMP; an EDNS version other than 0
+// BADVERS; zone transfers REFUSED. Upstream answers that do not decode, do
+// not match the question or do not arrive in time become SERVFAIL. Nothing a
+// client or the upstream sends stops the resolver; every case is counted.
+//
+// # Forwarding
+//
+// A query outside the zone is sent to the upstream over the transport it
+// arrived on, with a fresh message ID, the client's EDNS0 OPT record (its
+// UDP size capped at MaxUDPSize) and nothing added when the client sent
+// none. A truncated UDP answer is passed on truncated, so the client
+// retries over TCP, which is forwarded over TCP. Own answers larger than
+// the client's UDP size are truncated the same way.
+package dns

@@ -1,0 +1,342 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is the resolver's configuration; zero fields take the defaults.
+type Config struct {
+	// Listen is the address served over UDP and TCP, e.g. "169.254.20.10:53"
+	// (port 0 picks one free for both).
+	Listen string
+	// Upstream is the cluster's DNS, "host:port".
+	Upstream string
+	// Zone is the zone answered from the View (DefaultZone).
+	Zone string
+	// TTL of the zone's records (5s: a withdrawn backend leaves caches
+	// within it) and of its negative answers (NegativeTTL, 5s).
+	TTL, NegativeTTL time.Duration
+	// UpstreamTimeout bounds one forwarded query (2s); the client gets
+	// SERVFAIL after it.
+	UpstreamTimeout time.Duration
+	// HookTimeout bounds the hooks of one query together (2s).
+	HookTimeout time.Duration
+	// MaxInFlight bounds the queries handled at once (1024); a UDP query
+	// beyond it is dropped and counted (the client retries).
+	MaxInFlight int
+	// MaxTCPConns bounds open TCP connections (256); more are closed at
+	// once. TCPIdleTimeout closes a connection idle that long (10s).
+	MaxTCPConns    int
+	TCPIdleTimeout time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Zone == "" {
+		c.Zone = DefaultZone
+	}
+	if c.TTL == 0 {
+		c.TTL = 5 * time.Second
+	}
+	if c.NegativeTTL == 0 {
+		c.NegativeTTL = 5 * time.Second
+	}
+	if c.UpstreamTimeout == 0 {
+		c.UpstreamTimeout = 2 * time.Second
+	}
+	if c.HookTimeout == 0 {
+		c.HookTimeout = 2 * time.Second
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 1024
+	}
+	if c.MaxTCPConns == 0 {
+		c.MaxTCPConns = 256
+	}
+	if c.TCPIdleTimeout == 0 {
+		c.TCPIdleTimeout = 10 * time.Second
+	}
+}
+
+// Deps are the resolver's collaborators; all are optional.
+type Deps struct {
+	// View is the first view; Server.SetView replaces it.
+	View     View
+	Hooks    []Hook
+	Recorder Recorder
+	Pods     Pods
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	Now      func() time.Time
+}
+
+// Server is the node-local resolver: its sockets and the pipeline behind
+// them (see the package doc).
+type Server struct {
+	cfg   Config
+	zone  *Zone
+	fwd   *forwarder
+	hooks []Hook
+	rec   Recorder
+	pods  Pods
+	log   *slog.Logger
+	m     *metrics
+	now   func() time.Time
+	view  atomic.Pointer[View]
+
+	udp *net.UDPConn
+	tcp *net.TCPListener
+
+	inflight chan struct{}
+	tcpSlots chan struct{}
+	handlers sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*net.TCPConn]struct{}
+	closing  atomic.Bool
+}
+
+// New checks cfg and returns a resolver; it opens no socket until Listen.
+func New(cfg Config, deps Deps) (*Server, error) {
+	cfg.defaults()
+	if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
+		return nil, fmt.Errorf("new dns resolver: upstream %q: want host:port of the cluster's DNS: %w", cfg.Upstream, err)
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("new dns resolver: listen %q: want host:port: %w", cfg.Listen, err)
+	}
+	if cfg.UpstreamTimeout < 0 || cfg.HookTimeout < 0 || cfg.MaxInFlight < 0 || cfg.MaxTCPConns < 0 || cfg.TCPIdleTimeout < 0 {
+		return nil, errors.New("new dns resolver: timeouts and limits must not be negative")
+	}
+	zone, err := NewZone(cfg.Zone, cfg.TTL, cfg.NegativeTTL)
+	if err != nil {
+		return nil, fmt.Errorf("new dns resolver: %w", err)
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Server{
+		cfg: cfg, zone: zone, fwd: newForwarder(cfg.Upstream, cfg.UpstreamTimeout),
+		hooks: deps.Hooks, rec: deps.Recorder, pods: deps.Pods,
+		log: deps.Logger.With("component", "dns"), m: newMetrics(deps.Registry), now: deps.Now,
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
+		conns:    map[*net.TCPConn]struct{}{},
+	}
+	if deps.View != nil {
+		s.SetView(deps.View)
+	}
+	return s, nil
+}
+
+// SetView makes v the view every later query reads. The agent calls it
+// from its sync goroutine whenever its services change; v must obey the
+// View contract (immutable once handed over).
+func (s *Server) SetView(v View) { s.view.Store(&v) }
+
+// View is the view in force, nil before the first SetView.
+func (s *Server) View() View {
+	if p := s.view.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Listen opens the UDP and TCP sockets on Config.Listen (the same port for
+// both, also when it is 0).
+func (s *Server) Listen() error {
+	addr, err := net.ResolveUDPAddr("udp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen dns on %s: %w", s.cfg.Listen, err)
+	}
+	for attempt := 0; ; attempt++ {
+		udp, err := net.ListenUDP("udp", addr)
+		if err != nil {
+			return fmt.Errorf("listen dns on udp %s: %w", s.cfg.Listen, err)
+		}
+		bound := udp.LocalAddr().(*net.UDPAddr)
+		tcp, err := net.ListenTCP("tcp", &net.TCPAddr{IP: bound.IP, Port: bound.Port, Zone: bound.Zone})
+		if err != nil {
+			udp.Close()
+			// Port 0 chose a UDP port whose TCP twin is taken: try another.
+			if addr.Port == 0 && attempt < 10 {
+				continue
+			}
+			return fmt.Errorf("listen dns on tcp %s: %w", bound, err)
+		}
+		s.udp, s.tcp = udp, tcp
+		return nil
+	}
+}
+
+// Addr is the address served, valid after Listen.
+func (s *Server) Addr() netip.AddrPort {
+	return s.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// Run listens and serves until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+// Serve answers queries on the sockets Listen opened until ctx is done,
+// then stops reading, lets the queries in flight finish (each is bounded by
+// UpstreamTimeout and HookTimeout), closes everything and returns nil.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.udp == nil {
+		return errors.New("serve dns: Listen first")
+	}
+	s.log.Info("dns resolver serving", "addr", s.Addr(), "zone", s.zone.Origin(), "upstream", s.cfg.Upstream)
+	// Queries in flight keep their context when the resolver stops, so a
+	// forwarded query finishes instead of turning into SERVFAIL.
+	hctx := context.WithoutCancel(ctx)
+	var loops sync.WaitGroup
+	loops.Go(func() { s.serveUDP(hctx) })
+	loops.Go(func() { s.serveTCP(hctx) })
+	<-ctx.Done()
+	s.closing.Store(true)
+	s.udp.SetReadDeadline(time.Now())
+	s.tcp.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	loops.Wait()
+	s.handlers.Wait()
+	s.udp.Close()
+	s.log.Info("dns resolver stopped")
+	return nil
+}
+
+func (s *Server) serveUDP(ctx context.Context) {
+	for {
+		// One byte more than a query may have tells an oversized one.
+		buf := make([]byte, MaxQuerySize+1)
+		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("read dns query", "err", err)
+			continue
+		}
+		select {
+		case s.inflight <- struct{}{}:
+		default:
+			s.m.dropped.WithLabelValues("overload").Inc()
+			continue
+		}
+		s.handlers.Go(func() {
+			defer func() { <-s.inflight }()
+			from := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			if out := s.Handle(ctx, buf[:n], from, UDP); out != nil {
+				if _, err := s.udp.WriteToUDPAddrPort(out, from); err != nil {
+					s.log.Debug("write dns answer", "client", from, "err", err)
+				}
+			}
+		})
+	}
+}
+
+func (s *Server) serveTCP(ctx context.Context) {
+	for {
+		c, err := s.tcp.AcceptTCP()
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept dns connection", "err", err)
+			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors
+			continue
+		}
+		select {
+		case s.tcpSlots <- struct{}{}:
+		default:
+			s.m.dropped.WithLabelValues("tcp-conns").Inc()
+			c.Close()
+			continue
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.handlers.Go(func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				c.Close()
+				<-s.tcpSlots
+			}()
+			s.serveConn(ctx, c)
+		})
+	}
+}
+
+// serveConn answers the queries of one TCP connection in order (RFC 7766
+// allows a server to), until the client closes it, it idles, a request is
+// dropped, or the resolver stops.
+func (s *Server) serveConn(ctx context.Context, c *net.TCPConn) {
+	from := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	var lenBuf [2]byte
+	for !s.closing.Load() {
+		c.SetReadDeadline(time.Now().Add(s.cfg.TCPIdleTimeout))
+		// Serve sets closing before it cuts the read deadlines short, so
+		// checking again after extending ours cannot miss the stop.
+		if s.closing.Load() {
+			return
+		}
+		if _, err := readFull(c, lenBuf[:]); err != nil {
+			return
+		}
+		n := int(lenBuf[0])<<8 | int(lenBuf[1])
+		// Read no more than one byte past the limit: Handle answers
+		// FORMERR from the header, and the rest of the stream is not
+		// worth reading, so the connection closes after the answer.
+		buf := make([]byte, min(n, MaxQuerySize+1))
+		if _, err := readFull(c, buf); err != nil {
+			return
+		}
+		out := s.Handle(ctx, buf, from, TCP)
+		if out == nil {
+			return
+		}
+		msg := make([]byte, 2+len(out))
+		msg[0], msg[1] = byte(len(out)>>8), byte(len(out))
+		copy(msg[2:], out)
+		c.SetWriteDeadline(time.Now().Add(s.cfg.TCPIdleTimeout))
+		if _, err := c.Write(msg); err != nil || n > MaxQuerySize {
+			return
+		}
+	}
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
