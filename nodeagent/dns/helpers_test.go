@@ -227,3 +227,21 @@ func testServices() *Services {
 		},
 	})
 }
+
+// recorder keeps every Record.
+type recorder struct {
+	mu   sync.Mutex
+	recs []Record
+}
+
+func (r *recorder) Record(rec Record) {
+	r.mu.Lock()
+	r.recs = append(r.recs, rec)
+	r.mu.Unlock()
+}
+
+func (r *recorder) all() []Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Record(nil), r.recs...)
+}

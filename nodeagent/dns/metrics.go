@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_dns_upstream_timeouts_total",
 			Help: "Forwarded queries the upstream did not answer in time, by transport."}, []string{"transport"}),
 		upErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_dns_upstream_errors_total",
-			Help: "Forwarded queries that failed other than by timeout, by reason."}, []string{"reason"}),
+			Help: "Forwarded queries that failed other than by timeout, and answers that could not be packed (reason pack), by reason."}, []string{"reason"}),
 		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_dns_bad_requests_total",
 			Help: "Requests answered with an error for what they were (FORMERR, NOTIMP, BADVERS, REFUSED), by reason."},
 			[]string{"rcode", "reason"}),

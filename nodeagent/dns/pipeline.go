@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -81,28 +82,46 @@ type Query struct {
 // Question is the query's only question.
 func (q *Query) Question() dns.Question { return q.Request.Question[0] }
 
-// Hook sits between "answer known" and "answer released to the client":
-// policy by DNS name refuses or rewrites answers there, and a dataplane
-// that must hold an answer's addresses before the pod connects holds the
-// answer there until it does.
+// Hook is where policy and the dataplane join the pipeline, at its two
+// points: Query between "query received" and "resolved" (policy by DNS
+// name refuses a denied name there, before it leaks to the upstream), and
+// Release between "answer known" and "answer released to the client" (a
+// dataplane that must hold an answer's addresses before the pod connects
+// holds the answer there until it does).
 //
-// Contract: the resolver calls Release from its handling goroutines, many
-// at once, for every valid query (answered by the zone, the upstream, or
-// locally). It may block, but must return when ctx is done (the resolver's
-// shutdown, or Config.HookTimeout). It returns the answer to release: resp
-// itself, modified, or a new message for q.Request; an error releases
-// SERVFAIL instead. Hooks run in the order configured, each seeing the
-// previous one's answer.
+// Contract: the resolver calls both from its handling goroutines, many at
+// once, for every valid query. They may block, but must return when ctx is
+// done (the resolver's HookTimeout for the query's hooks together). Query
+// returns nil to let the query through, or the answer to release instead
+// of resolving. Release returns the answer to release: resp itself,
+// modified, or a new message for q.Request. An error from either releases
+// SERVFAIL. Hooks run in the order configured, each seeing the previous
+// one's answer; an answer made by Query still passes every Release.
 type Hook interface {
+	Query(ctx context.Context, q *Query) (*dns.Msg, error)
 	Release(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error)
 }
 
-// HookFunc adapts a function to Hook.
-type HookFunc func(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error)
+// HookFuncs adapts functions to Hook; a nil one lets everything through.
+type HookFuncs struct {
+	OnQuery   func(ctx context.Context, q *Query) (*dns.Msg, error)
+	OnRelease func(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error)
+}
+
+// Query implements Hook.
+func (h HookFuncs) Query(ctx context.Context, q *Query) (*dns.Msg, error) {
+	if h.OnQuery == nil {
+		return nil, nil
+	}
+	return h.OnQuery(ctx, q)
+}
 
 // Release implements Hook.
-func (f HookFunc) Release(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error) {
-	return f(ctx, q, resp)
+func (h HookFuncs) Release(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error) {
+	if h.OnRelease == nil {
+		return resp, nil
+	}
+	return h.OnRelease(ctx, q, resp)
 }
 
 // Record is the log line of one answered query.
@@ -196,53 +215,34 @@ func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, 
 		return s.refuse(req, dns.RcodeBadVers, "edns-version")
 	}
 	q := &Query{Client: client, Transport: tr, Received: start, Request: req}
-	qn := req.Question[0]
 	var (
-		resp *dns.Msg
-		err  error
+		hctx   = ctx
+		cancel = func() {}
 	)
-	switch {
-	case qn.Qtype == dns.TypeAXFR || qn.Qtype == dns.TypeIXFR:
-		s.m.badRequests.WithLabelValues("REFUSED", "transfer").Inc()
-		resp, q.Source = reply(req, dns.RcodeRefused), SourceLocal
-	case s.zone.Contains(qn.Name):
-		resp, q.Source = s.zone.Answer(s.View(), req), SourceZone
-	default:
-		q.Source, q.Upstream = SourceUpstream, s.fwd.addr
-		var rtt time.Duration
-		resp, rtt, err = s.fwd.forward(ctx, req, tr)
-		switch {
-		case errors.Is(err, ErrUpstreamTimeout):
-			s.m.timeouts.WithLabelValues(tr.String()).Inc()
-		case errors.Is(err, ErrUpstreamMismatch):
-			s.m.upErrors.WithLabelValues("mismatch").Inc()
-		case err != nil:
-			s.m.upErrors.WithLabelValues("exchange").Inc()
-		default:
-			s.m.upstream.WithLabelValues(tr.String()).Observe(rtt.Seconds())
+	if len(s.hooks) > 0 {
+		hctx, cancel = context.WithTimeout(ctx, s.cfg.HookTimeout)
+	}
+	resp, err := s.resolve(ctx, hctx, q)
+	for _, h := range s.hooks {
+		if err != nil {
+			break
+		}
+		var next *dns.Msg
+		if next, err = h.Release(hctx, q, resp); err == nil && next == nil {
+			err = errors.New("hook released no answer")
 		}
 		if err != nil {
-			s.log.Debug("forward failed", "name", qn.Name, "client", client, "err", err)
-			resp, q.Source = reply(req, dns.RcodeServerFailure), SourceLocal
+			err = fmt.Errorf("release %s: %w", req.Question[0].Name, err)
+			s.log.Warn("dns hook failed", "client", client, "err", err)
+			break
 		}
+		resp = next
 	}
-	if len(s.hooks) > 0 {
-		hctx, cancel := context.WithTimeout(ctx, s.cfg.HookTimeout)
-		for _, h := range s.hooks {
-			next, herr := h.Release(hctx, q, resp)
-			if herr != nil || next == nil {
-				if herr == nil {
-					herr = errors.New("hook released no answer")
-				}
-				err = herr
-				s.log.Warn("dns hook failed", "name", qn.Name, "client", client, "err", herr)
-				resp, q.Source = reply(req, dns.RcodeServerFailure), SourceLocal
-				break
-			}
-			resp = next
-		}
-		cancel()
+	cancel()
+	if err != nil {
+		resp, q.Source = reply(req, dns.RcodeServerFailure), SourceLocal
 	}
+	qn := req.Question[0]
 	out, truncated := s.pack(req, resp, tr)
 	if out == nil {
 		s.m.upErrors.WithLabelValues("pack").Inc()
@@ -260,6 +260,50 @@ func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, 
 		s.rec.Record(s.record(q, resp, truncated, lat, err))
 	}
 	return out
+}
+
+// resolve answers q: a hook's answer, the zone's, or the upstream's. An
+// error means SERVFAIL; q.Source and q.Upstream say who failed.
+func (s *Server) resolve(ctx, hctx context.Context, q *Query) (*dns.Msg, error) {
+	req, qn := q.Request, q.Request.Question[0]
+	for _, h := range s.hooks {
+		resp, err := h.Query(hctx, q)
+		if err != nil {
+			q.Source = SourceLocal
+			err = fmt.Errorf("query %s: %w", qn.Name, err)
+			s.log.Warn("dns hook failed", "client", q.Client, "err", err)
+			return nil, err
+		}
+		if resp != nil {
+			q.Source = SourceLocal
+			return resp, nil
+		}
+	}
+	switch {
+	case qn.Qtype == dns.TypeAXFR || qn.Qtype == dns.TypeIXFR:
+		s.m.badRequests.WithLabelValues("REFUSED", "transfer").Inc()
+		q.Source = SourceLocal
+		return reply(req, dns.RcodeRefused), nil
+	case s.zone.Contains(qn.Name):
+		q.Source = SourceZone
+		return s.zone.Answer(s.View(), req), nil
+	}
+	q.Source, q.Upstream = SourceUpstream, s.fwd.addr
+	resp, rtt, err := s.fwd.forward(ctx, req, q.Transport)
+	switch {
+	case errors.Is(err, ErrUpstreamTimeout):
+		s.m.timeouts.WithLabelValues(q.Transport.String()).Inc()
+	case errors.Is(err, ErrUpstreamMismatch):
+		s.m.upErrors.WithLabelValues("mismatch").Inc()
+	case err != nil:
+		s.m.upErrors.WithLabelValues("exchange").Inc()
+	default:
+		s.m.upstream.WithLabelValues(q.Transport.String()).Observe(rtt.Seconds())
+	}
+	if err != nil {
+		s.log.Debug("forward failed", "name", qn.Name, "client", q.Client, "err", err)
+	}
+	return resp, err
 }
 
 // pack fits resp to what the client can take over tr: the client's EDNS0
