@@ -245,3 +245,5 @@ func (r *recorder) all() []Record {
 	defer r.mu.Unlock()
 	return append([]Record(nil), r.recs...)
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
