@@ -35,15 +35,19 @@
 // Server is the thin loop around it: it owns its UDP and TCP sockets and
 // hands every request as raw bytes to one pipeline (Server.Handle):
 //
-//	decode and validate -> zone or upstream -> hooks -> size for the transport -> record
+//	decode and validate -> Hook.Query -> zone or upstream -> Hook.Release -> size for the transport -> Record
 //
 // The pipeline is written for the transparent proxy and DNS policy that
 // come later (policy by name, DNS logs): every query is a Query value that
-// carries the client's address and transport; Hooks run between "answer
-// known" and "answer released to the client" and may rewrite or hold the
-// answer (a dataplane that must learn an address before the pod sees it);
-// every query ends in one Record (client, name, type, rcode, answers with
-// their TTLs, latency, upstream) handed to a Recorder.
+// carries the client's address and transport. Hooks join at two points:
+// Query, between "query received" and "resolved" (a name policy denies
+// there, before the name leaks upstream), and Release, between "answer
+// known" and "answer released to the client" (a dataplane that must hold an
+// answer's addresses before the pod connects holds the answer there). Every
+// answered query ends in one Record (client, pod, name, type, rcode,
+// answers with their TTLs, latency, who answered, upstream) handed to a
+// Recorder. The sockets are the resolver's own (not miekg/dns's server), so
+// that Handle sees the raw bytes and a redirected socket can later join.
 //
 // # Bad input
 //

@@ -96,6 +96,7 @@ type Server struct {
 	udp *net.UDPConn
 	tcp *net.TCPListener
 
+	bufs     sync.Pool // *[]byte of MaxQuerySize+1 for UDP reads
 	inflight chan struct{}
 	tcpSlots chan struct{}
 	handlers sync.WaitGroup
@@ -137,6 +138,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
 		conns:    map[*net.TCPConn]struct{}{},
 	}
+	// One byte more than a query may have tells an oversized datagram.
+	s.bufs.New = func() any { b := make([]byte, MaxQuerySize+1); return &b }
 	if deps.View != nil {
 		s.SetView(deps.View)
 	}
@@ -228,10 +231,11 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) serveUDP(ctx context.Context) {
 	for {
-		// One byte more than a query may have tells an oversized one.
-		buf := make([]byte, MaxQuerySize+1)
+		bp := s.bufs.Get().(*[]byte)
+		buf := *bp
 		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
 		if err != nil {
+			s.bufs.Put(bp)
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -242,10 +246,11 @@ func (s *Server) serveUDP(ctx context.Context) {
 		case s.inflight <- struct{}{}:
 		default:
 			s.m.dropped.WithLabelValues("overload").Inc()
+			s.bufs.Put(bp)
 			continue
 		}
 		s.handlers.Go(func() {
-			defer func() { <-s.inflight }()
+			defer func() { s.bufs.Put(bp); <-s.inflight }()
 			from := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			if out := s.Handle(ctx, buf[:n], from, UDP); out != nil {
 				if _, err := s.udp.WriteToUDPAddrPort(out, from); err != nil {
@@ -282,8 +287,10 @@ func (s *Server) serveTCP(ctx context.Context) {
 				s.mu.Lock()
 				delete(s.conns, c)
 				s.mu.Unlock()
-				c.Close()
+				// Free the slot before the client can see the close, so
+				// a client reconnecting at once finds it free.
 				<-s.tcpSlots
+				c.Close()
 			}()
 			s.serveConn(ctx, c)
 		})
