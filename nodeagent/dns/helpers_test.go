@@ -13,8 +13,6 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // upstream is the cluster DNS stand-in of these tests: a real miekg/dns
@@ -208,22 +206,25 @@ func testServices() *Services {
 			Namespace: "demo", Name: "redis",
 			ClusterSetIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00:96::10")},
 			Ports: []Port{
-				{Name: "redis", Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Number: 6379},
-				{Name: "", Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Number: 7000},
+				{Name: "redis", Protocol: ProtoTCP, Number: 6379},
+				{Name: "", Protocol: ProtoTCP, Number: 7000},
 			},
 		},
 		{
 			Namespace: "demo", Name: "db", Headless: true,
-			Ports: []Port{{Name: "pg", Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Number: 5432}},
+			// The service listens on 5432; cluster-b's pods on 6432.
+			Ports: []Port{{Name: "pg", Protocol: ProtoTCP, Number: 5432, TargetPorts: map[string]uint16{"cluster-b": 6432}}},
 			Backends: []Backend{
-				{Cluster: "cluster-a", Hostname: "db-0", Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.5")}},
-				{Cluster: "cluster-b", Hostname: "db-0", Addrs: []netip.Addr{netip.MustParseAddr("10.2.0.5"), netip.MustParseAddr("fd00:2::5")}},
-				{Cluster: "cluster-b", Addrs: []netip.Addr{netip.MustParseAddr("10.2.0.9")}},
+				{Cluster: "cluster-a", Hostname: "db-0", Addr: netip.MustParseAddr("10.1.0.5")},
+				{Cluster: "cluster-b", Hostname: "db-0", Addr: netip.MustParseAddr("10.2.0.5")},
+				{Cluster: "cluster-b", Hostname: "db-0", Addr: netip.MustParseAddr("fd00:2::5")},
+				{Cluster: "cluster-b", Addr: netip.MustParseAddr("10.2.0.9")},
+				{Cluster: "cluster-b", Addr: netip.MustParseAddr("fd00:2::9")},
 			},
 		},
 		{
 			Namespace: "demo", Name: "empty",
-			Ports: []Port{{Name: "dns", Protocol: fedmeshv1.Protocol_PROTOCOL_UDP, Number: 53}},
+			Ports: []Port{{Name: "dns", Protocol: ProtoUDP, Number: 53}},
 		},
 	})
 }

@@ -3,8 +3,6 @@ package dns
 import (
 	"net/netip"
 	"strings"
-
-	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // View answers which imported services exist, as the agent sees them.
@@ -30,27 +28,41 @@ type ServiceRecord struct {
 	ClusterSetIPs []netip.Addr
 	// Ports are the import's ports; the named ones get SRV records.
 	Ports []Port
-	// Backends are the ready backends of every exporting cluster. Only
-	// headless services' backends are answered.
+	// Backends are the ready backends of every exporting cluster (as the
+	// agent chose them for this cluster). Only headless services'
+	// backends are answered.
 	Backends []Backend
 }
 
-// Port is a service port. For a headless service Number is the backends'
-// port (target port), which is what a client connects to.
+// Port is a service port.
 type Port struct {
-	Name     string
-	Protocol fedmeshv1.Protocol
+	Name string
+	// Protocol is the IP protocol number (6 TCP, 17 UDP, 132 SCTP), as the
+	// dataplane and the agent's service catalog carry it.
+	Protocol uint8
 	Number   uint16
+	// TargetPorts are the backends' port numbers per exporting cluster,
+	// where they differ from Number: a headless service's SRV records
+	// carry them, since clients connect to the backends directly.
+	TargetPorts map[string]uint16
 }
 
-// Backend is one ready backend of a headless service.
+// IP protocol numbers of the protocols SRV names (_tcp, _udp, _sctp).
+const (
+	ProtoTCP  uint8 = 6
+	ProtoUDP  uint8 = 17
+	ProtoSCTP uint8 = 132
+)
+
+// Backend is one address of a ready backend of a headless service; a
+// dual-stack backend is two, with the same cluster and hostname.
 type Backend struct {
 	// Cluster exporting it: a DNS label (cluster names are).
 	Cluster string
 	// Hostname of the backend (a StatefulSet pod's name); empty names it
-	// by its first address with dashes.
+	// by its address with dashes.
 	Hostname string
-	Addrs    []netip.Addr
+	Addr     netip.Addr
 }
 
 // label is the backend's first label under <cluster>.<svc>.<ns>.
@@ -58,14 +70,14 @@ func (b *Backend) label() string {
 	if b.Hostname != "" {
 		return strings.ToLower(b.Hostname)
 	}
-	if len(b.Addrs) == 0 {
-		return ""
-	}
-	a := b.Addrs[0].Unmap()
-	if a.Is4() {
+	a := b.Addr.Unmap()
+	switch {
+	case a.Is4():
 		return strings.ReplaceAll(a.String(), ".", "-")
+	case a.Is6():
+		return strings.ReplaceAll(a.StringExpanded(), ":", "-")
 	}
-	return strings.ReplaceAll(a.StringExpanded(), ":", "-")
+	return ""
 }
 
 // Services is an immutable View over a list of records: what the agent

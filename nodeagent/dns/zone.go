@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // DefaultZone is the MCS API's zone (KEP-1645).
@@ -146,25 +144,27 @@ func (z *Zone) resolve(v View, q dns.Question) result {
 		if !svc.Headless {
 			return result{}
 		}
+		r := result{}
 		for i := range svc.Backends {
 			b := &svc.Backends[i]
 			if strings.EqualFold(b.Cluster, labels[1]) && b.label() == labels[0] {
-				return result{exists: true, answer: z.addrs(q.Name, q.Qtype, b.Addrs, nil)}
+				r.exists = true
+				r.answer = z.addr(q.Name, q.Qtype, b.Addr, r.answer)
 			}
 		}
-		return result{}
+		return r
 	}
 }
 
 // srvProto maps an SRV protocol label to the port protocol.
-func srvProto(label string) (fedmeshv1.Protocol, bool) {
+func srvProto(label string) (uint8, bool) {
 	switch label {
 	case "_tcp":
-		return fedmeshv1.Protocol_PROTOCOL_TCP, true
+		return ProtoTCP, true
 	case "_udp":
-		return fedmeshv1.Protocol_PROTOCOL_UDP, true
+		return ProtoUDP, true
 	case "_sctp":
-		return fedmeshv1.Protocol_PROTOCOL_SCTP, true
+		return ProtoSCTP, true
 	}
 	return 0, false
 }
@@ -172,29 +172,28 @@ func srvProto(label string) (fedmeshv1.Protocol, bool) {
 // serviceAddrs are the addresses of the service name: its ClusterSetIPs,
 // or every backend's address of a headless service.
 func (z *Zone) serviceAddrs(q dns.Question, svc *ServiceRecord) []dns.RR {
-	if !svc.Headless {
-		return z.addrs(q.Name, q.Qtype, svc.ClusterSetIPs, nil)
-	}
 	var out []dns.RR
+	if !svc.Headless {
+		for _, ip := range svc.ClusterSetIPs {
+			out = z.addr(q.Name, q.Qtype, ip, out)
+		}
+		return out
+	}
 	for i := range svc.Backends {
-		out = z.addrs(q.Name, q.Qtype, svc.Backends[i].Addrs, out)
+		out = z.addr(q.Name, q.Qtype, svc.Backends[i].Addr, out)
 	}
 	return out
 }
 
-// addrs appends the A or AAAA records (both for ANY) of name for ips.
-func (z *Zone) addrs(name string, qtype uint16, ips []netip.Addr, out []dns.RR) []dns.RR {
-	if qtype != dns.TypeA && qtype != dns.TypeAAAA && qtype != dns.TypeANY {
-		return out
-	}
-	for _, ip := range ips {
-		ip = ip.Unmap()
-		switch {
-		case ip.Is4() && qtype != dns.TypeAAAA:
-			out = append(out, &dns.A{Hdr: z.hdr(name, dns.TypeA), A: ip.AsSlice()})
-		case ip.Is6() && qtype != dns.TypeA:
-			out = append(out, &dns.AAAA{Hdr: z.hdr(name, dns.TypeAAAA), AAAA: ip.AsSlice()})
-		}
+// addr appends the A or AAAA record of name for ip if the question asks
+// for its family (both for ANY).
+func (z *Zone) addr(name string, qtype uint16, ip netip.Addr, out []dns.RR) []dns.RR {
+	ip = ip.Unmap()
+	switch {
+	case ip.Is4() && (qtype == dns.TypeA || qtype == dns.TypeANY):
+		out = append(out, &dns.A{Hdr: z.hdr(name, dns.TypeA), A: ip.AsSlice()})
+	case ip.Is6() && (qtype == dns.TypeAAAA || qtype == dns.TypeANY):
+		out = append(out, &dns.AAAA{Hdr: z.hdr(name, dns.TypeAAAA), AAAA: ip.AsSlice()})
 	}
 	return out
 }
@@ -206,7 +205,7 @@ func (z *Zone) hdr(name string, t uint16) dns.RR_Header {
 // srv answers _<port>._<proto>.<svc>.<ns>.svc.<zone>: one record pointing
 // at the service name (ClusterSetIP) or one per backend (headless), with
 // the targets' addresses as additional records.
-func (z *Zone) srv(q dns.Question, svc *ServiceRecord, port string, proto fedmeshv1.Protocol, base string) result {
+func (z *Zone) srv(q dns.Question, svc *ServiceRecord, port string, proto uint8, base string) result {
 	var p *Port
 	for i := range svc.Ports {
 		if svc.Ports[i].Name != "" && strings.EqualFold(svc.Ports[i].Name, port) && svc.Ports[i].Protocol == proto {
@@ -221,20 +220,36 @@ func (z *Zone) srv(q dns.Question, svc *ServiceRecord, port string, proto fedmes
 		return result{exists: true}
 	}
 	r := result{exists: true}
-	add := func(target string, ips []netip.Addr) {
+	srv := func(target string, number uint16) {
 		r.answer = append(r.answer, &dns.SRV{Hdr: z.hdr(q.Name, dns.TypeSRV),
-			Priority: 0, Weight: 10, Port: p.Number, Target: target})
-		r.extra = z.addrs(target, dns.TypeANY, ips, r.extra)
+			Priority: 0, Weight: 10, Port: number, Target: target})
 	}
 	if !svc.Headless {
-		add(base, svc.ClusterSetIPs)
+		srv(base, p.Number)
+		for _, ip := range svc.ClusterSetIPs {
+			r.extra = z.addr(base, dns.TypeANY, ip, r.extra)
+		}
 		return r
 	}
+	// One record per backend name: a dual-stack backend with a hostname
+	// is one target with two addresses.
+	seen := make(map[string]bool, len(svc.Backends))
 	for i := range svc.Backends {
 		b := &svc.Backends[i]
-		if l := b.label(); l != "" {
-			add(l+"."+strings.ToLower(b.Cluster)+"."+base, b.Addrs)
+		l := b.label()
+		if l == "" {
+			continue
 		}
+		target := l + "." + strings.ToLower(b.Cluster) + "." + base
+		if !seen[target] {
+			seen[target] = true
+			number := p.Number
+			if tp, ok := p.TargetPorts[b.Cluster]; ok {
+				number = tp
+			}
+			srv(target, number)
+		}
+		r.extra = z.addr(target, dns.TypeANY, b.Addr, r.extra)
 	}
 	return r
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // rdata is "TYPE rdata" for each record, sorted: what a table can compare.
@@ -62,9 +60,14 @@ func TestZoneAnswersClusterSetNamesOverUDPAndTCP(t *testing.T) {
 		{"service without ClusterSetIP of the family is NODATA", "empty.demo" + z, dns.TypeA, dns.RcodeSuccess, nil, nil},
 		{"headless A is every backend's address", "db.demo" + z, dns.TypeA, dns.RcodeSuccess,
 			[]string{"A 10.1.0.5", "A 10.2.0.5", "A 10.2.0.9"}, nil},
-		{"headless AAAA", "db.demo" + z, dns.TypeAAAA, dns.RcodeSuccess, []string{"AAAA fd00:2::5"}, nil},
+		{"headless AAAA", "db.demo" + z, dns.TypeAAAA, dns.RcodeSuccess, []string{"AAAA fd00:2::5", "AAAA fd00:2::9"}, nil},
 		{"per-backend name in cluster-a", "db-0.cluster-a.db.demo" + z, dns.TypeA, dns.RcodeSuccess, []string{"A 10.1.0.5"}, nil},
 		{"same hostname in cluster-b", "db-0.cluster-b.db.demo" + z, dns.TypeA, dns.RcodeSuccess, []string{"A 10.2.0.5"}, nil},
+		{"dual-stack backend AAAA", "db-0.cluster-b.db.demo" + z, dns.TypeAAAA, dns.RcodeSuccess, []string{"AAAA fd00:2::5"}, nil},
+		{"backend name of the other family is NODATA", "db-0.cluster-a.db.demo" + z, dns.TypeAAAA, dns.RcodeSuccess, nil, nil},
+		{"IPv6 backend without hostname is named by its expanded address", "fd00-0002-0000-0000-0000-0000-0000-0009.cluster-b.db.demo" + z, dns.TypeAAAA,
+			dns.RcodeSuccess, []string{"AAAA fd00:2::9"}, nil},
+		{"a backend with a hostname has no address name", "fd00-0002-0000-0000-0000-0000-0000-0005.cluster-b.db.demo" + z, dns.TypeAAAA, dns.RcodeNameError, nil, nil},
 		{"backend without hostname is named by its address", "10-2-0-9.cluster-b.db.demo" + z, dns.TypeA, dns.RcodeSuccess, []string{"A 10.2.0.9"}, nil},
 		{"unknown backend is NXDOMAIN", "db-1.cluster-a.db.demo" + z, dns.TypeA, dns.RcodeNameError, nil, nil},
 		{"cluster label with backends is NODATA", "cluster-a.db.demo" + z, dns.TypeA, dns.RcodeSuccess, nil, nil},
@@ -72,11 +75,12 @@ func TestZoneAnswersClusterSetNamesOverUDPAndTCP(t *testing.T) {
 		{"no backend names under a ClusterSetIP service", "db-0.cluster-a.redis.demo" + z, dns.TypeA, dns.RcodeNameError, nil, nil},
 		{"headless SRV has one record per backend", "_pg._tcp.db.demo" + z, dns.TypeSRV, dns.RcodeSuccess,
 			[]string{
-				"SRV 0 10 5432 10-2-0-9.cluster-b.db.demo.svc.clusterset.local.",
 				"SRV 0 10 5432 db-0.cluster-a.db.demo.svc.clusterset.local.",
-				"SRV 0 10 5432 db-0.cluster-b.db.demo.svc.clusterset.local.",
+				"SRV 0 10 6432 10-2-0-9.cluster-b.db.demo.svc.clusterset.local.",
+				"SRV 0 10 6432 db-0.cluster-b.db.demo.svc.clusterset.local.",
+				"SRV 0 10 6432 fd00-0002-0000-0000-0000-0000-0000-0009.cluster-b.db.demo.svc.clusterset.local.",
 			},
-			[]string{"A 10.1.0.5", "A 10.2.0.5", "A 10.2.0.9", "AAAA fd00:2::5"}},
+			[]string{"A 10.1.0.5", "A 10.2.0.5", "A 10.2.0.9", "AAAA fd00:2::5", "AAAA fd00:2::9"}},
 	}
 	for _, network := range []string{"udp", "tcp"} {
 		for _, tt := range tests {
@@ -141,10 +145,10 @@ func TestInZoneAnswerTooBigForUDPIsTruncatedAndWholeOverTCP(t *testing.T) {
 	up := startUpstream(t)
 	var backends []Backend
 	for i := range 100 {
-		backends = append(backends, Backend{Cluster: "a", Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 3, byte(i / 256), byte(i)})}})
+		backends = append(backends, Backend{Cluster: "a", Addr: netip.AddrFrom4([4]byte{10, 3, byte(i / 256), byte(i)})})
 	}
 	view := NewServices([]ServiceRecord{{Namespace: "demo", Name: "many", Headless: true, Backends: backends,
-		Ports: []Port{{Name: "p", Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Number: 1}}}})
+		Ports: []Port{{Name: "p", Protocol: ProtoTCP, Number: 1}}}})
 	r := startResolver(t, Config{Upstream: up.addr}, Deps{View: view})
 	q := question("many.demo.svc.clusterset.local.", dns.TypeA)
 	udp := exchange(t, "udp", r.addr, q)
