@@ -71,4 +71,20 @@
 // none. A truncated UDP answer is passed on truncated, so the client
 // retries over TCP, which is forwarded over TCP. Own answers larger than
 // the client's UDP size are truncated the same way.
+//
+// # Metrics
+//
+// On the registry in Deps: fedmesh_dns_queries_total{type,rcode,source},
+// fedmesh_dns_query_seconds{source}, fedmesh_dns_upstream_seconds{transport},
+// fedmesh_dns_upstream_timeouts_total{transport},
+// fedmesh_dns_upstream_errors_total{reason},
+// fedmesh_dns_bad_requests_total{rcode,reason} (FORMERR and the like),
+// fedmesh_dns_dropped_total{reason} and fedmesh_dns_truncated_total{source}.
+//
+// # Wiring
+//
+// The agent owns the View: per revision it builds one (NewServices, or an
+// adapter over its own catalog that satisfies View without copying) and
+// calls SetView from its sync goroutine; Run serves until the agent's
+// context ends. Pods use Config.Listen as their nameserver.
 package dns

@@ -3,7 +3,6 @@ package dns
 import (
 	"context"
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -103,27 +102,15 @@ func FuzzUpstreamAnswer(f *testing.F) {
 	f.Add([]byte{0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1}) // pointer loop in the question
 	f.Add([]byte{0, 0, 0x81})
 
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { pc.Close() })
 	var answer atomic.Pointer[[]byte]
-	go func() { // the upstream: answers every query with the current input
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			a := append([]byte(nil), *answer.Load()...)
-			if n >= 2 && len(a) >= 2 {
-				copy(a, buf[:2])
-			}
-			pc.WriteTo(a, from)
+	up := startRawUpstream(f, func(query []byte) []byte {
+		a := append([]byte(nil), *answer.Load()...)
+		if len(a) >= 2 {
+			copy(a, query[:2])
 		}
-	}()
-	s, err := New(Config{Listen: "127.0.0.1:0", Upstream: pc.LocalAddr().String(), UpstreamTimeout: 50 * time.Millisecond},
+		return a
+	})
+	s, err := New(Config{Listen: "127.0.0.1:0", Upstream: up, UpstreamTimeout: 50 * time.Millisecond},
 		Deps{Logger: discard()})
 	if err != nil {
 		f.Fatal(err)

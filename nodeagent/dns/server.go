@@ -250,11 +250,15 @@ func (s *Server) serveUDP(ctx context.Context) {
 			continue
 		}
 		s.handlers.Go(func() {
-			defer func() { s.bufs.Put(bp); <-s.inflight }()
-			from := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-			if out := s.Handle(ctx, buf[:n], from, UDP); out != nil {
+			client := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			out := s.Handle(ctx, buf[:n], client, UDP)
+			s.bufs.Put(bp)
+			// Free the slot before the client can see the answer, so its
+			// next query finds it free.
+			<-s.inflight
+			if out != nil {
 				if _, err := s.udp.WriteToUDPAddrPort(out, from); err != nil {
-					s.log.Debug("write dns answer", "client", from, "err", err)
+					s.log.Debug("write dns answer", "client", client, "err", err)
 				}
 			}
 		})
