@@ -18,9 +18,10 @@
 // ("10-1-2-3"; IPv6 in full, "fd00-0000-…-0009", so that no label starts
 // with a dash), as Kubernetes DNS does, so every SRV target resolves. A
 // headless SRV record carries the backend cluster's target port, since
-// clients connect to the backend directly. An
-// unknown name inside the zone is NXDOMAIN, a known name without records of
-// the asked type is NODATA; both carry the zone's SOA in the authority
+// clients connect to the backend directly.
+//
+// An unknown name inside the zone is NXDOMAIN, a known name without records
+// of the asked type is NODATA; both carry the zone's SOA in the authority
 // section, whose minimum is the negative TTL. Names that can own children
 // (the apex, svc, a namespace, a cluster label, _proto) answer NODATA, never
 // NXDOMAIN, because a resolver may cut off everything below an NXDOMAIN

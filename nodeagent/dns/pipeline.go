@@ -90,13 +90,15 @@ func (q *Query) Question() dns.Question { return q.Request.Question[0] }
 // holds the answer there until it does).
 //
 // Contract: the resolver calls both from its handling goroutines, many at
-// once, for every valid query. They may block, but must return when ctx is
-// done (the resolver's HookTimeout for the query's hooks together). Query
-// returns nil to let the query through, or the answer to release instead
-// of resolving. Release returns the answer to release: resp itself,
-// modified, or a new message for q.Request. An error from either releases
-// SERVFAIL. Hooks run in the order configured, each seeing the previous
-// one's answer; an answer made by Query still passes every Release.
+// once. They may block, but must return when ctx is done (the resolver's
+// HookTimeout for the query's hooks together). Query sees every valid
+// query and returns nil to let it through, or the answer to release
+// instead of resolving. Release sees every answer the resolver has (the
+// zone's, the upstream's, a hook's; not the SERVFAIL of a failure before
+// it) and returns the answer to release: resp itself, modified, or a new
+// message for q.Request. An error from either releases SERVFAIL. Hooks run
+// in the order configured, each seeing the previous one's answer; an
+// answer made by Query still passes every Release.
 type Hook interface {
 	Query(ctx context.Context, q *Query) (*dns.Msg, error)
 	Release(ctx context.Context, q *Query, resp *dns.Msg) (*dns.Msg, error)
@@ -176,43 +178,9 @@ type Pods interface {
 // request is to be dropped unanswered. It never panics on any input.
 func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, tr Transport) []byte {
 	start := s.now()
-	if len(raw) < headerLen {
-		s.m.dropped.WithLabelValues("short").Inc()
-		return nil
-	}
-	flags := binary.BigEndian.Uint16(raw[2:])
-	if flags&(1<<15) != 0 {
-		s.m.dropped.WithLabelValues("response").Inc()
-		return nil
-	}
-	opcode := int(flags>>11) & 0xf
-	if len(raw) > MaxQuerySize {
-		return s.headerError(raw, dns.RcodeFormatError, "oversized")
-	}
-	if opcode != dns.OpcodeQuery {
-		return s.headerError(raw, dns.RcodeNotImplemented, "opcode")
-	}
-	req := new(dns.Msg)
-	if err := req.Unpack(raw); err != nil {
-		return s.headerError(raw, dns.RcodeFormatError, "undecodable")
-	}
-	if len(req.Question) != 1 {
-		return s.headerError(raw, dns.RcodeFormatError, "questions")
-	}
-	if len(req.Answer) != 0 || len(req.Ns) != 0 {
-		return s.refuse(req, dns.RcodeFormatError, "sections")
-	}
-	opts := 0
-	for _, rr := range req.Extra {
-		if rr.Header().Rrtype == dns.TypeOPT {
-			opts++
-		}
-	}
-	if opts > 1 {
-		return s.refuse(req, dns.RcodeFormatError, "opt")
-	}
-	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
-		return s.refuse(req, dns.RcodeBadVers, "edns-version")
+	req, early := s.decode(raw)
+	if req == nil {
+		return early
 	}
 	q := &Query{Client: client, Transport: tr, Received: start, Request: req}
 	var (
@@ -304,6 +272,49 @@ func (s *Server) resolve(ctx, hctx context.Context, q *Query) (*dns.Msg, error) 
 		s.log.Debug("forward failed", "name", qn.Name, "client", q.Client, "err", err)
 	}
 	return resp, err
+}
+
+// decode validates raw as a query the resolver serves. It returns the
+// decoded request, or nil and the answer to send instead (nil: drop it).
+func (s *Server) decode(raw []byte) (*dns.Msg, []byte) {
+	if len(raw) < headerLen {
+		s.m.dropped.WithLabelValues("short").Inc()
+		return nil, nil
+	}
+	flags := binary.BigEndian.Uint16(raw[2:])
+	if flags&(1<<15) != 0 {
+		s.m.dropped.WithLabelValues("response").Inc()
+		return nil, nil
+	}
+	if len(raw) > MaxQuerySize {
+		return nil, s.headerError(raw, dns.RcodeFormatError, "oversized")
+	}
+	if opcode := int(flags>>11) & 0xf; opcode != dns.OpcodeQuery {
+		return nil, s.headerError(raw, dns.RcodeNotImplemented, "opcode")
+	}
+	req := new(dns.Msg)
+	if err := req.Unpack(raw); err != nil {
+		return nil, s.headerError(raw, dns.RcodeFormatError, "undecodable")
+	}
+	if len(req.Question) != 1 {
+		return nil, s.headerError(raw, dns.RcodeFormatError, "questions")
+	}
+	if len(req.Answer) != 0 || len(req.Ns) != 0 {
+		return nil, s.refuse(req, dns.RcodeFormatError, "sections")
+	}
+	opts := 0
+	for _, rr := range req.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			opts++
+		}
+	}
+	if opts > 1 {
+		return nil, s.refuse(req, dns.RcodeFormatError, "opt")
+	}
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		return nil, s.refuse(req, dns.RcodeBadVers, "edns-version")
+	}
+	return req, nil
 }
 
 // pack fits resp to what the client can take over tr: the client's EDNS0
