@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -169,7 +170,7 @@ func (s *Server) Listen() error {
 	for attempt := 0; ; attempt++ {
 		udp, err := net.ListenUDP("udp", addr)
 		if err != nil {
-			return fmt.Errorf("listen dns on udp %s: %w", s.cfg.Listen, err)
+			return fmt.Errorf("listen dns on udp %s: %w%s", s.cfg.Listen, err, bindHint(err))
 		}
 		bound := udp.LocalAddr().(*net.UDPAddr)
 		tcp, err := net.ListenTCP("tcp", &net.TCPAddr{IP: bound.IP, Port: bound.Port, Zone: bound.Zone})
@@ -179,11 +180,24 @@ func (s *Server) Listen() error {
 			if addr.Port == 0 && attempt < 10 {
 				continue
 			}
-			return fmt.Errorf("listen dns on tcp %s: %w", bound, err)
+			return fmt.Errorf("listen dns on tcp %s: %w%s", bound, err, bindHint(err))
 		}
 		s.udp, s.tcp = udp, tcp
 		return nil
 	}
+}
+
+// bindHint says what to do about a failed bind.
+func bindHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+	case errors.Is(err, syscall.EADDRINUSE):
+		return " (another DNS server, e.g. a node-local cache or systemd-resolved, holds it; stop it or choose another address)"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return " (no interface has that address; add it, e.g. to a dummy interface, first)"
+	}
+	return ""
 }
 
 // Addr is the address served, valid after Listen.

@@ -1,8 +1,10 @@
 package dns
 
 import (
+	"errors"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +34,20 @@ func TestNewRejectsConfigItCannotServe(t *testing.T) {
 	}
 	if _, err := New(Config{Listen: "127.0.0.1:0", Upstream: "10.96.0.10:53", Zone: "mesh.example"}, Deps{Logger: discard()}); err != nil {
 		t.Fatalf("New with another zone: %v", err)
+	}
+}
+
+func TestListenOnATakenAddressSaysWhatToDo(t *testing.T) {
+	pc, ln := listenPair(t)
+	defer pc.Close()
+	defer ln.Close()
+	s, err := New(Config{Listen: pc.LocalAddr().String(), Upstream: "127.0.0.1:1"}, Deps{Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Listen()
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "another DNS server") {
+		t.Fatalf("Listen on a taken address: %v, want EADDRINUSE with a hint", err)
 	}
 }
 
