@@ -48,13 +48,14 @@ func TestHooksDecideBeforeResolvingAndBeforeRelease(t *testing.T) {
 				return nil, ctx.Err()
 			}
 			mu.Lock()
-			released = append(released, q.Question().Name+" "+dns.RcodeToString[resp.Rcode]+" "+q.Source.String())
+			released = append(released, q.Pod+" "+q.Question().Name+" "+dns.RcodeToString[resp.Rcode]+" "+q.Source.String())
 			mu.Unlock()
 			return resp, nil
 		},
 	}
 	r := startResolver(t, Config{Upstream: up.addr, HookTimeout: 300 * time.Millisecond},
-		Deps{View: testServices(), Hooks: []Hook{hook}, Recorder: &recorder{}})
+		Deps{View: testServices(), Hooks: []Hook{hook}, Recorder: &recorder{},
+			Pods: podNames{netip.MustParseAddr("127.0.0.1"): "demo/client-0"}})
 
 	tests := []struct {
 		name, qname string
@@ -81,7 +82,11 @@ func TestHooksDecideBeforeResolvingAndBeforeRelease(t *testing.T) {
 	}
 	// Release happens from the handling goroutine; the client's answer
 	// only comes after it, so released is complete here.
-	want := []string{"denied.example.org. REFUSED local", "redis.demo.svc.clusterset.local. NOERROR zone", "example.org. NOERROR upstream"}
+	want := []string{
+		"demo/client-0 denied.example.org. REFUSED local",
+		"demo/client-0 redis.demo.svc.clusterset.local. NOERROR zone",
+		"demo/client-0 example.org. NOERROR upstream",
+	}
 	mu.Lock()
 	if !slices.Equal(released, want) {
 		t.Errorf("release hook saw %q, want %q", released, want)

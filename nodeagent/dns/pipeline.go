@@ -68,7 +68,10 @@ func (s Source) String() string {
 
 // Query is one valid request on its way through the pipeline.
 type Query struct {
-	Client    netip.AddrPort
+	Client netip.AddrPort
+	// Pod is the client's pod from Deps.Pods (empty when unknown): what
+	// policy by name is decided for.
+	Pod       string
 	Transport Transport
 	Received  time.Time
 	// Request is the decoded request with exactly one question; hooks must
@@ -183,6 +186,9 @@ func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, 
 		return early
 	}
 	q := &Query{Client: client, Transport: tr, Received: start, Request: req}
+	if s.pods != nil {
+		q.Pod, _ = s.pods.PodByIP(client.Addr().Unmap())
+	}
 	var (
 		hctx   = ctx
 		cancel = func() {}
@@ -411,12 +417,9 @@ func (s *Server) headerError(raw []byte, rcode int, reason string) []byte {
 func (s *Server) record(q *Query, resp *dns.Msg, truncated bool, lat time.Duration, err error) Record {
 	qn := q.Question()
 	r := Record{
-		Time: q.Received, Client: q.Client, Transport: q.Transport,
+		Time: q.Received, Client: q.Client, Pod: q.Pod, Transport: q.Transport,
 		Name: strings.ToLower(qn.Name), Type: qn.Qtype, Rcode: resp.Rcode,
 		Latency: lat, Source: q.Source, Upstream: q.Upstream, Truncated: truncated, Err: err,
-	}
-	if s.pods != nil {
-		r.Pod, _ = s.pods.PodByIP(q.Client.Addr().Unmap())
 	}
 	first := true
 	for _, rr := range resp.Answer {
