@@ -39,6 +39,7 @@ func TestZoneAnswersClusterSetNamesOverUDPAndTCP(t *testing.T) {
 	}{
 		{"ClusterSetIP A", "redis.demo" + z, dns.TypeA, dns.RcodeSuccess, []string{"A 10.96.0.10"}, nil},
 		{"ClusterSetIP AAAA", "redis.demo" + z, dns.TypeAAAA, dns.RcodeSuccess, []string{"AAAA fd00:96::10"}, nil},
+		{"ANY at a service is both families", "redis.demo" + z, dns.TypeANY, dns.RcodeSuccess, []string{"A 10.96.0.10", "AAAA fd00:96::10"}, nil},
 		{"names are case-insensitive", "ReDiS.DEMO.svc.ClusterSet.Local.", dns.TypeA, dns.RcodeSuccess, []string{"A 10.96.0.10"}, nil},
 		{"other type of a service is NODATA", "redis.demo" + z, dns.TypeTXT, dns.RcodeSuccess, nil, nil},
 		{"unknown service is NXDOMAIN", "nope.demo" + z, dns.TypeA, dns.RcodeNameError, nil, nil},
