@@ -10,7 +10,7 @@ BIN      := $(CURDIR)/bin
 CACHE    := $(CURDIR)/.cache
 # Debian packages the tests and the lab run for real (BIRD/FRR peers, clang
 # for bpf2go, wireguard-tools, iproute2 for namespaces).
-APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping iperf3 tcpdump util-linux redis-server redis-tools
+APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping iperf3 tcpdump util-linux redis-server redis-tools unbound chromium
 BINARIES := controlplane/cmd/fedmesh-controlplane nodeagent/cmd/fedmesh-agent \
             federation/cmd/fedmesh-syncer tools/fedctl tools/fedlab
 TEST_TIMEOUT ?= 25m
