@@ -273,6 +273,26 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 		},
 	}
 	kubeImports.Flags().StringVar(&exportCluster, "cluster", "", "cluster")
+	var applyFile string
+	var applyDelete bool
+	kubeApply := &cobra.Command{
+		Use: "kube-apply", Hidden: true, Args: cobra.NoArgs,
+		Short: "kubectl apply -f (or delete -f) of a manifest in one cluster's kube-apiserver (runs inside the lab)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(name)
+			if err != nil {
+				return err
+			}
+			manifest, err := os.ReadFile(applyFile)
+			if err != nil {
+				return err
+			}
+			return lab.KubeApply(cmd.Context(), os.Stdout, st, exportCluster, manifest, applyDelete)
+		},
+	}
+	kubeApply.Flags().StringVar(&exportCluster, "cluster", "", "cluster")
+	kubeApply.Flags().StringVarP(&applyFile, "filename", "f", "", "manifest (YAML, several documents allowed)")
+	kubeApply.Flags().BoolVar(&applyDelete, "delete", false, "delete the manifest's objects instead")
 
 	demo := &cobra.Command{
 		Use:   "demo",
@@ -326,7 +346,7 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 			return l.Restart(args[0])
 		},
 	}
-	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, restart, kube, kubeExport, kubeImports, demo)
+	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, restart, kube, kubeExport, kubeImports, kubeApply, demo)
 	return cmd
 }
 
