@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -94,4 +95,19 @@ func KubeApply(ctx context.Context, w io.Writer, st *State, cluster string, mani
 		}
 		fmt.Fprintf(w, "%s applied in %s\n", what, cluster)
 	}
+}
+
+// KubeApplyFile runs `fedlab kube-apply` for a manifest file inside the
+// lab's management namespace, where the clusters' kube-apiservers listen.
+func (l *Lab) KubeApplyFile(ctx context.Context, cluster, path string, del bool) (string, error) {
+	argv := []string{"--net=/var/run/netns/" + l.Topo.Mgmt.NS, "--", l.bin("fedlab"), "--name", l.Topo.Name,
+		"kube-apply", "--cluster", cluster, "-f", path}
+	if del {
+		argv = append(argv, "--delete")
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kube-apply %s in %s: %w: %s", path, cluster, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
 }
