@@ -14,6 +14,9 @@ APT_PACKAGES := bird2 frr wireguard-tools clang llvm libbpf-dev bpftool iproute2
 BINARIES := controlplane/cmd/fedmesh-controlplane nodeagent/cmd/fedmesh-agent \
             federation/cmd/fedmesh-syncer tools/fedctl tools/fedlab
 TEST_TIMEOUT ?= 25m
+# ARTIFACTS keeps what tests save with t.ArtifactDir (the service-graph
+# page's screenshot, ...), one directory per test under _artifacts.
+ARTIFACTS ?= $(CURDIR)/.artifacts
 # Development tools (buf, protoc-gen-*, staticcheck, bpf2go, cyclonedx-gomod)
 # are pinned in their own module so their requirements never reach the
 # binaries' build list (issue 25).
@@ -103,7 +106,8 @@ build: ## build every binary into ./bin
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./,$(BINARIES))
 
 test: deps kubelet-lab-deps ## unit, integration and end-to-end tests, the kubelet lab included (installs what is missing first)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@mkdir -p $(ARTIFACTS)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -artifacts -outputdir $(ARTIFACTS) ./...
 	$(GO) -C tools/devtools test -count=1 ./...
 
 fuzz: ## every fuzz target for FUZZTIME each (CI runs it); corpora live in testdata/fuzz
