@@ -42,7 +42,7 @@ type FederatedClusterNetworkPolicySpec struct {
 	cnpv1.ClusterNetworkPolicySpec `json:",inline"`
 	// ClusterSelector picks the clusters the policy applies to; absent
 	// means every cluster.
-	ClusterSelector *metav1.LabelSelector    `json:"clusterSelector,omitempty"`
+	ClusterSelector *metav1.LabelSelector     `json:"clusterSelector,omitempty"`
 	Ingress         []FederatedCNPIngressRule `json:"ingress,omitempty"`
 	Egress          []FederatedCNPEgressRule  `json:"egress,omitempty"`
 }
