@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -74,4 +75,45 @@ func peerScopesToProto(in [][]*metav1.LabelSelector) []*fedmeshv1.ClusterPolicyR
 		out = append(out, rp)
 	}
 	return out
+}
+
+// ClusterPolicyPodLabelKeys is PodLabelKeys for a ClusterNetworkPolicy:
+// sorted and unique, every pod label key its subject's and its peers' pod
+// selectors read, so the control plane counts them for identity and pods
+// a tier rule tells apart never share an identity. A spec that does not
+// decode reads no key (the edge refuses such a spec; a replica must still
+// apply the entry the same way as every other).
+func ClusterPolicyPodLabelKeys(p *fedmeshv1.ClusterNetworkPolicy) []string {
+	spec, err := model.DecodeClusterPolicySpec(p.GetSpecJson())
+	if err != nil {
+		return nil
+	}
+	var keys []string
+	add := func(s *metav1.LabelSelector) {
+		for k := range s.MatchLabels {
+			keys = append(keys, k)
+		}
+		for _, r := range s.MatchExpressions {
+			keys = append(keys, r.Key)
+		}
+	}
+	if pods := spec.Subject.Pods; pods != nil {
+		add(&pods.PodSelector)
+	}
+	for _, r := range spec.Ingress {
+		for _, peer := range r.From {
+			if peer.Pods != nil {
+				add(&peer.Pods.PodSelector)
+			}
+		}
+	}
+	for _, r := range spec.Egress {
+		for _, peer := range r.To {
+			if peer.Pods != nil {
+				add(&peer.Pods.PodSelector)
+			}
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
 }
