@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/cache"
@@ -19,10 +21,14 @@ import (
 
 // ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2) are synced
 // only from a cluster that serves their CRD: Run asks discovery once, at
-// start, and a cluster without the CRD gets no informer, no error and no
-// ClusterNetworkPolicy writes (so its syncer also works against a control
-// plane older than log format 5). Unlike the MCS CRDs, the syncer never
-// installs this one: the cluster's operators choose the policy API.
+// start (a CRD installed later is picked up at the syncer's next start),
+// and a cluster without the CRD gets no informer and no error. Its full
+// resyncs still send one empty final ClusterNetworkPolicy batch, so the
+// policies of a cluster whose CRD was removed do not survive as ghosts; a
+// control plane that does not take them yet (older than log format 5)
+// refuses that batch, which is then no error. Unlike the MCS CRDs, the
+// syncer never installs this one: the cluster's operators choose the
+// policy API.
 
 // clusterPolicyResource is the CRD's plural.
 const clusterPolicyResource = "clusternetworkpolicies"
@@ -145,4 +151,22 @@ func PlanClusterPolicyResync(cluster string, desired Published, gen uint64, batc
 			Resync: &fedmeshv1.ResyncMarker{Generation: gen, Final: i == len(cs)-1}})
 	}
 	return out
+}
+
+// clearClusterPolicies is the full resync of a cluster without the CRD:
+// an empty final batch deletes what the federation still holds of it. A
+// control plane without ClusterNetworkPolicies (an older replica refuses
+// the command, an older binary the RPC) has nothing to clear.
+func (s *Syncer) clearClusterPolicies(ctx context.Context, gen uint64) error {
+	_, err := s.cfg.ControlPlane.ApplyClusterPolicies(ctx, &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: s.cfg.Cluster,
+		Resync: &fedmeshv1.ResyncMarker{Generation: gen, Final: true}})
+	switch status.Code(err) {
+	case codes.OK:
+		s.metrics.batches.WithLabelValues("clusterpolicies", "apply").Inc()
+		return nil
+	case codes.FailedPrecondition, codes.Unimplemented, codes.PermissionDenied:
+		s.log.Debug("the control plane takes no ClusterNetworkPolicies; none to clear", "err", err)
+		return nil
+	}
+	return fmt.Errorf("clear ClusterNetworkPolicies (the cluster serves none): %w", err)
 }

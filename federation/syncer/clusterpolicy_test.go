@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
@@ -133,8 +135,8 @@ func TestClusterNetworkPoliciesAreSyncedAndInvalidOnesReported(t *testing.T) {
 	if err := cnps.Delete(ctx, "guard", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	m.startSyncer()
-	eventually(t, "the resync deletes the ghost east/guard", func() error {
+	stop = m.startSyncer()
+	storeEmpty := func() error {
 		ps, err := fed.clusterPolicies("east")
 		if err != nil {
 			return err
@@ -143,12 +145,44 @@ func TestClusterNetworkPoliciesAreSyncedAndInvalidOnesReported(t *testing.T) {
 			return fmt.Errorf("store has %v", keysOf(ps))
 		}
 		return nil
+	}
+	eventually(t, "the resync deletes the ghost east/guard", storeEmpty)
+
+	// The cluster's operators remove the CRD while the syncer is down: its
+	// policies go with it, in the cluster and, at the next resync, in the
+	// federation.
+	if _, err := cnps.Create(ctx, adminDeny("again", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "synced policy east/again", func() error {
+		ps, err := fed.clusterPolicies("east")
+		if err != nil || ps["again"] == nil {
+			return fmt.Errorf("store has %v (%v)", keysOf(ps), err)
+		}
+		return nil
 	})
+	stop()
+	crds := dynamic.NewForConfigOrDie(m.kube.Config).Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	if err := crds.Delete(ctx, "clusternetworkpolicies.policy.networking.k8s.io", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the CRD is gone", func() error {
+		if ok, err := servesClusterPolicies(m.cs.Discovery()); err != nil || ok {
+			return fmt.Errorf("still served (%v)", err)
+		}
+		return nil
+	})
+	s, _ := m.startSyncerWith(nil)
+	eventually(t, "the resync of a cluster without the CRD deletes its policies", storeEmpty)
+	if s.cnp != nil {
+		t.Fatal("the syncer watches ClusterNetworkPolicies after their CRD is gone")
+	}
 }
 
 // A cluster without the CRD is synced as before: no ClusterNetworkPolicy
-// watch, no error, and no ClusterNetworkPolicy write reaches the control
-// plane (a write would fail this test: the control plane refuses them).
+// watch and no error, also against a control plane that takes no
+// ClusterNetworkPolicies (one older than log format 5 refuses the resync's
+// empty batch that clears a removed CRD's policies).
 func TestClusterWithoutTheCRDIsSyncedWithoutClusterPolicies(t *testing.T) {
 	fed := startFed(t)
 	kube := kubetest.Start(t, kubetest.Options{NoClusterNetworkPolicyCRD: true})

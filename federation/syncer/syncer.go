@@ -536,6 +536,11 @@ func (s *Syncer) resync(ctx context.Context) error {
 	if err := s.send(ctx, b); err != nil {
 		return fmt.Errorf("full resync generation %d: %w", gen, err)
 	}
+	if s.cnp == nil {
+		if err := s.clearClusterPolicies(ctx, gen); err != nil {
+			return fmt.Errorf("full resync generation %d: %w", gen, err)
+		}
+	}
 	s.published = desired
 	s.metrics.resyncs.Inc()
 	s.committed(ds)
