@@ -296,3 +296,42 @@ func TestClusterPoliciesAreWatchableByKind(t *testing.T) {
 		t.Fatalf("events: %v, want east's policy e only", ev.GetEvents())
 	}
 }
+
+// A synced policy applies to its own cluster's pods with peers in its own
+// cluster, whatever a federated one would do: Reach denies east's shop ->
+// db, allows west's, and allows west's shop into east's db (the peer is in
+// another cluster).
+func TestSyncedClusterPolicyStaysInItsCluster(t *testing.T) {
+	_, c := startSingle(t, 1000)
+	ctx := ctxT(t)
+	ns := func(n string) map[string]string { return map[string]string{"kubernetes.io/metadata.name": n} }
+	for cl, net := range map[string]string{"east": "10.1", "west": "10.2"} {
+		registerCluster(t, ctx, c, cl, net+".0.0/16")
+		if _, err := c.endpoint.UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: cl, Endpoints: []*fedmeshv1.Endpoint{
+			{Namespace: "shop", Name: "web-0", Ips: []string{net + ".1.5"}, NamespaceLabels: ns("shop"), Node: "n1"},
+			{Namespace: "db", Name: "pg-0", Ips: []string{net + ".1.6"}, NamespaceLabels: ns("db"), Node: "n1"},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cpClient(c).ApplyClusterPolicies(ctx, &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: "east",
+		Policies: []*fedmeshv1.ClusterNetworkPolicy{{Cluster: "east", Name: "guard", SpecJson: []byte(validCNP)}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src, dst string
+		want     fedmeshv1.Verdict
+	}{
+		{"east", "east", fedmeshv1.Verdict_VERDICT_DENY},
+		{"west", "west", fedmeshv1.Verdict_VERDICT_ALLOW},
+		{"west", "east", fedmeshv1.Verdict_VERDICT_ALLOW},
+	} {
+		r, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{Source: epTarget(tc.src, "shop", "web-0"), Destination: epTarget(tc.dst, "db", "pg-0"), Port: 5432})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetVerdict() != tc.want {
+			t.Errorf("%s shop -> %s db: %v, want %v\n%v", tc.src, tc.dst, r.GetVerdict(), tc.want, r.GetIngress())
+		}
+	}
+}
