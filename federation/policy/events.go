@@ -114,6 +114,8 @@ func Apply(u Updater, up Update) error {
 			u.DeleteClusterPolicy(up.ClusterPolicyKey)
 		} else if up.Err != nil {
 			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: up.Err}
+		} else if up.ClusterPolicy == nil {
+			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: errors.New("the update carries no policy")}
 		} else if err := u.UpsertClusterPolicy(up.ClusterPolicy); err != nil {
 			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: err}
 		}
