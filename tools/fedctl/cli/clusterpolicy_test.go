@@ -87,6 +87,10 @@ spec: {podSelector: {}}
 		t.Fatalf("NetworkPolicy row %q: want no tier or priority\n%s", npRow, list)
 	}
 
+	if y := run("policy", "list", "-o", "yaml"); !strings.Contains(y, "kind: FederatedClusterNetworkPolicy") || strings.Contains(y, "specJson") ||
+		!strings.Contains(y, "podSelector") {
+		t.Fatalf("list -o yaml: want the NetworkPolicy object and the ClusterNetworkPolicy as its manifest (no encoded spec)\n%s", y)
+	}
 	got := run("policy", "get", "cnp/federated/prod-db")
 	if !strings.Contains(got, "kind: FederatedClusterNetworkPolicy") || !strings.Contains(got, "no-shop-pg") {
 		t.Fatalf("get: %s", got)
