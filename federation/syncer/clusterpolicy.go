@@ -20,9 +20,11 @@ import (
 )
 
 // ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2) are synced
-// only from a cluster that serves their CRD: Run asks discovery once, at
-// start (a CRD installed later is picked up at the syncer's next start),
-// and a cluster without the CRD gets no informer and no error. Its full
+// only from a cluster that serves their CRD: Run asks discovery at start
+// and, while the cluster does not, every Config.DiscoveryInterval (a CRD
+// installed later starts the informer and a full resync); a cluster
+// without the CRD gets no informer and no error. Removing the CRD deletes
+// its policies first, which the running informer publishes as deletes. Its full
 // resyncs still send one empty final ClusterNetworkPolicy batch, so the
 // policies of a cluster whose CRD was removed do not survive as ghosts; a
 // control plane that does not take them yet (older than log format 5)
@@ -65,9 +67,6 @@ type clusterPolicies struct {
 func (s *Syncer) startClusterPolicies(ctx context.Context) (cache.InformerSynced, error) {
 	ok, err := servesClusterPolicies(s.kube.Discovery())
 	if err != nil || !ok {
-		if err == nil {
-			s.log.Info("the cluster does not serve ClusterNetworkPolicy (" + cnpv1.GroupVersion.String() + "); not syncing them")
-		}
 		return nil, err
 	}
 	client, err := cnpclient.NewForConfig(s.cfg.REST)
@@ -169,4 +168,19 @@ func (s *Syncer) clearClusterPolicies(ctx context.Context, gen uint64) error {
 		return nil
 	}
 	return fmt.Errorf("clear ClusterNetworkPolicies (the cluster serves none): %w", err)
+}
+
+// discoverClusterPolicies starts the informer once the cluster serves the
+// CRD and waits for its cache; false while it does not. Called by the
+// publisher loop.
+func (s *Syncer) discoverClusterPolicies(ctx context.Context) (bool, error) {
+	synced, err := s.startClusterPolicies(ctx)
+	if err != nil || synced == nil {
+		return false, err
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced) {
+		return false, fmt.Errorf("ClusterNetworkPolicy informer did not sync: %w", context.Cause(ctx))
+	}
+	s.log.Info("the cluster serves ClusterNetworkPolicy now; syncing them")
+	return true, nil
 }

@@ -216,3 +216,35 @@ func (noClusterPolicies) ApplyClusterPolicies(context.Context, *fedmeshv1.ApplyC
 func (noClusterPolicies) DeleteClusterPolicy(context.Context, *fedmeshv1.ClusterPolicyKey) (uint64, error) {
 	return 0, status.Error(codes.FailedPrecondition, "no ClusterNetworkPolicy commands here")
 }
+
+// A CRD installed after the syncer started is found by its periodic
+// discovery: the cluster's ClusterNetworkPolicies are synced without a
+// restart.
+func TestClusterPolicyCRDInstalledLaterIsSynced(t *testing.T) {
+	fed := startFed(t)
+	kube := kubetest.Start(t, kubetest.Options{NoClusterNetworkPolicyCRD: true})
+	fed.register(&fedmeshv1.Cluster{Name: "north", PodCidrs: []string{"10.3.0.0/16"}})
+	m := &member{t: t, name: "north", env: fed, kube: kube, cs: kube.Clientset(), mcs: mcsclient.NewForConfigOrDie(kube.Config),
+		rep: fed.cp.Leader(), faults: inproc.NewFaults()}
+	m.startSyncerWith(func(c *Config) { c.DiscoveryInterval = 100 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := kube.CreateNamespace(ctx, "web", nil); err != nil {
+		t.Fatal(err)
+	}
+	m.pod(ctx, "web", "p1", nil, nil, "10.3.0.5")
+	fed.endpointsAre("north", "web/p1")
+	if err := kubetest.InstallClusterNetworkPolicyCRD(ctx, kube.Config); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cnpclient.NewForConfigOrDie(kube.Config).PolicyV1alpha2().ClusterNetworkPolicies().Create(ctx, adminDeny("late", 4), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "synced policy north/late", func() error {
+		ps, err := fed.clusterPolicies("north")
+		if err != nil || ps["late"] == nil {
+			return fmt.Errorf("store has %v (%v)", keysOf(ps), err)
+		}
+		return nil
+	})
+}

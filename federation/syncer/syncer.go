@@ -97,6 +97,11 @@ type Config struct {
 	// ClusterSpec, when set, is used instead of asking the control plane
 	// for the cluster's registration (export scope, pod CIDRs).
 	ClusterSpec *fedmeshv1.Cluster
+	// DiscoveryInterval is how often the syncer of a cluster that does not
+	// serve the ClusterNetworkPolicy CRD looks for it again (default 30s),
+	// so a CRD installed after the syncer started is synced without a
+	// restart.
+	DiscoveryInterval time.Duration
 }
 
 // Syncer publishes one cluster to the federation. Create with New, run with
@@ -167,6 +172,9 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.DiscoveryInterval <= 0 {
+		cfg.DiscoveryInterval = 30 * time.Second
 	}
 	kube, err := kubernetes.NewForConfig(cfg.REST)
 	if err != nil {
@@ -320,9 +328,16 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("run syncer: %w", err)
 	}
-	defer s.cnp.shutdown()
+	defer func() { s.cnp.shutdown() }()
+	// Without the CRD, look for it again now and then (clusterpolicy.go).
+	var discover <-chan time.Time
 	if cnpSynced != nil {
 		synced = append(synced[:len(synced):len(synced)], cnpSynced)
+	} else {
+		s.log.Info("the cluster does not serve ClusterNetworkPolicy; not syncing them until it does", "api", cnpv1.GroupVersion.String())
+		t := time.NewTicker(s.cfg.DiscoveryInterval)
+		defer t.Stop()
+		discover = t.C
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("run syncer: informer caches did not sync: %w", context.Cause(ctx))
@@ -358,6 +373,16 @@ func (s *Syncer) Run(ctx context.Context) error {
 			return nil
 		case <-s.respec:
 			needResync = true
+			continue
+		case <-discover:
+			switch found, err := s.discoverClusterPolicies(ctx); {
+			case err != nil:
+				s.log.Warn("look for the ClusterNetworkPolicy CRD", "err", err)
+			case found:
+				// Its policies are published by a full resync, like
+				// everything at start.
+				discover, needResync = nil, true
+			}
 			continue
 		case <-s.kick:
 		}
