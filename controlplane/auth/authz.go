@@ -137,6 +137,18 @@ var rules = map[string]rule{
 	fedmeshv1.PolicyService_GetPolicy_FullMethodName:    federationRead,
 	fedmeshv1.PolicyService_ListPolicies_FullMethodName: federationRead,
 
+	// ClusterNetworkPolicies as NetworkPolicies: a syncer writes its own
+	// cluster's synced ones (CheckOwner keeps the admin off them), the
+	// admin the federated ones (stored under the empty cluster, which no
+	// syncer owns).
+	fedmeshv1.ClusterPolicyService_ApplyClusterPolicies_FullMethodName: applyClusterPolicies,
+	fedmeshv1.ClusterPolicyService_DeleteClusterPolicy_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.DeleteClusterPolicyRequest)
+		return []string{r.GetKey().GetCluster()}, ok
+	}),
+	fedmeshv1.ClusterPolicyService_GetClusterPolicy_FullMethodName:    federationRead,
+	fedmeshv1.ClusterPolicyService_ListClusterPolicies_FullMethodName: federationRead,
+
 	fedmeshv1.ReachService_Reach_FullMethodName: federationRead,
 	fedmeshv1.WatchService_Watch_FullMethodName: federationRead,
 
@@ -317,6 +329,34 @@ func applyPolicies(p Principal, m string, req any) error {
 	}
 	if len(bad) > 0 {
 		return deny(p, m, strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// applyClusterPolicies admits admins, and a syncer writing only its own
+// cluster's synced ClusterNetworkPolicies.
+func applyClusterPolicies(p Principal, m string, req any) error {
+	switch p.Kind {
+	case KindAdmin:
+		return nil
+	case KindSyncer:
+	default:
+		return deny(p, m, "only an admin or the cluster's own syncer may write ClusterNetworkPolicies")
+	}
+	r, ok := req.(*fedmeshv1.ApplyClusterPoliciesRequest)
+	if !ok {
+		return deny(p, m, fmt.Sprintf("request of type %T is not the RPC's", req))
+	}
+	if r.GetCluster() != p.Cluster {
+		if r.GetCluster() == "" {
+			return deny(p, m, "federated ClusterNetworkPolicies are written by admins only")
+		}
+		return deny(p, m, fmt.Sprintf("target cluster %q is not the syncer's own cluster %q", r.GetCluster(), p.Cluster))
+	}
+	for i, pol := range r.GetPolicies() {
+		if pol.GetCluster() != p.Cluster {
+			return deny(p, m, fmt.Sprintf("policies[%d] belongs to cluster %q, not the syncer's own %q", i, pol.GetCluster(), p.Cluster))
+		}
 	}
 	return nil
 }

@@ -100,6 +100,17 @@ var matrix = map[string]matrixRow{
 	}, reads},
 	fedmeshv1.PolicyService_ListPolicies_FullMethodName: {func(c string) any { return &fedmeshv1.ListPoliciesRequest{Cluster: c} }, reads},
 
+	fedmeshv1.ClusterPolicyService_ApplyClusterPolicies_FullMethodName: {func(c string) any {
+		return &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: c, Policies: []*fedmeshv1.ClusterNetworkPolicy{{Cluster: c, Name: "p"}}}
+	}, []string{"admin", "syncer/a"}},
+	fedmeshv1.ClusterPolicyService_DeleteClusterPolicy_FullMethodName: {func(c string) any {
+		return &fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: c, Name: "p"}}
+	}, []string{"admin", "syncer/a"}},
+	fedmeshv1.ClusterPolicyService_GetClusterPolicy_FullMethodName: {func(c string) any {
+		return &fedmeshv1.GetClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: c, Name: "p"}}
+	}, reads},
+	fedmeshv1.ClusterPolicyService_ListClusterPolicies_FullMethodName: {func(c string) any { return &fedmeshv1.ListClusterPoliciesRequest{Cluster: c} }, reads},
+
 	fedmeshv1.ReachService_Reach_FullMethodName:            {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: {func(string) any { return &fedmeshv1.ListAuditRecordsRequest{} }, onlyAdmin},
 
@@ -249,5 +260,24 @@ func TestAuthorizeSpecialCases(t *testing.T) {
 				t.Fatalf("code %v, want PermissionDenied", status.Code(err))
 			}
 		})
+	}
+}
+
+// A syncer never writes federated ClusterNetworkPolicies, nor slips
+// another cluster's policy into its own batch.
+func TestSyncerCannotWriteFederatedOrForeignClusterPolicies(t *testing.T) {
+	apply := fedmeshv1.ClusterPolicyService_ApplyClusterPolicies_FullMethodName
+	for name, req := range map[string]*fedmeshv1.ApplyClusterPoliciesRequest{
+		"federated batch":                   {Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "g"}}},
+		"foreign policy":                    {Cluster: "a", Policies: []*fedmeshv1.ClusterNetworkPolicy{{Cluster: "b", Name: "g"}}},
+		"federated policy in its own batch": {Cluster: "a", Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "g"}}},
+	} {
+		if err := Authorize(Syncer("a"), apply, req); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s: %v, want PermissionDenied", name, err)
+		}
+	}
+	del := &fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Name: "g"}}
+	if err := Authorize(Syncer("a"), fedmeshv1.ClusterPolicyService_DeleteClusterPolicy_FullMethodName, del); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("syncer deletes a federated policy: %v, want PermissionDenied", err)
 	}
 }

@@ -48,13 +48,29 @@ func CheckOwner(p Principal, fullMethod string, req any) error {
 		for _, pol := range r.GetPolicies() {
 			names = append(names, pol.GetNamespace()+"/"+pol.GetName())
 		}
-		return ownedBy(r.GetCluster(), names, "apply")
+		return ownedBy("NetworkPolicy", r.GetCluster(), names, "apply")
 	case fedmeshv1.PolicyService_DeletePolicy_FullMethodName:
 		r, ok := req.(*fedmeshv1.DeletePolicyRequest)
 		if k := r.GetKey(); !ok || k.GetCluster() == "" || p.isSyncerOf(k.GetCluster()) {
 			return nil
 		}
-		return ownedBy(r.GetKey().GetCluster(), []string{r.GetKey().GetNamespace() + "/" + r.GetKey().GetName()}, "delete")
+		return ownedBy("NetworkPolicy", r.GetKey().GetCluster(), []string{r.GetKey().GetNamespace() + "/" + r.GetKey().GetName()}, "delete")
+	case fedmeshv1.ClusterPolicyService_ApplyClusterPolicies_FullMethodName:
+		r, ok := req.(*fedmeshv1.ApplyClusterPoliciesRequest)
+		if !ok || r.GetCluster() == "" || p.isSyncerOf(r.GetCluster()) {
+			return nil
+		}
+		var names []string
+		for _, pol := range r.GetPolicies() {
+			names = append(names, pol.GetName())
+		}
+		return ownedBy("ClusterNetworkPolicy", r.GetCluster(), names, "apply")
+	case fedmeshv1.ClusterPolicyService_DeleteClusterPolicy_FullMethodName:
+		r, ok := req.(*fedmeshv1.DeleteClusterPolicyRequest)
+		if k := r.GetKey(); !ok || k.GetCluster() == "" || p.isSyncerOf(k.GetCluster()) {
+			return nil
+		}
+		return ownedBy("ClusterNetworkPolicy", r.GetKey().GetCluster(), []string{r.GetKey().GetName()}, "delete")
 	}
 	return nil
 }
@@ -63,22 +79,23 @@ func (p Principal) isSyncerOf(cluster string) bool {
 	return p.Kind == KindSyncer && p.Cluster == cluster
 }
 
-// ownedBy is the refusal of a write (verb) of cluster's NetworkPolicies
-// names.
-func ownedBy(cluster string, names []string, verb string) error {
+// ownedBy is the refusal of a write (verb) of cluster's objects of kind
+// (NetworkPolicy, ClusterNetworkPolicy) names.
+func ownedBy(kind, cluster string, names []string, verb string) error {
 	var msg string
+	kinds := strings.TrimSuffix(kind, "y") + "ies" // both kinds end in Policy
 	switch len(names) {
 	case 0:
-		msg = fmt.Sprintf("the NetworkPolicies of cluster %s belong to that cluster; change them in %s's API (its syncer resyncs them here)", cluster, cluster)
+		msg = fmt.Sprintf("the %s of cluster %s belong to that cluster; change them in %s's API (its syncer resyncs them here)", kinds, cluster, cluster)
 	case 1:
-		msg = fmt.Sprintf("NetworkPolicy %s belongs to cluster %s; %s it in %s's API (its syncer copies it here)", names[0], cluster, verb, cluster)
+		msg = fmt.Sprintf("%s %s belongs to cluster %s; %s it in %s's API (its syncer copies it here)", kind, names[0], cluster, verb, cluster)
 	default:
 		shown := names
 		more := ""
 		if len(shown) > 3 {
 			shown, more = shown[:3], fmt.Sprintf(" and %d more", len(names)-3)
 		}
-		msg = fmt.Sprintf("NetworkPolicies %s%s belong to cluster %s; %s them in %s's API (its syncer copies them here)", strings.Join(shown, ", "), more, cluster, verb, cluster)
+		msg = fmt.Sprintf("%s %s%s belong to cluster %s; %s them in %s's API (its syncer copies them here)", kinds, strings.Join(shown, ", "), more, cluster, verb, cluster)
 	}
 	st, err := status.New(codes.FailedPrecondition, msg).WithDetails(&errdetails.ErrorInfo{
 		Reason: OwnedByClusterReason, Domain: "fedmesh.io", Metadata: map[string]string{"cluster": cluster}})

@@ -23,6 +23,17 @@ func kubePolicies(cluster string, names ...string) *fedmeshv1.ApplyPoliciesReque
 // admin's write would be enforced and then deleted by the next resync.
 func TestClusterNetworkPoliciesAreWrittenOnlyByTheirClustersSyncer(t *testing.T) {
 	apply, del := fedmeshv1.PolicyService_ApplyPolicies_FullMethodName, fedmeshv1.PolicyService_DeletePolicy_FullMethodName
+	cnpApply, cnpDel := fedmeshv1.ClusterPolicyService_ApplyClusterPolicies_FullMethodName, fedmeshv1.ClusterPolicyService_DeleteClusterPolicy_FullMethodName
+	cnps := func(cluster string, names ...string) *fedmeshv1.ApplyClusterPoliciesRequest {
+		r := &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: cluster}
+		for _, n := range names {
+			r.Policies = append(r.Policies, &fedmeshv1.ClusterNetworkPolicy{Cluster: cluster, Name: n})
+		}
+		return r
+	}
+	cnpDelReq := func(cluster string) *fedmeshv1.DeleteClusterPolicyRequest {
+		return &fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: cluster, Name: "x"}}
+	}
 	delReq := func(cluster string) *fedmeshv1.DeletePolicyRequest {
 		return &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Cluster: cluster, Namespace: "default", Name: "x"}}
 	}
@@ -48,6 +59,16 @@ func TestClusterNetworkPoliciesAreWrittenOnlyByTheirClustersSyncer(t *testing.T)
 			&fedmeshv1.ApplyPoliciesRequest{Policies: []*fedmeshv1.Policy{{Kind: fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED, Name: "x"}}}, ""},
 		{"admin deletes a federated policy", Admin(), del, delReq(""), ""},
 		{"admin writes endpoints (a cluster without a syncer)", Admin(), fedmeshv1.EndpointService_UpsertEndpoints_FullMethodName, endpointOf("cluster-a"), ""},
+		{"admin applies a cluster's ClusterNetworkPolicy", Admin(), cnpApply, cnps("cluster-a", "guard"),
+			"ClusterNetworkPolicy guard belongs to cluster cluster-a; apply it in cluster-a's API"},
+		{"admin applies several ClusterNetworkPolicies", Admin(), cnpApply, cnps("cluster-a", "g1", "g2"),
+			"ClusterNetworkPolicies g1, g2 belong to cluster cluster-a; apply them in cluster-a's API"},
+		{"admin deletes a cluster's ClusterNetworkPolicy", Admin(), cnpDel, cnpDelReq("cluster-a"),
+			"ClusterNetworkPolicy x belongs to cluster cluster-a; delete it in cluster-a's API"},
+		{"the cluster's syncer applies ClusterNetworkPolicies", Syncer("cluster-a"), cnpApply, cnps("cluster-a", "guard"), ""},
+		{"the cluster's syncer deletes a ClusterNetworkPolicy", Syncer("cluster-a"), cnpDel, cnpDelReq("cluster-a"), ""},
+		{"admin applies federated ClusterNetworkPolicies", Admin(), cnpApply, cnps("", "guard"), ""},
+		{"admin deletes a federated ClusterNetworkPolicy", Admin(), cnpDel, cnpDelReq(""), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -19,7 +19,8 @@ import (
 
 // reachEngine owns a policy.Engine, the compiler the node agents run, and
 // brings it to the store's state by applying the store's committed events
-// (clusters, endpoints, policies) when a request needs it: incremental, no
+// (clusters, endpoints, policies, ClusterNetworkPolicies) when a request
+// needs it: incremental, no
 // rebuild per request. Only its run goroutine touches the engine; handlers ask
 // through explain, which answers at a revision at least the one they name.
 type reachEngine struct {
@@ -35,7 +36,7 @@ type explainReq struct {
 }
 
 type explainResp struct {
-	x   policy.Explanation
+	x   policy.TieredExplanation
 	rev uint64
 	err error
 }
@@ -46,18 +47,18 @@ func newReachEngine(fsm *store.FSM, log *slog.Logger) *reachEngine {
 
 // explain asks the engine goroutine to explain f once it has applied
 // revision minRev. It blocks until the answer, ctx's end or shutdown.
-func (r *reachEngine) explain(ctx context.Context, f policy.Flow, minRev uint64) (policy.Explanation, uint64, error) {
+func (r *reachEngine) explain(ctx context.Context, f policy.Flow, minRev uint64) (policy.TieredExplanation, uint64, error) {
 	req := &explainReq{flow: f, minRev: minRev, reply: make(chan explainResp, 1)}
 	select {
 	case r.reqs <- req:
 	case <-ctx.Done():
-		return policy.Explanation{}, 0, status.FromContextError(ctx.Err()).Err()
+		return policy.TieredExplanation{}, 0, status.FromContextError(ctx.Err()).Err()
 	}
 	select {
 	case resp := <-req.reply:
 		return resp.x, resp.rev, resp.err
 	case <-ctx.Done():
-		return policy.Explanation{}, 0, status.FromContextError(ctx.Err()).Err()
+		return policy.TieredExplanation{}, 0, status.FromContextError(ctx.Err()).Err()
 	}
 }
 
@@ -127,8 +128,10 @@ func (r *reachEngine) run(ctx context.Context) {
 	}
 }
 
+// answer decides f through every layer: the engine's ClusterNetworkPolicy
+// tiers around its NetworkPolicies, as the agents' dataplanes do.
 func answer(eng *policy.Engine, f policy.Flow, rev uint64) explainResp {
-	x, err := eng.Explain(f)
+	x, err := eng.Tiers().Explain(eng, f)
 	return explainResp{x: x, rev: rev, err: err}
 }
 
@@ -141,7 +144,7 @@ func (r *reachEngine) rebuild() (*policy.Engine, uint64) {
 		rev = st.Revision()
 		st.ForEachObject(func(e *fedmeshv1.Event) bool {
 			switch e.GetObject().(type) {
-			case *fedmeshv1.Event_Cluster, *fedmeshv1.Event_Endpoint, *fedmeshv1.Event_Policy:
+			case *fedmeshv1.Event_Cluster, *fedmeshv1.Event_Endpoint, *fedmeshv1.Event_Policy, *fedmeshv1.Event_ClusterNetworkPolicy:
 				objs = append(objs, e)
 			}
 			return true
@@ -331,7 +334,7 @@ func reachTarget(p *field.Path, t *fedmeshv1.ReachTarget) (policy.Target, field.
 	}
 }
 
-func reachResponse(x policy.Explanation, rev uint64) *fedmeshv1.ReachResponse {
+func reachResponse(x policy.TieredExplanation, rev uint64) *fedmeshv1.ReachResponse {
 	return &fedmeshv1.ReachResponse{
 		Verdict:     verdict(x.Allowed),
 		Egress:      directionVerdict(x.Egress),
@@ -367,8 +370,21 @@ func policyKey(k policy.PolicyKey) *fedmeshv1.PolicyKey {
 	return &fedmeshv1.PolicyKey{Cluster: k.Cluster, Namespace: k.Namespace, Name: k.Name}
 }
 
-func directionVerdict(d policy.DirectionVerdict) *fedmeshv1.DirectionVerdict {
-	out := &fedmeshv1.DirectionVerdict{Verdict: verdict(d.Allowed), Reason: reasons[d.Reason], Explanation: d.String()}
+// directionVerdict describes one direction decided through the layers;
+// rule and selecting_policies are the NetworkPolicy layer's view.
+func directionVerdict(tv policy.TieredVerdict) *fedmeshv1.DirectionVerdict {
+	d := tv.NetworkPolicy
+	out := &fedmeshv1.DirectionVerdict{Verdict: verdict(tv.Allowed), Reason: reasons[d.Reason], Explanation: tv.String(), Layer: layers[tv.Layer]}
+	switch {
+	case tv.NotEnforced:
+		out.Reason = fedmeshv1.VerdictReason_VERDICT_REASON_NOT_ENFORCED
+	case tv.Layer == policy.LayerAdmin || tv.Layer == policy.LayerBaseline:
+		out.Reason = fedmeshv1.VerdictReason_VERDICT_REASON_CLUSTER_POLICY
+		out.TierRule = tierRuleRef(tv.Rule)
+	}
+	for _, p := range tv.Passed {
+		out.Passed = append(out.Passed, tierRuleRef(p))
+	}
 	if d.Reason == policy.ReasonRuleAllows {
 		kind := fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES
 		if d.Rule.Federated {
@@ -385,6 +401,25 @@ func directionVerdict(d policy.DirectionVerdict) *fedmeshv1.DirectionVerdict {
 		out.SelectingPolicies = append(out.SelectingPolicies, policyKey(k))
 	}
 	return out
+}
+
+var layers = map[policy.Layer]fedmeshv1.PolicyLayer{
+	policy.LayerAdmin:         fedmeshv1.PolicyLayer_POLICY_LAYER_ADMIN,
+	policy.LayerNetworkPolicy: fedmeshv1.PolicyLayer_POLICY_LAYER_NETWORK_POLICY,
+	policy.LayerBaseline:      fedmeshv1.PolicyLayer_POLICY_LAYER_BASELINE,
+	policy.LayerDefault:       fedmeshv1.PolicyLayer_POLICY_LAYER_DEFAULT,
+}
+
+func tierRuleRef(r policy.TierRule) *fedmeshv1.TierRuleRef {
+	return &fedmeshv1.TierRuleRef{
+		Policy:    &fedmeshv1.ClusterPolicyKey{Cluster: r.Policy.Cluster, Name: r.Policy.Name},
+		Tier:      string(r.Tier),
+		Priority:  r.Priority,
+		Direction: policyType(r.Direction),
+		Index:     uint32(r.Index),
+		Name:      r.Name,
+		Action:    string(r.Action),
+	}
 }
 
 func resolvedTarget(r policy.Resolved) *fedmeshv1.ResolvedTarget {

@@ -387,4 +387,5 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterControlPlaneServiceServer(s, &adminService{c: c})
 	fedmeshv1.RegisterAuditServiceServer(s, &auditService{c: c})
 	fedmeshv1.RegisterBGPServiceServer(s, &bgpService{c: c})
+	fedmeshv1.RegisterClusterPolicyServiceServer(s, &clusterPolicyService{c: c})
 }

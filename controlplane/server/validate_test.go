@@ -51,6 +51,10 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 		store.CmdApplyBGPFilter: {&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f"}},
 			&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f", ExportV4: []*fedmeshv1.BGPFilterRule{{Cidr: "10.0.0.0/8"}}}}},
 		store.CmdDeleteBGPFilter: {&fedmeshv1.DeleteBGPFilterRequest{Name: "f"}, &fedmeshv1.DeleteBGPFilterRequest{Name: "F F"}},
+		store.CmdApplyClusterPolicies: {&fedmeshv1.ApplyClusterPoliciesRequest{Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "p", SpecJson: []byte(validCNP)}}},
+			&fedmeshv1.ApplyClusterPoliciesRequest{Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "p", SpecJson: []byte(`{"tier":"Admin"}`)}}}},
+		store.CmdDeleteClusterPolicy: {&fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Name: "p"}},
+			&fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: "A", Name: "p"}}},
 	}
 	for _, ct := range store.CommandTypes() {
 		t.Run(ct.String(), func(t *testing.T) {

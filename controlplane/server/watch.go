@@ -70,6 +70,8 @@ func (f *watchFilter) pass(st *store.State, e *fedmeshv1.Event) bool {
 		kind = fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER
 	case *fedmeshv1.Event_BgpFilter:
 		kind = fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER
+	case *fedmeshv1.Event_ClusterNetworkPolicy:
+		kind, owner = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER_NETWORK_POLICY, o.ClusterNetworkPolicy.GetCluster()
 	}
 	if f.kinds != nil && !f.kinds[kind] {
 		return false

@@ -79,6 +79,7 @@ func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest)
 		s.ids.policyStored(s.policies[name][k].p, nil)
 	}
 	delete(s.policies, name)
+	s.deleteClusterPolicies(tx, name)
 	for _, k := range []genKind{genEndpoints, genExports, genPolicies} {
 		delete(s.gens, genKey{owner: name, kind: k})
 	}

@@ -280,6 +280,7 @@ func init() {
 	register(CmdRecordNodeStatus, "RecordNodeStatus", true, (*State).applyRecordNodeStatus)
 	register(CmdConsumeJoinToken, "ConsumeJoinToken", true, (*State).applyConsumeJoinToken)
 	registerBGP()
+	registerClusterPolicies()
 	registerDescriptions()
 }
 
@@ -297,6 +298,8 @@ type Result struct {
 	// BGPPeer (with its status) and BGPFilter as stored.
 	BGPPeer   *fedmeshv1.BGPPeerConfig
 	BGPFilter *fedmeshv1.BGPFilter
+	// ClusterPolicies are the ClusterNetworkPolicies as stored.
+	ClusterPolicies []*fedmeshv1.ClusterNetworkPolicy
 	// Err is why the command was rejected; the state did not change.
 	Err error
 }

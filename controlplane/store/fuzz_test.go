@@ -53,6 +53,29 @@ func fuzzCommands(data []byte) []Command {
 		op := next()
 		cl := clusters[int(next())%3]
 		cmd := Command{Time: t * 1000}
+		// The top op values write ClusterNetworkPolicies (the older ops
+		// keep their meaning for the committed corpus).
+		if op >= 244 {
+			owner := cl
+			if next()%2 == 0 {
+				owner = ""
+			}
+			name := names[next()%2]
+			if op%2 == 0 {
+				cmd.Type, cmd.Payload = CmdDeleteClusterPolicy, &fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: owner, Name: name}}
+			} else {
+				req := &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: owner, Policies: []*fedmeshv1.ClusterNetworkPolicy{cnpSelecting(owner, name, polKeys[int(next())%len(polKeys)]+"x")}}
+				if k := polKeys[int(next())%len(polKeys)]; k != "" {
+					req.Policies[0] = cnpSelecting(owner, name, k)
+				}
+				if g := next(); g%3 == 0 {
+					req.Resync = &fedmeshv1.ResyncMarker{Generation: uint64(g % 5), Final: g%2 == 0}
+				}
+				cmd.Type, cmd.Payload = CmdApplyClusterPolicies, req
+			}
+			out = append(out, cmd)
+			continue
+		}
 		switch op % 12 {
 		case 0:
 			cmd.Type, cmd.Payload = CmdRegisterCluster, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: cl, PodCidrs: []string{cidrs[int(next())%3]},
@@ -137,11 +160,17 @@ func checkInvariants(s *State) error {
 		}
 		byKey[en.Key.String()] = en.ID
 	}
-	// What counts is exactly what the stored policies select on.
+	// What counts is exactly what the stored policies select on,
+	// ClusterNetworkPolicies included.
 	rel := identity.NewRelevance(nil)
 	for _, ps := range s.policies {
 		for _, p := range ps {
 			rel.Select(netpolicy.PodLabelKeys(p.p))
+		}
+	}
+	for _, ps := range s.cnp {
+		for _, p := range ps {
+			rel.Select(netpolicy.ClusterPolicyPodLabelKeys(p.p))
 		}
 	}
 	if want, got := rel.Selected(), s.ids.Relevant(); !slices.Equal(want, got) {
@@ -162,6 +191,9 @@ func checkInvariants(s *State) error {
 func FuzzFSMCommandSequence(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 2, 0, 9, 1, 1, 0, 11, 0, 1, 5})
 	f.Add([]byte{0, 0, 0, 0, 1, 1, 2, 1, 8, 0, 0, 3, 1, 24, 0, 2, 1, 0, 0, 1, 0})
+	// Endpoints with pod-template-hash, a ClusterNetworkPolicy selecting on
+	// it (a split), its delete (a merge), a resync of a cluster's.
+	f.Add([]byte{0, 0, 0, 3, 0, 45, 1, 2, 3, 0, 53, 2, 2, 245, 0, 1, 0, 1, 1, 244, 0, 1, 0, 245, 0, 2, 1, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := NewState(8)
 		for i, c := range fuzzCommands(data) {

@@ -263,6 +263,34 @@ func goldenScenario() []goldenStep {
 		Command{Type: CmdDeleteBGPPeer, Payload: &fedmeshv1.DeleteBGPPeerRequest{Name: "tor-r1"}},
 		Command{Type: CmdDeleteBGPFilter, Payload: &fedmeshv1.DeleteBGPFilterRequest{Name: "pods-only"}},
 		Command{Type: CmdDeleteBGPPeer, Payload: &fedmeshv1.DeleteBGPPeerRequest{Name: "tor-r1"}})
+
+	// ClusterNetworkPolicies (log format 5): synced from cluster a with
+	// resyncs, and federated with cluster scopes.
+	cnp := func(cluster string, resync *fedmeshv1.ResyncMarker, ps ...*fedmeshv1.ClusterNetworkPolicy) Command {
+		return Command{Type: CmdApplyClusterPolicies, Payload: &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: cluster, Resync: resync, Policies: ps}}
+	}
+	delCNP := func(cluster, name string) Command {
+		return Command{Type: CmdDeleteClusterPolicy, Payload: &fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: cluster, Name: name}}}
+	}
+	guard := &fedmeshv1.ClusterNetworkPolicy{Cluster: "a", Name: "guard", SpecJson: []byte(`{"tier":"Admin","priority":10,` +
+		`"subject":{"pods":{"namespaceSelector":{},"podSelector":{"matchLabels":{"tier":"front"}}}},` +
+		`"ingress":[{"name":"no-db","action":"Deny","from":[{"namespaces":{"matchLabels":{"kubernetes.io/metadata.name":"db"}}}],"protocols":[{"tcp":{"destinationPort":{"range":{"start":1,"end":1024}}}}]}],` +
+		`"egress":[{"name":"pass-dns","action":"Pass","to":[{"networks":["10.96.0.0/12"]}],"protocols":[{"udp":{"destinationPort":{"number":53}}}]}]}`)}
+	base := &fedmeshv1.ClusterNetworkPolicy{Cluster: "a", Name: "base", SpecJson: []byte(`{"tier":"Baseline","priority":0,"subject":{"namespaces":{}},` +
+		`"ingress":[{"action":"Deny","from":[{"namespaces":{}}],"protocols":[{"destinationNamedPort":"http"}]}]}`)}
+	fedCNP := &fedmeshv1.ClusterNetworkPolicy{Name: "prod-guard", ClusterSelector: &fedmeshv1.LabelSelector{MatchLabels: map[string]string{"site": "a"}},
+		SpecJson: []byte(`{"tier":"Admin","priority":1,"subject":{"namespaces":{"matchLabels":{"team":"shop"}}},` +
+			`"ingress":[{"name":"from-anywhere","action":"Accept","from":[{"pods":{"namespaceSelector":{},"podSelector":{"matchLabels":{"app":"lb"}}}}]}]}`),
+		IngressPeerClusters: []*fedmeshv1.ClusterPolicyRulePeers{{Peers: []*fedmeshv1.ClusterPolicyPeerScope{{ClusterSelector: &fedmeshv1.LabelSelector{}}}}}}
+	add("synced ClusterNetworkPolicies guard and base of a (resync generation 1): guard's pod selector makes tier count for identity",
+		cnp("a", &fedmeshv1.ResyncMarker{Generation: 1}, guard, base))
+	add("federated ClusterNetworkPolicy prod-guard with a peer scope", cnp("", nil, fedCNP))
+	add("ClusterNetworkPolicy of an unknown cluster: rejected", cnp("zz", nil, &fedmeshv1.ClusterNetworkPolicy{Cluster: "zz", Name: "x", SpecJson: base.SpecJson}))
+	add("final resync batch of a (generation 2) carries only guard: base deleted",
+		cnp("a", &fedmeshv1.ResyncMarker{Generation: 2, Final: true}, guard))
+	add("resync generation going back: rejected", cnp("a", &fedmeshv1.ResyncMarker{Generation: 1}, guard))
+	add("grouped entry: delete prod-guard, then a missing one",
+		delCNP("", "prod-guard"), delCNP("a", "nope"))
 	return steps
 }
 
@@ -287,6 +315,10 @@ func goldenPrincipal(c Command) string {
 	case *fedmeshv1.UnexportServiceRequest:
 		return syncer(p.GetCluster())
 	case *fedmeshv1.ApplyPoliciesRequest:
+		if p.GetCluster() != "" {
+			return syncer(p.GetCluster())
+		}
+	case *fedmeshv1.ApplyClusterPoliciesRequest:
 		if p.GetCluster() != "" {
 			return syncer(p.GetCluster())
 		}

@@ -369,6 +369,7 @@ func (r *identityRestorer) finish(s *State, next uint32) error {
 			ids.rel.Select(netpolicy.PodLabelKeys(s.policies[owner][k].p))
 		}
 	}
+	s.cnp.restoreIdentityRelevance(ids)
 	holders := make([]identity.Holder, len(r.eps))
 	for i, e := range r.eps {
 		e.ep.Labels = ids.shared.share(e.ep.GetLabels(), s.internString).m

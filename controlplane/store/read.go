@@ -225,5 +225,8 @@ func (s *State) ForEachObject(fn func(*fedmeshv1.Event) bool) {
 			return
 		}
 	}
-	s.forEachBGP(put)
+	if !s.forEachBGP(put) {
+		return
+	}
+	s.forEachClusterPolicy(put)
 }

@@ -31,7 +31,9 @@ import (
 // only once every replica applies log format 3.
 // Version 5 adds the BGP peers and filters (recBGPPeer, recBGPFilter),
 // likewise written only once there are some (log format 4).
-const SnapshotVersion = 5
+// Version 6 adds the ClusterNetworkPolicies (recClusterPolicy, log format
+// 5), likewise.
+const SnapshotVersion = SnapshotVersionClusterPolicies
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -104,6 +106,7 @@ func (s *State) Freeze() Frozen {
 		ids:        s.ids.frozen(),
 		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
 		bgp:        s.bgp.clone(),
+		cnp:        s.cnp.clone(),
 	}
 	for k, v := range s.usedTokens {
 		c.usedTokens[k] = v
@@ -158,6 +161,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	}
 	if !s.bgp.empty() {
 		h.Version = 5
+	}
+	if !s.cnp.empty() {
+		h.Version = SnapshotVersionClusterPolicies
 	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
@@ -215,6 +221,7 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 		rw.msg(recAudit, 0, false, rec)
 	}
 	s.bgp.write(&rw)
+	s.cnp.write(&rw)
 	rw.raw(recEnd, nil)
 	if rw.err != nil {
 		return cw.n, fmt.Errorf("write snapshot: %w", rw.err)
@@ -401,6 +408,12 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			return s, nil
 		default:
 			if ok, err := s.bgp.read(recKind(kind), b); ok {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if ok, err := s.cnp.read(recKind(kind), b); ok {
 				if err != nil {
 					return nil, err
 				}

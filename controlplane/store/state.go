@@ -106,6 +106,7 @@ type State struct {
 	log        *EventLog
 	audit      *AuditLog
 	bgp        bgpState
+	cnp        cnpState // ClusterNetworkPolicies (clusterpolicies.go)
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -133,6 +134,7 @@ func NewState(logSize int) *State {
 		log:        NewEventLog(logSize, 0),
 		audit:      &AuditLog{},
 		bgp:        newBGPState(),
+		cnp:        cnpState{},
 		intern:     map[string]string{},
 	}
 }

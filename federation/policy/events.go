@@ -30,11 +30,14 @@ type Update struct {
 	// ClusterPolicy is set on a put of a ClusterNetworkPolicy; Kind is
 	// then KindClusterPolicy.
 	ClusterPolicy *ClusterPolicy
+	// Err is why a put's object could not be converted (a ClusterPolicy
+	// whose spec does not decode); Apply reports it as the compiler's
+	// rejection, with the same failure rule.
+	Err error
 }
 
-// KindClusterPolicy is the Update kind of a ClusterNetworkPolicy until the
-// API carries a resource kind of its own.
-const KindClusterPolicy fedmeshv1.ResourceKind = -1
+// KindClusterPolicy is the Update kind of a ClusterNetworkPolicy.
+const KindClusterPolicy = fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER_NETWORK_POLICY
 
 // Updater is what Apply feeds: *Engine, and any wrapper of it with the same
 // contract (nodeagent/agent's Compiler). The caller serialises calls.
@@ -109,6 +112,10 @@ func Apply(u Updater, up Update) error {
 	case KindClusterPolicy:
 		if up.Delete {
 			u.DeleteClusterPolicy(up.ClusterPolicyKey)
+		} else if up.Err != nil {
+			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: up.Err}
+		} else if up.ClusterPolicy == nil {
+			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: errors.New("the update carries no policy")}
 		} else if err := u.UpsertClusterPolicy(up.ClusterPolicy); err != nil {
 			return &RejectedPolicyError{ClusterKey: up.ClusterPolicyKey, Err: err}
 		}
@@ -147,6 +154,16 @@ func UpdateFromEvent(ev *fedmeshv1.Event) (Update, bool) {
 		up.PolicyKey = PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()}
 		if !up.Delete {
 			up.Policy = p
+		}
+	case *fedmeshv1.Event_ClusterNetworkPolicy:
+		p := o.ClusterNetworkPolicy
+		up.Kind = KindClusterPolicy
+		up.ClusterPolicyKey = ClusterPolicyKey{Cluster: p.GetCluster(), Name: p.GetName()}
+		if !up.Delete {
+			// A spec that does not decode is the compiler's rejection
+			// (Apply's failure rule), not an event to skip: skipping
+			// would diverge from an engine that rejected it.
+			up.ClusterPolicy, up.Err = ClusterPolicyFromProto(p)
 		}
 	default:
 		return Update{}, false

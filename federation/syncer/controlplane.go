@@ -25,6 +25,8 @@ type ControlPlane interface {
 	DeleteEndpoints(ctx context.Context, req *fedmeshv1.DeleteEndpointsRequest) (uint64, error)
 	ApplyPolicies(ctx context.Context, req *fedmeshv1.ApplyPoliciesRequest) (uint64, error)
 	DeletePolicy(ctx context.Context, key *fedmeshv1.PolicyKey) (uint64, error)
+	ApplyClusterPolicies(ctx context.Context, req *fedmeshv1.ApplyClusterPoliciesRequest) (uint64, error)
+	DeleteClusterPolicy(ctx context.Context, key *fedmeshv1.ClusterPolicyKey) (uint64, error)
 	ExportServices(ctx context.Context, req *fedmeshv1.ExportServicesRequest) (uint64, error)
 	UnexportService(ctx context.Context, req *fedmeshv1.UnexportServiceRequest) (uint64, error)
 	// Watch streams changes of the requested kinds after from_revision.
@@ -38,6 +40,7 @@ func NewControlPlane(conn grpc.ClientConnInterface) ControlPlane {
 		clusters:  fedmeshv1.NewClusterServiceClient(conn),
 		endpoints: fedmeshv1.NewEndpointServiceClient(conn),
 		policies:  fedmeshv1.NewPolicyServiceClient(conn),
+		cnps:      fedmeshv1.NewClusterPolicyServiceClient(conn),
 		services:  fedmeshv1.NewMultiClusterServiceClient(conn),
 		watch:     fedmeshv1.NewWatchServiceClient(conn),
 	}
@@ -47,6 +50,7 @@ type grpcControlPlane struct {
 	clusters  fedmeshv1.ClusterServiceClient
 	endpoints fedmeshv1.EndpointServiceClient
 	policies  fedmeshv1.PolicyServiceClient
+	cnps      fedmeshv1.ClusterPolicyServiceClient
 	services  fedmeshv1.MultiClusterServiceClient
 	watch     fedmeshv1.WatchServiceClient
 }
@@ -88,4 +92,14 @@ func (g *grpcControlPlane) UnexportService(ctx context.Context, req *fedmeshv1.U
 
 func (g *grpcControlPlane) Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (grpc.ServerStreamingClient[fedmeshv1.WatchResponse], error) {
 	return g.watch.Watch(ctx, req)
+}
+
+func (g *grpcControlPlane) ApplyClusterPolicies(ctx context.Context, req *fedmeshv1.ApplyClusterPoliciesRequest) (uint64, error) {
+	r, err := g.cnps.ApplyClusterPolicies(ctx, req)
+	return r.GetRevision(), err
+}
+
+func (g *grpcControlPlane) DeleteClusterPolicy(ctx context.Context, key *fedmeshv1.ClusterPolicyKey) (uint64, error) {
+	r, err := g.cnps.DeleteClusterPolicy(ctx, &fedmeshv1.DeleteClusterPolicyRequest{Key: key})
+	return r.GetRevision(), err
 }

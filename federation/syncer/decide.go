@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/fedmesh/fedmesh/federation/model"
 	"github.com/fedmesh/fedmesh/federation/services"
@@ -28,6 +29,8 @@ type Inputs struct {
 	Export  *mcsv1beta1.ServiceExport
 	Service *corev1.Service
 	Slices  []*discoveryv1.EndpointSlice
+	// KindClusterPolicy.
+	ClusterPolicy *cnpv1.ClusterNetworkPolicy
 }
 
 // Decision is what the syncer does about one key, as a value: what the
@@ -54,7 +57,9 @@ type Decision struct {
 // is the cluster's registration (export scope, pod CIDRs). Pure.
 func Decide(cluster string, spec *fedmeshv1.Cluster, k Key, in Inputs) Decision {
 	d := Decision{Key: k}
-	if !model.InScope(spec.GetExports(), k.Namespace) {
+	// A ClusterNetworkPolicy is cluster-scoped: the namespace export scope
+	// does not apply to it.
+	if k.Kind != KindClusterPolicy && !model.InScope(spec.GetExports(), k.Namespace) {
 		return d
 	}
 	var err error
@@ -87,6 +92,15 @@ func Decide(cluster string, spec *fedmeshv1.Cluster, k Key, in Inputs) Decision 
 			d.Value = x
 		}
 		d.ExportConditions = validConditions(err)
+	case KindClusterPolicy:
+		if in.ClusterPolicy == nil {
+			return d
+		}
+		d.Object = in.ClusterPolicy
+		var p *fedmeshv1.ClusterNetworkPolicy
+		if p, err = clusterPolicyFromK8s(cluster, in.ClusterPolicy); p != nil {
+			d.Value = p
+		}
 	}
 	if err != nil {
 		se, ok := IsSkip(err)

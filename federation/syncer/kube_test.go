@@ -268,7 +268,11 @@ func (m *member) eventFor(ctx context.Context, ns, name, reason string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("no event %s on %s/%s (have %d events)", reason, ns, name, len(evs.Items))
+	var have []string
+	for _, e := range evs.Items {
+		have = append(have, e.Reason+": "+e.Message)
+	}
+	return fmt.Errorf("no event %s on %s/%s (have %q)", reason, ns, name, have)
 }
 
 // exportService creates a Service, the EndpointSlice its controller would

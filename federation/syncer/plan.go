@@ -18,6 +18,9 @@ const (
 	KindEndpoint Kind = iota + 1
 	KindPolicy
 	KindExport
+	// KindClusterPolicy is a ClusterNetworkPolicy (cluster-scoped: its key
+	// has no namespace), published only while the cluster serves the CRD.
+	KindClusterPolicy
 )
 
 func (k Kind) String() string {
@@ -28,6 +31,8 @@ func (k Kind) String() string {
 		return "policy"
 	case KindExport:
 		return "export"
+	case KindClusterPolicy:
+		return "clusterpolicy"
 	}
 	return "unknown"
 }
@@ -51,11 +56,15 @@ type Batches struct {
 	PolicyDelete   []*fedmeshv1.PolicyKey
 	Exports        []*fedmeshv1.ExportServicesRequest
 	Unexports      []*fedmeshv1.UnexportServiceRequest
+	// ClusterPolicies and ClusterPolicyDelete carry ClusterNetworkPolicies.
+	ClusterPolicies     []*fedmeshv1.ApplyClusterPoliciesRequest
+	ClusterPolicyDelete []*fedmeshv1.ClusterPolicyKey
 }
 
 // Empty reports whether there is nothing to send.
 func (b *Batches) Empty() bool {
-	return len(b.Endpoints)+len(b.EndpointDelete)+len(b.Policies)+len(b.PolicyDelete)+len(b.Exports)+len(b.Unexports) == 0
+	return len(b.Endpoints)+len(b.EndpointDelete)+len(b.Policies)+len(b.PolicyDelete)+len(b.Exports)+len(b.Unexports)+
+		len(b.ClusterPolicies)+len(b.ClusterPolicyDelete) == 0
 }
 
 // Published is what the control plane holds of this cluster, as far as the
@@ -94,6 +103,7 @@ func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Messag
 	var epDel []*fedmeshv1.EndpointKey
 	var pols []*fedmeshv1.Policy
 	var xs []*fedmeshv1.ServiceExport
+	var cps []*fedmeshv1.ClusterNetworkPolicy
 	var b Batches
 	for _, k := range keys {
 		want := desired[k]
@@ -110,6 +120,8 @@ func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Messag
 				b.PolicyDelete = append(b.PolicyDelete, &fedmeshv1.PolicyKey{Cluster: cluster, Namespace: k.Namespace, Name: k.Name})
 			case KindExport:
 				b.Unexports = append(b.Unexports, &fedmeshv1.UnexportServiceRequest{Cluster: cluster, Namespace: k.Namespace, Name: k.Name})
+			case KindClusterPolicy:
+				b.ClusterPolicyDelete = append(b.ClusterPolicyDelete, &fedmeshv1.ClusterPolicyKey{Cluster: cluster, Name: k.Name})
 			}
 			continue
 		case had && proto.Equal(have, want):
@@ -123,7 +135,12 @@ func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Messag
 			pols = append(pols, v)
 		case *fedmeshv1.ServiceExport:
 			xs = append(xs, v)
+		case *fedmeshv1.ClusterNetworkPolicy:
+			cps = append(cps, v)
 		}
+	}
+	for _, c := range chunks(cps, batchSize) {
+		b.ClusterPolicies = append(b.ClusterPolicies, &fedmeshv1.ApplyClusterPoliciesRequest{Cluster: cluster, Policies: c})
 	}
 	for _, c := range chunks(eps, batchSize) {
 		b.Endpoints = append(b.Endpoints, &fedmeshv1.UpsertEndpointsRequest{Cluster: cluster, Endpoints: c})
@@ -144,6 +161,8 @@ func PlanIncremental(cluster string, pub Published, desired map[Key]proto.Messag
 // desired object of every kind, in chunks, the last chunk of each kind
 // marked final (an empty final batch when the cluster has none of a kind),
 // so the control plane deletes whatever the cluster no longer has.
+// ClusterNetworkPolicies are left out: PlanClusterPolicyResync plans them,
+// for a cluster that serves their CRD.
 func PlanResync(cluster string, desired Published, gen uint64, batchSize int) Batches {
 	keys := make([]Key, 0, len(desired))
 	for k := range desired {

@@ -1,6 +1,7 @@
 // Package syncer owns what one member cluster and the federation exchange:
 // client-go informers on the cluster's API publish its pods (endpoints),
-// NetworkPolicies (the cluster's policies) and exported services to the
+// NetworkPolicies and ClusterNetworkPolicies (the cluster's policies; the
+// latter when the cluster serves their CRD) and exported services to the
 // control plane, with a full resync (with a generation) at start and after
 // every failed write; and imported services are written back into the
 // cluster as MCS API ServiceImports and EndpointSlices, plus, for a
@@ -60,6 +61,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/model"
@@ -95,6 +97,11 @@ type Config struct {
 	// ClusterSpec, when set, is used instead of asking the control plane
 	// for the cluster's registration (export scope, pod CIDRs).
 	ClusterSpec *fedmeshv1.Cluster
+	// DiscoveryInterval is how often the syncer of a cluster that does not
+	// serve the ClusterNetworkPolicy CRD looks for it again (default 30s),
+	// so a CRD installed after the syncer started is synced without a
+	// restart.
+	DiscoveryInterval time.Duration
 }
 
 // Syncer publishes one cluster to the federation. Create with New, run with
@@ -118,6 +125,9 @@ type Syncer struct {
 	netpols    networkinglisters.NetworkPolicyLister
 	exports    mcslisters.ServiceExportLister
 	synced     []cache.InformerSynced
+	// cnp is the ClusterNetworkPolicy informer, set by Run when the
+	// cluster serves the CRD (clusterpolicy.go); nil otherwise.
+	cnp *clusterPolicies
 
 	mu      sync.Mutex
 	pending map[Key]struct{}
@@ -163,6 +173,9 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.DiscoveryInterval <= 0 {
+		cfg.DiscoveryInterval = 30 * time.Second
+	}
 	kube, err := kubernetes.NewForConfig(cfg.REST)
 	if err != nil {
 		return nil, fmt.Errorf("new syncer: kubernetes client: %w", err)
@@ -190,6 +203,10 @@ func New(cfg Config) (*Syncer, error) {
 	if err := mcsv1beta1.Install(scheme); err != nil {
 		return nil, fmt.Errorf("new syncer: %w", err)
 	}
+	// Events on ClusterNetworkPolicies (a policy the federation rejects).
+	if err := cnpv1.Install(scheme); err != nil {
+		return nil, fmt.Errorf("new syncer: %w", err)
+	}
 	s.bcast = record.NewBroadcaster()
 	rec := s.bcast.NewRecorder(scheme, corev1.EventSource{Component: "fedmesh-syncer"})
 
@@ -205,16 +222,7 @@ func New(cfg Config) (*Syncer, error) {
 	s.reporter = newReporter(s.mcs, s.exports, rec, s.log)
 
 	add := func(inf cache.SharedIndexInformer, keys func(obj any) []Key) error {
-		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { s.enqueue(keys(o)...) },
-			UpdateFunc: func(_, o any) { s.enqueue(keys(o)...) },
-			DeleteFunc: func(o any) {
-				if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
-					o = t.Obj
-				}
-				s.enqueue(keys(o)...)
-			},
-		})
+		_, err := inf.AddEventHandler(s.handler(keys))
 		s.synced = append(s.synced, inf.HasSynced)
 		return err
 	}
@@ -248,6 +256,21 @@ func New(cfg Config) (*Syncer, error) {
 		return nil, fmt.Errorf("new syncer: add event handlers: %w", err)
 	}
 	return s, nil
+}
+
+// handler enqueues the keys of every object an informer adds, updates or
+// deletes.
+func (s *Syncer) handler(keys func(obj any) []Key) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.enqueue(keys(o)...) },
+		UpdateFunc: func(_, o any) { s.enqueue(keys(o)...) },
+		DeleteFunc: func(o any) {
+			if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = t.Obj
+			}
+			s.enqueue(keys(o)...)
+		},
+	}
 }
 
 func objKey(kind Kind, o any) []Key {
@@ -300,7 +323,23 @@ func (s *Syncer) Run(ctx context.Context) error {
 	s.mcsFactory.Start(ctx.Done())
 	defer s.factory.Shutdown()
 	defer s.mcsFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+	synced := s.synced
+	cnpSynced, err := s.startClusterPolicies(ctx)
+	if err != nil {
+		return fmt.Errorf("run syncer: %w", err)
+	}
+	defer func() { s.cnp.shutdown() }()
+	// Without the CRD, look for it again now and then (clusterpolicy.go).
+	var discover <-chan time.Time
+	if cnpSynced != nil {
+		synced = append(synced[:len(synced):len(synced)], cnpSynced)
+	} else {
+		s.log.Info("the cluster does not serve ClusterNetworkPolicy; not syncing them until it does", "api", cnpv1.GroupVersion.String())
+		t := time.NewTicker(s.cfg.DiscoveryInterval)
+		defer t.Stop()
+		discover = t.C
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("run syncer: informer caches did not sync: %w", context.Cause(ctx))
 	}
 	s.log.Info("informers synced; starting full resync")
@@ -334,6 +373,16 @@ func (s *Syncer) Run(ctx context.Context) error {
 			return nil
 		case <-s.respec:
 			needResync = true
+			continue
+		case <-discover:
+			switch found, err := s.discoverClusterPolicies(ctx); {
+			case err != nil:
+				s.log.Warn("look for the ClusterNetworkPolicy CRD", "err", err)
+			case found:
+				// Its policies are published by a full resync, like
+				// everything at start.
+				discover, needResync = nil, true
+			}
 			continue
 		case <-s.kick:
 		}
@@ -403,6 +452,8 @@ func (s *Syncer) inputs(k Key) Inputs {
 			in.Service, _ = s.svcs.Services(k.Namespace).Get(k.Name)
 			in.Slices, _ = s.slices.EndpointSlices(k.Namespace).List(labels.SelectorFromSet(labels.Set{serviceNameLabel: k.Name}))
 		}
+	case KindClusterPolicy:
+		in.ClusterPolicy = s.cnp.get(k.Name)
 	}
 	return in
 }
@@ -475,7 +526,7 @@ func (s *Syncer) allKeys() []Key {
 	for _, x := range ses {
 		keys = append(keys, Key{KindExport, x.Namespace, x.Name})
 	}
-	return keys
+	return append(keys, s.cnp.keys()...)
 }
 
 // nextGeneration is a resync generation above every earlier one, also
@@ -503,9 +554,17 @@ func (s *Syncer) resync(ctx context.Context) error {
 	}
 	gen := s.nextGeneration()
 	b := PlanResync(s.cfg.Cluster, desired, gen, s.cfg.BatchSize)
+	if s.cnp != nil {
+		b.ClusterPolicies = PlanClusterPolicyResync(s.cfg.Cluster, desired, gen, s.cfg.BatchSize)
+	}
 	start := time.Now()
 	if err := s.send(ctx, b); err != nil {
 		return fmt.Errorf("full resync generation %d: %w", gen, err)
+	}
+	if s.cnp == nil {
+		if err := s.clearClusterPolicies(ctx, gen); err != nil {
+			return fmt.Errorf("full resync generation %d: %w", gen, err)
+		}
 	}
 	s.published = desired
 	s.metrics.resyncs.Inc()
@@ -559,6 +618,12 @@ func (s *Syncer) send(ctx context.Context, b Batches) error {
 			return err
 		}
 	}
+	for _, r := range b.ClusterPolicies {
+		rv, err := cp.ApplyClusterPolicies(ctx, r)
+		if err := note("clusterpolicies", "apply", rv, err); err != nil {
+			return err
+		}
+	}
 	for _, r := range b.Exports {
 		rv, err := cp.ExportServices(ctx, r)
 		if err := note("exports", "export", rv, err); err != nil {
@@ -577,6 +642,15 @@ func (s *Syncer) send(ctx context.Context, b Batches) error {
 			err = nil
 		}
 		if err := note("policies", "delete", rv, err); err != nil {
+			return err
+		}
+	}
+	for _, k := range b.ClusterPolicyDelete {
+		rv, err := cp.DeleteClusterPolicy(ctx, k)
+		if err != nil && isNotFound(err) {
+			err = nil
+		}
+		if err := note("clusterpolicies", "delete", rv, err); err != nil {
 			return err
 		}
 	}

@@ -1,5 +1,6 @@
 // Package kubetest starts a real etcd and a real kube-apiserver on loopback
-// for tests and the lab: no fake clientset, no HTTP stub. The binaries are
+// for tests and the lab: no fake clientset, no HTTP stub. The apiserver
+// serves the upstream ClusterNetworkPolicy CRD (crds.go) unless told not to. The binaries are
 // the ones `make deps` builds into .cache/bin (found by walking up from the
 // working directory) or those in $FEDMESH_KUBE_BIN_DIR.
 //
@@ -114,6 +115,10 @@ type Options struct {
 	// a new temporary directory (the lab puts it in its state dir, so
 	// `fedlab down` removes it even after a crash).
 	Dir string
+	// NoClusterNetworkPolicyCRD leaves out the upstream ClusterNetworkPolicy
+	// CRD, which every Server otherwise serves (crds.go), to test a cluster
+	// without it.
+	NoClusterNetworkPolicyCRD bool
 }
 
 // Start runs etcd and kube-apiserver for the test and stops them in
@@ -166,6 +171,11 @@ func StartServer(ctx context.Context, bins Binaries, opts Options) (_ *Server, e
 	}
 	if err := s.startAPIServer(ctx, bins.APIServer, opts); err != nil {
 		return nil, err
+	}
+	if !opts.NoClusterNetworkPolicyCRD {
+		if err := InstallClusterNetworkPolicyCRD(ctx, s.Config); err != nil {
+			return nil, err
+		}
 	}
 	s.removeDir = !opts.KeepLogs
 	return s, nil

@@ -1,8 +1,12 @@
 package kubetest_test
 
 import (
+	"bytes"
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -50,5 +54,26 @@ func TestServerRunsPodsWithTestSetIPsAndStopsClean(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("temp dir %s left behind", dir)
+	}
+}
+
+// The embedded CRD is the one the module at go.mod's version ships, byte
+// for byte (its provenance), and the apiserver serves it.
+func TestEmbeddedCRDIsTheModulesAndIsServed(t *testing.T) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
+	if err != nil {
+		t.Fatalf("find the module (go list -m): %v", err)
+	}
+	want, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "experimental", "policy.networking.k8s.io_clusternetworkpolicies.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(kubetest.ClusterNetworkPolicyCRD, want) {
+		t.Fatal("crds/policy.networking.k8s.io_clusternetworkpolicies.yaml differs from the module's experimental-channel CRD; copy it from the module at the version go.mod requires")
+	}
+	s := kubetest.Start(t, kubetest.Options{})
+	rl, err := s.Clientset().Discovery().ServerResourcesForGroupVersion("policy.networking.k8s.io/v1alpha2")
+	if err != nil || len(rl.APIResources) == 0 || rl.APIResources[0].Name != "clusternetworkpolicies" {
+		t.Fatalf("the apiserver does not serve ClusterNetworkPolicy: %v %v", rl, err)
 	}
 }

@@ -91,6 +91,9 @@ const (
 	// VERDICT_REASON_NOT_ENFORCED: the side is not a federation endpoint
 	// (an external address), so fedmesh enforces nothing there.
 	VerdictReason_VERDICT_REASON_NOT_ENFORCED VerdictReason = 4
+	// VERDICT_REASON_CLUSTER_POLICY: a ClusterNetworkPolicy rule (Accept or
+	// Deny) of the Admin or Baseline tier decided; see tier_rule.
+	VerdictReason_VERDICT_REASON_CLUSTER_POLICY VerdictReason = 5
 )
 
 // Enum value maps for VerdictReason.
@@ -101,6 +104,7 @@ var (
 		2: "VERDICT_REASON_RULE_ALLOWS",
 		3: "VERDICT_REASON_NO_RULE_ALLOWS",
 		4: "VERDICT_REASON_NOT_ENFORCED",
+		5: "VERDICT_REASON_CLUSTER_POLICY",
 	}
 	VerdictReason_value = map[string]int32{
 		"VERDICT_REASON_UNSPECIFIED":    0,
@@ -108,6 +112,7 @@ var (
 		"VERDICT_REASON_RULE_ALLOWS":    2,
 		"VERDICT_REASON_NO_RULE_ALLOWS": 3,
 		"VERDICT_REASON_NOT_ENFORCED":   4,
+		"VERDICT_REASON_CLUSTER_POLICY": 5,
 	}
 )
 
@@ -459,7 +464,17 @@ type DirectionVerdict struct {
 	// direction (for NO_RULE_ALLOWS: the ones that could have allowed it).
 	SelectingPolicies []*PolicyKey `protobuf:"bytes,4,rep,name=selecting_policies,json=selectingPolicies,proto3" json:"selecting_policies,omitempty"`
 	// Explanation is a sentence for humans.
-	Explanation   string `protobuf:"bytes,5,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	Explanation string `protobuf:"bytes,5,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	// Layer that decided: the Admin tier, NetworkPolicy, the Baseline tier
+	// or the default allow. Rule and selecting_policies describe the
+	// NetworkPolicy layer, which is computed even when a tier decided.
+	Layer PolicyLayer `protobuf:"varint,6,opt,name=layer,proto3,enum=fedmesh.v1.PolicyLayer" json:"layer,omitempty"`
+	// TierRule is the ClusterNetworkPolicy rule that decided (layer ADMIN or
+	// BASELINE); its action is Accept or Deny.
+	TierRule *TierRuleRef `protobuf:"bytes,7,opt,name=tier_rule,json=tierRule,proto3" json:"tier_rule,omitempty"`
+	// Passed are the Pass rules that handed the decision on to a later layer
+	// (layer says which), in order: at most one per tier.
+	Passed        []*TierRuleRef `protobuf:"bytes,8,rep,name=passed,proto3" json:"passed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -527,6 +542,27 @@ func (x *DirectionVerdict) GetExplanation() string {
 		return x.Explanation
 	}
 	return ""
+}
+
+func (x *DirectionVerdict) GetLayer() PolicyLayer {
+	if x != nil {
+		return x.Layer
+	}
+	return PolicyLayer_POLICY_LAYER_UNSPECIFIED
+}
+
+func (x *DirectionVerdict) GetTierRule() *TierRuleRef {
+	if x != nil {
+		return x.TierRule
+	}
+	return nil
+}
+
+func (x *DirectionVerdict) GetPassed() []*TierRuleRef {
+	if x != nil {
+		return x.Passed
+	}
+	return nil
 }
 
 // ResolvedTarget is a side of the flow as the control plane resolved it.
@@ -689,7 +725,7 @@ var File_fedmesh_v1_reach_proto protoreflect.FileDescriptor
 const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\n" +
 	"\x16fedmesh/v1/reach.proto\x12\n" +
-	"fedmesh.v1\x1a\x17fedmesh/v1/common.proto\x1a\x17fedmesh/v1/policy.proto\"Y\n" +
+	"fedmesh.v1\x1a\x1efedmesh/v1/clusterpolicy.proto\x1a\x17fedmesh/v1/common.proto\x1a\x17fedmesh/v1/policy.proto\"Y\n" +
 	"\vEndpointRef\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -708,13 +744,16 @@ const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\x06policy\x18\x01 \x01(\v2\x15.fedmesh.v1.PolicyKeyR\x06policy\x12*\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x16.fedmesh.v1.PolicyKindR\x04kind\x124\n" +
 	"\tdirection\x18\x03 \x01(\x0e2\x16.fedmesh.v1.PolicyTypeR\tdirection\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\rR\x05index\"\x85\x02\n" +
+	"\x05index\x18\x04 \x01(\rR\x05index\"\x9b\x03\n" +
 	"\x10DirectionVerdict\x12-\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x13.fedmesh.v1.VerdictR\averdict\x121\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x19.fedmesh.v1.VerdictReasonR\x06reason\x12'\n" +
 	"\x04rule\x18\x03 \x01(\v2\x13.fedmesh.v1.RuleRefR\x04rule\x12D\n" +
 	"\x12selecting_policies\x18\x04 \x03(\v2\x15.fedmesh.v1.PolicyKeyR\x11selectingPolicies\x12 \n" +
-	"\vexplanation\x18\x05 \x01(\tR\vexplanation\"q\n" +
+	"\vexplanation\x18\x05 \x01(\tR\vexplanation\x12-\n" +
+	"\x05layer\x18\x06 \x01(\x0e2\x17.fedmesh.v1.PolicyLayerR\x05layer\x124\n" +
+	"\ttier_rule\x18\a \x01(\v2\x17.fedmesh.v1.TierRuleRefR\btierRule\x12/\n" +
+	"\x06passed\x18\b \x03(\v2\x17.fedmesh.v1.TierRuleRefR\x06passed\"q\n" +
 	"\x0eResolvedTarget\x123\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x17.fedmesh.v1.EndpointRefR\bendpoint\x12\x0e\n" +
 	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x1a\n" +
@@ -729,13 +768,14 @@ const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rVERDICT_ALLOW\x10\x01\x12\x10\n" +
-	"\fVERDICT_DENY\x10\x02*\xb4\x01\n" +
+	"\fVERDICT_DENY\x10\x02*\xd7\x01\n" +
 	"\rVerdictReason\x12\x1e\n" +
 	"\x1aVERDICT_REASON_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bVERDICT_REASON_NOT_SELECTED\x10\x01\x12\x1e\n" +
 	"\x1aVERDICT_REASON_RULE_ALLOWS\x10\x02\x12!\n" +
 	"\x1dVERDICT_REASON_NO_RULE_ALLOWS\x10\x03\x12\x1f\n" +
-	"\x1bVERDICT_REASON_NOT_ENFORCED\x10\x042L\n" +
+	"\x1bVERDICT_REASON_NOT_ENFORCED\x10\x04\x12!\n" +
+	"\x1dVERDICT_REASON_CLUSTER_POLICY\x10\x052L\n" +
 	"\fReachService\x12<\n" +
 	"\x05Reach\x12\x18.fedmesh.v1.ReachRequest\x1a\x19.fedmesh.v1.ReachResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
@@ -767,6 +807,8 @@ var file_fedmesh_v1_reach_proto_goTypes = []any{
 	(*PolicyKey)(nil),        // 10: fedmesh.v1.PolicyKey
 	(PolicyKind)(0),          // 11: fedmesh.v1.PolicyKind
 	(PolicyType)(0),          // 12: fedmesh.v1.PolicyType
+	(PolicyLayer)(0),         // 13: fedmesh.v1.PolicyLayer
+	(*TierRuleRef)(nil),      // 14: fedmesh.v1.TierRuleRef
 }
 var file_fedmesh_v1_reach_proto_depIdxs = []int32{
 	2,  // 0: fedmesh.v1.ReachTarget.endpoint:type_name -> fedmesh.v1.EndpointRef
@@ -780,19 +822,22 @@ var file_fedmesh_v1_reach_proto_depIdxs = []int32{
 	1,  // 8: fedmesh.v1.DirectionVerdict.reason:type_name -> fedmesh.v1.VerdictReason
 	5,  // 9: fedmesh.v1.DirectionVerdict.rule:type_name -> fedmesh.v1.RuleRef
 	10, // 10: fedmesh.v1.DirectionVerdict.selecting_policies:type_name -> fedmesh.v1.PolicyKey
-	2,  // 11: fedmesh.v1.ResolvedTarget.endpoint:type_name -> fedmesh.v1.EndpointRef
-	0,  // 12: fedmesh.v1.ReachResponse.verdict:type_name -> fedmesh.v1.Verdict
-	6,  // 13: fedmesh.v1.ReachResponse.egress:type_name -> fedmesh.v1.DirectionVerdict
-	6,  // 14: fedmesh.v1.ReachResponse.ingress:type_name -> fedmesh.v1.DirectionVerdict
-	7,  // 15: fedmesh.v1.ReachResponse.source:type_name -> fedmesh.v1.ResolvedTarget
-	7,  // 16: fedmesh.v1.ReachResponse.destination:type_name -> fedmesh.v1.ResolvedTarget
-	4,  // 17: fedmesh.v1.ReachService.Reach:input_type -> fedmesh.v1.ReachRequest
-	8,  // 18: fedmesh.v1.ReachService.Reach:output_type -> fedmesh.v1.ReachResponse
-	18, // [18:19] is the sub-list for method output_type
-	17, // [17:18] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	13, // 11: fedmesh.v1.DirectionVerdict.layer:type_name -> fedmesh.v1.PolicyLayer
+	14, // 12: fedmesh.v1.DirectionVerdict.tier_rule:type_name -> fedmesh.v1.TierRuleRef
+	14, // 13: fedmesh.v1.DirectionVerdict.passed:type_name -> fedmesh.v1.TierRuleRef
+	2,  // 14: fedmesh.v1.ResolvedTarget.endpoint:type_name -> fedmesh.v1.EndpointRef
+	0,  // 15: fedmesh.v1.ReachResponse.verdict:type_name -> fedmesh.v1.Verdict
+	6,  // 16: fedmesh.v1.ReachResponse.egress:type_name -> fedmesh.v1.DirectionVerdict
+	6,  // 17: fedmesh.v1.ReachResponse.ingress:type_name -> fedmesh.v1.DirectionVerdict
+	7,  // 18: fedmesh.v1.ReachResponse.source:type_name -> fedmesh.v1.ResolvedTarget
+	7,  // 19: fedmesh.v1.ReachResponse.destination:type_name -> fedmesh.v1.ResolvedTarget
+	4,  // 20: fedmesh.v1.ReachService.Reach:input_type -> fedmesh.v1.ReachRequest
+	8,  // 21: fedmesh.v1.ReachService.Reach:output_type -> fedmesh.v1.ReachResponse
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_reach_proto_init() }
@@ -800,6 +845,7 @@ func file_fedmesh_v1_reach_proto_init() {
 	if File_fedmesh_v1_reach_proto != nil {
 		return
 	}
+	file_fedmesh_v1_clusterpolicy_proto_init()
 	file_fedmesh_v1_common_proto_init()
 	file_fedmesh_v1_policy_proto_init()
 	file_fedmesh_v1_reach_proto_msgTypes[1].OneofWrappers = []any{

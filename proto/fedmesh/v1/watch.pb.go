@@ -45,6 +45,9 @@ const (
 	ResourceKind_RESOURCE_KIND_BGP_PEER ResourceKind = 7
 	// RESOURCE_KIND_BGP_FILTER is BGPFilter.
 	ResourceKind_RESOURCE_KIND_BGP_FILTER ResourceKind = 8
+	// RESOURCE_KIND_CLUSTER_NETWORK_POLICY is ClusterNetworkPolicy, synced
+	// and federated.
+	ResourceKind_RESOURCE_KIND_CLUSTER_NETWORK_POLICY ResourceKind = 9
 )
 
 // Enum value maps for ResourceKind.
@@ -59,17 +62,19 @@ var (
 		6: "RESOURCE_KIND_POLICY",
 		7: "RESOURCE_KIND_BGP_PEER",
 		8: "RESOURCE_KIND_BGP_FILTER",
+		9: "RESOURCE_KIND_CLUSTER_NETWORK_POLICY",
 	}
 	ResourceKind_value = map[string]int32{
-		"RESOURCE_KIND_UNSPECIFIED":    0,
-		"RESOURCE_KIND_CLUSTER":        1,
-		"RESOURCE_KIND_NODE":           2,
-		"RESOURCE_KIND_ENDPOINT":       3,
-		"RESOURCE_KIND_SERVICE_EXPORT": 4,
-		"RESOURCE_KIND_SERVICE_IMPORT": 5,
-		"RESOURCE_KIND_POLICY":         6,
-		"RESOURCE_KIND_BGP_PEER":       7,
-		"RESOURCE_KIND_BGP_FILTER":     8,
+		"RESOURCE_KIND_UNSPECIFIED":            0,
+		"RESOURCE_KIND_CLUSTER":                1,
+		"RESOURCE_KIND_NODE":                   2,
+		"RESOURCE_KIND_ENDPOINT":               3,
+		"RESOURCE_KIND_SERVICE_EXPORT":         4,
+		"RESOURCE_KIND_SERVICE_IMPORT":         5,
+		"RESOURCE_KIND_POLICY":                 6,
+		"RESOURCE_KIND_BGP_PEER":               7,
+		"RESOURCE_KIND_BGP_FILTER":             8,
+		"RESOURCE_KIND_CLUSTER_NETWORK_POLICY": 9,
 	}
 )
 
@@ -428,6 +433,7 @@ type Event struct {
 	//	*Event_Policy
 	//	*Event_BgpPeer
 	//	*Event_BgpFilter
+	//	*Event_ClusterNetworkPolicy
 	Object        isEvent_Object `protobuf_oneof:"object"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -556,6 +562,15 @@ func (x *Event) GetBgpFilter() *BGPFilter {
 	return nil
 }
 
+func (x *Event) GetClusterNetworkPolicy() *ClusterNetworkPolicy {
+	if x != nil {
+		if x, ok := x.Object.(*Event_ClusterNetworkPolicy); ok {
+			return x.ClusterNetworkPolicy
+		}
+	}
+	return nil
+}
+
 type isEvent_Object interface {
 	isEvent_Object()
 }
@@ -600,6 +615,11 @@ type Event_BgpFilter struct {
 	BgpFilter *BGPFilter `protobuf:"bytes,10,opt,name=bgp_filter,json=bgpFilter,proto3,oneof"`
 }
 
+type Event_ClusterNetworkPolicy struct {
+	// ClusterNetworkPolicy that changed.
+	ClusterNetworkPolicy *ClusterNetworkPolicy `protobuf:"bytes,11,opt,name=cluster_network_policy,json=clusterNetworkPolicy,proto3,oneof"`
+}
+
 func (*Event_Cluster) isEvent_Object() {}
 
 func (*Event_Node) isEvent_Object() {}
@@ -616,12 +636,14 @@ func (*Event_BgpPeer) isEvent_Object() {}
 
 func (*Event_BgpFilter) isEvent_Object() {}
 
+func (*Event_ClusterNetworkPolicy) isEvent_Object() {}
+
 var File_fedmesh_v1_watch_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\n" +
 	"\x16fedmesh/v1/watch.proto\x12\n" +
-	"fedmesh.v1\x1a\x14fedmesh/v1/bgp.proto\x1a\x18fedmesh/v1/cluster.proto\x1a\x19fedmesh/v1/endpoint.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\x1a\x18fedmesh/v1/service.proto\"\x94\x01\n" +
+	"fedmesh.v1\x1a\x14fedmesh/v1/bgp.proto\x1a\x18fedmesh/v1/cluster.proto\x1a\x1efedmesh/v1/clusterpolicy.proto\x1a\x19fedmesh/v1/endpoint.proto\x1a\x15fedmesh/v1/node.proto\x1a\x17fedmesh/v1/policy.proto\x1a\x18fedmesh/v1/service.proto\"\x94\x01\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\x12.\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x18.fedmesh.v1.ResourceKindR\x05kinds\x12/\n" +
@@ -633,7 +655,7 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x1d.fedmesh.v1.WatchResponseTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12)\n" +
 	"\x06events\x18\x03 \x03(\v2\x11.fedmesh.v1.EventR\x06events\x12\x12\n" +
-	"\x04more\x18\x04 \x01(\bR\x04more\"\x8b\x04\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\"\xe5\x04\n" +
 	"\x05Event\x12)\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x15.fedmesh.v1.EventTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12/\n" +
@@ -646,8 +668,9 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\bbgp_peer\x18\t \x01(\v2\x19.fedmesh.v1.BGPPeerConfigH\x00R\abgpPeer\x126\n" +
 	"\n" +
 	"bgp_filter\x18\n" +
-	" \x01(\v2\x15.fedmesh.v1.BGPFilterH\x00R\tbgpFilterB\b\n" +
-	"\x06object*\x94\x02\n" +
+	" \x01(\v2\x15.fedmesh.v1.BGPFilterH\x00R\tbgpFilter\x12X\n" +
+	"\x16cluster_network_policy\x18\v \x01(\v2 .fedmesh.v1.ClusterNetworkPolicyH\x00R\x14clusterNetworkPolicyB\b\n" +
+	"\x06object*\xbe\x02\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RESOURCE_KIND_CLUSTER\x10\x01\x12\x16\n" +
@@ -657,7 +680,8 @@ const file_fedmesh_v1_watch_proto_rawDesc = "" +
 	"\x1cRESOURCE_KIND_SERVICE_IMPORT\x10\x05\x12\x18\n" +
 	"\x14RESOURCE_KIND_POLICY\x10\x06\x12\x1a\n" +
 	"\x16RESOURCE_KIND_BGP_PEER\x10\a\x12\x1c\n" +
-	"\x18RESOURCE_KIND_BGP_FILTER\x10\b*\x9c\x01\n" +
+	"\x18RESOURCE_KIND_BGP_FILTER\x10\b\x12(\n" +
+	"$RESOURCE_KIND_CLUSTER_NETWORK_POLICY\x10\t*\x9c\x01\n" +
 	"\x11WatchResponseType\x12#\n" +
 	"\x1fWATCH_RESPONSE_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cWATCH_RESPONSE_TYPE_SNAPSHOT\x10\x01\x12\x1e\n" +
@@ -685,21 +709,22 @@ func file_fedmesh_v1_watch_proto_rawDescGZIP() []byte {
 var file_fedmesh_v1_watch_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_fedmesh_v1_watch_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_fedmesh_v1_watch_proto_goTypes = []any{
-	(ResourceKind)(0),      // 0: fedmesh.v1.ResourceKind
-	(WatchResponseType)(0), // 1: fedmesh.v1.WatchResponseType
-	(EventType)(0),         // 2: fedmesh.v1.EventType
-	(*WatchRequest)(nil),   // 3: fedmesh.v1.WatchRequest
-	(*WatchFilter)(nil),    // 4: fedmesh.v1.WatchFilter
-	(*WatchResponse)(nil),  // 5: fedmesh.v1.WatchResponse
-	(*Event)(nil),          // 6: fedmesh.v1.Event
-	(*Cluster)(nil),        // 7: fedmesh.v1.Cluster
-	(*Node)(nil),           // 8: fedmesh.v1.Node
-	(*Endpoint)(nil),       // 9: fedmesh.v1.Endpoint
-	(*ServiceExport)(nil),  // 10: fedmesh.v1.ServiceExport
-	(*ServiceImport)(nil),  // 11: fedmesh.v1.ServiceImport
-	(*Policy)(nil),         // 12: fedmesh.v1.Policy
-	(*BGPPeerConfig)(nil),  // 13: fedmesh.v1.BGPPeerConfig
-	(*BGPFilter)(nil),      // 14: fedmesh.v1.BGPFilter
+	(ResourceKind)(0),            // 0: fedmesh.v1.ResourceKind
+	(WatchResponseType)(0),       // 1: fedmesh.v1.WatchResponseType
+	(EventType)(0),               // 2: fedmesh.v1.EventType
+	(*WatchRequest)(nil),         // 3: fedmesh.v1.WatchRequest
+	(*WatchFilter)(nil),          // 4: fedmesh.v1.WatchFilter
+	(*WatchResponse)(nil),        // 5: fedmesh.v1.WatchResponse
+	(*Event)(nil),                // 6: fedmesh.v1.Event
+	(*Cluster)(nil),              // 7: fedmesh.v1.Cluster
+	(*Node)(nil),                 // 8: fedmesh.v1.Node
+	(*Endpoint)(nil),             // 9: fedmesh.v1.Endpoint
+	(*ServiceExport)(nil),        // 10: fedmesh.v1.ServiceExport
+	(*ServiceImport)(nil),        // 11: fedmesh.v1.ServiceImport
+	(*Policy)(nil),               // 12: fedmesh.v1.Policy
+	(*BGPPeerConfig)(nil),        // 13: fedmesh.v1.BGPPeerConfig
+	(*BGPFilter)(nil),            // 14: fedmesh.v1.BGPFilter
+	(*ClusterNetworkPolicy)(nil), // 15: fedmesh.v1.ClusterNetworkPolicy
 }
 var file_fedmesh_v1_watch_proto_depIdxs = []int32{
 	0,  // 0: fedmesh.v1.WatchRequest.kinds:type_name -> fedmesh.v1.ResourceKind
@@ -715,13 +740,14 @@ var file_fedmesh_v1_watch_proto_depIdxs = []int32{
 	12, // 10: fedmesh.v1.Event.policy:type_name -> fedmesh.v1.Policy
 	13, // 11: fedmesh.v1.Event.bgp_peer:type_name -> fedmesh.v1.BGPPeerConfig
 	14, // 12: fedmesh.v1.Event.bgp_filter:type_name -> fedmesh.v1.BGPFilter
-	3,  // 13: fedmesh.v1.WatchService.Watch:input_type -> fedmesh.v1.WatchRequest
-	5,  // 14: fedmesh.v1.WatchService.Watch:output_type -> fedmesh.v1.WatchResponse
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 13: fedmesh.v1.Event.cluster_network_policy:type_name -> fedmesh.v1.ClusterNetworkPolicy
+	3,  // 14: fedmesh.v1.WatchService.Watch:input_type -> fedmesh.v1.WatchRequest
+	5,  // 15: fedmesh.v1.WatchService.Watch:output_type -> fedmesh.v1.WatchResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_watch_proto_init() }
@@ -731,6 +757,7 @@ func file_fedmesh_v1_watch_proto_init() {
 	}
 	file_fedmesh_v1_bgp_proto_init()
 	file_fedmesh_v1_cluster_proto_init()
+	file_fedmesh_v1_clusterpolicy_proto_init()
 	file_fedmesh_v1_endpoint_proto_init()
 	file_fedmesh_v1_node_proto_init()
 	file_fedmesh_v1_policy_proto_init()
@@ -744,6 +771,7 @@ func file_fedmesh_v1_watch_proto_init() {
 		(*Event_Policy)(nil),
 		(*Event_BgpPeer)(nil),
 		(*Event_BgpFilter)(nil),
+		(*Event_ClusterNetworkPolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -90,10 +90,11 @@ spec:
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	byOwner, err := readManifests(path, "east")
+	m, err := readManifests(path, "east")
 	if err != nil {
 		t.Fatal(err)
 	}
+	byOwner := m.byOwner
 	if len(byOwner["east"]) != 1 || len(byOwner[""]) != 1 {
 		t.Fatalf("owners = %v", byOwner)
 	}
@@ -217,7 +218,7 @@ func TestProtocolsAreNamedNotNumbered(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for owner, pols := range byOwner {
+			for owner, pols := range byOwner.byOwner {
 				err := model.ValidateApplyPolicies(&fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols})
 				msg := describe(status.Convert(err).Err())
 				if !strings.Contains(msg, tc.wantServer) || strings.Contains(msg, "-1") {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,21 +66,38 @@ func (g *globals) waitEnforced(ctx context.Context, c *conn, w waitFlags, revisi
 	return nil
 }
 
-// readManifests reads NetworkPolicy and FederatedNetworkPolicy documents
-// from a multi-document YAML or JSON stream; '-' is stdin.
-func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error) {
+// policyManifests are the policies of a manifest stream: NetworkPolicies
+// by owner cluster ("" for federated ones), and federated
+// ClusterNetworkPolicies.
+type policyManifests struct {
+	byOwner         map[string][]*fedmeshv1.Policy
+	clusterPolicies []*fedmeshv1.ClusterNetworkPolicy
+}
+
+// readManifests reads NetworkPolicy, FederatedNetworkPolicy and
+// FederatedClusterNetworkPolicy documents from a multi-document YAML or
+// JSON stream; '-' is stdin.
+func readManifests(path, cluster string) (policyManifests, error) {
+	var m policyManifests
+	var err error
+	m.byOwner, m.clusterPolicies, err = readPolicyDocs(path, cluster)
+	return m, err
+}
+
+func readPolicyDocs(path, cluster string) (map[string][]*fedmeshv1.Policy, []*fedmeshv1.ClusterNetworkPolicy, error) {
 	var r io.Reader
 	if path == "-" {
 		r = os.Stdin
 	} else {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, fmt.Errorf("open %s: %w", path, err)
+			return nil, nil, fmt.Errorf("open %s: %w", path, err)
 		}
 		defer f.Close()
 		r = f
 	}
 	byOwner := map[string][]*fedmeshv1.Policy{}
+	var cnps []*fedmeshv1.ClusterNetworkPolicy
 	yr := utilyaml.NewYAMLReader(bufio.NewReader(r))
 	for doc := 1; ; doc++ {
 		raw, err := yr.Read()
@@ -89,23 +105,23 @@ func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error)
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", path, err)
+			return nil, nil, fmt.Errorf("read %s: %w", path, err)
 		}
 		if len(bytes.TrimSpace(raw)) == 0 {
 			continue
 		}
 		var tm metav1.TypeMeta
 		if err := yaml.Unmarshal(raw, &tm); err != nil {
-			return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 		}
 		switch {
 		case tm.Kind == "NetworkPolicy" && tm.APIVersion == "networking.k8s.io/v1":
 			if cluster == "" {
-				return nil, fmt.Errorf("%s document %d: a NetworkPolicy belongs to one cluster: give --cluster (or use kind FederatedNetworkPolicy)", path, doc)
+				return nil, nil, fmt.Errorf("%s document %d: a NetworkPolicy belongs to one cluster: give --cluster (or use kind FederatedNetworkPolicy)", path, doc)
 			}
 			var np networkingv1.NetworkPolicy
 			if err := yaml.UnmarshalStrict(raw, &np); err != nil {
-				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+				return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 			}
 			if np.Namespace == "" {
 				np.Namespace = "default"
@@ -118,13 +134,13 @@ func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error)
 				ports.add("egress", i, r.Ports)
 			}
 			if err := ports.check(); err != nil {
-				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+				return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 			}
 			byOwner[cluster] = append(byOwner[cluster], model.PolicyFromK8s(cluster, &np))
 		case tm.Kind == "FederatedNetworkPolicy" && tm.APIVersion == "fedmesh.io/v1":
 			var fp model.FederatedNetworkPolicy
 			if err := yaml.UnmarshalStrict(raw, &fp); err != nil {
-				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+				return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 			}
 			var ports portLists
 			for i, r := range fp.Spec.Ingress {
@@ -134,17 +150,25 @@ func readManifests(path, cluster string) (map[string][]*fedmeshv1.Policy, error)
 				ports.add("egress", i, r.Ports)
 			}
 			if err := ports.check(); err != nil {
-				return nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+				return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
 			}
 			byOwner[""] = append(byOwner[""], model.PolicyFromFederated(&fp))
+		case tm.Kind == model.FederatedClusterNetworkPolicyKind && tm.APIVersion == "fedmesh.io/v1":
+			p, err := decodeFederatedClusterPolicy(raw)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s document %d: %w", path, doc, err)
+			}
+			cnps = append(cnps, p)
+		case tm.Kind == "ClusterNetworkPolicy":
+			return nil, nil, fmt.Errorf("%s document %d: a ClusterNetworkPolicy belongs to one cluster: create it in that cluster's API, whose syncer copies it here (or use kind FederatedClusterNetworkPolicy, apiVersion fedmesh.io/v1)", path, doc)
 		default:
-			return nil, fmt.Errorf("%s document %d: unsupported %s/%s: want networking.k8s.io/v1 NetworkPolicy or fedmesh.io/v1 FederatedNetworkPolicy", path, doc, tm.APIVersion, tm.Kind)
+			return nil, nil, fmt.Errorf("%s document %d: unsupported %s/%s: want networking.k8s.io/v1 NetworkPolicy or fedmesh.io/v1 FederatedNetworkPolicy or FederatedClusterNetworkPolicy", path, doc, tm.APIVersion, tm.Kind)
 		}
 	}
-	if len(byOwner) == 0 {
-		return nil, fmt.Errorf("%s has no policy", path)
+	if len(byOwner) == 0 && len(cnps) == 0 {
+		return nil, nil, fmt.Errorf("%s has no policy", path)
 	}
-	return byOwner, nil
+	return byOwner, cnps, nil
 }
 
 // portLists are a manifest's rule ports, each with where it is.
@@ -181,26 +205,32 @@ func policyApplyCmd(g *globals) *cobra.Command {
 	var w waitFlags
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
-		Short: "Create or replace policies from NetworkPolicy / FederatedNetworkPolicy manifests",
+		Short: "Create or replace policies from NetworkPolicy / FederatedNetworkPolicy / FederatedClusterNetworkPolicy manifests",
 		Long: `Create or replace policies. A networking.k8s.io/v1 NetworkPolicy is a policy of
 the cluster given by --cluster and stays local to it; its one writer is that
 cluster's syncer, which copies it from the cluster's Kubernetes API, so the
 control plane refuses it from anyone else (apply it in the cluster's API). A
 fedmesh.io/v1 FederatedNetworkPolicy is stored once and enforced in every
-cluster its clusterSelector matches. Each owner's policies are applied as one
-atomic batch.`,
+cluster its clusterSelector matches. A fedmesh.io/v1
+FederatedClusterNetworkPolicy is an upstream ClusterNetworkPolicy spec
+(policy.networking.k8s.io/v1alpha2: tier, priority, subject, rules with
+Accept, Deny or Pass) plus a clusterSelector, and a clusterSelector on each
+peer (absent: the subject pod's own cluster; empty: every cluster); it is
+stored once and enforced in every cluster its clusterSelector matches. Each
+owner's policies, and the ClusterNetworkPolicies, are applied as one atomic
+batch each.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
 				return fmt.Errorf("give the manifests with -f FILE (or -f - for stdin)")
 			}
-			byOwner, err := readManifests(file, cluster)
+			m, err := readManifests(file, cluster)
 			if err != nil {
 				return err
 			}
 			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
 				var last uint64
-				for owner, pols := range byOwner {
+				for owner, pols := range m.byOwner {
 					resp, err := c.policies.ApplyPolicies(ctx, &fedmeshv1.ApplyPoliciesRequest{Cluster: owner, Policies: pols})
 					if err != nil {
 						return err
@@ -210,7 +240,11 @@ atomic batch.`,
 					}
 					last = max(last, resp.GetRevision())
 				}
-				return g.waitEnforced(ctx, c, w, last, nil)
+				rev, err := g.applyClusterPolicies(ctx, c, m.clusterPolicies)
+				if err != nil {
+					return err
+				}
+				return g.waitEnforced(ctx, c, w, max(last, rev), nil)
 			})
 		},
 	}
@@ -267,8 +301,8 @@ func policyListCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				t := &table{header: []string{"POLICY", "KIND", "CLUSTERS", "TYPES", "INGRESS", "EGRESS", "REVISION"}}
-				var objs []proto.Message
+				t := &table{header: []string{"POLICY", "KIND", "TIER", "PRIORITY", "CLUSTERS", "TYPES", "INGRESS", "EGRESS", "REVISION"}}
+				var objs []any
 				for _, p := range resp.GetPolicies() {
 					kind, scope := "kubernetes", p.GetCluster()
 					if p.GetKind() == fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED {
@@ -278,12 +312,19 @@ func policyListCmd(g *globals) *cobra.Command {
 					for _, t := range p.GetSpec().GetPolicyTypes() {
 						types = append(types, strings.ToLower(strings.TrimPrefix(t.String(), "POLICY_TYPE_")))
 					}
-					t.add(policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), kind, scope, orNone(types),
+					t.add(policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), kind, "-", "-", scope, orNone(types),
 						strconv.Itoa(len(p.GetSpec().GetIngress())), strconv.Itoa(len(p.GetSpec().GetEgress())),
 						strconv.FormatUint(p.GetMeta().GetRevision(), 10))
 					objs = append(objs, p)
 				}
-				return g.print(t, objs...)
+				// ClusterNetworkPolicies are cluster-scoped: a namespace
+				// filter leaves them out.
+				if namespace == "" {
+					if objs, err = listClusterPolicies(ctx, c, cluster, federatedOnly, t, objs); err != nil {
+						return err
+					}
+				}
+				return g.printAny(t, objs...)
 			})
 		},
 	}
@@ -312,10 +353,16 @@ func selectorString(s *fedmeshv1.LabelSelector) string {
 
 func policyGetCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME",
+		Use:   "get CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME | cnp/CLUSTER/NAME | cnp/federated/NAME",
 		Short: "Show one policy (YAML by default)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ck, ok, err := parseClusterPolicyKey(args[0]); ok {
+				if err != nil {
+					return err
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error { return g.getClusterPolicy(ctx, c, ck) })
+			}
 			k, err := parsePolicyKey(args[0])
 			if err != nil {
 				return err
@@ -337,10 +384,22 @@ func policyGetCmd(g *globals) *cobra.Command {
 func policyDeleteCmd(g *globals) *cobra.Command {
 	var w waitFlags
 	cmd := &cobra.Command{
-		Use:   "delete CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME",
+		Use:   "delete CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME | cnp/CLUSTER/NAME | cnp/federated/NAME",
 		Short: "Delete one policy",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ck, ok, err := parseClusterPolicyKey(args[0]); ok {
+				if err != nil {
+					return err
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+					rev, err := g.deleteClusterPolicy(ctx, c, ck)
+					if err != nil {
+						return err
+					}
+					return g.waitEnforced(ctx, c, w, rev, nil)
+				})
+			}
 			k, err := parsePolicyKey(args[0])
 			if err != nil {
 				return err

@@ -101,7 +101,19 @@ func printReach(w io.Writer, src, dst, protocol string, port uint32, r *fedmeshv
 	fmt.Fprintf(w, "%s -> %s %s: %s (revision %d)\n", src, dst, flow, verdictWord(r.GetVerdict()), r.GetRevision())
 	side := func(name string, d *fedmeshv1.DirectionVerdict, t *fedmeshv1.ResolvedTarget) {
 		fmt.Fprintf(w, "  %-8s %s", name, verdictWord(d.GetVerdict()))
-		if rule := d.GetRule(); rule != nil {
+		layer := d.GetLayer()
+		if layer != fedmeshv1.PolicyLayer_POLICY_LAYER_UNSPECIFIED {
+			fmt.Fprintf(w, " [%s]", layerWord(layer))
+		}
+		if tr := d.GetTierRule(); tr != nil {
+			fmt.Fprintf(w, " by %s", tierRuleString(tr))
+		}
+		for _, p := range d.GetPassed() {
+			fmt.Fprintf(w, " after Pass by %s", tierRuleString(p))
+		}
+		// The NetworkPolicy rule is the answer only where that layer
+		// decided (an older control plane names no layer).
+		if rule := d.GetRule(); rule != nil && (layer == fedmeshv1.PolicyLayer_POLICY_LAYER_UNSPECIFIED || layer == fedmeshv1.PolicyLayer_POLICY_LAYER_NETWORK_POLICY) {
 			k := rule.GetPolicy()
 			fmt.Fprintf(w, " by %s rule %s[%d]", policyName(k.GetCluster(), k.GetNamespace(), k.GetName()),
 				strings.ToLower(strings.TrimPrefix(rule.GetDirection().String(), "POLICY_TYPE_")), rule.GetIndex())
@@ -127,7 +139,7 @@ func watchCmd(g *globals) *cobra.Command {
 			for _, k := range kinds {
 				v, ok := fedmeshv1.ResourceKind_value["RESOURCE_KIND_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_"))]
 				if !ok {
-					return fmt.Errorf("kind %q: want cluster, node, endpoint, service-export, service-import or policy", k)
+					return fmt.Errorf("kind %q: want cluster, node, endpoint, service-export, service-import, policy or cluster-network-policy", k)
 				}
 				req.Kinds = append(req.Kinds, fedmeshv1.ResourceKind(v))
 			}
@@ -184,6 +196,8 @@ func eventObject(e *fedmeshv1.Event) string {
 		return "service-import " + o.ServiceImport.GetNamespace() + "/" + o.ServiceImport.GetName()
 	case *fedmeshv1.Event_Policy:
 		return "policy " + policyName(o.Policy.GetCluster(), o.Policy.GetNamespace(), o.Policy.GetName())
+	case *fedmeshv1.Event_ClusterNetworkPolicy:
+		return "cluster-network-policy " + clusterPolicyName(o.ClusterNetworkPolicy.GetCluster(), o.ClusterNetworkPolicy.GetName())
 	}
 	return "?"
 }
