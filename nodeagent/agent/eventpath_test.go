@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -87,6 +90,38 @@ func replayBothPaths(t *testing.T, seed uint64) {
 			}}
 	}
 
+	// ClusterNetworkPolicies of both tiers and all three actions, synced
+	// (c0) and federated; broken ones carry a spec the converter cannot
+	// decode (a version skew), which both paths must reject alike.
+	randomCNP := func(name string, broken bool) *fedmeshv1.ClusterNetworkPolicy {
+		actions := []cnpv1.ClusterNetworkPolicyRuleAction{cnpv1.ClusterNetworkPolicyRuleActionAccept,
+			cnpv1.ClusterNetworkPolicyRuleActionDeny, cnpv1.ClusterNetworkPolicyRuleActionPass}
+		tier := cnpv1.AdminTier
+		if rng.IntN(3) == 0 {
+			tier = cnpv1.BaselineTier
+		}
+		sel := func() metav1.LabelSelector {
+			return metav1.LabelSelector{MatchLabels: map[string]string{"app": apps[rng.IntN(len(apps))]}}
+		}
+		cp := &policy.ClusterPolicy{Name: name, Spec: cnpv1.ClusterNetworkPolicySpec{
+			Tier: tier, Priority: int32(rng.IntN(3)),
+			Subject: cnpv1.ClusterNetworkPolicySubject{Pods: &cnpv1.NamespacedPod{PodSelector: sel()}},
+			Ingress: []cnpv1.ClusterNetworkPolicyIngressRule{{Name: "r0", Action: actions[rng.IntN(3)],
+				From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Pods: &cnpv1.NamespacedPod{PodSelector: sel()}}}}},
+		}}
+		if rng.IntN(2) == 0 {
+			cp.Cluster = "c0"
+		}
+		p, err := policy.ClusterPolicyToProto(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if broken {
+			p.SpecJson = []byte(`{"tier":`)
+		}
+		return p
+	}
+
 	rev := uint64(1)
 	snap := &fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT, Revision: rev}
 	snap.Events = append(snap.Events, putEv(rev, cluster("c0", "10.0.0.0/16")), putEv(rev, cluster("c1", "10.1.0.0/16")))
@@ -103,7 +138,7 @@ func replayBothPaths(t *testing.T, seed uint64) {
 	}
 	deliver(snap)
 
-	rejected := 0
+	rejected, rejectedCNP := 0, 0
 	for range 150 {
 		rev++
 		var evs []*fedmeshv1.Event
@@ -120,13 +155,22 @@ func replayBothPaths(t *testing.T, seed uint64) {
 					evs = append(evs, delEv(rev, endpoint(p, "web", rev)))
 					alive[p] = false
 				}
-			case op < 7:
+			case op < 6:
 				evs = append(evs, putEv(rev, randomPolicy(name, false)))
-			case op < 9:
+			case op < 7:
 				evs = append(evs, putEv(rev, randomPolicy(name, true)))
 				rejected++
+			case op < 9:
+				evs = append(evs, putEv(rev, randomCNP(name, false)))
+			case op < 10 && rng.IntN(2) == 0:
+				evs = append(evs, putEv(rev, randomCNP(name, true)))
+				rejectedCNP++
 			default:
-				evs = append(evs, delEv(rev, &fedmeshv1.Policy{Kind: fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES, Cluster: "c0", Namespace: "x", Name: name}))
+				if rng.IntN(2) == 0 {
+					evs = append(evs, delEv(rev, &fedmeshv1.Policy{Kind: fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES, Cluster: "c0", Namespace: "x", Name: name}))
+				} else {
+					evs = append(evs, delEv(rev, &fedmeshv1.ClusterNetworkPolicy{Cluster: []string{"", "c0"}[rng.IntN(2)], Name: name}))
+				}
 			}
 		}
 		deliver(events(rev, evs...))
@@ -145,23 +189,22 @@ func replayBothPaths(t *testing.T, seed uint64) {
 			if rng.IntN(4) == 0 {
 				f.Src = policy.Target{IP: netip.MustParseAddr("192.0.2.1")}
 			}
-			ax, aerr := agentEng.Explain(f)
-			rx, rerr := reachEng.Explain(f)
+			ax, aerr := agentEng.Tiers().Explain(agentEng, f)
+			rx, rerr := reachEng.Tiers().Explain(reachEng, f)
 			if (aerr == nil) != (rerr == nil) {
 				t.Fatalf("revision %d: agent explain error %v, Reach %v", rev, aerr, rerr)
 			}
 			if aerr != nil {
 				continue
 			}
-			if ax.Allowed != rx.Allowed || ax.Ingress.Rule != rx.Ingress.Rule || ax.Egress.Rule != rx.Egress.Rule ||
-				ax.Ingress.Reason != rx.Ingress.Reason || ax.Egress.Reason != rx.Egress.Reason {
+			if ax.Allowed != rx.Allowed || ax.Ingress.String() != rx.Ingress.String() || ax.Egress.String() != rx.Egress.String() {
 				t.Fatalf("revision %d: %v -> %v tcp/%d:\n agent: %v\n  %s\n  %s\n Reach: %v\n  %s\n  %s", rev, f.Src, f.Dst, f.Port,
 					ax.Allowed, ax.Egress, ax.Ingress, rx.Allowed, rx.Egress, rx.Ingress)
 			}
 		}
 	}
-	if rejected == 0 {
-		t.Fatal("the stream held no policy update the compiler rejects: the failure rule went untested")
+	if rejected == 0 || rejectedCNP == 0 {
+		t.Fatalf("the stream held %d NetworkPolicy and %d ClusterNetworkPolicy updates the compiler rejects: the failure rule went untested", rejected, rejectedCNP)
 	}
 }
 

@@ -30,6 +30,7 @@ var watchedKinds = []fedmeshv1.ResourceKind{
 	fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER_NETWORK_POLICY,
 }
 
 // NodeKey names a node of a cluster.
@@ -58,6 +59,9 @@ type Change struct {
 	BGPName   string
 	BGPPeer   *fedmeshv1.BGPPeerConfig
 	BGPFilter *fedmeshv1.BGPFilter
+	// ClusterPolicyKey keys a ClusterNetworkPolicy (clusterpolicyview.go).
+	ClusterPolicyKey policy.ClusterPolicyKey
+	ClusterPolicy    *fedmeshv1.ClusterNetworkPolicy
 	// StatusOnly marks a node put that changes nothing but the node's
 	// reported status: nothing to enforce, and no reason to report at once
 	// (reporting it would write another status, and so on forever).
@@ -67,6 +71,9 @@ type Change struct {
 // policyUpdate is the change in the compiler's form; policy.Apply ignores
 // the kinds the compiler does not take (nodes).
 func (c Change) policyUpdate() policy.Update {
+	if c.Kind == policy.KindClusterPolicy {
+		return c.clusterPolicyUpdate()
+	}
 	return policy.Update{Kind: c.Kind, Delete: c.Delete, ClusterName: c.ClusterName, EndpointKey: c.EndpointKey,
 		PolicyKey: c.PolicyKey, Cluster: c.Cluster, Endpoint: c.Endpoint, Policy: c.Policy}
 }
@@ -87,6 +94,8 @@ func (c Change) key() objectKey {
 		return objectKey{c.Kind, c.EndpointKey.Cluster, c.EndpointKey.Namespace, c.EndpointKey.Name}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
 		return objectKey{kind: c.Kind, name: c.BGPName}
+	case policy.KindClusterPolicy:
+		return objectKey{kind: c.Kind, cluster: c.ClusterPolicyKey.Cluster, name: c.ClusterPolicyKey.Name}
 	default:
 		return objectKey{c.Kind, c.PolicyKey.Cluster, c.PolicyKey.Namespace, c.PolicyKey.Name}
 	}
@@ -103,6 +112,8 @@ func (c Change) Object() string {
 		return "endpoint/" + c.EndpointKey.String()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
 		return bgpObject(c)
+	case policy.KindClusterPolicy:
+		return "clusternetworkpolicy/" + c.ClusterPolicyKey.String()
 	default:
 		return "policy/" + c.PolicyKey.String()
 	}
@@ -147,6 +158,8 @@ type View struct {
 	// BGP peers (only those selecting this node) and filters, by name.
 	BGPPeers   map[string]*fedmeshv1.BGPPeerConfig
 	BGPFilters map[string]*fedmeshv1.BGPFilter
+	// ClusterPolicies are the ClusterNetworkPolicies, both tiers.
+	ClusterPolicies map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy
 }
 
 // NewView returns an empty view at revision 0.
@@ -158,6 +171,8 @@ func NewView() *View {
 		Policies:   map[policy.PolicyKey]*fedmeshv1.Policy{},
 		BGPPeers:   map[string]*fedmeshv1.BGPPeerConfig{},
 		BGPFilters: map[string]*fedmeshv1.BGPFilter{},
+
+		ClusterPolicies: map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy{},
 	}
 }
 
@@ -250,6 +265,7 @@ func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER, ClusterName: name})
 	}
 	v.eachBGP(del)
+	v.eachClusterPolicy(del)
 	for _, ev := range snap {
 		ch, _, _ := decodeEvent(ev)
 		if v.same(ch) {
@@ -293,6 +309,8 @@ func (v *View) same(ch Change) bool {
 		old, cur, oldMeta, curMeta = o, ch.Policy, o.GetMeta(), ch.Policy.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
 		return v.sameBGP(ch)
+	case policy.KindClusterPolicy:
+		return v.sameClusterPolicy(ch)
 	}
 	// The control plane stamps every change with a new revision, so equal
 	// non-zero revisions mean equal objects; compare in full otherwise.
@@ -347,6 +365,8 @@ func (v *View) put(ch Change) {
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
 		v.putBGP(ch)
+	case policy.KindClusterPolicy:
+		v.putClusterPolicy(ch)
 	}
 }
 
@@ -388,7 +408,7 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 			ch.Policy = o.Policy
 		}
 	default:
-		if decodeBGPEvent(ev, &ch) {
+		if decodeBGPEvent(ev, &ch) || decodeClusterPolicyEvent(ev, &ch) {
 			break
 		}
 		// Service exports/imports are not asked for; a nil or unknown oneof

@@ -42,6 +42,8 @@ func setObj(ev *fedmeshv1.Event, obj any) {
 		ev.Object = &fedmeshv1.Event_Policy{Policy: o}
 	case *fedmeshv1.ServiceExport:
 		ev.Object = &fedmeshv1.Event_ServiceExport{ServiceExport: o}
+	case *fedmeshv1.ClusterNetworkPolicy:
+		ev.Object = &fedmeshv1.Event_ClusterNetworkPolicy{ClusterNetworkPolicy: o}
 	case nil:
 	default:
 		panic(fmt.Sprintf("setObj %T", obj))
