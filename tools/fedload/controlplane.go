@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// replicaProc is one fedmesh-controlplane process the load run started
+// (a separate process, so its RSS and CPU are its own).
+type replicaProc struct {
+	id, raftAddr, grpcAddr, metricsAddr, dir string
+	cmd                                      *exec.Cmd
+	done                                     chan struct{}
+	log                                      string
+}
+
+// federation is the control plane under load: its replicas, its CA and the
+// TLS material clients dial with.
+type federation struct {
+	replicas []*replicaProc
+	ca       *ca.CA
+	dir      string
+}
+
+// freeAddrs reserves n loopback ports (closed again before use; the
+// window is small on loopback).
+func freeAddrs(n int) ([]string, error) {
+	var out []string
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("reserve loopback port: %w", err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
+// startFederation starts n replicas of bin over mTLS with a fresh CA in
+// dir and waits until an admin can read through every replica.
+func startFederation(ctx context.Context, bin, dir string, n int, extraArgs []string) (*federation, error) {
+	caDir := filepath.Join(dir, "ca")
+	c, err := ca.Init(caDir, "fedload CA", 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("init CA: %w", err)
+	}
+	f := &federation{ca: c, dir: dir}
+	addrs, err := freeAddrs(3 * n)
+	if err != nil {
+		return nil, err
+	}
+	var peers []string
+	for i := range n {
+		r := &replicaProc{id: fmt.Sprintf("r%d", i+1), raftAddr: addrs[3*i], grpcAddr: addrs[3*i+1], metricsAddr: addrs[3*i+2],
+			dir: filepath.Join(dir, fmt.Sprintf("r%d", i+1))}
+		f.replicas = append(f.replicas, r)
+		peers = append(peers, fmt.Sprintf("%s=%s/%s", r.id, r.raftAddr, r.grpcAddr))
+	}
+	for _, r := range f.replicas {
+		if err := f.start(r, strings.Join(peers, ","), extraArgs, bin); err != nil {
+			f.stop()
+			return nil, err
+		}
+	}
+	admin, err := f.dial(auth.Admin(), f.addrs())
+	if err != nil {
+		f.stop()
+		return nil, err
+	}
+	defer admin.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := fedmeshv1.NewClusterServiceClient(admin).ListClusters(cctx, &fedmeshv1.ListClustersRequest{})
+		cancel()
+		if err == nil {
+			return f, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			f.stop()
+			return nil, fmt.Errorf("wait for the control plane to serve: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (f *federation) start(r *replicaProc, peers string, extraArgs []string, bin string) error {
+	tlsDir := filepath.Join(r.dir, "tls")
+	if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", tlsDir, err)
+	}
+	if err := os.WriteFile(filepath.Join(tlsDir, ca.CertFile), f.ca.CertPEM(), 0o600); err != nil {
+		return fmt.Errorf("write CA certificate: %w", err)
+	}
+	certPEM, keyPEM, err := f.ca.Issue(ca.Leaf{ID: auth.Replica(r.id).URI(), Usage: ca.UsageReplica, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Lifetime: 24 * time.Hour})
+	if err != nil {
+		return fmt.Errorf("issue replica %s certificate: %w", r.id, err)
+	}
+	if err := ca.WriteCredentials(filepath.Join(tlsDir, "replica.crt"), filepath.Join(tlsDir, "replica.key"), certPEM, keyPEM); err != nil {
+		return fmt.Errorf("write replica %s credentials: %w", r.id, err)
+	}
+	r.log = filepath.Join(r.dir, "replica.log")
+	logf, err := os.Create(r.log)
+	if err != nil {
+		return fmt.Errorf("create replica log: %w", err)
+	}
+	args := append([]string{"--node-id", r.id, "--data-dir", filepath.Join(r.dir, "data"),
+		"--raft-addr", r.raftAddr, "--grpc-addr", r.grpcAddr, "--metrics-addr", r.metricsAddr,
+		"--bootstrap-peers", peers, "--tls-dir", tlsDir, "--log-level", "warn"}, extraArgs...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start replica %s (%s): %w", r.id, bin, err)
+	}
+	r.cmd, r.done = cmd, make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(r.done) }()
+	return nil
+}
+
+// stop ends every replica this run started, by PID.
+func (f *federation) stop() {
+	for _, r := range f.replicas {
+		if r.cmd == nil {
+			continue
+		}
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			_ = r.cmd.Process.Kill()
+			<-r.done
+		}
+	}
+}
+
+func (f *federation) addrs() []string {
+	var out []string
+	for _, r := range f.replicas {
+		out = append(out, r.grpcAddr)
+	}
+	return out
+}
+
+// clientCreds issues a client certificate for p straight from the CA, as
+// the control plane's Join would after a token exchange.
+func (f *federation) clientCreds(p auth.Principal) (grpc.DialOption, error) {
+	certPEM, keyPEM, err := f.ca.Issue(ca.Leaf{ID: p.URI(), Usage: ca.UsageClient, Lifetime: 24 * time.Hour})
+	if err != nil {
+		return nil, fmt.Errorf("issue certificate for %s: %w", p, err)
+	}
+	cert, err := auth.NewCertificate(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate for %s: %w", p, err)
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(auth.ClientTLS(f.ca.Pool(), cert))), nil
+}
+
+// dial connects to the first of addrs as p.
+func (f *federation) dial(p auth.Principal, addrs []string) (*grpc.ClientConn, error) {
+	creds, err := f.clientCreds(p)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(addrs[0], creds)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s as %s: %w", addrs[0], p, err)
+	}
+	return cc, nil
+}
+
+// procSample is one reading of a process's memory and CPU.
+type procSample struct {
+	RSS, PeakRSS uint64  // bytes
+	CPU          float64 // user+system seconds since start
+}
+
+var errNoProc = errors.New("process gone")
+
+// readProc reads /proc/<pid>/status and /proc/<pid>/stat.
+func readProc(pid int) (procSample, error) {
+	var s procSample
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, errNoProc
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(v)
+		if len(fs) == 0 {
+			continue
+		}
+		kb, _ := strconv.ParseUint(fs[0], 10, 64)
+		switch k {
+		case "VmRSS":
+			s.RSS = kb << 10
+		case "VmHWM":
+			s.PeakRSS = kb << 10
+		}
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, errNoProc
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields overall.
+	rest := string(st)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+2:]
+	}
+	fs := strings.Fields(rest)
+	if len(fs) > 12 {
+		ut, _ := strconv.ParseFloat(fs[11], 64)
+		stt, _ := strconv.ParseFloat(fs[12], 64)
+		s.CPU = (ut + stt) / clockTicks
+	}
+	return s, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100

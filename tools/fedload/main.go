@@ -1,0 +1,125 @@
+// Command fedload puts a fedmesh federation under a ClusterMesh-shaped
+// load on one machine and reports what it costs: it starts real
+// fedmesh-controlplane replicas over mTLS on loopback, simulated clusters
+// whose syncers (each its own syncer principal) write endpoints,
+// identities, services and policies through the real gRPC API at a set
+// churn, and simulated agents running the agent's real sync code (watch,
+// view, policy compiler, ipcache, enforced-revision reports) over the
+// in-memory dataplane, each with its own node principal.
+//
+// It reports the propagation latency of a change in one cluster until
+// every agent of the other clusters reported enforcing it (p50/p90/p99),
+// watch events per agent per change, status reports per agent per second,
+// and per replica its RSS and CPU per watch event.
+//
+// Everything runs on 127.0.0.1, bounded by the profile's counts and
+// --duration; every process it starts it stops by PID.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	p := DefaultProfile()
+	var bin, dir, jsonOut, cpArgs string
+	var first bool
+	cmd := &cobra.Command{
+		Use:          "fedload",
+		Short:        "Run a ClusterMesh-shaped load against a local fedmesh federation and report propagation latency and cost",
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if bin == "" {
+				return fmt.Errorf("--controlplane-bin is required: build it with 'go build -o bin/fedmesh-controlplane ./controlplane/cmd/fedmesh-controlplane'")
+			}
+			p.SpreadAgents = !first
+			if cpArgs != "" {
+				p.ControlPlaneArgs = strings.Fields(cpArgs)
+			}
+			if dir == "" {
+				d, err := os.MkdirTemp("", "fedload-")
+				if err != nil {
+					return fmt.Errorf("create work dir: %w", err)
+				}
+				defer os.RemoveAll(d)
+				dir = d
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			res, err := Run(ctx, bin, dir, p, log)
+			if err != nil {
+				return err
+			}
+			printResult(os.Stdout, res)
+			if jsonOut != "" {
+				b, _ := json.MarshalIndent(res, "", "  ")
+				if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
+					return fmt.Errorf("write %s: %w", jsonOut, err)
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&bin, "controlplane-bin", "", "path of the fedmesh-controlplane binary to run")
+	f.StringVar(&dir, "dir", "", "work directory for the replicas' data and logs (default: a temporary one, removed after)")
+	f.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	f.StringVar(&cpArgs, "controlplane-args", "", "extra flags for every replica, space separated (e.g. \"--event-log-size 20000\")")
+	f.IntVar(&p.Replicas, "replicas", p.Replicas, "control-plane replicas")
+	f.IntVar(&p.Clusters, "clusters", p.Clusters, "simulated clusters (Cilium's profile: 200)")
+	f.IntVar(&p.AgentsPerCluster, "agents-per-cluster", p.AgentsPerCluster, "simulated agents per cluster (Cilium's profile: 300 nodes)")
+	f.IntVar(&p.EndpointsPerCluster, "endpoints-per-cluster", p.EndpointsPerCluster, "endpoints per cluster (Cilium's profile: 15000)")
+	f.IntVar(&p.IdentitiesPerCluster, "identities-per-cluster", p.IdentitiesPerCluster, "distinct label sets per cluster (Cilium's profile: 500)")
+	f.IntVar(&p.Namespaces, "namespaces", p.Namespaces, "namespaces per cluster")
+	f.IntVar(&p.PoliciesPerCluster, "policies-per-cluster", p.PoliciesPerCluster, "NetworkPolicies per cluster")
+	f.IntVar(&p.ServicesPerCluster, "services-per-cluster", p.ServicesPerCluster, "exported services per cluster")
+	f.Float64Var(&p.Rate, "rate", p.Rate, "changes per second across all clusters (ClusterMesh's mix: ~325)")
+	f.DurationVar(&p.Duration, "duration", p.Duration, "how long the churn runs")
+	f.DurationVar(&p.Warmup, "warmup", p.Warmup, "churn at the start left out of the latency")
+	f.DurationVar(&p.Drain, "drain", p.Drain, "how long to wait for the agents after the churn")
+	f.IntVar(&p.LoadBatch, "load-batch", p.LoadBatch, "endpoints per write of the initial load")
+	f.Float64Var(&p.Mix.EndpointChurn, "mix-churn", p.Mix.EndpointChurn, "share of changes that create or delete a pod")
+	f.Float64Var(&p.Mix.Relabel, "mix-relabel", p.Mix.Relabel, "share of changes that relabel a pod (new identity)")
+	f.Float64Var(&p.Mix.Service, "mix-service", p.Mix.Service, "share of changes to a ServiceExport")
+	f.Float64Var(&p.Mix.Policy, "mix-policy", p.Mix.Policy, "share of changes to a NetworkPolicy")
+	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		os.Exit(1)
+	}
+}
+
+func printResult(w io.Writer, r *Result) {
+	p := r.Profile
+	fmt.Fprintf(w, "profile: %d replicas, %d clusters x %d agents (%d agents), %d endpoints/cluster (%d), %d identities/cluster, %g changes/s for %s\n",
+		p.Replicas, p.Clusters, p.AgentsPerCluster, r.Agents, p.EndpointsPerCluster, r.Endpoints, p.IdentitiesPerCluster, p.Rate, p.Duration)
+	fmt.Fprintf(w, "initial load %s; initial sync of %d agents %s; agent heap %.1f KiB/agent\n",
+		r.InitialLoad.Round(time.Millisecond), r.Agents, r.InitialSync.Round(time.Millisecond), float64(r.AgentHeapPerAgent)/1024)
+	fmt.Fprintf(w, "churn: %d changes (%d endpoint) at %.1f/s, %d write errors, %d behind\n",
+		r.Changes, r.EndpointChanges, r.AchievedRate, r.WriteErrors, r.GeneratorBehind)
+	fmt.Fprintf(w, "propagation (change -> reported by every agent of the other clusters): p50 %s p90 %s p99 %s max %s over %d changes (%d unresolved)\n",
+		r.P50.Round(time.Millisecond), r.P90.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Samples, r.Unresolved)
+	fmt.Fprintf(w, "watch events per agent per change %.3f (endpoint events per agent per endpoint change %.3f, node-status events per agent per change %.3f); status reports per agent per second %.2f\n",
+		r.EventsPerAgentChange, r.EndpointEventsPerAgentEndpointChange, r.NodeEventsPerAgentChange, r.ReportsPerAgentSecond)
+	if r.NewAgentSync > 0 {
+		fmt.Fprintf(w, "a new agent's initial sync: %s, %.1f MiB heap\n", r.NewAgentSync.Round(time.Millisecond), float64(r.NewAgentHeap)/(1<<20))
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "replica\tRSS MiB\tpeak MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")
+	for _, rr := range r.Replicas {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2f\t%d\t%d\t%.2f\n", rr.ID, float64(rr.RSS)/(1<<20), float64(rr.PeakRSS)/(1<<20), rr.CPUSeconds, rr.Watchers, rr.EventsSent, rr.CPUMicrosPerWatchEvt)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,472 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fedmesh/fedmesh/controlplane/auth"
+)
+
+// Result is what one run measured.
+type Result struct {
+	Profile Profile
+
+	Agents                               int
+	Endpoints                            int
+	InitialLoad                          time.Duration // all clusters' objects written
+	InitialSync                          time.Duration // every agent reported the loaded revision
+	AgentHeapPerAgent                    uint64        // bytes of Go heap per simulated agent (all agents in this process)
+	Changes                              int           // changes written during the churn
+	EndpointChanges                      int
+	WriteErrors                          int
+	GeneratorBehind                      int // changes the generator could not issue in time
+	AchievedRate                         float64
+	Samples                              int // changes whose propagation was measured
+	Unresolved                           int // of those, not reported by every other cluster's agent before the drain ended
+	P50, P90, P99, Max                   time.Duration
+	EventsPerAgentChange                 float64 // watch events each agent received per change
+	EndpointEventsPerAgentEndpointChange float64
+	NodeEventsPerAgentChange             float64
+	ReportsPerAgentSecond                float64
+	Replicas                             []ReplicaResult
+	NewAgentSync                         time.Duration // a late agent's initial sync at the end
+	NewAgentHeap                         uint64
+}
+
+// ReplicaResult is one replica's cost over the churn.
+type ReplicaResult struct {
+	ID                   string
+	RSS, PeakRSS         uint64
+	CPUSeconds           float64 // during the churn
+	Watchers             int     // simulated agents whose watch it served
+	EventsSent           int64   // watch events those agents received in the churn
+	CPUMicrosPerWatchEvt float64 // CPUSeconds / EventsSent (upper bound: includes Raft and FSM work)
+}
+
+type sample struct {
+	cluster int
+	rev     uint64
+	sent    time.Time
+}
+
+// Run runs the profile against a federation of bin replicas in dir.
+func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Result, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	b, _ := p.blockBits()
+	lay := layout{bits: b}
+	res := &Result{Profile: p, Agents: p.Clusters * p.AgentsPerCluster, Endpoints: p.Clusters * p.EndpointsPerCluster}
+
+	log.Info("starting control plane", "replicas", p.Replicas)
+	fed, err := startFederation(ctx, bin, dir, p.Replicas, p.ControlPlaneArgs)
+	if err != nil {
+		return nil, err
+	}
+	defer fed.stop()
+	admin, err := fed.dial(auth.Admin(), fed.addrs())
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	for c := range p.Clusters {
+		if err := registerCluster(ctx, admin, lay, c); err != nil {
+			return nil, err
+		}
+	}
+	syncers := make([]*simSyncer, p.Clusters)
+	for c := range p.Clusters {
+		if syncers[c], err = newSyncer(fed, p, lay, c); err != nil {
+			return nil, err
+		}
+		defer syncers[c].close()
+	}
+
+	log.Info("initial load", "clusters", p.Clusters, "endpoints", res.Endpoints)
+	start := time.Now()
+	var loaded atomic.Uint64
+	var lwg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	loadErrs := make([]error, len(syncers))
+	for i, s := range syncers {
+		lwg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			rev, err := s.load(ctx)
+			loadErrs[i] = err
+			for {
+				old := loaded.Load()
+				if rev <= old || loaded.CompareAndSwap(old, rev) {
+					break
+				}
+			}
+		})
+	}
+	lwg.Wait()
+	if err := errors.Join(loadErrs...); err != nil {
+		return nil, err
+	}
+	res.InitialLoad = time.Since(start)
+
+	log.Info("starting simulated agents", "agents", res.Agents)
+	heapBefore := heapInUse()
+	var agents []*simAgent
+	actx, stopAgents := context.WithCancel(ctx)
+	var agentsDone sync.WaitGroup
+	defer func() { stopAgents(); agentsDone.Wait() }()
+	for c := range p.Clusters {
+		for i := range p.AgentsPerCluster {
+			order := 0
+			if p.SpreadAgents {
+				order = len(agents)
+			}
+			a, err := newSimAgent(fed, p, lay, c, i, order)
+			if err != nil {
+				return nil, err
+			}
+			defer a.client.Close()
+			agents = append(agents, a)
+		}
+	}
+	start = time.Now()
+	for _, a := range agents {
+		agentsDone.Go(func() { _ = a.agent.Run(actx) })
+	}
+	if err := waitReported(ctx, agents, loaded.Load(), 5*time.Minute); err != nil {
+		return nil, fmt.Errorf("initial sync: %w", err)
+	}
+	res.InitialSync = time.Since(start)
+	res.AgentHeapPerAgent = (max(heapInUse(), heapBefore) - heapBefore) / uint64(len(agents))
+
+	log.Info("churn", "rate", p.Rate, "duration", p.Duration)
+	mon := newMonitor(fed)
+	monCtx, stopMon := context.WithCancel(ctx)
+	monDone := make(chan struct{})
+	go func() { mon.run(monCtx); close(monDone) }()
+	defer stopMon()
+	cpuStart := mon.cpu()
+	evStart := snapshotCounts(agents)
+	reportsStart := reportCounts(agents)
+	churnStart := time.Now()
+	samples, stats := churn(ctx, syncers, p)
+	churnEnd := time.Now()
+	cpuEnd := mon.cpu()
+	evEnd := snapshotCounts(agents)
+	reportsEnd := reportCounts(agents)
+	res.Changes, res.EndpointChanges, res.WriteErrors, res.GeneratorBehind = stats.changes, stats.endpointChanges, stats.errors, stats.behind
+	res.AchievedRate = float64(stats.changes) / churnEnd.Sub(churnStart).Seconds()
+
+	var last uint64
+	for _, s := range samples {
+		last = max(last, s.rev)
+	}
+	log.Info("draining", "revision", last)
+	drainErr := waitReported(ctx, agents, last, p.Drain)
+
+	// Propagation: from sending the change to the moment the last agent of
+	// every other cluster reported a revision that includes it.
+	var lats []time.Duration
+	for _, s := range samples {
+		if s.sent.Before(churnStart.Add(p.Warmup)) {
+			continue
+		}
+		res.Samples++
+		var worst time.Duration
+		ok := true
+		for _, a := range agents {
+			if a.cluster == s.cluster {
+				continue
+			}
+			at, found := a.firstReportAtLeast(s.rev)
+			if !found {
+				ok = false
+				break
+			}
+			worst = max(worst, at.Sub(s.sent))
+		}
+		if !ok {
+			res.Unresolved++
+			continue
+		}
+		lats = append(lats, worst)
+	}
+	slices.Sort(lats)
+	res.P50, res.P90, res.P99 = quantile(lats, 0.5), quantile(lats, 0.9), quantile(lats, 0.99)
+	if len(lats) > 0 {
+		res.Max = lats[len(lats)-1]
+	}
+
+	n := float64(len(agents))
+	d := evEnd.sub(evStart)
+	if stats.changes > 0 {
+		res.EventsPerAgentChange = float64(d.events) / n / float64(stats.changes)
+		res.NodeEventsPerAgentChange = float64(d.node) / n / float64(stats.changes)
+	}
+	if stats.endpointChanges > 0 {
+		res.EndpointEventsPerAgentEndpointChange = float64(d.endpoint) / n / float64(stats.endpointChanges)
+	}
+	res.ReportsPerAgentSecond = float64(reportsEnd-reportsStart) / n / churnEnd.Sub(churnStart).Seconds()
+
+	byReplica := map[string]*ReplicaResult{}
+	res.Replicas = make([]ReplicaResult, len(fed.replicas))
+	for i, r := range fed.replicas {
+		res.Replicas[i] = ReplicaResult{ID: r.id, CPUSeconds: cpuEnd[i] - cpuStart[i]}
+		byReplica[r.grpcAddr] = &res.Replicas[i]
+	}
+	for i, a := range agents {
+		a.mu.Lock()
+		rr := byReplica[a.replica]
+		a.mu.Unlock()
+		if rr != nil {
+			rr.Watchers++
+			rr.EventsSent += evEnd.perAgent[i] - evStart.perAgent[i]
+		}
+	}
+
+	// A late agent: the initial sync of a node joining a loaded federation.
+	heapBefore = heapInUse()
+	late, err := newSimAgent(fed, p, lay, 0, p.AgentsPerCluster, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer late.client.Close()
+	lateStart := time.Now()
+	agentsDone.Go(func() { _ = late.agent.Run(actx) })
+	if err := waitReported(ctx, []*simAgent{late}, last, 2*time.Minute); err == nil {
+		res.NewAgentSync = time.Since(lateStart)
+		res.NewAgentHeap = max(heapInUse(), heapBefore) - heapBefore
+	}
+
+	stopMon()
+	<-monDone
+	for i := range res.Replicas {
+		res.Replicas[i].RSS, res.Replicas[i].PeakRSS = mon.rss(i)
+		if ev := res.Replicas[i].EventsSent; ev > 0 {
+			res.Replicas[i].CPUMicrosPerWatchEvt = res.Replicas[i].CPUSeconds * 1e6 / float64(ev)
+		}
+	}
+	if drainErr != nil {
+		log.Warn("agents did not all catch up before the drain ended", "err", drainErr)
+	}
+	return res, nil
+}
+
+// heapInUse is the live Go heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// waitReported waits until every agent reported at least rev.
+func waitReported(ctx context.Context, agents []*simAgent, rev uint64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		behind := 0
+		var worst *simAgent
+		for _, a := range agents {
+			if r, _ := a.reported(); r < rev {
+				behind++
+				worst = a
+			}
+		}
+		if behind == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			r, _ := worst.reported()
+			return fmt.Errorf("%d of %d agents have not reported revision %d after %s (e.g. %s/%s at %d)", behind, len(agents), rev, timeout, clusterName(worst.cluster), worst.node, r)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+type eventCounts struct {
+	events, endpoint, node int64
+	perAgent               []int64
+}
+
+func snapshotCounts(agents []*simAgent) eventCounts {
+	var c eventCounts
+	for _, a := range agents {
+		e := a.events.Load()
+		c.events += e
+		c.endpoint += a.endpointEvents.Load()
+		c.node += a.nodeEvents.Load()
+		c.perAgent = append(c.perAgent, e)
+	}
+	return c
+}
+
+func (c eventCounts) sub(o eventCounts) eventCounts {
+	return eventCounts{events: c.events - o.events, endpoint: c.endpoint - o.endpoint, node: c.node - o.node}
+}
+
+func reportCounts(agents []*simAgent) int {
+	n := 0
+	for _, a := range agents {
+		_, k := a.reported()
+		n += k
+	}
+	return n
+}
+
+type churnStats struct {
+	changes, endpointChanges, errors, behind int
+}
+
+// churn issues changes at p.Rate for p.Duration, each to a random
+// cluster's syncer, at most 4 in flight per syncer; a change that finds
+// its syncer's queue full is counted as behind, never silently skipped.
+func churn(ctx context.Context, syncers []*simSyncer, p Profile) ([]sample, churnStats) {
+	var mu sync.Mutex
+	var out []sample
+	var st churnStats
+	var firstErr error
+	queues := make([]chan struct{}, len(syncers))
+	var wg sync.WaitGroup
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for i, s := range syncers {
+		queues[i] = make(chan struct{}, 16)
+		for range 4 {
+			wg.Go(func() {
+				for range queues[i] {
+					sent := time.Now()
+					kind, rev, err := s.change(cctx)
+					mu.Lock()
+					if err != nil {
+						st.errors++
+						if firstErr == nil {
+							firstErr = err
+						}
+					} else {
+						st.changes++
+						if kind.endpoint() {
+							st.endpointChanges++
+						}
+						out = append(out, sample{cluster: s.idx, rev: rev, sent: sent})
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	rng := syncers[0].rng
+	start := time.Now()
+	issued := 0
+	tick := time.NewTicker(5 * time.Millisecond)
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case now := <-tick.C:
+			el := now.Sub(start)
+			if el >= p.Duration {
+				break loop
+			}
+			due := int(p.Rate * el.Seconds())
+			for ; issued < due; issued++ {
+				syncers[0].mu.Lock()
+				c := rng.IntN(len(syncers))
+				syncers[0].mu.Unlock()
+				select {
+				case queues[c] <- struct{}{}:
+				default:
+					mu.Lock()
+					st.behind++
+					mu.Unlock()
+				}
+			}
+		}
+	}
+	tick.Stop()
+	for _, q := range queues {
+		close(q)
+	}
+	wg.Wait()
+	if firstErr != nil && !errors.Is(firstErr, context.Canceled) {
+		slog.Warn("writes failed during the churn", "count", st.errors, "first", firstErr)
+	}
+	return out, st
+}
+
+// monitor samples the replicas' RSS and CPU.
+type monitor struct {
+	fed  *federation
+	mu   sync.Mutex
+	last []procSample
+	peak []uint64
+}
+
+func newMonitor(f *federation) *monitor {
+	m := &monitor{fed: f, last: make([]procSample, len(f.replicas)), peak: make([]uint64, len(f.replicas))}
+	m.sample()
+	return m
+}
+
+func (m *monitor) sample() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, r := range m.fed.replicas {
+		s, err := readProc(r.cmd.Process.Pid)
+		if err != nil {
+			continue
+		}
+		m.last[i] = s
+		m.peak[i] = max(m.peak[i], s.PeakRSS)
+	}
+}
+
+func (m *monitor) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.sample()
+			return
+		case <-t.C:
+			m.sample()
+		}
+	}
+}
+
+func (m *monitor) cpu() []float64 {
+	m.sample()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []float64
+	for _, s := range m.last {
+		out = append(out, s.CPU)
+	}
+	return out
+}
+
+func (m *monitor) rss(i int) (uint64, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last[i].RSS, m.peak[i]
+}
