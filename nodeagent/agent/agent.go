@@ -44,6 +44,13 @@ type Config struct {
 	// StatusInterval is the status heartbeat (default 10s); status is also
 	// sent at once after every newly enforced revision.
 	StatusInterval time.Duration
+	// MinReportInterval is the least time between two status reports
+	// (default 100ms; negative: none). Under churn every revision is newly
+	// enforced, and one report per revision made a node's report rate
+	// grow with the federation's write rate (each report is a Raft write);
+	// a report held back this long carries the newest enforced revision,
+	// so it delays a --wait by at most this much.
+	MinReportInterval time.Duration
 	// BackoffBase and BackoffMax bound the jittered exponential backoff of
 	// reconnects and retried reports (defaults 200ms and 10s).
 	BackoffBase, BackoffMax time.Duration
@@ -58,6 +65,9 @@ func (c *Config) defaults() {
 	}
 	if c.StatusInterval == 0 {
 		c.StatusInterval = 10 * time.Second
+	}
+	if c.MinReportInterval == 0 {
+		c.MinReportInterval = 100 * time.Millisecond
 	}
 	if c.BackoffBase == 0 {
 		c.BackoffBase = 200 * time.Millisecond

@@ -47,8 +47,9 @@ func (a *Agent) watchLoop(ctx context.Context) { a.watch.Run(ctx) }
 
 // reportLoop is the report goroutine: it registers the node (once, retried
 // with backoff), then sends the node's status after every newly enforced
-// revision or readiness change and every StatusInterval. A slow or absent
-// control plane delays reports, never enforcement.
+// revision or readiness change (at most one per MinReportInterval) and
+// every StatusInterval. A slow or absent control plane delays reports,
+// never enforcement.
 func (a *Agent) reportLoop(ctx context.Context) {
 	r := rand.New(rand.NewPCG(a.deps.Seed, 2))
 	for attempt := 0; ; attempt++ {
@@ -82,10 +83,17 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			a.m.reports.WithLabelValues("ok").Inc()
 			attempt = 0
 		}
+		sent := a.deps.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.reportKick:
+			// Coalesce: revisions enforced while this waits go out in one
+			// report, so the rate stays under 1/MinReportInterval however
+			// fast revisions come.
+			if wait := a.cfg.MinReportInterval - a.deps.Now().Sub(sent); wait > 0 && !watchclient.Sleep(ctx, wait) {
+				return
+			}
 		case <-t.C:
 		}
 	}

@@ -61,8 +61,9 @@ func newSimAgent(f *federation, p Profile, lay layout, cluster, idx, order int) 
 	s := &simAgent{cluster: cluster, node: node, client: cl}
 	a, err := agent.New(agent.Config{
 		Cluster: name, Node: node, DataplaneName: "memory",
-		UnderlayIP: netip.AddrFrom4([4]byte{198, 18, byte(cluster), byte(idx)}),
-		PodCIDRs:   []string{lay.nodeCIDR(cluster, idx)},
+		UnderlayIP:        netip.AddrFrom4([4]byte{198, 18, byte(cluster), byte(idx)}),
+		PodCIDRs:          []string{lay.nodeCIDR(cluster, idx)},
+		MinReportInterval: p.MinReportInterval,
 	}, agent.Deps{
 		ControlPlane: &probe{inner: cl, a: s},
 		Dataplane:    dataplane.NewMemory(),

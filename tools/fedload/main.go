@@ -95,6 +95,7 @@ func main() {
 	f.Float64Var(&p.Mix.Relabel, "mix-relabel", p.Mix.Relabel, "share of changes that relabel a pod (new identity)")
 	f.Float64Var(&p.Mix.Service, "mix-service", p.Mix.Service, "share of changes to a ServiceExport")
 	f.Float64Var(&p.Mix.Policy, "mix-policy", p.Mix.Policy, "share of changes to a NetworkPolicy")
+	f.DurationVar(&p.MinReportInterval, "agent-min-report-interval", 0, "least time between two status reports of an agent (0: the agent's default; negative: none)")
 	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		os.Exit(1)

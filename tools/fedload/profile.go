@@ -30,6 +30,9 @@ type Profile struct {
 	// ReplicaOrder makes agent i prefer replica i mod replicas (the
 	// configured-list-order preference): fan-out split across replicas.
 	SpreadAgents bool
+	// MinReportInterval is each agent's agent.Config.MinReportInterval
+	// (0: the agent's default; negative: none).
+	MinReportInterval time.Duration
 	// ControlPlaneArgs are passed to every replica (e.g. --event-log-size).
 	ControlPlaneArgs []string
 }

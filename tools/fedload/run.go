@@ -264,7 +264,7 @@ func heapInUse() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse
+	return m.HeapAlloc
 }
 
 func quantile(sorted []time.Duration, q float64) time.Duration {
