@@ -13,6 +13,11 @@ type metrics struct {
 	commitLatency prometheus.Histogram
 	watchers      prometheus.Gauge
 	watchResets   prometheus.Counter
+	// watchEvents and watchCoalesced count the events sent to watchers and
+	// those left out because a later event of the same object in the same
+	// response superseded them (watch.go).
+	watchEvents    prometheus.Counter
+	watchCoalesced prometheus.Counter
 }
 
 func newMetrics(r *Replica) *metrics {
@@ -31,8 +36,16 @@ func newMetrics(r *Replica) *metrics {
 			Name: "fedmesh_controlplane_watch_snapshots_total",
 			Help: "Snapshots sent to watchers whose revision was compacted from the event log (slow or new watchers).",
 		}),
+		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedmesh_controlplane_watch_events_sent_total",
+			Help: "Events sent to watchers after filtering and coalescing, snapshots not included.",
+		}),
+		watchCoalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedmesh_controlplane_watch_events_coalesced_total",
+			Help: "Events not sent because a later event of the same object reached the same watcher in the same response (a watcher behind by several revisions gets each object's newest state).",
+		}),
 	}
-	m.reg.MustRegister(m.commitLatency, m.watchers, m.watchResets,
+	m.reg.MustRegister(m.commitLatency, m.watchers, m.watchResets, m.watchEvents, m.watchCoalesced,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fedmesh_controlplane_raft_state",

@@ -15,7 +15,9 @@ const watchChunk = 1000
 // watchService streams the local store. A watcher holds no queue of its
 // own: it reads the shared event log after the revision it last sent, so a
 // slow watcher costs no memory; when the log has moved past it, it gets a
-// snapshot instead.
+// snapshot instead. A watcher behind by several revisions gets them in one
+// response holding each changed object once, at its newest state
+// (coalesce): the further behind, the less it is sent per revision.
 type watchService struct {
 	fedmeshv1.UnimplementedWatchServiceServer
 	c *Core
@@ -134,6 +136,9 @@ func (w *watchService) Watch(req *fedmeshv1.WatchRequest, stream fedmeshv1.Watch
 			continue
 		}
 		if last > rev {
+			out, dropped := coalesce(out)
+			m.watchCoalesced.Add(float64(dropped))
+			m.watchEvents.Add(float64(len(out)))
 			resp := &fedmeshv1.WatchResponse{Type: fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS, Revision: last, Events: out}
 			if len(out) == 0 {
 				resp.Type = fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_PROGRESS
@@ -175,4 +180,69 @@ func (w *watchService) sendSnapshot(stream fedmeshv1.WatchService_WatchServer, f
 			return rev, nil
 		}
 	}
+}
+
+// coalesce keeps, of the events of one object, only the last, in the order
+// of those last events, and returns how many it left out. A response
+// covers whole revisions and its revision means "everything up to it":
+// every object changed in the window is still in it, at its state as of
+// that revision, so a watcher that applies it holds what one that applied
+// every intermediate event would. Events of a kind it cannot key pass
+// through untouched.
+func coalesce(evs []*fedmeshv1.Event) ([]*fedmeshv1.Event, int) {
+	if len(evs) < 2 {
+		return evs, 0
+	}
+	seen := make(map[eventKey]struct{}, len(evs))
+	keep := make([]bool, len(evs))
+	n := 0
+	for i := len(evs) - 1; i >= 0; i-- {
+		k, ok := keyOf(evs[i])
+		if ok {
+			if _, dup := seen[k]; dup {
+				continue
+			}
+			seen[k] = struct{}{}
+		}
+		keep[i] = true
+		n++
+	}
+	if n == len(evs) {
+		return evs, 0
+	}
+	out := make([]*fedmeshv1.Event, 0, n)
+	for i, e := range evs {
+		if keep[i] {
+			out = append(out, e)
+		}
+	}
+	return out, len(evs) - n
+}
+
+// eventKey names the object an event is about.
+type eventKey struct {
+	kind, sub                int32
+	cluster, namespace, name string
+}
+
+func keyOf(e *fedmeshv1.Event) (eventKey, bool) {
+	switch o := e.GetObject().(type) {
+	case *fedmeshv1.Event_Cluster:
+		return eventKey{kind: 1, name: o.Cluster.GetName()}, true
+	case *fedmeshv1.Event_Node:
+		return eventKey{kind: 2, cluster: o.Node.GetCluster(), name: o.Node.GetName()}, true
+	case *fedmeshv1.Event_Endpoint:
+		return eventKey{kind: 3, cluster: o.Endpoint.GetCluster(), namespace: o.Endpoint.GetNamespace(), name: o.Endpoint.GetName()}, true
+	case *fedmeshv1.Event_ServiceExport:
+		return eventKey{kind: 4, cluster: o.ServiceExport.GetCluster(), namespace: o.ServiceExport.GetNamespace(), name: o.ServiceExport.GetName()}, true
+	case *fedmeshv1.Event_ServiceImport:
+		return eventKey{kind: 5, namespace: o.ServiceImport.GetNamespace(), name: o.ServiceImport.GetName()}, true
+	case *fedmeshv1.Event_Policy:
+		return eventKey{kind: 6, sub: int32(o.Policy.GetKind()), cluster: o.Policy.GetCluster(), namespace: o.Policy.GetNamespace(), name: o.Policy.GetName()}, true
+	case *fedmeshv1.Event_BgpPeer:
+		return eventKey{kind: 7, name: o.BgpPeer.GetName()}, true
+	case *fedmeshv1.Event_BgpFilter:
+		return eventKey{kind: 8, name: o.BgpFilter.GetName()}, true
+	}
+	return eventKey{}, false
 }
