@@ -334,6 +334,10 @@ func propose[Resp any](ctx context.Context, c *Core, t store.CommandType, req pr
 	if err != nil {
 		return zero, err
 	}
+	// After validation, so bad input is named as such, not as a limit.
+	if err := c.r.writes.admit(ctx, req); err != nil {
+		return zero, err
+	}
 	res, err := c.proposeEncoded(ctx, data, &cmd)
 	if err != nil {
 		return zero, err

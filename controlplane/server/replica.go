@@ -81,6 +81,9 @@ type Config struct {
 	// Insecure serves plaintext without authentication (development
 	// only). Start refuses a Config with neither TLS nor Insecure.
 	Insecure bool
+	// WriteLimits bound each principal's writes (writelimit.go); nil means
+	// DefaultWriteLimits, an empty map no limits.
+	WriteLimits WriteLimits
 }
 
 // raftLogCache is how many of the newest Raft entries stay in memory (up to
@@ -99,6 +102,7 @@ type Replica struct {
 	grpc     *grpc.Server
 	grpcLis  net.Listener
 	metrics  *metrics
+	writes   *writeLimiter
 	httpSrv  *http.Server
 	httpLis  net.Listener
 	core     *Core
@@ -243,6 +247,11 @@ func Start(cfg Config) (*Replica, error) {
 	}
 
 	r.metrics = newMetrics(r)
+	if cfg.WriteLimits == nil {
+		cfg.WriteLimits = DefaultWriteLimits()
+	}
+	r.writes = newWriteLimiter(cfg.WriteLimits, time.Now)
+	r.metrics.reg.MustRegister(r.writes.limited)
 	r.core = newCore(r)
 	if r.sec != nil {
 		guard := auth.NewGuard(auth.WithLogger(r.log))

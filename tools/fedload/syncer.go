@@ -34,6 +34,7 @@ type simSyncer struct {
 
 type epSlot struct {
 	alive bool
+	busy  bool // a write of this slot is in flight
 	gen   int
 	app   int
 }
@@ -285,7 +286,11 @@ func (s *simSyncer) change(ctx context.Context) (changeKind, uint64, error) {
 // would be).
 func (s *simSyncer) churn(ctx context.Context) (changeKind, uint64, error) {
 	s.mu.Lock()
-	slot := s.rng.IntN(len(s.slots))
+	slot, ok := s.pickSlot(func(epSlot) bool { return true })
+	if !ok {
+		s.mu.Unlock()
+		return changeEndpointCreate, 0, errAllBusy
+	}
 	sl := s.slots[slot]
 	var req any
 	kind := changeEndpointCreate
@@ -299,7 +304,9 @@ func (s *simSyncer) churn(ctx context.Context) (changeKind, uint64, error) {
 		s.slots[slot] = sl
 		req = &fedmeshv1.UpsertEndpointsRequest{Cluster: s.name, Endpoints: []*fedmeshv1.Endpoint{s.endpoint(slot, sl)}}
 	}
+	s.slots[slot].busy = true
 	s.mu.Unlock()
+	defer s.release(slot)
 	rev, err := s.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (uint64, error) {
 		c := fedmeshv1.NewEndpointServiceClient(cc)
 		if d, ok := req.(*fedmeshv1.DeleteEndpointsRequest); ok {
@@ -312,21 +319,42 @@ func (s *simSyncer) churn(ctx context.Context) (changeKind, uint64, error) {
 	return kind, rev, err
 }
 
-func (s *simSyncer) relabel(ctx context.Context) (uint64, error) {
-	s.mu.Lock()
-	var slot int
-	for range 16 {
-		slot = s.rng.IntN(len(s.slots))
-		if s.slots[slot].alive {
-			break
+// errAllBusy: every slot tried had a write in flight (a syncer's writes of
+// one pod are ordered).
+var errAllBusy = errors.New("no idle endpoint slot found")
+
+// pickSlot picks a random slot with no write in flight that ok accepts.
+// The caller holds mu.
+func (s *simSyncer) pickSlot(ok func(epSlot) bool) (int, bool) {
+	for range 32 {
+		i := s.rng.IntN(len(s.slots))
+		if sl := s.slots[i]; !sl.busy && ok(sl) {
+			return i, true
 		}
 	}
+	return 0, false
+}
+
+func (s *simSyncer) release(slot int) {
+	s.mu.Lock()
+	s.slots[slot].busy = false
+	s.mu.Unlock()
+}
+
+func (s *simSyncer) relabel(ctx context.Context) (uint64, error) {
+	s.mu.Lock()
+	slot, ok := s.pickSlot(func(sl epSlot) bool { return sl.alive })
+	if !ok {
+		s.mu.Unlock()
+		return 0, errAllBusy
+	}
 	sl := s.slots[slot]
-	sl.alive = true
 	sl.app = s.appFor(slot, s.rng.IntN(s.p.IdentitiesPerCluster))
+	sl.busy = true
 	s.slots[slot] = sl
 	ep := s.endpoint(slot, sl)
 	s.mu.Unlock()
+	defer s.release(slot)
 	req := &fedmeshv1.UpsertEndpointsRequest{Cluster: s.name, Endpoints: []*fedmeshv1.Endpoint{ep}}
 	return s.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (uint64, error) {
 		r, err := fedmeshv1.NewEndpointServiceClient(cc).UpsertEndpoints(ctx, req)
