@@ -48,6 +48,11 @@ import (
 type Options struct {
 	// Replicas is the group size (default 3).
 	Replicas int
+	// NonVoters are read replicas added after the voters elect a leader
+	// (fedctl controlplane members add --nonvoter): they apply the log and
+	// serve reads and watches but never vote or lead. They follow the
+	// voters in Cluster.Replicas.
+	NonVoters int
 	// RaftTimeout scales Raft's heartbeat and election timeouts (default
 	// 300ms: quick elections on loopback, still stable on a loaded
 	// machine).
@@ -70,6 +75,7 @@ type Options struct {
 // data dir stay the same across Stop and Restart.
 type Replica struct {
 	ID          string
+	NonVoter    bool // a read replica: joined without a vote
 	RaftAddr    string
 	GRPCAddr    string
 	MetricsAddr string
@@ -146,10 +152,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	c := &Cluster{Net: NewNetwork(opts.Seed), t: t, opts: opts}
 	dir := t.TempDir()
-	addrs := cptest.FreeAddrs(t, 3*opts.Replicas)
-	for i := range opts.Replicas {
+	addrs := cptest.FreeAddrs(t, 3*(opts.Replicas+opts.NonVoters))
+	for i := range opts.Replicas + opts.NonVoters {
 		id := fmt.Sprintf("r%d", i+1)
-		r := &Replica{ID: id, RaftAddr: addrs[3*i], GRPCAddr: addrs[3*i+1], MetricsAddr: addrs[3*i+2],
+		r := &Replica{ID: id, NonVoter: i >= opts.Replicas, RaftAddr: addrs[3*i], GRPCAddr: addrs[3*i+1], MetricsAddr: addrs[3*i+2],
 			DataDir: filepath.Join(dir, id), logs: &logBuffer{}}
 		cc, err := grpc.NewClient(r.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -157,7 +163,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 		r.conn = cc
 		c.Replicas = append(c.Replicas, r)
-		c.peers = append(c.peers, server.Peer{ID: id, RaftAddr: r.RaftAddr, GRPCAddr: r.GRPCAddr})
+		if !r.NonVoter {
+			c.peers = append(c.peers, server.Peer{ID: id, RaftAddr: r.RaftAddr, GRPCAddr: r.GRPCAddr})
+		}
 	}
 	t.Cleanup(func() {
 		c.StopAll()
@@ -172,14 +180,51 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 	})
 	for _, r := range c.Replicas {
+		if r.NonVoter {
+			continue
+		}
 		if err := c.start(r); err != nil {
 			t.Fatalf("inproc: %v", err)
 		}
 	}
-	if _, err := c.WaitLeader(opts.LeaderTimeout); err != nil {
+	lead, err := c.WaitLeader(opts.LeaderTimeout)
+	if err != nil {
 		t.Fatalf("inproc: %v", err)
 	}
+	for _, r := range c.Replicas {
+		if !r.NonVoter {
+			continue
+		}
+		if err := c.start(r); err != nil {
+			t.Fatalf("inproc: %v", err)
+		}
+		if err := c.addNonVoter(lead, r); err != nil {
+			t.Fatalf("inproc: %v", err)
+		}
+	}
 	return c
+}
+
+// addNonVoter adds r, running with an empty data dir, as a read replica
+// through the API, as fedctl does.
+func (c *Cluster) addNonVoter(lead, r *Replica) error {
+	deadline := time.Now().Add(c.opts.LeaderTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := fedmeshv1.NewControlPlaneServiceClient(lead.conn).AddMember(ctx, &fedmeshv1.AddMemberRequest{
+			Id: r.ID, RaftAddress: r.RaftAddr, GrpcAddress: r.GRPCAddr, Nonvoter: true})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("add non-voter %s: %w", r.ID, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if l, _ := c.leaderOnce(); l != nil {
+			lead = l
+		}
+	}
 }
 
 func (c *Cluster) start(r *Replica) error {
@@ -188,10 +233,14 @@ func (c *Cluster) start(r *Replica) error {
 	if r.srv != nil {
 		return fmt.Errorf("start replica %s: already running", r.ID)
 	}
+	peers := c.peers
+	if r.NonVoter {
+		peers = nil // it joins through AddMember, never by bootstrap
+	}
 	srv, err := server.Start(server.Config{
 		NodeID: r.ID, DataDir: r.DataDir,
 		RaftAddr: r.RaftAddr, GRPCAddr: r.GRPCAddr, MetricsAddr: r.MetricsAddr,
-		BootstrapPeers:    c.peers,
+		BootstrapPeers:    peers,
 		EventLogSize:      c.opts.EventLogSize,
 		SnapshotThreshold: c.opts.SnapshotThreshold,
 		RaftTimeout:       c.opts.RaftTimeout,

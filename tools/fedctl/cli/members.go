@@ -25,10 +25,10 @@ func controlPlaneCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				t := &table{header: []string{"ID", "RAFT", "GRPC", "VOTER", "LEADER"}}
+				t := &table{header: []string{"ID", "RAFT", "GRPC", "SUFFRAGE", "LEADER"}}
 				var objs []proto.Message
 				for _, m := range resp.GetMembers() {
-					t.add(m.GetId(), m.GetRaftAddress(), m.GetGrpcAddress(), strconv.FormatBool(m.GetVoter()), strconv.FormatBool(m.GetLeader()))
+					t.add(m.GetId(), m.GetRaftAddress(), m.GetGrpcAddress(), suffrage(m), strconv.FormatBool(m.GetLeader()))
 					objs = append(objs, m)
 				}
 				return g.print(t, objs...)
@@ -54,7 +54,9 @@ func controlPlaneCmd(g *globals) *cobra.Command {
 		},
 	}
 	add.Flags().StringVar(&grpcAddr, "grpc-address", "", "the new replica's --grpc-addr, so others can forward to it")
-	add.Flags().BoolVar(&nonVoter, "non-voter", false, "add it as a non-voting replica")
+	add.Flags().BoolVar(&nonVoter, "nonvoter", false, "add it as a non-voting read replica: it applies the log and serves reads and watches (point agents at it) but never votes or leads, so it adds fan-out capacity without slowing commits")
+	add.Flags().BoolVar(&nonVoter, "non-voter", false, "same as --nonvoter")
+	_ = add.Flags().MarkHidden("non-voter")
 	remove := &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a replica from the Raft group",
@@ -72,4 +74,13 @@ func controlPlaneCmd(g *globals) *cobra.Command {
 	members.AddCommand(list, add, remove)
 	c.AddCommand(members)
 	return c
+}
+
+// suffrage names a member's part in Raft: a voter counts for quorum and
+// may lead; a nonvoter only replicates (a read replica).
+func suffrage(m *fedmeshv1.Member) string {
+	if m.GetVoter() {
+		return "voter"
+	}
+	return "nonvoter"
 }
