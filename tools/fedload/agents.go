@@ -49,12 +49,7 @@ func newSimAgent(f *federation, p Profile, lay layout, cluster, idx, order int) 
 	if err != nil {
 		return nil, err
 	}
-	addrs := f.addrs()
-	pref := make([]string, len(addrs))
-	for i := range addrs {
-		pref[i] = addrs[(order+i)%len(addrs)]
-	}
-	cl, err := agent.NewClient(pref, creds)
+	cl, err := agent.NewClient(f.agentAddrs(order), creds)
 	if err != nil {
 		return nil, err
 	}

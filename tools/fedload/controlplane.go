@@ -24,6 +24,7 @@ import (
 // replicaProc is one fedmesh-controlplane process the load run started
 // (a separate process, so its RSS and CPU are its own).
 type replicaProc struct {
+	nonVoter                                 bool
 	id, raftAddr, grpcAddr, metricsAddr, dir string
 	cmd                                      *exec.Cmd
 	done                                     chan struct{}
@@ -59,33 +60,41 @@ func freeAddrs(n int) ([]string, error) {
 	return out, nil
 }
 
-// startFederation starts n replicas of bin over mTLS with a fresh CA in
-// dir and waits until an admin can read through every replica.
-func startFederation(ctx context.Context, bin, dir string, n int, extraArgs []string) (*federation, error) {
+// startFederation starts n voting replicas of bin over mTLS with a fresh
+// CA in dir, waits until an admin can read, then adds nonVoters read
+// replicas as an operator would (fedctl controlplane members add
+// --nonvoter).
+func startFederation(ctx context.Context, bin, dir string, n, nonVoters int, extraArgs []string) (*federation, error) {
 	caDir := filepath.Join(dir, "ca")
 	c, err := ca.Init(caDir, "fedload CA", 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
 	f := &federation{ca: c, dir: dir}
-	addrs, err := freeAddrs(3 * n)
+	addrs, err := freeAddrs(3 * (n + nonVoters))
 	if err != nil {
 		return nil, err
 	}
 	var peers []string
-	for i := range n {
-		r := &replicaProc{id: fmt.Sprintf("r%d", i+1), raftAddr: addrs[3*i], grpcAddr: addrs[3*i+1], metricsAddr: addrs[3*i+2],
+	for i := range n + nonVoters {
+		r := &replicaProc{nonVoter: i >= n, id: fmt.Sprintf("r%d", i+1), raftAddr: addrs[3*i], grpcAddr: addrs[3*i+1], metricsAddr: addrs[3*i+2],
 			dir: filepath.Join(dir, fmt.Sprintf("r%d", i+1))}
 		f.replicas = append(f.replicas, r)
-		peers = append(peers, fmt.Sprintf("%s=%s/%s", r.id, r.raftAddr, r.grpcAddr))
+		if !r.nonVoter {
+			peers = append(peers, fmt.Sprintf("%s=%s/%s", r.id, r.raftAddr, r.grpcAddr))
+		}
 	}
 	for _, r := range f.replicas {
-		if err := f.start(r, strings.Join(peers, ","), extraArgs, bin); err != nil {
+		p := strings.Join(peers, ",")
+		if r.nonVoter {
+			p = ""
+		}
+		if err := f.start(r, p, extraArgs, bin); err != nil {
 			f.stop()
 			return nil, err
 		}
 	}
-	admin, err := f.dial(auth.Admin(), f.addrs())
+	admin, err := f.dial(auth.Admin(), f.voterAddrs())
 	if err != nil {
 		f.stop()
 		return nil, err
@@ -97,7 +106,7 @@ func startFederation(ctx context.Context, bin, dir string, n int, extraArgs []st
 		_, err := fedmeshv1.NewClusterServiceClient(admin).ListClusters(cctx, &fedmeshv1.ListClustersRequest{})
 		cancel()
 		if err == nil {
-			return f, nil
+			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			f.stop()
@@ -105,6 +114,26 @@ func startFederation(ctx context.Context, bin, dir string, n int, extraArgs []st
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	for _, r := range f.replicas {
+		if !r.nonVoter {
+			continue
+		}
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := fedmeshv1.NewControlPlaneServiceClient(admin).AddMember(cctx, &fedmeshv1.AddMemberRequest{
+				Id: r.id, RaftAddress: r.raftAddr, GrpcAddress: r.grpcAddr, Nonvoter: true})
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				f.stop()
+				return nil, fmt.Errorf("add read replica %s: %w", r.id, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return f, nil
 }
 
 func (f *federation) start(r *replicaProc, peers string, extraArgs []string, bin string) error {
@@ -157,12 +186,39 @@ func (f *federation) stop() {
 	}
 }
 
-func (f *federation) addrs() []string {
+// voterAddrs are the voting replicas' API addresses, the syncers' list.
+func (f *federation) voterAddrs() []string {
 	var out []string
 	for _, r := range f.replicas {
-		out = append(out, r.grpcAddr)
+		if !r.nonVoter {
+			out = append(out, r.grpcAddr)
+		}
 	}
 	return out
+}
+
+// agentAddrs are the agents' replica list, for agent order: the read
+// replicas first when there are any (agent order spread across them),
+// then the voters, as an operator would point agents at read replicas.
+func (f *federation) agentAddrs(order int) []string {
+	var readers []string
+	for _, r := range f.replicas {
+		if r.nonVoter {
+			readers = append(readers, r.grpcAddr)
+		}
+	}
+	voters := f.voterAddrs()
+	rot := func(xs []string) []string {
+		out := make([]string, len(xs))
+		for i := range xs {
+			out[i] = xs[(order+i)%len(xs)]
+		}
+		return out
+	}
+	if len(readers) == 0 {
+		return rot(voters)
+	}
+	return append(rot(readers), voters...)
 }
 
 // clientCreds issues a client certificate for p straight from the CA, as

@@ -78,9 +78,11 @@ func main() {
 	f.StringVar(&dir, "dir", "", "work directory for the replicas' data and logs (default: a temporary one, removed after)")
 	f.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
 	f.StringVar(&cpArgs, "controlplane-args", "", "extra flags for every replica, space separated (e.g. \"--event-log-size 20000\")")
-	f.IntVar(&p.Replicas, "replicas", p.Replicas, "control-plane replicas")
+	f.IntVar(&p.Replicas, "replicas", p.Replicas, "voting control-plane replicas")
+	f.IntVar(&p.NonVoters, "read-replicas", 0, "non-voting read replicas, added after the voters; agents prefer them (spread across them)")
 	f.IntVar(&p.Clusters, "clusters", p.Clusters, "simulated clusters (Cilium's profile: 200)")
 	f.IntVar(&p.AgentsPerCluster, "agents-per-cluster", p.AgentsPerCluster, "simulated agents per cluster (Cilium's profile: 300 nodes)")
+	f.IntVar(&p.ClustersWithAgents, "clusters-with-agents", 0, "run agents in only the first N clusters (0: all); each agent holds the whole federation")
 	f.IntVar(&p.EndpointsPerCluster, "endpoints-per-cluster", p.EndpointsPerCluster, "endpoints per cluster (Cilium's profile: 15000)")
 	f.IntVar(&p.IdentitiesPerCluster, "identities-per-cluster", p.IdentitiesPerCluster, "distinct label sets per cluster (Cilium's profile: 500)")
 	f.IntVar(&p.Namespaces, "namespaces", p.Namespaces, "namespaces per cluster")
@@ -104,8 +106,8 @@ func main() {
 
 func printResult(w io.Writer, r *Result) {
 	p := r.Profile
-	fmt.Fprintf(w, "profile: %d replicas, %d clusters x %d agents (%d agents), %d endpoints/cluster (%d), %d identities/cluster, %g changes/s for %s\n",
-		p.Replicas, p.Clusters, p.AgentsPerCluster, r.Agents, p.EndpointsPerCluster, r.Endpoints, p.IdentitiesPerCluster, p.Rate, p.Duration)
+	fmt.Fprintf(w, "profile: %d replicas + %d read replicas, %d clusters x %d agents (%d agents), %d endpoints/cluster (%d), %d identities/cluster, %g changes/s for %s\n",
+		p.Replicas, p.NonVoters, p.Clusters, p.AgentsPerCluster, r.Agents, p.EndpointsPerCluster, r.Endpoints, p.IdentitiesPerCluster, p.Rate, p.Duration)
 	fmt.Fprintf(w, "initial load %s; initial sync of %d agents %s; agent heap %.1f KiB/agent\n",
 		r.InitialLoad.Round(time.Millisecond), r.Agents, r.InitialSync.Round(time.Millisecond), float64(r.AgentHeapPerAgent)/1024)
 	fmt.Fprintf(w, "churn: %d changes (%d endpoint) at %.1f/s, %d write errors, %d behind\n",
@@ -118,9 +120,13 @@ func printResult(w io.Writer, r *Result) {
 		fmt.Fprintf(w, "a new agent's initial sync: %s, %.1f MiB heap\n", r.NewAgentSync.Round(time.Millisecond), float64(r.NewAgentHeap)/(1<<20))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "replica\tRSS MiB\tpeak MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")
+	fmt.Fprintln(tw, "replica\tsuffrage\tRSS MiB\tpeak MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")
 	for _, rr := range r.Replicas {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2f\t%d\t%d\t%.2f\n", rr.ID, float64(rr.RSS)/(1<<20), float64(rr.PeakRSS)/(1<<20), rr.CPUSeconds, rr.Watchers, rr.EventsSent, rr.CPUMicrosPerWatchEvt)
+		suffrage := "voter"
+		if rr.NonVoter {
+			suffrage = "nonvoter"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%d\t%d\t%.2f\n", rr.ID, suffrage, float64(rr.RSS)/(1<<20), float64(rr.PeakRSS)/(1<<20), rr.CPUSeconds, rr.Watchers, rr.EventsSent, rr.CPUMicrosPerWatchEvt)
 	}
 	tw.Flush()
 }

@@ -13,9 +13,14 @@ import (
 // endpoints and 500 identities per cluster) divided down to what a
 // 2-core machine holds, at ClusterMesh's ~325 changes/s.
 type Profile struct {
-	Replicas             int
-	Clusters             int
-	AgentsPerCluster     int // simulated agents (the agent's real sync code)
+	Replicas         int
+	NonVoters        int // read replicas; agents prefer them
+	Clusters         int
+	AgentsPerCluster int // simulated agents (the agent's real sync code)
+	// ClustersWithAgents limits the agents to the first clusters (0: all);
+	// every agent holds the whole federation, so agents, not the control
+	// plane, bound what one machine holds.
+	ClustersWithAgents   int
 	EndpointsPerCluster  int
 	IdentitiesPerCluster int
 	Namespaces           int
@@ -70,8 +75,10 @@ func (p Profile) Validate() error {
 		}
 	}
 	check(p.Replicas >= 1, "--replicas %d: need at least 1", p.Replicas)
+	check(p.NonVoters >= 0 && p.NonVoters <= 16, "--read-replicas %d: need 0..16", p.NonVoters)
 	check(p.Clusters >= 2, "--clusters %d: need at least 2 (latency is measured across clusters)", p.Clusters)
 	check(p.AgentsPerCluster >= 1, "--agents-per-cluster %d: need at least 1", p.AgentsPerCluster)
+	check(p.ClustersWithAgents >= 0, "--clusters-with-agents %d: need 0 (all) or more", p.ClustersWithAgents)
 	check(p.EndpointsPerCluster >= 1, "--endpoints-per-cluster %d: need at least 1", p.EndpointsPerCluster)
 	check(p.IdentitiesPerCluster >= 1, "--identities-per-cluster %d: need at least 1", p.IdentitiesPerCluster)
 	check(p.Namespaces >= 1 && p.Namespaces <= p.IdentitiesPerCluster, "--namespaces %d: need 1..identities-per-cluster", p.Namespaces)
@@ -89,7 +96,7 @@ func (p Profile) Validate() error {
 // twice its endpoints (churn creates into free slots) and its agents' node
 // ranges.
 func (p Profile) blockBits() (int, error) {
-	need := 2*p.EndpointsPerCluster + 256*p.AgentsPerCluster
+	need := 2*p.EndpointsPerCluster + 256*(p.AgentsPerCluster+1)
 	b := bits.Len(uint(need))
 	if p.Clusters<<b > 1<<24 {
 		return 0, fmt.Errorf("%d clusters x %d endpoints do not fit in 10.0.0.0/8; lower --clusters or --endpoints-per-cluster", p.Clusters, p.EndpointsPerCluster)
@@ -109,8 +116,17 @@ func (l layout) addr(c, off int) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// endpointIP is slot s's address; slots start after the agents' /24s.
-func (l layout) endpointIP(c, s, agents int) string { return l.addr(c, 256*agents+s+1).String() }
+// endpointIP is slot s's address; slots start after the agents' /24s
+// (one more for the late agent).
+func (l layout) endpointIP(c, s, agents int) string { return l.addr(c, 256*(agents+1)+s+1).String() }
 
 // nodeCIDR is agent a's pod range: the a-th /24 of the cluster's block.
 func (l layout) nodeCIDR(c, a int) string { return fmt.Sprintf("%s/24", l.addr(c, 256*a)) }
+
+// agentClusters is how many clusters run agents.
+func (p Profile) agentClusters() int {
+	if p.ClustersWithAgents == 0 || p.ClustersWithAgents > p.Clusters {
+		return p.Clusters
+	}
+	return p.ClustersWithAgents
+}

@@ -44,6 +44,7 @@ type Result struct {
 // ReplicaResult is one replica's cost over the churn.
 type ReplicaResult struct {
 	ID                   string
+	NonVoter             bool
 	RSS, PeakRSS         uint64
 	CPUSeconds           float64 // during the churn
 	Watchers             int     // simulated agents whose watch it served
@@ -64,15 +65,15 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	}
 	b, _ := p.blockBits()
 	lay := layout{bits: b}
-	res := &Result{Profile: p, Agents: p.Clusters * p.AgentsPerCluster, Endpoints: p.Clusters * p.EndpointsPerCluster}
+	res := &Result{Profile: p, Agents: p.agentClusters() * p.AgentsPerCluster, Endpoints: p.Clusters * p.EndpointsPerCluster}
 
-	log.Info("starting control plane", "replicas", p.Replicas)
-	fed, err := startFederation(ctx, bin, dir, p.Replicas, p.ControlPlaneArgs)
+	log.Info("starting control plane", "replicas", p.Replicas, "read_replicas", p.NonVoters)
+	fed, err := startFederation(ctx, bin, dir, p.Replicas, p.NonVoters, p.ControlPlaneArgs)
 	if err != nil {
 		return nil, err
 	}
 	defer fed.stop()
-	admin, err := fed.dial(auth.Admin(), fed.addrs())
+	admin, err := fed.dial(auth.Admin(), fed.voterAddrs())
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +123,7 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	actx, stopAgents := context.WithCancel(ctx)
 	var agentsDone sync.WaitGroup
 	defer func() { stopAgents(); agentsDone.Wait() }()
-	for c := range p.Clusters {
+	for c := range p.agentClusters() {
 		for i := range p.AgentsPerCluster {
 			order := 0
 			if p.SpreadAgents {
@@ -218,7 +219,7 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	byReplica := map[string]*ReplicaResult{}
 	res.Replicas = make([]ReplicaResult, len(fed.replicas))
 	for i, r := range fed.replicas {
-		res.Replicas[i] = ReplicaResult{ID: r.id, CPUSeconds: cpuEnd[i] - cpuStart[i]}
+		res.Replicas[i] = ReplicaResult{ID: r.id, NonVoter: r.nonVoter, CPUSeconds: cpuEnd[i] - cpuStart[i]}
 		byReplica[r.grpcAddr] = &res.Replicas[i]
 	}
 	for i, a := range agents {

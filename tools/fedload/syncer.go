@@ -45,7 +45,7 @@ func newSyncer(f *federation, p Profile, lay layout, idx int) (*simSyncer, error
 	if err != nil {
 		return nil, err
 	}
-	addrs := f.addrs()
+	addrs := f.voterAddrs()
 	for i := range addrs {
 		a := addrs[(idx+i)%len(addrs)]
 		cc, err := grpc.NewClient(a, creds)
