@@ -24,6 +24,7 @@ import (
 // dataplane, with its own node principal. The probe around its
 // control-plane port records what it receives and reports.
 type simAgent struct {
+	slow    time.Duration // taken over every watch message
 	cluster int
 	node    string
 	client  *agent.Client
@@ -148,6 +149,9 @@ func (p *probeStream) Recv() (*fedmeshv1.WatchResponse, error) {
 	m, err := p.s.Recv()
 	if err != nil {
 		return nil, err
+	}
+	if p.a.slow > 0 {
+		time.Sleep(p.a.slow)
 	}
 	p.a.messages.Add(1)
 	if m.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT {

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -98,6 +99,9 @@ func main() {
 	f.Float64Var(&p.Mix.Service, "mix-service", p.Mix.Service, "share of changes to a ServiceExport")
 	f.Float64Var(&p.Mix.Policy, "mix-policy", p.Mix.Policy, "share of changes to a NetworkPolicy")
 	f.DurationVar(&p.MinReportInterval, "agent-min-report-interval", 0, "least time between two status reports of an agent (0: the agent's default; negative: none)")
+	f.IntVar(&p.HotEndpoints, "hot-endpoints", 0, "relabels pick among the first N endpoints of a cluster (objects that change again and again); 0: any")
+	f.IntVar(&p.SlowAgents, "slow-agents", 0, "the first N agents take --slow-agent-delay over every watch message")
+	f.DurationVar(&p.SlowAgentDelay, "slow-agent-delay", 20*time.Millisecond, "delay of a slow agent per watch message")
 	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		os.Exit(1)
@@ -110,12 +114,15 @@ func printResult(w io.Writer, r *Result) {
 		p.Replicas, p.NonVoters, p.Clusters, p.AgentsPerCluster, r.Agents, p.EndpointsPerCluster, r.Endpoints, p.IdentitiesPerCluster, p.Rate, p.Duration)
 	fmt.Fprintf(w, "initial load %s; initial sync of %d agents %s; agent heap %.1f KiB/agent\n",
 		r.InitialLoad.Round(time.Millisecond), r.Agents, r.InitialSync.Round(time.Millisecond), float64(r.AgentHeapPerAgent)/1024)
-	fmt.Fprintf(w, "churn: %d changes (%d endpoint) at %.1f/s, %d write errors, %d behind\n",
-		r.Changes, r.EndpointChanges, r.AchievedRate, r.WriteErrors, r.GeneratorBehind)
+	fmt.Fprintf(w, "churn: %d changes (%d endpoint) at %.1f/s, %d write errors, %d behind; machine load average %.1f on %d cores\n",
+		r.Changes, r.EndpointChanges, r.AchievedRate, r.WriteErrors, r.GeneratorBehind, r.LoadAverage, runtime.NumCPU())
 	fmt.Fprintf(w, "propagation (change -> reported by every agent of the other clusters): p50 %s p90 %s p99 %s max %s over %d changes (%d unresolved)\n",
 		r.P50.Round(time.Millisecond), r.P90.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Samples, r.Unresolved)
 	fmt.Fprintf(w, "watch events per agent per change %.3f (endpoint events per agent per endpoint change %.3f, node-status events per agent per change %.3f); status reports per agent per second %.2f\n",
 		r.EventsPerAgentChange, r.EndpointEventsPerAgentEndpointChange, r.NodeEventsPerAgentChange, r.ReportsPerAgentSecond)
+	if p.SlowAgents > 0 {
+		fmt.Fprintf(w, "slow agents (%d, %s per message): watch events per agent per change %.3f\n", p.SlowAgents, p.SlowAgentDelay, r.EventsPerSlowAgentChange)
+	}
 	if r.NewAgentSync > 0 {
 		fmt.Fprintf(w, "a new agent's initial sync: %s, %.1f MiB heap\n", r.NewAgentSync.Round(time.Millisecond), float64(r.NewAgentHeap)/(1<<20))
 	}

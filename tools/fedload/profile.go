@@ -35,6 +35,15 @@ type Profile struct {
 	// ReplicaOrder makes agent i prefer replica i mod replicas (the
 	// configured-list-order preference): fan-out split across replicas.
 	SpreadAgents bool
+	// HotEndpoints, when set, makes relabels pick among the first this
+	// many endpoint slots of a cluster: objects that change again and
+	// again, which a watcher that is behind gets once (coalescing).
+	HotEndpoints int
+	// SlowAgents are the first agents, which take SlowAgentDelay over
+	// every watch message (a slow node or link), so the control plane
+	// finds them behind.
+	SlowAgents     int
+	SlowAgentDelay time.Duration
 	// MinReportInterval is each agent's agent.Config.MinReportInterval
 	// (0: the agent's default; negative: none).
 	MinReportInterval time.Duration
@@ -78,6 +87,8 @@ func (p Profile) Validate() error {
 	check(p.NonVoters >= 0 && p.NonVoters <= 16, "--read-replicas %d: need 0..16", p.NonVoters)
 	check(p.Clusters >= 2, "--clusters %d: need at least 2 (latency is measured across clusters)", p.Clusters)
 	check(p.AgentsPerCluster >= 1, "--agents-per-cluster %d: need at least 1", p.AgentsPerCluster)
+	check(p.HotEndpoints >= 0 && p.HotEndpoints <= p.EndpointsPerCluster, "--hot-endpoints %d: need 0..endpoints-per-cluster", p.HotEndpoints)
+	check(p.SlowAgents >= 0 && p.SlowAgentDelay >= 0 && p.SlowAgentDelay <= time.Second, "--slow-agents %d --slow-agent-delay %s: need >= 0 and a delay up to 1s", p.SlowAgents, p.SlowAgentDelay)
 	check(p.ClustersWithAgents >= 0, "--clusters-with-agents %d: need 0 (all) or more", p.ClustersWithAgents)
 	check(p.EndpointsPerCluster >= 1, "--endpoints-per-cluster %d: need at least 1", p.EndpointsPerCluster)
 	check(p.IdentitiesPerCluster >= 1, "--identities-per-cluster %d: need at least 1", p.IdentitiesPerCluster)

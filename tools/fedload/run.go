@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,26 +22,31 @@ import (
 type Result struct {
 	Profile Profile
 
-	Agents                               int
-	Endpoints                            int
-	InitialLoad                          time.Duration // all clusters' objects written
-	InitialSync                          time.Duration // every agent reported the loaded revision
-	AgentHeapPerAgent                    uint64        // bytes of Go heap per simulated agent (all agents in this process)
-	Changes                              int           // changes written during the churn
-	EndpointChanges                      int
-	WriteErrors                          int
-	GeneratorBehind                      int // changes the generator could not issue in time
-	AchievedRate                         float64
-	Samples                              int // changes whose propagation was measured
-	Unresolved                           int // of those, not reported by every other cluster's agent before the drain ended
-	P50, P90, P99, Max                   time.Duration
-	EventsPerAgentChange                 float64 // watch events each agent received per change
+	Agents               int
+	Endpoints            int
+	InitialLoad          time.Duration // all clusters' objects written
+	InitialSync          time.Duration // every agent reported the loaded revision
+	AgentHeapPerAgent    uint64        // bytes of Go heap per simulated agent (all agents in this process)
+	Changes              int           // changes written during the churn
+	EndpointChanges      int
+	WriteErrors          int
+	GeneratorBehind      int // changes the generator could not issue in time
+	AchievedRate         float64
+	Samples              int // changes whose propagation was measured
+	Unresolved           int // of those, not reported by every other cluster's agent before the drain ended
+	P50, P90, P99, Max   time.Duration
+	EventsPerAgentChange float64 // watch events each agent received per change
+	// EventsPerSlowAgentChange is the same for the slow agents alone.
+	EventsPerSlowAgentChange             float64
 	EndpointEventsPerAgentEndpointChange float64
 	NodeEventsPerAgentChange             float64
 	ReportsPerAgentSecond                float64
 	Replicas                             []ReplicaResult
-	NewAgentSync                         time.Duration // a late agent's initial sync at the end
-	NewAgentHeap                         uint64
+	// LoadAverage is the machine's 1-minute load average at the end of
+	// the churn: on a shared machine, what else ran.
+	LoadAverage  float64
+	NewAgentSync time.Duration // a late agent's initial sync at the end
+	NewAgentHeap uint64
 }
 
 // ReplicaResult is one replica's cost over the churn.
@@ -134,6 +142,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 				return nil, err
 			}
 			defer a.client.Close()
+			if len(agents) < p.SlowAgents {
+				a.slow = p.SlowAgentDelay
+			}
 			agents = append(agents, a)
 		}
 	}
@@ -159,6 +170,7 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	churnStart := time.Now()
 	samples, stats := churn(ctx, syncers, p)
 	churnEnd := time.Now()
+	res.LoadAverage = loadAverage()
 	cpuEnd := mon.cpu()
 	evEnd := snapshotCounts(agents)
 	reportsEnd := reportCounts(agents)
@@ -213,6 +225,13 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	}
 	if stats.endpointChanges > 0 {
 		res.EndpointEventsPerAgentEndpointChange = float64(d.endpoint) / n / float64(stats.endpointChanges)
+	}
+	if p.SlowAgents > 0 && stats.changes > 0 {
+		var slow int64
+		for i := range min(p.SlowAgents, len(agents)) {
+			slow += evEnd.perAgent[i] - evStart.perAgent[i]
+		}
+		res.EventsPerSlowAgentChange = float64(slow) / float64(min(p.SlowAgents, len(agents))) / float64(stats.changes)
 	}
 	res.ReportsPerAgentSecond = float64(reportsEnd-reportsStart) / n / churnEnd.Sub(churnStart).Seconds()
 
@@ -470,4 +489,17 @@ func (m *monitor) rss(i int) (uint64, uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.last[i].RSS, m.peak[i]
+}
+
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }

@@ -343,7 +343,18 @@ func (s *simSyncer) release(slot int) {
 
 func (s *simSyncer) relabel(ctx context.Context) (uint64, error) {
 	s.mu.Lock()
-	slot, ok := s.pickSlot(func(sl epSlot) bool { return sl.alive })
+	ok := false
+	var slot int
+	if s.p.HotEndpoints > 0 {
+		for range 32 {
+			if slot = s.rng.IntN(s.p.HotEndpoints); !s.slots[slot].busy {
+				ok = true
+				break
+			}
+		}
+	} else {
+		slot, ok = s.pickSlot(func(sl epSlot) bool { return sl.alive })
+	}
 	if !ok {
 		s.mu.Unlock()
 		return 0, errAllBusy
