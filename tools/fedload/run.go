@@ -171,8 +171,6 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	samples, stats := churn(ctx, syncers, p)
 	churnEnd := time.Now()
 	res.LoadAverage = loadAverage()
-	cpuEnd := mon.cpu()
-	evEnd := snapshotCounts(agents)
 	reportsEnd := reportCounts(agents)
 	res.Changes, res.EndpointChanges, res.WriteErrors, res.GeneratorBehind = stats.changes, stats.endpointChanges, stats.errors, stats.behind
 	res.AchievedRate = float64(stats.changes) / churnEnd.Sub(churnStart).Seconds()
@@ -183,6 +181,10 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	}
 	log.Info("draining", "revision", last)
 	drainErr := waitReported(ctx, agents, last, p.Drain)
+	// Events and fan-out CPU are counted until every agent caught up: an
+	// agent behind at the end of the churn still has events coming.
+	cpuEnd := mon.cpu()
+	evEnd := snapshotCounts(agents)
 
 	// Propagation: from sending the change to the moment the last agent of
 	// every other cluster reported a revision that includes it.

@@ -347,7 +347,7 @@ func (s *simSyncer) relabel(ctx context.Context) (uint64, error) {
 	var slot int
 	if s.p.HotEndpoints > 0 {
 		for range 32 {
-			if slot = s.rng.IntN(s.p.HotEndpoints); !s.slots[slot].busy {
+			if slot = s.rng.IntN(s.p.HotEndpoints); !s.slots[slot].busy && s.slots[slot].alive {
 				ok = true
 				break
 			}
