@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
@@ -50,7 +51,11 @@ func newSimAgent(f *federation, p Profile, lay layout, cluster, idx, order int) 
 	if err != nil {
 		return nil, err
 	}
-	cl, err := agent.NewClient(f.agentAddrs(order), creds)
+	opts := []grpc.DialOption{creds}
+	if p.AgentRecvWindow > 0 {
+		opts = append(opts, grpc.WithInitialWindowSize(p.AgentRecvWindow), grpc.WithInitialConnWindowSize(p.AgentRecvWindow))
+	}
+	cl, err := agent.NewClient(f.agentAddrs(order), opts...)
 	if err != nil {
 		return nil, err
 	}

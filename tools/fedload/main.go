@@ -102,6 +102,7 @@ func main() {
 	f.IntVar(&p.HotEndpoints, "hot-endpoints", 0, "relabels pick among the first N endpoints of a cluster (objects that change again and again); 0: any")
 	f.IntVar(&p.SlowAgents, "slow-agents", 0, "the first N agents take --slow-agent-delay over every watch message")
 	f.DurationVar(&p.SlowAgentDelay, "slow-agent-delay", 20*time.Millisecond, "delay of a slow agent per watch message")
+	f.Int32Var(&p.AgentRecvWindow, "agent-recv-window", 0, "every agent's gRPC receive window in bytes, fixed (0: gRPC's default, growing with the bandwidth-delay product)")
 	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		os.Exit(1)

@@ -44,6 +44,11 @@ type Profile struct {
 	// finds them behind.
 	SlowAgents     int
 	SlowAgentDelay time.Duration
+	// AgentRecvWindow, when set, is every agent's gRPC receive window in
+	// bytes (fixed: no BDP growth). It bounds what a replica can queue
+	// toward a slow agent; past it the replica's Send blocks and the
+	// watcher falls behind in the event log, where coalescing works.
+	AgentRecvWindow int32
 	// MinReportInterval is each agent's agent.Config.MinReportInterval
 	// (0: the agent's default; negative: none).
 	MinReportInterval time.Duration

@@ -378,7 +378,9 @@ func churn(ctx context.Context, syncers []*simSyncer, p Profile) ([]sample, chur
 					sent := time.Now()
 					kind, rev, err := s.change(cctx)
 					mu.Lock()
-					if err != nil {
+					if errors.Is(err, errAllBusy) {
+						st.behind++ // not issued: its objects had writes in flight
+					} else if err != nil {
 						st.errors++
 						if firstErr == nil {
 							firstErr = err
