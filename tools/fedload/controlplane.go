@@ -301,3 +301,51 @@ func readProc(pid int) (procSample, error) {
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTicks = 100
+
+// catchUp starts one more replica with an empty data dir, adds it as a read
+// replica and returns how long it took to apply rev (snapshot install plus
+// the log after it).
+func (f *federation) catchUp(ctx context.Context, bin string, extraArgs []string, rev uint64) (time.Duration, error) {
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return 0, err
+	}
+	id := fmt.Sprintf("r%d", len(f.replicas)+1)
+	r := &replicaProc{nonVoter: true, id: id, raftAddr: addrs[0], grpcAddr: addrs[1], metricsAddr: addrs[2], dir: filepath.Join(f.dir, id)}
+	f.replicas = append(f.replicas, r)
+	start := time.Now()
+	if err := f.start(r, "", extraArgs, bin); err != nil {
+		return 0, err
+	}
+	admin, err := f.dial(auth.Admin(), f.voterAddrs())
+	if err != nil {
+		return 0, err
+	}
+	defer admin.Close()
+	self, err := f.dial(auth.Admin(), []string{r.grpcAddr})
+	if err != nil {
+		return 0, err
+	}
+	defer self.Close()
+	deadline := time.Now().Add(5 * time.Minute)
+	added := false
+	for {
+		if !added {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := fedmeshv1.NewControlPlaneServiceClient(admin).AddMember(cctx, &fedmeshv1.AddMemberRequest{Id: id, RaftAddress: r.raftAddr, GrpcAddress: r.grpcAddr, Nonvoter: true})
+			cancel()
+			added = err == nil
+		} else {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err := fedmeshv1.NewControlPlaneServiceClient(self).GetReplicaStatus(cctx, &fedmeshv1.GetReplicaStatusRequest{})
+			cancel()
+			if err == nil && st.GetRevision() >= rev {
+				return time.Since(start), nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, fmt.Errorf("new replica %s did not reach revision %d within 5m", id, rev)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

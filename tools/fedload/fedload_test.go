@@ -76,6 +76,9 @@ func TestEveryChangeReachesEveryAgentOfTheOtherClusters(t *testing.T) {
 	if res.NewAgentSync <= 0 {
 		t.Error("the late agent never reported the newest revision")
 	}
+	if res.NewReplicaCatchUp <= 0 {
+		t.Error("the replica added at the end never reached the newest revision")
+	}
 }
 
 func TestProfileValidationNamesTheFlag(t *testing.T) {

@@ -127,14 +127,17 @@ func printResult(w io.Writer, r *Result) {
 	if r.NewAgentSync > 0 {
 		fmt.Fprintf(w, "a new agent's initial sync: %s, %.1f MiB heap\n", r.NewAgentSync.Round(time.Millisecond), float64(r.NewAgentHeap)/(1<<20))
 	}
+	if r.NewReplicaCatchUp > 0 {
+		fmt.Fprintf(w, "a new replica's catch-up (empty data dir to the newest revision): %s\n", r.NewReplicaCatchUp.Round(time.Millisecond))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "replica\tsuffrage\tRSS MiB\tpeak MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")
+	fmt.Fprintln(tw, "replica\tsuffrage\tRSS MiB\tpeak MiB\tsnapshot MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")
 	for _, rr := range r.Replicas {
 		suffrage := "voter"
 		if rr.NonVoter {
 			suffrage = "nonvoter"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%d\t%d\t%.2f\n", rr.ID, suffrage, float64(rr.RSS)/(1<<20), float64(rr.PeakRSS)/(1<<20), rr.CPUSeconds, rr.Watchers, rr.EventsSent, rr.CPUMicrosPerWatchEvt)
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.1f\t%.2f\t%d\t%d\t%.2f\n", rr.ID, suffrage, float64(rr.RSS)/(1<<20), float64(rr.PeakRSS)/(1<<20), float64(rr.SnapshotBytes)/(1<<20), rr.CPUSeconds, rr.Watchers, rr.EventsSent, rr.CPUMicrosPerWatchEvt)
 	}
 	tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -46,13 +47,17 @@ type Result struct {
 	// the churn: on a shared machine, what else ran.
 	LoadAverage  float64
 	NewAgentSync time.Duration // a late agent's initial sync at the end
-	NewAgentHeap uint64
+	// NewReplicaCatchUp is how long a replica added at the end (empty data
+	// dir, as a read replica) took to apply the newest revision.
+	NewReplicaCatchUp time.Duration
+	NewAgentHeap      uint64
 }
 
 // ReplicaResult is one replica's cost over the churn.
 type ReplicaResult struct {
 	ID                   string
 	NonVoter             bool
+	SnapshotBytes        int64 // the newest Raft snapshot on disk at the end (0: none taken yet)
 	RSS, PeakRSS         uint64
 	CPUSeconds           float64 // during the churn
 	Watchers             int     // simulated agents whose watch it served
@@ -269,7 +274,14 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 
 	stopMon()
 	<-monDone
+	// After the monitor stopped: the new replica changes fed.replicas.
+	if d, err := fed.catchUp(ctx, bin, p.ControlPlaneArgs, last); err != nil {
+		log.Warn("new replica catch-up", "err", err)
+	} else {
+		res.NewReplicaCatchUp = d
+	}
 	for i := range res.Replicas {
+		res.Replicas[i].SnapshotBytes = newestSnapshot(filepath.Join(fed.replicas[i].dir, "data", "snapshots"))
 		res.Replicas[i].RSS, res.Replicas[i].PeakRSS = mon.rss(i)
 		if ev := res.Replicas[i].EventsSent; ev > 0 {
 			res.Replicas[i].CPUMicrosPerWatchEvt = res.Replicas[i].CPUSeconds * 1e6 / float64(ev)
@@ -506,4 +518,19 @@ func loadAverage() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// newestSnapshot is the size of the newest Raft file snapshot under dir
+// (hashicorp/raft names them term-index-time, so the greatest name is the
+// newest).
+func newestSnapshot(dir string) int64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		return 0
+	}
+	fi, err := os.Stat(filepath.Join(dir, ents[len(ents)-1].Name(), "state.bin"))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
