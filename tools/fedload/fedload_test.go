@@ -49,8 +49,10 @@ func TestEveryChangeReachesEveryAgentOfTheOtherClusters(t *testing.T) {
 	var b strings.Builder
 	printResult(&b, res)
 	t.Log("\n" + b.String())
-	if res.WriteErrors != 0 || res.GeneratorBehind != 0 {
-		t.Errorf("churn: %d write errors, %d changes behind; want none at %g/s", res.WriteErrors, res.GeneratorBehind, p.Rate)
+	// Changes the generator could not issue in time (a starved machine)
+	// are reported, not failed: they are load, not correctness.
+	if res.WriteErrors != 0 {
+		t.Errorf("churn: %d writes failed at %g/s, want none", res.WriteErrors, p.Rate)
 	}
 	if res.Samples == 0 || res.Unresolved != 0 {
 		t.Fatalf("measured %d changes, %d never reported by every other cluster's agent; want some, all reported", res.Samples, res.Unresolved)
