@@ -18,6 +18,8 @@ type metrics struct {
 	// response superseded them (watch.go).
 	watchEvents    prometheus.Counter
 	watchCoalesced prometheus.Counter
+	// snapshotsWaiting counts watchers waiting for a snapshot slot.
+	snapshotsWaiting prometheus.Gauge
 }
 
 func newMetrics(r *Replica) *metrics {
@@ -44,8 +46,12 @@ func newMetrics(r *Replica) *metrics {
 			Name: "fedmesh_controlplane_watch_events_coalesced_total",
 			Help: "Events not sent because a later event of the same object reached the same watcher in the same response (a watcher behind by several revisions gets each object's newest state).",
 		}),
+		snapshotsWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "fedmesh_controlplane_watch_snapshots_waiting",
+			Help: "Watchers waiting for one of the replica's snapshot slots (Config.MaxConcurrentSnapshots): many watchers (re)connected at once.",
+		}),
 	}
-	m.reg.MustRegister(m.commitLatency, m.watchers, m.watchResets, m.watchEvents, m.watchCoalesced,
+	m.reg.MustRegister(m.commitLatency, m.watchers, m.watchResets, m.watchEvents, m.watchCoalesced, m.snapshotsWaiting,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fedmesh_controlplane_raft_state",

@@ -84,6 +84,12 @@ type Config struct {
 	// WriteLimits bound each principal's writes (writelimit.go); nil means
 	// DefaultWriteLimits, an empty map no limits.
 	WriteLimits WriteLimits
+	// MaxConcurrentSnapshots bounds the watch snapshots this replica builds
+	// and sends at once (default 8; negative: no bound). A snapshot holds
+	// every matching object until it is sent; when every agent reconnects
+	// at once (a replica restart), unbounded they all sit in memory
+	// together.
+	MaxConcurrentSnapshots int
 }
 
 // raftLogCache is how many of the newest Raft entries stay in memory (up to
@@ -92,24 +98,26 @@ const raftLogCache = 256
 
 // Replica is one running control-plane replica.
 type Replica struct {
-	cfg      Config
-	log      *slog.Logger
-	fsm      *store.FSM
-	raft     *raft.Raft
-	bolt     *raftboltdb.BoltStore
-	trans    raft.Transport
-	fault    *faultTransport
-	grpc     *grpc.Server
-	grpcLis  net.Listener
-	metrics  *metrics
-	writes   *writeLimiter
-	httpSrv  *http.Server
-	httpLis  net.Listener
-	core     *Core
-	sec      *security
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	cfg     Config
+	log     *slog.Logger
+	fsm     *store.FSM
+	raft    *raft.Raft
+	bolt    *raftboltdb.BoltStore
+	trans   raft.Transport
+	fault   *faultTransport
+	grpc    *grpc.Server
+	grpcLis net.Listener
+	metrics *metrics
+	writes  *writeLimiter
+	// snapshots holds a token per watch snapshot being built or sent.
+	snapshots chan struct{}
+	httpSrv   *http.Server
+	httpLis   net.Listener
+	core      *Core
+	sec       *security
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
 }
 
 // Start opens the data dir, starts Raft and serves gRPC (and metrics).
@@ -251,6 +259,12 @@ func Start(cfg Config) (*Replica, error) {
 		cfg.WriteLimits = DefaultWriteLimits()
 	}
 	r.writes = newWriteLimiter(cfg.WriteLimits, time.Now)
+	switch {
+	case cfg.MaxConcurrentSnapshots == 0:
+		r.snapshots = make(chan struct{}, 8)
+	case cfg.MaxConcurrentSnapshots > 0:
+		r.snapshots = make(chan struct{}, cfg.MaxConcurrentSnapshots)
+	}
 	r.metrics.reg.MustRegister(r.writes.limited)
 	r.core = newCore(r)
 	if r.sec != nil {

@@ -158,8 +158,26 @@ func (w *watchService) Watch(req *fedmeshv1.WatchRequest, stream fedmeshv1.Watch
 }
 
 // sendSnapshot sends every matching object in chunks and returns the
-// snapshot's revision.
+// snapshot's revision. It waits for one of the replica's snapshot slots
+// first (Config.MaxConcurrentSnapshots): a snapshot holds every object it
+// sends until the last chunk is queued.
 func (w *watchService) sendSnapshot(stream fedmeshv1.WatchService_WatchServer, f *watchFilter) (uint64, error) {
+	if slots := w.c.r.snapshots; slots != nil {
+		m := w.c.r.metrics
+		select {
+		case slots <- struct{}{}:
+		default:
+			m.snapshotsWaiting.Inc()
+			select {
+			case slots <- struct{}{}:
+				m.snapshotsWaiting.Dec()
+			case <-stream.Context().Done():
+				m.snapshotsWaiting.Dec()
+				return 0, stream.Context().Err()
+			}
+		}
+		defer func() { <-slots }()
+	}
 	var objs []*fedmeshv1.Event
 	var rev uint64
 	w.c.view(func(st *store.State) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -117,5 +118,53 @@ func TestWatcherBehindGetsEachObjectOnceAtItsNewestState(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(r.metrics.watchCoalesced); n != 19 {
 		t.Errorf("coalesced events metric = %v, want 19 (20 puts of moving sent as 1)", n)
+	}
+}
+
+// A watch snapshot waits for a free snapshot slot, so watchers connecting
+// at once do not all hold their snapshots in memory together; it is sent
+// as soon as a slot frees.
+func TestWatchSnapshotWaitsForAFreeSlot(t *testing.T) {
+	r, c := startSingle(t, 1000)
+	ctx := ctxT(t)
+	registerCluster(t, ctx, c, "east", "10.1.0.0/16")
+	for range cap(r.snapshots) {
+		r.snapshots <- struct{}{} // every slot busy
+	}
+	w, err := c.watch.Watch(ctx, &fedmeshv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *fedmeshv1.WatchResponse, 1)
+	go func() {
+		resp, err := w.Recv()
+		if err != nil {
+			t.Errorf("watch recv: %v", err)
+		}
+		got <- resp
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.metrics.snapshotsWaiting) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher never waited for a snapshot slot")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case resp := <-got:
+		t.Fatalf("snapshot sent while every slot was busy: %v", resp.GetType())
+	default:
+	}
+	<-r.snapshots // one slot frees
+	select {
+	case resp := <-got:
+		if resp.GetType() != fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT || len(resp.GetEvents()) != 1 {
+			t.Fatalf("first message after a slot freed: %v", resp)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no snapshot after a slot freed")
+	}
+	if n := testutil.ToFloat64(r.metrics.snapshotsWaiting); n != 0 {
+		t.Errorf("watchers waiting for a slot = %v after the snapshot, want 0", n)
 	}
 }
