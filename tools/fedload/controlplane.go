@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -247,60 +245,6 @@ func (f *federation) dial(p auth.Principal, addrs []string) (*grpc.ClientConn, e
 	}
 	return cc, nil
 }
-
-// procSample is one reading of a process's memory and CPU.
-type procSample struct {
-	RSS, PeakRSS uint64  // bytes
-	CPU          float64 // user+system seconds since start
-}
-
-var errNoProc = errors.New("process gone")
-
-// readProc reads /proc/<pid>/status and /proc/<pid>/stat.
-func readProc(pid int) (procSample, error) {
-	var s procSample
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return s, errNoProc
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		fs := strings.Fields(v)
-		if len(fs) == 0 {
-			continue
-		}
-		kb, _ := strconv.ParseUint(fs[0], 10, 64)
-		switch k {
-		case "VmRSS":
-			s.RSS = kb << 10
-		case "VmHWM":
-			s.PeakRSS = kb << 10
-		}
-	}
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return s, errNoProc
-	}
-	// Fields after the parenthesised command name; utime and stime are the
-	// 14th and 15th fields overall.
-	rest := string(st)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+2:]
-	}
-	fs := strings.Fields(rest)
-	if len(fs) > 12 {
-		ut, _ := strconv.ParseFloat(fs[11], 64)
-		stt, _ := strconv.ParseFloat(fs[12], 64)
-		s.CPU = (ut + stt) / clockTicks
-	}
-	return s, nil
-}
-
-// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
-const clockTicks = 100
 
 // catchUp starts one more replica with an empty data dir, adds it as a read
 // replica and returns how long it took to apply rev (snapshot install plus
