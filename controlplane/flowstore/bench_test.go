@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 

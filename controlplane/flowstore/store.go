@@ -59,12 +59,12 @@ type Scope struct {
 
 // Stats are a store's counters.
 type Stats struct {
-	Stored, Capacity             uint64
-	Evicted, DroppedRate         uint64
-	DroppedAgent, DroppedFollow  uint64
-	BytesPerFlow                 uint64
-	Nodes, Workloads, Decisions  int
-	MaxAge                       time.Duration
+	Stored, Capacity            uint64
+	Evicted, DroppedRate        uint64
+	DroppedAgent, DroppedFollow uint64
+	BytesPerFlow                uint64
+	Nodes, Workloads, Decisions int
+	MaxAge                      time.Duration
 }
 
 // record is one stored flow: fixed size, no pointers, so a million of them
@@ -186,10 +186,10 @@ func (t *table[K, V]) intern(k K, v V, same func(a, b V) bool) uint32 {
 
 // decisionKey identifies an interned decision.
 type decisionKey struct {
-	dir, kind                 int32
-	cluster, namespace, name  string
-	policyKind                int32
-	index, ruleID             uint32
+	dir, kind                int32
+	cluster, namespace, name string
+	policyKind               int32
+	index, ruleID            uint32
 	tier, reason, selectedBy string
 }
 
