@@ -16,14 +16,17 @@ type Follower struct {
 	lagged uint64 // guarded by the store's lock
 }
 
-// Follow registers a follower; call the returned function to stop it.
-func (s *Store) Follow(q Query, sc Scope) (*Follower, func()) {
+// QueryFollow is Query and, atomically with it, a follower of every
+// matching flow stored afterwards: no flow is missed or sent twice between
+// the history and the stream. Call the returned function to stop it.
+func (s *Store) QueryFollow(q Query, sc Scope) ([]*fedmeshv1.Flow, *Follower, func()) {
 	c := make(chan *fedmeshv1.Flow, FollowBuffer)
 	f := &Follower{C: c, c: c, filter: q.Filter, scope: sc}
 	s.mu.Lock()
+	hist := s.query(q, sc)
 	s.subs[f] = struct{}{}
 	s.mu.Unlock()
-	return f, func() {
+	return hist, f, func() {
 		s.mu.Lock()
 		delete(s.subs, f)
 		s.mu.Unlock()

@@ -593,6 +593,10 @@ func (m *matcher) scan(qu *queue, hits []*record, limit int) []*record {
 func (s *Store) Query(q Query, sc Scope) []*fedmeshv1.Flow {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	return s.query(q, sc)
+}
+
+func (s *Store) query(q Query, sc Scope) []*fedmeshv1.Flow {
 	m := s.compile(q.Filter, q.Since, q.Until, sc)
 	var hits []*record
 	for _, qu := range s.queues {

@@ -204,7 +204,11 @@ func TestStoredFlowComesBackAsShipped(t *testing.T) {
 
 func TestFollowerGetsMatchingFlowsAndCountsWhatItMissed(t *testing.T) {
 	s := New(Config{NodeRate: 1e9})
-	f, stop := s.Follow(Query{Filter: Filter{Verdict: fedmeshv1.Verdict_VERDICT_DENY}}, Scope{Cluster: "b"})
+	s.Add("a", "a1", []*fedmeshv1.Flow{flowAt(t0, webA, dbB, 9, true, "p")}, 0)
+	hist, f, stop := s.QueryFollow(Query{Filter: Filter{Verdict: fedmeshv1.Verdict_VERDICT_DENY}, Limit: 10}, Scope{Cluster: "b"})
+	if len(hist) != 1 || hist[0].GetDestination().GetPort() != 9 {
+		t.Fatalf("history %v, want the one earlier denied flow", hist)
+	}
 	defer stop()
 	s.Add("a", "a1", []*fedmeshv1.Flow{flowAt(t0, webA, dbB, 1, true, "p"), flowAt(t0, webA, dbB, 2, false, "p"), flowAt(t0, webA, wl("a", "x", "y", "10.1.1.9"), 3, true, "p")}, 0)
 	select {
