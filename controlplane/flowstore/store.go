@@ -23,13 +23,18 @@ type Config struct {
 	// MaxAge is how long a flow is kept (default 1h).
 	MaxAge time.Duration
 	// NodeRate and NodeBurst bound the flows/s one node may add (defaults
-	// 20,000/s, burst 40,000); the excess is refused and counted.
+	// 50,000/s, burst 100,000); the excess is refused and counted.
 	NodeRate  float64
 	NodeBurst float64
 	// Replica names this store in Status.
 	Replica string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Labels, when set, gives the labels of a federation workload whose
+	// flows arrive without them (agents leave them off the wire: the
+	// control plane has every endpoint's labels). Called under the store's
+	// lock, once per new workload; it must not call the store.
+	Labels func(cluster, namespace, pod string) map[string]string
 }
 
 func (c *Config) defaults() {
@@ -40,7 +45,7 @@ func (c *Config) defaults() {
 		c.MaxAge = time.Hour
 	}
 	if c.NodeRate <= 0 {
-		c.NodeRate = 20_000
+		c.NodeRate = 50_000
 	}
 	if c.NodeBurst <= 0 {
 		c.NodeBurst = 2 * c.NodeRate
@@ -384,6 +389,18 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) {
 
 func (s *Store) internWorkload(w *fedmeshv1.Workload) uint32 {
 	k := workloadKey{w.GetCluster(), w.GetNamespace(), w.GetPod(), w.GetIdentity()}
+	if len(w.GetLabels()) == 0 && w.GetCluster() != "" {
+		// Shipped without labels: the newest entry of the workload, or a
+		// new one labelled from the control plane's view.
+		if ids := s.workloads.ids[k]; len(ids) > 0 {
+			return ids[len(ids)-1]
+		}
+		if s.cfg.Labels != nil {
+			if l := s.cfg.Labels(k.cluster, k.namespace, k.pod); len(l) > 0 {
+				w = &fedmeshv1.Workload{Cluster: k.cluster, Namespace: k.namespace, Pod: k.pod, Identity: k.identity, Labels: l}
+			}
+		}
+	}
 	return s.workloads.intern(k, w, func(a, b *fedmeshv1.Workload) bool { return maps.Equal(a.GetLabels(), b.GetLabels()) })
 }
 

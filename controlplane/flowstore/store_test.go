@@ -332,3 +332,28 @@ func fieldsOf(err error) []string {
 	}
 	return out
 }
+
+func TestFlowsShippedWithoutLabelsGetThemFromTheControlPlane(t *testing.T) {
+	calls := 0
+	s := New(Config{NodeRate: 1e9, Now: (&clock{t0}).Now, Labels: func(c, ns, pod string) map[string]string {
+		calls++
+		return map[string]string{"app": pod, "cluster": c}
+	}})
+	bare := func(pod string) *fedmeshv1.Workload { return &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: pod, Ip: "10.1.1.1"} }
+	for range 3 {
+		s.Add("a", "n1", []*fedmeshv1.Flow{flowAt(t0, bare("web"), bare("db"), 80, false, "p"), flowAt(t0, ext, bare("db"), 80, true, "p")}, 0)
+	}
+	got := s.Query(Query{Limit: 10}, Scope{})
+	if len(got) != 6 {
+		t.Fatalf("%d flows, want 6", len(got))
+	}
+	for _, f := range got {
+		if f.GetDestination().GetLabels()["app"] != "db" || f.GetDestination().GetLabels()["cluster"] != "a" ||
+			(f.GetSource().GetPod() == "web") != (f.GetSource().GetLabels()["app"] == "web") || (f.GetSource().GetCluster() == "" && len(f.GetSource().GetLabels()) != 0) {
+			t.Fatalf("flow %v: labels not filled from the control plane (or given to an external address)", f)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("labels looked up %d times, want once per workload", calls)
+	}
+}

@@ -17,7 +17,7 @@ import (
 )
 
 // FlowConfig bounds a replica's flow store (zero values: flowstore's
-// defaults: 1M flows, 1h, 20k flows/s per node).
+// defaults: 1M flows, 1h, 50k flows/s per node).
 type FlowConfig struct {
 	Capacity  int
 	MaxAge    time.Duration
@@ -35,7 +35,11 @@ const flowBatch = 500
 // Raft log.
 func (r *Replica) startFlows(ctx context.Context) {
 	fc := r.cfg.Flows
-	r.flows = flowstore.New(flowstore.Config{Capacity: fc.Capacity, MaxAge: fc.MaxAge, NodeRate: fc.NodeRate, NodeBurst: fc.NodeBurst, Replica: r.cfg.NodeID})
+	r.flows = flowstore.New(flowstore.Config{Capacity: fc.Capacity, MaxAge: fc.MaxAge, NodeRate: fc.NodeRate, NodeBurst: fc.NodeBurst, Replica: r.cfg.NodeID,
+		Labels: func(cluster, namespace, pod string) (l map[string]string) {
+			r.fsm.View(func(s *store.State) { l = s.Endpoint(cluster, namespace, pod).GetLabels() })
+			return l
+		}})
 	r.metrics.reg.MustRegister(r.flows.Collectors()...)
 	r.wg.Add(1)
 	go func() {

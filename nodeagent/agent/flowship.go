@@ -6,11 +6,17 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
@@ -22,31 +28,42 @@ import (
 // identity) the agent already holds. Each replica keeps what it receives in
 // its own bounded store, so any replica answers GetFlows for the whole
 // federation without asking its peers, and a replica that is down or
-// partitioned loses only its own copy. The price is one stream per replica
-// (three encodings of each batch), paid in batches of up to
-// shipBatch flows.
+// partitioned loses only its own copy. The price is one stream per replica;
+// each batch is encoded once and the same bytes go to every replica
+// (preEncoded), so the extra replicas cost only the writes.
 
 const (
-	// shipQueue bounds what waits for one replica; beyond it flows are
+	// shipQueue bounds the flows waiting to be batched; beyond it flows are
 	// dropped and counted (backpressure never reaches the event reader).
 	shipQueue = 16384
 	shipBatch = 500
+	// shipBatches bounds the encoded batches waiting for one replica.
+	shipBatches = shipQueue / shipBatch
 	// shipLinger is how long a partial batch waits for more flows.
 	shipLinger = 200 * time.Millisecond
 )
 
+// batch is one encoded ShipFlowsRequest without its dropped field, which
+// differs per replica and is appended on send.
+type batch struct {
+	b []byte
+	n int
+}
+
 // FlowShipper ships flow records to every replica. Offer is called by the
-// flow reader's goroutine and never blocks; Run owns one goroutine per
-// replica that batches its queue onto a ShipFlows stream, reopening it
-// with jittered backoff when it fails.
+// flow reader's goroutine and never blocks; Run owns a batcher goroutine
+// that encodes batches once and one goroutine per replica that writes
+// them onto a ShipFlows stream, reopening it with jittered backoff when it
+// fails.
 type FlowShipper struct {
 	cluster, node string
 	addrs         []string
 	conns         []*grpc.ClientConn
-	queues        []chan *fedmeshv1.Flow
-	// dropped per replica: flows that never reached it (queue full, or in
-	// a batch whose stream failed). Sent on every batch, so each replica
-	// counts what it missed.
+	in            chan *fedmeshv1.Flow
+	queues        []chan batch
+	// dropped per replica: flows that never reached it (a queue was full,
+	// or they were in a batch whose stream failed). Sent with every batch,
+	// so each replica counts what it missed.
 	dropped []atomic.Uint64
 	log     *slog.Logger
 
@@ -56,14 +73,14 @@ type FlowShipper struct {
 // NewFlowShipper ships over c's replica connections.
 func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, log *slog.Logger) *FlowShipper {
 	s := &FlowShipper{cluster: cluster, node: node, addrs: c.addrs, conns: c.conns, log: log.With("part", "flow-shipper"),
-		dropped: make([]atomic.Uint64, len(c.conns)),
+		in: make(chan *fedmeshv1.Flow, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
 		mShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_shipped_total",
 			Help: "Flow records sent to a control-plane replica."}, []string{"replica"}),
 		mDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_dropped_total",
-			Help: "Flow records a replica never got: its queue was full (backpressure) or its stream failed."}, []string{"replica"}),
+			Help: "Flow records a replica never got: a queue was full (backpressure) or its stream failed."}, []string{"replica"}),
 	}
 	for range c.conns {
-		s.queues = append(s.queues, make(chan *fedmeshv1.Flow, shipQueue))
+		s.queues = append(s.queues, make(chan batch, shipBatches))
 	}
 	if reg != nil {
 		reg.MustRegister(s.mShipped, s.mDropped)
@@ -73,10 +90,10 @@ func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, 
 
 // Offer implements flows.Sink.
 func (s *FlowShipper) Offer(f *fedmeshv1.Flow) {
-	for i, q := range s.queues {
-		select {
-		case q <- f:
-		default:
+	select {
+	case s.in <- f:
+	default:
+		for i := range s.queues {
 			s.drop(i, 1)
 		}
 	}
@@ -105,8 +122,52 @@ func (s *FlowShipper) Run(ctx context.Context) {
 			s.runReplica(ctx, i)
 		}()
 	}
+	s.batch(ctx)
 	for range s.conns {
 		<-done
+	}
+}
+
+// batch encodes what Offer queued, once for every replica.
+func (s *FlowShipper) batch(ctx context.Context) {
+	req := &fedmeshv1.ShipFlowsRequest{Cluster: s.cluster, Node: s.node, Flows: make([]*fedmeshv1.Flow, 0, shipBatch)}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		req.Flows = req.Flows[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-s.in:
+			req.Flows = append(req.Flows, f)
+		}
+		timer.Reset(shipLinger)
+	fill:
+		for len(req.Flows) < shipBatch {
+			select {
+			case f := <-s.in:
+				req.Flows = append(req.Flows, f)
+			case <-timer.C:
+				break fill
+			case <-ctx.Done():
+				return
+			}
+		}
+		b, err := proto.Marshal(req)
+		if err != nil { // cannot happen for a valid message; count, do not stop
+			s.log.Error("encode flow batch", "err", err)
+			for i := range s.queues {
+				s.drop(i, len(req.Flows))
+			}
+			continue
+		}
+		for i, q := range s.queues {
+			select {
+			case q <- batch{b: b, n: len(req.Flows)}:
+			default:
+				s.drop(i, len(req.Flows))
+			}
+		}
 	}
 }
 
@@ -132,49 +193,49 @@ func (s *FlowShipper) runReplica(ctx context.Context, i int) {
 	}
 }
 
-// stream sends batches on one ShipFlows stream until it fails.
+// stream writes batches on one ShipFlows stream until it fails.
 func (s *FlowShipper) stream(ctx context.Context, client fedmeshv1.FlowServiceClient, i int) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := client.ShipFlows(sctx)
+	st, err := client.ShipFlows(sctx, grpc.ForceCodecV2(preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}))
 	if err != nil {
 		return err
 	}
-	q := s.queues[i]
-	batch := make([]*fedmeshv1.Flow, 0, shipBatch)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		batch = batch[:0]
+		var bt batch
 		select {
 		case <-ctx.Done():
 			_, _ = st.CloseAndRecv()
 			return ctx.Err()
-		case f := <-q:
-			batch = append(batch, f)
+		case bt = <-s.queues[i]:
 		}
-		timer.Reset(shipLinger)
-	fill:
-		for len(batch) < shipBatch {
-			select {
-			case f := <-q:
-				batch = append(batch, f)
-			case <-timer.C:
-				break fill
-			case <-ctx.Done():
-				break fill
-			}
-		}
-		req := &fedmeshv1.ShipFlowsRequest{Cluster: s.cluster, Node: s.node, Flows: batch, Dropped: s.dropped[i].Load()}
-		if err := st.Send(req); err != nil {
-			s.drop(i, len(batch))
+		// Field 4 (dropped) appended: a later occurrence of a scalar field
+		// is the one a decoder keeps, and the batch has none.
+		b := protowire.AppendVarint(protowire.AppendTag(slices.Clip(bt.b), 4, protowire.VarintType), s.dropped[i].Load())
+		if err := st.SendMsg(preEncoded(b)); err != nil {
+			s.drop(i, bt.n)
 			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
 				_, err = st.CloseAndRecv()
 			}
 			return err
 		}
-		s.mShipped.WithLabelValues(s.addrs[i]).Add(float64(len(batch)))
+		s.mShipped.WithLabelValues(s.addrs[i]).Add(float64(bt.n))
 	}
+}
+
+// preEncoded is a message already in protobuf wire form.
+type preEncoded []byte
+
+// preEncodedCodec sends preEncoded bytes as they are and everything else
+// as gRPC's protobuf codec does; its name is "proto", so the server reads
+// the stream with its usual codec.
+type preEncodedCodec struct{ encoding.CodecV2 }
+
+func (c preEncodedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(preEncoded); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
 }
 
 // The sync goroutine's hooks into the flow directory (Deps.Flows): every

@@ -2,7 +2,8 @@
 // verdict events, attributes each to what decided it — the policy and rule
 // (the compiled RuleOrigin of the event's RuleID), the policies selecting
 // the endpoint when no rule allowed, or "not selected" — and to both
-// workloads (cluster, namespace, pod, labels, identity), and hands the
+// workloads (cluster, namespace, pod, identity; the control plane adds the
+// labels), and hands the
 // records to a sink (the agent's shipper to the control plane's
 // FlowService). Nothing here serves flows: they leave the node only over
 // the agent's mTLS identity.
@@ -61,7 +62,7 @@ func NewDirectory() *Directory {
 // UpsertEndpoint records (or replaces) an endpoint's addresses.
 func (d *Directory) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 	k := policy.EndpointKey{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
-	w := &fedmeshv1.Workload{Cluster: k.Cluster, Namespace: k.Namespace, Pod: k.Name, Labels: ep.GetLabels(), Identity: ep.GetIdentity()}
+	w := &fedmeshv1.Workload{Cluster: k.Cluster, Namespace: k.Namespace, Pod: k.Name, Identity: ep.GetIdentity()}
 	var ips []netip.Addr
 	for _, s := range ep.GetIps() {
 		if a, err := netip.ParseAddr(s); err == nil {
@@ -162,12 +163,14 @@ func (d *Directory) Attribute(ev dataplane.Event, cluster, node string, now time
 	return f
 }
 
-// workload copies the directory's workload with this flow's address and
-// port; an address no endpoint has is outside the federation.
+// workload is the directory's workload with this flow's address and port;
+// an address no endpoint has is outside the federation. Labels stay off
+// the record: the control plane, which has every endpoint's labels, fills
+// them in once per workload, so the node does not encode them per flow.
 func (d *Directory) workload(a netip.Addr, id uint32, port uint16) *fedmeshv1.Workload {
 	out := &fedmeshv1.Workload{Identity: id, Ip: a.String(), Port: uint32(port)}
 	if w := d.byIP[a.Unmap()]; w != nil {
-		out.Cluster, out.Namespace, out.Pod, out.Labels = w.Cluster, w.Namespace, w.Pod, w.Labels
+		out.Cluster, out.Namespace, out.Pod = w.Cluster, w.Namespace, w.Pod
 	}
 	return out
 }

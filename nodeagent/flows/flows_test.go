@@ -116,7 +116,7 @@ func TestFlowsResolveBothWorkloads(t *testing.T) {
 	d, c := dir(t)
 	f := d.Attribute(event("10.0.0.1", "10.0.0.2", 7, 8, policy.Ingress, dataplane.ReasonAllowPolicy, ruleFor(t, c, 7, 5432)), "c1", "n1", time.Unix(1, 0))
 	s, dst := f.GetSource(), f.GetDestination()
-	if s.GetPod() != "web" || s.GetLabels()["app"] != "web" || s.GetIdentity() != 7 || s.GetPort() != 40000 ||
+	if s.GetPod() != "web" || len(s.GetLabels()) != 0 || s.GetIdentity() != 7 || s.GetPort() != 40000 ||
 		dst.GetPod() != "db" || dst.GetNamespace() != "x" || dst.GetCluster() != "c1" || dst.GetPort() != 5432 || dst.GetIp() != "10.0.0.2" ||
 		f.GetVerdict() != fedmeshv1.Verdict_VERDICT_ALLOW || f.GetNode() != "n1" || f.GetProtocol() != 6 {
 		t.Fatalf("flow = %v", f)
