@@ -339,7 +339,9 @@ func TestFlowsShippedWithoutLabelsGetThemFromTheControlPlane(t *testing.T) {
 		calls++
 		return map[string]string{"app": pod, "cluster": c}
 	}})
-	bare := func(pod string) *fedmeshv1.Workload { return &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: pod, Ip: "10.1.1.1"} }
+	bare := func(pod string) *fedmeshv1.Workload {
+		return &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: pod, Ip: "10.1.1.1"}
+	}
 	for range 3 {
 		s.Add("a", "n1", []*fedmeshv1.Flow{flowAt(t0, bare("web"), bare("db"), 80, false, "p"), flowAt(t0, ext, bare("db"), 80, true, "p")}, 0)
 	}
