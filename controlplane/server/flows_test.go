@@ -95,6 +95,10 @@ func TestFlowServiceAuthorizesShippingAndScopesReads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := fedmeshv1.NewEndpointServiceClient(g.conn(t, lead, auth.Syncer("a"))).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "a",
+		Endpoints: []*fedmeshv1.Endpoint{{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Node: "n1", Labels: map[string]string{"app": "web"}}}}); err != nil {
+		t.Fatal(err)
+	}
 	admin := flowsAs(auth.Admin())
 	follow, err := admin.GetFlows(ctx, &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Verdict: fedmeshv1.Verdict_VERDICT_DENY}, Follow: true})
 	if err != nil {
@@ -143,6 +147,12 @@ func TestFlowServiceAuthorizesShippingAndScopesReads(t *testing.T) {
 		if err != nil || !slices.Equal(destPorts(got), tc.want) {
 			t.Errorf("%s: %v (%v), want ports %v", tc.name, destPorts(got), err, tc.want)
 		}
+	}
+
+	// Agents ship no labels; the replica adds the endpoint's from its view.
+	all, err := getFlows(t, ctx, admin, &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Cluster: "a"}})
+	if err != nil || len(all) != 2 || all[0].GetSource().GetLabels()["app"] != "web" || len(all[0].GetDestination().GetLabels()) != 0 {
+		t.Errorf("flows of a: %v (%v), want the source's labels from the control plane and none for an endpoint it does not know", all, err)
 	}
 
 	_, err = getFlows(t, ctx, admin, &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Policy: "a/b/c/d"}})
