@@ -16,7 +16,6 @@ import (
 	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
@@ -59,7 +58,7 @@ type FlowShipper struct {
 	cluster, node string
 	addrs         []string
 	conns         []*grpc.ClientConn
-	in            chan *fedmeshv1.Flow
+	in            chan []byte
 	queues        []chan batch
 	// dropped per replica: flows that never reached it (a queue was full,
 	// or they were in a batch whose stream failed). Sent with every batch,
@@ -73,7 +72,7 @@ type FlowShipper struct {
 // NewFlowShipper ships over c's replica connections.
 func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, log *slog.Logger) *FlowShipper {
 	s := &FlowShipper{cluster: cluster, node: node, addrs: c.addrs, conns: c.conns, log: log.With("part", "flow-shipper"),
-		in: make(chan *fedmeshv1.Flow, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
+		in: make(chan []byte, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
 		mShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_shipped_total",
 			Help: "Flow records sent to a control-plane replica."}, []string{"replica"}),
 		mDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_dropped_total",
@@ -88,8 +87,8 @@ func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, 
 	return s
 }
 
-// Offer implements flows.Sink.
-func (s *FlowShipper) Offer(f *fedmeshv1.Flow) {
+// Offer implements flows.Sink: f is an encoded fedmesh.v1.Flow.
+func (s *FlowShipper) Offer(f []byte) {
 	select {
 	case s.in <- f:
 	default:
@@ -128,44 +127,43 @@ func (s *FlowShipper) Run(ctx context.Context) {
 	}
 }
 
-// batch encodes what Offer queued, once for every replica.
+// batch assembles what Offer queued into ShipFlowsRequests, once for every
+// replica: the flows arrive encoded, so a batch is their concatenation
+// behind the node's name.
 func (s *FlowShipper) batch(ctx context.Context) {
-	req := &fedmeshv1.ShipFlowsRequest{Cluster: s.cluster, Node: s.node, Flows: make([]*fedmeshv1.Flow, 0, shipBatch)}
+	var head []byte
+	head = protowire.AppendString(protowire.AppendTag(head, 1, protowire.BytesType), s.cluster) // ShipFlowsRequest.cluster
+	head = protowire.AppendString(protowire.AppendTag(head, 2, protowire.BytesType), s.node)    // ShipFlowsRequest.node
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		req.Flows = req.Flows[:0]
+		var b []byte
+		n := 0
 		select {
 		case <-ctx.Done():
 			return
 		case f := <-s.in:
-			req.Flows = append(req.Flows, f)
+			b = flows.AppendShipped(append(make([]byte, 0, len(head)+shipBatch*(len(f)+3)), head...), f)
+			n++
 		}
 		timer.Reset(shipLinger)
 	fill:
-		for len(req.Flows) < shipBatch {
+		for n < shipBatch {
 			select {
 			case f := <-s.in:
-				req.Flows = append(req.Flows, f)
+				b = flows.AppendShipped(b, f)
+				n++
 			case <-timer.C:
 				break fill
 			case <-ctx.Done():
 				return
 			}
 		}
-		b, err := proto.Marshal(req)
-		if err != nil { // cannot happen for a valid message; count, do not stop
-			s.log.Error("encode flow batch", "err", err)
-			for i := range s.queues {
-				s.drop(i, len(req.Flows))
-			}
-			continue
-		}
 		for i, q := range s.queues {
 			select {
-			case q <- batch{b: b, n: len(req.Flows)}:
+			case q <- batch{b: b, n: n}:
 			default:
-				s.drop(i, len(req.Flows))
+				s.drop(i, n)
 			}
 		}
 	}

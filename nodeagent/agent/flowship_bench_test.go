@@ -81,13 +81,17 @@ func BenchmarkFlowShippingCPU(b *testing.B) {
 
 	rules := policy.EndpointRules{Identity: 256, Ingress: policy.DirectionRules{Enforced: true,
 		Identities: []policy.IdentityRule{{Peer: policy.IdentityAny, Proto: policy.ProtoAny, Ports: policy.AllPorts, Rule: 1}}}}
-	dp := dataplane.NewMemory()
-	defer dp.Close()
-	if err := dp.Apply(ctx, &dataplane.Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a/web/server": rules}}); err != nil {
-		b.Fatal(err)
-	}
-	if err := dp.Attach(ctx, dataplane.Endpoint{ID: "a/web/server", Interface: "cali-server"}); err != nil {
-		b.Fatal(err)
+	// Each phase gets a fresh dataplane, so its flow table's growth is the
+	// same in both.
+	newDataplane := func() *dataplane.Memory {
+		dp := dataplane.NewMemory()
+		if err := dp.Apply(ctx, &dataplane.Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a/web/server": rules}}); err != nil {
+			b.Fatal(err)
+		}
+		if err := dp.Attach(ctx, dataplane.Endpoint{ID: "a/web/server", Interface: "cali-server"}); err != nil {
+			b.Fatal(err)
+		}
+		return dp
 	}
 	dir := flows.NewDirectory()
 	dir.UpsertEndpoint(server)
@@ -97,10 +101,15 @@ func BenchmarkFlowShippingCPU(b *testing.B) {
 
 	var sport uint32
 	for b.Loop() {
+		sport = 0
 		// Off: the events channel fills and the dataplane drops the rest.
+		dp := newDataplane()
+		traffic(b, dp, rate, time.Second, &sport)
 		start := cpuTime()
 		nOff := traffic(b, dp, rate, window, &sport)
 		off := cpuTime() - start
+		dp.Close()
+		dp = newDataplane()
 
 		cl, err := agent.NewClient(cp.Addrs(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -121,6 +130,7 @@ func BenchmarkFlowShippingCPU(b *testing.B) {
 		<-done
 		<-done
 		cl.Close()
+		dp.Close()
 
 		if events < uint64(nOn)/2 {
 			b.Fatalf("the reader saw %d events of %d flows: the dataplane dropped the rest, so shipping was not measured at %d/s", events, nOn, rate)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fedmesh/fedmesh/controlplane/inproc"
@@ -21,10 +22,14 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-func shipFlow(i int) *fedmeshv1.Flow {
-	return &fedmeshv1.Flow{Time: timestamppb.Now(), Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_DENY,
+func shipFlow(i int) []byte {
+	b, err := proto.Marshal(&fedmeshv1.Flow{Time: timestamppb.Now(), Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_DENY,
 		Source:      &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "web", Ip: "10.1.1.11"},
-		Destination: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "db", Ip: "10.1.1.12", Port: uint32(i)}}
+		Destination: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "db", Ip: "10.1.1.12", Port: uint32(i)}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func storedOn(r *inproc.Replica) uint64 {
@@ -105,7 +110,13 @@ func TestShipperSendsEveryFlowToEveryReplicaAndCountsWhatADownReplicaMisses(t *t
 
 type chanSink chan *fedmeshv1.Flow
 
-func (c chanSink) Offer(f *fedmeshv1.Flow) { c <- f }
+func (c chanSink) Offer(b []byte) {
+	var f fedmeshv1.Flow
+	if err := proto.Unmarshal(b, &f); err != nil {
+		panic(err)
+	}
+	c <- &f
+}
 
 // The agent keeps the flow directory in step with what it enforces: an
 // event of the in-memory dataplane is attributed to the rule the compiler

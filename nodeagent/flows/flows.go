@@ -175,35 +175,55 @@ func (d *Directory) workload(a netip.Addr, id uint32, port uint16) *fedmeshv1.Wo
 	return out
 }
 
-// decide names what decided the event's direction at the local endpoint.
-func decide(ev dataplane.Event, l *local) *fedmeshv1.FlowDecision {
-	d := &fedmeshv1.FlowDecision{Direction: policyType(ev.Direction), DataplaneReason: ev.Reason.String(), RuleId: uint32(ev.Rule)}
+// decision is what decided an event's direction at the local endpoint,
+// before it becomes a record (decide) or wire bytes (AppendFlow).
+type decision struct {
+	kind      fedmeshv1.FlowDecisionKind
+	origin    policy.RuleOrigin // for RULE
+	selecting []*fedmeshv1.PolicyKey
+}
+
+func classify(ev dataplane.Event, l *local) decision {
+	var d decision
 	if l != nil {
-		d.SelectedBy = l.selecting[ev.Direction]
+		d.selecting = l.selecting[ev.Direction]
 	}
 	switch {
 	case ev.Rule != 0 && l != nil:
 		o, ok := l.compiled.Origin(ev.Rule)
 		if !ok {
-			d.Kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_DATAPLANE
+			d.kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_DATAPLANE
 			return d
 		}
-		kind := fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES
-		if o.Federated {
-			kind = fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED
-		}
-		d.Kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_RULE
-		d.Rule = &fedmeshv1.RuleRef{Policy: &fedmeshv1.PolicyKey{Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name},
-			Kind: kind, Direction: policyType(o.Direction), Index: uint32(o.Index)}
-		// d.Tier stays empty until RuleOrigin carries the tier of
-		// ClusterNetworkPolicy rules (then: d.Tier = o.Tier).
+		d.kind, d.origin = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_RULE, o
+		// The tier stays empty until RuleOrigin carries the tier of
+		// ClusterNetworkPolicy rules (then: FlowDecision.Tier = o.Tier).
 	case ev.Reason == dataplane.ReasonDenyPolicy:
-		d.Kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_NO_RULE_ALLOWS
+		d.kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_NO_RULE_ALLOWS
 	case ev.Reason == dataplane.ReasonAllowOpen:
-		d.Kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_NOT_SELECTED
-		d.SelectedBy = nil
+		d.kind, d.selecting = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_NOT_SELECTED, nil
 	default:
-		d.Kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_DATAPLANE
+		d.kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_DATAPLANE
+	}
+	return d
+}
+
+func policyKind(o policy.RuleOrigin) fedmeshv1.PolicyKind {
+	if o.Federated {
+		return fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED
+	}
+	return fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES
+}
+
+// decide names what decided the event's direction at the local endpoint.
+func decide(ev dataplane.Event, l *local) *fedmeshv1.FlowDecision {
+	c := classify(ev, l)
+	d := &fedmeshv1.FlowDecision{Direction: policyType(ev.Direction), Kind: c.kind, SelectedBy: c.selecting,
+		DataplaneReason: ev.Reason.String(), RuleId: uint32(ev.Rule)}
+	if c.kind == fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_RULE {
+		o := c.origin
+		d.Rule = &fedmeshv1.RuleRef{Policy: &fedmeshv1.PolicyKey{Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name},
+			Kind: policyKind(o), Direction: policyType(o.Direction), Index: uint32(o.Index)}
 	}
 	return d
 }
@@ -252,10 +272,11 @@ func PolicyString(k *fedmeshv1.PolicyKey) string {
 	return c + "/" + k.GetNamespace() + "/" + k.GetName()
 }
 
-// Sink receives flow records. Offer must not block: it queues or drops
-// (and counts) the record.
+// Sink receives flow records in wire form (an encoded fedmesh.v1.Flow; the
+// sink owns the slice). Offer must not block: it queues or drops (and
+// counts) the record.
 type Sink interface {
-	Offer(f *fedmeshv1.Flow)
+	Offer(flow []byte)
 }
 
 // Reader drains the dataplane's events into a sink.
@@ -287,7 +308,7 @@ func (r *Reader) Run(ctx context.Context, events <-chan dataplane.Event) {
 				return
 			}
 			r.events.Add(1)
-			r.Sink.Offer(r.Dir.Attribute(ev, r.Cluster, r.Node, now()))
+			r.Sink.Offer(r.Dir.AppendFlow(make([]byte, 0, 256), ev, r.Cluster, r.Node, now()))
 		}
 	}
 }

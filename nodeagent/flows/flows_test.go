@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -152,7 +154,13 @@ func TestRulesAttributeOnlyOnceCommitted(t *testing.T) {
 
 type sliceSink struct{ got chan *fedmeshv1.Flow }
 
-func (s sliceSink) Offer(f *fedmeshv1.Flow) { s.got <- f }
+func (s sliceSink) Offer(b []byte) {
+	var f fedmeshv1.Flow
+	if err := proto.Unmarshal(b, &f); err != nil {
+		panic(err)
+	}
+	s.got <- &f
+}
 
 func TestReaderAttributesEveryEvent(t *testing.T) {
 	d, _ := dir(t)
@@ -165,5 +173,38 @@ func TestReaderAttributesEveryEvent(t *testing.T) {
 	f := <-sink.got
 	if !strings.Contains(Explain(f.GetDecision()), "allow-web") || r.Events() != 1 {
 		t.Fatalf("flow %v, events %d", f, r.Events())
+	}
+}
+
+// The encoder writes exactly the record Attribute builds, for every kind
+// of decision, known and unknown workloads, both families.
+func TestAppendFlowEncodesAttribute(t *testing.T) {
+	d, c := dir(t)
+	rule := ruleFor(t, c, 7, 5432)
+	now := time.Unix(1796558400, 123456789)
+	for _, ev := range []dataplane.Event{
+		event("10.0.0.1", "10.0.0.2", 7, 8, policy.Ingress, dataplane.ReasonAllowPolicy, rule),
+		event("192.0.2.9", "10.0.0.2", 2, 8, policy.Ingress, dataplane.ReasonDenyPolicy, 0),
+		event("10.0.0.2", "192.0.2.9", 8, 2, policy.Egress, dataplane.ReasonDenyPolicy, 0),
+		event("10.0.0.2", "10.0.0.1", 8, 7, policy.Egress, dataplane.ReasonAllowOpen, 0),
+		event("10.0.0.1", "10.0.0.2", 7, 8, policy.Ingress, dataplane.ReasonDenyMalformed, 0),
+		event("10.0.0.1", "10.0.0.2", 0, 0, policy.Ingress, dataplane.ReasonAllowPolicy, 999), // a rule the endpoint does not have
+		event("fd00::1", "fd00::2", 0, 8, policy.Ingress, dataplane.ReasonDenyPolicy, 0),
+		{EndpointID: "c1/x/unknown", Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.9"), Proto: 1, Verdict: dataplane.Deny, Reason: dataplane.ReasonDenyPolicy},
+	} {
+		want := d.Attribute(ev, "c1", "n1", now)
+		var got fedmeshv1.Flow
+		if err := proto.Unmarshal(d.AppendFlow(nil, ev, "c1", "n1", now), &got); err != nil {
+			t.Fatalf("%+v: decode: %v", ev, err)
+		}
+		if !proto.Equal(&got, want) {
+			t.Errorf("%+v:\nencoded %v\nwant    %v", ev, &got, want)
+		}
+	}
+	var req fedmeshv1.ShipFlowsRequest
+	ev := event("10.0.0.1", "10.0.0.2", 7, 8, policy.Ingress, dataplane.ReasonAllowPolicy, rule)
+	b := AppendShipped(AppendShipped(nil, d.AppendFlow(nil, ev, "c1", "n1", now)), d.AppendFlow(nil, ev, "c1", "n1", now))
+	if err := proto.Unmarshal(b, &req); err != nil || len(req.GetFlows()) != 2 || !proto.Equal(req.GetFlows()[1], d.Attribute(ev, "c1", "n1", now)) {
+		t.Fatalf("shipped batch %v (%v)", &req, err)
 	}
 }
