@@ -1,14 +1,20 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -91,5 +97,65 @@ func TestFlowsCommandsReadTheFlowService(t *testing.T) {
 		if err == nil || !strings.Contains(errOut+err.Error(), tc.want) {
 			t.Errorf("%v: %v\n%s, want an error naming %s", tc.args, err, errOut, tc.want)
 		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// fedctl flows --follow prints stored flows, then new ones as they arrive,
+// until interrupted.
+func TestFlowsFollowPrintsNewFlowsAsTheyArrive(t *testing.T) {
+	p := startTLSPlane(t)
+	now := time.Now()
+	p.r.Flows().Add("cluster-b", "n1", []*fedmeshv1.Flow{storedFlow(now, "cluster-b", 1111, true)}, 0)
+	// Credentials as the fedctl helper makes them.
+	if _, errOut, err := p.fedctl(t, auth.Admin(), "flows"); err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	dir := filepath.Join(p.dir, "fedmesh_admin")
+	var out, errOut syncBuffer
+	root := NewRoot(&out, &errOut)
+	root.SetArgs([]string{"--server", p.addr, "--ca", filepath.Join(p.dir, ca.CertFile), "--cert", filepath.Join(dir, "client.crt"), "--key", filepath.Join(dir, "client.key"),
+		"flows", "--follow", "--verdict", "deny", "-o", "json"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	// protojson spaces its output at random: match loosely.
+	waitFor := func(what string) {
+		t.Helper()
+		re := regexp.MustCompile(strings.ReplaceAll(regexp.QuoteMeta(what), ":", `:\s*`))
+		deadline := time.Now().Add(10 * time.Second)
+		for !re.MatchString(out.String()) {
+			if time.Now().After(deadline) {
+				cancel()
+				t.Fatalf("no %s in the followed output:\n%s%s", what, out.String(), errOut.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor(`"port":1111`)
+	p.r.Flows().Add("cluster-b", "n1", []*fedmeshv1.Flow{storedFlow(now, "cluster-b", 2222, false), storedFlow(now, "cluster-b", 3333, true)}, 0)
+	waitFor(`"port":3333`)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("follow ended with %v\n%s", err, errOut.String())
+	}
+	if strings.Contains(out.String(), "2222") {
+		t.Fatalf("followed an allowed flow with --verdict deny:\n%s", out.String())
 	}
 }
