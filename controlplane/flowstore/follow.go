@@ -1,6 +1,10 @@
 package flowstore
 
-import fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+import (
+	"context"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
 
 // FollowBuffer is how many flows a follower may fall behind before it
 // loses them (counted).
@@ -92,4 +96,64 @@ func matchFlow(f *Filter, sc Scope, fl *fedmeshv1.Flow, cluster, node string) bo
 		}
 	}
 	return false
+}
+
+// SendBatch is how many flows one GetFlows message carries.
+const SendBatch = 500
+
+// Serve answers a GetFlows query with send: the status and the matching
+// history in batches, then, following, new flows as they come (with the
+// count of those a slow reader missed) until ctx ends. It returns send's
+// error, or nil.
+func (s *Store) Serve(ctx context.Context, q Query, sc Scope, send func(*fedmeshv1.GetFlowsResponse) error) error {
+	var fol *Follower
+	var hist []*fedmeshv1.Flow
+	if q.Follow {
+		var stop func()
+		hist, fol, stop = s.QueryFollow(q, sc)
+		defer stop()
+	} else {
+		hist = s.Query(q, sc)
+	}
+	m := &fedmeshv1.GetFlowsResponse{Status: s.StatusProto()}
+	for {
+		n := min(len(hist), SendBatch)
+		m.Flows, hist = hist[:n], hist[n:]
+		if err := send(m); err != nil {
+			return err
+		}
+		if len(hist) == 0 {
+			break
+		}
+		m = &fedmeshv1.GetFlowsResponse{}
+	}
+	if fol == nil {
+		return nil
+	}
+	var lagged uint64
+	for {
+		var batch []*fedmeshv1.Flow
+		select {
+		case <-ctx.Done():
+			return nil
+		case f := <-fol.C:
+			batch = append(batch, f)
+		}
+	drain:
+		for len(batch) < SendBatch {
+			select {
+			case f := <-fol.C:
+				batch = append(batch, f)
+			default:
+				break drain
+			}
+		}
+		m := &fedmeshv1.GetFlowsResponse{Flows: batch}
+		if l := s.Lagged(fol); l != lagged {
+			m.Lagged, lagged = l-lagged, l
+		}
+		if err := send(m); err != nil {
+			return err
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package flowstore
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -357,5 +358,39 @@ func TestFlowsShippedWithoutLabelsGetThemFromTheControlPlane(t *testing.T) {
 	}
 	if calls != 2 {
 		t.Fatalf("labels looked up %d times, want once per workload", calls)
+	}
+}
+
+func TestServeSendsHistoryInBatchesThenFollows(t *testing.T) {
+	s := New(Config{NodeRate: 1e9, Now: (&clock{t0}).Now})
+	many := make([]*fedmeshv1.Flow, 2*SendBatch+200)
+	for i := range many {
+		many[i] = flowAt(t0, webA, dbB, uint32(i), false, "p")
+	}
+	s.Add("a", "a1", many, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	msgs := make(chan *fedmeshv1.GetFlowsResponse, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Serve(ctx, Query{Follow: true, Limit: MaxLimit}, Scope{}, func(m *fedmeshv1.GetFlowsResponse) error { msgs <- m; return nil })
+	}()
+	var sizes []int
+	for range 3 {
+		m := <-msgs
+		sizes = append(sizes, len(m.GetFlows()))
+		if (m.GetStatus() != nil) != (len(sizes) == 1) {
+			t.Fatalf("message %d carries status %v; only the first should", len(sizes), m.GetStatus())
+		}
+	}
+	if !slices.Equal(sizes, []int{SendBatch, SendBatch, 200}) {
+		t.Fatalf("history in messages of %v", sizes)
+	}
+	s.Add("a", "a1", []*fedmeshv1.Flow{flowAt(t0, webA, dbB, 7, true, "p")}, 0)
+	if m := <-msgs; len(m.GetFlows()) != 1 || m.GetFlows()[0].GetDestination().GetPort() != 7 {
+		t.Fatalf("followed %v", m)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve ended with %v", err)
 	}
 }

@@ -25,9 +25,6 @@ type FlowConfig struct {
 	NodeBurst float64
 }
 
-// flowBatch is how many flows one GetFlows message carries.
-const flowBatch = 500
-
 // startFlows creates the replica's flow store, exports its counters and
 // sweeps it until the replica stops. The flow service is a role of every
 // replica: agents ship to every replica they know, so each replica answers
@@ -67,63 +64,11 @@ func flowScope(ctx context.Context) flowstore.Scope {
 }
 
 func (s *flowService) GetFlows(req *fedmeshv1.GetFlowsRequest, stream grpc.ServerStreamingServer[fedmeshv1.GetFlowsResponse]) error {
-	st := s.c.r.flows
 	q, err := flowstore.ParseQuery(req)
 	if err != nil {
 		return err
 	}
-	sc := flowScope(stream.Context())
-	var fol *flowstore.Follower
-	var hist []*fedmeshv1.Flow
-	if q.Follow {
-		var stop func()
-		hist, fol, stop = st.QueryFollow(q, sc)
-		defer stop()
-	} else {
-		hist = st.Query(q, sc)
-	}
-	first := &fedmeshv1.GetFlowsResponse{Status: st.StatusProto()}
-	for len(hist) > 0 || first != nil {
-		m := first
-		if m == nil {
-			m = &fedmeshv1.GetFlowsResponse{}
-		}
-		first = nil
-		n := min(len(hist), flowBatch)
-		m.Flows, hist = hist[:n], hist[n:]
-		if err := stream.Send(m); err != nil {
-			return err
-		}
-	}
-	if fol == nil {
-		return nil
-	}
-	var lagged uint64
-	for {
-		var batch []*fedmeshv1.Flow
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case f := <-fol.C:
-			batch = append(batch, f)
-		}
-	drain:
-		for len(batch) < flowBatch {
-			select {
-			case f := <-fol.C:
-				batch = append(batch, f)
-			default:
-				break drain
-			}
-		}
-		m := &fedmeshv1.GetFlowsResponse{Flows: batch}
-		if l := st.Lagged(fol); l != lagged {
-			m.Lagged, lagged = l-lagged, l
-		}
-		if err := stream.Send(m); err != nil {
-			return err
-		}
-	}
+	return s.c.r.flows.Serve(stream.Context(), q, flowScope(stream.Context()), stream.Send)
 }
 
 func (s *flowService) GetFlowSummary(ctx context.Context, req *fedmeshv1.GetFlowSummaryRequest) (*fedmeshv1.GetFlowSummaryResponse, error) {
