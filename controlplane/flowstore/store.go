@@ -3,7 +3,6 @@ package flowstore
 import (
 	"context"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -75,25 +74,16 @@ type Stats struct {
 // record is one stored flow: fixed size, no pointers, so a million of them
 // cost the garbage collector nothing to scan.
 type record struct {
-	t                int64 // unix ns
-	node             uint32
-	src, dst         uint32 // workload table
+	t                int64  // unix ns
+	node             uint32 // s.nodes
+	src, dst         uint32 // workload table (a workload at one address)
 	decision         uint32 // decision table
 	dns              uint32 // string table; 0: none
-	srcIP, dstIP     [16]byte
 	packets, bytes   uint64
 	srcPort, dstPort uint16
 	proto            uint8
 	verdict          uint8
-	flags            uint8 // flagSrc4, flagDst4, flagSrcIP, flagDstIP
 }
-
-const (
-	flagSrc4 = 1 << iota
-	flagDst4
-	flagSrcIP
-	flagDstIP
-)
 
 // recordSize is the fixed cost of one stored flow.
 const recordSize = uint64(unsafe.Sizeof(record{}))
@@ -161,9 +151,13 @@ func (q *queue) allocated() int {
 
 type nodeKey struct{ cluster, node string }
 
+// workloadKey is a workload at one address: a pod's IPv4 and IPv6 are two
+// entries of one base (workloadBase), an address outside the federation an
+// entry of its own.
 type workloadKey struct {
 	cluster, namespace, pod string
 	identity                uint32
+	ip                      string
 }
 
 // table interns values under a comparable key; id 0 is never used.
@@ -207,6 +201,10 @@ type Store struct {
 	nodes     []nodeKey // by queue id
 	total     int
 	workloads table[workloadKey, *fedmeshv1.Workload]
+	// bases[id] groups the workload entries of one pod (its addresses),
+	// which the summary counts as one workload.
+	bases     []uint32
+	baseIDs   map[workloadKey]uint32
 	decisions table[decisionKey, *fedmeshv1.FlowDecision]
 	strs      table[string, string]
 	subs      map[*Follower]struct{}
@@ -225,6 +223,7 @@ func New(cfg Config) *Store {
 
 func (s *Store) resetTables() {
 	s.workloads = newTable[workloadKey, *fedmeshv1.Workload]()
+	s.bases, s.baseIDs = []uint32{0}, map[workloadKey]uint32{}
 	s.decisions = newTable[decisionKey, *fedmeshv1.FlowDecision]()
 	s.strs = newTable[string, string]()
 	s.nodes = nil
@@ -388,7 +387,7 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) {
 }
 
 func (s *Store) internWorkload(w *fedmeshv1.Workload) uint32 {
-	k := workloadKey{w.GetCluster(), w.GetNamespace(), w.GetPod(), w.GetIdentity()}
+	k := workloadKey{w.GetCluster(), w.GetNamespace(), w.GetPod(), w.GetIdentity(), w.GetIp()}
 	if len(w.GetLabels()) == 0 && w.GetCluster() != "" {
 		// Shipped without labels: the newest entry of the workload, or a
 		// new one labelled from the control plane's view.
@@ -397,11 +396,25 @@ func (s *Store) internWorkload(w *fedmeshv1.Workload) uint32 {
 		}
 		if s.cfg.Labels != nil {
 			if l := s.cfg.Labels(k.cluster, k.namespace, k.pod); len(l) > 0 {
-				w = &fedmeshv1.Workload{Cluster: k.cluster, Namespace: k.namespace, Pod: k.pod, Identity: k.identity, Labels: l}
+				w = &fedmeshv1.Workload{Cluster: k.cluster, Namespace: k.namespace, Pod: k.pod, Identity: k.identity, Ip: k.ip, Labels: l}
 			}
 		}
 	}
-	return s.workloads.intern(k, w, func(a, b *fedmeshv1.Workload) bool { return maps.Equal(a.GetLabels(), b.GetLabels()) })
+	n := len(s.workloads.vals)
+	id := s.workloads.intern(k, w, func(a, b *fedmeshv1.Workload) bool { return maps.Equal(a.GetLabels(), b.GetLabels()) })
+	if len(s.workloads.vals) > n { // a new entry: find its base
+		bk := k
+		if bk.cluster != "" {
+			bk.ip = ""
+		}
+		base, ok := s.baseIDs[bk]
+		if !ok {
+			base = uint32(len(s.baseIDs) + 1)
+			s.baseIDs[bk] = base
+		}
+		s.bases = append(s.bases, base)
+	}
+	return id
 }
 
 func (s *Store) internDecision(d *fedmeshv1.FlowDecision) uint32 {
@@ -431,13 +444,13 @@ func (s *Store) internString(v string) uint32 {
 	return s.strs.intern(v, v, func(a, b string) bool { return true })
 }
 
-// workloadOnly strips the per-flow parts (ip, port) so one workload is
-// interned once.
+// workloadOnly strips the per-flow part (the port) so one workload at one
+// address is interned once.
 func workloadOnly(w *fedmeshv1.Workload) *fedmeshv1.Workload {
-	if w.GetIp() == "" && w.GetPort() == 0 {
+	if w.GetPort() == 0 {
 		return w
 	}
-	return &fedmeshv1.Workload{Cluster: w.GetCluster(), Namespace: w.GetNamespace(), Pod: w.GetPod(), Labels: w.GetLabels(), Identity: w.GetIdentity()}
+	return &fedmeshv1.Workload{Cluster: w.GetCluster(), Namespace: w.GetNamespace(), Pod: w.GetPod(), Labels: w.GetLabels(), Identity: w.GetIdentity(), Ip: w.GetIp()}
 }
 
 func (s *Store) record(node uint32, f *fedmeshv1.Flow) record {
@@ -452,46 +465,21 @@ func (s *Store) record(node uint32, f *fedmeshv1.Flow) record {
 	if f.GetTime() == nil {
 		r.t = s.cfg.Now().UnixNano()
 	}
-	if a, err := netip.ParseAddr(f.GetSource().GetIp()); err == nil {
-		r.srcIP = a.As16()
-		r.flags |= flagSrcIP
-		if a.Is4() {
-			r.flags |= flagSrc4
-		}
-	}
-	if a, err := netip.ParseAddr(f.GetDestination().GetIp()); err == nil {
-		r.dstIP = a.As16()
-		r.flags |= flagDstIP
-		if a.Is4() {
-			r.flags |= flagDst4
-		}
-	}
 	return r
-}
-
-func ipString(b [16]byte, has, is4 bool) string {
-	if !has {
-		return ""
-	}
-	a := netip.AddrFrom16(b)
-	if is4 {
-		a = a.Unmap()
-	}
-	return a.String()
 }
 
 // flow rebuilds a record's proto.
 func (s *Store) flow(r *record) *fedmeshv1.Flow {
 	k := s.nodes[r.node]
-	side := func(id uint32, ip [16]byte, has, is4 bool, port uint16) *fedmeshv1.Workload {
+	side := func(id uint32, port uint16) *fedmeshv1.Workload {
 		w := s.workloads.vals[id]
 		return &fedmeshv1.Workload{Cluster: w.GetCluster(), Namespace: w.GetNamespace(), Pod: w.GetPod(), Labels: w.GetLabels(),
-			Identity: w.GetIdentity(), Ip: ipString(ip, has, is4), Port: uint32(port)}
+			Identity: w.GetIdentity(), Ip: w.GetIp(), Port: uint32(port)}
 	}
 	return &fedmeshv1.Flow{
 		Time: timestamppb.New(time.Unix(0, r.t)), Cluster: k.cluster, Node: k.node,
-		Source:      side(r.src, r.srcIP, r.flags&flagSrcIP != 0, r.flags&flagSrc4 != 0, r.srcPort),
-		Destination: side(r.dst, r.dstIP, r.flags&flagDstIP != 0, r.flags&flagDst4 != 0, r.dstPort),
+		Source:      side(r.src, r.srcPort),
+		Destination: side(r.dst, r.dstPort),
 		Protocol:    uint32(r.proto), Verdict: fedmeshv1.Verdict(r.verdict), Decision: s.decisions.vals[r.decision],
 		Packets: r.packets, Bytes: r.bytes, DnsName: s.strs.vals[r.dns],
 	}

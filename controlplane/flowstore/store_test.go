@@ -394,3 +394,19 @@ func TestServeSendsHistoryInBatchesThenFollows(t *testing.T) {
 		t.Fatalf("serve ended with %v", err)
 	}
 }
+
+func TestSummaryCountsADualStackPodAsOneWorkload(t *testing.T) {
+	s := New(Config{NodeRate: 1e9, Now: (&clock{t0.Add(time.Minute)}).Now})
+	web6, db6 := wl("a", "demo", "web", "fd00::11"), wl("b", "demo", "db", "fd00::12")
+	s.Add("a", "a1", []*fedmeshv1.Flow{flowAt(t0, webA, dbB, 5432, false, "p"), flowAt(t0, web6, db6, 5432, true, "p")}, 0)
+	edges := s.Summarize(Summary{Since: t0, Until: t0.Add(time.Minute), Window: time.Minute}, Scope{})
+	if len(edges) != 1 || edges[0].GetAllowed() != 1 || edges[0].GetDenied() != 1 || edges[0].GetSource().GetIp() != "" {
+		t.Fatalf("edges %v, want one web -> db:5432 edge over both families", edges)
+	}
+	got := s.Query(Query{Limit: 10}, Scope{})
+	ips := []string{got[0].GetSource().GetIp(), got[1].GetSource().GetIp()}
+	slices.Sort(ips)
+	if !slices.Equal(ips, []string{"10.1.1.11", "fd00::11"}) {
+		t.Fatalf("flows keep their own addresses: %v", ips)
+	}
+}

@@ -10,19 +10,17 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// edgeKey is one summary edge: workloads, and for an address outside the
-// federation (no cluster) the address itself.
+// edgeKey is one summary edge between workload bases: a pod whatever its
+// address family, an address outside the federation by itself.
 type edgeKey struct {
-	src, dst     uint32
-	srcIP, dstIP [16]byte
-	port         uint16
-	proto        uint8
+	src, dst uint32
+	port     uint16
+	proto    uint8
 }
 
 type edge struct {
 	key             edgeKey
-	srcFlags        uint8
-	dstFlags        uint8
+	src, dst        uint32 // a workload entry of each base, to name it
 	allowed, denied uint64
 	windows         map[int64]*fedmeshv1.FlowWindowCount
 	deniedBy        map[uint32]struct{} // decisions
@@ -38,7 +36,6 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 	edges := map[edgeKey]*edge{}
 	since := q.Since.UnixNano()
 	width := int64(q.Window)
-	external := func(id uint32) bool { return s.workloads.vals[id].GetCluster() == "" }
 	for _, qu := range s.queues {
 		qu.backward(func(r *record) bool {
 			if r.t < m.since {
@@ -47,16 +44,10 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 			if !m.match(r) {
 				return true
 			}
-			k := edgeKey{src: r.src, dst: r.dst, port: r.dstPort, proto: r.proto}
-			if external(r.src) {
-				k.srcIP = r.srcIP
-			}
-			if external(r.dst) {
-				k.dstIP = r.dstIP
-			}
+			k := edgeKey{src: s.bases[r.src], dst: s.bases[r.dst], port: r.dstPort, proto: r.proto}
 			e := edges[k]
 			if e == nil {
-				e = &edge{key: k, srcFlags: r.flags & (flagSrcIP | flagSrc4), dstFlags: r.flags & (flagDstIP | flagDst4),
+				e = &edge{key: k, src: r.src, dst: r.dst,
 					windows: map[int64]*fedmeshv1.FlowWindowCount{}, deniedBy: map[uint32]struct{}{}}
 				edges[k] = e
 			}
@@ -79,17 +70,17 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 	}
 	out := make([]*fedmeshv1.FlowEdge, 0, len(edges))
 	for _, e := range edges {
-		side := func(id uint32, ip [16]byte, flags uint8, has, is4 uint8, port uint16) *fedmeshv1.Workload {
+		side := func(id uint32, port uint16) *fedmeshv1.Workload {
 			w := s.workloads.vals[id]
 			out := &fedmeshv1.Workload{Cluster: w.GetCluster(), Namespace: w.GetNamespace(), Pod: w.GetPod(), Labels: w.GetLabels(), Identity: w.GetIdentity(), Port: uint32(port)}
 			if w.GetCluster() == "" {
-				out.Ip = ipString(ip, flags&has != 0, flags&is4 != 0)
+				out.Ip = w.GetIp()
 			}
 			return out
 		}
 		fe := &fedmeshv1.FlowEdge{
-			Source:      side(e.key.src, e.key.srcIP, e.srcFlags, flagSrcIP, flagSrc4, 0),
-			Destination: side(e.key.dst, e.key.dstIP, e.dstFlags, flagDstIP, flagDst4, e.key.port),
+			Source:      side(e.src, 0),
+			Destination: side(e.dst, e.key.port),
 			Protocol:    uint32(e.key.proto), Allowed: e.allowed, Denied: e.denied,
 		}
 		ws := make([]int64, 0, len(e.windows))
