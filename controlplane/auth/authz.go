@@ -35,6 +35,9 @@ import (
 //     Propose (a forwarded, already authorized write) only by replicas;
 //     other calls it forwards are authorized as the original caller (see
 //     OnBehalfOfKey), never as the replica;
+//   - flows are read by admins (all of them) and by a cluster's syncer and
+//     node agents (flows touching their cluster: FlowScope); only a node
+//     agent ships flows, and only its own node's;
 //   - an RPC missing from the table is denied to everyone.
 func Authorize(p Principal, fullMethod string, req any) error {
 	r, ok := rules[fullMethod]
@@ -151,6 +154,12 @@ var rules = map[string]rule{
 
 	fedmeshv1.ReachService_Reach_FullMethodName: federationRead,
 	fedmeshv1.WatchService_Watch_FullMethodName: federationRead,
+
+	// Flows: every federation principal reads, narrowed to its cluster
+	// (FlowScope); a node agent ships only its own node's flows.
+	fedmeshv1.FlowService_GetFlows_FullMethodName:       flowRead,
+	fedmeshv1.FlowService_GetFlowSummary_FullMethodName: flowRead,
+	fedmeshv1.FlowService_ShipFlows_FullMethodName:      shipFlows,
 
 	// Who changed what is for operators.
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: adminOnly,

@@ -114,6 +114,14 @@ var matrix = map[string]matrixRow{
 	fedmeshv1.ReachService_Reach_FullMethodName:            {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: {func(string) any { return &fedmeshv1.ListAuditRecordsRequest{} }, onlyAdmin},
 
+	// Reads are narrowed to the caller's cluster by the server (FlowScope).
+	fedmeshv1.FlowService_GetFlows_FullMethodName:       {func(string) any { return &fedmeshv1.GetFlowsRequest{} }, reads},
+	fedmeshv1.FlowService_GetFlowSummary_FullMethodName: {func(string) any { return &fedmeshv1.GetFlowSummaryRequest{} }, reads},
+	// Not even an admin ships a node's flows.
+	fedmeshv1.FlowService_ShipFlows_FullMethodName: {func(c string) any {
+		return &fedmeshv1.ShipFlowsRequest{Cluster: c, Node: "n1"}
+	}, []string{"node/a/n1"}},
+
 	fedmeshv1.BGPService_ApplyBGPPeer_FullMethodName:    {func(string) any { return &fedmeshv1.ApplyBGPPeerRequest{} }, onlyAdmin},
 	fedmeshv1.BGPService_DeleteBGPPeer_FullMethodName:   {func(string) any { return &fedmeshv1.DeleteBGPPeerRequest{} }, onlyAdmin},
 	fedmeshv1.BGPService_ApplyBGPFilter_FullMethodName:  {func(string) any { return &fedmeshv1.ApplyBGPFilterRequest{} }, onlyAdmin},
@@ -247,6 +255,9 @@ func TestAuthorizeSpecialCases(t *testing.T) {
 		{"a request of the wrong type is denied", Syncer("a"), fedmeshv1.EndpointService_UpsertEndpoints_FullMethodName,
 			&fedmeshv1.DeleteEndpointsRequest{Cluster: "a"}, false},
 		{"a nil request of a scoped RPC is denied", Node("a", "n1"), fedmeshv1.NodeService_ReportNodeStatus_FullMethodName, nil, false},
+		{"a node agent opens a flow stream before its first batch", Node("a", "n1"), fedmeshv1.FlowService_ShipFlows_FullMethodName, nil, true},
+		{"an admin may not open a flow stream", Admin(), fedmeshv1.FlowService_ShipFlows_FullMethodName, nil, false},
+		{"a syncer may not open a flow stream", Syncer("a"), fedmeshv1.FlowService_ShipFlows_FullMethodName, nil, false},
 		{"unknown RPCs are denied even to admins", Admin(), "/fedmesh.v1.ClusterService/DropAll", nil, false},
 		{"unknown services are denied", Admin(), "/grpc.channelz.v1.Channelz/GetTopChannels", nil, false},
 	}

@@ -54,3 +54,18 @@ func TestParsePrincipalRejectsNonCanonicalURIs(t *testing.T) {
 		}
 	}
 }
+
+func TestFlowScopeIsTheCallersClusterExceptForAdmins(t *testing.T) {
+	for _, tc := range []struct {
+		p    Principal
+		want string
+	}{
+		{Admin(), ""},
+		{Syncer("a"), "a"},
+		{Node("b", "n1"), "b"},
+	} {
+		if got := FlowScope(tc.p); got != tc.want {
+			t.Errorf("FlowScope(%s) = %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/flowstore"
 	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -90,6 +91,8 @@ type Config struct {
 	// at once (a replica restart), unbounded they all sit in memory
 	// together.
 	MaxConcurrentSnapshots int
+	// Flows bounds the replica's flow store (flows.go).
+	Flows FlowConfig
 }
 
 // raftLogCache is how many of the newest Raft entries stay in memory (up to
@@ -114,6 +117,7 @@ type Replica struct {
 	httpSrv   *http.Server
 	httpLis   net.Listener
 	core      *Core
+	flows     *flowstore.Store
 	sec       *security
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -286,6 +290,7 @@ func Start(cfg Config) (*Replica, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
+	r.startFlows(ctx)
 	r.wg.Add(4)
 	go func() {
 		defer r.wg.Done()
@@ -411,4 +416,5 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterAuditServiceServer(s, &auditService{c: c})
 	fedmeshv1.RegisterBGPServiceServer(s, &bgpService{c: c})
 	fedmeshv1.RegisterClusterPolicyServiceServer(s, &clusterPolicyService{c: c})
+	fedmeshv1.RegisterFlowServiceServer(s, &flowService{c: c})
 }

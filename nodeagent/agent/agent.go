@@ -18,6 +18,7 @@ import (
 	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -88,7 +89,10 @@ type Deps struct {
 	Interfaces   InterfaceResolver
 	WireGuard    WireGuard
 	BGP          BGP
-	Logger       *slog.Logger
+	// Flows, when set, is told every endpoint and the enforced rules of
+	// the local ones, to attribute flow records (flowship.go).
+	Flows  *flows.Directory
+	Logger *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
 	Registry *prometheus.Registry
 	// Now is the clock (default time.Now).
@@ -303,6 +307,7 @@ func (a *Agent) feed(changes []Change) {
 				a.bgpDirty = true
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+			a.flowEndpoint(ch)
 			if ch.Delete {
 				a.reportBad(a.ipcache.DeleteEndpoint(ch.EndpointKey))
 				delete(a.local, ch.EndpointKey)
@@ -332,10 +337,12 @@ func (a *Agent) enforce(ctx context.Context) {
 		for _, k := range ch.Updated {
 			if c, ok := a.deps.Compiler.Rules(k); ok {
 				a.rules[k.String()] = c.Rules
+				a.flowStage(k, c)
 			}
 		}
 		for _, k := range ch.Removed {
 			delete(a.rules, k.String())
+			a.flowStage(k, nil)
 		}
 	}
 	ipcache, changed := a.ipcache.IPCache()
@@ -362,6 +369,7 @@ func (a *Agent) enforce(ctx context.Context) {
 			return
 		}
 		a.dpDirty = false
+		a.flowCommit()
 		a.m.applies.WithLabelValues("ok").Inc()
 		a.m.applySeconds.Observe(a.deps.Now().Sub(start).Seconds())
 	}

@@ -53,6 +53,7 @@ type options struct {
 	nodeLabels     map[string]string
 	statusInterval time.Duration
 	uninstall      bool
+	shipFlows      bool
 }
 
 // parsed is what validate derives from the flags.
@@ -164,6 +165,7 @@ func main() {
 	f.BoolVar(&o.labelsNode, "node-labels-from-node", false, "take the node's labels from its Node object (metadata.labels) with the pod's service account, read at start; --node-label entries override them (a DaemonSet pod)")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
+	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
 		os.Exit(1)
@@ -284,6 +286,16 @@ func run(ctx context.Context, o *options) error {
 		deps.BGP = &adapters.BGP{Speaker: sp, Log: log}
 	}
 
+	// Flow records: verdict events attributed to their deciding rule and
+	// workloads, shipped to every replica over the node's mTLS identity
+	// (never served from the node).
+	if o.shipFlows {
+		deps.Flows = flows.NewDirectory()
+		shipper := agent.NewFlowShipper(client, o.cluster, o.node, deps.Registry, log)
+		go shipper.Run(ctx)
+		go (&flows.Reader{Cluster: o.cluster, Node: o.node, Dir: deps.Flows, Sink: shipper}).Run(ctx, dpEvents)
+	}
+
 	a, err := agent.New(agent.Config{
 		Cluster: o.cluster, Node: o.node, UnderlayIP: p.underlayIP, PodCIDRs: p.podCIDRs, Labels: o.nodeLabels,
 		DataplaneName: o.dataplane, ReadyLag: o.readyLag, StatusInterval: o.statusInterval,
@@ -296,14 +308,7 @@ func run(ctx context.Context, o *options) error {
 		if err != nil {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
 		}
-		// The flow log: verdict events of this node's endpoints, which
-		// `fedctl flows` follows at /flows.
-		flowLog := flows.New(o.cluster, o.node, 4096)
-		go flowLog.Run(ctx, dpEvents)
-		mux := http.NewServeMux()
-		mux.Handle("GET /flows", flowLog)
-		mux.Handle("/", a.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(lis)
 		defer srv.Close()
 		log.Info("serving metrics and probes", "addr", lis.Addr().String())

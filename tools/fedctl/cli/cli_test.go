@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/federation/model"
-	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -246,17 +245,20 @@ func TestReachAndFlowsNameProtocolsAndDropICMPPorts(t *testing.T) {
 			t.Errorf("reach %s/%d prints %q, want %q", tc.protocol, tc.port, first, tc.want)
 		}
 	}
+	ext := func(ip string, port uint32) *fedmeshv1.Workload { return &fedmeshv1.Workload{Ip: ip, Port: port} }
 	for _, tc := range []struct {
-		f    flows.Flow
+		f    *fedmeshv1.Flow
 		want string
 	}{
-		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 1, SrcPort: 8, DstPort: 0}, "10.0.0.1 -> 10.0.0.2 icmp"},
-		{flows.Flow{Src: "fd00::1", Dst: "fd00::2", Proto: 58}, "fd00::1 -> fd00::2 icmp"},
-		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 6, SrcPort: 40000, DstPort: 443}, "10.0.0.1:40000 -> 10.0.0.2:443 tcp"},
-		{flows.Flow{Src: "10.0.0.1", Dst: "10.0.0.2", Proto: 47}, "10.0.0.1:0 -> 10.0.0.2:0 proto 47"},
+		{&fedmeshv1.Flow{Source: ext("10.0.0.1", 8), Destination: ext("10.0.0.2", 0), Protocol: 1}, "10.0.0.1 -> 10.0.0.2 icmp"},
+		{&fedmeshv1.Flow{Source: ext("fd00::1", 0), Destination: ext("fd00::2", 0), Protocol: 58}, "fd00::1 -> fd00::2 icmp"},
+		{&fedmeshv1.Flow{Source: ext("10.0.0.1", 40000), Destination: ext("10.0.0.2", 443), Protocol: 6}, "10.0.0.1:40000 -> 10.0.0.2:443 tcp"},
+		{&fedmeshv1.Flow{Source: ext("fd00::1", 40000), Destination: ext("fd00::2", 443), Protocol: 17}, "[fd00::1]:40000 -> [fd00::2]:443 udp"},
+		{&fedmeshv1.Flow{Source: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "web", Ip: "10.0.0.1", Port: 1}, Destination: ext("10.0.0.2", 0), Protocol: 47},
+			"a/demo/web(10.0.0.1:1) -> 10.0.0.2:0 proto 47"},
 	} {
 		if got := flowTuple(tc.f); got != tc.want {
-			t.Errorf("flowTuple(%+v) = %q, want %q", tc.f, got, tc.want)
+			t.Errorf("flowTuple(%v) = %q, want %q", tc.f, got, tc.want)
 		}
 	}
 }

@@ -1,116 +1,263 @@
 package cli
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
-	"net/http"
 	"strconv"
-	"sync"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// flowsCmd follows the verdict events of the agents: it asks the control
-// plane for the nodes, then reads each agent's /flows stream (on its
-// underlay address and metrics port).
+// flowFlags are the filters shared by `fedctl flows` and its summary.
+type flowFlags struct {
+	cluster, namespace, pod, verdict, policy, node string
+	since, until                                   string
+}
+
+func (f *flowFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.cluster, "cluster", "", "flows with either end in this cluster")
+	fl.StringVarP(&f.namespace, "namespace", "n", "", "flows with either end in this namespace")
+	fl.StringVar(&f.pod, "pod", "", "flows with either end this pod (name or namespace/name)")
+	fl.StringVar(&f.verdict, "verdict", "", "allow or deny")
+	fl.StringVar(&f.policy, "policy", "", "flows this policy decided or whose endpoint it selects (name, namespace/name or cluster/namespace/name; //name for a federated one)")
+	fl.StringVar(&f.node, "node", "", "flows this node reported")
+	fl.StringVar(&f.since, "since", "", "oldest flow: a duration back from now (15m) or a time (RFC 3339)")
+	fl.StringVar(&f.until, "until", "", "newest flow: a duration back from now or a time (RFC 3339)")
+}
+
+// parseWhen reads a flag's time: a duration ago, or RFC 3339.
+func parseWhen(flag, v string, now time.Time) (*timestamppb.Timestamp, error) {
+	if v == "" {
+		return nil, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		if d < 0 {
+			return nil, fmt.Errorf("--%s %q: give a positive duration (how long ago)", flag, v)
+		}
+		return timestamppb.New(now.Add(-d)), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %q: want a duration (15m) or an RFC 3339 time (2026-12-06T15:04:05Z)", flag, v)
+	}
+	return timestamppb.New(t), nil
+}
+
+func (f *flowFlags) request(now time.Time) (*fedmeshv1.FlowFilter, *timestamppb.Timestamp, *timestamppb.Timestamp, error) {
+	filter := &fedmeshv1.FlowFilter{Cluster: f.cluster, Namespace: f.namespace, Pod: f.pod, Policy: f.policy, Node: f.node}
+	switch strings.ToLower(f.verdict) {
+	case "":
+	case "allow", "allowed":
+		filter.Verdict = fedmeshv1.Verdict_VERDICT_ALLOW
+	case "deny", "denied":
+		filter.Verdict = fedmeshv1.Verdict_VERDICT_DENY
+	default:
+		return nil, nil, nil, fmt.Errorf("--verdict %q: want allow or deny", f.verdict)
+	}
+	since, err := parseWhen("since", f.since, now)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	until, err := parseWhen("until", f.until, now)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return filter, since, until, nil
+}
+
+// flowsCmd reads the flows the control plane's FlowService keeps (agents
+// ship them to every replica over their node certificates).
 func flowsCmd(g *globals) *cobra.Command {
-	var cluster, verdict string
+	var ff flowFlags
 	var follow bool
-	var port int
+	var limit uint32
 	cmd := &cobra.Command{
 		Use:   "flows",
-		Short: "Show the verdicts the agents' dataplanes report (new flows allowed or denied)",
-		Example: `  fedctl flows --verdict deny
-  fedctl flows --cluster cluster-b --follow`,
+		Short: "Show the verdicts the agents' dataplanes took, with the policy rule that decided each",
+		Example: `  fedctl flows --verdict deny --since 15m
+  fedctl flows --cluster cluster-b --namespace demo --follow
+  fedctl flows --policy demo/allow-web -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter, since, until, err := ff.request(time.Now())
+			if err != nil {
+				return err
+			}
 			c, err := g.dial()
 			if err != nil {
 				return err
 			}
-			lctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			resp, err := c.nodes.ListNodes(lctx, &fedmeshv1.ListNodesRequest{Cluster: cluster})
-			cancel()
-			c.cc.Close()
-			if err != nil {
-				return err
-			}
+			defer c.cc.Close()
 			ctx := cmd.Context()
 			if !follow {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, g.timeout)
 				defer cancel()
 			}
-			out := make(chan flows.Flow, 64)
-			var wg sync.WaitGroup
-			for _, n := range resp.GetNodes() {
-				url := fmt.Sprintf("http://%s/flows?follow=%t&verdict=%s", net.JoinHostPort(n.GetUnderlayIp(), strconv.Itoa(port)), follow, verdict)
-				wg.Go(func() {
-					if err := readFlows(ctx, url, out); err != nil {
-						fmt.Fprintf(g.errOut, "flows of %s/%s: %v\n", n.GetCluster(), n.GetName(), err)
-					}
-				})
+			stream, err := fedmeshv1.NewFlowServiceClient(c.cc).GetFlows(ctx, &fedmeshv1.GetFlowsRequest{
+				Filter: filter, Since: since, Until: until, Follow: follow, Limit: limit})
+			if err != nil {
+				return err
 			}
-			go func() { wg.Wait(); close(out) }()
-			fmt.Fprintln(g.out, "TIME          NODE                        DIR      SOURCE -> DESTINATION                        VERDICT  REASON")
-			for f := range out {
-				fmt.Fprintf(g.out, "%-13s %-27s %-8s %-44s %-8s %s\n", f.Time.Local().Format("15:04:05.000"), f.Cluster+"/"+f.Node, f.Direction,
-					flowTuple(f), f.Verdict, flowReason(f))
-			}
-			return nil
+			return g.printFlows(ctx, stream, follow)
 		},
 	}
-	cmd.Flags().StringVar(&cluster, "cluster", "", "only this cluster's nodes")
-	cmd.Flags().StringVar(&verdict, "verdict", "", "only allow or deny")
+	ff.add(cmd)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep streaming new flows")
-	cmd.Flags().IntVar(&port, "agent-port", 9464, "port of the agents' metrics server (their --metrics-addr)")
+	cmd.Flags().Uint32Var(&limit, "limit", 0, "how many of the newest stored flows (default 1000)")
+	cmd.AddCommand(flowSummaryCmd(g))
 	return cmd
 }
 
-func readFlows(ctx context.Context, url string, out chan<- flows.Flow) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := (&http.Client{Timeout: 0}).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var f flows.Flow
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			return fmt.Errorf("decode flow: %w", err)
+// printFlows writes the stream: a table, or one JSON object per flow
+// (json), or YAML documents (yaml); following, each as it arrives.
+func (g *globals) printFlows(ctx context.Context, stream interface {
+	Recv() (*fedmeshv1.GetFlowsResponse, error)
+}, follow bool) error {
+	var header bool
+	var lagged uint64
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) || (follow && ctx.Err() != nil) {
+			break
 		}
-		select {
-		case out <- f:
-		case <-ctx.Done():
-			return nil
+		if err != nil {
+			return err
+		}
+		lagged += m.GetLagged()
+		if m.GetLagged() > 0 {
+			fmt.Fprintf(g.errOut, "missed %d flows: this client read too slowly\n", m.GetLagged())
+		}
+		for _, f := range m.GetFlows() {
+			switch g.output {
+			case "json":
+				b, err := protojson.Marshal(f)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.out, string(b))
+			case "yaml":
+				b, err := protojson.Marshal(f)
+				if err != nil {
+					return err
+				}
+				y, err := yaml.JSONToYAML(b)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "---\n%s", y)
+			case "table", "":
+				if !header {
+					fmt.Fprintln(g.out, "TIME          NODE                   SOURCE -> DESTINATION                                   VERDICT  DECIDED BY")
+					header = true
+				}
+				fmt.Fprintf(g.out, "%-13s %-22s %-55s %-8s %s\n", f.GetTime().AsTime().Local().Format("15:04:05.000"),
+					f.GetCluster()+"/"+f.GetNode(), flowTuple(f), strings.ToLower(verdictWord(f.GetVerdict())), flows.Explain(f.GetDecision()))
+			default:
+				return fmt.Errorf("unknown output format %q: use table, json or yaml", g.output)
+			}
+		}
+		if st := m.GetStatus(); st != nil && (st.GetDroppedRate()+st.GetDroppedAgent() > 0) && g.output != "json" && g.output != "yaml" {
+			fmt.Fprintf(g.errOut, "replica %s: %d flows stored; %d lost by agents before shipping, %d refused over a node's rate, %d evicted\n",
+				st.GetReplica(), st.GetStored(), st.GetDroppedAgent(), st.GetDroppedRate(), st.GetEvicted())
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return sc.Err()
+	return nil
 }
 
-// flowTuple is "SRC:PORT -> DST:PORT proto", without ports for ICMP,
-// which has none.
-func flowTuple(f flows.Flow) string {
-	if p := protoWord(f.Proto); p == "icmp" {
-		return fmt.Sprintf("%s -> %s %s", f.Src, f.Dst, p)
+func flowSummaryCmd(g *globals) *cobra.Command {
+	var ff flowFlags
+	var window time.Duration
+	cmd := &cobra.Command{
+		Use:   "summary",
+		Short: "Who talks to whom: allowed and denied flows per source -> destination:port",
+		Example: `  fedctl flows summary --namespace demo --since 1h
+  fedctl flows summary --since 10m --window 1m -o yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter, since, until, err := ff.request(time.Now())
+			if err != nil {
+				return err
+			}
+			req := &fedmeshv1.GetFlowSummaryRequest{Filter: filter, Since: since, Until: until}
+			if window > 0 {
+				req.Window = durationpb.New(window)
+			}
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.cc.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			resp, err := fedmeshv1.NewFlowServiceClient(c.cc).GetFlowSummary(ctx, req)
+			if err != nil {
+				return err
+			}
+			if g.output == "json" || g.output == "yaml" {
+				return g.print(nil, resp)
+			}
+			t := &table{header: []string{"SOURCE", "DESTINATION", "PROTO", "ALLOWED", "DENIED", "DENIED BY"}}
+			for _, e := range resp.GetEdges() {
+				var by []string
+				for _, k := range e.GetDeniedBy() {
+					by = append(by, flows.PolicyString(k))
+				}
+				dst := workloadName(e.GetDestination())
+				if p := e.GetDestination().GetPort(); p != 0 {
+					dst += ":" + strconv.Itoa(int(p))
+				}
+				t.add(workloadName(e.GetSource()), dst, protoWord(uint8(e.GetProtocol())), strconv.FormatUint(e.GetAllowed(), 10),
+					strconv.FormatUint(e.GetDenied(), 10), strings.Join(by, ","))
+			}
+			return g.print(t)
+		},
 	}
-	return fmt.Sprintf("%s:%d -> %s:%d %s", f.Src, f.SrcPort, f.Dst, f.DstPort, protoWord(f.Proto))
+	ff.add(cmd)
+	cmd.Flags().DurationVar(&window, "window", 0, "count per window of this width (default: one count over the range; json/yaml show the windows)")
+	return cmd
+}
+
+// workloadName is cluster/namespace/pod, or the address outside the
+// federation.
+func workloadName(w *fedmeshv1.Workload) string {
+	if w.GetCluster() == "" {
+		if w.GetIp() == "" {
+			return "world"
+		}
+		return w.GetIp()
+	}
+	return w.GetCluster() + "/" + w.GetNamespace() + "/" + w.GetPod()
+}
+
+// flowTuple is "SRC:PORT -> DST:PORT proto" with each side's workload
+// when it has one, without ports for ICMP, which has none.
+func flowTuple(f *fedmeshv1.Flow) string {
+	p := protoWord(uint8(f.GetProtocol()))
+	side := func(w *fedmeshv1.Workload) string {
+		a := w.GetIp()
+		if p != "icmp" {
+			a = net.JoinHostPort(a, strconv.Itoa(int(w.GetPort())))
+		}
+		if w.GetCluster() != "" {
+			return w.GetCluster() + "/" + w.GetNamespace() + "/" + w.GetPod() + "(" + a + ")"
+		}
+		return a
+	}
+	return side(f.GetSource()) + " -> " + side(f.GetDestination()) + " " + p
 }
 
 // protoWord names an IP protocol number as fedctl's flags spell it.
@@ -126,11 +273,4 @@ func protoWord(p uint8) string {
 		return "icmp"
 	}
 	return "proto " + strconv.Itoa(int(p))
-}
-
-func flowReason(f flows.Flow) string {
-	if f.Rule != 0 {
-		return fmt.Sprintf("%s (rule %d)", f.Reason, f.Rule)
-	}
-	return f.Reason
 }

@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/nodeagent/flows"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Flow shipping: the node's attributed flow records go to every
+// control-plane replica over the connections (and so the mTLS node
+// identity) the agent already holds. Each replica keeps what it receives in
+// its own bounded store, so any replica answers GetFlows for the whole
+// federation without asking its peers, and a replica that is down or
+// partitioned loses only its own copy. The price is one stream per replica;
+// each batch is encoded once and the same bytes go to every replica
+// (preEncoded), so the extra replicas cost only the writes.
+
+const (
+	// shipQueue bounds the flows waiting to be batched; beyond it flows are
+	// dropped and counted (backpressure never reaches the event reader).
+	shipQueue = 16384
+	shipBatch = 500
+	// shipBatches bounds the encoded batches waiting for one replica.
+	shipBatches = shipQueue / shipBatch
+	// shipLinger is how long a partial batch waits for more flows.
+	shipLinger = 200 * time.Millisecond
+)
+
+// batch is one encoded ShipFlowsRequest without its dropped field, which
+// differs per replica and is appended on send.
+type batch struct {
+	b []byte
+	n int
+}
+
+// FlowShipper ships flow records to every replica. Offer is called by the
+// flow reader's goroutine and never blocks; Run owns a batcher goroutine
+// that encodes batches once and one goroutine per replica that writes
+// them onto a ShipFlows stream, reopening it with jittered backoff when it
+// fails.
+type FlowShipper struct {
+	cluster, node string
+	addrs         []string
+	conns         []*grpc.ClientConn
+	in            chan []byte
+	queues        []chan batch
+	// dropped per replica: flows that never reached it (a queue was full,
+	// or they were in a batch whose stream failed). Sent with every batch,
+	// so each replica counts what it missed.
+	dropped []atomic.Uint64
+	log     *slog.Logger
+
+	mShipped, mDropped *prometheus.CounterVec
+}
+
+// NewFlowShipper ships over c's replica connections.
+func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, log *slog.Logger) *FlowShipper {
+	s := &FlowShipper{cluster: cluster, node: node, addrs: c.addrs, conns: c.conns, log: log.With("part", "flow-shipper"),
+		in: make(chan []byte, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
+		mShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_shipped_total",
+			Help: "Flow records sent to a control-plane replica."}, []string{"replica"}),
+		mDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_dropped_total",
+			Help: "Flow records a replica never got: a queue was full (backpressure) or its stream failed."}, []string{"replica"}),
+	}
+	for range c.conns {
+		s.queues = append(s.queues, make(chan batch, shipBatches))
+	}
+	if reg != nil {
+		reg.MustRegister(s.mShipped, s.mDropped)
+	}
+	return s
+}
+
+// Offer implements flows.Sink: f is an encoded fedmesh.v1.Flow.
+func (s *FlowShipper) Offer(f []byte) {
+	select {
+	case s.in <- f:
+	default:
+		for i := range s.queues {
+			s.drop(i, 1)
+		}
+	}
+}
+
+func (s *FlowShipper) drop(i, n int) {
+	s.dropped[i].Add(uint64(n))
+	s.mDropped.WithLabelValues(s.addrs[i]).Add(float64(n))
+}
+
+// Dropped is the total of flows some replica never got.
+func (s *FlowShipper) Dropped() uint64 {
+	var n uint64
+	for i := range s.dropped {
+		n += s.dropped[i].Load()
+	}
+	return n
+}
+
+// Run ships until ctx ends.
+func (s *FlowShipper) Run(ctx context.Context) {
+	done := make(chan struct{})
+	for i := range s.conns {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			s.runReplica(ctx, i)
+		}()
+	}
+	s.batch(ctx)
+	for range s.conns {
+		<-done
+	}
+}
+
+// batch assembles what Offer queued into ShipFlowsRequests, once for every
+// replica: the flows arrive encoded, so a batch is their concatenation
+// behind the node's name.
+func (s *FlowShipper) batch(ctx context.Context) {
+	var head []byte
+	head = protowire.AppendString(protowire.AppendTag(head, 1, protowire.BytesType), s.cluster) // ShipFlowsRequest.cluster
+	head = protowire.AppendString(protowire.AppendTag(head, 2, protowire.BytesType), s.node)    // ShipFlowsRequest.node
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var b []byte
+		n := 0
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-s.in:
+			b = flows.AppendShipped(append(make([]byte, 0, len(head)+shipBatch*(len(f)+3)), head...), f)
+			n++
+		}
+		timer.Reset(shipLinger)
+	fill:
+		for n < shipBatch {
+			select {
+			case f := <-s.in:
+				b = flows.AppendShipped(b, f)
+				n++
+			case <-timer.C:
+				break fill
+			case <-ctx.Done():
+				return
+			}
+		}
+		for i, q := range s.queues {
+			select {
+			case q <- batch{b: b, n: n}:
+			default:
+				s.drop(i, n)
+			}
+		}
+	}
+}
+
+func (s *FlowShipper) runReplica(ctx context.Context, i int) {
+	client := fedmeshv1.NewFlowServiceClient(s.conns[i])
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := s.stream(ctx, client, i)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 200 * time.Millisecond
+		}
+		s.log.Warn("flow stream to replica ended; reopening", "replica", s.addrs[i], "err", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff/2 + rand.N(backoff)):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// stream writes batches on one ShipFlows stream until it fails.
+func (s *FlowShipper) stream(ctx context.Context, client fedmeshv1.FlowServiceClient, i int) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := client.ShipFlows(sctx, grpc.ForceCodecV2(preEncodedCodec{encoding.GetCodecV2(protoenc.Name)}))
+	if err != nil {
+		return err
+	}
+	for {
+		var bt batch
+		select {
+		case <-ctx.Done():
+			_, _ = st.CloseAndRecv()
+			return ctx.Err()
+		case bt = <-s.queues[i]:
+		}
+		// Field 4 (dropped) appended: a later occurrence of a scalar field
+		// is the one a decoder keeps, and the batch has none.
+		b := protowire.AppendVarint(protowire.AppendTag(slices.Clip(bt.b), 4, protowire.VarintType), s.dropped[i].Load())
+		if err := st.SendMsg(preEncoded(b)); err != nil {
+			s.drop(i, bt.n)
+			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
+				_, err = st.CloseAndRecv()
+			}
+			return err
+		}
+		s.mShipped.WithLabelValues(s.addrs[i]).Add(float64(bt.n))
+	}
+}
+
+// preEncoded is a message already in protobuf wire form.
+type preEncoded []byte
+
+// preEncodedCodec sends preEncoded bytes as they are and everything else
+// as gRPC's protobuf codec does; its name is "proto", so the server reads
+// the stream with its usual codec.
+type preEncodedCodec struct{ encoding.CodecV2 }
+
+func (c preEncodedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(preEncoded); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// The sync goroutine's hooks into the flow directory (Deps.Flows): every
+// endpoint of the federation by address, and the local endpoints' rules
+// once the dataplane enforces them. No-ops without a directory.
+
+func (a *Agent) flowEndpoint(ch Change) {
+	if a.deps.Flows == nil {
+		return
+	}
+	if ch.Delete {
+		a.deps.Flows.DeleteEndpoint(ch.EndpointKey)
+	} else {
+		a.deps.Flows.UpsertEndpoint(ch.Endpoint)
+	}
+}
+
+func (a *Agent) flowStage(k policy.EndpointKey, c *policy.Compiled) {
+	if a.deps.Flows != nil {
+		a.deps.Flows.Stage(k.String(), c)
+	}
+}
+
+func (a *Agent) flowCommit() {
+	if a.deps.Flows != nil {
+		a.deps.Flows.Commit()
+	}
+}
+
+var _ flows.Sink = (*FlowShipper)(nil)
