@@ -159,6 +159,7 @@ var rules = map[string]rule{
 	// (FlowScope); a node agent ships only its own node's flows.
 	fedmeshv1.FlowService_GetFlows_FullMethodName:       flowRead,
 	fedmeshv1.FlowService_GetFlowSummary_FullMethodName: flowRead,
+	fedmeshv1.UIService_CreateUISession_FullMethodName:  uiSession,
 	fedmeshv1.FlowService_ShipFlows_FullMethodName:      shipFlows,
 
 	// Who changed what is for operators.

@@ -17,6 +17,17 @@ func flowRead(p Principal, m string, _ any) error {
 	return deny(p, m, "replicas do not read flows")
 }
 
+// uiSession admits the people who read flows in a browser: admins and a
+// cluster's syncer principal (its page then shows that cluster's flows).
+// Node agents and replicas have no use for a browser session.
+func uiSession(p Principal, m string, _ any) error {
+	switch p.Kind {
+	case KindAdmin, KindSyncer:
+		return nil
+	}
+	return deny(p, m, "only admins and cluster principals open service-graph sessions")
+}
+
 // shipFlows admits only node agents, and each batch only for the agent's
 // own node: a node certificate ships its own node's flows, nobody else's.
 // The stream itself is admitted before its first message (req nil).

@@ -100,6 +100,16 @@ func ServerTLS(roots *x509.CertPool, cert *Certificate, allowJoin bool) *tls.Con
 	}
 }
 
+// BrowserTLS is the TLS config of a replica's HTTPS page for browsers:
+// the replica's certificate, no client certificate asked (browsers sign in
+// with a session, controlplane/flowui), TLS 1.2 at least.
+func BrowserTLS(cert *Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get() },
+	}
+}
+
 // ClientTLS is the TLS 1.3 config of a client of the control plane. It
 // verifies the server's chain against roots and its host name, and that
 // the server is a control-plane replica (a client certificate of the same

@@ -32,7 +32,7 @@ type tlsGroup struct {
 	reps []*Replica
 }
 
-func startTLSGroup(t *testing.T, n int) *tlsGroup {
+func startTLSGroup(t *testing.T, n int, opts ...func(*Config)) *tlsGroup {
 	t.Helper()
 	dir := t.TempDir()
 	c, err := ca.Init(dir, "server test CA", 24*time.Hour)
@@ -54,9 +54,13 @@ func startTLSGroup(t *testing.T, n int) *tlsGroup {
 		if err := ca.WriteCredentials(certPath, keyPath, certPEM, keyPEM); err != nil {
 			t.Fatal(err)
 		}
-		r, err := Start(Config{NodeID: p.ID, DataDir: t.TempDir(), RaftAddr: p.RaftAddr, GRPCAddr: p.GRPCAddr, BootstrapPeers: peers,
+		cfg := Config{NodeID: p.ID, DataDir: t.TempDir(), RaftAddr: p.RaftAddr, GRPCAddr: p.GRPCAddr, BootstrapPeers: peers,
 			RaftTimeout: 200 * time.Millisecond, TLS: &TLSConfig{CAFile: filepath.Join(dir, ca.CertFile), CertFile: certPath, KeyFile: keyPath},
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		r, err := Start(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

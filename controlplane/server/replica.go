@@ -93,6 +93,9 @@ type Config struct {
 	MaxConcurrentSnapshots int
 	// Flows bounds the replica's flow store (flows.go).
 	Flows FlowConfig
+	// UIAddr serves the service-graph page over HTTPS when set (needs
+	// TLS); UIURL is how browsers reach it (default https://UIAddr).
+	UIAddr, UIURL string
 }
 
 // raftLogCache is how many of the newest Raft entries stay in memory (up to
@@ -118,6 +121,7 @@ type Replica struct {
 	httpLis   net.Listener
 	core      *Core
 	flows     *flowstore.Store
+	ui        *uiServer
 	sec       *security
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -131,6 +135,9 @@ func Start(cfg Config) (*Replica, error) {
 	}
 	if (cfg.TLS == nil) == !cfg.Insecure {
 		return nil, errors.New("start replica: give TLS credentials (CA, replica certificate and key), or Insecure for a development setup, not both")
+	}
+	if cfg.UIAddr != "" && cfg.TLS == nil {
+		return nil, errors.New("start replica: the service-graph page (UI address) needs TLS: browsers sign in over HTTPS with the replica's certificate")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -291,6 +298,10 @@ func Start(cfg Config) (*Replica, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.startFlows(ctx)
+	if err := r.startUI(); err != nil {
+		r.Stop()
+		return nil, err
+	}
 	r.wg.Add(4)
 	go func() {
 		defer r.wg.Done()
@@ -380,6 +391,7 @@ func (r *Replica) Stop() {
 		} else if r.grpcLis != nil {
 			r.grpcLis.Close()
 		}
+		r.ui.close()
 		if r.httpSrv != nil {
 			r.httpSrv.Close()
 		}
@@ -417,4 +429,5 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterBGPServiceServer(s, &bgpService{c: c})
 	fedmeshv1.RegisterClusterPolicyServiceServer(s, &clusterPolicyService{c: c})
 	fedmeshv1.RegisterFlowServiceServer(s, &flowService{c: c})
+	fedmeshv1.RegisterUIServiceServer(s, &uiService{c: c})
 }

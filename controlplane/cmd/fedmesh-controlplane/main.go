@@ -68,6 +68,8 @@ func main() {
 	f.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "host:port of the Raft transport; other replicas dial it")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:9000", "host:port of the fedmesh gRPC API")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus /metrics (empty: off)")
+	f.StringVar(&cfg.UIAddr, "ui-addr", "", "host:port serving the service-graph page over HTTPS with the replica's certificate (empty: off; needs TLS). `fedctl flows ui` prints a sign-in link")
+	f.StringVar(&cfg.UIURL, "ui-url", "", "how browsers reach --ui-addr, e.g. https://fedmesh.example:8443 (default https://<ui-addr>)")
 	f.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "also serve Go's /debug/pprof/ on --metrics-addr, to profile a live replica")
 	f.StringVar(&peers, "bootstrap-peers", "", "initial replicas as id=raft_addr[/grpc_addr],...; used only when the data dir is empty. Give every initial replica the same list")
 	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")

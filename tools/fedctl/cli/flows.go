@@ -118,7 +118,7 @@ func flowsCmd(g *globals) *cobra.Command {
 	ff.add(cmd)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep streaming new flows")
 	cmd.Flags().Uint32Var(&limit, "limit", 0, "how many of the newest stored flows (default 1000)")
-	cmd.AddCommand(flowSummaryCmd(g))
+	cmd.AddCommand(flowSummaryCmd(g), flowUICmd(g))
 	return cmd
 }
 

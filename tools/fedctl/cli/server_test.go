@@ -47,7 +47,7 @@ func startTLSPlane(t *testing.T) *tlsPlane {
 	raftAddr := cptest.FreeAddrs(t, 1)[0]
 	p.r, err = server.Start(server.Config{
 		NodeID: "solo", DataDir: t.TempDir(), RaftAddr: raftAddr, GRPCAddr: "127.0.0.1:0",
-		BootstrapPeers: []server.Peer{{ID: "solo", RaftAddr: raftAddr}}, RaftTimeout: 100 * time.Millisecond,
+		BootstrapPeers: []server.Peer{{ID: "solo", RaftAddr: raftAddr}}, RaftTimeout: 100 * time.Millisecond, UIAddr: "127.0.0.1:0",
 		TLS:    &server.TLSConfig{CAFile: filepath.Join(dir, ca.CertFile), CertFile: certPath, KeyFile: keyPath},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
