@@ -316,6 +316,12 @@ func workloadLabels(in map[string]string) map[string]string {
 	return out
 }
 
+// SameWorkload reports whether two pods' labels make them one workload
+// (equal labels once controller bookkeeping is dropped).
+func SameWorkload(a, b map[string]string) bool {
+	return canonical(workloadLabels(a)) == canonical(workloadLabels(b))
+}
+
 func canonical(m map[string]string) string {
 	var b strings.Builder
 	for _, k := range slices.Sorted(maps.Keys(m)) {

@@ -25,7 +25,7 @@ import (
 
 func policyCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "policy", Aliases: []string{"policies"}, Short: "Apply, list and delete network policies (per cluster or federated)"}
-	c.AddCommand(policyApplyCmd(g), policyListCmd(g), policyGetCmd(g), policyDeleteCmd(g))
+	c.AddCommand(policyApplyCmd(g), policyListCmd(g), policyGetCmd(g), policyDeleteCmd(g), policyRecommendCmd(g))
 	return c
 }
 
