@@ -163,10 +163,7 @@ func (d *Demo) Run(ctx context.Context) error {
 	if err := d.probe(ctx, webB.Name, b.Name+"/"+api.Name, apiAddr, true); err != nil {
 		return err
 	}
-	d.say("fedctl flows shows the drop, as the eBPF dataplane of %s reported it", api.Name)
-	if out, err := d.Lab.Fedctl(ctx, "flows", "--verdict", "deny", "--cluster", b.Name); err == nil {
-		fmt.Fprintf(d.Out, "$ fedctl flows --verdict deny --cluster %s\n%s", b.Name, indent(out))
-	} else {
+	if err := d.flows(ctx, b, api); err != nil {
 		return err
 	}
 	d.say("fedctl reach explains the verdict with the same compiler the agents load into eBPF")

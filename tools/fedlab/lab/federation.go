@@ -54,6 +54,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 			"--raft-addr", t.raftAddr(i),
 			"--grpc-addr", t.ControlPlaneAddrs()[i-1],
 			"--metrics-addr", fmt.Sprintf("%s:%d", t.Mgmt.Addr.Addr(), 9100+i),
+			"--ui-addr", t.UIAddr(i),
 			"--bootstrap-peers", strings.Join(peers, ","),
 			"--tls-dir", l.replicaTLSDir(i),
 		})
@@ -66,6 +67,10 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	}
 	return nil
 }
+
+// UIAddr is where replica i (1-based) serves the service-graph page, in
+// the management namespace.
+func (t *Topology) UIAddr(i int) string { return fmt.Sprintf("%s:%d", t.Mgmt.Addr.Addr(), 8440+i) }
 
 // Fedctl runs the real CLI inside the management namespace, as a user of
 // the lab would, and returns its output.
