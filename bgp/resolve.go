@@ -23,6 +23,9 @@ type NodeBGP struct {
 	PodCIDRs []string
 	Peers    []*fedmeshv1.BGPPeerConfig
 	Filters  []*fedmeshv1.BGPFilter
+	// Services are the node's cluster's service advertisements (what its
+	// syncer saw of Services and their ready backends' nodes).
+	Services []*fedmeshv1.ServiceAdvertisement
 }
 
 // Resolved is a node's desired speaker state before the node's own I/O:
@@ -55,6 +58,8 @@ type Resolved struct {
 //     peer's localAsn, else the speaker's.
 //   - A peer's filters (in order) become its export and import rules, its
 //     attributes and advertisements its per-peer policy.
+//   - The service addresses the peers advertise (their SERVICE class) are
+//     resolved for this node from in.Services (resolveServices).
 //
 // Invalid cluster settings are an error (as FromCluster's); everything
 // about peer objects is a problem that leaves the session out. Pure.
@@ -194,6 +199,7 @@ func Resolve(in NodeBGP) (Resolved, error) {
 			d.Policy.Peers = append(d.Policy.Peers, pol)
 		}
 	}
+	out.Problems = append(out.Problems, resolveServices(&d, in.Cluster, in.Node.GetName(), in.Services)...)
 	return finish(out, d)
 }
 
