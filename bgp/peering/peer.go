@@ -90,6 +90,9 @@ type Peer struct {
 	MultihopTTL          uint8
 	RouteReflectorClient bool
 	PasswordFile         string
+	// PasswordSecret is the Secret key holding the password, in the
+	// cluster of each node the peer selects; nil when none.
+	PasswordSecret *SecretRef
 	Filters              []string
 	Attributes           Attributes
 	// Advertisements list the classes advertised; nil means pod CIDRs
@@ -207,10 +210,13 @@ func ParsePeer(p *field.Path, pb *fedmeshv1.BGPPeerConfig) (Peer, field.ErrorLis
 				out.PasswordFile = f
 			}
 		case *fedmeshv1.BGPPasswordRef_Secret:
-			errs = append(errs, field.Forbidden(pp.Child("secret"),
-				"Secret references are not served yet (no syncer delivers them to nodes); put the password in a file on the nodes and use password.file"))
+			ref, e := parseSecretRef(pp.Child("secret"), src.Secret)
+			errs = append(errs, e...)
+			if len(e) == 0 {
+				out.PasswordSecret = &ref
+			}
 		default:
-			errs = append(errs, field.Required(pp, "set file (a path on the node) or leave password out"))
+			errs = append(errs, field.Required(pp, "set file (a path on the node) or secret (a Secret key in the node's cluster), or leave password out"))
 		}
 	}
 	fp := p.Child("filters")

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -134,6 +135,35 @@ func parseCIDRs(p *field.Path, in []string) ([]netip.Prefix, field.ErrorList) {
 			errs = append(errs, field.Duplicate(p.Index(i), s))
 		default:
 			out = append(out, c)
+		}
+	}
+	return out, errs
+}
+
+// SecretRef names one key of a Secret in a member cluster.
+type SecretRef struct {
+	Namespace, Name, Key string
+}
+
+func (r SecretRef) String() string { return r.Namespace + "/" + r.Name + "[" + r.Key + "]" }
+
+func parseSecretRef(p *field.Path, s *fedmeshv1.BGPSecretKeyRef) (SecretRef, field.ErrorList) {
+	out := SecretRef{Namespace: s.GetNamespace(), Name: s.GetName(), Key: s.GetKey()}
+	errs := dnsLabel(p.Child("namespace"), out.Namespace)
+	if out.Name == "" {
+		errs = append(errs, field.Required(p.Child("name"), ""))
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(out.Name) {
+		if out.Name != "" {
+			errs = append(errs, field.Invalid(p.Child("name"), out.Name, msg))
+		}
+	}
+	if out.Key == "" {
+		errs = append(errs, field.Required(p.Child("key"), ""))
+	}
+	for _, msg := range validation.IsConfigMapKey(out.Key) {
+		if out.Key != "" {
+			errs = append(errs, field.Invalid(p.Child("key"), out.Key, msg))
 		}
 	}
 	return out, errs
