@@ -1546,9 +1546,13 @@ func (x *PushBGPSecretsRequest) GetSecrets() []*BGPSecretValue {
 	return nil
 }
 
-// PushBGPSecretsResponse acknowledges a push.
+// PushBGPSecretsResponse says which Secret keys the cluster's syncer
+// should push: those referenced by peers that select a node of the
+// cluster, so it reads no other Secret.
 type PushBGPSecretsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Wanted are the referenced keys, sorted, unique.
+	Wanted        []*BGPSecretKeyRef `protobuf:"bytes,1,rep,name=wanted,proto3" json:"wanted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1581,6 +1585,13 @@ func (x *PushBGPSecretsResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use PushBGPSecretsResponse.ProtoReflect.Descriptor instead.
 func (*PushBGPSecretsResponse) Descriptor() ([]byte, []int) {
 	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PushBGPSecretsResponse) GetWanted() []*BGPSecretKeyRef {
+	if x != nil {
+		return x.Wanted
+	}
+	return nil
 }
 
 // WatchBGPPasswordsRequest names the caller's node.
@@ -3100,8 +3111,9 @@ const file_fedmesh_v1_bgp_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"g\n" +
 	"\x15PushBGPSecretsRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x124\n" +
-	"\asecrets\x18\x02 \x03(\v2\x1a.fedmesh.v1.BGPSecretValueR\asecrets\"\x18\n" +
-	"\x16PushBGPSecretsResponse\"H\n" +
+	"\asecrets\x18\x02 \x03(\v2\x1a.fedmesh.v1.BGPSecretValueR\asecrets\"M\n" +
+	"\x16PushBGPSecretsResponse\x123\n" +
+	"\x06wanted\x18\x01 \x03(\v2\x1b.fedmesh.v1.BGPSecretKeyRefR\x06wanted\"H\n" +
 	"\x18WatchBGPPasswordsRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\"W\n" +
@@ -3311,60 +3323,61 @@ var file_fedmesh_v1_bgp_proto_depIdxs = []int32{
 	12, // 18: fedmesh.v1.WatchServiceAdvertisementsResponse.advertisements:type_name -> fedmesh.v1.ServiceAdvertisement
 	8,  // 19: fedmesh.v1.BGPSecretValue.ref:type_name -> fedmesh.v1.BGPSecretKeyRef
 	20, // 20: fedmesh.v1.PushBGPSecretsRequest.secrets:type_name -> fedmesh.v1.BGPSecretValue
-	24, // 21: fedmesh.v1.WatchBGPPasswordsResponse.passwords:type_name -> fedmesh.v1.BGPPeerPassword
-	28, // 22: fedmesh.v1.BGPFilter.export_v4:type_name -> fedmesh.v1.BGPFilterRule
-	28, // 23: fedmesh.v1.BGPFilter.import_v4:type_name -> fedmesh.v1.BGPFilterRule
-	28, // 24: fedmesh.v1.BGPFilter.export_v6:type_name -> fedmesh.v1.BGPFilterRule
-	28, // 25: fedmesh.v1.BGPFilter.import_v6:type_name -> fedmesh.v1.BGPFilterRule
-	50, // 26: fedmesh.v1.BGPFilter.meta:type_name -> fedmesh.v1.ObjectMeta
-	3,  // 27: fedmesh.v1.BGPFilterRule.match_operator:type_name -> fedmesh.v1.BGPFilterMatchOperator
-	29, // 28: fedmesh.v1.BGPFilterRule.prefix_length:type_name -> fedmesh.v1.BGPPrefixLengthRange
-	4,  // 29: fedmesh.v1.BGPFilterRule.action:type_name -> fedmesh.v1.BGPFilterAction
-	51, // 30: fedmesh.v1.BGPNodeStatus.sessions:type_name -> fedmesh.v1.BGPPeerStatus
-	52, // 31: fedmesh.v1.BGPNodeStatus.report_time:type_name -> google.protobuf.Timestamp
-	5,  // 32: fedmesh.v1.ApplyBGPPeerRequest.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	5,  // 33: fedmesh.v1.ApplyBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	5,  // 34: fedmesh.v1.GetBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	5,  // 35: fedmesh.v1.ListBGPPeersResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
-	27, // 36: fedmesh.v1.ApplyBGPFilterRequest.filter:type_name -> fedmesh.v1.BGPFilter
-	27, // 37: fedmesh.v1.ApplyBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
-	27, // 38: fedmesh.v1.GetBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
-	27, // 39: fedmesh.v1.ListBGPFiltersResponse.filters:type_name -> fedmesh.v1.BGPFilter
-	30, // 40: fedmesh.v1.GetBGPStatusResponse.nodes:type_name -> fedmesh.v1.BGPNodeStatus
-	5,  // 41: fedmesh.v1.GetBGPStatusResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
-	31, // 42: fedmesh.v1.BGPService.ApplyBGPPeer:input_type -> fedmesh.v1.ApplyBGPPeerRequest
-	33, // 43: fedmesh.v1.BGPService.GetBGPPeer:input_type -> fedmesh.v1.GetBGPPeerRequest
-	35, // 44: fedmesh.v1.BGPService.ListBGPPeers:input_type -> fedmesh.v1.ListBGPPeersRequest
-	37, // 45: fedmesh.v1.BGPService.DeleteBGPPeer:input_type -> fedmesh.v1.DeleteBGPPeerRequest
-	39, // 46: fedmesh.v1.BGPService.ApplyBGPFilter:input_type -> fedmesh.v1.ApplyBGPFilterRequest
-	41, // 47: fedmesh.v1.BGPService.GetBGPFilter:input_type -> fedmesh.v1.GetBGPFilterRequest
-	43, // 48: fedmesh.v1.BGPService.ListBGPFilters:input_type -> fedmesh.v1.ListBGPFiltersRequest
-	45, // 49: fedmesh.v1.BGPService.DeleteBGPFilter:input_type -> fedmesh.v1.DeleteBGPFilterRequest
-	47, // 50: fedmesh.v1.BGPService.GetBGPStatus:input_type -> fedmesh.v1.GetBGPStatusRequest
-	14, // 51: fedmesh.v1.BGPService.SyncServiceAdvertisements:input_type -> fedmesh.v1.SyncServiceAdvertisementsRequest
-	16, // 52: fedmesh.v1.BGPService.ListServiceAdvertisements:input_type -> fedmesh.v1.ListServiceAdvertisementsRequest
-	18, // 53: fedmesh.v1.BGPService.WatchServiceAdvertisements:input_type -> fedmesh.v1.WatchServiceAdvertisementsRequest
-	21, // 54: fedmesh.v1.BGPService.PushBGPSecrets:input_type -> fedmesh.v1.PushBGPSecretsRequest
-	23, // 55: fedmesh.v1.BGPService.WatchBGPPasswords:input_type -> fedmesh.v1.WatchBGPPasswordsRequest
-	32, // 56: fedmesh.v1.BGPService.ApplyBGPPeer:output_type -> fedmesh.v1.ApplyBGPPeerResponse
-	34, // 57: fedmesh.v1.BGPService.GetBGPPeer:output_type -> fedmesh.v1.GetBGPPeerResponse
-	36, // 58: fedmesh.v1.BGPService.ListBGPPeers:output_type -> fedmesh.v1.ListBGPPeersResponse
-	38, // 59: fedmesh.v1.BGPService.DeleteBGPPeer:output_type -> fedmesh.v1.DeleteBGPPeerResponse
-	40, // 60: fedmesh.v1.BGPService.ApplyBGPFilter:output_type -> fedmesh.v1.ApplyBGPFilterResponse
-	42, // 61: fedmesh.v1.BGPService.GetBGPFilter:output_type -> fedmesh.v1.GetBGPFilterResponse
-	44, // 62: fedmesh.v1.BGPService.ListBGPFilters:output_type -> fedmesh.v1.ListBGPFiltersResponse
-	46, // 63: fedmesh.v1.BGPService.DeleteBGPFilter:output_type -> fedmesh.v1.DeleteBGPFilterResponse
-	48, // 64: fedmesh.v1.BGPService.GetBGPStatus:output_type -> fedmesh.v1.GetBGPStatusResponse
-	15, // 65: fedmesh.v1.BGPService.SyncServiceAdvertisements:output_type -> fedmesh.v1.SyncServiceAdvertisementsResponse
-	17, // 66: fedmesh.v1.BGPService.ListServiceAdvertisements:output_type -> fedmesh.v1.ListServiceAdvertisementsResponse
-	19, // 67: fedmesh.v1.BGPService.WatchServiceAdvertisements:output_type -> fedmesh.v1.WatchServiceAdvertisementsResponse
-	22, // 68: fedmesh.v1.BGPService.PushBGPSecrets:output_type -> fedmesh.v1.PushBGPSecretsResponse
-	25, // 69: fedmesh.v1.BGPService.WatchBGPPasswords:output_type -> fedmesh.v1.WatchBGPPasswordsResponse
-	56, // [56:70] is the sub-list for method output_type
-	42, // [42:56] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	8,  // 21: fedmesh.v1.PushBGPSecretsResponse.wanted:type_name -> fedmesh.v1.BGPSecretKeyRef
+	24, // 22: fedmesh.v1.WatchBGPPasswordsResponse.passwords:type_name -> fedmesh.v1.BGPPeerPassword
+	28, // 23: fedmesh.v1.BGPFilter.export_v4:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 24: fedmesh.v1.BGPFilter.import_v4:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 25: fedmesh.v1.BGPFilter.export_v6:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 26: fedmesh.v1.BGPFilter.import_v6:type_name -> fedmesh.v1.BGPFilterRule
+	50, // 27: fedmesh.v1.BGPFilter.meta:type_name -> fedmesh.v1.ObjectMeta
+	3,  // 28: fedmesh.v1.BGPFilterRule.match_operator:type_name -> fedmesh.v1.BGPFilterMatchOperator
+	29, // 29: fedmesh.v1.BGPFilterRule.prefix_length:type_name -> fedmesh.v1.BGPPrefixLengthRange
+	4,  // 30: fedmesh.v1.BGPFilterRule.action:type_name -> fedmesh.v1.BGPFilterAction
+	51, // 31: fedmesh.v1.BGPNodeStatus.sessions:type_name -> fedmesh.v1.BGPPeerStatus
+	52, // 32: fedmesh.v1.BGPNodeStatus.report_time:type_name -> google.protobuf.Timestamp
+	5,  // 33: fedmesh.v1.ApplyBGPPeerRequest.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 34: fedmesh.v1.ApplyBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 35: fedmesh.v1.GetBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 36: fedmesh.v1.ListBGPPeersResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
+	27, // 37: fedmesh.v1.ApplyBGPFilterRequest.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 38: fedmesh.v1.ApplyBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 39: fedmesh.v1.GetBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 40: fedmesh.v1.ListBGPFiltersResponse.filters:type_name -> fedmesh.v1.BGPFilter
+	30, // 41: fedmesh.v1.GetBGPStatusResponse.nodes:type_name -> fedmesh.v1.BGPNodeStatus
+	5,  // 42: fedmesh.v1.GetBGPStatusResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
+	31, // 43: fedmesh.v1.BGPService.ApplyBGPPeer:input_type -> fedmesh.v1.ApplyBGPPeerRequest
+	33, // 44: fedmesh.v1.BGPService.GetBGPPeer:input_type -> fedmesh.v1.GetBGPPeerRequest
+	35, // 45: fedmesh.v1.BGPService.ListBGPPeers:input_type -> fedmesh.v1.ListBGPPeersRequest
+	37, // 46: fedmesh.v1.BGPService.DeleteBGPPeer:input_type -> fedmesh.v1.DeleteBGPPeerRequest
+	39, // 47: fedmesh.v1.BGPService.ApplyBGPFilter:input_type -> fedmesh.v1.ApplyBGPFilterRequest
+	41, // 48: fedmesh.v1.BGPService.GetBGPFilter:input_type -> fedmesh.v1.GetBGPFilterRequest
+	43, // 49: fedmesh.v1.BGPService.ListBGPFilters:input_type -> fedmesh.v1.ListBGPFiltersRequest
+	45, // 50: fedmesh.v1.BGPService.DeleteBGPFilter:input_type -> fedmesh.v1.DeleteBGPFilterRequest
+	47, // 51: fedmesh.v1.BGPService.GetBGPStatus:input_type -> fedmesh.v1.GetBGPStatusRequest
+	14, // 52: fedmesh.v1.BGPService.SyncServiceAdvertisements:input_type -> fedmesh.v1.SyncServiceAdvertisementsRequest
+	16, // 53: fedmesh.v1.BGPService.ListServiceAdvertisements:input_type -> fedmesh.v1.ListServiceAdvertisementsRequest
+	18, // 54: fedmesh.v1.BGPService.WatchServiceAdvertisements:input_type -> fedmesh.v1.WatchServiceAdvertisementsRequest
+	21, // 55: fedmesh.v1.BGPService.PushBGPSecrets:input_type -> fedmesh.v1.PushBGPSecretsRequest
+	23, // 56: fedmesh.v1.BGPService.WatchBGPPasswords:input_type -> fedmesh.v1.WatchBGPPasswordsRequest
+	32, // 57: fedmesh.v1.BGPService.ApplyBGPPeer:output_type -> fedmesh.v1.ApplyBGPPeerResponse
+	34, // 58: fedmesh.v1.BGPService.GetBGPPeer:output_type -> fedmesh.v1.GetBGPPeerResponse
+	36, // 59: fedmesh.v1.BGPService.ListBGPPeers:output_type -> fedmesh.v1.ListBGPPeersResponse
+	38, // 60: fedmesh.v1.BGPService.DeleteBGPPeer:output_type -> fedmesh.v1.DeleteBGPPeerResponse
+	40, // 61: fedmesh.v1.BGPService.ApplyBGPFilter:output_type -> fedmesh.v1.ApplyBGPFilterResponse
+	42, // 62: fedmesh.v1.BGPService.GetBGPFilter:output_type -> fedmesh.v1.GetBGPFilterResponse
+	44, // 63: fedmesh.v1.BGPService.ListBGPFilters:output_type -> fedmesh.v1.ListBGPFiltersResponse
+	46, // 64: fedmesh.v1.BGPService.DeleteBGPFilter:output_type -> fedmesh.v1.DeleteBGPFilterResponse
+	48, // 65: fedmesh.v1.BGPService.GetBGPStatus:output_type -> fedmesh.v1.GetBGPStatusResponse
+	15, // 66: fedmesh.v1.BGPService.SyncServiceAdvertisements:output_type -> fedmesh.v1.SyncServiceAdvertisementsResponse
+	17, // 67: fedmesh.v1.BGPService.ListServiceAdvertisements:output_type -> fedmesh.v1.ListServiceAdvertisementsResponse
+	19, // 68: fedmesh.v1.BGPService.WatchServiceAdvertisements:output_type -> fedmesh.v1.WatchServiceAdvertisementsResponse
+	22, // 69: fedmesh.v1.BGPService.PushBGPSecrets:output_type -> fedmesh.v1.PushBGPSecretsResponse
+	25, // 70: fedmesh.v1.BGPService.WatchBGPPasswords:output_type -> fedmesh.v1.WatchBGPPasswordsResponse
+	57, // [57:71] is the sub-list for method output_type
+	43, // [43:57] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_bgp_proto_init() }
