@@ -70,11 +70,15 @@ const serviceTrials = 20
 // agent's steps (Resolve with the new ServiceAdvertisement, Apply to the
 // speaker) until the /32 is added to, then deleted from, the ToR's kernel
 // FIB (BIRD learns the UPDATE over an established eBGP session; ip
-// monitor, not polling). 20 trials of each per iteration. Reported: p50
-// and p99 of appear and disappear (ms; target p99 < 1000). The control
-// plane's part (syncer write to the agent's watch) is not in it.
+// monitor, not polling). 20 trials of each per iteration. In the same run,
+// the baseline: a BIRD node on the same ToR announcing and withdrawing a
+// /32 (its static protocol enabled and disabled through birdc). Reported:
+// p50 and p99 of appear and disappear (ms; target p99 < 1000) and x-bird,
+// the ratio of the appear p50s. The control plane's part (syncer write to
+// the agent's watch) is not in it.
 func BenchmarkServiceBackendReadyToToRFIB(b *testing.B) {
-	l := newSvcLab(b, 1)
+	const baseIP = "203.0.113.99"
+	l := newSvcLab(b, 2)
 	svcBird(b, l)
 	ready := func(nodes ...string) Desired {
 		return svcDesired(b, 0, lbService("local", lbLocal, true, nodes...))
@@ -82,8 +86,17 @@ func BenchmarkServiceBackendReadyToToRFIB(b *testing.B) {
 	sp := startSpeaker(b, l.nodes[0], ready())
 	torAddr, _ := svcNodeAddrs(0)
 	eventually(b, 30*time.Second, "session", established(sp, b, torAddr))
+	// The baseline node (n2) runs BIRD with the same ASN.
+	tor2, n2 := svcNodeAddrs(1)
+	base := startBird(b, l.nodes[1], "router id "+n2+";\nprotocol device { }\n"+
+		"protocol static svc { ipv4; route "+baseIP+"/32 blackhole; }\n"+
+		birdSession("tor", n2, svcNodeASN, tor2, torASN, "", `ipv4 { import none; export where proto = "svc"; }`))
+	if out, err := base.cli("disable", "svc"); err != nil {
+		b.Fatalf("disable: %v %s", err, out)
+	}
+	eventually(b, 30*time.Second, "baseline session", birdEstablished(base, "tor", true))
 	fib := fibEvents(b, l.tor)
-	var up, down []time.Duration
+	var up, down, baseUp, baseDown []time.Duration
 	b.ResetTimer()
 	for range b.N {
 		for range serviceTrials {
@@ -99,6 +112,19 @@ func BenchmarkServiceBackendReadyToToRFIB(b *testing.B) {
 			}
 			awaitFIB(b, fib, "-"+lbLocal)
 			down = append(down, time.Since(start))
+
+			start = time.Now()
+			if out, err := base.cli("enable", "svc"); err != nil {
+				b.Fatalf("enable: %v %s", err, out)
+			}
+			awaitFIB(b, fib, "+"+baseIP)
+			baseUp = append(baseUp, time.Since(start))
+			start = time.Now()
+			if out, err := base.cli("disable", "svc"); err != nil {
+				b.Fatalf("disable: %v %s", err, out)
+			}
+			awaitFIB(b, fib, "-"+baseIP)
+			baseDown = append(baseDown, time.Since(start))
 		}
 	}
 	b.StopTimer()
@@ -107,4 +133,7 @@ func BenchmarkServiceBackendReadyToToRFIB(b *testing.B) {
 	b.ReportMetric(ms(percentile(up, 99)), "ready-p99-ms")
 	b.ReportMetric(ms(percentile(down, 50)), "unready-p50-ms")
 	b.ReportMetric(ms(percentile(down, 99)), "unready-p99-ms")
+	b.ReportMetric(ms(percentile(baseUp, 50)), "bird-up-p50-ms")
+	b.ReportMetric(ms(percentile(baseDown, 50)), "bird-down-p50-ms")
+	b.ReportMetric(float64(percentile(up, 50))/float64(percentile(baseUp, 50)), "x-bird")
 }

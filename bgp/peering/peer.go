@@ -93,8 +93,8 @@ type Peer struct {
 	// PasswordSecret is the Secret key holding the password, in the
 	// cluster of each node the peer selects; nil when none.
 	PasswordSecret *SecretRef
-	Filters              []string
-	Attributes           Attributes
+	Filters        []string
+	Attributes     Attributes
 	// Advertisements list the classes advertised; nil means pod CIDRs
 	// with no further attributes (never service addresses).
 	Advertisements []Advertisement
