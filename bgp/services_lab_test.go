@@ -166,3 +166,35 @@ func TestLoadBalancerIPAtBIRDWithECMPFromNodesWithLocalBackends(t *testing.T) {
 		t.Fatal(msg)
 	}
 }
+
+// The same at an FRR ToR (eBGP, maximum-paths 8, zebra installs the
+// multipath route): ECMP next hops from the nodes with a ready local
+// backend, one fewer when a node's last backend goes, none after the last.
+func TestLoadBalancerIPAtFRRWithECMPFromNodesWithLocalBackends(t *testing.T) {
+	l := newSvcLab(t, 3)
+	conf := "hostname tor\n!\nrouter bgp " + fmt.Sprint(torASN) + "\n bgp router-id 198.18.10.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n bgp bestpath as-path multipath-relax\n"
+	af := " address-family ipv4 unicast\n  maximum-paths 8\n"
+	for i := range l.nodes {
+		_, node := svcNodeAddrs(i)
+		conf += fmt.Sprintf(" neighbor %s remote-as %d\n neighbor %s timers 3 9\n neighbor %s timers connect 1\n", node, svcNodeASN, node, node)
+		af += fmt.Sprintf("  neighbor %s activate\n", node)
+	}
+	startFRR(t, l.tor, conf+af+" exit-address-family\n!\n")
+	addr := func(i int) string { _, a := svcNodeAddrs(i); return a }
+	var sps []*speakerProc
+	for i, n := range l.nodes {
+		sps = append(sps, startSpeaker(t, n, svcDesired(t, i, lbService("local", lbLocal, true, "n1", "n2", "n3"))))
+	}
+	eventually(t, 30*time.Second, "Local LB IP via every node with a backend", hopsAre(t, l.tor, lbLocal, addr(0), addr(1), addr(2)))
+	for _, step := range []struct {
+		ready []string
+		hops  []string
+	}{{[]string{"n2", "n3"}, []string{addr(1), addr(2)}}, {[]string{"n3"}, []string{addr(2)}}, {nil, nil}} {
+		for i, sp := range sps {
+			if r := sp.call(t, "apply", svcDesired(t, i, lbService("local", lbLocal, true, step.ready...))); r.Error != "" {
+				t.Fatal(r.Error)
+			}
+		}
+		eventually(t, 15*time.Second, fmt.Sprintf("Local LB IP via %v", step.ready), hopsAre(t, l.tor, lbLocal, step.hops...))
+	}
+}
