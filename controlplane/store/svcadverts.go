@@ -93,6 +93,15 @@ func (s *State) applySyncServiceAdvertisements(tx *txn, req *fedmeshv1.SyncServi
 	return &Result{}, nil
 }
 
+// dropCluster removes a deleted cluster's advertisements; its set counts
+// as changed (to empty), so a watcher still open sees it go.
+func (a advertState) dropCluster(tx *txn, cluster string) {
+	if _, ok := a.byCluster[cluster]; ok {
+		delete(a.byCluster, cluster)
+		a.rev[cluster] = tx.rev
+	}
+}
+
 func withoutMeta(a *fedmeshv1.ServiceAdvertisement) *fedmeshv1.ServiceAdvertisement {
 	c := proto.CloneOf(a)
 	c.Meta = nil
