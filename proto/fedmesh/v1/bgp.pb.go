@@ -337,8 +337,9 @@ type BGPPeerConfig struct {
 	// RouteReflectorClient makes the router a route-reflector client of the
 	// node (iBGP only; the node reflects routes to it).
 	RouteReflectorClient bool `protobuf:"varint,13,opt,name=route_reflector_client,json=routeReflectorClient,proto3" json:"route_reflector_client,omitempty"`
-	// Password enables TCP-MD5 (RFC 2385) with a password the node reads
-	// itself. Changing it resets the session: both ends must change together.
+	// Password enables TCP-MD5 (RFC 2385) with a password from a file on the
+	// node or a Secret in its cluster. Changing it resets the session: both
+	// ends must change together.
 	Password *BGPPasswordRef `protobuf:"bytes,14,opt,name=password,proto3" json:"password,omitempty"`
 	// Filters are BGPFilter names applied in order: the first rule that
 	// matches a route, across them, decides; a route no rule matches is

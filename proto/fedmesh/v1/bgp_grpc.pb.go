@@ -47,7 +47,10 @@ const (
 // Only an admin writes. A node agent reads only the peers that select its
 // own node (Get answers NOT_FOUND for the others, List and Watch leave them
 // out) and every filter; a syncer reads neither. A peer never carries a
-// password, only a reference to one the node reads itself.
+// password, only a reference: a file the node reads itself, or a Secret
+// key in the node's cluster that the cluster's syncer pushes to the
+// replicas' memory (PushBGPSecrets) and the node's agent alone receives
+// (WatchBGPPasswords).
 //
 // A peer's filters must exist when the peer is applied, and a filter a peer
 // references cannot be deleted (FAILED_PRECONDITION naming the peers). The
@@ -284,7 +287,10 @@ type BGPService_WatchBGPPasswordsClient = grpc.ServerStreamingClient[WatchBGPPas
 // Only an admin writes. A node agent reads only the peers that select its
 // own node (Get answers NOT_FOUND for the others, List and Watch leave them
 // out) and every filter; a syncer reads neither. A peer never carries a
-// password, only a reference to one the node reads itself.
+// password, only a reference: a file the node reads itself, or a Secret
+// key in the node's cluster that the cluster's syncer pushes to the
+// replicas' memory (PushBGPSecrets) and the node's agent alone receives
+// (WatchBGPPasswords).
 //
 // A peer's filters must exist when the peer is applied, and a filter a peer
 // references cannot be deleted (FAILED_PRECONDITION naming the peers). The
