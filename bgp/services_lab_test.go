@@ -198,3 +198,29 @@ func TestLoadBalancerIPAtFRRWithECMPFromNodesWithLocalBackends(t *testing.T) {
 		eventually(t, 15*time.Second, fmt.Sprintf("Local LB IP via %v", step.ready), hopsAre(t, l.tor, lbLocal, step.hops...))
 	}
 }
+
+// Service addresses go only to the peers whose advertisements list the
+// SERVICE class: of a node's two ToRs, the one that lists it learns the
+// LoadBalancer /32, the other (pod CIDRs only) learns the pod CIDR and
+// never receives the /32 (BIRD counts every update it received).
+func TestServiceAddressesReachOnlyThePeersThatListTheClass(t *testing.T) {
+	l := newTwoToRLab(t)
+	b1 := twoToRBird(t, l.tor1, tor1V4, node1V4, nodeASN)
+	b2 := twoToRBird(t, l.tor2, tor2V4, node2V4, nodeASN)
+	withSvc := svcPeer(tor1V4)
+	withSvc.Name = "tor-r1"
+	podsOnly := torPeer("tor-r2", tor2V4, torASN)
+	r, err := Resolve(NodeBGP{Cluster: nodeCluster(), Node: labNode(), RouterID: netip.MustParseAddr(node1V4), PodCIDRs: []string{podCIDR4},
+		Peers: []*fedmeshv1.BGPPeerConfig{withSvc, podsOnly}, Services: []*fedmeshv1.ServiceAdvertisement{lbService("web", lbCluster, false)}})
+	if err != nil || len(r.Problems) > 0 {
+		t.Fatalf("resolve: %v %v", err, r.Problems)
+	}
+	sp := startSpeaker(t, l.node, r.Desired)
+	eventually(t, 30*time.Second, "both sessions", established(sp, t, tor1V4, tor2V4))
+	eventually(t, 10*time.Second, "ToR r1 learns the LB /32", birdHas(t, b1, lbCluster+"/32", true))
+	eventually(t, 10*time.Second, "ToR r2 learns the pod CIDR", birdHas(t, b2, podCIDR4, true))
+	time.Sleep(2 * time.Second) // anything else would have arrived by now
+	if n := birdImports(t, b2, "node"); n != 1 {
+		t.Fatalf("ToR r2 (pod CIDRs only) received %d updates, want only the pod CIDR's", n)
+	}
+}
