@@ -84,7 +84,13 @@ func nsAndName(p *field.Path, ns, name string) field.ErrorList {
 // advertsWritable refuses advertisement writes until every replica applies
 // log format 7.
 func (c *Core) advertsWritable() error {
-	if f := c.appliesFormat(store.LogFormatServiceAdvertisements); f < store.LogFormatServiceAdvertisements {
+	return advertWritesAt(c.appliesFormat(store.LogFormatServiceAdvertisements))
+}
+
+// advertWritesAt decides for the oldest log format of the configuration.
+// Pure, for tests.
+func advertWritesAt(f uint32) error {
+	if f < store.LogFormatServiceAdvertisements {
 		return status.Errorf(codes.FailedPrecondition,
 			"not every control-plane replica applies service advertisements yet (log format %d, need %d): finish upgrading the replicas, then retry",
 			f, store.LogFormatServiceAdvertisements)

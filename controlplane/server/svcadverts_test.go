@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/store"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -103,5 +104,26 @@ func TestServiceAdvertisementsAreSyncedByTheClusterAndReadOnlyByItsParts(t *test
 	list, _ = nodeA.ListServiceAdvertisements(ctx, &fedmeshv1.ListServiceAdvertisementsRequest{Cluster: "a"})
 	if len(list.GetAdvertisements()[0].GetReadyNodes()) != 0 {
 		t.Fatal("a refused write changed the advertisement")
+	}
+}
+
+func TestServiceAdvertisementWritesWaitForEveryReplicaToApplyThem(t *testing.T) {
+	at := func(id string, f uint32) *fedmeshv1.Member { return &fedmeshv1.Member{Id: id, LogFormat: f} }
+	for _, tc := range []struct {
+		name    string
+		members map[string]*fedmeshv1.Member
+		allowed bool
+	}{
+		{"every replica at format 7", map[string]*fedmeshv1.Member{"a": at("a", 7), "b": at("b", 7), "c": at("c", 7)}, true},
+		{"one replica at format 5 (applies BGP peers, not advertisements)", map[string]*fedmeshv1.Member{"a": at("a", 7), "b": at("b", 5), "c": at("c", 7)}, false},
+		{"one replica not published", map[string]*fedmeshv1.Member{"a": at("a", 7), "c": at("c", 7)}, false},
+	} {
+		err := advertWritesAt(clusterLogFormat(servers("a", "b", "c"), tc.members, ""))
+		if (err == nil) != tc.allowed || (err != nil && status.Code(err) != codes.FailedPrecondition) {
+			t.Errorf("%s: %v, allowed want %v", tc.name, err, tc.allowed)
+		}
+	}
+	if store.LogFormat < store.LogFormatServiceAdvertisements {
+		t.Fatal("this binary does not apply the advertisement commands it serves")
 	}
 }
