@@ -40,7 +40,8 @@ type Desired struct {
 	// Peers are the routers to hold sessions with; addresses are unique.
 	Peers []Peer `json:"peers,omitempty"`
 	// PodCIDRs are the node's pod ranges: every advertised prefix must lie
-	// inside one of them, so a bad config cannot hijack someone else's range.
+	// inside one of them or one of Policy.ServiceRanges, so a bad config
+	// cannot hijack someone else's range.
 	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
 	// Prefixes are advertised to every peer of the prefix's address family.
 	// All of them are health-coupled (see the package doc).
@@ -61,6 +62,35 @@ type Desired struct {
 type Policy struct {
 	// Peers are the per-peer policies, one per peer address at most.
 	Peers []PeerPolicy `json:"peers,omitempty"`
+	// ServiceRanges are where the node may originate service addresses,
+	// per kind: a prefix inside one is of that kind, sent only to the
+	// peers whose SERVICE advertisement lists the kind (see Resolve).
+	ServiceRanges []ServiceRange `json:"serviceRanges,omitempty"`
+}
+
+// ServiceRange is a range of service addresses of one kind.
+type ServiceRange struct {
+	Kind peering.ServiceKind `json:"kind"`
+	CIDR netip.Prefix        `json:"cidr"`
+}
+
+func compareServiceRange(a, b ServiceRange) int {
+	if a.Kind != b.Kind {
+		return int(a.Kind) - int(b.Kind)
+	}
+	return comparePrefix(a.CIDR, b.CIDR)
+}
+
+// serviceKindOf is the kind of the first service range holding p (ranges
+// in Kind order), or 0.
+func (p Policy) serviceKindOf(c netip.Prefix) peering.ServiceKind {
+	var best peering.ServiceKind
+	for _, r := range p.ServiceRanges {
+		if r.CIDR.Bits() <= c.Bits() && r.CIDR.Contains(c.Addr()) && (best == 0 || r.Kind < best) {
+			best = r.Kind
+		}
+	}
+	return best
 }
 
 // PeerPolicy is the routing policy of the session with one peer.
@@ -295,6 +325,11 @@ func (d *Desired) Validate() error {
 		seenPolicy[pp.Address] = i
 	}
 
+	for i, r := range d.Policy.ServiceRanges {
+		if !r.CIDR.IsValid() || r.CIDR != r.CIDR.Masked() || r.Kind == 0 || int(r.Kind) > len(peering.ServiceKinds) {
+			bad(fmt.Sprintf("policy.serviceRanges[%d]", i), r.CIDR, "must be a canonical prefix of a service kind")
+		}
+	}
 	for i, c := range d.PodCIDRs {
 		if !c.IsValid() || c != c.Masked() {
 			bad(fmt.Sprintf("podCIDRs[%d]", i), c, "must be a canonical prefix (host bits zero)")
@@ -311,8 +346,8 @@ func (d *Desired) Validate() error {
 			bad(field(), p.CIDR, "host bits must be zero (did you mean %s?)", p.CIDR.Masked())
 		case p.CIDR.Addr().Is4In6() || p.CIDR.Addr().Zone() != "":
 			bad(field(), p.CIDR, "must be a plain IPv4 or IPv6 prefix")
-		case !insideAny(p.CIDR, d.PodCIDRs):
-			bad(field(), p.CIDR, "not inside the node's pod CIDRs %v", d.PodCIDRs)
+		case !insideAny(p.CIDR, d.PodCIDRs) && d.Policy.serviceKindOf(p.CIDR) == 0:
+			bad(field(), p.CIDR, "not inside the node's pod CIDRs %v nor a service range", d.PodCIDRs)
 		default:
 			if j, dup := seenPrefix[p.CIDR]; dup {
 				bad(field(), p.CIDR, "duplicate of prefixes[%d]", j)
@@ -327,7 +362,7 @@ func (d *Desired) Validate() error {
 }
 
 func (d *Desired) isEmptyOtherwise() bool {
-	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0 && len(d.Policy.Peers) == 0
+	return !d.RouterID.IsValid() && len(d.Peers) == 0 && len(d.Prefixes) == 0 && len(d.Policy.Peers) == 0 && len(d.Policy.ServiceRanges) == 0
 }
 
 func asnProblem(asn uint32) string { return peering.ASNProblem(asn) }

@@ -282,7 +282,7 @@ func normalizePolicy(p Policy) Policy {
 		if pp.Advertise != nil {
 			adv := make([]peering.Advertisement, len(pp.Advertise))
 			for i, a := range pp.Advertise {
-				adv[i] = peering.Advertisement{Class: a.Class, Attributes: normalizeAttributes(a.Attributes)}
+				adv[i] = peering.Advertisement{Class: a.Class, Attributes: normalizeAttributes(a.Attributes), Service: a.Service}
 			}
 			slices.SortFunc(adv, func(a, b peering.Advertisement) int { return cmp.Compare(a.Class, b.Class) })
 			pp.Advertise = adv
@@ -290,6 +290,11 @@ func normalizePolicy(p Policy) Policy {
 		out.Peers = append(out.Peers, pp)
 	}
 	slices.SortFunc(out.Peers, func(a, b PeerPolicy) int { return a.Address.Compare(b.Address) })
+	if len(p.ServiceRanges) > 0 {
+		out.ServiceRanges = slices.Clone(p.ServiceRanges)
+		slices.SortFunc(out.ServiceRanges, compareServiceRange)
+		out.ServiceRanges = slices.Compact(out.ServiceRanges)
+	}
 	return out
 }
 
@@ -311,9 +316,9 @@ func policyEqual(a, b Policy) bool {
 		return x.Address == y.Address && slices.Equal(x.Export, y.Export) && slices.Equal(x.Import, y.Import) &&
 			attributesEqual(x.Attributes, y.Attributes) && (x.Advertise == nil) == (y.Advertise == nil) &&
 			slices.EqualFunc(x.Advertise, y.Advertise, func(p, q peering.Advertisement) bool {
-				return p.Class == q.Class && attributesEqual(p.Attributes, q.Attributes)
+				return p.Class == q.Class && attributesEqual(p.Attributes, q.Attributes) && p.Service.Equal(q.Service)
 			})
-	})
+	}) && slices.Equal(a.ServiceRanges, b.ServiceRanges)
 }
 
 func attributesEqual(a, b peering.Attributes) bool {

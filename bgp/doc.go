@@ -44,7 +44,29 @@
 // ToR, or the ToR one of the node) when it is equal; optional TCP-MD5,
 // eBGP multihop, hold and keepalive timers and graceful restart per peer.
 // Changing a password resets the session (TCP-MD5 keys cannot change under
-// a live connection): change it at the ToR and in the file together.
+// a live connection): change it at the ToR and at the source together. A
+// password comes from a file on the node (SetPasswords) or from a Secret
+// in the node's cluster (SetSecretPasswords): that cluster's syncer reads
+// the Secret and hands its value to the control-plane replicas, which keep
+// it in memory (never in the Raft log) and stream it only to the agents
+// of the nodes the peer selects. Either way a password that cannot be had
+// now (a missing file, a Secret not pushed yet after a replica restart)
+// keeps the last good one, so no session drops for it; a Secret changed
+// to a new value resets the session with the new key.
+//
+// # Service addresses
+//
+// A peer whose advertisements list the SERVICE class receives the service
+// addresses of the kinds it lists (load-balancer IPs and external IPs
+// inside the CIDRs it lists, cluster IPs as the cluster's service CIDRs or
+// one host route each), resolved per node from the cluster's
+// ServiceAdvertisements, which the cluster's syncer writes from Services
+// and EndpointSlices (resolveServices): with externalTrafficPolicy Local a
+// node advertises a Service's /32 or /128 only while it has a ready
+// backend of it, so the ToR holds one ECMP next hop per such node and
+// withdraws the route with the last one; otherwise every node advertises
+// it. The speaker's policy sends a kind's ranges to no other peer
+// (cluster-level peers and peer objects without the class included).
 //
 // # Graceful restart (RFC 4724)
 //

@@ -162,6 +162,7 @@ func apiPolicies(d *Desired) *api.SetPoliciesRequest {
 	c := policyCompiler{}
 	// A GoBGP prefix set holds one family: a class has a set per family.
 	classSets := map[peering.PrefixClass][]string{}
+	kindSets := map[peering.ServiceKind][]string{}
 	for _, fam := range []struct {
 		name string
 		is4  bool
@@ -181,6 +182,37 @@ func apiPolicies(d *Desired) *api.SetPoliciesRequest {
 	imp := &api.Policy{Name: importPolicyName}
 	for _, t := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
 		export.Statements = append(export.Statements, c.statement(&api.Conditions{RouteType: t}, &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}))
+	}
+	// Service addresses go only to the peers whose SERVICE advertisement
+	// lists their kind: a kind's ranges are rejected for every other
+	// neighbor (cluster-level peers and peer objects without the class
+	// included), before any per-peer statement can accept.
+	for _, kind := range peering.ServiceKinds {
+		var optIn []string
+		for _, pp := range d.Policy.Peers {
+			if slices.ContainsFunc(pp.Advertise, func(a peering.Advertisement) bool {
+				return a.Class == peering.ClassService && slices.Contains(a.Service.Kinds(), kind)
+			}) {
+				optIn = append(optIn, netip.PrefixFrom(pp.Address, pp.Address.BitLen()).String())
+			}
+		}
+		sets := c.serviceSets(kind, d.Policy.ServiceRanges)
+		if len(sets) == 0 {
+			continue
+		}
+		classSets[peering.ClassService] = append(classSets[peering.ClassService], sets...)
+		kindSets[kind] = sets
+		for _, set := range sets {
+			cond := &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: set}}
+			if len(optIn) > 0 {
+				nb := "fedmesh-svc-peers-" + kind.String()
+				if !slices.ContainsFunc(c.sets, func(s *api.DefinedSet) bool { return s.Name == nb }) {
+					c.sets = append(c.sets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nb, List: optIn})
+				}
+				cond.NeighborSet = &api.MatchSet{Type: api.MatchSet_TYPE_INVERT, Name: nb}
+			}
+			export.Statements = append(export.Statements, c.statement(cond, &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}))
+		}
 	}
 	for i, pp := range d.Policy.Peers {
 		nb := fmt.Sprintf("fedmesh-peer-%d", i)
@@ -209,7 +241,16 @@ func apiPolicies(d *Desired) *api.SetPoliciesRequest {
 			if a.Attributes.Empty() {
 				continue
 			}
-			for _, set := range classSets[a.Class] {
+			sets := classSets[a.Class]
+			if a.Class == peering.ClassService {
+				// Only the kinds this peer is sent: a kind it is not sent
+				// was rejected above.
+				sets = nil
+				for _, k := range a.Service.Kinds() {
+					sets = append(sets, kindSets[k]...)
+				}
+			}
+			for _, set := range sets {
 				export.Statements = append(export.Statements, c.statement(peer(set), apiAttributes(a.Attributes)))
 			}
 		}
@@ -221,6 +262,29 @@ func apiPolicies(d *Desired) *api.SetPoliciesRequest {
 		}
 	}
 	return &api.SetPoliciesRequest{DefinedSets: c.sets, Policies: []*api.Policy{export, imp}}
+}
+
+// serviceSets defines the prefix sets of one service kind's ranges (one
+// per family: a GoBGP prefix set holds one), each matching the range and
+// every longer prefix inside it, and returns their names.
+func (c *policyCompiler) serviceSets(kind peering.ServiceKind, ranges []ServiceRange) []string {
+	var names []string
+	for _, fam := range []struct {
+		name string
+		is4  bool
+	}{{"v4", true}, {"v6", false}} {
+		set := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: "fedmesh-class-svc-" + kind.String() + "-" + fam.name}
+		for _, r := range ranges {
+			if r.Kind == kind && r.CIDR.Addr().Is4() == fam.is4 {
+				set.Prefixes = append(set.Prefixes, &api.Prefix{IpPrefix: r.CIDR.String(), MaskLengthMin: uint32(r.CIDR.Bits()), MaskLengthMax: uint32(r.CIDR.Addr().BitLen())})
+			}
+		}
+		if len(set.Prefixes) > 0 {
+			c.sets = append(c.sets, set)
+			names = append(names, set.Name)
+		}
+	}
+	return names
 }
 
 // policyAssignments assign the speaker's policies to the global RIB.

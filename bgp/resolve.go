@@ -23,6 +23,9 @@ type NodeBGP struct {
 	PodCIDRs []string
 	Peers    []*fedmeshv1.BGPPeerConfig
 	Filters  []*fedmeshv1.BGPFilter
+	// Services are the node's cluster's service advertisements (what its
+	// syncer saw of Services and their ready backends' nodes).
+	Services []*fedmeshv1.ServiceAdvertisement
 }
 
 // Resolved is a node's desired speaker state before the node's own I/O:
@@ -33,6 +36,10 @@ type Resolved struct {
 	// PasswordFiles maps a peer's address to the file on the node that
 	// holds its TCP-MD5 password.
 	PasswordFiles map[netip.Addr]string
+	// PasswordSecrets maps a peer's address to the peer object whose
+	// password is a Secret reference: the control plane hands the node
+	// that password by the peer's name (SetSecretPasswords).
+	PasswordSecrets map[netip.Addr]string
 	// Problems say what could not be resolved, one sentence each, sorted;
 	// the sessions concerned are left out (never configured half-way, e.g.
 	// without the filters they name).
@@ -55,6 +62,8 @@ type Resolved struct {
 //     peer's localAsn, else the speaker's.
 //   - A peer's filters (in order) become its export and import rules, its
 //     attributes and advertisements its per-peer policy.
+//   - The service addresses the peers advertise (their SERVICE class) are
+//     resolved for this node from in.Services (resolveServices).
 //
 // Invalid cluster settings are an error (as FromCluster's); everything
 // about peer objects is a problem that leaves the session out. Pure.
@@ -190,10 +199,17 @@ func Resolve(in NodeBGP) (Resolved, error) {
 			}
 			out.PasswordFiles[s.Address] = s.PasswordFile
 		}
+		if s.PasswordSecret != nil {
+			if out.PasswordSecrets == nil {
+				out.PasswordSecrets = map[netip.Addr]string{}
+			}
+			out.PasswordSecrets[s.Address] = s.Name
+		}
 		if !pol.empty() {
 			d.Policy.Peers = append(d.Policy.Peers, pol)
 		}
 	}
+	out.Problems = append(out.Problems, resolveServices(&d, in.Cluster, in.Node.GetName(), in.Services)...)
 	return finish(out, d)
 }
 
@@ -220,6 +236,18 @@ func cmpOr(a, b uint32) uint32 {
 // with no password yet and an unreadable file is left out. It returns the
 // problems met.
 func SetPasswords(d *Desired, files map[netip.Addr]string, prev *Desired, read func(path string) (string, error)) []string {
+	return setPasswords(d, files, prev, "password file", read)
+}
+
+// SetSecretPasswords is SetPasswords for the peers whose password is a
+// Secret reference (Resolved.PasswordSecrets: address to peer name):
+// lookup returns the password the control plane handed the node for a
+// peer, or why it has none. The last good password is kept likewise.
+func SetSecretPasswords(d *Desired, secrets map[netip.Addr]string, prev *Desired, lookup func(peer string) (string, error)) []string {
+	return setPasswords(d, secrets, prev, "password Secret of", lookup)
+}
+
+func setPasswords(d *Desired, files map[netip.Addr]string, prev *Desired, what string, read func(string) (string, error)) []string {
 	var problems []string
 	old := map[netip.Addr]string{}
 	if prev != nil {
@@ -243,12 +271,12 @@ func SetPasswords(d *Desired, files map[netip.Addr]string, prev *Desired, read f
 		case err != nil:
 			name := p.Name
 			if prevPW, had := old[p.Address]; had && prevPW != "" {
-				problems = append(problems, fmt.Sprintf("peer %s: password file %s: %v; keeping the password read before", name, path, err))
+				problems = append(problems, fmt.Sprintf("peer %s: %s %s: %v; keeping the password read before", name, what, path, err))
 				p.Password = prevPW
 				kept = append(kept, p)
 				continue
 			}
-			problems = append(problems, fmt.Sprintf("peer %s: password file %s: %v; session left out", name, path, err))
+			problems = append(problems, fmt.Sprintf("peer %s: %s %s: %v; session left out", name, what, path, err))
 			d.Policy.Peers = slices.DeleteFunc(d.Policy.Peers, func(pp PeerPolicy) bool { return pp.Address == p.Address })
 			continue
 		}

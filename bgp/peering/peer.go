@@ -32,11 +32,17 @@ type PrefixClass uint8
 // Prefix classes.
 const (
 	ClassPodCIDR PrefixClass = iota + 1
+	// ClassService is service addresses; never sent to a peer that does
+	// not list it.
+	ClassService
 )
 
 func (c PrefixClass) String() string {
-	if c == ClassPodCIDR {
+	switch c {
+	case ClassPodCIDR:
 		return "pod-cidr"
+	case ClassService:
+		return "service"
 	}
 	return fmt.Sprintf("class(%d)", uint8(c))
 }
@@ -60,6 +66,8 @@ func (a Attributes) Empty() bool {
 type Advertisement struct {
 	Class      PrefixClass
 	Attributes Attributes
+	// Service says which addresses the ClassService carries.
+	Service ServiceAddresses
 }
 
 // Peer is a parsed BGPPeerConfig: everything but what depends on the node
@@ -82,10 +90,13 @@ type Peer struct {
 	MultihopTTL          uint8
 	RouteReflectorClient bool
 	PasswordFile         string
-	Filters              []string
-	Attributes           Attributes
+	// PasswordSecret is the Secret key holding the password, in the
+	// cluster of each node the peer selects; nil when none.
+	PasswordSecret *SecretRef
+	Filters        []string
+	Attributes     Attributes
 	// Advertisements list the classes advertised; nil means pod CIDRs
-	// with no further attributes.
+	// with no further attributes (never service addresses).
 	Advertisements []Advertisement
 }
 
@@ -199,10 +210,13 @@ func ParsePeer(p *field.Path, pb *fedmeshv1.BGPPeerConfig) (Peer, field.ErrorLis
 				out.PasswordFile = f
 			}
 		case *fedmeshv1.BGPPasswordRef_Secret:
-			errs = append(errs, field.Forbidden(pp.Child("secret"),
-				"Secret references are not served yet (no syncer delivers them to nodes); put the password in a file on the nodes and use password.file"))
+			ref, e := parseSecretRef(pp.Child("secret"), src.Secret)
+			errs = append(errs, e...)
+			if len(e) == 0 {
+				out.PasswordSecret = &ref
+			}
 		default:
-			errs = append(errs, field.Required(pp, "set file (a path on the node) or leave password out"))
+			errs = append(errs, field.Required(pp, "set file (a path on the node) or secret (a Secret key in the node's cluster), or leave password out"))
 		}
 	}
 	fp := p.Child("filters")
@@ -228,9 +242,13 @@ func ParsePeer(p *field.Path, pb *fedmeshv1.BGPPeerConfig) (Peer, field.ErrorLis
 		switch a.GetClass() {
 		case fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_POD_CIDR:
 			adv.Class = ClassPodCIDR
+		case fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_SERVICE:
+			adv.Class = ClassService
 		default:
-			errs = append(errs, field.NotSupported(ip.Child("class"), a.GetClass().String(), []string{"BGP_PREFIX_CLASS_POD_CIDR"}))
+			errs = append(errs, field.NotSupported(ip.Child("class"), a.GetClass().String(), []string{"BGP_PREFIX_CLASS_POD_CIDR", "BGP_PREFIX_CLASS_SERVICE"}))
 		}
+		adv.Service, e = parseServiceAddresses(ip.Child("service"), adv.Class, a.GetService())
+		errs = append(errs, e...)
 		if slices.ContainsFunc(out.Advertisements, func(o Advertisement) bool { return o.Class == adv.Class && adv.Class != 0 }) {
 			errs = append(errs, field.Duplicate(ip.Child("class"), a.GetClass().String()))
 		}

@@ -106,9 +106,27 @@ func TestValidatePeerRejectsBadInputNamingTheField(t *testing.T) {
 			p.Password.Source = &fedmeshv1.BGPPasswordRef_File{File: "/etc/../pw"}
 		}, "peer.password.file"},
 		{"password reference without a source", func(p *fedmeshv1.BGPPeerConfig) { p.Password = &fedmeshv1.BGPPasswordRef{} }, "peer.password"},
-		{"secret reference (not served)", func(p *fedmeshv1.BGPPeerConfig) {
-			p.Password.Source = &fedmeshv1.BGPPasswordRef_Secret{Secret: &fedmeshv1.BGPSecretKeyRef{Namespace: "kube-system", Name: "bgp", Key: "tor"}}
-		}, "peer.password.secret"},
+		{"secret reference without a key", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Password.Source = &fedmeshv1.BGPPasswordRef_Secret{Secret: &fedmeshv1.BGPSecretKeyRef{Namespace: "kube-system", Name: "bgp"}}
+		}, "peer.password.secret.key"},
+		{"secret reference with a bad namespace", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Password.Source = &fedmeshv1.BGPPasswordRef_Secret{Secret: &fedmeshv1.BGPSecretKeyRef{Namespace: "Kube System", Name: "bgp", Key: "tor"}}
+		}, "peer.password.secret.namespace"},
+		{"service class without addresses", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Advertisements = []*fedmeshv1.BGPAdvertisement{{Class: fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_SERVICE}}
+		}, "peer.advertisements[0].service"},
+		{"service addresses on the pod class", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Advertisements = []*fedmeshv1.BGPAdvertisement{{Class: fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_POD_CIDR,
+				Service: &fedmeshv1.BGPServiceAddresses{LoadBalancerIpCidrs: []string{"203.0.113.0/24"}}}}
+		}, "peer.advertisements[0].service"},
+		{"load-balancer range not canonical", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Advertisements = []*fedmeshv1.BGPAdvertisement{{Class: fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_SERVICE,
+				Service: &fedmeshv1.BGPServiceAddresses{LoadBalancerIpCidrs: []string{"203.0.113.1/24"}}}}
+		}, "peer.advertisements[0].service.loadBalancerIpCidrs[0]"},
+		{"external range not a CIDR", func(p *fedmeshv1.BGPPeerConfig) {
+			p.Advertisements = []*fedmeshv1.BGPAdvertisement{{Class: fedmeshv1.BGPPrefixClass_BGP_PREFIX_CLASS_SERVICE,
+				Service: &fedmeshv1.BGPServiceAddresses{ExternalIpCidrs: []string{"nope"}}}}
+		}, "peer.advertisements[0].service.externalIpCidrs[0]"},
 		{"filter name not a DNS label", func(p *fedmeshv1.BGPPeerConfig) { p.Filters[1] = "No Default" }, "peer.filters[1]"},
 		{"duplicate filter", func(p *fedmeshv1.BGPPeerConfig) { p.Filters[1] = p.Filters[0] }, "peer.filters[1]"},
 		{"bad community", func(p *fedmeshv1.BGPPeerConfig) { p.Attributes.Communities[0] = "65536:1" }, "peer.attributes.communities[0]"},

@@ -176,6 +176,38 @@ var rules = map[string]rule{
 	fedmeshv1.BGPService_GetBGPFilter_FullMethodName:    bgpRead,
 	fedmeshv1.BGPService_ListBGPFilters_FullMethodName:  bgpRead,
 	fedmeshv1.BGPService_GetBGPStatus_FullMethodName:    adminOnly,
+	fedmeshv1.BGPService_SyncServiceAdvertisements_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.SyncServiceAdvertisementsRequest)
+		out := []string{r.GetCluster()}
+		for _, a := range r.GetPuts() {
+			if a.GetCluster() != "" {
+				out = append(out, a.GetCluster())
+			}
+		}
+		return out, ok
+	}),
+	// A cluster's syncer pushes the Secret values its cluster's peers
+	// reference; only a node's own agent receives its passwords (not even
+	// an admin: Get, List and Watch show admins the reference only).
+	fedmeshv1.BGPService_PushBGPSecrets_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.PushBGPSecretsRequest)
+		return []string{r.GetCluster()}, ok
+	}),
+	fedmeshv1.BGPService_WatchBGPPasswords_FullMethodName: func(p Principal, m string, req any) error {
+		r, ok := req.(*fedmeshv1.WatchBGPPasswordsRequest)
+		if p.Kind == KindNode && (req == nil || ok && p.Cluster == r.GetCluster() && p.Node == r.GetNode()) {
+			return nil // a stream's handler narrows to the node's own (req unknown here)
+		}
+		return deny(p, m, "only the node's own agent receives its BGP passwords")
+	},
+	fedmeshv1.BGPService_ListServiceAdvertisements_FullMethodName: clusterMember(func(req any) (string, bool) {
+		r, ok := req.(*fedmeshv1.ListServiceAdvertisementsRequest)
+		return r.GetCluster(), ok
+	}),
+	fedmeshv1.BGPService_WatchServiceAdvertisements_FullMethodName: clusterMember(func(req any) (string, bool) {
+		r, ok := req.(*fedmeshv1.WatchServiceAdvertisementsRequest)
+		return r.GetCluster(), ok
+	}),
 
 	methodListMembers:      anyRead,
 	methodGetReplicaStatus: anyRead,
@@ -369,4 +401,28 @@ func applyClusterPolicies(p Principal, m string, req any) error {
 		}
 	}
 	return nil
+}
+
+// clusterMember admits admins, and the syncer and node agents of the
+// cluster the request names (what only that cluster's parts may read:
+// its service advertisements).
+func clusterMember(target func(req any) (string, bool)) rule {
+	return func(p Principal, m string, req any) error {
+		if p.Kind == KindAdmin {
+			return nil
+		}
+		if req == nil && (p.Kind == KindSyncer || p.Kind == KindNode) {
+			// A stream's request is not known here: its handler narrows
+			// to the principal's own cluster.
+			return nil
+		}
+		c, ok := target(req)
+		if !ok {
+			return deny(p, m, fmt.Sprintf("request of type %T is not the RPC's", req))
+		}
+		if (p.Kind == KindSyncer || p.Kind == KindNode) && p.Cluster == c {
+			return nil
+		}
+		return deny(p, m, fmt.Sprintf("only an admin or cluster %q's syncer and agents may", c))
+	}
 }

@@ -133,6 +133,19 @@ var matrix = map[string]matrixRow{
 	fedmeshv1.BGPService_GetBGPFilter_FullMethodName:    {func(string) any { return &fedmeshv1.GetBGPFilterRequest{} }, bgpReaders},
 	fedmeshv1.BGPService_ListBGPFilters_FullMethodName:  {func(string) any { return &fedmeshv1.ListBGPFiltersRequest{} }, bgpReaders},
 	fedmeshv1.BGPService_GetBGPStatus_FullMethodName:    {func(string) any { return &fedmeshv1.GetBGPStatusRequest{} }, onlyAdmin},
+	fedmeshv1.BGPService_SyncServiceAdvertisements_FullMethodName: {func(c string) any {
+		return &fedmeshv1.SyncServiceAdvertisementsRequest{Cluster: c}
+	}, []string{"admin", "syncer/a"}},
+	fedmeshv1.BGPService_ListServiceAdvertisements_FullMethodName: {func(c string) any {
+		return &fedmeshv1.ListServiceAdvertisementsRequest{Cluster: c}
+	}, []string{"admin", "syncer/a", "node/a/n1", "node/a/n2"}},
+	fedmeshv1.BGPService_WatchServiceAdvertisements_FullMethodName: {func(c string) any {
+		return &fedmeshv1.WatchServiceAdvertisementsRequest{Cluster: c}
+	}, []string{"admin", "syncer/a", "node/a/n1", "node/a/n2"}},
+	fedmeshv1.BGPService_PushBGPSecrets_FullMethodName: {func(c string) any { return &fedmeshv1.PushBGPSecretsRequest{Cluster: c} }, []string{"admin", "syncer/a"}},
+	fedmeshv1.BGPService_WatchBGPPasswords_FullMethodName: {func(c string) any {
+		return &fedmeshv1.WatchBGPPasswordsRequest{Cluster: c, Node: "n1"}
+	}, []string{"node/a/n1"}},
 	fedmeshv1.WatchService_Watch_FullMethodName: {func(c string) any {
 		return &fedmeshv1.WatchRequest{Filter: &fedmeshv1.WatchFilter{Clusters: []string{c}}}
 	}, reads},

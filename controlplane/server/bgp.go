@@ -30,7 +30,8 @@ func init() {
 
 type bgpService struct {
 	fedmeshv1.UnimplementedBGPServiceServer
-	c *Core
+	c       *Core
+	secrets secretStore // Secret passwords, in memory only (bgpsecrets.go)
 }
 
 // bgpWritable refuses BGP writes until every replica of the configuration

@@ -48,6 +48,8 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 		store.CmdApplyBGPPeer: {&fedmeshv1.ApplyBGPPeerRequest{Peer: &fedmeshv1.BGPPeerConfig{Name: "tor", Address: "198.18.1.1", Asn: 65000}},
 			&fedmeshv1.ApplyBGPPeerRequest{Peer: &fedmeshv1.BGPPeerConfig{Name: "tor", Address: "198.18.1.1", Asn: 23456}}},
 		store.CmdDeleteBGPPeer: {&fedmeshv1.DeleteBGPPeerRequest{Name: "tor"}, &fedmeshv1.DeleteBGPPeerRequest{}},
+		store.CmdSyncServiceAdvertisements: {&fedmeshv1.SyncServiceAdvertisementsRequest{Cluster: "a", Puts: []*fedmeshv1.ServiceAdvertisement{{Namespace: "x", Name: "s", LoadBalancerIps: []string{"203.0.113.1"}}}},
+			&fedmeshv1.SyncServiceAdvertisementsRequest{Cluster: "a", Puts: []*fedmeshv1.ServiceAdvertisement{{Namespace: "x", Name: "s", LoadBalancerIps: []string{"203.0.113"}}}}},
 		store.CmdApplyBGPFilter: {&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f"}},
 			&fedmeshv1.ApplyBGPFilterRequest{Filter: &fedmeshv1.BGPFilter{Name: "f", ExportV4: []*fedmeshv1.BGPFilterRule{{Cidr: "10.0.0.0/8"}}}}},
 		store.CmdDeleteBGPFilter: {&fedmeshv1.DeleteBGPFilterRequest{Name: "f"}, &fedmeshv1.DeleteBGPFilterRequest{Name: "F F"}},

@@ -37,10 +37,14 @@ const (
 	// LogFormatBGP adds the BGP peer and filter commands (CmdApplyBGPPeer
 	// and the rest, bgppeers.go), which the edge refuses until then.
 	LogFormatBGP = 4
-	// LogFormat is the newest format this binary applies. Format 5
-	// (LogFormatClusterPolicies, clusterpolicies.go) adds the
+	// Format 5 (LogFormatClusterPolicies, clusterpolicies.go) adds the
 	// ClusterNetworkPolicy commands.
-	LogFormat = LogFormatClusterPolicies
+	//
+	// LogFormatServiceAdvertisements adds CmdSyncServiceAdvertisements
+	// (svcadverts.go), which the edge refuses until then.
+	LogFormatServiceAdvertisements = 7
+	// LogFormat is the newest format this binary applies.
+	LogFormat = LogFormatServiceAdvertisements
 )
 
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per

@@ -80,6 +80,7 @@ func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest)
 	}
 	delete(s.policies, name)
 	s.deleteClusterPolicies(tx, name)
+	s.adverts.dropCluster(tx, name) // svcadverts.go
 	for _, k := range []genKind{genEndpoints, genExports, genPolicies} {
 		delete(s.gens, genKey{owner: name, kind: k})
 	}

@@ -281,6 +281,7 @@ func init() {
 	register(CmdConsumeJoinToken, "ConsumeJoinToken", true, (*State).applyConsumeJoinToken)
 	registerBGP()
 	registerClusterPolicies()
+	registerServiceAdvertisements()
 	registerDescriptions()
 }
 

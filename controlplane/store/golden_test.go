@@ -291,6 +291,7 @@ func goldenScenario() []goldenStep {
 	add("resync generation going back: rejected", cnp("a", &fedmeshv1.ResyncMarker{Generation: 1}, guard))
 	add("grouped entry: delete prod-guard, then a missing one",
 		delCNP("", "prod-guard"), delCNP("a", "nope"))
+	steps = append(steps, goldenServiceAdvertisementSteps(add)...)
 	return steps
 }
 
@@ -313,6 +314,8 @@ func goldenPrincipal(c Command) string {
 	case *fedmeshv1.ExportServicesRequest:
 		return syncer(p.GetCluster())
 	case *fedmeshv1.UnexportServiceRequest:
+		return syncer(p.GetCluster())
+	case *fedmeshv1.SyncServiceAdvertisementsRequest:
 		return syncer(p.GetCluster())
 	case *fedmeshv1.ApplyPoliciesRequest:
 		if p.GetCluster() != "" {
@@ -547,6 +550,16 @@ func goldenState(t *testing.T, s *State, withLog bool) string {
 		fmt.Fprintf(&b, "\naudit log (%d records):\n", len(recs))
 		for _, r := range recs {
 			b.WriteString("  " + protoLine(t, r) + "\n")
+		}
+	}
+	// Service advertisements (log format 7) exist only in newer logs.
+	if cs := sortedKeys(s.adverts.byCluster); len(cs) > 0 {
+		b.WriteString("\nservice advertisements:\n")
+		for _, c := range cs {
+			fmt.Fprintf(&b, "  cluster %s:\n", c)
+			for _, a := range s.ServiceAdvertisements(c) {
+				b.WriteString("    " + protoLine(t, a) + "\n")
+			}
 		}
 	}
 	b.WriteString("\nmembers:\n")

@@ -33,7 +33,9 @@ import (
 // likewise written only once there are some (log format 4).
 // Version 6 adds the ClusterNetworkPolicies (recClusterPolicy, log format
 // 5), likewise.
-const SnapshotVersion = SnapshotVersionClusterPolicies
+// Version 7 adds service advertisements (recServiceAdvert, svcadverts.go),
+// likewise written only once there are some (log format 7).
+const SnapshotVersion = SnapshotVersionServiceAdvertisements
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -107,6 +109,7 @@ func (s *State) Freeze() Frozen {
 		usedTokens: make(map[[16]byte]int64, len(s.usedTokens)),
 		bgp:        s.bgp.clone(),
 		cnp:        s.cnp.clone(),
+		adverts:    s.adverts.clone(),
 	}
 	for k, v := range s.usedTokens {
 		c.usedTokens[k] = v
@@ -165,6 +168,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	if !s.cnp.empty() {
 		h.Version = SnapshotVersionClusterPolicies
 	}
+	if !s.adverts.empty() {
+		h.Version = SnapshotVersionServiceAdvertisements
+	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
 	}
@@ -222,6 +228,7 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	}
 	s.bgp.write(&rw)
 	s.cnp.write(&rw)
+	s.adverts.write(&rw)
 	rw.raw(recEnd, nil)
 	if rw.err != nil {
 		return cw.n, fmt.Errorf("write snapshot: %w", rw.err)
@@ -404,9 +411,16 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 					ce.resyncGen, ce.lastSync = md.ResyncGen, md.LastSync
 				}
 			}
+			s.adverts.restored(s.rev)
 			s.log = NewEventLog(logSize, s.rev)
 			return s, nil
 		default:
+			if ok, err := s.adverts.read(recKind(kind), b); ok {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if ok, err := s.bgp.read(recKind(kind), b); ok {
 				if err != nil {
 					return nil, err

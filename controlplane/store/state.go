@@ -106,7 +106,8 @@ type State struct {
 	log        *EventLog
 	audit      *AuditLog
 	bgp        bgpState
-	cnp        cnpState // ClusterNetworkPolicies (clusterpolicies.go)
+	cnp        cnpState    // ClusterNetworkPolicies (clusterpolicies.go)
+	adverts    advertState // svcadverts.go
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -135,6 +136,7 @@ func NewState(logSize int) *State {
 		audit:      &AuditLog{},
 		bgp:        newBGPState(),
 		cnp:        cnpState{},
+		adverts:    newAdvertState(),
 		intern:     map[string]string{},
 	}
 }

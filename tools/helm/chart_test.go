@@ -211,6 +211,40 @@ func TestSyncerRBACIsExactlyWhatItUses(t *testing.T) {
 	}
 }
 
+// The syncer may get exactly the Secrets listed as BGP password Secrets,
+// each in its namespace by name, and no other Secret (the ClusterRole
+// grants none: TestSyncerRBACIsExactlyWhatItUses).
+func TestSyncerGetsOnlyTheListedBGPPasswordSecrets(t *testing.T) {
+	out, err := render(t, "--set", "syncer.bgpPasswordSecrets[0].namespace=kube-system", "--set", "syncer.bgpPasswordSecrets[0].name=bgp-tor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, out)
+	var role rbacv1.Role
+	find(t, objs, "Role", "fedmesh-syncer-bgp-bgp-tor", &role)
+	if role.Namespace != "kube-system" || len(role.Rules) != 1 {
+		t.Fatalf("role %+v", role)
+	}
+	r := role.Rules[0]
+	if !slices.Equal(r.Resources, []string{"secrets"}) || !slices.Equal(r.Verbs, []string{"get"}) || !slices.Equal(r.ResourceNames, []string{"bgp-tor"}) {
+		t.Errorf("rule %+v: want get on secrets/bgp-tor only", r)
+	}
+	var rb rbacv1.RoleBinding
+	find(t, objs, "RoleBinding", "fedmesh-syncer-bgp-bgp-tor", &rb)
+	if rb.RoleRef.Name != role.Name || len(rb.Subjects) != 1 || rb.Subjects[0].Name != "fedmesh-syncer" {
+		t.Errorf("binding %+v", rb)
+	}
+	def, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objects(t, def) {
+		if o.GetKind() == "Role" || o.GetKind() == "RoleBinding" {
+			t.Errorf("default values render %s %s: no Secret access unless listed", o.GetKind(), o.GetName())
+		}
+	}
+}
+
 func TestAgentRunsWithBoundedPrivilegeAndMeansEnforcingWhenReady(t *testing.T) {
 	out, err := render(t)
 	if err != nil {

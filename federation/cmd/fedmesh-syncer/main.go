@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -138,6 +139,26 @@ func run(ctx context.Context, o options) error {
 		}()
 		defer srv.Close()
 	}
+	// BGP: service advertisements, and Secret passwords pushed to every
+	// replica (each holds them in memory only), so one connection each.
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	bs := &syncer.BGPSync{Cluster: o.cluster, Kube: kube, Adverts: fedmeshv1.NewBGPServiceClient(conn), Log: log}
+	for _, a := range addrs {
+		rc, err := dial([]string{a}, creds.DialOption())
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		bs.Replicas = append(bs.Replicas, fedmeshv1.NewBGPServiceClient(rc))
+	}
+	go func() {
+		if err := bs.Run(ctx); err != nil {
+			log.Error("BGP sync stopped", "err", err)
+		}
+	}()
 	log.Info("fedmesh-syncer starting", "cluster", o.cluster, "controlplane", o.controlPlane, "version", buildinfo.Version())
 	return s.Run(ctx)
 }

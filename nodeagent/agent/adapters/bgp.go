@@ -2,6 +2,7 @@ package adapters
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,7 +26,13 @@ type BGP struct {
 	// ReadPassword reads a password file (default: the file, at most 4 KiB).
 	ReadPassword func(path string) (string, error)
 
-	last *bgp.Desired // what the last successful Apply applied; sync goroutine only
+	// applyMu serializes resolving and applying: Apply (the sync
+	// goroutine), SetServices and SetPasswords (their follow goroutines).
+	applyMu   sync.Mutex
+	last      *bgp.Desired     // what the last successful apply applied
+	cfg       *agent.BGPConfig // the last config Apply was given
+	services  []*fedmeshv1.ServiceAdvertisement
+	passwords map[string]*fedmeshv1.BGPPeerPassword // by peer name
 
 	mu       sync.Mutex
 	problems []string
@@ -51,6 +58,54 @@ func readPasswordFile(path string) (string, error) {
 // speaker. What it cannot resolve of the peer objects is logged and
 // reported (Problems); the other sessions go ahead.
 func (b *BGP) Apply(ctx context.Context, cfg agent.BGPConfig) error {
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	b.cfg = &cfg
+	return b.apply(ctx)
+}
+
+// SetServices replaces the cluster's service advertisements (the control
+// plane's WatchServiceAdvertisements) and re-applies the last config.
+func (b *BGP) SetServices(ctx context.Context, s []*fedmeshv1.ServiceAdvertisement) error {
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	b.services = s
+	if b.cfg == nil {
+		return nil // the first Apply uses them
+	}
+	return b.apply(ctx)
+}
+
+// SetPasswords replaces the node's Secret-referenced peer passwords (the
+// control plane's WatchBGPPasswords) and re-applies the last config. A
+// peer whose password is missing or carries an error keeps the password
+// it had (bgp.SetSecretPasswords).
+func (b *BGP) SetPasswords(ctx context.Context, pws []*fedmeshv1.BGPPeerPassword) error {
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	b.passwords = make(map[string]*fedmeshv1.BGPPeerPassword, len(pws))
+	for _, p := range pws {
+		b.passwords[p.GetPeer()] = p
+	}
+	if b.cfg == nil {
+		return nil
+	}
+	return b.apply(ctx)
+}
+
+func (b *BGP) secretPassword(peer string) (string, error) {
+	p := b.passwords[peer]
+	switch {
+	case p == nil:
+		return "", errors.New("not received from the control plane yet (the cluster's syncer reads the Secret)")
+	case p.GetError() != "":
+		return "", errors.New(p.GetError())
+	}
+	return string(p.GetPassword()), nil
+}
+
+func (b *BGP) apply(ctx context.Context) error {
+	cfg := *b.cfg
 	routerID := cfg.RouterID
 	if !routerID.Is4() {
 		routerID = netip.IPv4Unspecified()
@@ -59,7 +114,7 @@ func (b *BGP) Apply(ctx context.Context, cfg agent.BGPConfig) error {
 	if cluster == nil && cfg.Settings != nil {
 		cluster = &fedmeshv1.Cluster{Bgp: cfg.Settings}
 	}
-	r, err := bgp.Resolve(bgp.NodeBGP{Cluster: cluster, Node: cfg.Node, RouterID: routerID, PodCIDRs: cfg.PodCIDRs, Peers: cfg.Peers, Filters: cfg.Filters})
+	r, err := bgp.Resolve(bgp.NodeBGP{Cluster: cluster, Node: cfg.Node, RouterID: routerID, PodCIDRs: cfg.PodCIDRs, Peers: cfg.Peers, Filters: cfg.Filters, Services: b.services})
 	if err != nil {
 		return fmt.Errorf("resolve the node's BGP peers: %w", err)
 	}
@@ -69,6 +124,7 @@ func (b *BGP) Apply(ctx context.Context, cfg agent.BGPConfig) error {
 	}
 	d := r.Desired
 	problems := append(r.Problems, bgp.SetPasswords(&d, r.PasswordFiles, b.last, read)...)
+	problems = append(problems, bgp.SetSecretPasswords(&d, r.PasswordSecrets, b.last, b.secretPassword)...)
 	slices.Sort(problems)
 	b.setProblems(problems)
 	if _, err := b.Speaker.Apply(ctx, d); err != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // options are the command-line flags.
@@ -283,7 +284,20 @@ func run(ctx context.Context, o *options) error {
 			cancel()
 			<-stopped
 		}()
-		deps.BGP = &adapters.BGP{Speaker: sp, Log: log}
+		port := &adapters.BGP{Speaker: sp, Log: log}
+		deps.BGP = port
+		// Service addresses and Secret passwords arrive on streams of
+		// their own (nodeagent/agent/bgpstreams.go).
+		go client.FollowServiceAdvertisements(bctx, o.cluster, log, func(s []*fedmeshv1.ServiceAdvertisement) {
+			if err := port.SetServices(bctx, s); err != nil {
+				log.Error("apply BGP service advertisements; the next change retries", "err", err)
+			}
+		})
+		go client.FollowBGPPasswords(bctx, o.cluster, o.node, log, func(p []*fedmeshv1.BGPPeerPassword) {
+			if err := port.SetPasswords(bctx, p); err != nil {
+				log.Error("apply BGP passwords; the next change retries", "err", err)
+			}
+		})
 	}
 
 	// Flow records: verdict events attributed to their deciding rule and

@@ -30,6 +30,9 @@ const (
 	BGPPrefixClass_BGP_PREFIX_CLASS_UNSPECIFIED BGPPrefixClass = 0
 	// BGP_PREFIX_CLASS_POD_CIDR is the node's pod CIDRs.
 	BGPPrefixClass_BGP_PREFIX_CLASS_POD_CIDR BGPPrefixClass = 1
+	// BGP_PREFIX_CLASS_SERVICE is service addresses (BGPAdvertisement.service
+	// says which): never sent to a peer that does not list this class.
+	BGPPrefixClass_BGP_PREFIX_CLASS_SERVICE BGPPrefixClass = 2
 )
 
 // Enum value maps for BGPPrefixClass.
@@ -37,10 +40,12 @@ var (
 	BGPPrefixClass_name = map[int32]string{
 		0: "BGP_PREFIX_CLASS_UNSPECIFIED",
 		1: "BGP_PREFIX_CLASS_POD_CIDR",
+		2: "BGP_PREFIX_CLASS_SERVICE",
 	}
 	BGPPrefixClass_value = map[string]int32{
 		"BGP_PREFIX_CLASS_UNSPECIFIED": 0,
 		"BGP_PREFIX_CLASS_POD_CIDR":    1,
+		"BGP_PREFIX_CLASS_SERVICE":     2,
 	}
 )
 
@@ -69,6 +74,115 @@ func (x BGPPrefixClass) Number() protoreflect.EnumNumber {
 // Deprecated: Use BGPPrefixClass.Descriptor instead.
 func (BGPPrefixClass) EnumDescriptor() ([]byte, []int) {
 	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{0}
+}
+
+// BGPClusterIPAdvertisement is how a node advertises cluster IPs.
+type BGPClusterIPAdvertisement int32
+
+const (
+	// BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED advertises no cluster IP.
+	BGPClusterIPAdvertisement_BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED BGPClusterIPAdvertisement = 0
+	// BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR advertises the cluster's
+	// service CIDRs from every node, and the cluster IPs of Services with
+	// externalTrafficPolicy Local as /32 or /128 from their nodes (Calico).
+	BGPClusterIPAdvertisement_BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR BGPClusterIPAdvertisement = 1
+	// BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES advertises every cluster IP
+	// inside the cluster's service CIDRs as a /32 or /128.
+	BGPClusterIPAdvertisement_BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES BGPClusterIPAdvertisement = 2
+)
+
+// Enum value maps for BGPClusterIPAdvertisement.
+var (
+	BGPClusterIPAdvertisement_name = map[int32]string{
+		0: "BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED",
+		1: "BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR",
+		2: "BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES",
+	}
+	BGPClusterIPAdvertisement_value = map[string]int32{
+		"BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED":  0,
+		"BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR": 1,
+		"BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES":    2,
+	}
+)
+
+func (x BGPClusterIPAdvertisement) Enum() *BGPClusterIPAdvertisement {
+	p := new(BGPClusterIPAdvertisement)
+	*p = x
+	return p
+}
+
+func (x BGPClusterIPAdvertisement) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BGPClusterIPAdvertisement) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedmesh_v1_bgp_proto_enumTypes[1].Descriptor()
+}
+
+func (BGPClusterIPAdvertisement) Type() protoreflect.EnumType {
+	return &file_fedmesh_v1_bgp_proto_enumTypes[1]
+}
+
+func (x BGPClusterIPAdvertisement) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BGPClusterIPAdvertisement.Descriptor instead.
+func (BGPClusterIPAdvertisement) EnumDescriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{1}
+}
+
+// ServiceTrafficPolicy is a Service's externalTrafficPolicy.
+type ServiceTrafficPolicy int32
+
+const (
+	// SERVICE_TRAFFIC_POLICY_UNSPECIFIED is CLUSTER.
+	ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_UNSPECIFIED ServiceTrafficPolicy = 0
+	// SERVICE_TRAFFIC_POLICY_CLUSTER: every node forwards to any backend.
+	ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_CLUSTER ServiceTrafficPolicy = 1
+	// SERVICE_TRAFFIC_POLICY_LOCAL: a node forwards only to its own backends.
+	ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_LOCAL ServiceTrafficPolicy = 2
+)
+
+// Enum value maps for ServiceTrafficPolicy.
+var (
+	ServiceTrafficPolicy_name = map[int32]string{
+		0: "SERVICE_TRAFFIC_POLICY_UNSPECIFIED",
+		1: "SERVICE_TRAFFIC_POLICY_CLUSTER",
+		2: "SERVICE_TRAFFIC_POLICY_LOCAL",
+	}
+	ServiceTrafficPolicy_value = map[string]int32{
+		"SERVICE_TRAFFIC_POLICY_UNSPECIFIED": 0,
+		"SERVICE_TRAFFIC_POLICY_CLUSTER":     1,
+		"SERVICE_TRAFFIC_POLICY_LOCAL":       2,
+	}
+)
+
+func (x ServiceTrafficPolicy) Enum() *ServiceTrafficPolicy {
+	p := new(ServiceTrafficPolicy)
+	*p = x
+	return p
+}
+
+func (x ServiceTrafficPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServiceTrafficPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedmesh_v1_bgp_proto_enumTypes[2].Descriptor()
+}
+
+func (ServiceTrafficPolicy) Type() protoreflect.EnumType {
+	return &file_fedmesh_v1_bgp_proto_enumTypes[2]
+}
+
+func (x ServiceTrafficPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServiceTrafficPolicy.Descriptor instead.
+func (ServiceTrafficPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{2}
 }
 
 // BGPFilterMatchOperator compares a route's prefix with a rule's CIDR.
@@ -112,11 +226,11 @@ func (x BGPFilterMatchOperator) String() string {
 }
 
 func (BGPFilterMatchOperator) Descriptor() protoreflect.EnumDescriptor {
-	return file_fedmesh_v1_bgp_proto_enumTypes[1].Descriptor()
+	return file_fedmesh_v1_bgp_proto_enumTypes[3].Descriptor()
 }
 
 func (BGPFilterMatchOperator) Type() protoreflect.EnumType {
-	return &file_fedmesh_v1_bgp_proto_enumTypes[1]
+	return &file_fedmesh_v1_bgp_proto_enumTypes[3]
 }
 
 func (x BGPFilterMatchOperator) Number() protoreflect.EnumNumber {
@@ -125,7 +239,7 @@ func (x BGPFilterMatchOperator) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BGPFilterMatchOperator.Descriptor instead.
 func (BGPFilterMatchOperator) EnumDescriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{1}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{3}
 }
 
 // BGPFilterAction is what a matching rule does.
@@ -165,11 +279,11 @@ func (x BGPFilterAction) String() string {
 }
 
 func (BGPFilterAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_fedmesh_v1_bgp_proto_enumTypes[2].Descriptor()
+	return file_fedmesh_v1_bgp_proto_enumTypes[4].Descriptor()
 }
 
 func (BGPFilterAction) Type() protoreflect.EnumType {
-	return &file_fedmesh_v1_bgp_proto_enumTypes[2]
+	return &file_fedmesh_v1_bgp_proto_enumTypes[4]
 }
 
 func (x BGPFilterAction) Number() protoreflect.EnumNumber {
@@ -178,7 +292,7 @@ func (x BGPFilterAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BGPFilterAction.Descriptor instead.
 func (BGPFilterAction) EnumDescriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{2}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{4}
 }
 
 // BGPPeerConfig is one router (typically a top-of-rack switch) that the
@@ -223,8 +337,9 @@ type BGPPeerConfig struct {
 	// RouteReflectorClient makes the router a route-reflector client of the
 	// node (iBGP only; the node reflects routes to it).
 	RouteReflectorClient bool `protobuf:"varint,13,opt,name=route_reflector_client,json=routeReflectorClient,proto3" json:"route_reflector_client,omitempty"`
-	// Password enables TCP-MD5 (RFC 2385) with a password the node reads
-	// itself. Changing it resets the session: both ends must change together.
+	// Password enables TCP-MD5 (RFC 2385) with a password from a file on the
+	// node or a Secret in its cluster. Changing it resets the session: both
+	// ends must change together.
 	Password *BGPPasswordRef `protobuf:"bytes,14,opt,name=password,proto3" json:"password,omitempty"`
 	// Filters are BGPFilter names applied in order: the first rule that
 	// matches a route, across them, decides; a route no rule matches is
@@ -535,9 +650,11 @@ type BGPPasswordRef_File struct {
 }
 
 type BGPPasswordRef_Secret struct {
-	// Secret is a Secret in the member cluster. Not served yet: the
-	// control plane refuses it (INVALID_ARGUMENT) until syncers deliver
-	// such secrets to their nodes.
+	// Secret is a Secret in the member cluster of each selected node. That
+	// cluster's syncer reads it (get on that Secret) and hands the value
+	// to the control plane outside the Raft log; the control plane hands
+	// it only to the agents of the nodes the peer selects
+	// (WatchBGPPasswords). Get, List and Watch show only this reference.
 	Secret *BGPSecretKeyRef `protobuf:"bytes,2,opt,name=secret,proto3,oneof"`
 }
 
@@ -681,7 +798,11 @@ type BGPAdvertisement struct {
 	Class BGPPrefixClass `protobuf:"varint,1,opt,name=class,proto3,enum=fedmesh.v1.BGPPrefixClass" json:"class,omitempty"`
 	// Attributes added to this class's routes, on top of the peer's
 	// (communities add up; this local preference wins).
-	Attributes    *BGPRouteAttributes `protobuf:"bytes,2,opt,name=attributes,proto3" json:"attributes,omitempty"`
+	Attributes *BGPRouteAttributes `protobuf:"bytes,2,opt,name=attributes,proto3" json:"attributes,omitempty"`
+	// Service says which service addresses the SERVICE class carries (as
+	// Calico's serviceClusterIPs, serviceExternalIPs and
+	// serviceLoadBalancerIPs); set only with that class.
+	Service       *BGPServiceAddresses `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +851,916 @@ func (x *BGPAdvertisement) GetAttributes() *BGPRouteAttributes {
 	return nil
 }
 
+func (x *BGPAdvertisement) GetService() *BGPServiceAddresses {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+// BGPServiceAddresses selects the service addresses a node advertises. An
+// address is advertised as a /32 or /128 only when it lies inside a listed
+// CIDR (so a Service cannot make nodes announce someone else's range); a
+// node advertises the union of what the peers selecting it list, and each
+// such peer receives every address of the kinds it lists. With
+// externalTrafficPolicy Local a node advertises a Service's addresses only
+// while it has a ready backend of it (the ToR sees one ECMP next hop per
+// such node); otherwise every node does.
+type BGPServiceAddresses struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ClusterIps says how cluster IPs are advertised.
+	ClusterIps BGPClusterIPAdvertisement `protobuf:"varint,1,opt,name=cluster_ips,json=clusterIps,proto3,enum=fedmesh.v1.BGPClusterIPAdvertisement" json:"cluster_ips,omitempty"`
+	// ExternalIpCidrs bound the Services' externalIPs advertised.
+	ExternalIpCidrs []string `protobuf:"bytes,2,rep,name=external_ip_cidrs,json=externalIpCidrs,proto3" json:"external_ip_cidrs,omitempty"`
+	// LoadBalancerIpCidrs bound the LoadBalancer ingress IPs advertised.
+	LoadBalancerIpCidrs []string `protobuf:"bytes,3,rep,name=load_balancer_ip_cidrs,json=loadBalancerIpCidrs,proto3" json:"load_balancer_ip_cidrs,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *BGPServiceAddresses) Reset() {
+	*x = BGPServiceAddresses{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPServiceAddresses) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPServiceAddresses) ProtoMessage() {}
+
+func (x *BGPServiceAddresses) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPServiceAddresses.ProtoReflect.Descriptor instead.
+func (*BGPServiceAddresses) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BGPServiceAddresses) GetClusterIps() BGPClusterIPAdvertisement {
+	if x != nil {
+		return x.ClusterIps
+	}
+	return BGPClusterIPAdvertisement_BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED
+}
+
+func (x *BGPServiceAddresses) GetExternalIpCidrs() []string {
+	if x != nil {
+		return x.ExternalIpCidrs
+	}
+	return nil
+}
+
+func (x *BGPServiceAddresses) GetLoadBalancerIpCidrs() []string {
+	if x != nil {
+		return x.LoadBalancerIpCidrs
+	}
+	return nil
+}
+
+// ServiceAdvertisement is what the nodes of one cluster need to advertise
+// one Service's addresses: written by that cluster's syncer from the
+// Service and its EndpointSlices, read by that cluster's agents.
+type ServiceAdvertisement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster the Service belongs to (the server fills it from the request).
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Namespace of the Service.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the Service.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// ClusterIps are spec.clusterIPs.
+	ClusterIps []string `protobuf:"bytes,4,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"`
+	// ExternalIps are spec.externalIPs.
+	ExternalIps []string `protobuf:"bytes,5,rep,name=external_ips,json=externalIps,proto3" json:"external_ips,omitempty"`
+	// LoadBalancerIps are status.loadBalancer.ingress[].ip.
+	LoadBalancerIps []string `protobuf:"bytes,6,rep,name=load_balancer_ips,json=loadBalancerIps,proto3" json:"load_balancer_ips,omitempty"`
+	// ExternalTrafficPolicy is spec.externalTrafficPolicy.
+	ExternalTrafficPolicy ServiceTrafficPolicy `protobuf:"varint,7,opt,name=external_traffic_policy,json=externalTrafficPolicy,proto3,enum=fedmesh.v1.ServiceTrafficPolicy" json:"external_traffic_policy,omitempty"`
+	// ReadyNodes are the nodes with a ready backend (EndpointSlice endpoints
+	// with conditions.ready and nodeName), sorted, unique.
+	ReadyNodes []string `protobuf:"bytes,8,rep,name=ready_nodes,json=readyNodes,proto3" json:"ready_nodes,omitempty"`
+	// Meta carries the server-assigned revisions.
+	Meta          *ObjectMeta `protobuf:"bytes,9,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceAdvertisement) Reset() {
+	*x = ServiceAdvertisement{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAdvertisement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAdvertisement) ProtoMessage() {}
+
+func (x *ServiceAdvertisement) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAdvertisement.ProtoReflect.Descriptor instead.
+func (*ServiceAdvertisement) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServiceAdvertisement) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ServiceAdvertisement) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceAdvertisement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceAdvertisement) GetClusterIps() []string {
+	if x != nil {
+		return x.ClusterIps
+	}
+	return nil
+}
+
+func (x *ServiceAdvertisement) GetExternalIps() []string {
+	if x != nil {
+		return x.ExternalIps
+	}
+	return nil
+}
+
+func (x *ServiceAdvertisement) GetLoadBalancerIps() []string {
+	if x != nil {
+		return x.LoadBalancerIps
+	}
+	return nil
+}
+
+func (x *ServiceAdvertisement) GetExternalTrafficPolicy() ServiceTrafficPolicy {
+	if x != nil {
+		return x.ExternalTrafficPolicy
+	}
+	return ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_UNSPECIFIED
+}
+
+func (x *ServiceAdvertisement) GetReadyNodes() []string {
+	if x != nil {
+		return x.ReadyNodes
+	}
+	return nil
+}
+
+func (x *ServiceAdvertisement) GetMeta() *ObjectMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+// ServiceAdvertisementKey names one ServiceAdvertisement of a cluster.
+type ServiceAdvertisementKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace of the Service.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the Service.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceAdvertisementKey) Reset() {
+	*x = ServiceAdvertisementKey{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAdvertisementKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAdvertisementKey) ProtoMessage() {}
+
+func (x *ServiceAdvertisementKey) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAdvertisementKey.ProtoReflect.Descriptor instead.
+func (*ServiceAdvertisementKey) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ServiceAdvertisementKey) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceAdvertisementKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// SyncServiceAdvertisementsRequest changes one cluster's advertisements.
+type SyncServiceAdvertisementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster whose advertisements change.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Puts create or replace advertisements.
+	Puts []*ServiceAdvertisement `protobuf:"bytes,2,rep,name=puts,proto3" json:"puts,omitempty"`
+	// Deletes remove advertisements (a missing one is not an error).
+	Deletes []*ServiceAdvertisementKey `protobuf:"bytes,3,rep,name=deletes,proto3" json:"deletes,omitempty"`
+	// Replace removes every advertisement of the cluster not in puts.
+	Replace       bool `protobuf:"varint,4,opt,name=replace,proto3" json:"replace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncServiceAdvertisementsRequest) Reset() {
+	*x = SyncServiceAdvertisementsRequest{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncServiceAdvertisementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncServiceAdvertisementsRequest) ProtoMessage() {}
+
+func (x *SyncServiceAdvertisementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncServiceAdvertisementsRequest.ProtoReflect.Descriptor instead.
+func (*SyncServiceAdvertisementsRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SyncServiceAdvertisementsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *SyncServiceAdvertisementsRequest) GetPuts() []*ServiceAdvertisement {
+	if x != nil {
+		return x.Puts
+	}
+	return nil
+}
+
+func (x *SyncServiceAdvertisementsRequest) GetDeletes() []*ServiceAdvertisementKey {
+	if x != nil {
+		return x.Deletes
+	}
+	return nil
+}
+
+func (x *SyncServiceAdvertisementsRequest) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
+// SyncServiceAdvertisementsResponse returns the revision of the write.
+type SyncServiceAdvertisementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Revision the write committed at.
+	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncServiceAdvertisementsResponse) Reset() {
+	*x = SyncServiceAdvertisementsResponse{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncServiceAdvertisementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncServiceAdvertisementsResponse) ProtoMessage() {}
+
+func (x *SyncServiceAdvertisementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncServiceAdvertisementsResponse.ProtoReflect.Descriptor instead.
+func (*SyncServiceAdvertisementsResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SyncServiceAdvertisementsResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// ListServiceAdvertisementsRequest names a cluster.
+type ListServiceAdvertisementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster whose advertisements are listed.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServiceAdvertisementsRequest) Reset() {
+	*x = ListServiceAdvertisementsRequest{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServiceAdvertisementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServiceAdvertisementsRequest) ProtoMessage() {}
+
+func (x *ListServiceAdvertisementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServiceAdvertisementsRequest.ProtoReflect.Descriptor instead.
+func (*ListServiceAdvertisementsRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListServiceAdvertisementsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// ListServiceAdvertisementsResponse returns advertisements sorted by
+// namespace and name.
+type ListServiceAdvertisementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Advertisements of the cluster.
+	Advertisements []*ServiceAdvertisement `protobuf:"bytes,1,rep,name=advertisements,proto3" json:"advertisements,omitempty"`
+	// Revision of the store the read was served at.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServiceAdvertisementsResponse) Reset() {
+	*x = ListServiceAdvertisementsResponse{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServiceAdvertisementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServiceAdvertisementsResponse) ProtoMessage() {}
+
+func (x *ListServiceAdvertisementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServiceAdvertisementsResponse.ProtoReflect.Descriptor instead.
+func (*ListServiceAdvertisementsResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListServiceAdvertisementsResponse) GetAdvertisements() []*ServiceAdvertisement {
+	if x != nil {
+		return x.Advertisements
+	}
+	return nil
+}
+
+func (x *ListServiceAdvertisementsResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// WatchServiceAdvertisementsRequest names a cluster.
+type WatchServiceAdvertisementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster whose advertisements are watched.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchServiceAdvertisementsRequest) Reset() {
+	*x = WatchServiceAdvertisementsRequest{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchServiceAdvertisementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchServiceAdvertisementsRequest) ProtoMessage() {}
+
+func (x *WatchServiceAdvertisementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchServiceAdvertisementsRequest.ProtoReflect.Descriptor instead.
+func (*WatchServiceAdvertisementsRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchServiceAdvertisementsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// WatchServiceAdvertisementsResponse is the cluster's whole set.
+type WatchServiceAdvertisementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Advertisements of the cluster, sorted by namespace and name.
+	Advertisements []*ServiceAdvertisement `protobuf:"bytes,1,rep,name=advertisements,proto3" json:"advertisements,omitempty"`
+	// Revision of the store the set was read at.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchServiceAdvertisementsResponse) Reset() {
+	*x = WatchServiceAdvertisementsResponse{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchServiceAdvertisementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchServiceAdvertisementsResponse) ProtoMessage() {}
+
+func (x *WatchServiceAdvertisementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchServiceAdvertisementsResponse.ProtoReflect.Descriptor instead.
+func (*WatchServiceAdvertisementsResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchServiceAdvertisementsResponse) GetAdvertisements() []*ServiceAdvertisement {
+	if x != nil {
+		return x.Advertisements
+	}
+	return nil
+}
+
+func (x *WatchServiceAdvertisementsResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// BGPSecretValue is the value of one Secret key a peer password references.
+type BGPSecretValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ref names the Secret key.
+	Ref *BGPSecretKeyRef `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Value of the key (at most 80 bytes, TCP-MD5's limit).
+	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Error says why the syncer could not read it (value then empty).
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPSecretValue) Reset() {
+	*x = BGPSecretValue{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPSecretValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPSecretValue) ProtoMessage() {}
+
+func (x *BGPSecretValue) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPSecretValue.ProtoReflect.Descriptor instead.
+func (*BGPSecretValue) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BGPSecretValue) GetRef() *BGPSecretKeyRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+func (x *BGPSecretValue) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *BGPSecretValue) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// PushBGPSecretsRequest carries a cluster's whole set of referenced
+// Secret values.
+type PushBGPSecretsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster the Secrets are in.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Secrets are every Secret key the cluster's selected peers reference.
+	Secrets       []*BGPSecretValue `protobuf:"bytes,2,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBGPSecretsRequest) Reset() {
+	*x = PushBGPSecretsRequest{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBGPSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBGPSecretsRequest) ProtoMessage() {}
+
+func (x *PushBGPSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBGPSecretsRequest.ProtoReflect.Descriptor instead.
+func (*PushBGPSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PushBGPSecretsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *PushBGPSecretsRequest) GetSecrets() []*BGPSecretValue {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// PushBGPSecretsResponse says which Secret keys the cluster's syncer
+// should push: those referenced by peers that select a node of the
+// cluster, so it reads no other Secret.
+type PushBGPSecretsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Wanted are the referenced keys, sorted, unique.
+	Wanted        []*BGPSecretKeyRef `protobuf:"bytes,1,rep,name=wanted,proto3" json:"wanted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushBGPSecretsResponse) Reset() {
+	*x = PushBGPSecretsResponse{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushBGPSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushBGPSecretsResponse) ProtoMessage() {}
+
+func (x *PushBGPSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushBGPSecretsResponse.ProtoReflect.Descriptor instead.
+func (*PushBGPSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PushBGPSecretsResponse) GetWanted() []*BGPSecretKeyRef {
+	if x != nil {
+		return x.Wanted
+	}
+	return nil
+}
+
+// WatchBGPPasswordsRequest names the caller's node.
+type WatchBGPPasswordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster of the node.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Node name.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBGPPasswordsRequest) Reset() {
+	*x = WatchBGPPasswordsRequest{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBGPPasswordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBGPPasswordsRequest) ProtoMessage() {}
+
+func (x *WatchBGPPasswordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBGPPasswordsRequest.ProtoReflect.Descriptor instead.
+func (*WatchBGPPasswordsRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchBGPPasswordsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *WatchBGPPasswordsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// BGPPeerPassword is the password of one peer for one node.
+type BGPPeerPassword struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Peer is the BGPPeerConfig name.
+	Peer string `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	// Password is the Secret key's value; empty when unknown yet.
+	Password []byte `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// Error says why the password is unknown.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BGPPeerPassword) Reset() {
+	*x = BGPPeerPassword{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BGPPeerPassword) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BGPPeerPassword) ProtoMessage() {}
+
+func (x *BGPPeerPassword) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BGPPeerPassword.ProtoReflect.Descriptor instead.
+func (*BGPPeerPassword) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BGPPeerPassword) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *BGPPeerPassword) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *BGPPeerPassword) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// WatchBGPPasswordsResponse is the node's whole set of Secret passwords.
+type WatchBGPPasswordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Passwords of the peers that select the node and reference a Secret,
+	// sorted by peer.
+	Passwords     []*BGPPeerPassword `protobuf:"bytes,1,rep,name=passwords,proto3" json:"passwords,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBGPPasswordsResponse) Reset() {
+	*x = WatchBGPPasswordsResponse{}
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBGPPasswordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBGPPasswordsResponse) ProtoMessage() {}
+
+func (x *WatchBGPPasswordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBGPPasswordsResponse.ProtoReflect.Descriptor instead.
+func (*WatchBGPPasswordsResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WatchBGPPasswordsResponse) GetPasswords() []*BGPPeerPassword {
+	if x != nil {
+		return x.Passwords
+	}
+	return nil
+}
+
 // BGPPeerConfigStatus is computed on every read.
 type BGPPeerConfigStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -743,7 +1774,7 @@ type BGPPeerConfigStatus struct {
 
 func (x *BGPPeerConfigStatus) Reset() {
 	*x = BGPPeerConfigStatus{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +1786,7 @@ func (x *BGPPeerConfigStatus) String() string {
 func (*BGPPeerConfigStatus) ProtoMessage() {}
 
 func (x *BGPPeerConfigStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +1799,7 @@ func (x *BGPPeerConfigStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPeerConfigStatus.ProtoReflect.Descriptor instead.
 func (*BGPPeerConfigStatus) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{6}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BGPPeerConfigStatus) GetSelectedNodes() uint32 {
@@ -811,7 +1842,7 @@ type BGPFilter struct {
 
 func (x *BGPFilter) Reset() {
 	*x = BGPFilter{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1854,7 @@ func (x *BGPFilter) String() string {
 func (*BGPFilter) ProtoMessage() {}
 
 func (x *BGPFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1867,7 @@ func (x *BGPFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPFilter.ProtoReflect.Descriptor instead.
 func (*BGPFilter) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{7}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BGPFilter) GetName() string {
@@ -902,7 +1933,7 @@ type BGPFilterRule struct {
 
 func (x *BGPFilterRule) Reset() {
 	*x = BGPFilterRule{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1945,7 @@ func (x *BGPFilterRule) String() string {
 func (*BGPFilterRule) ProtoMessage() {}
 
 func (x *BGPFilterRule) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1958,7 @@ func (x *BGPFilterRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPFilterRule.ProtoReflect.Descriptor instead.
 func (*BGPFilterRule) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{8}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BGPFilterRule) GetCidr() string {
@@ -972,7 +2003,7 @@ type BGPPrefixLengthRange struct {
 
 func (x *BGPPrefixLengthRange) Reset() {
 	*x = BGPPrefixLengthRange{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +2015,7 @@ func (x *BGPPrefixLengthRange) String() string {
 func (*BGPPrefixLengthRange) ProtoMessage() {}
 
 func (x *BGPPrefixLengthRange) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +2028,7 @@ func (x *BGPPrefixLengthRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPPrefixLengthRange.ProtoReflect.Descriptor instead.
 func (*BGPPrefixLengthRange) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{9}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BGPPrefixLengthRange) GetMin() uint32 {
@@ -1036,7 +2067,7 @@ type BGPNodeStatus struct {
 
 func (x *BGPNodeStatus) Reset() {
 	*x = BGPNodeStatus{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +2079,7 @@ func (x *BGPNodeStatus) String() string {
 func (*BGPNodeStatus) ProtoMessage() {}
 
 func (x *BGPNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +2092,7 @@ func (x *BGPNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BGPNodeStatus.ProtoReflect.Descriptor instead.
 func (*BGPNodeStatus) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{10}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BGPNodeStatus) GetCluster() string {
@@ -1117,7 +2148,7 @@ type ApplyBGPPeerRequest struct {
 
 func (x *ApplyBGPPeerRequest) Reset() {
 	*x = ApplyBGPPeerRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +2160,7 @@ func (x *ApplyBGPPeerRequest) String() string {
 func (*ApplyBGPPeerRequest) ProtoMessage() {}
 
 func (x *ApplyBGPPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +2173,7 @@ func (x *ApplyBGPPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyBGPPeerRequest.ProtoReflect.Descriptor instead.
 func (*ApplyBGPPeerRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{11}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyBGPPeerRequest) GetPeer() *BGPPeerConfig {
@@ -1165,7 +2196,7 @@ type ApplyBGPPeerResponse struct {
 
 func (x *ApplyBGPPeerResponse) Reset() {
 	*x = ApplyBGPPeerResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +2208,7 @@ func (x *ApplyBGPPeerResponse) String() string {
 func (*ApplyBGPPeerResponse) ProtoMessage() {}
 
 func (x *ApplyBGPPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +2221,7 @@ func (x *ApplyBGPPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyBGPPeerResponse.ProtoReflect.Descriptor instead.
 func (*ApplyBGPPeerResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{12}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyBGPPeerResponse) GetPeer() *BGPPeerConfig {
@@ -1218,7 +2249,7 @@ type GetBGPPeerRequest struct {
 
 func (x *GetBGPPeerRequest) Reset() {
 	*x = GetBGPPeerRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[13]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +2261,7 @@ func (x *GetBGPPeerRequest) String() string {
 func (*GetBGPPeerRequest) ProtoMessage() {}
 
 func (x *GetBGPPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[13]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +2274,7 @@ func (x *GetBGPPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPPeerRequest.ProtoReflect.Descriptor instead.
 func (*GetBGPPeerRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{13}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetBGPPeerRequest) GetName() string {
@@ -1266,7 +2297,7 @@ type GetBGPPeerResponse struct {
 
 func (x *GetBGPPeerResponse) Reset() {
 	*x = GetBGPPeerResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[14]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +2309,7 @@ func (x *GetBGPPeerResponse) String() string {
 func (*GetBGPPeerResponse) ProtoMessage() {}
 
 func (x *GetBGPPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[14]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +2322,7 @@ func (x *GetBGPPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPPeerResponse.ProtoReflect.Descriptor instead.
 func (*GetBGPPeerResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{14}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetBGPPeerResponse) GetPeer() *BGPPeerConfig {
@@ -1317,7 +2348,7 @@ type ListBGPPeersRequest struct {
 
 func (x *ListBGPPeersRequest) Reset() {
 	*x = ListBGPPeersRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[15]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +2360,7 @@ func (x *ListBGPPeersRequest) String() string {
 func (*ListBGPPeersRequest) ProtoMessage() {}
 
 func (x *ListBGPPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[15]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +2373,7 @@ func (x *ListBGPPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBGPPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListBGPPeersRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{15}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{30}
 }
 
 // ListBGPPeersResponse returns peers sorted by name.
@@ -1358,7 +2389,7 @@ type ListBGPPeersResponse struct {
 
 func (x *ListBGPPeersResponse) Reset() {
 	*x = ListBGPPeersResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[16]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +2401,7 @@ func (x *ListBGPPeersResponse) String() string {
 func (*ListBGPPeersResponse) ProtoMessage() {}
 
 func (x *ListBGPPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[16]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +2414,7 @@ func (x *ListBGPPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBGPPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListBGPPeersResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{16}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListBGPPeersResponse) GetPeers() []*BGPPeerConfig {
@@ -1411,7 +2442,7 @@ type DeleteBGPPeerRequest struct {
 
 func (x *DeleteBGPPeerRequest) Reset() {
 	*x = DeleteBGPPeerRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[17]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +2454,7 @@ func (x *DeleteBGPPeerRequest) String() string {
 func (*DeleteBGPPeerRequest) ProtoMessage() {}
 
 func (x *DeleteBGPPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[17]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +2467,7 @@ func (x *DeleteBGPPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBGPPeerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBGPPeerRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{17}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteBGPPeerRequest) GetName() string {
@@ -1457,7 +2488,7 @@ type DeleteBGPPeerResponse struct {
 
 func (x *DeleteBGPPeerResponse) Reset() {
 	*x = DeleteBGPPeerResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[18]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +2500,7 @@ func (x *DeleteBGPPeerResponse) String() string {
 func (*DeleteBGPPeerResponse) ProtoMessage() {}
 
 func (x *DeleteBGPPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[18]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +2513,7 @@ func (x *DeleteBGPPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBGPPeerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBGPPeerResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{18}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteBGPPeerResponse) GetRevision() uint64 {
@@ -1503,7 +2534,7 @@ type ApplyBGPFilterRequest struct {
 
 func (x *ApplyBGPFilterRequest) Reset() {
 	*x = ApplyBGPFilterRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[19]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +2546,7 @@ func (x *ApplyBGPFilterRequest) String() string {
 func (*ApplyBGPFilterRequest) ProtoMessage() {}
 
 func (x *ApplyBGPFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[19]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +2559,7 @@ func (x *ApplyBGPFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyBGPFilterRequest.ProtoReflect.Descriptor instead.
 func (*ApplyBGPFilterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{19}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApplyBGPFilterRequest) GetFilter() *BGPFilter {
@@ -1551,7 +2582,7 @@ type ApplyBGPFilterResponse struct {
 
 func (x *ApplyBGPFilterResponse) Reset() {
 	*x = ApplyBGPFilterResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[20]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +2594,7 @@ func (x *ApplyBGPFilterResponse) String() string {
 func (*ApplyBGPFilterResponse) ProtoMessage() {}
 
 func (x *ApplyBGPFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[20]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +2607,7 @@ func (x *ApplyBGPFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyBGPFilterResponse.ProtoReflect.Descriptor instead.
 func (*ApplyBGPFilterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{20}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApplyBGPFilterResponse) GetFilter() *BGPFilter {
@@ -1604,7 +2635,7 @@ type GetBGPFilterRequest struct {
 
 func (x *GetBGPFilterRequest) Reset() {
 	*x = GetBGPFilterRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[21]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +2647,7 @@ func (x *GetBGPFilterRequest) String() string {
 func (*GetBGPFilterRequest) ProtoMessage() {}
 
 func (x *GetBGPFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[21]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +2660,7 @@ func (x *GetBGPFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPFilterRequest.ProtoReflect.Descriptor instead.
 func (*GetBGPFilterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{21}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetBGPFilterRequest) GetName() string {
@@ -1652,7 +2683,7 @@ type GetBGPFilterResponse struct {
 
 func (x *GetBGPFilterResponse) Reset() {
 	*x = GetBGPFilterResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[22]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +2695,7 @@ func (x *GetBGPFilterResponse) String() string {
 func (*GetBGPFilterResponse) ProtoMessage() {}
 
 func (x *GetBGPFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[22]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +2708,7 @@ func (x *GetBGPFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPFilterResponse.ProtoReflect.Descriptor instead.
 func (*GetBGPFilterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{22}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetBGPFilterResponse) GetFilter() *BGPFilter {
@@ -1703,7 +2734,7 @@ type ListBGPFiltersRequest struct {
 
 func (x *ListBGPFiltersRequest) Reset() {
 	*x = ListBGPFiltersRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[23]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +2746,7 @@ func (x *ListBGPFiltersRequest) String() string {
 func (*ListBGPFiltersRequest) ProtoMessage() {}
 
 func (x *ListBGPFiltersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[23]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +2759,7 @@ func (x *ListBGPFiltersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBGPFiltersRequest.ProtoReflect.Descriptor instead.
 func (*ListBGPFiltersRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{23}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{38}
 }
 
 // ListBGPFiltersResponse returns filters sorted by name.
@@ -1744,7 +2775,7 @@ type ListBGPFiltersResponse struct {
 
 func (x *ListBGPFiltersResponse) Reset() {
 	*x = ListBGPFiltersResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[24]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +2787,7 @@ func (x *ListBGPFiltersResponse) String() string {
 func (*ListBGPFiltersResponse) ProtoMessage() {}
 
 func (x *ListBGPFiltersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[24]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +2800,7 @@ func (x *ListBGPFiltersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBGPFiltersResponse.ProtoReflect.Descriptor instead.
 func (*ListBGPFiltersResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{24}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListBGPFiltersResponse) GetFilters() []*BGPFilter {
@@ -1797,7 +2828,7 @@ type DeleteBGPFilterRequest struct {
 
 func (x *DeleteBGPFilterRequest) Reset() {
 	*x = DeleteBGPFilterRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[25]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2840,7 @@ func (x *DeleteBGPFilterRequest) String() string {
 func (*DeleteBGPFilterRequest) ProtoMessage() {}
 
 func (x *DeleteBGPFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[25]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2853,7 @@ func (x *DeleteBGPFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBGPFilterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBGPFilterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{25}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteBGPFilterRequest) GetName() string {
@@ -1843,7 +2874,7 @@ type DeleteBGPFilterResponse struct {
 
 func (x *DeleteBGPFilterResponse) Reset() {
 	*x = DeleteBGPFilterResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[26]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2886,7 @@ func (x *DeleteBGPFilterResponse) String() string {
 func (*DeleteBGPFilterResponse) ProtoMessage() {}
 
 func (x *DeleteBGPFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[26]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2899,7 @@ func (x *DeleteBGPFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBGPFilterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBGPFilterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{26}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteBGPFilterResponse) GetRevision() uint64 {
@@ -1889,7 +2920,7 @@ type GetBGPStatusRequest struct {
 
 func (x *GetBGPStatusRequest) Reset() {
 	*x = GetBGPStatusRequest{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[27]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2932,7 @@ func (x *GetBGPStatusRequest) String() string {
 func (*GetBGPStatusRequest) ProtoMessage() {}
 
 func (x *GetBGPStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[27]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2945,7 @@ func (x *GetBGPStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetBGPStatusRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{27}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetBGPStatusRequest) GetCluster() string {
@@ -1939,7 +2970,7 @@ type GetBGPStatusResponse struct {
 
 func (x *GetBGPStatusResponse) Reset() {
 	*x = GetBGPStatusResponse{}
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[28]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2982,7 @@ func (x *GetBGPStatusResponse) String() string {
 func (*GetBGPStatusResponse) ProtoMessage() {}
 
 func (x *GetBGPStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_bgp_proto_msgTypes[28]
+	mi := &file_fedmesh_v1_bgp_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2995,7 @@ func (x *GetBGPStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBGPStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetBGPStatusResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{28}
+	return file_fedmesh_v1_bgp_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetBGPStatusResponse) GetNodes() []*BGPNodeStatus {
@@ -2031,12 +3062,68 @@ const file_fedmesh_v1_bgp_proto_rawDesc = "" +
 	"\vcommunities\x18\x01 \x03(\tR\vcommunities\x12+\n" +
 	"\x11large_communities\x18\x02 \x03(\tR\x10largeCommunities\x12.\n" +
 	"\x10local_preference\x18\x03 \x01(\rH\x00R\x0flocalPreference\x88\x01\x01B\x13\n" +
-	"\x11_local_preference\"\x84\x01\n" +
+	"\x11_local_preference\"\xbf\x01\n" +
 	"\x10BGPAdvertisement\x120\n" +
 	"\x05class\x18\x01 \x01(\x0e2\x1a.fedmesh.v1.BGPPrefixClassR\x05class\x12>\n" +
 	"\n" +
 	"attributes\x18\x02 \x01(\v2\x1e.fedmesh.v1.BGPRouteAttributesR\n" +
-	"attributes\"V\n" +
+	"attributes\x129\n" +
+	"\aservice\x18\x03 \x01(\v2\x1f.fedmesh.v1.BGPServiceAddressesR\aservice\"\xbe\x01\n" +
+	"\x13BGPServiceAddresses\x12F\n" +
+	"\vcluster_ips\x18\x01 \x01(\x0e2%.fedmesh.v1.BGPClusterIPAdvertisementR\n" +
+	"clusterIps\x12*\n" +
+	"\x11external_ip_cidrs\x18\x02 \x03(\tR\x0fexternalIpCidrs\x123\n" +
+	"\x16load_balancer_ip_cidrs\x18\x03 \x03(\tR\x13loadBalancerIpCidrs\"\xf9\x02\n" +
+	"\x14ServiceAdvertisement\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1f\n" +
+	"\vcluster_ips\x18\x04 \x03(\tR\n" +
+	"clusterIps\x12!\n" +
+	"\fexternal_ips\x18\x05 \x03(\tR\vexternalIps\x12*\n" +
+	"\x11load_balancer_ips\x18\x06 \x03(\tR\x0floadBalancerIps\x12X\n" +
+	"\x17external_traffic_policy\x18\a \x01(\x0e2 .fedmesh.v1.ServiceTrafficPolicyR\x15externalTrafficPolicy\x12\x1f\n" +
+	"\vready_nodes\x18\b \x03(\tR\n" +
+	"readyNodes\x12*\n" +
+	"\x04meta\x18\t \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\"K\n" +
+	"\x17ServiceAdvertisementKey\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xcb\x01\n" +
+	" SyncServiceAdvertisementsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x124\n" +
+	"\x04puts\x18\x02 \x03(\v2 .fedmesh.v1.ServiceAdvertisementR\x04puts\x12=\n" +
+	"\adeletes\x18\x03 \x03(\v2#.fedmesh.v1.ServiceAdvertisementKeyR\adeletes\x12\x18\n" +
+	"\areplace\x18\x04 \x01(\bR\areplace\"?\n" +
+	"!SyncServiceAdvertisementsResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"<\n" +
+	" ListServiceAdvertisementsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"\x89\x01\n" +
+	"!ListServiceAdvertisementsResponse\x12H\n" +
+	"\x0eadvertisements\x18\x01 \x03(\v2 .fedmesh.v1.ServiceAdvertisementR\x0eadvertisements\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"=\n" +
+	"!WatchServiceAdvertisementsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"\x8a\x01\n" +
+	"\"WatchServiceAdvertisementsResponse\x12H\n" +
+	"\x0eadvertisements\x18\x01 \x03(\v2 .fedmesh.v1.ServiceAdvertisementR\x0eadvertisements\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"k\n" +
+	"\x0eBGPSecretValue\x12-\n" +
+	"\x03ref\x18\x01 \x01(\v2\x1b.fedmesh.v1.BGPSecretKeyRefR\x03ref\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"g\n" +
+	"\x15PushBGPSecretsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x124\n" +
+	"\asecrets\x18\x02 \x03(\v2\x1a.fedmesh.v1.BGPSecretValueR\asecrets\"M\n" +
+	"\x16PushBGPSecretsResponse\x123\n" +
+	"\x06wanted\x18\x01 \x03(\v2\x1b.fedmesh.v1.BGPSecretKeyRefR\x06wanted\"H\n" +
+	"\x18WatchBGPPasswordsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"W\n" +
+	"\x0fBGPPeerPassword\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\fR\bpassword\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"V\n" +
+	"\x19WatchBGPPasswordsResponse\x129\n" +
+	"\tpasswords\x18\x01 \x03(\v2\x1b.fedmesh.v1.BGPPeerPasswordR\tpasswords\"V\n" +
 	"\x13BGPPeerConfigStatus\x12%\n" +
 	"\x0eselected_nodes\x18\x01 \x01(\rR\rselectedNodes\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xab\x02\n" +
@@ -2105,10 +3192,19 @@ const file_fedmesh_v1_bgp_proto_rawDesc = "" +
 	"\x14GetBGPStatusResponse\x12/\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x19.fedmesh.v1.BGPNodeStatusR\x05nodes\x12/\n" +
 	"\x05peers\x18\x02 \x03(\v2\x19.fedmesh.v1.BGPPeerConfigR\x05peers\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision*Q\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision*o\n" +
 	"\x0eBGPPrefixClass\x12 \n" +
 	"\x1cBGP_PREFIX_CLASS_UNSPECIFIED\x10\x00\x12\x1d\n" +
-	"\x19BGP_PREFIX_CLASS_POD_CIDR\x10\x01*\xb0\x01\n" +
+	"\x19BGP_PREFIX_CLASS_POD_CIDR\x10\x01\x12\x1c\n" +
+	"\x18BGP_PREFIX_CLASS_SERVICE\x10\x02*\xa4\x01\n" +
+	"\x19BGPClusterIPAdvertisement\x12,\n" +
+	"(BGP_CLUSTER_IP_ADVERTISEMENT_UNSPECIFIED\x10\x00\x12-\n" +
+	")BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR\x10\x01\x12*\n" +
+	"&BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES\x10\x02*\x84\x01\n" +
+	"\x14ServiceTrafficPolicy\x12&\n" +
+	"\"SERVICE_TRAFFIC_POLICY_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eSERVICE_TRAFFIC_POLICY_CLUSTER\x10\x01\x12 \n" +
+	"\x1cSERVICE_TRAFFIC_POLICY_LOCAL\x10\x02*\xb0\x01\n" +
 	"\x16BGPFilterMatchOperator\x12)\n" +
 	"%BGP_FILTER_MATCH_OPERATOR_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fBGP_FILTER_MATCH_OPERATOR_EQUAL\x10\x01\x12 \n" +
@@ -2117,7 +3213,8 @@ const file_fedmesh_v1_bgp_proto_rawDesc = "" +
 	"\x0fBGPFilterAction\x12!\n" +
 	"\x1dBGP_FILTER_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18BGP_FILTER_ACTION_ACCEPT\x10\x01\x12\x1c\n" +
-	"\x18BGP_FILTER_ACTION_REJECT\x10\x022\x89\x06\n" +
+	"\x18BGP_FILTER_ACTION_REJECT\x10\x022\xb9\n" +
+	"\n" +
 	"\n" +
 	"BGPService\x12Q\n" +
 	"\fApplyBGPPeer\x12\x1f.fedmesh.v1.ApplyBGPPeerRequest\x1a .fedmesh.v1.ApplyBGPPeerResponse\x12K\n" +
@@ -2129,7 +3226,12 @@ const file_fedmesh_v1_bgp_proto_rawDesc = "" +
 	"\fGetBGPFilter\x12\x1f.fedmesh.v1.GetBGPFilterRequest\x1a .fedmesh.v1.GetBGPFilterResponse\x12W\n" +
 	"\x0eListBGPFilters\x12!.fedmesh.v1.ListBGPFiltersRequest\x1a\".fedmesh.v1.ListBGPFiltersResponse\x12Z\n" +
 	"\x0fDeleteBGPFilter\x12\".fedmesh.v1.DeleteBGPFilterRequest\x1a#.fedmesh.v1.DeleteBGPFilterResponse\x12Q\n" +
-	"\fGetBGPStatus\x12\x1f.fedmesh.v1.GetBGPStatusRequest\x1a .fedmesh.v1.GetBGPStatusResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\fGetBGPStatus\x12\x1f.fedmesh.v1.GetBGPStatusRequest\x1a .fedmesh.v1.GetBGPStatusResponse\x12x\n" +
+	"\x19SyncServiceAdvertisements\x12,.fedmesh.v1.SyncServiceAdvertisementsRequest\x1a-.fedmesh.v1.SyncServiceAdvertisementsResponse\x12x\n" +
+	"\x19ListServiceAdvertisements\x12,.fedmesh.v1.ListServiceAdvertisementsRequest\x1a-.fedmesh.v1.ListServiceAdvertisementsResponse\x12}\n" +
+	"\x1aWatchServiceAdvertisements\x12-.fedmesh.v1.WatchServiceAdvertisementsRequest\x1a..fedmesh.v1.WatchServiceAdvertisementsResponse0\x01\x12W\n" +
+	"\x0ePushBGPSecrets\x12!.fedmesh.v1.PushBGPSecretsRequest\x1a\".fedmesh.v1.PushBGPSecretsResponse\x12b\n" +
+	"\x11WatchBGPPasswords\x12$.fedmesh.v1.WatchBGPPasswordsRequest\x1a%.fedmesh.v1.WatchBGPPasswordsResponse0\x01B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_bgp_proto_rawDescOnce sync.Once
@@ -2143,101 +3245,140 @@ func file_fedmesh_v1_bgp_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_bgp_proto_rawDescData
 }
 
-var file_fedmesh_v1_bgp_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedmesh_v1_bgp_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_fedmesh_v1_bgp_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_fedmesh_v1_bgp_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_fedmesh_v1_bgp_proto_goTypes = []any{
-	(BGPPrefixClass)(0),             // 0: fedmesh.v1.BGPPrefixClass
-	(BGPFilterMatchOperator)(0),     // 1: fedmesh.v1.BGPFilterMatchOperator
-	(BGPFilterAction)(0),            // 2: fedmesh.v1.BGPFilterAction
-	(*BGPPeerConfig)(nil),           // 3: fedmesh.v1.BGPPeerConfig
-	(*BGPGracefulRestart)(nil),      // 4: fedmesh.v1.BGPGracefulRestart
-	(*BGPPasswordRef)(nil),          // 5: fedmesh.v1.BGPPasswordRef
-	(*BGPSecretKeyRef)(nil),         // 6: fedmesh.v1.BGPSecretKeyRef
-	(*BGPRouteAttributes)(nil),      // 7: fedmesh.v1.BGPRouteAttributes
-	(*BGPAdvertisement)(nil),        // 8: fedmesh.v1.BGPAdvertisement
-	(*BGPPeerConfigStatus)(nil),     // 9: fedmesh.v1.BGPPeerConfigStatus
-	(*BGPFilter)(nil),               // 10: fedmesh.v1.BGPFilter
-	(*BGPFilterRule)(nil),           // 11: fedmesh.v1.BGPFilterRule
-	(*BGPPrefixLengthRange)(nil),    // 12: fedmesh.v1.BGPPrefixLengthRange
-	(*BGPNodeStatus)(nil),           // 13: fedmesh.v1.BGPNodeStatus
-	(*ApplyBGPPeerRequest)(nil),     // 14: fedmesh.v1.ApplyBGPPeerRequest
-	(*ApplyBGPPeerResponse)(nil),    // 15: fedmesh.v1.ApplyBGPPeerResponse
-	(*GetBGPPeerRequest)(nil),       // 16: fedmesh.v1.GetBGPPeerRequest
-	(*GetBGPPeerResponse)(nil),      // 17: fedmesh.v1.GetBGPPeerResponse
-	(*ListBGPPeersRequest)(nil),     // 18: fedmesh.v1.ListBGPPeersRequest
-	(*ListBGPPeersResponse)(nil),    // 19: fedmesh.v1.ListBGPPeersResponse
-	(*DeleteBGPPeerRequest)(nil),    // 20: fedmesh.v1.DeleteBGPPeerRequest
-	(*DeleteBGPPeerResponse)(nil),   // 21: fedmesh.v1.DeleteBGPPeerResponse
-	(*ApplyBGPFilterRequest)(nil),   // 22: fedmesh.v1.ApplyBGPFilterRequest
-	(*ApplyBGPFilterResponse)(nil),  // 23: fedmesh.v1.ApplyBGPFilterResponse
-	(*GetBGPFilterRequest)(nil),     // 24: fedmesh.v1.GetBGPFilterRequest
-	(*GetBGPFilterResponse)(nil),    // 25: fedmesh.v1.GetBGPFilterResponse
-	(*ListBGPFiltersRequest)(nil),   // 26: fedmesh.v1.ListBGPFiltersRequest
-	(*ListBGPFiltersResponse)(nil),  // 27: fedmesh.v1.ListBGPFiltersResponse
-	(*DeleteBGPFilterRequest)(nil),  // 28: fedmesh.v1.DeleteBGPFilterRequest
-	(*DeleteBGPFilterResponse)(nil), // 29: fedmesh.v1.DeleteBGPFilterResponse
-	(*GetBGPStatusRequest)(nil),     // 30: fedmesh.v1.GetBGPStatusRequest
-	(*GetBGPStatusResponse)(nil),    // 31: fedmesh.v1.GetBGPStatusResponse
-	(*LabelSelector)(nil),           // 32: fedmesh.v1.LabelSelector
-	(*ObjectMeta)(nil),              // 33: fedmesh.v1.ObjectMeta
-	(*BGPPeerStatus)(nil),           // 34: fedmesh.v1.BGPPeerStatus
-	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(BGPPrefixClass)(0),                        // 0: fedmesh.v1.BGPPrefixClass
+	(BGPClusterIPAdvertisement)(0),             // 1: fedmesh.v1.BGPClusterIPAdvertisement
+	(ServiceTrafficPolicy)(0),                  // 2: fedmesh.v1.ServiceTrafficPolicy
+	(BGPFilterMatchOperator)(0),                // 3: fedmesh.v1.BGPFilterMatchOperator
+	(BGPFilterAction)(0),                       // 4: fedmesh.v1.BGPFilterAction
+	(*BGPPeerConfig)(nil),                      // 5: fedmesh.v1.BGPPeerConfig
+	(*BGPGracefulRestart)(nil),                 // 6: fedmesh.v1.BGPGracefulRestart
+	(*BGPPasswordRef)(nil),                     // 7: fedmesh.v1.BGPPasswordRef
+	(*BGPSecretKeyRef)(nil),                    // 8: fedmesh.v1.BGPSecretKeyRef
+	(*BGPRouteAttributes)(nil),                 // 9: fedmesh.v1.BGPRouteAttributes
+	(*BGPAdvertisement)(nil),                   // 10: fedmesh.v1.BGPAdvertisement
+	(*BGPServiceAddresses)(nil),                // 11: fedmesh.v1.BGPServiceAddresses
+	(*ServiceAdvertisement)(nil),               // 12: fedmesh.v1.ServiceAdvertisement
+	(*ServiceAdvertisementKey)(nil),            // 13: fedmesh.v1.ServiceAdvertisementKey
+	(*SyncServiceAdvertisementsRequest)(nil),   // 14: fedmesh.v1.SyncServiceAdvertisementsRequest
+	(*SyncServiceAdvertisementsResponse)(nil),  // 15: fedmesh.v1.SyncServiceAdvertisementsResponse
+	(*ListServiceAdvertisementsRequest)(nil),   // 16: fedmesh.v1.ListServiceAdvertisementsRequest
+	(*ListServiceAdvertisementsResponse)(nil),  // 17: fedmesh.v1.ListServiceAdvertisementsResponse
+	(*WatchServiceAdvertisementsRequest)(nil),  // 18: fedmesh.v1.WatchServiceAdvertisementsRequest
+	(*WatchServiceAdvertisementsResponse)(nil), // 19: fedmesh.v1.WatchServiceAdvertisementsResponse
+	(*BGPSecretValue)(nil),                     // 20: fedmesh.v1.BGPSecretValue
+	(*PushBGPSecretsRequest)(nil),              // 21: fedmesh.v1.PushBGPSecretsRequest
+	(*PushBGPSecretsResponse)(nil),             // 22: fedmesh.v1.PushBGPSecretsResponse
+	(*WatchBGPPasswordsRequest)(nil),           // 23: fedmesh.v1.WatchBGPPasswordsRequest
+	(*BGPPeerPassword)(nil),                    // 24: fedmesh.v1.BGPPeerPassword
+	(*WatchBGPPasswordsResponse)(nil),          // 25: fedmesh.v1.WatchBGPPasswordsResponse
+	(*BGPPeerConfigStatus)(nil),                // 26: fedmesh.v1.BGPPeerConfigStatus
+	(*BGPFilter)(nil),                          // 27: fedmesh.v1.BGPFilter
+	(*BGPFilterRule)(nil),                      // 28: fedmesh.v1.BGPFilterRule
+	(*BGPPrefixLengthRange)(nil),               // 29: fedmesh.v1.BGPPrefixLengthRange
+	(*BGPNodeStatus)(nil),                      // 30: fedmesh.v1.BGPNodeStatus
+	(*ApplyBGPPeerRequest)(nil),                // 31: fedmesh.v1.ApplyBGPPeerRequest
+	(*ApplyBGPPeerResponse)(nil),               // 32: fedmesh.v1.ApplyBGPPeerResponse
+	(*GetBGPPeerRequest)(nil),                  // 33: fedmesh.v1.GetBGPPeerRequest
+	(*GetBGPPeerResponse)(nil),                 // 34: fedmesh.v1.GetBGPPeerResponse
+	(*ListBGPPeersRequest)(nil),                // 35: fedmesh.v1.ListBGPPeersRequest
+	(*ListBGPPeersResponse)(nil),               // 36: fedmesh.v1.ListBGPPeersResponse
+	(*DeleteBGPPeerRequest)(nil),               // 37: fedmesh.v1.DeleteBGPPeerRequest
+	(*DeleteBGPPeerResponse)(nil),              // 38: fedmesh.v1.DeleteBGPPeerResponse
+	(*ApplyBGPFilterRequest)(nil),              // 39: fedmesh.v1.ApplyBGPFilterRequest
+	(*ApplyBGPFilterResponse)(nil),             // 40: fedmesh.v1.ApplyBGPFilterResponse
+	(*GetBGPFilterRequest)(nil),                // 41: fedmesh.v1.GetBGPFilterRequest
+	(*GetBGPFilterResponse)(nil),               // 42: fedmesh.v1.GetBGPFilterResponse
+	(*ListBGPFiltersRequest)(nil),              // 43: fedmesh.v1.ListBGPFiltersRequest
+	(*ListBGPFiltersResponse)(nil),             // 44: fedmesh.v1.ListBGPFiltersResponse
+	(*DeleteBGPFilterRequest)(nil),             // 45: fedmesh.v1.DeleteBGPFilterRequest
+	(*DeleteBGPFilterResponse)(nil),            // 46: fedmesh.v1.DeleteBGPFilterResponse
+	(*GetBGPStatusRequest)(nil),                // 47: fedmesh.v1.GetBGPStatusRequest
+	(*GetBGPStatusResponse)(nil),               // 48: fedmesh.v1.GetBGPStatusResponse
+	(*LabelSelector)(nil),                      // 49: fedmesh.v1.LabelSelector
+	(*ObjectMeta)(nil),                         // 50: fedmesh.v1.ObjectMeta
+	(*BGPPeerStatus)(nil),                      // 51: fedmesh.v1.BGPPeerStatus
+	(*timestamppb.Timestamp)(nil),              // 52: google.protobuf.Timestamp
 }
 var file_fedmesh_v1_bgp_proto_depIdxs = []int32{
-	32, // 0: fedmesh.v1.BGPPeerConfig.cluster_selector:type_name -> fedmesh.v1.LabelSelector
-	32, // 1: fedmesh.v1.BGPPeerConfig.node_selector:type_name -> fedmesh.v1.LabelSelector
-	4,  // 2: fedmesh.v1.BGPPeerConfig.graceful_restart:type_name -> fedmesh.v1.BGPGracefulRestart
-	5,  // 3: fedmesh.v1.BGPPeerConfig.password:type_name -> fedmesh.v1.BGPPasswordRef
-	7,  // 4: fedmesh.v1.BGPPeerConfig.attributes:type_name -> fedmesh.v1.BGPRouteAttributes
-	8,  // 5: fedmesh.v1.BGPPeerConfig.advertisements:type_name -> fedmesh.v1.BGPAdvertisement
-	9,  // 6: fedmesh.v1.BGPPeerConfig.status:type_name -> fedmesh.v1.BGPPeerConfigStatus
-	33, // 7: fedmesh.v1.BGPPeerConfig.meta:type_name -> fedmesh.v1.ObjectMeta
-	6,  // 8: fedmesh.v1.BGPPasswordRef.secret:type_name -> fedmesh.v1.BGPSecretKeyRef
+	49, // 0: fedmesh.v1.BGPPeerConfig.cluster_selector:type_name -> fedmesh.v1.LabelSelector
+	49, // 1: fedmesh.v1.BGPPeerConfig.node_selector:type_name -> fedmesh.v1.LabelSelector
+	6,  // 2: fedmesh.v1.BGPPeerConfig.graceful_restart:type_name -> fedmesh.v1.BGPGracefulRestart
+	7,  // 3: fedmesh.v1.BGPPeerConfig.password:type_name -> fedmesh.v1.BGPPasswordRef
+	9,  // 4: fedmesh.v1.BGPPeerConfig.attributes:type_name -> fedmesh.v1.BGPRouteAttributes
+	10, // 5: fedmesh.v1.BGPPeerConfig.advertisements:type_name -> fedmesh.v1.BGPAdvertisement
+	26, // 6: fedmesh.v1.BGPPeerConfig.status:type_name -> fedmesh.v1.BGPPeerConfigStatus
+	50, // 7: fedmesh.v1.BGPPeerConfig.meta:type_name -> fedmesh.v1.ObjectMeta
+	8,  // 8: fedmesh.v1.BGPPasswordRef.secret:type_name -> fedmesh.v1.BGPSecretKeyRef
 	0,  // 9: fedmesh.v1.BGPAdvertisement.class:type_name -> fedmesh.v1.BGPPrefixClass
-	7,  // 10: fedmesh.v1.BGPAdvertisement.attributes:type_name -> fedmesh.v1.BGPRouteAttributes
-	11, // 11: fedmesh.v1.BGPFilter.export_v4:type_name -> fedmesh.v1.BGPFilterRule
-	11, // 12: fedmesh.v1.BGPFilter.import_v4:type_name -> fedmesh.v1.BGPFilterRule
-	11, // 13: fedmesh.v1.BGPFilter.export_v6:type_name -> fedmesh.v1.BGPFilterRule
-	11, // 14: fedmesh.v1.BGPFilter.import_v6:type_name -> fedmesh.v1.BGPFilterRule
-	33, // 15: fedmesh.v1.BGPFilter.meta:type_name -> fedmesh.v1.ObjectMeta
-	1,  // 16: fedmesh.v1.BGPFilterRule.match_operator:type_name -> fedmesh.v1.BGPFilterMatchOperator
-	12, // 17: fedmesh.v1.BGPFilterRule.prefix_length:type_name -> fedmesh.v1.BGPPrefixLengthRange
-	2,  // 18: fedmesh.v1.BGPFilterRule.action:type_name -> fedmesh.v1.BGPFilterAction
-	34, // 19: fedmesh.v1.BGPNodeStatus.sessions:type_name -> fedmesh.v1.BGPPeerStatus
-	35, // 20: fedmesh.v1.BGPNodeStatus.report_time:type_name -> google.protobuf.Timestamp
-	3,  // 21: fedmesh.v1.ApplyBGPPeerRequest.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	3,  // 22: fedmesh.v1.ApplyBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	3,  // 23: fedmesh.v1.GetBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
-	3,  // 24: fedmesh.v1.ListBGPPeersResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
-	10, // 25: fedmesh.v1.ApplyBGPFilterRequest.filter:type_name -> fedmesh.v1.BGPFilter
-	10, // 26: fedmesh.v1.ApplyBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
-	10, // 27: fedmesh.v1.GetBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
-	10, // 28: fedmesh.v1.ListBGPFiltersResponse.filters:type_name -> fedmesh.v1.BGPFilter
-	13, // 29: fedmesh.v1.GetBGPStatusResponse.nodes:type_name -> fedmesh.v1.BGPNodeStatus
-	3,  // 30: fedmesh.v1.GetBGPStatusResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
-	14, // 31: fedmesh.v1.BGPService.ApplyBGPPeer:input_type -> fedmesh.v1.ApplyBGPPeerRequest
-	16, // 32: fedmesh.v1.BGPService.GetBGPPeer:input_type -> fedmesh.v1.GetBGPPeerRequest
-	18, // 33: fedmesh.v1.BGPService.ListBGPPeers:input_type -> fedmesh.v1.ListBGPPeersRequest
-	20, // 34: fedmesh.v1.BGPService.DeleteBGPPeer:input_type -> fedmesh.v1.DeleteBGPPeerRequest
-	22, // 35: fedmesh.v1.BGPService.ApplyBGPFilter:input_type -> fedmesh.v1.ApplyBGPFilterRequest
-	24, // 36: fedmesh.v1.BGPService.GetBGPFilter:input_type -> fedmesh.v1.GetBGPFilterRequest
-	26, // 37: fedmesh.v1.BGPService.ListBGPFilters:input_type -> fedmesh.v1.ListBGPFiltersRequest
-	28, // 38: fedmesh.v1.BGPService.DeleteBGPFilter:input_type -> fedmesh.v1.DeleteBGPFilterRequest
-	30, // 39: fedmesh.v1.BGPService.GetBGPStatus:input_type -> fedmesh.v1.GetBGPStatusRequest
-	15, // 40: fedmesh.v1.BGPService.ApplyBGPPeer:output_type -> fedmesh.v1.ApplyBGPPeerResponse
-	17, // 41: fedmesh.v1.BGPService.GetBGPPeer:output_type -> fedmesh.v1.GetBGPPeerResponse
-	19, // 42: fedmesh.v1.BGPService.ListBGPPeers:output_type -> fedmesh.v1.ListBGPPeersResponse
-	21, // 43: fedmesh.v1.BGPService.DeleteBGPPeer:output_type -> fedmesh.v1.DeleteBGPPeerResponse
-	23, // 44: fedmesh.v1.BGPService.ApplyBGPFilter:output_type -> fedmesh.v1.ApplyBGPFilterResponse
-	25, // 45: fedmesh.v1.BGPService.GetBGPFilter:output_type -> fedmesh.v1.GetBGPFilterResponse
-	27, // 46: fedmesh.v1.BGPService.ListBGPFilters:output_type -> fedmesh.v1.ListBGPFiltersResponse
-	29, // 47: fedmesh.v1.BGPService.DeleteBGPFilter:output_type -> fedmesh.v1.DeleteBGPFilterResponse
-	31, // 48: fedmesh.v1.BGPService.GetBGPStatus:output_type -> fedmesh.v1.GetBGPStatusResponse
-	40, // [40:49] is the sub-list for method output_type
-	31, // [31:40] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	9,  // 10: fedmesh.v1.BGPAdvertisement.attributes:type_name -> fedmesh.v1.BGPRouteAttributes
+	11, // 11: fedmesh.v1.BGPAdvertisement.service:type_name -> fedmesh.v1.BGPServiceAddresses
+	1,  // 12: fedmesh.v1.BGPServiceAddresses.cluster_ips:type_name -> fedmesh.v1.BGPClusterIPAdvertisement
+	2,  // 13: fedmesh.v1.ServiceAdvertisement.external_traffic_policy:type_name -> fedmesh.v1.ServiceTrafficPolicy
+	50, // 14: fedmesh.v1.ServiceAdvertisement.meta:type_name -> fedmesh.v1.ObjectMeta
+	12, // 15: fedmesh.v1.SyncServiceAdvertisementsRequest.puts:type_name -> fedmesh.v1.ServiceAdvertisement
+	13, // 16: fedmesh.v1.SyncServiceAdvertisementsRequest.deletes:type_name -> fedmesh.v1.ServiceAdvertisementKey
+	12, // 17: fedmesh.v1.ListServiceAdvertisementsResponse.advertisements:type_name -> fedmesh.v1.ServiceAdvertisement
+	12, // 18: fedmesh.v1.WatchServiceAdvertisementsResponse.advertisements:type_name -> fedmesh.v1.ServiceAdvertisement
+	8,  // 19: fedmesh.v1.BGPSecretValue.ref:type_name -> fedmesh.v1.BGPSecretKeyRef
+	20, // 20: fedmesh.v1.PushBGPSecretsRequest.secrets:type_name -> fedmesh.v1.BGPSecretValue
+	8,  // 21: fedmesh.v1.PushBGPSecretsResponse.wanted:type_name -> fedmesh.v1.BGPSecretKeyRef
+	24, // 22: fedmesh.v1.WatchBGPPasswordsResponse.passwords:type_name -> fedmesh.v1.BGPPeerPassword
+	28, // 23: fedmesh.v1.BGPFilter.export_v4:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 24: fedmesh.v1.BGPFilter.import_v4:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 25: fedmesh.v1.BGPFilter.export_v6:type_name -> fedmesh.v1.BGPFilterRule
+	28, // 26: fedmesh.v1.BGPFilter.import_v6:type_name -> fedmesh.v1.BGPFilterRule
+	50, // 27: fedmesh.v1.BGPFilter.meta:type_name -> fedmesh.v1.ObjectMeta
+	3,  // 28: fedmesh.v1.BGPFilterRule.match_operator:type_name -> fedmesh.v1.BGPFilterMatchOperator
+	29, // 29: fedmesh.v1.BGPFilterRule.prefix_length:type_name -> fedmesh.v1.BGPPrefixLengthRange
+	4,  // 30: fedmesh.v1.BGPFilterRule.action:type_name -> fedmesh.v1.BGPFilterAction
+	51, // 31: fedmesh.v1.BGPNodeStatus.sessions:type_name -> fedmesh.v1.BGPPeerStatus
+	52, // 32: fedmesh.v1.BGPNodeStatus.report_time:type_name -> google.protobuf.Timestamp
+	5,  // 33: fedmesh.v1.ApplyBGPPeerRequest.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 34: fedmesh.v1.ApplyBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 35: fedmesh.v1.GetBGPPeerResponse.peer:type_name -> fedmesh.v1.BGPPeerConfig
+	5,  // 36: fedmesh.v1.ListBGPPeersResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
+	27, // 37: fedmesh.v1.ApplyBGPFilterRequest.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 38: fedmesh.v1.ApplyBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 39: fedmesh.v1.GetBGPFilterResponse.filter:type_name -> fedmesh.v1.BGPFilter
+	27, // 40: fedmesh.v1.ListBGPFiltersResponse.filters:type_name -> fedmesh.v1.BGPFilter
+	30, // 41: fedmesh.v1.GetBGPStatusResponse.nodes:type_name -> fedmesh.v1.BGPNodeStatus
+	5,  // 42: fedmesh.v1.GetBGPStatusResponse.peers:type_name -> fedmesh.v1.BGPPeerConfig
+	31, // 43: fedmesh.v1.BGPService.ApplyBGPPeer:input_type -> fedmesh.v1.ApplyBGPPeerRequest
+	33, // 44: fedmesh.v1.BGPService.GetBGPPeer:input_type -> fedmesh.v1.GetBGPPeerRequest
+	35, // 45: fedmesh.v1.BGPService.ListBGPPeers:input_type -> fedmesh.v1.ListBGPPeersRequest
+	37, // 46: fedmesh.v1.BGPService.DeleteBGPPeer:input_type -> fedmesh.v1.DeleteBGPPeerRequest
+	39, // 47: fedmesh.v1.BGPService.ApplyBGPFilter:input_type -> fedmesh.v1.ApplyBGPFilterRequest
+	41, // 48: fedmesh.v1.BGPService.GetBGPFilter:input_type -> fedmesh.v1.GetBGPFilterRequest
+	43, // 49: fedmesh.v1.BGPService.ListBGPFilters:input_type -> fedmesh.v1.ListBGPFiltersRequest
+	45, // 50: fedmesh.v1.BGPService.DeleteBGPFilter:input_type -> fedmesh.v1.DeleteBGPFilterRequest
+	47, // 51: fedmesh.v1.BGPService.GetBGPStatus:input_type -> fedmesh.v1.GetBGPStatusRequest
+	14, // 52: fedmesh.v1.BGPService.SyncServiceAdvertisements:input_type -> fedmesh.v1.SyncServiceAdvertisementsRequest
+	16, // 53: fedmesh.v1.BGPService.ListServiceAdvertisements:input_type -> fedmesh.v1.ListServiceAdvertisementsRequest
+	18, // 54: fedmesh.v1.BGPService.WatchServiceAdvertisements:input_type -> fedmesh.v1.WatchServiceAdvertisementsRequest
+	21, // 55: fedmesh.v1.BGPService.PushBGPSecrets:input_type -> fedmesh.v1.PushBGPSecretsRequest
+	23, // 56: fedmesh.v1.BGPService.WatchBGPPasswords:input_type -> fedmesh.v1.WatchBGPPasswordsRequest
+	32, // 57: fedmesh.v1.BGPService.ApplyBGPPeer:output_type -> fedmesh.v1.ApplyBGPPeerResponse
+	34, // 58: fedmesh.v1.BGPService.GetBGPPeer:output_type -> fedmesh.v1.GetBGPPeerResponse
+	36, // 59: fedmesh.v1.BGPService.ListBGPPeers:output_type -> fedmesh.v1.ListBGPPeersResponse
+	38, // 60: fedmesh.v1.BGPService.DeleteBGPPeer:output_type -> fedmesh.v1.DeleteBGPPeerResponse
+	40, // 61: fedmesh.v1.BGPService.ApplyBGPFilter:output_type -> fedmesh.v1.ApplyBGPFilterResponse
+	42, // 62: fedmesh.v1.BGPService.GetBGPFilter:output_type -> fedmesh.v1.GetBGPFilterResponse
+	44, // 63: fedmesh.v1.BGPService.ListBGPFilters:output_type -> fedmesh.v1.ListBGPFiltersResponse
+	46, // 64: fedmesh.v1.BGPService.DeleteBGPFilter:output_type -> fedmesh.v1.DeleteBGPFilterResponse
+	48, // 65: fedmesh.v1.BGPService.GetBGPStatus:output_type -> fedmesh.v1.GetBGPStatusResponse
+	15, // 66: fedmesh.v1.BGPService.SyncServiceAdvertisements:output_type -> fedmesh.v1.SyncServiceAdvertisementsResponse
+	17, // 67: fedmesh.v1.BGPService.ListServiceAdvertisements:output_type -> fedmesh.v1.ListServiceAdvertisementsResponse
+	19, // 68: fedmesh.v1.BGPService.WatchServiceAdvertisements:output_type -> fedmesh.v1.WatchServiceAdvertisementsResponse
+	22, // 69: fedmesh.v1.BGPService.PushBGPSecrets:output_type -> fedmesh.v1.PushBGPSecretsResponse
+	25, // 70: fedmesh.v1.BGPService.WatchBGPPasswords:output_type -> fedmesh.v1.WatchBGPPasswordsResponse
+	57, // [57:71] is the sub-list for method output_type
+	43, // [43:57] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_bgp_proto_init() }
@@ -2257,8 +3398,8 @@ func file_fedmesh_v1_bgp_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_bgp_proto_rawDesc), len(file_fedmesh_v1_bgp_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   29,
+			NumEnums:      5,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BGPService_ApplyBGPPeer_FullMethodName    = "/fedmesh.v1.BGPService/ApplyBGPPeer"
-	BGPService_GetBGPPeer_FullMethodName      = "/fedmesh.v1.BGPService/GetBGPPeer"
-	BGPService_ListBGPPeers_FullMethodName    = "/fedmesh.v1.BGPService/ListBGPPeers"
-	BGPService_DeleteBGPPeer_FullMethodName   = "/fedmesh.v1.BGPService/DeleteBGPPeer"
-	BGPService_ApplyBGPFilter_FullMethodName  = "/fedmesh.v1.BGPService/ApplyBGPFilter"
-	BGPService_GetBGPFilter_FullMethodName    = "/fedmesh.v1.BGPService/GetBGPFilter"
-	BGPService_ListBGPFilters_FullMethodName  = "/fedmesh.v1.BGPService/ListBGPFilters"
-	BGPService_DeleteBGPFilter_FullMethodName = "/fedmesh.v1.BGPService/DeleteBGPFilter"
-	BGPService_GetBGPStatus_FullMethodName    = "/fedmesh.v1.BGPService/GetBGPStatus"
+	BGPService_ApplyBGPPeer_FullMethodName               = "/fedmesh.v1.BGPService/ApplyBGPPeer"
+	BGPService_GetBGPPeer_FullMethodName                 = "/fedmesh.v1.BGPService/GetBGPPeer"
+	BGPService_ListBGPPeers_FullMethodName               = "/fedmesh.v1.BGPService/ListBGPPeers"
+	BGPService_DeleteBGPPeer_FullMethodName              = "/fedmesh.v1.BGPService/DeleteBGPPeer"
+	BGPService_ApplyBGPFilter_FullMethodName             = "/fedmesh.v1.BGPService/ApplyBGPFilter"
+	BGPService_GetBGPFilter_FullMethodName               = "/fedmesh.v1.BGPService/GetBGPFilter"
+	BGPService_ListBGPFilters_FullMethodName             = "/fedmesh.v1.BGPService/ListBGPFilters"
+	BGPService_DeleteBGPFilter_FullMethodName            = "/fedmesh.v1.BGPService/DeleteBGPFilter"
+	BGPService_GetBGPStatus_FullMethodName               = "/fedmesh.v1.BGPService/GetBGPStatus"
+	BGPService_SyncServiceAdvertisements_FullMethodName  = "/fedmesh.v1.BGPService/SyncServiceAdvertisements"
+	BGPService_ListServiceAdvertisements_FullMethodName  = "/fedmesh.v1.BGPService/ListServiceAdvertisements"
+	BGPService_WatchServiceAdvertisements_FullMethodName = "/fedmesh.v1.BGPService/WatchServiceAdvertisements"
+	BGPService_PushBGPSecrets_FullMethodName             = "/fedmesh.v1.BGPService/PushBGPSecrets"
+	BGPService_WatchBGPPasswords_FullMethodName          = "/fedmesh.v1.BGPService/WatchBGPPasswords"
 )
 
 // BGPServiceClient is the client API for BGPService service.
@@ -42,7 +47,10 @@ const (
 // Only an admin writes. A node agent reads only the peers that select its
 // own node (Get answers NOT_FOUND for the others, List and Watch leave them
 // out) and every filter; a syncer reads neither. A peer never carries a
-// password, only a reference to one the node reads itself.
+// password, only a reference: a file the node reads itself, or a Secret
+// key in the node's cluster that the cluster's syncer pushes to the
+// replicas' memory (PushBGPSecrets) and the node's agent alone receives
+// (WatchBGPPasswords).
 //
 // A peer's filters must exist when the peer is applied, and a filter a peer
 // references cannot be deleted (FAILED_PRECONDITION naming the peers). The
@@ -75,6 +83,30 @@ type BGPServiceClient interface {
 	// and the peers that select it; and every peer with how many nodes it
 	// selects (a peer that selects no node is shown, not refused).
 	GetBGPStatus(ctx context.Context, in *GetBGPStatusRequest, opts ...grpc.CallOption) (*GetBGPStatusResponse, error)
+	// SyncServiceAdvertisements writes the service addresses of one cluster
+	// (its syncer's, or an admin's): puts replace, deletes remove, and with
+	// replace set every advertisement of the cluster not in puts is removed
+	// (a full resync). Refused with FAILED_PRECONDITION while a replica does
+	// not apply log format 7.
+	SyncServiceAdvertisements(ctx context.Context, in *SyncServiceAdvertisementsRequest, opts ...grpc.CallOption) (*SyncServiceAdvertisementsResponse, error)
+	// ListServiceAdvertisements returns one cluster's service
+	// advertisements: to an admin, that cluster's syncer and its nodes'
+	// agents only.
+	ListServiceAdvertisements(ctx context.Context, in *ListServiceAdvertisementsRequest, opts ...grpc.CallOption) (*ListServiceAdvertisementsResponse, error)
+	// WatchServiceAdvertisements streams one cluster's service
+	// advertisements, whole, each time they change (and once at the start);
+	// readable as ListServiceAdvertisements.
+	WatchServiceAdvertisements(ctx context.Context, in *WatchServiceAdvertisementsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchServiceAdvertisementsResponse], error)
+	// PushBGPSecrets hands a replica the values of the Secrets that BGP peer
+	// passwords reference in one cluster (that cluster's syncer only). The
+	// replica holds them in memory, never in the Raft log, and replaces the
+	// cluster's whole set on every push; the syncer pushes to every replica
+	// on change and periodically, so a restarted replica is refilled.
+	PushBGPSecrets(ctx context.Context, in *PushBGPSecretsRequest, opts ...grpc.CallOption) (*PushBGPSecretsResponse, error)
+	// WatchBGPPasswords streams to a node agent the TCP-MD5 passwords of the
+	// peers that select its node and reference a Secret, whole, each time
+	// they change. Only node agents call it, and only for their own node.
+	WatchBGPPasswords(ctx context.Context, in *WatchBGPPasswordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBGPPasswordsResponse], error)
 }
 
 type bGPServiceClient struct {
@@ -175,6 +207,74 @@ func (c *bGPServiceClient) GetBGPStatus(ctx context.Context, in *GetBGPStatusReq
 	return out, nil
 }
 
+func (c *bGPServiceClient) SyncServiceAdvertisements(ctx context.Context, in *SyncServiceAdvertisementsRequest, opts ...grpc.CallOption) (*SyncServiceAdvertisementsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SyncServiceAdvertisementsResponse)
+	err := c.cc.Invoke(ctx, BGPService_SyncServiceAdvertisements_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bGPServiceClient) ListServiceAdvertisements(ctx context.Context, in *ListServiceAdvertisementsRequest, opts ...grpc.CallOption) (*ListServiceAdvertisementsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListServiceAdvertisementsResponse)
+	err := c.cc.Invoke(ctx, BGPService_ListServiceAdvertisements_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bGPServiceClient) WatchServiceAdvertisements(ctx context.Context, in *WatchServiceAdvertisementsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchServiceAdvertisementsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BGPService_ServiceDesc.Streams[0], BGPService_WatchServiceAdvertisements_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchServiceAdvertisementsRequest, WatchServiceAdvertisementsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BGPService_WatchServiceAdvertisementsClient = grpc.ServerStreamingClient[WatchServiceAdvertisementsResponse]
+
+func (c *bGPServiceClient) PushBGPSecrets(ctx context.Context, in *PushBGPSecretsRequest, opts ...grpc.CallOption) (*PushBGPSecretsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushBGPSecretsResponse)
+	err := c.cc.Invoke(ctx, BGPService_PushBGPSecrets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bGPServiceClient) WatchBGPPasswords(ctx context.Context, in *WatchBGPPasswordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBGPPasswordsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BGPService_ServiceDesc.Streams[1], BGPService_WatchBGPPasswords_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchBGPPasswordsRequest, WatchBGPPasswordsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BGPService_WatchBGPPasswordsClient = grpc.ServerStreamingClient[WatchBGPPasswordsResponse]
+
 // BGPServiceServer is the server API for BGPService service.
 // All implementations must embed UnimplementedBGPServiceServer
 // for forward compatibility.
@@ -187,7 +287,10 @@ func (c *bGPServiceClient) GetBGPStatus(ctx context.Context, in *GetBGPStatusReq
 // Only an admin writes. A node agent reads only the peers that select its
 // own node (Get answers NOT_FOUND for the others, List and Watch leave them
 // out) and every filter; a syncer reads neither. A peer never carries a
-// password, only a reference to one the node reads itself.
+// password, only a reference: a file the node reads itself, or a Secret
+// key in the node's cluster that the cluster's syncer pushes to the
+// replicas' memory (PushBGPSecrets) and the node's agent alone receives
+// (WatchBGPPasswords).
 //
 // A peer's filters must exist when the peer is applied, and a filter a peer
 // references cannot be deleted (FAILED_PRECONDITION naming the peers). The
@@ -220,6 +323,30 @@ type BGPServiceServer interface {
 	// and the peers that select it; and every peer with how many nodes it
 	// selects (a peer that selects no node is shown, not refused).
 	GetBGPStatus(context.Context, *GetBGPStatusRequest) (*GetBGPStatusResponse, error)
+	// SyncServiceAdvertisements writes the service addresses of one cluster
+	// (its syncer's, or an admin's): puts replace, deletes remove, and with
+	// replace set every advertisement of the cluster not in puts is removed
+	// (a full resync). Refused with FAILED_PRECONDITION while a replica does
+	// not apply log format 7.
+	SyncServiceAdvertisements(context.Context, *SyncServiceAdvertisementsRequest) (*SyncServiceAdvertisementsResponse, error)
+	// ListServiceAdvertisements returns one cluster's service
+	// advertisements: to an admin, that cluster's syncer and its nodes'
+	// agents only.
+	ListServiceAdvertisements(context.Context, *ListServiceAdvertisementsRequest) (*ListServiceAdvertisementsResponse, error)
+	// WatchServiceAdvertisements streams one cluster's service
+	// advertisements, whole, each time they change (and once at the start);
+	// readable as ListServiceAdvertisements.
+	WatchServiceAdvertisements(*WatchServiceAdvertisementsRequest, grpc.ServerStreamingServer[WatchServiceAdvertisementsResponse]) error
+	// PushBGPSecrets hands a replica the values of the Secrets that BGP peer
+	// passwords reference in one cluster (that cluster's syncer only). The
+	// replica holds them in memory, never in the Raft log, and replaces the
+	// cluster's whole set on every push; the syncer pushes to every replica
+	// on change and periodically, so a restarted replica is refilled.
+	PushBGPSecrets(context.Context, *PushBGPSecretsRequest) (*PushBGPSecretsResponse, error)
+	// WatchBGPPasswords streams to a node agent the TCP-MD5 passwords of the
+	// peers that select its node and reference a Secret, whole, each time
+	// they change. Only node agents call it, and only for their own node.
+	WatchBGPPasswords(*WatchBGPPasswordsRequest, grpc.ServerStreamingServer[WatchBGPPasswordsResponse]) error
 	mustEmbedUnimplementedBGPServiceServer()
 }
 
@@ -256,6 +383,21 @@ func (UnimplementedBGPServiceServer) DeleteBGPFilter(context.Context, *DeleteBGP
 }
 func (UnimplementedBGPServiceServer) GetBGPStatus(context.Context, *GetBGPStatusRequest) (*GetBGPStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBGPStatus not implemented")
+}
+func (UnimplementedBGPServiceServer) SyncServiceAdvertisements(context.Context, *SyncServiceAdvertisementsRequest) (*SyncServiceAdvertisementsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SyncServiceAdvertisements not implemented")
+}
+func (UnimplementedBGPServiceServer) ListServiceAdvertisements(context.Context, *ListServiceAdvertisementsRequest) (*ListServiceAdvertisementsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListServiceAdvertisements not implemented")
+}
+func (UnimplementedBGPServiceServer) WatchServiceAdvertisements(*WatchServiceAdvertisementsRequest, grpc.ServerStreamingServer[WatchServiceAdvertisementsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchServiceAdvertisements not implemented")
+}
+func (UnimplementedBGPServiceServer) PushBGPSecrets(context.Context, *PushBGPSecretsRequest) (*PushBGPSecretsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushBGPSecrets not implemented")
+}
+func (UnimplementedBGPServiceServer) WatchBGPPasswords(*WatchBGPPasswordsRequest, grpc.ServerStreamingServer[WatchBGPPasswordsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchBGPPasswords not implemented")
 }
 func (UnimplementedBGPServiceServer) mustEmbedUnimplementedBGPServiceServer() {}
 func (UnimplementedBGPServiceServer) testEmbeddedByValue()                    {}
@@ -440,6 +582,82 @@ func _BGPService_GetBGPStatus_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BGPService_SyncServiceAdvertisements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncServiceAdvertisementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BGPServiceServer).SyncServiceAdvertisements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BGPService_SyncServiceAdvertisements_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BGPServiceServer).SyncServiceAdvertisements(ctx, req.(*SyncServiceAdvertisementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BGPService_ListServiceAdvertisements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListServiceAdvertisementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BGPServiceServer).ListServiceAdvertisements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BGPService_ListServiceAdvertisements_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BGPServiceServer).ListServiceAdvertisements(ctx, req.(*ListServiceAdvertisementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BGPService_WatchServiceAdvertisements_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchServiceAdvertisementsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BGPServiceServer).WatchServiceAdvertisements(m, &grpc.GenericServerStream[WatchServiceAdvertisementsRequest, WatchServiceAdvertisementsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BGPService_WatchServiceAdvertisementsServer = grpc.ServerStreamingServer[WatchServiceAdvertisementsResponse]
+
+func _BGPService_PushBGPSecrets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushBGPSecretsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BGPServiceServer).PushBGPSecrets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BGPService_PushBGPSecrets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BGPServiceServer).PushBGPSecrets(ctx, req.(*PushBGPSecretsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BGPService_WatchBGPPasswords_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchBGPPasswordsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BGPServiceServer).WatchBGPPasswords(m, &grpc.GenericServerStream[WatchBGPPasswordsRequest, WatchBGPPasswordsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BGPService_WatchBGPPasswordsServer = grpc.ServerStreamingServer[WatchBGPPasswordsResponse]
+
 // BGPService_ServiceDesc is the grpc.ServiceDesc for BGPService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -483,7 +701,30 @@ var BGPService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetBGPStatus",
 			Handler:    _BGPService_GetBGPStatus_Handler,
 		},
+		{
+			MethodName: "SyncServiceAdvertisements",
+			Handler:    _BGPService_SyncServiceAdvertisements_Handler,
+		},
+		{
+			MethodName: "ListServiceAdvertisements",
+			Handler:    _BGPService_ListServiceAdvertisements_Handler,
+		},
+		{
+			MethodName: "PushBGPSecrets",
+			Handler:    _BGPService_PushBGPSecrets_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchServiceAdvertisements",
+			Handler:       _BGPService_WatchServiceAdvertisements_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchBGPPasswords",
+			Handler:       _BGPService_WatchBGPPasswords_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "fedmesh/v1/bgp.proto",
 }

@@ -36,7 +36,7 @@ node's sessions as its agent reports them.`,
 	peer.AddCommand(bgpApplyCmd(g, "BGPPeer"), bgpListPeersCmd(g), bgpGetCmd(g, "peer"), bgpDeleteCmd(g, "peer"))
 	filter := &cobra.Command{Use: "filter", Short: "Manage BGP filters"}
 	filter.AddCommand(bgpApplyCmd(g, "BGPFilter"), bgpListFiltersCmd(g), bgpGetCmd(g, "filter"), bgpDeleteCmd(g, "filter"))
-	cmd.AddCommand(peer, filter, bgpStatusCmd(g))
+	cmd.AddCommand(peer, filter, bgpStatusCmd(g), bgpServicesCmd(g))
 	return cmd
 }
 
@@ -121,7 +121,8 @@ func bgpApplyCmd(g *globals, kind string) *cobra.Command {
 var bgpEnumNames = map[string]map[string]string{
 	"matchOperator": {"Equal": "BGP_FILTER_MATCH_OPERATOR_EQUAL", "In": "BGP_FILTER_MATCH_OPERATOR_IN", "NotIn": "BGP_FILTER_MATCH_OPERATOR_NOT_IN"},
 	"action":        {"Accept": "BGP_FILTER_ACTION_ACCEPT", "Reject": "BGP_FILTER_ACTION_REJECT"},
-	"class":         {"PodCIDR": "BGP_PREFIX_CLASS_POD_CIDR"},
+	"class":         {"PodCIDR": "BGP_PREFIX_CLASS_POD_CIDR", "Service": "BGP_PREFIX_CLASS_SERVICE"},
+	"clusterIps":    {"ServiceCIDR": "BGP_CLUSTER_IP_ADVERTISEMENT_SERVICE_CIDR", "Addresses": "BGP_CLUSTER_IP_ADVERTISEMENT_ADDRESSES"},
 }
 
 // renameEnums rewrites Calico spellings in a decoded JSON value in place.
@@ -420,4 +421,36 @@ func printBGPStatus(out io.Writer, resp *fedmeshv1.GetBGPStatusResponse) error {
 		}
 	}
 	return nil
+}
+
+func bgpServicesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "services CLUSTER",
+		Short: "List a cluster's service advertisements: addresses, traffic policy, nodes with a ready backend",
+		Long: `List what a cluster's syncer published of its Services for BGP: cluster,
+external and LoadBalancer IPs, externalTrafficPolicy and the nodes with a
+ready backend. Peers whose advertisements list the SERVICE class send these
+addresses: with policy LOCAL only from the nodes listed under READY-NODES.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+				resp, err := fedmeshv1.NewBGPServiceClient(c.cc).ListServiceAdvertisements(ctx, &fedmeshv1.ListServiceAdvertisementsRequest{Cluster: args[0]})
+				if err != nil {
+					return err
+				}
+				t := &table{header: []string{"NAMESPACE", "NAME", "POLICY", "LB-IPS", "EXTERNAL-IPS", "CLUSTER-IPS", "READY-NODES"}}
+				var objs []proto.Message
+				for _, a := range resp.GetAdvertisements() {
+					policy := "CLUSTER"
+					if a.GetExternalTrafficPolicy() == fedmeshv1.ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_LOCAL {
+						policy = "LOCAL"
+					}
+					t.add(a.GetNamespace(), a.GetName(), policy, orNone(a.GetLoadBalancerIps()), orNone(a.GetExternalIps()),
+						orNone(a.GetClusterIps()), orNone(a.GetReadyNodes()))
+					objs = append(objs, a)
+				}
+				return g.print(t, objs...)
+			})
+		},
+	}
 }

@@ -41,6 +41,17 @@ apiVersion: fedmesh.io/v1
 kind: BGPPeer
 metadata: {name: tor-r9}
 spec: {address: 198.18.9.1, asn: 65000, nodeSelector: {matchLabels: {rack: r9}}}
+---
+apiVersion: fedmesh.io/v1
+kind: BGPPeer
+metadata: {name: tor-svc}
+spec:
+  address: 198.18.2.1
+  asn: 65000
+  password: {secret: {namespace: kube-system, name: bgp, key: tor-svc}}
+  advertisements:
+  - {class: PodCIDR}
+  - {class: Service, service: {clusterIps: ServiceCIDR, loadBalancerIpCidrs: [203.0.113.0/24]}}
 `
 
 // fedctl bgp applies peers and filters from manifests (Calico spellings of
@@ -84,6 +95,17 @@ func TestBGPCommandsManagePeersFiltersAndShowStatus(t *testing.T) {
 	}
 	if get := run("bgp", "peer", "get", "tor-r1"); !strings.Contains(get, "file: /etc/fedmesh/tor-r1.md5") || !strings.Contains(get, "65000:1:2") {
 		t.Fatalf("peer get:\n%s", get)
+	}
+	if get := run("bgp", "peer", "get", "tor-svc"); !strings.Contains(get, "key: tor-svc") || !strings.Contains(get, "203.0.113.0/24") {
+		t.Fatalf("peer get with a Secret password and service addresses:\n%s", get)
+	}
+	if _, err := fedmeshv1.NewBGPServiceClient(planeConn(t, p, auth.Syncer("a"))).SyncServiceAdvertisements(context.Background(), &fedmeshv1.SyncServiceAdvertisementsRequest{
+		Cluster: "a", Puts: []*fedmeshv1.ServiceAdvertisement{{Namespace: "shop", Name: "web", LoadBalancerIps: []string{"203.0.113.10"},
+			ExternalTrafficPolicy: fedmeshv1.ServiceTrafficPolicy_SERVICE_TRAFFIC_POLICY_LOCAL, ReadyNodes: []string{"n1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if svcs := run("bgp", "services", "a"); !strings.Contains(svcs, "web") || !strings.Contains(svcs, "LOCAL") || !strings.Contains(svcs, "203.0.113.10") || !strings.Contains(svcs, "n1") {
+		t.Fatalf("bgp services:\n%s", svcs)
 	}
 	if fl := run("bgp", "filter", "list"); !strings.Contains(fl, "pods-only") {
 		t.Fatalf("filter list:\n%s", fl)
