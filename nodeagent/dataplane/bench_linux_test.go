@@ -177,8 +177,10 @@ func BenchmarkApplyOneIPCacheChange(b *testing.B) {
 // lookup kind and 1,000 ClusterNetworkPolicy rules (both tiers, every
 // lookup kind, port ranges so lookups walk the trie) on endpoint "ep",
 // none of which matches a TCP packet from 198.18.0.5 (identity 1005) to
-// port 7: such a packet runs every lookup of both stages, then is denied
-// by the NetworkPolicy default deny.
+// port 7 or 20007: such a packet runs every lookup of both stages, then is
+// denied by the NetworkPolicy default deny. Every lookup of a packet to
+// 20007 also walks the trie (its port block holds range entries of every
+// lookup); one to port 7 is answered by the hash index.
 func tieredBigRevision(n uint64) *Revision {
 	rev := bigRevision(n, 0)
 	dr := rev.Rules["ep"].Ingress
@@ -189,12 +191,14 @@ func tieredBigRevision(n uint64) *Revision {
 			Ports: policy.PortRange{First: first, Last: last}, Rule: next})
 		next++
 	}
-	np(1005, policy.ProtoAny, 2000, 3000)
-	np(policy.IdentityAny, protoTCP, 4000, 5000)
-	np(policy.IdentityAny, policy.ProtoAny, 5001, 6000)
+	// Every range lies in the port block of 16384-20479 (see pfBlocks),
+	// none covers port 20007.
+	np(1005, policy.ProtoAny, 17000, 17100)
+	np(policy.IdentityAny, protoTCP, 17200, 17300)
+	np(policy.IdentityAny, policy.ProtoAny, 17400, 17500)
 	for i, proto := range []uint8{protoTCP, policy.ProtoAny} {
 		dr.CIDRs = append(dr.CIDRs, policy.CIDRRule{Prefix: netip.MustParsePrefix("198.18.0.0/16"), Proto: proto,
-			Ports: policy.PortRange{First: uint16(6001 + 1000*i), Last: uint16(6900 + 1000*i)}, Rule: next})
+			Ports: policy.PortRange{First: uint16(17600 + 200*i), Last: uint16(17700 + 200*i)}, Rule: next})
 		next++
 	}
 	tier := func(id int) (policy.RuleTier, policy.Action, policy.RuleID) {
@@ -210,9 +214,9 @@ func tieredBigRevision(n uint64) *Revision {
 			Ports: policy.PortRange{First: uint16(20000 + 10*i), Last: uint16(20005 + 10*i)}, Rule: id, Tier: t, Action: a})
 	}
 	for i, r := range []policy.IdentityRule{
-		{Peer: 1005, Proto: policy.ProtoAny, Ports: policy.PortRange{First: 30000, Last: 30100}},
-		{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.PortRange{First: 40000, Last: 40100}},
-		{Peer: policy.IdentityAny, Proto: policy.ProtoAny, Ports: policy.PortRange{First: 50000, Last: 50100}},
+		{Peer: 1005, Proto: policy.ProtoAny, Ports: policy.PortRange{First: 18000, Last: 18100}},
+		{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.PortRange{First: 18200, Last: 18300}},
+		{Peer: policy.IdentityAny, Proto: policy.ProtoAny, Ports: policy.PortRange{First: 18400, Last: 18500}},
 	} {
 		r.Tier, r.Action, r.Rule = tier(995 + i)
 		dr.Identities = append(dr.Identities, r)
@@ -220,7 +224,7 @@ func tieredBigRevision(n uint64) *Revision {
 	for i, proto := range []uint8{protoTCP, policy.ProtoAny} {
 		t, a, id := tier(998 + i)
 		dr.CIDRs = append(dr.CIDRs, policy.CIDRRule{Prefix: netip.MustParsePrefix("198.18.0.0/15"), Proto: proto,
-			Ports: policy.PortRange{First: uint16(60000 + 1000*i), Last: uint16(60100 + 1000*i)}, Rule: id, Tier: t, Action: a})
+			Ports: policy.PortRange{First: uint16(18600 + 200*i), Last: uint16(18700 + 200*i)}, Rule: id, Tier: t, Action: a})
 	}
 	rev.Rules["ep"] = policy.EndpointRules{Identity: 1, Ingress: dr, Egress: dr}
 	return rev
@@ -259,20 +263,30 @@ func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	}
 	defer noop.Close()
 	peer, me := netip.MustParseAddr("198.18.0.5"), netip.MustParseAddr("10.0.0.1")
-	pkt := pktSpec{src: peer, dst: me, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}
-	if v, reason, _, _ := mem.Process("ep", policy.Ingress, pkt.frame()); v != Deny || reason != ReasonDenyPolicy {
-		b.Fatalf("the benchmark packet is %s (%s), want denied by policy", v, reason)
+	hashed := pktSpec{src: peer, dst: me, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}
+	walked := hashed
+	walked.dport = 20007
+	for _, pkt := range []pktSpec{hashed, walked} {
+		if v, reason, _, _ := mem.Process("ep", policy.Ingress, pkt.frame()); v != Deny || reason != ReasonDenyPolicy {
+			b.Fatalf("the benchmark packet to %d is %s (%s), want denied by policy", pkt.dport, v, reason)
+		}
 	}
 	ep := dp.shadow[dp.active].Endpoints[1]
 	if ep.Lookups[policy.Ingress] != 0xff {
 		b.Fatalf("endpoint lookups %#x: not every lookup runs", ep.Lookups[policy.Ingress])
 	}
+	fm := dp.coll.Programs["fm_to_pod"]
 	for _, c := range []struct {
 		name string
 		prog *ebpf.Program
-	}{{"baseline-empty-program", noop}, {"tiers-denied-after-every-lookup", dp.coll.Programs["fm_to_pod"]}} {
+		pkt  pktSpec
+	}{
+		{"baseline-empty-program", noop, hashed},
+		{"tiers-denied-after-every-lookup", fm, hashed},
+		{"tiers-denied-after-every-lookup-and-trie-walk", fm, walked},
+	} {
 		b.Run(c.name, func(b *testing.B) {
-			_, per, err := c.prog.Benchmark(pkt.frame(), b.N, b.ResetTimer)
+			_, per, err := c.prog.Benchmark(c.pkt.frame(), b.N, b.ResetTimer)
 			if err != nil {
 				b.Fatal(err)
 			}

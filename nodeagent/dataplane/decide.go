@@ -420,7 +420,7 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 			}
 		}
 	}
-	if fv.Flags&pfRanges != 0 {
+	if fv.Flags&pfRanges != 0 && (fv.Flags&pfBlocks == 0 || fv.Blocks>>(p.t.dport>>12)&1 != 0) {
 		return tb.policyTrieLookup(ifindex, dir, kind, peer, p, proto)
 	}
 	return fv.AllRule

@@ -103,13 +103,17 @@ type policyFixedVal struct {
 	Flags   uint8  // pf*
 	NPorts  uint8  // Ports[:NPorts] are single-port entries (unless pfExact)
 	Ports   [pfInline][2]byte
-	Pad     uint16
+	Blocks  uint16 // with pfBlocks: bit i set when a range entry covers a port of block i (ports i*4096...)
 	Rules   [pfInline]uint32
 }
 
 const (
 	pfExact  = 0x1 // single-port entries, in PolicyPort
 	pfRanges = 0x2 // range entries shorter than a port and longer than all ports
+	// pfBlocks: Blocks is filled, so a port in a block no range entry
+	// touches skips the trie walk. Older agents leave it (and Blocks, then
+	// padding) zero: their tables are walked as before.
+	pfBlocks = 0x4
 	// pfInline single-port entries or fewer live in the policyFixedVal: one
 	// hash lookup answers most packets.
 	pfInline = 4
@@ -235,7 +239,13 @@ func (t *Tables) indexPolicy() {
 		case policyFixedBits:
 			fv.AllRule = rule
 		default:
-			fv.Flags |= pfRanges
+			fv.Flags |= pfRanges | pfBlocks
+			bits := k.Prefixlen - policyFixedBits
+			first := uint32(k.Port[0])<<8 | uint32(k.Port[1])
+			last := first + 1<<(16-bits) - 1
+			for b := first >> 12; b <= last>>12; b++ {
+				fv.Blocks |= 1 << b
+			}
 		}
 		t.PolicyFixed[fk] = fv
 		var bit uint8

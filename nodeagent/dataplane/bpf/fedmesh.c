@@ -166,6 +166,10 @@ struct endpoint_val {
 // answers range lookups and serves older programs.
 #define PF_EXACT 0x1  // single-port entries are in policy_port
 #define PF_RANGES 0x2 // range entries are in the trie
+// PF_BLOCKS: blocks is filled: bit i is set when a range entry covers a port
+// of block i (ports i*4096 to i*4096+4095), so other ports skip the trie
+// walk. Older agents wrote 0 there (padding) and no PF_BLOCKS.
+#define PF_BLOCKS 0x4
 #define PF_INLINE 4
 
 struct policy_port_key {
@@ -194,7 +198,7 @@ struct policy_fixed_val {
 	__u8 flags;     // PF_*
 	__u8 nports;    // ports[:nports] are single-port entries
 	__u16 ports[PF_INLINE]; // network byte order
-	__u16 pad;
+	__u16 blocks;           // with PF_BLOCKS, see there
 	__u32 rules[PF_INLINE];
 };
 
@@ -1084,7 +1088,7 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 			if (i < fv->nports && fv->ports[i] == k.port)
 				return fv->rules[i];
 	}
-	if (fv->flags & PF_RANGES)
+	if ((fv->flags & PF_RANGES) && (!(fv->flags & PF_BLOCKS) || ((fv->blocks >> (p->dport >> 12)) & 1)))
 		return policy_trie_lookup(pt, kind, peer, p, proto);
 	return fv->all_rule;
 }
