@@ -144,3 +144,24 @@ func BenchmarkTiersIncrementalClusterPolicyChange(b *testing.B) {
 	reportRatio(b, f, ops)
 	b.ReportMetric(float64(touched)/float64(max(ops, 1)), "endpoints-changed/op")
 }
+
+// BenchmarkTiersIncrementalLabelChangeNewIdentity adds a label to one pod
+// (a new identity its peers must learn) with the ClusterNetworkPolicies
+// loaded: the cost tiers add to endpoint churn.
+func BenchmarkTiersIncrementalLabelChangeNewIdentity(b *testing.B) {
+	f := tierBenchSetup(b)
+	a := benchEndpoint(f.alloc, 1, 42, 5, nil)
+	c := benchEndpoint(f.alloc, 1, 42, 5, map[string]string{"canary": "true"})
+	ops, touched := 0, 0
+	for b.Loop() {
+		if ops%2 == 0 {
+			f.e.UpsertEndpoint(c)
+		} else {
+			f.e.UpsertEndpoint(a)
+		}
+		touched += len(f.e.Recompute().Updated)
+		ops++
+	}
+	reportRatio(b, f, ops)
+	b.ReportMetric(float64(touched)/float64(max(ops, 1)), "endpoints-changed/op")
+}
