@@ -44,8 +44,12 @@
 //     of the same shapes (stopping at the first allow); the CIDR class
 //     (one trie lookup) is read at most once for both stages. Each policy
 //     lookup is one hash (policy_fixed) plus at most one port hash or trie
-//     walk: at most 1+1+2+1+6x2+1+6x2 = 30 map lookups; the per-endpoint
-//     summaries skip the lookups that cannot match. The tier stage is a
+//     walk (skipped when no range entry of the key touches the packet's
+//     4096-port block): at most 1+1+2+1+6x2+1+6x2 = 30 hash or trie
+//     lookups (an ICMP error one more conntrack lookup), besides the
+//     array lookups the verifier inlines; the per-endpoint summaries skip
+//     the lookups that cannot match. BenchmarkProgramPerPacketTiers
+//     measures the case where all of them run. The tier stage is a
 //     global BPF function (fm_tier_stage), verified once.
 //   - An enforced NetworkPolicy direction passes what an identity rule or
 //     a CIDR rule allows.
