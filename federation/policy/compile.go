@@ -7,21 +7,21 @@ import (
 )
 
 // compile computes the rules of one endpoint from the current indexes.
-// RuleIDs are dense from 1: ingress rules first, then egress, each in
-// policy-key order and rule order, the same order Explain walks, so the
-// lowest matching RuleID is the rule Explain names.
+// RuleIDs are dense from 1: first the tier rules (compileTiers: per
+// direction, Admin then Baseline, each in evaluation order, so a lower ID
+// is a higher precedence), then the NetworkPolicy rules, ingress first, then
+// egress, each in policy-key order and rule order, the same order Explain
+// walks, so the lowest matching RuleID of a layer is the rule Explain names.
 func (e *Engine) compile(ep *endpoint) *Compiled {
+	c := &Compiled{Rules: EndpointRules{Identity: ep.identity}}
+	e.compileTiers(c, ep)
 	pols := make([]*policyState, 0, len(ep.group.selectedBy))
 	for ps := range ep.group.selectedBy {
 		pols = append(pols, ps)
 	}
 	slices.SortFunc(pols, func(a, b *policyState) int { return comparePolicyKeys(a.key, b.key) })
-	c := &Compiled{Rules: EndpointRules{Identity: ep.identity}}
 	for _, dir := range []Direction{Ingress, Egress} {
-		dr := &c.Rules.Ingress
-		if dir == Egress {
-			dr = &c.Rules.Egress
-		}
+		dr := c.Rules.dir(dir)
 		for _, ps := range pols {
 			if !ps.applies[dir] {
 				continue
@@ -42,6 +42,13 @@ func (e *Engine) compile(ep *endpoint) *Compiled {
 	return c
 }
 
+func (r *EndpointRules) dir(d Direction) *DirectionRules {
+	if d == Egress {
+		return &r.Egress
+	}
+	return &r.Ingress
+}
+
 type idKey struct {
 	peer  uint32
 	proto uint8
@@ -49,9 +56,11 @@ type idKey struct {
 }
 
 type emitter struct {
-	dr   *DirectionRules
-	rule RuleID
-	seen map[idKey]struct{}
+	dr     *DirectionRules
+	rule   RuleID
+	tier   RuleTier
+	action Action
+	seen   map[idKey]struct{}
 }
 
 func (em *emitter) identity(peer uint32, proto uint8, ports PortRange) {
@@ -63,15 +72,17 @@ func (em *emitter) identity(peer uint32, proto uint8, ports PortRange) {
 		return
 	}
 	em.seen[k] = struct{}{}
-	em.dr.Identities = append(em.dr.Identities, IdentityRule{Peer: peer, Proto: proto, Ports: ports, Rule: em.rule})
+	em.dr.Identities = append(em.dr.Identities, IdentityRule{Peer: peer, Proto: proto, Ports: ports, Rule: em.rule, Tier: em.tier, Action: em.action})
 }
 
 func (em *emitter) cidr(c cidrPeer, proto uint8, ports PortRange) {
-	em.dr.CIDRs = append(em.dr.CIDRs, CIDRRule{Prefix: c.prefix, Except: slices.Clone(c.except), Proto: proto, Ports: ports, Rule: em.rule})
+	em.dr.CIDRs = append(em.dr.CIDRs, CIDRRule{Prefix: c.prefix, Except: slices.Clone(c.except), Proto: proto, Ports: ports, Rule: em.rule,
+		Tier: em.tier, Action: em.action})
 }
 
 func (em *emitter) host(a netip.Addr, proto uint8, port uint16) {
-	em.dr.CIDRs = append(em.dr.CIDRs, CIDRRule{Prefix: netip.PrefixFrom(a, a.BitLen()), Proto: proto, Ports: PortRange{port, port}, Rule: em.rule})
+	em.dr.CIDRs = append(em.dr.CIDRs, CIDRRule{Prefix: netip.PrefixFrom(a, a.BitLen()), Proto: proto, Ports: PortRange{port, port}, Rule: em.rule,
+		Tier: em.tier, Action: em.action})
 }
 
 type protoPorts struct {

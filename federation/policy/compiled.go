@@ -1,6 +1,10 @@
 package policy
 
-import "net/netip"
+import (
+	"net/netip"
+
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+)
 
 // This file is the contract between the compiler (this package) and every
 // dataplane (nodeagent/dataplane): the compiler produces these values, the
@@ -54,53 +58,179 @@ func (r PortRange) Contains(p uint16) bool { return p >= r.First && p <= r.Last 
 // dense per compile result, starting at 1; 0 means "no rule" (default verdict).
 type RuleID uint32
 
+// MaxTierRuleID bounds the RuleIDs of tier rules (RuleTier Admin or
+// Baseline): a dataplane packs one Admin and one Baseline candidate, each
+// an ID and an action, into one 32-bit lookup value. The compiler numbers
+// tier rules first, so only an endpoint with more tier rules than this in
+// its compile result exceeds it; the dataplane then refuses the revision
+// (the previous one stays enforced) instead of enforcing part of it.
+const MaxTierRuleID RuleID = 1<<14 - 1
+
+// RuleTier is the layer of the order of decision a compiled rule belongs to.
+type RuleTier uint8
+
+const (
+	// TierNetworkPolicy rules are NetworkPolicy allow rules (the zero value,
+	// so rules written before tiers existed keep their meaning).
+	TierNetworkPolicy RuleTier = iota
+	// TierAdmin rules are ClusterNetworkPolicy Admin tier rules.
+	TierAdmin
+	// TierBaseline rules are ClusterNetworkPolicy Baseline tier rules.
+	TierBaseline
+)
+
+func (t RuleTier) String() string {
+	switch t {
+	case TierAdmin:
+		return "admin"
+	case TierBaseline:
+		return "baseline"
+	}
+	return "networkpolicy"
+}
+
+// Action is what a matching compiled rule does.
+type Action uint8
+
+const (
+	// ActionAllow is a NetworkPolicy rule's: allow (the zero value).
+	ActionAllow Action = iota
+	// ActionAccept, ActionDeny and ActionPass are a tier rule's.
+	ActionAccept
+	ActionDeny
+	ActionPass
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionAccept:
+		return "Accept"
+	case ActionDeny:
+		return "Deny"
+	case ActionPass:
+		return "Pass"
+	}
+	return "Allow"
+}
+
 // RuleOrigin is where a RuleID came from.
 type RuleOrigin struct {
-	// Policy key: owning cluster ("" for federated), namespace, name.
+	// Policy key: owning cluster ("" for federated), namespace ("" for a
+	// ClusterNetworkPolicy), name.
 	Cluster, Namespace, Name string
 	// Federated is true for a federated policy.
 	Federated bool
 	Direction Direction
 	// Index of the rule in the policy's ingress or egress list.
 	Index int
+	// Tier is the layer the rule belongs to; the fields below are set for
+	// tier rules only.
+	Tier RuleTier
+	// Priority of the ClusterNetworkPolicy.
+	Priority int32
+	// RuleName is the rule's name ("" when it has none).
+	RuleName string
+	// Action of the rule: Allow for a NetworkPolicy rule.
+	Action Action
 }
 
-// IdentityRule allows traffic to or from Peer on Proto/Ports.
+// TierRule is the ClusterNetworkPolicy rule o names, as Tiers.Explain names
+// it; ok is false for a NetworkPolicy rule.
+func (o RuleOrigin) TierRule() (TierRule, bool) {
+	var tier cnpv1.Tier
+	switch o.Tier {
+	case TierAdmin:
+		tier = cnpv1.AdminTier
+	case TierBaseline:
+		tier = cnpv1.BaselineTier
+	default:
+		return TierRule{}, false
+	}
+	return TierRule{Tier: tier, Policy: ClusterPolicyKey{Cluster: o.Cluster, Name: o.Name}, Priority: o.Priority,
+		Direction: o.Direction, Index: o.Index, Name: o.RuleName, Action: cnpAction(o.Action)}, true
+}
+
+// IdentityRule matches traffic to or from Peer on Proto/Ports. A
+// NetworkPolicy rule (Tier TierNetworkPolicy) allows it; a tier rule does
+// its Action.
 type IdentityRule struct {
 	Peer  uint32 // IdentityAny or a numeric identity
 	Proto uint8  // ProtoAny or an IP protocol number
 	Ports PortRange
 	Rule  RuleID
+	// Tier and Action of the rule (zero: a NetworkPolicy allow rule).
+	Tier   RuleTier
+	Action Action
 }
 
-// CIDRRule allows traffic to or from addresses inside Prefix but outside
-// every Except prefix (ipBlock.except) on Proto/Ports. Rules are additive: a
-// packet passes when any rule allows it; Except only carves out its own rule.
+// CIDRRule matches traffic to or from addresses inside Prefix but outside
+// every Except prefix (ipBlock.except) on Proto/Ports. NetworkPolicy rules
+// are additive: a packet passes when any rule allows it; Except only
+// carves out its own rule. Tier rules have no Except.
 type CIDRRule struct {
 	Prefix netip.Prefix
 	Except []netip.Prefix
 	Proto  uint8
 	Ports  PortRange
 	Rule   RuleID
+	Tier   RuleTier
+	Action Action
 }
 
-// DirectionRules is the compiled policy of one endpoint in one direction.
+// DirectionRules is the compiled policy of one endpoint in one direction:
+// the ClusterNetworkPolicy tier rules and the NetworkPolicy allow rules,
+// each tier rule's precedence folded into its RuleID.
+//
+// The order of decision (Evaluate is its reference implementation for
+// dataplanes):
+//  1. Among the matching Admin rules, the lowest RuleID decides (the
+//     compiler numbers tier rules in evaluation order: priority, then the
+//     policy order doc.go gives for equal priorities, then rule order).
+//     Accept allows, Deny denies, Pass goes on to 2.
+//  2. If Enforced (some NetworkPolicy selects the endpoint in this
+//     direction): allowed when some NetworkPolicy rule matches, else denied.
+//  3. Among the matching Baseline rules, the lowest RuleID decides: Deny
+//     denies, Accept and Pass allow.
+//  4. Allowed.
 type DirectionRules struct {
-	// Enforced is true when some policy selects the endpoint in this
-	// direction: only what a rule allows passes (default deny). False means
-	// the direction is open (Kubernetes default) and the rules are empty.
+	// Enforced is true when some NetworkPolicy selects the endpoint in this
+	// direction: only what a NetworkPolicy rule allows passes (default
+	// deny), unless a tier rule decides first. False means the
+	// NetworkPolicy layer is open (Kubernetes default).
 	Enforced   bool
 	Identities []IdentityRule
 	CIDRs      []CIDRRule
 }
 
-// EndpointRules is the compiled policy of one local endpoint. A packet in a
-// direction is allowed when the direction is not enforced, or an identity
-// rule matches (peer identity, proto, port), or a CIDR rule matches (peer IP,
-// proto, port).
+// EndpointRules is the compiled policy of one local endpoint: per
+// direction, see DirectionRules.
 type EndpointRules struct {
 	// Identity of the endpoint itself.
 	Identity uint32
 	Ingress  DirectionRules
 	Egress   DirectionRules
+}
+
+func cnpAction(a Action) cnpv1.ClusterNetworkPolicyRuleAction {
+	switch a {
+	case ActionAccept:
+		return cnpv1.ClusterNetworkPolicyRuleActionAccept
+	case ActionDeny:
+		return cnpv1.ClusterNetworkPolicyRuleActionDeny
+	case ActionPass:
+		return cnpv1.ClusterNetworkPolicyRuleActionPass
+	}
+	return ""
+}
+
+func actionOf(a cnpv1.ClusterNetworkPolicyRuleAction) Action {
+	switch a {
+	case cnpv1.ClusterNetworkPolicyRuleActionAccept:
+		return ActionAccept
+	case cnpv1.ClusterNetworkPolicyRuleActionDeny:
+		return ActionDeny
+	case cnpv1.ClusterNetworkPolicyRuleActionPass:
+		return ActionPass
+	}
+	return ActionAllow
 }

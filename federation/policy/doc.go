@@ -26,6 +26,21 @@
 // the deciding tier, policy, priority, rule name and index and action, and
 // every Pass rule that handed the decision on.
 //
+// # Compiled form
+//
+// The compiler (Engine) gives each local endpoint, per direction, its
+// NetworkPolicy allow rules and its tier rules as identity and CIDR rules
+// (DirectionRules), a tier rule carrying its tier and action. RuleIDs of
+// tier rules come first and follow the order of evaluation above (tier,
+// priority, the equal-priority order below, rule order), so among the
+// matching rules of a tier the lowest RuleID is the one Explain names;
+// a dataplane needs only the minimum per tier over a fixed set of lookups
+// (DirectionRules.Evaluate is the reference). RuleOrigin maps every RuleID
+// back to its tier, policy, priority, rule index and name, and action, for
+// counters and flow events. A ClusterNetworkPolicy change recompiles only
+// the local endpoints its old or new version applies to; an endpoint
+// change only the users of the tier peers matching its group.
+//
 // # Readings of the upstream spec
 //
 // The upstream API reference (apis/v1alpha2 field docs, site-src/

@@ -63,6 +63,9 @@ type Engine struct {
 	// around the NetworkPolicy layer; the engine owns it so one Updater
 	// carries every policy kind to one compiler.
 	tiers *Tiers
+	// tierPeers caches the groups each namespaces/pods peer of a tier
+	// policy matches; an entry goes when a matching group changes.
+	tierPeers map[*tierPeer][]*group
 
 	dirty map[EndpointKey]struct{}
 	// dirtyPeers are peers whose identities changed since the last
@@ -110,6 +113,7 @@ func NewEngine(opts ...Option) *Engine {
 		peersFedByNS:      map[string]map[*peer]struct{}{},
 		peersGlobal:       map[*peer]struct{}{},
 		tiers:             NewTiers(),
+		tierPeers:         map[*tierPeer][]*group{},
 		dirty:             map[EndpointKey]struct{}{},
 		dirtyPeers:        map[peerMark]struct{}{},
 		cache:             map[EndpointKey]*Compiled{},
@@ -209,6 +213,15 @@ func (e *Engine) reattachCluster(name string) {
 		e.detachGroup(g)
 		e.attachGroup(g)
 	}
+	// Cluster selectors of tier policies and their peers may change their
+	// minds about any group of the cluster.
+	if e.tiers.Len() > 0 {
+		clear(e.tierPeers)
+		for _, g := range gs {
+			g.tiersValid = false
+		}
+		e.markAllLocal()
+	}
 }
 
 func (e *Engine) clusterLabels(name string) labels.Set { return e.clusters[name] }
@@ -244,6 +257,7 @@ func (e *Engine) UpsertEndpoint(ep *fedmeshv1.Endpoint) {
 		e.endpoints[n.key] = n
 		e.indexIPs(n)
 		e.markGlobal()
+		e.tierGroupChanged(g)
 		return
 	}
 	if old != nil {
@@ -299,6 +313,7 @@ func (e *Engine) addEndpoint(ep *endpoint) {
 	e.addID(g, ep.identity)
 	e.markNamedUsers(g)
 	e.markGlobal()
+	e.tierGroupChanged(g)
 }
 
 func locals(ep *endpoint) int {
@@ -378,6 +393,7 @@ func (e *Engine) removeEndpoint(ep *endpoint) {
 	e.delID(g, ep.identity)
 	e.markNamedUsers(g)
 	e.markGlobal()
+	e.tierGroupChanged(g)
 	if len(g.eps) == 0 {
 		e.detachGroup(g)
 		delete(e.groups, g.key)
@@ -582,30 +598,35 @@ func (e *Engine) UpsertNetworkPolicy(np *NetworkPolicy) {
 
 // UpsertClusterPolicy creates or replaces a ClusterNetworkPolicy (either
 // tier, synced or federated). It fails, changing nothing, when the policy
-// cannot be evaluated as written.
+// cannot be evaluated as written. Only the local endpoints the old or the
+// new version applies to recompile.
 func (e *Engine) UpsertClusterPolicy(p *ClusterPolicy) error {
+	old := e.tiers.policies[p.Key()]
+	if old != nil && reflect.DeepEqual(old.src, p) {
+		return nil
+	}
 	if err := e.tiers.Upsert(p); err != nil {
 		return fmt.Errorf("upsert cluster network policy: %w", err)
 	}
-	e.markAllLocal()
+	e.tierPolicyChanged(old, e.tiers.policies[p.Key()])
 	return nil
 }
 
 // DeleteClusterPolicy deletes a ClusterNetworkPolicy; deleting an unknown
 // one is a no-op.
 func (e *Engine) DeleteClusterPolicy(key ClusterPolicyKey) {
-	if !e.tiers.Has(key) {
+	old := e.tiers.policies[key]
+	if old == nil {
 		return
 	}
 	e.tiers.Delete(key)
-	e.markAllLocal()
+	e.tierPolicyChanged(old, nil)
 }
 
 // Tiers returns the ClusterNetworkPolicies the engine holds, for Explain.
 func (e *Engine) Tiers() *Tiers { return e.tiers }
 
-// markAllLocal marks every compiled endpoint for recompilation: a
-// ClusterNetworkPolicy may select any of them.
+// markAllLocal marks every compiled endpoint for recompilation.
 func (e *Engine) markAllLocal() {
 	for k, ep := range e.endpoints {
 		if ep.local {

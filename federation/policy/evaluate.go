@@ -7,22 +7,22 @@ import "net/netip"
 // identity peer and address peerIP (the unmapped form; the zero Addr
 // matches no CIDR rule), with IP protocol proto and destination port port
 // (ignored for ICMP/ICMPv6, which only a rule covering every port of every
-// protocol allows). It returns the lowest matching RuleID, 0 when the
-// direction is not enforced or nothing matched.
+// protocol matches), through the order of decision DirectionRules states.
+// It returns the deciding RuleID: the Admin or Baseline rule that decided
+// (a Baseline Pass included), the lowest matching NetworkPolicy rule, or 0
+// when no rule decided (default allow, or the NetworkPolicy default deny).
 func (dr *DirectionRules) Evaluate(peer uint32, peerIP netip.Addr, proto uint8, port uint16) (bool, RuleID) {
-	if !dr.Enforced {
-		return true, 0
-	}
-	var best RuleID
-	better := func(id RuleID) {
-		if best == 0 || id < best {
-			best = id
+	var best [3]RuleID // by RuleTier
+	var act [3]Action
+	better := func(t RuleTier, id RuleID, a Action) {
+		if best[t] == 0 || id < best[t] {
+			best[t], act[t] = id, a
 		}
 	}
 	for i := range dr.Identities {
 		r := &dr.Identities[i]
 		if (r.Peer == IdentityAny || r.Peer == peer) && protoPortMatch(r.Proto, r.Ports, proto, port) {
-			better(r.Rule)
+			better(r.Tier, r.Rule, r.Action)
 		}
 	}
 	if peerIP.IsValid() {
@@ -30,11 +30,20 @@ func (dr *DirectionRules) Evaluate(peer uint32, peerIP netip.Addr, proto uint8, 
 		for i := range dr.CIDRs {
 			r := &dr.CIDRs[i]
 			if r.Prefix.Contains(peerIP) && !excepted(r.Except, peerIP) && protoPortMatch(r.Proto, r.Ports, proto, port) {
-				better(r.Rule)
+				better(r.Tier, r.Rule, r.Action)
 			}
 		}
 	}
-	return best != 0, best
+	if best[TierAdmin] != 0 && act[TierAdmin] != ActionPass {
+		return act[TierAdmin] == ActionAccept, best[TierAdmin]
+	}
+	if dr.Enforced {
+		return best[TierNetworkPolicy] != 0, best[TierNetworkPolicy]
+	}
+	if best[TierBaseline] != 0 {
+		return act[TierBaseline] != ActionDeny, best[TierBaseline]
+	}
+	return true, 0
 }
 
 // Evaluate looks up direction dir of the endpoint's rules; see

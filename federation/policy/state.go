@@ -191,6 +191,11 @@ type group struct {
 	locals     int
 	selectedBy map[*policyState]struct{}
 	peerOf     map[*peer]struct{}
+	// tiers are the tier policies applying to the group (Admin, Baseline),
+	// in evaluation order, when tiersValid (computed for local groups on
+	// their first compile, then kept in step by tierPolicyChanged).
+	tiers      [2][]*tierPolicy
+	tiersValid bool
 }
 
 type clusterNS struct{ cluster, ns string }

@@ -19,8 +19,40 @@
 // attached endpoints' rules.
 //
 // Semantics (both implementations):
-//   - A direction that is not enforced passes every IP packet; an enforced
-//     one passes what an identity rule or a CIDR rule allows.
+//   - Order of decision per direction (policy.DirectionRules): the Admin
+//     tier's best matching rule (lowest RuleID: the compiler numbers tier
+//     rules by precedence) decides if it is Accept or Deny; else (Pass or
+//     no match), when NetworkPolicy enforces the direction, a matching
+//     NetworkPolicy rule allows and nothing else does; else the Baseline
+//     tier's best matching rule decides (Deny denies, Accept and Pass
+//     allow); else the packet passes. A direction with neither
+//     NetworkPolicy nor tier rules passes every IP packet.
+//   - Tier rules live in the same tables as NetworkPolicy rules under
+//     their own kinds; each entry's value packs the best Admin and the best
+//     Baseline candidate (RuleID and action) of every rule covering it, the
+//     covering shorter port prefixes folded in at Render, so one lookup per
+//     (peer kind, protocol kind) yields the best candidates and the tier
+//     stage keeps the per-tier minimum over its lookups. An endpoint's tier
+//     rules may use RuleIDs up to policy.MaxTierRuleID; Render refuses more.
+//   - Lookups per packet are fixed, whatever the number of rules: at most
+//     the endpoint (hash), conntrack (one LRU hash), ipcache (host hash,
+//     then the trie on a miss), then, when the endpoint has tier rules in
+//     the direction, the tier summary (hash) and up to six tier lookups
+//     (peer x protocol, peer x any, any x protocol, any x any, CIDR class x
+//     protocol, CIDR class x any), then, when NetworkPolicy enforces the
+//     direction and no Admin rule decided, up to six NetworkPolicy lookups
+//     of the same shapes (stopping at the first allow); the CIDR class
+//     (one trie lookup) is read at most once for both stages. Each policy
+//     lookup is one hash (policy_fixed) plus at most one port hash or trie
+//     walk (skipped when no range entry of the key touches the packet's
+//     4096-port block): at most 1+1+2+1+6x2+1+6x2 = 30 hash or trie
+//     lookups (an ICMP error one more conntrack lookup), besides the
+//     array lookups the verifier inlines; the per-endpoint summaries skip
+//     the lookups that cannot match. BenchmarkProgramPerPacketTiers
+//     measures the case where all of them run. The tier stage is a
+//     global BPF function (fm_tier_stage), verified once.
+//   - An enforced NetworkPolicy direction passes what an identity rule or
+//     a CIDR rule allows.
 //   - Peer identity comes from the ipcache (longest prefix match over all
 //     clusters). An address outside it has identity 0, which only
 //     IdentityAny rules and CIDR rules match.
@@ -34,8 +66,11 @@
 //     per-endpoint summary of which lookups can match at all; the trie is
 //     walked only for ports covered by a range. Tables without the summary
 //     (written by an older agent) are read with every lookup in the trie.
-//   - Rule counters count new flows per rule ID (any ID; up to 65536
-//     distinct rules per revision in the kernel).
+//   - Rule counters count new flows per rule ID, and packets denied by a
+//     tier Deny rule (any ID; up to 65536 distinct rules per revision in
+//     the kernel). Verdict events carry the deciding RuleID (a tier Deny's
+//     too), which Compiled.Origin maps to tier, policy, rule and action;
+//     an allow or deny decided by no rule carries 0.
 //   - ipBlock rules: every distinct prefix and except of one endpoint and
 //     direction becomes an LPM entry whose value names the set of rules that
 //     hold for addresses whose longest match it is (a "CIDR class"); the
@@ -56,13 +91,18 @@
 //     so counting costs no hash lookup; what has no index (an interface the
 //     revision does not know) is counted by interface in a hash.
 //   - Upgrades: per-revision tables keep their layout across versions (the
-//     old programs read them until their links are re-pointed). Soft state
+//     old programs read them until their links are re-pointed). Tier
+//     entries use kinds and an endpoint summary bit that programs before
+//     tiers never read: until its link is re-pointed, an old program
+//     enforces the NetworkPolicy layer exactly as before the upgrade, and
+//     the new program reads tables an older agent wrote (no tier bit) as
+//     NetworkPolicy only. Soft state
 //     (conntrack, fragments, counters, events) pinned with another layout is
 //     replaced, logged; the conntrack and endpoints tables of the version
 //     before fm_ct4/fm_ct6 and fm_endpoints_v2 are migrated.
 //   - Fragments: non-first fragments pass only after their allowed first
-//     fragment (or when the direction is open); otherwise they are dropped
-//     and counted (ReasonDenyFragment).
+//     fragment (or when the direction has neither NetworkPolicy nor tier
+//     rules); otherwise they are dropped and counted (ReasonDenyFragment).
 //   - Malformed IP packets are dropped in every direction; ARP and IPv6
 //     neighbour discovery/MLD always pass; other non-IP frames pass only
 //     when the direction is open. A packet on an attached interface that the
@@ -153,7 +193,7 @@ const (
 	ReasonAllowOpen      Reason = 3  // direction not enforced
 	ReasonAllowControl   Reason = 4  // ARP, neighbour discovery, MLD
 	ReasonAllowFragment  Reason = 5  // later fragment of an allowed packet
-	ReasonDenyPolicy     Reason = 6  // no rule allows it
+	ReasonDenyPolicy     Reason = 6  // no rule allows it, or a tier Deny rule denies it
 	ReasonDenyMalformed  Reason = 7  // truncated or invalid headers
 	ReasonDenyFragment   Reason = 8  // later fragment without an allowed first
 	ReasonDenyL3         Reason = 9  // non-IP frame in an enforced direction

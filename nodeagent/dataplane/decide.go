@@ -420,7 +420,7 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 			}
 		}
 	}
-	if fv.Flags&pfRanges != 0 {
+	if fv.Flags&pfRanges != 0 && (fv.Flags&pfBlocks == 0 || fv.Blocks>>(p.t.dport>>12)&1 != 0) {
 		return tb.policyTrieLookup(ifindex, dir, kind, peer, p, proto)
 	}
 	return fv.AllRule
@@ -443,6 +443,9 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		return d
 	}
 	enforced := ep.Enforced[dir] != 0
+	// tiers: the endpoint has ClusterNetworkPolicy entries in this
+	// direction (only in tables with the fast index).
+	tiers := ep.Lookups[dir&1]&(eplValid|eplTier) == eplValid|eplTier
 	d.epID = ep.Identity
 	p := &d.p
 
@@ -463,7 +466,7 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	fk := fragKey{Ifindex: ifindex, Dir: dir, Proto: p.t.proto, ID: p.fragID, Src: p.t.src, Dst: p.t.dst}
 	if p.frag == 2 {
 		switch _, ok := fs.frag[fk]; {
-		case !enforced:
+		case !enforced && !tiers:
 			d.reason = ReasonAllowOpen
 		case ok:
 			d.reason = ReasonAllowFragment
@@ -515,15 +518,81 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		peerIP = p.t.src
 	}
 	d.peerID, _ = tb.t.IPCache.lookup(peerIP) // the host hash, then the trie
-	if !enforced {
+	if !enforced && !tiers {
 		return allow(ReasonAllowOpen)
 	}
-	rule := uint32(0)
 	lookups := ep.Lookups[dir&1]
 	fast := lookups&eplValid != 0
 	if !fast {
 		lookups = 0xff
 	}
+	var class uint32
+	classDone := false
+	cidrClass := func() uint32 {
+		if !classDone {
+			classDone = true
+			ck := cidrKey{Prefixlen: cidrFixedBits + 128, Ifindex: ifindex, Dir: dir, IP: peerIP}
+			class, _ = tb.cidr.lookup(ck.data(), ck.Prefixlen)
+		}
+		return class
+	}
+	d.eventWorthy = true
+	// Tier stage: every tier lookup that can match, each value folded in;
+	// the best Admin and Baseline candidates come out.
+	var admin, base uint32
+	if tiers {
+		sv := tb.t.PolicyFixed[policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kindTierSummary}]
+		tm := sv.AllRule
+		fold := func(v uint32) {
+			if a := v >> 16; a != 0 && (admin == 0 || a < admin) {
+				admin = a
+			}
+			if b := v & 0xffff; b != 0 && (base == 0 || b < base) {
+				base = b
+			}
+		}
+		if d.peerID != 0 && tm&eplPeerProto != 0 {
+			fold(tb.policyLookup(true, ifindex, dir, kindTierIdentity, d.peerID, p, p.t.proto))
+		}
+		if d.peerID != 0 && tm&eplPeerAny != 0 {
+			fold(tb.policyLookup(true, ifindex, dir, kindTierIdentity, d.peerID, p, 0))
+		}
+		if tm&eplAllProto != 0 {
+			fold(tb.policyLookup(true, ifindex, dir, kindTierIdentity, 0, p, p.t.proto))
+		}
+		if tm&eplAllAny != 0 {
+			fold(tb.policyLookup(true, ifindex, dir, kindTierIdentity, 0, p, 0))
+		}
+		if tm&(eplCIDRProto|eplCIDRAny) != 0 && cidrClass() != 0 {
+			if tm&eplCIDRProto != 0 {
+				fold(tb.policyLookup(true, ifindex, dir, kindTierCIDR, class, p, p.t.proto))
+			}
+			if tm&eplCIDRAny != 0 {
+				fold(tb.policyLookup(true, ifindex, dir, kindTierCIDR, class, p, 0))
+			}
+		}
+	}
+	if admin != 0 && admin&3 != tierPass {
+		d.rule = admin >> 2
+		if admin&3 == tierAccept {
+			return allow(ReasonAllowPolicy)
+		}
+		d.reason = ReasonDenyPolicy
+		return d
+	}
+	if !enforced {
+		if base == 0 {
+			d.eventWorthy = false // as an open direction: no event
+			return allow(ReasonAllowOpen)
+		}
+		d.rule = base >> 2
+		if base&3 == tierDeny {
+			d.reason = ReasonDenyPolicy
+			return d
+		}
+		return allow(ReasonAllowPolicy)
+	}
+	rule := uint32(0)
 	if d.peerID != 0 && lookups&eplPeerProto != 0 {
 		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, d.peerID, p, p.t.proto)
 	}
@@ -536,18 +605,14 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	if rule == 0 && lookups&eplAllAny != 0 {
 		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, 0, p, 0)
 	}
-	if rule == 0 && lookups&(eplCIDRProto|eplCIDRAny) != 0 {
-		ck := cidrKey{Prefixlen: cidrFixedBits + 128, Ifindex: ifindex, Dir: dir, IP: peerIP}
-		if class, ok := tb.cidr.lookup(ck.data(), ck.Prefixlen); ok && class != 0 {
-			if lookups&eplCIDRProto != 0 {
-				rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, p.t.proto)
-			}
-			if rule == 0 && lookups&eplCIDRAny != 0 {
-				rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, 0)
-			}
+	if rule == 0 && lookups&(eplCIDRProto|eplCIDRAny) != 0 && cidrClass() != 0 {
+		if lookups&eplCIDRProto != 0 {
+			rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, p.t.proto)
+		}
+		if rule == 0 && lookups&eplCIDRAny != 0 {
+			rule = tb.policyLookup(fast, ifindex, dir, kindCIDR, class, p, 0)
 		}
 	}
-	d.eventWorthy = true
 	if rule == 0 {
 		d.reason = ReasonDenyPolicy
 		return d
@@ -555,3 +620,10 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	d.rule = rule
 	return allow(ReasonAllowPolicy)
 }
+
+// Actions in the low two bits of a tier candidate (policy.Action values).
+const (
+	tierAccept = 1
+	tierDeny   = 2
+	tierPass   = 3
+)

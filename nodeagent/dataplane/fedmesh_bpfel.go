@@ -32,6 +32,7 @@ const (
 	fedmeshMapFmPolicyPort       = "fm_policy_port"
 	fedmeshMapFmRuleStats        = "fm_rule_stats"
 	fedmeshMapFmState            = "fm_state"
+	fedmeshMapFmTierScratch      = "fm_tier_scratch"
 	fedmeshProgFmFromPod         = "fm_from_pod"
 	fedmeshProgFmToPod           = "fm_to_pod"
 	fedmeshVarCtTimeoutClosingNs = "ct_timeout_closing_ns"
@@ -108,6 +109,7 @@ type fedmeshMapSpecs struct {
 	FmPolicyPort  *ebpf.MapSpec `ebpf:"fm_policy_port"`
 	FmRuleStats   *ebpf.MapSpec `ebpf:"fm_rule_stats"`
 	FmState       *ebpf.MapSpec `ebpf:"fm_state"`
+	FmTierScratch *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
 }
 
 // fedmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -158,6 +160,7 @@ type fedmeshMaps struct {
 	FmPolicyPort  *ebpf.Map `ebpf:"fm_policy_port"`
 	FmRuleStats   *ebpf.Map `ebpf:"fm_rule_stats"`
 	FmState       *ebpf.Map `ebpf:"fm_state"`
+	FmTierScratch *ebpf.Map `ebpf:"fm_tier_scratch"`
 }
 
 func (m *fedmeshMaps) Close() error {
@@ -178,6 +181,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmPolicyPort,
 		m.FmRuleStats,
 		m.FmState,
+		m.FmTierScratch,
 	)
 }
 

@@ -15,6 +15,19 @@ import (
 const (
 	kindIdentity = 0
 	kindCIDR     = 1
+	// Tier entries (ClusterNetworkPolicy rules) live in the same tables
+	// under their own kinds, so programs of a version before tiers never
+	// read them (they keep enforcing the NetworkPolicy layer as before).
+	// Their value packs two candidates: the Admin tier's in the high 16
+	// bits, the Baseline tier's in the low 16, each RuleID<<2 | action
+	// (policy.Action), 0 for none; the lowest value of a half is the
+	// highest precedence.
+	kindTierIdentity = 2
+	kindTierCIDR     = 3
+	// kindTierSummary is a PolicyFixed entry per endpoint and direction
+	// with tier entries (eplTier): AllRule holds the epl* bits of the tier
+	// lookups that can match.
+	kindTierSummary = 4
 
 	policyFixedBits = 96
 	policyAllBits   = 112
@@ -69,6 +82,7 @@ const (
 	eplAllAny    = 0x08 // rules for any identity, any protocol
 	eplCIDRProto = 0x10 // CIDR rules, one protocol
 	eplCIDRAny   = 0x20 // CIDR rules, any protocol
+	eplTier      = 0x40 // tier entries exist: read the kindTierSummary entry
 	eplValid     = 0x80 // PolicyFixed and PolicyPort are filled
 )
 
@@ -89,13 +103,17 @@ type policyFixedVal struct {
 	Flags   uint8  // pf*
 	NPorts  uint8  // Ports[:NPorts] are single-port entries (unless pfExact)
 	Ports   [pfInline][2]byte
-	Pad     uint16
+	Blocks  uint16 // with pfBlocks: bit i set when a range entry covers a port of block i (ports i*4096...)
 	Rules   [pfInline]uint32
 }
 
 const (
 	pfExact  = 0x1 // single-port entries, in PolicyPort
 	pfRanges = 0x2 // range entries shorter than a port and longer than all ports
+	// pfBlocks: Blocks is filled, so a port in a block no range entry
+	// touches skips the trie walk. Older agents leave it (and Blocks, then
+	// padding) zero: their tables are walked as before.
+	pfBlocks = 0x4
 	// pfInline single-port entries or fewer live in the policyFixedVal: one
 	// hash lookup answers most packets.
 	pfInline = 4
@@ -153,6 +171,7 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 		Endpoints: make(map[uint32]endpointVal, len(attached)),
 		Revision:  rev.Number,
 	}
+	tier := map[policyKey]uint32{}
 	ids := make([]string, 0, len(attached))
 	for id := range attached {
 		ids = append(ids, id)
@@ -168,19 +187,32 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 			if dir == policy.Egress {
 				dr = rules.Egress
 			}
-			if !dr.Enforced {
-				continue
-			}
+			// NetworkPolicy rules count only when the layer is enforced
+			// (the compiler emits none otherwise); tier rules always.
 			for _, r := range dr.Identities {
-				if err := t.addPolicy(ifindex, dir, kindIdentity, r.Peer, r.Proto, r.Ports, r.Rule); err != nil {
+				if r.Tier == policy.TierNetworkPolicy {
+					if !dr.Enforced {
+						continue
+					}
+					if err := t.addPolicy(ifindex, dir, kindIdentity, r.Peer, r.Proto, r.Ports, r.Rule); err != nil {
+						return nil, fmt.Errorf("render endpoint %s: %w", id, err)
+					}
+					continue
+				}
+				v, err := tierValue(r.Tier, r.Action, r.Rule)
+				if err != nil {
+					return nil, fmt.Errorf("render endpoint %s: %w", id, err)
+				}
+				if err := t.addTier(tier, ifindex, dir, kindTierIdentity, r.Peer, r.Proto, r.Ports, v); err != nil {
 					return nil, fmt.Errorf("render endpoint %s: %w", id, err)
 				}
 			}
-			if err := t.addCIDRs(ifindex, dir, dr.CIDRs); err != nil {
+			if err := t.addCIDRs(tier, ifindex, dir, dr.Enforced, dr.CIDRs); err != nil {
 				return nil, fmt.Errorf("render endpoint %s: %w", id, err)
 			}
 		}
 	}
+	t.foldTiers(tier)
 	t.indexPolicy()
 	return t, nil
 }
@@ -197,6 +229,7 @@ func (t *Tables) indexPolicy() {
 		t.Endpoints[idx] = ep
 		lookups[idx] = &ep.Lookups
 	}
+	tierMasks := map[policyFixedKey]uint32{}
 	for k, rule := range t.Policy {
 		fk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto, Peer: k.Peer}
 		fv := t.PolicyFixed[fk]
@@ -206,14 +239,20 @@ func (t *Tables) indexPolicy() {
 		case policyFixedBits:
 			fv.AllRule = rule
 		default:
-			fv.Flags |= pfRanges
+			fv.Flags |= pfRanges | pfBlocks
+			bits := k.Prefixlen - policyFixedBits
+			first := uint32(k.Port[0])<<8 | uint32(k.Port[1])
+			last := first + 1<<(16-bits) - 1
+			for b := first >> 12; b <= last>>12; b++ {
+				fv.Blocks |= 1 << b
+			}
 		}
 		t.PolicyFixed[fk] = fv
 		var bit uint8
 		switch {
-		case k.Kind == kindCIDR && k.Proto != 0:
+		case (k.Kind == kindCIDR || k.Kind == kindTierCIDR) && k.Proto != 0:
 			bit = eplCIDRProto
-		case k.Kind == kindCIDR:
+		case k.Kind == kindCIDR || k.Kind == kindTierCIDR:
 			bit = eplCIDRAny
 		case k.Peer != 0 && k.Proto != 0:
 			bit = eplPeerProto
@@ -224,9 +263,19 @@ func (t *Tables) indexPolicy() {
 		default:
 			bit = eplAllAny
 		}
-		if l := lookups[k.Ifindex]; l != nil {
-			l[k.Dir&1] |= bit
+		l := lookups[k.Ifindex]
+		if l == nil {
+			continue
 		}
+		if k.Kind == kindTierIdentity || k.Kind == kindTierCIDR {
+			l[k.Dir&1] |= eplTier
+			tierMasks[policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: kindTierSummary}] |= uint32(bit)
+			continue
+		}
+		l[k.Dir&1] |= bit
+	}
+	for fk, mask := range tierMasks {
+		t.PolicyFixed[fk] = policyFixedVal{AllRule: mask}
 	}
 	for fk, ports := range exact {
 		fv := t.PolicyFixed[fk]
@@ -256,11 +305,19 @@ func (t *Tables) indexPolicy() {
 func (t *Tables) countedRules() []uint32 {
 	seen := map[uint32]bool{}
 	var ids []uint32
-	for _, r := range t.Policy {
+	add := func(r uint32) {
 		if r != 0 && !seen[r] {
 			seen[r] = true
 			ids = append(ids, r)
 		}
+	}
+	for k, r := range t.Policy {
+		if k.Kind == kindTierIdentity || k.Kind == kindTierCIDR {
+			add(r >> 18)           // Admin candidate
+			add((r & 0xffff) >> 2) // Baseline candidate
+			continue
+		}
+		add(r)
 	}
 	slices.Sort(ids)
 	if len(ids) > maxCountedRules {
@@ -359,7 +416,18 @@ type cidrRule struct {
 	r       policy.CIDRRule
 }
 
-func (t *Tables) addCIDRs(ifindex uint32, dir policy.Direction, rules []policy.CIDRRule) error {
+// addCIDRs adds the CIDR rules of one endpoint and direction: the
+// NetworkPolicy ones when enforced, the tier ones always. Both share one
+// set of classes (one trie lookup per packet); a class keys kindCIDR
+// entries for its NetworkPolicy rules and kindTierCIDR ones (into tier,
+// folded later) for its tier rules.
+func (t *Tables) addCIDRs(tier map[policyKey]uint32, ifindex uint32, dir policy.Direction, enforced bool, all []policy.CIDRRule) error {
+	var rules []policy.CIDRRule
+	for _, r := range all {
+		if r.Tier != policy.TierNetworkPolicy || enforced {
+			rules = append(rules, r)
+		}
+	}
 	if len(rules) == 0 {
 		return nil
 	}
@@ -427,7 +495,17 @@ func (t *Tables) addCIDRs(ifindex uint32, dir policy.Direction, rules []policy.C
 				classes[sig] = c
 				for _, i := range set {
 					r := crs[i].r
-					if err := t.addPolicy(ifindex, dir, kindCIDR, c, r.Proto, r.Ports, r.Rule); err != nil {
+					if r.Tier == policy.TierNetworkPolicy {
+						if err := t.addPolicy(ifindex, dir, kindCIDR, c, r.Proto, r.Ports, r.Rule); err != nil {
+							return err
+						}
+						continue
+					}
+					v, err := tierValue(r.Tier, r.Action, r.Rule)
+					if err != nil {
+						return err
+					}
+					if err := t.addTier(tier, ifindex, dir, kindTierCIDR, c, r.Proto, r.Ports, v); err != nil {
 						return err
 					}
 				}
@@ -437,4 +515,72 @@ func (t *Tables) addCIDRs(ifindex uint32, dir policy.Direction, rules []policy.C
 		t.CIDR[cidrKey{Prefixlen: cidrFixedBits + p.bits, Ifindex: ifindex, Dir: uint8(dir), IP: p.ip}] = class
 	}
 	return nil
+}
+
+// tierValue is the packed value (see kindTierIdentity) of one tier rule.
+func tierValue(tier policy.RuleTier, act policy.Action, rule policy.RuleID) (uint32, error) {
+	if rule == 0 || rule > policy.MaxTierRuleID {
+		return 0, fmt.Errorf("tier rule %d: over the %d tier rules one endpoint's tables can rank", rule, policy.MaxTierRuleID)
+	}
+	if act < policy.ActionAccept || act > policy.ActionPass {
+		return 0, fmt.Errorf("tier rule %d: action %s is not Accept, Deny or Pass", rule, act)
+	}
+	half := uint32(rule)<<2 | uint32(act)
+	if tier == policy.TierAdmin {
+		return half << 16, nil
+	}
+	return half, nil
+}
+
+// foldTierValues keeps, per half, the higher-precedence (lower, non-zero)
+// candidate of a and b.
+func foldTierValues(a, b uint32) uint32 {
+	lo := func(x, y uint32) uint32 {
+		switch {
+		case x == 0:
+			return y
+		case y == 0 || x < y:
+			return x
+		}
+		return y
+	}
+	return lo(a>>16, b>>16)<<16 | lo(a&0xffff, b&0xffff)
+}
+
+// addTier records the tier value v for every port prefix of ports.
+func (t *Tables) addTier(tier map[policyKey]uint32, ifindex uint32, dir policy.Direction, kind uint8, peer uint32,
+	proto uint8, ports policy.PortRange, v uint32) error {
+	if ports.First > ports.Last {
+		return fmt.Errorf("tier value %#x: port range %d-%d is empty", v, ports.First, ports.Last)
+	}
+	for _, pp := range portPrefixes(ports) {
+		k := policyKey{Prefixlen: policyFixedBits + uint32(pp.bits), Ifindex: ifindex, Dir: uint8(dir),
+			Kind: kind, Proto: proto, Peer: peer, Port: [2]byte{byte(pp.value >> 8), byte(pp.value)}}
+		tier[k] = foldTierValues(tier[k], v)
+	}
+	return nil
+}
+
+// foldTiers moves the tier entries into Policy, each folded with every
+// shorter entry of its key that covers it: a lookup returns only the
+// longest matching port prefix, and a rule whose ports cover that prefix
+// matches the packet too, so the longest match must carry the best of all.
+// Each entry looks up its at most 16 ancestors.
+func (t *Tables) foldTiers(tier map[policyKey]uint32) {
+	for k, v := range tier {
+		port := uint16(k.Port[0])<<8 | uint16(k.Port[1])
+		for bits := uint32(0); bits < k.Prefixlen-policyFixedBits; bits++ {
+			a := k
+			a.Prefixlen = policyFixedBits + bits
+			p := port & uint16(0xffff<<(16-bits)&0xffff)
+			if bits == 0 {
+				p = 0
+			}
+			a.Port = [2]byte{byte(p >> 8), byte(p)}
+			if av, ok := tier[a]; ok {
+				v = foldTierValues(v, av)
+			}
+		}
+		t.Policy[k] = v
+	}
 }

@@ -26,7 +26,7 @@ const (
 
 	wlCluster, wlNamespace, wlPod, wlIdentity, wlIP, wlPort = 1, 2, 3, 5, 6, 7
 
-	decDirection, decKind, decRule, decSelectedBy, decReason, decRuleID = 1, 2, 3, 5, 6, 7
+	decDirection, decKind, decRule, decTier, decSelectedBy, decReason, decRuleID = 1, 2, 3, 4, 5, 6, 7
 
 	ruleRefPolicy, ruleRefKind, ruleRefDirection, ruleRefIndex = 1, 2, 3, 4
 
@@ -137,7 +137,7 @@ func appendDecision(b []byte, ev dataplane.Event, c decision) []byte {
 		keySize = sizeString(keyCluster, o.Cluster) + sizeString(keyNamespace, o.Namespace) + sizeString(keyName, o.Name)
 		ruleSize = protowire.SizeTag(ruleRefPolicy) + protowire.SizeBytes(keySize) + sizeVarintField(ruleRefKind, uint64(policyKind(o))) +
 			sizeVarintField(ruleRefDirection, uint64(policyType(o.Direction))) + sizeVarintField(ruleRefIndex, uint64(o.Index))
-		n += protowire.SizeTag(decRule) + protowire.SizeBytes(ruleSize)
+		n += protowire.SizeTag(decRule) + protowire.SizeBytes(ruleSize) + sizeString(decTier, tierName(o))
 	}
 	for _, k := range c.selecting {
 		n += protowire.SizeTag(decSelectedBy) + protowire.SizeBytes(sizeKey(k))
@@ -152,6 +152,7 @@ func appendDecision(b []byte, ev dataplane.Event, c decision) []byte {
 		b = appendVarintField(b, ruleRefKind, uint64(policyKind(o)))
 		b = appendVarintField(b, ruleRefDirection, uint64(policyType(o.Direction)))
 		b = appendVarintField(b, ruleRefIndex, uint64(o.Index))
+		b = appendString(b, decTier, tierName(o))
 	}
 	for _, k := range c.selecting {
 		b = appendKey(b, decSelectedBy, k.GetCluster(), k.GetNamespace(), k.GetName(), sizeKey(k))

@@ -128,6 +128,9 @@ func newLocal(c *policy.Compiled) *local {
 	l := &local{compiled: c}
 	seen := map[policy.RuleOrigin]bool{}
 	for _, o := range c.Origins {
+		if o.Tier != policy.TierNetworkPolicy {
+			continue // selected_by names the NetworkPolicies
+		}
 		k := policy.RuleOrigin{Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name, Direction: o.Direction}
 		if seen[k] {
 			continue
@@ -196,8 +199,6 @@ func classify(ev dataplane.Event, l *local) decision {
 			return d
 		}
 		d.kind, d.origin = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_RULE, o
-		// The tier stays empty until RuleOrigin carries the tier of
-		// ClusterNetworkPolicy rules (then: FlowDecision.Tier = o.Tier).
 	case ev.Reason == dataplane.ReasonDenyPolicy:
 		d.kind = fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_NO_RULE_ALLOWS
 	case ev.Reason == dataplane.ReasonAllowOpen:
@@ -224,8 +225,18 @@ func decide(ev dataplane.Event, l *local) *fedmeshv1.FlowDecision {
 		o := c.origin
 		d.Rule = &fedmeshv1.RuleRef{Policy: &fedmeshv1.PolicyKey{Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name},
 			Kind: policyKind(o), Direction: policyType(o.Direction), Index: uint32(o.Index)}
+		d.Tier = tierName(o)
 	}
 	return d
+}
+
+// tierName is the upstream tier name of a ClusterNetworkPolicy rule
+// ("Admin", "Baseline"); "" for a NetworkPolicy rule.
+func tierName(o policy.RuleOrigin) string {
+	if tr, ok := o.TierRule(); ok {
+		return string(tr.Tier)
+	}
+	return ""
 }
 
 // Explain is the decision as a sentence: "allowed by ingress rule 0 of

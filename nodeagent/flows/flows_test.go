@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
@@ -206,5 +208,48 @@ func TestAppendFlowEncodesAttribute(t *testing.T) {
 	b := AppendShipped(AppendShipped(nil, d.AppendFlow(nil, ev, "c1", "n1", now)), d.AppendFlow(nil, ev, "c1", "n1", now))
 	if err := proto.Unmarshal(b, &req); err != nil || len(req.GetFlows()) != 2 || !proto.Equal(req.GetFlows()[1], d.Attribute(ev, "c1", "n1", now)) {
 		t.Fatalf("shipped batch %v (%v)", &req, err)
+	}
+}
+
+// TestFlowsNameTheDecidingTierRule: an event a ClusterNetworkPolicy rule
+// decided (the dataplane reports its RuleID) names the tier, the policy and
+// the rule, and encodes as it attributes.
+func TestFlowsNameTheDecidingTierRule(t *testing.T) {
+	e := policy.NewEngine()
+	e.UpsertCluster(&fedmeshv1.Cluster{Name: "c1"})
+	e.UpsertEndpoint(webEp)
+	e.UpsertEndpoint(dbEp)
+	if err := e.UpsertClusterPolicy(&policy.ClusterPolicy{Name: "guard", Spec: cnpv1.ClusterNetworkPolicySpec{
+		Tier: cnpv1.AdminTier, Priority: 3,
+		Subject: cnpv1.ClusterNetworkPolicySubject{Pods: &cnpv1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}},
+		Ingress: []cnpv1.ClusterNetworkPolicyIngressRule{{Name: "no-ssh", Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+			From:      []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
+			Protocols: []cnpv1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Number: 22}}}}}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Recompute()
+	c, _ := e.Rules(dbKey)
+	ok, rule := c.Rules.Evaluate(policy.Ingress, 7, netip.MustParseAddr("10.0.0.1"), 6, 22)
+	if ok || rule == 0 {
+		t.Fatalf("the compiled rules do not deny ssh by a rule: %v %d", ok, rule)
+	}
+	d := NewDirectory()
+	d.UpsertEndpoint(webEp)
+	d.UpsertEndpoint(dbEp)
+	d.Stage(dbKey.String(), c)
+	d.Commit()
+	ev := event("10.0.0.1", "10.0.0.2", 7, 8, policy.Ingress, dataplane.ReasonDenyPolicy, rule)
+	ev.DstPort = 22
+	now := time.Unix(1796558400, 0)
+	f := d.Attribute(ev, "c1", "n1", now)
+	dec := f.GetDecision()
+	if dec.GetKind() != fedmeshv1.FlowDecisionKind_FLOW_DECISION_KIND_RULE || dec.GetTier() != "Admin" ||
+		dec.GetRule().GetPolicy().GetName() != "guard" || dec.GetRule().GetIndex() != 0 || len(dec.GetSelectedBy()) != 0 {
+		t.Fatalf("decision %v (%q), want the Admin rule 0 of guard", dec, Explain(dec))
+	}
+	var got fedmeshv1.Flow
+	if err := proto.Unmarshal(d.AppendFlow(nil, ev, "c1", "n1", now), &got); err != nil || !proto.Equal(&got, f) {
+		t.Fatalf("encoded %v (%v), want %v", &got, err, f)
 	}
 }

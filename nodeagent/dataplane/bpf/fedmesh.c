@@ -44,6 +44,21 @@
 
 #define KIND_IDENTITY 0
 #define KIND_CIDR 1
+// ClusterNetworkPolicy tier entries, in the same tables under their own
+// kinds (programs before tiers never look them up). A value packs the best
+// Admin candidate (high 16 bits) and Baseline candidate (low 16 bits), each
+// rule << 2 | TIER_*, 0 for none: the lower, the higher its precedence.
+// Entries are folded at render time, so the longest port prefix carries the
+// best candidate of every prefix covering it.
+#define KIND_TIER_IDENTITY 2
+#define KIND_TIER_CIDR 3
+// One fixed-table entry per endpoint and direction with tier entries:
+// all_rule holds the EPL_* bits of the tier lookups that can match.
+#define KIND_TIER_SUMMARY 4
+
+#define TIER_ACCEPT 1
+#define TIER_DENY 2
+#define TIER_PASS 3
 
 #define PROTO_ICMP 1
 #define PROTO_TCP 6
@@ -140,6 +155,7 @@ struct endpoint_val {
 #define EPL_ALL_ANY 0x08    // rules for any identity, any protocol
 #define EPL_CIDR_PROTO 0x10 // CIDR rules, one protocol
 #define EPL_CIDR_ANY 0x20   // CIDR rules, any protocol
+#define EPL_TIER 0x40       // tier entries exist (needs EPL_VALID): see KIND_TIER_SUMMARY
 #define EPL_VALID 0x80      // the fast tables of this revision are filled
 
 // The fast path in front of the policy trie. policy_fixed holds, for each
@@ -150,6 +166,10 @@ struct endpoint_val {
 // answers range lookups and serves older programs.
 #define PF_EXACT 0x1  // single-port entries are in policy_port
 #define PF_RANGES 0x2 // range entries are in the trie
+// PF_BLOCKS: blocks is filled: bit i is set when a range entry covers a port
+// of block i (ports i*4096 to i*4096+4095), so other ports skip the trie
+// walk. Older agents wrote 0 there (padding) and no PF_BLOCKS.
+#define PF_BLOCKS 0x4
 #define PF_INLINE 4
 
 struct policy_port_key {
@@ -178,7 +198,7 @@ struct policy_fixed_val {
 	__u8 flags;     // PF_*
 	__u8 nports;    // ports[:nports] are single-port entries
 	__u16 ports[PF_INLINE]; // network byte order
-	__u16 pad;
+	__u16 blocks;           // with PF_BLOCKS, see there
 	__u32 rules[PF_INLINE];
 };
 
@@ -1001,6 +1021,12 @@ static __always_inline void ct_open(void *ct, void *k, __u8 c, struct ct_flow *n
 	v->flow[c & 1] = *nf;
 }
 
+// What the policy lookups need of a packet.
+struct l4 {
+	__u16 dport;
+	__u8 has_ports;
+};
+
 // The tables one packet's policy lookups read, all from one slot.
 struct policy_tabs {
 	void *trie;  // fm_policy: every entry
@@ -1010,7 +1036,7 @@ struct policy_tabs {
 	__u8 dir;
 };
 
-static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
 						__u8 proto)
 {
 	struct policy_key k = {};
@@ -1022,7 +1048,7 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	k.kind = kind;
 	k.proto = proto;
 	k.peer = peer;
-	k.port = bpf_htons(p->t.dport);
+	k.port = bpf_htons(p->dport);
 	v = bpf_map_lookup_elem(pt->trie, &k);
 	return v ? v->rule : 0;
 }
@@ -1031,7 +1057,7 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 // returns, mostly without touching the trie: a single-port entry is the
 // longest match when it exists (hash hit); without range entries, the
 // all-ports entry is the only other candidate.
-static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct pkt *p,
+static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
 					   __u8 proto)
 {
 	struct policy_port_key k = {};
@@ -1045,7 +1071,7 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 	k.kind = kind;
 	k.proto = proto;
 	k.peer = peer;
-	k.port = bpf_htons(p->t.dport);
+	k.port = bpf_htons(p->dport);
 	fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
 	if (!fv)
 		return 0;
@@ -1062,9 +1088,109 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 			if (i < fv->nports && fv->ports[i] == k.port)
 				return fv->rules[i];
 	}
-	if (fv->flags & PF_RANGES)
+	if ((fv->flags & PF_RANGES) && (!(fv->flags & PF_BLOCKS) || ((fv->blocks >> (p->dport >> 12)) & 1)))
 		return policy_trie_lookup(pt, kind, peer, p, proto);
 	return fv->all_rule;
+}
+
+// tier_fold keeps, per tier, the better (lower, non-zero) candidate.
+static __always_inline void tier_fold(__u32 v, __u32 *admin, __u32 *base)
+{
+	__u32 a = v >> 16, b = v & 0xffff;
+
+	if (a && (!*admin || a < *admin))
+		*admin = a;
+	if (b && (!*base || b < *base))
+		*base = b;
+}
+
+// cidr_class returns the CIDR class of the peer address for an endpoint
+// and direction (0: no CIDR rule holds for it).
+static __always_inline __u32 cidr_class(__u32 slot, __u32 ifindex, __u8 dir, __u8 *peer_ip)
+{
+	struct cidr_key k = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
+	struct cidr_val *v;
+	void *cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
+
+	if (!cidr)
+		return 0;
+	__builtin_memcpy(k.ip, peer_ip, 16);
+	v = bpf_map_lookup_elem(cidr, &k);
+	return v ? v->class_id : 0;
+}
+
+// The tier stage's inputs and outputs.
+struct tier_args {
+	__u8 peer_ip[16];
+	__u32 slot;
+	__u32 ifindex;
+	__u32 peer_id;
+	__u16 dport;
+	__u8 dir;
+	__u8 proto;
+	__u8 has_ports;
+	__u8 cls_done; // out: cls was looked up
+	__u16 pad;
+	__u32 cls;   // out: the peer's CIDR class
+	__u32 admin; // out: the best Admin candidate, 0 for none
+	__u32 base;  // out: the best Baseline candidate, 0 for none
+};
+
+// The tier stage's arguments live here, not on the stack: handle() and
+// fm_tier_stage share the 512-byte stack. Not pinned: scratch, per packet.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tier_args);
+} fm_tier_scratch SEC(".maps");
+
+// fm_tier_stage runs every tier lookup that can match (the endpoint's
+// KIND_TIER_SUMMARY entry says which) and folds their values into the best
+// Admin and Baseline candidates. A global function: the verifier checks it
+// once, not once per path of handle() that reaches it.
+__attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
+{
+	struct policy_tabs pt = {};
+	struct policy_fixed_val *sv;
+	struct l4 q;
+	__u32 tm, slot, admin = 0, base = 0;
+
+	if (!a)
+		return 0;
+	slot = a->slot;
+	pt.ifindex = a->ifindex;
+	pt.dir = a->dir;
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+	if (!pt.trie || !pt.fixed || !pt.port)
+		return 0;
+	struct policy_fixed_key sk = {.ifindex = a->ifindex, .dir = a->dir, .kind = KIND_TIER_SUMMARY};
+	sv = bpf_map_lookup_elem(pt.fixed, &sk);
+	tm = sv ? sv->all_rule : 0;
+	q.dport = a->dport;
+	q.has_ports = a->has_ports;
+	if (a->peer_id && (tm & EPL_PEER_PROTO))
+		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, a->peer_id, &q, a->proto), &admin, &base);
+	if (a->peer_id && (tm & EPL_PEER_ANY))
+		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, a->peer_id, &q, 0), &admin, &base);
+	if (tm & EPL_ALL_PROTO)
+		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, 0, &q, a->proto), &admin, &base);
+	if (tm & EPL_ALL_ANY)
+		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, 0, &q, 0), &admin, &base);
+	if (tm & (EPL_CIDR_PROTO | EPL_CIDR_ANY)) {
+		__u32 cls = cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
+		a->cls = cls;
+		a->cls_done = 1;
+		if (cls && (tm & EPL_CIDR_PROTO))
+			tier_fold(policy_lookup(&pt, KIND_TIER_CIDR, cls, &q, a->proto), &admin, &base);
+		if (cls && (tm & EPL_CIDR_ANY))
+			tier_fold(policy_lookup(&pt, KIND_TIER_CIDR, cls, &q, 0), &admin, &base);
+	}
+	a->admin = admin;
+	a->base = base;
+	return 0;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -1073,7 +1199,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct pkt p = {};
 	struct state *st;
 	struct endpoint_val *ep;
-	void *eps, *ipc, *cidr, *rc;
+	void *eps, *ipc, *rc;
 	__u8 *peer_ip;
 	__u64 now = 0;
 	int r;
@@ -1092,6 +1218,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	__u8 enforced = dir == DIR_INGRESS ? ep->enforced[0] : ep->enforced[1];
 	__u8 lookups = dir == DIR_INGRESS ? ep->lookups[0] : ep->lookups[1];
+	// tiers: ClusterNetworkPolicy entries exist for this direction.
+	__u8 tiers = (lookups & (EPL_VALID | EPL_TIER)) == (EPL_VALID | EPL_TIER);
 	__u32 ep_id = ep->identity;
 	__u32 stats = ep->stats;
 
@@ -1117,7 +1245,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	// The fragment key is built only for fragments: most packets are not.
 	struct frag_key fk;
 	if (p.frag == 2) {
-		if (!enforced) {
+		if (!enforced && !tiers) {
 			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
@@ -1188,7 +1316,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (iv)
 			peer_id = iv->identity;
 	}
-	if (!enforced) {
+	if (!enforced && !tiers) {
 		reason = REASON_ALLOW_OPEN;
 		goto allow;
 	}
@@ -1205,31 +1333,75 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	} else {
 		lookups = 0xff;
 	}
+
+	// Tier stage (fm_tier_stage); it also hands over the peer's CIDR
+	// class when it looked it up, so both stages cost one trie lookup.
+	__u32 admin = 0, base = 0, cls = 0;
+	__u8 cls_done = 0;
+	struct l4 q = {.dport = p.t.dport, .has_ports = p.has_ports};
+
+	if (tiers) {
+		struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+		if (!ta)
+			goto deny;
+		__builtin_memcpy(ta->peer_ip, peer_ip, 16);
+		ta->slot = slot;
+		ta->ifindex = ifindex;
+		ta->peer_id = peer_id;
+		ta->dport = p.t.dport;
+		ta->dir = dir;
+		ta->proto = p.t.proto;
+		ta->has_ports = p.has_ports;
+		ta->cls_done = 0;
+		ta->cls = 0;
+		ta->admin = 0;
+		ta->base = 0;
+		fm_tier_stage(ta);
+		admin = ta->admin;
+		base = ta->base;
+		cls = ta->cls;
+		cls_done = ta->cls_done;
+	}
+	// Admin Accept and Deny are final; Pass goes on.
+	if (admin && (admin & 3) != TIER_PASS) {
+		rule = admin >> 2;
+		if ((admin & 3) == TIER_ACCEPT)
+			goto allow_policy;
+		goto deny;
+	}
+	// No NetworkPolicy selects the endpoint: the Baseline tier, then allow.
+	if (!enforced) {
+		if (!base) {
+			reason = REASON_ALLOW_OPEN;
+			goto allow;
+		}
+		rule = base >> 2;
+		if ((base & 3) == TIER_DENY)
+			goto deny;
+		goto allow_policy;
+	}
+
 	if (peer_id && (lookups & EPL_PEER_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, p.t.proto);
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &q, p.t.proto);
 	if (!rule && peer_id && (lookups & EPL_PEER_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &p, 0);
+		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &q, 0);
 	if (!rule && (lookups & EPL_ALL_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, p.t.proto);
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, p.t.proto);
 	if (!rule && (lookups & EPL_ALL_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &p, 0);
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, 0);
 	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
-		cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
-		if (cidr) {
-			struct cidr_key cki = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
-			struct cidr_val *cval;
-			__builtin_memcpy(cki.ip, peer_ip, 16);
-			cval = bpf_map_lookup_elem(cidr, &cki);
-			if (cval && cval->class_id) {
-				if (lookups & EPL_CIDR_PROTO)
-					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, p.t.proto);
-				if (!rule && (lookups & EPL_CIDR_ANY))
-					rule = policy_lookup(&pt, KIND_CIDR, cval->class_id, &p, 0);
-			}
+		if (!cls_done)
+			cls = cidr_class(slot, ifindex, dir, peer_ip);
+		if (cls) {
+			if (lookups & EPL_CIDR_PROTO)
+				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, p.t.proto);
+			if (!rule && (lookups & EPL_CIDR_ANY))
+				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, 0);
 		}
 	}
 	if (!rule)
 		goto deny;
+allow_policy:
 	reason = REASON_ALLOW_POLICY;
 	rc = bpf_map_lookup_elem(&fm_rule_stats, &slot);
 	count_rule(rc, skb, rule);
@@ -1261,8 +1433,13 @@ allow_no_ct:
 	return TCX_NEXT;
 
 deny:
+	// rule is the deciding tier rule of a tier Deny, else 0.
+	if (rule) {
+		rc = bpf_map_lookup_elem(&fm_rule_stats, &slot);
+		count_rule(rc, skb, rule);
+	}
 	count_ep(skb, stats, ifindex, dir, REASON_DENY_POLICY);
-	emit(&p, ifindex, dir, ep_id, peer_id, 0, 1, REASON_DENY_POLICY);
+	emit(&p, ifindex, dir, ep_id, peer_id, rule, 1, REASON_DENY_POLICY);
 	return TCX_DROP;
 }
 
