@@ -190,6 +190,12 @@ func (d *Demo) Run(ctx context.Context) error {
 	}
 
 	if !d.Lab.State.Config.NoKube {
+		if err := d.tiers(ctx, a, b, web, webB, api, apiAddr); err != nil {
+			return err
+		}
+	}
+
+	if !d.Lab.State.Config.NoKube {
 		d.say("Multi-cluster services: export service %q from %s (MCS API ServiceExport)", "api", b.Name)
 		if err := d.kubeOp(ctx, "kube-export", "--cluster", b.Name, "--service", "api"); err != nil {
 			return err
