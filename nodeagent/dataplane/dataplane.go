@@ -220,8 +220,10 @@ func (r Reason) Verdict() Verdict {
 	return Allow
 }
 
-// Event is one policy decision: a new flow allowed by a rule, or a denied
-// packet. Established packets raise no event. Events are rate limited
+// Event is one policy decision: a new flow allowed by a rule, a new flow
+// of a direction no policy decides (ReasonAllowOpen, no rule: flow logs
+// and policy recommendation see all traffic), or a denied packet.
+// Established packets raise no event. Events are rate limited
 // (Config.EventsPerSecond per CPU) and dropped when the reader lags.
 type Event struct {
 	EndpointID         string

@@ -519,6 +519,9 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	}
 	d.peerID, _ = tb.t.IPCache.lookup(peerIP) // the host hash, then the trie
 	if !enforced && !tiers {
+		// A new flow no policy decides is reported too, as the kernel
+		// does (fedmesh.c allow_open).
+		d.eventWorthy = true
 		return allow(ReasonAllowOpen)
 	}
 	lookups := ep.Lookups[dir&1]
@@ -582,8 +585,7 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	}
 	if !enforced {
 		if base == 0 {
-			d.eventWorthy = false // as an open direction: no event
-			return allow(ReasonAllowOpen)
+			return allow(ReasonAllowOpen) // reported, as an open direction
 		}
 		d.rule = base >> 2
 		if base&3 == tierDeny {

@@ -1316,10 +1316,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (iv)
 			peer_id = iv->identity;
 	}
-	if (!enforced && !tiers) {
-		reason = REASON_ALLOW_OPEN;
-		goto allow;
-	}
+	if (!enforced && !tiers)
+		goto allow_open;
 
 	struct policy_tabs pt = {.ifindex = ifindex, .dir = dir};
 	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
@@ -1371,10 +1369,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	// No NetworkPolicy selects the endpoint: the Baseline tier, then allow.
 	if (!enforced) {
-		if (!base) {
-			reason = REASON_ALLOW_OPEN;
-			goto allow;
-		}
+		if (!base)
+			goto allow_open;
 		rule = base >> 2;
 		if ((base & 3) == TIER_DENY)
 			goto deny;
@@ -1401,6 +1397,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (!rule)
 		goto deny;
+	goto allow_policy;
+allow_open:
+	// A new flow of a direction no policy decides: reported too (no rule),
+	// so flow logs show all traffic, policy recommendation included, not
+	// only what a policy decided. Once per flow: later packets hit
+	// conntrack above.
+	reason = REASON_ALLOW_OPEN;
+	emit(&p, ifindex, dir, ep_id, peer_id, 0, 0, REASON_ALLOW_OPEN);
+	goto allow;
 allow_policy:
 	reason = REASON_ALLOW_POLICY;
 	rc = bpf_map_lookup_elem(&fm_rule_stats, &slot);
