@@ -28,7 +28,7 @@ DEVTOOL  := $(GO) tool -modfile=$(DEVTOOLS_MOD)
 # machine (golang/go#75804, fixed in Go 1.27). A count has no deadline to race.
 FUZZTIME ?= 20000x
 
-.PHONY: all deps generate build test fuzz bench demo lint clean sbom
+.PHONY: all deps generate build test fuzz bench bench-scale demo lint clean sbom
 
 all: build
 
@@ -121,6 +121,11 @@ fuzz: ## every fuzz target for FUZZTIME each (CI runs it); corpora live in testd
 
 bench: ## benchmarks; ratios are against a peer measured in the same run
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+
+bench-scale: build ## the federation-scale profile (tools/fedload: real replicas, simulated syncers and agents); results in bin/bench-scale.json
+	$(GO) build -o $(BIN)/fedload ./tools/fedload
+	$(BIN)/fedload --controlplane-bin $(BIN)/fedmesh-controlplane --duration 60s --json $(BIN)/bench-scale.json
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./test/scale
 
 demo: deps build ## the whole federation running locally in network namespaces (needs root)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces, veths and BPF programs. Run: sudo make demo"; exit 1; fi
