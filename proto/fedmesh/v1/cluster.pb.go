@@ -22,6 +22,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Reachability of a member cluster as the control plane last saw it.
+type Reachability int32
+
+const (
+	// REACHABILITY_UNSPECIFIED: never judged (no heartbeat yet since the
+	// cluster was registered); treated as reachable.
+	Reachability_REACHABILITY_UNSPECIFIED Reachability = 0
+	// REACHABILITY_REACHABLE: the syncer refreshed its liveness in time.
+	Reachability_REACHABILITY_REACHABLE Reachability = 1
+	// REACHABILITY_UNREACHABLE: the syncer has been silent longer than the
+	// control plane's cluster timeout.
+	Reachability_REACHABILITY_UNREACHABLE Reachability = 2
+)
+
+// Enum value maps for Reachability.
+var (
+	Reachability_name = map[int32]string{
+		0: "REACHABILITY_UNSPECIFIED",
+		1: "REACHABILITY_REACHABLE",
+		2: "REACHABILITY_UNREACHABLE",
+	}
+	Reachability_value = map[string]int32{
+		"REACHABILITY_UNSPECIFIED": 0,
+		"REACHABILITY_REACHABLE":   1,
+		"REACHABILITY_UNREACHABLE": 2,
+	}
+)
+
+func (x Reachability) Enum() *Reachability {
+	p := new(Reachability)
+	*p = x
+	return p
+}
+
+func (x Reachability) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Reachability) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedmesh_v1_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (Reachability) Type() protoreflect.EnumType {
+	return &file_fedmesh_v1_cluster_proto_enumTypes[0]
+}
+
+func (x Reachability) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Reachability.Descriptor instead.
+func (Reachability) EnumDescriptor() ([]byte, []int) {
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
 // Cluster is a member cluster of the federation.
 type Cluster struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -468,7 +523,16 @@ type ClusterStatus struct {
 	// ResyncGeneration is the last completed full resync of the cluster's syncer.
 	ResyncGeneration uint64 `protobuf:"varint,3,opt,name=resync_generation,json=resyncGeneration,proto3" json:"resync_generation,omitempty"`
 	// LastSyncTime is when the syncer last wrote.
-	LastSyncTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_sync_time,json=lastSyncTime,proto3" json:"last_sync_time,omitempty"`
+	LastSyncTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_sync_time,json=lastSyncTime,proto3" json:"last_sync_time,omitempty"`
+	// Reachability says whether the cluster's syncer refreshes its liveness
+	// (Heartbeat); an unreachable cluster's service backends leave every
+	// importer's choice until its syncer comes back.
+	Reachability Reachability `protobuf:"varint,5,opt,name=reachability,proto3,enum=fedmesh.v1.Reachability" json:"reachability,omitempty"`
+	// ReachabilityTime is when reachability last changed.
+	ReachabilityTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reachability_time,json=reachabilityTime,proto3" json:"reachability_time,omitempty"`
+	// StaleNodes are the cluster's nodes that stopped reporting their status;
+	// their service backends leave every importer's choice.
+	StaleNodes    []string `protobuf:"bytes,7,rep,name=stale_nodes,json=staleNodes,proto3" json:"stale_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +595,241 @@ func (x *ClusterStatus) GetLastSyncTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ClusterStatus) GetReachability() Reachability {
+	if x != nil {
+		return x.Reachability
+	}
+	return Reachability_REACHABILITY_UNSPECIFIED
+}
+
+func (x *ClusterStatus) GetReachabilityTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReachabilityTime
+	}
+	return nil
+}
+
+func (x *ClusterStatus) GetStaleNodes() []string {
+	if x != nil {
+		return x.StaleNodes
+	}
+	return nil
+}
+
+// HeartbeatRequest names the syncer's cluster.
+type HeartbeatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster whose syncer is alive.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HeartbeatRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// HeartbeatResponse tells the syncer how the control plane sees it.
+type HeartbeatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Reachability committed for the cluster (UNREACHABLE until the leader
+	// has committed its re-admission).
+	Reachability Reachability `protobuf:"varint,1,opt,name=reachability,proto3,enum=fedmesh.v1.Reachability" json:"reachability,omitempty"`
+	// IntervalSeconds is how often the syncer should send heartbeats
+	// (a fraction of the cluster timeout).
+	IntervalSeconds float64 `protobuf:"fixed64,2,opt,name=interval_seconds,json=intervalSeconds,proto3" json:"interval_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HeartbeatResponse) GetReachability() Reachability {
+	if x != nil {
+		return x.Reachability
+	}
+	return Reachability_REACHABILITY_UNSPECIFIED
+}
+
+func (x *HeartbeatResponse) GetIntervalSeconds() float64 {
+	if x != nil {
+		return x.IntervalSeconds
+	}
+	return 0
+}
+
+// SetLivenessRequest is the leader's record of liveness transitions
+// (internal: proposed by the leader only, never by clients).
+type SetLivenessRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clusters whose liveness changed.
+	Clusters      []*ClusterLiveness `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLivenessRequest) Reset() {
+	*x = SetLivenessRequest{}
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLivenessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLivenessRequest) ProtoMessage() {}
+
+func (x *SetLivenessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLivenessRequest.ProtoReflect.Descriptor instead.
+func (*SetLivenessRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SetLivenessRequest) GetClusters() []*ClusterLiveness {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// ClusterLiveness is one cluster's reachability and stale nodes.
+type ClusterLiveness struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster name.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Reachability of the cluster.
+	Reachability Reachability `protobuf:"varint,2,opt,name=reachability,proto3,enum=fedmesh.v1.Reachability" json:"reachability,omitempty"`
+	// StaleNodes replaces the cluster's set of stale nodes.
+	StaleNodes    []string `protobuf:"bytes,3,rep,name=stale_nodes,json=staleNodes,proto3" json:"stale_nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterLiveness) Reset() {
+	*x = ClusterLiveness{}
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterLiveness) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterLiveness) ProtoMessage() {}
+
+func (x *ClusterLiveness) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterLiveness.ProtoReflect.Descriptor instead.
+func (*ClusterLiveness) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ClusterLiveness) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterLiveness) GetReachability() Reachability {
+	if x != nil {
+		return x.Reachability
+	}
+	return Reachability_REACHABILITY_UNSPECIFIED
+}
+
+func (x *ClusterLiveness) GetStaleNodes() []string {
+	if x != nil {
+		return x.StaleNodes
+	}
+	return nil
+}
+
 // RegisterClusterRequest carries the cluster to add or update.
 type RegisterClusterRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -542,7 +841,7 @@ type RegisterClusterRequest struct {
 
 func (x *RegisterClusterRequest) Reset() {
 	*x = RegisterClusterRequest{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +853,7 @@ func (x *RegisterClusterRequest) String() string {
 func (*RegisterClusterRequest) ProtoMessage() {}
 
 func (x *RegisterClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +866,7 @@ func (x *RegisterClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClusterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClusterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterClusterRequest) GetCluster() *Cluster {
@@ -590,7 +889,7 @@ type RegisterClusterResponse struct {
 
 func (x *RegisterClusterResponse) Reset() {
 	*x = RegisterClusterResponse{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +901,7 @@ func (x *RegisterClusterResponse) String() string {
 func (*RegisterClusterResponse) ProtoMessage() {}
 
 func (x *RegisterClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +914,7 @@ func (x *RegisterClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClusterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterClusterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterClusterResponse) GetCluster() *Cluster {
@@ -643,7 +942,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +954,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +967,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -691,7 +990,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +1002,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +1015,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -744,7 +1043,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1055,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1068,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListClustersRequest) GetSelector() *LabelSelector {
@@ -792,7 +1091,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1103,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1116,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -845,7 +1144,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1156,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1169,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -891,7 +1190,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[13]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1202,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_cluster_proto_msgTypes[13]
+	mi := &file_fedmesh_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1215,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_fedmesh_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteClusterResponse) GetRevision() uint64 {
@@ -968,12 +1267,28 @@ const file_fedmesh_v1_cluster_proto_rawDesc = "" +
 	"\vlisten_port\x18\x02 \x01(\rR\n" +
 	"listenPort\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12@\n" +
-	"\x1cpersistent_keepalive_seconds\x18\x04 \x01(\rR\x1apersistentKeepaliveSeconds\"\xb2\x01\n" +
+	"\x1cpersistent_keepalive_seconds\x18\x04 \x01(\rR\x1apersistentKeepaliveSeconds\"\xda\x02\n" +
 	"\rClusterStatus\x12\x14\n" +
 	"\x05nodes\x18\x01 \x01(\rR\x05nodes\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x01(\rR\tendpoints\x12+\n" +
 	"\x11resync_generation\x18\x03 \x01(\x04R\x10resyncGeneration\x12@\n" +
-	"\x0elast_sync_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastSyncTime\"G\n" +
+	"\x0elast_sync_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastSyncTime\x12<\n" +
+	"\freachability\x18\x05 \x01(\x0e2\x18.fedmesh.v1.ReachabilityR\freachability\x12G\n" +
+	"\x11reachability_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x10reachabilityTime\x12\x1f\n" +
+	"\vstale_nodes\x18\a \x03(\tR\n" +
+	"staleNodes\",\n" +
+	"\x10HeartbeatRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"|\n" +
+	"\x11HeartbeatResponse\x12<\n" +
+	"\freachability\x18\x01 \x01(\x0e2\x18.fedmesh.v1.ReachabilityR\freachability\x12)\n" +
+	"\x10interval_seconds\x18\x02 \x01(\x01R\x0fintervalSeconds\"M\n" +
+	"\x12SetLivenessRequest\x127\n" +
+	"\bclusters\x18\x01 \x03(\v2\x1b.fedmesh.v1.ClusterLivenessR\bclusters\"\x8a\x01\n" +
+	"\x0fClusterLiveness\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
+	"\freachability\x18\x02 \x01(\x0e2\x18.fedmesh.v1.ReachabilityR\freachability\x12\x1f\n" +
+	"\vstale_nodes\x18\x03 \x03(\tR\n" +
+	"staleNodes\"G\n" +
 	"\x16RegisterClusterRequest\x12-\n" +
 	"\acluster\x18\x01 \x01(\v2\x13.fedmesh.v1.ClusterR\acluster\"d\n" +
 	"\x17RegisterClusterResponse\x12-\n" +
@@ -992,13 +1307,18 @@ const file_fedmesh_v1_cluster_proto_rawDesc = "" +
 	"\x14DeleteClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"3\n" +
 	"\x15DeleteClusterResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision2\xe2\x02\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision*f\n" +
+	"\fReachability\x12\x1c\n" +
+	"\x18REACHABILITY_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16REACHABILITY_REACHABLE\x10\x01\x12\x1c\n" +
+	"\x18REACHABILITY_UNREACHABLE\x10\x022\xac\x03\n" +
 	"\x0eClusterService\x12Z\n" +
 	"\x0fRegisterCluster\x12\".fedmesh.v1.RegisterClusterRequest\x1a#.fedmesh.v1.RegisterClusterResponse\x12K\n" +
 	"\n" +
 	"GetCluster\x12\x1d.fedmesh.v1.GetClusterRequest\x1a\x1e.fedmesh.v1.GetClusterResponse\x12Q\n" +
 	"\fListClusters\x12\x1f.fedmesh.v1.ListClustersRequest\x1a .fedmesh.v1.ListClustersResponse\x12T\n" +
-	"\rDeleteCluster\x12 .fedmesh.v1.DeleteClusterRequest\x1a!.fedmesh.v1.DeleteClusterResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\rDeleteCluster\x12 .fedmesh.v1.DeleteClusterRequest\x1a!.fedmesh.v1.DeleteClusterResponse\x12H\n" +
+	"\tHeartbeat\x12\x1c.fedmesh.v1.HeartbeatRequest\x1a\x1d.fedmesh.v1.HeartbeatResponseB7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_cluster_proto_rawDescOnce sync.Once
@@ -1012,55 +1332,68 @@ func file_fedmesh_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_cluster_proto_rawDescData
 }
 
-var file_fedmesh_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_fedmesh_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_fedmesh_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_fedmesh_v1_cluster_proto_goTypes = []any{
-	(*Cluster)(nil),                 // 0: fedmesh.v1.Cluster
-	(*NamespaceScope)(nil),          // 1: fedmesh.v1.NamespaceScope
-	(*BGPSettings)(nil),             // 2: fedmesh.v1.BGPSettings
-	(*BGPPeer)(nil),                 // 3: fedmesh.v1.BGPPeer
-	(*WireGuardSettings)(nil),       // 4: fedmesh.v1.WireGuardSettings
-	(*ClusterStatus)(nil),           // 5: fedmesh.v1.ClusterStatus
-	(*RegisterClusterRequest)(nil),  // 6: fedmesh.v1.RegisterClusterRequest
-	(*RegisterClusterResponse)(nil), // 7: fedmesh.v1.RegisterClusterResponse
-	(*GetClusterRequest)(nil),       // 8: fedmesh.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),      // 9: fedmesh.v1.GetClusterResponse
-	(*ListClustersRequest)(nil),     // 10: fedmesh.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 11: fedmesh.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),    // 12: fedmesh.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),   // 13: fedmesh.v1.DeleteClusterResponse
-	nil,                             // 14: fedmesh.v1.Cluster.LabelsEntry
-	(*ObjectMeta)(nil),              // 15: fedmesh.v1.ObjectMeta
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
-	(*LabelSelector)(nil),           // 17: fedmesh.v1.LabelSelector
+	(Reachability)(0),               // 0: fedmesh.v1.Reachability
+	(*Cluster)(nil),                 // 1: fedmesh.v1.Cluster
+	(*NamespaceScope)(nil),          // 2: fedmesh.v1.NamespaceScope
+	(*BGPSettings)(nil),             // 3: fedmesh.v1.BGPSettings
+	(*BGPPeer)(nil),                 // 4: fedmesh.v1.BGPPeer
+	(*WireGuardSettings)(nil),       // 5: fedmesh.v1.WireGuardSettings
+	(*ClusterStatus)(nil),           // 6: fedmesh.v1.ClusterStatus
+	(*HeartbeatRequest)(nil),        // 7: fedmesh.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 8: fedmesh.v1.HeartbeatResponse
+	(*SetLivenessRequest)(nil),      // 9: fedmesh.v1.SetLivenessRequest
+	(*ClusterLiveness)(nil),         // 10: fedmesh.v1.ClusterLiveness
+	(*RegisterClusterRequest)(nil),  // 11: fedmesh.v1.RegisterClusterRequest
+	(*RegisterClusterResponse)(nil), // 12: fedmesh.v1.RegisterClusterResponse
+	(*GetClusterRequest)(nil),       // 13: fedmesh.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),      // 14: fedmesh.v1.GetClusterResponse
+	(*ListClustersRequest)(nil),     // 15: fedmesh.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),    // 16: fedmesh.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),    // 17: fedmesh.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),   // 18: fedmesh.v1.DeleteClusterResponse
+	nil,                             // 19: fedmesh.v1.Cluster.LabelsEntry
+	(*ObjectMeta)(nil),              // 20: fedmesh.v1.ObjectMeta
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*LabelSelector)(nil),           // 22: fedmesh.v1.LabelSelector
 }
 var file_fedmesh_v1_cluster_proto_depIdxs = []int32{
-	14, // 0: fedmesh.v1.Cluster.labels:type_name -> fedmesh.v1.Cluster.LabelsEntry
-	2,  // 1: fedmesh.v1.Cluster.bgp:type_name -> fedmesh.v1.BGPSettings
-	4,  // 2: fedmesh.v1.Cluster.wireguard:type_name -> fedmesh.v1.WireGuardSettings
-	1,  // 3: fedmesh.v1.Cluster.exports:type_name -> fedmesh.v1.NamespaceScope
-	1,  // 4: fedmesh.v1.Cluster.imports:type_name -> fedmesh.v1.NamespaceScope
-	5,  // 5: fedmesh.v1.Cluster.status:type_name -> fedmesh.v1.ClusterStatus
-	15, // 6: fedmesh.v1.Cluster.meta:type_name -> fedmesh.v1.ObjectMeta
-	3,  // 7: fedmesh.v1.BGPSettings.peers:type_name -> fedmesh.v1.BGPPeer
-	16, // 8: fedmesh.v1.ClusterStatus.last_sync_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: fedmesh.v1.RegisterClusterRequest.cluster:type_name -> fedmesh.v1.Cluster
-	0,  // 10: fedmesh.v1.RegisterClusterResponse.cluster:type_name -> fedmesh.v1.Cluster
-	0,  // 11: fedmesh.v1.GetClusterResponse.cluster:type_name -> fedmesh.v1.Cluster
-	17, // 12: fedmesh.v1.ListClustersRequest.selector:type_name -> fedmesh.v1.LabelSelector
-	0,  // 13: fedmesh.v1.ListClustersResponse.clusters:type_name -> fedmesh.v1.Cluster
-	6,  // 14: fedmesh.v1.ClusterService.RegisterCluster:input_type -> fedmesh.v1.RegisterClusterRequest
-	8,  // 15: fedmesh.v1.ClusterService.GetCluster:input_type -> fedmesh.v1.GetClusterRequest
-	10, // 16: fedmesh.v1.ClusterService.ListClusters:input_type -> fedmesh.v1.ListClustersRequest
-	12, // 17: fedmesh.v1.ClusterService.DeleteCluster:input_type -> fedmesh.v1.DeleteClusterRequest
-	7,  // 18: fedmesh.v1.ClusterService.RegisterCluster:output_type -> fedmesh.v1.RegisterClusterResponse
-	9,  // 19: fedmesh.v1.ClusterService.GetCluster:output_type -> fedmesh.v1.GetClusterResponse
-	11, // 20: fedmesh.v1.ClusterService.ListClusters:output_type -> fedmesh.v1.ListClustersResponse
-	13, // 21: fedmesh.v1.ClusterService.DeleteCluster:output_type -> fedmesh.v1.DeleteClusterResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 0: fedmesh.v1.Cluster.labels:type_name -> fedmesh.v1.Cluster.LabelsEntry
+	3,  // 1: fedmesh.v1.Cluster.bgp:type_name -> fedmesh.v1.BGPSettings
+	5,  // 2: fedmesh.v1.Cluster.wireguard:type_name -> fedmesh.v1.WireGuardSettings
+	2,  // 3: fedmesh.v1.Cluster.exports:type_name -> fedmesh.v1.NamespaceScope
+	2,  // 4: fedmesh.v1.Cluster.imports:type_name -> fedmesh.v1.NamespaceScope
+	6,  // 5: fedmesh.v1.Cluster.status:type_name -> fedmesh.v1.ClusterStatus
+	20, // 6: fedmesh.v1.Cluster.meta:type_name -> fedmesh.v1.ObjectMeta
+	4,  // 7: fedmesh.v1.BGPSettings.peers:type_name -> fedmesh.v1.BGPPeer
+	21, // 8: fedmesh.v1.ClusterStatus.last_sync_time:type_name -> google.protobuf.Timestamp
+	0,  // 9: fedmesh.v1.ClusterStatus.reachability:type_name -> fedmesh.v1.Reachability
+	21, // 10: fedmesh.v1.ClusterStatus.reachability_time:type_name -> google.protobuf.Timestamp
+	0,  // 11: fedmesh.v1.HeartbeatResponse.reachability:type_name -> fedmesh.v1.Reachability
+	10, // 12: fedmesh.v1.SetLivenessRequest.clusters:type_name -> fedmesh.v1.ClusterLiveness
+	0,  // 13: fedmesh.v1.ClusterLiveness.reachability:type_name -> fedmesh.v1.Reachability
+	1,  // 14: fedmesh.v1.RegisterClusterRequest.cluster:type_name -> fedmesh.v1.Cluster
+	1,  // 15: fedmesh.v1.RegisterClusterResponse.cluster:type_name -> fedmesh.v1.Cluster
+	1,  // 16: fedmesh.v1.GetClusterResponse.cluster:type_name -> fedmesh.v1.Cluster
+	22, // 17: fedmesh.v1.ListClustersRequest.selector:type_name -> fedmesh.v1.LabelSelector
+	1,  // 18: fedmesh.v1.ListClustersResponse.clusters:type_name -> fedmesh.v1.Cluster
+	11, // 19: fedmesh.v1.ClusterService.RegisterCluster:input_type -> fedmesh.v1.RegisterClusterRequest
+	13, // 20: fedmesh.v1.ClusterService.GetCluster:input_type -> fedmesh.v1.GetClusterRequest
+	15, // 21: fedmesh.v1.ClusterService.ListClusters:input_type -> fedmesh.v1.ListClustersRequest
+	17, // 22: fedmesh.v1.ClusterService.DeleteCluster:input_type -> fedmesh.v1.DeleteClusterRequest
+	7,  // 23: fedmesh.v1.ClusterService.Heartbeat:input_type -> fedmesh.v1.HeartbeatRequest
+	12, // 24: fedmesh.v1.ClusterService.RegisterCluster:output_type -> fedmesh.v1.RegisterClusterResponse
+	14, // 25: fedmesh.v1.ClusterService.GetCluster:output_type -> fedmesh.v1.GetClusterResponse
+	16, // 26: fedmesh.v1.ClusterService.ListClusters:output_type -> fedmesh.v1.ListClustersResponse
+	18, // 27: fedmesh.v1.ClusterService.DeleteCluster:output_type -> fedmesh.v1.DeleteClusterResponse
+	8,  // 28: fedmesh.v1.ClusterService.Heartbeat:output_type -> fedmesh.v1.HeartbeatResponse
+	24, // [24:29] is the sub-list for method output_type
+	19, // [19:24] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_cluster_proto_init() }
@@ -1074,13 +1407,14 @@ func file_fedmesh_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_cluster_proto_rawDesc), len(file_fedmesh_v1_cluster_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   15,
+			NumEnums:      1,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_fedmesh_v1_cluster_proto_goTypes,
 		DependencyIndexes: file_fedmesh_v1_cluster_proto_depIdxs,
+		EnumInfos:         file_fedmesh_v1_cluster_proto_enumTypes,
 		MessageInfos:      file_fedmesh_v1_cluster_proto_msgTypes,
 	}.Build()
 	File_fedmesh_v1_cluster_proto = out.File

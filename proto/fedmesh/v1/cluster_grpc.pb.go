@@ -23,6 +23,7 @@ const (
 	ClusterService_GetCluster_FullMethodName      = "/fedmesh.v1.ClusterService/GetCluster"
 	ClusterService_ListClusters_FullMethodName    = "/fedmesh.v1.ClusterService/ListClusters"
 	ClusterService_DeleteCluster_FullMethodName   = "/fedmesh.v1.ClusterService/DeleteCluster"
+	ClusterService_Heartbeat_FullMethodName       = "/fedmesh.v1.ClusterService/Heartbeat"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -44,6 +45,10 @@ type ClusterServiceClient interface {
 	// DeleteCluster removes a cluster and, in the same revision, everything it
 	// owned: nodes, endpoints, service exports and its local policies.
 	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*DeleteClusterResponse, error)
+	// Heartbeat refreshes the liveness of the calling syncer's cluster. The
+	// leader keeps the last heartbeat in memory and commits only transitions
+	// of reachability, so a heartbeat costs no Raft write.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -94,6 +99,16 @@ func (c *clusterServiceClient) DeleteCluster(ctx context.Context, in *DeleteClus
 	return out, nil
 }
 
+func (c *clusterServiceClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatResponse)
+	err := c.cc.Invoke(ctx, ClusterService_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -113,6 +128,10 @@ type ClusterServiceServer interface {
 	// DeleteCluster removes a cluster and, in the same revision, everything it
 	// owned: nodes, endpoints, service exports and its local policies.
 	DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error)
+	// Heartbeat refreshes the liveness of the calling syncer's cluster. The
+	// leader keeps the last heartbeat in memory and commits only transitions
+	// of reachability, so a heartbeat costs no Raft write.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -134,6 +153,9 @@ func (UnimplementedClusterServiceServer) ListClusters(context.Context, *ListClus
 }
 func (UnimplementedClusterServiceServer) DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCluster not implemented")
+}
+func (UnimplementedClusterServiceServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -228,6 +250,24 @@ func _ClusterService_DeleteCluster_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -250,6 +290,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteCluster",
 			Handler:    _ClusterService_DeleteCluster_Handler,
+		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _ClusterService_Heartbeat_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -76,6 +76,140 @@ func (ServiceType) EnumDescriptor() ([]byte, []int) {
 	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{0}
 }
 
+// Affinity says which clusters' backends an importing cluster prefers
+// (annotation fedmesh.io/affinity on the ServiceExport).
+type Affinity int32
+
+const (
+	// AFFINITY_UNSPECIFIED is AFFINITY_NONE.
+	Affinity_AFFINITY_UNSPECIFIED Affinity = 0
+	// AFFINITY_NONE spreads over the ready backends of every live cluster
+	// (MCS semantics).
+	Affinity_AFFINITY_NONE Affinity = 1
+	// AFFINITY_LOCAL prefers the importing cluster's own ready backends and
+	// fails over to the other clusters' when it has none.
+	Affinity_AFFINITY_LOCAL Affinity = 2
+	// AFFINITY_REMOTE prefers the other clusters' ready backends and falls
+	// back to the importing cluster's own when they have none.
+	Affinity_AFFINITY_REMOTE Affinity = 3
+)
+
+// Enum value maps for Affinity.
+var (
+	Affinity_name = map[int32]string{
+		0: "AFFINITY_UNSPECIFIED",
+		1: "AFFINITY_NONE",
+		2: "AFFINITY_LOCAL",
+		3: "AFFINITY_REMOTE",
+	}
+	Affinity_value = map[string]int32{
+		"AFFINITY_UNSPECIFIED": 0,
+		"AFFINITY_NONE":        1,
+		"AFFINITY_LOCAL":       2,
+		"AFFINITY_REMOTE":      3,
+	}
+)
+
+func (x Affinity) Enum() *Affinity {
+	p := new(Affinity)
+	*p = x
+	return p
+}
+
+func (x Affinity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Affinity) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedmesh_v1_service_proto_enumTypes[1].Descriptor()
+}
+
+func (Affinity) Type() protoreflect.EnumType {
+	return &file_fedmesh_v1_service_proto_enumTypes[1]
+}
+
+func (x Affinity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Affinity.Descriptor instead.
+func (Affinity) EnumDescriptor() ([]byte, []int) {
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{1}
+}
+
+// ServiceBackend is one backend of an exported service.
+type ServiceBackend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Address is the backend's IP.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Node hosting the backend (EndpointSlice nodeName; may be empty).
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Ready is the EndpointSlice ready condition.
+	Ready bool `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	// Hostname of the backend (EndpointSlice hostname; for headless DNS).
+	Hostname      string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceBackend) Reset() {
+	*x = ServiceBackend{}
+	mi := &file_fedmesh_v1_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceBackend) ProtoMessage() {}
+
+func (x *ServiceBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceBackend.ProtoReflect.Descriptor instead.
+func (*ServiceBackend) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ServiceBackend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ServiceBackend) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ServiceBackend) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *ServiceBackend) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
 // ServicePort is a port of an exported or imported service.
 type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -95,7 +229,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[0]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +241,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[0]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +254,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{0}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ServicePort) GetName() string {
@@ -178,14 +312,19 @@ type ServiceExport struct {
 	// the control plane; ignored on writes.
 	Conditions []*ServiceCondition `protobuf:"bytes,7,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// Meta carries the server-assigned revisions.
-	Meta          *ObjectMeta `protobuf:"bytes,8,opt,name=meta,proto3" json:"meta,omitempty"`
+	Meta *ObjectMeta `protobuf:"bytes,8,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Affinity from the ServiceExport's fedmesh.io/affinity annotation.
+	Affinity Affinity `protobuf:"varint,9,opt,name=affinity,proto3,enum=fedmesh.v1.Affinity" json:"affinity,omitempty"`
+	// Endpoints are every backend with its node and readiness (backends
+	// lists the ready addresses only).
+	Endpoints     []*ServiceBackend `protobuf:"bytes,10,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceExport) Reset() {
 	*x = ServiceExport{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[1]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +336,7 @@ func (x *ServiceExport) String() string {
 func (*ServiceExport) ProtoMessage() {}
 
 func (x *ServiceExport) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[1]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +349,7 @@ func (x *ServiceExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceExport.ProtoReflect.Descriptor instead.
 func (*ServiceExport) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{1}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ServiceExport) GetCluster() string {
@@ -269,6 +408,20 @@ func (x *ServiceExport) GetMeta() *ObjectMeta {
 	return nil
 }
 
+func (x *ServiceExport) GetAffinity() Affinity {
+	if x != nil {
+		return x.Affinity
+	}
+	return Affinity_AFFINITY_UNSPECIFIED
+}
+
+func (x *ServiceExport) GetEndpoints() []*ServiceBackend {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
 // ServiceCondition is an MCS condition ("Valid", "Conflict").
 type ServiceCondition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -286,7 +439,7 @@ type ServiceCondition struct {
 
 func (x *ServiceCondition) Reset() {
 	*x = ServiceCondition{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[2]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +451,7 @@ func (x *ServiceCondition) String() string {
 func (*ServiceCondition) ProtoMessage() {}
 
 func (x *ServiceCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[2]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +464,7 @@ func (x *ServiceCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceCondition.ProtoReflect.Descriptor instead.
 func (*ServiceCondition) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{2}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ServiceCondition) GetType() string {
@@ -348,14 +501,23 @@ type ClusterBackends struct {
 	// Cluster that exports them.
 	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// Addresses of ready backends.
-	Addresses     []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Addresses []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Endpoints are the cluster's backends with node and readiness.
+	Endpoints []*ServiceBackend `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Ports are the cluster's own ports of the service, with its target
+	// ports (which may differ between clusters).
+	Ports []*ServicePort `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	// Reachability of the exporting cluster, as last committed.
+	Reachability Reachability `protobuf:"varint,5,opt,name=reachability,proto3,enum=fedmesh.v1.Reachability" json:"reachability,omitempty"`
+	// Affinity the cluster's export asks for.
+	Affinity      Affinity `protobuf:"varint,6,opt,name=affinity,proto3,enum=fedmesh.v1.Affinity" json:"affinity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterBackends) Reset() {
 	*x = ClusterBackends{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[3]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +529,7 @@ func (x *ClusterBackends) String() string {
 func (*ClusterBackends) ProtoMessage() {}
 
 func (x *ClusterBackends) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[3]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +542,7 @@ func (x *ClusterBackends) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterBackends.ProtoReflect.Descriptor instead.
 func (*ClusterBackends) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{3}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClusterBackends) GetCluster() string {
@@ -395,6 +557,34 @@ func (x *ClusterBackends) GetAddresses() []string {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *ClusterBackends) GetEndpoints() []*ServiceBackend {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ClusterBackends) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *ClusterBackends) GetReachability() Reachability {
+	if x != nil {
+		return x.Reachability
+	}
+	return Reachability_REACHABILITY_UNSPECIFIED
+}
+
+func (x *ClusterBackends) GetAffinity() Affinity {
+	if x != nil {
+		return x.Affinity
+	}
+	return Affinity_AFFINITY_UNSPECIFIED
 }
 
 // ServiceImport is the federation-wide aggregate of a namespace/name
@@ -414,14 +604,20 @@ type ServiceImport struct {
 	// Conditions report conflicts between exports.
 	Conditions []*ServiceCondition `protobuf:"bytes,6,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// Meta carries the server-assigned revisions.
-	Meta          *ObjectMeta `protobuf:"bytes,7,opt,name=meta,proto3" json:"meta,omitempty"`
+	Meta *ObjectMeta `protobuf:"bytes,7,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Ips are the ClusterSetIPs of a ClusterSetIP import, one per IP family,
+	// allocated by the control plane from the clusterset CIDRs so the same
+	// VIP is valid in every member cluster.
+	Ips []string `protobuf:"bytes,8,rep,name=ips,proto3" json:"ips,omitempty"`
+	// Affinity in force: the oldest export's (the MCS conflict winner's).
+	Affinity      Affinity `protobuf:"varint,9,opt,name=affinity,proto3,enum=fedmesh.v1.Affinity" json:"affinity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceImport) Reset() {
 	*x = ServiceImport{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[4]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +629,7 @@ func (x *ServiceImport) String() string {
 func (*ServiceImport) ProtoMessage() {}
 
 func (x *ServiceImport) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[4]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +642,7 @@ func (x *ServiceImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceImport.ProtoReflect.Descriptor instead.
 func (*ServiceImport) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{4}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceImport) GetNamespace() string {
@@ -498,6 +694,68 @@ func (x *ServiceImport) GetMeta() *ObjectMeta {
 	return nil
 }
 
+func (x *ServiceImport) GetIps() []string {
+	if x != nil {
+		return x.Ips
+	}
+	return nil
+}
+
+func (x *ServiceImport) GetAffinity() Affinity {
+	if x != nil {
+		return x.Affinity
+	}
+	return Affinity_AFFINITY_UNSPECIFIED
+}
+
+// ConfigureServicesRequest sets the federation-wide service settings
+// (internal: proposed by the leader from its flags).
+type ConfigureServicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ClustersetCidrs are the CIDRs ClusterSetIPs come from, at most one per
+	// IP family.
+	ClustersetCidrs []string `protobuf:"bytes,1,rep,name=clusterset_cidrs,json=clustersetCidrs,proto3" json:"clusterset_cidrs,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ConfigureServicesRequest) Reset() {
+	*x = ConfigureServicesRequest{}
+	mi := &file_fedmesh_v1_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureServicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureServicesRequest) ProtoMessage() {}
+
+func (x *ConfigureServicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureServicesRequest.ProtoReflect.Descriptor instead.
+func (*ConfigureServicesRequest) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ConfigureServicesRequest) GetClustersetCidrs() []string {
+	if x != nil {
+		return x.ClustersetCidrs
+	}
+	return nil
+}
+
 // ExportServicesRequest is a batch of one cluster's exports.
 type ExportServicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -513,7 +771,7 @@ type ExportServicesRequest struct {
 
 func (x *ExportServicesRequest) Reset() {
 	*x = ExportServicesRequest{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[5]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +783,7 @@ func (x *ExportServicesRequest) String() string {
 func (*ExportServicesRequest) ProtoMessage() {}
 
 func (x *ExportServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[5]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +796,7 @@ func (x *ExportServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportServicesRequest.ProtoReflect.Descriptor instead.
 func (*ExportServicesRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{5}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExportServicesRequest) GetCluster() string {
@@ -573,7 +831,7 @@ type ExportServicesResponse struct {
 
 func (x *ExportServicesResponse) Reset() {
 	*x = ExportServicesResponse{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +843,7 @@ func (x *ExportServicesResponse) String() string {
 func (*ExportServicesResponse) ProtoMessage() {}
 
 func (x *ExportServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +856,7 @@ func (x *ExportServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportServicesResponse.ProtoReflect.Descriptor instead.
 func (*ExportServicesResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{6}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExportServicesResponse) GetRevision() uint64 {
@@ -623,7 +881,7 @@ type UnexportServiceRequest struct {
 
 func (x *UnexportServiceRequest) Reset() {
 	*x = UnexportServiceRequest{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +893,7 @@ func (x *UnexportServiceRequest) String() string {
 func (*UnexportServiceRequest) ProtoMessage() {}
 
 func (x *UnexportServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +906,7 @@ func (x *UnexportServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportServiceRequest.ProtoReflect.Descriptor instead.
 func (*UnexportServiceRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{7}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnexportServiceRequest) GetCluster() string {
@@ -683,7 +941,7 @@ type UnexportServiceResponse struct {
 
 func (x *UnexportServiceResponse) Reset() {
 	*x = UnexportServiceResponse{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +953,7 @@ func (x *UnexportServiceResponse) String() string {
 func (*UnexportServiceResponse) ProtoMessage() {}
 
 func (x *UnexportServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +966,7 @@ func (x *UnexportServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportServiceResponse.ProtoReflect.Descriptor instead.
 func (*UnexportServiceResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{8}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UnexportServiceResponse) GetRevision() uint64 {
@@ -729,7 +987,7 @@ type ListServiceExportsRequest struct {
 
 func (x *ListServiceExportsRequest) Reset() {
 	*x = ListServiceExportsRequest{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +999,7 @@ func (x *ListServiceExportsRequest) String() string {
 func (*ListServiceExportsRequest) ProtoMessage() {}
 
 func (x *ListServiceExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +1012,7 @@ func (x *ListServiceExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServiceExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListServiceExportsRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{9}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListServiceExportsRequest) GetCluster() string {
@@ -778,7 +1036,7 @@ type ListServiceExportsResponse struct {
 
 func (x *ListServiceExportsResponse) Reset() {
 	*x = ListServiceExportsResponse{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +1048,7 @@ func (x *ListServiceExportsResponse) String() string {
 func (*ListServiceExportsResponse) ProtoMessage() {}
 
 func (x *ListServiceExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +1061,7 @@ func (x *ListServiceExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServiceExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListServiceExportsResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{10}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListServiceExportsResponse) GetExports() []*ServiceExport {
@@ -831,7 +1089,7 @@ type ListServiceImportsRequest struct {
 
 func (x *ListServiceImportsRequest) Reset() {
 	*x = ListServiceImportsRequest{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1101,7 @@ func (x *ListServiceImportsRequest) String() string {
 func (*ListServiceImportsRequest) ProtoMessage() {}
 
 func (x *ListServiceImportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1114,7 @@ func (x *ListServiceImportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServiceImportsRequest.ProtoReflect.Descriptor instead.
 func (*ListServiceImportsRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{11}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListServiceImportsRequest) GetCluster() string {
@@ -879,7 +1137,7 @@ type ListServiceImportsResponse struct {
 
 func (x *ListServiceImportsResponse) Reset() {
 	*x = ListServiceImportsResponse{}
-	mi := &file_fedmesh_v1_service_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1149,7 @@ func (x *ListServiceImportsResponse) String() string {
 func (*ListServiceImportsResponse) ProtoMessage() {}
 
 func (x *ListServiceImportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_service_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1162,7 @@ func (x *ListServiceImportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServiceImportsResponse.ProtoReflect.Descriptor instead.
 func (*ListServiceImportsResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{12}
+	return file_fedmesh_v1_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListServiceImportsResponse) GetImports() []*ServiceImport {
@@ -926,14 +1184,19 @@ var File_fedmesh_v1_service_proto protoreflect.FileDescriptor
 const file_fedmesh_v1_service_proto_rawDesc = "" +
 	"\n" +
 	"\x18fedmesh/v1/service.proto\x12\n" +
-	"fedmesh.v1\x1a\x17fedmesh/v1/common.proto\"\xab\x01\n" +
+	"fedmesh.v1\x1a\x18fedmesh/v1/cluster.proto\x1a\x17fedmesh/v1/common.proto\"p\n" +
+	"\x0eServiceBackend\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\bR\x05ready\x12\x1a\n" +
+	"\bhostname\x18\x04 \x01(\tR\bhostname\"\xab\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x14.fedmesh.v1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12!\n" +
 	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\x12\x1f\n" +
 	"\vtarget_port\x18\x05 \x01(\rR\n" +
-	"targetPort\"\xbd\x02\n" +
+	"targetPort\"\xa9\x03\n" +
 	"\rServiceExport\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -944,15 +1207,22 @@ const file_fedmesh_v1_service_proto_rawDesc = "" +
 	"\n" +
 	"conditions\x18\a \x03(\v2\x1c.fedmesh.v1.ServiceConditionR\n" +
 	"conditions\x12*\n" +
-	"\x04meta\x18\b \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\"p\n" +
+	"\x04meta\x18\b \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\x120\n" +
+	"\baffinity\x18\t \x01(\x0e2\x14.fedmesh.v1.AffinityR\baffinity\x128\n" +
+	"\tendpoints\x18\n" +
+	" \x03(\v2\x1a.fedmesh.v1.ServiceBackendR\tendpoints\"p\n" +
 	"\x10ServiceCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"I\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xa2\x02\n" +
 	"\x0fClusterBackends\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
-	"\taddresses\x18\x02 \x03(\tR\taddresses\"\xc0\x02\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\x128\n" +
+	"\tendpoints\x18\x03 \x03(\v2\x1a.fedmesh.v1.ServiceBackendR\tendpoints\x12-\n" +
+	"\x05ports\x18\x04 \x03(\v2\x17.fedmesh.v1.ServicePortR\x05ports\x12<\n" +
+	"\freachability\x18\x05 \x01(\x0e2\x18.fedmesh.v1.ReachabilityR\freachability\x120\n" +
+	"\baffinity\x18\x06 \x01(\x0e2\x14.fedmesh.v1.AffinityR\baffinity\"\x84\x03\n" +
 	"\rServiceImport\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -962,7 +1232,11 @@ const file_fedmesh_v1_service_proto_rawDesc = "" +
 	"\n" +
 	"conditions\x18\x06 \x03(\v2\x1c.fedmesh.v1.ServiceConditionR\n" +
 	"conditions\x12*\n" +
-	"\x04meta\x18\a \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\"\x98\x01\n" +
+	"\x04meta\x18\a \x01(\v2\x16.fedmesh.v1.ObjectMetaR\x04meta\x12\x10\n" +
+	"\x03ips\x18\b \x03(\tR\x03ips\x120\n" +
+	"\baffinity\x18\t \x01(\x0e2\x14.fedmesh.v1.AffinityR\baffinity\"E\n" +
+	"\x18ConfigureServicesRequest\x12)\n" +
+	"\x10clusterset_cidrs\x18\x01 \x03(\tR\x0fclustersetCidrs\"\x98\x01\n" +
 	"\x15ExportServicesRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x123\n" +
 	"\aexports\x18\x02 \x03(\v2\x19.fedmesh.v1.ServiceExportR\aexports\x120\n" +
@@ -988,7 +1262,12 @@ const file_fedmesh_v1_service_proto_rawDesc = "" +
 	"\vServiceType\x12\x1c\n" +
 	"\x18SERVICE_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bSERVICE_TYPE_CLUSTER_SET_IP\x10\x01\x12\x19\n" +
-	"\x15SERVICE_TYPE_HEADLESS\x10\x022\x94\x03\n" +
+	"\x15SERVICE_TYPE_HEADLESS\x10\x02*`\n" +
+	"\bAffinity\x12\x18\n" +
+	"\x14AFFINITY_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rAFFINITY_NONE\x10\x01\x12\x12\n" +
+	"\x0eAFFINITY_LOCAL\x10\x02\x12\x13\n" +
+	"\x0fAFFINITY_REMOTE\x10\x032\x94\x03\n" +
 	"\x13MultiClusterService\x12W\n" +
 	"\x0eExportServices\x12!.fedmesh.v1.ExportServicesRequest\x1a\".fedmesh.v1.ExportServicesResponse\x12Z\n" +
 	"\x0fUnexportService\x12\".fedmesh.v1.UnexportServiceRequest\x1a#.fedmesh.v1.UnexportServiceResponse\x12c\n" +
@@ -1007,55 +1286,66 @@ func file_fedmesh_v1_service_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_service_proto_rawDescData
 }
 
-var file_fedmesh_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fedmesh_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_fedmesh_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_fedmesh_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_fedmesh_v1_service_proto_goTypes = []any{
 	(ServiceType)(0),                   // 0: fedmesh.v1.ServiceType
-	(*ServicePort)(nil),                // 1: fedmesh.v1.ServicePort
-	(*ServiceExport)(nil),              // 2: fedmesh.v1.ServiceExport
-	(*ServiceCondition)(nil),           // 3: fedmesh.v1.ServiceCondition
-	(*ClusterBackends)(nil),            // 4: fedmesh.v1.ClusterBackends
-	(*ServiceImport)(nil),              // 5: fedmesh.v1.ServiceImport
-	(*ExportServicesRequest)(nil),      // 6: fedmesh.v1.ExportServicesRequest
-	(*ExportServicesResponse)(nil),     // 7: fedmesh.v1.ExportServicesResponse
-	(*UnexportServiceRequest)(nil),     // 8: fedmesh.v1.UnexportServiceRequest
-	(*UnexportServiceResponse)(nil),    // 9: fedmesh.v1.UnexportServiceResponse
-	(*ListServiceExportsRequest)(nil),  // 10: fedmesh.v1.ListServiceExportsRequest
-	(*ListServiceExportsResponse)(nil), // 11: fedmesh.v1.ListServiceExportsResponse
-	(*ListServiceImportsRequest)(nil),  // 12: fedmesh.v1.ListServiceImportsRequest
-	(*ListServiceImportsResponse)(nil), // 13: fedmesh.v1.ListServiceImportsResponse
-	(Protocol)(0),                      // 14: fedmesh.v1.Protocol
-	(*ObjectMeta)(nil),                 // 15: fedmesh.v1.ObjectMeta
-	(*ResyncMarker)(nil),               // 16: fedmesh.v1.ResyncMarker
+	(Affinity)(0),                      // 1: fedmesh.v1.Affinity
+	(*ServiceBackend)(nil),             // 2: fedmesh.v1.ServiceBackend
+	(*ServicePort)(nil),                // 3: fedmesh.v1.ServicePort
+	(*ServiceExport)(nil),              // 4: fedmesh.v1.ServiceExport
+	(*ServiceCondition)(nil),           // 5: fedmesh.v1.ServiceCondition
+	(*ClusterBackends)(nil),            // 6: fedmesh.v1.ClusterBackends
+	(*ServiceImport)(nil),              // 7: fedmesh.v1.ServiceImport
+	(*ConfigureServicesRequest)(nil),   // 8: fedmesh.v1.ConfigureServicesRequest
+	(*ExportServicesRequest)(nil),      // 9: fedmesh.v1.ExportServicesRequest
+	(*ExportServicesResponse)(nil),     // 10: fedmesh.v1.ExportServicesResponse
+	(*UnexportServiceRequest)(nil),     // 11: fedmesh.v1.UnexportServiceRequest
+	(*UnexportServiceResponse)(nil),    // 12: fedmesh.v1.UnexportServiceResponse
+	(*ListServiceExportsRequest)(nil),  // 13: fedmesh.v1.ListServiceExportsRequest
+	(*ListServiceExportsResponse)(nil), // 14: fedmesh.v1.ListServiceExportsResponse
+	(*ListServiceImportsRequest)(nil),  // 15: fedmesh.v1.ListServiceImportsRequest
+	(*ListServiceImportsResponse)(nil), // 16: fedmesh.v1.ListServiceImportsResponse
+	(Protocol)(0),                      // 17: fedmesh.v1.Protocol
+	(*ObjectMeta)(nil),                 // 18: fedmesh.v1.ObjectMeta
+	(Reachability)(0),                  // 19: fedmesh.v1.Reachability
+	(*ResyncMarker)(nil),               // 20: fedmesh.v1.ResyncMarker
 }
 var file_fedmesh_v1_service_proto_depIdxs = []int32{
-	14, // 0: fedmesh.v1.ServicePort.protocol:type_name -> fedmesh.v1.Protocol
+	17, // 0: fedmesh.v1.ServicePort.protocol:type_name -> fedmesh.v1.Protocol
 	0,  // 1: fedmesh.v1.ServiceExport.type:type_name -> fedmesh.v1.ServiceType
-	1,  // 2: fedmesh.v1.ServiceExport.ports:type_name -> fedmesh.v1.ServicePort
-	3,  // 3: fedmesh.v1.ServiceExport.conditions:type_name -> fedmesh.v1.ServiceCondition
-	15, // 4: fedmesh.v1.ServiceExport.meta:type_name -> fedmesh.v1.ObjectMeta
-	0,  // 5: fedmesh.v1.ServiceImport.type:type_name -> fedmesh.v1.ServiceType
-	1,  // 6: fedmesh.v1.ServiceImport.ports:type_name -> fedmesh.v1.ServicePort
-	4,  // 7: fedmesh.v1.ServiceImport.clusters:type_name -> fedmesh.v1.ClusterBackends
-	3,  // 8: fedmesh.v1.ServiceImport.conditions:type_name -> fedmesh.v1.ServiceCondition
-	15, // 9: fedmesh.v1.ServiceImport.meta:type_name -> fedmesh.v1.ObjectMeta
-	2,  // 10: fedmesh.v1.ExportServicesRequest.exports:type_name -> fedmesh.v1.ServiceExport
-	16, // 11: fedmesh.v1.ExportServicesRequest.resync:type_name -> fedmesh.v1.ResyncMarker
-	2,  // 12: fedmesh.v1.ListServiceExportsResponse.exports:type_name -> fedmesh.v1.ServiceExport
-	5,  // 13: fedmesh.v1.ListServiceImportsResponse.imports:type_name -> fedmesh.v1.ServiceImport
-	6,  // 14: fedmesh.v1.MultiClusterService.ExportServices:input_type -> fedmesh.v1.ExportServicesRequest
-	8,  // 15: fedmesh.v1.MultiClusterService.UnexportService:input_type -> fedmesh.v1.UnexportServiceRequest
-	10, // 16: fedmesh.v1.MultiClusterService.ListServiceExports:input_type -> fedmesh.v1.ListServiceExportsRequest
-	12, // 17: fedmesh.v1.MultiClusterService.ListServiceImports:input_type -> fedmesh.v1.ListServiceImportsRequest
-	7,  // 18: fedmesh.v1.MultiClusterService.ExportServices:output_type -> fedmesh.v1.ExportServicesResponse
-	9,  // 19: fedmesh.v1.MultiClusterService.UnexportService:output_type -> fedmesh.v1.UnexportServiceResponse
-	11, // 20: fedmesh.v1.MultiClusterService.ListServiceExports:output_type -> fedmesh.v1.ListServiceExportsResponse
-	13, // 21: fedmesh.v1.MultiClusterService.ListServiceImports:output_type -> fedmesh.v1.ListServiceImportsResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 2: fedmesh.v1.ServiceExport.ports:type_name -> fedmesh.v1.ServicePort
+	5,  // 3: fedmesh.v1.ServiceExport.conditions:type_name -> fedmesh.v1.ServiceCondition
+	18, // 4: fedmesh.v1.ServiceExport.meta:type_name -> fedmesh.v1.ObjectMeta
+	1,  // 5: fedmesh.v1.ServiceExport.affinity:type_name -> fedmesh.v1.Affinity
+	2,  // 6: fedmesh.v1.ServiceExport.endpoints:type_name -> fedmesh.v1.ServiceBackend
+	2,  // 7: fedmesh.v1.ClusterBackends.endpoints:type_name -> fedmesh.v1.ServiceBackend
+	3,  // 8: fedmesh.v1.ClusterBackends.ports:type_name -> fedmesh.v1.ServicePort
+	19, // 9: fedmesh.v1.ClusterBackends.reachability:type_name -> fedmesh.v1.Reachability
+	1,  // 10: fedmesh.v1.ClusterBackends.affinity:type_name -> fedmesh.v1.Affinity
+	0,  // 11: fedmesh.v1.ServiceImport.type:type_name -> fedmesh.v1.ServiceType
+	3,  // 12: fedmesh.v1.ServiceImport.ports:type_name -> fedmesh.v1.ServicePort
+	6,  // 13: fedmesh.v1.ServiceImport.clusters:type_name -> fedmesh.v1.ClusterBackends
+	5,  // 14: fedmesh.v1.ServiceImport.conditions:type_name -> fedmesh.v1.ServiceCondition
+	18, // 15: fedmesh.v1.ServiceImport.meta:type_name -> fedmesh.v1.ObjectMeta
+	1,  // 16: fedmesh.v1.ServiceImport.affinity:type_name -> fedmesh.v1.Affinity
+	4,  // 17: fedmesh.v1.ExportServicesRequest.exports:type_name -> fedmesh.v1.ServiceExport
+	20, // 18: fedmesh.v1.ExportServicesRequest.resync:type_name -> fedmesh.v1.ResyncMarker
+	4,  // 19: fedmesh.v1.ListServiceExportsResponse.exports:type_name -> fedmesh.v1.ServiceExport
+	7,  // 20: fedmesh.v1.ListServiceImportsResponse.imports:type_name -> fedmesh.v1.ServiceImport
+	9,  // 21: fedmesh.v1.MultiClusterService.ExportServices:input_type -> fedmesh.v1.ExportServicesRequest
+	11, // 22: fedmesh.v1.MultiClusterService.UnexportService:input_type -> fedmesh.v1.UnexportServiceRequest
+	13, // 23: fedmesh.v1.MultiClusterService.ListServiceExports:input_type -> fedmesh.v1.ListServiceExportsRequest
+	15, // 24: fedmesh.v1.MultiClusterService.ListServiceImports:input_type -> fedmesh.v1.ListServiceImportsRequest
+	10, // 25: fedmesh.v1.MultiClusterService.ExportServices:output_type -> fedmesh.v1.ExportServicesResponse
+	12, // 26: fedmesh.v1.MultiClusterService.UnexportService:output_type -> fedmesh.v1.UnexportServiceResponse
+	14, // 27: fedmesh.v1.MultiClusterService.ListServiceExports:output_type -> fedmesh.v1.ListServiceExportsResponse
+	16, // 28: fedmesh.v1.MultiClusterService.ListServiceImports:output_type -> fedmesh.v1.ListServiceImportsResponse
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_service_proto_init() }
@@ -1063,14 +1353,15 @@ func file_fedmesh_v1_service_proto_init() {
 	if File_fedmesh_v1_service_proto != nil {
 		return
 	}
+	file_fedmesh_v1_cluster_proto_init()
 	file_fedmesh_v1_common_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_service_proto_rawDesc), len(file_fedmesh_v1_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   13,
+			NumEnums:      2,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
