@@ -125,7 +125,27 @@ func Aggregate(exports []*fedmeshv1.ServiceExport) Aggregated {
 		imp.Clusters = append(imp.Clusters, &fedmeshv1.ClusterBackends{
 			Cluster:   x.GetCluster(),
 			Addresses: sortedAddrs(x.GetBackends()),
+			Endpoints: sortedEndpoints(x.GetEndpoints()),
+			Affinity:  x.GetAffinity(),
 		})
+	}
+	imp.Affinity = oldest.GetAffinity()
+	// A cluster's target ports may differ from the oldest export's: the
+	// import lists the cluster's own port where its target differs.
+	for _, x := range xs {
+		if EffectiveType(x.GetType()) != imp.Type {
+			continue
+		}
+		cb := imp.Clusters[slices.IndexFunc(imp.Clusters, func(c *fedmeshv1.ClusterBackends) bool { return c.GetCluster() == x.GetCluster() })]
+		for _, p := range x.GetPorts() {
+			ip := byName[p.GetName()]
+			if ip == nil || ip.GetPort() != p.GetPort() || effectiveProto(p.GetProtocol()) != ip.GetProtocol() {
+				continue
+			}
+			if targetOf(p) != targetOf(ip) {
+				cb.Ports = append(cb.Ports, &fedmeshv1.ServicePort{Name: p.GetName(), Protocol: ip.GetProtocol(), Port: p.GetPort(), TargetPort: targetOf(p)})
+			}
+		}
 	}
 	slices.SortFunc(imp.Ports, func(a, b *fedmeshv1.ServicePort) int {
 		return cmp.Or(cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetPort(), b.GetPort()), cmp.Compare(a.GetProtocol(), b.GetProtocol()))
@@ -218,6 +238,30 @@ func sortedAddrs(in []string) []string {
 		return cmp.Compare(a, b)
 	})
 	return slices.Compact(out)
+}
+
+func sortedEndpoints(in []*fedmeshv1.ServiceBackend) []*fedmeshv1.ServiceBackend {
+	if len(in) == 0 {
+		return nil
+	}
+	out := slices.Clone(in)
+	slices.SortStableFunc(out, func(a, b *fedmeshv1.ServiceBackend) int {
+		pa, ea := netip.ParseAddr(a.GetAddress())
+		pb, eb := netip.ParseAddr(b.GetAddress())
+		if ea == nil && eb == nil {
+			return pa.Compare(pb)
+		}
+		return cmp.Compare(a.GetAddress(), b.GetAddress())
+	})
+	return slices.CompactFunc(out, func(a, b *fedmeshv1.ServiceBackend) bool { return a.GetAddress() == b.GetAddress() })
+}
+
+// targetOf is the port number the backends listen on.
+func targetOf(p *fedmeshv1.ServicePort) uint32 {
+	if p.GetTargetPort() != 0 {
+		return p.GetTargetPort()
+	}
+	return p.GetPort()
 }
 
 func portString(p *fedmeshv1.ServicePort) string {
