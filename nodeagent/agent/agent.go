@@ -17,6 +17,7 @@ import (
 
 	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/federation/services"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -91,8 +92,11 @@ type Deps struct {
 	BGP          BGP
 	// Flows, when set, is told every endpoint and the enforced rules of
 	// the local ones, to attribute flow records (flowship.go).
-	Flows  *flows.Directory
-	Logger *slog.Logger
+	Flows *flows.Directory
+	// Services loads the ClusterSetIP translation table (nil: no
+	// translation; the catalog for DNS is still kept).
+	Services Services
+	Logger   *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
 	Registry *prometheus.Registry
 	// Now is the clock (default time.Now).
@@ -129,6 +133,7 @@ type Agent struct {
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
 	bgpDirty    bool
+	svcDirty    bool // imports or liveness changed since the last table
 	discarding  bool // the current stream failed; skip until the next one
 	specChanged bool // a change other than a node status report since the last report
 	lastHealthy *bool
@@ -139,6 +144,7 @@ type Agent struct {
 	lastLoop   time.Time
 	reportKick chan struct{}
 	nLocal     atomic.Int64
+	catalog    atomic.Pointer[services.Catalog]
 }
 
 // New returns an agent; it does nothing until Run.
@@ -292,11 +298,14 @@ func (a *Agent) feed(changes []Change) {
 				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
 			a.wgDirty = true
+			a.svcDirty = true // reachability and stale nodes
 			if ch.ClusterName == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER, fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER:
 			a.bgpDirty = true
+		case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
+			a.svcDirty = true
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
 			if ch.StatusOnly {
 				continue
@@ -372,6 +381,13 @@ func (a *Agent) enforce(ctx context.Context) {
 		a.flowCommit()
 		a.m.applies.WithLabelValues("ok").Inc()
 		a.m.applySeconds.Observe(a.deps.Now().Sub(start).Seconds())
+	}
+	if !has {
+		a.svcDirty = true // the first revision loads a table, even an empty one
+	}
+	if !a.syncServices(ctx) {
+		a.updateHealth(ctx)
+		return
 	}
 	// With nothing for the dataplane in the revisions since the last Apply,
 	// the dataplane already enforces rev.
@@ -453,7 +469,7 @@ func (a *Agent) updateHealth(ctx context.Context) {
 func (a *Agent) onTick(ctx context.Context) {
 	if a.view.Synced() {
 		_, has := a.enforcedRevision()
-		if a.dpDirty || !has {
+		if a.dpDirty || a.svcDirty || !has {
 			a.enforce(ctx)
 		} else {
 			a.reconcileInterfaces(ctx)

@@ -4,7 +4,11 @@
 // IP->identity map of every cluster, the compiled policy of the node's local
 // endpoints, its WireGuard peers and its BGP config — and hands one whole
 // revision at a time to the dataplane, then reports the revision it enforces
-// so writes can wait for it.
+// so writes can wait for it. It also keeps the node's view of the
+// clusterset's services: per revision a services.Catalog (what the
+// node-local DNS answers, Agent.ServiceCatalog) and the ClusterSetIP
+// translation table it hands the Services port (services.go); a revision
+// is reported enforced only once that table is loaded too.
 //
 // # Shape
 //

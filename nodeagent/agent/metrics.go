@@ -23,6 +23,11 @@ type metrics struct {
 	ipcacheEntries   prometheus.Gauge
 	reports          *prometheus.CounterVec
 	portErrors       *prometheus.CounterVec
+	// Services.
+	serviceFrontends  prometheus.Gauge
+	failovers         prometheus.Counter
+	failedOver        prometheus.Gauge
+	withdrawnClusters prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,8 +65,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Node status reports sent to the control plane, by result."}, []string{"result"}),
 		portErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_errors_total",
 			Help: "Failed calls into the dataplane, WireGuard, BGP or interface discovery, by component."}, []string{"component"}),
+		serviceFrontends: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedmesh_agent_service_translations",
+			Help: "ClusterSetIP frontends (VIP, port, protocol) in the translation table handed to the dataplane."}),
+		failovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedmesh_agent_service_failovers_total",
+			Help: "Times an imported service's affinity found no ready backend on its preferred side and failed over to the other clusters (or back to the own one)."}),
+		failedOver: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedmesh_agent_services_failed_over",
+			Help: "Imported services currently served by the other side of their affinity."}),
+		withdrawnClusters: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedmesh_agent_withdrawn_clusters",
+			Help: "Exporting clusters whose backends are withdrawn from this node's choice because the control plane marked them unreachable."}),
 	}
-	reg.MustRegister(m.enforcedRevision, m.seenRevision, m.ready, m.connected, m.badInput, m.applies,
+	reg.MustRegister(m.serviceFrontends, m.failovers, m.failedOver, m.withdrawnClusters,
+		m.enforcedRevision, m.seenRevision, m.ready, m.connected, m.badInput, m.applies,
 		m.applySeconds, m.messages, m.coalesced, m.reconnects, m.resyncs, m.localEndpoints, m.attached,
 		m.ipcacheEntries, m.reports, m.portErrors)
 	return m

@@ -55,6 +55,20 @@ type Dataplane interface {
 	Detach(ctx context.Context, id string) error
 }
 
+// Services loads the node's service translation table
+// (nodeagent/dataplane's ServiceTable, its own contract type): ClusterSetIP
+// and port to the weighted backends the agent chose (federation/services).
+//
+// Contract: only the sync goroutine calls it, one call at a time, after
+// every revision that changed imports or cluster/node liveness. It may
+// block on kernel I/O; it must not call back into the agent. ApplyServices
+// is all or nothing: on error the previous table stays in force, the agent
+// does not report the revision as enforced and retries on the next tick.
+// The agent never changes a table it handed over.
+type Services interface {
+	ApplyServices(ctx context.Context, t *dataplane.ServiceTable) error
+}
+
 // InterfaceResolver finds the host-side interface of a local endpoint from
 // the kernel's route to its IP (NetlinkResolver).
 //

@@ -7,6 +7,7 @@ import (
 
 	"github.com/fedmesh/fedmesh/controlplane/watchclient"
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/federation/services"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -31,6 +32,7 @@ var watchedKinds = []fedmeshv1.ResourceKind{
 	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_PEER,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_BGP_FILTER,
 	fedmeshv1.ResourceKind_RESOURCE_KIND_CLUSTER_NETWORK_POLICY,
+	fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT,
 }
 
 // NodeKey names a node of a cluster.
@@ -49,6 +51,7 @@ type Change struct {
 	NodeKey     NodeKey
 	EndpointKey policy.EndpointKey
 	PolicyKey   policy.PolicyKey
+	ImportKey   services.Key
 
 	// Exactly one is set on a put, matching Kind.
 	Cluster  *fedmeshv1.Cluster
@@ -62,6 +65,7 @@ type Change struct {
 	// ClusterPolicyKey keys a ClusterNetworkPolicy (clusterpolicyview.go).
 	ClusterPolicyKey policy.ClusterPolicyKey
 	ClusterPolicy    *fedmeshv1.ClusterNetworkPolicy
+	Import           *fedmeshv1.ServiceImport
 	// StatusOnly marks a node put that changes nothing but the node's
 	// reported status: nothing to enforce, and no reason to report at once
 	// (reporting it would write another status, and so on forever).
@@ -96,6 +100,8 @@ func (c Change) key() objectKey {
 		return objectKey{kind: c.Kind, name: c.BGPName}
 	case policy.KindClusterPolicy:
 		return objectKey{kind: c.Kind, cluster: c.ClusterPolicyKey.Cluster, name: c.ClusterPolicyKey.Name}
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
+		return objectKey{kind: c.Kind, namespace: c.ImportKey.Namespace, name: c.ImportKey.Name}
 	default:
 		return objectKey{c.Kind, c.PolicyKey.Cluster, c.PolicyKey.Namespace, c.PolicyKey.Name}
 	}
@@ -114,6 +120,8 @@ func (c Change) Object() string {
 		return bgpObject(c)
 	case policy.KindClusterPolicy:
 		return "clusternetworkpolicy/" + c.ClusterPolicyKey.String()
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
+		return "serviceimport/" + c.ImportKey.String()
 	default:
 		return "policy/" + c.PolicyKey.String()
 	}
@@ -160,6 +168,8 @@ type View struct {
 	BGPFilters map[string]*fedmeshv1.BGPFilter
 	// ClusterPolicies are the ClusterNetworkPolicies, both tiers.
 	ClusterPolicies map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy
+	// Imports are the service imports in this cluster's import scope.
+	Imports map[services.Key]*fedmeshv1.ServiceImport
 }
 
 // NewView returns an empty view at revision 0.
@@ -173,6 +183,7 @@ func NewView() *View {
 		BGPFilters: map[string]*fedmeshv1.BGPFilter{},
 
 		ClusterPolicies: map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy{},
+		Imports:         map[services.Key]*fedmeshv1.ServiceImport{},
 	}
 }
 
@@ -266,6 +277,9 @@ func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 	}
 	v.eachBGP(del)
 	v.eachClusterPolicy(del)
+	for k := range v.Imports {
+		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, ImportKey: k})
+	}
 	for _, ev := range snap {
 		ch, _, _ := decodeEvent(ev)
 		if v.same(ch) {
@@ -311,6 +325,12 @@ func (v *View) same(ch Change) bool {
 		return v.sameBGP(ch)
 	case policy.KindClusterPolicy:
 		return v.sameClusterPolicy(ch)
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
+		o := v.Imports[ch.ImportKey]
+		if o == nil {
+			return false
+		}
+		old, cur, oldMeta, curMeta = o, ch.Import, o.GetMeta(), ch.Import.GetMeta()
 	}
 	// The control plane stamps every change with a new revision, so equal
 	// non-zero revisions mean equal objects; compare in full otherwise.
@@ -367,6 +387,12 @@ func (v *View) put(ch Change) {
 		v.putBGP(ch)
 	case policy.KindClusterPolicy:
 		v.putClusterPolicy(ch)
+	case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
+		if ch.Delete {
+			delete(v.Imports, ch.ImportKey)
+		} else {
+			v.Imports[ch.ImportKey] = ch.Import
+		}
 	}
 }
 
@@ -407,11 +433,17 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 		if put {
 			ch.Policy = o.Policy
 		}
+	case *fedmeshv1.Event_ServiceImport:
+		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT
+		ch.ImportKey = services.Key{Namespace: o.ServiceImport.GetNamespace(), Name: o.ServiceImport.GetName()}
+		if put {
+			ch.Import = o.ServiceImport
+		}
 	default:
 		if decodeBGPEvent(ev, &ch) || decodeClusterPolicyEvent(ev, &ch) {
 			break
 		}
-		// Service exports/imports are not asked for; a nil or unknown oneof
+		// Service exports are not asked for; a nil or unknown oneof
 		// is a kind this agent does not know.
 		return ch, BadInput{Reason: ReasonUnknownKind, Object: "event",
 			Detail: fmt.Sprintf("object %T at revision %d", ev.GetObject(), ev.GetRevision())}, false

@@ -1,0 +1,129 @@
+package agent
+
+// Service translation: per revision the agent turns the imports of its
+// cluster and the liveness the control plane committed into a
+// services.Catalog (for the node-local DNS) and a dataplane.ServiceTable
+// (for the translation), and hands the table to the Services port before
+// it reports the revision enforced.
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+
+	"github.com/fedmesh/fedmesh/federation/services"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// ServiceTableOf renders the catalog into the dataplane's table: one
+// frontend per ClusterSetIP and port, translating to the chosen backends of
+// the VIP's family at the backend cluster's target port. Headless services
+// and services without a ClusterSetIP have no frontend. Pure.
+func ServiceTableOf(cat *services.Catalog) *dataplane.ServiceTable {
+	t := &dataplane.ServiceTable{Revision: cat.Revision}
+	for _, k := range slices.SortedFunc(maps.Keys(cat.Services), compareServiceKeys) {
+		s := cat.Services[k]
+		if s.Headless {
+			continue
+		}
+		for _, vip := range s.IPs {
+			for _, p := range s.Ports {
+				ip := s.Import.GetPorts()[importPortIndex(s.Import, p)]
+				fe := dataplane.ServiceFrontend{
+					Key:       dataplane.ServiceKey{VIP: vip, Port: p.Port, Protocol: p.Protocol},
+					Namespace: k.Namespace, Name: k.Name,
+				}
+				for _, b := range s.Choice.Backends {
+					if b.Addr.Is4() != vip.Is4() {
+						continue
+					}
+					tp := services.TargetPort(s.Import, b.Cluster, ip)
+					if tp == 0 || tp > 65535 {
+						continue
+					}
+					fe.Backends = append(fe.Backends, dataplane.ServiceBackend{
+						Addr: b.Addr, Port: uint16(tp), Weight: b.Weight, Cluster: b.Cluster, Node: b.Node,
+					})
+				}
+				t.Frontends = append(t.Frontends, fe)
+			}
+		}
+	}
+	dataplane.SortFrontends(t.Frontends)
+	return t
+}
+
+func importPortIndex(imp *fedmeshv1.ServiceImport, p services.CatalogPort) int {
+	return slices.IndexFunc(imp.GetPorts(), func(ip *fedmeshv1.ServicePort) bool {
+		return ip.GetName() == p.Name && ip.GetPort() == uint32(p.Port)
+	})
+}
+
+func compareServiceKeys(a, b services.Key) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+// catalogOf builds the catalog of the view for cluster importer.
+func catalogOf(v *View, importer string) *services.Catalog {
+	imps := make([]*fedmeshv1.ServiceImport, 0, len(v.Imports))
+	for _, k := range slices.SortedFunc(maps.Keys(v.Imports), compareServiceKeys) {
+		imps = append(imps, v.Imports[k])
+	}
+	clusters := make([]*fedmeshv1.Cluster, 0, len(v.Clusters))
+	for _, name := range slices.Sorted(maps.Keys(v.Clusters)) {
+		clusters = append(clusters, v.Clusters[name])
+	}
+	return services.BuildCatalog(v.Revision(), imps, importer, services.LivenessOf(clusters))
+}
+
+// ServiceCatalog returns the services of the revision the agent last
+// computed (nil before the first synced revision): what the node-local DNS
+// answers from. Safe from any goroutine; the value is immutable.
+func (a *Agent) ServiceCatalog() *services.Catalog { return a.catalog.Load() }
+
+// syncServices computes the catalog and, with a Services port, hands the
+// translation table to the dataplane. It reports false when the port
+// failed: the previous table stays in force and the revision must not be
+// reported as enforced.
+func (a *Agent) syncServices(ctx context.Context) bool {
+	if !a.svcDirty {
+		return true
+	}
+	cat := catalogOf(a.view, a.cfg.Cluster)
+	failovers, withdrawn := 0, map[string]bool{}
+	for _, s := range cat.Services {
+		if s.Choice.FailedOver {
+			failovers++
+		}
+		for _, c := range s.Choice.Withdrawn {
+			withdrawn[c] = true
+		}
+	}
+	if a.deps.Services != nil {
+		t := ServiceTableOf(cat)
+		if err := a.deps.Services.ApplyServices(ctx, t); err != nil {
+			a.m.portErrors.WithLabelValues("services").Inc()
+			a.log.Error("apply service translation table; the previous table stays in force, retrying",
+				"revision", cat.Revision, "err", err)
+			return false
+		}
+		a.m.serviceFrontends.Set(float64(len(t.Frontends)))
+	}
+	prev := a.catalog.Load()
+	for k, s := range cat.Services {
+		if s.Choice.FailedOver {
+			if old, ok := prev.Lookup(k.Namespace, k.Name); !ok || !old.Choice.FailedOver {
+				a.m.failovers.Inc()
+				a.log.Info("service failed over from its preferred clusters", "service", k.String(),
+					"affinity", s.Choice.Affinity.String(), "backends", len(s.Choice.Backends))
+			}
+		}
+	}
+	a.m.failedOver.Set(float64(failovers))
+	a.m.withdrawnClusters.Set(float64(len(withdrawn)))
+	a.catalog.Store(cat)
+	a.svcDirty = false
+	return true
+}
