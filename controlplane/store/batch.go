@@ -40,6 +40,11 @@ const (
 	// Format 5 (LogFormatClusterPolicies, clusterpolicies.go) adds the
 	// ClusterNetworkPolicy commands.
 	//
+	// LogFormatServices adds ClusterSetIPs and liveness
+	// (CmdConfigureServices, CmdSetLiveness; clusterset.go) and exports
+	// carrying affinity and per-backend node and readiness, which the edge
+	// writes only from then on.
+	LogFormatServices = 6
 	// LogFormatServiceAdvertisements adds CmdSyncServiceAdvertisements
 	// (svcadverts.go), which the edge refuses until then.
 	LogFormatServiceAdvertisements = 7

@@ -17,6 +17,9 @@ func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequ
 	if err := model.ValidateClusterOverlap(c, others); err != nil {
 		return nil, err
 	}
+	if err := s.checkClusterset(c); err != nil {
+		return nil, err
+	}
 	old := s.clusters[c.GetName()]
 	if old != nil {
 		var nodes []*fedmeshv1.Node
@@ -34,6 +37,7 @@ func (s *State) applyRegisterCluster(tx *txn, req *fedmeshv1.RegisterClusterRequ
 	c.Status = nil
 	var ce clusterEntry
 	if old != nil {
+		c.Status = livenessOf(old.spec.GetStatus())
 		ce = *old
 		c.Meta = tx.meta(old.spec.GetMeta())
 	} else {
@@ -97,6 +101,9 @@ func (s *State) clusterView(ce *clusterEntry) *fedmeshv1.Cluster {
 		Nodes:            uint32(len(s.nodes[c.GetName()])),
 		Endpoints:        uint32(len(s.endpoints[c.GetName()])),
 		ResyncGeneration: ce.resyncGen,
+	}
+	if lv := ce.spec.GetStatus(); lv != nil {
+		c.Status.Reachability, c.Status.ReachabilityTime, c.Status.StaleNodes = lv.GetReachability(), lv.GetReachabilityTime(), lv.GetStaleNodes()
 	}
 	if ce.lastSync != 0 {
 		c.Status.LastSyncTime = unixNanoToTimestamp(ce.lastSync)

@@ -292,6 +292,28 @@ func goldenScenario() []goldenStep {
 	add("grouped entry: delete prod-guard, then a missing one",
 		delCNP("", "prod-guard"), delCNP("a", "nope"))
 	steps = append(steps, goldenServiceAdvertisementSteps(add)...)
+
+	// Services (log format 6): ClusterSetIPs, liveness, exports with
+	// affinity and per-backend node and readiness.
+	configure := func(cidrs ...string) Command {
+		return Command{Type: CmdConfigureServices, Payload: &fedmeshv1.ConfigureServicesRequest{ClustersetCidrs: cidrs}}
+	}
+	liveness := func(cs ...*fedmeshv1.ClusterLiveness) Command {
+		return Command{Type: CmdSetLiveness, Payload: &fedmeshv1.SetLivenessRequest{Clusters: cs}}
+	}
+	add("register cluster e (dual-stack, service CIDR)", reg(&fedmeshv1.Cluster{Name: "e", PodCidrs: []string{"10.6.0.0/16", "fd00:6::/48"}, ServiceCidrs: []string{"10.97.0.0/16"}}))
+	add("clusterset CIDR overlapping e's service CIDR: rejected", configure("10.97.128.0/24"))
+	add("export e/web/cache (affinity local, per-backend node and readiness)", Command{Type: CmdExportServices, Payload: &fedmeshv1.ExportServicesRequest{Cluster: "e", Exports: []*fedmeshv1.ServiceExport{{
+		Namespace: "web", Name: "cache", Type: fedmeshv1.ServiceType_SERVICE_TYPE_CLUSTER_SET_IP, Affinity: fedmeshv1.Affinity_AFFINITY_LOCAL,
+		Ports:     []*fedmeshv1.ServicePort{{Name: "redis", Port: 6379, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, TargetPort: 6380}},
+		Backends:  []string{"10.6.0.1"},
+		Endpoints: []*fedmeshv1.ServiceBackend{{Address: "10.6.0.1", Node: "e1", Ready: true, Hostname: "cache-0"}, {Address: "10.6.0.2", Node: "e2"}}}}}})
+	add("clusterset CIDRs: the existing import gets a VIP per family", configure("10.255.0.0/16", "fd00:fed:c5e7::/108"))
+	add("cluster overlapping the clusterset CIDR: rejected", reg(&fedmeshv1.Cluster{Name: "f", PodCidrs: []string{"10.255.1.0/24"}}))
+	add("e unreachable, node e2 stale: the import's entry follows", liveness(&fedmeshv1.ClusterLiveness{Cluster: "e", Reachability: fedmeshv1.Reachability_REACHABILITY_UNREACHABLE, StaleNodes: []string{"e2"}}))
+	add("liveness of a missing cluster: rejected", liveness(&fedmeshv1.ClusterLiveness{Cluster: "nope", Reachability: fedmeshv1.Reachability_REACHABILITY_REACHABLE}))
+	add("e re-registers: its liveness stays", reg(&fedmeshv1.Cluster{Name: "e", Labels: map[string]string{"site": "e"}, PodCidrs: []string{"10.6.0.0/16", "fd00:6::/48"}, ServiceCidrs: []string{"10.97.0.0/16"}}))
+	add("e reachable again", liveness(&fedmeshv1.ClusterLiveness{Cluster: "e", Reachability: fedmeshv1.Reachability_REACHABILITY_REACHABLE}))
 	return steps
 }
 

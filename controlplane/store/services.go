@@ -127,6 +127,9 @@ func (s *State) recomputeImport(tx *txn, key nsName, fresh map[string]bool) {
 	}
 
 	old := s.imports[key]
+	if imp != nil {
+		s.decorateImport(imp, old)
+	}
 	switch {
 	case imp == nil && old != nil:
 		delete(s.imports, key)

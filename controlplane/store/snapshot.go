@@ -68,6 +68,9 @@ type snapHeader struct {
 	Gens         []snapGen       `json:"gens,omitempty"`
 	Clusters     []snapClusterMD `json:"clusters,omitempty"`
 	UsedTokens   []snapToken     `json:"usedTokens,omitempty"` // version 2
+	// ClustersetCIDRs (log format 6; an older reader ignores them, and
+	// cannot apply the log that set them anyway).
+	ClustersetCIDRs []string `json:"clustersetCidrs,omitempty"`
 }
 
 type snapToken struct {
@@ -110,6 +113,7 @@ func (s *State) Freeze() Frozen {
 		bgp:        s.bgp.clone(),
 		cnp:        s.cnp.clone(),
 		adverts:    s.adverts.clone(),
+		clusterset: s.clusterset,
 	}
 	for k, v := range s.usedTokens {
 		c.usedTokens[k] = v
@@ -176,6 +180,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	}
 	for _, id := range sortedTokenIDs(s.usedTokens) {
 		h.UsedTokens = append(h.UsedTokens, snapToken{ID: id[:], Expires: s.usedTokens[id]})
+	}
+	for _, p := range s.clusterset {
+		h.ClustersetCIDRs = append(h.ClustersetCIDRs, p.String())
 	}
 	for _, n := range sortedKeys(s.clusters) {
 		ce := s.clusters[n]
@@ -402,6 +409,13 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 				}
 				copy(id[:], tk.ID)
 				s.usedTokens[id] = tk.Expires
+			}
+			for _, v := range h.ClustersetCIDRs {
+				p, err := netip.ParsePrefix(v)
+				if err != nil {
+					return nil, fmt.Errorf("read snapshot: clusterset CIDR %q: %w", v, err)
+				}
+				s.clusterset = append(s.clusterset, p)
 			}
 			for _, g := range h.Gens {
 				s.gens[genKey{owner: g.Owner, kind: genKind(g.Kind)}] = g.Gen

@@ -50,7 +50,7 @@ type genKey struct {
 }
 
 type clusterEntry struct {
-	spec      *fedmeshv1.Cluster // status nil: computed on read
+	spec      *fedmeshv1.Cluster // status: only liveness (clusterset.go); the rest is computed on read
 	pods      []netip.Prefix     // parsed spec.PodCidrs, filled on first use
 	resyncGen uint64             // last completed endpoint resync
 	lastSync  int64              // command time of the last syncer write
@@ -108,6 +108,8 @@ type State struct {
 	bgp        bgpState
 	cnp        cnpState    // ClusterNetworkPolicies (clusterpolicies.go)
 	adverts    advertState // svcadverts.go
+	// clusterset are the CIDRs ClusterSetIPs come from (log format 6).
+	clusterset []netip.Prefix
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
