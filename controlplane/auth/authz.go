@@ -83,6 +83,11 @@ var rules = map[string]rule{
 	fedmeshv1.ClusterService_DeleteCluster_FullMethodName:   adminOnly,
 	fedmeshv1.ClusterService_GetCluster_FullMethodName:      federationRead,
 	fedmeshv1.ClusterService_ListClusters_FullMethodName:    federationRead,
+	// A syncer reports its own cluster alive.
+	fedmeshv1.ClusterService_Heartbeat_FullMethodName: ownCluster(func(req any) ([]string, bool) {
+		r, ok := req.(*fedmeshv1.HeartbeatRequest)
+		return []string{r.GetCluster()}, ok
+	}),
 
 	fedmeshv1.NodeService_RegisterNode_FullMethodName: ownNode(func(req any) (string, string, bool) {
 		r, ok := req.(*fedmeshv1.RegisterNodeRequest)

@@ -62,6 +62,7 @@ var matrix = map[string]matrixRow{
 	fedmeshv1.ClusterService_DeleteCluster_FullMethodName: {func(c string) any { return &fedmeshv1.DeleteClusterRequest{Name: c} }, onlyAdmin},
 	fedmeshv1.ClusterService_GetCluster_FullMethodName:    {func(c string) any { return &fedmeshv1.GetClusterRequest{Name: c} }, reads},
 	fedmeshv1.ClusterService_ListClusters_FullMethodName:  {func(string) any { return &fedmeshv1.ListClustersRequest{} }, reads},
+	fedmeshv1.ClusterService_Heartbeat_FullMethodName:     {func(c string) any { return &fedmeshv1.HeartbeatRequest{Cluster: c} }, []string{"admin", "syncer/a"}},
 
 	fedmeshv1.NodeService_RegisterNode_FullMethodName: {func(c string) any {
 		return &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: c, Name: "n1"}}

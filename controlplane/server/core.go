@@ -58,6 +58,8 @@ type Core struct {
 	logFormat atomic.Uint32
 	// reach answers ReachService with the policy compiler.
 	reach *reachEngine
+	// live is the leader's memory of syncer heartbeats (liveness.go).
+	live *liveness
 
 	mu         sync.Mutex
 	conns      map[string]*grpc.ClientConn
@@ -74,7 +76,8 @@ type Core struct {
 
 func newCore(r *Replica) *Core {
 	c := &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
-		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log), raftDown: make(chan struct{})}
+		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log), raftDown: make(chan struct{}),
+		live: newLiveness(r.cfg.Services, r.metrics.reg)}
 	c.props.c = c
 	return c
 }

@@ -96,6 +96,9 @@ type Config struct {
 	// UIAddr serves the service-graph page over HTTPS when set (needs
 	// TLS); UIURL is how browsers reach it (default https://UIAddr).
 	UIAddr, UIURL string
+	// Services are the clusterset CIDRs and liveness timeouts the replica
+	// applies while it leads (liveness.go; zero values: defaults).
+	Services ServicesConfig
 }
 
 // raftLogCache is how many of the newest Raft entries stay in memory (up to
@@ -302,10 +305,14 @@ func Start(cfg Config) (*Replica, error) {
 		r.Stop()
 		return nil, err
 	}
-	r.wg.Add(4)
+	r.wg.Add(5)
 	go func() {
 		defer r.wg.Done()
 		r.core.logFormats(ctx)
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.core.livenessLoop(ctx)
 	}()
 	go func() {
 		defer r.wg.Done()

@@ -52,7 +52,7 @@ func init() {
 	validator(store.CmdUpsertEndpoints, func(r *fedmeshv1.UpsertEndpointsRequest) error { return model.ValidateUpsertEndpoints(r, nil) })
 	validator(store.CmdUpsertEndpointsFull, func(r *fedmeshv1.UpsertEndpointsRequest) error { return model.ValidateUpsertEndpoints(r, nil) })
 	validator(store.CmdDeleteEndpoints, model.ValidateDeleteEndpoints)
-	validator(store.CmdExportServices, model.ValidateExportServices)
+	validator(store.CmdExportServices, validateExportServices)
 	validator(store.CmdUnexportService, func(r *fedmeshv1.UnexportServiceRequest) error {
 		errs := model.ClusterName(field.NewPath("cluster"), r.GetCluster())
 		errs = append(errs, model.Namespace(field.NewPath("namespace"), r.GetNamespace())...)

@@ -57,6 +57,10 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 			&fedmeshv1.ApplyClusterPoliciesRequest{Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "p", SpecJson: []byte(`{"tier":"Admin"}`)}}}},
 		store.CmdDeleteClusterPolicy: {&fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Name: "p"}},
 			&fedmeshv1.DeleteClusterPolicyRequest{Key: &fedmeshv1.ClusterPolicyKey{Cluster: "A", Name: "p"}}},
+		store.CmdConfigureServices: {&fedmeshv1.ConfigureServicesRequest{ClustersetCidrs: []string{"100.127.0.0/16", "fd00:fed::/108"}},
+			&fedmeshv1.ConfigureServicesRequest{ClustersetCidrs: []string{"100.127.0.0/16", "100.126.0.0/16"}}},
+		store.CmdSetLiveness: {&fedmeshv1.SetLivenessRequest{Clusters: []*fedmeshv1.ClusterLiveness{{Cluster: "a", Reachability: fedmeshv1.Reachability_REACHABILITY_UNREACHABLE}}},
+			&fedmeshv1.SetLivenessRequest{Clusters: []*fedmeshv1.ClusterLiveness{{Cluster: "a"}}}},
 	}
 	for _, ct := range store.CommandTypes() {
 		t.Run(ct.String(), func(t *testing.T) {

@@ -66,6 +66,7 @@ func (s *State) applyDeleteCluster(tx *txn, req *fedmeshv1.DeleteClusterRequest)
 		tx.delNode(s.nodes[name][n])
 	}
 	delete(s.nodes, name)
+	delete(s.reported, name)
 	for _, k := range sortedNsNames(s.endpoints[name]) {
 		s.deleteEndpoint(tx, epRef{cluster: name, key: k})
 	}

@@ -65,7 +65,28 @@ func (s *State) applyDeleteNode(tx *txn, req *fedmeshv1.DeleteNodeRequest) (*Res
 		delete(s.nodes, req.GetCluster())
 	}
 	tx.delNode(old)
+	delete(s.reported[req.GetCluster()], req.GetName())
 	return &Result{}, nil
+}
+
+func (s *State) noteReport(cluster, node string, t int64) {
+	if s.reported == nil {
+		s.reported = map[string]map[string]int64{}
+	}
+	inner(s.reported, cluster)[node] = t
+}
+
+// ReportedNodes returns, per node of cluster that has a status, when it
+// last reported (command time, Unix nanoseconds; 0 when unknown because
+// this replica restored a snapshot since).
+func (s *State) ReportedNodes(cluster string) map[string]int64 {
+	out := map[string]int64{}
+	for name, n := range s.nodes[cluster] {
+		if n.GetStatus() != nil {
+			out[name] = s.reported[cluster][name]
+		}
+	}
+	return out
 }
 
 func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
@@ -76,6 +97,7 @@ func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRe
 	n := proto.CloneOf(old)
 	n.Status = req.GetStatus()
 	n.Meta = tx.meta(old.GetMeta())
+	s.noteReport(req.GetCluster(), req.GetName(), tx.time)
 	s.nodes[req.GetCluster()][req.GetName()] = n
 	tx.putNode(n)
 	return &Result{Node: n}, nil
@@ -83,11 +105,12 @@ func (s *State) applyReportNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRe
 
 // applyRecordNodeStatus is CmdRecordNodeStatus: the node's status changes,
 // its revisions stay (tx is internal: no revision, no event).
-func (s *State) applyRecordNodeStatus(_ *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
+func (s *State) applyRecordNodeStatus(tx *txn, req *fedmeshv1.ReportNodeStatusRequest) (*Result, error) {
 	old := s.nodes[req.GetCluster()][req.GetName()]
 	if old == nil {
 		return nil, &NotFoundError{Kind: "node", Key: req.GetCluster() + "/" + req.GetName()}
 	}
+	s.noteReport(req.GetCluster(), req.GetName(), tx.time)
 	n := proto.CloneOf(old)
 	n.Status = req.GetStatus()
 	s.nodes[req.GetCluster()][req.GetName()] = n

@@ -110,6 +110,11 @@ type State struct {
 	adverts    advertState // svcadverts.go
 	// clusterset are the CIDRs ClusterSetIPs come from (log format 6).
 	clusterset []netip.Prefix
+	// reported is when each node last reported its status (command time).
+	// Only the leader's liveness judgement reads it; it is not part of
+	// snapshots (after a restore a node's time is unknown until it reports
+	// again, which the judgement allows for).
+	reported map[string]map[string]int64
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
@@ -140,6 +145,7 @@ func NewState(logSize int) *State {
 		cnp:        cnpState{},
 		adverts:    newAdvertState(),
 		intern:     map[string]string{},
+		reported:   map[string]map[string]int64{},
 	}
 }
 

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// A ClusterSetIP import gets one VIP per family from the default clusterset
+// CIDRs; a cluster whose syncer heartbeats is reachable, becomes
+// unreachable (in its status and in the imports it contributes to) when
+// the heartbeats stop for the timeout, and is re-admitted by the next one.
+func TestClusterSetIPsAndLivenessFollowHeartbeats(t *testing.T) {
+	_, c := startSingle(t, 1000)
+	ctx := ctxT(t)
+	registerCluster(t, ctx, c, "a", "10.1.0.0/16", "fd00:1::/48")
+	if _, err := c.mcs.ExportServices(ctx, &fedmeshv1.ExportServicesRequest{Cluster: "a", Exports: []*fedmeshv1.ServiceExport{{
+		Namespace: "demo", Name: "redis", Affinity: fedmeshv1.Affinity_AFFINITY_LOCAL,
+		Ports:     []*fedmeshv1.ServicePort{{Name: "redis", Port: 6379}},
+		Backends:  []string{"10.1.0.5"},
+		Endpoints: []*fedmeshv1.ServiceBackend{{Address: "10.1.0.5", Node: "n1", Ready: true}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	imports := func() *fedmeshv1.ServiceImport {
+		resp, err := c.mcs.ListServiceImports(linearizable(ctx), &fedmeshv1.ListServiceImportsRequest{})
+		if err != nil || len(resp.GetImports()) != 1 {
+			t.Fatalf("list imports: %v, %v", resp, err)
+		}
+		return resp.GetImports()[0]
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("ClusterSetIPs", func() bool { return len(imports().GetIps()) == 2 })
+	imp := imports()
+	for i, want := range DefaultClustersetCIDRs {
+		if a, err := netip.ParseAddr(imp.GetIps()[i]); err != nil || !want.Contains(a) {
+			t.Errorf("ip %d = %q, want one inside %s", i, imp.GetIps()[i], want)
+		}
+	}
+	if imp.GetAffinity() != fedmeshv1.Affinity_AFFINITY_LOCAL || len(imp.GetClusters()[0].GetEndpoints()) != 1 {
+		t.Errorf("import = %v; want affinity local and the backend with its node", imp)
+	}
+
+	reach := func() fedmeshv1.Reachability {
+		resp, err := c.cluster.GetCluster(linearizable(ctx), &fedmeshv1.GetClusterRequest{Name: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetCluster().GetStatus().GetReachability()
+	}
+	if got := reach(); got != fedmeshv1.Reachability_REACHABILITY_UNSPECIFIED {
+		t.Fatalf("before any heartbeat: %v, want unspecified (not judged)", got)
+	}
+	beat := func() {
+		resp, err := c.cluster.Heartbeat(ctx, &fedmeshv1.HeartbeatRequest{Cluster: "a"})
+		if err != nil {
+			t.Fatalf("heartbeat: %v", err)
+		}
+		if resp.GetIntervalSeconds() <= 0 {
+			t.Fatalf("heartbeat interval %v", resp.GetIntervalSeconds())
+		}
+	}
+	silentFrom := time.Now()
+	beat()
+	waitFor("reachable", func() bool { return reach() == fedmeshv1.Reachability_REACHABILITY_REACHABLE })
+	waitFor("unreachable", func() bool { return reach() == fedmeshv1.Reachability_REACHABILITY_UNREACHABLE })
+	if d := time.Since(silentFrom); d < DefaultClusterTimeout {
+		t.Errorf("unreachable after %v of silence, before the %v timeout", d, DefaultClusterTimeout)
+	}
+	if got := imports().GetClusters()[0].GetReachability(); got != fedmeshv1.Reachability_REACHABILITY_UNREACHABLE {
+		t.Errorf("the import's entry for a says %v, want unreachable", got)
+	}
+	beat()
+	waitFor("re-admitted", func() bool { return reach() == fedmeshv1.Reachability_REACHABILITY_REACHABLE })
+	if got := imports().GetIps(); len(got) != 2 || got[0] != imp.GetIps()[0] {
+		t.Errorf("VIPs changed across liveness transitions: %v, was %v", got, imp.GetIps())
+	}
+
+	if _, err := c.cluster.Heartbeat(ctx, &fedmeshv1.HeartbeatRequest{Cluster: "nope"}); err == nil {
+		t.Error("heartbeat of an unknown cluster accepted")
+	}
+}

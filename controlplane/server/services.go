@@ -1,0 +1,121 @@
+package server
+
+// Services at the edge: the stateless checks of the format-6 service
+// commands and of what format 6 adds to exports (affinity, backends with
+// node and readiness), and the gate that keeps those additions out of the
+// log until every replica applies format 6.
+
+import (
+	"fmt"
+	"net/netip"
+
+	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	"github.com/fedmesh/fedmesh/federation/model"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func init() {
+	validator(store.CmdConfigureServices, validateConfigureServices)
+	validator(store.CmdSetLiveness, validateSetLiveness)
+}
+
+// validateExportServices is model.ValidateExportServices plus the fields
+// of log format 6.
+func validateExportServices(r *fedmeshv1.ExportServicesRequest) error {
+	if err := model.ValidateExportServices(r); err != nil {
+		return err
+	}
+	var errs field.ErrorList
+	for i, x := range r.GetExports() {
+		xp := field.NewPath("exports").Index(i)
+		switch x.GetAffinity() {
+		case fedmeshv1.Affinity_AFFINITY_UNSPECIFIED, fedmeshv1.Affinity_AFFINITY_NONE, fedmeshv1.Affinity_AFFINITY_LOCAL, fedmeshv1.Affinity_AFFINITY_REMOTE:
+		default:
+			errs = append(errs, field.NotSupported(xp.Child("affinity"), int32(x.GetAffinity()), []string{"none", "local", "remote"}))
+		}
+		ep := xp.Child("endpoints")
+		if n := len(x.GetEndpoints()); n > model.MaxBackends {
+			errs = append(errs, field.TooMany(ep, n, model.MaxBackends))
+		}
+		seen := map[netip.Addr]int{}
+		for j, e := range x.GetEndpoints() {
+			a, err := netip.ParseAddr(e.GetAddress())
+			if err != nil {
+				errs = append(errs, field.Invalid(ep.Index(j).Child("address"), e.GetAddress(), "not an IP address"))
+				continue
+			}
+			if k, dup := seen[a]; dup {
+				errs = append(errs, field.Duplicate(ep.Index(j).Child("address"), fmt.Sprintf("%s (also %s)", a, ep.Index(k))))
+			}
+			seen[a] = j
+		}
+	}
+	return model.AsError(errs)
+}
+
+func validateConfigureServices(r *fedmeshv1.ConfigureServicesRequest) error {
+	var errs field.ErrorList
+	p := field.NewPath("clustersetCidrs")
+	fams := map[bool]int{}
+	for i, v := range r.GetClustersetCidrs() {
+		pfx, err := netip.ParsePrefix(v)
+		if err != nil {
+			errs = append(errs, field.Invalid(p.Index(i), v, "not a CIDR"))
+			continue
+		}
+		if pfx != pfx.Masked() {
+			errs = append(errs, field.Invalid(p.Index(i), v, fmt.Sprintf("has host bits set; write %s", pfx.Masked())))
+		}
+		if j, dup := fams[pfx.Addr().Is4()]; dup {
+			errs = append(errs, field.Invalid(p.Index(i), v, fmt.Sprintf("a second CIDR of its family (also %s); give at most one IPv4 and one IPv6", p.Index(j))))
+		}
+		fams[pfx.Addr().Is4()] = i
+		if pfx.Addr().BitLen()-pfx.Bits() < 2 {
+			errs = append(errs, field.Invalid(p.Index(i), v, "too small to hold ClusterSetIPs"))
+		}
+	}
+	return model.AsError(errs)
+}
+
+func validateSetLiveness(r *fedmeshv1.SetLivenessRequest) error {
+	var errs field.ErrorList
+	for i, c := range r.GetClusters() {
+		cp := field.NewPath("clusters").Index(i)
+		errs = append(errs, model.ClusterName(cp.Child("cluster"), c.GetCluster())...)
+		switch c.GetReachability() {
+		case fedmeshv1.Reachability_REACHABILITY_REACHABLE, fedmeshv1.Reachability_REACHABILITY_UNREACHABLE:
+		default:
+			errs = append(errs, field.NotSupported(cp.Child("reachability"), c.GetReachability().String(), []string{"REACHABILITY_REACHABLE", "REACHABILITY_UNREACHABLE"}))
+		}
+	}
+	return model.AsError(errs)
+}
+
+// exportsForLog returns req as the log may carry it: unchanged once every
+// replica applies format 6; before that without affinity and endpoint
+// details, which an older replica would store without aggregating them
+// (replicas would disagree on the imports). The ready addresses, which
+// every version aggregates, stay.
+func (c *Core) exportsForLog(req *fedmeshv1.ExportServicesRequest) *fedmeshv1.ExportServicesRequest {
+	if c.appliesFormat(store.LogFormatServices) >= store.LogFormatServices {
+		return req
+	}
+	stripped := false
+	for _, x := range req.GetExports() {
+		if x.GetAffinity() != fedmeshv1.Affinity_AFFINITY_UNSPECIFIED || len(x.GetEndpoints()) > 0 {
+			stripped = true
+		}
+	}
+	if !stripped {
+		return req
+	}
+	out := proto.CloneOf(req)
+	for _, x := range out.GetExports() {
+		x.Affinity, x.Endpoints = fedmeshv1.Affinity_AFFINITY_UNSPECIFIED, nil
+	}
+	c.log.Debug("exports written without affinity and endpoint details until every replica applies log format 6", "cluster", req.GetCluster())
+	return out
+}
