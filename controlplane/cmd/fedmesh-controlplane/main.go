@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,14 +24,15 @@ import (
 
 func main() {
 	var (
-		cfg            server.Config
-		peers          string
-		insecureDev    bool
-		faultInjection bool
-		gcPercent      int
-		logLevel       string
-		tlsDir         string
-		tlsCfg         server.TLSConfig
+		cfg             server.Config
+		peers           string
+		insecureDev     bool
+		faultInjection  bool
+		gcPercent       int
+		logLevel        string
+		tlsDir          string
+		tlsCfg          server.TLSConfig
+		clustersetCIDRs []string
 	)
 	cmd := &cobra.Command{
 		Use:          "fedmesh-controlplane",
@@ -38,6 +40,13 @@ func main() {
 		Version:      buildinfo.Version(),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, v := range clustersetCIDRs {
+				p, err := netip.ParsePrefix(v)
+				if err != nil || p != p.Masked() {
+					return fmt.Errorf("parse --clusterset-cidrs %q: want a CIDR without host bits, e.g. %s", v, server.DefaultClustersetCIDRs[0])
+				}
+				cfg.Services.ClustersetCIDRs = append(cfg.Services.ClustersetCIDRs, p)
+			}
 			tls, err := tlsConfig(insecureDev, tlsDir, tlsCfg)
 			if err != nil {
 				return err
@@ -75,6 +84,13 @@ func main() {
 	f.IntVar(&cfg.EventLogSize, "event-log-size", store.DefaultEventLogSize, "events kept in memory for watchers; a watcher further behind gets a snapshot")
 	f.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 8192, "Raft log entries between snapshots")
 	f.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 2*time.Minute, "how often to check --snapshot-threshold")
+	var defCIDRs []string
+	for _, p := range server.DefaultClustersetCIDRs {
+		defCIDRs = append(defCIDRs, p.String())
+	}
+	f.StringSliceVar(&clustersetCIDRs, "clusterset-cidrs", defCIDRs, "CIDRs ClusterSetIPs are allocated from, at most one IPv4 and one IPv6; must not overlap any cluster's pod or service CIDRs (the leader commits them)")
+	f.DurationVar(&cfg.Services.ClusterTimeout, "cluster-timeout", server.DefaultClusterTimeout, "how long a cluster's syncer may miss heartbeats before its service backends are withdrawn")
+	f.DurationVar(&cfg.Services.NodeTimeout, "node-timeout", server.DefaultNodeTimeout, "how long a node may miss status reports before its service backends are withdrawn")
 	f.BoolVar(&insecureDev, "insecure-dev", false, "serve plaintext gRPC and Raft without authentication (development only; excludes the TLS flags)")
 	f.StringVar(&tlsDir, "tls-dir", "", "directory holding ca.crt (+ ca.key to sign join/renew requests), replica.crt and replica.key")
 	f.StringVar(&tlsCfg.CAFile, "ca-file", "", "CA certificate (default <tls-dir>/ca.crt); a ca.key (mode 0600) next to it enables join tokens")
