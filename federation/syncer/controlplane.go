@@ -29,6 +29,10 @@ type ControlPlane interface {
 	DeleteClusterPolicy(ctx context.Context, key *fedmeshv1.ClusterPolicyKey) (uint64, error)
 	ExportServices(ctx context.Context, req *fedmeshv1.ExportServicesRequest) (uint64, error)
 	UnexportService(ctx context.Context, req *fedmeshv1.UnexportServiceRequest) (uint64, error)
+	// Heartbeat refreshes the cluster's liveness; the heartbeat goroutine
+	// calls it, beside the publisher loop's calls (implementations must
+	// allow that). It is no Raft write: it returns within a round trip.
+	Heartbeat(ctx context.Context, req *fedmeshv1.HeartbeatRequest) (*fedmeshv1.HeartbeatResponse, error)
 	// Watch streams changes of the requested kinds after from_revision.
 	Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (grpc.ServerStreamingClient[fedmeshv1.WatchResponse], error)
 }
@@ -88,6 +92,10 @@ func (g *grpcControlPlane) ExportServices(ctx context.Context, req *fedmeshv1.Ex
 func (g *grpcControlPlane) UnexportService(ctx context.Context, req *fedmeshv1.UnexportServiceRequest) (uint64, error) {
 	r, err := g.services.UnexportService(ctx, req)
 	return r.GetRevision(), err
+}
+
+func (g *grpcControlPlane) Heartbeat(ctx context.Context, req *fedmeshv1.HeartbeatRequest) (*fedmeshv1.HeartbeatResponse, error) {
+	return g.clusters.Heartbeat(ctx, req)
 }
 
 func (g *grpcControlPlane) Watch(ctx context.Context, req *fedmeshv1.WatchRequest) (grpc.ServerStreamingClient[fedmeshv1.WatchResponse], error) {

@@ -51,6 +51,9 @@ type Decision struct {
 	// becomes True only once the control plane committed the export, which
 	// the publisher loop knows after the write.
 	ExportConditions []metav1.Condition
+	// Warn is a problem with a published object, reported as a Warning
+	// Event on Object once per reason (an invalid affinity annotation).
+	Warn *SkipError
 }
 
 // Decide computes the decision about key k of cluster from its objects. spec
@@ -92,6 +95,11 @@ func Decide(cluster string, spec *fedmeshv1.Cluster, k Key, in Inputs) Decision 
 			d.Value = x
 		}
 		d.ExportConditions = validConditions(err)
+		if x != nil {
+			var c metav1.Condition
+			x.Affinity, c, d.Warn = AffinityOf(in.Export)
+			d.ExportConditions = append(d.ExportConditions, c)
+		}
 	case KindClusterPolicy:
 		if in.ClusterPolicy == nil {
 			return d

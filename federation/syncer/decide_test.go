@@ -55,7 +55,7 @@ func TestDecideReturnsValueSkipAndConditions(t *testing.T) {
 				{services.CondReady, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonFailed)},
 			}},
 		{name: "an export with its Service is Valid; Ready waits for the commit", key: Key{KindExport, "shop", "cart"}, in: Inputs{Export: se, Service: svc},
-			wantValue: true, wantObj: true, wantConds: []cond{{services.CondValid, metav1.ConditionTrue, "Valid"}}},
+			wantValue: true, wantObj: true, wantConds: []cond{{services.CondValid, metav1.ConditionTrue, "Valid"}, {CondAffinityValid, metav1.ConditionTrue, ReasonAffinity}}},
 		{name: "a gone export sets no condition", key: Key{KindExport, "shop", "cart"}},
 	}
 	for _, tc := range tests {

@@ -18,6 +18,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/fedmesh/fedmesh/controlplane/inproc"
+	"github.com/fedmesh/fedmesh/controlplane/server"
 	"github.com/fedmesh/fedmesh/federation/services"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -363,10 +364,12 @@ func TestThirdClusterImportsOneServiceFromTwoExporters(t *testing.T) {
 			t.Errorf("slice %s ports %v (%v), want target port %d", name, es.Ports, err, want)
 		}
 	}
-	// The ClusterSetIP import has a VIP kube-proxy programs: a derived
-	// Service with an allocated ClusterIP, that IP in spec.ips, and slices
-	// naming the Service.
-	eventually(t, "the third cluster's import has a VIP", func() error { return hasVIP(ctx, third.cs, third.mcs, "shop", "cart") })
+	// The ClusterSetIP import has the federation's ClusterSetIPs in
+	// spec.ips (one per family, the same in every cluster), and a derived
+	// Service with slices naming it for kube-proxy.
+	eventually(t, "the third cluster's import has a VIP", func() error {
+		return hasVIP(ctx, third.cs, third.mcs, "shop", "cart", server.DefaultClustersetCIDRs)
+	})
 
 	t.Run("headless export: the import has no VIP", func(t *testing.T) {
 		east.exportServiceWith(ctx, "shop", "db", 5432, 5432, func(s *corev1.Service) { s.Spec.ClusterIP = corev1.ClusterIPNone }, "10.1.0.9")

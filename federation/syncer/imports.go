@@ -135,9 +135,13 @@ func (st *ImportState) Apply(self string, ev *fedmeshv1.Event) {
 // DesiredImports returns the MCS objects cluster self should hold (KEP-1645):
 // per import in its import scope, a ServiceImport, and per source cluster
 // and address family an EndpointSlice labelled with the service name and the
-// source cluster. A ClusterSetIP import's ServiceImport names its derived
-// Service (DerivedService; the writer creates it and copies its ClusterIPs
-// into spec.ips) and its slices also carry kubernetes.io/service-name of
+// source cluster. A ClusterSetIP import's spec.ips are the federation's
+// ClusterSetIPs when the control plane allocated them (control-plane flag
+// --clusterset-cidrs; one per family, the same in every member cluster,
+// translated by the node agents without kube-proxy). Its ServiceImport also
+// names its derived Service (DerivedService; the writer creates it and,
+// without federation ClusterSetIPs, copies its ClusterIPs into spec.ips) and
+// its slices also carry kubernetes.io/service-name of
 // that Service, so kube-proxy programs the VIP to the remote backends;
 // headless imports have neither. Namespaces the cluster lacks get nothing ("namespace
 // sameness": an import lands only where the namespace exists). Pure.
@@ -174,6 +178,12 @@ func DesiredImports(self string, st *ImportState, nsExists func(string) bool) ([
 		if svc := DerivedService(si); svc != nil {
 			derived = svc.Name
 			si.Annotations = map[string]string{DerivedServiceAnnotation: derived}
+		}
+		if si.Spec.Type == mcsv1beta1.ClusterSetIP && len(imp.GetIps()) > 0 {
+			// The federation's ClusterSetIPs (the same in every cluster,
+			// translated by the node agents) win over the derived
+			// Service's cluster-local ClusterIPs.
+			si.Spec.IPs = slices.Clone(imp.GetIps())
 		}
 		for _, c := range imp.GetClusters() {
 			si.Status.Clusters = append(si.Status.Clusters, mcsv1beta1.ClusterStatus{Cluster: c.GetCluster()})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	stdmaps "maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -204,7 +205,7 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	if err := slicesAre(ctx, h.cs, map[string][]string{"cart-east-v4": {"10.1.0.1"}, "cart-west-v4": {"10.2.0.1", "10.2.0.2"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart"); err != nil {
+	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart", nil); err != nil {
 		t.Fatal(err)
 	}
 	// Applying the same state again changes nothing.
@@ -236,7 +237,7 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 	}
 	// And back: a new VIP.
 	apply(st)
-	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart"); err != nil {
+	if err := hasVIP(ctx, h.cs, h.mcs, "shop", "cart", nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -267,7 +268,9 @@ func TestImportsAreWrittenIntoTheCluster(t *testing.T) {
 // hasVIP checks the ClusterSetIP import ns/name: its derived Service exists,
 // selectorless ClusterIP with an allocated IP and owned by the import; the
 // import's spec.ips is that IP; its slices name the Service.
-func hasVIP(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, ns, name string) error {
+// With clusterset CIDRs, spec.ips must be the federation's ClusterSetIPs
+// (one inside each CIDR) instead of the derived Service's ClusterIPs.
+func hasVIP(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, ns, name string, clusterset []netip.Prefix) error {
 	si, err := mcs.MulticlusterV1beta1().ServiceImports(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return err
@@ -283,7 +286,19 @@ func hasVIP(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interfac
 	if len(svc.OwnerReferences) != 1 || svc.OwnerReferences[0].UID != si.UID || svc.OwnerReferences[0].Kind != "ServiceImport" {
 		return fmt.Errorf("derived Service owners %+v, want the ServiceImport (uid %s)", svc.OwnerReferences, si.UID)
 	}
-	if !slices.Equal(si.Spec.IPs, svc.Spec.ClusterIPs) || si.Annotations[DerivedServiceAnnotation] != dn {
+	if clusterset != nil {
+		if len(si.Spec.IPs) != len(clusterset) {
+			return fmt.Errorf("ServiceImport ips %v, want one ClusterSetIP in each of %v", si.Spec.IPs, clusterset)
+		}
+		for i, p := range clusterset {
+			if a, err := netip.ParseAddr(si.Spec.IPs[i]); err != nil || !p.Contains(a) {
+				return fmt.Errorf("ServiceImport ip %q, want one inside the clusterset CIDR %s", si.Spec.IPs[i], p)
+			}
+		}
+	} else if !slices.Equal(si.Spec.IPs, svc.Spec.ClusterIPs) {
+		return fmt.Errorf("ServiceImport ips %v, want the derived Service's %v", si.Spec.IPs, svc.Spec.ClusterIPs)
+	}
+	if si.Annotations[DerivedServiceAnnotation] != dn {
 		return fmt.Errorf("ServiceImport ips %v annotations %v, want the derived Service's %v and name %s", si.Spec.IPs, si.Annotations, svc.Spec.ClusterIPs, dn)
 	}
 	l, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + dn + "," + mcsv1beta1.LabelServiceName + "=" + name})

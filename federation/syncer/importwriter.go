@@ -34,8 +34,10 @@ type ImportWriter struct {
 // and EndpointSlices equal to the desired ones (PlanImportWrites): creates,
 // updates, and deletes what is no longer wanted. A ClusterSetIP import gets
 // its derived Service (owned by the ServiceImport, so the garbage collector
-// removes it with the import too) and the Service's ClusterIPs as spec.ips.
-// It carries on past a failed object and returns every error joined.
+// removes it with the import too); spec.ips are the federation's
+// ClusterSetIPs when the control plane allocated them (the same VIP in every
+// member cluster, translated by the node agents), else the Service's
+// ClusterIPs. It carries on past a failed object and returns every error joined.
 func (w *ImportWriter) Apply(ctx context.Context, sis []*mcsv1beta1.ServiceImport, ess []*discoveryv1.EndpointSlice) error {
 	have, err := w.list(ctx)
 	if err != nil {
@@ -137,10 +139,19 @@ func (w *ImportWriter) applyImport(ctx context.Context, iw ImportWrite) error {
 	}
 	var svcErr error
 	if iw.Derived != nil {
-		want.Spec.IPs, svcErr = w.applyDerived(ctx, have, withOwner(iw.Derived, have), iw.HaveDerived)
-		if svcErr != nil {
+		// The derived Service backs the slices (kube-proxy, where one
+		// runs); its ClusterIPs are the import's VIPs only when the
+		// federation has allocated no ClusterSetIPs.
+		federated := len(want.Spec.IPs) > 0
+		var ips []string
+		ips, svcErr = w.applyDerived(ctx, have, withOwner(iw.Derived, have), iw.HaveDerived)
+		switch {
+		case federated:
+		case svcErr != nil:
 			// Keep the VIP the import had: the Service is still there.
 			want.Spec.IPs = have.Spec.IPs
+		default:
+			want.Spec.IPs = ips
 		}
 	}
 	if !importSpecCurrent(have, want) {

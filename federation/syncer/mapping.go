@@ -144,23 +144,35 @@ func ExportFromService(cluster string, se *mcsv1beta1.ServiceExport, svc *corev1
 		}
 		x.Ports = append(x.Ports, sp)
 	}
+	// Every backend goes into endpoints with its node and readiness (the
+	// federation withdraws backends of stale nodes and tells DNS their
+	// hostnames); the ready ones also into backends, as before.
 	seen := map[netip.Addr]bool{}
 	for _, s := range eps {
 		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
 			for _, a := range e.Addresses {
 				ip, err := netip.ParseAddr(a)
 				if err != nil || seen[ip] {
 					continue
 				}
 				seen[ip] = true
-				x.Backends = append(x.Backends, ip.String())
+				b := &fedmeshv1.ServiceBackend{Address: ip.String(), Ready: ready}
+				if e.NodeName != nil {
+					b.Node = *e.NodeName
+				}
+				if e.Hostname != nil {
+					b.Hostname = *e.Hostname
+				}
+				x.Endpoints = append(x.Endpoints, b)
+				if ready {
+					x.Backends = append(x.Backends, ip.String())
+				}
 			}
 		}
 	}
 	slices.Sort(x.Backends)
+	slices.SortFunc(x.Endpoints, func(a, b *fedmeshv1.ServiceBackend) int { return strings.Compare(a.GetAddress(), b.GetAddress()) })
 	if err := model.ValidateExportServices(&fedmeshv1.ExportServicesRequest{Cluster: cluster, Exports: []*fedmeshv1.ServiceExport{x}}); err != nil {
 		return nil, skip("Invalid", "the federation rejects the export of %s/%s: %v", svc.Namespace, svc.Name, err)
 	}

@@ -171,7 +171,8 @@ func TestExportFromService(t *testing.T) {
 					{Name: "http", Port: 80, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, TargetPort: 8080},
 					{Name: "grpc", Port: 9000, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, TargetPort: 9001, AppProtocol: "grpc"},
 				},
-				Backends: []string{"10.1.0.6", "10.1.0.7"},
+				Backends:  []string{"10.1.0.6", "10.1.0.7"},
+				Endpoints: []*fedmeshv1.ServiceBackend{{Address: "10.1.0.6", Ready: true}, {Address: "10.1.0.7", Ready: true}, {Address: "10.1.0.8"}},
 			},
 		},
 		{
@@ -184,8 +185,9 @@ func TestExportFromService(t *testing.T) {
 			}(),
 			want: &fedmeshv1.ServiceExport{
 				Cluster: "east", Namespace: "shop", Name: "cart", Type: fedmeshv1.ServiceType_SERVICE_TYPE_HEADLESS,
-				Ports:    []*fedmeshv1.ServicePort{{Name: "grpc", Port: 9000, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, TargetPort: 9001, AppProtocol: "grpc"}},
-				Backends: []string{"10.1.0.6", "10.1.0.7"},
+				Ports:     []*fedmeshv1.ServicePort{{Name: "grpc", Port: 9000, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, TargetPort: 9001, AppProtocol: "grpc"}},
+				Backends:  []string{"10.1.0.6", "10.1.0.7"},
+				Endpoints: []*fedmeshv1.ServiceBackend{{Address: "10.1.0.6", Ready: true}, {Address: "10.1.0.7", Ready: true}, {Address: "10.1.0.8"}},
 			},
 		},
 		{name: "missing service is NoService", svc: nil, wantReason: "NoService"},

@@ -9,6 +9,8 @@ type metrics struct {
 	resyncs    prometheus.Counter
 	sendErrors prometheus.Counter
 	imports    prometheus.Gauge
+	// heartbeatErrors counts failed liveness heartbeats.
+	heartbeatErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,9 +35,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "fedmesh_syncer_imports",
 			Help: "ServiceImports this syncer maintains in the cluster.",
 		}),
+		heartbeatErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fedmesh_syncer_heartbeat_errors_total",
+			Help: "Liveness heartbeats the control plane did not answer; while they fail the federation withdraws this cluster's service backends after its cluster timeout.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.skipped, m.batches, m.resyncs, m.sendErrors, m.imports)
+		reg.MustRegister(m.skipped, m.batches, m.resyncs, m.sendErrors, m.imports, m.heartbeatErrors)
 	}
 	return m
 }

@@ -126,8 +126,15 @@ func (r *reporter) setConflicts(cs map[exportRef]metav1.Condition) {
 	r.post(func(b *reportBox) { b.conflicts = cs })
 }
 
-// event records a Warning Event on obj. Called by the publisher loop.
+// event records a Warning Event on obj, which the syncer skipped. Called by
+// the publisher loop.
 func (r *reporter) event(obj runtime.Object, reason, message string) {
+	r.warn(obj, "FedmeshSkipped"+reason, message)
+}
+
+// warn records a Warning Event with reason on obj. Called by the publisher
+// loop.
+func (r *reporter) warn(obj runtime.Object, reason, message string) {
 	r.post(func(b *reportBox) {
 		if len(b.events) >= maxPendingEvents {
 			r.log.Warn("too many Events waiting; dropping one", "reason", reason, "detail", message)
@@ -168,7 +175,7 @@ func (r *reporter) take() {
 	r.box = reportBox{}
 	r.mu.Unlock()
 	for _, e := range b.events {
-		r.rec.Event(e.obj, corev1.EventTypeWarning, "FedmeshSkipped"+e.reason, e.message)
+		r.rec.Event(e.obj, corev1.EventTypeWarning, e.reason, e.message)
 	}
 	for ref := range b.forget {
 		delete(r.own, ref)

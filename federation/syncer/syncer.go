@@ -143,6 +143,7 @@ type Syncer struct {
 	spec      *fedmeshv1.Cluster
 	published Published
 	lastSkip  map[Key]string
+	lastWarn  map[Key]string // message of the last Warn reported per key
 	lastGen   uint64
 
 	statusMu   sync.Mutex
@@ -195,6 +196,7 @@ func New(cfg Config) (*Syncer, error) {
 		respec:    make(chan struct{}, 1),
 		published: Published{},
 		lastSkip:  map[Key]string{},
+		lastWarn:  map[Key]string{},
 	}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -345,8 +347,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	s.log.Info("informers synced; starting full resync")
 
 	var wg sync.WaitGroup
+	resynced := make(chan struct{})
 	wg.Go(func() { s.runImports(ctx) })
 	wg.Go(func() { s.reporter.run(ctx) })
+	wg.Go(func() { s.heartbeatLoop(ctx, resynced) })
 	defer wg.Wait()
 
 	retry := watchclient.NewRetry(retryBase, retryMax, 0)
@@ -367,6 +371,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 			}
 			retry.Reset()
 			needResync = false
+			select {
+			case <-resynced:
+			default:
+				close(resynced)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -486,6 +495,7 @@ func (s *Syncer) decide(keys []Key) (map[Key]proto.Message, []Decision) {
 // noteSkip reports a skipped object once per reason: a metric, a log line
 // and a Kubernetes Event on the object, so `kubectl describe` shows why.
 func (s *Syncer) noteSkip(d Decision) {
+	s.noteWarn(d)
 	if d.Skip == nil {
 		delete(s.lastSkip, d.Key)
 		return
@@ -498,6 +508,22 @@ func (s *Syncer) noteSkip(d Decision) {
 	s.log.Info("not published", "kind", d.Key.Kind, "namespace", d.Key.Namespace, "name", d.Key.Name, "reason", d.Skip.Reason, "detail", d.Skip.Message)
 	if d.Object != nil {
 		s.reporter.event(d.Object, d.Skip.Reason, d.Skip.Message)
+	}
+}
+
+// noteWarn reports a problem of a published object once per reason.
+func (s *Syncer) noteWarn(d Decision) {
+	if d.Warn == nil {
+		delete(s.lastWarn, d.Key)
+		return
+	}
+	if s.lastWarn[d.Key] == d.Warn.Message {
+		return
+	}
+	s.lastWarn[d.Key] = d.Warn.Message
+	s.log.Info("published with a problem", "kind", d.Key.Kind, "namespace", d.Key.Namespace, "name", d.Key.Name, "reason", d.Warn.Reason, "detail", d.Warn.Message)
+	if d.Object != nil {
+		s.reporter.warn(d.Object, "Fedmesh"+d.Warn.Reason, d.Warn.Message)
 	}
 }
 
