@@ -211,7 +211,7 @@ func clusterListCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				t := &table{header: []string{"NAME", "LABELS", "POD CIDRS", "NODES", "ENDPOINTS", "BGP ASN", "REVISION"}}
+				t := &table{header: []string{"NAME", "LABELS", "POD CIDRS", "NODES", "ENDPOINTS", "REACHABLE", "STALE NODES", "BGP ASN", "REVISION"}}
 				var objs []proto.Message
 				for _, cl := range resp.GetClusters() {
 					asn := "-"
@@ -220,7 +220,7 @@ func clusterListCmd(g *globals) *cobra.Command {
 					}
 					t.add(cl.GetName(), labelString(cl.GetLabels()), orNone(cl.GetPodCidrs()),
 						strconv.Itoa(int(cl.GetStatus().GetNodes())), strconv.Itoa(int(cl.GetStatus().GetEndpoints())),
-						asn, strconv.FormatUint(cl.GetMeta().GetRevision(), 10))
+						reachableString(cl.GetStatus().GetReachability()), orNone(cl.GetStatus().GetStaleNodes()), asn, strconv.FormatUint(cl.GetMeta().GetRevision(), 10))
 					objs = append(objs, cl)
 				}
 				return g.print(t, objs...)

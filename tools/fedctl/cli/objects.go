@@ -110,60 +110,6 @@ func endpointCmd(g *globals) *cobra.Command {
 	return c
 }
 
-func serviceCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "service", Aliases: []string{"services", "svc"}, Short: "Multi-cluster services: exports and the aggregated imports"}
-	var cluster string
-	exports := &cobra.Command{
-		Use:   "exports",
-		Short: "List service exports with their conditions",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
-				resp, err := c.services.ListServiceExports(ctx, &fedmeshv1.ListServiceExportsRequest{Cluster: cluster})
-				if err != nil {
-					return err
-				}
-				t := &table{header: []string{"CLUSTER", "NAMESPACE", "NAME", "TYPE", "PORTS", "BACKENDS", "CONDITIONS"}}
-				var objs []proto.Message
-				for _, x := range resp.GetExports() {
-					t.add(x.GetCluster(), x.GetNamespace(), x.GetName(), svcType(x.GetType()), portsString(x.GetPorts()),
-						strconv.Itoa(len(x.GetBackends())), conditionsString(x.GetConditions()))
-					objs = append(objs, x)
-				}
-				return g.print(t, objs...)
-			})
-		},
-	}
-	imports := &cobra.Command{
-		Use:     "imports",
-		Aliases: []string{"list"},
-		Short:   "List aggregated service imports (as --cluster would see them)",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
-				resp, err := c.services.ListServiceImports(ctx, &fedmeshv1.ListServiceImportsRequest{Cluster: cluster})
-				if err != nil {
-					return err
-				}
-				t := &table{header: []string{"NAMESPACE", "NAME", "TYPE", "PORTS", "CLUSTERS", "CONDITIONS"}}
-				var objs []proto.Message
-				for _, im := range resp.GetImports() {
-					var cl []string
-					for _, b := range im.GetClusters() {
-						cl = append(cl, fmt.Sprintf("%s(%d)", b.GetCluster(), len(b.GetAddresses())))
-					}
-					t.add(im.GetNamespace(), im.GetName(), svcType(im.GetType()), portsString(im.GetPorts()), orNone(cl), conditionsString(im.GetConditions()))
-					objs = append(objs, im)
-				}
-				return g.print(t, objs...)
-			})
-		},
-	}
-	c.PersistentFlags().StringVar(&cluster, "cluster", "", "exports of / imports visible to this cluster (default all)")
-	c.AddCommand(exports, imports)
-	return c
-}
-
 func svcType(t fedmeshv1.ServiceType) string {
 	switch t {
 	case fedmeshv1.ServiceType_SERVICE_TYPE_HEADLESS:
