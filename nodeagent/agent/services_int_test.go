@@ -1,0 +1,137 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
+	cpserver "github.com/fedmesh/fedmesh/controlplane/server"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// svcRecorder is the Services port: it keeps the last table it accepted
+// and can be told to fail.
+type svcRecorder struct {
+	mu   sync.Mutex
+	last *dataplane.ServiceTable
+	fail error
+}
+
+func (s *svcRecorder) ApplyServices(_ context.Context, t *dataplane.ServiceTable) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	s.last = t
+	return nil
+}
+
+func (s *svcRecorder) table() *dataplane.ServiceTable {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+func (s *svcRecorder) setFail(err error) {
+	s.mu.Lock()
+	s.fail = err
+	s.mu.Unlock()
+}
+
+func (f *fed) exportRedis(cluster string, eps ...*fedmeshv1.ServiceBackend) uint64 {
+	f.t.Helper()
+	var ready []string
+	for _, e := range eps {
+		if e.GetReady() {
+			ready = append(ready, e.GetAddress())
+		}
+	}
+	return f.write("export redis of "+cluster, func(ctx context.Context, cc *grpc.ClientConn) (uint64, error) {
+		r, err := fedmeshv1.NewMultiClusterServiceClient(cc).ExportServices(ctx, &fedmeshv1.ExportServicesRequest{Cluster: cluster,
+			Exports: []*fedmeshv1.ServiceExport{{Namespace: "demo", Name: "redis", Affinity: fedmeshv1.Affinity_AFFINITY_LOCAL,
+				Ports:    []*fedmeshv1.ServicePort{{Name: "redis", Port: 6379, Protocol: fedmeshv1.Protocol_PROTOCOL_TCP}},
+				Backends: ready, Endpoints: eps}}})
+		return r.GetRevision(), err
+	})
+}
+
+// End to end on three replicas: the agent of a node in cluster a loads a
+// translation of redis's ClusterSetIP to its own cluster's backend (local
+// affinity), fails over to b's when a's backend is not ready, publishes
+// the catalog for DNS, and does not report a revision enforced while the
+// Services port refuses its table.
+func TestAgentTranslatesClusterSetIPsWithAffinityAndFailover(t *testing.T) {
+	f := startFed(t, inproc.Options{})
+	f.seed()
+	h := startAgent(t, f.cp.Addrs(), nil)
+	f.waitRegistered()
+	f.exportRedis("b", &fedmeshv1.ServiceBackend{Address: "10.1.0.20", Node: "m1", Ready: true})
+	f.exportRedis("a", &fedmeshv1.ServiceBackend{Address: "10.0.0.10", Node: self, Ready: true})
+
+	backendsOf := func() (netip.Addr, []string) {
+		t := h.svc.table()
+		if t == nil {
+			return netip.Addr{}, nil
+		}
+		for _, fe := range t.Frontends {
+			if fe.Key.VIP.Is4() && fe.Key.Port == 6379 && fe.Name == "redis" {
+				var out []string
+				for _, b := range fe.Backends {
+					out = append(out, b.Addr.String()+"@"+b.Cluster)
+				}
+				return fe.Key.VIP, out
+			}
+		}
+		return netip.Addr{}, nil
+	}
+	same := func(got []string, want ...string) bool {
+		if len(got) != len(want) {
+			return false
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				return false
+			}
+		}
+		return true
+	}
+	eventually(t, "the ClusterSetIP translates to a's own backend (local affinity)", func() bool {
+		vip, bs := backendsOf()
+		return vip.IsValid() && cpserver.DefaultClustersetCIDRs[0].Contains(vip) && same(bs, "10.0.0.10@a")
+	})
+	cat := h.a.ServiceCatalog()
+	if s, ok := cat.Lookup("demo", "redis"); !ok || len(s.IPs) != 2 || len(s.Ports) != 1 || s.Ports[0].Port != 6379 {
+		t.Errorf("catalog entry for DNS = %+v, %v; want both ClusterSetIPs and port 6379", s, ok)
+	}
+
+	rev := f.exportRedis("a", &fedmeshv1.ServiceBackend{Address: "10.0.0.10", Node: self, Ready: false})
+	eventually(t, "failover to b's backend", func() bool { _, bs := backendsOf(); return same(bs, "10.1.0.20@b") })
+	eventually(t, "the failover revision enforced", enforcedAt(h, rev))
+
+	h.svc.setFail(errors.New("service map full"))
+	rev = f.exportRedis("a", &fedmeshv1.ServiceBackend{Address: "10.0.0.10", Node: self, Ready: true})
+	eventually(t, "the agent saw the revision", func() bool {
+		return testutil.ToFloat64(mustGauge(t, h.a, "fedmesh_agent_seen_revision")) >= float64(rev)
+	})
+	time.Sleep(200 * time.Millisecond) // ten ticks: ten retries refused
+	if got, _ := h.a.Enforced(); got >= rev {
+		t.Fatalf("revision %d reported enforced while the Services port refuses its table (enforced %d)", rev, got)
+	}
+	if _, bs := backendsOf(); !same(bs, "10.1.0.20@b") {
+		t.Errorf("table changed although the port refused it: %v", bs)
+	}
+	h.svc.setFail(nil)
+	eventually(t, "the retried table enforced", enforcedAt(h, rev))
+	if _, bs := backendsOf(); !same(bs, "10.0.0.10@a") {
+		t.Errorf("after the retry: %v, want a's backend again", bs)
+	}
+}
