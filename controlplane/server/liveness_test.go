@@ -1,10 +1,14 @@
 package server
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -89,5 +93,62 @@ func TestClusterSetIPsAndLivenessFollowHeartbeats(t *testing.T) {
 
 	if _, err := c.cluster.Heartbeat(ctx, &fedmeshv1.HeartbeatRequest{Cluster: "nope"}); err == nil {
 		t.Error("heartbeat of an unknown cluster accepted")
+	}
+}
+
+// A node that stopped reporting is marked stale in its cluster's status
+// (its backends leave every importer's choice) and fresh again when it
+// reports; a node that never reported is not judged.
+func TestNodesThatStopReportingBecomeStale(t *testing.T) {
+	raftAddr := cptest.FreeAddrs(t, 1)[0]
+	r, err := Start(Config{
+		NodeID: "solo", DataDir: t.TempDir(), RaftAddr: raftAddr, GRPCAddr: "127.0.0.1:0",
+		BootstrapPeers: []Peer{{ID: "solo", RaftAddr: raftAddr}}, RaftTimeout: 100 * time.Millisecond, Insecure: true,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Services: ServicesConfig{ClusterTimeout: time.Second, NodeTimeout: 800 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	c := dial(t, r.GRPCAddr())
+	ctx := ctxT(t)
+	for deadline := time.Now().Add(10 * time.Second); !r.core.leaderReady.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+	}
+	registerCluster(t, ctx, c, "a", "10.1.0.0/16")
+	for _, n := range []string{"n1", "n2"} {
+		if _, err := c.node.RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: n, UnderlayIp: "198.18.0.1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func() {
+		if _, err := c.node.ReportNodeStatus(ctx, &fedmeshv1.ReportNodeStatusRequest{Cluster: "a", Name: "n1", Status: &fedmeshv1.NodeStatus{Ready: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale := func() []string {
+		resp, err := c.cluster.GetCluster(linearizable(ctx), &fedmeshv1.GetClusterRequest{Name: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetCluster().GetStatus().GetStaleNodes()
+	}
+	report()
+	deadline := time.Now().Add(15 * time.Second)
+	for !slices.Equal(stale(), []string{"n1"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stale nodes %v, want [n1] (n2 never reported: not judged)", stale())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	report()
+	for len(stale()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stale nodes %v after n1 reported again, want none", stale())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -86,9 +86,11 @@ func validateSetLiveness(r *fedmeshv1.SetLivenessRequest) error {
 		cp := field.NewPath("clusters").Index(i)
 		errs = append(errs, model.ClusterName(cp.Child("cluster"), c.GetCluster())...)
 		switch c.GetReachability() {
-		case fedmeshv1.Reachability_REACHABILITY_REACHABLE, fedmeshv1.Reachability_REACHABILITY_UNREACHABLE:
+		// Unspecified: a cluster whose syncer never sent a heartbeat (not
+		// judged) whose stale nodes changed.
+		case fedmeshv1.Reachability_REACHABILITY_UNSPECIFIED, fedmeshv1.Reachability_REACHABILITY_REACHABLE, fedmeshv1.Reachability_REACHABILITY_UNREACHABLE:
 		default:
-			errs = append(errs, field.NotSupported(cp.Child("reachability"), c.GetReachability().String(), []string{"REACHABILITY_REACHABLE", "REACHABILITY_UNREACHABLE"}))
+			errs = append(errs, field.NotSupported(cp.Child("reachability"), c.GetReachability().String(), []string{"REACHABILITY_UNSPECIFIED", "REACHABILITY_REACHABLE", "REACHABILITY_UNREACHABLE"}))
 		}
 	}
 	return model.AsError(errs)

@@ -60,7 +60,7 @@ func TestEveryCommandTypeIsValidatedAtTheEdge(t *testing.T) {
 		store.CmdConfigureServices: {&fedmeshv1.ConfigureServicesRequest{ClustersetCidrs: []string{"100.127.0.0/16", "fd00:fed::/108"}},
 			&fedmeshv1.ConfigureServicesRequest{ClustersetCidrs: []string{"100.127.0.0/16", "100.126.0.0/16"}}},
 		store.CmdSetLiveness: {&fedmeshv1.SetLivenessRequest{Clusters: []*fedmeshv1.ClusterLiveness{{Cluster: "a", Reachability: fedmeshv1.Reachability_REACHABILITY_UNREACHABLE}}},
-			&fedmeshv1.SetLivenessRequest{Clusters: []*fedmeshv1.ClusterLiveness{{Cluster: "a"}}}},
+			&fedmeshv1.SetLivenessRequest{Clusters: []*fedmeshv1.ClusterLiveness{{Cluster: "a", Reachability: 7}}}},
 	}
 	for _, ct := range store.CommandTypes() {
 		t.Run(ct.String(), func(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package store owns the control plane's replicated state: the Raft FSM that
 // decodes committed log entries into changes of clusters, nodes, endpoints,
-// service exports (and the imports derived from them), policies, BGP
-// peers and filters (bgppeers.go) and ClusterNetworkPolicies
+// service exports (and the imports derived from them, with their
+// ClusterSetIPs), cluster reachability and stale nodes (clusterset.go),
+// policies, BGP peers and filters (bgppeers.go) and ClusterNetworkPolicies
 // (clusterpolicies.go); the numeric security identities; the
 // global revision; the bounded event log watchers read from; versioned
 // snapshots; and the leader's cache of payloads it decoded before

@@ -1,9 +1,21 @@
 // Package services owns the Multi-Cluster Services (MCS API, KEP-1645)
-// aggregation: the exports of one namespace/name by several clusters become
-// one ServiceImport, under the KEP's conflict rules, and every export gets
-// its Conflict condition. It is pure: no clock, no I/O, deterministic output
-// for the same input in any order, so every control-plane replica computes
-// the same import inside its FSM and a syncer can compute it locally.
+// logic of the federation, all of it pure (no clock, no I/O, deterministic
+// output for the same input in any order), so every control-plane replica,
+// syncer, agent and fedctl computes the same answers:
+//   - aggregation (this file): the exports of one namespace/name by several
+//     clusters become one ServiceImport, under the KEP's conflict rules, and
+//     every export gets its Conflict condition; the import carries each
+//     cluster's backends with node and readiness, its own target ports
+//     where they differ, and the oldest export's affinity (the conflict
+//     winner's, like the type);
+//   - ClusterSetIP allocation (vip.go): one VIP per family from the
+//     clusterset CIDRs, valid in every member cluster;
+//   - backend choice (choice.go): what a node of an importing cluster
+//     translates a ClusterSetIP to, under affinity, readiness and liveness;
+//   - liveness judgement (liveness.go): which clusters went silent and which
+//     nodes stopped reporting, from what the leader observed;
+//   - the catalog (catalog.go): an importing cluster's view of every
+//     service, for the node-local DNS and the translation table.
 //
 // Conflict rules (KEP-1645 "Constraints and Conflict Resolution"):
 //   - Precedence is by age: the export with the lowest create revision (the

@@ -93,8 +93,9 @@ type Deps struct {
 	// Flows, when set, is told every endpoint and the enforced rules of
 	// the local ones, to attribute flow records (flowship.go).
 	Flows *flows.Directory
-	// Services loads the ClusterSetIP translation table (nil: no
-	// translation; the catalog for DNS is still kept).
+	// Services loads the ClusterSetIP translation table (nil: the
+	// Dataplane when it implements Services, else no translation; the
+	// catalog for DNS is kept either way).
 	Services Services
 	Logger   *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
@@ -158,6 +159,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	if deps.Compiler == nil {
 		deps.Compiler = policy.NewEngine(policy.WithNode(cfg.Cluster, cfg.Node))
+	}
+	if s, ok := deps.Dataplane.(Services); ok && deps.Services == nil {
+		// The eBPF and in-memory dataplanes translate beside enforcing.
+		deps.Services = s
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.Default()
