@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/federation/services"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -68,6 +69,21 @@ type Dataplane interface {
 type Services interface {
 	ApplyServices(ctx context.Context, t *dataplane.ServiceTable) error
 }
+
+// ServiceDirectory is what the node-local DNS (nodeagent/dns) answers
+// from: the agent's view of the clusterset's services at the revision it
+// last computed — per namespace/name the ClusterSetIPs, whether headless,
+// the ports (named ones for SRV) and the chosen backends with hostname and
+// cluster (services.Catalog). *Agent implements it.
+//
+// Contract: ServiceCatalog may be called from any goroutine at any time;
+// it never blocks and returns an immutable value (nil before the first
+// synced revision) that the caller may keep.
+type ServiceDirectory interface {
+	ServiceCatalog() *services.Catalog
+}
+
+var _ ServiceDirectory = (*Agent)(nil)
 
 // InterfaceResolver finds the host-side interface of a local endpoint from
 // the kernel's route to its IP (NetlinkResolver).
