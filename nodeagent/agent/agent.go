@@ -97,7 +97,9 @@ type Deps struct {
 	// Dataplane when it implements Services, else no translation; the
 	// catalog for DNS is kept either way).
 	Services Services
-	Logger   *slog.Logger
+	// DNS receives the services view per revision (nil: no resolver).
+	DNS    DNS
+	Logger *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
 	Registry *prometheus.Registry
 	// Now is the clock (default time.Now).

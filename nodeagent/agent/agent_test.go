@@ -211,6 +211,7 @@ type harness struct {
 	client *agent.Client
 	logs   *logRecorder
 	svc    *svcRecorder
+	dns    *dnsRecorder
 	// faults fail, delay or break the agent's calls to the control plane.
 	faults *inproc.Faults
 }
@@ -224,7 +225,7 @@ func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harnes
 	}
 	t.Cleanup(func() { cl.Close() })
 	cl.CallTimeout = time.Second
-	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}, faults: faults, svc: &svcRecorder{}}
+	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}, faults: faults, svc: &svcRecorder{}, dns: &dnsRecorder{}}
 	cfg := agent.Config{
 		Cluster: myClust, Node: self, UnderlayIP: netip.MustParseAddr("198.18.0.1"), PodCIDRs: []string{"10.0.0.0/24"},
 		DataplaneName: "memory", Tick: 20 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
@@ -234,7 +235,7 @@ func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harnes
 		tweak(&cfg)
 	}
 	a, err := agent.New(cfg, agent.Deps{
-		ControlPlane: cl, Dataplane: h.dp, Interfaces: h.routes, BGP: h.bgp, Services: h.svc,
+		ControlPlane: cl, Dataplane: h.dp, Interfaces: h.routes, BGP: h.bgp, Services: h.svc, DNS: h.dns,
 		Logger: slog.New(h.logs),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/federation/services"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -69,6 +70,19 @@ type Dataplane interface {
 type Services interface {
 	ApplyServices(ctx context.Context, t *dataplane.ServiceTable) error
 }
+
+// DNS is the node-local resolver's view port (nodeagent/dns's Server
+// implements it as it is): the agent hands it an immutable view of the
+// imported services per revision that changed them (DNSView over the
+// agent's catalog).
+//
+// Contract: only the sync goroutine calls SetView; it must not block (the
+// resolver swaps an atomic pointer) and must not call back into the agent.
+type DNS interface {
+	SetView(v dns.View)
+}
+
+var _ DNS = (*dns.Server)(nil)
 
 // ServiceDirectory is what the node-local DNS (nodeagent/dns) answers
 // from: the agent's view of the clusterset's services at the revision it

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fedmesh/fedmesh/federation/services"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -63,6 +64,37 @@ func importPortIndex(imp *fedmeshv1.ServiceImport, p services.CatalogPort) int {
 
 func compareServiceKeys(a, b services.Key) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+// DNSView renders the catalog as the resolver's view: per service its
+// ClusterSetIPs, ports (with each exporting cluster's target port where it
+// differs, for headless SRV records) and the chosen backends with hostname
+// and cluster. Pure; the result is immutable.
+func DNSView(cat *services.Catalog) *dns.Services {
+	recs := make([]dns.ServiceRecord, 0, len(cat.Services))
+	for _, k := range slices.SortedFunc(maps.Keys(cat.Services), compareServiceKeys) {
+		s := cat.Services[k]
+		r := dns.ServiceRecord{Namespace: k.Namespace, Name: k.Name, Headless: s.Headless, ClusterSetIPs: s.IPs}
+		for _, p := range s.Ports {
+			dp := dns.Port{Name: p.Name, Protocol: p.Protocol, Number: p.Port}
+			if i := importPortIndex(s.Import, p); i >= 0 {
+				for _, cb := range s.Import.GetClusters() {
+					if tp := services.TargetPort(s.Import, cb.GetCluster(), s.Import.GetPorts()[i]); tp != uint32(p.Port) && tp > 0 && tp <= 65535 {
+						if dp.TargetPorts == nil {
+							dp.TargetPorts = map[string]uint16{}
+						}
+						dp.TargetPorts[cb.GetCluster()] = uint16(tp)
+					}
+				}
+			}
+			r.Ports = append(r.Ports, dp)
+		}
+		for _, b := range s.Choice.Backends {
+			r.Backends = append(r.Backends, dns.Backend{Cluster: b.Cluster, Hostname: b.Hostname, Addr: b.Addr})
+		}
+		recs = append(recs, r)
+	}
+	return dns.NewServices(recs)
 }
 
 // catalogOf builds the catalog of the view for cluster importer.
@@ -120,6 +152,9 @@ func (a *Agent) syncServices(ctx context.Context) bool {
 					"affinity", s.Choice.Affinity.String(), "backends", len(s.Choice.Backends))
 			}
 		}
+	}
+	if a.deps.DNS != nil {
+		a.deps.DNS.SetView(DNSView(cat))
 	}
 	a.m.failedOver.Set(float64(failovers))
 	a.m.withdrawnClusters.Set(float64(len(withdrawn)))

@@ -14,6 +14,7 @@ import (
 	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	cpserver "github.com/fedmesh/fedmesh/controlplane/server"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -45,6 +46,24 @@ func (s *svcRecorder) setFail(err error) {
 	s.mu.Lock()
 	s.fail = err
 	s.mu.Unlock()
+}
+
+// dnsRecorder is the DNS port: it keeps the last view.
+type dnsRecorder struct {
+	mu   sync.Mutex
+	last dns.View
+}
+
+func (d *dnsRecorder) SetView(v dns.View) {
+	d.mu.Lock()
+	d.last = v
+	d.mu.Unlock()
+}
+
+func (d *dnsRecorder) view() dns.View {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
 }
 
 func (f *fed) exportRedis(cluster string, eps ...*fedmeshv1.ServiceBackend) uint64 {
@@ -110,7 +129,12 @@ func TestAgentTranslatesClusterSetIPsWithAffinityAndFailover(t *testing.T) {
 	})
 	cat := h.a.ServiceCatalog()
 	if s, ok := cat.Lookup("demo", "redis"); !ok || len(s.IPs) != 2 || len(s.Ports) != 1 || s.Ports[0].Port != 6379 {
-		t.Errorf("catalog entry for DNS = %+v, %v; want both ClusterSetIPs and port 6379", s, ok)
+		t.Errorf("catalog entry = %+v, %v; want both ClusterSetIPs and port 6379", s, ok)
+	}
+	if v := h.dns.view(); v == nil {
+		t.Error("the DNS port got no view")
+	} else if r, ok := v.LookupService("demo", "redis"); !ok || len(r.ClusterSetIPs) != 2 || r.Headless {
+		t.Errorf("DNS view of redis = %+v, %v; want its two ClusterSetIPs", r, ok)
 	}
 
 	rev := f.exportRedis("a", &fedmeshv1.ServiceBackend{Address: "10.0.0.10", Node: self, Ready: false})

@@ -85,6 +85,21 @@ func TestServiceTableTranslatesEachVIPAndPortToTheChosenBackendsOfItsFamily(t *t
 			if s, ok := cat.Lookup("demo", "db"); !ok || !s.Headless || len(s.Choice.Backends) != 1 {
 				t.Errorf("headless db in the catalog = %+v, %v; want it with its backend for DNS", s, ok)
 			}
+			view := DNSView(cat)
+			db, ok := view.LookupService("demo", "db")
+			if !ok || !db.Headless || len(db.Backends) != 1 || db.Backends[0].Cluster != "a" || db.Backends[0].Addr.String() != "10.0.0.9" {
+				t.Errorf("DNS record of db = %+v, %v; want headless with a's backend", db, ok)
+			}
+			r, ok := view.LookupService("demo", "redis")
+			if !ok || len(r.ClusterSetIPs) != 2 || len(r.Ports) != 2 {
+				t.Fatalf("DNS record of redis = %+v, %v; want both ClusterSetIPs and both ports", r, ok)
+			}
+			for _, p := range r.Ports {
+				want := map[string]map[string]uint16{"redis": {"b": 7000}, "stats": {"a": 9100, "b": 9100}}[p.Name]
+				if len(p.TargetPorts) != len(want) || (p.Name == "redis" && p.TargetPorts["b"] != 7000) || (p.Name == "stats" && p.TargetPorts["a"] != 9100) {
+					t.Errorf("port %s target ports %v, want %v", p.Name, p.TargetPorts, want)
+				}
+			}
 		})
 	}
 }
