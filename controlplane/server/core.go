@@ -77,7 +77,7 @@ type Core struct {
 func newCore(r *Replica) *Core {
 	c := &Core{r: r, log: r.log, fsm: r.fsm, raft: r.raft, self: r.cfg.NodeID, timeout: r.cfg.ApplyTimeout, conns: map[string]*grpc.ClientConn{},
 		forwarders: map[*grpc.ClientConn]*forwarder{}, reach: newReachEngine(r.fsm, r.log), raftDown: make(chan struct{}),
-		live: newLiveness(r.cfg.Services, r.metrics.reg)}
+		live: newLiveness(r.cfg.Services, r.metrics.reg, r.fsm)}
 	c.props.c = c
 	return c
 }

@@ -97,12 +97,26 @@ func reachabilityLabel(r fedmeshv1.Reachability) string {
 	return "unknown"
 }
 
-func newLiveness(cfg ServicesConfig, reg prometheus.Registerer) *liveness {
+func newLiveness(cfg ServicesConfig, reg prometheus.Registerer, fsm *store.FSM) *liveness {
 	cfg.defaults()
 	l := &liveness{cfg: cfg, seen: map[string]time.Time{},
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_controlplane_cluster_reachability_transitions_total",
 			Help: "Cluster reachability transitions the leader committed, by new state (unreachable = the cluster's backends were withdrawn)."}, []string{"reachability"})}
-	reg.MustRegister(l.transitions)
+	withdrawn := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedmesh_controlplane_withdrawn_clusters",
+		Help: "Clusters marked unreachable in this replica's state: their service backends are withdrawn from every importer."},
+		func() float64 {
+			n := 0
+			fsm.View(func(s *store.State) {
+				cs, _ := s.Clusters(nil)
+				for _, c := range cs {
+					if c.GetStatus().GetReachability() == fedmeshv1.Reachability_REACHABILITY_UNREACHABLE {
+						n++
+					}
+				}
+			})
+			return float64(n)
+		})
+	reg.MustRegister(l.transitions, withdrawn)
 	return l
 }
 

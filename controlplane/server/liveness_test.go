@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/fedmesh/fedmesh/controlplane/cptest"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -17,7 +19,7 @@ import (
 // unreachable (in its status and in the imports it contributes to) when
 // the heartbeats stop for the timeout, and is re-admitted by the next one.
 func TestClusterSetIPsAndLivenessFollowHeartbeats(t *testing.T) {
-	_, c := startSingle(t, 1000)
+	r, c := startSingle(t, 1000)
 	ctx := ctxT(t)
 	registerCluster(t, ctx, c, "a", "10.1.0.0/16", "fd00:1::/48")
 	if _, err := c.mcs.ExportServices(ctx, &fedmeshv1.ExportServicesRequest{Cluster: "a", Exports: []*fedmeshv1.ServiceExport{{
@@ -84,6 +86,9 @@ func TestClusterSetIPsAndLivenessFollowHeartbeats(t *testing.T) {
 	}
 	if got := imports().GetClusters()[0].GetReachability(); got != fedmeshv1.Reachability_REACHABILITY_UNREACHABLE {
 		t.Errorf("the import's entry for a says %v, want unreachable", got)
+	}
+	if got := testutil.ToFloat64(r.core.live.transitions.WithLabelValues("unreachable")); got != 1 {
+		t.Errorf("unreachable transitions = %v, want 1", got)
 	}
 	beat()
 	waitFor("re-admitted", func() bool { return reach() == fedmeshv1.Reachability_REACHABILITY_REACHABLE })
