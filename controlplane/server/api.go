@@ -202,7 +202,10 @@ type mcsService struct {
 }
 
 func (s *mcsService) ExportServices(ctx context.Context, req *fedmeshv1.ExportServicesRequest) (*fedmeshv1.ExportServicesResponse, error) {
-	return propose(ctx, s.c, store.CmdExportServices, s.c.exportsForLog(req),
+	if err := s.c.checkExportsFormat(req); err != nil {
+		return nil, err
+	}
+	return propose(ctx, s.c, store.CmdExportServices, req,
 		func(r *store.Result) *fedmeshv1.ExportServicesResponse {
 			return &fedmeshv1.ExportServicesResponse{Revision: r.Revision}
 		})

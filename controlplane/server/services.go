@@ -9,7 +9,8 @@ import (
 	"fmt"
 	"net/netip"
 
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/fedmesh/fedmesh/controlplane/store"
@@ -96,28 +97,22 @@ func validateSetLiveness(r *fedmeshv1.SetLivenessRequest) error {
 	return model.AsError(errs)
 }
 
-// exportsForLog returns req as the log may carry it: unchanged once every
-// replica applies format 6; before that without affinity and endpoint
-// details, which an older replica would store without aggregating them
-// (replicas would disagree on the imports). The ready addresses, which
-// every version aggregates, stay.
-func (c *Core) exportsForLog(req *fedmeshv1.ExportServicesRequest) *fedmeshv1.ExportServicesRequest {
+// checkExportsFormat refuses, as retryable, exports carrying what log
+// format 6 adds (affinity, endpoint details) while some replica does not
+// apply format 6 yet: such a replica would store them without aggregating
+// them, and replicas would disagree on the imports. Dropping the fields
+// instead would lose them for good (a syncer sends an export again only
+// when it changes), so the syncer retries, as after any failed write,
+// until the group has upgraded (moments, for a new group).
+func (c *Core) checkExportsFormat(req *fedmeshv1.ExportServicesRequest) error {
 	if c.appliesFormat(store.LogFormatServices) >= store.LogFormatServices {
-		return req
+		return nil
 	}
-	stripped := false
 	for _, x := range req.GetExports() {
 		if x.GetAffinity() != fedmeshv1.Affinity_AFFINITY_UNSPECIFIED || len(x.GetEndpoints()) > 0 {
-			stripped = true
+			return status.Errorf(codes.Unavailable, "export %s/%s carries affinity and endpoint details, which not every control-plane replica applies yet (log format %d); retry once the upgrade completes",
+				x.GetNamespace(), x.GetName(), store.LogFormatServices)
 		}
 	}
-	if !stripped {
-		return req
-	}
-	out := proto.CloneOf(req)
-	for _, x := range out.GetExports() {
-		x.Affinity, x.Endpoints = fedmeshv1.Affinity_AFFINITY_UNSPECIFIED, nil
-	}
-	c.log.Debug("exports written without affinity and endpoint details until every replica applies log format 6", "cluster", req.GetCluster())
-	return out
+	return nil
 }

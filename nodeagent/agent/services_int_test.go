@@ -158,4 +158,48 @@ func TestAgentTranslatesClusterSetIPsWithAffinityAndFailover(t *testing.T) {
 	if _, bs := backendsOf(); !same(bs, "10.0.0.10@a") {
 		t.Errorf("after the retry: %v, want a's backend again", bs)
 	}
+
+	// Cluster loss: while b's syncer heartbeats, b serves the failover;
+	// when the heartbeats stop, b is withdrawn within the timeout (the
+	// frontend stays, empty: connections fail rather than reach b); when
+	// they resume, b is re-admitted.
+	f.exportRedis("a", &fedmeshv1.ServiceBackend{Address: "10.0.0.10", Node: self, Ready: false})
+	eventually(t, "failover to b again", func() bool { _, bs := backendsOf(); return same(bs, "10.1.0.20@b") })
+	beat := func() {
+		_ = f.call("heartbeat b", func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := fedmeshv1.NewClusterServiceClient(cc).Heartbeat(ctx, &fedmeshv1.HeartbeatRequest{Cluster: "b"})
+			return err
+		})
+	}
+	beating := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-beating:
+				return
+			case <-time.After(200 * time.Millisecond):
+				beat()
+			}
+		}
+	}()
+	eventually(t, "b judged reachable", func() bool {
+		var c *fedmeshv1.Cluster
+		_ = f.call("get b", func(ctx context.Context, cc *grpc.ClientConn) error {
+			r, err := fedmeshv1.NewClusterServiceClient(cc).GetCluster(ctx, &fedmeshv1.GetClusterRequest{Name: "b"})
+			c = r.GetCluster()
+			return err
+		})
+		return c.GetStatus().GetReachability() == fedmeshv1.Reachability_REACHABILITY_REACHABLE
+	})
+	close(beating)
+	<-done
+	lost := time.Now()
+	eventually(t, "b's backend withdrawn once b is silent", func() bool { vip, bs := backendsOf(); return vip.IsValid() && len(bs) == 0 })
+	if d := time.Since(lost); d > cpserver.DefaultClusterTimeout+3*time.Second {
+		t.Errorf("b withdrawn %v after its last heartbeat; the timeout is %v", d, cpserver.DefaultClusterTimeout)
+	}
+	beat()
+	eventually(t, "b re-admitted by its next heartbeat", func() bool { _, bs := backendsOf(); return same(bs, "10.1.0.20@b") })
 }
