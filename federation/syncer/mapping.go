@@ -173,6 +173,12 @@ func ExportFromService(cluster string, se *mcsv1beta1.ServiceExport, svc *corev1
 	}
 	slices.Sort(x.Backends)
 	slices.SortFunc(x.Endpoints, func(a, b *fedmeshv1.ServiceBackend) int { return strings.Compare(a.GetAddress(), b.GetAddress()) })
+	if len(x.Endpoints) > model.MaxBackends {
+		// The federation takes at most MaxBackends endpoint details: the
+		// not-ready ones give way first (the ready ones are also bounded,
+		// as backends, just below).
+		x.Endpoints = slices.DeleteFunc(x.Endpoints, func(b *fedmeshv1.ServiceBackend) bool { return !b.GetReady() })
+	}
 	if err := model.ValidateExportServices(&fedmeshv1.ExportServicesRequest{Cluster: cluster, Exports: []*fedmeshv1.ServiceExport{x}}); err != nil {
 		return nil, skip("Invalid", "the federation rejects the export of %s/%s: %v", svc.Namespace, svc.Name, err)
 	}

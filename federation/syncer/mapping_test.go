@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
+	"github.com/fedmesh/fedmesh/federation/model"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -217,5 +219,27 @@ func TestExportFromService(t *testing.T) {
 				t.Fatalf("got %v\nwant %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// Endpoint details beyond the federation's bound drop the not-ready ones,
+// so a service with many unready pods is still exported.
+func TestExportFromServiceBoundsEndpointDetails(t *testing.T) {
+	se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	slice := &discoveryv1.EndpointSlice{}
+	for i := range model.MaxBackends + 10 {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{fmt.Sprintf("10.1.%d.%d", i/250, i%250+1)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(i < 5)},
+		})
+	}
+	x, err := ExportFromService("east", se, svc, []*discoveryv1.EndpointSlice{slice})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.GetEndpoints()) != 5 || len(x.GetBackends()) != 5 {
+		t.Errorf("%d endpoints, %d backends; want the 5 ready ones of each", len(x.GetEndpoints()), len(x.GetBackends()))
 	}
 }
