@@ -126,15 +126,19 @@ func (l *liveness) beat(cluster string, now time.Time) {
 	l.mu.Unlock()
 }
 
-// lead resets the memory when leadership starts or ends.
+// lead records that leadership started or ended. Ending forgets the
+// heartbeats (a later term starts from nothing); starting keeps those
+// already taken, which the handler took while Raft named this replica
+// leader, before the loop noticed.
 func (l *liveness) lead(leading bool, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seen = map[string]time.Time{}
 	l.since = time.Time{}
 	if leading {
 		l.since = now
+		return
 	}
+	l.seen = map[string]time.Time{}
 }
 
 // heartbeatInterval is what syncers are told: a third of the timeout, so
