@@ -205,6 +205,7 @@ func (s *mcsService) ExportServices(ctx context.Context, req *fedmeshv1.ExportSe
 	if err := s.c.checkExportsFormat(req); err != nil {
 		return nil, err
 	}
+	req = s.c.withClusterset(req)
 	return propose(ctx, s.c, store.CmdExportServices, req,
 		func(r *store.Result) *fedmeshv1.ExportServicesResponse {
 			return &fedmeshv1.ExportServicesResponse{Revision: r.Revision}

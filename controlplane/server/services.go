@@ -8,9 +8,11 @@ package server
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/fedmesh/fedmesh/controlplane/store"
@@ -95,6 +97,26 @@ func validateSetLiveness(r *fedmeshv1.SetLivenessRequest) error {
 		}
 	}
 	return model.AsError(errs)
+}
+
+// withClusterset returns req carrying this replica's clusterset CIDRs
+// (whatever a client put there is replaced) once every replica applies
+// log format 6, so the first export configures ClusterSetIPs in its own
+// revision instead of a write of its own. Before that, none: an older
+// replica would ignore them.
+func (c *Core) withClusterset(req *fedmeshv1.ExportServicesRequest) *fedmeshv1.ExportServicesRequest {
+	var want []string
+	if c.appliesFormat(store.LogFormatServices) >= store.LogFormatServices {
+		for _, p := range c.live.cfg.ClustersetCIDRs {
+			want = append(want, p.String())
+		}
+	}
+	if slices.Equal(req.GetClustersetCidrs(), want) {
+		return req
+	}
+	out := proto.CloneOf(req)
+	out.ClustersetCidrs = want
+	return out
 }
 
 // checkExportsFormat refuses, as retryable, exports carrying what log

@@ -93,6 +93,25 @@ func (s *State) applyConfigureServices(tx *txn, req *fedmeshv1.ConfigureServices
 	return &Result{}, nil
 }
 
+// clustersetFrom parses CIDRs and reports whether they may serve as
+// clusterset CIDRs now (none overlaps a registered cluster).
+func (s *State) clustersetFrom(cidrs []string) ([]netip.Prefix, bool) {
+	var out []netip.Prefix
+	for _, v := range cidrs {
+		pfx, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, false
+		}
+		for _, n := range sortedKeys(s.clusters) {
+			if overlapsCluster(s.clusters[n].spec, pfx) != "" {
+				return nil, false
+			}
+		}
+		out = append(out, pfx.Masked())
+	}
+	return out, true
+}
+
 // overlapsCluster says why pfx may not be a clusterset CIDR next to
 // cluster c ("" when it may).
 func overlapsCluster(c *fedmeshv1.Cluster, pfx netip.Prefix) string {

@@ -60,3 +60,31 @@ func TestClusterSetIPsAreKeptWhileTheImportLivesAndFreedWithIt(t *testing.T) {
 		t.Error("a clusterset CIDR overlapping cluster a's pods was accepted")
 	}
 }
+
+// The edge's clusterset CIDRs on an export configure ClusterSetIPs in that
+// export's own revision (no write of their own); CIDRs that overlap a
+// cluster are ignored there and the stored ones stay.
+func TestExportCarryingClustersetCIDRsAllocatesInItsOwnRevision(t *testing.T) {
+	s := NewState(100)
+	if r := s.Apply(Command{Type: CmdRegisterCluster, Payload: &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	export := func(cidrs ...string) *Result {
+		return s.Apply(Command{Type: CmdExportServices, Payload: &fedmeshv1.ExportServicesRequest{Cluster: "a", ClustersetCidrs: cidrs,
+			Exports: []*fedmeshv1.ServiceExport{{Namespace: "demo", Name: "redis", Ports: []*fedmeshv1.ServicePort{{Name: "p", Port: 80}}}}}})
+	}
+	before := s.Revision()
+	if r := export("100.127.0.0/16"); r.Err != nil || r.Revision != before+1 {
+		t.Fatalf("export: %v at revision %d, want %d", r.Err, r.Revision, before+1)
+	}
+	ips := s.imports[nsName{"demo", "redis"}].GetIps()
+	if len(ips) != 1 || !netip.MustParsePrefix("100.127.0.0/16").Contains(netip.MustParseAddr(ips[0])) {
+		t.Fatalf("VIPs %v, want one in 100.127.0.0/16 from the export's own revision", ips)
+	}
+	if r := export("10.1.0.0/24"); r.Err != nil {
+		t.Fatalf("an export with misfit CIDRs was refused: %v", r.Err)
+	}
+	if got := s.ClustersetCIDRs(); len(got) != 1 || got[0].String() != "100.127.0.0/16" {
+		t.Errorf("clusterset CIDRs %v after a misfit, want the stored 100.127.0.0/16", got)
+	}
+}

@@ -37,6 +37,18 @@ func (s *State) applyExportServices(tx *txn, req *fedmeshv1.ExportServicesReques
 		return nil, err
 	}
 	g := req.GetResync().GetGeneration()
+	// The edge carries its clusterset CIDRs (log format 6): applied here,
+	// in this export's revision, when they are new and fit; otherwise the
+	// stored ones stay (the leader commits CmdConfigureServices, which
+	// reports a misfit).
+	if cidrs := req.GetClustersetCidrs(); len(cidrs) > 0 {
+		if p, ok := s.clustersetFrom(cidrs); ok && !slices.Equal(p, s.clusterset) {
+			s.clusterset = p
+			for _, k := range sortedNsNames(s.imports) {
+				s.recomputeImport(tx, k, nil)
+			}
+		}
+	}
 	xs := inner(s.exports, cluster)
 	touched := map[nsName]bool{}
 	for _, x := range req.GetExports() {

@@ -764,9 +764,14 @@ type ExportServicesRequest struct {
 	// Exports to create or replace.
 	Exports []*ServiceExport `protobuf:"bytes,2,rep,name=exports,proto3" json:"exports,omitempty"`
 	// Resync marks the batch as part of a full resync.
-	Resync        *ResyncMarker `protobuf:"bytes,3,opt,name=resync,proto3" json:"resync,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resync *ResyncMarker `protobuf:"bytes,3,opt,name=resync,proto3" json:"resync,omitempty"`
+	// ClustersetCidrs are set by the control plane's edge, never by clients
+	// (ignored on input): the CIDRs ClusterSetIPs come from, as its flag
+	// says, so the first export of a federation configures them in its own
+	// revision (log format 6).
+	ClustersetCidrs []string `protobuf:"bytes,4,rep,name=clusterset_cidrs,json=clustersetCidrs,proto3" json:"clusterset_cidrs,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ExportServicesRequest) Reset() {
@@ -816,6 +821,13 @@ func (x *ExportServicesRequest) GetExports() []*ServiceExport {
 func (x *ExportServicesRequest) GetResync() *ResyncMarker {
 	if x != nil {
 		return x.Resync
+	}
+	return nil
+}
+
+func (x *ExportServicesRequest) GetClustersetCidrs() []string {
+	if x != nil {
+		return x.ClustersetCidrs
 	}
 	return nil
 }
@@ -1236,11 +1248,12 @@ const file_fedmesh_v1_service_proto_rawDesc = "" +
 	"\x03ips\x18\b \x03(\tR\x03ips\x120\n" +
 	"\baffinity\x18\t \x01(\x0e2\x14.fedmesh.v1.AffinityR\baffinity\"E\n" +
 	"\x18ConfigureServicesRequest\x12)\n" +
-	"\x10clusterset_cidrs\x18\x01 \x03(\tR\x0fclustersetCidrs\"\x98\x01\n" +
+	"\x10clusterset_cidrs\x18\x01 \x03(\tR\x0fclustersetCidrs\"\xc3\x01\n" +
 	"\x15ExportServicesRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x123\n" +
 	"\aexports\x18\x02 \x03(\v2\x19.fedmesh.v1.ServiceExportR\aexports\x120\n" +
-	"\x06resync\x18\x03 \x01(\v2\x18.fedmesh.v1.ResyncMarkerR\x06resync\"4\n" +
+	"\x06resync\x18\x03 \x01(\v2\x18.fedmesh.v1.ResyncMarkerR\x06resync\x12)\n" +
+	"\x10clusterset_cidrs\x18\x04 \x03(\tR\x0fclustersetCidrs\"4\n" +
 	"\x16ExportServicesResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"d\n" +
 	"\x16UnexportServiceRequest\x12\x18\n" +
