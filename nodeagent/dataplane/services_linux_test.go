@@ -326,6 +326,46 @@ func TestSockLBTranslatesRealSockets(t *testing.T) {
 			}
 		})
 	}
+	t.Run("tcp dual-stack socket to the v4-mapped VIP", func(t *testing.T) {
+		// An AF_INET6 socket connecting to ::ffff:VIP goes through connect6
+		// with a v4-mapped address (Go would open an AF_INET socket).
+		var peer netip.AddrPort
+		var line string
+		err := inNetNS(l.client, func() error {
+			fd, err := syscall.Socket(syscall.AF_INET6, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			f := os.NewFile(uintptr(fd), "dual")
+			defer f.Close()
+			mapped := netip.AddrFrom16(vip4.As16())
+			if err := syscall.Connect(fd, &syscall.SockaddrInet6{Addr: mapped.As16(), Port: 80}); err != nil {
+				return fmt.Errorf("connect [%s]:80: %w", mapped, err)
+			}
+			sa, err := syscall.Getpeername(fd)
+			if err != nil {
+				return err
+			}
+			in6 := sa.(*syscall.SockaddrInet6)
+			peer = netip.AddrPortFrom(netip.AddrFrom16(in6.Addr), uint16(in6.Port))
+			buf := make([]byte, 64)
+			n, err := syscall.Read(fd, buf)
+			if err != nil {
+				return err
+			}
+			line = string(buf[:n])
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := parseAP(line); b.Addr() != l.be4[0] && b.Addr() != l.be4[1] {
+			t.Errorf("reached %q, want an IPv4 backend", line)
+		}
+		if want := netip.AddrPortFrom(netip.AddrFrom16(vip4.As16()), 80); peer != want {
+			t.Errorf("getpeername shows %s, want %s", peer, want)
+		}
+	})
 	t.Run("other port of the VIP is not translated", func(t *testing.T) {
 		// No route to the VIP exists in the client netns: an untranslated
 		// connect fails at once.

@@ -227,10 +227,15 @@ static __always_inline void rewrite(struct bpf_sock_addr *ctx, int v6, int mappe
 	ctx->user_ip6[3] = addr[3];
 }
 
-static __always_inline void remember_reverse(__u64 cookie, const struct svc_key *fe, const struct be_val *b)
+// remember_reverse records the frontend a socket's backend stands for. A
+// socket that kept its backend (sticky) has its entry already unless the
+// LRU evicted it: a lookup is much cheaper than an LRU update per datagram.
+static __always_inline void remember_reverse(__u64 cookie, const struct svc_key *fe, const struct be_val *b, int kept)
 {
 	struct sock_key rk = {.cookie = cookie, .port = b->port, .proto = fe->proto, .family = fe->family};
 	__builtin_memcpy(rk.addr, b->addr, sizeof(rk.addr));
+	if (kept && bpf_map_lookup_elem(&fm_sock_rev, &rk))
+		return;
 	struct rev_val rv = {.port = fe->port};
 	__builtin_memcpy(rv.addr, fe->addr, sizeof(rv.addr));
 	bpf_map_update_elem(&fm_sock_rev, &rk, &rv, BPF_ANY);
@@ -269,6 +274,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int stic
 			idx = av->idx;
 		}
 	}
+	int kept = b != 0;
 	if (!b) {
 		b = choose(sv, bpf_get_prandom_u32() % sv->total, &idx);
 		if (!b) {
@@ -283,7 +289,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int stic
 			bpf_map_update_elem(&fm_sock_aff, &ak, &av, BPF_ANY);
 		}
 	}
-	remember_reverse(cookie, &k, b);
+	remember_reverse(cookie, &k, b, kept);
 	rewrite(ctx, v6, mapped, b->addr, b->port);
 	count(STAT_TRANSLATED);
 	return 1;
