@@ -109,6 +109,17 @@
 //     loaded revision does not know is dropped (fail closed).
 //   - Atomic revisions: tables live in two slots; Apply fills the inactive
 //     slot and flips one index, so a packet sees one whole revision.
+//
+// ClusterSetIP translation (ServiceTable, services.go) is socket-level:
+// cgroup v2 connect/sendmsg/recvmsg/getpeername hooks (bpf/sock_lb.c,
+// loaded by SockLB, twin SockLBMemory) rewrite a connect() or sendto() to a
+// VIP into a weighted-random backend before routing, so every packet
+// already carries the backend's address and the tc policy programs decide
+// against the backend's identity unchanged; established flows cost nothing
+// per packet. Unlike tc DNAT it translates only sockets of processes in the
+// attached cgroup (the cgroup v2 root or kubepods on a real node, a
+// per-node cgroup in the lab), not forwarded traffic. socklb.go gives the
+// trade-offs, the attach point and the update protocol in full.
 package dataplane
 
 import (
