@@ -22,12 +22,6 @@ func benchLab(b *testing.B) (*svcLab, *SockLB) {
 	if err := s.ApplyServices(context.Background(), labTable(1, l.be4[:1], l.be6[:1])); err != nil {
 		b.Fatal(err)
 	}
-	// Warm neighbour caches both ways.
-	for _, a := range []netip.Addr{l.be4[0], l.be6[0]} {
-		if _, err := l.dialTCP(netip.AddrPortFrom(a, svcLabPort)); err != nil {
-			b.Fatal(err)
-		}
-	}
 	return l, s
 }
 

@@ -96,6 +96,27 @@ func newSvcLab(t testing.TB) *svcLab {
 		serveIdentity(t, spath, netip.AddrPortFrom(a, svcLabPort))
 	}
 
+	// A new veth drops what it is given until the kernel's link watch
+	// activates it (up to a second): wait until every backend answers.
+	for _, a := range append(l.be4[:], l.be6[:]...) {
+		to := netip.AddrPortFrom(a, svcLabPort)
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			err := inNetNS(cpath, func() error {
+				c, err := net.DialTimeout("tcp", to.String(), 100*time.Millisecond)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("backend %s unreachable from the client netns: %v", to, err)
+			}
+		}
+	}
+
 	l.cgroup = filepath.Join(mnt, randName("fmsvc-test-"))
 	if err := os.Mkdir(l.cgroup, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)
@@ -184,6 +205,8 @@ type reached struct {
 	backend netip.AddrPort
 	peer    netip.AddrPort
 }
+
+func (r reached) String() string { return fmt.Sprintf("backend %s (peer shown %s)", r.backend, r.peer) }
 
 func parseAP(s string) netip.AddrPort {
 	a, _ := netip.ParseAddrPort(strings.TrimSpace(s))
