@@ -258,3 +258,92 @@ func TestSockLBMemoryUDPSocketKeepsBackendUntilSetChanges(t *testing.T) {
 		t.Fatalf("socket still sends to %s after its backend was withdrawn", got)
 	}
 }
+
+// FuzzRenderServices holds renderServices and the choice to their
+// invariants for any table: within the limits, cumulative weights strictly
+// rising, truncations reported exactly, every r choosing the backend whose
+// weight interval holds it,
+// and every loaded backend one the table lists.
+func FuzzRenderServices(f *testing.F) {
+	f.Add([]byte{4, 1, 0, 80, 6, 2, 1, 10, 3, 2, 5}, uint16(16), uint8(4))
+	f.Add([]byte{6, 9, 0, 53, 17, 3, 0, 0, 255, 255, 255, 255, 7, 7}, uint16(4), uint8(1))
+	f.Add([]byte{4, 1, 0, 0, 1, 1, 1}, uint16(0), uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, backendsMap uint16, perFrontend uint8) {
+		next := func() byte {
+			if len(data) == 0 {
+				return 0
+			}
+			b := data[0]
+			data = data[1:]
+			return b
+		}
+		addr := func(v4 bool, b byte) netip.Addr {
+			if v4 {
+				return netip.AddrFrom4([4]byte{10, 0, 0, b})
+			}
+			return netip.AddrFrom16([16]byte{0: 0xfd, 15: b})
+		}
+		tbl := &ServiceTable{Revision: 1}
+		for len(data) > 0 {
+			v4 := next()%2 == 0
+			fe := ServiceFrontend{Key: ServiceKey{VIP: addr(v4, next()), Port: uint16(next())<<8 | uint16(next()), Protocol: next()}}
+			for n := int(next() % 8); n > 0; n-- {
+				w := uint32(next()) << (8 * (next() % 4))
+				fe.Backends = append(fe.Backends, ServiceBackend{Addr: addr(next()%4 != 0 == v4, next()), Port: uint16(next()), Weight: w})
+			}
+			tbl.Frontends = append(tbl.Frontends, fe)
+		}
+		lim := ServiceLimits{Frontends: 8, Backends: int(backendsMap % 64), BackendsPerFrontend: int(perFrontend % 16)}
+		got, trunc := renderServices(tbl, lim)
+		lim = lim.withDefaults()
+		total := 0
+		listed := map[ServiceKey]map[netip.AddrPort]bool{}
+		for _, fe := range tbl.Frontends {
+			if listed[fe.Key] == nil {
+				listed[fe.Key] = map[netip.AddrPort]bool{}
+			}
+			for _, b := range fe.Backends {
+				listed[fe.Key][netip.AddrPortFrom(b.Addr, b.Port)] = true
+			}
+		}
+		for k, f := range got.Frontends {
+			if !validServiceKey(k) {
+				t.Fatalf("invalid frontend %v loaded", k)
+			}
+			total += len(f.Backends)
+			if len(f.Backends) > lim.BackendsPerFrontend {
+				t.Fatalf("%v: %d backends over the per-frontend limit", k, len(f.Backends))
+			}
+			var prev uint32
+			for _, b := range f.Backends {
+				if b.Cum <= prev || b.Addr.Is4() != k.VIP.Is4() || b.Port == 0 || !listed[k][netip.AddrPortFrom(b.Addr, b.Port)] {
+					t.Fatalf("%v: bad loaded backend %+v after cum %d", k, b, prev)
+				}
+				prev = b.Cum
+			}
+			for _, r := range []uint32{0, prev / 2, prev - 1} {
+				if len(f.Backends) > 0 {
+					if i := chooseBackend(f.Backends, r); i < 0 || i >= len(f.Backends) || f.Backends[i].Cum <= r ||
+						(i > 0 && f.Backends[i-1].Cum > r) {
+						t.Fatalf("%v: r=%d chose %d", k, r, i)
+					}
+				}
+			}
+		}
+		if len(got.Frontends) > lim.Frontends || total > lim.Backends/2 {
+			t.Fatalf("%d frontends, %d backends loaded over limits %+v", len(got.Frontends), total, lim)
+		}
+		for _, tr := range trunc {
+			f, ok := got.Frontends[tr.Key]
+			switch tr.Reason {
+			case TruncInvalidKey, TruncFrontendMap:
+				ok = !ok && tr.Loaded == 0
+			default:
+				ok = ok && len(f.Backends) == tr.Loaded && tr.Loaded < tr.Listed
+			}
+			if !ok {
+				t.Fatalf("truncation %+v does not match what was loaded", tr)
+			}
+		}
+	})
+}
