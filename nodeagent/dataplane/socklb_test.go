@@ -262,8 +262,7 @@ func TestSockLBMemoryUDPSocketKeepsBackendUntilSetChanges(t *testing.T) {
 // FuzzRenderServices holds renderServices and the choice to their
 // invariants for any table: within the limits, cumulative weights strictly
 // rising, truncations reported exactly, every r choosing the backend whose
-// weight interval holds it,
-// and every loaded backend one the table lists.
+// weight interval holds it, and every loaded backend one the table lists.
 func FuzzRenderServices(f *testing.F) {
 	f.Add([]byte{4, 1, 0, 80, 6, 2, 1, 10, 3, 2, 5}, uint16(16), uint8(4))
 	f.Add([]byte{6, 9, 0, 53, 17, 3, 0, 0, 255, 255, 255, 255, 7, 7}, uint16(4), uint8(1))
