@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
 )
 
 // svcLab is a client netns and a server netns joined by a veth, two backend
@@ -117,23 +119,32 @@ func newSvcLab(t testing.TB) *svcLab {
 		}
 	}
 
-	l.cgroup = filepath.Join(mnt, randName("fmsvc-test-"))
-	if err := os.Mkdir(l.cgroup, 0o755); err != nil {
+	l.cgroup, l.pinDir = newTranslatingCgroup(t, mnt)
+	return l
+}
+
+// newTranslatingCgroup creates a cgroup, moves this process into it and
+// names a pin directory for a SockLB attached there; all of it goes at
+// cleanup.
+func newTranslatingCgroup(t testing.TB, mnt string) (cgroup, pinDir string) {
+	t.Helper()
+	cgroup = filepath.Join(mnt, randName("fmsvc-test-"))
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := os.Remove(l.cgroup); err != nil {
-			t.Errorf("remove cgroup %s: %v", l.cgroup, err)
+		if err := os.Remove(cgroup); err != nil {
+			t.Errorf("remove cgroup %s: %v", cgroup, err)
 		}
 	})
-	enterCgroup(t, mnt, l.cgroup)
-	l.pinDir = "/sys/fs/bpf/" + randName("fmsvc-test-")
+	enterCgroup(t, mnt, cgroup)
+	pinDir = "/sys/fs/bpf/" + randName("fmsvc-test-")
 	t.Cleanup(func() {
-		if err := UninstallServices(context.Background(), l.pinDir); err != nil {
+		if err := UninstallServices(context.Background(), pinDir); err != nil {
 			t.Error(err)
 		}
 	})
-	return l
+	return cgroup, pinDir
 }
 
 func (l *svcLab) newSockLB(t testing.TB, lim ServiceLimits) *SockLB {
@@ -587,5 +598,76 @@ func TestSockLBUninstallDetaches(t *testing.T) {
 	}
 	if _, err := l.dialTCP(netip.AddrPortFrom(vip4, 80)); !errors.Is(err, syscall.ENETUNREACH) {
 		t.Errorf("connect to the VIP after uninstall: %v, want ENETUNREACH (untranslated)", err)
+	}
+}
+
+// TestPolicyDecidesAgainstTheChosenBackend runs the tc policy programs and
+// the socket translation together: the client pod may reach one backend
+// pod only, and a connection through the ClusterSetIP passes or is dropped
+// by the backend it was translated to, as Kubernetes decides for Services.
+func TestPolicyDecidesAgainstTheChosenBackend(t *testing.T) {
+	requireKernel(t)
+	mnt := requireCgroup2(t)
+	pn := newPodNet(t, 3)
+	dp, _ := newEBPF(t, pn.host)
+	ctx := context.Background()
+	client, allowed, denied := pn.pods[0], pn.pods[1], pn.pods[2]
+	for _, p := range pn.pods[1:] {
+		serveEcho(t, p, 8080)
+	}
+	pn.attach(t, dp)
+	egress := policy.DirectionRules{Enforced: true}
+	for _, proto := range []uint8{protoTCP, protoUDP} {
+		egress.Identities = append(egress.Identities, policy.IdentityRule{Peer: allowed.identity, Proto: proto,
+			Ports: policy.PortRange{First: 8080, Last: 8080}, Rule: 1})
+	}
+	if err := dp.Apply(ctx, &Revision{Number: 1, IPCache: pn.ipcache(),
+		Rules: map[string]policy.EndpointRules{client.id: {Identity: client.identity, Egress: egress}}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !reach(client, "tcp", netip.AddrPortFrom(allowed.v4, 8080)) ||
+		!reach(client, "tcp", netip.AddrPortFrom(allowed.v6, 8080)); {
+		if time.Now().After(deadline) {
+			t.Fatal("the allowed backend is unreachable directly")
+		}
+	}
+	if reach(client, "tcp", netip.AddrPortFrom(denied.v4, 8080)) {
+		t.Fatal("policy does not deny the other backend directly; the test would prove nothing")
+	}
+
+	cg, pin := newTranslatingCgroup(t, mnt)
+	lb, err := NewSockLB(ctx, ServiceConfig{PinDir: pin, Cgroup: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	vip4, vip6 := netip.MustParseAddr("10.96.77.20"), netip.MustParseAddr("fd96::77:20")
+	for _, tt := range []struct {
+		name    string
+		backend pod
+		want    bool
+	}{
+		{"translated to the allowed backend passes", allowed, true},
+		{"translated to the denied backend is dropped", denied, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var fs []ServiceFrontend
+			for _, proto := range []uint8{protoTCP, protoUDP} {
+				fs = append(fs,
+					frontend(vip4, 80, proto, ServiceBackend{Addr: tt.backend.v4, Port: 8080, Weight: 1}),
+					frontend(vip6, 80, proto, ServiceBackend{Addr: tt.backend.v6, Port: 8080, Weight: 1}))
+			}
+			SortFrontends(fs)
+			if err := lb.ApplyServices(ctx, &ServiceTable{Revision: 1, Frontends: fs}); err != nil {
+				t.Fatal(err)
+			}
+			for _, vip := range []netip.Addr{vip4, vip6} {
+				for _, proto := range []string{"tcp", "udp"} {
+					if got := reach(client, proto, netip.AddrPortFrom(vip, 80)); got != tt.want {
+						t.Errorf("%s to %s:80 reached=%v, want %v", proto, vip, got, tt.want)
+					}
+				}
+			}
+		})
 	}
 }
