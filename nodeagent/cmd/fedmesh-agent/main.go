@@ -55,6 +55,7 @@ type options struct {
 	statusInterval time.Duration
 	uninstall      bool
 	shipFlows      bool
+	serviceCgroup  string
 }
 
 // parsed is what validate derives from the flags.
@@ -165,6 +166,7 @@ func main() {
 	f.BoolVar(&o.bgp, "bgp", true, "run the BGP speaker that advertises the pod CIDR")
 	f.BoolVar(&o.labelsNode, "node-labels-from-node", false, "take the node's labels from its Node object (metadata.labels) with the pod's service account, read at start; --node-label entries override them (a DaemonSet pod)")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
+	f.StringVar(&o.serviceCgroup, "service-cgroup", "", "cgroup v2 directory whose processes' connections to ClusterSetIPs are translated (socket-level, with --dataplane=ebpf): the cgroup v2 root or the kubepods cgroup; empty: no translation")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
@@ -251,6 +253,15 @@ func run(ctx context.Context, o *options) error {
 		}
 		defer res.Close()
 		deps.Interfaces = res
+	}
+
+	svc, closeSvc, err := openServices(ctx, o, log)
+	if err != nil {
+		return err
+	}
+	defer closeSvc() // keeps the pins: translation outlives the process
+	if svc != nil {
+		deps.Registry.MustRegister(newServiceCollector(svc, log))
 	}
 
 	if o.wireguard {

@@ -157,6 +157,9 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				"--pod-cidr", n.PodCIDR6.String(),
 				"--state-dir", stateDir,
 				"--bpf-pin-dir", l.pinDir(n),
+				// Translate ClusterSetIPs for the node's pods: the
+				// processes the lab runs in them live in this cgroup.
+				"--service-cgroup", l.Topo.NodeCgroup(n),
 				"--metrics-addr", fmt.Sprintf("%s:9464", n.Host.Addr.Addr()),
 				"--wireguard-port", fmt.Sprint(n.WGPort),
 				// Unique per lab: the UAPI socket path is machine-wide.
