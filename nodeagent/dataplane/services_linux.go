@@ -201,6 +201,9 @@ func (s *SockLB) load() error {
 	if err := os.MkdirAll(filepath.Join(s.cfg.PinDir, "links"), 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", s.cfg.PinDir, err)
 	}
+	if err := replaceIncompatibleSocketState(spec, s.cfg.PinDir, s.log); err != nil {
+		return err
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: s.cfg.PinDir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return fmt.Errorf("load service translation: maps pinned in %s have other sizes or an incompatible layout; "+
@@ -210,6 +213,41 @@ func (s *SockLB) load() error {
 		return fmt.Errorf("load service translation programs: %w", err)
 	}
 	s.coll = coll
+	return nil
+}
+
+// svcSoftState names the pinned maps a new version may start empty: a
+// socket translated before loses its reverse entry (its peer shows the
+// backend) and its UDP affinity (it chooses again), counters restart. The
+// frontends and backend sets are the table in force and keep their layout.
+var svcSoftState = []string{"fm_sock_rev", "fm_sock_aff", "fm_svc_stats"}
+
+// replaceIncompatibleSocketState removes the pins of soft-state maps whose
+// layout differs from spec, so that loading creates them afresh.
+func replaceIncompatibleSocketState(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) error {
+	for _, name := range svcSoftState {
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", path, err)
+		}
+		err = spec.Maps[name].Compatible(m)
+		m.Close()
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, ebpf.ErrMapIncompatible) {
+			return fmt.Errorf("check pinned map %s: %w", path, err)
+		}
+		log.Warn("replacing a pinned service translation map an incompatible version left; its state is lost",
+			"map", path, "difference", err)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove incompatible pinned map %s: %w", path, err)
+		}
+	}
 	return nil
 }
 

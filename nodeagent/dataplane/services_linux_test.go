@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/fedmesh/fedmesh/federation/policy"
 )
 
@@ -669,5 +671,73 @@ func TestPolicyDecidesAgainstTheChosenBackend(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestSockLBFailedApplyKeepsPreviousTable(t *testing.T) {
+	l := newSvcLab(t)
+	s := l.newSockLB(t, ServiceLimits{})
+	if err := s.ApplyServices(context.Background(), labTable(1, l.be4[:1], l.be6[:1])); err != nil {
+		t.Fatal(err)
+	}
+	// A cancelled context stops the update after the first new set is
+	// written: everything written is rolled back.
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.ApplyServices(cancelled, labTable(2, l.be4[1:], l.be6[1:])); !errors.Is(err, context.Canceled) {
+		t.Fatalf("apply with a cancelled context: %v", err)
+	}
+	for range 10 {
+		if r, err := l.dialTCP(netip.AddrPortFrom(vip4, 80)); err != nil || r.backend.Addr() != l.be4[0] {
+			t.Fatalf("after a failed update: %v (%v), want the previous table's %s", r, err, l.be4[0])
+		}
+	}
+	n := 0
+	var k beKeyC
+	var v beValC
+	for it := s.coll.Maps["fm_svc_be"].Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 4 {
+		t.Errorf("backend map holds %d entries after the rollback, want the previous table's 4", n)
+	}
+	if st, _ := s.ServiceStatus(context.Background()); st.Revision != 1 {
+		t.Errorf("status revision %d after a failed update, want 1", st.Revision)
+	}
+	if err := s.ApplyServices(context.Background(), labTable(3, l.be4[1:], l.be6[1:])); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.dialTCP(netip.AddrPortFrom(vip4, 80)); err != nil || r.backend.Addr() != l.be4[1] {
+		t.Fatalf("after the retried update: %v (%v), want %s", r, err, l.be4[1])
+	}
+}
+
+func TestSockLBReplacesIncompatibleSocketStateKeepsTable(t *testing.T) {
+	l := newSvcLab(t)
+	ctx := context.Background()
+	s := l.newSockLB(t, ServiceLimits{})
+	if err := s.ApplyServices(ctx, labTable(1, l.be4[:1], l.be6[:1])); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// An older version's reverse map with another layout.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 8, ValueSize: 8, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	path := filepath.Join(l.pinDir, "fm_sock_rev")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	s2 := l.newSockLB(t, ServiceLimits{})
+	if len(s2.shadow) != 4 {
+		t.Fatalf("re-adopted %d frontends, want the table's 4", len(s2.shadow))
+	}
+	if r, err := l.dialTCP(netip.AddrPortFrom(vip4, 80)); err != nil || r.peer != netip.AddrPortFrom(vip4, 80) {
+		t.Fatalf("after replacing the reverse map: %v (%v)", r, err)
 	}
 }
