@@ -741,3 +741,45 @@ func TestSockLBReplacesIncompatibleSocketStateKeepsTable(t *testing.T) {
 		t.Fatalf("after replacing the reverse map: %v (%v)", r, err)
 	}
 }
+
+func TestSockLBRestartOnAnotherCgroupMovesTheHooks(t *testing.T) {
+	l := newSvcLab(t)
+	ctx := context.Background()
+	s := l.newSockLB(t, ServiceLimits{})
+	if err := s.ApplyServices(ctx, labTable(1, l.be4[:1], l.be6[:1])); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	mnt, _ := Cgroup2Mount()
+	other := filepath.Join(mnt, randName("fmsvc-test-"))
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(other); err != nil {
+			t.Errorf("remove cgroup %s: %v", other, err)
+		}
+	})
+	s2, err := NewSockLB(ctx, ServiceConfig{PinDir: l.pinDir, Cgroup: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	// This process stays in the first cgroup, which has no hooks now.
+	if _, err := l.dialTCP(netip.AddrPortFrom(vip4, 80)); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("connect from the old cgroup after the move: %v, want ENETUNREACH (untranslated)", err)
+	}
+	otherID, err := cgroupV2ID(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range s2.links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Cgroup() == nil || info.Cgroup().CgroupId != otherID {
+			t.Errorf("link %v not on the new cgroup", info)
+		}
+	}
+}
