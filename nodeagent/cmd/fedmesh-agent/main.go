@@ -261,6 +261,7 @@ func run(ctx context.Context, o *options) error {
 	}
 	defer closeSvc() // keeps the pins: translation outlives the process
 	if svc != nil {
+		deps.Services = svc
 		deps.Registry.MustRegister(newServiceCollector(svc, log))
 	}
 
