@@ -71,7 +71,9 @@
 // UDP size capped at MaxUDPSize) and nothing added when the client sent
 // none. A truncated UDP answer is passed on truncated, so the client
 // retries over TCP, which is forwarded over TCP. Own answers larger than
-// the client's UDP size are truncated the same way.
+// the client's UDP size are truncated the same way. Without an upstream
+// (Config.Upstream empty) only the zone is answered and every other name is
+// REFUSED at once, so a client moves on instead of timing out.
 //
 // # Metrics
 //

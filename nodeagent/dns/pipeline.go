@@ -261,6 +261,12 @@ func (s *Server) resolve(ctx, hctx context.Context, q *Query) (*dns.Msg, error) 
 	case s.zone.Contains(qn.Name):
 		q.Source = SourceZone
 		return s.zone.Answer(s.View(), req), nil
+	case s.fwd == nil:
+		// No upstream configured: the resolver answers only its zone, and
+		// says so rather than time the client out.
+		s.m.badRequests.WithLabelValues("REFUSED", "no_upstream").Inc()
+		q.Source = SourceLocal
+		return reply(req, dns.RcodeRefused), nil
 	}
 	q.Source, q.Upstream = SourceUpstream, s.fwd.addr
 	resp, rtt, err := s.fwd.forward(ctx, req, q.Transport)

@@ -20,7 +20,9 @@ type Config struct {
 	// Listen is the address served over UDP and TCP, e.g. "169.254.20.10:53"
 	// (port 0 picks one free for both).
 	Listen string
-	// Upstream is the cluster's DNS, "host:port".
+	// Upstream is the cluster's DNS, "host:port". Empty: only the zone is
+	// answered; every other name is REFUSED (counted as
+	// fedmesh_dns_bad_requests_total{reason="no_upstream"}).
 	Upstream string
 	// Zone is the zone answered from the View (DefaultZone).
 	Zone string
@@ -109,8 +111,10 @@ type Server struct {
 // New checks cfg and returns a resolver; it opens no socket until Listen.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg.defaults()
-	if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
-		return nil, fmt.Errorf("new dns resolver: upstream %q: want host:port of the cluster's DNS: %w", cfg.Upstream, err)
+	if cfg.Upstream != "" {
+		if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
+			return nil, fmt.Errorf("new dns resolver: upstream %q: want host:port of the cluster's DNS (or empty: answer only the zone): %w", cfg.Upstream, err)
+		}
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("new dns resolver: listen %q: want host:port: %w", cfg.Listen, err)
@@ -132,12 +136,15 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Now = time.Now
 	}
 	s := &Server{
-		cfg: cfg, zone: zone, fwd: newForwarder(cfg.Upstream, cfg.UpstreamTimeout),
+		cfg: cfg, zone: zone,
 		hooks: deps.Hooks, rec: deps.Recorder, pods: deps.Pods,
 		log: deps.Logger.With("component", "dns"), m: newMetrics(deps.Registry), now: deps.Now,
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
 		conns:    map[*net.TCPConn]struct{}{},
+	}
+	if cfg.Upstream != "" {
+		s.fwd = newForwarder(cfg.Upstream, cfg.UpstreamTimeout)
 	}
 	// One byte more than a query may have tells an oversized datagram.
 	s.bufs.New = func() any { b := make([]byte, MaxQuerySize+1); return &b }

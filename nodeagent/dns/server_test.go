@@ -18,7 +18,6 @@ func TestNewRejectsConfigItCannotServe(t *testing.T) {
 		wantErr string
 	}{
 		{"upstream without port", Config{Listen: "127.0.0.1:0", Upstream: "10.96.0.10"}, "upstream"},
-		{"no upstream", Config{Listen: "127.0.0.1:0"}, "upstream"},
 		{"listen without port", Config{Listen: "127.0.0.1", Upstream: "10.96.0.10:53"}, "listen"},
 		{"zone that is no name", Config{Listen: "127.0.0.1:0", Upstream: "10.96.0.10:53", Zone: "a..b"}, "zone"},
 		{"sub-second TTL", Config{Listen: "127.0.0.1:0", Upstream: "10.96.0.10:53", TTL: time.Millisecond}, "TTL"},
@@ -34,6 +33,23 @@ func TestNewRejectsConfigItCannotServe(t *testing.T) {
 	}
 	if _, err := New(Config{Listen: "127.0.0.1:0", Upstream: "10.96.0.10:53", Zone: "mesh.example"}, Deps{Logger: discard()}); err != nil {
 		t.Fatalf("New with another zone: %v", err)
+	}
+}
+
+func TestWithoutUpstreamOnlyTheZoneIsAnswered(t *testing.T) {
+	r := startResolver(t, Config{}, Deps{View: testServices()})
+	for _, network := range []string{"udp", "tcp"} {
+		in := exchange(t, network, r.addr, question("redis.demo.svc.clusterset.local.", dns.TypeA))
+		if in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+			t.Errorf("%s: zone name: rcode %s, %d answers; want the ClusterSetIP", network, dns.RcodeToString[in.Rcode], len(in.Answer))
+		}
+		out := exchange(t, network, r.addr, question("example.org.", dns.TypeA))
+		if out.Rcode != dns.RcodeRefused {
+			t.Errorf("%s: name outside the zone with no upstream: rcode %s, want REFUSED", network, dns.RcodeToString[out.Rcode])
+		}
+	}
+	if got := counter(t, r.m.badRequests.WithLabelValues("REFUSED", "no_upstream")); got != 2 {
+		t.Errorf("no_upstream refusals counted %v, want 2", got)
 	}
 }
 
