@@ -56,6 +56,9 @@ type options struct {
 	uninstall      bool
 	shipFlows      bool
 	serviceCgroup  string
+	dnsListen      string
+	dnsUpstream    string
+	dnsLink        string
 }
 
 // parsed is what validate derives from the flags.
@@ -120,6 +123,19 @@ func (o *options) validate() (parsed, error) {
 	if err := authclient.Check(o.creds, authclient.Config{StateDir: o.stateDir, Name: "agent"}); err != nil {
 		errs = append(errs, err)
 	}
+	if o.dnsListen != "" {
+		if _, err := dnsAddr(o.dnsListen); err != nil {
+			errs = append(errs, err)
+		}
+		if o.netns != "" {
+			errs = append(errs, errors.New("--dns-listen needs the agent to run inside the node's network namespace (without --netns): the resolver's sockets and address live there"))
+		}
+	}
+	if o.dnsUpstream != "" {
+		if _, _, err := net.SplitHostPort(o.dnsUpstream); err != nil {
+			errs = append(errs, fmt.Errorf("--dns-upstream %q: want host:port of the cluster's DNS, or empty: %w", o.dnsUpstream, err))
+		}
+	}
 	return p, errors.Join(errs...)
 }
 
@@ -139,7 +155,14 @@ func main() {
 				if err := dataplane.Uninstall(ctx, o.bpfPinDir); err != nil {
 					return err
 				}
-				fmt.Printf("removed the pinned dataplane under %s\n", o.bpfPinDir)
+				fmt.Printf("removed the pinned dataplane under %s (policy and service translation)\n", o.bpfPinDir)
+				removed, err := removeDNSLink(o.dnsLink)
+				if err != nil {
+					return err
+				}
+				if removed {
+					fmt.Printf("removed the node-local DNS link %s\n", o.dnsLink)
+				}
 				return nil
 			}
 			return run(ctx, o)
@@ -167,7 +190,10 @@ func main() {
 	f.BoolVar(&o.labelsNode, "node-labels-from-node", false, "take the node's labels from its Node object (metadata.labels) with the pod's service account, read at start; --node-label entries override them (a DaemonSet pod)")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
 	f.StringVar(&o.serviceCgroup, "service-cgroup", "", "cgroup v2 directory whose processes' connections to ClusterSetIPs are translated (socket-level, with --dataplane=ebpf): the cgroup v2 root or the kubepods cgroup; empty: no translation")
-	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its programs) and exit; other flags are ignored")
+	f.StringVar(&o.dnsListen, "dns-listen", "", "address of the node-local resolver answering <svc>.<ns>.svc.clusterset.local, e.g. 169.254.20.10:53 (the agent puts a link-local address on its --dns-link dummy link; pods use it as their nameserver); empty: no resolver")
+	f.StringVar(&o.dnsUpstream, "dns-upstream", "", "the cluster's DNS (host:port) every name outside clusterset.local is forwarded to; empty: only clusterset.local is answered, other names get REFUSED")
+	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen address in the node's network namespace (removed by --uninstall)")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link, and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
@@ -320,6 +346,16 @@ func run(ctx context.Context, o *options) error {
 		shipper := agent.NewFlowShipper(client, o.cluster, o.node, deps.Registry, log)
 		go shipper.Run(ctx)
 		go (&flows.Reader{Cluster: o.cluster, Node: o.node, Dir: deps.Flows, Sink: shipper}).Run(ctx, dpEvents)
+	}
+
+	if o.dnsListen != "" {
+		srv, err := openDNS(o, deps.Registry, log)
+		if err != nil {
+			return fmt.Errorf("start the node-local DNS: %w", err)
+		}
+		deps.DNS = srv
+		go serveDNS(ctx, srv, log)
+		log.Info("serving node-local DNS", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
 	}
 
 	a, err := agent.New(agent.Config{

@@ -32,6 +32,12 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "cert without key", edit: func(o *options) { o.creds = authclient.Flags{CAFile: "/ca.crt", CertFile: "/c.crt"} }, errHas: "--cert-file and --key-file together"},
 		{name: "tls dir", edit: func(o *options) { o.creds = authclient.Flags{TLSDir: "/etc/fedmesh"} }},
 		{name: "underlay needed for WireGuard", edit: func(o *options) { o.underlayIP = "" }, errHas: "--underlay-ip is required"},
+		{name: "node-local DNS on a link-local address, no upstream", edit: func(o *options) { o.dnsListen = "169.254.20.10:53" }},
+		{name: "node-local DNS with the cluster DNS upstream", edit: func(o *options) { o.dnsListen, o.dnsUpstream = "169.254.20.10:53", "10.96.0.10:53" }},
+		{name: "DNS address without port", edit: func(o *options) { o.dnsListen = "169.254.20.10" }, errHas: "--dns-listen"},
+		{name: "DNS address by name", edit: func(o *options) { o.dnsListen = "localhost:53" }, errHas: "want IP:port"},
+		{name: "DNS in another netns", edit: func(o *options) { o.dnsListen, o.netns = "169.254.20.10:53", "/run/netns/n1" }, errHas: "inside the node's network namespace"},
+		{name: "DNS upstream without port", edit: func(o *options) { o.dnsUpstream = "10.96.0.10" }, errHas: "--dns-upstream"},
 		{name: "underlay optional without WireGuard and BGP", edit: func(o *options) { o.underlayIP, o.wireguard, o.bgp = "", false, false }},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
+)
+
+// The node-local resolver (--dns-listen) answers clusterset.local from the
+// agent's service catalog and forwards every other name to --dns-upstream.
+// Like NodeLocal DNSCache it listens on a link-local address that no pod
+// and no node owns, e.g. 169.254.20.10:53: the agent puts the address on a
+// dummy link of its own (--dns-link) in the node's network namespace, so
+// pods reach it through their default route to the node whatever the
+// node's other addresses are, and every node of every cluster can use the
+// same pod resolv.conf. The link stays when the agent exits (a restarted
+// agent binds it again at once); --uninstall removes it. An address the
+// node already has (e.g. a node IP) is used as it is, without a link.
+
+// defaultDNSLink is the dummy link carrying the resolver's address.
+const defaultDNSLink = "fedmesh-dns"
+
+// dnsAddr checks --dns-listen: an IP literal and a port.
+func dnsAddr(listen string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(listen)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("--dns-listen %q: want IP:port, e.g. 169.254.20.10:53: %w", listen, err)
+	}
+	return ap, nil
+}
+
+// ensureDNSAddr makes the resolver's address local in the agent's network
+// namespace: nothing to do when an interface has it, else it goes on the
+// dummy link (created if missing, brought up).
+func ensureDNSAddr(ip netip.Addr, link string, log *slog.Logger) error {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("list the node's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if got, ok := netip.AddrFromSlice(n.IP); ok && got.Unmap() == ip {
+				return nil
+			}
+		}
+	}
+	l, err := netlink.LinkByName(link)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: link}}); err != nil {
+			return fmt.Errorf("create dummy link %s for the DNS address %s: %w", link, ip, err)
+		}
+		if l, err = netlink.LinkByName(link); err != nil {
+			return fmt.Errorf("find dummy link %s: %w", link, err)
+		}
+	case err != nil:
+		return fmt.Errorf("find link %s: %w", link, err)
+	case l.Type() != "dummy":
+		return fmt.Errorf("link %s exists and is a %s, not the agent's dummy link; choose another --dns-link", link, l.Type())
+	}
+	bits := 32
+	if ip.Is6() {
+		bits = 128
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	if err := netlink.AddrReplace(l, addr); err != nil {
+		return fmt.Errorf("add %s to link %s: %w", ip, link, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("bring link %s up: %w", link, err)
+	}
+	log.Info("node-local DNS address on its own link", "addr", ip, "link", link)
+	return nil
+}
+
+// removeDNSLink deletes the agent's dummy link (--uninstall); a missing
+// link is no error, a link of another type is left alone.
+func removeDNSLink(link string) (bool, error) {
+	l, err := netlink.LinkByName(link)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find link %s: %w", link, err)
+	}
+	if l.Type() != "dummy" {
+		return false, fmt.Errorf("link %s is a %s, not the agent's dummy link: left alone", link, l.Type())
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return false, fmt.Errorf("delete link %s: %w", link, err)
+	}
+	return true, nil
+}
+
+// openDNS prepares the node-local resolver and binds its sockets, so a bad
+// address fails the start rather than later. The agent is its view's one
+// writer (agent.DNS): it hands over the view of every revision that changed
+// the services before it reports the revision enforced; until the first
+// one, clusterset.local names are unknown.
+func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
+	ap, err := dnsAddr(o.dnsListen)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureDNSAddr(ap.Addr(), o.dnsLink, log); err != nil {
+		return nil, err
+	}
+	srv, err := dns.New(dns.Config{Listen: o.dnsListen, Upstream: o.dnsUpstream},
+		dns.Deps{Logger: log, Registry: reg})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Listen(); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+// serveDNS runs the resolver until ctx ends; a failure is logged, since the
+// agent's enforcement must go on without it.
+func serveDNS(ctx context.Context, srv *dns.Server, log *slog.Logger) {
+	if err := srv.Serve(ctx); err != nil {
+		log.Error("node-local DNS stopped", "err", err)
+	}
+}
