@@ -227,6 +227,26 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 	}
 	batch.Flags().DurationVar(&timeout, "timeout", 500*time.Millisecond, "how long each probe waits")
 	probe.Flags().DurationVar(&timeout, "timeout", time.Second, "how long to wait for the answer")
+	var rp lab.RedisProbeOptions
+	redisProbe := &cobra.Command{
+		Use:    "redis-probe",
+		Short:  "A Redis client (go-redis) inside a pod: MGET the instance's identity keys, one line per probe",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := lab.RedisProbe(ctx, os.Stdout, rp); err != nil {
+				os.Exit(3)
+			}
+			return nil
+		},
+	}
+	redisProbe.Flags().StringVar(&rp.Addr, "addr", fmt.Sprintf("%s:%d", lab.RedisName, lab.RedisPort), "service to connect to")
+	redisProbe.Flags().DurationVar(&rp.Interval, "interval", 20*time.Millisecond, "pause between probes")
+	redisProbe.Flags().IntVar(&rp.Count, "count", 0, "probes to run (0: until interrupted)")
+	redisProbe.Flags().DurationVar(&rp.Timeout, "timeout", 300*time.Millisecond, "connect and command timeout")
+	redisProbe.Flags().BoolVar(&rp.NewConn, "new-conn", false, "a new connection for every probe (default: keep one, reconnect after an error)")
 	var kubeCluster, kubeDir string
 	kube := &cobra.Command{
 		Use:    "kube-cluster",
@@ -326,7 +346,7 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 	}
 	demo.Flags().IntVar(&cfg.Clusters, "clusters", 2, "member clusters")
 	demo.Flags().IntVar(&cfg.Nodes, "nodes", 2, "nodes per cluster")
-	demo.Flags().IntVar(&cfg.Pods, "pods", 2, "pods per node")
+	demo.Flags().IntVar(&cfg.Pods, "pods", 3, "pods per node (the third of every node is a db pod running redis-server)")
 	demo.Flags().StringVar(&cfg.BinDir, "bin-dir", defaultBinDir(), "directory with the fedmesh binaries (make build)")
 	demo.Flags().BoolVar(&cfg.NoKube, "no-kube", false, "publish endpoints through the API instead of a kube-apiserver and syncer per cluster")
 	restart := &cobra.Command{
@@ -346,7 +366,7 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 			return l.Restart(args[0])
 		},
 	}
-	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, restart, kube, kubeExport, kubeImports, kubeApply, demo)
+	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, redisProbe, restart, kube, kubeExport, kubeImports, kubeApply, demo)
 	return cmd
 }
 

@@ -91,8 +91,22 @@ func removePodCgroup(ctx context.Context, dir string) error {
 // cgroup, then becomes nsenter, so argv's first socket is already inside.
 // nsenter rather than `ip netns exec`: the latter remounts /sys and would
 // hide bpffs pins from the agent.
-func enter(ns, cgroup string, argv []string) []string {
+func enter(ns, cgroup string, argv []string) []string { return enterPod(ns, cgroup, "", argv) }
+
+// enterPod is enter with, unless resolv is "", the pod's own resolv.conf:
+// a pod here is a network namespace and shares the machine's files, so
+// each command gets a private mount namespace (unshare --mount, private
+// propagation: nothing leaks to the host) in which resolv is bind-mounted
+// on /etc/resolv.conf, as a container runtime mounts the kubelet's
+// resolv.conf into a container. The chain execs all the way down
+// (unshare without --fork, nsenter for a network namespace), so the
+// process the lab records is argv itself.
+func enterPod(ns, cgroup, resolv string, argv []string) []string {
 	full := append([]string{"nsenter", "--net=/var/run/netns/" + ns, "--"}, argv...)
+	if resolv != "" {
+		full = append([]string{"unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", `mount --bind "$0" /etc/resolv.conf || exit 126; exec "$@"`, resolv}, full...)
+	}
 	if cgroup == "" {
 		return full
 	}
@@ -100,17 +114,18 @@ func enter(ns, cgroup string, argv []string) []string {
 }
 
 // inPod returns the command line that runs argv in a pod: in the pod's
-// network namespace and its node's cgroup.
+// network namespace and its node's cgroup, with the pod's resolv.conf
+// (the node-local resolver).
 func (t *Topology) inPod(pod string, argv []string) ([]string, error) {
 	_, n, p, ok := t.Pod(pod)
 	if !ok {
 		return nil, fmt.Errorf("no pod %s in lab %s", pod, t.Name)
 	}
-	return enter(p.NS, t.NodeCgroup(*n), argv), nil
+	return enterPod(p.NS, t.NodeCgroup(*n), resolvPath(t.Name, p.NS), argv), nil
 }
 
-// PodCommand is an exec.Cmd running argv in a pod (its network namespace
-// and its node's cgroup).
+// PodCommand is an exec.Cmd running argv in a pod (its network namespace,
+// its node's cgroup and its resolv.conf).
 func (t *Topology) PodCommand(ctx context.Context, pod string, argv ...string) (*exec.Cmd, error) {
 	full, err := t.inPod(pod, argv)
 	if err != nil {

@@ -160,6 +160,10 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				// Translate ClusterSetIPs for the node's pods: the
 				// processes the lab runs in them live in this cgroup.
 				"--service-cgroup", l.Topo.NodeCgroup(n),
+				// The pods' resolver (their resolv.conf names it). No
+				// --dns-upstream: the lab has no cluster DNS, so only
+				// clusterset.local is answered.
+				"--dns-listen", NodeDNS + ":53",
 				"--metrics-addr", fmt.Sprintf("%s:9464", n.Host.Addr.Addr()),
 				"--wireguard-port", fmt.Sprint(n.WGPort),
 				// Unique per lab: the UAPI socket path is machine-wide.

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/fedmesh/fedmesh/federation/syncer/kubetest"
 )
@@ -83,6 +84,13 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	defer kube.Stop()
 	log.Info("kube-apiserver ready", "cluster", cluster, "dir", kube.Dir)
 	if err := createPods(sctx, kube, cl); err != nil {
+		return err
+	}
+	mcs, err := mcsclient.NewForConfig(kube.Config)
+	if err != nil {
+		return err
+	}
+	if err := reexportRedis(sctx, kube.Clientset(), mcs, topo, StateDir(topo.Name), cluster); err != nil {
 		return err
 	}
 	kubeconfig, err := kube.WriteKubeconfig()

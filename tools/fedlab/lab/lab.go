@@ -66,6 +66,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if err := makeCgroups(topo); err != nil {
 		return l, err
 	}
+	if err := writeResolvConfs(topo); err != nil {
+		return l, err
+	}
 	for _, c := range topo.Clusters {
 		log.Info("starting ToR", "cluster", c.Name, "router", c.ToRKind, "ns", c.ToR.NS)
 		if err := l.startToR(ctx, c); err != nil {
@@ -75,7 +78,7 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if cfg.BinDir == "" {
 		return l, nil // network only: the lab's own tests
 	}
-	if err := l.startApps(); err != nil {
+	if err := l.startApps(ctx); err != nil {
 		return l, err
 	}
 	log.Info("starting control plane", "replicas", replicas, "ns", topo.Mgmt.NS, "addrs", topo.ControlPlaneAddrs())
@@ -120,8 +123,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 // UDP; it is the pods' named port "http".
 const AppPort = 8080
 
-// startApps runs the probe server in every pod, as the pod's application.
-func (l *Lab) startApps() error {
+// startApps runs the probe server in every pod, as the pod's application,
+// and redis-server beside it in the db pods.
+func (l *Lab) startApps(ctx context.Context) error {
 	self := l.bin("fedlab")
 	for _, c := range l.Topo.Clusters {
 		for _, n := range c.Nodes {
@@ -132,6 +136,11 @@ func (l *Lab) startApps() error {
 				}
 				if err := l.record(proc); err != nil {
 					return err
+				}
+				if IsRedisPod(p) {
+					if err := l.startRedis(ctx, c, n, p); err != nil {
+						return err
+					}
 				}
 			}
 		}

@@ -20,7 +20,10 @@ type Proc struct {
 	NS   string `json:"ns"`
 	// Cgroup is the cgroup v2 directory the process runs in ("" where
 	// fedlab runs): a pod's processes run in their node's.
-	Cgroup string   `json:"cgroup,omitempty"`
+	Cgroup string `json:"cgroup,omitempty"`
+	// Resolv is the resolv.conf bind-mounted for it ("" for none): a
+	// pod's process resolves through its node's resolver.
+	Resolv string   `json:"resolv,omitempty"`
 	PID    int      `json:"pid"`
 	Argv   []string `json:"argv"`
 	Log    string   `json:"log"`
@@ -69,7 +72,14 @@ func start(dir, ns, name string, argv []string, env ...string) (Proc, error) {
 // startIn is start with the process inside cgroup (a cgroup v2 directory;
 // "" leaves it where fedlab is), from its first instruction.
 func startIn(dir, ns, cgroup, name string, argv []string, env ...string) (Proc, error) {
-	full := enter(ns, cgroup, argv)
+	return startProc(dir, Proc{Name: name, NS: ns, Cgroup: cgroup, Argv: argv}, env...)
+}
+
+// startProc starts p.Argv as p describes (namespace, cgroup, resolv.conf)
+// and returns p with its PID and log.
+func startProc(dir string, p Proc, env ...string) (Proc, error) {
+	name, ns := p.Name, p.NS
+	full := enterPod(ns, p.Cgroup, p.Resolv, p.Argv)
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -85,7 +95,8 @@ func startIn(dir, ns, cgroup, name string, argv []string, env ...string) (Proc, 
 	}
 	// Reap it if it dies while fedlab still runs; afterwards init does.
 	go func() { _ = cmd.Wait() }()
-	return Proc{Name: name, NS: ns, Cgroup: cgroup, PID: cmd.Process.Pid, Argv: argv, Log: logPath}, nil
+	p.PID, p.Log = cmd.Process.Pid, logPath
+	return p, nil
 }
 
 // alive reports whether p still runs as the program the lab started (a
@@ -174,7 +185,7 @@ func (l *Lab) Restart(name string) error {
 		if p.alive() && !zombie(p.PID) {
 			return fmt.Errorf("lab process %s still runs (pid %d)", name, p.PID)
 		}
-		np, err := startIn(l.Dir, p.NS, p.Cgroup, p.Name, p.Argv)
+		np, err := startProc(l.Dir, p)
 		if err != nil {
 			return err
 		}
