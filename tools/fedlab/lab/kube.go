@@ -77,6 +77,12 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
+	// A supervisor killed with its cluster leaves etcd's data behind; the
+	// cluster's API comes back empty and is filled again from the plan
+	// (pods, and the redis export when the lab made one).
+	if err := os.RemoveAll(filepath.Join(dir, "k8s")); err != nil {
+		return fmt.Errorf("remove the previous API data of %s: %w", cluster, err)
+	}
 	kube, err := kubetest.StartServer(sctx, bins, kubetest.Options{Dir: filepath.Join(dir, "k8s")})
 	if err != nil {
 		return err

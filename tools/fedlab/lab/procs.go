@@ -175,6 +175,20 @@ func (l *Lab) Signal(name string, sig syscall.Signal) error {
 	return syscall.Kill(p.PID, sig)
 }
 
+// Kill SIGKILLs a lab process and its process group at once, as a lost
+// machine: nothing it runs gets to say goodbye (children in groups of their
+// own go with their parent-death signal).
+func (l *Lab) Kill(name string) error {
+	p, ok := l.Proc(name)
+	if !ok || !p.alive() {
+		return fmt.Errorf("lab process %s is not running", name)
+	}
+	if err := syscall.Kill(-p.PID, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %s (pid %d): %w", name, p.PID, err)
+	}
+	return nil
+}
+
 // Restart starts a stopped (or killed) lab process again with the same
 // command line, in the same namespace.
 func (l *Lab) Restart(name string) error {
