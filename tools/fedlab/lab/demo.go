@@ -11,13 +11,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
+
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // Demo is the narrated tour `make demo` runs on a lab that is up: traffic
 // across sites, a federated policy applied with --wait, the verdict
 // explained, the policy removed, a service exported in one cluster and
-// imported in the other. It fails on the first step that does not behave.
+// imported in the other, and Redis across clusters: a real client reaching
+// its local instance through the node-local DNS and the ClusterSetIP,
+// failing over to the other cluster's when the local one is killed and
+// withdrawn (fedctl wait shows the withdrawal enforced), and back. The
+// demo's federated policy selects only the api pods and is deleted before
+// the Redis step, so nothing in it stands between the client and the db
+// pods. It fails on the first step that does not behave.
 type Demo struct {
 	Lab *Lab
 	Out io.Writer
@@ -224,6 +233,12 @@ func (d *Demo) Run(ctx context.Context) error {
 		}
 	}
 
+	if !d.Lab.State.Config.NoKube && len(t.RedisPods(a.Name)) > 0 && len(t.RedisPods(b.Name)) > 0 {
+		if err := d.redis(ctx, a, b, web); err != nil {
+			return err
+		}
+	}
+
 	fmt.Fprintf(d.Out, `
 Done. The lab keeps running. Try:
   %[4]s policy list
@@ -237,6 +252,135 @@ When you are done:
   sudo ./bin/fedlab down --name %[1]s
 `, t.Name, web.Name, apiAddr, FedctlCommand("./bin/fedlab", t.Name), ContextName(t.Name), pkiDir(d.Lab.Dir))
 	return nil
+}
+
+// redisGet makes one new connection from a pod to the redis service
+// (resolved by the node-local DNS, translated at the ClusterSetIP) and
+// checks which cluster's instance answered.
+func (d *Demo) redisGet(ctx context.Context, from Pod, want string) error {
+	var ans RedisAnswer
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := waitFor(wctx, "redis to answer from "+want, func() error {
+		var err error
+		ans, err = d.Lab.RedisGet(wctx, from.Name)
+		if err == nil && ans.Cluster != want {
+			err = fmt.Errorf("answered by %s", ans.Cluster)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.Out, "    %s -> %s:%d (new connection, GET %s): %s (pod %s)\n", from.Name, RedisName, RedisPort, RedisClusterKey, ans.Cluster, ans.Pod)
+	return nil
+}
+
+// redis is the tour's Redis step: the same service exported by both
+// clusters with local affinity, a real client in cluster a, its instance
+// withdrawn and restored.
+func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
+	redisA := d.Lab.Topo.RedisPods(a.Name)[0]
+	d.say("Redis across clusters: redis-server runs in the db pods of both clusters; each exports service %q (port %d, fedmesh.io/affinity: local) through its kube-apiserver", RedisService, RedisPort)
+	for _, c := range []Cluster{a, b} {
+		if err := d.Lab.ExportRedis(ctx, c.Name); err != nil {
+			return err
+		}
+	}
+	if err := d.waitImport(ctx, a.Name, a.Name+"(1/1)", b.Name+"(1/1)"); err != nil {
+		return err
+	}
+	d.say("A real redis-cli in %s resolves %s through its node's fedmesh-agent DNS and connects to the ClusterSetIP: the agent's socket translation picks the local instance", client.Name, RedisName)
+	cmd, err := d.Lab.Topo.PodCommand(ctx, client.Name, "redis-cli", "-h", RedisName, "-p", fmt.Sprint(RedisPort), "GET", RedisClusterKey)
+	if err != nil {
+		return err
+	}
+	out, err := cmd.CombinedOutput()
+	fmt.Fprintf(d.Out, "$ fedlab exec %s -- redis-cli -h %s GET %s\n%s", client.Name, RedisName, RedisClusterKey, indent(string(out)))
+	if err != nil || strings.TrimSpace(string(out)) != a.Name {
+		return fmt.Errorf("redis-cli from %s: %v: %q, want %s", client.Name, err, out, a.Name)
+	}
+	if err := d.redisGet(ctx, client, a.Name); err != nil {
+		return err
+	}
+
+	d.say("Kill %s's redis-server and mark it not ready in its EndpointSlice; fedctl wait until every node of %s enforces the withdrawal", a.Name, a.Name)
+	if err := d.Lab.Signal(RedisProc(redisA.Name), syscall.SIGKILL); err != nil {
+		return err
+	}
+	if err := d.Lab.SetRedisReady(ctx, redisA.Name, false); err != nil {
+		return err
+	}
+	if err := d.waitImport(ctx, a.Name, a.Name+"(0/1)"); err != nil {
+		return err
+	}
+	rev, err := d.importsRevision(ctx, a.Name)
+	if err != nil {
+		return err
+	}
+	if _, err := d.fedctl(ctx, "wait", fmt.Sprint(rev), "--cluster", a.Name, "--wait-timeout", "20s"); err != nil {
+		return err
+	}
+	d.say("New connections now reach %s's instance (affinity local fails over when no local backend is ready)", b.Name)
+	for range 3 {
+		if err := d.redisGet(ctx, client, b.Name); err != nil {
+			return err
+		}
+	}
+	if _, err := d.fedctl(ctx, "service", "get", "demo/"+RedisService, "--cluster", a.Name); err != nil {
+		return err
+	}
+
+	d.say("Restart %s's redis-server and mark it ready: new connections prefer the local instance again", a.Name)
+	if err := d.Lab.RestartRedis(ctx, redisA.Name); err != nil {
+		return err
+	}
+	if err := d.Lab.SetRedisReady(ctx, redisA.Name, true); err != nil {
+		return err
+	}
+	if err := d.waitImport(ctx, a.Name, a.Name+"(1/1)", b.Name+"(1/1)"); err != nil {
+		return err
+	}
+	return d.redisGet(ctx, client, a.Name)
+}
+
+// waitImport waits until `fedctl service imports --cluster importer` shows
+// every want substring, then prints it.
+func (d *Demo) waitImport(ctx context.Context, importer string, want ...string) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var out string
+	err := waitFor(wctx, "the redis import to show "+strings.Join(want, " "), func() error {
+		var err error
+		if out, err = d.Lab.Fedctl(wctx, "service", "imports", "--cluster", importer); err != nil {
+			return err
+		}
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				return fmt.Errorf("no %s yet", w)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.Out, "$ fedctl service imports --cluster %s\n%s", importer, indent(out))
+	return nil
+}
+
+// importsRevision is the revision of the imports as importer sees them.
+func (d *Demo) importsRevision(ctx context.Context, importer string) (uint64, error) {
+	cc, err := d.Lab.Dial()
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Close()
+	resp, err := fedmeshv1.NewMultiClusterServiceClient(cc).ListServiceImports(ctx, &fedmeshv1.ListServiceImportsRequest{Cluster: importer})
+	if err != nil {
+		return 0, fmt.Errorf("list service imports: %w", err)
+	}
+	return resp.GetRevision(), nil
 }
 
 // kubeOp runs a fedlab kube command inside the management namespace (where
