@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fedmesh/fedmesh/nodeagent/dns"
 )
@@ -22,8 +23,12 @@ import (
 // pods reach it through their default route to the node whatever the
 // node's other addresses are, and every node of every cluster can use the
 // same pod resolv.conf. The link stays when the agent exits (a restarted
-// agent binds it again at once); --uninstall removes it. An address the
-// node already has (e.g. a node IP) is used as it is, without a link.
+// agent binds it again at once); --uninstall removes it. A kernel without
+// dummy links (no dummy module) gets the address on the namespace's
+// loopback instead, which serves the same (Linux accepts a packet for any
+// local address on any interface); --uninstall removes it from there when
+// given the same --dns-listen. An address the node already has (e.g. a
+// node IP) is used as it is.
 
 // defaultDNSLink is the dummy link carrying the resolver's address.
 const defaultDNSLink = "fedmesh-dns"
@@ -56,7 +61,15 @@ func ensureDNSAddr(ip netip.Addr, link string, log *slog.Logger) error {
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
-		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: link}}); err != nil {
+		err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: link}})
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			log.Info("the kernel has no dummy links; the node-local DNS address goes on lo", "addr", ip)
+			if l, err = netlink.LinkByName("lo"); err != nil {
+				return fmt.Errorf("find lo: %w", err)
+			}
+			break
+		}
+		if err != nil {
 			return fmt.Errorf("create dummy link %s for the DNS address %s: %w", link, ip, err)
 		}
 		if l, err = netlink.LinkByName(link); err != nil {
@@ -78,8 +91,34 @@ func ensureDNSAddr(ip netip.Addr, link string, log *slog.Logger) error {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring link %s up: %w", link, err)
 	}
-	log.Info("node-local DNS address on its own link", "addr", ip, "link", link)
+	log.Info("node-local DNS address in place", "addr", ip, "link", l.Attrs().Name)
 	return nil
+}
+
+// removeDNSAddrFromLo removes the resolver's address from lo, where a kernel
+// without dummy links had it (--uninstall with --dns-listen).
+func removeDNSAddrFromLo(listen string) (bool, error) {
+	ap, err := dnsAddr(listen)
+	if err != nil {
+		return false, err
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return false, fmt.Errorf("find lo: %w", err)
+	}
+	addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list the addresses of lo: %w", err)
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ap.Addr() {
+			if err := netlink.AddrDel(lo, &a); err != nil {
+				return false, fmt.Errorf("remove %s from lo: %w", ap.Addr(), err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // removeDNSLink deletes the agent's dummy link (--uninstall); a missing

@@ -163,6 +163,15 @@ func main() {
 				if removed {
 					fmt.Printf("removed the node-local DNS link %s\n", o.dnsLink)
 				}
+				if o.dnsListen != "" {
+					removed, err := removeDNSAddrFromLo(o.dnsListen)
+					if err != nil {
+						return err
+					}
+					if removed {
+						fmt.Printf("removed the node-local DNS address %s from lo\n", o.dnsListen)
+					}
+				}
 				return nil
 			}
 			return run(ctx, o)
@@ -193,7 +202,7 @@ func main() {
 	f.StringVar(&o.dnsListen, "dns-listen", "", "address of the node-local resolver answering <svc>.<ns>.svc.clusterset.local, e.g. 169.254.20.10:53 (the agent puts a link-local address on its --dns-link dummy link; pods use it as their nameserver); empty: no resolver")
 	f.StringVar(&o.dnsUpstream, "dns-upstream", "", "the cluster's DNS (host:port) every name outside clusterset.local is forwarded to; empty: only clusterset.local is answered, other names get REFUSED")
 	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen address in the node's network namespace (removed by --uninstall)")
-	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link, and exit; other flags are ignored")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link (with --dns-listen also its address on lo), and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
