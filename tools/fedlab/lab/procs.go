@@ -107,8 +107,14 @@ func (p Proc) alive() bool {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	// nsenter execs the daemon, so the process is the daemon itself.
-	return len(args) > 0 && len(p.Argv) > 0 && filepath.Base(args[0]) == filepath.Base(p.Argv[0])
+	if len(args) == 0 || len(p.Argv) == 0 {
+		return false
+	}
+	// nsenter execs the daemon, so the process is the daemon itself. Some
+	// daemons retitle themselves ("/usr/bin/redis-server *:6379"): the
+	// program is the first word.
+	prog, _, _ := strings.Cut(args[0], " ")
+	return filepath.Base(prog) == filepath.Base(p.Argv[0])
 }
 
 // stop sends SIGTERM, then SIGKILL after grace, to the process group the
