@@ -87,9 +87,16 @@ func restoreCluster(t testing.TB, ctx context.Context, l *lab.Lab, c lab.Cluster
 	}
 }
 
-// importsShow waits until `fedctl service imports` (as cluster-a sees it)
+// importsShow waits until `fedctl service imports` (as importer sees it)
 // lists the redis import with every want substring.
 func importsShow(t *testing.T, ctx context.Context, l *lab.Lab, importer string, want ...string) string {
+	t.Helper()
+	return importsShowWithout(t, ctx, l, importer, "", want...)
+}
+
+// importsShowWithout is importsShow that also waits for without ("":
+// nothing) to be gone.
+func importsShowWithout(t *testing.T, ctx context.Context, l *lab.Lab, importer, without string, want ...string) string {
 	t.Helper()
 	var out string
 	eventually(t, "fedctl service imports to show "+strings.Join(want, ", "), 30*time.Second, func() error {
@@ -102,6 +109,9 @@ func importsShow(t *testing.T, ctx context.Context, l *lab.Lab, importer string,
 			if !strings.Contains(out, w) {
 				return fmt.Errorf("no %q in:\n%s", w, out)
 			}
+		}
+		if without != "" && strings.Contains(out, without) {
+			return fmt.Errorf("still %q in:\n%s", without, out)
 		}
 		return nil
 	})
@@ -142,7 +152,7 @@ func TestRedisAcrossClustersFailsOverAndComesBack(t *testing.T) {
 			t.Fatalf("getent %s in %s: %v %q", lab.RedisName, client.Name, err, addrs)
 		}
 		vip := strings.Fields(string(addrs))[0]
-		importsShow(t, ctx, l, a.Name, vip, "local", a.Name+"(1/1)", b.Name+"(1/1)")
+		importsShow(t, ctx, l, a.Name, vip, "local", l.Topo.RedisReadyText(a.Name, true), l.Topo.RedisReadyText(b.Name, true))
 		// A name outside clusterset.local is refused at once (no upstream
 		// in the lab), not left to time out.
 		start := time.Now()
@@ -169,7 +179,7 @@ func TestRedisAcrossClustersFailsOverAndComesBack(t *testing.T) {
 				t.Fatalf("connection %d after the failover: %+v %v, want %s", i, ans, err, b.Name)
 			}
 		}
-		importsShow(t, ctx, l, a.Name, a.Name+"(0/1)", b.Name+"(1/1)")
+		importsShow(t, ctx, l, a.Name, l.Topo.RedisReadyText(a.Name, false), l.Topo.RedisReadyText(b.Name, true))
 		out, err := l.Fedctl(ctx, "service", "get", "demo/redis", "--cluster", a.Name)
 		if err != nil {
 			t.Fatal(err)
@@ -209,7 +219,7 @@ func TestRedisAcrossClustersFailsOverAndComesBack(t *testing.T) {
 		}()
 		ans := awaitAnswer(t, app, a.Name, 10*time.Second)
 		t.Logf("the application's client failed over to %s %s after %s", ans.Cluster, ans.Pod, ans.At.Sub(lost).Round(time.Millisecond))
-		importsShow(t, ctx, l, a.Name, b.Name+"(1/1)!unreachable")
+		importsShow(t, ctx, l, a.Name, l.Topo.RedisReadyText(b.Name, true)+"!unreachable")
 		out, err := l.Fedctl(ctx, "cluster", "list")
 		if err != nil {
 			t.Fatal(err)
@@ -219,10 +229,8 @@ func TestRedisAcrossClustersFailsOverAndComesBack(t *testing.T) {
 
 		restoreCluster(t, ctx, l, b)
 		restored = true
-		out = importsShow(t, ctx, l, a.Name, a.Name+"(1/1)", b.Name+"(1/1)")
-		if strings.Contains(out, "unreachable") {
-			t.Errorf("%s back, but imports still say unreachable:\n%s", b.Name, out)
-		}
+		out = importsShowWithout(t, ctx, l, a.Name, "unreachable", l.Topo.RedisReadyText(a.Name, true), l.Topo.RedisReadyText(b.Name, true))
+		t.Logf("%s re-admitted:\n%s", b.Name, out)
 		// Re-admitted: with cluster-a's instance withdrawn again, new
 		// connections reach cluster-b's.
 		if err := l.SetRedisReady(ctx, redisA.Name, false); err != nil {

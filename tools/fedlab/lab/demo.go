@@ -287,7 +287,7 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 			return err
 		}
 	}
-	if err := d.waitImport(ctx, a.Name, a.Name+"(1/1)", b.Name+"(1/1)"); err != nil {
+	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, true), d.Lab.Topo.RedisReadyText(b.Name, true)); err != nil {
 		return err
 	}
 	d.say("A real redis-cli in %s resolves %s through its node's fedmesh-agent DNS and connects to the ClusterSetIP: the agent's socket translation picks the local instance", client.Name, RedisName)
@@ -311,7 +311,7 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 	if err := d.Lab.SetRedisReady(ctx, redisA.Name, false); err != nil {
 		return err
 	}
-	if err := d.waitImport(ctx, a.Name, a.Name+"(0/1)"); err != nil {
+	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, false)); err != nil {
 		return err
 	}
 	rev, err := d.importsRevision(ctx, a.Name)
@@ -338,7 +338,7 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 	if err := d.Lab.SetRedisReady(ctx, redisA.Name, true); err != nil {
 		return err
 	}
-	if err := d.waitImport(ctx, a.Name, a.Name+"(1/1)", b.Name+"(1/1)"); err != nil {
+	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, true), d.Lab.Topo.RedisReadyText(b.Name, true)); err != nil {
 		return err
 	}
 	return d.redisGet(ctx, client, a.Name)

@@ -113,6 +113,18 @@ func (t *Topology) RedisPods(cluster string) []Pod {
 	return out
 }
 
+// RedisReadyText is how `fedctl service imports` summarises a cluster's
+// redis backends with ready of them ready: one backend per db pod and
+// family (the pods are dual-stack).
+func (t *Topology) RedisReadyText(cluster string, ready bool) string {
+	n := 2 * len(t.RedisPods(cluster))
+	r := n
+	if !ready {
+		r = 0
+	}
+	return fmt.Sprintf("%s(%d/%d)", cluster, r, n)
+}
+
 // KubeClients are clients of a cluster's kube-apiserver from fedlab's own
 // process: the apiserver listens on loopback in the management namespace,
 // so every connection is opened inside it. The kubeconfig is read at each
@@ -170,30 +182,35 @@ func applyRedisExport(ctx context.Context, cs kubernetes.Interface, mcs mcsclien
 	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create service redis in %s: %w", cluster, err)
 	}
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: RedisService + "-lab", Labels: map[string]string{discoveryv1.LabelServiceName: RedisService}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("redis"), Port: ptr.To(int32(RedisPort))}},
-	}
-	for _, c := range topo.Clusters {
-		if c.Name != cluster {
-			continue
+	// One slice per family, as the EndpointSlice controller writes for a
+	// dual-stack service: the pods are dual-stack and the import gets a
+	// ClusterSetIP of each family, each translating to its own family.
+	for _, fam := range []int{4, 6} {
+		slice := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: redisSlice(fam), Labels: map[string]string{discoveryv1.LabelServiceName: RedisService}},
+			AddressType: map[int]discoveryv1.AddressType{4: discoveryv1.AddressTypeIPv4, 6: discoveryv1.AddressTypeIPv6}[fam],
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("redis"), Port: ptr.To(int32(RedisPort))}},
 		}
-		for _, n := range c.Nodes {
-			for _, p := range n.Pods {
-				if IsRedisPod(p) {
-					slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()},
-						NodeName: ptr.To(n.Name), TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: p.Name},
-						Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+		for _, c := range topo.Clusters {
+			if c.Name != cluster {
+				continue
+			}
+			for _, n := range c.Nodes {
+				for _, p := range n.Pods {
+					if IsRedisPod(p) {
+						slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.Addr(fam).String()},
+							NodeName: ptr.To(n.Name), TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: p.Name},
+							Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+					}
 				}
 			}
 		}
-	}
-	if len(slice.Endpoints) == 0 {
-		return fmt.Errorf("cluster %s has no db pod to run redis (the lab needs 3 pods per node)", cluster)
-	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create endpoint slice of redis in %s: %w", cluster, err)
+		if len(slice.Endpoints) == 0 {
+			return fmt.Errorf("cluster %s has no db pod to run redis (the lab needs 3 pods per node)", cluster)
+		}
+		if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create endpoint slice of redis in %s: %w", cluster, err)
+		}
 	}
 	se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: RedisService,
 		Annotations: map[string]string{"fedmesh.io/affinity": "local"}}}
@@ -216,24 +233,34 @@ func (l *Lab) SetRedisReady(ctx context.Context, pod string, ready bool) error {
 		return err
 	}
 	slices := cs.DiscoveryV1().EndpointSlices("demo")
-	s, err := slices.Get(ctx, RedisService+"-lab", metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("get the redis endpoint slice of %s: %w", c.Name, err)
-	}
-	found := false
-	for i, e := range s.Endpoints {
-		if len(e.Addresses) > 0 && e.Addresses[0] == p.IP.String() {
-			s.Endpoints[i].Conditions.Ready = ptr.To(ready)
-			found = true
+	for _, fam := range []int{4, 6} {
+		s, err := slices.Get(ctx, redisSlice(fam), metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("get the redis endpoint slice of %s: %w", c.Name, err)
+		}
+		found := false
+		for i, e := range s.Endpoints {
+			if len(e.Addresses) > 0 && e.Addresses[0] == p.Addr(fam).String() {
+				s.Endpoints[i].Conditions.Ready = ptr.To(ready)
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("pod %s is not in the redis endpoint slice %s of %s", pod, s.Name, c.Name)
+		}
+		if _, err := slices.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update the redis endpoint slice of %s: %w", c.Name, err)
 		}
 	}
-	if !found {
-		return fmt.Errorf("pod %s is not in the redis endpoint slice of %s", pod, c.Name)
-	}
-	if _, err := slices.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("update the redis endpoint slice of %s: %w", c.Name, err)
-	}
 	return nil
+}
+
+// redisSlice names the lab's redis EndpointSlice of one family.
+func redisSlice(fam int) string {
+	if fam == 6 {
+		return RedisService + "-lab6"
+	}
+	return RedisService + "-lab"
 }
 
 // reexportRedis exports redis again in a cluster whose supervisor
