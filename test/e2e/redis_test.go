@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,6 +125,20 @@ func TestRedisAcrossClustersFailsOverAndComesBack(t *testing.T) {
 	defer cancel()
 	a, b := l.Topo.Clusters[0], l.Topo.Clusters[1]
 	client, redisA, _ := redisSetup(t, ctx, l)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// The syncers and the control plane say what they made of a lost
+		// and returning cluster.
+		for _, p := range l.State.Procs {
+			if strings.HasPrefix(p.Name, "kube-") || strings.HasPrefix(p.Name, "controlplane-") {
+				if b, err := os.ReadFile(p.Log); err == nil {
+					t.Logf("--- %s log (tail):\n%s", p.Name, tail(string(b), 25))
+				}
+			}
+		}
+	})
 	// Whatever a failed step leaves broken, the lab is marked failed and
 	// rebuilt for the next scenario (useLab); these restore a passing run.
 	t.Cleanup(func() {
