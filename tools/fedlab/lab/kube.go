@@ -92,13 +92,7 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	if err := createPods(sctx, kube, cl); err != nil {
 		return err
 	}
-	mcs, err := mcsclient.NewForConfig(kube.Config)
-	if err != nil {
-		return err
-	}
-	if err := reexportRedis(sctx, kube.Clientset(), mcs, topo, StateDir(topo.Name), cluster); err != nil {
-		return err
-	}
+
 	kubeconfig, err := kube.WriteKubeconfig()
 	if err != nil {
 		return err
@@ -127,6 +121,18 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 		_ = syncer.Process.Signal(syscall.SIGTERM)
 		_ = syncer.Wait()
 	}()
+	// The syncer installs the MCS CRDs: a returning cluster's exports are
+	// made again once ServiceExport is served.
+	mcs, err := mcsclient.NewForConfig(kube.Config)
+	if err != nil {
+		return err
+	}
+	err = waitFor(sctx, "the redis export of "+cluster+" again", func() error {
+		return reexportRedis(sctx, kube.Clientset(), mcs, topo, StateDir(topo.Name), cluster)
+	})
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "kubeconfig.path"), []byte(kubeconfig), 0o600); err != nil {
 		return err
 	}
