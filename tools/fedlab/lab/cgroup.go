@@ -86,14 +86,12 @@ func removePodCgroup(ctx context.Context, dir string) error {
 	return nil
 }
 
-// enter returns the command line that runs argv in network namespace ns
-// and, unless cgroup is "", in that cgroup: a shell moves itself into the
+// enterPod returns the command line that runs argv in network namespace
+// ns and, unless cgroup is "", in that cgroup: a shell moves itself into the
 // cgroup, then becomes nsenter, so argv's first socket is already inside.
 // nsenter rather than `ip netns exec`: the latter remounts /sys and would
-// hide bpffs pins from the agent.
-func enter(ns, cgroup string, argv []string) []string { return enterPod(ns, cgroup, "", argv) }
-
-// enterPod is enter with, unless resolv is "", the pod's own resolv.conf:
+// hide bpffs pins from the agent. Unless resolv is "", argv also gets the
+// pod's own resolv.conf:
 // a pod here is a network namespace and shares the machine's files, so
 // each command gets a private mount namespace (unshare --mount, private
 // propagation: nothing leaks to the host) in which resolv is bind-mounted

@@ -92,7 +92,7 @@ type RedisAnswer struct {
 func ParseRedisAnswer(line string) (RedisAnswer, error) {
 	f := strings.SplitN(strings.TrimSpace(line), " ", 3)
 	if len(f) < 2 {
-		return RedisAnswer{}, fmt.Errorf("redis probe line %q: want <ns> ok|err ...", line)
+		return RedisAnswer{}, fmt.Errorf("redis probe line %q: want <ns> ok|err and the rest", line)
 	}
 	ns, err := strconv.ParseInt(f[0], 10, 64)
 	if err != nil {
