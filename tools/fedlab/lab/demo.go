@@ -280,7 +280,7 @@ func (d *Demo) redisGet(ctx context.Context, from Pod, want string) error {
 // clusters with local affinity, a real client in cluster a, its instance
 // withdrawn and restored.
 func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
-	redisA := d.Lab.Topo.RedisPods(a.Name)[0]
+	redisA := d.Lab.Topo.RedisPods(a.Name)
 	d.say("Redis across clusters: redis-server runs in the db pods of both clusters; each exports service %q (port %d, fedmesh.io/affinity: local) through its kube-apiserver", RedisService, RedisPort)
 	for _, c := range []Cluster{a, b} {
 		if err := d.Lab.ExportRedis(ctx, c.Name); err != nil {
@@ -304,12 +304,14 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 		return err
 	}
 
-	d.say("Kill %s's redis-server and mark it not ready in its EndpointSlice; fedctl wait until every node of %s enforces the withdrawal", a.Name, a.Name)
-	if err := d.Lab.Signal(RedisProc(redisA.Name), syscall.SIGKILL); err != nil {
-		return err
-	}
-	if err := d.Lab.SetRedisReady(ctx, redisA.Name, false); err != nil {
-		return err
+	d.say("Kill %s's redis-servers and mark them not ready in its EndpointSlices; fedctl wait until every node of %s enforces the withdrawal", a.Name, a.Name)
+	for _, p := range redisA {
+		if err := d.Lab.Signal(RedisProc(p.Name), syscall.SIGKILL); err != nil {
+			return err
+		}
+		if err := d.Lab.SetRedisReady(ctx, p.Name, false); err != nil {
+			return err
+		}
 	}
 	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, false)); err != nil {
 		return err
@@ -321,7 +323,7 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 	if _, err := d.fedctl(ctx, "wait", fmt.Sprint(rev), "--cluster", a.Name, "--wait-timeout", "20s"); err != nil {
 		return err
 	}
-	d.say("New connections now reach %s's instance (affinity local fails over when no local backend is ready)", b.Name)
+	d.say("New connections now reach %s's instances (affinity local fails over when no local backend is ready)", b.Name)
 	for range 3 {
 		if err := d.redisGet(ctx, client, b.Name); err != nil {
 			return err
@@ -331,12 +333,14 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 		return err
 	}
 
-	d.say("Restart %s's redis-server and mark it ready: new connections prefer the local instance again", a.Name)
-	if err := d.Lab.RestartRedis(ctx, redisA.Name); err != nil {
-		return err
-	}
-	if err := d.Lab.SetRedisReady(ctx, redisA.Name, true); err != nil {
-		return err
+	d.say("Restart %s's redis-servers and mark them ready: new connections prefer the local instances again", a.Name)
+	for _, p := range redisA {
+		if err := d.Lab.RestartRedis(ctx, p.Name); err != nil {
+			return err
+		}
+		if err := d.Lab.SetRedisReady(ctx, p.Name, true); err != nil {
+			return err
+		}
 	}
 	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, true), d.Lab.Topo.RedisReadyText(b.Name, true)); err != nil {
 		return err
