@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"context"
 	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/fedmesh/fedmesh/federation/services"
@@ -74,7 +75,7 @@ func DNSView(cat *services.Catalog) *dns.Services {
 	recs := make([]dns.ServiceRecord, 0, len(cat.Services))
 	for _, k := range slices.SortedFunc(maps.Keys(cat.Services), compareServiceKeys) {
 		s := cat.Services[k]
-		r := dns.ServiceRecord{Namespace: k.Namespace, Name: k.Name, Headless: s.Headless, ClusterSetIPs: s.IPs}
+		r := dns.ServiceRecord{Namespace: k.Namespace, Name: k.Name, Headless: s.Headless, ClusterSetIPs: answerableVIPs(s.IPs, s.Import)}
 		for _, p := range s.Ports {
 			dp := dns.Port{Name: p.Name, Protocol: p.Protocol, Number: p.Port}
 			if i := importPortIndex(s.Import, p); i >= 0 {
@@ -95,6 +96,37 @@ func DNSView(cat *services.Catalog) *dns.Services {
 		recs = append(recs, r)
 	}
 	return dns.NewServices(recs)
+}
+
+// answerableVIPs are the ClusterSetIPs DNS answers: those of a family some
+// exporting cluster has a backend address of, ready or not. The control
+// plane gives an import a VIP per family; a single-stack IPv4 service's
+// IPv6 VIP has no backend to translate to, and a client that tries AAAA
+// first would get a refused connection instead of the working IPv4 one.
+// A family whose backends are all down keeps its answer: failover is the
+// translation's business, not DNS's.
+func answerableVIPs(vips []netip.Addr, imp *fedmeshv1.ServiceImport) []netip.Addr {
+	var has4, has6 bool
+	note := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			has4, has6 = has4 || a.Unmap().Is4(), has6 || !a.Unmap().Is4()
+		}
+	}
+	for _, cb := range imp.GetClusters() {
+		for _, a := range cb.GetAddresses() {
+			note(a)
+		}
+		for _, b := range cb.GetEndpoints() {
+			note(b.GetAddress())
+		}
+	}
+	out := make([]netip.Addr, 0, len(vips))
+	for _, v := range vips {
+		if (v.Unmap().Is4() && has4) || (!v.Unmap().Is4() && has6) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // catalogOf builds the catalog of the view for cluster importer.

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -101,5 +103,24 @@ func TestServiceTableTranslatesEachVIPAndPortToTheChosenBackendsOfItsFamily(t *t
 				}
 			}
 		})
+	}
+}
+
+func TestDNSAnswersOnlyVIPsOfAFamilyTheServiceHasBackendsOf(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("100.127.0.7"), netip.MustParseAddr("fd00:fed:c5e7::7")
+	for _, tc := range []struct {
+		name     string
+		backends []*fedmeshv1.ServiceBackend
+		want     []netip.Addr
+	}{
+		{"IPv4 only: no AAAA for the IPv6 VIP", []*fedmeshv1.ServiceBackend{{Address: "10.1.0.5", Ready: true}}, []netip.Addr{v4}},
+		{"dual-stack: both", []*fedmeshv1.ServiceBackend{{Address: "10.1.0.5", Ready: true}, {Address: "fd00:10:1::5", Ready: true}}, []netip.Addr{v4, v6}},
+		{"IPv6 only", []*fedmeshv1.ServiceBackend{{Address: "fd00:10:1::5"}}, []netip.Addr{v6}},
+		{"every backend down keeps its family's answer", []*fedmeshv1.ServiceBackend{{Address: "10.1.0.5", Ready: false}}, []netip.Addr{v4}},
+	} {
+		imp := &fedmeshv1.ServiceImport{Clusters: []*fedmeshv1.ClusterBackends{{Cluster: "a", Endpoints: tc.backends}}}
+		if got := answerableVIPs([]netip.Addr{v4, v6}, imp); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
