@@ -419,3 +419,41 @@ func TestEveryRenderedObjectPassesServerSideDryRun(t *testing.T) {
 		t.Errorf("after dry-run, DaemonSet fedmesh-agent: err = %v, want NotFound", err)
 	}
 }
+
+// TestAgentServiceTranslationAndDNSAreOptIn: by default the agent neither
+// translates ClusterSetIPs nor mounts the host's cgroup tree; with
+// agent.services.cgroup it mounts /sys/fs/cgroup read-only and attaches
+// there, and agent.dns.* run the node-local resolver.
+func TestAgentServiceTranslationAndDNSAreOptIn(t *testing.T) {
+	agentOf := func(out string) appsv1.DaemonSet {
+		var ds appsv1.DaemonSet
+		find(t, objects(t, out), "DaemonSet", "fedmesh-agent", &ds)
+		return ds
+	}
+	out, err := render(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := agentOf(out)
+	if args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "--service-cgroup") || strings.Contains(args, "--dns-listen") {
+		t.Errorf("default agent args %q translate services or serve DNS", args)
+	}
+	if v := volume(ds.Spec.Template.Spec, "host-cgroup"); v.HostPath != nil {
+		t.Errorf("default agent mounts the host cgroup tree: %+v", v)
+	}
+	out, err = render(t, "--set", "agent.services.cgroup=/sys/fs/cgroup/kubepods.slice", "--set", "agent.dns.listen=169.254.20.10:53",
+		"--set", "agent.dns.upstream=10.96.0.10:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds = agentOf(out)
+	args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " ")
+	for _, want := range []string{"--service-cgroup=/host-cgroup/kubepods.slice", "--dns-listen=169.254.20.10:53", "--dns-upstream=10.96.0.10:53"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("agent args %q lack %s", args, want)
+		}
+	}
+	if v := volume(ds.Spec.Template.Spec, "host-cgroup"); v.HostPath == nil || v.HostPath.Path != "/sys/fs/cgroup" {
+		t.Errorf("host-cgroup volume %+v: want hostPath /sys/fs/cgroup", v)
+	}
+}
