@@ -220,35 +220,12 @@ func (s *SockLB) load() error {
 // socket translated before loses its reverse entry (its peer shows the
 // backend) and its UDP affinity (it chooses again), counters restart. The
 // frontends and backend sets are the table in force and keep their layout.
-var svcSoftState = []string{"fm_sock_rev", "fm_sock_aff", "fm_svc_stats"}
+var svcSoftState = map[string]bool{"fm_sock_rev": true, "fm_sock_aff": true, "fm_svc_stats": true}
 
 // replaceIncompatibleSocketState removes the pins of soft-state maps whose
 // layout differs from spec, so that loading creates them afresh.
 func replaceIncompatibleSocketState(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) error {
-	for _, name := range svcSoftState {
-		path := filepath.Join(dir, name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", path, err)
-		}
-		err = spec.Maps[name].Compatible(m)
-		m.Close()
-		if err == nil {
-			continue
-		}
-		if !errors.Is(err, ebpf.ErrMapIncompatible) {
-			return fmt.Errorf("check pinned map %s: %w", path, err)
-		}
-		log.Warn("replacing a pinned service translation map an incompatible version left; its state is lost",
-			"map", path, "difference", err)
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove incompatible pinned map %s: %w", path, err)
-		}
-	}
-	return nil
+	return replaceIncompatibleSoftState(spec, dir, svcSoftState, log)
 }
 
 // recover reads back what the pinned maps hold (a previous agent's table),

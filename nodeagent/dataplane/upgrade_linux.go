@@ -27,8 +27,16 @@ var softState = map[string]bool{"fm_ct4": true, "fm_ct6": true, "fm_frag": true,
 // type, key, value, size or flags differ from spec, so that loading creates
 // them afresh. Other incompatible pins are left for the load to report.
 func replaceIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) error {
+	return replaceIncompatibleSoftState(spec, dir, softState, log)
+}
+
+// replaceIncompatibleSoftState removes the pins in dir of the maps named
+// in soft whose layout differs from spec (the policy program's and the
+// service translation's soft state alike): what they held is lost, and
+// loading creates them afresh.
+func replaceIncompatibleSoftState(spec *ebpf.CollectionSpec, dir string, soft map[string]bool, log *slog.Logger) error {
 	for name, ms := range spec.Maps {
-		if ms.Pinning != ebpf.PinByName || !softState[name] {
+		if ms.Pinning != ebpf.PinByName || !soft[name] {
 			continue
 		}
 		path := filepath.Join(dir, name)

@@ -2,41 +2,15 @@ package cli
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
-	"github.com/fedmesh/fedmesh/controlplane/auth/ca"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
-
-func (p *tlsPlane) conn(t *testing.T, pr auth.Principal) *grpc.ClientConn {
-	t.Helper()
-	certPEM, keyPEM, err := p.ca.Issue(ca.Leaf{ID: pr.URI(), Usage: ca.UsageClient, Lifetime: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := auth.NewCertificate(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := auth.CAPool(filepath.Join(p.dir, ca.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(credentials.NewTLS(auth.ClientTLS(roots, cert))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
 
 // TestPolicyRecommendFromObservedFlows: flows of namespace demo in the
 // replica's flow store become policies that fedctl policy apply takes, and
@@ -66,7 +40,7 @@ func TestPolicyRecommendFromObservedFlows(t *testing.T) {
 			ep.Cluster, ep.Namespace, ep.Node = c, "demo", "n1"
 			ep.NamespaceLabels = map[string]string{"kubernetes.io/metadata.name": "demo"}
 		}
-		if _, err := fedmeshv1.NewEndpointServiceClient(p.conn(t, auth.Syncer(c))).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: c, Endpoints: eps}); err != nil {
+		if _, err := fedmeshv1.NewEndpointServiceClient(planeConn(t, p, auth.Syncer(c))).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: c, Endpoints: eps}); err != nil {
 			t.Fatalf("publish %s's pods: %v", c, err)
 		}
 	}
