@@ -110,8 +110,13 @@ func validateBGP(p *field.Path, b *fedmeshv1.BGPSettings) field.ErrorList {
 			seen[a] = i
 		}
 		errs = append(errs, validASN(pp.Child("asn"), peer.GetAsn())...)
-		if len(peer.GetPassword()) > 80 {
-			errs = append(errs, field.TooLong(pp.Child("password"), "", 80))
+		if peer.GetPassword() != "" {
+			// The Cluster object is read by every agent and admin: a
+			// password in it is a secret in clear in the store. Clusters
+			// stored with one by an older version keep their sessions;
+			// a write must move it to a peer object's reference.
+			errs = append(errs, field.Forbidden(pp.Child("password"),
+				"the control plane stores no BGP password in clear: leave it out here and give the peer's password by reference with a BGP peer object (fedctl bgp peer apply: password.file on the node, or password.secret in the member cluster)"))
 		}
 		hold, ka := peer.GetHoldTimeSeconds(), peer.GetKeepaliveSeconds()
 		if hold != 0 && (hold < 3 || hold > 65535) {

@@ -174,7 +174,7 @@ func TestBadInputNamesFieldAndReason(t *testing.T) {
 		{"BGP hold time 2", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].HoldTimeSeconds = 2 }), "cluster.bgp.peers[0].holdTimeSeconds", field.ErrorTypeInvalid, "RFC 4271"},
 		{"BGP keepalive >= hold", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].KeepaliveSeconds = 9 }), "cluster.bgp.peers[0].keepaliveSeconds", field.ErrorTypeInvalid, "less than the hold time"},
 		{"BGP port 65536", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Port = 65536 }), "cluster.bgp.peers[0].port", field.ErrorTypeInvalid, "between 1 and 65535"},
-		{"BGP MD5 password too long", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Password = strings.Repeat("p", 81) }), "cluster.bgp.peers[0].password", field.ErrorTypeTooLong, ""},
+		{"BGP MD5 password in clear", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Peers[0].Password = "s3cret" }), "cluster.bgp.peers[0].password", field.ErrorTypeForbidden, "stores no BGP password in clear"},
 		{"BGP bad community", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.UnhealthyCommunity = "65536:1" }), "cluster.bgp.unhealthyCommunity", field.ErrorTypeInvalid, "between 0 and 65535"},
 		{"BGP graceful restart too long", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.GracefulRestartSeconds = 5000 }), "cluster.bgp.gracefulRestartSeconds", field.ErrorTypeInvalid, "4095"},
 		{"BGP peers while disabled", cluster(func(c *fedmeshv1.Cluster) { c.Bgp.Enabled = false }), "cluster.bgp.enabled", field.ErrorTypeInvalid, "not enabled"},

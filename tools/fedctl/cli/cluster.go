@@ -148,7 +148,7 @@ Pod CIDRs overlapping another cluster's are rejected.`,
 	f.StringSliceVar(&svcCIDRs, "service-cidr", nil, "service CIDR (one per family)")
 	f.StringSliceVar(&lbls, "label", nil, "cluster label key=value, matched by federated policies' cluster selectors")
 	f.Uint32Var(&bgpASN, "bgp-asn", 0, "ASN of the cluster's node speakers (enables BGP)")
-	f.StringSliceVar(&bgpPeers, "bgp-peer", nil, "ToR peer ADDRESS:ASN[:MD5-PASSWORD] (IPv6 as [ADDR]:ASN)")
+	f.StringSliceVar(&bgpPeers, "bgp-peer", nil, "ToR peer ADDRESS:ASN (IPv6 as [ADDR]:ASN); give an MD5 password by reference with a BGP peer object (fedctl bgp peer apply), never here")
 	f.Uint32Var(&grSeconds, "graceful-restart", 120, "BGP graceful-restart time in seconds (0 disables)")
 	f.StringVar(&unhealthyCommunity, "unhealthy-community", "", "community attached instead of withdrawing when a node is unhealthy (ASN:VALUE)")
 	f.BoolVar(&wg, "wireguard", false, "tunnel to other clusters' nodes over WireGuard")
