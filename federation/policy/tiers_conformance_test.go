@@ -167,6 +167,24 @@ func TestTiersConformanceTable(t *testing.T) {
 					w.put(t, ep)
 				}
 			}
+		case "namedport":
+			// namedport C/NS/POD NAME:PORT/PROTO: a container port of an
+			// existing pod, as upstream's pods declare web (80/TCP) and
+			// dns (53/UDP).
+			parts := strings.Split(fields[1], "/")
+			ep := w.eps[EndpointKey{parts[0], parts[1], parts[2]}]
+			if ep == nil {
+				t.Fatalf("line %d: unknown endpoint %s", lineNo, fields[1])
+			}
+			name, rest, _ := strings.Cut(fields[2], ":")
+			num, proto, _ := strings.Cut(rest, "/")
+			n, err := strconv.Atoi(num)
+			if err != nil {
+				t.Fatalf("line %d: named port: %v", lineNo, err)
+			}
+			ep.NamedPorts = append(ep.NamedPorts, &fedmeshv1.NamedPort{Name: name, Port: uint32(n),
+				Protocol: fedmeshv1.Protocol(fedmeshv1.Protocol_value["PROTOCOL_"+strings.ToUpper(proto)])})
+			w.put(t, ep)
 		case "nslabel":
 			parts := strings.Split(fields[1], "/")
 			k, v := parseKV(fields[2])
