@@ -54,6 +54,22 @@ func ruleLabel(r TierRule) string {
 	return "[" + strconv.Itoa(r.Index) + "]"
 }
 
+// upstreamTierTests are the ShortNames of every network-policy-api
+// conformance test (conformance/tests) of the Admin and Baseline tiers and
+// their NetworkPolicy integration; testdata/tiers.txt mirrors each one.
+var upstreamTierTests = []string{
+	"CNPAdminTierIntegration", "CNPAdminTierPriorityField", "CNPAdminTierGress",
+	"CNPAdminTierIngressTCP", "CNPAdminTierIngressUDP", "CNPAdminTierIngressSCTP",
+	"CNPAdminTierEgressTCP", "CNPAdminTierEgressUDP", "CNPAdminTierEgressSCTP",
+	"CNPAdminTierEgressInlineCIDRPeers", "CNPAdminTierIngressNamedPort",
+	"CNPAdminTierEgressNamedPort", "CNPAdminTierEgressNodePeers",
+	"CNPBaselineTierGress",
+	"CNPBaselineTierIngressTCP", "CNPBaselineTierIngressUDP", "CNPBaselineTierIngressSCTP",
+	"CNPBaselineTierEgressTCP", "CNPBaselineTierEgressUDP", "CNPBaselineTierEgressSCTP",
+	"CNPBaselineTierEgressInlineCIDRPeers", "CNPBaselineTierIngressNamedPort",
+	"CNPBaselineTierEgressNamedPort", "CNPBaselineTierEgressNodePeers",
+}
+
 // TestTiersConformanceTable runs testdata/tiers.txt: each row's verdict,
 // and the deciders it names, must match Tiers.Explain.
 func TestTiersConformanceTable(t *testing.T) {
@@ -71,6 +87,7 @@ func TestTiersConformanceTable(t *testing.T) {
 		heredoc           []string
 		inDoc             bool
 		docKind, docClust string
+		cited             = map[string]bool{}
 	)
 	for sc.Scan() {
 		lineNo++
@@ -199,6 +216,10 @@ func TestTiersConformanceTable(t *testing.T) {
 				t.Fatalf("line %d: row without a cite comment", lineNo)
 			}
 			rows++
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(comment), "upstream "); ok {
+				name, _, _ := strings.Cut(rest, ":")
+				cited[name] = true
+			}
 			w.e.Recompute()
 			checkTierRow(t, w, tiers, lineNo, caseName, fields[1:])
 		default:
@@ -211,8 +232,13 @@ func TestTiersConformanceTable(t *testing.T) {
 	if inDoc {
 		t.Fatalf("unterminated heredoc at end of file")
 	}
-	if rows < 100 {
-		t.Fatalf("tiers table has %d rows, want at least 100", rows)
+	if rows < 350 {
+		t.Fatalf("tiers table has %d rows, want at least 350", rows)
+	}
+	for _, name := range upstreamTierTests {
+		if !cited[name] {
+			t.Errorf("no row cites upstream conformance test %s", name)
+		}
 	}
 	t.Logf("%d tier rows passed", rows)
 }
