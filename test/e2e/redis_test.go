@@ -49,42 +49,21 @@ func waitRedis(t testing.TB, ctx context.Context, l *lab.Lab, pod, want string, 
 	t.Fatalf("new connections from %s to %s:%d do not reach %s within %s: last %s", pod, lab.RedisName, lab.RedisPort, want, d, last)
 }
 
-// loseCluster kills everything of a cluster's control: the supervisor of
-// its kube-apiserver and etcd with its syncer, and every agent.
+// loseCluster kills everything of a cluster's control: its kube-apiserver
+// with etcd and its syncer, and every agent.
 func loseCluster(t testing.TB, l *lab.Lab, c lab.Cluster) {
 	t.Helper()
-	names := []string{"kube-" + c.Name}
-	for _, n := range c.Nodes {
-		names = append(names, "agent-"+n.Name)
-	}
-	// The supervisor's group holds the syncer; etcd and kube-apiserver
-	// die with it (parent-death signal).
-	for _, name := range names {
-		if err := l.Kill(name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, name := range names {
-		for l.Alive(name) {
-			time.Sleep(10 * time.Millisecond)
-		}
+	if err := l.LoseCluster(context.Background(), c.Name); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// restoreCluster starts a lost cluster again: its API (the lab re-exports
-// redis there), its syncer and agents.
+// restoreCluster starts a lost cluster again: its API (the lab exports
+// again what it had exported there), its syncer and agents.
 func restoreCluster(t testing.TB, ctx context.Context, l *lab.Lab, c lab.Cluster) {
 	t.Helper()
-	if err := l.Restart("kube-" + c.Name); err != nil {
+	if err := l.RestoreCluster(ctx, c.Name, 2*time.Minute); err != nil {
 		t.Fatal(err)
-	}
-	for _, n := range c.Nodes {
-		if err := l.Restart("agent-" + n.Name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := l.WaitEnforced(ctx, 2*time.Minute); err != nil {
-		t.Fatalf("cluster %s back: %v", c.Name, err)
 	}
 }
 

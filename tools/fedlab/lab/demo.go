@@ -23,7 +23,10 @@ import (
 // imported in the other, and Redis across clusters: a real client reaching
 // its local instance through the node-local DNS and the ClusterSetIP,
 // failing over to the other cluster's when the local one is killed and
-// withdrawn (fedctl wait shows the withdrawal enforced), and back. The
+// withdrawn (fedctl wait shows the withdrawal enforced), and back; then the
+// whole of the other cluster lost (its API, syncer and agents), an
+// application's open connection to it failing over, and the cluster
+// re-admitted when it returns. The
 // demo's federated policy selects only the api pods and is deleted before
 // the Redis step, so nothing in it stands between the client and the db
 // pods. It fails on the first step that does not behave.
@@ -332,6 +335,16 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 	if _, err := d.fedctl(ctx, "service", "get", "demo/"+RedisService, "--cluster", a.Name); err != nil {
 		return err
 	}
+	// An application's client keeps one connection open from now on; it
+	// lands on cluster b's instance, the only one ready.
+	app, err := d.Lab.StartRedisClient(ctx, client.Name, 50*time.Millisecond, false)
+	if err != nil {
+		return err
+	}
+	defer app.Stop()
+	if _, err := d.appAnswer(app, client, b.Name, 10*time.Second); err != nil {
+		return err
+	}
 
 	d.say("Restart %s's redis-servers and mark them ready: new connections prefer the local instances again", a.Name)
 	for _, p := range redisA {
@@ -345,12 +358,118 @@ func (d *Demo) redis(ctx context.Context, a, b Cluster, client Pod) error {
 	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(a.Name, true), d.Lab.Topo.RedisReadyText(b.Name, true)); err != nil {
 		return err
 	}
-	return d.redisGet(ctx, client, a.Name)
+	if err := d.redisGet(ctx, client, a.Name); err != nil {
+		return err
+	}
+	drainAnswers(app)
+	if _, err := d.appAnswer(app, client, b.Name, 2*time.Second); err != nil {
+		return err
+	}
+	return d.loseCluster(ctx, a, b, app, client)
+}
+
+// loseCluster is the tour's site-loss step: the whole of cluster b's
+// control goes (kube-apiserver, etcd, syncer, agents); the application's
+// connection to b's instance fails over to a's, the control plane marks b
+// unreachable, and re-admits it when it comes back.
+func (d *Demo) loseCluster(ctx context.Context, a, b Cluster, app *RedisClient, client Pod) (err error) {
+	d.say("Lose the whole of %s: kill its kube-apiserver (with etcd and its fedmesh-syncer) and every fedmesh-agent, as a lost site", b.Name)
+	drainAnswers(app)
+	lost := time.Now()
+	if err := d.Lab.LoseCluster(ctx, b.Name); err != nil {
+		return err
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			// Leave the lab whole for whoever looks at the failure.
+			err = errors.Join(err, d.Lab.RestoreCluster(context.WithoutCancel(ctx), b.Name, 2*time.Minute))
+		}
+	}()
+	ans, err := d.appAnswer(app, client, a.Name, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.Out, "    the application's client failed over to %s %s in %s\n", ans.Cluster, ans.Pod, ans.At.Sub(lost).Round(time.Millisecond))
+	if err := d.waitImport(ctx, a.Name, d.Lab.Topo.RedisReadyText(b.Name, true)+"!unreachable"); err != nil {
+		return err
+	}
+	if _, err := d.fedctl(ctx, "cluster", "list"); err != nil {
+		return err
+	}
+	if err := d.redisGet(ctx, client, a.Name); err != nil {
+		return err
+	}
+
+	d.say("%s comes back (kube-apiserver, syncer, agents restarted): the control plane re-admits it", b.Name)
+	if err := d.Lab.RestoreCluster(ctx, b.Name, 2*time.Minute); err != nil {
+		return err
+	}
+	restored = true
+	// The lab's apiserver keeps no data across a restart: its supervisor
+	// exports redis and the tour's api service again, and both imports
+	// come back whole.
+	apis := 0
+	for _, n := range b.Nodes {
+		for _, p := range n.Pods {
+			if p.Labels["app"] == "api" {
+				apis++
+			}
+		}
+	}
+	apiText := fmt.Sprintf("%s(%d/%d)", b.Name, apis, apis)
+	if err := d.waitImportWithout(ctx, a.Name, "unreachable", apiText, d.Lab.Topo.RedisReadyText(a.Name, true), d.Lab.Topo.RedisReadyText(b.Name, true)); err != nil {
+		return err
+	}
+	if _, err := d.fedctl(ctx, "cluster", "list"); err != nil {
+		return err
+	}
+	_, err = d.fedctl(ctx, "service", "get", "demo/"+RedisService, "--cluster", a.Name)
+	return err
+}
+
+// appAnswer waits for the application client's next answer from cluster
+// want (errors and answers from elsewhere are skipped) and prints it.
+func (d *Demo) appAnswer(app *RedisClient, client Pod, want string, timeout time.Duration) (RedisAnswer, error) {
+	deadline := time.After(timeout)
+	var last RedisAnswer
+	for {
+		select {
+		case a, ok := <-app.Answers:
+			if !ok {
+				return last, fmt.Errorf("the application's redis client in %s ended; last answer %+v", client.Name, last)
+			}
+			last = a
+			if a.OK && a.Cluster == want {
+				fmt.Fprintf(d.Out, "    %s -> %s:%d (the application's open connection): %s (pod %s)\n", client.Name, RedisName, RedisPort, a.Cluster, a.Pod)
+				return a, nil
+			}
+		case <-deadline:
+			return last, fmt.Errorf("the application's redis client in %s: no answer from %s within %s; last %+v", client.Name, want, timeout, last)
+		}
+	}
+}
+
+// drainAnswers drops the answers the client gave so far.
+func drainAnswers(c *RedisClient) {
+	for {
+		select {
+		case <-c.Answers:
+		default:
+			return
+		}
+	}
 }
 
 // waitImport waits until `fedctl service imports --cluster importer` shows
 // every want substring, then prints it.
 func (d *Demo) waitImport(ctx context.Context, importer string, want ...string) error {
+	return d.waitImportWithout(ctx, importer, "", want...)
+}
+
+// waitImportWithout is waitImport that also waits for without ("":
+// nothing) to be gone.
+func (d *Demo) waitImportWithout(ctx context.Context, importer, without string, want ...string) error {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var out string
@@ -363,6 +482,9 @@ func (d *Demo) waitImport(ctx context.Context, importer string, want ...string) 
 			if !strings.Contains(out, w) {
 				return fmt.Errorf("no %s yet", w)
 			}
+		}
+		if without != "" && strings.Contains(out, without) {
+			return fmt.Errorf("still %s", without)
 		}
 		return nil
 	})

@@ -127,8 +127,8 @@ func RunKubeCluster(ctx context.Context, st *State, cluster, dir string, log *sl
 	if err != nil {
 		return err
 	}
-	err = waitFor(sctx, "the redis export of "+cluster+" again", func() error {
-		return reexportRedis(sctx, kube.Clientset(), mcs, topo, StateDir(topo.Name), cluster)
+	err = waitFor(sctx, "the service exports of "+cluster+" again", func() error {
+		return reexport(sctx, kube.Clientset(), mcs, topo, StateDir(topo.Name), cluster)
 	})
 	if err != nil {
 		return err

@@ -54,6 +54,13 @@ func ExportService(ctx context.Context, st *State, cluster, app string) error {
 	if err != nil {
 		return err
 	}
+	if err := applyServiceExport(ctx, cs, mcs, topo, cluster, app); err != nil {
+		return err
+	}
+	return os.WriteFile(exportMarker(StateDir(topo.Name), cluster, app), nil, 0o600)
+}
+
+func applyServiceExport(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, topo *Topology, cluster, app string) error {
 	ns := "demo"
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: app}, Spec: corev1.ServiceSpec{
 		Selector: map[string]string{"app": app},

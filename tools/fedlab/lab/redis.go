@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -150,13 +149,15 @@ func (l *Lab) KubeClients(cluster string) (kubernetes.Interface, mcsclient.Inter
 	return cs, mcs, err
 }
 
-// exportedMarker records that a cluster exports redis, so its supervisor
-// exports it again when the cluster's API comes back after a loss (the
-// lab's apiserver keeps no data across a restart; a real cluster's etcd
-// would).
-func exportedMarker(dir, cluster string) string {
-	return filepath.Join(dir, "kube-"+cluster, "exports-redis")
+// exportMarker records that the lab exported a service from a cluster, so
+// the cluster's supervisor exports it again when the cluster's API comes
+// back after a loss (the lab's apiserver keeps no data across a restart; a
+// real cluster's etcd would).
+func exportMarker(dir, cluster, service string) string {
+	return filepath.Join(dir, "kube-"+cluster, exportMarkerPrefix+service)
 }
+
+const exportMarkerPrefix = "exports-"
 
 // ExportRedis exports service redis from one cluster through its
 // kube-apiserver, as a user would: the Service (port 6379 selecting the db
@@ -170,7 +171,7 @@ func (l *Lab) ExportRedis(ctx context.Context, cluster string) error {
 	if err := applyRedisExport(ctx, cs, mcs, l.Topo, cluster); err != nil {
 		return err
 	}
-	return os.WriteFile(exportedMarker(l.Dir, cluster), nil, 0o600)
+	return os.WriteFile(exportMarker(l.Dir, cluster, RedisService), nil, 0o600)
 }
 
 func applyRedisExport(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, topo *Topology, cluster string) error {
@@ -263,13 +264,25 @@ func redisSlice(fam int) string {
 	return RedisService + "-lab"
 }
 
-// reexportRedis exports redis again in a cluster whose supervisor
-// restarted, when the lab had exported it.
-func reexportRedis(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, topo *Topology, dir, cluster string) error {
-	if _, err := os.Stat(exportedMarker(dir, cluster)); errors.Is(err, os.ErrNotExist) {
-		return nil
+// reexport exports again, in a cluster whose supervisor restarted, every
+// service the lab had exported there (redis and the demo's app services).
+func reexport(ctx context.Context, cs kubernetes.Interface, mcs mcsclient.Interface, topo *Topology, dir, cluster string) error {
+	markers, err := filepath.Glob(exportMarker(dir, cluster, "*"))
+	if err != nil {
+		return err
 	}
-	return applyRedisExport(ctx, cs, mcs, topo, cluster)
+	for _, m := range markers {
+		svc := strings.TrimPrefix(filepath.Base(m), exportMarkerPrefix)
+		if svc == RedisService {
+			err = applyRedisExport(ctx, cs, mcs, topo, cluster)
+		} else {
+			err = applyServiceExport(ctx, cs, mcs, topo, cluster, svc)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // NodeDNS is the node-local resolver's address on every lab node (the
