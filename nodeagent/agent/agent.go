@@ -620,6 +620,11 @@ func (a *Agent) status(ctx context.Context) *fedmeshv1.NodeStatus {
 		}
 		st.BgpProblems = a.deps.BGP.Problems()
 	}
+	if a.deps.Services != nil {
+		if ss, err := a.deps.Services.ServiceStatus(sctx); err == nil {
+			st.ServiceProblems = serviceProblems(ss.Truncated)
+		}
+	}
 	if a.deps.WireGuard != nil {
 		if ps, err := a.deps.WireGuard.Status(sctx); err == nil {
 			st.WireguardPeers = ps

@@ -225,7 +225,7 @@ func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harnes
 	}
 	t.Cleanup(func() { cl.Close() })
 	cl.CallTimeout = time.Second
-	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}, faults: faults, svc: &svcRecorder{}, dns: &dnsRecorder{}}
+	h := &harness{dp: newRecorder(), routes: &routes{m: map[netip.Addr]string{}}, bgp: &bgpRec{}, client: cl, logs: &logRecorder{}, faults: faults, svc: newSvcRecorder(), dns: &dnsRecorder{}}
 	cfg := agent.Config{
 		Cluster: myClust, Node: self, UnderlayIP: netip.MustParseAddr("198.18.0.1"), PodCIDRs: []string{"10.0.0.0/24"},
 		DataplaneName: "memory", Tick: 20 * time.Millisecond, StatusInterval: 100 * time.Millisecond,

@@ -66,9 +66,13 @@ type Dataplane interface {
 // block on kernel I/O; it must not call back into the agent. ApplyServices
 // is all or nothing: on error the previous table stays in force, the agent
 // does not report the revision as enforced and retries on the next tick.
-// The agent never changes a table it handed over.
+// The agent never changes a table it handed over. A table that does not fit
+// the translation's maps is applied with what fits (nil error);
+// ServiceStatus then lists the truncated frontends, which the agent reports
+// in its node status. ServiceStatus is called from the report goroutine.
 type Services interface {
 	ApplyServices(ctx context.Context, t *dataplane.ServiceTable) error
+	ServiceStatus(ctx context.Context) (dataplane.ServiceStatus, error)
 }
 
 // DNS is the node-local resolver's view port (nodeagent/dns's Server

@@ -9,6 +9,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -193,4 +194,24 @@ func (a *Agent) syncServices(ctx context.Context) bool {
 	a.catalog.Store(cat)
 	a.svcDirty = false
 	return true
+}
+
+// serviceProblems renders the frontends the translation serves with fewer
+// backends than listed, one line each, for the node status: which service
+// and frontend, how many backends fit, and why (the fix is in the reason:
+// larger maps, or a valid backend).
+func serviceProblems(trunc []dataplane.ServiceTruncation) []string {
+	if len(trunc) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(trunc))
+	for _, t := range trunc {
+		proto := map[uint8]string{6: "TCP", 17: "UDP", 132: "SCTP"}[t.Key.Protocol]
+		if proto == "" {
+			proto = fmt.Sprintf("proto-%d", t.Key.Protocol)
+		}
+		out = append(out, fmt.Sprintf("service %s/%s %s/%s truncated: %d of %d backends loaded (%s)",
+			t.Namespace, t.Name, netip.AddrPortFrom(t.Key.VIP, t.Key.Port), proto, t.Loaded, t.Listed, t.Reason))
+	}
+	return out
 }

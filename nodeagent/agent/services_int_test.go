@@ -3,7 +3,11 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,22 +22,47 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// svcRecorder is the Services port: it keeps the last table it accepted
-// and can be told to fail.
+// svcRecorder is the Services port: it keeps the last table it accepted,
+// can be told to fail, and loads what it accepts into the translation's
+// in-memory twin, whose capacity limits a test can set (ServiceStatus is
+// the twin's).
 type svcRecorder struct {
 	mu   sync.Mutex
 	last *dataplane.ServiceTable
 	fail error
+	tr   *dataplane.SockLBMemory
 }
 
-func (s *svcRecorder) ApplyServices(_ context.Context, t *dataplane.ServiceTable) error {
+func newSvcRecorder() *svcRecorder {
+	return &svcRecorder{tr: dataplane.NewSockLBMemory(dataplane.ServiceLimits{}, rand.Uint32)}
+}
+
+func (s *svcRecorder) ApplyServices(ctx context.Context, t *dataplane.ServiceTable) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail != nil {
 		return s.fail
 	}
+	if err := s.tr.ApplyServices(ctx, t); err != nil {
+		return err
+	}
 	s.last = t
 	return nil
+}
+
+func (s *svcRecorder) ServiceStatus(ctx context.Context) (dataplane.ServiceStatus, error) {
+	s.mu.Lock()
+	tr := s.tr
+	s.mu.Unlock()
+	return tr.ServiceStatus(ctx)
+}
+
+// setLimits swaps in an empty twin with these limits; the agent's next
+// table loads into it.
+func (s *svcRecorder) setLimits(lim dataplane.ServiceLimits) {
+	s.mu.Lock()
+	s.tr = dataplane.NewSockLBMemory(lim, rand.Uint32)
+	s.mu.Unlock()
 }
 
 func (s *svcRecorder) table() *dataplane.ServiceTable {
@@ -202,4 +231,45 @@ func TestAgentTranslatesClusterSetIPsWithAffinityAndFailover(t *testing.T) {
 	}
 	beat()
 	eventually(t, "b re-admitted by its next heartbeat", func() bool { _, bs := backendsOf(); return same(bs, "10.1.0.20@b") })
+}
+
+// A service with more backends than the translation's maps hold is served
+// with those that fit and reported in the node's status, naming the
+// service; once it fits again the report clears.
+func TestAgentReportsServicesTheTranslationTruncates(t *testing.T) {
+	f := startFed(t, inproc.Options{})
+	f.seed()
+	h := startAgent(t, f.cp.Addrs(), nil)
+	h.svc.setLimits(dataplane.ServiceLimits{BackendsPerFrontend: 2})
+	f.waitRegistered()
+
+	problems := func() []string {
+		n, err := f.node()
+		if err != nil {
+			return nil
+		}
+		return n.GetStatus().GetServiceProblems()
+	}
+	backends := func(n int) []*fedmeshv1.ServiceBackend {
+		var out []*fedmeshv1.ServiceBackend
+		for i := range n {
+			out = append(out, &fedmeshv1.ServiceBackend{Address: fmt.Sprintf("10.0.0.%d", 10+i), Node: self, Ready: true})
+		}
+		return out
+	}
+
+	rev := f.exportRedis("a", backends(3)...)
+	eventually(t, "three backends enforced", enforcedAt(h, rev))
+	eventually(t, "the truncated redis frontend in the node status", func() bool {
+		ps := problems()
+		return len(ps) == 1 && strings.Contains(ps[0], "demo/redis") && strings.Contains(ps[0], ":6379/TCP") &&
+			strings.Contains(ps[0], "2 of 3 backends loaded") && strings.Contains(ps[0], dataplane.TruncPerFrontend)
+	})
+	if tb := h.svc.table(); tb == nil || !slices.ContainsFunc(tb.Frontends, func(fe dataplane.ServiceFrontend) bool { return len(fe.Backends) == 3 }) {
+		t.Fatalf("the agent's table lists %v; want the import's three backends (the translation truncates, not the agent)", tb)
+	}
+
+	rev = f.exportRedis("a", backends(2)...)
+	eventually(t, "two backends enforced", enforcedAt(h, rev))
+	eventually(t, "no service problem once redis fits", func() bool { return len(problems()) == 0 })
 }

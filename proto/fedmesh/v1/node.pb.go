@@ -238,9 +238,15 @@ type NodeStatus struct {
 	// BgpProblems are what the agent could not resolve of the BGP peers that
 	// select the node (conflicting addresses, a bad ASN label, an unreadable
 	// password file); the sessions concerned are left out.
-	BgpProblems   []string `protobuf:"bytes,9,rep,name=bgp_problems,json=bgpProblems,proto3" json:"bgp_problems,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BgpProblems []string `protobuf:"bytes,9,rep,name=bgp_problems,json=bgpProblems,proto3" json:"bgp_problems,omitempty"`
+	// ServiceProblems name the imported services the node's ClusterSetIP
+	// translation serves with fewer backends than the import lists (its maps
+	// are full, or a backend is invalid): one line per frontend, saying how
+	// many backends were loaded and why. Those services are served with the
+	// backends that fit.
+	ServiceProblems []string `protobuf:"bytes,10,rep,name=service_problems,json=serviceProblems,proto3" json:"service_problems,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -332,6 +338,13 @@ func (x *NodeStatus) GetMessage() string {
 func (x *NodeStatus) GetBgpProblems() []string {
 	if x != nil {
 		return x.BgpProblems
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetServiceProblems() []string {
+	if x != nil {
+		return x.ServiceProblems
 	}
 	return nil
 }
@@ -1262,7 +1275,7 @@ const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\x06labels\x18\t \x03(\v2\x1c.fedmesh.v1.Node.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x03\n" +
 	"\n" +
 	"NodeStatus\x12+\n" +
 	"\x11enforced_revision\x18\x01 \x01(\x04R\x10enforcedRevision\x12;\n" +
@@ -1274,7 +1287,9 @@ const file_fedmesh_v1_node_proto_rawDesc = "" +
 	"\x0fwireguard_peers\x18\x06 \x03(\v2\x1f.fedmesh.v1.WireGuardPeerStatusR\x0ewireguardPeers\x12'\n" +
 	"\x0flocal_endpoints\x18\a \x01(\rR\x0elocalEndpoints\x12\x18\n" +
 	"\amessage\x18\b \x01(\tR\amessage\x12!\n" +
-	"\fbgp_problems\x18\t \x03(\tR\vbgpProblems\"\xc3\x02\n" +
+	"\fbgp_problems\x18\t \x03(\tR\vbgpProblems\x12)\n" +
+	"\x10service_problems\x18\n" +
+	" \x03(\tR\x0fserviceProblems\"\xc3\x02\n" +
 	"\rBGPPeerStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x10\n" +
 	"\x03asn\x18\x02 \x01(\rR\x03asn\x121\n" +
