@@ -274,7 +274,7 @@ func clusterDeleteCmd(g *globals) *cobra.Command {
 func clusterStatusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status [NAME]",
-		Short: "Show every node: the revision it enforces, its BGP sessions and WireGuard peers",
+		Short: "Show every node: the revision it enforces, its BGP sessions, WireGuard peers and service translation problems",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cluster := ""
@@ -286,7 +286,7 @@ func clusterStatusCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				t := &table{header: []string{"CLUSTER", "NODE", "ENFORCED", "BEHIND", "READY", "BGP", "WIREGUARD", "REPORTED"}}
+				t := &table{header: []string{"CLUSTER", "NODE", "ENFORCED", "BEHIND", "READY", "BGP", "WIREGUARD", "SERVICES", "REPORTED"}}
 				var objs []proto.Message
 				for _, n := range resp.GetNodes() {
 					st := n.GetStatus()
@@ -299,7 +299,13 @@ func clusterStatusCmd(g *globals) *cobra.Command {
 						reported = time.Since(st.GetReportTime().AsTime()).Round(time.Second).String() + " ago"
 					}
 					t.add(n.GetCluster(), n.GetName(), strconv.FormatUint(st.GetEnforcedRevision(), 10), behind,
-						strconv.FormatBool(st.GetReady()), bgpSummary(st.GetBgpPeers()), wgSummary(st.GetWireguardPeers()), reported)
+						strconv.FormatBool(st.GetReady()), bgpSummary(st.GetBgpPeers()), wgSummary(st.GetWireguardPeers()),
+						servicesSummary(st.GetServiceProblems()), reported)
+					// Which services, and why, under the table: a
+					// truncated service is served with the backends that fit.
+					for _, p := range st.GetServiceProblems() {
+						t.notes = append(t.notes, fmt.Sprintf("%s/%s: %s", n.GetCluster(), n.GetName(), p))
+					}
 					objs = append(objs, n)
 				}
 				return g.print(t, objs...)
@@ -318,6 +324,15 @@ func bgpSummary(peers []*fedmeshv1.BGPPeerStatus) string {
 		parts = append(parts, fmt.Sprintf("%s=%s(%d/%d)", p.GetAddress(), strings.ToLower(state), p.GetPrefixesSent(), p.GetPrefixesReceived()))
 	}
 	return strings.Join(parts, " ")
+}
+
+// servicesSummary is a node's SERVICES cell: "-" or how many frontends its
+// translation truncates (the notes under the table name them).
+func servicesSummary(problems []string) string {
+	if len(problems) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d truncated", len(problems))
 }
 
 func wgSummary(peers []*fedmeshv1.WireGuardPeerStatus) string {

@@ -17,6 +17,9 @@ import (
 type table struct {
 	header []string
 	rows   [][]string
+	// notes are lines printed under the table (table output only): what
+	// does not fit a cell.
+	notes []string
 }
 
 func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
@@ -57,7 +60,15 @@ func (g *globals) print(t *table, objs ...proto.Message) error {
 		for _, r := range t.rows {
 			fmt.Fprintln(w, strings.Join(r, "\t"))
 		}
-		return w.Flush()
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		for _, n := range t.notes {
+			if _, err := fmt.Fprintln(g.out, n); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown output format %q: use table, json or yaml", g.output)
 }
