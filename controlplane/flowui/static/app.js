@@ -72,7 +72,10 @@ function draw(g) {
   svg.replaceChildren();
   const defs = el("defs", {}, svg);
   for (const v of ["allowed", "denied"]) {
-    const m = el("marker", { id: "arrow-" + v, viewBox: "0 0 10 10", refX: 16, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, defs);
+    // Sized in the drawing's units, so a selected (thicker) edge keeps a
+    // normal arrowhead.
+    const m = el("marker", { id: "arrow-" + v, viewBox: "0 0 10 10", refX: 18, refY: 5, markerWidth: 10, markerHeight: 10,
+      markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, defs);
     el("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow-" + v }, m);
   }
   const pos = layout(svg, g.nodes);
