@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,8 +143,12 @@ type Agent struct {
 	lastHealthy *bool
 
 	// Shared with the report goroutine and HTTP handlers.
-	mu         sync.Mutex
-	health     Readiness
+	mu     sync.Mutex
+	health Readiness
+	// applyErr is why the dataplane refused the newest revision (a full
+	// ipcache map, say), "" once a revision applies: the node's status
+	// says it, so an overflow is never silent.
+	applyErr   string
 	lastLoop   time.Time
 	reportKick chan struct{}
 	nLocal     atomic.Int64
@@ -381,9 +386,11 @@ func (a *Agent) enforce(ctx context.Context) {
 			a.m.portErrors.WithLabelValues("dataplane").Inc()
 			a.log.Error("apply revision to the dataplane; the previous revision stays in force, retrying",
 				"revision", rev, "enforced", enforced, "err", err)
+			a.setApplyErr(fmt.Sprintf("the dataplane refuses revision %d (revision %d stays in force): %v", rev, enforced, err))
 			a.updateHealth(ctx)
 			return
 		}
+		a.setApplyErr("")
 		a.dpDirty = false
 		a.flowCommit()
 		a.m.applies.WithLabelValues("ok").Inc()
@@ -597,12 +604,27 @@ func (a *Agent) Alive() (bool, string) {
 	return true, ""
 }
 
+// setApplyErr records why the dataplane refused the newest revision ("":
+// it applied); a change is reported at once.
+func (a *Agent) setApplyErr(msg string) {
+	a.mu.Lock()
+	changed := a.applyErr != msg
+	a.applyErr = msg
+	a.mu.Unlock()
+	if changed {
+		a.kickReport()
+	}
+}
+
 // status builds the node status the report goroutine sends.
 func (a *Agent) status(ctx context.Context) *fedmeshv1.NodeStatus {
 	a.mu.Lock()
 	now := a.deps.Now()
 	enforced, _ := a.health.EnforcedRevision()
 	ready, reason := a.health.Ready(now)
+	if a.applyErr != "" {
+		reason = strings.TrimPrefix(reason+"; "+a.applyErr, "; ")
+	}
 	a.mu.Unlock()
 	st := &fedmeshv1.NodeStatus{
 		EnforcedRevision: enforced,

@@ -715,9 +715,11 @@ func TestAgentBecomesUnreadyWhenTheDataplaneFailsAndTellsBGP(t *testing.T) {
 	if ok, why := h.a.Ready(); ok || !strings.Contains(why, "behind") {
 		t.Errorf("ready = %v (%q), want not ready, behind", ok, why)
 	}
-	eventually(t, "unready reported to the control plane", func() bool {
+	eventually(t, "unready reported to the control plane, saying what the dataplane refuses", func() bool {
 		n, err := f.node()
-		return err == nil && n.GetStatus() != nil && !n.GetStatus().GetReady()
+		return err == nil && n.GetStatus() != nil && !n.GetStatus().GetReady() &&
+			strings.Contains(n.GetStatus().GetMessage(), fmt.Sprintf("the dataplane refuses revision %d", rev)) &&
+			strings.Contains(n.GetStatus().GetMessage(), "map update failed")
 	})
 	if resp := f.waitEnforced(rev, 500*time.Millisecond); resp.GetEnforced() || len(resp.GetLagging()) != 1 {
 		t.Errorf("WaitEnforced(%d) while the dataplane fails = %v, want this node lagging", rev, resp)
@@ -728,6 +730,10 @@ func TestAgentBecomesUnreadyWhenTheDataplaneFailsAndTellsBGP(t *testing.T) {
 	h.dp.mu.Unlock()
 	eventually(t, "the revision enforced after the retry", enforcedAt(h, rev))
 	eventually(t, "BGP told healthy again", func() bool { v, ok := h.bgp.lastHealth(); return ok && v })
+	eventually(t, "the refusal cleared from the node's status", func() bool {
+		n, err := f.node()
+		return err == nil && n.GetStatus().GetReady() && !strings.Contains(n.GetStatus().GetMessage(), "refuses")
+	})
 	if resp := f.waitEnforced(rev, 15*time.Second); !resp.GetEnforced() {
 		t.Errorf("WaitEnforced(%d) after recovery = %v", rev, resp)
 	}

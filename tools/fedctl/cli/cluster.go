@@ -306,6 +306,11 @@ func clusterStatusCmd(g *globals) *cobra.Command {
 					for _, p := range st.GetServiceProblems() {
 						t.notes = append(t.notes, fmt.Sprintf("%s/%s: %s", n.GetCluster(), n.GetName(), p))
 					}
+					// Why a node is not ready, or what its dataplane
+					// refuses (a full ipcache map): never only in its log.
+					if m := st.GetMessage(); m != "" {
+						t.notes = append(t.notes, fmt.Sprintf("%s/%s: %s", n.GetCluster(), n.GetName(), m))
+					}
 					objs = append(objs, n)
 				}
 				return g.print(t, objs...)
