@@ -95,6 +95,10 @@ type BGPSync struct {
 	Replicas       []fedmeshv1.BGPServiceClient
 	Log            *slog.Logger
 	SecretInterval time.Duration // default 10 s
+	// Informers, when set, is the syncer's factory (Syncer.Informers): the
+	// advertisements read its Service and EndpointSlice caches instead of
+	// watching both resources a second time. Nil: BGPSync runs its own.
+	Informers informers.SharedInformerFactory
 }
 
 // Run syncs until ctx ends.
@@ -105,7 +109,11 @@ func (b *BGPSync) Run(ctx context.Context) error {
 	if b.SecretInterval == 0 {
 		b.SecretInterval = 10 * time.Second
 	}
-	f := informers.NewSharedInformerFactory(b.Kube, 0)
+	f := b.Informers
+	if f == nil {
+		f = informers.NewSharedInformerFactory(b.Kube, 0)
+		defer f.Shutdown() // a shared factory is its owner's to stop
+	}
 	svcs, eps := f.Core().V1().Services(), f.Discovery().V1().EndpointSlices()
 	kick := make(chan struct{}, 1)
 	h := cache.ResourceEventHandlerFuncs{
@@ -118,8 +126,7 @@ func (b *BGPSync) Run(ctx context.Context) error {
 			return fmt.Errorf("watch services for BGP: %w", err)
 		}
 	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
+	f.Start(ctx.Done()) // starts only informers not yet started
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.Informer().HasSynced, eps.Informer().HasSynced) {
 		return ctx.Err()
 	}

@@ -17,13 +17,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 
 	"github.com/fedmesh/fedmesh/bgp"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// startBGPSync runs the member's BGPSync against every replica.
-func (m *member) startBGPSync(t *testing.T) {
+// startBGPSync runs the member's BGPSync against every replica; with
+// shared, on an informer factory the test owns (as fedmesh-syncer hands it
+// the syncer's), which BGPSync must start but never stop.
+func (m *member) startBGPSync(t *testing.T, shared bool) {
 	t.Helper()
 	var reps []fedmeshv1.BGPServiceClient
 	for _, r := range m.env.cp.Replicas {
@@ -31,6 +34,10 @@ func (m *member) startBGPSync(t *testing.T) {
 	}
 	b := &BGPSync{Cluster: m.name, Kube: m.cs, Adverts: fedmeshv1.NewBGPServiceClient(m.rep.Conn()), Replicas: reps,
 		SecretInterval: 200 * time.Millisecond, Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if shared {
+		b.Informers = informers.NewSharedInformerFactory(m.cs, 0)
+		t.Cleanup(b.Informers.Shutdown) // after BGPSync stopped (cleanups run last first)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
@@ -48,7 +55,7 @@ func (m *member) startBGPSync(t *testing.T) {
 func TestBGPSyncPublishesServiceAdvertisementsFromServicesAndEndpointSlices(t *testing.T) {
 	env := startFed(t)
 	m := env.join("a", "10.1.0.0/16", nil)
-	m.startBGPSync(t)
+	m.startBGPSync(t, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := m.kube.CreateNamespace(ctx, "shop", nil); err != nil {
@@ -194,7 +201,7 @@ protocol bgp node {
 	if _, err := admin.ApplyBGPPeer(ctx, &fedmeshv1.ApplyBGPPeerRequest{Peer: peer}); err != nil {
 		t.Fatal(err)
 	}
-	m.startBGPSync(t)
+	m.startBGPSync(t, false)
 
 	// The node: its password stream from a follower, resolved and applied
 	// as the agent's BGP port does.

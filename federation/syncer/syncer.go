@@ -262,6 +262,11 @@ func New(cfg Config) (*Syncer, error) {
 
 // handler enqueues the keys of every object an informer adds, updates or
 // deletes.
+// Informers is the syncer's informer factory, for other parts of the
+// syncer process (BGPSync) to read the same caches instead of watching the
+// same resources again. Run starts and stops it.
+func (s *Syncer) Informers() informers.SharedInformerFactory { return s.factory }
+
 func (s *Syncer) handler(keys func(obj any) []Key) cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { s.enqueue(keys(o)...) },

@@ -145,7 +145,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	bs := &syncer.BGPSync{Cluster: o.cluster, Kube: kube, Adverts: fedmeshv1.NewBGPServiceClient(conn), Log: log}
+	bs := &syncer.BGPSync{Cluster: o.cluster, Kube: kube, Adverts: fedmeshv1.NewBGPServiceClient(conn), Log: log, Informers: s.Informers()}
 	for _, a := range addrs {
 		rc, err := dial([]string{a}, creds.DialOption())
 		if err != nil {

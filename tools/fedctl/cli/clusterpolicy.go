@@ -173,21 +173,7 @@ func (g *globals) printAny(t *table, objs ...any) error {
 		}
 		items = append(items, b)
 	}
-	var v any = items
-	if len(items) == 1 {
-		v = items[0]
-	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	if g.output == "yaml" {
-		if b, err = yaml.JSONToYAML(b); err != nil {
-			return err
-		}
-	}
-	_, err = fmt.Fprintln(g.out, strings.TrimRight(string(b), "\n"))
-	return err
+	return g.printItems(items)
 }
 
 // getClusterPolicy prints one ClusterNetworkPolicy (YAML by default).

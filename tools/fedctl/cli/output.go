@@ -24,6 +24,26 @@ type table struct {
 
 func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
 
+// printItems writes encoded objects in json or yaml mode: one object as
+// itself, several as a list.
+func (g *globals) printItems(items []json.RawMessage) error {
+	var v any = items
+	if len(items) == 1 {
+		v = items[0]
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if g.output == "yaml" {
+		if b, err = yaml.JSONToYAML(b); err != nil {
+			return err
+		}
+	}
+	_, err = fmt.Fprintln(g.out, strings.TrimRight(string(b), "\n"))
+	return err
+}
+
 // print writes objs as JSON or YAML (protojson field names), or t as an
 // aligned table.
 func (g *globals) print(t *table, objs ...proto.Message) error {
@@ -37,23 +57,7 @@ func (g *globals) print(t *table, objs ...proto.Message) error {
 			}
 			items = append(items, b)
 		}
-		var b []byte
-		var err error
-		if len(items) == 1 {
-			b, err = json.MarshalIndent(items[0], "", "  ")
-		} else {
-			b, err = json.MarshalIndent(items, "", "  ")
-		}
-		if err != nil {
-			return err
-		}
-		if g.output == "yaml" {
-			if b, err = yaml.JSONToYAML(b); err != nil {
-				return err
-			}
-		}
-		_, err = fmt.Fprintln(g.out, strings.TrimRight(string(b), "\n"))
-		return err
+		return g.printItems(items)
 	case "table", "":
 		w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, strings.Join(t.header, "\t"))
