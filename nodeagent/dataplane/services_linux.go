@@ -60,6 +60,8 @@ const (
 	svcStatRejected
 	svcStatReversed
 	svcStatSetMissing
+	svcStatDNSRedirected
+	svcStatDNSExempt
 	numSvcStats
 )
 
@@ -514,6 +516,7 @@ func (s *SockLB) ServiceStatus(ctx context.Context) (ServiceStatus, error) {
 		}
 	}
 	st.Translated, st.Rejected, st.Reversed = counts[svcStatTranslated], counts[svcStatRejected], counts[svcStatReversed]
+	st.DNSRedirected, st.DNSExempt = counts[svcStatDNSRedirected], counts[svcStatDNSExempt]
 	if counts[svcStatSetMissing] > 0 {
 		s.log.Warn("service translation refused connections whose backend set vanished mid-lookup",
 			"count", counts[svcStatSetMissing])

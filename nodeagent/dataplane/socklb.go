@@ -140,8 +140,12 @@ type ServiceStatus struct {
 	Truncated []ServiceTruncation
 	// Translated counts connect/sendmsg calls sent to a backend, Rejected
 	// those refused for want of a backend, Reversed the peer addresses
-	// shown as the VIP.
+	// shown as the VIP (or as the cluster DNS address).
 	Translated, Rejected, Reversed uint64
+	// DNSRedirected counts connect/sendmsg calls to a cluster DNS address
+	// sent to the agent's resolver, DNSExempt those left alone because the
+	// socket carried the skip mark (the agent's own upstream queries).
+	DNSRedirected, DNSExempt uint64
 }
 
 // Err is a *ServiceCapacityError when frontends were truncated, else nil.
@@ -335,6 +339,8 @@ type SockLBMemory struct {
 	rev    map[sockAddrKey]netip.AddrPort
 	aff    map[sockAddrKey]affinity
 	stats  ServiceStatus
+	dns    map[ServiceKey]dnsTarget // the DNS redirect (dnsredirect.go)
+	marks  map[SocketID]uint32      // SO_MARK per socket
 }
 
 var _ ServiceTranslator = (*SockLBMemory)(nil)
@@ -344,7 +350,8 @@ var _ ServiceTranslator = (*SockLBMemory)(nil)
 // bpf_get_prandom_u32).
 func NewSockLBMemory(lim ServiceLimits, rnd func() uint32) *SockLBMemory {
 	return &SockLBMemory{lim: lim.withDefaults(), rand: rnd, tables: &lbTables{Frontends: map[ServiceKey]lbFrontend{}},
-		gen: map[ServiceKey]uint64{}, rev: map[sockAddrKey]netip.AddrPort{}, aff: map[sockAddrKey]affinity{}}
+		gen: map[ServiceKey]uint64{}, rev: map[sockAddrKey]netip.AddrPort{}, aff: map[sockAddrKey]affinity{},
+		dns: map[ServiceKey]dnsTarget{}, marks: map[SocketID]uint32{}}
 }
 
 // ApplyServices implements ServiceTranslator.
@@ -402,6 +409,9 @@ func (m *SockLBMemory) translate(sock SocketID, proto uint8, dst netip.AddrPort,
 	k, mapped := frontendKey(proto, dst)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if to, handled := m.redirectDNS(sock, proto, dst); handled {
+		return to, nil
+	}
 	f, ok := m.tables.Frontends[k]
 	if !ok || !validServiceKey(k) {
 		return dst, nil

@@ -16,6 +16,7 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	socklbMapFmDnsRedir      = "fm_dns_redir"
 	socklbMapFmSockAff       = "fm_sock_aff"
 	socklbMapFmSockRev       = "fm_sock_rev"
 	socklbMapFmSvc           = "fm_svc"
@@ -88,6 +89,7 @@ type socklbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
+	FmDnsRedir *ebpf.MapSpec `ebpf:"fm_dns_redir"`
 	FmSockAff  *ebpf.MapSpec `ebpf:"fm_sock_aff"`
 	FmSockRev  *ebpf.MapSpec `ebpf:"fm_sock_rev"`
 	FmSvc      *ebpf.MapSpec `ebpf:"fm_svc"`
@@ -122,6 +124,7 @@ func (o *socklbObjects) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
+	FmDnsRedir *ebpf.Map `ebpf:"fm_dns_redir"`
 	FmSockAff  *ebpf.Map `ebpf:"fm_sock_aff"`
 	FmSockRev  *ebpf.Map `ebpf:"fm_sock_rev"`
 	FmSvc      *ebpf.Map `ebpf:"fm_svc"`
@@ -132,6 +135,7 @@ type socklbMaps struct {
 
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
+		m.FmDnsRedir,
 		m.FmSockAff,
 		m.FmSockRev,
 		m.FmSvc,

@@ -7,10 +7,41 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
+
+// UpstreamMark is the socket mark (SO_MARK) of the forwarder's upstream
+// sockets. The transparent DNS redirect (nodeagent/dataplane,
+// DNSRedirect.SkipMark) leaves sockets carrying it alone: on a real node
+// the agent runs inside the cgroup whose DNS is redirected, and its
+// upstream is usually the cluster DNS address itself, so without the mark
+// its own queries would come back to it. The value keeps clear of the mark
+// bits kube-proxy (0x4000, 0x8000), Cilium (0x0f00) and Calico
+// (0xffff0000) use, so no routing rule of theirs matches it; the redirect
+// compares the whole mark.
+const UpstreamMark uint32 = 0x53
+
+// markUpstream sets UpstreamMark on a forwarder socket before it connects.
+// Setting a mark needs CAP_NET_ADMIN; without it (an unprivileged test or
+// tool) the socket goes unmarked, which is safe: the redirect's programs
+// can only have been attached by a process holding CAP_NET_ADMIN, so an
+// unprivileged forwarder is not the agent of a redirecting node.
+func markUpstream(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(UpstreamMark))
+	}); err != nil {
+		return fmt.Errorf("mark upstream socket to %s: %w", address, err)
+	}
+	if serr != nil && !errors.Is(serr, unix.EPERM) {
+		return fmt.Errorf("mark upstream socket to %s: %w", address, serr)
+	}
+	return nil
+}
 
 var (
 	// ErrUpstreamTimeout is a forwarded query the upstream did not answer
@@ -31,10 +62,13 @@ type forwarder struct {
 }
 
 func newForwarder(addr string, timeout time.Duration) *forwarder {
+	// The dialer replaces the client's own (same timeout) to mark the
+	// sockets.
+	d := &net.Dialer{Timeout: timeout, Control: markUpstream}
 	return &forwarder{
 		addr:    addr,
-		udp:     &dns.Client{Net: "udp", Timeout: timeout, UDPSize: MaxUDPSize},
-		tcp:     &dns.Client{Net: "tcp", Timeout: timeout},
+		udp:     &dns.Client{Net: "udp", Timeout: timeout, UDPSize: MaxUDPSize, Dialer: d},
+		tcp:     &dns.Client{Net: "tcp", Timeout: timeout, Dialer: d},
 		timeout: timeout,
 	}
 }

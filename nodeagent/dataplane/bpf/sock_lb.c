@@ -22,6 +22,12 @@
 //   - fm_sock_aff (LRU): (socket cookie, frontend) -> chosen (set, index), so
 //     an unconnected UDP socket keeps its backend while the frontend's set is
 //     unchanged (per-socket translation) and chooses again once it changed.
+//   - fm_dns_redir: cluster DNS frontend (address, 53, UDP or TCP) -> the
+//     agent's resolver address and the socket mark that exempts a socket
+//     (the agent's own upstream queries, dns.UpstreamMark). Looked up before
+//     fm_svc; the reverse entry goes into fm_sock_rev like a service's, so
+//     recvmsg/getpeername show the cluster DNS address (Go side:
+//     dnsredirect.go; why a map of its own: socklb.go's doc).
 //
 // Keys are (address, port, protocol, family) only, never the netns: the
 // hooks see every socket of the cgroup, whatever namespace it lives in.
@@ -43,7 +49,9 @@ enum {
 	STAT_REJECTED = 1,    // frontend without backends: connect/sendmsg refused
 	STAT_REVERSED = 2,    // getpeername/recvmsg address shown as the VIP
 	STAT_SET_MISSING = 3, // a set vanished under a lookup (should never count)
-	NSTATS = 4,
+	STAT_DNS_REDIRECTED = 4, // DNS to a cluster DNS address sent to the agent's resolver
+	STAT_DNS_EXEMPT = 5,     // the same from a socket with the skip mark: left alone
+	NSTATS = 6,
 };
 
 struct svc_key {
@@ -90,6 +98,14 @@ struct rev_val {
 struct aff_val {
 	__u32 set;
 	__u32 idx;
+};
+
+struct dns_val {
+	__u32 addr[4];   // the resolver, network order; IPv4 in addr[0]
+	__u16 port;      // network order
+	__u16 pad;
+	__u32 skip_mark; // sockets with exactly this mark are not redirected (0: none)
+	__u32 pad2;
 };
 
 struct svc_state {
@@ -145,6 +161,16 @@ struct {
 	__type(value, struct svc_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fm_svc_state SEC(".maps");
+
+// fm_dns_redir is tiny (a cluster has one or two DNS addresses per family,
+// times two protocols).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct svc_key);
+	__type(value, struct dns_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_dns_redir SEC(".maps");
 
 static __always_inline void count(__u32 stat)
 {
@@ -241,6 +267,29 @@ static __always_inline void remember_reverse(__u64 cookie, const struct svc_key 
 	bpf_map_update_elem(&fm_sock_rev, &rk, &rv, BPF_ANY);
 }
 
+// redirect_dns sends a socket's DNS for a cluster DNS address to the agent's
+// resolver, and remembers the cluster DNS address as what the socket's peer
+// is shown as. A socket carrying the skip mark (the agent's forwarder) goes
+// where it asked: its upstream is often that very address. The pod's socket
+// keeps its own source address, which is how the resolver knows the pod.
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, int v6, int mapped, const struct svc_key *k,
+					const struct dns_val *dv)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (sk && dv->skip_mark != 0 && sk->mark == dv->skip_mark) {
+		count(STAT_DNS_EXEMPT);
+		return 1;
+	}
+	struct be_val b = {.port = dv->port};
+	__builtin_memcpy(b.addr, dv->addr, sizeof(b.addr));
+	// kept = 1: a stub resolver's socket sends many queries; look the
+	// reverse entry up before writing it.
+	remember_reverse(bpf_get_socket_cookie(ctx), k, &b, 1);
+	rewrite(ctx, v6, mapped, dv->addr, dv->port);
+	count(STAT_DNS_REDIRECTED);
+	return 1;
+}
+
 // translate is connect (sticky = 0) and sendmsg (sticky = 1: reuse the
 // socket's choice while the frontend's set is unchanged). Returns the hook's
 // verdict: 1 lets the call go on, 0 refuses it with EPERM.
@@ -250,6 +299,9 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int stic
 	int mapped;
 	if (!frontend(ctx, v6, &k, &mapped))
 		return 1;
+	struct dns_val *dv = bpf_map_lookup_elem(&fm_dns_redir, &k);
+	if (dv)
+		return redirect_dns(ctx, v6, mapped, &k, dv);
 	struct svc_val *sv = bpf_map_lookup_elem(&fm_svc, &k);
 	if (!sv)
 		return 1;
