@@ -3,8 +3,12 @@ package dataplane
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -389,5 +393,131 @@ func TestDNSRedirectOutlivesTheAgentAndFailsClosedWithoutResolver(t *testing.T) 
 	}
 	if got, err := l.query("udp", to, 0, ""); err != nil || got.who != whoUpstream {
 		t.Fatalf("after the redirect was removed: %v (%v), want the cluster DNS server", got, err)
+	}
+}
+
+// agentHelperEnv makes the test binary, run again by startAgentResolver,
+// be the agent's resolver instead of running tests: nodeagent/dns's Server
+// listening on and forwarding to the addresses the variable names
+// ("listen,upstream"), until its stdin closes.
+const agentHelperEnv = "FEDMESH_DNSREDIR_AGENT"
+
+func TestMain(m *testing.M) {
+	if arg := os.Getenv(agentHelperEnv); arg != "" {
+		if err := runAgentResolver(arg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runAgentResolver(arg string) error {
+	listen, upstream, _ := strings.Cut(arg, ",")
+	srv, err := fmdns.New(fmdns.Config{Listen: listen, Upstream: upstream, UpstreamTimeout: 500 * time.Millisecond},
+		fmdns.Deps{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	return srv.Serve(ctx)
+}
+
+// startAgentResolver runs the real resolver (nodeagent/dns, with its
+// forwarder) as a process of its own inside the node netns and, as on a
+// real node, inside the redirected cgroup, listening on at and forwarding to
+// the cluster DNS address.
+func (l *dnsLab) startAgentResolver(t testing.TB, at, upstream netip.AddrPort) {
+	t.Helper()
+	cmd := exec.Command("nsenter", "--net="+l.node, os.Args[0])
+	cmd.Env = append(os.Environ(), agentHelperEnv+"="+at.String()+","+upstream.String())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the resolver process: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("resolver process output:\n%s", out.String())
+		}
+	})
+	q := new(dns.Msg).SetQuestion("ready.example.test.", dns.TypeTXT)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := inNetNS(l.node, func() error {
+			_, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(q, at.String())
+			return err
+		})
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			t.Fatalf("resolver process exited: %s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resolver process not answering on %s: %v\n%s", at, err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The agent's resolver runs inside the redirected cgroup and its upstream
+// is the cluster DNS address itself: its forwarder's sockets carry
+// dns.UpstreamMark, so they reach the cluster DNS server while the pod's
+// query to the same address is redirected to the resolver.
+func TestDNSRedirectAgentForwarderReachesTheClusterDNS(t *testing.T) {
+	l := newDNSLab(t)
+	s := l.newSockLB(t)
+	agent := netip.MustParseAddrPort("10.78.0.53:5300")
+	up := netip.AddrPortFrom(l.dns4, DNSPort)
+	l.startAgentResolver(t, agent, up)
+	if err := s.SetDNSRedirect(context.Background(), DNSRedirect{ClusterDNS: []netip.Addr{l.dns4},
+		Resolvers: []netip.AddrPort{agent}, SkipMark: fmdns.UpstreamMark}); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		before := l.upstreamQs.Load()
+		got, err := l.query(network, up, 0, "")
+		if err != nil {
+			t.Fatalf("%s query through the agent: %v", network, err)
+		}
+		// The cluster DNS server answered the forwarder, which it saw
+		// come from the node netns (not from the pod): the query went
+		// pod -> agent -> cluster DNS.
+		if got.who != whoUpstream || got.saw.Addr() == l.pod4 || got.peer != up {
+			t.Errorf("%s: %v; want the cluster DNS server's answer, relayed by the agent, shown from %s", network, got, up)
+		}
+		if n := l.upstreamQs.Load() - before; n != 1 {
+			t.Errorf("%s: the cluster DNS server got %d queries, want 1", network, n)
+		}
+	}
+	st, err := s.ServiceStatus(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DNSExempt < 2 || st.DNSRedirected < 2 {
+		t.Errorf("counters: %d redirected, %d exempt; want >= 2 each (pod redirected, forwarder exempt)", st.DNSRedirected, st.DNSExempt)
 	}
 }
