@@ -435,20 +435,22 @@ func TestAgentServiceTranslationAndDNSAreOptIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	ds := agentOf(out)
-	if args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "--service-cgroup") || strings.Contains(args, "--dns-listen") {
+	if args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "--service-cgroup") || strings.Contains(args, "--dns-listen") ||
+		strings.Contains(args, "--dns-redirect") {
 		t.Errorf("default agent args %q translate services or serve DNS", args)
 	}
 	if v := volume(ds.Spec.Template.Spec, "host-cgroup"); v.HostPath != nil {
 		t.Errorf("default agent mounts the host cgroup tree: %+v", v)
 	}
 	out, err = render(t, "--set", "agent.services.cgroup=/sys/fs/cgroup/kubepods.slice", "--set", "agent.dns.listen=169.254.20.10:53",
-		"--set", "agent.dns.upstream=10.96.0.10:53")
+		"--set", "agent.dns.upstream=10.96.0.10:53", "--set", "agent.dns.redirect={10.96.0.10,10.96.0.11}")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ds = agentOf(out)
 	args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " ")
-	for _, want := range []string{"--service-cgroup=/host-cgroup/kubepods.slice", "--dns-listen=169.254.20.10:53", "--dns-upstream=10.96.0.10:53"} {
+	for _, want := range []string{"--service-cgroup=/host-cgroup/kubepods.slice", "--dns-listen=169.254.20.10:53", "--dns-upstream=10.96.0.10:53",
+		"--dns-redirect=10.96.0.10,10.96.0.11"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent args %q lack %s", args, want)
 		}

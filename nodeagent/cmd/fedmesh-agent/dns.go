@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/dns"
 )
 
@@ -171,4 +173,77 @@ func serveDNS(ctx context.Context, srv *dns.Server, log *slog.Logger) {
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("node-local DNS stopped", "err", err)
 	}
+}
+
+// The transparent DNS redirect (--dns-redirect, issue #22): pods keep their
+// resolv.conf (the cluster DNS address, kube-dns's ClusterIP), and the
+// socket hooks of the service translation (--service-cgroup) send their
+// UDP and TCP port-53 traffic to that address to --dns-listen instead,
+// showing answers as coming from the cluster DNS address (mechanism and
+// choice: nodeagent/dataplane/socklb.go). The resolver's forwarder marks its
+// sockets with dns.UpstreamMark, which the redirect skips: its upstream is
+// usually the very address being redirected.
+
+// dnsRedirectAddrs parses --dns-redirect: cluster DNS addresses, comma
+// separated, each of the family of --dns-listen (a socket cannot be sent to
+// a resolver of the other family).
+func dnsRedirectAddrs(flag, listen string) ([]netip.Addr, error) {
+	if flag == "" {
+		return nil, nil
+	}
+	if listen == "" {
+		return nil, errors.New("--dns-redirect needs --dns-listen: the pods' DNS is redirected to the agent's resolver")
+	}
+	res, err := dnsAddr(listen)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for s := range strings.SplitSeq(flag, ",") {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("--dns-redirect %q: want the cluster DNS addresses (kube-dns's ClusterIPs), comma separated: %w", flag, err)
+		}
+		if a.Is4() != res.Addr().Is4() {
+			return nil, fmt.Errorf("--dns-redirect %s: the resolver (--dns-listen %s) is of the other IP family; "+
+				"a socket is redirected within its family only: leave the address out or run the resolver on an address of its family", a, listen)
+		}
+		out = append(out, a)
+	}
+	r := dataplane.DNSRedirect{ClusterDNS: out, Resolvers: []netip.AddrPort{res}, SkipMark: dns.UpstreamMark}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("--dns-redirect %q: %w", flag, err)
+	}
+	return out, nil
+}
+
+// setDNSRedirect programs the redirect into the service translation once
+// the resolver listens (on a restart the pinned redirect kept sending pods
+// to the address, which a restarted resolver binds again). Without
+// --dns-redirect a redirect pinned by an earlier run is removed: the flag is
+// the one source of truth.
+func setDNSRedirect(ctx context.Context, o *options, svc dataplane.ServiceTranslator, log *slog.Logger) error {
+	rd, ok := svc.(dataplane.DNSRedirector)
+	if !ok {
+		if o.dnsRedirect != "" {
+			return errors.New("--dns-redirect needs the socket-level service translation: set --service-cgroup (with --dataplane=ebpf)")
+		}
+		return nil
+	}
+	addrs, err := dnsRedirectAddrs(o.dnsRedirect, o.dnsListen)
+	if err != nil {
+		return err
+	}
+	var r dataplane.DNSRedirect
+	if len(addrs) > 0 {
+		r = dataplane.DNSRedirect{ClusterDNS: addrs, Resolvers: []netip.AddrPort{netip.MustParseAddrPort(o.dnsListen)},
+			SkipMark: dns.UpstreamMark}
+	}
+	if err := rd.SetDNSRedirect(ctx, r); err != nil {
+		return fmt.Errorf("program the DNS redirect: %w", err)
+	}
+	if len(addrs) > 0 {
+		log.Info("pods' DNS redirected to the node-local resolver", "cluster_dns", addrs, "resolver", o.dnsListen)
+	}
+	return nil
 }

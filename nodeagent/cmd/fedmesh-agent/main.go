@@ -59,6 +59,7 @@ type options struct {
 	dnsListen      string
 	dnsUpstream    string
 	dnsLink        string
+	dnsRedirect    string
 }
 
 // parsed is what validate derives from the flags.
@@ -131,6 +132,9 @@ func (o *options) validate() (parsed, error) {
 			errs = append(errs, errors.New("--dns-listen needs the agent to run inside the node's network namespace (without --netns): the resolver's sockets and address live there"))
 		}
 	}
+	if _, err := dnsRedirectAddrs(o.dnsRedirect, o.dnsListen); err != nil {
+		errs = append(errs, err)
+	}
 	if o.dnsUpstream != "" {
 		if _, _, err := net.SplitHostPort(o.dnsUpstream); err != nil {
 			errs = append(errs, fmt.Errorf("--dns-upstream %q: want host:port of the cluster's DNS, or empty: %w", o.dnsUpstream, err))
@@ -201,6 +205,7 @@ func main() {
 	f.StringVar(&o.serviceCgroup, "service-cgroup", "", "cgroup v2 directory whose processes' connections to ClusterSetIPs are translated (socket-level, with --dataplane=ebpf): the cgroup v2 root or the kubepods cgroup; empty: no translation")
 	f.StringVar(&o.dnsListen, "dns-listen", "", "address of the node-local resolver answering <svc>.<ns>.svc.clusterset.local, e.g. 169.254.20.10:53 (the agent puts a link-local address on its --dns-link dummy link; pods use it as their nameserver); empty: no resolver")
 	f.StringVar(&o.dnsUpstream, "dns-upstream", "", "the cluster's DNS (host:port) every name outside clusterset.local is forwarded to; empty: only clusterset.local is answered, other names get REFUSED")
+	f.StringVar(&o.dnsRedirect, "dns-redirect", "", "cluster DNS addresses (kube-dns's ClusterIPs, comma separated, of the --dns-listen family) whose UDP and TCP port 53 traffic from pods in --service-cgroup goes to the --dns-listen resolver, answers shown from the cluster DNS address; pods keep their resolv.conf. Empty: no redirect (one pinned by an earlier run is removed)")
 	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen address in the node's network namespace (removed by --uninstall)")
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link (with --dns-listen also its address on lo), and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
@@ -365,6 +370,9 @@ func run(ctx context.Context, o *options) error {
 		deps.DNS = srv
 		go serveDNS(ctx, srv, log)
 		log.Info("serving node-local DNS", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
+	}
+	if err := setDNSRedirect(ctx, o, svc, log); err != nil {
+		return err
 	}
 
 	a, err := agent.New(agent.Config{
