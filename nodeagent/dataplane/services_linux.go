@@ -222,7 +222,9 @@ func (s *SockLB) load() error {
 // socket translated before loses its reverse entry (its peer shows the
 // backend) and its UDP affinity (it chooses again), counters restart. The
 // frontends and backend sets are the table in force and keep their layout.
-var svcSoftState = map[string]bool{"fm_sock_rev": true, "fm_sock_aff": true, "fm_svc_stats": true}
+// The DNS redirect is set again by the agent at every start, so a new
+// layout of it may start empty too.
+var svcSoftState = map[string]bool{"fm_sock_rev": true, "fm_sock_aff": true, "fm_svc_stats": true, "fm_dns_redir": true}
 
 // replaceIncompatibleSocketState removes the pins of soft-state maps whose
 // layout differs from spec, so that loading creates them afresh.

@@ -46,6 +46,74 @@ package dataplane
 // every frontend switched and a grace period passed, so a program never sees
 // a half-written list nor a withdrawn backend after the switch. This needs
 // room for two sets per frontend: half of fm_svc_be is the load budget.
+//
+// DNS redirect (issue #22's transparent DNS proxy; dnsredirect.go): the same
+// hooks send a pod's UDP and TCP port-53 traffic for a cluster DNS address
+// (kube-dns's ClusterIP, what the pod's resolv.conf names) to the agent's
+// resolver (--dns-listen), so the pod's resolver configuration stays as it
+// is. connect4/6 and sendmsg4/6 look the destination up in fm_dns_redir
+// before fm_svc and rewrite it to the resolver of its family; the reverse
+// entry goes into fm_sock_rev, so recvmsg and getpeername show the cluster
+// DNS address and stub resolvers that check the answer's source accept it.
+// The socket keeps its own source address: the resolver sees the pod's IP,
+// which is how it knows the pod.
+//   - Why a map of its own and not a service frontend with the resolver as
+//     its one backend: the service table is the control plane's ClusterSet
+//     IPs, replaced whole by the agent's sync goroutine at every revision
+//     (one writer, one contract); the redirect comes from a flag and is set
+//     once at start. The redirect must skip sockets carrying
+//     dns.UpstreamMark (below), which service translation must not: the
+//     agent's connections to ClusterSetIPs are translated like anyone's.
+//     And it needs no backend set, weight or affinity: one hash lookup, a
+//     rewrite and a reverse entry (looked up before it is written, so a
+//     stub resolver's socket sending many queries costs no map update).
+//     The redirect wins over a service frontend on the same address and
+//     port; other ports of the address are translated as before.
+//   - The agent's own queries: on a real node the agent runs inside the
+//     attached cgroup and forwards to the cluster DNS address itself. Its
+//     forwarder marks its sockets (SO_MARK = dns.UpstreamMark, set before
+//     connect in the dialer's Control); the programs read the mark from
+//     ctx->sk (struct bpf_sock's mark is readable in sock_addr programs,
+//     verified on 6.18 by TestDNSRedirectLeavesSocketsWithTheUpstreamMarkAlone)
+//     and leave such sockets alone. The whole mark is compared.
+//   - Against tc DNAT on the pod's veth: that rewrites and checksums every
+//     DNS packet both ways and needs NAT state for the reply (with
+//     conntrack in the policy program, fedmesh.c, whose owner it is not),
+//     where the socket hook costs one lookup per connect or sendmsg and
+//     keeps no per-flow state beyond the LRU reverse entry. tc would also
+//     catch pods whose processes are outside the cgroup; here such a pod's
+//     DNS goes to the cluster DNS unseen, which widens nothing: name policy
+//     allows an address only after the agent saw that pod receive it, so
+//     an unseen answer opens no connection (the same holds for a pod that
+//     asks another resolver directly or on another port).
+//   - Against Cilium: its datapath (bpf_lxc) gives egress DNS matching an
+//     L7 DNS rule a proxy-redirect verdict and marks the packet; a TPROXY
+//     rule (iptables, or bpf_sk_assign in its BPF tproxy mode) delivers it
+//     to the agent's DNS proxy, a transparent socket that sees the original
+//     source and destination and answers from the destination; the proxy's
+//     upstream sockets carry a Cilium magic mark so the datapath does not
+//     redirect them again (the same idea as dns.UpstreamMark). That is per
+//     packet, per endpoint with DNS rules, and needs IP_TRANSPARENT sockets
+//     and policy routing; here every pod in the cgroup is redirected (DNS
+//     visibility covers pods without name rules too) with no routing rule
+//     and no transparent socket: the resolver is an ordinary listener.
+//   - Restart and upgrade: fm_dns_redir is pinned with the service maps, so
+//     the redirect outlives the agent's process; the agent sets it again at
+//     start (idempotent) and removes it when started without
+//     --dns-redirect. A version whose layout of the map differs starts it
+//     empty (soft state) until the agent sets it moments later.
+//   - While the agent is down, redirected queries fail: nothing listens on
+//     the resolver's address, so UDP gets port unreachable (connected
+//     sockets see ECONNREFUSED, others time out) and TCP a reset; no query
+//     falls through to the cluster DNS. Fail closed, as Cilium (its proxy
+//     down, DNS times out): an answer the agent did not see could not allow
+//     a connection for a pod with name rules anyway (its addresses are
+//     learned only from answers the agent released), and falling through
+//     would lose the per-query records and need the programs to know the
+//     agent's liveness. Names resolved before keep working for their TTL
+//     (the learned addresses are enforced in the datapath), established
+//     connections are untouched, and a pod's resolver retries until the
+//     restarted agent (a DaemonSet restart: seconds) listens again.
 
 import (
 	"cmp"
