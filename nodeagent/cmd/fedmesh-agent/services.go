@@ -55,7 +55,8 @@ func newServiceCollector(tr dataplane.ServiceTranslator, log *slog.Logger) *serv
 		truncated: prometheus.NewDesc("fedmesh_dataplane_service_truncated_frontends",
 			"Frontends served with fewer backends than their table lists (translation maps full or invalid backends).", nil, nil),
 		ops: prometheus.NewDesc("fedmesh_dataplane_service_socket_ops_total",
-			"Socket calls the translation handled, by result: translated (sent to a backend), rejected (no backend), reversed (peer shown as the VIP).",
+			"Socket calls the translation handled, by result: translated (sent to a backend), rejected (no backend), reversed (peer shown as the VIP or the cluster DNS address), "+
+				"dns_redirected (a pod's DNS sent to the node-local resolver), dns_exempt (DNS from a socket with the agent's upstream mark, left alone).",
 			[]string{"result"}, nil),
 	}
 }
@@ -81,4 +82,6 @@ func (c *serviceCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.CounterValue, float64(st.Translated), "translated")
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.CounterValue, float64(st.Rejected), "rejected")
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.CounterValue, float64(st.Reversed), "reversed")
+	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.CounterValue, float64(st.DNSRedirected), "dns_redirected")
+	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.CounterValue, float64(st.DNSExempt), "dns_exempt")
 }

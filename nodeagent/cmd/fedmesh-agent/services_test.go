@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
 )
 
 func TestOpenServicesPicksTheTranslation(t *testing.T) {
@@ -52,6 +53,18 @@ func TestServiceCollectorExportsTranslationStatus(t *testing.T) {
 	if _, err := m.Connect(1, 6, vip); err != nil {
 		t.Fatal(err)
 	}
+	// One pod query redirected, one from the agent's marked socket left
+	// alone.
+	if err := m.SetDNSRedirect(ctx, dataplane.DNSRedirect{ClusterDNS: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53")}, SkipMark: dns.UpstreamMark}); err != nil {
+		t.Fatal(err)
+	}
+	m.SetMark(3, dns.UpstreamMark)
+	for _, sock := range []dataplane.SocketID{2, 3} {
+		if _, err := m.Connect(sock, 17, netip.MustParseAddrPort("10.96.0.10:53")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	want := `
 # HELP fedmesh_dataplane_service_backends Backends the translation holds over all frontends.
 # TYPE fedmesh_dataplane_service_backends gauge
@@ -59,8 +72,10 @@ fedmesh_dataplane_service_backends 1
 # HELP fedmesh_dataplane_service_frontends ClusterSetIP frontends (VIP, port, protocol) the translation holds.
 # TYPE fedmesh_dataplane_service_frontends gauge
 fedmesh_dataplane_service_frontends 1
-# HELP fedmesh_dataplane_service_socket_ops_total Socket calls the translation handled, by result: translated (sent to a backend), rejected (no backend), reversed (peer shown as the VIP).
+# HELP fedmesh_dataplane_service_socket_ops_total Socket calls the translation handled, by result: translated (sent to a backend), rejected (no backend), reversed (peer shown as the VIP or the cluster DNS address), dns_redirected (a pod's DNS sent to the node-local resolver), dns_exempt (DNS from a socket with the agent's upstream mark, left alone).
 # TYPE fedmesh_dataplane_service_socket_ops_total counter
+fedmesh_dataplane_service_socket_ops_total{result="dns_exempt"} 1
+fedmesh_dataplane_service_socket_ops_total{result="dns_redirected"} 1
 fedmesh_dataplane_service_socket_ops_total{result="rejected"} 0
 fedmesh_dataplane_service_socket_ops_total{result="reversed"} 0
 fedmesh_dataplane_service_socket_ops_total{result="translated"} 1
