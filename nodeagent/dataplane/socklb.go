@@ -97,6 +97,12 @@ package dataplane
 //     and policy routing; here every pod in the cgroup is redirected (DNS
 //     visibility covers pods without name rules too) with no routing rule
 //     and no transparent socket: the resolver is an ordinary listener.
+//   - Policy: as for services, the tc policy program sees the rewritten
+//     destination, the resolver's address, not the cluster DNS address. A
+//     pod whose egress rules allow DNS only to kube-dns's pods needs the
+//     policy program to accept its traffic to the node-local resolver
+//     (the same holds, without the redirect, for a pod pointed at
+//     --dns-listen by its dnsConfig); that decision belongs to fedmesh.c.
 //   - Restart and upgrade: fm_dns_redir is pinned with the service maps, so
 //     the redirect outlives the agent's process; the agent sets it again at
 //     start (idempotent) and removes it when started without
