@@ -490,34 +490,39 @@ func (l *dnsLab) startAgentResolver(t testing.TB, at, upstream netip.AddrPort) {
 func TestDNSRedirectAgentForwarderReachesTheClusterDNS(t *testing.T) {
 	l := newDNSLab(t)
 	s := l.newSockLB(t)
-	agent := netip.MustParseAddrPort("10.78.0.53:5300")
-	up := netip.AddrPortFrom(l.dns4, DNSPort)
-	l.startAgentResolver(t, agent, up)
-	if err := s.SetDNSRedirect(context.Background(), DNSRedirect{ClusterDNS: []netip.Addr{l.dns4},
-		Resolvers: []netip.AddrPort{agent}, SkipMark: fmdns.UpstreamMark}); err != nil {
+	agent4, agent6 := netip.MustParseAddrPort("10.78.0.53:5300"), netip.MustParseAddrPort("[fd78::53]:5300")
+	up4, up6 := netip.AddrPortFrom(l.dns4, DNSPort), netip.AddrPortFrom(l.dns6, DNSPort)
+	l.startAgentResolver(t, agent4, up4)
+	l.startAgentResolver(t, agent6, up6)
+	if err := s.SetDNSRedirect(context.Background(), DNSRedirect{ClusterDNS: []netip.Addr{l.dns4, l.dns6},
+		Resolvers: []netip.AddrPort{agent4, agent6}, SkipMark: fmdns.UpstreamMark}); err != nil {
 		t.Fatal(err)
 	}
-	for _, network := range []string{"udp", "tcp"} {
+	for _, c := range []struct {
+		network string
+		up      netip.AddrPort
+		pod     netip.Addr
+	}{{"udp", up4, l.pod4}, {"tcp", up4, l.pod4}, {"udp", up6, l.pod6}, {"tcp", up6, l.pod6}} {
 		before := l.upstreamQs.Load()
-		got, err := l.query(network, up, 0, "")
+		got, err := l.query(c.network, c.up, 0, "")
 		if err != nil {
-			t.Fatalf("%s query through the agent: %v", network, err)
+			t.Fatalf("%s query to %s through the agent: %v", c.network, c.up, err)
 		}
 		// The cluster DNS server answered the forwarder, which it saw
 		// come from the node netns (not from the pod): the query went
 		// pod -> agent -> cluster DNS.
-		if got.who != whoUpstream || got.saw.Addr() == l.pod4 || got.peer != up {
-			t.Errorf("%s: %v; want the cluster DNS server's answer, relayed by the agent, shown from %s", network, got, up)
+		if got.who != whoUpstream || got.saw.Addr() == c.pod || got.peer != c.up {
+			t.Errorf("%s to %s: %v; want the cluster DNS server's answer, relayed by the agent, shown from %s", c.network, c.up, got, c.up)
 		}
 		if n := l.upstreamQs.Load() - before; n != 1 {
-			t.Errorf("%s: the cluster DNS server got %d queries, want 1", network, n)
+			t.Errorf("%s to %s: the cluster DNS server got %d queries, want 1", c.network, c.up, n)
 		}
 	}
 	st, err := s.ServiceStatus(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.DNSExempt < 2 || st.DNSRedirected < 2 {
-		t.Errorf("counters: %d redirected, %d exempt; want >= 2 each (pod redirected, forwarder exempt)", st.DNSRedirected, st.DNSExempt)
+	if st.DNSExempt < 4 || st.DNSRedirected < 4 {
+		t.Errorf("counters: %d redirected, %d exempt; want >= 4 each (pod redirected, forwarder exempt)", st.DNSRedirected, st.DNSExempt)
 	}
 }
