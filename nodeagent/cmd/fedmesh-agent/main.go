@@ -134,6 +134,8 @@ func (o *options) validate() (parsed, error) {
 	}
 	if _, err := dnsRedirectAddrs(o.dnsRedirect, o.dnsListen); err != nil {
 		errs = append(errs, err)
+	} else if o.dnsRedirect != "" && o.serviceCgroup == "" && o.dataplane != "memory" {
+		errs = append(errs, errors.New("--dns-redirect needs --service-cgroup: the redirect lives in the socket hooks of the service translation"))
 	}
 	if o.dnsUpstream != "" {
 		if _, _, err := net.SplitHostPort(o.dnsUpstream); err != nil {

@@ -37,6 +37,11 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "DNS address without port", edit: func(o *options) { o.dnsListen = "169.254.20.10" }, errHas: "--dns-listen"},
 		{name: "DNS address by name", edit: func(o *options) { o.dnsListen = "localhost:53" }, errHas: "want IP:port"},
 		{name: "DNS in another netns", edit: func(o *options) { o.dnsListen, o.netns = "169.254.20.10:53", "/run/netns/n1" }, errHas: "inside the node's network namespace"},
+		{name: "DNS redirect to the resolver", edit: func(o *options) { o.dnsListen, o.dnsRedirect = "169.254.20.10:53", "10.96.0.10" }},
+		{name: "DNS redirect without resolver", edit: func(o *options) { o.dnsRedirect = "10.96.0.10" }, errHas: "--dns-redirect needs --dns-listen"},
+		{name: "DNS redirect without service cgroup", edit: func(o *options) {
+			o.dataplane, o.dnsListen, o.dnsRedirect = "ebpf", "169.254.20.10:53", "10.96.0.10"
+		}, errHas: "--dns-redirect needs --service-cgroup"},
 		{name: "DNS upstream without port", edit: func(o *options) { o.dnsUpstream = "10.96.0.10" }, errHas: "--dns-upstream"},
 		{name: "underlay optional without WireGuard and BGP", edit: func(o *options) { o.underlayIP, o.wireguard, o.bgp = "", false, false }},
 	}
