@@ -48,8 +48,11 @@ const (
 	// LogFormatServiceAdvertisements adds CmdSyncServiceAdvertisements
 	// (svcadverts.go), which the edge refuses until then.
 	LogFormatServiceAdvertisements = 7
+	// Format 8 (LogFormatStaged, staged.go) adds the staged policy
+	// commands, which the edge refuses until then.
+	//
 	// LogFormat is the newest format this binary applies.
-	LogFormat = LogFormatServiceAdvertisements
+	LogFormat = LogFormatStaged
 )
 
 // BatchResult is what the FSM returns for a CmdBatch entry: one Result per

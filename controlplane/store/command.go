@@ -282,6 +282,7 @@ func init() {
 	registerBGP()
 	registerClusterPolicies()
 	registerServiceAdvertisements()
+	registerStaged()
 	registerDescriptions()
 }
 
@@ -301,6 +302,11 @@ type Result struct {
 	BGPFilter *fedmeshv1.BGPFilter
 	// ClusterPolicies are the ClusterNetworkPolicies as stored.
 	ClusterPolicies []*fedmeshv1.ClusterNetworkPolicy
+	// Staged is the staged policy as stored (CmdStagePolicy), or the
+	// enforced policy a promote stored (CmdPromotePolicy), which sets
+	// Replaced when it replaced an enforced one.
+	Staged   *fedmeshv1.StagedPolicy
+	Replaced bool
 	// Err is why the command was rejected; the state did not change.
 	Err error
 }

@@ -314,6 +314,7 @@ func goldenScenario() []goldenStep {
 	add("liveness of a missing cluster: rejected", liveness(&fedmeshv1.ClusterLiveness{Cluster: "nope", Reachability: fedmeshv1.Reachability_REACHABILITY_REACHABLE}))
 	add("e re-registers: its liveness stays", reg(&fedmeshv1.Cluster{Name: "e", Labels: map[string]string{"site": "e"}, PodCidrs: []string{"10.6.0.0/16", "fd00:6::/48"}, ServiceCidrs: []string{"10.97.0.0/16"}}))
 	add("e reachable again", liveness(&fedmeshv1.ClusterLiveness{Cluster: "e", Reachability: fedmeshv1.Reachability_REACHABILITY_REACHABLE}))
+	goldenStagedSteps(add)
 	return steps
 }
 
@@ -582,6 +583,13 @@ func goldenState(t *testing.T, s *State, withLog bool) string {
 			for _, a := range s.ServiceAdvertisements(c) {
 				b.WriteString("    " + protoLine(t, a) + "\n")
 			}
+		}
+	}
+	// Staged policies (log format 8) exist only in newer logs.
+	if ps := s.StagedPolicies(fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_UNSPECIFIED); len(ps) > 0 {
+		b.WriteString("\nstaged policies:\n")
+		for _, p := range ps {
+			b.WriteString("  " + protoLine(t, p) + "\n")
 		}
 	}
 	b.WriteString("\nmembers:\n")

@@ -35,7 +35,9 @@ import (
 // 5), likewise.
 // Version 7 adds service advertisements (recServiceAdvert, svcadverts.go),
 // likewise written only once there are some (log format 7).
-const SnapshotVersion = SnapshotVersionServiceAdvertisements
+// Version 8 adds staged policies (recStagedPolicy, staged.go), likewise
+// (log format 8).
+const SnapshotVersion = SnapshotVersionStaged
 
 const snapshotMagic = "fedmesh-snapshot\n"
 
@@ -113,6 +115,7 @@ func (s *State) Freeze() Frozen {
 		bgp:        s.bgp.clone(),
 		cnp:        s.cnp.clone(),
 		adverts:    s.adverts.clone(),
+		staged:     s.staged.clone(),
 		clusterset: s.clusterset,
 	}
 	for k, v := range s.usedTokens {
@@ -175,6 +178,9 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	if !s.adverts.empty() {
 		h.Version = SnapshotVersionServiceAdvertisements
 	}
+	if !s.staged.empty() {
+		h.Version = SnapshotVersionStaged
+	}
 	for _, gk := range sortedGenKeys(s.gens) {
 		h.Gens = append(h.Gens, snapGen{Owner: gk.owner, Kind: uint8(gk.kind), Gen: s.gens[gk]})
 	}
@@ -236,6 +242,7 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 	s.bgp.write(&rw)
 	s.cnp.write(&rw)
 	s.adverts.write(&rw)
+	s.staged.write(&rw)
 	rw.raw(recEnd, nil)
 	if rw.err != nil {
 		return cw.n, fmt.Errorf("write snapshot: %w", rw.err)
@@ -442,6 +449,12 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 				continue
 			}
 			if ok, err := s.cnp.read(recKind(kind), b); ok {
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if ok, err := s.staged.read(recKind(kind), b); ok {
 				if err != nil {
 					return nil, err
 				}

@@ -108,6 +108,7 @@ type State struct {
 	bgp        bgpState
 	cnp        cnpState    // ClusterNetworkPolicies (clusterpolicies.go)
 	adverts    advertState // svcadverts.go
+	staged     stagedState // staged.go
 	// clusterset are the CIDRs ClusterSetIPs come from (log format 6).
 	clusterset []netip.Prefix
 	// reported is when each node last reported its status (command time).
@@ -144,6 +145,7 @@ func NewState(logSize int) *State {
 		bgp:        newBGPState(),
 		cnp:        cnpState{},
 		adverts:    newAdvertState(),
+		staged:     stagedState{},
 		intern:     map[string]string{},
 		reported:   map[string]map[string]int64{},
 	}

@@ -319,7 +319,13 @@ type Flow struct {
 	// Bytes counted for the flow when the dataplane counts them.
 	Bytes uint64 `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// DnsName is the name the destination was resolved from, when known.
-	DnsName       string `protobuf:"bytes,11,opt,name=dns_name,json=dnsName,proto3" json:"dns_name,omitempty"`
+	DnsName string `protobuf:"bytes,11,opt,name=dns_name,json=dnsName,proto3" json:"dns_name,omitempty"`
+	// Staged is the verdict the flow would get with every staged policy
+	// enforced (StagedPolicyService), computed where the flow is served with
+	// the compiler Reach uses; absent when nothing is staged or the flow's
+	// workloads are no longer known. (Numbered apart from the fields above
+	// so other additions can take the next numbers.)
+	Staged        *StagedFlowVerdict `protobuf:"bytes,20,opt,name=staged,proto3" json:"staged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -431,6 +437,80 @@ func (x *Flow) GetDnsName() string {
 	return ""
 }
 
+func (x *Flow) GetStaged() *StagedFlowVerdict {
+	if x != nil {
+		return x.Staged
+	}
+	return nil
+}
+
+// StagedFlowVerdict is a flow's verdict with the staged policies in force.
+type StagedFlowVerdict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Verdict with every staged policy enforced alongside the enforced ones
+	// (a staged policy of an enforced policy's key replaces it).
+	Verdict Verdict `protobuf:"varint,1,opt,name=verdict,proto3,enum=fedmesh.v1.Verdict" json:"verdict,omitempty"`
+	// DeniedBy names the staged policies that would deny the flow: "would be
+	// denied by staged P". Empty when the flow would pass, or when only
+	// enforced policies deny it.
+	DeniedBy []*StagedPolicyKey `protobuf:"bytes,2,rep,name=denied_by,json=deniedBy,proto3" json:"denied_by,omitempty"`
+	// Explanation says what decided, as reach explains it.
+	Explanation   string `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StagedFlowVerdict) Reset() {
+	*x = StagedFlowVerdict{}
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StagedFlowVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StagedFlowVerdict) ProtoMessage() {}
+
+func (x *StagedFlowVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StagedFlowVerdict.ProtoReflect.Descriptor instead.
+func (*StagedFlowVerdict) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StagedFlowVerdict) GetVerdict() Verdict {
+	if x != nil {
+		return x.Verdict
+	}
+	return Verdict_VERDICT_UNSPECIFIED
+}
+
+func (x *StagedFlowVerdict) GetDeniedBy() []*StagedPolicyKey {
+	if x != nil {
+		return x.DeniedBy
+	}
+	return nil
+}
+
+func (x *StagedFlowVerdict) GetExplanation() string {
+	if x != nil {
+		return x.Explanation
+	}
+	return ""
+}
+
 // FlowFilter narrows flows. Every set field must match; the workload
 // fields match either side of the flow.
 type FlowFilter struct {
@@ -455,7 +535,7 @@ type FlowFilter struct {
 
 func (x *FlowFilter) Reset() {
 	*x = FlowFilter{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[3]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +547,7 @@ func (x *FlowFilter) String() string {
 func (*FlowFilter) ProtoMessage() {}
 
 func (x *FlowFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[3]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +560,7 @@ func (x *FlowFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowFilter.ProtoReflect.Descriptor instead.
 func (*FlowFilter) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{3}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FlowFilter) GetCluster() string {
@@ -545,7 +625,7 @@ type GetFlowsRequest struct {
 
 func (x *GetFlowsRequest) Reset() {
 	*x = GetFlowsRequest{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[4]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +637,7 @@ func (x *GetFlowsRequest) String() string {
 func (*GetFlowsRequest) ProtoMessage() {}
 
 func (x *GetFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[4]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +650,7 @@ func (x *GetFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowsRequest.ProtoReflect.Descriptor instead.
 func (*GetFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{4}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetFlowsRequest) GetFilter() *FlowFilter {
@@ -636,7 +716,7 @@ type FlowStoreStatus struct {
 
 func (x *FlowStoreStatus) Reset() {
 	*x = FlowStoreStatus{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[5]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +728,7 @@ func (x *FlowStoreStatus) String() string {
 func (*FlowStoreStatus) ProtoMessage() {}
 
 func (x *FlowStoreStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[5]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +741,7 @@ func (x *FlowStoreStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowStoreStatus.ProtoReflect.Descriptor instead.
 func (*FlowStoreStatus) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{5}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FlowStoreStatus) GetReplica() string {
@@ -743,7 +823,7 @@ type GetFlowsResponse struct {
 
 func (x *GetFlowsResponse) Reset() {
 	*x = GetFlowsResponse{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +835,7 @@ func (x *GetFlowsResponse) String() string {
 func (*GetFlowsResponse) ProtoMessage() {}
 
 func (x *GetFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[6]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +848,7 @@ func (x *GetFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowsResponse.ProtoReflect.Descriptor instead.
 func (*GetFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{6}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetFlowsResponse) GetFlows() []*Flow {
@@ -810,7 +890,7 @@ type GetFlowSummaryRequest struct {
 
 func (x *GetFlowSummaryRequest) Reset() {
 	*x = GetFlowSummaryRequest{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +902,7 @@ func (x *GetFlowSummaryRequest) String() string {
 func (*GetFlowSummaryRequest) ProtoMessage() {}
 
 func (x *GetFlowSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[7]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +915,7 @@ func (x *GetFlowSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetFlowSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{7}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetFlowSummaryRequest) GetFilter() *FlowFilter {
@@ -881,7 +961,7 @@ type FlowWindowCount struct {
 
 func (x *FlowWindowCount) Reset() {
 	*x = FlowWindowCount{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +973,7 @@ func (x *FlowWindowCount) String() string {
 func (*FlowWindowCount) ProtoMessage() {}
 
 func (x *FlowWindowCount) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[8]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +986,7 @@ func (x *FlowWindowCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowWindowCount.ProtoReflect.Descriptor instead.
 func (*FlowWindowCount) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{8}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FlowWindowCount) GetStart() *timestamppb.Timestamp {
@@ -953,7 +1033,7 @@ type FlowEdge struct {
 
 func (x *FlowEdge) Reset() {
 	*x = FlowEdge{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1045,7 @@ func (x *FlowEdge) String() string {
 func (*FlowEdge) ProtoMessage() {}
 
 func (x *FlowEdge) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[9]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1058,7 @@ func (x *FlowEdge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowEdge.ProtoReflect.Descriptor instead.
 func (*FlowEdge) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{9}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FlowEdge) GetSource() *Workload {
@@ -1043,7 +1123,7 @@ type GetFlowSummaryResponse struct {
 
 func (x *GetFlowSummaryResponse) Reset() {
 	*x = GetFlowSummaryResponse{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1135,7 @@ func (x *GetFlowSummaryResponse) String() string {
 func (*GetFlowSummaryResponse) ProtoMessage() {}
 
 func (x *GetFlowSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[10]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1148,7 @@ func (x *GetFlowSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFlowSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetFlowSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{10}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetFlowSummaryResponse) GetEdges() []*FlowEdge {
@@ -1103,7 +1183,7 @@ type ShipFlowsRequest struct {
 
 func (x *ShipFlowsRequest) Reset() {
 	*x = ShipFlowsRequest{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1195,7 @@ func (x *ShipFlowsRequest) String() string {
 func (*ShipFlowsRequest) ProtoMessage() {}
 
 func (x *ShipFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[11]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1208,7 @@ func (x *ShipFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShipFlowsRequest.ProtoReflect.Descriptor instead.
 func (*ShipFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{11}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShipFlowsRequest) GetCluster() string {
@@ -1172,7 +1252,7 @@ type ShipFlowsResponse struct {
 
 func (x *ShipFlowsResponse) Reset() {
 	*x = ShipFlowsResponse{}
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1264,7 @@ func (x *ShipFlowsResponse) String() string {
 func (*ShipFlowsResponse) ProtoMessage() {}
 
 func (x *ShipFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fedmesh_v1_flow_proto_msgTypes[12]
+	mi := &file_fedmesh_v1_flow_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1277,7 @@ func (x *ShipFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShipFlowsResponse.ProtoReflect.Descriptor instead.
 func (*ShipFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{12}
+	return file_fedmesh_v1_flow_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ShipFlowsResponse) GetAccepted() uint64 {
@@ -1239,7 +1319,7 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\vselected_by\x18\x05 \x03(\v2\x15.fedmesh.v1.PolicyKeyR\n" +
 	"selectedBy\x12)\n" +
 	"\x10dataplane_reason\x18\x06 \x01(\tR\x0fdataplaneReason\x12\x17\n" +
-	"\arule_id\x18\a \x01(\rR\x06ruleId\"\x96\x03\n" +
+	"\arule_id\x18\a \x01(\rR\x06ruleId\"\xcd\x03\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x12\n" +
@@ -1252,7 +1332,12 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\apackets\x18\t \x01(\x04R\apackets\x12\x14\n" +
 	"\x05bytes\x18\n" +
 	" \x01(\x04R\x05bytes\x12\x19\n" +
-	"\bdns_name\x18\v \x01(\tR\adnsName\"\xb1\x01\n" +
+	"\bdns_name\x18\v \x01(\tR\adnsName\x125\n" +
+	"\x06staged\x18\x14 \x01(\v2\x1d.fedmesh.v1.StagedFlowVerdictR\x06staged\"\x9e\x01\n" +
+	"\x11StagedFlowVerdict\x12-\n" +
+	"\averdict\x18\x01 \x01(\x0e2\x13.fedmesh.v1.VerdictR\averdict\x128\n" +
+	"\tdenied_by\x18\x02 \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\bdeniedBy\x12 \n" +
+	"\vexplanation\x18\x03 \x01(\tR\vexplanation\"\xb1\x01\n" +
 	"\n" +
 	"FlowFilter\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
@@ -1333,71 +1418,76 @@ func file_fedmesh_v1_flow_proto_rawDescGZIP() []byte {
 }
 
 var file_fedmesh_v1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fedmesh_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_fedmesh_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_fedmesh_v1_flow_proto_goTypes = []any{
 	(FlowDecisionKind)(0),          // 0: fedmesh.v1.FlowDecisionKind
 	(*Workload)(nil),               // 1: fedmesh.v1.Workload
 	(*FlowDecision)(nil),           // 2: fedmesh.v1.FlowDecision
 	(*Flow)(nil),                   // 3: fedmesh.v1.Flow
-	(*FlowFilter)(nil),             // 4: fedmesh.v1.FlowFilter
-	(*GetFlowsRequest)(nil),        // 5: fedmesh.v1.GetFlowsRequest
-	(*FlowStoreStatus)(nil),        // 6: fedmesh.v1.FlowStoreStatus
-	(*GetFlowsResponse)(nil),       // 7: fedmesh.v1.GetFlowsResponse
-	(*GetFlowSummaryRequest)(nil),  // 8: fedmesh.v1.GetFlowSummaryRequest
-	(*FlowWindowCount)(nil),        // 9: fedmesh.v1.FlowWindowCount
-	(*FlowEdge)(nil),               // 10: fedmesh.v1.FlowEdge
-	(*GetFlowSummaryResponse)(nil), // 11: fedmesh.v1.GetFlowSummaryResponse
-	(*ShipFlowsRequest)(nil),       // 12: fedmesh.v1.ShipFlowsRequest
-	(*ShipFlowsResponse)(nil),      // 13: fedmesh.v1.ShipFlowsResponse
-	nil,                            // 14: fedmesh.v1.Workload.LabelsEntry
-	(PolicyType)(0),                // 15: fedmesh.v1.PolicyType
-	(*RuleRef)(nil),                // 16: fedmesh.v1.RuleRef
-	(*PolicyKey)(nil),              // 17: fedmesh.v1.PolicyKey
-	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
-	(Verdict)(0),                   // 19: fedmesh.v1.Verdict
-	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
+	(*StagedFlowVerdict)(nil),      // 4: fedmesh.v1.StagedFlowVerdict
+	(*FlowFilter)(nil),             // 5: fedmesh.v1.FlowFilter
+	(*GetFlowsRequest)(nil),        // 6: fedmesh.v1.GetFlowsRequest
+	(*FlowStoreStatus)(nil),        // 7: fedmesh.v1.FlowStoreStatus
+	(*GetFlowsResponse)(nil),       // 8: fedmesh.v1.GetFlowsResponse
+	(*GetFlowSummaryRequest)(nil),  // 9: fedmesh.v1.GetFlowSummaryRequest
+	(*FlowWindowCount)(nil),        // 10: fedmesh.v1.FlowWindowCount
+	(*FlowEdge)(nil),               // 11: fedmesh.v1.FlowEdge
+	(*GetFlowSummaryResponse)(nil), // 12: fedmesh.v1.GetFlowSummaryResponse
+	(*ShipFlowsRequest)(nil),       // 13: fedmesh.v1.ShipFlowsRequest
+	(*ShipFlowsResponse)(nil),      // 14: fedmesh.v1.ShipFlowsResponse
+	nil,                            // 15: fedmesh.v1.Workload.LabelsEntry
+	(PolicyType)(0),                // 16: fedmesh.v1.PolicyType
+	(*RuleRef)(nil),                // 17: fedmesh.v1.RuleRef
+	(*PolicyKey)(nil),              // 18: fedmesh.v1.PolicyKey
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(Verdict)(0),                   // 20: fedmesh.v1.Verdict
+	(*StagedPolicyKey)(nil),        // 21: fedmesh.v1.StagedPolicyKey
+	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
 }
 var file_fedmesh_v1_flow_proto_depIdxs = []int32{
-	14, // 0: fedmesh.v1.Workload.labels:type_name -> fedmesh.v1.Workload.LabelsEntry
-	15, // 1: fedmesh.v1.FlowDecision.direction:type_name -> fedmesh.v1.PolicyType
+	15, // 0: fedmesh.v1.Workload.labels:type_name -> fedmesh.v1.Workload.LabelsEntry
+	16, // 1: fedmesh.v1.FlowDecision.direction:type_name -> fedmesh.v1.PolicyType
 	0,  // 2: fedmesh.v1.FlowDecision.kind:type_name -> fedmesh.v1.FlowDecisionKind
-	16, // 3: fedmesh.v1.FlowDecision.rule:type_name -> fedmesh.v1.RuleRef
-	17, // 4: fedmesh.v1.FlowDecision.selected_by:type_name -> fedmesh.v1.PolicyKey
-	18, // 5: fedmesh.v1.Flow.time:type_name -> google.protobuf.Timestamp
+	17, // 3: fedmesh.v1.FlowDecision.rule:type_name -> fedmesh.v1.RuleRef
+	18, // 4: fedmesh.v1.FlowDecision.selected_by:type_name -> fedmesh.v1.PolicyKey
+	19, // 5: fedmesh.v1.Flow.time:type_name -> google.protobuf.Timestamp
 	1,  // 6: fedmesh.v1.Flow.source:type_name -> fedmesh.v1.Workload
 	1,  // 7: fedmesh.v1.Flow.destination:type_name -> fedmesh.v1.Workload
-	19, // 8: fedmesh.v1.Flow.verdict:type_name -> fedmesh.v1.Verdict
+	20, // 8: fedmesh.v1.Flow.verdict:type_name -> fedmesh.v1.Verdict
 	2,  // 9: fedmesh.v1.Flow.decision:type_name -> fedmesh.v1.FlowDecision
-	19, // 10: fedmesh.v1.FlowFilter.verdict:type_name -> fedmesh.v1.Verdict
-	4,  // 11: fedmesh.v1.GetFlowsRequest.filter:type_name -> fedmesh.v1.FlowFilter
-	18, // 12: fedmesh.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
-	18, // 13: fedmesh.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
-	20, // 14: fedmesh.v1.FlowStoreStatus.max_age:type_name -> google.protobuf.Duration
-	3,  // 15: fedmesh.v1.GetFlowsResponse.flows:type_name -> fedmesh.v1.Flow
-	6,  // 16: fedmesh.v1.GetFlowsResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
-	4,  // 17: fedmesh.v1.GetFlowSummaryRequest.filter:type_name -> fedmesh.v1.FlowFilter
-	18, // 18: fedmesh.v1.GetFlowSummaryRequest.since:type_name -> google.protobuf.Timestamp
-	18, // 19: fedmesh.v1.GetFlowSummaryRequest.until:type_name -> google.protobuf.Timestamp
-	20, // 20: fedmesh.v1.GetFlowSummaryRequest.window:type_name -> google.protobuf.Duration
-	18, // 21: fedmesh.v1.FlowWindowCount.start:type_name -> google.protobuf.Timestamp
-	1,  // 22: fedmesh.v1.FlowEdge.source:type_name -> fedmesh.v1.Workload
-	1,  // 23: fedmesh.v1.FlowEdge.destination:type_name -> fedmesh.v1.Workload
-	9,  // 24: fedmesh.v1.FlowEdge.windows:type_name -> fedmesh.v1.FlowWindowCount
-	17, // 25: fedmesh.v1.FlowEdge.denied_by:type_name -> fedmesh.v1.PolicyKey
-	10, // 26: fedmesh.v1.GetFlowSummaryResponse.edges:type_name -> fedmesh.v1.FlowEdge
-	6,  // 27: fedmesh.v1.GetFlowSummaryResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
-	3,  // 28: fedmesh.v1.ShipFlowsRequest.flows:type_name -> fedmesh.v1.Flow
-	5,  // 29: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
-	8,  // 30: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
-	12, // 31: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
-	7,  // 32: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
-	11, // 33: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
-	13, // 34: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
-	32, // [32:35] is the sub-list for method output_type
-	29, // [29:32] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	4,  // 10: fedmesh.v1.Flow.staged:type_name -> fedmesh.v1.StagedFlowVerdict
+	20, // 11: fedmesh.v1.StagedFlowVerdict.verdict:type_name -> fedmesh.v1.Verdict
+	21, // 12: fedmesh.v1.StagedFlowVerdict.denied_by:type_name -> fedmesh.v1.StagedPolicyKey
+	20, // 13: fedmesh.v1.FlowFilter.verdict:type_name -> fedmesh.v1.Verdict
+	5,  // 14: fedmesh.v1.GetFlowsRequest.filter:type_name -> fedmesh.v1.FlowFilter
+	19, // 15: fedmesh.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 16: fedmesh.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
+	22, // 17: fedmesh.v1.FlowStoreStatus.max_age:type_name -> google.protobuf.Duration
+	3,  // 18: fedmesh.v1.GetFlowsResponse.flows:type_name -> fedmesh.v1.Flow
+	7,  // 19: fedmesh.v1.GetFlowsResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
+	5,  // 20: fedmesh.v1.GetFlowSummaryRequest.filter:type_name -> fedmesh.v1.FlowFilter
+	19, // 21: fedmesh.v1.GetFlowSummaryRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 22: fedmesh.v1.GetFlowSummaryRequest.until:type_name -> google.protobuf.Timestamp
+	22, // 23: fedmesh.v1.GetFlowSummaryRequest.window:type_name -> google.protobuf.Duration
+	19, // 24: fedmesh.v1.FlowWindowCount.start:type_name -> google.protobuf.Timestamp
+	1,  // 25: fedmesh.v1.FlowEdge.source:type_name -> fedmesh.v1.Workload
+	1,  // 26: fedmesh.v1.FlowEdge.destination:type_name -> fedmesh.v1.Workload
+	10, // 27: fedmesh.v1.FlowEdge.windows:type_name -> fedmesh.v1.FlowWindowCount
+	18, // 28: fedmesh.v1.FlowEdge.denied_by:type_name -> fedmesh.v1.PolicyKey
+	11, // 29: fedmesh.v1.GetFlowSummaryResponse.edges:type_name -> fedmesh.v1.FlowEdge
+	7,  // 30: fedmesh.v1.GetFlowSummaryResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
+	3,  // 31: fedmesh.v1.ShipFlowsRequest.flows:type_name -> fedmesh.v1.Flow
+	6,  // 32: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
+	9,  // 33: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
+	13, // 34: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
+	8,  // 35: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
+	12, // 36: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
+	14, // 37: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
+	35, // [35:38] is the sub-list for method output_type
+	32, // [32:35] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_flow_proto_init() }
@@ -1413,7 +1503,7 @@ func file_fedmesh_v1_flow_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_flow_proto_rawDesc), len(file_fedmesh_v1_flow_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -132,6 +132,61 @@ func (PolicyType) EnumDescriptor() ([]byte, []int) {
 	return file_fedmesh_v1_policy_proto_rawDescGZIP(), []int{1}
 }
 
+// StagedPolicyKind says which kind of policy a staged policy is.
+type StagedPolicyKind int32
+
+const (
+	// STAGED_POLICY_KIND_UNSPECIFIED is rejected in a key (and means both in
+	// a list).
+	StagedPolicyKind_STAGED_POLICY_KIND_UNSPECIFIED StagedPolicyKind = 0
+	// STAGED_POLICY_KIND_NETWORK_POLICY is a federated NetworkPolicy.
+	StagedPolicyKind_STAGED_POLICY_KIND_NETWORK_POLICY StagedPolicyKind = 1
+	// STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY is a federated
+	// ClusterNetworkPolicy (cluster-scoped: no namespace).
+	StagedPolicyKind_STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY StagedPolicyKind = 2
+)
+
+// Enum value maps for StagedPolicyKind.
+var (
+	StagedPolicyKind_name = map[int32]string{
+		0: "STAGED_POLICY_KIND_UNSPECIFIED",
+		1: "STAGED_POLICY_KIND_NETWORK_POLICY",
+		2: "STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY",
+	}
+	StagedPolicyKind_value = map[string]int32{
+		"STAGED_POLICY_KIND_UNSPECIFIED":            0,
+		"STAGED_POLICY_KIND_NETWORK_POLICY":         1,
+		"STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY": 2,
+	}
+)
+
+func (x StagedPolicyKind) Enum() *StagedPolicyKind {
+	p := new(StagedPolicyKind)
+	*p = x
+	return p
+}
+
+func (x StagedPolicyKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StagedPolicyKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedmesh_v1_policy_proto_enumTypes[2].Descriptor()
+}
+
+func (StagedPolicyKind) Type() protoreflect.EnumType {
+	return &file_fedmesh_v1_policy_proto_enumTypes[2]
+}
+
+func (x StagedPolicyKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StagedPolicyKind.Descriptor instead.
+func (StagedPolicyKind) EnumDescriptor() ([]byte, []int) {
+	return file_fedmesh_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
 // Policy is a network policy with its owner and scope.
 type Policy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1159,6 +1214,72 @@ func (x *ListPoliciesResponse) GetRevision() uint64 {
 	return 0
 }
 
+// StagedPolicyKey names a staged policy (StagedPolicyService). Staged
+// policies are federated, so the key has no cluster.
+type StagedPolicyKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Kind of the staged policy.
+	Kind StagedPolicyKind `protobuf:"varint,1,opt,name=kind,proto3,enum=fedmesh.v1.StagedPolicyKind" json:"kind,omitempty"`
+	// Namespace of a NetworkPolicy; empty for a global one and for a
+	// ClusterNetworkPolicy.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Name of the policy.
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StagedPolicyKey) Reset() {
+	*x = StagedPolicyKey{}
+	mi := &file_fedmesh_v1_policy_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StagedPolicyKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StagedPolicyKey) ProtoMessage() {}
+
+func (x *StagedPolicyKey) ProtoReflect() protoreflect.Message {
+	mi := &file_fedmesh_v1_policy_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StagedPolicyKey.ProtoReflect.Descriptor instead.
+func (*StagedPolicyKey) Descriptor() ([]byte, []int) {
+	return file_fedmesh_v1_policy_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StagedPolicyKey) GetKind() StagedPolicyKind {
+	if x != nil {
+		return x.Kind
+	}
+	return StagedPolicyKind_STAGED_POLICY_KIND_UNSPECIFIED
+}
+
+func (x *StagedPolicyKey) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *StagedPolicyKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 var File_fedmesh_v1_policy_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_policy_proto_rawDesc = "" +
@@ -1224,7 +1345,11 @@ const file_fedmesh_v1_policy_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"b\n" +
 	"\x14ListPoliciesResponse\x12.\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x12.fedmesh.v1.PolicyR\bpolicies\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision*`\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"u\n" +
+	"\x0fStagedPolicyKey\x120\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1c.fedmesh.v1.StagedPolicyKindR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name*`\n" +
 	"\n" +
 	"PolicyKind\x12\x1b\n" +
 	"\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
@@ -1234,7 +1359,11 @@ const file_fedmesh_v1_policy_proto_rawDesc = "" +
 	"PolicyType\x12\x1b\n" +
 	"\x17POLICY_TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POLICY_TYPE_INGRESS\x10\x01\x12\x16\n" +
-	"\x12POLICY_TYPE_EGRESS\x10\x022\xd5\x02\n" +
+	"\x12POLICY_TYPE_EGRESS\x10\x02*\x8c\x01\n" +
+	"\x10StagedPolicyKind\x12\"\n" +
+	"\x1eSTAGED_POLICY_KIND_UNSPECIFIED\x10\x00\x12%\n" +
+	"!STAGED_POLICY_KIND_NETWORK_POLICY\x10\x01\x12-\n" +
+	")STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY\x10\x022\xd5\x02\n" +
 	"\rPolicyService\x12T\n" +
 	"\rApplyPolicies\x12 .fedmesh.v1.ApplyPoliciesRequest\x1a!.fedmesh.v1.ApplyPoliciesResponse\x12Q\n" +
 	"\fDeletePolicy\x12\x1f.fedmesh.v1.DeletePolicyRequest\x1a .fedmesh.v1.DeletePolicyResponse\x12H\n" +
@@ -1253,71 +1382,74 @@ func file_fedmesh_v1_policy_proto_rawDescGZIP() []byte {
 	return file_fedmesh_v1_policy_proto_rawDescData
 }
 
-var file_fedmesh_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fedmesh_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fedmesh_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_fedmesh_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_fedmesh_v1_policy_proto_goTypes = []any{
 	(PolicyKind)(0),                  // 0: fedmesh.v1.PolicyKind
 	(PolicyType)(0),                  // 1: fedmesh.v1.PolicyType
-	(*Policy)(nil),                   // 2: fedmesh.v1.Policy
-	(*NetworkPolicySpec)(nil),        // 3: fedmesh.v1.NetworkPolicySpec
-	(*NetworkPolicyIngressRule)(nil), // 4: fedmesh.v1.NetworkPolicyIngressRule
-	(*NetworkPolicyEgressRule)(nil),  // 5: fedmesh.v1.NetworkPolicyEgressRule
-	(*NetworkPolicyPort)(nil),        // 6: fedmesh.v1.NetworkPolicyPort
-	(*NetworkPolicyPeer)(nil),        // 7: fedmesh.v1.NetworkPolicyPeer
-	(*IPBlock)(nil),                  // 8: fedmesh.v1.IPBlock
-	(*PolicyKey)(nil),                // 9: fedmesh.v1.PolicyKey
-	(*ApplyPoliciesRequest)(nil),     // 10: fedmesh.v1.ApplyPoliciesRequest
-	(*ApplyPoliciesResponse)(nil),    // 11: fedmesh.v1.ApplyPoliciesResponse
-	(*DeletePolicyRequest)(nil),      // 12: fedmesh.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 13: fedmesh.v1.DeletePolicyResponse
-	(*GetPolicyRequest)(nil),         // 14: fedmesh.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),        // 15: fedmesh.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),      // 16: fedmesh.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 17: fedmesh.v1.ListPoliciesResponse
-	(*LabelSelector)(nil),            // 18: fedmesh.v1.LabelSelector
-	(*ObjectMeta)(nil),               // 19: fedmesh.v1.ObjectMeta
-	(Protocol)(0),                    // 20: fedmesh.v1.Protocol
-	(*ResyncMarker)(nil),             // 21: fedmesh.v1.ResyncMarker
+	(StagedPolicyKind)(0),            // 2: fedmesh.v1.StagedPolicyKind
+	(*Policy)(nil),                   // 3: fedmesh.v1.Policy
+	(*NetworkPolicySpec)(nil),        // 4: fedmesh.v1.NetworkPolicySpec
+	(*NetworkPolicyIngressRule)(nil), // 5: fedmesh.v1.NetworkPolicyIngressRule
+	(*NetworkPolicyEgressRule)(nil),  // 6: fedmesh.v1.NetworkPolicyEgressRule
+	(*NetworkPolicyPort)(nil),        // 7: fedmesh.v1.NetworkPolicyPort
+	(*NetworkPolicyPeer)(nil),        // 8: fedmesh.v1.NetworkPolicyPeer
+	(*IPBlock)(nil),                  // 9: fedmesh.v1.IPBlock
+	(*PolicyKey)(nil),                // 10: fedmesh.v1.PolicyKey
+	(*ApplyPoliciesRequest)(nil),     // 11: fedmesh.v1.ApplyPoliciesRequest
+	(*ApplyPoliciesResponse)(nil),    // 12: fedmesh.v1.ApplyPoliciesResponse
+	(*DeletePolicyRequest)(nil),      // 13: fedmesh.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 14: fedmesh.v1.DeletePolicyResponse
+	(*GetPolicyRequest)(nil),         // 15: fedmesh.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),        // 16: fedmesh.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),      // 17: fedmesh.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 18: fedmesh.v1.ListPoliciesResponse
+	(*StagedPolicyKey)(nil),          // 19: fedmesh.v1.StagedPolicyKey
+	(*LabelSelector)(nil),            // 20: fedmesh.v1.LabelSelector
+	(*ObjectMeta)(nil),               // 21: fedmesh.v1.ObjectMeta
+	(Protocol)(0),                    // 22: fedmesh.v1.Protocol
+	(*ResyncMarker)(nil),             // 23: fedmesh.v1.ResyncMarker
 }
 var file_fedmesh_v1_policy_proto_depIdxs = []int32{
 	0,  // 0: fedmesh.v1.Policy.kind:type_name -> fedmesh.v1.PolicyKind
-	18, // 1: fedmesh.v1.Policy.cluster_selector:type_name -> fedmesh.v1.LabelSelector
-	3,  // 2: fedmesh.v1.Policy.spec:type_name -> fedmesh.v1.NetworkPolicySpec
-	19, // 3: fedmesh.v1.Policy.meta:type_name -> fedmesh.v1.ObjectMeta
-	18, // 4: fedmesh.v1.NetworkPolicySpec.pod_selector:type_name -> fedmesh.v1.LabelSelector
-	4,  // 5: fedmesh.v1.NetworkPolicySpec.ingress:type_name -> fedmesh.v1.NetworkPolicyIngressRule
-	5,  // 6: fedmesh.v1.NetworkPolicySpec.egress:type_name -> fedmesh.v1.NetworkPolicyEgressRule
+	20, // 1: fedmesh.v1.Policy.cluster_selector:type_name -> fedmesh.v1.LabelSelector
+	4,  // 2: fedmesh.v1.Policy.spec:type_name -> fedmesh.v1.NetworkPolicySpec
+	21, // 3: fedmesh.v1.Policy.meta:type_name -> fedmesh.v1.ObjectMeta
+	20, // 4: fedmesh.v1.NetworkPolicySpec.pod_selector:type_name -> fedmesh.v1.LabelSelector
+	5,  // 5: fedmesh.v1.NetworkPolicySpec.ingress:type_name -> fedmesh.v1.NetworkPolicyIngressRule
+	6,  // 6: fedmesh.v1.NetworkPolicySpec.egress:type_name -> fedmesh.v1.NetworkPolicyEgressRule
 	1,  // 7: fedmesh.v1.NetworkPolicySpec.policy_types:type_name -> fedmesh.v1.PolicyType
-	6,  // 8: fedmesh.v1.NetworkPolicyIngressRule.ports:type_name -> fedmesh.v1.NetworkPolicyPort
-	7,  // 9: fedmesh.v1.NetworkPolicyIngressRule.from:type_name -> fedmesh.v1.NetworkPolicyPeer
-	6,  // 10: fedmesh.v1.NetworkPolicyEgressRule.ports:type_name -> fedmesh.v1.NetworkPolicyPort
-	7,  // 11: fedmesh.v1.NetworkPolicyEgressRule.to:type_name -> fedmesh.v1.NetworkPolicyPeer
-	20, // 12: fedmesh.v1.NetworkPolicyPort.protocol:type_name -> fedmesh.v1.Protocol
-	18, // 13: fedmesh.v1.NetworkPolicyPeer.pod_selector:type_name -> fedmesh.v1.LabelSelector
-	18, // 14: fedmesh.v1.NetworkPolicyPeer.namespace_selector:type_name -> fedmesh.v1.LabelSelector
-	8,  // 15: fedmesh.v1.NetworkPolicyPeer.ip_block:type_name -> fedmesh.v1.IPBlock
-	18, // 16: fedmesh.v1.NetworkPolicyPeer.cluster_selector:type_name -> fedmesh.v1.LabelSelector
-	2,  // 17: fedmesh.v1.ApplyPoliciesRequest.policies:type_name -> fedmesh.v1.Policy
-	21, // 18: fedmesh.v1.ApplyPoliciesRequest.resync:type_name -> fedmesh.v1.ResyncMarker
-	2,  // 19: fedmesh.v1.ApplyPoliciesResponse.policies:type_name -> fedmesh.v1.Policy
-	9,  // 20: fedmesh.v1.DeletePolicyRequest.key:type_name -> fedmesh.v1.PolicyKey
-	9,  // 21: fedmesh.v1.GetPolicyRequest.key:type_name -> fedmesh.v1.PolicyKey
-	2,  // 22: fedmesh.v1.GetPolicyResponse.policy:type_name -> fedmesh.v1.Policy
+	7,  // 8: fedmesh.v1.NetworkPolicyIngressRule.ports:type_name -> fedmesh.v1.NetworkPolicyPort
+	8,  // 9: fedmesh.v1.NetworkPolicyIngressRule.from:type_name -> fedmesh.v1.NetworkPolicyPeer
+	7,  // 10: fedmesh.v1.NetworkPolicyEgressRule.ports:type_name -> fedmesh.v1.NetworkPolicyPort
+	8,  // 11: fedmesh.v1.NetworkPolicyEgressRule.to:type_name -> fedmesh.v1.NetworkPolicyPeer
+	22, // 12: fedmesh.v1.NetworkPolicyPort.protocol:type_name -> fedmesh.v1.Protocol
+	20, // 13: fedmesh.v1.NetworkPolicyPeer.pod_selector:type_name -> fedmesh.v1.LabelSelector
+	20, // 14: fedmesh.v1.NetworkPolicyPeer.namespace_selector:type_name -> fedmesh.v1.LabelSelector
+	9,  // 15: fedmesh.v1.NetworkPolicyPeer.ip_block:type_name -> fedmesh.v1.IPBlock
+	20, // 16: fedmesh.v1.NetworkPolicyPeer.cluster_selector:type_name -> fedmesh.v1.LabelSelector
+	3,  // 17: fedmesh.v1.ApplyPoliciesRequest.policies:type_name -> fedmesh.v1.Policy
+	23, // 18: fedmesh.v1.ApplyPoliciesRequest.resync:type_name -> fedmesh.v1.ResyncMarker
+	3,  // 19: fedmesh.v1.ApplyPoliciesResponse.policies:type_name -> fedmesh.v1.Policy
+	10, // 20: fedmesh.v1.DeletePolicyRequest.key:type_name -> fedmesh.v1.PolicyKey
+	10, // 21: fedmesh.v1.GetPolicyRequest.key:type_name -> fedmesh.v1.PolicyKey
+	3,  // 22: fedmesh.v1.GetPolicyResponse.policy:type_name -> fedmesh.v1.Policy
 	0,  // 23: fedmesh.v1.ListPoliciesRequest.kind:type_name -> fedmesh.v1.PolicyKind
-	2,  // 24: fedmesh.v1.ListPoliciesResponse.policies:type_name -> fedmesh.v1.Policy
-	10, // 25: fedmesh.v1.PolicyService.ApplyPolicies:input_type -> fedmesh.v1.ApplyPoliciesRequest
-	12, // 26: fedmesh.v1.PolicyService.DeletePolicy:input_type -> fedmesh.v1.DeletePolicyRequest
-	14, // 27: fedmesh.v1.PolicyService.GetPolicy:input_type -> fedmesh.v1.GetPolicyRequest
-	16, // 28: fedmesh.v1.PolicyService.ListPolicies:input_type -> fedmesh.v1.ListPoliciesRequest
-	11, // 29: fedmesh.v1.PolicyService.ApplyPolicies:output_type -> fedmesh.v1.ApplyPoliciesResponse
-	13, // 30: fedmesh.v1.PolicyService.DeletePolicy:output_type -> fedmesh.v1.DeletePolicyResponse
-	15, // 31: fedmesh.v1.PolicyService.GetPolicy:output_type -> fedmesh.v1.GetPolicyResponse
-	17, // 32: fedmesh.v1.PolicyService.ListPolicies:output_type -> fedmesh.v1.ListPoliciesResponse
-	29, // [29:33] is the sub-list for method output_type
-	25, // [25:29] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	3,  // 24: fedmesh.v1.ListPoliciesResponse.policies:type_name -> fedmesh.v1.Policy
+	2,  // 25: fedmesh.v1.StagedPolicyKey.kind:type_name -> fedmesh.v1.StagedPolicyKind
+	11, // 26: fedmesh.v1.PolicyService.ApplyPolicies:input_type -> fedmesh.v1.ApplyPoliciesRequest
+	13, // 27: fedmesh.v1.PolicyService.DeletePolicy:input_type -> fedmesh.v1.DeletePolicyRequest
+	15, // 28: fedmesh.v1.PolicyService.GetPolicy:input_type -> fedmesh.v1.GetPolicyRequest
+	17, // 29: fedmesh.v1.PolicyService.ListPolicies:input_type -> fedmesh.v1.ListPoliciesRequest
+	12, // 30: fedmesh.v1.PolicyService.ApplyPolicies:output_type -> fedmesh.v1.ApplyPoliciesResponse
+	14, // 31: fedmesh.v1.PolicyService.DeletePolicy:output_type -> fedmesh.v1.DeletePolicyResponse
+	16, // 32: fedmesh.v1.PolicyService.GetPolicy:output_type -> fedmesh.v1.GetPolicyResponse
+	18, // 33: fedmesh.v1.PolicyService.ListPolicies:output_type -> fedmesh.v1.ListPoliciesResponse
+	30, // [30:34] is the sub-list for method output_type
+	26, // [26:30] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_policy_proto_init() }
@@ -1335,8 +1467,8 @@ func file_fedmesh_v1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedmesh_v1_policy_proto_rawDesc), len(file_fedmesh_v1_policy_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   16,
+			NumEnums:      3,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
