@@ -157,6 +157,17 @@ var rules = map[string]rule{
 	fedmeshv1.ClusterPolicyService_GetClusterPolicy_FullMethodName:    federationRead,
 	fedmeshv1.ClusterPolicyService_ListClusterPolicies_FullMethodName: federationRead,
 
+	// Staged policies are federated policies (never a cluster's, which
+	// its syncer copies from its API): written, promoted and previewed
+	// (an evaluation over every cluster's flows) by admins only, as the
+	// federated policies they become; read by everyone, as those are.
+	fedmeshv1.StagedPolicyService_StagePolicy_FullMethodName:         adminOnly,
+	fedmeshv1.StagedPolicyService_DeleteStagedPolicy_FullMethodName:  adminOnly,
+	fedmeshv1.StagedPolicyService_PromotePolicy_FullMethodName:       adminOnly,
+	fedmeshv1.StagedPolicyService_PreviewStagedPolicy_FullMethodName: adminOnly,
+	fedmeshv1.StagedPolicyService_GetStagedPolicy_FullMethodName:     federationRead,
+	fedmeshv1.StagedPolicyService_ListStagedPolicies_FullMethodName:  federationRead,
+
 	fedmeshv1.ReachService_Reach_FullMethodName: federationRead,
 	fedmeshv1.WatchService_Watch_FullMethodName: federationRead,
 

@@ -112,6 +112,17 @@ var matrix = map[string]matrixRow{
 	}, reads},
 	fedmeshv1.ClusterPolicyService_ListClusterPolicies_FullMethodName: {func(c string) any { return &fedmeshv1.ListClusterPoliciesRequest{Cluster: c} }, reads},
 
+	// A cluster principal that cannot apply a federated policy cannot
+	// stage, promote or preview one either.
+	fedmeshv1.StagedPolicyService_StagePolicy_FullMethodName: {func(string) any {
+		return &fedmeshv1.StagePolicyRequest{Policy: &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_NetworkPolicy{NetworkPolicy: &fedmeshv1.Policy{Kind: fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED, Name: "p"}}}}
+	}, onlyAdmin},
+	fedmeshv1.StagedPolicyService_DeleteStagedPolicy_FullMethodName:  {func(string) any { return &fedmeshv1.DeleteStagedPolicyRequest{} }, onlyAdmin},
+	fedmeshv1.StagedPolicyService_PromotePolicy_FullMethodName:       {func(string) any { return &fedmeshv1.PromotePolicyRequest{} }, onlyAdmin},
+	fedmeshv1.StagedPolicyService_PreviewStagedPolicy_FullMethodName: {func(string) any { return &fedmeshv1.PreviewStagedPolicyRequest{} }, onlyAdmin},
+	fedmeshv1.StagedPolicyService_GetStagedPolicy_FullMethodName:     {func(string) any { return &fedmeshv1.GetStagedPolicyRequest{} }, reads},
+	fedmeshv1.StagedPolicyService_ListStagedPolicies_FullMethodName:  {func(string) any { return &fedmeshv1.ListStagedPoliciesRequest{} }, reads},
+
 	fedmeshv1.ReachService_Reach_FullMethodName:            {func(string) any { return &fedmeshv1.ReachRequest{} }, reads},
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: {func(string) any { return &fedmeshv1.ListAuditRecordsRequest{} }, onlyAdmin},
 

@@ -68,7 +68,18 @@ func (s *flowService) GetFlows(req *fedmeshv1.GetFlowsRequest, stream grpc.Serve
 	if err != nil {
 		return err
 	}
-	return s.c.r.flows.Serve(stream.Context(), q, flowScope(stream.Context()), stream.Send)
+	ctx := stream.Context()
+	// Each batch is evaluated against the staged policies as they are
+	// when it is sent (staged_eval.go): records say what would be denied
+	// were the staged policies enforced.
+	return s.c.r.flows.Serve(ctx, q, flowScope(ctx), func(m *fedmeshv1.GetFlowsResponse) error {
+		fl, err := s.c.stagedFlows(ctx, m.GetFlows())
+		if err != nil {
+			return err
+		}
+		m.Flows = fl
+		return stream.Send(m)
+	})
 }
 
 func (s *flowService) GetFlowSummary(ctx context.Context, req *fedmeshv1.GetFlowSummaryRequest) (*fedmeshv1.GetFlowSummaryResponse, error) {

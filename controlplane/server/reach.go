@@ -27,18 +27,27 @@ type reachEngine struct {
 	fsm  *store.FSM
 	log  *slog.Logger
 	reqs chan *explainReq
+	// fedNP and fedCNP are the federated policies the engine holds, by
+	// key, so an overlay of staged policies (staged_eval.go) can put back
+	// what it replaced. Only the run goroutine touches them.
+	fedNP  map[policy.PolicyKey]*fedmeshv1.Policy
+	fedCNP map[string]*fedmeshv1.ClusterNetworkPolicy
 }
 
 type explainReq struct {
-	flow   policy.Flow
+	flow policy.Flow
+	// staged, when set, asks for its flows evaluated with and without
+	// staged policies instead (staged_eval.go).
+	staged *stagedEval
 	minRev uint64
 	reply  chan explainResp
 }
 
 type explainResp struct {
-	x   policy.TieredExplanation
-	rev uint64
-	err error
+	x      policy.TieredExplanation
+	staged *stagedResult
+	rev    uint64
+	err    error
 }
 
 func newReachEngine(fsm *store.FSM, log *slog.Logger) *reachEngine {
@@ -99,7 +108,7 @@ func (r *reachEngine) run(ctx context.Context) {
 		kept := pending[:0]
 		for _, req := range pending {
 			if rev >= req.minRev {
-				req.reply <- answer(eng, req.flow, rev)
+				req.reply <- r.answer(eng, req, rev)
 			} else {
 				kept = append(kept, req)
 			}
@@ -128,10 +137,14 @@ func (r *reachEngine) run(ctx context.Context) {
 	}
 }
 
-// answer decides f through every layer: the engine's ClusterNetworkPolicy
-// tiers around its NetworkPolicies, as the agents' dataplanes do.
-func answer(eng *policy.Engine, f policy.Flow, rev uint64) explainResp {
-	x, err := eng.Tiers().Explain(eng, f)
+// answer decides a request's flow through every layer: the engine's
+// ClusterNetworkPolicy tiers around its NetworkPolicies, as the agents'
+// dataplanes do; or evaluates its staged batch.
+func (r *reachEngine) answer(eng *policy.Engine, req *explainReq, rev uint64) explainResp {
+	if req.staged != nil {
+		return explainResp{staged: r.evalStaged(eng, req.staged), rev: rev}
+	}
+	x, err := eng.Tiers().Explain(eng, req.flow)
 	return explainResp{x: x, rev: rev, err: err}
 }
 
@@ -152,6 +165,7 @@ func (r *reachEngine) rebuild() (*policy.Engine, uint64) {
 	})
 	// Nothing is compiled: Reach only explains, from the policies directly.
 	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
+	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
 	for _, e := range objs {
 		r.apply(eng, e)
 	}
@@ -190,7 +204,9 @@ func (r *reachEngine) apply(eng *policy.Engine, e *fedmeshv1.Event) {
 	// force in both: Reach explains what the dataplane enforces.
 	if err := policy.ApplyEvent(eng, e); err != nil {
 		r.log.Warn("policy update not compiled; the previous version stays in force", "err", err)
+		return
 	}
+	r.shadow(e)
 }
 
 // reachService explains verdicts with the engine.

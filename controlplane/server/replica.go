@@ -436,5 +436,6 @@ func registerServices(s *grpc.Server, c *Core) {
 	fedmeshv1.RegisterBGPServiceServer(s, &bgpService{c: c})
 	fedmeshv1.RegisterClusterPolicyServiceServer(s, &clusterPolicyService{c: c})
 	fedmeshv1.RegisterFlowServiceServer(s, &flowService{c: c})
+	fedmeshv1.RegisterStagedPolicyServiceServer(s, &stagedPolicyService{c: c})
 	fedmeshv1.RegisterUIServiceServer(s, &uiService{c: c})
 }

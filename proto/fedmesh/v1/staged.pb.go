@@ -815,11 +815,11 @@ func (x *PreviewRow) GetLast() *timestamppb.Timestamp {
 // PreviewStagedPolicyResponse is what the staged policy would change.
 type PreviewStagedPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// WouldDeny are flows recorded as allowed that the staged policy would
-	// deny.
+	// WouldDeny are flows the enforced policies allow that the staged
+	// policy would deny (it is among the deciders).
 	WouldDeny []*PreviewRow `protobuf:"bytes,1,rep,name=would_deny,json=wouldDeny,proto3" json:"would_deny,omitempty"`
-	// WouldAllow are flows recorded as denied that would pass with the
-	// staged policy in force (it replaces a denying policy, or allows in a
+	// WouldAllow are flows the enforced policies deny that would pass with
+	// the staged policy in force (it replaces a denying policy, or allows in a
 	// tier above the one that denied).
 	WouldAllow []*PreviewRow `protobuf:"bytes,2,rep,name=would_allow,json=wouldAllow,proto3" json:"would_allow,omitempty"`
 	// Evaluated counts the flows evaluated.
@@ -828,7 +828,10 @@ type PreviewStagedPolicyResponse struct {
 	// knows, which are not evaluated.
 	Unresolved uint64 `protobuf:"varint,4,opt,name=unresolved,proto3" json:"unresolved,omitempty"`
 	// Revision of the store the evaluation used.
-	Revision      uint64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Truncated says the range held more flows than one preview evaluates
+	// (the newest are evaluated); narrow the range or the filter.
+	Truncated     bool `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -898,6 +901,13 @@ func (x *PreviewStagedPolicyResponse) GetRevision() uint64 {
 	return 0
 }
 
+func (x *PreviewStagedPolicyResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_fedmesh_v1_staged_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_staged_proto_rawDesc = "" +
@@ -948,7 +958,7 @@ const file_fedmesh_v1_staged_proto_rawDesc = "" +
 	"\brecorded\x18\x05 \x01(\x0e2\x13.fedmesh.v1.VerdictR\brecorded\x12+\n" +
 	"\x06staged\x18\x06 \x01(\x0e2\x13.fedmesh.v1.VerdictR\x06staged\x12 \n" +
 	"\vexplanation\x18\a \x01(\tR\vexplanation\x12.\n" +
-	"\x04last\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04last\"\xe7\x01\n" +
+	"\x04last\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04last\"\x85\x02\n" +
 	"\x1bPreviewStagedPolicyResponse\x125\n" +
 	"\n" +
 	"would_deny\x18\x01 \x03(\v2\x16.fedmesh.v1.PreviewRowR\twouldDeny\x127\n" +
@@ -958,7 +968,8 @@ const file_fedmesh_v1_staged_proto_rawDesc = "" +
 	"\n" +
 	"unresolved\x18\x04 \x01(\x04R\n" +
 	"unresolved\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x04R\brevision2\xc9\x04\n" +
+	"\brevision\x18\x05 \x01(\x04R\brevision\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated2\xc9\x04\n" +
 	"\x13StagedPolicyService\x12N\n" +
 	"\vStagePolicy\x12\x1e.fedmesh.v1.StagePolicyRequest\x1a\x1f.fedmesh.v1.StagePolicyResponse\x12c\n" +
 	"\x12DeleteStagedPolicy\x12%.fedmesh.v1.DeleteStagedPolicyRequest\x1a&.fedmesh.v1.DeleteStagedPolicyResponse\x12Z\n" +

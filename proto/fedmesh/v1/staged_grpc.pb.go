@@ -64,7 +64,8 @@ type StagedPolicyServiceClient interface {
 	// PreviewStagedPolicy evaluates the stored flows of a time range with the
 	// staged policy added to the enforced ones (replacing an enforced policy
 	// of the same key, as a promote with replace would) and reports the
-	// traffic it would deny and the traffic it would newly allow.
+	// traffic it would deny and the traffic it would newly allow, both
+	// against the enforced policies as they are now.
 	PreviewStagedPolicy(ctx context.Context, in *PreviewStagedPolicyRequest, opts ...grpc.CallOption) (*PreviewStagedPolicyResponse, error)
 }
 
@@ -173,7 +174,8 @@ type StagedPolicyServiceServer interface {
 	// PreviewStagedPolicy evaluates the stored flows of a time range with the
 	// staged policy added to the enforced ones (replacing an enforced policy
 	// of the same key, as a promote with replace would) and reports the
-	// traffic it would deny and the traffic it would newly allow.
+	// traffic it would deny and the traffic it would newly allow, both
+	// against the enforced policies as they are now.
 	PreviewStagedPolicy(context.Context, *PreviewStagedPolicyRequest) (*PreviewStagedPolicyResponse, error)
 	mustEmbedUnimplementedStagedPolicyServiceServer()
 }
