@@ -1,0 +1,275 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fedmesh/fedmesh/controlplane/auth"
+	"github.com/fedmesh/fedmesh/controlplane/store"
+	"github.com/fedmesh/fedmesh/federation/policy"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+func stagedNP(p *fedmeshv1.Policy) *fedmeshv1.StagedPolicy {
+	return &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_NetworkPolicy{NetworkPolicy: p}}
+}
+
+// dbLockdown selects the db pods of namespace demo for ingress and allows
+// only port allow (0: nothing).
+func dbLockdown(allow uint32) *fedmeshv1.Policy {
+	p := &fedmeshv1.Policy{Kind: fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED, Namespace: "demo", Name: "db-lockdown",
+		Spec: &fedmeshv1.NetworkPolicySpec{PodSelector: &fedmeshv1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			PolicyTypes: []fedmeshv1.PolicyType{fedmeshv1.PolicyType_POLICY_TYPE_INGRESS}}}
+	if allow != 0 {
+		p.Spec.Ingress = []*fedmeshv1.NetworkPolicyIngressRule{{Ports: []*fedmeshv1.NetworkPolicyPort{{Port: &fedmeshv1.NetworkPolicyPort_Number{Number: allow}}}}}
+	}
+	return p
+}
+
+var lockdownKey = &fedmeshv1.StagedPolicyKey{Kind: fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_NETWORK_POLICY, Namespace: "demo", Name: "db-lockdown"}
+
+func localFlow(port uint32, v fedmeshv1.Verdict) *fedmeshv1.Flow {
+	return &fedmeshv1.Flow{Time: timestamppb.Now(), Protocol: 6, Verdict: v,
+		Source:      &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "web", Ip: "10.1.1.11"},
+		Destination: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "db", Ip: "10.1.1.12", Port: port}}
+}
+
+func stagedDeniedBy(f *fedmeshv1.Flow) []string {
+	var out []string
+	for _, k := range f.GetStaged().GetDeniedBy() {
+		out = append(out, store.StagedKeyFromAPI(k).String())
+	}
+	return out
+}
+
+// The whole life of a staged policy through the gRPC API over mTLS: edge
+// validation and authorization, never enforced while staged, flows say
+// what it would deny, preview lists it, promote enforces it atomically
+// (refusing an enforced key without replace), delete.
+func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T) {
+	g := startTLSGroup(t, 1)
+	lead := g.leader(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := g.conn(t, lead, auth.Admin())
+	if _, err := fedmeshv1.NewClusterServiceClient(admin).RegisterCluster(ctx, &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fedmeshv1.NewNodeServiceClient(g.conn(t, lead, auth.Node("a", "n1"))).RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{
+		Cluster: "a", Name: "n1", UnderlayIp: "198.18.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fedmeshv1.NewEndpointServiceClient(g.conn(t, lead, auth.Syncer("a"))).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "a",
+		Endpoints: []*fedmeshv1.Endpoint{
+			{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Node: "n1", Labels: map[string]string{"app": "web"}},
+			{Cluster: "a", Namespace: "demo", Name: "db", Ips: []string{"10.1.1.12"}, Node: "n1", Labels: map[string]string{"app": "db"}},
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	staged := fedmeshv1.NewStagedPolicyServiceClient(admin)
+	policies := fedmeshv1.NewPolicyServiceClient(admin)
+	reach := func() fedmeshv1.Verdict {
+		t.Helper()
+		r, err := fedmeshv1.NewReachServiceClient(admin).Reach(ctx, &fedmeshv1.ReachRequest{Source: epTarget("a", "demo", "web"),
+			Destination: epTarget("a", "demo", "db"), Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Port: 5432})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetVerdict()
+	}
+
+	// Bad input is refused at the edge naming the field; nothing is staged.
+	bad := dbLockdown(0)
+	bad.Spec.Ingress = []*fedmeshv1.NetworkPolicyIngressRule{{Ports: []*fedmeshv1.NetworkPolicyPort{{Port: &fedmeshv1.NetworkPolicyPort_Number{Number: 70000}}}}}
+	kube := dbLockdown(0)
+	kube.Kind, kube.Cluster = fedmeshv1.PolicyKind_POLICY_KIND_KUBERNETES, "a"
+	for _, tc := range []struct {
+		name  string
+		p     *fedmeshv1.StagedPolicy
+		field string
+	}{
+		{"port out of range", stagedNP(bad), "policy.networkPolicy.spec.ingress[0].ports[0].port"},
+		{"a cluster's NetworkPolicy", stagedNP(kube), "policy.networkPolicy.kind"},
+		{"a synced ClusterNetworkPolicy", &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: &fedmeshv1.ClusterNetworkPolicy{Cluster: "a", Name: "x"}}}, "policy.clusterNetworkPolicy.cluster"},
+		{"no policy", &fedmeshv1.StagedPolicy{}, "policy"},
+	} {
+		_, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: tc.p})
+		if status.Code(err) != codes.InvalidArgument || !slices.Contains(badRequestFields(err), tc.field) {
+			t.Errorf("%s: %v (fields %v), want InvalidArgument naming %s", tc.name, err, badRequestFields(err), tc.field)
+		}
+	}
+	// Who cannot apply a federated policy cannot stage one.
+	for _, p := range []auth.Principal{auth.Syncer("a"), auth.Node("a", "n1")} {
+		_, err := fedmeshv1.NewStagedPolicyServiceClient(g.conn(t, lead, p)).StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(dbLockdown(0))})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s stages a federated policy: %v, want PermissionDenied", p, err)
+		}
+		if _, err := fedmeshv1.NewStagedPolicyServiceClient(g.conn(t, lead, p)).PromotePolicy(ctx, &fedmeshv1.PromotePolicyRequest{Key: lockdownKey}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s promotes: %v, want PermissionDenied", p, err)
+		}
+	}
+	if l, err := staged.ListStagedPolicies(ctx, &fedmeshv1.ListStagedPoliciesRequest{}); err != nil || len(l.GetPolicies()) != 0 {
+		t.Fatalf("after refused writes: %v (%v), want nothing staged", l, err)
+	}
+
+	// Staged: listed as staged, not enforced.
+	resp, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(dbLockdown(0))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetPolicy().GetNetworkPolicy().GetMeta().GetUpdatedBy() != auth.Admin().URI().String() {
+		t.Errorf("staged policy records %q as its writer", resp.GetPolicy().GetNetworkPolicy().GetMeta().GetUpdatedBy())
+	}
+	if l, err := fedmeshv1.NewStagedPolicyServiceClient(g.conn(t, lead, auth.Syncer("a"))).ListStagedPolicies(ctx, &fedmeshv1.ListStagedPoliciesRequest{}); err != nil || len(l.GetPolicies()) != 1 {
+		t.Fatalf("syncer lists staged policies: %v (%v), want the one", l, err)
+	}
+	if l, err := policies.ListPolicies(ctx, &fedmeshv1.ListPoliciesRequest{}); err != nil || len(l.GetPolicies()) != 0 {
+		t.Fatalf("enforced policies %v (%v): a staged policy must not be among them", l, err)
+	}
+	if v := reach(); v != fedmeshv1.Verdict_VERDICT_ALLOW {
+		t.Fatalf("reach web->db:5432 with the lockdown only staged: %v, want ALLOW", v)
+	}
+
+	// Flows: the allowed flow to 5432 would be denied by the staged policy.
+	if _, err := ship(ctx, fedmeshv1.NewFlowServiceClient(g.conn(t, lead, auth.Node("a", "n1"))), &fedmeshv1.ShipFlowsRequest{Cluster: "a", Node: "n1",
+		Flows: []*fedmeshv1.Flow{localFlow(5432, fedmeshv1.Verdict_VERDICT_ALLOW), localFlow(5432, fedmeshv1.Verdict_VERDICT_ALLOW), localFlow(9000, fedmeshv1.Verdict_VERDICT_ALLOW)}}); err != nil {
+		t.Fatal(err)
+	}
+	fl, err := getFlows(t, ctx, fedmeshv1.NewFlowServiceClient(admin), &fedmeshv1.GetFlowsRequest{})
+	if err != nil || len(fl) != 3 {
+		t.Fatalf("flows %v (%v)", fl, err)
+	}
+	for _, f := range fl {
+		if f.GetStaged().GetVerdict() != fedmeshv1.Verdict_VERDICT_DENY || !slices.Equal(stagedDeniedBy(f), []string{"federated/demo/db-lockdown"}) {
+			t.Errorf("flow to %d: staged %v, want it would be denied by staged federated/demo/db-lockdown", f.GetDestination().GetPort(), f.GetStaged())
+		}
+		if f.GetVerdict() != fedmeshv1.Verdict_VERDICT_ALLOW {
+			t.Errorf("the recorded verdict changed: %v", f.GetVerdict())
+		}
+	}
+
+	// Preview: what the staged policy would deny, per edge.
+	if _, err := staged.PreviewStagedPolicy(ctx, &fedmeshv1.PreviewStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.InvalidArgument || !slices.Contains(badRequestFields(err), "since") {
+		t.Errorf("preview without since: %v, want InvalidArgument naming since", err)
+	}
+	pv, err := staged.PreviewStagedPolicy(ctx, &fedmeshv1.PreviewStagedPolicyRequest{Key: lockdownKey, Since: timestamppb.New(time.Now().Add(-time.Hour))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pv.GetEvaluated() != 3 || len(pv.GetWouldDeny()) != 2 || pv.GetWouldDeny()[0].GetFlows() != 2 || pv.GetWouldDeny()[0].GetDestination().GetPort() != 5432 || len(pv.GetWouldAllow()) != 0 {
+		t.Fatalf("preview %v, want web->db:5432 (2 flows) and :9000 (1) it would deny", pv)
+	}
+
+	// Promote refuses to replace an enforced policy of the key unless asked.
+	if _, err := policies.ApplyPolicies(ctx, &fedmeshv1.ApplyPoliciesRequest{Policies: []*fedmeshv1.Policy{dbLockdown(5432)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := staged.PromotePolicy(ctx, &fedmeshv1.PromotePolicyRequest{Key: lockdownKey}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("promote over an enforced policy without replace: %v, want AlreadyExists", err)
+	}
+	if v := reach(); v != fedmeshv1.Verdict_VERDICT_ALLOW {
+		t.Fatalf("after a refused promote reach says %v; the enforced version (allowing 5432) must stay", v)
+	}
+	// With an enforced policy allowing 5432, the preview would now deny
+	// only :9000... and the staged (deny-all) version replaces it.
+	pr, err := staged.PromotePolicy(ctx, &fedmeshv1.PromotePolicyRequest{Key: lockdownKey, Replace: true})
+	if err != nil || !pr.GetReplaced() {
+		t.Fatalf("promote with replace: %v (%v)", pr, err)
+	}
+	if v := reach(); v != fedmeshv1.Verdict_VERDICT_DENY {
+		t.Fatalf("after the promote reach says %v, want DENY", v)
+	}
+	if _, err := staged.GetStagedPolicy(ctx, &fedmeshv1.GetStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.NotFound {
+		t.Fatalf("promoted policy still staged: %v", err)
+	}
+	if _, err := staged.DeleteStagedPolicy(ctx, &fedmeshv1.DeleteStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.NotFound {
+		t.Fatalf("delete of a policy no longer staged: %v, want NotFound", err)
+	}
+	fl, err = getFlows(t, ctx, fedmeshv1.NewFlowServiceClient(admin), &fedmeshv1.GetFlowsRequest{})
+	if err != nil || len(fl) != 3 || fl[0].GetStaged() != nil {
+		t.Fatalf("with nothing staged flows carry %v (%v), want no staged verdict", fl, err)
+	}
+}
+
+// A staged ClusterNetworkPolicy's Deny names it; a staged allow that
+// replaces a denying enforced policy shows as newly allowed in a preview.
+func TestPreviewReportsWhatAStagedPolicyWouldDenyAndNewlyAllow(t *testing.T) {
+	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
+	r := newReachEngine(nil, nil)
+	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
+	for _, e := range []*fedmeshv1.Event{
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Cluster{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}},
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Labels: map[string]string{"app": "web"}, Identity: 300}}},
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "db", Ips: []string{"10.1.1.12"}, Labels: map[string]string{"app": "db"}, Identity: 301}}},
+		// Enforced: db admits nothing.
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Policy{Policy: dbLockdown(0)}},
+	} {
+		if err := policy.ApplyEvent(eng, e); err != nil {
+			t.Fatal(err)
+		}
+		r.shadow(e)
+	}
+	eng.Recompute()
+	flows := []*fedmeshv1.Flow{localFlow(5432, fedmeshv1.Verdict_VERDICT_DENY), localFlow(23, fedmeshv1.Verdict_VERDICT_DENY),
+		{Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Source: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "gone"}, Destination: &fedmeshv1.Workload{Ip: "192.0.2.1", Port: 1}}}
+	for i := range flows {
+		flows[i].Time = timestamppb.New(time.Unix(int64(100+i), 0))
+	}
+	evalFlows := func(sp *fedmeshv1.StagedPolicy) *stagedResult {
+		ev := &stagedEval{overlay: []*fedmeshv1.StagedPolicy{sp}}
+		for _, f := range flows {
+			ev.flows = append(ev.flows, compilerFlow(f))
+		}
+		return r.evalStaged(eng, ev)
+	}
+
+	// The staged version of db-lockdown allows 5432 (replacing the
+	// enforced one): newly allowed, not denied.
+	k := store.StagedKeyFromAPI(lockdownKey)
+	pv := previewResponse(k, flows, evalFlows(stagedNP(dbLockdown(5432))), 9)
+	if len(pv.GetWouldAllow()) != 1 || pv.GetWouldAllow()[0].GetDestination().GetPort() != 5432 || len(pv.GetWouldDeny()) != 0 || pv.GetUnresolved() != 1 || pv.GetEvaluated() != 2 {
+		t.Fatalf("preview of a loosened db-lockdown: %v, want 5432 newly allowed, the unknown pod unresolved", pv)
+	}
+	// The overlay was taken back: the enforced version decides again.
+	x, err := eng.Tiers().Explain(eng, compilerFlow(flows[0]))
+	if err != nil || x.Allowed {
+		t.Fatalf("after the evaluation the engine allows web->db:5432 (%v): the staged overlay leaked into the enforced set", err)
+	}
+
+	// A staged Admin-tier Deny on telnet, on a flow the enforced
+	// policies would allow (the enforced lockdown removed first).
+	del := &fedmeshv1.Event{Type: fedmeshv1.EventType_EVENT_TYPE_DELETE, Object: &fedmeshv1.Event_Policy{Policy: dbLockdown(0)}}
+	if err := policy.ApplyEvent(eng, del); err != nil {
+		t.Fatal(err)
+	}
+	r.shadow(del)
+	cnp := &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: &fedmeshv1.ClusterNetworkPolicy{Name: "no-telnet",
+		SpecJson: []byte(`{"tier":"Admin","priority":1,"subject":{"namespaces":{}},"ingress":[{"name":"telnet","action":"Deny","from":[{"namespaces":{}}],"protocols":[{"tcp":{"destinationPort":{"number":23}}}]}]}`)}}}
+	res := evalFlows(cnp)
+	if res.overlayErr != nil {
+		t.Fatal(res.overlayErr)
+	}
+	got := stagedDeniers(res.staged[1], map[store.StagedKey]bool{store.StagedKeyOf(cnp): true})
+	if len(got) != 1 || got[0].String() != "cnp/federated/no-telnet" {
+		t.Fatalf("telnet flow denied by %v, want cnp/federated/no-telnet", got)
+	}
+	pv = previewResponse(store.StagedKeyOf(cnp), flows, res, 9)
+	if len(pv.GetWouldDeny()) != 1 || pv.GetWouldDeny()[0].GetDestination().GetPort() != 23 || !res.staged[0].Allowed {
+		t.Fatalf("preview of no-telnet: %v, want only the telnet flow denied", pv)
+	}
+}
+
+func TestStagedWritesWaitForLogFormat8(t *testing.T) {
+	if err := stagedWritesAt(store.LogFormatStaged - 1); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("format %d: %v, want FailedPrecondition", store.LogFormatStaged-1, err)
+	}
+	if err := stagedWritesAt(store.LogFormatStaged); err != nil {
+		t.Fatal(err)
+	}
+}
