@@ -118,7 +118,12 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 		t.Fatalf("after refused writes: %v (%v), want nothing staged", l, err)
 	}
 
-	// Staged: listed as staged, not enforced.
+	// Staged: listed as staged, not enforced. (Reach first, so its engine
+	// exists and follows the event log from before the staging: a staged
+	// policy in any event would reach it as agents would get it.)
+	if v := reach(); v != fedmeshv1.Verdict_VERDICT_ALLOW {
+		t.Fatalf("reach web->db:5432 with no policy: %v", v)
+	}
 	resp, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(dbLockdown(0))})
 	if err != nil {
 		t.Fatal(err)
