@@ -102,30 +102,40 @@ func listClusterPolicies(ctx context.Context, c *conn, cluster string, federated
 		return objs, err
 	}
 	for _, p := range resp.GetPolicies() {
-		kind, scope := "kubernetes", p.GetCluster()
+		kind := "kubernetes"
 		if p.GetCluster() == "" {
-			kind, scope = "federated", selectorString(p.GetClusterSelector())
+			kind = "federated"
 		}
-		spec, err := model.DecodeClusterPolicySpec(p.GetSpecJson())
-		if err != nil {
-			return objs, fmt.Errorf("cluster network policy %s: %w", clusterPolicyName(p.GetCluster(), p.GetName()), err)
-		}
-		var types []string
-		if len(spec.Ingress) > 0 {
-			types = append(types, "ingress")
-		}
-		if len(spec.Egress) > 0 {
-			types = append(types, "egress")
-		}
-		t.add(clusterPolicyName(p.GetCluster(), p.GetName()), kind, string(spec.Tier), strconv.Itoa(int(spec.Priority)), scope, orNone(types),
-			strconv.Itoa(len(spec.Ingress)), strconv.Itoa(len(spec.Egress)), strconv.FormatUint(p.GetMeta().GetRevision(), 10))
-		m, err := clusterPolicyManifest(p)
+		m, err := addClusterPolicyRow(t, p, kind)
 		if err != nil {
 			return objs, err
 		}
 		objs = append(objs, m)
 	}
 	return objs, nil
+}
+
+// addClusterPolicyRow adds a ClusterNetworkPolicy's row to a `policy
+// list` table, with kind in the KIND column, and returns its manifest.
+func addClusterPolicyRow(t *table, p *fedmeshv1.ClusterNetworkPolicy, kind string) (any, error) {
+	scope := p.GetCluster()
+	if p.GetCluster() == "" {
+		scope = selectorString(p.GetClusterSelector())
+	}
+	spec, err := model.DecodeClusterPolicySpec(p.GetSpecJson())
+	if err != nil {
+		return nil, fmt.Errorf("cluster network policy %s: %w", clusterPolicyName(p.GetCluster(), p.GetName()), err)
+	}
+	var types []string
+	if len(spec.Ingress) > 0 {
+		types = append(types, "ingress")
+	}
+	if len(spec.Egress) > 0 {
+		types = append(types, "egress")
+	}
+	t.add(clusterPolicyName(p.GetCluster(), p.GetName()), kind, string(spec.Tier), strconv.Itoa(int(spec.Priority)), scope, orNone(types),
+		strconv.Itoa(len(spec.Ingress)), strconv.Itoa(len(spec.Egress)), strconv.FormatUint(p.GetMeta().GetRevision(), 10))
+	return clusterPolicyManifest(p)
 }
 
 // clusterPolicyManifest is how fedctl shows a stored ClusterNetworkPolicy:

@@ -165,7 +165,7 @@ func (g *globals) printFlows(ctx context.Context, stream interface {
 					header = true
 				}
 				fmt.Fprintf(g.out, "%-13s %-22s %-55s %-8s %s\n", f.GetTime().AsTime().Local().Format("15:04:05.000"),
-					f.GetCluster()+"/"+f.GetNode(), flowTuple(f), strings.ToLower(verdictWord(f.GetVerdict())), flows.Explain(f.GetDecision()))
+					f.GetCluster()+"/"+f.GetNode(), flowTuple(f), strings.ToLower(verdictWord(f.GetVerdict())), flows.Explain(f.GetDecision())+stagedNote(f))
 			default:
 				return fmt.Errorf("unknown output format %q: use table, json or yaml", g.output)
 			}

@@ -25,7 +25,8 @@ import (
 
 func policyCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "policy", Aliases: []string{"policies"}, Short: "Apply, list and delete network policies (per cluster or federated)"}
-	c.AddCommand(policyApplyCmd(g), policyListCmd(g), policyGetCmd(g), policyDeleteCmd(g), policyRecommendCmd(g))
+	c.AddCommand(policyApplyCmd(g), policyListCmd(g), policyGetCmd(g), policyDeleteCmd(g), policyRecommendCmd(g),
+		policyPromoteCmd(g), policyPreviewCmd(g))
 	return c
 }
 
@@ -203,6 +204,7 @@ func (l portLists) check() error {
 func policyApplyCmd(g *globals) *cobra.Command {
 	var file, cluster string
 	var w waitFlags
+	var staged bool
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Create or replace policies from NetworkPolicy / FederatedNetworkPolicy / FederatedClusterNetworkPolicy manifests",
@@ -218,7 +220,14 @@ Accept, Deny or Pass) plus a clusterSelector, and a clusterSelector on each
 peer (absent: the subject pod's own cluster; empty: every cluster); it is
 stored once and enforced in every cluster its clusterSelector matches. Each
 owner's policies, and the ClusterNetworkPolicies, are applied as one atomic
-batch each.`,
+batch each.
+
+With --staged the federated policies are staged instead (as Calico's staged
+policies): stored, validated and compiled like enforced ones, evaluated on
+the flows (fedctl flows says "would be denied by staged P"; fedctl policy
+preview P), never enforced until fedctl policy promote P. A cluster's
+NetworkPolicy is not staged (its syncer owns it): stage a
+FederatedNetworkPolicy whose namespace and clusterSelector pick that cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
@@ -227,6 +236,12 @@ batch each.`,
 			m, err := readManifests(file, cluster)
 			if err != nil {
 				return err
+			}
+			if staged {
+				if w.wait {
+					return fmt.Errorf("--wait with --staged: a staged policy is never enforced; wait on fedctl policy promote")
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error { return g.stagePolicies(ctx, c, m) })
 			}
 			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
 				var last uint64
@@ -250,6 +265,7 @@ batch each.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "manifest file (multi-document YAML or JSON; - for stdin)")
 	cmd.Flags().StringVar(&cluster, "cluster", "", "owner cluster of NetworkPolicy documents")
+	cmd.Flags().BoolVar(&staged, "staged", false, "stage the federated policies: evaluated on flows, never enforced until promoted")
 	w.register(cmd)
 	return cmd
 }
@@ -286,12 +302,25 @@ func parsePolicyKey(s string) (*fedmeshv1.PolicyKey, error) {
 
 func policyListCmd(g *globals) *cobra.Command {
 	var cluster, namespace string
-	var federatedOnly bool
+	var federatedOnly, stagedOnly bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List policies",
+		Short: "List policies (enforced, then staged ones with KIND staged)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if stagedOnly {
+				if cluster != "" {
+					return fmt.Errorf("--staged with --cluster: staged policies are federated")
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+					t := &table{header: policyListHeader}
+					objs, err := listStagedPolicies(ctx, c, namespace, t, nil)
+					if err != nil {
+						return err
+					}
+					return g.printAny(t, objs...)
+				})
+			}
 			req := &fedmeshv1.ListPoliciesRequest{Cluster: cluster, Namespace: namespace}
 			if federatedOnly {
 				req.Kind = fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED
@@ -301,26 +330,27 @@ func policyListCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				t := &table{header: []string{"POLICY", "KIND", "TIER", "PRIORITY", "CLUSTERS", "TYPES", "INGRESS", "EGRESS", "REVISION"}}
+				t := &table{header: policyListHeader}
 				var objs []any
 				for _, p := range resp.GetPolicies() {
-					kind, scope := "kubernetes", p.GetCluster()
+					kind := "kubernetes"
 					if p.GetKind() == fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED {
-						kind, scope = "federated", selectorString(p.GetClusterSelector())
+						kind = "federated"
 					}
-					var types []string
-					for _, t := range p.GetSpec().GetPolicyTypes() {
-						types = append(types, strings.ToLower(strings.TrimPrefix(t.String(), "POLICY_TYPE_")))
-					}
-					t.add(policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), kind, "-", "-", scope, orNone(types),
-						strconv.Itoa(len(p.GetSpec().GetIngress())), strconv.Itoa(len(p.GetSpec().GetEgress())),
-						strconv.FormatUint(p.GetMeta().GetRevision(), 10))
+					addPolicyRow(t, p, kind)
 					objs = append(objs, p)
 				}
 				// ClusterNetworkPolicies are cluster-scoped: a namespace
 				// filter leaves them out.
 				if namespace == "" {
 					if objs, err = listClusterPolicies(ctx, c, cluster, federatedOnly, t, objs); err != nil {
+						return err
+					}
+				}
+				// Staged policies are federated: a cluster filter leaves
+				// them out.
+				if cluster == "" {
+					if objs, err = listStagedPolicies(ctx, c, namespace, t, objs); err != nil {
 						return err
 					}
 				}
@@ -331,7 +361,26 @@ func policyListCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&cluster, "cluster", "", "only this cluster's policies")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only this namespace")
 	cmd.Flags().BoolVar(&federatedOnly, "federated", false, "only federated policies")
+	cmd.Flags().BoolVar(&stagedOnly, "staged", false, "only staged policies")
 	return cmd
+}
+
+var policyListHeader = []string{"POLICY", "KIND", "TIER", "PRIORITY", "CLUSTERS", "TYPES", "INGRESS", "EGRESS", "REVISION"}
+
+// addPolicyRow adds a NetworkPolicy's row to a `policy list` table, with
+// kind in the KIND column.
+func addPolicyRow(t *table, p *fedmeshv1.Policy, kind string) {
+	scope := p.GetCluster()
+	if p.GetKind() == fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED {
+		scope = selectorString(p.GetClusterSelector())
+	}
+	var types []string
+	for _, t := range p.GetSpec().GetPolicyTypes() {
+		types = append(types, strings.ToLower(strings.TrimPrefix(t.String(), "POLICY_TYPE_")))
+	}
+	t.add(policyName(p.GetCluster(), p.GetNamespace(), p.GetName()), kind, "-", "-", scope, orNone(types),
+		strconv.Itoa(len(p.GetSpec().GetIngress())), strconv.Itoa(len(p.GetSpec().GetEgress())),
+		strconv.FormatUint(p.GetMeta().GetRevision(), 10))
 }
 
 func selectorString(s *fedmeshv1.LabelSelector) string {
@@ -352,11 +401,19 @@ func selectorString(s *fedmeshv1.LabelSelector) string {
 }
 
 func policyGetCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var staged bool
+	cmd := &cobra.Command{
 		Use:   "get CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME | cnp/CLUSTER/NAME | cnp/federated/NAME",
-		Short: "Show one policy (YAML by default)",
+		Short: "Show one policy (YAML by default); --staged: the staged one",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if staged {
+				k, err := parseStagedKey(args[0])
+				if err != nil {
+					return err
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error { return g.getStagedPolicy(ctx, c, k) })
+			}
 			if ck, ok, err := parseClusterPolicyKey(args[0]); ok {
 				if err != nil {
 					return err
@@ -379,15 +436,32 @@ func policyGetCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&staged, "staged", false, "the staged policy of that name")
+	return cmd
 }
 
 func policyDeleteCmd(g *globals) *cobra.Command {
 	var w waitFlags
+	var staged bool
 	cmd := &cobra.Command{
 		Use:   "delete CLUSTER/NAMESPACE/NAME | federated/[NAMESPACE/]NAME | cnp/CLUSTER/NAME | cnp/federated/NAME",
-		Short: "Delete one policy",
+		Short: "Delete one policy; --staged: the staged one (the enforced one stays)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if staged {
+				k, err := parseStagedKey(args[0])
+				if err != nil {
+					return err
+				}
+				return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
+					resp, err := fedmeshv1.NewStagedPolicyServiceClient(c.cc).DeleteStagedPolicy(ctx, &fedmeshv1.DeleteStagedPolicyRequest{Key: k})
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(g.out, "staged policy %s deleted at revision %d\n", args[0], resp.GetRevision())
+					return nil
+				})
+			}
 			if ck, ok, err := parseClusterPolicyKey(args[0]); ok {
 				if err != nil {
 					return err
@@ -414,6 +488,7 @@ func policyDeleteCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&staged, "staged", false, "delete the staged policy of that name")
 	w.register(cmd)
 	return cmd
 }
