@@ -32,6 +32,9 @@ type reachEngine struct {
 	// what it replaced. Only the run goroutine touches them.
 	fedNP  map[policy.PolicyKey]*fedmeshv1.Policy
 	fedCNP map[string]*fedmeshv1.ClusterNetworkPolicy
+	// stale: an overlay could not be taken back; the engine is rebuilt
+	// from the state before it answers again.
+	stale bool
 }
 
 type explainReq struct {
@@ -115,6 +118,9 @@ func (r *reachEngine) run(ctx context.Context) {
 		}
 		clear(pending[len(kept):])
 		pending = kept
+		if r.stale {
+			eng, r.stale = nil, false
+		}
 		if !caughtUp || len(pending) == 0 {
 			// More events are waiting (still take requests in between),
 			// or nothing waits: go back to idling.

@@ -109,7 +109,8 @@ func (r *reachEngine) evalStaged(eng *policy.Engine, ev *stagedEval) *stagedResu
 		if err := policy.ApplyEvent(eng, back); err != nil {
 			// What was in force compiled before; failing now means the
 			// engine no longer matches the store: rebuild it.
-			r.log.Error("restore enforced policy after a staged evaluation", "policy", store.StagedKeyOf(sp), "err", err)
+			r.log.Error("restore enforced policy after a staged evaluation; rebuilding the engine", "policy", store.StagedKeyOf(sp), "err", err)
+			r.stale = true
 		}
 	}
 	eng.Recompute()
@@ -237,18 +238,31 @@ func (c *Core) stagedFlows(ctx context.Context, flows []*fedmeshv1.Flow) ([]*fed
 	return out, nil
 }
 
-// previewStaged evaluates flows with one staged policy in force.
+// stagedEvalChunk bounds the flows one request to the engine goroutine
+// evaluates, so Reach requests are served between the chunks of a large
+// preview.
+const stagedEvalChunk = 4096
+
+// previewStaged evaluates flows with one staged policy in force, a chunk
+// per engine request; rev is the revision of the last chunk's answer.
 func (c *Core) previewStaged(ctx context.Context, sp *fedmeshv1.StagedPolicy, flows []*fedmeshv1.Flow, minRev uint64) (*stagedResult, uint64, error) {
-	ev := &stagedEval{overlay: []*fedmeshv1.StagedPolicy{sp}, flows: make([]policy.Flow, len(flows))}
-	for i, f := range flows {
-		ev.flows[i] = compilerFlow(f)
+	out := &stagedResult{}
+	rev := minRev
+	for start := 0; start < len(flows); start += stagedEvalChunk {
+		chunk := flows[start:min(start+stagedEvalChunk, len(flows))]
+		ev := &stagedEval{overlay: []*fedmeshv1.StagedPolicy{sp}, flows: make([]policy.Flow, len(chunk))}
+		for i, f := range chunk {
+			ev.flows[i] = compilerFlow(f)
+		}
+		res, r, err := c.reach.evaluate(ctx, ev, minRev)
+		if err != nil {
+			return nil, 0, err
+		}
+		if res.overlayErr != nil {
+			return nil, 0, status.Errorf(codes.FailedPrecondition, "preview: %v", res.overlayErr)
+		}
+		out.base, out.staged, out.errs = append(out.base, res.base...), append(out.staged, res.staged...), append(out.errs, res.errs...)
+		rev = r
 	}
-	res, rev, err := c.reach.evaluate(ctx, ev, minRev)
-	if err != nil {
-		return nil, 0, err
-	}
-	if res.overlayErr != nil {
-		return nil, 0, status.Errorf(codes.FailedPrecondition, "preview: %v", res.overlayErr)
-	}
-	return res, rev, nil
+	return out, rev, nil
 }

@@ -171,6 +171,19 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 		t.Fatalf("preview %v, want web->db:5432 (2 flows) and :9000 (1) it would deny", pv)
 	}
 
+	// A preview larger than one engine request evaluates every flow.
+	many := make([]*fedmeshv1.Flow, stagedEvalChunk+100)
+	for i := range many {
+		many[i] = localFlow(7000, fedmeshv1.Verdict_VERDICT_ALLOW)
+	}
+	if r, err := ship(ctx, fedmeshv1.NewFlowServiceClient(g.conn(t, lead, auth.Node("a", "n1"))), &fedmeshv1.ShipFlowsRequest{Cluster: "a", Node: "n1", Flows: many}); err != nil || r.GetAccepted() != uint64(len(many)) {
+		t.Fatalf("ship %d flows: %v (%v)", len(many), r, err)
+	}
+	pv, err = staged.PreviewStagedPolicy(ctx, &fedmeshv1.PreviewStagedPolicyRequest{Key: lockdownKey, Since: timestamppb.New(time.Now().Add(-time.Hour))})
+	if err != nil || pv.GetEvaluated() != uint64(3+len(many)) || len(pv.GetWouldDeny()) != 3 || pv.GetWouldDeny()[0].GetFlows() != uint64(len(many)) {
+		t.Fatalf("preview over %d flows: evaluated %d, rows %v (%v)", 3+len(many), pv.GetEvaluated(), pv.GetWouldDeny(), err)
+	}
+
 	// Promote refuses to replace an enforced policy of the key unless asked.
 	if _, err := policies.ApplyPolicies(ctx, &fedmeshv1.ApplyPoliciesRequest{Policies: []*fedmeshv1.Policy{dbLockdown(5432)}}); err != nil {
 		t.Fatal(err)
@@ -196,9 +209,14 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 	if _, err := staged.DeleteStagedPolicy(ctx, &fedmeshv1.DeleteStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.NotFound {
 		t.Fatalf("delete of a policy no longer staged: %v, want NotFound", err)
 	}
-	fl, err = getFlows(t, ctx, fedmeshv1.NewFlowServiceClient(admin), &fedmeshv1.GetFlowsRequest{})
-	if err != nil || len(fl) != 3 || fl[0].GetStaged() != nil {
-		t.Fatalf("with nothing staged flows carry %v (%v), want no staged verdict", fl, err)
+	fl, err = getFlows(t, ctx, fedmeshv1.NewFlowServiceClient(admin), &fedmeshv1.GetFlowsRequest{Limit: 10})
+	if err != nil || len(fl) != 10 {
+		t.Fatalf("flows: %d (%v)", len(fl), err)
+	}
+	for _, f := range fl {
+		if f.GetStaged() != nil {
+			t.Fatalf("with nothing staged a flow carries %v, want no staged verdict", f.GetStaged())
+		}
 	}
 }
 
