@@ -307,6 +307,9 @@ type Result struct {
 	// Replaced when it replaced an enforced one.
 	Staged   *fedmeshv1.StagedPolicy
 	Replaced bool
+	// StagedList is every policy a CmdStagePolicy staged, in request
+	// order (Staged is the first).
+	StagedList []*fedmeshv1.StagedPolicy
 	// Err is why the command was rejected; the state did not change.
 	Err error
 }

@@ -46,8 +46,11 @@ func registerStaged() {
 	register(CmdDeleteStagedPolicy, "DeleteStagedPolicy", false, (*State).applyDeleteStagedPolicy)
 	register(CmdPromotePolicy, "PromotePolicy", false, (*State).applyPromotePolicy)
 	describe(CmdStagePolicy, func(r *fedmeshv1.StagePolicyRequest, name func(string)) (string, int) {
-		name(StagedKeyOf(r.GetPolicy()).String())
-		return "", 1
+		ps := StagedPoliciesOf(r)
+		for _, p := range ps {
+			name(StagedKeyOf(p).String())
+		}
+		return "", len(ps)
 	})
 	describe(CmdDeleteStagedPolicy, func(r *fedmeshv1.DeleteStagedPolicyRequest, name func(string)) (string, int) {
 		name(StagedKeyFromAPI(r.GetKey()).String())
@@ -157,18 +160,36 @@ func stagedMeta(p *fedmeshv1.StagedPolicy) *fedmeshv1.ObjectMeta {
 	return p.GetClusterNetworkPolicy().GetMeta()
 }
 
-func (s *State) applyStagePolicy(tx *txn, req *fedmeshv1.StagePolicyRequest) (*Result, error) {
-	p := req.GetPolicy()
-	k := StagedKeyOf(p)
-	meta := tx.meta(stagedMeta(s.staged[k]))
-	switch x := p.GetPolicy().(type) {
-	case *fedmeshv1.StagedPolicy_NetworkPolicy:
-		x.NetworkPolicy.Meta = meta
-	case *fedmeshv1.StagedPolicy_ClusterNetworkPolicy:
-		x.ClusterNetworkPolicy.Meta = meta
+// StagedPoliciesOf is what a CmdStagePolicy stages: its one policy or its
+// list (the edge lets a request set only one of the two).
+func StagedPoliciesOf(req *fedmeshv1.StagePolicyRequest) []*fedmeshv1.StagedPolicy {
+	if p := req.GetPolicy(); p != nil {
+		return append([]*fedmeshv1.StagedPolicy{p}, req.GetPolicies()...)
 	}
-	s.staged[k] = p
-	return &Result{Staged: p}, nil
+	return req.GetPolicies()
+}
+
+// applyStagePolicy stages every policy of the request at the entry's
+// revision: nothing in it can fail (the edge checked them all), so a
+// request is staged whole.
+func (s *State) applyStagePolicy(tx *txn, req *fedmeshv1.StagePolicyRequest) (*Result, error) {
+	ps := StagedPoliciesOf(req)
+	for _, p := range ps {
+		k := StagedKeyOf(p)
+		meta := tx.meta(stagedMeta(s.staged[k]))
+		switch x := p.GetPolicy().(type) {
+		case *fedmeshv1.StagedPolicy_NetworkPolicy:
+			x.NetworkPolicy.Meta = meta
+		case *fedmeshv1.StagedPolicy_ClusterNetworkPolicy:
+			x.ClusterNetworkPolicy.Meta = meta
+		}
+		s.staged[k] = p
+	}
+	res := &Result{StagedList: ps}
+	if len(ps) > 0 {
+		res.Staged = ps[0]
+	}
+	return res, nil
 }
 
 func (s *State) applyDeleteStagedPolicy(_ *txn, req *fedmeshv1.DeleteStagedPolicyRequest) (*Result, error) {

@@ -67,6 +67,11 @@ func goldenStagedSteps(add func(note string, cmds ...Command)) {
 	add("grouped entry: promote staged-guard, promote it again (gone), delete a missing staged policy",
 		promote(cnpKey("staged-guard"), false), promote(cnpKey("staged-guard"), false), deleteStaged(npKey("web", "nope")))
 	add("stage web/temp, then delete it", stageNP(fedPolicy("web", "temp", "app")), deleteStaged(npKey("web", "temp")))
+	add("stage web/pair-a and cnp pair-b in one command: both at one revision",
+		Command{Type: CmdStagePolicy, Payload: &fedmeshv1.StagePolicyRequest{Policies: []*fedmeshv1.StagedPolicy{
+			{Policy: &fedmeshv1.StagedPolicy_NetworkPolicy{NetworkPolicy: fedPolicy("web", "pair-a", "app")}},
+			{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: &fedmeshv1.ClusterNetworkPolicy{Name: "pair-b", SpecJson: []byte(`{"tier":"Baseline","subject":{"namespaces":{}}}`)}}},
+		}}})
 }
 
 // Staging writes a key space of its own: it moves the revision, emits no
@@ -247,5 +252,26 @@ func TestSnapshotCarriesStagedPolicies(t *testing.T) {
 	apply(t, s, promote(npKey("web", "p"), false))
 	if dump(r) != dump(s) {
 		t.Fatalf("restored state evolves differently:\n%s\nwant\n%s", dump(r), dump(s))
+	}
+}
+
+// One CmdStagePolicy carrying several policies stages all of them at the
+// entry's one revision (fedctl policy apply --staged -f of a file of
+// several is one write, never a half-applied change).
+func TestStagePolicyListStagesEveryPolicyAtOneRevision(t *testing.T) {
+	s := NewState(100)
+	before := s.Revision()
+	res := apply(t, s, Command{Type: CmdStagePolicy, Payload: &fedmeshv1.StagePolicyRequest{Policies: []*fedmeshv1.StagedPolicy{
+		{Policy: &fedmeshv1.StagedPolicy_NetworkPolicy{NetworkPolicy: fedPolicy("web", "a", "app")}},
+		{Policy: &fedmeshv1.StagedPolicy_NetworkPolicy{NetworkPolicy: fedPolicy("web", "b", "app")}},
+	}}})
+	if res.Revision != before+1 || len(res.StagedList) != 2 {
+		t.Fatalf("staged at %d with %d policies in the result, want %d with 2", res.Revision, len(res.StagedList), before+1)
+	}
+	for _, name := range []string{"a", "b"} {
+		got := s.StagedPolicy(StagedKeyFromAPI(npKey("web", name)))
+		if got.GetNetworkPolicy().GetMeta().GetRevision() != res.Revision {
+			t.Errorf("web/%s: %v, want staged at revision %d", name, got, res.Revision)
+		}
 	}
 }

@@ -1,36 +1,78 @@
 package model
 
 import (
+	"fmt"
+
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-// ValidateStagePolicy checks a policy to stage exactly as the enforced
-// policy of the same kind is checked (validatePolicy,
-// validateClusterPolicy), and that it is federated: a cluster's own
-// policies have one writer, its syncer, and are not staged.
+// ValidateStagePolicy checks a request to stage policies: one (policy)
+// or several (policies, at most MaxBatch, distinct keys), exactly one of
+// the two. Each is checked exactly as the enforced policy of the same kind
+// is (validatePolicy, validateClusterPolicy), and must be federated: a
+// cluster's own policies have one writer, its syncer, and are not staged.
+// Every policy is checked before any is staged, so the errors name each
+// bad one by its index.
 func ValidateStagePolicy(req *fedmeshv1.StagePolicyRequest) error {
-	p := field.NewPath("policy")
-	switch x := req.GetPolicy().GetPolicy().(type) {
+	if req.GetPolicy() != nil && len(req.GetPolicies()) > 0 {
+		return AsError(field.ErrorList{field.Forbidden(field.NewPath("policies"), "set policy (one) or policies (several), not both")})
+	}
+	if req.GetPolicy() != nil || len(req.GetPolicies()) == 0 {
+		return AsError(validateStaged(field.NewPath("policy"), req.GetPolicy()))
+	}
+	p := field.NewPath("policies")
+	errs := tooMany(p, len(req.GetPolicies()), MaxBatch)
+	seen := map[string]int{}
+	for i, sp := range req.GetPolicies() {
+		pp := p.Index(i)
+		errs = append(errs, validateStaged(pp, sp)...)
+		k := stagedKeyString(sp)
+		if k == "" {
+			continue
+		}
+		if j, dup := seen[k]; dup {
+			errs = append(errs, field.Duplicate(pp, fmt.Sprintf("%s (also %s)", k, p.Index(j))))
+		}
+		seen[k] = i
+	}
+	return AsError(errs)
+}
+
+// stagedKeyString tells staged policies apart within one request; empty
+// for one holding no policy.
+func stagedKeyString(sp *fedmeshv1.StagedPolicy) string {
+	if np := sp.GetNetworkPolicy(); np != nil {
+		return "federated/" + np.GetNamespace() + "/" + np.GetName()
+	}
+	if cp := sp.GetClusterNetworkPolicy(); cp != nil {
+		return "cnp/federated/" + cp.GetName()
+	}
+	return ""
+}
+
+// validateStaged checks one staged policy at path p.
+func validateStaged(p *field.Path, sp *fedmeshv1.StagedPolicy) field.ErrorList {
+	switch x := sp.GetPolicy().(type) {
 	case *fedmeshv1.StagedPolicy_NetworkPolicy:
 		pp := p.Child("networkPolicy")
 		if x.NetworkPolicy != nil && x.NetworkPolicy.GetKind() != fedmeshv1.PolicyKind_POLICY_KIND_FEDERATED {
-			return AsError(field.ErrorList{field.NotSupported(pp.Child("kind"), x.NetworkPolicy.GetKind().String(), []string{"POLICY_KIND_FEDERATED"})})
+			return field.ErrorList{field.NotSupported(pp.Child("kind"), x.NetworkPolicy.GetKind().String(), []string{"POLICY_KIND_FEDERATED"})}
 		}
-		return AsError(validatePolicy(pp, x.NetworkPolicy))
+		return validatePolicy(pp, x.NetworkPolicy)
 	case *fedmeshv1.StagedPolicy_ClusterNetworkPolicy:
 		pp := p.Child("clusterNetworkPolicy")
 		if x.ClusterNetworkPolicy == nil {
-			return AsError(field.ErrorList{field.Required(pp, "")})
+			return field.ErrorList{field.Required(pp, "")}
 		}
 		if c := x.ClusterNetworkPolicy.GetCluster(); c != "" {
-			return AsError(field.ErrorList{field.Forbidden(pp.Child("cluster"),
-				"only federated ClusterNetworkPolicies are staged; a cluster's own are copied from its Kubernetes API by its syncer")})
+			return field.ErrorList{field.Forbidden(pp.Child("cluster"),
+				"only federated ClusterNetworkPolicies are staged; a cluster's own are copied from its Kubernetes API by its syncer")}
 		}
-		return AsError(validateClusterPolicy(pp, x.ClusterNetworkPolicy))
+		return validateClusterPolicy(pp, x.ClusterNetworkPolicy)
 	default:
-		return AsError(field.ErrorList{field.Required(p, "a networkPolicy or a clusterNetworkPolicy")})
+		return field.ErrorList{field.Required(p, "a networkPolicy or a clusterNetworkPolicy")}
 	}
 }
 

@@ -111,11 +111,14 @@ func (*StagedPolicy_NetworkPolicy) isStagedPolicy_Policy() {}
 
 func (*StagedPolicy_ClusterNetworkPolicy) isStagedPolicy_Policy() {}
 
-// StagePolicyRequest stages one policy.
+// StagePolicyRequest stages one policy (policy) or several at one
+// revision (policies); exactly one of the two is set.
 type StagePolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Policy to stage.
-	Policy        *StagedPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *StagedPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Policies to stage together, all or none; keys are distinct.
+	Policies      []*StagedPolicy `protobuf:"bytes,2,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,13 +160,22 @@ func (x *StagePolicyRequest) GetPolicy() *StagedPolicy {
 	return nil
 }
 
-// StagePolicyResponse returns the staged policy as stored.
+func (x *StagePolicyRequest) GetPolicies() []*StagedPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+// StagePolicyResponse returns the staged policies as stored.
 type StagePolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Revision the write committed at.
 	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	// Policy as stored.
-	Policy        *StagedPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Policy as stored, when the request set policy.
+	Policy *StagedPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Policies as stored, in request order, when the request set policies.
+	Policies      []*StagedPolicy `protobuf:"bytes,3,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -208,6 +220,13 @@ func (x *StagePolicyResponse) GetRevision() uint64 {
 func (x *StagePolicyResponse) GetPolicy() *StagedPolicy {
 	if x != nil {
 		return x.Policy
+	}
+	return nil
+}
+
+func (x *StagePolicyResponse) GetPolicies() []*StagedPolicy {
+	if x != nil {
+		return x.Policies
 	}
 	return nil
 }
@@ -917,12 +936,14 @@ const file_fedmesh_v1_staged_proto_rawDesc = "" +
 	"\fStagedPolicy\x12;\n" +
 	"\x0enetwork_policy\x18\x01 \x01(\v2\x12.fedmesh.v1.PolicyH\x00R\rnetworkPolicy\x12X\n" +
 	"\x16cluster_network_policy\x18\x02 \x01(\v2 .fedmesh.v1.ClusterNetworkPolicyH\x00R\x14clusterNetworkPolicyB\b\n" +
-	"\x06policy\"F\n" +
+	"\x06policy\"|\n" +
 	"\x12StagePolicyRequest\x120\n" +
-	"\x06policy\x18\x01 \x01(\v2\x18.fedmesh.v1.StagedPolicyR\x06policy\"c\n" +
+	"\x06policy\x18\x01 \x01(\v2\x18.fedmesh.v1.StagedPolicyR\x06policy\x124\n" +
+	"\bpolicies\x18\x02 \x03(\v2\x18.fedmesh.v1.StagedPolicyR\bpolicies\"\x99\x01\n" +
 	"\x13StagePolicyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x120\n" +
-	"\x06policy\x18\x02 \x01(\v2\x18.fedmesh.v1.StagedPolicyR\x06policy\"J\n" +
+	"\x06policy\x18\x02 \x01(\v2\x18.fedmesh.v1.StagedPolicyR\x06policy\x124\n" +
+	"\bpolicies\x18\x03 \x03(\v2\x18.fedmesh.v1.StagedPolicyR\bpolicies\"J\n" +
 	"\x19DeleteStagedPolicyRequest\x12-\n" +
 	"\x03key\x18\x01 \x01(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x03key\"8\n" +
 	"\x1aDeleteStagedPolicyResponse\x12\x1a\n" +
@@ -1019,42 +1040,44 @@ var file_fedmesh_v1_staged_proto_depIdxs = []int32{
 	14, // 0: fedmesh.v1.StagedPolicy.network_policy:type_name -> fedmesh.v1.Policy
 	15, // 1: fedmesh.v1.StagedPolicy.cluster_network_policy:type_name -> fedmesh.v1.ClusterNetworkPolicy
 	0,  // 2: fedmesh.v1.StagePolicyRequest.policy:type_name -> fedmesh.v1.StagedPolicy
-	0,  // 3: fedmesh.v1.StagePolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
-	16, // 4: fedmesh.v1.DeleteStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
-	16, // 5: fedmesh.v1.GetStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
-	0,  // 6: fedmesh.v1.GetStagedPolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
-	17, // 7: fedmesh.v1.ListStagedPoliciesRequest.kind:type_name -> fedmesh.v1.StagedPolicyKind
-	0,  // 8: fedmesh.v1.ListStagedPoliciesResponse.policies:type_name -> fedmesh.v1.StagedPolicy
-	16, // 9: fedmesh.v1.PromotePolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
-	0,  // 10: fedmesh.v1.PromotePolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
-	16, // 11: fedmesh.v1.PreviewStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
-	18, // 12: fedmesh.v1.PreviewStagedPolicyRequest.since:type_name -> google.protobuf.Timestamp
-	18, // 13: fedmesh.v1.PreviewStagedPolicyRequest.until:type_name -> google.protobuf.Timestamp
-	19, // 14: fedmesh.v1.PreviewStagedPolicyRequest.filter:type_name -> fedmesh.v1.FlowFilter
-	20, // 15: fedmesh.v1.PreviewRow.source:type_name -> fedmesh.v1.Workload
-	20, // 16: fedmesh.v1.PreviewRow.destination:type_name -> fedmesh.v1.Workload
-	21, // 17: fedmesh.v1.PreviewRow.recorded:type_name -> fedmesh.v1.Verdict
-	21, // 18: fedmesh.v1.PreviewRow.staged:type_name -> fedmesh.v1.Verdict
-	18, // 19: fedmesh.v1.PreviewRow.last:type_name -> google.protobuf.Timestamp
-	12, // 20: fedmesh.v1.PreviewStagedPolicyResponse.would_deny:type_name -> fedmesh.v1.PreviewRow
-	12, // 21: fedmesh.v1.PreviewStagedPolicyResponse.would_allow:type_name -> fedmesh.v1.PreviewRow
-	1,  // 22: fedmesh.v1.StagedPolicyService.StagePolicy:input_type -> fedmesh.v1.StagePolicyRequest
-	3,  // 23: fedmesh.v1.StagedPolicyService.DeleteStagedPolicy:input_type -> fedmesh.v1.DeleteStagedPolicyRequest
-	5,  // 24: fedmesh.v1.StagedPolicyService.GetStagedPolicy:input_type -> fedmesh.v1.GetStagedPolicyRequest
-	7,  // 25: fedmesh.v1.StagedPolicyService.ListStagedPolicies:input_type -> fedmesh.v1.ListStagedPoliciesRequest
-	9,  // 26: fedmesh.v1.StagedPolicyService.PromotePolicy:input_type -> fedmesh.v1.PromotePolicyRequest
-	11, // 27: fedmesh.v1.StagedPolicyService.PreviewStagedPolicy:input_type -> fedmesh.v1.PreviewStagedPolicyRequest
-	2,  // 28: fedmesh.v1.StagedPolicyService.StagePolicy:output_type -> fedmesh.v1.StagePolicyResponse
-	4,  // 29: fedmesh.v1.StagedPolicyService.DeleteStagedPolicy:output_type -> fedmesh.v1.DeleteStagedPolicyResponse
-	6,  // 30: fedmesh.v1.StagedPolicyService.GetStagedPolicy:output_type -> fedmesh.v1.GetStagedPolicyResponse
-	8,  // 31: fedmesh.v1.StagedPolicyService.ListStagedPolicies:output_type -> fedmesh.v1.ListStagedPoliciesResponse
-	10, // 32: fedmesh.v1.StagedPolicyService.PromotePolicy:output_type -> fedmesh.v1.PromotePolicyResponse
-	13, // 33: fedmesh.v1.StagedPolicyService.PreviewStagedPolicy:output_type -> fedmesh.v1.PreviewStagedPolicyResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	0,  // 3: fedmesh.v1.StagePolicyRequest.policies:type_name -> fedmesh.v1.StagedPolicy
+	0,  // 4: fedmesh.v1.StagePolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
+	0,  // 5: fedmesh.v1.StagePolicyResponse.policies:type_name -> fedmesh.v1.StagedPolicy
+	16, // 6: fedmesh.v1.DeleteStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
+	16, // 7: fedmesh.v1.GetStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
+	0,  // 8: fedmesh.v1.GetStagedPolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
+	17, // 9: fedmesh.v1.ListStagedPoliciesRequest.kind:type_name -> fedmesh.v1.StagedPolicyKind
+	0,  // 10: fedmesh.v1.ListStagedPoliciesResponse.policies:type_name -> fedmesh.v1.StagedPolicy
+	16, // 11: fedmesh.v1.PromotePolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
+	0,  // 12: fedmesh.v1.PromotePolicyResponse.policy:type_name -> fedmesh.v1.StagedPolicy
+	16, // 13: fedmesh.v1.PreviewStagedPolicyRequest.key:type_name -> fedmesh.v1.StagedPolicyKey
+	18, // 14: fedmesh.v1.PreviewStagedPolicyRequest.since:type_name -> google.protobuf.Timestamp
+	18, // 15: fedmesh.v1.PreviewStagedPolicyRequest.until:type_name -> google.protobuf.Timestamp
+	19, // 16: fedmesh.v1.PreviewStagedPolicyRequest.filter:type_name -> fedmesh.v1.FlowFilter
+	20, // 17: fedmesh.v1.PreviewRow.source:type_name -> fedmesh.v1.Workload
+	20, // 18: fedmesh.v1.PreviewRow.destination:type_name -> fedmesh.v1.Workload
+	21, // 19: fedmesh.v1.PreviewRow.recorded:type_name -> fedmesh.v1.Verdict
+	21, // 20: fedmesh.v1.PreviewRow.staged:type_name -> fedmesh.v1.Verdict
+	18, // 21: fedmesh.v1.PreviewRow.last:type_name -> google.protobuf.Timestamp
+	12, // 22: fedmesh.v1.PreviewStagedPolicyResponse.would_deny:type_name -> fedmesh.v1.PreviewRow
+	12, // 23: fedmesh.v1.PreviewStagedPolicyResponse.would_allow:type_name -> fedmesh.v1.PreviewRow
+	1,  // 24: fedmesh.v1.StagedPolicyService.StagePolicy:input_type -> fedmesh.v1.StagePolicyRequest
+	3,  // 25: fedmesh.v1.StagedPolicyService.DeleteStagedPolicy:input_type -> fedmesh.v1.DeleteStagedPolicyRequest
+	5,  // 26: fedmesh.v1.StagedPolicyService.GetStagedPolicy:input_type -> fedmesh.v1.GetStagedPolicyRequest
+	7,  // 27: fedmesh.v1.StagedPolicyService.ListStagedPolicies:input_type -> fedmesh.v1.ListStagedPoliciesRequest
+	9,  // 28: fedmesh.v1.StagedPolicyService.PromotePolicy:input_type -> fedmesh.v1.PromotePolicyRequest
+	11, // 29: fedmesh.v1.StagedPolicyService.PreviewStagedPolicy:input_type -> fedmesh.v1.PreviewStagedPolicyRequest
+	2,  // 30: fedmesh.v1.StagedPolicyService.StagePolicy:output_type -> fedmesh.v1.StagePolicyResponse
+	4,  // 31: fedmesh.v1.StagedPolicyService.DeleteStagedPolicy:output_type -> fedmesh.v1.DeleteStagedPolicyResponse
+	6,  // 32: fedmesh.v1.StagedPolicyService.GetStagedPolicy:output_type -> fedmesh.v1.GetStagedPolicyResponse
+	8,  // 33: fedmesh.v1.StagedPolicyService.ListStagedPolicies:output_type -> fedmesh.v1.ListStagedPoliciesResponse
+	10, // 34: fedmesh.v1.StagedPolicyService.PromotePolicy:output_type -> fedmesh.v1.PromotePolicyResponse
+	13, // 35: fedmesh.v1.StagedPolicyService.PreviewStagedPolicy:output_type -> fedmesh.v1.PreviewStagedPolicyResponse
+	30, // [30:36] is the sub-list for method output_type
+	24, // [24:30] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_staged_proto_init() }

@@ -48,7 +48,9 @@ const (
 // cluster, as a Kubernetes peer is). Admins write and preview; every
 // principal reads.
 type StagedPolicyServiceClient interface {
-	// StagePolicy creates or replaces one staged policy.
+	// StagePolicy creates or replaces staged policies: one (policy) or
+	// several (policies) in one write. Every policy is checked before
+	// anything is staged: one that fails leaves the staged set as it was.
 	StagePolicy(ctx context.Context, in *StagePolicyRequest, opts ...grpc.CallOption) (*StagePolicyResponse, error)
 	// DeleteStagedPolicy deletes one staged policy.
 	DeleteStagedPolicy(ctx context.Context, in *DeleteStagedPolicyRequest, opts ...grpc.CallOption) (*DeleteStagedPolicyResponse, error)
@@ -158,7 +160,9 @@ func (c *stagedPolicyServiceClient) PreviewStagedPolicy(ctx context.Context, in 
 // cluster, as a Kubernetes peer is). Admins write and preview; every
 // principal reads.
 type StagedPolicyServiceServer interface {
-	// StagePolicy creates or replaces one staged policy.
+	// StagePolicy creates or replaces staged policies: one (policy) or
+	// several (policies) in one write. Every policy is checked before
+	// anything is staged: one that fails leaves the staged set as it was.
 	StagePolicy(context.Context, *StagePolicyRequest) (*StagePolicyResponse, error)
 	// DeleteStagedPolicy deletes one staged policy.
 	DeleteStagedPolicy(context.Context, *DeleteStagedPolicyRequest) (*DeleteStagedPolicyResponse, error)
