@@ -54,17 +54,24 @@ func proposeStaged[Resp any](ctx context.Context, c *Core, t store.CommandType, 
 	return propose(ctx, c, t, req, build)
 }
 
-// StagePolicy stores a ClusterNetworkPolicy's spec in its canonical
-// encoding, as ApplyClusterPolicies does, so a promote stores what an
-// apply would.
+// StagePolicy stages the request's policies in one command (every one was
+// checked first, so a bad one stages nothing). It stores a
+// ClusterNetworkPolicy's spec in its canonical encoding, as
+// ApplyClusterPolicies does, so a promote stores what an apply would.
 func (s *stagedPolicyService) StagePolicy(ctx context.Context, req *fedmeshv1.StagePolicyRequest) (*fedmeshv1.StagePolicyResponse, error) {
-	if p := req.GetPolicy().GetClusterNetworkPolicy(); p != nil {
-		if b, err := model.CanonicalClusterPolicySpec(p.GetSpecJson()); err == nil {
-			p.SpecJson = b
+	for _, sp := range store.StagedPoliciesOf(req) {
+		if p := sp.GetClusterNetworkPolicy(); p != nil {
+			if b, err := model.CanonicalClusterPolicySpec(p.GetSpecJson()); err == nil {
+				p.SpecJson = b
+			}
 		}
 	}
+	single := req.GetPolicy() != nil
 	return proposeStaged(ctx, s.c, store.CmdStagePolicy, req, func(r *store.Result) *fedmeshv1.StagePolicyResponse {
-		return &fedmeshv1.StagePolicyResponse{Revision: r.Revision, Policy: r.Staged}
+		if single {
+			return &fedmeshv1.StagePolicyResponse{Revision: r.Revision, Policy: r.Staged}
+		}
+		return &fedmeshv1.StagePolicyResponse{Revision: r.Revision, Policies: r.StagedList}
 	})
 }
 

@@ -296,3 +296,57 @@ func TestStagedWritesWaitForLogFormat8(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A file of several policies is staged in one write: one bad policy
+// stages none of them and the error names it by its index; good ones are
+// staged together at one revision.
+func TestStagePolicyListIsAllOrNothing(t *testing.T) {
+	_, c := startSingle(t, 100)
+	ctx := ctxT(t)
+	staged := fedmeshv1.NewStagedPolicyServiceClient(c.cc)
+	other := dbLockdown(5432)
+	other.Name = "db-open"
+	bad := dbLockdown(0)
+	bad.Spec.Ingress = []*fedmeshv1.NetworkPolicyIngressRule{{Ports: []*fedmeshv1.NetworkPolicyPort{{Port: &fedmeshv1.NetworkPolicyPort_Number{Number: 70000}}}}}
+	for _, tc := range []struct {
+		name  string
+		req   *fedmeshv1.StagePolicyRequest
+		field string
+	}{
+		{"second policy bad", &fedmeshv1.StagePolicyRequest{Policies: []*fedmeshv1.StagedPolicy{stagedNP(other), stagedNP(bad)}},
+			"policies[1].networkPolicy.spec.ingress[0].ports[0].port"},
+		{"same key twice", &fedmeshv1.StagePolicyRequest{Policies: []*fedmeshv1.StagedPolicy{stagedNP(other), stagedNP(other)}}, "policies[1]"},
+		{"policy and policies both", &fedmeshv1.StagePolicyRequest{Policy: stagedNP(other), Policies: []*fedmeshv1.StagedPolicy{stagedNP(dbLockdown(0))}}, "policies"},
+	} {
+		_, err := staged.StagePolicy(ctx, tc.req)
+		if status.Code(err) != codes.InvalidArgument || !slices.Contains(badRequestFields(err), tc.field) {
+			t.Errorf("%s: %v (fields %v), want InvalidArgument naming %s", tc.name, err, badRequestFields(err), tc.field)
+		}
+		if l, err := staged.ListStagedPolicies(ctx, &fedmeshv1.ListStagedPoliciesRequest{}); err != nil || len(l.GetPolicies()) != 0 {
+			t.Fatalf("%s: staged %v (%v), want nothing staged", tc.name, l.GetPolicies(), err)
+		}
+	}
+
+	resp, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policies: []*fedmeshv1.StagedPolicy{stagedNP(other), stagedNP(dbLockdown(0))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetPolicies()) != 2 {
+		t.Fatalf("response lists %d policies, want both", len(resp.GetPolicies()))
+	}
+	l, err := staged.ListStagedPolicies(ctx, &fedmeshv1.ListStagedPoliciesRequest{})
+	if err != nil || len(l.GetPolicies()) != 2 {
+		t.Fatalf("staged %v (%v), want both", l.GetPolicies(), err)
+	}
+	for _, sp := range l.GetPolicies() {
+		if rev := sp.GetNetworkPolicy().GetMeta().GetRevision(); rev != resp.GetRevision() {
+			t.Errorf("%s staged at revision %d, want both at %d", sp.GetNetworkPolicy().GetName(), rev, resp.GetRevision())
+		}
+	}
+	// The single field still stages one.
+	one := dbLockdown(0)
+	one.Name = "single"
+	if r, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(one)}); err != nil || r.GetPolicy().GetNetworkPolicy().GetName() != "single" {
+		t.Fatalf("stage one policy: %v (%v)", r, err)
+	}
+}

@@ -225,7 +225,8 @@ batch each.
 With --staged the federated policies are staged instead (as Calico's staged
 policies): stored, validated and compiled like enforced ones, evaluated on
 the flows (fedctl flows says "would be denied by staged P"; fedctl policy
-preview P), never enforced until fedctl policy promote P. A cluster's
+preview P), never enforced until fedctl policy promote P. The file's
+policies are staged in one write: if one is refused, none is staged. A cluster's
 NetworkPolicy is not staged (its syncer owns it): stage a
 FederatedNetworkPolicy whose namespace and clusterSelector pick that cluster.`,
 		Args: cobra.NoArgs,

@@ -56,8 +56,8 @@ func stagedPolicyName(p *fedmeshv1.StagedPolicy) string {
 	return clusterPolicyName("", p.GetClusterNetworkPolicy().GetName())
 }
 
-// stagePolicies stages every federated policy of the manifests, one write
-// each (a staged policy is never enforced, so a batch need not be atomic).
+// stagePolicies stages every federated policy of the manifests in one
+// write: the server checks them all first, so a bad one stages none.
 func (g *globals) stagePolicies(ctx context.Context, c *conn, m policyManifests) error {
 	var ps []*fedmeshv1.StagedPolicy
 	for owner, pols := range m.byOwner {
@@ -71,15 +71,27 @@ func (g *globals) stagePolicies(ctx context.Context, c *conn, m policyManifests)
 	for _, p := range m.clusterPolicies {
 		ps = append(ps, &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: p}})
 	}
-	client := fedmeshv1.NewStagedPolicyServiceClient(c.cc)
+	if len(ps) == 0 {
+		return nil
+	}
+	resp, err := fedmeshv1.NewStagedPolicyServiceClient(c.cc).StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policies: ps})
+	if err != nil {
+		return fmt.Errorf("stage %s: nothing staged: %w", stagedNames(ps), err)
+	}
 	for _, p := range ps {
-		resp, err := client.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: p})
-		if err != nil {
-			return fmt.Errorf("stage %s: %w", stagedPolicyName(p), err)
-		}
 		fmt.Fprintf(g.out, "policy %s staged at revision %d (not enforced; fedctl policy preview/promote %s)\n", stagedPolicyName(p), resp.GetRevision(), stagedPolicyName(p))
 	}
 	return nil
+}
+
+// stagedNames lists the policies of a stage request, in its order (the
+// order a policies[i] in an error counts).
+func stagedNames(ps []*fedmeshv1.StagedPolicy) string {
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = fmt.Sprintf("[%d] %s", i, stagedPolicyName(p))
+	}
+	return strings.Join(names, ", ")
 }
 
 // listStagedPolicies adds the staged policies (of namespace, when given:

@@ -164,3 +164,43 @@ func TestPolicyStagePreviewPromoteDelete(t *testing.T) {
 		t.Fatalf("promote of a cluster's policy key: %v %s", err, errOut)
 	}
 }
+
+// policy apply --staged -f of a file of several policies is one write: a
+// bad one stages nothing and the error names it; good ones are staged at
+// one revision.
+func TestPolicyApplyStagedFileIsAllOrNothing(t *testing.T) {
+	p := startTLSPlane(t)
+	badOpen := `apiVersion: fedmesh.io/v1
+kind: FederatedNetworkPolicy
+metadata: {name: db-open, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: "-not a label value-"}}
+  policyTypes: [Ingress]
+`
+	goodOpen := strings.Replace(badOpen, `"-not a label value-"`, "db", 1)
+	mixed := writeFile(t, "mixed.yaml", stagedLockdown+"---\n"+badOpen)
+	out, errOut, err := p.fedctl(t, auth.Admin(), "policy", "apply", "--staged", "-f", mixed)
+	if err == nil || !strings.Contains(errOut, "InvalidArgument") || !strings.Contains(errOut, "policies[1].networkPolicy.spec.podSelector") || !strings.Contains(errOut, "[1] federated/demo/db-open") {
+		t.Fatalf("stage a file with a bad second policy: %v\n%s%s\nwant InvalidArgument naming policies[1] (federated/demo/db-open)", err, out, errOut)
+	}
+	list, _, err := p.fedctl(t, auth.Admin(), "policy", "list", "--staged")
+	if err != nil || strings.Contains(list, "db-lockdown") {
+		t.Fatalf("after the refused file the staged list is %q (%v); want nothing staged, not even the good first policy", list, err)
+	}
+
+	both := writeFile(t, "both.yaml", stagedLockdown+"---\n"+goodOpen)
+	out, errOut, err = p.fedctl(t, auth.Admin(), "policy", "apply", "--staged", "-f", both)
+	if err != nil {
+		t.Fatalf("stage two good policies: %v\n%s%s", err, out, errOut)
+	}
+	revs := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		// policy NAME staged at revision N (...)
+		if f := strings.Fields(l); len(f) > 5 && f[2] == "staged" {
+			revs[f[1]] = f[5]
+		}
+	}
+	if len(revs) != 2 || revs["federated/demo/db-lockdown"] == "" || revs["federated/demo/db-lockdown"] != revs["federated/demo/db-open"] {
+		t.Fatalf("stage two good policies printed %q, want both staged at one revision", out)
+	}
+}
