@@ -242,7 +242,14 @@ func (s *reachService) Reach(ctx context.Context, req *fedmeshv1.ReachRequest) (
 			return nil, err
 		}
 	}
-	x, rev, err := s.c.reach.explain(ctx, flow, s.c.fsm.Revision())
+	var x policy.TieredExplanation
+	var rev uint64
+	var deniers []store.StagedKey
+	if req.GetStaged() {
+		x, deniers, rev, err = s.c.explainStaged(ctx, flow)
+	} else {
+		x, rev, err = s.c.reach.explain(ctx, flow, s.c.fsm.Revision())
+	}
 	switch {
 	case errors.Is(err, policy.ErrUnknownEndpoint):
 		return nil, status.Error(codes.NotFound, err.Error())
@@ -251,7 +258,12 @@ func (s *reachService) Reach(ctx context.Context, req *fedmeshv1.ReachRequest) (
 	case err != nil:
 		return nil, err
 	}
-	return reachResponse(x, rev), nil
+	resp := reachResponse(x, rev)
+	resp.Staged = req.GetStaged()
+	for _, k := range deniers {
+		resp.StagedDeniedBy = append(resp.StagedDeniedBy, k.API())
+	}
+	return resp, nil
 }
 
 // reachFlow validates a request and converts it to the compiler's flow,

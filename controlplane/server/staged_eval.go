@@ -190,6 +190,40 @@ func explanationString(x policy.TieredExplanation) string {
 	return x.Egress.String() + "; " + x.Ingress.String()
 }
 
+// explainStaged explains f with every staged policy in force (Reach with
+// staged set), naming the staged policies among the deciders of a
+// denial. A staged policy the compiler refuses fails it: an answer without
+// it would claim to be what promoting them all does.
+func (c *Core) explainStaged(ctx context.Context, f policy.Flow) (policy.TieredExplanation, []store.StagedKey, uint64, error) {
+	overlay, keys, rev := c.stagedOverlay()
+	res, rev, err := c.reach.evaluate(ctx, &stagedEval{overlay: overlay, flows: []policy.Flow{f}}, rev)
+	if err != nil {
+		return policy.TieredExplanation{}, nil, 0, err
+	}
+	if res.overlayErr != nil {
+		return policy.TieredExplanation{}, nil, 0, status.Errorf(codes.FailedPrecondition, "reach with staged policies: %v", res.overlayErr)
+	}
+	if res.errs[0] != nil {
+		return policy.TieredExplanation{}, nil, 0, res.errs[0]
+	}
+	return res.staged[0], stagedDeniers(res.staged[0], keys), rev, nil
+}
+
+// stagedOverlay reads the staged policies, their keys and the revision
+// they were read at.
+func (c *Core) stagedOverlay() ([]*fedmeshv1.StagedPolicy, map[store.StagedKey]bool, uint64) {
+	var overlay []*fedmeshv1.StagedPolicy
+	var rev uint64
+	c.view(func(st *store.State) {
+		overlay, rev = st.StagedPolicies(fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_UNSPECIFIED), st.Revision()
+	})
+	keys := make(map[store.StagedKey]bool, len(overlay))
+	for _, sp := range overlay {
+		keys[store.StagedKeyOf(sp)] = true
+	}
+	return overlay, keys, rev
+}
+
 // stagedFlows evaluates flows with every staged policy in force and
 // returns copies carrying Flow.staged (the stored records are shared and
 // never mutated). With nothing staged it returns flows as they are.
@@ -197,11 +231,7 @@ func (c *Core) stagedFlows(ctx context.Context, flows []*fedmeshv1.Flow) ([]*fed
 	if len(flows) == 0 {
 		return flows, nil
 	}
-	var overlay []*fedmeshv1.StagedPolicy
-	var rev uint64
-	c.view(func(st *store.State) {
-		overlay, rev = st.StagedPolicies(fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_UNSPECIFIED), st.Revision()
-	})
+	overlay, keys, rev := c.stagedOverlay()
 	if len(overlay) == 0 {
 		return flows, nil
 	}
@@ -215,10 +245,6 @@ func (c *Core) stagedFlows(ctx context.Context, flows []*fedmeshv1.Flow) ([]*fed
 	}
 	if res.overlayErr != nil {
 		c.r.log.Warn("staged policy not compiled; flows are evaluated without it", "err", res.overlayErr)
-	}
-	keys := map[store.StagedKey]bool{}
-	for _, sp := range overlay {
-		keys[store.StagedKeyOf(sp)] = true
 	}
 	out := make([]*fedmeshv1.Flow, len(flows))
 	for i, f := range flows {

@@ -140,6 +140,20 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 	if v := reach(); v != fedmeshv1.Verdict_VERDICT_ALLOW {
 		t.Fatalf("reach web->db:5432 with the lockdown only staged: %v, want ALLOW", v)
 	}
+	// Reach with staged set answers as if the staged lockdown were
+	// enforced, naming it; asking enforces nothing.
+	sr, err := fedmeshv1.NewReachServiceClient(admin).Reach(ctx, &fedmeshv1.ReachRequest{Source: epTarget("a", "demo", "web"),
+		Destination: epTarget("a", "demo", "db"), Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Port: 5432, Staged: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sr.GetVerdict() != fedmeshv1.Verdict_VERDICT_DENY || !sr.GetStaged() || len(sr.GetStagedDeniedBy()) != 1 ||
+		store.StagedKeyFromAPI(sr.GetStagedDeniedBy()[0]).String() != "federated/demo/db-lockdown" {
+		t.Fatalf("reach --staged web->db:5432: %v, want DENY by staged federated/demo/db-lockdown", sr)
+	}
+	if v := reach(); v != fedmeshv1.Verdict_VERDICT_ALLOW {
+		t.Fatalf("reach web->db:5432 after a staged reach: %v, want ALLOW (the overlay was taken back)", v)
+	}
 
 	// Flows: the allowed flow to 5432 would be denied by the staged policy.
 	if _, err := ship(ctx, fedmeshv1.NewFlowServiceClient(g.conn(t, lead, auth.Node("a", "n1"))), &fedmeshv1.ShipFlowsRequest{Cluster: "a", Node: "n1",

@@ -308,7 +308,11 @@ type ReachRequest struct {
 	// Family (4 or 6) is the address family an endpoint target resolves to
 	// on a dual-stack pod. 0 takes the family of an ip target when there is
 	// one, else each endpoint's first address (IPv4 on a dual-stack pod).
-	Family        uint32 `protobuf:"varint,5,opt,name=family,proto3" json:"family,omitempty"`
+	Family uint32 `protobuf:"varint,5,opt,name=family,proto3" json:"family,omitempty"`
+	// Staged answers as if every staged policy (StagedPolicyService) were
+	// enforced: a staged policy of an enforced policy's key replaces it, as
+	// a promote with replace would. Nothing is enforced by asking.
+	Staged        bool `protobuf:"varint,6,opt,name=staged,proto3" json:"staged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -376,6 +380,13 @@ func (x *ReachRequest) GetFamily() uint32 {
 		return x.Family
 	}
 	return 0
+}
+
+func (x *ReachRequest) GetStaged() bool {
+	if x != nil {
+		return x.Staged
+	}
+	return false
 }
 
 // RuleRef points at one rule of one policy.
@@ -643,9 +654,16 @@ type ReachResponse struct {
 	// Destination as resolved.
 	Destination *ResolvedTarget `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Revision of the store the answer was computed at.
-	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Staged says the answer has the staged policies in force (the request
+	// asked for it).
+	Staged bool `protobuf:"varint,7,opt,name=staged,proto3" json:"staged,omitempty"`
+	// StagedDeniedBy names the staged policies among the deciders of a
+	// denial with staged set: the flow would be denied by them once
+	// promoted.
+	StagedDeniedBy []*StagedPolicyKey `protobuf:"bytes,8,rep,name=staged_denied_by,json=stagedDeniedBy,proto3" json:"staged_denied_by,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReachResponse) Reset() {
@@ -720,6 +738,20 @@ func (x *ReachResponse) GetRevision() uint64 {
 	return 0
 }
 
+func (x *ReachResponse) GetStaged() bool {
+	if x != nil {
+		return x.Staged
+	}
+	return false
+}
+
+func (x *ReachResponse) GetStagedDeniedBy() []*StagedPolicyKey {
+	if x != nil {
+		return x.StagedDeniedBy
+	}
+	return nil
+}
+
 var File_fedmesh_v1_reach_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_reach_proto_rawDesc = "" +
@@ -733,13 +765,14 @@ const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\vReachTarget\x125\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x17.fedmesh.v1.EndpointRefH\x00R\bendpoint\x12\x10\n" +
 	"\x02ip\x18\x02 \x01(\tH\x00R\x02ipB\b\n" +
-	"\x06target\"\xd8\x01\n" +
+	"\x06target\"\xf0\x01\n" +
 	"\fReachRequest\x12/\n" +
 	"\x06source\x18\x01 \x01(\v2\x17.fedmesh.v1.ReachTargetR\x06source\x129\n" +
 	"\vdestination\x18\x02 \x01(\v2\x17.fedmesh.v1.ReachTargetR\vdestination\x120\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2\x14.fedmesh.v1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x04 \x01(\rR\x04port\x12\x16\n" +
-	"\x06family\x18\x05 \x01(\rR\x06family\"\xb0\x01\n" +
+	"\x06family\x18\x05 \x01(\rR\x06family\x12\x16\n" +
+	"\x06staged\x18\x06 \x01(\bR\x06staged\"\xb0\x01\n" +
 	"\aRuleRef\x12-\n" +
 	"\x06policy\x18\x01 \x01(\v2\x15.fedmesh.v1.PolicyKeyR\x06policy\x12*\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x16.fedmesh.v1.PolicyKindR\x04kind\x124\n" +
@@ -757,14 +790,16 @@ const file_fedmesh_v1_reach_proto_rawDesc = "" +
 	"\x0eResolvedTarget\x123\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x17.fedmesh.v1.EndpointRefR\bendpoint\x12\x0e\n" +
 	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x1a\n" +
-	"\bidentity\x18\x03 \x01(\rR\bidentity\"\xba\x02\n" +
+	"\bidentity\x18\x03 \x01(\rR\bidentity\"\x99\x03\n" +
 	"\rReachResponse\x12-\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x13.fedmesh.v1.VerdictR\averdict\x124\n" +
 	"\x06egress\x18\x02 \x01(\v2\x1c.fedmesh.v1.DirectionVerdictR\x06egress\x126\n" +
 	"\aingress\x18\x03 \x01(\v2\x1c.fedmesh.v1.DirectionVerdictR\aingress\x122\n" +
 	"\x06source\x18\x04 \x01(\v2\x1a.fedmesh.v1.ResolvedTargetR\x06source\x12<\n" +
 	"\vdestination\x18\x05 \x01(\v2\x1a.fedmesh.v1.ResolvedTargetR\vdestination\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x04R\brevision*G\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06staged\x18\a \x01(\bR\x06staged\x12E\n" +
+	"\x10staged_denied_by\x18\b \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x0estagedDeniedBy*G\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rVERDICT_ALLOW\x10\x01\x12\x10\n" +
@@ -809,6 +844,7 @@ var file_fedmesh_v1_reach_proto_goTypes = []any{
 	(PolicyType)(0),          // 12: fedmesh.v1.PolicyType
 	(PolicyLayer)(0),         // 13: fedmesh.v1.PolicyLayer
 	(*TierRuleRef)(nil),      // 14: fedmesh.v1.TierRuleRef
+	(*StagedPolicyKey)(nil),  // 15: fedmesh.v1.StagedPolicyKey
 }
 var file_fedmesh_v1_reach_proto_depIdxs = []int32{
 	2,  // 0: fedmesh.v1.ReachTarget.endpoint:type_name -> fedmesh.v1.EndpointRef
@@ -831,13 +867,14 @@ var file_fedmesh_v1_reach_proto_depIdxs = []int32{
 	6,  // 17: fedmesh.v1.ReachResponse.ingress:type_name -> fedmesh.v1.DirectionVerdict
 	7,  // 18: fedmesh.v1.ReachResponse.source:type_name -> fedmesh.v1.ResolvedTarget
 	7,  // 19: fedmesh.v1.ReachResponse.destination:type_name -> fedmesh.v1.ResolvedTarget
-	4,  // 20: fedmesh.v1.ReachService.Reach:input_type -> fedmesh.v1.ReachRequest
-	8,  // 21: fedmesh.v1.ReachService.Reach:output_type -> fedmesh.v1.ReachResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	15, // 20: fedmesh.v1.ReachResponse.staged_denied_by:type_name -> fedmesh.v1.StagedPolicyKey
+	4,  // 21: fedmesh.v1.ReachService.Reach:input_type -> fedmesh.v1.ReachRequest
+	8,  // 22: fedmesh.v1.ReachService.Reach:output_type -> fedmesh.v1.ReachResponse
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_reach_proto_init() }
