@@ -17,6 +17,7 @@ import (
 func reachCmd(g *globals) *cobra.Command {
 	var protocol string
 	var port, family uint32
+	var staged bool
 	cmd := &cobra.Command{
 		Use:   "reach SOURCE DESTINATION",
 		Short: "Explain whether SOURCE may reach DESTINATION, and which rule of which policy decides",
@@ -24,11 +25,14 @@ func reachCmd(g *globals) *cobra.Command {
 into the dataplane. SOURCE and DESTINATION are CLUSTER/NAMESPACE/POD or any IP
 (IPv4 or IPv6). A dual-stack pod named by CLUSTER/NAMESPACE/POD stands for its
 address of --family, else of the family of the other side's IP, else its first
-(IPv4) address. Exit status 0 means allowed, 2 denied.`,
+(IPv4) address. With --staged the answer is as if every staged policy were
+enforced (fedctl policy promote), naming the staged policies that would deny.
+Exit status 0 means allowed, 2 denied.`,
 		Example: `  fedctl reach east/shop/web-0 west/db/postgres-0 --port 5432
   fedctl reach east/shop/web-0 west/db/postgres-0 --port 5432 --family 6
   fedctl reach 192.0.2.7 east/shop/web-0 --port 443
-  fedctl reach fd00:10:1:1::b west/db/postgres-0 --port 5432`,
+  fedctl reach fd00:10:1:1::b west/db/postgres-0 --port 5432
+  fedctl reach east/shop/web-0 west/db/postgres-0 --port 5432 --staged`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := parseTarget(args[0])
@@ -48,9 +52,12 @@ address of --family, else of the family of the other side's IP, else its first
 				return fmt.Errorf("--family %d: want 4 or 6", family)
 			}
 			return g.run(cmd.Context(), func(ctx context.Context, c *conn) error {
-				resp, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{Source: src, Destination: dst, Protocol: proto, Port: port, Family: family})
+				resp, err := c.reach.Reach(ctx, &fedmeshv1.ReachRequest{Source: src, Destination: dst, Protocol: proto, Port: port, Family: family, Staged: staged})
 				if err != nil {
 					return err
+				}
+				if staged && !resp.GetStaged() {
+					return fmt.Errorf("reach --staged: the control plane does not evaluate staged policies in reach (an older version); upgrade it, or use fedctl policy preview")
 				}
 				if g.output != "table" {
 					return g.print(nil, resp)
@@ -65,6 +72,7 @@ address of --family, else of the family of the other side's IP, else its first
 	}
 	cmd.Flags().StringVar(&protocol, "protocol", "tcp", "tcp, udp, sctp or icmp")
 	cmd.Flags().Uint32Var(&port, "port", 0, "destination port")
+	cmd.Flags().BoolVar(&staged, "staged", false, "answer as if every staged policy were enforced")
 	cmd.Flags().Uint32Var(&family, "family", 0, "4 or 6: the address of a dual-stack pod to explain (default: the family of an IP argument, else IPv4)")
 	return cmd
 }
@@ -125,6 +133,16 @@ func printReach(w io.Writer, src, dst, protocol string, port uint32, r *fedmeshv
 	}
 	side("egress", r.GetEgress(), r.GetSource())
 	side("ingress", r.GetIngress(), r.GetDestination())
+	if r.GetStaged() {
+		fmt.Fprintln(w, "  (with the staged policies in force)")
+	}
+	if ks := r.GetStagedDeniedBy(); len(ks) > 0 {
+		names := make([]string, len(ks))
+		for i, k := range ks {
+			names[i] = stagedKeyString(k)
+		}
+		fmt.Fprintf(w, "  would be denied by staged %s\n", strings.Join(names, ", "))
+	}
 }
 
 func watchCmd(g *globals) *cobra.Command {

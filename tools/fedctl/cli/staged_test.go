@@ -99,6 +99,15 @@ func TestPolicyStagePreviewPromoteDelete(t *testing.T) {
 	if _, errOut, err := p.fedctl(t, auth.Admin(), "policy", "get", "federated/demo/db-lockdown"); err == nil || !strings.Contains(errOut, "NotFound") {
 		t.Fatalf("the staged policy is found among the enforced ones: %v %s", err, errOut)
 	}
+	// reach answers with the enforced policies; --staged as if the staged
+	// ones were enforced, naming the one that would deny.
+	if out := run("reach", "cluster-a/demo/web", "cluster-a/demo/db", "--port", "5432"); !strings.Contains(out, "ALLOWED") {
+		t.Fatalf("reach with the lockdown only staged: %s", out)
+	}
+	if out, errOut, err := p.fedctl(t, auth.Admin(), "reach", "cluster-a/demo/web", "cluster-a/demo/db", "--port", "5432", "--staged"); err == nil ||
+		!strings.Contains(out, "DENIED") || !strings.Contains(out, "would be denied by staged federated/demo/db-lockdown") {
+		t.Fatalf("reach --staged: %v\n%s%s\nwant DENIED, would be denied by staged federated/demo/db-lockdown", err, out, errOut)
+	}
 
 	out := run("flows")
 	seen := 0
