@@ -88,7 +88,13 @@ func (s *flowService) GetFlowSummary(ctx context.Context, req *fedmeshv1.GetFlow
 	if err != nil {
 		return nil, err
 	}
-	return &fedmeshv1.GetFlowSummaryResponse{Edges: st.Summarize(q, flowScope(ctx)), Status: st.StatusProto()}, nil
+	edges := st.Summarize(q, flowScope(ctx))
+	// Count what the staged policies as they are now would deny
+	// (staged_eval.go).
+	if err := s.c.stagedSummary(ctx, edges); err != nil {
+		return nil, err
+	}
+	return &fedmeshv1.GetFlowSummaryResponse{Edges: edges, Status: st.StatusProto()}, nil
 }
 
 // ShipFlows stores an agent's batches. The guard already refused every

@@ -272,23 +272,76 @@ const stagedEvalChunk = 4096
 // previewStaged evaluates flows with one staged policy in force, a chunk
 // per engine request; rev is the revision of the last chunk's answer.
 func (c *Core) previewStaged(ctx context.Context, sp *fedmeshv1.StagedPolicy, flows []*fedmeshv1.Flow, minRev uint64) (*stagedResult, uint64, error) {
+	pf := make([]policy.Flow, len(flows))
+	for i, f := range flows {
+		pf[i] = compilerFlow(f)
+	}
+	res, rev, err := c.evalChunks(ctx, []*fedmeshv1.StagedPolicy{sp}, pf, minRev)
+	if err != nil {
+		return nil, 0, err
+	}
+	if res.overlayErr != nil {
+		return nil, 0, status.Errorf(codes.FailedPrecondition, "preview: %v", res.overlayErr)
+	}
+	return res, rev, nil
+}
+
+// evalChunks evaluates flows with overlay in force, a chunk per engine
+// request, so Reach answers in between; rev is the revision of the last
+// chunk's answer.
+func (c *Core) evalChunks(ctx context.Context, overlay []*fedmeshv1.StagedPolicy, flows []policy.Flow, minRev uint64) (*stagedResult, uint64, error) {
 	out := &stagedResult{}
 	rev := minRev
 	for start := 0; start < len(flows); start += stagedEvalChunk {
-		chunk := flows[start:min(start+stagedEvalChunk, len(flows))]
-		ev := &stagedEval{overlay: []*fedmeshv1.StagedPolicy{sp}, flows: make([]policy.Flow, len(chunk))}
-		for i, f := range chunk {
-			ev.flows[i] = compilerFlow(f)
-		}
+		ev := &stagedEval{overlay: overlay, flows: flows[start:min(start+stagedEvalChunk, len(flows))]}
 		res, r, err := c.reach.evaluate(ctx, ev, minRev)
 		if err != nil {
 			return nil, 0, err
 		}
-		if res.overlayErr != nil {
-			return nil, 0, status.Errorf(codes.FailedPrecondition, "preview: %v", res.overlayErr)
-		}
 		out.base, out.staged, out.errs = append(out.base, res.base...), append(out.staged, res.staged...), append(out.errs, res.errs...)
+		if out.overlayErr == nil {
+			out.overlayErr = res.overlayErr
+		}
 		rev = r
 	}
 	return out, rev, nil
+}
+
+// stagedSummary counts, per edge, the flows the staged policies would deny
+// were they enforced: one evaluation per edge, as its flows share the
+// workloads, protocol and port that decide a verdict. With nothing staged
+// the edges are left as they are.
+func (c *Core) stagedSummary(ctx context.Context, edges []*fedmeshv1.FlowEdge) error {
+	if len(edges) == 0 {
+		return nil
+	}
+	overlay, keys, rev := c.stagedOverlay()
+	if len(overlay) == 0 {
+		return nil
+	}
+	flows := make([]policy.Flow, len(edges))
+	for i, e := range edges {
+		flows[i] = compilerFlow(&fedmeshv1.Flow{Source: e.GetSource(), Destination: e.GetDestination(), Protocol: e.GetProtocol()})
+	}
+	res, _, err := c.evalChunks(ctx, overlay, flows, rev)
+	if err != nil {
+		return err
+	}
+	if res.overlayErr != nil {
+		c.r.log.Warn("staged policy not compiled; the flow summary is evaluated without it", "err", res.overlayErr)
+	}
+	for i, e := range edges {
+		if res.errs[i] != nil {
+			continue
+		}
+		ks := stagedDeniers(res.staged[i], keys)
+		if len(ks) == 0 {
+			continue
+		}
+		e.StagedDenied = e.GetAllowed() + e.GetDenied()
+		for _, k := range ks {
+			e.StagedDeniedBy = append(e.StagedDeniedBy, k.API())
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -173,6 +174,11 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 		}
 	}
 
+	// Summary: per edge, how many flows the staged policies would deny.
+	if sum := stagedSummaryOf(t, ctx, fedmeshv1.NewFlowServiceClient(admin)); sum[5432] != "2 federated/demo/db-lockdown" || sum[9000] != "1 federated/demo/db-lockdown" {
+		t.Errorf("summary with db-lockdown staged: %v, want :5432 2 and :9000 1 flows denied by staged federated/demo/db-lockdown", sum)
+	}
+
 	// Preview: what the staged policy would deny, per edge.
 	if _, err := staged.PreviewStagedPolicy(ctx, &fedmeshv1.PreviewStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.InvalidArgument || !slices.Contains(badRequestFields(err), "since") {
 		t.Errorf("preview without since: %v, want InvalidArgument naming since", err)
@@ -222,6 +228,9 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 	}
 	if _, err := staged.DeleteStagedPolicy(ctx, &fedmeshv1.DeleteStagedPolicyRequest{Key: lockdownKey}); status.Code(err) != codes.NotFound {
 		t.Fatalf("delete of a policy no longer staged: %v, want NotFound", err)
+	}
+	if sum := stagedSummaryOf(t, ctx, fedmeshv1.NewFlowServiceClient(admin)); sum[5432] != "0" || sum[9000] != "0" {
+		t.Errorf("summary with nothing staged: %v, want no flow counted as denied by a staged policy", sum)
 	}
 	fl, err = getFlows(t, ctx, fedmeshv1.NewFlowServiceClient(admin), &fedmeshv1.GetFlowsRequest{Limit: 10})
 	if err != nil || len(fl) != 10 {
@@ -363,4 +372,23 @@ func TestStagePolicyListIsAllOrNothing(t *testing.T) {
 	if r, err := staged.StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(one)}); err != nil || r.GetPolicy().GetNetworkPolicy().GetName() != "single" {
 		t.Fatalf("stage one policy: %v (%v)", r, err)
 	}
+}
+
+// stagedSummaryOf maps each edge's destination port to its staged count
+// and the staged policies named, as "N key...".
+func stagedSummaryOf(t *testing.T, ctx context.Context, c fedmeshv1.FlowServiceClient) map[uint32]string {
+	t.Helper()
+	resp, err := c.GetFlowSummary(ctx, &fedmeshv1.GetFlowSummaryRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint32]string{}
+	for _, e := range resp.GetEdges() {
+		v := fmt.Sprint(e.GetStagedDenied())
+		for _, k := range e.GetStagedDeniedBy() {
+			v += " " + store.StagedKeyFromAPI(k).String()
+		}
+		out[e.GetDestination().GetPort()] = v
+	}
+	return out
 }

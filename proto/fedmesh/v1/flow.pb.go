@@ -1026,9 +1026,16 @@ type FlowEdge struct {
 	// Windows with any flow, oldest first.
 	Windows []*FlowWindowCount `protobuf:"bytes,6,rep,name=windows,proto3" json:"windows,omitempty"`
 	// DeniedBy names the policies that denied flows of this edge.
-	DeniedBy      []*PolicyKey `protobuf:"bytes,7,rep,name=denied_by,json=deniedBy,proto3" json:"denied_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeniedBy []*PolicyKey `protobuf:"bytes,7,rep,name=denied_by,json=deniedBy,proto3" json:"denied_by,omitempty"`
+	// StagedDenied counts the flows of this edge (allowed and denied as
+	// recorded) that would be denied, with a staged policy among the
+	// deciders, were the staged policies enforced now; the edge's flows
+	// share one staged verdict (same workloads, protocol and port).
+	StagedDenied uint64 `protobuf:"varint,8,opt,name=staged_denied,json=stagedDenied,proto3" json:"staged_denied,omitempty"`
+	// StagedDeniedBy names those staged policies.
+	StagedDeniedBy []*StagedPolicyKey `protobuf:"bytes,9,rep,name=staged_denied_by,json=stagedDeniedBy,proto3" json:"staged_denied_by,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *FlowEdge) Reset() {
@@ -1106,6 +1113,20 @@ func (x *FlowEdge) GetWindows() []*FlowWindowCount {
 func (x *FlowEdge) GetDeniedBy() []*PolicyKey {
 	if x != nil {
 		return x.DeniedBy
+	}
+	return nil
+}
+
+func (x *FlowEdge) GetStagedDenied() uint64 {
+	if x != nil {
+		return x.StagedDenied
+	}
+	return 0
+}
+
+func (x *FlowEdge) GetStagedDeniedBy() []*StagedPolicyKey {
+	if x != nil {
+		return x.StagedDeniedBy
 	}
 	return nil
 }
@@ -1374,7 +1395,7 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\x0fFlowWindowCount\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
-	"\x06denied\x18\x03 \x01(\x04R\x06denied\"\xa9\x02\n" +
+	"\x06denied\x18\x03 \x01(\x04R\x06denied\"\x95\x03\n" +
 	"\bFlowEdge\x12,\n" +
 	"\x06source\x18\x01 \x01(\v2\x14.fedmesh.v1.WorkloadR\x06source\x126\n" +
 	"\vdestination\x18\x02 \x01(\v2\x14.fedmesh.v1.WorkloadR\vdestination\x12\x1a\n" +
@@ -1382,7 +1403,9 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\aallowed\x18\x04 \x01(\x04R\aallowed\x12\x16\n" +
 	"\x06denied\x18\x05 \x01(\x04R\x06denied\x125\n" +
 	"\awindows\x18\x06 \x03(\v2\x1b.fedmesh.v1.FlowWindowCountR\awindows\x122\n" +
-	"\tdenied_by\x18\a \x03(\v2\x15.fedmesh.v1.PolicyKeyR\bdeniedBy\"y\n" +
+	"\tdenied_by\x18\a \x03(\v2\x15.fedmesh.v1.PolicyKeyR\bdeniedBy\x12#\n" +
+	"\rstaged_denied\x18\b \x01(\x04R\fstagedDenied\x12E\n" +
+	"\x10staged_denied_by\x18\t \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x0estagedDeniedBy\"y\n" +
 	"\x16GetFlowSummaryResponse\x12*\n" +
 	"\x05edges\x18\x01 \x03(\v2\x14.fedmesh.v1.FlowEdgeR\x05edges\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fedmesh.v1.FlowStoreStatusR\x06status\"\x82\x01\n" +
@@ -1474,20 +1497,21 @@ var file_fedmesh_v1_flow_proto_depIdxs = []int32{
 	1,  // 26: fedmesh.v1.FlowEdge.destination:type_name -> fedmesh.v1.Workload
 	10, // 27: fedmesh.v1.FlowEdge.windows:type_name -> fedmesh.v1.FlowWindowCount
 	18, // 28: fedmesh.v1.FlowEdge.denied_by:type_name -> fedmesh.v1.PolicyKey
-	11, // 29: fedmesh.v1.GetFlowSummaryResponse.edges:type_name -> fedmesh.v1.FlowEdge
-	7,  // 30: fedmesh.v1.GetFlowSummaryResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
-	3,  // 31: fedmesh.v1.ShipFlowsRequest.flows:type_name -> fedmesh.v1.Flow
-	6,  // 32: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
-	9,  // 33: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
-	13, // 34: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
-	8,  // 35: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
-	12, // 36: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
-	14, // 37: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
-	35, // [35:38] is the sub-list for method output_type
-	32, // [32:35] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	21, // 29: fedmesh.v1.FlowEdge.staged_denied_by:type_name -> fedmesh.v1.StagedPolicyKey
+	11, // 30: fedmesh.v1.GetFlowSummaryResponse.edges:type_name -> fedmesh.v1.FlowEdge
+	7,  // 31: fedmesh.v1.GetFlowSummaryResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
+	3,  // 32: fedmesh.v1.ShipFlowsRequest.flows:type_name -> fedmesh.v1.Flow
+	6,  // 33: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
+	9,  // 34: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
+	13, // 35: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
+	8,  // 36: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
+	12, // 37: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
+	14, // 38: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
+	36, // [36:39] is the sub-list for method output_type
+	33, // [33:36] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_flow_proto_init() }
