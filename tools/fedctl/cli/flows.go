@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -211,6 +212,13 @@ func flowSummaryCmd(g *globals) *cobra.Command {
 				return g.print(nil, resp)
 			}
 			t := &table{header: []string{"SOURCE", "DESTINATION", "PROTO", "ALLOWED", "DENIED", "DENIED BY"}}
+			// The staged columns show only when a staged policy would deny
+			// some flow: flows the staged policies would deny were they
+			// enforced now, and which.
+			staged := slices.ContainsFunc(resp.GetEdges(), func(e *fedmeshv1.FlowEdge) bool { return e.GetStagedDenied() > 0 })
+			if staged {
+				t.header = append(t.header, "STAGED DENY", "STAGED BY")
+			}
 			for _, e := range resp.GetEdges() {
 				var by []string
 				for _, k := range e.GetDeniedBy() {
@@ -220,8 +228,16 @@ func flowSummaryCmd(g *globals) *cobra.Command {
 				if p := e.GetDestination().GetPort(); p != 0 {
 					dst += ":" + strconv.Itoa(int(p))
 				}
-				t.add(workloadName(e.GetSource()), dst, protoWord(uint8(e.GetProtocol())), strconv.FormatUint(e.GetAllowed(), 10),
-					strconv.FormatUint(e.GetDenied(), 10), strings.Join(by, ","))
+				row := []string{workloadName(e.GetSource()), dst, protoWord(uint8(e.GetProtocol())), strconv.FormatUint(e.GetAllowed(), 10),
+					strconv.FormatUint(e.GetDenied(), 10), strings.Join(by, ",")}
+				if staged {
+					var sby []string
+					for _, k := range e.GetStagedDeniedBy() {
+						sby = append(sby, stagedKeyString(k))
+					}
+					row = append(row, strconv.FormatUint(e.GetStagedDenied(), 10), strings.Join(sby, ","))
+				}
+				t.add(row...)
 			}
 			return g.print(t)
 		},

@@ -128,6 +128,18 @@ func TestPolicyStagePreviewPromoteDelete(t *testing.T) {
 	if seen != 2 {
 		t.Fatalf("flows: want both flows\n%s", out)
 	}
+	// The summary counts per edge what the staged policies would deny.
+	sum := run("flows", "summary", "--since", "1h")
+	var row []string
+	for _, l := range strings.Split(sum, "\n") {
+		if strings.Contains(l, "cluster-a/demo/db:5432") {
+			row = strings.Fields(l)
+		}
+	}
+	// SOURCE DESTINATION PROTO ALLOWED DENIED (DENIED BY empty) STAGED DENY STAGED BY
+	if !strings.Contains(sum, "STAGED DENY") || len(row) != 7 || row[5] != "1" || row[6] != "federated/demo/db-lockdown" {
+		t.Fatalf("flows summary row %q, want 1 flow denied by staged federated/demo/db-lockdown\n%s", row, sum)
+	}
 	for _, l := range strings.Split(strings.TrimSpace(run("flows", "-o", "json")), "\n") {
 		var f struct {
 			Staged struct {
