@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fedmesh/fedmesh/controlplane/auth"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -41,6 +44,7 @@ func chromium(t *testing.T) string {
 func TestPageInHeadlessChromium(t *testing.T) {
 	bin := chromium(t)
 	s, ts := newServer(t, (&fakeReach{}).reach)
+	s.cfg.StagedFlows, s.cfg.StagedEdges = stagedLockdown, stagedLockdownEdges
 	spki := sha256.Sum256(ts.Certificate().RawSubjectPublicKeyInfo)
 	link, _, err := s.CreateSession(auth.Admin())
 	if err != nil {
@@ -74,10 +78,16 @@ func TestPageInHeadlessChromium(t *testing.T) {
 		`selected by federated/demo/db-isolation and no rule allowed`,
 		`destination ingress: denied: selected by demo/db-isolation`,
 		`as spiffe://fedmesh/admin`,
+		// The selected edge's flow and its counts say what the staged
+		// policy would deny.
+		`no rule allowed; would be denied by staged federated/demo/db-lockdown`,
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the page lacks %s", want)
 		}
+	}
+	if !regexp.MustCompile(`id="edge-counts"[^>]*>[^<]* — \d+ would be denied by staged federated/demo/db-lockdown<`).MatchString(dom) {
+		t.Error("the selected edge's counts lack how many flows the staged policy would deny")
 	}
 	if t.Failed() {
 		t.Logf("DOM:\n%s", dom)
@@ -93,6 +103,31 @@ func TestPageInHeadlessChromium(t *testing.T) {
 	if st, err := os.Stat(shot); err != nil || st.Size() < 10_000 {
 		t.Errorf("screenshot %s: %v (%d bytes)", shot, err, sizeOf(st))
 	}
+}
+
+// stagedLockdown and stagedLockdownEdges stand for the replica's staged
+// evaluation (controlplane/server tests the real one through the page's
+// API): a staged federated/demo/db-lockdown denies every flow to db-a1.
+func stagedLockdown(_ context.Context, flows []*fedmeshv1.Flow) ([]*fedmeshv1.Flow, error) {
+	out := make([]*fedmeshv1.Flow, len(flows))
+	for i, f := range flows {
+		out[i] = proto.CloneOf(f)
+		if f.GetDestination().GetPod() == "db-a1" {
+			out[i].Staged = &fedmeshv1.StagedFlowVerdict{Verdict: fedmeshv1.Verdict_VERDICT_DENY, DeniedBy: []*fedmeshv1.StagedPolicyKey{lockdownKey}}
+		}
+	}
+	return out, nil
+}
+
+var lockdownKey = &fedmeshv1.StagedPolicyKey{Kind: fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_NETWORK_POLICY, Namespace: "demo", Name: "db-lockdown"}
+
+func stagedLockdownEdges(_ context.Context, edges []*fedmeshv1.FlowEdge) error {
+	for _, e := range edges {
+		if e.GetDestination().GetPod() == "db-a1" {
+			e.StagedDenied, e.StagedDeniedBy = e.GetAllowed()+e.GetDenied(), []*fedmeshv1.StagedPolicyKey{lockdownKey}
+		}
+	}
+	return nil
 }
 
 type fakeReach struct{}

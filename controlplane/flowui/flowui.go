@@ -62,6 +62,12 @@ type ReachFunc func(ctx context.Context, req *fedmeshv1.ReachRequest) (*fedmeshv
 type Config struct {
 	Store *flowstore.Store
 	Reach ReachFunc
+	// StagedFlows and StagedEdges, when set, add the staged policies'
+	// verdicts (Flow.staged; FlowEdge.staged_denied and staged_denied_by)
+	// as GetFlows and GetFlowSummary do, so the page says what a staged
+	// policy would deny. They are called from request goroutines.
+	StagedFlows func(ctx context.Context, flows []*fedmeshv1.Flow) ([]*fedmeshv1.Flow, error)
+	StagedEdges func(ctx context.Context, edges []*fedmeshv1.FlowEdge) error
 	// BaseURL is how browsers reach this server (https://host:port); the
 	// login URLs start with it.
 	BaseURL string
@@ -271,6 +277,10 @@ type Edge struct {
 	Denied   uint64   `json:"denied"`
 	Verdict  string   `json:"verdict"` // allowed or denied (any denied flow)
 	DeniedBy []string `json:"deniedBy,omitempty"`
+	// StagedDenied counts the edge's flows staged policies (StagedBy)
+	// would deny were they enforced now.
+	StagedDenied uint64   `json:"stagedDenied,omitempty"`
+	StagedBy     []string `json:"stagedBy,omitempty"`
 }
 
 // Graph is what the page draws.
@@ -343,6 +353,12 @@ func (s *Server) graph(r *http.Request, p auth.Principal) (any, error) {
 		return nil, err
 	}
 	edges := s.cfg.Store.Summarize(flowstore.Summary{Since: since, Until: now, Window: now.Sub(since)}, scope(p))
+	if s.cfg.StagedEdges != nil {
+		// The graph without staged counts beats no graph.
+		if err := s.cfg.StagedEdges(r.Context(), edges); err != nil {
+			s.cfg.Logger.Warn("evaluate staged policies on the graph's edges", "err", err)
+		}
+	}
 	g := Graph{Principal: p.String(), Since: since.UTC().Format(time.RFC3339), Nodes: []Node{}, Edges: []Edge{}}
 	seen := map[string]bool{}
 	add := func(n Node) {
@@ -374,6 +390,10 @@ func (s *Server) graph(r *http.Request, p auth.Principal) (any, error) {
 		for _, k := range e.GetDeniedBy() {
 			ed.DeniedBy = append(ed.DeniedBy, policyName(k))
 		}
+		ed.StagedDenied = e.GetStagedDenied()
+		for _, k := range e.GetStagedDeniedBy() {
+			ed.StagedBy = append(ed.StagedBy, stagedName(k))
+		}
 		g.Edges = append(g.Edges, ed)
 	}
 	slices.SortFunc(g.Nodes, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
@@ -390,6 +410,9 @@ type FlowRow struct {
 	Node     string `json:"node"`
 	Verdict  string `json:"verdict"`
 	Decision string `json:"decision"`
+	// Staged is what the staged policies would do to the flow, when it
+	// differs from what happened: "would be denied by staged P".
+	Staged string `json:"staged,omitempty"`
 }
 
 type edgeRef struct {
@@ -461,17 +484,55 @@ func (s *Server) flows(r *http.Request, p auth.Principal) (any, error) {
 		f.Cluster, f.PodNamespace, f.Pod = e.dstW.GetCluster(), e.dstW.GetNamespace(), e.dstW.GetPod()
 	}
 	all := s.cfg.Store.Query(flowstore.Query{Filter: f, Since: since, Until: now, Limit: 100_000}, scope(p))
-	rows := []FlowRow{}
-	for i := len(all) - 1; i >= 0 && len(rows) < edgeFlows; i-- {
+	var match []*fedmeshv1.Flow
+	for i := len(all) - 1; i >= 0 && len(match) < edgeFlows; i-- {
 		fl := all[i]
 		if !sameSide(fl.GetSource(), e.srcW) || !sameSide(fl.GetDestination(), e.dstW) ||
 			fl.GetProtocol() != e.proto || fl.GetDestination().GetPort() != e.port {
 			continue
 		}
+		match = append(match, fl)
+	}
+	if s.cfg.StagedFlows != nil && len(match) > 0 {
+		if staged, err := s.cfg.StagedFlows(r.Context(), match); err != nil {
+			s.cfg.Logger.Warn("evaluate staged policies on an edge's flows", "err", err)
+		} else {
+			match = staged
+		}
+	}
+	rows := make([]FlowRow, 0, len(match))
+	for _, fl := range match {
 		rows = append(rows, FlowRow{Time: fl.GetTime().AsTime().UTC().Format(time.RFC3339Nano), Node: fl.GetCluster() + "/" + fl.GetNode(),
-			Verdict: strings.ToLower(strings.TrimPrefix(fl.GetVerdict().String(), "VERDICT_")), Decision: decision(fl.GetDecision())})
+			Verdict: strings.ToLower(strings.TrimPrefix(fl.GetVerdict().String(), "VERDICT_")), Decision: decision(fl.GetDecision()), Staged: stagedNote(fl)})
 	}
 	return rows, nil
+}
+
+// stagedNote says what the staged policies would change for a flow (as
+// fedctl flows says it).
+func stagedNote(f *fedmeshv1.Flow) string {
+	st := f.GetStaged()
+	switch {
+	case st == nil:
+		return ""
+	case len(st.GetDeniedBy()) > 0:
+		names := make([]string, len(st.GetDeniedBy()))
+		for i, k := range st.GetDeniedBy() {
+			names[i] = stagedName(k)
+		}
+		return "would be denied by staged " + strings.Join(names, ", ")
+	case st.GetVerdict() == fedmeshv1.Verdict_VERDICT_ALLOW && f.GetVerdict() == fedmeshv1.Verdict_VERDICT_DENY:
+		return "would be allowed with the staged policies"
+	}
+	return ""
+}
+
+// stagedName names a staged policy as fedctl does.
+func stagedName(k *fedmeshv1.StagedPolicyKey) string {
+	if k.GetKind() == fedmeshv1.StagedPolicyKind_STAGED_POLICY_KIND_CLUSTER_NETWORK_POLICY {
+		return "cnp/federated/" + k.GetName()
+	}
+	return "federated/" + strings.TrimPrefix(k.GetNamespace()+"/"+k.GetName(), "/")
 }
 
 // decision says in words what decided a flow's reported direction.

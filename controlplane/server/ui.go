@@ -43,7 +43,8 @@ func (r *Replica) startUI() error {
 		base = "https://" + lis.Addr().String()
 	}
 	reach := &reachService{c: r.core}
-	page := flowui.New(flowui.Config{Store: r.flows, Reach: reach.Reach, BaseURL: base, Logger: r.log.With("component", "ui")})
+	page := flowui.New(flowui.Config{Store: r.flows, Reach: reach.Reach,
+		StagedFlows: r.core.stagedFlows, StagedEdges: r.core.stagedSummary, BaseURL: base, Logger: r.log.With("component", "ui")})
 	u := &uiServer{page: page, lis: lis, srv: &http.Server{Handler: page, TLSConfig: auth.BrowserTLS(r.sec.cert),
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}}
 	r.ui = u

@@ -83,6 +83,45 @@ func TestServiceGraphPageSignsInThroughTheAPI(t *testing.T) {
 	if graph.Principal != auth.Admin().String() || len(graph.Edges) != 1 || graph.Edges[0].Verdict != "denied" {
 		t.Errorf("graph as the admin: %+v, want one denied edge", graph)
 	}
+
+	// With a policy staged that would deny the edge, the page says so on
+	// the edge and on its flows, evaluated by the replica's Reach engine.
+	if _, err := fedmeshv1.NewEndpointServiceClient(g.conn(t, lead, auth.Syncer("a"))).UpsertEndpoints(ctx, &fedmeshv1.UpsertEndpointsRequest{Cluster: "a",
+		Endpoints: []*fedmeshv1.Endpoint{
+			{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Node: "n1", Labels: map[string]string{"app": "web"}},
+			{Cluster: "a", Namespace: "demo", Name: "db", Ips: []string{"10.1.1.12"}, Node: "n1", Labels: map[string]string{"app": "db"}},
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fedmeshv1.NewStagedPolicyServiceClient(admin).StagePolicy(ctx, &fedmeshv1.StagePolicyRequest{Policy: stagedNP(dbLockdown(0))}); err != nil {
+		t.Fatal(err)
+	}
+	getJSON := func(path string, v any) {
+		t.Helper()
+		r, err := browser.Get("https://" + lead.ui.lis.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+	}
+	var staged struct {
+		Edges []struct {
+			StagedDenied uint64
+			StagedBy     []string
+		}
+	}
+	getJSON("/api/graph", &staged)
+	if len(staged.Edges) != 1 || staged.Edges[0].StagedDenied != 1 || strings.Join(staged.Edges[0].StagedBy, ",") != "federated/demo/db-lockdown" {
+		t.Errorf("graph with db-lockdown staged: %+v, want the edge's flow counted as denied by staged federated/demo/db-lockdown", staged.Edges)
+	}
+	var rows []struct{ Staged string }
+	getJSON("/api/flows?src=a/demo/web&dst=a/demo/db&proto=tcp&port=5432", &rows)
+	if len(rows) != 1 || rows[0].Staged != "would be denied by staged federated/demo/db-lockdown" {
+		t.Errorf("edge flows with db-lockdown staged: %+v, want the flow marked as denied by staged federated/demo/db-lockdown", rows)
+	}
 }
 
 func TestServiceGraphPageNeedsTLS(t *testing.T) {

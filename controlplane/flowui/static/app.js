@@ -115,14 +115,15 @@ async function select(e) {
   panel.dataset.edge = e.id;
   $("edge-title").textContent = `${e.src} → ${e.dst} ${e.proto}/${e.port}`;
   $("edge-counts").textContent = `${e.allowed} allowed, ${e.denied} denied` +
-    (e.deniedBy && e.deniedBy.length ? ` — denied by ${e.deniedBy.join(", ")}` : "");
+    (e.deniedBy && e.deniedBy.length ? ` — denied by ${e.deniedBy.join(", ")}` : "") +
+    (e.stagedDenied ? ` — ${e.stagedDenied} would be denied by staged ${(e.stagedBy || []).join(", ")}` : "");
   const q = edgeQuery(e);
   const [flows, reach] = await Promise.allSettled([getJSON("/api/flows?" + q), getJSON("/api/reach?" + q)]);
   const tbody = $("flows").querySelector("tbody");
   tbody.replaceChildren();
   for (const f of flows.status === "fulfilled" ? flows.value : []) {
     const tr = document.createElement("tr");
-    for (const [v, cls] of [[f.time, ""], [f.node, ""], [f.verdict, "v-" + f.verdict], [f.decision, ""]]) {
+    for (const [v, cls] of [[f.time, ""], [f.node, ""], [f.verdict, "v-" + f.verdict], [f.decision + (f.staged ? "; " + f.staged : ""), ""]]) {
       const td = document.createElement("td");
       td.textContent = v;
       if (cls) td.className = cls;
