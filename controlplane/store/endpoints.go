@@ -77,11 +77,15 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 		key := nsName{e.GetNamespace(), e.GetName()}
 		for j, ip := range e.GetIps() {
 			a, _ := netip.ParseAddr(ip)
-			owner, ok := s.ipOwner[a]
-			if !ok || (owner.cluster == cluster && (owner.key == key || inBatch[owner.key])) {
+			oe, ok := s.ipOwner[a]
+			if !ok {
 				continue
 			}
-			if g > 0 && owner.cluster == cluster && eps[owner.key].gen < g {
+			owner := oe.ref()
+			if owner.cluster == cluster && (owner.key == key || inBatch[owner.key]) {
+				continue
+			}
+			if g > 0 && owner.cluster == cluster && oe.gen < g {
 				evict[owner] = true
 				continue
 			}
@@ -134,15 +138,13 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 		old := eps[key]
 		if old != nil {
 			s.ids.Release(old.ep.GetIdentity())
-			s.dropAddrs(epRef{cluster, key}, old.ep)
+			s.dropAddrs(old)
 		}
 		e.Identity = id
 		e.Meta = tx.meta(old.epMeta())
-		eps[key] = &epEntry{ep: e, gen: stamp, legacy: legacy}
-		for _, ip := range e.GetIps() {
-			a, _ := netip.ParseAddr(ip)
-			s.ipOwner[a] = epRef{cluster, key}
-		}
+		en := &epEntry{ep: e, gen: stamp, legacy: legacy}
+		eps[key] = en
+		s.ownAddrs(en)
 		tx.putEndpoint(e)
 	}
 	var deleted uint32
@@ -189,12 +191,22 @@ func (e *epEntry) epMeta() *fedmeshv1.ObjectMeta {
 	return e.ep.GetMeta()
 }
 
-// dropAddrs forgets the addresses ep owned.
-func (s *State) dropAddrs(r epRef, ep *fedmeshv1.Endpoint) {
-	for _, ip := range ep.GetIps() {
+// dropAddrs forgets the addresses e owned.
+func (s *State) dropAddrs(e *epEntry) {
+	for _, ip := range e.ep.GetIps() {
 		a, _ := netip.ParseAddr(ip)
-		if s.ipOwner[a] == r {
+		if s.ipOwner[a] == e {
 			delete(s.ipOwner, a)
+		}
+	}
+}
+
+// ownAddrs records e as the owner of its addresses (the edge validated
+// them; one that does not parse is owned by no one).
+func (s *State) ownAddrs(e *epEntry) {
+	for _, ip := range e.ep.GetIps() {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			s.ipOwner[a] = e
 		}
 	}
 }
@@ -207,7 +219,7 @@ func (s *State) deleteEndpoint(tx *txn, r epRef) {
 		return
 	}
 	s.ids.Release(e.ep.GetIdentity())
-	s.dropAddrs(r, e.ep)
+	s.dropAddrs(e)
 	delete(s.endpoints[r.cluster], r.key)
 	tx.delEndpoint(e.ep)
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -179,10 +180,22 @@ func checkInvariants(s *State) error {
 	if len(s.ids.changed) != 0 {
 		return fmt.Errorf("keys %v changed relevance and were never settled", s.ids.changed)
 	}
-	for a, r := range s.ipOwner {
-		e := s.endpoints[r.cluster][r.key]
-		if e == nil {
-			return fmt.Errorf("address %s owned by missing endpoint %s/%s", a, r.cluster, r.key)
+	for a, owner := range s.ipOwner {
+		r := owner.ref()
+		if e := s.endpoints[r.cluster][r.key]; e != owner {
+			return fmt.Errorf("address %s owned by an endpoint %s/%s that is not the stored one", a, r.cluster, r.key)
+		}
+		if !slices.ContainsFunc(owner.ep.GetIps(), func(ip string) bool { b, err := netip.ParseAddr(ip); return err == nil && a == b }) {
+			return fmt.Errorf("address %s owned by endpoint %s/%s, which does not carry it", a, r.cluster, r.key)
+		}
+	}
+	for c, eps := range s.endpoints {
+		for k, e := range eps {
+			for _, ip := range e.ep.GetIps() {
+				if a, err := netip.ParseAddr(ip); err == nil && s.ipOwner[a] != e {
+					return fmt.Errorf("address %s of endpoint %s/%s is not recorded as its own", a, c, k)
+				}
+			}
 		}
 	}
 	return nil

@@ -258,7 +258,10 @@ func (s *State) rekeyIdentities(tx *txn) {
 		// A new object: stored ones are immutable (readers and frozen
 		// snapshots hold them).
 		e := withIdentity(old.ep, ids[i], tx.meta(old.ep.GetMeta()))
-		s.endpoints[r.cluster][r.key] = &epEntry{ep: e, gen: old.gen, legacy: old.legacy}
+		en := &epEntry{ep: e, gen: old.gen, legacy: old.legacy}
+		s.endpoints[r.cluster][r.key] = en
+		s.dropAddrs(old)
+		s.ownAddrs(en)
 		tx.putEndpoint(e)
 	}
 }

@@ -100,11 +100,10 @@ func (s *State) EndpointCount() int {
 
 // EndpointByIP returns the endpoint owning an address, or nil.
 func (s *State) EndpointByIP(a netip.Addr) *fedmeshv1.Endpoint {
-	r, ok := s.ipOwner[a]
-	if !ok {
-		return nil
+	if e := s.ipOwner[a]; e != nil {
+		return e.ep
 	}
-	return s.endpoints[r.cluster][r.key].ep
+	return nil
 }
 
 // Endpoint returns one endpoint, or nil.

@@ -366,11 +366,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			key := nsName{e.GetNamespace(), e.GetName()}
 			en := &epEntry{ep: e, gen: gen, legacy: recKind(kind) == recEndpoint}
 			inner(s.endpoints, e.GetCluster())[key] = en
-			for _, ip := range e.GetIps() {
-				if a, err := netip.ParseAddr(ip); err == nil {
-					s.ipOwner[a] = epRef{e.GetCluster(), key}
-				}
-			}
+			s.ownAddrs(en)
 			ids.add(en)
 		case recExport:
 			x := &fedmeshv1.ServiceExport{}

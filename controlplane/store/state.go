@@ -93,13 +93,16 @@ type State struct {
 	clusters  map[string]*clusterEntry
 	nodes     map[string]map[string]*fedmeshv1.Node // cluster -> name
 	endpoints map[string]map[nsName]*epEntry        // cluster -> ns/name
-	ipOwner   map[netip.Addr]epRef
-	exports   map[string]map[nsName]*exportEntry // cluster -> ns/name
-	imports   map[nsName]*fedmeshv1.ServiceImport
-	policies  map[string]map[nsName]*policyEntry // owner cluster ("" federated) -> ns/name
-	gens      map[genKey]uint64
-	ids       *Identities
-	members   map[string]*fedmeshv1.Member
+	// ipOwner is the endpoint owning each address: its entry, not an
+	// epRef, because at millions of endpoints a (cluster, ns, name) value
+	// per address is 40 bytes more per endpoint than a pointer.
+	ipOwner  map[netip.Addr]*epEntry
+	exports  map[string]map[nsName]*exportEntry // cluster -> ns/name
+	imports  map[nsName]*fedmeshv1.ServiceImport
+	policies map[string]map[nsName]*policyEntry // owner cluster ("" federated) -> ns/name
+	gens     map[genKey]uint64
+	ids      *Identities
+	members  map[string]*fedmeshv1.Member
 	// usedTokens are consumed join tokens by id, with their expiry (Unix
 	// nanoseconds).
 	usedTokens map[[16]byte]int64
@@ -126,13 +129,18 @@ type epRef struct {
 	key     nsName
 }
 
+// ref is where e is stored.
+func (e *epEntry) ref() epRef {
+	return epRef{e.ep.GetCluster(), nsName{e.ep.GetNamespace(), e.ep.GetName()}}
+}
+
 // NewState returns an empty state whose event log holds about logSize events.
 func NewState(logSize int) *State {
 	return &State{
 		clusters:   map[string]*clusterEntry{},
 		nodes:      map[string]map[string]*fedmeshv1.Node{},
 		endpoints:  map[string]map[nsName]*epEntry{},
-		ipOwner:    map[netip.Addr]epRef{},
+		ipOwner:    map[netip.Addr]*epEntry{},
 		exports:    map[string]map[nsName]*exportEntry{},
 		imports:    map[nsName]*fedmeshv1.ServiceImport{},
 		policies:   map[string]map[nsName]*policyEntry{},
