@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"strings"
@@ -87,48 +88,91 @@ func BenchmarkEdgeValidateEndpointBatch(b *testing.B) {
 // BenchmarkMemoryPer100kEndpoints reports the heap the FSM holds for 100k
 // 1 KiB endpoints (objects, indexes, identities and their events in the
 // event log at its default size), with labels shared by pods of a workload
-// (1,000 label sets) and, as the worst case, a distinct label set per pod.
+// (1,000 label sets) and, as the worst case, a distinct label set per pod;
+// "syncer" endpoints carry what fedmesh-syncer sends (namespace labels,
+// pods spread over 20 namespaces and 50 nodes). Each case is measured as
+// the log built it and again as a replica restarting from its snapshot
+// holds it (no events then). B/endpoint is the figure test/scale/README.md
+// reports.
 func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
-	for _, tc := range []struct{ sets, batch int }{{1000, 1000}, {100_000, 1000}, {1000, 1}} {
-		sets := tc.sets
-		b.Run(fmt.Sprintf("labelsets=%d/batch=%d", sets, tc.batch), func(b *testing.B) {
+	for _, tc := range []struct {
+		sets, batch int
+		syncer      bool
+	}{{1000, 1000, false}, {100_000, 1000, false}, {1000, 1, false}, {1000, 500, true}} {
+		name := fmt.Sprintf("labelsets=%d/batch=%d", tc.sets, tc.batch)
+		if tc.syncer {
+			name += "/syncer"
+		}
+		b.Run(name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				runtime.GC()
-				var before, after runtime.MemStats
-				runtime.ReadMemStats(&before)
-				s := benchState(b)
-				for k := 0; k < 100_000; k += tc.batch {
-					req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
-					for j := range tc.batch {
-						req.Endpoints = append(req.Endpoints, benchEndpointSets(k+j, sets))
+				s, built := measureHeap(func() *State {
+					s := benchState(b)
+					for k := 0; k < 100_000; k += tc.batch {
+						req := &fedmeshv1.UpsertEndpointsRequest{Cluster: "east"}
+						for j := range tc.batch {
+							e := benchEndpointSets(k+j, tc.sets)
+							if tc.syncer {
+								e.Namespace, e.Node = fmt.Sprintf("ns%d", (k+j)%20), fmt.Sprintf("node%d", (k+j)%50)
+								e.NamespaceLabels = map[string]string{"kubernetes.io/metadata.name": e.Namespace, "team": "t"}
+							}
+							req.Endpoints = append(req.Endpoints, e)
+						}
+						// Through the log's bytes, as a follower applies them.
+						data, err := Command{Type: CmdUpsertEndpoints, Payload: req}.Encode()
+						if err != nil {
+							b.Fatal(err)
+						}
+						c, err := DecodeCommand(data)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if r := s.Apply(c); r.Err != nil {
+							b.Fatal(r.Err)
+						}
 					}
-					// Through the log's bytes, as a follower applies them.
-					data, err := Command{Type: CmdUpsertEndpoints, Payload: req}.Encode()
-					if err != nil {
-						b.Fatal(err)
-					}
-					c, err := DecodeCommand(data)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if r := s.Apply(c); r.Err != nil {
-						b.Fatal(r.Err)
-					}
-				}
-				runtime.GC()
-				runtime.ReadMemStats(&after)
+					return s
+				})
 				if s.EndpointCount() != 100_000 {
 					b.Fatalf("%d endpoints", s.EndpointCount())
 				}
-				mib := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
-				b.ReportMetric(mib, "MiB/100k-endpoints")
-				runtime.KeepAlive(s)
+				var snap bytes.Buffer
+				if _, err := s.Freeze().WriteTo(&snap); err != nil {
+					b.Fatal(err)
+				}
+				s = nil
+				r, restored := measureHeap(func() *State {
+					r, err := ReadSnapshot(bytes.NewReader(snap.Bytes()), DefaultEventLogSize)
+					if err != nil {
+						b.Fatal(err)
+					}
+					return r
+				})
+				if r.EndpointCount() != 100_000 {
+					b.Fatalf("restored %d endpoints", r.EndpointCount())
+				}
+				b.ReportMetric(built/(1<<20), "MiB/100k-endpoints")
+				b.ReportMetric(built/100_000, "B/endpoint")
+				b.ReportMetric(restored/100_000, "B/endpoint-restored")
+				b.ReportMetric(float64(snap.Len())/100_000, "snapshot-B/endpoint")
 				if i == 0 {
-					fmt.Printf("FSM memory for 100k endpoints (1 KiB each, %d label sets, %d per write, event log %d): %.0f MiB (target < 200 MiB)\n", sets, tc.batch, DefaultEventLogSize, mib)
+					fmt.Printf("FSM memory for 100k endpoints (1 KiB each, %d label sets, %d per write, syncer fields %v, event log %d): %.0f MiB (target < 200 MiB), %.0f B/endpoint; restored from its snapshot: %.0f B/endpoint\n",
+						tc.sets, tc.batch, tc.syncer, DefaultEventLogSize, built/(1<<20), built/100_000, restored/100_000)
 				}
 			}
 		})
 	}
+}
+
+// measureHeap returns what build returns and the live heap it added.
+func measureHeap(build func() *State) (*State, float64) {
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s := build()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s)
+	return s, float64(int64(after.HeapAlloc) - int64(before.HeapAlloc))
 }
 
 // BenchmarkLeaderApplyEndpointBatch is the FSM's cost of one committed

@@ -326,6 +326,12 @@ type txn struct {
 	// ts is time as a Timestamp, made once and shared by every object the
 	// command writes (stored objects are never mutated).
 	ts *timestamppb.Timestamp
+	// metas are the metadata this command gave objects, by their create
+	// revision: objects written by one command with the same create
+	// revision (a batch of new endpoints, say) share one ObjectMeta, which
+	// is most of a 3M-endpoint state's metadata (stored objects are never
+	// mutated, so sharing is safe).
+	metas map[uint64]*fedmeshv1.ObjectMeta
 }
 
 func (tx *txn) updateTime() *timestamppb.Timestamp {
@@ -342,10 +348,17 @@ func (tx *txn) meta(old *fedmeshv1.ObjectMeta) *fedmeshv1.ObjectMeta {
 	if old != nil && old.GetCreateRevision() != 0 {
 		created = old.GetCreateRevision()
 	}
+	if m, ok := tx.metas[created]; ok {
+		return m
+	}
 	m := &fedmeshv1.ObjectMeta{Revision: tx.rev, CreateRevision: created}
 	if tx.audited {
 		m.UpdatedBy, m.UpdateTime = tx.principal, tx.updateTime()
 	}
+	if tx.metas == nil {
+		tx.metas = map[uint64]*fedmeshv1.ObjectMeta{}
+	}
+	tx.metas[created] = m
 	return m
 }
 

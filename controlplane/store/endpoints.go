@@ -130,6 +130,10 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 		// (Identities). Endpoints with equal labels share one map.
 		sl := s.ids.shared.share(e.GetLabels(), s.internString)
 		e.Labels = sl.m
+		if e.NamespaceLabels != nil {
+			// Every pod of a namespace carries its labels.
+			e.NamespaceLabels = s.ids.shared.share(e.GetNamespaceLabels(), s.internString).m
+		}
 		id, err := s.ids.acquire(cluster, e.GetNamespace(), sl, legacy)
 		if err != nil {
 			// Checked above: the state would now be half-applied.

@@ -376,6 +376,9 @@ func (r *identityRestorer) finish(s *State, next uint32) error {
 	holders := make([]identity.Holder, len(r.eps))
 	for i, e := range r.eps {
 		e.ep.Labels = ids.shared.share(e.ep.GetLabels(), s.internString).m
+		if e.ep.NamespaceLabels != nil {
+			e.ep.NamespaceLabels = ids.shared.share(e.ep.GetNamespaceLabels(), s.internString).m
+		}
 		holders[i] = identity.Holder{ID: e.ep.GetIdentity(), Key: ids.keyOf(e)}
 	}
 	got, err := ids.a.Rebuild(max(next, FirstAllocatedIdentity), holders)

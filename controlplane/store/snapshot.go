@@ -320,6 +320,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 	var h snapHeader
 	sawHeader := false
 	ids := newIdentityRestorer()
+	metas := map[metaKey]*fedmeshv1.ObjectMeta{}
 	for {
 		kind, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -358,8 +359,7 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			}
 			inner(s.nodes, n.GetCluster())[n.GetName()] = n
 		case recEndpoint, recEndpointFull:
-			e := &fedmeshv1.Endpoint{}
-			gen, err := unmarshalWithGen(b, e)
+			e, gen, err := readEndpoint(b, metas)
 			if err != nil {
 				return nil, fmt.Errorf("read snapshot endpoint: %w", err)
 			}
@@ -459,6 +459,58 @@ func ReadSnapshot(r io.Reader, logSize int) (*State, error) {
 			return nil, fmt.Errorf("read snapshot: unknown record kind %d in version %d", kind, h.Version)
 		}
 	}
+}
+
+// readEndpoint decodes an endpoint record as the log's endpoints are
+// decoded (cluster, namespace, node and label strings interned), its
+// metadata shared with an equal one read before: a restored state then
+// costs what the state that wrote it did, not a copy of every shared
+// string and ObjectMeta per endpoint.
+func readEndpoint(b []byte, metas map[metaKey]*fedmeshv1.ObjectMeta) (*fedmeshv1.Endpoint, uint64, error) {
+	gen, n := binary.Uvarint(b)
+	if n <= 0 {
+		return nil, 0, errors.New("bad generation")
+	}
+	e, ok := fastUnmarshalEndpoint(b[n:], shared)
+	if !ok {
+		e = &fedmeshv1.Endpoint{}
+		if err := proto.Unmarshal(b[n:], e); err != nil {
+			return nil, 0, err
+		}
+	}
+	if k, ok := keyOfMeta(e.GetMeta()); ok {
+		if m, ok := metas[k]; ok {
+			e.Meta = m
+		} else {
+			metas[k] = e.GetMeta()
+		}
+	}
+	return e, gen, nil
+}
+
+// metaKey is an ObjectMeta's value, for sharing equal ones.
+type metaKey struct {
+	rev, created uint64
+	by           string
+	sec          int64
+	nanos        int32
+	hasTime      bool
+}
+
+// keyOfMeta is m's value; false when m is nil or carries fields this
+// binary does not know (those are kept as they are).
+func keyOfMeta(m *fedmeshv1.ObjectMeta) (metaKey, bool) {
+	if m == nil || len(m.ProtoReflect().GetUnknown()) > 0 {
+		return metaKey{}, false
+	}
+	k := metaKey{rev: m.GetRevision(), created: m.GetCreateRevision(), by: m.GetUpdatedBy()}
+	if t := m.GetUpdateTime(); t != nil {
+		if len(t.ProtoReflect().GetUnknown()) > 0 {
+			return metaKey{}, false
+		}
+		k.sec, k.nanos, k.hasTime = t.GetSeconds(), t.GetNanos(), true
+	}
+	return k, true
 }
 
 func unmarshalWithGen(b []byte, m proto.Message) (uint64, error) {
