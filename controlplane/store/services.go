@@ -154,8 +154,28 @@ func (s *State) recomputeImport(tx *txn, key nsName, fresh map[string]bool) {
 			}
 		}
 		imp.Meta = tx.meta(old.GetMeta())
+		shareClusterBackends(imp, old)
 		s.imports[key] = imp
 		tx.putImport(imp)
+	}
+}
+
+// shareClusterBackends makes imp hold old's entry for every cluster whose
+// backends did not change. An import is re-derived whole when one cluster's
+// export changes, and the event log keeps every version: with hundreds of
+// clusters exporting a service, unshared copies of the others' backends
+// were a quarter of a replica's heap under churn. Stored objects are never
+// mutated, so sharing them is safe. Both lists are sorted by cluster.
+func shareClusterBackends(imp, old *fedmeshv1.ServiceImport) {
+	prev := old.GetClusters()
+	j := 0
+	for i, cb := range imp.GetClusters() {
+		for j < len(prev) && prev[j].GetCluster() < cb.GetCluster() {
+			j++
+		}
+		if j < len(prev) && prev[j].GetCluster() == cb.GetCluster() && proto.Equal(prev[j], cb) {
+			imp.Clusters[i] = prev[j]
+		}
 	}
 }
 

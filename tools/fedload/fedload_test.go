@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -83,6 +84,30 @@ func TestEveryChangeReachesEveryAgentOfTheOtherClusters(t *testing.T) {
 	}
 }
 
+// TestControlPlaneAloneMeasuresReplicas runs without agents (how the
+// control plane's memory is measured at millions of endpoints, where agents
+// holding the whole federation do not fit beside it): the churn and the
+// replicas are measured and the result has no undefined agent figures.
+func TestControlPlaneAloneMeasuresReplicas(t *testing.T) {
+	p := smallProfile()
+	p.AgentsPerCluster, p.Duration, p.Warmup = 0, 2*time.Second, 0
+	res := run(t, p)
+	if res.Agents != 0 || res.NewAgentSync != 0 || res.Samples != 0 {
+		t.Errorf("agents %d, late agent sync %s, latency samples %d: want no agent figures", res.Agents, res.NewAgentSync, res.Samples)
+	}
+	if res.Changes == 0 || res.WriteErrors != 0 {
+		t.Errorf("churn: %d changes, %d errors; want some, none", res.Changes, res.WriteErrors)
+	}
+	for _, r := range res.Replicas {
+		if r.RSS == 0 {
+			t.Errorf("replica %s: no RSS measured", r.ID)
+		}
+	}
+	if _, err := json.Marshal(res); err != nil {
+		t.Errorf("result does not encode (an undefined ratio?): %v", err)
+	}
+}
+
 func TestProfileValidationNamesTheFlag(t *testing.T) {
 	tests := []struct {
 		name string
@@ -90,7 +115,7 @@ func TestProfileValidationNamesTheFlag(t *testing.T) {
 		want string
 	}{
 		{"one cluster", func(p *Profile) { p.Clusters = 1 }, "--clusters 1"},
-		{"no agents", func(p *Profile) { p.AgentsPerCluster = 0 }, "--agents-per-cluster 0"},
+		{"negative agents", func(p *Profile) { p.AgentsPerCluster = -1 }, "--agents-per-cluster -1"},
 		{"zero rate", func(p *Profile) { p.Rate = 0 }, "--rate 0"},
 		{"more namespaces than identities", func(p *Profile) { p.Namespaces = 30 }, "--namespaces 30"},
 		{"too big for 10/8", func(p *Profile) { p.Clusters, p.EndpointsPerCluster = 1000, 15000 }, "do not fit in 10.0.0.0/8"},

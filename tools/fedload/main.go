@@ -82,7 +82,7 @@ func main() {
 	f.IntVar(&p.Replicas, "replicas", p.Replicas, "voting control-plane replicas")
 	f.IntVar(&p.NonVoters, "read-replicas", 0, "non-voting read replicas, added after the voters; agents prefer them (spread across them)")
 	f.IntVar(&p.Clusters, "clusters", p.Clusters, "simulated clusters (Cilium's profile: 200)")
-	f.IntVar(&p.AgentsPerCluster, "agents-per-cluster", p.AgentsPerCluster, "simulated agents per cluster (Cilium's profile: 300 nodes)")
+	f.IntVar(&p.AgentsPerCluster, "agents-per-cluster", p.AgentsPerCluster, "simulated agents per cluster (Cilium's profile: 300 nodes); 0 measures the control plane alone (no latency, no agent figures): each agent holds the whole federation, so at millions of endpoints agents do not fit beside the replicas")
 	f.IntVar(&p.ClustersWithAgents, "clusters-with-agents", 0, "run agents in only the first N clusters (0: all); each agent holds the whole federation")
 	f.IntVar(&p.EndpointsPerCluster, "endpoints-per-cluster", p.EndpointsPerCluster, "endpoints per cluster (Cilium's profile: 15000)")
 	f.IntVar(&p.IdentitiesPerCluster, "identities-per-cluster", p.IdentitiesPerCluster, "distinct label sets per cluster (Cilium's profile: 500)")

@@ -91,7 +91,7 @@ func (p Profile) Validate() error {
 	check(p.Replicas >= 1, "--replicas %d: need at least 1", p.Replicas)
 	check(p.NonVoters >= 0 && p.NonVoters <= 16, "--read-replicas %d: need 0..16", p.NonVoters)
 	check(p.Clusters >= 2, "--clusters %d: need at least 2 (latency is measured across clusters)", p.Clusters)
-	check(p.AgentsPerCluster >= 1, "--agents-per-cluster %d: need at least 1", p.AgentsPerCluster)
+	check(p.AgentsPerCluster >= 0, "--agents-per-cluster %d: need 0 (the control plane alone) or more", p.AgentsPerCluster)
 	check(p.HotEndpoints >= 0 && p.HotEndpoints <= p.EndpointsPerCluster, "--hot-endpoints %d: need 0..endpoints-per-cluster", p.HotEndpoints)
 	check(p.SlowAgents >= 0 && p.SlowAgentDelay >= 0 && p.SlowAgentDelay <= time.Second, "--slow-agents %d --slow-agent-delay %s: need >= 0 and a delay up to 1s", p.SlowAgents, p.SlowAgentDelay)
 	check(p.ClustersWithAgents >= 0, "--clusters-with-agents %d: need 0 (all) or more", p.ClustersWithAgents)

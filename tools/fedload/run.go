@@ -159,7 +159,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		return nil, fmt.Errorf("initial sync: %w", err)
 	}
 	res.InitialSync = time.Since(start)
-	res.AgentHeapPerAgent = (max(heapInUse(), heapBefore) - heapBefore) / uint64(len(agents))
+	if len(agents) > 0 {
+		res.AgentHeapPerAgent = (max(heapInUse(), heapBefore) - heapBefore) / uint64(len(agents))
+	}
 
 	log.Info("churn", "rate", p.Rate, "duration", p.Duration)
 	mon := newMonitor(fed)
@@ -193,6 +195,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	// every other cluster reported a revision that includes it.
 	var lats []time.Duration
 	for _, s := range samples {
+		if len(agents) == 0 {
+			break // no one to report a change enforced
+		}
 		if s.sent.Before(churnStart.Add(p.Warmup)) {
 			continue
 		}
@@ -222,13 +227,15 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		res.Max = lats[len(lats)-1]
 	}
 
+	// Without agents (--agents-per-cluster 0: the control plane's own
+	// cost) there is nothing to divide by.
 	n := float64(len(agents))
 	d := evEnd.sub(evStart)
-	if stats.changes > 0 {
+	if stats.changes > 0 && n > 0 {
 		res.EventsPerAgentChange = float64(d.events) / n / float64(stats.changes)
 		res.NodeEventsPerAgentChange = float64(d.node) / n / float64(stats.changes)
 	}
-	if stats.endpointChanges > 0 {
+	if stats.endpointChanges > 0 && n > 0 {
 		res.EndpointEventsPerAgentEndpointChange = float64(d.endpoint) / n / float64(stats.endpointChanges)
 	}
 	if p.SlowAgents > 0 && stats.changes > 0 {
@@ -238,7 +245,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		}
 		res.EventsPerSlowAgentChange = float64(slow) / float64(min(p.SlowAgents, len(agents))) / float64(stats.changes)
 	}
-	res.ReportsPerAgentSecond = float64(reportsEnd-reportsStart) / n / churnEnd.Sub(churnStart).Seconds()
+	if n > 0 {
+		res.ReportsPerAgentSecond = float64(reportsEnd-reportsStart) / n / churnEnd.Sub(churnStart).Seconds()
+	}
 
 	byReplica := map[string]*ReplicaResult{}
 	res.Replicas = make([]ReplicaResult, len(fed.replicas))
@@ -257,17 +266,19 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	}
 
 	// A late agent: the initial sync of a node joining a loaded federation.
-	heapBefore = heapInUse()
-	late, err := newSimAgent(fed, p, lay, 0, p.AgentsPerCluster, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer late.client.Close()
-	lateStart := time.Now()
-	agentsDone.Go(func() { _ = late.agent.Run(actx) })
-	if err := waitReported(ctx, []*simAgent{late}, last, 2*time.Minute); err == nil {
-		res.NewAgentSync = time.Since(lateStart)
-		res.NewAgentHeap = max(heapInUse(), heapBefore) - heapBefore
+	if p.AgentsPerCluster > 0 {
+		heapBefore = heapInUse()
+		late, err := newSimAgent(fed, p, lay, 0, p.AgentsPerCluster, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer late.client.Close()
+		lateStart := time.Now()
+		agentsDone.Go(func() { _ = late.agent.Run(actx) })
+		if err := waitReported(ctx, []*simAgent{late}, last, 2*time.Minute); err == nil {
+			res.NewAgentSync = time.Since(lateStart)
+			res.NewAgentHeap = max(heapInUse(), heapBefore) - heapBefore
+		}
 	}
 
 	stopMon()
