@@ -84,7 +84,7 @@ func (s *simSyncer) endpoint(slot int, e epSlot) *fedmeshv1.Endpoint {
 		Cluster: s.name, Namespace: fmt.Sprintf("ns-%d", slot%s.p.Namespaces), Name: fmt.Sprintf("pod-%d-%d", slot, e.gen),
 		Ips:    []string{s.lay.endpointIP(s.idx, slot, s.p.AgentsPerCluster)},
 		Labels: map[string]string{"app": fmt.Sprintf("app-%d", e.app)},
-		Node:   fmt.Sprintf("n%d", slot%(s.p.AgentsPerCluster*2)),
+		Node:   fmt.Sprintf("n%d", slot%max(2, s.p.AgentsPerCluster*2)),
 	}
 }
 
