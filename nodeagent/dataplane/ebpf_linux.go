@@ -38,7 +38,10 @@ type Config struct {
 	// EventsPerSecond and EventsBurst rate-limit verdict events per CPU
 	// (defaults 1000 and 100).
 	EventsPerSecond, EventsBurst uint64
-	Logger                       *slog.Logger
+	// IPCacheMaxEntries sizes each ipcache table (0: the default); see
+	// mapsize_linux.go.
+	IPCacheMaxEntries uint32
+	Logger            *slog.Logger
 }
 
 // graceAfterFlip is how long a slot stays untouched after it stopped being
@@ -189,6 +192,9 @@ func (e *EBPF) load() error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	if err := sizeMaps(spec, e.cfg); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(e.cfg.PinDir, "links"), 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", e.cfg.PinDir, err)
 	}
@@ -252,6 +258,9 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 		return errors.New("apply revision: dataplane closed")
 	}
 	t, err := e.render(rev)
+	if err == nil {
+		err = e.checkIPCacheFits(t)
+	}
 	if err != nil {
 		return fmt.Errorf("apply revision %d: %w", rev.Number, err)
 	}

@@ -103,6 +103,7 @@ func main() {
 	f.IntVar(&p.SlowAgents, "slow-agents", 0, "the first N agents take --slow-agent-delay over every watch message")
 	f.DurationVar(&p.SlowAgentDelay, "slow-agent-delay", 20*time.Millisecond, "delay of a slow agent per watch message")
 	f.Int32Var(&p.AgentRecvWindow, "agent-recv-window", 0, "every agent's gRPC receive window in bytes, fixed (0: gRPC's default, growing with the bandwidth-delay product)")
+	f.BoolVar(&p.SkipCatchUp, "skip-catch-up", false, "do not add a replica at the end to measure catch-up (it holds a second copy of the state)")
 	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		os.Exit(1)
@@ -117,10 +118,14 @@ func printResult(w io.Writer, r *Result) {
 		r.InitialLoad.Round(time.Millisecond), r.Agents, r.InitialSync.Round(time.Millisecond), float64(r.AgentHeapPerAgent)/1024)
 	fmt.Fprintf(w, "churn: %d changes (%d endpoint) at %.1f/s, %d write errors, %d behind; machine load average %.1f on %d cores\n",
 		r.Changes, r.EndpointChanges, r.AchievedRate, r.WriteErrors, r.GeneratorBehind, r.LoadAverage, runtime.NumCPU())
-	fmt.Fprintf(w, "propagation (change -> reported by every agent of the other clusters): p50 %s p90 %s p99 %s max %s over %d changes (%d unresolved)\n",
-		r.P50.Round(time.Millisecond), r.P90.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Samples, r.Unresolved)
-	fmt.Fprintf(w, "watch events per agent per change %.3f (endpoint events per agent per endpoint change %.3f, node-status events per agent per change %.3f); status reports per agent per second %.2f\n",
-		r.EventsPerAgentChange, r.EndpointEventsPerAgentEndpointChange, r.NodeEventsPerAgentChange, r.ReportsPerAgentSecond)
+	if r.Agents == 0 {
+		fmt.Fprintln(w, "no agents: the control plane alone (no propagation or watch figures)")
+	} else {
+		fmt.Fprintf(w, "propagation (change -> reported by every agent of the other clusters): p50 %s p90 %s p99 %s max %s over %d changes (%d unresolved)\n",
+			r.P50.Round(time.Millisecond), r.P90.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Samples, r.Unresolved)
+		fmt.Fprintf(w, "watch events per agent per change %.3f (endpoint events per agent per endpoint change %.3f, node-status events per agent per change %.3f); status reports per agent per second %.2f\n",
+			r.EventsPerAgentChange, r.EndpointEventsPerAgentEndpointChange, r.NodeEventsPerAgentChange, r.ReportsPerAgentSecond)
+	}
 	if p.SlowAgents > 0 {
 		fmt.Fprintf(w, "slow agents (%d, %s per message): watch events per agent per change %.3f\n", p.SlowAgents, p.SlowAgentDelay, r.EventsPerSlowAgentChange)
 	}

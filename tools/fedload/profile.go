@@ -54,6 +54,10 @@ type Profile struct {
 	MinReportInterval time.Duration
 	// ControlPlaneArgs are passed to every replica (e.g. --event-log-size).
 	ControlPlaneArgs []string
+	// SkipCatchUp leaves out the replica added at the end: at millions of
+	// endpoints a second full copy of the state may not fit beside the
+	// replicas being measured.
+	SkipCatchUp bool
 }
 
 // Mix is the share of each change kind; they need not sum to 1.

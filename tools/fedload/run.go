@@ -284,7 +284,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	stopMon()
 	<-monDone
 	// After the monitor stopped: the new replica changes fed.replicas.
-	if d, err := fed.catchUp(ctx, bin, p.ControlPlaneArgs, last); err != nil {
+	if p.SkipCatchUp {
+		// not measured
+	} else if d, err := fed.catchUp(ctx, bin, p.ControlPlaneArgs, last); err != nil {
 		log.Warn("new replica catch-up", "err", err)
 	} else {
 		res.NewReplicaCatchUp = d

@@ -459,3 +459,24 @@ func TestAgentServiceTranslationAndDNSAreOptIn(t *testing.T) {
 		t.Errorf("host-cgroup volume %+v: want hostPath /sys/fs/cgroup", v)
 	}
 }
+
+func TestAgentIPCacheSizeIsPassedOnlyWhenSet(t *testing.T) {
+	args := func(setArgs ...string) string {
+		t.Helper()
+		out, err := render(t, setArgs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ds appsv1.DaemonSet
+		find(t, objects(t, out), "DaemonSet", "fedmesh-agent", &ds)
+		return strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " ")
+	}
+	if a := args(); strings.Contains(a, "--ipcache-max-entries") {
+		t.Errorf("default agent args %q set the ipcache size (the agent's default should apply)", a)
+	}
+	// 4194304 is what 3M endpoints need. From a values file (here JSON) the
+	// number is a float, which must not render in exponent form.
+	if a := args("--set-json", "agent.ipcacheMaxEntries=4194304"); !strings.Contains(a, "--ipcache-max-entries=4194304 ") {
+		t.Errorf("agent args %q lack --ipcache-max-entries=4194304", a)
+	}
+}

@@ -45,6 +45,7 @@ type options struct {
 	creds          authclient.Flags
 	dataplane      string
 	bpfPinDir      string
+	ipcacheMax     uint32
 	netns          string
 	readyLag       time.Duration
 	wireguard      bool
@@ -112,6 +113,9 @@ func (o *options) validate() (parsed, error) {
 	}
 	if o.podCIDRNode && len(o.podCIDRs) > 0 {
 		errs = append(errs, errors.New("--pod-cidr-from-node excludes --pod-cidr"))
+	}
+	if err := dataplane.ValidateIPCacheMaxEntries(o.ipcacheMax); err != nil {
+		errs = append(errs, err)
 	}
 	switch o.dataplane {
 	case "ebpf", "memory":
@@ -196,6 +200,7 @@ func main() {
 	o.creds.AddFlags(f)
 	f.StringVar(&o.dataplane, "dataplane", "ebpf", "dataplane: ebpf (tcx on pod veths) or memory (simulation)")
 	f.StringVar(&o.bpfPinDir, "bpf-pin-dir", dataplane.DefaultPinDir, "bpffs directory for the eBPF dataplane's pinned state")
+	f.Uint32Var(&o.ipcacheMax, "ipcache-max-entries", 0, fmt.Sprintf("entries of each eBPF ipcache table (every cluster's pod addresses; 0: %d): a revision with more is refused and reported in the node's status; a restart with another size takes effect at the next two revisions, no uninstall needed", dataplane.DefaultIPCacheMaxEntries))
 	f.StringVar(&o.netns, "netns", "", "network namespace of the node (path); empty: the agent's own")
 	f.DurationVar(&o.readyLag, "ready-lag", 30*time.Second, "not ready when the enforced revision is older than this behind the newest seen")
 	f.BoolVar(&o.wireguard, "wireguard", true, "run the WireGuard device to other clusters")
@@ -282,7 +287,7 @@ func run(ctx context.Context, o *options) error {
 	case "ebpf":
 		// Adopts pinned state from a previous run: enforcement continues
 		// until the first revision after the snapshot replaces it.
-		dp, err := dataplane.New(ctx, dataplane.Config{PinDir: o.bpfPinDir, NetNS: o.netns, Logger: log})
+		dp, err := dataplane.New(ctx, dataplane.Config{PinDir: o.bpfPinDir, NetNS: o.netns, IPCacheMaxEntries: o.ipcacheMax, Logger: log})
 		if err != nil {
 			return fmt.Errorf("open eBPF dataplane: %w", err)
 		}

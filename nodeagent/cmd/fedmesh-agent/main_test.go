@@ -25,6 +25,8 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "pod CIDR from the node", edit: func(o *options) { o.podCIDRNode, o.podCIDRs = true, nil }},
 		{name: "bad pod CIDR", edit: func(o *options) { o.podCIDRs = []string{"10.0.0.0/99"} }, errHas: "--pod-cidr"},
 		{name: "unknown dataplane", edit: func(o *options) { o.dataplane = "xdp" }, errHas: "want ebpf or memory"},
+		{name: "ipcache of 4M entries", edit: func(o *options) { o.ipcacheMax = 4 << 20 }},
+		{name: "ipcache too small to hold anything", edit: func(o *options) { o.ipcacheMax = 10 }, errHas: "--ipcache-max-entries 10: want 1024"},
 		{name: "no credentials", edit: func(o *options) { o.creds.InsecureDev = false }, errHas: "give --ca-file with --cert-file and --key-file (or --tls-dir), or --join-token"},
 		{name: "insecure with TLS flags", edit: func(o *options) { o.creds.CAFile = "/ca.crt" }, errHas: "--insecure-dev excludes"},
 		{name: "join token", edit: func(o *options) { o.creds = authclient.Flags{CAFile: "/ca.crt", JoinToken: "fmjt1.x.y"} }},
