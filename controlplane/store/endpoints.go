@@ -77,8 +77,8 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 		key := nsName{e.GetNamespace(), e.GetName()}
 		for j, ip := range e.GetIps() {
 			a, _ := netip.ParseAddr(ip)
-			oe, ok := s.ipOwner[a]
-			if !ok {
+			oe := s.ipOwner.get(a)
+			if oe == nil {
 				continue
 			}
 			owner := oe.ref()
@@ -199,8 +199,8 @@ func (e *epEntry) epMeta() *fedmeshv1.ObjectMeta {
 func (s *State) dropAddrs(e *epEntry) {
 	for _, ip := range e.ep.GetIps() {
 		a, _ := netip.ParseAddr(ip)
-		if s.ipOwner[a] == e {
-			delete(s.ipOwner, a)
+		if s.ipOwner.get(a) == e {
+			s.ipOwner.delete(a)
 		}
 	}
 }
@@ -210,7 +210,7 @@ func (s *State) dropAddrs(e *epEntry) {
 func (s *State) ownAddrs(e *epEntry) {
 	for _, ip := range e.ep.GetIps() {
 		if a, err := netip.ParseAddr(ip); err == nil {
-			s.ipOwner[a] = e
+			s.ipOwner.set(a, e)
 		}
 	}
 }

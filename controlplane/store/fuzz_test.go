@@ -180,7 +180,7 @@ func checkInvariants(s *State) error {
 	if len(s.ids.changed) != 0 {
 		return fmt.Errorf("keys %v changed relevance and were never settled", s.ids.changed)
 	}
-	for a, owner := range s.ipOwner {
+	for a, owner := range s.ipOwner.all() {
 		r := owner.ref()
 		if e := s.endpoints[r.cluster][r.key]; e != owner {
 			return fmt.Errorf("address %s owned by an endpoint %s/%s that is not the stored one", a, r.cluster, r.key)
@@ -192,7 +192,7 @@ func checkInvariants(s *State) error {
 	for c, eps := range s.endpoints {
 		for k, e := range eps {
 			for _, ip := range e.ep.GetIps() {
-				if a, err := netip.ParseAddr(ip); err == nil && s.ipOwner[a] != e {
+				if a, err := netip.ParseAddr(ip); err == nil && s.ipOwner.get(a) != e {
 					return fmt.Errorf("address %s of endpoint %s/%s is not recorded as its own", a, c, k)
 				}
 			}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"net/netip"
 	"reflect"
 	"testing"
 	"unsafe"
@@ -112,4 +113,36 @@ func TestAReDerivedImportSharesTheUnchangedClustersBackends(t *testing.T) {
 // sameMap reports whether a and b are one map (not merely equal ones).
 func sameMap(a, b map[string]string) bool {
 	return a != nil && reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
+
+func TestAddressIndexKeepsEveryFormOfAnAddressApart(t *testing.T) {
+	x := newAddrIndex()
+	addrs := []string{"10.0.0.1", "::ffff:10.0.0.1", "fd00::1", "fe80::1", "fe80::1%eth0", "fe80::1%eth1"}
+	owners := map[netip.Addr]*epEntry{}
+	for _, s := range addrs {
+		a := netip.MustParseAddr(s)
+		owners[a] = &epEntry{}
+		x.set(a, owners[a])
+	}
+	x.set(netip.Addr{}, &epEntry{}) // the zero Addr is never owned
+	got := map[netip.Addr]*epEntry{}
+	for a, e := range x.all() {
+		got[a] = e
+	}
+	if len(got) != len(addrs) {
+		t.Fatalf("index holds %d addresses, want %d: %v", len(got), len(addrs), got)
+	}
+	for a, e := range owners {
+		if x.get(a) != e || got[a] != e {
+			t.Errorf("%s: owner %p (listed %p), want its own %p", a, x.get(a), got[a], e)
+		}
+	}
+	x.delete(netip.MustParseAddr("fe80::1%eth0"))
+	x.delete(netip.MustParseAddr("10.0.0.1"))
+	if x.get(netip.MustParseAddr("fe80::1%eth0")) != nil || x.get(netip.MustParseAddr("10.0.0.1")) != nil {
+		t.Error("deleted addresses still owned")
+	}
+	if x.get(netip.MustParseAddr("fe80::1")) == nil || x.get(netip.MustParseAddr("::ffff:10.0.0.1")) == nil {
+		t.Error("deleting an address dropped another form of it")
+	}
 }

@@ -100,7 +100,7 @@ func (s *State) EndpointCount() int {
 
 // EndpointByIP returns the endpoint owning an address, or nil.
 func (s *State) EndpointByIP(a netip.Addr) *fedmeshv1.Endpoint {
-	if e := s.ipOwner[a]; e != nil {
+	if e := s.ipOwner.get(a); e != nil {
 		return e.ep
 	}
 	return nil

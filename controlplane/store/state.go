@@ -96,7 +96,7 @@ type State struct {
 	// ipOwner is the endpoint owning each address: its entry, not an
 	// epRef, because at millions of endpoints a (cluster, ns, name) value
 	// per address is 40 bytes more per endpoint than a pointer.
-	ipOwner  map[netip.Addr]*epEntry
+	ipOwner  addrIndex
 	exports  map[string]map[nsName]*exportEntry // cluster -> ns/name
 	imports  map[nsName]*fedmeshv1.ServiceImport
 	policies map[string]map[nsName]*policyEntry // owner cluster ("" federated) -> ns/name
@@ -140,7 +140,7 @@ func NewState(logSize int) *State {
 		clusters:   map[string]*clusterEntry{},
 		nodes:      map[string]map[string]*fedmeshv1.Node{},
 		endpoints:  map[string]map[nsName]*epEntry{},
-		ipOwner:    map[netip.Addr]*epEntry{},
+		ipOwner:    newAddrIndex(),
 		exports:    map[string]map[nsName]*exportEntry{},
 		imports:    map[nsName]*fedmeshv1.ServiceImport{},
 		policies:   map[string]map[nsName]*policyEntry{},
