@@ -17,17 +17,26 @@ import (
 
 // Client is the ControlPlane port over the generated gRPC clients, with
 // one connection per control-plane replica. Every replica serves watches
-// and forwards writes to the leader, so any of them will do: a call or a
-// stream that fails with a transport error moves the client on to the next
-// replica for the calls after it. Safe for concurrent use.
+// and forwards writes to the leader, so any of them will do; the order of
+// the configured list is the order of preference (list the replica near
+// the node, a read replica in its zone say, first). Each call and each new
+// watch goes to the most preferred replica that has not failed in the last
+// RetryPreferredAfter; a call or stream failing with a transport error
+// marks its replica failed, moving the calls after it to the next one, and
+// once the window has passed the preferred replica is tried again. An open
+// watch stays on its replica until it ends. Safe for concurrent use.
 type Client struct {
 	addrs []string
 	conns []*grpc.ClientConn
 	// CallTimeout bounds each unary attempt (default 5s).
 	CallTimeout time.Duration
+	// RetryPreferredAfter is how long a failed replica is passed over
+	// before calls go back to it (default 30s).
+	RetryPreferredAfter time.Duration
 
-	mu  sync.Mutex
-	cur int
+	mu       sync.Mutex
+	failedAt []time.Time // by replica; zero: not failed
+	now      func() time.Time
 }
 
 // NewClient prepares connections to the replicas at addrs (host:port);
@@ -37,7 +46,8 @@ func NewClient(addrs []string, opts ...grpc.DialOption) (*Client, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("new control-plane client: no replica addresses; pass --controlplane host:port[,host:port...]")
 	}
-	c := &Client{addrs: addrs, CallTimeout: 5 * time.Second}
+	c := &Client{addrs: addrs, CallTimeout: 5 * time.Second, RetryPreferredAfter: 30 * time.Second,
+		failedAt: make([]time.Time, len(addrs)), now: time.Now}
 	// The agent paces retries with its own jittered backoff; gRPC's
 	// reconnect backoff (up to 2 min by default) must stay short under it,
 	// or a replica that came back would be used long after it did.
@@ -67,25 +77,39 @@ func (c *Client) Close() error {
 }
 
 // Current returns the address the next call goes to.
-func (c *Client) Current() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.addrs[c.cur]
-}
+func (c *Client) Current() string { return c.addrs[c.pick()] }
 
+// pick returns the first replica in list order not failed within
+// RetryPreferredAfter; when every one has, the one that failed longest
+// ago (so a client whose replicas all failed still cycles through them).
 func (c *Client) pick() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cur
+	now := c.now()
+	oldest := 0
+	for i, at := range c.failedAt {
+		if at.IsZero() || now.Sub(at) >= c.RetryPreferredAfter {
+			return i
+		}
+		if at.Before(c.failedAt[oldest]) {
+			oldest = i
+		}
+	}
+	return oldest
 }
 
-// failed moves on from replica i, unless another caller already did.
+// failed passes over replica i for the next RetryPreferredAfter.
 func (c *Client) failed(i int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cur == i {
-		c.cur = (i + 1) % len(c.conns)
-	}
+	c.failedAt[i] = c.now()
+}
+
+// answered clears replica i's failure: it is preferred again at once.
+func (c *Client) answered(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failedAt[i] = time.Time{}
 }
 
 // retryable reports whether err says "this replica, not this request":
@@ -143,6 +167,10 @@ func (c *Client) unary(ctx context.Context, call func(context.Context, *grpc.Cli
 		actx, cancel := context.WithTimeout(ctx, c.CallTimeout)
 		err := call(actx, c.conns[i])
 		cancel()
+		if err == nil || !retryable(err) {
+			// The replica answered (the request may be wrong, it is not).
+			c.answered(i)
+		}
 		if err == nil {
 			return nil
 		}
