@@ -25,7 +25,7 @@ func benchEndpointSets(k, sets int) *fedmeshv1.Endpoint {
 		Ips: []string{fmt.Sprintf("10.%d.%d.%d", k>>16&255, k>>8&255, k&255)}, Labels: labels, Node: "n1"}
 }
 
-func benchState(b *testing.B) *State {
+func benchState(b testing.TB) *State {
 	s := NewState(DefaultEventLogSize)
 	if r := s.Apply(Command{Type: CmdRegisterCluster, Payload: &fedmeshv1.RegisterClusterRequest{Cluster: &fedmeshv1.Cluster{Name: "east", PodCidrs: []string{"10.0.0.0/8"}}}}); r.Err != nil {
 		b.Fatal(r.Err)
@@ -92,7 +92,8 @@ func BenchmarkEdgeValidateEndpointBatch(b *testing.B) {
 // "syncer" endpoints carry what fedmesh-syncer sends (namespace labels,
 // pods spread over 20 namespaces and 50 nodes). Each case is measured as
 // the log built it and again as a replica restarting from its snapshot
-// holds it (no events then). B/endpoint is the figure test/scale/README.md
+// holds it (no events then); B/endpoint-frozen is what a snapshot being
+// written holds on top. B/endpoint is the figure test/scale/README.md
 // reports.
 func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
 	for _, tc := range []struct {
@@ -135,8 +136,12 @@ func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
 				if s.EndpointCount() != 100_000 {
 					b.Fatalf("%d endpoints", s.EndpointCount())
 				}
+				// What a snapshot holds while it is written.
+				var fr Frozen
+				_, frozen := measureHeap(func() *State { fr = s.Freeze(); return nil })
+				runtime.KeepAlive(s) // the state lives on beside its snapshot
 				var snap bytes.Buffer
-				if _, err := s.Freeze().WriteTo(&snap); err != nil {
+				if _, err := fr.WriteTo(&snap); err != nil {
 					b.Fatal(err)
 				}
 				s = nil
@@ -153,6 +158,7 @@ func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
 				b.ReportMetric(built/(1<<20), "MiB/100k-endpoints")
 				b.ReportMetric(built/100_000, "B/endpoint")
 				b.ReportMetric(restored/100_000, "B/endpoint-restored")
+				b.ReportMetric(frozen/100_000, "B/endpoint-frozen")
 				b.ReportMetric(float64(snap.Len())/100_000, "snapshot-B/endpoint")
 				if i == 0 {
 					fmt.Printf("FSM memory for 100k endpoints (1 KiB each, %d label sets, %d per write, syncer fields %v, event log %d): %.0f MiB (target < 200 MiB), %.0f B/endpoint; restored from its snapshot: %.0f B/endpoint\n",
@@ -165,10 +171,14 @@ func BenchmarkMemoryPer100kEndpoints(b *testing.B) {
 
 // measureHeap returns what build returns and the live heap it added.
 func measureHeap(build func() *State) (*State, float64) {
+	// Twice: the second collection frees what sync.Pools kept from the
+	// first (their victim caches).
+	runtime.GC()
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	s := build()
+	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(s)

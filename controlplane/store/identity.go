@@ -410,5 +410,12 @@ func (s *State) fullEndpoints() bool {
 			}
 		}
 	}
+	for _, eps := range s.frozenEps {
+		for _, e := range eps {
+			if !e.legacy {
+				return true
+			}
+		}
+	}
 	return false
 }

@@ -235,7 +235,7 @@ func TestARekeyLeavesFrozenSnapshotsAndReadersObjectsUnchanged(t *testing.T) {
 	if !proto.Equal(held, before) {
 		t.Fatal("a reader's endpoint object changed under it")
 	}
-	if got := fr.s.Endpoint("a", "x", "db-1"); got.GetIdentity() != before.(*fedmeshv1.Endpoint).GetIdentity() {
+	if got := frozenEndpoint(fr, "a", "x", "db-1").ep; got.GetIdentity() != before.(*fedmeshv1.Endpoint).GetIdentity() {
 		t.Fatalf("frozen state's endpoint identity %d, was %d", got.GetIdentity(), before.(*fedmeshv1.Endpoint).GetIdentity())
 	}
 }
@@ -293,9 +293,11 @@ func TestSnapshotWhoseNumbersDisagreeWithTheKeysIsRegrouped(t *testing.T) {
 	fr := s.Freeze()
 	// p apart (256), q and r together (257).
 	for name, id := range map[string]uint32{"p": 256, "q": 257, "r": 257} {
-		k := nsName{"x", name}
-		old := fr.s.endpoints["a"][k]
-		fr.s.endpoints["a"][k] = &epEntry{ep: withIdentity(old.ep, id, old.ep.GetMeta()), gen: old.gen}
+		for i, old := range fr.s.frozenEps["a"] {
+			if old.ep.GetName() == name {
+				fr.s.frozenEps["a"][i] = &epEntry{ep: withIdentity(old.ep, id, old.ep.GetMeta()), gen: old.gen}
+			}
+		}
 	}
 	var buf bytes.Buffer
 	if _, err := fr.WriteTo(&buf); err != nil {
@@ -394,4 +396,15 @@ func TestSnapshotKeepsWhichEndpointsAreLegacy(t *testing.T) {
 	if err := checkInvariants(r); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// frozenEndpoint is the entry a Frozen state holds for one endpoint; the
+// test fails without one.
+func frozenEndpoint(fr Frozen, cluster, ns, name string) *epEntry {
+	for _, e := range fr.s.frozenEps[cluster] {
+		if e.ep.GetNamespace() == ns && e.ep.GetName() == name {
+			return e
+		}
+	}
+	panic(fmt.Sprintf("frozen state has no endpoint %s/%s/%s", cluster, ns, name))
 }

@@ -103,7 +103,7 @@ func (s *State) Freeze() Frozen {
 		rev:        s.rev,
 		clusters:   make(map[string]*clusterEntry, len(s.clusters)),
 		nodes:      make(map[string]map[string]*fedmeshv1.Node, len(s.nodes)),
-		endpoints:  make(map[string]map[nsName]*epEntry, len(s.endpoints)),
+		frozenEps:  make(map[string][]*epEntry, len(s.endpoints)),
 		exports:    make(map[string]map[nsName]*exportEntry, len(s.exports)),
 		imports:    make(map[nsName]*fedmeshv1.ServiceImport, len(s.imports)),
 		policies:   make(map[string]map[nsName]*policyEntry, len(s.policies)),
@@ -126,7 +126,13 @@ func (s *State) Freeze() Frozen {
 		c.clusters[k] = &ce
 	}
 	copyInner(c.nodes, s.nodes)
-	copyInner(c.endpoints, s.endpoints)
+	for cl, m := range s.endpoints {
+		eps := make([]*epEntry, 0, len(m))
+		for _, e := range m {
+			eps = append(eps, e)
+		}
+		c.frozenEps[cl] = eps
+	}
 	copyInner(c.exports, s.exports)
 	copyInner(c.policies, s.policies)
 	for k, v := range s.imports {
@@ -208,9 +214,12 @@ func (f Frozen) WriteTo(w io.Writer) (int64, error) {
 			rw.msg(recNode, 0, false, s.nodes[c][n])
 		}
 	}
-	for _, c := range sortedKeys(s.endpoints) {
-		for _, k := range sortedNsNames(s.endpoints[c]) {
-			e := s.endpoints[c][k]
+	for _, c := range sortedKeys(s.frozenEps) {
+		eps := s.frozenEps[c]
+		slices.SortFunc(eps, func(a, b *epEntry) int {
+			return cmpNsName(nsName{a.ep.GetNamespace(), a.ep.GetName()}, nsName{b.ep.GetNamespace(), b.ep.GetName()})
+		})
+		for _, e := range eps {
 			kind := recEndpoint
 			if !e.legacy {
 				kind = recEndpointFull

@@ -119,6 +119,11 @@ type State struct {
 	// snapshots (after a restore a node's time is unknown until it reports
 	// again, which the judgement allows for).
 	reported map[string]map[string]int64
+	// frozenEps are the endpoints of a Frozen copy, by cluster, unsorted
+	// (endpoints is nil there): a slice of entries is 8 bytes per endpoint
+	// where a copy of the maps was ~100, a quarter of a 3M-endpoint
+	// replica's heap again for the length of every snapshot.
+	frozenEps map[string][]*epEntry
 	// intern deduplicates label strings of new identities. Only memory
 	// depends on it, so it may be dropped at any time (see internString).
 	intern map[string]string
