@@ -62,7 +62,6 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 		return nil, err
 	}
 	g := req.GetResync().GetGeneration()
-	eps := s.endpoints[cluster]
 	inBatch := make(map[nsName]bool, len(req.GetEndpoints()))
 	for _, e := range req.GetEndpoints() {
 		inBatch[nsName{e.GetNamespace(), e.GetName()}] = true
@@ -123,7 +122,7 @@ func (s *State) upsertEndpoints(tx *txn, req *fedmeshv1.UpsertEndpointsRequest, 
 	for _, r := range refs {
 		s.deleteEndpoint(tx, r)
 	}
-	eps = inner(s.endpoints, cluster)
+	eps := inner(s.endpoints, cluster)
 	for _, e := range req.GetEndpoints() {
 		key := nsName{e.GetNamespace(), e.GetName()}
 		// Every label is stored; the identity counts those that matter
