@@ -585,10 +585,10 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 					if fv.Mask>>s&1 == 0 || fv.Expires[s] <= now {
 						continue
 					}
-					if tm&eplFQDNProto != 0 {
+					if tm&eplFQDNProto != 0 && sv.Rules[0]>>s&1 != 0 {
 						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, p.t.proto))
 					}
-					if tm&eplFQDNAny != 0 {
+					if tm&eplFQDNAny != 0 && sv.Rules[1]>>s&1 != 0 {
 						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, 0))
 					}
 				}

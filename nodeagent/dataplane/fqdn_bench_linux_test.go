@@ -15,12 +15,15 @@ import (
 
 // nameBenchRevision gives endpoint "ep" egress enforced with three
 // domainNames rules (three name slots): *.example.com on TCP 443,
-// api.example.com on TCP 8443, *.org on any protocol.
+// api.example.com on TCP 8443, *.org on any protocol; and a NetworkPolicy
+// rule allowing TCP 9000 to anyone (the reference for a first SYN allowed
+// without a name).
 func nameBenchRevision() *Revision {
 	rule := func(pattern string, proto uint8, ports policy.PortRange, id policy.RuleID) policy.NameRule {
 		return policy.NameRule{Names: []string{pattern}, Proto: proto, Ports: ports, Rule: id, Tier: policy.TierAdmin, Action: policy.ActionAccept}
 	}
 	return &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"ep": {Identity: 1, Egress: policy.DirectionRules{Enforced: true,
+		Identities: []policy.IdentityRule{{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.PortRange{First: 9000, Last: 9000}, Rule: 10}},
 		Names: []policy.NameRule{
 			rule("*.example.com", protoTCP, policy.PortRange{First: 443, Last: 443}, 1),
 			rule("api.example.com", protoTCP, policy.PortRange{First: 8443, Last: 8443}, 2),
@@ -53,7 +56,10 @@ func learned10k(exp time.Time) []LearnedAddr {
 //     one packet, and the second copy of a flow is a conntrack hit, so
 //     these run one packet per run with a new source port, each timed by
 //     the kernel; baseline-empty-program-single is the empty program timed
-//     the same way (the timer's own cost is in both).
+//     the same way (the timer's own cost is in both), and
+//     allowed-by-networkpolicy-first-syn a first SYN to an address never
+//     learned that a NetworkPolicy rule allows (fm_fqdn misses): the
+//     difference to allowed-by-name-first-syn is what the name path adds.
 func BenchmarkProgramPerPacketNames(b *testing.B) {
 	requireKernel(b)
 	_, nsPath := newNetNS(b)
@@ -88,10 +94,12 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 	never.dst = netip.MustParseAddr("100.65.0.1")
 	allowed := denied
 	allowed.dport = 443
+	allowedNP := never
+	allowedNP.dport = 9000
 	for _, c := range []struct {
 		pkt    pktSpec
 		reason Reason
-	}{{denied, ReasonDenyPolicy}, {never, ReasonDenyPolicy}, {allowed, ReasonAllowPolicy}} {
+	}{{denied, ReasonDenyPolicy}, {never, ReasonDenyPolicy}, {allowed, ReasonAllowPolicy}, {allowedNP, ReasonAllowPolicy}} {
 		if _, reason, _, _ := mem.Process("ep", policy.Egress, c.pkt.frame()); reason != c.reason {
 			b.Fatalf("the benchmark packet to %s:%d is %s, want %s", c.pkt.dst, c.pkt.dport, reason, c.reason)
 		}
@@ -144,6 +152,7 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 		}
 	}
 	b.Run("baseline-empty-program-single", single(noop, allowed, retNext))
+	b.Run("allowed-by-networkpolicy-first-syn", single(fm, allowedNP, retNext))
 	b.Run("allowed-by-name-first-syn", single(fm, allowed, retNext))
 }
 

@@ -254,6 +254,9 @@ func (t *Tables) indexPolicy() {
 		lookups[idx] = &ep.Lookups
 	}
 	tierMasks := map[policyFixedKey]uint32{}
+	// nameSlots: per summary key, the name slots with entries of one
+	// protocol ([0]) and of any protocol ([1]).
+	nameSlots := map[policyFixedKey]*[2]uint32{}
 	for k, rule := range t.Policy {
 		fk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto, Peer: k.Peer}
 		fv := t.PolicyFixed[fk]
@@ -297,13 +300,27 @@ func (t *Tables) indexPolicy() {
 		}
 		if isTierKind(k.Kind) {
 			l[k.Dir&1] |= eplTier
-			tierMasks[policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: kindTierSummary}] |= bit
+			sk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: kindTierSummary}
+			tierMasks[sk] |= bit
+			if k.Kind == kindTierFQDN {
+				if nameSlots[sk] == nil {
+					nameSlots[sk] = &[2]uint32{}
+				}
+				nameSlots[sk][b2u(k.Proto == 0)] |= 1 << k.Peer
+			}
 			continue
 		}
 		l[k.Dir&1] |= uint8(bit)
 	}
 	for fk, mask := range tierMasks {
-		t.PolicyFixed[fk] = policyFixedVal{AllRule: mask}
+		v := policyFixedVal{AllRule: mask}
+		// The summary has no ports: Rules carries the name slots (older
+		// programs read only AllRule), so a live slot costs only the
+		// lookups it has entries for.
+		if ns := nameSlots[fk]; ns != nil {
+			v.Rules[0], v.Rules[1] = ns[0], ns[1]
+		}
+		t.PolicyFixed[fk] = v
 	}
 	for fk, ports := range exact {
 		fv := t.PolicyFixed[fk]

@@ -1187,6 +1187,10 @@ struct tier_args {
 	__u32 admin; // out: the best Admin candidate, 0 for none
 	__u32 base;  // out: the best Baseline candidate, 0 for none
 	__u32 tm;    // out: the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
+	// out: the name slots with entries of one protocol / of any protocol
+	// (the summary's rules[0] and rules[1]).
+	__u32 fqdn_proto_slots;
+	__u32 fqdn_any_slots;
 	struct fqdn_key fk; // fm_fqdn_stage's key, here to spare the stack
 };
 
@@ -1221,9 +1225,9 @@ __attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 	q.has_ports = a->has_ports;
 	admin = a->admin;
 	base = a->base;
-	if (a->tm & EPL_FQDN_PROTO)
+	if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
 		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
-	if (a->tm & EPL_FQDN_ANY)
+	if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s)))
 		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
 	a->admin = admin;
 	a->base = base;
@@ -1248,7 +1252,7 @@ __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 	if (!v)
 		return 0;
 	now = bpf_ktime_get_coarse_ns();
-	mask = v->mask;
+	mask = v->mask & (a->fqdn_proto_slots | a->fqdn_any_slots);
 	for (s = 0; s < FQDN_SLOTS; s++) {
 		if (!(mask & (1U << s)) || v->expires[s] <= now)
 			continue;
@@ -1281,6 +1285,10 @@ __attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
 	struct policy_fixed_key sk = {.ifindex = a->ifindex, .dir = a->dir, .kind = KIND_TIER_SUMMARY};
 	sv = bpf_map_lookup_elem(pt.fixed, &sk);
 	tm = sv ? sv->all_rule : 0;
+	if (sv && (tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY))) {
+		a->fqdn_proto_slots = sv->rules[0];
+		a->fqdn_any_slots = sv->rules[1];
+	}
 	q.dport = a->dport;
 	q.has_ports = a->has_ports;
 	if (a->peer_id && (tm & EPL_PEER_PROTO))
@@ -1468,6 +1476,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ta->admin = 0;
 		ta->base = 0;
 		ta->tm = 0;
+		ta->fqdn_proto_slots = 0;
+		ta->fqdn_any_slots = 0;
 		fm_tier_stage(ta);
 		// Name rules: the slots whose answer for this address is live.
 		if (dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)))
