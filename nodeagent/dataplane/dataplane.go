@@ -65,11 +65,13 @@
 //     matching name; the dataplane recomputes the entries from the names
 //     at every Apply and Learn. Only when the endpoint's tier summary says
 //     name rules exist, egress packets cost one more hash lookup
-//     (fm_fqdn) and, per slot whose answer is live, one or two policy
-//     lookups (fm_fqdn_stage, fm_fqdn_slot: global functions, verified
-//     once); an address usually serves one or two slots, so this is the
-//     one part of the lookup count that depends on the data (bounded by
-//     1 + 2x16). Expiry is checked in the datapath (now < expiry on the
+//     (fm_fqdn) and, per slot whose answer is live, the policy lookups
+//     that slot has entries for (one-protocol, any-protocol; the tier
+//     summary says which) in fm_fqdn_stage and fm_fqdn_slot, global
+//     functions verified once. An address usually serves one or two
+//     slots, so this is the one part of the lookup count that depends on
+//     the data (bounded by 1 + 2x16). BenchmarkProgramPerPacketNames
+//     measures it. Expiry is checked in the datapath (now < expiry on the
 //     coarse clock, so up to a tick late), so a stopped agent extends
 //     nothing; established flows outlive it through conntrack. Learn
 //     returns after the map write; a sweeper (every 10s) deletes expired
