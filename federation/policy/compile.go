@@ -80,6 +80,12 @@ func (em *emitter) cidr(c cidrPeer, proto uint8, ports PortRange) {
 		Tier: em.tier, Action: em.action})
 }
 
+// names emits a domainNames rule; the patterns are shared, never changed.
+func (em *emitter) names(patterns []string, proto uint8, ports PortRange) {
+	em.dr.Names = append(em.dr.Names, NameRule{Names: patterns, Proto: proto, Ports: ports, Rule: em.rule,
+		Tier: em.tier, Action: em.action})
+}
+
 func (em *emitter) host(a netip.Addr, proto uint8, port uint16) {
 	em.dr.CIDRs = append(em.dr.CIDRs, CIDRRule{Prefix: netip.PrefixFrom(a, a.BitLen()), Proto: proto, Ports: PortRange{port, port}, Rule: em.rule,
 		Tier: em.tier, Action: em.action})

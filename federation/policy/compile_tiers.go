@@ -75,10 +75,20 @@ func (e *Engine) emitTierRule(em *emitter, ep *endpoint, tp *tierPolicy, r *tier
 	// A Deny (or Pass turned Deny) rule with a peer this code cannot read
 	// matches every peer (doc.go).
 	anyPeer := r.failClosed && r.action != cnpv1.ClusterNetworkPolicyRuleActionAccept
+	var names []string
+	if dir == Egress && !anyPeer {
+		for i := range r.peers {
+			names = append(names, r.peers[i].names...)
+		}
+		names = slices.Compact(slices.Sorted(slices.Values(names)))
+	}
 	for _, pp := range fixed {
 		if anyPeer {
 			em.identity(IdentityAny, pp.proto, pp.ports)
 			continue
+		}
+		if len(names) > 0 {
+			em.names(names, pp.proto, pp.ports)
 		}
 		for i := range r.peers {
 			pe := &r.peers[i]

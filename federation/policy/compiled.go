@@ -200,6 +200,47 @@ type DirectionRules struct {
 	Enforced   bool
 	Identities []IdentityRule
 	CIDRs      []CIDRRule
+	// Names are the domainNames rules (egress only): they match addresses
+	// the endpoint learned from DNS answers, which only the dataplane
+	// knows, so Evaluate takes the names an address was learned for.
+	Names []NameRule
+}
+
+// NameRule matches egress traffic to addresses the endpoint learned from
+// DNS answers for a name matching one of Names, on Proto/Ports. Tier rules
+// only (Admin or Baseline, Accept): ClusterNetworkPolicy allows domainNames
+// peers only in Accept rules.
+type NameRule struct {
+	// Names are canonical patterns: lower case, no trailing dot:
+	// "api.example.com", "*.example.com".
+	Names  []string
+	Proto  uint8
+	Ports  PortRange
+	Rule   RuleID
+	Tier   RuleTier
+	Action Action
+}
+
+// MatchesName reports whether some pattern of r matches name.
+func (r *NameRule) MatchesName(name string) bool {
+	for _, p := range r.Names {
+		if MatchDomainName(p, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// MatchesName reports whether some NameRule of d matches name (whatever
+// its protocol and ports): the DNS proxy answers only such names when d
+// has any NameRule.
+func (d DirectionRules) MatchesName(name string) bool {
+	for i := range d.Names {
+		if d.Names[i].MatchesName(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // EndpointRules is the compiled policy of one local endpoint: per

@@ -12,6 +12,15 @@ import "net/netip"
 // (a Baseline Pass included), the lowest matching NetworkPolicy rule, or 0
 // when no rule decided (default allow, or the NetworkPolicy default deny).
 func (dr *DirectionRules) Evaluate(peer uint32, peerIP netip.Addr, proto uint8, port uint16) (bool, RuleID) {
+	return dr.EvaluateResolved(peer, peerIP, proto, port, nil)
+}
+
+// EvaluateResolved is Evaluate for a destination the endpoint resolved
+// from DNS: names are the names it learned peerIP for whose answers have
+// not expired (nil: none). A NameRule matches when one of its patterns
+// matches one of names, on its protocol and ports, and then takes part in
+// its tier like any tier rule.
+func (dr *DirectionRules) EvaluateResolved(peer uint32, peerIP netip.Addr, proto uint8, port uint16, names []string) (bool, RuleID) {
 	var best [3]RuleID // by RuleTier
 	var act [3]Action
 	better := func(t RuleTier, id RuleID, a Action) {
@@ -30,6 +39,14 @@ func (dr *DirectionRules) Evaluate(peer uint32, peerIP netip.Addr, proto uint8, 
 		for i := range dr.CIDRs {
 			r := &dr.CIDRs[i]
 			if r.Prefix.Contains(peerIP) && !excepted(r.Except, peerIP) && protoPortMatch(r.Proto, r.Ports, proto, port) {
+				better(r.Tier, r.Rule, r.Action)
+			}
+		}
+	}
+	if len(names) > 0 {
+		for i := range dr.Names {
+			r := &dr.Names[i]
+			if protoPortMatch(r.Proto, r.Ports, proto, port) && r.matchesAny(names) {
 				better(r.Tier, r.Rule, r.Action)
 			}
 		}
@@ -72,4 +89,13 @@ func protoPortMatch(ruleProto uint8, ports PortRange, proto uint8, port uint16) 
 		return ports == AllPorts
 	}
 	return ports.Contains(port)
+}
+
+func (r *NameRule) matchesAny(names []string) bool {
+	for _, n := range names {
+		if r.MatchesName(n) {
+			return true
+		}
+	}
+	return false
 }

@@ -23,6 +23,12 @@ type Flow struct {
 	Src, Dst Target
 	Proto    uint8
 	Port     uint16
+	// DstNames are the names the source resolved the destination's
+	// address from (and whose answers have not expired): the only input
+	// a domainNames peer decides on. Nil when unknown; Tiers.Explain then
+	// names the domainNames rules that would have matched
+	// (TieredVerdict.IfResolved).
+	DstNames []string
 }
 
 // Reason says why a direction decided as it did.

@@ -27,6 +27,25 @@ type TieredVerdict struct {
 	NetworkPolicy DirectionVerdict
 	// NotEnforced: the side is not a federation endpoint; nothing applies.
 	NotEnforced bool
+	// IfResolved are the domainNames rules (egress) the walk passed, in
+	// order, before the layer that decided: each would have accepted the
+	// flow had the destination been resolved from a name matching one of
+	// its patterns (Flow.DstNames matched none). An address alone cannot
+	// decide a domainNames rule.
+	IfResolved []NameCondition
+}
+
+// NameCondition is a domainNames rule that did not match a flow only
+// because the destination was not resolved from a matching name.
+type NameCondition struct {
+	Rule TierRule
+	// Patterns are the rule's domainNames patterns Flow.DstNames missed.
+	Patterns []string
+}
+
+func (c NameCondition) String() string {
+	return fmt.Sprintf("%s would accept if the destination was resolved from a name matching %s",
+		c.Rule, strings.Join(c.Patterns, ", "))
 }
 
 // String is a sentence for humans.
@@ -52,6 +71,9 @@ func (v TieredVerdict) String() string {
 	}
 	for _, p := range v.Passed {
 		fmt.Fprintf(&b, "; passed on by %s", p)
+	}
+	for _, c := range v.IfResolved {
+		fmt.Fprintf(&b, "; %s", c)
 	}
 	return b.String()
 }
@@ -92,12 +114,15 @@ func (t *Tiers) Explain(e *Engine, f Flow) (TieredExplanation, error) {
 }
 
 func (t *Tiers) decide(e *Engine, local *endpoint, dir Direction, peerEp *endpoint, peer Resolved, f Flow) TieredVerdict {
+	v := TieredVerdict{Direction: dir}
 	side := &flowSide{local: local, dir: dir, peerEp: peerEp, peerIP: peer.IP, proto: f.Proto, port: f.Port,
-		cluster: e.clusterLabels(local.key.Cluster)}
+		cluster: e.clusterLabels(local.key.Cluster), ifResolved: &v.IfResolved}
+	if dir == Egress {
+		side.names = f.DstNames
+	}
 	if peerEp != nil {
 		side.peerCluster = e.clusterLabels(peerEp.key.Cluster)
 	}
-	v := TieredVerdict{Direction: dir}
 	v.NetworkPolicy = e.explainDirection(local, dir, peerEp, peer.IP, f.Proto, f.Port)
 	if r, ok := t.decideTier(cnpv1.AdminTier, side); ok {
 		if r.Action != cnpv1.ClusterNetworkPolicyRuleActionPass {

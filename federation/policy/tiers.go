@@ -119,6 +119,12 @@ type flowSide struct {
 	cluster labels.Set // labels of local's cluster
 	// peerCluster are the labels of peerEp's cluster.
 	peerCluster labels.Set
+	// names are the names (canonical) the local endpoint resolved peerIP
+	// from, for egress: what a domainNames peer matches.
+	names []string
+	// ifResolved collects the domainNames rules the walk passed because
+	// names matched none of their patterns.
+	ifResolved *[]NameCondition
 }
 
 // tierPolicy is a ClusterPolicy with its selectors parsed once.
@@ -159,8 +165,11 @@ type tierPeer struct {
 	mode       clusterMode
 	clusterSel labels.Selector
 	networks   []netip.Prefix
-	// A nodes or domainNames peer matches nothing: fedmesh knows neither
-	// node addresses nor resolved names yet (see doc.go).
+	// names are a domainNames peer's patterns, canonical: it matches an
+	// egress destination the subject pod resolved from a matching name.
+	names []string
+	// A nodes peer matches nothing: fedmesh does not know node addresses
+	// (see doc.go).
 }
 
 type tierProto struct {
@@ -351,7 +360,11 @@ func newTierRule(p *ClusterPolicy, dir Direction, index int, name string, action
 				}
 				tpe.networks = append(tpe.networks, pfx.Masked())
 			}
-		case pe.Nodes != nil || len(pe.DomainNames) > 0:
+		case len(pe.DomainNames) > 0:
+			for _, d := range pe.DomainNames {
+				tpe.names = append(tpe.names, CanonicalDomainName(string(d)))
+			}
+		case pe.Nodes != nil:
 			// Matches nothing (see tierPeer).
 		default:
 			tr.failClosed = true
@@ -427,21 +440,31 @@ func (tp *tierPolicy) appliesTo(ep *endpoint, cl labels.Set) bool {
 }
 
 func (r *tierRule) matches(tp *tierPolicy, f *flowSide) bool {
-	if !r.protoMatches(f) {
+	if !r.protoMatches(f, false) {
 		return false
 	}
 	if r.failClosed && r.action != cnpv1.ClusterNetworkPolicyRuleActionAccept {
 		return true
 	}
 	for i := range r.peers {
-		if r.peers[i].matches(tp, f) {
+		pe := &r.peers[i]
+		if len(pe.names) > 0 {
+			// A name has no named ports (validation rejects the pair).
+			if f.dir == Egress && r.protoMatches(f, true) && pe.matchesName(f.names) {
+				return true
+			}
+			continue
+		}
+		if pe.matches(tp, f) {
 			return true
 		}
 	}
 	return false
 }
 
-func (r *tierRule) protoMatches(f *flowSide) bool {
+// protoMatches reports whether f's protocol and port match r's;
+// numericOnly ignores destinationNamedPort entries.
+func (r *tierRule) protoMatches(f *flowSide, numericOnly bool) bool {
 	if r.anyProto {
 		return true
 	}
@@ -456,7 +479,7 @@ func (r *tierRule) protoMatches(f *flowSide) bool {
 			}
 			continue
 		}
-		if dst == nil {
+		if dst == nil || numericOnly {
 			continue
 		}
 		if n, ok := dst.resolve(p.named, f.proto); ok && n == f.port {
@@ -499,6 +522,33 @@ func (pe *tierPeer) matches(tp *tierPolicy, f *flowSide) bool {
 	return pe.pods.matches(f.peerEp)
 }
 
+func (pe *tierPeer) matchesName(names []string) bool {
+	for _, p := range pe.names {
+		for _, n := range names {
+			if MatchDomainName(p, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// nameCondition is the condition under which r would match f but does not:
+// a domainNames peer whose patterns no name of f matches. ok is false when
+// r has no such peer or its protocols do not match f.
+func (r *tierRule) nameCondition(f *flowSide) (patterns []string, ok bool) {
+	if f.dir != Egress || !r.protoMatches(f, true) {
+		return nil, false
+	}
+	for i := range r.peers {
+		pe := &r.peers[i]
+		if len(pe.names) > 0 && !pe.matchesName(f.names) {
+			patterns = append(patterns, pe.names...)
+		}
+	}
+	return patterns, len(patterns) > 0
+}
+
 // decideTier walks one tier for one direction: the first matching rule of
 // the first policy (in evaluation order) that has one decides.
 func (t *Tiers) decideTier(tier cnpv1.Tier, f *flowSide) (TierRule, bool) {
@@ -509,9 +559,15 @@ func (t *Tiers) decideTier(tier cnpv1.Tier, f *flowSide) (TierRule, bool) {
 		}
 		for i := range rules {
 			r := &rules[i]
+			tr := TierRule{Tier: tier, Policy: tp.key, Priority: tp.src.Spec.Priority,
+				Direction: f.dir, Index: r.index, Name: r.name, Action: r.action}
 			if r.matches(tp, f) {
-				return TierRule{Tier: tier, Policy: tp.key, Priority: tp.src.Spec.Priority,
-					Direction: f.dir, Index: r.index, Name: r.name, Action: r.action}, true
+				return tr, true
+			}
+			if f.ifResolved != nil {
+				if pats, ok := r.nameCondition(f); ok {
+					*f.ifResolved = append(*f.ifResolved, NameCondition{Rule: tr, Patterns: pats})
+				}
 			}
 		}
 	}

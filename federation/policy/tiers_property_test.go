@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
@@ -35,7 +36,7 @@ func (w *world) clusterPolicy(i int) *ClusterPolicy {
 	actions := []cnpv1.ClusterNetworkPolicyRuleAction{cnpv1.ClusterNetworkPolicyRuleActionAccept,
 		cnpv1.ClusterNetworkPolicyRuleActionDeny, cnpv1.ClusterNetworkPolicyRuleActionPass}
 	for range w.r.IntN(3) {
-		peers, cls := w.tierPeers(p.Cluster == "")
+		peers, cls := w.tierPeers(p.Cluster == "", false)
 		var from []cnpv1.ClusterNetworkPolicyIngressPeer
 		for _, pe := range peers {
 			if pe.Networks != nil {
@@ -52,20 +53,39 @@ func (w *world) clusterPolicy(i int) *ClusterPolicy {
 		p.IngressPeerClusters = append(p.IngressPeerClusters, cls)
 	}
 	for range w.r.IntN(3) {
-		peers, cls := w.tierPeers(p.Cluster == "")
+		action := actions[w.r.IntN(3)]
+		peers, cls := w.tierPeers(p.Cluster == "", action == cnpv1.ClusterNetworkPolicyRuleActionAccept)
 		s.Egress = append(s.Egress, cnpv1.ClusterNetworkPolicyEgressRule{Name: fmt.Sprintf("eg%d", len(s.Egress)),
-			Action: actions[w.r.IntN(3)], To: peers, Protocols: w.tierProtocols()})
+			Action: action, To: peers, Protocols: w.tierProtocols()})
 		p.EgressPeerClusters = append(p.EgressPeerClusters, cls)
 	}
 	return p
 }
 
-func (w *world) tierPeers(federated bool) ([]cnpv1.ClusterNetworkPolicyEgressPeer, []*metav1.LabelSelector) {
+// namePatterns and resolvedNames are the domainNames patterns the
+// generator writes and the names flows are resolved from: exact and
+// wildcard matches, misses by one label, case and a trailing dot.
+var (
+	namePatterns  = []cnpv1.DomainName{"api.example.com", "*.example.com", "example.com", "*.org", "Other.ORG."}
+	resolvedNames = []string{"api.example.com", "www.example.com", "a.b.example.com", "example.com", "other.org", "example.net"}
+)
+
+// tierPeers draws a rule's peers; withNames (egress Accept rules, the only
+// place validation allows them) adds domainNames peers to the mix.
+func (w *world) tierPeers(federated, withNames bool) ([]cnpv1.ClusterNetworkPolicyEgressPeer, []*metav1.LabelSelector) {
 	var out []cnpv1.ClusterNetworkPolicyEgressPeer
 	var cls []*metav1.LabelSelector
 	for range 1 + w.r.IntN(2) {
 		var pe cnpv1.ClusterNetworkPolicyEgressPeer
-		switch w.r.IntN(8) {
+		n := 8
+		if withNames {
+			n = 10
+		}
+		switch w.r.IntN(n) {
+		case 8, 9:
+			for range 1 + w.r.IntN(2) {
+				pe.DomainNames = append(pe.DomainNames, namePatterns[w.r.IntN(len(namePatterns))])
+			}
 		case 0, 1:
 			pe.Namespaces = w.selector("team", "kubernetes.io/metadata.name")
 		case 2, 3, 4:
@@ -79,7 +99,7 @@ func (w *world) tierPeers(federated bool) ([]cnpv1.ClusterNetworkPolicyEgressPee
 		case 7: // a peer of a newer CRD: fails closed
 		}
 		var cs *metav1.LabelSelector
-		if federated && pe.Networks == nil && w.r.IntN(2) == 0 {
+		if federated && pe.Networks == nil && pe.DomainNames == nil && w.r.IntN(2) == 0 {
 			cs = w.selector("region", "env")
 		}
 		out = append(out, pe)
@@ -241,7 +261,11 @@ func checkTieredFlow(t *testing.T, seed uint64, w *world, e *Engine, keys []Endp
 	if proto == ProtoICMP {
 		port = 0
 	}
-	x, err := e.Tiers().Explain(e, Flow{Src: st, Dst: dt, Proto: proto, Port: port})
+	var names []string
+	for range w.r.IntN(3) {
+		names = append(names, resolvedNames[w.r.IntN(len(resolvedNames))])
+	}
+	x, err := e.Tiers().Explain(e, Flow{Src: st, Dst: dt, Proto: proto, Port: port, DstNames: names})
 	if err != nil {
 		t.Fatalf("seed %d: Explain: %v", seed, err)
 	}
@@ -253,8 +277,17 @@ func checkTieredFlow(t *testing.T, seed uint64, w *world, e *Engine, keys []Endp
 			return
 		}
 		ok, id := c.Rules.Evaluate(dir, peer, peerIP, proto, port)
+		if dir == Egress {
+			ok, id = c.Rules.Egress.EvaluateResolved(peer, peerIP, proto, port, names)
+		}
 		origin, _ := c.Origin(id)
 		tieredLayers[fmt.Sprintf("%s/%v", v.Layer, v.Allowed)]++
+		if dir == Egress && id != 0 && slices.ContainsFunc(c.Rules.Egress.Names, func(r NameRule) bool { return r.Rule == id }) {
+			tieredLayers["by-domainNames"]++
+		}
+		if len(v.IfResolved) > 0 {
+			tieredLayers["if-resolved"]++
+		}
 		fail := func(why string) {
 			t.Fatalf("seed %d: flow %v -> %v %d/%d %s: %s: Evaluate = %v rule %d (%+v), Explain = %v",
 				seed, x.Src, x.Dst, proto, port, dir, why, ok, id, origin, v)

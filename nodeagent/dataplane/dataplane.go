@@ -272,6 +272,17 @@ type Dataplane interface {
 	Detach(ctx context.Context, id string) error
 	// Counters reads the counters.
 	Counters(ctx context.Context) (Counters, error)
+	// Learn records addresses endpoints received in DNS answers, for
+	// their domainNames rules (policy.NameRule). It returns only once
+	// packets see every address (the DNS proxy releases the answer after
+	// it); all or nothing; idempotent; for the same endpoint, address and
+	// name a later Expires wins. The dataplane matches the names against
+	// the endpoint's rules itself, again at every Apply, and enforces
+	// Expires in the datapath. Learning for an endpoint not attached (yet)
+	// is kept for when it is.
+	Learn(ctx context.Context, addrs []LearnedAddr) error
+	// Forget drops an endpoint's learned addresses (the endpoint is gone).
+	Forget(ctx context.Context, endpoint string) error
 	// Events streams verdict events.
 	Events() <-chan Event
 	// Close releases this process's handles. The eBPF implementation keeps

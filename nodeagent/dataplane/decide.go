@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"time"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
 )
 
 // This file is the Go twin of bpf/fedmesh.c's handle(): the same parse, the
@@ -94,10 +96,12 @@ type flowState struct {
 	timeouts Timeouts
 	ct       map[ctKey]*ctVal
 	frag     map[fragKey]uint64
+	// fqdn is fm_fqdn: learned addresses, outside the revision tables.
+	fqdn map[fqdnKey]fqdnVal
 }
 
 func newFlowState(t Timeouts) *flowState {
-	return &flowState{timeouts: t, ct: map[ctKey]*ctVal{}, frag: map[fragKey]uint64{}}
+	return &flowState{timeouts: t, ct: map[ctKey]*ctVal{}, frag: map[fragKey]uint64{}, fqdn: map[fqdnKey]fqdnVal{}}
 }
 
 type decision struct {
@@ -572,6 +576,22 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 			}
 			if tm&eplCIDRAny != 0 {
 				fold(tb.policyLookup(true, ifindex, dir, kindTierCIDR, class, p, 0))
+			}
+		}
+		// Name rules: the slots whose answer for this address is live.
+		if dir == uint8(policy.Egress) && tm&(eplFQDNProto|eplFQDNAny) != 0 {
+			if fv, ok := fs.fqdn[fqdnKey{Ifindex: ifindex, IP: peerIP}]; ok {
+				for s := range uint32(maxNameSlots) {
+					if fv.Mask>>s&1 == 0 || fv.Expires[s] <= now {
+						continue
+					}
+					if tm&eplFQDNProto != 0 {
+						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, p.t.proto))
+					}
+					if tm&eplFQDNAny != 0 {
+						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, 0))
+					}
+				}
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 )
@@ -15,6 +16,7 @@ import (
 type Memory struct {
 	resolve func(iface string) (uint32, error)
 	clock   func() uint64
+	wall    func() time.Time
 
 	mu        sync.Mutex
 	rev       *Revision
@@ -27,6 +29,9 @@ type Memory struct {
 	epCounter map[uint32]map[EndpointCounterKey]Counter
 	events    chan Event
 	closed    bool
+	// learned are the names behind flows.fqdn, re-rendered at every
+	// change of rules or attachments.
+	learned learnedNames
 }
 
 var _ Dataplane = (*Memory)(nil)
@@ -43,6 +48,11 @@ func WithIfindexResolver(f func(iface string) (uint32, error)) MemoryOption {
 // WithClock sets the monotonic clock (ns) conntrack timeouts use.
 func WithClock(now func() uint64) MemoryOption { return func(m *Memory) { m.clock = now } }
 
+// WithWallClock sets the wall clock Learn converts LearnedAddr.Expires
+// with (default time.Now): Expires - wall() is added to the monotonic
+// clock.
+func WithWallClock(now func() time.Time) MemoryOption { return func(m *Memory) { m.wall = now } }
+
 // WithTimeouts sets the conntrack timeouts (default DefaultTimeouts).
 func WithTimeouts(t Timeouts) MemoryOption {
 	return func(m *Memory) { m.flows = newFlowState(t) }
@@ -51,7 +61,7 @@ func WithTimeouts(t Timeouts) MemoryOption {
 // NewMemory returns an empty in-memory dataplane.
 func NewMemory(opts ...MemoryOption) *Memory {
 	m := &Memory{
-		flows: newFlowState(DefaultTimeouts), clock: monotonicNow,
+		flows: newFlowState(DefaultTimeouts), clock: monotonicNow, wall: time.Now, learned: learnedNames{},
 		attached: map[string]uint32{}, byIdx: map[uint32]string{}, ifaces: map[string]uint32{},
 		rules: map[policy.RuleID]Counter{}, epCounter: map[uint32]map[EndpointCounterKey]Counter{},
 		events: make(chan Event, 1024),
@@ -74,12 +84,59 @@ func (m *Memory) render() error {
 	if m.rev == nil {
 		return nil
 	}
-	t, err := Render(m.rev, m.attached)
+	var prev map[uint32][]nameSlot
+	if m.tables != nil {
+		prev = m.tables.t.NameSlots
+	}
+	t, err := render(m.rev, m.attached, prev)
 	if err != nil {
 		return err
 	}
 	m.tables = indexTables(t)
 	m.rules = map[policy.RuleID]Counter{}
+	m.renderLearned()
+	return nil
+}
+
+// renderLearned rewrites fm_fqdn's twin from the learned names.
+func (m *Memory) renderLearned() {
+	m.learned.sweep(m.clock())
+	var slots map[uint32][]nameSlot
+	if m.tables != nil {
+		slots = m.tables.t.NameSlots
+	}
+	m.flows.fqdn = m.learned.entries(m.attached, slots)
+}
+
+// Learn implements Dataplane.
+func (m *Memory) Learn(ctx context.Context, addrs []LearnedAddr) error {
+	if err := validateLearned(addrs); err != nil {
+		return fmt.Errorf("learn addresses: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("learn addresses: %w", errLearnedClosed)
+	}
+	now, wall := m.clock(), m.wall()
+	changed := false
+	for _, a := range addrs {
+		changed = m.learned.learn(a, now, wall) || changed
+	}
+	if changed {
+		m.renderLearned()
+	}
+	return nil
+}
+
+// Forget implements Dataplane.
+func (m *Memory) Forget(ctx context.Context, endpoint string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.learned[endpoint]; ok {
+		delete(m.learned, endpoint)
+		m.renderLearned()
+	}
 	return nil
 }
 

@@ -28,6 +28,10 @@ const (
 	// with tier entries (eplTier): AllRule holds the epl* bits of the tier
 	// lookups that can match.
 	kindTierSummary = 4
+	// kindTierFQDN entries are domainNames rules (policy.NameRule): peer
+	// is the endpoint's name slot (fqdn.go), the value a tier value like
+	// kindTierIdentity's. Programs before domainNames never read them.
+	kindTierFQDN = 5
 
 	policyFixedBits = 96
 	policyAllBits   = 112
@@ -84,6 +88,10 @@ const (
 	eplCIDRAny   = 0x20 // CIDR rules, any protocol
 	eplTier      = 0x40 // tier entries exist: read the kindTierSummary entry
 	eplValid     = 0x80 // PolicyFixed and PolicyPort are filled
+	// Bits of the kindTierSummary mask only (wider than Lookups): name
+	// rules exist, one protocol / any protocol. Older programs ignore them.
+	eplFQDNProto = 0x100
+	eplFQDNAny   = 0x200
 )
 
 // policyFixedKey is a policyKey without its prefix length and port: one
@@ -145,6 +153,9 @@ type Tables struct {
 	PolicyPort  map[policyPortKey]uint32 // -> RuleID
 	CIDR        map[cidrKey]uint32       // -> CIDR class (0: no rule holds)
 	Endpoints   map[uint32]endpointVal
+	// NameSlots are the name-rule slots of each endpoint with egress
+	// domainNames rules, by ifindex (fqdn.go).
+	NameSlots map[uint32][]nameSlot
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }
@@ -164,7 +175,14 @@ func prefixKey(p netip.Prefix) ([16]byte, uint32) {
 // host-side ifindex). It is pure, and its work is proportional to the
 // rules of the attached endpoints: the ipcache is shared, not copied.
 func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
+	return render(rev, attached, nil)
+}
+
+// render is Render keeping the name slots of prev (by ifindex) where the
+// pattern sets remain.
+func render(rev *Revision, attached map[string]uint32, prev map[uint32][]nameSlot) (*Tables, error) {
 	t := &Tables{
+		NameSlots: map[uint32][]nameSlot{},
 		IPCache:   rev.IPCache,
 		Policy:    map[policyKey]uint32{},
 		CIDR:      map[cidrKey]uint32{},
@@ -211,6 +229,12 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 				return nil, fmt.Errorf("render endpoint %s: %w", id, err)
 			}
 		}
+		if len(rules.Ingress.Names) > 0 {
+			return nil, fmt.Errorf("render endpoint %s: domainNames rules on ingress", id)
+		}
+		if err := t.addNames(tier, ifindex, rules.Egress.Names, prev[ifindex]); err != nil {
+			return nil, fmt.Errorf("render endpoint %s: %w", id, err)
+		}
 	}
 	t.foldTiers(tier)
 	t.indexPolicy()
@@ -248,8 +272,12 @@ func (t *Tables) indexPolicy() {
 			}
 		}
 		t.PolicyFixed[fk] = fv
-		var bit uint8
+		var bit uint32
 		switch {
+		case k.Kind == kindTierFQDN && k.Proto != 0:
+			bit = eplFQDNProto
+		case k.Kind == kindTierFQDN:
+			bit = eplFQDNAny
 		case (k.Kind == kindCIDR || k.Kind == kindTierCIDR) && k.Proto != 0:
 			bit = eplCIDRProto
 		case k.Kind == kindCIDR || k.Kind == kindTierCIDR:
@@ -267,12 +295,12 @@ func (t *Tables) indexPolicy() {
 		if l == nil {
 			continue
 		}
-		if k.Kind == kindTierIdentity || k.Kind == kindTierCIDR {
+		if isTierKind(k.Kind) {
 			l[k.Dir&1] |= eplTier
-			tierMasks[policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: kindTierSummary}] |= uint32(bit)
+			tierMasks[policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: kindTierSummary}] |= bit
 			continue
 		}
-		l[k.Dir&1] |= bit
+		l[k.Dir&1] |= uint8(bit)
 	}
 	for fk, mask := range tierMasks {
 		t.PolicyFixed[fk] = policyFixedVal{AllRule: mask}
@@ -312,7 +340,7 @@ func (t *Tables) countedRules() []uint32 {
 		}
 	}
 	for k, r := range t.Policy {
-		if k.Kind == kindTierIdentity || k.Kind == kindTierCIDR {
+		if isTierKind(k.Kind) {
 			add(r >> 18)           // Admin candidate
 			add((r & 0xffff) >> 2) // Baseline candidate
 			continue
@@ -324,6 +352,10 @@ func (t *Tables) countedRules() []uint32 {
 		ids = ids[:maxCountedRules]
 	}
 	return ids
+}
+
+func isTierKind(kind uint8) bool {
+	return kind == kindTierIdentity || kind == kindTierCIDR || kind == kindTierFQDN
 }
 
 func b2u(b bool) uint8 {
@@ -513,6 +545,32 @@ func (t *Tables) addCIDRs(tier map[policyKey]uint32, ifindex uint32, dir policy.
 			class = c
 		}
 		t.CIDR[cidrKey{Prefixlen: cidrFixedBits + p.bits, Ifindex: ifindex, Dir: uint8(dir), IP: p.ip}] = class
+	}
+	return nil
+}
+
+// addNames adds an endpoint's egress domainNames rules under its name
+// slots.
+func (t *Tables) addNames(tier map[policyKey]uint32, ifindex uint32, rules []policy.NameRule, prev []nameSlot) error {
+	if len(rules) == 0 {
+		return nil
+	}
+	slots, bySet, err := assignNameSlots(rules, prev)
+	if err != nil {
+		return err
+	}
+	t.NameSlots[ifindex] = slots
+	for _, r := range rules {
+		if r.Tier == policy.TierNetworkPolicy {
+			return fmt.Errorf("rule %d: a domainNames rule must be an Admin or Baseline tier rule", r.Rule)
+		}
+		v, err := tierValue(r.Tier, r.Action, r.Rule)
+		if err != nil {
+			return err
+		}
+		if err := t.addTier(tier, ifindex, policy.Egress, kindTierFQDN, bySet[patternHash(r.Names)], r.Proto, r.Ports, v); err != nil {
+			return err
+		}
 	}
 	return nil
 }
