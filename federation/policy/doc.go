@@ -78,11 +78,45 @@
 //   - Networks peers match the peer's address whatever it is, pod addresses
 //     included (the field doc says cluster-internal traffic is checked
 //     too). An IPv4-mapped IPv6 address is compared unmapped.
-//   - Nodes peers and domainNames peers (experimental channel) match
-//     nothing yet: fedmesh knows neither node addresses nor resolved
-//     names. Both only weaken a policy's reach: domainNames is allowed in
-//     Accept rules only, and the API edge rejects nodes peers until they
-//     are supported.
+//   - Nodes peers (experimental channel) match nothing yet: fedmesh does
+//     not know node addresses. The API edge rejects them until they are
+//     supported.
+//   - domainNames peers (experimental channel; egress Accept rules only,
+//     as the API edge enforces) compile into NameRules
+//     (DirectionRules.Egress.Names), in their tier and with their
+//     precedence like any tier rule:
+//   - A pattern is an exact name or "*." followed by a name. The wildcard
+//     matches ONE OR MORE entire labels, as the upstream DomainName doc
+//     says ("*.kubernetes.io" matches "www.kubernetes.io" and
+//     "latest.blog.kubernetes.io", never "kubernetes.io" nor
+//     "my-kubernetes.io"); issue #22 says "one label level", and we follow
+//     upstream. Names compare case-insensitively (DNS does), ignoring one
+//     trailing dot on either side (a name from a DNS message is absolute).
+//     MatchDomainName is the one implementation; its test holds it to
+//     every example of the upstream doc comment.
+//   - A domainNames peer matches an egress destination address only after
+//     the subject pod itself received that address in a DNS answer (A or
+//     AAAA; through a CNAME chain the addresses at its end count for the
+//     name the pod asked, not for the chain's targets) for a name matching
+//     one of the peer's patterns, until the answer's TTL (with the agent's
+//     floor) runs out. Another pod's answer, or an answer for a name the
+//     pattern does not match, does not count. A connection opened while
+//     the answer was live outlives its expiry (conntrack, as for any rule
+//     change); a new one after it is not matched by the rule.
+//   - The address is what matters, wherever it points: a name that
+//     resolves to a pod address makes the rule match that pod too (the
+//     upstream doc leaves cluster-internal names to implementations).
+//   - A rule with a domainNames peer and a destinationNamedPort (which the
+//     API edge rejects: a name has no named ports) matches nothing through
+//     that peer.
+//   - An address alone cannot decide a domainNames rule. Explain and Reach
+//     take the names the source resolved the destination from
+//     (Flow.DstNames) and decide with them; a domainNames rule that would
+//     have matched but for the name is listed, in order, in
+//     TieredVerdict.IfResolved ("would accept if the destination was
+//     resolved from a name matching …"), and the walk falls through to
+//     the next rule, as the dataplane does for an address the pod did not
+//     learn.
 //   - A synced ClusterNetworkPolicy applies to the pods of the cluster it
 //     was synced from, with peers in that cluster (as a synced
 //     NetworkPolicy). A federated one applies to the pods of every cluster
