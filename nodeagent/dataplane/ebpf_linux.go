@@ -118,6 +118,8 @@ type EBPF struct {
 	// legacyEps is the endpoints table programs of an older version read
 	// (see adoptLegacyEndpoints); written too until the first Apply.
 	legacyEps *ebpf.Map
+	// fq is the learned-address state (fm_fqdn), under its own lock.
+	fq *fqdnKernel
 
 	ifmu   sync.RWMutex
 	byIdx  map[uint32]string // ifindex -> endpoint ID, for events
@@ -159,11 +161,13 @@ func New(ctx context.Context, cfg Config) (*EBPF, error) {
 		return nil, err
 	}
 	if err := probeTCX(e.coll.Programs["fm_from_pod"]); err != nil {
+		e.fq.close()
 		e.coll.Close()
 		return nil, err
 	}
 	r, err := ringbuf.NewReader(e.coll.Maps["fm_events"])
 	if err != nil {
+		e.fq.close()
 		e.coll.Close()
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
 	}
@@ -230,8 +234,14 @@ func (e *EBPF) load() error {
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
+	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"]); err != nil {
+		e.closeLegacy(false)
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
 	entries, err := os.ReadDir(filepath.Join(e.cfg.PinDir, "links"))
 	if err != nil {
+		e.fq.close()
 		coll.Close()
 		return fmt.Errorf("list pinned links: %w", err)
 	}
@@ -268,7 +278,7 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 
 // render is Render with the endpoints' counter indexes filled in.
 func (e *EBPF) render(rev *Revision) (*Tables, error) {
-	t, err := Render(rev, e.ifindexes())
+	t, err := render(rev, e.ifindexes(), e.fq.activeSlots())
 	if err != nil {
 		return nil, err
 	}
@@ -355,8 +365,14 @@ func (e *EBPF) writeAndFlip(ctx context.Context, t *Tables) error {
 		return err
 	}
 	st := stateVal{Active: slot, Revision: t.Revision}
-	if err := e.coll.Maps["fm_state"].Put(uint32(0), st); err != nil {
-		return fmt.Errorf("flip to slot %d: %w", slot, err)
+	flip := func() error {
+		if err := e.coll.Maps["fm_state"].Put(uint32(0), st); err != nil {
+			return fmt.Errorf("flip to slot %d: %w", slot, err)
+		}
+		return nil
+	}
+	if err := e.fq.reslot(e.ifindexes(), t.NameSlots, flip); err != nil {
+		return err
 	}
 	e.shadow[slot], e.active, e.lastFlip = t, slot, time.Now()
 	return nil
@@ -829,6 +845,7 @@ func (e *EBPF) Close() error {
 		return nil
 	}
 	e.closed = true
+	e.fq.close()
 	e.closeLegacy(false)
 	e.reader.Close()
 	<-e.done

@@ -24,6 +24,8 @@ const (
 	fedmeshMapFmEpStats          = "fm_ep_stats"
 	fedmeshMapFmEventBucket      = "fm_event_bucket"
 	fedmeshMapFmEvents           = "fm_events"
+	fedmeshMapFmFqdn             = "fm_fqdn"
+	fedmeshMapFmFqdnSlots        = "fm_fqdn_slots"
 	fedmeshMapFmFrag             = "fm_frag"
 	fedmeshMapFmIpcache          = "fm_ipcache"
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
@@ -101,6 +103,8 @@ type fedmeshMapSpecs struct {
 	FmEpStats     *ebpf.MapSpec `ebpf:"fm_ep_stats"`
 	FmEventBucket *ebpf.MapSpec `ebpf:"fm_event_bucket"`
 	FmEvents      *ebpf.MapSpec `ebpf:"fm_events"`
+	FmFqdn        *ebpf.MapSpec `ebpf:"fm_fqdn"`
+	FmFqdnSlots   *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
 	FmFrag        *ebpf.MapSpec `ebpf:"fm_frag"`
 	FmIpcache     *ebpf.MapSpec `ebpf:"fm_ipcache"`
 	FmIpcacheHost *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
@@ -152,6 +156,8 @@ type fedmeshMaps struct {
 	FmEpStats     *ebpf.Map `ebpf:"fm_ep_stats"`
 	FmEventBucket *ebpf.Map `ebpf:"fm_event_bucket"`
 	FmEvents      *ebpf.Map `ebpf:"fm_events"`
+	FmFqdn        *ebpf.Map `ebpf:"fm_fqdn"`
+	FmFqdnSlots   *ebpf.Map `ebpf:"fm_fqdn_slots"`
 	FmFrag        *ebpf.Map `ebpf:"fm_frag"`
 	FmIpcache     *ebpf.Map `ebpf:"fm_ipcache"`
 	FmIpcacheHost *ebpf.Map `ebpf:"fm_ipcache_host"`
@@ -173,6 +179,8 @@ func (m *fedmeshMaps) Close() error {
 		m.FmEpStats,
 		m.FmEventBucket,
 		m.FmEvents,
+		m.FmFqdn,
+		m.FmFqdnSlots,
 		m.FmFrag,
 		m.FmIpcache,
 		m.FmIpcacheHost,

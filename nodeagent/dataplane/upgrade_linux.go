@@ -21,7 +21,10 @@ import (
 // judged by policy again, fragments wait for their next first fragment,
 // counters restart, the event budget refills.
 var softState = map[string]bool{"fm_ct4": true, "fm_ct6": true, "fm_frag": true, "fm_ep_counters": true,
-	"fm_event_bucket": true, "fm_events": true}
+	"fm_event_bucket": true, "fm_events": true,
+	// Learned addresses: losing them denies until pods resolve again,
+	// which beats refusing to start.
+	"fm_fqdn": true, "fm_fqdn_slots": true}
 
 // replaceIncompatiblePins removes the pins in dir of soft-state maps whose
 // type, key, value, size or flags differ from spec, so that loading creates

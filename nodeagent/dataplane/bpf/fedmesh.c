@@ -55,6 +55,11 @@
 // One fixed-table entry per endpoint and direction with tier entries:
 // all_rule holds the EPL_* bits of the tier lookups that can match.
 #define KIND_TIER_SUMMARY 4
+// domainNames rules (egress): peer is the endpoint's name slot (0 to
+// FQDN_SLOTS-1), the value a tier value. They match a destination only
+// through a live fm_fqdn entry for the endpoint and address.
+#define KIND_TIER_FQDN 5
+#define FQDN_SLOTS 16
 
 #define TIER_ACCEPT 1
 #define TIER_DENY 2
@@ -157,6 +162,10 @@ struct endpoint_val {
 #define EPL_CIDR_ANY 0x20   // CIDR rules, any protocol
 #define EPL_TIER 0x40       // tier entries exist (needs EPL_VALID): see KIND_TIER_SUMMARY
 #define EPL_VALID 0x80      // the fast tables of this revision are filled
+// Bits of the KIND_TIER_SUMMARY mask only: name rules exist, one protocol /
+// any protocol. Programs before domainNames ignore them.
+#define EPL_FQDN_PROTO 0x100
+#define EPL_FQDN_ANY 0x200
 
 // The fast path in front of the policy trie. policy_fixed holds, for each
 // (endpoint, direction, kind, protocol, peer) with any policy entry, the
@@ -268,6 +277,31 @@ struct frag_key {
 
 struct frag_val {
 	__u64 created;
+};
+
+// fm_fqdn: the addresses each endpoint learned from DNS answers (the
+// agent's DNS proxy hands them over before it releases the answer). Per
+// name slot of the endpoint, the coarse monotonic time the latest answer
+// for a name the slot's patterns match expires; the slot matches while
+// now < expires. Not per revision: the agent rewrites the masks when a
+// revision changes the slots, and sweeps what expired.
+struct fqdn_key {
+	__u32 ifindex;
+	__u8 ip[16]; // IPv4-mapped for IPv4
+};
+
+struct fqdn_val {
+	__u32 mask; // bit s: expires[s] holds an answer
+	__u32 pad;
+	__u64 expires[FQDN_SLOTS];
+};
+
+// fm_fqdn_slots: the pattern-set hash behind each (endpoint, slot), which
+// only the agent reads: a restarted agent keeps the slot meanings
+// fm_fqdn's entries were written for.
+struct fqdn_slot_key {
+	__u32 ifindex;
+	__u32 slot;
 };
 
 struct ep_counter_key {
@@ -498,6 +532,24 @@ struct {
 	__type(value, struct frag_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fm_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fqdn_key);
+	__type(value, struct fqdn_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_fqdn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096 * FQDN_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fqdn_slot_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_fqdn_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -1134,6 +1186,8 @@ struct tier_args {
 	__u32 cls;   // out: the peer's CIDR class
 	__u32 admin; // out: the best Admin candidate, 0 for none
 	__u32 base;  // out: the best Baseline candidate, 0 for none
+	__u32 tm;    // out: the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
+	struct fqdn_key fk; // fm_fqdn_stage's key, here to spare the stack
 };
 
 // The tier stage's arguments live here, not on the stack: handle() and
@@ -1144,6 +1198,64 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tier_args);
 } fm_tier_scratch SEC(".maps");
+
+// fm_fqdn_slot folds the name rules of one live slot into a's candidates.
+// A global function: verified once, whatever the number of slots.
+__attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
+{
+	struct policy_tabs pt = {};
+	struct l4 q;
+	__u32 slot, admin, base;
+
+	if (!a)
+		return 0;
+	slot = a->slot;
+	pt.ifindex = a->ifindex;
+	pt.dir = a->dir;
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+	if (!pt.trie || !pt.fixed || !pt.port)
+		return 0;
+	q.dport = a->dport;
+	q.has_ports = a->has_ports;
+	admin = a->admin;
+	base = a->base;
+	if (a->tm & EPL_FQDN_PROTO)
+		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
+	if (a->tm & EPL_FQDN_ANY)
+		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+	a->admin = admin;
+	a->base = base;
+	return 0;
+}
+
+// fm_fqdn_stage looks the destination up in fm_fqdn (one hash lookup) and
+// folds in the name rules of every slot whose answer is live.
+// Called by handle() after fm_tier_stage, not from it: three nested
+// frames would not fit the 512-byte stack.
+__attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
+{
+	struct fqdn_val *v;
+	__u64 now;
+	__u32 s, mask;
+
+	if (!a)
+		return 0;
+	a->fk.ifindex = a->ifindex;
+	__builtin_memcpy(a->fk.ip, a->peer_ip, 16);
+	v = bpf_map_lookup_elem(&fm_fqdn, &a->fk);
+	if (!v)
+		return 0;
+	now = bpf_ktime_get_coarse_ns();
+	mask = v->mask;
+	for (s = 0; s < FQDN_SLOTS; s++) {
+		if (!(mask & (1U << s)) || v->expires[s] <= now)
+			continue;
+		fm_fqdn_slot(a, s);
+	}
+	return 0;
+}
 
 // fm_tier_stage runs every tier lookup that can match (the endpoint's
 // KIND_TIER_SUMMARY entry says which) and folds their values into the best
@@ -1190,6 +1302,7 @@ __attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
 	}
 	a->admin = admin;
 	a->base = base;
+	a->tm = tm;
 	return 0;
 }
 
@@ -1354,7 +1467,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ta->cls = 0;
 		ta->admin = 0;
 		ta->base = 0;
+		ta->tm = 0;
 		fm_tier_stage(ta);
+		// Name rules: the slots whose answer for this address is live.
+		if (dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)))
+			fm_fqdn_stage(ta);
 		admin = ta->admin;
 		base = ta->base;
 		cls = ta->cls;
