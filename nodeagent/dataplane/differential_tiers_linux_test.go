@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/fedmesh/fedmesh/federation/identity"
 	"github.com/fedmesh/fedmesh/federation/policy"
@@ -109,11 +111,29 @@ func (w *tierWorld) protocols() []cnpv1.ClusterNetworkPolicyProtocol {
 	return out
 }
 
-func (w *tierWorld) egressPeers() []cnpv1.ClusterNetworkPolicyEgressPeer {
+// tierPatterns are the domainNames patterns of the random policies and
+// tierNames the names local pods learn addresses for: exact and wildcard
+// hits, a wildcard's parent, several labels deep, case and a trailing dot.
+var (
+	tierPatterns = []cnpv1.DomainName{"api.example.com", "*.example.com", "example.com", "*.svc.test", "Mirror.Example.NET."}
+	tierNames    = []string{"api.example.com", "www.example.com", "a.b.example.com", "example.com", "x.svc.test", "mirror.example.net", "other.org"}
+)
+
+// egressPeers draws a rule's peers; withNames (Accept rules: the only ones
+// validation lets carry domainNames) adds domainNames peers to the mix.
+func (w *tierWorld) egressPeers(withNames bool) []cnpv1.ClusterNetworkPolicyEgressPeer {
 	var out []cnpv1.ClusterNetworkPolicyEgressPeer
 	for range 1 + w.r.IntN(2) {
 		var pe cnpv1.ClusterNetworkPolicyEgressPeer
-		switch w.r.IntN(3) {
+		n := 3
+		if withNames {
+			n = 5
+		}
+		switch w.r.IntN(n) {
+		case 3, 4:
+			for range 1 + w.r.IntN(2) {
+				pe.DomainNames = append(pe.DomainNames, tierPatterns[w.r.IntN(len(tierPatterns))])
+			}
 		case 0:
 			pe.Namespaces = w.selector("team", "kubernetes.io/metadata.name")
 		case 1:
@@ -149,7 +169,7 @@ func (w *tierWorld) clusterPolicy(i int) *policy.ClusterPolicy {
 	for range w.r.IntN(3) {
 		var from []cnpv1.ClusterNetworkPolicyIngressPeer
 		var cls []*metav1.LabelSelector
-		for _, pe := range w.egressPeers() {
+		for _, pe := range w.egressPeers(false) {
 			if pe.Networks == nil {
 				from = append(from, cnpv1.ClusterNetworkPolicyIngressPeer{Namespaces: pe.Namespaces, Pods: pe.Pods})
 				if p.Cluster == "" && w.r.IntN(2) == 0 {
@@ -168,8 +188,9 @@ func (w *tierWorld) clusterPolicy(i int) *policy.ClusterPolicy {
 		p.IngressPeerClusters = append(p.IngressPeerClusters, cls)
 	}
 	for range w.r.IntN(3) {
+		action := tierActions[w.r.IntN(3)]
 		s.Egress = append(s.Egress, cnpv1.ClusterNetworkPolicyEgressRule{Name: fmt.Sprintf("eg%d", len(s.Egress)),
-			Action: tierActions[w.r.IntN(3)], To: w.egressPeers(), Protocols: w.protocols()})
+			Action: action, To: w.egressPeers(action == cnpv1.ClusterNetworkPolicyRuleActionAccept), Protocols: w.protocols()})
 	}
 	return p
 }
@@ -239,7 +260,7 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 	}
 	ctx := context.Background()
 	const revisions, perRevision = 10, 1100
-	total, byLayer := 0, map[string]int{}
+	total, withNames, byLayer := 0, 0, map[string]int{}
 	for n := range revisions {
 		w := &tierWorld{r: rand.New(rand.NewPCG(uint64(n), 7)), alloc: identity.NewAllocator(), local: map[string]bool{}}
 		w.endpoints(12)
@@ -302,6 +323,39 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 			idx[endpointKey(ep).String()], _ = ifindexIn(nsPath, ifaces[i])
 		}
 		external := []string{"203.0.113.9", "192.0.2.1", "2001:db8::7", "fd00:99::1"}
+		// Learned addresses: each local pod resolves random names to
+		// external and pod addresses; some answers expire before the
+		// packets (the datapath must ignore them), the rest stay live.
+		// live[pod][address] are the names Explain is told.
+		live := map[string]map[netip.Addr][]string{}
+		var learned []LearnedAddr
+		now := time.Now()
+		for _, ep := range locals {
+			id := endpointKey(ep).String()
+			live[id] = map[netip.Addr][]string{}
+			for range 8 {
+				var a netip.Addr
+				if w.r.IntN(2) == 0 {
+					a = netip.MustParseAddr(external[w.r.IntN(len(external))])
+				} else {
+					a = netip.MustParseAddr(w.eps[w.r.IntN(len(w.eps))].Ips[w.r.IntN(2)])
+				}
+				name := tierNames[w.r.IntN(len(tierNames))]
+				la := LearnedAddr{Endpoint: id, Addr: a, Name: name, Expires: now.Add(time.Hour)}
+				if w.r.IntN(4) == 0 {
+					la.Expires = now.Add(20 * time.Millisecond)
+				} else {
+					live[id][a] = append(live[id][a], name)
+				}
+				learned = append(learned, la)
+			}
+		}
+		for _, dp := range []Dataplane{kern, mem} {
+			if err := dp.Learn(ctx, learned); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // the short answers expire
 		err := inNetNS(nsPath, func() error {
 			for range perRevision {
 				li := w.r.IntN(len(locals))
@@ -359,7 +413,14 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 				if p.proto == protoICMP || p.proto == protoICMPv6 {
 					port = 0
 				}
-				x, err := e.Tiers().Explain(e, policy.Flow{Src: policy.Target{IP: p.src}, Dst: policy.Target{IP: p.dst}, Proto: p.proto, Port: port})
+				var names []string
+				if dir == policy.Egress {
+					names = live[id][peerIP]
+				}
+				if len(names) > 0 {
+					withNames++
+				}
+				x, err := e.Tiers().Explain(e, policy.Flow{Src: policy.Target{IP: p.src}, Dst: policy.Target{IP: p.dst}, Proto: p.proto, Port: port, DstNames: names})
 				if err != nil {
 					return fmt.Errorf("explain: %w", err)
 				}
@@ -368,6 +429,9 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 					tv = x.Egress
 				}
 				byLayer[fmt.Sprintf("%s/%v", tv.Layer, tv.Allowed)]++
+				if dir == policy.Egress && rule != 0 && slices.ContainsFunc(rev.Rules[id].Egress.Names, func(r policy.NameRule) bool { return r.Rule == policy.RuleID(rule) }) {
+					byLayer["by-domainNames"]++
+				}
 				if (v == Allow) != tv.Allowed {
 					return fmt.Errorf("revision %d packet %d (%s %s): dataplane %s (%s rule %d), Explain: %v\nspec %+v\nrules %+v",
 						n, total, id, dir, v, reason, rule, tv, p, rev.Rules[id])
@@ -397,7 +461,10 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 	if total < 10000 {
 		t.Fatalf("compared %d packets, want >= 10000", total)
 	}
-	t.Logf("%d packets agree (kernel, twin, Explain); directions decided: %v", total, byLayer)
+	if byLayer["by-domainNames"] == 0 {
+		t.Fatal("no packet was decided by a domainNames rule: the generator lost them")
+	}
+	t.Logf("%d packets agree (kernel, twin, Explain), %d to learned addresses; directions decided: %v", total, withNames, byLayer)
 }
 
 // sameDecider checks that the rule the dataplane named maps back to the
