@@ -51,6 +51,35 @@
 //     the lookups that cannot match. BenchmarkProgramPerPacketTiers
 //     measures the case where all of them run. The tier stage is a
 //     global BPF function (fm_tier_stage), verified once.
+//   - domainNames rules (policy.NameRule, egress tier rules): the address
+//     a packet goes to matches a name rule only while the endpoint holds
+//     a live answer for it (Learn) for a name one of the rule's patterns
+//     matches (policy.MatchDomainName). fqdn.go gives the layout: the
+//     endpoint's distinct pattern sets get name slots (at most 16 per
+//     endpoint; Render refuses more, the previous revision stays),
+//     stable across revisions while the set exists and pinned
+//     (fm_fqdn_slots); the rules render under KIND_TIER_FQDN with the slot
+//     as peer and fold into the tier stage like identity and CIDR tier
+//     entries. A learned address is one fm_fqdn entry (endpoint, address)
+//     holding, per slot, the monotonic expiry of the latest answer for a
+//     matching name; the dataplane recomputes the entries from the names
+//     at every Apply and Learn. Only when the endpoint's tier summary says
+//     name rules exist, egress packets cost one more hash lookup
+//     (fm_fqdn) and, per slot whose answer is live, one or two policy
+//     lookups (fm_fqdn_stage, fm_fqdn_slot: global functions, verified
+//     once); an address usually serves one or two slots, so this is the
+//     one part of the lookup count that depends on the data (bounded by
+//     1 + 2x16). Expiry is checked in the datapath (now < expiry on the
+//     coarse clock, so up to a tick late), so a stopped agent extends
+//     nothing; established flows outlive it through conntrack. Learn
+//     returns after the map write; a sweeper (every 10s) deletes expired
+//     entries to free room. A restarted agent adopts the pinned entries as
+//     written (their names unknown): they stay in force until they expire,
+//     narrowed only where a revision changes a slot's pattern set; an
+//     address learned again is merged (the later expiry of each slot).
+//     Between two revisions that change slots, fm_fqdn first holds only
+//     what both agree on, then the new state after the flip, so no
+//     revision reads another's answers.
 //   - An enforced NetworkPolicy direction passes what an identity rule or
 //     a CIDR rule allows.
 //   - Peer identity comes from the ipcache (longest prefix match over all
@@ -96,7 +125,11 @@
 //     tiers never read: until its link is re-pointed, an old program
 //     enforces the NetworkPolicy layer exactly as before the upgrade, and
 //     the new program reads tables an older agent wrote (no tier bit) as
-//     NetworkPolicy only. Soft state
+//     NetworkPolicy only. Likewise name rules: KIND_TIER_FQDN entries,
+//     fm_fqdn and the summary bits above 0xff are new; an older program
+//     never reads them (its endpoints' name rules match nothing until the
+//     link is re-pointed: fail closed), and tables an older agent wrote
+//     have none. Soft state
 //     (conntrack, fragments, counters, events) pinned with another layout is
 //     replaced, logged; the conntrack and endpoints tables of the version
 //     before fm_ct4/fm_ct6 and fm_endpoints_v2 are migrated.
