@@ -171,3 +171,83 @@ func countEntries(t *testing.T, e *EBPF) int {
 	}
 	return n
 }
+
+// TestReusedNameSlotDropsOldAnswers: an endpoint with all 16 name slots
+// taken, one pattern set replaced, so the new set reuses the freed slot.
+// An address learned for the old set must not match the new rule, for
+// addresses this process learned (names known) and for those a previous
+// process wrote (adopted after a restart, names unknown).
+func TestReusedNameSlotDropsOldAnswers(t *testing.T) {
+	requireKernel(t)
+	ns, nsPath := newNetNS(t)
+	run(t, "ip", "-n", ns, "link", "add", "na", "type", "veth", "peer", "name", "pna")
+	ctx := context.Background()
+	rev := func(n uint64, replace bool) *Revision {
+		dr := policy.DirectionRules{Enforced: true}
+		for i := range maxNameSlots {
+			name, port := fmt.Sprintf("n%d.example", i), uint16(1000+i)
+			if replace && i == 3 {
+				name, port = "other.example", 2000
+			}
+			dr.Names = append(dr.Names, policy.NameRule{Names: []string{name}, Proto: protoTCP, Ports: policy.PortRange{First: port, Last: port},
+				Rule: policy.RuleID(i + 1), Tier: policy.TierAdmin, Action: policy.ActionAccept})
+		}
+		return &Revision{Number: n, Rules: map[string]policy.EndpointRules{"a": {Identity: 7, Egress: dr}}}
+	}
+	old, restarted := netip.MustParseAddr("203.0.113.3"), netip.MustParseAddr("203.0.113.4")
+	syn := func(kern *EBPF, dst netip.Addr, port uint16) Verdict {
+		t.Helper()
+		idx, _ := ifindexIn(nsPath, "na")
+		f := pktSpec{src: netip.MustParseAddr("198.18.0.1"), dst: dst, proto: protoTCP, sport: port + 40000, dport: port, tcpFlags: 2}.frame()
+		var got int32
+		if err := inNetNS(nsPath, func() (err error) { got, err = kern.runProg(uint8(policy.Egress), idx, f); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if got == retDrop {
+			return Deny
+		}
+		return Allow
+	}
+	kern, cfg := newEBPF(t, nsPath)
+	if err := kern.Apply(ctx, rev(1, false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := kern.Attach(ctx, Endpoint{ID: "a", Interface: "na"}); err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	if err := kern.Learn(ctx, []LearnedAddr{{Endpoint: "a", Addr: restarted, Name: "n3.example", Expires: exp}}); err != nil {
+		t.Fatal(err)
+	}
+	kern.Close()
+	kern2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kern2.Close()
+	if err := kern2.Attach(ctx, Endpoint{ID: "a", Interface: "na"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kern2.Apply(ctx, rev(2, false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := kern2.Learn(ctx, []LearnedAddr{{Endpoint: "a", Addr: old, Name: "n3.example", Expires: exp}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.Addr{old, restarted} {
+		if syn(kern2, a, 1003) != Allow {
+			t.Fatalf("%s: the n3.example rule does not allow its own answer", a)
+		}
+	}
+	if err := kern2.Apply(ctx, rev(3, true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := kern2.fq.activeSlots()[kern2.attached["a"].ifindex][3].Patterns; len(got) != 1 || got[0] != "other.example" {
+		t.Fatalf("slot 3 holds %v, want other.example (the test needs the slot reused)", got)
+	}
+	for _, a := range []netip.Addr{old, restarted} {
+		if v := syn(kern2, a, 2000); v != Deny {
+			t.Errorf("%s, learned for n3.example: allowed by the other.example rule that reused its slot", a)
+		}
+	}
+}
