@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -189,5 +190,31 @@ func TestNameSlotsStayAcrossRevisions(t *testing.T) {
 	}
 	if _, _, err := assignNameSlots(many, nil); err == nil || !strings.Contains(err.Error(), "over the 16") {
 		t.Errorf("%d pattern sets: err %v, want refused", len(many), err)
+	}
+}
+
+func TestApplyRefusesTooManyNameSlots(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	if err := m.Apply(ctx, nameRevision(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Attach(ctx, Endpoint{ID: "a", Interface: "veth-a"}); err != nil {
+		t.Fatal(err)
+	}
+	rev := nameRevision(2)
+	r := rev.Rules["a"]
+	r.Egress.Names = nil
+	for i := range maxNameSlots + 1 {
+		r.Egress.Names = append(r.Egress.Names, policy.NameRule{Names: []string{fmt.Sprintf("n%d.example", i)}, Ports: policy.AllPorts,
+			Rule: policy.RuleID(i + 1), Tier: policy.TierAdmin, Action: policy.ActionAccept})
+	}
+	rev.Rules["a"] = r
+	err := m.Apply(ctx, rev)
+	if err == nil || !strings.Contains(err.Error(), "render endpoint a: 17 distinct domainNames pattern sets") {
+		t.Fatalf("Apply of 17 pattern sets: %v, want refused naming the endpoint", err)
+	}
+	if c, _ := m.Counters(ctx); c.Revision != 1 {
+		t.Errorf("revision %d enforced after a refused Apply, want 1", c.Revision)
 	}
 }
