@@ -103,6 +103,9 @@
 //     pattern does not match, does not count. A connection opened while
 //     the answer was live outlives its expiry (conntrack, as for any rule
 //     change); a new one after it is not matched by the rule.
+//   - A federated policy's domainNames peer is the same in every cluster
+//     the policy applies to (a name has no cluster); a per-peer
+//     clusterSelector does not narrow it.
 //   - The address is what matters, wherever it points: a name that
 //     resolves to a pod address makes the rule match that pod too (the
 //     upstream doc leaves cluster-internal names to implementations).
