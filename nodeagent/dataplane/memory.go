@@ -119,12 +119,20 @@ func (m *Memory) Learn(ctx context.Context, addrs []LearnedAddr) error {
 		return fmt.Errorf("learn addresses: %w", errLearnedClosed)
 	}
 	now, wall := m.clock(), m.wall()
-	changed := false
 	for _, a := range addrs {
-		changed = m.learned.learn(a, now, wall) || changed
-	}
-	if changed {
-		m.renderLearned()
+		if !m.learned.learn(a, now, wall) || m.tables == nil {
+			continue
+		}
+		// Only this endpoint and address's entry changes.
+		idx, ok := m.attached[a.Endpoint]
+		slots := m.tables.t.NameSlots[idx]
+		if !ok || slots == nil {
+			continue
+		}
+		addr := a.Addr.Unmap()
+		if v, ok := entry(m.learned[a.Endpoint][addr], slots); ok {
+			m.flows.fqdn[fqdnKey{Ifindex: idx, IP: mapped(addr)}] = v
+		}
 	}
 	return nil
 }
