@@ -114,7 +114,7 @@ const (
 
 // DefaultExemptZones are the cluster's own zones: Kubernetes' cluster
 // domain and the federation's node-local zone (dns.DefaultZone).
-var DefaultExemptZones = []string{"cluster.local", fdns.DefaultZone}
+var DefaultExemptZones = []string{"cluster.local", strings.TrimSuffix(fdns.DefaultZone, ".")}
 
 func (c *NamePolicyConfig) defaults() {
 	if c.ExemptZones == nil {

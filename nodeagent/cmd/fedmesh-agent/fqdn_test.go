@@ -1,0 +1,67 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/fedmesh/fedmesh/nodeagent/agent"
+)
+
+func TestNameFlagsValidateAndMapToTheConfig(t *testing.T) {
+	tests := []struct {
+		name   string
+		args   []string
+		errHas string
+		check  func(t *testing.T, c agent.NamePolicyConfig)
+	}{
+		{name: "defaults refuse, floor at 30s, Cilium's per-name limit", check: func(t *testing.T, c agent.NamePolicyConfig) {
+			if c.ResolveDenied || c.MinTTL != 30*time.Second || c.MaxAddrsPerName != 1000 || c.MaxAddrsPerPod != 10000 ||
+				strings.Join(c.ExemptZones, ",") != "cluster.local,clusterset.local" {
+				t.Errorf("config %+v", c)
+			}
+		}},
+		{name: "refusing off resolves denied names", args: []string{"--dns-refuse-denied=false"}, check: func(t *testing.T, c agent.NamePolicyConfig) {
+			if !c.ResolveDenied {
+				t.Error("ResolveDenied false")
+			}
+		}},
+		{name: "a zero floor is no floor", args: []string{"--dns-min-ttl=0"}, check: func(t *testing.T, c agent.NamePolicyConfig) {
+			if c.MinTTL >= 0 {
+				t.Errorf("MinTTL %s, want negative (none)", c.MinTTL)
+			}
+		}},
+		{name: "no exempt zones", args: []string{"--dns-exempt-zones="}, check: func(t *testing.T, c agent.NamePolicyConfig) {
+			if c.ExemptZones == nil || len(c.ExemptZones) != 0 {
+				t.Errorf("ExemptZones %q, want empty, not the default", c.ExemptZones)
+			}
+		}},
+		{name: "negative floor", args: []string{"--dns-min-ttl=-1s"}, errHas: "--dns-min-ttl"},
+		{name: "zero per-name limit", args: []string{"--dns-max-ips-per-name=0"}, errHas: "--dns-max-ips-per-name"},
+		{name: "zero per-pod limit", args: []string{"--dns-max-ips-per-pod=0"}, errHas: "--dns-max-ips-per-pod"},
+		{name: "the root as exempt zone", args: []string{"--dns-exempt-zones=cluster.local,."}, errHas: "would exempt every name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var n nameFlags
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			n.addFlags(fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			err := n.validate()
+			if tt.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, n.config())
+		})
+	}
+}
