@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
@@ -584,3 +585,50 @@ func mustVec(t *testing.T, reg *prometheus.Registry, name, label string) prometh
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes runs the real
+// agent against real control-plane replicas: once a revision is applied,
+// the resolver's hook knows the node's pods by address (and only those),
+// and when a local endpoint is deleted, what it learned is forgotten.
+func TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes(t *testing.T) {
+	f := startFed(t, inproc.Options{})
+	f.seed()
+	dp := &learner{Memory: dataplane.NewMemory()}
+	np, err := agent.NewNamePolicy(agent.NamePolicyConfig{}, dp, nil, nil, nil, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgentWith(t, f.cp.Addrs(), nil, func(d *agent.Deps) { d.Names = np })
+	f.waitRegistered()
+	select {
+	case <-np.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("the agent never published its pods to the name policy")
+	}
+	if id, ok := np.PodByIP(netip.MustParseAddr("10.0.0.10")); !ok || id != "a/web/server" {
+		t.Errorf("PodByIP(server) = %q %v, want a/web/server", id, ok)
+	}
+	if id, ok := np.PodByIP(netip.MustParseAddr("10.0.0.20")); ok {
+		t.Errorf("PodByIP(client on another node) = %q, want no local pod", id)
+	}
+	// The server learned an answer (as the resolver's Release would do).
+	q := &fdns.Query{Client: netip.MustParseAddrPort("10.0.0.10:40000"), Request: new(dns.Msg).SetQuestion("www.example.com.", dns.TypeA)}
+	resp := new(dns.Msg).SetReply(q.Request)
+	rr, _ := dns.NewRR("www.example.com. 60 IN A 198.51.100.1")
+	resp.Answer = []dns.RR{rr}
+	q.Pod, q.Verdict = "a/web/server", fdns.VerdictAllowed
+	if _, err := np.Release(context.Background(), q, resp); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(heldNow(dp)); n != 1 {
+		t.Fatalf("the dataplane holds %d entries, want 1", n)
+	}
+	rev := f.deleteEndpoint(server)
+	if resp := f.waitEnforced(rev, 15*time.Second); !resp.GetEnforced() {
+		t.Fatalf("WaitEnforced(%d) after the delete = %v", rev, resp)
+	}
+	eventually(t, "the deleted endpoint's learned addresses forgotten", func() bool { return len(heldNow(dp)) == 0 })
+	if _, ok := np.PodByIP(netip.MustParseAddr("10.0.0.10")); ok {
+		t.Error("the deleted endpoint is still a pod of the name policy")
+	}
+}
