@@ -410,6 +410,14 @@ func (s *Server) pack(req, resp *dns.Msg, tr Transport) ([]byte, bool) {
 		s.log.Debug("pack answer", "name", req.Question[0].Name, "err", err)
 		return nil, false
 	}
+	// miekg/dns decodes some records it cannot encode back the same way
+	// (an upstream's NSEC3 with a salt it reads one way and writes
+	// another, found by FuzzUpstreamAnswerThroughTheReleaseHook): a client
+	// must never get an answer it cannot decode, so check ours.
+	if err := new(dns.Msg).Unpack(out); err != nil {
+		s.log.Debug("packed answer does not decode", "name", req.Question[0].Name, "err", err)
+		return nil, false
+	}
 	return out, truncated && tr == UDP
 }
 
