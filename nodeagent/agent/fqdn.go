@@ -482,7 +482,17 @@ func (p *NamePolicy) Query(ctx context.Context, q *fdns.Query) (*dns.Msg, error)
 // learn the answer's addresses for the pod, and returns the answer only
 // once it holds them.
 func (p *NamePolicy) Release(ctx context.Context, q *fdns.Query, resp *dns.Msg) (*dns.Msg, error) {
-	if q.Verdict != fdns.VerdictAllowed || q.Pod == "" || resp.Rcode != dns.RcodeSuccess {
+	if q.Verdict != fdns.VerdictAllowed || q.Pod == "" {
+		return resp, nil
+	}
+	if resp.Rcode != dns.RcodeSuccess {
+		// Nothing is learned from an error, so it carries no addresses
+		// either: a client that used them anyway would find them closed
+		// (found by FuzzNamePolicyNeverReleasesAnAddressTheDataplaneDoesNotHold).
+		resp.Answer = slices.DeleteFunc(resp.Answer, func(rr dns.RR) bool {
+			t := rr.Header().Rrtype
+			return t == dns.TypeA || t == dns.TypeAAAA
+		})
 		return resp, nil
 	}
 	addrs := fdns.ChainAddrs(q.Question().Name, resp.Answer)
