@@ -208,4 +208,3 @@ func FuzzUpstreamAnswerThroughTheReleaseHook(f *testing.F) {
 		}
 	})
 }
-
