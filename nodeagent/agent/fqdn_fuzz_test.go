@@ -66,7 +66,14 @@ func FuzzNamePolicyNeverReleasesAnAddressTheDataplaneDoesNotHold(f *testing.F) {
 		}
 		return b
 	}
+	formerr := new(dns.Msg).SetRcode(q, dns.RcodeFormatError)
+	formerr.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{198, 51, 100, 9}}}
+	formerrRaw, err := formerr.Pack()
+	if err != nil {
+		f.Fatal(err)
+	}
 	for _, seed := range [][]byte{
+		formerrRaw, // an error answer carrying an address
 		mk("www.example.com. 60 IN A 198.51.100.1"),
 		mk("www.example.com. 60 IN CNAME e.cdn.net.", "e.cdn.net. 5 IN A 198.51.100.2", "other.net. 60 IN A 203.0.113.1"),
 		mk("www.example.com. 60 IN CNAME e.cdn.net.", "e.cdn.net. 60 IN CNAME www.example.com.", "e.cdn.net. 60 IN AAAA 2001:db8::7"),
