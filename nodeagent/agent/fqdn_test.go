@@ -136,6 +136,7 @@ type learner struct {
 	*dataplane.Memory
 	mu      sync.Mutex
 	fail    error
+	gate    chan struct{} // when set, Learn waits for it
 	learned []dataplane.LearnedAddr
 	forgot  []string
 	holds   map[dataplane.LearnedAddr]bool // what it was told and not told to forget, Expires zeroed
@@ -144,8 +145,15 @@ type learner struct {
 
 func (l *learner) Learn(ctx context.Context, addrs []dataplane.LearnedAddr) error {
 	l.mu.Lock()
-	fail := l.fail
+	fail, gate := l.fail, l.gate
 	l.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if fail != nil {
 		return fail
 	}
@@ -445,6 +453,28 @@ func TestNamePolicyAnswersSERVFAILWhenTheDataplaneCannotLearn(t *testing.T) {
 	e.dp.setFail(nil)
 	if r := e.ask(t, podA, "www.example.com.", dns.TypeA); r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("after the dataplane recovered: rcode %s", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestNamePolicyReleasesTheAnswerOnlyAfterTheDataplaneLearnedIt(t *testing.T) {
+	e := startNameEnv(t, envOpt{})
+	gate := make(chan struct{})
+	e.dp.mu.Lock()
+	e.dp.gate = gate
+	e.dp.mu.Unlock()
+	got := make(chan *dns.Msg, 1)
+	go func() { got <- e.ask(t, podA, "www.example.com.", dns.TypeA) }()
+	select {
+	case r := <-got:
+		t.Fatalf("answer %v released while the dataplane was still learning", r)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gate)
+	if r := <-got; r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("answer %v, want the address once learned", r)
+	}
+	if n := len(heldNow(e.dp)); n != 1 {
+		t.Errorf("the dataplane holds %d entries, want 1", n)
 	}
 }
 
