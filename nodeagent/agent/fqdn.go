@@ -200,7 +200,8 @@ const sweepEvery = 10 * time.Second
 var (
 	_ fdns.Hook = (*NamePolicy)(nil)
 	_ fdns.Pods = (*NamePolicy)(nil)
-	_ Learner   = (*dataplane.Memory)(nil)
+	// Both dataplanes, eBPF and in-memory, learn.
+	_ Learner = dataplane.Dataplane(nil)
 )
 
 // NewNamePolicy returns the hook over dp; journal may be nil (nothing
@@ -442,9 +443,6 @@ func (p *NamePolicy) exempt(name string) bool {
 	return false
 }
 
-// canonical is the name as name rules and the dataplane spell it.
-func canonical(qname string) string { return strings.ToLower(strings.TrimSuffix(qname, ".")) }
-
 // Query implements dns.Hook: it decides the query's verdict and refuses a
 // name no rule of the pod allows.
 func (p *NamePolicy) Query(ctx context.Context, q *fdns.Query) (*dns.Msg, error) {
@@ -460,7 +458,7 @@ func (p *NamePolicy) Query(ctx context.Context, q *fdns.Query) (*dns.Msg, error)
 		return nil, nil
 	}
 	q.Pod = pod.ID
-	name := canonical(q.Question().Name)
+	name := policy.CanonicalDomainName(q.Question().Name)
 	switch {
 	case p.exempt(name):
 		q.Verdict = fdns.VerdictUnpoliced
@@ -499,7 +497,7 @@ func (p *NamePolicy) Release(ctx context.Context, q *fdns.Query, resp *dns.Msg) 
 	if len(addrs) == 0 {
 		return resp, nil
 	}
-	n, err := p.learn(ctx, q.Pod, canonical(q.Question().Name), addrs)
+	n, err := p.learn(ctx, q.Pod, policy.CanonicalDomainName(q.Question().Name), addrs)
 	if err != nil {
 		q.Verdict = fdns.VerdictError
 		p.m.errors.WithLabelValues("learn").Inc()
