@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -19,12 +20,18 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	fdns "github.com/fedmesh/fedmesh/nodeagent/dns"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
 // The pods of these tests send their DNS queries from loopback addresses
@@ -660,5 +667,125 @@ func TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes(t *testing.T) {
 	eventually(t, "the deleted endpoint's learned addresses forgotten", func() bool { return len(heldNow(dp)) == 0 })
 	if _, ok := np.PodByIP(netip.MustParseAddr("10.0.0.10")); ok {
 		t.Error("the deleted endpoint is still a pod of the name policy")
+	}
+}
+
+// TestDomainNamesPolicyFromTheControlPlaneOpensOnlyWhatThePodResolved is
+// the whole path on one node: a federated ClusterNetworkPolicy with a
+// domainNames egress rule goes through real control-plane replicas to the
+// real agent, which compiles it and hands the local pods to the name
+// policy; the pod's queries through the real resolver (a real upstream on
+// loopback) are refused or learned, and the in-memory twin then lets the
+// pod reach what it was answered for an allowed name, and nothing else.
+func TestDomainNamesPolicyFromTheControlPlaneOpensOnlyWhatThePodResolved(t *testing.T) {
+	f := startFed(t, inproc.Options{})
+	f.seed()
+	var np *agent.NamePolicy
+	clk := &clock{t: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)}
+	h := startAgentWith(t, f.cp.Addrs(), nil, func(d *agent.Deps) {
+		rec := d.Dataplane.(*recorder)
+		// The twin's wall and monotonic clocks both follow the test's.
+		rec.Memory = dataplane.NewMemory(dataplane.WithWallClock(clk.now),
+			dataplane.WithClock(func() uint64 { return uint64(clk.now().UnixNano()) }))
+		var err error
+		if np, err = agent.NewNamePolicy(agent.NamePolicyConfig{}, rec.Memory, nil, nil, clk.now, discardLog()); err != nil {
+			t.Fatal(err)
+		}
+		d.Names = np
+	})
+	h.routes.set("10.0.0.10", "cali-server")
+	f.waitRegistered()
+
+	tcp443 := []cnpv1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Number: 443}}}}
+	spec, err := json.Marshal(cnpv1.ClusterNetworkPolicySpec{Tier: cnpv1.AdminTier, Priority: 10,
+		Subject: cnpv1.ClusterNetworkPolicySubject{Pods: &cnpv1.NamespacedPod{NamespaceSelector: metav1.LabelSelector{},
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}}},
+		Egress: []cnpv1.ClusterNetworkPolicyEgressRule{
+			{Name: "saas", Action: cnpv1.ClusterNetworkPolicyRuleActionAccept,
+				To: []cnpv1.ClusterNetworkPolicyEgressPeer{{DomainNames: []cnpv1.DomainName{"*.example.com"}}}, Protocols: tcp443},
+			{Name: "rest", Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+				To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"0.0.0.0/0"}}}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The replicas accept ClusterNetworkPolicy commands once each reported
+	// a log format that applies them (FailedPrecondition until then).
+	var rev uint64
+	eventually(t, "the replicas accept the domainNames policy", func() bool {
+		err := f.call("apply the domainNames policy", func(ctx context.Context, cc *grpc.ClientConn) error {
+			r, err := fedmeshv1.NewClusterPolicyServiceClient(cc).ApplyClusterPolicies(ctx, &fedmeshv1.ApplyClusterPoliciesRequest{
+				Policies: []*fedmeshv1.ClusterNetworkPolicy{{Name: "saas-only", SpecJson: spec}}})
+			rev = r.GetRevision()
+			return err
+		})
+		if status.Code(err) == codes.FailedPrecondition {
+			return false
+		}
+		if err != nil {
+			t.Fatalf("apply the domainNames policy: %v", err)
+		}
+		return true
+	})
+	if resp := f.waitEnforced(rev, 15*time.Second); !resp.GetEnforced() {
+		t.Fatalf("WaitEnforced(%d) = %v", rev, resp)
+	}
+	eventually(t, "the server attached", attached(t, h, 1))
+
+	srv, err := fdns.New(fdns.Config{Listen: "127.0.0.1:0", Upstream: zoneUpstream(t, testRecords)},
+		fdns.Deps{Hooks: []fdns.Hook{np}, Pods: np, Logger: discardLog(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(from, name string) *dns.Msg {
+		t.Helper()
+		req, _ := new(dns.Msg).SetQuestion(name, dns.TypeA).Pack()
+		out := srv.Handle(context.Background(), req, netip.MustParseAddrPort(from+":40000"), fdns.UDP)
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	sport := uint16(40000)
+	egress := func(dst string, port uint16) dataplane.Verdict {
+		t.Helper()
+		sport++ // a new connection each time
+		v, _, _, err := h.dp.Process("a/web/server", policy.Egress, tcpSYN(netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr(dst), sport, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := egress("198.51.100.1", 443); v != dataplane.Deny {
+		t.Fatalf("before resolving: server -> 198.51.100.1:443 = %v, want deny", v)
+	}
+	if r := ask("10.0.0.10", "denied.org."); r.Rcode != dns.RcodeRefused {
+		t.Errorf("denied.org from the server: %s, want REFUSED", dns.RcodeToString[r.Rcode])
+	}
+	if r := ask("10.0.0.10", "www.example.com."); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("www.example.com from the server: %v", r)
+	}
+	if r := ask("10.0.0.20", "denied.org."); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("denied.org from a client that is no local pod: %s, want an answer", dns.RcodeToString[r.Rcode])
+	}
+	for _, c := range []struct {
+		dst  string
+		port uint16
+		want dataplane.Verdict
+	}{
+		{"198.51.100.1", 443, dataplane.Allow}, // resolved for an allowed name
+		{"198.51.100.1", 80, dataplane.Deny},   // not the rule's port
+		{"203.0.113.9", 443, dataplane.Deny},   // a refused name's address
+		{"198.51.100.2", 443, dataplane.Deny},  // never resolved
+	} {
+		if v := egress(c.dst, c.port); v != c.want {
+			t.Errorf("server -> %s:%d = %v, want %v", c.dst, c.port, v, c.want)
+		}
+	}
+	// The answer's TTL (300 s) passes: new connections are refused.
+	clk.add(301 * time.Second)
+	if v := egress("198.51.100.1", 443); v != dataplane.Deny {
+		t.Errorf("after the TTL: a new connection server -> 198.51.100.1:443 = %v, want deny", v)
 	}
 }
