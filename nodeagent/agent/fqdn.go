@@ -497,20 +497,42 @@ func (p *NamePolicy) Release(ctx context.Context, q *fdns.Query, resp *dns.Msg) 
 	if len(addrs) == 0 {
 		return resp, nil
 	}
-	n, err := p.learn(ctx, q.Pod, policy.CanonicalDomainName(q.Question().Name), addrs)
+	held, err := p.learn(ctx, q.Pod, policy.CanonicalDomainName(q.Question().Name), addrs)
 	if err != nil {
 		q.Verdict = fdns.VerdictError
 		p.m.errors.WithLabelValues("learn").Inc()
 		return nil, fmt.Errorf("learn %d addresses for %s: %w", len(addrs), q.Pod, err)
 	}
-	q.Learned = n
+	q.Learned = len(held)
+	if len(held) < len(addrs) {
+		// Over the per-name limit: the addresses the dataplane does not
+		// hold leave the answer too, so the pod tries only open ones.
+		resp.Answer = slices.DeleteFunc(resp.Answer, func(rr dns.RR) bool {
+			a, ok := rrAddr(rr)
+			return ok && !held[a]
+		})
+	}
 	return resp, nil
+}
+
+// rrAddr is the address of an A or AAAA record (IPv4-mapped unmapped, as
+// dns.ChainAddrs reads it).
+func rrAddr(rr dns.RR) (netip.Addr, bool) {
+	switch v := rr.(type) {
+	case *dns.A:
+		return netip.AddrFromSlice(v.A.To4())
+	case *dns.AAAA:
+		if len(v.AAAA) == 16 {
+			return netip.AddrFrom16([16]byte(v.AAAA)).Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // learn merges one answer into the pod's book, applies the limits and
 // hands the dataplane what changed. It returns the number of the answer's
 // addresses the dataplane holds for the pod.
-func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.ChainAddr) (int, error) {
+func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.ChainAddr) (map[netip.Addr]bool, error) {
 	p.mu.Lock()
 	b := p.books[id]
 	if b == nil {
@@ -522,7 +544,7 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.gone {
-		return 0, fmt.Errorf("endpoint %s was deleted", id)
+		return nil, fmt.Errorf("endpoint %s was deleted", id)
 	}
 	now := p.now()
 	before := len(b.entries)
@@ -532,25 +554,28 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 		}
 	}
 	// The answer's first addresses are its newest: the limit keeps them.
-	if len(addrs) > p.cfg.MaxAddrsPerName {
-		p.m.limited.WithLabelValues("name").Add(float64(len(addrs) - p.cfg.MaxAddrsPerName))
-		addrs = addrs[:p.cfg.MaxAddrsPerName]
+	if most := min(p.cfg.MaxAddrsPerName, p.cfg.MaxAddrsPerPod); len(addrs) > most {
+		p.m.limited.WithLabelValues("name").Add(float64(len(addrs) - most))
+		addrs = addrs[:most]
 	}
 	seq := p.seq.Add(uint64(len(addrs))) - uint64(len(addrs))
 	batch := make([]dataplane.LearnedAddr, 0, len(addrs))
+	newer := 0 // entries of batch the journal does not have yet
 	old := maps.Clone(b.entries)
 	for i, a := range addrs {
 		exp := now.Add(max(time.Duration(a.TTL)*time.Second, p.cfg.MinTTL))
 		k := learnKey{a.Addr, name}
 		e, had := b.entries[k]
-		if had && e.expires.After(exp) {
+		if had && !exp.After(e.expires) {
 			exp = e.expires // a later expiry wins, as in the dataplane
+		} else {
+			newer++
 		}
 		// Earlier addresses of the answer count as newer.
 		b.entries[k] = learnEntry{expires: exp, seq: seq + uint64(len(addrs)-i)}
 		batch = append(batch, dataplane.LearnedAddr{Endpoint: id, Addr: a.Addr, Name: name, Expires: exp})
 	}
-	evicted := p.limit(b, name)
+	evicted := p.limit(b, name, len(addrs))
 	start := time.Now()
 	var err error
 	if evicted {
@@ -573,7 +598,9 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 		}
 	} else {
 		err = p.dp.Learn(ctx, batch)
-		if err == nil && p.journal != nil {
+		// The journal holds every entry whose expiry did not grow (a
+		// cached answer asked again) already.
+		if err == nil && p.journal != nil && newer > 0 {
 			if jerr := p.journal.Append(batch); jerr != nil {
 				p.log.Warn("journal learned DNS addresses; a restart forgets them early", "endpoint", id, "err", jerr)
 			}
@@ -585,21 +612,23 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 		// (an entry it did take expires there by itself).
 		b.entries = old
 		p.m.learned.Add(float64(len(old) - before))
-		return 0, err
+		return nil, err
 	}
 	p.m.learned.Add(float64(len(b.entries) - before))
-	held := 0
+	held := make(map[netip.Addr]bool, len(batch))
 	for _, a := range batch {
-		if _, ok := b.entries[learnKey{a.Addr, name}]; ok {
-			held++
-		}
+		held[a.Addr] = true // limit never drops the answer's own entries
 	}
 	return held, nil
 }
 
 // limit drops the oldest entries of b over the per-name limit for name
-// and the per-pod limit, and reports whether it dropped any.
-func (p *NamePolicy) limit(b *podBook, name string) bool {
+// and the per-pod limit, and reports whether it dropped any. Over a limit
+// it drops down to a tenth below it (never into the newest answer's fresh
+// entries): each drop costs the dataplane a Forget and a Learn of all the
+// pod keeps, so a pod at its limit pays it once per tenth of the limit,
+// not on every answer.
+func (p *NamePolicy) limit(b *podBook, name string, fresh int) bool {
 	var forName []learnKey
 	for k := range b.entries {
 		if k.name == name {
@@ -610,7 +639,9 @@ func (p *NamePolicy) limit(b *podBook, name string) bool {
 	oldestFirst := func(ks []learnKey) {
 		slices.SortFunc(ks, func(x, y learnKey) int { return cmp.Compare(b.entries[x].seq, b.entries[y].seq) })
 	}
-	if over := len(forName) - p.cfg.MaxAddrsPerName; over > 0 {
+	target := func(limit int) int { return max(limit-max(limit/10, 1), fresh) }
+	if len(forName) > p.cfg.MaxAddrsPerName {
+		over := len(forName) - target(p.cfg.MaxAddrsPerName)
 		oldestFirst(forName)
 		for _, k := range forName[:over] {
 			delete(b.entries, k)
@@ -618,7 +649,8 @@ func (p *NamePolicy) limit(b *podBook, name string) bool {
 		p.m.limited.WithLabelValues("name").Add(float64(over))
 		dropped = true
 	}
-	if over := len(b.entries) - p.cfg.MaxAddrsPerPod; over > 0 {
+	if len(b.entries) > p.cfg.MaxAddrsPerPod {
+		over := len(b.entries) - target(p.cfg.MaxAddrsPerPod)
 		all := slices.Collect(maps.Keys(b.entries))
 		oldestFirst(all)
 		for _, k := range all[:over] {

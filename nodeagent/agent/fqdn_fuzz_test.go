@@ -48,7 +48,8 @@ func rawUpstream(t testing.TB, answer func() []byte) string {
 // arbitrary upstream answers to an allowed name through the real resolver
 // pipeline and the real name policy, with Learn failing or not: the pod
 // never gets an answer giving the queried name an address the dataplane
-// was not told to hold for that pod, and nothing crashes or wedges.
+// was not told to hold for that pod (over the per-name limit of 3 too),
+// and nothing crashes or wedges.
 func FuzzNamePolicyNeverReleasesAnAddressTheDataplaneDoesNotHold(f *testing.F) {
 	q := new(dns.Msg).SetQuestion("www.example.com.", dns.TypeA)
 	mk := func(rrs ...string) []byte {
@@ -93,7 +94,7 @@ func FuzzNamePolicyNeverReleasesAnAddressTheDataplaneDoesNotHold(f *testing.F) {
 			dp.setFail(errors.New("map full"))
 		}
 		now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
-		np, err := agent.NewNamePolicy(agent.NamePolicyConfig{MinTTL: -1}, dp, nil, nil, func() time.Time { return now }, discardLog())
+		np, err := agent.NewNamePolicy(agent.NamePolicyConfig{MinTTL: -1, MaxAddrsPerName: 3}, dp, nil, nil, func() time.Time { return now }, discardLog())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -406,27 +406,36 @@ func TestNamePolicyLimitsKeepTheNewestAndCountWhatTheyDrop(t *testing.T) {
 		queries   []string
 		wantNames map[string]int // name -> addresses the pod holds at the end
 		limited   map[string]float64
+		answered  int // A records in the last answer
 	}{
-		{"an answer over the per-name limit keeps its first addresses",
+		{"an answer over the per-name limit keeps its first addresses and releases only those",
 			agent.NamePolicyConfig{MaxAddrsPerName: 5},
 			[]string{"many.example.com."},
-			map[string]int{"many.example.com": 5}, map[string]float64{"name": 3}},
-		{"the per-pod limit drops the oldest name's addresses",
+			map[string]int{"many.example.com": 5}, map[string]float64{"name": 3}, 5},
+		{"the per-pod limit drops the oldest name's addresses, a tenth below the limit",
 			agent.NamePolicyConfig{MaxAddrsPerPod: 10},
 			[]string{"other.example.com.", "many.example.com."},
-			map[string]int{"many.example.com": 8, "other.example.com": 2}, map[string]float64{"pod": 1}},
+			map[string]int{"many.example.com": 8, "other.example.com": 1}, map[string]float64{"pod": 2}, 8},
+		{"the per-pod limit never drops the newest answer",
+			agent.NamePolicyConfig{MaxAddrsPerPod: 8},
+			[]string{"other.example.com.", "many.example.com."},
+			map[string]int{"many.example.com": 8}, map[string]float64{"pod": 3}, 8},
 		{"within the limits nothing is dropped",
 			agent.NamePolicyConfig{},
 			[]string{"other.example.com.", "many.example.com."},
-			map[string]int{"many.example.com": 8, "other.example.com": 3}, map[string]float64{}},
+			map[string]int{"many.example.com": 8, "other.example.com": 3}, map[string]float64{}, 8},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := startNameEnv(t, envOpt{cfg: tt.cfg})
+			var last *dns.Msg
 			for _, q := range tt.queries {
-				if r := e.ask(t, podA, q, dns.TypeA); r.Rcode != dns.RcodeSuccess {
-					t.Fatalf("%s: rcode %s", q, dns.RcodeToString[r.Rcode])
+				if last = e.ask(t, podA, q, dns.TypeA); last.Rcode != dns.RcodeSuccess {
+					t.Fatalf("%s: rcode %s", q, dns.RcodeToString[last.Rcode])
 				}
+			}
+			if len(last.Answer) != tt.answered {
+				t.Errorf("the last answer carries %d records, want %d", len(last.Answer), tt.answered)
 			}
 			got := map[string]int{}
 			for _, l := range heldNow(e.dp) {
@@ -787,5 +796,32 @@ func TestDomainNamesPolicyFromTheControlPlaneOpensOnlyWhatThePodResolved(t *test
 	clk.add(301 * time.Second)
 	if v := egress("198.51.100.1", 443); v != dataplane.Deny {
 		t.Errorf("after the TTL: a new connection server -> 198.51.100.1:443 = %v, want deny", v)
+	}
+}
+
+func TestNamePolicyJournalsOnlyEntriesWhoseExpiryGrew(t *testing.T) {
+	e := startNameEnv(t, envOpt{})
+	lines := func() int {
+		data, err := os.ReadFile(filepath.Join(e.state, agent.JournalFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(data), "\n")
+	}
+	e.ask(t, podA, "www.example.com.", dns.TypeA)
+	e.ask(t, podA, "www.example.com.", dns.TypeA) // the same expiry: nothing new
+	if n := lines(); n != 1 {
+		t.Errorf("journal has %d lines after the same answer twice, want 1", n)
+	}
+	e.clk.add(time.Second)
+	e.ask(t, podA, "www.example.com.", dns.TypeA) // a second later: a later expiry
+	if n := lines(); n != 2 {
+		t.Errorf("journal has %d lines after a later answer, want 2", n)
+	}
+	e.dp.mu.Lock()
+	n := len(e.dp.learned)
+	e.dp.mu.Unlock()
+	if n != 3 {
+		t.Errorf("the dataplane was handed %d entries, want every answer's (3)", n)
 	}
 }
