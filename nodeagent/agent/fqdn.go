@@ -49,11 +49,13 @@ import (
 // Limits bound what one pod can make the dataplane hold: MaxAddrsPerName
 // addresses per (pod, name) and MaxAddrsPerPod entries per pod. Over a
 // limit the newest answers win: the entries learned or refreshed longest ago
-// go (counted in fedmesh_dns_learn_limited_total{limit}). The dataplane
-// cannot drop single entries (its seam has Forget per endpoint), so an
-// eviction forgets the pod and learns what it keeps again in the same
-// critical section; established connections are unaffected (conntrack),
-// and the pod's other queries wait for it.
+// go, down to a tenth below the limit (counted in
+// fedmesh_dns_learn_limited_total{limit}); an answer with more addresses
+// than the per-name limit keeps its first ones and is released with those
+// only. The dataplane cannot drop single entries (its seam has Forget per
+// endpoint), so an eviction forgets the pod and learns what it keeps again
+// in the same critical section; established connections are unaffected
+// (conntrack), and the pod's other answers wait for it.
 
 // Learner holds the addresses pods learned from DNS answers:
 // nodeagent/dataplane's eBPF and in-memory dataplanes implement it as they
