@@ -550,9 +550,15 @@ func TestNamePolicyRestartLearnsTheJournalAgainWithoutExtendingExpiry(t *testing
 	second.stop()
 	clk.add(29 * time.Second)
 	third := &learner{Memory: dataplane.NewMemory()}
-	startNameEnv(t, envOpt{cfg: cfg, clk: clk, state: state, dp: third})
+	e3 := startNameEnv(t, envOpt{cfg: cfg, clk: clk, state: state, dp: third})
 	if got := third.held(); !slices.Equal(got, want) {
 		t.Errorf("the second restart learned %q, want %q", got, want)
+	}
+	// b was deleted while the agent was down: the first revision without
+	// it forgets what the journal restored for it.
+	e3.np.Update(context.Background(), namePods()[2:])
+	if got := heldNow(third); len(got) != 0 {
+		t.Errorf("after b's deletion the dataplane holds %v", got)
 	}
 }
 
