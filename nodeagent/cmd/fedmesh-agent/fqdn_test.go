@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
+	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
+	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 )
 
 func TestNameFlagsValidateAndMapToTheConfig(t *testing.T) {
@@ -63,5 +68,56 @@ func TestNameFlagsValidateAndMapToTheConfig(t *testing.T) {
 			}
 			tt.check(t, n.config())
 		})
+	}
+}
+
+// learnRec is the in-memory dataplane with its Learn calls recorded.
+type learnRec struct {
+	*dataplane.Memory
+	got []dataplane.LearnedAddr
+}
+
+func (l *learnRec) Learn(ctx context.Context, addrs []dataplane.LearnedAddr) error {
+	l.got = append(l.got, addrs...)
+	return l.Memory.Learn(ctx, addrs)
+}
+
+func TestOpenNamePolicyLearnsTheJournalAgainBeforeServing(t *testing.T) {
+	dir := t.TempDir()
+	j, err := agent.OpenJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := dataplane.LearnedAddr{Endpoint: "c1/shop/a", Addr: netip.MustParseAddr("192.0.2.1"), Name: "api.example.com", Expires: time.Now().Add(time.Hour).Round(0)}
+	gone := dataplane.LearnedAddr{Endpoint: "c1/shop/a", Addr: netip.MustParseAddr("192.0.2.2"), Name: "api.example.com", Expires: time.Now().Add(-time.Minute)}
+	if err := j.Append([]dataplane.LearnedAddr{live, gone}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	o := &options{stateDir: dir, dataplane: "memory", names: defaultNameFlags()}
+	dp := &learnRec{Memory: dataplane.NewMemory()}
+	np, closeNames, err := openNamePolicy(context.Background(), o, dp, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeNames()
+	if len(dp.got) != 1 || dp.got[0].Addr != live.Addr || !dp.got[0].Expires.Equal(live.Expires) {
+		t.Errorf("learned %v at start, want only the live entry with its expiry", dp.got)
+	}
+	select {
+	case <-np.Ready():
+		t.Error("ready before the agent named its pods")
+	default:
+	}
+}
+
+// notLearner is a dataplane without Learn.
+type notLearner struct{ agent.Dataplane }
+
+func TestOpenNamePolicyRefusesADataplaneThatCannotLearn(t *testing.T) {
+	o := &options{stateDir: t.TempDir(), dataplane: "other", names: defaultNameFlags()}
+	_, _, err := openNamePolicy(context.Background(), o, notLearner{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "cannot learn DNS answers") {
+		t.Errorf("err = %v, want one saying the dataplane cannot learn", err)
 	}
 }

@@ -382,7 +382,7 @@ func run(ctx context.Context, o *options) error {
 		}
 		deps.DNS = srv
 		go serveDNSWhenReady(ctx, srv, names, log)
-		log.Info("serving node-local DNS", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
+		log.Info("node-local DNS bound; it serves once the first revision named the local pods", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
 	}
 	if err := setDNSRedirect(ctx, o, svc, log); err != nil {
 		return err
