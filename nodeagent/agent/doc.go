@@ -61,6 +61,11 @@
 //     failed Learn is SERVFAIL. The sync goroutine hands it the local
 //     endpoints after every applied revision and it forgets what deleted
 //     endpoints learned (retried on the tick when the dataplane fails).
+//     Its series: fedmesh_dns_learn_seconds (the wait an answer pays for
+//     Learn), fedmesh_dns_learn_errors_total{op},
+//     fedmesh_dns_learn_limited_total{limit} and
+//     fedmesh_dns_learned_addresses; verdicts and refusals are the
+//     resolver's fedmesh_dns_verdicts_total{verdict}.
 //   - Restart with learned addresses: every learned entry is journaled
 //     (endpoint, address, name, absolute expiry) in the state dir once the
 //     dataplane holds it. A starting agent learns the live ones again with
