@@ -350,10 +350,14 @@ func (p *NamePolicy) bookList() map[string]*podBook {
 }
 
 // sweep drops expired entries from every book and returns how many live.
+// A book busy with an answer is skipped (that answer sweeps it): the sync
+// goroutine must not wait for a dataplane call of the resolver's.
 func (p *NamePolicy) sweep(now time.Time) int {
 	live := 0
 	for _, b := range p.bookList() {
-		b.mu.Lock()
+		if !b.mu.TryLock() {
+			continue
+		}
 		for k, e := range b.entries {
 			if !e.expires.After(now) {
 				delete(b.entries, k)
