@@ -831,3 +831,72 @@ func TestNamePolicyJournalsOnlyEntriesWhoseExpiryGrew(t *testing.T) {
 		t.Errorf("the dataplane was handed %d entries, want every answer's (3)", n)
 	}
 }
+
+// TestNamePolicyCompactsTheJournalAndSweepsExpiredEntries: a pod asking one
+// name over and over grows the journal line by line; the sync goroutine's
+// sweep drops what expired and compacts the journal to what is live.
+func TestNamePolicyCompactsTheJournalAndSweepsExpiredEntries(t *testing.T) {
+	state := t.TempDir()
+	clk := &clock{t: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)}
+	j, err := agent.OpenJournal(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	reg := prometheus.NewRegistry()
+	np, err := agent.NewNamePolicy(agent.NamePolicyConfig{MinTTL: -1}, &learner{Memory: dataplane.NewMemory()}, j, reg, clk.now, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	np.Update(context.Background(), namePods())
+	answer := func(name, rr string) {
+		t.Helper()
+		q := &fdns.Query{Client: netip.AddrPortFrom(podIPs[podA], 40000), Request: new(dns.Msg).SetQuestion(name, dns.TypeA)}
+		if _, err := np.Query(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+		resp := new(dns.Msg).SetReply(q.Request)
+		r, _ := dns.NewRR(rr)
+		resp.Answer = []dns.RR{r}
+		if _, err := np.Release(context.Background(), q, resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answer("api.partner.io.", "api.partner.io. 5 IN A 198.51.100.2") // expires 12:00:05
+	for range 1100 {
+		clk.add(10 * time.Millisecond)
+		answer("www.example.com.", "www.example.com. 60 IN A 198.51.100.1")
+	}
+	if n := j.Lines(); n != 1101 {
+		t.Fatalf("journal has %d lines, want one per answer (1101)", n)
+	}
+	np.Update(context.Background(), namePods()) // 11 s later: sweep and compact
+	if n := j.Lines(); n != 1 {
+		t.Errorf("journal has %d lines after compaction, want 1 (the one live entry)", n)
+	}
+	got, err := j.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != "www.example.com" || !got[0].Expires.Equal(clk.now().Add(60*time.Second)) {
+		t.Errorf("journal holds %v, want www.example.com until the last answer's expiry", got)
+	}
+	if g := testutil.ToFloat64(regGauge(t, reg, "fedmesh_dns_learned_addresses")); g != 1 {
+		t.Errorf("fedmesh_dns_learned_addresses = %v, want 1", g)
+	}
+}
+
+func regGauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return metricValue(mf.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
+	t.Fatalf("no %s", name)
+	return nil
+}
