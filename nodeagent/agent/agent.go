@@ -99,7 +99,11 @@ type Deps struct {
 	// catalog for DNS is kept either way).
 	Services Services
 	// DNS receives the services view per revision (nil: no resolver).
-	DNS    DNS
+	DNS DNS
+	// Names, when set, is policy by DNS name in the resolver's hooks: it is
+	// told the local endpoints and their egress after every applied
+	// revision, and forgets what deleted endpoints learned (fqdn.go).
+	Names  *NamePolicy
 	Logger *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
 	Registry *prometheus.Registry
@@ -137,9 +141,10 @@ type Agent struct {
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
 	bgpDirty    bool
-	svcDirty    bool // imports or liveness changed since the last table
-	discarding  bool // the current stream failed; skip until the next one
-	specChanged bool // a change other than a node status report since the last report
+	svcDirty    bool      // imports or liveness changed since the last table
+	discarding  bool      // the current stream failed; skip until the next one
+	specChanged bool      // a change other than a node status report since the last report
+	namePods    []NamePod // the local endpoints of the last applied revision, for Names
 	lastHealthy *bool
 
 	// Shared with the report goroutine and HTTP handlers.
@@ -393,6 +398,7 @@ func (a *Agent) enforce(ctx context.Context) {
 		a.setApplyErr("")
 		a.dpDirty = false
 		a.flowCommit()
+		a.syncNames(ctx, true)
 		a.m.applies.WithLabelValues("ok").Inc()
 		a.m.applySeconds.Observe(a.deps.Now().Sub(start).Seconds())
 	}
@@ -489,6 +495,7 @@ func (a *Agent) onTick(ctx context.Context) {
 			a.reconcileInterfaces(ctx)
 			a.syncWireGuard(ctx)
 			a.syncBGP(ctx)
+			a.syncNames(ctx, false)
 		}
 	}
 	a.updateHealth(ctx)

@@ -218,6 +218,12 @@ type harness struct {
 
 func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harness {
 	t.Helper()
+	return startAgentWith(t, addrs, tweak, nil)
+}
+
+// startAgentWith is startAgent with the deps edited by tweakDeps.
+func startAgentWith(t *testing.T, addrs []string, tweak func(*agent.Config), tweakDeps func(*agent.Deps)) *harness {
+	t.Helper()
 	faults := inproc.NewFaults()
 	cl, err := agent.NewClient(addrs, append(faults.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
@@ -234,10 +240,14 @@ func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harnes
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	a, err := agent.New(cfg, agent.Deps{
+	deps := agent.Deps{
 		ControlPlane: cl, Dataplane: h.dp, Interfaces: h.routes, BGP: h.bgp, Services: h.svc, DNS: h.dns,
 		Logger: slog.New(h.logs),
-	})
+	}
+	if tweakDeps != nil {
+		tweakDeps(&deps)
+	}
+	a, err := agent.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

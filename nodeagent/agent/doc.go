@@ -52,6 +52,36 @@
 //     CIDRs, one IP claimed by two clusters, a policy that does not compile)
 //     is logged once, counted in fedmesh_agent_bad_input_total and skipped;
 //     it never blocks later revisions.
+//   - Policy by DNS name (fqdn.go, fqdnjournal.go): the node-local
+//     resolver's hook (NamePolicy) identifies the client pod by its source
+//     address among the local endpoints of the last applied revision,
+//     refuses names none of the pod's egress NameRules allows (the
+//     cluster's own zones exempt), and has the dataplane learn an allowed
+//     answer's addresses for that pod before the answer is released; a
+//     failed Learn is SERVFAIL. The sync goroutine hands it the local
+//     endpoints after every applied revision and it forgets what deleted
+//     endpoints learned (retried on the tick when the dataplane fails).
+//     Its series: fedmesh_dns_learn_seconds (the wait an answer pays for
+//     Learn), fedmesh_dns_learn_errors_total{op},
+//     fedmesh_dns_learn_limited_total{limit} and
+//     fedmesh_dns_learned_addresses; verdicts and refusals are the
+//     resolver's fedmesh_dns_verdicts_total{verdict}.
+//   - Restart with learned addresses: every learned entry is journaled
+//     (endpoint, address, name, absolute expiry) in the state dir once the
+//     dataplane holds it. A starting agent learns the live ones again with
+//     their original expiry, compacts the journal, and only then lets its
+//     resolver serve, and only once the first revision named the local
+//     pods; no restart extends a TTL.
+//   - While the agent is down: the eBPF dataplane's learned addresses stay
+//     pinned in the kernel and are enforced there, expiry included (the
+//     datapath compares each entry's expiry with the clock, so nothing
+//     outlives its TTL and established connections go on through
+//     conntrack). DNS fails closed: pods' queries to the cluster DNS are
+//     redirected to the agent's resolver, which is not there, so they time
+//     out; a pod learns nothing new and reaches nothing by name that it had
+//     not learned before, and every name resolves again once the agent is
+//     back (the same as Cilium's DNS proxy; failing open would need the
+//     kernel to tell allowed names from others without the agent).
 //   - Health: ready means enforcing a revision no older than ReadyLag behind
 //     the newest revision seen. Readiness feeds the BGP port
 //     (health-coupled advertisement) and /readyz.

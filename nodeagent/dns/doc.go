@@ -53,6 +53,21 @@
 // Recorder. The sockets are the resolver's own (not miekg/dns's server), so
 // that Handle sees the raw bytes and a redirected socket can later join.
 //
+// # Policy by DNS name
+//
+// The package decides no policy; it carries what a policy hook decided.
+// The agent's hook (nodeagent/agent.NamePolicy) sets Query.Verdict
+// (VerdictAllowed, VerdictRefused, VerdictDenied, VerdictUnpoliced,
+// VerdictError) and Query.Learned in its Query and Release, and the Record
+// carries them with the client's pod, for DNS logs and the flow pipeline.
+// ChainAddrs is the one reading of an answer that a policy learns from:
+// the A and AAAA addresses that the queried name reaches through its CNAME
+// chain (MaxChain hops; loops end the chain), each with the smallest TTL
+// on its way; records of names off the chain give nothing. Upstream
+// answers pass the Release hooks after they decoded and matched the
+// question and before they are sized for the client, so whatever the hook
+// saw is what the client gets, at most truncated.
+//
 // # Bad input
 //
 // A datagram or TCP message without a full DNS header, or with QR set (a
@@ -61,7 +76,9 @@
 // question, more than one OPT record, or is larger than MaxQuerySize is
 // answered FORMERR; another opcode NOTIMP; an EDNS version other than 0
 // BADVERS; zone transfers REFUSED. Upstream answers that do not decode, do
-// not match the question or do not arrive in time become SERVFAIL. Nothing a
+// not match the question or do not arrive in time become SERVFAIL, as does
+// an answer that, packed for the client, would not decode (miekg/dns reads
+// some records it cannot write back the same way). Nothing a
 // client or the upstream sends stops the resolver; every case is counted.
 //
 // # Forwarding
@@ -82,7 +99,9 @@
 // fedmesh_dns_upstream_timeouts_total{transport},
 // fedmesh_dns_upstream_errors_total{reason},
 // fedmesh_dns_bad_requests_total{rcode,reason} (FORMERR and the like),
-// fedmesh_dns_dropped_total{reason} and fedmesh_dns_truncated_total{source}.
+// fedmesh_dns_dropped_total{reason}, fedmesh_dns_truncated_total{source}
+// and, for queries a policy hook decided, fedmesh_dns_verdicts_total{verdict}
+// (refusals by name policy are verdict="refused").
 //
 // # Wiring
 //

@@ -17,6 +17,7 @@ type metrics struct {
 	dropped     *prometheus.CounterVec
 	truncated   *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
+	verdicts    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,6 +43,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from receiving a query to its answer being ready, by source.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 2, 20)}, []string{"source"}),
 	}
+	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_dns_verdicts_total",
+		Help: "Queries a policy hook decided, by verdict of policy by DNS name (allowed, refused, denied, unpoliced, error)."},
+		[]string{"verdict"})
+	reg.MustRegister(m.verdicts)
 	reg.MustRegister(m.queries, m.upstream, m.timeouts, m.upErrors, m.badRequests, m.dropped, m.truncated, m.latency)
 	return m
 }
@@ -60,6 +65,15 @@ func typeLabel(t uint16) string {
 func rcodeLabel(rc int) string {
 	if s, ok := dns.RcodeToString[rc]; ok {
 		return s
+	}
+	return "other"
+}
+
+// verdictLabel bounds the verdict label to the Verdict* values.
+func verdictLabel(v string) string {
+	switch v {
+	case VerdictAllowed, VerdictRefused, VerdictDenied, VerdictUnpoliced, VerdictError:
+		return v
 	}
 	return "other"
 }

@@ -80,7 +80,33 @@ type Query struct {
 	// Source and Upstream say who answered (Upstream empty unless forwarded).
 	Source   Source
 	Upstream string
+	// Verdict and Learned are what a policy hook decided (Verdict*) and
+	// how many addresses it handed the dataplane; the hook sets them, the
+	// Record carries them. Empty without a policy hook.
+	Verdict string
+	Learned int
 }
+
+// The verdicts of policy by DNS name, as Record.Verdict carries them.
+const (
+	// VerdictAllowed: a name rule of the pod's matched the name; the
+	// answer's addresses were learned (Learned says how many; 0 for an
+	// answer without A or AAAA records).
+	VerdictAllowed = "allowed"
+	// VerdictRefused: the pod has name rules and none matched; the query
+	// was answered REFUSED without asking anyone.
+	VerdictRefused = "refused"
+	// VerdictDenied: as refused, but refusing is off: the answer went to
+	// the pod and nothing was learned, so its addresses stay closed.
+	VerdictDenied = "denied"
+	// VerdictUnpoliced: the client is not a local pod, the pod has no name
+	// rules, or the name is in one of the cluster's own zones (reached by
+	// other rules): nothing to decide, nothing learned.
+	VerdictUnpoliced = "unpoliced"
+	// VerdictError: learning the answer's addresses failed; the pod got
+	// SERVFAIL, never an answer the dataplane does not hold.
+	VerdictError = "error"
+)
 
 // Question is the query's only question.
 func (q *Query) Question() dns.Question { return q.Request.Question[0] }
@@ -147,6 +173,11 @@ type Record struct {
 	Upstream  string
 	Truncated bool
 	Err       error // why the resolver answered SERVFAIL itself
+	// Verdict of policy by DNS name (Verdict*; empty without a policy
+	// hook) and the number of the answer's addresses handed to the
+	// dataplane for Pod.
+	Verdict string
+	Learned int
 }
 
 // Answer is one record of the answer section.
@@ -229,6 +260,9 @@ func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, 
 	s.m.latency.WithLabelValues(src).Observe(lat.Seconds())
 	if truncated {
 		s.m.truncated.WithLabelValues(src).Inc()
+	}
+	if q.Verdict != "" {
+		s.m.verdicts.WithLabelValues(verdictLabel(q.Verdict)).Inc()
 	}
 	if s.rec != nil {
 		s.rec.Record(s.record(q, resp, truncated, lat, err))
@@ -376,6 +410,14 @@ func (s *Server) pack(req, resp *dns.Msg, tr Transport) ([]byte, bool) {
 		s.log.Debug("pack answer", "name", req.Question[0].Name, "err", err)
 		return nil, false
 	}
+	// miekg/dns decodes some records it cannot encode back the same way
+	// (an upstream's NSEC3 with a salt it reads one way and writes
+	// another, found by FuzzUpstreamAnswerThroughTheReleaseHook): a client
+	// must never get an answer it cannot decode, so check ours.
+	if err := new(dns.Msg).Unpack(out); err != nil {
+		s.log.Debug("packed answer does not decode", "name", req.Question[0].Name, "err", err)
+		return nil, false
+	}
 	return out, truncated && tr == UDP
 }
 
@@ -426,6 +468,7 @@ func (s *Server) record(q *Query, resp *dns.Msg, truncated bool, lat time.Durati
 		Time: q.Received, Client: q.Client, Pod: q.Pod, Transport: q.Transport,
 		Name: strings.ToLower(qn.Name), Type: qn.Qtype, Rcode: resp.Rcode,
 		Latency: lat, Source: q.Source, Upstream: q.Upstream, Truncated: truncated, Err: err,
+		Verdict: q.Verdict, Learned: q.Learned,
 	}
 	first := true
 	for _, rr := range resp.Answer {

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/dns"
 )
@@ -147,8 +148,9 @@ func removeDNSLink(link string) (bool, error) {
 // address fails the start rather than later. The agent is its view's one
 // writer (agent.DNS): it hands over the view of every revision that changed
 // the services before it reports the revision enforced; until the first
-// one, clusterset.local names are unknown.
-func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger) (*dns.Server, error) {
+// one, clusterset.local names are unknown. Policy by DNS name (names) is
+// its one hook and names its clients' pods.
+func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger, names *agent.NamePolicy) (*dns.Server, error) {
 	ap, err := dnsAddr(o.dnsListen)
 	if err != nil {
 		return nil, err
@@ -157,7 +159,7 @@ func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger) (*dns.Serv
 		return nil, err
 	}
 	srv, err := dns.New(dns.Config{Listen: o.dnsListen, Upstream: o.dnsUpstream},
-		dns.Deps{Logger: log, Registry: reg})
+		dns.Deps{Logger: log, Registry: reg, Hooks: []dns.Hook{names}, Pods: names})
 	if err != nil {
 		return nil, err
 	}

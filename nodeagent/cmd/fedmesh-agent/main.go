@@ -61,6 +61,7 @@ type options struct {
 	dnsUpstream    string
 	dnsLink        string
 	dnsRedirect    string
+	names          nameFlags // policy by DNS name (fqdn.go)
 }
 
 // parsed is what validate derives from the flags.
@@ -146,6 +147,9 @@ func (o *options) validate() (parsed, error) {
 			errs = append(errs, fmt.Errorf("--dns-upstream %q: want host:port of the cluster's DNS, or empty: %w", o.dnsUpstream, err))
 		}
 	}
+	if o.dnsListen != "" {
+		errs = append(errs, o.names.validate())
+	}
 	return p, errors.Join(errs...)
 }
 
@@ -214,6 +218,7 @@ func main() {
 	f.StringVar(&o.dnsUpstream, "dns-upstream", "", "the cluster's DNS (host:port) every name outside clusterset.local is forwarded to; empty: only clusterset.local is answered, other names get REFUSED")
 	f.StringVar(&o.dnsRedirect, "dns-redirect", "", "cluster DNS addresses (kube-dns's ClusterIPs, comma separated, of the --dns-listen family) whose UDP and TCP port 53 traffic from pods in --service-cgroup goes to the --dns-listen resolver, answers shown from the cluster DNS address; pods keep their resolv.conf. Empty: no redirect (one pinned by an earlier run is removed)")
 	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen address in the node's network namespace (removed by --uninstall)")
+	o.names.addFlags(f)
 	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link (with --dns-listen also its address on lo), and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
@@ -370,13 +375,19 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	if o.dnsListen != "" {
-		srv, err := openDNS(o, deps.Registry, log)
+		names, closeNames, err := openNamePolicy(ctx, o, deps.Dataplane, deps.Registry, log)
+		if err != nil {
+			return fmt.Errorf("start policy by DNS name: %w", err)
+		}
+		defer closeNames()
+		deps.Names = names
+		srv, err := openDNS(o, deps.Registry, log, names)
 		if err != nil {
 			return fmt.Errorf("start the node-local DNS: %w", err)
 		}
 		deps.DNS = srv
-		go serveDNS(ctx, srv, log)
-		log.Info("serving node-local DNS", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
+		go serveDNSWhenReady(ctx, srv, names, log)
+		log.Info("node-local DNS bound; it serves once the first revision named the local pods", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
 	}
 	if err := setDNSRedirect(ctx, o, svc, log); err != nil {
 		return err

@@ -10,7 +10,7 @@ import (
 func TestFlagValidationSaysWhatToPass(t *testing.T) {
 	good := func() options {
 		return options{cluster: "a", node: "n1", controlplane: "127.0.0.1:7000, 127.0.0.1:7001", underlayIP: "198.18.0.1",
-			podCIDRs: []string{"10.0.1.7/24"}, dataplane: "memory", creds: authclient.Flags{InsecureDev: true}, stateDir: "/tmp/x", wireguard: true, bgp: true}
+			podCIDRs: []string{"10.0.1.7/24"}, dataplane: "memory", creds: authclient.Flags{InsecureDev: true}, stateDir: "/tmp/x", wireguard: true, bgp: true, names: defaultNameFlags()}
 	}
 	tests := []struct {
 		name   string
