@@ -29,6 +29,14 @@
 // flows the agents report they lost before shipping, and flows a lagging
 // follower missed. Status returns the counts; Collectors exports them.
 //
+// # DNS query records
+//
+// DNSStore (dns.go) keeps the DNS queries the agents' resolvers answered,
+// shipped with their flows: the same bounds (count with the same per-node
+// fair share, age, per-node rate), every loss counted the same way, the
+// same Scope (a cluster's principals read the queries of their cluster's
+// pods), filters validated once at the edge (ParseDNSQuery) and follow.
+//
 // # Concurrency
 //
 // A Store is safe for concurrent use: adds take its write lock, queries its

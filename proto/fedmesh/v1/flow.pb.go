@@ -1197,7 +1197,12 @@ type ShipFlowsRequest struct {
 	Flows []*Flow `protobuf:"bytes,3,rep,name=flows,proto3" json:"flows,omitempty"`
 	// Dropped counts the flows the agent lost before shipping since it
 	// started (ring buffer overrun, backpressure); monotonic.
-	Dropped       uint64 `protobuf:"varint,4,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Dropped uint64 `protobuf:"varint,4,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// Dns are DNS query records of the node's resolver.
+	Dns []*DNSRecord `protobuf:"bytes,5,rep,name=dns,proto3" json:"dns,omitempty"`
+	// DnsDropped counts the DNS records the agent lost before shipping
+	// since it started (backpressure); monotonic.
+	DnsDropped    uint64 `protobuf:"varint,6,opt,name=dns_dropped,json=dnsDropped,proto3" json:"dns_dropped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1260,15 +1265,34 @@ func (x *ShipFlowsRequest) GetDropped() uint64 {
 	return 0
 }
 
+func (x *ShipFlowsRequest) GetDns() []*DNSRecord {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *ShipFlowsRequest) GetDnsDropped() uint64 {
+	if x != nil {
+		return x.DnsDropped
+	}
+	return 0
+}
+
 // ShipFlowsResponse ends a ShipFlows stream.
 type ShipFlowsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Accepted flows of the stream.
 	Accepted uint64 `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	// DroppedRate counts flows of the stream refused over the node's rate.
-	DroppedRate   uint64 `protobuf:"varint,2,opt,name=dropped_rate,json=droppedRate,proto3" json:"dropped_rate,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DroppedRate uint64 `protobuf:"varint,2,opt,name=dropped_rate,json=droppedRate,proto3" json:"dropped_rate,omitempty"`
+	// DnsAccepted counts DNS records of the stream stored.
+	DnsAccepted uint64 `protobuf:"varint,3,opt,name=dns_accepted,json=dnsAccepted,proto3" json:"dns_accepted,omitempty"`
+	// DnsDroppedRate counts DNS records of the stream refused over the
+	// node's rate.
+	DnsDroppedRate uint64 `protobuf:"varint,4,opt,name=dns_dropped_rate,json=dnsDroppedRate,proto3" json:"dns_dropped_rate,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ShipFlowsResponse) Reset() {
@@ -1315,12 +1339,26 @@ func (x *ShipFlowsResponse) GetDroppedRate() uint64 {
 	return 0
 }
 
+func (x *ShipFlowsResponse) GetDnsAccepted() uint64 {
+	if x != nil {
+		return x.DnsAccepted
+	}
+	return 0
+}
+
+func (x *ShipFlowsResponse) GetDnsDroppedRate() uint64 {
+	if x != nil {
+		return x.DnsDroppedRate
+	}
+	return 0
+}
+
 var File_fedmesh_v1_flow_proto protoreflect.FileDescriptor
 
 const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\n" +
 	"\x15fedmesh/v1/flow.proto\x12\n" +
-	"fedmesh.v1\x1a\x17fedmesh/v1/policy.proto\x1a\x16fedmesh/v1/reach.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n" +
+	"fedmesh.v1\x1a\x14fedmesh/v1/dns.proto\x1a\x17fedmesh/v1/policy.proto\x1a\x16fedmesh/v1/reach.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n" +
 	"\bWorkload\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x10\n" +
@@ -1408,25 +1446,31 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\x10staged_denied_by\x18\t \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x0estagedDeniedBy\"y\n" +
 	"\x16GetFlowSummaryResponse\x12*\n" +
 	"\x05edges\x18\x01 \x03(\v2\x14.fedmesh.v1.FlowEdgeR\x05edges\x123\n" +
-	"\x06status\x18\x02 \x01(\v2\x1b.fedmesh.v1.FlowStoreStatusR\x06status\"\x82\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x1b.fedmesh.v1.FlowStoreStatusR\x06status\"\xcc\x01\n" +
 	"\x10ShipFlowsRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12&\n" +
 	"\x05flows\x18\x03 \x03(\v2\x10.fedmesh.v1.FlowR\x05flows\x12\x18\n" +
-	"\adropped\x18\x04 \x01(\x04R\adropped\"R\n" +
+	"\adropped\x18\x04 \x01(\x04R\adropped\x12'\n" +
+	"\x03dns\x18\x05 \x03(\v2\x15.fedmesh.v1.DNSRecordR\x03dns\x12\x1f\n" +
+	"\vdns_dropped\x18\x06 \x01(\x04R\n" +
+	"dnsDropped\"\x9f\x01\n" +
 	"\x11ShipFlowsResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\x04R\baccepted\x12!\n" +
-	"\fdropped_rate\x18\x02 \x01(\x04R\vdroppedRate*\xc1\x01\n" +
+	"\fdropped_rate\x18\x02 \x01(\x04R\vdroppedRate\x12!\n" +
+	"\fdns_accepted\x18\x03 \x01(\x04R\vdnsAccepted\x12(\n" +
+	"\x10dns_dropped_rate\x18\x04 \x01(\x04R\x0ednsDroppedRate*\xc1\x01\n" +
 	"\x10FlowDecisionKind\x12\"\n" +
 	"\x1eFLOW_DECISION_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17FLOW_DECISION_KIND_RULE\x10\x01\x12%\n" +
 	"!FLOW_DECISION_KIND_NO_RULE_ALLOWS\x10\x02\x12#\n" +
 	"\x1fFLOW_DECISION_KIND_NOT_SELECTED\x10\x03\x12 \n" +
-	"\x1cFLOW_DECISION_KIND_DATAPLANE\x10\x042\xfb\x01\n" +
+	"\x1cFLOW_DECISION_KIND_DATAPLANE\x10\x042\xbe\x02\n" +
 	"\vFlowService\x12G\n" +
 	"\bGetFlows\x12\x1b.fedmesh.v1.GetFlowsRequest\x1a\x1c.fedmesh.v1.GetFlowsResponse0\x01\x12W\n" +
 	"\x0eGetFlowSummary\x12!.fedmesh.v1.GetFlowSummaryRequest\x1a\".fedmesh.v1.GetFlowSummaryResponse\x12J\n" +
-	"\tShipFlows\x12\x1c.fedmesh.v1.ShipFlowsRequest\x1a\x1d.fedmesh.v1.ShipFlowsResponse(\x01B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\tShipFlows\x12\x1c.fedmesh.v1.ShipFlowsRequest\x1a\x1d.fedmesh.v1.ShipFlowsResponse(\x01\x12A\n" +
+	"\x06GetDNS\x12\x19.fedmesh.v1.GetDNSRequest\x1a\x1a.fedmesh.v1.GetDNSResponse0\x01B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_flow_proto_rawDescOnce sync.Once
@@ -1466,6 +1510,9 @@ var file_fedmesh_v1_flow_proto_goTypes = []any{
 	(Verdict)(0),                   // 20: fedmesh.v1.Verdict
 	(*StagedPolicyKey)(nil),        // 21: fedmesh.v1.StagedPolicyKey
 	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
+	(*DNSRecord)(nil),              // 23: fedmesh.v1.DNSRecord
+	(*GetDNSRequest)(nil),          // 24: fedmesh.v1.GetDNSRequest
+	(*GetDNSResponse)(nil),         // 25: fedmesh.v1.GetDNSResponse
 }
 var file_fedmesh_v1_flow_proto_depIdxs = []int32{
 	15, // 0: fedmesh.v1.Workload.labels:type_name -> fedmesh.v1.Workload.LabelsEntry
@@ -1501,17 +1548,20 @@ var file_fedmesh_v1_flow_proto_depIdxs = []int32{
 	11, // 30: fedmesh.v1.GetFlowSummaryResponse.edges:type_name -> fedmesh.v1.FlowEdge
 	7,  // 31: fedmesh.v1.GetFlowSummaryResponse.status:type_name -> fedmesh.v1.FlowStoreStatus
 	3,  // 32: fedmesh.v1.ShipFlowsRequest.flows:type_name -> fedmesh.v1.Flow
-	6,  // 33: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
-	9,  // 34: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
-	13, // 35: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
-	8,  // 36: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
-	12, // 37: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
-	14, // 38: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
-	36, // [36:39] is the sub-list for method output_type
-	33, // [33:36] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	23, // 33: fedmesh.v1.ShipFlowsRequest.dns:type_name -> fedmesh.v1.DNSRecord
+	6,  // 34: fedmesh.v1.FlowService.GetFlows:input_type -> fedmesh.v1.GetFlowsRequest
+	9,  // 35: fedmesh.v1.FlowService.GetFlowSummary:input_type -> fedmesh.v1.GetFlowSummaryRequest
+	13, // 36: fedmesh.v1.FlowService.ShipFlows:input_type -> fedmesh.v1.ShipFlowsRequest
+	24, // 37: fedmesh.v1.FlowService.GetDNS:input_type -> fedmesh.v1.GetDNSRequest
+	8,  // 38: fedmesh.v1.FlowService.GetFlows:output_type -> fedmesh.v1.GetFlowsResponse
+	12, // 39: fedmesh.v1.FlowService.GetFlowSummary:output_type -> fedmesh.v1.GetFlowSummaryResponse
+	14, // 40: fedmesh.v1.FlowService.ShipFlows:output_type -> fedmesh.v1.ShipFlowsResponse
+	25, // 41: fedmesh.v1.FlowService.GetDNS:output_type -> fedmesh.v1.GetDNSResponse
+	38, // [38:42] is the sub-list for method output_type
+	34, // [34:38] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_fedmesh_v1_flow_proto_init() }
@@ -1519,6 +1569,7 @@ func file_fedmesh_v1_flow_proto_init() {
 	if File_fedmesh_v1_flow_proto != nil {
 		return
 	}
+	file_fedmesh_v1_dns_proto_init()
 	file_fedmesh_v1_policy_proto_init()
 	file_fedmesh_v1_reach_proto_init()
 	type x struct{}

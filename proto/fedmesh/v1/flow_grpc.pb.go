@@ -22,6 +22,7 @@ const (
 	FlowService_GetFlows_FullMethodName       = "/fedmesh.v1.FlowService/GetFlows"
 	FlowService_GetFlowSummary_FullMethodName = "/fedmesh.v1.FlowService/GetFlowSummary"
 	FlowService_ShipFlows_FullMethodName      = "/fedmesh.v1.FlowService/ShipFlows"
+	FlowService_GetDNS_FullMethodName         = "/fedmesh.v1.FlowService/GetDNS"
 )
 
 // FlowServiceClient is the client API for FlowService service.
@@ -43,6 +44,10 @@ type FlowServiceClient interface {
 	// ShipFlows is the node agents' stream of their node's flows. Only a
 	// node's own certificate may ship its flows.
 	ShipFlows(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ShipFlowsRequest, ShipFlowsResponse], error)
+	// GetDNS streams the stored DNS query records matching the request,
+	// oldest first, then (with follow) every new matching record until the
+	// caller cancels. Agents ship them with their flows (ShipFlows).
+	GetDNS(ctx context.Context, in *GetDNSRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetDNSResponse], error)
 }
 
 type flowServiceClient struct {
@@ -95,6 +100,25 @@ func (c *flowServiceClient) ShipFlows(ctx context.Context, opts ...grpc.CallOpti
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowService_ShipFlowsClient = grpc.ClientStreamingClient[ShipFlowsRequest, ShipFlowsResponse]
 
+func (c *flowServiceClient) GetDNS(ctx context.Context, in *GetDNSRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetDNSResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &FlowService_ServiceDesc.Streams[2], FlowService_GetDNS_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetDNSRequest, GetDNSResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FlowService_GetDNSClient = grpc.ServerStreamingClient[GetDNSResponse]
+
 // FlowServiceServer is the server API for FlowService service.
 // All implementations must embed UnimplementedFlowServiceServer
 // for forward compatibility.
@@ -114,6 +138,10 @@ type FlowServiceServer interface {
 	// ShipFlows is the node agents' stream of their node's flows. Only a
 	// node's own certificate may ship its flows.
 	ShipFlows(grpc.ClientStreamingServer[ShipFlowsRequest, ShipFlowsResponse]) error
+	// GetDNS streams the stored DNS query records matching the request,
+	// oldest first, then (with follow) every new matching record until the
+	// caller cancels. Agents ship them with their flows (ShipFlows).
+	GetDNS(*GetDNSRequest, grpc.ServerStreamingServer[GetDNSResponse]) error
 	mustEmbedUnimplementedFlowServiceServer()
 }
 
@@ -132,6 +160,9 @@ func (UnimplementedFlowServiceServer) GetFlowSummary(context.Context, *GetFlowSu
 }
 func (UnimplementedFlowServiceServer) ShipFlows(grpc.ClientStreamingServer[ShipFlowsRequest, ShipFlowsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ShipFlows not implemented")
+}
+func (UnimplementedFlowServiceServer) GetDNS(*GetDNSRequest, grpc.ServerStreamingServer[GetDNSResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetDNS not implemented")
 }
 func (UnimplementedFlowServiceServer) mustEmbedUnimplementedFlowServiceServer() {}
 func (UnimplementedFlowServiceServer) testEmbeddedByValue()                     {}
@@ -190,6 +221,17 @@ func _FlowService_ShipFlows_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FlowService_ShipFlowsServer = grpc.ClientStreamingServer[ShipFlowsRequest, ShipFlowsResponse]
 
+func _FlowService_GetDNS_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetDNSRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(FlowServiceServer).GetDNS(m, &grpc.GenericServerStream[GetDNSRequest, GetDNSResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FlowService_GetDNSServer = grpc.ServerStreamingServer[GetDNSResponse]
+
 // FlowService_ServiceDesc is the grpc.ServiceDesc for FlowService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +254,11 @@ var FlowService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ShipFlows",
 			Handler:       _FlowService_ShipFlows_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "GetDNS",
+			Handler:       _FlowService_GetDNS_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "fedmesh/v1/flow.proto",
