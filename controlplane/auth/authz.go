@@ -35,9 +35,10 @@ import (
 //     Propose (a forwarded, already authorized write) only by replicas;
 //     other calls it forwards are authorized as the original caller (see
 //     OnBehalfOfKey), never as the replica;
-//   - flows are read by admins (all of them) and by a cluster's syncer and
-//     node agents (flows touching their cluster: FlowScope); only a node
-//     agent ships flows, and only its own node's;
+//   - flows (and the DNS query records shipped with them) are read by
+//     admins (all of them) and by a cluster's syncer and node agents
+//     (flows touching their cluster: FlowScope); only a node agent ships
+//     flows, and only its own node's;
 //   - an RPC missing from the table is denied to everyone.
 func Authorize(p Principal, fullMethod string, req any) error {
 	r, ok := rules[fullMethod]
@@ -177,6 +178,9 @@ var rules = map[string]rule{
 	fedmeshv1.FlowService_GetFlowSummary_FullMethodName: flowRead,
 	fedmeshv1.UIService_CreateUISession_FullMethodName:  uiSession,
 	fedmeshv1.FlowService_ShipFlows_FullMethodName:      shipFlows,
+	// DNS query records are read like flows: a cluster's principals see
+	// the queries of their cluster's pods.
+	fedmeshv1.FlowService_GetDNS_FullMethodName: flowRead,
 
 	// Who changed what is for operators.
 	fedmeshv1.AuditService_ListAuditRecords_FullMethodName: adminOnly,

@@ -129,6 +129,7 @@ var matrix = map[string]matrixRow{
 	// Reads are narrowed to the caller's cluster by the server (FlowScope).
 	fedmeshv1.FlowService_GetFlows_FullMethodName:       {func(string) any { return &fedmeshv1.GetFlowsRequest{} }, reads},
 	fedmeshv1.FlowService_GetFlowSummary_FullMethodName: {func(string) any { return &fedmeshv1.GetFlowSummaryRequest{} }, reads},
+	fedmeshv1.FlowService_GetDNS_FullMethodName:         {func(string) any { return &fedmeshv1.GetDNSRequest{} }, reads},
 	// A browser session on the page: people, not agents or replicas.
 	fedmeshv1.UIService_CreateUISession_FullMethodName: {func(string) any { return &fedmeshv1.CreateUISessionRequest{} }, []string{"admin", "syncer/a", "syncer/b"}},
 	// Not even an admin ships a node's flows.

@@ -23,6 +23,10 @@ type FlowConfig struct {
 	MaxAge    time.Duration
 	NodeRate  float64
 	NodeBurst float64
+	// DNSCapacity and DNSMaxAge bound the DNS record store (zero:
+	// flowstore's defaults, 100k records, 1h).
+	DNSCapacity int
+	DNSMaxAge   time.Duration
 }
 
 // startFlows creates the replica's flow store, exports its counters and
@@ -127,5 +131,10 @@ func (s *flowService) ShipFlows(stream grpc.ClientStreamingServer[fedmeshv1.Ship
 		acc, ref := st.Add(req.GetCluster(), req.GetNode(), req.GetFlows(), req.GetDropped())
 		resp.Accepted += uint64(acc)
 		resp.DroppedRate += uint64(ref)
+		if len(req.GetDns()) > 0 || req.GetDnsDropped() > 0 {
+			acc, ref := s.c.r.dns.Add(req.GetCluster(), req.GetNode(), req.GetDns(), req.GetDnsDropped())
+			resp.DnsAccepted += uint64(acc)
+			resp.DnsDroppedRate += uint64(ref)
+		}
 	}
 }

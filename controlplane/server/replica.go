@@ -124,6 +124,7 @@ type Replica struct {
 	httpLis   net.Listener
 	core      *Core
 	flows     *flowstore.Store
+	dns       *flowstore.DNSStore
 	ui        *uiServer
 	sec       *security
 	cancel    context.CancelFunc
@@ -301,6 +302,7 @@ func Start(cfg Config) (*Replica, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.startFlows(ctx)
+	r.startDNS(ctx)
 	if err := r.startUI(); err != nil {
 		r.Stop()
 		return nil, err
