@@ -29,12 +29,17 @@ import (
 // federation without asking its peers, and a replica that is down or
 // partitioned loses only its own copy. The price is one stream per replica;
 // each batch is encoded once and the same bytes go to every replica
-// (preEncoded), so the extra replicas cost only the writes.
+// (preEncoded), so the extra replicas cost only the writes. The node's DNS
+// query records (dnslog.go) ride the same batches (ShipFlowsRequest.dns)
+// with counters of their own.
 
 const (
 	// shipQueue bounds the flows waiting to be batched; beyond it flows are
 	// dropped and counted (backpressure never reaches the event reader).
 	shipQueue = 16384
+	// dnsQueue bounds the DNS records waiting to be batched, counted the
+	// same way.
+	dnsQueue  = 4096
 	shipBatch = 500
 	// shipBatches bounds the encoded batches waiting for one replica.
 	shipBatches = shipQueue / shipBatch
@@ -42,11 +47,11 @@ const (
 	shipLinger = 200 * time.Millisecond
 )
 
-// batch is one encoded ShipFlowsRequest without its dropped field, which
-// differs per replica and is appended on send.
+// batch is one encoded ShipFlowsRequest without its dropped fields, which
+// differ per replica and are appended on send: n flows and dns records.
 type batch struct {
-	b []byte
-	n int
+	b      []byte
+	n, dns int
 }
 
 // FlowShipper ships flow records to every replica. Offer is called by the
@@ -59,30 +64,39 @@ type FlowShipper struct {
 	addrs         []string
 	conns         []*grpc.ClientConn
 	in            chan []byte
+	dnsIn         chan []byte
 	queues        []chan batch
 	// dropped per replica: flows that never reached it (a queue was full,
 	// or they were in a batch whose stream failed). Sent with every batch,
 	// so each replica counts what it missed.
 	dropped []atomic.Uint64
-	log     *slog.Logger
+	// dnsDropped per replica: DNS records that never reached it.
+	dnsDropped []atomic.Uint64
+	log        *slog.Logger
 
-	mShipped, mDropped *prometheus.CounterVec
+	mShipped, mDropped       *prometheus.CounterVec
+	mDNSShipped, mDNSDropped *prometheus.CounterVec
 }
 
 // NewFlowShipper ships over c's replica connections.
 func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, log *slog.Logger) *FlowShipper {
 	s := &FlowShipper{cluster: cluster, node: node, addrs: c.addrs, conns: c.conns, log: log.With("part", "flow-shipper"),
 		in: make(chan []byte, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
+		dnsIn: make(chan []byte, dnsQueue), dnsDropped: make([]atomic.Uint64, len(c.conns)),
 		mShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_shipped_total",
 			Help: "Flow records sent to a control-plane replica."}, []string{"replica"}),
 		mDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_dropped_total",
 			Help: "Flow records a replica never got: a queue was full (backpressure) or its stream failed."}, []string{"replica"}),
+		mDNSShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_dns_records_shipped_total",
+			Help: "DNS query records sent to a control-plane replica."}, []string{"replica"}),
+		mDNSDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_dns_records_dropped_total",
+			Help: "DNS query records a replica never got: a queue was full (backpressure) or its stream failed."}, []string{"replica"}),
 	}
 	for range c.conns {
 		s.queues = append(s.queues, make(chan batch, shipBatches))
 	}
 	if reg != nil {
-		reg.MustRegister(s.mShipped, s.mDropped)
+		reg.MustRegister(s.mShipped, s.mDropped, s.mDNSShipped, s.mDNSDropped)
 	}
 	return s
 }
@@ -98,9 +112,41 @@ func (s *FlowShipper) Offer(f []byte) {
 	}
 }
 
+// OfferDNS queues an encoded fedmesh.v1.DNSRecord; it never blocks (a
+// full queue drops the record, counted for every replica).
+func (s *FlowShipper) OfferDNS(rec []byte) {
+	select {
+	case s.dnsIn <- rec:
+	default:
+		for i := range s.queues {
+			s.dropDNS(i, 1)
+		}
+	}
+}
+
 func (s *FlowShipper) drop(i, n int) {
+	if n == 0 {
+		return
+	}
 	s.dropped[i].Add(uint64(n))
 	s.mDropped.WithLabelValues(s.addrs[i]).Add(float64(n))
+}
+
+func (s *FlowShipper) dropDNS(i, n int) {
+	if n == 0 {
+		return
+	}
+	s.dnsDropped[i].Add(uint64(n))
+	s.mDNSDropped.WithLabelValues(s.addrs[i]).Add(float64(n))
+}
+
+// DroppedDNS is the total of DNS records some replica never got.
+func (s *FlowShipper) DroppedDNS() uint64 {
+	var n uint64
+	for i := range s.dnsDropped {
+		n += s.dnsDropped[i].Load()
+	}
+	return n
 }
 
 // Dropped is the total of flows some replica never got.
@@ -138,21 +184,27 @@ func (s *FlowShipper) batch(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		var b []byte
-		n := 0
+		n, dns := 0, 0
 		select {
 		case <-ctx.Done():
 			return
 		case f := <-s.in:
 			b = flows.AppendShipped(append(make([]byte, 0, len(head)+shipBatch*(len(f)+3)), head...), f)
 			n++
+		case r := <-s.dnsIn:
+			b = appendShippedDNS(append(make([]byte, 0, len(head)+shipBatch*(len(r)+3)), head...), r)
+			dns++
 		}
 		timer.Reset(shipLinger)
 	fill:
-		for n < shipBatch {
+		for n+dns < shipBatch {
 			select {
 			case f := <-s.in:
 				b = flows.AppendShipped(b, f)
 				n++
+			case r := <-s.dnsIn:
+				b = appendShippedDNS(b, r)
+				dns++
 			case <-timer.C:
 				break fill
 			case <-ctx.Done():
@@ -161,9 +213,10 @@ func (s *FlowShipper) batch(ctx context.Context) {
 		}
 		for i, q := range s.queues {
 			select {
-			case q <- batch{b: b, n: n}:
+			case q <- batch{b: b, n: n, dns: dns}:
 			default:
 				s.drop(i, n)
+				s.dropDNS(i, dns)
 			}
 		}
 	}
@@ -207,17 +260,21 @@ func (s *FlowShipper) stream(ctx context.Context, client fedmeshv1.FlowServiceCl
 			return ctx.Err()
 		case bt = <-s.queues[i]:
 		}
-		// Field 4 (dropped) appended: a later occurrence of a scalar field
-		// is the one a decoder keeps, and the batch has none.
+		// Fields 4 and 6 (dropped, dns_dropped) appended: a later
+		// occurrence of a scalar field is the one a decoder keeps, and the
+		// batch has none.
 		b := protowire.AppendVarint(protowire.AppendTag(slices.Clip(bt.b), 4, protowire.VarintType), s.dropped[i].Load())
+		b = protowire.AppendVarint(protowire.AppendTag(b, 6, protowire.VarintType), s.dnsDropped[i].Load())
 		if err := st.SendMsg(preEncoded(b)); err != nil {
 			s.drop(i, bt.n)
+			s.dropDNS(i, bt.dns)
 			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
 				_, err = st.CloseAndRecv()
 			}
 			return err
 		}
 		s.mShipped.WithLabelValues(s.addrs[i]).Add(float64(bt.n))
+		s.mDNSShipped.WithLabelValues(s.addrs[i]).Add(float64(bt.dns))
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 const (
 	flowTime, flowCluster, flowNode, flowSource, flowDestination = 1, 2, 3, 4, 5
 	flowProtocol, flowVerdict, flowDecision                      = 6, 7, 8
+	flowDNSName                                                  = 11
 
 	tsSeconds, tsNanos = 1, 2
 

@@ -290,11 +290,24 @@ type Sink interface {
 	Offer(flow []byte)
 }
 
+// Names gives the DNS name a local endpoint resolved an address from
+// (the agent's per-pod cache of DNS answers).
+//
+// Contract: called from the Reader's goroutine for every egress event;
+// must not block; "" when no name is known.
+type Names interface {
+	Name(endpointID string, addr netip.Addr) string
+}
+
 // Reader drains the dataplane's events into a sink.
 type Reader struct {
 	Cluster, Node string
 	Dir           *Directory
 	Sink          Sink
+	// Names, when set, fills Flow.dns_name of egress flows: the name the
+	// local endpoint resolved the destination from. Only the client's
+	// node knows it, so only the client's (egress) record carries it.
+	Names Names
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
@@ -319,7 +332,12 @@ func (r *Reader) Run(ctx context.Context, events <-chan dataplane.Event) {
 				return
 			}
 			r.events.Add(1)
-			r.Sink.Offer(r.Dir.AppendFlow(make([]byte, 0, 256), ev, r.Cluster, r.Node, now()))
+			b := r.Dir.AppendFlow(make([]byte, 0, 256), ev, r.Cluster, r.Node, now())
+			if r.Names != nil && ev.Direction == policy.Egress {
+				// A field appended to an encoded message is part of it.
+				b = appendString(b, flowDNSName, r.Names.Name(ev.EndpointID, ev.Dst.Unmap()))
+			}
+			r.Sink.Offer(b)
 		}
 	}
 }

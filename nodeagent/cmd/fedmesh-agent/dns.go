@@ -149,8 +149,9 @@ func removeDNSLink(link string) (bool, error) {
 // writer (agent.DNS): it hands over the view of every revision that changed
 // the services before it reports the revision enforced; until the first
 // one, clusterset.local names are unknown. Policy by DNS name (names) is
-// its one hook and names its clients' pods.
-func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger, names *agent.NamePolicy) (*dns.Server, error) {
+// its one hook and names its clients' pods; rec (nil: none) gets every
+// answered query's record.
+func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger, names *agent.NamePolicy, rec dns.Recorder) (*dns.Server, error) {
 	ap, err := dnsAddr(o.dnsListen)
 	if err != nil {
 		return nil, err
@@ -159,7 +160,7 @@ func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger, names *age
 		return nil, err
 	}
 	srv, err := dns.New(dns.Config{Listen: o.dnsListen, Upstream: o.dnsUpstream},
-		dns.Deps{Logger: log, Registry: reg, Hooks: []dns.Hook{names}, Pods: names})
+		dns.Deps{Logger: log, Registry: reg, Hooks: []dns.Hook{names}, Pods: names, Recorder: rec})
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/agent/adapters"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
+	"github.com/fedmesh/fedmesh/nodeagent/dns"
 	"github.com/fedmesh/fedmesh/nodeagent/flows"
 	"github.com/fedmesh/fedmesh/nodeagent/wireguard"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -366,12 +367,17 @@ func run(ctx context.Context, o *options) error {
 
 	// Flow records: verdict events attributed to their deciding rule and
 	// workloads, shipped to every replica over the node's mTLS identity
-	// (never served from the node).
+	// (never served from the node). The resolver's query records go the
+	// same way, and its answers name the flows' destinations.
+	var dnsRec dns.Recorder
 	if o.shipFlows {
 		deps.Flows = flows.NewDirectory()
 		shipper := agent.NewFlowShipper(client, o.cluster, o.node, deps.Registry, log)
+		flowNames := agent.NewNameCache(agent.NameCacheConfig{}, deps.Registry)
+		dnsRec = &agent.DNSLog{Cluster: o.cluster, Node: o.node, Sink: shipper, Names: flowNames}
+		go flowNames.Run(ctx, 30*time.Second)
 		go shipper.Run(ctx)
-		go (&flows.Reader{Cluster: o.cluster, Node: o.node, Dir: deps.Flows, Sink: shipper}).Run(ctx, dpEvents)
+		go (&flows.Reader{Cluster: o.cluster, Node: o.node, Dir: deps.Flows, Sink: shipper, Names: flowNames}).Run(ctx, dpEvents)
 	}
 
 	if o.dnsListen != "" {
@@ -381,7 +387,7 @@ func run(ctx context.Context, o *options) error {
 		}
 		defer closeNames()
 		deps.Names = names
-		srv, err := openDNS(o, deps.Registry, log, names)
+		srv, err := openDNS(o, deps.Registry, log, names, dnsRec)
 		if err != nil {
 			return fmt.Errorf("start the node-local DNS: %w", err)
 		}
