@@ -273,7 +273,11 @@ func flowTuple(f *fedmeshv1.Flow) string {
 		}
 		return a
 	}
-	return side(f.GetSource()) + " -> " + side(f.GetDestination()) + " " + p
+	dst := side(f.GetDestination())
+	if n := f.GetDnsName(); n != "" && f.GetDestination().GetCluster() == "" {
+		dst = n + "(" + dst + ")" // the name the source resolved it from
+	}
+	return side(f.GetSource()) + " -> " + dst + " " + p
 }
 
 // protoWord names an IP protocol number as fedctl's flags spell it.

@@ -138,7 +138,7 @@ func newRoot(out, errOut io.Writer, getenv func(string) string) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "deadline of each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addCredentialFlags(pf, &g.creds)
-	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g), controlPlaneCmd(g), flowsCmd(g))
+	root.AddCommand(clusterCmd(g), nodeCmd(g), endpointCmd(g), policyCmd(g), reachCmd(g), serviceCmd(g), watchCmd(g), waitCmd(g), controlPlaneCmd(g), flowsCmd(g), dnsCmd(g))
 	root.AddCommand(caCmd(g), tokenCmd(g), versionCmd(g))
 	root.AddCommand(configCmd(g))
 	root.AddCommand(auditCmd(g))
