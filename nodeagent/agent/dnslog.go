@@ -250,12 +250,12 @@ func (c *NameCache) evictOne(m map[netip.Addr]nameEntry, now time.Time, reason s
 }
 
 // Name implements flows.Names: the name pod resolved addr from, "" when
-// none is known or its TTL ended.
-func (c *NameCache) Name(pod string, addr netip.Addr) string {
+// none is known or its TTL had ended at the given time.
+func (c *NameCache) Name(pod string, addr netip.Addr, at time.Time) string {
 	c.mu.RLock()
 	e, ok := c.pods[pod][addr]
 	c.mu.RUnlock()
-	if !ok || !e.expires.After(c.cfg.Now()) {
+	if !ok || !e.expires.After(at) {
 		return ""
 	}
 	return e.name

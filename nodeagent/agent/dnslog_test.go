@@ -28,7 +28,7 @@ func TestNameCacheNamesAPodsAddressesUntilTheTTLEnds(t *testing.T) {
 	c := &fakeClock{dnsT0}
 	nc := NewNameCache(NameCacheConfig{MinTTL: 5 * time.Second, MaxTTL: time.Minute, Now: c.now}, nil)
 	nc.Learn("a/demo/web", addr(1), "api.example.com", 30*time.Second)
-	nc.Learn("a/demo/web", addr(2), "zero.example.com", 0)          // floor: 5s
+	nc.Learn("a/demo/web", addr(2), "zero.example.com", 0)            // floor: 5s
 	nc.Learn("a/demo/web", addr(3), "long.example.com", 24*time.Hour) // cap: 1m
 	nc.Learn("a/demo/db", addr(4), "db.example.com", 30*time.Second)
 	for _, tc := range []struct {
@@ -50,7 +50,7 @@ func TestNameCacheNamesAPodsAddressesUntilTheTTLEnds(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c.t = dnsT0.Add(tc.after)
-			if got := nc.Name(tc.pod, tc.a); got != tc.want {
+			if got := nc.Name(tc.pod, tc.a, c.t); got != tc.want {
 				t.Fatalf("Name(%s, %s) = %q, want %q", tc.pod, tc.a, got, tc.want)
 			}
 		})
@@ -58,7 +58,7 @@ func TestNameCacheNamesAPodsAddressesUntilTheTTLEnds(t *testing.T) {
 	// A later answer for the same address wins.
 	c.t = dnsT0
 	nc.Learn("a/demo/web", addr(1), "other.example.com", 30*time.Second)
-	if got := nc.Name("a/demo/web", addr(1)); got != "other.example.com" {
+	if got := nc.Name("a/demo/web", addr(1), c.t); got != "other.example.com" {
 		t.Fatalf("after a newer answer: %q", got)
 	}
 	c.t = dnsT0.Add(2 * time.Minute)
@@ -76,9 +76,9 @@ func TestNameCacheStaysWithinItsBoundsAndCountsWhatItGivesUp(t *testing.T) {
 	for i := range 15 {
 		nc.Learn("a/demo/loud", addr(i), fmt.Sprintf("n%d.test", i), time.Duration(100+i)*time.Second)
 	}
-	if nc.Len() != 10 || nc.Name("a/demo/loud", addr(4)) != "" || nc.Name("a/demo/loud", addr(5)) != "n5.test" {
+	if nc.Len() != 10 || nc.Name("a/demo/loud", addr(4), c.t) != "" || nc.Name("a/demo/loud", addr(5), c.t) != "n5.test" {
 		t.Fatalf("loud pod: %d entries, addr 4 %q, addr 5 %q; want 10, the five expiring first gone", nc.Len(),
-			nc.Name("a/demo/loud", addr(4)), nc.Name("a/demo/loud", addr(5)))
+			nc.Name("a/demo/loud", addr(4), c.t), nc.Name("a/demo/loud", addr(5), c.t))
 	}
 	// The node's bound takes from the pod holding the most, not from a
 	// quiet pod.
@@ -94,7 +94,7 @@ func TestNameCacheStaysWithinItsBoundsAndCountsWhatItGivesUp(t *testing.T) {
 		t.Fatalf("%d entries, want the node's bound 25", nc.Len())
 	}
 	for i := range 3 {
-		if nc.Name("a/demo/quiet", addr(i)) != "q.test" {
+		if nc.Name("a/demo/quiet", addr(i), c.t) != "q.test" {
 			t.Fatalf("the quiet pod lost address %d to the node's bound", i)
 		}
 	}
@@ -105,7 +105,7 @@ func TestNameCacheStaysWithinItsBoundsAndCountsWhatItGivesUp(t *testing.T) {
 		t.Errorf("evicted for the node's bound: %v, want 3", got)
 	}
 	nc.Forget("a/demo/quiet")
-	if nc.Len() != 22 || nc.Name("a/demo/quiet", addr(0)) != "" {
+	if nc.Len() != 22 || nc.Name("a/demo/quiet", addr(0), c.t) != "" {
 		t.Fatalf("after forgetting a pod: %d entries", nc.Len())
 	}
 }
@@ -138,10 +138,10 @@ func TestDNSLogShipsEveryQueryAndLearnsOnlyALocalPodsAnswers(t *testing.T) {
 		Name: "down.example.com.", Type: 65280, Rcode: mdns.RcodeServerFailure, Source: dns.SourceLocal, Err: errors.New("upstream timed out")}
 	l.Record(failed)
 
-	if got := nc.Name("a/demo/web", netip.MustParseAddr("192.0.2.80")); got != "api.example.com" {
+	if got := nc.Name("a/demo/web", netip.MustParseAddr("192.0.2.80"), c.t); got != "api.example.com" {
 		t.Errorf("address at the end of the CNAME chain named %q, want the queried name", got)
 	}
-	if got := nc.Name("a/demo/web", netip.MustParseAddr("2001:db8::80")); got != "api.example.com" {
+	if got := nc.Name("a/demo/web", netip.MustParseAddr("2001:db8::80"), c.t); got != "api.example.com" {
 		t.Errorf("IPv6 answer named %q", got)
 	}
 	if nc.Len() != 2 {

@@ -293,10 +293,11 @@ type Sink interface {
 // Names gives the DNS name a local endpoint resolved an address from
 // (the agent's per-pod cache of DNS answers).
 //
-// Contract: called from the Reader's goroutine for every egress event;
-// must not block; "" when no name is known.
+// Contract: called from the Reader's goroutine for every egress event,
+// with the time the event was read; must not block; "" when no name is
+// known at that time.
 type Names interface {
-	Name(endpointID string, addr netip.Addr) string
+	Name(endpointID string, addr netip.Addr, at time.Time) string
 }
 
 // Reader drains the dataplane's events into a sink.
@@ -332,12 +333,14 @@ func (r *Reader) Run(ctx context.Context, events <-chan dataplane.Event) {
 				return
 			}
 			r.events.Add(1)
-			b := r.Dir.AppendFlow(make([]byte, 0, 256), ev, r.Cluster, r.Node, now())
+			t := now()
+			var name string
 			if r.Names != nil && ev.Direction == policy.Egress {
-				// A field appended to an encoded message is part of it.
-				b = appendString(b, flowDNSName, r.Names.Name(ev.EndpointID, ev.Dst.Unmap()))
+				name = r.Names.Name(ev.EndpointID, ev.Dst.Unmap(), t)
 			}
-			r.Sink.Offer(b)
+			b := r.Dir.AppendFlow(make([]byte, 0, 256+len(name)), ev, r.Cluster, r.Node, t)
+			// A field appended to an encoded message is part of it.
+			r.Sink.Offer(appendString(b, flowDNSName, name))
 		}
 	}
 }
