@@ -85,4 +85,16 @@
 //   - Health: ready means enforcing a revision no older than ReadyLag behind
 //     the newest revision seen. Readiness feeds the BGP port
 //     (health-coupled advertisement) and /readyz.
+//
+// # Flows and DNS records out
+//
+// FlowShipper (flowship.go) ships the node's flow records and its
+// resolver's DNS query records to every replica over the node's mTLS
+// identity, in shared batches with separate drop counters. DNSLog
+// (dnslog.go) is the resolver's Recorder: it turns each answered query
+// into a record to ship and feeds NameCache, the per-pod address->name
+// cache (bounded per pod and per node, each entry kept for its answer's
+// TTL clamped to a floor and a ceiling) that names the destination of the
+// pod's egress flow records (flows.Reader.Names). The cache only names
+// flows; what policy by name allows is the dataplane's learned state.
 package agent
