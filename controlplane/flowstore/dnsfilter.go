@@ -70,10 +70,11 @@ func parseDNSFilter(p *field.Path, f *fedmeshv1.DNSFilter) (DNSFilter, field.Err
 	switch v := f.GetVerdict(); v {
 	case fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNSPECIFIED, fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED,
 		fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED, fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNPOLICED,
-		fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR:
+		fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR, fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED:
 		out.Verdict = v
 	default:
-		errs = append(errs, field.NotSupported(p.Child("verdict"), int32(v), []string{"DNS_POLICY_VERDICT_ALLOWED", "DNS_POLICY_VERDICT_REFUSED", "DNS_POLICY_VERDICT_UNPOLICED", "DNS_POLICY_VERDICT_ERROR"}))
+		errs = append(errs, field.NotSupported(p.Child("verdict"), int32(v), []string{"DNS_POLICY_VERDICT_ALLOWED", "DNS_POLICY_VERDICT_REFUSED",
+			"DNS_POLICY_VERDICT_DENIED", "DNS_POLICY_VERDICT_UNPOLICED", "DNS_POLICY_VERDICT_ERROR"}))
 	}
 	if v := f.GetRcode(); v != "" {
 		if _, ok := dns.StringToRcode[strings.ToUpper(v)]; !ok {

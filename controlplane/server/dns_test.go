@@ -57,7 +57,9 @@ func TestGetDNSServesShippedRecordsWithTheFlowsAuthorization(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	flowsAs := func(p auth.Principal) fedmeshv1.FlowServiceClient { return fedmeshv1.NewFlowServiceClient(g.conn(t, lead, p)) }
+	flowsAs := func(p auth.Principal) fedmeshv1.FlowServiceClient {
+		return fedmeshv1.NewFlowServiceClient(g.conn(t, lead, p))
+	}
 	rec := func(name, rcode string) *fedmeshv1.DNSRecord {
 		return &fedmeshv1.DNSRecord{Time: timestamppb.Now(), Namespace: "demo", Pod: "web", Name: name, Type: "A", Rcode: rcode, Cluster: "c", Node: "forged"}
 	}

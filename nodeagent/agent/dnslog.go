@@ -50,13 +50,9 @@ type DNSLog struct {
 // Record implements dns.Recorder.
 func (l *DNSLog) Record(rec dns.Record) {
 	if l.Names != nil && rec.Pod != "" && rec.Rcode == mdns.RcodeSuccess {
-		// The addresses of an answer, at the end of a CNAME chain too,
-		// count for the name the pod asked for.
 		name := strings.TrimSuffix(rec.Name, ".")
-		for _, a := range rec.Answers {
-			if a.Addr.IsValid() {
-				l.Names.Learn(rec.Pod, a.Addr, name, time.Duration(a.TTL)*time.Second)
-			}
+		for _, a := range chainAnswers(rec.Name, rec.Answers) {
+			l.Names.Learn(rec.Pod, a.Addr, name, time.Duration(a.TTL)*time.Second)
 		}
 	}
 	if l.Sink == nil {
@@ -67,6 +63,57 @@ func (l *DNSLog) Record(rec dns.Record) {
 		return // a message of plain strings and numbers always encodes
 	}
 	l.Sink.OfferDNS(b)
+}
+
+// maxChain bounds the CNAME hops chainAnswers follows.
+const maxChain = 16
+
+// chainAnswers are the A and AAAA answers that give qname an address: its
+// own, or those at the end of its CNAME chain, as policy by name counts
+// them; each with the smallest TTL on its way. Records for other names in
+// the section name nothing.
+func chainAnswers(qname string, answers []dns.Answer) []dns.Answer {
+	var out []dns.Answer
+	cur, ttl := strings.ToLower(qname), uint32(1<<32-1)
+	for hop := 0; hop <= maxChain; hop++ {
+		next := ""
+		for _, a := range answers {
+			if !strings.EqualFold(a.Name, cur) {
+				continue
+			}
+			switch {
+			case a.Addr.IsValid() && (a.Type == mdns.TypeA || a.Type == mdns.TypeAAAA):
+				a.TTL = min(a.TTL, ttl)
+				out = append(out, a)
+			case a.Type == mdns.TypeCNAME && next == "":
+				next, ttl = strings.ToLower(a.Target), min(ttl, a.TTL)
+			}
+		}
+		if len(out) > 0 || next == "" {
+			return out
+		}
+		cur = next
+	}
+	return out
+}
+
+// DNSVerdict maps the resolver's policy verdict word (dns.Record.Verdict:
+// "allowed", "refused", "denied", "unpoliced", "error") to the API's;
+// anything else, an empty word included, is UNSPECIFIED.
+func DNSVerdict(word string) fedmeshv1.DNSPolicyVerdict {
+	switch word {
+	case "allowed":
+		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED
+	case "refused":
+		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED
+	case "denied":
+		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED
+	case "unpoliced":
+		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNPOLICED
+	case "error":
+		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR
+	}
+	return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNSPECIFIED
 }
 
 // DNSRecordProto is rec as the control plane stores it (cluster and node

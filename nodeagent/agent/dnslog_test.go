@@ -171,3 +171,52 @@ func TestDNSLogShipsEveryQueryAndLearnsOnlyALocalPodsAnswers(t *testing.T) {
 		t.Errorf("failed query shipped as %v", &got)
 	}
 }
+
+func TestChainAnswersGiveTheQueriedNameOnlyTheAddressesOfItsChain(t *testing.T) {
+	a := func(name string, ttl uint32, ip string) dns.Answer {
+		ad := netip.MustParseAddr(ip)
+		typ := mdns.TypeA
+		if ad.Is6() {
+			typ = mdns.TypeAAAA
+		}
+		return dns.Answer{Name: name, Type: typ, TTL: ttl, Addr: ad}
+	}
+	cname := func(name string, ttl uint32, target string) dns.Answer {
+		return dns.Answer{Name: name, Type: mdns.TypeCNAME, TTL: ttl, Target: target}
+	}
+	for _, tc := range []struct {
+		name    string
+		answers []dns.Answer
+		want    []string // addr/ttl
+	}{
+		{"own addresses", []dns.Answer{a("api.example.com.", 30, "192.0.2.1"), a("api.example.com.", 20, "2001:db8::1")}, []string{"192.0.2.1/30", "2001:db8::1/20"}},
+		{"end of a chain, smallest TTL on the way", []dns.Answer{cname("api.example.com.", 10, "b.cdn.test."), cname("b.cdn.test.", 300, "c.cdn.test."), a("c.cdn.test.", 60, "192.0.2.2")}, []string{"192.0.2.2/10"}},
+		{"chain in any order, any case", []dns.Answer{a("C.cdn.test.", 60, "192.0.2.2"), cname("API.example.com.", 90, "c.CDN.test.")}, []string{"192.0.2.2/60"}},
+		{"an address of another name is not the queried name's", []dns.Answer{a("api.example.com.", 30, "192.0.2.1"), a("evil.test.", 30, "192.0.2.66")}, []string{"192.0.2.1/30"}},
+		{"a CNAME loop ends", []dns.Answer{cname("api.example.com.", 30, "x.test."), cname("x.test.", 30, "api.example.com.")}, nil},
+		{"no answer", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, x := range chainAnswers("api.example.com.", tc.answers) {
+				got = append(got, fmt.Sprintf("%s/%d", x.Addr, x.TTL))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDNSVerdictMapsTheResolversWords(t *testing.T) {
+	for word, want := range map[string]fedmeshv1.DNSPolicyVerdict{
+		"allowed": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED, "refused": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED,
+		"denied": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED, "unpoliced": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNPOLICED,
+		"error": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR, "": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNSPECIFIED,
+		"Allowed": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNSPECIFIED,
+	} {
+		if got := DNSVerdict(word); got != want {
+			t.Errorf("DNSVerdict(%q) = %v, want %v", word, got, want)
+		}
+	}
+}

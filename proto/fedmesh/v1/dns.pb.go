@@ -40,6 +40,10 @@ const (
 	// DNS_POLICY_VERDICT_ERROR: learning the addresses failed; the pod got
 	// SERVFAIL.
 	DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR DNSPolicyVerdict = 4
+	// DNS_POLICY_VERDICT_DENIED: as REFUSED, but the agent does not refuse
+	// (refusing is off): the pod got the answer, and nothing was learned,
+	// so its addresses stay closed to the pod.
+	DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED DNSPolicyVerdict = 5
 )
 
 // Enum value maps for DNSPolicyVerdict.
@@ -50,6 +54,7 @@ var (
 		2: "DNS_POLICY_VERDICT_REFUSED",
 		3: "DNS_POLICY_VERDICT_UNPOLICED",
 		4: "DNS_POLICY_VERDICT_ERROR",
+		5: "DNS_POLICY_VERDICT_DENIED",
 	}
 	DNSPolicyVerdict_value = map[string]int32{
 		"DNS_POLICY_VERDICT_UNSPECIFIED": 0,
@@ -57,6 +62,7 @@ var (
 		"DNS_POLICY_VERDICT_REFUSED":     2,
 		"DNS_POLICY_VERDICT_UNPOLICED":   3,
 		"DNS_POLICY_VERDICT_ERROR":       4,
+		"DNS_POLICY_VERDICT_DENIED":      5,
 	}
 )
 
@@ -811,13 +817,14 @@ const file_fedmesh_v1_dns_proto_rawDesc = "" +
 	"\x0eGetDNSResponse\x12/\n" +
 	"\arecords\x18\x01 \x03(\v2\x15.fedmesh.v1.DNSRecordR\arecords\x122\n" +
 	"\x06status\x18\x02 \x01(\v2\x1a.fedmesh.v1.DNSStoreStatusR\x06status\x12\x16\n" +
-	"\x06lagged\x18\x03 \x01(\x04R\x06lagged*\xb6\x01\n" +
+	"\x06lagged\x18\x03 \x01(\x04R\x06lagged*\xd5\x01\n" +
 	"\x10DNSPolicyVerdict\x12\"\n" +
 	"\x1eDNS_POLICY_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aDNS_POLICY_VERDICT_ALLOWED\x10\x01\x12\x1e\n" +
 	"\x1aDNS_POLICY_VERDICT_REFUSED\x10\x02\x12 \n" +
 	"\x1cDNS_POLICY_VERDICT_UNPOLICED\x10\x03\x12\x1c\n" +
-	"\x18DNS_POLICY_VERDICT_ERROR\x10\x04B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
+	"\x18DNS_POLICY_VERDICT_ERROR\x10\x04\x12\x1d\n" +
+	"\x19DNS_POLICY_VERDICT_DENIED\x10\x05B7Z5github.com/fedmesh/fedmesh/proto/fedmesh/v1;fedmeshv1b\x06proto3"
 
 var (
 	file_fedmesh_v1_dns_proto_rawDescOnce sync.Once

@@ -19,6 +19,7 @@ import (
 var dnsVerdicts = map[string]fedmeshv1.DNSPolicyVerdict{
 	"allowed":   fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED,
 	"refused":   fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED,
+	"denied":    fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED,
 	"unpoliced": fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNPOLICED,
 	"error":     fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR,
 }
@@ -57,7 +58,7 @@ func dnsCmd(g *globals) *cobra.Command {
 			if verdict != "" {
 				v, ok := dnsVerdicts[strings.ToLower(verdict)]
 				if !ok {
-					return fmt.Errorf("--verdict %q: want allowed, refused, unpoliced or error", verdict)
+					return fmt.Errorf("--verdict %q: want allowed, refused, denied, unpoliced or error", verdict)
 				}
 				f.Verdict = v
 			}
@@ -96,7 +97,7 @@ func dnsCmd(g *globals) *cobra.Command {
 	fl.StringVar(&cluster, "cluster", "", "queries of the pods of this cluster")
 	fl.StringVar(&node, "node", "", "queries this node's resolver answered")
 	fl.StringVar(&rcode, "rcode", "", "answers with this response code (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...)")
-	fl.StringVar(&verdict, "verdict", "", "policy by name: allowed, refused, unpoliced or error")
+	fl.StringVar(&verdict, "verdict", "", "policy by name: allowed, refused, denied (not refused, nothing learned), unpoliced or error")
 	fl.StringVar(&since, "since", "", "oldest query: a duration back from now (15m) or a time (RFC 3339)")
 	fl.StringVar(&until, "until", "", "newest query: a duration back from now or a time (RFC 3339)")
 	fl.BoolVarP(&follow, "follow", "f", false, "keep streaming new queries")
