@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/fedmesh/fedmesh/federation/model"
+	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -115,22 +116,11 @@ func CanonicalNamePattern(v string) (string, error) {
 	return rest, nil
 }
 
-// matchName reports whether a canonical name pattern matches a queried
-// name (lower case, fully qualified). "*.example.com" matches names one or
-// more labels under example.com, not example.com itself: the upstream
-// ClusterNetworkPolicy semantics policy by DNS name uses, so a filter by a
-// rule's pattern finds the queries the rule covers.
-func matchName(pattern, name string) bool {
-	name = strings.TrimSuffix(name, ".")
-	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
-		return len(name) > len(suffix) && strings.HasSuffix(name, suffix)
-	}
-	return name == pattern
-}
-
 // Matches reports whether record r matches the filter within scope. The
 // pod fields name the asking pod; the cluster is the reporting node's,
-// which is the asking pod's.
+// which is the asking pod's. A name pattern matches as a domainNames rule
+// does (policy.MatchDomainName), so filtering by a rule's pattern finds
+// the queries the rule covers.
 func (f *DNSFilter) Matches(r *fedmeshv1.DNSRecord, sc Scope) bool {
 	switch {
 	case sc.Cluster != "" && r.GetCluster() != sc.Cluster,
@@ -141,7 +131,7 @@ func (f *DNSFilter) Matches(r *fedmeshv1.DNSRecord, sc Scope) bool {
 		f.PodNamespace != "" && r.GetNamespace() != f.PodNamespace,
 		f.Verdict != 0 && r.GetVerdict() != f.Verdict,
 		f.Rcode != "" && r.GetRcode() != f.Rcode,
-		f.Name != "" && !matchName(f.Name, strings.ToLower(r.GetName())):
+		f.Name != "" && !policy.MatchDomainName(f.Name, r.GetName()):
 		return false
 	}
 	return true

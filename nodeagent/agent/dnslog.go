@@ -97,20 +97,20 @@ func chainAnswers(qname string, answers []dns.Answer) []dns.Answer {
 	return out
 }
 
-// DNSVerdict maps the resolver's policy verdict word (dns.Record.Verdict:
-// "allowed", "refused", "denied", "unpoliced", "error") to the API's;
-// anything else, an empty word included, is UNSPECIFIED.
+// DNSVerdict maps the resolver's policy verdict (dns.Record.Verdict, one
+// of dns.Verdict*) to the API's; anything else, an empty word included, is
+// UNSPECIFIED.
 func DNSVerdict(word string) fedmeshv1.DNSPolicyVerdict {
 	switch word {
-	case "allowed":
+	case dns.VerdictAllowed:
 		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED
-	case "refused":
+	case dns.VerdictRefused:
 		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED
-	case "denied":
+	case dns.VerdictDenied:
 		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_DENIED
-	case "unpoliced":
+	case dns.VerdictUnpoliced:
 		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNPOLICED
-	case "error":
+	case dns.VerdictError:
 		return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ERROR
 	}
 	return fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_UNSPECIFIED
@@ -123,6 +123,7 @@ func DNSRecordProto(rec dns.Record) *fedmeshv1.DNSRecord {
 		Time: timestamppb.New(rec.Time), Name: rec.Name, Type: typeName(rec.Type), Rcode: rcodeName(rec.Rcode),
 		Ttl: rec.TTL, Latency: durationpb.New(rec.Latency), Source: rec.Source.String(), Upstream: rec.Upstream,
 		Transport: rec.Transport.String(), Truncated: rec.Truncated,
+		Verdict: DNSVerdict(rec.Verdict), Learned: uint32(max(rec.Learned, 0)),
 	}
 	if rec.Client.IsValid() {
 		out.ClientIp, out.ClientPort = rec.Client.Addr().Unmap().String(), uint32(rec.Client.Port())

@@ -122,7 +122,7 @@ func TestDNSLogShipsEveryQueryAndLearnsOnlyALocalPodsAnswers(t *testing.T) {
 	answered := dns.Record{
 		Time: dnsT0, Client: netip.MustParseAddrPort("10.1.1.11:40000"), Pod: "a/demo/web", Transport: dns.UDP,
 		Name: "api.example.com.", Type: mdns.TypeA, Rcode: mdns.RcodeSuccess, TTL: 30, Latency: 3 * time.Millisecond,
-		Source: dns.SourceUpstream, Upstream: "10.96.0.10:53",
+		Source: dns.SourceUpstream, Upstream: "10.96.0.10:53", Verdict: dns.VerdictAllowed, Learned: 2,
 		Answers: []dns.Answer{
 			{Name: "api.example.com.", Type: mdns.TypeCNAME, TTL: 300, Target: "edge.cdn.test."},
 			{Name: "edge.cdn.test.", Type: mdns.TypeA, TTL: 30, Addr: netip.MustParseAddr("192.0.2.80")},
@@ -156,6 +156,7 @@ func TestDNSLogShipsEveryQueryAndLearnsOnlyALocalPodsAnswers(t *testing.T) {
 	}
 	want := &fedmeshv1.DNSRecord{Time: got.Time, Namespace: "demo", Pod: "web", ClientIp: "10.1.1.11", ClientPort: 40000,
 		Name: "api.example.com.", Type: "A", Rcode: "NOERROR", Ttl: 30, Latency: got.Latency, Source: "upstream", Upstream: "10.96.0.10:53", Transport: "udp",
+		Verdict: fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED, Learned: 2,
 		Answers: []*fedmeshv1.DNSAnswer{
 			{Name: "api.example.com.", Type: "CNAME", Ttl: 300, Target: "edge.cdn.test."},
 			{Name: "edge.cdn.test.", Type: "A", Ttl: 30, Addr: "192.0.2.80"},

@@ -55,12 +55,6 @@ func loopbackUpstream(t *testing.T, answer netip.Addr) string {
 	return pc.LocalAddr().String()
 }
 
-// podsByIP names the clients of the resolver as the agent does: by
-// endpoint ID.
-type podsByIP map[netip.Addr]string
-
-func (p podsByIP) PodByIP(ip netip.Addr) (string, bool) { s, ok := p[ip]; return s, ok }
-
 // nodeDialOption is the mTLS identity of node n of cluster c, issued by the
 // control plane's CA.
 func nodeDialOption(t *testing.T, cp *tlstest.ControlPlane, p auth.Principal) grpc.DialOption {
@@ -76,11 +70,12 @@ func nodeDialOption(t *testing.T, cp *tlstest.ControlPlane, p auth.Principal) gr
 	return grpc.WithTransportCredentials(credentials.NewTLS(auth.ClientTLS(cp.CA.Pool(), cert)))
 }
 
-// A pod's query through the node's real resolver reaches the control
-// plane over the node's mTLS flow stream and GetDNS returns it, and the
-// pod's next connection to the answered address is a flow record carrying
-// the name it was resolved from (the queried name, at the end of a CNAME
-// chain); a connection to an address the pod never resolved carries none.
+// A pod's queries through the node's real resolver (with the agent's
+// policy by name) reach the control plane over the node's mTLS flow stream
+// and GetDNS returns them with their verdicts, and the pod's next
+// connection to the answered address is a flow record carrying the name it
+// was resolved from (the queried name, at the end of a CNAME chain); a
+// connection to an address the pod never resolved carries none.
 func TestPodsQueryIsServedByGetDNSAndNamesItsFlowToTheAnsweredAddress(t *testing.T) {
 	cp := tlstest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -112,7 +107,9 @@ func TestPodsQueryIsServedByGetDNSAndNamesItsFlowToTheAnsweredAddress(t *testing
 	go shipper.Run(ctx)
 	dp := dataplane.NewMemory()
 	const web = "a/demo/web"
-	if err := dp.Apply(ctx, &dataplane.Revision{Number: 1}); err != nil {
+	// The pod may reach api.example.com on TCP 443 only (policy by name).
+	egress := nameEgress("api.example.com")
+	if err := dp.Apply(ctx, &dataplane.Revision{Number: 1, Rules: map[string]policy.EndpointRules{web: {Identity: 256, Egress: egress}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := dp.Attach(ctx, dataplane.Endpoint{ID: web, Interface: "veth-web"}); err != nil {
@@ -122,12 +119,19 @@ func TestPodsQueryIsServedByGetDNSAndNamesItsFlowToTheAnsweredAddress(t *testing
 	dir.UpsertEndpoint(&fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}})
 	go (&flows.Reader{Cluster: "a", Node: "n1", Dir: dir, Sink: shipper, Names: names}).Run(ctx, dp.Events())
 
-	// The node's resolver, forwarding to a real DNS server on loopback.
+	// The node's resolver, forwarding to a real DNS server on loopback,
+	// with the agent's policy by name as its hook (the pod asks from
+	// 127.0.0.1).
 	answer := netip.MustParseAddr("192.0.2.80")
 	up := loopbackUpstream(t, answer)
+	np, err := agent.NewNamePolicy(agent.NamePolicyConfig{}, dp, nil, reg, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np.Update(ctx, []agent.NamePod{{ID: web, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Egress: egress}})
 	srv, err := dns.New(dns.Config{Listen: "127.0.0.1:0", Upstream: up},
 		dns.Deps{Recorder: &agent.DNSLog{Cluster: "a", Node: "n1", Sink: shipper, Names: names},
-			Pods: podsByIP{netip.MustParseAddr("127.0.0.1"): web}, Logger: log, Registry: reg})
+			Hooks: []dns.Hook{np}, Pods: np, Logger: log, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,17 +140,20 @@ func TestPodsQueryIsServedByGetDNSAndNamesItsFlowToTheAnsweredAddress(t *testing
 	}
 	go func() { _ = srv.Serve(ctx) }()
 
-	// The pod asks.
-	q := new(mdns.Msg)
-	q.SetQuestion("api.example.com.", mdns.TypeA)
-	resp, err := mdns.ExchangeContext(ctx, q, srv.Addr().String())
-	if err != nil || resp.Rcode != mdns.RcodeSuccess || len(resp.Answer) != 2 {
-		t.Fatalf("query through the resolver: %v (%v)", resp, err)
+	// The pod asks for its allowed name, and for another.
+	for name, rcode := range map[string]int{"api.example.com.": mdns.RcodeSuccess, "other.example.com.": mdns.RcodeRefused} {
+		q := new(mdns.Msg)
+		q.SetQuestion(name, mdns.TypeA)
+		resp, err := mdns.ExchangeContext(ctx, q, srv.Addr().String())
+		if err != nil || resp.Rcode != rcode {
+			t.Fatalf("query %s through the resolver: %v (%v), want rcode %d", name, resp, err, rcode)
+		}
 	}
-	// ... then connects to the answer, and to an address it never resolved.
-	for _, dst := range []string{"192.0.2.80", "192.0.2.99"} {
-		if v, _, _, err := dp.Process(web, policy.Egress, tcpSYN(netip.MustParseAddr("10.1.1.11"), netip.MustParseAddr(dst), 40000, 443)); err != nil || v != dataplane.Allow {
-			t.Fatalf("connect to %s: %v %v", dst, v, err)
+	// ... then connects to the answer, and to an address it never
+	// resolved (which policy by name refuses).
+	for dst, want := range map[string]dataplane.Verdict{"192.0.2.80": dataplane.Allow, "192.0.2.99": dataplane.Deny} {
+		if v, _, _, err := dp.Process(web, policy.Egress, tcpSYN(netip.MustParseAddr("10.1.1.11"), netip.MustParseAddr(dst), 40000, 443)); err != nil || v != want {
+			t.Fatalf("connect to %s: %v %v, want %v", dst, v, err, want)
 		}
 	}
 
@@ -163,9 +170,15 @@ func TestPodsQueryIsServedByGetDNSAndNamesItsFlowToTheAnsweredAddress(t *testing
 		return len(rs) == 1
 	})
 	if rec.GetCluster() != "a" || rec.GetNode() != "n1" || rec.GetType() != "A" || rec.GetRcode() != "NOERROR" ||
+		rec.GetVerdict() != fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_ALLOWED || rec.GetLearned() != 1 ||
 		rec.GetSource() != "upstream" || rec.GetUpstream() != up || len(rec.GetAnswers()) != 2 || rec.GetAnswers()[1].GetAddr() != "192.0.2.80" ||
 		rec.GetTtl() != 60 || rec.GetLatency().AsDuration() <= 0 {
 		t.Errorf("stored record %v", rec)
+	}
+
+	refused, err := readDNS(ctx, cp.Admin, &fedmeshv1.GetDNSRequest{Filter: &fedmeshv1.DNSFilter{Verdict: fedmeshv1.DNSPolicyVerdict_DNS_POLICY_VERDICT_REFUSED}})
+	if err != nil || len(refused) != 1 || refused[0].GetName() != "other.example.com." || refused[0].GetRcode() != "REFUSED" || refused[0].GetPod() != "web" {
+		t.Errorf("refused queries %v (%v), want the pod's query for other.example.com", refused, err)
 	}
 
 	// GetFlows returns the connection to the answer with the name.
