@@ -103,8 +103,12 @@ type Deps struct {
 	// Names, when set, is policy by DNS name in the resolver's hooks: it is
 	// told the local endpoints and their egress after every applied
 	// revision, and forgets what deleted endpoints learned (fqdn.go).
-	Names  *NamePolicy
-	Logger *slog.Logger
+	Names *NamePolicy
+	// FlowNames, when set, is the address→name cache that names flow
+	// records (dnslog.go): it drops what deleted endpoints resolved after
+	// every applied revision.
+	FlowNames *NameCache
+	Logger    *slog.Logger
 	// Registry receives the agent's metrics (default: a new registry).
 	Registry *prometheus.Registry
 	// Now is the clock (default time.Now).
@@ -399,6 +403,7 @@ func (a *Agent) enforce(ctx context.Context) {
 		a.dpDirty = false
 		a.flowCommit()
 		a.syncNames(ctx, true)
+		a.retainFlowNames()
 		a.m.applies.WithLabelValues("ok").Inc()
 		a.m.applySeconds.Observe(a.deps.Now().Sub(start).Seconds())
 	}

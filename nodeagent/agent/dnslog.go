@@ -324,6 +324,19 @@ func (c *NameCache) Forget(pod string) {
 	delete(c.pods, pod)
 }
 
+// Retain drops what every pod outside local resolved: a deleted pod's
+// names must not name the flows of the next pod given its address.
+func (c *NameCache) Retain(local func(pod string) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for pod, m := range c.pods {
+		if !local(pod) {
+			c.total -= len(m)
+			delete(c.pods, pod)
+		}
+	}
+}
+
 // Sweep drops every expired entry and the pods left with none.
 func (c *NameCache) Sweep() {
 	now := c.cfg.Now()

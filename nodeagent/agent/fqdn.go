@@ -702,6 +702,19 @@ func newNameMetrics(reg prometheus.Registerer) *nameMetrics {
 	return m
 }
 
+// retainFlowNames drops the flow-naming cache entries of endpoints the
+// revision just applied no longer has. Sync goroutine only.
+func (a *Agent) retainFlowNames() {
+	if a.deps.FlowNames == nil {
+		return
+	}
+	ids := make(map[string]bool, len(a.local))
+	for k := range a.local {
+		ids[k.String()] = true
+	}
+	a.deps.FlowNames.Retain(func(pod string) bool { return ids[pod] })
+}
+
 // syncNames tells policy by name the local endpoints of the revision just
 // applied (applied) or, on the tick, again: retrying failed Forgets and
 // sweeping expired entries. Sync goroutine only.

@@ -641,7 +641,8 @@ func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes runs the real
 // agent against real control-plane replicas: once a revision is applied,
 // the resolver's hook knows the node's pods by address (and only those),
-// and when a local endpoint is deleted, what it learned is forgotten.
+// and when a local endpoint is deleted, what it learned is forgotten, by
+// the dataplane and by the cache that names flow records.
 func TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes(t *testing.T) {
 	f := startFed(t, inproc.Options{})
 	f.seed()
@@ -650,7 +651,8 @@ func TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startAgentWith(t, f.cp.Addrs(), nil, func(d *agent.Deps) { d.Names = np })
+	flowNames := agent.NewNameCache(agent.NameCacheConfig{}, nil)
+	startAgentWith(t, f.cp.Addrs(), nil, func(d *agent.Deps) { d.Names, d.FlowNames = np, flowNames })
 	f.waitRegistered()
 	select {
 	case <-np.Ready():
@@ -675,11 +677,13 @@ func TestAgentTellsNamePolicyItsLocalPodsAndForgetsDeletedOnes(t *testing.T) {
 	if n := len(heldNow(dp)); n != 1 {
 		t.Fatalf("the dataplane holds %d entries, want 1", n)
 	}
+	flowNames.Learn("a/web/server", netip.MustParseAddr("198.51.100.1"), "www.example.com", time.Minute)
 	rev := f.deleteEndpoint(server)
 	if resp := f.waitEnforced(rev, 15*time.Second); !resp.GetEnforced() {
 		t.Fatalf("WaitEnforced(%d) after the delete = %v", rev, resp)
 	}
 	eventually(t, "the deleted endpoint's learned addresses forgotten", func() bool { return len(heldNow(dp)) == 0 })
+	eventually(t, "the deleted endpoint's flow names forgotten", func() bool { return flowNames.Len() == 0 })
 	if _, ok := np.PodByIP(netip.MustParseAddr("10.0.0.10")); ok {
 		t.Error("the deleted endpoint is still a pod of the name policy")
 	}

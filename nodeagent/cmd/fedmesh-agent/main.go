@@ -374,6 +374,7 @@ func run(ctx context.Context, o *options) error {
 		deps.Flows = flows.NewDirectory()
 		shipper := agent.NewFlowShipper(client, o.cluster, o.node, deps.Registry, log)
 		flowNames := agent.NewNameCache(agent.NameCacheConfig{}, deps.Registry)
+		deps.FlowNames = flowNames
 		dnsRec = &agent.DNSLog{Cluster: o.cluster, Node: o.node, Sink: shipper, Names: flowNames}
 		go flowNames.Run(ctx, 30*time.Second)
 		go shipper.Run(ctx)
