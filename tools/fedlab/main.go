@@ -247,6 +247,81 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 	redisProbe.Flags().IntVar(&rp.Count, "count", 0, "probes to run (0: until interrupted)")
 	redisProbe.Flags().DurationVar(&rp.Timeout, "timeout", 300*time.Millisecond, "connect and command timeout")
 	redisProbe.Flags().BoolVar(&rp.NewConn, "new-conn", false, "a new connection for every probe (default: keep one, reconnect after an error)")
+	var digServer, digNet string
+	var digTimeout time.Duration
+	digCmd := &cobra.Command{
+		Use:    "dig NAME [TYPE]",
+		Short:  "Ask --server one DNS question (miekg/dns, no resolv.conf); print the answer as JSON; exit 3 when none came",
+		Hidden: true,
+		Args:   cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			qtype := "A"
+			if len(args) == 2 {
+				qtype = args[1]
+			}
+			res, err := lab.Dig(cmd.Context(), digServer, digNet, args[0], qtype, digTimeout)
+			if errors.Is(err, lab.ErrNoAnswer) {
+				fmt.Println(err)
+				os.Exit(3)
+			}
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(os.Stdout).Encode(res)
+		},
+	}
+	digCmd.Flags().StringVar(&digServer, "server", lab.ClusterDNS[0].String()+":53", "DNS server (ip:port)")
+	digCmd.Flags().StringVar(&digNet, "net", "udp", "udp or tcp")
+	digCmd.Flags().DurationVar(&digTimeout, "timeout", 2*time.Second, "how long to wait for the answer")
+	var holdFor, holdEvery time.Duration
+	hold := &cobra.Command{
+		Use:    "hold ADDR:PORT",
+		Short:  "Keep one TCP connection exchanging lines with an outside server; exit 0 when every exchange got through, 3 when one did not",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := lab.Hold(cmd.Context(), args[0], holdFor, holdEvery)
+			if err != nil {
+				fmt.Printf("broken after %d exchanges: %v\n", n, err)
+				os.Exit(3)
+			}
+			fmt.Printf("held: %d exchanges\n", n)
+			return nil
+		},
+	}
+	hold.Flags().DurationVar(&holdFor, "for", 5*time.Second, "how long to keep exchanging")
+	hold.Flags().DurationVar(&holdEvery, "every", 200*time.Millisecond, "pause between exchanges")
+	var outPort, outHTTP int
+	outsideServe := &cobra.Command{
+		Use:    "outside-serve",
+		Short:  "The outside namespace's servers: TCP greeting and echo, UDP echo, HTTP (runs inside the lab)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.ServeOutside(cmd.Context(), outPort, outHTTP)
+		},
+	}
+	outsideServe.Flags().IntVar(&outPort, "port", lab.OutsideTCPPort, "TCP and UDP port")
+	outsideServe.Flags().IntVar(&outHTTP, "http-port", lab.OutsideHTTPPort, "HTTP port")
+	var httpHost string
+	var httpTimeout time.Duration
+	httpGet := &cobra.Command{
+		Use:    "http-get ADDR:PORT",
+		Short:  "GET http://--host/ from ADDR:PORT and print the body; exit 3 when it fails",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body, err := lab.HTTPGet(cmd.Context(), args[0], httpHost, httpTimeout)
+			if err != nil {
+				fmt.Println("blocked:", err)
+				os.Exit(3)
+			}
+			fmt.Print(body)
+			return nil
+		},
+	}
+	httpGet.Flags().StringVar(&httpHost, "host", "", "Host header (the name asked for)")
+	httpGet.Flags().DurationVar(&httpTimeout, "timeout", 2*time.Second, "how long to wait")
 	var kubeCluster, kubeDir string
 	kube := &cobra.Command{
 		Use:    "kube-cluster",
@@ -366,7 +441,7 @@ root namespace. Every argument goes to fedctl unchanged, except a leading
 			return l.Restart(args[0])
 		},
 	}
-	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, redisProbe, restart, kube, kubeExport, kubeImports, kubeApply, demo)
+	cmd.AddCommand(up, down, status, execCmd, fedctl, serve, probe, batch, redisProbe, restart, kube, kubeExport, kubeImports, kubeApply, demo, digCmd, hold, outsideServe, httpGet)
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -137,6 +138,10 @@ func tokenFromRegister(out string) (string, error) {
 // startAgents runs fedmesh-agent in every node namespace with the eBPF
 // dataplane (pins under the lab's own bpffs dir), WireGuard and BGP.
 func (l *Lab) startAgents(ctx context.Context) error {
+	agentFlags, err := BinaryFlags(ctx, l.bin("fedmesh-agent"))
+	if err != nil {
+		return err
+	}
 	for _, c := range l.Topo.Clusters {
 		for _, n := range c.Nodes {
 			stateDir := filepath.Join(l.Dir, n.Host.NS)
@@ -147,7 +152,7 @@ func (l *Lab) startAgents(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			p, err := start(l.Dir, n.Host.NS, "agent-"+n.Name, []string{
+			p, err := start(l.Dir, n.Host.NS, "agent-"+n.Name, slices.Concat([]string{
 				l.bin("fedmesh-agent"),
 				"--cluster", c.Name,
 				"--node", n.Name,
@@ -160,10 +165,11 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				// Translate ClusterSetIPs for the node's pods: the
 				// processes the lab runs in them live in this cgroup.
 				"--service-cgroup", l.Topo.NodeCgroup(n),
-				// The pods' resolver (their resolv.conf names it). No
-				// --dns-upstream: the lab has no cluster DNS, so only
-				// clusterset.local is answered.
+				// The pods' resolver (their resolv.conf names it), which
+				// forwards every name but clusterset.local to the
+				// outside's unbound.
 				"--dns-listen", NodeDNS + ":53",
+			}, dnsAgentArgs(agentFlags, c), []string{
 				"--metrics-addr", fmt.Sprintf("%s:9464", n.Host.Addr.Addr()),
 				"--wireguard-port", fmt.Sprint(n.WGPort),
 				// Unique per lab: the UAPI socket path is machine-wide.
@@ -173,7 +179,7 @@ func (l *Lab) startAgents(ctx context.Context) error {
 				// the state dir: a restart uses the stored one.
 				"--ca-file", caFile(l.Dir),
 				"--join-token", tok,
-			})
+			}))
 			if err != nil {
 				return err
 			}

@@ -81,6 +81,10 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) (l *Lab, err error) {
 	if err := l.startApps(ctx); err != nil {
 		return l, err
 	}
+	log.Info("starting the outside: unbound and servers", "ns", topo.Outside.NS, "dns", OutsideDNS)
+	if err := l.startOutside(ctx); err != nil {
+		return l, err
+	}
 	log.Info("starting control plane", "replicas", replicas, "ns", topo.Mgmt.NS, "addrs", topo.ControlPlaneAddrs())
 	if err := l.startControlPlane(ctx); err != nil {
 		return l, err

@@ -103,6 +103,16 @@ func TestLabBuildsRoutesAndTearsDownCompletely(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", a.ToR.NS, "ping", "-c1", "-W2", node.Host.Addr6.Addr().String()).CombinedOutput(); err != nil {
 		t.Errorf("ToR to node over IPv6: %v: %s", err, out)
 	}
+	// Every node reaches the outside through its ToR, both families, and
+	// so do the other cluster's (the outside routes back through each
+	// ToR).
+	for _, c := range l.Topo.Clusters {
+		for _, dst := range []string{"198.19.0.10", "fd00:198:19::10"} {
+			if out, err := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+c.Nodes[0].Host.NS, "ping", "-c1", "-W2", dst).CombinedOutput(); err != nil {
+				t.Errorf("%s to the outside's %s: %v: %s", c.Nodes[0].Name, dst, err, out)
+			}
+		}
+	}
 	// Both router kinds run and answer on their control sockets.
 	for _, p := range l.State.Procs {
 		if !p.alive() {

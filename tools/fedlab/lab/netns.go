@@ -111,6 +111,7 @@ func Build(ctx context.Context, t *Topology) error {
 			}
 		}
 	}
+	steps = append(steps, outsideSteps(t)...)
 	for _, s := range steps {
 		if err := ip(ctx, s...); err != nil {
 			return err

@@ -9,6 +9,7 @@
 //	   │                         └─ tor-<c> ns 198.18.0.<c> (BIRD for cluster 1, FRR for 2)
 //	tor-<c> ns (bridge 198.18.<c>.0/24, .1) ── node ns 198.18.<c>.<10+n> (agent, GoBGP, WireGuard)
 //	node ns ── veth ── pod ns 10.<c>.<n>.<10+p>/32, as a routed CNI (Calico-style) sets it up
+//	core ns ── outside ns 198.18.0.200, fd00:198:18::200 (the internet: unbound, servers in 198.19.0.0/24)
 //
 // Dual-stack: every cluster also has the ULA pod CIDR fd00:10:<c>::/48,
 // every node fd00:10:<c>:<n>::/64 and every pod fd00:10:<c>:<n>::<10+p>/128.
@@ -51,6 +52,10 @@ type Topology struct {
 	Core     string // namespace holding the core bridge
 	Mgmt     Host
 	Clusters []Cluster
+	// Outside is the world beyond the clusters (outside.go): a real DNS
+	// server and the servers its names resolve to, reached from the pods
+	// through their ToRs, never through the root namespace.
+	Outside Outside
 }
 
 // Host is a namespace with one underlay address.
@@ -78,7 +83,13 @@ type Cluster struct {
 	// nodes' IPv6 sessions; PodCIDR6 the cluster's IPv6 pod CIDR.
 	RackAddr6 netip.Prefix
 	PodCIDR6  netip.Prefix
-	Nodes     []Node
+	// CoreAddr6 is the ToR's IPv6 address on the core bridge, its next hop
+	// for the outside namespace's IPv6 traffic to the cluster.
+	CoreAddr6 netip.Prefix
+	// DNS are the cluster's DNS service addresses (kube-dns's ClusterIPs),
+	// which the pods query and the agents redirect to their resolver.
+	DNS   []netip.Addr
+	Nodes []Node
 }
 
 // PodCIDRs are the cluster's pod CIDRs, IPv4 first.
@@ -156,6 +167,11 @@ func Plan(cfg Config) (*Topology, error) {
 		Name: n,
 		Core: n + "-core",
 		Mgmt: Host{NS: n + "-mgmt", Addr: netip.MustParsePrefix("198.18.0.10/24")},
+		Outside: Outside{Host: Host{
+			NS:    n + "-out",
+			Addr:  netip.MustParsePrefix("198.18.0.200/24"),
+			Addr6: netip.MustParsePrefix("fd00:198:18::200/64"),
+		}},
 	}
 	for c := 1; c <= cfg.Clusters; c++ {
 		cl := Cluster{
@@ -170,6 +186,8 @@ func Plan(cfg Config) (*Topology, error) {
 			// 0x198 and 0x18 echo the IPv4 underlay's 198.18.
 			RackAddr6: netip.PrefixFrom(v6Last(1, 0xfd00, 0x198, 0x18, uint16(c)), 64),
 			PodCIDR6:  netip.PrefixFrom(v6(0xfd00, 0x10, uint16(c)), 48),
+			CoreAddr6: netip.PrefixFrom(v6Last(uint16(c), 0xfd00, 0x198, 0x18), 64),
+			DNS:       ClusterDNS,
 		}
 		for i := 1; i <= cfg.Nodes; i++ {
 			nd := Node{
@@ -207,7 +225,7 @@ func Plan(cfg Config) (*Topology, error) {
 
 // Namespaces lists every network namespace of the lab, in creation order.
 func (t *Topology) Namespaces() []string {
-	out := []string{t.Core, t.Mgmt.NS}
+	out := []string{t.Core, t.Mgmt.NS, t.Outside.NS}
 	for _, c := range t.Clusters {
 		out = append(out, c.ToR.NS)
 		for _, n := range c.Nodes {

@@ -12,7 +12,7 @@ func TestPlanIsDeterministicAndDisjoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := Plan(cfg)
-	if len(a.Namespaces()) != 2+2*(1+2*(1+3)) {
+	if len(a.Namespaces()) != 3+2*(1+2*(1+3)) {
 		t.Fatalf("namespaces = %d", len(a.Namespaces()))
 	}
 	seenNS := map[string]bool{}
