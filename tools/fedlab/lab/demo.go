@@ -26,7 +26,8 @@ import (
 // withdrawn (fedctl wait shows the withdrawal enforced), and back; then the
 // whole of the other cluster lost (its API, syncer and agents), an
 // application's open connection to it failing over, and the cluster
-// re-admitted when it returns. The
+// re-admitted when it returns; egress by DNS name to the lab's outside
+// namespace (demo_dns.go) comes after the tiers. The
 // demo's federated policy selects only the api pods and is deleted before
 // the Redis step, so nothing in it stands between the client and the db
 // pods. It fails on the first step that does not behave.
@@ -205,6 +206,10 @@ func (d *Demo) Run(ctx context.Context) error {
 		if err := d.tiers(ctx, a, b, web, webB, api, apiAddr); err != nil {
 			return err
 		}
+	}
+
+	if err := d.dns(ctx, web); err != nil {
+		return err
 	}
 
 	if !d.Lab.State.Config.NoKube {
