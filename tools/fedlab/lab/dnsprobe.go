@@ -75,7 +75,7 @@ func dig(ctx context.Context, server, network, name, qtype string, timeout time.
 	res := DigResult{Server: server, Network: network}
 	t, ok := dns.StringToType[strings.ToUpper(qtype)]
 	if !ok {
-		return res, fmt.Errorf("query type %q: want A, AAAA, CNAME, TXT...", qtype)
+		return res, fmt.Errorf("query type %q: want A, AAAA, CNAME or TXT", qtype)
 	}
 	if network != "udp" && network != "tcp" {
 		return res, fmt.Errorf("network %q: want udp or tcp", network)
