@@ -13,7 +13,7 @@ Flags:
       --cluster string              cluster name
       --dns-listen string           address of the node-local resolver
       --dns-min-ttl duration        floor of a learned address's TTL (default 5s)
-      --dns-redirect strings        cluster DNS addresses
+      --dns-redirect string         cluster DNS addresses
       --dns-refuse-denied           answer REFUSED for names no rule allows (default true)
   -h, --help                        help for fedmesh-agent
       --wireguard                   encrypt between sites
@@ -21,7 +21,7 @@ Flags:
 
 func TestParseFlagsReadsNamesAndTypes(t *testing.T) {
 	f := ParseFlags(agentHelp)
-	want := Flags{"cluster": "string", "dns-listen": "string", "dns-min-ttl": "duration", "dns-redirect": "strings", "dns-refuse-denied": "", "help": "", "wireguard": ""}
+	want := Flags{"cluster": "string", "dns-listen": "string", "dns-min-ttl": "duration", "dns-redirect": "string", "dns-refuse-denied": "", "help": "", "wireguard": ""}
 	if len(f) != len(want) {
 		t.Fatalf("parsed %v, want %v", f, want)
 	}
@@ -49,7 +49,7 @@ func TestDNSAgentArgsPassOnlyWhatTheAgentTakes(t *testing.T) {
 	}{
 		{"an agent without the DNS policy flags gets the upstream only", "      --dns-listen string   x\n", upstream},
 		{"an agent with them gets redirect, REFUSED and a floor below the zone's TTLs", agentHelp,
-			append(slices.Clone(upstream), "--dns-redirect=10.96.0.10,fd00:96::10", "--dns-refuse-denied=true", "--dns-min-ttl=1s")},
+			append(slices.Clone(upstream), "--dns-redirect=10.96.0.10", "--dns-refuse-denied=true", "--dns-min-ttl=1s")},
 		{"a floor in whole seconds", "      --dns-min-ttl uint32   x\n", append(slices.Clone(upstream), "--dns-min-ttl=1")},
 		{"a non-bool REFUSED flag is left at its default", "      --dns-refuse-denied string   x\n", upstream},
 	}
