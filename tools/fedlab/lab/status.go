@@ -12,7 +12,8 @@ import (
 
 // PrintStatus writes what runs in the lab: processes, every node's enforced
 // revision, BGP sessions and WireGuard handshakes (as its agent reports
-// them), each ToR's learned pod routes, and the pods with their addresses.
+// them), each ToR's learned pod routes, the pods with their addresses, and
+// the outside's names.
 func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) error {
 	t, st := l.Topo, l.State
 	fmt.Fprintf(w, "lab %s: %d clusters\n\nprocesses:\n", t.Name, len(t.Clusters))
@@ -47,6 +48,18 @@ func (l *Lab) PrintStatus(ctx context.Context, w io.Writer) error {
 			}
 		}
 	}
+	o := t.Outside
+	fmt.Fprintf(w, "\noutside (%s, %s %s): unbound on %s and %s, authoritative for %s; servers tcp/udp %d, http %d on every name's address:\n",
+		o.NS, o.Addr.Addr(), o.Addr6.Addr(), OutsideDNS, OutsideDNS6, OutsideZone, OutsideTCPPort, OutsideHTTPPort)
+	for _, n := range OutsideNames {
+		switch {
+		case n.CNAME != "":
+			fmt.Fprintf(w, "  %-32s %4ds CNAME %s.%s\n", n.FQDN(), n.TTL, n.CNAME, OutsideZone)
+		default:
+			fmt.Fprintf(w, "  %-32s %4ds %s %s\n", n.FQDN(), n.TTL, n.A, n.AAAA)
+		}
+	}
+	fmt.Fprintf(w, "  pods ask the cluster DNS address %s (redirected to their agent's resolver) or %s\n", ClusterDNS[0], NodeDNS)
 	return nil
 }
 
