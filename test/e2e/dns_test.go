@@ -275,6 +275,8 @@ func applyDNSPolicies(t *testing.T, ctx context.Context, l *lab.Lab, a lab.Clust
 		}
 		return p
 	}
+	// Cleanups run last first: this one after every policy is gone.
+	t.Cleanup(func() { _, _ = l.WaitEnforced(ctx, 30*time.Second) })
 	apiPolicy := file("dns-api.yaml", lab.DemoDNSAPI)
 	if out, err := l.KubeApplyFile(ctx, a.Name, apiPolicy, false); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
@@ -292,7 +294,6 @@ func applyDNSPolicies(t *testing.T, ctx context.Context, l *lab.Lab, a lab.Clust
 		}
 		t.Cleanup(func() { _, _ = l.Fedctl(ctx, "policy", "delete", f.key, "--wait") })
 	}
-	t.Cleanup(func() { _, _ = l.WaitEnforced(ctx, 30*time.Second) })
 	eventually(t, "cluster-a's api-egress-by-name synced", 30*time.Second, func() error {
 		out, err := l.Fedctl(ctx, "policy", "list")
 		if err == nil && !strings.Contains(out, "api-egress-by-name") {
