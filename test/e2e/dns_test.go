@@ -281,7 +281,17 @@ func applyDNSPolicies(t *testing.T, ctx context.Context, l *lab.Lab, a lab.Clust
 	if out, err := l.KubeApplyFile(ctx, a.Name, apiPolicy, false); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { _, _ = l.KubeApplyFile(ctx, a.Name, apiPolicy, true) })
+	t.Cleanup(func() {
+		_, _ = l.KubeApplyFile(ctx, a.Name, apiPolicy, true)
+		// Gone from the federation (the syncer copies the delete) before
+		// the next scenario runs.
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			if out, err := l.Fedctl(ctx, "policy", "list"); err == nil && !strings.Contains(out, "api-egress-by-name") {
+				return
+			}
+		}
+		t.Errorf("%s's api-egress-by-name still in the federation 30 s after its delete", a.Name)
+	})
 	for _, f := range []struct {
 		base, key string
 		body      []byte
