@@ -296,8 +296,8 @@ func applyDNSPolicies(t *testing.T, ctx context.Context, l *lab.Lab, a lab.Clust
 		base, key string
 		body      []byte
 	}{
-		{"dns-deny.yaml", "cnp/federated/deny-other-egress", lab.DemoDNSDeny},
 		{"dns-web.yaml", "cnp/federated/web-egress-by-name", lab.DemoDNSCNP},
+		{"dns-deny.yaml", "cnp/federated/deny-other-egress", lab.DemoDNSDeny},
 	} {
 		if out, err := l.Fedctl(ctx, "policy", "apply", "-f", file(f.base, f.body), "--wait", "--wait-timeout", "30s"); err != nil {
 			t.Fatalf("fedctl policy apply %s: %v\n%s", f.base, err, out)

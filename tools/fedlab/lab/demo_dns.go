@@ -71,7 +71,8 @@ func (d *Demo) dns(ctx context.Context, web Pod) error {
 	d.say("The platform team allows the web pods a list of names (Admin tier, priority 10) and denies the rest of their egress (priority 20), --wait")
 	fmt.Fprint(d.Out, indent(string(DemoDNSCNP)))
 	fmt.Fprint(d.Out, indent(string(DemoDNSDeny)))
-	for _, f := range []string{deny, cnp} {
+	// The Accepts first: no moment when the Deny alone stops DNS.
+	for _, f := range []string{cnp, deny} {
 		if _, err := d.fedctl(ctx, "policy", "apply", "-f", f, "--wait"); err != nil {
 			return err
 		}
