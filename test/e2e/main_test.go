@@ -76,7 +76,7 @@ func run(m *testing.M) int {
 
 // labTools are the programs the lab runs or drives; a path is looked up
 // as it is.
-var labTools = []string{"ip", "nsenter", "unshare", "ping", "/usr/sbin/bird", "birdc", "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "vtysh", "/usr/bin/redis-server", "redis-cli"}
+var labTools = []string{"ip", "nsenter", "unshare", "ping", "/usr/sbin/bird", "birdc", "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "vtysh", "/usr/bin/redis-server", "redis-cli", "/usr/sbin/unbound", "unbound-checkconf"}
 
 // missingPrereqs lists what the lab needs and this machine lacks, each
 // with how to get it.
@@ -92,7 +92,7 @@ func missingPrereqs() []string {
 		}
 	}
 	if len(tools) > 0 {
-		missing = append(missing, strings.Join(tools, ", ")+" (make deps installs bird2, frr, iproute2 and redis-server/redis-tools)")
+		missing = append(missing, strings.Join(tools, ", ")+" (make deps installs bird2, frr, iproute2, redis-server/redis-tools and unbound)")
 	}
 	if _, err := exec.LookPath("go"); err != nil {
 		missing = append(missing, "the go tool (to build the binaries)")
