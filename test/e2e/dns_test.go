@@ -68,6 +68,18 @@ func TestEgressByDNSName(t *testing.T) {
 	defer cancel()
 	feat := dnsFeatures(t)
 	t.Logf("DNS features of the binaries: %+v", feat)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// What unbound was asked (log-queries) says whether a query left
+		// the agent at all.
+		if p, ok := l.Proc(l.Topo.Outside.NS + "-unbound"); ok {
+			if b, err := os.ReadFile(p.Log); err == nil {
+				t.Logf("--- %s log (tail):\n%s", p.Name, tail(string(b), 30))
+			}
+		}
+	})
 	a, b := l.Topo.Clusters[0], l.Topo.Clusters[1]
 	// web and api share a node (one agent learns for both); web2 is on the
 	// other node of cluster-a, webB in cluster-b.
