@@ -155,6 +155,81 @@ func BenchmarkKernelIPCacheBytesPerEntry(b *testing.B) {
 	}
 }
 
+// profileEntries is issue 21's full profile: 200 clusters × 15,000
+// endpoints, every one of which an agent holding the whole federation puts
+// in its host ipcache; profileMaxEntries is the map size such a node must
+// be given (fedmesh-agent --ipcache-max-entries), the power of two above.
+const (
+	profileEntries    = 3_000_000
+	profileMaxEntries = 1 << 22
+)
+
+// BenchmarkKernelIPCacheAtProfile fills one host ipcache map (the
+// dataplane's inner map type, sized as a node of a 3M-endpoint federation
+// must be) with the profile's 3,000,000 entries and reports what the
+// kernel accounts for it (fdinfo memlock): the whole map, and per node,
+// where the dataplane keeps two such slots.
+func BenchmarkKernelIPCacheAtProfile(b *testing.B) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			b.Fatal("needs root for BPF maps (CI=true: not skipping)")
+		}
+		b.Skip("needs root for BPF maps")
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "scale_iphost3m", Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: profileMaxEntries, Flags: 1 /* BPF_F_NO_PREALLOC */})
+		if err != nil {
+			b.Fatalf("create hash map of %d entries: %v", profileMaxEntries, err)
+		}
+		empty, err := memlock(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		const batch = 4096
+		keys := make([][16]byte, 0, batch)
+		vals := make([]uint32, 0, batch)
+		flush := func() {
+			if n, err := m.BatchUpdate(keys, vals, nil); err != nil || n != len(keys) {
+				b.Fatalf("batch update of %d entries: wrote %d: %v", len(keys), n, err)
+			}
+			keys, vals = keys[:0], vals[:0]
+		}
+		for i := range profileEntries {
+			var k [16]byte
+			k[10], k[11] = 0xff, 0xff
+			k[12], k[13], k[14], k[15] = 10, byte(i>>16), byte(i>>8), byte(i)
+			keys, vals = append(keys, k), append(vals, uint32(i))
+			if len(keys) == batch {
+				flush()
+			}
+		}
+		if len(keys) > 0 {
+			flush()
+		}
+		full, err := memlock(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var k [16]byte
+		var v uint32
+		n := 0
+		for it := m.Iterate(); it.Next(&k, &v); {
+			n++
+		}
+		m.Close()
+		if n != profileEntries {
+			b.Fatalf("map holds %d entries, want %d", n, profileEntries)
+		}
+		b.ReportMetric(float64(empty)/(1<<20), "MiB-empty")
+		b.ReportMetric(float64(full)/(1<<20), "MiB-map")
+		b.ReportMetric(2*float64(full)/(1<<20), "MiB-node")
+		b.ReportMetric(float64(full-empty)/profileEntries, "B/entry")
+	}
+}
+
 // memlock reads the kernel's memory accounting of a map.
 func memlock(m *ebpf.Map) (uint64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))

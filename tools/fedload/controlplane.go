@@ -24,6 +24,7 @@ import (
 type replicaProc struct {
 	nonVoter                                 bool
 	id, raftAddr, grpcAddr, metricsAddr, dir string
+	peers                                    string // --bootstrap-peers it was started with
 	cmd                                      *exec.Cmd
 	done                                     chan struct{}
 	log                                      string
@@ -35,6 +36,7 @@ type federation struct {
 	replicas []*replicaProc
 	ca       *ca.CA
 	dir      string
+	memLimit string // every replica's GOMEMLIMIT; empty: inherited
 }
 
 // freeAddrs reserves n loopback ports (closed again before use; the
@@ -62,13 +64,13 @@ func freeAddrs(n int) ([]string, error) {
 // CA in dir, waits until an admin can read, then adds nonVoters read
 // replicas as an operator would (fedctl controlplane members add
 // --nonvoter).
-func startFederation(ctx context.Context, bin, dir string, n, nonVoters int, extraArgs []string) (*federation, error) {
+func startFederation(ctx context.Context, bin, dir string, n, nonVoters int, extraArgs []string, memLimit string) (*federation, error) {
 	caDir := filepath.Join(dir, "ca")
 	c, err := ca.Init(caDir, "fedload CA", 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
-	f := &federation{ca: c, dir: dir}
+	f := &federation{ca: c, dir: dir, memLimit: memLimit}
 	addrs, err := freeAddrs(3 * (n + nonVoters))
 	if err != nil {
 		return nil, err
@@ -149,8 +151,10 @@ func (f *federation) start(r *replicaProc, peers string, extraArgs []string, bin
 	if err := ca.WriteCredentials(filepath.Join(tlsDir, "replica.crt"), filepath.Join(tlsDir, "replica.key"), certPEM, keyPEM); err != nil {
 		return fmt.Errorf("write replica %s credentials: %w", r.id, err)
 	}
+	r.peers = peers
 	r.log = filepath.Join(r.dir, "replica.log")
-	logf, err := os.Create(r.log)
+	// Appended to: a restarted replica keeps its first run's log.
+	logf, err := os.OpenFile(r.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("create replica log: %w", err)
 	}
@@ -159,6 +163,9 @@ func (f *federation) start(r *replicaProc, peers string, extraArgs []string, bin
 		"--bootstrap-peers", peers, "--tls-dir", tlsDir, "--log-level", "warn"}, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if f.memLimit != "" {
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+f.memLimit)
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start replica %s (%s): %w", r.id, bin, err)
@@ -289,6 +296,50 @@ func (f *federation) catchUp(ctx context.Context, bin string, extraArgs []string
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return 0, fmt.Errorf("new replica %s did not reach revision %d within 5m", id, rev)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// restart stops replica i (SIGTERM, as an operator's rollout would) and
+// starts it again on the same data dir; it returns how long the new
+// process took to serve rev (snapshot restore plus the log after it) and
+// the new process's peak RSS by then.
+func (f *federation) restart(ctx context.Context, bin string, extraArgs []string, i int, rev uint64) (time.Duration, uint64, error) {
+	r := f.replicas[i]
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(30 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+	start := time.Now()
+	if err := f.start(r, r.peers, extraArgs, bin); err != nil {
+		return 0, 0, err
+	}
+	self, err := f.dial(auth.Admin(), []string{r.grpcAddr})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer self.Close()
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := fedmeshv1.NewControlPlaneServiceClient(self).GetReplicaStatus(cctx, &fedmeshv1.GetReplicaStatusRequest{})
+		cancel()
+		if err == nil && st.GetRevision() >= rev {
+			d := time.Since(start)
+			ps, _ := readProc(r.cmd.Process.Pid)
+			return d, ps.PeakRSS, nil
+		}
+		select {
+		case <-r.done:
+			return 0, 0, fmt.Errorf("restarted replica %s exited before serving revision %d (see %s)", r.id, rev, r.log)
+		default:
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, 0, fmt.Errorf("restarted replica %s did not reach revision %d within 10m", r.id, rev)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

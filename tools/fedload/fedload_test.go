@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +173,103 @@ func BenchmarkPropagation(b *testing.B) {
 		b.ReportMetric(float64(res.P99.Microseconds())/1000, "p99-ms")
 		b.ReportMetric(res.EventsPerAgentChange, "events/agent/change")
 		b.ReportMetric(res.ReportsPerAgentSecond, "reports/agent/s")
+	}
+}
+
+// TestRestartAndSnapshotsAreMeasured forces snapshots on a small profile,
+// restarts a voter on its data dir and adds a replica: each must be
+// reported, and the restarted replica must serve the newest revision.
+func TestRestartAndSnapshotsAreMeasured(t *testing.T) {
+	p := smallProfile()
+	p.Duration, p.Warmup = 3*time.Second, 0
+	p.RestartReplica, p.SkipNewAgent = true, true
+	p.ControlPlaneArgs = []string{"--snapshot-interval", "200ms", "--snapshot-threshold", "16"}
+	res := run(t, p)
+	if res.RestartRestore <= 0 || res.RestartedReplica != "r3" || res.RestartPeakRSS == 0 {
+		t.Errorf("restart: replica %q, %s, peak RSS %d; want r3 measured", res.RestartedReplica, res.RestartRestore, res.RestartPeakRSS)
+	}
+	if res.NewAgentSync != 0 {
+		t.Errorf("new agent measured (%s) with SkipNewAgent", res.NewAgentSync)
+	}
+	if res.NewReplicaCatchUp <= 0 || res.NewReplicaPeakRSS == 0 {
+		t.Errorf("catch-up %s, peak RSS %d: want both measured", res.NewReplicaCatchUp, res.NewReplicaPeakRSS)
+	}
+	if res.InitialSyncPeakHeap == 0 || res.FedloadPeakRSS == 0 {
+		t.Errorf("initial sync peak heap %d, fedload peak RSS %d: want both measured", res.InitialSyncPeakHeap, res.FedloadPeakRSS)
+	}
+	for _, r := range res.Replicas {
+		if r.SnapshotBytes == 0 {
+			t.Errorf("replica %s: no snapshot on disk with a threshold of 16 entries", r.ID)
+		}
+	}
+}
+
+// TestSnapshotWatcherTimesTheTmpDirectory plays hashicorp/raft's file
+// snapshot store: a "<name>.tmp" directory renamed to "<name>" once
+// written. The watcher reports it once, with the final state.bin's size
+// and at least the time the directory stayed .tmp.
+func TestSnapshotWatcherTimesTheTmpDirectory(t *testing.T) {
+	r := &replicaProc{id: "r1", dir: t.TempDir()}
+	snaps := filepath.Join(r.dir, "data", "snapshots")
+	tmp := filepath.Join(snaps, "2-100-1.tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w := &snapWatcher{reps: []*replicaProc{r}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.run(ctx)
+	// The watcher polls every 100 ms: it sees the directory at most one
+	// poll late, so at least 500 - 100 ms (less scheduling jitter) of it.
+	time.Sleep(500 * time.Millisecond)
+	if err := os.WriteFile(filepath.Join(tmp, "state.bin"), make([]byte, 1234), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(snaps, "2-100-1")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(w.snapshots()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a second report would land here
+	got := w.snapshots()
+	if len(got) != 1 {
+		t.Fatalf("snapshots reported: %+v; want exactly one", got)
+	}
+	if got[0].Replica != "r1" || got[0].Bytes != 1234 || got[0].Write < 300*time.Millisecond {
+		t.Errorf("snapshot %+v; want r1, 1234 bytes, written over >= 300ms", got[0])
+	}
+}
+
+// TestMemoryGuardAbortsBelowTheFloor: a floor above any machine's memory
+// cancels the run with a cause naming the flag; one of 1 byte does not.
+func TestMemoryGuardAbortsBelowTheFloor(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		floor uint64
+		abort bool
+	}{
+		{"floor above the machine", 1 << 62, true},
+		{"floor of one byte", 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			go guardMemory(ctx, tc.floor, cancel)
+			select {
+			case <-ctx.Done():
+				if !tc.abort {
+					t.Fatalf("aborted: %v", context.Cause(ctx))
+				}
+				if !strings.Contains(context.Cause(ctx).Error(), "--min-available") {
+					t.Errorf("cause %q does not name the flag", context.Cause(ctx))
+				}
+			case <-time.After(2 * time.Second):
+				if tc.abort {
+					t.Fatal("not aborted within 2s")
+				}
+			}
+		})
 	}
 }

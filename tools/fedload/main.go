@@ -37,6 +37,7 @@ func main() {
 	p := DefaultProfile()
 	var bin, dir, jsonOut, cpArgs string
 	var first bool
+	var minAvailMiB uint64
 	cmd := &cobra.Command{
 		Use:          "fedload",
 		Short:        "Run a ClusterMesh-shaped load against a local fedmesh federation and report propagation latency and cost",
@@ -46,6 +47,7 @@ func main() {
 				return fmt.Errorf("--controlplane-bin is required: build it with 'go build -o bin/fedmesh-controlplane ./controlplane/cmd/fedmesh-controlplane'")
 			}
 			p.SpreadAgents = !first
+			p.MinAvailable = minAvailMiB << 20
 			if cpArgs != "" {
 				p.ControlPlaneArgs = strings.Fields(cpArgs)
 			}
@@ -104,6 +106,10 @@ func main() {
 	f.DurationVar(&p.SlowAgentDelay, "slow-agent-delay", 20*time.Millisecond, "delay of a slow agent per watch message")
 	f.Int32Var(&p.AgentRecvWindow, "agent-recv-window", 0, "every agent's gRPC receive window in bytes, fixed (0: gRPC's default, growing with the bandwidth-delay product)")
 	f.BoolVar(&p.SkipCatchUp, "skip-catch-up", false, "do not add a replica at the end to measure catch-up (it holds a second copy of the state)")
+	f.BoolVar(&p.SkipNewAgent, "skip-new-agent", false, "do not add an agent at the end to measure a new agent's initial sync (a second copy of the federation in this process); the first agents' initial sync stands for it")
+	f.BoolVar(&p.RestartReplica, "restart-replica", false, "after the churn, stop the last voter and start it again on its data dir: its restore time (snapshot plus the log after it)")
+	f.StringVar(&p.ReplicaMemLimit, "replica-gomemlimit", "", "GOMEMLIMIT of every replica (e.g. 3GiB); fedload's own process keeps the environment's")
+	f.Uint64Var(&minAvailMiB, "min-available-mib", 0, "abort the run, stopping every process it started, when the machine's MemAvailable drops below this many MiB (0: no guard)")
 	f.BoolVar(&first, "agents-on-first-replica", false, "every agent prefers the first replica (default: agent i prefers replica i mod replicas)")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		os.Exit(1)
@@ -132,8 +138,21 @@ func printResult(w io.Writer, r *Result) {
 	if r.NewAgentSync > 0 {
 		fmt.Fprintf(w, "a new agent's initial sync: %s, %.1f MiB heap\n", r.NewAgentSync.Round(time.Millisecond), float64(r.NewAgentHeap)/(1<<20))
 	}
+	if r.Agents > 0 {
+		fmt.Fprintf(w, "initial sync of the first %d agents: peak heap %.1f MiB (sampled, heap before subtracted); fedload peak RSS %.0f MiB\n",
+			r.Agents, float64(r.InitialSyncPeakHeap)/(1<<20), float64(r.FedloadPeakRSS)/(1<<20))
+	}
+	if r.NewAgentPeakHeap > 0 {
+		fmt.Fprintf(w, "a new agent's peak heap during its sync: %.1f MiB\n", float64(r.NewAgentPeakHeap)/(1<<20))
+	}
 	if r.NewReplicaCatchUp > 0 {
-		fmt.Fprintf(w, "a new replica's catch-up (empty data dir to the newest revision): %s\n", r.NewReplicaCatchUp.Round(time.Millisecond))
+		fmt.Fprintf(w, "a new replica's catch-up (empty data dir to the newest revision): %s, peak RSS %.0f MiB\n", r.NewReplicaCatchUp.Round(time.Millisecond), float64(r.NewReplicaPeakRSS)/(1<<20))
+	}
+	if r.RestartRestore > 0 {
+		fmt.Fprintf(w, "replica %s restarted on its data dir (snapshot restore + log) to the newest revision: %s, peak RSS %.0f MiB\n", r.RestartedReplica, r.RestartRestore.Round(time.Millisecond), float64(r.RestartPeakRSS)/(1<<20))
+	}
+	for _, s := range r.Snapshots {
+		fmt.Fprintf(w, "snapshot by %s: %.1f MiB written in %s\n", s.Replica, float64(s.Bytes)/(1<<20), s.Write.Round(100*time.Millisecond))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "replica\tsuffrage\tRSS MiB\tpeak MiB\tsnapshot MiB\tCPU s (churn)\twatchers\tevents sent\tCPU us/event")

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,4 +137,155 @@ func loadAverage() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// snapshotTaken is one Raft snapshot a replica wrote during the run.
+type snapshotTaken struct {
+	Replica string
+	Bytes   int64
+	// Write is how long the snapshot's directory stayed "<name>.tmp":
+	// from hashicorp/raft's FileSnapshotStore creating it to the rename
+	// once the store's Persist wrote every object (the freeze before it,
+	// under the FSM lock, is not included). Polled every 100 ms.
+	Write time.Duration
+}
+
+// snapWatcher polls every replica's snapshot directory for snapshots
+// being written.
+type snapWatcher struct {
+	reps  []*replicaProc // fixed at start: id and dir only are read
+	mu    sync.Mutex
+	taken []snapshotTaken
+}
+
+func (w *snapWatcher) run(ctx context.Context) {
+	started := map[string]time.Time{} // replica/<name>.tmp -> first seen
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, r := range w.reps {
+			dir := filepath.Join(r.dir, "data", "snapshots")
+			ents, _ := os.ReadDir(dir)
+			seen := map[string]bool{}
+			for _, e := range ents {
+				if name, ok := strings.CutSuffix(e.Name(), ".tmp"); ok {
+					k := r.id + "/" + name
+					seen[k] = true
+					if _, ok := started[k]; !ok {
+						started[k] = time.Now()
+					}
+				}
+			}
+			for k, at := range started {
+				id, name, _ := strings.Cut(k, "/")
+				if id != r.id || seen[k] {
+					continue
+				}
+				delete(started, k)
+				fi, err := os.Stat(filepath.Join(dir, name, "state.bin"))
+				if err != nil {
+					continue // reaped or abandoned
+				}
+				w.mu.Lock()
+				w.taken = append(w.taken, snapshotTaken{Replica: id, Bytes: fi.Size(), Write: time.Since(at)})
+				w.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (w *snapWatcher) snapshots() []snapshotTaken {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.taken)
+}
+
+// memAvailable is the machine's MemAvailable from /proc/meminfo, in bytes.
+func memAvailable() (uint64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/meminfo: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			fs := strings.Fields(v)
+			if len(fs) > 0 {
+				kb, err := strconv.ParseUint(fs[0], 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("parse MemAvailable %q: %w", fs[0], err)
+				}
+				return kb << 10, nil
+			}
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
+}
+
+// guardMemory cancels the run when the machine's available memory drops
+// below min, so that a run too big for a shared machine stops cleanly
+// (every replica stopped by the run's defers) instead of drawing the
+// kernel's OOM killer onto someone else's process.
+func guardMemory(ctx context.Context, min uint64, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if avail, err := memAvailable(); err == nil && avail < min {
+			cancel(fmt.Errorf("machine's available memory %d MiB fell below --min-available-mib %d: run aborted", avail>>20, min>>20))
+			return
+		}
+	}
+}
+
+// selfMem is fedload's own process: its RSS and peak RSS (VmHWM), which
+// at millions of endpoints is mostly the simulated agents.
+func selfMem() procSample {
+	s, _ := readProc(os.Getpid())
+	return s
+}
+
+// heapPeak samples the Go heap's live-and-not-yet-collected object bytes
+// (runtime/metrics, no forced collection) until stopped and keeps the
+// highest: the peak of what a phase held, which a heap reading after a
+// collection at its end misses.
+type heapPeak struct {
+	stop chan struct{}
+	done chan struct{}
+	peak uint64
+}
+
+func startHeapPeak() *heapPeak {
+	h := &heapPeak{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			metrics.Read(s)
+			h.peak = max(h.peak, s[0].Value.Uint64())
+			select {
+			case <-h.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return h
+}
+
+// end stops the sampler and returns the peak.
+func (h *heapPeak) end() uint64 {
+	close(h.stop)
+	<-h.done
+	return h.peak
 }

@@ -58,6 +58,22 @@ type Profile struct {
 	// endpoints a second full copy of the state may not fit beside the
 	// replicas being measured.
 	SkipCatchUp bool
+	// SkipNewAgent leaves out the agent added at the end: at millions of
+	// endpoints a second agent's copy of the federation may not fit; the
+	// first agents' initial sync is then the new agent's figure.
+	SkipNewAgent bool
+	// RestartReplica stops the last voter after the churn (agents stopped
+	// first) and starts it again on its data dir, measuring how long it
+	// takes to restore its snapshot, replay the log after it and serve
+	// the newest revision.
+	RestartReplica bool
+	// ReplicaMemLimit, when set, is every replica's GOMEMLIMIT (e.g.
+	// "3GiB"); fedload's own process keeps its own.
+	ReplicaMemLimit string
+	// MinAvailable, when set, aborts the run (every process stopped) when
+	// the machine's MemAvailable drops below it, in bytes: on a shared
+	// machine a run at millions of endpoints must not take others down.
+	MinAvailable uint64
 }
 
 // Mix is the share of each change kind; they need not sum to 1.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,27 @@ type Result struct {
 	// dir, as a read replica) took to apply the newest revision.
 	NewReplicaCatchUp time.Duration
 	NewAgentHeap      uint64
+	// NewAgentPeakHeap is the highest Go heap the late agent's sync took
+	// (sampled without forcing a collection, the heap before it
+	// subtracted).
+	NewAgentPeakHeap uint64
+	// InitialSyncPeakHeap is the same for the first agents' initial
+	// sync, all of them together.
+	InitialSyncPeakHeap uint64
+	// FedloadPeakRSS is fedload's own peak RSS (VmHWM) after the agents'
+	// initial sync: the agents, the syncers' generators and the runtime.
+	FedloadPeakRSS uint64
+	// Snapshots are the Raft snapshots the voters wrote during the run.
+	Snapshots []snapshotTaken
+	// RestartedReplica took RestartRestore, from starting its process
+	// again on its data dir to serving the newest revision, and peaked
+	// at RestartPeakRSS meanwhile (--restart-replica).
+	RestartedReplica string
+	RestartRestore   time.Duration
+	RestartPeakRSS   uint64
+	// NewReplicaPeakRSS is the catch-up replica's peak RSS when it had
+	// caught up.
+	NewReplicaPeakRSS uint64
 }
 
 // ReplicaResult is one replica's cost over the churn.
@@ -70,20 +92,36 @@ type sample struct {
 }
 
 // Run runs the profile against a federation of bin replicas in dir.
-func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Result, error) {
+func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (_ *Result, err error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
+	}
+	if p.MinAvailable > 0 {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go guardMemory(ctx, p.MinAvailable, cancel)
+		// Whatever step the abort interrupted, the reason is the guard.
+		defer func() {
+			if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+				err = cause
+			}
+		}()
 	}
 	b, _ := p.blockBits()
 	lay := layout{bits: b}
 	res := &Result{Profile: p, Agents: p.agentClusters() * p.AgentsPerCluster, Endpoints: p.Clusters * p.EndpointsPerCluster}
 
 	log.Info("starting control plane", "replicas", p.Replicas, "read_replicas", p.NonVoters)
-	fed, err := startFederation(ctx, bin, dir, p.Replicas, p.NonVoters, p.ControlPlaneArgs)
+	fed, err := startFederation(ctx, bin, dir, p.Replicas, p.NonVoters, p.ControlPlaneArgs, p.ReplicaMemLimit)
 	if err != nil {
 		return nil, err
 	}
 	defer fed.stop()
+	snaps := &snapWatcher{reps: slices.Clone(fed.replicas)}
+	snapCtx, stopSnaps := context.WithCancel(ctx)
+	defer stopSnaps()
+	go snaps.run(snapCtx)
 	admin, err := fed.dial(auth.Admin(), fed.voterAddrs())
 	if err != nil {
 		return nil, err
@@ -152,13 +190,16 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		}
 	}
 	start = time.Now()
+	peak := startHeapPeak()
 	for _, a := range agents {
 		agentsDone.Go(func() { _ = a.agent.Run(actx) })
 	}
-	if err := waitReported(ctx, agents, loaded.Load(), 5*time.Minute); err != nil {
+	if err := waitReported(ctx, agents, loaded.Load(), 10*time.Minute); err != nil {
 		return nil, fmt.Errorf("initial sync: %w", err)
 	}
 	res.InitialSync = time.Since(start)
+	res.InitialSyncPeakHeap = max(peak.end(), heapBefore) - heapBefore
+	res.FedloadPeakRSS = selfMem().PeakRSS
 	if len(agents) > 0 {
 		res.AgentHeapPerAgent = (max(heapInUse(), heapBefore) - heapBefore) / uint64(len(agents))
 	}
@@ -200,6 +241,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		}
 		if s.sent.Before(churnStart.Add(p.Warmup)) {
 			continue
+		}
+		if !slices.ContainsFunc(agents, func(a *simAgent) bool { return a.cluster != s.cluster }) {
+			continue // no agent outside the changed cluster to report it (--clusters-with-agents 1)
 		}
 		res.Samples++
 		var worst time.Duration
@@ -266,8 +310,9 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 	}
 
 	// A late agent: the initial sync of a node joining a loaded federation.
-	if p.AgentsPerCluster > 0 {
+	if p.AgentsPerCluster > 0 && !p.SkipNewAgent {
 		heapBefore = heapInUse()
+		peak := startHeapPeak()
 		late, err := newSimAgent(fed, p, lay, 0, p.AgentsPerCluster, 0)
 		if err != nil {
 			return nil, err
@@ -275,21 +320,50 @@ func Run(ctx context.Context, bin, dir string, p Profile, log *slog.Logger) (*Re
 		defer late.client.Close()
 		lateStart := time.Now()
 		agentsDone.Go(func() { _ = late.agent.Run(actx) })
-		if err := waitReported(ctx, []*simAgent{late}, last, 2*time.Minute); err == nil {
+		if err := waitReported(ctx, []*simAgent{late}, last, 10*time.Minute); err == nil {
 			res.NewAgentSync = time.Since(lateStart)
+			res.NewAgentPeakHeap = max(peak.end(), heapBefore) - heapBefore
 			res.NewAgentHeap = max(heapInUse(), heapBefore) - heapBefore
+		} else {
+			peak.end()
+			log.Warn("new agent's initial sync", "err", err)
 		}
 	}
+	// Nothing below involves the agents; at millions of endpoints their
+	// copies of the federation would crowd out the replicas started next.
+	stopAgents()
+	agentsDone.Wait()
+	agents = nil
+	debug.FreeOSMemory()
 
 	stopMon()
 	<-monDone
-	// After the monitor stopped: the new replica changes fed.replicas.
+	// After the monitor stopped: a restart changes a replica's process,
+	// the new replica fed.replicas.
+	if p.RestartReplica {
+		i := p.Replicas - 1
+		log.Info("restarting a replica from its snapshot", "replica", fed.replicas[i].id)
+		d, peak, err := fed.restart(ctx, bin, p.ControlPlaneArgs, i, last)
+		if err != nil {
+			log.Warn("replica restart", "err", err)
+		} else {
+			res.RestartedReplica, res.RestartRestore, res.RestartPeakRSS = fed.replicas[i].id, d, peak
+		}
+	}
 	if p.SkipCatchUp {
 		// not measured
 	} else if d, err := fed.catchUp(ctx, bin, p.ControlPlaneArgs, last); err != nil {
 		log.Warn("new replica catch-up", "err", err)
 	} else {
 		res.NewReplicaCatchUp = d
+		if ps, err := readProc(fed.replicas[len(fed.replicas)-1].cmd.Process.Pid); err == nil {
+			res.NewReplicaPeakRSS = ps.PeakRSS
+		}
+	}
+	stopSnaps()
+	res.Snapshots = snaps.snapshots()
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	for i := range res.Replicas {
 		res.Replicas[i].SnapshotBytes = newestSnapshot(filepath.Join(fed.replicas[i].dir, "data", "snapshots"))
