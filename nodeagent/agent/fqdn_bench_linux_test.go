@@ -242,8 +242,12 @@ func newNameBenchEnv(b *testing.B, learner func(agent.Learner) agent.Learner, po
 // its forwarder sockets stay in the root netns, with the upstream.
 func (e *nameBenchEnv) startResolver(b *testing.B, path, listen, upstream string) string {
 	b.Helper()
-	srv, err := fdns.New(fdns.Config{Listen: listen, Upstream: upstream},
-		fdns.Deps{Hooks: []fdns.Hook{e.np}, Pods: e.np, Logger: discardLog()})
+	return startBenchResolver(b, path, listen, upstream, fdns.Deps{Hooks: []fdns.Hook{e.np}, Pods: e.np, Logger: discardLog()})
+}
+
+func startBenchResolver(b *testing.B, path, listen, upstream string, deps fdns.Deps) string {
+	b.Helper()
+	srv, err := fdns.New(fdns.Config{Listen: listen, Upstream: upstream}, deps)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -291,15 +295,19 @@ func processCPU(b *testing.B) time.Duration {
 // learnedPool bounds the addresses BenchmarkNamePolicyQueryLatency answers
 // with: each query answers the next one, so every answer rewrites its
 // fm_fqdn entry (a later expiry) while the pod's book stays the size of a
-// busy pod's (the book's per-answer work grows with its size).
+// busy pod's. book=1 answers one address, rewritten by every query: the
+// same kernel write with the smallest book (NamePolicy's per-answer work
+// grows with the pod's book: it clones it and scans it for the limits).
 const learnedPool = 512
 
 // BenchmarkNamePolicyQueryLatency is a query of a pod with a domainNames
 // rule through the resolver with NamePolicy over the kernel dataplane,
 // each answer a different address learned into fm_fqdn before it is
 // released, against the same query asked of the upstream directly,
-// alternating in the same run over one connected UDP socket each (as
-// nodeagent/dns's BenchmarkForwardLatency, which has no name policy).
+// alternating in the same run over one connected UDP socket each; and,
+// in the same rotation, through a second resolver without the name policy
+// (proxy-*: nodeagent/dns's BenchmarkForwardLatency), so that what the
+// policy adds (the hooks and Learn) is told from what the proxy adds.
 // Client, resolver and upstream are on loopback (the client's address is
 // the pod's for NamePolicy); the pod's veth is attached so that Learn
 // really writes the map.
@@ -311,14 +319,22 @@ const learnedPool = 512
 func BenchmarkNamePolicyQueryLatency(b *testing.B) {
 	requireNameBench(b)
 	env := newNameBenchEnv(b, nil, netip.MustParseAddr("127.0.0.1"))
-	var next atomic.Uint32
-	up := startStampingUpstream(b, func(string) netip.Addr { return answerAddr(next.Add(1) % learnedPool) })
+	var next, pool atomic.Uint32
+	up := startStampingUpstream(b, func(string) netip.Addr { return answerAddr(next.Add(1) % pool.Load()) })
 	addr := env.startResolver(b, "", "127.0.0.1:0", up.addr)
+	plain := startBenchResolver(b, "", "127.0.0.1:0", up.addr, fdns.Deps{Logger: discardLog()})
 	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	q := new(dns.Msg).SetQuestion("www.example.com.", dns.TypeA)
 
+	for _, book := range []uint32{1, learnedPool} {
+		pool.Store(book)
+		b.Run(fmt.Sprintf("book=%d", book), func(b *testing.B) { benchQueries(b, c, q, up.addr, plain, addr) })
+	}
+}
+
+func benchQueries(b *testing.B, c *dns.Client, q *dns.Msg, upstream, plain, addr string) {
 	b.Run("latency", func(b *testing.B) {
-		direct, err := c.Dial(up.addr)
+		direct, err := c.Dial(upstream)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -328,6 +344,11 @@ func BenchmarkNamePolicyQueryLatency(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer via.Close()
+		proxy, err := c.Dial(plain)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer proxy.Close()
 		ask := func(conn *dns.Conn) time.Duration {
 			start := time.Now()
 			resp, _, err := c.ExchangeWithConn(q, conn)
@@ -336,15 +357,18 @@ func BenchmarkNamePolicyQueryLatency(b *testing.B) {
 			}
 			return time.Since(start)
 		}
-		var d, v []time.Duration
+		var d, p, v []time.Duration
 		for b.Loop() {
 			d = append(d, ask(direct))
+			p = append(p, ask(proxy))
 			v = append(v, ask(via))
 		}
 		dp50, dp99 := benchPercentile(d, 50), benchPercentile(d, 99)
 		vp50, vp99 := benchPercentile(v, 50), benchPercentile(v, 99)
 		b.ReportMetric(µs(dp50), "direct-p50-µs")
 		b.ReportMetric(µs(dp99), "direct-p99-µs")
+		b.ReportMetric(µs(benchPercentile(p, 50)), "proxy-p50-µs")
+		b.ReportMetric(µs(benchPercentile(p, 99)), "proxy-p99-µs")
 		b.ReportMetric(µs(vp50), "policy-p50-µs")
 		b.ReportMetric(µs(vp99), "policy-p99-µs")
 		b.ReportMetric(float64(vp50)/float64(dp50), "p50-ratio")
