@@ -224,7 +224,17 @@ func startAgent(t *testing.T, addrs []string, tweak func(*agent.Config)) *harnes
 // startAgentWith is startAgent with the deps edited by tweakDeps.
 func startAgentWith(t *testing.T, addrs []string, tweak func(*agent.Config), tweakDeps func(*agent.Deps)) *harness {
 	t.Helper()
+	return startAgentFaulted(t, addrs, tweak, tweakDeps)
+}
+
+// startAgentFaulted is startAgentWith with rules injected into the
+// agent's calls before it runs, so even its first call meets them.
+func startAgentFaulted(t *testing.T, addrs []string, tweak func(*agent.Config), tweakDeps func(*agent.Deps), rules ...inproc.Rule) *harness {
+	t.Helper()
 	faults := inproc.NewFaults()
+	for _, r := range rules {
+		faults.Inject(r)
+	}
 	cl, err := agent.NewClient(addrs, append(faults.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)

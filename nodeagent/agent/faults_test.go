@@ -22,9 +22,9 @@ import (
 func TestAgentRetriesRegistrationAndReportsTheControlPlaneFailed(t *testing.T) {
 	f := startFed(t, inproc.Options{})
 	f.seed()
-	h := startAgent(t, f.cp.Addrs(), func(c *agent.Config) { c.StatusInterval = time.Minute })
 	// Before the agent's first call: every replica refuses it, twice over.
-	h.faults.Inject(inproc.Rule{Method: fedmeshv1.NodeService_RegisterNode_FullMethodName, Code: codes.Unavailable, Times: 6})
+	h := startAgentFaulted(t, f.cp.Addrs(), func(c *agent.Config) { c.StatusInterval = time.Minute }, nil,
+		inproc.Rule{Method: fedmeshv1.NodeService_RegisterNode_FullMethodName, Code: codes.Unavailable, Times: 6})
 	f.waitRegistered()
 	if n := h.faults.Calls(fedmeshv1.NodeService_RegisterNode_FullMethodName); n < 7 {
 		t.Errorf("%d registration attempts, want the 6 that failed and one more", n)
