@@ -88,9 +88,9 @@ func (c *capture) Stop() [][]byte {
 // ARP or UDP between the two underlay addresses on the WireGuard port, and
 // for any frame carrying the plaintext marker. It returns how many WireGuard
 // frames it saw.
-func checkOnlyWireGuard(t testing.TB, frames [][]byte, underlay [2]netip.Addr, port uint16, marker []byte, podIPs []netip.Addr) int {
+func checkOnlyWireGuard(t testing.TB, frames [][]byte, underlay [2]netip.Addr, port uint16, marker []byte, podIPs []netip.Addr) (wgFrames, wgBytes int) {
 	t.Helper()
-	wg, bad := 0, 0
+	wg, wgb, bad := 0, 0, 0
 	report := func(format string, args ...any) {
 		if bad++; bad <= 5 {
 			t.Errorf(format, args...)
@@ -137,9 +137,10 @@ func checkOnlyWireGuard(t testing.TB, frames [][]byte, underlay [2]netip.Addr, p
 			continue
 		}
 		wg++
+		wgb += len(f)
 	}
 	if bad > 5 {
 		t.Errorf("... and %d more bad frames", bad-5)
 	}
-	return wg
+	return wg, wgb
 }

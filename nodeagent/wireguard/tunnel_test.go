@@ -81,11 +81,17 @@ func TestPodTrafficCrossesSitesOnlyInsideWireGuard(t *testing.T) {
 	}
 
 	frames := cap.Stop()
-	n := checkOnlyWireGuard(t, frames, [2]netip.Addr{a.underlay, b.underlay}, DefaultListenPort, marker, []netip.Addr{a.pod.ip, b.pod.ip})
-	if n < 100 {
-		t.Fatalf("saw %d WireGuard frames on the underlay for %d bytes of pod traffic: the traffic did not go through the tunnel", n, len(payload))
+	// The capture proves what crossed the underlay was WireGuard and nothing
+	// else; that the 4 MiB went through the tunnel is the device's TxBytes
+	// below. Neither frames nor bytes seen make that bound: wireguard-go
+	// sends with UDP GSO (a veth hands the capture its segments unsplit, so
+	// the frame count follows the sender's batching: 95 on a loaded
+	// machine), and a busy capture socket drops some.
+	n, nb := checkOnlyWireGuard(t, frames, [2]netip.Addr{a.underlay, b.underlay}, DefaultListenPort, marker, []netip.Addr{a.pod.ip, b.pod.ip})
+	if n < 10 {
+		t.Fatalf("saw %d WireGuard frames on the underlay for %d bytes of pod traffic: the capture saw no tunnel", n, len(payload))
 	}
-	t.Logf("underlay carried %d WireGuard frames and nothing else", n)
+	t.Logf("underlay carried %d bytes in %d WireGuard frames and nothing else", nb, n)
 
 	for i, n := range l.nodes {
 		st, err := n.dev.Status(ctx)
