@@ -165,7 +165,48 @@ type podBook struct {
 	mu      sync.Mutex
 	gone    bool // forgotten: learn nothing more for this endpoint
 	entries map[learnKey]learnEntry
+	// perName counts entries by name, so the per-name limit costs the
+	// answer's name, not a scan of the book (set through put and del only).
+	perName map[string]int
+	// swept is when the pod's own answers last dropped its expired
+	// entries: at most every bookSweepEvery, so an answer costs its own
+	// addresses, not the size of the book.
+	swept time.Time
 }
+
+func newPodBook() *podBook {
+	return &podBook{entries: map[learnKey]learnEntry{}, perName: map[string]int{}}
+}
+
+func (b *podBook) put(k learnKey, e learnEntry) {
+	if _, had := b.entries[k]; !had {
+		b.perName[k.name]++
+	}
+	b.entries[k] = e
+}
+
+func (b *podBook) del(k learnKey) {
+	if _, had := b.entries[k]; !had {
+		return
+	}
+	delete(b.entries, k)
+	if b.perName[k.name]--; b.perName[k.name] <= 0 {
+		delete(b.perName, k.name)
+	}
+}
+
+// dropExpired deletes the entries expired at now.
+func (b *podBook) dropExpired(now time.Time) {
+	for k, e := range b.entries {
+		if !e.expires.After(now) {
+			b.del(k)
+		}
+	}
+	b.swept = now
+}
+
+// bookSweepEvery paces a pod's own sweep of its book on its answers.
+const bookSweepEvery = time.Second
 
 // NamePolicy is the resolver hook for policy by DNS name and the owner of
 // what the node's pods learned. Create it with NewNamePolicy, Restore it
@@ -275,10 +316,10 @@ func (p *NamePolicy) Restore(ctx context.Context) (int, error) {
 	for _, e := range live {
 		b := p.books[e.Endpoint]
 		if b == nil {
-			b = &podBook{entries: map[learnKey]learnEntry{}}
+			b = newPodBook()
 			p.books[e.Endpoint] = b
 		}
-		b.entries[learnKey{e.Addr, e.Name}] = learnEntry{expires: e.Expires, seq: p.seq.Add(1)}
+		b.put(learnKey{e.Addr, e.Name}, learnEntry{expires: e.Expires, seq: p.seq.Add(1)})
 	}
 	p.mu.Unlock()
 	p.m.learned.Set(float64(len(live)))
@@ -358,11 +399,7 @@ func (p *NamePolicy) sweep(now time.Time) int {
 		if !b.mu.TryLock() {
 			continue
 		}
-		for k, e := range b.entries {
-			if !e.expires.After(now) {
-				delete(b.entries, k)
-			}
-		}
+		b.dropExpired(now)
 		live += len(b.entries)
 		b.mu.Unlock()
 	}
@@ -542,7 +579,7 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 	p.mu.Lock()
 	b := p.books[id]
 	if b == nil {
-		b = &podBook{entries: map[learnKey]learnEntry{}}
+		b = newPodBook()
 		p.books[id] = b
 	}
 	p.mu.Unlock()
@@ -554,10 +591,8 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 	}
 	now := p.now()
 	before := len(b.entries)
-	for k, e := range b.entries {
-		if !e.expires.After(now) {
-			delete(b.entries, k)
-		}
+	if now.Sub(b.swept) >= bookSweepEvery {
+		b.dropExpired(now)
 	}
 	// The answer's first addresses are its newest: the limit keeps them.
 	if most := min(p.cfg.MaxAddrsPerName, p.cfg.MaxAddrsPerPod); len(addrs) > most {
@@ -567,26 +602,37 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 	seq := p.seq.Add(uint64(len(addrs))) - uint64(len(addrs))
 	batch := make([]dataplane.LearnedAddr, 0, len(addrs))
 	newer := 0 // entries of batch the journal does not have yet
-	old := maps.Clone(b.entries)
+	// undo restores the book if the dataplane refuses: what the answer
+	// overwrote (absent: added) and what the limits dropped.
+	type prior struct {
+		e   learnEntry
+		had bool
+	}
+	undo := make(map[learnKey]prior, len(addrs))
 	for i, a := range addrs {
 		exp := now.Add(max(time.Duration(a.TTL)*time.Second, p.cfg.MinTTL))
 		k := learnKey{a.Addr, name}
 		e, had := b.entries[k]
+		if _, seen := undo[k]; !seen {
+			undo[k] = prior{e, had}
+		}
 		if had && !exp.After(e.expires) {
 			exp = e.expires // a later expiry wins, as in the dataplane
 		} else {
 			newer++
 		}
 		// Earlier addresses of the answer count as newer.
-		b.entries[k] = learnEntry{expires: exp, seq: seq + uint64(len(addrs)-i)}
+		b.put(k, learnEntry{expires: exp, seq: seq + uint64(len(addrs)-i)})
 		batch = append(batch, dataplane.LearnedAddr{Endpoint: id, Addr: a.Addr, Name: name, Expires: exp})
 	}
-	evicted := p.limit(b, name, len(addrs))
+	dropped := p.limit(b, name, len(addrs))
+	evicted := len(dropped) > 0
 	start := time.Now()
 	var err error
 	if evicted {
 		// The dataplane drops nothing but a whole endpoint: forget it and
 		// learn everything the pod keeps.
+		b.dropExpired(now) // a re-Learn must not carry an expired entry
 		keep := make([]dataplane.LearnedAddr, 0, len(b.entries))
 		for k, e := range b.entries {
 			keep = append(keep, dataplane.LearnedAddr{Endpoint: id, Addr: k.addr, Name: k.name, Expires: e.expires})
@@ -616,8 +662,17 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 	if err != nil {
 		// What the dataplane holds is unknown now: keep the book as it was
 		// (an entry it did take expires there by itself).
-		b.entries = old
-		p.m.learned.Add(float64(len(old) - before))
+		for k, e := range dropped {
+			b.put(k, e)
+		}
+		for k, pr := range undo {
+			if pr.had {
+				b.put(k, pr.e)
+			} else {
+				b.del(k)
+			}
+		}
+		p.m.learned.Add(float64(len(b.entries) - before))
 		return nil, err
 	}
 	p.m.learned.Add(float64(len(b.entries) - before))
@@ -629,41 +684,46 @@ func (p *NamePolicy) learn(ctx context.Context, id, name string, addrs []fdns.Ch
 }
 
 // limit drops the oldest entries of b over the per-name limit for name
-// and the per-pod limit, and reports whether it dropped any. Over a limit
+// and the per-pod limit, and returns what it dropped. Over a limit
 // it drops down to a tenth below it (never into the newest answer's fresh
 // entries): each drop costs the dataplane a Forget and a Learn of all the
 // pod keeps, so a pod at its limit pays it once per tenth of the limit,
 // not on every answer.
-func (p *NamePolicy) limit(b *podBook, name string, fresh int) bool {
-	var forName []learnKey
-	for k := range b.entries {
-		if k.name == name {
-			forName = append(forName, k)
+func (p *NamePolicy) limit(b *podBook, name string, fresh int) map[learnKey]learnEntry {
+	var dropped map[learnKey]learnEntry
+	drop := func(k learnKey) {
+		if dropped == nil {
+			dropped = map[learnKey]learnEntry{}
 		}
+		dropped[k] = b.entries[k]
+		b.del(k)
 	}
-	dropped := false
 	oldestFirst := func(ks []learnKey) {
 		slices.SortFunc(ks, func(x, y learnKey) int { return cmp.Compare(b.entries[x].seq, b.entries[y].seq) })
 	}
 	target := func(limit int) int { return max(limit-max(limit/10, 1), fresh) }
-	if len(forName) > p.cfg.MaxAddrsPerName {
+	if b.perName[name] > p.cfg.MaxAddrsPerName {
+		var forName []learnKey
+		for k := range b.entries {
+			if k.name == name {
+				forName = append(forName, k)
+			}
+		}
 		over := len(forName) - target(p.cfg.MaxAddrsPerName)
 		oldestFirst(forName)
 		for _, k := range forName[:over] {
-			delete(b.entries, k)
+			drop(k)
 		}
 		p.m.limited.WithLabelValues("name").Add(float64(over))
-		dropped = true
 	}
 	if len(b.entries) > p.cfg.MaxAddrsPerPod {
 		over := len(b.entries) - target(p.cfg.MaxAddrsPerPod)
 		all := slices.Collect(maps.Keys(b.entries))
 		oldestFirst(all)
 		for _, k := range all[:over] {
-			delete(b.entries, k)
+			drop(k)
 		}
 		p.m.limited.WithLabelValues("pod").Add(float64(over))
-		dropped = true
 	}
 	return dropped
 }
