@@ -6,7 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,38 +34,55 @@ import (
 // with counters of their own.
 
 const (
-	// shipQueue bounds the flows waiting to be batched; beyond it flows are
-	// dropped and counted (backpressure never reaches the event reader).
-	shipQueue = 16384
-	// dnsQueue bounds the DNS records waiting to be batched, counted the
-	// same way.
+	// dnsQueue bounds the DNS records waiting to be batched; beyond it
+	// records are dropped and counted (backpressure never reaches the
+	// resolver).
 	dnsQueue  = 4096
 	shipBatch = 500
-	// shipBatches bounds the encoded batches waiting for one replica.
-	shipBatches = shipQueue / shipBatch
+	// shipBatches bounds the encoded batches waiting for one replica;
+	// beyond it a replica's batches are dropped and counted (backpressure
+	// never reaches the event reader).
+	shipBatches = 32
 	// shipLinger is how long a partial batch waits for more flows.
 	shipLinger = 200 * time.Millisecond
 )
 
 // batch is one encoded ShipFlowsRequest without its dropped fields, which
-// differ per replica and are appended on send: n flows and dns records.
+// differ per replica and are sent behind it: n flows and dns records. Its
+// bytes are never written once sealed (gRPC may still hold them after
+// SendMsg returns).
 type batch struct {
 	b      []byte
 	n, dns int
 }
 
 // FlowShipper ships flow records to every replica. Offer is called by the
-// flow reader's goroutine and never blocks; Run owns a batcher goroutine
-// that encodes batches once and one goroutine per replica that writes
-// them onto a ShipFlows stream, reopening it with jittered backoff when it
-// fails.
+// flow reader's goroutine and never blocks: it copies the record into the
+// open batch and, when the batch is full, hands it to every replica's
+// queue, so a flow costs the reader a copy and no goroutine hand-off. Run
+// owns a batcher goroutine that adds the DNS records and seals a partial
+// batch after shipLinger, and one goroutine per replica that writes
+// batches onto a ShipFlows stream, reopening it with jittered backoff when
+// it fails.
 type FlowShipper struct {
 	cluster, node string
 	addrs         []string
 	conns         []*grpc.ClientConn
-	in            chan []byte
-	dnsIn         chan []byte
-	queues        []chan batch
+	// head is the encoded ShipFlowsRequest.cluster and .node every batch
+	// starts with.
+	head   []byte
+	dnsIn  chan []byte
+	queues []chan batch
+
+	// mu guards the open batch: its bytes, counts and when its first
+	// record came (zero: no batch is open).
+	mu       sync.Mutex
+	open     []byte
+	n, dns   int
+	openedAt time.Time
+	// opened tells the batcher a batch opened (its linger starts).
+	opened chan struct{}
+
 	// dropped per replica: flows that never reached it (a queue was full,
 	// or they were in a batch whose stream failed). Sent with every batch,
 	// so each replica counts what it missed.
@@ -81,7 +98,7 @@ type FlowShipper struct {
 // NewFlowShipper ships over c's replica connections.
 func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, log *slog.Logger) *FlowShipper {
 	s := &FlowShipper{cluster: cluster, node: node, addrs: c.addrs, conns: c.conns, log: log.With("part", "flow-shipper"),
-		in: make(chan []byte, shipQueue), dropped: make([]atomic.Uint64, len(c.conns)),
+		dropped: make([]atomic.Uint64, len(c.conns)), opened: make(chan struct{}, 1),
 		dnsIn: make(chan []byte, dnsQueue), dnsDropped: make([]atomic.Uint64, len(c.conns)),
 		mShipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_flows_shipped_total",
 			Help: "Flow records sent to a control-plane replica."}, []string{"replica"}),
@@ -92,6 +109,8 @@ func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, 
 		mDNSDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedmesh_agent_dns_records_dropped_total",
 			Help: "DNS query records a replica never got: a queue was full (backpressure) or its stream failed."}, []string{"replica"}),
 	}
+	s.head = protowire.AppendString(protowire.AppendTag(s.head, 1, protowire.BytesType), cluster) // ShipFlowsRequest.cluster
+	s.head = protowire.AppendString(protowire.AppendTag(s.head, 2, protowire.BytesType), node)    // ShipFlowsRequest.node
 	for range c.conns {
 		s.queues = append(s.queues, make(chan batch, shipBatches))
 	}
@@ -101,13 +120,44 @@ func NewFlowShipper(c *Client, cluster, node string, reg prometheus.Registerer, 
 	return s
 }
 
-// Offer implements flows.Sink: f is an encoded fedmesh.v1.Flow.
+// Offer implements flows.Sink: f is an encoded fedmesh.v1.Flow, copied
+// into the open batch (the caller reuses f).
 func (s *FlowShipper) Offer(f []byte) {
+	s.mu.Lock()
+	s.openLocked(len(f))
+	s.open = flows.AppendShipped(s.open, f)
+	s.n++
+	if s.n+s.dns >= shipBatch {
+		s.sealLocked()
+	}
+	s.mu.Unlock()
+}
+
+// openLocked opens a batch sized for shipBatch records like one of size
+// bytes, if none is open, and starts its linger.
+func (s *FlowShipper) openLocked(size int) {
+	if s.open != nil {
+		return
+	}
+	s.open = append(make([]byte, 0, len(s.head)+shipBatch*(size+3)), s.head...)
+	s.openedAt = time.Now()
 	select {
-	case s.in <- f:
-	default:
-		for i := range s.queues {
-			s.drop(i, 1)
+	case s.opened <- struct{}{}:
+	default: // the batcher has been told already
+	}
+}
+
+// sealLocked hands the open batch to every replica's queue; a full queue
+// drops it for that replica, counted.
+func (s *FlowShipper) sealLocked() {
+	bt := batch{b: s.open, n: s.n, dns: s.dns}
+	s.open, s.n, s.dns, s.openedAt = nil, 0, 0, time.Time{}
+	for i, q := range s.queues {
+		select {
+		case q <- bt:
+		default:
+			s.drop(i, bt.n)
+			s.dropDNS(i, bt.dns)
 		}
 	}
 }
@@ -173,51 +223,50 @@ func (s *FlowShipper) Run(ctx context.Context) {
 	}
 }
 
-// batch assembles what Offer queued into ShipFlowsRequests, once for every
-// replica: the flows arrive encoded, so a batch is their concatenation
-// behind the node's name.
+// batch adds the queued DNS records to the open batch and seals a partial
+// batch once its first record has waited shipLinger.
 func (s *FlowShipper) batch(ctx context.Context) {
-	var head []byte
-	head = protowire.AppendString(protowire.AppendTag(head, 1, protowire.BytesType), s.cluster) // ShipFlowsRequest.cluster
-	head = protowire.AppendString(protowire.AppendTag(head, 2, protowire.BytesType), s.node)    // ShipFlowsRequest.node
 	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
+	armed := false
+	// arm starts the timer for the open batch's linger, if one is open
+	// and the timer is not running.
+	arm := func() {
+		s.mu.Lock()
+		at := s.openedAt
+		s.mu.Unlock()
+		if !armed && !at.IsZero() {
+			timer.Reset(shipLinger - time.Since(at))
+			armed = true
+		}
+	}
 	for {
-		var b []byte
-		n, dns := 0, 0
 		select {
 		case <-ctx.Done():
 			return
-		case f := <-s.in:
-			b = flows.AppendShipped(append(make([]byte, 0, len(head)+shipBatch*(len(f)+3)), head...), f)
-			n++
 		case r := <-s.dnsIn:
-			b = appendShippedDNS(append(make([]byte, 0, len(head)+shipBatch*(len(r)+3)), head...), r)
-			dns++
-		}
-		timer.Reset(shipLinger)
-	fill:
-		for n+dns < shipBatch {
-			select {
-			case f := <-s.in:
-				b = flows.AppendShipped(b, f)
-				n++
-			case r := <-s.dnsIn:
-				b = appendShippedDNS(b, r)
-				dns++
-			case <-timer.C:
-				break fill
-			case <-ctx.Done():
-				return
+			s.mu.Lock()
+			s.openLocked(len(r))
+			s.open = appendShippedDNS(s.open, r)
+			s.dns++
+			if s.n+s.dns >= shipBatch {
+				s.sealLocked()
 			}
-		}
-		for i, q := range s.queues {
-			select {
-			case q <- batch{b: b, n: n, dns: dns}:
-			default:
-				s.drop(i, n)
-				s.dropDNS(i, dns)
+			s.mu.Unlock()
+			arm()
+		case <-s.opened:
+			arm()
+		case <-timer.C:
+			armed = false
+			s.mu.Lock()
+			if !s.openedAt.IsZero() && time.Since(s.openedAt) >= shipLinger {
+				s.sealLocked()
 			}
+			s.mu.Unlock()
+			// A batch opened after the one the timer was for waits
+			// its own linger.
+			arm()
 		}
 	}
 }
@@ -260,12 +309,13 @@ func (s *FlowShipper) stream(ctx context.Context, client fedmeshv1.FlowServiceCl
 			return ctx.Err()
 		case bt = <-s.queues[i]:
 		}
-		// Fields 4 and 6 (dropped, dns_dropped) appended: a later
-		// occurrence of a scalar field is the one a decoder keeps, and the
-		// batch has none.
-		b := protowire.AppendVarint(protowire.AppendTag(slices.Clip(bt.b), 4, protowire.VarintType), s.dropped[i].Load())
-		b = protowire.AppendVarint(protowire.AppendTag(b, 6, protowire.VarintType), s.dnsDropped[i].Load())
-		if err := st.SendMsg(preEncoded(b)); err != nil {
+		// Fields 4 and 6 (dropped, dns_dropped) follow the batch's bytes
+		// as a buffer of their own, so the shared batch is neither copied
+		// nor written: a later occurrence of a scalar field is the one a
+		// decoder keeps, and the batch has none.
+		tail := protowire.AppendVarint(protowire.AppendTag(make([]byte, 0, 24), 4, protowire.VarintType), s.dropped[i].Load())
+		tail = protowire.AppendVarint(protowire.AppendTag(tail, 6, protowire.VarintType), s.dnsDropped[i].Load())
+		if err := st.SendMsg(preEncoded{bt.b, tail}); err != nil {
 			s.drop(i, bt.n)
 			s.dropDNS(i, bt.dns)
 			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
@@ -278,8 +328,9 @@ func (s *FlowShipper) stream(ctx context.Context, client fedmeshv1.FlowServiceCl
 	}
 }
 
-// preEncoded is a message already in protobuf wire form.
-type preEncoded []byte
+// preEncoded is a message already in protobuf wire form: the
+// concatenation of its parts.
+type preEncoded [][]byte
 
 // preEncodedCodec sends preEncoded bytes as they are and everything else
 // as gRPC's protobuf codec does; its name is "proto", so the server reads
@@ -287,8 +338,12 @@ type preEncoded []byte
 type preEncodedCodec struct{ encoding.CodecV2 }
 
 func (c preEncodedCodec) Marshal(v any) (mem.BufferSlice, error) {
-	if b, ok := v.(preEncoded); ok {
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	if parts, ok := v.(preEncoded); ok {
+		out := make(mem.BufferSlice, len(parts))
+		for i, p := range parts {
+			out[i] = mem.SliceBuffer(p)
+		}
+		return out, nil
 	}
 	return c.CodecV2.Marshal(v)
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fedmesh/fedmesh/controlplane/flowstore"
 	"github.com/fedmesh/fedmesh/controlplane/inproc"
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
@@ -192,5 +193,70 @@ func TestAgentFeedsTheFlowDirectoryWithWhatItEnforces(t *testing.T) {
 	if got := flows.Explain(denied.GetDecision()); got != "ingress: selected by a/web/allow-client and no rule allowed" ||
 		denied.GetSource().GetPod() != "other" || denied.GetDestination().GetPod() != "server" {
 		t.Errorf("denied flow: %q %v -> %v", got, denied.GetSource(), denied.GetDestination())
+	}
+}
+
+// The reader encodes every event into the same bytes and the shipper
+// copies them into its batch: every replica stores each event's own flow
+// (its own source port), none overwritten by a later event's record.
+func TestShippedFlowsAreEachEventsOwnThoughTheReaderReusesItsBuffer(t *testing.T) {
+	f := startFed(t, inproc.Options{})
+	f.registerCluster(&fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.0.0.0/16"}})
+	rev := f.write("register node", func(ctx context.Context, cc *grpc.ClientConn) (uint64, error) {
+		r, err := fedmeshv1.NewNodeServiceClient(cc).RegisterNode(ctx, &fedmeshv1.RegisterNodeRequest{Node: &fedmeshv1.Node{Cluster: "a", Name: self, UnderlayIp: "198.18.0.1"}})
+		return r.GetRevision(), err
+	})
+	if err := f.cp.WaitRevision(rev, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := agent.NewClient(f.cp.Addrs(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rules := policy.EndpointRules{Identity: 256, Ingress: policy.DirectionRules{Enforced: true,
+		Identities: []policy.IdentityRule{{Peer: policy.IdentityAny, Proto: policy.ProtoAny, Ports: policy.AllPorts, Rule: 1}}}}
+	dp := dataplane.NewMemory()
+	defer dp.Close()
+	if err := dp.Apply(ctx, &dataplane.Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a/web/server": rules}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Attach(ctx, dataplane.Endpoint{ID: "a/web/server", Interface: "cali-server"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := flows.NewDirectory()
+	dir.UpsertEndpoint(server)
+	dir.UpsertEndpoint(client)
+	s := agent.NewFlowShipper(cl, "a", self, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rd := &flows.Reader{Cluster: "a", Node: self, Dir: dir, Sink: s}
+	go s.Run(ctx)
+	go rd.Run(ctx, dp.Events())
+
+	const n = 1200 // two full batches and a lingering one
+	for i := range n {
+		if _, _, _, err := dp.Process("a/web/server", policy.Ingress, tcpSYN(netip.MustParseAddr("10.0.0.20"), netip.MustParseAddr("10.0.0.10"), uint16(10000+i), 80)); err != nil {
+			t.Fatal(err)
+		}
+		for rd.Events() < uint64(i+1) { // one event in the channel at a time: none dropped
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	for _, r := range f.cp.Replicas {
+		eventually(t, "replica "+r.ID+" stores every flow", func() bool { return storedOn(r) == n })
+		ports := map[uint32]bool{}
+		for _, fl := range r.Server().Flows().Query(flowstore.Query{Limit: 2 * n}, flowstore.Scope{}) {
+			if fl.GetSource().GetPod() != "client" || fl.GetDestination().GetPod() != "server" {
+				t.Fatalf("replica %s: flow %v, want client to server", r.ID, fl)
+			}
+			ports[fl.GetSource().GetPort()] = true
+		}
+		if len(ports) != n {
+			t.Fatalf("replica %s stores %d distinct source ports of %d events: records were overwritten by later ones", r.ID, len(ports), n)
+		}
+	}
+	if s.Dropped() != 0 {
+		t.Fatalf("dropped %d", s.Dropped())
 	}
 }

@@ -283,9 +283,10 @@ func PolicyString(k *fedmeshv1.PolicyKey) string {
 	return c + "/" + k.GetNamespace() + "/" + k.GetName()
 }
 
-// Sink receives flow records in wire form (an encoded fedmesh.v1.Flow; the
-// sink owns the slice). Offer must not block: it queues or drops (and
-// counts) the record.
+// Sink receives flow records in wire form (an encoded fedmesh.v1.Flow).
+// Offer must not block: it queues or drops (and counts) the record. The
+// slice is the caller's: the Reader encodes the next record into the same
+// bytes once Offer returns, so a sink keeps a copy, never the slice.
 type Sink interface {
 	Offer(flow []byte)
 }
@@ -313,6 +314,8 @@ type Reader struct {
 	Now func() time.Time
 
 	events atomic.Uint64
+	// buf is the record's bytes, reused for every event (Sink copies).
+	buf []byte
 }
 
 // Events is how many events Run has read.
@@ -338,9 +341,10 @@ func (r *Reader) Run(ctx context.Context, events <-chan dataplane.Event) {
 			if r.Names != nil && ev.Direction == policy.Egress {
 				name = r.Names.Name(ev.EndpointID, ev.Dst.Unmap(), t)
 			}
-			b := r.Dir.AppendFlow(make([]byte, 0, 256+len(name)), ev, r.Cluster, r.Node, t)
+			b := r.Dir.AppendFlow(r.buf[:0], ev, r.Cluster, r.Node, t)
 			// A field appended to an encoded message is part of it.
-			r.Sink.Offer(appendString(b, flowDNSName, name))
+			r.buf = appendString(b, flowDNSName, name)
+			r.Sink.Offer(r.buf)
 		}
 	}
 }
