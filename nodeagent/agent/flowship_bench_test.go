@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -56,11 +57,10 @@ func traffic(b *testing.B, dp *dataplane.Memory, rate int, d time.Duration, spor
 // BenchmarkFlowShippingCPU: this process's CPU while the in-memory
 // dataplane takes 50k new flows/s, with the flow reader and the shipper
 // off (nobody reads the events, as with --ship-flows=false) and then on
-// (every event attributed and shipped to three fedmesh-controlplane
-// processes, whose CPU is not counted), in the same run.
+// (every event attributed and shipped to one, then three,
+// fedmesh-controlplane processes, whose CPU is not counted), in the same
+// run.
 func BenchmarkFlowShippingCPU(b *testing.B) {
-	const rate = 50_000
-	const window = 3 * time.Second
 	cp := cptest.Start(b, cptest.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -83,7 +83,7 @@ func BenchmarkFlowShippingCPU(b *testing.B) {
 		Identities: []policy.IdentityRule{{Peer: policy.IdentityAny, Proto: policy.ProtoAny, Ports: policy.AllPorts, Rule: 1}}}}
 	// Each phase gets a fresh dataplane, so its flow table's growth is the
 	// same in both.
-	newDataplane := func() *dataplane.Memory {
+	newDataplane := func(b *testing.B) *dataplane.Memory {
 		dp := dataplane.NewMemory()
 		if err := dp.Apply(ctx, &dataplane.Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a/web/server": rules}}); err != nil {
 			b.Fatal(err)
@@ -99,19 +99,26 @@ func BenchmarkFlowShippingCPU(b *testing.B) {
 	dir.Stage("a/web/server", &policy.Compiled{Rules: rules, Origins: []policy.RuleOrigin{{Cluster: "a", Namespace: "web", Name: "allow-all", Direction: policy.Ingress}}})
 	dir.Commit()
 
-	var sport uint32
+	for _, replicas := range []int{1, 3} {
+		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) { shipCPU(b, ctx, cp.Addrs()[:replicas], newDataplane, dir) })
+	}
+}
+
+func shipCPU(b *testing.B, ctx context.Context, addrs []string, newDataplane func(*testing.B) *dataplane.Memory, dir *flows.Directory) {
+	const rate = 50_000
+	const window = 3 * time.Second
 	for b.Loop() {
-		sport = 0
+		var sport uint32
 		// Off: the events channel fills and the dataplane drops the rest.
-		dp := newDataplane()
+		dp := newDataplane(b)
 		traffic(b, dp, rate, time.Second, &sport)
 		start := cpuTime()
 		nOff := traffic(b, dp, rate, window, &sport)
 		off := cpuTime() - start
 		dp.Close()
-		dp = newDataplane()
+		dp = newDataplane(b)
 
-		cl, err := agent.NewClient(cp.Addrs(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cl, err := agent.NewClient(addrs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			b.Fatal(err)
 		}
