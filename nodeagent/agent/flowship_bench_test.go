@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -112,9 +113,9 @@ func shipCPU(b *testing.B, ctx context.Context, addrs []string, newDataplane fun
 		// Off: the events channel fills and the dataplane drops the rest.
 		dp := newDataplane(b)
 		traffic(b, dp, rate, time.Second, &sport)
-		start := cpuTime()
+		start, m0 := cpuTime(), allocated()
 		nOff := traffic(b, dp, rate, window, &sport)
-		off := cpuTime() - start
+		off, mOff := cpuTime()-start, allocated().minus(m0)
 		dp.Close()
 		dp = newDataplane(b)
 
@@ -129,9 +130,9 @@ func shipCPU(b *testing.B, ctx context.Context, addrs []string, newDataplane fun
 		go func() { shipper.Run(sctx); done <- struct{}{} }()
 		go func() { rd.Run(sctx, dp.Events()); done <- struct{}{} }()
 		traffic(b, dp, rate, time.Second, &sport) // streams open, queues warm
-		start, ev0 := cpuTime(), rd.Events()
+		start, ev0, m0 := cpuTime(), rd.Events(), allocated()
 		nOn := traffic(b, dp, rate, window, &sport)
-		on := cpuTime() - start
+		on, mOn := cpuTime()-start, allocated().minus(m0)
 		events := rd.Events() - ev0
 		stop()
 		<-done
@@ -148,7 +149,21 @@ func shipCPU(b *testing.B, ctx context.Context, addrs []string, newDataplane fun
 		b.ReportMetric(on.Seconds()/window.Seconds()*100, "cpu%-on")
 		b.ReportMetric((on-off).Seconds()/off.Seconds()*100, "overhead%")
 		b.ReportMetric(float64((on-off).Nanoseconds())/float64(events)/1000, "µs-cpu/event")
+		// Allocation is the steady measure on a loaded machine: what the
+		// reader and the shipper allocate per event, beyond the traffic's.
+		b.ReportMetric((float64(mOn.bytes)/float64(nOn) - float64(mOff.bytes)/float64(nOff)), "B-alloc/event")
+		b.ReportMetric((float64(mOn.objects)/float64(nOn) - float64(mOff.objects)/float64(nOff)), "allocs/event")
 		b.ReportMetric(float64(shipper.Dropped()), "dropped")
 		b.ReportMetric(float64(uint64(nOn)-events), "lost-in-dataplane")
 	}
 }
+
+type allocs struct{ bytes, objects uint64 }
+
+func allocated() allocs {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return allocs{m.TotalAlloc, m.Mallocs}
+}
+
+func (a allocs) minus(b allocs) allocs { return allocs{a.bytes - b.bytes, a.objects - b.objects} }
