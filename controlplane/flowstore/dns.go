@@ -348,47 +348,18 @@ func (s *DNSStore) Serve(ctx context.Context, q DNSQuery, sc Scope, send func(*f
 	} else {
 		hist = s.Query(q, sc)
 	}
-	m := &fedmeshv1.GetDNSResponse{Status: s.StatusProto()}
-	for {
-		n := min(len(hist), SendBatch)
-		m.Records, hist = hist[:n], hist[n:]
-		if err := send(m); err != nil {
-			return err
-		}
-		if len(hist) == 0 {
-			break
-		}
-		m = &fedmeshv1.GetDNSResponse{}
+	var c <-chan *fedmeshv1.DNSRecord
+	lagged := func() uint64 { return 0 }
+	if fol != nil {
+		c, lagged = fol.C, func() uint64 { return s.Lagged(fol) }
 	}
-	if fol == nil {
-		return nil
-	}
-	var lagged uint64
-	for {
-		var batch []*fedmeshv1.DNSRecord
-		select {
-		case <-ctx.Done():
-			return nil
-		case r := <-fol.C:
-			batch = append(batch, r)
+	return serveBatches(ctx, hist, c, lagged, func(batch []*fedmeshv1.DNSRecord, first bool, lag uint64) error {
+		m := &fedmeshv1.GetDNSResponse{Records: batch, Lagged: lag}
+		if first {
+			m.Status = s.StatusProto()
 		}
-	drain:
-		for len(batch) < SendBatch {
-			select {
-			case r := <-fol.C:
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
-		m := &fedmeshv1.GetDNSResponse{Records: batch}
-		if l := s.Lagged(fol); l != lagged {
-			m.Lagged, lagged = l-lagged, l
-		}
-		if err := send(m); err != nil {
-			return err
-		}
-	}
+		return send(m)
+	})
 }
 
 // Collectors export the DNS store's counters (read at scrape time from

@@ -115,44 +115,60 @@ func (s *Store) Serve(ctx context.Context, q Query, sc Scope, send func(*fedmesh
 	} else {
 		hist = s.Query(q, sc)
 	}
-	m := &fedmeshv1.GetFlowsResponse{Status: s.StatusProto()}
-	for {
+	var c <-chan *fedmeshv1.Flow
+	lagged := func() uint64 { return 0 }
+	if fol != nil {
+		c, lagged = fol.C, func() uint64 { return s.Lagged(fol) }
+	}
+	return serveBatches(ctx, hist, c, lagged, func(batch []*fedmeshv1.Flow, first bool, lag uint64) error {
+		m := &fedmeshv1.GetFlowsResponse{Flows: batch, Lagged: lag}
+		if first {
+			m.Status = s.StatusProto()
+		}
+		return send(m)
+	})
+}
+
+// serveBatches is the shape of every stored-record stream: hist in
+// messages of at most SendBatch (the first one marked, to carry the
+// store's status, and sent even when hist is empty), then, when c is not
+// nil, what arrives on c in batches, each with how many more records a
+// slow reader missed (lagged counts them all), until ctx ends. It returns
+// send's error, or nil.
+func serveBatches[T any](ctx context.Context, hist []T, c <-chan T, lagged func() uint64, send func(batch []T, first bool, lag uint64) error) error {
+	for first := true; first || len(hist) > 0; first = false {
 		n := min(len(hist), SendBatch)
-		m.Flows, hist = hist[:n], hist[n:]
-		if err := send(m); err != nil {
+		if err := send(hist[:n], first, 0); err != nil {
 			return err
 		}
-		if len(hist) == 0 {
-			break
-		}
-		m = &fedmeshv1.GetFlowsResponse{}
+		hist = hist[n:]
 	}
-	if fol == nil {
+	if c == nil {
 		return nil
 	}
-	var lagged uint64
+	var seen uint64
 	for {
-		var batch []*fedmeshv1.Flow
+		var batch []T
 		select {
 		case <-ctx.Done():
 			return nil
-		case f := <-fol.C:
-			batch = append(batch, f)
+		case r := <-c:
+			batch = append(batch, r)
 		}
 	drain:
 		for len(batch) < SendBatch {
 			select {
-			case f := <-fol.C:
-				batch = append(batch, f)
+			case r := <-c:
+				batch = append(batch, r)
 			default:
 				break drain
 			}
 		}
-		m := &fedmeshv1.GetFlowsResponse{Flows: batch}
-		if l := s.Lagged(fol); l != lagged {
-			m.Lagged, lagged = l-lagged, l
+		var lag uint64
+		if l := lagged(); l != seen {
+			lag, seen = l-seen, l
 		}
-		if err := send(m); err != nil {
+		if err := send(batch, false, lag); err != nil {
 			return err
 		}
 	}
