@@ -45,13 +45,17 @@ func bigRevision(n uint64, shift int) *Revision {
 // which is also the device test runs use.
 //
 // What a packet costs, by map (array and array-of-maps lookups are inlined
-// by the verifier and nearly free; each hash lookup hashes its key):
+// by the verifier and nearly free; each hash lookup is three calls, to
+// hash, to walk the bucket and to compare keys, ~30 ns on this host, where
+// every return goes through the SRSO "Safe RET" thunk; an LPM trie lookup
+// ~105 ns):
 //   - denied-full-lookup (IPv4 TCP SYN to a port no rule allows): endpoint
-//     hash (4-byte key), one conntrack LRU miss (fm_ct4, 20-byte canonical
-//     key), ipcache host hash (16 bytes), policy_fixed hash (12 bytes), the
-//     endpoint counter (per-CPU array) and the event token (coarse clock).
-//   - established-conntrack-hit: endpoint hash, one conntrack hit, the
-//     coarse clock, the endpoint counter.
+//     array, one conntrack LRU miss (fm_ct4, 20-byte canonical key),
+//     ipcache host hash (16 bytes), policy_fixed hash (12 bytes), the
+//     endpoint counter (per-CPU array) and the event token (jiffies clock,
+//     inlined).
+//   - established-conntrack-hit: endpoint array, one conntrack hit, the
+//     jiffies clock, the endpoint counter.
 //   - ipv6-denied-full-lookup: as denied, in fm_ct6 (44-byte key).
 func BenchmarkProgramPerPacket(b *testing.B) {
 	requireKernel(b)

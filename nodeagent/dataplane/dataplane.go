@@ -35,9 +35,12 @@
 //     stage keeps the per-tier minimum over its lookups. An endpoint's tier
 //     rules may use RuleIDs up to policy.MaxTierRuleID; Render refuses more.
 //   - Lookups per packet are fixed, whatever the number of rules: at most
-//     the endpoint (hash), conntrack (one LRU hash), ipcache (host hash,
-//     then the trie on a miss), then, when the endpoint has tier rules in
-//     the direction, the tier summary (hash) and up to six tier lookups
+//     the endpoint (an array indexed by ifindex, fm_endpoints_fast, which
+//     the verifier inlines; the hash only for an ifindex past 65535 or
+//     tables an older agent wrote), conntrack (one LRU hash), ipcache
+//     (host hash, then the trie on a miss), then, when the endpoint has
+//     tier rules in the direction, the tier summary (inline in the
+//     endpoint array; a hash with the endpoint hash) and up to six tier lookups
 //     (peer x protocol, peer x any, any x protocol, any x any, CIDR class x
 //     protocol, CIDR class x any), then, when NetworkPolicy enforces the
 //     direction and no Admin rule decided, up to six NetworkPolicy lookups
@@ -45,8 +48,9 @@
 //     (one trie lookup) is read at most once for both stages. Each policy
 //     lookup is one hash (policy_fixed) plus at most one port hash or trie
 //     walk (skipped when no range entry of the key touches the packet's
-//     4096-port block): at most 1+1+2+1+6x2+1+6x2 = 30 hash or trie
-//     lookups (an ICMP error one more conntrack lookup), besides the
+//     4096-port block): at most 1+2+6x2+1+6x2 = 28 hash or trie lookups
+//     (30 through the endpoint hash; an ICMP error one more conntrack
+//     lookup), besides the
 //     array lookups the verifier inlines; the per-endpoint summaries skip
 //     the lookups that cannot match. BenchmarkProgramPerPacketTiers
 //     measures the case where all of them run. The tier stage is a
@@ -107,6 +111,11 @@
 //     hold for addresses whose longest match it is (a "CIDR class"); the
 //     class then keys the policy trie like an identity. An IPv6 rule
 //     prefix covering ::ffff:0:0/96 does not match IPv4 peers.
+//   - The packet clock (conntrack idle times, name expiry, the event
+//     token bucket) is jiffies x tick + base, which the verifier inlines
+//     (jiffies_linux.go measures the tick once per process): the coarse
+//     monotonic clock's scale and resolution without a helper call, which
+//     costs ~16 ns on hosts whose returns are mitigated.
 //   - Conntrack: a flow allowed at an endpoint in a direction is recorded
 //     (LRU); its later packets and its replies pass without policy, so
 //     established flows survive a policy change until idle (TCP 6h, other

@@ -307,6 +307,12 @@ func (e *EBPF) stripLookupSummaries() error {
 		if err := e.inner[e.active][tabEndpoints].Put(k, v); err != nil {
 			return fmt.Errorf("strip lookup summaries: %w", err)
 		}
+		// Nor had they the endpoint array: the programs read the hash.
+		if k < epFastEntries {
+			if err := e.inner[e.active][tabEndpointsFast].Put(k, endpointFastVal{}); err != nil {
+				return fmt.Errorf("strip endpoint array: %w", err)
+			}
+		}
 	}
 	e.shadow[e.active] = nil // the slot no longer holds what Render made
 	return nil

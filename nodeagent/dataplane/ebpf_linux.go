@@ -58,11 +58,12 @@ const (
 	tabRuleCounters
 	tabPolicyFixed
 	tabPolicyPort
+	tabEndpointsFast
 	numTabs
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
-	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port"}
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast"}
 
 type stateVal struct {
 	Active   uint32
@@ -190,6 +191,11 @@ func (e *EBPF) load() error {
 		"ct_timeout_closing_ns": uint64(e.cfg.Timeouts.Closing),
 		"events_per_sec":        e.cfg.EventsPerSecond,
 		"events_burst":          e.cfg.EventsBurst,
+	}
+	if tick, base, err := jiffyClock(); err == nil {
+		vars["jiffy_ns"], vars["jiffy_base_ns"] = tick, base
+	} else {
+		e.log.Warn("packet clock falls back to bpf_ktime_get_coarse_ns", "err", err)
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -426,6 +432,9 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := syncMap(ctx, in[tabEndpoints], old.Endpoints, t.Endpoints); err != nil {
 		return fmt.Errorf("write endpoints: %w", err)
 	}
+	if err := syncArray(ctx, in[tabEndpointsFast], old.fastEndpoints(), t.fastEndpoints()); err != nil {
+		return fmt.Errorf("write endpoint array: %w", err)
+	}
 	if e.installed[slot] {
 		return nil
 	}
@@ -506,6 +515,35 @@ func syncIPCache(ctx context.Context, hosts, nets *ebpf.Map, have, want IPCache)
 	}
 	diffIPCache(have, want, write(false))
 	return err
+}
+
+// syncArray makes the array m hold want, given that it holds have: an
+// index in neither holds the zero value (an array has no deletes).
+func syncArray[V comparable](ctx context.Context, m *ebpf.Map, have, want map[uint32]V) error {
+	var zero V
+	n := 0
+	for k := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := m.Put(k, zero); err != nil {
+			return err
+		}
+	}
+	for k, v := range want {
+		if hv, ok := have[k]; ok && hv == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+		if n++; n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // syncMap makes m hold want, given that it holds have.

@@ -19,6 +19,7 @@ const (
 	fedmeshMapFmCidr             = "fm_cidr"
 	fedmeshMapFmCt4              = "fm_ct4"
 	fedmeshMapFmCt6              = "fm_ct6"
+	fedmeshMapFmEndpointsFast    = "fm_endpoints_fast"
 	fedmeshMapFmEndpointsV2      = "fm_endpoints_v2"
 	fedmeshMapFmEpCounters       = "fm_ep_counters"
 	fedmeshMapFmEpStats          = "fm_ep_stats"
@@ -43,6 +44,8 @@ const (
 	fedmeshVarEventsBurst        = "events_burst"
 	fedmeshVarEventsPerSec       = "events_per_sec"
 	fedmeshVarFmBtfAnchor        = "fm_btf_anchor"
+	fedmeshVarJiffyBaseNs        = "jiffy_base_ns"
+	fedmeshVarJiffyNs            = "jiffy_ns"
 )
 
 // loadFedmesh returns the embedded CollectionSpec for fedmesh.
@@ -95,25 +98,26 @@ type fedmeshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshMapSpecs struct {
-	FmCidr        *ebpf.MapSpec `ebpf:"fm_cidr"`
-	FmCt4         *ebpf.MapSpec `ebpf:"fm_ct4"`
-	FmCt6         *ebpf.MapSpec `ebpf:"fm_ct6"`
-	FmEndpointsV2 *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
-	FmEpCounters  *ebpf.MapSpec `ebpf:"fm_ep_counters"`
-	FmEpStats     *ebpf.MapSpec `ebpf:"fm_ep_stats"`
-	FmEventBucket *ebpf.MapSpec `ebpf:"fm_event_bucket"`
-	FmEvents      *ebpf.MapSpec `ebpf:"fm_events"`
-	FmFqdn        *ebpf.MapSpec `ebpf:"fm_fqdn"`
-	FmFqdnSlots   *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
-	FmFrag        *ebpf.MapSpec `ebpf:"fm_frag"`
-	FmIpcache     *ebpf.MapSpec `ebpf:"fm_ipcache"`
-	FmIpcacheHost *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
-	FmPolicy      *ebpf.MapSpec `ebpf:"fm_policy"`
-	FmPolicyFixed *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
-	FmPolicyPort  *ebpf.MapSpec `ebpf:"fm_policy_port"`
-	FmRuleStats   *ebpf.MapSpec `ebpf:"fm_rule_stats"`
-	FmState       *ebpf.MapSpec `ebpf:"fm_state"`
-	FmTierScratch *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
+	FmCidr          *ebpf.MapSpec `ebpf:"fm_cidr"`
+	FmCt4           *ebpf.MapSpec `ebpf:"fm_ct4"`
+	FmCt6           *ebpf.MapSpec `ebpf:"fm_ct6"`
+	FmEndpointsFast *ebpf.MapSpec `ebpf:"fm_endpoints_fast"`
+	FmEndpointsV2   *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
+	FmEpCounters    *ebpf.MapSpec `ebpf:"fm_ep_counters"`
+	FmEpStats       *ebpf.MapSpec `ebpf:"fm_ep_stats"`
+	FmEventBucket   *ebpf.MapSpec `ebpf:"fm_event_bucket"`
+	FmEvents        *ebpf.MapSpec `ebpf:"fm_events"`
+	FmFqdn          *ebpf.MapSpec `ebpf:"fm_fqdn"`
+	FmFqdnSlots     *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
+	FmFrag          *ebpf.MapSpec `ebpf:"fm_frag"`
+	FmIpcache       *ebpf.MapSpec `ebpf:"fm_ipcache"`
+	FmIpcacheHost   *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
+	FmPolicy        *ebpf.MapSpec `ebpf:"fm_policy"`
+	FmPolicyFixed   *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
+	FmPolicyPort    *ebpf.MapSpec `ebpf:"fm_policy_port"`
+	FmRuleStats     *ebpf.MapSpec `ebpf:"fm_rule_stats"`
+	FmState         *ebpf.MapSpec `ebpf:"fm_state"`
+	FmTierScratch   *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
 }
 
 // fedmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -126,6 +130,8 @@ type fedmeshVariableSpecs struct {
 	EventsBurst        *ebpf.VariableSpec `ebpf:"events_burst"`
 	EventsPerSec       *ebpf.VariableSpec `ebpf:"events_per_sec"`
 	FmBtfAnchor        *ebpf.VariableSpec `ebpf:"fm_btf_anchor"`
+	JiffyBaseNs        *ebpf.VariableSpec `ebpf:"jiffy_base_ns"`
+	JiffyNs            *ebpf.VariableSpec `ebpf:"jiffy_ns"`
 }
 
 // fedmeshObjects contains all objects after they have been loaded into the kernel.
@@ -148,25 +154,26 @@ func (o *fedmeshObjects) Close() error {
 //
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshMaps struct {
-	FmCidr        *ebpf.Map `ebpf:"fm_cidr"`
-	FmCt4         *ebpf.Map `ebpf:"fm_ct4"`
-	FmCt6         *ebpf.Map `ebpf:"fm_ct6"`
-	FmEndpointsV2 *ebpf.Map `ebpf:"fm_endpoints_v2"`
-	FmEpCounters  *ebpf.Map `ebpf:"fm_ep_counters"`
-	FmEpStats     *ebpf.Map `ebpf:"fm_ep_stats"`
-	FmEventBucket *ebpf.Map `ebpf:"fm_event_bucket"`
-	FmEvents      *ebpf.Map `ebpf:"fm_events"`
-	FmFqdn        *ebpf.Map `ebpf:"fm_fqdn"`
-	FmFqdnSlots   *ebpf.Map `ebpf:"fm_fqdn_slots"`
-	FmFrag        *ebpf.Map `ebpf:"fm_frag"`
-	FmIpcache     *ebpf.Map `ebpf:"fm_ipcache"`
-	FmIpcacheHost *ebpf.Map `ebpf:"fm_ipcache_host"`
-	FmPolicy      *ebpf.Map `ebpf:"fm_policy"`
-	FmPolicyFixed *ebpf.Map `ebpf:"fm_policy_fixed"`
-	FmPolicyPort  *ebpf.Map `ebpf:"fm_policy_port"`
-	FmRuleStats   *ebpf.Map `ebpf:"fm_rule_stats"`
-	FmState       *ebpf.Map `ebpf:"fm_state"`
-	FmTierScratch *ebpf.Map `ebpf:"fm_tier_scratch"`
+	FmCidr          *ebpf.Map `ebpf:"fm_cidr"`
+	FmCt4           *ebpf.Map `ebpf:"fm_ct4"`
+	FmCt6           *ebpf.Map `ebpf:"fm_ct6"`
+	FmEndpointsFast *ebpf.Map `ebpf:"fm_endpoints_fast"`
+	FmEndpointsV2   *ebpf.Map `ebpf:"fm_endpoints_v2"`
+	FmEpCounters    *ebpf.Map `ebpf:"fm_ep_counters"`
+	FmEpStats       *ebpf.Map `ebpf:"fm_ep_stats"`
+	FmEventBucket   *ebpf.Map `ebpf:"fm_event_bucket"`
+	FmEvents        *ebpf.Map `ebpf:"fm_events"`
+	FmFqdn          *ebpf.Map `ebpf:"fm_fqdn"`
+	FmFqdnSlots     *ebpf.Map `ebpf:"fm_fqdn_slots"`
+	FmFrag          *ebpf.Map `ebpf:"fm_frag"`
+	FmIpcache       *ebpf.Map `ebpf:"fm_ipcache"`
+	FmIpcacheHost   *ebpf.Map `ebpf:"fm_ipcache_host"`
+	FmPolicy        *ebpf.Map `ebpf:"fm_policy"`
+	FmPolicyFixed   *ebpf.Map `ebpf:"fm_policy_fixed"`
+	FmPolicyPort    *ebpf.Map `ebpf:"fm_policy_port"`
+	FmRuleStats     *ebpf.Map `ebpf:"fm_rule_stats"`
+	FmState         *ebpf.Map `ebpf:"fm_state"`
+	FmTierScratch   *ebpf.Map `ebpf:"fm_tier_scratch"`
 }
 
 func (m *fedmeshMaps) Close() error {
@@ -174,6 +181,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmCidr,
 		m.FmCt4,
 		m.FmCt6,
+		m.FmEndpointsFast,
 		m.FmEndpointsV2,
 		m.FmEpCounters,
 		m.FmEpStats,
@@ -203,6 +211,8 @@ type fedmeshVariables struct {
 	EventsBurst        *ebpf.Variable `ebpf:"events_burst"`
 	EventsPerSec       *ebpf.Variable `ebpf:"events_per_sec"`
 	FmBtfAnchor        *ebpf.Variable `ebpf:"fm_btf_anchor"`
+	JiffyBaseNs        *ebpf.Variable `ebpf:"jiffy_base_ns"`
+	JiffyNs            *ebpf.Variable `ebpf:"jiffy_ns"`
 }
 
 // fedmeshPrograms contains all programs after they have been loaded into the kernel.

@@ -77,6 +77,50 @@ type endpointVal struct {
 	Stats uint32
 }
 
+// endpointFastVal is struct endpoint_fast: an endpoint in fm_endpoints_fast,
+// the array the programs read before the endpoints hash, with its tier
+// summary inline.
+type endpointFastVal struct {
+	Ep             endpointVal
+	Flags          uint32    // epfValid
+	TierMask       [2]uint32 // by policy.Direction: the kindTierSummary entry's AllRule
+	FQDNProtoSlots [2]uint16 // by policy.Direction: its Rules[0]
+	FQDNAnySlots   [2]uint16 // by policy.Direction: its Rules[1]
+}
+
+const (
+	// epFastEntries is EP_FAST_ENTRIES: endpoints with a larger ifindex are
+	// found in the hash only.
+	epFastEntries = 65536
+	epfValid      = 0x1
+)
+
+// fastEndpoints is what fm_endpoints_fast holds for t: every endpoint with
+// an ifindex below epFastEntries, with its tier summaries.
+func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
+	if t.fast != nil {
+		return t.fast
+	}
+	m := make(map[uint32]endpointFastVal, len(t.Endpoints))
+	for idx, ep := range t.Endpoints {
+		if idx >= epFastEntries {
+			continue
+		}
+		v := endpointFastVal{Ep: ep, Flags: epfValid}
+		for dir := range uint8(2) {
+			sv, ok := t.PolicyFixed[policyFixedKey{Ifindex: idx, Dir: dir, Kind: kindTierSummary}]
+			if !ok {
+				continue
+			}
+			v.TierMask[dir] = sv.AllRule
+			v.FQDNProtoSlots[dir], v.FQDNAnySlots[dir] = uint16(sv.Rules[0]), uint16(sv.Rules[1])
+		}
+		m[idx] = v
+	}
+	t.fast = m
+	return m
+}
+
 // endpointVal.Lookups: which policy lookups can match for an endpoint and
 // direction (bpf/fedmesh.c EPL_*). The program skips the others.
 const (
@@ -156,6 +200,8 @@ type Tables struct {
 	// NameSlots are the name-rule slots of each endpoint with egress
 	// domainNames rules, by ifindex (fqdn.go).
 	NameSlots map[uint32][]nameSlot
+
+	fast map[uint32]endpointFastVal // fastEndpoints, derived once Endpoints are final
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }

@@ -1,0 +1,57 @@
+package dataplane
+
+import (
+	"testing"
+	"time"
+)
+
+func TestTickForPicksTheHZThatExplainsTheSamples(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		dj, dns uint64
+		want    uint64
+	}{
+		{"HZ 250 over 100 ms", 25, 100_000_000, 4_000_000},
+		{"HZ 1000 over 50 ms", 50, 50_000_000, 1_000_000},
+		{"HZ 300 over 100 ms", 30, 100_000_000, 3_333_333},
+		{"HZ 100 over 50 ms", 5, 50_000_000, 10_000_000},
+		{"HZ 250, samples a tick apart in phase", 13, 51_000_000, 4_000_000},
+		{"one jiffy says nothing", 1, 4_000_000, 0},
+		{"no HZ explains 25 jiffies in 300 ms", 25, 300_000_000, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := tickFor(c.dj, c.dns); got != c.want {
+				t.Errorf("tickFor(%d, %d) = %d, want %d", c.dj, c.dns, got, c.want)
+			}
+		})
+	}
+}
+
+// The programs' clock (jiffies × tick + base) must stay on the coarse
+// monotonic scale the Go side ages conntrack and learned names on.
+func TestJiffyClockTracksTheCoarseMonotonicClock(t *testing.T) {
+	requireKernel(t)
+	tick, base, err := jiffyClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newJiffySampler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	for range 5 {
+		j, coarse, err := s.sample()
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := j*tick + base
+		if d := int64(now - coarse); d < -int64(tick) || d > int64(tick) {
+			t.Fatalf("jiffies clock %d, coarse clock %d: %d ns apart, more than a tick (%d ns)", now, coarse, d, tick)
+		}
+		if d := int64(monotonicNow() - now); d < 0 || d > int64(2*tick)+int64(50*time.Millisecond) {
+			t.Fatalf("jiffies clock %d is %d ns away from CLOCK_MONOTONIC", now, d)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+}
