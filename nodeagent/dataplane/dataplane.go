@@ -46,15 +46,20 @@
 //     direction and no Admin rule decided, up to six NetworkPolicy lookups
 //     of the same shapes (stopping at the first allow); the CIDR class
 //     (one trie lookup) is read at most once for both stages. Each policy
-//     lookup is one hash (policy_fixed) plus at most one port hash or trie
+//     lookup is one index lookup (policy_fixed: in the kernel a static
+//     cuckoo table in an array, fm_policy_fixarr, read with inlined array
+//     lookups, pfa.go; the hash when a revision does not fit it) plus at
+//     most one port hash or trie
 //     walk (skipped when no range entry of the key touches the packet's
-//     4096-port block): at most 1+2+6x2+1+6x2 = 28 hash or trie lookups
+//     4096-port block): at most 1+2+6x2+1+6x2 = 28 hash, index or trie lookups
 //     (30 through the endpoint hash; an ICMP error one more conntrack
 //     lookup), besides the
 //     array lookups the verifier inlines; the per-endpoint summaries skip
 //     the lookups that cannot match. BenchmarkProgramPerPacketTiers
-//     measures the case where all of them run. The tier stage is a
-//     global BPF function (fm_tier_stage), verified once.
+//     measures the case where all of them run. The tier and the
+//     NetworkPolicy stages are global BPF functions (fm_tier_stage,
+//     fm_np_stage), verified once, with their lookup keys in their own
+//     stack frames.
 //   - domainNames rules (policy.NameRule, egress tier rules): the address
 //     a packet goes to matches a name rule only while the endpoint holds
 //     a live answer for it (Learn) for a name one of the rule's patterns

@@ -59,11 +59,12 @@ const (
 	tabPolicyFixed
 	tabPolicyPort
 	tabEndpointsFast
+	tabPolicyFixArr
 	numTabs
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
-	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast"}
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr"}
 
 type stateVal struct {
 	Active   uint32
@@ -111,6 +112,14 @@ type EBPF struct {
 	// already: an update of a map-in-map entry waits for an RCU grace
 	// period (about 10ms each), so it is done only for new inner maps.
 	installed [2]bool
+	// pfa is each slot's fm_policy_fixarr as this process wrote it; nil
+	// with pfaUnknown when the kernel's array may differ from a fresh table
+	// (a placement failed): the next write of the slot rewrites every bucket.
+	pfa        [2]*pfaTable
+	pfaUnknown [2]bool
+	// pfaLimit (tests): a revision with more PolicyFixed entries is taken
+	// as not fitting the array.
+	pfaLimit  int
 	active    uint32
 	lastFlip  time.Time
 	rev       *Revision
@@ -408,6 +417,7 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			e.inner[slot][i] = m
 		}
 		e.installed[slot] = false
+		e.pfa[slot], e.pfaUnknown[slot] = nil, false
 		old = &Tables{}
 	}
 	in := e.inner[slot]
@@ -423,6 +433,11 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := syncMap(ctx, in[tabPolicyFixed], old.PolicyFixed, t.PolicyFixed); err != nil {
 		return fmt.Errorf("write policy index: %w", err)
 	}
+	complete, err := e.syncPFA(slot, in[tabPolicyFixArr], old.PolicyFixed, t.PolicyFixed)
+	if err != nil {
+		return fmt.Errorf("write policy index array: %w", err)
+	}
+	t.pfaComplete = complete
 	if err := syncMap(ctx, in[tabPolicyPort], old.PolicyPort, t.PolicyPort); err != nil {
 		return fmt.Errorf("write policy ports: %w", err)
 	}
@@ -445,6 +460,49 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	}
 	e.installed[slot] = true
 	return nil
+}
+
+// syncPFA makes slot's fm_policy_fixarr array m hold want (the slot's
+// PolicyFixed held have), reporting whether every entry was placed. When
+// one was not, the programs keep reading the hash for this revision and the
+// next write of the slot rebuilds the array.
+func (e *EBPF) syncPFA(slot uint32, m *ebpf.Map, have, want map[policyFixedKey]policyFixedVal) (bool, error) {
+	tab, writeAll := e.pfa[slot], false
+	if tab == nil {
+		tab, have, writeAll = newPFATable(pfaBuckets), nil, e.pfaUnknown[slot]
+	}
+	e.pfa[slot] = nil
+	if (e.pfaLimit > 0 && len(want) > e.pfaLimit) || !tab.sync(have, want) {
+		e.pfaUnknown[slot] = true
+		e.log.Warn("policy index does not fit its array; packets of this revision use the hash",
+			"entries", len(want), "capacity", pfaBuckets*pfaWays)
+		return false, nil
+	}
+	var keys []uint32
+	if writeAll {
+		keys = make([]uint32, tab.nb())
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+	} else {
+		keys = make([]uint32, 0, len(tab.dirty))
+		for b := range tab.dirty {
+			keys = append(keys, b)
+		}
+	}
+	clear(tab.dirty)
+	if len(keys) > 0 {
+		vals := make([]pfaBucket, len(keys))
+		for i, b := range keys {
+			vals[i] = tab.b[b]
+		}
+		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+			e.pfaUnknown[slot] = true
+			return false, err
+		}
+	}
+	e.pfa[slot], e.pfaUnknown[slot] = tab, false
+	return true, nil
 }
 
 // resetRuleCounters makes m, which holds a counter for each of have, hold

@@ -31,6 +31,7 @@ const (
 	fedmeshMapFmIpcache          = "fm_ipcache"
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
 	fedmeshMapFmPolicy           = "fm_policy"
+	fedmeshMapFmPolicyFixarr     = "fm_policy_fixarr"
 	fedmeshMapFmPolicyFixed      = "fm_policy_fixed"
 	fedmeshMapFmPolicyPort       = "fm_policy_port"
 	fedmeshMapFmRuleStats        = "fm_rule_stats"
@@ -113,6 +114,7 @@ type fedmeshMapSpecs struct {
 	FmIpcache       *ebpf.MapSpec `ebpf:"fm_ipcache"`
 	FmIpcacheHost   *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
 	FmPolicy        *ebpf.MapSpec `ebpf:"fm_policy"`
+	FmPolicyFixarr  *ebpf.MapSpec `ebpf:"fm_policy_fixarr"`
 	FmPolicyFixed   *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
 	FmPolicyPort    *ebpf.MapSpec `ebpf:"fm_policy_port"`
 	FmRuleStats     *ebpf.MapSpec `ebpf:"fm_rule_stats"`
@@ -169,6 +171,7 @@ type fedmeshMaps struct {
 	FmIpcache       *ebpf.Map `ebpf:"fm_ipcache"`
 	FmIpcacheHost   *ebpf.Map `ebpf:"fm_ipcache_host"`
 	FmPolicy        *ebpf.Map `ebpf:"fm_policy"`
+	FmPolicyFixarr  *ebpf.Map `ebpf:"fm_policy_fixarr"`
 	FmPolicyFixed   *ebpf.Map `ebpf:"fm_policy_fixed"`
 	FmPolicyPort    *ebpf.Map `ebpf:"fm_policy_port"`
 	FmRuleStats     *ebpf.Map `ebpf:"fm_rule_stats"`
@@ -193,6 +196,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmIpcache,
 		m.FmIpcacheHost,
 		m.FmPolicy,
+		m.FmPolicyFixarr,
 		m.FmPolicyFixed,
 		m.FmPolicyPort,
 		m.FmRuleStats,

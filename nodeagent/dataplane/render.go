@@ -93,6 +93,7 @@ const (
 	// found in the hash only.
 	epFastEntries = 65536
 	epfValid      = 0x1
+	epfPFArray    = 0x2 // EPF_PF_ARRAY: the revision's PolicyFixed is all in fm_policy_fixarr
 )
 
 // fastEndpoints is what fm_endpoints_fast holds for t: every endpoint with
@@ -107,6 +108,9 @@ func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
 			continue
 		}
 		v := endpointFastVal{Ep: ep, Flags: epfValid}
+		if t.pfaComplete {
+			v.Flags |= epfPFArray
+		}
 		for dir := range uint8(2) {
 			sv, ok := t.PolicyFixed[policyFixedKey{Ifindex: idx, Dir: dir, Kind: kindTierSummary}]
 			if !ok {
@@ -202,6 +206,9 @@ type Tables struct {
 	NameSlots map[uint32][]nameSlot
 
 	fast map[uint32]endpointFastVal // fastEndpoints, derived once Endpoints are final
+	// pfaComplete: fm_policy_fixarr holds every PolicyFixed entry (set by
+	// the eBPF dataplane before it derives fast).
+	pfaComplete bool
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }

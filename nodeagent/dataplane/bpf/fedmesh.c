@@ -166,6 +166,7 @@ struct endpoint_val {
 // wrote) send the packet to the hash, which stays complete.
 #define EP_FAST_ENTRIES 65536
 #define EPF_VALID 0x1
+#define EPF_PF_ARRAY 0x2 // the revision's policy_fixed entries are all in fm_policy_fixarr
 struct endpoint_fast {
 	struct endpoint_val ep;
 	__u32 flags;                // EPF_*
@@ -232,6 +233,23 @@ struct policy_fixed_val {
 	__u16 ports[PF_INLINE]; // network byte order
 	__u16 blocks;           // with PF_BLOCKS, see there
 	__u32 rules[PF_INLINE];
+};
+
+// fm_policy_fixarr: policy_fixed again, as a static cuckoo table in an
+// array (two candidate buckets of PFA_WAYS entries, chosen by pfa_hash):
+// an array lookup is inlined by the verifier, a hash lookup is three calls,
+// ~30 ns on hosts whose every return is mitigated, and a packet denied by
+// tier and NetworkPolicy rules makes up to twelve of them. The Go side
+// places every entry of a revision (pfa.go, the same hash) and marks the
+// endpoints with EPF_PF_ARRAY when all of them fit; otherwise, and for
+// tables an older agent wrote, the hash answers as before. Per revision
+// like every table: written while its slot is inactive, never in place
+// under a reader.
+#define PFA_WAYS 4
+#define PFA_BUCKETS (1 << 15)
+struct pf_bucket {
+	struct policy_fixed_key k[PFA_WAYS]; // ifindex 0: empty way
+	struct policy_fixed_val v[PFA_WAYS];
 };
 
 // Conntrack: one entry per (endpoint, protocol, pair of ends), whichever
@@ -395,6 +413,7 @@ struct btf_anchor {
 	struct policy_fixed_key k;
 	struct policy_fixed_val l;
 	struct endpoint_fast n;
+	struct pf_bucket o;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -450,6 +469,12 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__uint(max_entries, 4096); \
 	__type(key, __u32); \
 	__type(value, struct endpoint_val);
+
+#define POLICY_FIXARR_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_ARRAY); \
+	__uint(max_entries, PFA_BUCKETS); \
+	__type(key, __u32); \
+	__type(value, struct pf_bucket);
 
 #define ENDPOINTS_FAST_INNER_DEF \
 	__uint(type, BPF_MAP_TYPE_ARRAY); \
@@ -529,6 +554,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { ENDPOINTS_FAST_INNER_DEF });
 } fm_endpoints_fast SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { POLICY_FIXARR_INNER_DEF });
+} fm_policy_fixarr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -1127,9 +1160,10 @@ struct l4 {
 
 // The tables one packet's policy lookups read, all from one slot.
 struct policy_tabs {
-	void *trie;  // fm_policy: every entry
-	void *fixed; // fm_policy_fixed, or 0 for tables of an older agent
-	void *port;  // fm_policy_port
+	void *trie;   // fm_policy: every entry
+	void *fixed;  // fm_policy_fixed, or 0 for tables of an older agent
+	void *fixarr; // fm_policy_fixarr when it holds every fm_policy_fixed entry, else 0
+	void *port;   // fm_policy_port
 	__u32 ifindex;
 	__u8 dir;
 };
@@ -1151,6 +1185,42 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	return v ? v->rule : 0;
 }
 
+// pfa_hash mixes a policy_fixed_key; pfa.go computes the same.
+static __always_inline __u64 pfa_hash(const __u32 *w)
+{
+	__u64 h = (__u64)w[0] * 0x9E3779B97F4A7C15ULL;
+
+	h ^= (__u64)w[1] * 0xC2B2AE3D27D4EB4FULL;
+	h ^= (__u64)w[2] * 0x165667B19E3779F9ULL;
+	h ^= h >> 29;
+	h *= 0xBF58476D1CE4E5B9ULL;
+	h ^= h >> 32;
+	return h;
+}
+
+// pfa_find returns k's entry in fm_policy_fixarr's table arr, or 0.
+static __always_inline struct policy_fixed_val *pfa_find(void *arr, const struct policy_fixed_key *k)
+{
+	const __u32 *w = (const __u32 *)k; // the key's three words, in place
+	__u64 h = pfa_hash(w);
+	int i, j;
+
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		__u32 b = (i ? (__u32)(h >> 32) : (__u32)h) & (PFA_BUCKETS - 1);
+		struct pf_bucket *bk = bpf_map_lookup_elem(arr, &b);
+		if (!bk)
+			return 0;
+#pragma unroll
+		for (j = 0; j < PFA_WAYS; j++) {
+			__u32 *kw = (__u32 *)&bk->k[j];
+			if (kw[0] == w[0] && kw[1] == w[1] && kw[2] == w[2])
+				return &bk->v[j];
+		}
+	}
+	return 0;
+}
+
 // policy_lookup returns what the longest-prefix match in the policy trie
 // returns, mostly without touching the trie: a single-port entry is the
 // longest match when it exists (hash hit); without range entries, the
@@ -1170,7 +1240,10 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 	k.proto = proto;
 	k.peer = peer;
 	k.port = bpf_htons(p->dport);
-	fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
+	if (pt->fixarr)
+		fv = pfa_find(pt->fixarr, (struct policy_fixed_key *)&k);
+	else
+		fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
 	if (!fv)
 		return 0;
 	if (!p->has_ports)
@@ -1231,7 +1304,10 @@ struct tier_args {
 	// in: tm and the name slots below come from fm_endpoints_fast, so the
 	// KIND_TIER_SUMMARY entry need not be looked up.
 	__u8 tm_known;
-	__u8 pad;
+	__u8 use_arr; // in: read fm_policy_fixarr (EPF_PF_ARRAY)
+	__u8 lookups; // in: the endpoint's EPL_* bits for the direction
+	__u8 pad[3];
+	__u32 rule;   // out of fm_np_stage: the allowing rule, 0 for none
 	__u32 cls;   // out: the peer's CIDR class
 	__u32 admin; // out: the best Admin candidate, 0 for none
 	__u32 base;  // out: the best Baseline candidate, 0 for none
@@ -1241,6 +1317,10 @@ struct tier_args {
 	__u32 fqdn_proto_slots;
 	__u32 fqdn_any_slots;
 	struct fqdn_key fk; // fm_fqdn_stage's key, here to spare the stack
+	// handle()'s fragment key, here for the same reason: fragments are
+	// rare, and the first fragment's key is written after the tier stage
+	// is done with the rest.
+	struct frag_key frag;
 };
 
 // The tier stage's arguments live here, not on the stack: handle() and
@@ -1270,6 +1350,8 @@ __attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 	if (!pt.trie || !pt.fixed || !pt.port)
 		return 0;
+	if (a->use_arr)
+		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
 	q.dport = a->dport;
 	q.has_ports = a->has_ports;
 	admin = a->admin;
@@ -1331,6 +1413,8 @@ __attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
 	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 	if (!pt.trie || !pt.fixed || !pt.port)
 		return 0;
+	if (a->use_arr)
+		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
 	if (a->tm_known) {
 		tm = a->tm;
 	} else {
@@ -1364,6 +1448,59 @@ __attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
 	a->admin = admin;
 	a->base = base;
 	a->tm = tm;
+	return 0;
+}
+
+// fm_np_stage runs the NetworkPolicy lookups that can match (the
+// endpoint's lookups say which; tables of an older agent: all, in the
+// trie), stopping at the first allow, whose rule it leaves in a->rule (0:
+// none allows). The CIDR class the tier stage looked up is reused.
+__attribute__((noinline)) int fm_np_stage(struct tier_args *a)
+{
+	struct policy_tabs pt = {};
+	struct l4 q;
+	__u32 slot, rule = 0, cls;
+	__u8 lookups;
+
+	if (!a)
+		return 0;
+	slot = a->slot;
+	lookups = a->lookups;
+	pt.ifindex = a->ifindex;
+	pt.dir = a->dir;
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	if (!pt.trie)
+		return 0;
+	if (lookups & EPL_VALID) {
+		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+		if (!pt.fixed || !pt.port)
+			return 0;
+		if (a->use_arr)
+			pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
+	} else {
+		lookups = 0xff;
+	}
+	q.dport = a->dport;
+	q.has_ports = a->has_ports;
+	if (a->peer_id && (lookups & EPL_PEER_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, a->peer_id, &q, a->proto);
+	if (!rule && a->peer_id && (lookups & EPL_PEER_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, a->peer_id, &q, 0);
+	if (!rule && (lookups & EPL_ALL_PROTO))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, a->proto);
+	if (!rule && (lookups & EPL_ALL_ANY))
+		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, 0);
+	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
+		cls = a->cls_done ? a->cls : cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
+		if (cls) {
+			if (lookups & EPL_CIDR_PROTO)
+				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, a->proto);
+			if (!rule && (lookups & EPL_CIDR_ANY))
+				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, 0);
+		}
+	}
+	a->rule = rule;
 	return 0;
 }
 
@@ -1429,14 +1566,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	// The fragment key is built only for fragments: most packets are not.
-	struct frag_key fk;
 	if (p.frag == 2) {
+		struct tier_args *fs;
 		if (!enforced && !tiers) {
 			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
-		frag_fill(&fk, ifindex, dir, &p);
-		if (bpf_map_lookup_elem(&fm_frag, &fk)) {
+		fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+		if (!fs)
+			return TCX_DROP;
+		frag_fill(&fs->frag, ifindex, dir, &p);
+		if (bpf_map_lookup_elem(&fm_frag, &fs->frag)) {
 			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_FRAG);
 			return TCX_NEXT;
 		}
@@ -1505,60 +1645,48 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!enforced && !tiers)
 		goto allow_open;
 
-	struct policy_tabs pt = {.ifindex = ifindex, .dir = dir};
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	if (!pt.trie)
+	// The policy stages run in global functions (fm_tier_stage,
+	// fm_fqdn_stage, fm_np_stage) with their inputs and outputs in
+	// per-CPU scratch: each is verified once, and their lookup keys live
+	// in their own frames, not in this one's.
+	__u32 admin = 0, base = 0;
+	struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+
+	if (!ta)
 		goto deny;
-	if (lookups & EPL_VALID) {
-		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
-		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
-		if (!pt.fixed || !pt.port)
-			goto deny;
+	__builtin_memcpy(ta->peer_ip, peer_ip, 16);
+	ta->slot = slot;
+	ta->ifindex = ifindex;
+	ta->peer_id = peer_id;
+	ta->dport = p.t.dport;
+	ta->dir = dir;
+	ta->proto = p.t.proto;
+	ta->has_ports = p.has_ports;
+	ta->lookups = lookups;
+	ta->cls_done = 0;
+	ta->cls = 0;
+	ta->admin = 0;
+	ta->base = 0;
+	ta->rule = 0;
+	ta->use_arr = ef && (ef->flags & EPF_PF_ARRAY) && (lookups & EPL_VALID);
+	if (ef) {
+		ta->tm_known = 1;
+		ta->tm = ef->tier_mask[dir & 1];
+		ta->fqdn_proto_slots = ef->fqdn_proto_slots[dir & 1];
+		ta->fqdn_any_slots = ef->fqdn_any_slots[dir & 1];
 	} else {
-		lookups = 0xff;
+		ta->tm_known = 0;
+		ta->tm = 0;
+		ta->fqdn_proto_slots = 0;
+		ta->fqdn_any_slots = 0;
 	}
-
-	// Tier stage (fm_tier_stage); it also hands over the peer's CIDR
-	// class when it looked it up, so both stages cost one trie lookup.
-	__u32 admin = 0, base = 0, cls = 0;
-	__u8 cls_done = 0;
-	struct l4 q = {.dport = p.t.dport, .has_ports = p.has_ports};
-
 	if (tiers) {
-		struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
-		if (!ta)
-			goto deny;
-		__builtin_memcpy(ta->peer_ip, peer_ip, 16);
-		ta->slot = slot;
-		ta->ifindex = ifindex;
-		ta->peer_id = peer_id;
-		ta->dport = p.t.dport;
-		ta->dir = dir;
-		ta->proto = p.t.proto;
-		ta->has_ports = p.has_ports;
-		ta->cls_done = 0;
-		ta->cls = 0;
-		ta->admin = 0;
-		ta->base = 0;
-		if (ef) {
-			ta->tm_known = 1;
-			ta->tm = ef->tier_mask[dir & 1];
-			ta->fqdn_proto_slots = ef->fqdn_proto_slots[dir & 1];
-			ta->fqdn_any_slots = ef->fqdn_any_slots[dir & 1];
-		} else {
-			ta->tm_known = 0;
-			ta->tm = 0;
-			ta->fqdn_proto_slots = 0;
-			ta->fqdn_any_slots = 0;
-		}
 		fm_tier_stage(ta);
 		// Name rules: the slots whose answer for this address is live.
 		if (dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)))
 			fm_fqdn_stage(ta);
 		admin = ta->admin;
 		base = ta->base;
-		cls = ta->cls;
-		cls_done = ta->cls_done;
 	}
 	// Admin Accept and Deny are final; Pass goes on.
 	if (admin && (admin & 3) != TIER_PASS) {
@@ -1576,25 +1704,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			goto deny;
 		goto allow_policy;
 	}
-
-	if (peer_id && (lookups & EPL_PEER_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &q, p.t.proto);
-	if (!rule && peer_id && (lookups & EPL_PEER_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, peer_id, &q, 0);
-	if (!rule && (lookups & EPL_ALL_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, p.t.proto);
-	if (!rule && (lookups & EPL_ALL_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, 0);
-	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
-		if (!cls_done)
-			cls = cidr_class(slot, ifindex, dir, peer_ip);
-		if (cls) {
-			if (lookups & EPL_CIDR_PROTO)
-				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, p.t.proto);
-			if (!rule && (lookups & EPL_CIDR_ANY))
-				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, 0);
-		}
-	}
+	fm_np_stage(ta);
+	rule = ta->rule;
 	if (!rule)
 		goto deny;
 	goto allow_policy;
@@ -1631,8 +1742,11 @@ allow:
 allow_no_ct:
 	if (p.frag == 1) {
 		struct frag_val fv = {.created = clock(&now)};
-		frag_fill(&fk, ifindex, dir, &p);
-		bpf_map_update_elem(&fm_frag, &fk, &fv, BPF_ANY);
+		struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+		if (fs) {
+			frag_fill(&fs->frag, ifindex, dir, &p);
+			bpf_map_update_elem(&fm_frag, &fs->frag, &fv, BPF_ANY);
+		}
 	}
 	count_ep(skb, stats, ifindex, dir, reason);
 	return TCX_NEXT;
