@@ -50,10 +50,10 @@ func bigRevision(n uint64, shift int) *Revision {
 // every return goes through the SRSO "Safe RET" thunk; an LPM trie lookup
 // ~105 ns):
 //   - denied-full-lookup (IPv4 TCP SYN to a port no rule allows): endpoint
-//     array, one conntrack LRU miss (fm_ct4, 20-byte canonical key),
-//     ipcache host hash (16 bytes), policy_fixed hash (12 bytes), the
-//     endpoint counter (per-CPU array) and the event token (jiffies clock,
-//     inlined).
+//     array, one conntrack LRU miss (fm_ct4, 20-byte canonical key), the
+//     ipcache host array (two buckets at most), the call to the
+//     NetworkPolicy stage and its policy index array lookup, the endpoint
+//     counter (per-CPU array) and the event token (jiffies clock, inlined).
 //   - established-conntrack-hit: endpoint array, one conntrack hit, the
 //     jiffies clock, the endpoint counter.
 //   - ipv6-denied-full-lookup: as denied, in fm_ct6 (44-byte key).

@@ -38,7 +38,9 @@
 //     the endpoint (an array indexed by ifindex, fm_endpoints_fast, which
 //     the verifier inlines; the hash only for an ifindex past 65535 or
 //     tables an older agent wrote), conntrack (one LRU hash), ipcache
-//     (host hash, then the trie on a miss), then, when the endpoint has
+//     (host entries in a static cuckoo table in an array, fm_ipcache_hostarr,
+//     up to ~235k of them, 5 MiB per slot; in the hash past that; then the
+//     trie on a miss), then, when the endpoint has
 //     tier rules in the direction, the tier summary (inline in the
 //     endpoint array; a hash with the endpoint hash) and up to six tier lookups
 //     (peer x protocol, peer x any, any x protocol, any x any, CIDR class x
@@ -48,7 +50,7 @@
 //     (one trie lookup) is read at most once for both stages. Each policy
 //     lookup is one index lookup (policy_fixed: in the kernel a static
 //     cuckoo table in an array, fm_policy_fixarr, read with inlined array
-//     lookups, pfa.go; the hash when a revision does not fit it) plus at
+//     lookups, cuckoo.go; the hash when a revision does not fit it) plus at
 //     most one port hash or trie
 //     walk (skipped when no range entry of the key touches the packet's
 //     4096-port block): at most 1+2+6x2+1+6x2 = 28 hash, index or trie lookups

@@ -307,11 +307,11 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 		// (except when a packet happens to repeat a flow; those are
 		// compared between kernel and twin only).
 		kern, _ := newEBPF(t, nsPath)
-		// Every other revision is read through the policy index hash, as
-		// when the array cannot hold a revision.
+		// Every other revision is read through the policy index and
+		// ipcache hashes, as when the arrays cannot hold a revision.
 		viaHash := n%2 == 1
 		if viaHash {
-			kern.pfaLimit = 1
+			kern.pfaLimit, kern.ipcLimit = 1, 1
 		}
 		mem := NewMemory(WithIfindexResolver(func(iface string) (uint32, error) { return ifindexIn(nsPath, iface) }))
 		idx := map[string]uint32{}
@@ -331,6 +331,9 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 		for ifindex, v := range kern.shadow[kern.active].fastEndpoints() {
 			if got := v.Flags&epfPFArray != 0; got == viaHash {
 				t.Fatalf("revision %d: endpoint %d reads the policy index array: %v, want %v", n, ifindex, got, !viaHash)
+			}
+			if got := v.Flags&epfIPCArray != 0; got == viaHash {
+				t.Fatalf("revision %d: endpoint %d reads the ipcache array: %v, want %v", n, ifindex, got, !viaHash)
 			}
 		}
 		external := []string{"203.0.113.9", "192.0.2.1", "2001:db8::7", "fd00:99::1"}

@@ -60,11 +60,12 @@ const (
 	tabPolicyPort
 	tabEndpointsFast
 	tabPolicyFixArr
+	tabIPHostArr
 	numTabs
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
-	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr"}
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr", "fm_ipcache_hostarr"}
 
 type stateVal struct {
 	Active   uint32
@@ -112,19 +113,18 @@ type EBPF struct {
 	// already: an update of a map-in-map entry waits for an RCU grace
 	// period (about 10ms each), so it is done only for new inner maps.
 	installed [2]bool
-	// pfa is each slot's fm_policy_fixarr as this process wrote it; nil
-	// with pfaUnknown when the kernel's array may differ from a fresh table
-	// (a placement failed): the next write of the slot rewrites every bucket.
-	pfa        [2]*pfaTable
-	pfaUnknown [2]bool
-	// pfaLimit (tests): a revision with more PolicyFixed entries is taken
-	// as not fitting the array.
-	pfaLimit  int
-	active    uint32
-	lastFlip  time.Time
-	rev       *Revision
-	attached  map[string]*attachment
-	unclaimed map[string]bool // pinned link files found at start
+	// pfa and ipc are the array tables (cuckoo.go) fm_policy_fixarr and
+	// fm_ipcache_hostarr as this process wrote each slot's.
+	pfa cuckooState[policyFixedKey, policyFixedVal]
+	ipc cuckooState[[16]byte, uint32]
+	// pfaLimit and ipcLimit (tests): a revision with more PolicyFixed or
+	// host ipcache entries is taken as not fitting its array.
+	pfaLimit, ipcLimit int
+	active             uint32
+	lastFlip           time.Time
+	rev                *Revision
+	attached           map[string]*attachment
+	unclaimed          map[string]bool // pinned link files found at start
 	// stats gives attached endpoints (and, until the first Apply, those
 	// the pinned revision holds) their fm_ep_stats index, by ifindex.
 	stats map[uint32]uint32
@@ -417,7 +417,8 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			e.inner[slot][i] = m
 		}
 		e.installed[slot] = false
-		e.pfa[slot], e.pfaUnknown[slot] = nil, false
+		e.pfa.forget(slot)
+		e.ipc.forget(slot)
 		old = &Tables{}
 	}
 	in := e.inner[slot]
@@ -427,15 +428,46 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := syncIPCache(ctx, in[tabIPHosts], in[tabIPCache], old.IPCache, t.IPCache); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
 	}
+	var err error
+	t.ipcComplete, err = syncCuckoo(&e.ipc, slot, in[tabIPHostArr], func() *ipcTable { return newIPCTable(ipcBuckets) },
+		func(tab *ipcTable, fromEmpty bool) bool {
+			// Past 90% of the ways placements fail often; such an
+			// ipcache stays in the hash (a federation of that size).
+			if n := t.IPCache.nHosts; n > ipcBuckets*cuckooWays*9/10 || (e.ipcLimit > 0 && n > e.ipcLimit) {
+				return false
+			}
+			have := old.IPCache
+			if fromEmpty {
+				have = IPCache{}
+			}
+			return syncIPCacheArray(tab, have, t.IPCache)
+		})
+	if err != nil {
+		return fmt.Errorf("write ipcache array: %w", err)
+	}
 	if err := syncMap(ctx, in[tabPolicy], old.Policy, t.Policy); err != nil {
 		return fmt.Errorf("write policy: %w", err)
 	}
 	if err := syncMap(ctx, in[tabPolicyFixed], old.PolicyFixed, t.PolicyFixed); err != nil {
 		return fmt.Errorf("write policy index: %w", err)
 	}
-	complete, err := e.syncPFA(slot, in[tabPolicyFixArr], old.PolicyFixed, t.PolicyFixed)
+	complete, err := syncCuckoo(&e.pfa, slot, in[tabPolicyFixArr], func() *pfaTable { return newPFATable(pfaBuckets) },
+		func(tab *pfaTable, fromEmpty bool) bool {
+			if e.pfaLimit > 0 && len(t.PolicyFixed) > e.pfaLimit {
+				return false
+			}
+			have := old.PolicyFixed
+			if fromEmpty {
+				have = nil
+			}
+			return tab.sync(have, t.PolicyFixed)
+		})
 	if err != nil {
 		return fmt.Errorf("write policy index array: %w", err)
+	}
+	if !complete {
+		e.log.Warn("policy index does not fit its array; packets of this revision use the hash",
+			"entries", len(t.PolicyFixed), "capacity", pfaBuckets*cuckooWays)
 	}
 	t.pfaComplete = complete
 	if err := syncMap(ctx, in[tabPolicyPort], old.PolicyPort, t.PolicyPort); err != nil {
@@ -462,20 +494,33 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	return nil
 }
 
-// syncPFA makes slot's fm_policy_fixarr array m hold want (the slot's
-// PolicyFixed held have), reporting whether every entry was placed. When
-// one was not, the programs keep reading the hash for this revision and the
-// next write of the slot rebuilds the array.
-func (e *EBPF) syncPFA(slot uint32, m *ebpf.Map, have, want map[policyFixedKey]policyFixedVal) (bool, error) {
-	tab, writeAll := e.pfa[slot], false
-	if tab == nil {
-		tab, have, writeAll = newPFATable(pfaBuckets), nil, e.pfaUnknown[slot]
+// cuckooState is one array table's slots as this process wrote them.
+type cuckooState[K, V comparable] struct {
+	tab [2]*cuckoo[K, V]
+	// unknown: the kernel's array may differ from a fresh table (a
+	// placement failed half way): the slot's next write rewrites every
+	// bucket.
+	unknown [2]bool
+}
+
+// forget is a slot with fresh (zeroed) inner maps.
+func (s *cuckooState[K, V]) forget(slot uint32) { s.tab[slot], s.unknown[slot] = nil, false }
+
+// syncCuckoo writes slot's array m: fill brings the slot's table (a fresh
+// one from newTab when the slot has none: fromEmpty) to the revision's
+// entries. It reports whether every entry was placed; when one was not the
+// programs read the hash for this revision, and the slot's next write
+// starts from an empty table.
+func syncCuckoo[K, V comparable](s *cuckooState[K, V], slot uint32, m *ebpf.Map, newTab func() *cuckoo[K, V],
+	fill func(tab *cuckoo[K, V], fromEmpty bool) bool) (bool, error) {
+	tab, writeAll := s.tab[slot], false
+	fromEmpty := tab == nil
+	if fromEmpty {
+		tab, writeAll = newTab(), s.unknown[slot]
 	}
-	e.pfa[slot] = nil
-	if (e.pfaLimit > 0 && len(want) > e.pfaLimit) || !tab.sync(have, want) {
-		e.pfaUnknown[slot] = true
-		e.log.Warn("policy index does not fit its array; packets of this revision use the hash",
-			"entries", len(want), "capacity", pfaBuckets*pfaWays)
+	s.tab[slot] = nil
+	if !fill(tab, fromEmpty) {
+		s.unknown[slot] = true
 		return false, nil
 	}
 	var keys []uint32
@@ -492,17 +537,31 @@ func (e *EBPF) syncPFA(slot uint32, m *ebpf.Map, have, want map[policyFixedKey]p
 	}
 	clear(tab.dirty)
 	if len(keys) > 0 {
-		vals := make([]pfaBucket, len(keys))
+		vals := make([]cuckooBucket[K, V], len(keys))
 		for i, b := range keys {
 			vals[i] = tab.b[b]
 		}
 		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
-			e.pfaUnknown[slot] = true
+			s.unknown[slot] = true
 			return false, err
 		}
 	}
-	e.pfa[slot], e.pfaUnknown[slot] = tab, false
+	s.tab[slot], s.unknown[slot] = tab, false
 	return true, nil
+}
+
+// syncIPCacheArray brings tab from have's host entries to want's: removals
+// first, so a full table makes room before it grows.
+func syncIPCacheArray(tab *ipcTable, have, want IPCache) bool {
+	diffTries(have.hosts, want.hosts, 0, func(k ipKey, _ uint32, _ bool, _ uint32, inNew bool) bool {
+		if !inNew {
+			tab.remove(k.ip)
+		}
+		return true
+	})
+	return diffTries(have.hosts, want.hosts, 0, func(k ipKey, _ uint32, _ bool, id uint32, inNew bool) bool {
+		return !inNew || tab.put(k.ip, id)
+	})
 }
 
 // resetRuleCounters makes m, which holds a counter for each of have, hold

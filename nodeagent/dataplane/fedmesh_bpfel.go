@@ -30,6 +30,7 @@ const (
 	fedmeshMapFmFrag             = "fm_frag"
 	fedmeshMapFmIpcache          = "fm_ipcache"
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
+	fedmeshMapFmIpcacheHostarr   = "fm_ipcache_hostarr"
 	fedmeshMapFmPolicy           = "fm_policy"
 	fedmeshMapFmPolicyFixarr     = "fm_policy_fixarr"
 	fedmeshMapFmPolicyFixed      = "fm_policy_fixed"
@@ -99,27 +100,28 @@ type fedmeshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshMapSpecs struct {
-	FmCidr          *ebpf.MapSpec `ebpf:"fm_cidr"`
-	FmCt4           *ebpf.MapSpec `ebpf:"fm_ct4"`
-	FmCt6           *ebpf.MapSpec `ebpf:"fm_ct6"`
-	FmEndpointsFast *ebpf.MapSpec `ebpf:"fm_endpoints_fast"`
-	FmEndpointsV2   *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
-	FmEpCounters    *ebpf.MapSpec `ebpf:"fm_ep_counters"`
-	FmEpStats       *ebpf.MapSpec `ebpf:"fm_ep_stats"`
-	FmEventBucket   *ebpf.MapSpec `ebpf:"fm_event_bucket"`
-	FmEvents        *ebpf.MapSpec `ebpf:"fm_events"`
-	FmFqdn          *ebpf.MapSpec `ebpf:"fm_fqdn"`
-	FmFqdnSlots     *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
-	FmFrag          *ebpf.MapSpec `ebpf:"fm_frag"`
-	FmIpcache       *ebpf.MapSpec `ebpf:"fm_ipcache"`
-	FmIpcacheHost   *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
-	FmPolicy        *ebpf.MapSpec `ebpf:"fm_policy"`
-	FmPolicyFixarr  *ebpf.MapSpec `ebpf:"fm_policy_fixarr"`
-	FmPolicyFixed   *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
-	FmPolicyPort    *ebpf.MapSpec `ebpf:"fm_policy_port"`
-	FmRuleStats     *ebpf.MapSpec `ebpf:"fm_rule_stats"`
-	FmState         *ebpf.MapSpec `ebpf:"fm_state"`
-	FmTierScratch   *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
+	FmCidr           *ebpf.MapSpec `ebpf:"fm_cidr"`
+	FmCt4            *ebpf.MapSpec `ebpf:"fm_ct4"`
+	FmCt6            *ebpf.MapSpec `ebpf:"fm_ct6"`
+	FmEndpointsFast  *ebpf.MapSpec `ebpf:"fm_endpoints_fast"`
+	FmEndpointsV2    *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
+	FmEpCounters     *ebpf.MapSpec `ebpf:"fm_ep_counters"`
+	FmEpStats        *ebpf.MapSpec `ebpf:"fm_ep_stats"`
+	FmEventBucket    *ebpf.MapSpec `ebpf:"fm_event_bucket"`
+	FmEvents         *ebpf.MapSpec `ebpf:"fm_events"`
+	FmFqdn           *ebpf.MapSpec `ebpf:"fm_fqdn"`
+	FmFqdnSlots      *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
+	FmFrag           *ebpf.MapSpec `ebpf:"fm_frag"`
+	FmIpcache        *ebpf.MapSpec `ebpf:"fm_ipcache"`
+	FmIpcacheHost    *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
+	FmIpcacheHostarr *ebpf.MapSpec `ebpf:"fm_ipcache_hostarr"`
+	FmPolicy         *ebpf.MapSpec `ebpf:"fm_policy"`
+	FmPolicyFixarr   *ebpf.MapSpec `ebpf:"fm_policy_fixarr"`
+	FmPolicyFixed    *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
+	FmPolicyPort     *ebpf.MapSpec `ebpf:"fm_policy_port"`
+	FmRuleStats      *ebpf.MapSpec `ebpf:"fm_rule_stats"`
+	FmState          *ebpf.MapSpec `ebpf:"fm_state"`
+	FmTierScratch    *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
 }
 
 // fedmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,27 +158,28 @@ func (o *fedmeshObjects) Close() error {
 //
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshMaps struct {
-	FmCidr          *ebpf.Map `ebpf:"fm_cidr"`
-	FmCt4           *ebpf.Map `ebpf:"fm_ct4"`
-	FmCt6           *ebpf.Map `ebpf:"fm_ct6"`
-	FmEndpointsFast *ebpf.Map `ebpf:"fm_endpoints_fast"`
-	FmEndpointsV2   *ebpf.Map `ebpf:"fm_endpoints_v2"`
-	FmEpCounters    *ebpf.Map `ebpf:"fm_ep_counters"`
-	FmEpStats       *ebpf.Map `ebpf:"fm_ep_stats"`
-	FmEventBucket   *ebpf.Map `ebpf:"fm_event_bucket"`
-	FmEvents        *ebpf.Map `ebpf:"fm_events"`
-	FmFqdn          *ebpf.Map `ebpf:"fm_fqdn"`
-	FmFqdnSlots     *ebpf.Map `ebpf:"fm_fqdn_slots"`
-	FmFrag          *ebpf.Map `ebpf:"fm_frag"`
-	FmIpcache       *ebpf.Map `ebpf:"fm_ipcache"`
-	FmIpcacheHost   *ebpf.Map `ebpf:"fm_ipcache_host"`
-	FmPolicy        *ebpf.Map `ebpf:"fm_policy"`
-	FmPolicyFixarr  *ebpf.Map `ebpf:"fm_policy_fixarr"`
-	FmPolicyFixed   *ebpf.Map `ebpf:"fm_policy_fixed"`
-	FmPolicyPort    *ebpf.Map `ebpf:"fm_policy_port"`
-	FmRuleStats     *ebpf.Map `ebpf:"fm_rule_stats"`
-	FmState         *ebpf.Map `ebpf:"fm_state"`
-	FmTierScratch   *ebpf.Map `ebpf:"fm_tier_scratch"`
+	FmCidr           *ebpf.Map `ebpf:"fm_cidr"`
+	FmCt4            *ebpf.Map `ebpf:"fm_ct4"`
+	FmCt6            *ebpf.Map `ebpf:"fm_ct6"`
+	FmEndpointsFast  *ebpf.Map `ebpf:"fm_endpoints_fast"`
+	FmEndpointsV2    *ebpf.Map `ebpf:"fm_endpoints_v2"`
+	FmEpCounters     *ebpf.Map `ebpf:"fm_ep_counters"`
+	FmEpStats        *ebpf.Map `ebpf:"fm_ep_stats"`
+	FmEventBucket    *ebpf.Map `ebpf:"fm_event_bucket"`
+	FmEvents         *ebpf.Map `ebpf:"fm_events"`
+	FmFqdn           *ebpf.Map `ebpf:"fm_fqdn"`
+	FmFqdnSlots      *ebpf.Map `ebpf:"fm_fqdn_slots"`
+	FmFrag           *ebpf.Map `ebpf:"fm_frag"`
+	FmIpcache        *ebpf.Map `ebpf:"fm_ipcache"`
+	FmIpcacheHost    *ebpf.Map `ebpf:"fm_ipcache_host"`
+	FmIpcacheHostarr *ebpf.Map `ebpf:"fm_ipcache_hostarr"`
+	FmPolicy         *ebpf.Map `ebpf:"fm_policy"`
+	FmPolicyFixarr   *ebpf.Map `ebpf:"fm_policy_fixarr"`
+	FmPolicyFixed    *ebpf.Map `ebpf:"fm_policy_fixed"`
+	FmPolicyPort     *ebpf.Map `ebpf:"fm_policy_port"`
+	FmRuleStats      *ebpf.Map `ebpf:"fm_rule_stats"`
+	FmState          *ebpf.Map `ebpf:"fm_state"`
+	FmTierScratch    *ebpf.Map `ebpf:"fm_tier_scratch"`
 }
 
 func (m *fedmeshMaps) Close() error {
@@ -195,6 +198,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmFrag,
 		m.FmIpcache,
 		m.FmIpcacheHost,
+		m.FmIpcacheHostarr,
 		m.FmPolicy,
 		m.FmPolicyFixarr,
 		m.FmPolicyFixed,

@@ -94,6 +94,7 @@ const (
 	epFastEntries = 65536
 	epfValid      = 0x1
 	epfPFArray    = 0x2 // EPF_PF_ARRAY: the revision's PolicyFixed is all in fm_policy_fixarr
+	epfIPCArray   = 0x4 // EPF_IPC_ARRAY: the revision's host ipcache entries are all in fm_ipcache_hostarr
 )
 
 // fastEndpoints is what fm_endpoints_fast holds for t: every endpoint with
@@ -110,6 +111,9 @@ func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
 		v := endpointFastVal{Ep: ep, Flags: epfValid}
 		if t.pfaComplete {
 			v.Flags |= epfPFArray
+		}
+		if t.ipcComplete {
+			v.Flags |= epfIPCArray
 		}
 		for dir := range uint8(2) {
 			sv, ok := t.PolicyFixed[policyFixedKey{Ifindex: idx, Dir: dir, Kind: kindTierSummary}]
@@ -209,6 +213,8 @@ type Tables struct {
 	// pfaComplete: fm_policy_fixarr holds every PolicyFixed entry (set by
 	// the eBPF dataplane before it derives fast).
 	pfaComplete bool
+	// ipcComplete: fm_ipcache_hostarr holds every host entry of IPCache.
+	ipcComplete bool
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }

@@ -167,6 +167,7 @@ struct endpoint_val {
 #define EP_FAST_ENTRIES 65536
 #define EPF_VALID 0x1
 #define EPF_PF_ARRAY 0x2 // the revision's policy_fixed entries are all in fm_policy_fixarr
+#define EPF_IPC_ARRAY 0x4 // the revision's host ipcache entries are all in fm_ipcache_hostarr
 struct endpoint_fast {
 	struct endpoint_val ep;
 	__u32 flags;                // EPF_*
@@ -235,12 +236,22 @@ struct policy_fixed_val {
 	__u32 rules[PF_INLINE];
 };
 
+// fm_ipcache_hostarr: the host ipcache entries again, as a static cuckoo
+// table like fm_policy_fixarr (ipc_find, cuckoo.go). Its size is fixed:
+// a revision with more host entries than it holds stays in the hash.
+#define IPC_WAYS 4
+#define IPC_BUCKETS (1 << 16)
+struct ipc_bucket {
+	struct host_key k[IPC_WAYS]; // :: is a free way
+	__u32 v[IPC_WAYS];           // identity
+};
+
 // fm_policy_fixarr: policy_fixed again, as a static cuckoo table in an
 // array (two candidate buckets of PFA_WAYS entries, chosen by pfa_hash):
 // an array lookup is inlined by the verifier, a hash lookup is three calls,
 // ~30 ns on hosts whose every return is mitigated, and a packet denied by
 // tier and NetworkPolicy rules makes up to twelve of them. The Go side
-// places every entry of a revision (pfa.go, the same hash) and marks the
+// places every entry of a revision (cuckoo.go, the same hash) and marks the
 // endpoints with EPF_PF_ARRAY when all of them fit; otherwise, and for
 // tables an older agent wrote, the hash answers as before. Per revision
 // like every table: written while its slot is inactive, never in place
@@ -414,6 +425,7 @@ struct btf_anchor {
 	struct policy_fixed_val l;
 	struct endpoint_fast n;
 	struct pf_bucket o;
+	struct ipc_bucket p;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -475,6 +487,12 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__uint(max_entries, PFA_BUCKETS); \
 	__type(key, __u32); \
 	__type(value, struct pf_bucket);
+
+#define IPCACHE_HOSTARR_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_ARRAY); \
+	__uint(max_entries, IPC_BUCKETS); \
+	__type(key, __u32); \
+	__type(value, struct ipc_bucket);
 
 #define ENDPOINTS_FAST_INNER_DEF \
 	__uint(type, BPF_MAP_TYPE_ARRAY); \
@@ -562,6 +580,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { POLICY_FIXARR_INNER_DEF });
 } fm_policy_fixarr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { IPCACHE_HOSTARR_INNER_DEF });
+} fm_ipcache_hostarr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -1185,7 +1211,45 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	return v ? v->rule : 0;
 }
 
-// pfa_hash mixes a policy_fixed_key; pfa.go computes the same.
+// ipc_hash mixes an address's four words; cuckoo.go computes the same.
+static __always_inline __u64 ipc_hash(const __u32 *w)
+{
+	__u64 h = (__u64)w[0] * 0x9E3779B97F4A7C15ULL;
+
+	h ^= (__u64)w[1] * 0xC2B2AE3D27D4EB4FULL;
+	h ^= (__u64)w[2] * 0x165667B19E3779F9ULL;
+	h ^= (__u64)w[3] * 0x27D4EB2F165667C5ULL;
+	h ^= h >> 29;
+	h *= 0xBF58476D1CE4E5B9ULL;
+	h ^= h >> 32;
+	return h;
+}
+
+// ipc_find returns the identity slot of address ip (16 bytes, 4-aligned)
+// in fm_ipcache_hostarr's table arr, or 0.
+static __always_inline __u32 *ipc_find(void *arr, const __u8 *ip)
+{
+	const __u32 *w = (const __u32 *)ip;
+	__u64 h = ipc_hash(w);
+	int i, j;
+
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		__u32 b = (i ? (__u32)(h >> 32) : (__u32)h) & (IPC_BUCKETS - 1);
+		struct ipc_bucket *bk = bpf_map_lookup_elem(arr, &b);
+		if (!bk)
+			return 0;
+#pragma unroll
+		for (j = 0; j < IPC_WAYS; j++) {
+			__u32 *kw = (__u32 *)&bk->k[j];
+			if (kw[0] == w[0] && kw[1] == w[1] && kw[2] == w[2] && kw[3] == w[3])
+				return &bk->v[j];
+		}
+	}
+	return 0;
+}
+
+// pfa_hash mixes a policy_fixed_key; cuckoo.go computes the same.
 static __always_inline __u64 pfa_hash(const __u32 *w)
 {
 	__u64 h = (__u64)w[0] * 0x9E3779B97F4A7C15ULL;
@@ -1627,11 +1691,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	peer_ip = dir == DIR_INGRESS ? p.t.src : p.t.dst;
-	ipc = bpf_map_lookup_elem(&fm_ipcache_host, &slot);
+	ipc = 0;
+	if (ef && (ef->flags & EPF_IPC_ARRAY))
+		ipc = bpf_map_lookup_elem(&fm_ipcache_hostarr, &slot);
 	if (ipc) {
-		struct ipcache_val *iv = bpf_map_lookup_elem(ipc, peer_ip);
-		if (iv)
-			peer_id = iv->identity;
+		__u32 *id = ipc_find(ipc, peer_ip);
+		if (id)
+			peer_id = *id;
+	} else {
+		ipc = bpf_map_lookup_elem(&fm_ipcache_host, &slot);
+		if (ipc) {
+			struct ipcache_val *iv = bpf_map_lookup_elem(ipc, peer_ip);
+			if (iv)
+				peer_id = iv->identity;
+		}
 	}
 	ipc = peer_id ? 0 : bpf_map_lookup_elem(&fm_ipcache, &slot);
 	if (ipc) {

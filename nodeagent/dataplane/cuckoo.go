@@ -2,12 +2,16 @@ package dataplane
 
 import "encoding/binary"
 
-// The policy index as a static cuckoo table (fm_policy_fixarr): every
-// PolicyFixed entry of a revision placed in one of two candidate buckets
-// of pfaWays entries, chosen by pfaHash, in an array the programs read
-// with inlined array lookups instead of hash-map calls (bpf/fedmesh.c,
-// pfa_find). The kernel hash fm_policy_fixed stays complete: programs use
-// the array only when every entry of the revision was placed.
+// Static cuckoo tables in arrays: every entry of a per-revision table
+// placed in one of two candidate buckets of cuckooWays entries, chosen by
+// a hash the programs compute too, in an array they read with inlined
+// array lookups instead of hash-map calls (~30 ns each on hosts whose
+// every return is mitigated). Two tables have this form: the policy index
+// (fm_policy_fixarr, pfa_find) and the ipcache's host entries
+// (fm_ipcache_hostarr, ipc_find). The kernel hashes behind them stay
+// complete: the programs use an array only when every entry of the
+// revision was placed (an endpoint flag), so a revision too big for it,
+// or tables an older agent wrote, are read as before.
 //
 // Placement is the bucketised cuckoo of MemC3/libcuckoo: a key goes to a
 // free way of its two buckets, else a breadth-first search finds the
@@ -16,19 +20,30 @@ import "encoding/binary"
 // chain is found, so an insert that fails leaves the table as it was.
 
 const (
-	pfaWays    = 4       // PFA_WAYS
+	cuckooWays = 4 // PFA_WAYS, IPC_WAYS
+	// cuckooMaxDepth bounds a placement's chain of moves; the search
+	// visits at most ~2 x 4^depth buckets.
+	cuckooMaxDepth = 5
+
 	pfaBuckets = 1 << 15 // PFA_BUCKETS
-	// pfaMaxDepth bounds a placement's chain of moves; the search visits
-	// at most ~2 x 4^depth buckets.
-	pfaMaxDepth = 5
+	ipcBuckets = 1 << 16 // IPC_BUCKETS
 )
 
-// pfaBucket is struct pf_bucket; a way whose key has ifindex 0 is free
-// (every endpoint has an ifindex).
-type pfaBucket struct {
-	K [pfaWays]policyFixedKey
-	V [pfaWays]policyFixedVal
+// cuckooBucket is struct pf_bucket and struct ipc_bucket; a way holding
+// the zero key is free (no table has it: every endpoint has an ifindex,
+// and :: is no endpoint's address).
+type cuckooBucket[K, V comparable] struct {
+	K [cuckooWays]K
+	V [cuckooWays]V
 }
+
+type pfaTable = cuckoo[policyFixedKey, policyFixedVal]
+
+func newPFATable(nb uint32) *pfaTable { return newCuckoo[policyFixedKey, policyFixedVal](nb, pfaHash) }
+
+type ipcTable = cuckoo[[16]byte, uint32]
+
+func newIPCTable(nb uint32) *ipcTable { return newCuckoo[[16]byte, uint32](nb, ipcHash) }
 
 // pfaHash is pfa_hash over the key's three little-endian words.
 func pfaHash(k policyFixedKey) uint64 {
@@ -48,29 +63,42 @@ func pfaHash(k policyFixedKey) uint64 {
 	return h
 }
 
-// pfaCandidates are k's two buckets (possibly equal).
-func pfaCandidates(k policyFixedKey, nb uint32) [2]uint32 {
-	h := pfaHash(k)
-	return [2]uint32{uint32(h) & (nb - 1), uint32(h>>32) & (nb - 1)}
+// ipcHash is ipc_hash over an address's four little-endian words.
+func ipcHash(a [16]byte) uint64 {
+	h := uint64(binary.LittleEndian.Uint32(a[0:])) * 0x9E3779B97F4A7C15
+	h ^= uint64(binary.LittleEndian.Uint32(a[4:])) * 0xC2B2AE3D27D4EB4F
+	h ^= uint64(binary.LittleEndian.Uint32(a[8:])) * 0x165667B19E3779F9
+	h ^= uint64(binary.LittleEndian.Uint32(a[12:])) * 0x27D4EB2F165667C5
+	h ^= h >> 29
+	h *= 0xBF58476D1CE4E5B9
+	h ^= h >> 32
+	return h
 }
 
-// pfaTable is the Go copy of one slot's array: what the kernel holds once
+// cuckoo is the Go copy of one slot's array: what the kernel holds once
 // the dirty buckets are written.
-type pfaTable struct {
-	b     []pfaBucket
+type cuckoo[K, V comparable] struct {
+	b     []cuckooBucket[K, V]
+	hash  func(K) uint64
 	dirty map[uint32]bool
 }
 
-func newPFATable(nb uint32) *pfaTable {
-	return &pfaTable{b: make([]pfaBucket, nb), dirty: map[uint32]bool{}}
+func newCuckoo[K, V comparable](nb uint32, hash func(K) uint64) *cuckoo[K, V] {
+	return &cuckoo[K, V]{b: make([]cuckooBucket[K, V], nb), hash: hash, dirty: map[uint32]bool{}}
 }
 
-func (t *pfaTable) nb() uint32 { return uint32(len(t.b)) }
+func (t *cuckoo[K, V]) nb() uint32 { return uint32(len(t.b)) }
+
+// candidates are k's two buckets (possibly equal).
+func (t *cuckoo[K, V]) candidates(k K) [2]uint32 {
+	h := t.hash(k)
+	return [2]uint32{uint32(h) & (t.nb() - 1), uint32(h>>32) & (t.nb() - 1)}
+}
 
 // find returns the bucket and way holding k.
-func (t *pfaTable) find(k policyFixedKey) (uint32, int, bool) {
-	for _, b := range pfaCandidates(k, t.nb()) {
-		for w := range pfaWays {
+func (t *cuckoo[K, V]) find(k K) (uint32, int, bool) {
+	for _, b := range t.candidates(k) {
+		for w := range cuckooWays {
 			if t.b[b].K[w] == k {
 				return b, w, true
 			}
@@ -80,22 +108,23 @@ func (t *pfaTable) find(k policyFixedKey) (uint32, int, bool) {
 }
 
 // lookup is what pfa_find returns for k.
-func (t *pfaTable) lookup(k policyFixedKey) (policyFixedVal, bool) {
+func (t *cuckoo[K, V]) lookup(k K) (V, bool) {
 	b, w, ok := t.find(k)
 	if !ok {
-		return policyFixedVal{}, false
+		var zero V
+		return zero, false
 	}
 	return t.b[b].V[w], true
 }
 
-func (t *pfaTable) set(b uint32, w int, k policyFixedKey, v policyFixedVal) {
+func (t *cuckoo[K, V]) set(b uint32, w int, k K, v V) {
 	t.b[b].K[w], t.b[b].V[w] = k, v
 	t.dirty[b] = true
 }
 
-// put places or updates k; false when no chain of at most pfaMaxDepth moves
+// put places or updates k; false when no chain of at most cuckooMaxDepth moves
 // frees a way (the table is then unchanged).
-func (t *pfaTable) put(k policyFixedKey, v policyFixedVal) bool {
+func (t *cuckoo[K, V]) put(k K, v V) bool {
 	if b, w, ok := t.find(k); ok {
 		if t.b[b].V[w] != v {
 			t.set(b, w, k, v)
@@ -110,12 +139,13 @@ func (t *pfaTable) put(k policyFixedKey, v policyFixedVal) bool {
 		way    int // the parent's way whose entry moves here
 		depth  int
 	}
-	cands := pfaCandidates(k, t.nb())
+	var zeroK K
+	cands := t.candidates(k)
 	nodes := []node{{bucket: cands[0], parent: -1}, {bucket: cands[1], parent: -1}}
 	for i := 0; i < len(nodes); i++ {
 		n := nodes[i]
-		for w := range pfaWays {
-			if t.b[n.bucket].K[w].Ifindex != 0 {
+		for w := range cuckooWays {
+			if t.b[n.bucket].K[w] != zeroK {
 				continue
 			}
 			// Free way: move each entry of the chain down one step, last
@@ -129,11 +159,11 @@ func (t *pfaTable) put(k policyFixedKey, v policyFixedVal) bool {
 			t.set(n.bucket, w, k, v)
 			return true
 		}
-		if n.depth == pfaMaxDepth {
+		if n.depth == cuckooMaxDepth {
 			continue
 		}
-		for w := range pfaWays {
-			alt := pfaCandidates(t.b[n.bucket].K[w], t.nb())
+		for w := range cuckooWays {
+			alt := t.candidates(t.b[n.bucket].K[w])
 			next := alt[0]
 			if next == n.bucket {
 				next = alt[1]
@@ -159,16 +189,18 @@ func (t *pfaTable) put(k policyFixedKey, v policyFixedVal) bool {
 }
 
 // remove frees k's way, if k is placed.
-func (t *pfaTable) remove(k policyFixedKey) {
+func (t *cuckoo[K, V]) remove(k K) {
 	if b, w, ok := t.find(k); ok {
-		t.set(b, w, policyFixedKey{}, policyFixedVal{})
+		var zk K
+		var zv V
+		t.set(b, w, zk, zv)
 	}
 }
 
 // sync makes t hold want, given that it holds have; false when an entry of
 // want could not be placed (t then holds part of want: rebuild before
 // trusting it).
-func (t *pfaTable) sync(have, want map[policyFixedKey]policyFixedVal) bool {
+func (t *cuckoo[K, V]) sync(have, want map[K]V) bool {
 	for k := range have {
 		if _, ok := want[k]; !ok {
 			t.remove(k)

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"math/rand/v2"
+	"net/netip"
 	"testing"
 )
 
@@ -21,7 +22,7 @@ func checkPFA(t *testing.T, step string, tab *pfaTable, want map[policyFixedKey]
 	}
 	n := 0
 	for b := range tab.b {
-		for w := range pfaWays {
+		for w := range cuckooWays {
 			k := tab.b[b].K[w]
 			if k.Ifindex == 0 {
 				continue
@@ -30,7 +31,7 @@ func checkPFA(t *testing.T, step string, tab *pfaTable, want map[policyFixedKey]
 			if _, ok := want[k]; !ok {
 				t.Fatalf("%s: bucket %d holds %+v, which is not wanted", step, b, k)
 			}
-			if c := pfaCandidates(k, tab.nb()); uint32(b) != c[0] && uint32(b) != c[1] {
+			if c := tab.candidates(k); uint32(b) != c[0] && uint32(b) != c[1] {
 				t.Fatalf("%s: %+v in bucket %d, not one of its candidates %v", step, k, b, c)
 			}
 		}
@@ -56,11 +57,11 @@ func TestPFATablePlacesUpdatesAndRemovesToHighLoad(t *testing.T) {
 				}
 			}
 		}
-		for len(want) < nb*pfaWays*9/10 {
+		for len(want) < nb*cuckooWays*9/10 {
 			want[randomPFKey(r)] = policyFixedVal{AllRule: r.Uint32(), NPorts: 1}
 		}
 		if !tab.sync(have, want) {
-			t.Fatalf("round %d: %d entries in %d ways did not fit", round, len(want), nb*pfaWays)
+			t.Fatalf("round %d: %d entries in %d ways did not fit", round, len(want), nb*cuckooWays)
 		}
 		checkPFA(t, "round", tab, want)
 		have = want
@@ -71,7 +72,7 @@ func TestPFATableLeavesItselfUnchangedWhenAKeyDoesNotFit(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	tab := newPFATable(2) // 8 ways
 	placed := map[policyFixedKey]policyFixedVal{}
-	for len(placed) < 2*pfaWays {
+	for len(placed) < 2*cuckooWays {
 		k := randomPFKey(r)
 		v := policyFixedVal{AllRule: r.Uint32()}
 		if !tab.put(k, v) {
@@ -79,7 +80,7 @@ func TestPFATableLeavesItselfUnchangedWhenAKeyDoesNotFit(t *testing.T) {
 		}
 		placed[k] = v
 	}
-	before := append([]pfaBucket(nil), tab.b...)
+	before := append([]cuckooBucket[policyFixedKey, policyFixedVal](nil), tab.b...)
 	for {
 		k := randomPFKey(r)
 		if _, ok := placed[k]; ok {
@@ -96,4 +97,51 @@ func TestPFATableLeavesItselfUnchangedWhenAKeyDoesNotFit(t *testing.T) {
 		}
 	}
 	checkPFA(t, "after a failed put", tab, placed)
+}
+
+// The ipcache array follows the revisions' host entries through their
+// diffs (prefixes stay in the trie), whatever moved in between.
+func TestIPCacheArrayFollowsTheHostEntries(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	const nb = 512
+	tab := newIPCTable(nb)
+	have := IPCache{}
+	for round := range 8 {
+		b := NewIPCacheBuilder(have)
+		for range 300 {
+			a := netip.AddrFrom4([4]byte{10, byte(r.IntN(4)), byte(r.IntN(256)), byte(r.IntN(256))})
+			switch r.IntN(3) {
+			case 0:
+				b.Delete(netip.PrefixFrom(a, 32))
+			default:
+				b.Set(netip.PrefixFrom(a, 32), 1+r.Uint32N(100))
+			}
+		}
+		b.Set(netip.MustParsePrefix("192.0.2.0/24"), 7) // a prefix: never in the array
+		want := b.IPCache()
+		if !syncIPCacheArray(tab, have, want) {
+			t.Fatalf("round %d: %d host entries did not fit %d ways", round, want.nHosts, nb*cuckooWays)
+		}
+		hosts := map[[16]byte]uint32{}
+		for p, id := range want.All() {
+			if p.Bits() == p.Addr().BitLen() {
+				hosts[mapped(p.Addr())] = id
+			}
+		}
+		n := 0
+		for b := range tab.b {
+			for w := range cuckooWays {
+				if k := tab.b[b].K[w]; k != ([16]byte{}) {
+					n++
+					if id, ok := hosts[k]; !ok || id != tab.b[b].V[w] {
+						t.Fatalf("round %d: array holds %v -> %d, ipcache %d (%v)", round, netip.AddrFrom16(k), tab.b[b].V[w], id, ok)
+					}
+				}
+			}
+		}
+		if n != len(hosts) {
+			t.Fatalf("round %d: array holds %d host entries, ipcache %d", round, n, len(hosts))
+		}
+		have = want
+	}
 }
