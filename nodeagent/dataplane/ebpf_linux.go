@@ -245,6 +245,16 @@ func (e *EBPF) load() error {
 	}
 	e.active = st.Active & 1
 	e.lastFlip = time.Now()
+	// The pinned endpoint array may be older than the pinned revision (an
+	// agent of a version without it wrote the revision since): until this
+	// process's first Apply, the programs read the endpoints and the
+	// tables from the hashes, which always hold the pinned revision.
+	for slot := range uint32(2) {
+		if err := e.outer[tabEndpointsFast].Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			coll.Close()
+			return fmt.Errorf("load fedmesh programs: reset the endpoint array: %w", err)
+		}
+	}
 	e.legacyEps, err = adoptLegacyEndpoints(e.cfg.PinDir, e.outer[tabEndpoints], spec.Maps[outerNames[tabEndpoints]].InnerMap, e.log)
 	if err != nil {
 		coll.Close()

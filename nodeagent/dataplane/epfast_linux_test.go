@@ -2,8 +2,11 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 )
@@ -25,7 +28,7 @@ func TestEndpointArrayAndHashAgree(t *testing.T) {
 	if small >= epFastEntries {
 		t.Fatalf("ifindex %d of small is past the array", small)
 	}
-	dp, _ := newEBPF(t, nsPath)
+	dp, cfg := newEBPF(t, nsPath)
 	ctx := context.Background()
 	for _, ep := range []Endpoint{{ID: "small", Interface: "small"}, {ID: "big", Interface: "big"}} {
 		if err := dp.Attach(ctx, ep); err != nil {
@@ -79,6 +82,25 @@ func TestEndpointArrayAndHashAgree(t *testing.T) {
 	if err := dp.inner[dp.active][tabEndpointsFast].Lookup(small, &fv); err != nil || fv != (endpointFastVal{}) {
 		t.Fatalf("array entry of detached small: %+v, %v; want zero", fv, err)
 	}
+	// A restarted dataplane reads the hashes until its first Apply: the
+	// pinned array may be older than the pinned revision.
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dp2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	for slot := range uint32(2) {
+		var inner *ebpf.Map
+		if err := dp2.outer[tabEndpointsFast].Lookup(slot, &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatalf("endpoint array slot %d after a restart: %v, want none until the first Apply", slot, err)
+		}
+	}
+	dp = dp2
+	check("restarted, before its first Apply", 70000, 80, retNext)
+	check("restarted, before its first Apply", 70000, 81, retDrop)
 	var c counterVal
 	var per []counterVal
 	if err := dp.coll.Maps["fm_ep_counters"].Lookup(epCounterKey{Ifindex: small, Dir: uint8(policy.Ingress), Reason: uint8(ReasonDenyNoEndpoint)}, &per); err != nil {
