@@ -91,15 +91,17 @@ type DNSStore struct {
 	mu     sync.RWMutex
 	queues map[nodeKey]*dnsQueue
 	total  int
-	subs   map[*DNSFollower]struct{}
+	fol    followers[*fedmeshv1.DNSRecord, DNSFilter]
 
-	evicted, droppedRate, droppedAgent, droppedFollow uint64
+	evicted, droppedRate, droppedAgent uint64
 }
 
 // NewDNS returns an empty DNS record store.
 func NewDNS(cfg DNSConfig) *DNSStore {
 	cfg.defaults()
-	return &DNSStore{cfg: cfg, queues: map[nodeKey]*dnsQueue{}, subs: map[*DNSFollower]struct{}{}}
+	s := &DNSStore{cfg: cfg, queues: map[nodeKey]*dnsQueue{}}
+	s.fol = newFollowers[*fedmeshv1.DNSRecord, DNSFilter](&s.mu)
+	return s
 }
 
 // Add stores a batch of one node's DNS records and takes ownership of
@@ -152,7 +154,7 @@ func (s *DNSStore) Add(cluster, node string, recs []*fedmeshv1.DNSRecord, agentD
 				s.evictLargest()
 			}
 		}
-		if len(s.subs) > 0 {
+		if len(s.fol.subs) > 0 {
 			s.publish(r)
 		}
 	}
@@ -274,7 +276,7 @@ func (s *DNSStore) Status() DNSStats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return DNSStats{Stored: uint64(s.total), Capacity: uint64(s.cfg.Capacity), Evicted: s.evicted, DroppedRate: s.droppedRate,
-		DroppedAgent: s.droppedAgent, DroppedFollow: s.droppedFollow, Nodes: len(s.queues), MaxAge: s.cfg.MaxAge}
+		DroppedAgent: s.droppedAgent, DroppedFollow: s.fol.dropped, Nodes: len(s.queues), MaxAge: s.cfg.MaxAge}
 }
 
 // StatusProto is Status as the API sends it.
@@ -284,54 +286,21 @@ func (s *DNSStore) StatusProto() *fedmeshv1.DNSStoreStatus {
 		Evicted: st.Evicted, DroppedRate: st.DroppedRate, DroppedAgent: st.DroppedAgent, DroppedFollow: st.DroppedFollow}
 }
 
-// DNSFollower receives every new record matching its query. Read C until
-// done.
-type DNSFollower struct {
-	C      <-chan *fedmeshv1.DNSRecord
-	c      chan *fedmeshv1.DNSRecord
-	filter DNSFilter
-	scope  Scope
-	lagged uint64 // guarded by the store's lock
-}
-
 // QueryFollow is Query and, atomically with it, a follower of every
 // matching record stored afterwards: none is missed or sent twice between
 // the history and the stream. Call the returned function to stop it.
 func (s *DNSStore) QueryFollow(q DNSQuery, sc Scope) ([]*fedmeshv1.DNSRecord, *DNSFollower, func()) {
-	c := make(chan *fedmeshv1.DNSRecord, FollowBuffer)
-	f := &DNSFollower{C: c, c: c, filter: q.Filter, scope: sc}
-	s.mu.Lock()
-	hist := s.query(q, sc)
-	s.subs[f] = struct{}{}
-	s.mu.Unlock()
-	return hist, f, func() {
-		s.mu.Lock()
-		delete(s.subs, f)
-		s.mu.Unlock()
-	}
+	return s.fol.follow(q.Filter, sc, func() []*fedmeshv1.DNSRecord { return s.query(q, sc) })
 }
 
 // Lagged returns how many matching records f missed.
-func (s *DNSStore) Lagged(f *DNSFollower) uint64 {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return f.lagged
-}
+func (s *DNSStore) Lagged(f *DNSFollower) uint64 { return s.fol.laggedOf(f) }
 
 // publish hands a just-stored record to the followers whose filter it
 // matches; called with the write lock held, never blocks.
 func (s *DNSStore) publish(r *fedmeshv1.DNSRecord) {
-	for f := range s.subs {
-		if !f.filter.Matches(r, f.scope) {
-			continue
-		}
-		select {
-		case f.c <- r:
-		default:
-			f.lagged++
-			s.droppedFollow++
-		}
-	}
+	s.fol.publish(func(f *DNSFilter, sc Scope) bool { return f.Matches(r, sc) },
+		func() *fedmeshv1.DNSRecord { return r })
 }
 
 // Serve answers a GetDNS query with send: the status and the matching

@@ -2,6 +2,7 @@ package flowstore
 
 import (
 	"context"
+	"sync"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
@@ -10,61 +11,100 @@ import (
 // loses them (counted).
 const FollowBuffer = 4096
 
-// Follower receives every new flow matching its query. Read C until done;
-// Lagged counts what it missed by reading too slowly.
-type Follower struct {
-	C      <-chan *fedmeshv1.Flow
-	c      chan *fedmeshv1.Flow
-	filter Filter
+// follower is one subscriber to a store's new records: every record its
+// filter matches arrives on C, and lagged counts those it missed by
+// reading too slowly. Flows and DNS records follow alike.
+type follower[T, F any] struct {
+	C      <-chan T
+	c      chan T
+	filter F
 	scope  Scope
 	lagged uint64 // guarded by the store's lock
+}
+
+// Follower receives every new flow matching its query. Read C until done;
+// Lagged counts what it missed by reading too slowly.
+type Follower = follower[*fedmeshv1.Flow, Filter]
+
+// DNSFollower receives every new DNS record matching its query. Read C
+// until done.
+type DNSFollower = follower[*fedmeshv1.DNSRecord, DNSFilter]
+
+// followers are a store's subscribers, guarded by the store's lock mu.
+type followers[T, F any] struct {
+	mu      *sync.RWMutex
+	subs    map[*follower[T, F]]struct{}
+	dropped uint64 // records not handed to a follower that read too slowly
+}
+
+func newFollowers[T, F any](mu *sync.RWMutex) followers[T, F] {
+	return followers[T, F]{mu: mu, subs: map[*follower[T, F]]struct{}{}}
+}
+
+// follow runs query and, atomically with it, subscribes a follower of
+// every matching record published afterwards: no record is missed or sent
+// twice between the history and the stream. Call the returned function to
+// stop it.
+func (fs *followers[T, F]) follow(filter F, sc Scope, query func() []T) ([]T, *follower[T, F], func()) {
+	c := make(chan T, FollowBuffer)
+	f := &follower[T, F]{C: c, c: c, filter: filter, scope: sc}
+	fs.mu.Lock()
+	hist := query()
+	fs.subs[f] = struct{}{}
+	fs.mu.Unlock()
+	return hist, f, func() {
+		fs.mu.Lock()
+		delete(fs.subs, f)
+		fs.mu.Unlock()
+	}
+}
+
+// laggedOf returns how many matching records f missed.
+func (fs *followers[T, F]) laggedOf(f *follower[T, F]) uint64 {
+	fs.mu.RLock()
+	defer fs.mu.RUnlock()
+	return f.lagged
+}
+
+// publish hands a just-stored record to the followers it matches, built
+// by value once one does; called with the write lock held, never blocks.
+func (fs *followers[T, F]) publish(match func(*F, Scope) bool, value func() T) {
+	var out T
+	built := false
+	for f := range fs.subs {
+		if !match(&f.filter, f.scope) {
+			continue
+		}
+		if !built {
+			out, built = value(), true
+		}
+		select {
+		case f.c <- out:
+		default:
+			f.lagged++
+			fs.dropped++
+		}
+	}
 }
 
 // QueryFollow is Query and, atomically with it, a follower of every
 // matching flow stored afterwards: no flow is missed or sent twice between
 // the history and the stream. Call the returned function to stop it.
 func (s *Store) QueryFollow(q Query, sc Scope) ([]*fedmeshv1.Flow, *Follower, func()) {
-	c := make(chan *fedmeshv1.Flow, FollowBuffer)
-	f := &Follower{C: c, c: c, filter: q.Filter, scope: sc}
-	s.mu.Lock()
-	hist := s.query(q, sc)
-	s.subs[f] = struct{}{}
-	s.mu.Unlock()
-	return hist, f, func() {
-		s.mu.Lock()
-		delete(s.subs, f)
-		s.mu.Unlock()
-	}
+	return s.fol.follow(q.Filter, sc, func() []*fedmeshv1.Flow { return s.query(q, sc) })
 }
 
 // Lagged returns how many matching flows f missed.
-func (s *Store) Lagged(f *Follower) uint64 {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return f.lagged
-}
+func (s *Store) Lagged(f *Follower) uint64 { return s.fol.laggedOf(f) }
 
 // publish hands a just-stored flow to the followers whose filter it
 // matches; called with the write lock held, never blocks.
 func (s *Store) publish(r *record, fl *fedmeshv1.Flow, cluster string) {
-	var out *fedmeshv1.Flow
-	for f := range s.subs {
-		if !matchFlow(&f.filter, f.scope, fl, cluster, s.nodes[r.node].node) {
-			continue
-		}
-		if out == nil {
-			out = s.flow(r) // normalized as stored: workloads, reporting node
-		}
-		select {
-		case f.c <- out:
-		default:
-			f.lagged++
-			s.droppedFollow++
-		}
-	}
+	node := s.nodes[r.node].node
+	s.fol.publish(func(f *Filter, sc Scope) bool { return matchFlow(f, sc, fl, cluster, node) },
+		func() *fedmeshv1.Flow { return s.flow(r) }) // normalized as stored: workloads, reporting node
 }
 
-// matchFlow is the matcher's rule on one flow as shipped.
 func matchFlow(f *Filter, sc Scope, fl *fedmeshv1.Flow, cluster, node string) bool {
 	if f.Verdict != 0 && fl.GetVerdict() != f.Verdict {
 		return false

@@ -207,15 +207,16 @@ type Store struct {
 	baseIDs   map[workloadKey]uint32
 	decisions table[decisionKey, *fedmeshv1.FlowDecision]
 	strs      table[string, string]
-	subs      map[*Follower]struct{}
+	fol       followers[*fedmeshv1.Flow, Filter]
 
-	evicted, droppedRate, droppedAgent, droppedFollow uint64
+	evicted, droppedRate, droppedAgent uint64
 }
 
 // New returns an empty store.
 func New(cfg Config) *Store {
 	cfg.defaults()
-	s := &Store{cfg: cfg, subs: map[*Follower]struct{}{}}
+	s := &Store{cfg: cfg}
+	s.fol = newFollowers[*fedmeshv1.Flow, Filter](&s.mu)
 	s.resetTables()
 	s.queues = map[nodeKey]*queue{}
 	return s
@@ -272,7 +273,7 @@ func (s *Store) Add(cluster, node string, flows []*fedmeshv1.Flow, agentDropped 
 				s.evictLargest()
 			}
 		}
-		if len(s.subs) > 0 {
+		if len(s.fol.subs) > 0 {
 			s.publish(&r, f, cluster)
 		}
 	}
@@ -632,7 +633,7 @@ func (s *Store) Status() Stats {
 	defer s.mu.RUnlock()
 	st := Stats{
 		Stored: uint64(s.total), Capacity: uint64(s.cfg.Capacity), Evicted: s.evicted,
-		DroppedRate: s.droppedRate, DroppedAgent: s.droppedAgent, DroppedFollow: s.droppedFollow,
+		DroppedRate: s.droppedRate, DroppedAgent: s.droppedAgent, DroppedFollow: s.fol.dropped,
 		Nodes: len(s.queues), Workloads: len(s.workloads.vals) - 1, Decisions: len(s.decisions.vals) - 1,
 		MaxAge: s.cfg.MaxAge, BytesPerFlow: recordSize,
 	}
