@@ -1,6 +1,9 @@
 package dataplane
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // Static cuckoo tables in arrays: every entry of a per-revision table
 // placed in one of two candidate buckets of cuckooWays entries, chosen by
@@ -47,32 +50,15 @@ func newIPCTable(nb uint32) *ipcTable { return newCuckoo[[16]byte, uint32](nb, i
 
 // pfaHash is pfa_hash over the key's three little-endian words.
 func pfaHash(k policyFixedKey) uint64 {
-	var b [12]byte
-	binary.LittleEndian.PutUint32(b[0:], k.Ifindex)
-	b[4], b[5], b[6], b[7] = k.Dir, k.Kind, k.Proto, k.Pad
-	binary.LittleEndian.PutUint32(b[8:], k.Peer)
-	w0 := uint64(binary.LittleEndian.Uint32(b[0:]))
-	w1 := uint64(binary.LittleEndian.Uint32(b[4:]))
-	w2 := uint64(binary.LittleEndian.Uint32(b[8:]))
-	h := w0 * 0x9E3779B97F4A7C15
-	h ^= w1 * 0xC2B2AE3D27D4EB4F
-	h ^= w2 * 0x165667B19E3779F9
-	h ^= h >> 29
-	h *= 0xBF58476D1CE4E5B9
-	h ^= h >> 32
-	return h
+	w1 := uint32(k.Dir) | uint32(k.Kind)<<8 | uint32(k.Proto)<<16 | uint32(k.Pad)<<24
+	lo := k.Ifindex ^ bits.RotateLeft32(w1, 16)
+	return (uint64(k.Peer)<<32 | uint64(lo)) * 0x9E3779B97F4A7C15
 }
 
 // ipcHash is ipc_hash over an address's four little-endian words.
 func ipcHash(a [16]byte) uint64 {
-	h := uint64(binary.LittleEndian.Uint32(a[0:])) * 0x9E3779B97F4A7C15
-	h ^= uint64(binary.LittleEndian.Uint32(a[4:])) * 0xC2B2AE3D27D4EB4F
-	h ^= uint64(binary.LittleEndian.Uint32(a[8:])) * 0x165667B19E3779F9
-	h ^= uint64(binary.LittleEndian.Uint32(a[12:])) * 0x27D4EB2F165667C5
-	h ^= h >> 29
-	h *= 0xBF58476D1CE4E5B9
-	h ^= h >> 32
-	return h
+	w := func(i int) uint32 { return binary.LittleEndian.Uint32(a[4*i:]) }
+	return (uint64(w(0)^w(2))<<32 | uint64(w(1)^w(3))) * 0x9E3779B97F4A7C15
 }
 
 // cuckoo is the Go copy of one slot's array: what the kernel holds once
@@ -92,7 +78,7 @@ func (t *cuckoo[K, V]) nb() uint32 { return uint32(len(t.b)) }
 // candidates are k's two buckets (possibly equal).
 func (t *cuckoo[K, V]) candidates(k K) [2]uint32 {
 	h := t.hash(k)
-	return [2]uint32{uint32(h) & (t.nb() - 1), uint32(h>>32) & (t.nb() - 1)}
+	return [2]uint32{uint32(h>>48) & (t.nb() - 1), uint32(h>>32) & (t.nb() - 1)}
 }
 
 // find returns the bucket and way holding k.
