@@ -685,7 +685,7 @@ struct tuple {
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
-};
+} __attribute__((aligned(4))); // addresses are read as words (v4_mapped)
 
 struct pkt {
 	struct tuple t;
@@ -700,12 +700,18 @@ struct pkt {
 
 enum { PARSE_OK = 0, PARSE_CONTROL = 1, PARSE_MALFORMED = 2, PARSE_NOT_IP = 3 };
 
+// v4_mapped writes ::ffff:addr in four word stores: the array lookups read
+// the address back as words, and a load that spans several narrower
+// stores waits for them to retire (a store-forwarding stall) instead of
+// taking the value from the store buffer.
 static __always_inline void v4_mapped(__u8 *dst, __u32 addr)
 {
-	__builtin_memset(dst, 0, 10);
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, &addr, 4);
+	__u32 *w = (__u32 *)dst;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = addr;
 }
 
 static __always_inline int is_icmp4_error(__u8 type)
@@ -1254,10 +1260,12 @@ static __always_inline __u64 pfa_hash(const __u32 *w)
 	return ((__u64)w[2] << 32 | lo) * 0x9E3779B97F4A7C15ULL;
 }
 
-// pfa_find returns k's entry in fm_policy_fixarr's table arr, or 0.
-static __always_inline struct policy_fixed_val *pfa_find(void *arr, const struct policy_fixed_key *k)
+// pfa_find returns the entry of the key of words w0 to w2 in
+// fm_policy_fixarr's table arr, or 0. The words come in registers: read
+// back from a key just written byte by byte they would stall (v4_mapped).
+static __always_inline struct policy_fixed_val *pfa_find(void *arr, __u32 w0, __u32 w1, __u32 w2)
 {
-	const __u32 *w = (const __u32 *)k; // the key's three words, in place
+	__u32 w[3] = {w0, w1, w2};
 	__u64 h = pfa_hash(w);
 	int i, j;
 
@@ -1270,7 +1278,7 @@ static __always_inline struct policy_fixed_val *pfa_find(void *arr, const struct
 #pragma unroll
 		for (j = 0; j < PFA_WAYS; j++) {
 			__u32 *kw = (__u32 *)&bk->k[j];
-			if (kw[2] == w[2] && kw[1] == w[1] && kw[0] == w[0])
+			if (kw[2] == w2 && kw[1] == w1 && kw[0] == w0)
 				return &bk->v[j];
 		}
 	}
@@ -1284,20 +1292,22 @@ static __always_inline struct policy_fixed_val *pfa_find(void *arr, const struct
 static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
 					   __u8 proto)
 {
-	struct policy_port_key k = {};
+	struct policy_port_key k;
 	struct policy_fixed_val *fv;
 	struct policy_val *v;
+	__u32 *kw = (__u32 *)&k;
+	// The key's second word: dir, kind, proto, pad (little endian).
+	__u32 w1 = pt->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
 
 	if (!pt->fixed)
 		return policy_trie_lookup(pt, kind, peer, p, proto);
-	k.ifindex = pt->ifindex;
-	k.dir = pt->dir;
-	k.kind = kind;
-	k.proto = proto;
-	k.peer = peer;
-	k.port = bpf_htons(p->dport);
+	// Written a word at a time: see v4_mapped.
+	kw[0] = pt->ifindex;
+	kw[1] = w1;
+	kw[2] = peer;
+	kw[3] = bpf_htons(p->dport); // port, then pad2 = 0
 	if (pt->fixarr)
-		fv = pfa_find(pt->fixarr, (struct policy_fixed_key *)&k);
+		fv = pfa_find(pt->fixarr, pt->ifindex, w1, peer);
 	else
 		fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
 	if (!fv)
