@@ -1056,6 +1056,17 @@ static __always_inline int ct_orient(__u64 src_hi, __u64 src_lo, __u64 dst_hi, _
 	return CT_ORIENT_TIE;
 }
 
+// ct_words writes the conntrack key's second and third words (proto, pad,
+// port_a; port_b, pad2) whole: the map hashes the key a word at a time,
+// and a word load spanning byte stores stalls store forwarding (v4_mapped).
+static __always_inline void ct_words(void *k, __u8 proto, __u16 port_a, __u16 port_b)
+{
+	__u32 *w = (__u32 *)k;
+
+	w[1] = proto | ((__u32)port_a << 16);
+	w[2] = port_b;
+}
+
 // ct4_fill builds the canonical IPv4 key of t and returns its orientation.
 static __always_inline int ct4_fill(struct ct4_key *k, __u32 ifindex, struct tuple *t)
 {
@@ -1066,19 +1077,14 @@ static __always_inline int ct4_fill(struct ct4_key *k, __u32 ifindex, struct tup
 	__builtin_memcpy(&d, t->dst + 12, 4);
 	o = ct_orient(0, bpf_ntohl(s), 0, bpf_ntohl(d), t->sport, t->dport);
 	k->ifindex = ifindex;
-	k->proto = t->proto;
-	k->pad = 0;
-	k->pad2 = 0;
 	if (o == CT_ORIENT_B) {
 		k->a = d;
 		k->b = s;
-		k->port_a = t->dport;
-		k->port_b = t->sport;
+		ct_words(k, t->proto, t->dport, t->sport);
 	} else {
 		k->a = s;
 		k->b = d;
-		k->port_a = t->sport;
-		k->port_b = t->dport;
+		ct_words(k, t->proto, t->sport, t->dport);
 	}
 	return o;
 }
@@ -1094,19 +1100,14 @@ static __always_inline int ct6_fill(struct ct6_key *k, __u32 ifindex, struct tup
 	o = ct_orient(bpf_be64_to_cpu(s[0]), bpf_be64_to_cpu(s[1]), bpf_be64_to_cpu(d[0]), bpf_be64_to_cpu(d[1]),
 		      t->sport, t->dport);
 	k->ifindex = ifindex;
-	k->proto = t->proto;
-	k->pad = 0;
-	k->pad2 = 0;
 	if (o == CT_ORIENT_B) {
 		__builtin_memcpy(k->a, t->dst, 16);
 		__builtin_memcpy(k->b, t->src, 16);
-		k->port_a = t->dport;
-		k->port_b = t->sport;
+		ct_words(k, t->proto, t->dport, t->sport);
 	} else {
 		__builtin_memcpy(k->a, t->src, 16);
 		__builtin_memcpy(k->b, t->dst, 16);
-		k->port_a = t->sport;
-		k->port_b = t->dport;
+		ct_words(k, t->proto, t->sport, t->dport);
 	}
 	return o;
 }
@@ -1203,16 +1204,16 @@ struct policy_tabs {
 static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
 						__u8 proto)
 {
-	struct policy_key k = {};
+	struct policy_key k;
 	struct policy_val *v;
+	__u32 *w = (__u32 *)&k;
 
-	k.prefixlen = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
-	k.ifindex = pt->ifindex;
-	k.dir = pt->dir;
-	k.kind = kind;
-	k.proto = proto;
-	k.peer = peer;
-	k.port = bpf_htons(p->dport);
+	// Written a word at a time: see v4_mapped.
+	w[0] = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
+	w[1] = pt->ifindex;
+	w[2] = pt->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+	w[3] = peer;
+	w[4] = bpf_htons(p->dport); // port, then pad2 = 0
 	v = bpf_map_lookup_elem(pt->trie, &k);
 	return v ? v->rule : 0;
 }
@@ -1345,12 +1346,17 @@ static __always_inline void tier_fold(__u32 v, __u32 *admin, __u32 *base)
 // and direction (0: no CIDR rule holds for it).
 static __always_inline __u32 cidr_class(__u32 slot, __u32 ifindex, __u8 dir, __u8 *peer_ip)
 {
-	struct cidr_key k = {.prefixlen = CIDR_FIXED_BITS + 128, .ifindex = ifindex, .dir = dir};
+	struct cidr_key k;
 	struct cidr_val *v;
+	__u32 *w = (__u32 *)&k;
 	void *cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
 
 	if (!cidr)
 		return 0;
+	// Written a word at a time: see v4_mapped.
+	w[0] = CIDR_FIXED_BITS + 128;
+	w[1] = ifindex;
+	w[2] = dir; // and pad
 	__builtin_memcpy(k.ip, peer_ip, 16);
 	v = bpf_map_lookup_elem(cidr, &k);
 	return v ? v->class_id : 0;
