@@ -204,3 +204,37 @@ func TestListenFailsWholeWhenOneAddressIsTaken(t *testing.T) {
 		t.Error("Serve after a failed Listen returned nil, want an error")
 	}
 }
+
+// FuzzParseListen: whatever the input, ParseListen never panics, and what
+// it accepts keeps its rules (one or two addresses, one per family, none a
+// wildcard, IPv4-mapped or zoned) and reads back the same from its own
+// rendering.
+func FuzzParseListen(f *testing.F) {
+	for _, s := range []string{"169.254.20.10:53", "169.254.20.10:53,[fd00:169:254::10]:53", "[::1]:0, 127.0.0.1:0",
+		"0.0.0.0:53", "[::ffff:1.2.3.4]:53", "[fe80::1%eth0]:53", "1.2.3.4:53,5.6.7.8:53", ",", "[fd00::1]:53,,"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		aps, err := ParseListen(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidListen) {
+				t.Fatalf("ParseListen(%q): %v does not wrap ErrInvalidListen", s, err)
+			}
+			return
+		}
+		if len(aps) == 0 || len(aps) > 2 || (len(aps) == 2 && aps[0].Addr().Is4() == aps[1].Addr().Is4()) {
+			t.Fatalf("ParseListen(%q) = %v: want one address or one per family", s, aps)
+		}
+		parts := make([]string, len(aps))
+		for i, ap := range aps {
+			if ip := ap.Addr(); ip.IsUnspecified() || ip.Is4In6() || ip.Zone() != "" {
+				t.Fatalf("ParseListen(%q) accepted %s", s, ap)
+			}
+			parts[i] = ap.String()
+		}
+		again, err := ParseListen(strings.Join(parts, ","))
+		if err != nil || !slices.Equal(again, aps) {
+			t.Fatalf("ParseListen(%q) = %v, but its rendering reads back as %v, %v", s, aps, again, err)
+		}
+	})
+}
