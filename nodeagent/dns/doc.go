@@ -36,8 +36,11 @@
 // (NewServices does that from plain ServiceRecords) and hands it over with
 // Server.SetView; every query reads the snapshot in force when it arrived.
 //
-// Server is the thin loop around it: it owns its UDP and TCP sockets and
-// hands every request as raw bytes to one pipeline (Server.Handle):
+// Server is the thin loop around it: it owns a UDP socket and a TCP
+// listener per listen address (one address, or one per IP family on a
+// dual-stack or IPv6 node: Config.Listen, ParseListen) and hands every
+// request from any of them as raw bytes to one pipeline (Server.Handle),
+// with one set of hooks, recorder, metrics and limits:
 //
 //	decode and validate -> Hook.Query -> zone or upstream -> Hook.Release -> size for the transport -> Record
 //
@@ -108,5 +111,7 @@
 // The agent owns the View: per revision it builds one (NewServices, or an
 // adapter over its own catalog that satisfies View without copying) and
 // calls SetView from its sync goroutine; Run serves until the agent's
-// context ends. Pods use Config.Listen as their nameserver.
+// context ends. Pods use the Config.Listen address of their family as
+// their nameserver (or keep the cluster DNS address, which the agent's
+// transparent redirect sends to it).
 package dns

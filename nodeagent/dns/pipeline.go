@@ -218,7 +218,8 @@ func (s *Server) Handle(ctx context.Context, raw []byte, client netip.AddrPort, 
 	}
 	q := &Query{Client: client, Transport: tr, Received: start, Request: req}
 	if s.pods != nil {
-		q.Pod, _ = s.pods.PodByIP(client.Addr().Unmap())
+		// A pod's address has no zone; a link-local source would.
+		q.Pod, _ = s.pods.PodByIP(client.Addr().Unmap().WithZone(""))
 	}
 	var (
 		hctx   = ctx

@@ -17,8 +17,12 @@ import (
 
 // Config is the resolver's configuration; zero fields take the defaults.
 type Config struct {
-	// Listen is the address served over UDP and TCP, e.g. "169.254.20.10:53"
-	// (port 0 picks one free for both).
+	// Listen is the address served over UDP and TCP, e.g.
+	// "169.254.20.10:53", or one address per IP family, comma separated:
+	// "169.254.20.10:53,[fd00:169:254::10]:53" (ParseListen says what is
+	// accepted). Every address is served by the same pipeline, hooks,
+	// recorder, metrics and limits; port 0 picks one free for an address's
+	// UDP and TCP sockets.
 	Listen string
 	// Upstream is the cluster's DNS, "host:port". Empty: only the zone is
 	// answered; every other name is REFUSED (counted as
@@ -96,8 +100,8 @@ type Server struct {
 	now   func() time.Time
 	view  atomic.Pointer[View]
 
-	udp *net.UDPConn
-	tcp *net.TCPListener
+	listen []netip.AddrPort // parsed Config.Listen
+	socks  []socketPair     // one per listen address, after Listen
 
 	bufs     sync.Pool // *[]byte of MaxQuerySize+1 for UDP reads
 	inflight chan struct{}
@@ -116,8 +120,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return nil, fmt.Errorf("new dns resolver: upstream %q: want host:port of the cluster's DNS (or empty: answer only the zone): %w", cfg.Upstream, err)
 		}
 	}
-	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		return nil, fmt.Errorf("new dns resolver: listen %q: want host:port: %w", cfg.Listen, err)
+	listen, err := ParseListen(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("new dns resolver: %w", err)
 	}
 	if cfg.UpstreamTimeout < 0 || cfg.HookTimeout < 0 || cfg.MaxInFlight < 0 || cfg.MaxTCPConns < 0 || cfg.TCPIdleTimeout < 0 {
 		return nil, errors.New("new dns resolver: timeouts and limits must not be negative")
@@ -136,7 +141,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Now = time.Now
 	}
 	s := &Server{
-		cfg: cfg, zone: zone,
+		cfg: cfg, zone: zone, listen: listen,
 		hooks: deps.Hooks, rec: deps.Recorder, pods: deps.Pods,
 		log: deps.Logger.With("component", "dns"), m: newMetrics(deps.Registry), now: deps.Now,
 		inflight: make(chan struct{}, cfg.MaxInFlight),
@@ -167,17 +172,42 @@ func (s *Server) View() View {
 	return nil
 }
 
-// Listen opens the UDP and TCP sockets on Config.Listen (the same port for
-// both, also when it is 0).
+// socketPair is the UDP socket and TCP listener of one listen address.
+type socketPair struct {
+	udp *net.UDPConn
+	tcp *net.TCPListener
+}
+
+// Listen opens the UDP and TCP sockets on every address of Config.Listen
+// (the same port for both, also when it is 0). On an error it closes what
+// it opened.
 func (s *Server) Listen() error {
-	addr, err := net.ResolveUDPAddr("udp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen dns on %s: %w", s.cfg.Listen, err)
+	if s.socks != nil {
+		return errors.New("listen dns: already listening")
 	}
+	socks := make([]socketPair, 0, len(s.listen))
+	for _, ap := range s.listen {
+		p, err := listenSockets(ap)
+		if err != nil {
+			for _, p := range socks {
+				p.udp.Close()
+				p.tcp.Close()
+			}
+			return err
+		}
+		socks = append(socks, p)
+	}
+	s.socks = socks
+	return nil
+}
+
+// listenSockets opens the UDP socket and the TCP listener of ap.
+func listenSockets(ap netip.AddrPort) (socketPair, error) {
+	addr := net.UDPAddrFromAddrPort(ap)
 	for attempt := 0; ; attempt++ {
 		udp, err := net.ListenUDP("udp", addr)
 		if err != nil {
-			return fmt.Errorf("listen dns on udp %s: %w%s", s.cfg.Listen, err, bindHint(err))
+			return socketPair{}, fmt.Errorf("listen dns on udp %s: %w%s", ap, err, bindHint(err))
 		}
 		bound := udp.LocalAddr().(*net.UDPAddr)
 		tcp, err := net.ListenTCP("tcp", &net.TCPAddr{IP: bound.IP, Port: bound.Port, Zone: bound.Zone})
@@ -187,10 +217,9 @@ func (s *Server) Listen() error {
 			if addr.Port == 0 && attempt < 10 {
 				continue
 			}
-			return fmt.Errorf("listen dns on tcp %s: %w%s", bound, err, bindHint(err))
+			return socketPair{}, fmt.Errorf("listen dns on tcp %s: %w%s", bound, err, bindHint(err))
 		}
-		s.udp, s.tcp = udp, tcp
-		return nil
+		return socketPair{udp: udp, tcp: tcp}, nil
 	}
 }
 
@@ -207,10 +236,19 @@ func bindHint(err error) string {
 	return ""
 }
 
-// Addr is the address served, valid after Listen.
-func (s *Server) Addr() netip.AddrPort {
-	return s.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+// Addrs are the addresses served, in the order of Config.Listen, with the
+// ports bound; valid after Listen.
+func (s *Server) Addrs() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(s.socks))
+	for i, p := range s.socks {
+		out[i] = p.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	return out
 }
+
+// Addr is the first of Addrs (the only one for a single-family resolver);
+// valid after Listen.
+func (s *Server) Addr() netip.AddrPort { return s.Addrs()[0] }
 
 // Run listens and serves until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
@@ -224,20 +262,24 @@ func (s *Server) Run(ctx context.Context) error {
 // then stops reading, lets the queries in flight finish (each is bounded by
 // UpstreamTimeout and HookTimeout), closes everything and returns nil.
 func (s *Server) Serve(ctx context.Context) error {
-	if s.udp == nil {
+	if s.socks == nil {
 		return errors.New("serve dns: Listen first")
 	}
-	s.log.Info("dns resolver serving", "addr", s.Addr(), "zone", s.zone.Origin(), "upstream", s.cfg.Upstream)
+	s.log.Info("dns resolver serving", "addrs", s.Addrs(), "zone", s.zone.Origin(), "upstream", s.cfg.Upstream)
 	// Queries in flight keep their context when the resolver stops, so a
 	// forwarded query finishes instead of turning into SERVFAIL.
 	hctx := context.WithoutCancel(ctx)
 	var loops sync.WaitGroup
-	loops.Go(func() { s.serveUDP(hctx) })
-	loops.Go(func() { s.serveTCP(hctx) })
+	for _, p := range s.socks {
+		loops.Go(func() { s.serveUDP(hctx, p.udp) })
+		loops.Go(func() { s.serveTCP(hctx, p.tcp) })
+	}
 	<-ctx.Done()
 	s.closing.Store(true)
-	s.udp.SetReadDeadline(time.Now())
-	s.tcp.Close()
+	for _, p := range s.socks {
+		p.udp.SetReadDeadline(time.Now())
+		p.tcp.Close()
+	}
 	s.mu.Lock()
 	for c := range s.conns {
 		c.SetReadDeadline(time.Now())
@@ -245,16 +287,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	loops.Wait()
 	s.handlers.Wait()
-	s.udp.Close()
+	// Answers in flight were written on their UDP sockets: close them last.
+	for _, p := range s.socks {
+		p.udp.Close()
+	}
 	s.log.Info("dns resolver stopped")
 	return nil
 }
 
-func (s *Server) serveUDP(ctx context.Context) {
+// serveUDP reads the queries of one UDP socket and answers each on it (so
+// the answer's source is the address the client asked).
+func (s *Server) serveUDP(ctx context.Context, udp *net.UDPConn) {
 	for {
 		bp := s.bufs.Get().(*[]byte)
 		buf := *bp
-		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
+		n, from, err := udp.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			s.bufs.Put(bp)
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
@@ -278,7 +325,7 @@ func (s *Server) serveUDP(ctx context.Context) {
 			// next query finds it free.
 			<-s.inflight
 			if out != nil {
-				if _, err := s.udp.WriteToUDPAddrPort(out, from); err != nil {
+				if _, err := udp.WriteToUDPAddrPort(out, from); err != nil {
 					s.log.Debug("write dns answer", "client", client, "err", err)
 				}
 			}
@@ -286,9 +333,11 @@ func (s *Server) serveUDP(ctx context.Context) {
 	}
 }
 
-func (s *Server) serveTCP(ctx context.Context) {
+// serveTCP accepts the connections of one TCP listener; MaxTCPConns bounds
+// them over all listeners together.
+func (s *Server) serveTCP(ctx context.Context, ln *net.TCPListener) {
 	for {
-		c, err := s.tcp.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return

@@ -458,6 +458,26 @@ func TestAgentServiceTranslationAndDNSAreOptIn(t *testing.T) {
 	if v := volume(ds.Spec.Template.Spec, "host-cgroup"); v.HostPath == nil || v.HostPath.Path != "/sys/fs/cgroup" {
 		t.Errorf("host-cgroup volume %+v: want hostPath /sys/fs/cgroup", v)
 	}
+
+	// Dual stack: a resolver address per family, as a list or as one
+	// comma-separated string, and both families' cluster DNS redirected.
+	const dual = "--dns-listen=169.254.20.10:53,[fd00:169:254::10]:53"
+	for _, listen := range [][]string{
+		{"--set", "agent.dns.listen={169.254.20.10:53,[fd00:169:254::10]:53}"},
+		{"--set-string", `agent.dns.listen=169.254.20.10:53\,[fd00:169:254::10]:53`},
+	} {
+		out, err = render(t, append(listen, "--set", "agent.services.cgroup=/sys/fs/cgroup",
+			"--set", "agent.dns.redirect={10.96.0.10,fd00:10:96::a}")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Join(agentOf(out).Spec.Template.Spec.Containers[0].Args, " ")
+		for _, want := range []string{dual, "--dns-redirect=10.96.0.10,fd00:10:96::a"} {
+			if !strings.Contains(args, want) {
+				t.Errorf("with %s: agent args %q lack %s", listen[1], args, want)
+			}
+		}
+	}
 }
 
 func TestAgentIPCacheSizeIsPassedOnlyWhenSet(t *testing.T) {

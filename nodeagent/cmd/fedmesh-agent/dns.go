@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,28 +22,31 @@ import (
 // The node-local resolver (--dns-listen) answers clusterset.local from the
 // agent's service catalog and forwards every other name to --dns-upstream.
 // Like NodeLocal DNSCache it listens on a link-local address that no pod
-// and no node owns, e.g. 169.254.20.10:53: the agent puts the address on a
-// dummy link of its own (--dns-link) in the node's network namespace, so
-// pods reach it through their default route to the node whatever the
-// node's other addresses are, and every node of every cluster can use the
-// same pod resolv.conf. The link stays when the agent exits (a restarted
-// agent binds it again at once); --uninstall removes it. A kernel without
-// dummy links (no dummy module) gets the address on the namespace's
-// loopback instead, which serves the same (Linux accepts a packet for any
-// local address on any interface); --uninstall removes it from there when
-// given the same --dns-listen. An address the node already has (e.g. a
-// node IP) is used as it is.
+// and no node owns, e.g. 169.254.20.10:53, and on a dual-stack or IPv6
+// node also on one of the other family, e.g. [fd00:169:254::10]:53 (one
+// resolver, one socket pair per address: dns.ParseListen). The agent puts
+// every address on a dummy link of its own (--dns-link) in the node's
+// network namespace, so pods reach it through their default route to the
+// node whatever the node's other addresses are, and every node of every
+// cluster can use the same pod resolv.conf. The link stays when the agent
+// exits (a restarted agent binds it again at once); --uninstall removes it.
+// A kernel without dummy links (no dummy module) gets the addresses on the
+// namespace's loopback instead, which serves the same (Linux accepts a
+// packet for any local address on any interface); --uninstall removes them
+// from there when given the same --dns-listen. An address the node already
+// has (e.g. a node IP) is used as it is.
 
 // defaultDNSLink is the dummy link carrying the resolver's address.
 const defaultDNSLink = "fedmesh-dns"
 
-// dnsAddr checks --dns-listen: an IP literal and a port.
-func dnsAddr(listen string) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(listen)
+// dnsAddrs checks --dns-listen: one IP:port, or one per IP family comma
+// separated (the resolver's own rule, dns.ParseListen).
+func dnsAddrs(listen string) ([]netip.AddrPort, error) {
+	aps, err := dns.ParseListen(listen)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("--dns-listen %q: want IP:port, e.g. 169.254.20.10:53: %w", listen, err)
+		return nil, fmt.Errorf("--dns-listen: %w", err)
 	}
-	return ap, nil
+	return aps, nil
 }
 
 // ensureDNSAddr makes the resolver's address local in the agent's network
@@ -84,10 +88,13 @@ func ensureDNSAddr(ip netip.Addr, link string, log *slog.Logger) error {
 		return fmt.Errorf("link %s exists and is a %s, not the agent's dummy link; choose another --dns-link", link, l.Type())
 	}
 	bits := 32
+	addr := &netlink.Addr{}
 	if ip.Is6() {
-		bits = 128
+		// Without duplicate address detection: the address is no one
+		// else's by choice, and a tentative one cannot be bound.
+		bits, addr.Flags = 128, unix.IFA_F_NODAD
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	addr.IPNet = &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(bits, bits)}
 	if err := netlink.AddrReplace(l, addr); err != nil {
 		return fmt.Errorf("add %s to link %s: %w", ip, link, err)
 	}
@@ -98,30 +105,35 @@ func ensureDNSAddr(ip netip.Addr, link string, log *slog.Logger) error {
 	return nil
 }
 
-// removeDNSAddrFromLo removes the resolver's address from lo, where a kernel
-// without dummy links had it (--uninstall with --dns-listen).
-func removeDNSAddrFromLo(listen string) (bool, error) {
-	ap, err := dnsAddr(listen)
+// removeDNSAddrsFromLo removes the resolver's addresses from lo, where a
+// kernel without dummy links had them (--uninstall with --dns-listen), and
+// returns those it removed.
+func removeDNSAddrsFromLo(listen string) ([]netip.Addr, error) {
+	aps, err := dnsAddrs(listen)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
-		return false, fmt.Errorf("find lo: %w", err)
+		return nil, fmt.Errorf("find lo: %w", err)
 	}
 	addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
 	if err != nil {
-		return false, fmt.Errorf("list the addresses of lo: %w", err)
+		return nil, fmt.Errorf("list the addresses of lo: %w", err)
 	}
-	for _, a := range addrs {
-		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ap.Addr() {
-			if err := netlink.AddrDel(lo, &a); err != nil {
-				return false, fmt.Errorf("remove %s from lo: %w", ap.Addr(), err)
+	var removed []netip.Addr
+	for _, ap := range aps {
+		for _, a := range addrs {
+			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ap.Addr() {
+				if err := netlink.AddrDel(lo, &a); err != nil {
+					return removed, fmt.Errorf("remove %s from lo: %w", ap.Addr(), err)
+				}
+				removed = append(removed, ap.Addr())
+				break
 			}
-			return true, nil
 		}
 	}
-	return false, nil
+	return removed, nil
 }
 
 // removeDNSLink deletes the agent's dummy link (--uninstall); a missing
@@ -152,12 +164,14 @@ func removeDNSLink(link string) (bool, error) {
 // its one hook and names its clients' pods; rec (nil: none) gets every
 // answered query's record.
 func openDNS(o *options, reg prometheus.Registerer, log *slog.Logger, names *agent.NamePolicy, rec dns.Recorder) (*dns.Server, error) {
-	ap, err := dnsAddr(o.dnsListen)
+	aps, err := dnsAddrs(o.dnsListen)
 	if err != nil {
 		return nil, err
 	}
-	if err := ensureDNSAddr(ap.Addr(), o.dnsLink, log); err != nil {
-		return nil, err
+	for _, ap := range aps {
+		if err := ensureDNSAddr(ap.Addr(), o.dnsLink, log); err != nil {
+			return nil, err
+		}
 	}
 	srv, err := dns.New(dns.Config{Listen: o.dnsListen, Upstream: o.dnsUpstream},
 		dns.Deps{Logger: log, Registry: reg, Hooks: []dns.Hook{names}, Pods: names, Recorder: rec})
@@ -179,50 +193,51 @@ func serveDNS(ctx context.Context, srv *dns.Server, log *slog.Logger) {
 }
 
 // The transparent DNS redirect (--dns-redirect, issue #22): pods keep their
-// resolv.conf (the cluster DNS address, kube-dns's ClusterIP), and the
+// resolv.conf (the cluster DNS addresses, kube-dns's ClusterIPs), and the
 // socket hooks of the service translation (--service-cgroup) send their
-// UDP and TCP port-53 traffic to that address to --dns-listen instead,
-// showing answers as coming from the cluster DNS address (mechanism and
-// choice: nodeagent/dataplane/socklb.go). The resolver's forwarder marks its
+// UDP and TCP port-53 traffic to those addresses to the --dns-listen
+// address of the same family instead, showing answers as coming from the
+// cluster DNS address (mechanism and choice:
+// nodeagent/dataplane/socklb.go). The resolver's forwarder marks its
 // sockets with dns.UpstreamMark, which the redirect skips: its upstream is
 // usually the very address being redirected.
 
-// dnsRedirectAddrs parses --dns-redirect: cluster DNS addresses, comma
-// separated, each of the family of --dns-listen (a socket cannot be sent to
-// a resolver of the other family).
-func dnsRedirectAddrs(flag, listen string) ([]netip.Addr, error) {
+// dnsRedirect parses --dns-redirect (cluster DNS addresses, comma
+// separated, each of a family --dns-listen has an address of: a socket
+// cannot be sent to a resolver of the other family) into the redirect to
+// program; the zero DNSRedirect (redirect nothing) when the flag is empty.
+func dnsRedirect(flag, listen string) (dataplane.DNSRedirect, error) {
 	if flag == "" {
-		return nil, nil
+		return dataplane.DNSRedirect{}, nil
 	}
 	if listen == "" {
-		return nil, errors.New("--dns-redirect needs --dns-listen: the pods' DNS is redirected to the agent's resolver")
+		return dataplane.DNSRedirect{}, errors.New("--dns-redirect needs --dns-listen: the pods' DNS is redirected to the agent's resolver")
 	}
-	res, err := dnsAddr(listen)
+	resolvers, err := dnsAddrs(listen)
 	if err != nil {
-		return nil, err
+		return dataplane.DNSRedirect{}, err
 	}
-	var out []netip.Addr
+	r := dataplane.DNSRedirect{Resolvers: resolvers, SkipMark: dns.UpstreamMark}
 	for s := range strings.SplitSeq(flag, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
 		if err != nil {
-			return nil, fmt.Errorf("--dns-redirect %q: want the cluster DNS addresses (kube-dns's ClusterIPs), comma separated: %w", flag, err)
+			return dataplane.DNSRedirect{}, fmt.Errorf("--dns-redirect %q: want the cluster DNS addresses (kube-dns's ClusterIPs), comma separated: %w", flag, err)
 		}
-		if a.Is4() != res.Addr().Is4() {
-			return nil, fmt.Errorf("--dns-redirect %s: the resolver (--dns-listen %s) is of the other IP family; "+
-				"a socket is redirected within its family only: leave the address out or run the resolver on an address of its family", a, listen)
+		if !slices.ContainsFunc(resolvers, func(ap netip.AddrPort) bool { return ap.Addr().Is4() == a.Is4() }) {
+			return dataplane.DNSRedirect{}, fmt.Errorf("--dns-redirect %s: the resolver (--dns-listen %s) has no address of its IP family; "+
+				"a socket is redirected within its family only: leave the address out or give --dns-listen an address of its family too", a, listen)
 		}
-		out = append(out, a)
+		r.ClusterDNS = append(r.ClusterDNS, a)
 	}
-	r := dataplane.DNSRedirect{ClusterDNS: out, Resolvers: []netip.AddrPort{res}, SkipMark: dns.UpstreamMark}
 	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("--dns-redirect %q: %w", flag, err)
+		return dataplane.DNSRedirect{}, fmt.Errorf("--dns-redirect %q: %w", flag, err)
 	}
-	return out, nil
+	return r, nil
 }
 
 // setDNSRedirect programs the redirect into the service translation once
 // the resolver listens (on a restart the pinned redirect kept sending pods
-// to the address, which a restarted resolver binds again). Without
+// to the addresses, which a restarted resolver binds again). Without
 // --dns-redirect a redirect pinned by an earlier run is removed: the flag is
 // the one source of truth.
 func setDNSRedirect(ctx context.Context, o *options, svc dataplane.ServiceTranslator, log *slog.Logger) error {
@@ -233,20 +248,15 @@ func setDNSRedirect(ctx context.Context, o *options, svc dataplane.ServiceTransl
 		}
 		return nil
 	}
-	addrs, err := dnsRedirectAddrs(o.dnsRedirect, o.dnsListen)
+	r, err := dnsRedirect(o.dnsRedirect, o.dnsListen)
 	if err != nil {
 		return err
-	}
-	var r dataplane.DNSRedirect
-	if len(addrs) > 0 {
-		r = dataplane.DNSRedirect{ClusterDNS: addrs, Resolvers: []netip.AddrPort{netip.MustParseAddrPort(o.dnsListen)},
-			SkipMark: dns.UpstreamMark}
 	}
 	if err := rd.SetDNSRedirect(ctx, r); err != nil {
 		return fmt.Errorf("program the DNS redirect: %w", err)
 	}
-	if len(addrs) > 0 {
-		log.Info("pods' DNS redirected to the node-local resolver", "cluster_dns", addrs, "resolver", o.dnsListen)
+	if len(r.ClusterDNS) > 0 {
+		log.Info("pods' DNS redirected to the node-local resolver", "cluster_dns", r.ClusterDNS, "resolvers", r.Resolvers)
 	}
 	return nil
 }

@@ -131,14 +131,14 @@ func (o *options) validate() (parsed, error) {
 		errs = append(errs, err)
 	}
 	if o.dnsListen != "" {
-		if _, err := dnsAddr(o.dnsListen); err != nil {
+		if _, err := dnsAddrs(o.dnsListen); err != nil {
 			errs = append(errs, err)
 		}
 		if o.netns != "" {
 			errs = append(errs, errors.New("--dns-listen needs the agent to run inside the node's network namespace (without --netns): the resolver's sockets and address live there"))
 		}
 	}
-	if _, err := dnsRedirectAddrs(o.dnsRedirect, o.dnsListen); err != nil {
+	if _, err := dnsRedirect(o.dnsRedirect, o.dnsListen); err != nil {
 		errs = append(errs, err)
 	} else if o.dnsRedirect != "" && o.serviceCgroup == "" && o.dataplane != "memory" {
 		errs = append(errs, errors.New("--dns-redirect needs --service-cgroup: the redirect lives in the socket hooks of the service translation"))
@@ -179,12 +179,12 @@ func main() {
 					fmt.Printf("removed the node-local DNS link %s\n", o.dnsLink)
 				}
 				if o.dnsListen != "" {
-					removed, err := removeDNSAddrFromLo(o.dnsListen)
+					removed, err := removeDNSAddrsFromLo(o.dnsListen)
+					for _, a := range removed {
+						fmt.Printf("removed the node-local DNS address %s from lo\n", a)
+					}
 					if err != nil {
 						return err
-					}
-					if removed {
-						fmt.Printf("removed the node-local DNS address %s from lo\n", o.dnsListen)
 					}
 				}
 				return nil
@@ -215,12 +215,12 @@ func main() {
 	f.BoolVar(&o.labelsNode, "node-labels-from-node", false, "take the node's labels from its Node object (metadata.labels) with the pod's service account, read at start; --node-label entries override them (a DaemonSet pod)")
 	f.StringToStringVar(&o.nodeLabels, "node-label", nil, "the node's labels, key=value (repeat or comma separate); BGP peers select nodes by them (rack=r1)")
 	f.StringVar(&o.serviceCgroup, "service-cgroup", "", "cgroup v2 directory whose processes' connections to ClusterSetIPs are translated (socket-level, with --dataplane=ebpf): the cgroup v2 root or the kubepods cgroup; empty: no translation")
-	f.StringVar(&o.dnsListen, "dns-listen", "", "address of the node-local resolver answering <svc>.<ns>.svc.clusterset.local, e.g. 169.254.20.10:53 (the agent puts a link-local address on its --dns-link dummy link; pods use it as their nameserver); empty: no resolver")
+	f.StringVar(&o.dnsListen, "dns-listen", "", "address of the node-local resolver answering <svc>.<ns>.svc.clusterset.local, e.g. 169.254.20.10:53, or one per IP family comma separated on a dual-stack or IPv6 node, e.g. 169.254.20.10:53,[fd00:169:254::10]:53 (the agent puts these link-local addresses on its --dns-link dummy link; pods use the one of their family as nameserver); empty: no resolver")
 	f.StringVar(&o.dnsUpstream, "dns-upstream", "", "the cluster's DNS (host:port) every name outside clusterset.local is forwarded to; empty: only clusterset.local is answered, other names get REFUSED")
-	f.StringVar(&o.dnsRedirect, "dns-redirect", "", "cluster DNS addresses (kube-dns's ClusterIPs, comma separated, of the --dns-listen family) whose UDP and TCP port 53 traffic from pods in --service-cgroup goes to the --dns-listen resolver, answers shown from the cluster DNS address; pods keep their resolv.conf. Empty: no redirect (one pinned by an earlier run is removed)")
-	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen address in the node's network namespace (removed by --uninstall)")
+	f.StringVar(&o.dnsRedirect, "dns-redirect", "", "cluster DNS addresses (kube-dns's ClusterIPs, comma separated, each of an IP family --dns-listen has an address of) whose UDP and TCP port 53 traffic from pods in --service-cgroup goes to the --dns-listen address of the same family, answers shown from the cluster DNS address; pods keep their resolv.conf. Empty: no redirect (one pinned by an earlier run is removed)")
+	f.StringVar(&o.dnsLink, "dns-link", defaultDNSLink, "dummy link that carries the --dns-listen addresses in the node's network namespace (removed by --uninstall)")
 	o.names.addFlags(f)
-	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link (with --dns-listen also its address on lo), and exit; other flags are ignored")
+	f.BoolVar(&o.uninstall, "uninstall", false, "remove the pinned dataplane under --bpf-pin-dir (detaching its policy programs and service hooks) and the --dns-link (with --dns-listen also its addresses on lo), and exit; other flags are ignored")
 	f.BoolVar(&o.shipFlows, "ship-flows", true, "attribute the dataplane's verdict events and ship them to the control plane's FlowService (fedctl flows)")
 	f.DurationVar(&o.statusInterval, "status-interval", 10*time.Second, "node status heartbeat")
 	if err := cmd.Execute(); err != nil {
@@ -394,7 +394,7 @@ func run(ctx context.Context, o *options) error {
 		}
 		deps.DNS = srv
 		go serveDNSWhenReady(ctx, srv, names, log)
-		log.Info("node-local DNS bound; it serves once the first revision named the local pods", "addr", srv.Addr().String(), "upstream", o.dnsUpstream)
+		log.Info("node-local DNS bound; it serves once the first revision named the local pods", "addrs", srv.Addrs(), "upstream", o.dnsUpstream)
 	}
 	if err := setDNSRedirect(ctx, o, svc, log); err != nil {
 		return err

@@ -36,11 +36,27 @@ func TestFlagValidationSaysWhatToPass(t *testing.T) {
 		{name: "underlay needed for WireGuard", edit: func(o *options) { o.underlayIP = "" }, errHas: "--underlay-ip is required"},
 		{name: "node-local DNS on a link-local address, no upstream", edit: func(o *options) { o.dnsListen = "169.254.20.10:53" }},
 		{name: "node-local DNS with the cluster DNS upstream", edit: func(o *options) { o.dnsListen, o.dnsUpstream = "169.254.20.10:53", "10.96.0.10:53" }},
+		{name: "node-local DNS in both families", edit: func(o *options) { o.dnsListen = "169.254.20.10:53,[fd00:169:254::10]:53" }},
+		{name: "node-local DNS on IPv6 only", edit: func(o *options) { o.dnsListen = "[fd00:169:254::10]:53" }},
+		{name: "node-local DNS in both families on different ports", edit: func(o *options) { o.dnsListen = "[fd00:169:254::10]:5353, 169.254.20.10:53" }},
 		{name: "DNS address without port", edit: func(o *options) { o.dnsListen = "169.254.20.10" }, errHas: "--dns-listen"},
+		{name: "two DNS addresses of one family", edit: func(o *options) { o.dnsListen = "169.254.20.10:53,169.254.20.11:53" },
+			errHas: "--dns-listen: invalid listen address: 169.254.20.10:53 and 169.254.20.11:53 are of one IP family"},
+		{name: "two IPv6 DNS addresses", edit: func(o *options) { o.dnsListen = "[fd00::10]:53,169.254.20.10:53,[fd00::11]:53" },
+			errHas: "--dns-listen: invalid listen address: [fd00::10]:53 and [fd00::11]:53 are of one IP family"},
+		{name: "DNS addresses with a bad second entry", edit: func(o *options) { o.dnsListen = "169.254.20.10:53,fd00::10" },
+			errHas: `--dns-listen: invalid listen address "fd00::10": want IP:port`},
+		{name: "DNS on a wildcard address", edit: func(o *options) { o.dnsListen = "0.0.0.0:53" }, errHas: "--dns-listen: invalid listen address 0.0.0.0:53: a wildcard"},
 		{name: "DNS address by name", edit: func(o *options) { o.dnsListen = "localhost:53" }, errHas: "want IP:port"},
 		{name: "DNS in another netns", edit: func(o *options) { o.dnsListen, o.netns = "169.254.20.10:53", "/run/netns/n1" }, errHas: "inside the node's network namespace"},
 		{name: "DNS redirect to the resolver", edit: func(o *options) { o.dnsListen, o.dnsRedirect = "169.254.20.10:53", "10.96.0.10" }},
 		{name: "DNS redirect without resolver", edit: func(o *options) { o.dnsRedirect = "10.96.0.10" }, errHas: "--dns-redirect needs --dns-listen"},
+		{name: "DNS redirect in both families", edit: func(o *options) {
+			o.dnsListen, o.dnsRedirect = "169.254.20.10:53,[fd00:169:254::10]:53", "10.96.0.10,fd00:96::a"
+		}},
+		{name: "IPv6 DNS redirect without an IPv6 resolver", edit: func(o *options) {
+			o.dnsListen, o.dnsRedirect = "169.254.20.10:53", "10.96.0.10,fd00:96::a"
+		}, errHas: "--dns-redirect fd00:96::a: the resolver (--dns-listen 169.254.20.10:53) has no address of its IP family"},
 		{name: "DNS redirect without service cgroup", edit: func(o *options) {
 			o.dataplane, o.dnsListen, o.dnsRedirect = "ebpf", "169.254.20.10:53", "10.96.0.10"
 		}, errHas: "--dns-redirect needs --service-cgroup"},
