@@ -119,7 +119,25 @@ func TestIPCacheArrayFollowsTheHostEntries(t *testing.T) {
 		}
 		b.Set(netip.MustParsePrefix("192.0.2.0/24"), 7) // a prefix: never in the array
 		want := b.IPCache()
-		if !syncIPCacheArray(tab, have, want) {
+		// What syncIPCache hands over: the host entries of the diff,
+		// deletes first. Every other round starts from an empty table.
+		var changes []hostChange
+		for _, del := range []bool{true, false} {
+			diffIPCache(have, want, func(k ipKey, _ uint32, _ bool, id uint32, inNew bool) bool {
+				if k.bits == 128 && inNew != del {
+					changes = append(changes, hostChange{ip: k.ip, id: id, del: del})
+				}
+				return true
+			})
+		}
+		ok := false
+		if round%2 == 1 {
+			tab = newIPCTable(nb)
+			ok = fillIPCacheArray(tab, want)
+		} else {
+			ok = applyHostChanges(tab, changes)
+		}
+		if !ok {
 			t.Fatalf("round %d: %d host entries did not fit %d ways", round, want.nHosts, nb*cuckooWays)
 		}
 		hosts := map[[16]byte]uint32{}

@@ -435,7 +435,8 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := resetRuleCounters(in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
 		return fmt.Errorf("write rule counters: %w", err)
 	}
-	if err := syncIPCache(ctx, in[tabIPHosts], in[tabIPCache], old.IPCache, t.IPCache); err != nil {
+	var hostChanges []hostChange
+	if err := syncIPCache(ctx, in[tabIPHosts], in[tabIPCache], old.IPCache, t.IPCache, &hostChanges); err != nil {
 		return fmt.Errorf("write ipcache: %w", err)
 	}
 	var err error
@@ -446,11 +447,10 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 			if n := t.IPCache.nHosts; n > ipcBuckets*cuckooWays*9/10 || (e.ipcLimit > 0 && n > e.ipcLimit) {
 				return false
 			}
-			have := old.IPCache
 			if fromEmpty {
-				have = IPCache{}
+				return fillIPCacheArray(tab, t.IPCache)
 			}
-			return syncIPCacheArray(tab, have, t.IPCache)
+			return applyHostChanges(tab, hostChanges)
 		})
 	if err != nil {
 		return fmt.Errorf("write ipcache array: %w", err)
@@ -560,18 +560,30 @@ func syncCuckoo[K, V comparable](s *cuckooState[K, V], slot uint32, m *ebpf.Map,
 	return true, nil
 }
 
-// syncIPCacheArray brings tab from have's host entries to want's: removals
-// first, so a full table makes room before it grows.
-func syncIPCacheArray(tab *ipcTable, have, want IPCache) bool {
-	diffTries(have.hosts, want.hosts, 0, func(k ipKey, _ uint32, _ bool, _ uint32, inNew bool) bool {
-		if !inNew {
-			tab.remove(k.ip)
+// hostChange is a host ipcache entry syncIPCache wrote (or deleted): the
+// array follows the same diff instead of walking the tries again.
+type hostChange struct {
+	ip  [16]byte
+	id  uint32
+	del bool
+}
+
+// fillIPCacheArray places every host entry of c in the empty table tab.
+func fillIPCacheArray(tab *ipcTable, c IPCache) bool {
+	return c.hosts.all(func(k ipKey, id uint32) bool { return tab.put(k.ip, id) })
+}
+
+// applyHostChanges applies changes (deletes first, as syncIPCache wrote
+// them) to tab.
+func applyHostChanges(tab *ipcTable, changes []hostChange) bool {
+	for _, c := range changes {
+		if c.del {
+			tab.remove(c.ip)
+		} else if !tab.put(c.ip, c.id) {
+			return false
 		}
-		return true
-	})
-	return diffTries(have.hosts, want.hosts, 0, func(k ipKey, _ uint32, _ bool, id uint32, inNew bool) bool {
-		return !inNew || tab.put(k.ip, id)
-	})
+	}
+	return true
 }
 
 // resetRuleCounters makes m, which holds a counter for each of have, hold
@@ -610,13 +622,17 @@ func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
 // want, given that they hold have: it writes the entries that differ
 // (IPCache versions share the rest, so finding them costs the changes, not
 // the size), deletes first so a full map makes room before it grows.
-func syncIPCache(ctx context.Context, hosts, nets *ebpf.Map, have, want IPCache) error {
+// Host entries written are appended to changes, when not nil.
+func syncIPCache(ctx context.Context, hosts, nets *ebpf.Map, have, want IPCache, changes *[]hostChange) error {
 	var err error
 	n := 0
 	write := func(deletes bool) diffFunc {
 		return func(k ipKey, _ uint32, _ bool, id uint32, inNew bool) bool {
 			if inNew == deletes {
 				return true
+			}
+			if k.bits == 128 && changes != nil {
+				*changes = append(*changes, hostChange{ip: k.ip, id: id, del: deletes})
 			}
 			switch {
 			case k.bits == 128 && deletes:
