@@ -43,6 +43,13 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 	defer s.mu.RUnlock()
 	m := s.compile(q.Filter, q.Since, q.Until, sc)
 	edges := map[edgeKey]*edge{}
+	// outside[id]: the workload entry is an address outside the
+	// federation, which its flows may name (a bool per entry, not a
+	// pointer chase per record).
+	outside := make([]bool, len(s.workloads.vals))
+	for i, w := range s.workloads.vals {
+		outside[i] = i != 0 && w.GetCluster() == ""
+	}
 	since := q.Since.UnixNano()
 	width := int64(q.Window)
 	for _, qu := range s.queues {
@@ -54,7 +61,7 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 				return true
 			}
 			k := edgeKey{src: s.bases[r.src], dst: s.bases[r.dst], port: r.dstPort, proto: r.proto}
-			if r.dns != 0 && s.workloads.vals[r.dst].GetCluster() == "" {
+			if r.dns != 0 && outside[r.dst] {
 				k.dst, k.name = 0, r.dns
 			}
 			e := edges[k]
