@@ -45,11 +45,8 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 	edges := map[edgeKey]*edge{}
 	// outside[id]: the workload entry is an address outside the
 	// federation, which its flows may name (a bool per entry, not a
-	// pointer chase per record).
-	outside := make([]bool, len(s.workloads.vals))
-	for i, w := range s.workloads.vals {
-		outside[i] = i != 0 && w.GetCluster() == ""
-	}
+	// pointer chase per record), built at the first named flow.
+	var outside []bool
 	since := q.Since.UnixNano()
 	width := int64(q.Window)
 	for _, qu := range s.queues {
@@ -61,8 +58,16 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 				return true
 			}
 			k := edgeKey{src: s.bases[r.src], dst: s.bases[r.dst], port: r.dstPort, proto: r.proto}
-			if r.dns != 0 && outside[r.dst] {
-				k.dst, k.name = 0, r.dns
+			if r.dns != 0 {
+				if outside == nil {
+					outside = make([]bool, len(s.workloads.vals))
+					for i, w := range s.workloads.vals {
+						outside[i] = i != 0 && w.GetCluster() == ""
+					}
+				}
+				if outside[r.dst] {
+					k.dst, k.name = 0, r.dns
+				}
 			}
 			e := edges[k]
 			if e == nil {
