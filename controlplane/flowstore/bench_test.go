@@ -12,7 +12,12 @@ import (
 
 // fill stores n flows from 100 nodes between 5000 workloads in 50
 // namespaces of 5 clusters, 1% denied.
-func fill(b *testing.B, n int) *Store {
+func fill(b *testing.B, n int) *Store { return fillEgress(b, n, 0) }
+
+// fillEgress is fill with every egressEvery-th flow (0: none) going out of
+// the federation instead: to one of 400 addresses, each resolved from one
+// of 100 names (four addresses a name), the way an agent reports egress.
+func fillEgress(b *testing.B, n, egressEvery int) *Store {
 	b.Helper()
 	s := New(Config{Capacity: n, NodeRate: 1e12, NodeBurst: 1e12, MaxAge: 24 * time.Hour, Now: func() time.Time { return t0.Add(time.Hour) }})
 	ws := make([]*fedmeshv1.Workload, 5000)
@@ -28,7 +33,13 @@ func fill(b *testing.B, n int) *Store {
 		for j := range batch {
 			k := i + j
 			src, dst := ws[k%len(ws)], ws[(k*7+3)%len(ws)]
-			fs = append(fs, flowAt(t0.Add(time.Duration(k)*time.Millisecond), src, dst, uint32(80+k%20), k%100 == 0, fmt.Sprintf("pol-%d", k%300)))
+			f := flowAt(t0.Add(time.Duration(k)*time.Millisecond), src, dst, uint32(80+k%20), k%100 == 0, fmt.Sprintf("pol-%d", k%300))
+			if egressEvery > 0 && k%egressEvery == 0 {
+				a := k / egressEvery % 400
+				f.Destination = &fedmeshv1.Workload{Ip: fmt.Sprintf("192.0.%d.%d", a/250, a%250), Identity: 2, Port: 443}
+				f.DnsName = fmt.Sprintf("api-%d.example.com", a%100)
+			}
+			fs = append(fs, f)
 		}
 		s.Add("c"+node[len(node)-1:], node, fs, 0)
 	}
@@ -72,6 +83,38 @@ func BenchmarkGetFlows1M(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 			b.ReportMetric(perFlow, "heap-B/flow")
 			b.ReportMetric(float64(s.Status().BytesPerFlow), "record-B/flow")
+		})
+	}
+}
+
+// BenchmarkSummarize1M: the summary (GetFlowSummary, the graph page) over
+// 1M stored flows, a tenth of them to named addresses outside the
+// federation; reports the p99 latency.
+func BenchmarkSummarize1M(b *testing.B) {
+	s := fillEgress(b, 1_000_000, 10)
+	since, until := t0, t0.Add(time.Hour)
+	for _, tc := range []struct {
+		name string
+		q    Summary
+	}{
+		{"all", Summary{Since: since, Until: until, Window: time.Hour}},
+		{"all-windows", Summary{Since: since, Until: until, Window: time.Minute}},
+		{"namespace", Summary{Filter: Filter{Namespace: "ns3"}, Since: since, Until: until, Window: time.Hour}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var lat []time.Duration
+			n := 0
+			for b.Loop() {
+				start := time.Now()
+				n = len(s.Summarize(tc.q, Scope{}))
+				lat = append(lat, time.Since(start))
+			}
+			if n == 0 {
+				b.Fatal("the summary has no edge")
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(n), "edges")
 		})
 	}
 }

@@ -25,6 +25,16 @@
 //     rebuilds from the live records when they outgrow them (about 64 bytes
 //     of heap per stored flow in BenchmarkGetFlows1M).
 //
+// # DNS names in flows and the summary
+//
+// An agent names the destination of an egress flow by the name its pod
+// resolved it from (Flow.dns_name). The summary counts a destination
+// outside the federation by that name, whatever addresses the name
+// resolved to (FlowEdge.dns_name, dns_addresses); a workload destination
+// is always the workload, and flows without a name count per address.
+// Filter.DNSName matches the name as a domainNames peer does
+// (policy.MatchDomainName), in queries, the summary and follow alike.
+//
 // Every loss is counted: evictions (count and age), refusals over the rate,
 // flows the agents report they lost before shipping, and flows a lagging
 // follower missed. Status returns the counts; Collectors exports them.

@@ -39,6 +39,9 @@ type Filter struct {
 	Verdict           fedmeshv1.Verdict
 	Policy            *PolicyRef
 	Node              string
+	// DNSName matches the name a flow's destination was resolved from:
+	// canonical (CanonicalNamePattern), an exact name or "*." and a name.
+	DNSName string
 }
 
 // Query is a validated GetFlows request.
@@ -189,6 +192,13 @@ func parseFilter(p *field.Path, f *fedmeshv1.FlowFilter) (Filter, field.ErrorLis
 		ref, e := parsePolicy(p.Child("policy"), v)
 		errs = append(errs, e...)
 		out.Policy = ref
+	}
+	if v := f.GetDnsName(); v != "" {
+		name, err := CanonicalNamePattern(v)
+		if err != nil {
+			errs = append(errs, field.Invalid(p.Child("dnsName"), v, err.Error()))
+		}
+		out.DNSName = name
 	}
 	return out, errs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -121,6 +122,9 @@ func matchFlow(f *Filter, sc Scope, fl *fedmeshv1.Flow, cluster, node string) bo
 		return false
 	}
 	if sc.Cluster != "" && fl.GetSource().GetCluster() != sc.Cluster && fl.GetDestination().GetCluster() != sc.Cluster && cluster != sc.Cluster {
+		return false
+	}
+	if f.DNSName != "" && !policy.MatchDomainName(f.DNSName, fl.GetDnsName()) {
 		return false
 	}
 	if f.Policy == nil {

@@ -12,7 +12,7 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-var knownFields = []string{"filter.cluster", "filter.namespace", "filter.pod", "filter.verdict", "filter.policy", "filter.node", "since", "until", "limit", "window"}
+var knownFields = []string{"filter.cluster", "filter.namespace", "filter.pod", "filter.verdict", "filter.policy", "filter.node", "filter.dnsName", "since", "until", "limit", "window"}
 
 // FuzzParseFilter: any request is either accepted, with a filter that
 // matches a flow built from its own fields, or refused with a validation

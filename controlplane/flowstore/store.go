@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
@@ -496,6 +497,7 @@ type matcher struct {
 	scope        []bool // workload touches the scope's cluster (nil: no scope)
 	scopeNodes   []bool
 	decisions    []bool // nil: no policy filter
+	names        []bool // string table entry matches the name filter; nil: none
 }
 
 func (s *Store) compile(f Filter, since, until time.Time, sc Scope) *matcher {
@@ -525,6 +527,12 @@ func (s *Store) compile(f Filter, since, until time.Time, sc Scope) *matcher {
 		m.scopeNodes = make([]bool, len(s.nodes))
 		for i, k := range s.nodes {
 			m.scopeNodes[i] = k.cluster == sc.Cluster
+		}
+	}
+	if f.DNSName != "" {
+		m.names = make([]bool, len(s.strs.vals))
+		for i, v := range s.strs.vals {
+			m.names[i] = policy.MatchDomainName(f.DNSName, v)
 		}
 	}
 	if f.Policy != nil {
@@ -559,6 +567,9 @@ func (m *matcher) match(r *record) bool {
 		return false
 	}
 	if m.scope != nil && !m.scope[r.src] && !m.scope[r.dst] && !m.scopeNodes[r.node] {
+		return false
+	}
+	if m.names != nil && !m.names[r.dns] {
 		return false
 	}
 	return m.decisions == nil || m.decisions[r.decision]

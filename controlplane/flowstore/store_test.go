@@ -291,6 +291,8 @@ func TestBadRequestsNameTheField(t *testing.T) {
 		{"policy of four parts", &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Policy: "a/b/c/d"}}, "filter.policy"},
 		{"policy with empty name", &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Policy: "demo/"}}, "filter.policy"},
 		{"node", &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{Node: "-x"}}, "filter.node"},
+		{"dns name with an empty label", &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{DnsName: "api..example.com"}}, "filter.dnsName"},
+		{"dns name with an inner wildcard", &fedmeshv1.GetFlowsRequest{Filter: &fedmeshv1.FlowFilter{DnsName: "api.*.com"}}, "filter.dnsName"},
 		{"until before since", &fedmeshv1.GetFlowsRequest{Since: ts(time.Hour), Until: ts(0)}, "until"},
 		{"since out of range", &fedmeshv1.GetFlowsRequest{Since: &timestamppb.Timestamp{Seconds: -1 << 62}}, "since"},
 		{"until with follow", &fedmeshv1.GetFlowsRequest{Until: ts(0), Follow: true}, "until"},

@@ -11,9 +11,12 @@ import (
 )
 
 // edgeKey is one summary edge between workload bases: a pod whatever its
-// address family, an address outside the federation by itself.
+// address family, an address outside the federation by itself, unless
+// the flow to it carries the name it was resolved from: then the name
+// (dst 0), whatever its addresses.
 type edgeKey struct {
 	src, dst uint32
+	name     uint32 // string table; 0: not a named destination
 	port     uint16
 	proto    uint8
 }
@@ -24,16 +27,26 @@ type edge struct {
 	allowed, denied uint64
 	windows         map[int64]*fedmeshv1.FlowWindowCount
 	deniedBy        map[uint32]struct{} // decisions
+	// A named edge's destination is the address of its newest flow
+	// (dstT); addrs are the workload entries of all its addresses.
+	dstT  int64
+	addrs map[uint32]struct{}
 }
 
 // Summarize aggregates the flows matching q within scope per source
 // workload -> destination workload:port, counting allowed and denied flows
-// per window.
+// per window. A destination outside the federation that its flows name
+// (Flow.dns_name) is one destination per name, whatever addresses the
+// name resolved to; a workload destination never takes a name.
 func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	m := s.compile(q.Filter, q.Since, q.Until, sc)
 	edges := map[edgeKey]*edge{}
+	// outside[id]: the workload entry is an address outside the
+	// federation, which its flows may name (a bool per entry, not a
+	// pointer chase per record), built at the first named flow.
+	var outside []bool
 	since := q.Since.UnixNano()
 	width := int64(q.Window)
 	for _, qu := range s.queues {
@@ -45,11 +58,33 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 				return true
 			}
 			k := edgeKey{src: s.bases[r.src], dst: s.bases[r.dst], port: r.dstPort, proto: r.proto}
+			if r.dns != 0 {
+				if outside == nil {
+					outside = make([]bool, len(s.workloads.vals))
+					for i, w := range s.workloads.vals {
+						outside[i] = i != 0 && w.GetCluster() == ""
+					}
+				}
+				if outside[r.dst] {
+					k.dst, k.name = 0, r.dns
+				}
+			}
 			e := edges[k]
 			if e == nil {
-				e = &edge{key: k, src: r.src, dst: r.dst,
+				e = &edge{key: k, src: r.src, dst: r.dst, dstT: r.t,
 					windows: map[int64]*fedmeshv1.FlowWindowCount{}, deniedBy: map[uint32]struct{}{}}
 				edges[k] = e
+			}
+			if k.name != 0 {
+				if e.addrs == nil {
+					e.addrs = map[uint32]struct{}{}
+				}
+				e.addrs[r.dst] = struct{}{}
+				// Newest first per node queue, nodes in map order: the
+				// newest flow wins, the lower address on a tie.
+				if r.t > e.dstT || r.t == e.dstT && s.workloads.vals[r.dst].GetIp() < s.workloads.vals[e.dst].GetIp() {
+					e.dst, e.dstT = r.dst, r.t
+				}
 			}
 			w := (r.t - since) / width
 			wc := e.windows[w]
@@ -83,6 +118,16 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 			Destination: side(e.dst, e.key.port),
 			Protocol:    uint32(e.key.proto), Allowed: e.allowed, Denied: e.denied,
 		}
+		if e.key.name != 0 {
+			fe.DnsName = s.strs.vals[e.key.name]
+			fe.DnsAddresses = make([]string, 0, len(e.addrs))
+			for id := range e.addrs {
+				fe.DnsAddresses = append(fe.DnsAddresses, s.workloads.vals[id].GetIp())
+			}
+			slices.Sort(fe.DnsAddresses)
+			// Entries of one address may differ (identity): list it once.
+			fe.DnsAddresses = slices.Compact(fe.DnsAddresses)
+		}
 		ws := make([]int64, 0, len(e.windows))
 		for w := range e.windows {
 			ws = append(ws, w)
@@ -106,7 +151,7 @@ func (s *Store) Summarize(q Summary, sc Scope) []*fedmeshv1.FlowEdge {
 		out = append(out, fe)
 	}
 	slices.SortFunc(out, func(a, b *fedmeshv1.FlowEdge) int {
-		return cmp.Or(compareWorkload(a.GetSource(), b.GetSource()), compareWorkload(a.GetDestination(), b.GetDestination()),
+		return cmp.Or(compareWorkload(a.GetSource(), b.GetSource()), cmp.Compare(a.GetDnsName(), b.GetDnsName()), compareWorkload(a.GetDestination(), b.GetDestination()),
 			cmp.Compare(a.GetDestination().GetPort(), b.GetDestination().GetPort()), cmp.Compare(a.GetProtocol(), b.GetProtocol()))
 	})
 	return out

@@ -86,6 +86,14 @@ func TestPageInHeadlessChromium(t *testing.T) {
 			t.Errorf("the page lacks %s", want)
 		}
 	}
+	// Egress by name: one node labelled with the name, its addresses in
+	// its title.
+	if !regexp.MustCompile(`data-node="dns:api\.stripe\.com"><circle[^>]*></circle><text[^>]*>api\.stripe\.com</text><title>api\.stripe\.com: 192\.0\.2\.20, 192\.0\.2\.21</title>`).MatchString(dom) {
+		t.Error("the page lacks the node of api.stripe.com labelled with the name over its two addresses")
+	}
+	if strings.Contains(dom, `data-node="ip:192.0.2.20"`) {
+		t.Error("the page draws an address of api.stripe.com by itself")
+	}
 	if !regexp.MustCompile(`id="edge-counts"[^>]*>[^<]* — \d+ would be denied by staged federated/demo/db-lockdown<`).MatchString(dom) {
 		t.Error("the selected edge's counts lack how many flows the staged policy would deny")
 	}

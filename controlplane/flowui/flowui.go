@@ -20,12 +20,14 @@
 //
 // # What the page shows
 //
-// Clusters, their namespaces and workloads (pods) as nodes, addresses
-// outside the federation as their own column, and observed flows of the
-// last minutes as edges coloured by verdict (red when any flow of the edge
-// was denied) with counts, refreshed every few seconds. Selecting an edge
-// lists its latest flows with the policy that decided each and shows what
-// Reach says for it now.
+// Clusters, their namespaces and workloads (pods) as nodes, destinations
+// outside the federation as their own column (by the DNS name the flows
+// were resolved from when they carry one, else by address), and observed
+// flows of the last minutes as edges coloured by verdict (red when any
+// flow of the edge was denied) with counts, refreshed every few seconds.
+// Selecting an edge lists its latest flows with the policy that decided
+// each and shows what Reach says for it now (for a named destination, at
+// the address of the edge's newest flow: Reach decides on addresses).
 package flowui
 
 import (
@@ -39,6 +41,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -264,6 +267,9 @@ type Node struct {
 	Kind   string `json:"kind"` // cluster, namespace, workload, external
 	Label  string `json:"label"`
 	Parent string `json:"parent,omitempty"`
+	// Addresses are the addresses a node named by DNS (id dns:NAME) stood
+	// for in the edges drawn.
+	Addresses []string `json:"addresses,omitempty"`
 }
 
 // Edge is the traffic from one workload to one workload's port.
@@ -281,6 +287,9 @@ type Edge struct {
 	// would deny were they enforced now.
 	StagedDenied uint64   `json:"stagedDenied,omitempty"`
 	StagedBy     []string `json:"stagedBy,omitempty"`
+	// DstIP is the address Reach is asked about for a destination named
+	// by DNS: the edge's newest flow's.
+	DstIP string `json:"dstIp,omitempty"`
 }
 
 // Graph is what the page draws.
@@ -367,7 +376,17 @@ func (s *Server) graph(r *http.Request, p auth.Principal) (any, error) {
 			g.Nodes = append(g.Nodes, n)
 		}
 	}
-	node := func(w *fedmeshv1.Workload) string {
+	var named map[string][]string // dns:NAME -> addresses
+	node := func(w *fedmeshv1.Workload, name string, addrs []string) string {
+		if name != "" {
+			id := "dns:" + name
+			add(Node{ID: id, Kind: "external", Label: name})
+			if named == nil {
+				named = map[string][]string{}
+			}
+			named[id] = append(named[id], addrs...)
+			return id
+		}
 		id := workloadID(w)
 		if w.GetCluster() == "" {
 			add(Node{ID: id, Kind: "external", Label: w.GetIp()})
@@ -380,10 +399,13 @@ func (s *Server) graph(r *http.Request, p auth.Principal) (any, error) {
 		return id
 	}
 	for _, e := range edges {
-		src, dst := node(e.GetSource()), node(e.GetDestination())
+		src, dst := node(e.GetSource(), "", nil), node(e.GetDestination(), e.GetDnsName(), e.GetDnsAddresses())
 		ed := Edge{Src: src, Dst: dst, Proto: protoName(e.GetProtocol()), Port: e.GetDestination().GetPort(),
 			Allowed: e.GetAllowed(), Denied: e.GetDenied(), Verdict: "allowed"}
 		ed.ID = fmt.Sprintf("%s>%s:%s/%d", src, dst, ed.Proto, ed.Port)
+		if e.GetDnsName() != "" {
+			ed.DstIP = e.GetDestination().GetIp()
+		}
 		if ed.Denied > 0 {
 			ed.Verdict = "denied"
 		}
@@ -395,6 +417,12 @@ func (s *Server) graph(r *http.Request, p auth.Principal) (any, error) {
 			ed.StagedBy = append(ed.StagedBy, stagedName(k))
 		}
 		g.Edges = append(g.Edges, ed)
+	}
+	for i, n := range g.Nodes {
+		if addrs := named[n.ID]; addrs != nil {
+			slices.Sort(addrs)
+			g.Nodes[i].Addresses = slices.Compact(addrs)
+		}
 	}
 	slices.SortFunc(g.Nodes, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
 	st := s.cfg.Store.Status()
@@ -420,10 +448,14 @@ type edgeRef struct {
 	proto      uint32
 	port       uint32
 	srcW, dstW *fedmeshv1.Workload
+	// dstName is the DNS name of a destination given as dns:NAME; dstW
+	// then holds only the address of ip, when given.
+	dstName string
 }
 
-// parseEdge reads src, dst (cluster/namespace/pod or ip:ADDR), proto and
-// port.
+// parseEdge reads src, dst (cluster/namespace/pod, ip:ADDR or, for a
+// destination, dns:NAME with the address to ask Reach about in ip),
+// proto and port.
 func parseEdge(r *http.Request) (edgeRef, error) {
 	q := r.URL.Query()
 	e := edgeRef{src: q.Get("src"), dst: q.Get("dst")}
@@ -431,7 +463,16 @@ func parseEdge(r *http.Request) (edgeRef, error) {
 	if e.srcW, err = parseWorkload("src", e.src); err != nil {
 		return e, err
 	}
-	if e.dstW, err = parseWorkload("dst", e.dst); err != nil {
+	if name, ok := strings.CutPrefix(e.dst, "dns:"); ok && name != "" {
+		e.dstName, e.dstW = name, &fedmeshv1.Workload{}
+		if ip := q.Get("ip"); ip != "" {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				return e, badRequest{fmt.Sprintf("ip: %q is not an address", ip)}
+			}
+			e.dstW.Ip = a.String()
+		}
+	} else if e.dstW, err = parseWorkload("dst", e.dst); err != nil {
 		return e, err
 	}
 	proto, ok := protoNumber(q.Get("proto"))
@@ -453,7 +494,7 @@ func parseWorkload(name, v string) (*fedmeshv1.Workload, error) {
 	}
 	parts := strings.Split(v, "/")
 	if len(parts) != 3 || slices.Contains(parts, "") {
-		return nil, badRequest{fmt.Sprintf("%s: %q is neither cluster/namespace/pod nor ip:ADDRESS", name, v)}
+		return nil, badRequest{fmt.Sprintf("%s: %q is neither cluster/namespace/pod nor ip:ADDRESS (nor, for dst, dns:NAME)", name, v)}
 	}
 	return &fedmeshv1.Workload{Cluster: parts[0], Namespace: parts[1], Pod: parts[2]}, nil
 }
@@ -463,6 +504,15 @@ func sameSide(w, want *fedmeshv1.Workload) bool {
 		return w.GetCluster() == "" && w.GetIp() == want.GetIp()
 	}
 	return w.GetCluster() == want.GetCluster() && w.GetNamespace() == want.GetNamespace() && w.GetPod() == want.GetPod()
+}
+
+// sameDestination: a destination named by DNS is every flow out of the
+// federation resolved from the name, as the summary counts it.
+func (e *edgeRef) sameDestination(fl *fedmeshv1.Flow) bool {
+	if e.dstName != "" {
+		return fl.GetDestination().GetCluster() == "" && fl.GetDnsName() == e.dstName
+	}
+	return sameSide(fl.GetDestination(), e.dstW)
 }
 
 func (s *Server) flows(r *http.Request, p auth.Principal) (any, error) {
@@ -483,11 +533,12 @@ func (s *Server) flows(r *http.Request, p auth.Principal) (any, error) {
 	case e.dstW.GetCluster() != "":
 		f.Cluster, f.PodNamespace, f.Pod = e.dstW.GetCluster(), e.dstW.GetNamespace(), e.dstW.GetPod()
 	}
+	f.DNSName = e.dstName
 	all := s.cfg.Store.Query(flowstore.Query{Filter: f, Since: since, Until: now, Limit: 100_000}, scope(p))
 	var match []*fedmeshv1.Flow
 	for i := len(all) - 1; i >= 0 && len(match) < edgeFlows; i-- {
 		fl := all[i]
-		if !sameSide(fl.GetSource(), e.srcW) || !sameSide(fl.GetDestination(), e.dstW) ||
+		if !sameSide(fl.GetSource(), e.srcW) || !e.sameDestination(fl) ||
 			fl.GetProtocol() != e.proto || fl.GetDestination().GetPort() != e.port {
 			continue
 		}
@@ -582,6 +633,10 @@ func (s *Server) reach(r *http.Request, p auth.Principal) (any, error) {
 	e, err := parseEdge(r)
 	if err != nil {
 		return nil, err
+	}
+	if e.dstName != "" && e.dstW.GetIp() == "" {
+		// Reach decides on addresses; the page sends the edge's newest.
+		return nil, badRequest{fmt.Sprintf("ip: Reach needs an address of %s: give one (the graph's dstIp)", e.dstName)}
 	}
 	req := &fedmeshv1.ReachRequest{Source: reachTarget(e.srcW), Destination: reachTarget(e.dstW),
 		Protocol: fedmeshv1.Protocol(protocolEnum(e.proto)), Port: e.port}

@@ -3,6 +3,7 @@ package flowui
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -21,7 +22,8 @@ import (
 
 // testFlows are the demo's kind of traffic: web -> api allowed in cluster-a,
 // web -> db denied by a policy, a cross-cluster flow, an outside address,
-// and a flow of cluster-b only.
+// egress to a name resolving to two addresses (and a name on a flow to a
+// workload, which the workload keeps), and a flow of cluster-b only.
 func testStore(t testing.TB, now time.Time) *flowstore.Store {
 	t.Helper()
 	st := flowstore.New(flowstore.Config{Now: func() time.Time { return now }})
@@ -49,7 +51,13 @@ func testStore(t testing.TB, now time.Time) *flowstore.Store {
 		&fedmeshv1.Flow{Source: w("cluster-b", "demo", "web-b1", "10.2.1.10", 40002), Destination: w("cluster-a", "demo", "api-a1", "10.1.1.11", 8080),
 			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule},
 		&fedmeshv1.Flow{Source: w("", "", "", "192.0.2.7", 5555), Destination: w("cluster-a", "demo", "web-a1", "10.1.1.10", 8080),
-			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule})
+			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule},
+		&fedmeshv1.Flow{Source: w("cluster-a", "demo", "web-a1", "10.1.1.10", 40004), Destination: w("", "", "", "192.0.2.21", 443),
+			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule, DnsName: "api.stripe.com"},
+		&fedmeshv1.Flow{Source: w("cluster-a", "demo", "web-a1", "10.1.1.10", 40005), Destination: w("", "", "", "192.0.2.20", 443),
+			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule, DnsName: "api.stripe.com"},
+		&fedmeshv1.Flow{Source: w("cluster-a", "demo", "web-a1", "10.1.1.10", 40006), Destination: w("cluster-a", "demo", "api-a1", "10.1.1.11", 8080),
+			Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule, DnsName: "api-a1.demo.svc.cluster.local"})
 	add("cluster-b", "b1",
 		&fedmeshv1.Flow{Source: w("cluster-b", "demo", "web-b1", "10.2.1.10", 40003), Destination: w("cluster-b", "demo", "api-b1", "10.2.1.11", 8080),
 			Protocol: 17, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Decision: allowRule})
@@ -262,6 +270,76 @@ func TestEdgePanelListsFlowsWithTheirDecisionAndReach(t *testing.T) {
 	var e map[string]string
 	if code := signIn(t, s, ts, auth.Replica("r1")).get("/api/reach?"+q, &e); code != http.StatusForbidden {
 		t.Errorf("reach as a replica: %d %v, want 403", code, e)
+	}
+}
+
+// Egress resolved from a name is one node named by it, standing for the
+// name's addresses; its edge lists the flows to every address and asks
+// Reach about the address the page sends. A workload keeps its own node
+// whatever name a flow to it carries.
+func TestGraphNamesEgressByDNSName(t *testing.T) {
+	var asked []string
+	reach := func(ctx context.Context, req *fedmeshv1.ReachRequest) (*fedmeshv1.ReachResponse, error) {
+		asked = append(asked, req.GetSource().GetEndpoint().GetName()+">"+req.GetDestination().GetIp())
+		return &fedmeshv1.ReachResponse{Verdict: fedmeshv1.Verdict_VERDICT_ALLOW}, nil
+	}
+	s, ts := newServer(t, reach)
+	c := signIn(t, s, ts, auth.Admin())
+	var g Graph
+	if code := c.get("/api/graph", &g); code != http.StatusOK {
+		t.Fatalf("graph: %d", code)
+	}
+	var named *Node
+	for i, n := range g.Nodes {
+		switch {
+		case n.ID == "dns:api.stripe.com":
+			named = &g.Nodes[i]
+		case strings.HasPrefix(n.ID, "ip:192.0.2.2"), strings.HasPrefix(n.ID, "dns:api-a1"):
+			t.Errorf("node %+v: a named destination's address, or a workload, drawn by itself", n)
+		}
+	}
+	if named == nil || named.Kind != "external" || named.Label != "api.stripe.com" || strings.Join(named.Addresses, ",") != "192.0.2.20,192.0.2.21" {
+		t.Fatalf("node for api.stripe.com = %+v, want an external node labelled by the name over both addresses", named)
+	}
+	var edge *Edge
+	for i, e := range g.Edges {
+		if e.ID == "cluster-a/demo/web-a1>dns:api.stripe.com:tcp/443" {
+			edge = &g.Edges[i]
+		}
+	}
+	if edge == nil || edge.Allowed != 2 || edge.DstIP != "192.0.2.20" {
+		t.Fatalf("edge to api.stripe.com = %+v, want both flows and the address to ask Reach about", edge)
+	}
+	var api []string
+	for _, e := range g.Edges {
+		if e.Dst == "cluster-a/demo/api-a1" && e.Src == "cluster-a/demo/web-a1" {
+			api = append(api, fmt.Sprintf("%d %q", e.Allowed, e.DstIP))
+		}
+	}
+	if len(api) != 1 || api[0] != `2 ""` {
+		t.Errorf("web-a1 -> api-a1 edges %v, want one of both flows, named or not, with no Reach address", api)
+	}
+	q := "src=cluster-a/demo/web-a1&dst=dns:api.stripe.com&proto=tcp&port=443"
+	var rows []FlowRow
+	if code := c.get("/api/flows?"+q, &rows); code != http.StatusOK || len(rows) != 2 {
+		t.Fatalf("flows of the named edge: %d %+v, want the flows to both addresses", code, rows)
+	}
+	var r ReachResult
+	if code := c.get("/api/reach?"+q+"&ip="+edge.DstIP, &r); code != http.StatusOK || r.Verdict != "allow" {
+		t.Fatalf("reach: %d %+v", code, r)
+	}
+	if len(asked) != 1 || asked[0] != "web-a1>192.0.2.20" {
+		t.Fatalf("reach asked %v, want web-a1 to the edge's address", asked)
+	}
+	for _, tc := range []struct{ q, names string }{
+		{q, "ip"},
+		{q + "&ip=api.stripe.com", "ip"},
+		{"src=cluster-a/demo/web-a1&dst=dns:&proto=tcp&port=443", "dst"},
+	} {
+		var e map[string]string
+		if code := c.get("/api/reach?"+tc.q, &e); code != http.StatusBadRequest || !strings.HasPrefix(e["error"], tc.names+":") {
+			t.Errorf("reach?%s: %d %v, want 400 naming %s", tc.q, code, e, tc.names)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 // The service graph: clusters as columns, namespaces inside them, pods as
-// points, addresses outside the federation in a last column; flows as
-// edges, red when any flow of the edge was denied. No library, no CDN.
+// points, destinations outside the federation (by DNS name or address) in
+// a last column; flows as edges, red when any flow of the edge was
+// denied. No library, no CDN.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -57,9 +58,11 @@ function layout(svg, nodes) {
   }
   let y = top + 40;
   for (const e of externals) {
-    const pg = el("g", { class: "external", "data-node": e.id }, svg);
+    // A destination named by DNS stands for the addresses it resolved to.
+    const pg = el("g", { class: "external" + (e.addresses ? " named" : ""), "data-node": e.id }, svg);
     el("circle", { cx: x + 20, cy: y, r: 7 }, pg);
     el("text", { x: x + 32, y: y + 4 }, pg).textContent = e.label;
+    if (e.addresses) el("title", {}, pg).textContent = `${e.label}: ${e.addresses.join(", ")}`;
     pos[e.id] = { x: x + 20, y };
     y += podH;
   }
@@ -103,7 +106,9 @@ function draw(g) {
 }
 
 function edgeQuery(e) {
-  return new URLSearchParams({ src: e.src, dst: e.dst, proto: e.proto, port: e.port, since: $("since").value }).toString();
+  const q = { src: e.src, dst: e.dst, proto: e.proto, port: e.port, since: $("since").value };
+  if (e.dstIp) q.ip = e.dstIp; // Reach decides on an address, not a name
+  return new URLSearchParams(q).toString();
 }
 
 async function select(e) {

@@ -528,7 +528,11 @@ type FlowFilter struct {
 	// "//name" for a federated policy).
 	Policy string `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Node that reported the flow.
-	Node          string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	Node string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	// DnsName: flows whose destination was resolved from this name
+	// (Flow.dns_name): an exact name, or "*." and a name matching as a
+	// domainNames peer does (one or more labels in front of the name).
+	DnsName       string `protobuf:"bytes,7,opt,name=dns_name,json=dnsName,proto3" json:"dns_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -601,6 +605,13 @@ func (x *FlowFilter) GetPolicy() string {
 func (x *FlowFilter) GetNode() string {
 	if x != nil {
 		return x.Node
+	}
+	return ""
+}
+
+func (x *FlowFilter) GetDnsName() string {
+	if x != nil {
+		return x.DnsName
 	}
 	return ""
 }
@@ -1034,8 +1045,17 @@ type FlowEdge struct {
 	StagedDenied uint64 `protobuf:"varint,8,opt,name=staged_denied,json=stagedDenied,proto3" json:"staged_denied,omitempty"`
 	// StagedDeniedBy names those staged policies.
 	StagedDeniedBy []*StagedPolicyKey `protobuf:"bytes,9,rep,name=staged_denied_by,json=stagedDeniedBy,proto3" json:"staged_denied_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// DnsName names a destination outside the federation by the name its
+	// flows were resolved from (Flow.dns_name): such an edge counts the
+	// flows to every address of the name, destination.ip is the address of
+	// its newest flow (the address staged_denied is evaluated at) and
+	// dns_addresses lists them all. Empty for a workload destination and
+	// for flows without a name, which aggregate per address as before.
+	DnsName string `protobuf:"bytes,10,opt,name=dns_name,json=dnsName,proto3" json:"dns_name,omitempty"`
+	// DnsAddresses are the addresses a named edge's flows went to, sorted.
+	DnsAddresses  []string `protobuf:"bytes,11,rep,name=dns_addresses,json=dnsAddresses,proto3" json:"dns_addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FlowEdge) Reset() {
@@ -1127,6 +1147,20 @@ func (x *FlowEdge) GetStagedDenied() uint64 {
 func (x *FlowEdge) GetStagedDeniedBy() []*StagedPolicyKey {
 	if x != nil {
 		return x.StagedDeniedBy
+	}
+	return nil
+}
+
+func (x *FlowEdge) GetDnsName() string {
+	if x != nil {
+		return x.DnsName
+	}
+	return ""
+}
+
+func (x *FlowEdge) GetDnsAddresses() []string {
+	if x != nil {
+		return x.DnsAddresses
 	}
 	return nil
 }
@@ -1396,7 +1430,7 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\x11StagedFlowVerdict\x12-\n" +
 	"\averdict\x18\x01 \x01(\x0e2\x13.fedmesh.v1.VerdictR\averdict\x128\n" +
 	"\tdenied_by\x18\x02 \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\bdeniedBy\x12 \n" +
-	"\vexplanation\x18\x03 \x01(\tR\vexplanation\"\xb1\x01\n" +
+	"\vexplanation\x18\x03 \x01(\tR\vexplanation\"\xcc\x01\n" +
 	"\n" +
 	"FlowFilter\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
@@ -1404,7 +1438,8 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\x03pod\x18\x03 \x01(\tR\x03pod\x12-\n" +
 	"\averdict\x18\x04 \x01(\x0e2\x13.fedmesh.v1.VerdictR\averdict\x12\x16\n" +
 	"\x06policy\x18\x05 \x01(\tR\x06policy\x12\x12\n" +
-	"\x04node\x18\x06 \x01(\tR\x04node\"\xd3\x01\n" +
+	"\x04node\x18\x06 \x01(\tR\x04node\x12\x19\n" +
+	"\bdns_name\x18\a \x01(\tR\adnsName\"\xd3\x01\n" +
 	"\x0fGetFlowsRequest\x12.\n" +
 	"\x06filter\x18\x01 \x01(\v2\x16.fedmesh.v1.FlowFilterR\x06filter\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
@@ -1433,7 +1468,7 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\x0fFlowWindowCount\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
-	"\x06denied\x18\x03 \x01(\x04R\x06denied\"\x95\x03\n" +
+	"\x06denied\x18\x03 \x01(\x04R\x06denied\"\xd5\x03\n" +
 	"\bFlowEdge\x12,\n" +
 	"\x06source\x18\x01 \x01(\v2\x14.fedmesh.v1.WorkloadR\x06source\x126\n" +
 	"\vdestination\x18\x02 \x01(\v2\x14.fedmesh.v1.WorkloadR\vdestination\x12\x1a\n" +
@@ -1443,7 +1478,10 @@ const file_fedmesh_v1_flow_proto_rawDesc = "" +
 	"\awindows\x18\x06 \x03(\v2\x1b.fedmesh.v1.FlowWindowCountR\awindows\x122\n" +
 	"\tdenied_by\x18\a \x03(\v2\x15.fedmesh.v1.PolicyKeyR\bdeniedBy\x12#\n" +
 	"\rstaged_denied\x18\b \x01(\x04R\fstagedDenied\x12E\n" +
-	"\x10staged_denied_by\x18\t \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x0estagedDeniedBy\"y\n" +
+	"\x10staged_denied_by\x18\t \x03(\v2\x1b.fedmesh.v1.StagedPolicyKeyR\x0estagedDeniedBy\x12\x19\n" +
+	"\bdns_name\x18\n" +
+	" \x01(\tR\adnsName\x12#\n" +
+	"\rdns_addresses\x18\v \x03(\tR\fdnsAddresses\"y\n" +
 	"\x16GetFlowSummaryResponse\x12*\n" +
 	"\x05edges\x18\x01 \x03(\v2\x14.fedmesh.v1.FlowEdgeR\x05edges\x123\n" +
 	"\x06status\x18\x02 \x01(\v2\x1b.fedmesh.v1.FlowStoreStatusR\x06status\"\xcc\x01\n" +

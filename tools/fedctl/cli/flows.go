@@ -24,6 +24,7 @@ import (
 // flowFlags are the filters shared by `fedctl flows` and its summary.
 type flowFlags struct {
 	cluster, namespace, pod, verdict, policy, node string
+	dnsName                                        string
 	since, until                                   string
 }
 
@@ -35,6 +36,7 @@ func (f *flowFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.verdict, "verdict", "", "allow or deny")
 	fl.StringVar(&f.policy, "policy", "", "flows this policy decided or whose endpoint it selects (name, namespace/name or cluster/namespace/name; //name for a federated one)")
 	fl.StringVar(&f.node, "node", "", "flows this node reported")
+	fl.StringVar(&f.dnsName, "dns-name", "", "flows to a destination resolved from this DNS name (api.example.com, or *.example.com for the names under it)")
 	fl.StringVar(&f.since, "since", "", "oldest flow: a duration back from now (15m) or a time (RFC 3339)")
 	fl.StringVar(&f.until, "until", "", "newest flow: a duration back from now or a time (RFC 3339)")
 }
@@ -58,7 +60,7 @@ func parseWhen(flag, v string, now time.Time) (*timestamppb.Timestamp, error) {
 }
 
 func (f *flowFlags) request(now time.Time) (*fedmeshv1.FlowFilter, *timestamppb.Timestamp, *timestamppb.Timestamp, error) {
-	filter := &fedmeshv1.FlowFilter{Cluster: f.cluster, Namespace: f.namespace, Pod: f.pod, Policy: f.policy, Node: f.node}
+	filter := &fedmeshv1.FlowFilter{Cluster: f.cluster, Namespace: f.namespace, Pod: f.pod, Policy: f.policy, Node: f.node, DnsName: f.dnsName}
 	switch strings.ToLower(f.verdict) {
 	case "":
 	case "allow", "allowed":
@@ -186,7 +188,8 @@ func flowSummaryCmd(g *globals) *cobra.Command {
 		Use:   "summary",
 		Short: "Who talks to whom: allowed and denied flows per source -> destination:port",
 		Example: `  fedctl flows summary --namespace demo --since 1h
-  fedctl flows summary --since 10m --window 1m -o yaml`,
+  fedctl flows summary --since 10m --window 1m -o yaml
+  fedctl flows summary --dns-name '*.stripe.com'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			filter, since, until, err := ff.request(time.Now())
@@ -224,11 +227,7 @@ func flowSummaryCmd(g *globals) *cobra.Command {
 				for _, k := range e.GetDeniedBy() {
 					by = append(by, flows.PolicyString(k))
 				}
-				dst := workloadName(e.GetDestination())
-				if p := e.GetDestination().GetPort(); p != 0 {
-					dst += ":" + strconv.Itoa(int(p))
-				}
-				row := []string{workloadName(e.GetSource()), dst, protoWord(uint8(e.GetProtocol())), strconv.FormatUint(e.GetAllowed(), 10),
+				row := []string{workloadName(e.GetSource()), edgeDestination(e), protoWord(uint8(e.GetProtocol())), strconv.FormatUint(e.GetAllowed(), 10),
 					strconv.FormatUint(e.GetDenied(), 10), strings.Join(by, ",")}
 				if staged {
 					var sby []string
@@ -257,6 +256,26 @@ func workloadName(w *fedmeshv1.Workload) string {
 		return w.GetIp()
 	}
 	return w.GetCluster() + "/" + w.GetNamespace() + "/" + w.GetPod()
+}
+
+// edgeDestination is a summary edge's destination with its port: the
+// workload, the address, or the DNS name the edge's flows resolved it from
+// with its addresses, name(address,...), as flows writes a named
+// destination.
+func edgeDestination(e *fedmeshv1.FlowEdge) string {
+	dst := workloadName(e.GetDestination())
+	if n := e.GetDnsName(); n != "" {
+		const shown = 3
+		addrs := e.GetDnsAddresses()
+		if len(addrs) > shown {
+			addrs = append(slices.Clip(addrs[:shown]), "+"+strconv.Itoa(len(addrs)-shown))
+		}
+		dst = n + "(" + strings.Join(addrs, ",") + ")"
+	}
+	if p := e.GetDestination().GetPort(); p != 0 {
+		dst += ":" + strconv.Itoa(int(p))
+	}
+	return dst
 }
 
 // flowTuple is "SRC:PORT -> DST:PORT proto" with each side's workload

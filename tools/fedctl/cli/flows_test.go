@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -96,6 +97,78 @@ func TestFlowsCommandsReadTheFlowService(t *testing.T) {
 		_, errOut, err := p.fedctl(t, auth.Admin(), tc.args...)
 		if err == nil || !strings.Contains(errOut+err.Error(), tc.want) {
 			t.Errorf("%v: %v\n%s, want an error naming %s", tc.args, err, errOut, tc.want)
+		}
+	}
+}
+
+// fedctl flows summary names egress by the DNS name the pod resolved it
+// from, one row over the name's addresses; --dns-name narrows flows and
+// the summary to a name as a domainNames peer matches it.
+func TestFlowsSummaryNamesEgressByDNSName(t *testing.T) {
+	p := startTLSPlane(t)
+	now := time.Now()
+	egress := func(ip, name string, deny bool) *fedmeshv1.Flow {
+		f := storedFlow(now.Add(-time.Minute), "cluster-b", 443, deny)
+		f.Source, f.Destination = f.Destination, &fedmeshv1.Workload{Ip: ip, Port: 443}
+		f.Source.Port = 40000
+		f.DnsName = name
+		return f
+	}
+	p.r.Flows().Add("cluster-b", "n1", []*fedmeshv1.Flow{
+		egress("192.0.2.8", "api.stripe.com", false),
+		egress("192.0.2.7", "api.stripe.com", false),
+		egress("192.0.2.7", "api.stripe.com", true),
+		egress("198.51.100.1", "", false),
+		storedFlow(now.Add(-time.Minute), "cluster-b", 5432, false),
+	}, 0)
+	out, errOut, err := p.fedctl(t, auth.Admin(), "flows", "summary", "--since", "1h")
+	rows := map[string][]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			rows[f[1]] = f
+		}
+	}
+	if r := rows["api.stripe.com(192.0.2.7,192.0.2.8):443"]; err != nil || len(r) < 5 || r[0] != "cluster-b/demo/db" || r[3] != "2" || r[4] != "1" {
+		t.Fatalf("flows summary: %v, want one row cluster-b/demo/db -> api.stripe.com over both addresses, 2 allowed 1 denied\n%s%s", err, out, errOut)
+	}
+	if _, ok := rows["198.51.100.1:443"]; !ok {
+		t.Fatalf("flows summary lacks the unnamed address as its own row:\n%s", out)
+	}
+	out, _, err = p.fedctl(t, auth.Admin(), "flows", "summary", "--since", "1h", "-o", "json")
+	if err != nil || !regexp.MustCompile(`"dnsName":\s*"api.stripe.com"`).MatchString(out) || !regexp.MustCompile(`"dnsAddresses":\s*\[\s*"192.0.2.7",\s*"192.0.2.8"\s*\]`).MatchString(out) {
+		t.Fatalf("flows summary -o json: %v, want the edge's dnsName and dnsAddresses\n%s", err, out)
+	}
+	out, _, err = p.fedctl(t, auth.Admin(), "flows", "summary", "--since", "1h", "--dns-name", "*.stripe.com")
+	if err != nil || !strings.Contains(out, "api.stripe.com(") || strings.Contains(out, "198.51.100.1") || strings.Contains(out, ":5432") {
+		t.Fatalf("flows summary --dns-name *.stripe.com: %v, want only the named edge\n%s", err, out)
+	}
+	out, _, err = p.fedctl(t, auth.Admin(), "flows", "--dns-name", "API.stripe.com.")
+	if err != nil || strings.Count(out, "api.stripe.com(") != 3 || strings.Contains(out, "5432") {
+		t.Fatalf("flows --dns-name: %v, want the three flows to api.stripe.com\n%s", err, out)
+	}
+	if _, errOut, err := p.fedctl(t, auth.Admin(), "flows", "--dns-name", "api..stripe.com"); err == nil || !strings.Contains(errOut+err.Error(), "filter.dnsName") {
+		t.Fatalf("a bad --dns-name: %v %s, want an error naming filter.dnsName", err, errOut)
+	}
+}
+
+func TestEdgeDestinationShowsANamesAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		e    *fedmeshv1.FlowEdge
+		want string
+	}{
+		{&fedmeshv1.FlowEdge{Destination: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "db", Ip: "10.0.0.1", Port: 5432}}, "a/demo/db:5432"},
+		{&fedmeshv1.FlowEdge{Destination: &fedmeshv1.Workload{Ip: "192.0.2.7", Port: 443}}, "192.0.2.7:443"},
+		{&fedmeshv1.FlowEdge{Destination: &fedmeshv1.Workload{}}, "world"},
+		{&fedmeshv1.FlowEdge{Destination: &fedmeshv1.Workload{Ip: "2001:db8::1", Port: 443}, DnsName: "api.example.com", DnsAddresses: []string{"2001:db8::1"}}, "api.example.com(2001:db8::1):443"},
+		{&fedmeshv1.FlowEdge{Destination: &fedmeshv1.Workload{Ip: "192.0.2.1", Port: 443}, DnsName: "cdn.example.com",
+			DnsAddresses: []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5"}}, "cdn.example.com(192.0.2.1,192.0.2.2,192.0.2.3,+2):443"},
+	} {
+		addrs := slices.Clone(tc.e.GetDnsAddresses())
+		if got := edgeDestination(tc.e); got != tc.want {
+			t.Errorf("edgeDestination(%v) = %q, want %q", tc.e, got, tc.want)
+		}
+		if !slices.Equal(addrs, tc.e.GetDnsAddresses()) {
+			t.Errorf("edgeDestination changed the edge's addresses to %v", tc.e.GetDnsAddresses())
 		}
 	}
 }
