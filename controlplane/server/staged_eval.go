@@ -153,7 +153,13 @@ func compilerFlow(f *fedmeshv1.Flow) policy.Flow {
 	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
 		port = 0
 	}
-	return policy.Flow{Src: flowTarget(f.GetSource()), Dst: flowTarget(f.GetDestination()), Proto: proto, Port: port}
+	fl := policy.Flow{Src: flowTarget(f.GetSource()), Dst: flowTarget(f.GetDestination()), Proto: proto, Port: port}
+	// The name the source resolved the destination from decides domainNames
+	// rules, as the agent's learned addresses do in the dataplane.
+	if n := f.GetDnsName(); n != "" {
+		fl.DstNames = []string{n}
+	}
+	return fl
 }
 
 // stagedDeniers names the staged policies that decide x's denial: a
@@ -321,7 +327,7 @@ func (c *Core) stagedSummary(ctx context.Context, edges []*fedmeshv1.FlowEdge) e
 	}
 	flows := make([]policy.Flow, len(edges))
 	for i, e := range edges {
-		flows[i] = compilerFlow(&fedmeshv1.Flow{Source: e.GetSource(), Destination: e.GetDestination(), Protocol: e.GetProtocol()})
+		flows[i] = compilerFlow(&fedmeshv1.Flow{Source: e.GetSource(), Destination: e.GetDestination(), Protocol: e.GetProtocol(), DnsName: e.GetDnsName()})
 	}
 	res, _, err := c.evalChunks(ctx, overlay, flows, rev)
 	if err != nil {

@@ -392,3 +392,45 @@ func stagedSummaryOf(t *testing.T, ctx context.Context, c fedmeshv1.FlowServiceC
 	}
 	return out
 }
+
+// A flow's DNS name decides staged domainNames rules: web's flow to an
+// address it resolved from api.example.com is accepted by the staged Admin
+// rule, the same flow without the name falls to the staged Baseline deny.
+func TestStagedDomainNamesRulesDecideByTheFlowsName(t *testing.T) {
+	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
+	r := newReachEngine(nil, nil)
+	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
+	for _, e := range []*fedmeshv1.Event{
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Cluster{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}},
+		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Labels: map[string]string{"app": "web"}, Identity: 300}}},
+	} {
+		if err := policy.ApplyEvent(eng, e); err != nil {
+			t.Fatal(err)
+		}
+		r.shadow(e)
+	}
+	eng.Recompute()
+	cnp := func(name, spec string) *fedmeshv1.StagedPolicy {
+		return &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: &fedmeshv1.ClusterNetworkPolicy{Name: name, SpecJson: []byte(spec)}}}
+	}
+	accept := cnp("api", `{"tier":"Admin","priority":1,"subject":{"namespaces":{}},"egress":[{"name":"api","action":"Accept","to":[{"domainNames":["api.example.com"]}],"protocols":[{"tcp":{"destinationPort":{"number":443}}}]}]}`)
+	deny := cnp("default-deny", `{"tier":"Baseline","priority":1,"subject":{"namespaces":{}},"egress":[{"name":"all","action":"Deny","to":[{"networks":["0.0.0.0/0"]}]}]}`)
+	flow := func(name string) *fedmeshv1.Flow {
+		return &fedmeshv1.Flow{Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, DnsName: name, Time: timestamppb.New(time.Unix(100, 0)),
+			Source: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "web", Ip: "10.1.1.11"}, Destination: &fedmeshv1.Workload{Ip: "192.0.2.7", Port: 443}}
+	}
+	ev := &stagedEval{overlay: []*fedmeshv1.StagedPolicy{accept, deny}}
+	for _, f := range []*fedmeshv1.Flow{flow("api.example.com"), flow("")} {
+		ev.flows = append(ev.flows, compilerFlow(f))
+	}
+	res := r.evalStaged(eng, ev)
+	if res.overlayErr != nil {
+		t.Fatal(res.overlayErr)
+	}
+	if !res.staged[0].Allowed {
+		t.Errorf("web -> 192.0.2.7:443 resolved from api.example.com: staged verdict %+v, want accepted by the staged Admin rule", res.staged[0].Egress)
+	}
+	if res.staged[1].Allowed {
+		t.Errorf("web -> 192.0.2.7:443 with no name: staged verdict allowed, want the staged Baseline deny")
+	}
+}
