@@ -2,8 +2,6 @@ package dataplane
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/fedmesh/fedmesh/internal/nstest"
 )
 
 // requireKernel fails (CI=true) or skips when the kernel dataplane cannot
@@ -36,11 +36,10 @@ func requireKernel(t testing.TB) {
 	}
 }
 
-func randName(prefix string) string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	return prefix + hex.EncodeToString(b)
-}
+func randName(prefix string) string { return nstest.RandName(prefix) }
+
+// newNetNS creates a named netns removed at cleanup and returns its path.
+func newNetNS(t testing.TB) (name, path string) { t.Helper(); return nstest.NewNetNS(t, "fmdp") }
 
 func run(t testing.TB, args ...string) {
 	t.Helper()
@@ -48,16 +47,6 @@ func run(t testing.TB, args ...string) {
 	if err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 	}
-}
-
-// newNetNS creates a named netns removed at cleanup and returns its path.
-func newNetNS(t testing.TB) (name, path string) {
-	t.Helper()
-	name = randName("fmdp")
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name, "/run/netns/" + name
 }
 
 // newEBPF starts a kernel dataplane pinned in a test-private directory and

@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/internal/nstest"
 )
 
 // svcLab is a client netns and a server netns joined by a veth, two backend
@@ -32,6 +33,8 @@ type svcLab struct {
 
 const svcLabPort = 8080
 
+var enterCgroup = nstest.EnterCgroup
+
 // requireCgroup2 fails (CI=true) or skips when no cgroup v2 hierarchy is
 // mounted.
 func requireCgroup2(t testing.TB) string {
@@ -44,34 +47,6 @@ func requireCgroup2(t testing.TB) string {
 		t.Skipf("service translation needs a cgroup v2 hierarchy: %v", err)
 	}
 	return mnt
-}
-
-// enterCgroup moves this process into dir and back at cleanup (so dir can
-// be removed).
-func enterCgroup(t testing.TB, mnt, dir string) {
-	t.Helper()
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	orig := ""
-	for _, line := range strings.Split(string(self), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(mnt, rest)
-		}
-	}
-	if orig == "" {
-		t.Fatalf("no cgroup v2 membership in /proc/self/cgroup: %s", self)
-	}
-	pid := []byte(fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
-		t.Fatalf("enter cgroup %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
-			t.Errorf("return to cgroup %s: %v", orig, err)
-		}
-	})
 }
 
 func newSvcLab(t testing.TB) *svcLab {

@@ -1,16 +1,16 @@
 package wireguard
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/fedmesh/fedmesh/internal/netnsrun"
 )
 
 // inNetNS runs fn on a fresh OS thread switched into ns, so the caller's
@@ -18,30 +18,7 @@ import (
 // bound to ns after it returns. If the thread cannot switch back it stays
 // locked, and Go discards it when the goroutine exits.
 func inNetNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("read current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
-			return // thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netnsrun.DoFD(int(ns), fn)
 }
 
 // nsRef is the device's namespace handle shared with the wireguard-go

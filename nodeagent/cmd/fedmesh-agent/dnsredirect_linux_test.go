@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -20,9 +16,10 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netns"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
+	"github.com/fedmesh/fedmesh/internal/netnsrun"
+	"github.com/fedmesh/fedmesh/internal/nstest"
 	"github.com/fedmesh/fedmesh/nodeagent/agent"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
 	"github.com/fedmesh/fedmesh/nodeagent/dns"
@@ -56,92 +53,18 @@ func requireSocketHooks(t testing.TB) (cgroup2 string) {
 	return mnt
 }
 
-func randName(prefix string) string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	return prefix + hex.EncodeToString(b)
-}
-
-func ipCmd(t testing.TB, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// newNetNS creates a named network namespace, removed at cleanup.
-func newNetNS(t testing.TB) (name, path string) {
-	t.Helper()
-	name = randName("fmag")
-	ipCmd(t, "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	ipCmd(t, "-n", name, "link", "set", "lo", "up")
-	return name, "/run/netns/" + name
-}
-
 // inNetNS runs fn on a thread inside the network namespace at path; the
 // sockets fn opens stay there.
-func inNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err) // the thread stays locked and ends with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+var inNetNS = netnsrun.Do
 
-// enterCgroup moves this process into dir, and back at cleanup (so dir can
-// be removed).
-func enterCgroup(t testing.TB, mnt, dir string) {
-	t.Helper()
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	orig := ""
-	for line := range strings.SplitSeq(string(self), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(mnt, rest)
-		}
-	}
-	if orig == "" {
-		t.Fatalf("no cgroup v2 membership in /proc/self/cgroup: %s", self)
-	}
-	pid := []byte(fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
-		t.Fatalf("enter cgroup %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
-			t.Errorf("return to cgroup %s: %v", orig, err)
-		}
-	})
-}
+func randName(prefix string) string { return nstest.RandName(prefix) }
+
+func ipCmd(t testing.TB, args ...string) { t.Helper(); nstest.IP(t, args...) }
+
+// newNetNS creates a named network namespace, removed at cleanup.
+func newNetNS(t testing.TB) (name, path string) { t.Helper(); return nstest.NewNetNS(t, "fmag") }
+
+var enterCgroup = nstest.EnterCgroup
 
 // records keeps the resolver's records.
 type records struct {
