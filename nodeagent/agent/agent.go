@@ -140,7 +140,7 @@ type Agent struct {
 	// next change edits a copy.
 	rules       map[string]policy.EndpointRules
 	rulesHanded bool
-	local       map[policy.EndpointKey]*fedmeshv1.Endpoint
+	local       map[policy.EndpointKey]*Endpoint
 	attached    map[policy.EndpointKey]string
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
@@ -202,7 +202,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		view:       NewView(),
 		ipcache:    NewIPCacheIndex(),
 		rules:      map[string]policy.EndpointRules{},
-		local:      map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		local:      map[policy.EndpointKey]*Endpoint{},
 		attached:   map[policy.EndpointKey]string{},
 		health:     Readiness{Lag: cfg.ReadyLag},
 		reportKick: make(chan struct{}, 1),
@@ -342,9 +342,9 @@ func (a *Agent) feed(changes []Change) {
 				a.reportBad(a.ipcache.DeleteEndpoint(ch.EndpointKey))
 				delete(a.local, ch.EndpointKey)
 			} else {
-				a.reportBad(a.ipcache.UpsertEndpoint(ch.Endpoint))
-				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
-					a.local[ch.EndpointKey] = ch.Endpoint
+				a.reportBad(a.ipcache.UpsertEndpoint(ch.Compact))
+				if ch.Compact.IsLocal(a.cfg.Cluster, a.cfg.Node) {
+					a.local[ch.EndpointKey] = ch.Compact
 				} else {
 					delete(a.local, ch.EndpointKey)
 				}
@@ -518,10 +518,12 @@ func (a *Agent) reconcileInterfaces(ctx context.Context) {
 	}
 	dp := a.deps.Dataplane
 	for k, ep := range a.local {
-		ip, ok := endpointAddr(ep)
-		if !ok {
+		if len(ep.Addrs) == 0 {
 			continue
 		}
+		// The first address's route names the interface (IPv4 and IPv6
+		// lead to the same veth).
+		ip := ep.Addrs[0]
 		iface, found, err := a.deps.Interfaces.Lookup(ctx, ip)
 		if err != nil {
 			a.m.portErrors.WithLabelValues("interfaces").Inc()
@@ -565,17 +567,6 @@ func (a *Agent) reconcileInterfaces(ctx context.Context) {
 		a.log.Info("detached endpoint", "endpoint", k.String(), "interface", iface)
 	}
 	a.m.attached.Set(float64(len(a.attached)))
-}
-
-// endpointAddr is the address whose route names the endpoint's interface:
-// its first valid one (IPv4 and IPv6 lead to the same veth).
-func endpointAddr(ep *fedmeshv1.Endpoint) (netip.Addr, bool) {
-	for _, s := range ep.GetIps() {
-		if a, err := netip.ParseAddr(s); err == nil {
-			return a.Unmap(), true
-		}
-	}
-	return netip.Addr{}, false
 }
 
 // reportBad logs and counts bad input: skipped watch messages and objects,

@@ -53,10 +53,15 @@ type Change struct {
 	PolicyKey   policy.PolicyKey
 	ImportKey   services.Key
 
-	// Exactly one is set on a put, matching Kind.
-	Cluster  *fedmeshv1.Cluster
-	Node     *fedmeshv1.Node
+	// Exactly one is set on a put, matching Kind (an endpoint put sets
+	// both Endpoint and Compact).
+	Cluster *fedmeshv1.Cluster
+	Node    *fedmeshv1.Node
+	// Endpoint is the proto as the watch brought it, for the compiler and
+	// the flow directory, which keep what they need of it; Compact is what
+	// the view, the ipcache index and the local endpoints keep.
 	Endpoint *fedmeshv1.Endpoint
+	Compact  *Endpoint
 	Policy   *fedmeshv1.Policy
 	// BGPName keys a BGP peer or filter (bgpview.go).
 	BGPName   string
@@ -159,9 +164,10 @@ type View struct {
 	// chunks so far) and checks the stream's order.
 	follow watchclient.Follower
 
-	Clusters  map[string]*fedmeshv1.Cluster
-	Nodes     map[NodeKey]*fedmeshv1.Node
-	Endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint
+	Clusters map[string]*fedmeshv1.Cluster
+	Nodes    map[NodeKey]*fedmeshv1.Node
+	// Endpoints are every endpoint of the federation in compact form.
+	Endpoints map[policy.EndpointKey]*Endpoint
 	Policies  map[policy.PolicyKey]*fedmeshv1.Policy
 	// BGP peers (only those selecting this node) and filters, by name.
 	BGPPeers   map[string]*fedmeshv1.BGPPeerConfig
@@ -170,6 +176,9 @@ type View struct {
 	ClusterPolicies map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy
 	// Imports are the service imports in this cluster's import scope.
 	Imports map[services.Key]*fedmeshv1.ServiceImport
+
+	// names interns the endpoints' cluster, namespace and node names.
+	names interner
 }
 
 // NewView returns an empty view at revision 0.
@@ -177,7 +186,7 @@ func NewView() *View {
 	return &View{
 		Clusters:   map[string]*fedmeshv1.Cluster{},
 		Nodes:      map[NodeKey]*fedmeshv1.Node{},
-		Endpoints:  map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		Endpoints:  map[policy.EndpointKey]*Endpoint{},
 		Policies:   map[policy.PolicyKey]*fedmeshv1.Policy{},
 		BGPPeers:   map[string]*fedmeshv1.BGPPeerConfig{},
 		BGPFilters: map[string]*fedmeshv1.BGPFilter{},
@@ -208,6 +217,7 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 	if err != nil {
 		return nil, nil, err
 	}
+	defer v.sweepNames()
 	switch u.Kind {
 	case watchclient.UpdateSnapshot:
 		return v.applySnapshot(u.Events)
@@ -215,7 +225,7 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 		var changes []Change
 		var bad []BadInput
 		for _, ev := range u.Events {
-			ch, b, ok := decodeEvent(ev)
+			ch, b, ok := v.decodeEvent(ev)
 			if !ok {
 				bad = append(bad, b)
 				continue
@@ -235,10 +245,10 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 // applySnapshot replaces the view with a complete snapshot's objects (in
 // stream order: a later event for an object wins) and returns the diff.
 func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, error) {
-	snap := make(map[objectKey]*fedmeshv1.Event, len(evs))
+	snap := make(map[objectKey]Change, len(evs))
 	var bad []BadInput
 	for _, ev := range evs {
-		ch, b, ok := decodeEvent(ev)
+		ch, b, ok := v.decodeEvent(ev)
 		if !ok {
 			bad = append(bad, b)
 			continue
@@ -247,13 +257,28 @@ func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, erro
 			delete(snap, ch.key())
 			continue
 		}
-		snap[ch.key()] = ev
+		snap[ch.key()] = ch
 	}
 	return v.replace(snap), bad, nil
 }
 
+// sweepNames drops interned names no endpoint uses any more, once they
+// are as many as those in use.
+func (v *View) sweepNames() {
+	if !v.names.needsSweep() {
+		return
+	}
+	v.names.sweep(func(keep func(string)) {
+		for k, e := range v.Endpoints {
+			keep(k.Cluster)
+			keep(k.Namespace)
+			keep(e.Node)
+		}
+	})
+}
+
 // replace swaps in the snapshot's objects and returns the diff.
-func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
+func (v *View) replace(snap map[objectKey]Change) []Change {
 	changes := make([]Change, 0, len(snap))
 	// Deletes first, so a compiler sees an IP leave before another claims it.
 	del := func(ch Change) {
@@ -280,8 +305,7 @@ func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 	for k := range v.Imports {
 		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, ImportKey: k})
 	}
-	for _, ev := range snap {
-		ch, _, _ := decodeEvent(ev)
+	for _, ch := range snap {
 		if v.same(ch) {
 			continue
 		}
@@ -310,11 +334,11 @@ func (v *View) same(ch Change) bool {
 		}
 		old, cur, oldMeta, curMeta = o, ch.Node, o.GetMeta(), ch.Node.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		// The view keeps no labels to compare, so an endpoint without a
+		// revision counts as changed: the compiler and the ipcache index
+		// then find nothing to do.
 		o := v.Endpoints[ch.EndpointKey]
-		if o == nil {
-			return false
-		}
-		old, cur, oldMeta, curMeta = o, ch.Endpoint, o.GetMeta(), ch.Endpoint.GetMeta()
+		return o != nil && o.Revision != 0 && o.Revision == ch.Compact.Revision
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 		o := v.Policies[ch.PolicyKey]
 		if o == nil {
@@ -375,7 +399,7 @@ func (v *View) put(ch Change) {
 		if ch.Delete {
 			delete(v.Endpoints, ch.EndpointKey)
 		} else {
-			v.Endpoints[ch.EndpointKey] = ch.Endpoint
+			v.Endpoints[ch.EndpointKey] = ch.Compact
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 		if ch.Delete {
@@ -398,8 +422,9 @@ func (v *View) put(ch Change) {
 
 // decodeEvent turns an event into a Change; ok is false for an event the
 // agent cannot use (an object kind it does not know, from a newer server,
-// or one it did not ask for), described by bad.
-func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
+// or one it did not ask for), described by bad. An endpoint put gets its
+// compact form here, the one place it is made.
+func (v *View) decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 	switch ev.GetType() {
 	case fedmeshv1.EventType_EVENT_TYPE_PUT:
 	case fedmeshv1.EventType_EVENT_TYPE_DELETE:
@@ -423,9 +448,12 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 		}
 	case *fedmeshv1.Event_Endpoint:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT
-		ch.EndpointKey = endpointKey(o.Endpoint)
 		if put {
-			ch.Endpoint = o.Endpoint
+			v.names.internEndpoint(o.Endpoint)
+			ch.Endpoint, ch.Compact = o.Endpoint, NewEndpoint(o.Endpoint)
+			ch.EndpointKey = ch.Compact.Key
+		} else {
+			ch.EndpointKey = policy.EndpointKey{Cluster: o.Endpoint.GetCluster(), Namespace: o.Endpoint.GetNamespace(), Name: o.Endpoint.GetName()}
 		}
 	case *fedmeshv1.Event_Policy:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY

@@ -71,7 +71,7 @@ func BenchmarkAgentBytesPerEndpoint(b *testing.B) {
 			x := agent.NewIPCacheIndex()
 			x.UpsertCluster(cluster)
 			for _, ep := range eps {
-				if bad := x.UpsertEndpoint(ep); len(bad) > 0 {
+				if bad := x.UpsertEndpoint(agent.NewEndpoint(ep)); len(bad) > 0 {
 					b.Fatalf("endpoint %s: %v", ep.Name, bad)
 				}
 			}

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"net/netip"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
+)
+
+// Endpoint is what the agent keeps of an endpoint of the federation once
+// its watch event is applied: its key, node, addresses, identity and
+// revision, which is all the view (snapshot diffs), the ipcache index and
+// the local endpoints' bookkeeping read. The watch's proto is handed to the
+// compiler with the change and then dropped: the compiler keeps what its
+// selectors need (label sets shared per group), so labels, named ports and
+// metadata are not held a second time. At millions of endpoints the agent
+// must not hold a proto per endpoint of the federation (test/scale's
+// BenchmarkAgentSync: the proto alone was ~790 B of an endpoint's ~2 KB).
+//
+// The cluster, namespace and node names are interned (they repeat across
+// thousands of endpoints). An Endpoint is immutable once built; the
+// ipcache index tells claims apart by pointer, so every put builds a new
+// one.
+type Endpoint struct {
+	Key  policy.EndpointKey
+	Node string
+	// Addrs are the addresses that parse, unmapped, in the proto's order;
+	// BadAddrs the ones that do not (nil but for bad input), which the
+	// ipcache index reports.
+	Addrs    []netip.Addr
+	BadAddrs []string
+	Identity uint32
+	// Revision is the revision of the endpoint's last change (0 when the
+	// event did not say).
+	Revision uint64
+}
+
+// NewEndpoint is the one conversion from the watch's proto; the result
+// shares ep's strings (the view interns them in the proto first).
+func NewEndpoint(ep *fedmeshv1.Endpoint) *Endpoint {
+	e := &Endpoint{
+		Key:      policy.EndpointKey{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()},
+		Node:     ep.GetNode(),
+		Identity: ep.GetIdentity(),
+		Revision: ep.GetMeta().GetRevision(),
+	}
+	if ips := ep.GetIps(); len(ips) > 0 {
+		e.Addrs = make([]netip.Addr, 0, len(ips))
+		for _, s := range ips {
+			if a, err := netip.ParseAddr(s); err == nil {
+				e.Addrs = append(e.Addrs, a.Unmap())
+			} else {
+				e.BadAddrs = append(e.BadAddrs, s)
+			}
+		}
+	}
+	return e
+}
+
+// interner hands out one copy of each name. Names of objects that are
+// gone stay until the next sweep: the view sweeps (rebuilds it from the
+// names its endpoints use) whenever it doubled since the last one, so it
+// stays within twice the names in use at an amortised O(1) per name.
+// (unique.Make would not do: its handles are weak and a string does not
+// hold one, so after a collection the same name got a new copy.)
+type interner struct {
+	m    map[string]string
+	live int // names in use at the last sweep
+}
+
+// internEndpoint interns the proto's cluster, namespace and node names in
+// place, so that whatever keeps them from the proto (the compact form, the
+// compiler's endpoint keys) shares one copy. The agent owns the proto,
+// decoded for it from the stream.
+func (in *interner) internEndpoint(ep *fedmeshv1.Endpoint) {
+	ep.Cluster, ep.Namespace, ep.Node = in.intern(ep.GetCluster()), in.intern(ep.GetNamespace()), in.intern(ep.GetNode())
+}
+
+func (in *interner) intern(s string) string {
+	if s == "" {
+		return s
+	}
+	if c, ok := in.m[s]; ok {
+		return c
+	}
+	if in.m == nil {
+		in.m = map[string]string{}
+	}
+	in.m[s] = s
+	return s
+}
+
+// needsSweep reports whether the interner grew past twice its names in use.
+func (in *interner) needsSweep() bool { return len(in.m) > 2*in.live+1024 }
+
+// sweep keeps only the names keep is called with by each(keep).
+func (in *interner) sweep(each func(keep func(string))) {
+	old := in.m
+	in.m = make(map[string]string, in.live)
+	each(func(s string) {
+		if c, ok := old[s]; ok {
+			in.m[c] = c
+		}
+	})
+	in.live = len(in.m)
+}
+
+// IsLocal reports whether the endpoint runs on this node.
+func (e *Endpoint) IsLocal(cluster, node string) bool {
+	return e.Key.Cluster == cluster && e.Node == node
+}
