@@ -23,7 +23,7 @@ import (
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 )
 
-var agentHeapProfile = flag.String("agent-heap-profile", "", "BenchmarkAgentSync: write a heap profile of the synced agent (after a GC) to this file")
+var agentHeapProfile = flag.String("agent-heap-profile", "", "BenchmarkAgentSync: write a heap profile of the synced agent (after a GC) to this file, and one after the churn to this file + \".churn\" (go tool pprof -sample_index=alloc_space -base FILE FILE.churn: what the churn allocated)")
 
 // fedFed is a federation shaped as tools/fedload writes it and a replica
 // serves it: clusters of endpoints with one "app" label each (identities
@@ -256,6 +256,11 @@ func BenchmarkAgentSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		runtime.ReadMemStats(&m1)
+		if *agentHeapProfile != "" {
+			if err := writeHeapProfile(*agentHeapProfile + ".churn"); err != nil {
+				b.Fatal(err)
+			}
+		}
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 			b.Fatal(err)
