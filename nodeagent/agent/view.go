@@ -245,7 +245,12 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 // applySnapshot replaces the view with a complete snapshot's objects (in
 // stream order: a later event for an object wins) and returns the diff.
 func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, error) {
-	snap := make(map[objectKey]Change, len(evs))
+	// One slice in stream order, a later event for an object taking the
+	// earlier one's place, and a map of positions: at ~300 B a Change, a
+	// map of Changes cost an agent's initial sync of millions of
+	// endpoints a gigabyte at its peak.
+	objs := make([]Change, 0, len(evs))
+	at := make(map[objectKey]int, len(evs))
 	var bad []BadInput
 	for _, ev := range evs {
 		ch, b, ok := v.decodeEvent(ev)
@@ -253,13 +258,15 @@ func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, erro
 			bad = append(bad, b)
 			continue
 		}
-		if ch.Delete {
-			delete(snap, ch.key())
+		k := ch.key()
+		if i, seen := at[k]; seen {
+			objs[i] = ch // a delete stays as the object's absence
 			continue
 		}
-		snap[ch.key()] = ch
+		at[k] = len(objs)
+		objs = append(objs, ch)
 	}
-	return v.replace(snap), bad, nil
+	return v.replace(objs, at), bad, nil
 }
 
 // sweepNames drops interned names no endpoint uses any more, once they
@@ -277,15 +284,15 @@ func (v *View) sweepNames() {
 	})
 }
 
-// replace swaps in the snapshot's objects and returns the diff.
-func (v *View) replace(snap map[objectKey]Change) []Change {
-	changes := make([]Change, 0, len(snap))
-	// Deletes first, so a compiler sees an IP leave before another claims it.
+// replace swaps in the snapshot's objects (objs, at: see applySnapshot;
+// deletes in objs mark absent objects) and returns the diff, reusing objs.
+func (v *View) replace(objs []Change, at map[objectKey]int) []Change {
+	var dels []Change
 	del := func(ch Change) {
-		if _, ok := snap[ch.key()]; !ok {
+		if i, ok := at[ch.key()]; !ok || objs[i].Delete {
 			ch.Delete = true
 			v.put(ch)
-			changes = append(changes, ch)
+			dels = append(dels, ch)
 		}
 	}
 	for k := range v.Endpoints {
@@ -305,13 +312,18 @@ func (v *View) replace(snap map[objectKey]Change) []Change {
 	for k := range v.Imports {
 		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, ImportKey: k})
 	}
-	for _, ch := range snap {
-		if v.same(ch) {
+	changes := objs[:0]
+	for _, ch := range objs {
+		if ch.Delete || v.same(ch) {
 			continue
 		}
 		v.put(ch)
 		changes = append(changes, ch)
 	}
+	clear(objs[len(changes):]) // holds no object past the diff
+	// sortChanges puts the deletes first, so a compiler sees an IP leave
+	// before another claims it.
+	changes = append(changes, dels...)
 	sortChanges(changes)
 	return changes
 }

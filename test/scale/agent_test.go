@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sync"
 	"testing"
@@ -193,7 +194,8 @@ func encodeEvents(rev uint64, evs ...*fedmeshv1.Event) []byte {
 // wire-encoded snapshot chunks, then under fedload's churn mix of endpoint
 // changes one per revision, as the agents of a fedload run see them. It
 // reports the agent's live heap per endpoint after the sync (Go heap after
-// a GC, the encoded snapshot excluded), the sync's wall time, and the heap
+// a GC, the encoded snapshot excluded), its peak during the sync (sampled,
+// garbage not yet collected included), the sync's wall time, and the heap
 // bytes and objects the agent allocates per watch event (the garbage its
 // collector pays for under churn). -agent-heap-profile writes a heap
 // profile of the synced agent.
@@ -232,6 +234,7 @@ func BenchmarkAgentSync(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		done := make(chan error, 1)
 		start := time.Now()
+		peak := sampleHeapPeak()
 		go func() { done <- a.Run(ctx) }()
 		for _, c := range chunks {
 			cp.msgs <- c
@@ -240,6 +243,7 @@ func BenchmarkAgentSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		sync := time.Since(start)
+		top := peak()
 		live := liveHeap() - before
 		if *agentHeapProfile != "" {
 			if err := writeHeapProfile(*agentHeapProfile); err != nil {
@@ -266,11 +270,36 @@ func BenchmarkAgentSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(live)/entries, "B/endpoint")
+		b.ReportMetric(float64(max(top, before)-before)/entries, "B/endpoint-peak")
 		b.ReportMetric(sync.Seconds(), "s/sync")
 		b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/churnEvents, "B/event")
 		b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/churnEvents, "allocs/event")
 		runtime.KeepAlive(a)
 	}
+}
+
+// sampleHeapPeak samples the heap's object bytes (live and not yet
+// collected) every 5 ms until the returned function is called, which
+// returns the highest.
+func sampleHeapPeak() func() uint64 {
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		var top uint64
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			metrics.Read(s)
+			top = max(top, s[0].Value.Uint64())
+			select {
+			case <-stop:
+				done <- top
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(stop); return <-done }
 }
 
 func writeHeapProfile(path string) error {
