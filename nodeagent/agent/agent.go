@@ -302,7 +302,10 @@ func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 // feed passes view changes to the compiler and marks what they touch.
 func (a *Agent) feed(changes []Change) {
 	c := a.deps.Compiler
-	for _, ch := range changes {
+	for i, ch := range changes {
+		// Drop the change (its proto) once fed: a snapshot of millions of
+		// endpoints is collected as the compiler takes it, not after.
+		changes[i] = Change{}
 		if !ch.StatusOnly {
 			a.specChanged = true
 		}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -74,6 +75,55 @@ type interner struct {
 // decoded for it from the stream.
 func (in *interner) internEndpoint(ep *fedmeshv1.Endpoint) {
 	ep.Cluster, ep.Namespace, ep.Node = in.intern(ep.GetCluster()), in.intern(ep.GetNamespace()), in.intern(ep.GetNode())
+}
+
+// slimSnapshotChunk trims the endpoints of a snapshot chunk as it
+// arrives, before the watch stages it with the rest of the snapshot until
+// the last chunk: at millions of endpoints the staged protos are the
+// initial sync's peak. Names are interned, equal label and namespace-label
+// maps within the chunk share one map, and the metadata is cut to the
+// revision, which is all the compact form and the compiler read of it.
+// The agent owns these protos (decoded for it) and nothing modifies their
+// maps afterwards.
+func (in *interner) slimSnapshotChunk(evs []*fedmeshv1.Event) {
+	sets := map[string]map[string]string{}
+	metas := map[uint64]*fedmeshv1.ObjectMeta{}
+	var buf []byte
+	var keys []string
+	share := func(m map[string]string) map[string]string {
+		if len(m) == 0 {
+			return m
+		}
+		keys = keys[:0]
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		buf = buf[:0]
+		for _, k := range keys {
+			buf = append(append(append(append(buf, k...), 0), m[k]...), 0)
+		}
+		if s, ok := sets[string(buf)]; ok {
+			return s
+		}
+		sets[string(buf)] = m
+		return m
+	}
+	for _, ev := range evs {
+		ep := ev.GetEndpoint()
+		if ep == nil {
+			continue
+		}
+		in.internEndpoint(ep)
+		ep.Labels, ep.NamespaceLabels = share(ep.Labels), share(ep.NamespaceLabels)
+		if ep.Meta != nil {
+			r := ep.Meta.GetRevision()
+			if metas[r] == nil {
+				metas[r] = &fedmeshv1.ObjectMeta{Revision: r}
+			}
+			ep.Meta = metas[r]
+		}
+	}
 }
 
 func (in *interner) intern(s string) string {

@@ -213,6 +213,9 @@ func (v *View) ResetStream() { v.follow.ResetStream() }
 // means the stream cannot be followed; the view is unchanged by the
 // failing message and the caller must restart the watch from Revision.
 func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
+	if resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT {
+		v.names.slimSnapshotChunk(resp.GetEvents())
+	}
 	u, err := v.follow.Apply(resp)
 	if err != nil {
 		return nil, nil, err
