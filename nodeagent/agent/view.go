@@ -249,9 +249,9 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 // stream order: a later event for an object wins) and returns the diff.
 func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, error) {
 	// One slice in stream order, a later event for an object taking the
-	// earlier one's place, and a map of positions: at ~300 B a Change, a
-	// map of Changes cost an agent's initial sync of millions of
-	// endpoints a gigabyte at its peak.
+	// earlier one's place, and a map of positions; the slice becomes the
+	// diff. (At ~300 B a Change, a map of Changes would add a gigabyte to
+	// the peak of an initial sync of millions of endpoints.)
 	objs := make([]Change, 0, len(evs))
 	at := make(map[objectKey]int, len(evs))
 	var bad []BadInput
