@@ -57,6 +57,30 @@ func (f fedFed) endpoint(c, s, gen, app int, rev uint64, node string) *fedmeshv1
 	}
 }
 
+// serviceImport is the import of svc-k as a replica derives it from
+// fedload's exports: every cluster exports it with 3 backends (gen moves
+// cluster c's).
+func (f fedFed) serviceImport(k, c0, gen int, rev uint64) *fedmeshv1.ServiceImport {
+	imp := &fedmeshv1.ServiceImport{Namespace: fmt.Sprintf("ns-%d", k%fedNamespaces), Name: fmt.Sprintf("svc-%d", k),
+		Type:  fedmeshv1.ServiceType_SERVICE_TYPE_CLUSTER_SET_IP,
+		Ports: []*fedmeshv1.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}},
+		Ips:   []string{fmt.Sprintf("240.0.0.%d", k+1)}, Meta: &fedmeshv1.ObjectMeta{Revision: rev}}
+	for c := range f.clusters {
+		cb := &fedmeshv1.ClusterBackends{Cluster: f.clusterName(c), Ports: imp.Ports}
+		first := k * 3
+		if c == c0 {
+			first += gen
+		}
+		for n := range 3 {
+			a := f.addr(c, (first+n)%f.perCluster).String()
+			cb.Addresses = append(cb.Addresses, a)
+			cb.Endpoints = append(cb.Endpoints, &fedmeshv1.ServiceBackend{Address: a, Node: "n0", Ready: true})
+		}
+		imp.Clusters = append(imp.Clusters, cb)
+	}
+	return imp
+}
+
 // app is the label set of slot s: identities spread over the namespaces
 // (fedload's appFor).
 func (f fedFed) app(s int) int { return s % f.identities }
@@ -74,6 +98,8 @@ func (f fedFed) snapshot() [][]byte {
 			ev.Object = &fedmeshv1.Event_Endpoint{Endpoint: o}
 		case *fedmeshv1.Policy:
 			ev.Object = &fedmeshv1.Event_Policy{Policy: o}
+		case *fedmeshv1.ServiceImport:
+			ev.Object = &fedmeshv1.Event_ServiceImport{ServiceImport: o}
 		}
 		evs = append(evs, ev)
 	}
@@ -101,6 +127,9 @@ func (f fedFed) snapshot() [][]byte {
 					Ports: []*fedmeshv1.NetworkPolicyPort{{Protocol: fedmeshv1.Protocol_PROTOCOL_TCP, Port: &fedmeshv1.NetworkPolicyPort_Number{Number: 8080}}},
 				}}}})
 		}
+	}
+	for k := range 10 {
+		put(3, f.serviceImport(k, 0, 0, 3))
 	}
 	var chunks [][]byte
 	for len(evs) > 0 {
@@ -190,15 +219,17 @@ func encodeEvents(rev uint64, evs ...*fedmeshv1.Event) []byte {
 
 // BenchmarkAgentSync runs the agent's real sync loop (watch, view, policy
 // compiler, ipcache index, reports) on the in-memory dataplane against a
-// fedload-shaped federation of 200 clusters x 1,000 endpoints served as
+// fedload-shaped federation of 200 clusters x 1,000 endpoints (and its 10
+// service imports, each with 3 backends in every cluster) served as
 // wire-encoded snapshot chunks, then under fedload's churn mix of endpoint
-// changes one per revision, as the agents of a fedload run see them. It
+// changes one per revision, as the agents of a fedload run see them, then
+// under service changes (one cluster's backends of an import). It
 // reports the agent's live heap per endpoint after the sync (Go heap after
 // a GC, the encoded snapshot excluded), its peak during the sync (sampled,
 // garbage not yet collected included), the sync's wall time, and the heap
-// bytes and objects the agent allocates per watch event (the garbage its
-// collector pays for under churn). -agent-heap-profile writes a heap
-// profile of the synced agent.
+// bytes and objects the agent allocates per endpoint event and per service
+// change (the garbage its collector pays for under churn).
+// -agent-heap-profile writes heap profiles of the synced agent.
 func BenchmarkAgentSync(b *testing.B) {
 	f := fedFed{clusters: 200, perCluster: entries / 200, identities: 25}
 	chunks := f.snapshot()
@@ -222,6 +253,15 @@ func BenchmarkAgentSync(b *testing.B) {
 				Object: &fedmeshv1.Event_Endpoint{Endpoint: f.endpoint(c, s, 0, (f.app(s)+1)%f.identities, rev, "n0")}}
 		}
 		churn[i] = encodeEvents(rev, ev)
+	}
+	// Then service changes: one cluster's backends of one import move, and
+	// the replica sends the whole import again.
+	const importEvents = 2_000
+	imports := make([][]byte, importEvents)
+	for i := range imports {
+		rev := uint64(4 + churnEvents + i)
+		imports[i] = encodeEvents(rev, &fedmeshv1.Event{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Revision: rev,
+			Object: &fedmeshv1.Event_ServiceImport{ServiceImport: f.serviceImport(i%10, i%f.clusters, 1+i, rev)}})
 	}
 	for b.Loop() {
 		before := liveHeap()
@@ -260,6 +300,14 @@ func BenchmarkAgentSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		runtime.ReadMemStats(&m1)
+		var m2 runtime.MemStats
+		for _, c := range imports {
+			cp.msgs <- c
+		}
+		if err := cp.waitEnforced(ctx, uint64(3+churnEvents+importEvents)); err != nil {
+			b.Fatal(err)
+		}
+		runtime.ReadMemStats(&m2)
 		if *agentHeapProfile != "" {
 			if err := writeHeapProfile(*agentHeapProfile + ".churn"); err != nil {
 				b.Fatal(err)
@@ -274,6 +322,7 @@ func BenchmarkAgentSync(b *testing.B) {
 		b.ReportMetric(sync.Seconds(), "s/sync")
 		b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/churnEvents, "B/event")
 		b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/churnEvents, "allocs/event")
+		b.ReportMetric(float64(m2.TotalAlloc-m1.TotalAlloc)/importEvents, "B/import-event")
 		runtime.KeepAlive(a)
 	}
 }
