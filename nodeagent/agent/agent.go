@@ -145,7 +145,11 @@ type Agent struct {
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
 	bgpDirty    bool
-	svcDirty    bool      // imports or liveness changed since the last table
+	svcDirty    bool // imports or liveness changed since the last table
+	// svcAll: liveness may have changed (a cluster did) since the last
+	// catalog, so every service is built again; else only svcChanged.
+	svcAll      bool
+	svcChanged  map[services.Key]struct{}
 	discarding  bool      // the current stream failed; skip until the next one
 	specChanged bool      // a change other than a node status report since the last report
 	namePods    []NamePod // the local endpoints of the last applied revision, for Names
@@ -204,6 +208,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		rules:      map[string]policy.EndpointRules{},
 		local:      map[policy.EndpointKey]*Endpoint{},
 		attached:   map[policy.EndpointKey]string{},
+		svcChanged: map[services.Key]struct{}{},
 		health:     Readiness{Lag: cfg.ReadyLag},
 		reportKick: make(chan struct{}, 1),
 	}
@@ -322,7 +327,7 @@ func (a *Agent) feed(changes []Change) {
 				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
 			a.wgDirty = true
-			a.svcDirty = true // reachability and stale nodes
+			a.svcDirty, a.svcAll = true, true // reachability and stale nodes
 			if ch.ClusterName == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
@@ -330,6 +335,7 @@ func (a *Agent) feed(changes []Change) {
 			a.bgpDirty = true
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
 			a.svcDirty = true
+			a.svcChanged[ch.ImportKey] = struct{}{}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
 			if ch.StatusOnly {
 				continue
