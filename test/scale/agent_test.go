@@ -222,7 +222,7 @@ func encodeEvents(rev uint64, evs ...*fedmeshv1.Event) []byte {
 // fedload-shaped federation of 200 clusters x 1,000 endpoints (and its 10
 // service imports, each with 3 backends in every cluster) served as
 // wire-encoded snapshot chunks, then under fedload's churn mix of endpoint
-// changes one per revision, as the agents of a fedload run see them, then
+// changes one revision at a time, as the agents of a fedload run see them, then
 // under service changes (one cluster's backends of an import). It
 // reports the agent's live heap per endpoint after the sync (Go heap after
 // a GC, the encoded snapshot excluded), its peak during the sync (sampled,
@@ -293,19 +293,21 @@ func BenchmarkAgentSync(b *testing.B) {
 
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
-		for _, c := range churn {
+		// One revision at a time, each enforced before the next comes, as
+		// fedload's spread-out changes reach an agent: nothing coalesces.
+		for i, c := range churn {
 			cp.msgs <- c
-		}
-		if err := cp.waitEnforced(ctx, uint64(3+churnEvents)); err != nil {
-			b.Fatal(err)
+			if err := cp.waitEnforced(ctx, uint64(4+i)); err != nil {
+				b.Fatal(err)
+			}
 		}
 		runtime.ReadMemStats(&m1)
 		var m2 runtime.MemStats
-		for _, c := range imports {
+		for i, c := range imports {
 			cp.msgs <- c
-		}
-		if err := cp.waitEnforced(ctx, uint64(3+churnEvents+importEvents)); err != nil {
-			b.Fatal(err)
+			if err := cp.waitEnforced(ctx, uint64(4+churnEvents+i)); err != nil {
+				b.Fatal(err)
+			}
 		}
 		runtime.ReadMemStats(&m2)
 		if *agentHeapProfile != "" {
