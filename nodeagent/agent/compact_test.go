@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/nodeagent/dataplane"
@@ -19,7 +21,8 @@ import (
 
 // TestCompactViewEnforcesWhatTheFullEndpointsCompileTo replays a random
 // mix of endpoint and policy changes (relabels, moves between nodes, named
-// ports, pods replaced at an address, deletes, a resync snapshot) through
+// ports, pods replaced at an address, deletes, NetworkPolicies and both
+// tiers of ClusterNetworkPolicies, resync snapshots) through
 // the agent, which keeps only the compact form of each endpoint and hands
 // the proto to its compiler once, and after every revision compares what
 // the dataplane was given with the revision built the way the agent did
@@ -45,6 +48,7 @@ func replayCompactAndFull(t *testing.T, seed uint64) {
 	ref := policy.NewEngine(policy.WithNode("c0", "n0"))
 	full := map[policy.EndpointKey]*fedmeshv1.Endpoint{} // the reference's endpoints
 	pols := map[policy.PolicyKey]*fedmeshv1.Policy{}
+	cnps := map[string]*fedmeshv1.ClusterNetworkPolicy{}
 
 	clusters := []string{"c0", "c1", "c2"}
 	nss := []string{"x", "y", "z"}
@@ -103,6 +107,34 @@ func replayCompactAndFull(t *testing.T, seed uint64) {
 		return p
 	}
 
+	// randomCNP is an Admin or Baseline tier policy selecting pods by
+	// labels: tier subjects and peers are matched against the endpoints'
+	// own label sets, which the compiler shares per group.
+	randomCNP := func(rev uint64) *fedmeshv1.ClusterNetworkPolicy {
+		actions := []cnpv1.ClusterNetworkPolicyRuleAction{cnpv1.ClusterNetworkPolicyRuleActionAccept,
+			cnpv1.ClusterNetworkPolicyRuleActionDeny, cnpv1.ClusterNetworkPolicyRuleActionPass}
+		tier := cnpv1.AdminTier
+		if rng.IntN(3) == 0 {
+			tier = cnpv1.BaselineTier
+		}
+		pods := func(k string, vs []string) cnpv1.NamespacedPod {
+			return cnpv1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{k: vs[rng.IntN(len(vs))]}}}
+		}
+		subject, from := pods("tier", tiers), pods("app", apps)
+		cp := &policy.ClusterPolicy{Name: fmt.Sprintf("cnp%d", rng.IntN(3)), Spec: cnpv1.ClusterNetworkPolicySpec{
+			Tier: tier, Priority: int32(rng.IntN(3)),
+			Subject: cnpv1.ClusterNetworkPolicySubject{Pods: &subject},
+			Ingress: []cnpv1.ClusterNetworkPolicyIngressRule{{Name: "r0", Action: actions[rng.IntN(3)],
+				From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Pods: &from}}}},
+		}}
+		p, err := policy.ClusterPolicyToProto(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Meta = &fedmeshv1.ObjectMeta{Revision: rev}
+		return p
+	}
+
 	// deliver hands the agent its messages and the reference its own
 	// copy of every event (as events: Reach's rebuild takes a snapshot
 	// so), copied before the agent, which interns names in the protos it
@@ -116,6 +148,9 @@ func replayCompactAndFull(t *testing.T, seed uint64) {
 		for _, ev := range copies {
 			if err := policy.ApplyEvent(ref, ev); err != nil {
 				t.Fatal(err)
+			}
+			if p := ev.GetClusterNetworkPolicy(); p != nil {
+				cnps[p.GetName()] = p
 			}
 			if p := ev.GetPolicy(); p != nil {
 				pols[policy.PolicyKey{Cluster: p.GetCluster(), Namespace: p.GetNamespace(), Name: p.GetName()}] = p
@@ -179,8 +214,10 @@ func replayCompactAndFull(t *testing.T, seed uint64) {
 			case op < 8:
 				e := endpoint(rev)
 				evs = append(evs, delEv(rev, e)) // unknown keys too: a no-op
-			default:
+			case op < 9:
 				evs = append(evs, putEv(rev, randomPolicy(rev)))
+			default:
+				evs = append(evs, putEv(rev, randomCNP(rev)))
 			}
 		}
 		deliver(evs, watchItem{Resp: events(rev, evs...)})
@@ -195,6 +232,9 @@ func replayCompactAndFull(t *testing.T, seed uint64) {
 				all = append(all, putEv(e.GetMeta().GetRevision(), proto.CloneOf(e)))
 			}
 			for _, p := range pols {
+				all = append(all, putEv(p.GetMeta().GetRevision(), proto.CloneOf(p)))
+			}
+			for _, p := range cnps {
 				all = append(all, putEv(p.GetMeta().GetRevision(), proto.CloneOf(p)))
 			}
 			a.handleBatch(context.Background(), []watchItem{{NewStream: true}, {Resp: snap(rev, false, all...)}})
