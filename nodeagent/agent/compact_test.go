@@ -289,3 +289,50 @@ func (l *lastRevision) Apply(ctx context.Context, rev *dataplane.Revision) error
 	l.last = rev
 	return nil
 }
+
+// TestViewForgetsTheNamesOfEndpointsThatAreGone: the view interns the
+// cluster, namespace and node names of its endpoints; once most of the
+// endpoints (and with them their node names) are gone, or names churn
+// (pods moving to new nodes), a sweep drops the names no endpoint uses, so
+// the interner stays within twice the names in use (plus a floor),
+// whatever names it ever saw.
+func TestViewForgetsTheNamesOfEndpointsThatAreGone(t *testing.T) {
+	v := NewView()
+	var evs []*fedmeshv1.Event
+	for i := range 5000 {
+		evs = append(evs, putEv(2, ep("c0", "ns", fmt.Sprintf("p%d", i), fmt.Sprintf("node-%d", i), 100, 2, "10.0.0.1")))
+	}
+	if _, _, err := v.Apply(snap(2, false, evs...)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v.names.m); n < 5000 {
+		t.Fatalf("interner holds %d names after 5,000 endpoints on 5,000 nodes, want them all", n)
+	}
+	for i := range 4990 {
+		if _, _, err := v.Apply(events(uint64(3+i), delEv(uint64(3+i), ep("c0", "ns", fmt.Sprintf("p%d", i), "", 0, 0)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 10 endpoints left: their 10 nodes, one cluster, one namespace.
+	if n, limit := len(v.names.m), 2*12+sweepFloor; n > limit {
+		t.Fatalf("interner holds %d names with 12 in use, want at most %d", n, limit)
+	}
+	// The 10 pods move to new nodes, 10,000 times: names come and go while
+	// the endpoints stay as many.
+	rev := uint64(5000)
+	for i := range 10_000 {
+		rev++
+		e := ep("c0", "ns", fmt.Sprintf("p%d", 4990+i%10), fmt.Sprintf("moved-%d", i), 100, rev, "10.0.0.1")
+		if _, _, err := v.Apply(events(rev, putEv(rev, e))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, limit := len(v.names.m), 2*12+sweepFloor; n > limit {
+		t.Fatalf("interner holds %d names after 10,000 node names came and went, 12 in use, want at most %d", n, limit)
+	}
+	for k, e := range v.Endpoints {
+		if v.names.m[k.Cluster] != k.Cluster || v.names.m[k.Namespace] != k.Namespace || v.names.m[e.Node] != e.Node {
+			t.Fatalf("endpoint %s: its names %q, %q, %q are no longer interned", k, k.Cluster, k.Namespace, e.Node)
+		}
+	}
+}

@@ -60,8 +60,9 @@ func NewEndpoint(ep *fedmeshv1.Endpoint) *Endpoint {
 
 // interner hands out one copy of each name. Names of objects that are
 // gone stay until the next sweep: the view sweeps (rebuilds it from the
-// names its endpoints use) whenever it doubled since the last one, so it
-// stays within twice the names in use at an amortised O(1) per name.
+// names its endpoints use) whenever it doubled since the last one or the
+// endpoints halved, so it stays within about twice the names in use (plus
+// sweepFloor) at an amortised O(1) per change.
 // (unique.Make would not do: its handles are weak and a string does not
 // hold one, so after a collection the same name got a new copy.)
 type interner struct {
@@ -140,8 +141,12 @@ func (in *interner) intern(s string) string {
 	return s
 }
 
-// needsSweep reports whether the interner grew past twice its names in use.
-func (in *interner) needsSweep() bool { return len(in.m) > 2*in.live+1024 }
+// sweepFloor is how many names the interner may hold before any sweep.
+const sweepFloor = 1024
+
+// needsSweep reports whether the interner grew past twice its names in use
+// at the last sweep.
+func (in *interner) needsSweep() bool { return len(in.m) > 2*in.live+sweepFloor }
 
 // sweep keeps only the names keep is called with by each(keep).
 func (in *interner) sweep(each func(keep func(string))) {

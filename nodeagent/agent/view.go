@@ -177,8 +177,10 @@ type View struct {
 	// Imports are the service imports in this cluster's import scope.
 	Imports map[services.Key]*fedmeshv1.ServiceImport
 
-	// names interns the endpoints' cluster, namespace and node names.
-	names interner
+	// names interns the endpoints' cluster, namespace and node names;
+	// sweptAt is how many endpoints the view held at its last sweep.
+	names   interner
+	sweptAt int
 }
 
 // NewView returns an empty view at revision 0.
@@ -272,10 +274,12 @@ func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, erro
 	return v.replace(objs, at), bad, nil
 }
 
-// sweepNames drops interned names no endpoint uses any more, once they
-// are as many as those in use.
+// sweepNames drops interned names no endpoint uses any more: when the
+// interner doubled since the last sweep, or the endpoints halved. Either
+// takes as many changes as the sweep's walk over the endpoints costs.
 func (v *View) sweepNames() {
-	if !v.names.needsSweep() {
+	shrank := len(v.Endpoints) < v.sweptAt/2 && len(v.names.m) > sweepFloor
+	if !v.names.needsSweep() && !shrank {
 		return
 	}
 	v.names.sweep(func(keep func(string)) {
@@ -285,6 +289,7 @@ func (v *View) sweepNames() {
 			keep(e.Node)
 		}
 	})
+	v.sweptAt = len(v.Endpoints)
 }
 
 // replace swaps in the snapshot's objects (objs, at: see applySnapshot;
