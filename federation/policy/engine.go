@@ -306,6 +306,11 @@ func (e *Engine) addEndpoint(ep *endpoint) {
 		addTo(e.groupsByClusterNS, clusterNS{g.cluster, g.ns}, g)
 		addTo(e.groupsByNS, g.ns, g)
 		e.attachGroup(g)
+	} else {
+		// Equal sets (the group key says so), never modified: one copy
+		// per group, not per endpoint (an agent holds every endpoint of
+		// the federation, whose own copies were a third of its heap).
+		ep.labels, ep.nsLabels = g.labels, g.nsLabels
 	}
 	g.eps[ep] = struct{}{}
 	g.locals += locals(ep)

@@ -140,12 +140,16 @@ type Agent struct {
 	// next change edits a copy.
 	rules       map[string]policy.EndpointRules
 	rulesHanded bool
-	local       map[policy.EndpointKey]*fedmeshv1.Endpoint
+	local       map[policy.EndpointKey]*Endpoint
 	attached    map[policy.EndpointKey]string
 	dpDirty     bool // rules or ipcache changed since the last Apply
 	wgDirty     bool
 	bgpDirty    bool
-	svcDirty    bool      // imports or liveness changed since the last table
+	svcDirty    bool // imports or liveness changed since the last table
+	// svcAll: liveness may have changed (a cluster did) since the last
+	// catalog, so every service is built again; else only svcChanged.
+	svcAll      bool
+	svcChanged  map[services.Key]struct{}
 	discarding  bool      // the current stream failed; skip until the next one
 	specChanged bool      // a change other than a node status report since the last report
 	namePods    []NamePod // the local endpoints of the last applied revision, for Names
@@ -202,8 +206,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		view:       NewView(),
 		ipcache:    NewIPCacheIndex(),
 		rules:      map[string]policy.EndpointRules{},
-		local:      map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		local:      map[policy.EndpointKey]*Endpoint{},
 		attached:   map[policy.EndpointKey]string{},
+		svcChanged: map[services.Key]struct{}{},
 		health:     Readiness{Lag: cfg.ReadyLag},
 		reportKick: make(chan struct{}, 1),
 	}
@@ -302,7 +307,10 @@ func (a *Agent) handleBatch(ctx context.Context, batch []watchItem) {
 // feed passes view changes to the compiler and marks what they touch.
 func (a *Agent) feed(changes []Change) {
 	c := a.deps.Compiler
-	for _, ch := range changes {
+	for i, ch := range changes {
+		// Drop the change (its proto) once fed: a snapshot of millions of
+		// endpoints is collected as the compiler takes it, not after.
+		changes[i] = Change{}
 		if !ch.StatusOnly {
 			a.specChanged = true
 		}
@@ -319,7 +327,7 @@ func (a *Agent) feed(changes []Change) {
 				a.reportBad(a.ipcache.UpsertCluster(ch.Cluster))
 			}
 			a.wgDirty = true
-			a.svcDirty = true // reachability and stale nodes
+			a.svcDirty, a.svcAll = true, true // reachability and stale nodes
 			if ch.ClusterName == a.cfg.Cluster {
 				a.bgpDirty = true
 			}
@@ -327,6 +335,7 @@ func (a *Agent) feed(changes []Change) {
 			a.bgpDirty = true
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT:
 			a.svcDirty = true
+			a.svcChanged[ch.ImportKey] = struct{}{}
 		case fedmeshv1.ResourceKind_RESOURCE_KIND_NODE:
 			if ch.StatusOnly {
 				continue
@@ -342,9 +351,9 @@ func (a *Agent) feed(changes []Change) {
 				a.reportBad(a.ipcache.DeleteEndpoint(ch.EndpointKey))
 				delete(a.local, ch.EndpointKey)
 			} else {
-				a.reportBad(a.ipcache.UpsertEndpoint(ch.Endpoint))
-				if IsLocal(ch.Endpoint, a.cfg.Cluster, a.cfg.Node) {
-					a.local[ch.EndpointKey] = ch.Endpoint
+				a.reportBad(a.ipcache.UpsertEndpoint(ch.Compact))
+				if ch.Compact.IsLocal(a.cfg.Cluster, a.cfg.Node) {
+					a.local[ch.EndpointKey] = ch.Compact
 				} else {
 					delete(a.local, ch.EndpointKey)
 				}
@@ -518,10 +527,12 @@ func (a *Agent) reconcileInterfaces(ctx context.Context) {
 	}
 	dp := a.deps.Dataplane
 	for k, ep := range a.local {
-		ip, ok := endpointAddr(ep)
-		if !ok {
+		if len(ep.Addrs) == 0 {
 			continue
 		}
+		// The first address's route names the interface (IPv4 and IPv6
+		// lead to the same veth).
+		ip := ep.Addrs[0]
 		iface, found, err := a.deps.Interfaces.Lookup(ctx, ip)
 		if err != nil {
 			a.m.portErrors.WithLabelValues("interfaces").Inc()
@@ -565,17 +576,6 @@ func (a *Agent) reconcileInterfaces(ctx context.Context) {
 		a.log.Info("detached endpoint", "endpoint", k.String(), "interface", iface)
 	}
 	a.m.attached.Set(float64(len(a.attached)))
-}
-
-// endpointAddr is the address whose route names the endpoint's interface:
-// its first valid one (IPv4 and IPv6 lead to the same veth).
-func endpointAddr(ep *fedmeshv1.Endpoint) (netip.Addr, bool) {
-	for _, s := range ep.GetIps() {
-		if a, err := netip.ParseAddr(s); err == nil {
-			return a.Unmap(), true
-		}
-	}
-	return netip.Addr{}, false
 }
 
 // reportBad logs and counts bad input: skipped watch messages and objects,

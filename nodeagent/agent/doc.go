@@ -13,7 +13,12 @@
 // # Shape
 //
 // View (view.go) is pure: watch messages in, object changes out, with
-// snapshot staging, duplicate and stale-message detection. IPCacheIndex
+// snapshot staging, duplicate and stale-message detection. It keeps every
+// endpoint of the federation in compact form (Endpoint, endpoint.go: key,
+// node, addresses, identity, revision, names interned), which the ipcache
+// index and the local-endpoint bookkeeping share; an endpoint's proto goes
+// to the compiler with its change and is dropped (at millions of endpoints
+// an agent cannot keep a proto per endpoint). IPCacheIndex
 // (ipcache.go) and the node-state functions (state.go) are pure. Agent
 // (agent.go) is the thin loop: one goroutine (the sync goroutine) owns the
 // view, the compiler, the ipcache index and every call into the dataplane,

@@ -786,13 +786,8 @@ func (a *Agent) syncNames(ctx context.Context, applied bool) {
 		pods := make([]NamePod, 0, len(a.local))
 		for k, ep := range a.local {
 			id := k.String()
-			pod := NamePod{ID: id, Egress: a.rules[id].Egress}
-			for _, s := range ep.GetIps() {
-				if ip, err := netip.ParseAddr(s); err == nil {
-					pod.IPs = append(pod.IPs, ip.Unmap())
-				}
-			}
-			pods = append(pods, pod)
+			// ep is immutable: its addresses can be shared.
+			pods = append(pods, NamePod{ID: id, Egress: a.rules[id].Egress, IPs: ep.Addrs})
 		}
 		a.namePods = pods
 	} else if _, has := a.enforcedRevision(); !has {

@@ -37,26 +37,26 @@ type IPCacheIndex struct {
 	cidrs   map[string][]netip.Prefix // pod CIDRs by cluster
 	cidrBad map[string][]BadInput
 	// eps holds every endpoint by cluster, as last judged.
-	eps   map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint
+	eps   map[string]map[policy.EndpointKey]*Endpoint
 	epBad map[policy.EndpointKey][]BadInput
 	// The endpoints claiming an address: the first in claims, any others
 	// (a pod replaced, or bad input) in moreClaims.
-	claims     map[netip.Addr]*fedmeshv1.Endpoint
-	moreClaims map[netip.Addr][]*fedmeshv1.Endpoint
+	claims     map[netip.Addr]*Endpoint
+	moreClaims map[netip.Addr][]*Endpoint
 	// conflicts are the addresses two clusters claim.
 	conflicts map[netip.Addr]BadInput
 	ipcache   *dataplane.IPCacheBuilder
 
-	touched   []netip.Addr          // scratch: addresses a change touched
-	claimants []*fedmeshv1.Endpoint // scratch: the claims on one address
+	touched   []netip.Addr // scratch: addresses a change touched
+	claimants []*Endpoint  // scratch: the claims on one address
 }
 
 // NewIPCacheIndex returns an empty index.
 func NewIPCacheIndex() *IPCacheIndex {
 	return &IPCacheIndex{
 		cidrs: map[string][]netip.Prefix{}, cidrBad: map[string][]BadInput{},
-		eps: map[string]map[policy.EndpointKey]*fedmeshv1.Endpoint{}, epBad: map[policy.EndpointKey][]BadInput{},
-		claims: map[netip.Addr]*fedmeshv1.Endpoint{}, moreClaims: map[netip.Addr][]*fedmeshv1.Endpoint{},
+		eps: map[string]map[policy.EndpointKey]*Endpoint{}, epBad: map[policy.EndpointKey][]BadInput{},
+		claims: map[netip.Addr]*Endpoint{}, moreClaims: map[netip.Addr][]*Endpoint{},
 		conflicts: map[netip.Addr]BadInput{},
 		ipcache:   dataplane.NewIPCacheBuilder(dataplane.IPCache{}),
 	}
@@ -116,21 +116,19 @@ func (x *IPCacheIndex) rejudge(cluster string) []BadInput {
 }
 
 // UpsertEndpoint claims the endpoint's addresses (and releases those its
-// previous version claimed).
-func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
-	k := endpointKey(ep)
+// previous version claimed). The index keeps ep (never modified).
+func (x *IPCacheIndex) UpsertEndpoint(ep *Endpoint) []BadInput {
+	k := ep.Key
 	x.release(k)
 	var bad []BadInput
-	if ep.GetIdentity() == 0 {
+	if ep.Identity == 0 {
 		bad = append(bad, BadInput{Reason: ReasonNoIdentity, Object: "endpoint/" + k.String(), Detail: "identity 0 (not assigned)"})
 	} else {
-		for _, s := range ep.GetIps() {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				bad = append(bad, BadInput{Reason: ReasonBadIP, Object: "endpoint/" + k.String(), Detail: fmt.Sprintf("address %q: %v", s, err)})
-				continue
-			}
-			a = a.Unmap()
+		for _, s := range ep.BadAddrs {
+			_, err := netip.ParseAddr(s)
+			bad = append(bad, BadInput{Reason: ReasonBadIP, Object: "endpoint/" + k.String(), Detail: fmt.Sprintf("address %q: %v", s, err)})
+		}
+		for _, a := range ep.Addrs {
 			if cidrs := x.cidrs[k.Cluster]; !inAny(a, cidrs) {
 				bad = append(bad, BadInput{Reason: ReasonIPOutside, Object: "endpoint/" + k.String(),
 					Detail: fmt.Sprintf("address %s is outside cluster %q's pod CIDRs %v", a, k.Cluster, cidrs)})
@@ -141,7 +139,7 @@ func (x *IPCacheIndex) UpsertEndpoint(ep *fedmeshv1.Endpoint) []BadInput {
 	}
 	byKey := x.eps[k.Cluster]
 	if byKey == nil {
-		byKey = map[policy.EndpointKey]*fedmeshv1.Endpoint{}
+		byKey = map[policy.EndpointKey]*Endpoint{}
 		x.eps[k.Cluster] = byKey
 	}
 	byKey[k] = ep
@@ -164,7 +162,7 @@ func (x *IPCacheIndex) DeleteEndpoint(k policy.EndpointKey) []BadInput {
 }
 
 // claim adds ep's claim on a (once) and marks a touched.
-func (x *IPCacheIndex) claim(a netip.Addr, ep *fedmeshv1.Endpoint) {
+func (x *IPCacheIndex) claim(a netip.Addr, ep *Endpoint) {
 	switch first := x.claims[a]; {
 	case first == nil:
 		x.claims[a] = ep
@@ -183,12 +181,7 @@ func (x *IPCacheIndex) release(k policy.EndpointKey) {
 	if old == nil {
 		return
 	}
-	for _, s := range old.GetIps() {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			continue
-		}
-		a = a.Unmap()
+	for _, a := range old.Addrs {
 		more := x.moreClaims[a]
 		switch {
 		case x.claims[a] == old && len(more) > 0:
@@ -197,7 +190,7 @@ func (x *IPCacheIndex) release(k policy.EndpointKey) {
 		case x.claims[a] == old:
 			delete(x.claims, a)
 		case slices.Contains(more, old):
-			x.setMore(a, slices.DeleteFunc(more, func(e *fedmeshv1.Endpoint) bool { return e == old }))
+			x.setMore(a, slices.DeleteFunc(more, func(e *Endpoint) bool { return e == old }))
 		default:
 			continue
 		}
@@ -205,7 +198,7 @@ func (x *IPCacheIndex) release(k policy.EndpointKey) {
 	}
 }
 
-func (x *IPCacheIndex) setMore(a netip.Addr, more []*fedmeshv1.Endpoint) {
+func (x *IPCacheIndex) setMore(a netip.Addr, more []*Endpoint) {
 	if len(more) == 0 {
 		delete(x.moreClaims, a)
 		return
@@ -228,21 +221,21 @@ func (x *IPCacheIndex) settle() []BadInput {
 		cl := append(append(x.claimants[:0], first), x.moreClaims[a]...)
 		x.claimants = cl
 		// The lowest key, and the lowest of another cluster: a conflict.
-		lo, other := cl[0], (*fedmeshv1.Endpoint)(nil)
+		lo, other := cl[0], (*Endpoint)(nil)
 		for _, e := range cl[1:] {
 			if compareEndpoints(e, lo) < 0 {
 				lo = e
 			}
 		}
 		for _, e := range cl {
-			if e.GetCluster() != lo.GetCluster() && (other == nil || compareEndpoints(e, other) < 0) {
+			if e.Key.Cluster != lo.Key.Cluster && (other == nil || compareEndpoints(e, other) < 0) {
 				other = e
 			}
 		}
 		if other != nil {
 			x.ipcache.Delete(p)
-			b := BadInput{Reason: ReasonDuplicateIP, Object: "endpoint/" + endpointKey(other).String(),
-				Detail: fmt.Sprintf("address %s is also claimed by endpoint %s of another cluster; left out of the ipcache", a, endpointKey(lo))}
+			b := BadInput{Reason: ReasonDuplicateIP, Object: "endpoint/" + other.Key.String(),
+				Detail: fmt.Sprintf("address %s is also claimed by endpoint %s of another cluster; left out of the ipcache", a, lo.Key)}
 			if x.conflicts[a] != b {
 				x.conflicts[a] = b
 				fresh = append(fresh, b)
@@ -252,11 +245,11 @@ func (x *IPCacheIndex) settle() []BadInput {
 		delete(x.conflicts, a)
 		win := cl[0]
 		for _, e := range cl[1:] {
-			if r, w := e.GetMeta().GetRevision(), win.GetMeta().GetRevision(); r > w || (r == w && compareEndpoints(e, win) > 0) {
+			if r, w := e.Revision, win.Revision; r > w || (r == w && compareEndpoints(e, win) > 0) {
 				win = e
 			}
 		}
-		x.ipcache.Set(p, win.GetIdentity())
+		x.ipcache.Set(p, win.Identity)
 	}
 	x.touched = x.touched[:0]
 	clear(x.claimants) // holds no endpoint past the change
@@ -281,12 +274,8 @@ func (x *IPCacheIndex) Bad() []BadInput {
 	return out
 }
 
-func endpointKey(ep *fedmeshv1.Endpoint) policy.EndpointKey {
-	return policy.EndpointKey{Cluster: ep.GetCluster(), Namespace: ep.GetNamespace(), Name: ep.GetName()}
-}
-
-func compareEndpoints(a, b *fedmeshv1.Endpoint) int {
-	return compareEndpointKeys(endpointKey(a), endpointKey(b))
+func compareEndpoints(a, b *Endpoint) int {
+	return compareEndpointKeys(a.Key, b.Key)
 }
 
 // freshBad is what of bad was not in old.

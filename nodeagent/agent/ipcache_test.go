@@ -83,7 +83,7 @@ func TestIPCacheIndexSkipsWhatAClusterCannotClaim(t *testing.T) {
 				reported = append(reported, x.UpsertCluster(c)...)
 			}
 			for _, e := range tt.endpoints {
-				reported = append(reported, x.UpsertEndpoint(e)...)
+				reported = append(reported, x.UpsertEndpoint(NewEndpoint(e))...)
 			}
 			got, changed := x.IPCache()
 			if gs := entries(got); !slices.Equal(gs, tt.want) {
@@ -111,15 +111,15 @@ func TestIPCacheIndexReportsAProblemOnceWhileItLasts(t *testing.T) {
 		do   func() []BadInput
 		want []string
 	}{
-		{"an address outside", func() []BadInput { return x.UpsertEndpoint(ep("a", "ns", "x", "n1", 100, 1, "10.5.0.1")) }, []string{ReasonIPOutside}},
-		{"the same endpoint again, still outside", func() []BadInput { return x.UpsertEndpoint(ep("a", "ns", "x", "n1", 100, 2, "10.5.0.1")) }, nil},
-		{"fixed", func() []BadInput { return x.UpsertEndpoint(ep("a", "ns", "x", "n1", 100, 3, "10.0.0.1")) }, nil},
-		{"another cluster claims its address", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 200, 4, "10.0.0.1")) }, []string{ReasonDuplicateIP}},
-		{"an unrelated change of the claimant", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 201, 5, "10.0.0.1")) }, nil},
+		{"an address outside", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("a", "ns", "x", "n1", 100, 1, "10.5.0.1"))) }, []string{ReasonIPOutside}},
+		{"the same endpoint again, still outside", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("a", "ns", "x", "n1", 100, 2, "10.5.0.1"))) }, nil},
+		{"fixed", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("a", "ns", "x", "n1", 100, 3, "10.0.0.1"))) }, nil},
+		{"another cluster claims its address", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("b", "ns", "y", "m1", 200, 4, "10.0.0.1"))) }, []string{ReasonDuplicateIP}},
+		{"an unrelated change of the claimant", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("b", "ns", "y", "m1", 201, 5, "10.0.0.1"))) }, nil},
 		{"the claimant leaves", func() []BadInput {
 			return x.DeleteEndpoint(policy.EndpointKey{Cluster: "b", Namespace: "ns", Name: "y"})
 		}, nil},
-		{"and comes back", func() []BadInput { return x.UpsertEndpoint(ep("b", "ns", "y", "m1", 200, 6, "10.0.0.1")) }, []string{ReasonDuplicateIP}},
+		{"and comes back", func() []BadInput { return x.UpsertEndpoint(NewEndpoint(ep("b", "ns", "y", "m1", 200, 6, "10.0.0.1"))) }, []string{ReasonDuplicateIP}},
 		{"its cluster shrinks away from the address", func() []BadInput { return x.UpsertCluster(cluster("b", "10.9.0.0/16")) }, []string{ReasonIPOutside}},
 		{"its cluster's labels change, CIDRs do not", func() []BadInput {
 			c := cluster("b", "10.9.0.0/16")
@@ -231,7 +231,7 @@ func TestIPCacheIndexMatchesAFullRebuild(t *testing.T) {
 					}
 					e := ep(k.Cluster, k.Namespace, k.Name, "n1", uint32(r.IntN(4)), rev, ips...)
 					endpoints[k] = e
-					x.UpsertEndpoint(e)
+					x.UpsertEndpoint(NewEndpoint(e))
 				}
 				got, _ := x.IPCache()
 				if gs, want := entries(got), rebuild(clusters, endpoints); !slices.Equal(gs, want) {
@@ -243,7 +243,7 @@ func TestIPCacheIndexMatchesAFullRebuild(t *testing.T) {
 				fresh.UpsertCluster(clusters[name])
 			}
 			for _, k := range slices.SortedFunc(maps.Keys(endpoints), compareEndpointKeys) {
-				fresh.UpsertEndpoint(endpoints[k])
+				fresh.UpsertEndpoint(NewEndpoint(endpoints[k]))
 			}
 			if got, want := x.Bad(), fresh.Bad(); !slices.Equal(got, want) {
 				t.Errorf("problems after the changes differ from a fresh index's:\n got %v\nwant %v", got, want)

@@ -53,11 +53,6 @@ func sortChanges(cs []Change) {
 	})
 }
 
-// IsLocal reports whether an endpoint runs on this node.
-func IsLocal(ep *fedmeshv1.Endpoint, cluster, node string) bool {
-	return ep.GetCluster() == cluster && ep.GetNode() == node
-}
-
 // WireGuardPeers builds the WireGuard port's input: the local node (the
 // stored one when the view has it, else self), every cluster, and the nodes
 // of every other cluster sorted by cluster and name. Pure.

@@ -53,10 +53,15 @@ type Change struct {
 	PolicyKey   policy.PolicyKey
 	ImportKey   services.Key
 
-	// Exactly one is set on a put, matching Kind.
-	Cluster  *fedmeshv1.Cluster
-	Node     *fedmeshv1.Node
+	// Exactly one is set on a put, matching Kind (an endpoint put sets
+	// both Endpoint and Compact).
+	Cluster *fedmeshv1.Cluster
+	Node    *fedmeshv1.Node
+	// Endpoint is the proto as the watch brought it, for the compiler and
+	// the flow directory, which keep what they need of it; Compact is what
+	// the view, the ipcache index and the local endpoints keep.
 	Endpoint *fedmeshv1.Endpoint
+	Compact  *Endpoint
 	Policy   *fedmeshv1.Policy
 	// BGPName keys a BGP peer or filter (bgpview.go).
 	BGPName   string
@@ -159,9 +164,10 @@ type View struct {
 	// chunks so far) and checks the stream's order.
 	follow watchclient.Follower
 
-	Clusters  map[string]*fedmeshv1.Cluster
-	Nodes     map[NodeKey]*fedmeshv1.Node
-	Endpoints map[policy.EndpointKey]*fedmeshv1.Endpoint
+	Clusters map[string]*fedmeshv1.Cluster
+	Nodes    map[NodeKey]*fedmeshv1.Node
+	// Endpoints are every endpoint of the federation in compact form.
+	Endpoints map[policy.EndpointKey]*Endpoint
 	Policies  map[policy.PolicyKey]*fedmeshv1.Policy
 	// BGP peers (only those selecting this node) and filters, by name.
 	BGPPeers   map[string]*fedmeshv1.BGPPeerConfig
@@ -170,6 +176,11 @@ type View struct {
 	ClusterPolicies map[policy.ClusterPolicyKey]*fedmeshv1.ClusterNetworkPolicy
 	// Imports are the service imports in this cluster's import scope.
 	Imports map[services.Key]*fedmeshv1.ServiceImport
+
+	// names interns the endpoints' cluster, namespace and node names;
+	// sweptAt is how many endpoints the view held at its last sweep.
+	names   interner
+	sweptAt int
 }
 
 // NewView returns an empty view at revision 0.
@@ -177,7 +188,7 @@ func NewView() *View {
 	return &View{
 		Clusters:   map[string]*fedmeshv1.Cluster{},
 		Nodes:      map[NodeKey]*fedmeshv1.Node{},
-		Endpoints:  map[policy.EndpointKey]*fedmeshv1.Endpoint{},
+		Endpoints:  map[policy.EndpointKey]*Endpoint{},
 		Policies:   map[policy.PolicyKey]*fedmeshv1.Policy{},
 		BGPPeers:   map[string]*fedmeshv1.BGPPeerConfig{},
 		BGPFilters: map[string]*fedmeshv1.BGPFilter{},
@@ -204,10 +215,14 @@ func (v *View) ResetStream() { v.follow.ResetStream() }
 // means the stream cannot be followed; the view is unchanged by the
 // failing message and the caller must restart the watch from Revision.
 func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error) {
+	if resp.GetType() == fedmeshv1.WatchResponseType_WATCH_RESPONSE_TYPE_SNAPSHOT {
+		v.names.slimSnapshotChunk(resp.GetEvents())
+	}
 	u, err := v.follow.Apply(resp)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer v.sweepNames()
 	switch u.Kind {
 	case watchclient.UpdateSnapshot:
 		return v.applySnapshot(u.Events)
@@ -215,7 +230,7 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 		var changes []Change
 		var bad []BadInput
 		for _, ev := range u.Events {
-			ch, b, ok := decodeEvent(ev)
+			ch, b, ok := v.decodeEvent(ev)
 			if !ok {
 				bad = append(bad, b)
 				continue
@@ -235,32 +250,57 @@ func (v *View) Apply(resp *fedmeshv1.WatchResponse) ([]Change, []BadInput, error
 // applySnapshot replaces the view with a complete snapshot's objects (in
 // stream order: a later event for an object wins) and returns the diff.
 func (v *View) applySnapshot(evs []*fedmeshv1.Event) ([]Change, []BadInput, error) {
-	snap := make(map[objectKey]*fedmeshv1.Event, len(evs))
+	// One slice in stream order, a later event for an object taking the
+	// earlier one's place, and a map of positions; the slice becomes the
+	// diff. (At ~300 B a Change, a map of Changes would add a gigabyte to
+	// the peak of an initial sync of millions of endpoints.)
+	objs := make([]Change, 0, len(evs))
+	at := make(map[objectKey]int, len(evs))
 	var bad []BadInput
 	for _, ev := range evs {
-		ch, b, ok := decodeEvent(ev)
+		ch, b, ok := v.decodeEvent(ev)
 		if !ok {
 			bad = append(bad, b)
 			continue
 		}
-		if ch.Delete {
-			delete(snap, ch.key())
+		k := ch.key()
+		if i, seen := at[k]; seen {
+			objs[i] = ch // a delete stays as the object's absence
 			continue
 		}
-		snap[ch.key()] = ev
+		at[k] = len(objs)
+		objs = append(objs, ch)
 	}
-	return v.replace(snap), bad, nil
+	return v.replace(objs, at), bad, nil
 }
 
-// replace swaps in the snapshot's objects and returns the diff.
-func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
-	changes := make([]Change, 0, len(snap))
-	// Deletes first, so a compiler sees an IP leave before another claims it.
+// sweepNames drops interned names no endpoint uses any more: when the
+// interner doubled since the last sweep, or the endpoints halved. Either
+// takes as many changes as the sweep's walk over the endpoints costs.
+func (v *View) sweepNames() {
+	shrank := len(v.Endpoints) < v.sweptAt/2 && len(v.names.m) > sweepFloor
+	if !v.names.needsSweep() && !shrank {
+		return
+	}
+	v.names.sweep(func(keep func(string)) {
+		for k, e := range v.Endpoints {
+			keep(k.Cluster)
+			keep(k.Namespace)
+			keep(e.Node)
+		}
+	})
+	v.sweptAt = len(v.Endpoints)
+}
+
+// replace swaps in the snapshot's objects (objs, at: see applySnapshot;
+// deletes in objs mark absent objects) and returns the diff, reusing objs.
+func (v *View) replace(objs []Change, at map[objectKey]int) []Change {
+	var dels []Change
 	del := func(ch Change) {
-		if _, ok := snap[ch.key()]; !ok {
+		if i, ok := at[ch.key()]; !ok || objs[i].Delete {
 			ch.Delete = true
 			v.put(ch)
-			changes = append(changes, ch)
+			dels = append(dels, ch)
 		}
 	}
 	for k := range v.Endpoints {
@@ -280,14 +320,18 @@ func (v *View) replace(snap map[objectKey]*fedmeshv1.Event) []Change {
 	for k := range v.Imports {
 		del(Change{Kind: fedmeshv1.ResourceKind_RESOURCE_KIND_SERVICE_IMPORT, ImportKey: k})
 	}
-	for _, ev := range snap {
-		ch, _, _ := decodeEvent(ev)
-		if v.same(ch) {
+	changes := objs[:0]
+	for _, ch := range objs {
+		if ch.Delete || v.same(ch) {
 			continue
 		}
 		v.put(ch)
 		changes = append(changes, ch)
 	}
+	clear(objs[len(changes):]) // holds no object past the diff
+	// sortChanges puts the deletes first, so a compiler sees an IP leave
+	// before another claims it.
+	changes = append(changes, dels...)
 	sortChanges(changes)
 	return changes
 }
@@ -310,11 +354,11 @@ func (v *View) same(ch Change) bool {
 		}
 		old, cur, oldMeta, curMeta = o, ch.Node, o.GetMeta(), ch.Node.GetMeta()
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT:
+		// The view keeps no labels to compare, so an endpoint without a
+		// revision counts as changed: the compiler and the ipcache index
+		// then find nothing to do.
 		o := v.Endpoints[ch.EndpointKey]
-		if o == nil {
-			return false
-		}
-		old, cur, oldMeta, curMeta = o, ch.Endpoint, o.GetMeta(), ch.Endpoint.GetMeta()
+		return o != nil && o.Revision != 0 && o.Revision == ch.Compact.Revision
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 		o := v.Policies[ch.PolicyKey]
 		if o == nil {
@@ -375,7 +419,7 @@ func (v *View) put(ch Change) {
 		if ch.Delete {
 			delete(v.Endpoints, ch.EndpointKey)
 		} else {
-			v.Endpoints[ch.EndpointKey] = ch.Endpoint
+			v.Endpoints[ch.EndpointKey] = ch.Compact
 		}
 	case fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY:
 		if ch.Delete {
@@ -398,8 +442,9 @@ func (v *View) put(ch Change) {
 
 // decodeEvent turns an event into a Change; ok is false for an event the
 // agent cannot use (an object kind it does not know, from a newer server,
-// or one it did not ask for), described by bad.
-func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
+// or one it did not ask for), described by bad. An endpoint put gets its
+// compact form here, the one place it is made.
+func (v *View) decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 	switch ev.GetType() {
 	case fedmeshv1.EventType_EVENT_TYPE_PUT:
 	case fedmeshv1.EventType_EVENT_TYPE_DELETE:
@@ -423,9 +468,12 @@ func decodeEvent(ev *fedmeshv1.Event) (ch Change, bad BadInput, ok bool) {
 		}
 	case *fedmeshv1.Event_Endpoint:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_ENDPOINT
-		ch.EndpointKey = endpointKey(o.Endpoint)
 		if put {
-			ch.Endpoint = o.Endpoint
+			v.names.internEndpoint(o.Endpoint)
+			ch.Endpoint, ch.Compact = o.Endpoint, NewEndpoint(o.Endpoint)
+			ch.EndpointKey = ch.Compact.Key
+		} else {
+			ch.EndpointKey = policy.EndpointKey{Cluster: o.Endpoint.GetCluster(), Namespace: o.Endpoint.GetNamespace(), Name: o.Endpoint.GetName()}
 		}
 	case *fedmeshv1.Event_Policy:
 		ch.Kind = fedmeshv1.ResourceKind_RESOURCE_KIND_POLICY

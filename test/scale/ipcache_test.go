@@ -49,8 +49,9 @@ func liveHeap() uint64 {
 // federation costs an agent, by the part that holds it: the immutable
 // dataplane ipcache alone, the ipcache index (which also keeps the
 // endpoints to judge them), and the view the watch stream feeds (the
-// endpoint objects themselves). Compare with fedload's "a new agent's
-// initial sync" heap, which is all of it plus the policy compiler.
+// compact endpoints, agent.Endpoint, which the index shares). Compare
+// with BenchmarkAgentSync and fedload's "a new agent's initial sync" heap,
+// which are all of it plus the policy compiler.
 func BenchmarkAgentBytesPerEndpoint(b *testing.B) {
 	cluster, eps := endpoints(entries)
 	b.Run("dataplane-ipcache", func(b *testing.B) {
@@ -66,21 +67,26 @@ func BenchmarkAgentBytesPerEndpoint(b *testing.B) {
 		}
 	})
 	b.Run("ipcache-index", func(b *testing.B) {
+		compact := make([]*agent.Endpoint, len(eps))
+		for i, ep := range eps {
+			compact[i] = agent.NewEndpoint(ep)
+		}
 		for b.Loop() {
 			before := liveHeap()
 			x := agent.NewIPCacheIndex()
 			x.UpsertCluster(cluster)
-			for _, ep := range eps {
+			for _, ep := range compact {
 				if bad := x.UpsertEndpoint(ep); len(bad) > 0 {
-					b.Fatalf("endpoint %s: %v", ep.Name, bad)
+					b.Fatalf("endpoint %s: %v", ep.Key, bad)
 				}
 			}
 			c, _ := x.IPCache()
 			if c.Len() != entries {
 				b.Fatalf("ipcache holds %d entries, want %d", c.Len(), entries)
 			}
-			// The endpoints belong to the test, not the index: what the
-			// index adds is its maps and the ipcache.
+			// The endpoints (the compact form the view holds) belong to
+			// the test, not the index: what the index adds is its maps
+			// and the ipcache.
 			b.ReportMetric(float64(liveHeap()-before)/entries, "B/endpoint")
 			runtime.KeepAlive(x)
 		}
