@@ -15,6 +15,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -498,5 +499,60 @@ func TestAgentIPCacheSizeIsPassedOnlyWhenSet(t *testing.T) {
 	// number is a float, which must not render in exponent form.
 	if a := args("--set-json", "agent.ipcacheMaxEntries=4194304"); !strings.Contains(a, "--ipcache-max-entries=4194304 ") {
 		t.Errorf("agent args %q lack --ipcache-max-entries=4194304", a)
+	}
+}
+
+// helm uninstall runs a Job per node: the looked-up nodes and those
+// agent.uninstallNodes lists (once each), and with the node-local DNS
+// resolver on, in the node's network namespace with NET_ADMIN and the
+// listen addresses, so the agent's DNS link and addresses go too.
+func TestUninstallJobsCoverListedNodesAndTheNodeLocalDNS(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		set     []string
+		wantDNS string // the --dns-listen argument, "" for none
+	}{
+		{"no resolver", nil, ""},
+		{"one address", []string{"--set", "agent.dns.listen=169.254.20.10:53"}, "--dns-listen=169.254.20.10:53"},
+		{"both families", []string{"--set-json", `agent.dns.listen=["169.254.20.10:53","[fd00:169:254::10]:53"]`},
+			"--dns-listen=169.254.20.10:53,[fd00:169:254::10]:53"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render(t, append([]string{"--set", "agent.uninstallNodes={n1,n2,n1}"}, tc.set...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs := objects(t, out)
+			nodes := map[string]bool{}
+			for i := range 2 {
+				var job batchv1.Job
+				find(t, objs, "Job", fmt.Sprintf("fedmesh-agent-uninstall-%d", i), &job)
+				spec := job.Spec.Template.Spec
+				nodes[spec.NodeName] = true
+				args := strings.Join(spec.Containers[0].Args, " ")
+				if !strings.Contains(args, "--uninstall") || !strings.Contains(args, "--bpf-pin-dir=/sys/fs/bpf/fedmesh/"+spec.NodeName) {
+					t.Errorf("job %d args %q: want --uninstall of its node's pins", i, args)
+				}
+				caps := spec.Containers[0].SecurityContext.Capabilities
+				netAdmin := caps != nil && slices.Contains(caps.Add, corev1.Capability("NET_ADMIN"))
+				if tc.wantDNS == "" {
+					if spec.HostNetwork || netAdmin || strings.Contains(args, "--dns-listen") {
+						t.Errorf("job %d without a resolver: hostNetwork %v, NET_ADMIN %v, args %q; want none of them", i, spec.HostNetwork, netAdmin, args)
+					}
+					continue
+				}
+				if !spec.HostNetwork || !netAdmin || !slices.Contains(spec.Containers[0].Args, tc.wantDNS) {
+					t.Errorf("job %d: hostNetwork %v, NET_ADMIN %v, args %q; want the node's netns, NET_ADMIN and %s", i, spec.HostNetwork, netAdmin, args, tc.wantDNS)
+				}
+			}
+			if !nodes["n1"] || !nodes["n2"] {
+				t.Errorf("uninstall jobs on %v, want n1 and n2", nodes)
+			}
+			for _, o := range objs {
+				if o.GetName() == "fedmesh-agent-uninstall-2" {
+					t.Error("n1, listed twice, got two uninstall jobs")
+				}
+			}
+		})
 	}
 }
