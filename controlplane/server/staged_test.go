@@ -246,22 +246,13 @@ func TestStagedPolicyIsEvaluatedOnFlowsButNotEnforcedUntilPromoted(t *testing.T)
 // A staged ClusterNetworkPolicy's Deny names it; a staged allow that
 // replaces a denying enforced policy shows as newly allowed in a preview.
 func TestPreviewReportsWhatAStagedPolicyWouldDenyAndNewlyAllow(t *testing.T) {
-	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
-	r := newReachEngine(nil, nil)
-	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
-	for _, e := range []*fedmeshv1.Event{
+	eng, r := stagedTestEngine(t, []*fedmeshv1.Event{
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Cluster{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}},
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Labels: map[string]string{"app": "web"}, Identity: 300}}},
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "db", Ips: []string{"10.1.1.12"}, Labels: map[string]string{"app": "db"}, Identity: 301}}},
 		// Enforced: db admits nothing.
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Policy{Policy: dbLockdown(0)}},
-	} {
-		if err := policy.ApplyEvent(eng, e); err != nil {
-			t.Fatal(err)
-		}
-		r.shadow(e)
-	}
-	eng.Recompute()
+	})
 	flows := []*fedmeshv1.Flow{localFlow(5432, fedmeshv1.Verdict_VERDICT_DENY), localFlow(23, fedmeshv1.Verdict_VERDICT_DENY),
 		{Protocol: 6, Verdict: fedmeshv1.Verdict_VERDICT_ALLOW, Source: &fedmeshv1.Workload{Cluster: "a", Namespace: "demo", Pod: "gone"}, Destination: &fedmeshv1.Workload{Ip: "192.0.2.1", Port: 1}}}
 	for i := range flows {
@@ -397,19 +388,10 @@ func stagedSummaryOf(t *testing.T, ctx context.Context, c fedmeshv1.FlowServiceC
 // address it resolved from api.example.com is accepted by the staged Admin
 // rule, the same flow without the name falls to the staged Baseline deny.
 func TestStagedDomainNamesRulesDecideByTheFlowsName(t *testing.T) {
-	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
-	r := newReachEngine(nil, nil)
-	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
-	for _, e := range []*fedmeshv1.Event{
+	eng, r := stagedTestEngine(t, []*fedmeshv1.Event{
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Cluster{Cluster: &fedmeshv1.Cluster{Name: "a", PodCidrs: []string{"10.1.0.0/16"}}}},
 		{Type: fedmeshv1.EventType_EVENT_TYPE_PUT, Object: &fedmeshv1.Event_Endpoint{Endpoint: &fedmeshv1.Endpoint{Cluster: "a", Namespace: "demo", Name: "web", Ips: []string{"10.1.1.11"}, Labels: map[string]string{"app": "web"}, Identity: 300}}},
-	} {
-		if err := policy.ApplyEvent(eng, e); err != nil {
-			t.Fatal(err)
-		}
-		r.shadow(e)
-	}
-	eng.Recompute()
+	})
 	cnp := func(name, spec string) *fedmeshv1.StagedPolicy {
 		return &fedmeshv1.StagedPolicy{Policy: &fedmeshv1.StagedPolicy_ClusterNetworkPolicy{ClusterNetworkPolicy: &fedmeshv1.ClusterNetworkPolicy{Name: name, SpecJson: []byte(spec)}}}
 	}
@@ -433,4 +415,21 @@ func TestStagedDomainNamesRulesDecideByTheFlowsName(t *testing.T) {
 	if res.staged[1].Allowed {
 		t.Errorf("web -> 192.0.2.7:443 with no name: staged verdict allowed, want the staged Baseline deny")
 	}
+}
+
+// stagedTestEngine is a compiler and a Reach engine fed events, as the
+// server keeps them for staged evaluation.
+func stagedTestEngine(t *testing.T, events []*fedmeshv1.Event) (*policy.Engine, *reachEngine) {
+	t.Helper()
+	eng := policy.NewEngine(policy.WithLocal(func(*fedmeshv1.Endpoint) bool { return false }))
+	r := newReachEngine(nil, nil)
+	r.fedNP, r.fedCNP = map[policy.PolicyKey]*fedmeshv1.Policy{}, map[string]*fedmeshv1.ClusterNetworkPolicy{}
+	for _, e := range events {
+		if err := policy.ApplyEvent(eng, e); err != nil {
+			t.Fatal(err)
+		}
+		r.shadow(e)
+	}
+	eng.Recompute()
+	return eng, r
 }
