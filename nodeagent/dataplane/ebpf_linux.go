@@ -440,13 +440,12 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		return fmt.Errorf("write ipcache: %w", err)
 	}
 	var err error
-	t.ipcComplete, err = syncCuckoo(&e.ipc, slot, in[tabIPHostArr], func() *ipcTable { return newIPCTable(ipcBuckets) },
+	// An ipcache past 90% of the ways (a federation of that size) stays in
+	// the hash, and no table is built for it.
+	nHosts := t.IPCache.nHosts
+	ipcFits := nHosts <= ipcBuckets*cuckooWays*9/10 && (e.ipcLimit == 0 || nHosts <= e.ipcLimit)
+	t.ipcComplete, err = syncCuckoo(&e.ipc, slot, in[tabIPHostArr], ipcFits, func() *ipcTable { return newIPCTable(ipcBuckets) },
 		func(tab *ipcTable, fromEmpty bool) bool {
-			// Past 90% of the ways placements fail often; such an
-			// ipcache stays in the hash (a federation of that size).
-			if n := t.IPCache.nHosts; n > ipcBuckets*cuckooWays*9/10 || (e.ipcLimit > 0 && n > e.ipcLimit) {
-				return false
-			}
 			if fromEmpty {
 				return fillIPCacheArray(tab, t.IPCache)
 			}
@@ -461,11 +460,11 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	if err := syncMap(ctx, in[tabPolicyFixed], old.PolicyFixed, t.PolicyFixed); err != nil {
 		return fmt.Errorf("write policy index: %w", err)
 	}
-	complete, err := syncCuckoo(&e.pfa, slot, in[tabPolicyFixArr], func() *pfaTable { return newPFATable(pfaBuckets) },
+	// Past 90% of the ways placements fail often: such a revision stays in
+	// the hash, and no table is built for it.
+	pfaFits := len(t.PolicyFixed) <= pfaBuckets*cuckooWays*9/10 && (e.pfaLimit == 0 || len(t.PolicyFixed) <= e.pfaLimit)
+	complete, err := syncCuckoo(&e.pfa, slot, in[tabPolicyFixArr], pfaFits, func() *pfaTable { return newPFATable(pfaBuckets) },
 		func(tab *pfaTable, fromEmpty bool) bool {
-			if e.pfaLimit > 0 && len(t.PolicyFixed) > e.pfaLimit {
-				return false
-			}
 			have := old.PolicyFixed
 			if fromEmpty {
 				have = nil
@@ -518,11 +517,16 @@ func (s *cuckooState[K, V]) forget(slot uint32) { s.tab[slot], s.unknown[slot] =
 
 // syncCuckoo writes slot's array m: fill brings the slot's table (a fresh
 // one from newTab when the slot has none: fromEmpty) to the revision's
-// entries. It reports whether every entry was placed; when one was not the
-// programs read the hash for this revision, and the slot's next write
-// starts from an empty table.
-func syncCuckoo[K, V comparable](s *cuckooState[K, V], slot uint32, m *ebpf.Map, newTab func() *cuckoo[K, V],
+// entries. It reports whether every entry was placed; when one was not, or
+// the revision does not fit (fits false: nothing is built), the programs
+// read the hash for this revision and the slot's next write starts from
+// an empty table.
+func syncCuckoo[K, V comparable](s *cuckooState[K, V], slot uint32, m *ebpf.Map, fits bool, newTab func() *cuckoo[K, V],
 	fill func(tab *cuckoo[K, V], fromEmpty bool) bool) (bool, error) {
+	if !fits {
+		s.tab[slot], s.unknown[slot] = nil, true
+		return false, nil
+	}
 	tab, writeAll := s.tab[slot], false
 	fromEmpty := tab == nil
 	if fromEmpty {
