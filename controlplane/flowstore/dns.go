@@ -212,16 +212,7 @@ func (s *DNSStore) Sweep() {
 
 // Run sweeps every interval until ctx ends.
 func (s *DNSStore) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.Sweep()
-		}
-	}
+	sweepEvery(ctx, interval, s.Sweep)
 }
 
 // Query returns the newest q.Limit stored records matching q within
@@ -308,27 +299,15 @@ func (s *DNSStore) publish(r *fedmeshv1.DNSRecord) {
 // count of those a slow reader missed) until ctx ends. It returns send's
 // error, or nil. Records are sent as stored; nobody may modify them.
 func (s *DNSStore) Serve(ctx context.Context, q DNSQuery, sc Scope, send func(*fedmeshv1.GetDNSResponse) error) error {
-	var fol *DNSFollower
-	var hist []*fedmeshv1.DNSRecord
-	if q.Follow {
-		var stop func()
-		hist, fol, stop = s.QueryFollow(q, sc)
-		defer stop()
-	} else {
-		hist = s.Query(q, sc)
-	}
-	var c <-chan *fedmeshv1.DNSRecord
-	lagged := func() uint64 { return 0 }
-	if fol != nil {
-		c, lagged = fol.C, func() uint64 { return s.Lagged(fol) }
-	}
-	return serveBatches(ctx, hist, c, lagged, func(batch []*fedmeshv1.DNSRecord, first bool, lag uint64) error {
-		m := &fedmeshv1.GetDNSResponse{Records: batch, Lagged: lag}
-		if first {
-			m.Status = s.StatusProto()
-		}
-		return send(m)
-	})
+	return s.fol.serve(ctx, q.Follow, q.Filter, sc,
+		func() []*fedmeshv1.DNSRecord { return s.Query(q, sc) }, func() []*fedmeshv1.DNSRecord { return s.query(q, sc) },
+		func(batch []*fedmeshv1.DNSRecord, first bool, lag uint64) error {
+			m := &fedmeshv1.GetDNSResponse{Records: batch, Lagged: lag}
+			if first {
+				m.Status = s.StatusProto()
+			}
+			return send(m)
+		})
 }
 
 // Collectors export the DNS store's counters (read at scrape time from

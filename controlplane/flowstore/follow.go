@@ -3,6 +3,7 @@ package flowstore
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
@@ -150,27 +151,43 @@ const SendBatch = 500
 // count of those a slow reader missed) until ctx ends. It returns send's
 // error, or nil.
 func (s *Store) Serve(ctx context.Context, q Query, sc Scope, send func(*fedmeshv1.GetFlowsResponse) error) error {
-	var fol *Follower
-	var hist []*fedmeshv1.Flow
-	if q.Follow {
-		var stop func()
-		hist, fol, stop = s.QueryFollow(q, sc)
-		defer stop()
-	} else {
-		hist = s.Query(q, sc)
+	return s.fol.serve(ctx, q.Follow, q.Filter, sc,
+		func() []*fedmeshv1.Flow { return s.Query(q, sc) }, func() []*fedmeshv1.Flow { return s.query(q, sc) },
+		func(batch []*fedmeshv1.Flow, first bool, lag uint64) error {
+			m := &fedmeshv1.GetFlowsResponse{Flows: batch, Lagged: lag}
+			if first {
+				m.Status = s.StatusProto()
+			}
+			return send(m)
+		})
+}
+
+// serve answers a query of a store: the matching history (query, which
+// locks the store itself) and, following, the history (queryLocked, run
+// under the store's lock) and every matching record published after it,
+// as serveBatches sends them.
+func (fs *followers[T, F]) serve(ctx context.Context, follow bool, filter F, sc Scope, query, queryLocked func() []T,
+	send func(batch []T, first bool, lag uint64) error) error {
+	if !follow {
+		return serveBatches(ctx, query(), nil, func() uint64 { return 0 }, send)
 	}
-	var c <-chan *fedmeshv1.Flow
-	lagged := func() uint64 { return 0 }
-	if fol != nil {
-		c, lagged = fol.C, func() uint64 { return s.Lagged(fol) }
-	}
-	return serveBatches(ctx, hist, c, lagged, func(batch []*fedmeshv1.Flow, first bool, lag uint64) error {
-		m := &fedmeshv1.GetFlowsResponse{Flows: batch, Lagged: lag}
-		if first {
-			m.Status = s.StatusProto()
+	hist, f, stop := fs.follow(filter, sc, queryLocked)
+	defer stop()
+	return serveBatches(ctx, hist, f.C, func() uint64 { return fs.laggedOf(f) }, send)
+}
+
+// sweepEvery calls sweep every interval until ctx ends: a store's Run.
+func sweepEvery(ctx context.Context, interval time.Duration, sweep func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			sweep()
 		}
-		return send(m)
-	})
+	}
 }
 
 // serveBatches is the shape of every stored-record stream: hist in

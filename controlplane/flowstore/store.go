@@ -376,16 +376,7 @@ func (s *Store) compact() {
 
 // Run sweeps every interval until ctx ends.
 func (s *Store) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.Sweep()
-		}
-	}
+	sweepEvery(ctx, interval, s.Sweep)
 }
 
 func (s *Store) internWorkload(w *fedmeshv1.Workload) uint32 {

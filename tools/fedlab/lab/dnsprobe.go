@@ -209,16 +209,7 @@ func ServeOutside(ctx context.Context, port, httpPort int) error {
 	}
 	go func() { <-ctx.Done(); ln.Close(); pc.Close(); srv.Close() }()
 	go func() { _ = srv.Serve(hln) }()
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte("ok:"), buf[:n]...), from)
-		}
-	}()
+	go answerUDP(pc, 512)
 	for {
 		c, err := ln.Accept()
 		if err != nil {

@@ -31,16 +31,7 @@ func Serve(ctx context.Context, port int) error {
 		return fmt.Errorf("listen udp %s: %w", addr, err)
 	}
 	go func() { <-ctx.Done(); ln.Close(); pc.Close() }()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte("ok:"), buf[:n]...), from)
-		}
-	}()
+	go answerUDP(pc, 64)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -176,4 +167,17 @@ func (l *Lab) ProbeBatchFrom(ctx context.Context, pod string, targets []Target, 
 		res[i] = Outcome(l)
 	}
 	return res, nil
+}
+
+// answerUDP answers every datagram on pc with "ok:" and what it carried
+// (up to size bytes), until pc is closed: the lab's UDP probe target.
+func answerUDP(pc net.PacketConn, size int) {
+	buf := make([]byte, size)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = pc.WriteTo(append([]byte("ok:"), buf[:n]...), from)
+	}
 }
