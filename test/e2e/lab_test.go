@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,6 +56,7 @@ func useLab(t testing.TB, cfg lab.Config) *lab.Lab {
 			t.Fatalf("lab up: %v", err)
 		}
 		shared.l, shared.cfg, shared.failed = l, cfg, false
+		warmMesh(ctx, t, l)
 	} else if err := labWhole(ctx, shared.l); err != nil {
 		t.Fatalf("the shared lab is not as the last scenario should have left it: %v", err)
 	}
@@ -130,6 +132,54 @@ func dumpLab(t testing.TB, l *lab.Lab) {
 			if b, err := os.ReadFile(filepath.Join(l.Dir, c.ToR.NS, f)); err == nil {
 				t.Logf("--- %s %s (tail):\n%s", c.ToR.NS, f, tail(string(b), 30))
 			}
+		}
+	}
+}
+
+// warmMesh has a pod of every node of a new lab reach a pod of every other
+// node once (the app's port, both families), retrying for a bounded time. First
+// contact between two nodes is a WireGuard handshake in userspace, and a
+// lost initiation is sent again only after 5 s (REKEY_TIMEOUT): longer
+// than a scenario's probe waits. A new lab holds no policy, so every probe
+// must get through; scenarios then measure policy, not handshakes.
+func warmMesh(ctx context.Context, t testing.TB, l *lab.Lab) {
+	t.Helper()
+	var pods []lab.Pod // one per node: the tunnels are between nodes
+	for _, c := range l.Topo.Clusters {
+		for _, n := range c.Nodes {
+			if len(n.Pods) > 0 {
+				pods = append(pods, n.Pods[0])
+			}
+		}
+	}
+	for _, src := range pods {
+		var targets []lab.Target
+		for _, dst := range pods {
+			if dst.Name == src.Name {
+				continue
+			}
+			for _, fam := range []int{4, 6} {
+				targets = append(targets, lab.Target{Proto: "tcp", Addr: netip.AddrPortFrom(dst.Addr(fam), lab.AppPort).String()})
+			}
+		}
+		probe := func() error {
+			outcomes, err := l.ProbeBatchFrom(ctx, src.Name, targets, 2*time.Second)
+			if err != nil {
+				return err
+			}
+			for i, o := range outcomes {
+				if !o.Reachable() {
+					return fmt.Errorf("%s: %s", targets[i].Addr, o)
+				}
+			}
+			return nil
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for err := probe(); err != nil; err = probe() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not reach every node of the new lab: %v", src.Name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 }
