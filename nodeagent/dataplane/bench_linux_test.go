@@ -50,13 +50,13 @@ func bigRevision(n uint64, shift int) *Revision {
 // every return goes through the SRSO "Safe RET" thunk; an LPM trie lookup
 // ~105 ns):
 //   - denied-full-lookup (IPv4 TCP SYN to a port no rule allows): endpoint
-//     array, one conntrack LRU miss (fm_ct4, 20-byte canonical key), the
+//     array, the conntrack filter's bit (clear: no LRU lookup in fm_ct4), the
 //     ipcache host array (two buckets at most), the call to the
 //     NetworkPolicy stage and its policy index array lookup, the endpoint
 //     counter (per-CPU array) and the event token (jiffies clock, inlined).
-//   - established-conntrack-hit: endpoint array, one conntrack hit, the
+//   - established-conntrack-hit: endpoint array, the filter bit (set), one conntrack hit, the
 //     jiffies clock, the endpoint counter.
-//   - ipv6-denied-full-lookup: as denied, in fm_ct6 (44-byte key).
+//   - ipv6-denied-full-lookup: as denied, with an IPv6 key.
 func BenchmarkProgramPerPacket(b *testing.B) {
 	requireKernel(b)
 	_, nsPath := newNetNS(b)

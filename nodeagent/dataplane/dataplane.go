@@ -37,7 +37,10 @@
 //   - Lookups per packet are fixed, whatever the number of rules: at most
 //     the endpoint (an array indexed by ifindex, fm_endpoints_fast, which
 //     the verifier inlines; the hash only for an ifindex past 65535 or
-//     tables an older agent wrote), conntrack (one LRU hash), ipcache
+//     tables an older agent wrote), conntrack (one LRU hash; skipped when
+//     the conntrack filter, a Bloom filter in an array, proves no flow has
+//     the packet's key: a new flow, a denied packet; see fm_ct_filter and
+//     ctfilter_linux.go), ipcache
 //     (host entries in a static cuckoo table in an array, fm_ipcache_hostarr,
 //     up to ~235k of them, 5 MiB per slot; in the hash past that; then the
 //     trie on a miss), then, when the endpoint has

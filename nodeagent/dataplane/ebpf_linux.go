@@ -133,6 +133,9 @@ type EBPF struct {
 	legacyEps *ebpf.Map
 	// fq is the learned-address state (fm_fqdn), under its own lock.
 	fq *fqdnKernel
+	// ctf is the conntrack filter (fm_ct_filter), rebuilt from the first
+	// Apply on.
+	ctf *ctFilter
 
 	ifmu   sync.RWMutex
 	byIdx  map[uint32]string // ifindex -> endpoint ID, for events
@@ -175,12 +178,14 @@ func New(ctx context.Context, cfg Config) (*EBPF, error) {
 	}
 	if err := probeTCX(e.coll.Programs["fm_from_pod"]); err != nil {
 		e.fq.close()
+		e.ctf.close()
 		e.coll.Close()
 		return nil, err
 	}
 	r, err := ringbuf.NewReader(e.coll.Maps["fm_events"])
 	if err != nil {
 		e.fq.close()
+		e.ctf.close()
 		e.coll.Close()
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
 	}
@@ -270,9 +275,16 @@ func (e *EBPF) load() error {
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
+	if e.ctf, err = openCTFilter(coll.Maps["fm_ct_filter"], coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
+		e.fq.close()
+		e.closeLegacy(false)
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
 	entries, err := os.ReadDir(filepath.Join(e.cfg.PinDir, "links"))
 	if err != nil {
 		e.fq.close()
+		e.ctf.close()
 		coll.Close()
 		return fmt.Errorf("list pinned links: %w", err)
 	}
@@ -306,6 +318,7 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 	e.rev = rev
 	if first {
 		e.pruneUnclaimed()
+		e.ctf.start()
 	}
 	return nil
 }
@@ -1040,6 +1053,7 @@ func (e *EBPF) Close() error {
 	}
 	e.closed = true
 	e.fq.close()
+	e.ctf.close()
 	e.closeLegacy(false)
 	e.reader.Close()
 	<-e.done

@@ -19,6 +19,7 @@ const (
 	fedmeshMapFmCidr             = "fm_cidr"
 	fedmeshMapFmCt4              = "fm_ct4"
 	fedmeshMapFmCt6              = "fm_ct6"
+	fedmeshMapFmCtFilter         = "fm_ct_filter"
 	fedmeshMapFmEndpointsFast    = "fm_endpoints_fast"
 	fedmeshMapFmEndpointsV2      = "fm_endpoints_v2"
 	fedmeshMapFmEpCounters       = "fm_ep_counters"
@@ -103,6 +104,7 @@ type fedmeshMapSpecs struct {
 	FmCidr           *ebpf.MapSpec `ebpf:"fm_cidr"`
 	FmCt4            *ebpf.MapSpec `ebpf:"fm_ct4"`
 	FmCt6            *ebpf.MapSpec `ebpf:"fm_ct6"`
+	FmCtFilter       *ebpf.MapSpec `ebpf:"fm_ct_filter"`
 	FmEndpointsFast  *ebpf.MapSpec `ebpf:"fm_endpoints_fast"`
 	FmEndpointsV2    *ebpf.MapSpec `ebpf:"fm_endpoints_v2"`
 	FmEpCounters     *ebpf.MapSpec `ebpf:"fm_ep_counters"`
@@ -161,6 +163,7 @@ type fedmeshMaps struct {
 	FmCidr           *ebpf.Map `ebpf:"fm_cidr"`
 	FmCt4            *ebpf.Map `ebpf:"fm_ct4"`
 	FmCt6            *ebpf.Map `ebpf:"fm_ct6"`
+	FmCtFilter       *ebpf.Map `ebpf:"fm_ct_filter"`
 	FmEndpointsFast  *ebpf.Map `ebpf:"fm_endpoints_fast"`
 	FmEndpointsV2    *ebpf.Map `ebpf:"fm_endpoints_v2"`
 	FmEpCounters     *ebpf.Map `ebpf:"fm_ep_counters"`
@@ -187,6 +190,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmCidr,
 		m.FmCt4,
 		m.FmCt6,
+		m.FmCtFilter,
 		m.FmEndpointsFast,
 		m.FmEndpointsV2,
 		m.FmEpCounters,

@@ -46,7 +46,10 @@ func TestJiffyClockTracksTheCoarseMonotonicClock(t *testing.T) {
 			t.Fatal(err)
 		}
 		now := j*tick + base
-		if d := int64(now - coarse); d < -int64(tick) || d > int64(tick) {
+		// A tick apart at most, and a little: the coarse clock moves when
+		// timekeeping runs in the tick, a few microseconds after jiffies
+		// (seen: 4,002,442 ns at HZ 250 on a loaded host).
+		if d, slack := int64(now-coarse), int64(tick+tick/4); d < -slack || d > slack {
 			t.Fatalf("jiffies clock %d, coarse clock %d: %d ns apart, more than a tick (%d ns)", now, coarse, d, tick)
 		}
 		if d := int64(monotonicNow() - now); d < 0 || d > int64(2*tick)+int64(50*time.Millisecond) {
