@@ -28,8 +28,9 @@ const (
 	// visits at most ~2 x 4^depth buckets.
 	cuckooMaxDepth = 5
 
-	pfaBuckets = 1 << 15 // PFA_BUCKETS
-	ipcBuckets = 1 << 16 // IPC_BUCKETS
+	pfaBuckets  = 1 << 15 // PFA_BUCKETS
+	ipcBuckets  = 1 << 16 // IPC_BUCKETS
+	cidrBuckets = 1 << 12 // CIDRA_BUCKETS
 )
 
 // cuckooBucket is struct pf_bucket and struct ipc_bucket; a way holding
@@ -47,6 +48,28 @@ func newPFATable(nb uint32) *pfaTable { return newCuckoo[policyFixedKey, policyF
 type ipcTable = cuckoo[[16]byte, uint32]
 
 func newIPCTable(nb uint32) *ipcTable { return newCuckoo[[16]byte, uint32](nb, ipcHash) }
+
+// cidrArrKey is struct cidr_akey: a CIDR trie entry's key with the
+// prefix length of the address alone.
+type cidrArrKey struct {
+	Ifindex uint32
+	Dir     uint8
+	Bits    uint8
+	Pad     uint16
+	IP      [16]byte
+}
+
+type cidrTable = cuckoo[cidrArrKey, uint32]
+
+func newCIDRTable(nb uint32) *cidrTable { return newCuckoo[cidrArrKey, uint32](nb, cidrHash) }
+
+// cidrHash is cidr_find's hash over the key's six little-endian words.
+func cidrHash(k cidrArrKey) uint64 {
+	w := func(i int) uint32 { return binary.LittleEndian.Uint32(k.IP[4*i:]) }
+	kw1 := uint32(k.Dir) | uint32(k.Bits)<<8 | uint32(k.Pad)<<16
+	hi := w(0) ^ w(2) ^ bits.RotateLeft32(k.Ifindex, 16)
+	return (uint64(hi)<<32 | uint64(w(1)^w(3)^kw1)) * 0x9E3779B97F4A7C15
+}
 
 // pfaHash is pfa_hash over the key's three little-endian words.
 func pfaHash(k policyFixedKey) uint64 {

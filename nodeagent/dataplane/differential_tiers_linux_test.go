@@ -308,10 +308,11 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 		// compared between kernel and twin only).
 		kern, _ := newEBPF(t, nsPath)
 		// Every other revision is read through the policy index and
-		// ipcache hashes, as when the arrays cannot hold a revision.
+		// ipcache hashes and the CIDR trie, as when the arrays cannot
+		// hold a revision.
 		viaHash := n%2 == 1
 		if viaHash {
-			kern.pfaLimit, kern.ipcLimit = 1, 1
+			kern.pfaLimit, kern.ipcLimit, kern.cidrLimit = 1, 1, 1
 		}
 		mem := NewMemory(WithIfindexResolver(func(iface string) (uint32, error) { return ifindexIn(nsPath, iface) }))
 		idx := map[string]uint32{}

@@ -61,11 +61,14 @@ const (
 	tabEndpointsFast
 	tabPolicyFixArr
 	tabIPHostArr
+	tabCIDRArr
+	tabCIDRLens
 	numTabs
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
-	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr", "fm_ipcache_hostarr"}
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr", "fm_ipcache_hostarr",
+	"fm_cidr_arr", "fm_cidr_lens"}
 
 type stateVal struct {
 	Active   uint32
@@ -116,10 +119,13 @@ type EBPF struct {
 	// pfa and ipc are the array tables (cuckoo.go) fm_policy_fixarr and
 	// fm_ipcache_hostarr as this process wrote each slot's.
 	pfa cuckooState[policyFixedKey, policyFixedVal]
-	ipc cuckooState[[16]byte, uint32]
-	// pfaLimit and ipcLimit (tests): a revision with more PolicyFixed or
-	// host ipcache entries is taken as not fitting its array.
-	pfaLimit, ipcLimit int
+	// cidra is fm_cidr_arr as this process wrote each slot's.
+	cidra cuckooState[cidrArrKey, uint32]
+	ipc   cuckooState[[16]byte, uint32]
+	// pfaLimit, ipcLimit and cidrLimit (tests): a revision with more
+	// PolicyFixed, host ipcache or CIDR entries is taken as not fitting
+	// its array.
+	pfaLimit, ipcLimit, cidrLimit int
 	active             uint32
 	lastFlip           time.Time
 	rev                *Revision
@@ -442,6 +448,7 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		e.installed[slot] = false
 		e.pfa.forget(slot)
 		e.ipc.forget(slot)
+		e.cidra.forget(slot)
 		old = &Tables{}
 	}
 	in := e.inner[slot]
@@ -497,6 +504,21 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	}
 	if err := syncMap(ctx, in[tabCIDR], old.CIDR, t.CIDR); err != nil {
 		return fmt.Errorf("write CIDR rules: %w", err)
+	}
+	cidrFits := len(t.CIDR) <= cidrBuckets*cuckooWays*9/10 && (e.cidrLimit == 0 || len(t.CIDR) <= e.cidrLimit)
+	t.cidrComplete, err = syncCuckoo(&e.cidra, slot, in[tabCIDRArr], cidrFits, func() *cidrTable { return newCIDRTable(cidrBuckets) },
+		func(tab *cidrTable, fromEmpty bool) bool {
+			var have map[cidrArrKey]uint32
+			if !fromEmpty {
+				have = arrayCIDR(old.CIDR)
+			}
+			return tab.sync(have, arrayCIDR(t.CIDR))
+		})
+	if err != nil {
+		return fmt.Errorf("write CIDR array: %w", err)
+	}
+	if err := syncArray(ctx, in[tabCIDRLens], old.cidrLens(), t.cidrLens()); err != nil {
+		return fmt.Errorf("write CIDR prefix lengths: %w", err)
 	}
 	if err := syncMap(ctx, in[tabEndpoints], old.Endpoints, t.Endpoints); err != nil {
 		return fmt.Errorf("write endpoints: %w", err)

@@ -17,6 +17,8 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fedmeshMapFmCidr             = "fm_cidr"
+	fedmeshMapFmCidrArr          = "fm_cidr_arr"
+	fedmeshMapFmCidrLens         = "fm_cidr_lens"
 	fedmeshMapFmCt4              = "fm_ct4"
 	fedmeshMapFmCt6              = "fm_ct6"
 	fedmeshMapFmCtFilter         = "fm_ct_filter"
@@ -102,6 +104,8 @@ type fedmeshProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshMapSpecs struct {
 	FmCidr           *ebpf.MapSpec `ebpf:"fm_cidr"`
+	FmCidrArr        *ebpf.MapSpec `ebpf:"fm_cidr_arr"`
+	FmCidrLens       *ebpf.MapSpec `ebpf:"fm_cidr_lens"`
 	FmCt4            *ebpf.MapSpec `ebpf:"fm_ct4"`
 	FmCt6            *ebpf.MapSpec `ebpf:"fm_ct6"`
 	FmCtFilter       *ebpf.MapSpec `ebpf:"fm_ct_filter"`
@@ -161,6 +165,8 @@ func (o *fedmeshObjects) Close() error {
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshMaps struct {
 	FmCidr           *ebpf.Map `ebpf:"fm_cidr"`
+	FmCidrArr        *ebpf.Map `ebpf:"fm_cidr_arr"`
+	FmCidrLens       *ebpf.Map `ebpf:"fm_cidr_lens"`
 	FmCt4            *ebpf.Map `ebpf:"fm_ct4"`
 	FmCt6            *ebpf.Map `ebpf:"fm_ct6"`
 	FmCtFilter       *ebpf.Map `ebpf:"fm_ct_filter"`
@@ -188,6 +194,8 @@ type fedmeshMaps struct {
 func (m *fedmeshMaps) Close() error {
 	return _FedmeshClose(
 		m.FmCidr,
+		m.FmCidrArr,
+		m.FmCidrLens,
 		m.FmCt4,
 		m.FmCt6,
 		m.FmCtFilter,

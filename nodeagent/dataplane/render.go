@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -215,6 +216,65 @@ type Tables struct {
 	pfaComplete bool
 	// ipcComplete: fm_ipcache_hostarr holds every host entry of IPCache.
 	ipcComplete bool
+	// cidrComplete: fm_cidr_arr holds every CIDR entry.
+	cidrComplete bool
+}
+
+// cidrProbes is CIDR_PROBES: an endpoint direction with more distinct
+// prefix lengths is read from the trie.
+const cidrProbes = 7
+
+// cidrLensVal is struct cidr_lens.
+type cidrLensVal struct {
+	N    [2]uint8             // by policy.Direction; 0: read the trie
+	Bits [2][cidrProbes]uint8 // longest first
+}
+
+// arrayCIDR is CIDR keyed as fm_cidr_arr keys it.
+func arrayCIDR(c map[cidrKey]uint32) map[cidrArrKey]uint32 {
+	m := make(map[cidrArrKey]uint32, len(c))
+	for k, cls := range c {
+		m[cidrArrKey{Ifindex: k.Ifindex, Dir: k.Dir, Bits: uint8(k.Prefixlen - cidrFixedBits), IP: k.IP}] = cls
+	}
+	return m
+}
+
+// cidrLens is what fm_cidr_lens holds for t: per endpoint below
+// epFastEntries and direction, its CIDR entries' distinct prefix lengths,
+// when fm_cidr_arr holds them all and there are at most cidrProbes.
+func (t *Tables) cidrLens() map[uint32]cidrLensVal {
+	if !t.cidrComplete {
+		return nil
+	}
+	lens := map[uint32]*[2]map[uint8]bool{}
+	for k := range t.CIDR {
+		if k.Ifindex >= epFastEntries || k.Dir > 1 {
+			continue
+		}
+		l := lens[k.Ifindex]
+		if l == nil {
+			l = &[2]map[uint8]bool{{}, {}}
+			lens[k.Ifindex] = l
+		}
+		l[k.Dir][uint8(k.Prefixlen-cidrFixedBits)] = true
+	}
+	m := make(map[uint32]cidrLensVal, len(lens))
+	for idx, l := range lens {
+		var v cidrLensVal
+		for dir, set := range l {
+			if len(set) > cidrProbes {
+				continue
+			}
+			bs := slices.Sorted(maps.Keys(set))
+			slices.Reverse(bs)
+			v.N[dir] = uint8(len(bs))
+			copy(v.Bits[dir][:], bs)
+		}
+		if v.N != [2]uint8{} {
+			m[idx] = v
+		}
+	}
+	return m
 }
 
 func mapped(a netip.Addr) [16]byte { return a.Unmap().As16() }

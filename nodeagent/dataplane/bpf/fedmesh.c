@@ -246,6 +246,37 @@ struct ipc_bucket {
 	__u32 v[IPC_WAYS];           // identity
 };
 
+// fm_cidr_arr: the CIDR trie's entries again, as a static cuckoo table
+// (cidr_find, cuckoo.go) keyed by (endpoint, direction, prefix length,
+// masked address), and fm_cidr_lens, per endpoint (an array by ifindex,
+// like fm_endpoints_fast) and direction, the distinct prefix lengths its
+// entries have, longest first. Probing each length, longest first, and
+// taking the first hit is the trie's longest-prefix match: a few inlined
+// array probes where the trie walk is a call of ~100 ns with 1,000
+// prefixes. n = 0 (an endpoint with more than CIDR_PROBES lengths, a
+// revision whose entries did not all fit, tables an older agent wrote)
+// sends the packet to the trie, which stays complete.
+#define CIDRA_WAYS 4
+#define CIDRA_BUCKETS (1 << 12)
+#define CIDR_PROBES 7
+struct cidr_akey {
+	__u32 ifindex; // 0: a free way
+	__u8 dir;
+	__u8 bits; // of the 16-byte (IPv4-mapped) address
+	__u16 pad;
+	__u8 ip[16]; // masked to bits
+};
+
+struct cidr_bucket {
+	struct cidr_akey k[CIDRA_WAYS];
+	__u32 v[CIDRA_WAYS]; // CIDR class
+};
+
+struct cidr_lens {
+	__u8 n[2];                   // by DIR_*: how many of bits[dir] are set
+	__u8 bits[2][CIDR_PROBES];   // longest first
+};
+
 // fm_policy_fixarr: policy_fixed again, as a static cuckoo table in an
 // array (two candidate buckets of PFA_WAYS entries, chosen by pfa_hash):
 // an array lookup is inlined by the verifier, a hash lookup is three calls,
@@ -426,6 +457,8 @@ struct btf_anchor {
 	struct endpoint_fast n;
 	struct pf_bucket o;
 	struct ipc_bucket p;
+	struct cidr_bucket q;
+	struct cidr_lens r;
 };
 volatile const struct btf_anchor fm_btf_anchor;
 
@@ -493,6 +526,18 @@ volatile const struct btf_anchor fm_btf_anchor;
 	__uint(max_entries, IPC_BUCKETS); \
 	__type(key, __u32); \
 	__type(value, struct ipc_bucket);
+
+#define CIDR_ARR_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_ARRAY); \
+	__uint(max_entries, CIDRA_BUCKETS); \
+	__type(key, __u32); \
+	__type(value, struct cidr_bucket);
+
+#define CIDR_LENS_INNER_DEF \
+	__uint(type, BPF_MAP_TYPE_ARRAY); \
+	__uint(max_entries, EP_FAST_ENTRIES); \
+	__type(key, __u32); \
+	__type(value, struct cidr_lens);
 
 #define ENDPOINTS_FAST_INNER_DEF \
 	__uint(type, BPF_MAP_TYPE_ARRAY); \
@@ -588,6 +633,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { IPCACHE_HOSTARR_INNER_DEF });
 } fm_ipcache_hostarr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { CIDR_ARR_INNER_DEF });
+} fm_cidr_arr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct { CIDR_LENS_INNER_DEF });
+} fm_cidr_lens SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -1434,6 +1495,65 @@ static __always_inline void tier_fold(__u32 v, __u32 *admin, __u32 *base)
 		*base = b;
 }
 
+// cidr_mask is word i (0-3, network order) of an address masked to its
+// first bits bits.
+static __always_inline __u32 cidr_mask(__u32 w, __u32 i, __u32 bits)
+{
+	__u32 lo = i * 32;
+
+	if (bits >= lo + 32)
+		return w;
+	if (bits <= lo)
+		return 0;
+	return w & bpf_htonl(0xffffffffU << (32 - (bits - lo)));
+}
+
+// cidr_find looks the peer address up in fm_cidr_arr's table arr at each
+// of the endpoint's prefix lengths, longest first; the first hit is the
+// longest match. Returns 1 with its class in *cls, 0 when none holds.
+static __always_inline int cidr_find(void *arr, struct cidr_lens *l, __u32 ifindex, __u8 dir, const __u8 *peer_ip,
+				     __u32 *cls)
+{
+	const __u32 *ip = (const __u32 *)peer_ip;
+	__u32 n = l->n[dir & 1], rot = (ifindex << 16) | (ifindex >> 16);
+	int i, j, k;
+
+	// A bounded loop (the verifier walks each iteration): clang cannot
+	// unroll it around the early exits.
+	for (i = 0; i < CIDR_PROBES; i++) {
+		__u32 bits, w0, w1, w2, w3, kw1;
+		__u64 h;
+
+		if (i >= n)
+			break;
+		bits = l->bits[dir & 1][i];
+		w0 = cidr_mask(ip[0], 0, bits);
+		w1 = cidr_mask(ip[1], 1, bits);
+		w2 = cidr_mask(ip[2], 2, bits);
+		w3 = cidr_mask(ip[3], 3, bits);
+		kw1 = (dir & 1) | (bits << 8);
+		// cidrHash in cuckoo.go.
+		h = ((__u64)(w0 ^ w2 ^ rot) << 32 | (w1 ^ w3 ^ kw1)) * 0x9E3779B97F4A7C15ULL;
+#pragma unroll
+		for (k = 0; k < 2; k++) {
+			__u32 b = (__u32)(h >> (k ? 32 : 48)) & (CIDRA_BUCKETS - 1);
+			struct cidr_bucket *bk = bpf_map_lookup_elem(arr, &b);
+			if (!bk)
+				return 0;
+#pragma unroll
+			for (j = 0; j < CIDRA_WAYS; j++) {
+				__u32 *kw = (__u32 *)&bk->k[j];
+				if (kw[5] == w3 && kw[1] == kw1 && kw[0] == ifindex && kw[4] == w2 && kw[3] == w1 &&
+				    kw[2] == w0) {
+					*cls = bk->v[j];
+					return 1;
+				}
+			}
+		}
+	}
+	return 0;
+}
+
 // cidr_class returns the CIDR class of the peer address for an endpoint
 // and direction (0: no CIDR rule holds for it).
 static __always_inline __u32 cidr_class(__u32 slot, __u32 ifindex, __u8 dir, __u8 *peer_ip)
@@ -1495,6 +1615,36 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tier_args);
 } fm_tier_scratch SEC(".maps");
+
+// fm_cidr_stage looks the CIDR class up in fm_cidr_arr when the endpoint's
+// fm_cidr_lens entry allows (see there), for the policy stages to reuse
+// (cls_done); otherwise they read the trie. A global function called by
+// handle() before them: its probes' temporaries would not fit their frames
+// under handle()'s within the 512-byte stack.
+__attribute__((noinline)) int fm_cidr_stage(struct tier_args *a)
+{
+	struct cidr_lens *l;
+	void *lens, *arr;
+	__u32 slot, ifindex, cls = 0;
+
+	if (!a)
+		return 0;
+	slot = a->slot;
+	ifindex = a->ifindex;
+	if (ifindex >= EP_FAST_ENTRIES)
+		return 0;
+	lens = bpf_map_lookup_elem(&fm_cidr_lens, &slot);
+	arr = bpf_map_lookup_elem(&fm_cidr_arr, &slot);
+	if (!lens || !arr)
+		return 0;
+	l = bpf_map_lookup_elem(lens, &ifindex);
+	if (!l || !l->n[a->dir & 1])
+		return 0;
+	cidr_find(arr, l, ifindex, a->dir, a->peer_ip, &cls);
+	a->cls = cls;
+	a->cls_done = 1;
+	return 0;
+}
 
 // fm_fqdn_slot folds the name rules of one live slot into a's candidates.
 // A global function: verified once, whatever the number of slots.
@@ -1601,7 +1751,7 @@ __attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
 	if (tm & EPL_ALL_ANY)
 		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, 0, &q, 0), &admin, &base);
 	if (tm & (EPL_CIDR_PROTO | EPL_CIDR_ANY)) {
-		__u32 cls = cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
+		__u32 cls = a->cls_done ? a->cls : cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
 		a->cls = cls;
 		a->cls_done = 1;
 		if (cls && (tm & EPL_CIDR_PROTO))
@@ -1856,6 +2006,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ta->fqdn_proto_slots = 0;
 		ta->fqdn_any_slots = 0;
 	}
+	// The CIDR class, from the array when it can (else the stages read
+	// the trie), when a stage has CIDR lookups to make.
+	if (((tiers ? ta->tm : 0) | (enforced && (lookups & EPL_VALID) ? lookups : 0)) &
+	    (EPL_CIDR_PROTO | EPL_CIDR_ANY))
+		fm_cidr_stage(ta);
 	if (tiers) {
 		fm_tier_stage(ta);
 		// Name rules: the slots whose answer for this address is live.
