@@ -126,11 +126,11 @@ type EBPF struct {
 	// PolicyFixed, host ipcache or CIDR entries is taken as not fitting
 	// its array.
 	pfaLimit, ipcLimit, cidrLimit int
-	active             uint32
-	lastFlip           time.Time
-	rev                *Revision
-	attached           map[string]*attachment
-	unclaimed          map[string]bool // pinned link files found at start
+	active                        uint32
+	lastFlip                      time.Time
+	rev                           *Revision
+	attached                      map[string]*attachment
+	unclaimed                     map[string]bool // pinned link files found at start
 	// stats gives attached endpoints (and, until the first Apply, those
 	// the pinned revision holds) their fm_ep_stats index, by ifindex.
 	stats map[uint32]uint32
