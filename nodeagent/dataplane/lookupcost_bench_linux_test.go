@@ -19,7 +19,9 @@ import (
 //   - lpm-trie: a trie lookup in 1,000 prefixes (the ipcache's and the
 //     CIDR classes' fallback);
 //   - coarse-clock, jiffies: bpf_ktime_get_coarse_ns (a helper call) and
-//     bpf_jiffies64 (inlined), the two packet clocks.
+//     bpf_jiffies64 (inlined), the two packet clocks;
+//   - bpf-to-bpf-call: a call to an empty BPF function (a global
+//     function's call and return, which the policy stages pay).
 //
 // Per lookup = (case - empty) / 4. On the 2-core AMD EPYC guest of the
 // issues' measurements, whose kernel mitigates every return (SRSO "Safe
@@ -68,6 +70,10 @@ func BenchmarkLookupCosts(b *testing.B) {
 	b.Run("baseline-empty-program", func(b *testing.B) { run(b, ret) })
 	b.Run("coarse-clock-x4", func(b *testing.B) { run(b, times(4, asm.Instructions{asm.FnKtimeGetCoarseNs.Call()})) })
 	b.Run("jiffies-x4", func(b *testing.B) { run(b, times(4, asm.Instructions{asm.FnJiffies64.Call()})) })
+	b.Run("bpf-to-bpf-call-x4", func(b *testing.B) {
+		run(b, append(times(4, asm.Instructions{asm.Call.Label("fm_empty")}),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("fm_empty"), asm.Return()))
+	})
 	for _, c := range []struct {
 		name string
 		typ  ebpf.MapType
