@@ -1,18 +1,13 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
 	"sync"
-	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // The conntrack filter (fm_ct_filter in bpf/fedmesh.c, which documents the
@@ -20,10 +15,6 @@ import (
 // generation packets do not test, at the first Apply and then every
 // ctFilterRebuildInterval.
 const (
-	ctfBits  = 21 // CTF_BITS
-	ctfWords = 1 << (ctfBits - 6)
-	ctfValid = 2 // CTF_VALID
-
 	// ctFilterRebuildInterval bounds how long keys gone from conntrack
 	// (evicted, or flows that went idle) keep costing their lookup: at
 	// 10k new flows a second a generation is a quarter full when rebuilt.
@@ -32,39 +23,10 @@ const (
 	ctfBatch = 4096
 )
 
-// ctfMix is ctf_mix.
-func ctfMix(a, b, w0, w1, w2 uint32) uint32 {
-	x := (uint64(a)<<32 | uint64(b)) * 0x9E3779B97F4A7C15
-	x ^= uint64(w1)<<32 | uint64(w2^w0)
-	return uint32((x * 0xC2B2AE3D27D4EB4F) >> (64 - ctfBits))
-}
-
-// ctfHead is a key's first three little-endian words, as the programs
-// read struct ct4_key and ct6_key.
-func ctfHead(ifindex uint32, proto, pad uint8, portA, portB, pad2 uint16) (uint32, uint32, uint32) {
-	return ifindex, uint32(proto) | uint32(pad)<<8 | uint32(portA)<<16, uint32(portB) | uint32(pad2)<<16
-}
-
-func ctfHash4(k ct4Key) uint32 {
-	w0, w1, w2 := ctfHead(k.Ifindex, k.Proto, k.Pad, k.PortA, k.PortB, k.Pad2)
-	return ctfMix(binary.LittleEndian.Uint32(k.A[:]), binary.LittleEndian.Uint32(k.B[:]), w0, w1, w2)
-}
-
-func ctfHash6(k ct6Key) uint32 {
-	fold := func(a [16]byte) uint32 {
-		le := binary.LittleEndian
-		return le.Uint32(a[0:]) ^ le.Uint32(a[4:]) ^ le.Uint32(a[8:]) ^ le.Uint32(a[12:])
-	}
-	w0, w1, w2 := ctfHead(k.Ifindex, k.Proto, k.Pad, k.PortA, k.PortB, k.Pad2)
-	return ctfMix(fold(k.A), fold(k.B), w0, w1, w2)
-}
-
-// ctFilter is this process's fm_ct_filter, through a shared mapping of
-// the array: programs set bits with atomic ORs, and so does the rebuild,
-// so neither loses the other's.
+// ctFilter is this process's fm_ct_filter. Programs set bits with atomic
+// ORs, and so does the rebuild, so neither loses the other's.
 type ctFilter struct {
-	mem      []byte
-	words    []uint64 // [0] the control word, then both generations
+	*bloom
 	ct4, ct6 *ebpf.Map
 	log      *slog.Logger
 
@@ -75,17 +37,11 @@ type ctFilter struct {
 }
 
 func openCTFilter(m, ct4, ct6 *ebpf.Map, log *slog.Logger) (*ctFilter, error) {
-	n := int(m.MaxEntries())
-	if m.ValueSize() != 8 || n != 1+2*ctfWords {
-		return nil, fmt.Errorf("open conntrack filter: %d entries of %d bytes, want %d of 8", n, m.ValueSize(), 1+2*ctfWords)
-	}
-	size := (n*8 + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
-	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	b, err := openBloom(m, ctfBits)
 	if err != nil {
-		return nil, fmt.Errorf("map the conntrack filter: %w", err)
+		return nil, err
 	}
-	return &ctFilter{mem: mem, words: unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), n), ct4: ct4, ct6: ct6,
-		log: log, stop: make(chan struct{}), done: make(chan struct{})}, nil
+	return &ctFilter{bloom: b, ct4: ct4, ct6: ct6, log: log, stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // start rebuilds the filter, which makes it valid, and then keeps
@@ -131,24 +87,18 @@ func (f *ctFilter) loop() {
 func (f *ctFilter) rebuild() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ctl := atomic.LoadUint64(&f.words[0])
-	next := (ctl & 1) ^ 1
-	gen := f.words[1+next*ctfWords : 1+(next+1)*ctfWords]
-	for i := range gen {
-		atomic.StoreUint64(&gen[i], 0)
-	}
+	next, gen := f.clearNext()
 	// graceAfterFlip: a program runs for microseconds, so one that set a
 	// bit the clearing overwrote has inserted its entry by now, and the
 	// walk below finds it.
 	time.Sleep(graceAfterFlip)
-	set := func(h uint32) { atomic.OrUint64(&gen[h>>6], 1<<(h&63)) }
-	if err := walkKeys(f.ct4, func(k ct4Key) { set(ctfHash4(k)) }); err != nil {
+	if err := walkKeys(f.ct4, func(k ct4Key) { setBit(gen, ctfHash4(k)) }); err != nil {
 		return fmt.Errorf("walk fm_ct4: %w", err)
 	}
-	if err := walkKeys(f.ct6, func(k ct6Key) { set(ctfHash6(k)) }); err != nil {
+	if err := walkKeys(f.ct6, func(k ct6Key) { setBit(gen, ctfHash6(k)) }); err != nil {
 		return fmt.Errorf("walk fm_ct6: %w", err)
 	}
-	atomic.StoreUint64(&f.words[0], next|ctfValid)
+	f.use(next)
 	return nil
 }
 
@@ -171,19 +121,6 @@ func walkKeys[K any](m *ebpf.Map, fn func(K)) error {
 	}
 }
 
-// fill is the fraction of the tested generation's bits that are set: the
-// share of packets of no known flow that still look conntrack up.
-func (f *ctFilter) fill() float64 {
-	ctl := atomic.LoadUint64(&f.words[0])
-	g := ctl & 1
-	gen := f.words[1+g*ctfWords : 1+(g+1)*ctfWords]
-	ones := 0
-	for i := range gen {
-		ones += bits.OnesCount64(atomic.LoadUint64(&gen[i]))
-	}
-	return float64(ones) / (ctfWords * 64)
-}
-
 func (f *ctFilter) close() {
 	f.mu.Lock()
 	started := f.started
@@ -193,5 +130,5 @@ func (f *ctFilter) close() {
 	if started {
 		<-f.done
 	}
-	_ = unix.Munmap(f.mem)
+	f.bloom.close()
 }

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"context"
 	"net/netip"
-	"sync/atomic"
 	"testing"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
@@ -36,8 +35,8 @@ func TestConntrackFilterRebuildKeepsEveryFlow(t *testing.T) {
 	if err := kern.Apply(ctx, open); err != nil {
 		t.Fatal(err)
 	}
-	if ctl := atomic.LoadUint64(&kern.ctf.words[0]); ctl&ctfValid == 0 {
-		t.Fatalf("control word %#x after the first Apply: the filter is not in use", ctl)
+	if !kern.ctf.valid() {
+		t.Fatal("the conntrack filter is not in use after the first Apply")
 	}
 	tcp := func(src, dst netip.Addr, sport uint16, flags uint8) pktSpec {
 		return pktSpec{src: src, dst: dst, proto: protoTCP, sport: sport, dport: 80, tcpFlags: flags}
@@ -85,8 +84,8 @@ func TestConntrackFilterRebuildKeepsEveryFlow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if fill := kern.ctf.fill(); fill <= 0 || fill > float64(2*flows)/(ctfWords*64) {
-		t.Errorf("filter fill %g for %d flows, want in (0, %g]", fill, 2*flows, float64(2*flows)/(ctfWords*64))
+	if fill := kern.ctf.fill(); fill <= 0 || fill > float64(2*flows)/float64(len(kern.ctf.gen(0))*64) {
+		t.Errorf("filter fill %g for %d flows, want in (0, %g]", fill, 2*flows, float64(2*flows)/float64(len(kern.ctf.gen(0))*64))
 	}
 	for i := range flows {
 		for _, src := range []netip.Addr{peer, peer6} {

@@ -79,7 +79,9 @@
 //     matching name; the dataplane recomputes the entries from the names
 //     at every Apply and Learn. Only when the endpoint's tier summary says
 //     name rules exist, egress packets cost one more hash lookup
-//     (fm_fqdn) and, per slot whose answer is live, the policy lookups
+//     (fm_fqdn; skipped when a Bloom filter of its keys, fm_fqdn_filter,
+//     proves the endpoint never learned the address) and, per slot whose
+//     answer is live, the policy lookups
 //     that slot has entries for (one-protocol, any-protocol; the tier
 //     summary says which) in fm_fqdn_stage and fm_fqdn_slot, global
 //     functions verified once. An address usually serves one or two

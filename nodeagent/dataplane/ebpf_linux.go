@@ -276,7 +276,7 @@ func (e *EBPF) load() error {
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
-	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"]); err != nil {
+	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"], coll.Maps["fm_fqdn_filter"]); err != nil {
 		e.closeLegacy(false)
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)

@@ -29,6 +29,7 @@ const (
 	fedmeshMapFmEventBucket      = "fm_event_bucket"
 	fedmeshMapFmEvents           = "fm_events"
 	fedmeshMapFmFqdn             = "fm_fqdn"
+	fedmeshMapFmFqdnFilter       = "fm_fqdn_filter"
 	fedmeshMapFmFqdnSlots        = "fm_fqdn_slots"
 	fedmeshMapFmFrag             = "fm_frag"
 	fedmeshMapFmIpcache          = "fm_ipcache"
@@ -116,6 +117,7 @@ type fedmeshMapSpecs struct {
 	FmEventBucket    *ebpf.MapSpec `ebpf:"fm_event_bucket"`
 	FmEvents         *ebpf.MapSpec `ebpf:"fm_events"`
 	FmFqdn           *ebpf.MapSpec `ebpf:"fm_fqdn"`
+	FmFqdnFilter     *ebpf.MapSpec `ebpf:"fm_fqdn_filter"`
 	FmFqdnSlots      *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
 	FmFrag           *ebpf.MapSpec `ebpf:"fm_frag"`
 	FmIpcache        *ebpf.MapSpec `ebpf:"fm_ipcache"`
@@ -177,6 +179,7 @@ type fedmeshMaps struct {
 	FmEventBucket    *ebpf.Map `ebpf:"fm_event_bucket"`
 	FmEvents         *ebpf.Map `ebpf:"fm_events"`
 	FmFqdn           *ebpf.Map `ebpf:"fm_fqdn"`
+	FmFqdnFilter     *ebpf.Map `ebpf:"fm_fqdn_filter"`
 	FmFqdnSlots      *ebpf.Map `ebpf:"fm_fqdn_slots"`
 	FmFrag           *ebpf.Map `ebpf:"fm_frag"`
 	FmIpcache        *ebpf.Map `ebpf:"fm_ipcache"`
@@ -206,6 +209,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmEventBucket,
 		m.FmEvents,
 		m.FmFqdn,
+		m.FmFqdnFilter,
 		m.FmFqdnSlots,
 		m.FmFrag,
 		m.FmIpcache,

@@ -27,6 +27,9 @@ type fqdnSlotKey struct {
 // Apply's table writes (only for the moment of a flip).
 type fqdnKernel struct {
 	entries, slotsMap *ebpf.Map
+	// filter is fm_fqdn_filter: a key's bit is set before the key is
+	// written, and sweep rebuilds it from written.
+	filter *bloom
 
 	mu      sync.Mutex
 	closed  bool
@@ -45,8 +48,12 @@ type fqdnKernel struct {
 
 // openFQDN adopts what fm_fqdn and fm_fqdn_slots hold (pinned by an
 // earlier process, or empty) and starts the sweeper.
-func openFQDN(entries, slotsMap *ebpf.Map) (*fqdnKernel, error) {
-	f := &fqdnKernel{entries: entries, slotsMap: slotsMap, learned: learnedNames{}, adopted: map[fqdnKey]fqdnVal{},
+func openFQDN(entries, slotsMap, filter *ebpf.Map) (*fqdnKernel, error) {
+	b, err := openBloom(filter, fqfBits)
+	if err != nil {
+		return nil, err
+	}
+	f := &fqdnKernel{entries: entries, slotsMap: slotsMap, filter: b, learned: learnedNames{}, adopted: map[fqdnKey]fqdnVal{},
 		written: map[fqdnKey]fqdnVal{}, attached: map[string]uint32{}, slots: map[uint32][]nameSlot{},
 		writtenSlots: map[fqdnSlotKey]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var k fqdnKey
@@ -56,8 +63,10 @@ func openFQDN(entries, slotsMap *ebpf.Map) (*fqdnKernel, error) {
 		f.adopted[k], f.written[k] = v, v
 	}
 	if err := it.Err(); err != nil {
+		b.close()
 		return nil, fmt.Errorf("read pinned learned addresses: %w", err)
 	}
+	f.rebuildFilter()
 	var sk fqdnSlotKey
 	var h uint64
 	sit := slotsMap.Iterate()
@@ -72,6 +81,7 @@ func openFQDN(entries, slotsMap *ebpf.Map) (*fqdnKernel, error) {
 		f.writtenSlots[sk] = h
 	}
 	if err := sit.Err(); err != nil {
+		b.close()
 		return nil, fmt.Errorf("read pinned name slots: %w", err)
 	}
 	go f.sweepLoop()
@@ -88,6 +98,29 @@ func (f *fqdnKernel) close() {
 	f.mu.Unlock()
 	close(f.stop)
 	<-f.done
+	f.filter.close()
+}
+
+// rebuildFilter makes the filter hold the bits of what fm_fqdn holds
+// (written) and no others. Only this process writes fm_fqdn, under f.mu,
+// so no key is written meanwhile.
+func (f *fqdnKernel) rebuildFilter() {
+	next, gen := f.filter.clearNext()
+	for k := range f.written {
+		setBit(gen, fqfHash(k))
+	}
+	f.filter.use(next)
+}
+
+// put writes a learned address, its filter bit first: a packet that can
+// find the entry finds the bit.
+func (f *fqdnKernel) put(k fqdnKey, v fqdnVal) error {
+	f.filter.set(fqfHash(k))
+	if err := f.entries.Put(k, v); err != nil {
+		return err
+	}
+	f.written[k] = v
+	return nil
 }
 
 func (f *fqdnKernel) activeSlots() map[uint32][]nameSlot {
@@ -216,10 +249,9 @@ func (f *fqdnKernel) sync(want map[fqdnKey]fqdnVal) error {
 		if old, ok := f.written[k]; ok && old == v {
 			continue
 		}
-		if err := f.entries.Put(k, v); err != nil {
+		if err := f.put(k, v); err != nil {
 			return fmt.Errorf("write learned address: %w", err)
 		}
-		f.written[k] = v
 	}
 	return nil
 }
@@ -274,10 +306,9 @@ func (f *fqdnKernel) learn(addrs []LearnedAddr) error {
 		if v.Mask == 0 || f.written[k] == v {
 			continue
 		}
-		if err := f.entries.Put(k, v); err != nil {
+		if err := f.put(k, v); err != nil {
 			return fmt.Errorf("write learned address %s for %s: %w", addr, a.Endpoint, err)
 		}
-		f.written[k] = v
 	}
 	return nil
 }
@@ -327,7 +358,12 @@ func (f *fqdnKernel) sweep() error {
 		return err
 	}
 	f.slots = slots
-	return f.sync(f.desired(f.attached, f.slots))
+	if err := f.sync(f.desired(f.attached, f.slots)); err != nil {
+		return err
+	}
+	// Expired and deleted entries stop costing packets their lookup.
+	f.rebuildFilter()
+	return nil
 }
 
 func (f *fqdnKernel) sweepLoop() {
