@@ -27,6 +27,7 @@ const (
 	fedmeshMapFmEpCounters       = "fm_ep_counters"
 	fedmeshMapFmEpStats          = "fm_ep_stats"
 	fedmeshMapFmEventBucket      = "fm_event_bucket"
+	fedmeshMapFmEventScratch     = "fm_event_scratch"
 	fedmeshMapFmEvents           = "fm_events"
 	fedmeshMapFmFqdn             = "fm_fqdn"
 	fedmeshMapFmFqdnFilter       = "fm_fqdn_filter"
@@ -115,6 +116,7 @@ type fedmeshMapSpecs struct {
 	FmEpCounters     *ebpf.MapSpec `ebpf:"fm_ep_counters"`
 	FmEpStats        *ebpf.MapSpec `ebpf:"fm_ep_stats"`
 	FmEventBucket    *ebpf.MapSpec `ebpf:"fm_event_bucket"`
+	FmEventScratch   *ebpf.MapSpec `ebpf:"fm_event_scratch"`
 	FmEvents         *ebpf.MapSpec `ebpf:"fm_events"`
 	FmFqdn           *ebpf.MapSpec `ebpf:"fm_fqdn"`
 	FmFqdnFilter     *ebpf.MapSpec `ebpf:"fm_fqdn_filter"`
@@ -177,6 +179,7 @@ type fedmeshMaps struct {
 	FmEpCounters     *ebpf.Map `ebpf:"fm_ep_counters"`
 	FmEpStats        *ebpf.Map `ebpf:"fm_ep_stats"`
 	FmEventBucket    *ebpf.Map `ebpf:"fm_event_bucket"`
+	FmEventScratch   *ebpf.Map `ebpf:"fm_event_scratch"`
 	FmEvents         *ebpf.Map `ebpf:"fm_events"`
 	FmFqdn           *ebpf.Map `ebpf:"fm_fqdn"`
 	FmFqdnFilter     *ebpf.Map `ebpf:"fm_fqdn_filter"`
@@ -207,6 +210,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmEpCounters,
 		m.FmEpStats,
 		m.FmEventBucket,
+		m.FmEventScratch,
 		m.FmEvents,
 		m.FmFqdn,
 		m.FmFqdnFilter,

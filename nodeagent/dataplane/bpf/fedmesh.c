@@ -1119,27 +1119,40 @@ static __always_inline int take_token(void)
 	return 1;
 }
 
+// An event is built here, not on the stack: handle()'s frame and the
+// policy stages' share the 512-byte stack. Not pinned: scratch.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} fm_event_scratch SEC(".maps");
+
 static __always_inline void emit(struct pkt *p, __u32 ifindex, __u8 dir, __u32 ep_id, __u32 peer_id,
 				 __u32 rule, __u8 deny, __u8 reason)
 {
-	struct event e = {};
+	__u32 zero = 0;
+	struct event *e;
 
 	if (!take_token())
 		return;
-	e.ts = bpf_ktime_get_ns();
-	__builtin_memcpy(e.src, p->t.src, 16);
-	__builtin_memcpy(e.dst, p->t.dst, 16);
-	e.ifindex = ifindex;
-	e.src_identity = dir == DIR_INGRESS ? peer_id : ep_id;
-	e.dst_identity = dir == DIR_INGRESS ? ep_id : peer_id;
-	e.rule = rule;
-	e.sport = p->t.sport;
-	e.dport = p->t.dport;
-	e.proto = p->t.proto;
-	e.dir = dir;
-	e.verdict = deny;
-	e.reason = reason;
-	bpf_ringbuf_output(&fm_events, &e, sizeof(e), 0);
+	e = bpf_map_lookup_elem(&fm_event_scratch, &zero);
+	if (!e)
+		return;
+	e->ts = bpf_ktime_get_ns();
+	__builtin_memcpy(e->src, p->t.src, 16);
+	__builtin_memcpy(e->dst, p->t.dst, 16);
+	e->ifindex = ifindex;
+	e->src_identity = dir == DIR_INGRESS ? peer_id : ep_id;
+	e->dst_identity = dir == DIR_INGRESS ? ep_id : peer_id;
+	e->rule = rule;
+	e->sport = p->t.sport;
+	e->dport = p->t.dport;
+	e->proto = p->t.proto;
+	e->dir = dir;
+	e->verdict = deny;
+	e->reason = reason;
+	bpf_ringbuf_output(&fm_events, e, sizeof(*e), 0);
 }
 
 static __always_inline void frag_fill(struct frag_key *k, __u32 ifindex, __u8 dir, struct pkt *p)
