@@ -10,7 +10,7 @@ import (
 // a hash the programs compute too, in an array they read with inlined
 // array lookups instead of hash-map calls (~30 ns each on hosts whose
 // every return is mitigated). Two tables have this form: the policy index
-// (fm_policy_fixarr, pfa_find) and the ipcache's host entries
+// (fm_policy_fixarr_v2, pfa_find) and the ipcache's host entries
 // (fm_ipcache_hostarr, ipc_find). The kernel hashes behind them stay
 // complete: the programs use an array only when every entry of the
 // revision was placed (an endpoint flag), so a revision too big for it,
@@ -19,7 +19,7 @@ import (
 // Placement is the bucketised cuckoo of MemC3/libcuckoo: a key goes to a
 // free way of its two buckets, else a breadth-first search finds the
 // shortest chain of entries that each move to their other bucket to free
-// one (at most pfaMaxDepth moves). The search changes nothing until a
+// one (at most cuckooMaxDepth moves). The search changes nothing until a
 // chain is found, so an insert that fails leaves the table as it was.
 
 const (
@@ -41,9 +41,102 @@ type cuckooBucket[K, V comparable] struct {
 	V [cuckooWays]V
 }
 
-type pfaTable = cuckoo[policyFixedKey, policyFixedVal]
+// pfaVal is struct pf_pair: a way of the policy index array holds the
+// NetworkPolicy entry of its key (pfaNP) and the tier entry of the same
+// shape (pfaTier), so one probe answers both layers; an absent half is
+// zero, which the programs read as no entry.
+type pfaVal [2]policyFixedVal
 
-func newPFATable(nb uint32) *pfaTable { return newCuckoo[policyFixedKey, policyFixedVal](nb, pfaHash) }
+const (
+	pfaNP   = 0 // PFA_NP
+	pfaTier = 1 // PFA_TIER
+)
+
+type pfaTable = cuckoo[policyFixedKey, pfaVal]
+
+func newPFATable(nb uint32) *pfaTable { return newCuckoo[policyFixedKey, pfaVal](nb, pfaHash) }
+
+// pfaSlot is where PolicyFixed's entry k lives in the array: the tier
+// kinds fold onto the NetworkPolicy kinds of their shape (half pfaTier),
+// every other kind keeps its key (half pfaNP).
+func pfaSlot(k policyFixedKey) (policyFixedKey, int) {
+	if k.Kind == kindTierIdentity || k.Kind == kindTierCIDR {
+		k.Kind &^= 2
+		return k, pfaTier
+	}
+	return k, pfaNP
+}
+
+// pfaEntry is the array's entry for key ak (a key pfaSlot returns) given
+// PolicyFixed pf: false when neither half has an entry.
+func pfaEntry(pf map[policyFixedKey]policyFixedVal, ak policyFixedKey) (pfaVal, bool) {
+	var v pfaVal
+	var ok bool
+	v[pfaNP], ok = pf[ak]
+	if ak.Kind == kindIdentity || ak.Kind == kindCIDR {
+		tk := ak
+		tk.Kind |= 2
+		tv, tok := pf[tk]
+		v[pfaTier], ok = tv, ok || tok
+	}
+	return v, ok
+}
+
+// pfaEntries is the whole array for PolicyFixed pf.
+func pfaEntries(pf map[policyFixedKey]policyFixedVal) map[policyFixedKey]pfaVal {
+	m := make(map[policyFixedKey]pfaVal, len(pf))
+	for k, v := range pf {
+		ak, h := pfaSlot(k)
+		e := m[ak]
+		e[h] = v
+		m[ak] = e
+	}
+	return m
+}
+
+// pfaChanges are the array entries that differ between PolicyFixed old and
+// pf, as they are in old (have) and in pf (want): what sync needs to bring
+// an array holding old's entries to pf's, at the cost of a pass over both
+// maps, like the diff of the hash.
+func pfaChanges(old, pf map[policyFixedKey]policyFixedVal) (have, want map[policyFixedKey]pfaVal) {
+	touched := map[policyFixedKey]bool{}
+	for k, v := range pf {
+		if ov, ok := old[k]; !ok || ov != v {
+			ak, _ := pfaSlot(k)
+			touched[ak] = true
+		}
+	}
+	for k := range old {
+		if _, ok := pf[k]; !ok {
+			ak, _ := pfaSlot(k)
+			touched[ak] = true
+		}
+	}
+	have, want = map[policyFixedKey]pfaVal{}, map[policyFixedKey]pfaVal{}
+	for ak := range touched {
+		if v, ok := pfaEntry(old, ak); ok {
+			have[ak] = v
+		}
+		if v, ok := pfaEntry(pf, ak); ok {
+			want[ak] = v
+		}
+	}
+	return have, want
+}
+
+// pfaLen is the number of array entries PolicyFixed pf makes: a tier
+// entry shares the way of the NetworkPolicy entry of its shape.
+func pfaLen(pf map[policyFixedKey]policyFixedVal) int {
+	n := len(pf)
+	for k := range pf {
+		if ak, h := pfaSlot(k); h == pfaTier {
+			if _, ok := pf[ak]; ok {
+				n--
+			}
+		}
+	}
+	return n
+}
 
 type ipcTable = cuckoo[[16]byte, uint32]
 

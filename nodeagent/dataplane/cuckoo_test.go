@@ -13,7 +13,7 @@ func randomPFKey(r *rand.Rand) policyFixedKey {
 
 // checkPFA fails unless t answers every key of want with its value, holds
 // nothing else, and places each key in one of its two buckets.
-func checkPFA(t *testing.T, step string, tab *pfaTable, want map[policyFixedKey]policyFixedVal) {
+func checkPFA(t *testing.T, step string, tab *pfaTable, want map[policyFixedKey]pfaVal) {
 	t.Helper()
 	for k, v := range want {
 		if got, ok := tab.lookup(k); !ok || got != v {
@@ -45,20 +45,20 @@ func TestPFATablePlacesUpdatesAndRemovesToHighLoad(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	const nb = 64
 	tab := newPFATable(nb)
-	have := map[policyFixedKey]policyFixedVal{}
+	have := map[policyFixedKey]pfaVal{}
 	for round := range 6 {
 		// Keep 90% of the ways full: most placements need moves.
-		want := map[policyFixedKey]policyFixedVal{}
+		want := map[policyFixedKey]pfaVal{}
 		for k, v := range have {
 			if r.IntN(3) > 0 {
 				want[k] = v
 				if r.IntN(4) == 0 {
-					want[k] = policyFixedVal{AllRule: r.Uint32()}
+					want[k] = pfaVal{pfaTier: {AllRule: r.Uint32()}}
 				}
 			}
 		}
 		for len(want) < nb*cuckooWays*9/10 {
-			want[randomPFKey(r)] = policyFixedVal{AllRule: r.Uint32(), NPorts: 1}
+			want[randomPFKey(r)] = pfaVal{{AllRule: r.Uint32(), NPorts: 1}, {AllRule: r.Uint32()}}
 		}
 		if !tab.sync(have, want) {
 			t.Fatalf("round %d: %d entries in %d ways did not fit", round, len(want), nb*cuckooWays)
@@ -71,22 +71,22 @@ func TestPFATablePlacesUpdatesAndRemovesToHighLoad(t *testing.T) {
 func TestPFATableLeavesItselfUnchangedWhenAKeyDoesNotFit(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	tab := newPFATable(2) // 8 ways
-	placed := map[policyFixedKey]policyFixedVal{}
+	placed := map[policyFixedKey]pfaVal{}
 	for len(placed) < 2*cuckooWays {
 		k := randomPFKey(r)
-		v := policyFixedVal{AllRule: r.Uint32()}
+		v := pfaVal{{AllRule: r.Uint32()}}
 		if !tab.put(k, v) {
 			t.Fatalf("put %d into a table with free ways failed", len(placed))
 		}
 		placed[k] = v
 	}
-	before := append([]cuckooBucket[policyFixedKey, policyFixedVal](nil), tab.b...)
+	before := append([]cuckooBucket[policyFixedKey, pfaVal](nil), tab.b...)
 	for {
 		k := randomPFKey(r)
 		if _, ok := placed[k]; ok {
 			continue
 		}
-		if tab.put(k, policyFixedVal{AllRule: 1}) {
+		if tab.put(k, pfaVal{{AllRule: 1}}) {
 			t.Fatal("a ninth key was placed in eight ways")
 		}
 		break
@@ -97,6 +97,66 @@ func TestPFATableLeavesItselfUnchangedWhenAKeyDoesNotFit(t *testing.T) {
 		}
 	}
 	checkPFA(t, "after a failed put", tab, placed)
+}
+
+// The policy index array pairs each NetworkPolicy entry with the tier
+// entry of its shape and follows PolicyFixed through its diffs: every
+// entry is found in its half under the folded key, nothing else is held,
+// and the array's entry count is pfaLen.
+func TestPFAArrayPairsTheLayersAndFollowsPolicyFixed(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	const nb = 256
+	tab := newPFATable(nb)
+	var old map[policyFixedKey]policyFixedVal
+	for round := range 8 {
+		pf := map[policyFixedKey]policyFixedVal{}
+		for k, v := range old {
+			if r.IntN(4) > 0 {
+				pf[k] = v
+				if r.IntN(5) == 0 {
+					pf[k] = policyFixedVal{AllRule: r.Uint32(), Flags: pfRanges}
+				}
+			}
+		}
+		for range 150 {
+			k := randomPFKey(r)
+			k.Ifindex, k.Peer = 1+k.Ifindex%3, k.Peer%10 // shapes both layers share
+			pf[k] = policyFixedVal{AllRule: r.Uint32(), NPorts: 1, Rules: [pfInline]uint32{r.Uint32()}}
+		}
+		var ok bool
+		if round%3 == 0 {
+			tab = newPFATable(nb)
+			ok = tab.sync(nil, pfaEntries(pf))
+		} else {
+			ok = tab.sync(pfaChanges(old, pf))
+		}
+		if !ok {
+			t.Fatalf("round %d: %d entries did not fit %d ways", round, pfaLen(pf), nb*cuckooWays)
+		}
+		want := pfaEntries(pf)
+		if len(want) != pfaLen(pf) {
+			t.Fatalf("round %d: pfaLen %d, the array holds %d entries", round, pfaLen(pf), len(want))
+		}
+		checkPFA(t, "round", tab, want)
+		paired := 0
+		for k, v := range pf {
+			ak, h := pfaSlot(k)
+			got, found := tab.lookup(ak)
+			if !found || got[h] != v {
+				t.Fatalf("round %d: %+v is %+v in half %d of %+v, want %+v", round, k, got[h], h, ak, v)
+			}
+			if tierHalf := k.Kind == kindTierIdentity || k.Kind == kindTierCIDR; tierHalf != (h == pfaTier) {
+				t.Fatalf("round %d: kind %d in half %d", round, k.Kind, h)
+			}
+			if h == pfaTier && got[pfaNP] != (policyFixedVal{}) {
+				paired++
+			}
+		}
+		if paired == 0 {
+			t.Fatalf("round %d: no tier entry shares a way with a NetworkPolicy entry", round)
+		}
+		old = pf
+	}
 }
 
 // The ipcache array follows the revisions' host entries through their

@@ -43,28 +43,30 @@
 //     ctfilter_linux.go), ipcache
 //     (host entries in a static cuckoo table in an array, fm_ipcache_hostarr,
 //     up to ~235k of them, 5 MiB per slot; in the hash past that; then the
-//     trie on a miss), then, when the endpoint has
-//     tier rules in the direction, the tier summary (inline in the
-//     endpoint array; a hash with the endpoint hash) and up to six tier lookups
-//     (peer x protocol, peer x any, any x protocol, any x any, CIDR class x
-//     protocol, CIDR class x any), then, when NetworkPolicy enforces the
-//     direction and no Admin rule decided, up to six NetworkPolicy lookups
-//     of the same shapes (stopping at the first allow); the CIDR class
-//     (one trie lookup) is read at most once for both stages. Each policy
-//     lookup is one index lookup (policy_fixed: in the kernel a static
-//     cuckoo table in an array, fm_policy_fixarr, read with inlined array
-//     lookups, cuckoo.go; the hash when a revision does not fit it) plus at
-//     most one port hash or trie
-//     walk (skipped when no range entry of the key touches the packet's
-//     4096-port block): at most 1+2+6x2+1+6x2 = 28 hash, index or trie lookups
-//     (30 through the endpoint hash; an ICMP error one more conntrack
-//     lookup), besides the
-//     array lookups the verifier inlines; the per-endpoint summaries skip
-//     the lookups that cannot match. BenchmarkProgramPerPacketTiers
-//     measures the case where all of them run. The tier and the
-//     NetworkPolicy stages are global BPF functions (fm_tier_stage,
-//     fm_np_stage), verified once, with their lookup keys in their own
-//     stack frames.
+//     trie on a miss), then up to six lookup shapes (peer x protocol,
+//     peer x any, any x protocol, any x any, CIDR class x protocol, CIDR
+//     class x any), each answering both layers: the tier layer when the
+//     endpoint has tier rules in the direction (the shapes its tier
+//     summary names; the summary is inline in the endpoint array, a hash
+//     with the endpoint hash), the NetworkPolicy layer when NetworkPolicy
+//     enforces the direction (the shapes its Lookups name, stopping at the
+//     first allow); the CIDR class (fm_cidr_arr probes, else one trie
+//     lookup) is read at most once.
+//     A shape costs one index lookup for both layers when the revision
+//     fits the array (policy_fixed in the kernel as a static cuckoo table,
+//     fm_policy_fixarr_v2, whose ways pair a shape's NetworkPolicy entry
+//     with its tier entry, read with inlined array lookups, cuckoo.go; up
+//     to ~118k paired entries, 9.5 MiB per slot),
+//     else one hash lookup per layer; then, per layer, at most one port
+//     hash or trie walk (skipped when no range entry of the key touches
+//     the packet's 4096-port block): at most 1+2+6x2+1+6x2 = 28 hash,
+//     index or trie lookups (30 through the endpoint hash; an ICMP error
+//     one more conntrack lookup), besides the array lookups the verifier
+//     inlines; the per-endpoint summaries skip the lookups that cannot
+//     match. BenchmarkProgramPerPacketTiers measures the case where all of
+//     them run. Both layers' lookups run in one global BPF function
+//     (fm_policy_stage), verified once, with its lookup keys in per-CPU
+//     scratch; handle() decides from its results in the order above.
 //   - domainNames rules (policy.NameRule, egress tier rules): the address
 //     a packet goes to matches a name rule only while the endpoint holds
 //     a live answer for it (Learn) for a name one of the rule's patterns

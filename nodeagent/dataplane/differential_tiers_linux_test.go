@@ -330,7 +330,7 @@ func TestDifferentialTiersKernelVsMemoryVsExplain(t *testing.T) {
 			idx[endpointKey(ep).String()], _ = ifindexIn(nsPath, ifaces[i])
 		}
 		for ifindex, v := range kern.shadow[kern.active].fastEndpoints() {
-			if got := v.Flags&epfPFArray != 0; got == viaHash {
+			if got := v.Flags&epfPFPairs != 0; got == viaHash {
 				t.Fatalf("revision %d: endpoint %d reads the policy index array: %v, want %v", n, ifindex, got, !viaHash)
 			}
 			if got := v.Flags&epfIPCArray != 0; got == viaHash {

@@ -67,7 +67,7 @@ const (
 )
 
 var outerNames = [numTabs]string{"fm_ipcache", "fm_ipcache_host", "fm_policy", "fm_cidr", "fm_endpoints_v2",
-	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr", "fm_ipcache_hostarr",
+	"fm_rule_stats", "fm_policy_fixed", "fm_policy_port", "fm_endpoints_fast", "fm_policy_fixarr_v2", "fm_ipcache_hostarr",
 	"fm_cidr_arr", "fm_cidr_lens"}
 
 type stateVal struct {
@@ -116,15 +116,15 @@ type EBPF struct {
 	// already: an update of a map-in-map entry waits for an RCU grace
 	// period (about 10ms each), so it is done only for new inner maps.
 	installed [2]bool
-	// pfa and ipc are the array tables (cuckoo.go) fm_policy_fixarr and
+	// pfa and ipc are the array tables (cuckoo.go) fm_policy_fixarr_v2 and
 	// fm_ipcache_hostarr as this process wrote each slot's.
-	pfa cuckooState[policyFixedKey, policyFixedVal]
+	pfa cuckooState[policyFixedKey, pfaVal]
 	// cidra is fm_cidr_arr as this process wrote each slot's.
 	cidra cuckooState[cidrArrKey, uint32]
 	ipc   cuckooState[[16]byte, uint32]
 	// pfaLimit, ipcLimit and cidrLimit (tests): a revision with more
-	// PolicyFixed, host ipcache or CIDR entries is taken as not fitting
-	// its array.
+	// policy index array entries (pfaLen), host ipcache or CIDR entries is
+	// taken as not fitting its array.
 	pfaLimit, ipcLimit, cidrLimit int
 	active                        uint32
 	lastFlip                      time.Time
@@ -242,6 +242,10 @@ func (e *EBPF) load() error {
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
 	if err := migrateLegacyCT(e.cfg.PinDir, coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
+	if err := removeRetiredPins(e.cfg.PinDir, e.log); err != nil {
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
@@ -482,21 +486,21 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 	}
 	// Past 90% of the ways placements fail often: such a revision stays in
 	// the hash, and no table is built for it.
-	pfaFits := len(t.PolicyFixed) <= pfaBuckets*cuckooWays*9/10 && (e.pfaLimit == 0 || len(t.PolicyFixed) <= e.pfaLimit)
+	nPFA := pfaLen(t.PolicyFixed)
+	pfaFits := nPFA <= pfaBuckets*cuckooWays*9/10 && (e.pfaLimit == 0 || nPFA <= e.pfaLimit)
 	complete, err := syncCuckoo(&e.pfa, slot, in[tabPolicyFixArr], pfaFits, func() *pfaTable { return newPFATable(pfaBuckets) },
 		func(tab *pfaTable, fromEmpty bool) bool {
-			have := old.PolicyFixed
 			if fromEmpty {
-				have = nil
+				return tab.sync(nil, pfaEntries(t.PolicyFixed))
 			}
-			return tab.sync(have, t.PolicyFixed)
+			return tab.sync(pfaChanges(old.PolicyFixed, t.PolicyFixed))
 		})
 	if err != nil {
 		return fmt.Errorf("write policy index array: %w", err)
 	}
 	if !complete {
 		e.log.Warn("policy index does not fit its array; packets of this revision use the hash",
-			"entries", len(t.PolicyFixed), "capacity", pfaBuckets*cuckooWays)
+			"entries", nPFA, "capacity", pfaBuckets*cuckooWays)
 	}
 	t.pfaComplete = complete
 	if err := syncMap(ctx, in[tabPolicyPort], old.PolicyPort, t.PolicyPort); err != nil {

@@ -37,7 +37,7 @@ const (
 	fedmeshMapFmIpcacheHost      = "fm_ipcache_host"
 	fedmeshMapFmIpcacheHostarr   = "fm_ipcache_hostarr"
 	fedmeshMapFmPolicy           = "fm_policy"
-	fedmeshMapFmPolicyFixarr     = "fm_policy_fixarr"
+	fedmeshMapFmPolicyFixarrV2   = "fm_policy_fixarr_v2"
 	fedmeshMapFmPolicyFixed      = "fm_policy_fixed"
 	fedmeshMapFmPolicyPort       = "fm_policy_port"
 	fedmeshMapFmRuleStats        = "fm_rule_stats"
@@ -126,7 +126,7 @@ type fedmeshMapSpecs struct {
 	FmIpcacheHost    *ebpf.MapSpec `ebpf:"fm_ipcache_host"`
 	FmIpcacheHostarr *ebpf.MapSpec `ebpf:"fm_ipcache_hostarr"`
 	FmPolicy         *ebpf.MapSpec `ebpf:"fm_policy"`
-	FmPolicyFixarr   *ebpf.MapSpec `ebpf:"fm_policy_fixarr"`
+	FmPolicyFixarrV2 *ebpf.MapSpec `ebpf:"fm_policy_fixarr_v2"`
 	FmPolicyFixed    *ebpf.MapSpec `ebpf:"fm_policy_fixed"`
 	FmPolicyPort     *ebpf.MapSpec `ebpf:"fm_policy_port"`
 	FmRuleStats      *ebpf.MapSpec `ebpf:"fm_rule_stats"`
@@ -189,7 +189,7 @@ type fedmeshMaps struct {
 	FmIpcacheHost    *ebpf.Map `ebpf:"fm_ipcache_host"`
 	FmIpcacheHostarr *ebpf.Map `ebpf:"fm_ipcache_hostarr"`
 	FmPolicy         *ebpf.Map `ebpf:"fm_policy"`
-	FmPolicyFixarr   *ebpf.Map `ebpf:"fm_policy_fixarr"`
+	FmPolicyFixarrV2 *ebpf.Map `ebpf:"fm_policy_fixarr_v2"`
 	FmPolicyFixed    *ebpf.Map `ebpf:"fm_policy_fixed"`
 	FmPolicyPort     *ebpf.Map `ebpf:"fm_policy_port"`
 	FmRuleStats      *ebpf.Map `ebpf:"fm_rule_stats"`
@@ -220,7 +220,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmIpcacheHost,
 		m.FmIpcacheHostarr,
 		m.FmPolicy,
-		m.FmPolicyFixarr,
+		m.FmPolicyFixarrV2,
 		m.FmPolicyFixed,
 		m.FmPolicyPort,
 		m.FmRuleStats,

@@ -94,8 +94,12 @@ const (
 	// found in the hash only.
 	epFastEntries = 65536
 	epfValid      = 0x1
-	epfPFArray    = 0x2 // EPF_PF_ARRAY: the revision's PolicyFixed is all in fm_policy_fixarr
 	epfIPCArray   = 0x4 // EPF_IPC_ARRAY: the revision's host ipcache entries are all in fm_ipcache_hostarr
+	// epfPFPairs (EPF_PF_PAIRS): the revision's PolicyFixed is all in
+	// fm_policy_fixarr_v2. EPF_PF_ARRAY (0x2) stays clear: programs before
+	// the pairs would read it as "all in fm_policy_fixarr", which this
+	// version no longer writes, and use the hash instead.
+	epfPFPairs = 0x8
 )
 
 // fastEndpoints is what fm_endpoints_fast holds for t: every endpoint with
@@ -111,7 +115,7 @@ func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
 		}
 		v := endpointFastVal{Ep: ep, Flags: epfValid}
 		if t.pfaComplete {
-			v.Flags |= epfPFArray
+			v.Flags |= epfPFPairs
 		}
 		if t.ipcComplete {
 			v.Flags |= epfIPCArray
@@ -211,7 +215,7 @@ type Tables struct {
 	NameSlots map[uint32][]nameSlot
 
 	fast map[uint32]endpointFastVal // fastEndpoints, derived once Endpoints are final
-	// pfaComplete: fm_policy_fixarr holds every PolicyFixed entry (set by
+	// pfaComplete: fm_policy_fixarr_v2 holds every PolicyFixed entry (set by
 	// the eBPF dataplane before it derives fast).
 	pfaComplete bool
 	// ipcComplete: fm_ipcache_hostarr holds every host entry of IPCache.

@@ -298,3 +298,27 @@ func (e *EBPF) closeLegacy(remove bool) {
 	}
 	e.log.Info("removed the endpoints table of an older fedmesh version", "path", path)
 }
+
+// retiredPins are pinned maps of older versions that this one neither
+// reads nor writes: fm_policy_fixarr held one policy index entry per way
+// (fm_policy_fixarr_v2 pairs the layers). Programs of that version still
+// attached hold their own reference (and read the hash once a revision of
+// this version clears EPF_PF_ARRAY), so removing the pin frees the map
+// when the last of them is replaced.
+var retiredPins = []string{"fm_policy_fixarr"}
+
+// removeRetiredPins removes the pins in dir of retiredPins.
+func removeRetiredPins(dir string, log *slog.Logger) error {
+	for _, name := range retiredPins {
+		path := filepath.Join(dir, name)
+		err := os.Remove(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("remove retired pinned map %s: %w", path, err)
+		}
+		log.Info("removed a pinned map an older fedmesh version used", "map", path)
+	}
+	return nil
+}

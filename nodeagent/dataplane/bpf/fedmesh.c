@@ -166,8 +166,9 @@ struct endpoint_val {
 // wrote) send the packet to the hash, which stays complete.
 #define EP_FAST_ENTRIES 65536
 #define EPF_VALID 0x1
-#define EPF_PF_ARRAY 0x2 // the revision's policy_fixed entries are all in fm_policy_fixarr
+#define EPF_PF_ARRAY 0x2 // the revision's policy_fixed entries are all in fm_policy_fixarr (before pairs)
 #define EPF_IPC_ARRAY 0x4 // the revision's host ipcache entries are all in fm_ipcache_hostarr
+#define EPF_PF_PAIRS 0x8  // the revision's policy_fixed entries are all in fm_policy_fixarr_v2
 struct endpoint_fast {
 	struct endpoint_val ep;
 	__u32 flags;                // EPF_*
@@ -237,7 +238,7 @@ struct policy_fixed_val {
 };
 
 // fm_ipcache_hostarr: the host ipcache entries again, as a static cuckoo
-// table like fm_policy_fixarr (ipc_find, cuckoo.go). Its size is fixed:
+// table like fm_policy_fixarr_v2 (ipc_find, cuckoo.go). Its size is fixed:
 // a revision with more host entries than it holds stays in the hash.
 #define IPC_WAYS 4
 #define IPC_BUCKETS (1 << 16)
@@ -277,21 +278,32 @@ struct cidr_lens {
 	__u8 bits[2][CIDR_PROBES];   // longest first
 };
 
-// fm_policy_fixarr: policy_fixed again, as a static cuckoo table in an
+// fm_policy_fixarr_v2: policy_fixed again, as a static cuckoo table in an
 // array (two candidate buckets of PFA_WAYS entries, chosen by pfa_hash):
 // an array lookup is inlined by the verifier, a hash lookup is three calls,
-// ~30 ns on hosts whose every return is mitigated, and a packet denied by
-// tier and NetworkPolicy rules makes up to twelve of them. The Go side
-// places every entry of a revision (cuckoo.go, the same hash) and marks the
-// endpoints with EPF_PF_ARRAY when all of them fit; otherwise, and for
-// tables an older agent wrote, the hash answers as before. Per revision
-// like every table: written while its slot is inactive, never in place
-// under a reader.
+// ~30 ns on hosts whose every return is mitigated. A way pairs the
+// NetworkPolicy entry of a key with its tier entry: the tier kinds fold onto
+// KIND_IDENTITY and KIND_CIDR (half PFA_TIER), so a packet denied by tier
+// and NetworkPolicy rules probes the table once per lookup shape, six
+// times, not twelve. Other kinds keep their key, in half PFA_NP. An absent
+// half is all zero, which reads as no entry. The Go side places every
+// entry of a revision (cuckoo.go, the same hash) and marks the endpoints
+// with EPF_PF_PAIRS when all of them fit; otherwise, and for tables an
+// older agent wrote, the hash answers as before. Per revision like every
+// table: written while its slot is inactive, never in place under a
+// reader. (fm_policy_fixarr, one entry per way, is what programs before
+// the pairs read, with EPF_PF_ARRAY.)
 #define PFA_WAYS 4
 #define PFA_BUCKETS (1 << 15)
+#define PFA_NP 0
+#define PFA_TIER 1
+struct pf_pair {
+	struct policy_fixed_val v[2]; // by PFA_*
+};
+
 struct pf_bucket {
 	struct policy_fixed_key k[PFA_WAYS]; // ifindex 0: empty way
-	struct policy_fixed_val v[PFA_WAYS];
+	struct pf_pair v[PFA_WAYS];
 };
 
 // Conntrack: one entry per (endpoint, protocol, pair of ends), whichever
@@ -624,7 +636,7 @@ struct {
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct { POLICY_FIXARR_INNER_DEF });
-} fm_policy_fixarr SEC(".maps");
+} fm_policy_fixarr_v2 SEC(".maps"); // fm_policy_fixarr held one entry per way
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -1374,6 +1386,45 @@ static __always_inline void ct_open(void *ct, void *k, __u8 c, struct ct_flow *n
 	v->flow[c & 1] = *nf;
 }
 
+// The policy stage's inputs and outputs.
+struct tier_args {
+	__u8 peer_ip[16];
+	__u32 slot;
+	__u32 ifindex;
+	__u32 peer_id;
+	__u16 dport;
+	__u8 dir;
+	__u8 proto;
+	__u8 has_ports;
+	__u8 cls_done; // in: cls was looked up (fm_cidr_stage)
+	__u8 tiers;    // in: the direction has tier entries (EPL_TIER)
+	// in: tm and the name slots below come from fm_endpoints_fast, so the
+	// KIND_TIER_SUMMARY entry need not be looked up.
+	__u8 tm_known;
+	__u8 use_arr; // in: read fm_policy_fixarr_v2 (EPF_PF_PAIRS)
+	__u8 lookups; // in: the endpoint's EPL_* bits for the direction
+	__u8 enforced; // in: NetworkPolicy enforces the direction
+	__u8 pad;
+	__u32 rule;   // out: the allowing NetworkPolicy rule, 0 for none
+	__u32 cls;   // in with cls_done: the peer's CIDR class
+	__u32 admin; // out: the best Admin candidate, 0 for none
+	__u32 base;  // out: the best Baseline candidate, 0 for none
+	__u32 tm;    // out (in with tm_known): the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
+	// out (in with tm_known): the name slots with entries of one protocol /
+	// of any protocol (the summary's rules[0] and rules[1]).
+	__u32 fqdn_proto_slots;
+	__u32 fqdn_any_slots;
+	struct fqdn_key fk; // fm_fqdn_stage's key, here to spare the stack
+	// The policy lookups' keys, here for the same reason.
+	struct policy_port_key pk; // policy_fixed's key is its first 12 bytes
+	struct policy_key tk;
+	struct cidr_key ck;
+	// handle()'s fragment key, here for the same reason: fragments are
+	// rare, and the first fragment's key is written after the policy
+	// stage is done with the rest.
+	struct frag_key frag;
+};
+
 // What the policy lookups need of a packet.
 struct l4 {
 	__u16 dport;
@@ -1384,26 +1435,25 @@ struct l4 {
 struct policy_tabs {
 	void *trie;   // fm_policy: every entry
 	void *fixed;  // fm_policy_fixed, or 0 for tables of an older agent
-	void *fixarr; // fm_policy_fixarr when it holds every fm_policy_fixed entry, else 0
+	void *fixarr; // fm_policy_fixarr_v2 when it holds every fm_policy_fixed entry, else 0
 	void *port;   // fm_policy_port
-	__u32 ifindex;
-	__u8 dir;
+	struct tier_args *a; // the endpoint and direction; the keys live in its scratch
 };
 
 static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
 						__u8 proto)
 {
-	struct policy_key k;
+	struct policy_key *k = &pt->a->tk;
 	struct policy_val *v;
-	__u32 *w = (__u32 *)&k;
+	__u32 *w = (__u32 *)k;
 
 	// Written a word at a time: see v4_mapped.
 	w[0] = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
-	w[1] = pt->ifindex;
-	w[2] = pt->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+	w[1] = pt->a->ifindex;
+	w[2] = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
 	w[3] = peer;
 	w[4] = bpf_htons(p->dport); // port, then pad2 = 0
-	v = bpf_map_lookup_elem(pt->trie, &k);
+	v = bpf_map_lookup_elem(pt->trie, k);
 	return v ? v->rule : 0;
 }
 
@@ -1450,10 +1500,10 @@ static __always_inline __u64 pfa_hash(const __u32 *w)
 	return ((__u64)w[2] << 32 | lo) * 0x9E3779B97F4A7C15ULL;
 }
 
-// pfa_find returns the entry of the key of words w0 to w2 in
-// fm_policy_fixarr's table arr, or 0. The words come in registers: read
+// pfa_find returns the pair of the key of words w0 to w2 in
+// fm_policy_fixarr_v2's table arr, or 0. The words come in registers: read
 // back from a key just written byte by byte they would stall (v4_mapped).
-static __always_inline struct policy_fixed_val *pfa_find(void *arr, __u32 w0, __u32 w1, __u32 w2)
+static __always_inline struct pf_pair *pfa_find(void *arr, __u32 w0, __u32 w1, __u32 w2)
 {
 	__u32 w[3] = {w0, w1, w2};
 	__u64 h = pfa_hash(w);
@@ -1475,49 +1525,113 @@ static __always_inline struct policy_fixed_val *pfa_find(void *arr, __u32 w0, __
 	return 0;
 }
 
-// policy_lookup returns what the longest-prefix match in the policy trie
-// returns, mostly without touching the trie: a single-port entry is the
-// longest match when it exists (hash hit); without range entries, the
-// all-ports entry is the only other candidate.
-static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
-					   __u8 proto)
+// policy_entry returns what the longest-prefix match in the policy trie
+// returns for the key (kind, peer, proto, the packet's port) whose
+// policy_fixed entry is fv, mostly without touching the trie: a
+// single-port entry is the longest match when it exists (hash hit);
+// without range entries, the all-ports entry is the only other candidate.
+// The port hash's key is written only when it is read: the array path
+// needs no key in memory.
+static __always_inline __u32 policy_entry(struct policy_tabs *pt, struct policy_fixed_val *fv, __u8 kind,
+					  __u32 peer, struct l4 *p, __u8 proto)
 {
-	struct policy_port_key k;
-	struct policy_fixed_val *fv;
 	struct policy_val *v;
-	__u32 *kw = (__u32 *)&k;
-	// The key's second word: dir, kind, proto, pad (little endian).
-	__u32 w1 = pt->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+	__u16 port = bpf_htons(p->dport);
 
-	if (!pt->fixed)
-		return policy_trie_lookup(pt, kind, peer, p, proto);
-	// Written a word at a time: see v4_mapped.
-	kw[0] = pt->ifindex;
-	kw[1] = w1;
-	kw[2] = peer;
-	kw[3] = bpf_htons(p->dport); // port, then pad2 = 0
-	if (pt->fixarr)
-		fv = pfa_find(pt->fixarr, pt->ifindex, w1, peer);
-	else
-		fv = bpf_map_lookup_elem(pt->fixed, &k); // reads the first 12 bytes
-	if (!fv)
-		return 0;
 	if (!p->has_ports)
 		return fv->all_rule; // a 96-bit trie key matches only all-ports entries
 	if (fv->flags & PF_EXACT) {
-		v = bpf_map_lookup_elem(pt->port, &k);
+		__u32 *kw = (__u32 *)&pt->a->pk;
+		// Written a word at a time: see v4_mapped.
+		kw[0] = pt->a->ifindex;
+		kw[1] = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+		kw[2] = peer;
+		kw[3] = port; // then pad2 = 0
+		v = bpf_map_lookup_elem(pt->port, &pt->a->pk);
 		if (v)
 			return v->rule;
 	} else {
 		int i;
 #pragma unroll
 		for (i = 0; i < PF_INLINE; i++)
-			if (i < fv->nports && fv->ports[i] == k.port)
+			if (i < fv->nports && fv->ports[i] == port)
 				return fv->rules[i];
 	}
 	if ((fv->flags & PF_RANGES) && (!(fv->flags & PF_BLOCKS) || ((fv->blocks >> (p->dport >> 12)) & 1)))
 		return policy_trie_lookup(pt, kind, peer, p, proto);
 	return fv->all_rule;
+}
+
+// policy_fixed_find returns the fm_policy_fixed hash entry of the key of
+// words w0 to w2 (the array path is pfa_find).
+static __always_inline struct policy_fixed_val *policy_fixed_find(struct policy_tabs *pt, __u32 w0, __u32 w1,
+								  __u32 w2)
+{
+	__u32 *kw = (__u32 *)&pt->a->pk;
+
+	// Written a word at a time: see v4_mapped.
+	kw[0] = w0;
+	kw[1] = w1;
+	kw[2] = w2;
+	return bpf_map_lookup_elem(pt->fixed, &pt->a->pk); // reads the first 12 bytes
+}
+
+// policy_lookup returns the trie's answer for one key of a kind that has
+// no pair (the name rules' KIND_TIER_FQDN: half PFA_NP in the array).
+static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p,
+					   __u8 proto)
+{
+	struct policy_fixed_val *fv;
+	struct pf_pair *pp;
+	// The key's second word: dir, kind, proto, pad (little endian).
+	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+
+	if (!pt->fixed)
+		return policy_trie_lookup(pt, kind, peer, p, proto);
+	if (pt->fixarr) {
+		pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
+		fv = pp ? &pp->v[PFA_NP] : 0;
+	} else {
+		fv = policy_fixed_find(pt, pt->a->ifindex, w1, peer);
+	}
+	if (!fv)
+		return 0;
+	return policy_entry(pt, fv, kind, peer, p, proto);
+}
+
+// policy_pair answers one lookup shape (base kind KIND_IDENTITY or
+// KIND_CIDR, peer, protocol) for both layers: the NetworkPolicy rule into
+// *rule when np, the tier value (the kind | 2) into *tv when tier. The
+// array finds both entries with one probe; the hash (and the trie of an
+// older agent's tables, which have no tier entries) one per layer.
+static __always_inline void policy_pair(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p, __u8 proto,
+					int np, int tier, __u32 *rule, __u32 *tv)
+{
+	struct policy_fixed_val *nv = 0, *tvv = 0;
+	struct pf_pair *pp;
+	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+
+	if (!pt->fixed) {
+		if (np)
+			*rule = policy_trie_lookup(pt, kind, peer, p, proto);
+		return;
+	}
+	if (pt->fixarr) {
+		pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
+		if (!pp)
+			return;
+		nv = &pp->v[PFA_NP];
+		tvv = &pp->v[PFA_TIER];
+	} else {
+		if (np)
+			nv = policy_fixed_find(pt, pt->a->ifindex, w1, peer);
+		if (tier)
+			tvv = policy_fixed_find(pt, pt->a->ifindex, w1 | (2U << 8), peer); // the tier kind
+	}
+	if (np && nv)
+		*rule = policy_entry(pt, nv, kind, peer, p, proto);
+	if (tier && tvv)
+		*tv = policy_entry(pt, tvv, kind | 2, peer, p, proto);
 }
 
 // tier_fold keeps, per tier, the better (lower, non-zero) candidate.
@@ -1590,61 +1704,29 @@ static __always_inline int cidr_find(void *arr, struct cidr_lens *l, __u32 ifind
 	return 0;
 }
 
-// cidr_class returns the CIDR class of the peer address for an endpoint
+// cidr_class returns the CIDR class of a's peer address for its endpoint
 // and direction (0: no CIDR rule holds for it).
-static __always_inline __u32 cidr_class(__u32 slot, __u32 ifindex, __u8 dir, __u8 *peer_ip)
+static __always_inline __u32 cidr_class(struct tier_args *a)
 {
-	struct cidr_key k;
+	struct cidr_key *k = &a->ck;
 	struct cidr_val *v;
-	__u32 *w = (__u32 *)&k;
+	__u32 *w = (__u32 *)k;
+	__u32 slot = a->slot;
 	void *cidr = bpf_map_lookup_elem(&fm_cidr, &slot);
 
 	if (!cidr)
 		return 0;
 	// Written a word at a time: see v4_mapped.
 	w[0] = CIDR_FIXED_BITS + 128;
-	w[1] = ifindex;
-	w[2] = dir; // and pad
-	__builtin_memcpy(k.ip, peer_ip, 16);
-	v = bpf_map_lookup_elem(cidr, &k);
+	w[1] = a->ifindex;
+	w[2] = a->dir; // and pad
+	__builtin_memcpy(k->ip, a->peer_ip, 16);
+	v = bpf_map_lookup_elem(cidr, k);
 	return v ? v->class_id : 0;
 }
 
-// The tier stage's inputs and outputs.
-struct tier_args {
-	__u8 peer_ip[16];
-	__u32 slot;
-	__u32 ifindex;
-	__u32 peer_id;
-	__u16 dport;
-	__u8 dir;
-	__u8 proto;
-	__u8 has_ports;
-	__u8 cls_done; // out: cls was looked up
-	// in: tm and the name slots below come from fm_endpoints_fast, so the
-	// KIND_TIER_SUMMARY entry need not be looked up.
-	__u8 tm_known;
-	__u8 use_arr; // in: read fm_policy_fixarr (EPF_PF_ARRAY)
-	__u8 lookups; // in: the endpoint's EPL_* bits for the direction
-	__u8 pad[3];
-	__u32 rule;   // out of fm_np_stage: the allowing rule, 0 for none
-	__u32 cls;   // out: the peer's CIDR class
-	__u32 admin; // out: the best Admin candidate, 0 for none
-	__u32 base;  // out: the best Baseline candidate, 0 for none
-	__u32 tm;    // out (in with tm_known): the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
-	// out (in with tm_known): the name slots with entries of one protocol /
-	// of any protocol (the summary's rules[0] and rules[1]).
-	__u32 fqdn_proto_slots;
-	__u32 fqdn_any_slots;
-	struct fqdn_key fk; // fm_fqdn_stage's key, here to spare the stack
-	// handle()'s fragment key, here for the same reason: fragments are
-	// rare, and the first fragment's key is written after the tier stage
-	// is done with the rest.
-	struct frag_key frag;
-};
-
-// The tier stage's arguments live here, not on the stack: handle() and
-// fm_tier_stage share the 512-byte stack. Not pinned: scratch, per packet.
+// The policy stage's arguments live here, not on the stack: handle() and
+// fm_policy_stage share the 512-byte stack. Not pinned: scratch, per packet.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -1693,15 +1775,14 @@ __attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 	if (!a)
 		return 0;
 	slot = a->slot;
-	pt.ifindex = a->ifindex;
-	pt.dir = a->dir;
+	pt.a = a;
 	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
 	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
 	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 	if (!pt.trie || !pt.fixed || !pt.port)
 		return 0;
 	if (a->use_arr)
-		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
+		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
 	q.dport = a->dport;
 	q.has_ports = a->has_ports;
 	admin = a->admin;
@@ -1729,7 +1810,7 @@ static __always_inline int fqf_absent(struct tier_args *a)
 
 // fm_fqdn_stage looks the destination up in fm_fqdn (one hash lookup) and
 // folds in the name rules of every slot whose answer is live.
-// Called by handle() after fm_tier_stage, not from it: three nested
+// Called by handle() after fm_policy_stage, not from it: three nested
 // frames would not fit the 512-byte stack.
 __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 {
@@ -1754,115 +1835,105 @@ __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 	return 0;
 }
 
-// fm_tier_stage runs every tier lookup that can match (the endpoint's
-// KIND_TIER_SUMMARY entry says which) and folds their values into the best
-// Admin and Baseline candidates. A global function: the verifier checks it
-// once, not once per path of handle() that reaches it.
-__attribute__((noinline)) int fm_tier_stage(struct tier_args *a)
+// fm_policy_stage runs the lookups of both layers: every tier lookup that
+// can match (the endpoint's KIND_TIER_SUMMARY entry says which), folded
+// into the best Admin and Baseline candidates, and, when NetworkPolicy
+// enforces the direction, the NetworkPolicy lookups that can match (the
+// endpoint's lookups say which; tables of an older agent: all, in the
+// trie) up to the first allow, whose rule it leaves in a->rule (0: none
+// allows). A shape both layers look up costs one probe of the array
+// (policy_pair). A global function: the verifier checks it once, not once
+// per path of handle() that reaches it; inlined, handle() would pass the
+// verifier's instruction limit. Its frame shares the 512-byte stack with
+// handle()'s, so the results build up in a and the keys live there too:
+// as locals they would be spilled across the helper calls.
+__attribute__((noinline)) int fm_policy_stage(struct tier_args *a)
 {
 	struct policy_tabs pt = {};
 	struct policy_fixed_val *sv;
 	struct l4 q;
-	__u32 tm, slot, admin = 0, base = 0;
+	__u32 tm = 0, slot, tv, cls;
+	__u8 np = 0, proto;
 
 	if (!a)
 		return 0;
+	a->admin = 0;
+	a->base = 0;
+	a->rule = 0;
 	slot = a->slot;
-	pt.ifindex = a->ifindex;
-	pt.dir = a->dir;
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
-	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
-	if (!pt.trie || !pt.fixed || !pt.port)
-		return 0;
-	if (a->use_arr)
-		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
-	if (a->tm_known) {
-		tm = a->tm;
-	} else {
-		struct policy_fixed_key sk = {.ifindex = a->ifindex, .dir = a->dir, .kind = KIND_TIER_SUMMARY};
-		sv = bpf_map_lookup_elem(pt.fixed, &sk);
-		tm = sv ? sv->all_rule : 0;
-		if (sv && (tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY))) {
-			a->fqdn_proto_slots = sv->rules[0];
-			a->fqdn_any_slots = sv->rules[1];
-		}
-	}
-	q.dport = a->dport;
-	q.has_ports = a->has_ports;
-	if (a->peer_id && (tm & EPL_PEER_PROTO))
-		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, a->peer_id, &q, a->proto), &admin, &base);
-	if (a->peer_id && (tm & EPL_PEER_ANY))
-		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, a->peer_id, &q, 0), &admin, &base);
-	if (tm & EPL_ALL_PROTO)
-		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, 0, &q, a->proto), &admin, &base);
-	if (tm & EPL_ALL_ANY)
-		tier_fold(policy_lookup(&pt, KIND_TIER_IDENTITY, 0, &q, 0), &admin, &base);
-	if (tm & (EPL_CIDR_PROTO | EPL_CIDR_ANY)) {
-		__u32 cls = a->cls_done ? a->cls : cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
-		a->cls = cls;
-		a->cls_done = 1;
-		if (cls && (tm & EPL_CIDR_PROTO))
-			tier_fold(policy_lookup(&pt, KIND_TIER_CIDR, cls, &q, a->proto), &admin, &base);
-		if (cls && (tm & EPL_CIDR_ANY))
-			tier_fold(policy_lookup(&pt, KIND_TIER_CIDR, cls, &q, 0), &admin, &base);
-	}
-	a->admin = admin;
-	a->base = base;
-	a->tm = tm;
-	return 0;
-}
-
-// fm_np_stage runs the NetworkPolicy lookups that can match (the
-// endpoint's lookups say which; tables of an older agent: all, in the
-// trie), stopping at the first allow, whose rule it leaves in a->rule (0:
-// none allows). The CIDR class the tier stage looked up is reused.
-__attribute__((noinline)) int fm_np_stage(struct tier_args *a)
-{
-	struct policy_tabs pt = {};
-	struct l4 q;
-	__u32 slot, rule = 0, cls;
-	__u8 lookups;
-
-	if (!a)
-		return 0;
-	slot = a->slot;
-	lookups = a->lookups;
-	pt.ifindex = a->ifindex;
-	pt.dir = a->dir;
+	proto = a->proto;
+	pt.a = a;
 	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
 	if (!pt.trie)
 		return 0;
-	if (lookups & EPL_VALID) {
+	if (a->lookups & EPL_VALID) {
 		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
 		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 		if (!pt.fixed || !pt.port)
 			return 0;
 		if (a->use_arr)
-			pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr, &slot);
-	} else {
-		lookups = 0xff;
+			pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
+		if (a->enforced)
+			np = a->lookups;
+	} else if (a->enforced) {
+		np = 0xff;
+	}
+	if (a->tiers && pt.fixed) {
+		if (a->tm_known) {
+			tm = a->tm;
+		} else {
+			struct policy_fixed_key sk = {.ifindex = a->ifindex, .dir = a->dir, .kind = KIND_TIER_SUMMARY};
+			sv = bpf_map_lookup_elem(pt.fixed, &sk);
+			tm = sv ? sv->all_rule : 0;
+			if (sv && (tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY))) {
+				a->fqdn_proto_slots = sv->rules[0];
+				a->fqdn_any_slots = sv->rules[1];
+			}
+		}
 	}
 	q.dport = a->dport;
 	q.has_ports = a->has_ports;
-	if (a->peer_id && (lookups & EPL_PEER_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, a->peer_id, &q, a->proto);
-	if (!rule && a->peer_id && (lookups & EPL_PEER_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, a->peer_id, &q, 0);
-	if (!rule && (lookups & EPL_ALL_PROTO))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, a->proto);
-	if (!rule && (lookups & EPL_ALL_ANY))
-		rule = policy_lookup(&pt, KIND_IDENTITY, 0, &q, 0);
-	if (!rule && (lookups & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
-		cls = a->cls_done ? a->cls : cidr_class(slot, a->ifindex, a->dir, a->peer_ip);
-		if (cls) {
-			if (lookups & EPL_CIDR_PROTO)
-				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, a->proto);
-			if (!rule && (lookups & EPL_CIDR_ANY))
-				rule = policy_lookup(&pt, KIND_CIDR, cls, &q, 0);
+	// Each shape in the NetworkPolicy stage's order, so the allowing rule
+	// is the one the stages reported before they were merged. Once a rule
+	// allows, only tier lookups remain.
+	if (a->peer_id && ((np & EPL_PEER_PROTO) || (tm & EPL_PEER_PROTO))) {
+		tv = 0;
+		policy_pair(&pt, KIND_IDENTITY, a->peer_id, &q, proto, np & EPL_PEER_PROTO, tm & EPL_PEER_PROTO,
+			    &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if (a->peer_id && ((!a->rule && (np & EPL_PEER_ANY)) || (tm & EPL_PEER_ANY))) {
+		tv = 0;
+		policy_pair(&pt, KIND_IDENTITY, a->peer_id, &q, 0, !a->rule && (np & EPL_PEER_ANY), tm & EPL_PEER_ANY,
+			    &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if ((!a->rule && (np & EPL_ALL_PROTO)) || (tm & EPL_ALL_PROTO)) {
+		tv = 0;
+		policy_pair(&pt, KIND_IDENTITY, 0, &q, proto, !a->rule && (np & EPL_ALL_PROTO), tm & EPL_ALL_PROTO,
+			    &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if ((!a->rule && (np & EPL_ALL_ANY)) || (tm & EPL_ALL_ANY)) {
+		tv = 0;
+		policy_pair(&pt, KIND_IDENTITY, 0, &q, 0, !a->rule && (np & EPL_ALL_ANY), tm & EPL_ALL_ANY, &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if ((!a->rule && (np & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) || (tm & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
+		cls = a->cls_done ? a->cls : cidr_class(a);
+		if (cls && ((np & EPL_CIDR_PROTO) || (tm & EPL_CIDR_PROTO))) {
+			tv = 0;
+			policy_pair(&pt, KIND_CIDR, cls, &q, proto, !a->rule && (np & EPL_CIDR_PROTO), tm & EPL_CIDR_PROTO,
+				    &a->rule, &tv);
+			tier_fold(tv, &a->admin, &a->base);
+		}
+		if (cls && ((!a->rule && (np & EPL_CIDR_ANY)) || (tm & EPL_CIDR_ANY))) {
+			tv = 0;
+			policy_pair(&pt, KIND_CIDR, cls, &q, 0, !a->rule && (np & EPL_CIDR_ANY), tm & EPL_CIDR_ANY, &a->rule, &tv);
+			tier_fold(tv, &a->admin, &a->base);
 		}
 	}
-	a->rule = rule;
+	a->tm = tm;
 	return 0;
 }
 
@@ -2019,10 +2090,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!enforced && !tiers)
 		goto allow_open;
 
-	// The policy stages run in global functions (fm_tier_stage,
-	// fm_fqdn_stage, fm_np_stage) with their inputs and outputs in
-	// per-CPU scratch: each is verified once, and their lookup keys live
-	// in their own frames, not in this one's.
+	// The policy stages run in global functions (fm_cidr_stage,
+	// fm_policy_stage, fm_fqdn_stage) with their inputs, outputs and
+	// lookup keys in per-CPU scratch: each is verified once, and nothing
+	// of theirs lives in this frame.
 	__u32 admin = 0, base = 0;
 	struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
 
@@ -2037,12 +2108,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ta->proto = p.t.proto;
 	ta->has_ports = p.has_ports;
 	ta->lookups = lookups;
+	ta->tiers = tiers;
+	ta->enforced = enforced;
 	ta->cls_done = 0;
 	ta->cls = 0;
-	ta->admin = 0;
-	ta->base = 0;
-	ta->rule = 0;
-	ta->use_arr = ef && (ef->flags & EPF_PF_ARRAY) && (lookups & EPL_VALID);
+	ta->use_arr = ef && (ef->flags & EPF_PF_PAIRS) && (lookups & EPL_VALID);
 	if (ef) {
 		ta->tm_known = 1;
 		ta->tm = ef->tier_mask[dir & 1];
@@ -2059,14 +2129,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (((tiers ? ta->tm : 0) | (enforced && (lookups & EPL_VALID) ? lookups : 0)) &
 	    (EPL_CIDR_PROTO | EPL_CIDR_ANY))
 		fm_cidr_stage(ta);
-	if (tiers) {
-		fm_tier_stage(ta);
-		// Name rules: the slots whose answer for this address is live.
-		if (dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)) && !fqf_absent(ta))
-			fm_fqdn_stage(ta);
-		admin = ta->admin;
-		base = ta->base;
-	}
+	fm_policy_stage(ta);
+	// Name rules: the slots whose answer for this address is live.
+	if (tiers && dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)) && !fqf_absent(ta))
+		fm_fqdn_stage(ta);
+	admin = ta->admin;
+	base = ta->base;
 	// Admin Accept and Deny are final; Pass goes on.
 	if (admin && (admin & 3) != TIER_PASS) {
 		rule = admin >> 2;
@@ -2083,7 +2151,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			goto deny;
 		goto allow_policy;
 	}
-	fm_np_stage(ta);
 	rule = ta->rule;
 	if (!rule)
 		goto deny;
