@@ -215,3 +215,56 @@ func TestUpgradeAdoptsLegacyEndpointsTable(t *testing.T) {
 		t.Errorf("after the first Apply: counted %d denied ingress packets, want 1", got)
 	}
 }
+
+// TestUpgradeRemovesTheRetiredPolicyArrayPin starts the dataplane on a pin
+// directory holding fm_policy_fixarr as the version before the paired
+// array left it (one policy_fixed entry per way): the start succeeds, the
+// pin is gone, and a revision is written to fm_policy_fixarr_v2, whose
+// endpoints say so with EPF_PF_PAIRS and never with EPF_PF_ARRAY (0x2),
+// which programs of that version would take for the retired array.
+func TestUpgradeRemovesTheRetiredPolicyArrayPin(t *testing.T) {
+	requireKernel(t)
+	_, nsPath := newNetNS(t)
+	ctx := context.Background()
+	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: nsPath}
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Uninstall(context.Background(), cfg.PinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fm_policy_fixarr", Type: ebpf.ArrayOfMaps, KeySize: 4, MaxEntries: 2,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 176, MaxEntries: pfaBuckets}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(cfg.PinDir, "fm_policy_fixarr")); err != nil {
+		t.Fatal(err)
+	}
+
+	dp, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start on an older version's pins: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if _, err := os.Stat(filepath.Join(cfg.PinDir, "fm_policy_fixarr")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("retired fm_policy_fixarr pin: stat err %v, want it removed", err)
+	}
+	if err := dp.Attach(ctx, Endpoint{ID: "me", Interface: "lo"}); err != nil {
+		t.Fatal(err)
+	}
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"me": {
+		Identity: 1, Ingress: policy.DirectionRules{Enforced: true,
+			Identities: []policy.IdentityRule{{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.PortRange{First: 80, Last: 80}, Rule: 1}}}}}}
+	if err := dp.Apply(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	for ifindex, v := range dp.shadow[dp.active].fastEndpoints() {
+		if v.Flags&0x2 != 0 || v.Flags&epfPFPairs == 0 {
+			t.Errorf("endpoint %d has flags %#x, want EPF_PF_PAIRS and not EPF_PF_ARRAY", ifindex, v.Flags)
+		}
+	}
+}
