@@ -235,11 +235,12 @@ func tieredBigRevision(n uint64) *Revision {
 }
 
 // BenchmarkProgramPerPacketTiers measures a packet denied after every
-// lookup of both stages (tier summary, four identity and two CIDR tier
-// lookups, the CIDR class, four identity and two CIDR NetworkPolicy
-// lookups, each through the trie for its port ranges) with 100k ipcache
-// entries, 10k NetworkPolicy rules and 1k ClusterNetworkPolicy rules,
-// against an empty tc program in the same run.
+// lookup of both layers (the tier summary, the CIDR class, and the six
+// lookup shapes, each answering a tier and a NetworkPolicy entry: four
+// identity shapes and two CIDR class shapes; with port 20007 each entry
+// also walks the trie for its port ranges) with 100k ipcache entries, 10k
+// NetworkPolicy rules and 1k ClusterNetworkPolicy rules, against an empty
+// tc program in the same run.
 func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	requireKernel(b)
 	_, nsPath := newNetNS(b)
