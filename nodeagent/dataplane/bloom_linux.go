@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -89,6 +90,23 @@ func (b *bloom) fill() float64 {
 }
 
 func (b *bloom) close() { _ = unix.Munmap(b.mem) }
+
+// everyTick calls fn every interval until stop closes, then closes done:
+// the dataplane's background upkeep (filter rebuilds, the learned-address
+// sweep).
+func everyTick(interval time.Duration, stop <-chan struct{}, done chan<- struct{}, fn func()) {
+	defer close(done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
 
 // The filters' hashes of their keys, as the programs compute them from
 // the keys' little-endian words.

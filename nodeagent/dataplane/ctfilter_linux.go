@@ -64,21 +64,13 @@ func (f *ctFilter) start() {
 }
 
 func (f *ctFilter) loop() {
-	defer close(f.done)
-	t := time.NewTicker(ctFilterRebuildInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.stop:
+	everyTick(ctFilterRebuildInterval, f.stop, f.done, func() {
+		if err := f.rebuild(); err != nil {
+			f.log.Warn("rebuild conntrack filter; the current one stays in use", "err", err)
 			return
-		case <-t.C:
-			if err := f.rebuild(); err != nil {
-				f.log.Warn("rebuild conntrack filter; the current one stays in use", "err", err)
-				continue
-			}
-			f.log.Debug("rebuilt conntrack filter", "fill", f.fill())
 		}
-	}
+		f.log.Debug("rebuilt conntrack filter", "fill", f.fill())
+	})
 }
 
 // rebuild clears the generation packets do not test, waits out programs

@@ -65,17 +65,18 @@ func TestConntrackFilterRebuildKeepsEveryFlow(t *testing.T) {
 		}
 		return reason
 	}
-	for i := range flows {
-		for _, src := range []netip.Addr{peer, peer6} {
-			dst := me
-			if src.Is6() {
-				dst = me6
-			}
-			if r := send(tcp(src, dst, uint16(20000+i), 0x02)); r != ReasonAllowPolicy {
-				t.Fatalf("SYN of flow %d from %s: %s, want allowed by policy", i, src, r)
-			}
+	// Flow i of each family: from port 20000+i of the peer.
+	forFlows := func(fn func(i int, src, dst netip.Addr)) {
+		for i := range flows {
+			fn(i, peer, me)
+			fn(i, peer6, me6)
 		}
 	}
+	forFlows(func(i int, src, dst netip.Addr) {
+		if r := send(tcp(src, dst, uint16(20000+i), 0x02)); r != ReasonAllowPolicy {
+			t.Fatalf("SYN of flow %d from %s: %s, want allowed by policy", i, src, r)
+		}
+	})
 	if err := kern.Apply(ctx, closed); err != nil {
 		t.Fatal(err)
 	}
@@ -87,17 +88,11 @@ func TestConntrackFilterRebuildKeepsEveryFlow(t *testing.T) {
 	if fill := kern.ctf.fill(); fill <= 0 || fill > float64(2*flows)/float64(len(kern.ctf.gen(0))*64) {
 		t.Errorf("filter fill %g for %d flows, want in (0, %g]", fill, 2*flows, float64(2*flows)/float64(len(kern.ctf.gen(0))*64))
 	}
-	for i := range flows {
-		for _, src := range []netip.Addr{peer, peer6} {
-			dst := me
-			if src.Is6() {
-				dst = me6
-			}
-			if r := send(tcp(src, dst, uint16(20000+i), 0x10)); r != ReasonAllowConntrack {
-				t.Errorf("established packet of flow %d from %s after the rebuild: %s, want allowed by conntrack", i, src, r)
-			}
+	forFlows(func(i int, src, dst netip.Addr) {
+		if r := send(tcp(src, dst, uint16(20000+i), 0x10)); r != ReasonAllowConntrack {
+			t.Errorf("established packet of flow %d from %s after the rebuild: %s, want allowed by conntrack", i, src, r)
 		}
-	}
+	})
 	if r := send(tcp(peer, me, 19999, 0x10)); r != ReasonDenyPolicy {
 		t.Errorf("packet of no flow: %s, want denied by policy", r)
 	}

@@ -367,17 +367,8 @@ func (f *fqdnKernel) sweep() error {
 }
 
 func (f *fqdnKernel) sweepLoop() {
-	defer close(f.done)
-	t := time.NewTicker(fqdnSweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.stop:
-			return
-		case <-t.C:
-			_ = f.sweep() // a failed delete is retried at the next tick
-		}
-	}
+	// A failed delete is retried at the next tick.
+	everyTick(fqdnSweepInterval, f.stop, f.done, func() { _ = f.sweep() })
 }
 
 // Learn implements Dataplane.
