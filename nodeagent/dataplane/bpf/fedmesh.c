@@ -1764,17 +1764,36 @@ __attribute__((noinline)) int fm_cidr_stage(struct tier_args *a)
 	return 0;
 }
 
-// fqdn_slot folds the name rules of one live slot into a's candidates.
-static __always_inline void fqdn_slot(struct tier_args *a, struct policy_tabs *pt, struct l4 *q, __u32 s)
+// fm_fqdn_slot folds the name rules of one live slot into a's candidates.
+// A global function: verified once, whatever the number of slots.
+__attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 {
-	__u32 admin = a->admin, base = a->base;
+	struct policy_tabs pt = {};
+	struct l4 q;
+	__u32 slot, admin, base;
 
+	if (!a)
+		return 0;
+	slot = a->slot;
+	pt.a = a;
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+	if (!pt.trie || !pt.fixed || !pt.port)
+		return 0;
+	if (a->use_arr)
+		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
+	q.dport = a->dport;
+	q.has_ports = a->has_ports;
+	admin = a->admin;
+	base = a->base;
 	if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
-		tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, q, a->proto), &admin, &base);
+		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
 	if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s)))
-		tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, q, 0), &admin, &base);
+		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
 	a->admin = admin;
 	a->base = base;
+	return 0;
 }
 
 // fqf_absent reports whether fm_fqdn_filter proves that the endpoint never
@@ -1795,11 +1814,9 @@ static __always_inline int fqf_absent(struct tier_args *a)
 // frames would not fit the 512-byte stack.
 __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 {
-	struct policy_tabs pt = {};
 	struct fqdn_val *v;
-	struct l4 q;
 	__u64 now;
-	__u32 s, mask, slot;
+	__u32 s, mask;
 
 	if (!a)
 		return 0;
@@ -1810,23 +1827,10 @@ __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 		return 0;
 	now = now_ns();
 	mask = v->mask & (a->fqdn_proto_slots | a->fqdn_any_slots);
-	slot = a->slot;
-	pt.a = a;
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
-	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
-	if (!pt.trie || !pt.fixed || !pt.port)
-		return 0;
-	if (a->use_arr)
-		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
-	q.dport = a->dport;
-	q.has_ports = a->has_ports;
-	// A bounded loop the verifier walks per slot, its lookups inline: a
-	// global function per live slot cost a call each (~7 ns).
 	for (s = 0; s < FQDN_SLOTS; s++) {
 		if (!(mask & (1U << s)) || v->expires[s] <= now)
 			continue;
-		fqdn_slot(a, &pt, &q, s);
+		fm_fqdn_slot(a, s);
 	}
 	return 0;
 }
