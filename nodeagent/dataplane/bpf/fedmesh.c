@@ -1396,7 +1396,7 @@ struct tier_args {
 	__u8 dir;
 	__u8 proto;
 	__u8 has_ports;
-	__u8 cls_done; // in: cls was looked up (fm_cidr_stage)
+	__u8 pad0;
 	__u8 tiers;    // in: the direction has tier entries (EPL_TIER)
 	// in: tm and the name slots below come from fm_endpoints_fast, so the
 	// KIND_TIER_SUMMARY entry need not be looked up.
@@ -1406,7 +1406,7 @@ struct tier_args {
 	__u8 enforced; // in: NetworkPolicy enforces the direction
 	__u8 pad;
 	__u32 rule;   // out: the allowing NetworkPolicy rule, 0 for none
-	__u32 cls;   // in with cls_done: the peer's CIDR class
+	__u32 pad1;
 	__u32 admin; // out: the best Admin candidate, 0 for none
 	__u32 base;  // out: the best Baseline candidate, 0 for none
 	__u32 tm;    // out (in with tm_known): the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
@@ -1661,29 +1661,33 @@ static __always_inline __u32 cidr_mask(__u32 w, __u32 i, __u32 bits)
 // cidr_find looks the peer address up in fm_cidr_arr's table arr at each
 // of the endpoint's prefix lengths, longest first; the first hit is the
 // longest match. Returns 1 with its class in *cls, 0 when none holds.
-static __always_inline int cidr_find(void *arr, struct cidr_lens *l, __u32 ifindex, __u8 dir, const __u8 *peer_ip,
-				     __u32 *cls)
+static __always_inline int cidr_find(void *arr, struct cidr_lens *l, struct tier_args *a, __u32 *cls)
 {
-	const __u32 *ip = (const __u32 *)peer_ip;
-	__u32 n = l->n[dir & 1], rot = (ifindex << 16) | (ifindex >> 16);
+	const __u32 *ip = (const __u32 *)a->peer_ip;
+	// The masked address goes to scratch, not registers: the probes run
+	// inside the policy stage, whose frame shares the 512-byte stack.
+	__u32 *m = (__u32 *)a->ck.ip;
+	__u32 ifindex = a->ifindex, dir = a->dir & 1;
+	__u32 n = l->n[dir];
 	int i, j, k;
 
 	// A bounded loop (the verifier walks each iteration): clang cannot
 	// unroll it around the early exits.
 	for (i = 0; i < CIDR_PROBES; i++) {
-		__u32 bits, w0, w1, w2, w3, kw1;
+		__u32 bits, kw1;
 		__u64 h;
 
 		if (i >= n)
 			break;
-		bits = l->bits[dir & 1][i];
-		w0 = cidr_mask(ip[0], 0, bits);
-		w1 = cidr_mask(ip[1], 1, bits);
-		w2 = cidr_mask(ip[2], 2, bits);
-		w3 = cidr_mask(ip[3], 3, bits);
-		kw1 = (dir & 1) | (bits << 8);
+		bits = l->bits[dir][i];
+		m[0] = cidr_mask(ip[0], 0, bits);
+		m[1] = cidr_mask(ip[1], 1, bits);
+		m[2] = cidr_mask(ip[2], 2, bits);
+		m[3] = cidr_mask(ip[3], 3, bits);
+		kw1 = dir | (bits << 8);
 		// cidrHash in cuckoo.go.
-		h = ((__u64)(w0 ^ w2 ^ rot) << 32 | (w1 ^ w3 ^ kw1)) * 0x9E3779B97F4A7C15ULL;
+		h = ((__u64)(m[0] ^ m[2] ^ ((ifindex << 16) | (ifindex >> 16))) << 32 | (m[1] ^ m[3] ^ kw1)) *
+		    0x9E3779B97F4A7C15ULL;
 #pragma unroll
 		for (k = 0; k < 2; k++) {
 			__u32 b = (__u32)(h >> (k ? 32 : 48)) & (CIDRA_BUCKETS - 1);
@@ -1693,8 +1697,8 @@ static __always_inline int cidr_find(void *arr, struct cidr_lens *l, __u32 ifind
 #pragma unroll
 			for (j = 0; j < CIDRA_WAYS; j++) {
 				__u32 *kw = (__u32 *)&bk->k[j];
-				if (kw[5] == w3 && kw[1] == kw1 && kw[0] == ifindex && kw[4] == w2 && kw[3] == w1 &&
-				    kw[2] == w0) {
+				if (kw[5] == m[3] && kw[1] == kw1 && kw[0] == ifindex && kw[4] == m[2] && kw[3] == m[1] &&
+				    kw[2] == m[0]) {
 					*cls = bk->v[j];
 					return 1;
 				}
@@ -1725,6 +1729,26 @@ static __always_inline __u32 cidr_class(struct tier_args *a)
 	return v ? v->class_id : 0;
 }
 
+// cidr_class_arr is cidr_class from fm_cidr_arr when the endpoint's
+// fm_cidr_lens entry allows (see there), else from the trie.
+static __always_inline __u32 cidr_class_arr(struct tier_args *a)
+{
+	struct cidr_lens *l = 0;
+	void *lens = 0, *arr = 0;
+	__u32 slot = a->slot, ifindex = a->ifindex, cls = 0;
+
+	if (ifindex < EP_FAST_ENTRIES) {
+		lens = bpf_map_lookup_elem(&fm_cidr_lens, &slot);
+		arr = bpf_map_lookup_elem(&fm_cidr_arr, &slot);
+	}
+	if (lens && arr)
+		l = bpf_map_lookup_elem(lens, &ifindex);
+	if (!l || !l->n[a->dir & 1])
+		return cidr_class(a);
+	cidr_find(arr, l, a, &cls);
+	return cls;
+}
+
 // The policy stage's arguments live here, not on the stack: handle() and
 // fm_policy_stage share the 512-byte stack. Not pinned: scratch, per packet.
 struct {
@@ -1733,36 +1757,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tier_args);
 } fm_tier_scratch SEC(".maps");
-
-// fm_cidr_stage looks the CIDR class up in fm_cidr_arr when the endpoint's
-// fm_cidr_lens entry allows (see there), for the policy stages to reuse
-// (cls_done); otherwise they read the trie. A global function called by
-// handle() before them: its probes' temporaries would not fit their frames
-// under handle()'s within the 512-byte stack.
-__attribute__((noinline)) int fm_cidr_stage(struct tier_args *a)
-{
-	struct cidr_lens *l;
-	void *lens, *arr;
-	__u32 slot, ifindex, cls = 0;
-
-	if (!a)
-		return 0;
-	slot = a->slot;
-	ifindex = a->ifindex;
-	if (ifindex >= EP_FAST_ENTRIES)
-		return 0;
-	lens = bpf_map_lookup_elem(&fm_cidr_lens, &slot);
-	arr = bpf_map_lookup_elem(&fm_cidr_arr, &slot);
-	if (!lens || !arr)
-		return 0;
-	l = bpf_map_lookup_elem(lens, &ifindex);
-	if (!l || !l->n[a->dir & 1])
-		return 0;
-	cidr_find(arr, l, ifindex, a->dir, a->peer_ip, &cls);
-	a->cls = cls;
-	a->cls_done = 1;
-	return 0;
-}
 
 // fm_fqdn_slot folds the name rules of one live slot into a's candidates.
 // A global function: verified once, whatever the number of slots.
@@ -1920,7 +1914,7 @@ __attribute__((noinline)) int fm_policy_stage(struct tier_args *a)
 		tier_fold(tv, &a->admin, &a->base);
 	}
 	if ((!a->rule && (np & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) || (tm & (EPL_CIDR_PROTO | EPL_CIDR_ANY))) {
-		cls = a->cls_done ? a->cls : cidr_class(a);
+		cls = cidr_class_arr(a);
 		if (cls && ((np & EPL_CIDR_PROTO) || (tm & EPL_CIDR_PROTO))) {
 			tv = 0;
 			policy_pair(&pt, KIND_CIDR, cls, &q, proto, !a->rule && (np & EPL_CIDR_PROTO), tm & EPL_CIDR_PROTO,
@@ -2090,8 +2084,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!enforced && !tiers)
 		goto allow_open;
 
-	// The policy stages run in global functions (fm_cidr_stage,
-	// fm_policy_stage, fm_fqdn_stage) with their inputs, outputs and
+	// The policy stages run in global functions (fm_policy_stage,
+	// fm_fqdn_stage) with their inputs, outputs and
 	// lookup keys in per-CPU scratch: each is verified once, and nothing
 	// of theirs lives in this frame.
 	__u32 admin = 0, base = 0;
@@ -2110,8 +2104,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ta->lookups = lookups;
 	ta->tiers = tiers;
 	ta->enforced = enforced;
-	ta->cls_done = 0;
-	ta->cls = 0;
 	ta->use_arr = ef && (ef->flags & EPF_PF_PAIRS) && (lookups & EPL_VALID);
 	if (ef) {
 		ta->tm_known = 1;
@@ -2124,11 +2116,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ta->fqdn_proto_slots = 0;
 		ta->fqdn_any_slots = 0;
 	}
-	// The CIDR class, from the array when it can (else the stages read
-	// the trie), when a stage has CIDR lookups to make.
-	if (((tiers ? ta->tm : 0) | (enforced && (lookups & EPL_VALID) ? lookups : 0)) &
-	    (EPL_CIDR_PROTO | EPL_CIDR_ANY))
-		fm_cidr_stage(ta);
 	fm_policy_stage(ta);
 	// Name rules: the slots whose answer for this address is live.
 	if (tiers && dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)) && !fqf_absent(ta))
