@@ -61,20 +61,24 @@ func (b *bloom) set(h uint32) {
 	setBit(b.gen(1), h)
 }
 
-// clearNext clears the generation packets do not test and returns it
-// with its number, for the owner to record every present key in it and
-// then use it.
-func (b *bloom) clearNext() (uint64, []uint64) {
+// rebuild makes the generation packets do not test hold fill's bits and
+// no others, then makes packets test it: it clears that generation, waits
+// grace (for writers that may have set a bit the clearing overwrote to
+// have written their entry), and calls fill with a setter into it. On
+// error the tested generation stays. The owner serialises rebuilds.
+func (b *bloom) rebuild(grace time.Duration, fill func(set func(h uint32)) error) error {
 	next := (atomic.LoadUint64(&b.words[0]) & 1) ^ 1
 	gen := b.gen(next)
 	for i := range gen {
 		atomic.StoreUint64(&gen[i], 0)
 	}
-	return next, gen
+	time.Sleep(grace)
+	if err := fill(func(h uint32) { setBit(gen, h) }); err != nil {
+		return err
+	}
+	atomic.StoreUint64(&b.words[0], next|ctfValid)
+	return nil
 }
-
-// use makes generation g the one packets test.
-func (b *bloom) use(g uint64) { atomic.StoreUint64(&b.words[0], g|ctfValid) }
 
 func (b *bloom) valid() bool { return atomic.LoadUint64(&b.words[0])&ctfValid != 0 }
 

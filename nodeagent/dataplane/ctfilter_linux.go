@@ -79,19 +79,18 @@ func (f *ctFilter) loop() {
 func (f *ctFilter) rebuild() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	next, gen := f.clearNext()
 	// graceAfterFlip: a program runs for microseconds, so one that set a
-	// bit the clearing overwrote has inserted its entry by now, and the
-	// walk below finds it.
-	time.Sleep(graceAfterFlip)
-	if err := walkKeys(f.ct4, func(k ct4Key) { setBit(gen, ctfHash4(k)) }); err != nil {
-		return fmt.Errorf("walk fm_ct4: %w", err)
-	}
-	if err := walkKeys(f.ct6, func(k ct6Key) { setBit(gen, ctfHash6(k)) }); err != nil {
-		return fmt.Errorf("walk fm_ct6: %w", err)
-	}
-	f.use(next)
-	return nil
+	// bit the clearing overwrote has inserted its entry by then, and the
+	// walk finds it.
+	return f.bloom.rebuild(graceAfterFlip, func(set func(uint32)) error {
+		if err := walkKeys(f.ct4, func(k ct4Key) { set(ctfHash4(k)) }); err != nil {
+			return fmt.Errorf("walk fm_ct4: %w", err)
+		}
+		if err := walkKeys(f.ct6, func(k ct6Key) { set(ctfHash6(k)) }); err != nil {
+			return fmt.Errorf("walk fm_ct6: %w", err)
+		}
+		return nil
+	})
 }
 
 // walkKeys calls fn with every key of the conntrack table m.

@@ -105,11 +105,13 @@ func (f *fqdnKernel) close() {
 // (written) and no others. Only this process writes fm_fqdn, under f.mu,
 // so no key is written meanwhile.
 func (f *fqdnKernel) rebuildFilter() {
-	next, gen := f.filter.clearNext()
-	for k := range f.written {
-		setBit(gen, fqfHash(k))
-	}
-	f.filter.use(next)
+	// No grace: nothing else writes fm_fqdn or sets its bits meanwhile.
+	_ = f.filter.rebuild(0, func(set func(uint32)) error {
+		for k := range f.written {
+			set(fqfHash(k))
+		}
+		return nil
+	})
 }
 
 // put writes a learned address, its filter bit first: a packet that can

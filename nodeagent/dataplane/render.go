@@ -2,7 +2,7 @@ package dataplane
 
 import (
 	"fmt"
-	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sort"
@@ -250,29 +250,33 @@ func (t *Tables) cidrLens() map[uint32]cidrLensVal {
 	if !t.cidrComplete {
 		return nil
 	}
-	lens := map[uint32]*[2]map[uint8]bool{}
+	// Per endpoint and direction, a bitset of the lengths 0-128.
+	lens := map[uint32]*[2][3]uint64{}
 	for k := range t.CIDR {
 		if k.Ifindex >= epFastEntries || k.Dir > 1 {
 			continue
 		}
 		l := lens[k.Ifindex]
 		if l == nil {
-			l = &[2]map[uint8]bool{{}, {}}
+			l = new([2][3]uint64)
 			lens[k.Ifindex] = l
 		}
-		l[k.Dir][uint8(k.Prefixlen-cidrFixedBits)] = true
+		b := k.Prefixlen - cidrFixedBits
+		l[k.Dir][b/64] |= 1 << (b % 64)
 	}
 	m := make(map[uint32]cidrLensVal, len(lens))
 	for idx, l := range lens {
 		var v cidrLensVal
 		for dir, set := range l {
-			if len(set) > cidrProbes {
+			if bits.OnesCount64(set[0])+bits.OnesCount64(set[1])+bits.OnesCount64(set[2]) > cidrProbes {
 				continue
 			}
-			bs := slices.Sorted(maps.Keys(set))
-			slices.Reverse(bs)
-			v.N[dir] = uint8(len(bs))
-			copy(v.Bits[dir][:], bs)
+			for b := 128; b >= 0; b-- {
+				if set[b/64]>>(b%64)&1 != 0 {
+					v.Bits[dir][v.N[dir]] = uint8(b)
+					v.N[dir]++
+				}
+			}
 		}
 		if v.N != [2]uint8{} {
 			m[idx] = v

@@ -1300,16 +1300,19 @@ static __always_inline void ct_touch(struct ct_flow *f, struct pkt *p, __u64 now
 		f->flags |= CT_CLOSING;
 }
 
+// bloom_mix hashes two 64-bit words to a filter bit of bits bits: ipc_hash's
+// multiplication over x, then a second one over it and y (bloomMix in
+// bloom_linux.go).
+static __always_inline __u32 bloom_mix(__u64 x, __u64 y, __u32 bits)
+{
+	return (__u32)((((x * 0x9E3779B97F4A7C15ULL) ^ y) * 0xC2B2AE3D27D4EB4FULL) >> (64 - bits));
+}
+
 // ctf_mix hashes a conntrack key to its filter bit: the two addresses (an
-// IPv6 address folded to one word) through one multiplication, the ports,
-// protocol and endpoint through a second. ctfilter_linux.go computes the
-// same.
+// IPv6 address folded to one word), then the ports, protocol and endpoint.
 static __always_inline __u32 ctf_mix(__u32 a, __u32 b, __u32 w0, __u32 w1, __u32 w2)
 {
-	__u64 x = ((__u64)a << 32 | b) * 0x9E3779B97F4A7C15ULL;
-
-	x ^= (__u64)w1 << 32 | (w2 ^ w0);
-	return (__u32)((x * 0xC2B2AE3D27D4EB4FULL) >> (64 - CTF_BITS));
+	return bloom_mix((__u64)a << 32 | b, (__u64)w1 << 32 | (w2 ^ w0), CTF_BITS);
 }
 
 static __always_inline __u32 ctf_hash4(struct ct4_key *k)
@@ -1796,10 +1799,9 @@ static __always_inline int fqf_absent(struct tier_args *a)
 {
 	// fqfHash in bloom_linux.go.
 	const __u32 *ip = (const __u32 *)a->peer_ip;
-	__u64 x = ((__u64)(ip[0] ^ ip[2]) << 32 | (ip[1] ^ ip[3])) * 0x9E3779B97F4A7C15ULL;
 
-	x ^= a->ifindex;
-	return bloom_absent(&fm_fqdn_filter, FQF_WORDS, (__u32)((x * 0xC2B2AE3D27D4EB4FULL) >> (64 - FQF_BITS)));
+	return bloom_absent(&fm_fqdn_filter, FQF_WORDS,
+			    bloom_mix((__u64)(ip[0] ^ ip[2]) << 32 | (ip[1] ^ ip[3]), a->ifindex, FQF_BITS));
 }
 
 // fm_fqdn_stage looks the destination up in fm_fqdn (one hash lookup) and
