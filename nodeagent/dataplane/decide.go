@@ -406,10 +406,17 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 	}
 	fk := policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer}
 	fv, ok := tb.t.PolicyFixed[fk]
-	switch {
-	case !ok:
+	if !ok {
 		return 0
-	case !p.hasPorts:
+	}
+	return tb.policyEntry(fk, fv, p, false)
+}
+
+// policyEntry mirrors the program's policy_entry: the answer of the
+// PolicyFixed entry fv of key fk for p; all as for a folded entry
+// (policy_probe), whose any-peer ranges are in the any peer's trie entries.
+func (tb *memTables) policyEntry(fk policyFixedKey, fv policyFixedVal, p *pkt, all bool) uint32 {
+	if !p.hasPorts {
 		return fv.AllRule
 	}
 	port := [2]byte{byte(p.t.dport >> 8), byte(p.t.dport)}
@@ -425,9 +432,71 @@ func (tb *memTables) policyLookup(fast bool, ifindex uint32, dir, kind uint8, pe
 		}
 	}
 	if fv.Flags&pfRanges != 0 && (fv.Flags&pfBlocks == 0 || fv.Blocks>>(p.t.dport>>12)&1 != 0) {
-		return tb.policyTrieLookup(ifindex, dir, kind, peer, p, proto)
+		v := tb.policyTrieLookup(fk.Ifindex, fk.Dir, fk.Kind, fk.Peer, p, fk.Proto)
+		if !all || fv.Flags&pfAllMerged == 0 {
+			return v
+		}
+		w := fv.AllRule
+		if fv.Flags&pfAllRanges != 0 {
+			w = tb.policyTrieLookup(fk.Ifindex, fk.Dir, fk.Kind, 0, p, fk.Proto)
+		}
+		if isTierKind(fk.Kind) {
+			return foldTierValues(v, w)
+		}
+		return firstRule(v, w)
 	}
 	return fv.AllRule
+}
+
+// foldedLookups mirrors fm_policy_folded: the policy lookups of an endpoint
+// whose entries are folded (fold.go), for the peer identity peer (0: none)
+// with NetworkPolicy lookups np (0 when not enforced) and tier mask tm (0
+// without tiers). fold takes each tier value; it returns the allowing
+// NetworkPolicy rule, 0 for none.
+func (tb *memTables) foldedLookups(ifindex uint32, dir uint8, peer uint32, p *pkt, np, tm uint32,
+	cidrClass func() uint32, fold func(uint32)) uint32 {
+	const id, cidr = eplPeerProto | eplPeerAny | eplAllProto | eplAllAny, eplCIDRProto | eplCIDRAny
+	proto := p.t.proto
+	if proto != protoTCP && proto != protoUDP && proto != protoSCTP {
+		proto = 0
+	}
+	rule := uint32(0)
+	// probe is policy_probe: whether a pair holds the key, and whether it
+	// is merged with its any-peer entry.
+	probe := func(kind uint8, peer uint32, wantNP, wantTier bool) (found, merged bool) {
+		nk := policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer}
+		tk := nk
+		tk.Kind |= 2
+		nv, okN := tb.t.PolicyFixed[nk]
+		tv, okT := tb.t.PolicyFixed[tk]
+		if !okN && !okT {
+			return false, false
+		}
+		if wantNP {
+			rule = tb.policyEntry(nk, nv, p, true)
+		}
+		if wantTier {
+			fold(tb.policyEntry(tk, tv, p, true))
+		}
+		return true, (nv.Flags|tv.Flags)&pfAllMerged != 0
+	}
+	merged := false
+	if peer != 0 && (np|tm)&(eplPeerProto|eplPeerAny) != 0 {
+		_, merged = probe(kindIdentity, peer, np&id != 0, tm&id != 0)
+	}
+	npLeft := np
+	if rule != 0 {
+		npLeft = 0
+	}
+	if !merged && (npLeft|tm)&(eplAllProto|eplAllAny) != 0 {
+		probe(kindIdentity, 0, rule == 0 && np&id != 0, tm&id != 0)
+	}
+	if rule == 0 && np&cidr != 0 || tm&cidr != 0 {
+		if cls := cidrClass(); cls != 0 {
+			probe(kindCIDR, cls, rule == 0 && np&cidr != 0, tm&cidr != 0)
+		}
+	}
+	return rule
 }
 
 // decide judges one frame seen on the host veth ifindex in direction dir at
@@ -547,16 +616,32 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 	// Tier stage: every tier lookup that can match, each value folded in;
 	// the best Admin and Baseline candidates come out.
 	var admin, base uint32
+	fold := func(v uint32) {
+		if a := v >> 16; a != 0 && (admin == 0 || a < admin) {
+			admin = a
+		}
+		if b := v & 0xffff; b != 0 && (base == 0 || b < base) {
+			base = b
+		}
+	}
+	// Folded entries (fold.go): the program reads only the narrowest shapes.
+	folded := fast && tb.t.folded[ifindex]
+	var foldedRule uint32
+	if folded {
+		var np, tm uint32
+		if enforced {
+			np = uint32(lookups)
+		}
+		if tiers {
+			tm = tb.t.PolicyFixed[policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kindTierSummary}].AllRule
+		}
+		foldedRule = tb.foldedLookups(ifindex, dir, d.peerID, p, np, tm, cidrClass, fold)
+	}
 	if tiers {
 		sv := tb.t.PolicyFixed[policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kindTierSummary}]
 		tm := sv.AllRule
-		fold := func(v uint32) {
-			if a := v >> 16; a != 0 && (admin == 0 || a < admin) {
-				admin = a
-			}
-			if b := v & 0xffff; b != 0 && (base == 0 || b < base) {
-				base = b
-			}
+		if folded {
+			tm &^= eplPeerProto | eplPeerAny | eplAllProto | eplAllAny | eplCIDRProto | eplCIDRAny
 		}
 		if d.peerID != 0 && tm&eplPeerProto != 0 {
 			fold(tb.policyLookup(true, ifindex, dir, kindTierIdentity, d.peerID, p, p.t.proto))
@@ -614,7 +699,10 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		}
 		return allow(ReasonAllowPolicy)
 	}
-	rule := uint32(0)
+	rule := foldedRule
+	if folded {
+		lookups = 0
+	}
 	if d.peerID != 0 && lookups&eplPeerProto != 0 {
 		rule = tb.policyLookup(fast, ifindex, dir, kindIdentity, d.peerID, p, p.t.proto)
 	}

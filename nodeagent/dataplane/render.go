@@ -116,6 +116,9 @@ func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
 		v := endpointFastVal{Ep: ep, Flags: epfValid}
 		if t.pfaComplete {
 			v.Flags |= epfPFPairs
+			if t.folded[idx] {
+				v.Flags |= epfFolded
+			}
 		}
 		if t.ipcComplete {
 			v.Flags |= epfIPCArray
@@ -222,6 +225,10 @@ type Tables struct {
 	ipcComplete bool
 	// cidrComplete: fm_cidr_arr holds every CIDR entry.
 	cidrComplete bool
+	// allMerged are the PolicyFixed keys flagged pfAllMerged, folded the
+	// endpoints whose entries foldShapes folded (fold.go).
+	allMerged map[policyFixedKey]allMerge
+	folded    map[uint32]bool
 }
 
 // cidrProbes is CIDR_PROBES: an endpoint direction with more distinct
@@ -308,6 +315,12 @@ func Render(rev *Revision, attached map[string]uint32) (*Tables, error) {
 // render is Render keeping the name slots of prev (by ifindex) where the
 // pattern sets remain.
 func render(rev *Revision, attached map[string]uint32, prev map[uint32][]nameSlot) (*Tables, error) {
+	return renderFolded(rev, attached, prev, true)
+}
+
+// renderFolded is render, folding the lookup shapes (fold.go) when fold is
+// set: tests compare both.
+func renderFolded(rev *Revision, attached map[string]uint32, prev map[uint32][]nameSlot, fold bool) (*Tables, error) {
 	t := &Tables{
 		NameSlots: map[uint32][]nameSlot{},
 		IPCache:   rev.IPCache,
@@ -364,6 +377,9 @@ func render(rev *Revision, attached map[string]uint32, prev map[uint32][]nameSlo
 		}
 	}
 	t.foldTiers(tier)
+	if fold {
+		t.foldShapes()
+	}
 	t.indexPolicy()
 	return t, nil
 }
@@ -448,6 +464,18 @@ func (t *Tables) indexPolicy() {
 			v.Rules[0], v.Rules[1] = ns[0], ns[1]
 		}
 		t.PolicyFixed[fk] = v
+	}
+	// Merged entries (fold.go) exist in both layers, even empty: the flags
+	// are the pair's.
+	for fk, m := range t.allMerged {
+		fv := t.PolicyFixed[fk]
+		fv.Flags |= pfAllMerged
+		fv.AllRule = m.rule
+		if m.blocks != 0 {
+			fv.Flags |= pfRanges | pfBlocks | pfAllRanges
+			fv.Blocks |= m.blocks
+		}
+		t.PolicyFixed[fk] = fv
 	}
 	for fk, ports := range exact {
 		fv := t.PolicyFixed[fk]

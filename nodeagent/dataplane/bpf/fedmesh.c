@@ -169,6 +169,11 @@ struct endpoint_val {
 #define EPF_PF_ARRAY 0x2 // the revision's policy_fixed entries are all in fm_policy_fixarr (before pairs)
 #define EPF_IPC_ARRAY 0x4 // the revision's host ipcache entries are all in fm_ipcache_hostarr
 #define EPF_PF_PAIRS 0x8  // the revision's policy_fixed entries are all in fm_policy_fixarr_v2
+// EPF_FOLDED: the endpoint's entries are folded (fold.go), so with
+// EPF_PF_PAIRS a packet reads only the narrowest shapes: its protocol's
+// (TCP, UDP, SCTP) or any protocol's (others), and the any-peer shape only
+// when the peer's entry lacks PF_ALL_MERGED.
+#define EPF_FOLDED 0x10
 struct endpoint_fast {
 	struct endpoint_val ep;
 	__u32 flags;                // EPF_*
@@ -186,6 +191,8 @@ struct endpoint_fast {
 #define EPL_ALL_ANY 0x08    // rules for any identity, any protocol
 #define EPL_CIDR_PROTO 0x10 // CIDR rules, one protocol
 #define EPL_CIDR_ANY 0x20   // CIDR rules, any protocol
+#define EPL_IDENTITY (EPL_PEER_PROTO | EPL_PEER_ANY | EPL_ALL_PROTO | EPL_ALL_ANY)
+#define EPL_CIDR (EPL_CIDR_PROTO | EPL_CIDR_ANY)
 #define EPL_TIER 0x40       // tier entries exist (needs EPL_VALID): see KIND_TIER_SUMMARY
 #define EPL_VALID 0x80      // the fast tables of this revision are filled
 // Bits of the KIND_TIER_SUMMARY mask only: name rules exist, one protocol /
@@ -205,6 +212,12 @@ struct endpoint_fast {
 // of block i (ports i*4096 to i*4096+4095), so other ports skip the trie
 // walk. Older agents wrote 0 there (padding) and no PF_BLOCKS.
 #define PF_BLOCKS 0x4
+// PF_ALL_MERGED: the entry holds the any-peer entry of its protocol too
+// (fold.go); on either half of a pair, it is the pair's.
+#define PF_ALL_MERGED 0x8
+// PF_ALL_RANGES: with PF_ALL_MERGED, the any-peer entry has port ranges
+// (in blocks too), left in its own trie entries: a port in blocks walks both.
+#define PF_ALL_RANGES 0x10
 #define PF_INLINE 4
 
 struct policy_port_key {
@@ -1407,9 +1420,9 @@ struct tier_args {
 	__u8 use_arr; // in: read fm_policy_fixarr_v2 (EPF_PF_PAIRS)
 	__u8 lookups; // in: the endpoint's EPL_* bits for the direction
 	__u8 enforced; // in: NetworkPolicy enforces the direction
-	__u8 pad;
+	__u8 folded;   // in: EPF_FOLDED with use_arr
 	__u32 rule;   // out: the allowing NetworkPolicy rule, 0 for none
-	__u32 pad1;
+	__u32 found;  // the folded path's peer probe result (policy_probe)
 	__u32 admin; // out: the best Admin candidate, 0 for none
 	__u32 base;  // out: the best Baseline candidate, 0 for none
 	__u32 tm;    // out (in with tm_known): the KIND_TIER_SUMMARY mask, for fm_fqdn_stage
@@ -1458,6 +1471,19 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	w[4] = bpf_htons(p->dport); // port, then pad2 = 0
 	v = bpf_map_lookup_elem(pt->trie, k);
 	return v ? v->rule : 0;
+}
+
+// tier_best keeps, per tier (half), the better (lower, non-zero) candidate
+// of two tier values (foldTierValues in render.go).
+static __always_inline __u32 tier_best(__u32 a, __u32 b)
+{
+	__u32 ah = a >> 16, bh = b >> 16, al = a & 0xffff, bl = b & 0xffff;
+
+	if (!ah || (bh && bh < ah))
+		ah = bh;
+	if (!al || (bl && bl < al))
+		al = bl;
+	return ah << 16 | al;
 }
 
 // ipc_hash mixes an address's four words into one 64-bit product, whose
@@ -1536,7 +1562,7 @@ static __always_inline struct pf_pair *pfa_find(void *arr, __u32 w0, __u32 w1, _
 // The port hash's key is written only when it is read: the array path
 // needs no key in memory.
 static __always_inline __u32 policy_entry(struct policy_tabs *pt, struct policy_fixed_val *fv, __u8 kind,
-					  __u32 peer, struct l4 *p, __u8 proto)
+					  __u32 peer, struct l4 *p, __u8 proto, int all)
 {
 	struct policy_val *v;
 	__u16 port = bpf_htons(p->dport);
@@ -1560,8 +1586,17 @@ static __always_inline __u32 policy_entry(struct policy_tabs *pt, struct policy_
 			if (i < fv->nports && fv->ports[i] == port)
 				return fv->rules[i];
 	}
-	if ((fv->flags & PF_RANGES) && (!(fv->flags & PF_BLOCKS) || ((fv->blocks >> (p->dport >> 12)) & 1)))
-		return policy_trie_lookup(pt, kind, peer, p, proto);
+	if ((fv->flags & PF_RANGES) && (!(fv->flags & PF_BLOCKS) || ((fv->blocks >> (p->dport >> 12)) & 1))) {
+		__u32 v = policy_trie_lookup(pt, kind, peer, p, proto), w;
+		// all: a folded entry (policy_probe). Merged with its any-peer
+		// entry, the trie holds only the peer's own: the any peer's answer
+		// comes from its all-ports value, or its trie entries when it has
+		// ranges.
+		if (!all || !(fv->flags & PF_ALL_MERGED))
+			return v;
+		w = fv->flags & PF_ALL_RANGES ? policy_trie_lookup(pt, kind, 0, p, proto) : fv->all_rule;
+		return kind & 2 ? tier_best(v, w) : v ? v : w;
+	}
 	return fv->all_rule;
 }
 
@@ -1599,7 +1634,7 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 	}
 	if (!fv)
 		return 0;
-	return policy_entry(pt, fv, kind, peer, p, proto);
+	return policy_entry(pt, fv, kind, peer, p, proto, 0);
 }
 
 // policy_pair answers one lookup shape (base kind KIND_IDENTITY or
@@ -1632,9 +1667,28 @@ static __always_inline void policy_pair(struct policy_tabs *pt, __u8 kind, __u32
 			tvv = policy_fixed_find(pt, pt->a->ifindex, w1 | (2U << 8), peer); // the tier kind
 	}
 	if (np && nv)
-		*rule = policy_entry(pt, nv, kind, peer, p, proto);
+		*rule = policy_entry(pt, nv, kind, peer, p, proto, 0);
 	if (tier && tvv)
-		*tv = policy_entry(pt, tvv, kind | 2, peer, p, proto);
+		*tv = policy_entry(pt, tvv, kind | 2, peer, p, proto, 0);
+}
+
+// policy_probe is policy_pair for folded entries (EPF_FOLDED): one probe
+// of the array. It returns 0 when no pair holds the key, else 1 with the
+// pair's PF_ALL_MERGED bit.
+static __always_inline int policy_probe(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p, __u8 proto,
+					int np, int tier, __u32 *rule, __u32 *tv)
+{
+	struct pf_pair *pp;
+	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+
+	pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
+	if (!pp)
+		return 0;
+	if (np)
+		*rule = policy_entry(pt, &pp->v[PFA_NP], kind, peer, p, proto, 1);
+	if (tier)
+		*tv = policy_entry(pt, &pp->v[PFA_TIER], kind | 2, peer, p, proto, 1);
+	return 1 | ((pp->v[PFA_NP].flags | pp->v[PFA_TIER].flags) & PF_ALL_MERGED);
 }
 
 // tier_fold keeps, per tier, the better (lower, non-zero) candidate.
@@ -1933,6 +1987,69 @@ __attribute__((noinline)) int fm_policy_stage(struct tier_args *a)
 	return 0;
 }
 
+// fm_policy_folded is fm_policy_stage for an endpoint whose entries are
+// folded (EPF_FOLDED, fold.go), all in fm_policy_fixarr_v2: at most three
+// probes of the array, not six. A global function of its own, so that
+// neither stage's frame grows: each shares the 512-byte stack with
+// handle()'s.
+__attribute__((noinline)) int fm_policy_folded(struct tier_args *a)
+{
+	struct policy_tabs pt = {};
+	struct l4 q;
+	__u32 tm, slot, tv, cls;
+	__u8 np, proto;
+
+	if (!a)
+		return 0;
+	a->admin = 0;
+	a->base = 0;
+	a->rule = 0;
+	slot = a->slot;
+	proto = a->proto;
+	pt.a = a;
+	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
+	pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
+	if (!pt.trie || !pt.port || !pt.fixarr)
+		return 0;
+	pt.fixed = pt.fixarr; // not read: every entry is in the array
+	np = a->enforced ? a->lookups : 0;
+	tm = a->tiers ? a->tm : 0;
+	q.dport = a->dport;
+	q.has_ports = a->has_ports;
+	// Folded entries: the peer's (holding the any-peer one when
+	// merged), else the any peer's, then the CIDR class's; each of the
+	// packet's protocol when rules can name it, else of any protocol.
+	// What the peer's probe found stays in scratch (a->found): the
+	// frame shares the 512-byte stack.
+	if (proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP)
+		proto = 0;
+	a->found = 0;
+	if (a->peer_id && ((np | tm) & (EPL_PEER_PROTO | EPL_PEER_ANY))) {
+		tv = 0;
+		a->found = policy_probe(&pt, KIND_IDENTITY, a->peer_id, &q, proto, np & EPL_IDENTITY,
+					tm & EPL_IDENTITY, &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if (!(a->found & PF_ALL_MERGED) && (((a->rule ? 0 : np) | tm) & (EPL_ALL_PROTO | EPL_ALL_ANY))) {
+		tv = 0;
+		policy_probe(&pt, KIND_IDENTITY, 0, &q, proto, !a->rule && (np & EPL_IDENTITY), tm & EPL_IDENTITY,
+			     &a->rule, &tv);
+		tier_fold(tv, &a->admin, &a->base);
+	}
+	if ((!a->rule && (np & EPL_CIDR)) || (tm & EPL_CIDR)) {
+		cls = cidr_class_arr(a);
+		if (cls) {
+			tv = 0;
+			policy_probe(&pt, KIND_CIDR, cls, &q, proto, !a->rule && (np & EPL_CIDR), tm & EPL_CIDR,
+				     &a->rule, &tv);
+			tier_fold(tv, &a->admin, &a->base);
+		}
+	}
+	a->tm = tm;
+	return 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0, ifindex = skb->ifindex, slot, rule = 0, peer_id = 0;
@@ -2107,6 +2224,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ta->tiers = tiers;
 	ta->enforced = enforced;
 	ta->use_arr = ef && (ef->flags & EPF_PF_PAIRS) && (lookups & EPL_VALID);
+	ta->folded = ta->use_arr && (ef->flags & EPF_FOLDED);
 	if (ef) {
 		ta->tm_known = 1;
 		ta->tm = ef->tier_mask[dir & 1];
@@ -2118,7 +2236,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ta->fqdn_proto_slots = 0;
 		ta->fqdn_any_slots = 0;
 	}
-	fm_policy_stage(ta);
+	if (ta->folded)
+		fm_policy_folded(ta);
+	else
+		fm_policy_stage(ta);
 	// Name rules: the slots whose answer for this address is live.
 	if (tiers && dir == DIR_EGRESS && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)) && !fqf_absent(ta))
 		fm_fqdn_stage(ta);

@@ -1,0 +1,115 @@
+package dataplane
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/fedmesh/fedmesh/federation/policy"
+)
+
+// foldRevision draws NetworkPolicy and tier rules of every lookup shape
+// for two endpoints from small pools, so that shapes overlap: peers and
+// any peer, each port protocol and any protocol, single ports (past the
+// inline limit too), ranges (some across port blocks) and all ports.
+func foldRevision(r *rand.Rand) *Revision {
+	peers := []uint32{policy.IdentityAny, 1, 2, 3}
+	protos := []uint8{policy.ProtoAny, protoTCP, protoUDP, protoSCTP}
+	ports := func() policy.PortRange {
+		switch r.IntN(6) {
+		case 0:
+			return policy.AllPorts
+		case 1:
+			a := uint16(r.IntN(24))
+			return policy.PortRange{First: a, Last: a + uint16(r.IntN(8))}
+		case 2:
+			a := uint16(4000 + r.IntN(2000))
+			return policy.PortRange{First: a, Last: a + uint16(r.IntN(5000))}
+		}
+		p := uint16(r.IntN(24))
+		return policy.PortRange{First: p, Last: p}
+	}
+	rule := policy.RuleID(1)
+	tier := func() (policy.RuleTier, policy.Action) {
+		switch r.IntN(3) {
+		case 0:
+			return policy.TierNetworkPolicy, policy.ActionAllow
+		case 1:
+			return policy.TierAdmin, []policy.Action{policy.ActionAccept, policy.ActionDeny, policy.ActionPass}[r.IntN(3)]
+		}
+		return policy.TierBaseline, []policy.Action{policy.ActionAccept, policy.ActionDeny}[r.IntN(2)]
+	}
+	dirRules := func() policy.DirectionRules {
+		dr := policy.DirectionRules{Enforced: r.IntN(4) != 0}
+		for range r.IntN(16) {
+			tr, act := tier()
+			dr.Identities = append(dr.Identities, policy.IdentityRule{Peer: peers[r.IntN(len(peers))],
+				Proto: protos[r.IntN(len(protos))], Ports: ports(), Rule: rule, Tier: tr, Action: act})
+			rule++
+		}
+		for range r.IntN(4) {
+			tr, act := tier()
+			dr.CIDRs = append(dr.CIDRs, policy.CIDRRule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, 0}),
+				15+r.IntN(18)).Masked(), Proto: protos[r.IntN(len(protos))], Ports: ports(), Rule: rule, Tier: tr, Action: act})
+			rule++
+		}
+		return dr
+	}
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{}}
+	for _, id := range []string{"a", "b"} {
+		rev.Rules[id] = policy.EndpointRules{Identity: 9, Ingress: dirRules(), Egress: dirRules()}
+	}
+	rev.IPCache = ipcacheOf(ipEntry{netip.MustParsePrefix("198.18.0.1/32"), 1},
+		ipEntry{netip.MustParsePrefix("198.18.0.0/16"), 2}, ipEntry{netip.MustParsePrefix("198.19.0.0/16"), 3})
+	return rev
+}
+
+// TestFoldedTablesDecideLikeEveryShape holds the folded tables, read the
+// way fm_policy_folded reads them (fewest shapes), to the unfolded tables
+// read shape by shape: same verdict, same deciding rule.
+func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	addrs := []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.3.4"),
+		netip.MustParseAddr("198.19.0.9"), netip.MustParseAddr("10.1.2.3")}
+	attached := map[string]uint32{"a": 7, "b": 8}
+	merged, rangesMerged, cases := 0, 0, 0
+	for range 300 {
+		rev := foldRevision(r)
+		folded, err := renderFolded(rev, attached, nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := renderFolded(rev, attached, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(folded.folded) != 2 {
+			t.Fatalf("endpoints folded: %v, want both", folded.folded)
+		}
+		for _, m := range folded.allMerged {
+			merged++
+			if m.blocks != 0 {
+				rangesMerged++
+			}
+		}
+		foldedTB, plainTB := indexTables(folded), indexTables(plain)
+		for range 200 {
+			spec := pktSpec{src: addrs[r.IntN(len(addrs))], dst: addrs[r.IntN(len(addrs))],
+				proto: []uint8{protoTCP, protoUDP, protoSCTP, protoICMP, 47}[r.IntN(5)], sport: 40000,
+				dport: []uint16{uint16(r.IntN(30)), uint16(4000 + r.IntN(7000))}[r.IntN(2)], tcpFlags: 2, icmpType: 8}
+			f := spec.frame()
+			ifindex, dir := uint32(7+r.IntN(2)), uint8(r.IntN(2))
+			got := decide(f, ifindex, dir, foldedTB, newFlowState(DefaultTimeouts), 1)
+			want := decide(f, ifindex, dir, plainTB, newFlowState(DefaultTimeouts), 1)
+			if got.reason != want.reason || got.rule != want.rule {
+				t.Fatalf("%+v on %d dir %d: folded %s rule %d, every shape %s rule %d\nrules %+v",
+					spec, ifindex, dir, got.reason, got.rule, want.reason, want.rule, rev.Rules)
+			}
+			cases++
+		}
+	}
+	if merged == 0 || rangesMerged == 0 {
+		t.Fatalf("the draw missed a case: %d merged entries, %d with any-peer ranges", merged, rangesMerged)
+	}
+	t.Logf("%d cases, %d merged entries (%d with any-peer ranges)", cases, merged, rangesMerged)
+}
