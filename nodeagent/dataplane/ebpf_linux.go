@@ -211,6 +211,7 @@ func (e *EBPF) load() error {
 		"ct_timeout_closing_ns": uint64(e.cfg.Timeouts.Closing),
 		"events_per_sec":        e.cfg.EventsPerSecond,
 		"events_burst":          e.cfg.EventsBurst,
+		"event_token_ns":        max(1, uint64(time.Second)/e.cfg.EventsPerSecond),
 	}
 	if tick, base, err := jiffyClock(); err == nil {
 		vars["jiffy_ns"], vars["jiffy_base_ns"] = tick, base

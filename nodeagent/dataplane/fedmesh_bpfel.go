@@ -48,6 +48,7 @@ const (
 	fedmeshVarCtTimeoutClosingNs = "ct_timeout_closing_ns"
 	fedmeshVarCtTimeoutOtherNs   = "ct_timeout_other_ns"
 	fedmeshVarCtTimeoutTcpNs     = "ct_timeout_tcp_ns"
+	fedmeshVarEventTokenNs       = "event_token_ns"
 	fedmeshVarEventsBurst        = "events_burst"
 	fedmeshVarEventsPerSec       = "events_per_sec"
 	fedmeshVarFmBtfAnchor        = "fm_btf_anchor"
@@ -141,6 +142,7 @@ type fedmeshVariableSpecs struct {
 	CtTimeoutClosingNs *ebpf.VariableSpec `ebpf:"ct_timeout_closing_ns"`
 	CtTimeoutOtherNs   *ebpf.VariableSpec `ebpf:"ct_timeout_other_ns"`
 	CtTimeoutTcpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	EventTokenNs       *ebpf.VariableSpec `ebpf:"event_token_ns"`
 	EventsBurst        *ebpf.VariableSpec `ebpf:"events_burst"`
 	EventsPerSec       *ebpf.VariableSpec `ebpf:"events_per_sec"`
 	FmBtfAnchor        *ebpf.VariableSpec `ebpf:"fm_btf_anchor"`
@@ -236,6 +238,7 @@ type fedmeshVariables struct {
 	CtTimeoutClosingNs *ebpf.Variable `ebpf:"ct_timeout_closing_ns"`
 	CtTimeoutOtherNs   *ebpf.Variable `ebpf:"ct_timeout_other_ns"`
 	CtTimeoutTcpNs     *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	EventTokenNs       *ebpf.Variable `ebpf:"event_token_ns"`
 	EventsBurst        *ebpf.Variable `ebpf:"events_burst"`
 	EventsPerSec       *ebpf.Variable `ebpf:"events_per_sec"`
 	FmBtfAnchor        *ebpf.Variable `ebpf:"fm_btf_anchor"`

@@ -102,6 +102,9 @@ volatile const __u64 ct_timeout_other_ns = 60ULL * 1000000000ULL;
 volatile const __u64 ct_timeout_closing_ns = 10ULL * 1000000000ULL;
 volatile const __u64 events_per_sec = 1000;
 volatile const __u64 events_burst = 100;
+// event_token_ns is 1e9 / events_per_sec (the loader computes it): a packet
+// between two tokens compares, and only a refill divides.
+volatile const __u64 event_token_ns = 1000000;
 // The packet clock: with jiffy_ns set (the loader measured the tick), now
 // is bpf_jiffies64() * jiffy_ns + jiffy_base_ns, which the verifier inlines
 // (a load), on CLOCK_MONOTONIC's scale within a tick; bpf_ktime_get_coarse_ns
@@ -1129,14 +1132,11 @@ static __always_inline int take_token(void)
 
 	if (!b)
 		return 0;
-	if (events_per_sec) {
-		__u64 refill = (now - b->last_ns) * events_per_sec / 1000000000ULL;
-		if (refill > 0) {
-			b->tokens += refill;
-			if (b->tokens > events_burst)
-				b->tokens = events_burst;
-			b->last_ns = now;
-		}
+	if (events_per_sec && event_token_ns && now - b->last_ns >= event_token_ns) {
+		b->tokens += (now - b->last_ns) / event_token_ns;
+		if (b->tokens > events_burst)
+			b->tokens = events_burst;
+		b->last_ns = now;
 	}
 	if (b->tokens == 0)
 		return 0;
