@@ -670,10 +670,13 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 					if fv.Mask>>s&1 == 0 || fv.Expires[s] <= now {
 						continue
 					}
-					if tm&eplFQDNProto != 0 && sv.Rules[0]>>s&1 != 0 {
+					portProto := p.t.proto == protoTCP || p.t.proto == protoUDP || p.t.proto == protoSCTP
+					// Folded: a port protocol's entries hold the slot's
+					// any-protocol ones (fm_fqdn_slot).
+					if tm&eplFQDNProto != 0 && sv.Rules[0]>>s&1 != 0 && (!folded || portProto) {
 						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, p.t.proto))
 					}
-					if tm&eplFQDNAny != 0 && sv.Rules[1]>>s&1 != 0 {
+					if tm&eplFQDNAny != 0 && sv.Rules[1]>>s&1 != 0 && (!folded || !portProto) {
 						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, 0))
 					}
 				}

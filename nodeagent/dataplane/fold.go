@@ -119,7 +119,7 @@ func (t *Tables) foldShapes() {
 	shapes := map[policyFixedKey]shape{}
 	skip := map[uint32]bool{} // endpoints with a rule of another protocol
 	for k, v := range t.Policy {
-		if k.Kind > kindTierCIDR {
+		if k.Kind > kindTierCIDR && k.Kind != kindTierFQDN {
 			continue
 		}
 		if k.Proto != 0 && k.Proto != protoTCP && k.Proto != protoUDP && k.Proto != protoSCTP {

@@ -57,7 +57,18 @@ func foldRevision(r *rand.Rand) *Revision {
 	}
 	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{}}
 	for _, id := range []string{"a", "b"} {
-		rev.Rules[id] = policy.EndpointRules{Identity: 9, Ingress: dirRules(), Egress: dirRules()}
+		eg := dirRules()
+		// domainNames rules (tiers only, egress only), in three name slots.
+		for range r.IntN(5) {
+			tr, act := tier()
+			if tr == policy.TierNetworkPolicy {
+				tr, act = policy.TierAdmin, policy.ActionAccept
+			}
+			eg.Names = append(eg.Names, policy.NameRule{Names: []string{[]string{"a.example", "*.example", "b.test"}[r.IntN(3)]},
+				Proto: protos[r.IntN(len(protos))], Ports: ports(), Rule: rule, Tier: tr, Action: act})
+			rule++
+		}
+		rev.Rules[id] = policy.EndpointRules{Identity: 9, Ingress: dirRules(), Egress: eg}
 	}
 	rev.IPCache = ipcacheOf(ipEntry{netip.MustParsePrefix("198.18.0.1/32"), 1},
 		ipEntry{netip.MustParsePrefix("198.18.0.0/16"), 2}, ipEntry{netip.MustParsePrefix("198.19.0.0/16"), 3})
@@ -99,8 +110,23 @@ func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
 				dport: []uint16{uint16(r.IntN(30)), uint16(4000 + r.IntN(7000))}[r.IntN(2)], tcpFlags: 2, icmpType: 8}
 			f := spec.frame()
 			ifindex, dir := uint32(7+r.IntN(2)), uint8(r.IntN(2))
-			got := decide(f, ifindex, dir, foldedTB, newFlowState(DefaultTimeouts), 1)
-			want := decide(f, ifindex, dir, plainTB, newFlowState(DefaultTimeouts), 1)
+			// The destination learned for some of the endpoint's name
+			// slots, each live (2) or expired (0, 1) at time 1.
+			var fv fqdnVal
+			for s := range len(folded.NameSlots[ifindex]) {
+				if r.IntN(2) == 0 {
+					fv.Mask |= 1 << s
+					fv.Expires[s] = uint64(r.IntN(3))
+				}
+			}
+			// Fresh flow state each time: conntrack would hide the policy.
+			learned := func() *flowState {
+				fs := newFlowState(DefaultTimeouts)
+				fs.fqdn[fqdnKey{Ifindex: ifindex, IP: mapped(spec.dst)}] = fv
+				return fs
+			}
+			got := decide(f, ifindex, dir, foldedTB, learned(), 1)
+			want := decide(f, ifindex, dir, plainTB, learned(), 1)
 			if got.reason != want.reason || got.rule != want.rule {
 				t.Fatalf("%+v on %d dir %d: folded %s rule %d, every shape %s rule %d\nrules %+v",
 					spec, ifindex, dir, got.reason, got.rule, want.reason, want.rule, rev.Rules)

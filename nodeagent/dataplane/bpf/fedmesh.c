@@ -1838,10 +1838,21 @@ __attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 	q.has_ports = a->has_ports;
 	admin = a->admin;
 	base = a->base;
-	if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
-		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
-	if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s)))
-		tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+	if (a->folded) {
+		// Folded (fold.go): a port protocol's entries hold the slot's
+		// any-protocol ones; other protocols have only those.
+		if (a->proto == PROTO_TCP || a->proto == PROTO_UDP || a->proto == PROTO_SCTP) {
+			if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
+				tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
+		} else if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s))) {
+			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+		}
+	} else {
+		if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
+			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
+		if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s)))
+			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+	}
 	a->admin = admin;
 	a->base = base;
 	return 0;
