@@ -13,20 +13,26 @@ package dataplane
 //     missing; likewise for any peer and for CIDR classes. A TCP, UDP or
 //     SCTP packet then needs only the protocol shapes; any other packet
 //     (ICMP, no rule names its protocol) only the any-protocol ones.
-//   - any peer into each peer: the (any peer, P) entry is merged into every
-//     (peer, P) entry, which is then flagged pfAllMerged, so that a packet
-//     whose peer has an entry makes one identity probe, not two. A merge
-//     that would make the peer's entry costlier to read (more single ports
-//     than its value holds inline) or the tables much larger (a wide any
-//     peer entry) is not made, and the flag stays clear.
+//   - any peer into each peer: the (any peer, P) entry of a port protocol P
+//     is merged into every (peer, P) entry, which is then flagged
+//     pfAllMerged, so that a packet whose peer has an entry makes one
+//     identity probe, not two. Only the single ports and the all-ports
+//     value are copied: the any peer's port ranges stay in its own trie
+//     entries, which the program walks beside the peer's for a port in
+//     their blocks (pfAllRanges), so the trie does not grow by a copy per
+//     peer. A merge that would make the peer's entry costlier to read
+//     (more single ports than its value holds inline) or the revision
+//     larger than its budget is not made, and the flag stays clear.
 //
 // A folded entry answers what the lookups it replaces answered in the
 // program's order: the NetworkPolicy rule of the first shape that allows
 // (peer before any peer, protocol before any protocol), and for tiers the
-// best candidate of each tier. So the folded tables are also read correctly
-// by the full lookup sequence, which programs without EPF_FOLDED (and
-// endpoints past the fast array, or tables not all in the array) keep
-// using: the wider entries stay.
+// best candidate of each tier. The wider entries stay, and programs
+// without EPF_FOLDED (an earlier version's, still attached while a new
+// agent starts; endpoints past the fast array; tables not all in the
+// array) read every shape in order and decide as before:
+// TestFoldedTablesDecideLikeEveryShape holds both readings to the
+// unfolded tables.
 
 // portProtos are the protocols rules name ports of: the only ones with
 // protocol entries, so the only ones folded into.
@@ -157,9 +163,13 @@ func (t *Tables) foldShapes() {
 	for fk, s := range changed {
 		t.putShape(fk, s)
 	}
-	// Any peer into each peer, per protocol (the any-protocol shapes too,
-	// for packets of other protocols), both layers of a key together: the
-	// flag is the pair's. Only the single ports and the all-ports value are
+	// Any peer into each peer, per port protocol, both layers of a key
+	// together: the flag is the pair's. Not the any-protocol shapes: a
+	// program of an earlier version reads a peer's any-protocol entry
+	// before the any peer's protocol entry, so merging the any peer's
+	// any-protocol entry into it would make that program report the
+	// wrong NetworkPolicy rule; a packet of another protocol (ICMP) probes
+	// both. Only the single ports and the all-ports value are
 	// merged into the peer's entry; the any-peer shape's port ranges stay
 	// in its own trie entries, which the program walks beside the peer's
 	// when the port is in one of their blocks (pfAllRanges): copied into
@@ -168,7 +178,7 @@ func (t *Tables) foldShapes() {
 	budget := max(minAllFoldEntries, len(t.Policy)/8)
 	seen := map[policyFixedKey]bool{}
 	for fk := range shapes {
-		if fk.Peer == 0 || fk.Kind != kindIdentity && fk.Kind != kindTierIdentity || skip[fk.Ifindex] {
+		if fk.Peer == 0 || fk.Proto == 0 || fk.Kind != kindIdentity && fk.Kind != kindTierIdentity || skip[fk.Ifindex] {
 			continue
 		}
 		nk, tk := fk, fk

@@ -76,8 +76,9 @@ func foldRevision(r *rand.Rand) *Revision {
 }
 
 // TestFoldedTablesDecideLikeEveryShape holds the folded tables, read the
-// way fm_policy_folded reads them (fewest shapes), to the unfolded tables
-// read shape by shape: same verdict, same deciding rule.
+// way fm_policy_folded reads them (fewest shapes) and shape by shape (as
+// programs of an earlier version do), to the unfolded tables read shape by
+// shape: same verdict, same deciding rule.
 func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	addrs := []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.3.4"),
@@ -103,7 +104,11 @@ func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
 				rangesMerged++
 			}
 		}
-		foldedTB, plainTB := indexTables(folded), indexTables(plain)
+		// Programs of an earlier version, still attached while a new agent
+		// starts, read the folded tables shape by shape.
+		earlier := *folded
+		earlier.folded = nil
+		foldedTB, plainTB, earlierTB := indexTables(folded), indexTables(plain), indexTables(&earlier)
 		for range 200 {
 			spec := pktSpec{src: addrs[r.IntN(len(addrs))], dst: addrs[r.IntN(len(addrs))],
 				proto: []uint8{protoTCP, protoUDP, protoSCTP, protoICMP, 47}[r.IntN(5)], sport: 40000,
@@ -127,9 +132,10 @@ func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
 			}
 			got := decide(f, ifindex, dir, foldedTB, learned(), 1)
 			want := decide(f, ifindex, dir, plainTB, learned(), 1)
-			if got.reason != want.reason || got.rule != want.rule {
-				t.Fatalf("%+v on %d dir %d: folded %s rule %d, every shape %s rule %d\nrules %+v",
-					spec, ifindex, dir, got.reason, got.rule, want.reason, want.rule, rev.Rules)
+			old := decide(f, ifindex, dir, earlierTB, learned(), 1)
+			if got.reason != want.reason || got.rule != want.rule || old.reason != want.reason || old.rule != want.rule {
+				t.Fatalf("%+v on %d dir %d: folded %s rule %d, folded read shape by shape %s rule %d, every shape %s rule %d\nrules %+v",
+					spec, ifindex, dir, got.reason, got.rule, old.reason, old.rule, want.reason, want.rule, rev.Rules)
 			}
 			cases++
 		}
