@@ -67,6 +67,16 @@
 //     them run. Both layers' lookups run in one global BPF function
 //     (fm_policy_stage), verified once, with its lookup keys in per-CPU
 //     scratch; handle() decides from its results in the order above.
+//     Render folds the shapes (fold.go): any-protocol entries into the
+//     TCP, UDP and SCTP ones, and the any peer's single ports and
+//     all-ports value into each peer's entry (its ranges walked from its
+//     own trie entries). An endpoint whose entries are folded and all in
+//     the array (EPF_FOLDED) is read by fm_policy_folded instead: the
+//     peer's entry, the any peer's only when the peer's is not merged,
+//     and the CIDR class's, each of the packet's protocol (TCP, UDP,
+//     SCTP) or of any protocol (others): at most three index probes, not
+//     six. Folded tables read shape by shape decide the same, so programs
+//     of an earlier version and the other paths keep reading every shape.
 //   - domainNames rules (policy.NameRule, egress tier rules): the address
 //     a packet goes to matches a name rule only while the endpoint holds
 //     a live answer for it (Learn) for a name one of the rule's patterns
@@ -83,9 +93,9 @@
 //     name rules exist, egress packets cost one more hash lookup
 //     (fm_fqdn; skipped when a Bloom filter of its keys, fm_fqdn_filter,
 //     proves the endpoint never learned the address) and, per slot whose
-//     answer is live, the policy lookups
-//     that slot has entries for (one-protocol, any-protocol; the tier
-//     summary says which) in fm_fqdn_stage and fm_fqdn_slot, global
+//     answer is live, the policy lookups that slot has entries for
+//     (one-protocol, any-protocol; the tier summary says which; one of
+//     them when folded) in fm_fqdn_stage and fm_fqdn_slot, global
 //     functions verified once. An address usually serves one or two
 //     slots, so this is the one part of the lookup count that depends on
 //     the data (bounded by 1 + 2x16). BenchmarkProgramPerPacketNames
