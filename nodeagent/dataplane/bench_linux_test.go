@@ -240,18 +240,39 @@ func tieredBigRevision(n uint64) *Revision {
 // identity shapes and two CIDR class shapes; with port 20007 each entry
 // also walks the trie for its port ranges) with 100k ipcache entries, 10k
 // NetworkPolicy rules and 1k ClusterNetworkPolicy rules, against an empty
-// tc program in the same run.
+// tc program in the same run. The shapes are folded (fold.go: the peer's
+// entry holds the any peer's and the any-protocol ones, so three probes
+// answer: the peer's, the CIDR class and its entry); the -every-shape
+// cases read the same revision rendered unfolded, six probes, as before
+// the folding.
 func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	requireKernel(b)
-	_, nsPath := newNetNS(b)
-	dp, _ := newEBPF(b, nsPath)
 	ctx := context.Background()
-	if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "lo"}); err != nil {
-		b.Fatal(err)
-	}
 	rev := tieredBigRevision(1)
-	if err := dp.Apply(ctx, rev); err != nil {
-		b.Fatal(err)
+	load := func(unfolded bool) *EBPF {
+		_, nsPath := newNetNS(b)
+		dp, _ := newEBPF(b, nsPath)
+		dp.unfolded = unfolded
+		if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "lo"}); err != nil {
+			b.Fatal(err)
+		}
+		if err := dp.Apply(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		return dp
+	}
+	dp, every := load(false), load(true)
+	peerKey := policyFixedKey{Ifindex: 1, Dir: uint8(policy.Ingress), Kind: kindIdentity, Proto: protoTCP, Peer: 1005}
+	for _, c := range []struct {
+		dp     *EBPF
+		folded bool
+	}{{dp, true}, {every, false}} {
+		tabs := c.dp.shadow[c.dp.active]
+		folded := tabs.fast[1].Flags&epfFolded != 0 && tabs.PolicyFixed[peerKey].Flags&pfAllMerged != 0
+		if folded != c.folded {
+			b.Fatalf("endpoint flags %#x, peer entry %+v: folded %v, want %v", tabs.fast[1].Flags,
+				tabs.PolicyFixed[peerKey], folded, c.folded)
+		}
 	}
 	// The packet must be denied after every lookup: check it on the twin.
 	mem := NewMemory(WithIfindexResolver(func(string) (uint32, error) { return 1, nil }))
@@ -289,6 +310,8 @@ func BenchmarkProgramPerPacketTiers(b *testing.B) {
 		{"baseline-empty-program", noop, hashed},
 		{"tiers-denied-after-every-lookup", fm, hashed},
 		{"tiers-denied-after-every-lookup-and-trie-walk", fm, walked},
+		{"tiers-denied-after-every-lookup-every-shape", every.coll.Programs["fm_to_pod"], hashed},
+		{"tiers-denied-after-every-lookup-and-trie-walk-every-shape", every.coll.Programs["fm_to_pod"], walked},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			_, per, err := c.prog.Benchmark(c.pkt.frame(), b.N, b.ResetTimer)

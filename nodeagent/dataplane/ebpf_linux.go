@@ -126,6 +126,9 @@ type EBPF struct {
 	// policy index array entries (pfaLen), host ipcache or CIDR entries is
 	// taken as not fitting its array.
 	pfaLimit, ipcLimit, cidrLimit int
+	// unfolded (tests): render without folding the lookup shapes (fold.go),
+	// as before it, for benchmarks that compare both in one run.
+	unfolded bool
 	active                        uint32
 	lastFlip                      time.Time
 	rev                           *Revision
@@ -336,7 +339,7 @@ func (e *EBPF) Apply(ctx context.Context, rev *Revision) error {
 
 // render is Render with the endpoints' counter indexes filled in.
 func (e *EBPF) render(rev *Revision) (*Tables, error) {
-	t, err := render(rev, e.ifindexes(), e.fq.activeSlots())
+	t, err := renderFolded(rev, e.ifindexes(), e.fq.activeSlots(), !e.unfolded)
 	if err != nil {
 		return nil, err
 	}
