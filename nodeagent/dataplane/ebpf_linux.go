@@ -128,12 +128,12 @@ type EBPF struct {
 	pfaLimit, ipcLimit, cidrLimit int
 	// unfolded (tests): render without folding the lookup shapes (fold.go),
 	// as before it, for benchmarks that compare both in one run.
-	unfolded bool
-	active                        uint32
-	lastFlip                      time.Time
-	rev                           *Revision
-	attached                      map[string]*attachment
-	unclaimed                     map[string]bool // pinned link files found at start
+	unfolded  bool
+	active    uint32
+	lastFlip  time.Time
+	rev       *Revision
+	attached  map[string]*attachment
+	unclaimed map[string]bool // pinned link files found at start
 	// stats gives attached endpoints (and, until the first Apply, those
 	// the pinned revision holds) their fm_ep_stats index, by ifindex.
 	stats map[uint32]uint32
