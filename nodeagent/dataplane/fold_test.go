@@ -145,3 +145,84 @@ func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {
 	}
 	t.Logf("%d cases, %d merged entries (%d with any-peer ranges)", cases, merged, rangesMerged)
 }
+
+// TestFoldMergesOnlyWhatReadsFaster: the any peer's entry is merged into
+// a peer's when the merge keeps the peer's single ports inline and fits
+// the budget; otherwise both entries stay apart, unflagged, and a packet
+// probes both.
+func TestFoldMergesOnlyWhatReadsFaster(t *testing.T) {
+	single := func(peer uint32, port uint16, rule policy.RuleID) policy.IdentityRule {
+		return policy.IdentityRule{Peer: peer, Proto: protoTCP, Ports: policy.PortRange{First: port, Last: port}, Rule: rule}
+	}
+	cases := []struct {
+		name   string
+		rules  []policy.IdentityRule
+		merged bool
+	}{
+		{"any peer all ports", []policy.IdentityRule{single(5, 80, 1),
+			{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.AllPorts, Rule: 2}}, true},
+		{"any peer ranges stay in its trie entries", []policy.IdentityRule{single(5, 80, 1),
+			{Peer: policy.IdentityAny, Proto: protoTCP, Ports: policy.PortRange{First: 1000, Last: 2000}, Rule: 2}}, true},
+		{"merged single ports still inline", []policy.IdentityRule{single(5, 80, 1), single(5, 81, 2),
+			single(policy.IdentityAny, 82, 3), single(policy.IdentityAny, 83, 4)}, true},
+		{"merged single ports would spill", []policy.IdentityRule{single(5, 80, 1), single(5, 81, 2), single(5, 84, 5),
+			single(policy.IdentityAny, 82, 3), single(policy.IdentityAny, 83, 4)}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a": {Identity: 9,
+				Ingress: policy.DirectionRules{Enforced: true, Identities: c.rules}}}}
+			tabs, err := Render(rev, map[string]uint32{"a": 7})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fv := tabs.PolicyFixed[policyFixedKey{Ifindex: 7, Kind: kindIdentity, Proto: protoTCP, Peer: 5}]
+			if got := fv.Flags&pfAllMerged != 0; got != c.merged {
+				t.Fatalf("peer entry %+v: merged %v, want %v", fv, got, c.merged)
+			}
+			if c.merged && fv.Flags&pfExact != 0 {
+				t.Fatalf("merged peer entry %+v spilled its single ports to the port hash", fv)
+			}
+			// The any peer's ranges are walked from its own trie entries,
+			// not copied under the peer.
+			ranges := 0
+			for k := range tabs.Policy {
+				if k.Peer == 5 && k.Prefixlen > policyFixedBits && k.Prefixlen < policyAllBits {
+					ranges++
+				}
+			}
+			if ranges != 0 || c.merged && fv.Flags&pfRanges != 0 && fv.Flags&pfAllRanges == 0 {
+				t.Fatalf("peer entry %+v with %d range entries under the peer", fv, ranges)
+			}
+		})
+	}
+	// The budget: an any peer's single port merged into 3,000 peers' entries
+	// would add 3,000 entries to a revision of ~3,000, past the least
+	// budget (1,024; an eighth of the revision is less): the merges stop
+	// there.
+	var rules []policy.IdentityRule
+	for p := range uint32(3000) {
+		rules = append(rules, single(100+p, 80, policy.RuleID(p+1)))
+	}
+	rules = append(rules, single(policy.IdentityAny, 443, 9999))
+	rev := &Revision{Number: 1, Rules: map[string]policy.EndpointRules{"a": {Identity: 9,
+		Ingress: policy.DirectionRules{Enforced: true, Identities: rules}}}}
+	folded, err := Render(rev, map[string]uint32{"a": 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := renderFolded(rev, map[string]uint32{"a": 7}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged := 0
+	for k := range folded.allMerged {
+		if k.Kind == kindIdentity {
+			merged++
+		}
+	}
+	if grown := len(folded.Policy) - len(plain.Policy); merged == 0 || grown > max(minAllFoldEntries, len(plain.Policy)/8) {
+		t.Fatalf("%d peers merged, the revision grew by %d entries of %d: want some merged, within the budget",
+			merged, grown, len(plain.Policy))
+	}
+}
