@@ -1896,6 +1896,20 @@ __attribute__((noinline)) int fm_fqdn_stage(struct tier_args *a)
 	return 0;
 }
 
+// stage_start clears a policy stage's results and finds the slot's trie
+// for pt; 0 when it is missing (nothing matches then).
+static __always_inline void *stage_start(struct tier_args *a, struct policy_tabs *pt)
+{
+	__u32 slot = a->slot;
+
+	a->admin = 0;
+	a->base = 0;
+	a->rule = 0;
+	pt->a = a;
+	pt->trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	return pt->trie;
+}
+
 // fm_policy_stage runs the lookups of both layers: every tier lookup that
 // can match (the endpoint's KIND_TIER_SUMMARY entry says which), folded
 // into the best Admin and Baseline candidates, and, when NetworkPolicy
@@ -1916,17 +1930,10 @@ __attribute__((noinline)) int fm_policy_stage(struct tier_args *a)
 	__u32 tm = 0, slot, tv, cls;
 	__u8 np = 0, proto;
 
-	if (!a)
+	if (!a || !stage_start(a, &pt))
 		return 0;
-	a->admin = 0;
-	a->base = 0;
-	a->rule = 0;
 	slot = a->slot;
 	proto = a->proto;
-	pt.a = a;
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	if (!pt.trie)
-		return 0;
 	if (a->lookups & EPL_VALID) {
 		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
 		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
@@ -2010,18 +2017,13 @@ __attribute__((noinline)) int fm_policy_folded(struct tier_args *a)
 	__u32 tm, slot, tv, cls;
 	__u8 np, proto;
 
-	if (!a)
+	if (!a || !stage_start(a, &pt))
 		return 0;
-	a->admin = 0;
-	a->base = 0;
-	a->rule = 0;
 	slot = a->slot;
 	proto = a->proto;
-	pt.a = a;
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
 	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 	pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
-	if (!pt.trie || !pt.port || !pt.fixarr)
+	if (!pt.port || !pt.fixarr)
 		return 0;
 	pt.fixed = pt.fixarr; // not read: every entry is in the array
 	np = a->enforced ? a->lookups : 0;
