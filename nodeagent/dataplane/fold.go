@@ -34,6 +34,11 @@ package dataplane
 // TestFoldedTablesDecideLikeEveryShape holds both readings to the
 // unfolded tables.
 
+import (
+	"cmp"
+	"slices"
+)
+
 // portProtos are the protocols rules name ports of: the only ones with
 // protocol entries, so the only ones folded into.
 var portProtos = [...]uint8{protoTCP, protoUDP, protoSCTP}
@@ -174,19 +179,30 @@ func (t *Tables) foldShapes() {
 	// in its own trie entries, which the program walks beside the peer's
 	// when the port is in one of their blocks (pfAllRanges): copied into
 	// every peer's, they would multiply the trie.
+	//
+	// The budget makes the outcome depend on the order: keys are taken in
+	// sorted order, so that equal revisions render equal tables.
 	t.allMerged = map[policyFixedKey]allMerge{}
 	budget := max(minAllFoldEntries, len(t.Policy)/8)
+	var peers []policyFixedKey
 	seen := map[policyFixedKey]bool{}
 	for fk := range shapes {
 		if fk.Peer == 0 || fk.Proto == 0 || fk.Kind != kindIdentity && fk.Kind != kindTierIdentity || skip[fk.Ifindex] {
 			continue
 		}
-		nk, tk := fk, fk
-		nk.Kind, tk.Kind = kindIdentity, kindTierIdentity
-		if seen[nk] {
-			continue
+		fk.Kind = kindIdentity
+		if !seen[fk] {
+			seen[fk] = true
+			peers = append(peers, fk)
 		}
-		seen[nk] = true
+	}
+	slices.SortFunc(peers, func(a, b policyFixedKey) int {
+		return cmp.Or(cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Dir, b.Dir), cmp.Compare(a.Proto, b.Proto),
+			cmp.Compare(a.Peer, b.Peer))
+	})
+	for _, nk := range peers {
+		tk := nk
+		tk.Kind = kindTierIdentity
 		an, at := nk, tk
 		an.Peer, at.Peer = 0, 0
 		if len(shapes[an])+len(shapes[at]) == 0 {
@@ -194,10 +210,11 @@ func (t *Tables) foldShapes() {
 		}
 		sn := mergeSingles(shapes[nk], shapes[an], firstRule)
 		st := mergeSingles(shapes[tk], shapes[at], foldTierValues)
-		// Budgeted: at most an eighth more entries than the revision has.
 		if costlier(shapes[nk], shapes[an], sn) || costlier(shapes[tk], shapes[at], st) {
 			continue
 		}
+		// The budget: at most an eighth more entries than the revision has
+		// (minAllFoldEntries at least).
 		extra := len(sn) - shapes[nk].singles() + len(st) - shapes[tk].singles()
 		if extra > budget {
 			continue

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -224,5 +225,15 @@ func TestFoldMergesOnlyWhatReadsFaster(t *testing.T) {
 	if grown := len(folded.Policy) - len(plain.Policy); merged == 0 || grown > max(minAllFoldEntries, len(plain.Policy)/8) {
 		t.Fatalf("%d peers merged, the revision grew by %d entries of %d: want some merged, within the budget",
 			merged, grown, len(plain.Policy))
+	}
+	// Which peers the budget reaches does not depend on map order.
+	for range 3 {
+		again, err := Render(rev, map[string]uint32{"a": 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(again.Policy, folded.Policy) || !maps.Equal(again.PolicyFixed, folded.PolicyFixed) {
+			t.Fatal("one revision rendered twice: the folded tables differ")
+		}
 	}
 }
