@@ -624,7 +624,11 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 			base = b
 		}
 	}
-	// Folded entries (fold.go): the program reads only the narrowest shapes.
+	// Folded entries (fold.go): the program reads only the narrowest shapes
+	// (fm_policy_folded) when the fast array holds them all (EPF_FOLDED);
+	// the twin whenever they are folded: both readings decide alike
+	// (TestFoldedTablesDecideLikeEveryShape), and this one is the one the
+	// differential tests then hold to the kernel's.
 	folded := fast && tb.t.folded[ifindex]
 	var foldedRule uint32
 	if folded {
