@@ -173,6 +173,10 @@ func BenchmarkFlowShippingCPUKernel(b *testing.B) {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	dp, err := dataplane.New(ctx, cfg)
 	if err != nil {
+		// A failed load leaves the maps New pinned in this run's directory.
+		if uerr := dataplane.Uninstall(context.Background(), cfg.PinDir); uerr != nil {
+			b.Error(uerr)
+		}
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {

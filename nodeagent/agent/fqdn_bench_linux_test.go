@@ -200,6 +200,10 @@ func newNameBenchEnv(b *testing.B, learner func(agent.Learner) agent.Learner, po
 	pinDir := "/sys/fs/bpf/" + benchRand("fmnb-")
 	dp, err := dataplane.New(ctx, dataplane.Config{PinDir: pinDir, NetNS: nodePath})
 	if err != nil {
+		// A failed load leaves the maps New pinned in this run's directory.
+		if uerr := dataplane.Uninstall(context.Background(), pinDir); uerr != nil {
+			b.Error(uerr)
+		}
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {

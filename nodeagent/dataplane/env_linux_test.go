@@ -56,6 +56,11 @@ func newEBPF(t testing.TB, netns string) (*EBPF, Config) {
 	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: netns}
 	dp, err := New(context.Background(), cfg)
 	if err != nil {
+		// New pins the maps before it loads the programs: a failed load
+		// (a verifier refusal) leaves them, in this test's own directory.
+		if uerr := Uninstall(context.Background(), cfg.PinDir); uerr != nil {
+			t.Error(uerr)
+		}
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -177,6 +177,11 @@ func newEBPFWith(t *testing.T, cfg Config) (*EBPF, Config) {
 	cfg.PinDir = "/sys/fs/bpf/" + randName("fmdp-test-")
 	dp, err := New(context.Background(), cfg)
 	if err != nil {
+		// New pins the maps before it loads the programs: a failed load
+		// (a verifier refusal) leaves them, in this test's own directory.
+		if uerr := Uninstall(context.Background(), cfg.PinDir); uerr != nil {
+			t.Error(uerr)
+		}
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
