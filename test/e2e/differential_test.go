@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fedmeshv1 "github.com/fedmesh/fedmesh/proto/fedmesh/v1"
 	"github.com/fedmesh/fedmesh/tools/fedlab/lab"
@@ -130,6 +131,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 	policies := fedmeshv1.NewPolicyServiceClient(cc)
 	nodes := fedmeshv1.NewNodeServiceClient(cc)
 	reach := fedmeshv1.NewReachServiceClient(cc)
+	flowsAPI := fedmeshv1.NewFlowServiceClient(cc)
 
 	type pod struct {
 		cluster string
@@ -179,6 +181,14 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 			t.Fatalf("round %d: apply %v: %v", round, set, err)
 		}
 		prev = set
+		roundStart := time.Now()
+		// mismatched are this round's probes the kernel and Reach disagree
+		// on, for the flow records logged below.
+		type mismatch struct {
+			src, dst     pod
+			port, family uint32
+		}
+		var mismatched []mismatch
 		w, err := nodes.WaitEnforced(ctx, &fedmeshv1.WaitEnforcedRequest{Revision: resp.GetRevision()})
 		if err != nil || !w.GetEnforced() {
 			t.Fatalf("round %d: not enforced: %v %v", round, w, err)
@@ -279,6 +289,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 						}
 					}
 					if o.Reachable() != want {
+						mismatched = append(mismatched, mismatch{src, qs[i].dst, s.port, qs[i].family})
 						mismatches++
 						if mismatches <= 10 {
 							t.Errorf("round %d: %s/%s -> %s/%s %s/%d IPv%d: kernel %s, reach %s (egress %s, ingress %s)", round,
@@ -297,6 +308,13 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 				names = append(names, prototext.Format(p))
 			}
 			t.Logf("round %d policies:\n%s", round, strings.Join(names, "\n"))
+			// What each node's dataplane reported for those flows: a
+			// verdict event names the deciding rule or reason; an allowed
+			// packet with no event since the round began passed by
+			// conntrack.
+			for _, m := range mismatched {
+				logFlows(ctx, t, flowsAPI, m.src, m.dst, m.port, m.family, roundStart)
+			}
 			break
 		}
 	}
@@ -310,4 +328,44 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 	if total < 1000 && !t.Failed() {
 		t.Fatalf("only %d probes", total)
 	}
+}
+
+// logFlows logs the flow records of src's pod to dst's on port over IPv
+// family since start, as both nodes' dataplanes reported them.
+func logFlows(ctx context.Context, t *testing.T, api fedmeshv1.FlowServiceClient, src, dst struct {
+	cluster string
+	p       lab.Pod
+}, port, family uint32, start time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	// Records reach the control plane in batches: give them a moment.
+	time.Sleep(3 * time.Second)
+	// The filter's pod matches either end: both nodes' records come back.
+	st, err := api.GetFlows(ctx, &fedmeshv1.GetFlowsRequest{Since: timestamppb.New(start), Limit: 5000,
+		Filter: &fedmeshv1.FlowFilter{Cluster: src.cluster, Namespace: "demo", Pod: src.p.Name}})
+	if err != nil {
+		t.Logf("flows of %s/%s: %v", src.cluster, src.p.Name, err)
+		return
+	}
+	dstIP := dst.p.Addr(int(family)).String()
+	n := 0
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			break
+		}
+		for _, f := range r.GetFlows() {
+			if f.GetSource().GetPod() != src.p.Name || f.GetDestination().GetIp() != dstIP ||
+				f.GetDestination().GetPort() != port {
+				continue
+			}
+			n++
+			t.Logf("flow record at %s/%s: %s %s:%d -> %s:%d %s, decision {%s}", f.GetCluster(), f.GetNode(),
+				f.GetTime().AsTime().Format(time.RFC3339Nano), f.GetSource().GetIp(), f.GetSource().GetPort(), dstIP, port,
+				f.GetVerdict(), prototext.MarshalOptions{}.Format(f.GetDecision()))
+		}
+	}
+	t.Logf("%d flow records of %s -> %s (%s:%d) since the round began (an allowed probe with none passed by conntrack, or its event was rate-limited)",
+		n, src.p.Name, dst.p.Name, dstIP, port)
 }
