@@ -457,20 +457,20 @@ func (tb *memTables) foldedLookups(ifindex uint32, dir uint8, peer uint32, p *pk
 	cidrClass func() uint32, fold func(uint32)) uint32 {
 	const id, cidr = eplPeerProto | eplPeerAny | eplAllProto | eplAllAny, eplCIDRProto | eplCIDRAny
 	proto := p.t.proto
-	if proto != protoTCP && proto != protoUDP && proto != protoSCTP {
+	if !isPortProto(proto) {
 		proto = 0
 	}
 	rule := uint32(0)
-	// probe is policy_probe: whether a pair holds the key, and whether it
-	// is merged with its any-peer entry.
-	probe := func(kind uint8, peer uint32, wantNP, wantTier bool) (found, merged bool) {
+	// probe is policy_probe: whether a pair holds the key merged with its
+	// any-peer entry.
+	probe := func(kind uint8, peer uint32, wantNP, wantTier bool) (merged bool) {
 		nk := policyFixedKey{Ifindex: ifindex, Dir: dir, Kind: kind, Proto: proto, Peer: peer}
 		tk := nk
 		tk.Kind |= 2
 		nv, okN := tb.t.PolicyFixed[nk]
 		tv, okT := tb.t.PolicyFixed[tk]
 		if !okN && !okT {
-			return false, false
+			return false
 		}
 		if wantNP {
 			rule = tb.policyEntry(nk, nv, p, true)
@@ -478,11 +478,11 @@ func (tb *memTables) foldedLookups(ifindex uint32, dir uint8, peer uint32, p *pk
 		if wantTier {
 			fold(tb.policyEntry(tk, tv, p, true))
 		}
-		return true, (nv.Flags|tv.Flags)&pfAllMerged != 0
+		return (nv.Flags|tv.Flags)&pfAllMerged != 0
 	}
 	merged := false
 	if peer != 0 && (np|tm)&(eplPeerProto|eplPeerAny) != 0 {
-		_, merged = probe(kindIdentity, peer, np&id != 0, tm&id != 0)
+		merged = probe(kindIdentity, peer, np&id != 0, tm&id != 0)
 	}
 	npLeft := np
 	if rule != 0 {
@@ -670,11 +670,11 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		// Name rules: the slots whose answer for this address is live.
 		if dir == uint8(policy.Egress) && tm&(eplFQDNProto|eplFQDNAny) != 0 {
 			if fv, ok := fs.fqdn[fqdnKey{Ifindex: ifindex, IP: peerIP}]; ok {
+				portProto := isPortProto(p.t.proto)
 				for s := range uint32(maxNameSlots) {
 					if fv.Mask>>s&1 == 0 || fv.Expires[s] <= now {
 						continue
 					}
-					portProto := p.t.proto == protoTCP || p.t.proto == protoUDP || p.t.proto == protoSCTP
 					// Folded: a port protocol's entries hold the slot's
 					// any-protocol ones (fm_fqdn_slot).
 					if tm&eplFQDNProto != 0 && sv.Rules[0]>>s&1 != 0 && (!folded || portProto) {

@@ -43,6 +43,9 @@ import (
 // protocol entries, so the only ones folded into.
 var portProtos = [...]uint8{protoTCP, protoUDP, protoSCTP}
 
+// isPortProto reports whether proto is one of portProtos.
+func isPortProto(proto uint8) bool { return slices.Contains(portProtos[:], proto) }
+
 const (
 	// pfAllMerged (PF_ALL_MERGED): the entry holds its any-peer entry of
 	// the same protocol too.
@@ -99,10 +102,16 @@ func (s shape) singles() int {
 // second's answers: each prefix of either gets comb of both longest
 // matches, so the longest match in the result is right for every port.
 func mergeShapes(first, second shape, comb func(a, b uint32) uint32) shape {
+	return mergeSome(first, second, comb, nil)
+}
+
+// mergeSome is mergeShapes keeping only the prefixes keep takes (nil: all),
+// told whether a prefix is second's.
+func mergeSome(first, second shape, comb func(a, b uint32) uint32, keep func(k portKey, ofSecond bool) bool) shape {
 	out := make(shape, len(first)+len(second))
-	for _, s := range []shape{first, second} {
+	for i, s := range []shape{first, second} {
 		for k := range s {
-			if _, done := out[k]; done {
+			if _, done := out[k]; done || keep != nil && !keep(k, i == 1) {
 				continue
 			}
 			if v := comb(first.lpm(k), second.lpm(k)); v != 0 {
@@ -133,7 +142,7 @@ func (t *Tables) foldShapes() {
 		if k.Kind > kindTierCIDR && k.Kind != kindTierFQDN {
 			continue
 		}
-		if k.Proto != 0 && k.Proto != protoTCP && k.Proto != protoUDP && k.Proto != protoSCTP {
+		if k.Proto != 0 && !isPortProto(k.Proto) {
 			skip[k.Ifindex] = true
 		}
 		fk := policyFixedKey{Ifindex: k.Ifindex, Dir: k.Dir, Kind: k.Kind, Proto: k.Proto, Peer: k.Peer}
@@ -162,10 +171,8 @@ func (t *Tables) foldShapes() {
 			changed[tk] = mergeShapes(shapes[tk], s, comb(fk.Kind))
 		}
 	}
-	for k, s := range changed {
-		shapes[k] = s
-	}
 	for fk, s := range changed {
+		shapes[fk] = s
 		t.putShape(fk, s)
 	}
 	// Any peer into each peer, per port protocol, both layers of a key
@@ -246,30 +253,29 @@ type allMerge struct {
 // port blocks of a's ranges (a port there walks a's trie entries), with
 // comb of both shapes' answers for it.
 func mergeSingles(s, a shape, comb func(a, b uint32) uint32) shape {
-	out := shape{}
 	walked := a.blocks()
-	for i, x := range []shape{s, a} {
-		for k := range x {
-			if k.bits == 16 && (i == 0 || walked>>(k.port>>12)&1 == 0) {
-				if v := comb(s.lpm(k), a.lpm(k)); v != 0 {
-					out[k] = v
-				}
-			}
-		}
-	}
-	return out
+	return mergeSome(s, a, comb, func(k portKey, ofA bool) bool {
+		return k.bits == 16 && (!ofA || walked>>(k.port>>12)&1 == 0)
+	})
 }
 
-// blocks are the port blocks (pfBlocks) s's ranges touch.
+// blocks are the port blocks (pfBlocks: block i is ports i*4096 to
+// i*4096+4095) the port prefix k covers.
+func (k portKey) blocks() uint16 {
+	var b uint16
+	last := uint32(k.port) + 1<<(16-k.bits) - 1
+	for i := uint32(k.port) >> 12; i <= last>>12; i++ {
+		b |= 1 << i
+	}
+	return b
+}
+
+// blocks are the port blocks s's ranges (neither all ports nor one) touch.
 func (s shape) blocks() uint16 {
 	var b uint16
 	for k := range s {
-		if k.bits == 0 || k.bits == 16 {
-			continue
-		}
-		last := uint32(k.port) + 1<<(16-k.bits) - 1
-		for i := uint32(k.port) >> 12; i <= last>>12; i++ {
-			b |= 1 << i
+		if k.bits != 0 && k.bits != 16 {
+			b |= k.blocks()
 		}
 	}
 	return b

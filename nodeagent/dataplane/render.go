@@ -410,12 +410,7 @@ func (t *Tables) indexPolicy() {
 			fv.AllRule = rule
 		default:
 			fv.Flags |= pfRanges | pfBlocks
-			bits := k.Prefixlen - policyFixedBits
-			first := uint32(k.Port[0])<<8 | uint32(k.Port[1])
-			last := first + 1<<(16-bits) - 1
-			for b := first >> 12; b <= last>>12; b++ {
-				fv.Blocks |= 1 << b
-			}
+			fv.Blocks |= portKey{uint8(k.Prefixlen - policyFixedBits), uint16(k.Port[0])<<8 | uint16(k.Port[1])}.blocks()
 		}
 		t.PolicyFixed[fk] = fv
 		var bit uint32

@@ -1473,6 +1473,13 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	return v ? v->rule : 0;
 }
 
+// is_port_proto: rules name ports of these protocols only, so only they
+// have protocol entries (portProtos in fold.go).
+static __always_inline int is_port_proto(__u8 proto)
+{
+	return proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_SCTP;
+}
+
 // tier_best keeps, per tier (half), the better (lower, non-zero) candidate
 // of two tier values (foldTierValues in render.go).
 static __always_inline __u32 tier_best(__u32 a, __u32 b)
@@ -1637,6 +1644,26 @@ static __always_inline __u32 policy_lookup(struct policy_tabs *pt, __u8 kind, __
 	return policy_entry(pt, fv, kind, peer, p, proto, 0);
 }
 
+// policy_probe answers one lookup shape for both layers with one probe of
+// the array, like policy_pair; all for a folded entry (EPF_FOLDED, see
+// policy_entry). It returns 0 when no pair holds the key, else 1 with the
+// pair's PF_ALL_MERGED bit.
+static __always_inline int policy_probe(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p, __u8 proto,
+					int np, int tier, __u32 *rule, __u32 *tv, int all)
+{
+	struct pf_pair *pp;
+	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
+
+	pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
+	if (!pp)
+		return 0;
+	if (np)
+		*rule = policy_entry(pt, &pp->v[PFA_NP], kind, peer, p, proto, all);
+	if (tier)
+		*tv = policy_entry(pt, &pp->v[PFA_TIER], kind | 2, peer, p, proto, all);
+	return 1 | ((pp->v[PFA_NP].flags | pp->v[PFA_TIER].flags) & PF_ALL_MERGED);
+}
+
 // policy_pair answers one lookup shape (base kind KIND_IDENTITY or
 // KIND_CIDR, peer, protocol) for both layers: the NetworkPolicy rule into
 // *rule when np, the tier value (the kind | 2) into *tv when tier. The
@@ -1646,7 +1673,6 @@ static __always_inline void policy_pair(struct policy_tabs *pt, __u8 kind, __u32
 					int np, int tier, __u32 *rule, __u32 *tv)
 {
 	struct policy_fixed_val *nv = 0, *tvv = 0;
-	struct pf_pair *pp;
 	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
 
 	if (!pt->fixed) {
@@ -1655,40 +1681,17 @@ static __always_inline void policy_pair(struct policy_tabs *pt, __u8 kind, __u32
 		return;
 	}
 	if (pt->fixarr) {
-		pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
-		if (!pp)
-			return;
-		nv = &pp->v[PFA_NP];
-		tvv = &pp->v[PFA_TIER];
-	} else {
-		if (np)
-			nv = policy_fixed_find(pt, pt->a->ifindex, w1, peer);
-		if (tier)
-			tvv = policy_fixed_find(pt, pt->a->ifindex, w1 | (2U << 8), peer); // the tier kind
+		policy_probe(pt, kind, peer, p, proto, np, tier, rule, tv, 0);
+		return;
 	}
+	if (np)
+		nv = policy_fixed_find(pt, pt->a->ifindex, w1, peer);
+	if (tier)
+		tvv = policy_fixed_find(pt, pt->a->ifindex, w1 | (2U << 8), peer); // the tier kind
 	if (np && nv)
 		*rule = policy_entry(pt, nv, kind, peer, p, proto, 0);
 	if (tier && tvv)
 		*tv = policy_entry(pt, tvv, kind | 2, peer, p, proto, 0);
-}
-
-// policy_probe is policy_pair for folded entries (EPF_FOLDED): one probe
-// of the array. It returns 0 when no pair holds the key, else 1 with the
-// pair's PF_ALL_MERGED bit.
-static __always_inline int policy_probe(struct policy_tabs *pt, __u8 kind, __u32 peer, struct l4 *p, __u8 proto,
-					int np, int tier, __u32 *rule, __u32 *tv)
-{
-	struct pf_pair *pp;
-	__u32 w1 = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
-
-	pp = pfa_find(pt->fixarr, pt->a->ifindex, w1, peer);
-	if (!pp)
-		return 0;
-	if (np)
-		*rule = policy_entry(pt, &pp->v[PFA_NP], kind, peer, p, proto, 1);
-	if (tier)
-		*tv = policy_entry(pt, &pp->v[PFA_TIER], kind | 2, peer, p, proto, 1);
-	return 1 | ((pp->v[PFA_NP].flags | pp->v[PFA_TIER].flags) & PF_ALL_MERGED);
 }
 
 // tier_fold keeps, per tier, the better (lower, non-zero) candidate.
@@ -1841,7 +1844,7 @@ __attribute__((noinline)) int fm_fqdn_slot(struct tier_args *a, __u32 s)
 	if (a->folded) {
 		// Folded (fold.go): a port protocol's entries hold the slot's
 		// any-protocol ones; other protocols have only those.
-		if (a->proto == PROTO_TCP || a->proto == PROTO_UDP || a->proto == PROTO_SCTP) {
+		if (is_port_proto(a->proto)) {
 			if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
 				tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
 		} else if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s))) {
@@ -2035,19 +2038,19 @@ __attribute__((noinline)) int fm_policy_folded(struct tier_args *a)
 	// packet's protocol when rules can name it, else of any protocol.
 	// What the peer's probe found stays in scratch (a->found): the
 	// frame shares the 512-byte stack.
-	if (proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP)
+	if (!is_port_proto(proto))
 		proto = 0;
 	a->found = 0;
 	if (a->peer_id && ((np | tm) & (EPL_PEER_PROTO | EPL_PEER_ANY))) {
 		tv = 0;
 		a->found = policy_probe(&pt, KIND_IDENTITY, a->peer_id, &q, proto, np & EPL_IDENTITY,
-					tm & EPL_IDENTITY, &a->rule, &tv);
+					tm & EPL_IDENTITY, &a->rule, &tv, 1);
 		tier_fold(tv, &a->admin, &a->base);
 	}
 	if (!(a->found & PF_ALL_MERGED) && (((a->rule ? 0 : np) | tm) & (EPL_ALL_PROTO | EPL_ALL_ANY))) {
 		tv = 0;
 		policy_probe(&pt, KIND_IDENTITY, 0, &q, proto, !a->rule && (np & EPL_IDENTITY), tm & EPL_IDENTITY,
-			     &a->rule, &tv);
+			     &a->rule, &tv, 1);
 		tier_fold(tv, &a->admin, &a->base);
 	}
 	if ((!a->rule && (np & EPL_CIDR)) || (tm & EPL_CIDR)) {
@@ -2055,7 +2058,7 @@ __attribute__((noinline)) int fm_policy_folded(struct tier_args *a)
 		if (cls) {
 			tv = 0;
 			policy_probe(&pt, KIND_CIDR, cls, &q, proto, !a->rule && (np & EPL_CIDR), tm & EPL_CIDR,
-				     &a->rule, &tv);
+				     &a->rule, &tv, 1);
 			tier_fold(tv, &a->admin, &a->base);
 		}
 	}
