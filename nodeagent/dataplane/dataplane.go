@@ -64,16 +64,21 @@
 //     one more conntrack lookup), besides the array lookups the verifier
 //     inlines; the per-endpoint summaries skip the lookups that cannot
 //     match. BenchmarkProgramPerPacketTiers measures the case where all of
-//     them run. Both layers' lookups run in one global BPF function
-//     (fm_policy_stage), verified once, with its lookup keys in per-CPU
-//     scratch; handle() decides from its results in the order above.
+//     them run. handle() (parse, conntrack, ipcache) tail calls
+//     decide (fm_decide_from_pod, fm_decide_to_pod: a program per
+//     direction, verified apart from handle()) with the packet and the
+//     stage's inputs in per-CPU scratch; decide runs both layers' lookups
+//     and decides from their results in the order above. A tail call is a
+//     jump, where a BPF-to-BPF call and its return cost ~9 ns on hosts
+//     that mitigate every return. The lookups of an unfolded endpoint run
+//     in one global BPF function (fm_policy_stage), verified once.
 //     Render folds the shapes (fold.go): any-protocol entries into the
 //     TCP, UDP and SCTP ones, and the any peer's single ports and
 //     all-ports value into each peer's entry (its ranges walked from its
 //     own trie entries). An endpoint whose entries are folded and all in
-//     the array (EPF_FOLDED) is read by fm_policy_folded instead: the
-//     peer's entry, the any peer's only when the peer's is not merged,
-//     and the CIDR class's, each of the packet's protocol (TCP, UDP,
+//     the array (EPF_FOLDED) is read by policy_folded instead (inlined
+//     in decide): the peer's entry, the any peer's only when the peer's
+//     is not merged, and the CIDR class's, each of the packet's protocol (TCP, UDP,
 //     SCTP) or of any protocol (others): at most three index probes, not
 //     six. Folded tables read shape by shape decide the same, so programs
 //     of an earlier version and the other paths keep reading every shape.

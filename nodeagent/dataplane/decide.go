@@ -448,7 +448,7 @@ func (tb *memTables) policyEntry(fk policyFixedKey, fv policyFixedVal, p *pkt, a
 	return fv.AllRule
 }
 
-// foldedLookups mirrors fm_policy_folded: the policy lookups of an endpoint
+// foldedLookups mirrors policy_folded: the policy lookups of an endpoint
 // whose entries are folded (fold.go), for the peer identity peer (0: none)
 // with NetworkPolicy lookups np (0 when not enforced) and tier mask tm (0
 // without tiers). fold takes each tier value; it returns the allowing
@@ -625,7 +625,7 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 		}
 	}
 	// Folded entries (fold.go): the program reads only the narrowest shapes
-	// (fm_policy_folded) when the fast array holds them all (EPF_FOLDED);
+	// (policy_folded) when the fast array holds them all (EPF_FOLDED);
 	// the twin whenever they are folded: both readings decide alike
 	// (TestFoldedTablesDecideLikeEveryShape), and this one is the one the
 	// differential tests then hold to the kernel's.

@@ -134,6 +134,9 @@ type EBPF struct {
 	rev       *Revision
 	attached  map[string]*attachment
 	unclaimed map[string]bool // pinned link files found at start
+	// staleTails are the tail-call arrays a previous process pinned (see
+	// pinTails): removed once no program of it is attached.
+	staleTails []string
 	// stats gives attached endpoints (and, until the first Apply, those
 	// the pinned revision holds) their fm_ep_stats index, by ifindex.
 	stats map[uint32]uint32
@@ -292,6 +295,12 @@ func (e *EBPF) load() error {
 	if e.ctf, err = openCTFilter(coll.Maps["fm_ct_filter"], coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
 		e.fq.close()
 		e.closeLegacy(false)
+		coll.Close()
+		return fmt.Errorf("load fedmesh programs: %w", err)
+	}
+	if err := e.pinTails(); err != nil {
+		e.fq.close()
+		e.ctf.close()
 		coll.Close()
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
@@ -875,6 +884,49 @@ func (e *EBPF) attachLink(iface string, ifindex uint32, dir policy.Direction, pr
 	return l, nil
 }
 
+// tailArrays are the program arrays handle() tail calls through (to
+// fm_decide_from_pod and fm_decide_to_pod).
+var tailArrays = []string{"fm_tail_from_pod", "fm_tail_to_pod"}
+
+// pinTails pins this process's tail-call arrays under names of their own
+// (the ID of the fm_from_pod they serve): the kernel empties a program
+// array when its last user reference goes, so unpinned, an array would
+// lose its decide program when this process exits, and the programs left
+// attached would drop every packet policy decides until the next agent
+// re-attached them. A name per load, not one name for all: the attached
+// programs of a previous process keep tail calling their own decide
+// program, whose scratch layout is theirs, until this process re-points
+// their links; the previous arrays' pins are removed then
+// (pruneUnclaimed).
+func (e *EBPF) pinTails() error {
+	dir := filepath.Join(e.cfg.PinDir, "tail")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	old, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list pinned tail-call arrays: %w", err)
+	}
+	info, err := e.coll.Programs["fm_from_pod"].Info()
+	if err != nil {
+		return fmt.Errorf("read fm_from_pod's ID: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return errors.New("read fm_from_pod's ID: the kernel does not report program IDs")
+	}
+	for _, n := range tailArrays {
+		p := filepath.Join(dir, fmt.Sprintf("%s_%d", n, id)) // bpffs refuses dots
+		if err := e.coll.Maps[n].Pin(p); err != nil {
+			return fmt.Errorf("pin tail-call array %s: %w", p, err)
+		}
+	}
+	for _, de := range old {
+		e.staleTails = append(e.staleTails, filepath.Join(dir, de.Name()))
+	}
+	return nil
+}
+
 // pruneUnclaimed removes pinned links of a previous process that no
 // endpoint re-attached: their pods are gone.
 func (e *EBPF) pruneUnclaimed() {
@@ -885,6 +937,14 @@ func (e *EBPF) pruneUnclaimed() {
 		}
 	}
 	e.unclaimed = map[string]bool{}
+	// No program of a previous process is attached any more (re-attached
+	// links run this process's): their tail-call arrays can go.
+	for _, p := range e.staleTails {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			e.log.Warn("remove a previous process's tail-call array", "path", p, "err", err)
+		}
+	}
+	e.staleTails = nil
 	// Endpoints of the pinned revision that no one re-attached free their
 	// counter indexes, and no program of an older version is left.
 	attached := map[uint32]bool{}

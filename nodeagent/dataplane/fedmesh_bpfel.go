@@ -42,7 +42,11 @@ const (
 	fedmeshMapFmPolicyPort       = "fm_policy_port"
 	fedmeshMapFmRuleStats        = "fm_rule_stats"
 	fedmeshMapFmState            = "fm_state"
+	fedmeshMapFmTailFromPod      = "fm_tail_from_pod"
+	fedmeshMapFmTailToPod        = "fm_tail_to_pod"
 	fedmeshMapFmTierScratch      = "fm_tier_scratch"
+	fedmeshProgFmDecideFromPod   = "fm_decide_from_pod"
+	fedmeshProgFmDecideToPod     = "fm_decide_to_pod"
 	fedmeshProgFmFromPod         = "fm_from_pod"
 	fedmeshProgFmToPod           = "fm_to_pod"
 	fedmeshVarCtTimeoutClosingNs = "ct_timeout_closing_ns"
@@ -98,8 +102,10 @@ type fedmeshSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fedmeshProgramSpecs struct {
-	FmFromPod *ebpf.ProgramSpec `ebpf:"fm_from_pod"`
-	FmToPod   *ebpf.ProgramSpec `ebpf:"fm_to_pod"`
+	FmDecideFromPod *ebpf.ProgramSpec `ebpf:"fm_decide_from_pod"`
+	FmDecideToPod   *ebpf.ProgramSpec `ebpf:"fm_decide_to_pod"`
+	FmFromPod       *ebpf.ProgramSpec `ebpf:"fm_from_pod"`
+	FmToPod         *ebpf.ProgramSpec `ebpf:"fm_to_pod"`
 }
 
 // fedmeshMapSpecs contains maps before they are loaded into the kernel.
@@ -132,6 +138,8 @@ type fedmeshMapSpecs struct {
 	FmPolicyPort     *ebpf.MapSpec `ebpf:"fm_policy_port"`
 	FmRuleStats      *ebpf.MapSpec `ebpf:"fm_rule_stats"`
 	FmState          *ebpf.MapSpec `ebpf:"fm_state"`
+	FmTailFromPod    *ebpf.MapSpec `ebpf:"fm_tail_from_pod"`
+	FmTailToPod      *ebpf.MapSpec `ebpf:"fm_tail_to_pod"`
 	FmTierScratch    *ebpf.MapSpec `ebpf:"fm_tier_scratch"`
 }
 
@@ -196,6 +204,8 @@ type fedmeshMaps struct {
 	FmPolicyPort     *ebpf.Map `ebpf:"fm_policy_port"`
 	FmRuleStats      *ebpf.Map `ebpf:"fm_rule_stats"`
 	FmState          *ebpf.Map `ebpf:"fm_state"`
+	FmTailFromPod    *ebpf.Map `ebpf:"fm_tail_from_pod"`
+	FmTailToPod      *ebpf.Map `ebpf:"fm_tail_to_pod"`
 	FmTierScratch    *ebpf.Map `ebpf:"fm_tier_scratch"`
 }
 
@@ -227,6 +237,8 @@ func (m *fedmeshMaps) Close() error {
 		m.FmPolicyPort,
 		m.FmRuleStats,
 		m.FmState,
+		m.FmTailFromPod,
+		m.FmTailToPod,
 		m.FmTierScratch,
 	)
 }
@@ -250,12 +262,16 @@ type fedmeshVariables struct {
 //
 // It can be passed to loadFedmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fedmeshPrograms struct {
-	FmFromPod *ebpf.Program `ebpf:"fm_from_pod"`
-	FmToPod   *ebpf.Program `ebpf:"fm_to_pod"`
+	FmDecideFromPod *ebpf.Program `ebpf:"fm_decide_from_pod"`
+	FmDecideToPod   *ebpf.Program `ebpf:"fm_decide_to_pod"`
+	FmFromPod       *ebpf.Program `ebpf:"fm_from_pod"`
+	FmToPod         *ebpf.Program `ebpf:"fm_to_pod"`
 }
 
 func (p *fedmeshPrograms) Close() error {
 	return _FedmeshClose(
+		p.FmDecideFromPod,
+		p.FmDecideToPod,
 		p.FmFromPod,
 		p.FmToPod,
 	)

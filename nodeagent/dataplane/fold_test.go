@@ -77,7 +77,7 @@ func foldRevision(r *rand.Rand) *Revision {
 }
 
 // TestFoldedTablesDecideLikeEveryShape holds the folded tables, read the
-// way fm_policy_folded reads them (fewest shapes) and shape by shape (as
+// way policy_folded reads them (fewest shapes) and shape by shape (as
 // programs of an earlier version do), to the unfolded tables read shape by
 // shape: same verdict, same deciding rule.
 func TestFoldedTablesDecideLikeEveryShape(t *testing.T) {

@@ -40,7 +40,7 @@ func TestEnsureBPFFSCreatesDirsInsideTheExistingMount(t *testing.T) {
 func TestProgramsStayWellInsideTheVerifierBudget(t *testing.T) {
 	requireKernel(t)
 	dp, _ := newEBPF(t, "")
-	for _, n := range []string{"fm_from_pod", "fm_to_pod"} {
+	for _, n := range []string{"fm_from_pod", "fm_to_pod", "fm_decide_from_pod", "fm_decide_to_pod"} {
 		info, err := dp.coll.Programs[n].Info()
 		if err != nil {
 			t.Fatal(err)

@@ -7,7 +7,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -347,5 +350,23 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	}
 	if c.Rules[1].Packets == 0 {
 		t.Errorf("rule 1 counted no packets after the restart: %+v", c)
+	}
+	// The first process's tail-call arrays kept its programs deciding
+	// while no agent ran; once its links run dp2's programs they go.
+	tails, err := os.ReadDir(filepath.Join(cfg.PinDir, "tail"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dp2.coll.Programs["fm_from_pod"].Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	var names []string
+	for _, de := range tails {
+		names = append(names, de.Name())
+	}
+	if want := []string{fmt.Sprintf("fm_tail_from_pod_%d", id), fmt.Sprintf("fm_tail_to_pod_%d", id)}; !slices.Equal(names, want) {
+		t.Errorf("pinned tail-call arrays after the restart %v, want only this process's %v", names, want)
 	}
 }
