@@ -142,7 +142,7 @@ func ctfHash6(k ct6Key) uint32 {
 	return bloomMix(fold(k.A)<<32|fold(k.B), ctfHead(k.Ifindex, k.Proto, k.Pad, k.PortA, k.PortB, k.Pad2), ctfBits)
 }
 
-// fqfHash is fm_fqdn_stage's hash of an fm_fqdn key.
+// fqfHash is fqdn_stage's hash of an fm_fqdn key.
 func fqfHash(k fqdnKey) uint32 {
 	w := func(i int) uint32 { return binary.LittleEndian.Uint32(k.IP[4*i:]) }
 	return bloomMix(uint64(w(0)^w(2))<<32|uint64(w(1)^w(3)), uint64(k.Ifindex), fqfBits)

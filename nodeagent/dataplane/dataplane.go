@@ -100,8 +100,8 @@
 //     proves the endpoint never learned the address) and, per slot whose
 //     answer is live, the policy lookups that slot has entries for
 //     (one-protocol, any-protocol; the tier summary says which; one of
-//     them when folded) in fm_fqdn_stage and fm_fqdn_slot, global
-//     functions verified once. An address usually serves one or two
+//     them when folded) in fqdn_stage and fqdn_slot, inlined in decide
+//     (no BPF-to-BPF call). An address usually serves one or two
 //     slots, so this is the one part of the lookup count that depends on
 //     the data (bounded by 1 + 2x16). BenchmarkProgramPerPacketNames
 //     measures it. Expiry is checked in the datapath (now < expiry on the

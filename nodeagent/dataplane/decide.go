@@ -676,7 +676,7 @@ func decide(f frame, ifindex uint32, dir uint8, tb *memTables, fs *flowState, no
 						continue
 					}
 					// Folded: a port protocol's entries hold the slot's
-					// any-protocol ones (fm_fqdn_slot).
+					// any-protocol ones (fqdn_slot).
 					if tm&eplFQDNProto != 0 && sv.Rules[0]>>s&1 != 0 && (!folded || portProto) {
 						fold(tb.policyLookup(true, ifindex, dir, kindTierFQDN, s, p, p.t.proto))
 					}

@@ -113,15 +113,18 @@ func calibrateJiffies(gap time.Duration) (tick, base uint64, err error) {
 		return 0, 0, fmt.Errorf("measure the kernel tick: %w", err)
 	}
 	defer s.close()
-	j0, ns0, err := s.sample()
-	if err != nil {
-		return 0, 0, fmt.Errorf("measure the kernel tick: %w", err)
+	// Five samples across the gap: the first and last give the tick, all
+	// of them the base.
+	var js, nss [5]uint64
+	for i := range js {
+		if i > 0 {
+			time.Sleep(gap / time.Duration(len(js)-1))
+		}
+		if js[i], nss[i], err = s.sample(); err != nil {
+			return 0, 0, fmt.Errorf("measure the kernel tick: %w", err)
+		}
 	}
-	time.Sleep(gap)
-	j1, ns1, err := s.sample()
-	if err != nil {
-		return 0, 0, fmt.Errorf("measure the kernel tick: %w", err)
-	}
+	j0, ns0, j1, ns1 := js[0], nss[0], js[len(js)-1], nss[len(nss)-1]
 	if j1 <= j0 || ns1 <= ns0 {
 		return 0, 0, errors.New("measure the kernel tick: the clocks did not advance")
 	}
@@ -129,7 +132,19 @@ func calibrateJiffies(gap time.Duration) (tick, base uint64, err error) {
 	if tick == 0 {
 		return 0, 0, fmt.Errorf("measure the kernel tick: %d jiffies in %d ns match no HZ", j1-j0, ns1-ns0)
 	}
-	// Wrapping arithmetic: jiffies start near 2^32 - 300 HZ, so the base
-	// is "negative"; the programs add it modulo 2^64 as well.
-	return tick, ns1 - j1*tick, nil
+	// The base is the smallest offset any sample shows: the coarse clock
+	// is read at or after the tick that advanced jiffies, sometimes well
+	// after it (a late timekeeping update; 1 ms seen on this host), and a
+	// base taken from such a sample runs the packet clock ahead of
+	// CLOCK_MONOTONIC, expiring names and flows early. Wrapping
+	// arithmetic: jiffies start near 2^32 - 300 HZ, so the base is
+	// "negative"; the programs add it modulo 2^64 as well, and offsets
+	// compare by their signed difference.
+	base = nss[0] - js[0]*tick
+	for i := range js {
+		if b := nss[i] - js[i]*tick; int64(b-base) < 0 {
+			base = b
+		}
+	}
+	return tick, base, nil
 }
