@@ -2216,7 +2216,6 @@ struct {
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0, ifindex = skb->ifindex, slot, peer_id = 0;
-	struct tier_args *ta;
 	struct pkt p = {};
 	struct state *st;
 	struct endpoint_val *ep = 0;
@@ -2227,8 +2226,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int r;
 
 	st = bpf_map_lookup_elem(&fm_state, &zero);
-	ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
-	if (!st || !ta)
+	if (!st)
 		return TCX_DROP;
 	slot = st->active;
 	if (ifindex < EP_FAST_ENTRIES) {
@@ -2282,8 +2280,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_OPEN);
 			return TCX_NEXT;
 		}
-		frag_fill(&ta->frag, ifindex, dir, &p);
-		if (bpf_map_lookup_elem(&fm_frag, &ta->frag)) {
+		struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+		if (!fs)
+			return TCX_DROP;
+		frag_fill(&fs->frag, ifindex, dir, &p);
+		if (bpf_map_lookup_elem(&fm_frag, &fs->frag)) {
 			count_ep(skb, stats, ifindex, dir, REASON_ALLOW_FRAG);
 			return TCX_NEXT;
 		}
@@ -2364,9 +2365,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!enforced && !tiers)
 		return decided(skb, &p, slot, ifindex, dir, ep_id, peer_id, stats, 0, REASON_ALLOW_OPEN);
 
-	// The policy stages run in fm_decide, tail called with their inputs in
+	// The policy stages run in decide(), tail called with their inputs in
 	// per-CPU scratch: nothing of theirs lives in this frame, and the
-	// verifier checks them apart.
+	// verifier checks them apart. The scratch is found here, not for
+	// every packet: conntrack hits (most packets) never read it.
+	struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+	if (!ta)
+		return TCX_DROP;
 	__builtin_memcpy(ta->peer_ip, peer_ip, 16);
 	ta->slot = slot;
 	ta->ifindex = ifindex;
@@ -2406,8 +2411,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 allow_no_ct:
 	if (p.frag == 1) {
 		struct frag_val fv = {.created = clock(&now)};
-		frag_fill(&ta->frag, ifindex, dir, &p);
-		bpf_map_update_elem(&fm_frag, &ta->frag, &fv, BPF_ANY);
+		struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+		if (fs) {
+			frag_fill(&fs->frag, ifindex, dir, &p);
+			bpf_map_update_elem(&fm_frag, &fs->frag, &fv, BPF_ANY);
+		}
 	}
 	count_ep(skb, stats, ifindex, dir, reason);
 	return TCX_NEXT;
