@@ -2195,7 +2195,9 @@ int fm_decide_to_pod(struct __sk_buff *skb)
 
 // fm_tail_from_pod and fm_tail_to_pod hold the decide programs for
 // handle()'s tail call; loading the collection fills them, before any
-// program is attached. Not pinned: each loaded collection has its own.
+// program is attached. Not pinned by name: each loaded collection has its
+// own, which the loader pins under a name of its own (pinTails in
+// ebpf_linux.go), so that it outlives the agent's process.
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, 1);
