@@ -915,9 +915,12 @@ func (e *EBPF) pinTails() error {
 	if !ok {
 		return errors.New("read fm_from_pod's ID: the kernel does not report program IDs")
 	}
-	for _, n := range tailArrays {
+	for i, n := range tailArrays {
 		p := filepath.Join(dir, fmt.Sprintf("%s_%d", n, id)) // bpffs refuses dots
 		if err := e.coll.Maps[n].Pin(p); err != nil {
+			for _, done := range tailArrays[:i] {
+				e.coll.Maps[done].Unpin() // best effort: the start fails anyway
+			}
 			return fmt.Errorf("pin tail-call array %s: %w", p, err)
 		}
 	}
