@@ -2075,16 +2075,30 @@ static __always_inline int policy_folded(struct tier_args *a)
 	return 0;
 }
 
+// frag_remember records an allowed first fragment, so that its later
+// fragments (which carry no ports) pass. The key is built in scratch:
+// fragments are rare.
+static __always_inline void frag_remember(struct pkt *p, __u32 ifindex, __u8 dir, __u64 *now)
+{
+	__u32 zero = 0;
+	struct frag_val fv = {.created = clock(now)};
+	struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
+
+	if (fs) {
+		frag_fill(&fs->frag, ifindex, dir, p);
+		bpf_map_update_elem(&fm_frag, &fs->frag, &fv, BPF_ANY);
+	}
+}
+
 // decided finishes a packet the policy decided (reason REASON_ALLOW_OPEN,
 // REASON_ALLOW_POLICY or REASON_DENY_POLICY; rule the deciding rule, 0 for
 // none): rule and endpoint counters, the flow event, and for an allowed
 // packet the conntrack entry that lets its flow's later packets and replies
 // skip policy (and the first fragment's entry). handle() calls it for the
-// directions no policy decides, fm_decide for the others.
+// directions no policy decides, decide() for the others.
 static __always_inline int decided(struct __sk_buff *skb, struct pkt *p, __u32 slot, __u32 ifindex, __u8 dir,
 				   __u32 ep_id, __u32 peer_id, __u32 stats, __u32 rule, __u8 reason)
 {
-	__u32 zero = 0;
 	__u64 now = 0;
 	void *rc;
 
@@ -2118,14 +2132,8 @@ static __always_inline int decided(struct __sk_buff *skb, struct pkt *p, __u32 s
 			ct_open(&fm_ct4, &k4, dir ^ o, &nf);
 		}
 	}
-	if (p->frag == 1) {
-		struct frag_val fv = {.created = clock(&now)};
-		struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
-		if (fs) {
-			frag_fill(&fs->frag, ifindex, dir, p);
-			bpf_map_update_elem(&fm_frag, &fs->frag, &fv, BPF_ANY);
-		}
-	}
+	if (p->frag == 1)
+		frag_remember(p, ifindex, dir, &now);
 	count_ep(skb, stats, ifindex, dir, reason);
 	return TCX_NEXT;
 }
@@ -2411,14 +2419,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	return TCX_DROP;
 
 allow_no_ct:
-	if (p.frag == 1) {
-		struct frag_val fv = {.created = clock(&now)};
-		struct tier_args *fs = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
-		if (fs) {
-			frag_fill(&fs->frag, ifindex, dir, &p);
-			bpf_map_update_elem(&fm_frag, &fs->frag, &fv, BPF_ANY);
-		}
-	}
+	if (p.frag == 1)
+		frag_remember(&p, ifindex, dir, &now);
 	count_ep(skb, stats, ifindex, dir, reason);
 	return TCX_NEXT;
 }
