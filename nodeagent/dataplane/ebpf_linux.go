@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 )
@@ -469,7 +470,7 @@ func (e *EBPF) fillSlot(ctx context.Context, slot uint32, old, t *Tables) error 
 		old = &Tables{}
 	}
 	in := e.inner[slot]
-	if err := resetRuleCounters(in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
+	if err := resetRuleCounters(ctx, in[tabRuleCounters], old.countedRules(), t.countedRules()); err != nil {
 		return fmt.Errorf("write rule counters: %w", err)
 	}
 	var hostChanges []hostChange
@@ -647,7 +648,7 @@ func applyHostChanges(tab *ipcTable, changes []hostChange) bool {
 // revision, and the program only increments existing entries. Entries are
 // zeroed in place rather than the map recreated: allocating per-CPU
 // entries is slow.
-func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
+func resetRuleCounters(ctx context.Context, m *ebpf.Map, have, want []uint32) error {
 	var gone []uint32
 	for _, r := range have {
 		if _, ok := slices.BinarySearch(want, r); !ok {
@@ -668,8 +669,36 @@ func resetRuleCounters(m *ebpf.Map, have, want []uint32) error {
 		return err
 	}
 	zeros := make([]counterVal, len(rules)*ncpu)
-	if _, err := m.BatchUpdate(rules, zeros, nil); err != nil {
-		return err
+	return retryNoMem(ctx, len(rules), func(from int) (int, error) {
+		return m.BatchUpdate(rules[from:], zeros[from*ncpu:], nil)
+	})
+}
+
+// retryNoMem runs write(from) until it has written all n entries, from the
+// first one write has not yet written, waiting out ENOMEM. The kernel
+// allocates a per-CPU hash map's entries from the per-CPU allocator's
+// atomic pool, which a worker refills in the background: a big revision's
+// batch write can drain it (more likely on a busy node, where that worker
+// waits for a CPU) and fails with ENOMEM although memory is there. Other
+// errors, and ENOMEM that lasts past ctx or ~5 s, are returned.
+func retryNoMem(ctx context.Context, n int, write func(from int) (int, error)) error {
+	from, wait := 0, time.Millisecond
+	deadline := time.Now().Add(5 * time.Second)
+	for from < n {
+		done, err := write(from)
+		from += done
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, unix.ENOMEM) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (waiting out: %w)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 100*time.Millisecond)
 	}
 	return nil
 }
