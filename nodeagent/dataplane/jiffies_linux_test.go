@@ -16,6 +16,8 @@ func TestTickForPicksTheHZThatExplainsTheSamples(t *testing.T) {
 		{"HZ 300 over 100 ms", 30, 100_000_000, 3_333_333},
 		{"HZ 100 over 50 ms", 5, 50_000_000, 10_000_000},
 		{"HZ 250, samples a tick apart in phase", 13, 51_000_000, 4_000_000},
+		{"HZ 250, the last sample's jiffies a tick late", 13, 56_000_003, 4_000_000},
+		{"HZ 250 a tick and a half off explains nothing", 12, 54_000_000, 0},
 		{"one jiffy says nothing", 1, 4_000_000, 0},
 		{"no HZ explains 25 jiffies in 300 ms", 25, 300_000_000, 0},
 	} {
