@@ -688,6 +688,9 @@ func retryNoMem(ctx context.Context, n int, write func(from int) (int, error)) e
 		done, err := write(from)
 		from += done
 		if err == nil {
+			if done == 0 {
+				return fmt.Errorf("batch write stopped at entry %d of %d without an error", from, n)
+			}
 			continue
 		}
 		if !errors.Is(err, unix.ENOMEM) || time.Now().After(deadline) {

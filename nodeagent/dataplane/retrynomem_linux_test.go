@@ -24,12 +24,14 @@ func TestRetryNoMemResumesWhereTheWriteStopped(t *testing.T) {
 		steps     []step
 		cancelled bool
 		wantFrom  []int
-		wantErr   error
+		wantErr   bool
+		wantIs    error // when not nil, what the error wraps
 	}{
-		{"one write", []step{{10, nil}}, false, []int{0}, nil},
-		{"ENOMEM twice, then the rest", []step{{4, noMem}, {0, noMem}, {6, nil}}, false, []int{0, 4, 4}, nil},
-		{"another error is returned", []step{{3, other}}, false, []int{0}, unix.EINVAL},
-		{"ENOMEM after the context ended", []step{{2, noMem}}, true, []int{0}, context.Canceled},
+		{"one write", []step{{10, nil}}, false, []int{0}, false, nil},
+		{"ENOMEM twice, then the rest", []step{{4, noMem}, {0, noMem}, {6, nil}}, false, []int{0, 4, 4}, false, nil},
+		{"another error is returned", []step{{3, other}}, false, []int{0}, true, unix.EINVAL},
+		{"ENOMEM after the context ended", []step{{2, noMem}}, true, []int{0}, true, context.Canceled},
+		{"no progress and no error is an error", []step{{0, nil}}, false, []int{0}, true, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -49,8 +51,8 @@ func TestRetryNoMemResumesWhereTheWriteStopped(t *testing.T) {
 			if !slices.Equal(from, c.wantFrom) {
 				t.Errorf("writes from %v, want %v", from, c.wantFrom)
 			}
-			if (err == nil) != (c.wantErr == nil) || (err != nil && !errors.Is(err, c.wantErr)) {
-				t.Errorf("err %v, want %v", err, c.wantErr)
+			if (err != nil) != c.wantErr || (c.wantIs != nil && !errors.Is(err, c.wantIs)) {
+				t.Errorf("err %v, want an error %v (wrapping %v)", err, c.wantErr, c.wantIs)
 			}
 		})
 	}
