@@ -115,6 +115,7 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 	}
 	defer noop.Close()
 	fm := dp.coll.Programs["fm_from_pod"]
+	var empty float64
 	for _, c := range []struct {
 		name string
 		prog *ebpf.Program
@@ -124,13 +125,7 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 		{"denied-after-fqdn-lookup", fm, denied},
 		{"denied-never-learned", fm, never},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			_, per, err := c.prog.Benchmark(c.pkt.frame(), b.N, b.ResetTimer)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
-		})
+		b.Run(c.name, perPacket(c.prog, c.pkt.frame(), c.prog == noop, &empty))
 	}
 	single := func(prog *ebpf.Program, pkt pktSpec, wantRet int32) func(b *testing.B) {
 		return func(b *testing.B) {
