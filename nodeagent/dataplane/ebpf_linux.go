@@ -249,13 +249,21 @@ func (e *EBPF) load() error {
 	if err != nil {
 		return fmt.Errorf("load fedmesh programs: %w", err)
 	}
+	// What load opens from here on is closed again, newest first, when a
+	// later step fails: one unwind for every way out.
+	var undo []func()
+	fail := func(err error) error {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return err
+	}
+	undo = append(undo, func() { coll.Close() })
 	if err := migrateLegacyCT(e.cfg.PinDir, coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
 	if err := removeRetiredPins(e.cfg.PinDir, e.log); err != nil {
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
 	e.spec, e.coll = spec, coll
 	for i, n := range outerNames {
@@ -263,8 +271,7 @@ func (e *EBPF) load() error {
 	}
 	var st stateVal
 	if err := coll.Maps["fm_state"].Lookup(uint32(0), &st); err != nil {
-		coll.Close()
-		return fmt.Errorf("read pinned state: %w", err)
+		return fail(fmt.Errorf("read pinned state: %w", err))
 	}
 	e.active = st.Active & 1
 	e.lastFlip = time.Now()
@@ -274,43 +281,32 @@ func (e *EBPF) load() error {
 	// tables from the hashes, which always hold the pinned revision.
 	for slot := range uint32(2) {
 		if err := e.outer[tabEndpointsFast].Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			coll.Close()
-			return fmt.Errorf("load fedmesh programs: reset the endpoint array: %w", err)
+			return fail(fmt.Errorf("load fedmesh programs: reset the endpoint array: %w", err))
 		}
 	}
 	e.legacyEps, err = adoptLegacyEndpoints(e.cfg.PinDir, e.outer[tabEndpoints], spec.Maps[outerNames[tabEndpoints]].InnerMap, e.log)
 	if err != nil {
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
+	undo = append(undo, func() { e.closeLegacy(false) })
 	if err := e.recoverStats(); err != nil {
-		e.closeLegacy(false)
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
 	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"], coll.Maps["fm_fqdn_filter"]); err != nil {
-		e.closeLegacy(false)
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
+	undo = append(undo, e.fq.close)
 	if e.ctf, err = openCTFilter(coll.Maps["fm_ct_filter"], coll.Maps["fm_ct4"], coll.Maps["fm_ct6"], e.log); err != nil {
-		e.fq.close()
-		e.closeLegacy(false)
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
+	undo = append(undo, e.ctf.close)
 	if err := e.pinTails(); err != nil {
-		e.fq.close()
-		e.ctf.close()
-		coll.Close()
-		return fmt.Errorf("load fedmesh programs: %w", err)
+		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
+	undo = append(undo, e.unpinTails)
 	entries, err := os.ReadDir(filepath.Join(e.cfg.PinDir, "links"))
 	if err != nil {
-		e.fq.close()
-		e.ctf.close()
-		coll.Close()
-		return fmt.Errorf("list pinned links: %w", err)
+		return fail(fmt.Errorf("list pinned links: %w", err))
 	}
 	for _, de := range entries {
 		e.unclaimed[de.Name()] = true
@@ -947,12 +943,10 @@ func (e *EBPF) pinTails() error {
 	if !ok {
 		return errors.New("read fm_from_pod's ID: the kernel does not report program IDs")
 	}
-	for i, n := range tailArrays {
+	for _, n := range tailArrays {
 		p := filepath.Join(dir, fmt.Sprintf("%s_%d", n, id)) // bpffs refuses dots
 		if err := e.coll.Maps[n].Pin(p); err != nil {
-			for _, done := range tailArrays[:i] {
-				e.coll.Maps[done].Unpin() // best effort: the start fails anyway
-			}
+			e.unpinTails()
 			return fmt.Errorf("pin tail-call array %s: %w", p, err)
 		}
 	}
@@ -960,6 +954,14 @@ func (e *EBPF) pinTails() error {
 		e.staleTails = append(e.staleTails, filepath.Join(dir, de.Name()))
 	}
 	return nil
+}
+
+// unpinTails removes the pins pinTails made (best effort: called when the
+// start fails anyway; an array never pinned has nothing to remove).
+func (e *EBPF) unpinTails() {
+	for _, n := range tailArrays {
+		e.coll.Maps[n].Unpin()
+	}
 }
 
 // pruneUnclaimed removes pinned links of a previous process that no
