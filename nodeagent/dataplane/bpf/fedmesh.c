@@ -1404,7 +1404,6 @@ static __always_inline void ct_open(void *ct, void *k, __u8 c, struct ct_flow *n
 
 // The policy stage's inputs and outputs.
 struct tier_args {
-	__u8 peer_ip[16];
 	__u32 slot;
 	__u32 ifindex;
 	__u32 peer_id;
@@ -1448,6 +1447,13 @@ struct tier_args {
 	__u32 stats;
 };
 
+// peer_addr is the address of the packet's other end: its source for
+// ingress, its destination for egress.
+static __always_inline const __u32 *peer_addr(struct tier_args *a)
+{
+	return (const __u32 *)(a->dir == DIR_INGRESS ? a->p.t.src : a->p.t.dst);
+}
+
 // What the policy lookups need of a packet.
 struct l4 {
 	__u16 dport;
@@ -1456,10 +1462,8 @@ struct l4 {
 
 // The tables one packet's policy lookups read, all from one slot.
 struct policy_tabs {
-	void *trie;   // fm_policy: every entry
 	void *fixed;  // fm_policy_fixed, or 0 for tables of an older agent
 	void *fixarr; // fm_policy_fixarr_v2 when it holds every fm_policy_fixed entry, else 0
-	void *port;   // fm_policy_port
 	struct tier_args *a; // the endpoint and direction; the keys live in its scratch
 };
 
@@ -1468,7 +1472,8 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 {
 	struct policy_key *k = &pt->a->tk;
 	struct policy_val *v;
-	__u32 *w = (__u32 *)k;
+	__u32 *w = (__u32 *)k, slot = pt->a->slot;
+	void *trie;
 
 	// Written a word at a time: see v4_mapped.
 	w[0] = p->has_ports ? POLICY_ALL_BITS : POLICY_FIXED_BITS;
@@ -1476,7 +1481,12 @@ static __always_inline __u32 policy_trie_lookup(struct policy_tabs *pt, __u8 kin
 	w[2] = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
 	w[3] = peer;
 	w[4] = bpf_htons(p->dport); // port, then pad2 = 0
-	v = bpf_map_lookup_elem(pt->trie, k);
+	// The trie is found only when it is walked: a chain of dependent loads
+	// most packets need not wait for.
+	trie = bpf_map_lookup_elem(&fm_policy, &slot);
+	if (!trie)
+		return 0;
+	v = bpf_map_lookup_elem(trie, k);
 	return v ? v->rule : 0;
 }
 
@@ -1590,7 +1600,10 @@ static __always_inline __u32 policy_entry(struct policy_tabs *pt, struct policy_
 		kw[1] = pt->a->dir | ((__u32)kind << 8) | ((__u32)proto << 16);
 		kw[2] = peer;
 		kw[3] = port; // then pad2 = 0
-		v = bpf_map_lookup_elem(pt->port, &pt->a->pk);
+		// Found only here, like the trie in policy_trie_lookup.
+		__u32 slot = pt->a->slot;
+		void *ports = bpf_map_lookup_elem(&fm_policy_port, &slot);
+		v = ports ? bpf_map_lookup_elem(ports, &pt->a->pk) : 0;
 		if (v)
 			return v->rule;
 	} else {
@@ -1730,7 +1743,7 @@ static __always_inline __u32 cidr_mask(__u32 w, __u32 i, __u32 bits)
 // longest match. Returns 1 with its class in *cls, 0 when none holds.
 static __always_inline int cidr_find(void *arr, struct cidr_lens *l, struct tier_args *a, __u32 *cls)
 {
-	const __u32 *ip = (const __u32 *)a->peer_ip;
+	const __u32 *ip = peer_addr(a);
 	// The masked address goes to scratch, not registers: the probes run
 	// inside the policy stage, whose frame shares the 512-byte stack.
 	__u32 *m = (__u32 *)a->ck.ip;
@@ -1801,7 +1814,7 @@ static __always_inline __u32 cidr_class(struct tier_args *a)
 	w[0] = CIDR_FIXED_BITS + 128;
 	w[1] = a->ifindex;
 	w[2] = a->dir; // and pad
-	__builtin_memcpy(k->ip, a->peer_ip, 16);
+	__builtin_memcpy(k->ip, peer_addr(a), 16);
 	v = bpf_map_lookup_elem(cidr, k);
 	return v ? v->class_id : 0;
 }
@@ -1841,23 +1854,12 @@ struct {
 // Inlined in decide() (the verifier walks it once per slot of the loop in
 // fqdn_stage, which the budget allows now that decide() is verified apart
 // from handle()): a live slot costs no BPF-to-BPF call (~9 ns here).
-static __always_inline int fqdn_slot(struct tier_args *a, __u32 s)
+static __always_inline int fqdn_slot(struct policy_tabs *pt, __u32 s)
 {
-	struct policy_tabs pt = {};
+	struct tier_args *a = pt->a;
 	struct l4 q;
-	__u32 slot, admin, base;
+	__u32 admin, base;
 
-	if (!a)
-		return 0;
-	slot = a->slot;
-	pt.a = a;
-	pt.trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
-	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
-	if (!pt.trie || !pt.fixed || !pt.port)
-		return 0;
-	if (a->use_arr)
-		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
 	q.dport = a->dport;
 	q.has_ports = a->has_ports;
 	admin = a->admin;
@@ -1867,15 +1869,15 @@ static __always_inline int fqdn_slot(struct tier_args *a, __u32 s)
 		// any-protocol ones; other protocols have only those.
 		if (is_port_proto(a->proto)) {
 			if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
-				tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
+				tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
 		} else if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s))) {
-			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+			tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
 		}
 	} else {
 		if ((a->tm & EPL_FQDN_PROTO) && (a->fqdn_proto_slots & (1U << s)))
-			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
+			tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, &q, a->proto), &admin, &base);
 		if ((a->tm & EPL_FQDN_ANY) && (a->fqdn_any_slots & (1U << s)))
-			tier_fold(policy_lookup(&pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
+			tier_fold(policy_lookup(pt, KIND_TIER_FQDN, s, &q, 0), &admin, &base);
 	}
 	a->admin = admin;
 	a->base = base;
@@ -1887,7 +1889,7 @@ static __always_inline int fqdn_slot(struct tier_args *a, __u32 s)
 static __always_inline int fqf_absent(struct tier_args *a)
 {
 	// fqfHash in bloom_linux.go.
-	const __u32 *ip = (const __u32 *)a->peer_ip;
+	const __u32 *ip = peer_addr(a);
 
 	return bloom_absent(&fm_fqdn_filter, FQF_WORDS,
 			    bloom_mix((__u64)(ip[0] ^ ip[2]) << 32 | (ip[1] ^ ip[3]), a->ifindex, FQF_BITS));
@@ -1898,39 +1900,46 @@ static __always_inline int fqf_absent(struct tier_args *a)
 // decide(), after the policy stage.
 static __always_inline int fqdn_stage(struct tier_args *a)
 {
+	struct policy_tabs pt = {};
 	struct fqdn_val *v;
 	__u64 now;
-	__u32 s, mask;
+	__u32 s, mask, slot;
 
 	if (!a)
 		return 0;
 	a->fk.ifindex = a->ifindex;
-	__builtin_memcpy(a->fk.ip, a->peer_ip, 16);
+	__builtin_memcpy(a->fk.ip, peer_addr(a), 16);
 	v = bpf_map_lookup_elem(&fm_fqdn, &a->fk);
 	if (!v)
+		return 0;
+	// The slots' lookups share one slot's tables, found once.
+	slot = a->slot;
+	pt.a = a;
+	if (a->use_arr) {
+		pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
+		pt.fixed = pt.fixarr; // not read: every entry is in the array
+	} else {
+		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
+	}
+	if (!pt.fixed)
 		return 0;
 	now = now_ns();
 	mask = v->mask & (a->fqdn_proto_slots | a->fqdn_any_slots);
 	for (s = 0; s < FQDN_SLOTS; s++) {
 		if (!(mask & (1U << s)) || v->expires[s] <= now)
 			continue;
-		fqdn_slot(a, s);
+		fqdn_slot(&pt, s);
 	}
 	return 0;
 }
 
-// stage_start clears a policy stage's results and finds the slot's trie
-// for pt; 0 when it is missing (nothing matches then).
-static __always_inline void *stage_start(struct tier_args *a, struct policy_tabs *pt)
+// stage_start clears a policy stage's results.
+static __always_inline void stage_start(struct tier_args *a, struct policy_tabs *pt)
 {
-	__u32 slot = a->slot;
-
 	a->admin = 0;
 	a->base = 0;
 	a->rule = 0;
 	pt->a = a;
-	pt->trie = bpf_map_lookup_elem(&fm_policy, &slot);
-	return pt->trie;
 }
 
 // fm_policy_stage runs the lookups of both layers: every tier lookup that
@@ -1953,14 +1962,14 @@ __attribute__((noinline)) int fm_policy_stage(struct tier_args *a)
 	__u32 tm = 0, slot, tv, cls;
 	__u8 np = 0, proto;
 
-	if (!a || !stage_start(a, &pt))
+	if (!a)
 		return 0;
+	stage_start(a, &pt);
 	slot = a->slot;
 	proto = a->proto;
 	if (a->lookups & EPL_VALID) {
 		pt.fixed = bpf_map_lookup_elem(&fm_policy_fixed, &slot);
-		pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
-		if (!pt.fixed || !pt.port)
+		if (!pt.fixed)
 			return 0;
 		if (a->use_arr)
 			pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
@@ -2039,13 +2048,13 @@ static __always_inline int policy_folded(struct tier_args *a)
 	__u32 tm, slot, tv, cls;
 	__u8 np, proto;
 
-	if (!a || !stage_start(a, &pt))
+	if (!a)
 		return 0;
+	stage_start(a, &pt);
 	slot = a->slot;
 	proto = a->proto;
-	pt.port = bpf_map_lookup_elem(&fm_policy_port, &slot);
 	pt.fixarr = bpf_map_lookup_elem(&fm_policy_fixarr_v2, &slot);
-	if (!pt.port || !pt.fixarr)
+	if (!pt.fixarr)
 		return 0;
 	pt.fixed = pt.fixarr; // not read: every entry is in the array
 	np = a->enforced ? a->lookups : 0;
@@ -2392,7 +2401,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct tier_args *ta = bpf_map_lookup_elem(&fm_tier_scratch, &zero);
 	if (!ta)
 		return TCX_DROP;
-	__builtin_memcpy(ta->peer_ip, peer_ip, 16);
 	ta->slot = slot;
 	ta->ifindex = ifindex;
 	ta->peer_id = peer_id;
