@@ -43,6 +43,9 @@ type Config struct {
 	// mapsize_linux.go.
 	IPCacheMaxEntries uint32
 	Logger            *slog.Logger
+	// object (tests) is a BPF object file loaded instead of the embedded
+	// one: the paired benchmark's baseline.
+	object string
 }
 
 // graceAfterFlip is how long a slot stays untouched after it stopped being
@@ -209,6 +212,9 @@ func New(ctx context.Context, cfg Config) (*EBPF, error) {
 
 func (e *EBPF) load() error {
 	spec, err := loadFedmesh()
+	if e.cfg.object != "" {
+		spec, err = ebpf.LoadCollectionSpec(e.cfg.object)
+	}
 	if err != nil {
 		return fmt.Errorf("load embedded BPF object: %w", err)
 	}

@@ -53,7 +53,13 @@ func run(t testing.TB, args ...string) {
 // uninstalls it at cleanup.
 func newEBPF(t testing.TB, netns string) (*EBPF, Config) {
 	t.Helper()
-	cfg := Config{PinDir: "/sys/fs/bpf/" + randName("fmdp-test-"), NetNS: netns}
+	return newEBPFWith(t, Config{NetNS: netns})
+}
+
+// newEBPFWith is newEBPF with cfg's settings (its PinDir is test-private).
+func newEBPFWith(t testing.TB, cfg Config) (*EBPF, Config) {
+	t.Helper()
+	cfg.PinDir = "/sys/fs/bpf/" + randName("fmdp-test-")
 	dp, err := New(context.Background(), cfg)
 	if err != nil {
 		// New pins the maps before it loads the programs: a failed load

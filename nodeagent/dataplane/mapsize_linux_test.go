@@ -170,25 +170,3 @@ func TestIPCacheMaxEntriesOutOfRangeIsRefusedBeforeLoading(t *testing.T) {
 		}
 	}
 }
-
-// newEBPFWith is newEBPF with cfg's settings (its PinDir is test-private).
-func newEBPFWith(t *testing.T, cfg Config) (*EBPF, Config) {
-	t.Helper()
-	cfg.PinDir = "/sys/fs/bpf/" + randName("fmdp-test-")
-	dp, err := New(context.Background(), cfg)
-	if err != nil {
-		// New pins the maps before it loads the programs: a failed load
-		// (a verifier refusal) leaves them, in this test's own directory.
-		if uerr := Uninstall(context.Background(), cfg.PinDir); uerr != nil {
-			t.Error(uerr)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dp.Close()
-		if err := Uninstall(context.Background(), cfg.PinDir); err != nil {
-			t.Error(err)
-		}
-	})
-	return dp, cfg
-}
