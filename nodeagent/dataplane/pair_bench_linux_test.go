@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"testing"
@@ -26,10 +27,11 @@ const pairedBatch = 20_000
 //
 // Why paired: on this shared host the per-packet benchmarks move by
 // 10-30% from one day to the next, more than most changes to the programs
-// are worth. Run it with -count 8 or more and read the spread of
-// delta-ns/packet across runs, not one run: where the kernel puts one
-// process's maps moves that process's figures by up to ~10 ns (seen
-// here), so one run's difference is partly placement.
+// are worth. Run it in 8 or more processes (-count repeats the cases on
+// the same dataplanes) and read the spread of delta-ns/packet across
+// them: where the kernel puts a process's maps, and which object loads
+// first, moves its figures by 10-20 ns (seen here), so one process's
+// difference is partly placement.
 func BenchmarkPerPacketPaired(b *testing.B) {
 	requireKernel(b)
 	ctx := context.Background()
@@ -56,7 +58,17 @@ func BenchmarkPerPacketPaired(b *testing.B) {
 		}
 		return v
 	}
-	this, base := load(""), load(baseline)
+	// Which object loads first is drawn per process: the same object
+	// loaded twice showed up to ~20 ns between the first and the second
+	// dataplane of a process (the learned-address case), the same sign in
+	// every sub-benchmark run of that process.
+	var this, base variant
+	if rand.IntN(2) == 0 {
+		this, base = load(""), load(baseline)
+	} else {
+		base, this = load(baseline), load("")
+		b.Log("baseline loaded first")
+	}
 	peer, me := netip.MustParseAddr("198.18.0.5"), netip.MustParseAddr("10.0.0.1")
 	api := netip.AddrFrom4([4]byte{100, 64, 0, 3}) // learned for api.example.com
 	for _, c := range []struct {

@@ -868,17 +868,24 @@ static __always_inline int is_icmp6_error(__u8 type)
 // the common case), else with bpf_skb_load_bytes. Both read the same bytes;
 // the verifier proves neither reads outside the packet. 0 or < 0 like
 // bpf_skb_load_bytes.
-#define load(skb, off, dst, n)                                              \
-	({                                                                  \
-		void *__data = (void *)(long)(skb)->data;                   \
-		void *__end = (void *)(long)(skb)->data_end;                \
-		__u32 __off = (off);                                        \
-		int __ret = 0;                                              \
-		if (__off <= 0xffff && __data + __off + (n) <= __end)       \
-			__builtin_memcpy((dst), __data + __off, (n));       \
-		else                                                        \
-			__ret = bpf_skb_load_bytes((skb), __off, (dst), (n)); \
-		__ret;                                                      \
+//
+// The packet is read in words, as if its headers were aligned (as every
+// program that reads a struct iphdr through a packet pointer does): with
+// the source's alignment unknown clang reads it a byte at a time and
+// reassembles each field, ~7-12 ns per packet here. The loads it emits
+// need a kernel that allows unaligned packet access, which x86-64 and
+// arm64 do (the verifier refuses the program where it does not).
+#define load(skb, off, dst, n)                                                       \
+	({                                                                           \
+		void *__data = (void *)(long)(skb)->data;                            \
+		void *__end = (void *)(long)(skb)->data_end;                         \
+		__u32 __off = (off);                                                 \
+		int __ret = 0;                                                       \
+		if (__off <= 0xffff && __data + __off + (n) <= __end)                \
+			__builtin_memcpy((dst), __builtin_assume_aligned(__data + __off, 4), (n)); \
+		else                                                                 \
+			__ret = bpf_skb_load_bytes((skb), __off, (dst), (n));        \
+		__ret;                                                               \
 	})
 
 // l4_ports fills sport/dport of a tuple from the L4 header at off; need is
