@@ -216,7 +216,7 @@ func (e *EBPF) load() error {
 		spec, err = ebpf.LoadCollectionSpec(e.cfg.object)
 	}
 	if err != nil {
-		return fmt.Errorf("load embedded BPF object: %w", err)
+		return fmt.Errorf("load BPF object: %w", err)
 	}
 	vars := map[string]uint64{
 		"ct_timeout_tcp_ns":     uint64(e.cfg.Timeouts.TCP),

@@ -90,6 +90,19 @@ func BenchmarkPerPacketPaired(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			progs := [2]*ebpf.Program{c.prog(this), c.prog(base)}
 			frame := c.pkt.frame()
+			// Both builds must decide the packet alike, or the difference
+			// compares different work.
+			var ret [2]uint32
+			for v := range 2 {
+				r, _, err := progs[v].Benchmark(frame, 1, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ret[v] = r
+			}
+			if ret[0] != ret[1] {
+				b.Fatalf("this build returns %d for the packet, the baseline %d", int32(ret[0]), int32(ret[1]))
+			}
 			var ns [2][]float64
 			var delta []float64
 			for i := range b.N {
