@@ -211,10 +211,11 @@ func New(ctx context.Context, cfg Config) (*EBPF, error) {
 }
 
 func (e *EBPF) load() error {
-	spec, err := loadFedmesh()
+	readSpec := loadFedmesh
 	if e.cfg.object != "" {
-		spec, err = ebpf.LoadCollectionSpec(e.cfg.object)
+		readSpec = func() (*ebpf.CollectionSpec, error) { return ebpf.LoadCollectionSpec(e.cfg.object) }
 	}
+	spec, err := readSpec()
 	if err != nil {
 		return fmt.Errorf("load BPF object: %w", err)
 	}
