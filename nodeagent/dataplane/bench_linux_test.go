@@ -260,7 +260,9 @@ func tieredBigRevision(n uint64) *Revision {
 // entry holds the any peer's and the any-protocol ones, so three probes
 // answer: the peer's, the CIDR class and its entry); the -every-shape
 // cases read the same revision rendered unfolded, six probes, as before
-// the folding.
+// the folding. reference-classic-floor is classicFloor with the same 100k
+// ipcache addresses: the least a datapath with hash and LPM tables pays
+// for the same packet on this host.
 func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	requireKernel(b)
 	ctx := context.Background()
@@ -317,6 +319,15 @@ func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	if ep.Lookups[policy.Ingress] != 0xff {
 		b.Fatalf("endpoint lookups %#x: not every lookup runs", ep.Lookups[policy.Ingress])
 	}
+	var addrs []netip.Addr // the revision's ipcache (bigRevision)
+	for i := range 100_000 {
+		a := netip.MustParseAddr("198.18.0.0").As4()
+		a[1] += byte(i >> 16)
+		a[2], a[3] = byte(i>>8), byte(i)
+		addrs = append(addrs, netip.AddrFrom4(a))
+	}
+	floor := classicFloor(b, addrs, peer, ipv4SrcOff)
+	checkFloor(b, floor, hashed.frame())
 	fm := dp.coll.Programs["fm_to_pod"]
 	var empty float64
 	for _, c := range []struct {
@@ -325,6 +336,7 @@ func BenchmarkProgramPerPacketTiers(b *testing.B) {
 		pkt  pktSpec
 	}{
 		{"baseline-empty-program", noop, hashed},
+		{"reference-classic-floor", floor, hashed},
 		{"tiers-denied-after-every-lookup", fm, hashed},
 		{"tiers-denied-after-every-lookup-and-trie-walk", fm, walked},
 		{"tiers-denied-after-every-lookup-every-shape", every.coll.Programs["fm_to_pod"], hashed},

@@ -51,6 +51,9 @@ func learned10k(exp time.Time) []LearnedAddr {
 //     rule names: the tier summary, the fm_fqdn hit, and per live slot
 //     (two) the name-rule lookups, then the NetworkPolicy default deny.
 //   - denied-never-learned: a SYN to an address not in fm_fqdn.
+//   - reference-classic-floor: classicFloor with the learned addresses as
+//     its 10k ipcache entries, the least a datapath with hash and LPM
+//     tables pays for the denied packet on this host.
 //   - allowed-by-name-first-syn: a SYN allowed by a name rule, a new flow
 //     each packet (conntrack insert included). BPF_PROG_TEST_RUN repeats
 //     one packet, and the second copy of a flow is a conntrack hit, so
@@ -114,6 +117,14 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer noop.Close()
+	// Learned addresses are ipcache entries there (an identity per name's
+	// addresses): 10k of them.
+	addrs := make([]netip.Addr, 0, len(learned))
+	for _, l := range learned {
+		addrs = append(addrs, l.Addr)
+	}
+	floor := classicFloor(b, addrs, api, ipv4DstOff)
+	checkFloor(b, floor, denied.frame())
 	fm := dp.coll.Programs["fm_from_pod"]
 	var empty float64
 	for _, c := range []struct {
@@ -122,6 +133,7 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 		pkt  pktSpec
 	}{
 		{"baseline-empty-program", noop, denied},
+		{"reference-classic-floor", floor, denied},
 		{"denied-after-fqdn-lookup", fm, denied},
 		{"denied-never-learned", fm, never},
 	} {
