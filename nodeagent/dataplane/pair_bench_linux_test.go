@@ -34,61 +34,22 @@ const pairedBatch = 20_000
 // difference is partly placement.
 func BenchmarkPerPacketPaired(b *testing.B) {
 	requireKernel(b)
-	ctx := context.Background()
 	baseline := os.Getenv("FEDMESH_BPF_BASELINE")
-	type variant struct{ np, tiers, names *EBPF }
-	load := func(object string) variant {
-		var v variant
-		for _, c := range []struct {
-			dp  **EBPF
-			rev *Revision
-		}{{&v.np, bigRevision(1, 0)}, {&v.tiers, tieredBigRevision(1)}, {&v.names, nameBenchRevision()}} {
-			_, nsPath := newNetNS(b)
-			dp, _ := newEBPFWith(b, Config{NetNS: nsPath, object: object})
-			if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "lo"}); err != nil {
-				b.Fatal(err)
-			}
-			if err := dp.Apply(ctx, c.rev); err != nil {
-				b.Fatal(err)
-			}
-			*c.dp = dp
-		}
-		if err := v.names.Learn(ctx, learned10k(time.Now().Add(time.Hour))); err != nil {
-			b.Fatal(err)
-		}
-		return v
-	}
+	load := func(object string) perPacketScenarios { return loadPerPacketScenarios(b, object) }
 	// Which object loads first is drawn per process: the same object
 	// loaded twice showed up to ~20 ns between the first and the second
 	// dataplane of a process (the learned-address case), the same sign in
 	// every sub-benchmark run of that process.
-	var this, base variant
+	var this, base perPacketScenarios
 	if rand.IntN(2) == 0 {
 		this, base = load(""), load(baseline)
 	} else {
 		base, this = load(baseline), load("")
 		b.Log("baseline loaded first")
 	}
-	peer, me := netip.MustParseAddr("198.18.0.5"), netip.MustParseAddr("10.0.0.1")
-	api := netip.AddrFrom4([4]byte{100, 64, 0, 3}) // learned for api.example.com
-	for _, c := range []struct {
-		name string
-		prog func(variant) *ebpf.Program
-		pkt  pktSpec
-	}{
-		{"denied-full-lookup", func(v variant) *ebpf.Program { return v.np.coll.Programs["fm_to_pod"] },
-			pktSpec{src: peer, dst: me, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}},
-		{"established-conntrack-hit", func(v variant) *ebpf.Program { return v.np.coll.Programs["fm_to_pod"] },
-			pktSpec{src: peer, dst: me, proto: protoTCP, sport: 1, dport: 6, tcpFlags: 0x10}},
-		{"tiers-denied-after-every-lookup", func(v variant) *ebpf.Program { return v.tiers.coll.Programs["fm_to_pod"] },
-			pktSpec{src: peer, dst: me, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}},
-		{"denied-after-fqdn-lookup", func(v variant) *ebpf.Program { return v.names.coll.Programs["fm_from_pod"] },
-			pktSpec{src: me, dst: api, proto: protoTCP, sport: 1, dport: 80, tcpFlags: 2}},
-		{"denied-never-learned", func(v variant) *ebpf.Program { return v.names.coll.Programs["fm_from_pod"] },
-			pktSpec{src: me, dst: netip.MustParseAddr("100.65.0.1"), proto: protoTCP, sport: 1, dport: 80, tcpFlags: 2}},
-	} {
+	for _, c := range perPacketCases {
 		b.Run(c.name, func(b *testing.B) {
-			progs := [2]*ebpf.Program{c.prog(this), c.prog(base)}
+			progs := [2]*ebpf.Program{c.prog(&this), c.prog(&base)}
 			frame := c.pkt.frame()
 			// Both builds must decide the packet alike, or the difference
 			// compares different work.
@@ -123,4 +84,59 @@ func BenchmarkPerPacketPaired(b *testing.B) {
 			b.ReportMetric(median(delta), "delta-ns/packet")
 		})
 	}
+}
+
+// perPacketScenarios are the dataplanes BenchmarkPerPacketPaired and
+// BenchmarkPerPacketVsFloor time, each on "lo" of its own netns: the
+// NetworkPolicy revision (bigRevision), the tiered one
+// (tieredBigRevision) and the names one with 10k learned addresses.
+type perPacketScenarios struct{ np, tiers, names *EBPF }
+
+// loadPerPacketScenarios loads them from object ("": the embedded one).
+func loadPerPacketScenarios(b *testing.B, object string) perPacketScenarios {
+	ctx := context.Background()
+	var v perPacketScenarios
+	for _, c := range []struct {
+		dp  **EBPF
+		rev *Revision
+	}{{&v.np, bigRevision(1, 0)}, {&v.tiers, tieredBigRevision(1)}, {&v.names, nameBenchRevision()}} {
+		_, nsPath := newNetNS(b)
+		dp, _ := newEBPFWith(b, Config{NetNS: nsPath, object: object})
+		if err := dp.Attach(ctx, Endpoint{ID: "ep", Interface: "lo"}); err != nil {
+			b.Fatal(err)
+		}
+		if err := dp.Apply(ctx, c.rev); err != nil {
+			b.Fatal(err)
+		}
+		*c.dp = dp
+	}
+	if err := v.names.Learn(ctx, learned10k(time.Now().Add(time.Hour))); err != nil {
+		b.Fatal(err)
+	}
+	return v
+}
+
+var (
+	benchPeer = netip.MustParseAddr("198.18.0.5") // in bigRevision's ipcache
+	benchMe   = netip.MustParseAddr("10.0.0.1")
+	benchAPI  = netip.AddrFrom4([4]byte{100, 64, 0, 3}) // learned for api.example.com
+)
+
+// perPacketCases are the packets of the per-packet benchmarks that compare
+// programs, with the scenario program each goes through.
+var perPacketCases = []struct {
+	name string
+	prog func(*perPacketScenarios) *ebpf.Program
+	pkt  pktSpec
+}{
+	{"denied-full-lookup", func(v *perPacketScenarios) *ebpf.Program { return v.np.coll.Programs["fm_to_pod"] },
+		pktSpec{src: benchPeer, dst: benchMe, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}},
+	{"established-conntrack-hit", func(v *perPacketScenarios) *ebpf.Program { return v.np.coll.Programs["fm_to_pod"] },
+		pktSpec{src: benchPeer, dst: benchMe, proto: protoTCP, sport: 1, dport: 6, tcpFlags: 0x10}},
+	{"tiers-denied-after-every-lookup", func(v *perPacketScenarios) *ebpf.Program { return v.tiers.coll.Programs["fm_to_pod"] },
+		pktSpec{src: benchPeer, dst: benchMe, proto: protoTCP, sport: 1, dport: 7, tcpFlags: 2}},
+	{"denied-after-fqdn-lookup", func(v *perPacketScenarios) *ebpf.Program { return v.names.coll.Programs["fm_from_pod"] },
+		pktSpec{src: benchMe, dst: benchAPI, proto: protoTCP, sport: 1, dport: 80, tcpFlags: 2}},
+	{"denied-never-learned", func(v *perPacketScenarios) *ebpf.Program { return v.names.coll.Programs["fm_from_pod"] },
+		pktSpec{src: benchMe, dst: netip.MustParseAddr("100.65.0.1"), proto: protoTCP, sport: 1, dport: 80, tcpFlags: 2}},
 }
