@@ -1932,7 +1932,9 @@ static __always_inline int fqdn_stage(struct tier_args *a)
 		return 0;
 	now = now_ns();
 	mask = v->mask & (a->fqdn_proto_slots | a->fqdn_any_slots);
-	for (s = 0; s < FQDN_SLOTS; s++) {
+	// Up to the highest slot in mask, not every slot: an endpoint's names
+	// take the lowest slots, and an iteration cost ~18 instructions.
+	for (s = 0; s < FQDN_SLOTS && (mask >> s); s++) {
 		if (!(mask & (1U << s)) || v->expires[s] <= now)
 			continue;
 		fqdn_slot(&pt, s);
