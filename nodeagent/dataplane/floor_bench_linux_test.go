@@ -213,28 +213,16 @@ func BenchmarkPerPacketVsFloor(b *testing.B) {
 			if ret, _, err := progs[0].Benchmark(frame, 1, nil); err != nil || ret != retDrop {
 				b.Fatalf("fedmesh's program returned %d (%v) for the packet, want a drop", int32(ret), err)
 			}
-			var ns [3][]float64
+			rounds := alternate(b, progs[:], frame)
 			var ratio []float64
-			for i := range b.N {
-				var per [3]float64
-				for k := range 3 {
-					j := (i + k) % 3
-					_, d, err := progs[j].Benchmark(frame, pairedBatch, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					per[j] = float64(d.Nanoseconds())
-				}
-				for j := range 3 {
-					ns[j] = append(ns[j], per[j])
-				}
+			for _, per := range rounds {
 				if per[1] > per[2] {
 					ratio = append(ratio, (per[0]-per[2])/(per[1]-per[2]))
 				}
 			}
-			b.ReportMetric(median(ns[0]), "ns/packet")
-			b.ReportMetric(median(ns[1]), "floor-ns/packet")
-			b.ReportMetric(median(ns[2]), "empty-ns/packet")
+			b.ReportMetric(medianOf(rounds, 0), "ns/packet")
+			b.ReportMetric(medianOf(rounds, 1), "floor-ns/packet")
+			b.ReportMetric(medianOf(rounds, 2), "empty-ns/packet")
 			if len(ratio) > 0 {
 				b.ReportMetric(median(ratio), "vs-floor")
 			}
