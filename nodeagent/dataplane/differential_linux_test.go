@@ -58,8 +58,20 @@ func (g *gen) revision(n uint64, ids []string) *Revision {
 	rev := &Revision{Number: n, Rules: map[string]policy.EndpointRules{}}
 	seen := map[netip.Prefix]bool{}
 	ipc := NewIPCacheBuilder(IPCache{})
-	for range 30 {
-		p := g.prefix(g.r.IntN(2) == 0)
+	// A third of the revisions have host entries only, as the agent
+	// writes them: the programs then skip fm_ipcache's trie for the
+	// addresses the hosts lack (EPF_IPC_HOSTS_ONLY).
+	hostsOnly := g.r.IntN(3) == 0
+	for i := range 30 {
+		v6 := g.r.IntN(2) == 0
+		p := g.prefix(v6)
+		if hostsOnly {
+			if i >= 10 {
+				break // leave some of the packets' addresses unknown
+			}
+			a := g.addr(v6)
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
 		if seen[p] {
 			continue
 		}

@@ -122,9 +122,38 @@ func TestFastEndpointsCarryTheTierSummary(t *testing.T) {
 		},
 	}
 	got := tb.fastEndpoints()
-	want := map[uint32]endpointFastVal{3: {Ep: endpointVal{Identity: 9, Enforced: [2]uint8{1, 0}}, Flags: epfValid,
+	want := map[uint32]endpointFastVal{3: {Ep: endpointVal{Identity: 9, Enforced: [2]uint8{1, 0}}, Flags: epfValid | epfIPCHostsOnly,
 		TierMask: [2]uint32{0, eplPeerProto | eplFQDNAny}, FQDNProtoSlots: [2]uint16{0, 3}, FQDNAnySlots: [2]uint16{0, 0x8000}}}
 	if len(got) != len(want) || got[3] != want[3] {
 		t.Fatalf("fastEndpoints = %+v, want %+v (the ifindex past the array left to the hash)", got, want)
+	}
+}
+
+// TestFastEndpointsSayWhetherTheIPCacheHasPrefixes: with host entries
+// only, an address they lack has no identity, and the program may skip
+// fm_ipcache's trie; one shorter prefix makes every endpoint read it.
+func TestFastEndpointsSayWhetherTheIPCacheHasPrefixes(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		prefixes []string
+		want     bool
+	}{
+		{"empty", nil, true},
+		{"hosts of both families", []string{"10.0.0.1/32", "fd00::1/128"}, true},
+		{"an IPv4 prefix", []string{"10.0.0.1/32", "192.0.2.0/24"}, false},
+		{"an IPv6 prefix", []string{"fd00::/64"}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := NewIPCacheBuilder(IPCache{})
+			for i, p := range c.prefixes {
+				b.Set(netip.MustParsePrefix(p), uint32(100+i))
+			}
+			tb := &Tables{IPCache: b.IPCache(), Endpoints: map[uint32]endpointVal{3: {Identity: 9}, 4: {Identity: 10}}}
+			for idx, v := range tb.fastEndpoints() {
+				if got := v.Flags&epfIPCHostsOnly != 0; got != c.want {
+					t.Errorf("endpoint %d: hosts only %v, want %v (flags %#x)", idx, got, c.want, v.Flags)
+				}
+			}
+		})
 	}
 }

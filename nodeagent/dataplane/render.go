@@ -100,6 +100,10 @@ const (
 	// the pairs would read it as "all in fm_policy_fixarr", which this
 	// version no longer writes, and use the hash instead.
 	epfPFPairs = 0x8
+	// epfIPCHostsOnly (EPF_IPC_HOSTS_ONLY): the revision's ipcache has no
+	// prefix shorter than a host, so the program skips fm_ipcache's trie
+	// for an address the host entries lack. Older programs ignore it.
+	epfIPCHostsOnly = 0x20
 )
 
 // fastEndpoints is what fm_endpoints_fast holds for t: every endpoint with
@@ -122,6 +126,9 @@ func (t *Tables) fastEndpoints() map[uint32]endpointFastVal {
 		}
 		if t.ipcComplete {
 			v.Flags |= epfIPCArray
+		}
+		if t.IPCache.nNets == 0 {
+			v.Flags |= epfIPCHostsOnly
 		}
 		for dir := range uint8(2) {
 			sv, ok := t.PolicyFixed[policyFixedKey{Ifindex: idx, Dir: dir, Kind: kindTierSummary}]
