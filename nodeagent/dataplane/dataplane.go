@@ -43,7 +43,8 @@
 //     ctfilter_linux.go), ipcache
 //     (host entries in a static cuckoo table in an array, fm_ipcache_hostarr,
 //     up to ~235k of them, 5 MiB per slot; in the hash past that; then the
-//     trie on a miss), then up to six lookup shapes (peer x protocol,
+//     trie on a miss, unless the revision has host entries only, as the
+//     agent's have: EPF_IPC_HOSTS_ONLY), then up to six lookup shapes (peer x protocol,
 //     peer x any, any x protocol, any x any, CIDR class x protocol, CIDR
 //     class x any), each answering both layers: the tier layer when the
 //     endpoint has tier rules in the direction (the shapes its tier
