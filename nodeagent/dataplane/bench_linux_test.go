@@ -319,14 +319,7 @@ func BenchmarkProgramPerPacketTiers(b *testing.B) {
 	if ep.Lookups[policy.Ingress] != 0xff {
 		b.Fatalf("endpoint lookups %#x: not every lookup runs", ep.Lookups[policy.Ingress])
 	}
-	var addrs []netip.Addr // the revision's ipcache (bigRevision)
-	for i := range 100_000 {
-		a := netip.MustParseAddr("198.18.0.0").As4()
-		a[1] += byte(i >> 16)
-		a[2], a[3] = byte(i>>8), byte(i)
-		addrs = append(addrs, netip.AddrFrom4(a))
-	}
-	floor := classicFloor(b, addrs, peer, ipv4SrcOff)
+	floor := classicFloor(b, hostAddrs4(rev.IPCache), peer, ipv4SrcOff)
 	checkFloor(b, floor, hashed.frame())
 	fm := dp.coll.Programs["fm_to_pod"]
 	var empty float64

@@ -137,6 +137,27 @@ func classicFloor(tb testing.TB, ipcache []netip.Addr, peer netip.Addr, peerOff 
 	return p
 }
 
+// hostAddrs4 are the IPv4 host entries of c: a floor's ipcache of the
+// same addresses.
+func hostAddrs4(c IPCache) []netip.Addr {
+	var out []netip.Addr
+	for p := range c.All() {
+		if p.IsSingleIP() && p.Addr().Is4() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
+
+// learnedAddrs are the addresses of learned: a floor's ipcache of them.
+func learnedAddrs(learned []LearnedAddr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(learned))
+	for _, l := range learned {
+		out = append(out, l.Addr)
+	}
+	return out
+}
+
 // checkFloor fails tb unless the reference program drops frame after
 // every lookup (see classicFloor).
 func checkFloor(tb testing.TB, p *ebpf.Program, frame []byte) {
@@ -173,15 +194,8 @@ func BenchmarkPerPacketVsFloor(b *testing.B) {
 	}
 	defer noop.Close()
 	// The floors' ipcaches: the scenarios' own addresses.
-	var bigIPCache, learned []netip.Addr
-	for p := range v.np.shadow[v.np.active].IPCache.All() {
-		if p.IsSingleIP() && p.Addr().Is4() {
-			bigIPCache = append(bigIPCache, p.Addr())
-		}
-	}
-	for _, l := range learned10k(time.Now()) {
-		learned = append(learned, l.Addr)
-	}
+	bigIPCache := hostAddrs4(v.np.shadow[v.np.active].IPCache)
+	learned := learnedAddrs(learned10k(time.Now()))
 	floors := map[string]*ebpf.Program{}
 	for _, c := range perPacketCases {
 		var fl *ebpf.Program

@@ -119,11 +119,7 @@ func BenchmarkProgramPerPacketNames(b *testing.B) {
 	defer noop.Close()
 	// Learned addresses are ipcache entries there (an identity per name's
 	// addresses): 10k of them.
-	addrs := make([]netip.Addr, 0, len(learned))
-	for _, l := range learned {
-		addrs = append(addrs, l.Addr)
-	}
-	floor := classicFloor(b, addrs, api, ipv4DstOff)
+	floor := classicFloor(b, learnedAddrs(learned), api, ipv4DstOff)
 	checkFloor(b, floor, denied.frame())
 	fm := dp.coll.Programs["fm_from_pod"]
 	var empty float64

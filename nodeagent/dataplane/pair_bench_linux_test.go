@@ -35,16 +35,15 @@ const pairedBatch = 20_000
 func BenchmarkPerPacketPaired(b *testing.B) {
 	requireKernel(b)
 	baseline := os.Getenv("FEDMESH_BPF_BASELINE")
-	load := func(object string) perPacketScenarios { return loadPerPacketScenarios(b, object) }
 	// Which object loads first is drawn per process: the same object
 	// loaded twice showed up to ~20 ns between the first and the second
 	// dataplane of a process (the learned-address case), the same sign in
 	// every sub-benchmark run of that process.
 	var this, base perPacketScenarios
 	if rand.IntN(2) == 0 {
-		this, base = load(""), load(baseline)
+		this, base = loadPerPacketScenarios(b, ""), loadPerPacketScenarios(b, baseline)
 	} else {
-		base, this = load(baseline), load("")
+		base, this = loadPerPacketScenarios(b, baseline), loadPerPacketScenarios(b, "")
 		b.Log("baseline loaded first")
 	}
 	for _, c := range perPacketCases {
