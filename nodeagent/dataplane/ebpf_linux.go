@@ -299,7 +299,8 @@ func (e *EBPF) load() error {
 	if err := e.recoverStats(); err != nil {
 		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
-	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"], coll.Maps["fm_fqdn_filter"]); err != nil {
+	if e.fq, err = openFQDN(coll.Maps["fm_fqdn"], coll.Maps["fm_fqdn_slots"], coll.Maps["fm_fqdn_filter"],
+		coll.Maps["fm_fqdn_index"]); err != nil {
 		return fail(fmt.Errorf("load fedmesh programs: %w", err))
 	}
 	undo = append(undo, e.fq.close)

@@ -31,6 +31,7 @@ const (
 	fedmeshMapFmEvents           = "fm_events"
 	fedmeshMapFmFqdn             = "fm_fqdn"
 	fedmeshMapFmFqdnFilter       = "fm_fqdn_filter"
+	fedmeshMapFmFqdnIndex        = "fm_fqdn_index"
 	fedmeshMapFmFqdnSlots        = "fm_fqdn_slots"
 	fedmeshMapFmFrag             = "fm_frag"
 	fedmeshMapFmIpcache          = "fm_ipcache"
@@ -127,6 +128,7 @@ type fedmeshMapSpecs struct {
 	FmEvents         *ebpf.MapSpec `ebpf:"fm_events"`
 	FmFqdn           *ebpf.MapSpec `ebpf:"fm_fqdn"`
 	FmFqdnFilter     *ebpf.MapSpec `ebpf:"fm_fqdn_filter"`
+	FmFqdnIndex      *ebpf.MapSpec `ebpf:"fm_fqdn_index"`
 	FmFqdnSlots      *ebpf.MapSpec `ebpf:"fm_fqdn_slots"`
 	FmFrag           *ebpf.MapSpec `ebpf:"fm_frag"`
 	FmIpcache        *ebpf.MapSpec `ebpf:"fm_ipcache"`
@@ -193,6 +195,7 @@ type fedmeshMaps struct {
 	FmEvents         *ebpf.Map `ebpf:"fm_events"`
 	FmFqdn           *ebpf.Map `ebpf:"fm_fqdn"`
 	FmFqdnFilter     *ebpf.Map `ebpf:"fm_fqdn_filter"`
+	FmFqdnIndex      *ebpf.Map `ebpf:"fm_fqdn_index"`
 	FmFqdnSlots      *ebpf.Map `ebpf:"fm_fqdn_slots"`
 	FmFrag           *ebpf.Map `ebpf:"fm_frag"`
 	FmIpcache        *ebpf.Map `ebpf:"fm_ipcache"`
@@ -226,6 +229,7 @@ func (m *fedmeshMaps) Close() error {
 		m.FmEvents,
 		m.FmFqdn,
 		m.FmFqdnFilter,
+		m.FmFqdnIndex,
 		m.FmFqdnSlots,
 		m.FmFrag,
 		m.FmIpcache,

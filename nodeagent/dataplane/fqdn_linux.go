@@ -30,6 +30,9 @@ type fqdnKernel struct {
 	// filter is fm_fqdn_filter: a key's bit is set before the key is
 	// written, and sweep rebuilds it from written.
 	filter *bloom
+	// index is fm_fqdn_index: a key is indexed after fm_fqdn holds it and
+	// unindexed before fm_fqdn drops it.
+	index *fqdnIndex
 
 	mu      sync.Mutex
 	closed  bool
@@ -48,12 +51,22 @@ type fqdnKernel struct {
 
 // openFQDN adopts what fm_fqdn and fm_fqdn_slots hold (pinned by an
 // earlier process, or empty) and starts the sweeper.
-func openFQDN(entries, slotsMap, filter *ebpf.Map) (*fqdnKernel, error) {
+func openFQDN(entries, slotsMap, filter, index *ebpf.Map) (*fqdnKernel, error) {
 	b, err := openBloom(filter, fqfBits)
 	if err != nil {
 		return nil, err
 	}
-	f := &fqdnKernel{entries: entries, slotsMap: slotsMap, filter: b, learned: learnedNames{}, adopted: map[fqdnKey]fqdnVal{},
+	x, err := openFQDNIndex(index, defaultFQXIndexable)
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	fail := func(err error) (*fqdnKernel, error) {
+		b.close()
+		x.close()
+		return nil, err
+	}
+	f := &fqdnKernel{entries: entries, slotsMap: slotsMap, filter: b, index: x, learned: learnedNames{}, adopted: map[fqdnKey]fqdnVal{},
 		written: map[fqdnKey]fqdnVal{}, attached: map[string]uint32{}, slots: map[uint32][]nameSlot{},
 		writtenSlots: map[fqdnSlotKey]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var k fqdnKey
@@ -63,10 +76,10 @@ func openFQDN(entries, slotsMap, filter *ebpf.Map) (*fqdnKernel, error) {
 		f.adopted[k], f.written[k] = v, v
 	}
 	if err := it.Err(); err != nil {
-		b.close()
-		return nil, fmt.Errorf("read pinned learned addresses: %w", err)
+		return fail(fmt.Errorf("read pinned learned addresses: %w", err))
 	}
 	f.rebuildFilter()
+	f.index.reset(f.written)
 	var sk fqdnSlotKey
 	var h uint64
 	sit := slotsMap.Iterate()
@@ -81,8 +94,7 @@ func openFQDN(entries, slotsMap, filter *ebpf.Map) (*fqdnKernel, error) {
 		f.writtenSlots[sk] = h
 	}
 	if err := sit.Err(); err != nil {
-		b.close()
-		return nil, fmt.Errorf("read pinned name slots: %w", err)
+		return fail(fmt.Errorf("read pinned name slots: %w", err))
 	}
 	go f.sweepLoop()
 	return f, nil
@@ -99,6 +111,7 @@ func (f *fqdnKernel) close() {
 	close(f.stop)
 	<-f.done
 	f.filter.close()
+	f.index.close()
 }
 
 // rebuildFilter makes the filter hold the bits of what fm_fqdn holds
@@ -114,14 +127,26 @@ func (f *fqdnKernel) rebuildFilter() {
 	})
 }
 
-// put writes a learned address, its filter bit first: a packet that can
-// find the entry finds the bit.
+// put writes a learned address, its filter bit first (a packet that can
+// find the entry finds the bit), its index entry last (the index never
+// says more than fm_fqdn).
 func (f *fqdnKernel) put(k fqdnKey, v fqdnVal) error {
 	f.filter.set(fqfHash(k))
 	if err := f.entries.Put(k, v); err != nil {
 		return err
 	}
 	f.written[k] = v
+	f.index.put(k, v)
+	return nil
+}
+
+// drop deletes a learned address, from the index first.
+func (f *fqdnKernel) drop(k fqdnKey) error {
+	f.index.remove(k)
+	if err := f.entries.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	delete(f.written, k)
 	return nil
 }
 
@@ -242,10 +267,9 @@ func (f *fqdnKernel) sync(want map[fqdnKey]fqdnVal) error {
 		if _, ok := want[k]; ok {
 			continue
 		}
-		if err := f.entries.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := f.drop(k); err != nil {
 			return fmt.Errorf("delete learned address: %w", err)
 		}
-		delete(f.written, k)
 	}
 	for k, v := range want {
 		if old, ok := f.written[k]; ok && old == v {

@@ -24,7 +24,16 @@ var softState = map[string]bool{"fm_ct4": true, "fm_ct6": true, "fm_frag": true,
 	"fm_event_bucket": true, "fm_events": true,
 	// Learned addresses: losing them denies until pods resolve again,
 	// which beats refusing to start.
-	"fm_fqdn": true, "fm_fqdn_slots": true}
+	"fm_fqdn": true, "fm_fqdn_slots": true,
+	// Rebuilt from fm_fqdn at every start; emptied before it is replaced.
+	"fm_fqdn_index": true}
+
+// answeringState names the soft-state maps whose entries programs act on
+// without a second source to check: an incompatible pin of one is emptied
+// (all-zero values, which every version reads as no entry) before it is
+// replaced, since the programs still attached keep reading it until they
+// are replaced too, and nothing would keep it current meanwhile.
+var answeringState = map[string]bool{"fm_fqdn_index": true}
 
 // replaceIncompatiblePins removes the pins in dir of soft-state maps whose
 // type, key, value, size or flags differ from spec, so that loading creates
@@ -51,15 +60,23 @@ func replaceIncompatibleSoftState(spec *ebpf.CollectionSpec, dir string, soft ma
 			return fmt.Errorf("open pinned map %s: %w", path, err)
 		}
 		err = ms.Compatible(m)
-		m.Close()
 		if err == nil {
+			m.Close()
 			continue
 		}
 		if !errors.Is(err, ebpf.ErrMapIncompatible) {
+			m.Close()
 			return fmt.Errorf("check pinned map %s: %w", path, err)
 		}
 		log.Warn("replacing a pinned map an incompatible fedmesh version left; its state is lost",
 			"map", path, "difference", err)
+		if answeringState[name] {
+			if err := emptyArray(m); err != nil {
+				m.Close()
+				return fmt.Errorf("empty pinned map %s before replacing it: %w", path, err)
+			}
+		}
+		m.Close()
 		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("remove incompatible pinned map %s: %w", path, err)
 		}
@@ -319,6 +336,20 @@ func removeRetiredPins(dir string, log *slog.Logger) error {
 			return fmt.Errorf("remove retired pinned map %s: %w", path, err)
 		}
 		log.Info("removed a pinned map an older fedmesh version used", "map", path)
+	}
+	return nil
+}
+
+// emptyArray writes all-zero values to every entry of an array map.
+func emptyArray(m *ebpf.Map) error {
+	if m.Type() != ebpf.Array {
+		return fmt.Errorf("%s is a %s, not an array", m, m.Type())
+	}
+	zero := make([]byte, m.ValueSize())
+	for i := range m.MaxEntries() {
+		if err := m.Update(i, zero, ebpf.UpdateExist); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
@@ -9,15 +10,17 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/fedmesh/fedmesh/federation/policy"
 )
 
 // TestUpgradeReplacesIncompatiblePinsAndKeepsFlows starts the dataplane on
 // a pin directory an older version left: a conntrack table of the legacy
-// layout holding established flows (IPv4 and IPv6) and an fm_ct4 of another
-// layout. The start succeeds, the incompatible map is replaced, the legacy
-// pin is gone and the replies of the legacy flows still pass an egress that
+// layout holding established flows (IPv4 and IPv6), an fm_ct4 of another
+// layout and a full learned-address index of another layout. The start
+// succeeds, the incompatible maps are replaced (the index emptied first,
+// for the programs still reading it), the legacy pin is gone and the replies of the legacy flows still pass an egress that
 // allows nothing.
 func TestUpgradeReplacesIncompatiblePinsAndKeepsFlows(t *testing.T) {
 	requireKernel(t)
@@ -45,6 +48,16 @@ func TestUpgradeReplacesIncompatiblePinsAndKeepsFlows(t *testing.T) {
 	}
 	legacy := pin(&ebpf.MapSpec{Name: legacyCT, Type: ebpf.LRUHash, KeySize: 44, ValueSize: 16, MaxEntries: 1 << 18})
 	pin(&ebpf.MapSpec{Name: "fm_ct4", Type: ebpf.LRUHash, KeySize: 20, ValueSize: 16, MaxEntries: 1024})
+	// A learned-address index of another layout, full: the programs still
+	// attached read it until they are replaced, so it must be emptied.
+	oldIndex := pin(&ebpf.MapSpec{Name: "fm_fqdn_index", Type: ebpf.Array, KeySize: 4, ValueSize: 64, MaxEntries: 16,
+		Flags: unix.BPF_F_MMAPABLE})
+	full := bytes.Repeat([]byte{0xa5}, 64)
+	for i := range uint32(16) {
+		if err := oldIndex.Put(i, full); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	me, peer := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.1.10")
 	me6, peer6 := netip.MustParseAddr("fd00:18::1"), netip.MustParseAddr("fd00:18:1::10")
@@ -73,6 +86,24 @@ func TestUpgradeReplacesIncompatiblePinsAndKeepsFlows(t *testing.T) {
 	if want := dp.spec.Maps["fm_ct4"]; ct4.ValueSize() != want.ValueSize || ct4.MaxEntries() != want.MaxEntries {
 		t.Errorf("pinned fm_ct4 has value size %d, %d entries; want the new layout (%d, %d)",
 			ct4.ValueSize(), ct4.MaxEntries(), want.ValueSize, want.MaxEntries)
+	}
+
+	for i := range uint32(16) {
+		var got []byte
+		if err := oldIndex.Lookup(i, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, make([]byte, 64)) {
+			t.Errorf("entry %d of the replaced learned-address index: %x, want it emptied", i, got)
+		}
+	}
+	if idx, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinDir, "fm_fqdn_index"), nil); err != nil {
+		t.Error(err)
+	} else {
+		if want := dp.spec.Maps["fm_fqdn_index"]; idx.ValueSize() != want.ValueSize {
+			t.Errorf("pinned fm_fqdn_index has value size %d, want the new layout's %d", idx.ValueSize(), want.ValueSize)
+		}
+		idx.Close()
 	}
 
 	if err := dp.Attach(ctx, Endpoint{ID: "me", Interface: "lo"}); err != nil {

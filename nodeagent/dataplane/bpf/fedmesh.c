@@ -782,6 +782,48 @@ struct {
 	__type(value, __u64);
 } fm_fqdn_filter SEC(".maps");
 
+// fm_fqdn_index: a cuckoo index of fm_fqdn that packets probe in place of
+// the hash lookup (a helper call, its hash and key compare: ~40 ns here;
+// a probe of this array the verifier inlines costs a few). fm_fqdn stays
+// the source of truth, and the index only ever says yes: a packet it
+// cannot answer looks fm_fqdn up as before. That is a key the agent did
+// not place (its buckets were full, or the agent writes no index on this
+// architecture), an entry the agent is rewriting, or one whose earliest
+// live slot expired (fm_fqdn has the per-slot times; the index holds the
+// earliest, so it never extends a TTL). The agent writes it through a
+// shared mapping (fqdnindex_linux.go), each entry under a sequence word
+// that is odd while it writes: a packet that reads an odd word, or a
+// different one after the entry than before, uses fm_fqdn. That relies on
+// loads not being reordered with loads, as on x86; elsewhere the agent
+// leaves the index empty. An all-zero entry is free in every version, so
+// an index a new agent cannot use is emptied, never left stale. Pinned,
+// so that programs still attached while a new agent starts see what it
+// writes; the agent rebuilds it from fm_fqdn when it starts.
+#define FQX_WAYS 4
+#define FQX_BUCKETS (1 << 14)
+
+struct fqx_entry {
+	__u32 seq;
+	__u32 ifindex; // 0: a free way
+	__u32 ip[4];   // fqdn_key's
+	__u32 mask;    // the slots live until live_until
+	__u32 pad;
+	__u64 live_until;
+};
+
+struct fqx_bucket {
+	struct fqx_entry e[FQX_WAYS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FQX_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fqx_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fm_fqdn_index SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096 * FQDN_SLOTS);
@@ -1906,23 +1948,74 @@ static __always_inline int fqf_absent(struct tier_args *a)
 			    bloom_mix((__u64)(ip[0] ^ ip[2]) << 32 | (ip[1] ^ ip[3]), a->ifindex, FQF_BITS));
 }
 
-// fqdn_stage looks the destination up in fm_fqdn (one hash lookup) and
-// folds in the name rules of every slot whose answer is live. Inlined in
-// decide(), after the policy stage.
+// fqx_hash is fm_fqdn_index's hash of an fm_fqdn key (fqxHash in
+// fqdnindex_linux.go): ipc_hash of the address, the endpoint mixed in by a
+// second multiplication. Buckets come from bits 48-63 and 32-47.
+static __always_inline __u64 fqx_hash(const __u32 *w, __u32 ifindex)
+{
+	return (ipc_hash(w) ^ ifindex) * 0xC2B2AE3D27D4EB4FULL;
+}
+
+// fqx_live returns the slots fm_fqdn_index holds live at now for the
+// endpoint and address of a, or -1 when the index cannot say.
+static __always_inline __s64 fqx_live(struct tier_args *a, __u64 now)
+{
+	const __u32 *w = peer_addr(a);
+	__u64 h = fqx_hash(w, a->ifindex);
+	int i, j;
+
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		__u32 b = (__u32)(h >> (i ? 32 : 48)) & (FQX_BUCKETS - 1);
+		struct fqx_bucket *bk = bpf_map_lookup_elem(&fm_fqdn_index, &b);
+		if (!bk)
+			return -1;
+#pragma unroll
+		for (j = 0; j < FQX_WAYS; j++) {
+			struct fqx_entry *e = &bk->e[j];
+			__u32 seq = *(volatile __u32 *)&e->seq, mask;
+			__u64 until;
+
+			asm volatile("" ::: "memory");
+			if (e->ip[3] != w[3] || e->ifindex != a->ifindex || e->ip[2] != w[2] || e->ip[1] != w[1] ||
+			    e->ip[0] != w[0])
+				continue;
+			mask = e->mask;
+			until = e->live_until;
+			asm volatile("" ::: "memory");
+			if ((seq & 1) || *(volatile __u32 *)&e->seq != seq || until <= now)
+				return -1;
+			return mask;
+		}
+	}
+	return -1;
+}
+
+// fqdn_stage finds the slots whose answer for the destination is live
+// (fm_fqdn_index, or one fm_fqdn lookup when the index cannot say) and
+// folds in their name rules. Inlined in decide(), after the policy stage.
 static __always_inline int fqdn_stage(struct tier_args *a)
 {
 	struct policy_tabs pt = {};
-	struct fqdn_val *v;
+	struct fqdn_val *v = 0;
 	__u64 now;
+	__s64 live;
 	__u32 s, mask, slot;
 
 	if (!a)
 		return 0;
-	a->fk.ifindex = a->ifindex;
-	__builtin_memcpy(a->fk.ip, peer_addr(a), 16);
-	v = bpf_map_lookup_elem(&fm_fqdn, &a->fk);
-	if (!v)
-		return 0;
+	now = now_ns();
+	live = fqx_live(a, now);
+	if (live >= 0) {
+		mask = live;
+	} else {
+		a->fk.ifindex = a->ifindex;
+		__builtin_memcpy(a->fk.ip, peer_addr(a), 16);
+		v = bpf_map_lookup_elem(&fm_fqdn, &a->fk);
+		if (!v)
+			return 0;
+		mask = v->mask;
+	}
 	// The slots' lookups share one slot's tables, found once.
 	slot = a->slot;
 	pt.a = a;
@@ -1934,12 +2027,11 @@ static __always_inline int fqdn_stage(struct tier_args *a)
 	}
 	if (!pt.fixed)
 		return 0;
-	now = now_ns();
-	mask = v->mask & (a->fqdn_proto_slots | a->fqdn_any_slots);
+	mask &= a->fqdn_proto_slots | a->fqdn_any_slots;
 	// Up to the highest slot in mask, not every slot: an endpoint's names
 	// take the lowest slots, and an iteration cost ~18 instructions.
 	for (s = 0; s < FQDN_SLOTS && (mask >> s); s++) {
-		if (!(mask & (1U << s)) || v->expires[s] <= now)
+		if (!(mask & (1U << s)) || (v && v->expires[s] <= now))
 			continue;
 		fqdn_slot(&pt, s);
 	}
