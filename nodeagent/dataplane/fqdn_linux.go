@@ -389,6 +389,7 @@ func (f *fqdnKernel) sweep() error {
 	}
 	// Expired and deleted entries stop costing packets their lookup.
 	f.rebuildFilter()
+	f.index.retry()
 	return nil
 }
 

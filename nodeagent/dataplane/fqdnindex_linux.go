@@ -12,8 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fqxBuckets is FQX_BUCKETS: fm_fqdn_index holds 4 x 16k learned
-// addresses (2.5 MiB); keys beyond what it places are looked up in fm_fqdn.
+// fqxBuckets is FQX_BUCKETS: fm_fqdn_index holds up to 4 x 16k learned
+// addresses (2.5 MiB); while a key does not fit, packets the index misses
+// are looked up in fm_fqdn.
 const fqxBuckets = 1 << 14
 
 // fqxVal is what an fm_fqdn_index entry says of its key: the slots live
@@ -56,47 +57,93 @@ func fqxOf(v fqdnVal) fqxVal {
 	return x
 }
 
+// fqx_ctl's states.
+const (
+	fqxUnused   = 0 // FQX_UNUSED
+	fqxHits     = 1 // FQX_HITS
+	fqxComplete = 2 // FQX_COMPLETE
+)
+
 // fqdnIndex is the agent's side of fm_fqdn_index (bpf/fedmesh.c documents
 // the protocol): a cuckoo copy in Go that places keys, and the shared
-// mapping its changed buckets are written to, entry by entry under each
-// entry's sequence word. The index only ever answers yes, so a key it
-// cannot place, or one a packet reads mid-write, costs that packet the
-// fm_fqdn lookup and nothing else. Its owner (fqdnKernel) serialises the
-// calls.
+// mapping: the control word, then the buckets, which take the Go copy's
+// changes entry by entry under each entry's sequence word. The control
+// word says complete only while every key fm_fqdn holds is placed, and
+// changes while a placement moves entries. Its owner (fqdnKernel)
+// serialises the calls.
 type fqdnIndex struct {
 	mem     []byte
+	ctl     *uint64 // struct fqx_ctl: moves low, state high
 	entries []fqxEntry
 	t       *cuckoo[fqdnKey, fqxVal]
 	// enabled: this architecture may write the index (fqxIndexable).
 	enabled bool
-	// unplaced are the keys learned but not in the index.
-	unplaced map[fqdnKey]bool
+	// unplaced are the keys fm_fqdn holds that the index does not, with
+	// their values, placed again when a sweep has freed room.
+	unplaced map[fqdnKey]fqdnVal
 }
 
 func openFQDNIndex(m *ebpf.Map, enabled bool) (*fqdnIndex, error) {
 	const size = int(unsafe.Sizeof(fqxEntry{}))
+	const bucket = cuckooWays * size
 	if m == nil {
 		return nil, errors.New("open learned-address index: the BPF object has no fm_fqdn_index (an older object)")
 	}
-	if int(m.ValueSize()) != cuckooWays*size || m.MaxEntries() != fqxBuckets {
+	if int(m.ValueSize()) != bucket || m.MaxEntries() != 1+fqxBuckets {
 		return nil, fmt.Errorf("open learned-address index %s: %d entries of %d bytes, want %d of %d",
-			m, m.MaxEntries(), m.ValueSize(), fqxBuckets, cuckooWays*size)
+			m, m.MaxEntries(), m.ValueSize(), 1+fqxBuckets, bucket)
 	}
-	n := fqxBuckets * cuckooWays
 	page := unix.Getpagesize()
-	mem, err := unix.Mmap(m.FD(), 0, (n*size+page-1)&^(page-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(m.FD(), 0, ((1+fqxBuckets)*bucket+page-1)&^(page-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map learned-address index %s: %w", m, err)
 	}
-	return &fqdnIndex{mem: mem, entries: unsafe.Slice((*fqxEntry)(unsafe.Pointer(&mem[0])), n),
-		t: newCuckoo[fqdnKey, fqxVal](fqxBuckets, fqxHash), enabled: enabled, unplaced: map[fqdnKey]bool{}}, nil
+	return &fqdnIndex{mem: mem, ctl: (*uint64)(unsafe.Pointer(&mem[0])),
+		entries: unsafe.Slice((*fqxEntry)(unsafe.Pointer(&mem[bucket])), fqxBuckets*cuckooWays),
+		t:       newCuckoo[fqdnKey, fqxVal](fqxBuckets, fqxHash), enabled: enabled, unplaced: map[fqdnKey]fqdnVal{}}, nil
 }
 
 func (x *fqdnIndex) close() { _ = unix.Munmap(x.mem) }
 
+func (x *fqdnIndex) state() uint32 { return uint32(atomic.LoadUint64(x.ctl) >> 32) }
+
+func (x *fqdnIndex) setState(s uint32) {
+	c := atomic.LoadUint64(x.ctl)
+	if uint32(c>>32) != s {
+		atomic.StoreUint64(x.ctl, uint64(s)<<32|c&0xffffffff)
+	}
+}
+
+// bumpMoves adds one to the control word's move count (its low word,
+// wrapping there): odd while entries move, so a packet that misses
+// meanwhile does not trust the miss.
+func (x *fqdnIndex) bumpMoves() {
+	c := atomic.LoadUint64(x.ctl)
+	atomic.StoreUint64(x.ctl, c&^0xffffffff|uint64(uint32(c)+1))
+}
+
+// settle sets the state the index's content allows.
+func (x *fqdnIndex) settle() {
+	switch {
+	case !x.enabled:
+		x.setState(fqxUnused)
+	case len(x.unplaced) > 0:
+		x.setState(fqxHits)
+	default:
+		x.setState(fqxComplete)
+	}
+}
+
 // reset makes the index hold written's keys (where the Go copy places
-// them) and nothing else, whatever an earlier process left in it.
+// them) and nothing else, whatever an earlier process left in it; misses
+// are not trusted until it is done.
 func (x *fqdnIndex) reset(written map[fqdnKey]fqdnVal) {
+	if x.state() == fqxComplete {
+		x.setState(fqxHits)
+	}
+	if uint32(atomic.LoadUint64(x.ctl))&1 != 0 {
+		x.bumpMoves() // a process stopped mid-move
+	}
 	x.t = newCuckoo[fqdnKey, fqxVal](x.t.nb(), fqxHash)
 	clear(x.unplaced)
 	if x.enabled {
@@ -108,23 +155,34 @@ func (x *fqdnIndex) reset(written map[fqdnKey]fqdnVal) {
 		x.publish(b)
 	}
 	clear(x.t.dirty)
+	x.settle()
 }
 
 // put indexes k with v's live slots: k's entry is rewritten in place, or
-// placed; a key the table cannot place stays out (fm_fqdn answers it).
+// placed, under a move count (a placement may move other entries); a key
+// the table cannot place stays out, and misses are no longer trusted.
+// Called once fm_fqdn holds k.
 func (x *fqdnIndex) put(k fqdnKey, v fqdnVal) {
 	if !x.enabled {
 		return
 	}
-	x.place(k, v)
-	x.flush()
+	if _, _, ok := x.t.find(k); ok {
+		x.place(k, v)
+		x.flush()
+	} else {
+		x.bumpMoves()
+		x.place(k, v)
+		x.flush()
+		x.bumpMoves()
+	}
+	x.settle()
 }
 
 func (x *fqdnIndex) place(k fqdnKey, v fqdnVal) {
 	if x.t.put(k, fqxOf(v)) {
 		delete(x.unplaced, k)
 	} else {
-		x.unplaced[k] = true
+		x.unplaced[k] = v
 	}
 }
 
@@ -134,11 +192,26 @@ func (x *fqdnIndex) remove(k fqdnKey) {
 	delete(x.unplaced, k)
 	x.t.remove(k)
 	x.flush()
+	x.settle()
+}
+
+// retry places the keys left out, now that removals may have freed room.
+func (x *fqdnIndex) retry() {
+	if len(x.unplaced) == 0 {
+		return
+	}
+	x.bumpMoves()
+	for k, v := range x.unplaced {
+		x.place(k, v)
+	}
+	x.flush()
+	x.bumpMoves()
+	x.settle()
 }
 
 // flush writes the buckets the Go copy changed. Their order does not
-// matter: an entry moved by a placement may be missing from both buckets
-// for a moment, which costs a packet the fm_fqdn lookup only.
+// matter: an entry a placement moves may be missing from both buckets for
+// a moment, which the move count covers.
 func (x *fqdnIndex) flush() {
 	for b := range x.t.dirty {
 		x.publish(b)

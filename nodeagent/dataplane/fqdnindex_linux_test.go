@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,9 +17,11 @@ import (
 // memIndex is an fqdnIndex over plain memory: what the shared mapping
 // would hold, without a kernel.
 func memIndex(enabled bool, buckets uint32) *fqdnIndex {
-	return &fqdnIndex{entries: make([]fqxEntry, buckets*cuckooWays),
-		t: newCuckoo[fqdnKey, fqxVal](buckets, fqxHash), enabled: enabled, unplaced: map[fqdnKey]bool{}}
+	return &fqdnIndex{ctl: new(uint64), entries: make([]fqxEntry, buckets*cuckooWays),
+		t: newCuckoo[fqdnKey, fqxVal](buckets, fqxHash), enabled: enabled, unplaced: map[fqdnKey]fqdnVal{}}
 }
+
+func (x *fqdnIndex) moves() uint32 { return uint32(*x.ctl) }
 
 // indexed reads the entry of k as a packet would: from either candidate
 // bucket, an even sequence word, the key's words equal.
@@ -72,6 +75,10 @@ func TestFQDNIndexWritesWhatItPlaces(t *testing.T) {
 	k1, k2 := key(3, "203.0.113.5"), key(3, "2001:db8::5")
 	x.put(k1, val(100))
 	x.put(k2, val(200))
+	if x.state() != fqxComplete || x.moves() != 4 {
+		t.Errorf("after placing two keys: state %d, moves %d; want complete (%d) and two even move counts (4)",
+			x.state(), x.moves(), fqxComplete)
+	}
 	for k, until := range map[fqdnKey]uint64{k1: 100, k2: 200} {
 		e, ok := x.indexed(k)
 		if !ok || e.Mask != 0b11 || e.LiveUntil != until || e.Seq != 2 {
@@ -86,6 +93,9 @@ func TestFQDNIndexWritesWhatItPlaces(t *testing.T) {
 	if e, _ := x.indexed(k1); e.Seq != 4 || e.LiveUntil != 150 {
 		t.Errorf("updated entry: %+v; want until 150 at seq 4", e)
 	}
+	if x.moves() != 4 {
+		t.Errorf("an update in place counted as a move: moves %d, want 4", x.moves())
+	}
 	x.remove(k1)
 	if _, ok := x.indexed(k1); ok {
 		t.Error("a removed key is still readable")
@@ -94,8 +104,13 @@ func TestFQDNIndexWritesWhatItPlaces(t *testing.T) {
 		t.Error("removing one key lost another")
 	}
 
-	// A new process resets the index to what fm_fqdn holds.
+	// A new process resets the index to what fm_fqdn holds, ending a
+	// move an earlier one left open.
+	*x.ctl |= 1
 	x.reset(map[fqdnKey]fqdnVal{k1: val(400)})
+	if x.state() != fqxComplete || x.moves()&1 != 0 {
+		t.Errorf("after reset: state %d, moves %d; want complete and an even move count", x.state(), x.moves())
+	}
 	if e, ok := x.indexed(k1); !ok || e.LiveUntil != 400 {
 		t.Errorf("after reset, entry of k1: %+v, %v; want until 400", e, ok)
 	}
@@ -122,30 +137,43 @@ func TestFQDNIndexLeavesOutWhatItCannotPlace(t *testing.T) {
 			if e.LiveUntil != uint64(100+i) {
 				t.Errorf("key %d reads until %d, want %d", i, e.LiveUntil, 100+i)
 			}
-		} else if !x.unplaced[k] {
+		} else if _, ok := x.unplaced[k]; !ok {
 			t.Errorf("key %d is neither readable nor reported unplaced", i)
 		}
 	}
 	if placed != 2*cuckooWays || len(x.unplaced) != len(keys)-placed {
 		t.Errorf("%d of %d keys readable, %d unplaced; want %d and the rest", placed, len(keys), len(x.unplaced), 2*cuckooWays)
 	}
+	if x.state() != fqxHits {
+		t.Errorf("with keys left out: state %d, want hits only (%d): a miss proves nothing", x.state(), fqxHits)
+	}
 	for _, e := range x.entries {
 		if e.Seq&1 != 0 {
 			t.Fatalf("an entry was left mid-write: %+v", e)
 		}
 	}
-	var in, out fqdnKey
+	// Removing placed keys frees room: a sweep's retry places the rest,
+	// and misses are trusted again.
+	var in []fqdnKey
 	for _, k := range keys {
-		if x.unplaced[k] {
-			out = k
-		} else {
-			in = k
+		if _, ok := x.unplaced[k]; !ok && len(in) < len(x.unplaced) {
+			in = append(in, k)
 		}
 	}
-	x.remove(in)
-	x.put(out, fqdnVal{Mask: 1, Expires: [maxNameSlots]uint64{7}})
-	if _, ok := x.indexed(out); !ok || x.unplaced[out] {
-		t.Errorf("after a removal, an unplaced key put again: readable %v, unplaced %v; want placed", ok, x.unplaced[out])
+	for _, k := range in {
+		x.remove(k)
+	}
+	x.retry()
+	for i, k := range keys {
+		if slices.Contains(in, k) {
+			continue
+		}
+		if e, ok := x.indexed(k); !ok || e.LiveUntil != uint64(100+i) {
+			t.Errorf("after the retry, key %d: %+v, %v; want it readable until %d", i, e, ok, 100+i)
+		}
+	}
+	if len(x.unplaced) != 0 || x.state() != fqxComplete || x.moves()&1 != 0 {
+		t.Errorf("after the retry: %d unplaced, state %d, moves %d; want none, complete, even", len(x.unplaced), x.state(), x.moves())
 	}
 }
 
@@ -159,6 +187,7 @@ func TestFQDNIndexStaysEmptyWhereLoadsMayReorder(t *testing.T) {
 		}
 	}
 	x := memIndex(false, fqxBuckets)
+	*x.ctl = fqxComplete << 32
 	x.entries[5] = fqxEntry{Seq: 2, Ifindex: 9, Mask: 1, LiveUntil: 1 << 62}
 	k := fqdnKey{Ifindex: 3, IP: mapped(netip.MustParseAddr("203.0.113.5"))}
 	x.reset(map[fqdnKey]fqdnVal{k: {Mask: 1, Expires: [maxNameSlots]uint64{1 << 62}}})
@@ -168,6 +197,9 @@ func TestFQDNIndexStaysEmptyWhereLoadsMayReorder(t *testing.T) {
 			t.Fatalf("entry %d: %+v; want the index empty", i, e)
 		}
 	}
+	if x.state() != fqxUnused {
+		t.Errorf("state %d, want unused (%d): packets must not probe it", x.state(), fqxUnused)
+	}
 }
 
 // TestLearnedAddressIndexAnswersOnlyWholeEntries runs the kernel program
@@ -175,7 +207,8 @@ func TestFQDNIndexStaysEmptyWhereLoadsMayReorder(t *testing.T) {
 // index alone (its fm_fqdn entry removed behind the agent's back, the
 // packet still passes: the program's hash and layout are the agent's); an
 // entry mid-write or whose earliest slot expired is not used (fm_fqdn
-// decides, and it no longer has the address). Then a writer rewrites one
+// decides, and it no longer has the address); a miss is trusted only
+// while the index is complete and no entries move. Then a writer rewrites one
 // entry between two keys for a million packets to an address of neither:
 // the key a packet could read torn from the two is never allowed.
 func TestLearnedAddressIndexAnswersOnlyWholeEntries(t *testing.T) {
@@ -249,6 +282,39 @@ func TestLearnedAddressIndexAnswersOnlyWholeEntries(t *testing.T) {
 	atomic.StoreUint64(&e.LiveUntil, until)
 	if v := syn(learned); v != Allow {
 		t.Fatalf("entry restored: %s, want allow", v)
+	}
+
+	// A miss: fm_fqdn holds an address behind the agent's back (its
+	// filter bit set too) that the index lacks. While the index is
+	// complete its miss is trusted; with hits only, or while entries
+	// move, fm_fqdn is asked, and allows the packet.
+	hidden := fqdnKey{Ifindex: idx, IP: mapped(netip.MustParseAddr("203.0.113.9"))}
+	kern.fq.filter.set(fqfHash(hidden))
+	if err := kern.coll.Maps["fm_fqdn"].Put(hidden, kern.fq.written[key]); err != nil {
+		t.Fatal(err)
+	}
+	if x.state() != fqxComplete {
+		t.Fatalf("index state %d with every key placed, want complete (%d)", x.state(), fqxComplete)
+	}
+	for _, c := range []struct {
+		name  string
+		set   func()
+		want  Verdict
+		reset func()
+	}{
+		{"complete", func() {}, Deny, func() {}},
+		{"hits only", func() { x.setState(fqxHits) }, Allow, func() { x.setState(fqxComplete) }},
+		{"entries moving", x.bumpMoves, Allow, x.bumpMoves},
+		{"unused", func() { x.setState(fqxUnused) }, Allow, func() { x.setState(fqxComplete) }},
+	} {
+		c.set()
+		if v := syn(netip.AddrFrom16(hidden.IP).Unmap()); v != c.want {
+			t.Errorf("address only fm_fqdn holds, index %s: %s, want %s", c.name, v, c.want)
+		}
+		c.reset()
+	}
+	if err := kern.coll.Maps["fm_fqdn"].Delete(hidden); err != nil {
+		t.Fatal(err)
 	}
 
 	// The writer alternates the entry between (a, learned) and (another

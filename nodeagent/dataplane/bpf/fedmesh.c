@@ -767,7 +767,7 @@ struct {
 
 // fm_fqdn_filter: a Bloom filter of fm_fqdn's keys, in fm_ct_filter's
 // layout, so that a packet to an address its endpoint never learned skips
-// the fm_fqdn lookup (~30 ns here). Only the agent writes fm_fqdn, and it
+// the fm_fqdn lookup (~30 ns here) when fm_fqdn_index cannot prove it. Only the agent writes fm_fqdn, and it
 // sets an entry's bit in both generations before it writes the entry; it
 // rebuilds the generation packets do not test from what fm_fqdn holds when
 // it sweeps (fqdn_linux.go). Not pinned, like fm_ct_filter.
@@ -783,22 +783,29 @@ struct {
 } fm_fqdn_filter SEC(".maps");
 
 // fm_fqdn_index: a cuckoo index of fm_fqdn that packets probe in place of
-// the hash lookup (a helper call, its hash and key compare: ~40 ns here;
-// a probe of this array the verifier inlines costs a few). fm_fqdn stays
-// the source of truth, and the index only ever says yes: a packet it
-// cannot answer looks fm_fqdn up as before. That is a key the agent did
-// not place (its buckets were full, or the agent writes no index on this
-// architecture), an entry the agent is rewriting, or one whose earliest
-// live slot expired (fm_fqdn has the per-slot times; the index holds the
-// earliest, so it never extends a TTL). The agent writes it through a
-// shared mapping (fqdnindex_linux.go), each entry under a sequence word
+// the Bloom filter and the hash lookup (a helper call, its hash and key
+// compare: ~40 ns here; a probe of this array the verifier inlines costs a
+// few). fm_fqdn stays the source of truth. Element 0 is the control word
+// (struct fqx_ctl), the buckets follow. The agent writes the index through
+// a shared mapping (fqdnindex_linux.go), each entry under a sequence word
 // that is odd while it writes: a packet that reads an odd word, or a
-// different one after the entry than before, uses fm_fqdn. That relies on
-// loads not being reordered with loads, as on x86; elsewhere the agent
-// leaves the index empty. An all-zero entry is free in every version, so
-// an index a new agent cannot use is emptied, never left stale. Pinned,
-// so that programs still attached while a new agent starts see what it
-// writes; the agent rebuilds it from fm_fqdn when it starts.
+// different one after the entry than before, does not use the entry.
+//
+// A hit is used when read whole and live (the entry holds the earliest
+// expiry of its slots, so it never extends a TTL); otherwise fm_fqdn
+// decides. A miss proves the endpoint has no live answer for the address
+// only when the control word says the index is complete (every fm_fqdn
+// key placed) and reads the same before and after the probe: the agent
+// changes it while it moves entries between buckets, the one time a key
+// can be in neither. Otherwise the filter and fm_fqdn decide. A key the
+// agent is adding is not found until written, which cannot deny a packet
+// it should allow: the DNS proxy releases the answer only after.
+//
+// It relies on loads not being reordered with loads, as on x86; elsewhere
+// the agent leaves the index unused. An all-zero index is unused in every
+// version, so one a new agent cannot use is emptied, never left stale.
+// Pinned, so that programs still attached while a new agent starts see
+// what it writes; the agent rebuilds it from fm_fqdn when it starts.
 #define FQX_WAYS 4
 #define FQX_BUCKETS (1 << 14)
 
@@ -815,9 +822,18 @@ struct fqx_bucket {
 	struct fqx_entry e[FQX_WAYS];
 };
 
+// fqx_ctl: element 0's first word.
+#define FQX_UNUSED 0   // probe nothing: the filter and fm_fqdn decide
+#define FQX_HITS 1     // use hits; on a miss the filter and fm_fqdn decide
+#define FQX_COMPLETE 2 // a steady miss proves no entry
+struct fqx_ctl {
+	__u32 moves; // odd while the agent moves entries
+	__u32 state;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FQX_BUCKETS);
+	__uint(max_entries, 1 + FQX_BUCKETS);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct fqx_bucket);
@@ -1938,7 +1954,7 @@ static __always_inline int fqdn_slot(struct policy_tabs *pt, __u32 s)
 }
 
 // fqf_absent reports whether fm_fqdn_filter proves that the endpoint never
-// learned the peer address: then fqdn_stage is not called.
+// learned the peer address: then fqdn_stage looks no further.
 static __always_inline int fqf_absent(struct tier_args *a)
 {
 	// fqfHash in bloom_linux.go.
@@ -1957,19 +1973,31 @@ static __always_inline __u64 fqx_hash(const __u32 *w, __u32 ifindex)
 }
 
 // fqx_live returns the slots fm_fqdn_index holds live at now for the
-// endpoint and address of a, or -1 when the index cannot say.
+// endpoint and address of a, FQX_NONE when it proves there are none, or
+// FQX_UNSURE.
+#define FQX_UNSURE -1
+#define FQX_NONE -2
 static __always_inline __s64 fqx_live(struct tier_args *a, __u64 now)
 {
 	const __u32 *w = peer_addr(a);
-	__u64 h = fqx_hash(w, a->ifindex);
+	__u32 zero = 0;
+	struct fqx_ctl *ctl = bpf_map_lookup_elem(&fm_fqdn_index, &zero);
+	__u64 c, h;
 	int i, j;
 
+	if (!ctl)
+		return FQX_UNSURE;
+	c = *(volatile __u64 *)ctl;
+	if ((__u32)(c >> 32) == FQX_UNUSED)
+		return FQX_UNSURE;
+	asm volatile("" ::: "memory");
+	h = fqx_hash(w, a->ifindex);
 #pragma unroll
 	for (i = 0; i < 2; i++) {
-		__u32 b = (__u32)(h >> (i ? 32 : 48)) & (FQX_BUCKETS - 1);
+		__u32 b = 1 + ((__u32)(h >> (i ? 32 : 48)) & (FQX_BUCKETS - 1));
 		struct fqx_bucket *bk = bpf_map_lookup_elem(&fm_fqdn_index, &b);
 		if (!bk)
-			return -1;
+			return FQX_UNSURE;
 #pragma unroll
 		for (j = 0; j < FQX_WAYS; j++) {
 			struct fqx_entry *e = &bk->e[j];
@@ -1984,16 +2012,20 @@ static __always_inline __s64 fqx_live(struct tier_args *a, __u64 now)
 			until = e->live_until;
 			asm volatile("" ::: "memory");
 			if ((seq & 1) || *(volatile __u32 *)&e->seq != seq || until <= now)
-				return -1;
+				return FQX_UNSURE;
 			return mask;
 		}
 	}
-	return -1;
+	asm volatile("" ::: "memory");
+	if ((__u32)(c >> 32) == FQX_COMPLETE && !(c & 1) && *(volatile __u64 *)ctl == c)
+		return FQX_NONE;
+	return FQX_UNSURE;
 }
 
 // fqdn_stage finds the slots whose answer for the destination is live
-// (fm_fqdn_index, or one fm_fqdn lookup when the index cannot say) and
-// folds in their name rules. Inlined in decide(), after the policy stage.
+// (fm_fqdn_index; when it cannot say, fm_fqdn_filter and one fm_fqdn
+// lookup) and folds in their name rules. Inlined in decide(), after the
+// policy stage.
 static __always_inline int fqdn_stage(struct tier_args *a)
 {
 	struct policy_tabs pt = {};
@@ -2008,6 +2040,8 @@ static __always_inline int fqdn_stage(struct tier_args *a)
 	live = fqx_live(a, now);
 	if (live >= 0) {
 		mask = live;
+	} else if (live == FQX_NONE || fqf_absent(a)) {
+		return 0;
 	} else {
 		a->fk.ifindex = a->ifindex;
 		__builtin_memcpy(a->fk.ip, peer_addr(a), 16);
@@ -2284,7 +2318,7 @@ static __always_inline int decide(struct __sk_buff *skb, __u8 dir)
 	else
 		fm_policy_stage(ta);
 	// Name rules: the slots whose answer for this address is live.
-	if (dir == DIR_EGRESS && ta->tiers && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)) && !fqf_absent(ta))
+	if (dir == DIR_EGRESS && ta->tiers && (ta->tm & (EPL_FQDN_PROTO | EPL_FQDN_ANY)))
 		fqdn_stage(ta);
 	admin = ta->admin;
 	base = ta->base;
