@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/fedmesh/fedmesh/federation/policy"
 	"github.com/fedmesh/fedmesh/internal/nstest"
 )
 
@@ -92,6 +94,21 @@ func (e *EBPF) runProg(dir uint8, ifindex uint32, frame []byte) (int32, error) {
 	}
 	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: skbCtx{Ifindex: ifindex}})
 	return int32(ret), err
+}
+
+// egressSYN runs a TCP SYN from 198.18.0.1 to dst through the egress
+// program of interface ifindex in netns and returns the verdict.
+func egressSYN(t *testing.T, kern *EBPF, netns string, ifindex uint32, dst netip.Addr, sport, dport uint16) Verdict {
+	t.Helper()
+	f := pktSpec{src: netip.MustParseAddr("198.18.0.1"), dst: dst, proto: protoTCP, sport: sport, dport: dport, tcpFlags: 2}.frame()
+	var got int32
+	if err := inNetNS(netns, func() (err error) { got, err = kern.runProg(uint8(policy.Egress), ifindex, f); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if got == retDrop {
+		return Deny
+	}
+	return Allow
 }
 
 func ifindexIn(netns, iface string) (uint32, error) {

@@ -198,15 +198,7 @@ func TestReusedNameSlotDropsOldAnswers(t *testing.T) {
 	syn := func(kern *EBPF, dst netip.Addr, port uint16) Verdict {
 		t.Helper()
 		idx, _ := ifindexIn(nsPath, "na")
-		f := pktSpec{src: netip.MustParseAddr("198.18.0.1"), dst: dst, proto: protoTCP, sport: port + 40000, dport: port, tcpFlags: 2}.frame()
-		var got int32
-		if err := inNetNS(nsPath, func() (err error) { got, err = kern.runProg(uint8(policy.Egress), idx, f); return err }); err != nil {
-			t.Fatal(err)
-		}
-		if got == retDrop {
-			return Deny
-		}
-		return Allow
+		return egressSYN(t, kern, nsPath, idx, dst, port+40000, port)
 	}
 	kern, cfg := newEBPF(t, nsPath)
 	if err := kern.Apply(ctx, rev(1, false)); err != nil {

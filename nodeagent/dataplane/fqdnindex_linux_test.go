@@ -236,15 +236,7 @@ func TestLearnedAddressIndexAnswersOnlyWholeEntries(t *testing.T) {
 	syn := func(dst netip.Addr) Verdict {
 		t.Helper()
 		sport++ // a new flow: conntrack must not answer
-		f := pktSpec{src: netip.MustParseAddr("198.18.0.1"), dst: dst, proto: protoTCP, sport: sport, dport: 443, tcpFlags: 2}.frame()
-		var got int32
-		if err := inNetNS(nsPath, func() (err error) { got, err = kern.runProg(uint8(policy.Egress), idx, f); return err }); err != nil {
-			t.Fatal(err)
-		}
-		if got == retDrop {
-			return Deny
-		}
-		return Allow
+		return egressSYN(t, kern, nsPath, idx, dst, sport, 443)
 	}
 	x := kern.fq.index
 	key := fqdnKey{Ifindex: idx, IP: mapped(learned)}
