@@ -96,12 +96,13 @@
 //     holding, per slot, the monotonic expiry of the latest answer for a
 //     matching name; the dataplane recomputes the entries from the names
 //     at every Apply and Learn. Only when the endpoint's tier summary says
-//     name rules exist, egress packets cost one more lookup (skipped
-//     when a Bloom filter of fm_fqdn's keys, fm_fqdn_filter, proves the
-//     endpoint never learned the address): a probe of fm_fqdn_index, a
-//     cuckoo array that answers for live entries it holds whole (the agent
-//     writes it in place under a sequence word per entry; fqdnindex_linux.go),
-//     else the fm_fqdn hash lookup; and, per slot whose
+//     name rules exist, egress packets cost one more lookup: a probe of
+//     fm_fqdn_index, a cuckoo array that answers for live entries it
+//     holds whole and, while it holds every key, for absent ones (the
+//     agent writes it in place under a sequence word per entry and a
+//     control word; fqdnindex_linux.go); when it cannot say, a Bloom
+//     filter of fm_fqdn's keys (fm_fqdn_filter) and the fm_fqdn hash
+//     lookup decide. Then, per slot whose
 //     answer is live, the policy lookups that slot has entries for
 //     (one-protocol, any-protocol; the tier summary says which; one of
 //     them when folded) in fqdn_stage and fqdn_slot, inlined in decide
