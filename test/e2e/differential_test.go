@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -145,8 +147,15 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 			}
 		}
 	}
+	// FEDMESH_E2E_SEED replays the rounds a failed run drew (its log
+	// prints the seed).
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if v := os.Getenv("FEDMESH_E2E_SEED"); v != "" {
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("FEDMESH_E2E_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("seed %d (FEDMESH_E2E_SEED=%d replays it)", seed, seed)
 	r := rand.New(rand.NewPCG(seed, 7))
 	total, mismatches, denied := 0, 0, 0
 	total6, denied6 := 0, 0 // of them over IPv6
@@ -169,7 +178,11 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 			t.Errorf("deleting the last round's policies not enforced: %v %v", w, err)
 		}
 	})
-	for round := 0; total < 1000; round++ {
+	// Rounds go on until ≥ 1,000 probes and both verdicts over both
+	// families: a draw that denies (or allows) every probe proves nothing
+	// alone, and one run in a few dozen draws one. At most 8 rounds.
+	meaningful := func() bool { return denied > 0 && denied < total && denied6 > 0 && denied6 < total6 }
+	for round := 0; round < 8 && (total < 1000 || !meaningful()); round++ {
 		for _, p := range prev {
 			if _, err := policies.DeletePolicy(ctx, &fedmeshv1.DeletePolicyRequest{Key: &fedmeshv1.PolicyKey{Namespace: p.Namespace, Name: p.Name}}); err != nil {
 				t.Fatal(err)
@@ -186,6 +199,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 		// on, for the flow records logged below.
 		type mismatch struct {
 			src, dst     pod
+			proto        string
 			port, family uint32
 		}
 		var mismatched []mismatch
@@ -289,7 +303,7 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 						}
 					}
 					if o.Reachable() != want {
-						mismatched = append(mismatched, mismatch{src, qs[i].dst, s.port, qs[i].family})
+						mismatched = append(mismatched, mismatch{src, qs[i].dst, s.proto, s.port, qs[i].family})
 						mismatches++
 						if mismatches <= 10 {
 							t.Errorf("round %d: %s/%s -> %s/%s %s/%d IPv%d: kernel %s, reach %s (egress %s, ingress %s)", round,
@@ -303,18 +317,23 @@ func TestDifferentialEnforcementMatchesReach(t *testing.T) {
 		}
 		wg.Wait()
 		if t.Failed() && mismatches > 0 {
-			var names []string
-			for _, p := range set {
-				names = append(names, prototext.Format(p))
-			}
-			t.Logf("round %d policies:\n%s", round, strings.Join(names, "\n"))
-			// What each node's dataplane reported for those flows: a
-			// verdict event names the deciding rule or reason; an allowed
-			// packet with no event since the round began passed by
-			// conntrack.
-			for _, m := range mismatched {
+			// The evidence first, the policies last (they are long): a
+			// fresh probe of each mismatched flow says whether the
+			// disagreement lasts (state) or has passed (timing); what each
+			// node's dataplane reported for the flows names the deciding
+			// rule or reason (an allowed packet with no event since the
+			// round began passed by conntrack).
+			for i, m := range mismatched[:min(len(mismatched), 10)] {
+				ap := netip.AddrPortFrom(m.dst.p.Addr(int(m.family)), uint16(m.port))
+				again, err := l.ProbeBatchFrom(ctx, m.src.p.Name, []lab.Target{{Proto: m.proto, Addr: ap.String()}}, 2*time.Second)
+				t.Logf("mismatch %d probed again %s after the round began: %v %v", i, time.Since(roundStart).Round(time.Millisecond), again, err)
 				logFlows(ctx, t, flowsAPI, m.src, m.dst, m.port, m.family, roundStart)
 			}
+			var names []string
+			for _, p := range set {
+				names = append(names, prototext.MarshalOptions{}.Format(p))
+			}
+			t.Logf("round %d policies, one a line:\n%s", round, strings.Join(names, "\n"))
 			break
 		}
 	}
