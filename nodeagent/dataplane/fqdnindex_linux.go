@@ -166,13 +166,14 @@ func (x *fqdnIndex) put(k fqdnKey, v fqdnVal) {
 	if !x.enabled {
 		return
 	}
-	if _, _, ok := x.t.find(k); ok {
-		x.place(k, v)
-		x.flush()
-	} else {
+	// Rewriting an indexed key in place moves nothing.
+	_, _, indexed := x.t.find(k)
+	if !indexed {
 		x.bumpMoves()
-		x.place(k, v)
-		x.flush()
+	}
+	x.place(k, v)
+	x.flush()
+	if !indexed {
 		x.bumpMoves()
 	}
 	x.settle()
